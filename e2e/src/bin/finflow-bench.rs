@@ -1,0 +1,423 @@
+//! `finflow-bench`: figures, each with a baseline measured in the same run.
+//!
+//! - `edge`: requests/s and p50/p99 of `GET /api/v1/users/me` on service A directly
+//!   (identity headers set by wrk, as a sidecar would), through its sidecar with a real
+//!   JWT, and through an nginx hop (the baseline: a proxy that validates nothing).
+//! - `payments`: completed transfers/s and accept p50/p99 through the gateway, against
+//!   pgbench's TPC-B tps on the same PostgreSQL at the same concurrency.
+//!
+//! Both start an isolated platform with the launcher. wrk, nginx and pgbench come from
+//! Debian packages; they are installed with apt-get when missing.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use finflow_e2e::client::Client;
+use finflow_e2e::launcher::{Options, Platform};
+use finflow_e2e::tools::{ensure_tool, which};
+use serde_json::json;
+use tokio::process::Command;
+
+#[derive(Parser)]
+#[command(about = "FinFlow benchmarks with same-run baselines")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+    /// Seconds each load runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent connections / clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// App directly vs through the sidecar (JWT) vs through nginx.
+    Edge,
+    /// Payments through the gateway vs pgbench TPC-B on the same PostgreSQL.
+    Payments,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut options = Options::isolated();
+    options.drop_databases = true;
+    // Measured as shipped: optimized binaries (debug builds verify signatures 100x slower).
+    options.release = true;
+    // The sidecars' per-user rate limit would measure itself, not the path.
+    for key in ["RATE_LIMIT_PER_SECOND", "RATE_LIMIT_BURST"] {
+        options
+            .env_overrides
+            .push(("*-sidecar".to_owned(), key.to_owned(), "1000000".to_owned()));
+    }
+    let mut platform = Platform::start(options).await?;
+    let result = match cli.bench {
+        Bench::Edge => edge(&platform, cli.seconds, cli.concurrency).await,
+        Bench::Payments => payments(&platform, cli.seconds, cli.concurrency).await,
+    };
+    platform.stop().await;
+    result
+}
+
+/// Runs wrk and returns (requests/s, p50 ms, p99 ms).
+async fn wrk(
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{concurrency}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd.arg(url).output().await.context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let non2xx = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .map(str::to_owned);
+    if let Some(line) = non2xx {
+        bail!("wrk saw errors against {url}: {line}\n{text}");
+    }
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let percentile = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .map(|v| to_ms(v.trim()))
+            .unwrap_or(f64::NAN)
+    };
+    Ok((rps, percentile("50%"), percentile("99%")))
+}
+
+#[allow(clippy::float_arithmetic)] // latency figures for people, not money
+fn to_ms(v: &str) -> f64 {
+    let (number, factor) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
+    ensure_tool("wrk", "wrk").await?;
+    ensure_tool("nginx", "nginx").await?;
+    let user = Client::new(&platform.gateway_url).new_user("bench").await;
+    let token = user.session["access_token"]
+        .as_str()
+        .context("no token")?
+        .to_owned();
+    let auth = platform
+        .services
+        .iter()
+        .find(|s| s.name == "auth")
+        .context("no auth")?;
+    let app_port = auth
+        .app_url
+        .rsplit(':')
+        .next()
+        .context("app port")?
+        .to_owned();
+
+    // nginx: one keep-alive proxy hop to the app, nothing else.
+    let dir = platform.options.log_dir.join("nginx");
+    std::fs::create_dir_all(&dir)?;
+    let nginx_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let conf = format!(
+        "daemon off; worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+           upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
+           server {{ listen 127.0.0.1:{nginx_port};\n\
+             location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+        dir = dir.display()
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let nginx_bin = if which("nginx") && std::path::Path::new("/usr/sbin/nginx").exists() {
+        "/usr/sbin/nginx"
+    } else {
+        "nginx"
+    };
+    let conf_arg = conf_path.display().to_string();
+    let error_log = dir.join("error.log").display().to_string();
+    // nginx's workers must not inherit our stdout: they would outlive the master's kill.
+    let mut nginx = Command::new(nginx_bin)
+        .args(["-c", &conf_arg, "-e", &error_log])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nginx")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let identity = vec![
+        ("x-user-id".to_owned(), user.id.clone()),
+        ("x-user-roles".to_owned(), "user".to_owned()),
+    ];
+    let bearer = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let path = "/api/v1/users/me";
+    // Warm-up, then the three measurements back to back.
+    wrk(
+        &format!("{}{path}", auth.app_url),
+        &identity,
+        2,
+        concurrency,
+    )
+    .await?;
+    let direct = wrk(
+        &format!("{}{path}", auth.app_url),
+        &identity,
+        seconds,
+        concurrency,
+    )
+    .await?;
+    let sidecar = wrk(
+        &format!("{}{path}", auth.sidecar_url),
+        &bearer,
+        seconds,
+        concurrency,
+    )
+    .await?;
+    let via_nginx = wrk(
+        &format!("http://127.0.0.1:{nginx_port}{path}"),
+        &identity,
+        seconds,
+        concurrency,
+    )
+    .await?;
+    // A graceful stop takes the workers down with the master.
+    let _ = Command::new(nginx_bin)
+        .args(["-c", &conf_arg, "-e", &error_log, "-s", "stop"])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), nginx.wait()).await;
+    nginx.kill().await.ok();
+
+    println!("\nGET {path}, {concurrency} connections, {seconds} s each (wrk -t2)");
+    println!(
+        "{:<34} {:>10} {:>9} {:>9}",
+        "path", "req/s", "p50 ms", "p99 ms"
+    );
+    for (name, (rps, p50, p99)) in [
+        ("app directly", direct),
+        ("sidecar (JWT validated) -> app", sidecar),
+        ("nginx (no auth) -> app", via_nginx),
+    ] {
+        println!("{name:<34} {rps:>10.0} {p50:>9.2} {p99:>9.2}");
+    }
+    #[allow(clippy::float_arithmetic)]
+    {
+        println!(
+            "\nadded p50 latency: sidecar {:.2} ms, nginx {:.2} ms",
+            sidecar.1 - direct.1,
+            via_nginx.1 - direct.1
+        );
+    }
+    Ok(())
+}
+
+async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
+    ensure_tool("pgbench", "postgresql-contrib")
+        .await
+        .or_else(|_| {
+            if which("pgbench") || std::path::Path::new("/usr/lib/postgresql").exists() {
+                Ok(())
+            } else {
+                bail!("pgbench missing")
+            }
+        })?;
+    let client = Client::new(&platform.gateway_url);
+    // Senders with enough money for the whole run; each sends to a receiver.
+    let mut pairs = Vec::new();
+    for i in 0..concurrency {
+        let (sender, from) = client
+            .new_user(&format!("bench-s{i}"))
+            .await
+            .with_wallet("USD")
+            .await;
+        for _ in 0..4 {
+            let deposit = sender
+                .pay(
+                    "deposit",
+                    json!({"to_wallet_id": from, "amount": "9000.00", "currency": "USD"}),
+                    &uuid::Uuid::new_v4().to_string(),
+                    Some(30),
+                )
+                .await;
+            if deposit.body["data"]["status"] != "COMPLETED" {
+                bail!("funding failed: {}", deposit.body);
+            }
+        }
+        let (_, to) = client
+            .new_user(&format!("bench-r{i}"))
+            .await
+            .with_wallet("USD")
+            .await;
+        pairs.push((sender, from, to));
+    }
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|(sender, from, to)| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut ids = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let a = sender
+                        .pay("transfer", json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "1.00", "currency": "USD"}), &uuid::Uuid::new_v4().to_string(), None)
+                        .await;
+                    latencies.push(t.elapsed());
+                    if a.status == reqwest::StatusCode::ACCEPTED {
+                        ids.push(a.body["data"]["id"].as_str().unwrap_or_default().to_owned());
+                    }
+                }
+                (sender, latencies, ids)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut pending = Vec::new();
+    for t in tasks {
+        let (sender, l, ids) = t.await?;
+        latencies.extend(l);
+        pending.push((sender, ids));
+    }
+    // Completed = the moment the last accepted payment is terminal.
+    let mut completed = 0usize;
+    for (sender, ids) in &pending {
+        for id in ids {
+            loop {
+                let p = sender.client.get(&format!("/api/v1/payments/{id}")).await;
+                let status = p.body["data"]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if status == "COMPLETED" {
+                    completed += 1;
+                    break;
+                }
+                if status != "PENDING" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let pct = |p: usize| {
+        latencies
+            .get(latencies.len().saturating_sub(1) * p / 100)
+            .copied()
+            .unwrap_or_default()
+    };
+
+    // Baseline: TPC-B on the same server, same concurrency.
+    let pgbench_db = format!("{}_pgbench", platform.options.database_prefix);
+    let server = platform.backing.database_url("postgres");
+    run_psql(&server, &format!("DROP DATABASE IF EXISTS {pgbench_db}")).await?;
+    run_psql(&server, &format!("CREATE DATABASE {pgbench_db}")).await?;
+    let url = platform.backing.database_url(&pgbench_db);
+    let pgbench = pgbench_path();
+    let init = Command::new(&pgbench)
+        .args(["-i", "-q", "-s", "1", &url])
+        .output()
+        .await?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let out = Command::new(&pgbench)
+        .args([
+            "-c",
+            &concurrency.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            &url,
+        ])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{text}"))?;
+    run_psql(&server, &format!("DROP DATABASE IF EXISTS {pgbench_db}")).await?;
+
+    #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+    {
+        let rate = completed as f64 / elapsed.as_secs_f64();
+        println!("\n{concurrency} concurrent clients, {seconds} s of submissions");
+        println!(
+            "payments accepted: {}, completed: {completed} in {:.1} s",
+            latencies.len(),
+            elapsed.as_secs_f64()
+        );
+        println!("completed payments/s through the gateway: {rate:.1}");
+        println!(
+            "accept latency p50 {:.1} ms, p99 {:.1} ms",
+            pct(50).as_secs_f64() * 1000.0,
+            pct(99).as_secs_f64() * 1000.0
+        );
+        println!("pgbench TPC-B on the same PostgreSQL, -c {concurrency}: {tps:.1} tps");
+        println!("ratio payments/s : TPC-B tps = {:.2}", rate / tps);
+    }
+    Ok(())
+}
+
+fn pgbench_path() -> String {
+    if which("pgbench") {
+        return "pgbench".to_owned();
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin/pgbench"))
+                .find(|p| p.exists())
+        })
+        .map_or_else(|| "pgbench".to_owned(), |p| p.display().to_string())
+}
+
+async fn run_psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    let out = Command::new("psql")
+        .args([url, "-qc", sql])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

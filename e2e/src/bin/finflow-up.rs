@@ -1,0 +1,57 @@
+//! `finflow-up`: runs the platform locally until Ctrl-C (what `dev/up` calls).
+
+use finflow_e2e::launcher::{Options, Platform};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    eprintln!("starting FinFlow locally: backing services, build, services in dependency order");
+    let mut platform = match Platform::start(Options::local()).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("\nFinFlow did not start: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    println!("\nFinFlow is up.\n\n{}", platform.table());
+    println!(
+        "Try:\n  curl -s {}/api/v1/auth/register -H 'content-type: application/json' \\\n    \
+         -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"full_name\":\"Ada Lovelace\",\"phone\":\"+14155550123\"}}'\n",
+        platform.gateway_url
+    );
+    // The platform's mail goes to a sink: keep each message as a file to read.
+    let mail_dir = finflow_e2e::launcher::repo_root().join("target/finflow/mail");
+    std::fs::create_dir_all(&mail_dir)?;
+    let mailbox = platform.mailbox.clone();
+    let dir = mail_dir.clone();
+    tokio::spawn(async move {
+        let mut written = 0;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let mails: Vec<_> = mailbox
+                .lock()
+                .map(|m| m[written..].to_vec())
+                .unwrap_or_default();
+            for (to, data) in mails {
+                written += 1;
+                let _ = std::fs::write(
+                    dir.join(format!("{written:05}.eml")),
+                    format!("X-Envelope-To: {}\n{data}", to.join(", ")),
+                );
+            }
+        }
+    });
+    println!(
+        "Mail is not sent anywhere: it is kept in {}",
+        mail_dir.display()
+    );
+    println!("Ctrl-C stops everything.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("\nstopping ...");
+    platform.stop().await;
+    eprintln!("stopped.");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! A typed client of the platform that knows only the gateway, like a real one.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The password every test user gets.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Answer {
+    /// The `data` of a success envelope, after checking the status.
+    pub fn data(&self, expected: StatusCode) -> &Value {
+        assert_eq!(self.status, expected, "{}", self.body);
+        assert_eq!(self.body["success"], true, "{}", self.body);
+        &self.body["data"]
+    }
+
+    /// The error code of a failure envelope, after checking the status.
+    pub fn error(&self, expected: StatusCode) -> &str {
+        assert_eq!(self.status, expected, "{}", self.body);
+        assert_eq!(self.body["success"], false, "{}", self.body);
+        self.body["error"]["code"].as_str().unwrap_or_default()
+    }
+}
+
+/// A client of the gateway, optionally logged in.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// A registered, logged-in user.
+#[derive(Clone)]
+pub struct User {
+    pub client: Client,
+    pub id: String,
+    pub email: String,
+    pub session: Value,
+}
+
+impl Client {
+    pub fn new(gateway_url: &str) -> Self {
+        Self {
+            base: gateway_url.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
+            token: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_token(&self, token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    pub async fn send(&self, mut req: reqwest::RequestBuilder) -> Answer {
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("the gateway answers");
+        let status = r.status();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap_or_default();
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(self.http.post(self.url(path)).json(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.send(self.http.put(self.url(path)).json(&body)).await
+    }
+
+    /// Registers and logs in a new user with a unique email under `prefix`.
+    pub async fn new_user(&self, prefix: &str) -> User {
+        let email = format!("{prefix}-{}@example.com", uuid::Uuid::new_v4().simple());
+        self.user_with_email(&email).await
+    }
+
+    /// Registers and logs in the user `email`.
+    pub async fn user_with_email(&self, email: &str) -> User {
+        let registered = self
+            .post(
+                "/api/v1/auth/register",
+                json!({"email": email, "password": PASSWORD, "full_name": "Test User", "phone": "+14155550123"}),
+            )
+            .await;
+        let id = registered.data(StatusCode::CREATED)["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let login = self
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        let session = login.data(StatusCode::OK).clone();
+        let token = session["access_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        User {
+            client: self.with_token(&token),
+            id,
+            email: email.to_owned(),
+            session,
+        }
+    }
+}
+
+impl User {
+    /// Submits a well-formed passport (approved automatically in a local platform).
+    pub async fn submit_kyc(&self) -> Answer {
+        self.client
+            .post(
+                "/api/v1/kyc/submit",
+                json!({"document_type": "passport", "document_number": "X1234567",
+                       "document_url": "https://documents.example.com/passport.pdf"}),
+            )
+            .await
+    }
+
+    /// Opens a wallet, retrying while KYC_REQUIRED (the verification travels as an
+    /// event from E to A) for up to `patience`.
+    pub async fn open_wallet(&self, currency: &str, patience: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let a = self
+                .client
+                .post("/api/v1/wallets", json!({"currency": currency}))
+                .await;
+            if a.status == StatusCode::CREATED {
+                let wallet = a.body["data"].clone();
+                let id = wallet["id"].as_str().unwrap_or_default().to_owned();
+                self.client
+                    .post(&format!("/api/v1/wallets/{id}/activate"), json!({}))
+                    .await
+                    .data(StatusCode::OK);
+                return wallet;
+            }
+            assert_eq!(a.error(StatusCode::FORBIDDEN), "KYC_REQUIRED");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "KYC verification never reached the wallet service"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A verified user with an active wallet in `currency`.
+    pub async fn with_wallet(self, currency: &str) -> (Self, String) {
+        self.submit_kyc().await.data(StatusCode::CREATED);
+        let wallet = self.open_wallet(currency, Duration::from_secs(30)).await;
+        let id = wallet["id"].as_str().unwrap_or_default().to_owned();
+        (self, id)
+    }
+
+    /// Posts a payment with an idempotency key, optionally waiting for its outcome.
+    pub async fn pay(&self, kind: &str, body: Value, key: &str, wait_secs: Option<u64>) -> Answer {
+        let mut req = self
+            .client
+            .http
+            .post(self.client.url(&format!("/api/v1/payments/{kind}")))
+            .header("idempotency-key", key)
+            .json(&body);
+        if let Some(w) = wait_secs {
+            req = req.header("prefer", format!("wait={w}"));
+        }
+        self.client.send(req).await
+    }
+
+    pub async fn balance(&self, wallet: &str) -> String {
+        let a = self
+            .client
+            .get(&format!("/api/v1/wallets/{wallet}/balance"))
+            .await;
+        a.data(StatusCode::OK)["balance"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}

@@ -1,0 +1,11 @@
+//! The local launcher and the end-to-end tests of the whole platform.
+//!
+//! [`launcher`] starts the backing services, every service with its sidecar in
+//! dependency order, and the gateway, all on loopback; `dev/up` runs it for people
+//! (`finflow-up`), and the tests in `tests/` run it with ports and databases of their
+//! own and then drive the platform through the gateway only, as a client would.
+//! Cluster tests (when they arrive with the operator) run only when `KUBECONFIG` is set.
+
+pub mod client;
+pub mod launcher;
+pub mod tools;

@@ -1,0 +1,188 @@
+//! The event-driven cascades through the gateway: KYC (E to A to B) with its mails, and
+//! AML holds (C to E to compliance and back to C), with notifications from D.
+
+use std::time::Duration;
+
+use finflow_e2e::client::{Client, User};
+use finflow_e2e::launcher::{Options, Platform};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn platform() -> Platform {
+    Platform::start(Options::isolated())
+        .await
+        .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"))
+}
+
+fn key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn mails_to(platform: &Platform, email: &str) -> Vec<String> {
+    platform
+        .mailbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(to, _)| to.iter().any(|t| t == email))
+        .map(|(_, data)| data.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn kyc_approval_opens_wallets_for_the_same_token_and_both_mails_arrive() {
+    let mut platform = platform().await;
+    let user = Client::new(&platform.gateway_url).new_user("kyc").await;
+    let refused = user
+        .client
+        .post("/api/v1/wallets", json!({"currency": "EUR"}))
+        .await;
+    assert_eq!(refused.error(StatusCode::FORBIDDEN), "KYC_REQUIRED");
+
+    user.submit_kyc().await.data(StatusCode::CREATED);
+    user.open_wallet("EUR", Duration::from_secs(30)).await;
+
+    let mails = eventually("the welcome and KYC mails", async || {
+        let mails = mails_to(&platform, &user.email);
+        (mails.len() >= 2).then_some(mails)
+    })
+    .await;
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("Subject: Welcome to FinFlow")),
+        "{mails:?}"
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("Subject: Your identity is verified")),
+        "{mails:?}"
+    );
+    platform.stop().await;
+}
+
+async fn compliance(client: &Client) -> User {
+    let officer = client.user_with_email("compliance@finflow.local").await;
+    let roles = officer.session["user"]["roles"].clone();
+    assert_eq!(roles, json!(["user", "compliance"]));
+    officer
+}
+
+async fn payment_status(user: &User, id: &str) -> Value {
+    user.client
+        .get(&format!("/api/v1/payments/{id}"))
+        .await
+        .data(StatusCode::OK)
+        .clone()
+}
+
+async fn open_alert_for(officer: &User, payment: &str) -> String {
+    eventually("the AML alert", async || {
+        let alerts = officer.client.get("/api/v1/aml/alerts?status=open").await;
+        alerts.data(StatusCode::OK).as_array().and_then(|a| {
+            a.iter()
+                .find(|x| x["payment_id"] == payment && x["rule"] == "amount_threshold")
+                .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_held_payment_is_notified_cleared_by_compliance_and_completes_while_a_flagged_one_moves_nothing()
+ {
+    let mut platform = platform().await;
+    let client = Client::new(&platform.gateway_url);
+    let officer = compliance(&client).await;
+    let (alice, wallet) = client.new_user("aml").await.with_wallet("USD").await;
+
+    // Above the 10000 threshold: held, and the user is told.
+    let held = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": wallet, "amount": "15000.00", "currency": "USD"}),
+            &key(),
+            None,
+        )
+        .await;
+    let held = held.data(StatusCode::ACCEPTED).clone();
+    assert_eq!(held["status"], "ON_HOLD");
+    let held_id = held["id"].as_str().unwrap().to_owned();
+    eventually("the on-hold notification", async || {
+        let n = alice.client.get("/api/v1/notifications").await;
+        n.data(StatusCode::OK).as_array().and_then(|a| {
+            a.iter()
+                .find(|x| x["event_type"] == "payment.on_hold")
+                .cloned()
+        })
+    })
+    .await;
+
+    // Compliance clears it: C releases it and it completes.
+    let alert = open_alert_for(&officer, &held_id).await;
+    officer
+        .client
+        .post(
+            &format!("/api/v1/aml/alerts/{alert}/clear"),
+            json!({"reason": "source of funds documented"}),
+        )
+        .await
+        .data(StatusCode::OK);
+    let done = eventually("the cleared payment to complete", async || {
+        let p = payment_status(&alice, &held_id).await;
+        (p["status"] == "COMPLETED").then_some(p)
+    })
+    .await;
+    assert_eq!(done["amount"], "15000.00");
+    assert_eq!(alice.balance(&wallet).await, "15000.00");
+
+    // A second one is flagged: it fails and no money moves.
+    let flagged = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": wallet, "amount": "12000.00", "currency": "USD"}),
+            &key(),
+            None,
+        )
+        .await;
+    let flagged_id = flagged.data(StatusCode::ACCEPTED)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let alert = open_alert_for(&officer, &flagged_id).await;
+    officer
+        .client
+        .post(
+            &format!("/api/v1/aml/alerts/{alert}/flag"),
+            json!({"reason": "structuring suspected"}),
+        )
+        .await
+        .data(StatusCode::OK);
+    let failed = eventually("the flagged payment to fail", async || {
+        let p = payment_status(&alice, &flagged_id).await;
+        (p["status"] == "FAILED").then_some(p)
+    })
+    .await;
+    assert_eq!(failed["failure"]["code"], "AML_FLAGGED");
+    assert_eq!(alice.balance(&wallet).await, "15000.00", "no money moved");
+
+    // Only compliance sees alerts.
+    let denied = alice.client.get("/api/v1/aml/alerts").await;
+    assert_eq!(denied.error(StatusCode::FORBIDDEN), "FORBIDDEN");
+    platform.stop().await;
+}

@@ -1,0 +1,133 @@
+//! Identity journeys through the gateway: the whole chain (gateway, sidecar with JWT
+//! validation, service A, PostgreSQL, Redis, RabbitMQ), started by the launcher.
+
+use finflow_e2e::client::Client;
+use finflow_e2e::launcher::{Options, Platform};
+use reqwest::StatusCode;
+use serde_json::json;
+
+async fn platform() -> Platform {
+    Platform::start(Options::isolated())
+        .await
+        .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"))
+}
+
+#[tokio::test]
+async fn a_user_registers_logs_in_and_reads_their_profile_through_the_gateway() {
+    let mut platform = platform().await;
+    let anonymous = Client::new(&platform.gateway_url);
+    let user = anonymous.new_user("e2e").await;
+
+    let me = user.client.get("/api/v1/users/me").await;
+    let data = me.data(StatusCode::OK);
+    assert_eq!(data["id"], user.id.as_str());
+    assert_eq!(data["email"], user.email.as_str());
+    assert!(me.headers.contains_key("x-request-id"));
+
+    let refused = anonymous.get("/api/v1/users/me").await;
+    assert_eq!(refused.error(StatusCode::UNAUTHORIZED), "UNAUTHORIZED");
+    assert!(
+        refused.headers.contains_key("x-finflow-proxy-error"),
+        "the refusal is the sidecar's, and says so"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_rotates_logout_revokes_and_a_replayed_refresh_token_revokes_its_family() {
+    let mut platform = platform().await;
+    let anonymous = Client::new(&platform.gateway_url);
+    let user = anonymous.new_user("e2e").await;
+    let first = &user.session;
+    let refresh = |token: &serde_json::Value| {
+        let c = anonymous.clone();
+        let body = json!({"refresh_token": token});
+        async move { c.post("/api/v1/auth/refresh", body).await }
+    };
+
+    let rotated = refresh(&first["refresh_token"]).await;
+    let second = rotated.data(StatusCode::OK).clone();
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    let me = anonymous
+        .with_token(second["access_token"].as_str().unwrap())
+        .get("/api/v1/users/me")
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "the rotated access token works");
+
+    let replay = refresh(&first["refresh_token"]).await;
+    assert_eq!(replay.error(StatusCode::UNAUTHORIZED), "UNAUTHORIZED");
+    let successor = refresh(&second["refresh_token"]).await;
+    assert_eq!(
+        successor.status,
+        StatusCode::UNAUTHORIZED,
+        "the whole family is revoked"
+    );
+
+    let again = anonymous
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": user.email, "password": finflow_e2e::client::PASSWORD}),
+        )
+        .await;
+    let session = again.data(StatusCode::OK).clone();
+    let out = anonymous
+        .post(
+            "/api/v1/auth/logout",
+            json!({"refresh_token": session["refresh_token"]}),
+        )
+        .await;
+    out.data(StatusCode::OK);
+    let after = refresh(&session["refresh_token"]).await;
+    assert_eq!(
+        after.status,
+        StatusCode::UNAUTHORIZED,
+        "logout revoked the session"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_and_internal_routes_are_refused_at_the_edge() {
+    let mut platform = platform().await;
+    let anonymous = Client::new(&platform.gateway_url);
+    let victim = anonymous.new_user("victim").await;
+    let attacker = anonymous.new_user("attacker").await;
+
+    // A client-sent identity never reaches the app: the token's subject wins.
+    let me = attacker
+        .client
+        .send(
+            attacker
+                .client
+                .http
+                .get(attacker.client.url("/api/v1/users/me"))
+                .header("x-user-id", &victim.id)
+                .header("x-user-roles", "ops,service:wallet"),
+        )
+        .await;
+    assert_eq!(me.data(StatusCode::OK)["id"], attacker.id.as_str());
+
+    // Without a token, a spoofed identity is stripped and the request is refused.
+    let spoofed = anonymous
+        .send(
+            anonymous
+                .http
+                .get(anonymous.url("/api/v1/users/me"))
+                .header("x-user-id", &victim.id),
+        )
+        .await;
+    assert_eq!(spoofed.status, StatusCode::UNAUTHORIZED);
+
+    // /internal/* is never routed by the gateway ...
+    let path = format!("/internal/users/{}", victim.id);
+    let routed = attacker.client.get(&path).await;
+    assert_eq!(routed.error(StatusCode::NOT_FOUND), "NOT_FOUND");
+
+    // ... and A's sidecar refuses it to a user token.
+    let direct = Client::new(&platform.services[0].sidecar_url)
+        .with_token(attacker.session["access_token"].as_str().unwrap())
+        .get(&path)
+        .await;
+    assert_eq!(direct.error(StatusCode::FORBIDDEN), "FORBIDDEN");
+    platform.stop().await;
+}

@@ -1,0 +1,110 @@
+//! The operator's configuration: flags, each with an environment variable (the chart
+//! sets the variables).
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// Sidecar image used when a FinService names none (and by the webhook).
+pub const DEFAULT_SIDECAR_IMAGE: &str =
+    concat!("ghcr.io/finflow/sidecar:", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-operator",
+    version,
+    about = "Reconciles FinService, MessageQueue and RedisCache; injects the FinFlow sidecar."
+)]
+pub struct Config {
+    /// Namespace the operator runs in: its Lease and webhook certificate live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "finflow-system")]
+    pub namespace: String,
+    /// This replica's name in the leader election (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Watch only this namespace; every namespace when unset.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Address of `/metrics` and `/healthz`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Address of the admission webhook (TLS).
+    #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    pub webhook_addr: SocketAddr,
+    /// Service in front of the webhook, named in its certificate and configuration.
+    #[arg(
+        long,
+        env = "WEBHOOK_SERVICE",
+        default_value = "finflow-operator-webhook"
+    )]
+    pub webhook_service: String,
+    /// Serve the injection webhook (and manage its certificate).
+    #[arg(long, env = "WEBHOOK_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_enabled: bool,
+    /// Default sidecar image.
+    #[arg(long, env = "SIDECAR_IMAGE", default_value = DEFAULT_SIDECAR_IMAGE)]
+    pub sidecar_image: String,
+    /// Native sidecars (init containers with restartPolicy Always): on, off, or auto
+    /// (on when the API server is 1.29 or later).
+    #[arg(long, env = "NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
+    pub native_sidecars: NativeSidecars,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "finflow-operator")]
+    pub lease_name: String,
+    /// Seconds a leader holds the Lease without renewing.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
+    pub lease_duration_seconds: u64,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NativeSidecars {
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Whether an API server of this version runs native sidecars (on by default since 1.29).
+pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
+    let digits = |s: &str| {
+        s.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse::<u32>()
+            .ok()
+    };
+    match (digits(major), digits(minor)) {
+        (Some(1), Some(minor)) => minor >= 29,
+        (Some(major), _) => major > 1,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_flags() {
+        let c = Config::try_parse_from(["finflow-operator"]).unwrap();
+        assert_eq!(c.native_sidecars, NativeSidecars::Auto);
+        assert!(c.webhook_enabled);
+        assert_eq!(c.metrics_addr.port(), 8080);
+    }
+
+    #[test]
+    fn native_sidecars_start_with_kubernetes_1_29() {
+        assert!(supports_native_sidecars("1", "29"));
+        assert!(supports_native_sidecars("1", "33+"));
+        assert!(!supports_native_sidecars("1", "28"));
+        assert!(!supports_native_sidecars("", ""));
+    }
+}

@@ -1,0 +1,277 @@
+//! The edge: reconcilers that read the cluster, call the pure decisions, and write.
+//!
+//! Every reconciler follows the same shape: read what it depends on and what it owns,
+//! decide (pure functions in [`crate::finservice`], [`crate::messagequeue`],
+//! [`crate::rediscache`]), apply only the objects whose desired state differs from the
+//! cluster ([`crate::meta::needs_apply`]), write the status only when it changed, and
+//! record an Event for each step that changed something. So a reconcile of a world that
+//! already matches the spec makes no write at all.
+//!
+//! Writes are server-side applies with field manager `finflow-operator` and `force`,
+//! so the operator owns the fields it sets. Two writes are not applies, by the nature of
+//! the libraries that make them: kube-runtime's finalizer helper adds and removes its
+//! finalizer with a JSON patch (with a `test` precondition), and its event recorder
+//! creates Events.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::finservice::Settings;
+use crate::meta::{self, FIELD_MANAGER};
+
+pub mod finservice;
+pub mod messagequeue;
+pub mod rediscache;
+pub mod rollout;
+
+#[cfg(test)]
+pub(crate) mod mock;
+
+/// Why a reconcile failed. Every variant is retried by [`error_policy`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("{0} has no namespace")]
+    MissingNamespace(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, instance: Option<String>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+        }
+    }
+
+    /// Records an Event on `object`. Events are advisory: a failure to record one is
+    /// logged and does not fail the reconcile that already did the work.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not record an event");
+        }
+    }
+}
+
+/// The wall clock, as Kubernetes writes times.
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// How every write is made: server-side apply, our field manager, forced ownership.
+pub fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// The namespace of a namespaced custom resource.
+pub fn namespace<K: Resource>(object: &K) -> Result<String> {
+    object
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(object.name_any()))
+}
+
+/// A desired object next to what the cluster holds under its name.
+pub struct Observed<K> {
+    api: Api<K>,
+    pub desired: K,
+    pub current: Option<K>,
+}
+
+impl<K> Observed<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+{
+    /// Reads the current object (one GET).
+    pub async fn read(api: Api<K>, desired: K) -> Result<Self> {
+        let current = api.get_opt(&desired.name_any()).await?;
+        Ok(Self {
+            api,
+            desired,
+            current,
+        })
+    }
+
+    /// Whether applying would change anything.
+    pub fn stale(&self) -> bool {
+        meta::needs_apply(&self.desired, self.current.as_ref())
+    }
+
+    /// `Kind/name`, for events and logs.
+    pub fn describe(&self) -> String {
+        format!("{}/{}", K::kind(&()), self.desired.name_any())
+    }
+
+    /// Applies the desired object if it is stale; returns the object as the cluster now
+    /// has it, and whether a write happened.
+    pub async fn sync(self) -> Result<(Option<K>, bool)> {
+        if !self.stale() {
+            return Ok((self.current, false));
+        }
+        let applied = self
+            .api
+            .patch(
+                &self.desired.name_any(),
+                &apply_params(),
+                &Patch::Apply(&self.desired),
+            )
+            .await?;
+        Ok((Some(applied), true))
+    }
+}
+
+/// Writes `status` through the status subresource when it differs from `current`.
+/// Returns whether a write happened.
+pub async fn apply_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&body))
+        .await?;
+    Ok(true)
+}
+
+/// A random alphanumeric secret of `len` characters.
+pub fn random_secret(len: usize) -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// Failed reconciles are retried after a short pause; the watch brings back anything
+/// that changes meanwhile.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(kind = %K::kind(&()), name = %object.name_any(), %error, "reconcile failed");
+    metrics::counter!("finflow_operator_reconcile_errors_total", "kind" => K::kind(&()).to_string())
+        .increment(1);
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Times and counts a reconcile, for `/metrics`.
+pub async fn measured<K: Resource<DynamicType = ()>, F: Future<Output = Result<Action>>>(
+    fut: F,
+) -> Result<Action> {
+    let kind = K::kind(&()).to_string();
+    let started = Instant::now();
+    let result = fut.await;
+    metrics::counter!("finflow_operator_reconciliations_total", "kind" => kind.clone())
+        .increment(1);
+    metrics::histogram!("finflow_operator_reconcile_duration_seconds", "kind" => kind)
+        .record(started.elapsed());
+    result
+}
+
+/// Runs the three controllers until `shutdown` resolves. `namespace` limits what they
+/// watch; `None` watches every namespace.
+pub async fn run<F>(ctx: Arc<Context>, namespace: Option<String>, shutdown: F)
+where
+    F: Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+{
+    let finservices = finservice::controller(ctx.client.clone(), namespace.as_deref())
+        .graceful_shutdown_on(shutdown())
+        .run(finservice::reconcile, error_policy, ctx.clone())
+        .for_each(|r| log_outcome("finservice", r));
+    let queues = messagequeue::controller(ctx.client.clone(), namespace.as_deref())
+        .graceful_shutdown_on(shutdown())
+        .run(messagequeue::reconcile, error_policy, ctx.clone())
+        .for_each(|r| log_outcome("messagequeue", r));
+    let caches = rediscache::controller(ctx.client.clone(), namespace.as_deref())
+        .graceful_shutdown_on(shutdown())
+        .run(rediscache::reconcile, error_policy, ctx.clone())
+        .for_each(|r| log_outcome("rediscache", r));
+    tokio::join!(finservices, queues, caches);
+}
+
+async fn log_outcome<K, E>(
+    controller: &'static str,
+    result: std::result::Result<(kube::runtime::reflector::ObjectRef<K>, Action), E>,
+) where
+    K: Resource,
+    K::DynamicType: Debug,
+    E: std::fmt::Display,
+{
+    match result {
+        Ok((object, _)) => tracing::debug!(controller, object = %object.name, "reconciled"),
+        Err(e) => tracing::debug!(controller, error = %e, "reconcile error"),
+    }
+}
+
+/// An Api for `K` in `namespace`, or in every namespace.
+pub fn scoped_api<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// Watches only what the operator made, so the caches stay small.
+pub fn owned_objects() -> kube::runtime::watcher::Config {
+    kube::runtime::watcher::Config::default()
+        .labels(&format!("{}={FIELD_MANAGER}", meta::MANAGED_BY_LABEL))
+}

@@ -1,0 +1,321 @@
+//! `FinService`: one FinFlow service, deployed blue-green behind its sidecar.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Phase, SecretKeyRef};
+
+/// Desired state of one FinFlow service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "finflow.dev",
+    version = "v1alpha1",
+    kind = "FinService",
+    plural = "finservices",
+    shortname = "fsvc",
+    category = "finflow",
+    namespaced,
+    status = "FinServiceStatus",
+    derive = "PartialEq",
+    doc = "A FinFlow service: blue and green Deployments behind Services `<name>` (active color) and `<name>-preview` (the other), with the FinFlow sidecar in front of the app.",
+    printcolumn(name = "Module", type_ = "string", json_path = ".spec.module"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Active", type_ = "string", json_path = ".status.activeColor"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!(self.metadata.name in self.spec.dependsOn)").message("a FinService cannot depend on itself"),
+    validation = Rule::new("self.metadata.name.size() <= 55").message("the name must leave room for the `-preview` Service suffix (at most 55 characters)")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.sidecar.appPort) || self.sidecar.appPort != self.port").message("sidecar.appPort must differ from port: the sidecar owns port")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FinServiceSpec {
+    /// Container image repository of the application, without a tag (for example
+    /// `ghcr.io/finflow/wallet`). The tag is `version`.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
+    pub image: String,
+    /// Version to run: the image tag, for example `1.4.2`. Changing it rolls out a new version.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("version must not be empty"))]
+    pub version: String,
+    /// Number of pods of the active color.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("replicas cannot be negative"))]
+    pub replicas: i32,
+    /// Port the service is reached on: the Services' port and the pod's container port
+    /// named `http`. With the sidecar enabled the sidecar listens here and the app moves
+    /// to `sidecar.appPort` on 127.0.0.1.
+    #[serde(default = "default_port")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("port must be between 1 and 65535"))]
+    pub port: i32,
+    /// The service's letter in the FinFlow design (A: auth ... F: reporting); shown by
+    /// `kubectl get`, not used for decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<Module>,
+    /// Names of the FinServices (same namespace) this service depends on. A new version
+    /// is not rolled out while any of them is missing or not Ready.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub depends_on: Vec<String>,
+    /// Extra environment variables for the application container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Secret key holding the PostgreSQL URL; given to the app as `DATABASE_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_secret_ref: Option<SecretKeyRef>,
+    /// Name of the MessageQueue (same namespace) the service uses; its URL is given to
+    /// the app as `AMQP_URL`. The service waits while it is missing or not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ref: Option<String>,
+    /// Name of the RedisCache (same namespace) the service uses; its URL is given to the
+    /// app as `REDIS_URL`. The service waits while it is missing or not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ref: Option<String>,
+    /// The sidecar in front of the app (JWT validation, identity headers, proxying).
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+    /// How new versions are rolled out.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// CPU and memory for the application container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+/// The service letters of the FinFlow design.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Module {
+    A,
+    B,
+    C,
+    D,
+    E,
+    F,
+}
+
+/// Settings of the FinFlow sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!(has(self.jwksUri) && has(self.hs256SecretRef))").message("set jwksUri or hs256SecretRef, not both"),
+    validation = Rule::new("!self.enabled || has(self.jwksUri) || has(self.hs256SecretRef)").message("an enabled sidecar needs jwksUri or hs256SecretRef to validate tokens")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Put the sidecar in front of the app. Without it the app listens on `port` itself
+    /// and no token is checked.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sidecar image; defaults to the image the operator is configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Port the app listens on, on 127.0.0.1, behind the sidecar. Defaults to `port` +
+    /// 1000 (or `port` - 1000 when that would exceed 65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535").message("appPort must be between 1 and 65535"))]
+    pub app_port: Option<i32>,
+    /// Expected `iss` claim of access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    /// Accepted `aud` values; a token must name at least one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// URL of the issuer's JWKS (EdDSA keys), for example
+    /// `http://auth.finflow.svc/.well-known/jwks.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Secret key holding a shared HS256 secret, for simple setups without a JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_ref: Option<SecretKeyRef>,
+    /// Path prefixes served without a token.
+    #[serde(default = "default_public_paths")]
+    pub public_paths: Vec<String>,
+    /// Verified claim name to the request header it is forwarded in. Client-supplied
+    /// copies of these headers are always removed.
+    #[serde(default = "default_claim_headers")]
+    pub claim_headers: BTreeMap<String, String>,
+}
+
+impl Default for SidecarSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            image: None,
+            app_port: None,
+            jwt_issuer: None,
+            audiences: Vec::new(),
+            jwks_uri: None,
+            hs256_secret_ref: None,
+            public_paths: default_public_paths(),
+            claim_headers: default_claim_headers(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_public_paths() -> Vec<String> {
+    ["/health", "/ready", "/metrics", "/openapi.json"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// DESIGN section 3: the identity headers an app may rely on.
+fn default_claim_headers() -> BTreeMap<String, String> {
+    [
+        ("sub", "X-User-Id"),
+        ("email", "X-User-Email"),
+        ("roles", "X-User-Roles"),
+        ("kyc_status", "X-Kyc-Status"),
+        ("tier", "X-Account-Tier"),
+    ]
+    .into_iter()
+    .map(|(c, h)| (c.to_owned(), h.to_owned()))
+    .collect()
+}
+
+/// How a new version goes live.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Switch traffic to the new color as soon as it is healthy; when false, wait for a
+    /// user to promote.
+    #[serde(default = "default_true")]
+    pub auto_promote: bool,
+    /// Path probed on the app (through the sidecar) for liveness and for the health of a
+    /// new color before promotion.
+    #[serde(default = "default_health_path")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("healthPath must start with /"))]
+    pub health_path: String,
+    /// How long a new version may take to become ready before the rollout counts as failed.
+    #[serde(default = "default_readiness_timeout")]
+    #[x_kube(validation = Rule::new("self > 0").message("readinessTimeoutSeconds must be positive"))]
+    pub readiness_timeout_seconds: i32,
+    /// How long the previous color stays scaled up after a promotion, so a rollback is instant.
+    #[serde(default = "default_scale_down_delay")]
+    #[x_kube(validation = Rule::new("self >= 0").message("scaleDownDelaySeconds cannot be negative"))]
+    pub scale_down_delay_seconds: i32,
+    /// How long after a promotion the new version is watched; failing in that window
+    /// rolls it back.
+    #[serde(default = "default_observation_window")]
+    #[x_kube(validation = Rule::new("self >= 0").message("observationWindowSeconds cannot be negative"))]
+    pub observation_window_seconds: i32,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            auto_promote: true,
+            health_path: default_health_path(),
+            readiness_timeout_seconds: default_readiness_timeout(),
+            scale_down_delay_seconds: default_scale_down_delay(),
+            observation_window_seconds: default_observation_window(),
+        }
+    }
+}
+
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+
+fn default_readiness_timeout() -> i32 {
+    300
+}
+
+fn default_scale_down_delay() -> i32 {
+    300
+}
+
+fn default_observation_window() -> i32 {
+    300
+}
+
+/// One of the two Deployments of a FinService.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Blue => Self::Green,
+            Self::Green => Self::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Blue => "blue",
+            Self::Green => "green",
+        }
+    }
+}
+
+/// Observed state of a FinService.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinServiceStatus {
+    /// Where the service stands: Pending, Waiting, Progressing, Ready or Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The color the Service `<name>` sends traffic to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_color: Option<Color>,
+    /// Version running in the active color.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_version: Option<String>,
+    /// Version running in the other color, reachable through `<name>-preview`, while a
+    /// rollout is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_version: Option<String>,
+    /// Last version that was Ready: what a rollback returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// Ready pods of the active color over desired replicas, for example `2/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Versions that went live, oldest first (at most the last 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
+    /// Ready, Progressing, Degraded and DependenciesReady, following the Kubernetes API
+    /// conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A version that went live.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// Increases by one with every version that goes live.
+    pub revision: i64,
+    /// The version (image tag).
+    pub version: String,
+    /// The color it ran in.
+    pub color: Color,
+    /// When it became Ready.
+    pub deployed_at: Time,
+}

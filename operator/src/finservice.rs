@@ -1,0 +1,1155 @@
+//! FinService decisions: the objects a FinService should own, whether it must wait
+//! for its dependencies, and the status that follows from what was observed.
+//!
+//! Everything here is a pure function of the resources; the controller
+//! (`controller::finservice`) reads the cluster, calls these, and writes the result.
+//!
+//! Until the blue-green rollout engine lands (issue 9), the spec's version is deployed
+//! in place to the active color (blue for a new service) and the other color is kept
+//! at zero replicas, with `<name>-preview` selecting it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use kube::api::ObjectMeta;
+use serde::Serialize;
+
+use crate::conditions::{self, Desired, reasons, types};
+use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
+use crate::inject::{self, SidecarSettings};
+use crate::meta::{self, labels, owned_meta, with_spec_hash};
+use crate::{messagequeue, rediscache, rollout};
+
+/// Label on pods and Deployments telling blue from green.
+pub const COLOR_LABEL: &str = "finflow.dev/color";
+/// Label on pods carrying the version they run.
+pub const VERSION_LABEL: &str = "finflow.dev/version";
+/// Pod annotation with the hash of the sidecar configuration, so a change rolls the pods.
+pub const SIDECAR_CONFIG_HASH: &str = "finflow.dev/sidecar-config-hash";
+/// How many revisions `status.history` keeps.
+pub const HISTORY_LIMIT: usize = 10;
+const COMPONENT: &str = "finservice";
+
+/// Operator-wide settings the desired objects depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Sidecar image when a FinService does not name one.
+    pub sidecar_image: String,
+    /// Whether the cluster runs native sidecars (Kubernetes 1.29 and later).
+    pub native_sidecars: bool,
+}
+
+pub fn deployment_name(name: &str, color: Color) -> String {
+    format!("{name}-{}", color.as_str())
+}
+
+pub fn preview_service_name(name: &str) -> String {
+    format!("{name}-preview")
+}
+
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-sidecar")
+}
+
+/// The color `<name>` sends traffic to: the recorded one, blue for a new service.
+pub fn active_color(fs: &FinService) -> Color {
+    fs.status
+        .as_ref()
+        .and_then(|s| s.active_color)
+        .unwrap_or(Color::Blue)
+}
+
+/// Everything a FinService owns, each with its spec hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owned {
+    pub service_account: ServiceAccount,
+    pub config_map: ConfigMap,
+    /// Blue, then green.
+    pub deployments: [Deployment; 2],
+    /// `<name>` (active color), then `<name>-preview` (the other).
+    pub services: [Service; 2],
+}
+
+/// The sidecar's own configuration file (`sidecar.json`). Secrets stay out of it: the
+/// HS256 secret reaches the sidecar as an environment variable from its Secret.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SidecarConfig<'a> {
+    issuer: Option<&'a str>,
+    audiences: &'a [String],
+    jwks_uri: Option<&'a str>,
+    hs256: bool,
+    public_paths: &'a [String],
+    claim_headers: &'a BTreeMap<String, String>,
+}
+
+fn sidecar_config_json(fs: &FinService) -> String {
+    let s = &fs.spec.sidecar;
+    let config = SidecarConfig {
+        issuer: s.jwt_issuer.as_deref(),
+        audiences: &s.audiences,
+        jwks_uri: s.jwks_uri.as_deref(),
+        hs256: s.hs256_secret_ref.is_some(),
+        public_paths: &s.public_paths,
+        claim_headers: &s.claim_headers,
+    };
+    serde_json::to_string_pretty(&config).unwrap_or_default()
+}
+
+/// The desired objects. `cache_password` says whether the referenced RedisCache
+/// requires a password (its URL then comes from its Secret).
+pub fn desired(fs: &FinService, settings: &Settings, cache_password: bool) -> Owned {
+    let name = fs.name_any();
+    let active = active_color(fs);
+    let config_json = sidecar_config_json(fs);
+
+    let service_account = with_spec_hash(ServiceAccount {
+        metadata: owned_meta(fs, &name, labels(&name, COMPONENT)),
+        // The apps do not call the Kubernetes API.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    });
+    let config_map = with_spec_hash(ConfigMap {
+        metadata: owned_meta(fs, config_map_name(&name), labels(&name, COMPONENT)),
+        data: Some([(inject::CONFIG_FILE.to_owned(), config_json.clone())].into()),
+        ..ConfigMap::default()
+    });
+    let deployment = |color: Color| {
+        let replicas = if color == active { fs.spec.replicas } else { 0 };
+        with_spec_hash(deployment_for(
+            fs,
+            settings,
+            cache_password,
+            color,
+            replicas,
+            &config_json,
+        ))
+    };
+    let service = |service_name: String, color: Color| {
+        with_spec_hash(Service {
+            metadata: owned_meta(fs, service_name, labels(&name, COMPONENT)),
+            spec: Some(ServiceSpec {
+                selector: Some(selector(&name, color)),
+                ports: Some(vec![ServicePort {
+                    name: Some(inject::HTTP_PORT.to_owned()),
+                    port: fs.spec.port,
+                    target_port: Some(IntOrString::String(inject::HTTP_PORT.to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        })
+    };
+    Owned {
+        service_account,
+        config_map,
+        deployments: [deployment(Color::Blue), deployment(Color::Green)],
+        services: [
+            service(name.clone(), active),
+            service(preview_service_name(&name), active.other()),
+        ],
+    }
+}
+
+fn selector(name: &str, color: Color) -> BTreeMap<String, String> {
+    [
+        (meta::INSTANCE_LABEL.to_owned(), name.to_owned()),
+        (COLOR_LABEL.to_owned(), color.as_str().to_owned()),
+    ]
+    .into()
+}
+
+/// Downward API volume with the pod's rollout role, kept current by the kubelet.
+pub const PODINFO_VOLUME: &str = "finflow-podinfo";
+/// Where the app finds it: `role` holds `preview` or `active`.
+pub const PODINFO_PATH: &str = "/etc/finflow/podinfo";
+
+fn podinfo_volume() -> Volume {
+    Volume {
+        name: PODINFO_VOLUME.to_owned(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: "role".to_owned(),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: format!("metadata.labels['{}']", rollout::ROLE_LABEL),
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+            ..DownwardAPIVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_owned(),
+                key: key.to_owned(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+fn deployment_for(
+    fs: &FinService,
+    settings: &Settings,
+    cache_password: bool,
+    color: Color,
+    replicas: i32,
+    config_json: &str,
+) -> Deployment {
+    let name = fs.name_any();
+    let spec = &fs.spec;
+    let port = spec.port;
+
+    // The platform kit's configuration contract (LISTEN_ADDR, DATABASE_URL, AMQP_URL,
+    // REDIS_URL); the user's own variables come last so they can override ours.
+    let mut env = vec![
+        value_env("LISTEN_ADDR", format!("0.0.0.0:{port}")),
+        value_env("FINFLOW_SERVICE", name.clone()),
+        value_env("FINFLOW_VERSION", spec.version.clone()),
+        value_env("FINFLOW_COLOR", color.as_str()),
+        // Issue 9: `preview` or `active` as the pod started; the live value is the file
+        // PODINFO_ROLE_FILE (the operator relabels pods on promotion, and only a
+        // downward API volume follows label changes). Only `preview` pauses consumers:
+        // empty (a pod not labelled yet, or an operator without rollouts) keeps today's
+        // behaviour, so an unlabelled pod never silently stops working.
+        EnvVar {
+            name: "FINFLOW_ROLE".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: format!("metadata.labels['{}']", rollout::ROLE_LABEL),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+        value_env("FINFLOW_ROLE_FILE", format!("{PODINFO_PATH}/role")),
+    ];
+    if let Some(db) = &spec.database_secret_ref {
+        env.push(secret_env("DATABASE_URL", &db.name, &db.key));
+    }
+    if let Some(queue) = &spec.queue_ref {
+        env.push(secret_env(
+            "AMQP_URL",
+            &messagequeue::credentials_secret_name(queue),
+            messagequeue::URL_KEY,
+        ));
+    }
+    if let Some(cache) = &spec.cache_ref {
+        env.push(if cache_password {
+            secret_env(
+                "REDIS_URL",
+                &rediscache::password_secret_name(cache),
+                rediscache::URL_KEY,
+            )
+        } else {
+            value_env("REDIS_URL", rediscache::url(cache, None))
+        });
+    }
+    env.extend(spec.env.iter().cloned());
+
+    let http_probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(inject::HTTP_PORT.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let app = Container {
+        name: "app".to_owned(),
+        image: Some(format!("{}:{}", spec.image, spec.version)),
+        ports: Some(vec![ContainerPort {
+            name: Some(inject::HTTP_PORT.to_owned()),
+            container_port: port,
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: PODINFO_VOLUME.to_owned(),
+            mount_path: PODINFO_PATH.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        readiness_probe: Some(http_probe("/ready", 5)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(10),
+            ..http_probe(&spec.rollout.health_path, 10)
+        }),
+        ..Container::default()
+    };
+    let mut pod = PodSpec {
+        containers: vec![app],
+        volumes: Some(vec![podinfo_volume()]),
+        service_account_name: Some(name.clone()),
+        automount_service_account_token: Some(false),
+        termination_grace_period_seconds: Some(30),
+        ..PodSpec::default()
+    };
+    if spec.sidecar.enabled {
+        pod = inject::inject(
+            &pod,
+            &SidecarSettings {
+                image: spec
+                    .sidecar
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| settings.sidecar_image.clone()),
+                app_port: spec.sidecar.app_port,
+                config_map: Some(config_map_name(&name)),
+                hs256_secret: spec.sidecar.hs256_secret_ref.clone(),
+                native: settings.native_sidecars,
+            },
+        );
+    }
+
+    let mut pod_labels = labels(&name, COMPONENT);
+    pod_labels.extend(selector(&name, color));
+    pod_labels.insert(VERSION_LABEL.to_owned(), spec.version.clone());
+    let mut deployment_labels = labels(&name, COMPONENT);
+    deployment_labels.extend(selector(&name, color));
+
+    Deployment {
+        metadata: owned_meta(fs, deployment_name(&name, color), deployment_labels),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(&name, color)),
+                match_expressions: None,
+            },
+            progress_deadline_seconds: Some(spec.rollout.readiness_timeout_seconds),
+            revision_history_limit: Some(3),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(
+                        [(SIDECAR_CONFIG_HASH.to_owned(), meta::hash(&config_json))].into(),
+                    ),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Something a FinService depends on that keeps it from rolling out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    /// `FinService`, `MessageQueue` or `RedisCache`.
+    pub kind: &'static str,
+    pub name: String,
+    /// `None` when it does not exist; why it is not Ready otherwise.
+    pub not_ready: Option<String>,
+}
+
+impl Blocker {
+    fn missing(kind: &'static str, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_owned(),
+            not_ready: None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match &self.not_ready {
+            None => format!("{} {} does not exist", self.kind, self.name),
+            Some(why) => format!("{} {} is not ready ({why})", self.kind, self.name),
+        }
+    }
+}
+
+fn generation_observed(generation: Option<i64>, observed: Option<i64>) -> bool {
+    observed.is_some() && observed >= generation
+}
+
+/// Why a FinService that others depend on is not usable yet, if it is not: missing,
+/// status not yet reflecting its spec, not Ready, progressing or degraded.
+pub fn service_blocker(name: &str, dep: Option<&FinService>) -> Option<Blocker> {
+    let Some(dep) = dep else {
+        return Some(Blocker::missing("FinService", name));
+    };
+    let status = dep.status.clone().unwrap_or_default();
+    let c = &status.conditions;
+    let why = if !generation_observed(dep.metadata.generation, status.observed_generation) {
+        Some("its status does not reflect its latest spec yet".to_owned())
+    } else if conditions::is_true(c, types::DEGRADED) {
+        Some("degraded".to_owned())
+    } else if conditions::is_true(c, types::PROGRESSING) {
+        Some("progressing".to_owned())
+    } else if !conditions::is_true(c, types::READY) {
+        Some(format!(
+            "phase {}",
+            status.phase.map_or("Pending", Phase::as_str)
+        ))
+    } else {
+        None
+    };
+    why.map(|w| Blocker {
+        kind: "FinService",
+        name: name.to_owned(),
+        not_ready: Some(w),
+    })
+}
+
+/// Why the referenced MessageQueue is not usable yet, if it is not.
+pub fn queue_blocker(name: &str, queue: Option<&MessageQueue>) -> Option<Blocker> {
+    let Some(queue) = queue else {
+        return Some(Blocker::missing("MessageQueue", name));
+    };
+    let ready = queue
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
+    (!ready).then(|| Blocker {
+        kind: "MessageQueue",
+        name: name.to_owned(),
+        not_ready: Some("not Ready".to_owned()),
+    })
+}
+
+/// Why the referenced RedisCache is not usable yet, if it is not.
+pub fn cache_blocker(name: &str, cache: Option<&RedisCache>) -> Option<Blocker> {
+    let Some(cache) = cache else {
+        return Some(Blocker::missing("RedisCache", name));
+    };
+    let ready = cache
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
+    (!ready).then(|| Blocker {
+        kind: "RedisCache",
+        name: name.to_owned(),
+        not_ready: Some("not Ready".to_owned()),
+    })
+}
+
+fn dependencies_condition(blockers: &[Blocker]) -> Desired {
+    if blockers.is_empty() {
+        return Desired::new(
+            types::DEPENDENCIES_READY,
+            true,
+            reasons::DEPENDENCIES_READY,
+            "every dependency exists and is Ready",
+        );
+    }
+    let reason = if blockers.iter().any(|b| b.not_ready.is_none()) {
+        reasons::DEPENDENCY_MISSING
+    } else {
+        reasons::DEPENDENCY_NOT_READY
+    };
+    let message = blockers
+        .iter()
+        .map(Blocker::describe)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Desired::new(types::DEPENDENCIES_READY, false, reason, message)
+}
+
+/// What the active Deployment says about the rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    pub ready_replicas: i32,
+    pub state: RolloutState,
+    /// Version of the pod template (its `finflow.dev/version` label).
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutState {
+    /// Every desired replica runs the current template and is available.
+    Complete,
+    /// Still moving; the message says how far it got.
+    InProgress(String),
+    /// The Deployment controller gave up within `progressDeadlineSeconds`.
+    DeadlineExceeded(String),
+}
+
+/// Reads a Deployment's status the way `kubectl rollout status` does.
+pub fn rollout(deployment: &Deployment, desired_replicas: i32) -> Rollout {
+    let status = deployment.status.clone().unwrap_or_default();
+    let version = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| l.get(VERSION_LABEL).cloned());
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let deadline = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let state = if !generation_observed(deployment.metadata.generation, status.observed_generation)
+    {
+        RolloutState::InProgress("waiting for the Deployment controller to see the new spec".into())
+    } else if let Some(c) = deadline {
+        RolloutState::DeadlineExceeded(c.message.clone().unwrap_or_default())
+    } else if updated < desired_replicas {
+        RolloutState::InProgress(format!("{updated}/{desired_replicas} replicas updated"))
+    } else if total > updated {
+        RolloutState::InProgress(format!("{} old replicas terminating", total - updated))
+    } else if available < desired_replicas || ready < desired_replicas {
+        RolloutState::InProgress(format!("{ready}/{desired_replicas} replicas ready"))
+    } else {
+        RolloutState::Complete
+    };
+    Rollout {
+        ready_replicas: ready,
+        state,
+        version,
+    }
+}
+
+/// The status after this reconcile.
+///
+/// `held` means the desired objects differ from the cluster but `blockers` kept them
+/// from being applied (phase `Waiting`); `active` is the active color's Deployment as
+/// last seen (after any apply). Times only move when something changed, so the same
+/// inputs give back the same status and no write.
+pub fn next_status(
+    fs: &FinService,
+    blockers: &[Blocker],
+    held: bool,
+    active: Option<&Deployment>,
+    now: &Time,
+) -> FinServiceStatus {
+    let current = fs.status.clone().unwrap_or_default();
+    let generation = fs.metadata.generation;
+    let color = active_color(fs);
+    let replicas = fs.spec.replicas;
+    let observed = active.map(|d| rollout(d, replicas));
+    let ready_replicas = observed.as_ref().map_or(0, |r| r.ready_replicas);
+
+    let deps = dependencies_condition(blockers);
+    let (phase, ready, progressing, degraded) = if held {
+        let waiting = format!("held until dependencies are ready: {}", deps.message);
+        (
+            Phase::Waiting,
+            Desired::new(
+                types::READY,
+                false,
+                reasons::WAITING_FOR_DEPENDENCIES,
+                &waiting,
+            ),
+            Desired::new(
+                types::PROGRESSING,
+                false,
+                reasons::WAITING_FOR_DEPENDENCIES,
+                &waiting,
+            ),
+            degraded_condition(observed.as_ref()),
+        )
+    } else {
+        match observed.as_ref().map(|r| &r.state) {
+            Some(RolloutState::Complete) => {
+                let message = if replicas == 0 {
+                    format!("version {} scaled to zero", fs.spec.version)
+                } else {
+                    format!(
+                        "version {} ready on {} ({ready_replicas}/{replicas})",
+                        fs.spec.version,
+                        color.as_str()
+                    )
+                };
+                let reason = if replicas == 0 {
+                    reasons::SCALED_TO_ZERO
+                } else {
+                    reasons::REPLICAS_READY
+                };
+                (
+                    Phase::Ready,
+                    Desired::new(types::READY, true, reason, &message),
+                    Desired::new(types::PROGRESSING, false, reasons::ROLLED_OUT, &message),
+                    Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                )
+            }
+            Some(RolloutState::DeadlineExceeded(why)) => {
+                let message = format!(
+                    "version {} did not become ready within {}s: {why}",
+                    fs.spec.version, fs.spec.rollout.readiness_timeout_seconds
+                );
+                (
+                    Phase::Degraded,
+                    Desired::new(
+                        types::READY,
+                        false,
+                        reasons::PROGRESS_DEADLINE_EXCEEDED,
+                        &message,
+                    ),
+                    Desired::new(
+                        types::PROGRESSING,
+                        false,
+                        reasons::PROGRESS_DEADLINE_EXCEEDED,
+                        &message,
+                    ),
+                    Desired::new(
+                        types::DEGRADED,
+                        true,
+                        reasons::PROGRESS_DEADLINE_EXCEEDED,
+                        &message,
+                    ),
+                )
+            }
+            Some(RolloutState::InProgress(how)) => {
+                let message = format!(
+                    "rolling out version {} on {}: {how}",
+                    fs.spec.version,
+                    color.as_str()
+                );
+                (
+                    Phase::Progressing,
+                    Desired::new(types::READY, false, reasons::REPLICAS_NOT_READY, &message),
+                    Desired::new(types::PROGRESSING, true, reasons::ROLLING_OUT, &message),
+                    Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                )
+            }
+            None => {
+                let message = format!(
+                    "rolling out version {} on {}",
+                    fs.spec.version,
+                    color.as_str()
+                );
+                (
+                    Phase::Progressing,
+                    Desired::new(types::READY, false, reasons::REPLICAS_NOT_READY, &message),
+                    Desired::new(types::PROGRESSING, true, reasons::ROLLING_OUT, &message),
+                    Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                )
+            }
+        }
+    };
+
+    let active_version = observed
+        .as_ref()
+        .and_then(|r| r.version.clone())
+        .or(current.active_version.clone());
+    let mut history = current.history.clone();
+    let mut stable_version = current.stable_version.clone();
+    if phase == Phase::Ready {
+        let live = &fs.spec.version;
+        let last = history.last();
+        if last.is_none_or(|r| &r.version != live || r.color != color) {
+            history.push(Revision {
+                revision: last.map_or(1, |r| r.revision + 1),
+                version: live.clone(),
+                color,
+                deployed_at: now.clone(),
+            });
+            let excess = history.len().saturating_sub(HISTORY_LIMIT);
+            history.drain(..excess);
+        }
+        stable_version = Some(live.clone());
+    }
+
+    FinServiceStatus {
+        phase: Some(phase),
+        active_color: Some(color),
+        active_version,
+        // The other color holds nothing until the rollout engine uses it (issue 9).
+        preview_version: None,
+        stable_version,
+        ready: Some(format!("{ready_replicas}/{replicas}")),
+        history,
+        conditions: conditions::merge(
+            &current.conditions,
+            vec![ready, progressing, degraded, deps],
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+    }
+}
+
+fn degraded_condition(observed: Option<&Rollout>) -> Desired {
+    match observed.map(|r| &r.state) {
+        Some(RolloutState::DeadlineExceeded(why)) => Desired::new(
+            types::DEGRADED,
+            true,
+            reasons::PROGRESS_DEADLINE_EXCEEDED,
+            why.clone(),
+        ),
+        _ => Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::{FinServiceSpec, SecretKeyRef, SidecarSpec};
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::jiff::Timestamp;
+
+    pub(crate) fn settings() -> Settings {
+        Settings {
+            sidecar_image: "finflow/sidecar:test".into(),
+            native_sidecars: true,
+        }
+    }
+
+    pub(crate) fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    /// A FinService as the API server would hand it over (uid, generation, defaults).
+    pub(crate) fn finservice(name: &str, depends_on: &[&str]) -> FinService {
+        let spec = FinServiceSpec {
+            image: format!("ghcr.io/finflow/{name}"),
+            version: "1.0.0".into(),
+            replicas: 2,
+            port: 8002,
+            module: None,
+            depends_on: depends_on.iter().map(|d| (*d).to_owned()).collect(),
+            env: Vec::new(),
+            database_secret_ref: Some(SecretKeyRef {
+                name: format!("{name}-db"),
+                key: "url".into(),
+            }),
+            queue_ref: None,
+            cache_ref: None,
+            sidecar: SidecarSpec {
+                jwks_uri: Some("http://auth:8001/.well-known/jwks.json".into()),
+                ..SidecarSpec::default()
+            },
+            rollout: Default::default(),
+            resources: None,
+        };
+        let mut fs = FinService::new(name, spec);
+        fs.metadata.namespace = Some("finflow".into());
+        fs.metadata.uid = Some(format!("uid-{name}"));
+        fs.metadata.generation = Some(1);
+        fs
+    }
+
+    /// `deployment` as the Deployment controller reports it once `ready` pods are up.
+    pub(crate) fn with_rollout_status(mut deployment: Deployment, ready: i32) -> Deployment {
+        deployment.metadata.generation = Some(1);
+        let replicas = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        deployment.status = Some(DeploymentStatus {
+            observed_generation: Some(1),
+            replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            ready_replicas: Some(ready),
+            available_replicas: Some(ready),
+            ..DeploymentStatus::default()
+        });
+        deployment
+    }
+
+    fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+        pod.containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+            .unwrap()
+    }
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    /// Issue 9's contract with the services: the role from the pod's label, at start in
+    /// `FINFLOW_ROLE` and live in the file `FINFLOW_ROLE_FILE` names, next to the sidecar's.
+    #[test]
+    fn the_app_learns_its_role_from_the_downward_api() {
+        let owned = desired(&finservice("wallet", &[]), &settings(), false);
+        let pod = pod(&owned.deployments[1]);
+        let app = container(pod, "app");
+        let env = |name: &str| app.env.iter().flatten().find(|e| e.name == name).unwrap();
+        assert_eq!(
+            env("FINFLOW_ROLE")
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['finflow.dev/role']"
+        );
+        assert_eq!(env("FINFLOW_COLOR").value.as_deref(), Some("green"));
+        assert_eq!(
+            env("FINFLOW_ROLE_FILE").value.as_deref(),
+            Some("/etc/finflow/podinfo/role")
+        );
+        let mounts = app.volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == PODINFO_VOLUME && m.mount_path == PODINFO_PATH)
+        );
+        let volumes = pod.volumes.as_ref().unwrap();
+        let podinfo = volumes.iter().find(|v| v.name == PODINFO_VOLUME).unwrap();
+        let file = &podinfo
+            .downward_api
+            .as_ref()
+            .unwrap()
+            .items
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(file.path, "role");
+        // The sidecar's configuration volume is still there.
+        assert!(volumes.iter().any(|v| v.config_map.is_some()));
+    }
+
+    #[test]
+    fn a_new_service_runs_on_blue_with_green_at_zero() {
+        let owned = desired(&finservice("wallet", &["auth"]), &settings(), false);
+        let [blue, green] = &owned.deployments;
+        assert_eq!(blue.metadata.name.as_deref(), Some("wallet-blue"));
+        assert_eq!(blue.spec.as_ref().unwrap().replicas, Some(2));
+        assert_eq!(green.metadata.name.as_deref(), Some("wallet-green"));
+        assert_eq!(green.spec.as_ref().unwrap().replicas, Some(0));
+        assert_eq!(
+            container(pod(blue), "app").image.as_deref(),
+            Some("ghcr.io/finflow/wallet:1.0.0")
+        );
+    }
+
+    #[test]
+    fn the_service_selects_the_active_color_and_preview_the_other() {
+        let owned = desired(&finservice("wallet", &[]), &settings(), false);
+        let [active, preview] = &owned.services;
+        let color =
+            |s: &Service| s.spec.as_ref().unwrap().selector.as_ref().unwrap()[COLOR_LABEL].clone();
+        assert_eq!(active.metadata.name.as_deref(), Some("wallet"));
+        assert_eq!(color(active), "blue");
+        assert_eq!(preview.metadata.name.as_deref(), Some("wallet-preview"));
+        assert_eq!(color(preview), "green");
+        let port = &active.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 8002);
+        assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+    }
+
+    #[test]
+    fn after_a_switch_to_green_the_service_follows() {
+        let mut fs = finservice("wallet", &[]);
+        fs.status = Some(FinServiceStatus {
+            active_color: Some(Color::Green),
+            ..FinServiceStatus::default()
+        });
+        let owned = desired(&fs, &settings(), false);
+        assert_eq!(
+            owned.deployments[1].spec.as_ref().unwrap().replicas,
+            Some(2)
+        );
+        assert_eq!(
+            owned.deployments[0].spec.as_ref().unwrap().replicas,
+            Some(0)
+        );
+        let selector = owned.services[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .clone()
+            .unwrap();
+        assert_eq!(selector[COLOR_LABEL], "green");
+    }
+
+    #[test]
+    fn every_owned_object_points_back_to_its_finservice() {
+        let owned = desired(&finservice("wallet", &[]), &settings(), false);
+        let metas = [
+            &owned.service_account.metadata,
+            &owned.config_map.metadata,
+            &owned.deployments[0].metadata,
+            &owned.deployments[1].metadata,
+            &owned.services[0].metadata,
+            &owned.services[1].metadata,
+        ];
+        for m in metas {
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str()),
+                ("FinService", "wallet")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(m.namespace.as_deref(), Some("finflow"));
+            assert!(
+                m.annotations
+                    .as_ref()
+                    .unwrap()
+                    .contains_key(meta::SPEC_HASH)
+            );
+        }
+    }
+
+    #[test]
+    fn the_sidecar_fronts_the_app_and_reads_the_config_map() {
+        let owned = desired(&finservice("wallet", &[]), &settings(), false);
+        let pod = pod(&owned.deployments[0]);
+        let sidecar = container(pod, inject::SIDECAR_NAME);
+        assert_eq!(sidecar.image.as_deref(), Some("finflow/sidecar:test"));
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        let app = container(pod, "app");
+        let listen: Vec<_> = app
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "LISTEN_ADDR")
+            .collect();
+        assert_eq!(listen.len(), 1);
+        assert_eq!(listen[0].value.as_deref(), Some("127.0.0.1:9002"));
+        let config = &owned.config_map.data.as_ref().unwrap()[inject::CONFIG_FILE];
+        let config: serde_json::Value = serde_json::from_str(config).unwrap();
+        assert_eq!(config["jwksUri"], "http://auth:8001/.well-known/jwks.json");
+        assert_eq!(config["claimHeaders"]["sub"], "X-User-Id");
+        assert_eq!(
+            owned.config_map.metadata.name.as_deref(),
+            Some("wallet-sidecar")
+        );
+    }
+
+    #[test]
+    fn without_the_sidecar_the_app_listens_on_the_public_port() {
+        let mut fs = finservice("wallet", &[]);
+        fs.spec.sidecar.enabled = false;
+        let owned = desired(&fs, &settings(), false);
+        let pod = pod(&owned.deployments[0]);
+        assert_eq!(pod.containers.len(), 1);
+        assert!(pod.init_containers.is_none());
+        let app = container(pod, "app");
+        assert_eq!(app.ports.as_ref().unwrap()[0].container_port, 8002);
+    }
+
+    #[test]
+    fn connections_come_from_the_referenced_secrets() {
+        let mut fs = finservice("payment", &[]);
+        fs.spec.queue_ref = Some("events".into());
+        fs.spec.cache_ref = Some("cache".into());
+        let env_of = |owned: &Owned, name: &str| {
+            container(pod(&owned.deployments[0]), "app")
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .cloned()
+                .unwrap()
+        };
+        let secret_of = |e: &EnvVar| {
+            let s = e
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            (s.name.clone(), s.key.clone())
+        };
+        let owned = desired(&fs, &settings(), true);
+        assert_eq!(
+            secret_of(&env_of(&owned, "DATABASE_URL")),
+            ("payment-db".into(), "url".into())
+        );
+        assert_eq!(
+            secret_of(&env_of(&owned, "AMQP_URL")),
+            ("events-credentials".into(), "url".into())
+        );
+        assert_eq!(
+            secret_of(&env_of(&owned, "REDIS_URL")),
+            ("cache-auth".into(), "url".into())
+        );
+        let without_password = desired(&fs, &settings(), false);
+        assert_eq!(
+            env_of(&without_password, "REDIS_URL").value.as_deref(),
+            Some("redis://cache:6379")
+        );
+    }
+
+    #[test]
+    fn a_sidecar_config_change_changes_the_pod_template() {
+        let fs = finservice("wallet", &[]);
+        let mut changed = fs.clone();
+        changed.spec.sidecar.public_paths.push("/docs".into());
+        let annotation = |fs: &FinService| {
+            let owned = desired(fs, &settings(), false);
+            owned.deployments[0]
+                .spec
+                .clone()
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[SIDECAR_CONFIG_HASH]
+                .clone()
+        };
+        assert_ne!(annotation(&fs), annotation(&changed));
+    }
+
+    #[test]
+    fn the_desired_objects_are_deterministic() {
+        let fs = finservice("wallet", &["auth"]);
+        assert_eq!(
+            desired(&fs, &settings(), false),
+            desired(&fs, &settings(), false)
+        );
+    }
+
+    fn ready_dependency(name: &str) -> FinService {
+        let mut dep = finservice(name, &[]);
+        dep.status = Some(next_status(
+            &dep,
+            &[],
+            false,
+            Some(&with_rollout_status(
+                desired(&dep, &settings(), false).deployments[0].clone(),
+                2,
+            )),
+            &at(10),
+        ));
+        dep
+    }
+
+    #[test]
+    fn a_missing_or_unready_dependency_blocks() {
+        assert_eq!(
+            service_blocker("auth", None),
+            Some(Blocker::missing("FinService", "auth"))
+        );
+        let pending = finservice("auth", &[]);
+        assert!(service_blocker("auth", Some(&pending)).is_some());
+        assert_eq!(
+            service_blocker("auth", Some(&ready_dependency("auth"))),
+            None
+        );
+        let mut newer_spec = ready_dependency("auth");
+        newer_spec.metadata.generation = Some(2);
+        assert!(service_blocker("auth", Some(&newer_spec)).is_some());
+    }
+
+    #[test]
+    fn a_held_service_is_waiting_with_dependencies_not_ready() {
+        let fs = finservice("wallet", &["auth"]);
+        let blockers = [Blocker::missing("FinService", "auth")];
+        let status = next_status(&fs, &blockers, true, None, &at(100));
+        assert_eq!(status.phase, Some(Phase::Waiting));
+        let deps = conditions::find(&status.conditions, types::DEPENDENCIES_READY).unwrap();
+        assert_eq!(deps.status, conditions::FALSE);
+        assert_eq!(deps.reason, reasons::DEPENDENCY_MISSING);
+        assert!(deps.message.contains("FinService auth does not exist"));
+        assert!(!conditions::is_true(&status.conditions, types::READY));
+        assert!(!conditions::is_true(&status.conditions, types::PROGRESSING));
+        assert_eq!(status.observed_generation, Some(1));
+        assert!(status.history.is_empty());
+    }
+
+    #[test]
+    fn a_fresh_deployment_is_progressing() {
+        let fs = finservice("wallet", &[]);
+        let blue = desired(&fs, &settings(), false).deployments[0].clone();
+        let status = next_status(&fs, &[], false, Some(&blue), &at(100));
+        assert_eq!(status.phase, Some(Phase::Progressing));
+        assert!(conditions::is_true(&status.conditions, types::PROGRESSING));
+        assert_eq!(status.ready.as_deref(), Some("0/2"));
+        assert_eq!(status.active_color, Some(Color::Blue));
+    }
+
+    #[test]
+    fn all_replicas_ready_makes_the_version_live_and_stable() {
+        let fs = finservice("wallet", &[]);
+        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
+        let status = next_status(&fs, &[], false, Some(&blue), &at(100));
+        assert_eq!(status.phase, Some(Phase::Ready));
+        assert!(conditions::is_true(&status.conditions, types::READY));
+        assert!(conditions::is_true(
+            &status.conditions,
+            types::DEPENDENCIES_READY
+        ));
+        assert_eq!(status.active_version.as_deref(), Some("1.0.0"));
+        assert_eq!(status.stable_version.as_deref(), Some("1.0.0"));
+        assert_eq!(status.ready.as_deref(), Some("2/2"));
+        assert_eq!(status.history.len(), 1);
+        assert_eq!(status.history[0].revision, 1);
+        assert_eq!(status.history[0].deployed_at, at(100));
+    }
+
+    #[test]
+    fn an_unchanged_world_gives_an_identical_status_later() {
+        let mut fs = finservice("wallet", &[]);
+        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
+        let first = next_status(&fs, &[], false, Some(&blue), &at(100));
+        fs.status = Some(first.clone());
+        let second = next_status(&fs, &[], false, Some(&blue), &at(900));
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_new_version_adds_a_revision_once_ready() {
+        let mut fs = finservice("wallet", &[]);
+        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
+        fs.status = Some(next_status(&fs, &[], false, Some(&blue), &at(100)));
+        fs.spec.version = "1.1.0".into();
+        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
+        let status = next_status(&fs, &[], false, Some(&blue), &at(200));
+        let versions: Vec<_> = status
+            .history
+            .iter()
+            .map(|r| (r.revision, r.version.as_str()))
+            .collect();
+        assert_eq!(versions, [(1, "1.0.0"), (2, "1.1.0")]);
+    }
+
+    #[test]
+    fn a_deployment_past_its_deadline_is_degraded() {
+        let fs = finservice("wallet", &[]);
+        let mut blue =
+            with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 1);
+        if let Some(s) = blue.status.as_mut() {
+            s.conditions = Some(vec![DeploymentCondition {
+                type_: "Progressing".into(),
+                status: "False".into(),
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("ReplicaSet has timed out progressing.".into()),
+                ..DeploymentCondition::default()
+            }]);
+        }
+        let status = next_status(&fs, &[], false, Some(&blue), &at(100));
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        assert!(conditions::is_true(&status.conditions, types::DEGRADED));
+        assert!(status.stable_version.is_none());
+    }
+}

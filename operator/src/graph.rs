@@ -1,0 +1,238 @@
+//! The service dependency graph: deploy order, rollback order, dependents.
+//!
+//! FinServices name the services they depend on (`dependsOn`). Deploying follows the
+//! topological order in *waves*: a wave holds every service whose dependencies are all
+//! in earlier waves, so the services of one wave can roll out side by side (DESIGN: A,
+//! B, C, then D and E, then F). Rolling back walks the waves in reverse.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a set of dependencies is not a deployable graph.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("{0} depends on itself")]
+    SelfDependency(String),
+    #[error("{service} depends on {missing}, which does not exist")]
+    UnknownDependency { service: String, missing: String },
+    #[error("dependency cycle among: {}", .0.join(", "))]
+    Cycle(Vec<String>),
+}
+
+/// A validated, acyclic dependency graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependencyGraph {
+    /// service -> the services it depends on.
+    depends_on: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl DependencyGraph {
+    /// Builds the graph from `(service, dependencies)` pairs, refusing self-dependencies,
+    /// unknown services and cycles.
+    pub fn new<I, S, D>(services: I) -> Result<Self, GraphError>
+    where
+        I: IntoIterator<Item = (S, D)>,
+        S: Into<String>,
+        D: IntoIterator,
+        D::Item: Into<String>,
+    {
+        let depends_on: BTreeMap<String, BTreeSet<String>> = services
+            .into_iter()
+            .map(|(s, d)| (s.into(), d.into_iter().map(Into::into).collect()))
+            .collect();
+        for (service, deps) in &depends_on {
+            if deps.contains(service) {
+                return Err(GraphError::SelfDependency(service.clone()));
+            }
+            if let Some(missing) = deps.iter().find(|d| !depends_on.contains_key(*d)) {
+                return Err(GraphError::UnknownDependency {
+                    service: service.clone(),
+                    missing: missing.clone(),
+                });
+            }
+        }
+        let graph = Self { depends_on };
+        graph.waves()?;
+        Ok(graph)
+    }
+
+    /// Kahn's algorithm, one layer at a time; names sort within a wave for stable output.
+    fn waves(&self) -> Result<Vec<Vec<String>>, GraphError> {
+        let mut placed: BTreeSet<&str> = BTreeSet::new();
+        let mut waves = Vec::new();
+        while placed.len() < self.depends_on.len() {
+            let wave: Vec<&str> = self
+                .depends_on
+                .iter()
+                .filter(|(s, deps)| {
+                    !placed.contains(s.as_str()) && deps.iter().all(|d| placed.contains(d.as_str()))
+                })
+                .map(|(s, _)| s.as_str())
+                .collect();
+            if wave.is_empty() {
+                let stuck = self
+                    .depends_on
+                    .keys()
+                    .filter(|s| !placed.contains(s.as_str()))
+                    .cloned()
+                    .collect();
+                return Err(GraphError::Cycle(stuck));
+            }
+            placed.extend(wave.iter().copied());
+            waves.push(wave.into_iter().map(str::to_owned).collect());
+        }
+        Ok(waves)
+    }
+
+    /// Deploy waves: every service comes after all of its dependencies.
+    pub fn deploy_waves(&self) -> Vec<Vec<String>> {
+        self.waves().unwrap_or_default()
+    }
+
+    /// Rollback waves: the deploy waves reversed, dependents before their dependencies.
+    pub fn rollback_waves(&self) -> Vec<Vec<String>> {
+        let mut waves = self.deploy_waves();
+        waves.reverse();
+        waves
+    }
+
+    /// The services `service` depends on directly.
+    pub fn dependencies(&self, service: &str) -> impl Iterator<Item = &str> {
+        self.depends_on
+            .get(service)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// Every service that depends on `service`, directly or through others.
+    pub fn transitive_dependents(&self, service: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut frontier = vec![service.to_owned()];
+        while let Some(current) = frontier.pop() {
+            for (s, deps) in &self.depends_on {
+                if deps.contains(&current) && found.insert(s.clone()) {
+                    frontier.push(s.clone());
+                }
+            }
+        }
+        found
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.depends_on.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn finflow() -> DependencyGraph {
+        DependencyGraph::new([
+            ("auth", vec![]),
+            ("wallet", vec!["auth"]),
+            ("payment", vec!["wallet"]),
+            ("notification", vec!["auth", "payment"]),
+            ("kyc", vec!["auth", "payment"]),
+            ("reporting", vec!["wallet", "payment", "kyc"]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn finflow_deploys_in_the_designed_order() {
+        assert_eq!(
+            finflow().deploy_waves(),
+            [
+                vec!["auth"],
+                vec!["wallet"],
+                vec!["payment"],
+                vec!["kyc", "notification"],
+                vec!["reporting"],
+            ]
+        );
+    }
+
+    #[test]
+    fn finflow_rolls_back_in_reverse() {
+        let waves = finflow().rollback_waves();
+        assert_eq!(waves.first().unwrap(), &["reporting"]);
+        assert_eq!(waves.last().unwrap(), &["auth"]);
+    }
+
+    #[test]
+    fn a_rollback_of_payment_reaches_everything_built_on_it() {
+        let dependents = finflow().transitive_dependents("payment");
+        assert_eq!(
+            dependents.into_iter().collect::<Vec<_>>(),
+            ["kyc", "notification", "reporting"]
+        );
+        assert!(finflow().transitive_dependents("reporting").is_empty());
+    }
+
+    #[test]
+    fn self_unknown_and_cyclic_dependencies_are_refused() {
+        assert_eq!(
+            DependencyGraph::new([("a", vec!["a"])]),
+            Err(GraphError::SelfDependency("a".into()))
+        );
+        assert!(matches!(
+            DependencyGraph::new([("a", vec!["ghost"])]),
+            Err(GraphError::UnknownDependency { .. })
+        ));
+        assert_eq!(
+            DependencyGraph::new([("a", vec!["b"]), ("b", vec!["a"]), ("c", vec![])]),
+            Err(GraphError::Cycle(vec!["a".into(), "b".into()]))
+        );
+    }
+
+    /// Random DAGs: service `i` may only depend on services with a smaller index, then
+    /// the names are shuffled so the index order is not the name order.
+    fn dag() -> impl Strategy<Value = Vec<(String, Vec<String>)>> {
+        (1_usize..12)
+            .prop_flat_map(|n| {
+                let edges = proptest::collection::vec(proptest::bool::weighted(0.3), n * n);
+                let names = Just((0..n).collect::<Vec<usize>>()).prop_shuffle();
+                (Just(n), edges, names)
+            })
+            .prop_map(|(n, edges, names)| {
+                (0..n)
+                    .map(|i| {
+                        let deps = (0..i)
+                            .filter(|j| edges[i * n + j])
+                            .map(|j| format!("s{}", names[j]))
+                            .collect();
+                        (format!("s{}", names[i]), deps)
+                    })
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn every_service_deploys_after_all_its_dependencies(services in dag()) {
+            let graph = DependencyGraph::new(services.clone()).unwrap();
+            let waves = graph.deploy_waves();
+            let wave_of = |s: &str| waves.iter().position(|w| w.iter().any(|x| x == s)).unwrap();
+            prop_assert_eq!(waves.iter().map(Vec::len).sum::<usize>(), services.len());
+            for (s, deps) in &services {
+                for d in deps {
+                    prop_assert!(wave_of(d) < wave_of(s), "{} deploys before its dependency {}", s, d);
+                }
+            }
+        }
+
+        #[test]
+        fn dependents_roll_back_before_what_they_depend_on(services in dag()) {
+            let graph = DependencyGraph::new(services).unwrap();
+            let waves = graph.rollback_waves();
+            let wave_of = |s: &str| waves.iter().position(|w| w.iter().any(|x| x == s)).unwrap();
+            for s in graph.services() {
+                for dependent in graph.transitive_dependents(s) {
+                    prop_assert!(wave_of(&dependent) < wave_of(s));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The pure half of the `kubectl-finflow` plugin: rendering the dependency tree and the
+//! history, translating commands into the apply patch that carries the request, deciding
+//! whether everything is healthy, parsing `--timeout`. The binary
+//! (`src/bin/kubectl-finflow.rs`) only reads and writes through kube's client.
+//!
+//! Requests are annotations on the FinService ([`crate::rollout`]): the operator acts on
+//! them at its next reconcile and clears them, so the plugin never needs more than
+//! `patch` on `finservices`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::conditions;
+use crate::crd::{FinService, Phase};
+use crate::rollout::{ABORT_ANNOTATION, PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION};
+
+/// Field manager of the plugin's applies: a user's request is the user's field, not the
+/// operator's, so `managedFields` tell who asked.
+pub const FIELD_MANAGER: &str = "kubectl-finflow";
+
+/// A request the plugin writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Promote,
+    Abort,
+    Rollback { cascade: bool },
+}
+
+/// The server-side apply body for `command` on FinService `name`: only the one
+/// annotation, so the apply owns nothing else.
+pub fn request_patch(name: &str, command: Command) -> Value {
+    let (key, value) = match command {
+        Command::Promote => (PROMOTE_ANNOTATION, "true"),
+        Command::Abort => (ABORT_ANNOTATION, "true"),
+        Command::Rollback { cascade: true } => (ROLLBACK_ANNOTATION, "cascade"),
+        Command::Rollback { cascade: false } => (ROLLBACK_ANNOTATION, "single"),
+    };
+    json!({
+        "apiVersion": "finflow.dev/v1alpha1",
+        "kind": "FinService",
+        "metadata": { "name": name, "annotations": { key: value } },
+    })
+}
+
+fn line(fs: &FinService) -> String {
+    let status = fs.status.clone().unwrap_or_default();
+    let mut out = format!("{} {}", fs.name_any(), fs.spec.version);
+    match (&status.active_version, status.active_color) {
+        (Some(v), Some(c)) => {
+            let _ = write!(out, " [live {v} {}]", c.as_str());
+        }
+        _ => out.push_str(" [not live]"),
+    }
+    if let Some(p) = &status.preview_version {
+        let _ = write!(out, " [preview {p}]");
+    }
+    let phase = status.phase.map_or("Unknown", Phase::as_str);
+    let _ = write!(out, " {phase}");
+    out
+}
+
+/// The services as a tree: roots are services without dependencies, children are direct
+/// dependents. A service with several dependencies appears under each; below its first
+/// appearance it is marked `(see above)` instead of repeating its subtree.
+pub fn render_tree(services: &[FinService]) -> String {
+    let by_name: BTreeMap<String, &FinService> =
+        services.iter().map(|fs| (fs.name_any(), fs)).collect();
+    let mut dependents: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for fs in services {
+        for dep in &fs.spec.depends_on {
+            if let Some((name, _)) = by_name.get_key_value(dep) {
+                dependents
+                    .entry(name.as_str())
+                    .or_default()
+                    .insert(by_name.get_key_value(&fs.name_any()).map_or("", |(k, _)| k));
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut shown = BTreeSet::new();
+    let roots = by_name.iter().filter(|(_, fs)| {
+        !fs.spec
+            .depends_on
+            .iter()
+            .any(|d| by_name.contains_key(d.as_str()))
+    });
+    for (name, _) in roots {
+        walk(name, "", "", &by_name, &dependents, &mut shown, &mut out);
+    }
+    // Services in a cycle (refused by the operator) have no root; show them anyway.
+    for (name, fs) in &by_name {
+        if !shown.contains(name.as_str()) {
+            let _ = writeln!(out, "{} (unreachable: dependency cycle)", line(fs));
+        }
+    }
+    out
+}
+
+fn walk<'a>(
+    name: &'a str,
+    first: &str,
+    rest: &str,
+    by_name: &BTreeMap<String, &FinService>,
+    dependents: &BTreeMap<&'a str, BTreeSet<&'a str>>,
+    shown: &mut BTreeSet<&'a str>,
+    out: &mut String,
+) {
+    let Some(fs) = by_name.get(name) else { return };
+    if !shown.insert(name) {
+        let _ = writeln!(out, "{first}{name} (see above)");
+        return;
+    }
+    let _ = writeln!(out, "{first}{}", line(fs));
+    let children: Vec<&str> = dependents
+        .get(name)
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    for (i, child) in children.iter().enumerate() {
+        let last = i + 1 == children.len();
+        let (branch, next) = if last {
+            ("└── ", "    ")
+        } else {
+            ("├── ", "│   ")
+        };
+        walk(
+            child,
+            &format!("{rest}{branch}"),
+            &format!("{rest}{next}"),
+            by_name,
+            dependents,
+            shown,
+            out,
+        );
+    }
+}
+
+/// `status.history`, newest first.
+pub fn render_history(fs: &FinService) -> String {
+    let mut out = String::from("REVISION  VERSION  COLOR  DEPLOYED\n");
+    let history = fs
+        .status
+        .as_ref()
+        .map(|s| s.history.clone())
+        .unwrap_or_default();
+    for r in history.iter().rev() {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<8} {:<6} {}",
+            r.revision,
+            r.version,
+            r.color.as_str(),
+            r.deployed_at.0
+        );
+    }
+    out
+}
+
+/// `Ok` when every service is Ready at its spec's version with the Ready condition true;
+/// otherwise the names of those that are not, for the message.
+pub fn unhealthy(services: &[FinService]) -> Vec<String> {
+    services
+        .iter()
+        .filter(|fs| {
+            let Some(s) = &fs.status else { return true };
+            !(s.phase == Some(Phase::Ready)
+                && s.active_version.as_deref() == Some(fs.spec.version.as_str())
+                && s.preview_version.is_none()
+                && conditions::is_true(&s.conditions, conditions::types::READY))
+        })
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// `--timeout`: `90`, `90s`, `5m` or `1h`.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid timeout {text:?}: expected e.g. 90s, 5m, 1h"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("invalid timeout unit in {text:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(factor)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Color, FinServiceSpec, FinServiceStatus, Revision};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn fs(name: &str, deps: &[&str], live: Option<&str>, phase: Phase) -> FinService {
+        let mut spec: FinServiceSpec = serde_json::from_value(json!({
+            "image": "ghcr.io/finflow/x",
+            "version": "2.0.0",
+        }))
+        .unwrap();
+        spec.depends_on = deps.iter().map(|d| (*d).to_owned()).collect();
+        let mut f = FinService::new(name, spec);
+        f.status = Some(FinServiceStatus {
+            phase: Some(phase),
+            active_color: live.map(|_| Color::Green),
+            active_version: live.map(str::to_owned),
+            ..FinServiceStatus::default()
+        });
+        f
+    }
+
+    #[test]
+    fn the_tree_nests_dependents_under_their_dependencies() {
+        let services = [
+            fs("auth", &[], Some("2.0.0"), Phase::Ready),
+            fs("wallet", &["auth"], Some("2.0.0"), Phase::Ready),
+            fs("payment", &["wallet"], Some("1.0.0"), Phase::Progressing),
+            fs("kyc", &["auth", "payment"], None, Phase::Waiting),
+        ];
+        assert_eq!(
+            render_tree(&services),
+            "auth 2.0.0 [live 2.0.0 green] Ready\n\
+             ├── kyc 2.0.0 [not live] Waiting\n\
+             └── wallet 2.0.0 [live 2.0.0 green] Ready\n\
+             \u{20}   └── payment 2.0.0 [live 1.0.0 green] Progressing\n\
+             \u{20}       └── kyc (see above)\n"
+        );
+    }
+
+    #[test]
+    fn commands_become_single_annotation_applies() {
+        assert_eq!(
+            request_patch("b", Command::Rollback { cascade: true }),
+            json!({
+                "apiVersion": "finflow.dev/v1alpha1",
+                "kind": "FinService",
+                "metadata": { "name": "b", "annotations": { "finflow.dev/rollback": "cascade" } },
+            })
+        );
+        assert_eq!(
+            request_patch("b", Command::Rollback { cascade: false })["metadata"]["annotations"],
+            json!({ "finflow.dev/rollback": "single" })
+        );
+        assert_eq!(
+            request_patch("c", Command::Promote)["metadata"]["annotations"],
+            json!({ "finflow.dev/promote": "true" })
+        );
+        assert_eq!(
+            request_patch("c", Command::Abort)["metadata"]["annotations"],
+            json!({ "finflow.dev/abort": "true" })
+        );
+    }
+
+    #[test]
+    fn the_patches_are_read_back_as_the_engine_requests() {
+        use crate::rollout::{Request, request_from_annotations};
+        for (command, request) in [
+            (Command::Promote, Request::Promote),
+            (Command::Abort, Request::Abort),
+            (
+                Command::Rollback { cascade: true },
+                Request::Rollback { cascade: true },
+            ),
+            (
+                Command::Rollback { cascade: false },
+                Request::Rollback { cascade: false },
+            ),
+        ] {
+            let annotations: BTreeMap<String, String> = serde_json::from_value(
+                request_patch("x", command)["metadata"]["annotations"].clone(),
+            )
+            .unwrap();
+            assert_eq!(request_from_annotations(&annotations), Some(request));
+        }
+    }
+
+    #[test]
+    fn healthy_means_ready_live_at_spec_and_no_preview() {
+        let mut ready = fs("a", &[], Some("2.0.0"), Phase::Ready);
+        assert_eq!(
+            unhealthy(std::slice::from_ref(&ready)),
+            ["a"],
+            "no Ready condition"
+        );
+        ready.status.as_mut().unwrap().conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "ReplicasReady".into(),
+            message: String::new(),
+            last_transition_time: Time(Default::default()),
+            observed_generation: None,
+        }];
+        let old = fs("b", &[], Some("1.0.0"), Phase::Ready);
+        assert_eq!(unhealthy(&[ready, old]), ["b"]);
+    }
+
+    #[test]
+    fn history_is_newest_first() {
+        let mut f = fs("a", &[], Some("2.0.0"), Phase::Ready);
+        f.status.as_mut().unwrap().history = ["1.0.0", "2.0.0"]
+            .iter()
+            .zip(1..)
+            .map(|(v, r)| Revision {
+                revision: r,
+                version: (*v).to_owned(),
+                color: Color::Blue,
+                deployed_at: Time(Default::default()),
+            })
+            .collect();
+        let text = render_history(&f);
+        let rows: Vec<&str> = text.lines().collect();
+        assert!(rows[1].starts_with("2         2.0.0"));
+        assert!(rows[2].starts_with("1         1.0.0"));
+    }
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_timeout("5d").is_err());
+        assert!(parse_timeout("m").is_err());
+    }
+}

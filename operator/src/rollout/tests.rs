@@ -1,0 +1,465 @@
+//! Tests of the rollout engine: single decisions, the multi-service scenarios of issue 9
+//! driven through [`plan`] and [`apply`] with a simulated cluster, and properties over
+//! random dependency graphs.
+
+use super::*;
+use proptest::prelude::*;
+
+const TIMING: Timing = Timing {
+    readiness_timeout: 60,
+    observation_window: 30,
+    scale_down_delay: 40,
+};
+
+fn svc(version: &str) -> Observed {
+    Observed {
+        timing: TIMING,
+        ..Observed::steady(version, 0)
+    }
+}
+
+/// The FinFlow graph of DESIGN section 8 with the letters as names: B on A, C on B, D and
+/// E on A and C, F on B, C and E.
+fn six() -> DependencyGraph {
+    DependencyGraph::new([
+        ("a", vec![]),
+        ("b", vec!["a"]),
+        ("c", vec!["b"]),
+        ("d", vec!["a", "c"]),
+        ("e", vec!["a", "c"]),
+        ("f", vec!["b", "c", "e"]),
+    ])
+    .unwrap()
+}
+
+/// How the simulated cluster answers: per service, whether its preview becomes available
+/// and healthy one tick after it is deployed.
+#[derive(Default)]
+struct Cluster {
+    never_ready: BTreeSet<String>,
+}
+
+impl Cluster {
+    /// Pods come up and the health probe answers: the edge's part, done between ticks.
+    fn settle(&self, world: &mut BTreeMap<String, Observed>) {
+        for (name, o) in world.iter_mut() {
+            if let Some(p) = &mut o.preview
+                && !self.never_ready.contains(name)
+            {
+                p.available = true;
+                p.healthy = Some(true);
+            }
+        }
+    }
+}
+
+/// Runs the engine tick by tick (10 s each) until nothing acts for a few ticks; returns
+/// the acting steps in order with their tick, and the last tick's time.
+fn run(
+    graph: &DependencyGraph,
+    world: &mut BTreeMap<String, Observed>,
+    cluster: &Cluster,
+    start: i64,
+    mut hook: impl FnMut(i64, &mut BTreeMap<String, Observed>),
+) -> (Vec<(i64, String, Step)>, i64) {
+    let mut log = Vec::new();
+    let mut idle = 0;
+    let mut now = start;
+    for _ in 0..500 {
+        hook(now, world);
+        let decisions = plan(graph, world, now);
+        let mut acted = false;
+        for (name, d) in &decisions {
+            if d.step.acts() {
+                acted = true;
+                log.push((now, name.clone(), d.step));
+                apply(world.get_mut(name).unwrap(), d.step, now);
+            }
+        }
+        cluster.settle(world);
+        idle = if acted { 0 } else { idle + 1 };
+        if idle > 12 {
+            break;
+        }
+        now += 10;
+    }
+    (log, now)
+}
+
+fn upgraded(graph: &DependencyGraph) -> BTreeMap<String, Observed> {
+    graph
+        .services()
+        .map(|s| {
+            let mut o = svc("1.0.0");
+            o.spec_version = "2.0.0".into();
+            (s.to_owned(), o)
+        })
+        .collect()
+}
+
+fn times_of(log: &[(i64, String, Step)], step: Step) -> BTreeMap<String, i64> {
+    log.iter()
+        .filter(|(_, _, s)| *s == step)
+        .map(|(t, n, _)| (n.clone(), *t))
+        .collect()
+}
+
+fn names(log: &[(i64, String, Step)], step: Step) -> Vec<String> {
+    log.iter()
+        .filter(|(_, _, s)| *s == step)
+        .map(|(_, n, _)| n.clone())
+        .collect()
+}
+
+#[test]
+fn six_services_upgrade_in_dependency_order() {
+    let graph = six();
+    let mut world = upgraded(&graph);
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
+    let promoted = times_of(&log, Step::Promote);
+    assert_eq!(promoted.len(), 6, "{log:?}");
+    assert!(promoted["a"] < promoted["b"]);
+    assert!(promoted["b"] < promoted["c"]);
+    assert!(promoted["c"] < promoted["d"]);
+    assert_eq!(
+        promoted["d"], promoted["e"],
+        "D and E roll out side by side"
+    );
+    assert!(promoted["e"] < promoted["f"]);
+    // The next wave starts only after the observation window of the previous one.
+    let deployed = times_of(&log, Step::DeployPreview);
+    assert!(deployed["b"] >= promoted["a"] + TIMING.observation_window);
+    assert_eq!(names(&log, Step::ScaleDownOld).len(), 6);
+    assert!(world.values().all(|o| o.healthy(10_000)));
+}
+
+#[test]
+fn c_never_ready_aborts_and_holds_its_dependents_only() {
+    let graph = six();
+    let mut world = upgraded(&graph);
+    let cluster = Cluster {
+        never_ready: BTreeSet::from(["c".to_owned()]),
+    };
+    let (log, now) = run(&graph, &mut world, &cluster, 0, |_, _| {});
+    assert_eq!(names(&log, Step::Promote), ["a", "b"]);
+    assert_eq!(names(&log, Step::Abort), ["c"]);
+    let aborted = times_of(&log, Step::Abort)["c"];
+    let deployed = times_of(&log, Step::DeployPreview)["c"];
+    assert!(aborted > deployed + TIMING.readiness_timeout);
+    assert!(names(&log, Step::Rollback).is_empty());
+    let decisions = plan(&graph, &world, now);
+    assert_eq!(decisions["c"].step, Step::Held);
+    assert_eq!(decisions["c"].reason, reason::VERSION_FAILED);
+    for held in ["d", "e", "f"] {
+        assert_eq!(decisions[held].step, Step::WaitForDependencies, "{held}");
+        assert!(world[held].preview.is_none(), "{held} never deployed");
+    }
+    for untouched in ["a", "b"] {
+        assert_eq!(decisions[untouched].step, Step::Steady);
+        assert_eq!(world[untouched].active.as_ref().unwrap().version, "2.0.0");
+    }
+    // Abort is visible in the conditions: Degraded with the reason.
+    let degraded = &plan(&graph, &world, now)["c"].conditions()[1];
+    assert_eq!(degraded.status, conditions::TRUE);
+
+    // A new spec version releases the hold.
+    world.get_mut("c").unwrap().spec_version = "2.0.1".into();
+    assert_eq!(plan(&graph, &world, now)["c"].step, Step::DeployPreview);
+}
+
+#[test]
+fn f_failing_its_observation_window_rolls_back_alone() {
+    let graph = six();
+    let mut world = upgraded(&graph);
+    let mut f_promoted = false;
+    let (log, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, w| {
+        let f = w.get_mut("f").unwrap();
+        if f.previous.is_some() && f.failed_version.is_none() && !f_promoted {
+            f_promoted = true;
+            f.window.restarts = 3;
+        }
+    });
+    assert_eq!(names(&log, Step::Promote).len(), 6);
+    assert_eq!(names(&log, Step::Rollback), ["f"]);
+    assert!(
+        names(&log, Step::ScaleUpOld).is_empty(),
+        "old color still up"
+    );
+    let f = &world["f"];
+    assert_eq!(f.active.as_ref().unwrap().version, "1.0.0");
+    assert_eq!(plan(&graph, &world, now)["f"].step, Step::Held);
+    for other in ["a", "b", "c", "d", "e"] {
+        assert_eq!(world[other].active.as_ref().unwrap().version, "2.0.0");
+    }
+}
+
+#[test]
+fn cascade_rollback_of_b_walks_the_reverse_waves() {
+    let graph = six();
+    let mut world = upgraded(&graph);
+    let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
+    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: true });
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
+    let rolled = times_of(&log, Step::Rollback);
+    assert_eq!(
+        rolled.keys().collect::<Vec<_>>(),
+        ["b", "c", "d", "e", "f"],
+        "A went live before B and stays"
+    );
+    assert!(rolled["f"] < rolled["e"]);
+    assert_eq!(rolled["d"], rolled["e"]);
+    assert!(rolled["e"] < rolled["c"]);
+    assert!(rolled["c"] < rolled["b"]);
+    // The old colors were scaled down long ago: each is scaled up before the flip.
+    assert_eq!(names(&log, Step::ScaleUpOld).len(), 5);
+    assert_eq!(world["a"].active.as_ref().unwrap().version, "2.0.0");
+    for s in ["b", "c", "d", "e", "f"] {
+        assert_eq!(world[s].active.as_ref().unwrap().version, "1.0.0", "{s}");
+    }
+}
+
+#[test]
+fn a_single_rollback_leaves_dependents_alone() {
+    let graph = six();
+    let mut world = upgraded(&graph);
+    let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
+    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: false });
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
+    assert_eq!(names(&log, Step::Rollback), ["b"]);
+}
+
+#[test]
+fn manual_promotion_waits_for_the_request() {
+    let graph = DependencyGraph::new([("a", Vec::<String>::new())]).unwrap();
+    let mut o = svc("1.0.0");
+    o.spec_version = "2.0.0".into();
+    o.auto_promote = false;
+    o.preview = Some(Preview {
+        version: "2.0.0".into(),
+        since: 0,
+        available: true,
+        healthy: Some(true),
+    });
+    let mut world = BTreeMap::from([("a".to_owned(), o)]);
+    assert_eq!(plan(&graph, &world, 10)["a"].step, Step::AwaitPromotion);
+    world.get_mut("a").unwrap().request = Some(Request::Promote);
+    let d = &plan(&graph, &world, 10)["a"];
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::Promote, reason::PROMOTION_REQUESTED)
+    );
+}
+
+#[test]
+fn the_gate_needs_availability_and_a_healthy_probe() {
+    let graph = DependencyGraph::new([("a", Vec::<String>::new())]).unwrap();
+    let mut o = svc("1.0.0");
+    o.spec_version = "2.0.0".into();
+    o.preview = Some(Preview {
+        version: "2.0.0".into(),
+        since: 0,
+        available: true,
+        healthy: None,
+    });
+    let at = |o: &Observed, now| {
+        plan(&graph, &BTreeMap::from([("a".to_owned(), o.clone())]), now)["a"].clone()
+    };
+    assert_eq!(at(&o, 10).reason, reason::PREVIEW_HEALTH_PENDING);
+    o.preview.as_mut().unwrap().healthy = Some(false);
+    assert_eq!(at(&o, 10).step, Step::AwaitPreview);
+    assert_eq!(
+        (at(&o, 61).step, at(&o, 61).reason),
+        (Step::Abort, reason::HEALTH_CHECK_FAILED)
+    );
+    o.request = Some(Request::Abort);
+    assert_eq!(at(&o, 10).reason, reason::ABORT_REQUESTED);
+    // A rollback asked for while nothing new is live only aborts the preview.
+    o.request = Some(Request::Rollback { cascade: true });
+    assert_eq!(
+        (at(&o, 10).step, at(&o, 10).reason),
+        (Step::Abort, reason::ABORT_REQUESTED)
+    );
+}
+
+#[test]
+fn an_old_abort_does_not_exempt_a_service_from_a_later_cascade() {
+    let graph = DependencyGraph::new([("a", vec![]), ("b", vec!["a"])]).unwrap();
+    let mut world = upgraded(&graph);
+    // b once aborted 1.5.0; then 2.0.0 went live everywhere.
+    world.get_mut("b").unwrap().failed_version = Some("1.5.0".into());
+    let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
+    assert_eq!(world["b"].failed_version, None, "the promotion cleared it");
+    world.get_mut("a").unwrap().request = Some(Request::Rollback { cascade: true });
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
+    assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
+}
+
+#[test]
+fn pods_are_labelled_with_their_role_only_when_it_differs() {
+    let labels = |role: &str| BTreeMap::from([(ROLE_LABEL.to_owned(), role.to_owned())]);
+    assert_eq!(
+        pod_role_apply("p", &labels("active"), Color::Blue, Color::Blue),
+        None
+    );
+    assert_eq!(
+        pod_role_apply("p", &labels("active"), Color::Blue, Color::Green).unwrap()["metadata"]["labels"]
+            [ROLE_LABEL],
+        "preview"
+    );
+    assert_eq!(
+        pod_role_apply("p", &BTreeMap::new(), Color::Green, Color::Green).unwrap()["metadata"]["labels"]
+            [ROLE_LABEL],
+        "active"
+    );
+}
+
+#[test]
+fn the_jwks_epoch_moves_only_when_the_issuer_changes_live_version() {
+    assert!(jwks_epoch_moves(true, Some("1"), Some("2")));
+    assert!(!jwks_epoch_moves(true, Some("2"), Some("2")));
+    assert!(
+        !jwks_epoch_moves(true, None, Some("1")),
+        "first deploy: nothing cached yet"
+    );
+    assert!(!jwks_epoch_moves(false, Some("1"), Some("2")));
+    assert_eq!(
+        jwks_epoch_apply("wallet-sidecar", "2")["metadata"]["annotations"][JWKS_EPOCH_ANNOTATION],
+        "2"
+    );
+}
+
+#[test]
+fn the_preview_is_probed_through_the_service_proxy() {
+    assert_eq!(
+        preview_health_path("finflow", "payment", "/health"),
+        "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health"
+    );
+}
+
+#[test]
+fn annotations_become_requests() {
+    let ann = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+    assert_eq!(
+        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade")),
+        Some(Request::Rollback { cascade: true })
+    );
+    assert_eq!(
+        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "single")),
+        Some(Request::Rollback { cascade: false })
+    );
+    assert_eq!(
+        request_from_annotations(&ann(PROMOTE_ANNOTATION, "true")),
+        Some(Request::Promote)
+    );
+    assert_eq!(
+        request_from_annotations(&ann(ABORT_ANNOTATION, "true")),
+        Some(Request::Abort)
+    );
+    assert_eq!(request_from_annotations(&ann(ABORT_ANNOTATION, "no")), None);
+}
+
+/// Random DAGs as in `graph`'s tests: `i` depends only on smaller indices.
+fn dag() -> impl Strategy<Value = Vec<(String, Vec<String>)>> {
+    (1_usize..9).prop_flat_map(|n| {
+        proptest::collection::vec(proptest::bool::weighted(0.35), n * n).prop_map(move |edges| {
+            (0..n)
+                .map(|i| {
+                    let deps = (0..i)
+                        .filter(|j| edges[i * n + j])
+                        .map(|j| format!("s{j}"))
+                        .collect();
+                    (format!("s{i}"), deps)
+                })
+                .collect()
+        })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever fails, no service deploys, probes or promotes a new version while one of
+    /// its dependencies is not healthy at that moment.
+    #[test]
+    fn never_rolls_out_past_an_unhealthy_dependency(
+        services in dag(),
+        failing in proptest::collection::btree_set(0_usize..9, 0..3),
+    ) {
+        let graph = DependencyGraph::new(services.clone()).unwrap();
+        let mut world = upgraded(&graph);
+        let cluster = Cluster {
+            never_ready: failing.iter().map(|i| format!("s{i}")).collect(),
+        };
+        let mut now = 0;
+        for _ in 0..200 {
+            let decisions = plan(&graph, &world, now);
+            for (name, d) in &decisions {
+                if matches!(d.step, Step::DeployPreview | Step::Promote | Step::AwaitPreview | Step::DeployFirst) {
+                    for dep in graph.dependencies(name) {
+                        prop_assert!(world[dep].healthy(now), "{} moved while {} was not healthy", name, dep);
+                    }
+                }
+            }
+            for (name, d) in &decisions {
+                apply(world.get_mut(name).unwrap(), d.step, now);
+            }
+            cluster.settle(&mut world);
+            now += 10;
+        }
+        // Everything not downstream of a failure went live.
+        let blocked: BTreeSet<String> = cluster.never_ready.iter()
+            .filter(|s| world.contains_key(*s))
+            .flat_map(|s| {
+                let mut all = graph.transitive_dependents(s);
+                all.insert(s.clone());
+                all
+            })
+            .collect();
+        for (name, o) in &world {
+            prop_assert_eq!(
+                o.active.as_ref().unwrap().version == "2.0.0",
+                !blocked.contains(name),
+                "{}", name
+            );
+        }
+    }
+
+    /// A cascade rollback of a random root after random promotion times: exactly the root
+    /// and the dependents promoted after it roll back, in reverse deploy waves.
+    #[test]
+    fn cascade_rolls_back_exactly_the_later_dependents_in_reverse_order(
+        services in dag(),
+        root in 0_usize..9,
+        promoted_at in proptest::collection::vec(1_i64..1000, 9),
+    ) {
+        let graph = DependencyGraph::new(services.clone()).unwrap();
+        let root = format!("s{}", root % services.len());
+        let mut world: BTreeMap<String, Observed> = services.iter().enumerate().map(|(i, (s, _))| {
+            let mut o = svc("2.0.0");
+            let since = promoted_at[i];
+            o.active = Some(Live { color: Color::Green, version: "2.0.0".into(), since });
+            o.previous = Some(Live { color: Color::Blue, version: "1.0.0".into(), since: 0 });
+            o.previous_up = i % 2 == 0;
+            (s.clone(), o)
+        }).collect();
+        let root_since = world[&root].active.as_ref().unwrap().since;
+        let expected: BTreeSet<String> = graph.transitive_dependents(&root).into_iter()
+            .filter(|d| world[d].active.as_ref().unwrap().since > root_since)
+            .chain([root.clone()])
+            .collect();
+        world.get_mut(&root).unwrap().request = Some(Request::Rollback { cascade: true });
+        let (log, _) = run(&graph, &mut world, &Cluster::default(), 5000, |_, _| {});
+        let rolled = times_of(&log, Step::Rollback);
+        prop_assert_eq!(rolled.keys().cloned().collect::<BTreeSet<_>>(), expected);
+        let waves = graph.deploy_waves();
+        let wave_of = |s: &str| waves.iter().position(|w| w.iter().any(|x| x == s)).unwrap();
+        for (a, ta) in &rolled {
+            for (b, tb) in &rolled {
+                if wave_of(a) > wave_of(b) {
+                    prop_assert!(ta < tb, "{} (wave {}) rolled back after {}", a, wave_of(a), b);
+                }
+            }
+            prop_assert!(graph.transitive_dependents(a).iter().all(|d| !rolled.contains_key(d) || rolled[d] < *ta));
+        }
+    }
+}

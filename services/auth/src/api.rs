@@ -1,0 +1,526 @@
+//! HTTP handlers of service A.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::events::{Event, outbox, types};
+use finflow_platform::identity::{ClientIp, KycStatus, Tier};
+use finflow_platform::{ApiError, ApiResult, Email, Identity, Json, Path};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::{FullName, Password, Phone};
+use crate::tokens::{self, Issuer, Subject};
+
+/// The `source` of events this service emits.
+pub const SOURCE: &str = "auth";
+
+/// Settings the handlers need besides connections.
+pub struct Settings {
+    pub refresh_ttl: Duration,
+    pub login_limit_per_account: u32,
+    pub login_limit_per_address: u32,
+    /// Service name -> SHA-256 of its client secret.
+    pub service_clients: HashMap<String, [u8; 32]>,
+    /// Email -> roles granted at registration (bootstrap of `ops`, `compliance`).
+    pub role_grants: HashMap<String, Vec<String>>,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub issuer: Issuer,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/token", post(service_token))
+        .route("/api/v1/users/me", get(me).put(update_me))
+        .route("/internal/users/{id}", get(internal_user))
+        .route("/.well-known/jwks.json", get(jwks))
+        .with_state(state)
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub phone: String,
+    pub kyc_status: KycStatus,
+    pub account_tier: Tier,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const USER_COLUMNS: &str =
+    "id, email, full_name, phone, kyc_status, account_tier, roles, created_at, updated_at";
+
+impl User {
+    fn subject(&self) -> Subject {
+        Subject {
+            sub: self.id.to_string(),
+            email: Some(self.email.clone()),
+            roles: self.roles.clone(),
+            kyc_status: Some(self.kyc_status),
+            tier: Some(self.account_tier),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub full_name: String,
+    pub phone: String,
+}
+
+/// Data of `user.created`.
+#[derive(Serialize)]
+struct UserCreated<'a> {
+    user_id: Uuid,
+    email: &'a str,
+    full_name: &'a str,
+    kyc_status: KycStatus,
+    account_tier: Tier,
+}
+
+fn parse_email(raw: &str) -> Result<Email, ApiError> {
+    Email::parse(raw).map_err(|e| ApiError::invalid_field("email", e.to_string()))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses((status = 201, description = "created", body = User), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn register(State(s): State<AppState>, Json(req): Json<RegisterRequest>) -> ApiResult {
+    let email = parse_email(&req.email)?;
+    let password = Password::parse(&req.password)?;
+    let full_name = FullName::parse(&req.full_name)?;
+    let phone = Phone::parse(&req.phone)?;
+    let hash = hash_password(password).await?;
+    let mut roles = vec!["user".to_owned()];
+    if let Some(granted) = s.settings.role_grants.get(email.as_str()) {
+        roles.extend(granted.iter().cloned());
+    }
+
+    let mut tx = s.pool.begin().await?;
+    let user: User = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO users (id, email, password_hash, full_name, phone, roles) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {USER_COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(email.as_str())
+    .bind(hash)
+    .bind(full_name.as_str())
+    .bind(phone.as_str())
+    .bind(&roles)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| match unique_violation(&e) {
+        Some("users_email_key") => ApiError::conflict("an account with this email already exists"),
+        _ => e.into(),
+    })?;
+    let event = Event::new(
+        SOURCE,
+        types::USER_CREATED,
+        &UserCreated {
+            user_id: user.id,
+            email: &user.email,
+            full_name: &user.full_name,
+            kyc_status: user.kyc_status,
+            account_tier: user.account_tier,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user.id, "user registered");
+    Ok(error::with_status(StatusCode::CREATED, user))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+/// Tokens for a session.
+#[derive(Serialize, ToSchema)]
+pub struct Session {
+    pub access_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    pub expires_at: DateTime<Utc>,
+    pub refresh_token: String,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub user: User,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = Session), (status = 401, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
+async fn login(
+    State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult {
+    let email = parse_email(&req.email)?;
+    let mut redis = s.redis.clone();
+    crate::limits::hit(
+        &mut redis,
+        "account",
+        email.as_str(),
+        s.settings.login_limit_per_account,
+    )
+    .await?;
+    crate::limits::hit(
+        &mut redis,
+        "address",
+        &ip.to_string(),
+        s.settings.login_limit_per_address,
+    )
+    .await?;
+
+    let row: Option<(String,)> = sqlx::query_as("SELECT password_hash FROM users WHERE email = $1")
+        .bind(email.as_str())
+        .fetch_optional(&s.pool)
+        .await?;
+    // An unknown email costs the same Argon2 work as a wrong password: no timing oracle.
+    let known = row.is_some();
+    let hash = row.map_or_else(|| DUMMY_HASH.clone(), |(h,)| h);
+    let matches = verify_password(req.password, hash).await?;
+    if !(known && matches) {
+        return Err(ApiError::unauthorized("invalid email or password"));
+    }
+    let user = user_by_email(&s.pool, &email).await?;
+    let mut tx = s.pool.begin().await?;
+    let session = start_session(&s, &mut tx, user, Uuid::now_v7()).await?;
+    tx.commit().await?;
+    Ok(error::ok(session))
+}
+
+async fn user_by_email(pool: &PgPool, email: &Email) -> Result<User, ApiError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+    )))
+    .bind(email.as_str())
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| ApiError::unauthorized("invalid email or password"))
+}
+
+async fn user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Issues an access token and a refresh token in `family`.
+async fn start_session(
+    s: &AppState,
+    tx: &mut sqlx::PgConnection,
+    user: User,
+    family: Uuid,
+) -> Result<Session, ApiError> {
+    let now = Utc::now();
+    let access = s
+        .issuer
+        .issue(user.subject(), now)
+        .map_err(|e| ApiError::internal(&e))?;
+    let (refresh_token, hash) = tokens::new_refresh_token();
+    let refresh_expires_at =
+        now + chrono::Duration::from_std(s.settings.refresh_ttl).unwrap_or(chrono::Duration::MAX);
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(family)
+    .bind(user.id)
+    .bind(hash)
+    .bind(refresh_expires_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Session {
+        access_token: access.token,
+        token_type: "Bearer",
+        expires_in: (access.expires_at - now).num_seconds(),
+        expires_at: access.expires_at,
+        refresh_token,
+        refresh_expires_at,
+        user,
+    })
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    family_id: Uuid,
+    user_id: Uuid,
+    expires_at: DateTime<Utc>,
+    used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = Session), (status = 401, body = ErrorEnvelope)))]
+async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
+    let invalid = || ApiError::unauthorized("the refresh token is invalid or expired");
+    let hash = tokens::hash_refresh_token(&req.refresh_token);
+    let mut tx = s.pool.begin().await?;
+    // The row lock makes concurrent uses of one token take turns: only one can rotate it.
+    let row: Option<RefreshRow> = sqlx::query_as(
+        "SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens \
+         WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(&hash)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(invalid());
+    };
+    if row.revoked_at.is_some() || row.expires_at <= Utc::now() {
+        return Err(invalid());
+    }
+    if row.used_at.is_some() {
+        // A rotated token came back: it was stolen or replayed. End the whole session.
+        revoke_family(&mut tx, row.family_id).await?;
+        tx.commit().await?;
+        tracing::warn!(user_id = %row.user_id, family = %row.family_id, "refresh token reuse; family revoked");
+        return Err(ApiError::unauthorized(
+            "the refresh token was already used; the session has been revoked",
+        ));
+    }
+    sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?;
+    let user = user_by_id(&s.pool, row.user_id)
+        .await?
+        .ok_or_else(invalid)?;
+    let session = start_session(&s, &mut tx, user, row.family_id).await?;
+    tx.commit().await?;
+    Ok(error::ok(session))
+}
+
+async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family)
+    .execute(&mut *tx)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+/// Ends the session the refresh token belongs to. Holding the refresh token is the
+/// credential, so an expired access token does not stop a user from logging out.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, description = "the session is revoked"), (status = 401, body = ErrorEnvelope)))]
+async fn logout(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
+    let hash = tokens::hash_refresh_token(&req.refresh_token);
+    let mut tx = s.pool.begin().await?;
+    let family: Option<(Uuid,)> =
+        sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((family,)) = family else {
+        return Err(ApiError::unauthorized("the refresh token is invalid"));
+    };
+    revoke_family(&mut tx, family).await?;
+    tx.commit().await?;
+    Ok(error::ok(serde_json::json!({ "revoked": true })))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Must be `client_credentials`.
+    pub grant_type: String,
+    /// The service name (`payment`), which becomes the role `service:payment`.
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceToken {
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest,
+    responses((status = 200, body = ServiceToken), (status = 401, body = ErrorEnvelope)))]
+async fn service_token(State(s): State<AppState>, Json(req): Json<TokenRequest>) -> ApiResult {
+    if req.grant_type != "client_credentials" {
+        return Err(ApiError::invalid_field(
+            "grant_type",
+            "grant_type must be client_credentials",
+        ));
+    }
+    let presented: [u8; 32] = Sha256::digest(req.client_secret.as_bytes()).into();
+    // Comparing digests: the time taken reveals nothing about the secret itself.
+    let known = s.settings.service_clients.get(&req.client_id);
+    if known != Some(&presented) {
+        return Err(ApiError::unauthorized("invalid client credentials"));
+    }
+    let now = Utc::now();
+    let role = format!(
+        "{}{}",
+        finflow_platform::identity::SERVICE_ROLE_PREFIX,
+        req.client_id
+    );
+    let access = s
+        .issuer
+        .issue(
+            Subject {
+                sub: role.clone(),
+                email: None,
+                roles: vec![role],
+                kyc_status: None,
+                tier: None,
+            },
+            now,
+        )
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(error::ok(ServiceToken {
+        access_token: access.token,
+        token_type: "Bearer",
+        expires_in: (access.expires_at - now).num_seconds(),
+        expires_at: access.expires_at,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
+    responses((status = 200, body = User), (status = 401, body = ErrorEnvelope)))]
+async fn me(State(s): State<AppState>, who: Identity) -> ApiResult {
+    let user = user_by_id(&s.pool, who.user_id()?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(error::ok(user))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMe {
+    pub full_name: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[utoipa::path(put, path = "/api/v1/users/me", tag = "users", request_body = UpdateMe,
+    responses((status = 200, body = User), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
+async fn update_me(
+    State(s): State<AppState>,
+    who: Identity,
+    Json(req): Json<UpdateMe>,
+) -> ApiResult {
+    let full_name = req.full_name.as_deref().map(FullName::parse).transpose()?;
+    let phone = req.phone.as_deref().map(Phone::parse).transpose()?;
+    let user: User = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET full_name = COALESCE($2, full_name), phone = COALESCE($3, phone), \
+         updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}"
+    )))
+    .bind(who.user_id()?)
+    .bind(full_name.as_ref().map(FullName::as_str))
+    .bind(phone.as_ref().map(Phone::as_str))
+    .fetch_optional(&s.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(error::ok(user))
+}
+
+/// A user's current state for other services (B checks KYC here, not in the token).
+#[utoipa::path(get, path = "/internal/users/{id}", tag = "internal", params(("id" = Uuid, Path)),
+    responses((status = 200, body = User), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+async fn internal_user(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    who.require_service()?;
+    let user = user_by_id(&s.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(error::ok(user))
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",
+    responses((status = 200, description = "the JWK set of the token signing keys")))]
+async fn jwks(State(s): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(s.issuer.jwks(Utc::now())),
+    )
+        .into_response()
+}
+
+fn argon2() -> Argon2<'static> {
+    // Argon2id v19 with the library's defaults (m = 19 MiB, t = 2, p = 1), OWASP's baseline.
+    Argon2::default()
+}
+
+async fn hash_password(password: Password) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        argon2()
+            .hash_password(password.expose().as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+    .map_err(|e| ApiError::internal(&e))
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::internal(&e))?;
+        Ok(argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+}
+
+/// A real Argon2id hash of a random password, checked when the email is unknown.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    argon2()
+        .hash_password(uuid::Uuid::new_v4().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});

@@ -1,0 +1,299 @@
+//! Service A, auth: identity, sessions and the JWT issuer.
+//!
+//! The model:
+//! - Users register with email, password (Argon2id), full name and phone; each has a
+//!   `kyc_status` (changed only by `user.kyc_updated` events from E) and an
+//!   `account_tier`. Registration emits `user.created` through the outbox.
+//! - Login returns a short-lived EdDSA access token and an opaque refresh token. Each
+//!   refresh rotates the refresh token within its *family*; presenting a rotated token
+//!   again revokes the family (a stolen token is useless once either party refreshes).
+//!   Logout revokes the family.
+//! - Signing keys are Ed25519, kept in a directory ([`keys`]); the JWKS at
+//!   `/.well-known/jwks.json` publishes the active key and any retired key whose tokens
+//!   may still be live. The directory is re-read every minute to pick up rotations.
+//! - Services get tokens by client credentials (`POST /api/v1/auth/token`) with the
+//!   role `service:<name>`; `/internal/users/{id}` answers them with a user's current
+//!   state.
+//! - Login attempts are limited per account and per client address in Redis.
+
+pub mod api;
+pub mod consumers;
+pub mod domain;
+pub mod keys;
+pub mod limits;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use finflow_platform::cache;
+use finflow_platform::config::{RedisConfig, Validate};
+use finflow_platform::health::{self};
+use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+/// The service's name in events, logs and traces.
+pub const SERVICE: &str = "auth";
+
+/// Service A's migrations (`migrations/auth`).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/auth");
+
+/// Configuration of service A.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-auth",
+    version,
+    about = "FinFlow service A: identity, sessions, JWT issuer"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    /// `iss` of issued tokens; sidecars must expect the same value.
+    #[arg(long, env = "JWT_ISSUER", default_value = "finflow-auth")]
+    pub jwt_issuer: String,
+    /// `aud` of issued tokens; sidecars must list it in their audiences.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "finflow")]
+    pub jwt_audience: String,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token, in seconds (each rotation starts a new one).
+    #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_secs: u64,
+    /// Directory of Ed25519 signing keys, one `<unix-seconds>-<suffix>.pem` (PKCS#8) each.
+    #[arg(long, env = "JWT_KEYS_DIR")]
+    pub jwt_keys_dir: PathBuf,
+    /// Generate a key when the directory has none (development; in a cluster keys come
+    /// from a Secret).
+    #[arg(long, env = "JWT_KEYS_GENERATE", default_value_t = false)]
+    pub jwt_keys_generate: bool,
+    /// With key generation on, rotate in a new key when the active one is this many days old.
+    #[arg(long, env = "JWT_KEY_ROTATION_DAYS")]
+    pub jwt_key_rotation_days: Option<u32>,
+    /// Service clients for client credentials, `name=secret` pairs separated by commas.
+    #[arg(long, env = "SERVICE_CLIENTS", hide_env_values = true)]
+    pub service_clients: Option<SecretString>,
+    /// Roles granted at registration to given emails (bootstrap of operators):
+    /// `email=role|role` pairs separated by commas, e.g. `ops@example.com=ops`.
+    #[arg(long, env = "ROLE_GRANTS", default_value = "")]
+    pub role_grants: String,
+    /// Login attempts allowed per account per minute.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 10)]
+    pub login_limit_per_account: u32,
+    /// Login attempts allowed per client address per minute.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ADDRESS", default_value_t = 50)]
+    pub login_limit_per_address: u32,
+}
+
+impl HasServiceConfig for Config {
+    fn service_config(&self) -> &ServiceConfig {
+        &self.service
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.service.validate(errors);
+        self.redis.validate(errors);
+        if self.access_token_ttl_secs < 60 || self.access_token_ttl_secs > 3600 {
+            errors.push("ACCESS_TOKEN_TTL_SECS must be between 60 and 3600".to_owned());
+        }
+        if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
+            errors.push(
+                "REFRESH_TOKEN_TTL_SECS must not be shorter than ACCESS_TOKEN_TTL_SECS".to_owned(),
+            );
+        }
+        if let Err(e) = parse_service_clients(self.service_clients.as_ref()) {
+            errors.push(e);
+        }
+        if let Err(e) = parse_role_grants(&self.role_grants) {
+            errors.push(e);
+        }
+        if self.jwt_key_rotation_days.is_some() && !self.jwt_keys_generate {
+            errors.push("JWT_KEY_ROTATION_DAYS needs JWT_KEYS_GENERATE=true".to_owned());
+        }
+    }
+}
+
+fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [u8; 32]>, String> {
+    let mut clients = HashMap::new();
+    let Some(raw) = raw else { return Ok(clients) };
+    for pair in raw
+        .expose_secret()
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+    {
+        let (name, secret) = pair
+            .split_once('=')
+            .ok_or("SERVICE_CLIENTS entries must be name=secret")?;
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+            return Err(format!(
+                "SERVICE_CLIENTS: `{name}` is not a service name (a-z and -)"
+            ));
+        }
+        if secret.len() < 16 {
+            return Err(format!(
+                "SERVICE_CLIENTS: the secret of `{name}` must be at least 16 characters"
+            ));
+        }
+        clients.insert(name.to_owned(), Sha256::digest(secret.as_bytes()).into());
+    }
+    Ok(clients)
+}
+
+fn parse_role_grants(raw: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut grants = HashMap::new();
+    for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+        let (email, roles) = pair
+            .split_once('=')
+            .ok_or("ROLE_GRANTS entries must be email=role|role")?;
+        let email =
+            finflow_platform::Email::parse(email).map_err(|e| format!("ROLE_GRANTS: {e}"))?;
+        let roles: Vec<String> = roles.split('|').map(|r| r.trim().to_owned()).collect();
+        if roles
+            .iter()
+            .any(|r| r.is_empty() || r.starts_with("service:"))
+        {
+            return Err("ROLE_GRANTS: roles must be non-empty and not service roles".to_owned());
+        }
+        grants.insert(email.as_str().to_owned(), roles);
+    }
+    Ok(grants)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FinFlow auth (A)",
+        description = "Identity, sessions and the JWT issuer."
+    ),
+    paths(
+        api::register,
+        api::login,
+        api::refresh,
+        api::logout,
+        api::service_token,
+        api::me,
+        api::update_me,
+        api::internal_user,
+        api::jwks
+    )
+)]
+struct ApiDoc;
+
+/// How often the key directory is re-read for rotations.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs service A on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let base = &config.service;
+    let pool = base.database(&MIGRATIONS).await?;
+    let redis = cache::connect(&config.redis.redis_url).await?;
+
+    let rotation = config
+        .jwt_key_rotation_days
+        .map(|d| Duration::from_secs(u64::from(d) * 86_400));
+    let load_keys = {
+        let dir = config.jwt_keys_dir.clone();
+        let generate = config.jwt_keys_generate;
+        move || keys::Keyring::load_dir(&dir, generate, rotation, chrono::Utc::now())
+    };
+    let issuer = tokens::Issuer::new(
+        config.jwt_issuer.clone(),
+        config.jwt_audience.clone(),
+        Duration::from_secs(config.access_token_ttl_secs),
+        load_keys()?,
+    );
+    let settings = api::Settings {
+        refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
+        login_limit_per_account: config.login_limit_per_account,
+        login_limit_per_address: config.login_limit_per_address,
+        service_clients: parse_service_clients(config.service_clients.as_ref())
+            .map_err(anyhow::Error::msg)?,
+        role_grants: parse_role_grants(&config.role_grants).map_err(anyhow::Error::msg)?,
+    };
+
+    let mut background = Background::new();
+    background.relay(&pool, &base.amqp.amqp_url, SERVICE);
+    background.consume(
+        &pool,
+        &base.amqp.amqp_url,
+        base.consumer(consumers::kyc_queue()),
+        consumers::KycUpdates,
+    );
+    {
+        let issuer = issuer.clone();
+        let stop = background.stop_token();
+        background.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+                }
+                match tokio::task::spawn_blocking(load_keys.clone()).await {
+                    Ok(Ok(ring)) => issuer.set_keyring(ring),
+                    Ok(Err(e)) => tracing::error!(error = %e, "signing keys could not be reloaded; keeping the current ones"),
+                    Err(e) => tracing::error!(error = %e, "key reload panicked"),
+                }
+            }
+        });
+    }
+    let health = base
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .critical("redis", health::Redis(redis.clone()))
+        .build();
+    let state = api::AppState {
+        pool,
+        redis,
+        issuer,
+        settings: Arc::new(settings),
+    };
+    service::serve(
+        base,
+        listener,
+        api::router(state),
+        health,
+        ApiDoc::openapi(),
+        background,
+        shutdown,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_clients_parse_into_hashed_secrets() {
+        let raw = SecretString::from("payment=0123456789abcdef,wallet=fedcba9876543210".to_owned());
+        let clients = parse_service_clients(Some(&raw)).unwrap();
+        assert_eq!(clients.len(), 2);
+        let expected: [u8; 32] = Sha256::digest(b"0123456789abcdef").into();
+        assert_eq!(clients["payment"], expected);
+        let short = SecretString::from("payment=short".to_owned());
+        assert!(parse_service_clients(Some(&short)).is_err());
+    }
+
+    #[test]
+    fn role_grants_name_emails_and_roles() {
+        let grants = parse_role_grants("Ops@Example.com=ops|compliance").unwrap();
+        assert_eq!(grants["ops@example.com"], ["ops", "compliance"]);
+        assert!(parse_role_grants("ops@example.com=service:payment").is_err());
+        assert!(parse_role_grants("not-an-email=ops").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Access tokens (EdDSA JWTs) and refresh tokens (opaque, stored hashed).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use finflow_platform::identity::{KycStatus, Tier};
+use jsonwebtoken::{Algorithm, Header};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::keys::{JwkSet, Keyring};
+
+/// The claims of an access token (DESIGN section 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kyc_status: Option<KycStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    pub iss: String,
+    pub aud: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Who a token is for.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub sub: String,
+    pub email: Option<String>,
+    pub roles: Vec<String>,
+    pub kyc_status: Option<KycStatus>,
+    pub tier: Option<Tier>,
+}
+
+/// A signed access token and when it expires.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Signs access tokens with the keyring's active key.
+#[derive(Clone)]
+pub struct Issuer {
+    pub issuer: String,
+    pub audience: String,
+    pub ttl: Duration,
+    keyring: Arc<RwLock<Keyring>>,
+}
+
+impl Issuer {
+    pub fn new(issuer: String, audience: String, ttl: Duration, keyring: Keyring) -> Self {
+        Self {
+            issuer,
+            audience,
+            ttl,
+            keyring: Arc::new(RwLock::new(keyring)),
+        }
+    }
+
+    /// Replaces the keyring (after a reload picked up a rotated key).
+    pub fn set_keyring(&self, keyring: Keyring) {
+        *self
+            .keyring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keyring;
+    }
+
+    fn with_keyring<T>(&self, f: impl FnOnce(&Keyring) -> T) -> T {
+        f(&self
+            .keyring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn jwks(&self, now: DateTime<Utc>) -> JwkSet {
+        self.with_keyring(|k| k.jwks(now, self.ttl))
+    }
+
+    pub fn issue(
+        &self,
+        subject: Subject,
+        now: DateTime<Utc>,
+    ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
+        let expires_at =
+            now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
+        let claims = Claims {
+            sub: subject.sub,
+            email: subject.email,
+            roles: subject.roles,
+            kyc_status: subject.kyc_status,
+            tier: subject.tier,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            exp: expires_at.timestamp(),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        self.with_keyring(|ring| {
+            let key = ring.active();
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some(key.kid.clone());
+            let token = jsonwebtoken::encode(&header, &claims, &key.encoding)?;
+            Ok(AccessToken { token, expires_at })
+        })
+    }
+}
+
+/// A new refresh token: what the client keeps, and the hash we store.
+pub fn new_refresh_token() -> (String, Vec<u8>) {
+    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+    let hash = hash_refresh_token(&token);
+    (token, hash)
+}
+
+/// The stored form of a refresh token.
+pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    #[test]
+    fn an_issued_token_verifies_with_the_published_key_and_names_its_kid() {
+        let dir = std::env::temp_dir().join(format!("finflow-tok-{}", uuid::Uuid::new_v4()));
+        let ring = Keyring::load_dir(&dir, true, None, Utc::now()).unwrap();
+        let issuer = Issuer::new("iss".into(), "aud".into(), Duration::from_secs(60), ring);
+        let token = issuer
+            .issue(
+                Subject {
+                    sub: "u1".into(),
+                    email: Some("a@b.co".into()),
+                    roles: vec!["user".into()],
+                    kyc_status: Some(KycStatus::Pending),
+                    tier: Some(Tier::Bronze),
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&token.token).unwrap();
+        let jwks = issuer.jwks(Utc::now());
+        assert_eq!(header.kid.as_deref(), Some(jwks.keys[0].kid.as_str()));
+        let key = DecodingKey::from_ed_components(&jwks.keys[0].x).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["aud"]);
+        validation.set_issuer(&["iss"]);
+        let data = jsonwebtoken::decode::<Claims>(&token.token, &key, &validation).unwrap();
+        assert_eq!(data.claims.sub, "u1");
+        assert_eq!(data.claims.exp - data.claims.iat, 60);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_stored_only_as_hashes() {
+        let (a, hash_a) = new_refresh_token();
+        let (b, _) = new_refresh_token();
+        assert_ne!(a, b);
+        assert_eq!(hash_refresh_token(&a), hash_a);
+        assert!(a.len() >= 43, "256 bits of entropy");
+    }
+}

@@ -1,0 +1,505 @@
+//! Service A on a real socket against real PostgreSQL, Redis and RabbitMQ. Requests
+//! carry the identity headers a sidecar would set; the sidecar itself is tested in its
+//! own crate and the whole chain in e2e.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use finflow_auth::{Config, run};
+use finflow_platform::db::TestDb;
+use finflow_platform::events::{self, Event, Publisher, types};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct TestAuth {
+    addr: SocketAddr,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    db: TestDb,
+    keys_dir: std::path::PathBuf,
+    vhost: events::TestVhost,
+}
+
+impl TestAuth {
+    async fn spawn(extra: &[&str]) -> Self {
+        finflow_platform::telemetry::init_for_tests();
+        let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
+        let keys_dir = std::env::temp_dir().join(format!("finflow-auth-test-{}", Uuid::new_v4()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let redis = finflow_platform::cache::test_url();
+        let vhost = events::TestVhost::new();
+        let amqp = vhost.url.clone();
+        let mut args = vec![
+            "finflow-auth".to_owned(),
+            "--listen".into(),
+            addr.to_string(),
+            "--database-url".into(),
+            db.url(),
+            "--redis-url".into(),
+            secrecy::ExposeSecret::expose_secret(&redis).to_owned(),
+            "--amqp-url".into(),
+            secrecy::ExposeSecret::expose_secret(&amqp).to_owned(),
+            "--jwt-keys-dir".into(),
+            keys_dir.display().to_string(),
+            "--jwt-keys-generate".into(),
+            "--service-clients".into(),
+            "payment=payment-secret-0123456789".into(),
+            "--role-grants".into(),
+            "ops@finflow.test=ops".into(),
+            "--login-limit-per-address".into(),
+            "100000".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config: Config = finflow_platform::config::try_load_from(args)
+            .unwrap_or_else(|e| panic!("test config: {e:?}"));
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run(config, listener, async move { until.cancelled().await }).await {
+                panic!("auth stopped: {e:#}");
+            }
+        });
+        let app = Self {
+            addr,
+            http: reqwest::Client::new(),
+            stop,
+            db,
+            keys_dir,
+            vhost,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(self.url("/ready")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("auth did not become ready");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut req = self.http.get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    async fn register(&self, email: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/v1/auth/register",
+                json!({"email": email, "password": PASSWORD, "full_name": "Ada Lovelace", "phone": "+44 20 7946 0958"}),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["data"].clone()
+    }
+
+    async fn login(&self, email: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/api/v1/auth/login",
+                json!({"email": email, "password": PASSWORD}),
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["data"].clone()
+    }
+
+    async fn refresh(&self, token: &Value) -> (StatusCode, Value) {
+        self.post("/api/v1/auth/refresh", json!({"refresh_token": token}), &[])
+            .await
+    }
+
+    async fn decode(&self, token: &str) -> Value {
+        let (_, jwks) = self.get("/.well-known/jwks.json", &[]).await;
+        let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        let jwk = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid.as_str())
+            .expect("the token's kid is published");
+        let key = DecodingKey::from_ed_components(jwk["x"].as_str().unwrap()).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&["finflow-auth"]);
+        validation.set_audience(&["finflow"]);
+        jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .unwrap()
+            .claims
+    }
+}
+
+impl Drop for TestAuth {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(&self.keys_dir);
+    }
+}
+
+fn email() -> String {
+    format!("ada-{}@example.com", Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn registering_creates_a_pending_bronze_user_and_a_user_created_event() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address.to_uppercase()).await;
+    assert_eq!(user["email"], address, "emails are stored lower-cased");
+    assert_eq!(user["kyc_status"], "pending");
+    assert_eq!(user["account_tier"], "bronze");
+    assert_eq!(user["roles"], json!(["user"]));
+    assert_eq!(user["phone"], "+442079460958");
+    assert!(user.get("password_hash").is_none());
+
+    let (event_type, payload): (String, Value) =
+        sqlx::query_as("SELECT event_type, payload FROM outbox")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(event_type, "user.created");
+    assert_eq!(payload["data"]["user_id"], user["id"]);
+    assert_eq!(payload["source"], "auth");
+}
+
+#[tokio::test]
+async fn registering_the_same_email_twice_answers_409_conflict() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": address, "password": PASSWORD, "full_name": "Other", "phone": "+14155550123"}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "CONFLICT");
+}
+
+#[tokio::test]
+async fn each_invalid_registration_field_is_named_in_a_400() {
+    let app = TestAuth::spawn(&[]).await;
+    let valid = json!({"email": email(), "password": PASSWORD, "full_name": "Ada", "phone": "+14155550123"});
+    for (field, bad) in [
+        ("email", json!("not-an-email")),
+        ("password", json!("short")),
+        ("full_name", json!("   ")),
+        ("phone", json!("0123")),
+    ] {
+        let mut body = valid.clone();
+        body[field] = bad;
+        let (status, answer) = app.post("/api/v1/auth/register", body, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {answer}");
+        assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
+        assert_eq!(answer["error"]["details"]["field"], field);
+    }
+    let mut extra = valid.clone();
+    extra["is_admin"] = json!(true);
+    let (status, _) = app.post("/api/v1/auth/register", extra, &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "unknown fields are refused"
+    );
+}
+
+#[tokio::test]
+async fn login_returns_an_eddsa_token_with_the_contract_claims() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let session = app.login(&address).await;
+    assert_eq!(session["token_type"], "Bearer");
+    assert_eq!(session["expires_in"], 900);
+    assert_eq!(session["user"]["id"], user["id"]);
+    let claims = app.decode(session["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["sub"], user["id"]);
+    assert_eq!(claims["email"], address);
+    assert_eq!(claims["roles"], json!(["user"]));
+    assert_eq!(claims["kyc_status"], "pending");
+    assert_eq!(claims["tier"], "bronze");
+    for claim in ["iat", "nbf", "exp", "jti"] {
+        assert!(claims.get(claim).is_some(), "missing {claim}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_and_an_unknown_email_get_the_same_401() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let (s1, b1) = app
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": address, "password": "wrong password!"}),
+            &[],
+        )
+        .await;
+    let (s2, b2) = app
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": email(), "password": PASSWORD}),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(b1, b2, "no way to tell which emails exist");
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_token_revokes_its_whole_family() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let first = app.login(&address).await;
+
+    let (status, second) = app.refresh(&first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let second = &second["data"];
+    assert_ne!(second["refresh_token"], first["refresh_token"]);
+    assert_ne!(second["access_token"], first["access_token"]);
+
+    // The first token again: a replay. It fails, and so does the legitimate successor.
+    let (status, body) = app.refresh(&first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _) = app.refresh(&second["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the family is revoked");
+
+    // A new login starts a new family that works.
+    let third = app.login(&address).await;
+    let (status, _) = app.refresh(&third["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let session = app.login(&address).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/logout",
+            json!({"refresh_token": session["refresh_token"]}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = app.refresh(&session["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn users_me_reads_and_updates_the_caller() {
+    let app = TestAuth::spawn(&[]).await;
+    let user = app.register(&email()).await;
+    let id = user["id"].as_str().unwrap();
+    let (status, body) = app.get("/api/v1/users/me", &[("x-user-id", id)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["id"], id);
+
+    let r = app
+        .http
+        .put(app.url("/api/v1/users/me"))
+        .header("x-user-id", id)
+        .json(&json!({"full_name": "Ada King", "phone": "+14155550199"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["data"]["full_name"], "Ada King");
+    assert_eq!(body["data"]["phone"], "+14155550199");
+
+    let (status, _) = app.get("/api/v1/users/me", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_kyc_decision_event_updates_the_user_without_a_new_login() {
+    let app = TestAuth::spawn(&[]).await;
+    let user = app.register(&email()).await;
+    let id = user["id"].as_str().unwrap();
+    let conn = events::connect(&app.vhost.url, "auth-test").await.unwrap();
+    let publisher = Publisher::new(&conn).await.unwrap();
+    let event = Event::new(
+        "kyc",
+        types::USER_KYC_UPDATED,
+        &json!({"user_id": id, "kyc_status": "verified"}),
+    )
+    .unwrap();
+    // The consumer declares its queue at start; wait until it is bound, then publish.
+    let mut status = String::new();
+    for _ in 0..200 {
+        publisher.publish(&event, Default::default()).await.unwrap();
+        let (_, body) = app.get("/api/v1/users/me", &[("x-user-id", id)]).await;
+        status = body["data"]["kyc_status"].as_str().unwrap().to_owned();
+        if status == "verified" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "verified");
+    let (_, body) = app
+        .get(
+            &format!("/internal/users/{id}"),
+            &[
+                ("x-user-id", "service:wallet"),
+                ("x-user-roles", "service:wallet"),
+            ],
+        )
+        .await;
+    assert_eq!(body["data"]["kyc_status"], "verified");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied, 1,
+        "the same event published repeatedly is applied once"
+    );
+}
+
+#[tokio::test]
+async fn service_tokens_need_valid_client_credentials_and_open_internal_routes_only_to_services() {
+    let app = TestAuth::spawn(&[]).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/token",
+            json!({"grant_type": "client_credentials", "client_id": "payment", "client_secret": "payment-secret-0123456789"}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let claims = app
+        .decode(body["data"]["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(claims["sub"], "service:payment");
+    assert_eq!(claims["roles"], json!(["service:payment"]));
+
+    let (status, _) = app
+        .post(
+            "/api/v1/auth/token",
+            json!({"grant_type": "client_credentials", "client_id": "payment", "client_secret": "guess-guess-guess-guess"}),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let user = app.register(&email()).await;
+    let id = user["id"].as_str().unwrap();
+    let (status, _) = app
+        .get(
+            &format!("/internal/users/{id}"),
+            &[("x-user-id", id), ("x-user-roles", "user")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn role_grants_apply_at_registration() {
+    let app = TestAuth::spawn(&[]).await;
+    sqlx::query("DELETE FROM users WHERE email = 'ops@finflow.test'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let user = app.register("ops@finflow.test").await;
+    assert_eq!(user["roles"], json!(["user", "ops"]));
+}
+
+#[tokio::test]
+async fn login_attempts_beyond_the_account_limit_answer_429_with_retry_after() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
+    let address = email();
+    app.register(&address).await;
+    let ip = format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = app
+            .http
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-real-ip", &ip)
+            .json(&json!({"email": address, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push((r.status(), r.headers().get("retry-after").cloned()));
+    }
+    assert!(
+        statuses[..3].iter().all(|(s, _)| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let (status, retry_after) = &statuses[3];
+    assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS);
+    let secs: u64 = retry_after
+        .as_ref()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs));
+}
+
+fn rand_octet() -> u8 {
+    Uuid::new_v4().as_bytes()[0]
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_the_auth_routes() {
+    let app = TestAuth::spawn(&[]).await;
+    let (status, doc) = app.get("/openapi.json", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/auth/logout",
+        "/api/v1/auth/token",
+        "/api/v1/users/me",
+        "/.well-known/jwks.json",
+        "/health",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from {}",
+            doc["paths"]
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! AML monitoring of payments: rules over what E observes of C's events.
+//!
+//! - `amount_threshold`: every payment C put `ON_HOLD` gets an open alert; a
+//!   `compliance` decision on it emits `aml.cleared` (C releases the payment) or
+//!   `aml.flagged` (C fails it, no money moves).
+//! - `velocity`: more than `max_count` payments, or more than `max_amount` in total, by one
+//!   user within `window`.
+//! - `structuring`: `structuring_count` or more payments within a day, each just under
+//!   the hold threshold (at least 90 % of it), the classic way around a threshold.
+//!
+//! Velocity and structuring alerts do not hold anything; they raise the user's risk score
+//! and wait for review.
+
+use std::time::Duration;
+
+use finflow_platform::events::consumer::{Handler, HandlerError};
+use finflow_platform::events::{Event, QueueSpec, types};
+use finflow_platform::{Amount, ApiError};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// The rule settings.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub hold_threshold: Amount,
+    pub window: Duration,
+    pub max_count: i64,
+    pub max_amount: Amount,
+    pub structuring_count: i64,
+}
+
+pub fn payments_queue() -> QueueSpec {
+    QueueSpec::new(
+        "kyc.payment-monitoring",
+        &[types::PAYMENT_REQUESTED, types::PAYMENT_ON_HOLD],
+    )
+}
+
+#[derive(Deserialize)]
+struct PaymentSeen {
+    payment_id: Uuid,
+    user_id: Uuid,
+    amount: Amount,
+    currency: String,
+    status: String,
+}
+
+pub struct Monitor {
+    pub rules: Rules,
+}
+
+async fn alert(
+    tx: &mut PgConnection,
+    user: Uuid,
+    payment: Uuid,
+    rule: &str,
+    details: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO aml_alerts (id, user_id, payment_id, rule, details, status) \
+         VALUES ($1, $2, $3, $4, $5, 'open') ON CONFLICT (payment_id, rule) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(payment)
+    .bind(rule)
+    .bind(details)
+    .execute(&mut *tx)
+    .await?;
+    metrics::counter!("finflow_aml_alerts_total", "rule" => rule.to_owned()).increment(1);
+    Ok(())
+}
+
+impl Handler for Monitor {
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        // payment.requested for a released hold carries status PENDING too: observation
+        // is keyed by payment id, so it is counted once.
+        let seen: PaymentSeen = event
+            .data_as()
+            .map_err(|e| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type)))?;
+        let new = sqlx::query(
+            "INSERT INTO payment_observations (payment_id, user_id, amount, currency) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(seen.payment_id)
+        .bind(seen.user_id)
+        .bind(seen.amount)
+        .bind(&seen.currency)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if seen.status == "ON_HOLD" {
+            alert(
+                tx,
+                seen.user_id,
+                seen.payment_id,
+                "amount_threshold",
+                serde_json::json!({ "amount": seen.amount, "currency": seen.currency, "threshold": self.rules.hold_threshold }),
+            )
+            .await?;
+        }
+        if !new {
+            return Ok(());
+        }
+        let window_ms = i64::try_from(self.rules.window.as_millis()).unwrap_or(i64::MAX);
+        let (count, total): (i64, Amount) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM payment_observations \
+             WHERE user_id = $1 AND observed_at > now() - $2::bigint * interval '1 millisecond'",
+        )
+        .bind(seen.user_id)
+        .bind(window_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count > self.rules.max_count || total > self.rules.max_amount {
+            alert(
+                tx,
+                seen.user_id,
+                seen.payment_id,
+                "velocity",
+                serde_json::json!({ "count": count, "total": total, "window_seconds": self.rules.window.as_secs() }),
+            )
+            .await?;
+        }
+        let floor = percent_of(self.rules.hold_threshold, 90);
+        if seen.amount >= floor && seen.amount <= self.rules.hold_threshold {
+            let near: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM payment_observations WHERE user_id = $1 \
+                 AND observed_at > now() - interval '1 day' AND amount >= $2 AND amount <= $3",
+            )
+            .bind(seen.user_id)
+            .bind(floor)
+            .bind(self.rules.hold_threshold)
+            .fetch_one(&mut *tx)
+            .await?;
+            if near >= self.rules.structuring_count {
+                alert(
+                    tx,
+                    seen.user_id,
+                    seen.payment_id,
+                    "structuring",
+                    serde_json::json!({ "payments_just_under_threshold": near }),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `percent` % of `amount`, rounded down to storage precision.
+fn percent_of(amount: Amount, percent: u32) -> Amount {
+    let scaled =
+        (amount.decimal() * Decimal::from(percent) / Decimal::from(100)).trunc_with_scale(4);
+    Amount::from_decimal(scaled).unwrap_or(amount)
+}
+
+/// 0 to 100: ten points per open alert, forty per flagged one.
+pub async fn risk_score(pool: &PgPool, user: Uuid) -> Result<i64, ApiError> {
+    let (open, flagged): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'open'), count(*) FILTER (WHERE status = 'flagged') \
+         FROM aml_alerts WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(pool)
+    .await?;
+    Ok((open * 10 + flagged * 40).min(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ninety_percent_of_the_threshold_is_exact() {
+        assert_eq!(
+            percent_of(Amount::parse("10000").unwrap(), 90),
+            Amount::parse("9000").unwrap()
+        );
+        assert_eq!(
+            percent_of(Amount::parse("0.0003").unwrap(), 90),
+            Amount::parse("0.0002").unwrap()
+        );
+    }
+}

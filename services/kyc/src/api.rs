@@ -1,0 +1,381 @@
+//! HTTP handlers of service E.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::events::{Event, outbox, types};
+use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::documents::{Checked, Submission};
+
+pub struct Settings {
+    /// Approve well-formed documents without a reviewer (development default).
+    pub auto_approve: bool,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/kyc/submit", post(submit))
+        .route("/api/v1/kyc/status", get(status))
+        .route("/api/v1/kyc/{id}/review", post(review))
+        .route("/api/v1/aml/alerts", get(alerts))
+        .route("/api/v1/aml/alerts/{id}/clear", post(clear))
+        .route("/api/v1/aml/alerts/{id}/flag", post(flag))
+        .with_state(state)
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct SubmissionView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub document_type: String,
+    pub document_number: String,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+const SUBMISSION_COLUMNS: &str = "id, user_id, document_type, document_number, status, decided_by, reason, created_at, decided_at";
+
+/// Data of `user.kyc_updated`.
+#[derive(Serialize)]
+struct KycUpdated {
+    user_id: Uuid,
+    kyc_status: String,
+    submission_id: Uuid,
+}
+
+/// Records a decision and tells A (`user.kyc_updated`), in the caller's transaction.
+async fn decide(
+    tx: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+    by: &str,
+    reason: Option<&str>,
+) -> Result<SubmissionView, ApiError> {
+    let view: SubmissionView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE kyc_submissions SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
+         WHERE id = $1 AND status = 'pending' RETURNING {SUBMISSION_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(status)
+    .bind(by)
+    .bind(reason)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::conflict("this submission was already decided"))?;
+    let event = Event::new(
+        crate::SERVICE,
+        types::USER_KYC_UPDATED,
+        &KycUpdated {
+            user_id: view.user_id,
+            kyc_status: status.to_owned(),
+            submission_id: id,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(tx, &event).await?;
+    Ok(view)
+}
+
+/// Submits a document. With automatic approval on, a well-formed document is verified
+/// at once; otherwise it waits for a `compliance` reviewer.
+#[utoipa::path(post, path = "/api/v1/kyc/submit", tag = "kyc", request_body = Submission,
+    responses((status = 201, body = SubmissionView), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn submit(
+    State(s): State<AppState>,
+    who: Identity,
+    Json(req): Json<Submission>,
+) -> ApiResult {
+    let user = who.user_id()?;
+    let Checked {
+        document_type,
+        document_number,
+        document_url,
+        file,
+    } = req.check()?;
+    let mut tx = s.pool.begin().await?;
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO kyc_submissions (id, user_id, document_type, document_number, document_url, \
+           document_content_type, document_size, document_sha256, document_bytes, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(document_type.as_str())
+    .bind(&document_number)
+    .bind(document_url.as_deref())
+    .bind(file.as_ref().map(|f| f.content_type))
+    .bind(
+        file.as_ref()
+            .map(|f| i32::try_from(f.bytes.len()).unwrap_or(i32::MAX)),
+    )
+    .bind(file.as_ref().map(|f| f.sha256.clone()))
+    .bind(file.as_ref().map(|f| f.bytes.clone()))
+    .execute(&mut *tx)
+    .await;
+    if let Err(e) = inserted {
+        return Err(match unique_violation(&e) {
+            Some("kyc_submissions_one_pending") => {
+                ApiError::conflict("a submission is already waiting for review")
+            }
+            _ => e.into(),
+        });
+    }
+    let view = if s.settings.auto_approve {
+        decide(
+            &mut tx,
+            id,
+            "verified",
+            "auto",
+            Some("well-formed document"),
+        )
+        .await?
+    } else {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBMISSION_COLUMNS} FROM kyc_submissions WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+    };
+    tx.commit().await?;
+    Ok(error::with_status(StatusCode::CREATED, view))
+}
+
+#[derive(Serialize, ToSchema)]
+struct KycStatus {
+    user_id: Uuid,
+    /// `none` before the first submission, then the latest submission's status.
+    kyc_status: String,
+    latest: Option<SubmissionView>,
+    /// 0 (no concern) to 100, from the user's AML alerts.
+    risk_score: i64,
+}
+
+#[utoipa::path(get, path = "/api/v1/kyc/status", tag = "kyc", responses((status = 200, body = KycStatus)))]
+async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
+    let user = who.user_id()?;
+    let latest: Option<SubmissionView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBMISSION_COLUMNS} FROM kyc_submissions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1"
+    )))
+    .bind(user)
+    .fetch_optional(&s.pool)
+    .await?;
+    Ok(error::ok(KycStatus {
+        user_id: user,
+        kyc_status: latest
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |l| l.status.clone()),
+        latest,
+        risk_score: crate::aml::risk_score(&s.pool, user).await?,
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Review {
+    pub decision: Decision,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+fn reviewer(who: &Identity) -> Result<String, ApiError> {
+    who.require_role("compliance")?;
+    Ok(who.email.clone().unwrap_or_else(|| who.subject.clone()))
+}
+
+fn reason(text: &str) -> Result<&str, ApiError> {
+    let t = text.trim();
+    if t.is_empty() || t.chars().count() > 500 {
+        return Err(ApiError::invalid_field(
+            "reason",
+            "a reason of 1 to 500 characters is required",
+        ));
+    }
+    Ok(t)
+}
+
+#[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
+    responses((status = 200, body = SubmissionView), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn review(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Json(req): Json<Review>,
+) -> ApiResult {
+    let by = reviewer(&who)?;
+    let why = reason(&req.reason)?;
+    let status = match req.decision {
+        Decision::Approve => "verified",
+        Decision::Reject => "rejected",
+    };
+    let mut tx = s.pool.begin().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kyc_submissions WHERE id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if !exists {
+        return Err(ApiError::not_found("submission not found"));
+    }
+    let view = decide(&mut tx, id, status, &by, Some(why)).await?;
+    tx.commit().await?;
+    Ok(error::ok(view))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Alert {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub payment_id: Option<Uuid>,
+    pub rule: String,
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+pub const ALERT_COLUMNS: &str =
+    "id, user_id, payment_id, rule, details, status, decided_by, reason, created_at, decided_at";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    status: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/aml/alerts", tag = "aml", params(("status" = Option<String>, Query)),
+    responses((status = 200, body = Vec<Alert>), (status = 403, body = ErrorEnvelope)))]
+async fn alerts(
+    State(s): State<AppState>,
+    who: Identity,
+    Query(q): Query<AlertQuery>,
+) -> ApiResult {
+    who.require_role("compliance")?;
+    if let Some(st) = &q.status
+        && !["open", "cleared", "flagged"].contains(&st.as_str())
+    {
+        return Err(ApiError::invalid_field(
+            "status",
+            "status is open, cleared or flagged",
+        ));
+    }
+    let rows: Vec<Alert> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ALERT_COLUMNS} FROM aml_alerts WHERE ($1::text IS NULL OR status = $1) \
+         ORDER BY created_at DESC LIMIT 500"
+    )))
+    .bind(q.status)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(error::ok(rows))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertDecision {
+    pub reason: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/clear", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
+    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn clear(
+    s: State<AppState>,
+    who: Identity,
+    id: Path<Uuid>,
+    body: Json<AlertDecision>,
+) -> ApiResult {
+    decide_alert(s, who, id, body, "cleared").await
+}
+
+#[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/flag", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
+    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn flag(
+    s: State<AppState>,
+    who: Identity,
+    id: Path<Uuid>,
+    body: Json<AlertDecision>,
+) -> ApiResult {
+    decide_alert(s, who, id, body, "flagged").await
+}
+
+/// Data of `aml.cleared` / `aml.flagged`.
+#[derive(Serialize)]
+struct AmlDecisionEvent<'a> {
+    alert_id: Uuid,
+    payment_id: Option<Uuid>,
+    user_id: Uuid,
+    rule: &'a str,
+    reason: &'a str,
+}
+
+/// A compliance decision on an open alert; its event releases or fails the payment.
+async fn decide_alert(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Json(req): Json<AlertDecision>,
+    status: &str,
+) -> ApiResult {
+    let by = reviewer(&who)?;
+    let why = reason(&req.reason)?;
+    let mut tx = s.pool.begin().await?;
+    let alert: Alert = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE aml_alerts SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
+         WHERE id = $1 AND status = 'open' RETURNING {ALERT_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(status)
+    .bind(&by)
+    .bind(why)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::conflict("no open alert with this id"))?;
+    let event_type = if status == "cleared" {
+        types::AML_CLEARED
+    } else {
+        types::AML_FLAGGED
+    };
+    let event = Event::new(
+        crate::SERVICE,
+        event_type,
+        &AmlDecisionEvent {
+            alert_id: alert.id,
+            payment_id: alert.payment_id,
+            user_id: alert.user_id,
+            rule: &alert.rule,
+            reason: why,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    Ok(error::ok(alert))
+}

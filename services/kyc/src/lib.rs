@@ -1,0 +1,147 @@
+//! Service E, KYC/AML: identity documents, their review, and AML monitoring.
+//!
+//! The model:
+//! - A user submits one document at a time ([`documents`]: passport, national id or
+//!   driving licence; an https URL or an uploaded JPEG/PNG/PDF up to 2 MiB, checked by
+//!   content). With `KYC_AUTO_APPROVE` (development default) a well-formed document is
+//!   verified at once; otherwise a `compliance` reviewer approves or rejects it.
+//! - Every decision emits `user.kyc_updated`; A updates the user, and B sees the new
+//!   status on the next wallet creation without the user logging in again.
+//! - [`aml`] watches C's payment events, raises alerts (amount threshold, velocity,
+//!   structuring) and keeps a risk score per user; `compliance` clears or flags alerts,
+//!   which emits `aml.cleared` / `aml.flagged` and releases or fails held payments.
+
+pub mod aml;
+pub mod api;
+pub mod documents;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use finflow_platform::Amount;
+use finflow_platform::config::Validate;
+use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+/// The service's name in events, logs and traces.
+pub const SERVICE: &str = "kyc";
+
+/// Service E's migrations (`migrations/kyc`).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/kyc");
+
+/// Configuration of service E.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-kyc",
+    version,
+    about = "FinFlow service E: KYC and AML"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+    /// Verify well-formed documents without a reviewer.
+    #[arg(long, env = "KYC_AUTO_APPROVE", default_value_t = false)]
+    pub kyc_auto_approve: bool,
+    /// C's hold threshold: structuring looks for payments just under it.
+    #[arg(long, env = "AML_HOLD_THRESHOLD", default_value = "10000")]
+    pub aml_hold_threshold: String,
+    /// Velocity window, in seconds.
+    #[arg(long, env = "AML_VELOCITY_WINDOW_SECS", default_value_t = 600)]
+    pub aml_velocity_window_secs: u64,
+    /// More payments than this in the window raise a velocity alert.
+    #[arg(long, env = "AML_VELOCITY_MAX_COUNT", default_value_t = 20)]
+    pub aml_velocity_max_count: i64,
+    /// More than this amount in the window raises a velocity alert.
+    #[arg(long, env = "AML_VELOCITY_MAX_AMOUNT", default_value = "50000")]
+    pub aml_velocity_max_amount: String,
+    /// This many payments just under the threshold within a day raise a structuring alert.
+    #[arg(long, env = "AML_STRUCTURING_COUNT", default_value_t = 3)]
+    pub aml_structuring_count: i64,
+}
+
+impl HasServiceConfig for Config {
+    fn service_config(&self) -> &ServiceConfig {
+        &self.service
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.service.validate(errors);
+        for (name, value) in [
+            ("AML_HOLD_THRESHOLD", &self.aml_hold_threshold),
+            ("AML_VELOCITY_MAX_AMOUNT", &self.aml_velocity_max_amount),
+        ] {
+            if !Amount::parse(value).is_ok_and(Amount::is_positive) {
+                errors.push(format!("{name} must be a positive amount"));
+            }
+        }
+        if self.aml_velocity_window_secs == 0 {
+            errors.push("AML_VELOCITY_WINDOW_SECS must be positive".to_owned());
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FinFlow KYC/AML (E)",
+        description = "KYC documents and AML monitoring."
+    ),
+    paths(
+        api::submit,
+        api::status,
+        api::review,
+        api::alerts,
+        api::clear,
+        api::flag
+    )
+)]
+struct ApiDoc;
+
+/// Runs service E on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let base = &config.service;
+    let pool = base.database(&MIGRATIONS).await?;
+    let rules = aml::Rules {
+        hold_threshold: Amount::parse(&config.aml_hold_threshold)?,
+        window: Duration::from_secs(config.aml_velocity_window_secs),
+        max_count: config.aml_velocity_max_count,
+        max_amount: Amount::parse(&config.aml_velocity_max_amount)?,
+        structuring_count: config.aml_structuring_count,
+    };
+    let mut background = Background::new();
+    background.relay(&pool, &base.amqp.amqp_url, SERVICE);
+    background.consume(
+        &pool,
+        &base.amqp.amqp_url,
+        base.consumer(aml::payments_queue()),
+        aml::Monitor { rules },
+    );
+    let health = base
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .build();
+    let state = api::AppState {
+        pool,
+        settings: Arc::new(api::Settings {
+            auto_approve: config.kyc_auto_approve,
+        }),
+    };
+    service::serve(
+        base,
+        listener,
+        api::router(state),
+        health,
+        ApiDoc::openapi(),
+        background,
+        shutdown,
+    )
+    .await
+}

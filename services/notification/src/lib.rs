@@ -1,0 +1,187 @@
+//! Service D, notification: email, signed webhooks and in-app notifications from events.
+//!
+//! The model:
+//! - One queue (`notification.events`) receives the events users hear about. For each,
+//!   in one transaction with the consumer's dedupe record: learn contacts
+//!   (`user.created`), render the event's [`templates`] message, store the in-app
+//!   notification and queue email and webhook deliveries, per the user's preferences
+//!   (everything on unless turned off).
+//! - The [`delivery`] worker sends queued deliveries: email over SMTP (lettre), webhooks
+//!   as JSON POSTs signed with HMAC-SHA256 over timestamp and body; failures retry with
+//!   backoff and are given up after `DELIVERY_MAX_ATTEMPTS`. Each delivery is recorded
+//!   (the delivery log), and a delivery that succeeded is never sent again.
+//! - Users read in-app notifications, mark them read, set preferences, and register
+//!   webhooks through the API.
+
+pub mod api;
+pub mod consumer;
+pub mod delivery;
+pub mod templates;
+
+use std::future::Future;
+use std::time::Duration;
+
+use clap::Parser;
+use finflow_platform::config::Validate;
+use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+/// The service's name in events, logs and traces.
+pub const SERVICE: &str = "notification";
+
+/// Service D's migrations (`migrations/notification`).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
+
+/// Configuration of service D.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-notification",
+    version,
+    about = "FinFlow service D: notifications"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+    /// SMTP server as smtp://host:port. Plain SMTP: in a cluster it is a relay next to
+    /// the service (TLS to the outside world is the relay's job).
+    #[arg(long, env = "SMTP_URL", default_value = "smtp://127.0.0.1:2525")]
+    pub smtp_url: String,
+    /// Sender of emails.
+    #[arg(
+        long,
+        env = "MAIL_FROM",
+        default_value = "FinFlow <no-reply@finflow.local>"
+    )]
+    pub mail_from: String,
+    /// Attempts per delivery before it is given up.
+    #[arg(long, env = "DELIVERY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub delivery_max_attempts: i32,
+    /// First retry delay, in milliseconds (doubles each attempt, with jitter).
+    #[arg(long, env = "DELIVERY_RETRY_BASE_MS", default_value_t = 1000)]
+    pub delivery_retry_base_ms: u64,
+    /// Seconds between scans for due deliveries.
+    #[arg(long, env = "DELIVERY_POLL_MS", default_value_t = 500)]
+    pub delivery_poll_ms: u64,
+}
+
+impl HasServiceConfig for Config {
+    fn service_config(&self) -> &ServiceConfig {
+        &self.service
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.service.validate(errors);
+        if smtp_host_port(&self.smtp_url).is_none() {
+            errors.push("SMTP_URL must be smtp://host:port".to_owned());
+        }
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            errors.push(
+                "MAIL_FROM must be a mailbox like `FinFlow <no-reply@example.com>`".to_owned(),
+            );
+        }
+        if self.delivery_max_attempts < 1 {
+            errors.push("DELIVERY_MAX_ATTEMPTS must be at least 1".to_owned());
+        }
+    }
+}
+
+/// `smtp://host:port` into its parts.
+pub fn smtp_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("smtp://")?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && !host.contains('@')).then(|| (host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn smtp_urls_name_a_host_and_port() {
+        assert_eq!(
+            super::smtp_host_port("smtp://127.0.0.1:2525"),
+            Some(("127.0.0.1".into(), 2525))
+        );
+        assert_eq!(
+            super::smtp_host_port("smtp://mail:25/"),
+            Some(("mail".into(), 25))
+        );
+        assert!(super::smtp_host_port("smtps://mail:465").is_none());
+        assert!(super::smtp_host_port("smtp://mail").is_none());
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FinFlow notification (D)",
+        description = "Email, webhooks and in-app notifications."
+    ),
+    paths(
+        api::list,
+        api::mark_read,
+        api::preferences,
+        api::set_preference,
+        api::deliveries,
+        api::create_webhook,
+        api::list_webhooks,
+        api::delete_webhook
+    )
+)]
+struct ApiDoc;
+
+/// Runs service D on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let base = &config.service;
+    let pool = base.database(&MIGRATIONS).await?;
+    let (host, port) =
+        smtp_host_port(&config.smtp_url).ok_or_else(|| anyhow::anyhow!("SMTP_URL"))?;
+    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    let mut background = Background::new();
+    background.consume(
+        &pool,
+        &base.amqp.amqp_url,
+        base.consumer(consumer::queue()),
+        consumer::Notifier,
+    );
+    let sender = delivery::Sender {
+        pool: pool.clone(),
+        smtp,
+        mail_from: config.mail_from.clone(),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default(),
+        max_attempts: config.delivery_max_attempts,
+        retry_base: Duration::from_millis(config.delivery_retry_base_ms),
+        retry_cap: Duration::from_secs(300),
+    };
+    background.spawn(sender.run(
+        Duration::from_millis(config.delivery_poll_ms),
+        background.stop_token(),
+    ));
+    let health = base
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .build();
+    let api = api::router(api::AppState { pool });
+    service::serve(
+        base,
+        listener,
+        api,
+        health,
+        ApiDoc::openapi(),
+        background,
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,147 @@
+//! One template per event type: who is told, and what.
+
+use finflow_platform::events::{Event, types};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A rendered message for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub user_id: Uuid,
+    pub title: String,
+    pub body: String,
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}
+
+fn money(v: &Value) -> String {
+    format!("{} {}", text(v, "amount"), text(v, "currency"))
+}
+
+/// The message for `event`, or `None` if D does not notify about it (or it is malformed).
+pub fn render(event: &Event) -> Option<Message> {
+    let d = &event.data;
+    let user_id: Uuid = serde_json::from_value(d["user_id"].clone()).ok()?;
+    let kind = text(d, "kind");
+    let (title, body) = match event.event_type.as_str() {
+        types::USER_CREATED => (
+            "Welcome to FinFlow".to_owned(),
+            format!(
+                "Hello {}, your account is ready. Verify your identity to open a wallet.",
+                text(d, "full_name")
+            ),
+        ),
+        types::USER_KYC_UPDATED => match d["kyc_status"].as_str()? {
+            "verified" => (
+                "Your identity is verified".to_owned(),
+                "Your KYC verification is complete: you can now open wallets and send money."
+                    .to_owned(),
+            ),
+            "rejected" => (
+                "We could not verify your identity".to_owned(),
+                "Your KYC document was rejected. Please submit a new one.".to_owned(),
+            ),
+            _ => return None,
+        },
+        types::WALLET_STATUS_CHANGED => (
+            format!(
+                "Your {} wallet is now {}",
+                text(d, "currency"),
+                text(d, "status")
+            ),
+            format!(
+                "Wallet {} changed from {} to {}.",
+                text(d, "wallet_id"),
+                text(d, "previous_status"),
+                text(d, "status")
+            ),
+        ),
+        types::PAYMENT_COMPLETED => (
+            format!("Your {kind} of {} is complete", money(d)),
+            format!("Payment {} completed.", text(d, "payment_id")),
+        ),
+        types::PAYMENT_FAILED => (
+            format!("Your {kind} of {} failed", money(d)),
+            format!(
+                "Payment {} failed: {}.",
+                text(d, "payment_id"),
+                d["failure"]["reason"].as_str().unwrap_or("unknown reason")
+            ),
+        ),
+        types::PAYMENT_ON_HOLD => (
+            format!("Your {kind} of {} is on hold", money(d)),
+            format!(
+                "Payment {} is being reviewed by our compliance team. We will tell you when it moves on.",
+                text(d, "payment_id")
+            ),
+        ),
+        types::PAYMENT_REVERSED => (
+            format!("Your {kind} of {} was reversed", money(d)),
+            format!(
+                "Payment {} was reversed and the money returned.",
+                text(d, "payment_id")
+            ),
+        ),
+        _ => return None,
+    };
+    Some(Message {
+        user_id,
+        title,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(kind: &str, data: Value) -> Event {
+        Event::new("test", kind, &data).unwrap()
+    }
+
+    #[test]
+    fn every_notified_event_type_has_a_template() {
+        let user = Uuid::new_v4();
+        let payment = json!({"user_id": user, "payment_id": Uuid::new_v4(), "kind": "transfer",
+                             "amount": "15000.00", "currency": "USD", "failure": {"reason": "insufficient funds"}});
+        for kind in [
+            types::PAYMENT_COMPLETED,
+            types::PAYMENT_FAILED,
+            types::PAYMENT_ON_HOLD,
+            types::PAYMENT_REVERSED,
+        ] {
+            let m = render(&event(kind, payment.clone())).unwrap();
+            assert_eq!(m.user_id, user);
+            assert!(m.title.contains("15000.00 USD"), "{kind}: {}", m.title);
+        }
+        let hold = render(&event(types::PAYMENT_ON_HOLD, payment)).unwrap();
+        assert!(hold.title.contains("on hold"));
+        let welcome = render(&event(
+            types::USER_CREATED,
+            json!({"user_id": user, "full_name": "Ada"}),
+        ))
+        .unwrap();
+        assert!(welcome.body.contains("Ada"));
+        let kyc = render(&event(
+            types::USER_KYC_UPDATED,
+            json!({"user_id": user, "kyc_status": "verified"}),
+        ))
+        .unwrap();
+        assert!(kyc.title.contains("verified"));
+    }
+
+    #[test]
+    fn events_d_does_not_handle_or_cannot_read_render_nothing() {
+        assert!(
+            render(&event(
+                types::PAYMENT_REQUESTED,
+                json!({"user_id": Uuid::new_v4()})
+            ))
+            .is_none()
+        );
+        assert!(render(&event(types::PAYMENT_COMPLETED, json!({"no": "user"}))).is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! Service D against real PostgreSQL and RabbitMQ, a real SMTP conversation with a sink
+//! run by the test, and a webhook receiver run by the test.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use finflow_notification::delivery::{self, SIGNATURE_HEADER};
+use finflow_notification::{Config, run};
+use finflow_platform::db::TestDb;
+use finflow_platform::events::{self, Event, Publisher, TestVhost, types};
+use finflow_platform::testing::{Mailbox, smtp_sink};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct TestD {
+    addr: SocketAddr,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    vhost: TestVhost,
+    mailbox: Mailbox,
+    _db: TestDb,
+}
+
+impl TestD {
+    async fn spawn() -> Self {
+        finflow_platform::telemetry::init_for_tests();
+        let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
+        let vhost = TestVhost::new();
+        let (smtp_port, mailbox) = smtp_sink().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config: Config = finflow_platform::config::try_load_from([
+            "finflow-notification".to_owned(),
+            "--listen".into(),
+            addr.to_string(),
+            "--database-url".into(),
+            db.url(),
+            "--amqp-url".into(),
+            secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
+            "--smtp-url".into(),
+            format!("smtp://127.0.0.1:{smtp_port}"),
+            "--delivery-retry-base-ms".into(),
+            "50".into(),
+            "--delivery-poll-ms".into(),
+            "50".into(),
+        ])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            run(config, listener, async move { until.cancelled().await })
+                .await
+                .unwrap();
+        });
+        let d = Self {
+            addr,
+            http: reqwest::Client::new(),
+            stop,
+            vhost,
+            mailbox,
+            _db: db,
+        };
+        for _ in 0..200 {
+            if d.http
+                .get(d.url("/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn as_user(
+        &self,
+        user: Uuid,
+        req: reqwest::RequestBuilder,
+    ) -> (reqwest::StatusCode, Value) {
+        let r = req
+            .header("x-user-id", user.to_string())
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap())
+    }
+
+    /// Publishes until the consumer's queue exists (it is declared when D connects).
+    async fn publish(&self, event: &Event) {
+        let conn = events::connect(&self.vhost.url, "d-test").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        for _ in 0..200 {
+            let q = ch
+                .queue_declare(
+                    "notification.events".into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    lapin::types::FieldTable::default(),
+                )
+                .await;
+            if q.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Publisher::new(&conn)
+            .await
+            .unwrap()
+            .publish(event, Default::default())
+            .await
+            .unwrap();
+    }
+
+    async fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..400 {
+            if let Some(v) = check() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+impl Drop for TestD {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn user_created(user: Uuid, email: &str) -> Event {
+    Event::new(
+        "auth",
+        types::USER_CREATED,
+        &json!({"user_id": user, "email": email, "full_name": "Ada Lovelace"}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_new_user_gets_a_welcome_mail_over_smtp_and_an_in_app_notification() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    d.publish(&user_created(user, "ada@example.com")).await;
+    let mailbox = d.mailbox.clone();
+    let (to, data) = d
+        .wait_for("the welcome mail", || {
+            mailbox.lock().unwrap().first().cloned()
+        })
+        .await;
+    assert_eq!(to, ["ada@example.com"]);
+    assert!(data.contains("Subject: Welcome to FinFlow"), "{data}");
+    assert!(data.contains("Ada Lovelace"), "{data}");
+
+    let (status, body) = d
+        .as_user(user, d.http.get(d.url("/api/v1/notifications?unread=true")))
+        .await;
+    assert_eq!(status, 200);
+    let items = body["data"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    let id = items[0]["id"].as_str().unwrap();
+    let (status, _) = d
+        .as_user(
+            user,
+            d.http
+                .post(d.url(&format!("/api/v1/notifications/{id}/read"))),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = d
+        .as_user(user, d.http.get(d.url("/api/v1/notifications?unread=true")))
+        .await;
+    assert_eq!(body["data"], json!([]));
+    let (_, log) = d
+        .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+        .await;
+    assert_eq!(log["data"][0]["status"], "delivered");
+}
+
+#[tokio::test]
+async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_signed() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    // The receiver: checks every signature, refuses the first three attempts.
+    let attempts: Arc<Mutex<Vec<(bool, String)>>> = Arc::default();
+    let secret: Arc<Mutex<String>> = Arc::default();
+    let (seen, key) = (attempts.clone(), secret.clone());
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            let key = key.clone();
+            async move {
+                let signature = headers
+                    .get(SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let valid = delivery::verify(
+                    &key.lock().unwrap(),
+                    signature,
+                    &body,
+                    chrono::Utc::now().timestamp(),
+                    300,
+                );
+                let delivery = headers
+                    .get(delivery::DELIVERY_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let mut seen = seen.lock().unwrap();
+                seen.push((valid, delivery));
+                if seen.len() <= 3 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+
+    let (status, body) = d
+        .as_user(
+            user,
+            d.http
+                .post(d.url("/api/v1/webhooks"))
+                .json(&json!({"url": hook_url})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    *secret.lock().unwrap() = body["data"]["secret"].as_str().unwrap().to_owned();
+    // Only the webhook for this event: email and in-app off.
+    for channel in ["email", "in_app"] {
+        let (status, _) = d
+            .as_user(
+                user,
+                d.http
+                    .put(d.url("/api/v1/notifications/preferences"))
+                    .json(&json!({"event_type": "payment.completed", "channel": channel, "enabled": false})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    let payment = Event::new(
+        "payment",
+        types::PAYMENT_COMPLETED,
+        &json!({"payment_id": Uuid::new_v4(), "user_id": user, "kind": "transfer", "amount": "12.00", "currency": "USD"}),
+    )
+    .unwrap();
+    d.publish(&payment).await;
+    d.publish(&payment).await; // delivered twice by the broker: still one delivery
+    let seen = attempts.clone();
+    d.wait_for("the fourth attempt", || {
+        (seen.lock().unwrap().len() >= 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let attempts = attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts.len(),
+        4,
+        "three failures, one success, nothing after: {attempts:?}"
+    );
+    assert!(
+        attempts.iter().all(|(valid, _)| *valid),
+        "every attempt is signed"
+    );
+    assert!(
+        attempts.iter().all(|(_, id)| *id == attempts[0].1),
+        "one delivery, retried"
+    );
+
+    let (_, log) = d
+        .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+        .await;
+    let entries = log["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["status"], "delivered");
+    assert_eq!(entries[0]["attempts"], 4);
+    assert!(d.mailbox.lock().unwrap().is_empty(), "email was turned off");
+}

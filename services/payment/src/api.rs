@@ -1,0 +1,530 @@
+//! HTTP handlers of service C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::{Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::idempotency::{Claim, Keys, Stored};
+use crate::model::{Kind, PAYMENT_COLUMNS, Payment, PaymentRequest, PaymentRow, Status};
+use crate::settle;
+use crate::wallets::{WalletView, Wallets};
+
+/// Settings the handlers need.
+pub struct Settings {
+    /// Payments above this amount wait in `ON_HOLD` for an AML decision.
+    pub aml_hold_threshold: Amount,
+    /// Longest `Prefer: wait=N` honoured.
+    pub max_wait: Duration,
+    /// How long a duplicate waits for the first request with its key.
+    pub duplicate_wait: Duration,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub keys: Keys,
+    pub wallets: Wallets,
+    pub settings: Arc<Settings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/payments/transfer", post(transfer))
+        .route("/api/v1/payments/deposit", post(deposit))
+        .route("/api/v1/payments/withdrawal", post(withdrawal))
+        .route("/api/v1/payments", get(list))
+        .route("/api/v1/payments/{id}", get(get_one))
+        .route("/api/v1/payments/{id}/reverse", post(reverse))
+        .route("/api/v1/payments/{id}/release", post(release))
+        .with_state(state)
+}
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .ok_or_else(|| {
+            ApiError::invalid_field("Idempotency-Key", "the Idempotency-Key header is required")
+        })?
+        .to_str()
+        .map_err(|_| {
+            ApiError::invalid_field(
+                "Idempotency-Key",
+                "the Idempotency-Key header must be ASCII",
+            )
+        })?
+        .trim();
+    if key.is_empty() || key.len() > 255 {
+        return Err(ApiError::invalid_field(
+            "Idempotency-Key",
+            "the Idempotency-Key must be 1 to 255 characters",
+        ));
+    }
+    Ok(key.to_owned())
+}
+
+/// `Prefer: wait=N` (RFC 7240), capped.
+fn preferred_wait(headers: &HeaderMap, max: Duration) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("wait="))
+        .find_map(|n| n.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(max))
+}
+
+#[utoipa::path(post, path = "/api/v1/payments/transfer", tag = "payments", request_body = PaymentRequest,
+    params(("Idempotency-Key" = String, Header), ("Prefer" = Option<String>, Header, description = "wait=N")),
+    responses((status = 202, body = Payment), (status = 200, body = Payment), (status = 400, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn transfer(
+    s: State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    body: Json<PaymentRequest>,
+) -> Response {
+    accept(s, who, headers, Kind::Transfer, body).await
+}
+
+#[utoipa::path(post, path = "/api/v1/payments/deposit", tag = "payments", request_body = PaymentRequest,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Payment), (status = 400, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn deposit(
+    s: State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    body: Json<PaymentRequest>,
+) -> Response {
+    accept(s, who, headers, Kind::Deposit, body).await
+}
+
+#[utoipa::path(post, path = "/api/v1/payments/withdrawal", tag = "payments", request_body = PaymentRequest,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 202, body = Payment), (status = 400, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+async fn withdrawal(
+    s: State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    body: Json<PaymentRequest>,
+) -> Response {
+    accept(s, who, headers, Kind::Withdrawal, body).await
+}
+
+fn stored_response(stored: Stored, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = (status, axum::Json(stored.body)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Accepts a payment: idempotency, checks, the row and its event in one transaction,
+/// then 202 with the payment `PENDING` (or `ON_HOLD`), or its terminal state if the
+/// client asked to wait and it got there.
+async fn accept(
+    State(s): State<AppState>,
+    who: Identity,
+    headers: HeaderMap,
+    kind: Kind,
+    Json(req): Json<PaymentRequest>,
+) -> Response {
+    let outcome = async {
+        let user = who.user_id()?;
+        let key = idempotency_key(&headers)?;
+        req.validate(kind)?;
+        let hash = req.fingerprint(kind);
+        let wait = preferred_wait(&headers, s.settings.max_wait);
+        match s
+            .keys
+            .claim(user, &key, &hash, s.settings.duplicate_wait)
+            .await
+        {
+            Claim::Fresh | Claim::Unavailable => {}
+            Claim::Mismatch => return Err(key_reused()),
+            Claim::InFlight => {
+                return Err(ApiError::conflict(
+                    "a request with this Idempotency-Key is still in progress",
+                ));
+            }
+            Claim::Done(stored) => {
+                return Ok(match wait {
+                    Some(w) => replay_after_wait(&s, &stored, w)
+                        .await
+                        .unwrap_or_else(|| stored_response(stored, true)),
+                    None => stored_response(stored, true),
+                });
+            }
+        }
+        let result = create(&s, user, &key, &hash, kind, &req).await;
+        let (row, fresh) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was created: free the key so a corrected request can use it.
+                s.keys.release(user, &key).await;
+                return Err(e);
+            }
+        };
+        let stored = Stored {
+            status: StatusCode::ACCEPTED.as_u16(),
+            body: serde_json::json!({ "success": true, "data": row.view()? }),
+        };
+        s.keys.complete(user, &key, &hash, stored.clone()).await;
+        let response = match wait {
+            Some(w) => wait_for_terminal(&s.pool, row.id, w).await?,
+            None => stored_response(stored, !fresh),
+        };
+        Ok(response)
+    }
+    .await;
+    outcome.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was used with a different request",
+    )
+}
+
+async fn replay_after_wait(s: &AppState, stored: &Stored, wait: Duration) -> Option<Response> {
+    let id: Uuid = serde_json::from_value(stored.body["data"]["id"].clone()).ok()?;
+    wait_for_terminal(&s.pool, id, wait).await.ok()
+}
+
+/// Polls until the payment is terminal or `wait` passes: 200 when terminal, else 202.
+async fn wait_for_terminal(pool: &PgPool, id: Uuid, wait: Duration) -> Result<Response, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let row = payment(pool, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("payment not found"))?;
+        let view = row.view()?;
+        if view.status.is_terminal() {
+            return Ok(error::ok(view));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(error::with_status(StatusCode::ACCEPTED, view));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn payment(pool: &PgPool, id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+async fn existing(
+    pool: &PgPool,
+    user: Uuid,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<PaymentRow>, ApiError> {
+    let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE user_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(user)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(r) if r.request_hash != hash => Err(key_reused()),
+        other => Ok(other),
+    }
+}
+
+/// Checks the wallets with B, then records the payment and its event. Returns the row
+/// and whether it was created now (false: the database already had this key).
+async fn create(
+    s: &AppState,
+    user: Uuid,
+    key: &str,
+    hash: &[u8],
+    kind: Kind,
+    req: &PaymentRequest,
+) -> Result<(PaymentRow, bool), ApiError> {
+    // Redis may have forgotten: the database is the ground truth.
+    if let Some(row) = existing(&s.pool, user, key, hash).await? {
+        return Ok((row, false));
+    }
+    let money = req.validate(kind)?;
+    precheck(&s.wallets, user, kind, req, money).await?;
+
+    let status = if money.amount() > s.settings.aml_hold_threshold {
+        Status::OnHold
+    } else {
+        Status::Pending
+    };
+    let mut tx = s.pool.begin().await?;
+    let inserted: Result<PaymentRow, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, to_wallet_id, \
+           amount, currency, description, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {PAYMENT_COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(key)
+    .bind(hash)
+    .bind(kind.as_str())
+    .bind(req.from_wallet_id)
+    .bind(req.to_wallet_id)
+    .bind(money.amount())
+    .bind(money.currency())
+    .bind(req.description.as_deref())
+    .bind(status.as_str())
+    .fetch_one(&mut *tx)
+    .await;
+    let row = match inserted {
+        Ok(row) => row,
+        Err(e) if unique_violation(&e) == Some("payments_user_idempotency_key") => {
+            // A concurrent twin won the race (Redis was unavailable): answer with its payment.
+            drop(tx);
+            let row = existing(&s.pool, user, key, hash)
+                .await?
+                .ok_or_else(|| ApiError::internal(&"the conflicting payment vanished"))?;
+            return Ok((row, false));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    settle::announce(&mut tx, &row).await?;
+    tx.commit().await?;
+    metrics::counter!("finflow_payments_accepted_total", "kind" => kind.as_str()).increment(1);
+    Ok((row, true))
+}
+
+/// The checks answered at once: ownership, status, currency, funds and limits as B
+/// knows them now. The worker's transfer at B re-checks under lock; this only spares
+/// the client a payment that is bound to fail.
+async fn precheck(
+    wallets: &Wallets,
+    user: Uuid,
+    kind: Kind,
+    req: &PaymentRequest,
+    money: finflow_platform::Money,
+) -> Result<(), ApiError> {
+    let owned = |w: &WalletView| w.user_id == user;
+    let not_found = |id: Uuid| ApiError::not_found(format!("wallet {id} not found"));
+    let lookup = |id: Uuid| async move {
+        wallets.get(id).await.map_err(|e| {
+            if e.code == ErrorCode::NotFound {
+                not_found(id)
+            } else {
+                e
+            }
+        })
+    };
+    let from = match req.from_wallet_id {
+        Some(id) => Some(lookup(id).await?),
+        None => None,
+    };
+    let to = match req.to_wallet_id {
+        Some(id) => Some(lookup(id).await?),
+        None => None,
+    };
+    // The caller must own the wallet the money leaves (or, for a deposit, enters);
+    // someone else's wallet is 404, as at B.
+    let own = if kind == Kind::Deposit {
+        to.as_ref()
+    } else {
+        from.as_ref()
+    };
+    if let Some(w) = own
+        && !owned(w)
+    {
+        return Err(not_found(w.id));
+    }
+    for w in from.iter().chain(to.iter()) {
+        if w.currency != money.currency().code() {
+            return Err(ApiError::invalid_field(
+                "currency",
+                format!(
+                    "wallet {} holds {}, the payment is in {}",
+                    w.id,
+                    w.currency,
+                    money.currency()
+                ),
+            ));
+        }
+        if w.status != "active" {
+            return Err(ApiError::new(
+                ErrorCode::WalletNotActive,
+                format!("wallet {} is {}", w.id, w.status),
+            )
+            .with_details(serde_json::json!({ "wallet_id": w.id, "status": w.status })));
+        }
+    }
+    if let Some(from) = &from {
+        if from.balance < money.amount() {
+            return Err(
+                ApiError::new(ErrorCode::InsufficientFunds, "insufficient funds")
+                    .with_details(serde_json::json!({ "wallet_id": from.id })),
+            );
+        }
+        let over = |which: &str, limit: Amount| {
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!("the amount exceeds your {which} limit of {limit}"),
+            )
+            .with_details(serde_json::json!({ "reason": "tier_limit", "limit": which }))
+        };
+        if money.amount() > from.limits.per_transaction {
+            return Err(over("per-transaction", from.limits.per_transaction));
+        }
+        if money.amount() > from.limits.remaining_today {
+            return Err(over("daily", from.limits.remaining_today));
+        }
+    }
+    Ok(())
+}
+
+/// A payment the caller may see: theirs, or any for `ops`. Anything else is 404.
+async fn visible(pool: &PgPool, who: &Identity, id: Uuid) -> Result<PaymentRow, ApiError> {
+    let row = payment(pool, id).await?;
+    let caller = who.user_id().ok();
+    row.filter(|p| Some(p.user_id) == caller || who.has_role("ops"))
+        .ok_or_else(|| ApiError::not_found("payment not found"))
+}
+
+#[utoipa::path(get, path = "/api/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Payment), (status = 404, body = ErrorEnvelope)))]
+async fn get_one(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+    Ok(error::ok(visible(&s.pool, &who, id).await?.view()?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<Status>,
+    cursor: Option<Uuid>,
+    limit: Option<u16>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct PaymentPage {
+    items: Vec<Payment>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    next_cursor: Option<Uuid>,
+}
+
+/// The caller's payments, newest first (ids are time-ordered UUIDv7, so the id is the cursor).
+#[utoipa::path(get, path = "/api/v1/payments", tag = "payments",
+    params(("status" = Option<Status>, Query), ("cursor" = Option<Uuid>, Query), ("limit" = Option<u16>, Query)),
+    responses((status = 200, body = PaymentPage), (status = 400, body = ErrorEnvelope)))]
+async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuery>) -> ApiResult {
+    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 200));
+    let mut rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE user_id = $1 \
+           AND ($2::uuid IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3) \
+         ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(who.user_id()?)
+    .bind(q.cursor)
+    .bind(q.status.map(Status::as_str))
+    .bind(limit + 1)
+    .fetch_all(&s.pool)
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let items = rows
+        .iter()
+        .map(PaymentRow::view)
+        .collect::<Result<_, _>>()?;
+    Ok(error::ok(PaymentPage { items, next_cursor }))
+}
+
+/// Reverses a completed payment with a compensating transfer (role `ops`).
+#[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+    who.require_role("ops")?;
+    let mut tx = s.pool.begin().await?;
+    let row = settle::lock(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    if row.status()? != Status::Completed {
+        return Err(ApiError::conflict(format!(
+            "only a COMPLETED payment can be reversed; this one is {}",
+            row.status
+        )));
+    }
+    // The reversal's transfer id derives from the payment: a retry cannot reverse twice.
+    s.wallets.transfer(&settle::reversal_for(&row)?).await?;
+    let reversed = settle::transition(&mut tx, &row, Status::Reversed, None).await?;
+    tx.commit().await?;
+    Ok(error::ok(reversed.view()?))
+}
+
+/// Releases a held payment to the worker (role `ops`, or `compliance`); E's `aml.cleared`
+/// does the same.
+#[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+    who.require_any_role(&["ops", "compliance"])?;
+    let mut tx = s.pool.begin().await?;
+    let row = settle::lock(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    let released = settle::transition(&mut tx, &row, Status::Pending, None).await?;
+    tx.commit().await?;
+    Ok(error::ok(released.view()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefer_wait_is_read_and_capped() {
+        let mut h = HeaderMap::new();
+        h.insert("prefer", HeaderValue::from_static("respond-async, wait=5"));
+        assert_eq!(
+            preferred_wait(&h, Duration::from_secs(30)),
+            Some(Duration::from_secs(5))
+        );
+        h.insert("prefer", HeaderValue::from_static("wait=600"));
+        assert_eq!(
+            preferred_wait(&h, Duration::from_secs(30)),
+            Some(Duration::from_secs(30))
+        );
+        h.insert("prefer", HeaderValue::from_static("return=minimal"));
+        assert_eq!(preferred_wait(&h, Duration::from_secs(30)), None);
+    }
+
+    #[test]
+    fn an_idempotency_key_is_required_and_bounded() {
+        let mut h = HeaderMap::new();
+        assert!(idempotency_key(&h).is_err());
+        h.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("abc"));
+        assert_eq!(idempotency_key(&h).unwrap(), "abc");
+        h.insert(
+            IDEMPOTENCY_KEY,
+            HeaderValue::from_str(&"k".repeat(256)).unwrap(),
+        );
+        assert!(idempotency_key(&h).is_err());
+    }
+}

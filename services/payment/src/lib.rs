@@ -1,0 +1,278 @@
+//! Service C, payment: idempotent payments applied exactly once through RabbitMQ.
+//!
+//! The model (the PayFlow seed's story):
+//! - `POST /api/v1/payments/{transfer,deposit,withdrawal}` needs an `Idempotency-Key`.
+//!   Redis answers duplicates at the door ([`idempotency`]); the payments table's unique
+//!   key is the ground truth. The request is checked against B at once (ownership,
+//!   status, currency, funds, tier limits), then the payment is stored `PENDING` with a
+//!   `payment.requested` event in one transaction, and the client gets 202 (or, with
+//!   `Prefer: wait=N`, the terminal state if it comes in time).
+//! - Payments above the AML threshold are stored `ON_HOLD` (`payment.on_hold`) until
+//!   `aml.cleared` / `aml.flagged` (or an `ops` release).
+//! - The [`worker`] consumes `payment.requested` and asks B to apply the payment id as a
+//!   transfer id, which B does at most once; the outcome and its event commit together
+//!   and the message is ACKed after. See [`worker`] for why this is exactly once.
+//! - The [`sweeper`] republishes payments stuck in `PENDING` and settles expired ones
+//!   through B's void, so every payment ends terminal and none is applied twice.
+//!
+//! One binary, three roles (`ROLE`): `api`, `worker` (consumers and sweeper) or `all`.
+
+pub mod api;
+pub mod idempotency;
+pub mod model;
+pub mod settle;
+pub mod sweeper;
+pub mod wallets;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use finflow_platform::client::{ServiceClient, TokenSource};
+use finflow_platform::config::{RedisConfig, Validate};
+use finflow_platform::health::{self};
+use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::{Amount, cache, events};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+
+/// The service's name in events, logs and traces.
+pub const SERVICE: &str = "payment";
+
+/// Service C's migrations (`migrations/payment`).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payment");
+
+/// What this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// The HTTP API and the outbox relay.
+    Api,
+    /// The consumers (payment requests, AML decisions), the sweeper and the relay; it
+    /// still serves `/health`, `/ready` and `/metrics`.
+    Worker,
+    /// Everything in one process.
+    All,
+}
+
+/// Configuration of service C.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-payment",
+    version,
+    about = "FinFlow service C: payments"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    /// What this process runs.
+    #[arg(long, env = "ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
+    /// Base URL of service B (its sidecar).
+    #[arg(long, env = "WALLET_URL")]
+    pub wallet_url: String,
+    /// Base URL of service A (its sidecar), for service tokens.
+    #[arg(long, env = "AUTH_URL")]
+    pub auth_url: String,
+    /// This service's client id at A.
+    #[arg(long, env = "SERVICE_CLIENT_ID", default_value = "payment")]
+    pub service_client_id: String,
+    /// This service's client secret at A.
+    #[arg(long, env = "SERVICE_CLIENT_SECRET", hide_env_values = true)]
+    pub service_client_secret: SecretString,
+    /// Payments above this amount go ON_HOLD for an AML decision.
+    #[arg(long, env = "AML_HOLD_THRESHOLD", default_value = "10000")]
+    pub aml_hold_threshold: String,
+    /// Consumers of the payment queue in this process (each with its own channel).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    pub worker_concurrency: u16,
+    /// A PENDING payment unchanged this long gets a new `payment.requested`, in seconds.
+    #[arg(long, env = "SWEEP_REPUBLISH_AFTER_SECS", default_value_t = 30)]
+    pub sweep_republish_after_secs: u64,
+    /// A payment PENDING this long is settled (voided at B and FAILED), in seconds.
+    #[arg(long, env = "SWEEP_FAIL_AFTER_SECS", default_value_t = 900)]
+    pub sweep_fail_after_secs: u64,
+    /// Seconds between sweeps.
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    pub sweep_interval_secs: u64,
+    /// Longest `Prefer: wait=N` honoured, in seconds.
+    #[arg(long, env = "MAX_PREFER_WAIT_SECS", default_value_t = 30)]
+    pub max_prefer_wait_secs: u64,
+}
+
+impl HasServiceConfig for Config {
+    fn service_config(&self) -> &ServiceConfig {
+        &self.service
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.service.validate(errors);
+        self.redis.validate(errors);
+        for (name, url) in [
+            ("WALLET_URL", &self.wallet_url),
+            ("AUTH_URL", &self.auth_url),
+        ] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errors.push(format!("{name} must be an http(s) URL"));
+            }
+        }
+        if !Amount::parse(&self.aml_hold_threshold).is_ok_and(Amount::is_positive) {
+            errors.push("AML_HOLD_THRESHOLD must be a positive amount".to_owned());
+        }
+        if self.sweep_fail_after_secs <= self.sweep_republish_after_secs {
+            errors.push("SWEEP_FAIL_AFTER_SECS must exceed SWEEP_REPUBLISH_AFTER_SECS".to_owned());
+        }
+        if self.worker_concurrency == 0 {
+            errors.push("WORKER_CONCURRENCY must be at least 1".to_owned());
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FinFlow payment (C)",
+        description = "Idempotent payments applied exactly once."
+    ),
+    paths(
+        api::transfer,
+        api::deposit,
+        api::withdrawal,
+        api::list,
+        api::get_one,
+        api::reverse,
+        api::release
+    )
+)]
+struct ApiDoc;
+
+/// Runs service C on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let base = &config.service;
+    let pool = base.database(&MIGRATIONS).await?;
+    let redis = cache::connect(&config.redis.redis_url).await?;
+    let http = ServiceClient::http_client();
+    let tokens = TokenSource::new(
+        &config.auth_url,
+        &config.service_client_id,
+        config.service_client_secret.clone(),
+        http.clone(),
+    );
+    let wallets = wallets::Wallets::new(ServiceClient::new(
+        "wallet",
+        &config.wallet_url,
+        tokens,
+        http,
+    ));
+
+    let amqp = &base.amqp.amqp_url;
+    let mut background = Background::new();
+    background.relay(&pool, amqp, SERVICE);
+    if config.role != Role::Api {
+        for _ in 0..config.worker_concurrency {
+            let worker = worker::PaymentWorker {
+                wallets: wallets.clone(),
+            };
+            background.consume(&pool, amqp, base.consumer(worker::requests_queue()), worker);
+        }
+        background.consume(
+            &pool,
+            amqp,
+            base.consumer(worker::aml_queue()),
+            worker::AmlDecisions,
+        );
+        let sweeper = sweeper::Sweeper {
+            pool: pool.clone(),
+            wallets: wallets.clone(),
+            republish_after: Duration::from_secs(config.sweep_republish_after_secs),
+            fail_after: Duration::from_secs(config.sweep_fail_after_secs),
+            interval: Duration::from_secs(config.sweep_interval_secs),
+        };
+        background.spawn(sweeper.run(background.stop_token()));
+        background.spawn(watch_queue_depth(amqp.clone(), background.stop_token()));
+    }
+    let health = base
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .critical("redis", health::Redis(redis.clone()))
+        .optional("wallet", health::Upstream::new(&config.wallet_url))
+        .build();
+    let api_routes = if config.role == Role::Worker {
+        axum::Router::new()
+    } else {
+        let aml_hold_threshold =
+            Amount::parse(&config.aml_hold_threshold).map_err(anyhow::Error::from)?;
+        api::router(api::AppState {
+            pool,
+            keys: idempotency::Keys::new(redis),
+            wallets,
+            settings: Arc::new(api::Settings {
+                aml_hold_threshold,
+                max_wait: Duration::from_secs(config.max_prefer_wait_secs),
+                duplicate_wait: Duration::from_secs(5),
+            }),
+        })
+    };
+    tracing::info!(role = ?config.role, "payment starting");
+    service::serve(
+        base,
+        listener,
+        api_routes,
+        health,
+        ApiDoc::openapi(),
+        background,
+        shutdown,
+    )
+    .await
+}
+
+/// Publishes the work queue's depth (PayFlow's "number that tells the truth") as
+/// `finflow_payment_queue_depth`.
+async fn watch_queue_depth(amqp_url: SecretString, stop: CancellationToken) {
+    let queue = worker::requests_queue();
+    let mut channel: Option<(lapin::Connection, lapin::Channel)> = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if channel
+            .as_ref()
+            .is_none_or(|(c, _)| !c.status().connected())
+        {
+            channel = match events::connect(&amqp_url, "payment-queue-depth").await {
+                Ok(conn) => conn.create_channel().await.ok().map(|ch| (conn, ch)),
+                Err(_) => None,
+            };
+        }
+        let Some((_, ch)) = channel.as_ref() else {
+            continue;
+        };
+        let declared = ch
+            .queue_declare(
+                queue.name.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            #[allow(clippy::cast_precision_loss)] // a message count, shown as a gauge
+            Ok(q) => metrics::gauge!("finflow_payment_queue_depth").set(q.message_count() as f64),
+            // A failed passive declare closes the channel: reopen next round.
+            Err(_) => channel = None,
+        }
+    }
+}

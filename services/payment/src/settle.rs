@@ -1,0 +1,125 @@
+//! Status changes: one place that moves a payment and emits its event, in the
+//! caller's transaction, so every path (API, worker, sweeper, AML decisions) obeys the
+//! same machine and never forgets the event.
+
+use chrono::Utc;
+use finflow_platform::ApiError;
+use finflow_platform::events::{Event, outbox, types};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::model::{Failure, Kind, PAYMENT_COLUMNS, Payment, PaymentRow, Status};
+use crate::wallets::Transfer;
+
+/// The data of every `payment.*` event: the payment, plus its id as `payment_id`.
+#[derive(Serialize)]
+pub struct PaymentEvent<'a> {
+    pub payment_id: Uuid,
+    #[serde(flatten)]
+    pub payment: &'a Payment,
+}
+
+/// The event that announces a payment entering `status`.
+pub fn event_type(status: Status) -> &'static str {
+    match status {
+        Status::Pending => types::PAYMENT_REQUESTED,
+        Status::OnHold => types::PAYMENT_ON_HOLD,
+        Status::Completed => types::PAYMENT_COMPLETED,
+        Status::Failed => types::PAYMENT_FAILED,
+        Status::Reversed => types::PAYMENT_REVERSED,
+    }
+}
+
+/// Records `row`'s event for its current status.
+pub async fn announce(tx: &mut PgConnection, row: &PaymentRow) -> Result<(), ApiError> {
+    let payment = row.view()?;
+    let event = Event::new(
+        crate::SERVICE,
+        event_type(payment.status),
+        &PaymentEvent {
+            payment_id: row.id,
+            payment: &payment,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(tx, &event).await?;
+    Ok(())
+}
+
+/// Locks a payment row for a status change.
+pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Moves a locked payment to `to` and records the event; refuses transitions the
+/// machine does not have (the database would too).
+pub async fn transition(
+    tx: &mut PgConnection,
+    row: &PaymentRow,
+    to: Status,
+    failure: Option<Failure>,
+) -> Result<PaymentRow, ApiError> {
+    let from = row.status()?;
+    if !from.can_become(to) {
+        return Err(ApiError::conflict(format!(
+            "the payment is {}, it cannot become {}",
+            from.as_str(),
+            to.as_str()
+        )));
+    }
+    let (code, reason) = failure.map_or((None, None), |f| (Some(f.code), Some(f.reason)));
+    let updated: PaymentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE payments SET status = $2, failure_code = $3, failure_reason = $4, updated_at = now(), \
+           completed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED') THEN now() ELSE completed_at END, \
+           reversed_at = CASE WHEN $2 = 'REVERSED' THEN now() ELSE reversed_at END \
+         WHERE id = $1 RETURNING {PAYMENT_COLUMNS}"
+    )))
+    .bind(row.id)
+    .bind(to.as_str())
+    .bind(code)
+    .bind(reason)
+    .fetch_one(&mut *tx)
+    .await?;
+    announce(tx, &updated).await?;
+    if matches!(to, Status::Completed | Status::Failed) {
+        let latency = (Utc::now() - updated.created_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::histogram!("finflow_payment_accept_to_terminal_seconds", "status" => to.as_str())
+            .record(latency.as_secs_f64());
+    }
+    metrics::counter!("finflow_payment_transitions_total", "to" => to.as_str()).increment(1);
+    Ok(updated)
+}
+
+/// The transfer at B that applies a payment: the payment id is the transfer id, so B
+/// applies it at most once however often the worker asks.
+pub fn transfer_for(row: &PaymentRow) -> Result<Transfer, ApiError> {
+    Ok(Transfer {
+        transfer_id: row.id,
+        kind: row.kind()?.as_str(),
+        from_wallet_id: row.from_wallet_id,
+        to_wallet_id: row.to_wallet_id,
+        amount: row.amount,
+        currency: row.currency.code().to_owned(),
+    })
+}
+
+/// The compensating transfer of a completed payment: the sides swapped, a derived id.
+pub fn reversal_for(row: &PaymentRow) -> Result<Transfer, ApiError> {
+    let _kind: Kind = row.kind()?;
+    Ok(Transfer {
+        transfer_id: crate::model::reversal_transfer_id(row.id),
+        kind: "reversal",
+        from_wallet_id: row.to_wallet_id,
+        to_wallet_id: row.from_wallet_id,
+        amount: row.amount,
+        currency: row.currency.code().to_owned(),
+    })
+}

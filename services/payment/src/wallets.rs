@@ -1,0 +1,70 @@
+//! What C asks B: wallets before accepting, transfers when working, voids when sweeping.
+
+use finflow_platform::client::ServiceClient;
+use finflow_platform::{Amount, ApiError};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// B's internal view of a wallet.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WalletView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub currency: String,
+    pub balance: Amount,
+    pub status: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Limits {
+    pub per_transaction: Amount,
+    pub remaining_today: Amount,
+}
+
+/// `POST /internal/transfers` at B.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transfer {
+    pub transfer_id: Uuid,
+    pub kind: &'static str,
+    pub from_wallet_id: Option<Uuid>,
+    pub to_wallet_id: Option<Uuid>,
+    pub amount: Amount,
+    pub currency: String,
+}
+
+/// B's answer to a void.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum VoidOutcome {
+    Applied { transfer: serde_json::Value },
+    Voided,
+}
+
+#[derive(Clone)]
+pub struct Wallets {
+    client: ServiceClient,
+}
+
+impl Wallets {
+    pub fn new(client: ServiceClient) -> Self {
+        Self { client }
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<WalletView, ApiError> {
+        self.client.get(&format!("/internal/wallets/{id}")).await
+    }
+
+    pub async fn transfer(&self, transfer: &Transfer) -> Result<serde_json::Value, ApiError> {
+        self.client.post("/internal/transfers", transfer).await
+    }
+
+    pub async fn void(&self, transfer_id: Uuid, reason: &str) -> Result<VoidOutcome, ApiError> {
+        self.client
+            .post(
+                &format!("/internal/transfers/{transfer_id}/void"),
+                &serde_json::json!({ "reason": reason }),
+            )
+            .await
+    }
+}

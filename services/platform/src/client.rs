@@ -1,0 +1,200 @@
+//! Calling another FinFlow service: a service token, the envelope, trace context.
+//!
+//! A service authenticates to another with a token for the role `service:<name>`,
+//! obtained from A by client credentials (`POST /api/v1/auth/token`) and cached until
+//! shortly before it expires. Requests go to the target's sidecar, which validates the
+//! token like any other; `/internal/*` routes open only to service roles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::telemetry;
+
+/// Refresh a cached token this long before it expires.
+const EARLY_REFRESH: chrono::Duration = chrono::Duration::seconds(30);
+
+/// Obtains and caches this service's token.
+#[derive(Clone)]
+pub struct TokenSource {
+    token_url: String,
+    client_id: String,
+    secret: SecretString,
+    http: reqwest::Client,
+    cached: Arc<Mutex<Option<CachedToken>>>,
+}
+
+/// A token and when it expires.
+type CachedToken = (String, DateTime<Utc>);
+
+impl TokenSource {
+    /// `auth_url` is A's base URL (its sidecar); `client_id` is this service's name.
+    pub fn new(
+        auth_url: &str,
+        client_id: &str,
+        secret: SecretString,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            token_url: format!("{}/api/v1/auth/token", auth_url.trim_end_matches('/')),
+            client_id: client_id.to_owned(),
+            secret,
+            http,
+            cached: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A valid token, fetched when there is none or it is about to expire.
+    pub async fn token(&self) -> Result<String, ApiError> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, expires)) = cached.as_ref()
+            && *expires - EARLY_REFRESH > Utc::now()
+        {
+            return Ok(token.clone());
+        }
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            access_token: String,
+            expires_at: DateTime<Utc>,
+        }
+        let issued: Issued = decode(
+            self.http
+                .post(&self.token_url)
+                .json(&serde_json::json!({
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.secret.expose_secret(),
+                }))
+                .send()
+                .await,
+            "auth",
+        )
+        .await?;
+        *cached = Some((issued.access_token.clone(), issued.expires_at));
+        Ok(issued.access_token)
+    }
+
+    /// Forgets the cached token (after a 401, e.g. when A rotated keys).
+    pub async fn invalidate(&self) {
+        *self.cached.lock().await = None;
+    }
+}
+
+/// A client for one service, authenticated as this service.
+#[derive(Clone)]
+pub struct ServiceClient {
+    name: &'static str,
+    base_url: String,
+    tokens: TokenSource,
+    http: reqwest::Client,
+}
+
+impl ServiceClient {
+    /// `name` is the target (for error messages), `base_url` its sidecar.
+    pub fn new(
+        name: &'static str,
+        base_url: &str,
+        tokens: TokenSource,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            name,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            tokens,
+            http,
+        }
+    }
+
+    /// An HTTP client with the timeouts service calls use.
+    pub fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default()
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize + Sync, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// Sends the request with the service token and the current trace context; on a
+    /// 401 fetches a new token once and retries. Answers in the envelope are decoded:
+    /// the target's `ApiError`s come back as `ApiError`s with the same code.
+    async fn call<B: Serialize + Sync, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ApiError> {
+        for attempt in 0..2 {
+            let token = self.tokens.token().await?;
+            let mut headers = http::HeaderMap::new();
+            telemetry::inject_http(&mut headers);
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base_url))
+                .bearer_auth(token)
+                .headers(headers);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let response = req.send().await;
+            if attempt == 0 && matches!(&response, Ok(r) if r.status() == StatusCode::UNAUTHORIZED)
+            {
+                self.tokens.invalidate().await;
+                continue;
+            }
+            return decode(response, self.name).await;
+        }
+        Err(ApiError::dependency(self.name, &"unauthorized twice"))
+    }
+}
+
+/// Decodes an envelope answer into `T`, or the target's error.
+async fn decode<T: DeserializeOwned>(
+    response: Result<reqwest::Response, reqwest::Error>,
+    name: &str,
+) -> Result<T, ApiError> {
+    let response = response.map_err(|e| ApiError::dependency(name, &e.without_url()))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| ApiError::dependency(name, &e.without_url()))?;
+    if status.is_success() {
+        return serde_json::from_value(body["data"].clone())
+            .map_err(|e| ApiError::dependency(name, &format!("unexpected answer: {e}")));
+    }
+    let code = serde_json::from_value::<String>(body["error"]["code"].clone()).unwrap_or_default();
+    let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+    Err(match code_from_wire(&code) {
+        // A client error from the target is the caller's business; a server error is ours
+        // to report as a dependency failure.
+        Some(code) if status.is_client_error() => {
+            let mut err = ApiError::new(code, message);
+            err.details = body["error"].get("details").cloned();
+            err
+        }
+        _ => ApiError::dependency(name, &format!("{status}: {message}")),
+    })
+}
+
+fn code_from_wire(code: &str) -> Option<ErrorCode> {
+    serde_json::from_value(serde_json::Value::String(code.to_owned())).ok()
+}

@@ -1,0 +1,314 @@
+//! The consumer runner: one event, one transaction, ACK after commit.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use secrecy::SecretString;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Event, QueueSpec, backoff, declare_queue};
+use crate::telemetry;
+
+/// Why a handler could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying: a dependency is down, a lock timed out, a row is not there yet.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed: the event is malformed or contradicts the consumer's state.
+    /// The message goes to the dead-letter queue at once.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Transient(e.to_string())
+    }
+}
+
+/// Applies one event. It runs inside the transaction that also records the event id,
+/// so its writes and the dedupe record commit together or not at all.
+pub trait Handler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Event,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+}
+
+/// What happened to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler ran and its transaction committed.
+    Applied,
+    /// The event id was already processed; nothing ran.
+    Duplicate,
+}
+
+/// Settings of one consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Name recorded with processed event ids (usually the queue name).
+    pub consumer: String,
+    pub queue: QueueSpec,
+    /// Unacknowledged messages held at once.
+    pub prefetch: u16,
+    /// Attempts for a transient failure before the message is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
+    /// The pod's role file (`FINFLOW_ROLE_FILE`): no consumption while it says `preview`.
+    pub role_file: Option<std::path::PathBuf>,
+}
+
+impl ConsumerSpec {
+    pub fn new(queue: QueueSpec) -> Self {
+        Self {
+            consumer: queue.name.clone(),
+            queue,
+            prefetch: 16,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(200),
+            retry_cap: Duration::from_secs(10),
+            role_file: std::env::var_os(ROLE_FILE_ENV).map(std::path::PathBuf::from),
+        }
+    }
+}
+
+/// Runs `handler` once for `event` unless `consumer` has already processed it.
+pub async fn apply_once<H: Handler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    event: &Event,
+) -> Result<Outcome, HandlerError> {
+    let mut tx = pool.begin().await?;
+    // Concurrent deliveries of one id serialize on the primary key: the second waits for
+    // the first to commit, then inserts nothing and is a duplicate.
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, event_type) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event.id)
+    .bind(&event.event_type)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Ok(Outcome::Duplicate);
+    }
+    handler.handle(&mut tx, event).await?;
+    tx.commit().await?;
+    Ok(Outcome::Applied)
+}
+
+/// Where the pod's live role is (`preview` or `active`), as the operator publishes it
+/// through a downward-API file that follows the pod's `finflow.dev/role` label.
+pub const ROLE_FILE_ENV: &str = "FINFLOW_ROLE_FILE";
+
+/// Whether the pod whose role is in `role_file` is a preview (not yet promoted): then it
+/// must not take work from shared queues. Only an explicit `preview` pauses; no file, an
+/// empty or an unreadable one means active, so processes outside the operator consume.
+pub fn is_preview(role_file: Option<&std::path::Path>) -> bool {
+    role_file
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .is_some_and(|role| role_is_preview(&role))
+}
+
+fn role_is_preview(role: &str) -> bool {
+    role.trim() == "preview"
+}
+
+/// How often the role is looked at.
+const ROLE_POLL: Duration = Duration::from_secs(2);
+
+/// Consumes `spec.queue` until `shutdown` is cancelled, reconnecting with backoff. While
+/// the pod is a preview ([`is_preview`]) it consumes nothing: a green worker never takes
+/// live work before promotion.
+pub async fn run<H: Handler>(
+    pool: PgPool,
+    amqp_url: SecretString,
+    spec: ConsumerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0_u32;
+    while !shutdown.is_cancelled() {
+        if is_preview(spec.role_file.as_deref()) {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(ROLE_POLL) => continue,
+            }
+        }
+        match consume(&pool, &amqp_url, &spec, &*handler, &shutdown, &mut failures).await {
+            Ok(()) => return,
+            Err(_) if is_preview(spec.role_file.as_deref()) => {}
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(queue = %spec.queue.name, error = %e, "consumer lost its broker, retrying");
+                }
+                let wait = backoff(
+                    failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(10),
+                );
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn consume<H: Handler>(
+    pool: &PgPool,
+    amqp_url: &SecretString,
+    spec: &ConsumerSpec,
+    handler: &H,
+    shutdown: &CancellationToken,
+    failures: &mut u32,
+) -> lapin::Result<()> {
+    let connection = super::connect(amqp_url, &spec.consumer).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
+    declare_queue(&channel, &spec.queue).await?;
+    let mut deliveries = channel
+        .basic_consume(
+            spec.queue.name.as_str().into(),
+            spec.consumer.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    if *failures > 0 {
+        tracing::info!(queue = %spec.queue.name, "consumer reconnected");
+    }
+    *failures = 0;
+    let mut role_check = tokio::time::interval(ROLE_POLL);
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => {
+                // Unacked messages go back to the queue when the channel closes.
+                connection.close(200, "shutdown".into()).await.ok();
+                return Ok(());
+            }
+            _ = role_check.tick() => {
+                if is_preview(spec.role_file.as_deref()) {
+                    tracing::info!(queue = %spec.queue.name, "this pod became a preview: consumption paused");
+                    connection.close(200, "preview".into()).await.ok();
+                    return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                        lapin::ConnectionState::Closed,
+                    )));
+                }
+                continue;
+            }
+            next = deliveries.next() => match next {
+                Some(delivery) => delivery?,
+                None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                    lapin::ConnectionState::Closed,
+                ))),
+            },
+        };
+        process(pool, spec, handler, delivery, shutdown).await?;
+    }
+}
+
+async fn process<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    delivery: Delivery,
+    shutdown: &CancellationToken,
+) -> lapin::Result<()> {
+    let event: Event = match serde_json::from_slice(&delivery.data) {
+        Ok(event) => event,
+        Err(e) => {
+            tracing::error!(queue = %spec.queue.name, error = %e, "poison message dead-lettered");
+            count(spec, "poison");
+            return delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(drop);
+        }
+    };
+    let span = tracing::info_span!(
+        "consume",
+        queue = %spec.queue.name,
+        event_id = %event.id,
+        event_type = %event.event_type,
+        redelivered = delivery.redelivered,
+    );
+    telemetry::set_parent_from_amqp(&span, delivery.properties.headers().as_ref());
+    async {
+        let mut attempt = 0_u32;
+        loop {
+            match apply_once(pool, &spec.consumer, handler, &event).await {
+                Ok(outcome) => {
+                    count(spec, if outcome == Outcome::Applied { "applied" } else { "duplicate" });
+                    return delivery.ack(BasicAckOptions::default()).await.map(drop);
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::error!(%reason, "event refused, dead-lettered");
+                    count(spec, "dead_lettered");
+                    return delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop);
+                }
+                Err(HandlerError::Transient(reason)) if attempt + 1 < spec.max_attempts => {
+                    let wait = backoff(attempt, spec.retry_base, spec.retry_cap);
+                    tracing::warn!(%reason, attempt, ?wait, "event failed, will retry");
+                    count(spec, "retried");
+                    attempt += 1;
+                    tokio::select! {
+                        // Not acked: the broker redelivers it to whoever consumes next.
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(HandlerError::Transient(reason)) => {
+                    tracing::error!(%reason, attempts = spec.max_attempts, "event failed every attempt, dead-lettered");
+                    count(spec, "dead_lettered");
+                    return delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop);
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn count(spec: &ConsumerSpec, outcome: &'static str) {
+    metrics::counter!(
+        "finflow_events_consumed_total",
+        "queue" => spec.queue.name.clone(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_explicit_preview_role_pauses_consumption() {
+        assert!(role_is_preview("preview\n"));
+        assert!(!role_is_preview("active"));
+        assert!(!role_is_preview(""));
+        assert!(!role_is_preview("Preview-ish"));
+    }
+}

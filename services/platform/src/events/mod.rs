@@ -1,0 +1,380 @@
+//! Events over RabbitMQ (DESIGN section 5).
+//!
+//! The model, end to end:
+//! 1. A producer calls [`outbox::enqueue`] inside the transaction that changes its state,
+//!    so the event exists exactly when the change does.
+//! 2. The [`outbox::Relay`] publishes unpublished rows to the topic exchange
+//!    `finflow.events` with publisher confirms and marks them published. RabbitMQ being
+//!    down delays events; it never loses them. A crash between confirm and mark publishes
+//!    a row twice, which is why step 3 dedupes.
+//! 3. A [`consumer`] runs the handler and records the event id in `processed_events` in one
+//!    transaction, and ACKs only after that commits: a redelivered message changes nothing.
+//!    Transient failures retry with backoff; poison messages and exhausted retries are
+//!    rejected into the dead-letter exchange `finflow.dlx` and land in `<queue>.dead`.
+
+pub mod consumer;
+pub mod outbox;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The topic exchange every event is published to, with its type as routing key.
+pub const EVENTS_EXCHANGE: &str = "finflow.events";
+/// Where rejected messages go; each queue's dead letters route by the queue's name.
+pub const DEAD_LETTER_EXCHANGE: &str = "finflow.dlx";
+/// Suffix of the queue holding a queue's dead letters.
+pub const DEAD_QUEUE_SUFFIX: &str = ".dead";
+
+/// The event types of the contract.
+pub mod types {
+    pub const USER_CREATED: &str = "user.created";
+    pub const USER_KYC_UPDATED: &str = "user.kyc_updated";
+    pub const WALLET_CREATED: &str = "wallet.created";
+    pub const WALLET_STATUS_CHANGED: &str = "wallet.status_changed";
+    pub const PAYMENT_REQUESTED: &str = "payment.requested";
+    pub const PAYMENT_COMPLETED: &str = "payment.completed";
+    pub const PAYMENT_FAILED: &str = "payment.failed";
+    pub const PAYMENT_ON_HOLD: &str = "payment.on_hold";
+    pub const PAYMENT_REVERSED: &str = "payment.reversed";
+    pub const AML_FLAGGED: &str = "aml.flagged";
+    pub const AML_CLEARED: &str = "aml.cleared";
+}
+
+/// The event envelope: `{"id", "type", "version", "occurred_at", "source", "data"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    pub source: String,
+    pub data: serde_json::Value,
+}
+
+impl Event {
+    /// A new version-1 event with a fresh time-ordered id.
+    pub fn new(
+        source: &str,
+        event_type: &str,
+        data: &impl Serialize,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            id: Uuid::now_v7(),
+            event_type: event_type.to_owned(),
+            version: 1,
+            occurred_at: Utc::now(),
+            source: source.to_owned(),
+            data: serde_json::to_value(data)?,
+        })
+    }
+
+    /// The payload as a typed value.
+    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_value(self.data.clone())
+    }
+}
+
+/// Opens an AMQP connection named after the process (visible in RabbitMQ's tooling).
+pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url.expose_secret(), props).await
+}
+
+/// The RabbitMQ tests use: `FINFLOW_AMQP_URL`, else the default local broker.
+pub fn test_url() -> SecretString {
+    std::env::var("FINFLOW_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+        .into()
+}
+
+/// A RabbitMQ vhost of its own for one test (or one test platform), deleted on drop.
+///
+/// Queues are named `<consumer>.<purpose>` and exchanges are fixed by the contract, so
+/// two instances of a service on one vhost share their queues and see each other's
+/// events. A vhost per test keeps tests that run in parallel apart.
+pub struct TestVhost {
+    name: String,
+    pub url: SecretString,
+}
+
+impl TestVhost {
+    /// Creates `finflow_test_<uuid>` through `dev/backing-services vhost add`, on the
+    /// broker of [`test_url`].
+    pub fn new() -> Self {
+        let name = format!("finflow_test_{}", Uuid::new_v4().simple());
+        Self::named(&name)
+    }
+
+    /// Creates the vhost `name` (idempotent).
+    pub fn named(name: &str) -> Self {
+        let status = std::process::Command::new(backing_script())
+            .args(["vhost", "add", name])
+            .env("FINFLOW_AMQP_URL", test_url().expose_secret())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run dev/backing-services: {e}"));
+        assert!(
+            status.success(),
+            "could not create the RabbitMQ vhost {name}"
+        );
+        let base = test_url();
+        let base = base.expose_secret();
+        let server = base.rsplit_once('/').map_or(base, |(s, _)| s);
+        Self {
+            name: name.to_owned(),
+            url: format!("{server}/{name}").into(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Default for TestVhost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(backing_script())
+            .args(["vhost", "delete", &self.name])
+            .env("FINFLOW_AMQP_URL", test_url().expose_secret())
+            .status();
+    }
+}
+
+fn backing_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dev/backing-services")
+}
+
+/// Declares the two exchanges. Idempotent: every producer and consumer calls it.
+pub async fn declare_exchanges(channel: &Channel) -> lapin::Result<()> {
+    for name in [EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE] {
+        channel
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// A consumer's durable queue: `<consumer>.<purpose>`, bound to event types (topic patterns).
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub name: String,
+    pub bindings: Vec<String>,
+}
+
+impl QueueSpec {
+    pub fn new(name: impl Into<String>, bindings: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            bindings: bindings.iter().map(|b| (*b).to_owned()).collect(),
+        }
+    }
+
+    /// The queue holding this queue's dead letters.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}{DEAD_QUEUE_SUFFIX}", self.name)
+    }
+}
+
+/// Declares the queue, its dead-letter queue and its bindings.
+///
+/// Quorum queues: durable, replicated when RabbitMQ is clustered, and their delivery
+/// limit dead-letters a message that keeps killing its consumer, which no in-process
+/// retry count can catch.
+pub async fn declare_queue(channel: &Channel, spec: &QueueSpec) -> lapin::Result<()> {
+    declare_exchanges(channel).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let dead = spec.dead_letter_queue();
+    channel
+        .queue_declare(dead.as_str().into(), durable, quorum_args())
+        .await?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            spec.name.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut args = quorum_args();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(spec.name.as_str().into()),
+    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
+    channel
+        .queue_declare(spec.name.as_str().into(), durable, args)
+        .await?;
+    for key in &spec.bindings {
+        channel
+            .queue_bind(
+                spec.name.as_str().into(),
+                EVENTS_EXCHANGE.into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+/// Why a publish did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the event could not be serialized: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Publishes events with publisher confirms on one channel.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+/// How long a publish waits for the broker's confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Publisher {
+    /// Opens a confirm-mode channel and declares the exchanges.
+    pub async fn new(connection: &Connection) -> lapin::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare_exchanges(&channel).await?;
+        Ok(Self { channel })
+    }
+
+    /// Publishes events and waits until the broker has confirmed every one of them.
+    /// `headers` carries each event's trace context.
+    pub async fn publish_all(&self, events: &[(Event, FieldTable)]) -> Result<(), PublishError> {
+        let mut confirms = Vec::with_capacity(events.len());
+        for (event, headers) in events {
+            let payload = serde_json::to_vec(event)?;
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(ShortString::from("application/json"))
+                .with_message_id(ShortString::from(event.id.to_string()))
+                .with_type(ShortString::from(event.event_type.as_str()))
+                .with_app_id(ShortString::from(event.source.as_str()))
+                .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or(0))
+                .with_headers(headers.clone());
+            let confirm = self
+                .channel
+                .basic_publish(
+                    EVENTS_EXCHANGE.into(),
+                    event.event_type.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    props,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
+            if confirmation.is_nack() {
+                return Err(PublishError::Nacked);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one event and waits for its confirm.
+    pub async fn publish(&self, event: &Event, headers: FieldTable) -> Result<(), PublishError> {
+        self.publish_all(&[(event.clone(), headers)]).await
+    }
+}
+
+/// Exponential backoff with full jitter, capped: `attempt` 0 waits up to `base`.
+pub fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(2_u32.saturating_pow(attempt.min(16)));
+    let ceiling = exp.min(cap);
+    let millis = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(rand::random_range(millis / 2..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_has_the_contract_shape() {
+        let event = Event::new(
+            "payment",
+            types::PAYMENT_COMPLETED,
+            &serde_json::json!({"x": 1}),
+        )
+        .unwrap();
+        let value = serde_json::to_value(&event).unwrap();
+        for key in ["id", "type", "version", "occurred_at", "source", "data"] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(value["type"], "payment.completed");
+        assert_eq!(value["version"], 1);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        assert!(backoff(0, base, cap) <= base);
+        assert!(backoff(3, base, cap) >= Duration::from_millis(400));
+        for attempt in [10, 20, 1000] {
+            let d = backoff(attempt, base, cap);
+            assert!(d <= cap && d >= cap / 2, "{d:?}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The transactional outbox and its relay.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Event, PublishError, Publisher, backoff};
+use crate::telemetry;
+
+/// The PostgreSQL channel `enqueue` notifies so the relay wakes at once.
+const NOTIFY_CHANNEL: &str = "finflow_outbox";
+
+/// Records `event` in the outbox as part of the caller's transaction, with the current
+/// trace context. Nothing is published unless that transaction commits.
+pub async fn enqueue(tx: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
+    let headers = serde_json::to_value(telemetry::current_context_map())
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.id)
+    .bind(&event.event_type)
+    .bind(payload)
+    .bind(headers)
+    .execute(&mut *tx)
+    .await?;
+    // Delivered on commit only, like the row itself.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Number of events not yet published (a health figure: it grows while RabbitMQ is down).
+pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Publishes the outbox to RabbitMQ until cancelled.
+pub struct Relay {
+    pool: PgPool,
+    amqp_url: SecretString,
+    name: String,
+    /// Rows published per transaction.
+    pub batch_size: i64,
+    /// Longest wait between scans when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long published rows are kept (for audit and replay) before they are deleted.
+    pub retention: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Publish(#[from] PublishError),
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, amqp_url: SecretString, name: impl Into<String>) -> Self {
+        Self {
+            pool,
+            amqp_url,
+            name: name.into(),
+            batch_size: 200,
+            poll_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, reconnecting to RabbitMQ with backoff.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0_u32;
+        while !shutdown.is_cancelled() {
+            match self.connect_and_relay(&shutdown, &mut failures).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let wait = backoff(
+                        failures,
+                        Duration::from_millis(200),
+                        Duration::from_secs(10),
+                    );
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "outbox relay lost its broker, retrying");
+                    } else {
+                        tracing::debug!(error = %e, ?wait, "outbox relay still cannot publish");
+                    }
+                    failures = failures.saturating_add(1);
+                    metrics::gauge!("finflow_outbox_relay_up").set(0);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_and_relay(
+        &self,
+        shutdown: &CancellationToken,
+        failures: &mut u32,
+    ) -> Result<(), RelayError> {
+        let connection = super::connect(&self.amqp_url, &format!("{}-relay", self.name))
+            .await
+            .map_err(PublishError::from)?;
+        let publisher = Publisher::new(&connection)
+            .await
+            .map_err(PublishError::from)?;
+        // Without LISTEN the relay still works, polling; notifications only cut latency.
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.ok().map(|()| l),
+            Err(_) => None,
+        };
+        let mut last_cleanup = tokio::time::Instant::now();
+        loop {
+            let published = self.publish_batch(&publisher).await?;
+            if *failures > 0 {
+                tracing::info!("outbox relay is publishing again");
+                *failures = 0;
+            }
+            metrics::gauge!("finflow_outbox_relay_up").set(1);
+            if last_cleanup.elapsed() > Duration::from_secs(3600) {
+                self.delete_old().await?;
+                last_cleanup = tokio::time::Instant::now();
+            }
+            if published as i64 >= self.batch_size {
+                continue;
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        let _ = l.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    connection.close(200, "shutdown".into()).await.ok();
+                    return Ok(());
+                }
+                () = notified => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Publishes up to one batch in `seq` order and marks it published, in one
+    /// transaction. `SKIP LOCKED` lets several relays (blue and green, replicas) share
+    /// the table without publishing a row concurrently.
+    async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+            "SELECT seq, payload, headers FROM outbox WHERE published_at IS NULL \
+             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut batch = Vec::with_capacity(rows.len());
+        let mut poison = Vec::new();
+        for (seq, payload, headers) in rows {
+            match serde_json::from_value::<Event>(payload) {
+                Ok(event) => {
+                    let context: BTreeMap<String, String> =
+                        serde_json::from_value(headers).unwrap_or_default();
+                    seqs.push(seq);
+                    batch.push((event, telemetry::amqp_headers(&context)));
+                }
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "outbox row is not an event; skipped, kept with its error");
+                    poison.push(seq);
+                }
+            }
+        }
+        if let Err(e) = publisher.publish_all(&batch).await {
+            drop(tx);
+            self.record_failure(&seqs, &e.to_string()).await;
+            return Err(e.into());
+        }
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE seq = ANY($1)",
+        )
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        if !poison.is_empty() {
+            sqlx::query(
+                "UPDATE outbox SET published_at = now(), last_error = 'not an event envelope' \
+                 WHERE seq = ANY($1)",
+            )
+            .bind(&poison)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("finflow_outbox_published_total").increment(seqs.len() as u64);
+        Ok(seqs.len() + poison.len())
+    }
+
+    async fn record_failure(&self, seqs: &[i64], error: &str) {
+        let result = sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE seq = ANY($1)",
+        )
+        .bind(seqs)
+        .bind(error)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "could not record the publish failure");
+        }
+    }
+
+    async fn delete_old(&self) -> Result<(), sqlx::Error> {
+        let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "DELETE FROM outbox WHERE published_at < now() - $1::bigint * interval '1 second'",
+        )
+        .bind(secs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Whether an event with this id is in the outbox and published (for tests and tooling).
+pub async fn is_published(pool: &PgPool, event_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT published_at IS NOT NULL FROM outbox WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await
+        .map(|r| r.unwrap_or(false))
+}

@@ -1,0 +1,280 @@
+//! `/health` and `/ready`: each dependency's status and latency, and an overall status.
+//!
+//! `/health` answers 200 when every *critical* dependency is up ("up", or "degraded"
+//! when only non-critical ones are down) and 503 when a critical one is down ("down").
+//! `/ready` answers 200 only while the process is serving and its critical
+//! dependencies answer, and 503 from the moment shutdown starts, so Kubernetes takes
+//! the pod out of its Service before connections are closed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde::Serialize;
+use tokio::sync::Mutex;
+use utoipa::ToSchema;
+
+/// How long one dependency check may take before it counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// One dependency that `/health` reports on.
+pub trait Check: Send + Sync + 'static {
+    /// Probes the dependency; the error text is shown in `/health`, so it must not
+    /// contain secrets.
+    fn probe(&self) -> CheckFuture<'_>;
+}
+
+/// `SELECT 1` on the pool.
+pub struct Postgres(pub sqlx::PgPool);
+
+impl Check for Postgres {
+    fn probe(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.0)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// `PING` on the shared connection.
+pub struct Redis(pub redis::aio::ConnectionManager);
+
+impl Check for Redis {
+    fn probe(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            let mut conn = self.0.clone();
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A kept-open connection to RabbitMQ, reopened when it drops.
+pub struct RabbitMq {
+    url: SecretString,
+    connection: Mutex<Option<lapin::Connection>>,
+}
+
+impl RabbitMq {
+    pub fn new(url: SecretString) -> Self {
+        Self {
+            url,
+            connection: Mutex::new(None),
+        }
+    }
+}
+
+impl Check for RabbitMq {
+    fn probe(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            let mut slot = self.connection.lock().await;
+            if let Some(conn) = slot.as_ref()
+                && conn.status().connected()
+            {
+                return Ok(());
+            }
+            *slot = None;
+            let conn = crate::events::connect(&self.url, "health")
+                .await
+                .map_err(|e| e.to_string())?;
+            *slot = Some(conn);
+            Ok(())
+        })
+    }
+}
+
+/// Another service's `/health` (an upstream a service calls).
+pub struct Upstream {
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    /// `base` is the service's base URL; `/health` is appended.
+    pub fn new(base: &str) -> Self {
+        Self {
+            url: format!("{}/health", base.trim_end_matches('/')),
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Check for Upstream {
+    fn probe(&self) -> CheckFuture<'_> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .get(&self.url)
+                .send()
+                .await
+                .map_err(|e| format!("unreachable: {}", e.without_url()))?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("answered {}", response.status()))
+            }
+        })
+    }
+}
+
+struct Entry {
+    name: String,
+    critical: bool,
+    check: Box<dyn Check>,
+}
+
+/// The dependency checks of one service and its serving state.
+#[derive(Clone)]
+pub struct Health {
+    service: &'static str,
+    version: &'static str,
+    checks: Arc<Vec<Entry>>,
+    serving: Arc<AtomicBool>,
+}
+
+/// Status of one dependency or of the whole service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Up,
+    Degraded,
+    Down,
+}
+
+/// One dependency's result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependencyReport {
+    pub name: String,
+    pub status: Status,
+    pub critical: bool,
+    /// Time the probe took, in milliseconds.
+    pub latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The body of `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    pub service: String,
+    pub version: String,
+    pub status: Status,
+    pub dependencies: Vec<DependencyReport>,
+}
+
+/// Collects checks before the service starts.
+pub struct HealthBuilder {
+    service: &'static str,
+    version: &'static str,
+    checks: Vec<Entry>,
+}
+
+impl HealthBuilder {
+    /// A dependency the service cannot work without (its database, its broker).
+    #[must_use]
+    pub fn critical(mut self, name: &str, check: impl Check) -> Self {
+        self.checks.push(Entry {
+            name: name.to_owned(),
+            critical: true,
+            check: Box::new(check),
+        });
+        self
+    }
+
+    /// A dependency whose loss degrades the service without stopping it.
+    #[must_use]
+    pub fn optional(mut self, name: &str, check: impl Check) -> Self {
+        self.checks.push(Entry {
+            name: name.to_owned(),
+            critical: false,
+            check: Box::new(check),
+        });
+        self
+    }
+
+    pub fn build(self) -> Health {
+        Health {
+            service: self.service,
+            version: self.version,
+            checks: Arc::new(self.checks),
+            serving: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
+impl Health {
+    pub fn builder(service: &'static str, version: &'static str) -> HealthBuilder {
+        HealthBuilder {
+            service,
+            version,
+            checks: Vec::new(),
+        }
+    }
+
+    /// Marks the process as draining: `/ready` answers 503 from now on.
+    pub fn stop_serving(&self) {
+        self.serving.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Probes every dependency concurrently, each with a timeout.
+    pub async fn report(&self, only_critical: bool) -> HealthReport {
+        let probes = self
+            .checks
+            .iter()
+            .filter(|e| e.critical || !only_critical)
+            .map(|entry| async move {
+                let started = Instant::now();
+                let result = tokio::time::timeout(CHECK_TIMEOUT, entry.check.probe())
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {CHECK_TIMEOUT:?}")));
+                let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                metrics::gauge!("finflow_dependency_up", "dependency" => entry.name.clone())
+                    .set(if result.is_ok() { 1 } else { 0 });
+                DependencyReport {
+                    name: entry.name.clone(),
+                    status: if result.is_ok() {
+                        Status::Up
+                    } else {
+                        Status::Down
+                    },
+                    critical: entry.critical,
+                    latency_ms,
+                    error: result.err(),
+                }
+            });
+        let dependencies = futures_util::future::join_all(probes).await;
+        let down = |critical: bool| {
+            dependencies
+                .iter()
+                .any(|d| d.critical == critical && d.status == Status::Down)
+        };
+        let status = if down(true) {
+            Status::Down
+        } else if down(false) {
+            Status::Degraded
+        } else {
+            Status::Up
+        };
+        HealthReport {
+            service: self.service.to_owned(),
+            version: self.version.to_owned(),
+            status,
+            dependencies,
+        }
+    }
+}

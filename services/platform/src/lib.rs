@@ -1,0 +1,46 @@
+//! The FinFlow platform kit: everything a service needs that is not its domain.
+//!
+//! A service crate holds handlers, domain types and SQL; it gets the rest from here:
+//!
+//! - [`config`]: clap-derived configuration pieces (HTTP, database, Redis, AMQP,
+//!   telemetry), secrets as `SecretString`, every error reported at start.
+//! - [`error`] and [`extract`]: one `ApiError` into the JSON envelope of DESIGN section 3,
+//!   and `Json`/`Path`/`Query` extractors whose rejections are `400 VALIDATION_ERROR`.
+//! - [`money`]: `Currency`, `Amount` and `Money` on `rust_decimal`, never a float.
+//! - [`db`]: pools, embedded migrations (`migrations/platform` plus the service's own),
+//!   a fresh database per test.
+//! - [`cache`]: the Redis connection manager.
+//! - [`client`]: calls to other services with a cached service token.
+//! - [`events`]: RabbitMQ topology, publisher confirms, the transactional outbox and its
+//!   relay, the consumer runner with dedupe, retries and dead-lettering.
+//! - [`email`]: `Email`, validated and normalized.
+//! - [`identity`]: the caller as told by the sidecar's headers, and role checks.
+//! - [`health`] and [`http`]: `/health`, `/ready`, `/metrics`, `/openapi.json`, request
+//!   middleware, `serve` with graceful shutdown.
+//! - [`service`]: the shape of a service binary: common config, start-up, background
+//!   tasks, serving and shutdown.
+//! - [`telemetry`]: logs, OpenTelemetry traces (exported when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set), `traceparent` through HTTP and AMQP.
+//! - [`testing`]: an SMTP sink for tests and local runs.
+
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod email;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod health;
+pub mod http;
+pub mod identity;
+pub mod money;
+pub mod service;
+pub mod telemetry;
+pub mod testing;
+
+pub use email::Email;
+pub use error::{ApiError, ApiResult, ErrorCode};
+pub use extract::{Json, Path, Query};
+pub use identity::Identity;
+pub use money::{Amount, Currency, Money};

@@ -1,0 +1,235 @@
+//! Logs, traces and W3C trace context.
+//!
+//! Every process installs one subscriber: an `EnvFilter` (`RUST_LOG`), a JSON or pretty
+//! log layer, and an OpenTelemetry layer. The OpenTelemetry layer is always present so
+//! spans have real trace ids and `traceparent` flows through HTTP and AMQP even when
+//! nothing is exported; the OTLP/HTTP exporter is added only when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter reads the standard variables).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use http::HeaderMap;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, global};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Flushes spans still buffered when the process ends.
+#[must_use = "dropping the guard flushes and stops trace export"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("trace export did not shut down cleanly: {e}");
+        }
+    }
+}
+
+/// Installs the global subscriber and propagator. Call once, first thing in `main`.
+pub fn init(
+    service: &'static str,
+    config: &TelemetryConfig,
+) -> Result<TelemetryGuard, Box<dyn std::error::Error + Send + Sync>> {
+    let provider = tracer_provider(service, config.otlp_endpoint.is_some())?;
+    let fmt = match config.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer(service)))
+        .try_init()?;
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    global::set_tracer_provider(provider.clone());
+    Ok(TelemetryGuard { provider })
+}
+
+fn tracer_provider(
+    service: &'static str,
+    export: bool,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if !export {
+        // Nothing is exported: new traces are not recorded (spans still get ids, so
+        // `traceparent` still propagates), and a caller's sampled trace still is.
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+    }
+    if export {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// A subscriber for tests: traces without export, logs to the test's captured output.
+/// Safe to call from every test; only the first call installs anything.
+pub fn init_for_tests() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let provider = tracer_provider("test", false).expect("a provider without exporter");
+        // Per-layer filters: test output stays quiet while spans still carry context.
+        let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        let _ = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(logs),
+            )
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+            )
+            .try_init();
+        global::set_text_map_propagator(TraceContextPropagator::new());
+    });
+}
+
+fn propagator() -> TraceContextPropagator {
+    TraceContextPropagator::new()
+}
+
+/// Makes `span` a child of the trace context carried by incoming HTTP headers.
+pub fn set_parent_from_http(span: &tracing::Span, headers: &HeaderMap) {
+    let cx = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
+    set_parent(span, cx);
+}
+
+/// Makes `span` a child of the trace context carried by AMQP message headers.
+pub fn set_parent_from_amqp(span: &tracing::Span, headers: Option<&FieldTable>) {
+    let Some(headers) = headers else { return };
+    let cx = propagator().extract(&AmqpExtractor(headers));
+    set_parent(span, cx);
+}
+
+fn set_parent(span: &tracing::Span, cx: Context) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if cx.span().span_context().is_valid() {
+        // Fails only when the span is disabled by the filter: then there is nothing to link.
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Writes the current span's `traceparent` (and `tracestate`) into outgoing HTTP headers.
+pub fn inject_http(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    propagator().inject_context(&cx, &mut opentelemetry_http::HeaderInjector(headers));
+}
+
+/// The current span's trace context as plain strings, to store beside an outbox row
+/// so the relay publishes the event under the producer's trace, not its own.
+pub fn current_context_map() -> BTreeMap<String, String> {
+    let cx = tracing::Span::current().context();
+    let mut map = BTreeMap::new();
+    propagator().inject_context(&cx, &mut MapInjector(&mut map));
+    map
+}
+
+/// AMQP headers holding the given trace context entries.
+pub fn amqp_headers(context: &BTreeMap<String, String>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in context {
+        table.insert(
+            ShortString::from(k.as_str()),
+            AMQPValue::LongString(v.as_str().into()),
+        );
+    }
+    table
+}
+
+/// The `traceparent` of the current span, if it has a valid context.
+pub fn current_traceparent() -> Option<String> {
+    current_context_map().remove("traceparent")
+}
+
+struct MapInjector<'a>(&'a mut BTreeMap<String, String>);
+
+impl Injector for MapInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+struct AmqpExtractor<'a>(&'a FieldTable);
+
+impl Extractor for AmqpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0.inner().get(key)? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.inner().keys().map(ShortString::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    #[test]
+    fn a_trace_context_survives_http_in_and_amqp_out() {
+        init_for_tests();
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            "traceparent",
+            format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        let span = tracing::info_span!("request");
+        set_parent_from_http(&span, &incoming);
+        let context = span.in_scope(current_context_map);
+        let traceparent = context
+            .get("traceparent")
+            .expect("a traceparent is injected");
+        assert!(traceparent.contains(TRACE_ID), "{traceparent}");
+
+        let headers = amqp_headers(&context);
+        let consumer_span = tracing::info_span!("consume");
+        set_parent_from_amqp(&consumer_span, Some(&headers));
+        let mut outgoing = HeaderMap::new();
+        consumer_span.in_scope(|| inject_http(&mut outgoing));
+        let out = outgoing["traceparent"].to_str().unwrap();
+        assert!(out.contains(TRACE_ID), "{out}");
+        assert_ne!(out, traceparent, "each hop is a new span in the same trace");
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        init_for_tests();
+        let mut incoming = HeaderMap::new();
+        incoming.insert("traceparent", "00-zz-yy-01".parse().unwrap());
+        let span = tracing::info_span!("request");
+        set_parent_from_http(&span, &incoming);
+        let traceparent = span.in_scope(current_traceparent).expect("a new trace");
+        assert!(!traceparent.contains("zz"));
+    }
+}

@@ -1,0 +1,99 @@
+//! Storage helpers against a real PostgreSQL server.
+
+use finflow_platform::db::{self, TestDb};
+use finflow_platform::{Amount, ApiError, Currency, ErrorCode, Money};
+use secrecy::SecretString;
+
+#[tokio::test]
+async fn each_test_database_is_fresh_migrated_and_dropped_afterwards() {
+    let db = TestDb::new(None).await;
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(name.starts_with("finflow_test_"));
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "the platform tables exist and are empty");
+    let server = db.options();
+    drop(db);
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&server.database("postgres"))
+            .await
+            .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!exists, "{name} was not dropped");
+}
+
+#[tokio::test]
+async fn money_round_trips_through_numeric_20_4_without_loss() {
+    let db = TestDb::new(None).await;
+    sqlx::query("CREATE TABLE m (amount NUMERIC(20,4) NOT NULL, currency TEXT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let money = Money::parse("9999999999999999.99", "USD").unwrap();
+    sqlx::query("INSERT INTO m VALUES ($1, $2)")
+        .bind(money.amount())
+        .bind(money.currency())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (amount, currency): (Amount, Currency) = sqlx::query_as("SELECT amount, currency FROM m")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(Money::new(amount, currency).unwrap(), money);
+    let sum: Amount = sqlx::query_scalar("SELECT sum(amount) - 0.01 FROM m")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sum, Amount::parse("9999999999999999.98").unwrap());
+}
+
+#[tokio::test]
+async fn a_unique_violation_becomes_conflict_naming_the_constraint_not_the_sql() {
+    let db = TestDb::new(None).await;
+    sqlx::query("CREATE TABLE u (email TEXT CONSTRAINT users_email_key UNIQUE)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let insert = || sqlx::query("INSERT INTO u VALUES ('a@b.c')").execute(&db.pool);
+    insert().await.unwrap();
+    let err = ApiError::from(insert().await.unwrap_err());
+    assert_eq!(err.code, ErrorCode::Conflict);
+    assert_eq!(err.details.unwrap()["constraint"], "users_email_key");
+    assert!(!err.message.contains("INSERT"));
+}
+
+#[tokio::test]
+async fn ensure_database_creates_a_missing_database_and_tolerates_an_existing_one() {
+    let server = db::test_server_url();
+    let name = format!("finflow_ensure_{}", uuid::Uuid::new_v4().simple());
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    let url: SecretString = format!("{base}/{name}").into();
+    db::ensure_database(&url).await.unwrap();
+    db::ensure_database(&url).await.unwrap();
+    let pool = db::connect(&url, 1).await.expect("the database exists now");
+    db::migrate(&pool, None).await.unwrap();
+    db::migrate(&pool, None)
+        .await
+        .expect("migrations are idempotent");
+    pool.close().await;
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}

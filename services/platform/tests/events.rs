@@ -1,0 +1,438 @@
+//! The event pipeline against real PostgreSQL and RabbitMQ: outbox, relay, consumer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finflow_platform::db::TestDb;
+use finflow_platform::events::consumer::{self, ConsumerSpec, Handler, HandlerError, Outcome};
+use finflow_platform::events::outbox::{self, Relay};
+use finflow_platform::events::{self, Event, Publisher, QueueSpec};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgConnection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A consumer handler that adds the event's `amount` to a counter row, so applying an
+/// event twice would show.
+struct AddToCounter;
+
+impl Handler for AddToCounter {
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        let amount = event.data["amount"]
+            .as_i64()
+            .ok_or_else(|| HandlerError::Permanent("no amount".into()))?;
+        sqlx::query("UPDATE counter SET total = total + $1, applied = applied + 1")
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Fails transiently a given number of times before applying.
+struct FlakyThenAdd {
+    failures_left: std::sync::Mutex<u32>,
+}
+
+impl Handler for FlakyThenAdd {
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        {
+            let mut left = self.failures_left.lock().unwrap();
+            if *left > 0 {
+                *left -= 1;
+                return Err(HandlerError::Transient("dependency down".into()));
+            }
+        }
+        AddToCounter.handle(tx, event).await
+    }
+}
+
+async fn counter_db() -> TestDb {
+    let db = TestDb::new(None).await;
+    sqlx::query("CREATE TABLE counter (total BIGINT NOT NULL, applied INT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO counter VALUES (0, 0)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    db
+}
+
+async fn counter(db: &TestDb) -> (i64, i32) {
+    sqlx::query_as("SELECT total, applied FROM counter")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("test.{prefix}.{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn channel() -> (lapin::Connection, lapin::Channel) {
+    let conn = events::connect(&events::test_url(), "platform-test")
+        .await
+        .expect("RabbitMQ answers");
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+async fn delete_queues(ch: &lapin::Channel, spec: &QueueSpec) {
+    for q in [spec.name.clone(), spec.dead_letter_queue()] {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .ok();
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP forwarder to RabbitMQ that is switched on late: until then its port refuses
+/// connections, exactly like a broker that is down.
+struct LateProxy {
+    port: u16,
+}
+
+impl LateProxy {
+    async fn reserve() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        Self { port }
+    }
+
+    fn url(&self) -> SecretString {
+        let real = events::test_url();
+        let real = real.expose_secret();
+        let (scheme_auth, rest) = real.split_once('@').unwrap_or(("amqp://guest:guest", real));
+        let vhost = rest.split_once('/').map_or("%2f", |(_, v)| v);
+        format!("{scheme_auth}@127.0.0.1:{}/{vhost}", self.port).into()
+    }
+
+    async fn start(&self) {
+        let real = events::test_url();
+        let upstream = real
+            .expose_secret()
+            .rsplit_once('@')
+            .map_or("127.0.0.1:5672", |(_, r)| r)
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn an_event_committed_while_rabbitmq_is_down_is_published_once_it_is_back() {
+    finflow_platform::telemetry::init_for_tests();
+    let db = TestDb::new(None).await;
+    let (_conn, ch) = channel().await;
+    let event_type = unique("outbox");
+    let spec = QueueSpec::new(unique("outbox-q"), &[&event_type]);
+    events::declare_queue(&ch, &spec).await.unwrap();
+
+    // The broker is unreachable: the relay points at a port nobody listens on yet.
+    let proxy = LateProxy::reserve().await;
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(db.pool.clone(), proxy.url(), "test");
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+
+    let event = Event::new("test", &event_type, &serde_json::json!({"amount": 7})).unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        outbox::pending(&db.pool).await.unwrap(),
+        1,
+        "nothing can be published yet"
+    );
+    assert!(!outbox::is_published(&db.pool, event.id).await.unwrap());
+
+    // The broker comes back: the relay reconnects on its own and publishes.
+    proxy.start().await;
+    eventually("the relay to publish", || async {
+        outbox::is_published(&db.pool, event.id).await.unwrap()
+    })
+    .await;
+
+    let delivered = ch
+        .basic_get(spec.name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the event reached the queue");
+    let received: Event = serde_json::from_slice(&delivered.delivery.data).unwrap();
+    assert_eq!(received, event);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = ch
+        .basic_get(spec.name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap();
+    assert!(second.is_none(), "published exactly once");
+
+    shutdown.cancel();
+    relay_task.await.unwrap();
+    delete_queues(&ch, &spec).await;
+}
+
+#[tokio::test]
+async fn an_event_rolled_back_with_its_transaction_is_never_published() {
+    let db = TestDb::new(None).await;
+    let event = Event::new("test", "test.rollback", &serde_json::json!({})).unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &event).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(outbox::pending(&db.pool).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_relay_carries_the_producers_trace_context_into_amqp_headers() {
+    finflow_platform::telemetry::init_for_tests();
+    let db = TestDb::new(None).await;
+    let (_conn, ch) = channel().await;
+    let event_type = unique("trace");
+    let spec = QueueSpec::new(unique("trace-q"), &[&event_type]);
+    events::declare_queue(&ch, &spec).await.unwrap();
+
+    let span = tracing::info_span!("producer");
+    let event = Event::new("test", &event_type, &serde_json::json!({})).unwrap();
+    let traceparent = {
+        let _guard = span.enter();
+        let mut tx = db.pool.begin().await.unwrap();
+        outbox::enqueue(&mut tx, &event).await.unwrap();
+        tx.commit().await.unwrap();
+        finflow_platform::telemetry::current_traceparent().expect("the span has a context")
+    };
+
+    let shutdown = CancellationToken::new();
+    let relay =
+        tokio::spawn(Relay::new(db.pool.clone(), events::test_url(), "test").run(shutdown.clone()));
+    let mut consumer = ch
+        .basic_consume(
+            spec.name.as_str().into(),
+            "trace-test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("delivered in time")
+        .unwrap()
+        .unwrap();
+    delivery.ack(BasicAckOptions::default()).await.unwrap();
+    let headers = delivery.properties.headers().clone().unwrap();
+    let carried = headers
+        .inner()
+        .get("traceparent")
+        .expect("traceparent header");
+    let lapin::types::AMQPValue::LongString(carried) = carried else {
+        panic!("traceparent is not a string: {carried:?}")
+    };
+    assert_eq!(carried.to_string(), traceparent);
+
+    shutdown.cancel();
+    relay.await.unwrap();
+    delete_queues(&ch, &spec).await;
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_changes_state_once() {
+    let db = counter_db().await;
+    let (_conn, ch) = channel().await;
+    let event_type = unique("dup");
+    let spec = ConsumerSpec::new(QueueSpec::new(unique("dup-q"), &[&event_type]));
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        db.pool.clone(),
+        events::test_url(),
+        spec.clone(),
+        Arc::new(AddToCounter),
+        shutdown.clone(),
+    ));
+
+    let publisher = Publisher::new(&_conn).await.unwrap();
+    let event = Event::new("test", &event_type, &serde_json::json!({"amount": 5})).unwrap();
+    let other = Event::new("test", &event_type, &serde_json::json!({"amount": 100})).unwrap();
+    // The same event twice (a relay that crashed before marking it), then another one.
+    publisher
+        .publish(&event, FieldTable::default())
+        .await
+        .unwrap();
+    publisher
+        .publish(&event, FieldTable::default())
+        .await
+        .unwrap();
+    publisher
+        .publish(&other, FieldTable::default())
+        .await
+        .unwrap();
+
+    eventually("both events to be applied", || async {
+        counter(&db).await.1 >= 2
+    })
+    .await;
+    // Give a wrongly applied duplicate time to show up before asserting it did not.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(counter(&db).await, (105, 2));
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(processed, 2);
+
+    shutdown.cancel();
+    runner.await.unwrap();
+    delete_queues(&ch, &spec.queue).await;
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_event_apply_it_once() {
+    let db = counter_db().await;
+    let event = Event::new("test", "test.concurrent", &serde_json::json!({"amount": 3})).unwrap();
+    let attempts = (0..20).map(|_| consumer::apply_once(&db.pool, "c", &AddToCounter, &event));
+    let outcomes = futures_util::future::join_all(attempts).await;
+    let applied = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Outcome::Applied)))
+        .count();
+    assert_eq!(applied, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(Result::is_ok));
+    assert_eq!(counter(&db).await, (3, 1));
+}
+
+#[tokio::test]
+async fn a_failed_handler_leaves_no_trace_so_the_retry_can_apply_it() {
+    let db = counter_db().await;
+    let event = Event::new("test", "test.retry", &serde_json::json!({"amount": 4})).unwrap();
+    let flaky = FlakyThenAdd {
+        failures_left: std::sync::Mutex::new(1),
+    };
+    assert!(matches!(
+        consumer::apply_once(&db.pool, "c", &flaky, &event).await,
+        Err(HandlerError::Transient(_))
+    ));
+    assert_eq!(
+        counter(&db).await,
+        (0, 0),
+        "the failed attempt's dedupe row rolled back too"
+    );
+    assert_eq!(
+        consumer::apply_once(&db.pool, "c", &flaky, &event)
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(counter(&db).await, (4, 1));
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_poison_messages_are_dead_lettered() {
+    let db = counter_db().await;
+    let (conn, ch) = channel().await;
+    let event_type = unique("retry");
+    let mut spec = ConsumerSpec::new(QueueSpec::new(unique("retry-q"), &[&event_type]));
+    spec.retry_base = Duration::from_millis(20);
+    spec.max_attempts = 3;
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        db.pool.clone(),
+        events::test_url(),
+        spec.clone(),
+        Arc::new(FlakyThenAdd {
+            failures_left: std::sync::Mutex::new(2),
+        }),
+        shutdown.clone(),
+    ));
+    let publisher = Publisher::new(&conn).await.unwrap();
+    let good = Event::new("test", &event_type, &serde_json::json!({"amount": 9})).unwrap();
+    let refused = Event::new("test", &event_type, &serde_json::json!({"no": "amount"})).unwrap();
+    publisher
+        .publish(&good, FieldTable::default())
+        .await
+        .unwrap();
+    publisher
+        .publish(&refused, FieldTable::default())
+        .await
+        .unwrap();
+    // Not even an envelope.
+    ch.basic_publish(
+        events::EVENTS_EXCHANGE.into(),
+        event_type.as_str().into(),
+        lapin::options::BasicPublishOptions::default(),
+        b"{not json",
+        lapin::BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+
+    eventually("the retried event to apply", || async {
+        counter(&db).await.1 == 1
+    })
+    .await;
+    assert_eq!(counter(&db).await, (9, 1));
+
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for dead letters"
+        );
+        let dlq = spec.queue.dead_letter_queue();
+        match ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => dead.push(m.delivery.data.clone()),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(dead.iter().any(|d| d.as_slice() == b"{not json"));
+    assert!(
+        dead.iter()
+            .any(|d| serde_json::from_slice::<Event>(d).is_ok_and(|e| e.id == refused.id))
+    );
+
+    shutdown.cancel();
+    runner.await.unwrap();
+    delete_queues(&ch, &spec.queue).await;
+}

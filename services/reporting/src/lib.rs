@@ -1,0 +1,147 @@
+//! Service F, reporting: read models built from events, reports, and the dashboard.
+//!
+//! The model:
+//! - One queue (`reporting.events`) receives every event F reads: users, KYC decisions,
+//!   payments, AML decisions and B's `ledger.entry_posted`. [`projections`] fold them
+//!   into F's own tables; F never reads another service's database. Each projection is
+//!   an idempotent, order-tolerant upsert, so replays change nothing.
+//! - [`reports`] answers from those tables: transactions for a period (JSON, or CSV),
+//!   with the ledger totals per currency and kind that agree with B's ledger; users
+//!   (sign-ups, KYC funnel, tier mix); compliance (AML decisions, on-hold volume); a
+//!   summary; and a user's own statement. Reports need `ops` or `compliance`.
+//! - `/dashboard` is a page with its script embedded in the binary: no CDN, it works
+//!   offline. It draws volume by day, payments by status, the KYC funnel and the event
+//!   pipeline's state as SVG.
+//! - `/health` shows every dependency: database, RabbitMQ, and the services whose events
+//!   F depends on (the FinFlow seed: "Reporting shows ALL dependencies").
+
+pub mod projections;
+pub mod reports;
+
+use std::future::Future;
+
+use clap::Parser;
+use finflow_platform::config::Validate;
+use finflow_platform::health::{self};
+use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+
+/// The service's name in events, logs and traces.
+pub const SERVICE: &str = "reporting";
+
+/// Service F's migrations (`migrations/reporting`).
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/reporting");
+
+/// Configuration of service F.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-reporting",
+    version,
+    about = "FinFlow service F: reporting"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+    /// Base URLs of the services F reports on, shown in `/health` (`name=url`, comma
+    /// separated), e.g. `auth=http://127.0.0.1:8001,wallet=http://127.0.0.1:8002`.
+    #[arg(long, env = "UPSTREAMS", default_value = "")]
+    pub upstreams: String,
+}
+
+/// `UPSTREAMS` into (name, url) pairs.
+pub fn upstreams(raw: &str) -> Result<Vec<(String, String)>, String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, url) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("`{pair}` is not name=url"))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("`{url}` is not an http(s) URL"));
+            }
+            Ok((name.trim().to_owned(), url.trim().to_owned()))
+        })
+        .collect()
+}
+
+impl HasServiceConfig for Config {
+    fn service_config(&self) -> &ServiceConfig {
+        &self.service
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.service.validate(errors);
+        if let Err(e) = upstreams(&self.upstreams) {
+            errors.push(format!("UPSTREAMS: {e}"));
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "FinFlow reporting (F)",
+        description = "Reports from read models, and the dashboard."
+    ),
+    paths(
+        reports::transactions,
+        reports::users,
+        reports::compliance,
+        reports::summary,
+        reports::statement
+    )
+)]
+struct ApiDoc;
+
+/// Runs service F on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let base = &config.service;
+    let pool = base.database(&MIGRATIONS).await?;
+    let mut background = Background::new();
+    background.consume(
+        &pool,
+        &base.amqp.amqp_url,
+        base.consumer(projections::queue()),
+        projections::Projector,
+    );
+    let mut health = base.health(SERVICE, env!("CARGO_PKG_VERSION"), &pool);
+    for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
+        health = health.optional(&name, health::Upstream::new(&url));
+    }
+    let api = reports::router(reports::AppState { pool });
+    service::serve(
+        base,
+        listener,
+        api,
+        health.build(),
+        ApiDoc::openapi(),
+        background,
+        shutdown,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upstreams_parse_and_bad_urls_are_named() {
+        assert_eq!(
+            super::upstreams("auth=http://a:1, wallet=http://b:2").unwrap(),
+            [
+                ("auth".to_owned(), "http://a:1".to_owned()),
+                ("wallet".to_owned(), "http://b:2".to_owned())
+            ]
+        );
+        assert!(super::upstreams("auth").is_err());
+        assert!(super::upstreams("auth=ftp://x").is_err());
+        assert!(super::upstreams("").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,361 @@
+//! Reports over the read models, and the dashboard page.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use finflow_platform::error::{self, ErrorEnvelope};
+use finflow_platform::{Amount, ApiError, ApiResult, Identity, Query};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/reports/transactions", get(transactions))
+        .route("/api/v1/reports/users", get(users))
+        .route("/api/v1/reports/compliance", get(compliance))
+        .route("/api/v1/reports/summary", get(summary))
+        .route("/api/v1/reports/me/statement", get(statement))
+        .route("/dashboard", get(dashboard))
+        .route("/dashboard/app.js", get(dashboard_js))
+        .with_state(state)
+}
+
+/// The reporting period: `from` inclusive, `to` exclusive; defaults to the last 30 days.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Period {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    status: Option<String>,
+    currency: Option<String>,
+    format: Option<String>,
+}
+
+impl Period {
+    fn bounds(&self) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+        let to = self
+            .to
+            .unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(1));
+        let from = self.from.unwrap_or(to - chrono::Duration::days(30));
+        if from >= to {
+            return Err(ApiError::invalid_field("from", "from must be before to"));
+        }
+        Ok((from, to))
+    }
+}
+
+/// Money moved per currency and kind, from B's ledger as posted.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow, PartialEq, Eq)]
+pub struct LedgerTotal {
+    pub currency: String,
+    pub kind: String,
+    pub entries: i64,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct PaymentLine {
+    pub payment_id: Uuid,
+    pub user_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+    pub currency: String,
+    pub failure_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TransactionReport {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    ledger_totals: Vec<LedgerTotal>,
+    payments: Vec<PaymentLine>,
+}
+
+fn staff(who: &Identity) -> Result<(), ApiError> {
+    who.require_any_role(&["ops", "compliance"])
+}
+
+pub async fn ledger_totals(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    currency: Option<&str>,
+) -> Result<Vec<LedgerTotal>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT currency, kind, count(*) AS entries, sum(amount) AS amount FROM ledger_rm \
+         WHERE posted_at >= $1 AND posted_at < $2 AND ($3::text IS NULL OR currency = $3) \
+         GROUP BY currency, kind ORDER BY currency, kind",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(currency)
+    .fetch_all(pool)
+    .await
+}
+
+const PAYMENT_LINE: &str =
+    "payment_id, user_id, kind, status, amount, currency, failure_code, created_at, completed_at";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Payments and ledger totals for a period (`ops`, `compliance`); `?format=csv` gives
+/// the payments as CSV.
+#[utoipa::path(get, path = "/api/v1/reports/transactions", tag = "reports",
+    params(("from" = Option<String>, Query), ("to" = Option<String>, Query), ("status" = Option<String>, Query),
+        ("currency" = Option<String>, Query), ("format" = Option<String>, Query, description = "json or csv")),
+    responses((status = 200, body = TransactionReport), (status = 403, body = ErrorEnvelope)))]
+async fn transactions(
+    State(s): State<AppState>,
+    who: Identity,
+    Query(q): Query<Period>,
+) -> ApiResult {
+    staff(&who)?;
+    let (from, to) = q.bounds()?;
+    let payments: Vec<PaymentLine> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_LINE} FROM payments_rm WHERE created_at >= $1 AND created_at < $2 \
+           AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR currency = $4) \
+         ORDER BY created_at LIMIT 10000"
+    )))
+    .bind(from)
+    .bind(to)
+    .bind(q.status.as_deref())
+    .bind(q.currency.as_deref())
+    .fetch_all(&s.pool)
+    .await?;
+    match q.format.as_deref() {
+        None | Some("json") => {
+            let ledger_totals = ledger_totals(&s.pool, from, to, q.currency.as_deref()).await?;
+            Ok(error::ok(TransactionReport {
+                from,
+                to,
+                ledger_totals,
+                payments,
+            }))
+        }
+        Some("csv") => {
+            let mut out = String::from(
+                "payment_id,user_id,kind,status,amount,currency,failure_code,created_at,completed_at\n",
+            );
+            for p in &payments {
+                let fields = [
+                    p.payment_id.to_string(),
+                    p.user_id.to_string(),
+                    p.kind.clone(),
+                    p.status.clone(),
+                    p.amount.to_string(),
+                    p.currency.clone(),
+                    p.failure_code.clone().unwrap_or_default(),
+                    p.created_at.to_rfc3339(),
+                    p.completed_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                ];
+                out.push_str(
+                    &fields
+                        .iter()
+                        .map(|f| csv_field(f))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+                out.push('\n');
+            }
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
+        }
+        Some(_) => Err(ApiError::invalid_field("format", "format is json or csv")),
+    }
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+struct Count {
+    key: Option<String>,
+    count: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+struct UsersReport {
+    signups: i64,
+    kyc_funnel: Vec<Count>,
+    tiers: Vec<Count>,
+}
+
+async fn counts(pool: &PgPool, sql: &'static str) -> Result<Vec<Count>, sqlx::Error> {
+    sqlx::query_as(sql).fetch_all(pool).await
+}
+
+async fn users_report(pool: &PgPool) -> Result<UsersReport, sqlx::Error> {
+    let signups: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users_rm WHERE created_at IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    Ok(UsersReport {
+        signups,
+        kyc_funnel: counts(
+            pool,
+            "SELECT kyc_status AS key, count(*) AS count FROM users_rm GROUP BY 1 ORDER BY 1",
+        )
+        .await?,
+        tiers: counts(
+            pool,
+            "SELECT account_tier AS key, count(*) AS count FROM users_rm GROUP BY 1 ORDER BY 1",
+        )
+        .await?,
+    })
+}
+
+/// Sign-ups, the KYC funnel and the tier mix (`ops`, `compliance`).
+#[utoipa::path(get, path = "/api/v1/reports/users", tag = "reports",
+    responses((status = 200, body = UsersReport), (status = 403, body = ErrorEnvelope)))]
+async fn users(State(s): State<AppState>, who: Identity) -> ApiResult {
+    staff(&who)?;
+    Ok(error::ok(users_report(&s.pool).await?))
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+struct HoldVolume {
+    currency: String,
+    payments: i64,
+    #[schema(value_type = String)]
+    amount: Amount,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ComplianceReport {
+    decisions: Vec<Count>,
+    on_hold: Vec<HoldVolume>,
+}
+
+async fn compliance_report(pool: &PgPool) -> Result<ComplianceReport, sqlx::Error> {
+    Ok(ComplianceReport {
+        decisions: counts(
+            pool,
+            "SELECT decision AS key, count(*) AS count FROM aml_rm GROUP BY 1 ORDER BY 1",
+        )
+        .await?,
+        on_hold: sqlx::query_as(
+            "SELECT currency, count(*) AS payments, sum(amount) AS amount FROM payments_rm \
+             WHERE status = 'ON_HOLD' GROUP BY currency ORDER BY currency",
+        )
+        .fetch_all(pool)
+        .await?,
+    })
+}
+
+/// AML decisions and the volume waiting on hold (`compliance`, `ops`).
+#[utoipa::path(get, path = "/api/v1/reports/compliance", tag = "reports",
+    responses((status = 200, body = ComplianceReport), (status = 403, body = ErrorEnvelope)))]
+async fn compliance(State(s): State<AppState>, who: Identity) -> ApiResult {
+    who.require_any_role(&["compliance", "ops"])?;
+    Ok(error::ok(compliance_report(&s.pool).await?))
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+struct DayVolume {
+    day: String,
+    currency: String,
+    payments: i64,
+    #[schema(value_type = String)]
+    amount: Amount,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Summary {
+    volume_by_day: Vec<DayVolume>,
+    by_status: Vec<Count>,
+    users: UsersReport,
+    compliance: ComplianceReport,
+    /// Events processed by F and the newest one's time: how fresh the reports are.
+    events_processed: i64,
+    last_event_at: Option<DateTime<Utc>>,
+}
+
+/// Everything the dashboard draws (`ops`, `compliance`).
+#[utoipa::path(get, path = "/api/v1/reports/summary", tag = "reports",
+    responses((status = 200, body = Summary), (status = 403, body = ErrorEnvelope)))]
+async fn summary(State(s): State<AppState>, who: Identity) -> ApiResult {
+    staff(&who)?;
+    let volume_by_day = sqlx::query_as(
+        "SELECT to_char(date_trunc('day', created_at), 'YYYY-MM-DD') AS day, currency, count(*) AS payments, \
+                sum(amount) AS amount \
+         FROM payments_rm WHERE status IN ('COMPLETED', 'REVERSED') AND created_at > now() - interval '30 days' \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(&s.pool)
+    .await?;
+    let (events_processed, last_event_at): (i64, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT count(*), max(processed_at) FROM processed_events")
+            .fetch_one(&s.pool)
+            .await?;
+    Ok(error::ok(Summary {
+        volume_by_day,
+        by_status: counts(
+            &s.pool,
+            "SELECT status AS key, count(*) AS count FROM payments_rm GROUP BY 1 ORDER BY 1",
+        )
+        .await?,
+        users: users_report(&s.pool).await?,
+        compliance: compliance_report(&s.pool).await?,
+        events_processed,
+        last_event_at,
+    }))
+}
+
+/// The caller's own payments.
+#[utoipa::path(get, path = "/api/v1/reports/me/statement", tag = "reports",
+    responses((status = 200, body = Vec<PaymentLine>), (status = 401, body = ErrorEnvelope)))]
+async fn statement(State(s): State<AppState>, who: Identity) -> ApiResult {
+    let rows: Vec<PaymentLine> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_LINE} FROM payments_rm WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000"
+    )))
+    .bind(who.user_id()?)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(error::ok(rows))
+}
+
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+
+/// The dashboard: a page with its script embedded in the binary (no CDN, works offline).
+/// The page is public; the data it fetches needs an `ops` or `compliance` token.
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD_HTML)
+}
+
+async fn dashboard_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        DASHBOARD_JS,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_with_separators_are_quoted() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

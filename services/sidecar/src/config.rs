@@ -1,0 +1,681 @@
+//! Configuration: clap derive with `env` for every setting, checked as a whole.
+//!
+//! [`Config`] is what an operator writes (flags or environment). [`Config::prepare`]
+//! turns it into [`Settings`], the parsed form the proxy runs on, and collects every
+//! problem on the way; [`Validate`] reports that same list, so `config::load` prints
+//! all mistakes at once and `run` can never start on a configuration `load` refused.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use finflow_platform::config::{TelemetryConfig, Validate};
+use http::Uri;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::headers::ClaimHeaders;
+use crate::jwt::Policy;
+use crate::paths::{PathPatterns, Service};
+
+/// Paths that pass without a token unless configured otherwise.
+pub const DEFAULT_PUBLIC_PATHS: &str = "/health,/ready,/metrics,/openapi.json,\
+/.well-known/jwks.json,/api/v1/auth/register,/api/v1/auth/login,/api/v1/auth/refresh,\
+/api/v1/auth/logout,/api/v1/auth/token";
+
+/// Which verified claim becomes which header, unless configured otherwise.
+pub const DEFAULT_CLAIM_HEADERS: &str = "sub:x-user-id,email:x-user-email,roles:x-user-roles,\
+kyc_status:x-kyc-status,tier:x-account-tier";
+
+/// The shortest HS256 secret accepted, in bytes (RFC 7518 section 3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// What the process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// In front of one app: validates tokens, forwards identity.
+    Sidecar,
+    /// The single entry point: routes by path prefix to each service's sidecar.
+    Gateway,
+}
+
+/// Everything the sidecar and the gateway can be told.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "finflow-sidecar",
+    version,
+    about = "FinFlow sidecar (JWT validation and identity headers in front of one app) or gateway"
+)]
+pub struct Config {
+    /// `sidecar` (in front of one app) or `gateway` (the local entry point).
+    #[arg(long, env = "MODE", value_enum, default_value_t = Mode::Sidecar)]
+    pub mode: Mode,
+
+    /// A JSON file with the JWT and path settings, as the operator mounts it
+    /// (`sidecar.json`: `issuer`, `audiences`, `jwksUri`, `hs256`, `publicPaths`,
+    /// `claimHeaders`). Issuer, audiences and JWKS URI set in the environment win; the
+    /// file's non-empty path and claim lists replace the defaults.
+    #[arg(long = "config-file", env = "SIDECAR_CONFIG")]
+    pub config_file: Option<std::path::PathBuf>,
+
+    /// Address the proxy binds: the service's public port (8001..8006, the gateway 8000).
+    #[arg(long = "listen", env = "LISTEN_ADDR")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin port serving /live, /ready and /metrics, e.g.
+    /// 127.0.0.1:18001. Required in sidecar mode, optional in gateway mode.
+    #[arg(long = "admin", env = "ADMIN_ADDR")]
+    pub admin: Option<SocketAddr>,
+
+    /// Sidecar mode: base URL of the one app behind this sidecar, e.g. http://127.0.0.1:9001.
+    #[arg(long, env = "UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// How long an upstream may take to answer with its response head, in milliseconds;
+    /// after that the proxy answers 504.
+    #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_timeout_ms: u64,
+
+    /// Sidecar mode: URL of the issuer's JWK set (Ed25519 keys, EdDSA tokens), e.g.
+    /// http://127.0.0.1:9001/.well-known/jwks.json. Exclusive with JWT_HS256_SECRET.
+    #[arg(long, env = "JWKS_URI")]
+    pub jwks_uri: Option<String>,
+
+    /// Sidecar mode: shared HS256 secret (at least 32 bytes) for simple setups.
+    /// Exclusive with JWKS_URI.
+    #[arg(long, env = "JWT_HS256_SECRET", value_parser = secret, hide_env_values = true)]
+    pub jwt_hs256_secret: Option<SecretString>,
+
+    /// Sidecar mode: the `iss` every token must carry.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Sidecar mode: accepted audiences, comma separated; a token's `aud` must name one.
+    #[arg(long, env = "JWT_AUDIENCES")]
+    pub jwt_audiences: Option<String>,
+
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+
+    /// How often the JWK set is refetched in the background, in seconds.
+    #[arg(long, env = "JWKS_REFRESH_SECS", default_value_t = 300)]
+    pub jwks_refresh_secs: u64,
+
+    /// Least time between two refetches triggered by tokens with an unknown `kid`, in seconds.
+    #[arg(long, env = "JWKS_MIN_REFRESH_SECS", default_value_t = 5)]
+    pub jwks_min_refresh_secs: u64,
+
+    /// Paths that pass without a token, comma separated; an entry ending in `*` is a prefix.
+    /// `/internal/*` is never public.
+    #[arg(long, env = "PUBLIC_PATHS", default_value = DEFAULT_PUBLIC_PATHS)]
+    pub public_paths: String,
+
+    /// Which verified claim is forwarded in which header, as `claim:header` pairs, comma
+    /// separated; array claims are joined with ",". Client copies of these headers are
+    /// always removed.
+    #[arg(long, env = "CLAIM_HEADERS", default_value = DEFAULT_CLAIM_HEADERS)]
+    pub claim_headers: String,
+
+    /// Sidecar mode: sustained requests per second allowed per user (anonymous: per client IP).
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+
+    /// Sidecar mode: requests a user may send at once above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
+    /// Gateway mode: base URL of the auth service's sidecar (/api/v1/auth, /api/v1/users, /.well-known).
+    #[arg(long, env = "ROUTE_AUTH")]
+    pub route_auth: Option<String>,
+
+    /// Gateway mode: base URL of the wallet service's sidecar (/api/v1/wallets).
+    #[arg(long, env = "ROUTE_WALLET")]
+    pub route_wallet: Option<String>,
+
+    /// Gateway mode: base URL of the payment service's sidecar (/api/v1/payments).
+    #[arg(long, env = "ROUTE_PAYMENT")]
+    pub route_payment: Option<String>,
+
+    /// Gateway mode: base URL of the notification service's sidecar (/api/v1/notifications, /api/v1/webhooks).
+    #[arg(long, env = "ROUTE_NOTIFICATION")]
+    pub route_notification: Option<String>,
+
+    /// Gateway mode: base URL of the KYC service's sidecar (/api/v1/kyc, /api/v1/aml).
+    #[arg(long, env = "ROUTE_KYC")]
+    pub route_kyc: Option<String>,
+
+    /// Gateway mode: base URL of the reporting service's sidecar (/api/v1/reports, /dashboard).
+    #[arg(long, env = "ROUTE_REPORTING")]
+    pub route_reporting: Option<String>,
+
+    /// After a shutdown signal, how long to keep serving while `/ready` answers 503, so
+    /// Kubernetes takes the pod out of its Service before connections close, in seconds.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
+    pub shutdown_drain_secs: u64,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    if s.is_empty() {
+        Err("must not be empty".to_owned())
+    } else {
+        Ok(SecretString::from(s.to_owned()))
+    }
+}
+
+/// An upstream's scheme and authority; the request's path and query are appended as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseUrl {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl BaseUrl {
+    /// Parses `http://host:port` (a trailing `/` is allowed; a path or query is not).
+    pub fn parse(name: &str, value: &str) -> Result<Self, String> {
+        let uri: Uri = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} is not a URL"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err(format!("{name} must be an http:// URL"));
+        }
+        let Some(authority) = uri.authority().cloned() else {
+            return Err(format!("{name} must name a host"));
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{name} must be a base URL without path or query (paths are never rewritten)"
+            ));
+        }
+        Ok(Self {
+            scheme: Scheme::HTTP,
+            authority,
+        })
+    }
+
+    /// The upstream URI for a request's path and query.
+    pub fn join(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        Uri::from_parts(parts)
+            .unwrap_or_else(|_| unreachable!("scheme, authority and path are set"))
+    }
+
+    /// `http://host:port`, as the health checks want it.
+    pub fn as_base(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// Where a sidecar gets its verification keys.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWK set of Ed25519 keys; only EdDSA tokens are accepted.
+    Jwks {
+        uri: Uri,
+        refresh_every: Duration,
+        min_refresh: Duration,
+    },
+    /// A shared secret; only HS256 tokens are accepted.
+    Hs256(SecretString),
+}
+
+/// Sidecar mode, parsed.
+#[derive(Debug, Clone)]
+pub struct SidecarSettings {
+    pub upstream: BaseUrl,
+    pub keys: KeySource,
+    pub policy: Policy,
+    pub public_paths: PathPatterns,
+    pub rate_per_second: NonZeroU32,
+    pub rate_burst: NonZeroU32,
+}
+
+/// Gateway mode, parsed: the base URL of each configured service's sidecar.
+#[derive(Debug, Clone, Default)]
+pub struct GatewaySettings {
+    pub routes: Vec<(Service, BaseUrl)>,
+}
+
+impl GatewaySettings {
+    pub fn base(&self, service: Service) -> Option<&BaseUrl> {
+        self.routes
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, b)| b)
+    }
+}
+
+/// What each mode runs on.
+#[derive(Debug, Clone)]
+pub enum ModeSettings {
+    Sidecar(Box<SidecarSettings>),
+    Gateway(GatewaySettings),
+}
+
+/// The configuration, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: ModeSettings,
+    pub claim_headers: ClaimHeaders,
+    pub upstream_timeout: Duration,
+    pub shutdown_drain: Duration,
+}
+
+/// The operator's `sidecar.json`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    issuer: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    jwks_uri: Option<String>,
+    /// Whether the secret comes in `JWT_HS256_SECRET` (the file never holds it).
+    #[serde(default)]
+    #[allow(dead_code)]
+    hs256: bool,
+    #[serde(default)]
+    public_paths: Vec<String>,
+    #[serde(default)]
+    claim_headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Config {
+    /// This configuration with `SIDECAR_CONFIG`'s settings merged in.
+    fn with_config_file(&self) -> Result<Self, Vec<String>> {
+        let Some(path) = &self.config_file else {
+            return Ok(self.clone());
+        };
+        let problem =
+            |e: &dyn std::fmt::Display| vec![format!("SIDECAR_CONFIG {}: {e}", path.display())];
+        let text = std::fs::read_to_string(path).map_err(|e| problem(&e))?;
+        let file: FileConfig = serde_json::from_str(&text).map_err(|e| problem(&e))?;
+        let mut merged = self.clone();
+        merged.jwt_issuer = merged.jwt_issuer.or(file.issuer);
+        if merged.jwt_audiences.is_none() && !file.audiences.is_empty() {
+            merged.jwt_audiences = Some(file.audiences.join(","));
+        }
+        merged.jwks_uri = merged.jwks_uri.or(file.jwks_uri);
+        if !file.public_paths.is_empty() {
+            merged.public_paths = file.public_paths.join(",");
+        }
+        if !file.claim_headers.is_empty() {
+            merged.claim_headers = file
+                .claim_headers
+                .iter()
+                .map(|(claim, header)| format!("{claim}:{header}"))
+                .collect::<Vec<_>>()
+                .join(",");
+        }
+        Ok(merged)
+    }
+
+    /// Parses every setting the mode uses (after merging `SIDECAR_CONFIG`), reporting
+    /// every problem found.
+    pub fn prepare(&self) -> Result<Settings, Vec<String>> {
+        self.with_config_file()?.prepare_merged()
+    }
+
+    fn prepare_merged(&self) -> Result<Settings, Vec<String>> {
+        let mut errors = Vec::new();
+        self.telemetry.validate(&mut errors);
+        let claim_headers = ClaimHeaders::parse(&self.claim_headers)
+            .map_err(|e| errors.extend(e.into_iter().map(|e| format!("CLAIM_HEADERS: {e}"))))
+            .ok();
+        if self.upstream_timeout_ms == 0 {
+            errors.push("UPSTREAM_TIMEOUT_MS must be greater than zero".to_owned());
+        }
+        let mode = match self.mode {
+            Mode::Sidecar => self
+                .sidecar(&mut errors)
+                .map(|s| ModeSettings::Sidecar(Box::new(s))),
+            Mode::Gateway => self.gateway(&mut errors).map(ModeSettings::Gateway),
+        };
+        match (mode, claim_headers) {
+            (Some(mode), Some(claim_headers)) if errors.is_empty() => Ok(Settings {
+                mode,
+                claim_headers,
+                upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
+                shutdown_drain: Duration::from_secs(self.shutdown_drain_secs),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    fn sidecar(&self, errors: &mut Vec<String>) -> Option<SidecarSettings> {
+        let before = errors.len();
+        if self.admin.is_none() {
+            errors.push("ADMIN_ADDR is required in sidecar mode".to_owned());
+        }
+        let upstream = match &self.upstream {
+            None => {
+                errors.push("UPSTREAM is required in sidecar mode".to_owned());
+                None
+            }
+            Some(u) => BaseUrl::parse("UPSTREAM", u)
+                .map_err(|e| errors.push(e))
+                .ok(),
+        };
+        let keys = match (&self.jwks_uri, &self.jwt_hs256_secret) {
+            (Some(_), Some(_)) => {
+                errors.push("set only one of JWKS_URI and JWT_HS256_SECRET".to_owned());
+                None
+            }
+            (None, None) => {
+                errors.push("one of JWKS_URI and JWT_HS256_SECRET is required".to_owned());
+                None
+            }
+            (Some(uri), None) => self.jwks_source(uri, errors),
+            (None, Some(secret)) => {
+                if secret.expose_secret().len() < MIN_HS256_SECRET_BYTES {
+                    // Name the variable, never echo the value.
+                    errors.push(format!(
+                        "JWT_HS256_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
+                    ));
+                    None
+                } else {
+                    Some(KeySource::Hs256(secret.clone()))
+                }
+            }
+        };
+        let issuer = match self.jwt_issuer.as_deref().map(str::trim) {
+            Some(i) if !i.is_empty() => Some(i.to_owned()),
+            _ => {
+                errors.push("JWT_ISSUER is required in sidecar mode".to_owned());
+                None
+            }
+        };
+        let audiences: Vec<String> = self
+            .jwt_audiences
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if audiences.is_empty() {
+            errors.push("JWT_AUDIENCES is required in sidecar mode (comma separated)".to_owned());
+        }
+        let public_paths = PathPatterns::parse(&self.public_paths)
+            .map_err(|e| errors.extend(e.into_iter().map(|e| format!("PUBLIC_PATHS: {e}"))))
+            .ok();
+        let rate_per_second = NonZeroU32::new(self.rate_limit_per_second);
+        if rate_per_second.is_none() {
+            errors.push("RATE_LIMIT_PER_SECOND must be greater than zero".to_owned());
+        }
+        let rate_burst = NonZeroU32::new(self.rate_limit_burst);
+        if rate_burst.is_none() {
+            errors.push("RATE_LIMIT_BURST must be greater than zero".to_owned());
+        }
+        if errors.len() > before {
+            return None;
+        }
+        Some(SidecarSettings {
+            upstream: upstream?,
+            keys: keys?,
+            policy: Policy {
+                issuer: issuer?,
+                audiences,
+                leeway_secs: self.jwt_leeway_secs,
+            },
+            public_paths: public_paths?,
+            rate_per_second: rate_per_second?,
+            rate_burst: rate_burst?,
+        })
+    }
+
+    fn jwks_source(&self, uri: &str, errors: &mut Vec<String>) -> Option<KeySource> {
+        let parsed: Option<Uri> = uri.trim().parse().ok();
+        let Some(uri) = parsed.filter(|u| u.scheme() == Some(&Scheme::HTTP) && u.host().is_some())
+        else {
+            errors.push("JWKS_URI must be an http:// URL".to_owned());
+            return None;
+        };
+        if self.jwks_refresh_secs == 0 {
+            errors.push("JWKS_REFRESH_SECS must be greater than zero".to_owned());
+            return None;
+        }
+        Some(KeySource::Jwks {
+            uri,
+            refresh_every: Duration::from_secs(self.jwks_refresh_secs),
+            min_refresh: Duration::from_secs(self.jwks_min_refresh_secs),
+        })
+    }
+
+    fn gateway(&self, errors: &mut Vec<String>) -> Option<GatewaySettings> {
+        let before = errors.len();
+        let mut routes = Vec::new();
+        for (service, value) in [
+            (Service::Auth, &self.route_auth),
+            (Service::Wallet, &self.route_wallet),
+            (Service::Payment, &self.route_payment),
+            (Service::Notification, &self.route_notification),
+            (Service::Kyc, &self.route_kyc),
+            (Service::Reporting, &self.route_reporting),
+        ] {
+            let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) else {
+                continue;
+            };
+            match BaseUrl::parse(service.env_var(), value) {
+                Ok(base) => routes.push((service, base)),
+                Err(e) => errors.push(e),
+            }
+        }
+        (errors.len() == before).then_some(GatewaySettings { routes })
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Err(found) = self.prepare() {
+            errors.extend(found);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use finflow_platform::config::{LoadError, try_load_from};
+
+    use super::*;
+
+    #[test]
+    fn the_operators_sidecar_json_supplies_the_jwt_and_path_settings() {
+        let path = std::env::temp_dir().join(format!("sidecar-{}.json", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &path,
+            r#"{"issuer": "finflow-auth", "audiences": ["finflow"], "jwksUri": "http://auth:8001/.well-known/jwks.json",
+                "hs256": false, "publicPaths": ["/health", "/api/v1/auth/*"], "claimHeaders": {"sub": "x-user-id"}}"#,
+        )
+        .unwrap();
+        let config: Config = try_load_from([
+            "finflow-sidecar",
+            "--listen",
+            "0.0.0.0:8001",
+            "--admin",
+            "0.0.0.0:15020",
+            "--upstream",
+            "http://127.0.0.1:9001",
+            "--config-file",
+            path.to_str().unwrap(),
+        ])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let merged = config.with_config_file().unwrap();
+        assert_eq!(merged.jwt_issuer.as_deref(), Some("finflow-auth"));
+        assert_eq!(merged.jwt_audiences.as_deref(), Some("finflow"));
+        assert_eq!(merged.public_paths, "/health,/api/v1/auth/*");
+        assert_eq!(merged.claim_headers, "sub:x-user-id");
+        std::fs::write(&path, "{not json").unwrap();
+        assert!(config.prepare().is_err(), "a broken file is reported");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    const SIDECAR: [&str; 9] = [
+        "finflow-sidecar",
+        "--listen=127.0.0.1:0",
+        "--admin=127.0.0.1:0",
+        "--upstream=http://127.0.0.1:9001",
+        "--jwks-uri=http://127.0.0.1:9001/.well-known/jwks.json",
+        "--jwt-issuer=finflow-auth",
+        "--jwt-audiences=finflow",
+        "--log-format=pretty",
+        "--mode=sidecar",
+    ];
+
+    fn errors(args: &[&str]) -> Vec<String> {
+        match try_load_from::<Config, _, _>(args.iter().copied()) {
+            Err(LoadError::Invalid(errors)) => errors,
+            Err(LoadError::Clap(e)) => panic!("clap refused the arguments: {e}"),
+            Ok(_) => panic!("the configuration was accepted"),
+        }
+    }
+
+    #[test]
+    fn a_complete_sidecar_configuration_loads_with_the_documented_defaults() {
+        let config: Config = try_load_from(SIDECAR).unwrap();
+        let settings = config.prepare().unwrap();
+        let ModeSettings::Sidecar(sidecar) = settings.mode else {
+            panic!("sidecar mode expected")
+        };
+        assert_eq!(sidecar.rate_per_second.get(), 50);
+        assert_eq!(sidecar.rate_burst.get(), 100);
+        assert_eq!(sidecar.policy.leeway_secs, 30);
+        assert_eq!(settings.upstream_timeout, Duration::from_secs(30));
+        assert!(matches!(
+            sidecar.keys,
+            KeySource::Jwks { refresh_every, min_refresh, .. }
+                if refresh_every == Duration::from_secs(300) && min_refresh == Duration::from_secs(5)
+        ));
+        assert!(crate::paths::is_public(
+            "/api/v1/auth/login",
+            &sidecar.public_paths
+        ));
+        assert_eq!(settings.claim_headers.pairs().len(), 5);
+    }
+
+    #[test]
+    fn every_sidecar_mistake_is_reported_at_once_without_echoing_the_secret() {
+        let found = errors(&[
+            "finflow-sidecar",
+            "--listen=127.0.0.1:0",
+            "--upstream=ftp://app",
+            "--jwks-uri=not a url",
+            "--jwt-hs256-secret=short-secret-hunter2",
+            "--claim-headers=sub:x-user-id,nocolon,email:bad header",
+            "--public-paths=relative,/ok*",
+            "--rate-limit-burst=0",
+        ]);
+        let expected = [
+            "ADMIN_ADDR",
+            "UPSTREAM must be an http",
+            "only one of JWKS_URI and JWT_HS256_SECRET",
+            "JWT_ISSUER",
+            "JWT_AUDIENCES",
+            "CLAIM_HEADERS: `nocolon`",
+            "CLAIM_HEADERS: `email:bad header`",
+            "PUBLIC_PATHS: `relative`",
+            "RATE_LIMIT_BURST",
+        ];
+        for e in expected {
+            assert!(
+                found.iter().any(|f| f.contains(e)),
+                "{e} missing from {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), expected.len(), "{found:#?}");
+        assert!(found.iter().all(|f| !f.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_short_hs256_secret_and_a_bad_jwks_uri_are_refused() {
+        let found = errors(&[
+            "finflow-sidecar",
+            "--listen=127.0.0.1:0",
+            "--admin=127.0.0.1:0",
+            "--upstream=http://127.0.0.1:9001",
+            "--jwt-hs256-secret=0123456789",
+            "--jwt-issuer=i",
+            "--jwt-audiences=a",
+        ]);
+        assert_eq!(found, ["JWT_HS256_SECRET must be at least 32 bytes"]);
+
+        let found = errors(&[
+            "finflow-sidecar",
+            "--listen=127.0.0.1:0",
+            "--admin=127.0.0.1:0",
+            "--upstream=http://127.0.0.1:9001/api",
+            "--jwks-uri=https://auth/.well-known/jwks.json",
+            "--jwt-issuer=i",
+            "--jwt-audiences=a",
+        ]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("UPSTREAM must be a base URL"));
+        assert!(found[1].contains("JWKS_URI must be an http:// URL"));
+    }
+
+    #[test]
+    fn neither_key_source_is_an_error() {
+        let found = errors(&[
+            "finflow-sidecar",
+            "--listen=127.0.0.1:0",
+            "--admin=127.0.0.1:0",
+            "--upstream=http://127.0.0.1:9001",
+            "--jwt-issuer=i",
+            "--jwt-audiences=a",
+        ]);
+        assert_eq!(found, ["one of JWKS_URI and JWT_HS256_SECRET is required"]);
+    }
+
+    #[test]
+    fn the_gateway_needs_no_token_settings_and_checks_its_routes() {
+        let config: Config = try_load_from([
+            "finflow-sidecar",
+            "--mode=gateway",
+            "--listen=127.0.0.1:0",
+            "--route-auth=http://127.0.0.1:8001",
+            "--route-wallet=http://127.0.0.1:8002/",
+        ])
+        .unwrap();
+        let ModeSettings::Gateway(gateway) = config.prepare().unwrap().mode else {
+            panic!("gateway mode expected")
+        };
+        assert_eq!(gateway.routes.len(), 2);
+        assert!(gateway.base(Service::Payment).is_none());
+        assert_eq!(
+            gateway.base(Service::Wallet).unwrap().as_base(),
+            "http://127.0.0.1:8002"
+        );
+
+        let found = errors(&[
+            "finflow-sidecar",
+            "--mode=gateway",
+            "--listen=127.0.0.1:0",
+            "--route-kyc=kyc:8005",
+        ]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("ROUTE_KYC"), "{found:?}");
+    }
+
+    #[test]
+    fn a_base_url_keeps_the_request_path_and_query() {
+        let base = BaseUrl::parse("UPSTREAM", "http://127.0.0.1:9001").unwrap();
+        let pq = PathAndQuery::from_static("/api/v1/wallets/1?x=2");
+        assert_eq!(
+            base.join(Some(&pq)).to_string(),
+            "http://127.0.0.1:9001/api/v1/wallets/1?x=2"
+        );
+        assert_eq!(base.join(None).to_string(), "http://127.0.0.1:9001/");
+    }
+}

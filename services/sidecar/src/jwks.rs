@@ -1,0 +1,156 @@
+//! The cached JWK set: fetched in the background, refetched on an unknown `kid`.
+//!
+//! At start the set is fetched in the background, retried with backoff until it
+//! arrives (until then `/ready` says so and protected paths answer 503), then refreshed
+//! every `JWKS_REFRESH_SECS`; a failed refresh keeps the keys already known. A token
+//! whose `kid` is not in the set triggers one refetch, and such refetches happen at most
+//! once per `JWKS_MIN_REFRESH_SECS`, so forged kids cannot turn the sidecar into a
+//! flood of requests against the issuer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use finflow_platform::health::Check;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Limited};
+
+use crate::jwt::Keys;
+use crate::proxy::HttpClient;
+
+/// How long one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest JWK set accepted.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// First retry delay after a failed fetch; doubled up to [`MAX_BACKOFF`].
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The verification keys of a JWK set, as last fetched.
+pub struct JwksCache {
+    uri: Uri,
+    client: HttpClient,
+    keys: RwLock<Option<Arc<Keys>>>,
+    /// When the last refetch caused by an unknown `kid` happened; the lock also makes
+    /// concurrent requests with unknown kids wait for one refetch instead of each doing one.
+    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
+    min_refresh: Duration,
+}
+
+impl JwksCache {
+    pub fn new(uri: Uri, client: HttpClient, min_refresh: Duration) -> Self {
+        Self {
+            uri,
+            client,
+            keys: RwLock::new(None),
+            last_on_demand: tokio::sync::Mutex::new(None),
+            min_refresh,
+        }
+    }
+
+    /// The keys as last fetched; `None` until a fetch has succeeded.
+    pub fn current(&self) -> Option<Arc<Keys>> {
+        self.keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Fetches the set and replaces the cached keys; on failure the old keys stay.
+    pub async fn fetch(&self) -> Result<usize, String> {
+        let result = self.download().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("finflow_sidecar_jwks_fetches_total", "outcome" => outcome).increment(1);
+        match result {
+            Ok((keys, skipped)) => {
+                let count = keys.len();
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(keys));
+                tracing::info!(keys = count, skipped, "JWK set loaded");
+                Ok(count)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, uri = %self.uri, "JWK set fetch failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn download(&self) -> Result<(Keys, usize), String> {
+        let request = Request::get(self.uri.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+            .map_err(|e| format!("unreachable: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
+        }
+        let body = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            Limited::new(response.into_body(), MAX_JWKS_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| format!("no complete body within {FETCH_TIMEOUT:?}"))?
+        .map_err(|e| format!("unreadable body: {e}"))?
+        .to_bytes();
+        Keys::from_jwks(&body)
+    }
+
+    /// After a token named a `kid` missing from `seen`: the keys to try again with, or
+    /// `None` when no newer keys can be had now. Returns newer keys fetched meanwhile
+    /// by someone else; otherwise refetches, unless the last such refetch was less than
+    /// `JWKS_MIN_REFRESH_SECS` ago.
+    pub async fn refresh_for_unknown_kid(&self, seen: &Arc<Keys>) -> Option<Arc<Keys>> {
+        let mut last = self.last_on_demand.lock().await;
+        if let Some(current) = self.current()
+            && !Arc::ptr_eq(&current, seen)
+        {
+            return Some(current);
+        }
+        if last.is_some_and(|at| at.elapsed() < self.min_refresh) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        self.fetch().await.ok()?;
+        self.current()
+    }
+
+    /// Fetches now, then every `every`; after a failure retries with backoff.
+    pub async fn keep_fresh(self: Arc<Self>, every: Duration) {
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let delay = match self.fetch().await {
+                Ok(_) => {
+                    backoff = INITIAL_BACKOFF;
+                    every
+                }
+                Err(_) => {
+                    let delay = backoff.min(every);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    delay
+                }
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// `/ready` on the admin port: up once a JWK set has been loaded.
+pub struct JwksLoaded(pub Arc<JwksCache>);
+
+impl Check for JwksLoaded {
+    fn probe(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let loaded = self.0.current().is_some();
+        Box::pin(async move {
+            if loaded {
+                Ok(())
+            } else {
+                Err("no JWK set fetched yet".to_owned())
+            }
+        })
+    }
+}

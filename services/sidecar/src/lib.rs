@@ -1,0 +1,244 @@
+//! The FinFlow sidecar and, in gateway mode, the local entry point.
+//!
+//! # The model
+//!
+//! Apps never see a token and never trust a client: they bind to localhost and learn
+//! who is calling only from headers their sidecar sets (DESIGN sections 3 and 4). So
+//! the sidecar is the one place where identity is established, and everything it does
+//! to a request is in a fixed order:
+//!
+//! 1. hop-by-hop headers and every client-supplied identity header (`x-user-id`,
+//!    `x-user-email`, `x-user-roles`, `x-kyc-status`, `x-account-tier` and every header
+//!    of the claim map) are removed, on public paths too; a path not in normal form
+//!    (dot or empty segments, encoded unreserved characters) is refused with `400`,
+//!    since the app might read it differently from the checks below
+//!    ([`paths::is_ambiguous`]);
+//! 2. public paths (`PUBLIC_PATHS`) pass without a token; others need a valid
+//!    `Authorization: Bearer` JWT, else `401` with `details.reason`
+//!    (see [`jwt::Rejection`]); `/internal/*` is never public and needs a
+//!    `service:<name>` role, else `403`;
+//! 3. a per-caller token bucket (by `sub`, anonymous callers by address), else `429`;
+//! 4. verified claims become headers ([`headers::identity_headers`]), and
+//!    `X-Forwarded-For/Host/Proto`, `X-Real-IP`, `X-Request-Id` and `traceparent` are set;
+//! 5. the request is streamed to the app over a pooled keep-alive connection and the
+//!    response streamed back.
+//!
+//! Answers the proxy gives itself (400, 401, 403, 404, 429, 502, 503, 504) are in the JSON
+//! envelope and carry `x-finflow-proxy-error: <reason>`; an app's answers never do.
+//!
+//! Gateway mode runs the same forwarding code ([`proxy`]) with another gate: the path
+//! prefix picks a service's sidecar ([`paths::route`]), `/internal/*` is never routed,
+//! and tokens are passed through for the sidecars to check.
+//!
+//! Decisions are pure functions, unit tested on their own: [`paths::is_public`],
+//! [`paths::route`], [`jwt::validate`], [`headers::identity_headers`]. The I/O around
+//! them (the JWK set cache, the rate limiter, the proxy) is tested on real sockets in
+//! `tests/`.
+
+pub mod admin;
+pub mod config;
+pub mod gateway;
+pub mod headers;
+pub mod jwks;
+pub mod jwt;
+pub mod limit;
+pub mod paths;
+pub mod proxy;
+pub mod sidecar;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use finflow_platform::health::{Health, Upstream};
+use finflow_platform::http::{metrics_handle, serve};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, Mode};
+
+use crate::config::{KeySource, ModeSettings, Settings};
+use crate::gateway::GatewayGate;
+use crate::jwks::{JwksCache, JwksLoaded};
+use crate::jwt::Keys;
+use crate::limit::RateLimit;
+use crate::proxy::{Gate, Proxy};
+use crate::sidecar::{SidecarGate, Verifier};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often idle callers are dropped from the rate limiter.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why [`run`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("configuration is invalid: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Background tasks that end with [`run`].
+#[derive(Default)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Tasks {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.0.push(tokio::spawn(task));
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Serves the proxy on `listener` (and `/live`, `/ready`, `/metrics` on `admin`, when
+/// given) until `shutdown` resolves, then (after `SHUTDOWN_DRAIN_SECS`, with `/ready`
+/// answering 503) stops accepting and lets requests in flight finish.
+///
+/// `config` is checked again here ([`Config::prepare`]), so an invalid one is an error
+/// rather than a half-working proxy. Listeners are bound by the caller, which lets
+/// tests use port 0.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let settings = config.prepare().map_err(RunError::Config)?;
+    let _ = metrics_handle();
+    describe_metrics();
+    let drain = settings.shutdown_drain;
+    let mut tasks = Tasks::default();
+    let (app, health) = build(settings, &mut tasks);
+
+    let cancel = CancellationToken::new();
+    {
+        let (cancel, health) = (cancel.clone(), health.clone());
+        tasks.spawn(async move {
+            shutdown.await;
+            health.stop_serving();
+            if !drain.is_zero() {
+                tracing::info!(?drain, "draining: /ready answers 503, still serving");
+                tokio::time::sleep(drain).await;
+            }
+            cancel.cancel();
+        });
+    }
+    let proxy = serve(listener, app, cancel.clone().cancelled_owned());
+    let admin = async {
+        match admin {
+            Some(listener) => {
+                serve(
+                    listener,
+                    admin::router(health),
+                    cancel.clone().cancelled_owned(),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(proxy, admin)?;
+    Ok(())
+}
+
+/// The proxy router and the health checks `/ready` reports, for the configured mode.
+fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
+    let client = proxy::http_client();
+    let strip = settings.claim_headers.stripped();
+    match settings.mode {
+        ModeSettings::Sidecar(sidecar) => {
+            let mut health = Health::builder("finflow-sidecar", VERSION)
+                .critical("upstream", Upstream::new(&sidecar.upstream.as_base()));
+            let verifier = match sidecar.keys {
+                KeySource::Hs256(secret) => {
+                    Verifier::Fixed(Keys::hs256(secret.expose_secret().as_bytes()))
+                }
+                KeySource::Jwks {
+                    uri,
+                    refresh_every,
+                    min_refresh,
+                } => {
+                    let cache = Arc::new(JwksCache::new(uri, client.clone(), min_refresh));
+                    tasks.spawn(Arc::clone(&cache).keep_fresh(refresh_every));
+                    health = health.critical("jwks", JwksLoaded(Arc::clone(&cache)));
+                    Verifier::Jwks(cache)
+                }
+            };
+            let limit = Arc::new(RateLimit::new(sidecar.rate_per_second, sidecar.rate_burst));
+            {
+                let limit = Arc::clone(&limit);
+                tasks.spawn(async move {
+                    let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
+                    loop {
+                        every.tick().await;
+                        limit.forget_idle();
+                    }
+                });
+            }
+            let gate = Gate::Sidecar(Box::new(SidecarGate {
+                upstream: sidecar.upstream,
+                verifier,
+                policy: sidecar.policy,
+                public_paths: sidecar.public_paths,
+                limit,
+                claim_headers: settings.claim_headers,
+                verified: sidecar::VerifiedTokens::default(),
+            }));
+            let proxy = Arc::new(Proxy::new(gate, client, settings.upstream_timeout, strip));
+            let router = Router::new().fallback(proxy::handle).with_state(proxy);
+            (router, health.build())
+        }
+        ModeSettings::Gateway(gateway) => {
+            let mut health = Health::builder("finflow-gateway", VERSION);
+            for (service, base) in &gateway.routes {
+                health = health.optional(service.name(), Upstream::new(&base.as_base()));
+            }
+            let health = health.build();
+            if gateway.routes.is_empty() {
+                tracing::warn!("gateway mode without any ROUTE_* set: every route answers 503");
+            }
+            let gate = Gate::Gateway(GatewayGate::new(gateway));
+            let proxy = Arc::new(Proxy::new(gate, client, settings.upstream_timeout, strip));
+            let router = Router::new()
+                .route(
+                    "/health",
+                    get(admin::health_report).with_state(health.clone()),
+                )
+                .method_not_allowed_fallback(admin::method_not_allowed)
+                .fallback(proxy::handle)
+                .with_state(proxy);
+            (router, health)
+        }
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "finflow_sidecar_requests_total",
+        "Requests answered by the proxy, by status"
+    );
+    metrics::describe_counter!(
+        "finflow_sidecar_jwt_rejections_total",
+        "Tokens refused on protected paths, by reason"
+    );
+    metrics::describe_histogram!(
+        "finflow_sidecar_upstream_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time until the upstream's response head"
+    );
+    metrics::describe_counter!(
+        "finflow_sidecar_jwks_fetches_total",
+        "JWK set fetches, by outcome"
+    );
+}

@@ -1,0 +1,97 @@
+//! Per-caller token buckets (GCRA, through `governor`): keyed by the token's `sub`, or
+//! by the client address for anonymous requests.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Whom a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    User(&'a str),
+    Anonymous(IpAddr),
+}
+
+impl Caller<'_> {
+    fn key(self) -> String {
+        match self {
+            Self::User(sub) => format!("sub:{sub}"),
+            Self::Anonymous(ip) => format!("ip:{ip}"),
+        }
+    }
+}
+
+/// The per-caller limiter.
+pub struct RateLimit {
+    limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("callers", &self.limiter.len())
+            .finish()
+    }
+}
+
+impl RateLimit {
+    /// `per_second` sustained, `burst` at once.
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+        }
+    }
+
+    /// `Err(seconds)` when the caller is over its limit: when to try again, at least 1.
+    pub fn check(&self, caller: Caller<'_>) -> Result<(), u64> {
+        self.limiter.check_key(&caller.key()).map_err(|not_until| {
+            retry_after_secs(not_until.wait_time_from(self.limiter.clock().now()))
+        })
+    }
+
+    /// Forgets callers whose buckets are full again, so idle callers cost no memory.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// A wait as whole seconds for `Retry-After`: rounded up, never 0.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_caller_gets_its_burst_then_is_limited_and_others_are_not() {
+        let limit = RateLimit::new(nz(1), nz(2));
+        let ada = Caller::User("ada");
+        assert!(limit.check(ada).is_ok());
+        assert!(limit.check(ada).is_ok());
+        assert_eq!(limit.check(ada), Err(1));
+        assert!(limit.check(Caller::User("bob")).is_ok());
+        assert!(
+            limit
+                .check(Caller::Anonymous("127.0.0.1".parse().unwrap()))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+}

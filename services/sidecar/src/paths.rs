@@ -1,0 +1,264 @@
+//! Decisions on paths alone: which are public, which are internal, where the gateway
+//! sends them. All pure.
+
+/// One `PUBLIC_PATHS` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    /// An entry that ended in `*`: everything starting with the rest.
+    Prefix(String),
+}
+
+/// The paths that pass without a token.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PathPatterns(Vec<Pattern>);
+
+impl PathPatterns {
+    /// Parses a comma-separated list; each entry starts with `/`, and a `*` may only end it.
+    pub fn parse(list: &str) -> Result<Self, Vec<String>> {
+        let mut patterns = Vec::new();
+        let mut errors = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (body, prefix) = match entry.strip_suffix('*') {
+                Some(body) => (body, true),
+                None => (entry, false),
+            };
+            if !body.starts_with('/') {
+                errors.push(format!("`{entry}` must start with /"));
+            } else if body.contains('*') {
+                errors.push(format!("`{entry}` may only end with *"));
+            } else if prefix {
+                patterns.push(Pattern::Prefix(body.to_owned()));
+            } else {
+                patterns.push(Pattern::Exact(body.to_owned()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self(patterns))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// The prefix of service-to-service routes: never public, never routed by the gateway.
+pub const INTERNAL_PREFIX: &str = "/internal";
+
+/// `path` is `prefix` or below it (`/a/b` is under `/a`, `/ab` is not).
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// `/internal` and everything below it.
+pub fn is_internal(path: &str) -> bool {
+    under(path, INTERNAL_PREFIX)
+}
+
+/// Whether `path` passes without a token. Internal paths never do, whatever the patterns say.
+pub fn is_public(path: &str, patterns: &PathPatterns) -> bool {
+    !is_internal(path)
+        && patterns.0.iter().any(|p| match p {
+            Pattern::Exact(e) => path == e,
+            Pattern::Prefix(p) => path.starts_with(p.as_str()),
+        })
+}
+
+/// Whether a path is not in normal form: a `.` or `..` segment, an empty segment
+/// (`//`), or a percent-encoded unreserved character (`%2e`, `%69`). Such a path may mean
+/// one thing to the proxy's checks (public, internal, route) and another to an app that
+/// normalizes it, so it is refused rather than guessed at. Clients never need them.
+pub fn is_ambiguous(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let encoded_unreserved = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .is_some_and(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+                })
+    });
+    encoded_unreserved
+        || path.contains("//")
+        || path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+/// The six services behind the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Auth,
+    Wallet,
+    Payment,
+    Notification,
+    Kyc,
+    Reporting,
+}
+
+impl Service {
+    pub const ALL: [Self; 6] = [
+        Self::Auth,
+        Self::Wallet,
+        Self::Payment,
+        Self::Notification,
+        Self::Kyc,
+        Self::Reporting,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Wallet => "wallet",
+            Self::Payment => "payment",
+            Self::Notification => "notification",
+            Self::Kyc => "kyc",
+            Self::Reporting => "reporting",
+        }
+    }
+
+    /// The variable holding this service's base URL in gateway mode.
+    pub const fn env_var(self) -> &'static str {
+        match self {
+            Self::Auth => "ROUTE_AUTH",
+            Self::Wallet => "ROUTE_WALLET",
+            Self::Payment => "ROUTE_PAYMENT",
+            Self::Notification => "ROUTE_NOTIFICATION",
+            Self::Kyc => "ROUTE_KYC",
+            Self::Reporting => "ROUTE_REPORTING",
+        }
+    }
+}
+
+/// The gateway's routing table (DESIGN section 3): path prefix to service, no rewrite.
+const ROUTES: [(&str, Service); 11] = [
+    ("/api/v1/auth", Service::Auth),
+    ("/api/v1/users", Service::Auth),
+    ("/.well-known", Service::Auth),
+    ("/api/v1/wallets", Service::Wallet),
+    ("/api/v1/payments", Service::Payment),
+    ("/api/v1/notifications", Service::Notification),
+    ("/api/v1/webhooks", Service::Notification),
+    ("/api/v1/kyc", Service::Kyc),
+    ("/api/v1/aml", Service::Kyc),
+    ("/api/v1/reports", Service::Reporting),
+    ("/dashboard", Service::Reporting),
+];
+
+/// The service the gateway sends `path` to; `None` for unknown and internal paths.
+pub fn route(path: &str) -> Option<Service> {
+    if is_internal(path) {
+        return None;
+    }
+    ROUTES
+        .iter()
+        .find(|(prefix, _)| under(path, prefix))
+        .map(|(_, service)| *service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> PathPatterns {
+        PathPatterns::parse(crate::config::DEFAULT_PUBLIC_PATHS).unwrap()
+    }
+
+    #[test]
+    fn exact_entries_match_only_themselves() {
+        let p = defaults();
+        assert!(is_public("/api/v1/auth/login", &p));
+        assert!(is_public("/health", &p));
+        assert!(!is_public("/api/v1/auth/login/", &p));
+        assert!(!is_public("/api/v1/auth/loginx", &p));
+        assert!(!is_public("/api/v1/users/me", &p));
+        assert!(!is_public("/healthz", &p));
+    }
+
+    #[test]
+    fn an_entry_ending_in_a_star_is_a_prefix() {
+        let p = PathPatterns::parse(" /docs/* , /status*,").unwrap();
+        assert!(is_public("/docs/", &p));
+        assert!(is_public("/docs/a/b", &p));
+        assert!(!is_public("/docs", &p));
+        assert!(is_public("/status", &p));
+        assert!(is_public("/statusboard", &p));
+    }
+
+    #[test]
+    fn internal_paths_are_never_public_even_when_listed() {
+        let p = PathPatterns::parse("/internal/*,/*").unwrap();
+        assert!(!is_public("/internal/users/1", &p));
+        assert!(!is_public("/internal", &p));
+        assert!(is_public("/internalish", &p));
+    }
+
+    #[test]
+    fn malformed_patterns_are_all_reported() {
+        let errors = PathPatterns::parse("health,/a*b,/ok").unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
+
+    #[test]
+    fn paths_that_an_app_might_normalize_differently_are_ambiguous() {
+        for path in [
+            "/api/v1/auth/login/../../users/me",
+            "/api/v1/auth/%2e%2E/x",
+            "/./internal",
+            "//internal/x",
+            "/api/v1/auth/login/..",
+            "/%69nternal/x",
+            "/api/v1/wallets%2Dx",
+        ] {
+            assert!(is_ambiguous(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/api/v1/files/a.b/..c",
+            "/api/v1/users/me",
+            "/api/v1/search/a%20b",
+            "/api/v1/x/%2F",
+            "/api/v1/x/100%",
+        ] {
+            assert!(!is_ambiguous(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_routes_each_prefix_to_its_service() {
+        let cases = [
+            ("/api/v1/auth/login", Some(Service::Auth)),
+            ("/api/v1/users/me", Some(Service::Auth)),
+            ("/.well-known/jwks.json", Some(Service::Auth)),
+            ("/api/v1/wallets", Some(Service::Wallet)),
+            ("/api/v1/wallets/1/balance", Some(Service::Wallet)),
+            ("/api/v1/payments/x", Some(Service::Payment)),
+            ("/api/v1/notifications", Some(Service::Notification)),
+            ("/api/v1/webhooks/1", Some(Service::Notification)),
+            ("/api/v1/kyc/documents", Some(Service::Kyc)),
+            ("/api/v1/aml/alerts", Some(Service::Kyc)),
+            ("/api/v1/reports/daily", Some(Service::Reporting)),
+            ("/dashboard", Some(Service::Reporting)),
+            ("/dashboard/x", Some(Service::Reporting)),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(route(path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_gateway_routes_neither_internal_nor_unknown_paths() {
+        for path in [
+            "/internal/users/1",
+            "/internal",
+            "/api/v1/walletsx",
+            "/api/v2/wallets",
+            "/",
+            "/dashboards",
+            "/health",
+        ] {
+            assert_eq!(route(path), None, "{path}");
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The forwarding core both modes share, and the proxy's own error answers.
+//!
+//! Every request goes through [`handle`]: a span continuing the caller's trace, then
+//! hop-by-hop and client identity headers removed, then the mode's [`Gate`] decides
+//! (and may add identity headers), then forwarding headers, the trace context and the
+//! request id are set and the request is streamed to the upstream over a pooled
+//! keep-alive connection. The response is streamed back.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use finflow_platform::error::{ApiError, ErrorCode};
+use finflow_platform::telemetry;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::gateway::GatewayGate;
+use crate::headers::{self, PROXY_ERROR, X_REQUEST_ID};
+use crate::jwt::Rejection;
+use crate::paths::is_ambiguous;
+use crate::sidecar::SidecarGate;
+
+/// The pooled HTTP/1 client used for upstreams and the JWK set.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// A client with keep-alive pooling and a connect timeout.
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// An answer the proxy gives itself: the JSON envelope, the `x-finflow-proxy-error`
+/// header with a short reason, and `details.reason` carrying the same reason.
+#[derive(Debug)]
+pub struct ProxyError {
+    status: StatusCode,
+    error: ApiError,
+    reason: &'static str,
+}
+
+impl ProxyError {
+    /// An error with the code's own status.
+    pub fn new(code: ErrorCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: code.status(),
+            error: ApiError::new(code, message).with_details(json!({ "reason": reason })),
+            reason,
+        }
+    }
+
+    /// The same envelope with another status (502 and 504 carry `DEPENDENCY_UNAVAILABLE`).
+    #[must_use]
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// `401 UNAUTHORIZED` for a refused token.
+    pub fn unauthorized(rejection: Rejection) -> Self {
+        let message = match rejection {
+            Rejection::MissingToken => "a bearer token is required",
+            _ => "the bearer token is not valid",
+        };
+        Self::new(ErrorCode::Unauthorized, rejection.reason(), message)
+    }
+
+    /// `429 RATE_LIMITED` with `Retry-After`.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let reason = "rate_limited";
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: ApiError::rate_limited("too many requests, slow down", retry_after_secs)
+                .with_details(json!({ "reason": reason })),
+            reason,
+        }
+    }
+
+    /// `404 NOT_FOUND`: the gateway has no route for the path (internal paths included).
+    pub fn no_route() -> Self {
+        Self::new(ErrorCode::NotFound, "no_route", "no such route")
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut response = self.error.into_response();
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(PROXY_ERROR, HeaderValue::from_static(self.reason));
+        if unauthorized {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// What decides, per mode, whether a request goes upstream and where.
+pub enum Gate {
+    Sidecar(Box<SidecarGate>),
+    Gateway(GatewayGate),
+}
+
+impl Gate {
+    async fn admit(
+        &self,
+        parts: &mut http::request::Parts,
+        client: IpAddr,
+    ) -> Result<crate::config::BaseUrl, ProxyError> {
+        match self {
+            Self::Sidecar(gate) => gate.admit(parts, client).await,
+            Self::Gateway(gate) => gate.admit(parts),
+        }
+    }
+}
+
+/// The proxy of one listener.
+pub struct Proxy {
+    gate: Gate,
+    client: HttpClient,
+    timeout: Duration,
+    /// Identity headers removed from every client request.
+    strip: Vec<HeaderName>,
+}
+
+impl Proxy {
+    pub fn new(gate: Gate, client: HttpClient, timeout: Duration, strip: Vec<HeaderName>) -> Self {
+        Self {
+            gate,
+            client,
+            timeout,
+            strip,
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request,
+        client: IpAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response, ProxyError> {
+        let (mut parts, body) = request.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        headers::strip(&mut parts.headers, &self.strip);
+        if is_ambiguous(parts.uri.path()) {
+            return Err(ProxyError::new(
+                ErrorCode::ValidationError,
+                "invalid_path",
+                "the path is not in normal form (dot or empty segments, encoded unreserved characters)",
+            ));
+        }
+        let base = self.gate.admit(&mut parts, client).await?;
+
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::set_forwarding(&mut parts.headers, client, host, request_id);
+        telemetry::inject_http(&mut parts.headers);
+        parts.uri = base.join(parts.uri.path_and_query());
+        parts.version = Version::HTTP_11;
+
+        let started = Instant::now();
+        let sent = tokio::time::timeout(
+            self.timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        metrics::histogram!("finflow_sidecar_upstream_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                let cause = std::error::Error::source(&e).map(ToString::to_string);
+                tracing::warn!(error = %e, cause, upstream = %base.as_base(), "upstream request failed");
+                let (reason, message) = if e.is_connect() {
+                    (
+                        "upstream_unreachable",
+                        "the upstream service is unreachable",
+                    )
+                } else {
+                    ("upstream_error", "the upstream service failed to answer")
+                };
+                return Err(
+                    ProxyError::new(ErrorCode::DependencyUnavailable, reason, message)
+                        .with_status(StatusCode::BAD_GATEWAY),
+                );
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, upstream = %base.as_base(), "upstream timed out");
+                return Err(ProxyError::new(
+                    ErrorCode::DependencyUnavailable,
+                    "upstream_timeout",
+                    "the upstream service did not answer in time",
+                )
+                .with_status(StatusCode::GATEWAY_TIMEOUT));
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        // The client's connection is ours: an HTTP/1.0 upstream does not make it 1.0.
+        parts.version = Version::HTTP_11;
+        headers::remove_hop_by_hop(&mut parts.headers);
+        // Only a proxy may say an answer is its own: a sidecar removes the mark from its
+        // app's answers; the gateway keeps it, since its upstreams are our sidecars.
+        if matches!(self.gate, Gate::Sidecar(_)) {
+            parts.headers.remove(PROXY_ERROR);
+        }
+        Ok(Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+/// The handler of every request on the proxy listener.
+pub async fn handle(
+    State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let request_id = headers::request_id(request.headers());
+    let span = tracing::info_span!(
+        "proxy",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = request_id.to_str().unwrap_or_default(),
+        status = tracing::field::Empty,
+        proxy_error = tracing::field::Empty,
+    );
+    telemetry::set_parent_from_http(&span, request.headers());
+    let mut response = match proxy
+        .forward(request, peer.ip(), &request_id)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            span.record("proxy_error", error.reason());
+            span.in_scope(|| tracing::info!(reason = error.reason(), status = %error.status(), "refused by the proxy"));
+            error.into_response()
+        }
+    };
+    response.headers_mut().insert(X_REQUEST_ID, request_id);
+    span.record("status", response.status().as_u16());
+    metrics::counter!(
+        "finflow_sidecar_requests_total",
+        "status" => response.status().as_str().to_owned()
+    )
+    .increment(1);
+    response
+}

@@ -1,0 +1,209 @@
+//! Sidecar mode: who may pass, and as whom.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use finflow_platform::error::ErrorCode;
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+
+use crate::config::BaseUrl;
+use crate::headers::{ClaimHeaders, identity_headers};
+use crate::jwks::JwksCache;
+use crate::jwt::{self, Claims, Keys, Policy, Rejection};
+use crate::limit::{Caller, RateLimit};
+use crate::paths::{PathPatterns, is_internal, is_public};
+use crate::proxy::ProxyError;
+
+/// Where the keys come from.
+pub enum Verifier {
+    /// A shared secret (HS256), fixed for the process.
+    Fixed(Keys),
+    /// A JWK set (EdDSA), fetched and refreshed.
+    Jwks(Arc<JwksCache>),
+}
+
+/// Why no claims could be had.
+enum Refusal {
+    Token(Rejection),
+    /// The JWK set has never been fetched.
+    NoKeys,
+}
+
+/// The decisions of sidecar mode, in order: token (unless public), service role for
+/// `/internal/*`, rate limit, identity headers.
+pub struct SidecarGate {
+    pub upstream: BaseUrl,
+    pub verifier: Verifier,
+    pub policy: Policy,
+    pub public_paths: PathPatterns,
+    pub limit: Arc<RateLimit>,
+    pub claim_headers: ClaimHeaders,
+    pub verified: VerifiedTokens,
+}
+
+/// Tokens already verified, so a client sending the same token again costs a lookup
+/// instead of a signature check (the expensive part of a request). An entry lives
+/// until the token expires, and at most [`VerifiedTokens::MAX_AGE_SECS`]: a key removed
+/// from the JWK set stops admitting new tokens at once and cached ones within that
+/// bound. Keyed by the whole token, so only the identical token hits.
+#[derive(Default)]
+pub struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Arc<Claims>, i64)>>,
+}
+
+impl VerifiedTokens {
+    pub const MAX_AGE_SECS: i64 = 60;
+    /// Past this many entries the cache is emptied (a crude bound against token spraying).
+    pub const MAX_ENTRIES: usize = 50_000;
+
+    fn get(&self, token: &str, now: i64) -> Option<Arc<Claims>> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(token)
+            .filter(|(_, until)| now < *until)
+            .map(|(claims, _)| Arc::clone(claims))
+    }
+
+    fn put(&self, token: &str, claims: &Arc<Claims>, now: i64) {
+        let until = claims.exp.min(now + Self::MAX_AGE_SECS);
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (_, u)| now < *u);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), (Arc::clone(claims), until));
+    }
+}
+
+impl SidecarGate {
+    /// Admits the request (adding its identity headers) or says why not. Client
+    /// identity headers are already gone.
+    pub async fn admit(&self, parts: &mut Parts, client: IpAddr) -> Result<BaseUrl, ProxyError> {
+        let path = parts.uri.path();
+        let token = jwt::bearer(parts.headers.get(AUTHORIZATION));
+        let claims = if is_public(path, &self.public_paths) {
+            // A valid token on a public path still says who is calling; an invalid
+            // one is ignored, never forwarded.
+            match token {
+                Ok(token) => self.verify(token).await.ok(),
+                Err(_) => None,
+            }
+        } else {
+            let verified = match token {
+                Ok(token) => self.verify(token).await,
+                Err(rejection) => Err(Refusal::Token(rejection)),
+            };
+            match verified {
+                Ok(claims) => Some(claims),
+                Err(Refusal::Token(rejection)) => {
+                    metrics::counter!(
+                        "finflow_sidecar_jwt_rejections_total",
+                        "reason" => rejection.reason()
+                    )
+                    .increment(1);
+                    return Err(ProxyError::unauthorized(rejection));
+                }
+                Err(Refusal::NoKeys) => {
+                    return Err(ProxyError::new(
+                        ErrorCode::DependencyUnavailable,
+                        "jwks_unavailable",
+                        "token verification keys are not available yet, try again later",
+                    ));
+                }
+            }
+        };
+        if is_internal(path) && !claims.as_deref().is_some_and(Claims::is_service) {
+            return Err(ProxyError::new(
+                ErrorCode::Forbidden,
+                "service_token_required",
+                "internal routes require a service token",
+            ));
+        }
+        let caller = claims
+            .as_ref()
+            .map_or(Caller::Anonymous(client), |c| Caller::User(&c.sub));
+        self.limit.check(caller).map_err(ProxyError::rate_limited)?;
+        if let Some(claims) = &claims {
+            for (name, value) in identity_headers(claims, &self.claim_headers) {
+                parts.headers.insert(name, value);
+            }
+        }
+        Ok(self.upstream.clone())
+    }
+
+    async fn verify(&self, token: &str) -> Result<Arc<Claims>, Refusal> {
+        let now = jwt::now();
+        if let Some(claims) = self.verified.get(token, now) {
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify_signature(token).await?);
+        self.verified.put(token, &claims, now);
+        Ok(claims)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<Claims, Refusal> {
+        let check = |keys: &Keys| jwt::validate(token, keys, &self.policy, jwt::now());
+        match &self.verifier {
+            Verifier::Fixed(keys) => check(keys).map_err(Refusal::Token),
+            Verifier::Jwks(cache) => {
+                let keys = cache.current().ok_or(Refusal::NoKeys)?;
+                match check(&keys) {
+                    Err(Rejection::UnknownKid) => {
+                        match cache.refresh_for_unknown_kid(&keys).await {
+                            Some(fresh) => check(&fresh).map_err(Refusal::Token),
+                            None => Err(Refusal::Token(Rejection::UnknownKid)),
+                        }
+                    }
+                    other => other.map_err(Refusal::Token),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            sub: "u".into(),
+            email: None,
+            roles: vec![],
+            kyc_status: None,
+            tier: None,
+            iss: "i".into(),
+            aud: vec!["a".into()],
+            iat: 0,
+            nbf: None,
+            exp,
+            jti: "j".into(),
+            raw: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_reused_until_it_expires_and_never_for_another_token() {
+        let cache = VerifiedTokens::default();
+        cache.put("t1", &Arc::new(claims(1_000)), 900);
+        assert!(cache.get("t1", 950).is_some());
+        assert!(cache.get("t1", 1_000).is_none(), "expired");
+        assert!(cache.get("t2", 950).is_none());
+        cache.put("t3", &Arc::new(claims(10_000)), 900);
+        assert!(
+            cache
+                .get("t3", 900 + VerifiedTokens::MAX_AGE_SECS)
+                .is_none(),
+            "bounded age"
+        );
+    }
+}

@@ -1,0 +1,646 @@
+//! The sidecar on real sockets: an echo app behind it, a JWK set server beside it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    AUDIENCE, Echo, HS256_SECRET, JwksServer, Key, Proxy, assert_refused, claims, client, hs256,
+    received, unsigned, wait_until,
+};
+use serde_json::{Value, json};
+
+const USER: &str = "7f1c0a52-0000-4000-8000-000000000001";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+struct Setup {
+    app: Echo,
+    jwks: JwksServer,
+    key: Key,
+    sidecar: Proxy,
+}
+
+async fn setup(extra: &[&str]) -> Setup {
+    let app = Echo::start("app").await;
+    let key = Key::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let sidecar = Proxy::sidecar(&app, &jwks, extra).await;
+    Setup {
+        app,
+        jwks,
+        key,
+        sidecar,
+    }
+}
+
+impl Setup {
+    async fn with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.sidecar
+            .get(path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends `token` to a protected route and checks it is refused for `reason`
+    /// without reaching the app.
+    async fn assert_token_refused(&self, token: &str, reason: &str) {
+        let response = self.with_token("/api/v1/wallets", token).await;
+        assert!(response.headers().get("www-authenticate").is_some());
+        assert_refused(response, 401, "UNAUTHORIZED", reason).await;
+        assert_eq!(self.app.hits(), 0, "a refused request reached the app");
+    }
+}
+
+fn with(mut claims: Value, field: &str, value: Value) -> Value {
+    claims[field] = value;
+    claims
+}
+
+#[tokio::test]
+async fn a_token_with_alg_none_is_refused() {
+    let s = setup(&[]).await;
+    let token = unsigned(
+        &json!({"alg": "none", "typ": "JWT", "kid": s.key.kid}),
+        &claims(USER, &["user"]),
+    );
+    s.assert_token_refused(&token, "algorithm_not_allowed")
+        .await;
+}
+
+#[tokio::test]
+async fn an_hs256_token_signed_with_the_public_key_is_refused_as_algorithm_confusion() {
+    let s = setup(&[]).await;
+    let claims = claims(USER, &["admin"]);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(s.key.kid.clone());
+    for secret in [
+        s.key.public_bytes().to_vec(),
+        s.key.jwk()["x"].as_str().unwrap().as_bytes().to_vec(),
+    ] {
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        s.assert_token_refused(&token, "algorithm_not_allowed")
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&with(
+        claims(USER, &["user"]),
+        "exp",
+        json!(common::now() - 3600),
+    ));
+    s.assert_token_refused(&token, "expired").await;
+}
+
+#[tokio::test]
+async fn a_token_whose_nbf_is_in_the_future_is_refused() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&with(
+        claims(USER, &["user"]),
+        "nbf",
+        json!(common::now() + 3600),
+    ));
+    s.assert_token_refused(&token, "not_yet_valid").await;
+}
+
+#[tokio::test]
+async fn a_token_from_another_issuer_is_refused() {
+    let s = setup(&[]).await;
+    let token = s
+        .key
+        .sign(&with(claims(USER, &["user"]), "iss", json!("evil-issuer")));
+    s.assert_token_refused(&token, "wrong_issuer").await;
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&with(
+        claims(USER, &["user"]),
+        "aud",
+        json!(["billing", "crm"]),
+    ));
+    s.assert_token_refused(&token, "wrong_audience").await;
+}
+
+#[tokio::test]
+async fn a_token_signed_by_another_key_under_the_same_kid_is_refused() {
+    let s = setup(&[]).await;
+    let token = s.key.impostor().sign(&claims(USER, &["user"]));
+    s.assert_token_refused(&token, "bad_signature").await;
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refetches_the_jwks_once_then_is_refused() {
+    let s = setup(&["--jwks-min-refresh-secs=3600"]).await;
+    let before = s.jwks.fetches();
+    assert!(before >= 1, "the set was fetched at start");
+
+    let stranger = Key::generate("key-unknown");
+    s.assert_token_refused(&stranger.sign(&claims(USER, &["user"])), "unknown_kid")
+        .await;
+    assert_eq!(
+        s.jwks.fetches(),
+        before + 1,
+        "one refetch for the unknown kid"
+    );
+
+    let another = Key::generate("key-unknown-2");
+    s.assert_token_refused(&another.sign(&claims(USER, &["user"])), "unknown_kid")
+        .await;
+    assert_eq!(
+        s.jwks.fetches(),
+        before + 1,
+        "no second refetch within JWKS_MIN_REFRESH_SECS"
+    );
+}
+
+#[tokio::test]
+async fn a_key_rotated_in_after_start_is_picked_up_by_the_refetch() {
+    let s = setup(&[]).await;
+    let before = s.jwks.fetches();
+    let rotated = Key::generate("key-2");
+    s.jwks.add(&rotated);
+    let response = s
+        .with_token("/api/v1/wallets", &rotated.sign(&claims(USER, &["user"])))
+        .await;
+    assert_eq!(received(response).await.header("x-user-id").unwrap(), USER);
+    assert_eq!(s.jwks.fetches(), before + 1);
+}
+
+#[tokio::test]
+async fn malformed_tokens_are_refused() {
+    let s = setup(&[]).await;
+    let good = s.key.sign(&claims(USER, &["user"]));
+    let (_, body) = good.split_once('.').unwrap();
+    let cases = [
+        "not-a-jwt".to_owned(),
+        "a.b.c".to_owned(),
+        format!("{good}.extra"),
+        format!("e30.{body}"),
+    ];
+    for token in cases {
+        s.assert_token_refused(&token, "malformed").await;
+    }
+    let response = s
+        .sidecar
+        .get("/api/v1/wallets")
+        .header("authorization", format!("Basic {good}"))
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response, 401, "UNAUTHORIZED", "malformed").await;
+    assert_eq!(s.app.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_protected_route_without_a_token_is_refused() {
+    let s = setup(&[]).await;
+    let response = s.sidecar.get("/api/v1/wallets").send().await.unwrap();
+    assert_refused(response, 401, "UNAUTHORIZED", "missing_token").await;
+    assert_eq!(s.app.hits(), 0);
+}
+
+#[tokio::test]
+async fn client_identity_headers_never_reach_the_app_on_public_or_protected_paths() {
+    let s = setup(&[]).await;
+    let spoof = |request: reqwest::RequestBuilder| {
+        request
+            .header("x-user-id", "attacker")
+            .header("X-User-Roles", "admin,service:payment")
+            .header("x-user-email", "root@example.com")
+            .header("x-kyc-status", "verified")
+            .header("x-account-tier", "gold")
+    };
+
+    let public = received(
+        spoof(s.sidecar.get("/api/v1/auth/login"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    for name in [
+        "x-user-id",
+        "x-user-roles",
+        "x-user-email",
+        "x-kyc-status",
+        "x-account-tier",
+    ] {
+        assert!(!public.has(name), "{name} reached the app on a public path");
+    }
+
+    let token = s.key.sign(&claims(USER, &["user"]));
+    let protected = received(
+        spoof(s.sidecar.get("/api/v1/wallets"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(protected.header("x-user-id").unwrap(), USER);
+    assert_eq!(protected.header("x-user-roles").unwrap(), "user");
+    assert_eq!(
+        protected.header("x-user-email").unwrap(),
+        format!("{USER}@example.com")
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_reaches_the_app_with_identity_forwarding_request_id_and_trace() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&claims(USER, &["user", "admin"]));
+    let sent_traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let response = s
+        .sidecar
+        .get("/api/v1/wallets/w1?page=2")
+        .bearer_auth(&token)
+        .header("x-request-id", "req-abc.123_X")
+        .header("traceparent", &sent_traceparent)
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "req-abc.123_X");
+    let host = s.sidecar.url.trim_start_matches("http://").to_owned();
+    let got = received(response).await;
+
+    assert_eq!(got.0["path"], "/api/v1/wallets/w1?page=2");
+    assert_eq!(got.header("x-user-id").unwrap(), USER);
+    assert_eq!(got.header("x-user-roles").unwrap(), "user,admin");
+    assert_eq!(got.header("x-kyc-status").unwrap(), "verified");
+    assert_eq!(got.header("x-account-tier").unwrap(), "gold");
+    assert_eq!(
+        got.header("x-forwarded-for").unwrap(),
+        "203.0.113.9, 127.0.0.1"
+    );
+    assert_eq!(got.header("x-forwarded-host").unwrap(), host);
+    assert_eq!(got.header("x-forwarded-proto").unwrap(), "http");
+    assert_eq!(got.header("x-real-ip").unwrap(), "127.0.0.1");
+    assert_eq!(got.header("x-request-id").unwrap(), "req-abc.123_X");
+    assert_eq!(
+        got.header("authorization").unwrap(),
+        format!("Bearer {token}")
+    );
+    let traceparent = got.header("traceparent").unwrap();
+    assert!(traceparent.contains(TRACE_ID), "{traceparent}");
+    assert_ne!(
+        traceparent, sent_traceparent,
+        "the sidecar is a hop of its own"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_request_id_is_replaced_by_a_generated_one() {
+    let s = setup(&[]).await;
+    let response = s
+        .sidecar
+        .get("/health")
+        .header("x-request-id", "not valid!")
+        .send()
+        .await
+        .unwrap();
+    let returned = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&returned).is_ok(), "{returned}");
+    assert_eq!(
+        received(response).await.header("x-request-id").unwrap(),
+        returned
+    );
+}
+
+#[tokio::test]
+async fn a_user_token_cannot_open_internal_routes_but_a_service_token_can() {
+    let s = setup(&[]).await;
+    let user = s.key.sign(&claims(USER, &["user", "admin"]));
+    let response = s.with_token("/internal/x", &user).await;
+    assert_refused(response, 403, "FORBIDDEN", "service_token_required").await;
+    assert_eq!(s.app.hits(), 0);
+
+    let response = s.sidecar.get("/internal/x").send().await.unwrap();
+    assert_refused(response, 401, "UNAUTHORIZED", "missing_token").await;
+    assert_eq!(s.app.hits(), 0);
+
+    let service = s.key.sign(&claims("service:payment", &["service:payment"]));
+    let got = received(s.with_token("/internal/x", &service).await).await;
+    assert_eq!(got.header("x-user-roles").unwrap(), "service:payment");
+    assert_eq!(s.app.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_caller_over_its_rate_limit_gets_429_in_the_envelope() {
+    let s = setup(&["--rate-limit-per-second=1", "--rate-limit-burst=2"]).await;
+    let token = s.key.sign(&claims(USER, &["user"]));
+    for _ in 0..2 {
+        received(s.with_token("/api/v1/wallets", &token).await).await;
+    }
+    // The bucket refills at one request per second: keep asking until it is empty.
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = s.with_token("/api/v1/wallets", &token).await;
+        if response.status() == 429 {
+            refused = Some(response);
+            break;
+        }
+    }
+    let response = refused.expect("the caller was never limited");
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert_refused(response, 429, "RATE_LIMITED", "rate_limited").await;
+
+    let other = s.key.sign(&claims("someone-else", &["user"]));
+    received(s.with_token("/api/v1/wallets", &other).await).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_answers_502_marked_as_a_proxy_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let sidecar = Proxy::hs256_sidecar(&upstream, &[]).await;
+    let response = sidecar.get("/health").send().await.unwrap();
+    assert_refused(
+        response,
+        502,
+        "DEPENDENCY_UNAVAILABLE",
+        "upstream_unreachable",
+    )
+    .await;
+    assert_eq!(sidecar.ready_status().await, 503);
+}
+
+#[tokio::test]
+async fn a_slow_upstream_answers_504_marked_as_a_proxy_error() {
+    let app = Echo::start("app").await;
+    let sidecar = Proxy::hs256_sidecar(&app.url, &["--upstream-timeout-ms=200"]).await;
+    let token = hs256(&claims(USER, &["user"]), HS256_SECRET.as_bytes());
+    let response = sidecar
+        .get("/slow")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response, 504, "DEPENDENCY_UNAVAILABLE", "upstream_timeout").await;
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_without_the_proxy_error_header() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&claims(USER, &["user"]));
+    let response = s.with_token("/status/503", &token).await;
+    assert_eq!(response.status(), 503);
+    assert!(
+        response.headers().get("x-finflow-proxy-error").is_none(),
+        "an app cannot pass its answer off as the proxy's"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["app"], "app");
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_are_streamed() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&claims(USER, &["user"]));
+    let echoed: Value = client()
+        .post(format!("{}/api/v1/payments", s.sidecar.url))
+        .bearer_auth(&token)
+        .body("{\"amount\": \"10.00\"}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echoed["method"], "POST");
+    assert_eq!(echoed["body"], "{\"amount\": \"10.00\"}");
+
+    let mut response = s.with_token("/stream", &token).await;
+    assert_eq!(response.status(), 200);
+    // The app holds its second chunk until the first has crossed the proxy: a proxy
+    // that buffered the response would never deliver the first.
+    let first = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+        .await
+        .expect("the first chunk arrives before the response is complete")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "first\n");
+    s.app.release_stream();
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"second\n");
+}
+
+#[tokio::test]
+async fn protected_paths_answer_503_until_the_jwks_can_be_fetched() {
+    let app = Echo::start("app").await;
+    let key = Key::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    jwks.set_available(false);
+    let sidecar = Proxy::start(&[
+        format!("--upstream={}", app.url),
+        format!("--jwks-uri={}", jwks.uri),
+        "--jwt-issuer=finflow-auth".to_owned(),
+        format!("--jwt-audiences={AUDIENCE}"),
+    ])
+    .await;
+    wait_until("a failed JWKS fetch", || async { jwks.fetches() >= 1 }).await;
+    let token = key.sign(&claims(USER, &["user"]));
+
+    let response = sidecar
+        .get("/api/v1/wallets")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response, 503, "DEPENDENCY_UNAVAILABLE", "jwks_unavailable").await;
+    assert_eq!(sidecar.ready_status().await, 503);
+    received(sidecar.get("/health").send().await.unwrap()).await;
+
+    jwks.set_available(true);
+    sidecar.wait_ready().await;
+    let response = sidecar
+        .get("/api/v1/wallets")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(received(response).await.header("x-user-id").unwrap(), USER);
+}
+
+#[tokio::test]
+async fn an_invalid_token_on_a_public_path_is_ignored_and_a_valid_one_is_forwarded() {
+    let s = setup(&[]).await;
+    let forged = s.key.impostor().sign(&claims("attacker", &["admin"]));
+    let got = received(s.with_token("/api/v1/auth/login", &forged).await).await;
+    assert!(!got.has("x-user-id"));
+    assert!(!got.has("x-user-roles"));
+
+    let token = s.key.sign(&claims(USER, &["user"]));
+    let got = received(s.with_token("/api/v1/auth/logout", &token).await).await;
+    assert_eq!(got.header("x-user-id").unwrap(), USER);
+}
+
+#[tokio::test]
+async fn shared_secret_mode_accepts_hs256_and_refuses_eddsa() {
+    let app = Echo::start("app").await;
+    let sidecar = Proxy::hs256_sidecar(&app.url, &[]).await;
+    let token = hs256(&claims(USER, &["user"]), HS256_SECRET.as_bytes());
+    let got = received(
+        sidecar
+            .get("/api/v1/wallets")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.header("x-user-id").unwrap(), USER);
+
+    let eddsa = Key::generate("k").sign(&claims(USER, &["user"]));
+    let response = sidecar
+        .get("/api/v1/wallets")
+        .bearer_auth(&eddsa)
+        .send()
+        .await
+        .unwrap();
+    assert_refused(response, 401, "UNAUTHORIZED", "algorithm_not_allowed").await;
+    assert_eq!(app.hits(), 1);
+}
+
+#[tokio::test]
+async fn paths_not_in_normal_form_cannot_smuggle_a_request_past_the_checks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = setup(&[]).await;
+    // HTTP clients resolve dot segments before sending; a raw request does not.
+    for path in [
+        "/api/v1/auth/login/../../users/me",
+        "/api/v1/auth/login/%2e%2e/%2E%2E/users/me",
+        "//internal/x",
+        "/%69nternal/x",
+    ] {
+        let mut stream =
+            tokio::net::TcpStream::connect(s.sidecar.url.trim_start_matches("http://"))
+                .await
+                .unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+        assert!(
+            answer.contains("x-finflow-proxy-error: invalid_path"),
+            "{answer}"
+        );
+        assert!(answer.contains("VALIDATION_ERROR"), "{answer}");
+    }
+    assert_eq!(s.app.hits(), 0);
+}
+
+#[tokio::test]
+async fn the_admin_port_serves_live_ready_and_metrics() {
+    let s = setup(&[]).await;
+    s.sidecar.get("/api/v1/wallets").send().await.unwrap();
+
+    let live = client()
+        .get(format!("{}/live", s.sidecar.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+
+    let ready: Value = client()
+        .get(format!("{}/ready", s.sidecar.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "up");
+    let names: Vec<&str> = ready["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["upstream", "jwks"]);
+
+    let metrics = client()
+        .get(format!("{}/metrics", s.sidecar.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "finflow_sidecar_requests_total{status=\"401\"}",
+        "finflow_sidecar_jwt_rejections_total{reason=\"missing_token\"}",
+        "finflow_sidecar_jwks_fetches_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn the_upstream_duration_histogram_is_recorded() {
+    let s = setup(&[]).await;
+    received(s.sidecar.get("/health").send().await.unwrap()).await;
+    let metrics = client()
+        .get(format!("{}/metrics", s.sidecar.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("finflow_sidecar_upstream_duration_seconds_bucket"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn on_shutdown_ready_turns_503_while_draining_and_run_returns() {
+    let app = Echo::start("app").await;
+    let key = Key::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let mut draining = Proxy::sidecar(&app, &jwks, &["--shutdown-drain-secs=3600"]).await;
+    draining.signal_shutdown();
+    wait_until("/ready to answer 503", || async {
+        draining.ready_status().await == 503
+    })
+    .await;
+    received(draining.get("/health").send().await.unwrap()).await;
+
+    let sidecar = Proxy::sidecar(&app, &jwks, &[]).await;
+    let url = sidecar.url.clone();
+    sidecar.stop().await;
+    assert!(
+        client().get(format!("{url}/health")).send().await.is_err(),
+        "the listener is closed"
+    );
+}

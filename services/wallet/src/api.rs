@@ -1,0 +1,513 @@
+//! HTTP handlers of service B.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::events::{Event, outbox, types};
+use finflow_platform::identity::KycStatus;
+use finflow_platform::{
+    Amount, ApiError, ApiResult, Currency, ErrorCode, Identity, Json, Money, Path, Query,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::ledger::{self, Applied, TransferRequest, TransferResult};
+use crate::limits::TierLimits;
+use crate::users::Users;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub users: Users,
+    pub limits: Arc<TierLimits>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/wallets", post(create_wallet).get(list_wallets))
+        .route("/api/v1/wallets/{id}", get(get_wallet))
+        .route("/api/v1/wallets/{id}/balance", get(balance))
+        .route("/api/v1/wallets/{id}/activate", post(activate))
+        .route("/api/v1/wallets/{id}/status", put(set_status))
+        .route("/api/v1/wallets/{id}/transactions", get(transactions))
+        .route("/internal/wallets/{id}", get(internal_wallet))
+        .route("/internal/transfers", post(transfer))
+        .route("/internal/transfers/{id}/void", post(void_transfer))
+        .with_state(state)
+}
+
+#[derive(sqlx::FromRow)]
+struct WalletRow {
+    id: Uuid,
+    user_id: Option<Uuid>,
+    currency: Currency,
+    status: String,
+    balance: Amount,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A wallet as the API shows it; the balance has the currency's decimals.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Wallet {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub currency: String,
+    #[schema(example = "1500.00")]
+    pub balance: String,
+    /// `pending`, `active` or `frozen`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WalletRow {
+    fn view(self) -> Result<Wallet, ApiError> {
+        let balance =
+            Money::new(self.balance, self.currency).map_err(|e| ApiError::internal(&e))?;
+        Ok(Wallet {
+            id: self.id,
+            user_id: self
+                .user_id
+                .ok_or_else(|| ApiError::internal(&"a system account was shown"))?,
+            currency: self.currency.code().to_owned(),
+            balance: balance.amount_string(),
+            status: self.status,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const WALLET_COLUMNS: &str = "id, user_id, currency, status, balance, created_at, updated_at";
+
+/// A user wallet the caller may see: their own, or any for `ops`. Anything else is
+/// 404, so wallet ids cannot be probed.
+async fn visible_wallet(pool: &PgPool, who: &Identity, id: Uuid) -> Result<WalletRow, ApiError> {
+    let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {WALLET_COLUMNS} FROM wallets WHERE id = $1 AND kind = 'user'"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let caller = who.user_id().ok();
+    row.filter(|w| w.user_id == caller || who.has_role("ops"))
+        .ok_or_else(|| ApiError::not_found("wallet not found"))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWallet {
+    #[schema(value_type = String, example = "USD")]
+    pub currency: Currency,
+}
+
+#[derive(Serialize)]
+struct WalletEvent<'a> {
+    wallet_id: Uuid,
+    user_id: Uuid,
+    currency: &'a str,
+    status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_status: Option<&'a str>,
+}
+
+/// Creates a wallet in `pending`, once the user's KYC is verified *as A knows it now*
+/// (not as the token says: a user verified a minute ago needs no new login).
+#[utoipa::path(post, path = "/api/v1/wallets", tag = "wallets", request_body = CreateWallet,
+    responses((status = 201, body = Wallet), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn create_wallet(
+    State(s): State<AppState>,
+    who: Identity,
+    Json(req): Json<CreateWallet>,
+) -> ApiResult {
+    let user_id = who.user_id()?;
+    let user = s.users.current(user_id).await?;
+    if user.kyc_status != KycStatus::Verified {
+        return Err(ApiError::new(
+            ErrorCode::KycRequired,
+            "KYC verification is required to open a wallet",
+        )
+        .with_details(serde_json::json!({ "kyc_status": user.kyc_status })));
+    }
+    let mut tx = s.pool.begin().await?;
+    let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO wallets (id, user_id, kind, currency, status) VALUES ($1, $2, 'user', $3, 'pending') \
+         RETURNING {WALLET_COLUMNS}"
+    )))
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(req.currency)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| match unique_violation(&e) {
+        Some("wallets_user_currency_key") => {
+            ApiError::conflict(format!("you already have a {} wallet", req.currency))
+        }
+        _ => e.into(),
+    })?;
+    let event = Event::new(
+        crate::SERVICE,
+        types::WALLET_CREATED,
+        &WalletEvent {
+            wallet_id: row.id,
+            user_id,
+            currency: req.currency.code(),
+            status: "pending",
+            previous_status: None,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    Ok(error::with_status(StatusCode::CREATED, row.view()?))
+}
+
+#[utoipa::path(get, path = "/api/v1/wallets", tag = "wallets", responses((status = 200, body = Vec<Wallet>)))]
+async fn list_wallets(State(s): State<AppState>, who: Identity) -> ApiResult {
+    let rows: Vec<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {WALLET_COLUMNS} FROM wallets WHERE user_id = $1 AND kind = 'user' ORDER BY created_at"
+    )))
+    .bind(who.user_id()?)
+    .fetch_all(&s.pool)
+    .await?;
+    let wallets = rows
+        .into_iter()
+        .map(WalletRow::view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(error::ok(wallets))
+}
+
+#[utoipa::path(get, path = "/api/v1/wallets/{id}", tag = "wallets", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Wallet), (status = 404, body = ErrorEnvelope)))]
+async fn get_wallet(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+    Ok(error::ok(visible_wallet(&s.pool, &who, id).await?.view()?))
+}
+
+#[derive(Serialize, ToSchema)]
+struct Balance {
+    wallet_id: Uuid,
+    balance: String,
+    currency: String,
+    status: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/wallets/{id}/balance", tag = "wallets", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Balance), (status = 404, body = ErrorEnvelope)))]
+async fn balance(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+    let w = visible_wallet(&s.pool, &who, id).await?.view()?;
+    Ok(error::ok(Balance {
+        wallet_id: w.id,
+        balance: w.balance,
+        currency: w.currency,
+        status: w.status,
+    }))
+}
+
+/// `pending` to `active`, by the owner. Activating an active wallet changes nothing; a
+/// frozen wallet is unfrozen through `PUT .../status`, not here.
+#[utoipa::path(post, path = "/api/v1/wallets/{id}/activate", tag = "wallets", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Wallet), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+    let wallet = visible_wallet(&s.pool, &who, id).await?;
+    if wallet.user_id != who.user_id().ok() {
+        return Err(ApiError::forbidden("only the owner activates a wallet"));
+    }
+    match wallet.status.as_str() {
+        "active" => Ok(error::ok(wallet.view()?)),
+        "frozen" => Err(ApiError::conflict(
+            "the wallet is frozen; it is unfrozen through its status",
+        )),
+        _ => Ok(error::ok(
+            change_status(&s.pool, id, "pending", "active").await?,
+        )),
+    }
+}
+
+/// The body of `PUT .../status`: `{"status": "frozen"}`, or the bare string `"frozen"`
+/// (the FinFlow seed's scripts send that).
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StatusChange {
+    Object { status: WalletStatus },
+    Bare(WalletStatus),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WalletStatus {
+    Active,
+    Frozen,
+}
+
+/// Freezes or unfreezes a wallet, by its owner or `ops`; emits `wallet.status_changed`.
+#[utoipa::path(put, path = "/api/v1/wallets/{id}/status", tag = "wallets", params(("id" = Uuid, Path)),
+    request_body = StatusChange,
+    responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+async fn set_status(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Json(change): Json<StatusChange>,
+) -> ApiResult {
+    let target = match change {
+        StatusChange::Object { status } | StatusChange::Bare(status) => status,
+    };
+    let wallet = visible_wallet(&s.pool, &who, id).await?;
+    let to = match target {
+        WalletStatus::Active => "active",
+        WalletStatus::Frozen => "frozen",
+    };
+    if wallet.status == to {
+        return Ok(error::ok(wallet.view()?));
+    }
+    Ok(error::ok(
+        change_status(&s.pool, id, &wallet.status, to).await?,
+    ))
+}
+
+/// Moves a wallet from `from` to `to` (if it is still in `from`) and emits the event in
+/// the same transaction.
+async fn change_status(pool: &PgPool, id: Uuid, from: &str, to: &str) -> Result<Wallet, ApiError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE wallets SET status = $3, updated_at = now() WHERE id = $1 AND status = $2 \
+         RETURNING {WALLET_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or_else(|| ApiError::conflict("the wallet changed meanwhile; retry"))?;
+    let event = Event::new(
+        crate::SERVICE,
+        types::WALLET_STATUS_CHANGED,
+        &WalletEvent {
+            wallet_id: row.id,
+            user_id: row.user_id.unwrap_or_default(),
+            currency: row.currency.code(),
+            status: to,
+            previous_status: Some(from),
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    row.view()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    cursor: Option<String>,
+    limit: Option<u16>,
+}
+
+/// One ledger line of a wallet.
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+struct Line {
+    #[serde(skip)]
+    id: i64,
+    entry_id: Uuid,
+    transfer_id: Uuid,
+    kind: String,
+    /// Signed: negative leaves the wallet, positive enters it.
+    #[schema(value_type = String)]
+    amount: Amount,
+    #[schema(value_type = String)]
+    balance_after: Amount,
+    counterparty_wallet_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct LinePage {
+    items: Vec<Line>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The wallet's ledger, newest first, with an opaque cursor.
+#[utoipa::path(get, path = "/api/v1/wallets/{id}/transactions", tag = "wallets",
+    params(("id" = Uuid, Path), ("cursor" = Option<String>, Query), ("limit" = Option<u16>, Query)),
+    responses((status = 200, body = LinePage), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+async fn transactions(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Query(page): Query<Page>,
+) -> ApiResult {
+    visible_wallet(&s.pool, &who, id).await?;
+    let limit = i64::from(page.limit.unwrap_or(50).clamp(1, 200));
+    let before = match page.cursor.as_deref() {
+        None => i64::MAX,
+        Some(c) => {
+            decode_cursor(c).ok_or_else(|| ApiError::invalid_field("cursor", "invalid cursor"))?
+        }
+    };
+    let mut rows: Vec<Line> = sqlx::query_as(
+        "SELECT l.id, l.entry_id, e.transfer_id, e.kind, l.amount, l.balance_after, \
+                CASE WHEN e.from_wallet_id = l.wallet_id THEN e.to_wallet_id ELSE e.from_wallet_id END \
+                  AS counterparty_wallet_id, l.created_at \
+         FROM ledger_lines l JOIN journal_entries e ON e.id = l.entry_id \
+         WHERE l.wallet_id = $1 AND l.id < $2 ORDER BY l.id DESC LIMIT $3",
+    )
+    .bind(id)
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(&s.pool)
+    .await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|l| encode_cursor(l.id))
+    } else {
+        None
+    };
+    Ok(error::ok(LinePage {
+        items: rows,
+        next_cursor,
+    }))
+}
+
+fn encode_cursor(id: i64) -> String {
+    URL_SAFE_NO_PAD.encode(id.to_be_bytes())
+}
+
+fn decode_cursor(c: &str) -> Option<i64> {
+    let bytes: [u8; 8] = URL_SAFE_NO_PAD.decode(c).ok()?.try_into().ok()?;
+    Some(i64::from_be_bytes(bytes))
+}
+
+/// A wallet as C sees it before accepting a payment: the wallet, and what its owner
+/// may still send today under their tier.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InternalWallet {
+    #[serde(flatten)]
+    pub wallet: Wallet,
+    pub limits: RemainingLimits,
+}
+
+/// The owner's tier limits as they stand now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RemainingLimits {
+    #[schema(value_type = String)]
+    pub per_transaction: Amount,
+    #[schema(value_type = String)]
+    pub remaining_today: Amount,
+}
+
+#[utoipa::path(get, path = "/internal/wallets/{id}", tag = "internal", params(("id" = Uuid, Path)),
+    responses((status = 200, body = InternalWallet), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+async fn internal_wallet(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    who.require_service()?;
+    let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {WALLET_COLUMNS} FROM wallets WHERE id = $1 AND kind = 'user'"
+    )))
+    .bind(id)
+    .fetch_optional(&s.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("wallet not found"))?;
+    let owner = row
+        .user_id
+        .ok_or_else(|| ApiError::internal(&"a user wallet without owner"))?;
+    let limit = s.limits.for_tier(s.users.tier(owner).await?);
+    let mut conn = s.pool.acquire().await?;
+    let spent = ledger::spent_today(&mut conn, id).await?;
+    let remaining_today = limit
+        .per_day
+        .checked_sub(spent)
+        .ok()
+        .filter(|a| !a.is_negative())
+        .unwrap_or(Amount::ZERO);
+    Ok(error::ok(InternalWallet {
+        wallet: row.view()?,
+        limits: RemainingLimits {
+            per_transaction: limit.per_transaction,
+            remaining_today,
+        },
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VoidRequest {
+    pub reason: String,
+}
+
+/// Makes a transfer id unusable unless it was applied already (service callers only).
+#[utoipa::path(post, path = "/internal/transfers/{id}/void", tag = "internal", params(("id" = Uuid, Path)),
+    request_body = VoidRequest, responses((status = 200, body = ledger::VoidOutcome), (status = 403, body = ErrorEnvelope)))]
+async fn void_transfer(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Json(req): Json<VoidRequest>,
+) -> ApiResult {
+    who.require_service()?;
+    Ok(error::ok(ledger::void(&s.pool, id, &req.reason).await?))
+}
+
+/// Applies a transfer once (service callers only). 201 when applied now, 200 with the
+/// same body when the transfer id had been applied before.
+#[utoipa::path(post, path = "/internal/transfers", tag = "internal", request_body = TransferRequest,
+    responses((status = 201, body = TransferResult), (status = 200, body = TransferResult),
+        (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+async fn transfer(
+    State(s): State<AppState>,
+    who: Identity,
+    Json(req): Json<TransferRequest>,
+) -> ApiResult {
+    who.require_service()?;
+    let limit = match req.from_wallet_id {
+        Some(from)
+            if matches!(
+                req.kind,
+                ledger::TransferKind::Transfer | ledger::TransferKind::Withdrawal
+            ) =>
+        {
+            let owner: Option<Uuid> =
+                sqlx::query_scalar("SELECT user_id FROM wallets WHERE id = $1 AND kind = 'user'")
+                    .bind(from)
+                    .fetch_optional(&s.pool)
+                    .await?
+                    .flatten();
+            match owner {
+                Some(user) => Some(s.limits.for_tier(s.users.tier(user).await?)),
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let (result, applied) = ledger::apply(&s.pool, &req, limit).await?;
+    let status = match applied {
+        Applied::Now => StatusCode::CREATED,
+        Applied::Before => StatusCode::OK,
+    };
+    Ok(error::with_status(status, result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
+        assert_eq!(decode_cursor("not-base64!"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode([1, 2, 3])), None);
+    }
+}
