@@ -4,9 +4,11 @@
 //! Everything here is a pure function of the resources; the controller
 //! (`controller::finservice`) reads the cluster, calls these, and writes the result.
 //!
-//! Until the blue-green rollout engine lands (issue 9), the spec's version is deployed
-//! in place to the active color (blue for a new service) and the other color is kept
-//! at zero replicas, with `<name>-preview` selecting it.
+//! Blue-green (issue 9): the status holds the rollout state (the active color and its
+//! version, the preview or the previous version in the idle color, a failed version),
+//! [`color_plans`] turns it into the version and replica count of each color, and
+//! [`advance`] moves it by one step of [`crate::rollout`]. `<name>` selects the active
+//! color and `<name>-preview` the idle one.
 
 use std::collections::BTreeMap;
 
@@ -122,14 +124,19 @@ pub fn desired(fs: &FinService, settings: &Settings, cache_password: bool) -> Ow
         data: Some([(inject::CONFIG_FILE.to_owned(), config_json.clone())].into()),
         ..ConfigMap::default()
     });
+    let plans = color_plans(fs);
     let deployment = |color: Color| {
-        let replicas = if color == active { fs.spec.replicas } else { 0 };
+        let plan = if color == active {
+            &plans[0]
+        } else {
+            &plans[1]
+        };
         with_spec_hash(deployment_for(
             fs,
             settings,
             cache_password,
             color,
-            replicas,
+            plan,
             &config_json,
         ))
     };
@@ -215,30 +222,247 @@ fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
+/// What one color runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColorPlan {
+    pub version: String,
+    pub replicas: i32,
+}
+
+/// The active color's plan, then the idle color's, from the rollout state in the
+/// status. The active color runs the live version (the spec's, before the first
+/// deploy). The idle color runs the preview at full strength during a rollout, else the
+/// previous version, at full strength while it is retained for an instant rollback and
+/// at zero after the scale-down delay (so a later rollback only has to scale it up).
+pub fn color_plans(fs: &FinService) -> [ColorPlan; 2] {
+    let status = fs.status.clone().unwrap_or_default();
+    let replicas = fs.spec.replicas;
+    let live = status
+        .active_version
+        .clone()
+        .unwrap_or_else(|| fs.spec.version.clone());
+    let idle = match (&status.preview_version, &status.previous_version) {
+        (Some(preview), _) => ColorPlan {
+            version: preview.clone(),
+            replicas,
+        },
+        (None, Some(previous)) => ColorPlan {
+            version: previous.clone(),
+            replicas: if status.previous_retained {
+                replicas
+            } else {
+                0
+            },
+        },
+        (None, None) => ColorPlan {
+            version: live.clone(),
+            replicas: 0,
+        },
+    };
+    [
+        ColorPlan {
+            version: live,
+            replicas,
+        },
+        idle,
+    ]
+}
+
+/// Seconds since the epoch, the rollout engine's clock.
+pub fn seconds(time: &Time) -> i64 {
+    time.0.as_second()
+}
+
+fn time_or_zero(time: Option<&Time>) -> i64 {
+    time.map_or(0, seconds)
+}
+
+/// What this reconcile saw of the FinService's own workloads; other services are seen
+/// through their status only ([`observed`] with `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fresh {
+    /// The active color runs the live version with every replica available.
+    pub active_ready: bool,
+    /// The idle color runs the preview with every replica available.
+    pub preview_available: bool,
+    /// The preview's `/health` through `<name>-preview`, when it was probed.
+    pub preview_healthy: Option<bool>,
+    /// The idle color runs the previous version with every replica available.
+    pub previous_up: bool,
+    /// The observation window's findings, when the service is in one.
+    pub window: Option<rollout::Window>,
+}
+
+/// The rollout engine's view of a FinService: its spec, the rollout state in its status
+/// and its request annotation, with `fresh` observations for the service being
+/// reconciled. For the others, readiness is their Ready condition, a preview counts as
+/// not yet available and the window is what their status recorded.
+pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
+    let status = fs.status.clone().unwrap_or_default();
+    let color = status.active_color.unwrap_or(Color::Blue);
+    let spec = &fs.spec.rollout;
+    let recorded_window = status
+        .observation
+        .as_ref()
+        .map(|o| rollout::Window {
+            restarts: o.restarts,
+            unready: o.unready,
+            health_failed: o.health_failed,
+        })
+        .unwrap_or_default();
+    let request = rollout::request_from_annotations(fs.annotations()).or(status
+        .rollback
+        .as_ref()
+        .map(|r| rollout::Request::Rollback { cascade: r.cascade }));
+    rollout::Observed {
+        spec_version: fs.spec.version.clone(),
+        auto_promote: spec.auto_promote,
+        timing: rollout::Timing {
+            readiness_timeout: i64::from(spec.readiness_timeout_seconds),
+            observation_window: i64::from(spec.observation_window_seconds),
+            scale_down_delay: i64::from(spec.scale_down_delay_seconds),
+        },
+        active: status.active_version.as_ref().map(|v| rollout::Live {
+            color,
+            version: v.clone(),
+            since: time_or_zero(status.active_since.as_ref()),
+        }),
+        active_ready: match fresh {
+            Some(f) => f.active_ready,
+            None => conditions::is_true(&status.conditions, types::READY),
+        },
+        previous: status.previous_version.as_ref().map(|v| rollout::Live {
+            color: color.other(),
+            version: v.clone(),
+            since: 0,
+        }),
+        previous_up: fresh.map_or(status.previous_retained, |f| f.previous_up),
+        preview: status.preview_version.as_ref().map(|v| rollout::Preview {
+            version: v.clone(),
+            since: time_or_zero(status.preview_since.as_ref()),
+            available: fresh.is_some_and(|f| f.preview_available),
+            healthy: fresh.and_then(|f| f.preview_healthy),
+        }),
+        window: fresh.and_then(|f| f.window).unwrap_or(recorded_window),
+        failed_version: status.failed_version.clone(),
+        request,
+    }
+}
+
+/// Whether `fs` is inside the observation window after its last promotion at `now`.
+pub fn in_observation_window(fs: &FinService, now: i64) -> bool {
+    let status = fs.status.clone().unwrap_or_default();
+    status.previous_version.is_some()
+        && status.observation.is_some()
+        && now
+            < time_or_zero(status.active_since.as_ref())
+                .saturating_add(i64::from(fs.spec.rollout.observation_window_seconds))
+}
+
+/// The rollout state after `step` was carried out at `now`; `restarts` are the
+/// container restarts of the idle color's pods (the baseline of a promotion's
+/// observation window), `window` what this reconcile's observation found.
+pub fn advance(
+    fs: &FinService,
+    step: rollout::Step,
+    now: &Time,
+    restarts: i32,
+    window: Option<rollout::Window>,
+) -> FinServiceStatus {
+    use rollout::Step;
+    let mut s = fs.status.clone().unwrap_or_default();
+    let color = s.active_color.unwrap_or(Color::Blue);
+    if let (Some(w), Some(o)) = (window, s.observation.as_mut()) {
+        o.restarts = w.restarts;
+        o.unready = o.unready || w.unready;
+        o.health_failed = o.health_failed || w.health_failed;
+    }
+    match step {
+        Step::DeployFirst => {
+            s.active_color = Some(color);
+            s.active_version = Some(fs.spec.version.clone());
+            s.active_since = Some(now.clone());
+        }
+        Step::DeployPreview => {
+            s.preview_version = Some(fs.spec.version.clone());
+            s.preview_since = Some(now.clone());
+            // The idle color now runs the preview; the previous version is still what a
+            // rollback returns to, after scaling it back up.
+            s.previous_retained = false;
+        }
+        Step::Promote => {
+            if let Some(preview) = s.preview_version.take() {
+                s.previous_version = s.active_version.take();
+                s.active_version = Some(preview);
+                s.active_color = Some(color.other());
+                s.active_since = Some(now.clone());
+                s.preview_since = None;
+                s.previous_retained = true;
+                s.failed_version = None;
+                s.observation = Some(crate::crd::Observation {
+                    restarts_at_promotion: restarts,
+                    ..Default::default()
+                });
+            }
+        }
+        Step::ScaleDownOld => s.previous_retained = false,
+        Step::Abort => {
+            if let Some(preview) = s.preview_version.take()
+                && preview == fs.spec.version
+            {
+                s.failed_version = Some(preview);
+            }
+            s.preview_since = None;
+        }
+        Step::ScaleUpOld => s.previous_retained = true,
+        Step::Rollback => {
+            if let Some(previous) = s.previous_version.take() {
+                s.failed_version = s.active_version.take();
+                s.active_version = Some(previous);
+                s.active_color = Some(color.other());
+                s.active_since = Some(now.clone());
+                s.previous_retained = false;
+                s.observation = None;
+                s.rollback = None;
+            }
+        }
+        Step::Steady
+        | Step::WaitForDependencies
+        | Step::Held
+        | Step::AwaitPreview
+        | Step::AwaitPromotion
+        | Step::Observe
+        | Step::WaitForDependents => {}
+    }
+    s
+}
+
 fn deployment_for(
     fs: &FinService,
     settings: &Settings,
     cache_password: bool,
     color: Color,
-    replicas: i32,
+    plan: &ColorPlan,
     config_json: &str,
 ) -> Deployment {
     let name = fs.name_any();
     let spec = &fs.spec;
     let port = spec.port;
+    let replicas = plan.replicas;
+    let version = &plan.version;
 
     // The platform kit's configuration contract (LISTEN_ADDR, DATABASE_URL, AMQP_URL,
     // REDIS_URL); the user's own variables come last so they can override ours.
     let mut env = vec![
         value_env("LISTEN_ADDR", format!("0.0.0.0:{port}")),
         value_env("FINFLOW_SERVICE", name.clone()),
-        value_env("FINFLOW_VERSION", spec.version.clone()),
+        value_env("FINFLOW_VERSION", version.clone()),
         value_env("FINFLOW_COLOR", color.as_str()),
         // Issue 9: `preview` or `active` as the pod started; the live value is the file
         // PODINFO_ROLE_FILE (the operator relabels pods on promotion, and only a
-        // downward API volume follows label changes). Only `preview` pauses consumers:
-        // empty (a pod not labelled yet, or an operator without rollouts) keeps today's
-        // behaviour, so an unlabelled pod never silently stops working.
+        // downward API volume follows label changes). Only `active` consumes work
+        // queues: a new pod is empty until the operator, which watches pods, labels it
+        // moments later, and until then it may be a green preview.
         EnvVar {
             name: "FINFLOW_ROLE".to_owned(),
             value: None,
@@ -286,7 +510,7 @@ fn deployment_for(
     };
     let app = Container {
         name: "app".to_owned(),
-        image: Some(format!("{}:{}", spec.image, spec.version)),
+        image: Some(format!("{}:{version}", spec.image)),
         ports: Some(vec![ContainerPort {
             name: Some(inject::HTTP_PORT.to_owned()),
             container_port: port,
@@ -335,7 +559,7 @@ fn deployment_for(
 
     let mut pod_labels = labels(&name, COMPONENT);
     pod_labels.extend(selector(&name, color));
-    pod_labels.insert(VERSION_LABEL.to_owned(), spec.version.clone());
+    pod_labels.insert(VERSION_LABEL.to_owned(), version.clone());
     let mut deployment_labels = labels(&name, COMPONENT);
     deployment_labels.extend(selector(&name, color));
 
@@ -539,12 +763,8 @@ pub fn rollout(deployment: &Deployment, desired_replicas: i32) -> Rollout {
     }
 }
 
-/// The status after this reconcile.
-///
-/// `held` means the desired objects differ from the cluster but `blockers` kept them
-/// from being applied (phase `Waiting`); `active` is the active color's Deployment as
-/// last seen (after any apply). Times only move when something changed, so the same
-/// inputs give back the same status and no write.
+/// The status after a reconcile that made no rollout decision (the rollout state in
+/// `fs.status` stays as it is). See [`status_after`].
 pub fn next_status(
     fs: &FinService,
     blockers: &[Blocker],
@@ -552,122 +772,206 @@ pub fn next_status(
     active: Option<&Deployment>,
     now: &Time,
 ) -> FinServiceStatus {
-    let current = fs.status.clone().unwrap_or_default();
+    status_after(
+        fs,
+        fs.status.clone().unwrap_or_default(),
+        blockers,
+        held,
+        None,
+        active,
+        now,
+    )
+}
+
+/// The status after this reconcile.
+///
+/// `state` carries the rollout state after this reconcile's step ([`advance`]);
+/// `decision` is the step the engine chose. `held` means the desired objects differ from
+/// the cluster but `blockers` kept them from being applied (phase `Waiting`); `active`
+/// is the active color's Deployment as last seen (after any apply). Times only move
+/// when something changed, so the same inputs give back the same status and no write.
+pub fn status_after(
+    fs: &FinService,
+    state: FinServiceStatus,
+    blockers: &[Blocker],
+    held: bool,
+    decision: Option<&rollout::Decision>,
+    active: Option<&Deployment>,
+    now: &Time,
+) -> FinServiceStatus {
+    let previous = fs.status.clone().unwrap_or_default();
     let generation = fs.metadata.generation;
-    let color = active_color(fs);
+    let color = state.active_color.unwrap_or(Color::Blue);
     let replicas = fs.spec.replicas;
     let observed = active.map(|d| rollout(d, replicas));
+    // Before the engine recorded a live version (a status written by an older operator),
+    // what the active Deployment runs is live.
+    let live_version = state
+        .active_version
+        .clone()
+        .or_else(|| observed.as_ref().and_then(|r| r.version.clone()));
+    let live = live_version
+        .clone()
+        .unwrap_or_else(|| fs.spec.version.clone());
     let ready_replicas = observed.as_ref().map_or(0, |r| r.ready_replicas);
+    let waiting_for_services = decision.filter(|d| d.step == rollout::Step::WaitForDependencies);
 
-    let deps = dependencies_condition(blockers);
-    let (phase, ready, progressing, degraded) = if held {
-        let waiting = format!("held until dependencies are ready: {}", deps.message);
-        (
-            Phase::Waiting,
-            Desired::new(
-                types::READY,
-                false,
-                reasons::WAITING_FOR_DEPENDENCIES,
-                &waiting,
-            ),
-            Desired::new(
-                types::PROGRESSING,
-                false,
-                reasons::WAITING_FOR_DEPENDENCIES,
-                &waiting,
-            ),
-            degraded_condition(observed.as_ref()),
-        )
-    } else {
+    let mut deps = dependencies_condition(blockers);
+    if let (true, Some(d)) = (blockers.is_empty(), waiting_for_services) {
+        deps = Desired::new(
+            types::DEPENDENCIES_READY,
+            false,
+            reasons::DEPENDENCY_NOT_READY,
+            d.message.clone(),
+        );
+    }
+
+    // What the active Deployment says.
+    let (ready, deployment_progressing, deployment_degraded) =
         match observed.as_ref().map(|r| &r.state) {
             Some(RolloutState::Complete) => {
-                let message = if replicas == 0 {
-                    format!("version {} scaled to zero", fs.spec.version)
+                let (reason, message) = if replicas == 0 {
+                    (
+                        reasons::SCALED_TO_ZERO,
+                        format!("version {live} scaled to zero"),
+                    )
                 } else {
-                    format!(
-                        "version {} ready on {} ({ready_replicas}/{replicas})",
-                        fs.spec.version,
-                        color.as_str()
+                    (
+                        reasons::REPLICAS_READY,
+                        format!(
+                            "version {live} ready on {} ({ready_replicas}/{replicas})",
+                            color.as_str()
+                        ),
                     )
                 };
-                let reason = if replicas == 0 {
-                    reasons::SCALED_TO_ZERO
-                } else {
-                    reasons::REPLICAS_READY
-                };
                 (
-                    Phase::Ready,
-                    Desired::new(types::READY, true, reason, &message),
-                    Desired::new(types::PROGRESSING, false, reasons::ROLLED_OUT, &message),
-                    Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                    Desired::new(types::READY, true, reason, message),
+                    None,
+                    None,
                 )
             }
             Some(RolloutState::DeadlineExceeded(why)) => {
                 let message = format!(
-                    "version {} did not become ready within {}s: {why}",
-                    fs.spec.version, fs.spec.rollout.readiness_timeout_seconds
+                    "version {live} did not become ready within {}s: {why}",
+                    fs.spec.rollout.readiness_timeout_seconds
                 );
                 (
-                    Phase::Degraded,
                     Desired::new(
                         types::READY,
                         false,
                         reasons::PROGRESS_DEADLINE_EXCEEDED,
                         &message,
                     ),
-                    Desired::new(
-                        types::PROGRESSING,
-                        false,
-                        reasons::PROGRESS_DEADLINE_EXCEEDED,
-                        &message,
-                    ),
-                    Desired::new(
+                    None,
+                    Some(Desired::new(
                         types::DEGRADED,
                         true,
                         reasons::PROGRESS_DEADLINE_EXCEEDED,
                         &message,
-                    ),
+                    )),
                 )
             }
             Some(RolloutState::InProgress(how)) => {
-                let message = format!(
-                    "rolling out version {} on {}: {how}",
-                    fs.spec.version,
-                    color.as_str()
-                );
+                let message = format!("rolling out version {live} on {}: {how}", color.as_str());
                 (
-                    Phase::Progressing,
                     Desired::new(types::READY, false, reasons::REPLICAS_NOT_READY, &message),
-                    Desired::new(types::PROGRESSING, true, reasons::ROLLING_OUT, &message),
-                    Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                    Some(Desired::new(
+                        types::PROGRESSING,
+                        true,
+                        reasons::ROLLING_OUT,
+                        &message,
+                    )),
+                    None,
                 )
             }
             None => {
-                let message = format!(
-                    "rolling out version {} on {}",
-                    fs.spec.version,
-                    color.as_str()
-                );
+                let message = format!("rolling out version {live} on {}", color.as_str());
                 (
-                    Phase::Progressing,
                     Desired::new(types::READY, false, reasons::REPLICAS_NOT_READY, &message),
-                    Desired::new(types::PROGRESSING, true, reasons::ROLLING_OUT, &message),
-                    Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                    Some(Desired::new(
+                        types::PROGRESSING,
+                        true,
+                        reasons::ROLLING_OUT,
+                        &message,
+                    )),
+                    None,
                 )
             }
+        };
+
+    // What the rollout engine decided, where it says more than the Deployment.
+    let [engine_progressing, engine_degraded] = match decision.map(rollout::Decision::conditions) {
+        Some(c) => [Some(c[0].clone()), Some(c[1].clone())],
+        None => [None, None],
+    };
+    let is_true = |d: &Option<Desired>| d.as_ref().is_some_and(|d| d.status == conditions::TRUE);
+
+    let (phase, ready, progressing, degraded) = if held || waiting_for_services.is_some() {
+        let message = if held {
+            format!("held until dependencies are ready: {}", deps.message)
+        } else {
+            deps.message.clone()
+        };
+        let waiting = Desired::new(
+            types::PROGRESSING,
+            false,
+            reasons::WAITING_FOR_DEPENDENCIES,
+            &message,
+        );
+        let ready = if held || live_version.is_none() {
+            Desired::new(
+                types::READY,
+                false,
+                reasons::WAITING_FOR_DEPENDENCIES,
+                &message,
+            )
+        } else {
+            ready
+        };
+        (
+            Phase::Waiting,
+            ready,
+            waiting,
+            deployment_degraded
+                .unwrap_or_else(|| Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, "")),
+        )
+    } else {
+        let degraded = if is_true(&engine_degraded) {
+            engine_degraded.clone()
+        } else {
+            deployment_degraded.clone()
         }
+        .unwrap_or_else(|| Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""));
+        let progressing = if is_true(&engine_progressing) {
+            engine_progressing.clone()
+        } else {
+            deployment_progressing.clone()
+        }
+        .unwrap_or_else(|| {
+            let message = if ready.status == conditions::TRUE {
+                ready.message.clone()
+            } else {
+                String::new()
+            };
+            Desired::new(types::PROGRESSING, false, reasons::ROLLED_OUT, message)
+        });
+        let phase = if degraded.status == conditions::TRUE {
+            Phase::Degraded
+        } else if progressing.status == conditions::TRUE {
+            Phase::Progressing
+        } else if ready.status == conditions::TRUE {
+            Phase::Ready
+        } else {
+            Phase::Progressing
+        };
+        (phase, ready, progressing, degraded)
     };
 
-    let active_version = observed
-        .as_ref()
-        .and_then(|r| r.version.clone())
-        .or(current.active_version.clone());
-    let mut history = current.history.clone();
-    let mut stable_version = current.stable_version.clone();
-    if phase == Phase::Ready {
-        let live = &fs.spec.version;
+    let mut history = state.history.clone();
+    let mut stable_version = state.stable_version.clone();
+    if ready.status == conditions::TRUE && live_version.is_some() {
         let last = history.last();
-        if last.is_none_or(|r| &r.version != live || r.color != color) {
+        if last.is_none_or(|r| r.version != live || r.color != color) {
             history.push(Revision {
                 revision: last.map_or(1, |r| r.revision + 1),
                 version: live.clone(),
@@ -683,31 +987,21 @@ pub fn next_status(
     FinServiceStatus {
         phase: Some(phase),
         active_color: Some(color),
-        active_version,
-        // The other color holds nothing until the rollout engine uses it (issue 9).
-        preview_version: None,
-        stable_version,
+        active_version: live_version,
         ready: Some(format!("{ready_replicas}/{replicas}")),
         history,
+        stable_version,
         conditions: conditions::merge(
-            &current.conditions,
+            &previous.conditions,
             vec![ready, progressing, degraded, deps],
             generation,
             now,
         ),
         observed_generation: generation,
-    }
-}
-
-fn degraded_condition(observed: Option<&Rollout>) -> Desired {
-    match observed.map(|r| &r.state) {
-        Some(RolloutState::DeadlineExceeded(why)) => Desired::new(
-            types::DEGRADED,
-            true,
-            reasons::PROGRESS_DEADLINE_EXCEEDED,
-            why.clone(),
-        ),
-        _ => Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+        step: decision
+            .map(|d| d.step.as_str().to_owned())
+            .or(state.step.clone()),
+        ..state
     }
 }
 
@@ -1122,9 +1416,15 @@ pub(crate) mod tests {
         let mut fs = finservice("wallet", &[]);
         let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
         fs.status = Some(next_status(&fs, &[], false, Some(&blue), &at(100)));
+        // 1.1.0 promoted to green.
         fs.spec.version = "1.1.0".into();
-        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
-        let status = next_status(&fs, &[], false, Some(&blue), &at(200));
+        let mut promoted = fs.status.clone().unwrap();
+        promoted.active_version = Some("1.1.0".into());
+        promoted.active_color = Some(Color::Green);
+        promoted.previous_version = Some("1.0.0".into());
+        fs.status = Some(promoted);
+        let green = with_rollout_status(desired(&fs, &settings(), false).deployments[1].clone(), 2);
+        let status = next_status(&fs, &[], false, Some(&green), &at(200));
         let versions: Vec<_> = status
             .history
             .iter()

@@ -55,9 +55,10 @@ pub fn rules() -> Vec<PolicyRule> {
         // Credentials: generated once, read before anything is written.
         rule("", &["secrets"], &OWN),
         rule("batch", &["jobs"], &OWN),
-        // Rollouts (issue 9): pods of each color are labelled with their role, and a
-        // preview's `/health` is probed through the API server's service proxy.
-        rule("", &["pods"], &["get", "list", "patch"]),
+        // Rollouts (issue 9): pods of each color are labelled with their role (watched,
+        // so a new pod learns it at once), and `/health` is probed through the API
+        // server's service proxy.
+        rule("", &["pods"], &["get", "list", "watch", "patch"]),
         rule("", &["services/proxy"], &["get"]),
         // MessageQueue cleanup deletes its volumes when asked not to retain them.
         rule("", &["persistentvolumeclaims"], &["get", "list", "delete"]),

@@ -45,8 +45,6 @@ pub const PROMOTE_ANNOTATION: &str = "finflow.dev/promote";
 pub const ABORT_ANNOTATION: &str = "finflow.dev/abort";
 /// Pod label (and env `FINFLOW_ROLE` through the downward API): `preview` or `active`.
 pub const ROLE_LABEL: &str = "finflow.dev/role";
-/// Annotation on sidecar ConfigMaps bumped when the JWT issuer changes live version.
-pub const JWKS_EPOCH_ANNOTATION: &str = "finflow.dev/jwks-epoch";
 /// Value of [`ROLE_LABEL`] on the color behind `<name>-preview`.
 pub const ROLE_PREVIEW: &str = "preview";
 /// Value of [`ROLE_LABEL`] on the color behind `<name>`.
@@ -251,6 +249,8 @@ pub struct Observed {
     pub timing: Timing,
     /// What `<name>` sends traffic to; `None` for a service never deployed.
     pub active: Option<Live>,
+    /// Every replica of the active color runs the live version and is available.
+    pub active_ready: bool,
     /// What ran before the last promotion (what a rollback returns to), if known.
     pub previous: Option<Live>,
     /// The previous color still has its replicas available.
@@ -274,6 +274,7 @@ impl Observed {
                 version: version.to_owned(),
                 since,
             }),
+            active_ready: true,
             previous: None,
             previous_up: false,
             preview: None,
@@ -309,14 +310,20 @@ impl Observed {
                 .is_some_and(|a| now < a.since.saturating_add(self.timing.observation_window))
     }
 
-    /// Healthy as a dependency: live at the spec's version, nothing pending, out of its
-    /// observation window, not held.
+    /// Healthy as a dependency: live at the spec's version with every replica ready,
+    /// nothing pending, out of its observation window, not held.
     pub fn healthy(&self, now: i64) -> bool {
-        self.live_is_spec() && self.preview.is_none() && !self.held() && !self.observing(now)
+        self.live_is_spec()
+            && self.active_ready
+            && self.preview.is_none()
+            && !self.held()
+            && !self.observing(now)
     }
 
-    /// Starts a rollback of this service (not counting cascades from others).
-    fn rollback_trigger(&self, now: i64) -> Option<bool> {
+    /// Starts a rollback of this service (not counting cascades from others): `Some`
+    /// with whether it cascades. The edge keeps it in the status until the switch back,
+    /// so that dependents rolling back first see it.
+    pub fn rollback_trigger(&self, now: i64) -> Option<bool> {
         if let Some(Request::Rollback { cascade }) = self.request {
             // A rollback asked for during a preview is an abort: nothing new is live.
             return (!self.held() && self.preview.is_none()).then_some(cascade);
@@ -676,33 +683,10 @@ pub fn pod_role_apply(
     })
 }
 
-/// Whether the sidecars' JWKS epoch moves: the JWT issuer (module A) changed its live
-/// version, by a promotion or a rollback.
-pub fn jwks_epoch_moves(
-    is_issuer: bool,
-    live_before: Option<&str>,
-    live_after: Option<&str>,
-) -> bool {
-    is_issuer && live_before.is_some() && live_before != live_after
-}
-
-/// The apply body setting the JWKS epoch on a sidecar ConfigMap; the epoch is the
-/// issuer's live version, so repeating the apply is a no-op.
-pub fn jwks_epoch_apply(config_map: &str, epoch: &str) -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": { "name": config_map, "annotations": { JWKS_EPOCH_ANNOTATION: epoch } },
-    })
-}
-
-/// The API server's service proxy to `/health` of `<name>-preview` (port `http`): how
-/// the operator probes a preview from outside the cluster network as well as inside.
-pub fn preview_health_path(namespace: &str, name: &str, health_path: &str) -> String {
-    format!(
-        "/api/v1/namespaces/{namespace}/services/{}:http/proxy{health_path}",
-        crate::finservice::preview_service_name(name)
-    )
+/// The API server's service proxy to `health_path` of Service `service` (port `http`):
+/// how the operator probes a color from outside the cluster network as well as inside.
+pub fn health_proxy_path(namespace: &str, service: &str, health_path: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/services/{service}:http/proxy{health_path}")
 }
 
 /// Applies a step to the observed state the way the controller's writes would, as seen
@@ -716,6 +700,7 @@ pub fn apply(o: &mut Observed, step: Step, now: i64) {
                 version: o.spec_version.clone(),
                 since: now,
             });
+            o.active_ready = false;
         }
         Step::DeployPreview => {
             o.preview = Some(Preview {

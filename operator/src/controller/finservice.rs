@@ -1,31 +1,54 @@
-//! The FinService reconciler.
+//! The FinService reconciler: the rollout engine's edge.
+//!
+//! One reconcile reads the FinServices of the namespace (the dependency graph and, from
+//! their status, how each stands), what the FinService depends on, the objects it owns
+//! and its pods; probes `/health` where the engine needs it; asks [`rollout::plan`] for
+//! the next step; moves the rollout state in the status by that step
+//! ([`finservice::advance`]); applies the objects that state implies; labels pods with
+//! their role; writes the status; records the step as an Event; and removes a request
+//! annotation it has handled.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use super::{
-    Context, Observed, Result, apply_status, measured, namespace, now, owned_objects, scoped_api,
+use super::rollout::{
+    clear_request, label_pod_roles, pods_of, probe_health, probe_preview_health, record,
+    request_handled,
 };
-use crate::crd::{Color, FinService, MessageQueue, Phase, RedisCache};
-use crate::finservice::{self, Blocker, cache_blocker, queue_blocker, service_blocker};
+use super::{
+    Context, Observed, Result, apply_status, measured, namespace, owned_objects, scoped_api,
+};
+use crate::crd::{Color, FinService, MessageQueue, Phase, RedisCache, RollbackState};
+use crate::finservice::{
+    self, Blocker, COLOR_LABEL, Fresh, cache_blocker, queue_blocker, service_blocker,
+};
+use crate::graph::DependencyGraph;
+use crate::meta::INSTANCE_LABEL;
+use crate::rollout::{self, Step};
 
-/// The FinService controller: its own objects, what it owns, and the FinServices,
-/// queues and caches others depend on (a dependency turning Ready wakes its dependents).
+/// The FinService controller: its own objects, what it owns, their pods (a new pod
+/// learns its role at once), and the queues and caches others depend on. Any FinService
+/// change wakes every FinService of its namespace: rollout decisions read the whole
+/// graph (a cascade reaches transitive dependents, a promotion of the issuer concerns
+/// every sidecar).
 pub fn controller(client: Client, namespace: Option<&str>) -> Controller<FinService> {
     let services: Api<FinService> = scoped_api(client.clone(), namespace);
     let controller = Controller::new(services.clone(), watcher::Config::default());
     let store = controller.store();
     let by_service = store.clone();
     let by_queue = store.clone();
-    let by_cache = store;
+    let by_cache = store.clone();
+    let by_pod = store;
     controller
         .owns(
             scoped_api::<Deployment>(client.clone(), namespace),
@@ -44,12 +67,25 @@ pub fn controller(client: Client, namespace: Option<&str>) -> Controller<FinServ
             owned_objects(),
         )
         .watches(
+            scoped_api::<Pod>(client.clone(), namespace),
+            owned_objects(),
+            move |pod: Pod| {
+                let instance = pod.labels().get(INSTANCE_LABEL).cloned();
+                dependents(&by_pod, &pod.namespace().unwrap_or_default(), |fs| {
+                    instance.as_deref() == Some(fs.name_any().as_str())
+                })
+            },
+        )
+        .watches(
             services,
             watcher::Config::default(),
-            move |dep: FinService| {
-                dependents(&by_service, &dep.namespace().unwrap_or_default(), |fs| {
-                    fs.spec.depends_on.contains(&dep.name_any())
-                })
+            move |changed: FinService| {
+                let name = changed.name_any();
+                dependents(
+                    &by_service,
+                    &changed.namespace().unwrap_or_default(),
+                    |fs| fs.name_any() != name,
+                )
             },
         )
         .watches(
@@ -89,16 +125,57 @@ pub async fn reconcile(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Action>
     measured::<FinService, _>(reconcile_inner(fs, ctx)).await
 }
 
+/// Container restarts of the pods of `color`.
+fn restarts(pods: &[Pod], color: Color) -> i32 {
+    pods.iter()
+        .filter(|p| p.labels().get(COLOR_LABEL).map(String::as_str) == Some(color.as_str()))
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .map(|c| c.restart_count)
+        .sum()
+}
+
+/// Whether `deployment` runs `version` with every one of `replicas` available.
+fn runs(deployment: Option<&Deployment>, version: &str, replicas: i32) -> bool {
+    deployment.is_some_and(|d| {
+        let r = finservice::rollout(d, replicas);
+        r.state == finservice::RolloutState::Complete
+            && r.version.as_deref() == Some(version)
+            && d.spec.as_ref().and_then(|s| s.replicas) == Some(replicas)
+    })
+}
+
 async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Action> {
     let ns = namespace(fs.as_ref())?;
+    let name = fs.name_any();
     let client = ctx.client.clone();
+    let now = ctx.now();
+    let now_s = finservice::seconds(&now);
+    let state = fs.status.clone().unwrap_or_default();
 
-    // What it depends on.
+    // The graph and what it depends on.
     let services: Api<FinService> = Api::namespaced(client.clone(), &ns);
+    let all: Vec<FinService> = services
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|f| f.name_any() != name)
+        .chain([fs.as_ref().clone()])
+        .collect();
+    let by_name: BTreeMap<String, &FinService> = all.iter().map(|f| (f.name_any(), f)).collect();
     let mut blockers: Vec<Blocker> = Vec::new();
+    // The DependenciesReady condition names each dependency that is not Ready; holding
+    // back a new version is the engine's decision.
+    let mut not_ready: Vec<Blocker> = Vec::new();
     for dep in &fs.spec.depends_on {
-        let found = services.get_opt(dep).await?;
-        blockers.extend(service_blocker(dep, found.as_ref()));
+        match by_name.get(dep) {
+            None => blockers.extend(service_blocker(dep, None)),
+            Some(found) => not_ready.extend(service_blocker(dep, Some(found))),
+        }
     }
     if let Some(queue) = &fs.spec.queue_ref {
         let found = Api::<MessageQueue>::namespaced(client.clone(), &ns)
@@ -118,21 +195,132 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         }
         blockers.extend(cache_blocker(cache, found.as_ref()));
     }
+    let names: BTreeSet<String> = by_name.keys().cloned().collect();
+    let graph = DependencyGraph::new(all.iter().map(|f| {
+        let deps: Vec<String> = f
+            .spec
+            .depends_on
+            .iter()
+            .filter(|d| names.contains(*d))
+            .cloned()
+            .collect();
+        (f.name_any(), deps)
+    }));
+    let graph = match graph {
+        Ok(graph) => Some(graph),
+        Err(e) => {
+            blockers.push(Blocker {
+                kind: "FinService",
+                name: name.clone(),
+                not_ready: Some(e.to_string()),
+            });
+            None
+        }
+    };
 
-    // What it owns, desired and current.
-    let owned = finservice::desired(&fs, &ctx.settings, cache_password);
+    // What it owns and runs.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let blue_now = deployments
+        .get_opt(&finservice::deployment_name(&name, Color::Blue))
+        .await?;
+    let green_now = deployments
+        .get_opt(&finservice::deployment_name(&name, Color::Green))
+        .await?;
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = pods_of(&pods_api, &name).await?;
+    let color = state.active_color.unwrap_or(Color::Blue);
+    let (active_now, idle_now) = match color {
+        Color::Blue => (blue_now.as_ref(), green_now.as_ref()),
+        Color::Green => (green_now.as_ref(), blue_now.as_ref()),
+    };
+    let replicas = fs.spec.replicas;
+    let active_ready = state
+        .active_version
+        .as_deref()
+        .is_some_and(|v| runs(active_now, v, replicas));
+    let preview_available = state
+        .preview_version
+        .as_deref()
+        .is_some_and(|v| runs(idle_now, v, replicas));
+    let preview_healthy = if preview_available {
+        Some(probe_preview_health(&client, &fs).await)
+    } else {
+        None
+    };
+    let window = if finservice::in_observation_window(&fs, now_s) {
+        let baseline = state
+            .observation
+            .as_ref()
+            .map_or(0, |o| o.restarts_at_promotion);
+        let healthy = probe_health(&client, &ns, &name, &fs.spec.rollout.health_path).await;
+        Some(rollout::Window {
+            restarts: (restarts(&pods, color) - baseline).max(0),
+            unready: !active_ready,
+            health_failed: !healthy,
+        })
+    } else {
+        None
+    };
+    let fresh = Fresh {
+        active_ready,
+        preview_available,
+        preview_healthy,
+        previous_up: state.previous_retained
+            && state
+                .previous_version
+                .as_deref()
+                .is_some_and(|v| runs(idle_now, v, replicas)),
+        window,
+    };
+
+    // The decision.
+    let mut world: BTreeMap<String, rollout::Observed> = all
+        .iter()
+        .filter(|f| f.name_any() != name)
+        .map(|f| (f.name_any(), finservice::observed(f, None)))
+        .collect();
+    let me = finservice::observed(&fs, Some(&fresh));
+    let own_trigger = me.rollback_trigger(now_s);
+    world.insert(name.clone(), me);
+    let decision = match (&graph, blockers.is_empty()) {
+        (Some(graph), true) => rollout::plan(graph, &world, now_s).remove(&name),
+        _ => None,
+    };
+    let step = decision.as_ref().map(|d| d.step);
+    let mut next = finservice::advance(
+        &fs,
+        step.unwrap_or(Step::Steady),
+        &now,
+        restarts(&pods, color.other()),
+        window,
+    );
+    next.rollback = match step {
+        Some(Step::WaitForDependents | Step::ScaleUpOld) => own_trigger
+            .map(|cascade| RollbackState { cascade })
+            .or(next.rollback),
+        _ => None,
+    };
+
+    // What it should own in that state.
+    let mut planned = fs.as_ref().clone();
+    planned.status = Some(next.clone());
+    let owned = finservice::desired(&planned, &ctx.settings, cache_password);
     let [blue, green] = owned.deployments;
     let [active_service, preview_service] = owned.services;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
     let service_account =
         Observed::read(Api::namespaced(client.clone(), &ns), owned.service_account).await?;
     let config_map = Observed::read(Api::namespaced(client.clone(), &ns), owned.config_map).await?;
-    let blue = Observed::read(deployments.clone(), blue).await?;
-    let green = Observed::read(deployments, green).await?;
+    let blue = Observed {
+        current: blue_now,
+        ..Observed::new(deployments.clone(), blue)
+    };
+    let green = Observed {
+        current: green_now,
+        ..Observed::new(deployments, green)
+    };
     let active_service = Observed::read(svcs.clone(), active_service).await?;
     let preview_service = Observed::read(svcs, preview_service).await?;
-
     let stale: Vec<String> = [
         service_account.stale().then(|| service_account.describe()),
         config_map.stale().then(|| config_map.describe()),
@@ -144,11 +332,12 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     .into_iter()
     .flatten()
     .collect();
-    // DESIGN section 8: nothing is rolled out while a dependency is missing or not
-    // Ready. When the cluster already matches the spec there is nothing to hold.
-    let held = !blockers.is_empty() && !stale.is_empty();
+    // Nothing is created while what it depends on is missing, nor before its first
+    // version may go out; once the cluster matches the spec there is nothing to hold.
+    let first_wait = step == Some(Step::WaitForDependencies) && next.active_version.is_none();
+    let held = (!blockers.is_empty() || first_wait) && !stale.is_empty();
 
-    let active_color = finservice::active_color(&fs);
+    let active_color = next.active_color.unwrap_or(Color::Blue);
     let active = if held {
         match active_color {
             Color::Blue => blue.current,
@@ -161,17 +350,38 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         let (green, _) = green.sync().await?;
         active_service.sync().await?;
         preview_service.sync().await?;
+        if next.active_version.is_some() {
+            label_pod_roles(&pods_api, &pods, active_color).await?;
+        }
         match active_color {
             Color::Blue => blue,
             Color::Green => green,
         }
     };
 
-    let status = finservice::next_status(&fs, &blockers, held, active.as_ref(), &now());
-    let previous_phase = fs.status.as_ref().and_then(|s| s.phase);
+    let mut blockers_shown = blockers.clone();
+    blockers_shown.extend(not_ready);
+    let status = finservice::status_after(
+        &fs,
+        next,
+        &blockers_shown,
+        held,
+        decision.as_ref(),
+        active.as_ref(),
+        &now,
+    );
+    let previous_phase = state.phase;
     let phase = status.phase.unwrap_or(Phase::Pending);
     apply_status(&services, fs.as_ref(), fs.status.as_ref(), &status).await?;
 
+    if let Some(d) = &decision {
+        record(&ctx, &fs, d, state.step.as_deref()).await;
+        if let Some(request) = rollout::request_from_annotations(fs.annotations())
+            && request_handled(request, d.step)
+        {
+            clear_request(&services, &fs).await?;
+        }
+    }
     if !held && !stale.is_empty() {
         let note = format!("applied {}", stale.join(", "));
         ctx.event(fs.as_ref(), EventType::Normal, "Applied", "Apply", note)
@@ -186,236 +396,35 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         let note = status
             .conditions
             .iter()
-            .find(|c| c.type_ == if held { "DependenciesReady" } else { "Ready" })
+            .find(|c| {
+                c.type_
+                    == match phase {
+                        Phase::Waiting => "DependenciesReady",
+                        Phase::Degraded => "Degraded",
+                        Phase::Progressing => "Progressing",
+                        _ => "Ready",
+                    }
+            })
             .map(|c| c.message.clone())
             .unwrap_or_default();
         ctx.event(fs.as_ref(), type_, phase.as_str(), "Reconcile", note)
             .await;
     }
 
-    Ok(match phase {
-        Phase::Ready => Action::requeue(Duration::from_secs(300)),
-        Phase::Waiting => Action::requeue(Duration::from_secs(30)),
-        Phase::Degraded => Action::requeue(Duration::from_secs(60)),
-        Phase::Progressing | Phase::Pending => Action::requeue(Duration::from_secs(10)),
+    // Rollout steps are timed (readiness timeout, observation window, scale-down
+    // delay): while one is under way, look again soon.
+    Ok(match (phase, step) {
+        (
+            _,
+            Some(Step::Observe | Step::AwaitPreview | Step::ScaleUpOld | Step::WaitForDependents),
+        ) => Action::requeue(Duration::from_secs(5)),
+        // The old color still runs after a promotion: its scale-down is due.
+        (_, Some(Step::Steady)) if status.previous_retained => {
+            Action::requeue(Duration::from_secs(15))
+        }
+        (Phase::Ready, _) => Action::requeue(Duration::from_secs(300)),
+        (Phase::Waiting, _) => Action::requeue(Duration::from_secs(30)),
+        (Phase::Degraded, _) => Action::requeue(Duration::from_secs(60)),
+        (Phase::Progressing | Phase::Pending, _) => Action::requeue(Duration::from_secs(5)),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::controller::mock::{Reply, Step, Verifier};
-    use crate::finservice::tests::{finservice, settings, with_rollout_status};
-    use crate::finservice::{desired, next_status};
-    use crate::meta::FIELD_MANAGER;
-    use serde_json::{Value, json};
-
-    const NS: &str = "finflow";
-
-    fn path(kind_path: &str, name: &str) -> String {
-        format!("{kind_path}/namespaces/{NS}/{name}")
-    }
-
-    fn apply_query() -> String {
-        format!("?&force=true&fieldManager={FIELD_MANAGER}")
-    }
-
-    /// A dependency that exists and reports Ready.
-    fn ready(name: &str) -> FinService {
-        let mut dep = finservice(name, &[]);
-        let blue = with_rollout_status(desired(&dep, &settings(), false).deployments[0].clone(), 2);
-        dep.status = Some(next_status(
-            &dep,
-            &[],
-            false,
-            Some(&blue),
-            &crate::finservice::tests::at(1),
-        ));
-        dep
-    }
-
-    /// The status write of `fs` (answered with `fs` itself); callers add their checks.
-    fn status_apply(fs: &FinService) -> Step {
-        let name = fs.metadata.name.clone().unwrap_or_default();
-        Step::apply(
-            format!(
-                "{}{}",
-                path(
-                    "/apis/finflow.dev/v1alpha1",
-                    &format!("finservices/{name}/status")
-                ),
-                apply_query()
-            ),
-            json!({"apiVersion": "finflow.dev/v1alpha1", "kind": "FinService"}),
-        )
-        .reply(Reply::Json(serde_json::to_value(fs).unwrap()))
-    }
-
-    fn owned_paths(name: &str) -> [String; 6] {
-        [
-            path("/api/v1", &format!("serviceaccounts/{name}")),
-            path("/api/v1", &format!("configmaps/{name}-sidecar")),
-            path("/apis/apps/v1", &format!("deployments/{name}-blue")),
-            path("/apis/apps/v1", &format!("deployments/{name}-green")),
-            path("/api/v1", &format!("services/{name}")),
-            path("/api/v1", &format!("services/{name}-preview")),
-        ]
-    }
-
-    #[tokio::test]
-    async fn a_new_finservice_applies_its_six_objects_and_reports_progress() {
-        let fs = finservice("wallet", &["auth"]);
-        let mut steps = vec![Step::get(
-            path("/apis/finflow.dev/v1alpha1", "finservices/auth"),
-            Reply::Json(serde_json::to_value(ready("auth")).unwrap()),
-        )];
-        for p in owned_paths("wallet") {
-            steps.push(Step::get(p, Reply::NotFound));
-        }
-        let owned = desired(&fs, &settings(), false);
-        let expected: [Value; 6] = [
-            serde_json::to_value(&owned.service_account).unwrap(),
-            serde_json::to_value(&owned.config_map).unwrap(),
-            serde_json::to_value(&owned.deployments[0]).unwrap(),
-            serde_json::to_value(&owned.deployments[1]).unwrap(),
-            serde_json::to_value(&owned.services[0]).unwrap(),
-            serde_json::to_value(&owned.services[1]).unwrap(),
-        ];
-        for (p, body) in owned_paths("wallet").into_iter().zip(expected) {
-            steps.push(Step::apply(format!("{p}{}", apply_query()), body));
-        }
-        steps.push(status_apply(&fs).check(|body| {
-            assert_eq!(body["status"]["phase"], "Progressing");
-            assert_eq!(body["status"]["activeColor"], "blue");
-            assert_eq!(body["status"]["observedGeneration"], 1);
-            let deps = conditions(body, "DependenciesReady");
-            assert_eq!(deps["status"], "True");
-        }));
-        steps.push(Step::event("Applied"));
-        steps.push(Step::event("Progressing"));
-
-        let (ctx, verifier) = Verifier::context(settings());
-        let server = verifier.run(steps);
-        reconcile(Arc::new(fs), ctx).await.unwrap();
-        server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
-        let mut fs = finservice("wallet", &["auth"]);
-        let owned = desired(&fs, &settings(), false);
-        // What the cluster holds after the first reconcile, with the Deployment
-        // controller reporting every replica ready.
-        let blue = with_rollout_status(owned.deployments[0].clone(), 2);
-        fs.status = Some(next_status(
-            &fs,
-            &[],
-            false,
-            Some(&blue),
-            &crate::finservice::tests::at(50),
-        ));
-        let current: [Value; 6] = [
-            serde_json::to_value(&owned.service_account).unwrap(),
-            serde_json::to_value(&owned.config_map).unwrap(),
-            serde_json::to_value(&blue).unwrap(),
-            serde_json::to_value(with_rollout_status(owned.deployments[1].clone(), 0)).unwrap(),
-            serde_json::to_value(&owned.services[0]).unwrap(),
-            serde_json::to_value(&owned.services[1]).unwrap(),
-        ];
-        let mut steps = vec![Step::get(
-            path("/apis/finflow.dev/v1alpha1", "finservices/auth"),
-            Reply::Json(serde_json::to_value(ready("auth")).unwrap()),
-        )];
-        for (p, body) in owned_paths("wallet").into_iter().zip(current) {
-            steps.push(Step::get(p, Reply::Json(server_side(body))));
-        }
-
-        let (ctx, verifier) = Verifier::context(settings());
-        let server = verifier.run(steps);
-        let action = reconcile(Arc::new(fs), ctx).await.unwrap();
-        server.await.unwrap();
-        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    }
-
-    #[tokio::test]
-    async fn a_missing_dependency_holds_the_rollout_and_says_why() {
-        let fs = finservice("wallet", &["auth"]);
-        let mut steps = vec![Step::get(
-            path("/apis/finflow.dev/v1alpha1", "finservices/auth"),
-            Reply::NotFound,
-        )];
-        for p in owned_paths("wallet") {
-            steps.push(Step::get(p, Reply::NotFound));
-        }
-        steps.push(status_apply(&fs).check(|body| {
-            assert_eq!(body["status"]["phase"], "Waiting");
-            let deps = conditions(body, "DependenciesReady");
-            assert_eq!(deps["status"], "False");
-            assert_eq!(deps["reason"], "DependencyMissing");
-            assert_eq!(deps["message"], "FinService auth does not exist");
-            assert_eq!(conditions(body, "Progressing")["status"], "False");
-            assert!(body["status"].get("history").is_none());
-        }));
-        steps.push(Step::event("Waiting"));
-        // No Deployment, Service, ConfigMap or ServiceAccount is written: the verifier
-        // fails on any request beyond these steps.
-
-        let (ctx, verifier) = Verifier::context(settings());
-        let server = verifier.run(steps);
-        let action = reconcile(Arc::new(fs), ctx).await.unwrap();
-        server.await.unwrap();
-        assert_eq!(action, Action::requeue(Duration::from_secs(30)));
-    }
-
-    #[tokio::test]
-    async fn a_dependency_that_is_not_ready_also_holds_the_rollout() {
-        let fs = finservice("wallet", &["auth"]);
-        let mut steps = vec![Step::get(
-            path("/apis/finflow.dev/v1alpha1", "finservices/auth"),
-            Reply::Json(serde_json::to_value(finservice("auth", &[])).unwrap()),
-        )];
-        for p in owned_paths("wallet") {
-            steps.push(Step::get(p, Reply::NotFound));
-        }
-        steps.push(status_apply(&fs).check(|body| {
-            assert_eq!(body["status"]["phase"], "Waiting");
-            assert_eq!(
-                conditions(body, "DependenciesReady")["reason"],
-                "DependencyNotReady"
-            );
-        }));
-        steps.push(Step::event("Waiting"));
-
-        let (ctx, verifier) = Verifier::context(settings());
-        let server = verifier.run(steps);
-        reconcile(Arc::new(fs), ctx).await.unwrap();
-        server.await.unwrap();
-    }
-
-    /// An object as the API server returns it: with server-set metadata and defaults.
-    fn server_side(mut body: Value) -> Value {
-        body["metadata"]["resourceVersion"] = json!("7");
-        body["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-        body["metadata"]["managedFields"] =
-            json!([{"manager": FIELD_MANAGER, "operation": "Apply"}]);
-        if body["kind"] == "Service" {
-            body["spec"]["clusterIP"] = json!("10.0.0.7");
-            body["spec"]["type"] = json!("ClusterIP");
-            body["spec"]["sessionAffinity"] = json!("None");
-        }
-        if body["kind"] == "Deployment" {
-            body["spec"]["template"]["spec"]["dnsPolicy"] = json!("ClusterFirst");
-            body["spec"]["template"]["spec"]["restartPolicy"] = json!("Always");
-        }
-        body
-    }
-
-    fn conditions<'a>(body: &'a Value, type_: &str) -> &'a Value {
-        body["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == type_)
-            .unwrap()
-    }
 }

@@ -65,6 +65,18 @@ impl Step {
         }
     }
 
+    /// A JSON patch whose body equals `ops`; answered with the body.
+    pub fn patch(uri: impl Into<String>, ops: Value) -> Self {
+        Self {
+            method: Method::PATCH,
+            uri: uri.into(),
+            apply: false,
+            includes: Some(ops),
+            check: None,
+            reply: Reply::Echo,
+        }
+    }
+
     /// An Event created in the test namespace with this reason.
     pub fn event(reason: &str) -> Self {
         Self {

@@ -38,7 +38,11 @@ pub mod rediscache;
 pub mod rollout;
 
 #[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
 pub(crate) mod mock;
+#[cfg(test)]
+mod scenarios;
 
 /// Why a reconcile failed. Every variant is retried by [`error_policy`].
 #[derive(Debug, thiserror::Error)]
@@ -49,15 +53,21 @@ pub enum Error {
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("{0} has no namespace")]
     MissingNamespace(String),
+    #[error("building a patch: {0}")]
+    Patch(#[from] serde_json::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where reconciles read the time: the wall clock, or a test's clock.
+pub type Clock = Arc<dyn Fn() -> Time + Send + Sync>;
 
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub settings: Settings,
+    pub clock: Clock,
 }
 
 impl Context {
@@ -70,7 +80,19 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
+            clock: Arc::new(now),
         }
+    }
+
+    /// The same context reading time from `clock` (rollout timings in tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time of this reconcile.
+    pub fn now(&self) -> Time {
+        (self.clock)()
     }
 
     /// Records an Event on `object`. Events are advisory: a failure to record one is
@@ -124,6 +146,15 @@ impl<K> Observed<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
+    /// A desired object whose current state the caller already read.
+    pub fn new(api: Api<K>, desired: K) -> Self {
+        Self {
+            api,
+            desired,
+            current: None,
+        }
+    }
+
     /// Reads the current object (one GET).
     pub async fn read(api: Api<K>, desired: K) -> Result<Self> {
         let current = api.get_opt(&desired.name_any()).await?;

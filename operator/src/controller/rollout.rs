@@ -1,77 +1,147 @@
 //! The rollout engine's edge ([`crate::rollout`] decides, this module talks to the API
-//! server): probing a preview's `/health` through the service proxy, labelling pods with
-//! their role, moving the sidecars' JWKS epoch, and recording each step as an Event.
-//! Every write is a server-side apply with field manager `finflow-operator`.
+//! server): probing `/health` through the service proxy, labelling pods with their
+//! role, clearing a handled request annotation, and recording each step as an Event.
+//! Writes are server-side applies with field manager `finflow-operator`, except the
+//! removal of a user's request annotation (see [`clear_request`]).
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Client, ResourceExt};
+use serde_json::json;
 
 use super::{Context, Result};
 use crate::crd::{Color, FinService};
 use crate::finservice::COLOR_LABEL;
 use crate::meta::{FIELD_MANAGER, INSTANCE_LABEL};
-use crate::rollout::{self, Decision};
+use crate::rollout::{self, Decision, Request, Step};
 
-/// `/health` of `<name>-preview` through the API server's service proxy. The service's
-/// own `/health` covers its dependencies, so this one answer is the gate's input. Any
-/// error (not found, 5xx, timeout) counts as unhealthy: the gate only opens on a 2xx.
-pub async fn probe_preview_health(client: &Client, fs: &FinService) -> bool {
-    let Some(ns) = fs.namespace() else {
-        return false;
-    };
-    let path = rollout::preview_health_path(&ns, &fs.name_any(), &fs.spec.rollout.health_path);
+/// `health_path` of Service `service` through the API server's service proxy. The
+/// service's own `/health` covers its dependencies, so this one answer is the gate's
+/// input. Any error (not found, 5xx, timeout) counts as unhealthy: only a 2xx passes.
+pub async fn probe_health(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    health_path: &str,
+) -> bool {
+    let path = rollout::health_proxy_path(namespace, service, health_path);
     let Ok(request) = http::Request::get(path).body(Vec::new()) else {
         return false;
     };
     client.request_text(request).await.is_ok()
 }
 
-/// Labels every pod of both colors of `name` with its role while `<name>` selects
-/// `active`; returns how many pods were relabelled.
-pub async fn label_pod_roles(pods: &Api<Pod>, name: &str, active: Color) -> Result<usize> {
-    let mut changed = 0;
-    for color in [Color::Blue, Color::Green] {
-        let selector = format!("{INSTANCE_LABEL}={name},{COLOR_LABEL}={}", color.as_str());
-        for pod in pods.list(&ListParams::default().labels(&selector)).await? {
-            let pod_name = pod.name_any();
-            if let Some(body) = rollout::pod_role_apply(&pod_name, pod.labels(), color, active) {
-                pods.patch(
-                    &pod_name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(body),
-                )
-                .await?;
-                changed += 1;
-            }
-        }
-    }
-    Ok(changed)
+/// `/health` of `<name>-preview`.
+pub async fn probe_preview_health(client: &Client, fs: &FinService) -> bool {
+    let Some(ns) = fs.namespace() else {
+        return false;
+    };
+    probe_health(
+        client,
+        &ns,
+        &crate::finservice::preview_service_name(&fs.name_any()),
+        &fs.spec.rollout.health_path,
+    )
+    .await
 }
 
-/// Sets the JWKS epoch annotation on the sidecar ConfigMaps named.
-pub async fn bump_jwks_epoch(
-    config_maps: &Api<ConfigMap>,
-    names: &[String],
-    epoch: &str,
-) -> Result<()> {
-    for name in names {
-        config_maps
-            .patch(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(rollout::jwks_epoch_apply(name, epoch)),
-            )
-            .await?;
+/// The pods of both colors of `name` (one LIST).
+pub async fn pods_of(pods: &Api<Pod>, name: &str) -> Result<Vec<Pod>> {
+    let selector = format!("{INSTANCE_LABEL}={name}");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// Labels every pod of `name` with its role while `<name>` selects `active`; returns
+/// how many pods were relabelled. Pods that become preview are relabelled first, so that
+/// during a switch no two colors consume work queues at once (briefly none does).
+pub async fn label_pod_roles(api: &Api<Pod>, pods: &[Pod], active: Color) -> Result<usize> {
+    let mut changes: Vec<(&'static str, String, serde_json::Value)> = pods
+        .iter()
+        .filter_map(|pod| {
+            let color = match pod.labels().get(COLOR_LABEL).map(String::as_str) {
+                Some("blue") => Color::Blue,
+                Some("green") => Color::Green,
+                _ => return None,
+            };
+            let name = pod.name_any();
+            rollout::pod_role_apply(&name, pod.labels(), color, active)
+                .map(|body| (rollout::role(color, active), name, body))
+        })
+        .collect();
+    changes.sort_by_key(|(role, name, _)| (*role != rollout::ROLE_PREVIEW, name.clone()));
+    for (_, name, body) in &changes {
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
     }
+    Ok(changes.len())
+}
+
+/// Whether the request was handled (or can no longer apply) after `step`, so its
+/// annotation goes: a promotion stays while a preview is on its way or waiting, a
+/// rollback while dependents roll back first or the old color scales up.
+pub fn request_handled(request: Request, step: Step) -> bool {
+    match request {
+        Request::Promote => !matches!(
+            step,
+            Step::AwaitPreview | Step::AwaitPromotion | Step::DeployPreview
+        ),
+        Request::Abort => true,
+        Request::Rollback { .. } => !matches!(step, Step::WaitForDependents | Step::ScaleUpOld),
+    }
+}
+
+/// Removes the request annotations `fs` carries. A user's annotation is owned by the
+/// user's field manager (the plugin's apply, or `kubectl annotate`), and server-side
+/// apply cannot remove a field another manager owns; so this is a JSON patch, with a
+/// `test` of each value so that a request changed meanwhile is not lost.
+pub async fn clear_request(api: &Api<FinService>, fs: &FinService) -> Result<()> {
+    let mut ops = Vec::new();
+    for key in [
+        rollout::PROMOTE_ANNOTATION,
+        rollout::ABORT_ANNOTATION,
+        rollout::ROLLBACK_ANNOTATION,
+    ] {
+        if let Some(value) = fs.annotations().get(key) {
+            let path = format!(
+                "/metadata/annotations/{}",
+                key.replace('~', "~0").replace('/', "~1")
+            );
+            ops.push(json!({"op": "test", "path": path, "value": value}));
+            ops.push(json!({"op": "remove", "path": path}));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))?;
+    api.patch(
+        &fs.name_any(),
+        &PatchParams::default(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
     Ok(())
 }
 
-/// An Event for a step that changed something or needs attention: the reason is the
+/// An Event for a step that changed something, or one that needs attention the first
+/// time it is decided (a hold is not repeated every reconcile): the reason is the
 /// decision's, the action the step's.
-pub async fn record(ctx: &Context, fs: &FinService, decision: &Decision) {
-    if !(decision.step.acts() || decision.step.is_warning()) {
+pub async fn record(
+    ctx: &Context,
+    fs: &FinService,
+    decision: &Decision,
+    previous_step: Option<&str>,
+) {
+    let repeated = previous_step == Some(decision.step.as_str());
+    if !(decision.step.acts() || (decision.step.is_warning() && !repeated)) {
         return;
     }
     let type_ = if decision.step.is_warning() {
@@ -92,42 +162,31 @@ pub async fn record(ctx: &Context, fs: &FinService, decision: &Decision) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::mock::{Reply, Step, Verifier};
+    use crate::controller::mock::{Reply, Step as MockStep, Verifier};
     use crate::finservice::tests::{finservice, settings};
-    use crate::rollout::{Step as RolloutStep, reason};
-    use serde_json::json;
+    use crate::rollout::reason;
 
-    fn pod(name: &str, color: &str, role: Option<&str>) -> serde_json::Value {
+    fn pod(name: &str, color: &str, role: Option<&str>) -> Pod {
         let mut labels = json!({ INSTANCE_LABEL: "payment", COLOR_LABEL: color });
         if let Some(role) = role {
             labels[rollout::ROLE_LABEL] = json!(role);
         }
-        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "labels": labels } })
-    }
-
-    fn pod_list(items: Vec<serde_json::Value>) -> Reply {
-        Reply::Json(
-            json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items }),
+        serde_json::from_value(
+            json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "labels": labels } }),
         )
-    }
-
-    fn list_uri(color: &str) -> String {
-        format!(
-            "/api/v1/namespaces/finflow/pods?&labelSelector=app.kubernetes.io%2Finstance%3Dpayment%2Cfinflow.dev%2Fcolor%3D{color}"
-        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn the_preview_health_goes_through_the_service_proxy() {
-        let mut fs = finservice("payment", &[]);
-        fs.metadata.namespace = Some("finflow".into());
+        let fs = finservice("payment", &[]);
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            Step::get(
+            MockStep::get(
                 "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health",
                 Reply::Json(json!({ "status": "ok" })),
             ),
-            Step::get(
+            MockStep::get(
                 "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health",
                 Reply::NotFound,
             ),
@@ -138,78 +197,81 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_promotion_relabels_exactly_the_pods_whose_role_changed() {
+    async fn a_promotion_relabels_exactly_the_pods_whose_role_changed_preview_first() {
         let (ctx, verifier) = Verifier::context(settings());
         let apply = |name: &str, role: &str| {
-            Step::apply(
+            MockStep::apply(
                 format!(
                     "/api/v1/namespaces/finflow/pods/{name}?&force=true&fieldManager={FIELD_MANAGER}"
                 ),
                 json!({ "metadata": { "name": name, "labels": { rollout::ROLE_LABEL: role } } }),
             )
         };
+        // Green was promoted: its pods become active, blue's preview; an unlabelled
+        // new pod gets its role too.
         let server = verifier.run(vec![
-            // Blue was active and is now the preview; green was promoted.
-            Step::get(
-                list_uri("blue"),
-                pod_list(vec![pod("b1", "blue", Some("active"))]),
-            ),
             apply("b1", "preview"),
-            Step::get(
-                list_uri("green"),
-                pod_list(vec![
-                    pod("g1", "green", Some("preview")),
-                    pod("g2", "green", Some("active")),
-                ]),
-            ),
             apply("g1", "active"),
+            apply("g3", "active"),
         ]);
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), "finflow");
-        assert_eq!(
-            label_pod_roles(&pods, "payment", Color::Green)
-                .await
-                .unwrap(),
-            2
-        );
+        let pods = [
+            pod("g1", "green", Some("preview")),
+            pod("b1", "blue", Some("active")),
+            pod("g2", "green", Some("active")),
+            pod("g3", "green", None),
+        ];
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), "finflow");
+        assert_eq!(label_pod_roles(&api, &pods, Color::Green).await.unwrap(), 3);
         server.await.unwrap();
     }
 
     #[tokio::test]
-    async fn the_jwks_epoch_is_applied_to_each_sidecar_config_map() {
-        let (ctx, verifier) = Verifier::context(settings());
-        let server = verifier.run(
-            ["wallet-sidecar", "payment-sidecar"]
-                .map(|cm| {
-                    Step::apply(
-                        format!("/api/v1/namespaces/finflow/configmaps/{cm}?&force=true&fieldManager={FIELD_MANAGER}"),
-                        json!({ "metadata": { "annotations": { rollout::JWKS_EPOCH_ANNOTATION: "2.0.0" } } }),
-                    )
-                })
-                .into(),
-        );
-        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), "finflow");
-        bump_jwks_epoch(
-            &cms,
-            &["wallet-sidecar".into(), "payment-sidecar".into()],
-            "2.0.0",
-        )
-        .await
-        .unwrap();
-        server.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn steps_that_act_or_warn_become_events_and_waiting_does_not() {
+    async fn a_handled_request_annotation_is_removed_with_a_tested_json_patch() {
         let mut fs = finservice("payment", &[]);
-        fs.metadata.namespace = Some("finflow".into());
+        fs.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(rollout::ROLLBACK_ANNOTATION.into(), "cascade".into());
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            Step::event(reason::PREVIEW_HEALTHY).check(|body| {
+            MockStep::patch(
+                "/apis/finflow.dev/v1alpha1/namespaces/finflow/finservices/payment?",
+                json!([
+                    {"op": "test", "path": "/metadata/annotations/finflow.dev~1rollback", "value": "cascade"},
+                    {"op": "remove", "path": "/metadata/annotations/finflow.dev~1rollback"},
+                ]),
+            )
+            .reply(Reply::Json(serde_json::to_value(finservice("payment", &[])).unwrap())),
+        ]);
+        let api: Api<FinService> = Api::namespaced(ctx.client.clone(), "finflow");
+        clear_request(&api, &fs).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn requests_stay_only_while_they_are_still_being_carried_out() {
+        assert!(!request_handled(Request::Promote, Step::AwaitPromotion));
+        assert!(request_handled(Request::Promote, Step::Promote));
+        assert!(request_handled(Request::Promote, Step::Steady));
+        assert!(request_handled(Request::Abort, Step::Abort));
+        let cascade = Request::Rollback { cascade: true };
+        assert!(!request_handled(cascade, Step::WaitForDependents));
+        assert!(!request_handled(cascade, Step::ScaleUpOld));
+        assert!(request_handled(cascade, Step::Rollback));
+        assert!(request_handled(cascade, Step::Held));
+    }
+
+    #[tokio::test]
+    async fn steps_that_act_or_first_warn_become_events_and_waiting_does_not() {
+        let fs = finservice("payment", &[]);
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![
+            MockStep::event(reason::PREVIEW_HEALTHY).check(|body| {
                 assert_eq!(body["action"], "Promote");
                 assert_eq!(body["type"], "Normal");
             }),
-            Step::event(reason::READINESS_TIMEOUT).check(|body| {
-                assert_eq!(body["action"], "Abort");
+            MockStep::event(reason::VERSION_FAILED).check(|body| {
+                assert_eq!(body["action"], "Held");
                 assert_eq!(body["type"], "Warning");
             }),
         ]);
@@ -221,22 +283,30 @@ mod tests {
         record(
             &ctx,
             &fs,
-            &decision(RolloutStep::Promote, reason::PREVIEW_HEALTHY),
+            &decision(Step::Promote, reason::PREVIEW_HEALTHY),
+            None,
         )
         .await;
         record(
             &ctx,
             &fs,
-            &decision(
-                RolloutStep::WaitForDependencies,
-                reason::DEPENDENCY_NOT_HEALTHY,
-            ),
+            &decision(Step::WaitForDependencies, reason::DEPENDENCY_NOT_HEALTHY),
+            None,
         )
         .await;
         record(
             &ctx,
             &fs,
-            &decision(RolloutStep::Abort, reason::READINESS_TIMEOUT),
+            &decision(Step::Held, reason::VERSION_FAILED),
+            Some("Observe"),
+        )
+        .await;
+        // The same hold again: no second Event.
+        record(
+            &ctx,
+            &fs,
+            &decision(Step::Held, reason::VERSION_FAILED),
+            Some("Held"),
         )
         .await;
         server.await.unwrap();

@@ -287,9 +287,36 @@ pub struct FinServiceStatus {
     /// rollout is under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_version: Option<String>,
-    /// Last version that was Ready: what a rollback returns to.
+    /// Last version that was Ready at full strength.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_version: Option<String>,
+    /// When the active version went live (first deploy, promotion or rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_since: Option<Time>,
+    /// When the preview version was deployed to the idle color.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_since: Option<Time>,
+    /// What ran before the last promotion, in the idle color: what a rollback returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// The idle color still runs `previousVersion` at full strength, so a rollback is a
+    /// selector switch; false once the scale-down delay has passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub previous_retained: bool,
+    /// A version that failed here (aborted or rolled back). The service holds, and its
+    /// dependents wait, until `spec.version` names another version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_version: Option<String>,
+    /// What the observation window after the last promotion has seen so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observation: Option<Observation>,
+    /// A rollback of this service under way, kept until it has switched back so that
+    /// its dependents (which roll back first with `cascade`) see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackState>,
+    /// The rollout engine's last step for this service and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
     /// Ready pods of the active color over desired replicas, for example `2/2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<String>,
@@ -304,6 +331,31 @@ pub struct FinServiceStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The observation window after a promotion.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Observation {
+    /// Container restarts of the new color's pods when it was promoted (the baseline).
+    pub restarts_at_promotion: i32,
+    /// Container restarts of the new color's pods since the promotion.
+    #[serde(default)]
+    pub restarts: i32,
+    /// A pod of the new color was not ready.
+    #[serde(default)]
+    pub unready: bool,
+    /// `/health` of the Service failed.
+    #[serde(default)]
+    pub health_failed: bool,
+}
+
+/// A rollback in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackState {
+    /// Dependents promoted after this service's version roll back too, first.
+    pub cascade: bool,
 }
 
 /// A version that went live.

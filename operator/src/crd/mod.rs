@@ -14,7 +14,8 @@ pub mod messagequeue;
 pub mod rediscache;
 
 pub use finservice::{
-    Color, FinService, FinServiceSpec, FinServiceStatus, Module, Revision, RolloutSpec, SidecarSpec,
+    Color, FinService, FinServiceSpec, FinServiceStatus, Module, Observation, Revision,
+    RollbackState, RolloutSpec, SidecarSpec,
 };
 pub use messagequeue::{MessageQueue, MessageQueueSpec, MessageQueueStatus};
 pub use rediscache::{RedisCache, RedisCacheSpec, RedisCacheStatus};

@@ -43,6 +43,9 @@ impl Cluster {
     /// Pods come up and the health probe answers: the edge's part, done between ticks.
     fn settle(&self, world: &mut BTreeMap<String, Observed>) {
         for (name, o) in world.iter_mut() {
+            if !self.never_ready.contains(name) {
+                o.active_ready = true;
+            }
             if let Some(p) = &mut o.preview
                 && !self.never_ready.contains(name)
             {
@@ -314,24 +317,9 @@ fn pods_are_labelled_with_their_role_only_when_it_differs() {
 }
 
 #[test]
-fn the_jwks_epoch_moves_only_when_the_issuer_changes_live_version() {
-    assert!(jwks_epoch_moves(true, Some("1"), Some("2")));
-    assert!(!jwks_epoch_moves(true, Some("2"), Some("2")));
-    assert!(
-        !jwks_epoch_moves(true, None, Some("1")),
-        "first deploy: nothing cached yet"
-    );
-    assert!(!jwks_epoch_moves(false, Some("1"), Some("2")));
-    assert_eq!(
-        jwks_epoch_apply("wallet-sidecar", "2")["metadata"]["annotations"][JWKS_EPOCH_ANNOTATION],
-        "2"
-    );
-}
-
-#[test]
 fn the_preview_is_probed_through_the_service_proxy() {
     assert_eq!(
-        preview_health_path("finflow", "payment", "/health"),
+        health_proxy_path("finflow", "payment-preview", "/health"),
         "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health"
     );
 }

@@ -1,4 +1,5 @@
-//! A preview pod consumes nothing until it is promoted.
+//! A preview pod, or one whose role the operator has not set yet, consumes nothing
+//! until it is promoted.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,8 @@ async fn a_preview_pod_leaves_the_queue_alone_until_it_is_promoted() {
     }
     let vhost = TestVhost::new();
     let role = std::env::temp_dir().join(format!("finflow-role-{}", uuid::Uuid::new_v4()));
-    std::fs::write(&role, "preview\n").unwrap();
+    // A pod the operator has not labelled yet: the downward API file is empty.
+    std::fs::write(&role, "").unwrap();
     let mut spec = ConsumerSpec::new(QueueSpec::new("preview.test", &["test.preview"]));
     spec.role_file = Some(role.clone());
     let conn = events::connect(&vhost.url, "preview-test").await.unwrap();
@@ -60,6 +62,13 @@ async fn a_preview_pod_leaves_the_queue_alone_until_it_is_promoted() {
             .await
             .unwrap()
     };
+    assert_eq!(
+        seen(db.pool.clone()).await,
+        0,
+        "an unlabelled pod consumes nothing"
+    );
+    std::fs::write(&role, "preview\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(seen(db.pool.clone()).await, 0, "a preview consumes nothing");
 
     std::fs::write(&role, "active\n").unwrap();

@@ -118,17 +118,18 @@ pub async fn apply_once<H: Handler>(
 /// through a downward-API file that follows the pod's `finflow.dev/role` label.
 pub const ROLE_FILE_ENV: &str = "FINFLOW_ROLE_FILE";
 
-/// Whether the pod whose role is in `role_file` is a preview (not yet promoted): then it
-/// must not take work from shared queues. Only an explicit `preview` pauses; no file, an
-/// empty or an unreadable one means active, so processes outside the operator consume.
+/// Whether the pod whose role is in `role_file` must leave shared queues alone: with a
+/// role file configured, anything but `active` pauses. The operator labels each new pod
+/// with its role moments after it starts (it watches pods); until then the file is
+/// empty, and a pod that may be a green preview must not take live work. Without a role
+/// file (processes outside the operator, the local launcher) the pod consumes.
 pub fn is_preview(role_file: Option<&std::path::Path>) -> bool {
     role_file
-        .and_then(|path| std::fs::read_to_string(path).ok())
-        .is_some_and(|role| role_is_preview(&role))
+        .is_some_and(|path| std::fs::read_to_string(path).map_or(true, |role| role_pauses(&role)))
 }
 
-fn role_is_preview(role: &str) -> bool {
-    role.trim() == "preview"
+fn role_pauses(role: &str) -> bool {
+    role.trim() != "active"
 }
 
 /// How often the role is looked at.
@@ -305,10 +306,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_explicit_preview_role_pauses_consumption() {
-        assert!(role_is_preview("preview\n"));
-        assert!(!role_is_preview("active"));
-        assert!(!role_is_preview(""));
-        assert!(!role_is_preview("Preview-ish"));
+    fn only_an_active_role_consumes_once_a_role_file_is_configured() {
+        assert!(role_pauses("preview\n"));
+        assert!(role_pauses(""), "not labelled yet");
+        assert!(role_pauses("Active-ish"));
+        assert!(!role_pauses("active\n"));
+        assert!(!is_preview(None), "outside the operator");
+        assert!(is_preview(Some(std::path::Path::new(
+            "/nonexistent/finflow/role"
+        ))));
     }
 }

@@ -1,0 +1,549 @@
+//! Issue 9's scenarios through the FinService reconciler against the stateful fake API
+//! ([`super::fake`]): every FinService of the namespace is reconciled once per 10 s
+//! tick, then the simulated Deployment controller and kubelet catch up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::fake::{Fake, Recorded};
+use super::finservice::reconcile;
+use crate::conditions;
+use crate::crd::{Color, FinService, Phase};
+use crate::finservice::tests::settings;
+use crate::rollout::{self, reason};
+
+const TICK: i64 = 10;
+
+/// DESIGN section 8's graph: B on A, C on B, D and E on A and C, F on B, C and E.
+const SIX: [(&str, &[&str]); 6] = [
+    ("a", &[]),
+    ("b", &["a"]),
+    ("c", &["b"]),
+    ("d", &["a", "c"]),
+    ("e", &["a", "c"]),
+    ("f", &["b", "c", "e"]),
+];
+
+fn manifest(name: &str, depends_on: &[&str]) -> Value {
+    json!({
+        "apiVersion": "finflow.dev/v1alpha1",
+        "kind": "FinService",
+        "metadata": {"name": name, "namespace": "finflow"},
+        "spec": {
+            "image": format!("ghcr.io/finflow/{name}"),
+            "version": "1.0.0",
+            "replicas": 2,
+            "port": 8080,
+            "dependsOn": depends_on,
+            "sidecar": {"jwksUri": "http://a:8080/.well-known/jwks.json"},
+            "rollout": {
+                "readinessTimeoutSeconds": 60,
+                "observationWindowSeconds": 30,
+                "scaleDownDelaySeconds": 40,
+            },
+        },
+    })
+}
+
+struct World {
+    fake: Fake,
+    ctx: Arc<super::Context>,
+}
+
+impl World {
+    fn new(services: &[(&str, &[&str])]) -> Self {
+        let (fake, ctx) = Fake::start(settings());
+        for (name, deps) in services {
+            fake.create(super::fake::finservices(), manifest(name, deps));
+        }
+        Self { fake, ctx }
+    }
+
+    /// One reconcile of every FinService (in name order), then the cluster settles and
+    /// time moves on.
+    async fn tick(&self) {
+        let mut services = self.fake.finservices();
+        services.sort_by_key(|fs| fs.metadata.name.clone());
+        for fs in services {
+            Box::pin(reconcile(Arc::new(fs), self.ctx.clone()))
+                .await
+                .unwrap();
+        }
+        self.fake.settle();
+        self.fake.advance(TICK);
+    }
+
+    /// Ticks until `done` holds (then a few more, so nothing is left mid-step), at most
+    /// `limit` ticks.
+    async fn run_until(&self, limit: usize, done: impl Fn(&World) -> bool) {
+        for _ in 0..limit {
+            if done(self) {
+                return;
+            }
+            self.tick().await;
+        }
+        panic!(
+            "not done after {limit} ticks; statuses:\n{:#?}",
+            self.fake
+                .finservices()
+                .iter()
+                .map(|f| (f.metadata.name.clone(), f.status.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    fn fs(&self, name: &str) -> FinService {
+        self.fake.finservice(name)
+    }
+
+    /// Live at the spec's version, Ready, with nothing pending and the old color down.
+    fn settled(&self) -> bool {
+        self.fake.finservices().iter().all(|fs| {
+            let s = fs.status.clone().unwrap_or_default();
+            s.phase == Some(Phase::Ready)
+                && s.active_version.as_deref() == Some(fs.spec.version.as_str())
+                && s.preview_version.is_none()
+                && !s.previous_retained
+        })
+    }
+
+    fn set_versions(&self, version: &str) {
+        for (name, _) in SIX {
+            self.fake
+                .edit_finservice(name, json!({"spec": {"version": version}}));
+        }
+    }
+
+    fn events(&self, action: &str) -> BTreeMap<String, Vec<Recorded>> {
+        let mut by: BTreeMap<String, Vec<Recorded>> = BTreeMap::new();
+        for e in &self.fake.state().events {
+            if e.action == action {
+                by.entry(e.object.clone()).or_default().push(e.clone());
+            }
+        }
+        by
+    }
+
+    /// When each service first took `action`.
+    fn first(&self, action: &str) -> BTreeMap<String, i64> {
+        self.events(action)
+            .into_iter()
+            .map(|(name, events)| (name, events[0].at))
+            .collect()
+    }
+
+    fn live(&self, name: &str) -> (String, Color) {
+        let s = self.fs(name).status.unwrap_or_default();
+        (
+            s.active_version.unwrap_or_default(),
+            s.active_color.unwrap(),
+        )
+    }
+
+    fn selector_color(&self, service: &str) -> String {
+        self.fake.service(service).unwrap()["spec"]["selector"]["finflow.dev/color"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> (String, String, String) {
+        let s = self.fs(name).status.unwrap_or_default();
+        let c = conditions::find(&s.conditions, type_).expect("the condition is reported");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+}
+
+fn ordered(times: &BTreeMap<String, i64>) {
+    assert!(times["a"] < times["b"], "{times:?}");
+    assert!(times["b"] < times["c"], "{times:?}");
+    assert!(times["c"] < times["d"], "{times:?}");
+    assert_eq!(times["d"], times["e"], "D and E go side by side: {times:?}");
+    assert!(times["e"] < times["f"], "{times:?}");
+}
+
+async fn deployed_at_one(services: &[(&str, &[&str])]) -> World {
+    let world = World::new(services);
+    world.run_until(80, World::settled).await;
+    world
+}
+
+#[tokio::test]
+async fn six_services_deploy_and_then_upgrade_in_order_a_b_c_d_and_e_f() {
+    let world = deployed_at_one(&SIX).await;
+    ordered(&world.first("DeployFirst"));
+    for (name, _) in SIX {
+        assert_eq!(world.live(name), ("1.0.0".into(), Color::Blue));
+        assert_eq!(world.condition(name, "Ready").0, "True");
+    }
+
+    world.set_versions("2.0.0");
+    world.run_until(150, World::settled).await;
+    let promoted = world.first("Promote");
+    ordered(&promoted);
+    // A dependent's new version goes out only after the dependency's observation window.
+    let previewed = world.first("DeployPreview");
+    assert!(
+        previewed["b"] >= promoted["a"] + 30,
+        "{previewed:?} {promoted:?}"
+    );
+    for (name, _) in SIX {
+        assert_eq!(world.live(name), ("2.0.0".into(), Color::Green), "{name}");
+        assert_eq!(world.selector_color(name), "green");
+        assert_eq!(world.selector_color(&format!("{name}-preview")), "blue");
+        let blue = world.fake.deployment(&format!("{name}-blue")).unwrap();
+        assert_eq!(blue["spec"]["replicas"], 0, "{name}: old color scaled down");
+        let green = world.fake.deployment(&format!("{name}-green")).unwrap();
+        let image = &green["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "app")
+            .unwrap()["image"];
+        assert_eq!(image, &json!(format!("ghcr.io/finflow/{name}:2.0.0")));
+        for action in ["DeployPreview", "Promote", "ScaleDownOld"] {
+            assert_eq!(world.events(action)[name].len(), 1, "{name} {action}");
+        }
+        let history: Vec<String> = world
+            .fs(name)
+            .status
+            .unwrap()
+            .history
+            .iter()
+            .map(|r| format!("{}@{}", r.version, r.color.as_str()))
+            .collect();
+        assert_eq!(history, ["1.0.0@blue", "2.0.0@green"], "{name}");
+    }
+    // Every running pod knows it is active (the blue ones are gone).
+    let pods = world.fake.pods();
+    assert_eq!(pods.len(), 12);
+    assert!(
+        pods.iter()
+            .all(|p| p["metadata"]["labels"][rollout::ROLE_LABEL] == "active")
+    );
+    assert!(world.events("Rollback").is_empty());
+    assert!(world.events("Abort").is_empty());
+}
+
+#[tokio::test]
+async fn the_preview_pods_are_labelled_preview_until_promotion() {
+    let world = deployed_at_one(&[("a", &[])]).await;
+    world
+        .fake
+        .state()
+        .unhealthy
+        .insert(("a".into(), "2.0.0".into()));
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "2.0.0"}}));
+    for _ in 0..3 {
+        world.tick().await;
+    }
+    let roles: BTreeMap<String, String> = world
+        .fake
+        .pods()
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["labels"]["finflow.dev/version"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                p["metadata"]["labels"][rollout::ROLE_LABEL]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(roles["1.0.0"], "active");
+    assert_eq!(
+        roles["2.0.0"], "preview",
+        "green never consumes before promotion"
+    );
+    let s = world.fs("a").status.unwrap();
+    assert_eq!(s.preview_version.as_deref(), Some("2.0.0"));
+    assert_eq!(s.step.as_deref(), Some("AwaitPreview"));
+    assert_eq!(
+        world.condition("a", "Progressing").1,
+        reason::PREVIEW_UNHEALTHY
+    );
+    assert_eq!(
+        world.selector_color("a"),
+        "blue",
+        "not promoted while unhealthy"
+    );
+}
+
+#[tokio::test]
+async fn c_never_ready_aborts_d_e_f_are_held_and_a_b_are_untouched() {
+    let world = deployed_at_one(&SIX).await;
+    world
+        .fake
+        .state()
+        .never_ready
+        .insert(("c".into(), "2.0.0".into()));
+    world.set_versions("2.0.0");
+    world
+        .run_until(120, |w| {
+            w.fs("c").status.unwrap().failed_version.as_deref() == Some("2.0.0")
+        })
+        .await;
+    for _ in 0..8 {
+        world.tick().await;
+    }
+
+    let aborts = world.events("Abort");
+    assert_eq!(aborts.keys().collect::<Vec<_>>(), ["c"]);
+    let abort = &aborts["c"][0];
+    assert_eq!(
+        (abort.type_.as_str(), abort.reason.as_str()),
+        ("Warning", reason::READINESS_TIMEOUT)
+    );
+    assert!(abort.at >= world.first("DeployPreview")["c"] + 60);
+    assert_eq!(world.live("c"), ("1.0.0".into(), Color::Blue));
+    assert_eq!(world.selector_color("c"), "blue");
+    let green = world.fake.deployment("c-green").unwrap();
+    assert_eq!(
+        green["spec"]["replicas"], 0,
+        "the failed preview is scaled away"
+    );
+    let (degraded, why, _) = world.condition("c", "Degraded");
+    assert_eq!(
+        (degraded.as_str(), why.as_str()),
+        ("True", reason::VERSION_FAILED)
+    );
+    assert_eq!(world.fs("c").status.unwrap().phase, Some(Phase::Degraded));
+    assert_eq!(
+        world.events("Held")["c"].len(),
+        1,
+        "a hold is reported once"
+    );
+
+    for held in ["d", "e", "f"] {
+        assert!(
+            !world.events("DeployPreview").contains_key(held),
+            "{held} never deployed 2.0.0"
+        );
+        assert_eq!(world.live(held), ("1.0.0".into(), Color::Blue));
+        let s = world.fs(held).status.unwrap();
+        assert_eq!(s.phase, Some(Phase::Waiting), "{held}");
+        assert_eq!(s.step.as_deref(), Some("WaitForDependencies"));
+        let (status, why, message) = world.condition(held, "DependenciesReady");
+        assert_eq!(
+            (status.as_str(), why.as_str()),
+            ("False", "DependencyNotReady")
+        );
+        assert!(message.contains('c'), "{message}");
+    }
+    for untouched in ["a", "b"] {
+        assert_eq!(world.live(untouched), ("2.0.0".into(), Color::Green));
+        assert_eq!(
+            world.fs(untouched).status.unwrap().phase,
+            Some(Phase::Ready)
+        );
+    }
+    assert!(world.events("Rollback").is_empty());
+
+    // A new version of C releases the hold; everything then goes out.
+    world
+        .fake
+        .edit_finservice("c", json!({"spec": {"version": "2.0.1"}}));
+    world.run_until(150, World::settled).await;
+    assert_eq!(world.live("c").0, "2.0.1");
+    for s in ["d", "e", "f"] {
+        assert_eq!(world.live(s).0, "2.0.0");
+    }
+}
+
+#[tokio::test]
+async fn f_failing_its_observation_window_rolls_back_alone() {
+    let world = deployed_at_one(&SIX).await;
+    world
+        .fake
+        .state()
+        .crashing
+        .insert(("f".into(), "2.0.0".into()));
+    world.set_versions("2.0.0");
+    world
+        .run_until(150, |w| {
+            w.fs("f").status.unwrap().failed_version.is_some()
+                && ["a", "b", "c", "d", "e"]
+                    .iter()
+                    .all(|s| w.live(s).0 == "2.0.0")
+        })
+        .await;
+    world.tick().await;
+
+    let rollbacks = world.events("Rollback");
+    assert_eq!(rollbacks.keys().collect::<Vec<_>>(), ["f"]);
+    assert_eq!(rollbacks["f"][0].reason, reason::OBSERVATION_FAILED);
+    assert!(
+        rollbacks["f"][0].at < world.first("Promote")["f"] + 30,
+        "within the window"
+    );
+    assert!(
+        !world.events("ScaleUpOld").contains_key("f"),
+        "the old color was still up: an instant switch"
+    );
+    assert_eq!(world.live("f"), ("1.0.0".into(), Color::Blue));
+    assert_eq!(world.selector_color("f"), "blue");
+    let s = world.fs("f").status.unwrap();
+    assert_eq!(s.failed_version.as_deref(), Some("2.0.0"));
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    for other in ["a", "b", "c", "d", "e"] {
+        assert_eq!(world.live(other), ("2.0.0".into(), Color::Green), "{other}");
+    }
+}
+
+#[tokio::test]
+async fn rollback_cascade_of_b_rolls_back_f_then_d_and_e_then_c_then_b() {
+    let world = deployed_at_one(&SIX).await;
+    world.set_versions("2.0.0");
+    world.run_until(150, World::settled).await;
+    world.fake.edit_finservice(
+        "b",
+        json!({"metadata": {"annotations": {rollout::ROLLBACK_ANNOTATION: "cascade"}}}),
+    );
+    world.run_until(80, |w| w.live("b").0 == "1.0.0").await;
+    world.tick().await;
+
+    let rolled = world.first("Rollback");
+    assert_eq!(
+        rolled.keys().collect::<Vec<_>>(),
+        ["b", "c", "d", "e", "f"],
+        "A went live before B and stays"
+    );
+    assert!(rolled["f"] < rolled["e"], "{rolled:?}");
+    assert_eq!(rolled["d"], rolled["e"], "{rolled:?}");
+    assert!(rolled["e"] < rolled["c"], "{rolled:?}");
+    assert!(rolled["c"] < rolled["b"], "{rolled:?}");
+    let scaled_up = world.first("ScaleUpOld");
+    assert_eq!(
+        scaled_up.len(),
+        5,
+        "the old colors were down: each scaled up first"
+    );
+    for s in ["b", "c", "d", "e", "f"] {
+        assert_eq!(world.live(s), ("1.0.0".into(), Color::Blue), "{s}");
+        assert!(scaled_up[s] < rolled[s]);
+        let status = world.fs(s).status.unwrap();
+        assert_eq!(status.failed_version.as_deref(), Some("2.0.0"));
+        assert_eq!(world.condition(s, "Degraded").0, "True");
+        assert_eq!(world.condition(s, "Ready").0, "True", "{s} serves 1.0.0");
+    }
+    assert_eq!(
+        world.events("Rollback")["b"][0].reason,
+        reason::ROLLBACK_REQUESTED
+    );
+    assert_eq!(
+        world.events("Rollback")["c"][0].reason,
+        reason::CASCADE_ROLLBACK
+    );
+    assert_eq!(world.live("a"), ("2.0.0".into(), Color::Green));
+    assert!(
+        !world
+            .fs("b")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(rollout::ROLLBACK_ANNOTATION),
+        "the handled request is cleared"
+    );
+    assert!(world.fs("b").status.unwrap().rollback.is_none());
+}
+
+#[tokio::test]
+async fn manual_promotion_waits_for_the_promote_request() {
+    let world = deployed_at_one(&[("a", &[])]).await;
+    world.fake.edit_finservice(
+        "a",
+        json!({"spec": {"version": "2.0.0", "rollout": {"autoPromote": false}}}),
+    );
+    for _ in 0..4 {
+        world.tick().await;
+    }
+    assert_eq!(
+        world.fs("a").status.unwrap().step.as_deref(),
+        Some("AwaitPromotion")
+    );
+    assert_eq!(world.live("a").0, "1.0.0");
+    world.fake.edit_finservice(
+        "a",
+        json!({"metadata": {"annotations": {rollout::PROMOTE_ANNOTATION: "true"}}}),
+    );
+    world.tick().await;
+    assert_eq!(world.live("a"), ("2.0.0".into(), Color::Green));
+    assert_eq!(
+        world.events("Promote")["a"][0].reason,
+        reason::PROMOTION_REQUESTED
+    );
+    assert!(
+        world
+            .fs("a")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_new_service_waits_for_a_missing_dependency_and_writes_only_its_status() {
+    let world = World::new(&[("b", &["a"])]);
+    world.tick().await;
+    let s = world.fs("b").status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Waiting));
+    let (status, why, message) = world.condition("b", "DependenciesReady");
+    assert_eq!(
+        (status.as_str(), why.as_str(), message.as_str()),
+        ("False", "DependencyMissing", "FinService a does not exist")
+    );
+    assert_eq!(
+        world.fake.state().writes,
+        ["PATCH /apis/finflow.dev/v1alpha1/namespaces/finflow/finservices/b/status"],
+        "no Deployment, Service, ConfigMap or ServiceAccount"
+    );
+}
+
+#[tokio::test]
+async fn a_new_service_waits_for_a_dependency_that_is_not_ready() {
+    let world = World::new(&[("a", &[]), ("b", &["a"])]);
+    world
+        .fake
+        .state()
+        .never_ready
+        .insert(("a".into(), "1.0.0".into()));
+    for _ in 0..3 {
+        world.tick().await;
+    }
+    let s = world.fs("b").status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Waiting));
+    assert_eq!(s.step.as_deref(), Some("WaitForDependencies"));
+    assert_eq!(
+        world.condition("b", "DependenciesReady").1,
+        "DependencyNotReady"
+    );
+    assert!(
+        world.fake.deployment("b-blue").is_none(),
+        "nothing created yet"
+    );
+    assert!(world.fake.deployment("a-blue").is_some());
+}
+
+#[tokio::test]
+async fn a_reconcile_of_a_settled_world_writes_nothing() {
+    let world = deployed_at_one(&[("a", &[]), ("b", &["a"])]).await;
+    world.fake.state().writes.clear();
+    let events = world.fake.state().events.len();
+    world.tick().await;
+    world.tick().await;
+    assert!(
+        world.fake.state().writes.is_empty(),
+        "{:?}",
+        world.fake.state().writes
+    );
+    assert_eq!(world.fake.state().events.len(), events);
+}
