@@ -109,6 +109,34 @@ fn sidecar_config_json(fs: &FinService) -> String {
 /// The desired objects. `cache_password` says whether the referenced RedisCache
 /// requires a password (its URL then comes from its Secret).
 pub fn desired(fs: &FinService, settings: &Settings, cache_password: bool) -> Owned {
+    desired_with_epoch(fs, settings, cache_password, None)
+}
+
+/// The token issuer's epoch among `services`: the live version and color of the
+/// FinService of module A, once it has one.
+pub fn issuer_epoch<'a>(services: impl IntoIterator<Item = &'a FinService>) -> Option<String> {
+    services
+        .into_iter()
+        .filter(|f| f.spec.module == Some(crate::crd::Module::A))
+        .find_map(|f| {
+            let s = f.status.as_ref()?;
+            Some(format!(
+                "{}/{}",
+                s.active_version.as_deref()?,
+                s.active_color?.as_str()
+            ))
+        })
+}
+
+/// [`desired`], with the issuer's `epoch` in the sidecar ConfigMap
+/// ([`inject::EPOCH_FILE`]). It is not part of the pod template: a new epoch reaches
+/// running sidecars through the mounted file, without restarting any pod.
+pub fn desired_with_epoch(
+    fs: &FinService,
+    settings: &Settings,
+    cache_password: bool,
+    epoch: Option<&str>,
+) -> Owned {
     let name = fs.name_any();
     let active = active_color(fs);
     let config_json = sidecar_config_json(fs);
@@ -121,7 +149,12 @@ pub fn desired(fs: &FinService, settings: &Settings, cache_password: bool) -> Ow
     });
     let config_map = with_spec_hash(ConfigMap {
         metadata: owned_meta(fs, config_map_name(&name), labels(&name, COMPONENT)),
-        data: Some([(inject::CONFIG_FILE.to_owned(), config_json.clone())].into()),
+        data: Some(
+            [(inject::CONFIG_FILE.to_owned(), config_json.clone())]
+                .into_iter()
+                .chain(epoch.map(|e| (inject::EPOCH_FILE.to_owned(), e.to_owned())))
+                .collect(),
+        ),
         ..ConfigMap::default()
     });
     let plans = color_plans(fs);

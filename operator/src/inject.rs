@@ -39,6 +39,10 @@ pub const APP_PORT_ANNOTATION: &str = "finflow.dev/app-port";
 pub const HTTP_PORT: &str = "http";
 /// Key of the sidecar configuration inside its ConfigMap.
 pub const CONFIG_FILE: &str = "sidecar.json";
+/// Key of the sidecar ConfigMap (and file next to [`CONFIG_FILE`]) holding the token
+/// issuer's epoch: its live version and color. The sidecar refetches the JWK set when
+/// it changes, so a promotion or rollback of the auth service reaches every sidecar.
+pub const EPOCH_FILE: &str = "jwks-epoch";
 /// The sidecar's admin port (`/live`, `/ready`, `/metrics`), out of the app's way.
 pub const SIDECAR_ADMIN_PORT: i32 = 15020;
 const CONFIG_VOLUME: &str = "finflow-sidecar-config";
@@ -196,6 +200,7 @@ fn sidecar_container(settings: &SidecarSettings, public: i32, app_port: i32) -> 
     let mut mounts = Vec::new();
     if settings.config_map.is_some() {
         env_vars.push(env("SIDECAR_CONFIG", format!("{CONFIG_DIR}/{CONFIG_FILE}")));
+        env_vars.push(env("JWKS_EPOCH_FILE", format!("{CONFIG_DIR}/{EPOCH_FILE}")));
         mounts.push(VolumeMount {
             name: CONFIG_VOLUME.to_owned(),
             mount_path: CONFIG_DIR.to_owned(),

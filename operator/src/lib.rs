@@ -21,29 +21,33 @@
 //! - **Generated files.** [`crdgen`] renders the CRDs and the ClusterRole; a test fails
 //!   when `crds/` or `operator/rbac.yaml` differ from it.
 //!
-//! What a FinService gets today: a ServiceAccount, a ConfigMap with the sidecar's
-//! configuration, Deployments `<name>-blue` and `<name>-green`, Services `<name>` (the
-//! active color) and `<name>-preview` (the other). The spec's version is deployed in
-//! place to the active color (blue for a new service) and the other color is kept at
-//! zero replicas; while a dependency (a FinService in `dependsOn`, the queue, the
-//! cache) is missing or not Ready, changes are held and the phase is `Waiting`.
+//! What a FinService gets: a ServiceAccount, a ConfigMap with the sidecar's
+//! configuration and the token issuer's epoch, Deployments `<name>-blue` and
+//! `<name>-green`, Services `<name>` (the active color) and `<name>-preview` (the
+//! other). While a MessageQueue, RedisCache or FinService it names is missing, changes
+//! are held and the phase is `Waiting`.
 //!
 //! Rollouts (issue 9): [`rollout`] is the blue-green engine as pure decisions over the
 //! [`graph`] and what is observed per service (order, the pre-promotion gate on the
 //! preview's `/health`, promotion, the observation window, scale-down, abort, rollback
 //! and cascade rollback in reverse deploy waves, holds, manual promotion and user
 //! requests through the annotations `finflow.dev/promote`, `finflow.dev/abort` and
-//! `finflow.dev/rollback: cascade|single`). `controller::rollout` is its edge: the
-//! health probe through the API server's service proxy, pod role labels
-//! (`finflow.dev/role`), the sidecars' `finflow.dev/jwks-epoch`, and an Event per step.
-//! App pods get `FINFLOW_ROLE` (from the role label, at start) and the live role in the
-//! file `$FINFLOW_ROLE_FILE` (a downward API volume). [`plugin`] is the pure half of the
-//! `kubectl-finflow` binary.
+//! `finflow.dev/rollback: cascade|single`). The FinService reconciler
+//! (`controller::finservice`) drives it: it lists the namespace's FinServices, sees the
+//! others through their status and itself through its Deployments, pods and `/health`
+//! probes (through the API server's service proxy), takes the engine's step, keeps the
+//! rollout state in the status ([`finservice::advance`]: active color, version and
+//! since when, preview, previous version and whether it is retained, failed version,
+//! observation window, a rollback under way), applies the objects that state implies
+//! ([`finservice::color_plans`]), labels pods with their role (`finflow.dev/role`; app
+//! pods read it from a downward API file and consume work queues only when `active`),
+//! records the step as an Event and the Progressing/Degraded conditions, and removes a
+//! request annotation once handled. When module A goes live with another version, every
+//! sidecar ConfigMap gets the new epoch and the sidecars refetch the JWK set.
+//! [`plugin`] is the pure half of the `kubectl-finflow` binary.
 //!
-//! Not yet here: the FinService reconciler does not call [`rollout::plan`] yet; it still
-//! deploys a new version in place to the active color. Wiring it (reading the
-//! FinServices of the namespace, keeping the rollout state in the status, switching the
-//! selector on `Promote`/`Rollback`, clearing request annotations) is the next step.
+//! A new version rolls out blue-green; other spec changes (environment, resources,
+//! sidecar settings, replicas) are applied to both colors in place.
 
 pub mod app;
 pub mod certs;

@@ -58,8 +58,14 @@ fn line(fs: &FinService) -> String {
     if let Some(p) = &status.preview_version {
         let _ = write!(out, " [preview {p}]");
     }
+    if let Some(f) = &status.failed_version {
+        let _ = write!(out, " [failed {f}]");
+    }
     let phase = status.phase.map_or("Unknown", Phase::as_str);
     let _ = write!(out, " {phase}");
+    if let Some(step) = status.step.as_deref().filter(|s| *s != "Steady") {
+        let _ = write!(out, " ({step})");
+    }
     out
 }
 

@@ -221,6 +221,10 @@ impl Fake {
         self.get(DEPLOYMENTS, name)
     }
 
+    pub fn config_map(&self, name: &str) -> Option<Value> {
+        self.get("/api/v1/namespaces/finflow/configmaps", name)
+    }
+
     pub fn service(&self, name: &str) -> Option<Value> {
         self.get(SERVICES, name)
     }

@@ -304,7 +304,14 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     // What it should own in that state.
     let mut planned = fs.as_ref().clone();
     planned.status = Some(next.clone());
-    let owned = finservice::desired(&planned, &ctx.settings, cache_password);
+    // The issuer's epoch as of this reconcile, with this service's own step applied.
+    let epoch = finservice::issuer_epoch(
+        all.iter()
+            .filter(|f| f.name_any() != name)
+            .chain([&planned]),
+    );
+    let owned =
+        finservice::desired_with_epoch(&planned, &ctx.settings, cache_password, epoch.as_deref());
     let [blue, green] = owned.deployments;
     let [active_service, preview_service] = owned.services;
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);

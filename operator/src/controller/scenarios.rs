@@ -36,6 +36,7 @@ fn manifest(name: &str, depends_on: &[&str]) -> Value {
             "version": "1.0.0",
             "replicas": 2,
             "port": 8080,
+            "module": name.to_uppercase(),
             "dependsOn": depends_on,
             "sidecar": {"jwksUri": "http://a:8080/.well-known/jwks.json"},
             "rollout": {
@@ -149,6 +150,14 @@ impl World {
             .to_owned()
     }
 
+    /// The issuer epoch in `name`'s sidecar ConfigMap.
+    fn epoch(&self, name: &str) -> String {
+        self.fake.config_map(&format!("{name}-sidecar")).unwrap()["data"][crate::inject::EPOCH_FILE]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     fn condition(&self, name: &str, type_: &str) -> (String, String, String) {
         let s = self.fs(name).status.unwrap_or_default();
         let c = conditions::find(&s.conditions, type_).expect("the condition is reported");
@@ -177,6 +186,7 @@ async fn six_services_deploy_and_then_upgrade_in_order_a_b_c_d_and_e_f() {
     for (name, _) in SIX {
         assert_eq!(world.live(name), ("1.0.0".into(), Color::Blue));
         assert_eq!(world.condition(name, "Ready").0, "True");
+        assert_eq!(world.epoch(name), "1.0.0/blue", "{name}");
     }
 
     world.set_versions("2.0.0");
@@ -193,6 +203,11 @@ async fn six_services_deploy_and_then_upgrade_in_order_a_b_c_d_and_e_f() {
         assert_eq!(world.live(name), ("2.0.0".into(), Color::Green), "{name}");
         assert_eq!(world.selector_color(name), "green");
         assert_eq!(world.selector_color(&format!("{name}-preview")), "blue");
+        assert_eq!(
+            world.epoch(name),
+            "2.0.0/green",
+            "{name}: sidecars follow A"
+        );
         let blue = world.fake.deployment(&format!("{name}-blue")).unwrap();
         assert_eq!(blue["spec"]["replicas"], 0, "{name}: old color scaled down");
         let green = world.fake.deployment(&format!("{name}-green")).unwrap();

@@ -107,6 +107,13 @@ pub struct Config {
     #[arg(long, env = "JWKS_MIN_REFRESH_SECS", default_value_t = 5)]
     pub jwks_min_refresh_secs: u64,
 
+    /// A file whose content changes when the token issuer goes live with another version
+    /// (a promotion or a rollback of the auth service; the operator writes it into the
+    /// sidecar's ConfigMap). When it changes, the JWK set is refetched at once and
+    /// tokens verified so far are checked again.
+    #[arg(long, env = "JWKS_EPOCH_FILE")]
+    pub jwks_epoch_file: Option<std::path::PathBuf>,
+
     /// Paths that pass without a token, comma separated; an entry ending in `*` is a prefix.
     /// `/internal/*` is never public.
     #[arg(long, env = "PUBLIC_PATHS", default_value = DEFAULT_PUBLIC_PATHS)]
@@ -226,6 +233,8 @@ pub enum KeySource {
         uri: Uri,
         refresh_every: Duration,
         min_refresh: Duration,
+        /// Watched for the issuer's epoch ([`Config::jwks_epoch_file`]).
+        epoch_file: Option<std::path::PathBuf>,
     },
     /// A shared secret; only HS256 tokens are accepted.
     Hs256(SecretString),
@@ -451,6 +460,7 @@ impl Config {
             uri,
             refresh_every: Duration::from_secs(self.jwks_refresh_secs),
             min_refresh: Duration::from_secs(self.jwks_min_refresh_secs),
+            epoch_file: self.jwks_epoch_file.clone(),
         })
     }
 

@@ -139,6 +139,45 @@ impl JwksCache {
     }
 }
 
+/// How often the epoch file is read.
+const EPOCH_POLL: Duration = Duration::from_secs(1);
+
+/// Follows the issuer's epoch file: when its content changes (the auth service went
+/// live with another version), refetches the JWK set at once and forgets verified
+/// tokens, so keys the issuer dropped stop admitting tokens now rather than at the next
+/// refresh. The file is polled: a ConfigMap volume is updated by swapping a symlink,
+/// which file-change notifications do not reliably report.
+pub async fn follow_epoch(
+    path: std::path::PathBuf,
+    cache: Arc<JwksCache>,
+    verified: Arc<crate::sidecar::VerifiedTokens>,
+) {
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let mut seen = read();
+    loop {
+        tokio::time::sleep(EPOCH_POLL).await;
+        let now = read();
+        if now.is_some() && now != seen {
+            tracing::info!(
+                epoch = now.as_deref().unwrap_or(""),
+                "issuer epoch changed; refetching the JWK set"
+            );
+            metrics::counter!("finflow_sidecar_jwks_epoch_changes_total").increment(1);
+            // Forget first: a token checked against a dropped key must not pass while
+            // the fetch is under way.
+            verified.clear();
+            if cache.fetch().await.is_ok() {
+                verified.clear();
+                seen = now;
+            }
+        }
+    }
+}
+
 /// `/ready` on the admin port: up once a JWK set has been loaded.
 pub struct JwksLoaded(pub Arc<JwksCache>);
 

@@ -158,6 +158,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
     let strip = settings.claim_headers.stripped();
     match settings.mode {
         ModeSettings::Sidecar(sidecar) => {
+            let verified = Arc::new(sidecar::VerifiedTokens::default());
             let mut health = Health::builder("finflow-sidecar", VERSION)
                 .critical("upstream", Upstream::new(&sidecar.upstream.as_base()));
             let verifier = match sidecar.keys {
@@ -168,9 +169,17 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                     uri,
                     refresh_every,
                     min_refresh,
+                    epoch_file,
                 } => {
                     let cache = Arc::new(JwksCache::new(uri, client.clone(), min_refresh));
                     tasks.spawn(Arc::clone(&cache).keep_fresh(refresh_every));
+                    if let Some(path) = epoch_file {
+                        tasks.spawn(jwks::follow_epoch(
+                            path,
+                            Arc::clone(&cache),
+                            Arc::clone(&verified),
+                        ));
+                    }
                     health = health.critical("jwks", JwksLoaded(Arc::clone(&cache)));
                     Verifier::Jwks(cache)
                 }
@@ -193,7 +202,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                 public_paths: sidecar.public_paths,
                 limit,
                 claim_headers: settings.claim_headers,
-                verified: sidecar::VerifiedTokens::default(),
+                verified,
             }));
             let proxy = Arc::new(Proxy::new(gate, client, settings.upstream_timeout, strip));
             let router = Router::new().fallback(proxy::handle).with_state(proxy);

@@ -39,7 +39,7 @@ pub struct SidecarGate {
     pub public_paths: PathPatterns,
     pub limit: Arc<RateLimit>,
     pub claim_headers: ClaimHeaders,
-    pub verified: VerifiedTokens,
+    pub verified: Arc<VerifiedTokens>,
 }
 
 /// Tokens already verified, so a client sending the same token again costs a lookup
@@ -66,6 +66,14 @@ impl VerifiedTokens {
             .get(token)
             .filter(|(_, until)| now < *until)
             .map(|(claims, _)| Arc::clone(claims))
+    }
+
+    /// Forgets every verified token: the keys they were checked against may be gone.
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     fn put(&self, token: &str, claims: &Arc<Claims>, now: i64) {

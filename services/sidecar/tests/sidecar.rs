@@ -178,6 +178,39 @@ async fn a_key_rotated_in_after_start_is_picked_up_by_the_refetch() {
 }
 
 #[tokio::test]
+async fn a_new_issuer_epoch_refetches_the_jwks_and_stops_tokens_of_a_dropped_key() {
+    let epoch = std::env::temp_dir().join(format!("finflow-epoch-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&epoch, "1.0.0/blue\n").unwrap();
+    let s = setup(&[
+        &format!("--jwks-epoch-file={}", epoch.display()),
+        "--jwks-refresh-secs=3600",
+        "--jwks-min-refresh-secs=3600",
+    ])
+    .await;
+    let token = s.key.sign(&claims(USER, &["user"]));
+    assert_eq!(s.with_token("/api/v1/wallets", &token).await.status(), 200);
+
+    // The issuer rolls back to a version that never had key-1.
+    let other = Key::generate("key-rolled-back");
+    s.jwks.replace(&[&other]);
+    let before = s.jwks.fetches();
+    assert_eq!(
+        s.with_token("/api/v1/wallets", &token).await.status(),
+        200,
+        "without a new epoch the cached keys still admit it"
+    );
+    std::fs::write(&epoch, "0.9.0/green\n").unwrap();
+    wait_until("the token of the dropped key is refused", || async {
+        s.with_token("/api/v1/wallets", &token).await.status() == 401
+    })
+    .await;
+    assert!(s.jwks.fetches() > before, "the new epoch refetched the set");
+    let fresh = other.sign(&claims(USER, &["user"]));
+    assert_eq!(s.with_token("/api/v1/wallets", &fresh).await.status(), 200);
+    std::fs::remove_file(&epoch).ok();
+}
+
+#[tokio::test]
 async fn malformed_tokens_are_refused() {
     let s = setup(&[]).await;
     let good = s.key.sign(&claims(USER, &["user"]));

@@ -314,6 +314,11 @@ impl JwksServer {
         self.state.keys.lock().unwrap().push(key.jwk());
     }
 
+    /// Serves exactly `keys` from now on (a key dropped by the issuer).
+    pub fn replace(&self, keys: &[&Key]) {
+        *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.jwk()).collect();
+    }
+
     pub fn set_available(&self, available: bool) {
         self.state.available.store(available, Ordering::SeqCst);
     }
