@@ -1,0 +1,134 @@
+//! The operator against a real cluster: runs only when `KUBECONFIG` is set (a kind or
+//! k3d cluster is enough), and says why it skips otherwise.
+//!
+//! The CRDs are installed, the controllers run in this process against the cluster, and
+//! a small platform is created in a fresh namespace. The app images need not exist:
+//! what is checked is what the operator creates and reports, not whether pods start.
+
+use std::time::Duration;
+
+use finflow_e2e::cluster::{self, TestNamespace, eventually};
+use finflow_operator::crd::{self, FinService, RedisCache};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn finservice(name: &str, depends_on: &[&str]) -> FinService {
+    serde_json::from_value(json!({
+        "apiVersion": "finflow.dev/v1alpha1",
+        "kind": "FinService",
+        "metadata": {"name": name},
+        "spec": {
+            "image": format!("ghcr.io/finflow/{name}"),
+            "version": "0.1.0",
+            "replicas": 1,
+            "port": 8001,
+            "dependsOn": depends_on,
+            "sidecar": {"jwksUri": "http://auth:8001/.well-known/jwks.json"}
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_crds_install_and_are_established() {
+    if !cluster::available("operator cluster tests") {
+        return;
+    }
+    let client = cluster::client().await;
+    cluster::install_crds(&client).await;
+}
+
+#[tokio::test]
+async fn a_platform_gets_its_deployments_and_services() {
+    if !cluster::available("operator cluster tests") {
+        return;
+    }
+    let client = cluster::client().await;
+    cluster::install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "finflow-operator-test").await;
+    let stop = cluster::start_controllers(&client, &ns.name);
+
+    let services: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+    let caches: Api<RedisCache> = Api::namespaced(client.clone(), &ns.name);
+    let pp = PostParams::default();
+    services
+        .create(&pp, &finservice("auth", &[]))
+        .await
+        .unwrap();
+    services
+        .create(&pp, &finservice("wallet", &["auth"]))
+        .await
+        .unwrap();
+    let cache: RedisCache = serde_json::from_value(json!({
+        "apiVersion": "finflow.dev/v1alpha1", "kind": "RedisCache",
+        "metadata": {"name": "cache"}, "spec": {}
+    }))
+    .unwrap();
+    caches.create(&pp, &cache).await.unwrap();
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["auth-blue", "auth-green", "cache"] {
+        eventually(&format!("Deployment {name}"), LIMIT, || {
+            let deployments = deployments.clone();
+            async move { deployments.get_opt(name).await.ok().flatten().is_some() }
+        })
+        .await;
+    }
+    for name in ["auth", "auth-preview", "cache"] {
+        eventually(&format!("Service {name}"), LIMIT, || {
+            let svcs = svcs.clone();
+            async move { svcs.get_opt(name).await.ok().flatten().is_some() }
+        })
+        .await;
+    }
+    eventually("the cache's password Secret", LIMIT, || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("cache-auth").await.ok().flatten().is_some() }
+    })
+    .await;
+
+    let blue = deployments.get("auth-blue").await.unwrap();
+    assert_eq!(blue.spec.as_ref().unwrap().replicas, Some(1));
+    let green = deployments.get("auth-green").await.unwrap();
+    assert_eq!(green.spec.as_ref().unwrap().replicas, Some(0));
+    let selector = svcs
+        .get("auth")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap();
+    assert_eq!(selector["finflow.dev/color"], "blue");
+
+    // wallet depends on auth, whose pods cannot become ready here: it must wait, and
+    // nothing of it may be rolled out.
+    eventually("wallet Waiting", LIMIT, || {
+        let services = services.clone();
+        async move {
+            services
+                .get("wallet")
+                .await
+                .ok()
+                .and_then(|w| w.status)
+                .is_some_and(|s| {
+                    s.phase == Some(crd::Phase::Waiting)
+                        && s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "DependenciesReady" && c.status == "False")
+                })
+        }
+    })
+    .await;
+    assert!(deployments.get_opt("wallet-blue").await.unwrap().is_none());
+
+    let _ = stop.send(true);
+    ns.delete().await;
+}

@@ -1,0 +1,296 @@
+//! Issue 9's rollout scenarios on a real cluster: they run only when `KUBECONFIG` is set
+//! (a kind or k3d cluster that can pull from Docker Hub) and say why they skip otherwise.
+//!
+//! Six FinServices in DESIGN's graph run `traefik/whoami` (it answers every path, so
+//! `/ready` and `/health` pass, and `POST /health` with `500` makes its `/health` fail),
+//! one replica each, the sidecar off. The operator's controllers run in this process.
+//! The same scenarios run on every build against the fake API server
+//! (`operator/src/controller/scenarios.rs`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use finflow_e2e::cluster::{self, TestNamespace, eventually};
+use finflow_operator::crd::{FinService, FinServiceStatus, Phase};
+use finflow_operator::plugin::{self, Command};
+use finflow_operator::rollout::{Request, request_from_annotations};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+
+const IMAGE: &str = "docker.io/traefik/whoami";
+const OLD: &str = "v1.10.1";
+const NEW: &str = "v1.10.2";
+/// A tag that does not exist: its pods never become ready.
+const MISSING: &str = "v0.0.0-finflow-missing";
+const LIMIT: Duration = Duration::from_secs(900);
+
+/// DESIGN section 8's graph: B on A, C on B, D and E on A and C, F on B, C and E.
+const SIX: [(&str, &[&str]); 6] = [
+    ("a", &[]),
+    ("b", &["a"]),
+    ("c", &["b"]),
+    ("d", &["a", "c"]),
+    ("e", &["a", "c"]),
+    ("f", &["b", "c", "e"]),
+];
+
+struct Platform {
+    client: Client,
+    ns: TestNamespace,
+    api: Api<FinService>,
+    stop: watch::Sender<bool>,
+}
+
+fn status(fs: &FinService) -> FinServiceStatus {
+    fs.status.clone().unwrap_or_default()
+}
+
+/// Live at the spec's version, Ready, nothing pending, the old color scaled down.
+fn settled(all: &BTreeMap<String, FinService>) -> bool {
+    all.len() == SIX.len()
+        && all.values().all(|fs| {
+            let s = status(fs);
+            s.phase == Some(Phase::Ready)
+                && s.active_version.as_deref() == Some(fs.spec.version.as_str())
+                && s.preview_version.is_none()
+                && !s.previous_retained
+        })
+}
+
+impl Platform {
+    /// The six services deployed at [`OLD`], or `None` without a cluster.
+    async fn start() -> Option<Self> {
+        if !cluster::available("rollout cluster tests") {
+            return None;
+        }
+        let client = cluster::client().await;
+        cluster::install_crds(&client).await;
+        let ns = TestNamespace::create(&client, "finflow-rollout").await;
+        let stop = cluster::start_controllers(&client, &ns.name);
+        let api: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+        for (name, deps) in SIX {
+            let fs: FinService = serde_json::from_value(json!({
+                "apiVersion": "finflow.dev/v1alpha1", "kind": "FinService",
+                "metadata": {"name": name},
+                "spec": {
+                    "image": IMAGE, "version": OLD, "replicas": 1, "port": 80,
+                    "module": name.to_uppercase(), "dependsOn": deps,
+                    "sidecar": {"enabled": false},
+                    "rollout": {
+                        "readinessTimeoutSeconds": 120,
+                        "observationWindowSeconds": 20,
+                        "scaleDownDelaySeconds": 10,
+                    },
+                },
+            }))
+            .unwrap();
+            api.create(&PostParams::default(), &fs).await.unwrap();
+        }
+        let platform = Self {
+            client,
+            ns,
+            api,
+            stop,
+        };
+        platform
+            .wait("six services live at the old version", settled)
+            .await;
+        Some(platform)
+    }
+
+    async fn all(&self) -> BTreeMap<String, FinService> {
+        self.api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.into_iter().map(|f| (f.name_any(), f)).collect())
+            .unwrap_or_default()
+    }
+
+    async fn wait(&self, what: &str, done: impl Fn(&BTreeMap<String, FinService>) -> bool) {
+        eventually(what, LIMIT, || async { done(&self.all().await) }).await;
+    }
+
+    async fn set_version(&self, name: &str, version: &str) {
+        self.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"version": version}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn upgrade_all(&self, version: &str) {
+        for (name, _) in SIX {
+            self.set_version(name, version).await;
+        }
+    }
+
+    /// `(action, reason)` of the Events about `name`, oldest first.
+    async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let mut list: Vec<Event> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        list.sort_by_key(|e| e.metadata.creation_timestamp.clone());
+        list.into_iter()
+            .map(|e| (e.action.unwrap_or_default(), e.reason.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn acted(&self, name: &str, action: &str) -> bool {
+        self.events(name).await.iter().any(|(a, _)| a == action)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.ns.delete().await;
+    }
+}
+
+fn since(all: &BTreeMap<String, FinService>, name: &str) -> i64 {
+    status(&all[name])
+        .active_since
+        .map_or(0, |t| t.0.as_second())
+}
+
+#[tokio::test]
+async fn six_services_upgrade_in_dependency_order() {
+    let Some(p) = Platform::start().await else {
+        return;
+    };
+    p.upgrade_all(NEW).await;
+    p.wait("six services live at the new version", settled)
+        .await;
+    let all = p.all().await;
+    assert!(since(&all, "a") < since(&all, "b"));
+    assert!(since(&all, "b") < since(&all, "c"));
+    assert!(since(&all, "c") < since(&all, "d").min(since(&all, "e")));
+    assert!(since(&all, "d").max(since(&all, "e")) < since(&all, "f"));
+    for (name, _) in SIX {
+        for action in ["DeployPreview", "Promote", "ScaleDownOld"] {
+            assert!(p.acted(name, action).await, "{name}: no {action} Event");
+        }
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn c_never_ready_aborts_and_holds_d_e_f_while_a_and_b_stay_upgraded() {
+    let Some(p) = Platform::start().await else {
+        return;
+    };
+    p.upgrade_all(NEW).await;
+    p.set_version("c", MISSING).await;
+    p.wait("C aborted", |all| {
+        status(&all["c"]).failed_version.as_deref() == Some(MISSING)
+    })
+    .await;
+    let all = p.all().await;
+    for held in ["d", "e", "f"] {
+        let s = status(&all[held]);
+        assert_eq!(s.active_version.as_deref(), Some(OLD), "{held}");
+        assert_eq!(s.preview_version, None, "{held} never deployed");
+        assert_eq!(s.phase, Some(Phase::Waiting), "{held}");
+    }
+    for upgraded in ["a", "b"] {
+        assert_eq!(status(&all[upgraded]).active_version.as_deref(), Some(NEW));
+    }
+    assert_eq!(status(&all["c"]).active_version.as_deref(), Some(OLD));
+    assert_eq!(status(&all["c"]).phase, Some(Phase::Degraded));
+    assert!(
+        p.events("c")
+            .await
+            .contains(&("Abort".into(), "ReadinessTimeout".into()))
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn f_failing_its_observation_window_rolls_back_alone() {
+    let Some(p) = Platform::start().await else {
+        return;
+    };
+    p.upgrade_all(NEW).await;
+    p.wait("F promoted and observed", |all| {
+        status(&all["f"]).active_version.as_deref() == Some(NEW)
+            && status(&all["f"]).observation.is_some()
+    })
+    .await;
+    // whoami's `POST /health` with a status code makes its `/health` answer it.
+    let path = format!(
+        "/api/v1/namespaces/{}/services/f:http/proxy/health",
+        p.ns.name
+    );
+    p.client
+        .request_text(http::Request::post(path).body(b"500".to_vec()).unwrap())
+        .await
+        .unwrap();
+    p.wait("F rolled back", |all| {
+        status(&all["f"]).failed_version.as_deref() == Some(NEW)
+    })
+    .await;
+    let all = p.all().await;
+    assert_eq!(status(&all["f"]).active_version.as_deref(), Some(OLD));
+    for other in ["a", "b", "c", "d", "e"] {
+        assert_eq!(status(&all[other]).active_version.as_deref(), Some(NEW));
+        assert!(!p.acted(other, "Rollback").await, "{other} rolled back");
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn rollback_cascade_of_b_rolls_back_its_later_dependents_first() {
+    let Some(p) = Platform::start().await else {
+        return;
+    };
+    p.upgrade_all(NEW).await;
+    p.wait("six services live at the new version", settled)
+        .await;
+    // What `kubectl finflow rollback --cascade b` writes.
+    p.api
+        .patch(
+            "b",
+            &PatchParams::apply(plugin::FIELD_MANAGER).force(),
+            &Patch::Apply(plugin::request_patch(
+                "b",
+                Command::Rollback { cascade: true },
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        request_from_annotations(p.api.get("b").await.unwrap().annotations()),
+        Some(Request::Rollback { cascade: true })
+    );
+    p.wait("B rolled back", |all| {
+        status(&all["b"]).active_version.as_deref() == Some(OLD)
+    })
+    .await;
+    let all = p.all().await;
+    for rolled in ["b", "c", "d", "e", "f"] {
+        assert_eq!(
+            status(&all[rolled]).active_version.as_deref(),
+            Some(OLD),
+            "{rolled}"
+        );
+    }
+    assert_eq!(status(&all["a"]).active_version.as_deref(), Some(NEW));
+    assert!(since(&all, "f") < since(&all, "d").min(since(&all, "e")));
+    assert!(since(&all, "d").max(since(&all, "e")) < since(&all, "c"));
+    assert!(since(&all, "c") < since(&all, "b"));
+    assert!(
+        request_from_annotations(all["b"].annotations()).is_none(),
+        "the handled request is cleared"
+    );
+    p.stop().await;
+}
