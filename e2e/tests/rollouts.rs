@@ -27,15 +27,7 @@ const NEW: &str = "v1.10.2";
 const MISSING: &str = "v0.0.0-finflow-missing";
 const LIMIT: Duration = Duration::from_secs(900);
 
-/// DESIGN section 8's graph: B on A, C on B, D and E on A and C, F on B, C and E.
-const SIX: [(&str, &[&str]); 6] = [
-    ("a", &[]),
-    ("b", &["a"]),
-    ("c", &["b"]),
-    ("d", &["a", "c"]),
-    ("e", &["a", "c"]),
-    ("f", &["b", "c", "e"]),
-];
+use finflow_operator::graph::DESIGN_GRAPH as SIX;
 
 struct Platform {
     client: Client,

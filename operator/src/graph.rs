@@ -7,6 +7,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// DESIGN section 8's graph with the module letters as names: B on A, C on B, D and E
+/// on A and C, F on B, C and E. The rollout scenarios use it.
+pub const DESIGN_GRAPH: [(&str, &[&str]); 6] = [
+    ("a", &[]),
+    ("b", &["a"]),
+    ("c", &["b"]),
+    ("d", &["a", "c"]),
+    ("e", &["a", "c"]),
+    ("f", &["b", "c", "e"]),
+];
+
 /// Why a set of dependencies is not a deployable graph.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GraphError {

@@ -16,15 +16,7 @@ use crate::rollout::{self, reason};
 
 const TICK: i64 = 10;
 
-/// DESIGN section 8's graph: B on A, C on B, D and E on A and C, F on B, C and E.
-const SIX: [(&str, &[&str]); 6] = [
-    ("a", &[]),
-    ("b", &["a"]),
-    ("c", &["b"]),
-    ("d", &["a", "c"]),
-    ("e", &["a", "c"]),
-    ("f", &["b", "c", "e"]),
-];
+use crate::graph::DESIGN_GRAPH as SIX;
 
 fn manifest(name: &str, depends_on: &[&str]) -> Value {
     json!({
