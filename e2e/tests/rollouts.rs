@@ -68,7 +68,9 @@ impl Platform {
                 "apiVersion": "finflow.dev/v1alpha1", "kind": "FinService",
                 "metadata": {"name": name},
                 "spec": {
-                    "image": IMAGE, "version": OLD, "replicas": 1, "port": 80,
+                    "image": IMAGE, "version": OLD, "replicas": 1, "port": 8080,
+                    // Non-root, as every FinService pod runs: an unprivileged port.
+                    "env": [{"name": "WHOAMI_PORT_NUMBER", "value": "8080"}],
                     "module": name.to_uppercase(), "dependsOn": deps,
                     "sidecar": {"enabled": false},
                     "rollout": {

@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -470,6 +472,21 @@ pub fn advance(
     s
 }
 
+/// The image of `version`: `image:version`, unless `image` already names a tag or a
+/// digest (a registry port's colon does not count).
+pub fn image_ref(image: &str, version: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_owned()
+    } else {
+        format!("{image}:{version}")
+    }
+}
+
+fn secret_volume_name(index: usize) -> String {
+    format!("finflow-secret-{index}")
+}
+
 fn deployment_for(
     fs: &FinService,
     settings: &Settings,
@@ -543,7 +560,7 @@ fn deployment_for(
     };
     let app = Container {
         name: "app".to_owned(),
-        image: Some(format!("{}:{version}", spec.image)),
+        image: Some(image_ref(&spec.image, version)),
         ports: Some(vec![ContainerPort {
             name: Some(inject::HTTP_PORT.to_owned()),
             container_port: port,
@@ -552,12 +569,37 @@ fn deployment_for(
         }]),
         env: Some(env),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: PODINFO_VOLUME.to_owned(),
-            mount_path: PODINFO_PATH.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: PODINFO_VOLUME.to_owned(),
+                mount_path: PODINFO_PATH.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            })
+            .chain(
+                spec.secret_mounts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| VolumeMount {
+                        name: secret_volume_name(i),
+                        mount_path: m.mount_path.clone(),
+                        read_only: Some(true),
+                        ..VolumeMount::default()
+                    }),
+            )
+            .collect(),
+        ),
+        // Our images run as uid 65532 and write nothing to their filesystem.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
         readiness_probe: Some(http_probe("/ready", 5)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
@@ -567,9 +609,32 @@ fn deployment_for(
     };
     let mut pod = PodSpec {
         containers: vec![app],
-        volumes: Some(vec![podinfo_volume()]),
+        volumes: Some(
+            std::iter::once(podinfo_volume())
+                .chain(spec.secret_mounts.iter().enumerate().map(|(i, m)| Volume {
+                    name: secret_volume_name(i),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(m.secret_name.clone()),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                }))
+                .collect(),
+        ),
         service_account_name: Some(name.clone()),
         automount_service_account_token: Some(false),
+        // The images' non-root user (distroless `nonroot`); mounted Secrets are readable
+        // by its group.
+        security_context: Some(PodSecurityContext {
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
         termination_grace_period_seconds: Some(30),
         ..PodSpec::default()
     };
@@ -1078,6 +1143,7 @@ pub(crate) mod tests {
             },
             rollout: Default::default(),
             resources: None,
+            secret_mounts: Vec::new(),
         };
         let mut fs = FinService::new(name, spec);
         fs.metadata.namespace = Some("finflow".into());
@@ -1159,6 +1225,62 @@ pub(crate) mod tests {
         assert_eq!(file.path, "role");
         // The sidecar's configuration volume is still there.
         assert!(volumes.iter().any(|v| v.config_map.is_some()));
+    }
+
+    #[test]
+    fn secret_mounts_reach_the_app_read_only() {
+        let mut fs = finservice("auth", &[]);
+        fs.spec.secret_mounts = vec![crate::crd::SecretMount {
+            secret_name: "finflow-jwt-keys".into(),
+            mount_path: "/var/run/finflow/jwt-keys".into(),
+        }];
+        let owned = desired(&fs, &settings(), false);
+        let pod = pod(&owned.deployments[0]);
+        let mount = container(pod, "app")
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == "/var/run/finflow/jwt-keys")
+            .unwrap();
+        assert_eq!(mount.read_only, Some(true));
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("finflow-jwt-keys")
+        );
+        assert!(
+            container(pod, inject::SIDECAR_NAME)
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != mount.name),
+            "the sidecar does not see the keys"
+        );
+    }
+
+    #[test]
+    fn the_version_is_the_tag_unless_the_image_names_one() {
+        assert_eq!(
+            image_ref("ghcr.io/finflow/auth", "1.2.0"),
+            "ghcr.io/finflow/auth:1.2.0"
+        );
+        assert_eq!(
+            image_ref("localhost:5000/finflow/auth", "1.2.0"),
+            "localhost:5000/finflow/auth:1.2.0"
+        );
+        assert_eq!(
+            image_ref("ghcr.io/finflow/auth:tilt-1a2b", "1.2.0"),
+            "ghcr.io/finflow/auth:tilt-1a2b"
+        );
+        assert_eq!(
+            image_ref("ghcr.io/finflow/auth@sha256:abc", "1.2.0"),
+            "ghcr.io/finflow/auth@sha256:abc"
+        );
     }
 
     #[test]

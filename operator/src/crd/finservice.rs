@@ -38,7 +38,8 @@ use super::{Phase, SecretKeyRef};
 #[serde(rename_all = "camelCase")]
 pub struct FinServiceSpec {
     /// Container image repository of the application, without a tag (for example
-    /// `ghcr.io/finflow/wallet`). The tag is `version`.
+    /// `ghcr.io/finflow/wallet`). The tag is `version`. An image that already names a
+    /// tag or digest (as Tilt substitutes its builds) is used as it is.
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
     pub image: String,
     /// Version to run: the image tag, for example `1.4.2`. Changing it rolls out a new version.
@@ -87,6 +88,23 @@ pub struct FinServiceSpec {
     /// CPU and memory for the application container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Secrets mounted read-only into the application container, one file per key (for
+    /// example the auth service's signing keys in `JWT_KEYS_DIR`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub secret_mounts: Vec<SecretMount>,
+}
+
+/// A Secret mounted into the application container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretMount {
+    /// Name of the Secret, in the FinService's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Directory in the application container; each key of the Secret becomes a file.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("mountPath must be an absolute path"))]
+    pub mount_path: String,
 }
 
 fn default_replicas() -> i32 {

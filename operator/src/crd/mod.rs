@@ -15,7 +15,7 @@ pub mod rediscache;
 
 pub use finservice::{
     Color, FinService, FinServiceSpec, FinServiceStatus, Module, Observation, Revision,
-    RollbackState, RolloutSpec, SidecarSpec,
+    RollbackState, RolloutSpec, SecretMount, SidecarSpec,
 };
 pub use messagequeue::{MessageQueue, MessageQueueSpec, MessageQueueStatus};
 pub use rediscache::{RedisCache, RedisCacheSpec, RedisCacheStatus};
