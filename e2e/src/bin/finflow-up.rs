@@ -1,11 +1,25 @@
 //! `finflow-up`: runs the platform locally until Ctrl-C (what `dev/up` calls).
 
+use clap::Parser;
 use finflow_e2e::launcher::{Options, Platform};
+
+/// Runs the FinFlow platform locally: backing services, every service with its sidecar
+/// in dependency order, the gateway on :8000.
+#[derive(Parser)]
+#[command(name = "finflow-up")]
+struct Cli {
+    /// Build and run optimized binaries (slower to build; what benchmarks measure).
+    #[arg(long)]
+    release: bool,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     eprintln!("starting FinFlow locally: backing services, build, services in dependency order");
-    let mut platform = match Platform::start(Options::local()).await {
+    let mut options = Options::local();
+    options.release = cli.release;
+    let mut platform = match Platform::start(options).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("\nFinFlow did not start: {e:#}");

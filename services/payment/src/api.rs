@@ -334,14 +334,16 @@ async fn precheck(
             }
         })
     };
-    let from = match req.from_wallet_id {
-        Some(id) => Some(lookup(id).await?),
-        None => None,
+    let fetch = |id: Option<Uuid>| async move {
+        match id {
+            Some(id) => lookup(id).await.map(Some),
+            None => Ok(None),
+        }
     };
-    let to = match req.to_wallet_id {
-        Some(id) => Some(lookup(id).await?),
-        None => None,
-    };
+    // Both wallets at once: the accept path waits for B, so its latency is the
+    // client's. Errors are still reported source first.
+    let (from, to) = tokio::join!(fetch(req.from_wallet_id), fetch(req.to_wallet_id));
+    let (from, to) = (from?, to?);
     // The caller must own the wallet the money leaves (or, for a deposit, enters);
     // someone else's wallet is 404, as at B.
     let own = if kind == Kind::Deposit {

@@ -405,13 +405,12 @@ async fn resolve(
     }
 }
 
-/// What left `wallet` today (UTC) through limited kinds.
+/// What left `wallet` today (UTC) through limited kinds: the counter the ledger keeps
+/// (`wallet_daily_spend`), one row however busy the wallet.
 pub async fn spent_today(tx: &mut PgConnection, wallet: Uuid) -> Result<Amount, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce(sum(-l.amount), 0) FROM ledger_lines l \
-         JOIN journal_entries e ON e.id = l.entry_id \
-         WHERE l.wallet_id = $1 AND l.amount < 0 AND e.kind IN ('transfer', 'withdrawal') \
-           AND l.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+        "SELECT coalesce((SELECT spent FROM wallet_daily_spend \
+                           WHERE wallet_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date), 0)",
     )
     .bind(wallet)
     .fetch_one(&mut *tx)

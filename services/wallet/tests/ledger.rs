@@ -110,6 +110,21 @@ async fn assert_books_balance(pool: &PgPool, deposited: Amount) {
         unbalanced, 0,
         "every journal entry's debits equal its credits"
     );
+    let miscounted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ( \
+           SELECT l.wallet_id, (l.created_at AT TIME ZONE 'UTC')::date AS day, sum(-l.amount) AS spent \
+             FROM ledger_lines l JOIN journal_entries e ON e.id = l.entry_id \
+            WHERE l.amount < 0 AND e.kind IN ('transfer', 'withdrawal') GROUP BY 1, 2) t \
+         FULL JOIN wallet_daily_spend s USING (wallet_id, day) \
+         WHERE s.spent IS DISTINCT FROM t.spent",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        miscounted, 0,
+        "each wallet's daily spend counter equals its day's limited debits"
+    );
 }
 
 #[tokio::test]
