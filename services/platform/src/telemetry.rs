@@ -132,6 +132,36 @@ fn set_parent(span: &tracing::Span, cx: Context) {
     }
 }
 
+/// Makes the request in `headers` a hop of its own in the caller's trace without
+/// recording a span: the same trace (a new one when none came), a new parent span id,
+/// the caller's sampling decision and `tracestate`. What a proxy that exports no traces
+/// does: a header rewrite per request instead of a span.
+pub fn hop_http(headers: &mut HeaderMap) {
+    use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
+    use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+    let incoming = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
+    let caller = incoming.span().span_context().clone();
+    let ids = RandomIdGenerator::default();
+    let (trace_id, flags, state) = if caller.is_valid() {
+        (
+            caller.trace_id(),
+            caller.trace_flags(),
+            caller.trace_state().clone(),
+        )
+    } else {
+        (
+            ids.new_trace_id(),
+            TraceFlags::default(),
+            TraceState::default(),
+        )
+    };
+    let hop = SpanContext::new(trace_id, ids.new_span_id(), flags, true, state);
+    propagator().inject_context(
+        &Context::new().with_remote_span_context(hop),
+        &mut opentelemetry_http::HeaderInjector(headers),
+    );
+}
+
 /// Writes the current span's `traceparent` (and `tracestate`) into outgoing HTTP headers.
 pub fn inject_http(headers: &mut HeaderMap) {
     let cx = tracing::Span::current().context();
@@ -220,6 +250,37 @@ mod tests {
         let out = outgoing["traceparent"].to_str().unwrap();
         assert!(out.contains(TRACE_ID), "{out}");
         assert_ne!(out, traceparent, "each hop is a new span in the same trace");
+    }
+
+    #[test]
+    fn a_hop_keeps_the_trace_and_sampling_and_takes_a_new_parent_id() {
+        let sent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", sent.parse().unwrap());
+        headers.insert("tracestate", "vendor=1".parse().unwrap());
+        hop_http(&mut headers);
+        let hop = headers["traceparent"].to_str().unwrap().to_owned();
+        let parts: Vec<&str> = hop.split('-').collect();
+        assert_eq!(parts.len(), 4, "{hop}");
+        assert_eq!((parts[0], parts[1], parts[3]), ("00", TRACE_ID, "01"));
+        assert_ne!(parts[2], "00f067aa0ba902b7", "a new parent span id");
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(headers["tracestate"], "vendor=1");
+
+        // Nothing (or garbage) came: a new, unsampled trace.
+        for incoming in [None, Some("00-zz-yy-01")] {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = incoming {
+                headers.insert("traceparent", v.parse().unwrap());
+            }
+            hop_http(&mut headers);
+            let fresh = headers["traceparent"].to_str().unwrap();
+            assert!(
+                fresh.starts_with("00-") && fresh.ends_with("-00"),
+                "{fresh}"
+            );
+            assert!(!fresh.contains("zz"));
+        }
     }
 
     #[test]

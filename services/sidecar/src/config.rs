@@ -125,6 +125,12 @@ pub struct Config {
     #[arg(long, env = "CLAIM_HEADERS", default_value = DEFAULT_CLAIM_HEADERS)]
     pub claim_headers: String,
 
+    /// Threads serving requests. 1 (the default, as in linkerd2-proxy) runs everything
+    /// on one thread: a sidecar shares its pod's CPU with the app, and one thread avoids
+    /// waking a second one for every request. 0 means one per CPU (a busy gateway).
+    #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     /// Sidecar mode: sustained requests per second allowed per user (anonymous: per client IP).
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
     pub rate_limit_per_second: u32,
@@ -277,6 +283,12 @@ pub enum ModeSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mode: ModeSettings,
+    /// Traces are exported: each request gets a span of its own. Without export the
+    /// proxy only makes the request a hop in the caller's trace ([`telemetry::hop_http`]),
+    /// which costs far less than a span.
+    ///
+    /// [`telemetry::hop_http`]: finflow_platform::telemetry::hop_http
+    pub spans: bool,
     pub claim_headers: ClaimHeaders,
     pub upstream_timeout: Duration,
     pub shutdown_drain: Duration,
@@ -354,6 +366,7 @@ impl Config {
         match (mode, claim_headers) {
             (Some(mode), Some(claim_headers)) if errors.is_empty() => Ok(Settings {
                 mode,
+                spans: self.telemetry.otlp_endpoint.is_some(),
                 claim_headers,
                 upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
                 shutdown_drain: Duration::from_secs(self.shutdown_drain_secs),

@@ -204,7 +204,13 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                 claim_headers: settings.claim_headers,
                 verified,
             }));
-            let proxy = Arc::new(Proxy::new(gate, client, settings.upstream_timeout, strip));
+            let proxy = Arc::new(Proxy::new(
+                gate,
+                client,
+                settings.upstream_timeout,
+                strip,
+                settings.spans,
+            ));
             let router = Router::new().fallback(proxy::handle).with_state(proxy);
             (router, health.build())
         }
@@ -218,7 +224,13 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                 tracing::warn!("gateway mode without any ROUTE_* set: every route answers 503");
             }
             let gate = Gate::Gateway(GatewayGate::new(gateway));
-            let proxy = Arc::new(Proxy::new(gate, client, settings.upstream_timeout, strip));
+            let proxy = Arc::new(Proxy::new(
+                gate,
+                client,
+                settings.upstream_timeout,
+                strip,
+                settings.spans,
+            ));
             let router = Router::new()
                 .route(
                     "/health",

@@ -1,13 +1,33 @@
-//! `finflow-sidecar`: parse configuration, start telemetry, bind, run.
+//! `finflow-sidecar`: parse configuration, build the runtime, start telemetry, bind, run.
 
 use anyhow::Context;
 use finflow_platform::http::shutdown_signal;
 use finflow_sidecar::{Config, Mode, run};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+// Every request allocates and frees header maps and buffers; mimalloc's thread-local
+// free lists make that markedly cheaper than glibc's malloc (measured by finflow-bench).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
     let config: Config = finflow_platform::config::load();
+    let runtime = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let service = match config.mode {
         Mode::Sidecar => "finflow-sidecar",
         Mode::Gateway => "finflow-gateway",

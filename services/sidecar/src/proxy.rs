@@ -145,15 +145,24 @@ pub struct Proxy {
     timeout: Duration,
     /// Identity headers removed from every client request.
     strip: Vec<HeaderName>,
+    /// A span per request (traces are exported); else only the trace context hops.
+    spans: bool,
 }
 
 impl Proxy {
-    pub fn new(gate: Gate, client: HttpClient, timeout: Duration, strip: Vec<HeaderName>) -> Self {
+    pub fn new(
+        gate: Gate,
+        client: HttpClient,
+        timeout: Duration,
+        strip: Vec<HeaderName>,
+        spans: bool,
+    ) -> Self {
         Self {
             gate,
             client,
             timeout,
             strip,
+            spans,
         }
     }
 
@@ -182,7 +191,11 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         headers::set_forwarding(&mut parts.headers, client, host, request_id);
-        telemetry::inject_http(&mut parts.headers);
+        if self.spans {
+            telemetry::inject_http(&mut parts.headers);
+        } else {
+            telemetry::hop_http(&mut parts.headers);
+        }
         parts.uri = base.join(parts.uri.path_and_query());
         parts.version = Version::HTTP_11;
 
@@ -242,6 +255,23 @@ pub async fn handle(
     request: Request,
 ) -> Response {
     let request_id = headers::request_id(request.headers());
+    if !proxy.spans {
+        let mut response = match proxy.forward(request, peer.ip(), &request_id).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::info!(
+                    reason = error.reason(),
+                    status = %error.status(),
+                    request_id = request_id.to_str().unwrap_or_default(),
+                    "refused by the proxy"
+                );
+                error.into_response()
+            }
+        };
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        count(response.status());
+        return response;
+    }
     let span = tracing::info_span!(
         "proxy",
         method = %request.method(),
@@ -265,10 +295,30 @@ pub async fn handle(
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     span.record("status", response.status().as_u16());
-    metrics::counter!(
-        "finflow_sidecar_requests_total",
-        "status" => response.status().as_str().to_owned()
-    )
-    .increment(1);
+    count(response.status());
     response
+}
+
+/// Counts a response by status.
+fn count(status: StatusCode) {
+    // The common statuses as static labels: no allocation per request.
+    let label: std::borrow::Cow<'static, str> = match status.as_u16() {
+        200 => "200".into(),
+        201 => "201".into(),
+        202 => "202".into(),
+        204 => "204".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        404 => "404".into(),
+        409 => "409".into(),
+        422 => "422".into(),
+        429 => "429".into(),
+        500 => "500".into(),
+        502 => "502".into(),
+        503 => "503".into(),
+        504 => "504".into(),
+        _ => status.as_str().to_owned().into(),
+    };
+    metrics::counter!("finflow_sidecar_requests_total", "status" => label).increment(1);
 }

@@ -334,6 +334,25 @@ async fn a_valid_token_reaches_the_app_with_identity_forwarding_request_id_and_t
 }
 
 #[tokio::test]
+async fn with_trace_export_on_each_request_is_a_span_in_the_callers_trace() {
+    // The exporter itself is started by `main`; here only the proxy's span path runs.
+    let s = setup(&["--otlp-endpoint=http://127.0.0.1:4318"]).await;
+    let token = s.key.sign(&claims(USER, &["user"]));
+    let sent_traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let response = s
+        .sidecar
+        .get("/api/v1/wallets")
+        .bearer_auth(&token)
+        .header("traceparent", &sent_traceparent)
+        .send()
+        .await
+        .unwrap();
+    let traceparent = received(response).await.header("traceparent").unwrap();
+    assert!(traceparent.contains(TRACE_ID), "{traceparent}");
+    assert_ne!(traceparent, sent_traceparent);
+}
+
+#[tokio::test]
 async fn a_malformed_request_id_is_replaced_by_a_generated_one() {
     let s = setup(&[]).await;
     let response = s
