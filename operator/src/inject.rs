@@ -257,17 +257,24 @@ fn sidecar_container(settings: &SidecarSettings, public: i32, app_port: i32) -> 
             limits: Some([("memory".to_owned(), quantity("128Mi"))].into()),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted()),
         ..Container::default()
+    }
+}
+
+/// The container security context of the sidecar and of every app: non-root, no
+/// privilege escalation, no capabilities, nothing written to the image's filesystem
+/// (Kubernetes' "restricted" pod security standard).
+pub fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
     }
 }
 
