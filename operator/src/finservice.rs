@@ -383,16 +383,6 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
     }
 }
 
-/// Whether `fs` is inside the observation window after its last promotion at `now`.
-pub fn in_observation_window(fs: &FinService, now: i64) -> bool {
-    let status = fs.status.clone().unwrap_or_default();
-    status.previous_version.is_some()
-        && status.observation.is_some()
-        && now
-            < time_or_zero(status.active_since.as_ref())
-                .saturating_add(i64::from(fs.spec.rollout.observation_window_seconds))
-}
-
 /// The rollout state after `step` was carried out at `now`; `restarts` are the
 /// container restarts of the idle color's pods (the baseline of a promotion's
 /// observation window), `window` what this reconcile's observation found.
@@ -413,9 +403,7 @@ pub fn advance(
     }
     match step {
         Step::DeployFirst => {
-            s.active_color = Some(color);
-            s.active_version = Some(fs.spec.version.clone());
-            s.active_since = Some(now.clone());
+            go_live(&mut s, fs.spec.version.clone(), color, now);
         }
         Step::DeployPreview => {
             s.preview_version = Some(fs.spec.version.clone());
@@ -426,10 +414,7 @@ pub fn advance(
         }
         Step::Promote => {
             if let Some(preview) = s.preview_version.take() {
-                s.previous_version = s.active_version.take();
-                s.active_version = Some(preview);
-                s.active_color = Some(color.other());
-                s.active_since = Some(now.clone());
+                s.previous_version = go_live(&mut s, preview, color.other(), now);
                 s.preview_since = None;
                 s.previous_retained = true;
                 s.failed_version = None;
@@ -451,10 +436,7 @@ pub fn advance(
         Step::ScaleUpOld => s.previous_retained = true,
         Step::Rollback => {
             if let Some(previous) = s.previous_version.take() {
-                s.failed_version = s.active_version.take();
-                s.active_version = Some(previous);
-                s.active_color = Some(color.other());
-                s.active_since = Some(now.clone());
+                s.failed_version = go_live(&mut s, previous, color.other(), now);
                 s.previous_retained = false;
                 s.observation = None;
                 s.rollback = None;
@@ -469,6 +451,14 @@ pub fn advance(
         | Step::WaitForDependents => {}
     }
     s
+}
+
+/// Makes `version` in `color` what `<name>` serves from `now`; returns the version that
+/// was live before.
+fn go_live(s: &mut FinServiceStatus, version: String, color: Color, now: &Time) -> Option<String> {
+    s.active_color = Some(color);
+    s.active_since = Some(now.clone());
+    s.active_version.replace(version)
 }
 
 /// The image of `version`: `image:version`, unless `image` already names a tag or a

@@ -302,7 +302,8 @@ impl Observed {
             .is_some_and(|a| a.version == self.spec_version)
     }
 
-    fn observing(&self, now: i64) -> bool {
+    /// In the observation window that follows a promotion.
+    pub fn observing(&self, now: i64) -> bool {
         self.previous.is_some()
             && self
                 .active

@@ -158,15 +158,16 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
 
     // The graph and what it depends on.
     let services: Api<FinService> = Api::namespaced(client.clone(), &ns);
-    let all: Vec<FinService> = services
+    // The others as listed; this one as handed to the reconcile.
+    let others: Vec<FinService> = services
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
         .filter(|f| f.name_any() != name)
-        .chain([fs.as_ref().clone()])
         .collect();
-    let by_name: BTreeMap<String, &FinService> = all.iter().map(|f| (f.name_any(), f)).collect();
+    let all: Vec<&FinService> = others.iter().chain([fs.as_ref()]).collect();
+    let by_name: BTreeMap<String, &FinService> = all.iter().map(|f| (f.name_any(), *f)).collect();
     let mut blockers: Vec<Blocker> = Vec::new();
     // The DependenciesReady condition names each dependency that is not Ready; holding
     // back a new version is the engine's decision.
@@ -247,7 +248,9 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
-    let window = if finservice::in_observation_window(&fs, now_s) {
+    // The window is watched once this operator recorded the promotion's baseline.
+    let window = if state.observation.is_some() && finservice::observed(&fs, None).observing(now_s)
+    {
         let baseline = state
             .observation
             .as_ref()
@@ -274,9 +277,8 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     };
 
     // The decision.
-    let mut world: BTreeMap<String, rollout::Observed> = all
+    let mut world: BTreeMap<String, rollout::Observed> = others
         .iter()
-        .filter(|f| f.name_any() != name)
         .map(|f| (f.name_any(), finservice::observed(f, None)))
         .collect();
     let me = finservice::observed(&fs, Some(&fresh));
@@ -305,11 +307,7 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     let mut planned = fs.as_ref().clone();
     planned.status = Some(next.clone());
     // The issuer's epoch as of this reconcile, with this service's own step applied.
-    let epoch = finservice::issuer_epoch(
-        all.iter()
-            .filter(|f| f.name_any() != name)
-            .chain([&planned]),
-    );
+    let epoch = finservice::issuer_epoch(others.iter().chain([&planned]));
     let owned =
         finservice::desired_with_epoch(&planned, &ctx.settings, cache_password, epoch.as_deref());
     let [blue, green] = owned.deployments;
