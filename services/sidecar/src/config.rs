@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use finflow_platform::config::{TelemetryConfig, Validate};
 use http::Uri;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, Scheme};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::headers::ClaimHeaders;
@@ -211,18 +211,9 @@ impl BaseUrl {
         })
     }
 
-    /// The upstream URI for a request's path and query.
-    pub fn join(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(
-            path_and_query
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        Uri::from_parts(parts)
-            .unwrap_or_else(|_| unreachable!("scheme, authority and path are set"))
+    /// Where connections to the upstream go.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     /// `http://host:port`, as the health checks want it.
@@ -692,13 +683,11 @@ mod tests {
     }
 
     #[test]
-    fn a_base_url_keeps_the_request_path_and_query() {
-        let base = BaseUrl::parse("UPSTREAM", "http://127.0.0.1:9001").unwrap();
-        let pq = PathAndQuery::from_static("/api/v1/wallets/1?x=2");
-        assert_eq!(
-            base.join(Some(&pq)).to_string(),
-            "http://127.0.0.1:9001/api/v1/wallets/1?x=2"
-        );
-        assert_eq!(base.join(None).to_string(), "http://127.0.0.1:9001/");
+    fn a_base_url_is_only_a_scheme_and_an_authority() {
+        let base = BaseUrl::parse("UPSTREAM", "http://127.0.0.1:9001/").unwrap();
+        assert_eq!(base.authority().as_str(), "127.0.0.1:9001");
+        assert_eq!(base.as_base(), "http://127.0.0.1:9001");
+        assert!(BaseUrl::parse("UPSTREAM", "http://127.0.0.1:9001/api").is_err());
+        assert!(BaseUrl::parse("UPSTREAM", "https://127.0.0.1:9001").is_err());
     }
 }

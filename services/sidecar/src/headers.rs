@@ -192,7 +192,9 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         .filter(|v| is_valid_request_id(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            let mut text = uuid::Uuid::encode_buffer();
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+            HeaderValue::from_str(text)
                 .unwrap_or_else(|_| unreachable!("a UUID is a valid header value"))
         })
 }
@@ -207,6 +209,8 @@ pub fn set_forwarding(
     request_id: &HeaderValue,
 ) {
     let client_text = client.to_string();
+    let client_value = HeaderValue::from_str(&client_text)
+        .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"));
     let prior: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -215,13 +219,11 @@ pub fn set_forwarding(
         .filter(|v| !v.is_empty())
         .collect();
     let chain = if prior.is_empty() {
-        client_text.clone()
+        client_value.clone()
     } else {
-        format!("{}, {client_text}", prior.join(", "))
+        HeaderValue::from_str(&format!("{}, {client_text}", prior.join(", ")))
+            .unwrap_or_else(|_| client_value.clone())
     };
-    let client_value = HeaderValue::from_str(&client_text)
-        .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"));
-    let chain = HeaderValue::from_str(&chain).unwrap_or_else(|_| client_value.clone());
     headers.insert(X_FORWARDED_FOR, chain);
     match host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),

@@ -20,7 +20,8 @@
 //! 3. a per-caller token bucket (by `sub`, anonymous callers by address), else `429`;
 //! 4. verified claims become headers ([`headers::identity_headers`]), and
 //!    `X-Forwarded-For/Host/Proto`, `X-Real-IP`, `X-Request-Id` and `traceparent` are set;
-//! 5. the request is streamed to the app over a pooled keep-alive connection and the
+//! 5. the request is streamed to the app over a keep-alive connection that belongs to
+//!    the client's connection and is driven by its task ([`upstream`]), and the
 //!    response streamed back.
 //!
 //! Answers the proxy gives itself (400, 401, 403, 404, 429, 502, 503, 504) are in the JSON
@@ -44,7 +45,9 @@ pub mod jwt;
 pub mod limit;
 pub mod paths;
 pub mod proxy;
+pub mod server;
 pub mod sidecar;
+pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -134,7 +137,7 @@ pub async fn run(
             cancel.cancel();
         });
     }
-    let proxy = serve(listener, app, cancel.clone().cancelled_owned());
+    let proxy = server::serve(listener, app, cancel.clone().cancelled_owned());
     let admin = async {
         match admin {
             Some(listener) => {
@@ -152,9 +155,8 @@ pub async fn run(
     Ok(())
 }
 
-/// The proxy router and the health checks `/ready` reports, for the configured mode.
-fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
-    let client = proxy::http_client();
+/// The proxy and the health checks `/ready` reports, for the configured mode.
+fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
     let strip = settings.claim_headers.stripped();
     match settings.mode {
         ModeSettings::Sidecar(sidecar) => {
@@ -171,7 +173,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                     min_refresh,
                     epoch_file,
                 } => {
-                    let cache = Arc::new(JwksCache::new(uri, client.clone(), min_refresh));
+                    let cache = Arc::new(JwksCache::new(uri, proxy::http_client(), min_refresh));
                     tasks.spawn(Arc::clone(&cache).keep_fresh(refresh_every));
                     if let Some(path) = epoch_file {
                         tasks.spawn(jwks::follow_epoch(
@@ -204,15 +206,8 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                 claim_headers: settings.claim_headers,
                 verified,
             }));
-            let proxy = Arc::new(Proxy::new(
-                gate,
-                client,
-                settings.upstream_timeout,
-                strip,
-                settings.spans,
-            ));
-            let router = Router::new().fallback(proxy::handle).with_state(proxy);
-            (router, health.build())
+            let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans);
+            (Arc::new(proxy), health.build())
         }
         ModeSettings::Gateway(gateway) => {
             let mut health = Health::builder("finflow-gateway", VERSION);
@@ -224,22 +219,15 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Router, Health) {
                 tracing::warn!("gateway mode without any ROUTE_* set: every route answers 503");
             }
             let gate = Gate::Gateway(GatewayGate::new(gateway));
-            let proxy = Arc::new(Proxy::new(
-                gate,
-                client,
-                settings.upstream_timeout,
-                strip,
-                settings.spans,
-            ));
-            let router = Router::new()
+            let own = Router::new()
                 .route(
                     "/health",
                     get(admin::health_report).with_state(health.clone()),
                 )
-                .method_not_allowed_fallback(admin::method_not_allowed)
-                .fallback(proxy::handle)
-                .with_state(proxy);
-            (router, health)
+                .method_not_allowed_fallback(admin::method_not_allowed);
+            let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
+                .answering("/health", own);
+            (Arc::new(proxy), health)
         }
     }
 }

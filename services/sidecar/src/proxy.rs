@@ -3,20 +3,23 @@
 //! Every request goes through [`handle`]: a span continuing the caller's trace, then
 //! hop-by-hop and client identity headers removed, then the mode's [`Gate`] decides
 //! (and may add identity headers), then forwarding headers, the trace context and the
-//! request id are set and the request is streamed to the upstream over a pooled
-//! keep-alive connection. The response is streamed back.
+//! request id are set and the request is streamed to the upstream over the client
+//! connection's own keep-alive connection ([`crate::upstream`]). The response is
+//! streamed back.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use finflow_platform::error::{ApiError, ErrorCode};
 use finflow_platform::telemetry;
 use http::header::{HOST, HeaderName, HeaderValue};
-use http::{StatusCode, Version};
+use http::uri::PathAndQuery;
+use http::{Request, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -28,8 +31,9 @@ use crate::headers::{self, PROXY_ERROR, X_REQUEST_ID};
 use crate::jwt::Rejection;
 use crate::paths::is_ambiguous;
 use crate::sidecar::SidecarGate;
+use crate::upstream::Upstreams;
 
-/// The pooled HTTP/1 client used for upstreams and the JWK set.
+/// The pooled HTTP/1 client that fetches the JWK set.
 pub type HttpClient = Client<HttpConnector, Body>;
 
 /// A client with keep-alive pooling and a connect timeout.
@@ -141,37 +145,42 @@ impl Gate {
 /// The proxy of one listener.
 pub struct Proxy {
     gate: Gate,
-    client: HttpClient,
     timeout: Duration,
     /// Identity headers removed from every client request.
     strip: Vec<HeaderName>,
     /// A span per request (traces are exported); else only the trace context hops.
     spans: bool,
+    /// Routes the listener answers itself (the gateway's `/health`), by exact path.
+    local: Option<(&'static str, Router)>,
+    meters: Meters,
 }
 
 impl Proxy {
-    pub fn new(
-        gate: Gate,
-        client: HttpClient,
-        timeout: Duration,
-        strip: Vec<HeaderName>,
-        spans: bool,
-    ) -> Self {
+    pub fn new(gate: Gate, timeout: Duration, strip: Vec<HeaderName>, spans: bool) -> Self {
         Self {
             gate,
-            client,
             timeout,
             strip,
             spans,
+            local: None,
+            meters: Meters::new(),
         }
+    }
+
+    /// Answers `path` with `router` instead of forwarding it.
+    #[must_use]
+    pub fn answering(mut self, path: &'static str, router: Router) -> Self {
+        self.local = Some((path, router));
+        self
     }
 
     async fn forward(
         &self,
-        request: Request,
+        request: Request<Incoming>,
+        upstreams: &Upstreams,
         client: IpAddr,
         request_id: &HeaderValue,
-    ) -> Result<Response, ProxyError> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::strip(&mut parts.headers, &self.strip);
@@ -196,22 +205,26 @@ impl Proxy {
         } else {
             telemetry::hop_http(&mut parts.headers);
         }
-        parts.uri = base.join(parts.uri.path_and_query());
+        // Origin form: the upstream is named by the connection, not the request line.
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+            .into();
         parts.version = Version::HTTP_11;
 
         let started = Instant::now();
         let sent = tokio::time::timeout(
             self.timeout,
-            self.client.request(Request::from_parts(parts, body)),
+            upstreams.send(base.authority(), Request::from_parts(parts, body)),
         )
         .await;
-        metrics::histogram!("finflow_sidecar_upstream_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        self.meters.upstream.record(started.elapsed().as_secs_f64());
         let response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
-                let cause = std::error::Error::source(&e).map(ToString::to_string);
-                tracing::warn!(error = %e, cause, upstream = %base.as_base(), "upstream request failed");
+                tracing::warn!(error = %e, upstream = %base.as_base(), "upstream request failed");
                 let (reason, message) = if e.is_connect() {
                     (
                         "upstream_unreachable",
@@ -244,20 +257,29 @@ impl Proxy {
         if matches!(self.gate, Gate::Sidecar(_)) {
             parts.headers.remove(PROXY_ERROR);
         }
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(Response::from_parts(parts, Either::Left(body)))
     }
 }
 
-/// The handler of every request on the proxy listener.
+/// An answer's body: the upstream's, streamed as is (no box per request), or the
+/// proxy's own.
+pub type ProxyBody = Either<Incoming, Body>;
+
+/// Answers one request of a client connection at `peer`, whose upstream connections
+/// are `upstreams`.
 pub async fn handle(
-    State(proxy): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+    proxy: &Proxy,
+    upstreams: &Upstreams,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if let Some((path, router)) = &proxy.local
+        && request.uri().path() == *path
+    {
+        return answer_locally(router, request).await.map(Either::Right);
+    }
     let request_id = headers::request_id(request.headers());
-    // Without trace export the span is `Span::none()`: recording into it and entering
-    // it cost nothing, and `forward` makes the request a hop in the trace instead.
-    let span = if proxy.spans {
+    let (span, response) = if proxy.spans {
         let span = tracing::info_span!(
             "proxy",
             method = %request.method(),
@@ -267,15 +289,19 @@ pub async fn handle(
             proxy_error = tracing::field::Empty,
         );
         telemetry::set_parent_from_http(&span, request.headers());
-        span
+        let response = proxy
+            .forward(request, upstreams, peer.ip(), &request_id)
+            .instrument(span.clone())
+            .await;
+        (span, response)
     } else {
-        tracing::Span::none()
+        // No span to enter per poll: `forward` makes the request a hop in the trace.
+        let response = proxy
+            .forward(request, upstreams, peer.ip(), &request_id)
+            .await;
+        (tracing::Span::none(), response)
     };
-    let mut response = match proxy
-        .forward(request, peer.ip(), &request_id)
-        .instrument(span.clone())
-        .await
-    {
+    let mut response = match response {
         Ok(response) => response,
         Err(error) => {
             span.record("proxy_error", error.reason());
@@ -287,35 +313,55 @@ pub async fn handle(
                     "refused by the proxy"
                 );
             });
-            error.into_response()
+            error.into_response().map(Either::Right)
         }
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     span.record("status", response.status().as_u16());
-    count(response.status());
+    proxy.meters.count(response.status());
     response
 }
 
-/// Counts a response by status.
-fn count(status: StatusCode) {
-    // The common statuses as static labels: no allocation per request.
-    let label: std::borrow::Cow<'static, str> = match status.as_u16() {
-        200 => "200".into(),
-        201 => "201".into(),
-        202 => "202".into(),
-        204 => "204".into(),
-        400 => "400".into(),
-        401 => "401".into(),
-        403 => "403".into(),
-        404 => "404".into(),
-        409 => "409".into(),
-        422 => "422".into(),
-        429 => "429".into(),
-        500 => "500".into(),
-        502 => "502".into(),
-        503 => "503".into(),
-        504 => "504".into(),
-        _ => status.as_str().to_owned().into(),
-    };
-    metrics::counter!("finflow_sidecar_requests_total", "status" => label).increment(1);
+async fn answer_locally(router: &Router, request: Request<Incoming>) -> Response {
+    use tower::ServiceExt as _;
+    match router.clone().oneshot(request.map(Body::new)).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// Metric handles looked up once, not per request.
+struct Meters {
+    upstream: metrics::Histogram,
+    /// Responses by status, for the common statuses.
+    statuses: Vec<(StatusCode, metrics::Counter)>,
+}
+
+impl Meters {
+    const REQUESTS: &'static str = "finflow_sidecar_requests_total";
+
+    fn new() -> Self {
+        let statuses = [
+            200, 201, 202, 204, 400, 401, 403, 404, 409, 422, 429, 500, 502, 503, 504,
+        ]
+        .into_iter()
+        .filter_map(|code| StatusCode::from_u16(code).ok())
+        .map(|status| {
+            let label = status.as_str().to_owned();
+            (status, metrics::counter!(Self::REQUESTS, "status" => label))
+        })
+        .collect();
+        Self {
+            upstream: metrics::histogram!("finflow_sidecar_upstream_duration_seconds"),
+            statuses,
+        }
+    }
+
+    fn count(&self, status: StatusCode) {
+        match self.statuses.iter().find(|(s, _)| *s == status) {
+            Some((_, counter)) => counter.increment(1),
+            None => metrics::counter!(Self::REQUESTS, "status" => status.as_str().to_owned())
+                .increment(1),
+        }
+    }
 }

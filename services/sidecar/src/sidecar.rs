@@ -4,14 +4,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use finflow_platform::error::ErrorCode;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use http::request::Parts;
 
 use crate::config::BaseUrl;
 use crate::headers::{ClaimHeaders, identity_headers};
 use crate::jwks::JwksCache;
 use crate::jwt::{self, Claims, Keys, Policy, Rejection};
-use crate::limit::{Caller, RateLimit};
+use crate::limit::{CallerKey, RateLimit};
 use crate::paths::{PathPatterns, is_internal, is_public};
 use crate::proxy::ProxyError;
 
@@ -42,14 +42,33 @@ pub struct SidecarGate {
     pub verified: Arc<VerifiedTokens>,
 }
 
+/// What a verified token lets through, worked out once per token: its claims, the
+/// identity headers they become, and whom its requests count against.
+pub struct Admitted {
+    pub claims: Claims,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    caller: CallerKey,
+}
+
+impl Admitted {
+    pub fn new(claims: Claims, map: &ClaimHeaders) -> Self {
+        Self {
+            headers: identity_headers(&claims, map),
+            caller: CallerKey::user(&claims.sub),
+            claims,
+        }
+    }
+}
+
 /// Tokens already verified, so a client sending the same token again costs a lookup
-/// instead of a signature check (the expensive part of a request). An entry lives
-/// until the token expires, and at most [`VerifiedTokens::MAX_AGE_SECS`]: a key removed
-/// from the JWK set stops admitting new tokens at once and cached ones within that
-/// bound. Keyed by the whole token, so only the identical token hits.
+/// instead of a signature check (the expensive part of a request) and the claim
+/// headers it carries. An entry lives until the token expires, and at most
+/// [`VerifiedTokens::MAX_AGE_SECS`]: a key removed from the JWK set stops admitting
+/// new tokens at once and cached ones within that bound. Keyed by the whole token, so
+/// only the identical token hits.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Arc<Claims>, i64)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Arc<Admitted>, i64)>>,
 }
 
 impl VerifiedTokens {
@@ -57,7 +76,7 @@ impl VerifiedTokens {
     /// Past this many entries the cache is emptied (a crude bound against token spraying).
     pub const MAX_ENTRIES: usize = 50_000;
 
-    fn get(&self, token: &str, now: i64) -> Option<Arc<Claims>> {
+    fn get(&self, token: &str, now: i64) -> Option<Arc<Admitted>> {
         let entries = self
             .entries
             .lock()
@@ -65,7 +84,7 @@ impl VerifiedTokens {
         entries
             .get(token)
             .filter(|(_, until)| now < *until)
-            .map(|(claims, _)| Arc::clone(claims))
+            .map(|(admitted, _)| Arc::clone(admitted))
     }
 
     /// Forgets every verified token: the keys they were checked against may be gone.
@@ -76,8 +95,8 @@ impl VerifiedTokens {
             .clear();
     }
 
-    fn put(&self, token: &str, claims: &Arc<Claims>, now: i64) {
-        let until = claims.exp.min(now + Self::MAX_AGE_SECS);
+    fn put(&self, token: &str, admitted: &Arc<Admitted>, now: i64) {
+        let until = admitted.claims.exp.min(now + Self::MAX_AGE_SECS);
         let mut entries = self
             .entries
             .lock()
@@ -88,7 +107,7 @@ impl VerifiedTokens {
                 entries.clear();
             }
         }
-        entries.insert(token.to_owned(), (Arc::clone(claims), until));
+        entries.insert(token.to_owned(), (Arc::clone(admitted), until));
     }
 }
 
@@ -98,7 +117,7 @@ impl SidecarGate {
     pub async fn admit(&self, parts: &mut Parts, client: IpAddr) -> Result<BaseUrl, ProxyError> {
         let path = parts.uri.path();
         let token = jwt::bearer(parts.headers.get(AUTHORIZATION));
-        let claims = if is_public(path, &self.public_paths) {
+        let admitted = if is_public(path, &self.public_paths) {
             // A valid token on a public path still says who is calling; an invalid
             // one is ignored, never forwarded.
             match token {
@@ -111,7 +130,7 @@ impl SidecarGate {
                 Err(rejection) => Err(Refusal::Token(rejection)),
             };
             match verified {
-                Ok(claims) => Some(claims),
+                Ok(admitted) => Some(admitted),
                 Err(Refusal::Token(rejection)) => {
                     metrics::counter!(
                         "finflow_sidecar_jwt_rejections_total",
@@ -129,33 +148,35 @@ impl SidecarGate {
                 }
             }
         };
-        if is_internal(path) && !claims.as_deref().is_some_and(Claims::is_service) {
+        if is_internal(path) && !admitted.as_deref().is_some_and(|a| a.claims.is_service()) {
             return Err(ProxyError::new(
                 ErrorCode::Forbidden,
                 "service_token_required",
                 "internal routes require a service token",
             ));
         }
-        let caller = claims
-            .as_ref()
-            .map_or(Caller::Anonymous(client), |c| Caller::User(&c.sub));
-        self.limit.check(caller).map_err(ProxyError::rate_limited)?;
-        if let Some(claims) = &claims {
-            for (name, value) in identity_headers(claims, &self.claim_headers) {
-                parts.headers.insert(name, value);
+        match &admitted {
+            Some(admitted) => self.limit.check(&admitted.caller),
+            None => self.limit.check(&CallerKey::anonymous(client)),
+        }
+        .map_err(ProxyError::rate_limited)?;
+        if let Some(admitted) = &admitted {
+            for (name, value) in &admitted.headers {
+                parts.headers.insert(name.clone(), value.clone());
             }
         }
         Ok(self.upstream.clone())
     }
 
-    async fn verify(&self, token: &str) -> Result<Arc<Claims>, Refusal> {
+    async fn verify(&self, token: &str) -> Result<Arc<Admitted>, Refusal> {
         let now = jwt::now();
-        if let Some(claims) = self.verified.get(token, now) {
-            return Ok(claims);
+        if let Some(admitted) = self.verified.get(token, now) {
+            return Ok(admitted);
         }
-        let claims = Arc::new(self.verify_signature(token).await?);
-        self.verified.put(token, &claims, now);
-        Ok(claims)
+        let claims = self.verify_signature(token).await?;
+        let admitted = Arc::new(Admitted::new(claims, &self.claim_headers));
+        self.verified.put(token, &admitted, now);
+        Ok(admitted)
     }
 
     async fn verify_signature(&self, token: &str) -> Result<Claims, Refusal> {
@@ -202,11 +223,17 @@ mod tests {
     #[test]
     fn a_verified_token_is_reused_until_it_expires_and_never_for_another_token() {
         let cache = VerifiedTokens::default();
-        cache.put("t1", &Arc::new(claims(1_000)), 900);
+        let admitted = |exp| {
+            Arc::new(Admitted::new(
+                claims(exp),
+                &ClaimHeaders::parse("").unwrap(),
+            ))
+        };
+        cache.put("t1", &admitted(1_000), 900);
         assert!(cache.get("t1", 950).is_some());
         assert!(cache.get("t1", 1_000).is_none(), "expired");
         assert!(cache.get("t2", 950).is_none());
-        cache.put("t3", &Arc::new(claims(10_000)), 900);
+        cache.put("t3", &admitted(10_000), 900);
         assert!(
             cache
                 .get("t3", 900 + VerifiedTokens::MAX_AGE_SECS)

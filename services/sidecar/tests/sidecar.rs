@@ -466,6 +466,25 @@ async fn upstream_errors_pass_through_without_the_proxy_error_header() {
 }
 
 #[tokio::test]
+async fn an_app_that_closes_its_connection_after_each_answer_is_reconnected_to() {
+    let s = setup(&[]).await;
+    let token = s.key.sign(&claims(USER, &["user"]));
+    // One client connection (reqwest keeps it alive); the sidecar's upstream connection
+    // under it is closed by the app after every answer.
+    for n in 1..=3 {
+        let response = s.with_token("/close", &token).await;
+        assert_eq!(response.status(), 200, "request {n}");
+        assert!(
+            response.headers().get("connection").is_none(),
+            "the app's hop-by-hop header is not forwarded"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["path"], "/close");
+    }
+    assert_eq!(s.app.hits(), 3);
+}
+
+#[tokio::test]
 async fn request_and_response_bodies_are_streamed() {
     let s = setup(&[]).await;
     let token = s.key.sign(&claims(USER, &["user"]));

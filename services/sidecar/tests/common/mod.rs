@@ -154,6 +154,10 @@ async fn echo(State(state): State<Arc<EchoState>>, request: Request) -> Response
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     }));
+    if path == "/close" {
+        // The app ends the connection after this answer.
+        return ([(axum::http::header::CONNECTION, "close")], echoed).into_response();
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         let status = StatusCode::from_u16(code.parse().unwrap()).unwrap();
         return (status, [("x-finflow-proxy-error", "spoofed")], echoed).into_response();

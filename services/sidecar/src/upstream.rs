@@ -1,0 +1,151 @@
+//! Upstream connections owned by one client connection, driven by that connection's
+//! task.
+//!
+//! HTTP/1 answers one request at a time per connection, so a client connection needs
+//! at most one upstream connection per upstream, and never two at once. Each client
+//! connection therefore keeps its own upstream connections instead of borrowing from
+//! a shared pool, and polls them in its own task ([`crate::server`]): a request and its
+//! answer cross no task boundary, no pool lock and no per-request spawn, which is most
+//! of what a pooled client costs over the bytes it moves. An idle client connection
+//! holds its upstream connection open; when it closes, its upstream connections close
+//! with it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How long connecting to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection's I/O future, handed to the client connection's task to poll.
+pub type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Why an upstream gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unresolvable, timed out).
+    #[error("connecting to {authority} failed: {cause}")]
+    Connect { authority: String, cause: String },
+    /// The connection failed while the request was sent or the answer read.
+    #[error("the upstream connection failed: {0}")]
+    Exchange(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+    }
+}
+
+/// The upstream connections of one client connection.
+pub struct Upstreams {
+    idle: Mutex<Vec<(Authority, SendRequest<Incoming>)>>,
+    drivers: mpsc::UnboundedSender<Driver>,
+}
+
+impl Upstreams {
+    /// Connections made here are handed to `drivers`, which the owner must poll.
+    pub fn new(drivers: mpsc::UnboundedSender<Driver>) -> Self {
+        Self {
+            idle: Mutex::new(Vec::new()),
+            drivers,
+        }
+    }
+
+    /// Sends `request` (its URI already in origin form) to `authority` over this
+    /// connection's upstream connection, made or remade as needed. A request the
+    /// upstream never received (the connection had just closed) is retried once on a
+    /// new connection; one that was sent is never sent twice.
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        if !request.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            request.headers_mut().insert(HOST, host);
+        }
+        let mut sender = match self.take(authority) {
+            Some(sender) => sender,
+            None => self.connect(authority).await?,
+        };
+        let mut retried = false;
+        loop {
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        self.put(authority, sender);
+                        return Ok(response);
+                    }
+                    Err(mut failed) => match failed.take_message() {
+                        Some(unsent) if !retried => request = unsent,
+                        _ => return Err(failed.into_error().into()),
+                    },
+                }
+            }
+            if retried {
+                return Err(UpstreamError::Connect {
+                    authority: authority.to_string(),
+                    cause: "a new connection closed before the request was sent".to_owned(),
+                });
+            }
+            retried = true;
+            sender = self.connect(authority).await?;
+        }
+    }
+
+    fn take(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = idle.iter().position(|(a, _)| a == authority)?;
+        let (_, sender) = idle.swap_remove(at);
+        (!sender.is_closed()).then_some(sender)
+    }
+
+    fn put(&self, authority: &Authority, sender: SendRequest<Incoming>) {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((authority.clone(), sender));
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let failed = |cause: String| UpstreamError::Connect {
+            authority: authority.to_string(),
+            cause,
+        };
+        let address = (authority.host(), authority.port_u16().unwrap_or(80));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| failed(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        // Small requests and answers go out at once instead of waiting for an ACK.
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let driver: Driver = Box::pin(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        if let Err(mpsc::error::SendError(driver)) = self.drivers.send(driver) {
+            // The owner is gone (the client connection is closing): drive it alone.
+            tokio::spawn(driver);
+        }
+        Ok(sender)
+    }
+}
