@@ -137,29 +137,64 @@ fn set_parent(span: &tracing::Span, cx: Context) {
 /// the caller's sampling decision and `tracestate`. What a proxy that exports no traces
 /// does: a header rewrite per request instead of a span.
 pub fn hop_http(headers: &mut HeaderMap) {
-    use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
-    use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
-    let incoming = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
-    let caller = incoming.span().span_context().clone();
-    let ids = RandomIdGenerator::default();
-    let (trace_id, flags, state) = if caller.is_valid() {
-        (
-            caller.trace_id(),
-            caller.trace_flags(),
-            caller.trace_state().clone(),
-        )
-    } else {
-        (
-            ids.new_trace_id(),
-            TraceFlags::default(),
-            TraceState::default(),
-        )
-    };
-    let hop = SpanContext::new(trace_id, ids.new_span_id(), flags, true, state);
-    propagator().inject_context(
-        &Context::new().with_remote_span_context(hop),
-        &mut opentelemetry_http::HeaderInjector(headers),
+    // Written directly rather than through the propagator: a proxy does this on every
+    // request, and a `Context` and two formatted ids per request are most of its cost.
+    let caller = headers
+        .get(TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()));
+    let (trace_id, sampled) = caller.unwrap_or_else(|| {
+        // A new trace: the caller's `tracestate` belongs to no trace of ours.
+        headers.remove(TRACESTATE);
+        (nonzero(rand::random::<u128>), false)
+    });
+    let span_id = nonzero(rand::random::<u64>);
+    let value = format!(
+        "00-{trace_id:032x}-{span_id:016x}-{flags:02x}",
+        flags = u8::from(sampled)
     );
+    if let Ok(value) = http::HeaderValue::from_str(&value) {
+        headers.insert(TRACEPARENT, value);
+    }
+}
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+/// An id that is not all zeros (W3C trace context: zero means invalid).
+fn nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {
+    loop {
+        let id = draw();
+        if id != T::default() {
+            return id;
+        }
+    }
+}
+
+/// The trace id and sampled flag of a valid W3C `traceparent`: version `00` exactly as
+/// specified, a later version by its first four fields (the spec's forward
+/// compatibility rule); ids lowercase hex and not all zeros.
+fn parse_traceparent(value: &[u8]) -> Option<(u128, bool)> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let mut fields = text.split('-');
+    let (version, trace_id, parent_id, flags) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let lower_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !lower_hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some()) {
+        return None;
+    }
+    if !lower_hex(trace_id, 32) || !lower_hex(parent_id, 16) || !lower_hex(flags, 2) {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(trace_id, 16).ok()?;
+    let parent_id = u64::from_str_radix(parent_id, 16).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    (trace_id != 0 && parent_id != 0).then_some((trace_id, flags & 1 == 1))
 }
 
 /// Writes the current span's `traceparent` (and `tracestate`) into outgoing HTTP headers.
@@ -281,6 +316,34 @@ mod tests {
             );
             assert!(!fresh.contains("zz"));
         }
+    }
+
+    #[test]
+    fn a_hop_accepts_exactly_the_valid_traceparents() {
+        let valid = format!("00-{TRACE_ID}-00f067aa0ba902b7-00");
+        assert_eq!(
+            parse_traceparent(valid.as_bytes()),
+            Some((u128::from_str_radix(TRACE_ID, 16).unwrap(), false))
+        );
+        let later_version = format!("01-{TRACE_ID}-00f067aa0ba902b7-03-more");
+        assert!(parse_traceparent(later_version.as_bytes()).is_some_and(|(_, s)| s));
+        for invalid in [
+            format!("ff-{TRACE_ID}-00f067aa0ba902b7-01"),
+            format!("00-{TRACE_ID}-00f067aa0ba902b7-01-extra"),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("00-{TRACE_ID}-0000000000000000-01"),
+            format!("00-{}-00f067aa0ba902b7-01", TRACE_ID.to_uppercase()),
+            format!("00-{TRACE_ID}-00f067aa0ba902b-01"),
+            "00-zz-yy-01".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(parse_traceparent(invalid.as_bytes()), None, "{invalid}");
+        }
+        // A new trace drops a tracestate that came without a valid traceparent.
+        let mut headers = HeaderMap::new();
+        headers.insert("tracestate", "vendor=1".parse().unwrap());
+        hop_http(&mut headers);
+        assert!(headers.get("tracestate").is_none());
     }
 
     #[test]

@@ -199,18 +199,21 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         })
 }
 
+/// The client's address as a header value, made once per connection.
+pub fn address_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"))
+}
+
 /// Sets `X-Forwarded-For` (the client appended to any list already there),
 /// `X-Forwarded-Host` (the original `Host`), `X-Forwarded-Proto`, `X-Real-IP` and
-/// `X-Request-Id`.
+/// `X-Request-Id`. `client` is the client's [`address_value`].
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
 ) {
-    let client_text = client.to_string();
-    let client_value = HeaderValue::from_str(&client_text)
-        .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"));
     let prior: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
@@ -219,10 +222,11 @@ pub fn set_forwarding(
         .filter(|v| !v.is_empty())
         .collect();
     let chain = if prior.is_empty() {
-        client_value.clone()
+        client.clone()
     } else {
+        let client_text = client.to_str().unwrap_or_default();
         HeaderValue::from_str(&format!("{}, {client_text}", prior.join(", ")))
-            .unwrap_or_else(|_| client_value.clone())
+            .unwrap_or_else(|_| client.clone())
     };
     headers.insert(X_FORWARDED_FOR, chain);
     match host {
@@ -230,7 +234,7 @@ pub fn set_forwarding(
         None => headers.remove(X_FORWARDED_HOST),
     };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_REAL_IP, client_value);
+    headers.insert(X_REAL_IP, client.clone());
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
@@ -365,7 +369,7 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         set_forwarding(
             &mut h,
-            "10.0.0.7".parse().unwrap(),
+            &address_value("10.0.0.7".parse().unwrap()),
             Some(HeaderValue::from_static("api.example")),
             &HeaderValue::from_static("r1"),
         );

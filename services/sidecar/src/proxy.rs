@@ -7,7 +7,7 @@
 //! connection's own keep-alive connection ([`crate::upstream`]). The response is
 //! streamed back.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -178,7 +178,7 @@ impl Proxy {
         &self,
         request: Request<Incoming>,
         upstreams: &Upstreams,
-        client: IpAddr,
+        client: &Peer,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
@@ -191,7 +191,7 @@ impl Proxy {
                 "the path is not in normal form (dot or empty segments, encoded unreserved characters)",
             ));
         }
-        let base = self.gate.admit(&mut parts, client).await?;
+        let base = self.gate.admit(&mut parts, client.address).await?;
 
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -199,7 +199,7 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::set_forwarding(&mut parts.headers, client, host, request_id);
+        headers::set_forwarding(&mut parts.headers, &client.header, host, request_id);
         if self.spans {
             telemetry::inject_http(&mut parts.headers);
         } else {
@@ -265,12 +265,28 @@ impl Proxy {
 /// proxy's own.
 pub type ProxyBody = Either<Incoming, Body>;
 
-/// Answers one request of a client connection at `peer`, whose upstream connections
+/// The client end of a connection.
+pub struct Peer {
+    pub address: IpAddr,
+    /// `address` as a header value (`X-Forwarded-For`, `X-Real-IP`).
+    pub header: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(address: IpAddr) -> Self {
+        Self {
+            address,
+            header: headers::address_value(address),
+        }
+    }
+}
+
+/// Answers one request of a client connection from `peer`, whose upstream connections
 /// are `upstreams`.
 pub async fn handle(
     proxy: &Proxy,
     upstreams: &Upstreams,
-    peer: SocketAddr,
+    peer: &Peer,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     if let Some((path, router)) = &proxy.local
@@ -290,15 +306,13 @@ pub async fn handle(
         );
         telemetry::set_parent_from_http(&span, request.headers());
         let response = proxy
-            .forward(request, upstreams, peer.ip(), &request_id)
+            .forward(request, upstreams, peer, &request_id)
             .instrument(span.clone())
             .await;
         (span, response)
     } else {
         // No span to enter per poll: `forward` makes the request a hop in the trace.
-        let response = proxy
-            .forward(request, upstreams, peer.ip(), &request_id)
-            .await;
+        let response = proxy.forward(request, upstreams, peer, &request_id).await;
         (tracing::Span::none(), response)
     };
     let mut response = match response {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{self, Proxy};
+use crate::proxy::{self, Peer, Proxy};
 use crate::upstream::{Driver, Upstreams};
 
 /// Serves `proxy` on `listener` until `shutdown` resolves, then lets requests in flight
@@ -74,10 +74,12 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, stop: C
     let _ = tcp.set_nodelay(true);
     let (drivers_tx, mut drivers_rx) = mpsc::unbounded_channel::<Driver>();
     let upstreams = Arc::new(Upstreams::new(drivers_tx));
+    let client = Arc::new(Peer::new(peer.ip()));
     let service = service_fn(move |request: hyper::Request<Incoming>| {
         let proxy = Arc::clone(&proxy);
         let upstreams = Arc::clone(&upstreams);
-        async move { Ok::<_, Infallible>(proxy::handle(&proxy, &upstreams, peer, request).await) }
+        let client = Arc::clone(&client);
+        async move { Ok::<_, Infallible>(proxy::handle(&proxy, &upstreams, &client, request).await) }
     });
     let served = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
     let mut served = pin!(served);
