@@ -651,6 +651,12 @@ impl Platform {
             .with_context(|| format!("no process named {name}"))
     }
 
+    /// The process id of a running process (`auth`, `auth-sidecar`, `gateway`, ...).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let i = self.index_of(name).ok()?;
+        self.processes[i].child.id()
+    }
+
     /// SIGKILLs a process (crash tests) and waits until it is gone.
     pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
         let i = self.index_of(name)?;

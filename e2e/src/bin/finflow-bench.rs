@@ -119,12 +119,100 @@ fn to_ms(v: &str) -> f64 {
 }
 
 /// Rounds of the edge benchmark.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
-/// The round with the median p50 latency.
-fn median_by_p50(mut rounds: Vec<(f64, f64, f64)>) -> (f64, f64, f64) {
-    rounds.sort_by(|a, b| a.1.total_cmp(&b.1));
-    rounds[rounds.len() / 2]
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// One wrk run through one path: requests/s, p50 and p99 latency (ms), and the CPU
+/// the proxy and the app spent per request (µs).
+#[derive(Clone, Copy, Default)]
+struct Round {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    proxy_cpu: f64,
+    app_cpu: f64,
+}
+
+/// Each figure's median over the rounds.
+#[allow(clippy::float_arithmetic)]
+fn median(rounds: &[Round]) -> Round {
+    let of = |f: fn(&Round) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Round {
+        rps: of(|r| r.rps),
+        p50: of(|r| r.p50),
+        p99: of(|r| r.p99),
+        proxy_cpu: of(|r| r.proxy_cpu),
+        app_cpu: of(|r| r.app_cpu),
+    }
+}
+
+/// User plus system CPU ticks of `pids` (all threads of each), from `/proc`.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum()
+}
+
+/// `pid` and its children (nginx's workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.filter_map(Result::ok) {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let parent = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if parent == Some(pid) {
+                pids.push(child);
+            }
+        }
+    }
+    pids
+}
+
+/// wrk against `url`, with the CPU `proxy` and `app` spent meanwhile.
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+async fn measured(
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+    concurrency: usize,
+    proxy: &[u32],
+    app: &[u32],
+) -> anyhow::Result<Round> {
+    let (proxy_before, app_before) = (cpu_ticks(proxy), cpu_ticks(app));
+    let (rps, p50, p99) = wrk(url, headers, seconds, concurrency).await?;
+    let (proxy_after, app_after) = (cpu_ticks(proxy), cpu_ticks(app));
+    let requests = rps * seconds as f64;
+    let per_request =
+        |ticks: u64| ticks as f64 / USER_HZ * 1_000_000.0 / requests.max(1.0);
+    Ok(Round {
+        rps,
+        p50,
+        p99,
+        proxy_cpu: per_request(proxy_after.saturating_sub(proxy_before)),
+        app_cpu: per_request(app_after.saturating_sub(app_before)),
+    })
 }
 
 async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
@@ -197,18 +285,25 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
         concurrency,
     )
     .await?;
+    let app: Vec<u32> = platform.pid("auth").into_iter().collect();
+    let sidecar_pid: Vec<u32> = platform.pid("auth-sidecar").into_iter().collect();
+    let nginx_pids = nginx.id().map(with_children).unwrap_or_default();
     let targets = [
-        (format!("{}{path}", auth.app_url), &identity),
-        (format!("{}{path}", auth.sidecar_url), &bearer),
-        (format!("http://127.0.0.1:{nginx_port}{path}"), &identity),
+        (format!("{}{path}", auth.app_url), &identity, Vec::new()),
+        (format!("{}{path}", auth.sidecar_url), &bearer, sidecar_pid),
+        (
+            format!("http://127.0.0.1:{nginx_port}{path}"),
+            &identity,
+            nginx_pids,
+        ),
     ];
-    let mut rounds: [Vec<(f64, f64, f64)>; 3] = Default::default();
+    let mut rounds: [Vec<Round>; 3] = Default::default();
     for _ in 0..ROUNDS {
-        for (i, (url, headers)) in targets.iter().enumerate() {
-            rounds[i].push(wrk(url, headers, seconds, concurrency).await?);
+        for (i, (url, headers, proxy)) in targets.iter().enumerate() {
+            rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
         }
     }
-    let [direct, sidecar, via_nginx] = rounds.map(median_by_p50);
+    let [direct, sidecar, via_nginx] = rounds.map(|r| median(&r));
     // A graceful stop takes the workers down with the master.
     let _ = Command::new(nginx_bin)
         .args(["-c", &conf_arg, "-e", &error_log, "-s", "stop"])
@@ -218,25 +313,37 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
     nginx.kill().await.ok();
 
     println!(
-        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk -t2), median of {ROUNDS} interleaved rounds"
+        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk -t2), medians of {ROUNDS} interleaved rounds"
     );
     println!(
-        "{:<34} {:>10} {:>9} {:>9}",
-        "path", "req/s", "p50 ms", "p99 ms"
+        "{:<34} {:>8} {:>8} {:>8} {:>14} {:>12}",
+        "path", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "app CPU µs"
     );
-    for (name, (rps, p50, p99)) in [
+    for (name, r) in [
         ("app directly", direct),
         ("sidecar (JWT validated) -> app", sidecar),
         ("nginx (no auth) -> app", via_nginx),
     ] {
-        println!("{name:<34} {rps:>10.0} {p50:>9.2} {p99:>9.2}");
+        let proxy = if r.proxy_cpu > 0.0 {
+            format!("{:.1}", r.proxy_cpu)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "{name:<34} {:>8.0} {:>8.2} {:>8.2} {proxy:>14} {:>12.1}",
+            r.rps, r.p50, r.p99, r.app_cpu
+        );
     }
     #[allow(clippy::float_arithmetic)]
     {
         println!(
             "\nadded p50 latency: sidecar {:.2} ms, nginx {:.2} ms",
-            sidecar.1 - direct.1,
-            via_nginx.1 - direct.1
+            sidecar.p50 - direct.p50,
+            via_nginx.p50 - direct.p50
+        );
+        println!(
+            "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, nginx {:.1} µs (the app's own: {:.1} µs)",
+            sidecar.proxy_cpu, via_nginx.proxy_cpu, direct.app_cpu
         );
     }
     Ok(())
