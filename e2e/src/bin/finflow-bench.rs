@@ -172,7 +172,10 @@ fn with_children(pid: u32) -> Vec<u32> {
     let mut pids = vec![pid];
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.filter_map(Result::ok) {
-            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
             else {
                 continue;
             };
@@ -204,8 +207,7 @@ async fn measured(
     let (rps, p50, p99) = wrk(url, headers, seconds, concurrency).await?;
     let (proxy_after, app_after) = (cpu_ticks(proxy), cpu_ticks(app));
     let requests = rps * seconds as f64;
-    let per_request =
-        |ticks: u64| ticks as f64 / USER_HZ * 1_000_000.0 / requests.max(1.0);
+    let per_request = |ticks: u64| ticks as f64 / USER_HZ * 1_000_000.0 / requests.max(1.0);
     Ok(Round {
         rps,
         p50,
