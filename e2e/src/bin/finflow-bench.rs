@@ -152,14 +152,20 @@ fn median(rounds: &[Round]) -> Round {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces,
+/// hence the last `)`): `[0]` is the state, `[1]` the parent, `[11]`/`[12]` user and
+/// system ticks.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// User plus system CPU ticks of `pids` (all threads of each), from `/proc`.
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces) in parentheses.
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
+        .filter_map(|&pid| {
+            let fields = stat_fields(pid)?;
             let utime: u64 = fields.get(11)?.parse().ok()?;
             let stime: u64 = fields.get(12)?.parse().ok()?;
             Some(utime + stime)
@@ -179,12 +185,7 @@ fn with_children(pid: u32) -> Vec<u32> {
             else {
                 continue;
             };
-            let parent = std::fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = stat.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                });
+            let parent = stat_fields(child).and_then(|f| f.get(1)?.parse::<u32>().ok());
             if parent == Some(pid) {
                 pids.push(child);
             }

@@ -24,8 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// How long connecting to an upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to an upstream (or the JWK set server) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A connection's I/O future, handed to the client connection's task to poll.
 pub type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
