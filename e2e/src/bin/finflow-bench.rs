@@ -54,6 +54,14 @@ async fn main() -> anyhow::Result<()> {
             .env_overrides
             .push(("*-sidecar".to_owned(), key.to_owned(), "1000000".to_owned()));
     }
+    if matches!(cli.bench, Bench::Edge) {
+        // The measured sidecar gets as many event loops as nginx gets workers.
+        options.env_overrides.push((
+            "auth-sidecar".to_owned(),
+            "WORKER_THREADS".to_owned(),
+            PROXY_WORKERS.to_string(),
+        ));
+    }
     let mut platform = Platform::start(options).await?;
     let result = match cli.bench {
         Bench::Edge => edge(&platform, cli.seconds, cli.concurrency).await,
@@ -117,6 +125,10 @@ fn to_ms(v: &str) -> f64 {
     };
     number.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
+
+/// Event loops of the measured sidecar and worker processes of nginx: both proxies get
+/// the same share of the machine's two cores.
+const PROXY_WORKERS: usize = 2;
 
 /// Rounds of the edge benchmark.
 const ROUNDS: usize = 5;
@@ -245,7 +257,7 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
         .local_addr()?
         .port();
     let conf = format!(
-        "daemon off; worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+        "daemon off; worker_processes {PROXY_WORKERS}; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
            upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
@@ -279,8 +291,8 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
     ];
     let bearer = vec![("authorization".to_owned(), format!("Bearer {token}"))];
     let path = "/api/v1/users/me";
-    // Warm-up, then three rounds of the three measurements interleaved (so drift in
-    // the machine's load hits all three alike); each path's median round is reported.
+    // Warm-up, then rounds of the three measurements interleaved (so drift in the
+    // machine's load hits all three alike); each figure's median is reported.
     wrk(
         &format!("{}{path}", auth.app_url),
         &identity,
@@ -318,6 +330,7 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
     println!(
         "\nGET {path}, {concurrency} connections, {seconds} s each (wrk -t2), medians of {ROUNDS} interleaved rounds"
     );
+    println!("sidecar: {PROXY_WORKERS} event loops; nginx: {PROXY_WORKERS} worker processes");
     println!(
         "{:<34} {:>8} {:>8} {:>8} {:>14} {:>12}",
         "path", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "app CPU µs"
@@ -400,25 +413,31 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut ids = Vec::new();
+                let mut refused = 0usize;
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let a = sender
                         .pay("transfer", json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "1.00", "currency": "USD"}), &uuid::Uuid::new_v4().to_string(), None)
                         .await;
-                    latencies.push(t.elapsed());
+                    // Only accepted payments count: a refusal is not an accept latency.
                     if a.status == reqwest::StatusCode::ACCEPTED {
+                        latencies.push(t.elapsed());
                         ids.push(a.body["data"]["id"].as_str().unwrap_or_default().to_owned());
+                    } else {
+                        refused += 1;
                     }
                 }
-                (sender, latencies, ids)
+                (sender, latencies, ids, refused)
             })
         })
         .collect();
     let mut latencies = Vec::new();
     let mut pending = Vec::new();
+    let mut refused = 0usize;
     for t in tasks {
-        let (sender, l, ids) = t.await?;
+        let (sender, l, ids, r) = t.await?;
         latencies.extend(l);
+        refused += r;
         pending.push((sender, ids));
     }
     // Completed = the moment the last accepted payment is terminal.
@@ -494,7 +513,7 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
         let rate = completed as f64 / elapsed.as_secs_f64();
         println!("\n{concurrency} concurrent clients, {seconds} s of submissions");
         println!(
-            "payments accepted: {}, completed: {completed} in {:.1} s",
+            "payments accepted: {}, refused: {refused}, completed: {completed} in {:.1} s",
             latencies.len(),
             elapsed.as_secs_f64()
         );

@@ -48,6 +48,13 @@ pub enum Mode {
     about = "FinFlow sidecar (JWT validation and identity headers in front of one app) or gateway"
 )]
 pub struct Config {
+    /// Do not serve: wait until the sidecar beside this process answers on its admin
+    /// port's `/live`, then exit 0 (exit 1 after a minute). Without native sidecars the
+    /// operator runs this as the sidecar's postStart hook, which holds the app's start
+    /// until the sidecar serves.
+    #[arg(long)]
+    pub wait_live: bool,
+
     /// `sidecar` (in front of one app) or `gateway` (the local entry point).
     #[arg(long, env = "MODE", value_enum, default_value_t = Mode::Sidecar)]
     pub mode: Mode,
@@ -125,9 +132,9 @@ pub struct Config {
     #[arg(long, env = "CLAIM_HEADERS", default_value = DEFAULT_CLAIM_HEADERS)]
     pub claim_headers: String,
 
-    /// Threads serving requests. 1 (the default, as in linkerd2-proxy) runs everything
-    /// on one thread: a sidecar shares its pod's CPU with the app, and one thread avoids
-    /// waking a second one for every request. 0 means one per CPU (a busy gateway).
+    /// Event loops serving connections, each a thread of its own with a single-threaded
+    /// runtime (as nginx's workers): a connection stays on the loop that accepted it, so
+    /// a request never wakes a second thread. 0 means one per CPU the process may use.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
@@ -283,6 +290,8 @@ pub struct Settings {
     pub claim_headers: ClaimHeaders,
     pub upstream_timeout: Duration,
     pub shutdown_drain: Duration,
+    /// Event loops serving the proxy listener (`WORKER_THREADS`, 0 resolved to the CPUs).
+    pub event_loops: usize,
 }
 
 /// The operator's `sidecar.json`.
@@ -361,6 +370,10 @@ impl Config {
                 claim_headers,
                 upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
                 shutdown_drain: Duration::from_secs(self.shutdown_drain_secs),
+                event_loops: match self.worker_threads {
+                    0 => std::thread::available_parallelism().map_or(1, usize::from),
+                    n => n,
+                },
             }),
             _ => Err(errors),
         }

@@ -50,6 +50,7 @@ pub mod sidecar;
 pub mod upstream;
 
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -121,6 +122,7 @@ pub async fn run(
     let _ = metrics_handle();
     describe_metrics();
     let drain = settings.shutdown_drain;
+    let loops = settings.event_loops;
     let mut tasks = Tasks::default();
     let (app, health) = build(settings, &mut tasks);
 
@@ -137,7 +139,7 @@ pub async fn run(
             cancel.cancel();
         });
     }
-    let proxy = server::serve(listener, app, cancel.clone().cancelled_owned());
+    let proxy = server::serve(listener, app, loops, cancel.clone());
     let admin = async {
         match admin {
             Some(listener) => {
@@ -153,6 +155,34 @@ pub async fn run(
     };
     tokio::try_join!(proxy, admin)?;
     Ok(())
+}
+
+/// Waits until an admin port at `admin` answers `/live` with 200, polling, for at
+/// most `within`. An unspecified address (`0.0.0.0`, `::`) is asked on loopback.
+pub async fn wait_live(admin: SocketAddr, within: Duration) -> Result<(), String> {
+    let host = match admin.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let uri: http::Uri = format!("http://{}/live", SocketAddr::new(host, admin.port()))
+        .parse()
+        .map_err(|e| format!("no URI for {admin}: {e}"))?;
+    let client = proxy::http_client();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let asked = tokio::time::timeout(Duration::from_secs(2), client.get(uri.clone())).await;
+        let last = match asked {
+            Ok(Ok(response)) if response.status() == http::StatusCode::OK => return Ok(()),
+            Ok(Ok(response)) => format!("{uri} answered {}", response.status()),
+            Ok(Err(e)) => format!("{uri}: {e}"),
+            Err(_) => format!("{uri} did not answer within 2s"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not live after {within:?}: {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The proxy and the health checks `/ready` reports, for the configured mode.

@@ -12,20 +12,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let config: Config = finflow_platform::config::load();
-    let runtime = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build()?,
-    };
+    // The first event loop; `run` starts the others (`WORKER_THREADS`) on threads of
+    // their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if config.wait_live {
+        let admin = config
+            .admin
+            .context("--wait-live needs ADMIN_ADDR, the admin port to ask")?;
+        return runtime
+            .block_on(finflow_sidecar::wait_live(admin, WAIT_LIVE_FOR))
+            .map_err(|e| anyhow::anyhow!("the sidecar is {e}"));
+    }
     runtime.block_on(serve(config))
 }
+
+/// How long `--wait-live` waits: as long as a sidecar may reasonably take to start.
+const WAIT_LIVE_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let service = match config.mode {

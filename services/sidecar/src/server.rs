@@ -7,7 +7,6 @@
 //! the last one has.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -27,22 +26,65 @@ use tokio_util::sync::CancellationToken;
 use crate::proxy::{self, Peer, Proxy};
 use crate::upstream::{Driver, Upstreams};
 
-/// Serves `proxy` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish.
+/// Serves `proxy` on `listener` with `loops` event loops until `stop` is cancelled,
+/// then lets requests in flight finish and returns when every loop has.
+///
+/// The caller's task accepts and is the first loop; each other loop is a thread with a
+/// single-threaded runtime, like nginx's workers. Accepted connections are dealt round
+/// robin, so the loops share the connections evenly, and a connection is then served
+/// whole by its loop: no request crosses threads, and a loop the scheduler delays
+/// holds up only its own connections.
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    loops: usize,
+    stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let stop = CancellationToken::new();
+    // However this ends (stopped, failed, or the future dropped), the other loops end.
+    let _others_stop = stop.clone().drop_guard();
+    let mut handoffs = Vec::new();
+    let mut finished = Vec::new();
+    for index in 1..loops.max(1) {
+        let (handoff, handed) = mpsc::unbounded_channel();
+        finished.push(spawn_loop(index, handed, Arc::clone(&proxy), stop.clone())?);
+        handoffs.push(handoff);
+    }
+    let accepted = accept(listener, proxy, handoffs, stop).await;
+    for loop_done in finished {
+        // A loop whose thread died without answering has nothing left to finish.
+        let _ = loop_done.await;
+    }
+    accepted
+}
+
+/// A connection accepted by the first loop for another one.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// Accepts until `stop`, dealing connections to this loop and to `handoffs` in turn,
+/// then waits for this loop's connections. Dropping `handoffs` on return tells the
+/// other loops that no more connections come.
+async fn accept(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    handoffs: Vec<mpsc::UnboundedSender<Handoff>>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let mut connections = JoinSet::new();
-    let mut shutdown = pin!(shutdown);
+    let mut turn = 0usize;
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    connections.spawn(connection(tcp, peer, Arc::clone(&proxy), stop.clone()));
+                    let slot = turn % (handoffs.len() + 1);
+                    turn = turn.wrapping_add(1);
+                    let tcp = match slot.checked_sub(1).and_then(|i| handoffs.get(i)) {
+                        None => Some(tcp),
+                        Some(handoff) => hand_off(handoff, tcp, peer),
+                    };
+                    if let Some(tcp) = tcp {
+                        connections.spawn(connection(tcp, peer, Arc::clone(&proxy), stop.clone()));
+                    }
                 }
                 Err(e) if is_connection_error(&e) => {}
                 Err(e) => {
@@ -56,9 +98,67 @@ pub async fn serve(
         }
     }
     drop(listener);
-    stop.cancel();
+    drop(handoffs);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Gives `tcp` to another loop; hands it back when that loop is gone.
+fn hand_off(
+    handoff: &mpsc::UnboundedSender<Handoff>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<TcpStream> {
+    let std_tcp = match tcp.into_std() {
+        Ok(std_tcp) => std_tcp,
+        Err(e) => {
+            tracing::debug!(error = %e, %peer, "connection lost before it was handed over");
+            return None;
+        }
+    };
+    match handoff.send((std_tcp, peer)) {
+        Ok(()) => None,
+        Err(mpsc::error::SendError((std_tcp, _))) => TcpStream::from_std(std_tcp).ok(),
+    }
+}
+
+/// Starts loop `index` on a thread of its own. It serves the connections `handed`
+/// brings until the sender is dropped, then finishes them; the returned receiver
+/// learns when it has.
+fn spawn_loop(
+    index: usize,
+    mut handed: mpsc::UnboundedReceiver<Handoff>,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("proxy-loop-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                let mut connections = JoinSet::new();
+                loop {
+                    tokio::select! {
+                        next = handed.recv() => match next {
+                            Some((std_tcp, peer)) => match TcpStream::from_std(std_tcp) {
+                                Ok(tcp) => {
+                                    connections.spawn(connection(tcp, peer, Arc::clone(&proxy), stop.clone()));
+                                }
+                                Err(e) => tracing::warn!(error = %e, %peer, "cannot take over a connection"),
+                            },
+                            None => break,
+                        },
+                        Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    }
+                }
+                while connections.join_next().await.is_some() {}
+            });
+            let _ = done.send(());
+        })?;
+    Ok(finished)
 }
 
 fn is_connection_error(e: &std::io::Error) -> bool {

@@ -715,3 +715,65 @@ async fn on_shutdown_ready_turns_503_while_draining_and_run_returns() {
         "the listener is closed"
     );
 }
+
+/// Names of this process's threads that serve extra event loops.
+fn loop_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("proxy-loop-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn extra_event_loops_serve_connections_on_their_own_threads_and_end_with_the_proxy() {
+    let app = Echo::start("app").await;
+    let key = Key::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let sidecar = Proxy::sidecar(&app, &jwks, &["--worker-threads=3"]).await;
+    let mut threads = loop_threads();
+    threads.sort();
+    assert_eq!(threads, ["proxy-loop-1", "proxy-loop-2"]);
+
+    // Separate clients make separate connections, which the loops accept between them.
+    let token = key.sign(&claims(USER, &["user"]));
+    let answers = futures_util::future::join_all((0..12).map(|_| {
+        let request = client()
+            .get(format!("{}/api/v1/wallets", sidecar.url))
+            .bearer_auth(&token);
+        async move { received(request.send().await.unwrap()).await }
+    }))
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.header("x-user-id").as_deref(), Some(USER));
+    }
+    assert_eq!(app.hits(), 12);
+
+    sidecar.stop().await;
+    wait_until("the extra loops' threads to end", || async {
+        loop_threads().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_until_live_returns_once_the_admin_port_answers_and_gives_up_otherwise() {
+    let app = Echo::start("app").await;
+    let key = Key::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let sidecar = Proxy::sidecar(&app, &jwks, &[]).await;
+    let admin: std::net::SocketAddr = sidecar.admin.trim_start_matches("http://").parse().unwrap();
+    finflow_sidecar::wait_live(admin, Duration::from_secs(5))
+        .await
+        .expect("a running sidecar is live");
+
+    // A port nobody listens on: refused until the deadline, then an error naming why.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let waited = finflow_sidecar::wait_live(unused, Duration::from_millis(300)).await;
+    let error = waited.expect_err("nothing answers there");
+    assert!(error.contains("not live after"), "{error}");
+}
