@@ -14,13 +14,18 @@
 //!   the whole path a request takes.
 //! - With native sidecars (Kubernetes 1.29 and later) the sidecar is the first init
 //!   container with `restartPolicy: Always`, so it starts before the app and stops after
-//!   it; otherwise it is the first regular container.
+//!   it; otherwise it is the first regular container, with a `postStart` hook
+//!   ([`WAIT_LIVE_COMMAND`]) that returns once the sidecar answers `/live`. The kubelet
+//!   starts regular containers in order and does not start the next one until the
+//!   previous one's `postStart` hook has returned, so the app is held until its sidecar
+//!   serves (the mechanism of Istio's `holdApplicationUntilProxyStarts`).
 //! - A pod that already has the sidecar is returned unchanged, so injecting twice is
 //!   the same as injecting once.
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, PodSpec,
-    Probe, ResourceRequirements, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    ExecAction, Lifecycle, LifecycleHandler, PodSpec, Probe, ResourceRequirements,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,6 +50,10 @@ pub const CONFIG_FILE: &str = "sidecar.json";
 pub const EPOCH_FILE: &str = "jwks-epoch";
 /// The sidecar's admin port (`/live`, `/ready`, `/metrics`), out of the app's way.
 pub const SIDECAR_ADMIN_PORT: i32 = 15020;
+/// The sidecar's `postStart` hook without native sidecars: its own binary (where
+/// docker/Dockerfile installs it) polls its admin `/live` until it answers and exits 0,
+/// or gives up with exit 1 after about a minute.
+pub const WAIT_LIVE_COMMAND: [&str; 2] = ["/usr/local/bin/app", "--wait-live"];
 const CONFIG_VOLUME: &str = "finflow-sidecar-config";
 const CONFIG_DIR: &str = "/etc/finflow/sidecar";
 
@@ -236,6 +245,11 @@ fn sidecar_container(settings: &SidecarSettings, public: i32, app_port: i32) -> 
         volume_mounts: (!mounts.is_empty()).then_some(mounts),
         // Native sidecars are init containers; this is what keeps them running.
         restart_policy: settings.native.then(|| "Always".to_owned()),
+        // As a regular container nothing else orders it before the app: the kubelet
+        // starts the next container (the app) only once this hook has returned, so the
+        // app is held until the sidecar serves. A native sidecar gets no hook: as an
+        // init container it is already started before the app.
+        lifecycle: (!settings.native).then(wait_until_live),
         // The admin port's /ready: keys loaded and the app answering.
         readiness_probe: Some(Probe {
             http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
@@ -259,6 +273,19 @@ fn sidecar_container(settings: &SidecarSettings, public: i32, app_port: i32) -> 
         }),
         security_context: Some(restricted()),
         ..Container::default()
+    }
+}
+
+/// A `postStart` hook running [`WAIT_LIVE_COMMAND`].
+fn wait_until_live() -> Lifecycle {
+    Lifecycle {
+        post_start: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(Vec::from(WAIT_LIVE_COMMAND.map(str::to_owned))),
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
     }
 }
 
@@ -362,6 +389,18 @@ mod tests {
         assert_eq!(get.port, IntOrString::Int(8002));
     }
 
+    /// The command of a container's `postStart` exec hook, if it has one.
+    fn post_start(c: &Container) -> Option<&[String]> {
+        c.lifecycle
+            .as_ref()?
+            .post_start
+            .as_ref()?
+            .exec
+            .as_ref()?
+            .command
+            .as_deref()
+    }
+
     #[test]
     fn a_native_sidecar_is_the_first_init_container_and_always_restarts() {
         let pod = inject(&app_pod(), &settings(true));
@@ -369,6 +408,10 @@ mod tests {
         assert_eq!(init[0].name, SIDECAR_NAME);
         assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
         assert_eq!(pod.containers.len(), 1);
+        assert!(
+            init[0].lifecycle.is_none(),
+            "a native sidecar starts before the app without a hook"
+        );
     }
 
     #[test]
@@ -378,6 +421,21 @@ mod tests {
         assert_eq!(pod.containers[0].restart_policy, None);
         assert_eq!(pod.containers[1].name, "app");
         assert!(pod.init_containers.is_none());
+    }
+
+    #[test]
+    fn without_native_sidecars_the_app_waits_for_the_sidecar_to_be_live() {
+        let pod = inject(&app_pod(), &settings(false));
+        let sidecar = &pod.containers[0];
+        assert_eq!(
+            post_start(sidecar).expect("the sidecar has a postStart exec hook"),
+            ["/usr/local/bin/app", "--wait-live"]
+        );
+        let hook = sidecar.lifecycle.as_ref().unwrap();
+        assert!(hook.pre_stop.is_none());
+        let post_start_hook = hook.post_start.as_ref().unwrap();
+        assert!(post_start_hook.http_get.is_none() && post_start_hook.tcp_socket.is_none());
+        assert!(app(&pod).lifecycle.is_none(), "the app itself has no hook");
     }
 
     #[test]

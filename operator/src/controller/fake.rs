@@ -3,7 +3,8 @@
 //!
 //! Where [`super::mock`] checks one reconcile's exact requests, this one keeps objects,
 //! so many reconciles of many FinServices can run against it over simulated time, and a
-//! test asserts on what the cluster ends up holding, on the Events, and on the writes.
+//! test asserts on what the cluster ends up holding, on the Events, and on the writes
+//! (each with its query, content type and body, see [`Write`]).
 //! It answers what the operator sends: GET and LIST (with label selectors), server-side
 //! apply (a deep merge; the status subresource is replaced), JSON patch, Event
 //! creation, and GET through the service proxy. Pods are made by [`Fake::settle`] from
@@ -43,6 +44,25 @@ pub struct Recorded {
     pub note: String,
 }
 
+/// A write as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub method: Method,
+    /// The request path (with `/status` for the status subresource).
+    pub path: String,
+    /// The query string as sent, without the `?`.
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Write {
+    /// The query's parameters (`key=value`), as sent.
+    pub fn params(&self) -> Vec<&str> {
+        self.query.split('&').filter(|p| !p.is_empty()).collect()
+    }
+}
+
 /// The cluster's state and the test's levers.
 #[derive(Default)]
 pub struct State {
@@ -51,6 +71,8 @@ pub struct State {
     next_version: u64,
     /// Every write: `METHOD path` (Events excluded).
     pub writes: Vec<String>,
+    /// The same writes as sent, with their query, content type and body.
+    pub sent: Vec<Write>,
     pub events: Vec<Recorded>,
     /// `(service, version)` whose pods never become ready.
     pub never_ready: BTreeSet<(String, String)>,
@@ -372,6 +394,13 @@ impl Fake {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default()
                     .to_owned();
+                state.sent.push(Write {
+                    method: Method::PATCH,
+                    path: path.clone(),
+                    query: query.clone(),
+                    content_type: content_type.clone(),
+                    body: body.clone(),
+                });
                 let current = state
                     .objects
                     .get(&collection)

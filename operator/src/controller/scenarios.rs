@@ -2,7 +2,7 @@
 //! ([`super::fake`]): every FinService of the namespace is reconciled once per 10 s
 //! tick, then the simulated Deployment controller and kubelet catch up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -553,4 +553,120 @@ async fn a_reconcile_of_a_settled_world_writes_nothing() {
         world.fake.state().writes
     );
     assert_eq!(world.fake.state().events.len(), events);
+}
+
+#[tokio::test]
+async fn a_new_finservice_gets_its_six_objects_applied_by_the_operator() {
+    let world = World::new(&[("a", &[])]);
+    world.tick().await;
+
+    let v1 = "/api/v1/namespaces/finflow";
+    let apps = "/apis/apps/v1/namespaces/finflow";
+    let owned = [
+        ("ServiceAccount", format!("{v1}/serviceaccounts/a")),
+        ("ConfigMap", format!("{v1}/configmaps/a-sidecar")),
+        ("Deployment", format!("{apps}/deployments/a-blue")),
+        ("Deployment", format!("{apps}/deployments/a-green")),
+        ("Service", format!("{v1}/services/a")),
+        ("Service", format!("{v1}/services/a-preview")),
+    ];
+    let status = format!("{}/a/status", super::fake::finservices());
+    let (writes, sent) = {
+        let state = world.fake.state();
+        (state.writes.clone(), state.sent.clone())
+    };
+    let expected: Vec<String> = owned
+        .iter()
+        .map(|(_, path)| path)
+        .chain([&status])
+        .map(|path| format!("PATCH {path}"))
+        .collect();
+    assert_eq!(
+        writes, expected,
+        "the six objects, then the status, and nothing else"
+    );
+
+    // Every write is a forced server-side apply by the operator's field manager.
+    let apply_params = BTreeSet::from([
+        "force=true".to_owned(),
+        format!("fieldManager={}", crate::meta::FIELD_MANAGER),
+    ]);
+    assert_eq!(sent.len(), expected.len());
+    for write in &sent {
+        assert_eq!(write.method, http::Method::PATCH, "{}", write.path);
+        assert_eq!(
+            write.content_type, "application/apply-patch+yaml",
+            "{}",
+            write.path
+        );
+        let params: BTreeSet<String> = write.params().into_iter().map(str::to_owned).collect();
+        assert_eq!(params, apply_params, "{}", write.path);
+    }
+
+    // Each object is owned by the FinService, so deleting it deletes them.
+    let uid = world.fs("a").metadata.uid.expect("the fake sets a uid");
+    let owner = json!([{
+        "apiVersion": "finflow.dev/v1alpha1",
+        "kind": "FinService",
+        "name": "a",
+        "uid": uid,
+        "controller": true,
+    }]);
+    let mut bodies: BTreeMap<String, Value> = BTreeMap::new();
+    for (write, (kind, path)) in sent.iter().zip(&owned) {
+        assert_eq!(&write.path, path);
+        let name = path.rsplit('/').next().unwrap();
+        let api_version = if *kind == "Deployment" {
+            "apps/v1"
+        } else {
+            "v1"
+        };
+        let body = &write.body;
+        assert_eq!(
+            (&body["apiVersion"], &body["kind"]),
+            (&json!(api_version), &json!(kind)),
+            "{path}"
+        );
+        assert_eq!(body["metadata"]["name"], name, "{path}");
+        assert_eq!(body["metadata"]["namespace"], "finflow", "{path}");
+        assert_eq!(body["metadata"]["ownerReferences"], owner, "{path}");
+        bodies.insert(name.to_owned(), body.clone());
+    }
+    assert_eq!(sent[6].path, status);
+
+    assert!(
+        bodies["a-sidecar"]["data"][crate::inject::CONFIG_FILE].is_string(),
+        "the sidecar's configuration"
+    );
+    // The first version goes live on blue; green stands by at zero replicas.
+    for (deployment, color, replicas) in [("a-blue", "blue", 2), ("a-green", "green", 0)] {
+        let spec = &bodies[deployment]["spec"];
+        assert_eq!(spec["replicas"], replicas, "{deployment}");
+        let labels = &spec["template"]["metadata"]["labels"];
+        assert_eq!(labels["finflow.dev/color"], color, "{deployment}");
+        assert_eq!(labels["finflow.dev/version"], "1.0.0", "{deployment}");
+    }
+    assert_eq!(
+        bodies["a"]["spec"]["selector"]["finflow.dev/color"], "blue",
+        "the Service sends traffic to the live color"
+    );
+    assert_eq!(
+        bodies["a-preview"]["spec"]["selector"]["finflow.dev/color"], "green",
+        "the preview Service to the other"
+    );
+
+    // And it reports progress.
+    let s = world.fs("a").status.unwrap();
+    assert_eq!(s.phase, Some(Phase::Progressing));
+    assert_eq!(s.active_version.as_deref(), Some("1.0.0"));
+    assert_eq!(s.active_color, Some(Color::Blue));
+    let applies = world.events("Apply");
+    let applied = &applies["a"];
+    assert_eq!(applied.len(), 1);
+    assert_eq!(
+        applied[0].note,
+        "applied ServiceAccount/a, ConfigMap/a-sidecar, Deployment/a-blue, \
+         Deployment/a-green, Service/a, Service/a-preview"
+    );
+    assert!(world.first("DeployFirst").contains_key("a"));
 }
