@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use finflow_e2e::client::Client;
+use finflow_e2e::client::{Client, User};
 use finflow_e2e::launcher::{Options, Platform, repo_root};
 use finflow_e2e::tools::ensure_tool;
 use reqwest::StatusCode;
@@ -57,6 +57,37 @@ fn normalize(amount: &str) -> String {
         amount
     };
     t.to_owned()
+}
+
+/// `user`'s statement as sorted (kind, direction, status, amount) lines, once it has
+/// `lines` lines, all settled: F follows the events, which may land after B's ledger
+/// entries. After a deadline, whatever it shows.
+async fn statement_of(user: &User, lines: usize) -> Vec<(String, String, String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = user.client.get("/api/v1/reports/me/statement").await;
+        let mut got: Vec<(String, String, String, String)> = answer
+            .data(StatusCode::OK)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let text = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+                (
+                    text("kind"),
+                    text("direction"),
+                    text("status"),
+                    normalize(&text("amount")),
+                )
+            })
+            .collect();
+        got.sort();
+        let settled = got.len() >= lines && got.iter().all(|l| l.2 == "COMPLETED");
+        if settled || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
@@ -157,8 +188,38 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
     assert_eq!(csv.lines().count(), 5, "a header and four payments: {csv}");
     let denied = alice.client.get("/api/v1/reports/transactions").await;
     assert_eq!(denied.error(StatusCode::FORBIDDEN), "FORBIDDEN");
-    let statement = bob.client.get("/api/v1/reports/me/statement").await;
-    assert_eq!(statement.data(StatusCode::OK).as_array().unwrap().len(), 2);
+    // Each statement shows both sides: Bob's deposit and withdrawal, and Alice's transfer
+    // as money in (F finds its receiver through the wallets' owners); Alice sees it as
+    // money out.
+    let line = |kind: &str, direction: &str, amount: &str| {
+        (
+            kind.to_owned(),
+            direction.to_owned(),
+            "COMPLETED".to_owned(),
+            amount.to_owned(),
+        )
+    };
+    let mut expected = vec![
+        line("deposit", "in", "40.1"),
+        line("transfer", "in", "99.99"),
+        line("withdrawal", "out", "20"),
+    ];
+    expected.sort();
+    assert_eq!(
+        statement_of(&bob, expected.len()).await,
+        expected,
+        "Bob's statement"
+    );
+    let mut expected = vec![
+        line("deposit", "in", "250"),
+        line("transfer", "out", "99.99"),
+    ];
+    expected.sort();
+    assert_eq!(
+        statement_of(&alice, expected.len()).await,
+        expected,
+        "Alice's statement"
+    );
 
     // The dashboard in headless Chromium (Debian's package), with the ops token.
     ensure_tool("chromium", "chromium")

@@ -251,7 +251,10 @@ impl PaymentRow {
     }
 }
 
-/// Data of `payment.requested`: the work item of the worker queue.
+/// What the worker reads of `payment.requested`: only which payment to apply. The event
+/// carries the whole payment ([`crate::settle::PaymentEvent`], from
+/// [`crate::settle::announce`]) whoever publishes it, API or sweeper, because other
+/// services (E, F) read the rest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Requested {
     pub payment_id: Uuid,

@@ -1,22 +1,22 @@
 //! The sweeper: payments stuck in `PENDING` are asked for again, then given up on.
 //!
 //! After `republish_after` without change a payment gets a fresh `payment.requested`
-//! (its message may have been dead-lettered or lost with a queue). After `fail_after`
-//! it is settled for good: B is asked to void the transfer id, which B serializes with
-//! any apply of the same id. If B had applied it, the payment is COMPLETED; if not, it
-//! can never be applied any more and is FAILED with `TIMED_OUT`. Either way exactly
-//! one outcome, and money moved at most once.
+//! (its message may have been dead-lettered or lost with a queue), with the same data
+//! as the original: the whole payment, from [`settle::announce`] like every payment
+//! event, because the worker is not its only consumer (E and F read the payment).
+//! After `fail_after` it is settled for good: B is asked to void the transfer id, which
+//! B serializes with any apply of the same id. If B had applied it, the payment is
+//! COMPLETED; if not, it can never be applied any more and is FAILED with `TIMED_OUT`.
+//! Either way exactly one outcome, and money moved at most once.
 
 use std::time::Duration;
 
 use finflow_platform::ApiError;
-use finflow_platform::events::Event;
-use finflow_platform::events::outbox;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::model::{Failure, PAYMENT_COLUMNS, PaymentRow, Requested, Status};
+use crate::model::{Failure, PAYMENT_COLUMNS, PaymentRow, Status};
 use crate::settle;
 use crate::wallets::{VoidOutcome, Wallets};
 
@@ -56,32 +56,27 @@ impl Sweeper {
 
     async fn republish(&self) -> Result<usize, ApiError> {
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
+        let rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "UPDATE payments SET updated_at = now() WHERE id IN ( \
                SELECT id FROM payments WHERE status = 'PENDING' \
                  AND updated_at < now() - $1::bigint * interval '1 millisecond' \
                  AND created_at >= now() - $2::bigint * interval '1 millisecond' \
-               ORDER BY updated_at LIMIT 200 FOR UPDATE SKIP LOCKED) RETURNING id",
-        )
+               ORDER BY updated_at LIMIT 200 FOR UPDATE SKIP LOCKED) RETURNING {PAYMENT_COLUMNS}"
+        )))
         .bind(millis(self.republish_after))
         .bind(millis(self.fail_after))
         .fetch_all(&mut *tx)
         .await?;
-        for id in &ids {
-            let event = Event::new(
-                crate::SERVICE,
-                finflow_platform::events::types::PAYMENT_REQUESTED,
-                &Requested { payment_id: *id },
-            )
-            .map_err(|e| ApiError::internal(&e))?;
-            outbox::enqueue(&mut tx, &event).await?;
+        for row in &rows {
+            // Still PENDING (the rows are locked): `payment.requested`, as the API sent it.
+            settle::announce(&mut tx, row).await?;
         }
         tx.commit().await?;
-        if !ids.is_empty() {
-            metrics::counter!("finflow_payment_republished_total").increment(ids.len() as u64);
-            tracing::info!(count = ids.len(), "republished stale pending payments");
+        if !rows.is_empty() {
+            metrics::counter!("finflow_payment_republished_total").increment(rows.len() as u64);
+            tracing::info!(count = rows.len(), "republished stale pending payments");
         }
-        Ok(ids.len())
+        Ok(rows.len())
     }
 
     /// Settles one expired payment, holding its row lock across the call to B so no

@@ -2,13 +2,15 @@
 //!
 //! The model:
 //! - One queue (`reporting.events`) receives every event F reads: users, KYC decisions,
-//!   payments, AML decisions and B's `ledger.entry_posted`. [`projections`] fold them
-//!   into F's own tables; F never reads another service's database. Each projection is
-//!   an idempotent, order-tolerant upsert, so replays change nothing.
+//!   wallets, payments, AML decisions and B's `ledger.entry_posted`. [`projections`]
+//!   fold them into F's own tables; F never reads another service's database. Each
+//!   projection is an idempotent, order-tolerant upsert, so replays change nothing.
 //! - [`reports`] answers from those tables: transactions for a period (JSON, or CSV),
 //!   with the ledger totals per currency and kind that agree with B's ledger; users
 //!   (sign-ups, KYC funnel, tier mix); compliance (AML decisions, on-hold volume); a
-//!   summary; and a user's own statement. Reports need `ops` or `compliance`.
+//!   summary; and a user's own statement, money sent and received (a received transfer
+//!   is found through the wallets' owners). Reports need `ops` or `compliance`; the
+//!   statement only a signed-in user.
 //! - `/dashboard` is a page with its script embedded in the binary: no CDN, it works
 //!   offline. It draws volume by day, payments by status, the KYC funnel and the event
 //!   pipeline's state as SVG.

@@ -23,6 +23,8 @@ pub fn queue() -> QueueSpec {
         &[
             types::USER_CREATED,
             types::USER_KYC_UPDATED,
+            types::WALLET_CREATED,
+            types::WALLET_STATUS_CHANGED,
             types::PAYMENT_REQUESTED,
             types::PAYMENT_ON_HOLD,
             types::PAYMENT_COMPLETED,
@@ -50,6 +52,27 @@ struct PaymentFact {
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
     failure: Option<Failure>,
+    /// Absent for a deposit's source and a withdrawal's destination (B's system account).
+    from_wallet_id: Option<Uuid>,
+    to_wallet_id: Option<Uuid>,
+}
+
+/// A `payment.requested` that names only the payment: what C's sweeper published before
+/// it re-published the whole payment. Such events may still sit in queues; they carry no
+/// fact (the payment's own events do), so they change nothing here.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BarePaymentRequest {
+    payment_id: Uuid,
+}
+
+/// `wallet.created` and `wallet.status_changed` (B): the wallet and its status now.
+#[derive(Deserialize)]
+struct WalletFact {
+    wallet_id: Uuid,
+    user_id: Uuid,
+    currency: String,
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -87,14 +110,30 @@ struct AmlFact {
 pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
         t if t.starts_with("payment.") => {
-            let p: PaymentFact = event.data_as().map_err(|e| malformed(event, &e))?;
+            let p: PaymentFact = match event.data_as() {
+                Ok(p) => p,
+                Err(e) => {
+                    if t == types::PAYMENT_REQUESTED
+                        && let Ok(bare) = event.data_as::<BarePaymentRequest>()
+                    {
+                        tracing::debug!(payment_id = %bare.payment_id, event_id = %event.id,
+                            "a payment.requested without the payment carries no fact; skipped");
+                        return Ok(());
+                    }
+                    return Err(malformed(event, &e));
+                }
+            };
+            // A fact no newer than the one held (a duplicate, a late or re-published
+            // event) changes nothing.
             sqlx::query(
                 "INSERT INTO payments_rm (payment_id, user_id, kind, status, amount, currency, failure_code, \
-                   created_at, completed_at, last_event_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                   created_at, completed_at, last_event_at, from_wallet_id, to_wallet_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (payment_id) DO UPDATE SET status = EXCLUDED.status, \
                    failure_code = EXCLUDED.failure_code, completed_at = EXCLUDED.completed_at, \
-                   last_event_at = EXCLUDED.last_event_at \
+                   last_event_at = EXCLUDED.last_event_at, \
+                   from_wallet_id = coalesce(payments_rm.from_wallet_id, EXCLUDED.from_wallet_id), \
+                   to_wallet_id = coalesce(payments_rm.to_wallet_id, EXCLUDED.to_wallet_id) \
                  WHERE payments_rm.last_event_at < EXCLUDED.last_event_at",
             )
             .bind(p.payment_id)
@@ -106,6 +145,34 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
             .bind(p.failure.map(|f| f.code))
             .bind(p.created_at)
             .bind(p.completed_at)
+            .bind(event.occurred_at)
+            .bind(p.from_wallet_id)
+            .bind(p.to_wallet_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        types::WALLET_CREATED | types::WALLET_STATUS_CHANGED => {
+            let w: WalletFact = event.data_as().map_err(|e| malformed(event, &e))?;
+            // Only creation knows when the wallet was created; a status change may have
+            // arrived first. The status is the newest fact's (updated_at is its time).
+            let created_at =
+                (event.event_type == types::WALLET_CREATED).then_some(event.occurred_at);
+            sqlx::query(
+                "INSERT INTO wallets_rm (wallet_id, user_id, currency, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (wallet_id) DO UPDATE SET \
+                   created_at = coalesce(EXCLUDED.created_at, wallets_rm.created_at), \
+                   status = CASE WHEN wallets_rm.updated_at < EXCLUDED.updated_at \
+                     THEN EXCLUDED.status ELSE wallets_rm.status END, \
+                   updated_at = greatest(wallets_rm.updated_at, EXCLUDED.updated_at) \
+                 WHERE wallets_rm.updated_at < EXCLUDED.updated_at \
+                   OR (wallets_rm.created_at IS NULL AND EXCLUDED.created_at IS NOT NULL)",
+            )
+            .bind(w.wallet_id)
+            .bind(w.user_id)
+            .bind(&w.currency)
+            .bind(&w.status)
+            .bind(created_at)
             .bind(event.occurred_at)
             .execute(&mut *tx)
             .await?;

@@ -318,17 +318,53 @@ async fn summary(State(s): State<AppState>, who: Identity) -> ApiResult {
     }))
 }
 
-/// The caller's own payments.
+/// One line of a user's statement: a payment as it touched the user's wallets.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct StatementLine {
+    /// `in`: money into one of the user's wallets (their deposit, a transfer they
+    /// received); `out`: money out of them (their transfer, their withdrawal).
+    #[schema(example = "in")]
+    pub direction: String,
+    pub payment_id: Uuid,
+    /// Who made the payment: the user, or on a received transfer its sender.
+    pub user_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    #[schema(value_type = String)]
+    pub amount: Amount,
+    pub currency: String,
+    pub failure_code: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A user's statement, newest first: the payments they made, whatever their status, and
+/// the transfers into their wallets (the wallets read model knows each wallet's owner).
+/// A received transfer shows once it moved money (`COMPLETED`, or `REVERSED` after):
+/// until then, and why it was held or failed, is the sender's business.
+pub async fn statement_lines(pool: &PgPool, user: Uuid) -> Result<Vec<StatementLine>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT CASE WHEN kind = 'deposit' THEN 'in' ELSE 'out' END AS direction, \
+                payment_id, user_id, kind, status, amount, currency, failure_code, created_at, completed_at \
+         FROM payments_rm WHERE user_id = $1 \
+         UNION ALL \
+         SELECT 'in', p.payment_id, p.user_id, p.kind, p.status, p.amount, p.currency, p.failure_code, \
+                p.created_at, p.completed_at \
+         FROM payments_rm p JOIN wallets_rm w ON w.wallet_id = p.to_wallet_id \
+         WHERE w.user_id = $1 AND p.user_id <> $1 AND p.kind = 'transfer' \
+           AND p.status IN ('COMPLETED', 'REVERSED') \
+         ORDER BY created_at DESC, payment_id, direction LIMIT 1000",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+}
+
+/// The caller's own statement: money sent and received, each line with its direction.
 #[utoipa::path(get, path = "/api/v1/reports/me/statement", tag = "reports",
-    responses((status = 200, body = Vec<PaymentLine>), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = Vec<StatementLine>), (status = 401, body = ErrorEnvelope)))]
 async fn statement(State(s): State<AppState>, who: Identity) -> ApiResult {
-    let rows: Vec<PaymentLine> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {PAYMENT_LINE} FROM payments_rm WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1000"
-    )))
-    .bind(who.user_id()?)
-    .fetch_all(&s.pool)
-    .await?;
-    Ok(error::ok(rows))
+    Ok(error::ok(statement_lines(&s.pool, who.user_id()?).await?))
 }
 
 const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
