@@ -138,7 +138,8 @@ pub struct Config {
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
-    /// Sidecar mode: sustained requests per second allowed per user (anonymous: per client IP).
+    /// Sidecar mode: sustained requests per second allowed per user (anonymous: per client
+    /// IP; service tokens are not limited).
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
     pub rate_limit_per_second: u32,
 

@@ -18,6 +18,8 @@
 //!    (see [`jwt::Rejection`]); `/internal/*` is never public and needs a
 //!    `service:<name>` role, else `403`;
 //! 3. a per-caller token bucket (by `sub`, anonymous callers by address), else `429`;
+//!    service tokens are not limited here: they call for users already limited at their
+//!    own edge;
 //! 4. verified claims become headers ([`headers::identity_headers`]), and
 //!    `X-Forwarded-For/Host/Proto`, `X-Real-IP`, `X-Request-Id` and `traceparent` are set;
 //! 5. the request is streamed to the app over a keep-alive connection that belongs to

@@ -421,6 +421,32 @@ async fn a_caller_over_its_rate_limit_gets_429_in_the_envelope() {
 }
 
 #[tokio::test]
+async fn a_service_token_is_not_held_to_the_per_user_rate_limit() {
+    let s = setup(&["--rate-limit-per-second=1", "--rate-limit-burst=2"]).await;
+    let service = s.key.sign(&claims("service:payment", &["service:payment"]));
+    for n in 1..=20 {
+        let response = s.with_token("/internal/wallets/x", &service).await;
+        assert_eq!(response.status(), 200, "service request {n}");
+    }
+    let user = s.key.sign(&claims(USER, &["user"]));
+    let statuses: Vec<u16> = futures_util::future::join_all((0..5).map(|_| async {
+        s.with_token("/api/v1/wallets", &user)
+            .await
+            .status()
+            .as_u16()
+    }))
+    .await;
+    assert!(
+        statuses.contains(&429),
+        "a user is still limited: {statuses:?}"
+    );
+    assert_eq!(
+        s.app.hits(),
+        20 + statuses.iter().filter(|&&c| c == 200).count()
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_answers_502_marked_as_a_proxy_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let upstream = format!("http://{}", closed.local_addr().unwrap());
