@@ -97,7 +97,7 @@ impl Handler for Monitor {
                 tx,
                 seen.user_id,
                 seen.payment_id,
-                "amount_threshold",
+                types::AML_HOLD_RULE,
                 serde_json::json!({ "amount": seen.amount, "currency": seen.currency, "threshold": self.rules.hold_threshold }),
             )
             .await?;

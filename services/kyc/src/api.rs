@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
@@ -28,9 +28,20 @@ pub struct AppState {
     pub settings: Arc<Settings>,
 }
 
+/// The largest submission body: a [`MAX_DOCUMENT_BYTES`] file in base64 with room for
+/// the other fields.
+///
+/// [`MAX_DOCUMENT_BYTES`]: crate::documents::MAX_DOCUMENT_BYTES
+pub const SUBMIT_BODY_BYTES: usize = crate::documents::MAX_DOCUMENT_BYTES / 3 * 4 + 64 * 1024;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/kyc/submit", post(submit))
+        // A document travels base64 in JSON: 4/3 of its bytes plus the other fields,
+        // more than the platform's default body limit allows.
+        .route(
+            "/api/v1/kyc/submit",
+            post(submit).layer(DefaultBodyLimit::max(SUBMIT_BODY_BYTES)),
+        )
         .route("/api/v1/kyc/status", get(status))
         .route("/api/v1/kyc/{id}/review", post(review))
         .route("/api/v1/aml/alerts", get(alerts))

@@ -88,11 +88,17 @@ impl Handler for PaymentWorker {
 #[derive(Deserialize)]
 struct AmlDecision {
     payment_id: Uuid,
+    /// The alert's rule; absent means the holding rule.
+    #[serde(default)]
+    rule: Option<String>,
     #[serde(default)]
     reason: Option<String>,
 }
 
-/// `aml.cleared` releases a held payment to the worker; `aml.flagged` fails it.
+/// `aml.cleared` releases a held payment to the worker; `aml.flagged` fails it. Only a
+/// decision on the alert that holds the payment ([`types::AML_HOLD_RULE`]) does: a
+/// velocity or structuring alert on the same payment is about the user's pattern, and
+/// clearing it must not release a payment whose hold is still undecided.
 pub struct AmlDecisions;
 
 impl Handler for AmlDecisions {
@@ -100,6 +106,13 @@ impl Handler for AmlDecisions {
         let decision: AmlDecision = event
             .data_as()
             .map_err(|e| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type)))?;
+        if decision
+            .rule
+            .as_deref()
+            .is_some_and(|rule| rule != types::AML_HOLD_RULE)
+        {
+            return Ok(());
+        }
         let Some(row) = settle::lock(tx, decision.payment_id).await? else {
             return Err(HandlerError::Transient(format!(
                 "no payment {} yet",

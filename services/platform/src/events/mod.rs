@@ -49,6 +49,11 @@ pub mod types {
     pub const PAYMENT_REVERSED: &str = "payment.reversed";
     pub const AML_FLAGGED: &str = "aml.flagged";
     pub const AML_CLEARED: &str = "aml.cleared";
+
+    /// The `rule` of the AML alert that holds a payment (`ON_HOLD`): only a decision on
+    /// this alert releases or fails the payment. Decisions on pattern alerts (velocity,
+    /// structuring) are about the user and leave a held payment as it is.
+    pub const AML_HOLD_RULE: &str = "amount_threshold";
 }
 
 /// The event envelope: `{"id", "type", "version", "occurred_at", "source", "data"}`.

@@ -1,0 +1,1196 @@
+//! Service E on a real socket against real PostgreSQL and RabbitMQ. Requests carry the
+//! identity headers a sidecar would set. Payment events reach the AML monitor through E's
+//! own queue on a test vhost, or straight through its consumer handler (the path every
+//! delivery takes: deduped by event id, one transaction) when a test needs exact control
+//! over the order and number of payments.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use finflow_kyc::aml::{self, Monitor, Rules};
+use finflow_kyc::documents::MAX_DOCUMENT_BYTES;
+use finflow_kyc::{Config, run};
+use finflow_platform::Amount;
+use finflow_platform::db::TestDb;
+use finflow_platform::events::consumer::{self, Outcome};
+use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost, types};
+use lapin::options::BasicGetOptions;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The test's queue on the vhost, bound to every event E publishes.
+const OBSERVED: &str = "kyc-test.observed";
+
+/// Who compliance decisions are recorded as (`X-User-Email` of the reviewer).
+const REVIEWER: &str = "grace@finflow.test";
+
+const DOCUMENT_URL: &str = "https://docs.example.com/passport.pdf";
+
+/// A caller, as the sidecar describes it in identity headers.
+struct Caller(Vec<(&'static str, String)>);
+
+impl Caller {
+    fn anonymous() -> Self {
+        Self(Vec::new())
+    }
+
+    fn user(id: Uuid) -> Self {
+        Self(vec![
+            ("x-user-id", id.to_string()),
+            ("x-user-email", format!("user-{}@example.com", id.simple())),
+            ("x-user-roles", "user".to_owned()),
+            ("x-kyc-status", "pending".to_owned()),
+            ("x-account-tier", "bronze".to_owned()),
+        ])
+    }
+
+    fn compliance() -> Self {
+        Self(vec![
+            ("x-user-id", Uuid::new_v4().to_string()),
+            ("x-user-email", REVIEWER.to_owned()),
+            ("x-user-roles", "user,compliance".to_owned()),
+        ])
+    }
+
+    fn service(name: &str) -> Self {
+        Self(vec![
+            ("x-user-id", format!("service:{name}")),
+            ("x-user-roles", format!("service:{name}")),
+        ])
+    }
+}
+
+/// The test's own connection to the vhost: a queue recording what E publishes, and a
+/// publisher standing in for C.
+struct Broker {
+    channel: lapin::Channel,
+    publisher: Publisher,
+    _connection: lapin::Connection,
+}
+
+impl Broker {
+    async fn connect(vhost: &TestVhost) -> Self {
+        let connection = events::connect(&vhost.url, "kyc-test").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let observed = QueueSpec::new(
+            OBSERVED,
+            &[
+                types::USER_KYC_UPDATED,
+                types::AML_CLEARED,
+                types::AML_FLAGGED,
+            ],
+        );
+        events::declare_queue(&channel, &observed).await.unwrap();
+        // E's own queue, declared exactly as E declares it: a payment event published
+        // before E's consumer is up waits there instead of being unroutable.
+        events::declare_queue(&channel, &aml::payments_queue())
+            .await
+            .unwrap();
+        let publisher = Publisher::new(&connection).await.unwrap();
+        Self {
+            channel,
+            publisher,
+            _connection: connection,
+        }
+    }
+
+    async fn publish(&self, event: &Event) {
+        self.publisher
+            .publish(event, Default::default())
+            .await
+            .unwrap();
+    }
+
+    /// The next event E published, waiting for its outbox relay.
+    async fn next_event(&self) -> Event {
+        for _ in 0..400 {
+            let message = self
+                .channel
+                .basic_get(OBSERVED.into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            if let Some(message) = message {
+                return serde_json::from_slice(&message.delivery.data).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for an event from E on {OBSERVED}");
+    }
+}
+
+struct TestE {
+    addr: SocketAddr,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    broker: Broker,
+    db: TestDb,
+    _vhost: TestVhost,
+}
+
+impl TestE {
+    async fn spawn(extra: &[&str]) -> Self {
+        finflow_platform::telemetry::init_for_tests();
+        let db = TestDb::new(Some(&finflow_kyc::MIGRATIONS)).await;
+        let vhost = TestVhost::new();
+        // Bound before E can publish anything, so none of the test's events is lost.
+        let broker = Broker::connect(&vhost).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut args = vec![
+            "finflow-kyc".to_owned(),
+            "--listen".into(),
+            addr.to_string(),
+            "--database-url".into(),
+            db.url(),
+            "--amqp-url".into(),
+            secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let config: Config = finflow_platform::config::try_load_from(args)
+            .unwrap_or_else(|e| panic!("test config: {e:?}"));
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run(config, listener, async move { until.cancelled().await }).await {
+                panic!("kyc stopped: {e:#}");
+            }
+        });
+        let app = Self {
+            addr,
+            http: reqwest::Client::new(),
+            stop,
+            broker,
+            db,
+            _vhost: vhost,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(self.url("/ready")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("kyc did not become ready");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn send(&self, mut req: reqwest::RequestBuilder, who: &Caller) -> (StatusCode, Value) {
+        for (name, value) in &who.0 {
+            req = req.header(*name, value.as_str());
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let body = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{status}: the body is not JSON: {e}"));
+        (status, body)
+    }
+
+    async fn get(&self, path: &str, who: &Caller) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path)), who).await
+    }
+
+    async fn post(&self, path: &str, body: &Value, who: &Caller) -> (StatusCode, Value) {
+        self.send(self.http.post(self.url(path)).json(body), who)
+            .await
+    }
+
+    /// Submits a document as `user`, expecting 201; returns the submission.
+    async fn submit(&self, user: Uuid, body: &Value) -> Value {
+        let (status, answer) = self
+            .post("/api/v1/kyc/submit", body, &Caller::user(user))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        assert_eq!(answer["success"], true, "{answer}");
+        answer["data"].clone()
+    }
+
+    async fn review(&self, id: &str, body: &Value, who: &Caller) -> (StatusCode, Value) {
+        self.post(&format!("/api/v1/kyc/{id}/review"), body, who)
+            .await
+    }
+
+    /// `GET /api/v1/kyc/status` as `user`: the data of a 200.
+    async fn status_of(&self, user: Uuid) -> Value {
+        let (status, body) = self.get("/api/v1/kyc/status", &Caller::user(user)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["success"], true, "{body}");
+        body["data"].clone()
+    }
+
+    async fn risk_score(&self, user: Uuid) -> i64 {
+        let status = self.status_of(user).await;
+        status["risk_score"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no risk score in {status}"))
+    }
+
+    /// `user`'s alerts, as `compliance` lists them.
+    async fn alerts_of(&self, user: Uuid) -> Vec<Value> {
+        let (status, body) = self.get("/api/v1/aml/alerts", &Caller::compliance()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["success"], true, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["user_id"] == user.to_string())
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `user` has at least `n` alerts (the consumer works asynchronously).
+    async fn wait_for_alerts(&self, user: Uuid, n: usize) -> Vec<Value> {
+        for _ in 0..400 {
+            let alerts = self.alerts_of(user).await;
+            if alerts.len() >= n {
+                return alerts;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {n} alerts of {user}");
+    }
+
+    /// Feeds one payment event to E's AML monitor as its consumer does: deduped by
+    /// event id, in one transaction with the dedupe record.
+    async fn observe(&self, monitor: &Monitor, event: &Event) -> Outcome {
+        let queue = aml::payments_queue();
+        consumer::apply_once(&self.db.pool, &queue.name, monitor, event)
+            .await
+            .unwrap()
+    }
+
+    /// The payloads of E's outbox rows of `event_type`, oldest first.
+    async fn outbox(&self, event_type: &str) -> Vec<Value> {
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq")
+            .bind(event_type)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestE {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Asserts a failure in the envelope with `expected` status and `code`; returns `error`.
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) -> Value {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body.get("data").is_none(), "{body}");
+    body["error"].clone()
+}
+
+fn passport(number: &str) -> Value {
+    json!({
+        "document_type": "passport",
+        "document_number": number,
+        "document_url": DOCUMENT_URL,
+    })
+}
+
+fn upload(content_type: &str, bytes: &[u8]) -> Value {
+    json!({
+        "document_type": "national_id",
+        "document_number": "X1234567",
+        "document_file": {"content_type": content_type, "data_base64": STANDARD.encode(bytes)},
+    })
+}
+
+/// A file that starts like a PDF, `len` bytes long.
+fn pdf(len: usize) -> Vec<u8> {
+    let mut bytes = b"%PDF-1.7\n".to_vec();
+    bytes.resize(len, b'%');
+    bytes
+}
+
+fn png() -> Vec<u8> {
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend_from_slice(b"\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01");
+    bytes
+}
+
+fn jpeg() -> Vec<u8> {
+    let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    bytes.extend_from_slice(b"\0\x10JFIF\0");
+    bytes
+}
+
+/// E's rules as configured by default, which is how the service under test runs.
+fn rules() -> Rules {
+    Rules {
+        hold_threshold: Amount::parse("10000").unwrap(),
+        window: Duration::from_secs(600),
+        max_count: 20,
+        max_amount: Amount::parse("50000").unwrap(),
+        structuring_count: 3,
+    }
+}
+
+/// A payment event as C announces it: the payment, flattened, plus its id as
+/// `payment_id`. C holds (`ON_HOLD`, `payment.on_hold`) what is over its threshold and
+/// requests (`PENDING`, `payment.requested`) the rest.
+fn payment_event(user: Uuid, payment: Uuid, amount: &str, status: &str) -> Event {
+    let event_type = if status == "ON_HOLD" {
+        types::PAYMENT_ON_HOLD
+    } else {
+        types::PAYMENT_REQUESTED
+    };
+    let now = chrono::Utc::now();
+    Event::new(
+        "payment",
+        event_type,
+        &json!({
+            "payment_id": payment,
+            "id": payment,
+            "user_id": user,
+            "kind": "transfer",
+            "status": status,
+            "from_wallet_id": Uuid::new_v4(),
+            "to_wallet_id": Uuid::new_v4(),
+            "amount": amount,
+            "currency": "USD",
+            "description": null,
+            "failure": null,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": null,
+        }),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_document_waits_for_a_compliance_reviewer_whose_approval_is_published_as_user_kyc_updated()
+ {
+    let e = TestE::spawn(&[]).await;
+    let user = Uuid::new_v4();
+
+    let (status, body) = e
+        .post(
+            "/api/v1/kyc/submit",
+            &passport("AB123456"),
+            &Caller::anonymous(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    let before = e.status_of(user).await;
+    assert_eq!(before["user_id"], user.to_string());
+    assert_eq!(before["kyc_status"], "none");
+    assert_eq!(before["latest"], Value::Null);
+    assert_eq!(before["risk_score"], 0);
+
+    let submitted = e.submit(user, &passport(" ab 123 456 ")).await;
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    assert_eq!(submitted["status"], "pending");
+    assert_eq!(submitted["user_id"], user.to_string());
+    assert_eq!(submitted["document_type"], "passport");
+    assert_eq!(
+        submitted["document_number"], "AB123456",
+        "normalized: upper case, no spaces"
+    );
+    assert_eq!(submitted["decided_by"], Value::Null);
+    assert_eq!(submitted["decided_at"], Value::Null);
+    assert!(
+        e.outbox(types::USER_KYC_UPDATED).await.is_empty(),
+        "nothing is decided yet"
+    );
+
+    let (status, body) = e
+        .post(
+            "/api/v1/kyc/submit",
+            &passport("CD765432"),
+            &Caller::user(user),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+
+    let pending = e.status_of(user).await;
+    assert_eq!(pending["kyc_status"], "pending");
+    assert_eq!(pending["latest"]["id"], id.as_str());
+
+    // Only compliance reviews.
+    let approve = json!({"decision": "approve", "reason": "  the passport matches the selfie  "});
+    let (status, body) = e.review(&id, &approve, &Caller::user(user)).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = e.review(&id, &approve, &Caller::service("payment")).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = e.review(&id, &approve, &Caller::anonymous()).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert_eq!(
+        e.status_of(user).await["kyc_status"],
+        "pending",
+        "a refused review changes nothing"
+    );
+    assert!(e.outbox(types::USER_KYC_UPDATED).await.is_empty());
+
+    let (status, body) = e.review(&id, &approve, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    let decided = &body["data"];
+    assert_eq!(decided["id"], id.as_str());
+    assert_eq!(decided["status"], "verified");
+    assert_eq!(decided["decided_by"], REVIEWER);
+    assert_eq!(decided["reason"], "the passport matches the selfie");
+    assert!(decided["decided_at"].is_string(), "{decided}");
+
+    // The decision and its event committed together...
+    let events = e.outbox(types::USER_KYC_UPDATED).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    assert_eq!(event["type"], types::USER_KYC_UPDATED);
+    assert_eq!(event["source"], "kyc");
+    assert_eq!(
+        event["data"],
+        json!({"user_id": user, "kyc_status": "verified", "submission_id": id})
+    );
+    // ...and the relay published it where A's consumer picks it up.
+    let published = e.broker.next_event().await;
+    assert_eq!(event["id"], published.id.to_string());
+    assert_eq!(published.event_type, types::USER_KYC_UPDATED);
+    assert_eq!(published.source, "kyc");
+    assert_eq!(published.data["user_id"], user.to_string());
+    assert_eq!(published.data["kyc_status"], "verified");
+
+    // A decision is final.
+    let (status, body) = e
+        .review(
+            &id,
+            &json!({"decision": "reject", "reason": "second thoughts"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert_eq!(
+        e.outbox(types::USER_KYC_UPDATED).await.len(),
+        1,
+        "one decision, one event"
+    );
+
+    let (status, body) = e
+        .review(&Uuid::now_v7().to_string(), &approve, &Caller::compliance())
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let (status, body) = e
+        .review("not-a-uuid", &approve, &Caller::compliance())
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    let after = e.status_of(user).await;
+    assert_eq!(after["kyc_status"], "verified");
+    assert_eq!(after["latest"]["decided_by"], REVIEWER);
+    assert_eq!(after["risk_score"], 0);
+}
+
+#[tokio::test]
+async fn rejecting_needs_a_reason_and_a_rejected_user_may_submit_again() {
+    let e = TestE::spawn(&[]).await;
+    let user = Uuid::new_v4();
+    let first = e.submit(user, &passport("AB123456")).await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let reviewer = Caller::compliance();
+
+    let (status, body) = e
+        .review(&id, &json!({"decision": "reject"}), &reviewer)
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    let long = "x".repeat(501);
+    for reason in ["", "   ", long.as_str()] {
+        let (status, body) = e
+            .review(
+                &id,
+                &json!({"decision": "reject", "reason": reason}),
+                &reviewer,
+            )
+            .await;
+        let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(error["details"]["field"], "reason", "{body}");
+    }
+    let (status, body) = e
+        .review(
+            &id,
+            &json!({"decision": "maybe", "reason": "undecided"}),
+            &reviewer,
+        )
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(e.status_of(user).await["kyc_status"], "pending");
+    assert!(e.outbox(types::USER_KYC_UPDATED).await.is_empty());
+
+    let (status, body) = e
+        .review(
+            &id,
+            &json!({"decision": "reject", "reason": "the photo is unreadable"}),
+            &reviewer,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["data"]["status"], "rejected");
+    assert_eq!(body["data"]["reason"], "the photo is unreadable");
+    assert_eq!(body["data"]["decided_by"], REVIEWER);
+    let events = e.outbox(types::USER_KYC_UPDATED).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0]["data"],
+        json!({"user_id": user, "kyc_status": "rejected", "submission_id": id})
+    );
+    assert_eq!(e.status_of(user).await["kyc_status"], "rejected");
+
+    // Nothing is pending any more: a new document may be submitted.
+    let second = e.submit(user, &passport("AB123457")).await;
+    assert_eq!(second["status"], "pending");
+    assert_ne!(second["id"], first["id"]);
+    let latest = e.status_of(user).await;
+    assert_eq!(latest["kyc_status"], "pending");
+    assert_eq!(latest["latest"]["id"], second["id"]);
+}
+
+#[tokio::test]
+async fn with_automatic_approval_a_well_formed_document_is_verified_at_once() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let user = Uuid::new_v4();
+
+    let verified = e.submit(user, &passport("ab 123 456")).await;
+    assert_eq!(verified["status"], "verified");
+    assert_eq!(verified["decided_by"], "auto");
+    assert_eq!(verified["reason"], "well-formed document");
+    assert_eq!(verified["document_number"], "AB123456");
+    assert!(verified["decided_at"].is_string(), "{verified}");
+    let submission_id = verified["id"].clone();
+    let events = e.outbox(types::USER_KYC_UPDATED).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0]["data"],
+        json!({"user_id": user, "kyc_status": "verified", "submission_id": submission_id})
+    );
+    let published = e.broker.next_event().await;
+    assert_eq!(published.event_type, types::USER_KYC_UPDATED);
+    assert_eq!(published.data["kyc_status"], "verified");
+    assert_eq!(e.status_of(user).await["kyc_status"], "verified");
+
+    // A driving licence number may carry hyphens; nothing is pending, so a second
+    // document is taken and verified too.
+    let licence = e
+        .submit(
+            user,
+            &json!({
+                "document_type": "driving_license",
+                "document_number": "dl-1234-5678",
+                "document_url": "https://docs.example.com/licence.png",
+            }),
+        )
+        .await;
+    assert_eq!(licence["status"], "verified");
+    assert_eq!(licence["document_number"], "DL-1234-5678");
+    assert_eq!(e.outbox(types::USER_KYC_UPDATED).await.len(), 2);
+    let latest = e.status_of(user).await;
+    assert_eq!(latest["latest"]["id"], licence["id"]);
+}
+
+#[tokio::test]
+async fn a_malformed_document_is_refused_with_the_offending_field_even_with_automatic_approval() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let user = Caller::user(Uuid::new_v4());
+    let file = json!({"content_type": "application/pdf", "data_base64": STANDARD.encode(pdf(64))});
+    let cases = [
+        ("document_number", passport("12345")),
+        ("document_number", passport("ABC1234567")),
+        ("document_number", passport("AB-12345")),
+        ("document_number", passport("AB12345!")),
+        (
+            "document_number",
+            json!({"document_type": "national_id", "document_number": "1234", "document_url": DOCUMENT_URL}),
+        ),
+        (
+            "document_url",
+            json!({"document_type": "passport", "document_number": "AB123456"}),
+        ),
+        (
+            "document_url",
+            json!({"document_type": "passport", "document_number": "AB123456", "document_url": "http://docs.example.com/p.pdf"}),
+        ),
+        (
+            "document_url",
+            json!({"document_type": "passport", "document_number": "AB123456", "document_url": "https://docs.example.com/a b.pdf"}),
+        ),
+        (
+            "document_file",
+            json!({"document_type": "passport", "document_number": "AB123456", "document_url": DOCUMENT_URL, "document_file": file}),
+        ),
+    ];
+    for (field, body) in cases {
+        let (status, answer) = e.post("/api/v1/kyc/submit", &body, &user).await;
+        let error = assert_error(status, &answer, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(error["details"]["field"], field, "{body}: {answer}");
+    }
+
+    // Bodies that do not even have the shape of a submission.
+    for body in [
+        json!({"document_type": "visa", "document_number": "AB123456", "document_url": DOCUMENT_URL}),
+        json!({"document_type": "passport", "document_number": 123_456, "document_url": DOCUMENT_URL}),
+        json!({"document_type": "passport", "document_number": "AB123456", "document_url": DOCUMENT_URL, "selfie": true}),
+    ] {
+        let (status, answer) = e.post("/api/v1/kyc/submit", &body, &user).await;
+        let error = assert_error(status, &answer, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(error["details"]["reason"], "invalid_field", "{answer}");
+    }
+    let (status, answer) = e
+        .send(
+            e.http
+                .post(e.url("/api/v1/kyc/submit"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            &user,
+        )
+        .await;
+    let error = assert_error(status, &answer, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(error["details"]["reason"], "malformed_json", "{answer}");
+
+    // A service token is not a user with documents.
+    let (status, answer) = e
+        .post(
+            "/api/v1/kyc/submit",
+            &passport("AB123456"),
+            &Caller::service("payment"),
+        )
+        .await;
+    assert_error(status, &answer, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    assert_eq!(
+        e.count("SELECT count(*) FROM kyc_submissions").await,
+        0,
+        "nothing was stored"
+    );
+    assert_eq!(
+        e.count("SELECT count(*) FROM outbox").await,
+        0,
+        "nothing was announced"
+    );
+}
+
+/// The stored document of a submission.
+#[derive(sqlx::FromRow)]
+struct StoredDocument {
+    document_url: Option<String>,
+    document_content_type: Option<String>,
+    document_size: Option<i32>,
+    document_sha256: Option<Vec<u8>>,
+    document_bytes: Option<Vec<u8>>,
+}
+
+#[tokio::test]
+async fn an_uploaded_document_of_exactly_two_mebibytes_is_stored_with_its_type_size_and_digest() {
+    let e = TestE::spawn(&[]).await;
+    let user = Uuid::new_v4();
+    let bytes = pdf(MAX_DOCUMENT_BYTES);
+    let submitted = e.submit(user, &upload("application/pdf", &bytes)).await;
+    assert_eq!(submitted["status"], "pending");
+    assert_eq!(submitted["document_type"], "national_id");
+    assert!(
+        submitted.get("document_bytes").is_none(),
+        "the file is not echoed back"
+    );
+    let id = Uuid::parse_str(submitted["id"].as_str().unwrap()).unwrap();
+    let stored: StoredDocument = sqlx::query_as(
+        "SELECT document_url, document_content_type, document_size, document_sha256, document_bytes \
+         FROM kyc_submissions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&e.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.document_url, None);
+    assert_eq!(
+        stored.document_content_type.as_deref(),
+        Some("application/pdf")
+    );
+    assert_eq!(
+        stored.document_size,
+        Some(i32::try_from(MAX_DOCUMENT_BYTES).unwrap())
+    );
+    assert_eq!(
+        stored.document_sha256,
+        Some(Sha256::digest(&bytes).to_vec())
+    );
+    assert!(
+        stored.document_bytes == Some(bytes),
+        "the stored bytes are the upload"
+    );
+
+    // PNG and JPEG are recognised too.
+    for (content_type, file) in [("image/png", png()), ("image/jpeg", jpeg())] {
+        let submitted = e.submit(Uuid::new_v4(), &upload(content_type, &file)).await;
+        assert_eq!(submitted["status"], "pending", "{content_type}");
+    }
+    assert_eq!(e.count("SELECT count(*) FROM kyc_submissions").await, 3);
+}
+
+#[tokio::test]
+async fn an_upload_over_two_mebibytes_or_not_what_its_content_type_claims_is_refused() {
+    let e = TestE::spawn(&[]).await;
+    let user = Caller::user(Uuid::new_v4());
+    let cases = [
+        (
+            "one byte over 2 MiB",
+            upload("application/pdf", &pdf(MAX_DOCUMENT_BYTES + 1)),
+        ),
+        ("PNG bytes declared as JPEG", upload("image/jpeg", &png())),
+        ("a PDF declared as PNG", upload("image/png", &pdf(64))),
+        (
+            "text declared as PDF",
+            upload("application/pdf", b"just some text, honest"),
+        ),
+        ("a GIF", upload("image/gif", b"GIF89a\x01\x00\x01\x00")),
+        ("an empty file", upload("application/pdf", b"")),
+        (
+            "text that is not base64",
+            json!({
+                "document_type": "national_id",
+                "document_number": "X1234567",
+                "document_file": {"content_type": "application/pdf", "data_base64": "%%% not base64 %%%"},
+            }),
+        ),
+    ];
+    for (what, body) in cases {
+        let (status, answer) = e.post("/api/v1/kyc/submit", &body, &user).await;
+        let error = assert_error(status, &answer, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert_eq!(
+            error["details"]["field"], "document_file",
+            "{what}: {answer}"
+        );
+    }
+    let (status, answer) = e
+        .post("/api/v1/kyc/submit", &upload("image/jpeg", &png()), &user)
+        .await;
+    let error = assert_error(status, &answer, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert!(
+        error["message"].as_str().unwrap().contains("image/png"),
+        "the message names what the file really is: {answer}"
+    );
+    assert_eq!(
+        e.count("SELECT count(*) FROM kyc_submissions").await,
+        0,
+        "nothing was stored"
+    );
+}
+
+/// The submission route has a body limit of its own: the platform's default (256 KiB)
+/// would refuse documents far below E's 2 MiB.
+#[tokio::test]
+async fn a_one_mebibyte_document_is_accepted_with_the_default_configuration() {
+    let e = TestE::spawn(&[]).await;
+    let submitted = e
+        .submit(
+            Uuid::new_v4(),
+            &upload("application/pdf", &pdf(1024 * 1024)),
+        )
+        .await;
+    assert_eq!(submitted["status"], "pending");
+}
+
+#[tokio::test]
+async fn a_held_payment_raises_an_alert_only_compliance_sees_and_flagging_it_publishes_aml_flagged()
+{
+    let e = TestE::spawn(&[]).await;
+    let (user, payment) = (Uuid::new_v4(), Uuid::new_v4());
+    // C holds what is over its threshold (10 000, E's default too) and says so.
+    e.broker
+        .publish(&payment_event(user, payment, "15000.00", "ON_HOLD"))
+        .await;
+    let alerts = e.wait_for_alerts(user, 1).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["rule"], "amount_threshold");
+    assert_eq!(alert["payment_id"], payment.to_string());
+    assert_eq!(alert["status"], "open");
+    assert_eq!(alert["decided_by"], Value::Null);
+    assert_eq!(
+        alert["details"],
+        json!({"amount": "15000", "currency": "USD", "threshold": "10000"})
+    );
+    assert_eq!(
+        e.count("SELECT count(*) FROM payment_observations").await,
+        1
+    );
+
+    for who in [Caller::user(user), Caller::service("payment")] {
+        let (status, body) = e.get("/api/v1/aml/alerts", &who).await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    let (status, body) = e.get("/api/v1/aml/alerts", &Caller::anonymous()).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert_eq!(e.risk_score(user).await, 10, "ten points per open alert");
+
+    let alert_id = alert["id"].as_str().unwrap().to_owned();
+    let flag = format!("/api/v1/aml/alerts/{alert_id}/flag");
+    let reason = "funds from a sanctioned source";
+    let (status, body) = e
+        .post(&flag, &json!({"reason": reason}), &Caller::user(user))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = e
+        .post(&flag, &json!({"reason": "  "}), &Caller::compliance())
+        .await;
+    let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(error["details"]["field"], "reason");
+    let (status, body) = e.post(&flag, &json!({}), &Caller::compliance()).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert!(e.outbox(types::AML_FLAGGED).await.is_empty());
+
+    let (status, body) = e
+        .post(&flag, &json!({"reason": reason}), &Caller::compliance())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["data"]["id"], alert_id.as_str());
+    assert_eq!(body["data"]["status"], "flagged");
+    assert_eq!(body["data"]["decided_by"], REVIEWER);
+    assert_eq!(body["data"]["reason"], reason);
+
+    // C fails the held payment when it hears of the decision.
+    let flagged = e.outbox(types::AML_FLAGGED).await;
+    assert_eq!(flagged.len(), 1, "{flagged:?}");
+    let published = e.broker.next_event().await;
+    assert_eq!(flagged[0]["id"], published.id.to_string());
+    assert_eq!(published.event_type, types::AML_FLAGGED);
+    assert_eq!(published.source, "kyc");
+    assert_eq!(
+        published.data,
+        json!({
+            "alert_id": alert_id,
+            "payment_id": payment,
+            "user_id": user,
+            "rule": "amount_threshold",
+            "reason": reason,
+        })
+    );
+    assert_eq!(
+        e.risk_score(user).await,
+        40,
+        "forty points per flagged alert"
+    );
+
+    // Decided once.
+    let (status, body) = e
+        .post(&flag, &json!({"reason": reason}), &Caller::compliance())
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/aml/alerts/{alert_id}/clear"),
+            &json!({"reason": "changed my mind"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert!(e.outbox(types::AML_CLEARED).await.is_empty());
+
+    let reviewer = Caller::compliance();
+    let (status, body) = e.get("/api/v1/aml/alerts?status=flagged", &reviewer).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    let (status, body) = e.get("/api/v1/aml/alerts?status=open", &reviewer).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"], json!([]));
+    let (status, body) = e.get("/api/v1/aml/alerts?status=closed", &reviewer).await;
+    let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(error["details"]["field"], "status");
+    let (status, body) = e.get("/api/v1/aml/alerts?user=me", &reviewer).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn three_payments_just_under_the_threshold_in_a_day_raise_a_structuring_alert() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    // From 90 % of the threshold up to it counts; 8 999.99 does not.
+    for amount in ["9500.00", "8999.99", "9999.99"] {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), amount, "PENDING"),
+        )
+        .await;
+    }
+    e.observe(
+        &monitor,
+        &payment_event(other, Uuid::new_v4(), "9500.00", "PENDING"),
+    )
+    .await;
+    assert!(
+        e.alerts_of(user).await.is_empty(),
+        "two payments just under the threshold are not a pattern yet"
+    );
+
+    let third = Uuid::new_v4();
+    e.observe(&monitor, &payment_event(user, third, "9000.00", "PENDING"))
+        .await;
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "structuring");
+    assert_eq!(alerts[0]["payment_id"], third.to_string());
+    assert_eq!(alerts[0]["status"], "open");
+    assert_eq!(alerts[0]["details"]["payments_just_under_threshold"], 3);
+    assert!(
+        e.alerts_of(other).await.is_empty(),
+        "another user's payments do not count"
+    );
+    assert_eq!(e.risk_score(user).await, 10);
+    assert_eq!(e.risk_score(other).await, 0);
+
+    // The threshold itself is not held by C, so it is "just under" too.
+    let fourth = Uuid::new_v4();
+    e.observe(
+        &monitor,
+        &payment_event(user, fourth, "10000.00", "PENDING"),
+    )
+    .await;
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    let newest = alerts
+        .iter()
+        .find(|a| a["payment_id"] == fourth.to_string())
+        .expect("an alert for the fourth payment");
+    assert_eq!(newest["rule"], "structuring");
+    assert_eq!(newest["details"]["payments_just_under_threshold"], 4);
+    assert_eq!(e.risk_score(user).await, 20);
+
+    // Clearing one lowers the score and tells C.
+    let first_alert = alerts
+        .iter()
+        .find(|a| a["payment_id"] == third.to_string())
+        .expect("an alert for the third payment");
+    let id = first_alert["id"].as_str().unwrap();
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/aml/alerts/{id}/clear"),
+            &json!({"reason": "salary split across accounts"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["status"], "cleared");
+    assert_eq!(body["data"]["decided_by"], REVIEWER);
+    let cleared = e.outbox(types::AML_CLEARED).await;
+    assert_eq!(cleared.len(), 1, "{cleared:?}");
+    assert_eq!(cleared[0]["data"]["alert_id"], id);
+    assert_eq!(cleared[0]["data"]["rule"], "structuring");
+    assert_eq!(cleared[0]["data"]["payment_id"], third.to_string());
+    assert_eq!(
+        e.risk_score(user).await,
+        10,
+        "a cleared alert counts nothing"
+    );
+}
+
+#[tokio::test]
+async fn more_payments_or_more_money_than_the_velocity_limits_within_the_window_raise_a_velocity_alert()
+ {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+
+    // By count: twenty payments in the window are allowed, the twenty-first is not.
+    let busy = Uuid::new_v4();
+    for _ in 0..20 {
+        e.observe(
+            &monitor,
+            &payment_event(busy, Uuid::new_v4(), "10.00", "PENDING"),
+        )
+        .await;
+    }
+    assert!(e.alerts_of(busy).await.is_empty());
+    let twenty_first = Uuid::new_v4();
+    e.observe(
+        &monitor,
+        &payment_event(busy, twenty_first, "10.00", "PENDING"),
+    )
+    .await;
+    let alerts = e.alerts_of(busy).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "velocity");
+    assert_eq!(alerts[0]["payment_id"], twenty_first.to_string());
+    assert_eq!(alerts[0]["status"], "open");
+    assert_eq!(
+        alerts[0]["details"],
+        json!({"count": 21, "total": "210", "window_seconds": 600})
+    );
+    assert_eq!(e.risk_score(busy).await, 10);
+
+    // By amount: 50 000 in the window is allowed, more is not. 8 000 is neither held
+    // nor just under the threshold.
+    let big = Uuid::new_v4();
+    for _ in 0..6 {
+        e.observe(
+            &monitor,
+            &payment_event(big, Uuid::new_v4(), "8000.00", "PENDING"),
+        )
+        .await;
+    }
+    assert!(
+        e.alerts_of(big).await.is_empty(),
+        "48 000 is within the limit"
+    );
+    let seventh = Uuid::new_v4();
+    e.observe(&monitor, &payment_event(big, seventh, "8000.00", "PENDING"))
+        .await;
+    let alerts = e.alerts_of(big).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "velocity");
+    assert_eq!(alerts[0]["payment_id"], seventh.to_string());
+    assert_eq!(alerts[0]["details"]["count"], 7);
+    assert_eq!(alerts[0]["details"]["total"], "56000");
+
+    // Only the window counts: payments seen eleven minutes ago are forgotten.
+    let returning = Uuid::new_v4();
+    for _ in 0..25 {
+        sqlx::query(
+            "INSERT INTO payment_observations (payment_id, user_id, amount, currency, observed_at) \
+             VALUES ($1, $2, 8000, 'USD', now() - interval '11 minutes')",
+        )
+        .bind(Uuid::new_v4())
+        .bind(returning)
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    }
+    e.observe(
+        &monitor,
+        &payment_event(returning, Uuid::new_v4(), "10.00", "PENDING"),
+    )
+    .await;
+    assert!(
+        e.alerts_of(returning).await.is_empty(),
+        "25 payments and 200 000 outside the window raise nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_held_payment_seen_again_or_released_later_is_counted_and_alerted_once() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let (user, payment) = (Uuid::new_v4(), Uuid::new_v4());
+    let held = payment_event(user, payment, "15000.00", "ON_HOLD");
+    assert_eq!(e.observe(&monitor, &held).await, Outcome::Applied);
+    assert_eq!(
+        e.observe(&monitor, &held).await,
+        Outcome::Duplicate,
+        "a redelivered event is skipped"
+    );
+    // The hold announced again under a new event id, then the release after a
+    // compliance clearance (`payment.requested`, PENDING, same payment).
+    for status in ["ON_HOLD", "PENDING"] {
+        assert_eq!(
+            e.observe(&monitor, &payment_event(user, payment, "15000.00", status))
+                .await,
+            Outcome::Applied
+        );
+    }
+    let observed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payment_observations WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&e.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(observed, 1, "one payment, observed once");
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "amount_threshold");
+    assert_eq!(alerts[0]["payment_id"], payment.to_string());
+    assert_eq!(e.risk_score(user).await, 10);
+}
+
+#[tokio::test]
+async fn the_risk_score_counts_ten_per_open_alert_forty_per_flagged_none_per_cleared_and_stops_at_100()
+ {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let user = Uuid::new_v4();
+    let status = e.status_of(user).await;
+    assert_eq!(status["kyc_status"], "none");
+    assert_eq!(status["risk_score"], 0);
+
+    // Four held payments just over the threshold: four amount alerts, 40 000.04 in
+    // the window, under the velocity limit.
+    for _ in 0..4 {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), "10000.01", "ON_HOLD"),
+        )
+        .await;
+    }
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 4, "{alerts:?}");
+    assert!(alerts.iter().all(|a| a["rule"] == "amount_threshold"));
+    assert_eq!(e.risk_score(user).await, 40);
+
+    let reviewer = Caller::compliance();
+    let flag = format!(
+        "/api/v1/aml/alerts/{}/flag",
+        alerts[0]["id"].as_str().unwrap()
+    );
+    let (status, body) = e
+        .post(&flag, &json!({"reason": "mule account"}), &reviewer)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(e.risk_score(user).await, 70, "three open, one flagged");
+    let clear = format!(
+        "/api/v1/aml/alerts/{}/clear",
+        alerts[1]["id"].as_str().unwrap()
+    );
+    let (status, body) = e
+        .post(&clear, &json!({"reason": "invoice checked"}), &reviewer)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        e.risk_score(user).await,
+        60,
+        "two open, one flagged, one cleared"
+    );
+
+    // Three more: each is held (an amount alert) and takes the window over 50 000 (a
+    // velocity alert).
+    for _ in 0..3 {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), "10000.01", "ON_HOLD"),
+        )
+        .await;
+    }
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    assert_eq!(alerts.iter().filter(|a| a["rule"] == "velocity").count(), 3);
+    assert_eq!(
+        e.risk_score(user).await,
+        100,
+        "eight open and one flagged alert would be 120"
+    );
+}
