@@ -437,6 +437,10 @@ impl Platform {
                 ("JWT_ISSUER".to_owned(), JWT_ISSUER.to_owned()),
                 ("JWT_AUDIENCES".to_owned(), JWT_AUDIENCE.to_owned()),
                 ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
+                // The gateway runs on loopback: its X-Forwarded-For names the client, so
+                // per-address limits (anonymous callers here, logins at A) see clients,
+                // not the gateway.
+                ("TRUSTED_PROXIES".to_owned(), "127.0.0.1/32".to_owned()),
             ];
             if spec.name == "reporting" {
                 // The dashboard page is public; the reports it reads are not.

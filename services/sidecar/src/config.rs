@@ -138,6 +138,14 @@ pub struct Config {
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 
+    /// Proxies whose `X-Forwarded-For` is believed, as CIDRs, comma separated (the
+    /// gateway's or the ingress's addresses). A request from one of them is from the
+    /// rightmost forwarded address that is not a trusted proxy: that is the client
+    /// `X-Real-IP` names and anonymous callers are limited by. From anyone else the
+    /// connection's address is the client and its `X-Forwarded-For` is dropped.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
     /// Sidecar mode: sustained requests per second allowed per user (anonymous: per client
     /// IP; service tokens are not limited).
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 50)]
@@ -293,6 +301,8 @@ pub struct Settings {
     pub shutdown_drain: Duration,
     /// Event loops serving the proxy listener (`WORKER_THREADS`, 0 resolved to the CPUs).
     pub event_loops: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The operator's `sidecar.json`.
@@ -355,6 +365,25 @@ impl Config {
         let claim_headers = ClaimHeaders::parse(&self.claim_headers)
             .map_err(|e| errors.extend(e.into_iter().map(|e| format!("CLAIM_HEADERS: {e}"))))
             .ok();
+        let trusted_proxies: Vec<ipnet::IpNet> = self
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .filter_map(|entry| {
+                // A bare address is a network of one.
+                let parsed = entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+                parsed
+                    .map_err(|_| {
+                        errors.push(format!(
+                            "TRUSTED_PROXIES: {entry:?} is neither an address nor a CIDR"
+                        ));
+                    })
+                    .ok()
+            })
+            .collect();
         if self.upstream_timeout_ms == 0 {
             errors.push("UPSTREAM_TIMEOUT_MS must be greater than zero".to_owned());
         }
@@ -371,6 +400,7 @@ impl Config {
                 claim_headers,
                 upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
                 shutdown_drain: Duration::from_secs(self.shutdown_drain_secs),
+                trusted_proxies,
                 event_loops: match self.worker_threads {
                     0 => std::thread::available_parallelism().map_or(1, usize::from),
                     n => n,
@@ -604,8 +634,10 @@ mod tests {
             "--claim-headers=sub:x-user-id,nocolon,email:bad header",
             "--public-paths=relative,/ok*",
             "--rate-limit-burst=0",
+            "--trusted-proxies=10.0.0.0/8,10.0.0.1/33,127.0.0.1",
         ]);
         let expected = [
+            "TRUSTED_PROXIES: \"10.0.0.1/33\"",
             "ADMIN_ADDR",
             "UPSTREAM must be an http",
             "only one of JWKS_URI and JWT_HS256_SECRET",

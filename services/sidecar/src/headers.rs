@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use finflow_platform::identity::IDENTITY_HEADERS;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::jwt::Claims;
@@ -205,28 +206,64 @@ pub fn address_value(client: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"))
 }
 
-/// Sets `X-Forwarded-For` (the client appended to any list already there),
-/// `X-Forwarded-Host` (the original `Host`), `X-Forwarded-Proto`, `X-Real-IP` and
-/// `X-Request-Id`. `client` is the client's [`address_value`].
+/// Who sent a request: the connection's peer and, when that peer is a trusted proxy,
+/// the client it forwards for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// The connection's peer as a header value ([`address_value`]).
+    pub peer: &'a HeaderValue,
+    /// Whether the peer is a trusted proxy, whose `X-Forwarded-For` is kept.
+    pub trusted: bool,
+    /// The client as a header value (`X-Real-IP`): the peer, or whom it forwards for.
+    pub client: &'a HeaderValue,
+}
+
+/// The client a trusted proxy forwards for: the rightmost `X-Forwarded-For` address
+/// that is not itself a trusted proxy (entries to its left were written by the client
+/// and prove nothing). `None` when the list is empty or garbled before such an address,
+/// and the proxy's own address stands for the client.
+pub fn forwarded_client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let mut entries: Vec<&str> = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        entries.extend(value.to_str().ok()?.split(','));
+    }
+    let mut last = None;
+    for entry in entries.iter().rev().map(|e| e.trim()) {
+        let address: IpAddr = entry.parse().ok()?;
+        if !trusted.iter().any(|net| net.contains(&address)) {
+            return Some(address);
+        }
+        last = Some(address);
+    }
+    last
+}
+
+/// Sets `X-Forwarded-For` (the peer appended to the list a trusted peer sent, else the
+/// peer alone: what an untrusted client claims is dropped), `X-Forwarded-Host` (the
+/// original `Host`), `X-Forwarded-Proto`, `X-Real-IP` (the client) and `X-Request-Id`.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    client: &HeaderValue,
+    origin: &Origin<'_>,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
 ) {
-    let prior: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let chain = if prior.is_empty() {
-        client.clone()
+    let prior: Vec<&str> = if origin.trusted {
+        headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
     } else {
-        let client_text = client.to_str().unwrap_or_default();
-        HeaderValue::from_str(&format!("{}, {client_text}", prior.join(", ")))
-            .unwrap_or_else(|_| client.clone())
+        Vec::new()
+    };
+    let chain = if prior.is_empty() {
+        origin.peer.clone()
+    } else {
+        let peer_text = origin.peer.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {peer_text}", prior.join(", ")))
+            .unwrap_or_else(|_| origin.peer.clone())
     };
     headers.insert(X_FORWARDED_FOR, chain);
     match host {
@@ -234,7 +271,7 @@ pub fn set_forwarding(
         None => headers.remove(X_FORWARDED_HOST),
     };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    headers.insert(X_REAL_IP, client.clone());
+    headers.insert(X_REAL_IP, origin.client.clone());
     headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
@@ -361,15 +398,22 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_headers_append_the_client_and_overwrite_the_rest() {
+    fn forwarding_headers_append_a_trusted_peer_and_overwrite_the_rest() {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let peer = address_value("10.0.0.7".parse().unwrap());
+        let client = address_value("2.2.2.2".parse().unwrap());
+        let origin = Origin {
+            peer: &peer,
+            trusted: true,
+            client: &client,
+        };
         set_forwarding(
             &mut h,
-            &address_value("10.0.0.7".parse().unwrap()),
+            &origin,
             Some(HeaderValue::from_static("api.example")),
             &HeaderValue::from_static("r1"),
         );
@@ -377,7 +421,48 @@ mod tests {
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_HOST], "api.example");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
-        assert_eq!(h[X_REAL_IP], "10.0.0.7");
+        assert_eq!(h[X_REAL_IP], "2.2.2.2");
         assert_eq!(h[X_REQUEST_ID], "r1");
+    }
+
+    #[test]
+    fn what_an_untrusted_peer_claims_to_forward_for_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        let peer = address_value("10.0.0.7".parse().unwrap());
+        let origin = Origin {
+            peer: &peer,
+            trusted: false,
+            client: &peer,
+        };
+        set_forwarding(&mut h, &origin, None, &HeaderValue::from_static("r1"));
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(h[X_REAL_IP], "10.0.0.7");
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_forwarded_address_that_is_not_a_trusted_proxy() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let xff = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_static(v));
+            }
+            forwarded_client(&h, &trusted)
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // A client's own claim (6.6.6.6) left of the real client is ignored.
+        assert_eq!(xff(&["6.6.6.6, 203.0.113.9, 10.1.2.3"]), ip("203.0.113.9"));
+        assert_eq!(
+            xff(&["6.6.6.6", "203.0.113.9", "10.1.2.3"]),
+            ip("203.0.113.9")
+        );
+        assert_eq!(xff(&["2001:db8::5, ::1"]), ip("2001:db8::5"));
+        // Only proxies: the farthest one is the best we know.
+        assert_eq!(xff(&["10.9.9.9, 10.1.2.3"]), ip("10.9.9.9"));
+        // Nothing usable: the caller falls back to the peer.
+        assert_eq!(xff(&[]), None);
+        assert_eq!(xff(&["203.0.113.9, garbage, 10.1.2.3"]), None);
+        assert_eq!(xff(&["garbage, 203.0.113.9"]), ip("203.0.113.9"));
     }
 }

@@ -238,7 +238,8 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
                 claim_headers: settings.claim_headers,
                 verified,
             }));
-            let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans);
+            let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
+                .trusting(settings.trusted_proxies);
             (Arc::new(proxy), health.build())
         }
         ModeSettings::Gateway(gateway) => {
@@ -258,6 +259,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
                 )
                 .method_not_allowed_fallback(admin::method_not_allowed);
             let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
+                .trusting(settings.trusted_proxies)
                 .answering("/health", own);
             (Arc::new(proxy), health)
         }

@@ -152,6 +152,8 @@ pub struct Proxy {
     spans: bool,
     /// Routes the listener answers itself (the gateway's `/health`), by exact path.
     local: Option<(&'static str, Router)>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted: Vec<ipnet::IpNet>,
     meters: Meters,
 }
 
@@ -163,8 +165,16 @@ impl Proxy {
             strip,
             spans,
             local: None,
+            trusted: Vec::new(),
             meters: Meters::new(),
         }
+    }
+
+    /// Believes the `X-Forwarded-For` of peers in `proxies` ([`headers::forwarded_client`]).
+    #[must_use]
+    pub fn trusting(mut self, proxies: Vec<ipnet::IpNet>) -> Self {
+        self.trusted = proxies;
+        self
     }
 
     /// Answers `path` with `router` instead of forwarding it.
@@ -191,7 +201,15 @@ impl Proxy {
                 "the path is not in normal form (dot or empty segments, encoded unreserved characters)",
             ));
         }
-        let base = self.gate.admit(&mut parts, client.address).await?;
+        let trusted = self.trusted.iter().any(|net| net.contains(&client.address));
+        let forwarded = trusted
+            .then(|| headers::forwarded_client(&parts.headers, &self.trusted))
+            .flatten()
+            .map(|address| (address, headers::address_value(address)));
+        let (client_address, client_header) = forwarded
+            .as_ref()
+            .map_or((client.address, &client.header), |(a, h)| (*a, h));
+        let base = self.gate.admit(&mut parts, client_address).await?;
 
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
@@ -199,7 +217,12 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::set_forwarding(&mut parts.headers, &client.header, host, request_id);
+        let origin = headers::Origin {
+            peer: &client.header,
+            trusted,
+            client: client_header,
+        };
+        headers::set_forwarding(&mut parts.headers, &origin, host, request_id);
         if self.spans {
             telemetry::inject_http(&mut parts.headers);
         } else {

@@ -313,10 +313,8 @@ async fn a_valid_token_reaches_the_app_with_identity_forwarding_request_id_and_t
     assert_eq!(got.header("x-user-roles").unwrap(), "user,admin");
     assert_eq!(got.header("x-kyc-status").unwrap(), "verified");
     assert_eq!(got.header("x-account-tier").unwrap(), "gold");
-    assert_eq!(
-        got.header("x-forwarded-for").unwrap(),
-        "203.0.113.9, 127.0.0.1"
-    );
+    // The client is not a trusted proxy: what it claims to forward for is dropped.
+    assert_eq!(got.header("x-forwarded-for").unwrap(), "127.0.0.1");
     assert_eq!(got.header("x-forwarded-host").unwrap(), host);
     assert_eq!(got.header("x-forwarded-proto").unwrap(), "http");
     assert_eq!(got.header("x-real-ip").unwrap(), "127.0.0.1");
@@ -418,6 +416,37 @@ async fn a_caller_over_its_rate_limit_gets_429_in_the_envelope() {
 
     let other = s.key.sign(&claims("someone-else", &["user"]));
     received(s.with_token("/api/v1/wallets", &other).await).await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_is_whom_it_forwards_for() {
+    // The test client is at 127.0.0.1, here the trusted proxy (a gateway, an ingress).
+    let s = setup(&[
+        "--trusted-proxies=10.0.0.0/8, 127.0.0.1",
+        "--rate-limit-per-second=1",
+        "--rate-limit-burst=1",
+    ])
+    .await;
+    let from = |forwarded_for: &'static str| {
+        s.sidecar
+            .get("/health")
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+    };
+    // 6.6.6.6 is what the client told the proxy; 203.0.113.9 is whom the proxy saw.
+    let got = received(from("6.6.6.6, 203.0.113.9, 10.1.2.3").await.unwrap()).await;
+    assert_eq!(got.header("x-real-ip").unwrap(), "203.0.113.9");
+    assert_eq!(
+        got.header("x-forwarded-for").unwrap(),
+        "6.6.6.6, 203.0.113.9, 10.1.2.3, 127.0.0.1"
+    );
+
+    // Anonymous callers are limited per client, not per proxy: each of these has a
+    // bucket of its own, and a second request of the first one is over its limit.
+    received(from("198.51.100.1").await.unwrap()).await;
+    received(from("198.51.100.2").await.unwrap()).await;
+    let again = from("198.51.100.1").await.unwrap();
+    assert_refused(again, 429, "RATE_LIMITED", "rate_limited").await;
 }
 
 #[tokio::test]
