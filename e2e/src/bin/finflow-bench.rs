@@ -79,8 +79,9 @@ async fn wrk(
     concurrency: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let mut cmd = Command::new("wrk");
+    // wrk needs at least one connection per thread.
     cmd.args([
-        "-t2",
+        &format!("-t{}", concurrency.clamp(1, 2)),
         &format!("-c{concurrency}"),
         &format!("-d{seconds}s"),
         "--latency",
@@ -328,7 +329,7 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
     nginx.kill().await.ok();
 
     println!(
-        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk -t2), medians of {ROUNDS} interleaved rounds"
+        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk), medians of {ROUNDS} interleaved rounds"
     );
     println!("sidecar: {PROXY_WORKERS} event loops; nginx: {PROXY_WORKERS} worker processes");
     println!(
