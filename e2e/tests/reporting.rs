@@ -221,6 +221,46 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
         "Alice's statement"
     );
 
+    // Queue health as RabbitMQ reports it: every consumer queue with its consumers
+    // (each service consumes its own), and every dead-letter queue, here empty.
+    // F reads the depths every few seconds: its first reading may predate a queue.
+    let mut queues = Vec::new();
+    for _ in 0..60 {
+        let summary = ops.client.get("/api/v1/reports/summary").await;
+        assert_eq!(summary.status, 200, "{}", summary.body);
+        queues = summary.body["data"]["queue_health"]["queues"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if queues.len() == 12 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let queue = |name: &str| {
+        queues
+            .iter()
+            .find(|q| q["queue"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {queues:?}"))
+            .clone()
+    };
+    for name in [
+        "auth.kyc-updates",
+        "payment.requests",
+        "payment.aml-decisions",
+        "kyc.payment-monitoring",
+        "notification.events",
+        "reporting.events",
+    ] {
+        let q = queue(name);
+        assert!(
+            q["consumers"].as_u64() >= Some(1),
+            "{name} has a consumer: {q}"
+        );
+        let dead = queue(&format!("{name}.dead"));
+        assert_eq!(dead["messages"], 0, "nothing was dead-lettered: {dead}");
+    }
+
     // The dashboard in headless Chromium (Debian's package), with the ops token.
     ensure_tool("chromium", "chromium")
         .await
@@ -261,6 +301,10 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
         );
     }
     assert!(dom.contains("COMPLETED"), "the status chart names its bars");
+    assert!(
+        dom.contains("payment.requests (") && dom.contains("dead letters"),
+        "the queue chart names each queue and the dead letters"
+    );
     let shot = repo_root().join("target/dashboard.png");
     let taken = chromium(vec![
         "--window-size=1280,900".to_owned(),

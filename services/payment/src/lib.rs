@@ -239,40 +239,17 @@ pub async fn run(
 /// Publishes the work queue's depth (PayFlow's "number that tells the truth") as
 /// `finflow_payment_queue_depth`.
 async fn watch_queue_depth(amqp_url: SecretString, stop: CancellationToken) {
-    let queue = worker::requests_queue();
-    let mut channel: Option<(lapin::Connection, lapin::Channel)> = None;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        if channel
-            .as_ref()
-            .is_none_or(|(c, _)| !c.status().connected())
-        {
-            channel = match events::connect(&amqp_url, "payment-queue-depth").await {
-                Ok(conn) => conn.create_channel().await.ok().map(|ch| (conn, ch)),
-                Err(_) => None,
-            };
-        }
-        let Some((_, ch)) = channel.as_ref() else {
-            continue;
-        };
-        let declared = ch
-            .queue_declare(
-                queue.name.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        match declared {
-            #[allow(clippy::cast_precision_loss)] // a message count, shown as a gauge
-            Ok(q) => metrics::gauge!("finflow_payment_queue_depth").set(q.message_count() as f64),
-            // A failed passive declare closes the channel: reopen next round.
-            Err(_) => channel = None,
-        }
-    }
+    events::depth::watch(
+        amqp_url,
+        "payment-queue-depth".to_owned(),
+        vec![worker::requests_queue().name],
+        Duration::from_secs(5),
+        stop,
+        |round| {
+            if let Some(depth) = round.first() {
+                metrics::gauge!("finflow_payment_queue_depth").set(f64::from(depth.messages));
+            }
+        },
+    )
+    .await;
 }

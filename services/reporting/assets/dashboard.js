@@ -39,6 +39,26 @@ function bars(id, rows, cls) {
   });
 }
 
+// Draws horizontal bars for [{label, value}]: for many long names (queues).
+function hbars(id, rows, cls) {
+  const svg = document.getElementById(id);
+  svg.replaceChildren();
+  if (!rows.length) {
+    svg.appendChild(el("text", { x: 10, y: 30, class: "label empty" }, "no data yet"));
+    return;
+  }
+  const width = svg.clientWidth || 420, height = 220, labels = Math.min(230, width / 2);
+  const max = Math.max(...rows.map(r => r.value), 1);
+  const step = (height - 8) / rows.length;
+  rows.forEach((r, i) => {
+    const y = 4 + i * step, barHeight = step * 0.6;
+    const w = Math.max(2, (width - labels - 48) * r.value / max);
+    svg.appendChild(el("text", { class: "label", x: 4, y: y + barHeight - 2 }, r.label));
+    svg.appendChild(el("rect", { class: "bar " + (cls || ""), x: labels, y, width: w, height: barHeight, "data-value": r.value }));
+    svg.appendChild(el("text", { class: "value", x: labels + w + 6, y: y + barHeight - 2 }, String(r.value)));
+  });
+}
+
 async function load() {
   const t = token();
   if (!t) return showLogin();
@@ -55,12 +75,17 @@ async function load() {
   bars("statuses", s.by_status.map(c => ({ label: c.key, value: c.count })), "alt");
   bars("funnel", s.users.kyc_funnel.map(c => ({ label: c.key, value: c.count })), "warn");
   const age = s.last_event_at ? Math.round((Date.now() - Date.parse(s.last_event_at)) / 1000) : null;
-  bars("queue", [
-    { label: "events processed", value: s.events_processed },
-    { label: "on hold", value: s.compliance.on_hold.reduce((n, h) => n + h.payments, 0) },
-  ]);
+  // Messages waiting per queue as RabbitMQ reports them, with its consumers; the dead
+  // letters of every queue together in one bar (anything there needs a person).
+  const queues = s.queue_health ? s.queue_health.queues : [];
+  const dead = queues.filter(q => q.queue.endsWith(".dead"));
+  hbars("queue", queues.filter(q => !q.queue.endsWith(".dead"))
+    .map(q => ({ label: q.queue + " (" + q.consumers + ")", value: q.messages }))
+    .concat(dead.length ? [{ label: "dead letters", value: dead.reduce((n, q) => n + q.messages, 0) }] : []));
+  const onHold = s.compliance.on_hold.reduce((n, h) => n + h.payments, 0);
   document.getElementById("status").textContent =
-    age === null ? "no events yet" : "updated " + age + " s ago";
+    (age === null ? "no events yet" : "updated " + age + " s ago") +
+    " · " + s.events_processed + " events processed · " + onHold + " payments on hold";
   document.body.dataset.loaded = "true";
 }
 

@@ -49,6 +49,31 @@ pub struct Config {
     /// separated), e.g. `auth=http://127.0.0.1:8001,wallet=http://127.0.0.1:8002`.
     #[arg(long, env = "UPSTREAMS", default_value = "")]
     pub upstreams: String,
+    /// The event queues whose depth and consumers the dashboard shows, comma separated;
+    /// each one's dead-letter queue is shown beside it.
+    #[arg(long, env = "WATCHED_QUEUES", default_value = DEFAULT_WATCHED_QUEUES)]
+    pub watched_queues: String,
+}
+
+/// Every consumer queue of the platform (each service's `QueueSpec`).
+pub const DEFAULT_WATCHED_QUEUES: &str = "auth.kyc-updates,payment.requests,\
+payment.aml-decisions,kyc.payment-monitoring,notification.events,reporting.events";
+
+/// How often queue depths are read from RabbitMQ.
+const QUEUE_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `WATCHED_QUEUES` with each queue's dead-letter queue after it.
+pub fn watched_queues(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .flat_map(|q| {
+            [
+                q.to_owned(),
+                format!("{q}{}", finflow_platform::events::DEAD_QUEUE_SUFFIX),
+            ]
+        })
+        .collect()
 }
 
 /// `UPSTREAMS` into (name, url) pairs.
@@ -118,7 +143,19 @@ pub async fn run(
     for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
         health = health.optional(&name, health::Upstream::new(&url));
     }
-    let api = reports::router(reports::AppState { pool });
+    let queues = reports::QueueHealth::default();
+    {
+        let queues = queues.clone();
+        background.spawn(finflow_platform::events::depth::watch(
+            base.amqp.amqp_url.clone(),
+            "reporting-queue-health".to_owned(),
+            watched_queues(&config.watched_queues),
+            QUEUE_SAMPLE_EVERY,
+            background.stop_token(),
+            move |round| queues.record(round),
+        ));
+    }
+    let api = reports::router(reports::AppState { pool, queues });
     service::serve(
         base,
         listener,

@@ -1,5 +1,7 @@
 //! Reports over the read models, and the dashboard page.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
@@ -7,6 +9,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
+use finflow_platform::events::depth::QueueDepth;
 use finflow_platform::{Amount, ApiError, ApiResult, Identity, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -16,6 +19,36 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    pub queues: QueueHealth,
+}
+
+/// The newest queue depths read from RabbitMQ, shared with the sampling task.
+#[derive(Debug, Clone, Default)]
+pub struct QueueHealth(Arc<RwLock<Option<QueueSample>>>);
+
+/// One reading of every watched queue.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QueueSample {
+    pub sampled_at: DateTime<Utc>,
+    /// Queues that exist, in the order watched (each followed by its dead letters).
+    pub queues: Vec<QueueDepth>,
+}
+
+impl QueueHealth {
+    pub fn record(&self, queues: Vec<QueueDepth>) {
+        let sample = QueueSample {
+            sampled_at: Utc::now(),
+            queues,
+        };
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(sample);
+    }
+
+    pub fn latest(&self) -> Option<QueueSample> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -285,6 +318,8 @@ struct Summary {
     /// Events processed by F and the newest one's time: how fresh the reports are.
     events_processed: i64,
     last_event_at: Option<DateTime<Utc>>,
+    /// The event queues as RabbitMQ last reported them (absent until the first reading).
+    queue_health: Option<QueueSample>,
 }
 
 /// Everything the dashboard draws (`ops`, `compliance`).
@@ -315,6 +350,7 @@ async fn summary(State(s): State<AppState>, who: Identity) -> ApiResult {
         compliance: compliance_report(&s.pool).await?,
         events_processed,
         last_event_at,
+        queue_health: s.queues.latest(),
     }))
 }
 

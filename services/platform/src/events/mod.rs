@@ -13,6 +13,7 @@
 //!    rejected into the dead-letter exchange `finflow.dlx` and land in `<queue>.dead`.
 
 pub mod consumer;
+pub mod depth;
 pub mod outbox;
 
 use std::time::Duration;
