@@ -11,7 +11,7 @@
 //! apps 900x); the e2e tests run it with ephemeral ports and databases of their own,
 //! so they never collide with a platform a developer is running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -297,9 +297,36 @@ pub struct Platform {
     smtp_port: u16,
 }
 
+/// A port no one listens on, for a process the launcher starts.
+///
+/// Not the kernel's `bind(0)`: that port comes from the ephemeral range, and between
+/// our choosing it and the service binding it any outgoing connection on the machine
+/// may take it (a platform that then fails to start, now and then). Ports below that
+/// range are never handed out to outgoing connections; this process never hands out
+/// one twice, so platforms started side by side by one test binary do not collide.
 fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = 10_000..ephemeral_start.max(10_001);
+    let span = u32::from(range.end - range.start);
+    let offset = rand::random::<u32>() % span;
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for i in 0..span {
+        let Ok(step) = u16::try_from((offset + i) % span) else {
+            continue;
+        };
+        let port = range.start + step;
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port below the ephemeral range ({range:?})")
 }
 
 fn port(ports: Ports, fixed: u16) -> anyhow::Result<u16> {

@@ -3,11 +3,13 @@
 //! [`launcher`] starts the backing services, every service with its sidecar in
 //! dependency order, and the gateway, all on loopback; `dev/up` runs it for people
 //! (`finflow-up`), and the tests in `tests/` run it with ports and databases of their
-//! own and then drive the platform through the gateway only, as a client would.
+//! own and then drive the platform through the gateway only, as a client would, with
+//! the helpers in [`journey`].
 //! The cluster tests (`tests/operator.rs`, `tests/rollouts.rs`, helpers in [`cluster`])
 //! run the operator against a real cluster only when `KUBECONFIG` is set.
 
 pub mod client;
 pub mod cluster;
+pub mod journey;
 pub mod launcher;
 pub mod tools;

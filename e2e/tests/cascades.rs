@@ -4,33 +4,10 @@
 use std::time::Duration;
 
 use finflow_e2e::client::{Client, User};
-use finflow_e2e::launcher::{Options, Platform};
+use finflow_e2e::journey::{eventually, key, platform};
+use finflow_e2e::launcher::Platform;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn platform() -> Platform {
-    Platform::start(Options::isolated())
-        .await
-        .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"))
-}
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn mails_to(platform: &Platform, email: &str) -> Vec<String> {
     platform

@@ -2,15 +2,9 @@
 //! validation, service A, PostgreSQL, Redis, RabbitMQ), started by the launcher.
 
 use finflow_e2e::client::Client;
-use finflow_e2e::launcher::{Options, Platform};
+use finflow_e2e::journey::platform;
 use reqwest::StatusCode;
 use serde_json::json;
-
-async fn platform() -> Platform {
-    Platform::start(Options::isolated())
-        .await
-        .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"))
-}
 
 #[tokio::test]
 async fn a_user_registers_logs_in_and_reads_their_profile_through_the_gateway() {

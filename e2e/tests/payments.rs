@@ -5,19 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use finflow_e2e::client::{Client, User};
+use finflow_e2e::journey::{key, platform};
 use finflow_e2e::launcher::{Options, Platform};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn platform() -> Platform {
-    Platform::start(Options::isolated())
-        .await
-        .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"))
-}
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
 
 async fn funded(client: &Client, prefix: &str, amount: &str) -> (User, String) {
     let (user, wallet) = client.new_user(prefix).await.with_wallet("USD").await;

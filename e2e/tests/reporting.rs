@@ -5,15 +5,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use finflow_e2e::client::{Client, User};
+use finflow_e2e::journey::key;
 use finflow_e2e::launcher::{Options, Platform, repo_root};
 use finflow_e2e::tools::ensure_tool;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::process::Command;
-
-fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
 
 /// B's ledger, read from B's own database (the ground truth the report must match).
 async fn ledger_in_b(platform: &Platform) -> BTreeMap<(String, String), (i64, String)> {
@@ -223,7 +220,15 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
 
     // Queue health as RabbitMQ reports it: every consumer queue with its consumers
     // (each service consumes its own), and every dead-letter queue, here empty.
-    // F reads the depths every few seconds: its first reading may predate a queue.
+    // F reads the depths every few seconds: its first reading may predate a queue or
+    // a consumer, so wait for a reading with every queue consumed.
+    let consumed = |queues: &[Value]| {
+        queues.len() == 12
+            && queues
+                .iter()
+                .filter(|q| !q["queue"].as_str().unwrap_or_default().ends_with(".dead"))
+                .all(|q| q["consumers"].as_u64() >= Some(1))
+    };
     let mut queues = Vec::new();
     for _ in 0..60 {
         let summary = ops.client.get("/api/v1/reports/summary").await;
@@ -232,7 +237,7 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if queues.len() == 12 {
+        if consumed(&queues) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -78,15 +78,8 @@ impl TestAuth {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if let Ok(r) = self.http.get(self.url("/ready")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("auth did not become ready");
+        let base = format!("http://{}", self.addr);
+        finflow_platform::testing::wait_ready(&self.http, &base, "auth").await;
     }
 
     fn url(&self, path: &str) -> String {

@@ -173,15 +173,8 @@ impl TestE {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if let Ok(r) = self.http.get(self.url("/ready")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("kyc did not become ready");
+        let base = format!("http://{}", self.addr);
+        finflow_platform::testing::wait_ready(&self.http, &base, "kyc").await;
     }
 
     fn url(&self, path: &str) -> String {

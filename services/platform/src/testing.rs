@@ -65,3 +65,17 @@ pub async fn smtp_sink() -> (u16, Mailbox) {
     });
     (port, mailbox)
 }
+
+/// Waits until the service at `base` (a test's server on port 0) answers `/ready` with
+/// a success, or panics naming `service` after ten seconds.
+pub async fn wait_ready(http: &reqwest::Client, base: &str, service: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/ready")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{service} did not become ready");
+}

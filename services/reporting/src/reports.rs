@@ -361,17 +361,11 @@ pub struct StatementLine {
     /// received); `out`: money out of them (their transfer, their withdrawal).
     #[schema(example = "in")]
     pub direction: String,
-    pub payment_id: Uuid,
-    /// Who made the payment: the user, or on a received transfer its sender.
-    pub user_id: Uuid,
-    pub kind: String,
-    pub status: String,
-    #[schema(value_type = String)]
-    pub amount: Amount,
-    pub currency: String,
-    pub failure_code: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
+    /// The payment; its `user_id` made it: the user, or on a received transfer its
+    /// sender.
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub payment: PaymentLine,
 }
 
 /// A user's statement, newest first: the payments they made, whatever their status, and

@@ -147,7 +147,7 @@ async fn statement_of(db: &TestDb, user: Uuid) -> Vec<(String, String, String)> 
         .await
         .unwrap()
         .into_iter()
-        .map(|l| (l.direction, l.kind, l.status))
+        .map(|l| (l.direction, l.payment.kind, l.payment.status))
         .collect()
 }
 
