@@ -51,6 +51,7 @@ pub struct Monitor {
     pub rules: Rules,
 }
 
+/// Raises an open alert of `rule` on `payment`, once per payment and rule.
 async fn alert(
     tx: &mut PgConnection,
     user: Uuid,
@@ -58,7 +59,7 @@ async fn alert(
     rule: &str,
     details: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    let raised = sqlx::query(
         "INSERT INTO aml_alerts (id, user_id, payment_id, rule, details, status) \
          VALUES ($1, $2, $3, $4, $5, 'open') ON CONFLICT (payment_id, rule) DO NOTHING",
     )
@@ -68,9 +69,50 @@ async fn alert(
     .bind(rule)
     .bind(details)
     .execute(&mut *tx)
-    .await?;
-    metrics::counter!("finflow_aml_alerts_total", "rule" => rule.to_owned()).increment(1);
+    .await?
+    .rows_affected();
+    count_raised(rule, raised);
     Ok(())
+}
+
+/// Raises an alert of a pattern `rule` (velocity, structuring) unless the user already
+/// has an open one: a burst is one pattern for a reviewer to decide, not an alert per
+/// payment in it (which would also push the risk score to its cap by itself).
+async fn pattern_alert(
+    tx: &mut PgConnection,
+    user: Uuid,
+    payment: Uuid,
+    rule: &str,
+    details: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    // One transaction per user and rule at a time decides: without this lock, two
+    // payments of one burst handled at once would each see no open alert.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("aml:{user}:{rule}"))
+        .execute(&mut *tx)
+        .await?;
+    let raised = sqlx::query(
+        "INSERT INTO aml_alerts (id, user_id, payment_id, rule, details, status) \
+         SELECT $1, $2, $3, $4, $5, 'open' \
+         WHERE NOT EXISTS (SELECT 1 FROM aml_alerts WHERE user_id = $2 AND rule = $4 AND status = 'open') \
+         ON CONFLICT (payment_id, rule) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(payment)
+    .bind(rule)
+    .bind(details)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    count_raised(rule, raised);
+    Ok(())
+}
+
+fn count_raised(rule: &str, raised: u64) {
+    if raised > 0 {
+        metrics::counter!("finflow_aml_alerts_total", "rule" => rule.to_owned()).increment(raised);
+    }
 }
 
 impl Handler for Monitor {
@@ -115,7 +157,7 @@ impl Handler for Monitor {
         .fetch_one(&mut *tx)
         .await?;
         if count > self.rules.max_count || total > self.rules.max_amount {
-            alert(
+            pattern_alert(
                 tx,
                 seen.user_id,
                 seen.payment_id,
@@ -136,7 +178,7 @@ impl Handler for Monitor {
             .fetch_one(&mut *tx)
             .await?;
             if near >= self.rules.structuring_count {
-                alert(
+                pattern_alert(
                     tx,
                     seen.user_id,
                     seen.payment_id,
