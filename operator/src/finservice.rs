@@ -92,6 +92,9 @@ struct SidecarConfig<'a> {
     hs256: bool,
     public_paths: &'a [String],
     claim_headers: &'a BTreeMap<String, String>,
+    /// Left out when empty, so sidecars older than the setting still read the file.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    trusted_proxies: &'a [String],
 }
 
 fn sidecar_config_json(fs: &FinService) -> String {
@@ -103,6 +106,7 @@ fn sidecar_config_json(fs: &FinService) -> String {
         hs256: s.hs256_secret_ref.is_some(),
         public_paths: &s.public_paths,
         claim_headers: &s.claim_headers,
+        trusted_proxies: &s.trusted_proxies,
     };
     serde_json::to_string_pretty(&config).unwrap_or_default()
 }
@@ -1366,9 +1370,23 @@ pub(crate) mod tests {
         let config: serde_json::Value = serde_json::from_str(config).unwrap();
         assert_eq!(config["jwksUri"], "http://auth:8001/.well-known/jwks.json");
         assert_eq!(config["claimHeaders"]["sub"], "X-User-Id");
+        assert!(config.get("trustedProxies").is_none(), "{config}");
         assert_eq!(
             owned.config_map.metadata.name.as_deref(),
             Some("wallet-sidecar")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_reach_the_sidecar_configuration() {
+        let mut fs = finservice("wallet", &[]);
+        fs.spec.sidecar.trusted_proxies = vec!["10.42.0.0/16".to_owned(), "10.0.0.7".to_owned()];
+        let owned = desired(&fs, &settings(), false);
+        let config = &owned.config_map.data.as_ref().unwrap()[inject::CONFIG_FILE];
+        let config: serde_json::Value = serde_json::from_str(config).unwrap();
+        assert_eq!(
+            config["trustedProxies"],
+            serde_json::json!(["10.42.0.0/16", "10.0.0.7"])
         );
     }
 

@@ -166,6 +166,12 @@ pub struct SidecarSpec {
     /// copies of these headers are always removed.
     #[serde(default = "default_claim_headers")]
     pub claim_headers: BTreeMap<String, String>,
+    /// Addresses or CIDRs of the proxies in front of this service (the ingress, the
+    /// gateway) whose `X-Forwarded-For` is believed: the client (`X-Real-IP`, per-address
+    /// rate limits) is then the rightmost forwarded address that is not one of them.
+    /// Empty: the connection's peer is the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for SidecarSpec {
@@ -180,6 +186,7 @@ impl Default for SidecarSpec {
             hs256_secret_ref: None,
             public_paths: default_public_paths(),
             claim_headers: default_claim_headers(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -321,6 +321,8 @@ struct FileConfig {
     public_paths: Vec<String>,
     #[serde(default)]
     claim_headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 impl Config {
@@ -341,6 +343,9 @@ impl Config {
         merged.jwks_uri = merged.jwks_uri.or(file.jwks_uri);
         if !file.public_paths.is_empty() {
             merged.public_paths = file.public_paths.join(",");
+        }
+        if merged.trusted_proxies.trim().is_empty() && !file.trusted_proxies.is_empty() {
+            merged.trusted_proxies = file.trusted_proxies.join(",");
         }
         if !file.claim_headers.is_empty() {
             merged.claim_headers = file
@@ -555,7 +560,8 @@ mod tests {
         std::fs::write(
             &path,
             r#"{"issuer": "finflow-auth", "audiences": ["finflow"], "jwksUri": "http://auth:8001/.well-known/jwks.json",
-                "hs256": false, "publicPaths": ["/health", "/api/v1/auth/*"], "claimHeaders": {"sub": "x-user-id"}}"#,
+                "hs256": false, "publicPaths": ["/health", "/api/v1/auth/*"], "claimHeaders": {"sub": "x-user-id"},
+                "trustedProxies": ["10.42.0.0/16", "10.0.0.7"]}"#,
         )
         .unwrap();
         let config: Config = try_load_from([
@@ -575,6 +581,9 @@ mod tests {
         assert_eq!(merged.jwt_audiences.as_deref(), Some("finflow"));
         assert_eq!(merged.public_paths, "/health,/api/v1/auth/*");
         assert_eq!(merged.claim_headers, "sub:x-user-id");
+        assert_eq!(merged.trusted_proxies, "10.42.0.0/16,10.0.0.7");
+        let settings = config.prepare().unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(settings.trusted_proxies.len(), 2);
         std::fs::write(&path, "{not json").unwrap();
         assert!(config.prepare().is_err(), "a broken file is reported");
         std::fs::remove_file(&path).unwrap();
