@@ -71,7 +71,9 @@ async fn alert(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    count_raised(rule, raised);
+    if raised > 0 {
+        metrics::counter!("finflow_aml_alerts_total", "rule" => rule.to_owned()).increment(raised);
+    }
     Ok(())
 }
 
@@ -91,28 +93,17 @@ async fn pattern_alert(
         .bind(format!("aml:{user}:{rule}"))
         .execute(&mut *tx)
         .await?;
-    let raised = sqlx::query(
-        "INSERT INTO aml_alerts (id, user_id, payment_id, rule, details, status) \
-         SELECT $1, $2, $3, $4, $5, 'open' \
-         WHERE NOT EXISTS (SELECT 1 FROM aml_alerts WHERE user_id = $2 AND rule = $4 AND status = 'open') \
-         ON CONFLICT (payment_id, rule) DO NOTHING",
+    let open: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM aml_alerts WHERE user_id = $1 AND rule = $2 AND status = 'open')",
     )
-    .bind(Uuid::now_v7())
     .bind(user)
-    .bind(payment)
     .bind(rule)
-    .bind(details)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    count_raised(rule, raised);
-    Ok(())
-}
-
-fn count_raised(rule: &str, raised: u64) {
-    if raised > 0 {
-        metrics::counter!("finflow_aml_alerts_total", "rule" => rule.to_owned()).increment(raised);
+    .fetch_one(&mut *tx)
+    .await?;
+    if !open {
+        alert(tx, user, payment, rule, details).await?;
     }
+    Ok(())
 }
 
 impl Handler for Monitor {
