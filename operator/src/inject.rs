@@ -13,8 +13,8 @@
 //!   longer resolves inside the app container, and probing through the sidecar checks
 //!   the whole path a request takes.
 //! - With native sidecars (Kubernetes 1.29 and later) the sidecar is the first init
-//!   container with `restartPolicy: Always`, so it starts before the app and stops after
-//!   it; otherwise it is the first regular container, with a `postStart` hook
+//!   container with `restartPolicy: Always` and a startup probe on its `/live`, so the
+//!   app starts once the sidecar serves, and stops before it; otherwise it is the first regular container, with a `postStart` hook
 //!   ([`WAIT_LIVE_COMMAND`]) that returns once the sidecar answers `/live`. The kubelet
 //!   starts regular containers in order and does not start the next one until the
 //!   previous one's `postStart` hook has returned, so the app is held until its sidecar
@@ -250,6 +250,19 @@ fn sidecar_container(settings: &SidecarSettings, public: i32, app_port: i32) -> 
         // app is held until the sidecar serves. A native sidecar gets no hook: as an
         // init container it is already started before the app.
         lifecycle: (!settings.native).then(wait_until_live),
+        // A native sidecar counts as started, and the app is started after it, only once
+        // its startup probe passes: the sidecar then serves. (`/live`, not `/ready`:
+        // ready needs the app, which is not started yet.)
+        startup_probe: settings.native.then(|| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some("/live".to_owned()),
+                port: IntOrString::Int(SIDECAR_ADMIN_PORT),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(60),
+            ..Probe::default()
+        }),
         // The admin port's /ready: keys loaded and the app answering.
         readiness_probe: Some(Probe {
             http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
@@ -412,6 +425,11 @@ mod tests {
             init[0].lifecycle.is_none(),
             "a native sidecar starts before the app without a hook"
         );
+        // The kubelet starts the app once the sidecar's startup probe passes.
+        let startup = init[0].startup_probe.as_ref().expect("a startup probe");
+        let get = startup.http_get.as_ref().unwrap();
+        assert_eq!(get.path.as_deref(), Some("/live"));
+        assert_eq!(get.port, IntOrString::Int(SIDECAR_ADMIN_PORT));
     }
 
     #[test]
@@ -436,6 +454,10 @@ mod tests {
         let post_start_hook = hook.post_start.as_ref().unwrap();
         assert!(post_start_hook.http_get.is_none() && post_start_hook.tcp_socket.is_none());
         assert!(app(&pod).lifecycle.is_none(), "the app itself has no hook");
+        assert!(
+            sidecar.startup_probe.is_none(),
+            "a regular container's startup probe would not hold the app"
+        );
     }
 
     #[test]
