@@ -14,8 +14,9 @@
 //!   the whole path a request takes.
 //! - With native sidecars (Kubernetes 1.29 and later) the sidecar is the first init
 //!   container with `restartPolicy: Always` and a startup probe on its `/live`, so the
-//!   app starts once the sidecar serves, and stops before it; otherwise it is the first regular container, with a `postStart` hook
-//!   ([`WAIT_LIVE_COMMAND`]) that returns once the sidecar answers `/live`. The kubelet
+//!   app starts once the sidecar serves, and stops before it; otherwise it is the first
+//!   regular container, with a `postStart` hook ([`WAIT_LIVE_COMMAND`]) that returns
+//!   once the sidecar answers `/live`. The kubelet
 //!   starts regular containers in order and does not start the next one until the
 //!   previous one's `postStart` hook has returned, so the app is held until its sidecar
 //!   serves (the mechanism of Istio's `holdApplicationUntilProxyStarts`).

@@ -32,24 +32,24 @@ pub async fn watch(
     stop: CancellationToken,
     mut sink: impl FnMut(Vec<QueueDepth>) + Send,
 ) {
-    let mut open: Option<(Connection, Channel)> = None;
+    let mut connection: Option<Connection> = None;
+    let mut channel: Option<Channel> = None;
     loop {
         let mut round = Vec::with_capacity(queues.len());
         for queue in &queues {
-            if open
-                .as_ref()
-                .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
-            {
-                open = match super::connect(&amqp_url, &connection_name).await {
-                    Ok(connection) => connection
-                        .create_channel()
-                        .await
-                        .ok()
-                        .map(|channel| (connection, channel)),
-                    Err(_) => None,
-                };
+            if connection.as_ref().is_none_or(|c| !c.status().connected()) {
+                channel = None;
+                connection = super::connect(&amqp_url, &connection_name).await.ok();
             }
-            let Some((_, channel)) = open.as_ref() else {
+            let Some(live) = connection.as_ref() else {
+                break;
+            };
+            // A failed passive declare (no such queue) closes only the channel: open a
+            // new one on the same connection rather than a second connection.
+            if channel.as_ref().is_none_or(|ch| !ch.status().connected()) {
+                channel = live.create_channel().await.ok();
+            }
+            let Some(channel) = channel.as_ref() else {
                 break;
             };
             let passive = QueueDeclareOptions {
@@ -65,8 +65,6 @@ pub async fn watch(
                     messages: q.message_count(),
                     consumers: q.consumer_count(),
                 }),
-                // A failed passive declare (no such queue) closes the channel: the
-                // next queue reopens one.
                 Err(e) => tracing::debug!(%queue, error = %e, "queue not inspected"),
             }
         }
