@@ -95,26 +95,16 @@ impl TestD {
         (r.status(), r.json().await.unwrap())
     }
 
-    /// Publishes until the consumer's queue exists (it is declared when D connects).
+    /// Publishes `event` where D's consumer will find it. The test declares D's queue
+    /// and its bindings itself, exactly as D does: D declares the queue before it binds
+    /// it, so waiting for the queue to exist could still publish into no binding and
+    /// lose the event.
     async fn publish(&self, event: &Event) {
         let conn = events::connect(&self.vhost.url, "d-test").await.unwrap();
         let ch = conn.create_channel().await.unwrap();
-        for _ in 0..200 {
-            let q = ch
-                .queue_declare(
-                    "notification.events".into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    lapin::types::FieldTable::default(),
-                )
-                .await;
-            if q.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        events::declare_queue(&ch, &finflow_notification::consumer::queue())
+            .await
+            .unwrap();
         Publisher::new(&conn)
             .await
             .unwrap()
