@@ -220,6 +220,17 @@ fn reviewer(who: &Identity) -> Result<String, ApiError> {
     Ok(who.email.clone().unwrap_or_else(|| who.subject.clone()))
 }
 
+/// Four eyes: a reviewer never decides their own submission or an alert about
+/// themselves, or one compliance officer could verify or clear themselves.
+fn not_about_themselves(who: &Identity, subject_of_case: Uuid) -> Result<(), ApiError> {
+    if who.subject == subject_of_case.to_string() {
+        return Err(ApiError::forbidden(
+            "a reviewer cannot decide a case about themselves; another compliance officer must",
+        ));
+    }
+    Ok(())
+}
+
 fn reason(text: &str) -> Result<&str, ApiError> {
     let t = text.trim();
     if t.is_empty() || t.chars().count() > 500 {
@@ -232,7 +243,7 @@ fn reason(text: &str) -> Result<&str, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
-    responses((status = 200, body = SubmissionView), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = SubmissionView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn review(
     State(s): State<AppState>,
     who: Identity,
@@ -246,14 +257,13 @@ async fn review(
         Decision::Reject => "rejected",
     };
     let mut tx = s.pool.begin().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kyc_submissions WHERE id = $1)")
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM kyc_submissions WHERE id = $1")
             .bind(id)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-    if !exists {
-        return Err(ApiError::not_found("submission not found"));
-    }
+    let owner = owner.ok_or_else(|| ApiError::not_found("submission not found"))?;
+    not_about_themselves(&who, owner)?;
     let view = decide(&mut tx, id, status, &by, Some(why)).await?;
     tx.commit().await?;
     Ok(error::ok(view))
@@ -316,7 +326,7 @@ pub struct AlertDecision {
 }
 
 #[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/clear", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
-    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn clear(
     s: State<AppState>,
     who: Identity,
@@ -327,7 +337,7 @@ async fn clear(
 }
 
 #[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/flag", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
-    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn flag(
     s: State<AppState>,
     who: Identity,
@@ -358,6 +368,14 @@ async fn decide_alert(
     let by = reviewer(&who)?;
     let why = reason(&req.reason)?;
     let mut tx = s.pool.begin().await?;
+    let owner: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM aml_alerts WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    not_about_themselves(
+        &who,
+        owner.ok_or_else(|| ApiError::not_found("alert not found"))?,
+    )?;
     let alert: Alert = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE aml_alerts SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
          WHERE id = $1 AND status = 'open' RETURNING {ALERT_COLUMNS}"
@@ -368,7 +386,7 @@ async fn decide_alert(
     .bind(why)
     .fetch_optional(&mut *tx)
     .await?
-    .ok_or_else(|| ApiError::conflict("no open alert with this id"))?;
+    .ok_or_else(|| ApiError::conflict("this alert was already decided"))?;
     let event_type = if status == "cleared" {
         types::AML_CLEARED
     } else {

@@ -57,6 +57,15 @@ impl Caller {
         ])
     }
 
+    /// A compliance officer who is also the user `id` (a customer too).
+    fn compliance_as(id: Uuid) -> Self {
+        Self(vec![
+            ("x-user-id", id.to_string()),
+            ("x-user-email", REVIEWER.to_owned()),
+            ("x-user-roles", "user,compliance".to_owned()),
+        ])
+    }
+
     fn service(name: &str) -> Self {
         Self(vec![
             ("x-user-id", format!("service:{name}")),
@@ -1199,4 +1208,59 @@ async fn the_risk_score_counts_ten_per_open_alert_forty_per_flagged_none_per_cle
     }
     assert_eq!(e.alerts_of(user).await.len(), 10);
     assert_eq!(e.risk_score(user).await, 100, "capped");
+}
+
+#[tokio::test]
+async fn a_compliance_officer_cannot_verify_their_own_documents_or_clear_their_own_alert() {
+    let e = TestE::spawn(&[]).await;
+    let officer = Uuid::new_v4();
+    let submission = e.submit(officer, &passport("P7654321")).await;
+    let id = submission["id"].as_str().unwrap();
+    let approve = json!({"decision": "approve", "reason": "documents match"});
+    let (status, body) = e
+        .review(id, &approve, &Caller::compliance_as(officer))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert_eq!(e.status_of(officer).await["kyc_status"], "pending");
+    assert!(e.outbox(types::USER_KYC_UPDATED).await.is_empty());
+    let (status, body) = e
+        .review(&Uuid::new_v4().to_string(), &approve, &Caller::compliance())
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    // Another officer may.
+    let (status, body) = e.review(id, &approve, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(e.status_of(officer).await["kyc_status"], "verified");
+
+    e.broker
+        .publish(&payment_event(
+            officer,
+            Uuid::new_v4(),
+            "15000.00",
+            "ON_HOLD",
+        ))
+        .await;
+    let alert = e.wait_for_alerts(officer, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let clear = format!("/api/v1/aml/alerts/{alert}/clear");
+    let reason = json!({"reason": "known customer"});
+    let (status, body) = e
+        .post(&clear, &reason, &Caller::compliance_as(officer))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(e.outbox(types::AML_CLEARED).await.is_empty());
+    assert_eq!(e.alerts_of(officer).await[0]["status"], "open");
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/aml/alerts/{}/clear", Uuid::new_v4()),
+            &reason,
+            &Caller::compliance(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(e.outbox(types::AML_CLEARED).await.len(), 1);
 }

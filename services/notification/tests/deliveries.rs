@@ -1,6 +1,7 @@
 //! Service D against real PostgreSQL and RabbitMQ, a real SMTP conversation with a sink
 //! run by the test, and a webhook receiver run by the test.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,27 +28,36 @@ struct TestD {
 
 impl TestD {
     async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// D with `extra` arguments after the test's own.
+    async fn spawn_with(extra: &[&str]) -> Self {
         finflow_platform::telemetry::init_for_tests();
         let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
         let vhost = TestVhost::new();
         let (smtp_port, mailbox) = smtp_sink().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config: Config = finflow_platform::config::try_load_from([
-            "finflow-notification".to_owned(),
-            "--listen".into(),
-            addr.to_string(),
-            "--database-url".into(),
-            db.url(),
-            "--amqp-url".into(),
-            secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
-            "--smtp-url".into(),
-            format!("smtp://127.0.0.1:{smtp_port}"),
-            "--delivery-retry-base-ms".into(),
-            "50".into(),
-            "--delivery-poll-ms".into(),
-            "50".into(),
-        ])
+        let config: Config = finflow_platform::config::try_load_from(
+            [
+                "finflow-notification".to_owned(),
+                "--listen".into(),
+                addr.to_string(),
+                "--database-url".into(),
+                db.url(),
+                "--amqp-url".into(),
+                secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
+                "--smtp-url".into(),
+                format!("smtp://127.0.0.1:{smtp_port}"),
+                "--delivery-retry-base-ms".into(),
+                "50".into(),
+                "--delivery-poll-ms".into(),
+                "50".into(),
+            ]
+            .into_iter()
+            .chain(extra.iter().map(|a| (*a).to_owned())),
+        )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let stop = CancellationToken::new();
         let until = stop.clone();
@@ -113,6 +123,20 @@ impl TestD {
             .unwrap();
     }
 
+    async fn wait_for_async<T, F: Future<Output = Option<T>>>(
+        &self,
+        what: &str,
+        mut check: impl FnMut() -> F,
+    ) -> T {
+        for _ in 0..400 {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
     async fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         for _ in 0..400 {
             if let Some(v) = check() {
@@ -128,6 +152,102 @@ impl Drop for TestD {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// A webhook receiver run by the test: records each attempt (whether its signature
+/// verified, its delivery id) and refuses the first `failures` with 503.
+struct Receiver {
+    url: String,
+    attempts: Arc<Mutex<Vec<(bool, String)>>>,
+    secret: Arc<Mutex<String>>,
+}
+
+impl Receiver {
+    async fn start(failures: usize) -> Self {
+        let attempts: Arc<Mutex<Vec<(bool, String)>>> = Arc::default();
+        let secret: Arc<Mutex<String>> = Arc::default();
+        let (seen, key) = (attempts.clone(), secret.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let seen = seen.clone();
+                let key = key.clone();
+                async move {
+                    let signature = headers
+                        .get(SIGNATURE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let valid = delivery::verify(
+                        &key.lock().unwrap(),
+                        signature,
+                        &body,
+                        chrono::Utc::now().timestamp(),
+                        300,
+                    );
+                    let delivery = headers
+                        .get(delivery::DELIVERY_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((valid, delivery));
+                    if seen.len() <= failures {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            url,
+            attempts,
+            secret,
+        }
+    }
+}
+
+impl TestD {
+    /// Registers `url` as `user`'s webhook; returns its signing secret.
+    async fn register_webhook(&self, user: Uuid, url: &str) -> String {
+        let (status, body) = self
+            .as_user(
+                user,
+                self.http
+                    .post(self.url("/api/v1/webhooks"))
+                    .json(&json!({"url": url})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"]["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Turns email and in-app off for `payment.completed`, leaving only webhooks.
+    async fn only_webhooks_for_payments(&self, user: Uuid) {
+        for channel in ["email", "in_app"] {
+            let (status, _) = self
+                .as_user(
+                    user,
+                    self.http
+                        .put(self.url("/api/v1/notifications/preferences"))
+                        .json(&json!({"event_type": "payment.completed", "channel": channel, "enabled": false})),
+                )
+                .await;
+            assert_eq!(status, 200);
+        }
+    }
+}
+
+fn payment_completed(user: Uuid) -> Event {
+    Event::new(
+        "payment",
+        types::PAYMENT_COMPLETED,
+        &json!({"payment_id": Uuid::new_v4(), "user_id": user, "kind": "transfer", "amount": "12.00", "currency": "USD"}),
+    )
+    .unwrap()
 }
 
 fn user_created(user: Uuid, email: &str) -> Event {
@@ -184,83 +304,20 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
     let d = TestD::spawn().await;
     let user = Uuid::new_v4();
     // The receiver: checks every signature, refuses the first three attempts.
-    let attempts: Arc<Mutex<Vec<(bool, String)>>> = Arc::default();
-    let secret: Arc<Mutex<String>> = Arc::default();
-    let (seen, key) = (attempts.clone(), secret.clone());
-    let receiver = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let seen = seen.clone();
-            let key = key.clone();
-            async move {
-                let signature = headers
-                    .get(SIGNATURE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let valid = delivery::verify(
-                    &key.lock().unwrap(),
-                    signature,
-                    &body,
-                    chrono::Utc::now().timestamp(),
-                    300,
-                );
-                let delivery = headers
-                    .get(delivery::DELIVERY_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let mut seen = seen.lock().unwrap();
-                seen.push((valid, delivery));
-                if seen.len() <= 3 {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::OK
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
-
-    let (status, body) = d
-        .as_user(
-            user,
-            d.http
-                .post(d.url("/api/v1/webhooks"))
-                .json(&json!({"url": hook_url})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    *secret.lock().unwrap() = body["data"]["secret"].as_str().unwrap().to_owned();
-    // Only the webhook for this event: email and in-app off.
-    for channel in ["email", "in_app"] {
-        let (status, _) = d
-            .as_user(
-                user,
-                d.http
-                    .put(d.url("/api/v1/notifications/preferences"))
-                    .json(&json!({"event_type": "payment.completed", "channel": channel, "enabled": false})),
-            )
-            .await;
-        assert_eq!(status, 200);
-    }
-
-    let payment = Event::new(
-        "payment",
-        types::PAYMENT_COMPLETED,
-        &json!({"payment_id": Uuid::new_v4(), "user_id": user, "kind": "transfer", "amount": "12.00", "currency": "USD"}),
-    )
-    .unwrap();
+    let receiver = Receiver::start(3).await;
+    let secret = d.register_webhook(user, &receiver.url).await;
+    *receiver.secret.lock().unwrap() = secret;
+    d.only_webhooks_for_payments(user).await;
+    let payment = payment_completed(user);
     d.publish(&payment).await;
     d.publish(&payment).await; // delivered twice by the broker: still one delivery
-    let seen = attempts.clone();
+    let seen = receiver.attempts.clone();
     d.wait_for("the fourth attempt", || {
         (seen.lock().unwrap().len() >= 4).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let attempts = attempts.lock().unwrap().clone();
+    let attempts = receiver.attempts.lock().unwrap().clone();
     assert_eq!(
         attempts.len(),
         4,
@@ -283,4 +340,41 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
     assert_eq!(entries[0]["status"], "delivered");
     assert_eq!(entries[0]["attempts"], 4);
     assert!(d.mailbox.lock().unwrap().is_empty(), "email was turned off");
+}
+
+#[tokio::test]
+async fn a_webhook_that_keeps_failing_is_given_up_after_the_configured_attempts() {
+    let d = TestD::spawn_with(&["--delivery-max-attempts", "3"]).await;
+    let user = Uuid::new_v4();
+    let receiver = Receiver::start(usize::MAX).await;
+    let secret = d.register_webhook(user, &receiver.url).await;
+    *receiver.secret.lock().unwrap() = secret;
+    d.only_webhooks_for_payments(user).await;
+    d.publish(&payment_completed(user)).await;
+
+    let log = d
+        .wait_for_async("the delivery to be given up", || async {
+            let (_, log) = d
+                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+                .await;
+            (log["data"][0]["status"] == "failed").then_some(log)
+        })
+        .await;
+    // Retries come 50, 100 ms apart: a fourth attempt would have come by now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let attempts = receiver.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 3, "three attempts, then none: {attempts:?}");
+    assert!(
+        attempts.iter().all(|(valid, _)| *valid),
+        "every attempt is signed"
+    );
+    let entries = log["data"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log}");
+    assert_eq!(entries[0]["attempts"], 3, "{log}");
+    assert!(
+        entries[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503")),
+        "the log says why: {log}"
+    );
 }
