@@ -1,9 +1,15 @@
 //! Deliveries: email over SMTP and signed webhooks, retried with backoff.
 //!
 //! The consumer writes `deliveries` rows in the transaction that records the event, so a
-//! delivery exists exactly when its event was processed. This worker claims due rows
-//! (`FOR UPDATE SKIP LOCKED`, so replicas share the table), sends, and records the
-//! outcome: delivered, or another attempt later, or failed after `max_attempts`.
+//! delivery exists exactly when its event was processed. Several senders per process
+//! (and every replica) share the table: each claims one due row in a short transaction
+//! (`FOR UPDATE SKIP LOCKED`), which moves its next attempt a lease ahead and stamps a
+//! claim id, then sends with no transaction open and records the outcome only if its
+//! claim still stands: delivered, or another attempt later, or failed after
+//! `max_attempts`. So a receiver that hangs holds up one sender for at most the send
+//! timeout, never the other users' mail, and holds no row lock or pooled connection
+//! meanwhile; a sender that dies mid-send leaves its delivery to be retried when the
+//! lease ends (at least once: receivers dedupe by the delivery id).
 
 use std::time::Duration;
 
@@ -73,11 +79,15 @@ pub struct Sender {
     pub max_attempts: i32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// How long a claimed delivery is left to its sender before another may retry it:
+    /// longer than any send may take (the SMTP and webhook timeouts).
+    pub lease: Duration,
 }
 
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
+    claim: Uuid,
     channel: String,
     target: String,
     event_type: String,
@@ -89,81 +99,113 @@ struct Due {
 }
 
 impl Sender {
-    /// Works off due deliveries until cancelled; wakes every `poll`.
-    pub async fn run(self, poll: Duration, stop: CancellationToken) {
-        loop {
-            // Drain what is due, but let shutdown interrupt a long backlog between batches.
-            while !stop.is_cancelled() {
-                match self.deliver_due().await {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "delivery round failed");
-                        break;
-                    }
+    /// Runs `senders` concurrent senders until cancelled; each works off due deliveries
+    /// one at a time and, when none is due, waits `poll`.
+    pub async fn run(self, senders: usize, poll: Duration, stop: CancellationToken) {
+        let mut running = tokio::task::JoinSet::new();
+        for _ in 0..senders.max(1) {
+            let sender = self.clone();
+            let stop = stop.clone();
+            running.spawn(async move { sender.work(poll, stop).await });
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    async fn work(&self, poll: Duration, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let idle = match self.deliver_next().await {
+                Ok(sent) => !sent,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery round failed");
+                    true
                 }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(poll) => {}
+            };
+            if idle {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(poll) => {}
+                }
             }
         }
     }
 
-    /// One batch; returns how many deliveries were attempted.
-    pub async fn deliver_due(&self) -> Result<usize, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let due: Vec<Due> = sqlx::query_as(
-            "SELECT d.id, d.channel, d.target, d.event_type, d.subject, d.body, d.payload, d.attempts, w.secret \
-             FROM deliveries d LEFT JOIN webhooks w ON w.id = d.webhook_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= now() \
-             ORDER BY d.next_attempt_at LIMIT 20 FOR UPDATE OF d SKIP LOCKED",
+    /// Claims, sends and records the next due delivery; false when none was due.
+    pub async fn deliver_next(&self) -> Result<bool, sqlx::Error> {
+        let Some(d) = self.claim().await? else {
+            return Ok(false);
+        };
+        let result = match d.channel.as_str() {
+            "email" => self.send_email(&d).await,
+            _ => self.send_webhook(&d).await,
+        };
+        self.record(&d, result).await?;
+        Ok(true)
+    }
+
+    async fn claim(&self) -> Result<Option<Due>, sqlx::Error> {
+        let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        sqlx::query_as(
+            "WITH due AS ( \
+               SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET claim = $1, next_attempt_at = $2 FROM due WHERE d.id = due.id \
+             RETURNING d.id, d.claim, d.channel, d.target, d.event_type, d.subject, d.body, d.payload, d.attempts, \
+               (SELECT w.secret FROM webhooks w WHERE w.id = d.webhook_id) AS secret",
         )
-        .fetch_all(&mut *tx)
-        .await?;
-        for d in &due {
-            let result = match d.channel.as_str() {
-                "email" => self.send_email(d).await,
-                _ => self.send_webhook(d).await,
-            };
-            let attempts = d.attempts + 1;
-            match result {
-                Ok(()) => {
-                    sqlx::query(
-                        "UPDATE deliveries SET status = 'delivered', attempts = $2, delivered_at = now(), last_error = NULL WHERE id = $1",
-                    )
-                    .bind(d.id)
-                    .bind(attempts)
-                    .execute(&mut *tx)
-                    .await?;
-                    metrics::counter!("finflow_notification_deliveries_total", "channel" => d.channel.clone(), "outcome" => "delivered").increment(1);
-                }
-                Err(error) => {
-                    let give_up = attempts >= self.max_attempts;
-                    let wait = finflow_platform::events::backoff(
-                        u32::try_from(d.attempts).unwrap_or(u32::MAX),
-                        self.retry_base,
-                        self.retry_cap,
-                    );
-                    let next = Utc::now()
-                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-                    sqlx::query(
-                        "UPDATE deliveries SET status = $2, attempts = $3, last_error = $4, next_attempt_at = $5 WHERE id = $1",
-                    )
-                    .bind(d.id)
-                    .bind(if give_up { "failed" } else { "pending" })
-                    .bind(attempts)
-                    .bind(&error)
-                    .bind(next)
-                    .execute(&mut *tx)
-                    .await?;
-                    tracing::info!(delivery = %d.id, channel = %d.channel, attempts, give_up, %error, "delivery failed");
-                    metrics::counter!("finflow_notification_deliveries_total", "channel" => d.channel.clone(), "outcome" => if give_up { "failed" } else { "retry" }).increment(1);
-                }
+        .bind(Uuid::new_v4())
+        .bind(Utc::now() + lease)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    async fn record(&self, d: &Due, result: Result<(), String>) -> Result<(), sqlx::Error> {
+        let attempts = d.attempts + 1;
+        let (recorded, outcome) = match result {
+            Ok(()) => {
+                let recorded = sqlx::query(
+                    "UPDATE deliveries SET status = 'delivered', attempts = $3, delivered_at = now(), \
+                     last_error = NULL, claim = NULL WHERE id = $1 AND claim = $2",
+                )
+                .bind(d.id)
+                .bind(d.claim)
+                .bind(attempts)
+                .execute(&self.pool)
+                .await?;
+                (recorded, "delivered")
             }
+            Err(error) => {
+                let give_up = attempts >= self.max_attempts;
+                let wait = finflow_platform::events::backoff(
+                    u32::try_from(d.attempts).unwrap_or(u32::MAX),
+                    self.retry_base,
+                    self.retry_cap,
+                );
+                let next =
+                    Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                let recorded = sqlx::query(
+                    "UPDATE deliveries SET status = $3, attempts = $4, last_error = $5, next_attempt_at = $6, \
+                     claim = NULL WHERE id = $1 AND claim = $2",
+                )
+                .bind(d.id)
+                .bind(d.claim)
+                .bind(if give_up { "failed" } else { "pending" })
+                .bind(attempts)
+                .bind(&error)
+                .bind(next)
+                .execute(&self.pool)
+                .await?;
+                tracing::info!(delivery = %d.id, channel = %d.channel, attempts, give_up, %error, "delivery failed");
+                (recorded, if give_up { "failed" } else { "retry" })
+            }
+        };
+        if recorded.rows_affected() == 0 {
+            // The lease ran out first and another sender took the delivery over: its
+            // attempt is the one on record.
+            tracing::warn!(delivery = %d.id, outcome, "a delivery outlived its lease; outcome not recorded");
+        } else {
+            metrics::counter!("finflow_notification_deliveries_total", "channel" => d.channel.clone(), "outcome" => outcome).increment(1);
         }
-        tx.commit().await?;
-        Ok(due.len())
+        Ok(())
     }
 
     async fn send_email(&self, d: &Due) -> Result<(), String> {

@@ -61,9 +61,17 @@ pub struct Config {
     /// First retry delay, in milliseconds (doubles each attempt, with jitter).
     #[arg(long, env = "DELIVERY_RETRY_BASE_MS", default_value_t = 1000)]
     pub delivery_retry_base_ms: u64,
-    /// Seconds between scans for due deliveries.
+    /// Milliseconds a sender waits, when nothing is due, before it looks again.
     #[arg(long, env = "DELIVERY_POLL_MS", default_value_t = 500)]
     pub delivery_poll_ms: u64,
+    /// Deliveries sent at once (each sender sends one at a time): a receiver that
+    /// hangs holds up one sender, not the others.
+    #[arg(long, env = "DELIVERY_SENDERS", default_value_t = 8)]
+    pub delivery_senders: usize,
+    /// Milliseconds an SMTP conversation or a webhook call may take before it counts
+    /// as a failed attempt.
+    #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub delivery_timeout_ms: u64,
 }
 
 impl HasServiceConfig for Config {
@@ -85,6 +93,12 @@ impl Validate for Config {
         }
         if self.delivery_max_attempts < 1 {
             errors.push("DELIVERY_MAX_ATTEMPTS must be at least 1".to_owned());
+        }
+        if !(1..=256).contains(&self.delivery_senders) {
+            errors.push("DELIVERY_SENDERS must be from 1 to 256".to_owned());
+        }
+        if self.delivery_timeout_ms == 0 {
+            errors.push("DELIVERY_TIMEOUT_MS must be more than 0".to_owned());
         }
     }
 }
@@ -143,9 +157,10 @@ pub async fn run(
     let pool = base.database(&MIGRATIONS).await?;
     let (host, port) =
         smtp_host_port(&config.smtp_url).ok_or_else(|| anyhow::anyhow!("SMTP_URL"))?;
+    let send_timeout = Duration::from_millis(config.delivery_timeout_ms);
     let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
         .port(port)
-        .timeout(Some(Duration::from_secs(10)))
+        .timeout(Some(send_timeout))
         .build();
     let mut background = Background::new();
     background.consume(
@@ -159,14 +174,17 @@ pub async fn run(
         smtp,
         mail_from: config.mail_from.clone(),
         http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(send_timeout)
             .build()
             .unwrap_or_default(),
         max_attempts: config.delivery_max_attempts,
         retry_base: Duration::from_millis(config.delivery_retry_base_ms),
         retry_cap: Duration::from_secs(300),
+        // An SMTP conversation is a few exchanges, each under the timeout.
+        lease: send_timeout * 6 + Duration::from_secs(30),
     };
     background.spawn(sender.run(
+        config.delivery_senders,
         Duration::from_millis(config.delivery_poll_ms),
         background.stop_token(),
     ));

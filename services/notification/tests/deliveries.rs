@@ -378,3 +378,63 @@ async fn a_webhook_that_keeps_failing_is_given_up_after_the_configured_attempts(
         "the log says why: {log}"
     );
 }
+
+#[tokio::test]
+async fn a_webhook_that_hangs_holds_up_no_other_user_s_mail() {
+    // A send timeout longer than the test waits: only concurrent senders get the mail
+    // through while the webhook call is held.
+    let d = TestD::spawn_with(&["--delivery-timeout-ms", "120000"]).await;
+    let (stuck, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (gate, done) = (release.clone(), answered.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let (held, gate, done) = (held_tx.clone(), gate.clone(), done.clone());
+            async move {
+                let _ = held.send(());
+                gate.notified().await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    d.register_webhook(stuck, &hook).await;
+    d.only_webhooks_for_payments(stuck).await;
+    d.publish(&payment_completed(stuck)).await;
+    tokio::time::timeout(Duration::from_secs(20), held_rx.recv())
+        .await
+        .expect("the webhook call arrives")
+        .unwrap();
+
+    d.publish(&user_created(other, "lin@example.com")).await;
+    let mailbox = d.mailbox.clone();
+    let (to, _) = d
+        .wait_for("the other user's welcome mail", || {
+            mailbox.lock().unwrap().first().cloned()
+        })
+        .await;
+    assert_eq!(to, ["lin@example.com"]);
+    assert_eq!(
+        answered.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the mail went out while the webhook call was still held"
+    );
+
+    release.notify_one();
+    let log = d
+        .wait_for_async("the held webhook to be recorded delivered", || async {
+            let (_, log) = d
+                .as_user(stuck, d.http.get(d.url("/api/v1/notifications/deliveries")))
+                .await;
+            (log["data"][0]["status"] == "delivered").then_some(log)
+        })
+        .await;
+    assert_eq!(log["data"][0]["attempts"], 1, "{log}");
+    assert_eq!(log["data"].as_array().unwrap().len(), 1, "{log}");
+}
