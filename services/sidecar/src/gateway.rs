@@ -24,13 +24,13 @@ impl GatewayGate {
     /// The sidecar to send the request to. Internal and unknown paths are the same 404,
     /// so the gateway does not reveal which internal routes exist; a known route to a
     /// service that is not configured is `503` with reason `no_upstream`.
-    pub fn admit(&self, parts: &Parts) -> Result<BaseUrl, ProxyError> {
+    pub fn admit(&self, parts: &Parts) -> Result<&BaseUrl, ProxyError> {
         let path = parts.uri.path();
         if is_internal(path) {
             return Err(ProxyError::no_route());
         }
         let service = route(path).ok_or_else(ProxyError::no_route)?;
-        self.routes.base(service).cloned().ok_or_else(|| {
+        self.routes.base(service).ok_or_else(|| {
             ProxyError::new(
                 ErrorCode::DependencyUnavailable,
                 "no_upstream",

@@ -134,7 +134,7 @@ impl Gate {
         &self,
         parts: &mut http::request::Parts,
         client: IpAddr,
-    ) -> Result<crate::config::BaseUrl, ProxyError> {
+    ) -> Result<&crate::config::BaseUrl, ProxyError> {
         match self {
             Self::Sidecar(gate) => gate.admit(parts, client).await,
             Self::Gateway(gate) => gate.admit(parts),

@@ -169,21 +169,38 @@ fn is_connection_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// What one client connection's requests share. One `Arc` per connection, cloned per
+/// request: the process-wide [`Proxy`] is cloned once per connection, so requests on
+/// different threads never touch a shared reference count.
+struct Connection {
+    proxy: Arc<Proxy>,
+    upstreams: Upstreams,
+    client: Peer,
+}
+
 async fn connection(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, stop: CancellationToken) {
     // Answers are small and written whole: send them at once.
     let _ = tcp.set_nodelay(true);
     let (drivers_tx, mut drivers_rx) = mpsc::unbounded_channel::<Driver>();
-    let upstreams = Arc::new(Upstreams::new(drivers_tx));
-    let client = Arc::new(Peer::new(peer.ip()));
+    let shared = Arc::new(Connection {
+        proxy,
+        upstreams: Upstreams::new(drivers_tx),
+        client: Peer::new(peer.ip()),
+    });
     let service = service_fn(move |request: hyper::Request<Incoming>| {
-        let proxy = Arc::clone(&proxy);
-        let upstreams = Arc::clone(&upstreams);
-        let client = Arc::clone(&client);
-        async move { Ok::<_, Infallible>(proxy::handle(&proxy, &upstreams, &client, request).await) }
+        let shared = Arc::clone(&shared);
+        async move {
+            Ok::<_, Infallible>(
+                proxy::handle(&shared.proxy, &shared.upstreams, &shared.client, request).await,
+            )
+        }
     });
     let served = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
     let mut served = pin!(served);
     let mut upstream_io = FuturesUnordered::new();
+    // Made once: a `cancelled()` made per wake-up would register with (and leave) the
+    // token's waiter list, which every connection of every loop shares, each time.
+    let mut stopped = pin!(stop.cancelled());
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -196,7 +213,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, stop: C
             }
             Some(driver) = drivers_rx.recv() => upstream_io.push(driver),
             Some(()) = upstream_io.next(), if !upstream_io.is_empty() => {}
-            () = stop.cancelled(), if !stopping => {
+            () = stopped.as_mut(), if !stopping => {
                 stopping = true;
                 served.as_mut().graceful_shutdown();
             }

@@ -65,10 +65,15 @@ impl Admitted {
 /// headers it carries. An entry lives until the token expires, and at most
 /// [`VerifiedTokens::MAX_AGE_SECS`]: a key removed from the JWK set stops admitting
 /// new tokens at once and cached ones within that bound. Keyed by the whole token, so
-/// only the identical token hits.
+/// only the identical token hits. Hashed with foldhash (seeded per process): SipHash
+/// over a token of several hundred bytes was the largest part of a lookup, and only
+/// tokens that verified are ever stored, so flooding the map with chosen keys takes
+/// the issuer's key.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (Arc<Admitted>, i64)>>,
+    entries: std::sync::Mutex<
+        std::collections::HashMap<String, (Arc<Admitted>, i64), foldhash::fast::RandomState>,
+    >,
 }
 
 impl VerifiedTokens {
@@ -114,7 +119,7 @@ impl VerifiedTokens {
 impl SidecarGate {
     /// Admits the request (adding its identity headers) or says why not. Client
     /// identity headers are already gone.
-    pub async fn admit(&self, parts: &mut Parts, client: IpAddr) -> Result<BaseUrl, ProxyError> {
+    pub async fn admit(&self, parts: &mut Parts, client: IpAddr) -> Result<&BaseUrl, ProxyError> {
         let path = parts.uri.path();
         let token = jwt::bearer(parts.headers.get(AUTHORIZATION));
         let admitted = if is_public(path, &self.public_paths) {
@@ -169,7 +174,7 @@ impl SidecarGate {
                 parts.headers.insert(name.clone(), value.clone());
             }
         }
-        Ok(self.upstream.clone())
+        Ok(&self.upstream)
     }
 
     async fn verify(&self, token: &str) -> Result<Arc<Admitted>, Refusal> {

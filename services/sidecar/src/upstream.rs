@@ -49,7 +49,8 @@ impl UpstreamError {
 
 /// The upstream connections of one client connection.
 pub struct Upstreams {
-    idle: Mutex<Vec<(Authority, SendRequest<Incoming>)>>,
+    /// One slot per upstream: its idle connection, or none while a request uses it.
+    idle: Mutex<Vec<(Authority, Option<SendRequest<Incoming>>)>>,
     drivers: mpsc::UnboundedSender<Driver>,
 }
 
@@ -110,16 +111,21 @@ impl Upstreams {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at = idle.iter().position(|(a, _)| a == authority)?;
-        let (_, sender) = idle.swap_remove(at);
-        (!sender.is_closed()).then_some(sender)
+        let (_, slot) = idle.iter_mut().find(|(a, _)| a == authority)?;
+        slot.take().filter(|sender| !sender.is_closed())
     }
 
+    /// Keeps `sender` for the next request to `authority`. The authority is stored
+    /// once, when its first connection is made, not per request.
     fn put(&self, authority: &Authority, sender: SendRequest<Incoming>) {
-        self.idle
+        let mut idle = self
+            .idle
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((authority.clone(), sender));
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match idle.iter_mut().find(|(a, _)| a == authority) {
+            Some((_, slot)) => *slot = Some(sender),
+            None => idle.push((authority.clone(), Some(sender))),
+        }
     }
 
     async fn connect(&self, authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
