@@ -2,7 +2,8 @@
 //!
 //! - `edge`: requests/s and p50/p99 of `GET /api/v1/users/me` on service A directly
 //!   (identity headers set by wrk, as a sidecar would), through its sidecar with a real
-//!   JWT, and through an nginx hop (the baseline: a proxy that validates nothing).
+//!   JWT, and through an nginx hop (the baseline: a proxy that validates nothing, set up
+//!   to forward the same headers), each path handing the app the same request.
 //! - `payments`: completed transfers/s and accept p50/p99 through the gateway, against
 //!   pgbench's TPC-B tps on the same PostgreSQL at the same concurrency.
 //!
@@ -231,6 +232,40 @@ async fn measured(
     })
 }
 
+/// The identity headers the sidecar makes of `token` with its default claim map
+/// (`sub`, `email`, `roles` joined with `,`, `kyc_status`, `tier`), for the paths that
+/// have no sidecar to make them.
+fn identity_headers(token: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use base64::Engine as _;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .context("the token has no payload")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    let text = |claim: &str| match &claims[claim] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    };
+    Ok([
+        ("sub", "x-user-id"),
+        ("email", "x-user-email"),
+        ("roles", "x-user-roles"),
+        ("kyc_status", "x-kyc-status"),
+        ("tier", "x-account-tier"),
+    ]
+    .into_iter()
+    .filter_map(|(claim, header)| Some((header.to_owned(), text(claim)?)))
+    .collect())
+}
+
 async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     ensure_tool("nginx", "nginx").await?;
@@ -263,7 +298,10 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
          http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
            upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
            server {{ listen 127.0.0.1:{nginx_port};\n\
-             location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+             location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+               proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Host $http_host;\n\
+               proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Real-IP $remote_addr;\n\
+               proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always; }} }} }}\n",
         dir = dir.display()
     );
     let conf_path = dir.join("nginx.conf");
@@ -286,17 +324,39 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
         .context("starting nginx")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let identity = vec![
-        ("x-user-id".to_owned(), user.id.clone()),
-        ("x-user-roles".to_owned(), "user".to_owned()),
+    // Every path hands the app the same request, so the app's own work is the same and
+    // the difference is the hop: the identity headers the sidecar makes of this token,
+    // the forwarding headers and request id a proxy sets, and a caller's trace context.
+    let traceparent = (
+        "traceparent".to_owned(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+    );
+    let mut identity = identity_headers(&token)?;
+    identity.push(traceparent.clone());
+    let mut direct_headers = identity.clone();
+    direct_headers.extend([
+        ("x-forwarded-for".to_owned(), "127.0.0.1".to_owned()),
+        (
+            "x-forwarded-host".to_owned(),
+            format!("127.0.0.1:{app_port}"),
+        ),
+        ("x-forwarded-proto".to_owned(), "http".to_owned()),
+        ("x-real-ip".to_owned(), "127.0.0.1".to_owned()),
+        (
+            "x-request-id".to_owned(),
+            "3f2b7c1e-9a4d-4e8b-8f6a-2d1c0b9e7a54".to_owned(),
+        ),
+    ]);
+    let bearer = vec![
+        ("authorization".to_owned(), format!("Bearer {token}")),
+        traceparent,
     ];
-    let bearer = vec![("authorization".to_owned(), format!("Bearer {token}"))];
     let path = "/api/v1/users/me";
     // Warm-up, then rounds of the three measurements interleaved (so drift in the
     // machine's load hits all three alike); each figure's median is reported.
     wrk(
         &format!("{}{path}", auth.app_url),
-        &identity,
+        &direct_headers,
         2,
         concurrency,
     )
@@ -305,7 +365,11 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
     let sidecar_pid: Vec<u32> = platform.pid("auth-sidecar").into_iter().collect();
     let nginx_pids = nginx.id().map(with_children).unwrap_or_default();
     let targets = [
-        (format!("{}{path}", auth.app_url), &identity, Vec::new()),
+        (
+            format!("{}{path}", auth.app_url),
+            &direct_headers,
+            Vec::new(),
+        ),
         (format!("{}{path}", auth.sidecar_url), &bearer, sidecar_pid),
         (
             format!("http://127.0.0.1:{nginx_port}{path}"),
