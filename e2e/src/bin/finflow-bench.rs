@@ -331,8 +331,11 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
         "traceparent".to_owned(),
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
     );
+    // The sidecar passes the token on too (the app may read it): the others carry it.
+    let authorization = ("authorization".to_owned(), format!("Bearer {token}"));
     let mut identity = identity_headers(&token)?;
     identity.push(traceparent.clone());
+    identity.push(authorization.clone());
     let mut direct_headers = identity.clone();
     direct_headers.extend([
         ("x-forwarded-for".to_owned(), "127.0.0.1".to_owned()),
@@ -347,10 +350,7 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
             "3f2b7c1e-9a4d-4e8b-8f6a-2d1c0b9e7a54".to_owned(),
         ),
     ]);
-    let bearer = vec![
-        ("authorization".to_owned(), format!("Bearer {token}")),
-        traceparent,
-    ];
+    let bearer = vec![authorization, traceparent];
     let path = "/api/v1/users/me";
     // Warm-up, then rounds of the three measurements interleaved (so drift in the
     // machine's load hits all three alike); each figure's median is reported.

@@ -223,7 +223,9 @@ fn reviewer(who: &Identity) -> Result<String, ApiError> {
 /// Four eyes: a reviewer never decides their own submission or an alert about
 /// themselves, or one compliance officer could verify or clear themselves.
 fn not_about_themselves(who: &Identity, subject_of_case: Uuid) -> Result<(), ApiError> {
-    if who.subject == subject_of_case.to_string() {
+    // As ids, not text: the same id spelled otherwise (upper case, no hyphens) is the
+    // same person.
+    if who.user_id().ok() == Some(subject_of_case) {
         return Err(ApiError::forbidden(
             "a reviewer cannot decide a case about themselves; another compliance officer must",
         ));

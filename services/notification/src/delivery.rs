@@ -79,10 +79,14 @@ pub struct Sender {
     pub max_attempts: i32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
-    /// How long a claimed delivery is left to its sender before another may retry it:
-    /// longer than any send may take (the SMTP and webhook timeouts).
-    pub lease: Duration,
+    /// The longest a send may take (an SMTP conversation, a webhook call) before it
+    /// counts as a failed attempt.
+    pub send_timeout: Duration,
 }
+
+/// How long past its send timeout a claimed delivery stays its sender's: the time to
+/// record the outcome.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(sqlx::FromRow)]
 struct Due {
@@ -134,41 +138,59 @@ impl Sender {
         let Some(d) = self.claim().await? else {
             return Ok(false);
         };
-        let result = match d.channel.as_str() {
-            "email" => self.send_email(&d).await,
-            _ => self.send_webhook(&d).await,
+        let result = if d.attempts > self.max_attempts {
+            // Every attempt so far outlived its lease (its sender hung or died): the
+            // attempts are spent all the same.
+            Err("no attempt finished within its lease".to_owned())
+        } else {
+            let send = async {
+                match d.channel.as_str() {
+                    "email" => self.send_email(&d).await,
+                    _ => self.send_webhook(&d).await,
+                }
+            };
+            // lettre bounds only the SMTP connect; this bounds the whole conversation,
+            // so a send never outlives its lease.
+            tokio::time::timeout(self.send_timeout, send)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.send_timeout)))
         };
         self.record(&d, result).await?;
         Ok(true)
     }
 
+    /// Takes the next due delivery for a lease, counting the attempt now: an attempt
+    /// whose sender dies still counts towards giving up. The lease is on the
+    /// database's clock, which is the one `next_attempt_at` is compared with.
     async fn claim(&self) -> Result<Option<Due>, sqlx::Error> {
-        let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        let lease = (self.send_timeout + LEASE_MARGIN).as_secs_f64();
         sqlx::query_as(
             "WITH due AS ( \
                SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
                ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET claim = $1, next_attempt_at = $2 FROM due WHERE d.id = due.id \
+             UPDATE deliveries d SET claim = $1, attempts = d.attempts + 1, \
+               next_attempt_at = now() + make_interval(secs => $2) \
+             FROM due WHERE d.id = due.id \
              RETURNING d.id, d.claim, d.channel, d.target, d.event_type, d.subject, d.body, d.payload, d.attempts, \
                (SELECT w.secret FROM webhooks w WHERE w.id = d.webhook_id) AS secret",
         )
         .bind(Uuid::new_v4())
-        .bind(Utc::now() + lease)
+        .bind(lease)
         .fetch_optional(&self.pool)
         .await
     }
 
+    /// Records the outcome of attempt `d.attempts`, if the claim still stands.
     async fn record(&self, d: &Due, result: Result<(), String>) -> Result<(), sqlx::Error> {
-        let attempts = d.attempts + 1;
+        let attempts = d.attempts;
         let (recorded, outcome) = match result {
             Ok(()) => {
                 let recorded = sqlx::query(
-                    "UPDATE deliveries SET status = 'delivered', attempts = $3, delivered_at = now(), \
+                    "UPDATE deliveries SET status = 'delivered', delivered_at = now(), \
                      last_error = NULL, claim = NULL WHERE id = $1 AND claim = $2",
                 )
                 .bind(d.id)
                 .bind(d.claim)
-                .bind(attempts)
                 .execute(&self.pool)
                 .await?;
                 (recorded, "delivered")
@@ -176,22 +198,20 @@ impl Sender {
             Err(error) => {
                 let give_up = attempts >= self.max_attempts;
                 let wait = finflow_platform::events::backoff(
-                    u32::try_from(d.attempts).unwrap_or(u32::MAX),
+                    u32::try_from(attempts - 1).unwrap_or(0),
                     self.retry_base,
                     self.retry_cap,
                 );
-                let next =
-                    Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
                 let recorded = sqlx::query(
-                    "UPDATE deliveries SET status = $3, attempts = $4, last_error = $5, next_attempt_at = $6, \
-                     claim = NULL WHERE id = $1 AND claim = $2",
+                    "UPDATE deliveries SET status = $3, last_error = $4, \
+                     next_attempt_at = now() + make_interval(secs => $5), claim = NULL \
+                     WHERE id = $1 AND claim = $2",
                 )
                 .bind(d.id)
                 .bind(d.claim)
                 .bind(if give_up { "failed" } else { "pending" })
-                .bind(attempts)
                 .bind(&error)
-                .bind(next)
+                .bind(wait.as_secs_f64())
                 .execute(&self.pool)
                 .await?;
                 tracing::info!(delivery = %d.id, channel = %d.channel, attempts, give_up, %error, "delivery failed");

@@ -68,8 +68,9 @@ pub struct Config {
     /// hangs holds up one sender, not the others.
     #[arg(long, env = "DELIVERY_SENDERS", default_value_t = 8)]
     pub delivery_senders: usize,
-    /// Milliseconds an SMTP conversation or a webhook call may take before it counts
-    /// as a failed attempt.
+    /// Milliseconds a whole SMTP conversation or webhook call may take before it
+    /// counts as a failed attempt (a claimed delivery is its sender's for this long
+    /// plus 30 s).
     #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
     pub delivery_timeout_ms: u64,
 }
@@ -97,8 +98,8 @@ impl Validate for Config {
         if !(1..=256).contains(&self.delivery_senders) {
             errors.push("DELIVERY_SENDERS must be from 1 to 256".to_owned());
         }
-        if self.delivery_timeout_ms == 0 {
-            errors.push("DELIVERY_TIMEOUT_MS must be more than 0".to_owned());
+        if !(1..=600_000).contains(&self.delivery_timeout_ms) {
+            errors.push("DELIVERY_TIMEOUT_MS must be from 1 to 600000 (ten minutes)".to_owned());
         }
     }
 }
@@ -180,8 +181,7 @@ pub async fn run(
         max_attempts: config.delivery_max_attempts,
         retry_base: Duration::from_millis(config.delivery_retry_base_ms),
         retry_cap: Duration::from_secs(300),
-        // An SMTP conversation is a few exchanges, each under the timeout.
-        lease: send_timeout * 6 + Duration::from_secs(30),
+        send_timeout,
     };
     background.spawn(sender.run(
         config.delivery_senders,

@@ -37,6 +37,19 @@ impl TestD {
         let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
         let vhost = TestVhost::new();
         let (smtp_port, mailbox) = smtp_sink().await;
+        // `extra` may name another SMTP server than the sink.
+        let smtp_url = extra
+            .iter()
+            .position(|a| *a == "--smtp-url")
+            .and_then(|i| extra.get(i + 1))
+            .map_or_else(
+                || format!("smtp://127.0.0.1:{smtp_port}"),
+                |u| (*u).to_owned(),
+            );
+        let extra: Vec<&str> = match extra.iter().position(|a| *a == "--smtp-url") {
+            Some(i) => [&extra[..i], extra.get(i + 2..).unwrap_or_default()].concat(),
+            None => extra.to_vec(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config: Config = finflow_platform::config::try_load_from(
@@ -49,7 +62,7 @@ impl TestD {
                 "--amqp-url".into(),
                 secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
                 "--smtp-url".into(),
-                format!("smtp://127.0.0.1:{smtp_port}"),
+                smtp_url,
                 "--delivery-retry-base-ms".into(),
                 "50".into(),
                 "--delivery-poll-ms".into(),
@@ -437,4 +450,83 @@ async fn a_webhook_that_hangs_holds_up_no_other_user_s_mail() {
         .await;
     assert_eq!(log["data"][0]["attempts"], 1, "{log}");
     assert_eq!(log["data"].as_array().unwrap().len(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_delivery_whose_attempts_all_died_mid_send_is_given_up_without_another_send() {
+    let d = TestD::spawn_with(&["--delivery-max-attempts", "3"]).await;
+    let user = Uuid::new_v4();
+    // Three claims whose senders never came back: each counted when it was claimed,
+    // and the last lease has run out.
+    sqlx::query(
+        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, \
+         payload, status, attempts, claim, next_attempt_at) \
+         VALUES ($1, $2, $3, 'user.created', 'email', 'ada@example.com', 'Welcome to FinFlow', 'Hello', \
+         '{}', 'pending', 3, $4, now() - interval '1 second')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(user)
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .execute(&d._db.pool)
+    .await
+    .unwrap();
+    let log = d
+        .wait_for_async("the delivery to be given up", || async {
+            let (_, log) = d
+                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+                .await;
+            (log["data"][0]["status"] == "failed").then_some(log)
+        })
+        .await;
+    assert_eq!(log["data"][0]["attempts"], 4, "{log}");
+    assert_eq!(
+        log["data"][0]["last_error"], "no attempt finished within its lease",
+        "{log}"
+    );
+    assert!(
+        d.mailbox.lock().unwrap().is_empty(),
+        "no fourth send past the limit"
+    );
+}
+
+#[tokio::test]
+async fn an_smtp_server_that_never_answers_costs_one_send_timeout_per_attempt() {
+    // Accepts connections and says nothing, not even its greeting.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smtp_url = format!("smtp://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let d = TestD::spawn_with(&[
+        "--smtp-url",
+        &smtp_url,
+        "--delivery-timeout-ms",
+        "300",
+        "--delivery-max-attempts",
+        "2",
+    ])
+    .await;
+    let user = Uuid::new_v4();
+    d.publish(&user_created(user, "ada@example.com")).await;
+    let log = d
+        .wait_for_async("the mail to be given up", || async {
+            let (_, log) = d
+                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+                .await;
+            (log["data"][0]["status"] == "failed").then_some(log)
+        })
+        .await;
+    let entry = &log["data"][0];
+    assert_eq!(entry["channel"], "email", "{log}");
+    assert_eq!(entry["attempts"], 2, "{log}");
+    assert!(
+        entry["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("no answer within")),
+        "{log}"
+    );
 }
