@@ -356,10 +356,17 @@ async fn a_kyc_decision_event_updates_the_user_without_a_new_login() {
         &json!({"user_id": id, "kyc_status": "verified"}),
     )
     .unwrap();
-    // The consumer declares its queue at start; wait until it is bound, then publish.
+    // A's queue, declared and bound as A declares it, so no copy is unroutable; the
+    // event is published more than once, as a broker may deliver it.
+    let channel = conn.create_channel().await.unwrap();
+    events::declare_queue(&channel, &finflow_auth::consumers::kyc_queue())
+        .await
+        .unwrap();
     let mut status = String::new();
-    for _ in 0..200 {
-        publisher.publish(&event, Default::default()).await.unwrap();
+    for attempt in 0..600 {
+        if attempt % 20 == 0 {
+            publisher.publish(&event, Default::default()).await.unwrap();
+        }
         let (_, body) = app.get("/api/v1/users/me", &[("x-user-id", id)]).await;
         status = body["data"]["kyc_status"].as_str().unwrap().to_owned();
         if status == "verified" {

@@ -67,9 +67,10 @@ pub async fn smtp_sink() -> (u16, Mailbox) {
 }
 
 /// Waits until the service at `base` (a test's server on port 0) answers `/ready` with
-/// a success, or panics naming `service` after ten seconds.
+/// a success, or panics naming `service` after a minute (migrations and the first
+/// broker connection on a loaded CI machine; a ready service returns at once).
 pub async fn wait_ready(http: &reqwest::Client, base: &str, service: &str) {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if let Ok(r) = http.get(format!("{base}/ready")).send().await
             && r.status().is_success()
         {
@@ -78,4 +79,26 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str, service: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("{service} did not become ready");
+}
+
+/// A loopback port that refuses connections for as long as this lives: bound, never
+/// listening. A port bound and released instead could be taken (by another test's
+/// server, or as the local end of any outgoing connection) before it is used.
+pub struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> std::io::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(Self { socket, port })
+    }
+
+    /// Starts listening on the port: from now on it accepts connections.
+    pub fn open(self) -> std::io::Result<tokio::net::TcpListener> {
+        self.socket.listen(128)
+    }
 }

@@ -12,7 +12,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicGetOptions, Queu
 use lapin::types::FieldTable;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgConnection;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -111,14 +111,16 @@ where
 /// connections, exactly like a broker that is down.
 struct LateProxy {
     port: u16,
+    closed: std::sync::Mutex<Option<finflow_platform::testing::ClosedPort>>,
 }
 
 impl LateProxy {
     async fn reserve() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        Self { port }
+        let closed = finflow_platform::testing::ClosedPort::new().unwrap();
+        Self {
+            port: closed.port,
+            closed: std::sync::Mutex::new(Some(closed)),
+        }
     }
 
     fn url(&self) -> SecretString {
@@ -139,7 +141,8 @@ impl LateProxy {
             .next()
             .unwrap()
             .to_owned();
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let closed = self.closed.lock().unwrap().take().expect("started once");
+        let listener = closed.open().unwrap();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let upstream = upstream.clone();

@@ -278,11 +278,9 @@ async fn health_reports_each_real_dependency_as_up_with_its_latency() {
 
 #[tokio::test]
 async fn health_is_503_when_a_critical_dependency_is_down_and_degraded_for_an_optional_one() {
-    // A port nothing listens on, reserved and released.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // A port nothing listens on, held for the whole test.
+    let closed_port = finflow_platform::testing::ClosedPort::new().unwrap();
+    let closed = closed_port.port;
     let app = TestApp::spawn(|db| {
         Health::builder("test", "0")
             .critical("database", health::Postgres(db.pool.clone()))

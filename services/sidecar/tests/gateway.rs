@@ -113,9 +113,8 @@ async fn a_route_to_an_unconfigured_service_answers_503_no_upstream() {
 async fn the_gateway_health_reports_each_configured_service() {
     let auth = Echo::start("auth").await;
     let wallet = Echo::start("wallet").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let kyc = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let closed = finflow_platform::testing::ClosedPort::new().unwrap();
+    let kyc = format!("http://127.0.0.1:{}", closed.port);
     let gateway = Proxy::start(&[
         "--mode=gateway".to_owned(),
         format!("--route-auth={}", auth.url),

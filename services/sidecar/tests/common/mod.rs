@@ -46,13 +46,13 @@ async fn spawn_server(router: Router) -> (String, JoinHandle<()>) {
     (url, task)
 }
 
-/// Polls `check` every 20 ms until it holds, failing the test after 10 s.
+/// Polls `check` every 20 ms until it holds, failing the test after 30 s.
 pub async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
