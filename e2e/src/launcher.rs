@@ -17,6 +17,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// Every consumer queue of the platform (each service's `QueueSpec`, as in reporting's
+/// `DEFAULT_WATCHED_QUEUES`).
+const CONSUMER_QUEUES: [&str; 6] = [
+    "auth.kyc-updates",
+    "payment.requests",
+    "payment.aml-decisions",
+    "kyc.payment-monitoring",
+    "notification.events",
+    "reporting.events",
+];
 use tokio::process::{Child, Command};
 
 /// The repository root (the launcher is compiled inside it).
@@ -551,6 +562,48 @@ impl Platform {
         let gateway = self.processes.len() - 1;
         self.wait_healthy(&format!("{}/live", self.gateway_admin_url), &[gateway])
             .await?;
+        self.wait_consumers().await
+    }
+
+    /// Waits until every consumer queue has a consumer. A service answers `/health`
+    /// before its consumer has declared and bound its queue, and an event published
+    /// before the binding is unroutable: lost to that consumer. A consumer subscribes
+    /// only after binding, so one consumer per queue means every queue is bound.
+    async fn wait_consumers(&self) -> anyhow::Result<()> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let missing = std::sync::Arc::new(std::sync::Mutex::new(
+            CONSUMER_QUEUES
+                .iter()
+                .map(|q| (*q).to_owned())
+                .collect::<Vec<_>>(),
+        ));
+        let (done, seen) = (stop.clone(), std::sync::Arc::clone(&missing));
+        let watching = finflow_platform::events::depth::watch(
+            self.backing.amqp_url.clone().into(),
+            "finflow-launcher".to_owned(),
+            CONSUMER_QUEUES.iter().map(|q| (*q).to_owned()).collect(),
+            Duration::from_millis(100),
+            stop.clone(),
+            move |round| {
+                let mut missing = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                missing.retain(|q| !round.iter().any(|d| d.queue == *q && d.consumers > 0));
+                if missing.is_empty() {
+                    done.cancel();
+                }
+            },
+        );
+        if tokio::time::timeout(Duration::from_secs(60), watching)
+            .await
+            .is_err()
+        {
+            let missing = missing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .join(", ");
+            bail!("no consumer on {missing} after 60 s (see the service logs)");
+        }
         Ok(())
     }
 
