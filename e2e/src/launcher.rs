@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 
 /// Every consumer queue of the platform (each service's `QueueSpec`, as in reporting's
 /// `DEFAULT_WATCHED_QUEUES`).
-const CONSUMER_QUEUES: [&str; 6] = [
+pub const CONSUMER_QUEUES: [&str; 6] = [
     "auth.kyc-updates",
     "payment.requests",
     "payment.aml-decisions",

@@ -249,14 +249,7 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
             .unwrap_or_else(|| panic!("{name} missing from {queues:?}"))
             .clone()
     };
-    for name in [
-        "auth.kyc-updates",
-        "payment.requests",
-        "payment.aml-decisions",
-        "kyc.payment-monitoring",
-        "notification.events",
-        "reporting.events",
-    ] {
+    for name in finflow_e2e::launcher::CONSUMER_QUEUES {
         let q = queue(name);
         assert!(
             q["consumers"].as_u64() >= Some(1),

@@ -374,14 +374,7 @@ async fn a_webhook_that_keeps_failing_is_given_up_after_the_configured_attempts(
     d.only_webhooks_for_payments(user).await;
     d.publish(&payment_completed(user)).await;
 
-    let log = d
-        .wait_for_async("the delivery to be given up", || async {
-            let (_, log) = d
-                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
-                .await;
-            (log["data"][0]["status"] == "failed").then_some(log)
-        })
-        .await;
+    let log = d.delivery_log_once(user, "failed").await;
     // Retries come 50, 100 ms apart: a fourth attempt would have come by now.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let attempts = receiver.attempts.lock().unwrap().clone();
@@ -449,14 +442,7 @@ async fn a_webhook_that_hangs_holds_up_no_other_user_s_mail() {
     );
 
     release.notify_one();
-    let log = d
-        .wait_for_async("the held webhook to be recorded delivered", || async {
-            let (_, log) = d
-                .as_user(stuck, d.http.get(d.url("/api/v1/notifications/deliveries")))
-                .await;
-            (log["data"][0]["status"] == "delivered").then_some(log)
-        })
-        .await;
+    let log = d.delivery_log_once(stuck, "delivered").await;
     assert_eq!(log["data"][0]["attempts"], 1, "{log}");
     assert_eq!(log["data"].as_array().unwrap().len(), 1, "{log}");
 }
@@ -480,14 +466,7 @@ async fn a_delivery_whose_attempts_all_died_mid_send_is_given_up_without_another
     .execute(&d._db.pool)
     .await
     .unwrap();
-    let log = d
-        .wait_for_async("the delivery to be given up", || async {
-            let (_, log) = d
-                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
-                .await;
-            (log["data"][0]["status"] == "failed").then_some(log)
-        })
-        .await;
+    let log = d.delivery_log_once(user, "failed").await;
     assert_eq!(log["data"][0]["attempts"], 4, "{log}");
     assert_eq!(
         log["data"][0]["last_error"], "no attempt finished within its lease",
@@ -521,14 +500,7 @@ async fn an_smtp_server_that_never_answers_costs_one_send_timeout_per_attempt() 
     .await;
     let user = Uuid::new_v4();
     d.publish(&user_created(user, "ada@example.com")).await;
-    let log = d
-        .wait_for_async("the mail to be given up", || async {
-            let (_, log) = d
-                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
-                .await;
-            (log["data"][0]["status"] == "failed").then_some(log)
-        })
-        .await;
+    let log = d.delivery_log_once(user, "failed").await;
     let entry = &log["data"][0];
     assert_eq!(entry["channel"], "email", "{log}");
     assert_eq!(entry["attempts"], 2, "{log}");
