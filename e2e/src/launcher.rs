@@ -17,6 +17,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
 
 /// Every consumer queue of the platform (each service's `QueueSpec`, as in reporting's
 /// `DEFAULT_WATCHED_QUEUES`).
@@ -28,7 +29,6 @@ pub const CONSUMER_QUEUES: [&str; 6] = [
     "notification.events",
     "reporting.events",
 ];
-use tokio::process::{Child, Command};
 
 /// The repository root (the launcher is compiled inside it).
 pub fn repo_root() -> PathBuf {
@@ -571,17 +571,13 @@ impl Platform {
     /// only after binding, so one consumer per queue means every queue is bound.
     async fn wait_consumers(&self) -> anyhow::Result<()> {
         let stop = tokio_util::sync::CancellationToken::new();
-        let missing = std::sync::Arc::new(std::sync::Mutex::new(
-            CONSUMER_QUEUES
-                .iter()
-                .map(|q| (*q).to_owned())
-                .collect::<Vec<_>>(),
-        ));
+        let queues: Vec<String> = CONSUMER_QUEUES.iter().map(|q| (*q).to_owned()).collect();
+        let missing = std::sync::Arc::new(std::sync::Mutex::new(queues.clone()));
         let (done, seen) = (stop.clone(), std::sync::Arc::clone(&missing));
         let watching = finflow_platform::events::depth::watch(
             self.backing.amqp_url.clone().into(),
             "finflow-launcher".to_owned(),
-            CONSUMER_QUEUES.iter().map(|q| (*q).to_owned()).collect(),
+            queues,
             Duration::from_millis(100),
             stop.clone(),
             move |round| {

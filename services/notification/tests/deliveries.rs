@@ -31,45 +31,35 @@ impl TestD {
         Self::spawn_with(&[]).await
     }
 
-    /// D with `extra` arguments after the test's own.
-    async fn spawn_with(extra: &[&str]) -> Self {
+    /// D with `settings` (flag, value) in place of the test's own for the same flag.
+    async fn spawn_with(settings: &[(&str, &str)]) -> Self {
         finflow_platform::telemetry::init_for_tests();
         let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
         let vhost = TestVhost::new();
         let (smtp_port, mailbox) = smtp_sink().await;
-        // `extra` may name another SMTP server than the sink.
-        let smtp_url = extra
-            .iter()
-            .position(|a| *a == "--smtp-url")
-            .and_then(|i| extra.get(i + 1))
-            .map_or_else(
-                || format!("smtp://127.0.0.1:{smtp_port}"),
-                |u| (*u).to_owned(),
-            );
-        let extra: Vec<&str> = match extra.iter().position(|a| *a == "--smtp-url") {
-            Some(i) => [&extra[..i], extra.get(i + 2..).unwrap_or_default()].concat(),
-            None => extra.to_vec(),
-        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let config: Config = finflow_platform::config::try_load_from(
-            [
-                "finflow-notification".to_owned(),
-                "--listen".into(),
-                addr.to_string(),
-                "--database-url".into(),
-                db.url(),
-                "--amqp-url".into(),
+        let mut flags: Vec<(String, String)> = [
+            ("--listen", addr.to_string()),
+            ("--database-url", db.url()),
+            (
+                "--amqp-url",
                 secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
-                "--smtp-url".into(),
-                smtp_url,
-                "--delivery-retry-base-ms".into(),
-                "50".into(),
-                "--delivery-poll-ms".into(),
-                "50".into(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(|a| (*a).to_owned())),
+            ),
+            ("--smtp-url", format!("smtp://127.0.0.1:{smtp_port}")),
+            ("--delivery-retry-base-ms", "50".to_owned()),
+            ("--delivery-poll-ms", "50".to_owned()),
+        ]
+        .into_iter()
+        .map(|(flag, value)| (flag.to_owned(), value))
+        .collect();
+        for (flag, value) in settings {
+            flags.retain(|(f, _)| f != flag);
+            flags.push(((*flag).to_owned(), (*value).to_owned()));
+        }
+        let config: Config = finflow_platform::config::try_load_from(
+            std::iter::once("finflow-notification".to_owned())
+                .chain(flags.into_iter().flat_map(|(flag, value)| [flag, value])),
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let stop = CancellationToken::new();
@@ -366,7 +356,7 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
 
 #[tokio::test]
 async fn a_webhook_that_keeps_failing_is_given_up_after_the_configured_attempts() {
-    let d = TestD::spawn_with(&["--delivery-max-attempts", "3"]).await;
+    let d = TestD::spawn_with(&[("--delivery-max-attempts", "3")]).await;
     let user = Uuid::new_v4();
     let receiver = Receiver::start(usize::MAX).await;
     let secret = d.register_webhook(user, &receiver.url).await;
@@ -398,7 +388,7 @@ async fn a_webhook_that_keeps_failing_is_given_up_after_the_configured_attempts(
 async fn a_webhook_that_hangs_holds_up_no_other_user_s_mail() {
     // A send timeout longer than the test waits: only concurrent senders get the mail
     // through while the webhook call is held.
-    let d = TestD::spawn_with(&["--delivery-timeout-ms", "120000"]).await;
+    let d = TestD::spawn_with(&[("--delivery-timeout-ms", "120000")]).await;
     let (stuck, other) = (Uuid::new_v4(), Uuid::new_v4());
     let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let release = Arc::new(tokio::sync::Notify::new());
@@ -449,7 +439,7 @@ async fn a_webhook_that_hangs_holds_up_no_other_user_s_mail() {
 
 #[tokio::test]
 async fn a_delivery_whose_attempts_all_died_mid_send_is_given_up_without_another_send() {
-    let d = TestD::spawn_with(&["--delivery-max-attempts", "3"]).await;
+    let d = TestD::spawn_with(&[("--delivery-max-attempts", "3")]).await;
     let user = Uuid::new_v4();
     // Three claims whose senders never came back: each counted when it was claimed,
     // and the last lease has run out.
@@ -490,12 +480,9 @@ async fn an_smtp_server_that_never_answers_costs_one_send_timeout_per_attempt() 
         }
     });
     let d = TestD::spawn_with(&[
-        "--smtp-url",
-        &smtp_url,
-        "--delivery-timeout-ms",
-        "300",
-        "--delivery-max-attempts",
-        "2",
+        ("--smtp-url", &smtp_url),
+        ("--delivery-timeout-ms", "300"),
+        ("--delivery-max-attempts", "2"),
     ])
     .await;
     let user = Uuid::new_v4();
