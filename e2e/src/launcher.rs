@@ -347,27 +347,47 @@ fn port(ports: Ports, fixed: u16) -> anyhow::Result<u16> {
     }
 }
 
+/// The cargo profile a package is built with: `dev`, or for optimized builds the
+/// proxy's own profile for the sidecar and `release` for everything else.
+fn profile(package: &str, release: bool) -> &'static str {
+    match (release, package == PROXY_PACKAGE) {
+        (false, _) => "dev",
+        (true, true) => "proxy",
+        (true, false) => "release",
+    }
+}
+
+/// The package (and binary) of the sidecar and gateway.
+const PROXY_PACKAGE: &str = "finflow-sidecar";
+
 fn binary_path(name: &str, release: bool) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| repo_root().join("target"), PathBuf::from);
-    target
-        .join(if release { "release" } else { "debug" })
-        .join(name)
+    // Every binary has its package's name; `dev` builds land in `debug`.
+    let dir = match profile(name, release) {
+        "dev" => "debug",
+        other => other,
+    };
+    target.join(dir).join(name)
 }
 
+/// Builds `packages`, one cargo run per profile they need.
 async fn build(packages: &[&str], release: bool) -> anyhow::Result<()> {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    cmd.current_dir(repo_root()).args(["build", "--bins"]);
-    if release {
-        cmd.arg("--release");
-    }
-    for p in packages {
-        cmd.args(["-p", p]);
-    }
-    // cargo's own progress bar shows on our stderr while it builds.
-    let status = cmd.status().await.context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build failed ({status})");
+    let mut profiles: Vec<&str> = packages.iter().map(|p| profile(p, release)).collect();
+    profiles.sort_unstable();
+    profiles.dedup();
+    for wanted in profiles {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+        cmd.current_dir(repo_root())
+            .args(["build", "--bins", "--profile", wanted]);
+        for p in packages.iter().filter(|p| profile(p, release) == wanted) {
+            cmd.args(["-p", p]);
+        }
+        // cargo's own progress bar shows on our stderr while it builds.
+        let status = cmd.status().await.context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --profile {wanted} failed ({status})");
+        }
     }
     Ok(())
 }
@@ -384,7 +404,7 @@ impl Platform {
         let specs = services();
         if options.build {
             let mut packages: Vec<&str> = specs.iter().map(|s| s.package).collect();
-            packages.push("finflow-sidecar");
+            packages.push(PROXY_PACKAGE);
             build(&packages, options.release).await?;
         }
         tokio::fs::create_dir_all(&options.log_dir).await?;
@@ -489,7 +509,7 @@ impl Platform {
             }
             self.spawn(
                 &format!("{}-sidecar", spec.name),
-                &binary_path("finflow-sidecar", self.options.release),
+                &binary_path(PROXY_PACKAGE, self.options.release),
                 &sidecar_env,
             )?;
             let service = RunningService {
@@ -553,7 +573,7 @@ impl Platform {
         }
         self.spawn(
             "gateway",
-            &binary_path("finflow-sidecar", self.options.release),
+            &binary_path(PROXY_PACKAGE, self.options.release),
             &env,
         )?;
         self.gateway_url = format!("http://127.0.0.1:{gateway_port}");

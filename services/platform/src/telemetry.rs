@@ -148,12 +148,21 @@ pub fn hop_http(headers: &mut HeaderMap) {
         (nonzero(rand::random::<u128>), false)
     });
     let span_id = nonzero(rand::random::<u64>);
-    let value = format!(
-        "00-{trace_id:032x}-{span_id:016x}-{flags:02x}",
-        flags = u8::from(sampled)
-    );
-    if let Ok(value) = http::HeaderValue::from_str(&value) {
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    put_hex(&mut value[3..35], trace_id);
+    put_hex(&mut value[36..52], u128::from(span_id));
+    put_hex(&mut value[53..55], u128::from(sampled));
+    if let Ok(value) = http::HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT, value);
+    }
+}
+
+/// Writes `value` as lowercase hex, zero-padded to fill `out`.
+fn put_hex(out: &mut [u8], mut value: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for digit in out.iter_mut().rev() {
+        *digit = DIGITS[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -174,27 +183,32 @@ fn nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {
 /// specified, a later version by its first four fields (the spec's forward
 /// compatibility rule); ids lowercase hex and not all zeros.
 fn parse_traceparent(value: &[u8]) -> Option<(u128, bool)> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let mut fields = text.split('-');
-    let (version, trace_id, parent_id, flags) = (
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    );
-    let lower_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    // version(2) "-" trace-id(32) "-" parent-id(16) "-" flags(2), then (for a later
+    // version only) more fields, each after a "-".
+    let text = value.trim_ascii();
+    let field = |range: std::ops::Range<usize>| text.get(range).and_then(lower_hex);
+    let dashes = [2, 35, 52].iter().all(|&at| text.get(at) == Some(&b'-'));
+    let (version, trace_id, parent_id, flags) =
+        (field(0..2)?, field(3..35)?, field(36..52)?, field(53..55)?);
+    let rest = text.get(55..)?;
+    let rest_ok = match version {
+        0xff => false,
+        0 => rest.is_empty(),
+        _ => rest.first().is_none_or(|&b| b == b'-'),
     };
-    if !lower_hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some()) {
-        return None;
-    }
-    if !lower_hex(trace_id, 32) || !lower_hex(parent_id, 16) || !lower_hex(flags, 2) {
-        return None;
-    }
-    let trace_id = u128::from_str_radix(trace_id, 16).ok()?;
-    let parent_id = u64::from_str_radix(parent_id, 16).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    (trace_id != 0 && parent_id != 0).then_some((trace_id, flags & 1 == 1))
+    (dashes && rest_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, flags & 1 == 1))
+}
+
+/// The value of lowercase hex digits (at most 32), or `None` for anything else.
+fn lower_hex(digits: &[u8]) -> Option<u128> {
+    digits.iter().try_fold(0u128, |value, &b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some((value << 4) | u128::from(digit))
+    })
 }
 
 /// Writes the current span's `traceparent` (and `tracestate`) into outgoing HTTP headers.
@@ -344,6 +358,64 @@ mod tests {
         headers.insert("tracestate", "vendor=1".parse().unwrap());
         hop_http(&mut headers);
         assert!(headers.get("tracestate").is_none());
+    }
+
+    /// The W3C rules read field by field, as the spec states them: the oracle for the
+    /// byte-offset parser the proxy runs.
+    fn spec_traceparent(text: &str) -> Option<(u128, bool)> {
+        let text = text.trim_ascii();
+        let mut fields = text.split('-');
+        let (version, trace_id, parent_id, flags) = (
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+        );
+        let lower_hex = |s: &str, len: usize| {
+            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if !lower_hex(version, 2) || version == "ff" || (version == "00" && fields.next().is_some())
+        {
+            return None;
+        }
+        if !lower_hex(trace_id, 32) || !lower_hex(parent_id, 16) || !lower_hex(flags, 2) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace_id, 16).ok()?;
+        let parent_id = u64::from_str_radix(parent_id, 16).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        (trace_id != 0 && parent_id != 0).then_some((trace_id, flags & 1 == 1))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_traceparent_parser_agrees_with_the_spec_field_by_field(
+            version in "(00|01|fe|ff|0g|0)",
+            trace_id in "([0-9a-f]{32}|0{32}|[0-9a-fA-F]{30,33})",
+            parent_id in "([0-9a-f]{16}|0{16}|[0-9a-fG]{15,17})",
+            flags in "([0-9a-f]{2}|[0-9a-fx]{1,3})",
+            rest in "(|-|-[a-z0-9]{1,8}|[a-z0-9]{1,3}| )",
+            pad in "( |\\t)?",
+        ) {
+            let text = format!("{pad}{version}-{trace_id}-{parent_id}-{flags}{rest}{pad}");
+            proptest::prop_assert_eq!(
+                parse_traceparent(text.as_bytes()),
+                spec_traceparent(&text),
+                "{}", text
+            );
+        }
+
+        #[test]
+        fn a_hop_keeps_any_valid_trace_id_and_sampled_flag(trace_id in 1u128.., sampled: bool) {
+            let sent = format!("00-{trace_id:032x}-00f067aa0ba902b7-0{}", u8::from(sampled));
+            let mut headers = HeaderMap::new();
+            headers.insert("traceparent", sent.parse().unwrap());
+            hop_http(&mut headers);
+            let hop = headers["traceparent"].to_str().unwrap();
+            proptest::prop_assert_eq!(parse_traceparent(hop.as_bytes()), Some((trace_id, sampled)));
+            proptest::prop_assert_eq!(&hop[..36], &sent[..36]);
+            proptest::prop_assert_ne!(&hop[36..52], "0000000000000000");
+        }
     }
 
     #[test]

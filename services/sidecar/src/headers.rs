@@ -20,7 +20,9 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that belong to one connection and are never forwarded (RFC 9110 section 7.6.1),
 /// besides any header the `Connection` header names and any `proxy-*` header.
-const HOP_BY_HOP: [HeaderName; 7] = [
+// A static, not a const: a const array is built (and dropped) at every use, and this
+// one is consulted for every header of every request and answer.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::TE,
