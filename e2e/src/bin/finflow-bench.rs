@@ -32,6 +32,9 @@ struct Cli {
     /// Concurrent connections / clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Rounds of the edge benchmark (each measures every path once).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut platform = Platform::start(options).await?;
     let result = match cli.bench {
-        Bench::Edge => edge(&platform, cli.seconds, cli.concurrency).await,
+        Bench::Edge => edge(&platform, cli.seconds, cli.concurrency, cli.rounds.max(1)).await,
         Bench::Payments => payments(&platform, cli.seconds, cli.concurrency).await,
     };
     platform.stop().await;
@@ -132,9 +135,6 @@ fn to_ms(v: &str) -> f64 {
 /// the same share of the machine's two cores.
 const PROXY_WORKERS: usize = 2;
 
-/// Rounds of the edge benchmark.
-const ROUNDS: usize = 5;
-
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux ABI).
 const USER_HZ: f64 = 100.0;
 
@@ -163,6 +163,38 @@ fn median(rounds: &[Round]) -> Round {
         p99: of(|r| r.p99),
         proxy_cpu: of(|r| r.proxy_cpu),
         app_cpu: of(|r| r.app_cpu),
+    }
+}
+
+/// What each proxy added to the app's p50, compared within each round (the paths of a
+/// round run back to back, so they share the machine's state of the moment).
+struct Added {
+    /// (sidecar, nginx) per round, ms.
+    per_round: Vec<(f64, f64)>,
+    sidecar: f64,
+    nginx: f64,
+    /// Rounds in which the sidecar added no more than nginx.
+    sidecar_not_worse: usize,
+}
+
+#[allow(clippy::float_arithmetic)]
+fn added_latency([direct, sidecar, nginx]: &[Vec<Round>; 3]) -> Added {
+    let per_round: Vec<(f64, f64)> = direct
+        .iter()
+        .zip(sidecar)
+        .zip(nginx)
+        .map(|((d, s), n)| (s.p50 - d.p50, n.p50 - d.p50))
+        .collect();
+    let median_of = |f: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = per_round.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Added {
+        sidecar: median_of(|r| r.0),
+        nginx: median_of(|r| r.1),
+        sidecar_not_worse: per_round.iter().filter(|(s, n)| s <= n).count(),
+        per_round,
     }
 }
 
@@ -266,7 +298,12 @@ fn identity_headers(token: &str) -> anyhow::Result<Vec<(String, String)>> {
     .collect())
 }
 
-async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
+async fn edge(
+    platform: &Platform,
+    seconds: u64,
+    concurrency: usize,
+    rounds_wanted: usize,
+) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     ensure_tool("nginx", "nginx").await?;
     let user = Client::new(&platform.gateway_url).new_user("bench").await;
@@ -378,11 +415,16 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
         ),
     ];
     let mut rounds: [Vec<Round>; 3] = Default::default();
-    for _ in 0..ROUNDS {
-        for (i, (url, headers, proxy)) in targets.iter().enumerate() {
+    for round in 0..rounds_wanted {
+        // The two proxies swap places every round, so a machine getting slower or
+        // faster during a round favours neither.
+        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+        for i in order {
+            let (url, headers, proxy) = &targets[i];
             rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
         }
     }
+    let added = added_latency(&rounds);
     let [direct, sidecar, via_nginx] = rounds.map(|r| median(&r));
     // A graceful stop takes the workers down with the master.
     let _ = Command::new(nginx_bin)
@@ -393,7 +435,7 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
     nginx.kill().await.ok();
 
     println!(
-        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk), medians of {ROUNDS} interleaved rounds"
+        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
     );
     println!("sidecar: {PROXY_WORKERS} event loops; nginx: {PROXY_WORKERS} worker processes");
     println!(
@@ -415,18 +457,26 @@ async fn edge(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::
             r.rps, r.p50, r.p99, r.app_cpu
         );
     }
-    #[allow(clippy::float_arithmetic)]
-    {
-        println!(
-            "\nadded p50 latency: sidecar {:.2} ms, nginx {:.2} ms",
-            sidecar.p50 - direct.p50,
-            via_nginx.p50 - direct.p50
-        );
-        println!(
-            "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, nginx {:.1} µs (the app's own: {:.1} µs)",
-            sidecar.proxy_cpu, via_nginx.proxy_cpu, direct.app_cpu
-        );
-    }
+    println!(
+        "\nadded p50 latency per round (ms, sidecar / nginx): {}",
+        added
+            .per_round
+            .iter()
+            .map(|(s, n)| format!("{s:.2}/{n:.2}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
+    println!(
+        "added p50 latency, median of the rounds: sidecar {:.2} ms, nginx {:.2} ms; the sidecar added no more than nginx in {} of {} rounds",
+        added.sidecar,
+        added.nginx,
+        added.sidecar_not_worse,
+        added.per_round.len()
+    );
+    println!(
+        "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, nginx {:.1} µs (the app's own: {:.1} µs)",
+        sidecar.proxy_cpu, via_nginx.proxy_cpu, direct.app_cpu
+    );
     Ok(())
 }
 
