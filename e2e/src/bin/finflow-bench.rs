@@ -149,14 +149,15 @@ struct Round {
     app_cpu: f64,
 }
 
+/// The median (the upper one of an even count), NaN for none.
+fn middle(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Each figure's median over the rounds.
-#[allow(clippy::float_arithmetic)]
 fn median(rounds: &[Round]) -> Round {
-    let of = |f: fn(&Round) -> f64| {
-        let mut v: Vec<f64> = rounds.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let of = |f: fn(&Round) -> f64| middle(rounds.iter().map(f).collect());
     Round {
         rps: of(|r| r.rps),
         p50: of(|r| r.p50),
@@ -185,11 +186,7 @@ fn added_latency([direct, sidecar, nginx]: &[Vec<Round>; 3]) -> Added {
         .zip(nginx)
         .map(|((d, s), n)| (s.p50 - d.p50, n.p50 - d.p50))
         .collect();
-    let median_of = |f: fn(&(f64, f64)) -> f64| {
-        let mut v: Vec<f64> = per_round.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
+    let median_of = |f: fn(&(f64, f64)) -> f64| middle(per_round.iter().map(f).collect());
     Added {
         sidecar: median_of(|r| r.0),
         nginx: median_of(|r| r.1),
