@@ -141,13 +141,14 @@ impl TestD {
     }
 
     async fn wait_for<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-        for _ in 0..400 {
-            if let Some(v) = check() {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("timed out waiting for {what}");
+        self.wait_for_async(what, || std::future::ready(check()))
+            .await
+    }
+
+    /// The first mail the SMTP sink received (recipients, message), once there is one.
+    async fn first_mail(&self, what: &str) -> (Vec<String>, String) {
+        self.wait_for(what, || self.mailbox.lock().unwrap().first().cloned())
+            .await
     }
 }
 
@@ -281,12 +282,7 @@ async fn a_new_user_gets_a_welcome_mail_over_smtp_and_an_in_app_notification() {
     let d = TestD::spawn().await;
     let user = Uuid::new_v4();
     d.publish(&user_created(user, "ada@example.com")).await;
-    let mailbox = d.mailbox.clone();
-    let (to, data) = d
-        .wait_for("the welcome mail", || {
-            mailbox.lock().unwrap().first().cloned()
-        })
-        .await;
+    let (to, data) = d.first_mail("the welcome mail").await;
     assert_eq!(to, ["ada@example.com"]);
     assert!(data.contains("Subject: Welcome to FinFlow"), "{data}");
     assert!(data.contains("Ada Lovelace"), "{data}");
@@ -418,12 +414,7 @@ async fn a_webhook_that_hangs_holds_up_no_other_user_s_mail() {
         .unwrap();
 
     d.publish(&user_created(other, "lin@example.com")).await;
-    let mailbox = d.mailbox.clone();
-    let (to, _) = d
-        .wait_for("the other user's welcome mail", || {
-            mailbox.lock().unwrap().first().cloned()
-        })
-        .await;
+    let (to, _) = d.first_mail("the other user's welcome mail").await;
     assert_eq!(to, ["lin@example.com"]);
     assert_eq!(
         answered.load(std::sync::atomic::Ordering::SeqCst),
