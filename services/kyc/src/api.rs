@@ -220,9 +220,31 @@ fn reviewer(who: &Identity) -> Result<String, ApiError> {
     Ok(who.email.clone().unwrap_or_else(|| who.subject.clone()))
 }
 
-/// Four eyes: a reviewer never decides their own submission or an alert about
-/// themselves, or one compliance officer could verify or clear themselves.
-fn not_about_themselves(who: &Identity, subject_of_case: Uuid) -> Result<(), ApiError> {
+/// Whom the case `id` in `table` (a submission or an alert) is about: `404` when there
+/// is no such case, `403` when it is the reviewer. Four eyes: a reviewer never decides
+/// their own submission or an alert about themselves, or one compliance officer could
+/// verify or clear themselves.
+async fn case_for_another(
+    tx: &mut sqlx::PgConnection,
+    who: &Identity,
+    table: CaseTable,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let (query, missing) = match table {
+        CaseTable::Submissions => (
+            "SELECT user_id FROM kyc_submissions WHERE id = $1",
+            "submission not found",
+        ),
+        CaseTable::Alerts => (
+            "SELECT user_id FROM aml_alerts WHERE id = $1",
+            "alert not found",
+        ),
+    };
+    let subject_of_case: Uuid = sqlx::query_scalar(query)
+        .bind(id)
+        .fetch_optional(tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found(missing))?;
     // As ids, not text: the same id spelled otherwise (upper case, no hyphens) is the
     // same person.
     if who.user_id().ok() == Some(subject_of_case) {
@@ -231,6 +253,13 @@ fn not_about_themselves(who: &Identity, subject_of_case: Uuid) -> Result<(), Api
         ));
     }
     Ok(())
+}
+
+/// The tables whose rows are cases a compliance officer decides.
+#[derive(Clone, Copy)]
+enum CaseTable {
+    Submissions,
+    Alerts,
 }
 
 fn reason(text: &str) -> Result<&str, ApiError> {
@@ -259,13 +288,7 @@ async fn review(
         Decision::Reject => "rejected",
     };
     let mut tx = s.pool.begin().await?;
-    let owner: Option<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM kyc_submissions WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let owner = owner.ok_or_else(|| ApiError::not_found("submission not found"))?;
-    not_about_themselves(&who, owner)?;
+    case_for_another(&mut tx, &who, CaseTable::Submissions, id).await?;
     let view = decide(&mut tx, id, status, &by, Some(why)).await?;
     tx.commit().await?;
     Ok(error::ok(view))
@@ -370,14 +393,7 @@ async fn decide_alert(
     let by = reviewer(&who)?;
     let why = reason(&req.reason)?;
     let mut tx = s.pool.begin().await?;
-    let owner: Option<Uuid> = sqlx::query_scalar("SELECT user_id FROM aml_alerts WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    not_about_themselves(
-        &who,
-        owner.ok_or_else(|| ApiError::not_found("alert not found"))?,
-    )?;
+    case_for_another(&mut tx, &who, CaseTable::Alerts, id).await?;
     let alert: Alert = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE aml_alerts SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
          WHERE id = $1 AND status = 'open' RETURNING {ALERT_COLUMNS}"
