@@ -139,30 +139,43 @@ fn set_parent(span: &tracing::Span, cx: Context) {
 pub fn hop_http(headers: &mut HeaderMap) {
     // Written directly rather than through the propagator: a proxy does this on every
     // request, and a `Context` and two formatted ids per request are most of its cost.
-    let caller = headers
-        .get(TRACEPARENT)
-        .and_then(|v| parse_traceparent(v.as_bytes()));
-    let (trace_id, sampled) = caller.unwrap_or_else(|| {
-        // A new trace: the caller's `tracestate` belongs to no trace of ours.
-        headers.remove(TRACESTATE);
-        (nonzero(rand::random::<u128>), false)
-    });
-    let span_id = nonzero(rand::random::<u64>);
+    // The caller's trace id goes on as the digits it came in, checked but not converted.
     let mut value = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    put_hex(&mut value[3..35], trace_id);
-    put_hex(&mut value[36..52], u128::from(span_id));
-    put_hex(&mut value[53..55], u128::from(sampled));
+    match headers
+        .get(TRACEPARENT)
+        .and_then(|v| parse_traceparent(v.as_bytes()))
+    {
+        Some((trace_id, sampled)) => {
+            value[3..35].copy_from_slice(&trace_id);
+            if sampled {
+                value[54] = b'1';
+            }
+        }
+        None => {
+            // A new trace: the caller's `tracestate` belongs to no trace of ours.
+            headers.remove(TRACESTATE);
+            put_hex(
+                &mut value[3..35],
+                &nonzero(rand::random::<u128>).to_be_bytes(),
+            );
+        }
+    }
+    // One draw of a u64, not eight of a byte.
+    put_hex(
+        &mut value[36..52],
+        &nonzero(rand::random::<u64>).to_be_bytes(),
+    );
     if let Ok(value) = http::HeaderValue::from_bytes(&value) {
         headers.insert(TRACEPARENT, value);
     }
 }
 
-/// Writes `value` as lowercase hex, zero-padded to fill `out`.
-fn put_hex(out: &mut [u8], mut value: u128) {
+/// Writes `bytes` as lowercase hex into `out` (two digits per byte).
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for digit in out.iter_mut().rev() {
-        *digit = DIGITS[(value & 0xf) as usize];
-        value >>= 4;
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 
@@ -179,36 +192,35 @@ fn nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {
     }
 }
 
-/// The trace id and sampled flag of a valid W3C `traceparent`: version `00` exactly as
-/// specified, a later version by its first four fields (the spec's forward
-/// compatibility rule); ids lowercase hex and not all zeros.
-fn parse_traceparent(value: &[u8]) -> Option<(u128, bool)> {
+/// The trace id (its 32 hex digits) and sampled flag of a valid W3C `traceparent`:
+/// version `00` exactly as specified, a later version by its first four fields (the
+/// spec's forward compatibility rule); ids lowercase hex and not all zeros.
+fn parse_traceparent(value: &[u8]) -> Option<([u8; 32], bool)> {
     // version(2) "-" trace-id(32) "-" parent-id(16) "-" flags(2), then (for a later
     // version only) more fields, each after a "-".
-    let text = value.trim_ascii();
-    let field = |range: std::ops::Range<usize>| text.get(range).and_then(lower_hex);
-    let dashes = [2, 35, 52].iter().all(|&at| text.get(at) == Some(&b'-'));
+    let (head, rest) = value.trim_ascii().split_at_checked(55)?;
+    let hex = |field: &[u8]| field.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |field: &[u8]| field.iter().all(|&b| b == b'0');
     let (version, trace_id, parent_id, flags) =
-        (field(0..2)?, field(3..35)?, field(36..52)?, field(53..55)?);
-    let rest = text.get(55..)?;
+        (&head[0..2], &head[3..35], &head[36..52], &head[53..55]);
+    let dashes = [2, 35, 52].iter().all(|&at| head[at] == b'-');
     let rest_ok = match version {
-        0xff => false,
-        0 => rest.is_empty(),
+        b"ff" => false,
+        b"00" => rest.is_empty(),
         _ => rest.first().is_none_or(|&b| b == b'-'),
     };
-    (dashes && rest_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, flags & 1 == 1))
-}
-
-/// The value of lowercase hex digits (at most 32), or `None` for anything else.
-fn lower_hex(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |value, &b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        Some((value << 4) | u128::from(digit))
-    })
+    let valid = dashes
+        && [version, trace_id, parent_id, flags].into_iter().all(hex)
+        && rest_ok
+        && !zero(trace_id)
+        && !zero(parent_id);
+    // The flags' low bit: a digit's parity, which for `a`-`f` is the byte's inverted.
+    let last = flags[1];
+    let sampled = (last & 1 == 1) == last.is_ascii_digit();
+    valid
+        .then(|| trace_id.try_into().ok())
+        .flatten()
+        .map(|id| (id, sampled))
 }
 
 /// Writes the current span's `traceparent` (and `tracestate`) into outgoing HTTP headers.
@@ -337,7 +349,7 @@ mod tests {
         let valid = format!("00-{TRACE_ID}-00f067aa0ba902b7-00");
         assert_eq!(
             parse_traceparent(valid.as_bytes()),
-            Some((u128::from_str_radix(TRACE_ID, 16).unwrap(), false))
+            Some((*TRACE_ID.as_bytes().first_chunk().unwrap(), false))
         );
         let later_version = format!("01-{TRACE_ID}-00f067aa0ba902b7-03-more");
         assert!(parse_traceparent(later_version.as_bytes()).is_some_and(|(_, s)| s));
@@ -362,7 +374,7 @@ mod tests {
 
     /// The W3C rules read field by field, as the spec states them: the oracle for the
     /// byte-offset parser the proxy runs.
-    fn spec_traceparent(text: &str) -> Option<(u128, bool)> {
+    fn spec_traceparent(text: &str) -> Option<([u8; 32], bool)> {
         let text = text.trim_ascii();
         let mut fields = text.split('-');
         let (version, trace_id, parent_id, flags) = (
@@ -381,10 +393,11 @@ mod tests {
         if !lower_hex(trace_id, 32) || !lower_hex(parent_id, 16) || !lower_hex(flags, 2) {
             return None;
         }
+        let digits = *trace_id.as_bytes().first_chunk()?;
         let trace_id = u128::from_str_radix(trace_id, 16).ok()?;
         let parent_id = u64::from_str_radix(parent_id, 16).ok()?;
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        (trace_id != 0 && parent_id != 0).then_some((trace_id, flags & 1 == 1))
+        (trace_id != 0 && parent_id != 0).then_some((digits, flags & 1 == 1))
     }
 
     proptest::proptest! {
@@ -412,7 +425,11 @@ mod tests {
             headers.insert("traceparent", sent.parse().unwrap());
             hop_http(&mut headers);
             let hop = headers["traceparent"].to_str().unwrap();
-            proptest::prop_assert_eq!(parse_traceparent(hop.as_bytes()), Some((trace_id, sampled)));
+            let digits = format!("{trace_id:032x}");
+            proptest::prop_assert_eq!(
+                parse_traceparent(hop.as_bytes()),
+                Some((*digits.as_bytes().first_chunk().unwrap(), sampled))
+            );
             proptest::prop_assert_eq!(&hop[..36], &sent[..36]);
             proptest::prop_assert_ne!(&hop[36..52], "0000000000000000");
         }

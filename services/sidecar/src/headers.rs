@@ -116,13 +116,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes every client-supplied copy of the identity headers.
 pub fn strip(headers: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        headers.remove(name);
+    // Clients rarely send one: looking through the few headers a request has is cheaper
+    // than hashing every name to remove, and the map changes only when one is there.
+    if headers.keys().any(|key| names.contains(key)) {
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 
 /// Removes hop-by-hop headers: the fixed list, `proxy-*`, and those `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none (a `Connection` header is one itself): one look through
+    // the headers, and the map is touched only when there is something to remove.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

@@ -238,14 +238,22 @@ fn segment<T: DeserializeOwned>(part: &str) -> Result<T, Rejection> {
 
 /// The token of an `Authorization: Bearer <jwt>` header.
 pub fn bearer(header: Option<&HeaderValue>) -> Result<&str, Rejection> {
-    let value = header.ok_or(Rejection::MissingToken)?;
-    let value = value.to_str().map_err(|_| Rejection::Malformed)?.trim();
-    let (scheme, token) = value.split_once(' ').ok_or(Rejection::Malformed)?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+    let value = header
+        .ok_or(Rejection::MissingToken)?
+        .as_bytes()
+        .trim_ascii();
+    let space = value
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(Rejection::Malformed)?;
+    let (scheme, token) = (&value[..space], value[space..].trim_ascii());
+    if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
         return Err(Rejection::Malformed);
     }
-    Ok(token)
+    // Checked as UTF-8 (fast for ASCII) rather than as visible ASCII byte by byte: a
+    // token is used only when it verifies or equals one that did, and no byte outside
+    // the base64url alphabet ever verifies.
+    std::str::from_utf8(token).map_err(|_| Rejection::Malformed)
 }
 
 /// Validates `token` against `keys` and `policy` at `now` (Unix seconds).
@@ -599,6 +607,9 @@ mod tests {
         assert_eq!(bearer(Some(&v("bearer  abc "))), Ok("abc"));
         assert_eq!(bearer(Some(&v("Basic abc"))), Err(Rejection::Malformed));
         assert_eq!(bearer(Some(&v("Bearer"))), Err(Rejection::Malformed));
+        assert_eq!(bearer(Some(&v("Bearer\tabc"))), Err(Rejection::Malformed));
+        let not_utf8 = HeaderValue::from_bytes(b"Bearer ab\xffc").unwrap();
+        assert_eq!(bearer(Some(&not_utf8)), Err(Rejection::Malformed));
     }
 
     #[test]

@@ -69,21 +69,28 @@ pub fn is_public(path: &str, patterns: &PathPatterns) -> bool {
 /// one thing to the proxy's checks (public, internal, route) and another to an app that
 /// normalizes it, so it is refused rather than guessed at. Clients never need them.
 pub fn is_ambiguous(path: &str) -> bool {
+    // One pass over the bytes, since every request is checked.
     let bytes = path.as_bytes();
-    let encoded_unreserved = bytes.windows(3).any(|w| {
-        w[0] == b'%'
-            && std::str::from_utf8(&w[1..])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .is_some_and(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-                })
-    });
-    encoded_unreserved
-        || path.contains("//")
-        || path
-            .split('/')
-            .any(|segment| segment == "." || segment == "..")
+    bytes.iter().enumerate().any(|(at, &byte)| match byte {
+        b'%' => bytes
+            .get(at + 1..at + 3)
+            .and_then(hex_pair)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')),
+        b'/' => bytes.get(at + 1) == Some(&b'/'),
+        // A dot that starts a segment: the segment is `.` or `..`, or a name.
+        b'.' if at == 0 || bytes.get(at - 1) == Some(&b'/') => {
+            let segment = bytes[at..].split(|&b| b == b'/').next().unwrap_or_default();
+            segment == b"." || segment == b".."
+        }
+        _ => false,
+    })
+}
+
+/// The byte two hex digits spell.
+fn hex_pair(pair: &[u8]) -> Option<u8> {
+    let [high, low] = pair else { return None };
+    let digit = |d: &u8| char::from(*d).to_digit(16);
+    u8::try_from(digit(high)? * 16 + digit(low)?).ok()
 }
 
 /// The six services behind the gateway.
@@ -222,6 +229,34 @@ mod tests {
             "/api/v1/x/100%",
         ] {
             assert!(!is_ambiguous(path), "{path}");
+        }
+    }
+
+    /// The definition, written plainly: what [`is_ambiguous`] computes in one pass.
+    fn ambiguous_by_definition(path: &str) -> bool {
+        let encoded_unreserved = path.as_bytes().windows(3).any(|w| {
+            w[0] == b'%'
+                && std::str::from_utf8(&w[1..])
+                    .ok()
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .is_some_and(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+                    })
+        });
+        encoded_unreserved
+            || path.contains("//")
+            || path
+                .split('/')
+                .any(|segment| segment == "." || segment == "..")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_check_agrees_with_the_definition(
+            path in "[/.%a-zA-Z0-9+~_-]{0,24}"
+        ) {
+            proptest::prop_assert_eq!(is_ambiguous(&path), ambiguous_by_definition(&path));
         }
     }
 

@@ -54,6 +54,13 @@ pub struct Upstreams {
     drivers: mpsc::UnboundedSender<Driver>,
 }
 
+/// Whether two upstream authorities are the same text. Authorities come from the
+/// configuration, spelled the same way every time, so the byte comparison suffices
+/// (`Authority`'s own `==` ignores case, byte by byte, on every request).
+fn same(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str()
+}
+
 impl Upstreams {
     /// Connections made here are handed to `drivers`, which the owner must poll.
     pub fn new(drivers: mpsc::UnboundedSender<Driver>) -> Self {
@@ -111,7 +118,7 @@ impl Upstreams {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (_, slot) = idle.iter_mut().find(|(a, _)| a == authority)?;
+        let (_, slot) = idle.iter_mut().find(|(a, _)| same(a, authority))?;
         slot.take().filter(|sender| !sender.is_closed())
     }
 
@@ -122,7 +129,7 @@ impl Upstreams {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match idle.iter_mut().find(|(a, _)| a == authority) {
+        match idle.iter_mut().find(|(a, _)| same(a, authority)) {
             Some((_, slot)) => *slot = Some(sender),
             None => idle.push((authority.clone(), Some(sender))),
         }

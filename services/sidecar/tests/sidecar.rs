@@ -779,6 +779,38 @@ async fn on_shutdown_ready_turns_503_while_draining_and_run_returns() {
     );
 }
 
+#[tokio::test]
+async fn stopping_closes_an_idle_keep_alive_connection_at_once() {
+    use http_body_util::{BodyExt as _, Empty};
+    let app = Echo::start("app").await;
+    let key = Key::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    let sidecar = Proxy::sidecar(&app, &jwks, &[]).await;
+    let address = sidecar.url.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get("/health")
+        .header("host", "x")
+        .body(Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let answer = sender.send_request(request).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.into_body().collect().await.unwrap();
+
+    // The connection is idle and kept alive, and nothing more comes on it: the sidecar
+    // must close it rather than wait for a request.
+    sidecar.stop().await;
+    let closed = tokio::time::timeout(Duration::from_secs(2), connection)
+        .await
+        .expect("the sidecar closes the idle connection when it stops");
+    assert!(closed.unwrap().is_ok(), "closed cleanly, between requests");
+    assert!(sender.is_closed());
+}
+
 /// Names of this process's threads that serve extra event loops.
 fn loop_threads() -> Vec<String> {
     std::fs::read_dir("/proc/self/task")
