@@ -782,11 +782,8 @@ async fn on_shutdown_ready_turns_503_while_draining_and_run_returns() {
 #[tokio::test]
 async fn stopping_closes_an_idle_keep_alive_connection_at_once() {
     use http_body_util::{BodyExt as _, Empty};
-    let app = Echo::start("app").await;
-    let key = Key::generate("key-1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let sidecar = Proxy::sidecar(&app, &jwks, &[]).await;
-    let address = sidecar.url.trim_start_matches("http://").to_owned();
+    let s = setup(&[]).await;
+    let address = s.sidecar.url.trim_start_matches("http://").to_owned();
     let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
@@ -803,7 +800,7 @@ async fn stopping_closes_an_idle_keep_alive_connection_at_once() {
 
     // The connection is idle and kept alive, and nothing more comes on it: the sidecar
     // must close it rather than wait for a request.
-    sidecar.stop().await;
+    s.sidecar.stop().await;
     let closed = tokio::time::timeout(Duration::from_secs(2), connection)
         .await
         .expect("the sidecar closes the idle connection when it stops");
@@ -854,10 +851,8 @@ async fn extra_event_loops_serve_connections_on_their_own_threads_and_end_with_t
 
 #[tokio::test]
 async fn waiting_until_live_returns_once_the_admin_port_answers_and_gives_up_otherwise() {
-    let app = Echo::start("app").await;
-    let key = Key::generate("key-1");
-    let jwks = JwksServer::start(&[&key]).await;
-    let sidecar = Proxy::sidecar(&app, &jwks, &[]).await;
+    let s = setup(&[]).await;
+    let sidecar = &s.sidecar;
     let admin: std::net::SocketAddr = sidecar.admin.trim_start_matches("http://").parse().unwrap();
     finflow_sidecar::wait_live(admin, Duration::from_secs(5))
         .await
