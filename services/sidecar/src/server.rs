@@ -271,11 +271,16 @@ impl Branch {
     ) -> Poll<T> {
         // Registered before the flag is read, so a wake-up in between is not lost.
         self.flag.task.register(cx.waker());
-        if self.flag.woken.swap(false, Ordering::AcqRel) {
-            poll(&mut Context::from_waker(&self.waker))
-        } else {
-            Poll::Pending
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
         }
+        let polled = poll(&mut Context::from_waker(&self.waker));
+        if polled.is_ready() {
+            // A stream that yielded an item registers no waker and will not wake for
+            // the next one already queued: it is polled again until it is pending.
+            self.mark_woken();
+        }
+        polled
     }
 
     /// Has the branch polled at the next turn, though nothing woke it.

@@ -532,10 +532,17 @@ async fn upstream_errors_pass_through_without_the_proxy_error_header() {
 async fn an_app_that_closes_its_connection_after_each_answer_is_reconnected_to() {
     let s = setup(&[]).await;
     let token = s.key.sign(&claims(USER, &["user"]));
-    // One client connection (reqwest keeps it alive); the sidecar's upstream connection
-    // under it is closed by the app after every answer.
+    // One client connection (one reqwest client keeps it alive); the sidecar's upstream
+    // connection under it is closed by the app after every answer, so each request
+    // makes a new one, driven by that same client connection's task.
+    let client = client();
     for n in 1..=3 {
-        let response = s.with_token("/close", &token).await;
+        let response = client
+            .get(format!("{}/close", s.sidecar.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "request {n}");
         assert!(
             response.headers().get("connection").is_none(),
