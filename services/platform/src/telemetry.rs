@@ -160,7 +160,6 @@ pub fn hop_http(headers: &mut HeaderMap) {
             );
         }
     }
-    // One draw of a u64, not eight of a byte.
     put_hex(
         &mut value[36..52],
         &nonzero(rand::random::<u64>).to_be_bytes(),
@@ -214,13 +213,10 @@ fn parse_traceparent(value: &[u8]) -> Option<([u8; 32], bool)> {
         && rest_ok
         && !zero(trace_id)
         && !zero(parent_id);
-    // The flags' low bit: a digit's parity, which for `a`-`f` is the byte's inverted.
-    let last = flags[1];
-    let sampled = (last & 1 == 1) == last.is_ascii_digit();
-    valid
-        .then(|| trace_id.try_into().ok())
-        .flatten()
-        .map(|id| (id, sampled))
+    let sampled = char::from(flags[1])
+        .to_digit(16)
+        .is_some_and(|low| low & 1 == 1);
+    valid.then_some((trace_id.try_into().ok()?, sampled))
 }
 
 /// Writes the current span's `traceparent` (and `tracestate`) into outgoing HTTP headers.
