@@ -169,6 +169,10 @@ pub struct Options {
     /// Run on a RabbitMQ vhost of its own (created at start, deleted at stop), so
     /// platforms running side by side never consume each other's events.
     pub amqp_vhost: Option<String>,
+    /// Processes run under a wrapper command: (process name, the wrapper's program and
+    /// arguments, the binary coming last). The benchmarks count a proxy's instructions
+    /// under valgrind this way.
+    pub wrappers: Vec<(String, Vec<String>)>,
 }
 
 impl Options {
@@ -187,6 +191,7 @@ impl Options {
             amqp_proxy: false,
             env_overrides: Vec::new(),
             amqp_vhost: None,
+            wrappers: Vec::new(),
         }
     }
 
@@ -206,6 +211,7 @@ impl Options {
             amqp_proxy: false,
             env_overrides: Vec::new(),
             amqp_vhost: Some(format!("finflow_e2e_{}", &id[..12])),
+            wrappers: Vec::new(),
         }
     }
 }
@@ -723,7 +729,21 @@ impl Platform {
             .truncate(!append)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(binary)
+        let wrapper = self
+            .options
+            .wrappers
+            .iter()
+            .find(|(process, _)| process == name)
+            .and_then(|(_, argv)| argv.split_first());
+        let mut command = match wrapper {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",

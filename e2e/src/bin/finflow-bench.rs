@@ -32,8 +32,9 @@ struct Cli {
     /// Concurrent connections / clients.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Rounds of the edge benchmark (each measures every path once).
-    #[arg(long, default_value_t = 5)]
+    /// Rounds of the edge benchmark (each measures every path once); 6 or more give
+    /// the 95% interval of the sidecar's difference to nginx.
+    #[arg(long, default_value_t = 9)]
     rounds: usize,
 }
 
@@ -41,6 +42,9 @@ struct Cli {
 enum Bench {
     /// App directly vs through the sidecar (JWT) vs through nginx.
     Edge,
+    /// User-space instructions per proxied request, sidecar (JWT) vs nginx, counted by
+    /// callgrind: a figure that, unlike latency on a shared machine, repeats run to run.
+    Instructions,
     /// Payments through the gateway vs pgbench TPC-B on the same PostgreSQL.
     Payments,
 }
@@ -58,17 +62,33 @@ async fn main() -> anyhow::Result<()> {
             .env_overrides
             .push(("*-sidecar".to_owned(), key.to_owned(), "1000000".to_owned()));
     }
-    if matches!(cli.bench, Bench::Edge) {
+    match cli.bench {
         // The measured sidecar gets as many event loops as nginx gets workers.
-        options.env_overrides.push((
+        Bench::Edge => options.env_overrides.push((
             "auth-sidecar".to_owned(),
             "WORKER_THREADS".to_owned(),
             PROXY_WORKERS.to_string(),
-        ));
+        )),
+        Bench::Instructions => {
+            ensure_tool("valgrind", "valgrind").await?;
+            // valgrind runs one thread at a time anyway; one loop, like one nginx worker.
+            options.env_overrides.push((
+                "auth-sidecar".to_owned(),
+                "WORKER_THREADS".to_owned(),
+                "1".to_owned(),
+            ));
+            let out = options.log_dir.join("sidecar.callgrind");
+            options.wrappers.push((
+                "auth-sidecar".to_owned(),
+                callgrind_wrapper(&out.display().to_string()),
+            ));
+        }
+        Bench::Payments => {}
     }
     let mut platform = Platform::start(options).await?;
     let result = match cli.bench {
         Bench::Edge => edge(&platform, cli.seconds, cli.concurrency, cli.rounds.max(1)).await,
+        Bench::Instructions => instructions(&platform, cli.seconds).await,
         Bench::Payments => payments(&platform, cli.seconds, cli.concurrency).await,
     };
     platform.stop().await;
@@ -195,6 +215,55 @@ fn added_latency([direct, sidecar, nginx]: &[Vec<Round>; 3]) -> Added {
     }
 }
 
+impl Added {
+    /// Whether the sidecar added more or less than nginx, or the run cannot tell: by
+    /// the median of the per-round differences and its 95% interval.
+    #[allow(clippy::float_arithmetic)]
+    fn verdict(&self) -> String {
+        let differences: Vec<f64> = self.per_round.iter().map(|(s, n)| s - n).collect();
+        let median = middle(differences.clone());
+        match median_interval(differences) {
+            None => format!(
+                "sidecar - nginx per round: median {median:+.2} ms (6 or more rounds give a 95% interval)"
+            ),
+            Some((low, high)) => {
+                let verdict = if high < 0.0 {
+                    "the sidecar added less latency than nginx"
+                } else if low > 0.0 {
+                    "the sidecar added more latency than nginx"
+                } else {
+                    "no difference between the sidecar and nginx is measurable in this run"
+                };
+                format!(
+                    "sidecar - nginx per round: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
+                )
+            }
+        }
+    }
+}
+
+/// A distribution-free 95% confidence interval for the median of `values`: the `k`-th
+/// smallest and largest, with `k` the largest such that a fair coin gives fewer than
+/// `k` heads in `n` tosses with probability at most 2.5% (the sign test's interval).
+/// `None` for fewer than 6 values, where no such `k` exists.
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+fn median_interval(mut values: Vec<f64>) -> Option<(f64, f64)> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let mut k = 0;
+    // P(heads = j) for j = 0, 1, ... as C(n, j) / 2^n, summed while the tail allows.
+    let (mut term, mut below) = (0.5f64.powi(i32::try_from(n).ok()?), 0.0);
+    for j in 0..n {
+        below += term;
+        if below > 0.025 {
+            break;
+        }
+        k = j + 1;
+        term *= (n - j) as f64 / (j + 1) as f64;
+    }
+    (k > 0).then(|| (values[k - 1], values[n - k]))
+}
+
 /// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces,
 /// hence the last `)`): `[0]` is the state, `[1]` the parent, `[11]`/`[12]` user and
 /// system ticks.
@@ -295,6 +364,183 @@ fn identity_headers(token: &str) -> anyhow::Result<Vec<(String, String)>> {
     .collect())
 }
 
+/// The request every edge path measures, and the headers each path is sent with so
+/// that all of them hand the app the same request.
+struct EdgeRequests {
+    /// The app's own URL of the path.
+    app_url: String,
+    /// Where the auth sidecar listens.
+    sidecar_url: String,
+    app_port: String,
+    /// To the app directly: everything a proxy would have set.
+    direct: Vec<(String, String)>,
+    /// To the sidecar: the token and a caller's trace context, nothing else.
+    bearer: Vec<(String, String)>,
+    /// To nginx: the identity headers the sidecar would make, the token, the trace
+    /// context; nginx sets the forwarding headers and request id.
+    identity: Vec<(String, String)>,
+}
+
+const EDGE_PATH: &str = "/api/v1/users/me";
+
+impl EdgeRequests {
+    async fn new(platform: &Platform) -> anyhow::Result<Self> {
+        let user = Client::new(&platform.gateway_url).new_user("bench").await;
+        let token = user.session["access_token"]
+            .as_str()
+            .context("no token")?
+            .to_owned();
+        let auth = platform
+            .services
+            .iter()
+            .find(|s| s.name == "auth")
+            .context("no auth")?;
+        let app_port = auth
+            .app_url
+            .rsplit(':')
+            .next()
+            .context("app port")?
+            .to_owned();
+        // Every path hands the app the same request, so the app's own work is the same
+        // and the difference is the hop: the identity headers the sidecar makes of this
+        // token, the forwarding headers and request id a proxy sets, and a caller's
+        // trace context.
+        let traceparent = (
+            "traceparent".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        );
+        // The sidecar passes the token on too (the app may read it): the others carry it.
+        let authorization = ("authorization".to_owned(), format!("Bearer {token}"));
+        let mut identity = identity_headers(&token)?;
+        identity.push(traceparent.clone());
+        identity.push(authorization.clone());
+        let mut direct = identity.clone();
+        direct.extend([
+            ("x-forwarded-for".to_owned(), "127.0.0.1".to_owned()),
+            (
+                "x-forwarded-host".to_owned(),
+                format!("127.0.0.1:{app_port}"),
+            ),
+            ("x-forwarded-proto".to_owned(), "http".to_owned()),
+            ("x-real-ip".to_owned(), "127.0.0.1".to_owned()),
+            (
+                "x-request-id".to_owned(),
+                "3f2b7c1e-9a4d-4e8b-8f6a-2d1c0b9e7a54".to_owned(),
+            ),
+        ]);
+        Ok(Self {
+            app_url: format!("{}{EDGE_PATH}", auth.app_url),
+            sidecar_url: format!("{}{EDGE_PATH}", auth.sidecar_url),
+            app_port,
+            direct,
+            bearer: vec![authorization, traceparent],
+            identity,
+        })
+    }
+}
+
+/// An nginx proxy hop to the app: keep-alive upstream connections, the forwarding
+/// headers and a request id, nothing else.
+struct Nginx {
+    child: tokio::process::Child,
+    bin: &'static str,
+    conf: String,
+    error_log: String,
+    url: String,
+}
+
+impl Nginx {
+    /// Starts nginx with `workers` worker processes, or (`wrapper` given) as one
+    /// process without a master, under `wrapper`.
+    async fn start(
+        dir: &std::path::Path,
+        app_port: &str,
+        workers: usize,
+        wrapper: Option<Vec<String>>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let processes = if wrapper.is_some() {
+            "master_process off; worker_processes 1;".to_owned()
+        } else {
+            format!("worker_processes {workers};")
+        };
+        let conf = format!(
+            "daemon off; {processes} pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
+               upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
+               server {{ listen 127.0.0.1:{port};\n\
+                 location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Host $http_host;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Real-IP $remote_addr;\n\
+                   proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always; }} }} }}\n",
+            dir = dir.display()
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let bin = if which("nginx") && std::path::Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let conf = conf_path.display().to_string();
+        let error_log = dir.join("error.log").display().to_string();
+        let mut command = match &wrapper {
+            Some(argv) => {
+                let (program, args) = argv.split_first().context("empty wrapper")?;
+                let mut command = Command::new(program);
+                command.args(args).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
+        // nginx's workers must not inherit our stdout: they would outlive the master's kill.
+        let child = command
+            .args(["-c", &conf, "-e", &error_log])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting nginx")?;
+        let url = format!("http://127.0.0.1:{port}{EDGE_PATH}");
+        // Up when it answers (under valgrind that takes seconds).
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.get(&url).send().await.is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not start; see {error_log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Self {
+            child,
+            bin,
+            conf,
+            error_log,
+            url,
+        })
+    }
+
+    /// The master and its workers, or the one process.
+    fn pids(&self) -> Vec<u32> {
+        self.child.id().map(with_children).unwrap_or_default()
+    }
+
+    async fn stop(mut self) {
+        // A graceful stop takes the workers down with the master.
+        let _ = Command::new(self.bin)
+            .args(["-c", &self.conf, "-e", &self.error_log, "-s", "stop"])
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        self.child.kill().await.ok();
+    }
+}
+
 async fn edge(
     platform: &Platform,
     seconds: u64,
@@ -303,113 +549,24 @@ async fn edge(
 ) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     ensure_tool("nginx", "nginx").await?;
-    let user = Client::new(&platform.gateway_url).new_user("bench").await;
-    let token = user.session["access_token"]
-        .as_str()
-        .context("no token")?
-        .to_owned();
-    let auth = platform
-        .services
-        .iter()
-        .find(|s| s.name == "auth")
-        .context("no auth")?;
-    let app_port = auth
-        .app_url
-        .rsplit(':')
-        .next()
-        .context("app port")?
-        .to_owned();
-
-    // nginx: one keep-alive proxy hop to the app, nothing else.
-    let dir = platform.options.log_dir.join("nginx");
-    std::fs::create_dir_all(&dir)?;
-    let nginx_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let conf = format!(
-        "daemon off; worker_processes {PROXY_WORKERS}; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir};\n\
-           upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
-           server {{ listen 127.0.0.1:{nginx_port};\n\
-             location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
-               proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Host $http_host;\n\
-               proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Real-IP $remote_addr;\n\
-               proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always; }} }} }}\n",
-        dir = dir.display()
-    );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf)?;
-    let nginx_bin = if which("nginx") && std::path::Path::new("/usr/sbin/nginx").exists() {
-        "/usr/sbin/nginx"
-    } else {
-        "nginx"
-    };
-    let conf_arg = conf_path.display().to_string();
-    let error_log = dir.join("error.log").display().to_string();
-    // nginx's workers must not inherit our stdout: they would outlive the master's kill.
-    let mut nginx = Command::new(nginx_bin)
-        .args(["-c", &conf_arg, "-e", &error_log])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting nginx")?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // Every path hands the app the same request, so the app's own work is the same and
-    // the difference is the hop: the identity headers the sidecar makes of this token,
-    // the forwarding headers and request id a proxy sets, and a caller's trace context.
-    let traceparent = (
-        "traceparent".to_owned(),
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
-    );
-    // The sidecar passes the token on too (the app may read it): the others carry it.
-    let authorization = ("authorization".to_owned(), format!("Bearer {token}"));
-    let mut identity = identity_headers(&token)?;
-    identity.push(traceparent.clone());
-    identity.push(authorization.clone());
-    let mut direct_headers = identity.clone();
-    direct_headers.extend([
-        ("x-forwarded-for".to_owned(), "127.0.0.1".to_owned()),
-        (
-            "x-forwarded-host".to_owned(),
-            format!("127.0.0.1:{app_port}"),
-        ),
-        ("x-forwarded-proto".to_owned(), "http".to_owned()),
-        ("x-real-ip".to_owned(), "127.0.0.1".to_owned()),
-        (
-            "x-request-id".to_owned(),
-            "3f2b7c1e-9a4d-4e8b-8f6a-2d1c0b9e7a54".to_owned(),
-        ),
-    ]);
-    let bearer = vec![authorization, traceparent];
-    let path = "/api/v1/users/me";
-    // Warm-up, then rounds of the three measurements interleaved (so drift in the
-    // machine's load hits all three alike); each figure's median is reported.
-    wrk(
-        &format!("{}{path}", auth.app_url),
-        &direct_headers,
-        2,
-        concurrency,
+    let requests = EdgeRequests::new(platform).await?;
+    let nginx = Nginx::start(
+        &platform.options.log_dir.join("nginx"),
+        &requests.app_port,
+        PROXY_WORKERS,
+        None,
     )
     .await?;
+
+    // Warm-up, then rounds of the three measurements interleaved (so drift in the
+    // machine's load hits all three alike); each figure's median is reported.
+    wrk(&requests.app_url, &requests.direct, 2, concurrency).await?;
     let app: Vec<u32> = platform.pid("auth").into_iter().collect();
     let sidecar_pid: Vec<u32> = platform.pid("auth-sidecar").into_iter().collect();
-    let nginx_pids = nginx.id().map(with_children).unwrap_or_default();
     let targets = [
-        (
-            format!("{}{path}", auth.app_url),
-            &direct_headers,
-            Vec::new(),
-        ),
-        (format!("{}{path}", auth.sidecar_url), &bearer, sidecar_pid),
-        (
-            format!("http://127.0.0.1:{nginx_port}{path}"),
-            &identity,
-            nginx_pids,
-        ),
+        (&requests.app_url, &requests.direct, Vec::new()),
+        (&requests.sidecar_url, &requests.bearer, sidecar_pid),
+        (&nginx.url, &requests.identity, nginx.pids()),
     ];
     let mut rounds: [Vec<Round>; 3] = Default::default();
     for round in 0..rounds_wanted {
@@ -421,18 +578,12 @@ async fn edge(
             rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
         }
     }
+    nginx.stop().await;
     let added = added_latency(&rounds);
     let [direct, sidecar, via_nginx] = rounds.map(|r| median(&r));
-    // A graceful stop takes the workers down with the master.
-    let _ = Command::new(nginx_bin)
-        .args(["-c", &conf_arg, "-e", &error_log, "-s", "stop"])
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), nginx.wait()).await;
-    nginx.kill().await.ok();
 
     println!(
-        "\nGET {path}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
+        "\nGET {EDGE_PATH}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
     );
     println!("sidecar: {PROXY_WORKERS} event loops; nginx: {PROXY_WORKERS} worker processes");
     println!(
@@ -470,10 +621,187 @@ async fn edge(
         added.sidecar_not_worse,
         added.per_round.len()
     );
+    println!("{}", added.verdict());
     println!(
         "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, nginx {:.1} µs (the app's own: {:.1} µs)",
         sidecar.proxy_cpu, via_nginx.proxy_cpu, direct.app_cpu
     );
+    Ok(())
+}
+
+/// valgrind's command line that counts instructions with callgrind into `out`
+/// (dumps, on request, to `<out>.<n>`).
+fn callgrind_wrapper(out: &str) -> Vec<String> {
+    [
+        "valgrind",
+        "--tool=callgrind",
+        "--dump-instr=no",
+        "--quiet",
+        &format!("--callgrind-out-file={out}"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Instructions the process under callgrind at `pid` executed while wrk sent
+/// requests to `url`, and the requests wrk completed: counters zeroed, a measured wrk
+/// run, a dump to `<out>.<n>`.
+async fn counted(
+    pid: u32,
+    out: &str,
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+) -> anyhow::Result<(u64, u64)> {
+    // Warm: connections open, the token verified, code translated by valgrind.
+    wrk_requests(url, headers, 3).await?;
+    callgrind_control("-z", pid).await?;
+    let requests = wrk_requests(url, headers, seconds).await?;
+    let before = dumps(out);
+    callgrind_control("-d", pid).await?;
+    // The dump is written by the process itself once it sees the request.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fresh = dumps(out).into_iter().find(|d| !before.contains(d));
+        if let Some(total) = fresh
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("summary:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        {
+            return Ok((total, requests));
+        }
+        if Instant::now() > deadline {
+            bail!("no callgrind dump of {out} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The dump files of `out` (`<out>.<n>`).
+fn dumps(out: &str) -> Vec<std::path::PathBuf> {
+    let path = std::path::Path::new(out);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.strip_prefix(name))
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn callgrind_control(action: &str, pid: u32) -> anyhow::Result<()> {
+    let out = Command::new("callgrind_control")
+        .args([action, &pid.to_string()])
+        .output()
+        .await
+        .context("running callgrind_control")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {action} {pid} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Requests wrk completed against `url` in `seconds` (one thread, a few connections:
+/// under valgrind a proxy is some 50 times slower, and the count is what matters).
+async fn wrk_requests(
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+) -> anyhow::Result<u64> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c4", &format!("-d{seconds}s")]);
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd.arg(url).output().await.context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
+        bail!("wrk saw errors against {url}: {line}\n{text}");
+    }
+    text.lines()
+        .find_map(|l| {
+            let (count, rest) = l.trim().split_once(' ')?;
+            rest.starts_with("requests in")
+                .then(|| count.parse::<u64>().ok())?
+        })
+        .filter(|&n| n > 0)
+        .with_context(|| format!("no requests counted in wrk output:\n{text}"))
+}
+
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+async fn instructions(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
+    ensure_tool("wrk", "wrk").await?;
+    ensure_tool("nginx", "nginx").await?;
+    let requests = EdgeRequests::new(platform).await?;
+    let sidecar_out = platform
+        .options
+        .log_dir
+        .join("sidecar.callgrind")
+        .display()
+        .to_string();
+    let sidecar_pid = platform.pid("auth-sidecar").context("no auth sidecar")?;
+    let sidecar = counted(
+        sidecar_pid,
+        &sidecar_out,
+        &requests.sidecar_url,
+        &requests.bearer,
+        seconds,
+    )
+    .await?;
+
+    let dir = platform.options.log_dir.join("nginx");
+    let nginx_out = dir.join("nginx.callgrind").display().to_string();
+    let nginx = Nginx::start(
+        &dir,
+        &requests.app_port,
+        1,
+        Some(callgrind_wrapper(&nginx_out)),
+    )
+    .await?;
+    let nginx_pid = nginx.child.id().context("nginx has no pid")?;
+    let via_nginx = counted(
+        nginx_pid,
+        &nginx_out,
+        &nginx.url,
+        &requests.identity,
+        seconds,
+    )
+    .await;
+    nginx.stop().await;
+    let via_nginx = via_nginx?;
+
+    println!(
+        "\nGET {EDGE_PATH}: user-space instructions per proxied request (callgrind; the kernel's work for the sockets is not counted)"
+    );
+    println!("{:<40} {:>14} {:>10}", "proxy", "instructions", "requests");
+    for (name, (total, count)) in [
+        ("sidecar (JWT validated), 1 event loop", sidecar),
+        ("nginx (no auth), 1 worker", via_nginx),
+    ] {
+        println!(
+            "{name:<40} {:>14.0} {count:>10}",
+            total as f64 / count as f64
+        );
+    }
+    let ratio = (sidecar.0 as f64 / sidecar.1 as f64) / (via_nginx.0 as f64 / via_nginx.1 as f64);
+    println!("sidecar / nginx: {ratio:.3}");
     Ok(())
 }
 
@@ -664,4 +992,56 @@ async fn run_psql(url: &str, sql: &str) -> anyhow::Result<()> {
         bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_needs_six_values_and_widens_to_the_sign_test_bounds() {
+        assert_eq!(median_interval(vec![1.0; 5]), None);
+        let six: Vec<f64> = (1..=6).map(f64::from).collect();
+        // P(no heads in 6) = 1/64 <= 2.5% < P(at most one) = 7/64.
+        assert_eq!(median_interval(six), Some((1.0, 6.0)));
+        let nine: Vec<f64> = [9, 1, 8, 2, 7, 3, 6, 4, 5]
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        // 10/512 <= 2.5% < 46/512: the 2nd smallest and the 2nd largest.
+        assert_eq!(median_interval(nine), Some((2.0, 8.0)));
+        let sixteen: Vec<f64> = (1..=16).map(f64::from).collect();
+        // 697/65536 <= 2.5% < 2517/65536.
+        assert_eq!(median_interval(sixteen), Some((4.0, 13.0)));
+    }
+
+    #[test]
+    fn the_verdict_says_which_proxy_added_less_only_when_the_interval_excludes_zero() {
+        let added = |per_round: Vec<(f64, f64)>| Added {
+            per_round,
+            sidecar: 0.0,
+            nginx: 0.0,
+            sidecar_not_worse: 0,
+        };
+        let faster = added(vec![(0.2, 0.3); 9]);
+        assert!(
+            faster
+                .verdict()
+                .ends_with("the sidecar added less latency than nginx")
+        );
+        let slower = added(vec![(0.4, 0.3); 9]);
+        assert!(
+            slower
+                .verdict()
+                .ends_with("the sidecar added more latency than nginx")
+        );
+        let mixed = added(
+            [(0.2, 0.3), (0.4, 0.3)]
+                .into_iter()
+                .cycle()
+                .take(9)
+                .collect(),
+        );
+        assert!(mixed.verdict().ends_with("measurable in this run"));
+    }
 }
