@@ -185,6 +185,9 @@ async fn native_sidecars(client: &Client, setting: NativeSidecars) -> bool {
     }
 }
 
+/// How often metrics upkeep runs (the exporter's own default).
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the operator until SIGTERM or until it loses the Lease (an error).
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // One crypto provider for every rustls user in the process (kube's client, the webhook).
@@ -192,6 +195,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // Histogram samples (reconcile durations) are folded into buckets by a scrape or by
+    // upkeep; a recorder installed this way gets no upkeep of its own, so unscraped
+    // samples would pile up in memory.
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(METRICS_UPKEEP_EVERY);
+            loop {
+                every.tick().await;
+                metrics.run_upkeep();
+            }
+        });
+    }
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes")?;

@@ -36,23 +36,54 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 /// The process-wide Prometheus recorder (metrics are global by design of the `metrics` crate).
+///
+/// Histogram samples wait in the recorder until they are folded into their buckets,
+/// which `render` does, and otherwise only upkeep: without a scrape, every request's
+/// latency sample would stay in memory. So the first call also starts upkeep
+/// ([`keep_up`]) every [`UPKEEP_EVERY`].
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
-                .expect("the bucket list is not empty")
-                .build_recorder();
+            let recorder = metrics_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     "a metrics recorder was already installed; /metrics shows ours only"
                 );
             }
+            if let Err(e) = keep_up(handle.clone(), UPKEEP_EVERY) {
+                tracing::error!(error = %e, "cannot start metrics upkeep: histogram samples are kept until /metrics is scraped");
+            }
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets (the exporter's own
+/// default for the recorders it starts itself).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A recorder with the platform's buckets, not installed.
+pub fn metrics_recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+        .expect("the bucket list is not empty")
+        .build_recorder()
+}
+
+/// Runs `handle`'s upkeep every `every`, for as long as the process lives, on a thread
+/// of its own: it needs no runtime, and a busy runtime cannot delay it.
+pub fn keep_up(handle: PrometheusHandle, every: Duration) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                handle.run_upkeep();
+            }
+        })
+        .map(drop)
 }
 
 #[derive(OpenApi)]
