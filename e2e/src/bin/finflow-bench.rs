@@ -169,10 +169,15 @@ struct Round {
     app_cpu: f64,
 }
 
-/// The median (the upper one of an even count), NaN for none.
+/// The median (the mean of the two middle values of an even count), NaN for none.
+#[allow(clippy::float_arithmetic)]
 fn middle(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let n = values.len();
+    match (values.get(n.wrapping_sub(1) / 2), values.get(n / 2)) {
+        (Some(low), Some(high)) => (low + high) / 2.0,
+        _ => f64::NAN,
+    }
 }
 
 /// Each figure's median over the rounds.
@@ -997,6 +1002,13 @@ async fn run_psql(url: &str, sql: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_two_middle_values() {
+        assert_eq!(middle(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(middle(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(middle(Vec::new()).is_nan());
+    }
 
     #[test]
     fn the_median_interval_needs_six_values_and_widens_to_the_sign_test_bounds() {
