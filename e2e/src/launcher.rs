@@ -734,16 +734,8 @@ impl Platform {
             .wrappers
             .iter()
             .find(|(process, _)| process == name)
-            .and_then(|(_, argv)| argv.split_first());
-        let mut command = match wrapper {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(binary);
-                command
-            }
-            None => Command::new(binary),
-        };
-        let child = command
+            .map(|(_, argv)| argv.as_slice());
+        let child = crate::tools::command_under(wrapper, binary)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",

@@ -44,3 +44,16 @@ pub fn which(binary: &str) -> bool {
                 .any(|p| std::path::Path::new(p).join(binary).is_file())
     })
 }
+
+/// A command that runs `binary` under `wrapper` (a program and its arguments, the binary
+/// coming last, as valgrind takes it), or `binary` itself when there is none.
+pub fn command_under(wrapper: Option<&[String]>, binary: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrapper.and_then(<[String]>::split_first) {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
+}

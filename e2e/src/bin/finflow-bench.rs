@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use finflow_e2e::client::Client;
 use finflow_e2e::launcher::{Options, Platform};
-use finflow_e2e::tools::{ensure_tool, which};
+use finflow_e2e::tools::{command_under, ensure_tool, which};
 use serde_json::json;
 use tokio::process::Command;
 
@@ -77,11 +77,10 @@ async fn main() -> anyhow::Result<()> {
                 "WORKER_THREADS".to_owned(),
                 "1".to_owned(),
             ));
-            let out = options.log_dir.join("sidecar.callgrind");
-            options.wrappers.push((
-                "auth-sidecar".to_owned(),
-                callgrind_wrapper(&out.display().to_string()),
-            ));
+            let out = sidecar_callgrind(&options.log_dir);
+            options
+                .wrappers
+                .push(("auth-sidecar".to_owned(), callgrind_wrapper(&out)));
         }
         Bench::Payments => {}
     }
@@ -95,18 +94,19 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-/// Runs wrk and returns (requests/s, p50 ms, p99 ms).
-async fn wrk(
+/// wrk's report of `seconds` of requests to `url` over `connections` connections on
+/// `threads` threads; an error if any answer was not 2xx.
+async fn run_wrk(
     url: &str,
     headers: &[(String, String)],
     seconds: u64,
-    concurrency: usize,
-) -> anyhow::Result<(f64, f64, f64)> {
+    threads: usize,
+    connections: usize,
+) -> anyhow::Result<String> {
     let mut cmd = Command::new("wrk");
-    // wrk needs at least one connection per thread.
     cmd.args([
-        &format!("-t{}", concurrency.clamp(1, 2)),
-        &format!("-c{concurrency}"),
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
         &format!("-d{seconds}s"),
         "--latency",
     ]);
@@ -115,13 +115,21 @@ async fn wrk(
     }
     let out = cmd.arg(url).output().await.context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let non2xx = text
-        .lines()
-        .find(|l| l.contains("Non-2xx"))
-        .map(str::to_owned);
-    if let Some(line) = non2xx {
+    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
         bail!("wrk saw errors against {url}: {line}\n{text}");
     }
+    Ok(text)
+}
+
+/// Runs wrk and returns (requests/s, p50 ms, p99 ms).
+async fn wrk(
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    // wrk needs at least one connection per thread.
+    let text = run_wrk(url, headers, seconds, concurrency.clamp(1, 2), concurrency).await?;
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -493,17 +501,8 @@ impl Nginx {
         };
         let conf = conf_path.display().to_string();
         let error_log = dir.join("error.log").display().to_string();
-        let mut command = match &wrapper {
-            Some(argv) => {
-                let (program, args) = argv.split_first().context("empty wrapper")?;
-                let mut command = Command::new(program);
-                command.args(args).arg(bin);
-                command
-            }
-            None => Command::new(bin),
-        };
         // nginx's workers must not inherit our stdout: they would outlive the master's kill.
-        let child = command
+        let child = command_under(wrapper.as_deref(), bin)
             .args(["-c", &conf, "-e", &error_log])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -634,6 +633,11 @@ async fn edge(
     Ok(())
 }
 
+/// Where the auth sidecar's callgrind counts go, in the instructions mode.
+fn sidecar_callgrind(log_dir: &std::path::Path) -> String {
+    log_dir.join("sidecar.callgrind").display().to_string()
+}
+
 /// valgrind's command line that counts instructions with callgrind into `out`
 /// (dumps, on request, to `<out>.<n>`).
 fn callgrind_wrapper(out: &str) -> Vec<String> {
@@ -730,16 +734,7 @@ async fn wrk_requests(
     headers: &[(String, String)],
     seconds: u64,
 ) -> anyhow::Result<u64> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c4", &format!("-d{seconds}s")]);
-    for (k, v) in headers {
-        cmd.args(["-H", &format!("{k}: {v}")]);
-    }
-    let out = cmd.arg(url).output().await.context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
-        bail!("wrk saw errors against {url}: {line}\n{text}");
-    }
+    let text = run_wrk(url, headers, seconds, 1, 4).await?;
     text.lines()
         .find_map(|l| {
             let (count, rest) = l.trim().split_once(' ')?;
@@ -755,12 +750,7 @@ async fn instructions(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     ensure_tool("nginx", "nginx").await?;
     let requests = EdgeRequests::new(platform).await?;
-    let sidecar_out = platform
-        .options
-        .log_dir
-        .join("sidecar.callgrind")
-        .display()
-        .to_string();
+    let sidecar_out = sidecar_callgrind(&platform.options.log_dir);
     let sidecar_pid = platform.pid("auth-sidecar").context("no auth sidecar")?;
     let sidecar = counted(
         sidecar_pid,
