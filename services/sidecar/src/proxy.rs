@@ -8,7 +8,7 @@
 //! streamed back.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -237,9 +237,10 @@ impl Proxy {
             .into();
         parts.version = Version::HTTP_11;
 
-        let started = Instant::now();
-        let sent = tokio::time::timeout(
-            self.timeout,
+        // One clock read for both the deadline and the upstream latency.
+        let started = tokio::time::Instant::now();
+        let sent = tokio::time::timeout_at(
+            started + self.timeout,
             upstreams.send(base.authority(), Request::from_parts(parts, body)),
         )
         .await;
