@@ -777,6 +777,26 @@ impl Platform {
         Ok(())
     }
 
+    /// Starts `binary` under `name` as a copy of the process `like`: its environment,
+    /// with `env` set over it. Stopped with the others. For the edge benchmark's A/B of
+    /// two sidecar builds in one run, where both meet the same machine.
+    pub fn start_like(
+        &mut self,
+        like: &str,
+        name: &str,
+        binary: &Path,
+        env: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let mut merged = self.processes[self.index_of(like)?].env.clone();
+        for (key, value) in env {
+            merged.retain(|(k, _)| k != key);
+            merged.push((key.clone(), value.clone()));
+        }
+        let process = self.start_process(name, binary, &merged, false)?;
+        self.processes.push(process);
+        Ok(())
+    }
+
     /// Starts a killed process again with the same settings, appending to its log.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         let i = self.index_of(name)?;

@@ -36,6 +36,11 @@ struct Cli {
     /// the 95% interval of the sidecar's difference to nginx.
     #[arg(long, default_value_t = 9)]
     rounds: usize,
+    /// edge: another build of the sidecar, run beside the launcher's with the same
+    /// settings and measured in the same rounds (the A/B of a change: figures of
+    /// separate runs on a shared machine are not comparable).
+    #[arg(long, value_name = "BINARY")]
+    compare: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -86,7 +91,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut platform = Platform::start(options).await?;
     let result = match cli.bench {
-        Bench::Edge => edge(&platform, cli.seconds, cli.concurrency, cli.rounds.max(1)).await,
+        Bench::Edge => {
+            edge(
+                &mut platform,
+                cli.seconds,
+                cli.concurrency,
+                cli.rounds.max(1),
+                cli.compare.as_deref(),
+            )
+            .await
+        }
         Bench::Instructions => instructions(&platform, cli.seconds).await,
         Bench::Payments => payments(&platform, cli.seconds, cli.concurrency).await,
     };
@@ -251,6 +265,35 @@ impl Added {
                     "sidecar - nginx per round: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
                 )
             }
+        }
+    }
+}
+
+/// The compared build's p50 minus the launcher's sidecar's, per round: their median
+/// and 95% interval, and what they say.
+#[allow(clippy::float_arithmetic)]
+fn compared_verdict(compared: &[Round], sidecar: &[Round]) -> String {
+    let differences: Vec<f64> = compared
+        .iter()
+        .zip(sidecar)
+        .map(|(b, a)| b.p50 - a.p50)
+        .collect();
+    let median = middle(differences.clone());
+    match median_interval(differences) {
+        None => format!(
+            "compared - sidecar p50 per round: median {median:+.2} ms (6 or more rounds give a 95% interval)"
+        ),
+        Some((low, high)) => {
+            let verdict = if high < 0.0 {
+                "the compared build is faster"
+            } else if low > 0.0 {
+                "the compared build is slower"
+            } else {
+                "no difference between the builds is measurable in this run"
+            };
+            format!(
+                "compared - sidecar p50 per round: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
+            )
         }
     }
 }
@@ -545,14 +588,64 @@ impl Nginx {
     }
 }
 
+/// The name, URL and process id of the sidecar build `--compare` names, started beside
+/// the launcher's auth sidecar with its settings.
+async fn start_compared(
+    platform: &mut Platform,
+    binary: &std::path::Path,
+) -> anyhow::Result<(String, u32)> {
+    const NAME: &str = "auth-sidecar-compared";
+    let port = |listener: std::net::TcpListener| listener.local_addr().map(|a| a.port());
+    let listen = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
+    let admin = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
+    platform.start_like(
+        "auth-sidecar",
+        NAME,
+        binary,
+        &[
+            ("LISTEN_ADDR".to_owned(), format!("127.0.0.1:{listen}")),
+            ("ADMIN_ADDR".to_owned(), format!("127.0.0.1:{admin}")),
+        ],
+    )?;
+    let base = format!("http://127.0.0.1:{listen}");
+    // Up when its proxied `/health` answers (the app behind it is up already).
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.get(format!("{base}/health")).send().await {
+            Ok(r) if r.status().is_success() => break,
+            _ if Instant::now() > deadline => bail!(
+                "{} did not come up; see {}",
+                binary.display(),
+                platform
+                    .options
+                    .log_dir
+                    .join(format!("{NAME}.log"))
+                    .display()
+            ),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let pid = platform
+        .pid(NAME)
+        .context("the compared sidecar has no pid")?;
+    Ok((format!("{base}{EDGE_PATH}"), pid))
+}
+
 async fn edge(
-    platform: &Platform,
+    platform: &mut Platform,
     seconds: u64,
     concurrency: usize,
     rounds_wanted: usize,
+    compare: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     ensure_tool("nginx", "nginx").await?;
+    let compared = match compare {
+        Some(binary) => Some(start_compared(platform, binary).await?),
+        None => None,
+    };
+    let platform = &*platform;
     let requests = EdgeRequests::new(platform).await?;
     let nginx = Nginx::start(
         &platform.options.log_dir.join("nginx"),
@@ -567,24 +660,35 @@ async fn edge(
     wrk(&requests.app_url, &requests.direct, 2, concurrency).await?;
     let app: Vec<u32> = platform.pid("auth").into_iter().collect();
     let sidecar_pid: Vec<u32> = platform.pid("auth-sidecar").into_iter().collect();
-    let targets = [
+    let mut targets = vec![
         (&requests.app_url, &requests.direct, Vec::new()),
         (&requests.sidecar_url, &requests.bearer, sidecar_pid),
         (&nginx.url, &requests.identity, nginx.pids()),
     ];
-    let mut rounds: [Vec<Round>; 3] = Default::default();
+    if let Some((url, pid)) = &compared {
+        targets.push((url, &requests.bearer, vec![*pid]));
+    }
+    let mut measured_rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds_wanted {
-        // The two proxies swap places every round, so a machine getting slower or
-        // faster during a round favours neither.
-        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+        // The proxies take turns at going first, so a machine getting slower or
+        // faster during a round favours none of them.
+        let proxies = targets.len() - 1;
+        let order = std::iter::once(0).chain((0..proxies).map(|k| 1 + (k + round) % proxies));
         for i in order {
             let (url, headers, proxy) = &targets[i];
-            rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
+            measured_rounds[i]
+                .push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
         }
     }
     nginx.stop().await;
+    let compared_rounds = measured_rounds.get(3).cloned();
+    let rounds: [Vec<Round>; 3] = [
+        std::mem::take(&mut measured_rounds[0]),
+        std::mem::take(&mut measured_rounds[1]),
+        std::mem::take(&mut measured_rounds[2]),
+    ];
     let added = added_latency(&rounds);
-    let [direct, sidecar, via_nginx] = rounds.map(|r| median(&r));
+    let [direct, sidecar, via_nginx] = rounds.each_ref().map(|r| median(r));
 
     println!(
         "\nGET {EDGE_PATH}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
@@ -630,6 +734,18 @@ async fn edge(
         "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, nginx {:.1} µs (the app's own: {:.1} µs)",
         sidecar.proxy_cpu, via_nginx.proxy_cpu, direct.app_cpu
     );
+    if let (Some(other), Some(binary)) = (&compared_rounds, compare) {
+        let other_median = median(other);
+        println!(
+            "\ncompared build {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, proxy CPU {:.1} µs",
+            binary.display(),
+            other_median.rps,
+            other_median.p50,
+            other_median.p99,
+            other_median.proxy_cpu
+        );
+        println!("{}", compared_verdict(other, &rounds[1]));
+    }
     Ok(())
 }
 
@@ -1045,5 +1161,29 @@ mod tests {
                 .collect(),
         );
         assert!(mixed.verdict().ends_with("measurable in this run"));
+    }
+
+    #[test]
+    fn the_compared_build_is_called_faster_only_when_its_rounds_say_so() {
+        let rounds = |p50s: &[f64]| -> Vec<Round> {
+            p50s.iter()
+                .map(|&p50| Round {
+                    p50,
+                    ..Round::default()
+                })
+                .collect()
+        };
+        let sidecar = rounds(&[1.0; 9]);
+        assert!(
+            compared_verdict(&rounds(&[0.9; 9]), &sidecar)
+                .ends_with("the compared build is faster")
+        );
+        assert!(
+            compared_verdict(&rounds(&[1.1; 9]), &sidecar)
+                .ends_with("the compared build is slower")
+        );
+        let mixed = rounds(&[0.9, 1.1, 0.9, 1.1, 0.9, 1.1, 0.9, 1.1, 1.0]);
+        assert!(compared_verdict(&mixed, &sidecar).ends_with("measurable in this run"));
+        assert!(compared_verdict(&rounds(&[0.9; 3]), &sidecar[..3]).contains("6 or more rounds"));
     }
 }
