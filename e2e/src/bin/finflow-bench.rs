@@ -247,25 +247,15 @@ impl Added {
     /// the median of the per-round differences and its 95% interval.
     #[allow(clippy::float_arithmetic)]
     fn verdict(&self) -> String {
-        let differences: Vec<f64> = self.per_round.iter().map(|(s, n)| s - n).collect();
-        let median = middle(differences.clone());
-        match median_interval(differences) {
-            None => format!(
-                "sidecar - nginx per round: median {median:+.2} ms (6 or more rounds give a 95% interval)"
-            ),
-            Some((low, high)) => {
-                let verdict = if high < 0.0 {
-                    "the sidecar added less latency than nginx"
-                } else if low > 0.0 {
-                    "the sidecar added more latency than nginx"
-                } else {
-                    "no difference between the sidecar and nginx is measurable in this run"
-                };
-                format!(
-                    "sidecar - nginx per round: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
-                )
-            }
-        }
+        interval_verdict(
+            "sidecar - nginx per round",
+            self.per_round.iter().map(|(s, n)| s - n).collect(),
+            [
+                "the sidecar added less latency than nginx",
+                "the sidecar added more latency than nginx",
+                "no difference between the sidecar and nginx is measurable in this run",
+            ],
+        )
     }
 }
 
@@ -273,26 +263,42 @@ impl Added {
 /// and 95% interval, and what they say.
 #[allow(clippy::float_arithmetic)]
 fn compared_verdict(compared: &[Round], sidecar: &[Round]) -> String {
-    let differences: Vec<f64> = compared
-        .iter()
-        .zip(sidecar)
-        .map(|(b, a)| b.p50 - a.p50)
-        .collect();
+    interval_verdict(
+        "compared - sidecar p50 per round",
+        compared
+            .iter()
+            .zip(sidecar)
+            .map(|(b, a)| b.p50 - a.p50)
+            .collect(),
+        [
+            "the compared build is faster",
+            "the compared build is slower",
+            "no difference between the builds is measurable in this run",
+        ],
+    )
+}
+
+/// `what`: the median of `differences` (ms) and its 95% interval, then the first of
+/// `[below, above, neither]` when the interval lies below zero, the second when above,
+/// else the third.
+fn interval_verdict(
+    what: &str,
+    differences: Vec<f64>,
+    [below, above, neither]: [&str; 3],
+) -> String {
     let median = middle(differences.clone());
     match median_interval(differences) {
-        None => format!(
-            "compared - sidecar p50 per round: median {median:+.2} ms (6 or more rounds give a 95% interval)"
-        ),
+        None => format!("{what}: median {median:+.2} ms (6 or more rounds give a 95% interval)"),
         Some((low, high)) => {
             let verdict = if high < 0.0 {
-                "the compared build is faster"
+                below
             } else if low > 0.0 {
-                "the compared build is slower"
+                above
             } else {
-                "no difference between the builds is measurable in this run"
+                neither
             };
             format!(
-                "compared - sidecar p50 per round: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
+                "{what}: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
             )
         }
     }
