@@ -314,6 +314,12 @@ pub struct Platform {
     smtp_port: u16,
 }
 
+/// Sets `key` in `env`, replacing any value it had.
+fn set_env(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value));
+}
+
 /// A port no one listens on, for a process the launcher starts.
 ///
 /// Not the kernel's `bind(0)`: that port comes from the ephemeral range, and between
@@ -705,8 +711,7 @@ impl Platform {
         for (target, key, value) in &self.options.env_overrides {
             let applies = target == name || (target == "*-sidecar" && name.ends_with("-sidecar"));
             if applies {
-                env.retain(|(k, _)| k != key);
-                env.push((key.clone(), value.clone()));
+                set_env(&mut env, key, value.clone());
             }
         }
         let process = self.start_process(name, binary, &env, false)?;
@@ -777,24 +782,32 @@ impl Platform {
         Ok(())
     }
 
-    /// Starts `binary` under `name` as a copy of the process `like`: its environment,
-    /// with `env` set over it. Stopped with the others. For the edge benchmark's A/B of
-    /// two sidecar builds in one run, where both meet the same machine.
-    pub fn start_like(
+    /// Starts `binary` as a second sidecar of `service`, named `name`: the settings of
+    /// `<service>-sidecar` (overrides included) on ports of its own, waited for as the
+    /// first was, stopped with the others. Returns its proxy's URL. For the edge
+    /// benchmark's A/B of two sidecar builds in one run, where both meet the same
+    /// machine.
+    pub async fn start_sidecar_like(
         &mut self,
-        like: &str,
+        service: &str,
         name: &str,
         binary: &Path,
-        env: &[(String, String)],
-    ) -> anyhow::Result<()> {
-        let mut merged = self.processes[self.index_of(like)?].env.clone();
-        for (key, value) in env {
-            merged.retain(|(k, _)| k != key);
-            merged.push((key.clone(), value.clone()));
-        }
-        let process = self.start_process(name, binary, &merged, false)?;
+    ) -> anyhow::Result<String> {
+        let first = self.index_of(&format!("{service}-sidecar"))?;
+        let mut env = self.processes[first].env.clone();
+        let listen = free_port()?;
+        set_env(&mut env, "LISTEN_ADDR", format!("127.0.0.1:{listen}"));
+        set_env(
+            &mut env,
+            "ADMIN_ADDR",
+            format!("127.0.0.1:{}", free_port()?),
+        );
+        let process = self.start_process(name, binary, &env, false)?;
         self.processes.push(process);
-        Ok(())
+        let url = format!("http://127.0.0.1:{listen}");
+        self.wait_healthy(&format!("{url}/health"), &[self.processes.len() - 1])
+            .await?;
+        Ok(url)
     }
 
     /// Starts a killed process again with the same settings, appending to its log.

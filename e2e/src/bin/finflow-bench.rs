@@ -594,44 +594,14 @@ impl Nginx {
     }
 }
 
-/// The name, URL and process id of the sidecar build `--compare` names, started beside
-/// the launcher's auth sidecar with its settings.
+/// The URL and process id of the sidecar build `--compare` names, started beside the
+/// launcher's auth sidecar with its settings.
 async fn start_compared(
     platform: &mut Platform,
     binary: &std::path::Path,
 ) -> anyhow::Result<(String, u32)> {
     const NAME: &str = "auth-sidecar-compared";
-    let port = |listener: std::net::TcpListener| listener.local_addr().map(|a| a.port());
-    let listen = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
-    let admin = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
-    platform.start_like(
-        "auth-sidecar",
-        NAME,
-        binary,
-        &[
-            ("LISTEN_ADDR".to_owned(), format!("127.0.0.1:{listen}")),
-            ("ADMIN_ADDR".to_owned(), format!("127.0.0.1:{admin}")),
-        ],
-    )?;
-    let base = format!("http://127.0.0.1:{listen}");
-    // Up when its proxied `/health` answers (the app behind it is up already).
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match client.get(format!("{base}/health")).send().await {
-            Ok(r) if r.status().is_success() => break,
-            _ if Instant::now() > deadline => bail!(
-                "{} did not come up; see {}",
-                binary.display(),
-                platform
-                    .options
-                    .log_dir
-                    .join(format!("{NAME}.log"))
-                    .display()
-            ),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    let base = platform.start_sidecar_like("auth", NAME, binary).await?;
     let pid = platform
         .pid(NAME)
         .context("the compared sidecar has no pid")?;
@@ -687,12 +657,10 @@ async fn edge(
         }
     }
     nginx.stop().await;
-    let compared_rounds = measured_rounds.get(3).cloned();
-    let rounds: [Vec<Round>; 3] = [
-        std::mem::take(&mut measured_rounds[0]),
-        std::mem::take(&mut measured_rounds[1]),
-        std::mem::take(&mut measured_rounds[2]),
-    ];
+    let compared_rounds = compared.is_some().then(|| measured_rounds.pop()).flatten();
+    let rounds: [Vec<Round>; 3] = measured_rounds
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the edge paths are direct, sidecar and nginx"))?;
     let added = added_latency(&rounds);
     let [direct, sidecar, via_nginx] = rounds.each_ref().map(|r| median(r));
 
