@@ -173,6 +173,10 @@ pub struct Options {
     /// arguments, the binary coming last). The benchmarks count a proxy's instructions
     /// under valgrind this way.
     pub wrappers: Vec<(String, Vec<String>)>,
+    /// Another build of `finflow-sidecar` to run as every sidecar and the gateway
+    /// instead of the one the launcher builds: `dev/pgo-proxy`'s profile-guided build,
+    /// or its instrumented build while it trains.
+    pub proxy_binary: Option<PathBuf>,
 }
 
 impl Options {
@@ -192,6 +196,7 @@ impl Options {
             env_overrides: Vec::new(),
             amqp_vhost: None,
             wrappers: Vec::new(),
+            proxy_binary: None,
         }
     }
 
@@ -212,6 +217,7 @@ impl Options {
             env_overrides: Vec::new(),
             amqp_vhost: Some(format!("finflow_e2e_{}", &id[..12])),
             wrappers: Vec::new(),
+            proxy_binary: None,
         }
     }
 }
@@ -412,6 +418,11 @@ impl Platform {
     /// Starts everything; on failure stops what was started and says which process
     /// failed, with the end of its log.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
+        if let Some(binary) = &options.proxy_binary
+            && !binary.is_file()
+        {
+            bail!("the proxy binary {} does not exist", binary.display());
+        }
         let backing = Backing::ensure().await?;
         let specs = services();
         if options.build {
@@ -521,7 +532,7 @@ impl Platform {
             }
             self.spawn(
                 &format!("{}-sidecar", spec.name),
-                &binary_path(PROXY_PACKAGE, self.options.release),
+                &self.proxy_binary(),
                 &sidecar_env,
             )?;
             let service = RunningService {
@@ -583,11 +594,7 @@ impl Platform {
                 s.sidecar_url.clone(),
             ));
         }
-        self.spawn(
-            "gateway",
-            &binary_path(PROXY_PACKAGE, self.options.release),
-            &env,
-        )?;
+        self.spawn("gateway", &self.proxy_binary(), &env)?;
         self.gateway_url = format!("http://127.0.0.1:{gateway_port}");
         self.gateway_admin_url = format!("http://127.0.0.1:{gateway_admin}");
         eprintln!("  waiting for the gateway ...");
@@ -780,6 +787,14 @@ impl Platform {
         let p = &mut self.processes[i];
         p.child.kill().await?;
         Ok(())
+    }
+
+    /// The binary every sidecar and the gateway run.
+    fn proxy_binary(&self) -> PathBuf {
+        self.options
+            .proxy_binary
+            .clone()
+            .unwrap_or_else(|| binary_path(PROXY_PACKAGE, self.options.release))
     }
 
     /// Starts `binary` as a second sidecar of `service`, named `name`: the settings of

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use finflow_e2e::client::Client;
 use finflow_e2e::launcher::{Options, Platform};
 use finflow_e2e::tools::{command_under, ensure_tool, which};
+use reqwest::StatusCode;
 use serde_json::json;
 use tokio::process::Command;
 
@@ -41,6 +42,15 @@ struct Cli {
     /// separate runs on a shared machine are not comparable).
     #[arg(long, value_name = "BINARY")]
     compare: Option<std::path::PathBuf>,
+    /// edge: event loops of the measured sidecar and worker processes of nginx (the
+    /// same number for both).
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// The build of `finflow-sidecar` run as every sidecar and the gateway (and so
+    /// measured): `dev/pgo-proxy`'s profile-guided build, which is how the proxy ships.
+    /// Default: the launcher's own `proxy`-profile build.
+    #[arg(long, value_name = "BINARY")]
+    sidecar: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +62,9 @@ enum Bench {
     Instructions,
     /// Payments through the gateway vs pgbench TPC-B on the same PostgreSQL.
     Payments,
+    /// The training load of `dev/pgo-proxy` for an instrumented proxy build (given by
+    /// `--sidecar`): not a measurement.
+    PgoTrain,
 }
 
 #[tokio::main]
@@ -67,12 +80,13 @@ async fn main() -> anyhow::Result<()> {
             .env_overrides
             .push(("*-sidecar".to_owned(), key.to_owned(), "1000000".to_owned()));
     }
+    options.proxy_binary.clone_from(&cli.sidecar);
     match cli.bench {
         // The measured sidecar gets as many event loops as nginx gets workers.
         Bench::Edge => options.env_overrides.push((
             "auth-sidecar".to_owned(),
             "WORKER_THREADS".to_owned(),
-            PROXY_WORKERS.to_string(),
+            cli.workers.max(1).to_string(),
         )),
         Bench::Instructions => {
             ensure_tool("valgrind", "valgrind").await?;
@@ -87,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
                 .wrappers
                 .push(("auth-sidecar".to_owned(), callgrind_wrapper(&out)));
         }
-        Bench::Payments => {}
+        Bench::Payments | Bench::PgoTrain => {}
     }
     let mut platform = Platform::start(options).await?;
     let result = match cli.bench {
@@ -97,12 +111,14 @@ async fn main() -> anyhow::Result<()> {
                 cli.seconds,
                 cli.concurrency,
                 cli.rounds.max(1),
+                cli.workers.max(1),
                 cli.compare.as_deref(),
             )
             .await
         }
         Bench::Instructions => instructions(&platform, cli.seconds).await,
         Bench::Payments => payments(&platform, cli.seconds, cli.concurrency).await,
+        Bench::PgoTrain => pgo_train(&platform, cli.seconds).await,
     };
     platform.stop().await;
     result
@@ -172,10 +188,6 @@ fn to_ms(v: &str) -> f64 {
     };
     number.parse::<f64>().unwrap_or(f64::NAN) * factor
 }
-
-/// Event loops of the measured sidecar and worker processes of nginx: both proxies get
-/// the same share of the machine's two cores.
-const PROXY_WORKERS: usize = 2;
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux ABI).
 const USER_HZ: f64 = 100.0;
@@ -613,6 +625,7 @@ async fn edge(
     seconds: u64,
     concurrency: usize,
     rounds_wanted: usize,
+    workers: usize,
     compare: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
@@ -626,7 +639,7 @@ async fn edge(
     let nginx = Nginx::start(
         &platform.options.log_dir.join("nginx"),
         &requests.app_port,
-        PROXY_WORKERS,
+        workers,
         None,
     )
     .await?;
@@ -667,7 +680,7 @@ async fn edge(
     println!(
         "\nGET {EDGE_PATH}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
     );
-    println!("sidecar: {PROXY_WORKERS} event loops; nginx: {PROXY_WORKERS} worker processes");
+    println!("sidecar: {workers} event loops; nginx: {workers} worker processes");
     println!(
         "{:<34} {:>8} {:>8} {:>8} {:>14} {:>12}",
         "path", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "app CPU µs"
@@ -890,6 +903,63 @@ async fn instructions(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `dev/pgo-proxy`'s profile is made of. Mostly what the proxy does most: a known
+/// token on keep-alive connections, through a sidecar and through the gateway (at 16
+/// connections and at 1). Then, so that the profile-guided build does not treat them as
+/// never run, its other paths: users signing up, in, refreshing and out through the
+/// gateway (public paths with bodies, new tokens verified, every service's sidecar),
+/// and refusals (no token, a bad token, a user token on an internal path).
+async fn pgo_train(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
+    ensure_tool("wrk", "wrk").await?;
+    let requests = EdgeRequests::new(platform).await?;
+    let gateway = Client::new(&platform.gateway_url);
+    for round in 0..8 {
+        let user = gateway.new_user(&format!("pgo{round}")).await;
+        let me = user.client.get(EDGE_PATH).await;
+        me.data(StatusCode::OK);
+        user.client
+            .put(
+                EDGE_PATH,
+                json!({"full_name": format!("Trained User {round}")}),
+            )
+            .await
+            .data(StatusCode::OK);
+        let refresh = user.session["refresh_token"].as_str().unwrap_or_default();
+        gateway
+            .post("/api/v1/auth/refresh", json!({"refresh_token": refresh}))
+            .await
+            .data(StatusCode::OK);
+        for path in [
+            "/api/v1/wallets",
+            "/api/v1/payments",
+            "/api/v1/notifications",
+        ] {
+            user.client.get(path).await;
+        }
+        gateway.get(EDGE_PATH).await.error(StatusCode::UNAUTHORIZED);
+        gateway
+            .with_token("not.a.token")
+            .get(EDGE_PATH)
+            .await
+            .error(StatusCode::UNAUTHORIZED);
+        Client::new(&requests.sidecar_url.replace(EDGE_PATH, ""))
+            .with_token(user.session["access_token"].as_str().unwrap_or_default())
+            .get("/internal/v1/users")
+            .await
+            .error(StatusCode::FORBIDDEN);
+    }
+    let through_gateway = format!("{}{EDGE_PATH}", platform.gateway_url);
+    for (url, connections, secs) in [
+        (&requests.sidecar_url, 16, seconds),
+        (&requests.sidecar_url, 1, seconds.div_ceil(2)),
+        (&through_gateway, 16, seconds.div_ceil(2)),
+    ] {
+        let (rps, _, _) = wrk(url, &requests.bearer, secs, connections).await?;
+        eprintln!("trained {url} at {connections} connections: {rps:.0} req/s");
+    }
+    Ok(())
+}
+
 async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyhow::Result<()> {
     ensure_tool("pgbench", "postgresql-contrib")
         .await
@@ -945,7 +1015,7 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
                         .pay("transfer", json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "1.00", "currency": "USD"}), &uuid::Uuid::new_v4().to_string(), None)
                         .await;
                     // Only accepted payments count: a refusal is not an accept latency.
-                    if a.status == reqwest::StatusCode::ACCEPTED {
+                    if a.status == StatusCode::ACCEPTED {
                         latencies.push(t.elapsed());
                         ids.push(a.body["data"]["id"].as_str().unwrap_or_default().to_owned());
                     } else {
