@@ -907,12 +907,20 @@ async fn instructions(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
 /// token on keep-alive connections, through a sidecar and through the gateway (at 16
 /// connections and at 1). Then, so that the profile-guided build does not treat them as
 /// never run, its other paths: users signing up, in, refreshing and out through the
-/// gateway (public paths with bodies, new tokens verified, every service's sidecar),
+/// gateway (public paths with bodies, new tokens verified, every service's sidecar; no
+/// logout, which would revoke the session the rounds use),
 /// and refusals (no token, a bad token, a user token on an internal path).
 async fn pgo_train(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     let requests = EdgeRequests::new(platform).await?;
     let gateway = Client::new(&platform.gateway_url);
+    let auth_sidecar = platform
+        .services
+        .iter()
+        .find(|s| s.name == "auth")
+        .context("no auth")?
+        .sidecar_url
+        .clone();
     for round in 0..8 {
         let user = gateway.new_user(&format!("pgo{round}")).await;
         let me = user.client.get(EDGE_PATH).await;
@@ -942,7 +950,7 @@ async fn pgo_train(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
             .get(EDGE_PATH)
             .await
             .error(StatusCode::UNAUTHORIZED);
-        Client::new(&requests.sidecar_url.replace(EDGE_PATH, ""))
+        Client::new(&auth_sidecar)
             .with_token(user.session["access_token"].as_str().unwrap_or_default())
             .get("/internal/v1/users")
             .await
