@@ -42,10 +42,12 @@ struct Cli {
     /// separate runs on a shared machine are not comparable).
     #[arg(long, value_name = "BINARY")]
     compare: Option<std::path::PathBuf>,
-    /// edge: event loops of the measured sidecar and worker processes of nginx (the
-    /// same number for both).
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// edge: event loops of the measured sidecar and worker processes of nginx, the
+    /// same number for both. Unset, each runs as it ships: the sidecar with its own
+    /// default (`WORKER_THREADS` unset), and nginx twice, with its built-in default of
+    /// one worker and with Debian's packaged `worker_processes auto` (one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
     /// The build of `finflow-sidecar` run as every sidecar and the gateway (and so
     /// measured): `dev/pgo-proxy`'s profile-guided build, which is how the proxy ships.
     /// Default: the launcher's own `proxy`-profile build.
@@ -82,12 +84,16 @@ async fn main() -> anyhow::Result<()> {
     }
     options.proxy_binary.clone_from(&cli.sidecar);
     match cli.bench {
-        // The measured sidecar gets as many event loops as nginx gets workers.
-        Bench::Edge => options.env_overrides.push((
-            "auth-sidecar".to_owned(),
-            "WORKER_THREADS".to_owned(),
-            cli.workers.max(1).to_string(),
-        )),
+        // Asked for, the measured sidecar gets as many event loops as nginx gets workers.
+        Bench::Edge => {
+            if let Some(workers) = cli.workers {
+                options.env_overrides.push((
+                    "auth-sidecar".to_owned(),
+                    "WORKER_THREADS".to_owned(),
+                    workers.max(1).to_string(),
+                ));
+            }
+        }
         Bench::Instructions => {
             ensure_tool("valgrind", "valgrind").await?;
             // valgrind runs one thread at a time anyway; one loop, like one nginx worker.
@@ -111,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 cli.seconds,
                 cli.concurrency,
                 cli.rounds.max(1),
-                cli.workers.max(1),
+                cli.workers.map(|n| n.max(1)),
                 cli.compare.as_deref(),
             )
             .await
@@ -226,9 +232,12 @@ fn median(rounds: &[Round]) -> Round {
     }
 }
 
-/// What each proxy added to the app's p50, compared within each round (the paths of a
-/// round run back to back, so they share the machine's state of the moment).
+/// What the sidecar and one nginx configuration added to the app's p50, compared
+/// within each round (the paths of a round run back to back, so they share the
+/// machine's state of the moment).
 struct Added {
+    /// Which nginx: "nginx, 1 worker".
+    nginx_label: String,
     /// (sidecar, nginx) per round, ms.
     per_round: Vec<(f64, f64)>,
     sidecar: f64,
@@ -238,7 +247,7 @@ struct Added {
 }
 
 #[allow(clippy::float_arithmetic)]
-fn added_latency([direct, sidecar, nginx]: &[Vec<Round>; 3]) -> Added {
+fn added_latency(direct: &[Round], sidecar: &[Round], nginx: &[Round], nginx_label: &str) -> Added {
     let per_round: Vec<(f64, f64)> = direct
         .iter()
         .zip(sidecar)
@@ -247,6 +256,7 @@ fn added_latency([direct, sidecar, nginx]: &[Vec<Round>; 3]) -> Added {
         .collect();
     let median_of = |f: fn(&(f64, f64)) -> f64| middle(per_round.iter().map(f).collect());
     Added {
+        nginx_label: nginx_label.to_owned(),
         sidecar: median_of(|r| r.0),
         nginx: median_of(|r| r.1),
         sidecar_not_worse: per_round.iter().filter(|(s, n)| s <= n).count(),
@@ -255,17 +265,18 @@ fn added_latency([direct, sidecar, nginx]: &[Vec<Round>; 3]) -> Added {
 }
 
 impl Added {
-    /// Whether the sidecar added more or less than nginx, or the run cannot tell: by
-    /// the median of the per-round differences and its 95% interval.
+    /// Whether the sidecar added more or less than this nginx, or the run cannot tell:
+    /// by the median of the per-round differences and its 95% interval.
     #[allow(clippy::float_arithmetic)]
     fn verdict(&self) -> String {
+        let nginx = &self.nginx_label;
         interval_verdict(
-            "sidecar - nginx per round",
+            &format!("sidecar - {nginx} per round"),
             self.per_round.iter().map(|(s, n)| s - n).collect(),
             [
-                "the sidecar added less latency than nginx",
-                "the sidecar added more latency than nginx",
-                "no difference between the sidecar and nginx is measurable in this run",
+                &format!("the sidecar added less latency than {nginx}"),
+                &format!("the sidecar added more latency than {nginx}"),
+                &format!("no difference between the sidecar and {nginx} is measurable in this run"),
             ],
         )
     }
@@ -300,7 +311,7 @@ fn interval_verdict(
 ) -> String {
     let median = middle(differences.clone());
     match median_interval(differences) {
-        None => format!("{what}: median {median:+.2} ms (6 or more rounds give a 95% interval)"),
+        None => format!("{what}: median {median:+.3} ms (6 or more rounds give a 95% interval)"),
         Some((low, high)) => {
             let verdict = if high < 0.0 {
                 below
@@ -310,7 +321,7 @@ fn interval_verdict(
                 neither
             };
             format!(
-                "{what}: median {median:+.2} ms, 95% interval [{low:+.2}, {high:+.2}] ms: {verdict}"
+                "{what}: median {median:+.3} ms, 95% interval [{low:+.3}, {high:+.3}] ms: {verdict}"
             )
         }
     }
@@ -620,12 +631,33 @@ async fn start_compared(
     Ok((format!("{base}{EDGE_PATH}"), pid))
 }
 
+/// The nginx configurations the sidecar is measured against: `workers` when asked
+/// for, else nginx's built-in default (one worker) and Debian's packaged `auto` (one
+/// per CPU), the second left out where the machine has one CPU.
+fn nginx_workers(workers: Option<usize>) -> Vec<usize> {
+    match workers {
+        Some(n) => vec![n],
+        None => {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let mut counts = vec![1, cpus];
+            counts.dedup();
+            counts
+        }
+    }
+}
+
+/// "nginx, 1 worker", "nginx, 2 workers".
+fn nginx_label(workers: usize) -> String {
+    let plural = if workers == 1 { "" } else { "s" };
+    format!("nginx, {workers} worker{plural}")
+}
+
 async fn edge(
     platform: &mut Platform,
     seconds: u64,
     concurrency: usize,
     rounds_wanted: usize,
-    workers: usize,
+    workers: Option<usize>,
     compare: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
@@ -636,28 +668,29 @@ async fn edge(
     };
     let platform = &*platform;
     let requests = EdgeRequests::new(platform).await?;
-    let nginx = Nginx::start(
-        &platform.options.log_dir.join("nginx"),
-        &requests.app_port,
-        workers,
-        None,
-    )
-    .await?;
+    let nginx_counts = nginx_workers(workers);
+    let mut nginxes = Vec::new();
+    for &count in &nginx_counts {
+        let dir = platform.options.log_dir.join(format!("nginx-{count}"));
+        nginxes.push(Nginx::start(&dir, &requests.app_port, count, None).await?);
+    }
 
-    // Warm-up, then rounds of the three measurements interleaved (so drift in the
-    // machine's load hits all three alike); each figure's median is reported.
+    // Warm-up, then rounds of the measurements interleaved (so drift in the machine's
+    // load hits all of them alike); each figure's median is reported.
     wrk(&requests.app_url, &requests.direct, 2, concurrency).await?;
     let app: Vec<u32> = platform.pid("auth").into_iter().collect();
     let sidecar_pid: Vec<u32> = platform.pid("auth-sidecar").into_iter().collect();
     let mut targets = vec![
         (&requests.app_url, &requests.direct, Vec::new()),
         (&requests.sidecar_url, &requests.bearer, sidecar_pid),
-        (&nginx.url, &requests.identity, nginx.pids()),
     ];
+    for nginx in &nginxes {
+        targets.push((&nginx.url, &requests.identity, nginx.pids()));
+    }
     if let Some((url, pid)) = &compared {
         targets.push((url, &requests.bearer, vec![*pid]));
     }
-    let mut measured_rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds_wanted {
         // The proxies take turns at going first, so a machine getting slower or
         // faster during a round favours none of them.
@@ -665,73 +698,97 @@ async fn edge(
         let order = std::iter::once(0).chain((0..proxies).map(|k| 1 + (k + round) % proxies));
         for i in order {
             let (url, headers, proxy) = &targets[i];
-            measured_rounds[i]
-                .push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
+            rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
         }
     }
-    nginx.stop().await;
-    let compared_rounds = compared.is_some().then(|| measured_rounds.pop()).flatten();
-    let rounds: [Vec<Round>; 3] = measured_rounds
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("the edge paths are direct, sidecar and nginx"))?;
-    let added = added_latency(&rounds);
-    let [direct, sidecar, via_nginx] = rounds.each_ref().map(|r| median(r));
+    for nginx in nginxes {
+        nginx.stop().await;
+    }
+    let compared_rounds = compared.is_some().then(|| rounds.pop()).flatten();
+    let (Some(direct_rounds), Some(sidecar_rounds)) = (rounds.first(), rounds.get(1)) else {
+        bail!("the edge paths start with the app directly and the sidecar");
+    };
+    let nginx_rounds = rounds.get(2..).unwrap_or_default();
+    let added: Vec<Added> = nginx_rounds
+        .iter()
+        .zip(&nginx_counts)
+        .map(|(n, &count)| added_latency(direct_rounds, sidecar_rounds, n, &nginx_label(count)))
+        .collect();
+    let (direct, sidecar) = (median(direct_rounds), median(sidecar_rounds));
 
     println!(
         "\nGET {EDGE_PATH}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
     );
-    println!("sidecar: {workers} event loops; nginx: {workers} worker processes");
+    let loops = workers.map_or_else(
+        || "its default event loops (WORKER_THREADS unset)".to_owned(),
+        |n| format!("{n} event loops"),
+    );
+    let nginx_configs = nginx_counts
+        .iter()
+        .map(|&n| nginx_label(n))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    println!("sidecar: {loops}; measured against {nginx_configs}");
     println!(
         "{:<34} {:>8} {:>8} {:>8} {:>14} {:>12}",
         "path", "req/s", "p50 ms", "p99 ms", "proxy CPU µs", "app CPU µs"
     );
-    for (name, r) in [
-        ("app directly", direct),
-        ("sidecar (JWT validated) -> app", sidecar),
-        ("nginx (no auth) -> app", via_nginx),
-    ] {
+    let mut rows = vec![
+        ("app directly".to_owned(), direct),
+        ("sidecar (JWT validated) -> app".to_owned(), sidecar),
+    ];
+    for (n, &count) in nginx_rounds.iter().zip(&nginx_counts) {
+        rows.push((
+            format!("{} (no auth) -> app", nginx_label(count)),
+            median(n),
+        ));
+    }
+    for (name, r) in &rows {
         let proxy = if r.proxy_cpu > 0.0 {
             format!("{:.1}", r.proxy_cpu)
         } else {
             "-".to_owned()
         };
         println!(
-            "{name:<34} {:>8.0} {:>8.2} {:>8.2} {proxy:>14} {:>12.1}",
+            "{name:<34} {:>8.0} {:>8.3} {:>8.3} {proxy:>14} {:>12.1}",
             r.rps, r.p50, r.p99, r.app_cpu
         );
     }
-    println!(
-        "\nadded p50 latency per round (ms, sidecar / nginx): {}",
-        added
-            .per_round
-            .iter()
-            .map(|(s, n)| format!("{s:.2}/{n:.2}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-    );
-    println!(
-        "added p50 latency, median of the rounds: sidecar {:.2} ms, nginx {:.2} ms; the sidecar added no more than nginx in {} of {} rounds",
-        added.sidecar,
-        added.nginx,
-        added.sidecar_not_worse,
-        added.per_round.len()
-    );
-    println!("{}", added.verdict());
-    println!(
-        "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, nginx {:.1} µs (the app's own: {:.1} µs)",
-        sidecar.proxy_cpu, via_nginx.proxy_cpu, direct.app_cpu
-    );
+    for (added, (_, r)) in added.iter().zip(rows.iter().skip(2)) {
+        let nginx = &added.nginx_label;
+        println!(
+            "\nadded p50 latency per round (ms, sidecar / {nginx}): {}",
+            added
+                .per_round
+                .iter()
+                .map(|(s, n)| format!("{s:.3}/{n:.3}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        );
+        println!(
+            "added p50 latency, median of the rounds: sidecar {:.3} ms, {nginx} {:.3} ms; the sidecar added no more in {} of {} rounds",
+            added.sidecar,
+            added.nginx,
+            added.sidecar_not_worse,
+            added.per_round.len()
+        );
+        println!("{}", added.verdict());
+        println!(
+            "proxy CPU per request (the cost behind that latency on a busy machine): sidecar {:.1} µs, {nginx} {:.1} µs (the app's own: {:.1} µs)",
+            sidecar.proxy_cpu, r.proxy_cpu, direct.app_cpu
+        );
+    }
     if let (Some(other), Some(binary)) = (&compared_rounds, compare) {
         let other_median = median(other);
         println!(
-            "\ncompared build {}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, proxy CPU {:.1} µs",
+            "\ncompared build {}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, proxy CPU {:.1} µs",
             binary.display(),
             other_median.rps,
             other_median.p50,
             other_median.p99,
             other_median.proxy_cpu
         );
-        println!("{}", compared_verdict(other, &rounds[1]));
+        println!("{}", compared_verdict(other, sidecar_rounds));
     }
     Ok(())
 }
@@ -1188,6 +1245,7 @@ mod tests {
     #[test]
     fn the_verdict_says_which_proxy_added_less_only_when_the_interval_excludes_zero() {
         let added = |per_round: Vec<(f64, f64)>| Added {
+            nginx_label: "nginx, 2 workers".to_owned(),
             per_round,
             sidecar: 0.0,
             nginx: 0.0,
@@ -1197,13 +1255,13 @@ mod tests {
         assert!(
             faster
                 .verdict()
-                .ends_with("the sidecar added less latency than nginx")
+                .ends_with("the sidecar added less latency than nginx, 2 workers")
         );
         let slower = added(vec![(0.4, 0.3); 9]);
         assert!(
             slower
                 .verdict()
-                .ends_with("the sidecar added more latency than nginx")
+                .ends_with("the sidecar added more latency than nginx, 2 workers")
         );
         let mixed = added(
             [(0.2, 0.3), (0.4, 0.3)]
@@ -1213,6 +1271,18 @@ mod tests {
                 .collect(),
         );
         assert!(mixed.verdict().ends_with("measurable in this run"));
+    }
+
+    #[test]
+    fn nginx_is_measured_at_the_asked_workers_or_else_at_one_and_at_one_per_cpu() {
+        assert_eq!(nginx_workers(Some(3)), vec![3]);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let defaults = nginx_workers(None);
+        assert_eq!(defaults.first(), Some(&1));
+        assert_eq!(defaults.last(), Some(&cpus));
+        assert_eq!(defaults.len(), if cpus == 1 { 1 } else { 2 });
+        assert_eq!(nginx_label(1), "nginx, 1 worker");
+        assert_eq!(nginx_label(2), "nginx, 2 workers");
     }
 
     #[test]
