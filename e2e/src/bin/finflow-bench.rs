@@ -48,6 +48,12 @@ struct Cli {
     /// one worker and with Debian's packaged `worker_processes auto` (one per CPU).
     #[arg(long)]
     workers: Option<usize>,
+    /// edge: load every path at the same time in each round, each by a wrk of its own
+    /// on its share of `--concurrency` connections, instead of one path after another:
+    /// on a shared machine whose speed drifts, paths measured at the same moments
+    /// compare more closely.
+    #[arg(long)]
+    together: bool,
     /// The build of `finflow-sidecar` run as every sidecar and the gateway (and so
     /// measured): `dev/pgo-proxy`'s profile-guided build, which is how the proxy ships.
     /// Default: the launcher's own `proxy`-profile build.
@@ -118,6 +124,7 @@ async fn main() -> anyhow::Result<()> {
                 cli.concurrency,
                 cli.rounds.max(1),
                 cli.workers.map(|n| n.max(1)),
+                cli.together,
                 cli.compare.as_deref(),
             )
             .await
@@ -130,15 +137,15 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-/// wrk's report of `seconds` of requests to `url` over `connections` connections on
-/// `threads` threads; an error if any answer was not 2xx.
-async fn run_wrk(
+/// wrk started on `seconds` of requests to `url` over `connections` connections on
+/// `threads` threads; [`wrk_report`] reads its report.
+fn spawn_wrk(
     url: &str,
     headers: &[(String, String)],
     seconds: u64,
     threads: usize,
     connections: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         &format!("-t{threads}"),
@@ -149,12 +156,58 @@ async fn run_wrk(
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
-    let out = cmd.arg(url).output().await.context("running wrk")?;
+    cmd.arg("-s").arg(latency_script()?);
+    cmd.arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running wrk")
+}
+
+/// What [`LATENCY_SCRIPT`] prints before its figures.
+const LATENCY_LINE: &str = "finflow-latency-us";
+
+/// A wrk script that prints p50 and p99 in microseconds once the run is done. wrk's own
+/// report gives a latency of a millisecond or more to 10 µs ("1.62ms"), coarser than
+/// the differences between two proxies; `done` runs once, after the requests, so the
+/// requests themselves stay on wrk's script-free path.
+const LATENCY_SCRIPT: &str = "done = function(summary, latency, requests)\n  \
+    io.write(string.format(\"finflow-latency-us %.1f %.1f\\n\", latency:percentile(50), latency:percentile(99)))\nend\n";
+
+/// The path of [`LATENCY_SCRIPT`], written once per process.
+fn latency_script() -> anyhow::Result<&'static std::path::Path> {
+    static SCRIPT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    if let Some(path) = SCRIPT.get() {
+        return Ok(path);
+    }
+    let path = std::env::temp_dir().join(format!("finflow-bench-{}.lua", std::process::id()));
+    std::fs::write(&path, LATENCY_SCRIPT).context("writing the wrk latency script")?;
+    Ok(SCRIPT.get_or_init(|| path))
+}
+
+/// The report of a wrk started by [`spawn_wrk`] against `url`; an error if any answer
+/// was not 2xx.
+async fn wrk_report(wrk: tokio::process::Child, url: &str) -> anyhow::Result<String> {
+    let out = wrk.wait_with_output().await.context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
         bail!("wrk saw errors against {url}: {line}\n{text}");
     }
     Ok(text)
+}
+
+/// wrk's report of `seconds` of requests to `url` over `connections` connections on
+/// `threads` threads; an error if any answer was not 2xx.
+async fn run_wrk(
+    url: &str,
+    headers: &[(String, String)],
+    seconds: u64,
+    threads: usize,
+    connections: usize,
+) -> anyhow::Result<String> {
+    wrk_report(spawn_wrk(url, headers, seconds, threads, connections)?, url).await
 }
 
 /// Runs wrk and returns (requests/s, p50 ms, p99 ms).
@@ -165,12 +218,29 @@ async fn wrk(
     concurrency: usize,
 ) -> anyhow::Result<(f64, f64, f64)> {
     // wrk needs at least one connection per thread.
-    let text = run_wrk(url, headers, seconds, concurrency.clamp(1, 2), concurrency).await?;
+    parse_wrk(&run_wrk(url, headers, seconds, concurrency.clamp(1, 2), concurrency).await?)
+}
+
+/// (requests/s, p50 ms, p99 ms) of a wrk report.
+#[allow(clippy::float_arithmetic)]
+fn parse_wrk(text: &str) -> anyhow::Result<(f64, f64, f64)> {
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    // The script's microseconds, else wrk's own rounded figures.
+    let exact: Option<Vec<f64>> =
+        text.lines()
+            .find_map(|l| l.strip_prefix(LATENCY_LINE))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse::<f64>().ok())
+                    .collect()
+            });
+    if let Some([p50, p99]) = exact.as_deref() {
+        return Ok((rps, p50 / 1000.0, p99 / 1000.0));
+    }
     let percentile = |p: &str| {
         text.lines()
             .map(str::trim)
@@ -413,6 +483,53 @@ async fn measured(
         proxy_cpu: per_request(proxy_after.saturating_sub(proxy_before)),
         app_cpu: per_request(app_after.saturating_sub(app_before)),
     })
+}
+
+/// A path the edge benchmark loads: its URL, the headers wrk sends, the proxy's
+/// processes (none for the app directly).
+type Target<'a> = (&'a String, &'a Vec<(String, String)>, Vec<u32>);
+
+/// Every target loaded at the same time, each by a wrk of its own (one thread,
+/// `connections` connections), so that all of them meet the same moments of a shared
+/// machine; the app's CPU is shared out over all the requests of the window.
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+async fn measured_together(
+    targets: &[Target<'_>],
+    seconds: u64,
+    connections: usize,
+    app: &[u32],
+) -> anyhow::Result<Vec<Round>> {
+    let app_before = cpu_ticks(app);
+    let before: Vec<u64> = targets
+        .iter()
+        .map(|(_, _, proxy)| cpu_ticks(proxy))
+        .collect();
+    let running = targets
+        .iter()
+        .map(|(url, headers, _)| spawn_wrk(url, headers, seconds, 1, connections))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut reports = Vec::new();
+    for (wrk, (url, _, _)) in running.into_iter().zip(targets) {
+        reports.push(parse_wrk(&wrk_report(wrk, url).await?)?);
+    }
+    let app_ticks = cpu_ticks(app).saturating_sub(app_before);
+    let all_requests: f64 = reports.iter().map(|(rps, _, _)| rps * seconds as f64).sum();
+    let per_request =
+        |ticks: u64, requests: f64| ticks as f64 / USER_HZ * 1_000_000.0 / requests.max(1.0);
+    Ok(reports
+        .into_iter()
+        .zip(targets.iter().zip(before))
+        .map(|((rps, p50, p99), ((_, _, proxy), proxy_before))| Round {
+            rps,
+            p50,
+            p99,
+            proxy_cpu: per_request(
+                cpu_ticks(proxy).saturating_sub(proxy_before),
+                rps * seconds as f64,
+            ),
+            app_cpu: per_request(app_ticks, all_requests),
+        })
+        .collect())
 }
 
 /// The identity headers the sidecar makes of `token` with its default claim map
@@ -658,6 +775,7 @@ async fn edge(
     concurrency: usize,
     rounds_wanted: usize,
     workers: Option<usize>,
+    together: bool,
     compare: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
@@ -680,7 +798,7 @@ async fn edge(
     wrk(&requests.app_url, &requests.direct, 2, concurrency).await?;
     let app: Vec<u32> = platform.pid("auth").into_iter().collect();
     let sidecar_pid: Vec<u32> = platform.pid("auth-sidecar").into_iter().collect();
-    let mut targets = vec![
+    let mut targets: Vec<Target<'_>> = vec![
         (&requests.app_url, &requests.direct, Vec::new()),
         (&requests.sidecar_url, &requests.bearer, sidecar_pid),
     ];
@@ -691,14 +809,27 @@ async fn edge(
         targets.push((url, &requests.bearer, vec![*pid]));
     }
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
-    for round in 0..rounds_wanted {
-        // The proxies take turns at going first, so a machine getting slower or
-        // faster during a round favours none of them.
-        let proxies = targets.len() - 1;
-        let order = std::iter::once(0).chain((0..proxies).map(|k| 1 + (k + round) % proxies));
-        for i in order {
-            let (url, headers, proxy) = &targets[i];
-            rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
+    let paths = targets.len();
+    // Loaded together, the paths share the connections, so the machine is about as
+    // loaded as by one path at a time.
+    let together_connections = (concurrency / paths).max(1);
+    if together {
+        for _ in 0..rounds_wanted {
+            let measured = measured_together(&targets, seconds, together_connections, &app).await?;
+            for (path, round) in rounds.iter_mut().zip(measured) {
+                path.push(round);
+            }
+        }
+    } else {
+        for round in 0..rounds_wanted {
+            // The proxies take turns at going first, so a machine getting slower or
+            // faster during a round favours none of them.
+            let proxies = targets.len() - 1;
+            let order = std::iter::once(0).chain((0..proxies).map(|k| 1 + (k + round) % proxies));
+            for i in order {
+                let (url, headers, proxy) = &targets[i];
+                rounds[i].push(measured(url, headers, seconds, concurrency, proxy, &app).await?);
+            }
         }
     }
     for nginx in nginxes {
@@ -716,9 +847,15 @@ async fn edge(
         .collect();
     let (direct, sidecar) = (median(direct_rounds), median(sidecar_rounds));
 
-    println!(
-        "\nGET {EDGE_PATH}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
-    );
+    if together {
+        println!(
+            "\nGET {EDGE_PATH}, all {paths} paths loaded at once in each round, {together_connections} connections each (wrk), {seconds} s, medians of {rounds_wanted} rounds"
+        );
+    } else {
+        println!(
+            "\nGET {EDGE_PATH}, {concurrency} connections, {seconds} s each (wrk), medians of {rounds_wanted} interleaved rounds"
+        );
+    }
     let loops = workers.map_or_else(
         || "its default event loops (WORKER_THREADS unset)".to_owned(),
         |n| format!("{n} event loops"),
@@ -1271,6 +1408,15 @@ mod tests {
                 .collect(),
         );
         assert!(mixed.verdict().ends_with("measurable in this run"));
+    }
+
+    #[test]
+    fn latency_is_read_in_microseconds_from_the_script_line_and_else_from_wrks_report() {
+        let report = "Latency Distribution\n     50%    1.62ms\n     99%    6.30ms\nRequests/sec:   2203.50\n";
+        assert_eq!(parse_wrk(report).unwrap(), (2203.5, 1.62, 6.3));
+        let scripted = format!("{report}{LATENCY_LINE} 1617.0 6304.0\n");
+        assert_eq!(parse_wrk(&scripted).unwrap(), (2203.5, 1.617, 6.304));
+        assert!(parse_wrk("no figures").is_err());
     }
 
     #[test]
