@@ -166,24 +166,25 @@ fn spawn_wrk(
         .context("running wrk")
 }
 
-/// What [`LATENCY_SCRIPT`] prints before its figures.
+/// What the wrk script of [`latency_script`] prints before its figures.
 const LATENCY_LINE: &str = "finflow-latency-us";
 
-/// A wrk script that prints p50 and p99 in microseconds once the run is done. wrk's own
-/// report gives a latency of a millisecond or more to 10 µs ("1.62ms"), coarser than
-/// the differences between two proxies; `done` runs once, after the requests, so the
-/// requests themselves stay on wrk's script-free path.
-const LATENCY_SCRIPT: &str = "done = function(summary, latency, requests)\n  \
-    io.write(string.format(\"finflow-latency-us %.1f %.1f\\n\", latency:percentile(50), latency:percentile(99)))\nend\n";
-
-/// The path of [`LATENCY_SCRIPT`], written once per process.
+/// The path of a wrk script, written once per process, that prints [`LATENCY_LINE`]
+/// and p50 and p99 in microseconds once the run is done. wrk's own report gives a
+/// latency of a millisecond or more to 10 µs ("1.62ms"), coarser than the differences
+/// between two proxies; `done` runs once, after the requests, so the requests
+/// themselves stay on wrk's script-free path.
 fn latency_script() -> anyhow::Result<&'static std::path::Path> {
     static SCRIPT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     if let Some(path) = SCRIPT.get() {
         return Ok(path);
     }
+    let script = format!(
+        "done = function(summary, latency, requests)\n  \
+         io.write(string.format(\"{LATENCY_LINE} %.1f %.1f\\n\", latency:percentile(50), latency:percentile(99)))\nend\n"
+    );
     let path = std::env::temp_dir().join(format!("finflow-bench-{}.lua", std::process::id()));
-    std::fs::write(&path, LATENCY_SCRIPT).context("writing the wrk latency script")?;
+    std::fs::write(&path, script).context("writing the wrk latency script")?;
     Ok(SCRIPT.get_or_init(|| path))
 }
 
@@ -303,8 +304,8 @@ fn median(rounds: &[Round]) -> Round {
 }
 
 /// What the sidecar and one nginx configuration added to the app's p50, compared
-/// within each round (the paths of a round run back to back, so they share the
-/// machine's state of the moment).
+/// within each round (the paths of a round run back to back, or at once with
+/// `--together`, so they share the machine's state of the moment).
 struct Added {
     /// Which nginx: "nginx, 1 worker".
     nginx_label: String,
@@ -461,8 +462,13 @@ fn with_children(pid: u32) -> Vec<u32> {
     pids
 }
 
-/// wrk against `url`, with the CPU `proxy` and `app` spent meanwhile.
+/// CPU µs per request of `ticks` spent over `seconds` at `rps` requests/s.
 #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+fn cpu_per_request(ticks: u64, rps: f64, seconds: u64) -> f64 {
+    ticks as f64 / USER_HZ * 1_000_000.0 / (rps * seconds as f64).max(1.0)
+}
+
+/// wrk against `url`, with the CPU `proxy` and `app` spent meanwhile.
 async fn measured(
     url: &str,
     headers: &[(String, String)],
@@ -474,14 +480,12 @@ async fn measured(
     let (proxy_before, app_before) = (cpu_ticks(proxy), cpu_ticks(app));
     let (rps, p50, p99) = wrk(url, headers, seconds, concurrency).await?;
     let (proxy_after, app_after) = (cpu_ticks(proxy), cpu_ticks(app));
-    let requests = rps * seconds as f64;
-    let per_request = |ticks: u64| ticks as f64 / USER_HZ * 1_000_000.0 / requests.max(1.0);
     Ok(Round {
         rps,
         p50,
         p99,
-        proxy_cpu: per_request(proxy_after.saturating_sub(proxy_before)),
-        app_cpu: per_request(app_after.saturating_sub(app_before)),
+        proxy_cpu: cpu_per_request(proxy_after.saturating_sub(proxy_before), rps, seconds),
+        app_cpu: cpu_per_request(app_after.saturating_sub(app_before), rps, seconds),
     })
 }
 
@@ -492,7 +496,6 @@ type Target<'a> = (&'a String, &'a Vec<(String, String)>, Vec<u32>);
 /// Every target loaded at the same time, each by a wrk of its own (one thread,
 /// `connections` connections), so that all of them meet the same moments of a shared
 /// machine; the app's CPU is shared out over all the requests of the window.
-#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
 async fn measured_together(
     targets: &[Target<'_>],
     seconds: u64,
@@ -513,9 +516,7 @@ async fn measured_together(
         reports.push(parse_wrk(&wrk_report(wrk, url).await?)?);
     }
     let app_ticks = cpu_ticks(app).saturating_sub(app_before);
-    let all_requests: f64 = reports.iter().map(|(rps, _, _)| rps * seconds as f64).sum();
-    let per_request =
-        |ticks: u64, requests: f64| ticks as f64 / USER_HZ * 1_000_000.0 / requests.max(1.0);
+    let all_rps: f64 = reports.iter().map(|(rps, _, _)| rps).sum();
     Ok(reports
         .into_iter()
         .zip(targets.iter().zip(before))
@@ -523,11 +524,8 @@ async fn measured_together(
             rps,
             p50,
             p99,
-            proxy_cpu: per_request(
-                cpu_ticks(proxy).saturating_sub(proxy_before),
-                rps * seconds as f64,
-            ),
-            app_cpu: per_request(app_ticks, all_requests),
+            proxy_cpu: cpu_per_request(cpu_ticks(proxy).saturating_sub(proxy_before), rps, seconds),
+            app_cpu: cpu_per_request(app_ticks, all_rps, seconds),
         })
         .collect())
 }
@@ -824,7 +822,7 @@ async fn edge(
         for round in 0..rounds_wanted {
             // The proxies take turns at going first, so a machine getting slower or
             // faster during a round favours none of them.
-            let proxies = targets.len() - 1;
+            let proxies = paths - 1;
             let order = std::iter::once(0).chain((0..proxies).map(|k| 1 + (k + round) % proxies));
             for i in order {
                 let (url, headers, proxy) = &targets[i];
@@ -840,10 +838,11 @@ async fn edge(
         bail!("the edge paths start with the app directly and the sidecar");
     };
     let nginx_rounds = rounds.get(2..).unwrap_or_default();
+    let nginx_labels: Vec<String> = nginx_counts.iter().map(|&n| nginx_label(n)).collect();
     let added: Vec<Added> = nginx_rounds
         .iter()
-        .zip(&nginx_counts)
-        .map(|(n, &count)| added_latency(direct_rounds, sidecar_rounds, n, &nginx_label(count)))
+        .zip(&nginx_labels)
+        .map(|(n, label)| added_latency(direct_rounds, sidecar_rounds, n, label))
         .collect();
     let (direct, sidecar) = (median(direct_rounds), median(sidecar_rounds));
 
@@ -860,11 +859,7 @@ async fn edge(
         || "its default event loops (WORKER_THREADS unset)".to_owned(),
         |n| format!("{n} event loops"),
     );
-    let nginx_configs = nginx_counts
-        .iter()
-        .map(|&n| nginx_label(n))
-        .collect::<Vec<_>>()
-        .join(" and ");
+    let nginx_configs = nginx_labels.join(" and ");
     println!("sidecar: {loops}; measured against {nginx_configs}");
     println!(
         "{:<34} {:>8} {:>8} {:>8} {:>14} {:>12}",
@@ -874,11 +869,8 @@ async fn edge(
         ("app directly".to_owned(), direct),
         ("sidecar (JWT validated) -> app".to_owned(), sidecar),
     ];
-    for (n, &count) in nginx_rounds.iter().zip(&nginx_counts) {
-        rows.push((
-            format!("{} (no auth) -> app", nginx_label(count)),
-            median(n),
-        ));
+    for (n, label) in nginx_rounds.iter().zip(&nginx_labels) {
+        rows.push((format!("{label} (no auth) -> app"), median(n)));
     }
     for (name, r) in &rows {
         let proxy = if r.proxy_cpu > 0.0 {
@@ -1417,6 +1409,16 @@ mod tests {
         let scripted = format!("{report}{LATENCY_LINE} 1617.0 6304.0\n");
         assert_eq!(parse_wrk(&scripted).unwrap(), (2203.5, 1.617, 6.304));
         assert!(parse_wrk("no figures").is_err());
+    }
+
+    #[test]
+    fn the_latency_script_prints_the_line_the_parser_reads_in_done() {
+        let script = std::fs::read_to_string(latency_script().unwrap()).unwrap();
+        assert!(script.starts_with("done = function(summary, latency, requests)\n"));
+        assert!(script.contains(&format!(
+            "io.write(string.format(\"{LATENCY_LINE} %.1f %.1f\\n\", latency:percentile(50), latency:percentile(99)))"
+        )));
+        assert!(script.ends_with("\nend\n"));
     }
 
     #[test]
