@@ -210,6 +210,7 @@ mod tests {
         let mut spec: FinServiceSpec = serde_json::from_value(json!({
             "image": "ghcr.io/finflow/x",
             "version": "2.0.0",
+            "sidecar": {"enabled": false},
         }))
         .unwrap();
         spec.depends_on = deps.iter().map(|d| (*d).to_owned()).collect();

@@ -30,7 +30,8 @@ use super::{Phase, SecretKeyRef};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!(self.metadata.name in self.spec.dependsOn)").message("a FinService cannot depend on itself"),
-    validation = Rule::new("self.metadata.name.size() <= 55").message("the name must leave room for the `-preview` Service suffix (at most 55 characters)")
+    validation = Rule::new("self.metadata.name.size() <= 55").message("the name must leave room for the `-preview` Service suffix (at most 55 characters)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the name becomes Service names: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit (DNS-1035)")
 )]
 #[x_kube(
     validation = Rule::new("!has(self.sidecar.appPort) || self.sidecar.appPort != self.port").message("sidecar.appPort must differ from port: the sidecar owns port")
@@ -42,7 +43,14 @@ pub struct FinServiceSpec {
     /// tag or digest (as Tilt substitutes its builds) is used as it is.
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
     pub image: String,
-    /// Version to run: the image tag, for example `1.4.2`. Changing it rolls out a new version.
+    /// Version to run: the image tag, for example `1.4.2`. Changing it rolls out a new
+    /// version. It labels the pods (`finflow.dev/version`), so it is a label value: at
+    /// most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or
+    /// digit.
+    #[schemars(
+        length(max = 63),
+        regex(pattern = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    )]
     #[x_kube(validation = Rule::new("self.size() > 0").message("version must not be empty"))]
     pub version: String,
     /// Number of pods of the active color.
@@ -80,7 +88,9 @@ pub struct FinServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ref: Option<String>,
     /// The sidecar in front of the app (JWT validation, identity headers, proxying).
-    #[serde(default)]
+    /// Required: an enabled sidecar must say how it validates tokens (`jwksUri` or
+    /// `hs256SecretRef`), and running without one (`enabled: false`) is a choice to
+    /// write down, not a default.
     pub sidecar: SidecarSpec,
     /// How new versions are rolled out.
     #[serde(default)]

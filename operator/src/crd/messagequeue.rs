@@ -26,7 +26,8 @@ use super::Phase;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Topology", type_ = "string", json_path = ".status.conditions[?(@.type==\"TopologyDeclared\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 50").message("the name must leave room for the `-headless` Service suffix (at most 50 characters)")
+    validation = Rule::new("self.metadata.name.size() <= 50").message("the name must leave room for the `-headless` Service suffix and the pods' revision label (at most 50 characters)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the name becomes Service names: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit (DNS-1035)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MessageQueueSpec {
@@ -60,15 +61,22 @@ fn default_replicas() -> i32 {
 
 /// Persistent storage of each RabbitMQ node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+// On the object, not on `storageClassName`: the API server skips a field's transition
+// rule when the field is added or removed, which is the change to refuse here.
+#[x_kube(
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("storage.storageClassName cannot be changed after creation")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Volume size per node. Fixed at creation: a StatefulSet's volume claims cannot change.
-    #[serde(default = "default_size")]
+    // An explicit `null` (the schema allows it) means the default, not an object the
+    // controller cannot read.
+    #[serde(default = "default_size", deserialize_with = "size_or_default")]
     #[x_kube(validation = Rule::new("self == oldSelf").message("storage.size cannot be changed after creation"))]
     pub size: Quantity,
     /// StorageClass of the volumes; the cluster default when unset. Fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.storageClassName cannot be changed after creation"))]
+    #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
     /// Keep the volumes and the credentials Secret when the MessageQueue is deleted, so a
     /// MessageQueue created again with the same name finds its data and the password that
@@ -89,6 +97,10 @@ impl Default for StorageSpec {
 
 fn default_size() -> Quantity {
     Quantity("1Gi".to_owned())
+}
+
+fn size_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Quantity, D::Error> {
+    Ok(Option::<Quantity>::deserialize(d)?.unwrap_or_else(default_size))
 }
 
 fn default_true() -> bool {
@@ -222,4 +234,18 @@ pub struct MessageQueueStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_null_storage_size_reads_as_the_default_size() {
+        // The schema marks `size` nullable, so the API server stores a `null` as sent;
+        // a controller that could not read it would stop watching every MessageQueue.
+        let spec: MessageQueueSpec =
+            serde_json::from_value(serde_json::json!({"storage": {"size": null}})).unwrap();
+        assert_eq!(spec.storage.size, default_size());
+    }
 }

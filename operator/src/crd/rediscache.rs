@@ -23,7 +23,8 @@ use super::Phase;
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.ready"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.size() <= 58").message("the name must leave room for the `-auth` Secret suffix (at most 58 characters)")
+    validation = Rule::new("self.metadata.name.size() <= 58").message("the name must leave room for the `-auth` Secret suffix (at most 58 characters)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("the name becomes a Service name: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit (DNS-1035)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisCacheSpec {
