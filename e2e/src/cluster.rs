@@ -49,6 +49,15 @@ pub async fn install_crds(client: &Client) {
         crds.patch(&name, &params, &Patch::Apply(&crd))
             .await
             .unwrap();
+    }
+    wait_established(client).await;
+}
+
+/// Waits until each of the operator's CRDs is established.
+pub async fn wait_established(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crd::all() {
+        let name = crd.name_any();
         eventually(
             &format!("CRD {name} established"),
             Duration::from_secs(120),

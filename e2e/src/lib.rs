@@ -6,8 +6,10 @@
 //! own and then drive the platform through the gateway only, as a client would, with
 //! the helpers in [`journey`].
 //! The cluster tests (`tests/operator.rs`, `tests/rollouts.rs`, helpers in [`cluster`])
-//! run the operator against a real cluster only when `KUBECONFIG` is set.
+//! run the operator against a real cluster only when `KUBECONFIG` is set; on a bare API
+//! server (no nodes) [`bare`] plays the kubelet and the built-in controllers.
 
+pub mod bare;
 pub mod client;
 pub mod cluster;
 pub mod journey;

@@ -1,15 +1,19 @@
-//! Issue 9's rollout scenarios on a real cluster: they run only when `KUBECONFIG` is set
-//! (a kind or k3d cluster that can pull from Docker Hub) and say why they skip otherwise.
+//! The rollout scenarios on a real API server: they run only when `KUBECONFIG` is set and
+//! say why they skip otherwise. On a bare API server (etcd and kube-apiserver, no nodes)
+//! [`bare::Stand`] plays the kubelet and the built-in controllers, and the apps; on a
+//! cluster with nodes (kind, k3d: one that can pull from Docker Hub) the pods run
+//! `traefik/whoami` (it answers every path, so `/ready` and `/health` pass, and `POST
+//! /health` with `500` makes its `/health` fail).
 //!
-//! Six FinServices in DESIGN's graph run `traefik/whoami` (it answers every path, so
-//! `/ready` and `/health` pass, and `POST /health` with `500` makes its `/health` fail),
-//! one replica each, the sidecar off. The operator's controllers run in this process.
+//! Six FinServices in the design's graph, one replica each, the sidecar off. The
+//! operator's controllers run in this process.
 //! The same scenarios run on every build against the fake API server
 //! (`operator/src/controller/scenarios.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use finflow_e2e::bare::{self, Stand};
 use finflow_e2e::cluster::{self, TestNamespace, eventually};
 use finflow_operator::crd::{FinService, FinServiceStatus, Phase};
 use finflow_operator::plugin::{self, Command};
@@ -34,6 +38,8 @@ struct Platform {
     ns: TestNamespace,
     api: Api<FinService>,
     stop: watch::Sender<bool>,
+    /// On a bare API server, what plays the kubelet.
+    stand: Option<Stand>,
 }
 
 fn status(fs: &FinService) -> FinServiceStatus {
@@ -61,6 +67,15 @@ impl Platform {
         let client = cluster::client().await;
         cluster::install_crds(&client).await;
         let ns = TestNamespace::create(&client, "finflow-rollout").await;
+        let stand = if bare::is_bare(&client).await {
+            Some(
+                Stand::start(&client, &ns.name)
+                    .await
+                    .expect("the bare API server's stand"),
+            )
+        } else {
+            None
+        };
         let stop = cluster::start_controllers(&client, &ns.name);
         let api: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
         for (name, deps) in SIX {
@@ -88,6 +103,7 @@ impl Platform {
             ns,
             api,
             stop,
+            stand,
         };
         platform
             .wait("six services live at the old version", settled)
@@ -145,8 +161,28 @@ impl Platform {
         self.events(name).await.iter().any(|(a, _)| a == action)
     }
 
+    /// Makes `/health` of `name`'s pods at `version` answer 500.
+    async fn fail_health(&self, name: &str, version: &str) {
+        if let Some(stand) = &self.stand {
+            stand.set_health(name, version, 500);
+            return;
+        }
+        // whoami's `POST /health` with a status code makes its `/health` answer it.
+        let path = format!(
+            "/api/v1/namespaces/{}/services/{name}:http/proxy/health",
+            self.ns.name
+        );
+        self.client
+            .request_text(http::Request::post(path).body(b"500".to_vec()).unwrap())
+            .await
+            .unwrap();
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some(stand) = self.stand {
+            stand.stop();
+        }
         self.ns.delete().await;
     }
 }
@@ -220,15 +256,7 @@ async fn f_failing_its_observation_window_rolls_back_alone() {
             && status(&all["f"]).observation.is_some()
     })
     .await;
-    // whoami's `POST /health` with a status code makes its `/health` answer it.
-    let path = format!(
-        "/api/v1/namespaces/{}/services/f:http/proxy/health",
-        p.ns.name
-    );
-    p.client
-        .request_text(http::Request::post(path).body(b"500".to_vec()).unwrap())
-        .await
-        .unwrap();
+    p.fail_health("f", NEW).await;
     p.wait("F rolled back", |all| {
         status(&all["f"]).failed_version.as_deref() == Some(NEW)
     })

@@ -25,11 +25,11 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use serde::Serialize;
 
-use crate::conditions::{self, Desired, reasons, types};
+use crate::conditions::{self, Desired, Failure, reasons, types};
 use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
 use crate::inject::{self, SidecarSettings};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
-use crate::{messagequeue, rediscache, rollout};
+use crate::{listmap, messagequeue, rediscache, rollout};
 
 /// Label on pods and Deployments telling blue from green.
 pub const COLOR_LABEL: &str = "finflow.dev/color";
@@ -495,7 +495,7 @@ fn deployment_for(
     let version = &plan.version;
 
     // The platform kit's configuration contract (LISTEN_ADDR, DATABASE_URL, AMQP_URL,
-    // REDIS_URL); the user's own variables come last so they can override ours.
+    // REDIS_URL); the user's own variables come last and replace ours of the same name.
     let mut env = vec![
         value_env("LISTEN_ADDR", format!("0.0.0.0:{port}")),
         value_env("FINFLOW_SERVICE", name.clone()),
@@ -540,7 +540,9 @@ fn deployment_for(
             value_env("REDIS_URL", rediscache::url(cache, None))
         });
     }
-    env.extend(spec.env.iter().cloned());
+    let env = listmap::last_wins(env.into_iter().chain(spec.env.iter().cloned()), |e| {
+        e.name.clone()
+    });
 
     let http_probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -551,6 +553,23 @@ fn deployment_for(
         period_seconds: Some(period),
         ..Probe::default()
     };
+    let mounts = std::iter::once(VolumeMount {
+        name: PODINFO_VOLUME.to_owned(),
+        mount_path: PODINFO_PATH.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    })
+    .chain(
+        spec.secret_mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| VolumeMount {
+                name: secret_volume_name(i),
+                mount_path: m.mount_path.clone(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }),
+    );
     let app = Container {
         name: "app".to_owned(),
         image: Some(image_ref(&spec.image, version)),
@@ -562,26 +581,8 @@ fn deployment_for(
         }]),
         env: Some(env),
         resources: spec.resources.clone(),
-        volume_mounts: Some(
-            std::iter::once(VolumeMount {
-                name: PODINFO_VOLUME.to_owned(),
-                mount_path: PODINFO_PATH.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            })
-            .chain(
-                spec.secret_mounts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| VolumeMount {
-                        name: secret_volume_name(i),
-                        mount_path: m.mount_path.clone(),
-                        read_only: Some(true),
-                        ..VolumeMount::default()
-                    }),
-            )
-            .collect(),
-        ),
+        // A user's mount at one of our paths takes it.
+        volume_mounts: Some(listmap::last_wins(mounts, |m| m.mount_path.clone())),
         // Our images run as uid 65532 and write nothing to their filesystem.
         security_context: Some(inject::restricted()),
         readiness_probe: Some(http_probe("/ready", 5)),
@@ -591,20 +592,19 @@ fn deployment_for(
         }),
         ..Container::default()
     };
+    let volumes = std::iter::once(podinfo_volume()).chain(
+        spec.secret_mounts.iter().enumerate().map(|(i, m)| Volume {
+            name: secret_volume_name(i),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(m.secret_name.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        }),
+    );
     let mut pod = PodSpec {
         containers: vec![app],
-        volumes: Some(
-            std::iter::once(podinfo_volume())
-                .chain(spec.secret_mounts.iter().enumerate().map(|(i, m)| Volume {
-                    name: secret_volume_name(i),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(m.secret_name.clone()),
-                        ..SecretVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                }))
-                .collect(),
-        ),
+        volumes: Some(listmap::last_wins(volumes, |v| v.name.clone())),
         service_account_name: Some(name.clone()),
         automount_service_account_token: Some(false),
         // The images' non-root user (distroless `nonroot`); mounted Secrets are readable
@@ -1000,19 +1000,21 @@ pub fn status_after(
             reasons::WAITING_FOR_DEPENDENCIES,
             &message,
         );
-        let ready = if held || live_version.is_none() {
+        // The spec's version is not live (held, or a new version waits for its
+        // dependencies), whatever the live one does meanwhile.
+        let ready = if ready.status == conditions::TRUE {
+            format!("{message}; {}", ready.message)
+        } else {
+            message
+        };
+        (
+            Phase::Waiting,
             Desired::new(
                 types::READY,
                 false,
                 reasons::WAITING_FOR_DEPENDENCIES,
-                &message,
-            )
-        } else {
-            ready
-        };
-        (
-            Phase::Waiting,
-            ready,
+                ready,
+            ),
             waiting,
             deployment_degraded
                 .unwrap_or_else(|| Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, "")),
@@ -1046,8 +1048,24 @@ pub fn status_after(
         } else {
             Phase::Progressing
         };
+        // Ready is what kstatus calls Current: while a step is under way or a failed
+        // version is held, the live version may serve on every replica, but the spec is
+        // not done; the message says both.
+        let unsettled = [&degraded, &progressing]
+            .into_iter()
+            .find(|d| d.status == conditions::TRUE);
+        let ready = match unsettled {
+            Some(cause) if ready.status == conditions::TRUE => Desired::new(
+                types::READY,
+                false,
+                cause.reason,
+                format!("{}; {}", cause.message, ready.message),
+            ),
+            _ => ready,
+        };
         (phase, ready, progressing, degraded)
     };
+    let [reconciling, stalled] = conditions::kstatus(&ready, Some(&progressing), Some(&degraded));
 
     let mut history = state.history.clone();
     let mut stable_version = state.stable_version.clone();
@@ -1075,7 +1093,7 @@ pub fn status_after(
         stable_version,
         conditions: conditions::merge(
             &previous.conditions,
-            vec![ready, progressing, degraded, deps],
+            vec![ready, progressing, degraded, deps, reconciling, stalled],
             generation,
             now,
         ),
@@ -1084,6 +1102,25 @@ pub fn status_after(
             .map(|d| d.step.as_str().to_owned())
             .or(state.step.clone()),
         ..state
+    }
+}
+
+/// The status after a reconcile that failed: the rollout state as it was (nothing this
+/// reconcile decided is recorded), Ready=False with Stalled or, while a transient
+/// failure is retried, Reconciling ([`conditions::after_failure`]), phase Degraded or
+/// Progressing accordingly.
+pub fn status_after_failure(fs: &FinService, failure: &Failure, now: &Time) -> FinServiceStatus {
+    let current = fs.status.clone().unwrap_or_default();
+    let generation = fs.metadata.generation;
+    FinServiceStatus {
+        phase: Some(if failure.transient {
+            Phase::Progressing
+        } else {
+            Phase::Degraded
+        }),
+        conditions: conditions::after_failure(&current.conditions, failure, generation, now),
+        observed_generation: generation,
+        ..current
     }
 }
 
@@ -1245,6 +1282,96 @@ pub(crate) mod tests {
                 .all(|m| m.name != mount.name),
             "the sidecar does not see the keys"
         );
+    }
+
+    #[test]
+    fn a_users_variable_replaces_the_operators_of_the_same_name() {
+        let mut fs = finservice("wallet", &[]);
+        fs.spec.sidecar.enabled = false;
+        fs.spec.env = vec![
+            value_env("DATABASE_URL", "postgres://override"),
+            value_env("LISTEN_ADDR", "0.0.0.0:7000"),
+            value_env("RUST_LOG", "debug"),
+        ];
+        let owned = desired(&fs, &settings(), false);
+        let env = container(pod(&owned.deployments[0]), "app")
+            .env
+            .clone()
+            .unwrap();
+        let named = |name: &str| env.iter().filter(|e| e.name == name).collect::<Vec<_>>();
+        assert_eq!(named("DATABASE_URL"), [&fs.spec.env[0]]);
+        assert_eq!(named("LISTEN_ADDR"), [&fs.spec.env[1]]);
+        let tail: Vec<&str> = env[env.len() - 3..]
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        assert_eq!(
+            tail,
+            ["DATABASE_URL", "LISTEN_ADDR", "RUST_LOG"],
+            "the user's, last, in the user's order"
+        );
+    }
+
+    #[test]
+    fn a_secret_mounted_where_the_operator_mounts_takes_the_path() {
+        let mut fs = finservice("auth", &[]);
+        fs.spec.secret_mounts = vec![crate::crd::SecretMount {
+            secret_name: "role-override".into(),
+            mount_path: PODINFO_PATH.into(),
+        }];
+        let owned = desired(&fs, &settings(), false);
+        let mounts = container(pod(&owned.deployments[0]), "app")
+            .volume_mounts
+            .clone()
+            .unwrap();
+        let at_path: Vec<&str> = mounts
+            .iter()
+            .filter(|m| m.mount_path == PODINFO_PATH)
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(at_path, [secret_volume_name(0)]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever names and paths a user picks, the Deployments hold every key of a
+        /// keyed list once, as server-side apply requires.
+        #[test]
+        fn no_user_input_makes_a_keyed_list_repeat_a_key(
+            names in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "DATABASE_URL", "AMQP_URL", "REDIS_URL", "LISTEN_ADDR", "FINFLOW_ROLE",
+                    "FINFLOW_SERVICE", "RUST_LOG",
+                ]),
+                0..6,
+            ),
+            paths in proptest::collection::vec(
+                proptest::sample::select(vec![PODINFO_PATH, "/etc/finflow/sidecar", "/keys"]),
+                0..4,
+            ),
+            sidecar: bool,
+            native: bool,
+        ) {
+            let mut fs = finservice("payment", &[]);
+            fs.spec.queue_ref = Some("events".into());
+            fs.spec.cache_ref = Some("cache".into());
+            fs.spec.sidecar.enabled = sidecar;
+            fs.spec.env = names.iter().map(|n| value_env(n, "user")).collect();
+            fs.spec.secret_mounts = paths
+                .iter()
+                .map(|p| crate::crd::SecretMount {
+                    secret_name: "s".into(),
+                    mount_path: (*p).to_owned(),
+                })
+                .collect();
+            let settings = Settings { native_sidecars: native, ..settings() };
+            for deployment in desired(&fs, &settings, true).deployments {
+                let value = serde_json::to_value(&deployment).unwrap();
+                let duplicate = crate::controller::fake::duplicate_key(&value);
+                proptest::prop_assert!(duplicate.is_none(), "{duplicate:?}");
+            }
+        }
     }
 
     #[test]
@@ -1531,6 +1658,8 @@ pub(crate) mod tests {
         let status = next_status(&fs, &[], false, Some(&blue), &at(100));
         assert_eq!(status.phase, Some(Phase::Progressing));
         assert!(conditions::is_true(&status.conditions, types::PROGRESSING));
+        assert!(conditions::is_true(&status.conditions, types::RECONCILING));
+        assert!(!conditions::is_true(&status.conditions, types::STALLED));
         assert_eq!(status.ready.as_deref(), Some("0/2"));
         assert_eq!(status.active_color, Some(Color::Blue));
     }
@@ -1546,6 +1675,10 @@ pub(crate) mod tests {
             &status.conditions,
             types::DEPENDENCIES_READY
         ));
+        for kstatus in [types::RECONCILING, types::STALLED] {
+            let c = conditions::find(&status.conditions, kstatus).unwrap();
+            assert_eq!(c.status, conditions::FALSE, "{kstatus}");
+        }
         assert_eq!(status.active_version.as_deref(), Some("1.0.0"));
         assert_eq!(status.stable_version.as_deref(), Some("1.0.0"));
         assert_eq!(status.ready.as_deref(), Some("2/2"));
@@ -1587,6 +1720,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_held_service_serving_its_old_version_is_waiting_not_ready() {
+        let mut fs = finservice("wallet", &["auth"]);
+        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
+        fs.status = Some(next_status(&fs, &[], false, Some(&blue), &at(100)));
+        fs.spec.version = "2.0.0".into();
+        fs.metadata.generation = Some(2);
+        let blockers = [Blocker::missing("FinService", "auth")];
+        let status = next_status(&fs, &blockers, true, Some(&blue), &at(200));
+        let ready = conditions::find(&status.conditions, types::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            (conditions::FALSE, reasons::WAITING_FOR_DEPENDENCIES)
+        );
+        assert!(
+            ready.message.ends_with("version 1.0.0 ready on blue (2/2)"),
+            "{}",
+            ready.message
+        );
+        let reconciling = conditions::find(&status.conditions, types::RECONCILING).unwrap();
+        assert_eq!(
+            (reconciling.status.as_str(), reconciling.reason.as_str()),
+            (conditions::TRUE, reasons::WAITING_FOR_DEPENDENCIES)
+        );
+    }
+
+    #[test]
+    fn a_failed_reconcile_keeps_the_rollout_state_and_says_why_it_is_not_ready() {
+        let mut fs = finservice("wallet", &[]);
+        let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
+        fs.status = Some(next_status(&fs, &[], false, Some(&blue), &at(100)));
+        fs.metadata.generation = Some(2);
+        let failure = Failure {
+            transient: false,
+            reason: reasons::APPLY_FAILED,
+            message: "applying Deployment/wallet-blue: refused".into(),
+        };
+        let before = fs.status.clone().unwrap();
+        let status = status_after_failure(&fs, &failure, &at(200));
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        assert_eq!(status.observed_generation, Some(2));
+        assert_eq!(
+            (&status.active_version, &status.history, &status.step),
+            (&before.active_version, &before.history, &before.step)
+        );
+        let ready = conditions::find(&status.conditions, types::READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_str()),
+            (
+                conditions::FALSE,
+                "applying Deployment/wallet-blue: refused"
+            )
+        );
+        assert!(conditions::is_true(&status.conditions, types::STALLED));
+        let retrying = status_after_failure(
+            &fs,
+            &Failure {
+                transient: true,
+                ..failure
+            },
+            &at(200),
+        );
+        assert_eq!(retrying.phase, Some(Phase::Progressing));
+        assert!(conditions::is_true(
+            &retrying.conditions,
+            types::RECONCILING
+        ));
+    }
+
+    #[test]
     fn a_deployment_past_its_deadline_is_degraded() {
         let fs = finservice("wallet", &[]);
         let mut blue =
@@ -1603,6 +1805,7 @@ pub(crate) mod tests {
         let status = next_status(&fs, &[], false, Some(&blue), &at(100));
         assert_eq!(status.phase, Some(Phase::Degraded));
         assert!(conditions::is_true(&status.conditions, types::DEGRADED));
+        assert!(conditions::is_true(&status.conditions, types::STALLED));
         assert!(status.stable_version.is_none());
     }
 }

@@ -8,13 +8,17 @@
 //!   resource and what was observed into the objects it should own and the status it
 //!   should report; [`inject`] turns a pod spec into the same pod with the sidecar in
 //!   front of the app; [`conditions`] merges conditions so transition times move only
-//!   when a status does; [`meta`] decides whether an object must be written at all;
+//!   when a status does; [`listmap`] merges the operator's and a user's entries of a
+//!   keyed list (`env`, `volumeMounts`, `volumes`) into one per key, the user's winning;
+//!   [`meta`] decides whether an object must be written at all;
 //!   [`graph`] gives deploy and rollback order; [`leader`] decides acquire, renew or
 //!   follow; [`certs`] builds the webhook's certificate and configuration; [`rbac`]
 //!   lists every permission. All of it is tested with plain `#[test]`s.
 //! - **The edge.** [`controller`] reads the cluster, calls the decisions, and writes
 //!   with server-side apply (field manager `finflow-operator`) only what differs, the
-//!   status only when it changed, and an Event per step that changed something; its
+//!   status only when it changed, and an Event per step that changed something; a
+//!   reconcile that fails puts the API server's message in the status (Ready=False,
+//!   kstatus' Stalled or Reconciling) and in a Warning Event before it is retried; its
 //!   tests run the reconcilers against a fake API server that checks every request.
 //!   [`webhook`] answers AdmissionReviews over TLS. [`app`] wires the process: metrics
 //!   and health, the webhook, leader election, and the controllers on the leader.
@@ -41,8 +45,9 @@
 //! observation window, a rollback under way), applies the objects that state implies
 //! ([`finservice::color_plans`]), labels pods with their role (`finflow.dev/role`; app
 //! pods read it from a downward API file and consume work queues only when `active`),
-//! records the step as an Event and the Progressing/Degraded conditions, and removes a
-//! request annotation once handled. When module A goes live with another version, every
+//! records the step as an Event and the Progressing/Degraded conditions (and from them
+//! kstatus' Reconciling/Stalled; Ready only once the spec's version is live and
+//! settled), and removes a request annotation once handled. When module A goes live with another version, every
 //! sidecar ConfigMap gets the new epoch and the sidecars refetch the JWK set.
 //! [`plugin`] is the pure half of the `kubectl-finflow` binary.
 //!
@@ -60,6 +65,7 @@ pub mod finservice;
 pub mod graph;
 pub mod inject;
 pub mod leader;
+pub mod listmap;
 pub mod messagequeue;
 pub mod meta;
 pub mod plugin;

@@ -652,6 +652,14 @@ pub fn next_status(
             ),
         )
     };
+    // Incomplete credentials and a failed declaration stay until someone acts.
+    let stuck = Desired::new(
+        types::DEGRADED,
+        phase == Phase::Degraded,
+        ready.reason,
+        &ready.message,
+    );
+    let [reconciling, stalled] = conditions::kstatus(&ready, None, Some(&stuck));
     MessageQueueStatus {
         phase: Some(phase),
         ready: Some(format!("{ready_nodes}/{replicas}")),
@@ -659,11 +667,32 @@ pub fn next_status(
         endpoint: Some(format!("{name}:{AMQP_PORT}")),
         conditions: conditions::merge(
             &current.conditions,
-            vec![ready, topology],
+            vec![ready, topology, reconciling, stalled],
             mq.metadata.generation,
             now,
         ),
         observed_generation: mq.metadata.generation,
+    }
+}
+
+/// The status after a reconcile that failed: as it was, with Ready=False and Stalled
+/// or Reconciling ([`conditions::after_failure`]).
+pub fn status_after_failure(
+    mq: &MessageQueue,
+    failure: &conditions::Failure,
+    now: &Time,
+) -> MessageQueueStatus {
+    let current = mq.status.clone().unwrap_or_default();
+    let generation = mq.metadata.generation;
+    MessageQueueStatus {
+        phase: Some(if failure.transient {
+            Phase::Progressing
+        } else {
+            Phase::Degraded
+        }),
+        conditions: conditions::after_failure(&current.conditions, failure, generation, now),
+        observed_generation: generation,
+        ..current
     }
 }
 
@@ -857,6 +886,23 @@ mod tests {
 
         let failed = next_status(&mq, Some(&sts), JobState::Failed, true, &now());
         assert_eq!(failed.phase, Some(Phase::Degraded));
+    }
+
+    #[test]
+    fn a_queue_on_its_way_is_reconciling_and_a_failed_declaration_stalls() {
+        let mq = mq();
+        let sts = ready_sts(&mq);
+        let kstatus = |status: &MessageQueueStatus| {
+            [types::RECONCILING, types::STALLED].map(|t| conditions::is_true(&status.conditions, t))
+        };
+        let running = next_status(&mq, Some(&sts), JobState::Running, true, &now());
+        assert_eq!(kstatus(&running), [true, false]);
+        let done = next_status(&mq, Some(&sts), JobState::Succeeded, true, &now());
+        assert_eq!(kstatus(&done), [false, false]);
+        let failed = next_status(&mq, Some(&sts), JobState::Failed, true, &now());
+        assert_eq!(kstatus(&failed), [false, true]);
+        let stalled = conditions::find(&failed.conditions, types::STALLED).unwrap();
+        assert_eq!(stalled.reason, reasons::DECLARATION_FAILED);
     }
 
     #[test]

@@ -61,7 +61,12 @@ fn line(fs: &FinService) -> String {
     if let Some(f) = &status.failed_version {
         let _ = write!(out, " [failed {f}]");
     }
-    let phase = status.phase.map_or("Unknown", Phase::as_str);
+    // A status older than the spec says nothing about the spec yet.
+    let phase = if current(fs) {
+        status.phase.map_or("Unknown", Phase::as_str)
+    } else {
+        "Reconciling"
+    };
     let _ = write!(out, " {phase}");
     if let Some(step) = status.step.as_deref().filter(|s| *s != "Steady") {
         let _ = write!(out, " ({step})");
@@ -167,17 +172,35 @@ pub fn render_history(fs: &FinService) -> String {
     out
 }
 
-/// `Ok` when every service is Ready at its spec's version with the Ready condition true;
-/// otherwise the names of those that are not, for the message.
+/// Whether the status describes the FinService's latest spec: its `observedGeneration`,
+/// and its Ready condition's, reached `metadata.generation`. Until then the operator
+/// has not reconciled the change, whatever the status says.
+pub fn current(fs: &FinService) -> bool {
+    let Some(s) = &fs.status else { return false };
+    let generation = fs.metadata.generation;
+    let reached =
+        |observed: Option<i64>| generation.is_none_or(|g| observed.is_some_and(|o| o >= g));
+    reached(s.observed_generation)
+        && conditions::find(&s.conditions, conditions::types::READY)
+            .is_none_or(|c| c.observed_generation.is_none() || reached(c.observed_generation))
+}
+
+/// The names of the services that are not healthy, for the message: healthy is a
+/// current status ([`current`]), phase Ready at the spec's version with nothing in
+/// preview, the Ready condition true and neither Reconciling nor Stalled.
 pub fn unhealthy(services: &[FinService]) -> Vec<String> {
+    use conditions::types::{READY, RECONCILING, STALLED};
     services
         .iter()
         .filter(|fs| {
             let Some(s) = &fs.status else { return true };
-            !(s.phase == Some(Phase::Ready)
+            !(current(fs)
+                && s.phase == Some(Phase::Ready)
                 && s.active_version.as_deref() == Some(fs.spec.version.as_str())
                 && s.preview_version.is_none()
-                && conditions::is_true(&s.conditions, conditions::types::READY))
+                && conditions::is_true(&s.conditions, READY)
+                && !conditions::is_true(&s.conditions, RECONCILING)
+                && !conditions::is_true(&s.conditions, STALLED))
         })
         .map(ResourceExt::name_any)
         .collect()
@@ -307,6 +330,64 @@ mod tests {
         }];
         let old = fs("b", &[], Some("1.0.0"), Phase::Ready);
         assert_eq!(unhealthy(&[ready, old]), ["b"]);
+    }
+
+    fn condition(type_: &str, status: &str, generation: Option<i64>) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            last_transition_time: Time(Default::default()),
+            observed_generation: generation,
+        }
+    }
+
+    /// Ready at generation 1, as the operator reports a settled service.
+    fn settled(name: &str) -> FinService {
+        let mut f = fs(name, &[], Some("2.0.0"), Phase::Ready);
+        f.metadata.generation = Some(1);
+        let s = f.status.as_mut().unwrap();
+        s.observed_generation = Some(1);
+        s.conditions = vec![
+            condition("Ready", "True", Some(1)),
+            condition("Reconciling", "False", Some(1)),
+            condition("Stalled", "False", Some(1)),
+        ];
+        f
+    }
+
+    #[test]
+    fn a_status_older_than_the_spec_is_reconciling_not_ready() {
+        let mut edited = settled("a");
+        assert!(current(&edited));
+        assert!(unhealthy(std::slice::from_ref(&edited)).is_empty());
+        edited.metadata.generation = Some(2);
+        assert!(!current(&edited));
+        assert_eq!(unhealthy(std::slice::from_ref(&edited)), ["a"]);
+        assert_eq!(
+            render_tree(&[edited]),
+            "a 2.0.0 [live 2.0.0 green] Reconciling\n"
+        );
+    }
+
+    #[test]
+    fn a_ready_condition_from_an_older_generation_is_not_current() {
+        let mut f = settled("a");
+        f.metadata.generation = Some(2);
+        f.status.as_mut().unwrap().observed_generation = Some(2);
+        assert!(!current(&f), "Ready still speaks of generation 1");
+    }
+
+    #[test]
+    fn a_stalled_or_reconciling_service_is_not_healthy() {
+        for type_ in ["Stalled", "Reconciling"] {
+            let mut f = settled("a");
+            let s = f.status.as_mut().unwrap();
+            s.conditions.retain(|c| c.type_ != type_);
+            s.conditions.push(condition(type_, "True", Some(1)));
+            assert_eq!(unhealthy(&[f]), ["a"], "{type_}");
+        }
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub fn next_status(
             ),
         )
     };
+    let [reconciling, stalled] = conditions::kstatus(&condition, None, None);
     RedisCacheStatus {
         phase: Some(phase),
         ready: Some(format!("{ready_replicas}/1")),
@@ -223,11 +224,32 @@ pub fn next_status(
         endpoint: Some(format!("{name}:{PORT}")),
         conditions: conditions::merge(
             &current.conditions,
-            vec![condition],
+            vec![condition, reconciling, stalled],
             rc.metadata.generation,
             now,
         ),
         observed_generation: rc.metadata.generation,
+    }
+}
+
+/// The status after a reconcile that failed: as it was, with Ready=False and Stalled
+/// or Reconciling ([`conditions::after_failure`]).
+pub fn status_after_failure(
+    rc: &RedisCache,
+    failure: &conditions::Failure,
+    now: &Time,
+) -> RedisCacheStatus {
+    let current = rc.status.clone().unwrap_or_default();
+    let generation = rc.metadata.generation;
+    RedisCacheStatus {
+        phase: Some(if failure.transient {
+            Phase::Progressing
+        } else {
+            Phase::Degraded
+        }),
+        conditions: conditions::after_failure(&current.conditions, failure, generation, now),
+        observed_generation: generation,
+        ..current
     }
 }
 
@@ -313,10 +335,9 @@ mod tests {
         let rc = rc(true);
         let mut deployment = desired(&rc).deployment;
         let now = Time(Timestamp::UNIX_EPOCH);
-        assert_eq!(
-            next_status(&rc, Some(&deployment), &now).phase,
-            Some(Phase::Progressing)
-        );
+        let waiting = next_status(&rc, Some(&deployment), &now);
+        assert_eq!(waiting.phase, Some(Phase::Progressing));
+        assert!(conditions::is_true(&waiting.conditions, types::RECONCILING));
         deployment.metadata.generation = Some(1);
         deployment.status = Some(DeploymentStatus {
             observed_generation: Some(1),
@@ -327,6 +348,8 @@ mod tests {
         let status = next_status(&rc, Some(&deployment), &now);
         assert_eq!(status.phase, Some(Phase::Ready));
         assert!(conditions::is_true(&status.conditions, types::READY));
+        assert!(!conditions::is_true(&status.conditions, types::RECONCILING));
+        assert!(!conditions::is_true(&status.conditions, types::STALLED));
         assert_eq!(status.password_secret.as_deref(), Some("cache-auth"));
     }
 }

@@ -6,10 +6,18 @@
 //! test asserts on what the cluster ends up holding, on the Events, and on the writes
 //! (each with its query, content type and body, see [`Write`]).
 //! It answers what the operator sends: GET and LIST (with label selectors), server-side
-//! apply (a deep merge; the status subresource is replaced), JSON patch, Event
-//! creation, and GET through the service proxy. Pods are made by [`Fake::settle`] from
-//! each Deployment's template, and the test decides which versions never become
-//! ready, which crash, and which answer `/health` with an error.
+//! apply (a deep merge; the status subresource is replaced), JSON patch, create and
+//! replace, Event creation, and GET through the service proxy. Pods are made by
+//! [`Fake::settle`] from each Deployment's template, and the test decides which versions
+//! never become ready, which crash, and which answer `/health` with an error.
+//!
+//! It refuses what the real API server refuses about keyed lists: a pod template whose
+//! containers, init containers or volumes repeat a name, or a container whose `env`,
+//! `volumeMounts` (by `mountPath`) or `ports` (by `containerPort` and `protocol`) repeat
+//! a key. An apply gets the server-side apply answer (500, `duplicate entries for key`);
+//! a create, replace or other patch gets 422 Invalid, stricter than a real server, which
+//! accepts a repeated `env` or port with a warning and then silently uses one of them.
+//! A test can also make it refuse any write to a path ([`Fake::refuse`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -80,6 +88,24 @@ pub struct State {
     pub crashing: BTreeSet<(String, String)>,
     /// `(service, version)` whose `/health` answers 503.
     pub unhealthy: BTreeSet<(String, String)>,
+    /// Object path (with `/status` for the status subresource) -> how every write to it
+    /// is answered, until removed.
+    pub refusals: BTreeMap<String, Refusal>,
+}
+
+/// A write the fake refuses: the `Status` it answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    /// The Status reason (`Invalid`, `Forbidden`, ...; empty for a plain 500).
+    pub reason: String,
+    pub message: String,
+}
+
+impl Refusal {
+    fn answer(&self) -> (StatusCode, Value) {
+        failure(self.code, &self.reason, &self.message)
+    }
 }
 
 /// The fake API server and its clock (seconds).
@@ -171,6 +197,20 @@ impl Fake {
             Arc::new(move || Time(Timestamp::from_second(clock.load(Ordering::SeqCst)).unwrap())),
         );
         (fake, Arc::new(ctx))
+    }
+
+    /// Refuses every write to `path` (an object's path, `/status` for its status) with
+    /// `code`, `reason` and `message`, as the API server would, until
+    /// [`State::refusals`] loses it.
+    pub fn refuse(&self, path: &str, code: u16, reason: &str, message: &str) {
+        self.state().refusals.insert(
+            path.to_owned(),
+            Refusal {
+                code,
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+            },
+        );
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -401,6 +441,16 @@ impl Fake {
                     content_type: content_type.clone(),
                     body: body.clone(),
                 });
+                if let Some(refusal) = state.refusals.get(&path) {
+                    return refusal.answer();
+                }
+                let apply = content_type.contains("apply-patch");
+                if apply
+                    && !status_subresource
+                    && let Some(duplicate) = duplicate_key(&body)
+                {
+                    return typed_patch_error(&body, &name, &duplicate);
+                }
                 let current = state
                     .objects
                     .get(&collection)
@@ -431,6 +481,12 @@ impl Fake {
                     merge(&mut object, &body);
                     object
                 };
+                if !apply
+                    && !status_subresource
+                    && let Some(duplicate) = duplicate_key(&next)
+                {
+                    return invalid(&next, &name, &duplicate);
+                }
                 let stored = state.stamp(next, current.as_ref());
                 state
                     .objects
@@ -438,6 +494,52 @@ impl Fake {
                     .or_default()
                     .insert(name, stored.clone());
                 (StatusCode::OK, stored)
+            }
+            (&Method::POST, None) | (&Method::PUT, Some(_)) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let object_path = format!("{collection}/{name}");
+                state.writes.push(format!("{} {object_path}", parts.method));
+                state.sent.push(Write {
+                    method: parts.method.clone(),
+                    path: path.clone(),
+                    query: query.clone(),
+                    content_type: String::new(),
+                    body: body.clone(),
+                });
+                if let Some(refusal) = state.refusals.get(&object_path) {
+                    return refusal.answer();
+                }
+                if let Some(duplicate) = duplicate_key(&body) {
+                    return invalid(&body, &name, &duplicate);
+                }
+                let current = state
+                    .objects
+                    .get(&collection)
+                    .and_then(|c| c.get(&name))
+                    .cloned();
+                let created = parts.method == Method::POST;
+                match (&current, created) {
+                    (Some(_), true) => {
+                        return failure(409, "AlreadyExists", &format!("{name:?} already exists"));
+                    }
+                    (None, false) => return not_found(),
+                    _ => {}
+                }
+                let stored = state.stamp(body, current.as_ref());
+                state
+                    .objects
+                    .entry(collection)
+                    .or_default()
+                    .insert(name, stored.clone());
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                (code, stored)
             }
             _ => not_found(),
         }
@@ -502,13 +604,266 @@ impl State {
 }
 
 fn not_found() -> (StatusCode, Value) {
+    failure(404, "NotFound", "not found")
+}
+
+/// A `Status` of `code`; an empty `reason` is left out, as the server does.
+fn failure(code: u16, reason: &str, message: &str) -> (StatusCode, Value) {
+    let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "code": code});
+    if !reason.is_empty() {
+        status["reason"] = json!(reason);
+    }
     (
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "not found", "reason": "NotFound", "code": 404}),
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        status,
+    )
+}
+
+/// A key found twice in a keyed list: where, as server-side apply and as validation
+/// name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    /// `.spec.template.spec.containers[name="app"].env: duplicate entries for key [name="X"]`
+    pub apply: String,
+    /// `spec.template.spec.containers[0].env[7]: Duplicate value: {"name":"X"}`
+    pub field: String,
+}
+
+/// The first key that a pod template in `object` (a Pod's spec, a workload's
+/// `spec.template`, a CronJob's job template) holds twice in a keyed list.
+pub fn duplicate_key(object: &Value) -> Option<Duplicate> {
+    let (at, pod) = if object["kind"] == "Pod" {
+        ("spec", &object["spec"])
+    } else if object["spec"]["template"]["spec"].is_object() {
+        ("spec.template.spec", &object["spec"]["template"]["spec"])
+    } else if object["spec"]["jobTemplate"]["spec"]["template"]["spec"].is_object() {
+        (
+            "spec.jobTemplate.spec.template.spec",
+            &object["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        )
+    } else {
+        return None;
+    };
+    let lists = ["containers", "initContainers", "volumes"];
+    for list in lists {
+        let path = format!("{at}.{list}");
+        if let Some(d) = duplicate_in(&pod[list], &path, &path, &["name"]) {
+            return Some(d);
+        }
+    }
+    for list in &lists[..2] {
+        for (i, container) in pod[list].as_array().into_iter().flatten().enumerate() {
+            let name = container["name"].as_str().unwrap_or_default();
+            for (key, fields) in [
+                ("env", &["name"][..]),
+                ("volumeMounts", &["mountPath"][..]),
+                ("ports", &["containerPort", "protocol"][..]),
+            ] {
+                let d = duplicate_in(
+                    &container[key],
+                    &format!("{at}.{list}[name={name:?}].{key}"),
+                    &format!("{at}.{list}[{i}].{key}"),
+                    fields,
+                );
+                if d.is_some() {
+                    return d;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The first repeated key of `list` under `fields` (a port's protocol defaults to TCP);
+/// `apply` and `field` name the list as server-side apply and validation do.
+fn duplicate_in(list: &Value, apply: &str, field: &str, fields: &[&str]) -> Option<Duplicate> {
+    let mut seen: Vec<Vec<(&str, Value)>> = Vec::new();
+    for (i, item) in list.as_array().into_iter().flatten().enumerate() {
+        let key: Vec<(&str, Value)> = fields
+            .iter()
+            .map(|f| match (&item[*f], *f) {
+                (Value::Null, "protocol") => (*f, json!("TCP")),
+                (v, _) => (*f, v.clone()),
+            })
+            .collect();
+        if seen.contains(&key) {
+            let apply_key = key
+                .iter()
+                .map(|(f, v)| format!("{f}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let value: serde_json::Map<String, Value> =
+                key.into_iter().map(|(f, v)| (f.to_owned(), v)).collect();
+            return Some(Duplicate {
+                apply: format!(".{apply}: duplicate entries for key [{apply_key}]"),
+                field: format!("{field}[{i}]: Duplicate value: {}", Value::Object(value)),
+            });
+        }
+        seen.push(key);
+    }
+    None
+}
+
+/// `group/version, Kind=Kind` of an object, as the server names it in errors.
+fn gvk(object: &Value) -> (String, String) {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    (api_version.to_owned(), kind.to_owned())
+}
+
+/// What the server answers an apply whose body repeats a key: the field manager cannot
+/// build the typed object.
+fn typed_patch_error(body: &Value, name: &str, duplicate: &Duplicate) -> (StatusCode, Value) {
+    let (api_version, kind) = gvk(body);
+    failure(
+        500,
+        "",
+        &format!(
+            "failed to create typed patch object ({NS}/{name}; {api_version}, Kind={kind}): {}",
+            duplicate.apply
+        ),
+    )
+}
+
+/// What validation answers a create, replace or patch whose result repeats a key.
+fn invalid(object: &Value, name: &str, duplicate: &Duplicate) -> (StatusCode, Value) {
+    let (api_version, kind) = gvk(object);
+    let group = api_version
+        .split_once('/')
+        .map(|(g, _)| format!(".{g}"))
+        .unwrap_or_default();
+    failure(
+        422,
+        "Invalid",
+        &format!("{kind}{group} {name:?} is invalid: {}", duplicate.field),
     )
 }
 
 /// Where FinServices live in the fake.
 pub fn finservices() -> &'static str {
     FINSERVICES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finservice::tests::settings;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    fn deployment(app: Value, volumes: Value) -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "a-blue", "namespace": NS},
+            "spec": {
+                "selector": {"matchLabels": {"app": "a"}},
+                "template": {
+                    "metadata": {"labels": {"app": "a"}},
+                    "spec": {"containers": [app], "volumes": volumes},
+                },
+            },
+        })
+    }
+
+    fn refused(result: Result<Deployment, kube::Error>) -> (u16, String, String) {
+        match result {
+            Err(kube::Error::Api(s)) => (s.code, s.reason, s.message),
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    async fn apply(ctx: &Context, body: &Value) -> Result<Deployment, kube::Error> {
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), NS);
+        api.patch("a-blue", &PatchParams::apply("test"), &Patch::Apply(body))
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_apply_that_repeats_an_env_name_is_refused_as_server_side_apply_refuses_it() {
+        let (fake, ctx) = Fake::start(settings());
+        let app = json!({"name": "app", "env": [
+            {"name": "DATABASE_URL", "value": "ours"},
+            {"name": "DATABASE_URL", "value": "theirs"},
+        ]});
+        let (code, _, message) = refused(apply(&ctx, &deployment(app, json!([]))).await);
+        assert_eq!(code, 500);
+        assert_eq!(
+            message,
+            "failed to create typed patch object (finflow/a-blue; apps/v1, Kind=Deployment): \
+             .spec.template.spec.containers[name=\"app\"].env: duplicate entries for key \
+             [name=\"DATABASE_URL\"]"
+        );
+        assert!(fake.deployment("a-blue").is_none(), "nothing stored");
+    }
+
+    #[tokio::test]
+    async fn ports_are_keyed_by_port_and_protocol_with_tcp_by_default() {
+        let (_, ctx) = Fake::start(settings());
+        let app = json!({"name": "app", "ports": [
+            {"containerPort": 8080, "protocol": "UDP"},
+            {"containerPort": 8080},
+            {"containerPort": 8080, "protocol": "TCP"},
+        ]});
+        let (_, _, message) = refused(apply(&ctx, &deployment(app, json!([]))).await);
+        assert!(
+            message.ends_with(
+                ".ports: duplicate entries for key [containerPort=8080,protocol=\"TCP\"]"
+            ),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_create_that_repeats_a_volume_or_a_mount_path_is_invalid() {
+        let (_, ctx) = Fake::start(settings());
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), NS);
+        let create = |body: Value| {
+            let api = api.clone();
+            async move {
+                let d: Deployment = serde_json::from_value(body).unwrap();
+                api.create(&PostParams::default(), &d).await
+            }
+        };
+        let volumes = json!([{"name": "keys", "emptyDir": {}}, {"name": "keys", "emptyDir": {}}]);
+        let (code, reason, message) =
+            refused(create(deployment(json!({"name": "app"}), volumes)).await);
+        assert_eq!((code, reason.as_str()), (422, "Invalid"));
+        assert_eq!(
+            message,
+            "Deployment.apps \"a-blue\" is invalid: spec.template.spec.volumes[1]: \
+             Duplicate value: {\"name\":\"keys\"}"
+        );
+        let app = json!({"name": "app", "volumeMounts": [
+            {"name": "a", "mountPath": "/keys"},
+            {"name": "b", "mountPath": "/keys"},
+        ]});
+        let (code, _, message) = refused(create(deployment(app, json!([]))).await);
+        assert_eq!(code, 422);
+        assert!(
+            message.contains("containers[0].volumeMounts[1]"),
+            "{message}"
+        );
+        let fine = create(deployment(json!({"name": "app"}), json!([]))).await;
+        assert!(fine.is_ok(), "{fine:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_answers_the_status_it_was_given_until_lifted() {
+        let (fake, ctx) = Fake::start(settings());
+        fake.refuse(
+            &format!("{DEPLOYMENTS}/a-blue"),
+            403,
+            "Forbidden",
+            "deployments.apps \"a-blue\" is forbidden",
+        );
+        let body = deployment(json!({"name": "app"}), json!([]));
+        let (code, reason, message) = refused(apply(&ctx, &body).await);
+        assert_eq!(
+            (code, reason.as_str(), message.as_str()),
+            (403, "Forbidden", "deployments.apps \"a-blue\" is forbidden")
+        );
+        fake.state().refusals.clear();
+        assert!(apply(&ctx, &body).await.is_ok());
+    }
 }

@@ -6,7 +6,8 @@
 //! the next step; moves the rollout state in the status by that step
 //! ([`finservice::advance`]); applies the objects that state implies; labels pods with
 //! their role; writes the status; records the step as an Event; and removes a request
-//! annotation it has handled.
+//! annotation it has handled. When any of it fails, the status and an Event say so
+//! ([`super::report_failure`]) before the retry.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,7 +27,8 @@ use super::rollout::{
     request_handled,
 };
 use super::{
-    Context, Observed, Result, apply_status, measured, namespace, owned_objects, scoped_api,
+    Context, Observed, Result, apply_status, measured, namespace, owned_objects, report_failure,
+    scoped_api,
 };
 use crate::crd::{Color, FinService, MessageQueue, Phase, RedisCache, RollbackState};
 use crate::finservice::{
@@ -122,7 +124,17 @@ fn dependents(
 }
 
 pub async fn reconcile(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Action> {
-    measured::<FinService, _>(reconcile_inner(fs, ctx)).await
+    measured::<FinService, _>(async {
+        let result = reconcile_inner(fs.clone(), ctx.clone()).await;
+        if let Err(error) = &result {
+            report_failure(&ctx, fs.as_ref(), fs.status.as_ref(), error, |f, now| {
+                finservice::status_after_failure(&fs, f, now)
+            })
+            .await;
+        }
+        result
+    })
+    .await
 }
 
 /// Container restarts of the pods of `color`.

@@ -19,8 +19,8 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{
-    Context, Error, Observed, Result, apply_params, apply_status, measured, namespace, now,
-    owned_objects, random_secret, scoped_api,
+    Context, Error, Observed, Result, apply_params, apply_status, applying, measured, namespace,
+    now, owned_objects, random_secret, report_failure, scoped_api,
 };
 use crate::crd::{MessageQueue, Phase};
 use crate::messagequeue::{self as mq_rules, JobState};
@@ -59,7 +59,16 @@ pub async fn reconcile(mq: Arc<MessageQueue>, ctx: Arc<Context>) -> Result<Actio
         let api: Api<MessageQueue> = Api::namespaced(ctx.client.clone(), &ns);
         finalizer(&api, FINALIZER, mq, |event| async {
             match event {
-                Finalizer::Apply(mq) => apply(mq, &ctx, &ns).await,
+                Finalizer::Apply(mq) => {
+                    let result = apply(mq.clone(), &ctx, &ns).await;
+                    if let Err(error) = &result {
+                        report_failure(&ctx, mq.as_ref(), mq.status.as_ref(), error, |f, now| {
+                            mq_rules::status_after_failure(&mq, f, now)
+                        })
+                        .await;
+                    }
+                    result
+                }
                 Finalizer::Cleanup(mq) => cleanup(mq, &ctx, &ns).await,
             }
         })
@@ -79,7 +88,8 @@ async fn credentials(mq: &MessageQueue, ctx: &Context, ns: &str) -> Result<bool>
             let secret = mq_rules::credentials_secret(mq, &random_secret(32), &random_secret(64));
             secrets
                 .patch(&name, &apply_params(), &Patch::Apply(&secret))
-                .await?;
+                .await
+                .map_err(applying(format!("Secret/{name}")))?;
             ctx.event(
                 mq,
                 EventType::Normal,
@@ -112,7 +122,8 @@ async fn credentials(mq: &MessageQueue, ctx: &Context, ns: &str) -> Result<bool>
                 };
                 secrets
                     .patch(&name, &apply_params(), &Patch::Apply(&adopt))
-                    .await?;
+                    .await
+                    .map_err(applying(format!("Secret/{name}")))?;
                 ctx.event(
                     mq,
                     EventType::Normal,
@@ -176,7 +187,8 @@ async fn apply(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Action>
                 &apply_params(),
                 &Patch::Apply(&mq_rules::topology_job(&mq)),
             )
-            .await?;
+            .await
+            .map_err(applying(format!("Job/{job_name}")))?;
         applied.push(format!("Job/{job_name}"));
         job = Some(created);
     }

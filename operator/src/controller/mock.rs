@@ -25,6 +25,8 @@ pub enum Reply {
     NotFound,
     /// 200 with the request's own body (what an apply of a new object returns, near enough).
     Echo,
+    /// A refusal: a `Status` with this code, reason and message.
+    Refused(u16, &'static str, &'static str),
 }
 
 type Check = Box<dyn Fn(&Value) + Send>;
@@ -179,6 +181,16 @@ impl Verifier {
                     Reply::Echo => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(bytes.to_vec())),
+                    Reply::Refused(code, reason, message) => {
+                        Response::builder().status(code).body(Body::from(
+                            serde_json::to_vec(&json!({
+                                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Failure", "message": message,
+                                "reason": reason, "code": code
+                            }))
+                            .unwrap(),
+                        ))
+                    }
                     Reply::NotFound => {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

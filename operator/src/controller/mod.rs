@@ -12,6 +12,11 @@
 //! the libraries that make them: kube-runtime's finalizer helper adds and removes its
 //! finalizer with a JSON patch (with a `test` precondition), and its event recorder
 //! creates Events.
+//!
+//! A reconcile that fails says so before it is retried ([`report_failure`]): the
+//! resource's status gets Ready=False and Stalled (or Reconciling, for a failure a
+//! retry can get past, [`Error::failure`]) with the API server's message, and a Warning
+//! Event names it; both only when the failure is new.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -29,6 +34,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::conditions::{Failure, reasons};
 use crate::finservice::Settings;
 use crate::meta::{self, FIELD_MANAGER};
 
@@ -49,6 +55,13 @@ mod scenarios;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The API server refused (or did not answer) an apply of `object` (`Kind/name`).
+    #[error("applying {object}: {source}")]
+    Apply {
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("{0} has no namespace")]
@@ -58,6 +71,85 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Names `object` (`Kind/name`) in the error of its apply.
+pub fn applying(object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Apply {
+        object: object.into(),
+        source,
+    }
+}
+
+impl Error {
+    /// How the resource's status reports this error: what failed with the server's
+    /// message, and whether a retry can get past it with nothing else changed.
+    pub fn failure(&self) -> Failure {
+        let (reason, what, source) = match self {
+            Self::Apply { object, source } => (
+                reasons::APPLY_FAILED,
+                format!("applying {object}: "),
+                source,
+            ),
+            Self::Kube(source) => (reasons::RECONCILE_FAILED, String::new(), source),
+            Self::Finalizer(e) => match e.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    return e.failure();
+                }
+                finalizer::Error::AddFinalizer(source)
+                | finalizer::Error::RemoveFinalizer(source) => (
+                    reasons::RECONCILE_FAILED,
+                    "writing the finalizer: ".to_owned(),
+                    source,
+                ),
+                other => return permanent(other.to_string()),
+            },
+            Self::MissingNamespace(_) | Self::Patch(_) => return permanent(self.to_string()),
+        };
+        let (transient, message) = match source {
+            kube::Error::Api(status) => (
+                transient_answer(status.code, &status.message),
+                if status.message.is_empty() {
+                    source.to_string()
+                } else {
+                    status.message.clone()
+                },
+            ),
+            // The answer could not be read or the request not built: a retry sends the same.
+            kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => {
+                (false, source.to_string())
+            }
+            // No answer (connection, TLS, timeout): the server may answer next time.
+            _ => (true, source.to_string()),
+        };
+        Failure {
+            transient,
+            reason,
+            message: format!("{what}{message}"),
+        }
+    }
+}
+
+fn permanent(message: String) -> Failure {
+    Failure {
+        transient: false,
+        reason: reasons::RECONCILE_FAILED,
+        message,
+    }
+}
+
+/// Whether the API server may accept the same request later: a conflict, an expired
+/// list, throttling, a timeout or an unavailable server may pass; the rest of 4xx
+/// (invalid, forbidden, not found) needs a change first. A 500 usually passes, but not
+/// the one server-side apply answers for an object it cannot type (a keyed list that
+/// repeats a key): that one comes back every time.
+pub fn transient_answer(code: u16, message: &str) -> bool {
+    match code {
+        408 | 409 | 410 | 429 => true,
+        400..=499 => false,
+        500 => !message.contains("failed to create typed"),
+        _ => true,
+    }
+}
 
 /// Where reconciles read the time: the wall clock, or a test's clock.
 pub type Clock = Arc<dyn Fn() -> Time + Send + Sync>;
@@ -188,7 +280,8 @@ where
                 &apply_params(),
                 &Patch::Apply(&self.desired),
             )
-            .await?;
+            .await
+            .map_err(applying(self.describe()))?;
         Ok((Some(applied), true))
     }
 }
@@ -216,6 +309,51 @@ where
     api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&body))
         .await?;
     Ok(true)
+}
+
+/// Shows a failed reconcile on `object`: the status `status_after` makes of the
+/// failure (the kind's pure `status_after_failure`), written when it differs from
+/// `current`, and then a Warning Event with the same message. A failure already
+/// reported (the same status) writes and records nothing. What goes wrong here is only
+/// logged: the reconcile's own error is what gets retried.
+pub async fn report_failure<K, S>(
+    ctx: &Context,
+    object: &K,
+    current: Option<&S>,
+    error: &Error,
+    status_after: impl FnOnce(&Failure, &Time) -> S,
+) where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: Serialize + PartialEq,
+{
+    let Some(ns) = object.namespace() else {
+        return;
+    };
+    let failure = error.failure();
+    let status = status_after(&failure, &ctx.now());
+    if current == Some(&status) {
+        return;
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(e) = apply_status(&api, object, current, &status).await {
+        tracing::warn!(error = %e, name = %object.name_any(), "could not report a failed reconcile in the status");
+    }
+    let action = if failure.reason == reasons::APPLY_FAILED {
+        "Apply"
+    } else {
+        "Reconcile"
+    };
+    ctx.event(
+        object,
+        EventType::Warning,
+        failure.reason,
+        action,
+        failure.message,
+    )
+    .await;
 }
 
 /// A random alphanumeric secret of `len` characters.
@@ -305,4 +443,83 @@ where
 pub fn owned_objects() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default()
         .labels(&format!("{}={FIELD_MANAGER}", meta::MANAGED_BY_LABEL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn answer(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Status::failure(message, reason).with_code(code).boxed())
+    }
+
+    #[test]
+    fn a_refused_apply_names_the_object_and_keeps_the_servers_message() {
+        let error = applying("Deployment/a-blue")(answer(
+            422,
+            "Invalid",
+            "Deployment.apps \"a-blue\" is invalid: spec.replicas: Invalid value: -1",
+        ));
+        assert_eq!(
+            error.failure(),
+            Failure {
+                transient: false,
+                reason: reasons::APPLY_FAILED,
+                message: "applying Deployment/a-blue: Deployment.apps \"a-blue\" is invalid: \
+                          spec.replicas: Invalid value: -1"
+                    .into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_refused_by_server_side_apply_stalls_though_it_is_a_500() {
+        let message = "failed to create typed patch object (finflow/a-blue; apps/v1, \
+                       Kind=Deployment): .spec.template.spec.containers[name=\"app\"].env: \
+                       duplicate entries for key [name=\"DATABASE_URL\"]";
+        let failure = applying("Deployment/a-blue")(answer(500, "", message)).failure();
+        assert!(!failure.transient);
+        assert!(failure.message.ends_with("[name=\"DATABASE_URL\"]"));
+    }
+
+    #[test]
+    fn only_answers_a_retry_can_get_past_are_transient() {
+        for code in [408, 409, 410, 429, 500, 502, 503, 504] {
+            assert!(
+                transient_answer(code, "etcdserver: request timed out"),
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 405, 415, 422] {
+            assert!(!transient_answer(code, "no"), "{code}");
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_a_reconcile_failure_and_an_unreachable_server_is_retried() {
+        let forbidden = Error::Kube(answer(
+            403,
+            "Forbidden",
+            "finservices.finflow.dev is forbidden",
+        ))
+        .failure();
+        assert_eq!(
+            (forbidden.transient, forbidden.reason),
+            (false, reasons::RECONCILE_FAILED)
+        );
+        assert_eq!(forbidden.message, "finservices.finflow.dev is forbidden");
+        let unreachable = Error::Kube(kube::Error::Service("connection refused".into())).failure();
+        assert!(unreachable.transient);
+        assert!(unreachable.message.contains("connection refused"));
+    }
+
+    #[test]
+    fn a_finalizer_wrapped_failure_reads_as_the_failure_inside() {
+        let inner = applying("StatefulSet/events")(answer(422, "Invalid", "bad"));
+        let wrapped = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(inner)));
+        let failure = wrapped.failure();
+        assert_eq!(failure.reason, reasons::APPLY_FAILED);
+        assert_eq!(failure.message, "applying StatefulSet/events: bad");
+    }
 }

@@ -13,8 +13,8 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::{
-    Context, Observed, Result, apply_params, apply_status, measured, namespace, now, owned_objects,
-    random_secret, scoped_api,
+    Context, Observed, Result, apply_params, apply_status, applying, measured, namespace, now,
+    owned_objects, random_secret, report_failure, scoped_api,
 };
 use crate::crd::{Phase, RedisCache};
 use crate::rediscache as rules;
@@ -36,7 +36,17 @@ pub fn controller(client: Client, namespace: Option<&str>) -> Controller<RedisCa
 }
 
 pub async fn reconcile(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Action> {
-    measured::<RedisCache, _>(reconcile_inner(rc, ctx)).await
+    measured::<RedisCache, _>(async {
+        let result = reconcile_inner(rc.clone(), ctx.clone()).await;
+        if let Err(error) = &result {
+            report_failure(&ctx, rc.as_ref(), rc.status.as_ref(), error, |f, now| {
+                rules::status_after_failure(&rc, f, now)
+            })
+            .await;
+        }
+        result
+    })
+    .await
 }
 
 async fn reconcile_inner(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Action> {
@@ -52,7 +62,8 @@ async fn reconcile_inner(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Actio
             let secret = rules::password_secret(&rc, &random_secret(32));
             secrets
                 .patch(&name, &apply_params(), &Patch::Apply(&secret))
-                .await?;
+                .await
+                .map_err(applying(format!("Secret/{name}")))?;
             applied.push(format!("Secret/{name}"));
         }
     }
@@ -106,4 +117,61 @@ async fn reconcile_inner(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Actio
     } else {
         Action::requeue(Duration::from_secs(10))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::mock::{Reply, Step, Verifier};
+    use crate::crd::RedisCacheSpec;
+    use crate::finservice::tests::settings;
+    use serde_json::json;
+
+    const REFUSED: &str = "Deployment.apps \"cache\" is invalid: spec.template.spec.containers[0].image: Required value";
+
+    #[tokio::test]
+    async fn a_refused_apply_stalls_the_cache_and_is_recorded_before_the_retry() {
+        let spec: RedisCacheSpec = serde_json::from_value(json!({"password": false})).unwrap();
+        let mut rc = RedisCache::new("cache", spec);
+        rc.metadata.namespace = Some("finflow".into());
+        rc.metadata.uid = Some("uid-cache".into());
+        rc.metadata.generation = Some(4);
+        let message = format!("applying Deployment/cache: {REFUSED}");
+        let expected = message.clone();
+        let steps = vec![
+            Step::get("/apis/apps/v1/namespaces/finflow/deployments/cache", Reply::NotFound),
+            Step::get("/api/v1/namespaces/finflow/services/cache", Reply::NotFound),
+            Step::apply(
+                "/apis/apps/v1/namespaces/finflow/deployments/cache?&force=true&fieldManager=finflow-operator",
+                json!({"kind": "Deployment"}),
+            )
+            .reply(Reply::Refused(422, "Invalid", REFUSED)),
+            Step::apply(
+                "/apis/finflow.dev/v1alpha1/namespaces/finflow/rediscaches/cache/status?&force=true&fieldManager=finflow-operator",
+                json!({"status": {"phase": "Degraded", "observedGeneration": 4}}),
+            )
+            .reply(Reply::Json(serde_json::to_value(&rc).unwrap()))
+            .check(move |body| {
+                let conditions = body["status"]["conditions"].as_array().unwrap();
+                let of = |t: &str| conditions.iter().find(|c| c["type"] == t).unwrap().clone();
+                for (type_, status) in [("Ready", "False"), ("Stalled", "True")] {
+                    let c = of(type_);
+                    assert_eq!(
+                        (&c["status"], &c["reason"], &c["message"], &c["observedGeneration"]),
+                        (&json!(status), &json!("ApplyFailed"), &json!(expected), &json!(4)),
+                        "{type_}"
+                    );
+                }
+                assert_eq!(of("Reconciling")["status"], "False");
+            }),
+            Step::event("ApplyFailed").check(move |body| {
+                assert_eq!(body["type"], "Warning");
+                assert_eq!(body["note"], json!(message));
+            }),
+        ];
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(steps);
+        assert!(reconcile(Arc::new(rc), ctx).await.is_err());
+        server.await.unwrap();
+    }
 }

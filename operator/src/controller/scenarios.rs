@@ -439,7 +439,16 @@ async fn rollback_cascade_of_b_rolls_back_f_then_d_and_e_then_c_then_b() {
         let status = world.fs(s).status.unwrap();
         assert_eq!(status.failed_version.as_deref(), Some("2.0.0"));
         assert_eq!(world.condition(s, "Degraded").0, "True");
-        assert_eq!(world.condition(s, "Ready").0, "True", "{s} serves 1.0.0");
+        // It serves 1.0.0 on every replica, but 2.0.0, its spec, is held: not Ready,
+        // Stalled until someone changes spec.version.
+        let (ready, why, message) = world.condition(s, "Ready");
+        assert_eq!(
+            (ready.as_str(), why.as_str()),
+            ("False", reason::VERSION_FAILED)
+        );
+        assert!(message.contains("version 1.0.0 ready on blue"), "{message}");
+        assert_eq!(world.condition(s, "Stalled").0, "True", "{s}");
+        assert_eq!(world.condition(s, "Reconciling").0, "False", "{s}");
     }
     assert_eq!(
         world.events("Rollback")["b"][0].reason,
@@ -669,4 +678,170 @@ async fn a_new_finservice_gets_its_six_objects_applied_by_the_operator() {
          Deployment/a-green, Service/a, Service/a-preview"
     );
     assert!(world.first("DeployFirst").contains_key("a"));
+}
+
+/// The app container's `env` entries named `name` in Deployment `deployment`.
+fn app_env(world: &World, deployment: &str, name: &str) -> Vec<Value> {
+    let d = world
+        .fake
+        .deployment(deployment)
+        .expect("the Deployment exists");
+    let app = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "app")
+        .cloned()
+        .unwrap();
+    app["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == name)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_users_database_url_replaces_the_operators_in_both_colors() {
+    let world = World::new(&[]);
+    let mut a = manifest("a", &[]);
+    a["spec"]["databaseSecretRef"] = json!({"name": "a-db", "key": "url"});
+    a["spec"]["env"] = json!([
+        {"name": "DATABASE_URL", "value": "postgres://override/a"},
+        {"name": "RUST_LOG", "value": "debug"},
+    ]);
+    world.fake.create(super::fake::finservices(), a);
+    world.run_until(20, World::settled).await;
+    for deployment in ["a-blue", "a-green"] {
+        assert_eq!(
+            app_env(&world, deployment, "DATABASE_URL"),
+            [json!({"name": "DATABASE_URL", "value": "postgres://override/a"})],
+            "{deployment}"
+        );
+        assert_eq!(app_env(&world, deployment, "RUST_LOG").len(), 1);
+    }
+}
+
+const A_BLUE: &str = "/apis/apps/v1/namespaces/finflow/deployments/a-blue";
+
+/// One reconcile of FinService `name`, as the controller runs it; its result.
+async fn reconcile_once(world: &World, name: &str) -> super::Result<()> {
+    Box::pin(reconcile(Arc::new(world.fs(name)), world.ctx.clone()))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_refused_apply_shows_in_the_status_and_an_event_within_one_reconcile() {
+    let world = deployed_at_one(&[("a", &[])]).await;
+    let refusal = "Deployment.apps \"a-blue\" is invalid: spec.template.spec.containers[0].image: Invalid value: \"bad image\"";
+    world.fake.refuse(A_BLUE, 422, "Invalid", refusal);
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"replicas": 3}}));
+
+    assert!(
+        reconcile_once(&world, "a").await.is_err(),
+        "the reconcile fails"
+    );
+    let s = world.fs("a").status.unwrap();
+    let generation = world.fs("a").metadata.generation;
+    assert_eq!(s.observed_generation, generation);
+    assert_eq!(s.phase, Some(Phase::Degraded));
+    let expected = format!("applying Deployment/a-blue: {refusal}");
+    for type_ in ["Ready", "Stalled"] {
+        let c = conditions::find(&s.conditions, type_).unwrap();
+        let want = if type_ == "Ready" { "False" } else { "True" };
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (want, "ApplyFailed", expected.as_str()),
+            "{type_}"
+        );
+        assert_eq!(c.observed_generation, generation, "{type_}");
+    }
+    assert_eq!(world.condition("a", "Reconciling").0, "False");
+    let failed = world.events("Apply")["a"]
+        .iter()
+        .filter(|e| e.reason == "ApplyFailed")
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].type_.as_str(), failed[0].note.as_str()),
+        ("Warning", expected.as_str())
+    );
+
+    // The same refusal again: already reported, so no status write and no Event.
+    let (writes, events) = {
+        let state = world.fake.state();
+        (state.writes.len(), state.events.len())
+    };
+    assert!(reconcile_once(&world, "a").await.is_err());
+    {
+        let state = world.fake.state();
+        let since = &state.writes[writes..];
+        assert!(!since.iter().any(|w| w.ends_with("/status")), "{since:?}");
+        assert_eq!(state.events.len(), events);
+    }
+
+    // Once the server accepts it, the next reconcile clears the failure.
+    world.fake.state().refusals.clear();
+    world.run_until(10, World::settled).await;
+    let (ready, _, _) = world.condition("a", "Ready");
+    assert_eq!(ready, "True");
+    assert_eq!(world.condition("a", "Stalled").0, "False");
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_makes_the_service_reconciling_not_stalled() {
+    let world = World::new(&[("a", &[])]);
+    world.fake.refuse(
+        A_BLUE,
+        503,
+        "ServiceUnavailable",
+        "the server is currently unable to handle the request",
+    );
+    assert!(reconcile_once(&world, "a").await.is_err());
+    let (reconciling, why, message) = world.condition("a", "Reconciling");
+    assert_eq!(
+        (reconciling.as_str(), why.as_str()),
+        ("True", "ApplyFailed")
+    );
+    assert!(
+        message.contains("unable to handle the request"),
+        "{message}"
+    );
+    assert_eq!(world.condition("a", "Stalled").0, "False");
+    assert_eq!(world.condition("a", "Ready").0, "False");
+    assert_eq!(
+        world.fs("a").status.unwrap().phase,
+        Some(Phase::Progressing)
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_in_progress_is_reconciling_and_not_ready_until_it_settles() {
+    let world = deployed_at_one(&[("a", &[])]).await;
+    for type_ in ["Reconciling", "Stalled"] {
+        assert_eq!(world.condition("a", type_).0, "False", "{type_}");
+    }
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "2.0.0"}}));
+    world.tick().await;
+    let (ready, _, message) = world.condition("a", "Ready");
+    assert_eq!(ready, "False", "{message}");
+    assert!(
+        message.contains("version 1.0.0 ready on blue"),
+        "what still serves: {message}"
+    );
+    assert_eq!(world.condition("a", "Reconciling").0, "True");
+    world
+        .run_until(40, |w| w.condition("a", "Ready").0 == "True")
+        .await;
+    assert_eq!(world.live("a").0, "2.0.0");
+    assert!(world.fs("a").status.unwrap().preview_version.is_none());
+    assert_eq!(world.condition("a", "Reconciling").0, "False");
+    assert_eq!(world.condition("a", "Stalled").0, "False");
 }

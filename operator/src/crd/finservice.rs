@@ -358,8 +358,11 @@ pub struct FinServiceStatus {
     /// Versions that went live, oldest first (at most the last 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Revision>,
-    /// Ready, Progressing, Degraded and DependenciesReady, following the Kubernetes API
-    /// conventions.
+    /// Ready (the spec's version is live and settled), Progressing, Degraded and
+    /// DependenciesReady, following the Kubernetes API conventions, and kstatus'
+    /// Reconciling (a rollout or a retry under way) and Stalled (a failed version held,
+    /// or a write the API server refuses, with its message), which Flux, Argo CD and
+    /// `kubectl wait` read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -1,0 +1,236 @@
+//! The product installed the way a platform engineer installs it, on a real API server:
+//! the CRDs in `crds/` applied server-side, both Helm charts installed by the real Helm
+//! engine, the manifests in `examples/` applied. Runs only when `KUBECONFIG` is set and
+//! says why it skips otherwise.
+//!
+//! The operator's controllers run in this process under the chart's own ServiceAccount
+//! (impersonated), so what its ClusterRole allows is all they can do. On a bare API
+//! server [`bare::Stand`] plays the kubelet and the built-in controllers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use finflow_e2e::bare::{self, Stand};
+use finflow_e2e::cluster::{self, eventually};
+use finflow_operator::crd::{FinService, Phase};
+use kube::api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(300);
+/// Where the operator chart is installed, as its README says.
+const OPERATOR_NS: &str = "finflow-system";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Helm binary: `HELM`, else the one `dev/check-delivery` installs, else `helm`.
+fn helm() -> Option<PathBuf> {
+    if let Some(h) = std::env::var_os("HELM") {
+        return Some(h.into());
+    }
+    let local = root().join("target/delivery-tools/helm/helm");
+    if local.exists() {
+        return Some(local);
+    }
+    Command::new("helm")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("helm"))
+}
+
+fn run_helm(helm: &Path, args: &[&str]) -> String {
+    let out = Command::new(helm)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("running helm");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "helm {}:\n{text}", args.join(" "));
+    text
+}
+
+/// Every document of every YAML file in `dir`, in file order.
+fn documents(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            finflow_crdcheck::read_yaml_documents(&std::fs::read_to_string(f).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// `kubectl apply --server-side` of one object.
+async fn apply(client: &Client, object: &Value) {
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let kind = object["kind"].as_str().unwrap();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+    let name = object["metadata"]["name"].as_str().unwrap();
+    let api: Api<DynamicObject> = match object["metadata"]["namespace"].as_str() {
+        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        }
+        _ => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply("kubectl").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+}
+
+/// A client acting as `system:serviceaccount:<ns>:<name>`.
+async fn client_as(ns: &str, name: &str) -> Client {
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{name}"));
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order() {
+    if !cluster::available("install cluster test") {
+        return;
+    }
+    let Some(helm) = helm() else {
+        eprintln!(
+            "install cluster test skipped: no helm (set HELM, or run dev/check-delivery, which installs it)"
+        );
+        return;
+    };
+    let admin = cluster::client().await;
+
+    // kubectl apply --server-side -f crds/
+    for crd in documents(&root().join("crds")) {
+        apply(&admin, &crd).await;
+    }
+    cluster::wait_established(&admin).await;
+
+    // helm install of both charts (upgrade --install: the operator's cluster-scoped
+    // objects have fixed names, and a bare API server never finishes deleting).
+    let kubeconfig = std::env::var("KUBECONFIG").unwrap();
+    run_helm(
+        &helm,
+        &[
+            "upgrade",
+            "--install",
+            "finflow-operator",
+            "charts/finflow-operator",
+            "-n",
+            OPERATOR_NS,
+            "--create-namespace",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    );
+    let platform_ns = format!(
+        "finflow-chart-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    run_helm(
+        &helm,
+        &[
+            "install",
+            "finflow",
+            "charts/finflow",
+            "-n",
+            &platform_ns,
+            "--create-namespace",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    );
+    let chart_services: Api<FinService> = Api::namespaced(admin.clone(), &platform_ns);
+    let names: Vec<String> = chart_services
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(
+        names.len() >= 5,
+        "the finflow chart's FinServices were accepted by the CRD: {names:?}"
+    );
+
+    // kubectl apply -f examples/, into a namespace of this run's own.
+    let ns = format!(
+        "finflow-examples-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let stand = if bare::is_bare(&admin).await {
+        Some(Stand::start(&admin, &ns).await.expect("the stand"))
+    } else {
+        None
+    };
+    let operator = client_as(OPERATOR_NS, "finflow-operator").await;
+    let stop = cluster::start_controllers(&operator, &ns);
+    for mut object in documents(&root().join("examples")) {
+        if object["kind"] == "Namespace" {
+            object["metadata"]["name"] = ns.clone().into();
+        } else {
+            object["metadata"]["namespace"] = ns.clone().into();
+        }
+        apply(&admin, &object).await;
+    }
+
+    let services: Api<FinService> = Api::namespaced(admin.clone(), &ns);
+    let ready = || async {
+        let all: BTreeMap<String, FinService> = services
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.into_iter().map(|f| (f.name_any(), f)).collect())
+            .unwrap_or_default();
+        (all.len() == 6
+            && all
+                .values()
+                .all(|f| f.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)))
+        .then_some(all)
+    };
+    eventually("six FinServices Ready", LIMIT, || async {
+        ready().await.is_some()
+    })
+    .await;
+    let all = ready().await.unwrap();
+    let since = |name: &str| {
+        all[name]
+            .status
+            .as_ref()
+            .and_then(|s| s.active_since.clone())
+            .map(|t| t.0)
+            .unwrap_or_else(|| panic!("{name} has no activeSince"))
+    };
+    assert!(since("auth") <= since("wallet"), "A before B");
+    assert!(since("wallet") <= since("payment"), "B before C");
+    assert!(
+        since("payment") <= since("notification").min(since("kyc")),
+        "C before D and E"
+    );
+    assert!(
+        since("notification").max(since("kyc")) <= since("reporting"),
+        "D and E before F"
+    );
+    let _ = stop.send(true);
+    if let Some(stand) = stand {
+        stand.stop();
+    }
+}
