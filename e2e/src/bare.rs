@@ -303,14 +303,34 @@ impl World {
     }
 
     async fn pass(&self) -> anyhow::Result<()> {
+        // The ServiceAccount controller's part: pods without one of their own run as
+        // `default`, and the API server refuses a pod whose ServiceAccount is missing.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = self.api();
+        if accounts.get_opt("default").await?.is_none() {
+            let sa = serde_json::from_value(json!({"metadata": {"name": "default"}}))?;
+            if let Err(e) = accounts.create(&PostParams::default(), &sa).await
+                && !matches!(&e, kube::Error::Api(s) if s.code == 409)
+            {
+                return Err(e.into());
+            }
+        }
         let lp = ListParams::default();
         let deployments: Api<Deployment> = self.api();
         for d in deployments.list(&lp).await?.items {
             let spec = d.spec.clone().unwrap_or_default();
             let replicas = spec.replicas.unwrap_or(1);
-            let (total, updated, ready) = self
-                .pods_for(&d.name_any(), &spec.template, replicas)
-                .await?;
+            // One workload's pods failing (say, its ServiceAccount not made yet) must
+            // not hold up the others.
+            let (total, updated, ready) = match self
+                .pods_for(&d.name_any(), &spec.template, &[], replicas)
+                .await
+            {
+                Ok(counts) => counts,
+                Err(e) => {
+                    eprintln!("stand: pods of {}: {e:#}", d.name_any());
+                    continue;
+                }
+            };
             let status = json!({"status": {
                 "observedGeneration": d.metadata.generation,
                 "replicas": total, "updatedReplicas": updated,
@@ -330,10 +350,25 @@ impl World {
         let sets: Api<StatefulSet> = self.api();
         for s in sets.list(&lp).await?.items {
             let spec = s.spec.clone().unwrap_or_default();
+            let claims: Vec<String> = spec
+                .volume_claim_templates
+                .iter()
+                .flatten()
+                .filter_map(|c| c.metadata.name.clone())
+                .collect();
             let replicas = spec.replicas.unwrap_or(1);
-            let (total, updated, ready) = self
-                .pods_for(&s.name_any(), &spec.template, replicas)
-                .await?;
+            // One workload's pods failing (say, its ServiceAccount not made yet) must
+            // not hold up the others.
+            let (total, updated, ready) = match self
+                .pods_for(&s.name_any(), &spec.template, &claims, replicas)
+                .await
+            {
+                Ok(counts) => counts,
+                Err(e) => {
+                    eprintln!("stand: pods of {}: {e:#}", s.name_any());
+                    continue;
+                }
+            };
             let revision = format!("{}-{}", s.name_any(), template_hash(&spec.template));
             let status = json!({"status": {
                 "observedGeneration": s.metadata.generation,
@@ -373,12 +408,14 @@ impl World {
     }
 
     /// Makes the pods of a workload match `replicas` of its current template: new
-    /// pods for a new template, the old ones deleted. Returns (pods, of the current
-    /// template, ready).
+    /// pods for a new template, the old ones deleted; a StatefulSet's pods get a volume
+    /// for each of its `claims` (templates), as its controller adds them. Returns (pods,
+    /// of the current template, ready).
     async fn pods_for(
         &self,
         owner: &str,
         template: &PodTemplateSpec,
+        claims: &[String],
         replicas: i32,
     ) -> anyhow::Result<(i32, i32, i32)> {
         let pods: Api<Pod> = self.api();
@@ -417,10 +454,19 @@ impl World {
                 .unwrap_or_default();
             labels.insert(OWNER.into(), owner.into());
             labels.insert("pod-template-hash".into(), hash.clone());
+            let mut spec = template.spec.clone().unwrap_or_default();
+            for claim in claims {
+                spec.volumes
+                    .get_or_insert_with(Vec::new)
+                    .push(serde_json::from_value(json!({
+                        "name": claim,
+                        "persistentVolumeClaim": {"claimName": format!("{claim}-{owner}-{i}")},
+                    }))?);
+            }
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": labels,
                     "annotations": template.metadata.as_ref().and_then(|m| m.annotations.clone())},
-                "spec": template.spec,
+                "spec": spec,
             }))?;
             let pod = pods.create(&PostParams::default(), &pod).await?;
             current.push(pod);

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use finflow_e2e::bare::{self, Stand};
-use finflow_e2e::cluster::{self, eventually};
+use finflow_e2e::cluster;
 use finflow_operator::crd::{FinService, Phase};
 use kube::api::{DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -193,42 +193,38 @@ async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order
         apply(&admin, &object).await;
     }
 
+    // Polled often enough to see the order: a dependent cannot start its rollout
+    // before its dependency's Ready is written, and its own pods take the stand at
+    // least one pass.
     let services: Api<FinService> = Api::namespaced(admin.clone(), &ns);
-    let ready = || async {
-        let all: BTreeMap<String, FinService> = services
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items.into_iter().map(|f| (f.name_any(), f)).collect())
-            .unwrap_or_default();
-        (all.len() == 6
-            && all
-                .values()
-                .all(|f| f.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready)))
-        .then_some(all)
-    };
-    eventually("six FinServices Ready", LIMIT, || async {
-        ready().await.is_some()
-    })
-    .await;
-    let all = ready().await.unwrap();
-    let since = |name: &str| {
-        all[name]
-            .status
-            .as_ref()
-            .and_then(|s| s.active_since.clone())
-            .map(|t| t.0)
-            .unwrap_or_else(|| panic!("{name} has no activeSince"))
-    };
-    assert!(since("auth") <= since("wallet"), "A before B");
-    assert!(since("wallet") <= since("payment"), "B before C");
+    let mut first_ready: BTreeMap<String, u32> = BTreeMap::new();
+    let started = std::time::Instant::now();
+    let mut poll = 0;
+    while first_ready.len() < 6 {
+        assert!(
+            started.elapsed() < LIMIT,
+            "six FinServices not Ready within {LIMIT:?}; Ready so far: {first_ready:?}"
+        );
+        for f in services.list(&ListParams::default()).await.unwrap().items {
+            if f.status.as_ref().and_then(|s| s.phase) == Some(Phase::Ready) {
+                first_ready.entry(f.name_any()).or_insert(poll);
+            }
+        }
+        poll += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let at = |name: &str| first_ready[name];
+    assert!(at("auth") < at("wallet"), "A before B: {first_ready:?}");
+    assert!(at("wallet") < at("payment"), "B before C: {first_ready:?}");
     assert!(
-        since("payment") <= since("notification").min(since("kyc")),
-        "C before D and E"
+        at("payment") < at("notification").min(at("kyc")),
+        "C before D and E: {first_ready:?}"
     );
     assert!(
-        since("notification").max(since("kyc")) <= since("reporting"),
-        "D and E before F"
+        at("notification").max(at("kyc")) < at("reporting"),
+        "D and E before F: {first_ready:?}"
     );
+    eprintln!("first seen Ready, by poll (100 ms apart): {first_ready:?}");
     let _ = stop.send(true);
     if let Some(stand) = stand {
         stand.stop();

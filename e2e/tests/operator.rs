@@ -11,6 +11,7 @@ use finflow_e2e::cluster::{self, TestNamespace, eventually};
 use finflow_operator::crd::{self, FinService, RedisCache};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::PostParams;
 use serde_json::json;
@@ -129,6 +130,134 @@ async fn a_platform_gets_its_deployments_and_services() {
     .await;
     assert!(deployments.get_opt("wallet-blue").await.unwrap().is_none());
 
+    let _ = stop.send(true);
+    ns.delete().await;
+}
+
+/// A namespace with the CRDs installed and the controllers running in it.
+async fn platform(
+    prefix: &str,
+) -> Option<(
+    kube::Client,
+    TestNamespace,
+    tokio::sync::watch::Sender<bool>,
+)> {
+    if !cluster::available("operator cluster tests") {
+        return None;
+    }
+    let client = cluster::client().await;
+    cluster::install_crds(&client).await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let stop = cluster::start_controllers(&client, &ns.name);
+    Some((client, ns, stop))
+}
+
+#[tokio::test]
+async fn a_users_database_url_replaces_the_operators_in_the_deployment() {
+    let Some((client, ns, stop)) = platform("finflow-env-test").await else {
+        return;
+    };
+    let mut fs = finservice("ledger", &[]);
+    fs.spec.database_secret_ref =
+        serde_json::from_value(json!({"name": "db", "key": "url"})).unwrap();
+    fs.spec.env = serde_json::from_value(json!([
+        {"name": "DATABASE_URL", "value": "postgres://mine@db.example/ledger"}
+    ]))
+    .unwrap();
+    let services: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+    services.create(&PostParams::default(), &fs).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually("Deployment ledger-blue", LIMIT, || {
+        let deployments = deployments.clone();
+        async move {
+            deployments
+                .get_opt("ledger-blue")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        }
+    })
+    .await;
+    let blue = deployments.get("ledger-blue").await.unwrap();
+    let app = blue
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .find(|c| c.name == "app")
+        .unwrap();
+    let urls: Vec<_> = app
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.name == "DATABASE_URL")
+        .collect();
+    assert_eq!(urls.len(), 1, "one DATABASE_URL: {urls:?}");
+    assert_eq!(
+        urls[0].value.as_deref(),
+        Some("postgres://mine@db.example/ledger")
+    );
+    assert!(urls[0].value_from.is_none());
+    let _ = stop.send(true);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_deployment_the_server_refuses_shows_in_status_and_an_event() {
+    let Some((client, ns, stop)) = platform("finflow-refused-test").await else {
+        return;
+    };
+    // The CRD takes any quantities; the API server refuses a container whose request
+    // exceeds its limit when the operator applies the Deployment.
+    let mut fs = finservice("greedy", &[]);
+    fs.spec.resources = serde_json::from_value(json!({
+        "requests": {"cpu": "2"}, "limits": {"cpu": "1"}
+    }))
+    .unwrap();
+    let services: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+    services.create(&PostParams::default(), &fs).await.unwrap();
+    eventually("greedy Stalled with the server's message", LIMIT, || {
+        let services = services.clone();
+        async move {
+            services.get("greedy").await.ok().is_some_and(|f| {
+                let generation = f.metadata.generation;
+                f.status.is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Stalled"
+                            && c.status == "True"
+                            && c.reason == "ApplyFailed"
+                            && c.message
+                                .contains("must be less than or equal to cpu limit")
+                            && c.observed_generation == generation
+                    }) && s
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "False")
+                })
+            })
+        }
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let warnings: Vec<Event> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("greedy"))
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|e| e.note.as_deref().is_some_and(|n| n.contains("cpu limit"))),
+        "a Warning Event names the refusal: {warnings:?}"
+    );
     let _ = stop.send(true);
     ns.delete().await;
 }
