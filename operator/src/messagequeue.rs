@@ -18,10 +18,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
-    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,6 +31,7 @@ use serde_json::{Value, json};
 use crate::conditions::{self, Desired, reasons, types};
 use crate::crd::{MessageQueue, MessageQueueStatus, Phase};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
+use crate::pod_security;
 
 pub const USERNAME_KEY: &str = "username";
 pub const PASSWORD_KEY: &str = "password";
@@ -44,6 +44,8 @@ pub const AMQP_PORT: i32 = 5672;
 pub const MANAGEMENT_PORT: i32 = 15672;
 const COMPONENT: &str = "rabbitmq";
 const DEFINITIONS_FILE: &str = "definitions.json";
+/// The user of the official rabbitmq images (`rabbitmq`).
+pub const RABBITMQ_UID: i64 = 999;
 /// Kubernetes' default cluster domain; RabbitMQ nodes name each other by FQDN.
 const CLUSTER_DOMAIN: &str = "cluster.local";
 
@@ -336,6 +338,7 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
             "cp /cookie/.erlang.cookie /var/lib/rabbitmq/.erlang.cookie && chmod 600 /var/lib/rabbitmq/.erlang.cookie".to_owned(),
         ]),
         volume_mounts: Some(vec![mount("cookie", "/cookie"), mount("data", "/var/lib/rabbitmq")]),
+        security_context: Some(pod_security::container_context()),
         ..Container::default()
     };
     let rabbitmq = Container {
@@ -376,6 +379,7 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
             60,
             15,
         )),
+        security_context: Some(pod_security::container_context()),
         ..Container::default()
     };
     let storage = &mq.spec.storage;
@@ -415,13 +419,8 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
                     containers: vec![rabbitmq],
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(60),
-                    security_context: Some(PodSecurityContext {
-                        // The rabbitmq image's user.
-                        run_as_user: Some(999),
-                        run_as_group: Some(999),
-                        fs_group: Some(999),
-                        ..PodSecurityContext::default()
-                    }),
+                    // The image's own user; the data volume is group-owned by it.
+                    security_context: Some(pod_security::pod_context(RABBITMQ_UID)),
                     volumes: Some(vec![
                         Volume {
                             name: "config".to_owned(),
@@ -495,6 +494,7 @@ pub fn topology_job(mq: &MessageQueue) -> Job {
                 spec: Some(PodSpec {
                     restart_policy: Some("OnFailure".to_owned()),
                     automount_service_account_token: Some(false),
+                    security_context: Some(pod_security::pod_context(RABBITMQ_UID)),
                     containers: vec![Container {
                         name: "import".to_owned(),
                         image: Some(mq.spec.image.clone()),
@@ -504,6 +504,7 @@ pub fn topology_job(mq: &MessageQueue) -> Job {
                             secret_env("RABBITMQ_PASS", &secret, PASSWORD_KEY),
                         ]),
                         volume_mounts: Some(vec![mount("topology", "/topology")]),
+                        security_context: Some(pod_security::container_context()),
                         ..Container::default()
                     }],
                     volumes: Some(vec![Volume {
@@ -871,6 +872,27 @@ mod tests {
         );
         assert_eq!(status.phase, Some(Phase::Degraded));
         assert!(!conditions::is_true(&status.conditions, types::READY));
+    }
+
+    #[test]
+    fn the_broker_and_topology_pods_pass_the_restricted_profile() {
+        let mut mq = mq();
+        mq.spec.replicas = 3;
+        let sts = desired(&mq)
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod_security::violations(&sts), Vec::<String>::new());
+        let security = sts.security_context.unwrap();
+        assert_eq!(
+            (security.run_as_user, security.fs_group),
+            (Some(999), Some(999))
+        );
+        let job = topology_job(&mq).spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod_security::violations(&job), Vec::<String>::new());
     }
 
     #[test]
