@@ -29,6 +29,7 @@ use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::conditions::{self, Desired, reasons, types};
+use crate::config::ClusterDomain;
 use crate::crd::{MessageQueue, MessageQueueStatus, Phase};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
 use crate::pod_security;
@@ -46,8 +47,6 @@ const COMPONENT: &str = "rabbitmq";
 const DEFINITIONS_FILE: &str = "definitions.json";
 /// The user of the official rabbitmq images (`rabbitmq`).
 pub const RABBITMQ_UID: i64 = 999;
-/// Kubernetes' default cluster domain; RabbitMQ nodes name each other by FQDN.
-const CLUSTER_DOMAIN: &str = "cluster.local";
 
 pub fn credentials_secret_name(name: &str) -> String {
     format!("{name}-credentials")
@@ -170,7 +169,9 @@ pub struct Owned {
     pub stateful_set: StatefulSet,
 }
 
-fn rabbitmq_conf(mq: &MessageQueue) -> String {
+/// RabbitMQ nodes name each other by their fully qualified names, so the peers listed
+/// here and each node's own name carry the cluster's domain.
+fn rabbitmq_conf(mq: &MessageQueue, domain: &ClusterDomain) -> String {
     let name = mq.name_any();
     let namespace = mq.namespace().unwrap_or_default();
     let headless = headless_service_name(&name);
@@ -182,20 +183,20 @@ fn rabbitmq_conf(mq: &MessageQueue) -> String {
     ];
     for i in 0..mq.spec.replicas.max(1) {
         conf.push(format!(
-            "cluster_formation.classic_config.nodes.{} = rabbit@{name}-{i}.{headless}.{namespace}.svc.{CLUSTER_DOMAIN}",
+            "cluster_formation.classic_config.nodes.{} = rabbit@{name}-{i}.{headless}.{namespace}.svc.{domain}",
             i + 1
         ));
     }
     conf.join("\n") + "\n"
 }
 
-pub fn desired(mq: &MessageQueue) -> Owned {
+pub fn desired(mq: &MessageQueue, domain: &ClusterDomain) -> Owned {
     let name = mq.name_any();
     let config_map = with_spec_hash(ConfigMap {
         metadata: owned_meta(mq, config_map_name(&name), labels(&name, COMPONENT)),
         data: Some(
             [
-                ("rabbitmq.conf".to_owned(), rabbitmq_conf(mq)),
+                ("rabbitmq.conf".to_owned(), rabbitmq_conf(mq, domain)),
                 (
                     "enabled_plugins".to_owned(),
                     "[rabbitmq_management,rabbitmq_prometheus].\n".to_owned(),
@@ -256,7 +257,7 @@ pub fn desired(mq: &MessageQueue) -> Owned {
         config_map,
         topology,
         services: [headless, client],
-        stateful_set: with_spec_hash(stateful_set(mq)),
+        stateful_set: with_spec_hash(stateful_set(mq, domain)),
     }
 }
 
@@ -317,7 +318,7 @@ fn exec_probe(command: &[&str], initial_delay: i32, period: i32, timeout: i32) -
     }
 }
 
-fn stateful_set(mq: &MessageQueue) -> StatefulSet {
+fn stateful_set(mq: &MessageQueue, domain: &ClusterDomain) -> StatefulSet {
     let name = mq.name_any();
     let secret = credentials_secret_name(&name);
     let headless = headless_service_name(&name);
@@ -357,7 +358,7 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
             value_env("RABBITMQ_USE_LONGNAME", "true"),
             value_env(
                 "RABBITMQ_NODENAME",
-                &format!("rabbit@$(POD_NAME).{headless}.$(POD_NAMESPACE).svc.{CLUSTER_DOMAIN}"),
+                &format!("rabbit@$(POD_NAME).{headless}.$(POD_NAMESPACE).svc.{domain}"),
             ),
             secret_env("RABBITMQ_DEFAULT_USER", &secret, USERNAME_KEY),
             secret_env("RABBITMQ_DEFAULT_PASS", &secret, PASSWORD_KEY),
@@ -691,7 +692,7 @@ mod tests {
     }
 
     fn ready_sts(mq: &MessageQueue) -> StatefulSet {
-        let mut sts = desired(mq).stateful_set;
+        let mut sts = desired(mq, &ClusterDomain::default()).stateful_set;
         sts.metadata.generation = Some(1);
         sts.status = Some(StatefulSetStatus {
             observed_generation: Some(1),
@@ -725,7 +726,7 @@ mod tests {
 
     #[test]
     fn the_broker_is_a_stateful_set_with_a_volume_per_node() {
-        let owned = desired(&mq());
+        let owned = desired(&mq(), &ClusterDomain::default());
         let spec = owned.stateful_set.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.service_name.as_deref(), Some("events-headless"));
@@ -768,8 +769,37 @@ mod tests {
     }
 
     #[test]
+    fn nodes_name_each_other_in_the_configured_cluster_domain() {
+        let mut mq = mq();
+        mq.spec.replicas = 2;
+        let domain: ClusterDomain = "corp.example".parse().unwrap();
+        let owned = desired(&mq, &domain);
+        let conf = &owned.config_map.data.as_ref().unwrap()["rabbitmq.conf"];
+        assert!(conf.contains(
+            "classic_config.nodes.2 = rabbit@events-1.events-headless.finflow.svc.corp.example\n"
+        ));
+        assert!(!conf.contains("cluster.local"));
+        let env = owned
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let node = env.iter().find(|e| e.name == "RABBITMQ_NODENAME").unwrap();
+        assert_eq!(
+            node.value.as_deref(),
+            Some("rabbit@$(POD_NAME).events-headless.$(POD_NAMESPACE).svc.corp.example")
+        );
+    }
+
+    #[test]
     fn headless_and_client_services_select_the_broker() {
-        let owned = desired(&mq());
+        let owned = desired(&mq(), &ClusterDomain::default());
         let [headless, client] = &owned.services;
         assert_eq!(headless.metadata.name.as_deref(), Some("events-headless"));
         assert_eq!(
@@ -878,7 +908,7 @@ mod tests {
     fn the_broker_and_topology_pods_pass_the_restricted_profile() {
         let mut mq = mq();
         mq.spec.replicas = 3;
-        let sts = desired(&mq)
+        let sts = desired(&mq, &ClusterDomain::default())
             .stateful_set
             .spec
             .unwrap()
