@@ -25,6 +25,9 @@ pub enum Reply {
     NotFound,
     /// 200 with the request's own body (what an apply of a new object returns, near enough).
     Echo,
+    /// No answer at all, like a backend that accepts the connection and hangs: the
+    /// request stays open until the verifier has served every step.
+    Hang,
 }
 
 type Check = Box<dyn Fn(&Value) + Send>;
@@ -132,6 +135,7 @@ impl Verifier {
     pub fn run(self, steps: Vec<Step>) -> JoinHandle<()> {
         let mut handle = self.0;
         tokio::spawn(async move {
+            let mut hung = Vec::new();
             for (i, step) in steps.into_iter().enumerate() {
                 let next = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
                     .await
@@ -173,6 +177,10 @@ impl Verifier {
                     check(&body);
                 }
                 let response = match step.reply {
+                    Reply::Hang => {
+                        hung.push(send);
+                        continue;
+                    }
                     Reply::Json(v) => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(serde_json::to_vec(&v).unwrap())),
@@ -199,6 +207,7 @@ impl Verifier {
             {
                 panic!("unexpected request: {} {}", request.method(), request.uri());
             }
+            drop(hung);
         })
     }
 }

@@ -4,6 +4,8 @@
 //! Writes are server-side applies with field manager `finflow-operator`, except the
 //! removal of a user's request annotation (see [`clear_request`]).
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -16,10 +18,33 @@ use crate::finservice::COLOR_LABEL;
 use crate::meta::{FIELD_MANAGER, INSTANCE_LABEL};
 use crate::rollout::{self, Decision, Request, Step};
 
+/// How long a `/health` probe may take. The reconcile waits for it, so a backend that
+/// accepts the connection and never answers must not hold it (and every FinService
+/// queued behind it) for the client's much longer read timeout.
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `health_path` of Service `service` through the API server's service proxy. The
 /// service's own `/health` covers its dependencies, so this one answer is the gate's
-/// input. Any error (not found, 5xx, timeout) counts as unhealthy: only a 2xx passes.
+/// input. Any error (not found, 5xx, no answer within [`HEALTH_PROBE_TIMEOUT`]) counts as
+/// unhealthy: only a 2xx passes.
 pub async fn probe_health(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    health_path: &str,
+) -> bool {
+    probe_health_within(
+        HEALTH_PROBE_TIMEOUT,
+        client,
+        namespace,
+        service,
+        health_path,
+    )
+    .await
+}
+
+async fn probe_health_within(
+    timeout: Duration,
     client: &Client,
     namespace: &str,
     service: &str,
@@ -29,7 +54,17 @@ pub async fn probe_health(
     let Ok(request) = http::Request::get(path).body(Vec::new()) else {
         return false;
     };
-    client.request_text(request).await.is_ok()
+    match tokio::time::timeout(timeout, client.request_text(request)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(namespace, service, %error, "health probe failed");
+            false
+        }
+        Err(_) => {
+            tracing::info!(namespace, service, ?timeout, "health probe timed out");
+            false
+        }
+    }
 }
 
 /// `/health` of `<name>-preview`.
@@ -194,6 +229,32 @@ mod tests {
         assert!(probe_preview_health(&ctx.client, &fs).await);
         assert!(!probe_preview_health(&ctx.client, &fs).await);
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_health_probe_that_hangs_fails_at_its_timeout_instead_of_stalling_the_reconcile() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let path = "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health";
+        let server = verifier.run(vec![
+            MockStep::get(path, Reply::Hang),
+            MockStep::get(path, Reply::Json(json!({ "status": "ok" }))),
+        ]);
+        let probe = || {
+            probe_health_within(
+                Duration::from_millis(200),
+                &ctx.client,
+                "finflow",
+                "payment-preview",
+                "/health",
+            )
+        };
+        let started = std::time::Instant::now();
+        assert!(!probe().await);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The client is not wedged: the next probe gets its answer.
+        assert!(probe().await);
+        server.await.unwrap();
+        assert!(HEALTH_PROBE_TIMEOUT <= Duration::from_secs(5));
     }
 
     #[tokio::test]
