@@ -23,6 +23,11 @@ pub enum Reply {
     Json(Value),
     /// 404 with a `Status` body, as the API server answers for a missing object.
     NotFound,
+    /// 409 with a `Status` body, as the API server answers an apply whose uid names no
+    /// existing object.
+    Conflict,
+    /// 403 with a `Status` body: a request RBAC does not allow.
+    Forbidden,
     /// 200 with the request's own body (what an apply of a new object returns, near enough).
     Echo,
     /// No answer at all, like a backend that accepts the connection and hangs: the
@@ -187,18 +192,9 @@ impl Verifier {
                     Reply::Echo => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(bytes.to_vec())),
-                    Reply::NotFound => {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Body::from(
-                                serde_json::to_vec(&json!({
-                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
-                                    "status": "Failure", "message": "not found",
-                                    "reason": "NotFound", "code": 404
-                                }))
-                                .unwrap(),
-                            ))
-                    }
+                    Reply::NotFound => failure(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                    Reply::Conflict => failure(StatusCode::CONFLICT, "Conflict", "uid mismatch"),
+                    Reply::Forbidden => failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
                 };
                 send.send_response(response.unwrap());
             }
@@ -210,4 +206,15 @@ impl Verifier {
             drop(hung);
         })
     }
+}
+
+/// A failure `Status`, as the API server sends it.
+fn failure(code: StatusCode, reason: &str, message: &str) -> http::Result<Response<Body>> {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16()
+    });
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&status).unwrap()))
 }
