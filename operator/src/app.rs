@@ -161,7 +161,14 @@ async fn serve_webhook(
 /// Leader only: certificate and webhook configuration, now and every hour.
 async fn keep_certificate(client: Client, config: Config, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(e) = certs::ensure(&client, &config.namespace, &config.webhook_service).await {
+        if let Err(e) = certs::ensure(
+            &client,
+            &config.namespace,
+            &config.webhook_service,
+            &config.cluster_domain,
+        )
+        .await
+        {
             tracing::error!(error = %e, "could not ensure the webhook certificate");
         }
         tokio::select! {
@@ -219,7 +226,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         sidecar_image: config.sidecar_image.clone(),
         native_sidecars: native_sidecars(&client, config.native_sidecars).await,
     };
-    tracing::info!(%identity, native_sidecars = settings.native_sidecars, "starting");
+    tracing::info!(
+        %identity,
+        native_sidecars = settings.native_sidecars,
+        cluster_domain = %config.cluster_domain,
+        "starting"
+    );
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
@@ -278,7 +290,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 stop.clone(),
             ));
         }
-        let ctx = Arc::new(Context::new(client.clone(), settings, Some(identity)));
+        let ctx = Arc::new(
+            Context::new(client.clone(), settings, Some(identity))
+                .with_cluster_domain(config.cluster_domain.clone()),
+        );
         let trigger = move || -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
             let mut stop = stop.clone();
             Box::pin(async move { wait_true(&mut stop).await })

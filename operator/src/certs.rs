@@ -22,6 +22,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
+use crate::config::ClusterDomain;
 use crate::inject;
 use crate::meta::{self, FIELD_MANAGER, with_spec_hash};
 use crate::webhook::MUTATE_PATH;
@@ -47,13 +48,14 @@ pub struct Bundle {
     pub not_after: Timestamp,
 }
 
-/// The DNS names the API server may use for the webhook Service.
-pub fn dns_names(service: &str, namespace: &str) -> Vec<String> {
+/// The DNS names of the webhook Service: the API server calls `<service>.<namespace>.svc`,
+/// clients inside the cluster may use any of the others.
+pub fn dns_names(service: &str, namespace: &str, domain: &ClusterDomain) -> Vec<String> {
     vec![
         service.to_owned(),
         format!("{service}.{namespace}"),
         format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}.svc.{domain}"),
     ]
 }
 
@@ -69,7 +71,12 @@ fn day(ts: Timestamp) -> (i32, u8, u8) {
 
 /// A new CA and serving certificate for the webhook Service, valid from a day before
 /// `now` (clock skew) for a year.
-pub fn generate(service: &str, namespace: &str, now: Timestamp) -> Result<Bundle, rcgen::Error> {
+pub fn generate(
+    service: &str,
+    namespace: &str,
+    domain: &ClusterDomain,
+    now: Timestamp,
+) -> Result<Bundle, rcgen::Error> {
     let (y, m, d) = day(now - SignedDuration::from_hours(24));
     let not_before = rcgen::date_time_ymd(y, m, d);
     let expiry = now + VALIDITY;
@@ -86,7 +93,7 @@ pub fn generate(service: &str, namespace: &str, now: Timestamp) -> Result<Bundle
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca.self_signed(&ca_key)?;
 
-    let mut leaf = CertificateParams::new(dns_names(service, namespace))?;
+    let mut leaf = CertificateParams::new(dns_names(service, namespace, domain))?;
     leaf.distinguished_name
         .push(DnType::CommonName, format!("{service}.{namespace}.svc"));
     leaf.key_usages = vec![
@@ -231,7 +238,12 @@ pub fn webhook_configuration(
 
 /// Leader only: makes sure a valid certificate is in the Secret and its CA in the
 /// webhook configuration. Returns the bundle in force.
-pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Result<Bundle> {
+pub async fn ensure(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    domain: &ClusterDomain,
+) -> kube::Result<Bundle> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let current = secrets
         .get_opt(SECRET_NAME)
@@ -242,8 +254,8 @@ pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Re
     let bundle = match current {
         Some(b) if !needs_renewal(Some(&b), now) => b,
         _ => {
-            let b =
-                generate(service, namespace, now).map_err(|e| kube::Error::Service(Box::new(e)))?;
+            let b = generate(service, namespace, domain, now)
+                .map_err(|e| kube::Error::Service(Box::new(e)))?;
             secrets
                 .patch(
                     SECRET_NAME,
@@ -290,7 +302,13 @@ mod tests {
 
     #[test]
     fn a_generated_bundle_round_trips_through_its_secret() {
-        let bundle = generate("finflow-operator-webhook", "finflow-system", now()).unwrap();
+        let bundle = generate(
+            "finflow-operator-webhook",
+            "finflow-system",
+            &ClusterDomain::default(),
+            now(),
+        )
+        .unwrap();
         assert!(bundle.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(bundle.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(bundle.key_pem.contains("PRIVATE KEY"));
@@ -301,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_serving_certificate_is_accepted_by_rustls() {
-        let bundle = generate("svc", "ns", now()).unwrap();
+        let bundle = generate("svc", "ns", &ClusterDomain::default(), now()).unwrap();
         let certs: Vec<_> =
             rustls::pki_types::pem::PemObject::pem_slice_iter(bundle.cert_pem.as_bytes())
                 .collect::<Result<Vec<rustls::pki_types::CertificateDer<'_>>, _>>()
@@ -321,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_certificate_is_renewed_a_month_before_it_expires() {
-        let bundle = generate("svc", "ns", now()).unwrap();
+        let bundle = generate("svc", "ns", &ClusterDomain::default(), now()).unwrap();
         assert!(needs_renewal(None, now()));
         assert!(!needs_renewal(Some(&bundle), now()));
         let late = bundle.not_after - SignedDuration::from_hours(24 * 29);
@@ -355,6 +373,15 @@ mod tests {
 
     #[test]
     fn the_names_cover_every_form_of_the_service_address() {
-        assert!(dns_names("hook", "ops").contains(&"hook.ops.svc".to_owned()));
+        let domain: ClusterDomain = "corp.example".parse().unwrap();
+        assert_eq!(
+            dns_names("hook", "ops", &domain),
+            [
+                "hook",
+                "hook.ops",
+                "hook.ops.svc",
+                "hook.ops.svc.corp.example"
+            ]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! The operator's configuration: flags, each with an environment variable (the chart
 //! sets the variables).
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::str::FromStr;
 
 use clap::{Parser, ValueEnum};
 
@@ -57,6 +59,56 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// The cluster's DNS domain (the kubelets' `--cluster-domain`): RabbitMQ nodes and
+    /// the webhook certificate name Services by their fully qualified names.
+    #[arg(long, env = "CLUSTER_DOMAIN", default_value_t = ClusterDomain::default())]
+    pub cluster_domain: ClusterDomain,
+}
+
+/// A cluster DNS domain such as `cluster.local`: lower-case DNS labels, validated when
+/// the operator starts so that no object is ever built with a name that cannot resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDomain(String);
+
+impl ClusterDomain {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ClusterDomain {
+    fn default() -> Self {
+        Self("cluster.local".to_owned())
+    }
+}
+
+impl fmt::Display for ClusterDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ClusterDomain {
+    type Err = String;
+
+    /// Accepts a trailing dot (the absolute form) and any case, as DNS does.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let domain = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        // Room for `<service>.<namespace>.svc.` in front within DNS's 253 characters.
+        if domain.is_empty() || domain.len() > 200 || !domain.split('.').all(label_ok) {
+            return Err(format!(
+                "invalid cluster domain {text:?}: expected DNS labels such as cluster.local"
+            ));
+        }
+        Ok(Self(domain))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +150,29 @@ mod tests {
         assert_eq!(c.native_sidecars, NativeSidecars::Auto);
         assert!(c.webhook_enabled);
         assert_eq!(c.metrics_addr.port(), 8080);
+        assert_eq!(c.cluster_domain.as_str(), "cluster.local");
+    }
+
+    #[test]
+    fn the_cluster_domain_is_validated_once_when_parsed() {
+        let c = Config::try_parse_from(["finflow-operator", "--cluster-domain", "Corp.Example."])
+            .unwrap();
+        assert_eq!(c.cluster_domain.to_string(), "corp.example");
+        for bad in [
+            "",
+            ".",
+            "cluster..local",
+            "-cluster.local",
+            "cluster_local",
+            "a b",
+        ] {
+            assert!(bad.parse::<ClusterDomain>().is_err(), "{bad:?}");
+            assert!(
+                Config::try_parse_from(["finflow-operator", "--cluster-domain", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!("k8s-1.internal".parse::<ClusterDomain>().is_ok());
     }
 
     #[test]

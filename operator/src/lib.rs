@@ -13,7 +13,10 @@
 //!   [`meta`] decides whether an object must be written at all;
 //!   [`graph`] gives deploy and rollback order; [`leader`] decides acquire, renew or
 //!   follow; [`certs`] builds the webhook's certificate and configuration; [`rbac`]
-//!   lists every permission. All of it is tested with plain `#[test]`s.
+//!   lists every permission; [`pod_security`] holds the security contexts that keep
+//!   every pod the operator builds within the `restricted` Pod Security Standard, and
+//!   the test that checks each pod template against it. All of it is tested with plain
+//!   `#[test]`s.
 //! - **The edge.** [`controller`] reads the cluster, calls the decisions, and writes
 //!   with server-side apply (field manager `finflow-operator`) only what differs, the
 //!   status only when it changed, and an Event per step that changed something; a
@@ -69,6 +72,7 @@ pub mod listmap;
 pub mod messagequeue;
 pub mod meta;
 pub mod plugin;
+pub mod pod_security;
 pub mod rbac;
 pub mod rediscache;
 pub mod rollout;

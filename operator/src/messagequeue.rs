@@ -18,10 +18,9 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
-    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret, SecretKeySelector,
-    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec,
+    PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,8 +29,10 @@ use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::conditions::{self, Desired, reasons, types};
+use crate::config::ClusterDomain;
 use crate::crd::{MessageQueue, MessageQueueStatus, Phase};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
+use crate::pod_security;
 
 pub const USERNAME_KEY: &str = "username";
 pub const PASSWORD_KEY: &str = "password";
@@ -44,8 +45,8 @@ pub const AMQP_PORT: i32 = 5672;
 pub const MANAGEMENT_PORT: i32 = 15672;
 const COMPONENT: &str = "rabbitmq";
 const DEFINITIONS_FILE: &str = "definitions.json";
-/// Kubernetes' default cluster domain; RabbitMQ nodes name each other by FQDN.
-const CLUSTER_DOMAIN: &str = "cluster.local";
+/// The user of the official rabbitmq images (`rabbitmq`).
+pub const RABBITMQ_UID: i64 = 999;
 
 pub fn credentials_secret_name(name: &str) -> String {
     format!("{name}-credentials")
@@ -168,7 +169,9 @@ pub struct Owned {
     pub stateful_set: StatefulSet,
 }
 
-fn rabbitmq_conf(mq: &MessageQueue) -> String {
+/// RabbitMQ nodes name each other by their fully qualified names, so the peers listed
+/// here and each node's own name carry the cluster's domain.
+fn rabbitmq_conf(mq: &MessageQueue, domain: &ClusterDomain) -> String {
     let name = mq.name_any();
     let namespace = mq.namespace().unwrap_or_default();
     let headless = headless_service_name(&name);
@@ -180,20 +183,20 @@ fn rabbitmq_conf(mq: &MessageQueue) -> String {
     ];
     for i in 0..mq.spec.replicas.max(1) {
         conf.push(format!(
-            "cluster_formation.classic_config.nodes.{} = rabbit@{name}-{i}.{headless}.{namespace}.svc.{CLUSTER_DOMAIN}",
+            "cluster_formation.classic_config.nodes.{} = rabbit@{name}-{i}.{headless}.{namespace}.svc.{domain}",
             i + 1
         ));
     }
     conf.join("\n") + "\n"
 }
 
-pub fn desired(mq: &MessageQueue) -> Owned {
+pub fn desired(mq: &MessageQueue, domain: &ClusterDomain) -> Owned {
     let name = mq.name_any();
     let config_map = with_spec_hash(ConfigMap {
         metadata: owned_meta(mq, config_map_name(&name), labels(&name, COMPONENT)),
         data: Some(
             [
-                ("rabbitmq.conf".to_owned(), rabbitmq_conf(mq)),
+                ("rabbitmq.conf".to_owned(), rabbitmq_conf(mq, domain)),
                 (
                     "enabled_plugins".to_owned(),
                     "[rabbitmq_management,rabbitmq_prometheus].\n".to_owned(),
@@ -254,7 +257,7 @@ pub fn desired(mq: &MessageQueue) -> Owned {
         config_map,
         topology,
         services: [headless, client],
-        stateful_set: with_spec_hash(stateful_set(mq)),
+        stateful_set: with_spec_hash(stateful_set(mq, domain)),
     }
 }
 
@@ -315,7 +318,7 @@ fn exec_probe(command: &[&str], initial_delay: i32, period: i32, timeout: i32) -
     }
 }
 
-fn stateful_set(mq: &MessageQueue) -> StatefulSet {
+fn stateful_set(mq: &MessageQueue, domain: &ClusterDomain) -> StatefulSet {
     let name = mq.name_any();
     let secret = credentials_secret_name(&name);
     let headless = headless_service_name(&name);
@@ -336,6 +339,7 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
             "cp /cookie/.erlang.cookie /var/lib/rabbitmq/.erlang.cookie && chmod 600 /var/lib/rabbitmq/.erlang.cookie".to_owned(),
         ]),
         volume_mounts: Some(vec![mount("cookie", "/cookie"), mount("data", "/var/lib/rabbitmq")]),
+        security_context: Some(pod_security::container_context()),
         ..Container::default()
     };
     let rabbitmq = Container {
@@ -354,7 +358,7 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
             value_env("RABBITMQ_USE_LONGNAME", "true"),
             value_env(
                 "RABBITMQ_NODENAME",
-                &format!("rabbit@$(POD_NAME).{headless}.$(POD_NAMESPACE).svc.{CLUSTER_DOMAIN}"),
+                &format!("rabbit@$(POD_NAME).{headless}.$(POD_NAMESPACE).svc.{domain}"),
             ),
             secret_env("RABBITMQ_DEFAULT_USER", &secret, USERNAME_KEY),
             secret_env("RABBITMQ_DEFAULT_PASS", &secret, PASSWORD_KEY),
@@ -376,6 +380,7 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
             60,
             15,
         )),
+        security_context: Some(pod_security::container_context()),
         ..Container::default()
     };
     let storage = &mq.spec.storage;
@@ -415,13 +420,8 @@ fn stateful_set(mq: &MessageQueue) -> StatefulSet {
                     containers: vec![rabbitmq],
                     automount_service_account_token: Some(false),
                     termination_grace_period_seconds: Some(60),
-                    security_context: Some(PodSecurityContext {
-                        // The rabbitmq image's user.
-                        run_as_user: Some(999),
-                        run_as_group: Some(999),
-                        fs_group: Some(999),
-                        ..PodSecurityContext::default()
-                    }),
+                    // The image's own user; the data volume is group-owned by it.
+                    security_context: Some(pod_security::pod_context(RABBITMQ_UID)),
                     volumes: Some(vec![
                         Volume {
                             name: "config".to_owned(),
@@ -495,6 +495,7 @@ pub fn topology_job(mq: &MessageQueue) -> Job {
                 spec: Some(PodSpec {
                     restart_policy: Some("OnFailure".to_owned()),
                     automount_service_account_token: Some(false),
+                    security_context: Some(pod_security::pod_context(RABBITMQ_UID)),
                     containers: vec![Container {
                         name: "import".to_owned(),
                         image: Some(mq.spec.image.clone()),
@@ -504,6 +505,7 @@ pub fn topology_job(mq: &MessageQueue) -> Job {
                             secret_env("RABBITMQ_PASS", &secret, PASSWORD_KEY),
                         ]),
                         volume_mounts: Some(vec![mount("topology", "/topology")]),
+                        security_context: Some(pod_security::container_context()),
                         ..Container::default()
                     }],
                     volumes: Some(vec![Volume {
@@ -719,7 +721,7 @@ mod tests {
     }
 
     fn ready_sts(mq: &MessageQueue) -> StatefulSet {
-        let mut sts = desired(mq).stateful_set;
+        let mut sts = desired(mq, &ClusterDomain::default()).stateful_set;
         sts.metadata.generation = Some(1);
         sts.status = Some(StatefulSetStatus {
             observed_generation: Some(1),
@@ -753,7 +755,7 @@ mod tests {
 
     #[test]
     fn the_broker_is_a_stateful_set_with_a_volume_per_node() {
-        let owned = desired(&mq());
+        let owned = desired(&mq(), &ClusterDomain::default());
         let spec = owned.stateful_set.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.service_name.as_deref(), Some("events-headless"));
@@ -796,8 +798,37 @@ mod tests {
     }
 
     #[test]
+    fn nodes_name_each_other_in_the_configured_cluster_domain() {
+        let mut mq = mq();
+        mq.spec.replicas = 2;
+        let domain: ClusterDomain = "corp.example".parse().unwrap();
+        let owned = desired(&mq, &domain);
+        let conf = &owned.config_map.data.as_ref().unwrap()["rabbitmq.conf"];
+        assert!(conf.contains(
+            "classic_config.nodes.2 = rabbit@events-1.events-headless.finflow.svc.corp.example\n"
+        ));
+        assert!(!conf.contains("cluster.local"));
+        let env = owned
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .env
+            .clone()
+            .unwrap();
+        let node = env.iter().find(|e| e.name == "RABBITMQ_NODENAME").unwrap();
+        assert_eq!(
+            node.value.as_deref(),
+            Some("rabbit@$(POD_NAME).events-headless.$(POD_NAMESPACE).svc.corp.example")
+        );
+    }
+
+    #[test]
     fn headless_and_client_services_select_the_broker() {
-        let owned = desired(&mq());
+        let owned = desired(&mq(), &ClusterDomain::default());
         let [headless, client] = &owned.services;
         assert_eq!(headless.metadata.name.as_deref(), Some("events-headless"));
         assert_eq!(
@@ -917,6 +948,27 @@ mod tests {
         );
         assert_eq!(status.phase, Some(Phase::Degraded));
         assert!(!conditions::is_true(&status.conditions, types::READY));
+    }
+
+    #[test]
+    fn the_broker_and_topology_pods_pass_the_restricted_profile() {
+        let mut mq = mq();
+        mq.spec.replicas = 3;
+        let sts = desired(&mq, &ClusterDomain::default())
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod_security::violations(&sts), Vec::<String>::new());
+        let security = sts.security_context.unwrap();
+        assert_eq!(
+            (security.run_as_user, security.fs_group),
+            (Some(999), Some(999))
+        );
+        let job = topology_job(&mq).spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod_security::violations(&job), Vec::<String>::new());
     }
 
     #[test]

@@ -1,17 +1,21 @@
-//! The pure half of the `kubectl-finflow` plugin: rendering the dependency tree and the
-//! history, translating commands into the apply patch that carries the request, deciding
-//! whether everything is healthy, parsing `--timeout`. The binary
-//! (`src/bin/kubectl-finflow.rs`) only reads and writes through kube's client.
+//! The pure half of the `kubectl-finflow` plugin: choosing the kubeconfig, context and
+//! namespace as kubectl does, rendering the dependency tree and the history, translating
+//! commands into the apply patch that carries the request, deciding whether everything
+//! is healthy, parsing `--timeout`. The binary (`src/bin/kubectl-finflow.rs`) only reads
+//! files and talks to the cluster through kube's client.
 //!
 //! Requests are annotations on the FinService ([`crate::rollout`]): the operator acts on
 //! them at its next reconcile and clears them, so the plugin never needs more than
 //! `patch` on `finservices`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::ResourceExt;
+use kube::config::Kubeconfig;
 use serde_json::{Value, json};
 
 use crate::conditions;
@@ -21,6 +25,73 @@ use crate::rollout::{ABORT_ANNOTATION, PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION};
 /// Field manager of the plugin's applies: a user's request is the user's field, not the
 /// operator's, so `managedFields` tell who asked.
 pub const FIELD_MANAGER: &str = "kubectl-finflow";
+
+/// Where the cluster settings come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeconfigSource {
+    /// Kubeconfig files, merged in this order (the first to set a value wins).
+    Files(Vec<PathBuf>),
+    /// No kubeconfig anywhere: the service account of the pod the plugin runs in.
+    InCluster,
+}
+
+/// The kubeconfig as kubectl finds it: `--kubeconfig`, else the files `KUBECONFIG`
+/// lists (those that exist), else `~/.kube/config` if it exists, else in-cluster.
+/// `exists` is the filesystem's answer, passed in so the choice stays testable.
+pub fn kubeconfig_source(
+    flag: Option<&Path>,
+    env: Option<&OsStr>,
+    home: Option<&Path>,
+    exists: impl Fn(&Path) -> bool,
+) -> KubeconfigSource {
+    if let Some(path) = flag.filter(|p| !p.as_os_str().is_empty()) {
+        return KubeconfigSource::Files(vec![path.to_owned()]);
+    }
+    if let Some(list) = env.filter(|v| !v.is_empty()) {
+        return KubeconfigSource::Files(
+            std::env::split_paths(list)
+                .filter(|p| !p.as_os_str().is_empty() && exists(p))
+                .collect(),
+        );
+    }
+    match home.map(|h| h.join(".kube").join("config")) {
+        Some(path) if exists(&path) => KubeconfigSource::Files(vec![path]),
+        _ => KubeconfigSource::InCluster,
+    }
+}
+
+/// The context and namespace the plugin works in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub context: String,
+    pub namespace: String,
+}
+
+/// As kubectl picks them: the context from `--context`, else the kubeconfig's
+/// current-context; the namespace from `-n/--namespace`, else the context's, else
+/// `default`. An empty flag counts as unset, as it does for kubectl.
+pub fn target(
+    config: &Kubeconfig,
+    context: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<Target, String> {
+    let given = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_owned);
+    let name = given(context)
+        .or_else(|| given(config.current_context.as_deref()))
+        .ok_or("the kubeconfig sets no current-context; pass --context")?;
+    let found = config
+        .contexts
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| format!("context {name:?} is not in the kubeconfig"))?;
+    let namespace = given(namespace)
+        .or_else(|| given(found.context.as_ref()?.namespace.as_deref()))
+        .unwrap_or_else(|| "default".to_owned());
+    Ok(Target {
+        context: name,
+        namespace,
+    })
+}
 
 /// A request the plugin writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,6 +478,91 @@ mod tests {
         let rows: Vec<&str> = text.lines().collect();
         assert!(rows[1].starts_with("2         2.0.0"));
         assert!(rows[2].starts_with("1         1.0.0"));
+    }
+
+    fn kubeconfig() -> Kubeconfig {
+        Kubeconfig::from_yaml(
+            "apiVersion: v1
+kind: Config
+current-context: dev
+clusters:
+- {name: c, cluster: {server: 'https://example.test'}}
+users:
+- {name: u, user: {token: t}}
+contexts:
+- {name: dev, context: {cluster: c, user: u, namespace: finflow}}
+- {name: prod, context: {cluster: c, user: u}}
+",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_kubeconfig_is_the_flag_else_kubeconfig_else_the_one_at_home() {
+        let home = Some(Path::new("/home/me"));
+        let anything = |_: &Path| true;
+        let files =
+            |paths: &[&str]| KubeconfigSource::Files(paths.iter().map(PathBuf::from).collect());
+        let env = std::env::join_paths(["/a", "/b"]).unwrap();
+        assert_eq!(
+            kubeconfig_source(Some(Path::new("/f")), Some(&env), home, anything),
+            files(&["/f"])
+        );
+        assert_eq!(
+            kubeconfig_source(None, Some(&env), home, anything),
+            files(&["/a", "/b"])
+        );
+        assert_eq!(
+            kubeconfig_source(None, Some(&env), home, |p: &Path| p != Path::new("/a")),
+            files(&["/b"]),
+            "a listed file that does not exist is skipped"
+        );
+        assert_eq!(
+            kubeconfig_source(None, Some(OsStr::new("")), home, anything),
+            files(&["/home/me/.kube/config"]),
+            "an empty KUBECONFIG is unset"
+        );
+        assert_eq!(
+            kubeconfig_source(None, None, home, anything),
+            files(&["/home/me/.kube/config"])
+        );
+    }
+
+    #[test]
+    fn without_any_kubeconfig_the_plugin_uses_its_pods_service_account() {
+        assert_eq!(
+            kubeconfig_source(None, None, Some(Path::new("/home/me")), |_| false),
+            KubeconfigSource::InCluster
+        );
+        assert_eq!(
+            kubeconfig_source(None, None, None, |_| true),
+            KubeconfigSource::InCluster
+        );
+    }
+
+    #[test]
+    fn the_context_is_the_flag_else_the_current_context() {
+        let config = kubeconfig();
+        assert_eq!(target(&config, None, None).unwrap().context, "dev");
+        assert_eq!(target(&config, Some(""), None).unwrap().context, "dev");
+        assert_eq!(target(&config, Some("prod"), None).unwrap().context, "prod");
+        assert_eq!(
+            target(&config, Some("staging"), None),
+            Err("context \"staging\" is not in the kubeconfig".to_owned())
+        );
+        let mut without = config;
+        without.current_context = None;
+        assert!(target(&without, None, None).is_err());
+    }
+
+    #[test]
+    fn the_namespace_is_the_flag_else_the_contexts_else_default() {
+        let config = kubeconfig();
+        let namespace = |context, flag| target(&config, context, flag).unwrap().namespace;
+        assert_eq!(namespace(None, Some("payments")), "payments");
+        assert_eq!(namespace(None, None), "finflow");
+        assert_eq!(namespace(Some("prod"), None), "default");
+        assert_eq!(namespace(Some("prod"), Some("")), "default");
     }
 
     #[test]

@@ -20,12 +20,15 @@ use kube::api::ObjectMeta;
 use crate::conditions::{self, Desired, reasons, types};
 use crate::crd::{Phase, RedisCache, RedisCacheStatus};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
+use crate::pod_security;
 
 pub const PASSWORD_KEY: &str = "password";
 /// Key of the Redis URL services use (`REDIS_URL`).
 pub const URL_KEY: &str = "url";
 pub const PORT: i32 = 6379;
 const COMPONENT: &str = "redis";
+/// The user of the official redis images (`redis`, Debian and Alpine alike).
+pub const REDIS_UID: i64 = 999;
 
 pub fn password_secret_name(name: &str) -> String {
     format!("{name}-auth")
@@ -126,6 +129,7 @@ pub fn desired(rc: &RedisCache) -> Owned {
         resources: spec.resources.clone(),
         readiness_probe: Some(tcp_probe(2)),
         liveness_probe: Some(tcp_probe(15)),
+        security_context: Some(pod_security::container_context()),
         ..Container::default()
     };
     let mut pod_labels = labels(&name, COMPONENT);
@@ -151,6 +155,7 @@ pub fn desired(rc: &RedisCache) -> Owned {
                 spec: Some(PodSpec {
                     containers: vec![container],
                     automount_service_account_token: Some(false),
+                    security_context: Some(pod_security::pod_context(REDIS_UID)),
                     ..PodSpec::default()
                 }),
             },
@@ -328,6 +333,21 @@ mod tests {
             args(&owned)[..4],
             ["--maxmemory", "256mb", "--maxmemory-policy", "volatile-lru"]
         );
+    }
+
+    #[test]
+    fn the_redis_pod_passes_the_restricted_profile() {
+        for password in [true, false] {
+            let pod = desired(&rc(password))
+                .deployment
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            assert_eq!(pod_security::violations(&pod), Vec::<String>::new());
+            assert_eq!(pod.security_context.unwrap().run_as_user, Some(999));
+        }
     }
 
     #[test]

@@ -668,19 +668,28 @@ pub fn role(color: Color, active: Color) -> &'static str {
 /// The apply body labelling pod `pod` of `color` with its role, or `None` when the label
 /// is already right. Pods, not the pod template, are labelled: a template change would
 /// replace every pod of the color at the very moment it is promoted.
+///
+/// The body carries the pod's `uid` when known: an apply to a name with no object tries
+/// to create one, and with a uid the API server refuses (409 Conflict) instead, so a pod
+/// that went after it was listed is never confused with a pod to make.
 pub fn pod_role_apply(
     pod: &str,
+    uid: Option<&str>,
     labels: &BTreeMap<String, String>,
     color: Color,
     active: Color,
 ) -> Option<serde_json::Value> {
     let want = role(color, active);
     (labels.get(ROLE_LABEL).map(String::as_str) != Some(want)).then(|| {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": { "name": pod, "labels": { ROLE_LABEL: want } },
-        })
+        });
+        if let Some(uid) = uid {
+            body["metadata"]["uid"] = serde_json::json!(uid);
+        }
+        body
     })
 }
 

@@ -3,17 +3,21 @@
 //! `status` prints the dependency tree with versions, colors and phases; `promote`,
 //! `abort` and `rollback [--cascade]` write the request annotation the operator acts on;
 //! `history` prints the revisions; `wait --for=healthy` polls until every FinService is
-//! Ready at its spec's version. It talks to the cluster through kube's client
-//! (`KUBECONFIG` or in-cluster); everything it decides is in `finflow_operator::plugin`.
+//! Ready at its spec's version. Like kubectl it takes `--kubeconfig` (else `KUBECONFIG`,
+//! else `~/.kube/config`, else the pod's service account), `--context` (else the
+//! current-context) and `-n/--namespace` (else the context's, else `default`);
+//! everything it decides is in `finflow_operator::plugin`.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use finflow_operator::crd::FinService;
-use finflow_operator::plugin::{self, Command};
+use finflow_operator::plugin::{self, Command, KubeconfigSource};
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
 
 #[derive(Parser)]
 #[command(
@@ -21,7 +25,13 @@ use kube::{Api, Client};
     about = "Blue-green rollouts of FinFlow services"
 )]
 struct Cli {
-    /// Namespace of the FinServices; defaults to the kubeconfig context's.
+    /// Path to the kubeconfig file; else `KUBECONFIG`, else `~/.kube/config`.
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use; else its current-context.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Namespace of the FinServices; else the context's, else `default`.
     #[arg(short, long, global = true)]
     namespace: Option<String>,
     #[command(subcommand)]
@@ -65,13 +75,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // kube's rustls client needs a process-wide crypto provider; ring, as everywhere.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default()
-        .await
-        .context("connecting to the cluster (KUBECONFIG)")?;
-    let api: Api<FinService> = match &cli.namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::default_namespaced(client),
-    };
+    let (client, namespace) = connect(&cli).await?;
+    let api: Api<FinService> = Api::namespaced(client, &namespace);
     match cli.command {
         Cmd::Status => {
             let list = api.list(&ListParams::default()).await?;
@@ -105,6 +110,56 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client for the cluster the options name, and the namespace to work in.
+async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
+    let source = plugin::kubeconfig_source(
+        cli.kubeconfig.as_deref(),
+        std::env::var_os("KUBECONFIG").as_deref(),
+        std::env::home_dir().as_deref(),
+        Path::exists,
+    );
+    let (config, namespace) = match source {
+        KubeconfigSource::Files(files) => {
+            if files.is_empty() {
+                bail!("none of the files KUBECONFIG lists exists");
+            }
+            let mut merged = Kubeconfig::default();
+            for file in &files {
+                let read = Kubeconfig::read_from(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                merged = merged.merge(read)?;
+            }
+            let target = plugin::target(&merged, cli.context.as_deref(), cli.namespace.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let options = KubeConfigOptions {
+                context: Some(target.context.clone()),
+                ..KubeConfigOptions::default()
+            };
+            let config = Config::from_custom_kubeconfig(merged, &options)
+                .await
+                .with_context(|| format!("loading context {}", target.context))?;
+            (config, target.namespace)
+        }
+        KubeconfigSource::InCluster => {
+            if let Some(context) = &cli.context {
+                bail!(
+                    "--context {context}: no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config)"
+                );
+            }
+            let config = Config::incluster().context(
+                "no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) and not in a cluster",
+            )?;
+            let namespace = cli
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| config.default_namespace.clone());
+            (config, namespace)
+        }
+    };
+    Ok((Client::try_from(config)?, namespace))
+}
+
 async fn request(api: &Api<FinService>, name: &str, command: Command) -> anyhow::Result<()> {
     // Fails with NotFound rather than creating a bare FinService from the apply.
     api.get(name).await?;
@@ -117,4 +172,40 @@ async fn request(api: &Api<FinService>, name: &str, command: Command) -> anyhow:
     .await?;
     println!("{name}: {command:?} requested; the operator acts on its next reconcile");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectls_connection_flags_go_before_or_after_the_command() {
+        for args in [
+            &[
+                "kubectl-finflow",
+                "--context",
+                "prod",
+                "-n",
+                "pay",
+                "--kubeconfig",
+                "/k",
+                "status",
+            ][..],
+            &[
+                "kubectl-finflow",
+                "status",
+                "--context",
+                "prod",
+                "--namespace",
+                "pay",
+                "--kubeconfig",
+                "/k",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.context.as_deref(), Some("prod"));
+            assert_eq!(cli.namespace.as_deref(), Some("pay"));
+            assert_eq!(cli.kubeconfig.as_deref(), Some(Path::new("/k")));
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! test asserts on what the cluster ends up holding, on the Events, and on the writes
 //! (each with its query, content type and body, see [`Write`]).
 //! It answers what the operator sends: GET and LIST (with label selectors), server-side
-//! apply (a deep merge; the status subresource is replaced), JSON patch, create and
+//! apply (a deep merge; the status subresource is replaced; an apply naming a uid where
+//! no object is answers 409 Conflict, as the API server does), JSON patch, create and
 //! replace, Event creation, and GET through the service proxy. Pods are made by
 //! [`Fake::settle`] from each Deployment's template, and the test decides which versions
 //! never become ready, which crash, and which answer `/health` with an error.
@@ -91,6 +92,8 @@ pub struct State {
     /// Object path (with `/status` for the status subresource) -> how every write to it
     /// is answered, until removed.
     pub refusals: BTreeMap<String, Refusal>,
+    /// Pods deleted right after a LIST returned them: gone by the operator's next request.
+    pub vanishing: BTreeSet<String>,
 }
 
 /// A write the fake refuses: the `Status` it answers with.
@@ -334,7 +337,7 @@ impl Fake {
                 let pod = pods.entry(pod_name.clone()).or_insert_with(|| {
                     json!({
                         "apiVersion": "v1", "kind": "Pod",
-                        "metadata": {"name": pod_name, "namespace": NS, "labels": labels.clone()},
+                        "metadata": {"name": pod_name, "namespace": NS, "uid": format!("uid-{pod_name}"), "labels": labels.clone()},
                         "status": {"containerStatuses": [{"name": "app", "restartCount": 0, "ready": ready, "image": "", "imageID": ""}]},
                     })
                 });
@@ -412,6 +415,19 @@ impl Fake {
                     .filter(|o| selected(&o["metadata"]["labels"], &selector))
                     .cloned()
                     .collect();
+                if collection == PODS {
+                    let State {
+                        objects, vanishing, ..
+                    } = &mut *state;
+                    for item in &items {
+                        let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                        if vanishing.remove(name)
+                            && let Some(pods) = objects.get_mut(PODS)
+                        {
+                            pods.remove(name);
+                        }
+                    }
+                }
                 (
                     StatusCode::OK,
                     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
@@ -477,6 +493,14 @@ impl Fake {
                     object["status"] = body["status"].clone();
                     object
                 } else {
+                    if current.is_none()
+                        && let Some(uid) = body["metadata"]["uid"].as_str()
+                    {
+                        return (
+                            StatusCode::CONFLICT,
+                            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": format!("uid mismatch: the provided object specified uid {uid}, and no existing object was found"), "reason": "Conflict", "code": 409}),
+                        );
+                    }
                     let mut object = current.clone().unwrap_or_else(|| json!({}));
                     merge(&mut object, &body);
                     object

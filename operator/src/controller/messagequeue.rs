@@ -142,7 +142,7 @@ async fn apply(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Action>
     let client = ctx.client.clone();
     let credentials_ok = credentials(&mq, ctx, ns).await?;
 
-    let owned = mq_rules::desired(&mq);
+    let owned = mq_rules::desired(&mq, &ctx.cluster_domain);
     let [headless, client_service] = owned.services;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -292,6 +292,7 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClusterDomain;
     use crate::controller::mock::{Reply, Step, Verifier};
     use crate::crd::MessageQueueSpec;
     use crate::finservice::tests::settings;
@@ -315,7 +316,7 @@ mod tests {
     async fn existing_credentials_are_read_and_never_written() {
         let mq = finalized_mq();
         let existing = mq_rules::credentials_secret(&mq, "original", "cookie");
-        let owned = mq_rules::desired(&mq);
+        let owned = mq_rules::desired(&mq, &ClusterDomain::default());
         let steps = vec![
             Step::get(base("secrets/events-credentials"), Reply::Json(serde_json::to_value(&existing).unwrap())),
             Step::get(base("configmaps/events-config"), Reply::Json(serde_json::to_value(&owned.config_map).unwrap())),
@@ -354,9 +355,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_broker_configuration_uses_the_operators_cluster_domain() {
+        let mq = finalized_mq();
+        let domain: ClusterDomain = "corp.example".parse().unwrap();
+        let existing = mq_rules::credentials_secret(&mq, "original", "cookie");
+        let owned = mq_rules::desired(&mq, &domain);
+        let steps = vec![
+            Step::get(base("secrets/events-credentials"), Reply::Json(serde_json::to_value(&existing).unwrap())),
+            Step::get(base("configmaps/events-config"), Reply::NotFound),
+            Step::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
+            Step::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
+            Step::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
+            Step::get(
+                "/apis/apps/v1/namespaces/finflow/statefulsets/events",
+                Reply::Json(serde_json::to_value(&owned.stateful_set).unwrap()),
+            ),
+            Step::apply(
+                format!("{}?&force=true&fieldManager=finflow-operator", base("configmaps/events-config")),
+                json!({"metadata": {"name": "events-config"}}),
+            )
+            .check(|body| {
+                let conf = body["data"]["rabbitmq.conf"].as_str().unwrap();
+                assert!(conf.contains("events-headless.finflow.svc.corp.example"), "{conf}");
+            }),
+            Step::get(
+                format!("/apis/batch/v1/namespaces/finflow/jobs/{}", mq_rules::topology_job_name(&mq)),
+                Reply::NotFound,
+            ),
+            Step::apply(
+                "/apis/finflow.dev/v1alpha1/namespaces/finflow/messagequeues/events/status?&force=true&fieldManager=finflow-operator",
+                json!({"status": {"phase": "Progressing"}}),
+            )
+            .reply(Reply::Json(serde_json::to_value(&mq).unwrap())),
+            Step::event("Applied"),
+            Step::event("Progressing"),
+        ];
+        let (ctx, verifier) = Verifier::context(settings());
+        let ctx = Arc::new(Arc::into_inner(ctx).unwrap().with_cluster_domain(domain));
+        let server = verifier.run(steps);
+        reconcile(Arc::new(mq), ctx).await.unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn missing_credentials_are_generated_once_with_every_key() {
         let mq = finalized_mq();
-        let owned = mq_rules::desired(&mq);
+        let owned = mq_rules::desired(&mq, &ClusterDomain::default());
         let steps = vec![
             Step::get(base("secrets/events-credentials"), Reply::NotFound),
             Step::apply(

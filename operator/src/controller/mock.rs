@@ -23,10 +23,18 @@ pub enum Reply {
     Json(Value),
     /// 404 with a `Status` body, as the API server answers for a missing object.
     NotFound,
+    /// 409 with a `Status` body, as the API server answers an apply whose uid names no
+    /// existing object.
+    Conflict,
+    /// 403 with a `Status` body: a request RBAC does not allow.
+    Forbidden,
     /// 200 with the request's own body (what an apply of a new object returns, near enough).
     Echo,
     /// A refusal: a `Status` with this code, reason and message.
     Refused(u16, &'static str, &'static str),
+    /// No answer at all, like a backend that accepts the connection and hangs: the
+    /// request stays open until the verifier has served every step.
+    Hang,
 }
 
 type Check = Box<dyn Fn(&Value) + Send>;
@@ -134,6 +142,7 @@ impl Verifier {
     pub fn run(self, steps: Vec<Step>) -> JoinHandle<()> {
         let mut handle = self.0;
         tokio::spawn(async move {
+            let mut hung = Vec::new();
             for (i, step) in steps.into_iter().enumerate() {
                 let next = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
                     .await
@@ -175,6 +184,10 @@ impl Verifier {
                     check(&body);
                 }
                 let response = match step.reply {
+                    Reply::Hang => {
+                        hung.push(send);
+                        continue;
+                    }
                     Reply::Json(v) => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(serde_json::to_vec(&v).unwrap())),
@@ -191,18 +204,9 @@ impl Verifier {
                             .unwrap(),
                         ))
                     }
-                    Reply::NotFound => {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Body::from(
-                                serde_json::to_vec(&json!({
-                                    "kind": "Status", "apiVersion": "v1", "metadata": {},
-                                    "status": "Failure", "message": "not found",
-                                    "reason": "NotFound", "code": 404
-                                }))
-                                .unwrap(),
-                            ))
-                    }
+                    Reply::NotFound => failure(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                    Reply::Conflict => failure(StatusCode::CONFLICT, "Conflict", "uid mismatch"),
+                    Reply::Forbidden => failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
                 };
                 send.send_response(response.unwrap());
             }
@@ -211,6 +215,18 @@ impl Verifier {
             {
                 panic!("unexpected request: {} {}", request.method(), request.uri());
             }
+            drop(hung);
         })
     }
+}
+
+/// A failure `Status`, as the API server sends it.
+fn failure(code: StatusCode, reason: &str, message: &str) -> http::Result<Response<Body>> {
+    let status = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16()
+    });
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&status).unwrap()))
 }

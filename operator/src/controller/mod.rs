@@ -35,6 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::conditions::{Failure, reasons};
+use crate::config::ClusterDomain;
 use crate::finservice::Settings;
 use crate::meta::{self, FIELD_MANAGER};
 
@@ -159,6 +160,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub settings: Settings,
+    /// The domain fully qualified Service names end in (RabbitMQ's node names).
+    pub cluster_domain: ClusterDomain,
     pub clock: Clock,
 }
 
@@ -172,8 +175,15 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
+            cluster_domain: ClusterDomain::default(),
             clock: Arc::new(now),
         }
+    }
+
+    /// The same context in a cluster whose DNS domain is `domain` (default `cluster.local`).
+    pub fn with_cluster_domain(mut self, domain: ClusterDomain) -> Self {
+        self.cluster_domain = domain;
+        self
     }
 
     /// The same context reading time from `clock` (rollout timings in tests).

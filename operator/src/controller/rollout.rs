@@ -4,6 +4,8 @@
 //! Writes are server-side applies with field manager `finflow-operator`, except the
 //! removal of a user's request annotation (see [`clear_request`]).
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -16,10 +18,33 @@ use crate::finservice::COLOR_LABEL;
 use crate::meta::{FIELD_MANAGER, INSTANCE_LABEL};
 use crate::rollout::{self, Decision, Request, Step};
 
+/// How long a `/health` probe may take. The reconcile waits for it, so a backend that
+/// accepts the connection and never answers must not hold it (and every FinService
+/// queued behind it) for the client's much longer read timeout.
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `health_path` of Service `service` through the API server's service proxy. The
 /// service's own `/health` covers its dependencies, so this one answer is the gate's
-/// input. Any error (not found, 5xx, timeout) counts as unhealthy: only a 2xx passes.
+/// input. Any error (not found, 5xx, no answer within [`HEALTH_PROBE_TIMEOUT`]) counts as
+/// unhealthy: only a 2xx passes.
 pub async fn probe_health(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    health_path: &str,
+) -> bool {
+    probe_health_within(
+        HEALTH_PROBE_TIMEOUT,
+        client,
+        namespace,
+        service,
+        health_path,
+    )
+    .await
+}
+
+async fn probe_health_within(
+    timeout: Duration,
     client: &Client,
     namespace: &str,
     service: &str,
@@ -29,7 +54,17 @@ pub async fn probe_health(
     let Ok(request) = http::Request::get(path).body(Vec::new()) else {
         return false;
     };
-    client.request_text(request).await.is_ok()
+    match tokio::time::timeout(timeout, client.request_text(request)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(namespace, service, %error, "health probe failed");
+            false
+        }
+        Err(_) => {
+            tracing::info!(namespace, service, ?timeout, "health probe timed out");
+            false
+        }
+    }
 }
 
 /// `/health` of `<name>-preview`.
@@ -58,6 +93,12 @@ pub async fn pods_of(pods: &Api<Pod>, name: &str) -> Result<Vec<Pod>> {
 /// Labels every pod of `name` with its role while `<name>` selects `active`; returns
 /// how many pods were relabelled. Pods that become preview are relabelled first, so that
 /// during a switch no two colors consume work queues at once (briefly none does).
+///
+/// A pod that went since it was listed (scaled down, evicted) is skipped: it has no role
+/// left to play, and failing the reconcile for it would hold the promotion back. The API
+/// server says so with 404 Not Found, or with 409 Conflict for an apply naming the uid
+/// of an object that no longer exists ([`rollout::pod_role_apply`]); with `force`, an
+/// apply has no other conflict.
 pub async fn label_pod_roles(api: &Api<Pod>, pods: &[Pod], active: Color) -> Result<usize> {
     let mut changes: Vec<(&'static str, String, serde_json::Value)> = pods
         .iter()
@@ -68,20 +109,29 @@ pub async fn label_pod_roles(api: &Api<Pod>, pods: &[Pod], active: Color) -> Res
                 _ => return None,
             };
             let name = pod.name_any();
-            rollout::pod_role_apply(&name, pod.labels(), color, active)
+            rollout::pod_role_apply(&name, pod.uid().as_deref(), pod.labels(), color, active)
                 .map(|body| (rollout::role(color, active), name, body))
         })
         .collect();
     changes.sort_by_key(|(role, name, _)| (*role != rollout::ROLE_PREVIEW, name.clone()));
+    let mut relabelled = 0;
     for (_, name, body) in &changes {
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(body),
-        )
-        .await?;
+        let applied = api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await;
+        match applied {
+            Ok(_) => relabelled += 1,
+            Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {
+                tracing::debug!(pod = %name, reason = %status.reason, "pod went before its relabel; skipped");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok(changes.len())
+    Ok(relabelled)
 }
 
 /// Whether the request was handled (or can no longer apply) after `step`, so its
@@ -171,10 +221,23 @@ mod tests {
         if let Some(role) = role {
             labels[rollout::ROLE_LABEL] = json!(role);
         }
-        serde_json::from_value(
-            json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "labels": labels } }),
-        )
+        serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": { "name": name, "uid": format!("uid-{name}"), "labels": labels },
+        }))
         .unwrap()
+    }
+
+    fn role_apply(name: &str, role: &str) -> MockStep {
+        MockStep::apply(
+            format!(
+                "/api/v1/namespaces/finflow/pods/{name}?&force=true&fieldManager={FIELD_MANAGER}"
+            ),
+            json!({ "metadata": {
+                "name": name, "uid": format!("uid-{name}"), "labels": { rollout::ROLE_LABEL: role },
+            } }),
+        )
     }
 
     #[tokio::test]
@@ -197,22 +260,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_promotion_relabels_exactly_the_pods_whose_role_changed_preview_first() {
+    async fn a_health_probe_that_hangs_fails_at_its_timeout_instead_of_stalling_the_reconcile() {
         let (ctx, verifier) = Verifier::context(settings());
-        let apply = |name: &str, role: &str| {
-            MockStep::apply(
-                format!(
-                    "/api/v1/namespaces/finflow/pods/{name}?&force=true&fieldManager={FIELD_MANAGER}"
-                ),
-                json!({ "metadata": { "name": name, "labels": { rollout::ROLE_LABEL: role } } }),
+        let path = "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health";
+        let server = verifier.run(vec![
+            MockStep::get(path, Reply::Hang),
+            MockStep::get(path, Reply::Json(json!({ "status": "ok" }))),
+        ]);
+        let probe = || {
+            probe_health_within(
+                Duration::from_millis(200),
+                &ctx.client,
+                "finflow",
+                "payment-preview",
+                "/health",
             )
         };
+        let started = std::time::Instant::now();
+        assert!(!probe().await);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The client is not wedged: the next probe gets its answer.
+        assert!(probe().await);
+        server.await.unwrap();
+        assert!(HEALTH_PROBE_TIMEOUT <= Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_promotion_relabels_exactly_the_pods_whose_role_changed_preview_first() {
+        let (ctx, verifier) = Verifier::context(settings());
         // Green was promoted: its pods become active, blue's preview; an unlabelled
         // new pod gets its role too.
         let server = verifier.run(vec![
-            apply("b1", "preview"),
-            apply("g1", "active"),
-            apply("g3", "active"),
+            role_apply("b1", "preview"),
+            role_apply("g1", "active"),
+            role_apply("g3", "active"),
         ]);
         let pods = [
             pod("g1", "green", Some("preview")),
@@ -222,6 +303,34 @@ mod tests {
         ];
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), "finflow");
         assert_eq!(label_pod_roles(&api, &pods, Color::Green).await.unwrap(), 3);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pods_that_went_since_they_were_listed_are_skipped_not_errors() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![
+            role_apply("b1", "preview").reply(Reply::NotFound),
+            role_apply("b2", "preview").reply(Reply::Conflict),
+            role_apply("g1", "active"),
+        ]);
+        let pods = [
+            pod("b1", "blue", Some("active")),
+            pod("b2", "blue", Some("active")),
+            pod("g1", "green", Some("preview")),
+        ];
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), "finflow");
+        assert_eq!(label_pod_roles(&api, &pods, Color::Green).await.unwrap(), 1);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn any_other_relabel_failure_still_fails_the_reconcile() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![role_apply("b1", "preview").reply(Reply::Forbidden)]);
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), "finflow");
+        let pods = [pod("b1", "blue", Some("active"))];
+        assert!(label_pod_roles(&api, &pods, Color::Green).await.is_err());
         server.await.unwrap();
     }
 

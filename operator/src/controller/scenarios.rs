@@ -285,6 +285,61 @@ async fn the_preview_pods_are_labelled_preview_until_promotion() {
 }
 
 #[tokio::test]
+async fn a_promotion_goes_on_when_old_pods_go_between_the_list_and_their_relabel() {
+    let world = deployed_at_one(&[("a", &[])]).await;
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "2.0.0"}}));
+    let pod_name = |p: &Value| p["metadata"]["name"].as_str().unwrap().to_owned();
+    for _ in 0..6 {
+        if world.selector_color("a") == "green" {
+            break;
+        }
+        // Every blue pod is deleted right after the operator lists it.
+        let blue: BTreeSet<String> = world
+            .fake
+            .pods()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["finflow.dev/color"] == "blue")
+            .map(pod_name)
+            .collect();
+        world.fake.state().vanishing = blue;
+        world.tick().await;
+    }
+    assert_eq!(world.selector_color("a"), "green");
+    assert_eq!(world.first("Promote").len(), 1);
+    // The relabels of the vanished pods were tried with their uid, so none was re-created
+    // from the labels alone.
+    let tried: Vec<Value> = world
+        .fake
+        .state()
+        .sent
+        .iter()
+        .filter(|w| w.path.contains("/pods/") && w.path.contains("-blue-"))
+        .map(|w| w.body.clone())
+        .collect();
+    assert!(!tried.is_empty());
+    assert!(
+        tried.iter().all(|b| b["metadata"]["uid"].is_string()),
+        "{tried:?}"
+    );
+    let green: Vec<Value> = world
+        .fake
+        .pods()
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["finflow.dev/color"] == "green")
+        .collect();
+    assert!(!green.is_empty());
+    for p in &green {
+        assert_eq!(
+            p["metadata"]["labels"][rollout::ROLE_LABEL],
+            "active",
+            "{p}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn c_never_ready_aborts_d_e_f_are_held_and_a_b_are_untouched() {
     let world = deployed_at_one(&SIX).await;
     world

@@ -301,18 +301,33 @@ fn an_old_abort_does_not_exempt_a_service_from_a_later_cascade() {
 fn pods_are_labelled_with_their_role_only_when_it_differs() {
     let labels = |role: &str| BTreeMap::from([(ROLE_LABEL.to_owned(), role.to_owned())]);
     assert_eq!(
-        pod_role_apply("p", &labels("active"), Color::Blue, Color::Blue),
+        pod_role_apply("p", None, &labels("active"), Color::Blue, Color::Blue),
         None
     );
     assert_eq!(
-        pod_role_apply("p", &labels("active"), Color::Blue, Color::Green).unwrap()["metadata"]["labels"]
-            [ROLE_LABEL],
+        pod_role_apply("p", None, &labels("active"), Color::Blue, Color::Green).unwrap()["metadata"]
+            ["labels"][ROLE_LABEL],
         "preview"
     );
     assert_eq!(
-        pod_role_apply("p", &BTreeMap::new(), Color::Green, Color::Green).unwrap()["metadata"]["labels"]
-            [ROLE_LABEL],
+        pod_role_apply("p", None, &BTreeMap::new(), Color::Green, Color::Green).unwrap()["metadata"]
+            ["labels"][ROLE_LABEL],
         "active"
+    );
+}
+
+#[test]
+fn a_role_label_applies_only_to_the_pod_that_was_listed() {
+    let body = pod_role_apply(
+        "p",
+        Some("uid-p"),
+        &BTreeMap::new(),
+        Color::Blue,
+        Color::Blue,
+    );
+    assert_eq!(
+        body.unwrap()["metadata"],
+        serde_json::json!({ "name": "p", "uid": "uid-p", "labels": { ROLE_LABEL: "active" } })
     );
 }
 
