@@ -25,7 +25,7 @@ use crate::certs;
 use crate::config::{Config, LogFormat, NativeSidecars, supports_native_sidecars};
 use crate::controller::{self, Context};
 use crate::finservice::Settings;
-use crate::leader::Elector;
+use crate::leader::{Elector, Timing};
 use crate::webhook::{self, WebhookSettings};
 
 /// Installs the log subscriber (`RUST_LOG` filters, default `info`).
@@ -244,7 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.namespace,
         &config.lease_name,
         &identity,
-        Duration::from_secs(config.lease_duration_seconds),
+        Timing::new(Duration::from_secs(config.lease_duration_seconds)),
     );
     let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
 

@@ -64,11 +64,12 @@ pub fn rules() -> Vec<PolicyRule> {
         rule("", &["persistentvolumeclaims"], &["get", "list", "delete"]),
         // kube-runtime's event recorder creates events and patches repeated ones.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
-        // Leader election.
+        // Leader election: the Lease is created, then replaced with a resourceVersion
+        // precondition, never patched.
         rule(
             "coordination.k8s.io",
             &["leases"],
-            &["get", "create", "patch", "update"],
+            &["get", "create", "update"],
         ),
         // The injection webhook's configuration, whose caBundle the operator keeps current.
         rule(
@@ -126,7 +127,6 @@ mod tests {
             ("", "serviceaccounts"),
             ("", "secrets"),
             ("batch", "jobs"),
-            ("coordination.k8s.io", "leases"),
             (
                 "admissionregistration.k8s.io",
                 "mutatingwebhookconfigurations",
@@ -136,6 +136,14 @@ mod tests {
                 assert!(allows(group, resource, verb), "{verb} {group}/{resource}");
             }
         }
+    }
+
+    #[test]
+    fn the_leader_lease_can_be_created_and_replaced_but_not_patched() {
+        for verb in ["get", "create", "update"] {
+            assert!(allows("coordination.k8s.io", "leases", verb), "{verb}");
+        }
+        assert!(!allows("coordination.k8s.io", "leases", "patch"));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Write {
     pub query: String,
     pub content_type: String,
     pub body: Value,
+    /// When it was accepted, on the test's (tokio) clock.
+    pub when: tokio::time::Instant,
 }
 
 impl Write {
@@ -478,6 +480,7 @@ impl Fake {
                 query: query.clone(),
                 content_type: content_type.clone(),
                 body: body.clone(),
+                when: tokio::time::Instant::now(),
             });
         }
 
