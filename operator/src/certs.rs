@@ -1,36 +1,33 @@
 //! The webhook's TLS: a self-signed CA and a serving certificate the operator generates
 //! (rcgen), keeps in a Secret, renews before it expires, and publishes as the
-//! `caBundle` of the MutatingWebhookConfiguration it also applies.
+//! `caBundle` of the chart's MutatingWebhookConfiguration, the one field of it the
+//! operator writes.
 //!
-//! The decisions (generate or keep, the Secret, the webhook configuration) are pure;
+//! The decisions (generate or keep, the Secret, the caBundle patch) are pure;
 //! [`ensure`] and [`load`] at the bottom are the API calls. Only the leader writes; every
 //! replica serves with whatever the Secret holds, reloading it when it changes.
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-    ServiceReference, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::jiff::tz::TimeZone;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ObjectMeta, Patch};
+use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Client};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 
-use crate::inject;
-use crate::meta::{self, FIELD_MANAGER, with_spec_hash};
-use crate::webhook::MUTATE_PATH;
+use serde_json::{Value, json};
+
+use crate::meta::{self, FIELD_MANAGER};
 
 /// Secret holding `ca.crt`, `tls.crt` and `tls.key`.
 pub const SECRET_NAME: &str = "finflow-operator-webhook-tls";
-/// Name of the MutatingWebhookConfiguration.
+/// Name of the MutatingWebhookConfiguration the chart renders.
 pub const CONFIGURATION_NAME: &str = "finflow-operator";
-/// Name of its one webhook.
+/// Name of its one webhook in the chart.
 pub const WEBHOOK_NAME: &str = "inject.finflow.dev";
 /// Annotation on the Secret: when the serving certificate expires (RFC 3339).
 pub const NOT_AFTER_ANNOTATION: &str = "finflow.dev/not-after";
@@ -167,70 +164,55 @@ pub fn needs_renewal(bundle: Option<&Bundle>, now: Timestamp) -> bool {
     bundle.is_none_or(|b| b.not_after - RENEW_BEFORE <= now)
 }
 
-/// The webhook configuration: pods carrying `finflow.dev/inject: "true"` (filtered by a
-/// match condition, so no other pod ever waits on the operator), outside kube-system and
-/// the operator's own namespace. `Fail`: a pod that asked for the sidecar is never
-/// started without it.
-pub fn webhook_configuration(
+/// The strategic merge patch that puts `ca_pem` into the `caBundle` of every webhook
+/// of `current` that calls `service` in `namespace`, and writes nothing else: the chart
+/// owns the configuration (its `failurePolicy` is a value of the chart), the operator
+/// only the CA that it alone knows. Webhooks merge by name, so the others are left
+/// alone; the patch carries the resourceVersion read, so it applies to exactly the
+/// webhooks that were seen. `None` when every such webhook already has it, or when
+/// none calls the service (the chart and the operator disagree on names).
+pub fn ca_bundle_patch(
+    current: &MutatingWebhookConfiguration,
     namespace: &str,
     service: &str,
     ca_pem: &str,
-) -> MutatingWebhookConfiguration {
-    with_spec_hash(MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(CONFIGURATION_NAME.to_owned()),
-            labels: Some(meta::labels(FIELD_MANAGER, "webhook")),
-            ..ObjectMeta::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: WEBHOOK_NAME.to_owned(),
-            admission_review_versions: vec!["v1".to_owned()],
-            side_effects: "None".to_owned(),
-            failure_policy: Some("Fail".to_owned()),
-            reinvocation_policy: Some("Never".to_owned()),
-            timeout_seconds: Some(5),
-            client_config: WebhookClientConfig {
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                service: Some(ServiceReference {
-                    name: service.to_owned(),
-                    namespace: namespace.to_owned(),
-                    path: Some(MUTATE_PATH.to_owned()),
-                    port: Some(443),
-                }),
-                url: None,
-            },
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![String::new()]),
-                api_versions: Some(vec!["v1".to_owned()]),
-                operations: Some(vec!["CREATE".to_owned()]),
-                resources: Some(vec!["pods".to_owned()]),
-                scope: Some("Namespaced".to_owned()),
-            }]),
-            match_conditions: Some(vec![MatchCondition {
-                name: "annotated-for-injection".to_owned(),
-                expression: format!(
-                    "has(object.metadata.annotations) && '{a}' in object.metadata.annotations && object.metadata.annotations['{a}'] == 'true'",
-                    a = inject::INJECT_ANNOTATION
-                ),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: "kubernetes.io/metadata.name".to_owned(),
-                    operator: "NotIn".to_owned(),
-                    values: Some(vec!["kube-system".to_owned(), namespace.to_owned()]),
-                }]),
-                match_labels: None,
-            }),
-            object_selector: None,
-            match_policy: Some("Equivalent".to_owned()),
-        }]),
+) -> Option<Value> {
+    let ca_bundle = ByteString(ca_pem.as_bytes().to_vec());
+    let stale: Vec<Value> = current
+        .webhooks
+        .iter()
+        .flatten()
+        .filter(|hook| {
+            hook.client_config
+                .service
+                .as_ref()
+                .is_some_and(|s| s.name == service && s.namespace == namespace)
+        })
+        .filter(|hook| hook.client_config.ca_bundle.as_ref() != Some(&ca_bundle))
+        .map(|hook| json!({"name": hook.name, "clientConfig": {"caBundle": ca_bundle}}))
+        .collect();
+    (!stale.is_empty()).then(|| {
+        json!({
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "webhooks": stale,
+        })
+    })
+}
+
+/// Whether any webhook of `configuration` calls `service` in `namespace`.
+pub fn calls(configuration: &MutatingWebhookConfiguration, namespace: &str, service: &str) -> bool {
+    configuration.webhooks.iter().flatten().any(|hook| {
+        hook.client_config
+            .service
+            .as_ref()
+            .is_some_and(|s| s.name == service && s.namespace == namespace)
     })
 }
 
 // The edge.
 
 /// Leader only: makes sure a valid certificate is in the Secret and its CA in the
-/// webhook configuration. Returns the bundle in force.
+/// caBundle of the chart's webhook configuration. Returns the bundle in force.
 pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Result<Bundle> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let current = secrets
@@ -256,16 +238,31 @@ pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Re
         }
     };
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let desired = webhook_configuration(namespace, service, &bundle.ca_pem);
-    let current = configurations.get_opt(CONFIGURATION_NAME).await?;
-    if meta::needs_apply(&desired, current.as_ref()) {
-        configurations
-            .patch(
-                CONFIGURATION_NAME,
-                &crate::controller::apply_params(),
-                &Patch::Apply(&desired),
-            )
-            .await?;
+    match configurations.get_opt(CONFIGURATION_NAME).await? {
+        None => tracing::warn!(
+            configuration = CONFIGURATION_NAME,
+            "the webhook configuration is missing (the chart creates it); no caBundle to write"
+        ),
+        Some(current) if !calls(&current, namespace, service) => tracing::error!(
+            configuration = CONFIGURATION_NAME,
+            service,
+            "no webhook of the configuration calls the operator's service; caBundle not written"
+        ),
+        Some(current) => {
+            if let Some(patch) = ca_bundle_patch(&current, namespace, service, &bundle.ca_pem) {
+                configurations
+                    .patch(
+                        CONFIGURATION_NAME,
+                        &PatchParams {
+                            field_manager: Some(FIELD_MANAGER.to_owned()),
+                            ..PatchParams::default()
+                        },
+                        &Patch::Strategic(patch),
+                    )
+                    .await?;
+                tracing::info!("wrote the webhook configuration's caBundle");
+            }
+        }
     }
     Ok(bundle)
 }
@@ -282,6 +279,8 @@ pub async fn load(client: &Client, namespace: &str) -> kube::Result<Option<Bundl
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
 
     fn now() -> Timestamp {
@@ -328,18 +327,59 @@ mod tests {
         assert!(needs_renewal(Some(&bundle), late));
     }
 
-    #[test]
-    fn the_webhook_only_sees_annotated_pods_and_trusts_the_ca() {
-        let config = webhook_configuration("finflow-system", "finflow-operator-webhook", "CA PEM");
-        let hook = &config.webhooks.as_ref().unwrap()[0];
-        assert_eq!(
-            hook.client_config.ca_bundle,
-            Some(ByteString(b"CA PEM".to_vec()))
+    const CONFIGURATIONS: &str =
+        "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+    const SERVICE: &str = "finflow-operator-webhook";
+
+    /// The chart's MutatingWebhookConfiguration as Helm renders it into `namespace`: the
+    /// template's expressions replaced by these values, its directives and comments
+    /// dropped.
+    fn rendered_by_the_chart(namespace: &str, failure_policy: &str) -> serde_json::Value {
+        let template = include_str!("../../charts/finflow-operator/templates/mutatingwebhook.yaml");
+        let rendered = template
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("{{-") && !l.trim_start().starts_with('#'))
+            .map(|l| {
+                l.replace("{{ .Values.webhook.failurePolicy }}", failure_policy)
+                    .replace(
+                        "{{ .Release.Namespace | quote }}",
+                        &format!("{namespace:?}"),
+                    )
+                    .replace("{{ .Release.Namespace }}", namespace)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !rendered.contains("{{"),
+            "an expression the test does not render:\n{rendered}"
         );
+        let parsed: MutatingWebhookConfiguration = serde_saphyr::from_str(&rendered).unwrap();
+        serde_json::to_value(parsed).unwrap()
+    }
+
+    #[test]
+    fn the_charts_configuration_calls_the_operators_webhook_for_annotated_pods_only() {
+        let chart: MutatingWebhookConfiguration =
+            serde_json::from_value(rendered_by_the_chart("finflow-system", "Fail")).unwrap();
+        assert_eq!(chart.metadata.name.as_deref(), Some(CONFIGURATION_NAME));
+        assert!(calls(&chart, "finflow-system", SERVICE));
+        let default = crate::config::Config::try_parse_from(["finflow-operator"]).unwrap();
+        assert_eq!(default.webhook_service, SERVICE);
+        let hook = &chart.webhooks.as_ref().unwrap()[0];
+        assert_eq!(hook.name, WEBHOOK_NAME);
         let service = hook.client_config.service.as_ref().unwrap();
-        assert_eq!(service.path.as_deref(), Some("/mutate"));
+        assert_eq!(service.path.as_deref(), Some(crate::webhook::MUTATE_PATH));
+        assert_eq!(service.port, Some(443));
+        assert!(
+            hook.client_config.ca_bundle.is_none(),
+            "the operator fills it in"
+        );
         let condition = &hook.match_conditions.as_ref().unwrap()[0];
-        assert!(condition.expression.contains("finflow.dev/inject"));
+        assert!(
+            condition
+                .expression
+                .contains(crate::inject::INJECT_ANNOTATION)
+        );
         let excluded = hook
             .namespace_selector
             .as_ref()
@@ -351,6 +391,79 @@ mod tests {
             .clone()
             .unwrap();
         assert!(excluded.contains(&"finflow-system".to_owned()));
+        // The Service of that name, in front of the operator's webhook port.
+        let services = include_str!("../../charts/finflow-operator/templates/services.yaml");
+        assert!(services.contains(&format!("  name: {SERVICE}\n")));
+        assert!(services.contains("port: 443\n      targetPort: webhook"));
+    }
+
+    #[test]
+    fn a_ca_bundle_already_in_place_is_not_written_again() {
+        let mut chart: MutatingWebhookConfiguration =
+            serde_json::from_value(rendered_by_the_chart("ns", "Fail")).unwrap();
+        chart.metadata.resource_version = Some("7".into());
+        let patch = ca_bundle_patch(&chart, "ns", SERVICE, "CA").unwrap();
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        chart.webhooks.as_mut().unwrap()[0].client_config.ca_bundle =
+            Some(ByteString(b"CA".to_vec()));
+        assert_eq!(ca_bundle_patch(&chart, "ns", SERVICE, "CA"), None);
+        assert_eq!(
+            ca_bundle_patch(&chart, "ns", "another-service", "NEW"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_ca_bundle_of_the_charts_configuration_is_written() {
+        use crate::controller::fake::{Fake, NS};
+        let (fake, ctx) = Fake::start(crate::finservice::tests::settings());
+        let chart = rendered_by_the_chart(NS, "Ignore");
+        fake.create(CONFIGURATIONS, chart.clone());
+
+        let bundle = ensure(&ctx.client, NS, SERVICE).await.unwrap();
+
+        let stored = fake.get(CONFIGURATIONS, CONFIGURATION_NAME).unwrap();
+        let hooks = stored["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 1);
+        let mut hook = hooks[0].clone();
+        let ca_bundle = hook["clientConfig"]
+            .as_object_mut()
+            .unwrap()
+            .remove("caBundle")
+            .unwrap();
+        assert_eq!(
+            serde_json::from_value::<ByteString>(ca_bundle).unwrap().0,
+            bundle.ca_pem.as_bytes()
+        );
+        // Everything else is the chart's: its failurePolicy too.
+        assert_eq!(hook, chart["webhooks"][0]);
+        assert_eq!(hook["failurePolicy"], "Ignore");
+        assert_eq!(stored["metadata"]["labels"], chart["metadata"]["labels"]);
+        assert_eq!(
+            stored["metadata"]["annotations"],
+            chart["metadata"]["annotations"]
+        );
+
+        let state = fake.state();
+        let writes: Vec<_> = state
+            .sent
+            .iter()
+            .filter(|w| w.path.starts_with(CONFIGURATIONS))
+            .collect();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            writes[0].content_type,
+            "application/strategic-merge-patch+json"
+        );
+        assert_eq!(
+            writes[0].body["webhooks"],
+            serde_json::json!([{"name": WEBHOOK_NAME, "clientConfig": {"caBundle": hooks[0]["clientConfig"]["caBundle"]}}])
+        );
+        assert!(
+            writes[0]
+                .params()
+                .contains(&"fieldManager=finflow-operator")
+        );
     }
 
     #[test]

@@ -71,11 +71,12 @@ pub fn rules() -> Vec<PolicyRule> {
             &["leases"],
             &["get", "create", "update"],
         ),
-        // The injection webhook's configuration, whose caBundle the operator keeps current.
+        // The injection webhook's configuration: the chart creates it, the operator
+        // patches its caBundle.
         rule(
             "admissionregistration.k8s.io",
             &["mutatingwebhookconfigurations"],
-            &["get", "create", "patch"],
+            &["get", "patch"],
         ),
     ]
 }
@@ -127,10 +128,6 @@ mod tests {
             ("", "serviceaccounts"),
             ("", "secrets"),
             ("batch", "jobs"),
-            (
-                "admissionregistration.k8s.io",
-                "mutatingwebhookconfigurations",
-            ),
         ] {
             for verb in ["get", "create", "patch"] {
                 assert!(allows(group, resource, verb), "{verb} {group}/{resource}");
@@ -144,6 +141,16 @@ mod tests {
             assert!(allows("coordination.k8s.io", "leases", verb), "{verb}");
         }
         assert!(!allows("coordination.k8s.io", "leases", "patch"));
+    }
+
+    #[test]
+    fn the_webhook_configuration_can_be_patched_but_not_created() {
+        let mwc = (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        );
+        assert!(allows(mwc.0, mwc.1, "get") && allows(mwc.0, mwc.1, "patch"));
+        assert!(!allows(mwc.0, mwc.1, "create"));
     }
 
     #[test]
