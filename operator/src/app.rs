@@ -158,14 +158,26 @@ async fn serve_webhook(
     }
 }
 
-/// Leader only: certificate and webhook configuration, now and every hour.
+/// Leader only: certificate and caBundle, now and every hour (every minute after a
+/// failure).
 async fn keep_certificate(client: Client, config: Config, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(e) = certs::ensure(&client, &config.namespace, &config.webhook_service).await {
-            tracing::error!(error = %e, "could not ensure the webhook certificate");
-        }
+        let every = match certs::ensure(
+            &client,
+            &config.namespace,
+            &config.webhook_service,
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+        .await
+        {
+            Ok(_) => 3600,
+            Err(e) => {
+                tracing::error!(error = %e, "could not ensure the webhook certificate");
+                60
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            () = tokio::time::sleep(Duration::from_secs(every)) => {}
             () = wait_true(&mut stop) => break,
         }
     }

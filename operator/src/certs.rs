@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 
 use crate::meta::{self, FIELD_MANAGER};
 
-/// Secret holding `ca.crt`, `tls.crt` and `tls.key`.
+/// Secret holding `ca.crt`, `tls.crt` and `tls.key`, and for a while after a renewal
+/// [`RETIRED_CA_KEY`].
 pub const SECRET_NAME: &str = "finflow-operator-webhook-tls";
 /// Name of the MutatingWebhookConfiguration the chart renders.
 pub const CONFIGURATION_NAME: &str = "finflow-operator";
@@ -31,6 +32,10 @@ pub const CONFIGURATION_NAME: &str = "finflow-operator";
 pub const WEBHOOK_NAME: &str = "inject.finflow.dev";
 /// Annotation on the Secret: when the serving certificate expires (RFC 3339).
 pub const NOT_AFTER_ANNOTATION: &str = "finflow.dev/not-after";
+/// Key in the Secret: the CA a renewal replaced, still in the caBundle.
+pub const RETIRED_CA_KEY: &str = "ca-retired.crt";
+/// Annotation on the Secret: when the certificate the retired CA signed expires.
+pub const RETIRED_NOT_AFTER_ANNOTATION: &str = "finflow.dev/retired-not-after";
 const VALIDITY: SignedDuration = SignedDuration::from_hours(24 * 365);
 /// Renewed this long before it expires, so no replica ever serves an expired one.
 const RENEW_BEFORE: SignedDuration = SignedDuration::from_hours(24 * 30);
@@ -42,6 +47,62 @@ pub struct Bundle {
     pub cert_pem: String,
     pub key_pem: String,
     pub not_after: Timestamp,
+}
+
+/// The CA of a certificate a renewal replaced, and when that certificate expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub ca_pem: String,
+    pub not_after: Timestamp,
+}
+
+/// What the Secret holds: the bundle replicas serve and, after a renewal, the CA it
+/// replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub bundle: Bundle,
+    pub retired: Option<Retired>,
+}
+
+impl Stored {
+    /// The caBundle: the CA of the certificate in the Secret, then the retired one.
+    pub fn ca_bundle(&self) -> String {
+        let mut pem = String::new();
+        for ca in
+            std::iter::once(&self.bundle.ca_pem).chain(self.retired.as_ref().map(|r| &r.ca_pem))
+        {
+            pem.push_str(ca);
+            if !pem.ends_with('\n') {
+                pem.push('\n');
+            }
+        }
+        pem
+    }
+}
+
+/// `stored` renewed with `fresh`. Replicas pick a new certificate up at their next
+/// reload of the Secret, each at its own moment, so the CA it replaces stays trusted
+/// beside the new one until the certificate it signed expires (a renewal period, a month
+/// after the renewal); by then none serves it.
+pub fn renewed(stored: Option<&Stored>, fresh: Bundle, now: Timestamp) -> Stored {
+    let retired = stored
+        .map(|s| Retired {
+            ca_pem: s.bundle.ca_pem.clone(),
+            not_after: s.bundle.not_after,
+        })
+        .filter(|r| r.not_after > now);
+    Stored {
+        bundle: fresh,
+        retired,
+    }
+}
+
+/// `stored` without its retired CA once the certificate that CA signed has expired.
+pub fn pruned(stored: &Stored, now: Timestamp) -> Stored {
+    Stored {
+        bundle: stored.bundle.clone(),
+        retired: stored.retired.clone().filter(|r| r.not_after > now),
+    }
 }
 
 /// The DNS names the API server may use for the webhook Service.
@@ -106,34 +167,59 @@ pub fn generate(service: &str, namespace: &str, now: Timestamp) -> Result<Bundle
     })
 }
 
-/// The Secret holding `bundle`.
-pub fn secret(bundle: &Bundle, namespace: &str) -> Secret {
+/// The Secret holding `stored`.
+pub fn secret(stored: &Stored, namespace: &str) -> Secret {
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    let bundle = &stored.bundle;
+    let mut annotations: std::collections::BTreeMap<String, String> = [(
+        NOT_AFTER_ANNOTATION.to_owned(),
+        bundle.not_after.to_string(),
+    )]
+    .into();
+    let mut data: std::collections::BTreeMap<String, ByteString> = [
+        ("ca.crt".to_owned(), bytes(&bundle.ca_pem)),
+        ("tls.crt".to_owned(), bytes(&bundle.cert_pem)),
+        ("tls.key".to_owned(), bytes(&bundle.key_pem)),
+    ]
+    .into();
+    if let Some(retired) = &stored.retired {
+        annotations.insert(
+            RETIRED_NOT_AFTER_ANNOTATION.to_owned(),
+            retired.not_after.to_string(),
+        );
+        data.insert(RETIRED_CA_KEY.to_owned(), bytes(&retired.ca_pem));
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(SECRET_NAME.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(meta::labels(FIELD_MANAGER, "webhook-tls")),
-            annotations: Some(
-                [(
-                    NOT_AFTER_ANNOTATION.to_owned(),
-                    bundle.not_after.to_string(),
-                )]
-                .into(),
-            ),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(
-            [
-                ("ca.crt".to_owned(), bytes(&bundle.ca_pem)),
-                ("tls.crt".to_owned(), bytes(&bundle.cert_pem)),
-                ("tls.key".to_owned(), bytes(&bundle.key_pem)),
-            ]
-            .into(),
-        ),
+        data: Some(data),
         ..Secret::default()
     }
+}
+
+/// What a Secret holds, if it holds a complete bundle.
+pub fn stored_in(secret: &Secret) -> Option<Stored> {
+    let bundle = from_secret(secret)?;
+    let retired = (|| {
+        let ca = secret.data.as_ref()?.get(RETIRED_CA_KEY)?;
+        Some(Retired {
+            ca_pem: String::from_utf8(ca.0.clone()).ok()?,
+            not_after: secret
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(RETIRED_NOT_AFTER_ANNOTATION)?
+                .parse()
+                .ok()?,
+        })
+    })();
+    Some(Stored { bundle, retired })
 }
 
 /// The bundle a Secret holds, if it holds a complete one.
@@ -164,7 +250,7 @@ pub fn needs_renewal(bundle: Option<&Bundle>, now: Timestamp) -> bool {
     bundle.is_none_or(|b| b.not_after - RENEW_BEFORE <= now)
 }
 
-/// The strategic merge patch that puts `ca_pem` into the `caBundle` of every webhook
+/// The strategic merge patch that puts `ca_bundle` (PEM) into the `caBundle` of every webhook
 /// of `current` that calls `service` in `namespace`, and writes nothing else: the chart
 /// owns the configuration (its `failurePolicy` is a value of the chart), the operator
 /// only the CA that it alone knows. Webhooks merge by name, so the others are left
@@ -175,9 +261,9 @@ pub fn ca_bundle_patch(
     current: &MutatingWebhookConfiguration,
     namespace: &str,
     service: &str,
-    ca_pem: &str,
+    ca_bundle: &str,
 ) -> Option<Value> {
-    let ca_bundle = ByteString(ca_pem.as_bytes().to_vec());
+    let ca_bundle = ByteString(ca_bundle.as_bytes().to_vec());
     let stale: Vec<Value> = current
         .webhooks
         .iter()
@@ -211,32 +297,57 @@ pub fn calls(configuration: &MutatingWebhookConfiguration, namespace: &str, serv
 
 // The edge.
 
-/// Leader only: makes sure a valid certificate is in the Secret and its CA in the
-/// caBundle of the chart's webhook configuration. Returns the bundle in force.
-pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Result<Bundle> {
+/// Leader only: makes sure a valid certificate is in the Secret and the CAs the API
+/// server must trust in the caBundle of the chart's webhook configuration. Returns the
+/// bundle in force.
+///
+/// The caBundle is written first and the Secret after: a replica serves whatever the
+/// Secret holds, so the API server trusts a new CA before any replica can serve the
+/// certificate it signed. A failure in between leaves the Secret as it was, and the next
+/// round starts over.
+pub async fn ensure(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    now: Timestamp,
+) -> kube::Result<Bundle> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let current = secrets
+    let stored = secrets
         .get_opt(SECRET_NAME)
         .await?
         .as_ref()
-        .and_then(from_secret);
-    let now = Timestamp::now();
-    let bundle = match current {
-        Some(b) if !needs_renewal(Some(&b), now) => b,
+        .and_then(stored_in);
+    let next = match &stored {
+        Some(s) if !needs_renewal(Some(&s.bundle), now) => pruned(s, now),
         _ => {
-            let b =
+            let fresh =
                 generate(service, namespace, now).map_err(|e| kube::Error::Service(Box::new(e)))?;
-            secrets
-                .patch(
-                    SECRET_NAME,
-                    &crate::controller::apply_params(),
-                    &Patch::Apply(&secret(&b, namespace)),
-                )
-                .await?;
-            tracing::info!(not_after = %b.not_after, "generated the webhook certificate");
-            b
+            renewed(stored.as_ref(), fresh, now)
         }
     };
+    publish_ca_bundle(client, namespace, service, &next.ca_bundle()).await?;
+    if stored.as_ref() != Some(&next) {
+        secrets
+            .patch(
+                SECRET_NAME,
+                &crate::controller::apply_params(),
+                &Patch::Apply(&secret(&next, namespace)),
+            )
+            .await?;
+        if stored.as_ref().map(|s| &s.bundle) != Some(&next.bundle) {
+            tracing::info!(not_after = %next.bundle.not_after, "generated the webhook certificate");
+        }
+    }
+    Ok(next.bundle)
+}
+
+/// Writes `ca_bundle` into the chart's webhook configuration where it differs.
+async fn publish_ca_bundle(
+    client: &Client,
+    namespace: &str,
+    service: &str,
+    ca_bundle: &str,
+) -> kube::Result<()> {
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     match configurations.get_opt(CONFIGURATION_NAME).await? {
         None => tracing::warn!(
@@ -249,7 +360,7 @@ pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Re
             "no webhook of the configuration calls the operator's service; caBundle not written"
         ),
         Some(current) => {
-            if let Some(patch) = ca_bundle_patch(&current, namespace, service, &bundle.ca_pem) {
+            if let Some(patch) = ca_bundle_patch(&current, namespace, service, ca_bundle) {
                 configurations
                     .patch(
                         CONFIGURATION_NAME,
@@ -264,7 +375,7 @@ pub async fn ensure(client: &Client, namespace: &str, service: &str) -> kube::Re
             }
         }
     }
-    Ok(bundle)
+    Ok(())
 }
 
 /// Any replica: the bundle the Secret holds now, if any.
@@ -293,9 +404,14 @@ mod tests {
         assert!(bundle.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(bundle.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(bundle.key_pem.contains("PRIVATE KEY"));
-        let s = secret(&bundle, "finflow-system");
+        let stored = Stored {
+            bundle: bundle.clone(),
+            retired: None,
+        };
+        let s = secret(&stored, "finflow-system");
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(from_secret(&s), Some(bundle));
+        assert_eq!(stored_in(&s), Some(stored));
     }
 
     #[test]
@@ -420,7 +536,9 @@ mod tests {
         let chart = rendered_by_the_chart(NS, "Ignore");
         fake.create(CONFIGURATIONS, chart.clone());
 
-        let bundle = ensure(&ctx.client, NS, SERVICE).await.unwrap();
+        let bundle = ensure(&ctx.client, NS, SERVICE, Timestamp::now())
+            .await
+            .unwrap();
 
         let stored = fake.get(CONFIGURATIONS, CONFIGURATION_NAME).unwrap();
         let hooks = stored["webhooks"].as_array().unwrap();
@@ -464,6 +582,162 @@ mod tests {
                 .params()
                 .contains(&"fieldManager=finflow-operator")
         );
+    }
+
+    /// Whether a client trusting the CAs of `ca_bundle` (PEM) accepts `cert_pem` for the
+    /// webhook Service at `at`, as the API server checks it.
+    fn verifies(ca_bundle: &[u8], cert_pem: &str, at: Timestamp) -> bool {
+        use rustls::client::danger::ServerCertVerifier as _;
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_bundle) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build() else {
+            return false;
+        };
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let name = ServerName::try_from(format!("{SERVICE}.finflow.svc")).unwrap();
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(at.as_second()).unwrap(),
+        ));
+        verifier
+            .verify_server_cert(&cert, &[], &name, &[], at)
+            .is_ok()
+    }
+
+    /// The caBundle the fake's webhook configuration holds.
+    fn ca_bundle_in(fake: &crate::controller::fake::Fake) -> Vec<u8> {
+        let stored = fake.get(CONFIGURATIONS, CONFIGURATION_NAME).unwrap();
+        serde_json::from_value::<ByteString>(
+            stored["webhooks"][0]["clientConfig"]["caBundle"].clone(),
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_old_ca_trusted_until_the_certificate_it_signed_expires() {
+        let old = generate(SERVICE, "finflow", now()).unwrap();
+        let renewal = old.not_after - SignedDuration::from_hours(24 * 29);
+        assert!(needs_renewal(Some(&old), renewal));
+        let stored = Stored {
+            bundle: old.clone(),
+            retired: None,
+        };
+        let new = generate(SERVICE, "finflow", renewal).unwrap();
+        let rotated = renewed(Some(&stored), new.clone(), renewal);
+        assert_eq!(rotated.bundle, new);
+        let trusted = rotated.ca_bundle();
+        assert!(verifies(trusted.as_bytes(), &old.cert_pem, renewal));
+        assert!(verifies(trusted.as_bytes(), &new.cert_pem, renewal));
+        // It survives the Secret.
+        assert_eq!(
+            stored_in(&secret(&rotated, "finflow")),
+            Some(rotated.clone())
+        );
+
+        let just_before = old.not_after - SignedDuration::from_secs(1);
+        assert_eq!(pruned(&rotated, just_before), rotated);
+        let after = pruned(&rotated, old.not_after);
+        assert_eq!(after.retired, None);
+        assert_eq!(after.ca_bundle(), new.ca_pem);
+        assert!(!verifies(
+            after.ca_bundle().as_bytes(),
+            &old.cert_pem,
+            renewal
+        ));
+        assert!(
+            !secret(&after, "finflow")
+                .data
+                .unwrap()
+                .contains_key(RETIRED_CA_KEY)
+        );
+    }
+
+    #[test]
+    fn a_first_certificate_or_one_replacing_an_expired_one_retires_nothing() {
+        let old = generate(SERVICE, "finflow", now()).unwrap();
+        let fresh = generate(SERVICE, "finflow", now()).unwrap();
+        assert_eq!(renewed(None, fresh.clone(), now()).retired, None);
+        let stored = Stored {
+            bundle: old.clone(),
+            retired: None,
+        };
+        assert_eq!(renewed(Some(&stored), fresh, old.not_after).retired, None);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_trusts_the_new_ca_first_and_the_old_one_until_its_certificate_expires() {
+        use crate::controller::fake::{Fake, NS};
+        const SECRETS: &str = "/api/v1/namespaces/finflow/secrets";
+        let (fake, ctx) = Fake::start(crate::finservice::tests::settings());
+        let issued = now();
+        let old = generate(SERVICE, NS, issued).unwrap();
+        // Trusted by the configuration and served by every replica.
+        let mut chart = rendered_by_the_chart(NS, "Fail");
+        chart["webhooks"][0]["clientConfig"]["caBundle"] =
+            serde_json::to_value(ByteString(old.ca_pem.clone().into_bytes())).unwrap();
+        fake.create(CONFIGURATIONS, chart);
+        let before = Stored {
+            bundle: old.clone(),
+            retired: None,
+        };
+        fake.create(SECRETS, serde_json::to_value(secret(&before, NS)).unwrap());
+        let in_secret = || {
+            stored_in(&serde_json::from_value(fake.get(SECRETS, SECRET_NAME).unwrap()).unwrap())
+                .unwrap()
+        };
+
+        // A month before it expires.
+        let renewal = old.not_after - SignedDuration::from_hours(24 * 29);
+        let new = ensure(&ctx.client, NS, SERVICE, renewal).await.unwrap();
+        assert_ne!(new, old, "renewed");
+        assert_eq!(in_secret().bundle, new);
+        // Replicas that have not reloaded the Secret yet serve the old certificate, the
+        // others the new one: the API server trusts both.
+        let trusted = ca_bundle_in(&fake);
+        assert!(
+            verifies(&trusted, &old.cert_pem, renewal),
+            "the old certificate"
+        );
+        assert!(
+            verifies(&trusted, &new.cert_pem, renewal),
+            "the new certificate"
+        );
+        // And it trusted the new CA before the Secret held the certificate it signed.
+        let paths = |fake: &Fake| -> Vec<String> {
+            fake.state().sent.iter().map(|w| w.path.clone()).collect()
+        };
+        let configuration = format!("{CONFIGURATIONS}/{CONFIGURATION_NAME}");
+        let secret_path = format!("{SECRETS}/{SECRET_NAME}");
+        assert_eq!(paths(&fake), [configuration.clone(), secret_path.clone()]);
+
+        // Until the old certificate expires, nothing changes.
+        fake.state().sent.clear();
+        let later = old.not_after - SignedDuration::from_secs(60);
+        assert_eq!(ensure(&ctx.client, NS, SERVICE, later).await.unwrap(), new);
+        assert!(paths(&fake).is_empty());
+
+        // Then the old CA leaves the caBundle and the Secret, and the next round is quiet.
+        ensure(&ctx.client, NS, SERVICE, old.not_after)
+            .await
+            .unwrap();
+        assert_eq!(paths(&fake), [configuration, secret_path]);
+        let trusted = ca_bundle_in(&fake);
+        assert!(!verifies(&trusted, &old.cert_pem, renewal));
+        assert!(verifies(&trusted, &new.cert_pem, renewal));
+        assert_eq!(in_secret().retired, None);
+        fake.state().sent.clear();
+        ensure(&ctx.client, NS, SERVICE, old.not_after)
+            .await
+            .unwrap();
+        assert!(paths(&fake).is_empty());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! server-side apply (a deep merge; the status subresource is replaced), JSON, merge and
 //! strategic merge patches, Event creation, and GET through the service proxy. Like the
 //! real server, a write whose body carries a `metadata.resourceVersion` other than the
-//! stored one is refused with 409 Conflict. Pods are made by [`Fake::settle`] from
+//! stored one is refused with 409 Conflict, and a field an apply set is removed when the
+//! same manager's next apply leaves it out. Pods are made by [`Fake::settle`] from
 //! each Deployment's template, and the test decides which versions never become
 //! ready, which crash, and which answer `/health` with an error. More clients can talk
 //! to the same cluster ([`Fake::client`]), and a test can cut one off: its requests then
@@ -89,6 +90,8 @@ pub struct State {
     pub unhealthy: BTreeSet<(String, String)>,
     /// Clients (see [`Fake::client`]) whose requests are held unanswered.
     pub cut_off: BTreeSet<usize>,
+    /// The last body each field manager applied to each object (path, manager).
+    applied: BTreeMap<(String, String), Value>,
 }
 
 /// The fake API server and its clock (seconds).
@@ -121,6 +124,27 @@ fn merge(target: &mut Value, patch: &Value) {
             }
         }
         (t, p) => *t = p.clone(),
+    }
+}
+
+/// Removes from `object` what `before` applied and `now` no longer does: server-side
+/// apply drops the fields a manager stops applying. (The real server keeps a field
+/// another manager also applied; in these tests one manager applies each object.)
+fn forget(object: &mut Value, before: &Value, now: &Value) {
+    let (Value::Object(object), Value::Object(before)) = (object, before) else {
+        return;
+    };
+    for (k, was) in before {
+        match now.get(k) {
+            None => {
+                object.remove(k);
+            }
+            Some(is) => {
+                if let Some(field) = object.get_mut(k) {
+                    forget(field, was, is);
+                }
+            }
+        }
     }
 }
 
@@ -603,7 +627,16 @@ impl Fake {
                     object
                 } else {
                     let mut object = current.clone().unwrap_or_else(|| json!({}));
+                    let manager = query
+                        .split('&')
+                        .find_map(|q| q.strip_prefix("fieldManager="))
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(before) = state.applied.get(&(path.clone(), manager.clone())) {
+                        forget(&mut object, before, &body);
+                    }
                     merge(&mut object, &body);
+                    state.applied.insert((path.clone(), manager), body);
                     object
                 };
                 let stored = state.stamp(next, current.as_ref(), namespaced);
