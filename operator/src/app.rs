@@ -22,7 +22,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
 use crate::certs;
-use crate::config::{Config, LogFormat, NativeSidecars, supports_native_sidecars};
+use crate::config::{Backoff, Config, LogFormat, NativeSidecars, supports_native_sidecars};
 use crate::controller::{self, Context};
 use crate::finservice::Settings;
 use crate::leader::{Elector, Timing};
@@ -183,17 +183,36 @@ async fn keep_certificate(client: Client, config: Config, mut stop: watch::Recei
     }
 }
 
-async fn native_sidecars(client: &Client, setting: NativeSidecars) -> bool {
+/// Whether pods get native sidecars. `auto` asks the API server's version, retrying with
+/// `backoff`; when no attempt gets an answer it is an error, not a guess: a wrong guess
+/// would switch every pod template to the other form of sidecar and so restart every
+/// pod, while the process exiting is retried by its restart.
+async fn native_sidecars(
+    client: &Client,
+    setting: NativeSidecars,
+    backoff: Backoff,
+) -> anyhow::Result<bool> {
     match setting {
-        NativeSidecars::On => true,
-        NativeSidecars::Off => false,
-        NativeSidecars::Auto => match client.apiserver_version().await {
-            Ok(v) => supports_native_sidecars(&v.major, &v.minor),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the API server version; using regular sidecars");
-                false
+        NativeSidecars::On => Ok(true),
+        NativeSidecars::Off => Ok(false),
+        NativeSidecars::Auto => {
+            let mut pauses = backoff.pauses();
+            loop {
+                match client.apiserver_version().await {
+                    Ok(v) => return Ok(supports_native_sidecars(&v.major, &v.minor)),
+                    Err(e) => {
+                        let Some(pause) = pauses.next() else {
+                            return Err(e).context(
+                                "reading the API server version to detect native sidecars \
+                                 (NATIVE_SIDECARS=on or off skips detection)",
+                            );
+                        };
+                        tracing::warn!(error = %e, retry_in = ?pause, "could not read the API server version");
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             }
-        },
+        }
     }
 }
 
@@ -229,7 +248,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("finflow-operator-{}", std::process::id()));
     let settings = Settings {
         sidecar_image: config.sidecar_image.clone(),
-        native_sidecars: native_sidecars(&client, config.native_sidecars).await,
+        native_sidecars: native_sidecars(&client, config.native_sidecars, Backoff::DETECTION)
+            .await?,
     };
     tracing::info!(%identity, native_sidecars = settings.native_sidecars, "starting");
 
@@ -312,4 +332,72 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     health.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::mock::{Reply, Step, Verifier};
+    use crate::finservice::tests::settings;
+
+    fn version(minor: &str) -> Reply {
+        Reply::Json(json!({
+            "major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.0"),
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "",
+            "compiler": "gc", "platform": "linux/amd64"
+        }))
+    }
+
+    /// Pauses short enough for a test.
+    fn quick(attempts: u32) -> Backoff {
+        Backoff {
+            attempts,
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_version_call_is_retried_before_native_sidecars_are_decided() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![
+            Step::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            Step::get("/version", Reply::Status(StatusCode::INTERNAL_SERVER_ERROR)),
+            Step::get("/version", version("36")),
+        ]);
+        let native = native_sidecars(&ctx.client, NativeSidecars::Auto, quick(8)).await;
+        assert!(native.unwrap());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_detection_that_never_gets_an_answer_fails_instead_of_guessing() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let unavailable = || Step::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE));
+        // Exactly the bounded number of attempts, then no further request.
+        let server = verifier.run(vec![unavailable(), unavailable(), unavailable()]);
+        let native = native_sidecars(&ctx.client, NativeSidecars::Auto, quick(3)).await;
+        assert!(native.is_err(), "no guess: {native:?}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_set_mode_asks_nothing() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![]);
+        assert!(
+            native_sidecars(&ctx.client, NativeSidecars::On, quick(3))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !native_sidecars(&ctx.client, NativeSidecars::Off, quick(3))
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
 }

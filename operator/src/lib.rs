@@ -9,9 +9,10 @@
 //!   should report; [`inject`] turns a pod spec into the same pod with the sidecar in
 //!   front of the app; [`conditions`] merges conditions so transition times move only
 //!   when a status does; [`meta`] decides whether an object must be written at all;
-//!   [`graph`] gives deploy and rollback order; [`leader`] decides acquire, renew or
-//!   follow; [`certs`] builds the webhook's certificate and configuration; [`rbac`]
-//!   lists every permission. All of it is tested with plain `#[test]`s.
+//!   [`graph`] gives deploy and rollback order; [`leader`] decides create, acquire,
+//!   renew or follow on its own clock; [`certs`] builds the webhook's certificate, what
+//!   the caBundle trusts across a renewal, and the patch of that caBundle alone;
+//!   [`rbac`] lists every permission. All of it is tested with plain `#[test]`s.
 //! - **The edge.** [`controller`] reads the cluster, calls the decisions, and writes
 //!   with server-side apply (field manager `finflow-operator`) only what differs, the
 //!   status only when it changed, and an Event per step that changed something; its

@@ -25,6 +25,8 @@ pub enum Reply {
     NotFound,
     /// 200 with the request's own body (what an apply of a new object returns, near enough).
     Echo,
+    /// This error code with a `Status` body (an API server that is failing).
+    Status(StatusCode),
 }
 
 type Check = Box<dyn Fn(&Value) + Send>;
@@ -179,6 +181,14 @@ impl Verifier {
                     Reply::Echo => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(bytes.to_vec())),
+                    Reply::Status(code) => Response::builder().status(code).body(Body::from(
+                        serde_json::to_vec(&json!({
+                            "kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": "unavailable",
+                            "reason": "ServiceUnavailable", "code": code.as_u16()
+                        }))
+                        .unwrap(),
+                    )),
                     Reply::NotFound => {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
