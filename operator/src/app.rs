@@ -2,9 +2,10 @@
 //!
 //! Every replica serves `/metrics` and `/healthz`, serves the webhook with the
 //! certificate from the Secret (reloading it when it changes), and campaigns for the
-//! Lease. The leader also keeps the certificate and webhook configuration current and
-//! runs the three controllers. Losing the Lease stops the controllers and ends the
-//! process with an error, so the pod restarts as a clean candidate.
+//! Lease. The leader also keeps the certificate and the caBundle current and runs the
+//! three controllers. Losing the Lease drops the controllers at once and ends the
+//! process with an error, so the pod restarts as a clean candidate; a shutdown lets
+//! them finish and only then releases the Lease.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -278,7 +279,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &identity,
         Timing::new(Duration::from_secs(config.lease_duration_seconds)),
     );
-    let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
+    // The campaign ends only once the leader's duties have stopped, so the Lease is
+    // released when nothing acts on it any more.
+    let (end_campaign, campaign_ends) = watch::channel(false);
+    let election = tokio::spawn(elector.run(leading_tx, campaign_ends));
 
     let mut stopping = shutdown.clone();
     let led = tokio::select! {
@@ -289,20 +293,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if led {
         tracing::info!("leading: running the controllers");
         metrics::gauge!("finflow_operator_leader").set(1);
-        // Leader duties stop on shutdown or when the Lease is lost.
+        // On shutdown the leader's duties stop gracefully: reconciles under way finish.
         let (stop_tx, stop) = watch::channel(false);
-        let watcher = {
+        {
             let mut shutdown = shutdown.clone();
-            let mut leading = leading.clone();
             tokio::spawn(async move {
-                let lost = tokio::select! {
-                    () = wait_true(&mut shutdown) => false,
-                    () = wait_false(&mut leading) => true,
-                };
+                wait_true(&mut shutdown).await;
                 let _ = stop_tx.send(true);
-                lost
-            })
-        };
+            });
+        }
         if config.webhook_enabled {
             tokio::spawn(keep_certificate(
                 client.clone(),
@@ -315,8 +314,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let mut stop = stop.clone();
             Box::pin(async move { wait_true(&mut stop).await })
         };
-        controller::run(ctx, config.watch_namespace.clone(), trigger).await;
-        lost = watcher.await.unwrap_or(false);
+        let mut still_leading = leading.clone();
+        lost = tokio::select! {
+            () = controller::run(ctx, config.watch_namespace.clone(), trigger) => false,
+            // Stepping down is not graceful: the controllers are dropped at once, reconciles
+            // under way included, since another replica may lead from now on.
+            () = wait_false(&mut still_leading) => true,
+        };
         metrics::gauge!("finflow_operator_leader").set(0);
     }
 
@@ -326,6 +330,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut stopping = shutdown.clone();
     wait_true(&mut stopping).await;
     // The elector releases the Lease on its way out, so a standby takes over at once.
+    let _ = end_campaign.send(true);
     let _ = election.await;
     if let Some(webhook) = webhook {
         let _ = webhook.await;
