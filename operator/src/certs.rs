@@ -7,8 +7,10 @@
 //! [`ensure`] and [`load`] at the bottom are the API calls. Only the leader writes; every
 //! replica serves with whatever the Secret holds, reloading it when it changes.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::tz::TimeZone;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -18,7 +20,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-
 use serde_json::{Value, json};
 
 use crate::meta::{self, FIELD_MANAGER};
@@ -171,12 +172,12 @@ pub fn generate(service: &str, namespace: &str, now: Timestamp) -> Result<Bundle
 pub fn secret(stored: &Stored, namespace: &str) -> Secret {
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
     let bundle = &stored.bundle;
-    let mut annotations: std::collections::BTreeMap<String, String> = [(
+    let mut annotations: BTreeMap<String, String> = [(
         NOT_AFTER_ANNOTATION.to_owned(),
         bundle.not_after.to_string(),
     )]
     .into();
-    let mut data: std::collections::BTreeMap<String, ByteString> = [
+    let mut data: BTreeMap<String, ByteString> = [
         ("ca.crt".to_owned(), bytes(&bundle.ca_pem)),
         ("tls.crt".to_owned(), bytes(&bundle.cert_pem)),
         ("tls.key".to_owned(), bytes(&bundle.key_pem)),
@@ -250,10 +251,10 @@ pub fn needs_renewal(bundle: Option<&Bundle>, now: Timestamp) -> bool {
     bundle.is_none_or(|b| b.not_after - RENEW_BEFORE <= now)
 }
 
-/// The strategic merge patch that puts `ca_bundle` (PEM) into the `caBundle` of every webhook
-/// of `current` that calls `service` in `namespace`, and writes nothing else: the chart
-/// owns the configuration (its `failurePolicy` is a value of the chart), the operator
-/// only the CA that it alone knows. Webhooks merge by name, so the others are left
+/// The strategic merge patch that puts `ca_bundle` (PEM) into the `caBundle` of every
+/// webhook of `current` that calls `service` in `namespace`, and writes nothing else: the
+/// chart owns the configuration (its `failurePolicy` is a value of the chart), the
+/// operator only the CAs that it alone knows. Webhooks merge by name, so the others are left
 /// alone; the patch carries the resourceVersion read, so it applies to exactly the
 /// webhooks that were seen. `None` when every such webhook already has it, or when
 /// none calls the service (the chart and the operator disagree on names).
@@ -268,12 +269,7 @@ pub fn ca_bundle_patch(
         .webhooks
         .iter()
         .flatten()
-        .filter(|hook| {
-            hook.client_config
-                .service
-                .as_ref()
-                .is_some_and(|s| s.name == service && s.namespace == namespace)
-        })
+        .filter(|hook| calls_service(hook, namespace, service))
         .filter(|hook| hook.client_config.ca_bundle.as_ref() != Some(&ca_bundle))
         .map(|hook| json!({"name": hook.name, "clientConfig": {"caBundle": ca_bundle}}))
         .collect();
@@ -287,12 +283,18 @@ pub fn ca_bundle_patch(
 
 /// Whether any webhook of `configuration` calls `service` in `namespace`.
 pub fn calls(configuration: &MutatingWebhookConfiguration, namespace: &str, service: &str) -> bool {
-    configuration.webhooks.iter().flatten().any(|hook| {
-        hook.client_config
-            .service
-            .as_ref()
-            .is_some_and(|s| s.name == service && s.namespace == namespace)
-    })
+    configuration
+        .webhooks
+        .iter()
+        .flatten()
+        .any(|hook| calls_service(hook, namespace, service))
+}
+
+fn calls_service(hook: &MutatingWebhook, namespace: &str, service: &str) -> bool {
+    hook.client_config
+        .service
+        .as_ref()
+        .is_some_and(|s| s.name == service && s.namespace == namespace)
 }
 
 // The edge.
