@@ -52,7 +52,8 @@ pub struct Config {
     /// Name of the leader-election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "finflow-operator")]
     pub lease_name: String,
-    /// Seconds a leader holds the Lease without renewing.
+    /// Seconds others wait on a Lease nobody renews; the leader renews every sixth of
+    /// it and stops leading after two thirds of it without a renewal.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
     pub lease_duration_seconds: u64,
     /// Log line format.
