@@ -2,9 +2,10 @@
 //!
 //! Every replica serves `/metrics` and `/healthz`, serves the webhook with the
 //! certificate from the Secret (reloading it when it changes), and campaigns for the
-//! Lease. The leader also keeps the certificate and webhook configuration current and
-//! runs the three controllers. Losing the Lease stops the controllers and ends the
-//! process with an error, so the pod restarts as a clean candidate.
+//! Lease. The leader also keeps the certificate and the caBundle current and runs the
+//! three controllers. Losing the Lease drops the controllers at once and ends the
+//! process with an error, so the pod restarts as a clean candidate; a shutdown lets
+//! them finish and only then releases the Lease.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,10 +23,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
 use crate::certs;
-use crate::config::{Config, LogFormat, NativeSidecars, supports_native_sidecars};
+use crate::config::{Backoff, Config, LogFormat, NativeSidecars, supports_native_sidecars};
 use crate::controller::{self, Context};
 use crate::finservice::Settings;
-use crate::leader::Elector;
+use crate::leader::{Elector, Timing};
 use crate::webhook::{self, WebhookSettings};
 
 /// Installs the log subscriber (`RUST_LOG` filters, default `info`).
@@ -158,37 +159,62 @@ async fn serve_webhook(
     }
 }
 
-/// Leader only: certificate and webhook configuration, now and every hour.
+/// Leader only: certificate and caBundle, now and every hour (every minute after a
+/// failure).
 async fn keep_certificate(client: Client, config: Config, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(e) = certs::ensure(
+        let every = match certs::ensure(
             &client,
             &config.namespace,
             &config.webhook_service,
             &config.cluster_domain,
+            k8s_openapi::jiff::Timestamp::now(),
         )
         .await
         {
-            tracing::error!(error = %e, "could not ensure the webhook certificate");
-        }
+            Ok(_) => 3600,
+            Err(e) => {
+                tracing::error!(error = %e, "could not ensure the webhook certificate");
+                60
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            () = tokio::time::sleep(Duration::from_secs(every)) => {}
             () = wait_true(&mut stop) => break,
         }
     }
 }
 
-async fn native_sidecars(client: &Client, setting: NativeSidecars) -> bool {
+/// Whether pods get native sidecars. `auto` asks the API server's version, retrying with
+/// `backoff`; when no attempt gets an answer it is an error, not a guess: a wrong guess
+/// would switch every pod template to the other form of sidecar and so restart every
+/// pod, while the process exiting is retried by its restart.
+async fn native_sidecars(
+    client: &Client,
+    setting: NativeSidecars,
+    backoff: Backoff,
+) -> anyhow::Result<bool> {
     match setting {
-        NativeSidecars::On => true,
-        NativeSidecars::Off => false,
-        NativeSidecars::Auto => match client.apiserver_version().await {
-            Ok(v) => supports_native_sidecars(&v.major, &v.minor),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the API server version; using regular sidecars");
-                false
+        NativeSidecars::On => Ok(true),
+        NativeSidecars::Off => Ok(false),
+        NativeSidecars::Auto => {
+            let mut pauses = backoff.pauses();
+            loop {
+                match client.apiserver_version().await {
+                    Ok(v) => return Ok(supports_native_sidecars(&v.major, &v.minor)),
+                    Err(e) => {
+                        let Some(pause) = pauses.next() else {
+                            return Err(e).context(
+                                "reading the API server version to detect native sidecars \
+                                 (NATIVE_SIDECARS=on or off skips detection)",
+                            );
+                        };
+                        tracing::warn!(error = %e, retry_in = ?pause, "could not read the API server version");
+                        tokio::time::sleep(pause).await;
+                    }
+                }
             }
-        },
+        }
     }
 }
 
@@ -224,7 +250,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("finflow-operator-{}", std::process::id()));
     let settings = Settings {
         sidecar_image: config.sidecar_image.clone(),
-        native_sidecars: native_sidecars(&client, config.native_sidecars).await,
+        native_sidecars: native_sidecars(&client, config.native_sidecars, Backoff::DETECTION)
+            .await?,
     };
     tracing::info!(
         %identity,
@@ -256,9 +283,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.namespace,
         &config.lease_name,
         &identity,
-        Duration::from_secs(config.lease_duration_seconds),
+        Timing::new(Duration::from_secs(config.lease_duration_seconds)),
     );
-    let election = tokio::spawn(elector.run(leading_tx, shutdown.clone()));
+    // The campaign ends only once the leader's duties have stopped, so the Lease is
+    // released when nothing acts on it any more.
+    let (end_campaign, campaign_ends) = watch::channel(false);
+    let election = tokio::spawn(elector.run(leading_tx, campaign_ends));
 
     let mut stopping = shutdown.clone();
     let led = tokio::select! {
@@ -269,20 +299,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if led {
         tracing::info!("leading: running the controllers");
         metrics::gauge!("finflow_operator_leader").set(1);
-        // Leader duties stop on shutdown or when the Lease is lost.
+        // On shutdown the leader's duties stop gracefully: reconciles under way finish.
         let (stop_tx, stop) = watch::channel(false);
-        let watcher = {
+        {
             let mut shutdown = shutdown.clone();
-            let mut leading = leading.clone();
             tokio::spawn(async move {
-                let lost = tokio::select! {
-                    () = wait_true(&mut shutdown) => false,
-                    () = wait_false(&mut leading) => true,
-                };
+                wait_true(&mut shutdown).await;
                 let _ = stop_tx.send(true);
-                lost
-            })
-        };
+            });
+        }
         if config.webhook_enabled {
             tokio::spawn(keep_certificate(
                 client.clone(),
@@ -298,8 +323,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let mut stop = stop.clone();
             Box::pin(async move { wait_true(&mut stop).await })
         };
-        controller::run(ctx, config.watch_namespace.clone(), trigger).await;
-        lost = watcher.await.unwrap_or(false);
+        let mut still_leading = leading.clone();
+        lost = tokio::select! {
+            () = controller::run(ctx, config.watch_namespace.clone(), trigger) => false,
+            // Stepping down is not graceful: the controllers are dropped at once, reconciles
+            // under way included, since another replica may lead from now on.
+            () = wait_false(&mut still_leading) => true,
+        };
         metrics::gauge!("finflow_operator_leader").set(0);
     }
 
@@ -309,10 +339,79 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut stopping = shutdown.clone();
     wait_true(&mut stopping).await;
     // The elector releases the Lease on its way out, so a standby takes over at once.
+    let _ = end_campaign.send(true);
     let _ = election.await;
     if let Some(webhook) = webhook {
         let _ = webhook.await;
     }
     health.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::mock::{Reply, Step, Verifier};
+    use crate::finservice::tests::settings;
+
+    fn version(minor: &str) -> Reply {
+        Reply::Json(json!({
+            "major": "1", "minor": minor, "gitVersion": format!("v1.{minor}.0"),
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "", "goVersion": "",
+            "compiler": "gc", "platform": "linux/amd64"
+        }))
+    }
+
+    /// Pauses short enough for a test.
+    fn quick(attempts: u32) -> Backoff {
+        Backoff {
+            attempts,
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(4),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_version_call_is_retried_before_native_sidecars_are_decided() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![
+            Step::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            Step::get("/version", Reply::Status(StatusCode::INTERNAL_SERVER_ERROR)),
+            Step::get("/version", version("36")),
+        ]);
+        let native = native_sidecars(&ctx.client, NativeSidecars::Auto, quick(8)).await;
+        assert!(native.unwrap());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_detection_that_never_gets_an_answer_fails_instead_of_guessing() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let unavailable = || Step::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE));
+        // Exactly the bounded number of attempts, then no further request.
+        let server = verifier.run(vec![unavailable(), unavailable(), unavailable()]);
+        let native = native_sidecars(&ctx.client, NativeSidecars::Auto, quick(3)).await;
+        assert!(native.is_err(), "no guess: {native:?}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_set_mode_asks_nothing() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let server = verifier.run(vec![]);
+        assert!(
+            native_sidecars(&ctx.client, NativeSidecars::On, quick(3))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !native_sidecars(&ctx.client, NativeSidecars::Off, quick(3))
+                .await
+                .unwrap()
+        );
+        server.await.unwrap();
+    }
 }

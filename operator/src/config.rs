@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -53,7 +54,8 @@ pub struct Config {
     /// Name of the leader-election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "finflow-operator")]
     pub lease_name: String,
-    /// Seconds a leader holds the Lease without renewing.
+    /// Seconds others wait on a Lease nobody renews; the leader renews every sixth of
+    /// it and stops leading after two thirds of it without a renewal.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
     pub lease_duration_seconds: u64,
     /// Log line format.
@@ -140,6 +142,31 @@ pub fn supports_native_sidecars(major: &str, minor: &str) -> bool {
     }
 }
 
+/// Retries of a call at startup: how many attempts, and the pause before each retry,
+/// doubling from `first` up to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Native-sidecar detection: eight attempts within about a minute.
+    pub const DETECTION: Self = Self {
+        attempts: 8,
+        first: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+
+    /// The pauses between attempts, one fewer than the attempts.
+    pub fn pauses(&self) -> impl Iterator<Item = Duration> + use<> {
+        let (first, max) = (self.first, self.max);
+        (0..self.attempts.saturating_sub(1))
+            .map(move |i| first.saturating_mul(2_u32.saturating_pow(i)).min(max))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +200,21 @@ mod tests {
             );
         }
         assert!("k8s-1.internal".parse::<ClusterDomain>().is_ok());
+    }
+
+    #[test]
+    fn detection_retries_a_bounded_number_of_times_with_doubling_pauses() {
+        let pauses: Vec<Duration> = Backoff::DETECTION.pauses().collect();
+        assert_eq!(pauses.len(), 7);
+        assert_eq!(pauses[0], Duration::from_millis(500));
+        assert_eq!(pauses[1], Duration::from_secs(1));
+        assert_eq!(pauses[6], Duration::from_secs(30), "capped");
+        assert!(pauses.iter().sum::<Duration>() < Duration::from_secs(90));
+        let once = Backoff {
+            attempts: 1,
+            ..Backoff::DETECTION
+        };
+        assert_eq!(once.pauses().count(), 0);
     }
 
     #[test]

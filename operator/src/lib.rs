@@ -11,12 +11,13 @@
 //!   when a status does; [`listmap`] merges the operator's and a user's entries of a
 //!   keyed list (`env`, `volumeMounts`, `volumes`) into one per key, the user's winning;
 //!   [`meta`] decides whether an object must be written at all;
-//!   [`graph`] gives deploy and rollback order; [`leader`] decides acquire, renew or
-//!   follow; [`certs`] builds the webhook's certificate and configuration; [`rbac`]
-//!   lists every permission; [`pod_security`] holds the security contexts that keep
-//!   every pod the operator builds within the `restricted` Pod Security Standard, and
-//!   the test that checks each pod template against it. All of it is tested with plain
-//!   `#[test]`s.
+//!   [`graph`] gives deploy and rollback order; [`leader`] decides create, acquire,
+//!   renew or follow on its own clock; [`certs`] builds the webhook's certificate, what
+//!   the caBundle trusts across a renewal, and the patch of that caBundle alone;
+//!   [`rbac`] lists every permission; [`pod_security`] holds the security contexts that
+//!   keep every pod the operator builds within the `restricted` Pod Security Standard,
+//!   and the test that checks each pod template against it. All of it is tested with
+//!   plain `#[test]`s.
 //! - **The edge.** [`controller`] reads the cluster, calls the decisions, and writes
 //!   with server-side apply (field manager `finflow-operator`) only what differs, the
 //!   status only when it changed, and an Event per step that changed something; a

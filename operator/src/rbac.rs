@@ -64,17 +64,19 @@ pub fn rules() -> Vec<PolicyRule> {
         rule("", &["persistentvolumeclaims"], &["get", "list", "delete"]),
         // kube-runtime's event recorder creates events and patches repeated ones.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
-        // Leader election.
+        // Leader election: the Lease is created, then replaced with a resourceVersion
+        // precondition, never patched.
         rule(
             "coordination.k8s.io",
             &["leases"],
-            &["get", "create", "patch", "update"],
+            &["get", "create", "update"],
         ),
-        // The injection webhook's configuration, whose caBundle the operator keeps current.
+        // The injection webhook's configuration: the chart creates it, the operator
+        // patches its caBundle.
         rule(
             "admissionregistration.k8s.io",
             &["mutatingwebhookconfigurations"],
-            &["get", "create", "patch"],
+            &["get", "patch"],
         ),
     ]
 }
@@ -126,16 +128,29 @@ mod tests {
             ("", "serviceaccounts"),
             ("", "secrets"),
             ("batch", "jobs"),
-            ("coordination.k8s.io", "leases"),
-            (
-                "admissionregistration.k8s.io",
-                "mutatingwebhookconfigurations",
-            ),
         ] {
             for verb in ["get", "create", "patch"] {
                 assert!(allows(group, resource, verb), "{verb} {group}/{resource}");
             }
         }
+    }
+
+    #[test]
+    fn the_leader_lease_can_be_created_and_replaced_but_not_patched() {
+        for verb in ["get", "create", "update"] {
+            assert!(allows("coordination.k8s.io", "leases", verb), "{verb}");
+        }
+        assert!(!allows("coordination.k8s.io", "leases", "patch"));
+    }
+
+    #[test]
+    fn the_webhook_configuration_can_be_patched_but_not_created() {
+        let mwc = (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        );
+        assert!(allows(mwc.0, mwc.1, "get") && allows(mwc.0, mwc.1, "patch"));
+        assert!(!allows(mwc.0, mwc.1, "create"));
     }
 
     #[test]

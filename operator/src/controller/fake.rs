@@ -5,23 +5,29 @@
 //! so many reconciles of many FinServices can run against it over simulated time, and a
 //! test asserts on what the cluster ends up holding, on the Events, and on the writes
 //! (each with its query, content type and body, see [`Write`]).
-//! It answers what the operator sends: GET and LIST (with label selectors), server-side
-//! apply (a deep merge; the status subresource is replaced; an apply naming a uid where
-//! no object is answers 409 Conflict, as the API server does), JSON patch, create and
-//! replace, Event creation, and GET through the service proxy. Pods are made by
-//! [`Fake::settle`] from each Deployment's template, and the test decides which versions
-//! never become ready, which crash, and which answer `/health` with an error.
+//! It answers what the operator sends, namespaced or cluster-scoped: GET and LIST (with
+//! label selectors), create (409 AlreadyExists when the name is taken), replace,
+//! server-side apply (a deep merge; the status subresource is replaced), JSON, merge and
+//! strategic merge patches, Event creation, and GET through the service proxy. Like the
+//! real server, a write whose body carries a `metadata.resourceVersion` other than the
+//! stored one is refused with 409 Conflict, and a field an apply set is removed when the
+//! same manager's next apply leaves it out. Pods are made by [`Fake::settle`] from
+//! each Deployment's template, and the test decides which versions never become
+//! ready, which crash, and which answer `/health` with an error. More clients can talk
+//! to the same cluster ([`Fake::client`]), and a test can cut one off: its requests then
+//! never get an answer, as across a network partition.
 //!
-//! It refuses what the real API server refuses about keyed lists: a pod template whose
-//! containers, init containers or volumes repeat a name, or a container whose `env`,
-//! `volumeMounts` (by `mountPath`) or `ports` (by `containerPort` and `protocol`) repeat
-//! a key. An apply gets the server-side apply answer (500, `duplicate entries for key`);
-//! a create, replace or other patch gets 422 Invalid, stricter than a real server, which
-//! accepts a repeated `env` or port with a warning and then silently uses one of them.
-//! A test can also make it refuse any write to a path ([`Fake::refuse`]).
+//! Like the real server, an apply naming a uid where no object is answers 409 Conflict,
+//! and it refuses what the real API server refuses about keyed lists: a pod template
+//! whose containers, init containers or volumes repeat a name, or a container whose
+//! `env`, `volumeMounts` (by `mountPath`) or `ports` (by `containerPort` and `protocol`)
+//! repeat a key. An apply gets the server-side apply answer (500, `duplicate entries for
+//! key`); a create, replace or other patch gets 422 Invalid, stricter than a real
+//! server, which accepts a repeated `env` or port with a warning and then silently uses
+//! one of them. A test can also make it refuse any write to a path ([`Fake::refuse`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::{Method, Request, Response, StatusCode};
@@ -63,6 +69,8 @@ pub struct Write {
     pub query: String,
     pub content_type: String,
     pub body: Value,
+    /// When it was accepted, on the test's (tokio) clock.
+    pub when: tokio::time::Instant,
 }
 
 impl Write {
@@ -94,6 +102,10 @@ pub struct State {
     pub refusals: BTreeMap<String, Refusal>,
     /// Pods deleted right after a LIST returned them: gone by the operator's next request.
     pub vanishing: BTreeSet<String>,
+    /// Clients (see [`Fake::client`]) whose requests are held unanswered.
+    pub cut_off: BTreeSet<usize>,
+    /// The last body each field manager applied to each object (path, manager).
+    applied: BTreeMap<(String, String), Value>,
 }
 
 /// A write the fake refuses: the `Status` it answers with.
@@ -116,6 +128,7 @@ impl Refusal {
 pub struct Fake {
     state: Arc<Mutex<State>>,
     clock: Arc<AtomicI64>,
+    clients: Arc<AtomicUsize>,
 }
 
 fn key(v: &Value) -> (String, String) {
@@ -141,6 +154,106 @@ fn merge(target: &mut Value, patch: &Value) {
         }
         (t, p) => *t = p.clone(),
     }
+}
+
+/// Removes from `object` what `before` applied and `now` no longer does: server-side
+/// apply drops the fields a manager stops applying. (The real server keeps a field
+/// another manager also applied; in these tests one manager applies each object.)
+fn forget(object: &mut Value, before: &Value, now: &Value) {
+    let (Value::Object(object), Value::Object(before)) = (object, before) else {
+        return;
+    };
+    for (k, was) in before {
+        match now.get(k) {
+            None => {
+                object.remove(k);
+            }
+            Some(is) => {
+                if let Some(field) = object.get_mut(k) {
+                    forget(field, was, is);
+                }
+            }
+        }
+    }
+}
+
+/// A JSON merge patch (RFC 7386) or, with `by_name`, a strategic merge patch: maps
+/// merge and `null` removes a field; a list is replaced, except that a strategic patch
+/// merges a list of named objects into the current one element by element, matching on
+/// `name` (the merge key the API declares for the lists the operator patches:
+/// webhooks, containers, env).
+fn merge_patch(target: &mut Value, patch: &Value, by_name: bool) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v, by_name);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p))
+            if by_name && p.iter().all(|e| e["name"].is_string()) =>
+        {
+            for element in p {
+                match t.iter_mut().find(|c| c["name"] == element["name"]) {
+                    Some(current) => merge_patch(current, element, by_name),
+                    None => t.push(element.clone()),
+                }
+            }
+        }
+        (t, p) => {
+            *t = p.clone();
+            if let Value::Object(map) = t {
+                map.retain(|_, v| !v.is_null());
+            }
+        }
+    }
+}
+
+/// Where a request path points: the collection, the object's name, and whether it is
+/// the status subresource. Namespaced (`.../namespaces/<ns>/<resource>/<name>`) and
+/// cluster-scoped (`/api/v1/<resource>/<name>`, `/apis/<group>/<version>/<resource>/
+/// <name>`) paths alike.
+fn locate(path: &str) -> Option<(String, Option<String>, bool)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let resource = match segments.iter().position(|s| *s == "namespaces") {
+        Some(at) if segments.len() > at + 2 => at + 2,
+        Some(_) => return None,
+        None => match segments.get(1) {
+            Some(&"api") => 3,
+            Some(&"apis") => 4,
+            _ => return None,
+        },
+    };
+    if segments.len() <= resource {
+        return None;
+    }
+    let collection = segments[..=resource].join("/");
+    let name = segments.get(resource + 1).map(|s| (*s).to_owned());
+    let status = segments.get(resource + 2) == Some(&"status");
+    Some((collection, name, status))
+}
+
+/// The Status the API server answers a refused request with.
+fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+/// 409 Conflict: the write's resourceVersion precondition does not hold.
+fn conflict(name: &str) -> (StatusCode, Value) {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
+    )
 }
 
 fn selected(labels: &Value, selector: &str) -> bool {
@@ -176,14 +289,34 @@ fn decode(text: &str) -> String {
 impl Fake {
     /// A fake server and a reconcile context whose client and clock use it.
     pub fn start(settings: Settings) -> (Self, Arc<Context>) {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
         let fake = Self {
             state: Arc::new(Mutex::new(State::default())),
             clock: Arc::new(AtomicI64::new(1_000_000)),
+            clients: Arc::new(AtomicUsize::new(0)),
         };
-        let server = fake.clone();
+        let (client, _) = fake.client();
+        let clock = fake.clock.clone();
+        let ctx =
+            Context::new(client, settings, Some("test".into())).with_clock(Arc::new(move || {
+                Time(Timestamp::from_second(clock.load(Ordering::SeqCst)).unwrap())
+            }));
+        (fake, Arc::new(ctx))
+    }
+
+    /// Another client of the same cluster, and its number (the context's is 0), by
+    /// which [`State::cut_off`] names it.
+    pub fn client(&self) -> (Client, usize) {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let id = self.clients.fetch_add(1, Ordering::SeqCst);
+        let server = self.clone();
         tokio::spawn(async move {
+            // Requests of a cut-off client: held, never answered, never dropped.
+            let mut held = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
+                if server.state().cut_off.contains(&id) {
+                    held.push(send);
+                    continue;
+                }
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
                 let (status, reply) = server.serve(&parts, &bytes);
@@ -195,11 +328,7 @@ impl Fake {
                 );
             }
         });
-        let clock = fake.clock.clone();
-        let ctx = Context::new(Client::new(service, NS), settings, Some("test".into())).with_clock(
-            Arc::new(move || Time(Timestamp::from_second(clock.load(Ordering::SeqCst)).unwrap())),
-        );
-        (fake, Arc::new(ctx))
+        (Client::new(service, NS), id)
     }
 
     /// Refuses every write to `path` (an object's path, `/status` for its status) with
@@ -232,7 +361,7 @@ impl Fake {
     pub fn create(&self, collection: &str, object: Value) {
         let mut state = self.state();
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
-        let stored = state.stamp(object, None);
+        let stored = state.stamp(object, None, collection.contains("/namespaces/"));
         state
             .objects
             .entry(collection.to_owned())
@@ -274,7 +403,7 @@ impl Fake {
         let current = state.objects[FINSERVICES][name].clone();
         let mut edited = current.clone();
         merge(&mut edited, &change);
-        let stored = state.stamp(edited, Some(&current));
+        let stored = state.stamp(edited, Some(&current), true);
         state
             .objects
             .get_mut(FINSERVICES)
@@ -392,13 +521,35 @@ impl Fake {
             return (StatusCode::CREATED, body);
         }
 
-        let segments: Vec<&str> = path.split('/').collect();
-        let Some(at) = segments.iter().position(|s| *s == "namespaces") else {
+        let Some((collection, name, status_subresource)) = locate(&path) else {
             return not_found();
         };
-        let collection = segments[..(at + 3).min(segments.len())].join("/");
-        let name = segments.get(at + 3).map(|s| (*s).to_owned());
-        let status_subresource = segments.get(at + 4) == Some(&"status");
+        let namespaced = collection.contains("/namespaces/");
+        let content_type = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if parts.method != Method::GET {
+            let shown = match &name {
+                Some(name) => format!("{collection}/{name}"),
+                None => collection.clone(),
+            };
+            state.writes.push(format!(
+                "{} {shown}{}",
+                parts.method,
+                if status_subresource { "/status" } else { "" }
+            ));
+            state.sent.push(Write {
+                method: parts.method.clone(),
+                path: path.clone(),
+                query: query.clone(),
+                content_type: content_type.clone(),
+                body: body.clone(),
+                when: tokio::time::Instant::now(),
+            });
+        }
 
         match (&parts.method, name) {
             (&Method::GET, None) => {
@@ -439,24 +590,47 @@ impl Fake {
                     None => not_found(),
                 }
             }
-            (&Method::PATCH, Some(name)) => {
-                state.writes.push(format!(
-                    "PATCH {collection}/{name}{}",
-                    if status_subresource { "/status" } else { "" }
-                ));
-                let content_type = parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                state.sent.push(Write {
-                    method: Method::PATCH,
-                    path: path.clone(),
-                    query: query.clone(),
-                    content_type: content_type.clone(),
-                    body: body.clone(),
-                });
+            (&Method::POST, None) => {
+                let Some(name) = body["metadata"]["name"].as_str().map(str::to_owned) else {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "metadata.name: Required value".into(),
+                    );
+                };
+                if let Some(refusal) = state.refusals.get(&format!("{collection}/{name}")) {
+                    return refusal.answer();
+                }
+                if let Some(duplicate) = duplicate_key(&body) {
+                    return invalid(&body, &name, &duplicate);
+                }
+                if state
+                    .objects
+                    .get(&collection)
+                    .is_some_and(|c| c.contains_key(&name))
+                {
+                    return status(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        format!("\"{name}\" already exists"),
+                    );
+                }
+                if !body["metadata"]["resourceVersion"].is_null() {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "resourceVersion should not be set on objects to be created".into(),
+                    );
+                }
+                let stored = state.stamp(body, None, namespaced);
+                state
+                    .objects
+                    .entry(collection)
+                    .or_default()
+                    .insert(name, stored.clone());
+                (StatusCode::CREATED, stored)
+            }
+            (&Method::PUT | &Method::PATCH, Some(name)) => {
                 if let Some(refusal) = state.refusals.get(&path) {
                     return refusal.answer();
                 }
@@ -472,7 +646,32 @@ impl Fake {
                     .get(&collection)
                     .and_then(|c| c.get(&name))
                     .cloned();
-                let next = if content_type.contains("json-patch") {
+                // A resourceVersion in the body is a precondition, whatever the verb.
+                if let Some(expected) = body["metadata"]["resourceVersion"].as_str()
+                    && current
+                        .as_ref()
+                        .and_then(|c| c["metadata"]["resourceVersion"].as_str())
+                        != Some(expected)
+                {
+                    return match current {
+                        Some(_) => conflict(&name),
+                        None => not_found(),
+                    };
+                }
+                let next = if parts.method == Method::PUT {
+                    let Some(current) = current.clone() else {
+                        return not_found();
+                    };
+                    let mut object = body;
+                    for kept in ["uid", "creationTimestamp"] {
+                        object["metadata"][kept] = current["metadata"][kept].clone();
+                    }
+                    // The status is written through its subresource only.
+                    if !status_subresource && let Some(status) = current.get("status") {
+                        object["status"] = status.clone();
+                    }
+                    object
+                } else if content_type.contains("json-patch") {
                     let Some(mut object) = current.clone() else {
                         return not_found();
                     };
@@ -485,6 +684,12 @@ impl Fake {
                             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "test failed", "reason": "Invalid", "code": 422}),
                         );
                     }
+                    object
+                } else if content_type.contains("merge-patch") {
+                    let Some(mut object) = current.clone() else {
+                        return not_found();
+                    };
+                    merge_patch(&mut object, &body, content_type.contains("strategic"));
                     object
                 } else if status_subresource {
                     let Some(mut object) = current.clone() else {
@@ -502,7 +707,16 @@ impl Fake {
                         );
                     }
                     let mut object = current.clone().unwrap_or_else(|| json!({}));
+                    let manager = query
+                        .split('&')
+                        .find_map(|q| q.strip_prefix("fieldManager="))
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(before) = state.applied.get(&(path.clone(), manager.clone())) {
+                        forget(&mut object, before, &body);
+                    }
                     merge(&mut object, &body);
+                    state.applied.insert((path.clone(), manager), body);
                     object
                 };
                 if !apply
@@ -511,59 +725,13 @@ impl Fake {
                 {
                     return invalid(&next, &name, &duplicate);
                 }
-                let stored = state.stamp(next, current.as_ref());
+                let stored = state.stamp(next, current.as_ref(), namespaced);
                 state
                     .objects
                     .entry(collection)
                     .or_default()
                     .insert(name, stored.clone());
                 (StatusCode::OK, stored)
-            }
-            (&Method::POST, None) | (&Method::PUT, Some(_)) => {
-                let name = body["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let object_path = format!("{collection}/{name}");
-                state.writes.push(format!("{} {object_path}", parts.method));
-                state.sent.push(Write {
-                    method: parts.method.clone(),
-                    path: path.clone(),
-                    query: query.clone(),
-                    content_type: String::new(),
-                    body: body.clone(),
-                });
-                if let Some(refusal) = state.refusals.get(&object_path) {
-                    return refusal.answer();
-                }
-                if let Some(duplicate) = duplicate_key(&body) {
-                    return invalid(&body, &name, &duplicate);
-                }
-                let current = state
-                    .objects
-                    .get(&collection)
-                    .and_then(|c| c.get(&name))
-                    .cloned();
-                let created = parts.method == Method::POST;
-                match (&current, created) {
-                    (Some(_), true) => {
-                        return failure(409, "AlreadyExists", &format!("{name:?} already exists"));
-                    }
-                    (None, false) => return not_found(),
-                    _ => {}
-                }
-                let stored = state.stamp(body, current.as_ref());
-                state
-                    .objects
-                    .entry(collection)
-                    .or_default()
-                    .insert(name, stored.clone());
-                let code = if created {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                };
-                (code, stored)
             }
             _ => not_found(),
         }
@@ -572,11 +740,13 @@ impl Fake {
 
 impl State {
     /// Server-set metadata: uid, resourceVersion, generation (moved by a spec change).
-    fn stamp(&mut self, mut object: Value, previous: Option<&Value>) -> Value {
+    fn stamp(&mut self, mut object: Value, previous: Option<&Value>, namespaced: bool) -> Value {
         self.next_version += 1;
         let meta = &mut object["metadata"];
         meta["resourceVersion"] = json!(self.next_version.to_string());
-        meta["namespace"] = json!(NS);
+        if namespaced {
+            meta["namespace"] = json!(NS);
+        }
         if meta["uid"].is_null() {
             meta["uid"] = json!(format!("uid-{}", meta["name"].as_str().unwrap_or_default()));
         }
@@ -770,10 +940,13 @@ pub fn finservices() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
     use super::*;
     use crate::finservice::tests::settings;
-    use k8s_openapi::api::apps::v1::Deployment;
-    use kube::api::{Api, Patch, PatchParams, PostParams};
 
     fn deployment(app: Value, volumes: Value) -> Value {
         json!({
@@ -889,5 +1062,84 @@ mod tests {
         );
         fake.state().refusals.clear();
         assert!(apply(&ctx, &body).await.is_ok());
+    }
+
+    fn lease(holder: &str) -> Lease {
+        serde_json::from_value(json!({
+            "metadata": {"name": "op", "namespace": NS},
+            "spec": {"holderIdentity": holder},
+        }))
+        .unwrap()
+    }
+
+    fn code(result: kube::Result<Lease>) -> u16 {
+        match result {
+            Err(kube::Error::Api(e)) => e.code,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_name_or_a_stale_resource_version_is_refused_with_409() {
+        let (fake, _) = Fake::start(crate::finservice::tests::settings());
+        let (client, _) = fake.client();
+        let leases: Api<Lease> = Api::namespaced(client, NS);
+        let created = leases
+            .create(&PostParams::default(), &lease("a"))
+            .await
+            .unwrap();
+        assert_eq!(
+            code(leases.create(&PostParams::default(), &lease("b")).await),
+            409
+        );
+        let mut first = created.clone();
+        first.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        leases
+            .replace("op", &PostParams::default(), &first)
+            .await
+            .unwrap();
+        // The same resourceVersion again: someone wrote since it was read.
+        let mut second = created;
+        second.spec.as_mut().unwrap().holder_identity = Some("c".into());
+        assert_eq!(
+            code(leases.replace("op", &PostParams::default(), &second).await),
+            409
+        );
+        let held = leases.get("op").await.unwrap();
+        assert_eq!(held.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn a_strategic_merge_patch_merges_named_list_elements() {
+        let (fake, _) = Fake::start(crate::finservice::tests::settings());
+        const MWCS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+        fake.create(
+            MWCS,
+            json!({
+                "metadata": {"name": "hooks"},
+                "webhooks": [
+                    {"name": "a", "failurePolicy": "Ignore", "clientConfig": {"url": "https://a"}},
+                    {"name": "b", "failurePolicy": "Fail"},
+                ],
+            }),
+        );
+        let (client, _) = fake.client();
+        let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+        api.patch(
+            "hooks",
+            &PatchParams::default(),
+            &Patch::Strategic(
+                json!({"webhooks": [{"name": "a", "clientConfig": {"caBundle": "Q0E="}}]}),
+            ),
+        )
+        .await
+        .unwrap();
+        let stored = fake.get(MWCS, "hooks").unwrap();
+        assert_eq!(
+            stored["webhooks"][0],
+            json!({"name": "a", "failurePolicy": "Ignore", "clientConfig": {"url": "https://a", "caBundle": "Q0E="}})
+        );
+        assert_eq!(stored["webhooks"][1]["failurePolicy"], "Fail");
+        assert!(stored["metadata"].get("namespace").is_none());
     }
 }

@@ -35,6 +35,8 @@ pub enum Reply {
     /// No answer at all, like a backend that accepts the connection and hangs: the
     /// request stays open until the verifier has served every step.
     Hang,
+    /// This error code with a `Status` body (an API server that is failing).
+    Status(StatusCode),
 }
 
 type Check = Box<dyn Fn(&Value) + Send>;
@@ -204,6 +206,14 @@ impl Verifier {
                             .unwrap(),
                         ))
                     }
+                    Reply::Status(code) => Response::builder().status(code).body(Body::from(
+                        serde_json::to_vec(&json!({
+                            "kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": "unavailable",
+                            "reason": "ServiceUnavailable", "code": code.as_u16()
+                        }))
+                        .unwrap(),
+                    )),
                     Reply::NotFound => failure(StatusCode::NOT_FOUND, "NotFound", "not found"),
                     Reply::Conflict => failure(StatusCode::CONFLICT, "Conflict", "uid mismatch"),
                     Reply::Forbidden => failure(StatusCode::FORBIDDEN, "Forbidden", "forbidden"),
