@@ -298,6 +298,11 @@ where
 
 /// Writes `status` through the status subresource when it differs from `current`.
 /// Returns whether a write happened.
+///
+/// The write carries the resourceVersion of `object`, the one the status was computed
+/// from: if the object changed since (a new spec, another writer), the API server
+/// answers 409 Conflict and the next reconcile, woken by that change, computes again,
+/// instead of a status about an older spec overwriting what a newer one said.
 pub async fn apply_status<K, S>(
     api: &Api<K>,
     object: &K,
@@ -314,6 +319,7 @@ where
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": {"resourceVersion": object.resource_version()},
         "status": status,
     });
     api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&body))
@@ -459,6 +465,41 @@ pub fn owned_objects() -> kube::runtime::watcher::Config {
 mod tests {
     use super::*;
     use kube::core::Status;
+
+    #[tokio::test]
+    async fn a_status_computed_from_an_older_resource_version_is_refused() {
+        use crate::crd::{FinService, FinServiceStatus, Phase};
+        let (fake, ctx) = fake::Fake::start(crate::finservice::tests::settings());
+        let api: Api<FinService> = Api::namespaced(ctx.client.clone(), fake::NS);
+        let fs: FinService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "finflow.dev/v1alpha1", "kind": "FinService",
+            "metadata": {"name": "a"},
+            "spec": {"image": "x", "version": "1", "sidecar": {"enabled": false}},
+        }))
+        .unwrap();
+        let read = api.create(&Default::default(), &fs).await.unwrap();
+        // Someone changes the spec after the reconcile read the object.
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"version": "2"}})),
+        )
+        .await
+        .unwrap();
+        let status = FinServiceStatus {
+            phase: Some(Phase::Ready),
+            ..FinServiceStatus::default()
+        };
+        let stale = apply_status(&api, &read, None, &status).await;
+        assert!(
+            matches!(&stale, Err(Error::Kube(kube::Error::Api(s))) if s.code == 409),
+            "{stale:?}"
+        );
+        assert_eq!(fake.finservice("a").status, None, "nothing written");
+        let fresh = api.get("a").await.unwrap();
+        assert!(apply_status(&api, &fresh, None, &status).await.unwrap());
+        assert_eq!(fake.finservice("a").status, Some(status));
+    }
 
     fn answer(code: u16, reason: &str, message: &str) -> kube::Error {
         kube::Error::Api(Status::failure(message, reason).with_code(code).boxed())
