@@ -61,18 +61,7 @@ fn run_helm(helm: &Path, args: &[&str]) -> String {
 
 /// Every document of every YAML file in `dir`, in file order.
 fn documents(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            finflow_crdcheck::read_yaml_documents(&std::fs::read_to_string(f).unwrap()).unwrap()
-        })
-        .collect()
+    finflow_crdcheck::read_yaml_dir(dir).unwrap()
 }
 
 /// `kubectl apply --server-side` of one object.

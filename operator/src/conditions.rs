@@ -165,6 +165,18 @@ pub struct Failure {
     pub message: String,
 }
 
+impl Failure {
+    /// The phase of a resource whose reconcile failed this way: Progressing while a
+    /// retry may get past it, Degraded when it cannot.
+    pub fn phase(&self) -> crate::crd::Phase {
+        if self.transient {
+            crate::crd::Phase::Progressing
+        } else {
+            crate::crd::Phase::Degraded
+        }
+    }
+}
+
 /// The conditions after a failed reconcile: Ready=False and Stalled=True (or
 /// Reconciling=True while a transient failure is retried) with the failure's reason
 /// and message at `generation`; every other condition stays as it was.

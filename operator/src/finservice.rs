@@ -1113,11 +1113,7 @@ pub fn status_after_failure(fs: &FinService, failure: &Failure, now: &Time) -> F
     let current = fs.status.clone().unwrap_or_default();
     let generation = fs.metadata.generation;
     FinServiceStatus {
-        phase: Some(if failure.transient {
-            Phase::Progressing
-        } else {
-            Phase::Degraded
-        }),
+        phase: Some(failure.phase()),
         conditions: conditions::after_failure(&current.conditions, failure, generation, now),
         observed_generation: generation,
         ..current

@@ -687,11 +687,7 @@ pub fn status_after_failure(
     let current = mq.status.clone().unwrap_or_default();
     let generation = mq.metadata.generation;
     MessageQueueStatus {
-        phase: Some(if failure.transient {
-            Phase::Progressing
-        } else {
-            Phase::Degraded
-        }),
+        phase: Some(failure.phase()),
         conditions: conditions::after_failure(&current.conditions, failure, generation, now),
         observed_generation: generation,
         ..current

@@ -247,11 +247,7 @@ pub fn status_after_failure(
     let current = rc.status.clone().unwrap_or_default();
     let generation = rc.metadata.generation;
     RedisCacheStatus {
-        phase: Some(if failure.transient {
-            Phase::Progressing
-        } else {
-            Phase::Degraded
-        }),
+        phase: Some(failure.phase()),
         conditions: conditions::after_failure(&current.conditions, failure, generation, now),
         observed_generation: generation,
         ..current

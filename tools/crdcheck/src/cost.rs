@@ -73,13 +73,7 @@ pub fn min_serialized_size(node: &Value) -> u64 {
     }
     match ty(node) {
         "object" if node.get("properties").is_some() => {
-            let required: Vec<&str> = node
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let required = crate::schema::required(node);
             let props = node.get("properties").and_then(Value::as_object);
             2 + props
                 .into_iter()

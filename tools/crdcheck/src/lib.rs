@@ -218,6 +218,25 @@ pub fn check_crd(crd: &Value, derived: &[DerivedField], samples: &[Value]) -> Ve
     problems
 }
 
+/// Every YAML document of every `.yaml` file in `dir`, files in name order.
+pub fn read_yaml_dir(dir: &std::path::Path) -> anyhow::Result<Vec<Value>> {
+    use anyhow::Context as _;
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        out.extend(read_yaml_documents(&text).with_context(|| format!("parsing {}", f.display()))?);
+    }
+    Ok(out)
+}
+
 /// Reads every YAML document of a file (`---`-separated) as JSON values.
 pub fn read_yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();

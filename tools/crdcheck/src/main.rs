@@ -6,49 +6,31 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use finflow_crdcheck::{check_crd, derived, read_yaml_documents};
-
-fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
-fn read_all(files: &[PathBuf]) -> anyhow::Result<Vec<serde_json::Value>> {
-    let mut out = Vec::new();
-    for f in files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        out.extend(read_yaml_documents(&text).with_context(|| format!("parsing {}", f.display()))?);
-    }
-    Ok(out)
-}
+use finflow_crdcheck::{check_crd, derived, read_yaml_dir, read_yaml_documents};
 
 fn main() -> anyhow::Result<ExitCode> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let crd_files = if args.is_empty() {
-        yaml_files(Path::new("crds"))?
+    let crds = if args.is_empty() {
+        read_yaml_dir(Path::new("crds"))?
     } else {
-        args
+        let mut crds = Vec::new();
+        for f in &args {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            crds.extend(read_yaml_documents(&text)?);
+        }
+        crds
     };
-    let samples = match yaml_files(Path::new("examples")) {
-        Ok(files) => read_all(&files)?,
-        Err(_) => Vec::new(),
-    };
+    let samples = read_yaml_dir(Path::new("examples")).unwrap_or_default();
     let mut count = 0;
-    for crd in read_all(&crd_files)? {
-        for problem in check_crd(&crd, derived::FINFLOW, &samples) {
+    for crd in &crds {
+        for problem in check_crd(crd, derived::FINFLOW, &samples) {
             println!("{problem}");
             count += 1;
         }
     }
     if count == 0 {
-        println!("crdcheck: {} file(s), no problems", crd_files.len());
+        println!("crdcheck: {} CRD(s), no problems", crds.len());
         Ok(ExitCode::SUCCESS)
     } else {
         println!("crdcheck: {count} problem(s)");

@@ -35,17 +35,21 @@ fn rules(env: &cel::Env, node: &Value, path: &str, out: &mut Findings) -> Vec<Ru
         .collect()
 }
 
-/// The child schemas of a node: properties, list items and map values, each with the
-/// path segment, whether the child is required, and how many of it one node can hold.
-fn children(node: &Value) -> Vec<(String, &Value, bool, Cardinality)> {
-    let mut out = Vec::new();
-    let required: Vec<&str> = node
-        .get("required")
+/// The names in a node's `required`.
+pub fn required(node: &Value) -> Vec<&str> {
+    node.get("required")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .collect();
+        .collect()
+}
+
+/// The child schemas of a node: properties, list items and map values, each with the
+/// path segment, whether the child is required, and how many of it one node can hold.
+fn children(node: &Value) -> Vec<(String, &Value, bool, Cardinality)> {
+    let mut out = Vec::new();
+    let required = required(node);
     if let Some(props) = node.get("properties").and_then(Value::as_object) {
         for (name, child) in props {
             out.push((
@@ -324,13 +328,7 @@ fn validate_fields(
     path: &str,
 ) -> Findings {
     let mut out = Findings::new();
-    for name in node
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for name in required(node) {
         if !map.contains_key(name) {
             out.push((join(path, name), "Required value".into()));
         }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use finflow_crdcheck::{Problem, check_crd, derived, read_yaml_documents};
+use finflow_crdcheck::{Problem, check_crd, derived, read_yaml_dir, read_yaml_documents};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -10,16 +10,7 @@ fn root() -> PathBuf {
 }
 
 fn yaml_in(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| read_yaml_documents(&std::fs::read_to_string(f).unwrap()).unwrap())
-        .collect()
+    read_yaml_dir(dir).unwrap()
 }
 
 fn examples() -> Vec<Value> {
