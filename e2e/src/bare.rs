@@ -303,6 +303,11 @@ impl World {
     }
 
     async fn pass(&self) -> anyhow::Result<()> {
+        // Nothing to play before the namespace exists.
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        if namespaces.get_opt(&self.ns).await?.is_none() {
+            return Ok(());
+        }
         // The ServiceAccount controller's part: pods without one of their own run as
         // `default`, and the API server refuses a pod whose ServiceAccount is missing.
         let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = self.api();

@@ -69,6 +69,10 @@ pub enum Error {
     MissingNamespace(String),
     #[error("building a patch: {0}")]
     Patch(#[from] serde_json::Error),
+    /// The object changed after this reconcile read it, so its status was not written:
+    /// the change has queued a reconcile that starts from the newer object.
+    #[error("{0} changed since it was read; its status is computed again")]
+    StaleStatus(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -82,6 +86,19 @@ pub fn applying(object: impl Into<String>) -> impl FnOnce(kube::Error) -> Error 
 }
 
 impl Error {
+    /// Whether this is [`Error::StaleStatus`], also inside the finalizer's wrapping.
+    pub fn is_stale_status(&self) -> bool {
+        match self {
+            Self::StaleStatus(_) => true,
+            Self::Finalizer(e) => matches!(
+                e.as_ref(),
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e)
+                    if e.is_stale_status()
+            ),
+            _ => false,
+        }
+    }
+
     /// How the resource's status reports this error: what failed with the server's
     /// message, and whether a retry can get past it with nothing else changed.
     pub fn failure(&self) -> Failure {
@@ -105,6 +122,13 @@ impl Error {
                 other => return permanent(other.to_string()),
             },
             Self::MissingNamespace(_) | Self::Patch(_) => return permanent(self.to_string()),
+            Self::StaleStatus(_) => {
+                return Failure {
+                    transient: true,
+                    reason: reasons::RECONCILE_FAILED,
+                    message: self.to_string(),
+                };
+            }
         };
         let (transient, message) = match source {
             kube::Error::Api(status) => (
@@ -322,9 +346,14 @@ where
         "metadata": {"resourceVersion": object.resource_version()},
         "status": status,
     });
-    api.patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&body))
-        .await?;
-    Ok(true)
+    match api
+        .patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&body))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::StaleStatus(object.name_any())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Shows a failed reconcile on `object`: the status `status_after` makes of the
@@ -348,6 +377,10 @@ pub async fn report_failure<K, S>(
     let Some(ns) = object.namespace() else {
         return;
     };
+    // Not a failure: a newer version of the object is already queued.
+    if error.is_stale_status() {
+        return;
+    }
     let failure = error.failure();
     let status = status_after(&failure, &ctx.now());
     if current == Some(&status) {
@@ -492,13 +525,33 @@ mod tests {
         };
         let stale = apply_status(&api, &read, None, &status).await;
         assert!(
-            matches!(&stale, Err(Error::Kube(kube::Error::Api(s))) if s.code == 409),
+            matches!(&stale, Err(Error::StaleStatus(name)) if name == "a"),
             "{stale:?}"
         );
         assert_eq!(fake.finservice("a").status, None, "nothing written");
         let fresh = api.get("a").await.unwrap();
         assert!(apply_status(&api, &fresh, None, &status).await.unwrap());
         assert_eq!(fake.finservice("a").status, Some(status));
+
+        // A stale status is not a failure to show: no condition, no Warning Event.
+        let stale = fake.finservice("a");
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"version": "3"}})),
+        )
+        .await
+        .unwrap();
+        let error = apply_status(&api, &stale, None, &FinServiceStatus::default())
+            .await
+            .unwrap_err();
+        assert!(error.is_stale_status());
+        report_failure(&ctx, &stale, stale.status.as_ref(), &error, |f, now| {
+            crate::finservice::status_after_failure(&stale, f, now)
+        })
+        .await;
+        assert_eq!(fake.finservice("a").status, stale.status);
+        assert!(fake.state().events.is_empty(), "{:?}", fake.state().events);
     }
 
     fn answer(code: u16, reason: &str, message: &str) -> kube::Error {
