@@ -438,7 +438,14 @@ impl World {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(i32::MAX);
-            if same && index < replicas {
+            // A pod an earlier stand made has an address nothing serves any more.
+            let foreign = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse::<Ipv4Addr>().ok())
+                .is_some_and(|ip| ip.octets()[..3] != self.net.subnet);
+            if same && index < replicas && !foreign {
                 current.push(pod);
             } else {
                 self.forget(&pod);
@@ -595,12 +602,17 @@ impl World {
                     Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
                         name,
                     )) => chosen.iter().find_map(|p| {
-                        p.spec.as_ref()?.containers.iter().find_map(|c| {
-                            c.ports.as_ref()?.iter().find_map(|cp| {
-                                (cp.name.as_deref() == Some(name.as_str()))
-                                    .then_some(cp.container_port)
+                        // A native sidecar is an init container: its ports count too.
+                        let spec = p.spec.as_ref()?;
+                        spec.containers
+                            .iter()
+                            .chain(spec.init_containers.iter().flatten())
+                            .find_map(|c| {
+                                c.ports.as_ref()?.iter().find_map(|cp| {
+                                    (cp.name.as_deref() == Some(name.as_str()))
+                                        .then_some(cp.container_port)
+                                })
                             })
-                        })
                     }),
                     None => Some(port.port),
                 };
