@@ -681,6 +681,9 @@ impl Platform {
                     format!("smtp://127.0.0.1:{}", self.smtp_port),
                 ),
                 ("DELIVERY_RETRY_BASE_MS".to_owned(), "200".to_owned()),
+                // Receivers of a local platform and its tests run on this machine,
+                // which webhooks may reach only when it is named.
+                ("WEBHOOK_ALLOW_NETS".to_owned(), "127.0.0.1".to_owned()),
             ],
             "wallet" => {
                 let mut env = self.client_env(spec.name);
