@@ -36,8 +36,6 @@ pub struct Settings {
     pub login_limit_per_address: u32,
     /// Service name -> SHA-256 of its client secret.
     pub service_clients: HashMap<String, [u8; 32]>,
-    /// Email -> roles granted at registration (bootstrap of `ops`, `compliance`).
-    pub role_grants: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -121,10 +119,9 @@ async fn register(State(s): State<AppState>, Json(req): Json<RegisterRequest>) -
     let full_name = FullName::parse(&req.full_name)?;
     let phone = Phone::parse(&req.phone)?;
     let hash = hash_password(password).await?;
-    let mut roles = vec!["user".to_owned()];
-    if let Some(granted) = s.settings.role_grants.get(email.as_str()) {
-        roles.extend(granted.iter().cloned());
-    }
+    // Every account starts as a user whatever its email: staff roles are granted by
+    // an operator (`admin`), never by choosing an address.
+    let roles = vec!["user".to_owned()];
 
     let mut tx = s.pool.begin().await?;
     let user: User = sqlx::query_as(sqlx::AssertSqlSafe(format!(

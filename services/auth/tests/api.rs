@@ -50,11 +50,11 @@ impl TestAuth {
             "--jwt-keys-generate".into(),
             "--service-clients".into(),
             "payment=payment-secret-0123456789".into(),
-            "--role-grants".into(),
-            "ops@finflow.test=ops".into(),
-            "--login-limit-per-address".into(),
-            "100000".into(),
         ];
+        // Every test client is 127.0.0.1: no per-address limit unless the test sets one.
+        if !extra.contains(&"--login-limit-per-address") {
+            args.extend(["--login-limit-per-address".into(), "100000".into()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config: Config = finflow_platform::config::try_load_from(args)
             .unwrap_or_else(|e| panic!("test config: {e:?}"));
@@ -433,14 +433,56 @@ async fn service_tokens_need_valid_client_credentials_and_open_internal_routes_o
 }
 
 #[tokio::test]
-async fn role_grants_apply_at_registration() {
+async fn registering_a_staff_looking_email_grants_no_role() {
     let app = TestAuth::spawn(&[]).await;
-    sqlx::query("DELETE FROM users WHERE email = 'ops@finflow.test'")
-        .execute(&app.db.pool)
-        .await
+    for address in ["ops@finflow.local", "compliance@finflow.local"] {
+        let user = app.register(address).await;
+        assert_eq!(user["roles"], json!(["user"]), "{address}");
+        let session = app.login(address).await;
+        let claims = app.decode(session["access_token"].as_str().unwrap()).await;
+        assert_eq!(claims["roles"], json!(["user"]), "{address}");
+    }
+}
+
+#[tokio::test]
+async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its_next_login() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let grant = |role: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+            .args(["grant-role", &address, role])
+            .env("DATABASE_URL", app.db.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let granted = grant("ops");
+    assert!(granted.status.success(), "{granted:?}");
+    let session = app.login(&address).await;
+    assert_eq!(session["user"]["roles"], json!(["user", "ops"]));
+    let claims = app.decode(session["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["roles"], json!(["user", "ops"]));
+
+    let again = grant("ops");
+    assert!(again.status.success(), "{again:?}");
+    let session = app.login(&address).await;
+    assert_eq!(
+        session["user"]["roles"],
+        json!(["user", "ops"]),
+        "no duplicate"
+    );
+
+    assert!(
+        !grant("service:payment").status.success(),
+        "not a staff role"
+    );
+    let nobody = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+        .args(["grant-role", "nobody@example.com", "ops"])
+        .env("DATABASE_URL", app.db.url())
+        .output()
         .unwrap();
-    let user = app.register("ops@finflow.test").await;
-    assert_eq!(user["roles"], json!(["user", "ops"]));
+    assert!(!nobody.status.success(), "no such account: {nobody:?}");
 }
 
 #[tokio::test]
