@@ -16,7 +16,8 @@
 //!   state.
 //! - Every account registers with the role `user`; staff roles are granted out of
 //!   band by an operator ([`admin`]), never by what an account chose at sign-up.
-//! - Login attempts are limited per account and per client address in Redis.
+//! - Login attempts are limited per client address, and failures per account and
+//!   client address, in Redis ([`limits`]).
 
 pub mod admin;
 pub mod api;
@@ -85,7 +86,8 @@ pub struct Config {
     /// Service clients for client credentials, `name=secret` pairs separated by commas.
     #[arg(long, env = "SERVICE_CLIENTS", hide_env_values = true)]
     pub service_clients: Option<SecretString>,
-    /// Login attempts allowed per account per minute.
+    /// Login attempts allowed per account from one client address per minute; a
+    /// successful login there starts the count again.
     #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 10)]
     pub login_limit_per_account: u32,
     /// Login attempts allowed per client address per minute.

@@ -485,26 +485,42 @@ async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its
     assert!(!nobody.status.success(), "no such account: {nobody:?}");
 }
 
+/// A login from `ip`: its status and `Retry-After`.
+async fn login_from(
+    app: &TestAuth,
+    ip: &str,
+    address: &str,
+    password: &str,
+) -> (StatusCode, Option<reqwest::header::HeaderValue>) {
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-real-ip", ip)
+        .json(&json!({"email": address, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.headers().get("retry-after").cloned())
+}
+
+fn random_ip() -> String {
+    format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet())
+}
+
 #[tokio::test]
-async fn login_attempts_beyond_the_account_limit_answer_429_with_retry_after() {
+async fn wrong_passwords_from_one_address_are_throttled_there_with_retry_after() {
     let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
     let address = email();
     app.register(&address).await;
-    let ip = format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet());
+    let attacker = random_ip();
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let r = app
-            .http
-            .post(app.url("/api/v1/auth/login"))
-            .header("x-real-ip", &ip)
-            .json(&json!({"email": address, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        statuses.push((r.status(), r.headers().get("retry-after").cloned()));
+        statuses.push(login_from(&app, &attacker, &address, "wrong password guess").await);
     }
     assert!(
-        statuses[..3].iter().all(|(s, _)| *s == StatusCode::OK),
+        statuses[..3]
+            .iter()
+            .all(|(s, _)| *s == StatusCode::UNAUTHORIZED),
         "{statuses:?}"
     );
     let (status, retry_after) = &statuses[3];
@@ -517,6 +533,67 @@ async fn login_attempts_beyond_the_account_limit_answer_429_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&secs));
+    let (status, _) = login_from(&app, &attacker, &address, PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker's address stays throttled, even with the right password"
+    );
+}
+
+#[tokio::test]
+async fn failures_from_an_attacker_s_address_do_not_lock_the_owner_out_from_theirs() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "10"]).await;
+    let address = email();
+    app.register(&address).await;
+    let (attacker, owner) = (random_ip(), random_ip());
+    for _ in 0..11 {
+        login_from(&app, &attacker, &address, "wrong password guess").await;
+    }
+    assert_eq!(
+        login_from(&app, &attacker, &address, "wrong password guess")
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_from(&app, &owner, &address, PASSWORD).await.0,
+        StatusCode::OK,
+        "the owner signs in from an address with no failures"
+    );
+}
+
+#[tokio::test]
+async fn a_successful_login_starts_the_address_s_count_again() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
+    let address = email();
+    app.register(&address).await;
+    let ip = random_ip();
+    for _ in 0..5 {
+        for _ in 0..2 {
+            let (status, _) = login_from(&app, &ip, &address, "a typo in it").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(
+            login_from(&app, &ip, &address, PASSWORD).await.0,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_from_one_address_counts_towards_its_limit_whatever_the_account() {
+    let app = TestAuth::spawn(&["--login-limit-per-address", "5"]).await;
+    let ip = random_ip();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(login_from(&app, &ip, &email(), PASSWORD).await.0);
+    }
+    assert!(
+        statuses[..5].iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
 }
 
 fn rand_octet() -> u8 {
