@@ -135,6 +135,9 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// How long registration waits for a webhook's host to resolve.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What a webhook may reach: public addresses, and the allowed networks.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
@@ -174,10 +177,14 @@ impl Policy {
             Some(url::Host::Ipv4(ip)) => self.check(IpAddr::V4(ip))?,
             Some(url::Host::Ipv6(ip)) => self.check(IpAddr::V6(ip))?,
             Some(url::Host::Domain(name)) => {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
-                    .await
-                    .map_err(|_| format!("the host `{name}` does not resolve"))?
-                    .collect();
+                // A slow resolver must not hold the request open (or its handler) for
+                // as long as the system's resolver retries.
+                let addrs: Vec<SocketAddr> =
+                    tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port)))
+                        .await
+                        .map_err(|_| format!("the host `{name}` did not resolve in time"))?
+                        .map_err(|_| format!("the host `{name}` does not resolve"))?
+                        .collect();
                 if addrs.is_empty() {
                     return Err(format!("the host `{name}` does not resolve"));
                 }
