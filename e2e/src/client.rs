@@ -110,16 +110,26 @@ impl Client {
 
     /// Registers and logs in the user `email`.
     pub async fn user_with_email(&self, email: &str) -> User {
+        let id = self.register(email).await;
+        self.sign_in(email, &id).await
+    }
+
+    /// Registers `email` with [`PASSWORD`]; its user id.
+    pub async fn register(&self, email: &str) -> String {
         let registered = self
             .post(
                 "/api/v1/auth/register",
                 json!({"email": email, "password": PASSWORD, "full_name": "Test User", "phone": "+14155550123"}),
             )
             .await;
-        let id = registered.data(StatusCode::CREATED)["id"]
+        registered.data(StatusCode::CREATED)["id"]
             .as_str()
             .unwrap_or_default()
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Logs in the registered user `email` (id `id`).
+    pub async fn sign_in(&self, email: &str, id: &str) -> User {
         let login = self
             .post(
                 "/api/v1/auth/login",
@@ -133,7 +143,7 @@ impl Client {
             .to_owned();
         User {
             client: self.with_token(&token),
-            id,
+            id: id.to_owned(),
             email: email.to_owned(),
             session,
         }

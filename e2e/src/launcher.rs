@@ -44,8 +44,12 @@ pub const JWT_AUDIENCE: &str = "finflow";
 /// The sidecar's default public paths (to extend for one service).
 pub const SIDECAR_PUBLIC_PATHS: &str = "/health,/ready,/metrics,/openapi.json,/.well-known/jwks.json,\
 /api/v1/auth/register,/api/v1/auth/login,/api/v1/auth/refresh,/api/v1/auth/logout,/api/v1/auth/token";
-/// Emails that get operator roles at registration in a local platform.
-pub const ROLE_GRANTS: &str = "ops@finflow.local=ops,compliance@finflow.local=compliance";
+/// The staff accounts `finflow-up` creates, with the role each is granted (by A's
+/// `grant-role` command: no email carries a role by itself).
+pub const STAFF: &[(&str, &str)] = &[
+    ("ops@finflow.local", "ops"),
+    ("compliance@finflow.local", "compliance"),
+];
 
 /// One service of the platform as the launcher knows it.
 #[derive(Debug, Clone)]
@@ -473,6 +477,68 @@ impl Platform {
         Ok(platform)
     }
 
+    /// Grants `role` to the registered account `email`, as an operator does: A's
+    /// `finflow-auth grant-role` against A's database.
+    pub async fn grant_role(&self, email: &str, role: &str) -> anyhow::Result<()> {
+        let auth = self
+            .services
+            .iter()
+            .find(|s| s.name == "auth")
+            .context("auth is not running")?;
+        let output = Command::new(binary_path("finflow-auth", self.options.release))
+            .args(["grant-role", email, role])
+            .env("DATABASE_URL", self.backing.database_url(&auth.database))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running finflow-auth grant-role")?;
+        if !output.status.success() {
+            bail!(
+                "finflow-auth grant-role {email} {role}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates the [`STAFF`] accounts with one new random password and grants each its
+    /// role; the password. For `finflow-up`, whose dashboard wants an `ops` sign-in.
+    pub async fn create_staff(&self) -> anyhow::Result<String> {
+        let password = random_secret();
+        let http = reqwest::Client::new();
+        for (email, role) in STAFF {
+            let answer = http
+                .post(format!("{}/api/v1/auth/register", self.gateway_url))
+                .json(&serde_json::json!({"email": email, "password": password,
+                    "full_name": "FinFlow Staff", "phone": "+14155550123"}))
+                .send()
+                .await
+                .with_context(|| format!("registering {email}"))?;
+            // 409: the account is there from an earlier run (its password with it).
+            if !(answer.status().is_success() || answer.status() == reqwest::StatusCode::CONFLICT) {
+                bail!(
+                    "registering {email}: {}",
+                    answer.text().await.unwrap_or_default()
+                );
+            }
+            self.grant_role(email, role).await?;
+        }
+        Ok(password)
+    }
+
+    /// Registers `email` through the gateway, grants it `role` and logs it in.
+    pub async fn staff_user(
+        &self,
+        client: &crate::client::Client,
+        email: &str,
+        role: &str,
+    ) -> anyhow::Result<crate::client::User> {
+        let id = client.register(email).await;
+        self.grant_role(email, role).await?;
+        Ok(client.sign_in(email, &id).await)
+    }
+
     async fn start_all(&mut self, specs: &[ServiceSpec]) -> anyhow::Result<()> {
         let ports = self.options.ports;
         let mut jwks_uri = String::new();
@@ -661,7 +727,6 @@ impl Platform {
                         .collect::<Vec<_>>()
                         .join(","),
                 ),
-                ("ROLE_GRANTS".to_owned(), ROLE_GRANTS.to_owned()),
                 // Locally every client is 127.0.0.1: a per-address limit would be per machine.
                 ("LOGIN_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
             ],
@@ -681,6 +746,9 @@ impl Platform {
                     format!("smtp://127.0.0.1:{}", self.smtp_port),
                 ),
                 ("DELIVERY_RETRY_BASE_MS".to_owned(), "200".to_owned()),
+                // Receivers of a local platform and its tests run on this machine,
+                // which webhooks may reach only when it is named.
+                ("WEBHOOK_ALLOW_NETS".to_owned(), "127.0.0.1".to_owned()),
             ],
             "wallet" => {
                 let mut env = self.client_env(spec.name);

@@ -53,8 +53,11 @@ async fn kyc_approval_opens_wallets_for_the_same_token_and_both_mails_arrive() {
     platform.stop().await;
 }
 
-async fn compliance(client: &Client) -> User {
-    let officer = client.user_with_email("compliance@finflow.local").await;
+async fn compliance(platform: &Platform, client: &Client) -> User {
+    let officer = platform
+        .staff_user(client, "compliance@finflow.local", "compliance")
+        .await
+        .unwrap_or_else(|e| panic!("granting compliance: {e:#}"));
     let roles = officer.session["user"]["roles"].clone();
     assert_eq!(roles, json!(["user", "compliance"]));
     officer
@@ -85,7 +88,7 @@ async fn a_held_payment_is_notified_cleared_by_compliance_and_completes_while_a_
  {
     let mut platform = platform().await;
     let client = Client::new(&platform.gateway_url);
-    let officer = compliance(&client).await;
+    let officer = compliance(&platform, &client).await;
     let (alice, wallet) = client.new_user("aml").await.with_wallet("USD").await;
 
     // Above the 10000 threshold: held, and the user is told.

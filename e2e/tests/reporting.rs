@@ -93,7 +93,10 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
         .await
         .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"));
     let client = Client::new(&platform.gateway_url);
-    let ops = client.user_with_email("ops@finflow.local").await;
+    let ops = platform
+        .staff_user(&client, "ops@finflow.local", "ops")
+        .await
+        .unwrap_or_else(|e| panic!("granting ops: {e:#}"));
 
     // A journey: deposits, a transfer, a withdrawal, one refused at the door.
     let (alice, a) = client.new_user("alice").await.with_wallet("USD").await;

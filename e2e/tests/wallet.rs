@@ -316,8 +316,12 @@ async fn told(owner: &User, wallet: &str, change: &str) -> Value {
 async fn ops_can_freeze_and_reactivate_anyone_s_wallet_but_another_user_cannot() {
     let mut platform = platform().await;
     let client = Client::new(&platform.gateway_url);
-    // The launcher's ROLE_GRANTS give this address the `ops` role at registration.
-    let ops = client.user_with_email("ops@finflow.local").await;
+    // The role is granted by the operator command, as in a deployment: no email
+    // carries a role by itself.
+    let ops = platform
+        .staff_user(&client, "ops@finflow.local", "ops")
+        .await
+        .unwrap_or_else(|e| panic!("granting ops: {e:#}"));
     let (alice, a) = client.new_user("alice").await.with_wallet("USD").await;
     let mallory = client.new_user("mallory").await;
     let status = format!("/api/v1/wallets/{a}/status");

@@ -26,7 +26,22 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
+    let staff = match platform.create_staff().await {
+        Ok(password) => password,
+        Err(e) => {
+            eprintln!("\nthe staff accounts were not created: {e:#}");
+            platform.stop().await;
+            std::process::exit(1);
+        }
+    };
     println!("\nFinFlow is up.\n\n{}", platform.table());
+    println!(
+        "Staff accounts (roles granted by `finflow-auth grant-role`), password {staff} \
+         (new each run; an account kept from an earlier run keeps its password):"
+    );
+    for (email, role) in finflow_e2e::launcher::STAFF {
+        println!("  {email} ({role})");
+    }
     println!(
         "Try:\n  curl -s {}/api/v1/auth/register -H 'content-type: application/json' \\\n    \
          -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"full_name\":\"Ada Lovelace\",\"phone\":\"+14155550123\"}}'\n",

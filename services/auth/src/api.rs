@@ -36,8 +36,6 @@ pub struct Settings {
     pub login_limit_per_address: u32,
     /// Service name -> SHA-256 of its client secret.
     pub service_clients: HashMap<String, [u8; 32]>,
-    /// Email -> roles granted at registration (bootstrap of `ops`, `compliance`).
-    pub role_grants: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -121,10 +119,9 @@ async fn register(State(s): State<AppState>, Json(req): Json<RegisterRequest>) -
     let full_name = FullName::parse(&req.full_name)?;
     let phone = Phone::parse(&req.phone)?;
     let hash = hash_password(password).await?;
-    let mut roles = vec!["user".to_owned()];
-    if let Some(granted) = s.settings.role_grants.get(email.as_str()) {
-        roles.extend(granted.iter().cloned());
-    }
+    // Every account starts as a user whatever its email: staff roles are granted by
+    // an operator (`admin`), never by choosing an address.
+    let roles = vec!["user".to_owned()];
 
     let mut tx = s.pool.begin().await?;
     let user: User = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -190,18 +187,24 @@ async fn login(
 ) -> ApiResult {
     let email = parse_email(&req.email)?;
     let mut redis = s.redis.clone();
-    crate::limits::hit(
-        &mut redis,
-        "account",
-        email.as_str(),
-        s.settings.login_limit_per_account,
-    )
-    .await?;
+    // Brute force is throttled where it comes from: every attempt counts against the
+    // client address, and each attempt against (account, address) until a success
+    // clears it. Nothing is counted per account alone, so failures from one address
+    // never lock the owner out from another.
+    let address = ip.to_string();
     crate::limits::hit(
         &mut redis,
         "address",
-        &ip.to_string(),
+        &address,
         s.settings.login_limit_per_address,
+    )
+    .await?;
+    let pair = crate::limits::account_address(&email, &address);
+    crate::limits::hit(
+        &mut redis,
+        "account-address",
+        &pair,
+        s.settings.login_limit_per_account,
     )
     .await?;
 
@@ -216,6 +219,8 @@ async fn login(
     if !(known && matches) {
         return Err(ApiError::unauthorized("invalid email or password"));
     }
+    // The attempts from here were the owner's: their count starts again.
+    crate::limits::clear(&mut redis, "account-address", &pair).await;
     let user = user_by_email(&s.pool, &email).await?;
     let mut tx = s.pool.begin().await?;
     let session = start_session(&s, &mut tx, user, Uuid::now_v7()).await?;

@@ -14,8 +14,12 @@
 //! - Services get tokens by client credentials (`POST /api/v1/auth/token`) with the
 //!   role `service:<name>`; `/internal/users/{id}` answers them with a user's current
 //!   state.
-//! - Login attempts are limited per account and per client address in Redis.
+//! - Every account registers with the role `user`; staff roles are granted out of
+//!   band by an operator ([`admin`]), never by what an account chose at sign-up.
+//! - Login attempts are limited per client address, and failures per account and
+//!   client address, in Redis ([`limits`]).
 
+pub mod admin;
 pub mod api;
 pub mod consumers;
 pub mod domain;
@@ -82,11 +86,8 @@ pub struct Config {
     /// Service clients for client credentials, `name=secret` pairs separated by commas.
     #[arg(long, env = "SERVICE_CLIENTS", hide_env_values = true)]
     pub service_clients: Option<SecretString>,
-    /// Roles granted at registration to given emails (bootstrap of operators):
-    /// `email=role|role` pairs separated by commas, e.g. `ops@example.com=ops`.
-    #[arg(long, env = "ROLE_GRANTS", default_value = "")]
-    pub role_grants: String,
-    /// Login attempts allowed per account per minute.
+    /// Login attempts allowed per account from one client address per minute; a
+    /// successful login there starts the count again.
     #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 10)]
     pub login_limit_per_account: u32,
     /// Login attempts allowed per client address per minute.
@@ -113,9 +114,6 @@ impl Validate for Config {
             );
         }
         if let Err(e) = parse_service_clients(self.service_clients.as_ref()) {
-            errors.push(e);
-        }
-        if let Err(e) = parse_role_grants(&self.role_grants) {
             errors.push(e);
         }
         if self.jwt_key_rotation_days.is_some() && !self.jwt_keys_generate {
@@ -149,26 +147,6 @@ fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [
         clients.insert(name.to_owned(), Sha256::digest(secret.as_bytes()).into());
     }
     Ok(clients)
-}
-
-fn parse_role_grants(raw: &str) -> Result<HashMap<String, Vec<String>>, String> {
-    let mut grants = HashMap::new();
-    for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
-        let (email, roles) = pair
-            .split_once('=')
-            .ok_or("ROLE_GRANTS entries must be email=role|role")?;
-        let email =
-            finflow_platform::Email::parse(email).map_err(|e| format!("ROLE_GRANTS: {e}"))?;
-        let roles: Vec<String> = roles.split('|').map(|r| r.trim().to_owned()).collect();
-        if roles
-            .iter()
-            .any(|r| r.is_empty() || r.starts_with("service:"))
-        {
-            return Err("ROLE_GRANTS: roles must be non-empty and not service roles".to_owned());
-        }
-        grants.insert(email.as_str().to_owned(), roles);
-    }
-    Ok(grants)
 }
 
 #[derive(OpenApi)]
@@ -224,7 +202,6 @@ pub async fn run(
         login_limit_per_address: config.login_limit_per_address,
         service_clients: parse_service_clients(config.service_clients.as_ref())
             .map_err(anyhow::Error::msg)?,
-        role_grants: parse_role_grants(&config.role_grants).map_err(anyhow::Error::msg)?,
     };
 
     let mut background = Background::new();
@@ -287,13 +264,5 @@ mod tests {
         assert_eq!(clients["payment"], expected);
         let short = SecretString::from("payment=short".to_owned());
         assert!(parse_service_clients(Some(&short)).is_err());
-    }
-
-    #[test]
-    fn role_grants_name_emails_and_roles() {
-        let grants = parse_role_grants("Ops@Example.com=ops|compliance").unwrap();
-        assert_eq!(grants["ops@example.com"], ["ops", "compliance"]);
-        assert!(parse_role_grants("ops@example.com=service:payment").is_err());
-        assert!(parse_role_grants("not-an-email=ops").is_err());
     }
 }

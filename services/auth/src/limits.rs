@@ -1,7 +1,33 @@
 //! Login attempt limits, counted in Redis so every replica (blue and green) shares them.
+//!
+//! Two counters, both per client address: every attempt from an address, and the
+//! attempts at one account from one address since its last success there. There is no
+//! counter per account alone: anyone can fail logins for any email, and such a counter
+//! let an attacker anywhere lock the owner out. Guessing one account's password from
+//! many addresses is bounded by each address's limit and by Argon2's cost per attempt.
 
-use finflow_platform::ApiError;
+use finflow_platform::{ApiError, Email};
 use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+
+/// The key of the (account, client address) counter. Hashed: the email stays out of
+/// Redis, and no spelling of an email and an address collides with another.
+pub fn account_address(email: &Email, address: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(email.as_str().as_bytes());
+    digest.update([0]);
+    digest.update(address.as_bytes());
+    format!("{:x}", digest.finalize())
+}
+
+/// Forgets the attempts counted for `scope`/`key` (after a successful login). Best
+/// effort, like the counting: an unreachable Redis leaves the count to expire.
+pub async fn clear(redis: &mut ConnectionManager, scope: &str, key: &str) {
+    let k = format!("auth:login:{scope}:{key}");
+    if let Err(e) = redis::cmd("DEL").arg(&k).query_async::<()>(redis).await {
+        tracing::warn!(error = %e, "login limiter unavailable; count not cleared");
+    }
+}
 
 /// The window attempts are counted in.
 pub const WINDOW_SECS: i64 = 60;

@@ -1,7 +1,17 @@
-//! `finflow-auth`: the platform's service `main` around [`finflow_auth::run`].
+//! `finflow-auth`: the platform's service `main` around [`finflow_auth::run`], and the
+//! operator command `finflow-auth grant-role EMAIL ROLE` ([`finflow_auth::admin`]).
+
+use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("grant-role") {
+        let command = finflow_auth::admin::GrantRole::parse_from(std::env::args().skip(1));
+        let email = command.email.clone();
+        let roles = command.run().await?;
+        println!("{email}: {}", roles.join(", "));
+        return Ok(());
+    }
     finflow_platform::service::main::<finflow_auth::Config, _, _>(
         finflow_auth::SERVICE,
         finflow_auth::run,

@@ -50,11 +50,11 @@ impl TestAuth {
             "--jwt-keys-generate".into(),
             "--service-clients".into(),
             "payment=payment-secret-0123456789".into(),
-            "--role-grants".into(),
-            "ops@finflow.test=ops".into(),
-            "--login-limit-per-address".into(),
-            "100000".into(),
         ];
+        // Every test client is 127.0.0.1: no per-address limit unless the test sets one.
+        if !extra.contains(&"--login-limit-per-address") {
+            args.extend(["--login-limit-per-address".into(), "100000".into()]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config: Config = finflow_platform::config::try_load_from(args)
             .unwrap_or_else(|e| panic!("test config: {e:?}"));
@@ -433,36 +433,94 @@ async fn service_tokens_need_valid_client_credentials_and_open_internal_routes_o
 }
 
 #[tokio::test]
-async fn role_grants_apply_at_registration() {
+async fn registering_a_staff_looking_email_grants_no_role() {
     let app = TestAuth::spawn(&[]).await;
-    sqlx::query("DELETE FROM users WHERE email = 'ops@finflow.test'")
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
-    let user = app.register("ops@finflow.test").await;
-    assert_eq!(user["roles"], json!(["user", "ops"]));
+    for address in ["ops@finflow.local", "compliance@finflow.local"] {
+        let user = app.register(address).await;
+        assert_eq!(user["roles"], json!(["user"]), "{address}");
+        let session = app.login(address).await;
+        let claims = app.decode(session["access_token"].as_str().unwrap()).await;
+        assert_eq!(claims["roles"], json!(["user"]), "{address}");
+    }
 }
 
 #[tokio::test]
-async fn login_attempts_beyond_the_account_limit_answer_429_with_retry_after() {
+async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its_next_login() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let grant = |role: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+            .args(["grant-role", &address, role])
+            .env("DATABASE_URL", app.db.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let granted = grant("ops");
+    assert!(granted.status.success(), "{granted:?}");
+    let session = app.login(&address).await;
+    assert_eq!(session["user"]["roles"], json!(["user", "ops"]));
+    let claims = app.decode(session["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["roles"], json!(["user", "ops"]));
+
+    let again = grant("ops");
+    assert!(again.status.success(), "{again:?}");
+    let session = app.login(&address).await;
+    assert_eq!(
+        session["user"]["roles"],
+        json!(["user", "ops"]),
+        "no duplicate"
+    );
+
+    assert!(
+        !grant("service:payment").status.success(),
+        "not a staff role"
+    );
+    let nobody = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+        .args(["grant-role", "nobody@example.com", "ops"])
+        .env("DATABASE_URL", app.db.url())
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success(), "no such account: {nobody:?}");
+}
+
+/// A login from `ip`: its status and `Retry-After`.
+async fn login_from(
+    app: &TestAuth,
+    ip: &str,
+    address: &str,
+    password: &str,
+) -> (StatusCode, Option<reqwest::header::HeaderValue>) {
+    let r = app
+        .http
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-real-ip", ip)
+        .json(&json!({"email": address, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.headers().get("retry-after").cloned())
+}
+
+fn random_ip() -> String {
+    format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet())
+}
+
+#[tokio::test]
+async fn wrong_passwords_from_one_address_are_throttled_there_with_retry_after() {
     let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
     let address = email();
     app.register(&address).await;
-    let ip = format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet());
+    let attacker = random_ip();
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let r = app
-            .http
-            .post(app.url("/api/v1/auth/login"))
-            .header("x-real-ip", &ip)
-            .json(&json!({"email": address, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
-        statuses.push((r.status(), r.headers().get("retry-after").cloned()));
+        statuses.push(login_from(&app, &attacker, &address, "wrong password guess").await);
     }
     assert!(
-        statuses[..3].iter().all(|(s, _)| *s == StatusCode::OK),
+        statuses[..3]
+            .iter()
+            .all(|(s, _)| *s == StatusCode::UNAUTHORIZED),
         "{statuses:?}"
     );
     let (status, retry_after) = &statuses[3];
@@ -475,6 +533,67 @@ async fn login_attempts_beyond_the_account_limit_answer_429_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=60).contains(&secs));
+    let (status, _) = login_from(&app, &attacker, &address, PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker's address stays throttled, even with the right password"
+    );
+}
+
+#[tokio::test]
+async fn failures_from_an_attacker_s_address_do_not_lock_the_owner_out_from_theirs() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "10"]).await;
+    let address = email();
+    app.register(&address).await;
+    let (attacker, owner) = (random_ip(), random_ip());
+    for _ in 0..11 {
+        login_from(&app, &attacker, &address, "wrong password guess").await;
+    }
+    assert_eq!(
+        login_from(&app, &attacker, &address, "wrong password guess")
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        login_from(&app, &owner, &address, PASSWORD).await.0,
+        StatusCode::OK,
+        "the owner signs in from an address with no failures"
+    );
+}
+
+#[tokio::test]
+async fn a_successful_login_starts_the_address_s_count_again() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
+    let address = email();
+    app.register(&address).await;
+    let ip = random_ip();
+    for _ in 0..5 {
+        for _ in 0..2 {
+            let (status, _) = login_from(&app, &ip, &address, "a typo in it").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+        assert_eq!(
+            login_from(&app, &ip, &address, PASSWORD).await.0,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_from_one_address_counts_towards_its_limit_whatever_the_account() {
+    let app = TestAuth::spawn(&["--login-limit-per-address", "5"]).await;
+    let ip = random_ip();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(login_from(&app, &ip, &email(), PASSWORD).await.0);
+    }
+    assert!(
+        statuses[..5].iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
 }
 
 fn rand_octet() -> u8 {

@@ -15,6 +15,8 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// What a webhook may reach.
+    pub policy: crate::targets::Policy,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -201,19 +203,23 @@ async fn create_webhook(
     Json(req): Json<CreateWebhook>,
 ) -> ApiResult {
     let url = req.url.trim();
-    if !(url.starts_with("https://") || url.starts_with("http://"))
-        || url.len() > 2048
-        || url.contains(char::is_whitespace)
-    {
+    if url.len() > 2048 || url.contains(char::is_whitespace) {
         return Err(ApiError::invalid_field("url", "url must be an http(s) URL"));
     }
+    // D sends from inside the platform: a URL that reaches inside it is refused here,
+    // and checked again at every delivery (`targets`).
+    let url = s
+        .policy
+        .vet(url)
+        .await
+        .map_err(|reason| ApiError::invalid_field("url", reason))?;
     let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
     let hook: Webhook = sqlx::query_as(
         "INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, $4) RETURNING id, url, secret, created_at",
     )
     .bind(Uuid::now_v7())
     .bind(who.user_id()?)
-    .bind(url)
+    .bind(url.as_str())
     .bind(&secret)
     .fetch_one(&s.pool)
     .await?;

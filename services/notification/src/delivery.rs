@@ -75,7 +75,11 @@ pub struct Sender {
     pub pool: PgPool,
     pub smtp: AsyncSmtpTransport<Tokio1Executor>,
     pub mail_from: String,
+    /// Built by `webhook_client`: resolves through `policy`, follows no redirect.
     pub http: reqwest::Client,
+    /// What webhooks may reach, checked again at every send: the URL was vetted at
+    /// registration, but what a name resolves to (and the rules) may have changed since.
+    pub policy: crate::targets::Policy,
     pub max_attempts: i32,
     pub retry_base: Duration,
     pub retry_cap: Duration,
@@ -249,10 +253,16 @@ impl Sender {
 
     async fn send_webhook(&self, d: &Due) -> Result<(), String> {
         let secret = d.secret.as_deref().ok_or("the webhook was removed")?;
+        let url = reqwest::Url::parse(&d.target).map_err(|e| format!("not a URL: {e}"))?;
+        // A literal address never reaches the client's resolver: check it here. A name
+        // is checked by the resolver, on the addresses the connection will use.
+        self.policy
+            .check_literal(&url)
+            .map_err(|e| format!("refused: {e}"))?;
         let body = serde_json::to_vec(&d.payload).map_err(|e| e.to_string())?;
         let response = self
             .http
-            .post(&d.target)
+            .post(url)
             .header("content-type", "application/json")
             .header(
                 SIGNATURE_HEADER,
@@ -263,13 +273,27 @@ impl Sender {
             .body(body)
             .send()
             .await
-            .map_err(|e| e.without_url().to_string())?;
+            .map_err(|e| describe(&e.without_url()))?;
+        // A redirect is not followed (the client's policy) and is no delivery.
         if response.status().is_success() {
             Ok(())
         } else {
             Err(format!("the receiver answered {}", response.status()))
         }
     }
+}
+
+/// A send error with its causes (the resolver's refusal is a cause several levels
+/// down), without the URL.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

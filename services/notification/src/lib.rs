@@ -16,6 +16,7 @@
 pub mod api;
 pub mod consumer;
 pub mod delivery;
+pub mod targets;
 pub mod templates;
 
 use std::future::Future;
@@ -73,6 +74,11 @@ pub struct Config {
     /// plus 30 s).
     #[arg(long, env = "DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
     pub delivery_timeout_ms: u64,
+    /// Networks webhooks may reach although they are not public (comma-separated
+    /// CIDRs or addresses). Empty by default: only the local platform and tests, whose
+    /// receivers run on 127.0.0.1, name any.
+    #[arg(long, env = "WEBHOOK_ALLOW_NETS", default_value = "")]
+    pub webhook_allow_nets: targets::AllowedNets,
 }
 
 impl HasServiceConfig for Config {
@@ -102,6 +108,19 @@ impl Validate for Config {
             errors.push("DELIVERY_TIMEOUT_MS must be from 1 to 600000 (ten minutes)".to_owned());
         }
     }
+}
+
+/// The client webhooks are sent with: it connects only to addresses `policy` permits
+/// (its resolver drops the others), follows no redirect (a receiver could otherwise
+/// send the signed body to an address of its choosing) and ignores proxy settings in
+/// the environment.
+fn webhook_client(policy: &targets::Policy, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(policy.resolver())
+        .build()?)
 }
 
 /// `smtp://host:port` into its parts.
@@ -163,6 +182,7 @@ pub async fn run(
         .port(port)
         .timeout(Some(send_timeout))
         .build();
+    let policy = targets::Policy::new(config.webhook_allow_nets.clone());
     let mut background = Background::new();
     background.consume(
         &pool,
@@ -174,10 +194,8 @@ pub async fn run(
         pool: pool.clone(),
         smtp,
         mail_from: config.mail_from.clone(),
-        http: reqwest::Client::builder()
-            .timeout(send_timeout)
-            .build()
-            .unwrap_or_default(),
+        http: webhook_client(&policy, send_timeout)?,
+        policy: policy.clone(),
         max_attempts: config.delivery_max_attempts,
         retry_base: Duration::from_millis(config.delivery_retry_base_ms),
         retry_cap: Duration::from_secs(300),
@@ -191,7 +209,7 @@ pub async fn run(
     let health = base
         .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
         .build();
-    let api = api::router(api::AppState { pool });
+    let api = api::router(api::AppState { pool, policy });
     service::serve(
         base,
         listener,

@@ -49,6 +49,8 @@ impl TestD {
             ("--smtp-url", format!("smtp://127.0.0.1:{smtp_port}")),
             ("--delivery-retry-base-ms", "50".to_owned()),
             ("--delivery-poll-ms", "50".to_owned()),
+            // The test's receivers run on loopback, which only an allow-list opens.
+            ("--webhook-allow-nets", "127.0.0.1".to_owned()),
         ]
         .into_iter()
         .map(|(flag, value)| (flag.to_owned(), value))
@@ -487,5 +489,144 @@ async fn an_smtp_server_that_never_answers_costs_one_send_timeout_per_attempt() 
             .as_str()
             .is_some_and(|e| e.starts_with("no answer within")),
         "{log}"
+    );
+}
+
+/// A receiver that answers every POST with `answer` (and `location`, if any) and counts
+/// what it was sent.
+async fn answering(
+    answer: StatusCode,
+    location: Option<String>,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let (counted, location) = (counted.clone(), location.clone());
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut headers = HeaderMap::new();
+                if let Some(to) = location {
+                    headers.insert("location", to.parse().unwrap());
+                }
+                (answer, headers)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+#[tokio::test]
+async fn a_webhook_url_that_reaches_inside_the_platform_is_refused_with_400() {
+    // No allow-list: what a deployment runs with.
+    let d = TestD::spawn_with(&[("--webhook-allow-nets", "")]).await;
+    let user = Uuid::new_v4();
+    for url in [
+        "http://127.0.0.1:9002/internal/transfers",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9002/",
+        "http://[::ffff:127.0.0.1]:9002/",
+        "http://localhost:9002/",
+        "http://10.0.0.5/hook",
+        "http://192.168.1.1/hook",
+        "http://100.64.0.1/hook",
+        "http://[fd00::1]/hook",
+        "http://[fe80::1]/hook",
+        "http://0.0.0.0:9002/",
+        "http://2130706433:9002/",
+        "https://user:secret@example.com/hook",
+        "ftp://example.com/hook",
+        "gopher://example.com/hook",
+    ] {
+        let (status, body) = d
+            .as_user(
+                user,
+                d.http
+                    .post(d.url("/api/v1/webhooks"))
+                    .json(&json!({ "url": url })),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(body["success"], false, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{url}: {body}");
+        assert_eq!(body["error"]["details"]["field"], "url", "{url}: {body}");
+    }
+    let (_, hooks) = d.as_user(user, d.http.get(d.url("/api/v1/webhooks"))).await;
+    assert_eq!(hooks["data"], json!([]), "nothing was registered");
+}
+
+#[tokio::test]
+async fn a_webhook_already_stored_for_an_internal_address_is_refused_at_delivery() {
+    // Rows from before the rule, or whose name now resolves inside: the sender checks
+    // the address it is about to connect to, by literal and by name.
+    let d = TestD::spawn_with(&[
+        ("--webhook-allow-nets", ""),
+        ("--delivery-max-attempts", "1"),
+    ])
+    .await;
+    let user = Uuid::new_v4();
+    let (literal, literal_hits) = answering(StatusCode::OK, None).await;
+    let (named, named_hits) = answering(StatusCode::OK, None).await;
+    let named = named.replace("127.0.0.1", "localhost");
+    for url in [&literal, &named] {
+        sqlx::query(
+            "INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, 'whsec_x')",
+        )
+        .bind(Uuid::new_v4())
+        .bind(user)
+        .bind(url)
+        .execute(&d._db.pool)
+        .await
+        .unwrap();
+    }
+    d.only_webhooks_for_payments(user).await;
+    d.publish(&payment_completed(user)).await;
+    let log = d
+        .wait_for_async("both deliveries failed", || async {
+            let (_, log) = d
+                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+                .await;
+            let entries = log["data"].as_array().cloned().unwrap_or_default();
+            (entries.len() == 2 && entries.iter().all(|e| e["status"] == "failed"))
+                .then_some(entries)
+        })
+        .await;
+    for entry in &log {
+        assert!(
+            entry["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("public address")),
+            "{entry}"
+        );
+    }
+    assert_eq!(literal_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(named_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_webhook_answering_a_redirect_is_not_followed_and_the_delivery_fails() {
+    let d = TestD::spawn_with(&[("--delivery-max-attempts", "1")]).await;
+    let user = Uuid::new_v4();
+    let (second, second_hits) = answering(StatusCode::OK, None).await;
+    let (first, first_hits) = answering(StatusCode::TEMPORARY_REDIRECT, Some(second)).await;
+    d.register_webhook(user, &first).await;
+    d.only_webhooks_for_payments(user).await;
+    d.publish(&payment_completed(user)).await;
+    let log = d.delivery_log_once(user, "failed").await;
+    assert!(
+        log["data"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("307")),
+        "{log}"
+    );
+    assert_eq!(first_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        second_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the body and its signature went nowhere else"
     );
 }

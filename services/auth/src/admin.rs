@@ -1,0 +1,99 @@
+//! Operator commands of the auth binary: `finflow-auth grant-role EMAIL ROLE`.
+//!
+//! Staff roles open other users' wallets, payments and cases, so no request to the API
+//! can confer one, and nothing about an account (its email least of all: anyone may
+//! register any address that is still free) implies one. An operator with access to
+//! A's database grants a role to an account that already exists; it applies from the
+//! account's next login or refresh.
+
+use clap::Parser;
+use finflow_platform::Email;
+use finflow_platform::config::DatabaseConfig;
+use sqlx::PgPool;
+
+/// The roles an operator may grant: the staff roles the services check for.
+pub const STAFF_ROLES: &[&str] = &["ops", "compliance"];
+
+/// A role an operator may grant (one of [`STAFF_ROLES`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffRole(&'static str);
+
+impl StaffRole {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        STAFF_ROLES
+            .iter()
+            .find(|role| **role == raw.trim())
+            .map(|role| Self(role))
+            .ok_or_else(|| {
+                format!(
+                    "`{raw}` is not a staff role (one of {})",
+                    STAFF_ROLES.join(", ")
+                )
+            })
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// Adds `role` to the account registered as `email`; returns its roles. Granting a
+/// role the account has is no change.
+pub async fn grant_role(
+    pool: &PgPool,
+    email: &Email,
+    role: &StaffRole,
+) -> anyhow::Result<Vec<String>> {
+    let roles: Option<(Vec<String>,)> = sqlx::query_as(
+        "UPDATE users SET roles = CASE WHEN $2 = ANY (roles) THEN roles ELSE array_append(roles, $2) END, \
+         updated_at = now() WHERE email = $1 RETURNING roles",
+    )
+    .bind(email.as_str())
+    .bind(role.as_str())
+    .fetch_optional(pool)
+    .await?;
+    let (roles,) = roles.ok_or_else(|| anyhow::anyhow!("no account is registered as {email}"))?;
+    tracing::info!(%email, role = role.as_str(), "role granted");
+    Ok(roles)
+}
+
+/// `finflow-auth grant-role EMAIL ROLE`: grants a staff role to a registered account.
+#[derive(Debug, Parser)]
+#[command(name = "finflow-auth grant-role")]
+pub struct GrantRole {
+    /// The account's email, as registered.
+    #[arg(value_parser = |s: &str| Email::parse(s).map_err(|e| e.to_string()))]
+    pub email: Email,
+    /// The role to grant: ops or compliance.
+    #[arg(value_parser = StaffRole::parse)]
+    pub role: StaffRole,
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+}
+
+impl GrantRole {
+    /// Runs the command; the roles the account has now.
+    pub async fn run(self) -> anyhow::Result<Vec<String>> {
+        let pool = finflow_platform::db::connect(&self.db.database_url, 1).await?;
+        let roles = grant_role(&pool, &self.email, &self.role).await;
+        pool.close().await;
+        roles
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_staff_roles_can_be_granted() {
+        assert_eq!(StaffRole::parse("ops").unwrap().as_str(), "ops");
+        assert_eq!(
+            StaffRole::parse("compliance").unwrap().as_str(),
+            "compliance"
+        );
+        for role in ["user", "service:payment", "admin", ""] {
+            assert!(StaffRole::parse(role).is_err(), "{role}");
+        }
+    }
+}
