@@ -459,7 +459,32 @@ async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuer
     Ok(error::ok(PaymentPage { items, next_cursor }))
 }
 
-/// Reverses a completed payment with a compensating transfer (role `ops`).
+/// Staff decide only on other people's payments: a staff member who could release or
+/// reverse a payment they made, or one paid to them, would move money to themselves
+/// with nobody else looking. `403 FORBIDDEN` with `details.reason = "own_payment"`.
+/// The payer is on the row; the payee of a transfer is whoever owns the destination
+/// wallet at B (a deposit pays the payer, a withdrawal pays nobody here).
+async fn not_their_own(
+    wallets: &Wallets,
+    who: &Identity,
+    row: &PaymentRow,
+) -> Result<(), ApiError> {
+    let me = who.user_id()?;
+    let payee = match (row.kind()?, row.to_wallet_id) {
+        (Kind::Transfer, Some(to)) if row.user_id != me => Some(wallets.get(to).await?.user_id),
+        _ => None,
+    };
+    if row.user_id == me || payee == Some(me) {
+        return Err(ApiError::forbidden(
+            "staff cannot decide on a payment they made or are paid by; another staff member must",
+        )
+        .with_details(serde_json::json!({ "reason": "own_payment" })));
+    }
+    Ok(())
+}
+
+/// Reverses a completed payment with a compensating transfer (role `ops`), never one of
+/// the caller's own ([`not_their_own`]).
 #[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
@@ -468,6 +493,7 @@ async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let row = settle::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    not_their_own(&s.wallets, &who, &row).await?;
     if row.status()? != Status::Completed {
         return Err(ApiError::conflict(format!(
             "only a COMPLETED payment can be reversed; this one is {}",
@@ -481,8 +507,8 @@ async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     Ok(error::ok(reversed.view()?))
 }
 
-/// Releases a held payment to the worker (role `ops`, or `compliance`); E's `aml.cleared`
-/// does the same.
+/// Releases a held payment to the worker (role `ops`, or `compliance`), never one of
+/// the caller's own ([`not_their_own`]); E's `aml.cleared` does the same.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
@@ -491,6 +517,7 @@ async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let row = settle::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    not_their_own(&s.wallets, &who, &row).await?;
     let released = settle::transition(&mut tx, &row, Status::Pending, None).await?;
     tx.commit().await?;
     Ok(error::ok(released.view()?))
