@@ -289,3 +289,46 @@ async fn another_staff_member_may_release_and_reverse_the_same_payments() {
     assert_eq!(stand.status_of(paid).await, "REVERSED");
     assert_eq!(stand.wallets.transfers(), 1);
 }
+
+/// The payee C names in a payment's events, for E's four eyes.
+async fn announced_payee(pool: &PgPool, payment: &str) -> Value {
+    sqlx::query_scalar::<_, Option<Value>>(
+        "SELECT payload->'data'->'payee_user_id' FROM outbox \
+         WHERE payload->'data'->>'payment_id' = $1",
+    )
+    .bind(payment)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_held_transfer_names_its_payee_so_the_payee_cannot_review_it() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
+    let from = stand.wallets.wallet_of(payer);
+    let to = stand.wallets.wallet_of(payee);
+    let response = ServiceClient::http_client()
+        .post(format!("{}/api/v1/payments/transfer", stand.base))
+        .header("x-user-id", payer.to_string())
+        .header("x-user-roles", "user")
+        .header("x-kyc-status", "verified")
+        .header("x-account-tier", "gold")
+        .header("idempotency-key", Uuid::new_v4().to_string())
+        .json(&json!({"from_wallet_id": from, "to_wallet_id": to,
+            "amount": "20000.00", "currency": "USD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["status"], "ON_HOLD", "{body}");
+    let id = body["data"]["id"].as_str().unwrap();
+    assert_eq!(announced_payee(&stand.pool, id).await, json!(payee));
+
+    // Paid to the staff member: C refuses without asking B who owns the wallet.
+    let id: Uuid = id.parse().unwrap();
+    stand.wallets.owners.lock().unwrap().clear();
+    assert_own_payment_refused(stand.decide(payee, "compliance", id, "release").await);
+}
