@@ -42,6 +42,9 @@ pub fn payments_queue() -> QueueSpec {
 struct PaymentSeen {
     payment_id: Uuid,
     user_id: Uuid,
+    /// Whom the payment pays, when C says (events from before it did have none).
+    #[serde(default)]
+    payee_user_id: Option<Uuid>,
     amount: Amount,
     currency: String,
     status: String,
@@ -55,19 +58,21 @@ pub struct Monitor {
 async fn alert(
     tx: &mut PgConnection,
     user: Uuid,
+    payee: Option<Uuid>,
     payment: Uuid,
     rule: &str,
     details: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let raised = sqlx::query(
-        "INSERT INTO aml_alerts (id, user_id, payment_id, rule, details, status) \
-         VALUES ($1, $2, $3, $4, $5, 'open') ON CONFLICT (payment_id, rule) DO NOTHING",
+        "INSERT INTO aml_alerts (id, user_id, payment_id, rule, details, status, payee_user_id) \
+         VALUES ($1, $2, $3, $4, $5, 'open', $6) ON CONFLICT (payment_id, rule) DO NOTHING",
     )
     .bind(Uuid::now_v7())
     .bind(user)
     .bind(payment)
     .bind(rule)
     .bind(details)
+    .bind(payee)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -83,6 +88,7 @@ async fn alert(
 async fn pattern_alert(
     tx: &mut PgConnection,
     user: Uuid,
+    payee: Option<Uuid>,
     payment: Uuid,
     rule: &str,
     details: serde_json::Value,
@@ -101,7 +107,7 @@ async fn pattern_alert(
     .fetch_one(&mut *tx)
     .await?;
     if !open {
-        alert(tx, user, payment, rule, details).await?;
+        alert(tx, user, payee, payment, rule, details).await?;
     }
     Ok(())
 }
@@ -129,6 +135,7 @@ impl Handler for Monitor {
             alert(
                 tx,
                 seen.user_id,
+                seen.payee_user_id,
                 seen.payment_id,
                 types::AML_HOLD_RULE,
                 serde_json::json!({ "amount": seen.amount, "currency": seen.currency, "threshold": self.rules.hold_threshold }),
@@ -151,6 +158,7 @@ impl Handler for Monitor {
             pattern_alert(
                 tx,
                 seen.user_id,
+                seen.payee_user_id,
                 seen.payment_id,
                 "velocity",
                 serde_json::json!({ "count": count, "total": total, "window_seconds": self.rules.window.as_secs() }),
@@ -172,6 +180,7 @@ impl Handler for Monitor {
                 pattern_alert(
                     tx,
                     seen.user_id,
+                    seen.payee_user_id,
                     seen.payment_id,
                     "structuring",
                     serde_json::json!({ "payments_just_under_threshold": near }),

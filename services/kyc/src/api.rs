@@ -222,32 +222,35 @@ fn reviewer(who: &Identity) -> Result<String, ApiError> {
 
 /// Whom the case `id` in `table` (a submission or an alert) is about: `404` when there
 /// is no such case, `403` when it is the reviewer. Four eyes: a reviewer never decides
-/// their own submission or an alert about themselves, or one compliance officer could
-/// verify or clear themselves.
+/// their own submission or an alert about a payment they made or are paid by, or one
+/// compliance officer could verify or clear themselves.
 async fn case_for_another(
     tx: &mut sqlx::PgConnection,
     who: &Identity,
     table: CaseTable,
     id: Uuid,
 ) -> Result<(), ApiError> {
+    // An alert is about its payment's payer and, when C named one, its payee: an
+    // officer paid by a held transfer is as interested in it as the one who sent it.
     let (query, missing) = match table {
         CaseTable::Submissions => (
-            "SELECT user_id FROM kyc_submissions WHERE id = $1",
+            "SELECT user_id, NULL::uuid FROM kyc_submissions WHERE id = $1",
             "submission not found",
         ),
         CaseTable::Alerts => (
-            "SELECT user_id FROM aml_alerts WHERE id = $1",
+            "SELECT user_id, payee_user_id FROM aml_alerts WHERE id = $1",
             "alert not found",
         ),
     };
-    let subject_of_case: Uuid = sqlx::query_scalar(query)
+    let (subject_of_case, payee): (Uuid, Option<Uuid>) = sqlx::query_as(query)
         .bind(id)
         .fetch_optional(tx)
         .await?
         .ok_or_else(|| ApiError::not_found(missing))?;
     // As ids, not text: the same id spelled otherwise (upper case, no hyphens) is the
     // same person.
-    if who.user_id().ok() == Some(subject_of_case) {
+    let me = who.user_id().ok();
+    if me.is_some() && (me == Some(subject_of_case) || me == payee) {
         return Err(ApiError::forbidden(
             "a reviewer cannot decide a case about themselves; another compliance officer must",
         ));

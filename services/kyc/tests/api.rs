@@ -1264,3 +1264,36 @@ async fn a_compliance_officer_cannot_verify_their_own_documents_or_clear_their_o
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(e.outbox(types::AML_CLEARED).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_compliance_officer_cannot_clear_or_flag_a_held_transfer_paid_to_them() {
+    let e = TestE::spawn(&[]).await;
+    let (payer, officer) = (Uuid::new_v4(), Uuid::new_v4());
+    // C names the payee of a transfer (the owner of its destination wallet).
+    let mut held = payment_event(payer, Uuid::new_v4(), "15000.00", "ON_HOLD");
+    held.data["payee_user_id"] = json!(officer);
+    e.broker.publish(&held).await;
+    let alert = e.wait_for_alerts(payer, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reason = json!({"reason": "known customer"});
+    for action in ["clear", "flag"] {
+        let (status, body) = e
+            .post(
+                &format!("/api/v1/aml/alerts/{alert}/{action}"),
+                &reason,
+                &Caller::compliance_as(officer),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    assert!(e.outbox(types::AML_CLEARED).await.is_empty());
+    assert!(e.outbox(types::AML_FLAGGED).await.is_empty());
+    assert_eq!(e.alerts_of(payer).await[0]["status"], "open");
+    // Another officer may.
+    let clear = format!("/api/v1/aml/alerts/{alert}/clear");
+    let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(e.outbox(types::AML_CLEARED).await.len(), 1);
+}

@@ -269,7 +269,7 @@ async fn create(
         return Ok((row, false));
     }
     let money = req.validate(kind)?;
-    precheck(&s.wallets, user, kind, req, money).await?;
+    let payee = precheck(&s.wallets, user, kind, req, money).await?;
 
     let status = if money.amount() > s.settings.aml_hold_threshold {
         Status::OnHold
@@ -279,8 +279,8 @@ async fn create(
     let mut tx = s.pool.begin().await?;
     let inserted: Result<PaymentRow, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, to_wallet_id, \
-           amount, currency, description, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {PAYMENT_COLUMNS}"
+           amount, currency, description, status, payee_user_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {PAYMENT_COLUMNS}"
     )))
     .bind(Uuid::now_v7())
     .bind(user)
@@ -293,6 +293,7 @@ async fn create(
     .bind(money.currency())
     .bind(req.description.as_deref())
     .bind(status.as_str())
+    .bind(payee)
     .fetch_one(&mut *tx)
     .await;
     let row = match inserted {
@@ -315,14 +316,15 @@ async fn create(
 
 /// The checks answered at once: ownership, status, currency, funds and limits as B
 /// knows them now. The worker's transfer at B re-checks under lock; this only spares
-/// the client a payment that is bound to fail.
+/// the client a payment that is bound to fail. Answers whom the payment pays: the
+/// destination wallet's owner (a withdrawal pays nobody here).
 async fn precheck(
     wallets: &Wallets,
     user: Uuid,
     kind: Kind,
     req: &PaymentRequest,
     money: finflow_platform::Money,
-) -> Result<(), ApiError> {
+) -> Result<Option<Uuid>, ApiError> {
     let owned = |w: &WalletView| w.user_id == user;
     let not_found = |id: Uuid| ApiError::not_found(format!("wallet {id} not found"));
     let lookup = |id: Uuid| async move {
@@ -397,7 +399,7 @@ async fn precheck(
             return Err(over("daily", from.limits.remaining_today));
         }
     }
-    Ok(())
+    Ok(to.map(|w| w.user_id))
 }
 
 /// A payment the caller may see: theirs, or any for `ops`. Anything else is 404.
@@ -459,7 +461,36 @@ async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuer
     Ok(error::ok(PaymentPage { items, next_cursor }))
 }
 
-/// Reverses a completed payment with a compensating transfer (role `ops`).
+/// Staff decide only on other people's payments: a staff member who could release or
+/// reverse a payment they made, or one paid to them, would move money to themselves
+/// with nobody else looking. `403 FORBIDDEN` with `details.reason = "own_payment"`.
+/// Both ends are on the row; for a payment accepted before C recorded the payee, the
+/// payee of a transfer is whoever owns the destination wallet at B (a deposit pays
+/// the payer, a withdrawal pays nobody here).
+async fn not_their_own(
+    wallets: &Wallets,
+    who: &Identity,
+    row: &PaymentRow,
+) -> Result<(), ApiError> {
+    let me = who.user_id()?;
+    let payee = match (row.payee_user_id, row.kind()?, row.to_wallet_id) {
+        (Some(payee), _, _) => Some(payee),
+        (None, Kind::Transfer, Some(to)) if row.user_id != me => {
+            Some(wallets.get(to).await?.user_id)
+        }
+        _ => None,
+    };
+    if row.user_id == me || payee == Some(me) {
+        return Err(ApiError::forbidden(
+            "staff cannot decide on a payment they made or are paid by; another staff member must",
+        )
+        .with_details(serde_json::json!({ "reason": "own_payment" })));
+    }
+    Ok(())
+}
+
+/// Reverses a completed payment with a compensating transfer (role `ops`), never one of
+/// the caller's own ([`not_their_own`]).
 #[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
@@ -468,6 +499,7 @@ async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let row = settle::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    not_their_own(&s.wallets, &who, &row).await?;
     if row.status()? != Status::Completed {
         return Err(ApiError::conflict(format!(
             "only a COMPLETED payment can be reversed; this one is {}",
@@ -481,8 +513,8 @@ async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     Ok(error::ok(reversed.view()?))
 }
 
-/// Releases a held payment to the worker (role `ops`, or `compliance`); E's `aml.cleared`
-/// does the same.
+/// Releases a held payment to the worker (role `ops`, or `compliance`), never one of
+/// the caller's own ([`not_their_own`]); E's `aml.cleared` does the same.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
@@ -491,6 +523,7 @@ async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let row = settle::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    not_their_own(&s.wallets, &who, &row).await?;
     let released = settle::transition(&mut tx, &row, Status::Pending, None).await?;
     tx.commit().await?;
     Ok(error::ok(released.view()?))

@@ -182,10 +182,13 @@ pub struct PaymentRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// Whom the payment pays, as B said at accept (none for withdrawals and for
+    /// payments accepted before C recorded it).
+    pub payee_user_id: Option<Uuid>,
 }
 
 pub const PAYMENT_COLUMNS: &str = "id, user_id, request_hash, kind, from_wallet_id, to_wallet_id, amount, currency, \
-     description, status, failure_code, failure_reason, created_at, updated_at, completed_at";
+     description, status, failure_code, failure_reason, created_at, updated_at, completed_at, payee_user_id";
 
 /// Why a payment failed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

@@ -16,6 +16,8 @@ use crate::wallets::Transfer;
 #[derive(Serialize)]
 pub struct PaymentEvent<'a> {
     pub payment_id: Uuid,
+    /// Whom it pays, when known: E's four eyes keeps a payee from reviewing it.
+    pub payee_user_id: Option<Uuid>,
     #[serde(flatten)]
     pub payment: &'a Payment,
 }
@@ -39,6 +41,7 @@ pub async fn announce(tx: &mut PgConnection, row: &PaymentRow) -> Result<(), Api
         event_type(payment.status),
         &PaymentEvent {
             payment_id: row.id,
+            payee_user_id: row.payee_user_id,
             payment: &payment,
         },
     )

@@ -51,6 +51,8 @@ struct WalletRow {
     user_id: Option<Uuid>,
     currency: Currency,
     status: String,
+    /// Who froze a frozen wallet (`owner` or `staff`); see [`set_status`].
+    frozen_by: Option<String>,
     balance: Amount,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -88,7 +90,8 @@ impl WalletRow {
     }
 }
 
-const WALLET_COLUMNS: &str = "id, user_id, currency, status, balance, created_at, updated_at";
+const WALLET_COLUMNS: &str =
+    "id, user_id, currency, status, frozen_by, balance, created_at, updated_at";
 
 /// A user wallet the caller may see: their own, or any for `ops`. Anything else is
 /// 404, so wallet ids cannot be probed.
@@ -228,7 +231,7 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
             "the wallet is frozen; it is unfrozen through its status",
         )),
         _ => Ok(error::ok(
-            change_status(&s.pool, id, "pending", "active").await?,
+            change_status(&s.pool, &wallet, "active", None).await?,
         )),
     }
 }
@@ -249,10 +252,18 @@ pub enum WalletStatus {
     Frozen,
 }
 
-/// Freezes or unfreezes a wallet, by its owner or `ops`; emits `wallet.status_changed`.
+/// Freezes or unfreezes a wallet; emits `wallet.status_changed`.
+///
+/// Who may: the owner freezes their wallet and lifts their own freeze; `ops` freezes
+/// and unfreezes other people's wallets. A freeze records who put it on, because an
+/// owner who could lift a staff freeze would make freezing pointless. A staff member
+/// does not change the status of their own wallet at all, or one person would be both
+/// the one frozen and the one deciding. Refusals are `403 FORBIDDEN` with
+/// `details.reason` `staff_freeze` or `own_wallet`.
 #[utoipa::path(put, path = "/api/v1/wallets/{id}/status", tag = "wallets", params(("id" = Uuid, Path)),
     request_body = StatusChange,
-    responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 async fn set_status(
     State(s): State<AppState>,
     who: Identity,
@@ -263,29 +274,58 @@ async fn set_status(
         StatusChange::Object { status } | StatusChange::Bare(status) => status,
     };
     let wallet = visible_wallet(&s.pool, &who, id).await?;
-    let to = match target {
-        WalletStatus::Active => "active",
-        WalletStatus::Frozen => "frozen",
-    };
-    if wallet.status == to {
-        return Ok(error::ok(wallet.view()?));
+    let own = wallet.user_id.is_some() && wallet.user_id == who.user_id().ok();
+    if own && who.has_role("ops") {
+        return Err(ApiError::forbidden(
+            "staff cannot change the status of their own wallet; another staff member must",
+        )
+        .with_details(serde_json::json!({ "reason": "own_wallet" })));
     }
-    Ok(error::ok(
-        change_status(&s.pool, id, &wallet.status, to).await?,
-    ))
+    // Not the owner: `visible_wallet` let the caller through as `ops`.
+    let by = if own { "owner" } else { "staff" };
+    // A freeze nobody attributed (made before freezes were) counts as staff's.
+    let staff_freeze = wallet.status == "frozen" && wallet.frozen_by.as_deref() != Some("owner");
+    match target {
+        WalletStatus::Active if staff_freeze && own => Err(ApiError::forbidden(
+            "the wallet was frozen by staff; only staff can unfreeze it",
+        )
+        .with_details(serde_json::json!({ "reason": "staff_freeze" }))),
+        WalletStatus::Active if wallet.status == "active" => Ok(error::ok(wallet.view()?)),
+        WalletStatus::Active => Ok(error::ok(
+            change_status(&s.pool, &wallet, "active", None).await?,
+        )),
+        // Staff freezing an owner-frozen wallet makes it theirs to lift; any other
+        // freeze of a frozen wallet changes nothing.
+        WalletStatus::Frozen if wallet.status == "frozen" && (staff_freeze || own) => {
+            Ok(error::ok(wallet.view()?))
+        }
+        WalletStatus::Frozen => Ok(error::ok(
+            change_status(&s.pool, &wallet, "frozen", Some(by)).await?,
+        )),
+    }
 }
 
-/// Moves a wallet from `from` to `to` (if it is still in `from`) and emits the event in
-/// the same transaction.
-async fn change_status(pool: &PgPool, id: Uuid, from: &str, to: &str) -> Result<Wallet, ApiError> {
+/// Moves `wallet` to `to`, frozen by `frozen_by`, if nobody changed its status or its
+/// freeze since it was read (an owner lifting their freeze must not lift a staff freeze
+/// made meanwhile), and emits the event in the same transaction.
+async fn change_status(
+    pool: &PgPool,
+    wallet: &WalletRow,
+    to: &str,
+    frozen_by: Option<&str>,
+) -> Result<Wallet, ApiError> {
+    let from = wallet.status.as_str();
     let mut tx = pool.begin().await?;
     let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE wallets SET status = $3, updated_at = now() WHERE id = $1 AND status = $2 \
+        "UPDATE wallets SET status = $3, frozen_by = $4, updated_at = now() \
+         WHERE id = $1 AND status = $2 AND frozen_by IS NOT DISTINCT FROM $5 \
          RETURNING {WALLET_COLUMNS}"
     )))
-    .bind(id)
+    .bind(wallet.id)
     .bind(from)
     .bind(to)
+    .bind(frozen_by)
+    .bind(wallet.frozen_by.as_deref())
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or_else(|| ApiError::conflict("the wallet changed meanwhile; retry"))?;
@@ -301,7 +341,10 @@ async fn change_status(pool: &PgPool, id: Uuid, from: &str, to: &str) -> Result<
         },
     )
     .map_err(|e| ApiError::internal(&e))?;
-    outbox::enqueue(&mut tx, &event).await?;
+    // A staff freeze over an owner's changes who froze it, not the status: no event.
+    if from != to {
+        outbox::enqueue(&mut tx, &event).await?;
+    }
     tx.commit().await?;
     row.view()
 }

@@ -1,0 +1,146 @@
+//! Attacks through the gateway by people with a staff role, or by the owner of a wallet
+//! staff froze: staff never decide on their own money, and an owner cannot undo a
+//! staff freeze.
+
+use finflow_e2e::client::{Client, User};
+use finflow_e2e::journey::{key, platform};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A 403 `FORBIDDEN` that gives `reason`.
+fn refused_because(answer: &finflow_e2e::client::Answer, reason: &str) {
+    assert_eq!(answer.error(StatusCode::FORBIDDEN), "FORBIDDEN");
+    assert_eq!(
+        answer.body["error"]["details"]["reason"], reason,
+        "{}",
+        answer.body
+    );
+}
+
+async fn payment(user: &User, id: &str) -> Value {
+    user.client
+        .get(&format!("/api/v1/payments/{id}"))
+        .await
+        .data(StatusCode::OK)
+        .clone()
+}
+
+#[tokio::test]
+async fn staff_can_neither_release_nor_reverse_their_own_payments() {
+    let mut platform = platform().await;
+    let client = Client::new(&platform.gateway_url);
+    // The launcher's ROLE_GRANTS give these addresses their staff roles at registration.
+    let (ops, own) = client
+        .user_with_email("ops@finflow.local")
+        .await
+        .with_wallet("USD")
+        .await;
+    let (officer, officers) = client
+        .user_with_email("compliance@finflow.local")
+        .await
+        .with_wallet("USD")
+        .await;
+    let (bob, bobs) = client.new_user("bob").await.with_wallet("USD").await;
+
+    // Over the AML threshold into their own wallet: held, and not theirs to release.
+    for (who, wallet) in [(&ops, &own), (&officer, &officers)] {
+        let held = who
+            .pay(
+                "deposit",
+                json!({"to_wallet_id": wallet, "amount": "10001.00", "currency": "USD"}),
+                &key(),
+                None,
+            )
+            .await;
+        let id = held.data(StatusCode::ACCEPTED)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let release = who
+            .client
+            .post(&format!("/api/v1/payments/{id}/release"), json!({}))
+            .await;
+        refused_because(&release, "own_payment");
+        assert_eq!(payment(who, &id).await["status"], "ON_HOLD");
+    }
+
+    // A transfer the ops user made is not theirs to reverse.
+    let funded = ops
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": own, "amount": "100.00", "currency": "USD"}),
+            &key(),
+            Some(20),
+        )
+        .await;
+    assert_eq!(funded.data(StatusCode::OK)["status"], "COMPLETED");
+    let paid = ops
+        .pay(
+            "transfer",
+            json!({"from_wallet_id": own, "to_wallet_id": bobs, "amount": "50.00", "currency": "USD"}),
+            &key(),
+            Some(20),
+        )
+        .await;
+    let paid = paid.data(StatusCode::OK).clone();
+    assert_eq!(paid["status"], "COMPLETED");
+    let id = paid["id"].as_str().unwrap();
+    let reverse = ops
+        .client
+        .post(&format!("/api/v1/payments/{id}/reverse"), json!({}))
+        .await;
+    refused_because(&reverse, "own_payment");
+    assert_eq!(payment(&ops, id).await["status"], "COMPLETED");
+    assert_eq!(
+        bob.balance(&bobs).await,
+        "50.00",
+        "the recipient keeps the money"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn an_owner_cannot_lift_a_staff_freeze_and_staff_cannot_touch_their_own_wallet() {
+    let mut platform = platform().await;
+    let client = Client::new(&platform.gateway_url);
+    let (ops, own) = client
+        .user_with_email("ops@finflow.local")
+        .await
+        .with_wallet("USD")
+        .await;
+    let (alice, a) = client.new_user("alice").await.with_wallet("USD").await;
+    let status = format!("/api/v1/wallets/{a}/status");
+
+    let frozen = ops.client.put(&status, json!({"status": "frozen"})).await;
+    assert_eq!(frozen.data(StatusCode::OK)["status"], "frozen");
+    for body in [json!({"status": "active"}), json!("active")] {
+        let lifted = alice.client.put(&status, body).await;
+        refused_because(&lifted, "staff_freeze");
+    }
+    let refused = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": a, "amount": "10.00", "currency": "USD"}),
+            &key(),
+            None,
+        )
+        .await;
+    assert_eq!(refused.error(StatusCode::BAD_REQUEST), "WALLET_NOT_ACTIVE");
+
+    // Staff lift it; the owner may then freeze and unfreeze it themselves.
+    let lifted = ops.client.put(&status, json!({"status": "active"})).await;
+    assert_eq!(lifted.data(StatusCode::OK)["status"], "active");
+    for to in ["frozen", "active"] {
+        let changed = alice.client.put(&status, json!({"status": to})).await;
+        assert_eq!(changed.data(StatusCode::OK)["status"], to);
+    }
+
+    // The ops user's own wallet is not theirs to change as staff.
+    let own_status = format!("/api/v1/wallets/{own}/status");
+    let touched = ops
+        .client
+        .put(&own_status, json!({"status": "frozen"}))
+        .await;
+    refused_because(&touched, "own_wallet");
+    platform.stop().await;
+}
