@@ -29,15 +29,17 @@ async fn payment(user: &User, id: &str) -> Value {
 async fn staff_can_neither_release_nor_reverse_their_own_payments() {
     let mut platform = platform().await;
     let client = Client::new(&platform.gateway_url);
-    // The launcher's ROLE_GRANTS give these addresses their staff roles at registration.
-    let (ops, own) = client
-        .user_with_email("ops@finflow.local")
+    // Staff roles are granted out of band, as an operator grants them.
+    let (ops, own) = platform
+        .staff_user(&client, "ops@finflow.local", "ops")
         .await
+        .unwrap_or_else(|e| panic!("granting ops: {e:#}"))
         .with_wallet("USD")
         .await;
-    let (officer, officers) = client
-        .user_with_email("compliance@finflow.local")
+    let (officer, officers) = platform
+        .staff_user(&client, "compliance@finflow.local", "compliance")
         .await
+        .unwrap_or_else(|e| panic!("granting compliance: {e:#}"))
         .with_wallet("USD")
         .await;
     let (bob, bobs) = client.new_user("bob").await.with_wallet("USD").await;
@@ -103,9 +105,10 @@ async fn staff_can_neither_release_nor_reverse_their_own_payments() {
 async fn an_owner_cannot_lift_a_staff_freeze_and_staff_cannot_touch_their_own_wallet() {
     let mut platform = platform().await;
     let client = Client::new(&platform.gateway_url);
-    let (ops, own) = client
-        .user_with_email("ops@finflow.local")
+    let (ops, own) = platform
+        .staff_user(&client, "ops@finflow.local", "ops")
         .await
+        .unwrap_or_else(|e| panic!("granting ops: {e:#}"))
         .with_wallet("USD")
         .await;
     let (alice, a) = client.new_user("alice").await.with_wallet("USD").await;
