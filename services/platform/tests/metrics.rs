@@ -42,13 +42,16 @@ fn histogram_samples_are_folded_into_buckets_without_a_scrape_so_memory_stays_bo
         .find_map(|l| l.strip_prefix("upkeep_test_seconds_count "))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no count in:\n{text}"));
-    // Never more than were recorded. A few may be missing: metrics-util's bucket loses a
-    // sample written into a block that a concurrent drain had already read (a push that
-    // loaded the tail block before the drain swapped it out), about one in tens of
-    // millions here with a drain every 20 ms. Latency histograms can take that; a drain
-    // that dropped blocks wholesale could not.
+    // Never more than were recorded, and not wholesale fewer. Some may be missing:
+    // metrics-util's bucket loses samples written into a block that a concurrent drain
+    // had already read (a push that loaded the tail block before the drain swapped it
+    // out). How many depends on how often the recording thread is descheduled against
+    // a drain every 20 ms: about one in tens of millions on an idle machine, 0.3% and
+    // 0.6% measured here with other builds running. Latency histograms can take that; a
+    // drain that dropped blocks wholesale would lose nearly every sample, which the 95%
+    // floor still catches whatever the load.
     assert!(
-        (SAMPLES - SAMPLES / 100_000..=SAMPLES).contains(&counted),
+        (SAMPLES - SAMPLES / 20..=SAMPLES).contains(&counted),
         "{counted} of {SAMPLES} samples counted"
     );
 }
