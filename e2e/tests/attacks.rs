@@ -147,3 +147,127 @@ async fn an_owner_cannot_lift_a_staff_freeze_and_staff_cannot_touch_their_own_wa
     refused_because(&touched, "own_wallet");
     platform.stop().await;
 }
+
+/// A 400 `VALIDATION_ERROR` in the envelope that gives `reason`.
+fn invalid_because(answer: &finflow_e2e::client::Answer, reason: &str) {
+    assert_eq!(answer.error(StatusCode::BAD_REQUEST), "VALIDATION_ERROR");
+    assert_eq!(
+        answer.body["error"]["details"]["reason"], reason,
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn nul_characters_and_array_bodies_get_a_400_in_the_envelope_never_a_500_or_a_change() {
+    let mut platform = platform().await;
+    let client = Client::new(&platform.gateway_url);
+    let ops = platform
+        .staff_user(&client, "ops@finflow.local", "ops")
+        .await
+        .unwrap_or_else(|e| panic!("granting ops: {e:#}"));
+    let (alice, a) = client.new_user("alice").await.with_wallet("USD").await;
+
+    // PostgreSQL cannot store NUL in text: each of these answered 500.
+    for query in ["currency=%00", "status=%00"] {
+        let answer = ops
+            .client
+            .get(&format!("/api/v1/reports/transactions?{query}"))
+            .await;
+        invalid_because(&answer, "nul_character");
+    }
+    let webhook = alice
+        .client
+        .post(
+            "/api/v1/webhooks",
+            json!({"url": "https://hooks.example.com/\u{0}"}),
+        )
+        .await;
+    invalid_because(&webhook, "nul_character");
+    let deposit = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": a, "amount": "10.00", "currency": "USD",
+                   "description": "rent\u{0}"}),
+            &key(),
+            None,
+        )
+        .await;
+    invalid_because(&deposit, "nul_character");
+    let bob = client.new_user("bob").await;
+    let kyc = bob
+        .client
+        .post(
+            "/api/v1/kyc/submit",
+            json!({"document_type": "passport", "document_number": "X1234567",
+                   "document_url": "https://documents.example.com/\u{0}.pdf"}),
+        )
+        .await;
+    invalid_because(&kyc, "nul_character");
+
+    // serde reads a struct from an array, field by field: this changed the profile.
+    let before = alice.client.get("/api/v1/users/me").await;
+    let before = before.data(StatusCode::OK).clone();
+    let array = alice
+        .client
+        .put("/api/v1/users/me", json!(["Array Name", "+14155550199"]))
+        .await;
+    invalid_because(&array, "array_body");
+    let after = alice.client.get("/api/v1/users/me").await;
+    assert_eq!(
+        after.data(StatusCode::OK),
+        &before,
+        "the profile is unchanged"
+    );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_its_headers_is_cut_off_and_an_oversized_head_gets_the_envelope() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut platform = platform().await;
+    let address = platform
+        .gateway_url
+        .trim_start_matches("http://")
+        .to_owned();
+
+    // Slowloris: a request line and one header, then nothing. The gateway's default
+    // head timeout is 10 s; these stayed open past 42 s.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        tcp.write_all(b"GET /api/v1/wallets HTTP/1.1\r\nHost: finflow\r\n")
+            .await
+            .unwrap();
+        stalled.push(tcp);
+    }
+    let started = tokio::time::Instant::now();
+    for tcp in &mut stalled {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout_at(
+            started + std::time::Duration::from_secs(20),
+            tcp.read(&mut byte),
+        )
+        .await
+        .expect("a stalled connection is closed within 20 s");
+        assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer");
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(8),
+        "closed by the head timeout, not at once"
+    );
+
+    // A 1 MiB header: 431, in the envelope like every other answer.
+    let big = reqwest::Client::new()
+        .get(format!("{}/api/v1/wallets", platform.gateway_url))
+        .header("x-padding", "a".repeat(1 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let body: Value = big.json().await.expect("a JSON body");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "HEADERS_TOO_LARGE");
+    platform.stop().await;
+}

@@ -476,7 +476,8 @@ async fn internal_user(
     who: Identity,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
-    who.require_service()?;
+    // B checks KYC and tier here before it opens a wallet or moves money.
+    who.require_service_of(&["wallet"])?;
     let user = user_by_id(&s.pool, id)
         .await?
         .ok_or_else(|| ApiError::not_found("user not found"))?;

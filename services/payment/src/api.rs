@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::idempotency::{Claim, Keys, Stored};
 use crate::model::{Kind, PAYMENT_COLUMNS, Payment, PaymentRequest, PaymentRow, Status};
 use crate::settle;
+use crate::waiters::Waiters;
 use crate::wallets::{WalletView, Wallets};
 
 /// Settings the handlers need.
@@ -36,6 +37,7 @@ pub struct AppState {
     pub keys: Keys,
     pub wallets: Wallets,
     pub settings: Arc<Settings>,
+    pub waiters: Waiters,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -187,7 +189,7 @@ async fn accept(
         };
         s.keys.complete(user, &key, &hash, stored.clone()).await;
         let response = match wait {
-            Some(w) => wait_for_terminal(&s.pool, row.id, w).await?,
+            Some(w) => wait_for_terminal(&s, row.id, w).await?,
             None => stored_response(stored, !fresh),
         };
         Ok(response)
@@ -205,24 +207,29 @@ fn key_reused() -> ApiError {
 
 async fn replay_after_wait(s: &AppState, stored: &Stored, wait: Duration) -> Option<Response> {
     let id: Uuid = serde_json::from_value(stored.body["data"]["id"].clone()).ok()?;
-    wait_for_terminal(&s.pool, id, wait).await.ok()
+    wait_for_terminal(s, id, wait).await.ok()
 }
 
-/// Polls until the payment is terminal or `wait` passes: 200 when terminal, else 202.
-async fn wait_for_terminal(pool: &PgPool, id: Uuid, wait: Duration) -> Result<Response, ApiError> {
+/// Waits until the payment is terminal or `wait` passes: 200 when terminal, else 202.
+/// Woken by the payment's settlement ([`Waiters`]); with every wait slot taken, answers
+/// at once.
+async fn wait_for_terminal(s: &AppState, id: Uuid, wait: Duration) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
+    // Watching before the first read: a settlement between the two is not missed.
+    let mut watching = s.waiters.watch(id);
+    let mut out_of_time = false;
     loop {
-        let row = payment(pool, id)
+        let row = payment(&s.pool, id)
             .await?
             .ok_or_else(|| ApiError::not_found("payment not found"))?;
         let view = row.view()?;
         if view.status.is_terminal() {
             return Ok(error::ok(view));
         }
-        if tokio::time::Instant::now() >= deadline {
+        let Some(wait) = watching.as_mut().filter(|_| !out_of_time) else {
             return Ok(error::with_status(StatusCode::ACCEPTED, view));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        out_of_time = wait.next(deadline).await;
     }
 }
 

@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod model;
 pub mod settle;
 pub mod sweeper;
+pub mod waiters;
 pub mod wallets;
 pub mod worker;
 
@@ -103,6 +104,9 @@ pub struct Config {
     /// Longest `Prefer: wait=N` honoured, in seconds.
     #[arg(long, env = "MAX_PREFER_WAIT_SECS", default_value_t = 30)]
     pub max_prefer_wait_secs: u64,
+    /// Requests that may wait (`Prefer: wait`) at once; more are answered at once.
+    #[arg(long, env = "MAX_PREFER_WAITERS", default_value_t = 512)]
+    pub max_prefer_waiters: usize,
 }
 
 impl HasServiceConfig for Config {
@@ -210,6 +214,12 @@ pub async fn run(
     let api_routes = if config.role == Role::Worker {
         axum::Router::new()
     } else {
+        let waiters = waiters::Waiters::new(config.max_prefer_waiters);
+        background.spawn(
+            waiters
+                .clone()
+                .listen(pool.clone(), background.stop_token()),
+        );
         let aml_hold_threshold =
             Amount::parse(&config.aml_hold_threshold).map_err(anyhow::Error::from)?;
         api::router(api::AppState {
@@ -221,6 +231,7 @@ pub async fn run(
                 max_wait: Duration::from_secs(config.max_prefer_wait_secs),
                 duplicate_wait: Duration::from_secs(5),
             }),
+            waiters,
         })
     };
     tracing::info!(role = ?config.role, "payment starting");

@@ -109,6 +109,7 @@ impl Stand {
                 max_wait: Duration::from_secs(1),
                 duplicate_wait: Duration::from_secs(1),
             }),
+            waiters: finflow_payment::waiters::Waiters::new(16),
         });
         Self {
             base: serve(api).await,

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     RateLimited,
     InternalError,
     DependencyUnavailable,
+    /// The request's head is larger than the proxy reads.
+    HeadersTooLarge,
+    UriTooLong,
 }
 
 impl ErrorCode {
@@ -49,6 +52,8 @@ impl ErrorCode {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -68,6 +73,8 @@ impl ErrorCode {
             Self::RateLimited => "RATE_LIMITED",
             Self::InternalError => "INTERNAL_ERROR",
             Self::DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
+            Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
+            Self::UriTooLong => "URI_TOO_LONG",
         }
     }
 }
@@ -291,6 +298,8 @@ mod tests {
             ErrorCode::RateLimited,
             ErrorCode::InternalError,
             ErrorCode::DependencyUnavailable,
+            ErrorCode::HeadersTooLarge,
+            ErrorCode::UriTooLong,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),
@@ -314,6 +323,10 @@ mod tests {
         assert_eq!(
             ErrorCode::DependencyUnavailable.status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ErrorCode::HeadersTooLarge.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }
 

@@ -160,6 +160,22 @@ impl Identity {
             .ok_or_else(|| ApiError::forbidden("requires a service token"))
     }
 
+    /// `403 FORBIDDEN` unless the caller is one of the services `allowed`: an
+    /// `/internal/*` route opens only to the services that need it, so a leaked secret
+    /// of one service opens only what that service may do.
+    pub fn require_service_of(&self, allowed: &[&str]) -> Result<&str, ApiError> {
+        let service = self.require_service()?;
+        if allowed.contains(&service) {
+            Ok(service)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this route is open to the services {}, not to {service}",
+                allowed.join(", ")
+            ))
+            .with_details(serde_json::json!({ "reason": "service_not_allowed" })))
+        }
+    }
+
     /// The caller as a user. A service token has no user id: `403 FORBIDDEN`.
     pub fn user_id(&self) -> Result<Uuid, ApiError> {
         Uuid::parse_str(&self.subject).map_err(|_| ApiError::forbidden("requires a user token"))
@@ -302,6 +318,23 @@ mod tests {
             who.require_service().is_err(),
             "a user token never opens /internal"
         );
+    }
+
+    #[tokio::test]
+    async fn an_internal_route_opens_only_to_the_services_it_names() {
+        let who = extract(&[
+            (USER_ID, "service:notification"),
+            (USER_ROLES, "service:notification"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            who.require_service_of(&["notification"]).unwrap(),
+            "notification"
+        );
+        let refused = who.require_service_of(&["payment"]).unwrap_err();
+        assert_eq!(refused.status(), axum::http::StatusCode::FORBIDDEN);
+        assert_eq!(refused.details.unwrap()["reason"], "service_not_allowed");
     }
 
     #[tokio::test]

@@ -100,7 +100,10 @@ pub struct LedgerTotal {
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct PaymentLine {
     pub payment_id: Uuid,
-    pub user_id: Uuid,
+    /// Who made the payment. Absent on a statement's line for money someone else sent
+    /// the caller: a statement does not tell its reader who the sender is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
     pub kind: String,
     pub status: String,
     #[schema(value_type = String)]
@@ -193,7 +196,7 @@ async fn transactions(
             for p in &payments {
                 let fields = [
                     p.payment_id.to_string(),
-                    p.user_id.to_string(),
+                    p.user_id.map(|u| u.to_string()).unwrap_or_default(),
                     p.kind.clone(),
                     p.status.clone(),
                     p.amount.to_string(),
@@ -361,8 +364,8 @@ pub struct StatementLine {
     /// received); `out`: money out of them (their transfer, their withdrawal).
     #[schema(example = "in")]
     pub direction: String,
-    /// The payment; its `user_id` made it: the user, or on a received transfer its
-    /// sender.
+    /// The payment; `user_id` is the caller on payments they made and absent on
+    /// transfers they received.
     #[serde(flatten)]
     #[sqlx(flatten)]
     pub payment: PaymentLine,
@@ -378,7 +381,7 @@ pub async fn statement_lines(pool: &PgPool, user: Uuid) -> Result<Vec<StatementL
                 payment_id, user_id, kind, status, amount, currency, failure_code, created_at, completed_at \
          FROM payments_rm WHERE user_id = $1 \
          UNION ALL \
-         SELECT 'in', p.payment_id, p.user_id, p.kind, p.status, p.amount, p.currency, p.failure_code, \
+         SELECT 'in', p.payment_id, NULL::uuid, p.kind, p.status, p.amount, p.currency, p.failure_code, \
                 p.created_at, p.completed_at \
          FROM payments_rm p JOIN wallets_rm w ON w.wallet_id = p.to_wallet_id \
          WHERE w.user_id = $1 AND p.user_id <> $1 AND p.kind = 'transfer' \

@@ -385,6 +385,42 @@ async fn a_republished_payment_request_leaves_the_reports_unchanged() {
 }
 
 #[tokio::test]
+async fn a_received_transfer_on_a_statement_does_not_name_its_sender() {
+    let db = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let t = Transfer {
+        id: Uuid::new_v4(),
+        payer: alice,
+        from: a,
+        to: b,
+    };
+    apply(
+        &db,
+        &[
+            wallet_event(a, alice, "active", None, 0),
+            wallet_event(b, bob, "active", None, 0),
+            transfer_event(types::PAYMENT_REQUESTED, t, "PENDING", "25.00", 0),
+            transfer_event(types::PAYMENT_COMPLETED, t, "COMPLETED", "25.00", 10),
+        ],
+    )
+    .await;
+    let received = statement_lines(&db.pool, bob).await.unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].direction, "in");
+    assert_eq!(received[0].payment.user_id, None, "the sender is not named");
+    let json = serde_json::to_value(&received[0]).unwrap();
+    assert!(json.get("user_id").is_none(), "{json}");
+    assert!(!json.to_string().contains(&alice.to_string()), "{json}");
+    let sent = statement_lines(&db.pool, alice).await.unwrap();
+    assert_eq!(
+        sent[0].payment.user_id,
+        Some(alice),
+        "the payer's own line is theirs"
+    );
+}
+
+#[tokio::test]
 async fn events_arriving_out_of_order_converge_to_the_newest_fact() {
     let db = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
     let (user, payment) = (Uuid::new_v4(), Uuid::new_v4());

@@ -184,6 +184,22 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_DRAIN_SECS", default_value_t = 0)]
     pub shutdown_drain_secs: u64,
 
+    /// How long a client has to send a request's head, from its first byte (a new
+    /// connection's first request: from the connection), in milliseconds. Slower
+    /// connections are closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a kept-alive connection may wait for its next request, in seconds.
+    /// Longer than the 60 s load balancers commonly keep idle connections to a backend,
+    /// so that they close first and never reuse one this end is closing.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    pub idle_timeout_secs: u64,
+
+    /// Client connections open at once; more are answered 503 and closed.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
 }
@@ -303,6 +319,8 @@ pub struct Settings {
     pub event_loops: usize,
     /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `HEADER_READ_TIMEOUT_MS`, `IDLE_TIMEOUT_SECS`, `MAX_CONNECTIONS`.
+    pub limits: crate::connections::Limits,
 }
 
 /// The operator's `sidecar.json`.
@@ -389,8 +407,17 @@ impl Config {
                     .ok()
             })
             .collect();
-        if self.upstream_timeout_ms == 0 {
-            errors.push("UPSTREAM_TIMEOUT_MS must be greater than zero".to_owned());
+        for (name, value) in [
+            ("UPSTREAM_TIMEOUT_MS", self.upstream_timeout_ms),
+            ("HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms),
+            ("IDLE_TIMEOUT_SECS", self.idle_timeout_secs),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.max_connections == 0 {
+            errors.push("MAX_CONNECTIONS must be greater than zero".to_owned());
         }
         let mode = match self.mode {
             Mode::Sidecar => self
@@ -406,6 +433,11 @@ impl Config {
                 upstream_timeout: Duration::from_millis(self.upstream_timeout_ms),
                 shutdown_drain: Duration::from_secs(self.shutdown_drain_secs),
                 trusted_proxies,
+                limits: crate::connections::Limits {
+                    header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+                    idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                    max_connections: self.max_connections,
+                },
                 event_loops: match self.worker_threads {
                     0 => std::thread::available_parallelism().map_or(1, usize::from),
                     n => n,

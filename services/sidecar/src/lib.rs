@@ -40,6 +40,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connections;
 pub mod gateway;
 pub mod headers;
 pub mod jwks;
@@ -125,6 +126,7 @@ pub async fn run(
     describe_metrics();
     let drain = settings.shutdown_drain;
     let loops = settings.event_loops;
+    let limits = settings.limits;
     let mut tasks = Tasks::default();
     let (app, health) = build(settings, &mut tasks);
 
@@ -141,7 +143,7 @@ pub async fn run(
             cancel.cancel();
         });
     }
-    let proxy = server::serve(listener, app, loops, cancel.clone());
+    let proxy = server::serve(listener, app, loops, limits, cancel.clone());
     let admin = async {
         match admin {
             Some(listener) => {

@@ -27,11 +27,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::connections::{Admitted, ClientIo, HeadTimer, Limits, Open, Reads};
 use crate::proxy::{self, Peer, Proxy};
 use crate::upstream::{Driver, Upstreams};
 
 /// Serves `proxy` on `listener` with `loops` event loops until `stop` is cancelled,
-/// then lets requests in flight finish and returns when every loop has.
+/// then lets requests in flight finish and returns when every loop has. `limits`
+/// bounds each connection's head and idle time and how many are open at once.
 ///
 /// The caller's task accepts and is the first loop; each other loop is a thread with a
 /// single-threaded runtime, like nginx's workers. Accepted connections are dealt round
@@ -42,6 +44,7 @@ pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     loops: usize,
+    limits: Limits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     // However this ends (stopped, failed, or the future dropped), the other loops end.
@@ -50,10 +53,16 @@ pub async fn serve(
     let mut finished = Vec::new();
     for index in 1..loops.max(1) {
         let (handoff, handed) = mpsc::unbounded_channel();
-        finished.push(spawn_loop(index, handed, Arc::clone(&proxy), stop.clone())?);
+        finished.push(spawn_loop(
+            index,
+            handed,
+            Arc::clone(&proxy),
+            limits,
+            stop.clone(),
+        )?);
         handoffs.push(handoff);
     }
-    let accepted = accept(listener, proxy, handoffs, stop).await;
+    let accepted = accept(listener, proxy, handoffs, limits, stop).await;
     for loop_done in finished {
         // A loop whose thread died without answering has nothing left to finish.
         let _ = loop_done.await;
@@ -62,7 +71,7 @@ pub async fn serve(
 }
 
 /// A connection accepted by the first loop for another one.
-type Handoff = (std::net::TcpStream, SocketAddr);
+type Handoff = (std::net::TcpStream, SocketAddr, Admitted);
 
 /// Accepts until `stop`, dealing connections to this loop and to `handoffs` in turn,
 /// then waits for this loop's connections. Dropping `handoffs` on return tells the
@@ -71,23 +80,36 @@ async fn accept(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     handoffs: Vec<mpsc::UnboundedSender<Handoff>>,
+    limits: Limits,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let mut connections = JoinSet::new();
     let mut turn = 0usize;
+    let open = Open::new(limits.max_connections);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let Some(admitted) = open.admit() else {
+                        refuse(&tcp, peer);
+                        continue;
+                    };
                     let slot = turn % (handoffs.len() + 1);
                     turn = turn.wrapping_add(1);
-                    let tcp = match slot.checked_sub(1).and_then(|i| handoffs.get(i)) {
-                        None => Some(tcp),
-                        Some(handoff) => hand_off(handoff, tcp, peer),
+                    let kept = match slot.checked_sub(1).and_then(|i| handoffs.get(i)) {
+                        None => Some((tcp, admitted)),
+                        Some(handoff) => hand_off(handoff, tcp, peer, admitted),
                     };
-                    if let Some(tcp) = tcp {
-                        connections.spawn(connection(tcp, peer, Arc::clone(&proxy), stop.clone()));
+                    if let Some((tcp, admitted)) = kept {
+                        connections.spawn(connection(
+                            tcp,
+                            peer,
+                            Arc::clone(&proxy),
+                            limits,
+                            admitted,
+                            stop.clone(),
+                        ));
                     }
                 }
                 Err(e) if is_connection_error(&e) => {}
@@ -107,12 +129,20 @@ async fn accept(
     Ok(())
 }
 
+/// A connection over the cap: told so (if its socket takes the answer at once) and
+/// closed, without a task or a read.
+fn refuse(tcp: &TcpStream, peer: SocketAddr) {
+    tracing::warn!(%peer, "connection refused: as many connections are open as allowed");
+    let _ = tcp.try_write(crate::connections::over_capacity_answer());
+}
+
 /// Gives `tcp` to another loop; hands it back when that loop is gone.
 fn hand_off(
     handoff: &mpsc::UnboundedSender<Handoff>,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<TcpStream> {
+    admitted: Admitted,
+) -> Option<(TcpStream, Admitted)> {
     let std_tcp = match tcp.into_std() {
         Ok(std_tcp) => std_tcp,
         Err(e) => {
@@ -120,9 +150,11 @@ fn hand_off(
             return None;
         }
     };
-    match handoff.send((std_tcp, peer)) {
+    match handoff.send((std_tcp, peer, admitted)) {
         Ok(()) => None,
-        Err(mpsc::error::SendError((std_tcp, _))) => TcpStream::from_std(std_tcp).ok(),
+        Err(mpsc::error::SendError((std_tcp, _, admitted))) => {
+            TcpStream::from_std(std_tcp).ok().map(|tcp| (tcp, admitted))
+        }
     }
 }
 
@@ -133,6 +165,7 @@ fn spawn_loop(
     index: usize,
     mut handed: mpsc::UnboundedReceiver<Handoff>,
     proxy: Arc<Proxy>,
+    limits: Limits,
     stop: CancellationToken,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -147,9 +180,16 @@ fn spawn_loop(
                 loop {
                     tokio::select! {
                         next = handed.recv() => match next {
-                            Some((std_tcp, peer)) => match TcpStream::from_std(std_tcp) {
+                            Some((std_tcp, peer, admitted)) => match TcpStream::from_std(std_tcp) {
                                 Ok(tcp) => {
-                                    connections.spawn(connection(tcp, peer, Arc::clone(&proxy), stop.clone()));
+                                    connections.spawn(connection(
+                                        tcp,
+                                        peer,
+                                        Arc::clone(&proxy),
+                                        limits,
+                                        admitted,
+                                        stop.clone(),
+                                    ));
                                 }
                                 Err(e) => tracing::warn!(error = %e, %peer, "cannot take over a connection"),
                             },
@@ -182,7 +222,15 @@ struct Connection {
     client: Peer,
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, stop: CancellationToken) {
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    // Held until the connection closes: its place under the cap.
+    _admitted: Admitted,
+    stop: CancellationToken,
+) {
     // Answers are small and written whole: send them at once.
     let _ = tcp.set_nodelay(true);
     let (drivers_tx, mut drivers_rx) = mpsc::unbounded_channel::<Driver>();
@@ -199,7 +247,12 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>, stop: C
             )
         }
     });
-    let served = http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+    let reads = Arc::new(Reads::default());
+    let served = http1::Builder::new()
+        .timer(HeadTimer::new(Arc::clone(&reads), limits))
+        // Turns the timer on; how long a wait lasts is the timer's call.
+        .header_read_timeout(limits.idle_timeout)
+        .serve_connection(TokioIo::new(ClientIo::new(tcp, reads)), service);
     let mut served = pin!(served);
     let mut upstream_io = FuturesUnordered::new();
     // Made once: a `cancelled()` made per wake-up would register with (and leave) the

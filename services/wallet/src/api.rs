@@ -236,6 +236,9 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
     }
 }
 
+/// The services `/internal/*` opens to: payments are C's alone.
+const PAYMENT_SERVICE: &[&str] = &["payment"];
+
 /// The body of `PUT .../status`: `{"status": "frozen"}`, or the bare string `"frozen"`
 /// (the FinFlow seed's scripts send that).
 #[derive(Deserialize, ToSchema)]
@@ -456,7 +459,8 @@ async fn internal_wallet(
     who: Identity,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
-    who.require_service()?;
+    // Only C moves money between wallets or reads them for a payment.
+    who.require_service_of(PAYMENT_SERVICE)?;
     let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {WALLET_COLUMNS} FROM wallets WHERE id = $1 AND kind = 'user'"
     )))
@@ -500,7 +504,8 @@ async fn void_transfer(
     Path(id): Path<Uuid>,
     Json(req): Json<VoidRequest>,
 ) -> ApiResult {
-    who.require_service()?;
+    // Only C moves money between wallets or reads them for a payment.
+    who.require_service_of(PAYMENT_SERVICE)?;
     Ok(error::ok(ledger::void(&s.pool, id, &req.reason).await?))
 }
 
@@ -514,7 +519,8 @@ async fn transfer(
     who: Identity,
     Json(req): Json<TransferRequest>,
 ) -> ApiResult {
-    who.require_service()?;
+    // Only C moves money between wallets or reads them for a payment.
+    who.require_service_of(PAYMENT_SERVICE)?;
     let limit = match req.from_wallet_id {
         Some(from)
             if matches!(

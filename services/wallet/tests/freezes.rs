@@ -1,6 +1,6 @@
-//! Who may freeze and unfreeze a wallet, through `PUT /api/v1/wallets/{id}/status` on a
-//! real socket against real PostgreSQL. Requests carry the identity headers a sidecar
-//! would set.
+//! Who may change a wallet, on a real socket against real PostgreSQL: who may freeze
+//! and unfreeze it (`PUT /api/v1/wallets/{id}/status`), and which service may move its
+//! money (`/internal/transfers`). Requests carry the identity headers a sidecar would set.
 
 use std::sync::Arc;
 
@@ -83,6 +83,49 @@ impl Stand {
         let code = response.status().as_u16();
         (code, response.json().await.unwrap())
     }
+}
+
+impl Stand {
+    /// `POST /internal/transfers` with the token of `service`.
+    async fn internal_transfer(&self, service: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/internal/transfers", self.base))
+            .header("x-user-id", format!("service:{service}"))
+            .header("x-user-roles", format!("service:{service}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap())
+    }
+
+    async fn balance(&self, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT balance::text FROM wallets WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_service_other_than_payment_cannot_mint_money_through_internal_transfers() {
+    let stand = Stand::start().await;
+    let wallet = stand.wallet(Uuid::now_v7()).await;
+    let before = stand.balance(wallet).await;
+    let deposit = json!({"transfer_id": Uuid::now_v7(), "kind": "deposit",
+        "to_wallet_id": wallet, "amount": "1000000.00", "currency": "USD"});
+    for leaked in ["notification", "kyc", "reporting", "auth", "wallet"] {
+        let answer = stand.internal_transfer(leaked, &deposit).await;
+        assert_forbidden(answer, "service_not_allowed");
+    }
+    assert_eq!(stand.balance(wallet).await, before, "no money was made");
+    let (status, body) = stand.internal_transfer("payment", &deposit).await;
+    assert!(
+        status < 300,
+        "payment's own transfer goes through: {status} {body}"
+    );
 }
 
 fn assert_forbidden((status, body): (u16, Value), reason: &str) {
