@@ -613,12 +613,15 @@ async fn the_openapi_document_lists_the_auth_routes() {
         "/api/v1/auth/token",
         "/api/v1/users/me",
         "/.well-known/jwks.json",
-        "/health",
     ] {
         assert!(
             doc["paths"][path].is_object(),
             "{path} missing from {}",
             doc["paths"]
         );
+    }
+    // What the gateway never routes is not published.
+    for path in ["/internal/users/{id}", "/health"] {
+        assert!(doc["paths"].get(path).is_none(), "{path} is published");
     }
 }

@@ -146,6 +146,7 @@ pub struct Health {
 /// Status of one dependency or of the whole service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = HealthStatus)]
 pub enum Status {
     Up,
     Degraded,

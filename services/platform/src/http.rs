@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -95,7 +96,8 @@ struct PlatformApi;
 
 /// Wraps a service's API with the platform routes and middleware.
 ///
-/// `openapi` is the service's document; the platform's own paths are merged into it.
+/// `openapi` is the service's document; `/openapi.json` serves it as published for
+/// clients of the gateway ([`crate::openapi::publish`]).
 pub fn router(
     api: Router,
     health: Health,
@@ -103,7 +105,8 @@ pub fn router(
     max_body_bytes: usize,
 ) -> Router {
     openapi.merge(PlatformApi::openapi());
-    let openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    let mut openapi_json = serde_json::to_value(&openapi).unwrap_or_default();
+    crate::openapi::publish(&mut openapi_json);
     let platform = Router::new()
         .route("/health", get(health_report))
         .route("/ready", get(ready))
@@ -117,6 +120,7 @@ pub fn router(
     api.merge(platform)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(drain_unread_body))
         .layer(middleware::from_fn(track_metrics))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
@@ -284,4 +288,94 @@ pub async fn drain_on_signal(health: Health, drain: Duration) {
     shutdown_signal().await;
     health.stop_serving();
     tokio::time::sleep(drain).await;
+}
+
+/// The most of a request body a service reads and drops after answering without it.
+const DRAIN_BYTES: usize = 16 << 20;
+/// And for how long.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and drops what a handler left of its request's body before the answer goes
+/// out.
+///
+/// An answer given before the body was read (405, a wrong content type, a body over
+/// the limit, a refusal that needed no body) would otherwise be followed by a close
+/// with unread bytes, which resets the connection: the caller (the sidecar, still
+/// writing the body) then sees a failed write instead of the answer, and reports 502.
+/// Past [`DRAIN_BYTES`] or [`DRAIN_TIME`] the answer says `Connection: close`.
+async fn drain_unread_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let left = Arc::new(Mutex::new(None));
+    let tracked = Body::new(Tracked {
+        inner: Some(body),
+        left: Arc::clone(&left),
+    });
+    let mut response = next.run(Request::from_parts(parts, tracked)).await;
+    let unread = left.lock().expect("drain lock").take();
+    if let Some(unread) = unread {
+        let mut frames = unread.into_data_stream();
+        let mut dropped = 0usize;
+        let drained = tokio::time::timeout(DRAIN_TIME, async {
+            while let Some(Ok(chunk)) = frames.next().await {
+                dropped += chunk.len();
+                if dropped > DRAIN_BYTES {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if drained != Ok(true) {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+    response
+}
+
+/// A request body that hands back what is left of it when dropped unfinished.
+struct Tracked {
+    inner: Option<Body>,
+    left: Arc<Mutex<Option<Body>>>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.inner.as_mut() {
+            Some(inner) => std::pin::Pin::new(inner).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take()
+            && !http_body::Body::is_end_stream(&inner)
+            && let Ok(mut left) = self.left.lock()
+        {
+            *left = Some(inner);
+        }
+    }
 }

@@ -35,6 +35,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod money;
+pub mod openapi;
 pub mod service;
 pub mod telemetry;
 pub mod testing;

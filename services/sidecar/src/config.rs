@@ -20,9 +20,7 @@ use crate::jwt::Policy;
 use crate::paths::{PathPatterns, Service};
 
 /// Paths that pass without a token unless configured otherwise.
-pub const DEFAULT_PUBLIC_PATHS: &str = "/health,/ready,/metrics,/openapi.json,\
-/.well-known/jwks.json,/api/v1/auth/register,/api/v1/auth/login,/api/v1/auth/refresh,\
-/api/v1/auth/logout,/api/v1/auth/token";
+pub const DEFAULT_PUBLIC_PATHS: &str = finflow_platform::openapi::PUBLIC_PATHS;
 
 /// Which verified claim becomes which header, unless configured otherwise.
 pub const DEFAULT_CLAIM_HEADERS: &str = "sub:x-user-id,email:x-user-email,roles:x-user-roles,\

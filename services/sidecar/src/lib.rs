@@ -46,6 +46,7 @@ pub mod headers;
 pub mod jwks;
 pub mod jwt;
 pub mod limit;
+pub mod openapi;
 pub mod paths;
 pub mod proxy;
 pub mod server;
@@ -253,16 +254,22 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
             if gateway.routes.is_empty() {
                 tracing::warn!("gateway mode without any ROUTE_* set: every route answers 503");
             }
+            let documents =
+                openapi::Documents::new(gateway.routes.clone(), proxy::http_client(), VERSION);
             let gate = Gate::Gateway(GatewayGate::new(gateway));
             let own = Router::new()
                 .route(
                     "/health",
                     get(admin::health_report).with_state(health.clone()),
                 )
+                .route(
+                    "/openapi.json",
+                    get(openapi::document).with_state(documents),
+                )
                 .method_not_allowed_fallback(admin::method_not_allowed);
             let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
                 .trusting(settings.trusted_proxies)
-                .answering("/health", own);
+                .answering(&["/health", "/openapi.json"], own);
             (Arc::new(proxy), health)
         }
     }

@@ -150,8 +150,9 @@ pub struct Proxy {
     strip: Vec<HeaderName>,
     /// A span per request (traces are exported); else only the trace context hops.
     spans: bool,
-    /// Routes the listener answers itself (the gateway's `/health`), by exact path.
-    local: Option<(&'static str, Router)>,
+    /// Routes the listener answers itself (the gateway's `/health` and
+    /// `/openapi.json`), by exact path.
+    local: Option<(&'static [&'static str], Router)>,
     /// Peers whose `X-Forwarded-For` is believed.
     trusted: Vec<ipnet::IpNet>,
     meters: Meters,
@@ -177,10 +178,10 @@ impl Proxy {
         self
     }
 
-    /// Answers `path` with `router` instead of forwarding it.
+    /// Answers `paths` with `router` instead of forwarding them.
     #[must_use]
-    pub fn answering(mut self, path: &'static str, router: Router) -> Self {
-        self.local = Some((path, router));
+    pub fn answering(mut self, paths: &'static [&'static str], router: Router) -> Self {
+        self.local = Some((paths, router));
         self
     }
 
@@ -313,8 +314,8 @@ pub async fn handle(
     peer: &Peer,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if let Some((path, router)) = &proxy.local
-        && request.uri().path() == *path
+    if let Some((paths, router)) = &proxy.local
+        && paths.contains(&request.uri().path())
     {
         return answer_locally(router, request).await.map(Either::Right);
     }
