@@ -140,6 +140,8 @@ async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order
             "install",
             "finflow",
             "charts/finflow",
+            "-f",
+            "charts/finflow/values-dev.yaml",
             "-n",
             &platform_ns,
             "--create-namespace",
