@@ -119,6 +119,11 @@ pub struct Config {
     #[arg(long, env = "JWKS_EPOCH_FILE")]
     pub jwks_epoch_file: Option<std::path::PathBuf>,
 
+    /// PEM certificates trusted for an https `JWKS_URI` besides the system's roots (a
+    /// cluster's own CA).
+    #[arg(long, env = "JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<std::path::PathBuf>,
+
     /// Paths that pass without a token, comma separated; an entry ending in `*` is a prefix.
     /// `/internal/*` is never public.
     #[arg(long, env = "PUBLIC_PATHS", default_value = DEFAULT_PUBLIC_PATHS)]
@@ -262,6 +267,8 @@ pub enum KeySource {
         min_refresh: Duration,
         /// Watched for the issuer's epoch ([`Config::jwks_epoch_file`]).
         epoch_file: Option<std::path::PathBuf>,
+        /// Trusted besides the system's roots for an https URI.
+        ca_file: Option<std::path::PathBuf>,
     },
     /// A shared secret; only HS256 tokens are accepted.
     Hs256(SecretString),
@@ -530,9 +537,11 @@ impl Config {
 
     fn jwks_source(&self, uri: &str, errors: &mut Vec<String>) -> Option<KeySource> {
         let parsed: Option<Uri> = uri.trim().parse().ok();
-        let Some(uri) = parsed.filter(|u| u.scheme() == Some(&Scheme::HTTP) && u.host().is_some())
-        else {
-            errors.push("JWKS_URI must be an http:// URL".to_owned());
+        let Some(uri) = parsed.filter(|u| {
+            (u.scheme() == Some(&Scheme::HTTP) || u.scheme() == Some(&Scheme::HTTPS))
+                && u.host().is_some()
+        }) else {
+            errors.push("JWKS_URI must be an http:// or https:// URL".to_owned());
             return None;
         };
         if self.jwks_refresh_secs == 0 {
@@ -544,6 +553,7 @@ impl Config {
             refresh_every: Duration::from_secs(self.jwks_refresh_secs),
             min_refresh: Duration::from_secs(self.jwks_min_refresh_secs),
             epoch_file: self.jwks_epoch_file.clone(),
+            ca_file: self.jwks_ca_file.clone(),
         })
     }
 
@@ -715,13 +725,13 @@ mod tests {
             "--listen=127.0.0.1:0",
             "--admin=127.0.0.1:0",
             "--upstream=http://127.0.0.1:9001/api",
-            "--jwks-uri=https://auth/.well-known/jwks.json",
+            "--jwks-uri=ftp://auth/.well-known/jwks.json",
             "--jwt-issuer=i",
             "--jwt-audiences=a",
         ]);
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[0].contains("UPSTREAM must be a base URL"));
-        assert!(found[1].contains("JWKS_URI must be an http:// URL"));
+        assert!(found[1].contains("JWKS_URI must be an http:// or https:// URL"));
     }
 
     #[test]

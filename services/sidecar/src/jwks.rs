@@ -18,7 +18,10 @@ use http::{Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
 use crate::jwt::Keys;
-use crate::proxy::HttpClient;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,10 +31,63 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The client that fetches the JWK set: http, or https verified against the system's
+/// roots and any `JWKS_CA_FILE` certificates.
+pub type JwksClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A [`JwksClient`] trusting the system's roots and the PEM certificates in `ca_file`.
+pub fn client(ca_file: Option<&std::path::Path>) -> Result<JwksClient, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A system certificate rustls cannot use is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("JWKS_CA_FILE {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("JWKS_CA_FILE {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "JWKS_CA_FILE {} holds no certificate",
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("JWKS_CA_FILE {}: {e}", path.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(crate::upstream::CONNECT_TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
+}
+
 /// The verification keys of a JWK set, as last fetched.
 pub struct JwksCache {
     uri: Uri,
-    client: HttpClient,
+    client: JwksClient,
     keys: RwLock<Option<Arc<Keys>>>,
     /// When the last refetch caused by an unknown `kid` happened; the lock also makes
     /// concurrent requests with unknown kids wait for one refetch instead of each doing one.
@@ -40,7 +96,7 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(uri: Uri, client: HttpClient, min_refresh: Duration) -> Self {
+    pub fn new(uri: Uri, client: JwksClient, min_refresh: Duration) -> Self {
         Self {
             uri,
             client,

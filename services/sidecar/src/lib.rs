@@ -129,7 +129,7 @@ pub async fn run(
     let loops = settings.event_loops;
     let limits = settings.limits;
     let mut tasks = Tasks::default();
-    let (app, health) = build(settings, &mut tasks);
+    let (app, health) = build(settings, &mut tasks)?;
 
     let cancel = CancellationToken::new();
     {
@@ -191,7 +191,7 @@ pub async fn wait_live(admin: SocketAddr, within: Duration) -> Result<(), String
 }
 
 /// The proxy and the health checks `/ready` reports, for the configured mode.
-fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
+fn build(settings: Settings, tasks: &mut Tasks) -> Result<(Arc<Proxy>, Health), RunError> {
     let strip = settings.claim_headers.stripped();
     match settings.mode {
         ModeSettings::Sidecar(sidecar) => {
@@ -207,8 +207,13 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
                     refresh_every,
                     min_refresh,
                     epoch_file,
+                    ca_file,
                 } => {
-                    let cache = Arc::new(JwksCache::new(uri, proxy::http_client(), min_refresh));
+                    let client = match jwks::client(ca_file.as_deref()) {
+                        Ok(client) => client,
+                        Err(e) => return Err(RunError::Config(vec![e])),
+                    };
+                    let cache = Arc::new(JwksCache::new(uri, client, min_refresh));
                     tasks.spawn(Arc::clone(&cache).keep_fresh(refresh_every));
                     if let Some(path) = epoch_file {
                         tasks.spawn(jwks::follow_epoch(
@@ -243,7 +248,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
             }));
             let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
                 .trusting(settings.trusted_proxies);
-            (Arc::new(proxy), health.build())
+            Ok((Arc::new(proxy), health.build()))
         }
         ModeSettings::Gateway(gateway) => {
             let mut health = Health::builder("finflow-gateway", VERSION);
@@ -270,7 +275,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> (Arc<Proxy>, Health) {
             let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
                 .trusting(settings.trusted_proxies)
                 .answering(&["/health", "/openapi.json"], own);
-            (Arc::new(proxy), health)
+            Ok((Arc::new(proxy), health))
         }
     }
 }
