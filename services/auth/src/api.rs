@@ -91,9 +91,33 @@ impl User {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// An address without display text, quoted local part or IP literal, with a `.` in
+    /// it; at most 254 characters once trimmed (compared trimmed and lower-cased).
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
+    /// 10 to 128 characters, not all the same character.
+    #[schema(
+        min_length = 10,
+        max_length = 128,
+        pattern = r"^(?!([\s\S])\1*$)[^\x00]*$",
+        example = "correct horse battery"
+    )]
     pub password: String,
+    /// At most 100 characters, not all whitespace, no control characters (the name is
+    /// stored trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[^\x00-\x1F\x7F-\x9F]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "Ada Lovelace"
+    )]
     pub full_name: String,
+    /// E.164: `+`, then 8 to 15 digits not starting with 0; spaces, `-`, `(` and `)`
+    /// anywhere are accepted and removed.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[ ()-]*\+[ ()-]*[1-9]([ ()-]*[0-9]){7,14}[ ()-]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "+14155550123"
+    )]
     pub phone: String,
 }
 
@@ -112,7 +136,9 @@ fn parse_email(raw: &str) -> Result<Email, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, description = "created", body = User), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 201, description = "created", body = User),
+        (status = 400, body = ErrorEnvelope, description = "email, password, full_name or phone breaks its rule"),
+        (status = 409, body = ErrorEnvelope, description = "an account with this email already exists")))]
 async fn register(State(s): State<AppState>, Json(req): Json<RegisterRequest>) -> ApiResult {
     let email = parse_email(&req.email)?;
     let password = Password::parse(&req.password)?;
@@ -161,7 +187,12 @@ async fn register(State(s): State<AppState>, Json(req): Json<RegisterRequest>) -
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    /// An address without display text, quoted local part or IP literal, with a `.` in
+    /// it; at most 254 characters once trimmed (compared trimmed and lower-cased).
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
+    /// Any string (a wrong one is 401).
+    #[schema(example = "correct horse battery")]
     pub password: String,
 }
 
@@ -179,7 +210,8 @@ pub struct Session {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = Session), (status = 401, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
+    responses((status = 200, body = Session), (status = 400, body = ErrorEnvelope, description = "not a valid email address"),
+        (status = 401, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
 async fn login(
     State(s): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -374,10 +406,20 @@ async fn logout(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> A
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// Must be `client_credentials`.
+    #[schema(value_type = GrantType)]
     pub grant_type: String,
     /// The service name (`payment`), which becomes the role `service:payment`.
     pub client_id: String,
     pub client_secret: String,
+}
+
+/// `grant_type` of `POST /api/v1/auth/token` (documentation only: the handler compares
+/// the string).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    ClientCredentials,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -389,7 +431,9 @@ pub struct ServiceToken {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest,
-    responses((status = 200, body = ServiceToken), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = ServiceToken),
+        (status = 400, body = ErrorEnvelope, description = "grant_type is not client_credentials"),
+        (status = 401, body = ErrorEnvelope)))]
 async fn service_token(State(s): State<AppState>, Json(req): Json<TokenRequest>) -> ApiResult {
     if req.grant_type != "client_credentials" {
         return Err(ApiError::invalid_field(
@@ -431,7 +475,9 @@ async fn service_token(State(s): State<AppState>, Json(req): Json<TokenRequest>)
 }
 
 #[utoipa::path(get, path = "/api/v1/users/me", tag = "users",
-    responses((status = 200, body = User), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = User), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope, description = "not a user token"),
+        (status = 404, body = ErrorEnvelope, description = "the user no longer exists")))]
 async fn me(State(s): State<AppState>, who: Identity) -> ApiResult {
     let user = user_by_id(&s.pool, who.user_id()?)
         .await?
@@ -442,12 +488,29 @@ async fn me(State(s): State<AppState>, who: Identity) -> ApiResult {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
+    /// At most 100 characters, not all whitespace, no control characters (the name is
+    /// stored trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[^\x00-\x1F\x7F-\x9F]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "Ada Lovelace"
+    )]
     pub full_name: Option<String>,
+    /// E.164: `+`, then 8 to 15 digits not starting with 0; spaces, `-`, `(` and `)`
+    /// anywhere are accepted and removed.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[ ()-]*\+[ ()-]*[1-9]([ ()-]*[0-9]){7,14}[ ()-]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "+14155550123"
+    )]
     pub phone: Option<String>,
 }
 
 #[utoipa::path(put, path = "/api/v1/users/me", tag = "users", request_body = UpdateMe,
-    responses((status = 200, body = User), (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = User),
+        (status = 400, body = ErrorEnvelope, description = "full_name or phone breaks its rule"),
+        (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope, description = "not a user token"),
+        (status = 404, body = ErrorEnvelope, description = "the user no longer exists")))]
 async fn update_me(
     State(s): State<AppState>,
     who: Identity,
@@ -470,7 +533,8 @@ async fn update_me(
 
 /// A user's current state for other services (B checks KYC here, not in the token).
 #[utoipa::path(get, path = "/internal/users/{id}", tag = "internal", params(("id" = Uuid, Path)),
-    responses((status = 200, body = User), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = User), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 async fn internal_user(
     State(s): State<AppState>,
     who: Identity,

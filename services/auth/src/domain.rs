@@ -41,8 +41,8 @@ pub struct FullName(String);
 impl FullName {
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
         let name = raw.trim();
-        let chars = name.chars().count();
-        if chars == 0 || chars > 100 {
+        // The limit holds before trimming too: a name padded past it is refused, not cut.
+        if name.is_empty() || raw.chars().count() > 100 {
             return Err(ApiError::invalid_field(
                 "full_name",
                 "full_name must be 1 to 100 characters",

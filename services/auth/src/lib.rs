@@ -165,7 +165,8 @@ fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [
         api::update_me,
         api::internal_user,
         api::jwks
-    )
+    ),
+    components(schemas(api::GrantType))
 )]
 struct ApiDoc;
 

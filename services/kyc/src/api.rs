@@ -15,7 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::documents::{Checked, Submission};
+use crate::documents::{Checked, Submission, SubmissionShape};
 
 pub struct Settings {
     /// Approve well-formed documents without a reviewer (development default).
@@ -108,8 +108,11 @@ async fn decide(
 
 /// Submits a document. With automatic approval on, a well-formed document is verified
 /// at once; otherwise it waits for a `compliance` reviewer.
-#[utoipa::path(post, path = "/api/v1/kyc/submit", tag = "kyc", request_body = Submission,
-    responses((status = 201, body = SubmissionView), (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/api/v1/kyc/submit", tag = "kyc", request_body = SubmissionShape,
+    responses((status = 201, body = SubmissionView),
+        (status = 400, body = ErrorEnvelope, description = "the number, URL or file breaks its rule, or neither or both of URL and file"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token"),
+        (status = 409, body = ErrorEnvelope, description = "a submission is already waiting for review")))]
 async fn submit(
     State(s): State<AppState>,
     who: Identity,
@@ -182,7 +185,8 @@ struct KycStatus {
     risk_score: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/kyc/status", tag = "kyc", responses((status = 200, body = KycStatus)))]
+#[utoipa::path(get, path = "/api/v1/kyc/status", tag = "kyc",
+    responses((status = 200, body = KycStatus), (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
     let user = who.user_id()?;
     let latest: Option<SubmissionView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -205,6 +209,13 @@ async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
 #[serde(deny_unknown_fields)]
 pub struct Review {
     pub decision: Decision,
+    /// 1 to 500 characters once trimmed (stored trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$",
+        example = "documents match the applicant"
+    )]
     pub reason: String,
 }
 
@@ -277,7 +288,10 @@ fn reason(text: &str) -> Result<&str, ApiError> {
 }
 
 #[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
-    responses((status = 200, body = SubmissionView), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = SubmissionView),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never the reviewer's own submission"),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
 async fn review(
     State(s): State<AppState>,
     who: Identity,
@@ -315,14 +329,27 @@ pub struct Alert {
 pub const ALERT_COLUMNS: &str =
     "id, user_id, payment_id, rule, details, status, decided_by, reason, created_at, decided_at";
 
+/// `?status=` of `GET /api/v1/aml/alerts` (documentation only: the handler checks the
+/// string).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Open,
+    Cleared,
+    Flagged,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlertQuery {
     status: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/aml/alerts", tag = "aml", params(("status" = Option<String>, Query)),
-    responses((status = 200, body = Vec<Alert>), (status = 403, body = ErrorEnvelope)))]
+#[utoipa::path(get, path = "/api/v1/aml/alerts", tag = "aml", params(("status" = Option<AlertStatus>, Query)),
+    responses((status = 200, body = Vec<Alert>),
+        (status = 400, body = ErrorEnvelope, description = "status is not open, cleared or flagged, or an unknown query parameter"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role compliance")))]
 async fn alerts(
     State(s): State<AppState>,
     who: Identity,
@@ -350,11 +377,21 @@ async fn alerts(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertDecision {
+    /// 1 to 500 characters once trimmed (stored trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$",
+        example = "payer confirmed the source of funds"
+    )]
     pub reason: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/clear", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
-    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Alert),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never an alert about the officer's own payment"),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
 async fn clear(
     s: State<AppState>,
     who: Identity,
@@ -365,7 +402,10 @@ async fn clear(
 }
 
 #[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/flag", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
-    responses((status = 200, body = Alert), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Alert),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never an alert about the officer's own payment"),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
 async fn flag(
     s: State<AppState>,
     who: Identity,

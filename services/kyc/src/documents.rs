@@ -29,13 +29,78 @@ impl DocumentType {
 }
 
 /// An uploaded file, base64 in JSON.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upload {
-    /// `image/jpeg`, `image/png` or `application/pdf`.
+    /// `image/jpeg`, `image/png` or `application/pdf`: what the file's first bytes say it is.
     pub content_type: String,
-    /// The file, base64 (standard alphabet), at most 2 MiB decoded.
+    /// The file, base64 (standard alphabet, padded), 1 byte to 2 MiB decoded, starting
+    /// with the JPEG, PNG or PDF signature `content_type` names.
     pub data_base64: String,
+}
+
+/// Canonical padded base64 after a file's first characters.
+const BASE64_REST: &str =
+    r"([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$";
+
+/// Each content type with the base64 its signature ([`sniff`]) begins with, up to the
+/// next whole base64 group: JPEG `FF D8 FF`, PNG `89 50 4E 47 0D 0A 1A 0A`, PDF `%PDF-`.
+const SIGNATURES: [(&str, &str, &str); 3] = [
+    ("image/jpeg", "^/9j/", "/9j/4AAQ"),
+    (
+        "image/png",
+        "^iVBORw0KGg[o-r][A-Za-z0-9+/]",
+        "iVBORw0KGgoAAAANSUhEUg==",
+    ),
+    (
+        "application/pdf",
+        "^JVBERi[0-3][A-Za-z0-9+/]",
+        "JVBERi0xLjcK",
+    ),
+];
+
+/// One shape per content type, so a document states that the data must begin with the
+/// signature its `content_type` names (which the handler checks).
+impl utoipa::PartialSchema for Upload {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let mut one_of = OneOfBuilder::new();
+        for (content_type, signature, example) in SIGNATURES {
+            one_of = one_of.item(
+                ObjectBuilder::new()
+                    .property(
+                        "content_type",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some([content_type])),
+                    )
+                    .required("content_type")
+                    .property(
+                        "data_base64",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .description(Some(
+                                "The file, base64 (standard alphabet, padded), 2 MiB at most decoded",
+                            ))
+                            .min_length(Some(4))
+                            .max_length(Some(2_796_204))
+                            .pattern(Some(format!("{signature}{BASE64_REST}")))
+                            .examples([example]),
+                    )
+                    .required("data_base64")
+                    .additional_properties(Some(AdditionalProperties::FreeForm(false))),
+            );
+        }
+        one_of
+            .description(Some("An uploaded file, base64 in JSON"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Upload {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Upload".into()
+    }
 }
 
 /// `POST /api/v1/kyc/submit`: a document number and either a URL or a file.
@@ -46,6 +111,160 @@ pub struct Submission {
     pub document_number: String,
     pub document_url: Option<String>,
     pub document_file: Option<Upload>,
+}
+
+/// The body of `POST /api/v1/kyc/submit` as documented (documentation only: the handler
+/// reads a [`Submission`] and [`Submission::check`] enforces these shapes): the number's
+/// form depends on the document type, and exactly one of `document_url` and
+/// `document_file` is given.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SubmissionShape {
+    PassportByUrl(PassportByUrl),
+    PassportByFile(PassportByFile),
+    NationalIdByUrl(NationalIdByUrl),
+    NationalIdByFile(NationalIdByFile),
+    DrivingLicenseByUrl(DrivingLicenseByUrl),
+    DrivingLicenseByFile(DrivingLicenseByFile),
+}
+
+/// `document_type` `passport` (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PassportType {
+    Passport,
+}
+
+/// A passport submission with a document URL (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"document_type": "passport", "document_number": "AB1234567", "document_url": "https://docs.example.com/id.pdf"}))]
+pub struct PassportByUrl {
+    pub document_type: PassportType,
+    /// 6 to 9 letters and digits; whitespace anywhere is removed and letters are upper-cased.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){6,9}$",
+        example = "AB1234567"
+    )]
+    pub document_number: String,
+    /// Where the document is: `https://`, no whitespace, at most 2048 bytes.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "https://docs.example.com/id.pdf"
+    )]
+    pub document_url: String,
+}
+
+/// A passport submission with a document file (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"document_type": "passport", "document_number": "AB1234567", "document_file": {"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"}}))]
+pub struct PassportByFile {
+    pub document_type: PassportType,
+    /// 6 to 9 letters and digits; whitespace anywhere is removed and letters are upper-cased.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){6,9}$",
+        example = "AB1234567"
+    )]
+    pub document_number: String,
+    pub document_file: Upload,
+}
+
+/// `document_type` `national_id` (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NationalIdType {
+    NationalId,
+}
+
+/// A national id submission with a document URL (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"document_type": "national_id", "document_number": "X12345678", "document_url": "https://docs.example.com/id.pdf"}))]
+pub struct NationalIdByUrl {
+    pub document_type: NationalIdType,
+    /// 5 to 20 letters and digits; whitespace anywhere is removed and letters are upper-cased.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
+        example = "X12345678"
+    )]
+    pub document_number: String,
+    /// Where the document is: `https://`, no whitespace, at most 2048 bytes.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "https://docs.example.com/id.pdf"
+    )]
+    pub document_url: String,
+}
+
+/// A national id submission with a document file (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"document_type": "national_id", "document_number": "X12345678", "document_file": {"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"}}))]
+pub struct NationalIdByFile {
+    pub document_type: NationalIdType,
+    /// 5 to 20 letters and digits; whitespace anywhere is removed and letters are upper-cased.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
+        example = "X12345678"
+    )]
+    pub document_number: String,
+    pub document_file: Upload,
+}
+
+/// `document_type` `driving_license` (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DrivingLicenseType {
+    DrivingLicense,
+}
+
+/// A driving license submission with a document URL (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"document_type": "driving_license", "document_number": "D-1234-5678", "document_url": "https://docs.example.com/id.pdf"}))]
+pub struct DrivingLicenseByUrl {
+    pub document_type: DrivingLicenseType,
+    /// 5 to 20 letters, digits and `-`; whitespace anywhere is removed and letters are upper-cased.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9-][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
+        example = "D-1234-5678"
+    )]
+    pub document_number: String,
+    /// Where the document is: `https://`, no whitespace, at most 2048 bytes.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
+        example = "https://docs.example.com/id.pdf"
+    )]
+    pub document_url: String,
+}
+
+/// A driving license submission with a document file (documentation only).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"document_type": "driving_license", "document_number": "D-1234-5678", "document_file": {"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"}}))]
+pub struct DrivingLicenseByFile {
+    pub document_type: DrivingLicenseType,
+    /// 5 to 20 letters, digits and `-`; whitespace anywhere is removed and letters are upper-cased.
+    #[schema(
+        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9-][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
+        example = "D-1234-5678"
+    )]
+    pub document_number: String,
+    pub document_file: Upload,
 }
 
 /// A checked submission, ready to store.
@@ -181,6 +400,29 @@ impl Submission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_documented_signature_pattern_takes_the_files_sniff_takes_for_its_type() {
+        let files: [(&str, &[u8]); 3] = [
+            ("image/jpeg", &[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10]),
+            ("image/png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),
+            ("application/pdf", b"%PDF-1.7\n"),
+        ];
+        for (content_type, bytes) in files {
+            assert_eq!(sniff(bytes), Some(content_type));
+            let encoded = STANDARD.encode(bytes);
+            for (other, signature, example) in SIGNATURES {
+                let re = regex::Regex::new(&format!("{signature}{BASE64_REST}")).unwrap();
+                assert_eq!(
+                    re.is_match(&encoded),
+                    other == content_type,
+                    "{other} {encoded}"
+                );
+                let decoded = STANDARD.decode(example).unwrap();
+                assert_eq!(sniff(&decoded), Some(other), "the example of {other}");
+            }
+        }
+    }
 
     fn submission(number: &str) -> Submission {
         Submission {

@@ -98,7 +98,14 @@ impl Validate for Config {
         api::alerts,
         api::clear,
         api::flag
-    )
+    ),
+    components(schemas(
+        api::AlertStatus,
+        documents::Upload,
+        documents::PassportType,
+        documents::NationalIdType,
+        documents::DrivingLicenseType
+    ))
 )]
 struct ApiDoc;
 

@@ -50,7 +50,9 @@ struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/notifications", tag = "notifications", params(("unread" = Option<bool>, Query)),
-    responses((status = 200, body = Vec<Notification>)))]
+    responses((status = 200, body = Vec<Notification>),
+        (status = 400, body = ErrorEnvelope, description = "unread is not true or false, or an unknown query parameter"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuery>) -> ApiResult {
     let rows: Vec<Notification> = sqlx::query_as(
         "SELECT id, event_type, title, body, read_at, created_at FROM notifications \
@@ -64,7 +66,8 @@ async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuer
 }
 
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/read", tag = "notifications", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Notification), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = Notification), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token"), (status = 404, body = ErrorEnvelope)))]
 async fn mark_read(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     let row: Notification = sqlx::query_as(
         "UPDATE notifications SET read_at = coalesce(read_at, now()) WHERE id = $1 AND user_id = $2 \
@@ -104,16 +107,40 @@ pub struct Preference {
     pub enabled: bool,
 }
 
+/// The event types D notifies about: the bindings of [`crate::consumer::queue`]
+/// (documentation only: the handler checks the string against that list).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+pub enum EventType {
+    #[serde(rename = "user.created")]
+    UserCreated,
+    #[serde(rename = "user.kyc_updated")]
+    UserKycUpdated,
+    #[serde(rename = "wallet.status_changed")]
+    WalletStatusChanged,
+    #[serde(rename = "payment.completed")]
+    PaymentCompleted,
+    #[serde(rename = "payment.failed")]
+    PaymentFailed,
+    #[serde(rename = "payment.on_hold")]
+    PaymentOnHold,
+    #[serde(rename = "payment.reversed")]
+    PaymentReversed,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPreference {
+    /// One of the event types D notifies about ([`crate::consumer::queue`]).
+    #[schema(value_type = EventType)]
     pub event_type: String,
     pub channel: Channel,
     pub enabled: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/notifications/preferences", tag = "notifications",
-    responses((status = 200, body = Vec<Preference>, description = "explicit choices; anything absent is on")))]
+    responses((status = 200, body = Vec<Preference>, description = "explicit choices; anything absent is on"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn preferences(State(s): State<AppState>, who: Identity) -> ApiResult {
     let rows: Vec<Preference> = sqlx::query_as(
         "SELECT event_type, channel, enabled FROM preferences WHERE user_id = $1 ORDER BY event_type, channel",
@@ -125,7 +152,9 @@ async fn preferences(State(s): State<AppState>, who: Identity) -> ApiResult {
 }
 
 #[utoipa::path(put, path = "/api/v1/notifications/preferences", tag = "notifications", request_body = SetPreference,
-    responses((status = 200, body = Preference), (status = 400, body = ErrorEnvelope)))]
+    responses((status = 200, body = Preference),
+        (status = 400, body = ErrorEnvelope, description = "not an event type D notifies about, or not a channel"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn set_preference(
     State(s): State<AppState>,
     who: Identity,
@@ -166,7 +195,7 @@ pub struct Delivery {
 
 /// The caller's delivery log.
 #[utoipa::path(get, path = "/api/v1/notifications/deliveries", tag = "notifications",
-    responses((status = 200, body = Vec<Delivery>)))]
+    responses((status = 200, body = Vec<Delivery>), (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn deliveries(State(s): State<AppState>, who: Identity) -> ApiResult {
     let rows: Vec<Delivery> = sqlx::query_as(
         "SELECT id, event_type, channel, target, status, attempts, last_error, delivered_at, created_at \
@@ -181,7 +210,15 @@ async fn deliveries(State(s): State<AppState>, who: Identity) -> ApiResult {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// Where events are POSTed (http or https).
+    /// Where events are POSTed: an http or https URL (surrounding whitespace is trimmed,
+    /// none inside), at most 2048 bytes, without user name or password, whose host is or
+    /// resolves to a public address.
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+$",
+        example = "https://hooks.example.com/finflow"
+    )]
     pub url: String,
 }
 
@@ -196,7 +233,10 @@ pub struct Webhook {
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
-    responses((status = 201, body = Webhook), (status = 400, body = ErrorEnvelope)))]
+    responses((status = 201, body = Webhook),
+        (status = 400, body = ErrorEnvelope,
+            description = "not an http(s) URL, too long, with credentials, or its host is or resolves to an address that is not public"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn create_webhook(
     State(s): State<AppState>,
     who: Identity,
@@ -208,8 +248,10 @@ async fn create_webhook(
     }
     // D sends from inside the platform: a URL that reaches inside it is refused here,
     // and checked again at every delivery (`targets`).
-    let url = s
-        .policy
+    // Stored as given: the parser's spelling can be longer than the limit the client
+    // was held to (percent-encoding, a `/` for an empty path), and deliveries parse it
+    // again anyway.
+    s.policy
         .vet(url)
         .await
         .map_err(|reason| ApiError::invalid_field("url", reason))?;
@@ -219,14 +261,15 @@ async fn create_webhook(
     )
     .bind(Uuid::now_v7())
     .bind(who.user_id()?)
-    .bind(url.as_str())
+    .bind(url)
     .bind(&secret)
     .fetch_one(&s.pool)
     .await?;
     Ok(error::with_status(StatusCode::CREATED, hook))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", responses((status = 200, body = Vec<Webhook>)))]
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+    responses((status = 200, body = Vec<Webhook>), (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn list_webhooks(State(s): State<AppState>, who: Identity) -> ApiResult {
     let rows: Vec<Webhook> = sqlx::query_as(
         "SELECT id, url, NULL::text AS secret, created_at FROM webhooks WHERE user_id = $1 ORDER BY created_at",
@@ -238,7 +281,8 @@ async fn list_webhooks(State(s): State<AppState>, who: Identity) -> ApiResult {
 }
 
 #[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path)),
-    responses((status = 200), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token"), (status = 404, body = ErrorEnvelope)))]
 async fn delete_webhook(
     State(s): State<AppState>,
     who: Identity,

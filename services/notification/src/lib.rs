@@ -163,7 +163,8 @@ mod tests {
         api::create_webhook,
         api::list_webhooks,
         api::delete_webhook
-    )
+    ),
+    components(schemas(api::EventType))
 )]
 struct ApiDoc;
 

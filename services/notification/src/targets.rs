@@ -161,7 +161,8 @@ impl Policy {
     }
 
     /// Checks a URL a user asks to register: http(s), no userinfo, a host that is an
-    /// address this policy permits or a name every address of which it permits.
+    /// address this policy permits or a name every address of which it permits (a
+    /// name that does not resolve now passes; deliveries check what it resolves to).
     /// Returns the URL as it will be stored (normalised by the URL parser).
     pub async fn vet(&self, raw: &str) -> Result<Url, String> {
         let url = Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
@@ -178,18 +179,17 @@ impl Policy {
             Some(url::Host::Ipv6(ip)) => self.check(IpAddr::V6(ip))?,
             Some(url::Host::Domain(name)) => {
                 // A slow resolver must not hold the request open (or its handler) for
-                // as long as the system's resolver retries.
-                let addrs: Vec<SocketAddr> =
+                // as long as the system's resolver retries. A name that does not
+                // resolve now is taken: what it names can change, so every delivery
+                // checks the addresses it connects to (`Policy::resolver`), and this
+                // check only refuses early a name that names a refused address now.
+                let resolved =
                     tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port)))
-                        .await
-                        .map_err(|_| format!("the host `{name}` did not resolve in time"))?
-                        .map_err(|_| format!("the host `{name}` does not resolve"))?
-                        .collect();
-                if addrs.is_empty() {
-                    return Err(format!("the host `{name}` does not resolve"));
-                }
-                for addr in addrs {
-                    self.check(addr.ip())?;
+                        .await;
+                if let Ok(Ok(addrs)) = resolved {
+                    for addr in addrs {
+                        self.check(addr.ip())?;
+                    }
                 }
             }
         }

@@ -16,7 +16,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::idempotency::{Claim, Keys, Stored};
-use crate::model::{Kind, PAYMENT_COLUMNS, Payment, PaymentRequest, PaymentRow, Status};
+use crate::model::{
+    DepositRequest, Kind, PAYMENT_COLUMNS, Payment, PaymentRequest, PaymentRow, Status,
+    TransferRequest, WithdrawalRequest,
+};
 use crate::settle;
 use crate::waiters::Waiters;
 use crate::wallets::{WalletView, Wallets};
@@ -89,10 +92,22 @@ fn preferred_wait(headers: &HeaderMap, max: Duration) -> Option<Duration> {
         .map(|secs| Duration::from_secs(secs).min(max))
 }
 
-#[utoipa::path(post, path = "/api/v1/payments/transfer", tag = "payments", request_body = PaymentRequest,
-    params(("Idempotency-Key" = String, Header), ("Prefer" = Option<String>, Header, description = "wait=N")),
-    responses((status = 202, body = Payment), (status = 200, body = Payment), (status = 400, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/api/v1/payments/transfer", tag = "payments", request_body = TransferRequest,
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
+            pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$",
+            description = "1 to 255 visible ASCII characters (spaces and tabs inside, none around), \
+                unique per request of the caller's: a retry with the same key and body replays the first answer"),
+        ("Prefer" = Option<String>, Header, example = "wait=5",
+            pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+            description = "`wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal status \
+                and answers 200 if it gets there; any other preference is accepted and ignored")),
+    responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
+        (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
+        (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)"),
+        (status = 404, body = ErrorEnvelope, description = "a wallet is not found or not the caller's"),
+        (status = 409, body = ErrorEnvelope, description = "a request with this Idempotency-Key is still in progress"),
+        (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
 async fn transfer(
     s: State<AppState>,
     who: Identity,
@@ -102,9 +117,22 @@ async fn transfer(
     accept(s, who, headers, Kind::Transfer, body).await
 }
 
-#[utoipa::path(post, path = "/api/v1/payments/deposit", tag = "payments", request_body = PaymentRequest,
-    params(("Idempotency-Key" = String, Header)),
-    responses((status = 202, body = Payment), (status = 400, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/api/v1/payments/deposit", tag = "payments", request_body = DepositRequest,
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
+            pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$",
+            description = "1 to 255 visible ASCII characters (spaces and tabs inside, none around), \
+                unique per request of the caller's: a retry with the same key and body replays the first answer"),
+        ("Prefer" = Option<String>, Header, example = "wait=5",
+            pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+            description = "`wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal status \
+                and answers 200 if it gets there; any other preference is accepted and ignored")),
+    responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
+        (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
+        (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)"),
+        (status = 404, body = ErrorEnvelope, description = "a wallet is not found or not the caller's"),
+        (status = 409, body = ErrorEnvelope, description = "a request with this Idempotency-Key is still in progress"),
+        (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
 async fn deposit(
     s: State<AppState>,
     who: Identity,
@@ -114,9 +142,22 @@ async fn deposit(
     accept(s, who, headers, Kind::Deposit, body).await
 }
 
-#[utoipa::path(post, path = "/api/v1/payments/withdrawal", tag = "payments", request_body = PaymentRequest,
-    params(("Idempotency-Key" = String, Header)),
-    responses((status = 202, body = Payment), (status = 400, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/api/v1/payments/withdrawal", tag = "payments", request_body = WithdrawalRequest,
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
+            pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$",
+            description = "1 to 255 visible ASCII characters (spaces and tabs inside, none around), \
+                unique per request of the caller's: a retry with the same key and body replays the first answer"),
+        ("Prefer" = Option<String>, Header, example = "wait=5",
+            pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
+            description = "`wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal status \
+                and answers 200 if it gets there; any other preference is accepted and ignored")),
+    responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
+        (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
+        (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)"),
+        (status = 404, body = ErrorEnvelope, description = "a wallet is not found or not the caller's"),
+        (status = 409, body = ErrorEnvelope, description = "a request with this Idempotency-Key is still in progress"),
+        (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
 async fn withdrawal(
     s: State<AppState>,
     who: Identity,
@@ -365,6 +406,12 @@ async fn precheck(
     {
         return Err(not_found(w.id));
     }
+    if kind == Kind::Transfer && req.from_wallet_id == req.to_wallet_id {
+        return Err(ApiError::invalid_field(
+            "to_wallet_id",
+            "a transfer needs two different wallets",
+        ));
+    }
     for w in from.iter().chain(to.iter()) {
         if w.currency != money.currency().code() {
             return Err(ApiError::invalid_field(
@@ -418,7 +465,8 @@ async fn visible(pool: &PgPool, who: &Identity, id: Uuid) -> Result<PaymentRow, 
 }
 
 #[utoipa::path(get, path = "/api/v1/payments/{id}", tag = "payments", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Payment), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 404, body = ErrorEnvelope)))]
 async fn get_one(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     Ok(error::ok(visible(&s.pool, &who, id).await?.view()?))
 }
@@ -440,8 +488,13 @@ struct PaymentPage {
 
 /// The caller's payments, newest first (ids are time-ordered UUIDv7, so the id is the cursor).
 #[utoipa::path(get, path = "/api/v1/payments", tag = "payments",
-    params(("status" = Option<Status>, Query), ("cursor" = Option<Uuid>, Query), ("limit" = Option<u16>, Query)),
-    responses((status = 200, body = PaymentPage), (status = 400, body = ErrorEnvelope)))]
+    params(("status" = Option<Status>, Query),
+        ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u16>, Query, minimum = 0, maximum = 65535,
+            description = "page size, default 50; any value is clamped to 1..=200")),
+    responses((status = 200, body = PaymentPage),
+        (status = 400, body = ErrorEnvelope, description = "a bad or unknown query parameter"),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuery>) -> ApiResult {
     let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 200));
     let mut rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -499,7 +552,9 @@ async fn not_their_own(
 /// Reverses a completed payment with a compensating transfer (role `ops`), never one of
 /// the caller's own ([`not_their_own`]).
 #[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "not `ops`, or the caller's own payment (`details.reason` `own_payment`)"),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "the payment's status does not allow it")))]
 async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     who.require_role("ops")?;
     let mut tx = s.pool.begin().await?;
@@ -523,7 +578,9 @@ async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
 /// Releases a held payment to the worker (role `ops`, or `compliance`), never one of
 /// the caller's own ([`not_their_own`]); E's `aml.cleared` does the same.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Payment), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "not `ops` or `compliance`, or the caller's own payment (`details.reason` `own_payment`)"),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "the payment's status does not allow it")))]
 async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     who.require_any_role(&["ops", "compliance"])?;
     let mut tx = s.pool.begin().await?;

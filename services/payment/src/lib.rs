@@ -153,7 +153,8 @@ impl Validate for Config {
         api::get_one,
         api::reverse,
         api::release
-    )
+    ),
+    components(schemas(finflow_platform::Currency))
 )]
 struct ApiDoc;
 

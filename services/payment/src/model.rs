@@ -86,7 +86,9 @@ impl Status {
     }
 }
 
-/// The body of `POST /api/v1/payments/{transfer,deposit,withdrawal}`.
+/// The body of `POST /api/v1/payments/{transfer,deposit,withdrawal}`. The document
+/// shows one shape per operation ([`DepositRequest`], [`TransferRequest`],
+/// [`WithdrawalRequest`]); [`PaymentRequest::validate`] enforces which fields each takes.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
@@ -96,6 +98,71 @@ pub struct PaymentRequest {
     pub amount: Amount,
     #[schema(value_type = String, example = "USD")]
     pub currency: Currency,
+    pub description: Option<String>,
+}
+
+/// The body of `POST /api/v1/payments/deposit` (documentation only: the handler reads a
+/// [`PaymentRequest`]). Money enters `to_wallet_id`, a wallet of the caller's; a deposit
+/// takes no `from_wallet_id` (`null` is accepted as absent).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"to_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "amount": "1500.00", "currency": "USD"}))]
+pub struct DepositRequest {
+    pub to_wallet_id: Uuid,
+    /// Greater than zero, with at most the currency's minor units of decimals
+    /// (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.
+    #[schema(value_type = String, example = "1500.00",
+        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
+    pub amount: String,
+    /// The wallet's currency.
+    #[schema(value_type = finflow_platform::Currency, example = "USD")]
+    pub currency: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
+/// The body of `POST /api/v1/payments/transfer` (documentation only: the handler reads
+/// a [`PaymentRequest`]). Money leaves `from_wallet_id`, a wallet of the caller's, for
+/// `to_wallet_id`, which must be a different wallet.
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"from_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "to_wallet_id": "0190f0c2-9d31-7f02-8c55-61b7a9e0d4f3", "amount": "25.00", "currency": "USD", "description": "rent share"}))]
+pub struct TransferRequest {
+    pub from_wallet_id: Uuid,
+    /// Must differ from `from_wallet_id`.
+    pub to_wallet_id: Uuid,
+    /// Greater than zero, with at most the currency's minor units of decimals
+    /// (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.
+    #[schema(value_type = String, example = "25.00",
+        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
+    pub amount: String,
+    /// The currency of both wallets.
+    #[schema(value_type = finflow_platform::Currency, example = "USD")]
+    pub currency: String,
+    #[schema(max_length = 500)]
+    pub description: Option<String>,
+}
+
+/// The body of `POST /api/v1/payments/withdrawal` (documentation only: the handler
+/// reads a [`PaymentRequest`]). Money leaves `from_wallet_id`, a wallet of the caller's;
+/// a withdrawal takes no `to_wallet_id` (`null` is accepted as absent).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"from_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "amount": "100.00", "currency": "USD"}))]
+pub struct WithdrawalRequest {
+    pub from_wallet_id: Uuid,
+    /// Greater than zero, with at most the currency's minor units of decimals
+    /// (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.
+    #[schema(value_type = String, example = "100.00",
+        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
+    pub amount: String,
+    /// The wallet's currency.
+    #[schema(value_type = finflow_platform::Currency, example = "USD")]
+    pub currency: String,
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
@@ -128,10 +195,6 @@ impl PaymentRequest {
             Kind::Transfer if to.is_none() => Err(ApiError::invalid_field(
                 "to_wallet_id",
                 "a transfer needs to_wallet_id",
-            )),
-            Kind::Transfer if from == to => Err(ApiError::invalid_field(
-                "to_wallet_id",
-                "a transfer needs two different wallets",
             )),
             Kind::Deposit if to.is_none() => Err(ApiError::invalid_field(
                 "to_wallet_id",
@@ -326,9 +389,11 @@ mod tests {
         );
         assert!(req("0").validate(Kind::Transfer).is_err());
         assert!(req("1.001").validate(Kind::Transfer).is_err());
+        // A transfer to its own source is refused once the wallets are known
+        // (`api::precheck`): a wallet that is not the caller's is 404 first.
         let mut same = req("1");
         same.to_wallet_id = same.from_wallet_id;
-        assert!(same.validate(Kind::Transfer).is_err());
+        assert!(same.validate(Kind::Transfer).is_ok());
     }
 
     #[test]

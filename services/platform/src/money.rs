@@ -74,6 +74,46 @@ impl Currency {
     }
 }
 
+impl Currency {
+    /// Every code [`Currency::parse`] accepts, in order.
+    pub fn codes() -> &'static [&'static str] {
+        static CODES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+        CODES.get_or_init(|| {
+            let letters = b'A'..=b'Z';
+            letters
+                .clone()
+                .flat_map(|a| letters.clone().map(move |b| (a, b)))
+                .flat_map(|(a, b)| (b'A'..=b'Z').map(move |c| [a, b, c]))
+                .filter_map(|code| {
+                    let code = std::str::from_utf8(&code).ok()?;
+                    Currency::parse(code).ok().map(Currency::code)
+                })
+                .collect()
+        })
+    }
+}
+
+/// In OpenAPI documents a currency is a string, one of the codes it accepts, so a
+/// document states exactly what [`Currency::parse`] takes.
+impl utoipa::PartialSchema for Currency {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "An ISO 4217 currency code with minor units, upper case",
+            ))
+            .enum_values(Some(Currency::codes().iter().copied()))
+            .examples(["USD"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Currency {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CurrencyCode".into()
+    }
+}
+
 impl fmt::Display for Currency {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -126,7 +166,17 @@ impl Amount {
         if int.trim_start_matches('0').len() > STORAGE_INTEGER_DIGITS as usize {
             return Err(MoneyError::TooLarge(s.chars().take(40).collect()));
         }
-        let value = Decimal::from_str_exact(s).map_err(|_| not_decimal())?;
+        // Padding zeros are dropped before the decimal is read: they count against its
+        // 28 digits, and an amount is the same however it is padded.
+        let int = int.trim_start_matches('0');
+        let frac = frac.map_or("", |f| f.trim_end_matches('0'));
+        let canonical = format!(
+            "{}{}.{}",
+            if s.starts_with('-') { "-" } else { "" },
+            if int.is_empty() { "0" } else { int },
+            if frac.is_empty() { "0" } else { frac }
+        );
+        let value = Decimal::from_str_exact(&canonical).map_err(|_| not_decimal())?;
         Self::from_decimal(value)
     }
 
@@ -374,6 +424,26 @@ impl<'de> Deserialize<'de> for Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_zeros_do_not_count_against_an_amounts_digits() {
+        let padded = Amount::parse("00005349946498086050.73900000000000").unwrap();
+        assert_eq!(padded, Amount::parse("5349946498086050.739").unwrap());
+        assert_eq!(
+            Amount::parse("-000.500").unwrap(),
+            Amount::parse("-0.5").unwrap()
+        );
+        assert!(Amount::parse("0000").unwrap().decimal().is_zero());
+    }
+
+    #[test]
+    fn the_documented_codes_are_exactly_those_parse_accepts() {
+        let codes = Currency::codes();
+        assert!(codes.contains(&"USD") && codes.contains(&"JPY") && codes.contains(&"BHD"));
+        assert!(!codes.contains(&"XAU") && !codes.contains(&"XXX"));
+        assert!(codes.iter().all(|c| Currency::parse(c).is_ok()));
+        assert!(codes.len() > 150, "{}", codes.len());
+    }
     use proptest::prelude::*;
 
     fn usd() -> Currency {

@@ -7,6 +7,11 @@
 //! public paths) and the refusals any request can meet (`400` malformed input, `401`,
 //! `403`, `429`, `500`, `502`, `503`, `504`, in the error envelope). Routes the gateway
 //! never routes (`/internal/*`, `/health`, `/ready`, `/metrics`) are left out.
+//!
+//! Two rules of every request are stated here once, so no handler has to: text never
+//! holds a NUL character (`platform::extract` refuses it), and an `amount` goes with
+//! its `currency`: at most the currency's minor units of decimals, stated as one
+//! branch per number of decimals, each naming its currencies.
 
 use serde_json::{Map, Value, json};
 
@@ -59,9 +64,25 @@ const REFUSALS: [(&str, &str); 8] = [
     ),
 ];
 
+/// Text without NUL characters, for a string with no other rule on its characters.
+const NO_NUL: &str = r"^[^\x00]*$";
+
 /// Turns a service's document (as utoipa serializes it) into its public document.
 pub fn publish(doc: &mut Value) {
     let public: Vec<&str> = PUBLIC_PATHS.split(',').collect();
+    let in_requests = request_components(doc);
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for (name, schema) in schemas.iter_mut() {
+            // Answers may quote a request's text back: only what requests carry is bound.
+            if in_requests.contains(name) {
+                refuse_nul(schema);
+                couple_amount_and_currency(schema);
+            }
+        }
+    }
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         paths.retain(|path, _| {
             !path.starts_with("/internal") && !UNPUBLISHED.contains(&path.as_str())
@@ -100,6 +121,19 @@ pub fn publish(doc: &mut Value) {
 }
 
 fn publish_operation(path: &str, operation: &mut Map<String, Value>, public: bool) {
+    for parameter in operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(schema) = parameter.get_mut("schema") {
+            refuse_nul(schema);
+        }
+    }
+    if let Some(body) = operation.get_mut("requestBody") {
+        refuse_nul(body);
+    }
     if public {
         // Overrides the document's bearer requirement: no token needed.
         operation.insert("security".to_owned(), json!([]));
@@ -134,6 +168,146 @@ fn publish_operation(path: &str, operation: &mut Map<String, Value>, public: boo
     }
 }
 
+/// The component schemas a request body or parameter refers to, directly or through
+/// other components.
+fn request_components(doc: &Value) -> std::collections::BTreeSet<String> {
+    fn refs(value: &Value, found: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v.as_str()) {
+                        ("$ref", Some(r)) => {
+                            if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                                found.push(name.to_owned());
+                            }
+                        }
+                        _ => refs(v, found),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, found)),
+            _ => {}
+        }
+    }
+    let mut pending = Vec::new();
+    for item in doc
+        .get("paths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|paths| paths.values())
+    {
+        for method in METHODS {
+            if let Some(operation) = item.get(method) {
+                for part in ["requestBody", "parameters"] {
+                    if let Some(v) = operation.get(part) {
+                        refs(v, &mut pending);
+                    }
+                }
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if seen.insert(name.clone())
+            && let Some(schema) = doc.pointer(&format!("/components/schemas/{name}"))
+        {
+            refs(schema, &mut pending);
+        }
+    }
+    seen
+}
+
+/// Every string schema in `schema` without a pattern, a format or a fixed set of values
+/// gets [`NO_NUL`] (a pattern beside a format makes some generators give up; formats
+/// and fixed values hold no NUL anyway), and every object's property names do too.
+fn refuse_nul(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let is_object =
+                map.contains_key("properties") || map.get("type").is_some_and(|t| t == "object");
+            if is_object && !map.contains_key("propertyNames") {
+                map.insert("propertyNames".to_owned(), json!({ "pattern": NO_NUL }));
+            }
+            let is_string = match map.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            if is_string
+                && !map.contains_key("pattern")
+                && !map.contains_key("format")
+                && !map.contains_key("enum")
+                && !map.contains_key("const")
+            {
+                map.insert("pattern".to_owned(), Value::String(NO_NUL.to_owned()));
+            }
+            for (key, value) in map.iter_mut() {
+                // Examples, defaults and constants are data, not schemas.
+                if !matches!(
+                    key.as_str(),
+                    "example" | "examples" | "default" | "const" | "enum"
+                ) {
+                    refuse_nul(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(refuse_nul),
+        _ => {}
+    }
+}
+
+/// An object with an `amount` string and a `currency` of the currency codes gets one
+/// branch per number of decimals a currency allows: those currencies, and amounts
+/// greater than zero with at most that many decimals.
+fn couple_amount_and_currency(schema: &mut Value) {
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    let is_currency = properties
+        .get("currency")
+        .and_then(|c| c.get("$ref"))
+        .and_then(Value::as_str)
+        .is_some_and(|r| r.ends_with("/CurrencyCode"));
+    let is_amount = properties
+        .get("amount")
+        .and_then(|a| a.get("type"))
+        .is_some_and(|t| t == "string");
+    if !(is_currency && is_amount) || schema.get("oneOf").is_some() {
+        return;
+    }
+    let mut by_decimals: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
+    for code in crate::Currency::codes() {
+        if let Ok(currency) = crate::Currency::parse(code) {
+            by_decimals
+                .entry(currency.minor_units())
+                .or_default()
+                .push(code);
+        }
+    }
+    let branches: Vec<Value> = by_decimals
+        .into_iter()
+        .map(|(decimals, codes)| {
+            json!({ "properties": {
+                "currency": { "enum": codes },
+                "amount": { "pattern": amount_pattern(decimals) }
+            } })
+        })
+        .collect();
+    schema["oneOf"] = Value::Array(branches);
+}
+
+/// Amounts greater than zero with at most `decimals` decimals, as `Amount::parse` reads
+/// them (at most 16 digits before the point; zeros may pad either end).
+pub fn amount_pattern(decimals: u32) -> String {
+    if decimals == 0 {
+        return r"^0*[1-9][0-9]{0,15}(\.0+)?$".to_owned();
+    }
+    format!(
+        r"^(0*[1-9][0-9]{{0,15}}(\.[0-9]{{1,{decimals}}}0*)?|0+\.[0-9]{{0,{}}}[1-9]0*)$",
+        decimals - 1
+    )
+}
+
 /// A success's JSON body `S` becomes `{"success": true, "data": S}`.
 fn envelope_json_bodies(response: &mut Value) {
     let Some(content) = response.get_mut("content").and_then(Value::as_object_mut) else {
@@ -164,6 +338,85 @@ fn envelope_json_bodies(response: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_amount_patterns_take_what_amount_parse_takes_for_each_currency() {
+        let usd = regex_lite(&amount_pattern(2));
+        for ok in ["1", "1.5", "1.50", "0.01", "0001.10", "9999999999999999.99"] {
+            assert!(usd(ok), "{ok}");
+            let amount = crate::Amount::parse(ok).unwrap();
+            assert!(
+                crate::Money::positive(amount, crate::Currency::parse("USD").unwrap()).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "0",
+            "0.00",
+            "1.234",
+            ".5",
+            "1.",
+            "-1",
+            "1e3",
+            "10000000000000000",
+        ] {
+            assert!(!usd(bad), "{bad}");
+        }
+        let jpy = regex_lite(&amount_pattern(0));
+        assert!(jpy("100") && jpy("100.00") && !jpy("100.5") && !jpy("0"));
+    }
+
+    /// The patterns only use what both JSON Schema and this test's matcher read.
+    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool + use<> {
+        let re = regex::Regex::new(pattern).unwrap();
+        move |s| re.is_match(s)
+    }
+
+    #[test]
+    fn text_refuses_nul_and_an_amount_follows_its_currency() {
+        let mut doc = json!({
+            "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+            "paths": {"/api/v1/x": {"get": {
+                "parameters": [{"name": "q", "in": "query", "schema": {"type": "string"}}],
+                "responses": {}}}},
+            "components": {"schemas": {"Pay": {"type": "object", "properties": {
+                "amount": {"type": "string"},
+                "currency": {"$ref": "#/components/schemas/CurrencyCode"},
+                "note": {"type": ["string", "null"]},
+                "id": {"type": "string", "format": "uuid"}}}}}
+        });
+        doc["paths"]["/api/v1/x"]["get"]["requestBody"] = json!({"content": {"application/json":
+            {"schema": {"$ref": "#/components/schemas/Pay"}}}});
+        doc["components"]["schemas"]["Answer"] = json!({"type": "object", "properties": {
+            "message": {"type": "string"}}});
+        publish(&mut doc);
+        let pay = &doc["components"]["schemas"]["Pay"];
+        assert_eq!(pay["properties"]["note"]["pattern"], NO_NUL);
+        assert_eq!(pay["propertyNames"]["pattern"], NO_NUL);
+        let answer = &doc["components"]["schemas"]["Answer"];
+        assert!(
+            answer["properties"]["message"].get("pattern").is_none(),
+            "answers are not bound"
+        );
+        assert!(
+            pay["properties"]["id"].get("pattern").is_none(),
+            "a format is left alone"
+        );
+        let q = &doc["paths"]["/api/v1/x"]["get"]["parameters"][0]["schema"];
+        assert_eq!(q["pattern"], NO_NUL);
+        let branches = pay["oneOf"].as_array().unwrap();
+        let two = branches
+            .iter()
+            .find(|b| {
+                b["properties"]["currency"]["enum"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!("USD"))
+            })
+            .unwrap();
+        assert_eq!(two["properties"]["amount"]["pattern"], amount_pattern(2));
+        assert!(branches.len() >= 3, "0, 2 and 3 decimals at least");
+    }
 
     fn document() -> Value {
         json!({

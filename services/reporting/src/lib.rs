@@ -120,7 +120,8 @@ impl Validate for Config {
         reports::compliance,
         reports::summary,
         reports::statement
-    )
+    ),
+    components(schemas(reports::ReportFormat))
 )]
 struct ApiDoc;
 

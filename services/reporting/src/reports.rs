@@ -74,16 +74,46 @@ pub struct Period {
     format: Option<String>,
 }
 
+/// The first instant PostgreSQL's `timestamptz` holds, in Unix seconds:
+/// 4714-11-24T00:00:00Z BC (year -4713 in ISO 8601 and chrono), Julian day 0.
+const PG_TIMESTAMP_MIN_SECS: i64 = -210_866_803_200;
+/// The first instant past PostgreSQL's `timestamptz` range, in Unix seconds:
+/// 294277-01-01T00:00:00Z (the last one held is 294276-12-31T23:59:59.999999Z). Beyond
+/// chrono's last year (262143), so today only the lower end can refuse a bound.
+const PG_TIMESTAMP_END_SECS: i64 = 9_224_318_016_000;
+
+/// Whether PostgreSQL can hold `t` as a `timestamptz` (chrono reaches further, and a
+/// bound outside the range is a database error, not an empty report).
+fn storable(t: DateTime<Utc>) -> bool {
+    (PG_TIMESTAMP_MIN_SECS..PG_TIMESTAMP_END_SECS).contains(&t.timestamp())
+}
+
+const OUT_OF_RANGE: &str =
+    "must be between -4713-11-24T00:00:00Z (4714 BC) and 294276-12-31T23:59:59.999999Z";
+
 impl Period {
     fn bounds(&self) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+        // `to` is checked before the default `from` is derived from it: 30 days before
+        // chrono's first date would overflow.
+        if let Some(to) = self.to.filter(|t| !storable(*t)) {
+            return Err(ApiError::invalid_field(
+                "to",
+                format!("to {OUT_OF_RANGE}, not {}", to.to_rfc3339()),
+            ));
+        }
         let to = self
             .to
             .unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(1));
         let from = self.from.unwrap_or(to - chrono::Duration::days(30));
-        if from >= to {
-            return Err(ApiError::invalid_field("from", "from must be before to"));
+        if !storable(from) {
+            return Err(ApiError::invalid_field(
+                "from",
+                format!("from {OUT_OF_RANGE}, not {}", from.to_rfc3339()),
+            ));
         }
-        Ok((from, to))
+        // A `from` at or after `to` is a period with nothing in it, not an error: no
+        // document can state that one parameter comes before another.
+        Ok((from, to.max(from)))
     }
 }
 
@@ -112,6 +142,16 @@ pub struct PaymentLine {
     pub failure_code: Option<String>,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// `?format=` of `GET /api/v1/reports/transactions` (documentation only: the handler
+/// reads the string and refuses anything else with 400).
+#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportFormat {
+    Json,
+    Csv,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -158,9 +198,24 @@ fn csv_field(s: &str) -> String {
 /// Payments and ledger totals for a period (`ops`, `compliance`); `?format=csv` gives
 /// the payments as CSV.
 #[utoipa::path(get, path = "/api/v1/reports/transactions", tag = "reports",
-    params(("from" = Option<String>, Query), ("to" = Option<String>, Query), ("status" = Option<String>, Query),
-        ("currency" = Option<String>, Query), ("format" = Option<String>, Query, description = "json or csv")),
-    responses((status = 200, body = TransactionReport), (status = 403, body = ErrorEnvelope)))]
+    params(
+        ("from" = Option<DateTime<Utc>>, Query,
+            description = "inclusive, RFC 3339; default 30 days before `to` (at or after `to`, nothing is selected); within \
+                -4713-11-24T00:00:00Z..294276-12-31T23:59:59.999999Z"),
+        ("to" = Option<DateTime<Utc>>, Query,
+            description = "exclusive, RFC 3339; default now; within -4713-11-24T00:00:00Z..294276-12-31T23:59:59.999999Z"),
+        ("status" = Option<String>, Query,
+            description = "only payments in exactly this status (PENDING, ON_HOLD, COMPLETED, FAILED, REVERSED); \
+                any other value is accepted and matches nothing"),
+        ("currency" = Option<String>, Query,
+            description = "only this currency code (matched exactly); any other value is accepted and matches nothing"),
+        ("format" = Option<ReportFormat>, Query, description = "json (default) or csv (the payments only, as text/csv)")),
+    responses(
+        (status = 200, description = "the report; with `format=csv`, the payments as CSV",
+            content((TransactionReport = "application/json"), (String = "text/csv"))),
+        (status = 400, body = ErrorEnvelope,
+            description = "a bad or unknown query parameter, a bound outside PostgreSQL's range, or another format"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role ops or compliance")))]
 async fn transactions(
     State(s): State<AppState>,
     who: Identity,
@@ -395,7 +450,8 @@ pub async fn statement_lines(pool: &PgPool, user: Uuid) -> Result<Vec<StatementL
 
 /// The caller's own statement: money sent and received, each line with its direction.
 #[utoipa::path(get, path = "/api/v1/reports/me/statement", tag = "reports",
-    responses((status = 200, body = Vec<StatementLine>), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = Vec<StatementLine>), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn statement(State(s): State<AppState>, who: Identity) -> ApiResult {
     Ok(error::ok(statement_lines(&s.pool, who.user_id()?).await?))
 }
@@ -420,6 +476,71 @@ async fn dashboard_js() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(year: i32, month: u32, day: u32) -> DateTime<Utc> {
+        chrono::NaiveDate::from_ymd_opt(year, month, day)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .unwrap()
+            .and_utc()
+    }
+
+    fn period(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Period {
+        Period {
+            from,
+            to,
+            status: None,
+            currency: None,
+            format: None,
+        }
+    }
+
+    fn refused_field(p: &Period) -> Option<String> {
+        let err = p.bounds().err()?;
+        assert_eq!(err.code, finflow_platform::ErrorCode::ValidationError);
+        Some(err.details?["field"].as_str()?.to_owned())
+    }
+
+    #[test]
+    fn bounds_outside_postgres_timestamptz_are_a_validation_error() {
+        let pg_min = at(-4713, 11, 24);
+        assert_eq!(pg_min.timestamp(), PG_TIMESTAMP_MIN_SECS);
+        // chrono ends (year 262143) before PostgreSQL does.
+        assert!(DateTime::<Utc>::MAX_UTC.timestamp() < PG_TIMESTAMP_END_SECS);
+        assert!(storable(DateTime::<Utc>::MAX_UTC));
+        // The survey's 500: 4714 BC before November 24th.
+        assert_eq!(
+            refused_field(&period(Some(at(-4713, 1, 1)), None)).as_deref(),
+            Some("from")
+        );
+        let before_min = pg_min - chrono::Duration::microseconds(1);
+        assert_eq!(
+            refused_field(&period(Some(before_min), None)).as_deref(),
+            Some("from")
+        );
+        // `to` near chrono's first date: refused, not 30 days subtracted into a panic.
+        assert_eq!(
+            refused_field(&period(None, Some(at(-262_143, 1, 5)))).as_deref(),
+            Some("to")
+        );
+        // A default `from` 30 days before a `to` near the minimum falls outside.
+        assert_eq!(
+            refused_field(&period(None, Some(at(-4713, 12, 1)))).as_deref(),
+            Some("from")
+        );
+        // The range's ends themselves are fine.
+        let last = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(
+            period(Some(pg_min), Some(last)).bounds().ok(),
+            Some((pg_min, last))
+        );
+        assert!(period(Some(at(1, 1, 1)), None).bounds().is_ok());
+        assert!(period(None, None).bounds().is_ok());
+        // An inverted period is empty, not refused.
+        let (from, to) = period(Some(at(2026, 1, 2)), Some(at(2026, 1, 1)))
+            .bounds()
+            .unwrap();
+        assert_eq!(from, to, "nothing is at or after from and before to");
+    }
 
     #[test]
     fn csv_fields_with_separators_are_quoted() {

@@ -25,13 +25,16 @@ use crate::proxy::HttpClient;
 /// How long a merged document is served before the services are asked again.
 pub const CACHE_FOR: Duration = Duration::from_secs(30);
 
+/// A merged document and when it was made.
+type Cached = Option<(Instant, Arc<Value>)>;
+
 /// The services' documents, fetched and merged on demand.
 #[derive(Clone)]
 pub struct Documents {
     routes: Arc<Vec<(Service, BaseUrl)>>,
     client: HttpClient,
     version: &'static str,
-    cached: Arc<Mutex<Option<(Instant, Arc<Value>)>>>,
+    cached: Arc<Mutex<Cached>>,
 }
 
 impl Documents {

@@ -110,7 +110,7 @@ async fn visible_wallet(pool: &PgPool, who: &Identity, id: Uuid) -> Result<Walle
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWallet {
-    #[schema(value_type = String, example = "USD")]
+    #[schema(value_type = finflow_platform::Currency, example = "USD")]
     pub currency: Currency,
 }
 
@@ -127,7 +127,10 @@ struct WalletEvent<'a> {
 /// Creates a wallet in `pending`, once the user's KYC is verified *as A knows it now*
 /// (not as the token says: a user verified a minute ago needs no new login).
 #[utoipa::path(post, path = "/api/v1/wallets", tag = "wallets", request_body = CreateWallet,
-    responses((status = 201, body = Wallet), (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 201, body = Wallet),
+        (status = 400, body = ErrorEnvelope, description = "not an ISO 4217 currency code with minor units"),
+        (status = 403, body = ErrorEnvelope, description = "KYC_REQUIRED (KYC not verified), or not a user token"),
+        (status = 409, body = ErrorEnvelope, description = "the caller already has a wallet in this currency")))]
 async fn create_wallet(
     State(s): State<AppState>,
     who: Identity,
@@ -175,7 +178,9 @@ async fn create_wallet(
     Ok(error::with_status(StatusCode::CREATED, row.view()?))
 }
 
-#[utoipa::path(get, path = "/api/v1/wallets", tag = "wallets", responses((status = 200, body = Vec<Wallet>)))]
+#[utoipa::path(get, path = "/api/v1/wallets", tag = "wallets",
+    responses((status = 200, body = Vec<Wallet>),
+        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn list_wallets(State(s): State<AppState>, who: Identity) -> ApiResult {
     let rows: Vec<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {WALLET_COLUMNS} FROM wallets WHERE user_id = $1 AND kind = 'user' ORDER BY created_at"
@@ -191,7 +196,8 @@ async fn list_wallets(State(s): State<AppState>, who: Identity) -> ApiResult {
 }
 
 #[utoipa::path(get, path = "/api/v1/wallets/{id}", tag = "wallets", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Wallet), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 404, body = ErrorEnvelope)))]
 async fn get_wallet(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     Ok(error::ok(visible_wallet(&s.pool, &who, id).await?.view()?))
 }
@@ -205,7 +211,8 @@ struct Balance {
 }
 
 #[utoipa::path(get, path = "/api/v1/wallets/{id}/balance", tag = "wallets", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Balance), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = Balance), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 404, body = ErrorEnvelope)))]
 async fn balance(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     let w = visible_wallet(&s.pool, &who, id).await?.view()?;
     Ok(error::ok(Balance {
@@ -219,7 +226,10 @@ async fn balance(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
 /// `pending` to `active`, by the owner. Activating an active wallet changes nothing; a
 /// frozen wallet is unfrozen through `PUT .../status`, not here.
 #[utoipa::path(post, path = "/api/v1/wallets/{id}/activate", tag = "wallets", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Wallet), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "only the owner activates a wallet"),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "the wallet is frozen, or changed meanwhile")))]
 async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     let wallet = visible_wallet(&s.pool, &who, id).await?;
     if wallet.user_id != who.user_id().ok() {
@@ -385,8 +395,15 @@ struct LinePage {
 
 /// The wallet's ledger, newest first, with an opaque cursor.
 #[utoipa::path(get, path = "/api/v1/wallets/{id}/transactions", tag = "wallets",
-    params(("id" = Uuid, Path), ("cursor" = Option<String>, Query), ("limit" = Option<u16>, Query)),
-    responses((status = 200, body = LinePage), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+    params(("id" = Uuid, Path),
+        ("cursor" = Option<String>, Query, min_length = 11, max_length = 11,
+            pattern = "^[A-Za-z0-9_-]{10}[AEIMQUYcgkosw048]$",
+            description = "`next_cursor` of the previous page (opaque: 8 bytes, unpadded base64url)"),
+        ("limit" = Option<u16>, Query, minimum = 0, maximum = 65535,
+            description = "page size, default 50; any value is clamped to 1..=200")),
+    responses((status = 200, body = LinePage),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, a bad cursor or limit, or an unknown query parameter"),
+        (status = 404, body = ErrorEnvelope)))]
 async fn transactions(
     State(s): State<AppState>,
     who: Identity,

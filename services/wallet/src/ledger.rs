@@ -78,9 +78,11 @@ pub struct TransferRequest {
     pub from_wallet_id: Option<Uuid>,
     /// Absent for a withdrawal (the system account receives).
     pub to_wallet_id: Option<Uuid>,
-    #[schema(value_type = String, example = "1500.00")]
+    /// Greater than zero, within the currency's minor units (at most 4 decimals).
+    #[schema(value_type = String, example = "1500.00",
+        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
     pub amount: Amount,
-    #[schema(value_type = String, example = "USD")]
+    #[schema(value_type = finflow_platform::Currency, example = "USD")]
     pub currency: Currency,
 }
 

@@ -98,7 +98,8 @@ impl Validate for Config {
         api::transactions,
         api::internal_wallet,
         api::transfer
-    )
+    ),
+    components(schemas(finflow_platform::Currency))
 )]
 struct ApiDoc;
 
