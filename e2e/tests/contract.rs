@@ -91,6 +91,8 @@ async fn every_service_answers_fuzzed_requests_as_its_published_document_says() 
             let run = tokio::time::timeout(
                 Duration::from_secs(300),
                 tokio::process::Command::new(&st)
+                    // Its cache of examples found goes with the outputs, not the sources.
+                    .current_dir(&out)
                     .arg("run")
                     .arg(&path)
                     .args(["--url", &platform.gateway_url, "--checks", "all"])
