@@ -34,6 +34,7 @@ pub struct Settings {
     pub refresh_ttl: Duration,
     pub login_limit_per_account: u32,
     pub login_limit_per_address: u32,
+    pub register_limit_per_address: u32,
     /// Service name -> SHA-256 of its client secret.
     pub service_clients: HashMap<String, [u8; 32]>,
 }
@@ -131,6 +132,8 @@ struct UserCreated<'a> {
     account_tier: Tier,
 }
 
+const LOGIN_LIMITED: &str = "too many login attempts, try again later";
+
 fn parse_email(raw: &str) -> Result<Email, ApiError> {
     Email::parse(raw).map_err(|e| ApiError::invalid_field("email", e.to_string()))
 }
@@ -138,8 +141,23 @@ fn parse_email(raw: &str) -> Result<Email, ApiError> {
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, description = "created", body = User),
         (status = 400, body = ErrorEnvelope, description = "email, password, full_name or phone breaks its rule"),
-        (status = 409, body = ErrorEnvelope, description = "an account with this email already exists")))]
-async fn register(State(s): State<AppState>, Json(req): Json<RegisterRequest>) -> ApiResult {
+        (status = 409, body = ErrorEnvelope, description = "an account with this email already exists"),
+        (status = 429, body = ErrorEnvelope, description = "too many sign-ups from this client address; see Retry-After")))]
+async fn register(
+    State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult {
+    // Counted before any work: a refused sign-up still costs the attacker an attempt.
+    let mut redis = s.redis.clone();
+    crate::limits::hit(
+        &mut redis,
+        "register-address",
+        &ip.to_string(),
+        s.settings.register_limit_per_address,
+        "too many sign-ups from this address, try again later",
+    )
+    .await?;
     let email = parse_email(&req.email)?;
     let password = Password::parse(&req.password)?;
     let full_name = FullName::parse(&req.full_name)?;
@@ -229,6 +247,7 @@ async fn login(
         "address",
         &address,
         s.settings.login_limit_per_address,
+        LOGIN_LIMITED,
     )
     .await?;
     let pair = crate::limits::account_address(&email, &address);
@@ -237,6 +256,7 @@ async fn login(
         "account-address",
         &pair,
         s.settings.login_limit_per_account,
+        LOGIN_LIMITED,
     )
     .await?;
 

@@ -93,6 +93,11 @@ pub struct Config {
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "LOGIN_LIMIT_PER_ADDRESS", default_value_t = 50)]
     pub login_limit_per_address: u32,
+    /// Sign-ups allowed per client address per minute. Each costs an Argon2 hash, and
+    /// each answers whether an email has an account (409): unthrottled, a sign-up is
+    /// both a CPU sink and an oracle of who has an account.
+    #[arg(long, env = "REGISTER_LIMIT_PER_ADDRESS", default_value_t = 10)]
+    pub register_limit_per_address: u32,
 }
 
 impl HasServiceConfig for Config {
@@ -201,6 +206,7 @@ pub async fn run(
         refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
         login_limit_per_account: config.login_limit_per_account,
         login_limit_per_address: config.login_limit_per_address,
+        register_limit_per_address: config.register_limit_per_address,
         service_clients: parse_service_clients(config.service_clients.as_ref())
             .map_err(anyhow::Error::msg)?,
     };

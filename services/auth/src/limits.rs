@@ -1,6 +1,7 @@
-//! Login attempt limits, counted in Redis so every replica (blue and green) shares them.
+//! Login and sign-up attempt limits, counted in Redis so every replica (blue and green)
+//! shares them. Sign-ups are counted per client address.
 //!
-//! Two counters, both per client address: every attempt from an address, and the
+//! Two login counters, both per client address: every attempt from an address, and the
 //! attempts at one account from one address since its last success there. There is no
 //! counter per account alone: anyone can fail logins for any email, and such a counter
 //! let an attacker anywhere lock the owner out. Guessing one account's password from
@@ -41,6 +42,7 @@ pub async fn hit(
     scope: &str,
     key: &str,
     limit: u32,
+    message: &'static str,
 ) -> Result<(), ApiError> {
     let k = format!("auth:login:{scope}:{key}");
     let result: redis::RedisResult<(u64, i64)> = redis::pipe()
@@ -59,7 +61,7 @@ pub async fn hit(
             metrics::counter!("finflow_auth_login_limited_total", "scope" => scope.to_owned())
                 .increment(1);
             Err(ApiError::rate_limited(
-                "too many login attempts, try again later",
+                message,
                 u64::try_from(ttl).unwrap_or(1),
             ))
         }

@@ -52,8 +52,10 @@ impl TestAuth {
             "payment=payment-secret-0123456789".into(),
         ];
         // Every test client is 127.0.0.1: no per-address limit unless the test sets one.
-        if !extra.contains(&"--login-limit-per-address") {
-            args.extend(["--login-limit-per-address".into(), "100000".into()]);
+        for limit in ["--login-limit-per-address", "--register-limit-per-address"] {
+            if !extra.contains(&limit) {
+                args.extend([limit.into(), "100000".into()]);
+            }
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let config: Config = finflow_platform::config::try_load_from(args)
@@ -505,6 +507,38 @@ async fn login_from(
 
 fn random_ip() -> String {
     format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet())
+}
+
+#[tokio::test]
+async fn sign_ups_from_one_address_are_throttled_there_with_retry_after() {
+    let app = TestAuth::spawn(&["--register-limit-per-address", "2"]).await;
+    let sign_up = |ip: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(app.url("/api/v1/auth/register"))
+                .header("x-real-ip", ip)
+                .json(&json!({"email": email(), "password": "correct horse battery",
+                              "full_name": "Test User", "phone": "+14155550123"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.headers().get("retry-after").cloned())
+        }
+    };
+    let attacker = random_ip();
+    for _ in 0..2 {
+        assert_eq!(sign_up(attacker.clone()).await.0, StatusCode::CREATED);
+    }
+    let (status, retry_after) = sign_up(attacker).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after.is_some(), "says when to retry");
+    assert_eq!(
+        sign_up(random_ip()).await.0,
+        StatusCode::CREATED,
+        "another address is not held back"
+    );
 }
 
 #[tokio::test]
