@@ -519,8 +519,10 @@ async fn sign_ups_from_one_address_are_throttled_there_with_retry_after() {
                 .http
                 .post(app.url("/api/v1/auth/register"))
                 .header("x-real-ip", ip)
-                .json(&json!({"email": email(), "password": "correct horse battery",
-                              "full_name": "Test User", "phone": "+14155550123"}))
+                .json(
+                    &json!({"email": email(), "password": "correct horse battery",
+                              "full_name": "Test User", "phone": "+14155550123"}),
+                )
                 .send()
                 .await
                 .unwrap();
