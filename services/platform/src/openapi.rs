@@ -98,6 +98,7 @@ pub fn publish(doc: &mut Value) {
             }
         }
     }
+    link_created_resources(doc);
     let root = doc
         .as_object_mut()
         .expect("an OpenAPI document is an object");
@@ -308,6 +309,72 @@ pub fn amount_pattern(decimals: u32) -> String {
     )
 }
 
+/// Links from each operation that makes a resource to the operations on it, so that a
+/// client (and a stateful fuzzer) can follow a creation with what it allows: a `POST`
+/// at `C` or `C/<verb>` answers `data.id`, the `id` of every operation at `C/{id}...`.
+fn link_created_resources(doc: &mut Value) {
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return;
+    };
+    // (creating path, operationIds of the operations on what it makes)
+    let mut links: Vec<(String, Vec<String>)> = Vec::new();
+    for (path, item) in paths {
+        if path.contains('{') || item.get("post").is_none() {
+            continue;
+        }
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        let mut targets = Vec::new();
+        for collection in [path.as_str(), parent] {
+            let prefix = format!("{collection}/{{id}}");
+            for (other, other_item) in paths {
+                if other != &prefix && !other.starts_with(&format!("{prefix}/")) {
+                    continue;
+                }
+                for method in METHODS {
+                    if let Some(id) = other_item
+                        .get(method)
+                        .and_then(|op| op.get("operationId"))
+                        .and_then(Value::as_str)
+                    {
+                        targets.push(id.to_owned());
+                    }
+                }
+            }
+        }
+        if !targets.is_empty() {
+            links.push((path.clone(), targets));
+        }
+    }
+    for (path, targets) in links {
+        let pointer = format!(
+            "/paths/{}/post/responses",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        let Some(responses) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (status, response) in responses.iter_mut() {
+            if !status.starts_with('2') {
+                continue;
+            }
+            let Some(response) = response.as_object_mut() else {
+                continue;
+            };
+            let map = response
+                .entry("links")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("links is an object");
+            for operation_id in &targets {
+                map.entry(operation_id.clone()).or_insert_with(|| {
+                    json!({ "operationId": operation_id,
+                            "parameters": { "id": "$response.body#/data/id" } })
+                });
+            }
+        }
+    }
+}
+
 /// A success's JSON body `S` becomes `{"success": true, "data": S}`.
 fn envelope_json_bodies(response: &mut Value) {
     let Some(content) = response.get_mut("content").and_then(Value::as_object_mut) else {
@@ -455,6 +522,28 @@ mod tests {
             assert!(post.get(status).is_some(), "{status} added");
         }
         assert!(post["429"]["headers"].get("Retry-After").is_some());
+    }
+
+    #[test]
+    fn a_creation_links_to_the_operations_on_what_it_made() {
+        let mut doc = json!({"openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/api/v1/payments/deposit": {"post": {"operationId": "deposit",
+                "responses": {"202": {"description": "accepted"}}}},
+            "/api/v1/payments/{id}": {"get": {"operationId": "get_one", "responses": {}}},
+            "/api/v1/payments/{id}/reverse": {"post": {"operationId": "reverse", "responses": {}}},
+            "/api/v1/wallets/{id}": {"get": {"operationId": "get_wallet", "responses": {}}}
+        }});
+        publish(&mut doc);
+        let responses = &doc["paths"]["/api/v1/payments/deposit"]["post"]["responses"];
+        let links = &responses["202"]["links"];
+        assert_eq!(
+            links["get_one"]["parameters"]["id"],
+            "$response.body#/data/id"
+        );
+        assert_eq!(links["reverse"]["operationId"], "reverse");
+        assert!(links.get("get_wallet").is_none(), "another collection");
+        assert!(responses["400"].get("links").is_none());
     }
 
     #[test]
