@@ -92,15 +92,35 @@ fn preferred_wait(headers: &HeaderMap, max: Duration) -> Option<Duration> {
         .map(|secs| Duration::from_secs(secs).min(max))
 }
 
+/// The headers of `POST /api/v1/payments/{transfer,deposit,withdrawal}` (documentation:
+/// the handlers read them from the request's `HeaderMap`).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct PaymentHeaders {
+    /// 1 to 255 visible ASCII characters (spaces and tabs inside, none around), unique
+    /// per request of the caller's: a retry with the same key and body replays the
+    /// first answer.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$"
+    )]
+    idempotency_key: String,
+    /// `wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal
+    /// status and answers 200 if it gets there; any other preference is accepted and
+    /// ignored.
+    #[param(
+        rename = "Prefer",
+        example = "wait=5",
+        pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$"
+    )]
+    prefer: Option<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/payments/transfer", tag = "payments", request_body = TransferRequest,
-    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
-            pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$",
-            description = "1 to 255 visible ASCII characters (spaces and tabs inside, none around), \
-                unique per request of the caller's: a retry with the same key and body replays the first answer"),
-        ("Prefer" = Option<String>, Header, example = "wait=5",
-            pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
-            description = "`wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal status \
-                and answers 200 if it gets there; any other preference is accepted and ignored")),
+    params(PaymentHeaders),
     responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
         (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
         (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
@@ -118,14 +138,7 @@ async fn transfer(
 }
 
 #[utoipa::path(post, path = "/api/v1/payments/deposit", tag = "payments", request_body = DepositRequest,
-    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
-            pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$",
-            description = "1 to 255 visible ASCII characters (spaces and tabs inside, none around), \
-                unique per request of the caller's: a retry with the same key and body replays the first answer"),
-        ("Prefer" = Option<String>, Header, example = "wait=5",
-            pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
-            description = "`wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal status \
-                and answers 200 if it gets there; any other preference is accepted and ignored")),
+    params(PaymentHeaders),
     responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
         (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
         (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
@@ -143,14 +156,7 @@ async fn deposit(
 }
 
 #[utoipa::path(post, path = "/api/v1/payments/withdrawal", tag = "payments", request_body = WithdrawalRequest,
-    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
-            pattern = r"^[\x21-\x7E]([\t\x20-\x7E]{0,253}[\x21-\x7E])?$",
-            description = "1 to 255 visible ASCII characters (spaces and tabs inside, none around), \
-                unique per request of the caller's: a retry with the same key and body replays the first answer"),
-        ("Prefer" = Option<String>, Header, example = "wait=5",
-            pattern = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$",
-            description = "`wait=N` (RFC 7240, N whole seconds, capped by the server) waits for a terminal status \
-                and answers 200 if it gets there; any other preference is accepted and ignored")),
+    params(PaymentHeaders),
     responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
         (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
         (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
