@@ -93,7 +93,7 @@ impl HeadTimer {
 
 impl hyper::rt::Timer for HeadTimer {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Plain(Box::pin(tokio::time::sleep(duration))))
+        hyper::rt::Timer::sleep(&hyper_util::rt::TokioTimer::new(), duration)
     }
 
     /// hyper's deadline is "the head by then"; the sleep works out its own.
@@ -133,18 +133,6 @@ impl Future for HeadSleep {
 }
 
 impl hyper::rt::Sleep for HeadSleep {}
-
-struct Plain(Pin<Box<Sleep>>);
-
-impl Future for Plain {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
-    }
-}
-
-impl hyper::rt::Sleep for Plain {}
 
 // ---------------------------------------------------------------------------------
 // The client connection's I/O
@@ -329,7 +317,7 @@ fn automatic_answer(head: &[u8]) -> Option<&'static [u8]> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    contains_at(haystack, needle).is_some()
 }
 
 /// A whole answer in the envelope that closes the connection, as bytes.
