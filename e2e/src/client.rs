@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use finflow_platform::testing::Mailbox;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::mail;
 
 /// The password every test user gets.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -38,6 +41,9 @@ pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
     pub token: Option<String>,
+    /// The platform's mail, where signing up finds its verification token
+    /// ([`Client::with_mailbox`]; `Platform::client` sets it).
+    pub mailbox: Option<Mailbox>,
 }
 
 /// A registered, logged-in user.
@@ -58,6 +64,17 @@ impl Client {
                 .build()
                 .unwrap_or_default(),
             token: None,
+            mailbox: None,
+        }
+    }
+
+    /// The same client, reading verification mails from `mailbox` (the launcher's
+    /// SMTP sink) when it signs up.
+    #[must_use]
+    pub fn with_mailbox(&self, mailbox: Mailbox) -> Self {
+        Self {
+            mailbox: Some(mailbox),
+            ..self.clone()
         }
     }
 
@@ -114,18 +131,41 @@ impl Client {
         self.sign_in(email, &id).await
     }
 
-    /// Registers `email` with [`PASSWORD`]; its user id.
+    /// Registers `email` with [`PASSWORD`] as a person does: signs up (202), takes the
+    /// token from the verification mail in the platform's mailbox and verifies the
+    /// address; its user id.
     pub async fn register(&self, email: &str) -> String {
-        let registered = self
+        let mailbox = self.mailbox.as_ref().unwrap_or_else(|| {
+            panic!(
+                "registering {email} needs the platform's mailbox for the verification mail: \
+                 make the client with Platform::client() or Client::with_mailbox"
+            )
+        });
+        let since = mail::mark(mailbox);
+        let signed_up = self
             .post(
                 "/api/v1/auth/register",
                 json!({"email": email, "password": PASSWORD, "full_name": "Test User", "phone": "+14155550123"}),
             )
             .await;
-        registered.data(StatusCode::CREATED)["id"]
+        assert_eq!(
+            signed_up.data(StatusCode::ACCEPTED)["status"],
+            "verification_sent",
+            "{}",
+            signed_up.body
+        );
+        let token = mail::verification_token_for(mailbox, email, since).await;
+        let verified = self.verify(&token).await;
+        verified.data(StatusCode::OK)["id"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// `POST /api/v1/auth/verify` with `token`.
+    pub async fn verify(&self, token: &str) -> Answer {
+        self.post("/api/v1/auth/verify", json!({"token": token}))
+            .await
     }
 
     /// Logs in the registered user `email` (id `id`).

@@ -41,9 +41,9 @@ pub fn repo_root() -> PathBuf {
 /// JWT issuer and audience shared by A and every sidecar.
 pub const JWT_ISSUER: &str = "finflow-auth";
 pub const JWT_AUDIENCE: &str = "finflow";
-/// The sidecar's default public paths (to extend for one service).
-pub const SIDECAR_PUBLIC_PATHS: &str = "/health,/ready,/metrics,/openapi.json,/.well-known/jwks.json,\
-/api/v1/auth/register,/api/v1/auth/login,/api/v1/auth/refresh,/api/v1/auth/logout,/api/v1/auth/token";
+/// The sidecar's default public paths (to extend for one service), as
+/// `finflow_platform::openapi::PUBLIC_PATHS`: `/metrics` is read on the admin port only.
+pub const SIDECAR_PUBLIC_PATHS: &str = finflow_platform::openapi::PUBLIC_PATHS;
 /// The staff accounts `finflow-up` creates, with the role each is granted (by A's
 /// `grant-role` command: no email carries a role by itself).
 pub const STAFF: &[(&str, &str)] = &[
@@ -320,6 +320,7 @@ pub struct Platform {
     pub service_secrets: BTreeMap<String, String>,
     broker: Option<tokio::sync::watch::Sender<bool>>,
     /// Every mail service D sent: the platform's SMTP server is a sink, never the world.
+    /// Sign-ups read their verification token here ([`crate::mail`], [`Platform::client`]).
     pub mailbox: finflow_platform::testing::Mailbox,
     smtp_port: u16,
 }
@@ -502,12 +503,22 @@ impl Platform {
         Ok(())
     }
 
+    /// A client of the gateway that signs up as a person does, reading its
+    /// verification mail from [`Platform::mailbox`].
+    pub fn client(&self) -> crate::client::Client {
+        crate::client::Client::new(&self.gateway_url).with_mailbox(self.mailbox.clone())
+    }
+
     /// Creates the [`STAFF`] accounts with one new random password and grants each its
     /// role; the password. For `finflow-up`, whose dashboard wants an `ops` sign-in.
+    /// Each sign-up is verified with the token D mails to the sink; an account kept
+    /// from an earlier run (verified) gets the notice that someone tried instead, and
+    /// keeps its password.
     pub async fn create_staff(&self) -> anyhow::Result<String> {
         let password = random_secret();
         let http = reqwest::Client::new();
         for (email, role) in STAFF {
+            let since = crate::mail::mark(&self.mailbox);
             let answer = http
                 .post(format!("{}/api/v1/auth/register", self.gateway_url))
                 .json(&serde_json::json!({"email": email, "password": password,
@@ -515,26 +526,58 @@ impl Platform {
                 .send()
                 .await
                 .with_context(|| format!("registering {email}"))?;
-            // 409: the account is there from an earlier run (its password with it).
-            if !(answer.status().is_success() || answer.status() == reqwest::StatusCode::CONFLICT) {
+            if answer.status() != reqwest::StatusCode::ACCEPTED {
                 bail!(
                     "registering {email}: {}",
                     answer.text().await.unwrap_or_default()
                 );
+            }
+            // The first mail to a staff address after its sign-up is the answer to it.
+            let mail = crate::mail::next_mail_to(
+                &self.mailbox,
+                email,
+                since,
+                crate::mail::MAIL_PATIENCE,
+                |_| true,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "no mail to {email} within {:?} of signing it up (see the notification log)",
+                    crate::mail::MAIL_PATIENCE
+                )
+            })?;
+            if let Some(token) = crate::mail::verification_token(&mail) {
+                let verified = http
+                    .post(format!("{}/api/v1/auth/verify", self.gateway_url))
+                    .json(&serde_json::json!({ "token": token }))
+                    .send()
+                    .await
+                    .with_context(|| format!("verifying {email}"))?;
+                if !verified.status().is_success() {
+                    bail!(
+                        "verifying {email}: {}",
+                        verified.text().await.unwrap_or_default()
+                    );
+                }
             }
             self.grant_role(email, role).await?;
         }
         Ok(password)
     }
 
-    /// Registers `email` through the gateway, grants it `role` and logs it in.
+    /// Registers `email` through the gateway (verifying it with the mailed token),
+    /// grants it `role` and logs it in.
     pub async fn staff_user(
         &self,
         client: &crate::client::Client,
         email: &str,
         role: &str,
     ) -> anyhow::Result<crate::client::User> {
-        let id = client.register(email).await;
+        let id = client
+            .with_mailbox(self.mailbox.clone())
+            .register(email)
+            .await;
         self.grant_role(email, role).await?;
         Ok(client.sign_in(email, &id).await)
     }
@@ -732,7 +775,11 @@ impl Platform {
                 ("REGISTER_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
             ],
             // A local platform verifies well-formed documents itself (a reviewer is optional).
-            "kyc" => vec![("KYC_AUTO_APPROVE".to_owned(), "true".to_owned())],
+            "kyc" => {
+                let mut env = self.client_env(spec.name);
+                env.push(("KYC_AUTO_APPROVE".to_owned(), "true".to_owned()));
+                env
+            }
             "reporting" => vec![(
                 "UPSTREAMS".to_owned(),
                 self.services

@@ -1,9 +1,13 @@
 //! Attacks through the gateway by people with a staff role, or by the owner of a wallet
 //! staff froze: staff never decide on their own money, and an owner cannot undo a
-//! staff freeze.
+//! staff freeze. And by anyone: a sign-up with someone else's address tells nothing and
+//! takes nothing.
 
-use finflow_e2e::client::{Client, User};
+use std::collections::BTreeSet;
+
+use finflow_e2e::client::{Answer, User};
 use finflow_e2e::journey::{key, platform};
+use finflow_e2e::mail::{self, MAIL_PATIENCE};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -28,7 +32,7 @@ async fn payment(user: &User, id: &str) -> Value {
 #[tokio::test]
 async fn staff_can_neither_release_nor_reverse_their_own_payments() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     // Staff roles are granted out of band, as an operator grants them.
     let (ops, own) = platform
         .staff_user(&client, "ops@finflow.local", "ops")
@@ -104,7 +108,7 @@ async fn staff_can_neither_release_nor_reverse_their_own_payments() {
 #[tokio::test]
 async fn an_owner_cannot_lift_a_staff_freeze_and_staff_cannot_touch_their_own_wallet() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (ops, own) = platform
         .staff_user(&client, "ops@finflow.local", "ops")
         .await
@@ -161,7 +165,7 @@ fn invalid_because(answer: &finflow_e2e::client::Answer, reason: &str) {
 #[tokio::test]
 async fn nul_characters_and_array_bodies_get_a_400_in_the_envelope_never_a_500_or_a_change() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let ops = platform
         .staff_user(&client, "ops@finflow.local", "ops")
         .await
@@ -269,5 +273,86 @@ async fn a_client_that_stalls_its_headers_is_cut_off_and_an_oversized_head_gets_
     let body: Value = big.json().await.expect("a JSON body");
     assert_eq!(body["success"], false);
     assert_eq!(body["error"]["code"], "HEADERS_TOO_LARGE");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_sign_up_with_someone_s_address_answers_as_a_new_one_and_only_its_owner_hears_of_it() {
+    let mut platform = platform().await;
+    let anonymous = platform.client();
+    let victim = anonymous.new_user("victim").await;
+    let fresh = format!("fresh-{}@example.com", key());
+    let attacker_password = "the attacker's own password";
+    let sign_up = |email: String| {
+        let c = anonymous.clone();
+        async move {
+            c.post(
+                "/api/v1/auth/register",
+                json!({"email": email, "password": attacker_password,
+                       "full_name": "Mallory", "phone": "+14155550123"}),
+            )
+            .await
+        }
+    };
+    let since = mail::mark(&platform.mailbox);
+    let taken = sign_up(victim.email.clone()).await;
+    let new = sign_up(fresh.clone()).await;
+
+    // The same answer: status, body (but the address it names), headers.
+    assert_eq!(taken.status, StatusCode::ACCEPTED, "{}", taken.body);
+    assert_eq!(taken.status, new.status);
+    let accepted = |email: &str| json!({"success": true, "data": {"email": email, "status": "verification_sent"}});
+    assert_eq!(taken.body, accepted(&victim.email));
+    assert_eq!(new.body, accepted(&fresh));
+    let names = |a: &Answer| {
+        a.headers
+            .keys()
+            .map(|k| k.as_str().to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(names(&taken), names(&new));
+
+    // The owner is told that someone tried (and given no token); the new address gets
+    // its token.
+    let notice = mail::next_mail_to(
+        &platform.mailbox,
+        &victim.email,
+        since,
+        MAIL_PATIENCE,
+        |m| m.contains("Subject: Someone tried to sign up with your address"),
+    )
+    .await
+    .expect("the owner is told that someone tried to sign up with their address");
+    assert_eq!(mail::verification_token(&notice), None, "{notice}");
+    mail::next_mail_to(&platform.mailbox, &fresh, since, MAIL_PATIENCE, |m| {
+        mail::verification_token(m).is_some()
+    })
+    .await
+    .expect("the new address gets its verification mail");
+    let to_victim = platform
+        .mailbox
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(since)
+        .filter(|(to, data)| to.contains(&victim.email) && mail::verification_token(data).is_some())
+        .count();
+    assert_eq!(to_victim, 0, "no new token for the victim's account");
+
+    // The attacker's password opens nothing; the owner's still does.
+    let login = anonymous
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": victim.email, "password": attacker_password}),
+        )
+        .await;
+    assert_eq!(login.error(StatusCode::UNAUTHORIZED), "UNAUTHORIZED");
+    let owner = anonymous.sign_in(&victim.email, &victim.id).await;
+    let me = owner.client.get("/api/v1/users/me").await;
+    assert_eq!(
+        me.data(StatusCode::OK)["full_name"],
+        "Test User",
+        "unchanged"
+    );
     platform.stop().await;
 }

@@ -10,7 +10,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use finflow_e2e::client::Client;
 use finflow_e2e::journey::platform;
 
 /// Examples per operation and phase: enough for every status an operation has, and the
@@ -24,7 +23,7 @@ async fn every_service_answers_fuzzed_requests_as_its_published_document_says() 
         return;
     };
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (user, _wallet) = client.new_user("fuzz").await.with_wallet("USD").await;
     let mut tokens = vec![("user", token(&user))];
     for (email, role) in [

@@ -9,7 +9,7 @@ use serde_json::json;
 #[tokio::test]
 async fn a_user_registers_logs_in_and_reads_their_profile_through_the_gateway() {
     let mut platform = platform().await;
-    let anonymous = Client::new(&platform.gateway_url);
+    let anonymous = platform.client();
     let user = anonymous.new_user("e2e").await;
 
     let me = user.client.get("/api/v1/users/me").await;
@@ -30,7 +30,7 @@ async fn a_user_registers_logs_in_and_reads_their_profile_through_the_gateway() 
 #[tokio::test]
 async fn refresh_rotates_logout_revokes_and_a_replayed_refresh_token_revokes_its_family() {
     let mut platform = platform().await;
-    let anonymous = Client::new(&platform.gateway_url);
+    let anonymous = platform.client();
     let user = anonymous.new_user("e2e").await;
     let first = &user.session;
     let refresh = |token: &serde_json::Value| {
@@ -83,7 +83,7 @@ async fn refresh_rotates_logout_revokes_and_a_replayed_refresh_token_revokes_its
 #[tokio::test]
 async fn spoofed_identity_headers_and_internal_routes_are_refused_at_the_edge() {
     let mut platform = platform().await;
-    let anonymous = Client::new(&platform.gateway_url);
+    let anonymous = platform.client();
     let victim = anonymous.new_user("victim").await;
     let attacker = anonymous.new_user("attacker").await;
 

@@ -27,7 +27,7 @@ async fn funded(client: &Client, prefix: &str, amount: &str) -> (User, String) {
 #[tokio::test]
 async fn deposit_transfer_and_withdrawal_move_money_and_an_overdraft_is_insufficient_funds() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
 
     // Flow 3: deposit.
     let (alice, a_wallet) = client.new_user("alice").await.with_wallet("USD").await;
@@ -120,7 +120,7 @@ async fn deposit_transfer_and_withdrawal_move_money_and_an_overdraft_is_insuffic
 #[tokio::test]
 async fn a_frozen_wallet_makes_the_payment_fail() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (alice, a_wallet) = funded(&client, "alice", "100.00").await;
     let (bob, b_wallet) = client.new_user("bob").await.with_wallet("USD").await;
 
@@ -167,7 +167,7 @@ async fn a_frozen_wallet_makes_the_payment_fail() {
 #[tokio::test]
 async fn one_idempotency_key_sent_twenty_times_at_once_gives_one_payment_and_identical_responses() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (alice, a_wallet) = funded(&client, "alice", "100.00").await;
     let (_bob, b_wallet) = client.new_user("bob").await.with_wallet("USD").await;
     let body = json!({"from_wallet_id": a_wallet, "to_wallet_id": b_wallet, "amount": "7.00", "currency": "USD"});
@@ -243,7 +243,7 @@ fn cents(amount: &Value) -> i64 {
 #[tokio::test]
 async fn killing_the_worker_during_500_transfers_loses_nothing_and_applies_each_once() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let mut wallets = Vec::new();
     for i in 0..10 {
         wallets.push(funded(&client, &format!("crash{i}"), "500.00").await);
@@ -374,7 +374,7 @@ async fn payments_accepted_while_rabbitmq_is_unreachable_complete_after_it_retur
     let mut platform = Platform::start(options)
         .await
         .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"));
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (alice, a_wallet) = funded(&client, "alice", "100.00").await;
     let (bob, b_wallet) = client.new_user("bob").await.with_wallet("USD").await;
 
@@ -449,7 +449,7 @@ async fn a_payment_stuck_while_the_wallet_service_is_down_is_settled_by_the_swee
     let mut platform = Platform::start(options)
         .await
         .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"));
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (alice, a_wallet) = funded(&client, "alice", "100.00").await;
     let (bob, b_wallet) = client.new_user("bob").await.with_wallet("USD").await;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use finflow_e2e::client::{Client, User};
+use finflow_e2e::client::User;
 use finflow_e2e::journey::key;
 use finflow_e2e::launcher::{Options, Platform, repo_root};
 use finflow_e2e::tools::ensure_tool;
@@ -92,7 +92,7 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
     let mut platform = Platform::start(Options::isolated())
         .await
         .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"));
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let ops = platform
         .staff_user(&client, "ops@finflow.local", "ops")
         .await

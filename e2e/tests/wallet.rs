@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use finflow_e2e::client::{Client, User};
+use finflow_e2e::client::User;
 use finflow_e2e::journey::{eventually, key, platform};
 use finflow_e2e::launcher::{Options, Platform};
 use finflow_platform::Amount;
@@ -16,7 +16,7 @@ async fn kyc_gates_wallet_creation_and_a_verification_opens_it_for_the_same_toke
     let mut platform = Platform::start(Options::isolated())
         .await
         .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"));
-    let user = Client::new(&platform.gateway_url).new_user("kyc").await;
+    let user = platform.client().new_user("kyc").await;
 
     // First half: not verified yet, refused with KYC_REQUIRED and nothing created.
     let refused = user
@@ -37,9 +37,7 @@ async fn kyc_gates_wallet_creation_and_a_verification_opens_it_for_the_same_toke
     assert_eq!(status.data(StatusCode::OK)["kyc_status"], "verified");
 
     // Another user's wallet is 404, not 403.
-    let stranger = Client::new(&platform.gateway_url)
-        .new_user("stranger")
-        .await;
+    let stranger = platform.client().new_user("stranger").await;
     let id = wallet["id"].as_str().unwrap();
     let peek = stranger.client.get(&format!("/api/v1/wallets/{id}")).await;
     assert_eq!(peek.error(StatusCode::NOT_FOUND), "NOT_FOUND");
@@ -103,7 +101,7 @@ fn lines(pages: &[Value]) -> Vec<Value> {
 #[tokio::test]
 async fn the_transaction_history_pages_through_every_ledger_line_once_newest_first() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     let (alice, a) = client.new_user("alice").await.with_wallet("USD").await;
     let (bob, b) = client.new_user("bob").await.with_wallet("USD").await;
 
@@ -315,7 +313,7 @@ async fn told(owner: &User, wallet: &str, change: &str) -> Value {
 #[tokio::test]
 async fn ops_can_freeze_and_reactivate_anyone_s_wallet_but_another_user_cannot() {
     let mut platform = platform().await;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     // The role is granted by the operator command, as in a deployment: no email
     // carries a role by itself.
     let ops = platform

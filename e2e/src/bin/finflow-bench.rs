@@ -585,7 +585,7 @@ const EDGE_PATH: &str = "/api/v1/users/me";
 
 impl EdgeRequests {
     async fn new(platform: &Platform) -> anyhow::Result<Self> {
-        let user = Client::new(&platform.gateway_url).new_user("bench").await;
+        let user = platform.client().new_user("bench").await;
         let token = user.session["access_token"]
             .as_str()
             .context("no token")?
@@ -1099,7 +1099,7 @@ async fn instructions(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
 async fn pgo_train(platform: &Platform, seconds: u64) -> anyhow::Result<()> {
     ensure_tool("wrk", "wrk").await?;
     let requests = EdgeRequests::new(platform).await?;
-    let gateway = Client::new(&platform.gateway_url);
+    let gateway = platform.client();
     let auth_sidecar = platform
         .services
         .iter()
@@ -1164,7 +1164,7 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
                 bail!("pgbench missing")
             }
         })?;
-    let client = Client::new(&platform.gateway_url);
+    let client = platform.client();
     // Senders with enough money for the whole run; each sends to a receiver.
     let mut pairs = Vec::new();
     for i in 0..concurrency {

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use finflow_e2e::launcher::{Options, Platform};
+use finflow_e2e::mail;
 
 /// Runs the FinFlow platform locally: backing services, every service with its sidecar
 /// in dependency order, the gateway on :8000.
@@ -42,16 +43,27 @@ async fn main() -> anyhow::Result<()> {
     for (email, role) in finflow_e2e::launcher::STAFF {
         println!("  {email} ({role})");
     }
+    let gateway = &platform.gateway_url;
     println!(
-        "Try:\n  curl -s {}/api/v1/auth/register -H 'content-type: application/json' \\\n    \
-         -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"full_name\":\"Ada Lovelace\",\"phone\":\"+14155550123\"}}'\n",
-        platform.gateway_url
+        "Try (sign up: 202 whatever the address; the verification mail with its token is \
+         printed here, below):\n  \
+         curl -s {gateway}/api/v1/auth/register -H 'content-type: application/json' \\\n    \
+         -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"full_name\":\"Ada Lovelace\",\"phone\":\"+14155550123\"}}'\n\
+         then confirm the address with the token from that mail, and log in:\n  \
+         curl -s {gateway}/api/v1/auth/verify -H 'content-type: application/json' -d '{{\"token\":\"<token>\"}}'\n  \
+         curl -s {gateway}/api/v1/auth/login -H 'content-type: application/json' \\\n    \
+         -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'\n"
     );
-    // The platform's mail goes to a sink: keep each message as a file to read.
+    // The platform's mail goes to a sink: keep each message as a file to read, and show
+    // the new ones on the console (recipient, subject, and the token line of a
+    // verification mail), so a developer can verify the addresses they sign up.
     let mail_dir = finflow_e2e::launcher::repo_root().join("target/finflow/mail");
     std::fs::create_dir_all(&mail_dir)?;
     let mailbox = platform.mailbox.clone();
     let dir = mail_dir.clone();
+    // The staff accounts' mails came before the instructions: kept, not shown.
+    let shown_from = mail::mark(&mailbox);
+    let verify_url = format!("{gateway}/api/v1/auth/verify");
     tokio::spawn(async move {
         let mut written = 0;
         loop {
@@ -66,11 +78,27 @@ async fn main() -> anyhow::Result<()> {
                     dir.join(format!("{written:05}.eml")),
                     format!("X-Envelope-To: {}\n{data}", to.join(", ")),
                 );
+                if written <= shown_from {
+                    continue;
+                }
+                println!(
+                    "mail to {}: {}",
+                    to.join(", "),
+                    mail::subject(&data).unwrap_or("(no subject)")
+                );
+                if let Some(token) = mail::verification_token(&data) {
+                    if let Some(line) = data.lines().find(|l| l.contains("/api/v1/auth/verify")) {
+                        println!("  {}", line.trim());
+                    }
+                    println!(
+                        "  curl -s {verify_url} -H 'content-type: application/json' -d '{{\"token\":\"{token}\"}}'"
+                    );
+                }
             }
         }
     });
     println!(
-        "Mail is not sent anywhere: it is kept in {}",
+        "Mail is not sent anywhere: it is kept in {}, and each new one is shown here.",
         mail_dir.display()
     );
     println!("Ctrl-C stops everything.");

@@ -169,8 +169,10 @@ pub struct SidecarSpec {
     /// Secret key holding a shared HS256 secret, for simple setups without a JWKS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hs256_secret_ref: Option<SecretKeyRef>,
-    /// Path prefixes served without a token.
-    #[serde(default = "default_public_paths")]
+    /// Paths served without a token (`*` at the end: a prefix). Empty: the sidecar's
+    /// own default, the platform's public paths (probes, the OpenAPI document, the JWK
+    /// set and the sign-up and login routes), kept in one place with the sidecar.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_paths: Vec<String>,
     /// Verified claim name to the request header it is forwarded in. Client-supplied
     /// copies of these headers are always removed.
@@ -194,7 +196,7 @@ impl Default for SidecarSpec {
             audiences: Vec::new(),
             jwks_uri: None,
             hs256_secret_ref: None,
-            public_paths: default_public_paths(),
+            public_paths: Vec::new(),
             claim_headers: default_claim_headers(),
             trusted_proxies: Vec::new(),
         }
@@ -203,12 +205,6 @@ impl Default for SidecarSpec {
 
 fn default_true() -> bool {
     true
-}
-
-fn default_public_paths() -> Vec<String> {
-    ["/health", "/ready", "/metrics", "/openapi.json"]
-        .map(str::to_owned)
-        .to_vec()
 }
 
 /// DESIGN section 3: the identity headers an app may rely on.

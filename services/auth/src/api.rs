@@ -12,19 +12,20 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::{ClientIp, KycStatus, Tier};
 use finflow_platform::{ApiError, ApiResult, Email, Identity, Json, Path};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
 use crate::tokens::{self, Issuer, Subject};
+use crate::verification;
 
 /// The `source` of events this service emits.
 pub const SOURCE: &str = "auth";
@@ -50,6 +51,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/verify", post(verify))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
@@ -122,7 +124,7 @@ pub struct RegisterRequest {
     pub phone: String,
 }
 
-/// Data of `user.created`.
+/// Data of `user.created`, emitted when the address is verified.
 #[derive(Serialize)]
 struct UserCreated<'a> {
     user_id: Uuid,
@@ -132,16 +134,57 @@ struct UserCreated<'a> {
     account_tier: Tier,
 }
 
+/// Data of `user.verification_requested`: D mails the token to `email`, and only there.
+#[derive(Serialize)]
+struct VerificationRequested<'a> {
+    user_id: Uuid,
+    email: &'a str,
+    full_name: &'a str,
+    token: &'a str,
+    expires_at: DateTime<Utc>,
+}
+
+/// Data of `user.registration_repeated`: D tells the owner of `email` that someone
+/// tried to sign up with it.
+#[derive(Serialize)]
+struct RegistrationRepeated<'a> {
+    user_id: Uuid,
+    email: &'a str,
+}
+
+/// What a sign-up answers. The same for an address with no account, one with an
+/// unverified account and one with an account: only the mailbox learns which it was.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registration {
+    /// The address as it is compared and mailed (trimmed, lower-cased).
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    pub status: RegistrationStatus,
+}
+
+/// `status` of a sign-up: a mail is on its way to the address.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationStatus {
+    VerificationSent,
+}
+
 const LOGIN_LIMITED: &str = "too many login attempts, try again later";
 
 fn parse_email(raw: &str) -> Result<Email, ApiError> {
     Email::parse(raw).map_err(|e| ApiError::invalid_field("email", e.to_string()))
 }
 
+/// Signs up, or repeats a sign-up. Always 202 with the same body: whether the address
+/// has an account is told only to its mailbox. A new address gets an unverified account
+/// and a mail with a verification token; an address with an unverified account is taken
+/// by the newest sign-up (its password, name and phone; earlier tokens stop working)
+/// with a new token mailed; an address with a verified account changes nothing and its
+/// owner is mailed that someone tried.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
-    responses((status = 201, description = "created", body = User),
+    responses((status = 202, body = Registration,
+            description = "a mail is on its way to the address: a token to confirm it (POST /api/v1/auth/verify), or, if the address has an account, a notice to its owner; the answer is the same either way"),
         (status = 400, body = ErrorEnvelope, description = "email, password, full_name or phone breaks its rule"),
-        (status = 409, body = ErrorEnvelope, description = "an account with this email already exists"),
         (status = 429, body = ErrorEnvelope, description = "too many sign-ups from this client address; see Retry-After")))]
 async fn register(
     State(s): State<AppState>,
@@ -162,28 +205,144 @@ async fn register(
     let password = Password::parse(&req.password)?;
     let full_name = FullName::parse(&req.full_name)?;
     let phone = Phone::parse(&req.phone)?;
+    // Hashed on every path, before anything tells them apart: a sign-up takes as long
+    // for an address with an account as for a new one.
     let hash = hash_password(password).await?;
     // Every account starts as a user whatever its email: staff roles are granted by
     // an operator (`admin`), never by choosing an address.
     let roles = vec!["user".to_owned()];
 
     let mut tx = s.pool.begin().await?;
-    let user: User = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO users (id, email, password_hash, full_name, phone, roles) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {USER_COLUMNS}"
-    )))
+    // A new address gets an account. For an address that has one the insert does
+    // nothing (after waiting for a concurrent sign-up of it to commit or roll back).
+    let created: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO users (id, email, password_hash, full_name, phone, roles, email_verified_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL) ON CONFLICT (email) DO NOTHING RETURNING id",
+    )
     .bind(Uuid::now_v7())
     .bind(email.as_str())
-    .bind(hash)
+    .bind(&hash)
     .bind(full_name.as_str())
     .bind(phone.as_str())
     .bind(&roles)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| match unique_violation(&e) {
-        Some("users_email_key") => ApiError::conflict("an account with this email already exists"),
-        _ => e.into(),
-    })?;
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (user_id, event) = if let Some(user_id) = created {
+        let event = verification_requested(&mut tx, user_id, &email, &full_name).await?;
+        (user_id, event)
+    } else {
+        let existing: Option<(Uuid, bool)> = sqlx::query_as(
+            "SELECT id, email_verified_at IS NOT NULL FROM users WHERE email = $1 FOR UPDATE",
+        )
+        .bind(email.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (user_id, verified) =
+            existing.ok_or_else(|| ApiError::internal(&"the account vanished during sign-up"))?;
+        if verified {
+            // The account stays as it is; its owner hears that someone tried.
+            let event = Event::new(
+                SOURCE,
+                types::USER_REGISTRATION_REPEATED,
+                &RegistrationRepeated {
+                    user_id,
+                    email: email.as_str(),
+                },
+            )
+            .map_err(|e| ApiError::internal(&e))?;
+            (user_id, event)
+        } else {
+            // Nobody has proven this mailbox yet: the newest sign-up takes the account,
+            // and only whoever reads the mail can finish it. The earlier sign-up's
+            // password stops working with its token.
+            sqlx::query(
+                "UPDATE users SET password_hash = $2, full_name = $3, phone = $4, updated_at = now() \
+                 WHERE id = $1",
+            )
+            .bind(user_id)
+            .bind(&hash)
+            .bind(full_name.as_str())
+            .bind(phone.as_str())
+            .execute(&mut *tx)
+            .await?;
+            let event = verification_requested(&mut tx, user_id, &email, &full_name).await?;
+            (user_id, event)
+        }
+    };
+    outbox::enqueue(&mut tx, &event).await?;
+    tx.commit().await?;
+    tracing::info!(%user_id, outcome = %event.event_type, "sign-up accepted");
+    Ok(error::with_status(
+        StatusCode::ACCEPTED,
+        Registration {
+            email: email.as_str().to_owned(),
+            status: RegistrationStatus::VerificationSent,
+        },
+    ))
+}
+
+/// Issues `user`'s verification token (revoking earlier ones) and the event that has
+/// it mailed to `email`.
+async fn verification_requested(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    email: &Email,
+    full_name: &FullName,
+) -> Result<Event, ApiError> {
+    let (token, expires_at) = verification::issue(tx, user_id).await?;
+    Event::new(
+        SOURCE,
+        types::USER_VERIFICATION_REQUESTED,
+        &VerificationRequested {
+            user_id,
+            email: email.as_str(),
+            full_name: full_name.as_str(),
+            token: &token,
+            expires_at,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The token of the verification mail.
+    #[schema(example = "Q2hhbmdlIG1lOiB0aGlzIGlzIGFuIGV4YW1wbGUgdG9rZW4")]
+    pub token: String,
+}
+
+/// The one answer to every token that does not verify: which of unknown, used,
+/// superseded or expired it was is not said.
+fn invalid_token() -> ApiError {
+    ApiError::validation("the verification token is invalid or has expired")
+        .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
+}
+
+/// Confirms an address with the token mailed to it: the account can log in from now
+/// on, and `user.created` tells the other services it exists.
+#[utoipa::path(post, path = "/api/v1/auth/verify", tag = "auth", request_body = VerifyRequest,
+    responses((status = 200, body = User, description = "the address is confirmed: the account can log in"),
+        (status = 400, body = ErrorEnvelope,
+            description = "the token is unknown, already used, superseded by a newer sign-up or expired (details.reason = invalid_token; which one is not said)")))]
+async fn verify(State(s): State<AppState>, Json(req): Json<VerifyRequest>) -> ApiResult {
+    let mut tx = s.pool.begin().await?;
+    let Some(user_id) = verification::redeem(&mut tx, &req.token).await? else {
+        return Err(invalid_token());
+    };
+    let user: Option<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET email_verified_at = now(), updated_at = now() \
+         WHERE id = $1 AND email_verified_at IS NULL RETURNING {USER_COLUMNS}"
+    )))
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    // Verified already (or gone): the token is refused like any other, and dropping the
+    // transaction leaves it as it was.
+    let Some(user) = user else {
+        return Err(invalid_token());
+    };
+    verification::revoke_outstanding(&mut tx, user.id).await?;
     let event = Event::new(
         SOURCE,
         types::USER_CREATED,
@@ -198,8 +357,8 @@ async fn register(
     .map_err(|e| ApiError::internal(&e))?;
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
-    tracing::info!(user_id = %user.id, "user registered");
-    Ok(error::with_status(StatusCode::CREATED, user))
+    tracing::info!(user_id = %user.id, "email verified; user created");
+    Ok(error::ok(user))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -260,15 +419,18 @@ async fn login(
     )
     .await?;
 
-    let row: Option<(String,)> = sqlx::query_as("SELECT password_hash FROM users WHERE email = $1")
-        .bind(email.as_str())
-        .fetch_optional(&s.pool)
-        .await?;
-    // An unknown email costs the same Argon2 work as a wrong password: no timing oracle.
-    let known = row.is_some();
-    let hash = row.map_or_else(|| DUMMY_HASH.clone(), |(h,)| h);
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT password_hash, email_verified_at IS NOT NULL FROM users WHERE email = $1",
+    )
+    .bind(email.as_str())
+    .fetch_optional(&s.pool)
+    .await?;
+    // An unknown email costs the same Argon2 work as a wrong password, and an account
+    // whose address is not verified yet is checked like any other and refused with the
+    // same answer: no oracle of which addresses have accounts, or verified ones.
+    let (hash, usable) = row.unwrap_or_else(|| (DUMMY_HASH.clone(), false));
     let matches = verify_password(req.password, hash).await?;
-    if !(known && matches) {
+    if !(usable && matches) {
         return Err(ApiError::unauthorized("invalid email or password"));
     }
     // The attempts from here were the owner's: their count starts again.
@@ -282,7 +444,7 @@ async fn login(
 
 async fn user_by_email(pool: &PgPool, email: &Email) -> Result<User, ApiError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
+        "SELECT {USER_COLUMNS} FROM users WHERE email = $1 AND email_verified_at IS NOT NULL"
     )))
     .bind(email.as_str())
     .fetch_optional(pool)

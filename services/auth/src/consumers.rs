@@ -2,10 +2,11 @@
 
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
-use finflow_platform::identity::KycStatus;
 use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
+
+use crate::kyc::{self, Decision};
 
 /// The queue of KYC decisions.
 pub fn kyc_queue() -> QueueSpec {
@@ -15,11 +16,12 @@ pub fn kyc_queue() -> QueueSpec {
 #[derive(Deserialize)]
 struct KycUpdated {
     user_id: Uuid,
-    kyc_status: KycStatus,
+    #[serde(flatten)]
+    decision: Decision,
 }
 
-/// Applies `user.kyc_updated` to the user, so the next token (and B's check against A)
-/// carries the new status without a new login.
+/// Applies `user.kyc_updated` to the user (unless a newer decision is there: see
+/// [`kyc`]), so the next token and B's checks carry it without a new login.
 pub struct KycUpdates;
 
 impl Handler for KycUpdates {
@@ -27,14 +29,10 @@ impl Handler for KycUpdates {
         let update: KycUpdated = event
             .data_as()
             .map_err(|e| HandlerError::Permanent(format!("malformed user.kyc_updated: {e}")))?;
-        let updated =
-            sqlx::query("UPDATE users SET kyc_status = $2, updated_at = now() WHERE id = $1")
-                .bind(update.user_id)
-                .bind(update.kyc_status)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if updated == 0 {
+        if kyc::apply(tx, update.user_id, &update.decision)
+            .await?
+            .is_none()
+        {
             // The user may not be committed yet on a replica race; retries, then dead-letters.
             return Err(HandlerError::Transient(format!(
                 "no user {}",

@@ -2,8 +2,14 @@
 //!
 //! The model:
 //! - Users register with email, password (Argon2id), full name and phone; each has a
-//!   `kyc_status` (changed only by `user.kyc_updated` events from E) and an
-//!   `account_tier`. Registration emits `user.created` through the outbox.
+//!   `kyc_status` (changed only by E's decisions, newest wins: [`kyc`]) and an
+//!   `account_tier`. A sign-up answers 202 with the same body whatever the address
+//!   ([`api`]'s `register`): a new address gets an unverified account and a mailed
+//!   token (`user.verification_requested`), an unverified one is taken over by the
+//!   newest sign-up with a new token, a verified one is left alone and its owner told
+//!   (`user.registration_repeated`). The token (`POST /api/v1/auth/verify`,
+//!   [`verification`]) verifies the address and emits `user.created`; until then the
+//!   account cannot log in, and login answers it as it answers a wrong password.
 //! - Login returns a short-lived EdDSA access token and an opaque refresh token. Each
 //!   refresh rotates the refresh token within its *family*; presenting a rotated token
 //!   again revokes the family (a stolen token is useless once either party refreshes).
@@ -24,8 +30,10 @@ pub mod api;
 pub mod consumers;
 pub mod domain;
 pub mod keys;
+pub mod kyc;
 pub mod limits;
 pub mod tokens;
+pub mod verification;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -93,9 +101,9 @@ pub struct Config {
     /// Login attempts allowed per client address per minute.
     #[arg(long, env = "LOGIN_LIMIT_PER_ADDRESS", default_value_t = 50)]
     pub login_limit_per_address: u32,
-    /// Sign-ups allowed per client address per minute. Each costs an Argon2 hash, and
-    /// each answers whether an email has an account (409): unthrottled, a sign-up is
-    /// both a CPU sink and an oracle of who has an account.
+    /// Sign-ups allowed per client address per minute. Each costs an Argon2 hash and
+    /// sends a mail: unthrottled, a sign-up is both a CPU sink and a way to flood
+    /// anyone's mailbox.
     #[arg(long, env = "REGISTER_LIMIT_PER_ADDRESS", default_value_t = 10)]
     pub register_limit_per_address: u32,
 }
@@ -162,6 +170,7 @@ fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [
     ),
     paths(
         api::register,
+        api::verify,
         api::login,
         api::refresh,
         api::logout,
@@ -169,9 +178,10 @@ fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [
         api::me,
         api::update_me,
         api::internal_user,
+        kyc::set_kyc,
         api::jwks
     ),
-    components(schemas(api::GrantType))
+    components(schemas(api::GrantType, api::RegistrationStatus))
 )]
 struct ApiDoc;
 
@@ -249,7 +259,7 @@ pub async fn run(
     service::serve(
         base,
         listener,
-        api::router(state),
+        api::router(state.clone()).merge(kyc::router(state)),
         health,
         ApiDoc::openapi(),
         background,

@@ -106,28 +106,68 @@ impl TestAuth {
         (r.status(), r.json().await.unwrap())
     }
 
+    /// A sign-up with `password` and `full_name`: its status and body.
+    async fn sign_up(&self, email: &str, password: &str, full_name: &str) -> (StatusCode, Value) {
+        self.post(
+            "/api/v1/auth/register",
+            json!({"email": email, "password": password, "full_name": full_name, "phone": "+44 20 7946 0958"}),
+            &[],
+        )
+        .await
+    }
+
+    /// The token of the newest `user.verification_requested` for `email`, read from A's
+    /// outbox (no D runs here to mail it).
+    async fn verification_token(&self, email: &str) -> String {
+        let token = sqlx::query_scalar::<_, Option<String>>(
+            "SELECT payload->'data'->>'token' FROM outbox \
+             WHERE event_type = 'user.verification_requested' AND payload->'data'->>'email' = $1 \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(email.trim().to_lowercase())
+        .fetch_optional(&self.db.pool)
+        .await
+        .unwrap()
+        .flatten();
+        token.unwrap_or_else(|| panic!("no user.verification_requested for {email} in the outbox"))
+    }
+
+    async fn verify(&self, token: &str) -> (StatusCode, Value) {
+        self.post("/api/v1/auth/verify", json!({"token": token}), &[])
+            .await
+    }
+
+    /// Signs `email` up with [`PASSWORD`] and verifies it with the mailed token: the user.
     async fn register(&self, email: &str) -> Value {
-        let (status, body) = self
-            .post(
-                "/api/v1/auth/register",
-                json!({"email": email, "password": PASSWORD, "full_name": "Ada Lovelace", "phone": "+44 20 7946 0958"}),
-                &[],
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) = self.sign_up(email, PASSWORD, "Ada Lovelace").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let (status, body) = self.verify(&self.verification_token(email).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
         body["data"].clone()
     }
 
+    async fn login_with(&self, email: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/api/v1/auth/login",
+            json!({"email": email, "password": password}),
+            &[],
+        )
+        .await
+    }
+
     async fn login(&self, email: &str) -> Value {
-        let (status, body) = self
-            .post(
-                "/api/v1/auth/login",
-                json!({"email": email, "password": PASSWORD}),
-                &[],
-            )
-            .await;
+        let (status, body) = self.login_with(email, PASSWORD).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         body["data"].clone()
+    }
+
+    /// The outbox's events of `event_type`, oldest first (their data).
+    async fn events(&self, event_type: &str) -> Vec<Value> {
+        sqlx::query_scalar("SELECT payload->'data' FROM outbox WHERE event_type = $1 ORDER BY seq")
+            .bind(event_type)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
     }
 
     async fn refresh(&self, token: &Value) -> (StatusCode, Value) {
@@ -165,11 +205,48 @@ fn email() -> String {
     format!("ada-{}@example.com", Uuid::new_v4().simple())
 }
 
+/// What every sign-up answers, whatever the address: `email` as compared, and that a
+/// mail is on its way.
+fn accepted(email: &str) -> Value {
+    json!({"success": true, "data": {"email": email, "status": "verification_sent"}})
+}
+
 #[tokio::test]
-async fn registering_creates_a_pending_bronze_user_and_a_user_created_event() {
+async fn signing_up_mails_a_token_and_only_verifying_it_creates_a_pending_bronze_user() {
     let app = TestAuth::spawn(&[]).await;
     let address = email();
-    let user = app.register(&address.to_uppercase()).await;
+    let (status, body) = app
+        .sign_up(
+            &format!("  {}", address.to_uppercase()),
+            PASSWORD,
+            "Ada Lovelace",
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body, accepted(&address), "emails are compared lower-cased");
+    assert!(app.events("user.created").await.is_empty(), "no user yet");
+    let requested = app.events("user.verification_requested").await;
+    assert_eq!(requested.len(), 1, "{requested:?}");
+    let request = &requested[0];
+    assert_eq!(request["email"], address);
+    assert_eq!(request["full_name"], "Ada Lovelace");
+    assert!(request["expires_at"].is_string(), "{request}");
+    let token = request["token"].as_str().unwrap();
+    assert_eq!(token.len(), 43, "32 bytes, URL-safe base64: {token}");
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM email_verifications")
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        [finflow_auth::verification::hash_token(token)],
+        "only the token's hash is stored"
+    );
+
+    let (status, body) = app.verify(token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let user = &body["data"];
+    assert_eq!(user["id"], request["user_id"]);
     assert_eq!(user["email"], address, "emails are stored lower-cased");
     assert_eq!(user["kyc_status"], "pending");
     assert_eq!(user["account_tier"], "bronze");
@@ -177,30 +254,178 @@ async fn registering_creates_a_pending_bronze_user_and_a_user_created_event() {
     assert_eq!(user["phone"], "+442079460958");
     assert!(user.get("password_hash").is_none());
 
-    let (event_type, payload): (String, Value) =
-        sqlx::query_as("SELECT event_type, payload FROM outbox")
-            .fetch_one(&app.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(event_type, "user.created");
-    assert_eq!(payload["data"]["user_id"], user["id"]);
-    assert_eq!(payload["source"], "auth");
+    let created = app.events("user.created").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["user_id"], user["id"]);
+    assert_eq!(created[0]["email"], address);
+    assert_eq!(created[0]["full_name"], "Ada Lovelace");
+    let source: String = sqlx::query_scalar(
+        "SELECT payload->>'source' FROM outbox WHERE event_type = 'user.created'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(source, "auth");
+    app.login(&address).await;
 }
 
 #[tokio::test]
-async fn registering_the_same_email_twice_answers_409_conflict() {
+async fn registering_a_verified_email_answers_as_a_new_one_does_and_emits_registration_repeated() {
+    let app = TestAuth::spawn(&[]).await;
+    let (taken, fresh) = (email(), email());
+    let owner = app.register(&taken).await;
+
+    let attacker_password = "attacker's own password";
+    let (taken_status, taken_body) = app.sign_up(&taken, attacker_password, "Mallory").await;
+    let (fresh_status, fresh_body) = app.sign_up(&fresh, attacker_password, "Mallory").await;
+    assert_eq!(taken_status, StatusCode::ACCEPTED, "{taken_body}");
+    assert_eq!(taken_status, fresh_status);
+    assert_eq!(taken_body, accepted(&taken));
+    assert_eq!(fresh_body, accepted(&fresh));
+    let mut same = taken_body.clone();
+    same["data"]["email"] = fresh_body["data"]["email"].clone();
+    assert_eq!(same, fresh_body, "nothing but the address differs");
+
+    let repeated = app.events("user.registration_repeated").await;
+    assert_eq!(
+        repeated,
+        [json!({"user_id": owner["id"], "email": taken})],
+        "the owner is told, and the event carries no token"
+    );
+    let requested = app.events("user.verification_requested").await;
+    assert_eq!(
+        requested
+            .iter()
+            .filter(|r| r["user_id"] == owner["id"])
+            .count(),
+        1,
+        "no new token for the verified account, only the one it was verified with: {requested:?}"
+    );
+    // The account is as it was: its password, its name.
+    let (status, _) = app.login_with(&taken, attacker_password).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let session = app.login(&taken).await;
+    assert_eq!(session["user"]["full_name"], "Ada Lovelace");
+    assert_eq!(
+        app.events("user.created").await.len(),
+        1,
+        "only the owner's"
+    );
+}
+
+#[tokio::test]
+async fn an_unverified_account_cannot_log_in_and_gets_the_same_401_as_a_wrong_password() {
+    let app = TestAuth::spawn(&[]).await;
+    let (verified, unverified) = (email(), email());
+    app.register(&verified).await;
+    let (status, _) = app.sign_up(&unverified, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    let (s1, wrong_password) = app.login_with(&verified, "wrong password!").await;
+    let (s2, not_verified) = app.login_with(&unverified, PASSWORD).await;
+    let (s3, unknown) = app.login_with(&email(), PASSWORD).await;
+    assert_eq!(
+        (s1, s2, s3),
+        (
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED
+        )
+    );
+    assert_eq!(
+        not_verified, wrong_password,
+        "no way to tell an unverified account"
+    );
+    assert_eq!(unknown, wrong_password);
+
+    let (status, body) = app.verify(&app.verification_token(&unverified).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    app.login(&unverified).await;
+}
+
+#[tokio::test]
+async fn a_verification_token_verifies_once() {
     let app = TestAuth::spawn(&[]).await;
     let address = email();
-    app.register(&address).await;
-    let (status, body) = app
-        .post(
-            "/api/v1/auth/register",
-            json!({"email": address, "password": PASSWORD, "full_name": "Other", "phone": "+14155550123"}),
-            &[],
-        )
+    let (status, _) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let token = app.verification_token(&address).await;
+    let (status, body) = app.verify(&token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, again) = app.verify(&token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{again}");
+    assert_eq!(again["success"], false);
+    assert_eq!(again["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(again["error"]["details"]["reason"], "invalid_token");
+    let (status, made_up) = app
+        .verify("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert_eq!(body["error"]["code"], "CONFLICT");
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        made_up, again,
+        "a used token and an unknown one get one answer"
+    );
+    assert_eq!(app.events("user.created").await.len(), 1, "created once");
+    app.login(&address).await;
+}
+
+#[tokio::test]
+async fn an_expired_verification_token_is_refused() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let (status, _) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let token = app.verification_token(&address).await;
+    sqlx::query("UPDATE email_verifications SET expires_at = now() - interval '1 second'")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (status, body) = app.verify(&token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "invalid_token");
+    let (status, _) = app.login_with(&address, PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "still unverified");
+    assert!(app.events("user.created").await.is_empty());
+
+    // Signing up again mails a new token, which works.
+    let (status, _) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = app.verify(&app.verification_token(&address).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn re_registering_an_unverified_address_replaces_the_password_and_the_earlier_token() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    // Someone signs up with an address that is not theirs ...
+    let squatter_password = "the squatter's password";
+    let (status, _) = app.sign_up(&address, squatter_password, "Mallory").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let squatter_token = app.verification_token(&address).await;
+    // ... and the owner of the mailbox signs up after them.
+    let (status, body) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body, accepted(&address));
+    let owner_token = app.verification_token(&address).await;
+    assert_ne!(owner_token, squatter_token);
+    let requested = app.events("user.verification_requested").await;
+    assert_eq!(requested.len(), 2);
+    assert_eq!(
+        requested[0]["user_id"], requested[1]["user_id"],
+        "one account, taken over"
+    );
+
+    let (status, body) = app.verify(&squatter_token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "superseded: {body}");
+    let (status, body) = app.verify(&owner_token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["full_name"], "Ada Lovelace");
+
+    let (status, _) = app.login_with(&address, squatter_password).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old password is gone");
+    app.login(&address).await;
 }
 
 #[tokio::test]
@@ -531,14 +756,14 @@ async fn sign_ups_from_one_address_are_throttled_there_with_retry_after() {
     };
     let attacker = random_ip();
     for _ in 0..2 {
-        assert_eq!(sign_up(attacker.clone()).await.0, StatusCode::CREATED);
+        assert_eq!(sign_up(attacker.clone()).await.0, StatusCode::ACCEPTED);
     }
     let (status, retry_after) = sign_up(attacker).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(retry_after.is_some(), "says when to retry");
     assert_eq!(
         sign_up(random_ip()).await.0,
-        StatusCode::CREATED,
+        StatusCode::ACCEPTED,
         "another address is not held back"
     );
 }
@@ -643,6 +868,7 @@ async fn the_openapi_document_lists_the_auth_routes() {
     assert_eq!(status, StatusCode::OK);
     for path in [
         "/api/v1/auth/register",
+        "/api/v1/auth/verify",
         "/api/v1/auth/login",
         "/api/v1/auth/refresh",
         "/api/v1/auth/logout",
@@ -654,6 +880,18 @@ async fn the_openapi_document_lists_the_auth_routes() {
             doc["paths"][path].is_object(),
             "{path} missing from {}",
             doc["paths"]
+        );
+    }
+    // Signing up and verifying need no token (platform's PUBLIC_PATHS).
+    for path in ["/api/v1/auth/register", "/api/v1/auth/verify"] {
+        assert_eq!(doc["paths"][path]["post"]["security"], json!([]), "{path}");
+    }
+    let sign_up = &doc["paths"]["/api/v1/auth/register"]["post"]["responses"];
+    assert!(sign_up.get("202").is_some(), "{sign_up}");
+    for status in ["201", "409"] {
+        assert!(
+            sign_up.get(status).is_none(),
+            "a sign-up never answers {status}"
         );
     }
     // What the gateway never routes is not published.

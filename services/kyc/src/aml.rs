@@ -9,21 +9,25 @@
 //!   the hold threshold (at least 90 % of it), the classic way around a threshold.
 //!
 //! Velocity and structuring alerts do not hold anything; they raise the user's risk score
-//! and wait for review.
+//! and wait for review. Every sum is what payments are worth in the reference currency
+//! ([`finflow_platform::fx`]), as C's hold threshold is: 9,500 of a currency worth 40
+//! times the reference is not "just under" a 10,000 threshold.
 
 use std::time::Duration;
 
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
-use finflow_platform::{Amount, ApiError};
+use finflow_platform::fx::Rates;
+use finflow_platform::{Amount, ApiError, Currency, Money};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// The rule settings.
+/// The rule settings; amounts are in the reference currency of `rates`.
 #[derive(Debug, Clone)]
 pub struct Rules {
+    pub rates: Rates,
     pub hold_threshold: Amount,
     pub window: Duration,
     pub max_count: i64,
@@ -112,6 +116,24 @@ async fn pattern_alert(
     Ok(())
 }
 
+impl Monitor {
+    /// What a payment is worth in the reference currency. A payment E cannot value (a
+    /// currency C accepted under other rates) counts as the largest sum there is: the
+    /// rules alert a reviewer rather than let it pass unseen.
+    fn value_of(&self, seen: &PaymentSeen) -> Amount {
+        let money =
+            Currency::parse(&seen.currency).and_then(|currency| Money::new(seen.amount, currency));
+        match money.map(|m| self.rules.rates.value(m)) {
+            Ok(Ok(value)) => value,
+            _ => {
+                tracing::warn!(payment_id = %seen.payment_id, currency = %seen.currency,
+                    "a payment in a currency without a reference rate counts as the largest sum");
+                Amount::MAX
+            }
+        }
+    }
+}
+
 impl Handler for Monitor {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         // payment.requested for a released hold carries status PENDING too: observation
@@ -119,14 +141,16 @@ impl Handler for Monitor {
         let seen: PaymentSeen = event
             .data_as()
             .map_err(|e| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type)))?;
+        let value = self.value_of(&seen);
         let new = sqlx::query(
-            "INSERT INTO payment_observations (payment_id, user_id, amount, currency) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            "INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(seen.payment_id)
         .bind(seen.user_id)
         .bind(seen.amount)
         .bind(&seen.currency)
+        .bind(value)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -147,7 +171,7 @@ impl Handler for Monitor {
         }
         let window_ms = i64::try_from(self.rules.window.as_millis()).unwrap_or(i64::MAX);
         let (count, total): (i64, Amount) = sqlx::query_as(
-            "SELECT count(*), coalesce(sum(amount), 0) FROM payment_observations \
+            "SELECT count(*), coalesce(sum(reference_value), 0) FROM payment_observations \
              WHERE user_id = $1 AND observed_at > now() - $2::bigint * interval '1 millisecond'",
         )
         .bind(seen.user_id)
@@ -166,10 +190,11 @@ impl Handler for Monitor {
             .await?;
         }
         let floor = percent_of(self.rules.hold_threshold, 90);
-        if seen.amount >= floor && seen.amount <= self.rules.hold_threshold {
+        if value >= floor && value <= self.rules.hold_threshold {
             let near: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM payment_observations WHERE user_id = $1 \
-                 AND observed_at > now() - interval '1 day' AND amount >= $2 AND amount <= $3",
+                 AND observed_at > now() - interval '1 day' \
+                 AND reference_value >= $2 AND reference_value <= $3",
             )
             .bind(seen.user_id)
             .bind(floor)

@@ -1,12 +1,14 @@
 //! HTTP handlers of service E.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use finflow_platform::client::ServiceClient;
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
@@ -26,6 +28,8 @@ pub struct Settings {
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
+    /// A, told of each decision before the client is answered ([`tell_auth`]).
+    pub auth: ServiceClient,
 }
 
 /// The largest submission body: a [`MAX_DOCUMENT_BYTES`] file in base64 with room for
@@ -44,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/kyc/status", get(status))
         .route("/api/v1/kyc/{id}/review", post(review))
+        .route("/api/v1/kyc/users/{user_id}/revoke", post(revoke))
         .route("/api/v1/aml/alerts", get(alerts))
         .route("/api/v1/aml/alerts/{id}/clear", post(clear))
         .route("/api/v1/aml/alerts/{id}/flag", post(flag))
@@ -61,28 +66,92 @@ pub struct SubmissionView {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub decided_at: Option<DateTime<Utc>>,
+    /// Who revoked a `revoked` submission's verification, why and when.
+    pub revoked_by: Option<String>,
+    pub revoked_reason: Option<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
-const SUBMISSION_COLUMNS: &str = "id, user_id, document_type, document_number, status, decided_by, reason, created_at, decided_at";
+const SUBMISSION_COLUMNS: &str = "id, user_id, document_type, document_number, status, decided_by, reason, created_at, decided_at, \
+     revoked_by, revoked_reason, revoked_at";
 
-/// Data of `user.kyc_updated`.
+/// Data of `user.kyc_updated`; A applies a decision only if it is newer than the one
+/// it has (`decided_at`).
 #[derive(Serialize)]
-struct KycUpdated {
+struct KycUpdated<'a> {
     user_id: Uuid,
-    kyc_status: String,
+    kyc_status: &'a str,
     submission_id: Uuid,
+    decided_at: DateTime<Utc>,
 }
 
-/// Records a decision and tells A (`user.kyc_updated`), in the caller's transaction.
+/// A decision for A, as the event carries it and [`tell_auth`] sends it.
+#[derive(Debug, Clone)]
+struct Told {
+    user_id: Uuid,
+    kyc_status: &'static str,
+    decided_at: DateTime<Utc>,
+}
+
+/// Queues `user.kyc_updated` for `told` in the caller's transaction.
+async fn enqueue_decision(
+    tx: &mut PgConnection,
+    told: &Told,
+    submission_id: Uuid,
+) -> Result<(), ApiError> {
+    let event = Event::new(
+        crate::SERVICE,
+        types::USER_KYC_UPDATED,
+        &KycUpdated {
+            user_id: told.user_id,
+            kyc_status: told.kyc_status,
+            submission_id,
+            decided_at: told.decided_at,
+        },
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(tx, &event).await?;
+    Ok(())
+}
+
+/// How long a client's answer waits for A before the event alone carries the decision.
+const TELL_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tells A a committed decision before the client hears it, so the client that is told
+/// "verified" (or whose verification was revoked) finds B, which asks A, agreeing at
+/// once. The outbox event carries the same decision whatever happens here: when A
+/// cannot be reached the decision still arrives, later.
+async fn tell_auth(auth: &ServiceClient, told: &Told) {
+    #[derive(Deserialize)]
+    struct Applied {}
+    let path = format!("/internal/users/{}/kyc", told.user_id);
+    let body = serde_json::json!({ "kyc_status": told.kyc_status, "decided_at": told.decided_at });
+    let call = auth.put::<_, Applied>(&path, &body);
+    match tokio::time::timeout(TELL_AUTH_TIMEOUT, call).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(user_id = %told.user_id, error = %e.message, "A was not told of a KYC decision; the event will carry it");
+        }
+        Err(_) => {
+            tracing::warn!(user_id = %told.user_id, "A did not answer in time about a KYC decision; the event will carry it");
+        }
+    }
+}
+
+/// Records a decision and queues `user.kyc_updated`, in the caller's transaction.
+///
+/// Decisions are dated by `clock_timestamp()`, when the row is written under its lock,
+/// not `now()` (the transaction's start): A keeps the newest, so dates must follow the
+/// order in which decisions on a user's submissions take effect.
 async fn decide(
     tx: &mut PgConnection,
     id: Uuid,
-    status: &str,
+    status: &'static str,
     by: &str,
     reason: Option<&str>,
-) -> Result<SubmissionView, ApiError> {
+) -> Result<(SubmissionView, Told), ApiError> {
     let view: SubmissionView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE kyc_submissions SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
+        "UPDATE kyc_submissions SET status = $2, decided_by = $3, reason = $4, decided_at = clock_timestamp() \
          WHERE id = $1 AND status = 'pending' RETURNING {SUBMISSION_COLUMNS}"
     )))
     .bind(id)
@@ -92,18 +161,15 @@ async fn decide(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::conflict("this submission was already decided"))?;
-    let event = Event::new(
-        crate::SERVICE,
-        types::USER_KYC_UPDATED,
-        &KycUpdated {
-            user_id: view.user_id,
-            kyc_status: status.to_owned(),
-            submission_id: id,
-        },
-    )
-    .map_err(|e| ApiError::internal(&e))?;
-    outbox::enqueue(tx, &event).await?;
-    Ok(view)
+    let told = Told {
+        user_id: view.user_id,
+        kyc_status: status,
+        decided_at: view
+            .decided_at
+            .ok_or_else(|| ApiError::internal(&"a decision without a time"))?,
+    };
+    enqueue_decision(tx, &told, id).await?;
+    Ok((view, told))
 }
 
 /// Submits a document. With automatic approval on, a well-formed document is verified
@@ -154,24 +220,29 @@ async fn submit(
             _ => e.into(),
         });
     }
-    let view = if s.settings.auto_approve {
-        decide(
+    let (view, told) = if s.settings.auto_approve {
+        let (view, told) = decide(
             &mut tx,
             id,
             "verified",
             "auto",
             Some("well-formed document"),
         )
-        .await?
+        .await?;
+        (view, Some(told))
     } else {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let view = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {SUBMISSION_COLUMNS} FROM kyc_submissions WHERE id = $1"
         )))
         .bind(id)
         .fetch_one(&mut *tx)
-        .await?
+        .await?;
+        (view, None)
     };
     tx.commit().await?;
+    if let Some(told) = told {
+        tell_auth(&s.auth, &told).await;
+    }
     Ok(error::with_status(StatusCode::CREATED, view))
 }
 
@@ -306,8 +377,87 @@ async fn review(
     };
     let mut tx = s.pool.begin().await?;
     case_for_another(&mut tx, &who, CaseTable::Submissions, id).await?;
-    let view = decide(&mut tx, id, status, &by, Some(why)).await?;
+    let (view, told) = decide(&mut tx, id, status, &by, Some(why)).await?;
     tx.commit().await?;
+    tell_auth(&s.auth, &told).await;
+    Ok(error::ok(view))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// 1 to 500 characters once trimmed (stored trimmed).
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$",
+        example = "the passport was reported stolen"
+    )]
+    pub reason: String,
+}
+
+/// Revokes a user's verification: their verified submission becomes `revoked`, A is
+/// told (`user.kyc_updated` with `rejected`), and from then on B refuses the user a new
+/// wallet and any payment, deposit or withdrawal until a new document is verified.
+/// Four eyes: never the officer's own.
+#[utoipa::path(post, path = "/api/v1/kyc/users/{user_id}/revoke", tag = "kyc", params(("user_id" = Uuid, Path)),
+    request_body = Revocation,
+    responses((status = 200, body = SubmissionView, description = "the submission whose verification was revoked"),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never the officer's own verification"),
+        (status = 404, body = ErrorEnvelope, description = "the user never submitted a document"),
+        (status = 409, body = ErrorEnvelope, description = "the user is not verified")))]
+async fn revoke(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(user_id): Path<Uuid>,
+    Json(req): Json<Revocation>,
+) -> ApiResult {
+    let by = reviewer(&who)?;
+    let why = reason(&req.reason)?;
+    if who.user_id().ok() == Some(user_id) {
+        return Err(ApiError::forbidden(
+            "an officer cannot revoke their own verification; another compliance officer must",
+        ));
+    }
+    let mut tx = s.pool.begin().await?;
+    // Serializes with a review of the same user's submissions.
+    sqlx::query("SELECT id FROM kyc_submissions WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    let revoked: Option<SubmissionView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE kyc_submissions SET status = 'revoked', revoked_by = $2, revoked_reason = $3, \
+           revoked_at = clock_timestamp() \
+         WHERE user_id = $1 AND status = 'verified' RETURNING {SUBMISSION_COLUMNS}"
+    )))
+    .bind(user_id)
+    .bind(&by)
+    .bind(why)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(view) = revoked else {
+        let any: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kyc_submissions WHERE user_id = $1)")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        return Err(if any {
+            ApiError::conflict("this user's KYC is not verified")
+        } else {
+            ApiError::not_found("this user never submitted a document")
+        });
+    };
+    let told = Told {
+        user_id,
+        kyc_status: "rejected",
+        decided_at: view
+            .revoked_at
+            .ok_or_else(|| ApiError::internal(&"a revocation without a time"))?,
+    };
+    enqueue_decision(&mut tx, &told, view.id).await?;
+    tx.commit().await?;
+    tell_auth(&s.auth, &told).await;
     Ok(error::ok(view))
 }
 

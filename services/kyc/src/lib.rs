@@ -5,8 +5,10 @@
 //!   driving licence; an https URL or an uploaded JPEG/PNG/PDF up to 2 MiB, checked by
 //!   content). With `KYC_AUTO_APPROVE` (development default) a well-formed document is
 //!   verified at once; otherwise a `compliance` reviewer approves or rejects it.
-//! - Every decision emits `user.kyc_updated`; A updates the user, and B sees the new
-//!   status on the next wallet creation without the user logging in again.
+//! - Every decision (and a compliance officer's revocation of a verification) is sent
+//!   to A before the client is answered, and emitted as `user.kyc_updated` for when A
+//!   could not be reached; B asks A before it opens a wallet or moves a user's money,
+//!   so the user needs no new login and a revoked user stops paying at once.
 //! - [`aml`] watches C's payment events, raises alerts (amount threshold, velocity,
 //!   structuring) and keeps a risk score per user; `compliance` clears or flags alerts,
 //!   which emits `aml.cleared` / `aml.flagged` and releases or fails held payments.
@@ -21,7 +23,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use finflow_platform::Amount;
-use finflow_platform::config::Validate;
+use finflow_platform::client::ServiceClient;
+use finflow_platform::config::{ClientConfig, Validate};
+use finflow_platform::fx::FxConfig;
+use finflow_platform::health;
 use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
@@ -42,10 +47,14 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migration
 pub struct Config {
     #[command(flatten)]
     pub service: ServiceConfig,
+    /// A, which holds each user's KYC status, and this service's credentials there.
+    #[command(flatten)]
+    pub client: ClientConfig,
     /// Verify well-formed documents without a reviewer.
     #[arg(long, env = "KYC_AUTO_APPROVE", default_value_t = false)]
     pub kyc_auto_approve: bool,
-    /// C's hold threshold: structuring looks for payments just under it.
+    /// C's hold threshold, in the reference currency: structuring looks for payments
+    /// worth just under it.
     #[arg(long, env = "AML_HOLD_THRESHOLD", default_value = "10000")]
     pub aml_hold_threshold: String,
     /// Velocity window, in seconds.
@@ -54,12 +63,15 @@ pub struct Config {
     /// More payments than this in the window raise a velocity alert.
     #[arg(long, env = "AML_VELOCITY_MAX_COUNT", default_value_t = 20)]
     pub aml_velocity_max_count: i64,
-    /// More than this amount in the window raises a velocity alert.
+    /// More than this sum (in the reference currency) in the window raises a velocity
+    /// alert.
     #[arg(long, env = "AML_VELOCITY_MAX_AMOUNT", default_value = "50000")]
     pub aml_velocity_max_amount: String,
     /// This many payments just under the threshold within a day raise a structuring alert.
     #[arg(long, env = "AML_STRUCTURING_COUNT", default_value_t = 3)]
     pub aml_structuring_count: i64,
+    #[command(flatten)]
+    pub fx: FxConfig,
 }
 
 impl HasServiceConfig for Config {
@@ -71,6 +83,8 @@ impl HasServiceConfig for Config {
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.service.validate(errors);
+        self.client.validate(errors);
+        self.fx.validate(errors);
         for (name, value) in [
             ("AML_HOLD_THRESHOLD", &self.aml_hold_threshold),
             ("AML_VELOCITY_MAX_AMOUNT", &self.aml_velocity_max_amount),
@@ -95,6 +109,7 @@ impl Validate for Config {
         api::submit,
         api::status,
         api::review,
+        api::revoke,
         api::alerts,
         api::clear,
         api::flag
@@ -118,6 +133,7 @@ pub async fn run(
     let base = &config.service;
     let pool = base.database(&MIGRATIONS).await?;
     let rules = aml::Rules {
+        rates: config.fx.rates().map_err(anyhow::Error::msg)?,
         hold_threshold: Amount::parse(&config.aml_hold_threshold)?,
         window: Duration::from_secs(config.aml_velocity_window_secs),
         max_count: config.aml_velocity_max_count,
@@ -134,8 +150,17 @@ pub async fn run(
     );
     let health = base
         .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .optional("auth", health::Upstream::new(&config.client.auth_url))
         .build();
+    let http = ServiceClient::http_client();
+    let auth = ServiceClient::new(
+        "auth",
+        &config.client.auth_url,
+        config.client.tokens(SERVICE, http.clone()),
+        http,
+    );
     let state = api::AppState {
+        auth,
         pool,
         settings: Arc::new(api::Settings {
             auto_approve: config.kyc_auto_approve,

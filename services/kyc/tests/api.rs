@@ -5,6 +5,7 @@
 //! over the order and number of payments.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -16,6 +17,7 @@ use finflow_platform::Amount;
 use finflow_platform::db::TestDb;
 use finflow_platform::events::consumer::{self, Outcome};
 use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost, types};
+use finflow_platform::fx::{DEFAULT_RATES, Rates};
 use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -132,12 +134,77 @@ impl Broker {
     }
 }
 
+/// A stand-in for A: issues E's service token and records each decision E sends to
+/// `PUT /internal/users/{id}/kyc` (refusing a call without the token, as A's sidecar
+/// would).
+#[derive(Clone, Default)]
+struct FakeAuth {
+    told: Arc<Mutex<Vec<(Uuid, Value)>>>,
+}
+
+impl FakeAuth {
+    async fn serve(self) -> String {
+        use axum::extract::{Path, State};
+        use axum::http::HeaderMap;
+        async fn token() -> axum::Json<Value> {
+            axum::Json(
+                json!({"success": true, "data": {"access_token": "kyc-token",
+                "expires_at": chrono::Utc::now() + chrono::Duration::hours(1)}}),
+            )
+        }
+        async fn kyc(
+            State(fake): State<FakeAuth>,
+            headers: HeaderMap,
+            Path(user): Path<Uuid>,
+            axum::Json(body): axum::Json<Value>,
+        ) -> (axum::http::StatusCode, axum::Json<Value>) {
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                != Some("Bearer kyc-token")
+            {
+                return (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    axum::Json(
+                        json!({"success": false, "error": {"code": "UNAUTHORIZED", "message": "no token"}}),
+                    ),
+                );
+            }
+            fake.told.lock().unwrap().push((user, body));
+            (
+                axum::http::StatusCode::OK,
+                axum::Json(
+                    json!({"success": true, "data": {"user_id": user, "outcome": "applied"}}),
+                ),
+            )
+        }
+        let app = axum::Router::new()
+            .route("/api/v1/auth/token", axum::routing::post(token))
+            .route("/internal/users/{id}/kyc", axum::routing::put(kyc))
+            .with_state(self);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+
+    /// The decisions A was told about `user`, oldest first.
+    fn told(&self, user: Uuid) -> Vec<Value> {
+        self.told
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+}
+
 struct TestE {
     addr: SocketAddr,
     http: reqwest::Client,
     stop: CancellationToken,
     broker: Broker,
     db: TestDb,
+    auth: FakeAuth,
     _vhost: TestVhost,
 }
 
@@ -150,8 +217,14 @@ impl TestE {
         let broker = Broker::connect(&vhost).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let auth = FakeAuth::default();
+        let auth_url = auth.clone().serve().await;
         let mut args = vec![
             "finflow-kyc".to_owned(),
+            "--auth-url".into(),
+            auth_url,
+            "--service-client-secret".into(),
+            "kyc-secret-for-tests".into(),
             "--listen".into(),
             addr.to_string(),
             "--database-url".into(),
@@ -175,6 +248,7 @@ impl TestE {
             stop,
             broker,
             db,
+            auth,
             _vhost: vhost,
         };
         app.wait_ready().await;
@@ -348,6 +422,7 @@ fn jpeg() -> Vec<u8> {
 /// E's rules as configured by default, which is how the service under test runs.
 fn rules() -> Rules {
     Rules {
+        rates: Rates::parse("USD", DEFAULT_RATES).unwrap(),
         hold_threshold: Amount::parse("10000").unwrap(),
         window: Duration::from_secs(600),
         max_count: 20,
@@ -360,6 +435,17 @@ fn rules() -> Rules {
 /// `payment_id`. C holds (`ON_HOLD`, `payment.on_hold`) what is over its threshold and
 /// requests (`PENDING`, `payment.requested`) the rest.
 fn payment_event(user: Uuid, payment: Uuid, amount: &str, status: &str) -> Event {
+    payment_event_in(user, payment, amount, "USD", status)
+}
+
+/// [`payment_event`] in `currency`.
+fn payment_event_in(
+    user: Uuid,
+    payment: Uuid,
+    amount: &str,
+    currency: &str,
+    status: &str,
+) -> Event {
     let event_type = if status == "ON_HOLD" {
         types::PAYMENT_ON_HOLD
     } else {
@@ -378,7 +464,7 @@ fn payment_event(user: Uuid, payment: Uuid, amount: &str, status: &str) -> Event
             "from_wallet_id": Uuid::new_v4(),
             "to_wallet_id": Uuid::new_v4(),
             "amount": amount,
-            "currency": "USD",
+            "currency": currency,
             "description": null,
             "failure": null,
             "created_at": now,
@@ -472,7 +558,14 @@ async fn a_document_waits_for_a_compliance_reviewer_whose_approval_is_published_
     assert_eq!(event["source"], "kyc");
     assert_eq!(
         event["data"],
-        json!({"user_id": user, "kyc_status": "verified", "submission_id": id})
+        json!({"user_id": user, "kyc_status": "verified", "submission_id": id,
+            "decided_at": decided["decided_at"]})
+    );
+    // A was told before the reviewer heard back, dated as the event is (A keeps the
+    // newer of the two).
+    assert_eq!(
+        e.auth.told(user),
+        [json!({"kyc_status": "verified", "decided_at": decided["decided_at"]})]
     );
     // ...and the relay published it where A's consumer picks it up.
     let published = e.broker.next_event().await;
@@ -563,7 +656,12 @@ async fn rejecting_needs_a_reason_and_a_rejected_user_may_submit_again() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
         events[0]["data"],
-        json!({"user_id": user, "kyc_status": "rejected", "submission_id": id})
+        json!({"user_id": user, "kyc_status": "rejected", "submission_id": id,
+            "decided_at": body["data"]["decided_at"]})
+    );
+    assert_eq!(
+        e.auth.told(user),
+        [json!({"kyc_status": "rejected", "decided_at": body["data"]["decided_at"]})]
     );
     assert_eq!(e.status_of(user).await["kyc_status"], "rejected");
 
@@ -592,7 +690,13 @@ async fn with_automatic_approval_a_well_formed_document_is_verified_at_once() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(
         events[0]["data"],
-        json!({"user_id": user, "kyc_status": "verified", "submission_id": submission_id})
+        json!({"user_id": user, "kyc_status": "verified", "submission_id": submission_id,
+            "decided_at": verified["decided_at"]})
+    );
+    assert_eq!(
+        e.auth.told(user),
+        [json!({"kyc_status": "verified", "decided_at": verified["decided_at"]})],
+        "A has it before the client does"
     );
     let published = e.broker.next_event().await;
     assert_eq!(published.event_type, types::USER_KYC_UPDATED);
@@ -1078,8 +1182,8 @@ async fn more_payments_or_more_money_than_the_velocity_limits_within_the_window_
     let returning = Uuid::new_v4();
     for _ in 0..25 {
         sqlx::query(
-            "INSERT INTO payment_observations (payment_id, user_id, amount, currency, observed_at) \
-             VALUES ($1, $2, 8000, 'USD', now() - interval '11 minutes')",
+            "INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value, observed_at) \
+             VALUES ($1, $2, 8000, 'USD', 8000, now() - interval '11 minutes')",
         )
         .bind(Uuid::new_v4())
         .bind(returning)
@@ -1296,4 +1400,131 @@ async fn a_compliance_officer_cannot_clear_or_flag_a_held_transfer_paid_to_them(
     let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(e.outbox(types::AML_CLEARED).await.len(), 1);
+}
+
+#[tokio::test]
+async fn compliance_revokes_a_verification_and_a_hears_of_it_before_the_officer_does() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let user = Uuid::new_v4();
+    let verified = e.submit(user, &passport("AB123456")).await;
+    assert_eq!(verified["status"], "verified");
+    let revoke = |who: Caller, reason: &str| {
+        let e = &e;
+        let body = json!({ "reason": reason });
+        async move {
+            e.post(&format!("/api/v1/kyc/users/{user}/revoke"), &body, &who)
+                .await
+        }
+    };
+
+    // Not a user's, not a service's, not an officer's own, and never without a reason.
+    let (status, body) = revoke(Caller::user(user), "mine").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = revoke(Caller::service("payment"), "leaked token").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = revoke(Caller::compliance_as(user), "covering my tracks").await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = revoke(Caller::compliance(), "   ").await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(e.status_of(user).await["kyc_status"], "verified");
+    assert_eq!(e.auth.told(user).len(), 1, "only the approval so far");
+
+    let (status, body) = revoke(Caller::compliance(), "  the passport was reported stolen ").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let revoked = &body["data"];
+    assert_eq!(revoked["id"], verified["id"]);
+    assert_eq!(revoked["status"], "revoked");
+    assert_eq!(revoked["revoked_by"], REVIEWER);
+    assert_eq!(
+        revoked["revoked_reason"],
+        "the passport was reported stolen"
+    );
+    assert_eq!(
+        revoked["decided_by"], "auto",
+        "who approved it stays on record"
+    );
+    // A holds "rejected" already, dated after the approval, and the event says the same.
+    let told = e.auth.told(user);
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(
+        told[1],
+        json!({"kyc_status": "rejected", "decided_at": revoked["revoked_at"]})
+    );
+    assert!(
+        told[1]["decided_at"].as_str() > told[0]["decided_at"].as_str(),
+        "{told:?}"
+    );
+    let events = e.outbox(types::USER_KYC_UPDATED).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        events[1]["data"],
+        json!({"user_id": user, "kyc_status": "rejected", "submission_id": verified["id"],
+            "decided_at": revoked["revoked_at"]})
+    );
+    assert_eq!(e.status_of(user).await["kyc_status"], "revoked");
+
+    // Revoked already; a user who never submitted is unknown.
+    let (status, body) = revoke(Caller::compliance(), "again").await;
+    assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/kyc/users/{}/revoke", Uuid::new_v4()),
+            &json!({"reason": "who?"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    // A new document verifies the user again.
+    let again = e.submit(user, &passport("CD765432")).await;
+    assert_eq!(again["status"], "verified");
+    assert_eq!(e.auth.told(user).last().unwrap()["kyc_status"], "verified");
+}
+
+#[tokio::test]
+async fn aml_rules_weigh_what_payments_are_worth_not_how_many_units_they_count() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+
+    // Velocity: two payments of 700 CLF are about 57,400 USD, over the 50,000 limit,
+    // though 1,400 units would pass any raw comparison.
+    let user = Uuid::new_v4();
+    e.observe(
+        &monitor,
+        &payment_event_in(user, Uuid::new_v4(), "700", "CLF", "PENDING"),
+    )
+    .await;
+    assert!(e.alerts_of(user).await.is_empty());
+    let second = Uuid::new_v4();
+    e.observe(
+        &monitor,
+        &payment_event_in(user, second, "700", "CLF", "PENDING"),
+    )
+    .await;
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "velocity");
+    assert_eq!(alerts[0]["details"]["total"], "57400");
+
+    // Structuring: 9,500 JPY is about 61 USD, nowhere near the threshold, however often.
+    let yen = Uuid::new_v4();
+    for _ in 0..5 {
+        e.observe(
+            &monitor,
+            &payment_event_in(yen, Uuid::new_v4(), "9500", "JPY", "PENDING"),
+        )
+        .await;
+    }
+    assert!(e.alerts_of(yen).await.is_empty());
+
+    // A currency E has no rate for counts as the largest sum: a reviewer looks.
+    let odd = Uuid::new_v4();
+    e.observe(
+        &monitor,
+        &payment_event_in(odd, Uuid::new_v4(), "1", "AFN", "PENDING"),
+    )
+    .await;
+    let alerts = e.alerts_of(odd).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "velocity");
 }

@@ -107,8 +107,9 @@ pub struct Preference {
     pub enabled: bool,
 }
 
-/// The event types D notifies about: the bindings of [`crate::consumer::queue`]
-/// (documentation only: the handler checks the string against that list).
+/// The event types D notifies about: the bindings of [`crate::consumer::queue`] but the
+/// sign-up mails ([`crate::consumer::TRANSACTIONAL`]), which no preference turns off
+/// (documentation only: the handler checks the string against those lists).
 #[allow(dead_code)]
 #[derive(Deserialize, ToSchema)]
 pub enum EventType {
@@ -153,14 +154,16 @@ async fn preferences(State(s): State<AppState>, who: Identity) -> ApiResult {
 
 #[utoipa::path(put, path = "/api/v1/notifications/preferences", tag = "notifications", request_body = SetPreference,
     responses((status = 200, body = Preference),
-        (status = 400, body = ErrorEnvelope, description = "not an event type D notifies about, or not a channel"),
+        (status = 400, body = ErrorEnvelope, description = "not an event type D notifies about (sign-up mails are not optional), or not a channel"),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn set_preference(
     State(s): State<AppState>,
     who: Identity,
     Json(req): Json<SetPreference>,
 ) -> ApiResult {
-    if !crate::consumer::queue().bindings.contains(&req.event_type) {
+    if !crate::consumer::queue().bindings.contains(&req.event_type)
+        || crate::consumer::TRANSACTIONAL.contains(&req.event_type.as_str())
+    {
         return Err(ApiError::invalid_field(
             "event_type",
             "not an event type D notifies about",

@@ -1,4 +1,8 @@
 //! The events D consumes: one queue, one transaction per event.
+//!
+//! Most events tell a user what happened, on the channels they chose (`wants`). Sign-up
+//! mails ([`TRANSACTIONAL`]) are different: they go by email only, to the address the
+//! event names (which no contact may have yet), whatever the preferences.
 
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
@@ -13,6 +17,8 @@ pub fn queue() -> QueueSpec {
         "notification.events",
         &[
             types::USER_CREATED,
+            types::USER_VERIFICATION_REQUESTED,
+            types::USER_REGISTRATION_REPEATED,
             types::USER_KYC_UPDATED,
             types::WALLET_STATUS_CHANGED,
             types::PAYMENT_COMPLETED,
@@ -21,6 +27,23 @@ pub fn queue() -> QueueSpec {
             types::PAYMENT_REVERSED,
         ],
     )
+}
+
+/// Event types whose mail is part of signing up: sent by email only (no in-app
+/// notification, no webhook), to the address in the event, whatever the preferences,
+/// which cannot name them (`api::set_preference`). The address may not be verified (a
+/// verification request) or may not be the caller's (someone else's sign-up), so D
+/// learns no contact from them and mails only text of its own besides A's token.
+pub const TRANSACTIONAL: [&str; 2] = [
+    types::USER_VERIFICATION_REQUESTED,
+    types::USER_REGISTRATION_REPEATED,
+];
+
+/// Where a transactional mail goes.
+#[derive(Deserialize)]
+struct Addressed {
+    user_id: Uuid,
+    email: String,
 }
 
 #[derive(Deserialize)]
@@ -49,10 +72,61 @@ async fn wants(
     Ok(explicit.unwrap_or(true))
 }
 
+/// Queues `message` as an email of `event` to `to`, once per event and address.
+async fn queue_email(
+    tx: &mut PgConnection,
+    user: Uuid,
+    event: &Event,
+    to: &str,
+    message: &templates::Message,
+    payload: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, payload, status) \
+         VALUES ($1, $2, $3, $4, 'email', $5, $6, $7, $8, 'pending') ON CONFLICT DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(event.id)
+    .bind(&event.event_type)
+    .bind(to)
+    .bind(&message.title)
+    .bind(&message.body)
+    .bind(payload)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+fn malformed(event: &Event, why: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Permanent(format!("malformed {}: {why}", event.event_type))
+}
+
+/// A sign-up mail ([`TRANSACTIONAL`]): one email to the event's address, nothing else.
+/// A malformed one is dead-lettered, not dropped: someone waits for it.
+async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+    let to: Addressed = event.data_as().map_err(|e| malformed(event, e))?;
+    let message = templates::render(event).ok_or_else(|| malformed(event, "no message to send"))?;
+    // The token is a credential: the mail carries it, the stored payload does not.
+    let mut payload =
+        serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+    if let Some(data) = payload
+        .get_mut("data")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        data.remove("token");
+    }
+    queue_email(tx, to.user_id, event, &to.email, &message, &payload).await?;
+    Ok(())
+}
+
 pub struct Notifier;
 
 impl Handler for Notifier {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        if TRANSACTIONAL.contains(&event.event_type.as_str()) {
+            return transactional(tx, event).await;
+        }
         if event.event_type == types::USER_CREATED {
             let user: NewUser = event
                 .data_as()
@@ -93,22 +167,7 @@ impl Handler for Notifier {
                     .fetch_optional(&mut *tx)
                     .await?;
             match email {
-                Some(to) => {
-                    sqlx::query(
-                        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, payload, status) \
-                         VALUES ($1, $2, $3, $4, 'email', $5, $6, $7, $8, 'pending') ON CONFLICT DO NOTHING",
-                    )
-                    .bind(Uuid::now_v7())
-                    .bind(user)
-                    .bind(event.id)
-                    .bind(&event.event_type)
-                    .bind(to)
-                    .bind(&message.title)
-                    .bind(&message.body)
-                    .bind(&payload)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                Some(to) => queue_email(tx, user, event, &to, &message, &payload).await?,
                 None => tracing::warn!(%user, "no email known for the user; email skipped"),
             }
         }

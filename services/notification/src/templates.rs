@@ -33,6 +33,37 @@ pub fn render(event: &Event) -> Option<Message> {
                 text(d, "full_name")
             ),
         ),
+        // Sign-up mails go to an address whose owner may not have asked for them: only
+        // D's own words and A's token, nothing the sign-up typed (its name could be a
+        // phishing text mailed to a stranger).
+        types::USER_VERIFICATION_REQUESTED => {
+            let token = d["token"].as_str().filter(|t| !t.is_empty())?;
+            (
+                "Confirm your email address".to_owned(),
+                // Lines of at most 76 characters: the mail then travels as 7bit, and
+                // the token line is never folded by quoted-printable.
+                format!(
+                    "Someone, we hope you, signed up for FinFlow with this email address.\n\n\
+                     Confirm your address: POST /api/v1/auth/verify with the body\n\n\
+                     {}\n\n\
+                     The token works once, until {}.\n\
+                     Once the address is confirmed you can log in.\n\n\
+                     If you did not sign up, ignore this mail: without this token\n\
+                     nobody can use your address.",
+                    serde_json::json!({ "token": token }),
+                    text(d, "expires_at")
+                ),
+            )
+        }
+        types::USER_REGISTRATION_REPEATED => (
+            "Someone tried to sign up with your address".to_owned(),
+            "Someone just tried to create a FinFlow account with this email address,\n\
+             which already has one. Nothing was changed: your account, its password\n\
+             and its details are as they were.\n\n\
+             If it was you, log in instead (POST /api/v1/auth/login).\n\
+             If it was not you, there is nothing to do."
+                .to_owned(),
+        ),
         types::USER_KYC_UPDATED => match d["kyc_status"].as_str()? {
             "verified" => (
                 "Your identity is verified".to_owned(),
@@ -125,6 +156,50 @@ mod tests {
         ))
         .unwrap();
         assert!(welcome.body.contains("Ada"));
+        let verification = render(&event(
+            types::USER_VERIFICATION_REQUESTED,
+            json!({"user_id": user, "email": "ada@example.com", "full_name": "Click evil.example",
+                   "token": "abc-_123", "expires_at": "2026-12-06T10:00:00Z"}),
+        ))
+        .unwrap();
+        assert_eq!(verification.user_id, user);
+        assert!(
+            verification
+                .body
+                .contains("POST /api/v1/auth/verify with the body\n\n{\"token\":\"abc-_123\"}\n"),
+            "{}",
+            verification.body
+        );
+        assert!(verification.body.contains("2026-12-06T10:00:00Z"));
+        assert!(
+            !verification.body.contains("evil"),
+            "nothing the sign-up typed is mailed"
+        );
+        assert!(verification.body.is_ascii(), "sent as 7bit, token intact");
+        assert!(
+            verification.body.lines().all(|l| l.len() <= 76),
+            "no line long enough to be folded: {}",
+            verification.body
+        );
+        assert!(
+            render(&event(
+                types::USER_VERIFICATION_REQUESTED,
+                json!({"user_id": user, "email": "ada@example.com"})
+            ))
+            .is_none(),
+            "no token, no mail"
+        );
+        let repeated = render(&event(
+            types::USER_REGISTRATION_REPEATED,
+            json!({"user_id": user, "email": "ada@example.com"}),
+        ))
+        .unwrap();
+        assert!(
+            repeated.title.contains("Someone tried"),
+            "{}",
+            repeated.title
+        );
+        assert!(repeated.body.contains("log in"));
         let kyc = render(&event(
             types::USER_KYC_UPDATED,
             json!({"user_id": user, "kyc_status": "verified"}),

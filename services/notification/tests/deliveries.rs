@@ -630,3 +630,120 @@ async fn a_webhook_answering_a_redirect_is_not_followed_and_the_delivery_fails()
         "the body and its signature went nowhere else"
     );
 }
+
+#[tokio::test]
+async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_preferences() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    // A webhook that would hear of anything else, and every channel turned off (as a
+    // row could say; the API refuses to set one for these events).
+    let receiver = Receiver::start(0).await;
+    let secret = d.register_webhook(user, &receiver.url).await;
+    *receiver.secret.lock().unwrap() = secret;
+    for event_type in [
+        types::USER_VERIFICATION_REQUESTED,
+        types::USER_REGISTRATION_REPEATED,
+    ] {
+        for channel in ["email", "in_app", "webhook"] {
+            sqlx::query(
+                "INSERT INTO preferences (user_id, event_type, channel, enabled) VALUES ($1, $2, $3, false)",
+            )
+            .bind(user)
+            .bind(event_type)
+            .bind(channel)
+            .execute(&d._db.pool)
+            .await
+            .unwrap();
+        }
+        let (status, body) = d
+            .as_user(
+                user,
+                d.http
+                    .put(d.url("/api/v1/notifications/preferences"))
+                    .json(&json!({"event_type": event_type, "channel": "email", "enabled": false})),
+            )
+            .await;
+        assert_eq!(status, 400, "a sign-up mail is not optional: {body}");
+    }
+
+    let token = "dG9rZW4tb2YtdGhlLXRlc3QtMDEyMzQ1Njc4OWFiY2Q";
+    d.publish(
+        &Event::new(
+            "auth",
+            types::USER_VERIFICATION_REQUESTED,
+            &json!({"user_id": user, "email": "ada@example.com", "full_name": "Ada Lovelace",
+                    "token": token, "expires_at": "2026-12-06T10:00:00Z"}),
+        )
+        .unwrap(),
+    )
+    .await;
+    let (to, data) = d.first_mail("the verification mail").await;
+    assert_eq!(to, ["ada@example.com"]);
+    assert!(
+        data.contains("Subject: Confirm your email address"),
+        "{data}"
+    );
+    assert!(
+        data.contains("Content-Transfer-Encoding: 7bit")
+            && data.replace("\r\n", "\n").contains(&format!(
+                "POST /api/v1/auth/verify with the body\n\n{{\"token\":\"{token}\"}}\n"
+            )),
+        "{data}"
+    );
+
+    d.publish(
+        &Event::new(
+            "auth",
+            types::USER_REGISTRATION_REPEATED,
+            &json!({"user_id": user, "email": "ada@example.com"}),
+        )
+        .unwrap(),
+    )
+    .await;
+    let mails = d
+        .wait_for("the notice of a repeated sign-up", || {
+            let mails = d.mailbox.lock().unwrap();
+            (mails.len() >= 2).then(|| mails.clone())
+        })
+        .await;
+    assert_eq!(mails[1].0, ["ada@example.com"]);
+    assert!(
+        mails[1]
+            .1
+            .contains("Subject: Someone tried to sign up with your address"),
+        "{}",
+        mails[1].1
+    );
+
+    let log = d
+        .wait_for_async("both deliveries recorded", || async {
+            let (_, log) = d
+                .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
+                .await;
+            let entries = log["data"].as_array().cloned().unwrap_or_default();
+            (entries.len() == 2 && entries.iter().all(|e| e["status"] == "delivered"))
+                .then_some(entries)
+        })
+        .await;
+    assert!(log.iter().all(|e| e["channel"] == "email"), "{log:?}");
+    // Nothing else: no in-app notification, no webhook call, no contact learned, and
+    // the token kept nowhere but in the mail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, inbox) = d
+        .as_user(user, d.http.get(d.url("/api/v1/notifications")))
+        .await;
+    assert_eq!(inbox["data"], json!([]));
+    assert!(receiver.attempts.lock().unwrap().is_empty());
+    let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts")
+        .fetch_one(&d._db.pool)
+        .await
+        .unwrap();
+    assert_eq!(contacts, 0, "an unverified address is no contact");
+    let payloads_with_token: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE strpos(payload::text, $1) > 0")
+            .bind(token)
+            .fetch_one(&d._db.pool)
+            .await
+            .unwrap();
+    assert_eq!(payloads_with_token, 0);
+}

@@ -9,6 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::fx::Rates;
+use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -26,8 +28,11 @@ use crate::wallets::{WalletView, Wallets};
 
 /// Settings the handlers need.
 pub struct Settings {
-    /// Payments above this amount wait in `ON_HOLD` for an AML decision.
+    /// Payments worth more than this (in the reference currency of `rates`) wait in
+    /// `ON_HOLD` for an AML decision.
     pub aml_hold_threshold: Amount,
+    /// What a payment is worth in the reference currency, for the hold and limits.
+    pub rates: Rates,
     /// Longest `Prefer: wait=N` honoured.
     pub max_wait: Duration,
     /// How long a duplicate waits for the first request with its key.
@@ -323,9 +328,10 @@ async fn create(
         return Ok((row, false));
     }
     let money = req.validate(kind)?;
-    let payee = precheck(&s.wallets, user, kind, req, money).await?;
+    let value = s.settings.rates.value(money)?;
+    let payee = precheck(&s.wallets, user, kind, req, money, value).await?;
 
-    let status = if money.amount() > s.settings.aml_hold_threshold {
+    let status = if value > s.settings.aml_hold_threshold {
         Status::OnHold
     } else {
         Status::Pending
@@ -368,16 +374,18 @@ async fn create(
     Ok((row, true))
 }
 
-/// The checks answered at once: ownership, status, currency, funds and limits as B
-/// knows them now. The worker's transfer at B re-checks under lock; this only spares
-/// the client a payment that is bound to fail. Answers whom the payment pays: the
-/// destination wallet's owner (a withdrawal pays nobody here).
+/// The checks answered at once: ownership, the caller's KYC, status, currency, funds
+/// and limits as B knows them now (`value` is the payment's worth in the reference
+/// currency the limits are stated in). The worker's transfer at B re-checks under
+/// lock; this only spares the client a payment that is bound to fail. Answers whom the
+/// payment pays: the destination wallet's owner (a withdrawal pays nobody here).
 async fn precheck(
     wallets: &Wallets,
     user: Uuid,
     kind: Kind,
     req: &PaymentRequest,
     money: finflow_platform::Money,
+    value: Amount,
 ) -> Result<Option<Uuid>, ApiError> {
     let owned = |w: &WalletView| w.user_id == user;
     let not_found = |id: Uuid| ApiError::not_found(format!("wallet {id} not found"));
@@ -407,10 +415,18 @@ async fn precheck(
     } else {
         from.as_ref()
     };
-    if let Some(w) = own
-        && !owned(w)
-    {
-        return Err(not_found(w.id));
+    if let Some(w) = own {
+        if !owned(w) {
+            return Err(not_found(w.id));
+        }
+        // As A knows it now: a verification revoked since the token was issued counts.
+        if w.owner_kyc_status != KycStatus::Verified {
+            return Err(ApiError::new(
+                ErrorCode::KycRequired,
+                "KYC verification is required to move money",
+            )
+            .with_details(serde_json::json!({ "kyc_status": w.owner_kyc_status })));
+        }
     }
     if kind == Kind::Transfer && req.from_wallet_id == req.to_wallet_id {
         return Err(ApiError::invalid_field(
@@ -452,10 +468,10 @@ async fn precheck(
             )
             .with_details(serde_json::json!({ "reason": "tier_limit", "limit": which }))
         };
-        if money.amount() > from.limits.per_transaction {
+        if value > from.limits.per_transaction {
             return Err(over("per-transaction", from.limits.per_transaction));
         }
-        if money.amount() > from.limits.remaining_today {
+        if value > from.limits.remaining_today {
             return Err(over("daily", from.limits.remaining_today));
         }
     }

@@ -31,8 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use finflow_platform::client::{ServiceClient, TokenSource};
-use finflow_platform::config::{RedisConfig, Validate};
+use finflow_platform::client::ServiceClient;
+use finflow_platform::config::{ClientConfig, RedisConfig, Validate};
+use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
 use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
 use finflow_platform::{Amount, cache, events};
@@ -77,18 +78,15 @@ pub struct Config {
     /// Base URL of service B (its sidecar).
     #[arg(long, env = "WALLET_URL")]
     pub wallet_url: String,
-    /// Base URL of service A (its sidecar), for service tokens.
-    #[arg(long, env = "AUTH_URL")]
-    pub auth_url: String,
-    /// This service's client id at A.
-    #[arg(long, env = "SERVICE_CLIENT_ID", default_value = "payment")]
-    pub service_client_id: String,
-    /// This service's client secret at A.
-    #[arg(long, env = "SERVICE_CLIENT_SECRET", hide_env_values = true)]
-    pub service_client_secret: SecretString,
-    /// Payments above this amount go ON_HOLD for an AML decision.
+    /// A (for service tokens) and this service's credentials there.
+    #[command(flatten)]
+    pub client: ClientConfig,
+    /// Payments worth more than this in the reference currency go ON_HOLD for an AML
+    /// decision.
     #[arg(long, env = "AML_HOLD_THRESHOLD", default_value = "10000")]
     pub aml_hold_threshold: String,
+    #[command(flatten)]
+    pub fx: FxConfig,
     /// Consumers of the payment queue in this process (each with its own channel).
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
     pub worker_concurrency: u16,
@@ -119,13 +117,10 @@ impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.service.validate(errors);
         self.redis.validate(errors);
-        for (name, url) in [
-            ("WALLET_URL", &self.wallet_url),
-            ("AUTH_URL", &self.auth_url),
-        ] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errors.push(format!("{name} must be an http(s) URL"));
-            }
+        self.client.validate(errors);
+        self.fx.validate(errors);
+        if !(self.wallet_url.starts_with("http://") || self.wallet_url.starts_with("https://")) {
+            errors.push("WALLET_URL must be an http(s) URL".to_owned());
         }
         if !Amount::parse(&self.aml_hold_threshold).is_ok_and(Amount::is_positive) {
             errors.push("AML_HOLD_THRESHOLD must be a positive amount".to_owned());
@@ -168,12 +163,7 @@ pub async fn run(
     let pool = base.database(&MIGRATIONS).await?;
     let redis = cache::connect(&config.redis.redis_url).await?;
     let http = ServiceClient::http_client();
-    let tokens = TokenSource::new(
-        &config.auth_url,
-        &config.service_client_id,
-        config.service_client_secret.clone(),
-        http.clone(),
-    );
+    let tokens = config.client.tokens(SERVICE, http.clone());
     let wallets = wallets::Wallets::new(ServiceClient::new(
         "wallet",
         &config.wallet_url,
@@ -229,6 +219,7 @@ pub async fn run(
             wallets,
             settings: Arc::new(api::Settings {
                 aml_hold_threshold,
+                rates: config.fx.rates().map_err(anyhow::Error::msg)?,
                 max_wait: Duration::from_secs(config.max_prefer_wait_secs),
                 duplicate_wait: Duration::from_secs(5),
             }),

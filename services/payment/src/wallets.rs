@@ -1,6 +1,7 @@
 //! What C asks B: wallets before accepting, transfers when working, voids when sweeping.
 
 use finflow_platform::client::ServiceClient;
+use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -13,11 +14,14 @@ pub struct WalletView {
     pub currency: String,
     pub balance: Amount,
     pub status: String,
+    pub owner_kyc_status: KycStatus,
     pub limits: Limits,
 }
 
+/// The owner's limits across their wallets, in the reference currency `currency`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Limits {
+    pub currency: String,
     pub per_transaction: Amount,
     pub remaining_today: Amount,
 }

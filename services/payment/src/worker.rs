@@ -37,6 +37,7 @@ fn is_final(err: &ApiError) -> bool {
         ErrorCode::ValidationError
             | ErrorCode::InsufficientFunds
             | ErrorCode::WalletNotActive
+            | ErrorCode::KycRequired
             | ErrorCode::Forbidden
             | ErrorCode::NotFound
             | ErrorCode::Conflict

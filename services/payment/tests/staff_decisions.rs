@@ -3,186 +3,12 @@
 //! A's token endpoint are a stand-in that knows who owns which wallet and records the
 //! transfers it is asked to apply.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use axum::Router;
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use finflow_payment::api::{AppState, Settings, router};
-use finflow_payment::idempotency::Keys;
-use finflow_payment::wallets::Wallets;
-use finflow_platform::client::{ServiceClient, TokenSource};
-use finflow_platform::db::TestDb;
-use finflow_platform::{Amount, cache};
+use common::Stand;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use uuid::Uuid;
-
-/// What the stand-in for B knows: wallet owners, and the transfers it applied.
-#[derive(Clone, Default)]
-struct FakeWallets {
-    owners: Arc<Mutex<HashMap<Uuid, Uuid>>>,
-    transfers: Arc<Mutex<Vec<Value>>>,
-}
-
-impl FakeWallets {
-    fn wallet_of(&self, owner: Uuid) -> Uuid {
-        let id = Uuid::now_v7();
-        self.owners.lock().unwrap().insert(id, owner);
-        id
-    }
-
-    fn transfers(&self) -> usize {
-        self.transfers.lock().unwrap().len()
-    }
-}
-
-async fn fake_wallet(
-    State(f): State<FakeWallets>,
-    Path(id): Path<Uuid>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let owner = f.owners.lock().unwrap().get(&id).copied();
-    match owner {
-        Some(owner) => axum::Json(json!({ "success": true, "data": {
-            "id": id, "user_id": owner, "currency": "USD", "balance": "100000.00",
-            "status": "active",
-            "limits": { "per_transaction": "100000.00", "remaining_today": "100000.00" },
-        }}))
-        .into_response(),
-        None => (
-            axum::http::StatusCode::NOT_FOUND,
-            axum::Json(json!({ "success": false,
-                "error": { "code": "NOT_FOUND", "message": "wallet not found" } })),
-        )
-            .into_response(),
-    }
-}
-
-async fn fake_transfer(State(f): State<FakeWallets>, body: axum::Json<Value>) -> axum::Json<Value> {
-    f.transfers.lock().unwrap().push(body.0.clone());
-    axum::Json(json!({ "success": true, "data": body.0 }))
-}
-
-async fn fake_token() -> axum::Json<Value> {
-    axum::Json(json!({ "success": true, "data": {
-        "access_token": "service-token",
-        "expires_at": chrono::Utc::now() + chrono::Duration::hours(1),
-    }}))
-}
-
-/// C's API on a socket, B (and A's token endpoint) faked on another.
-struct Stand {
-    base: String,
-    wallets: FakeWallets,
-    _db: TestDb,
-    pool: PgPool,
-}
-
-impl Stand {
-    async fn start() -> Self {
-        let db = TestDb::new(Some(&finflow_payment::MIGRATIONS)).await;
-        let wallets = FakeWallets::default();
-        let fake = Router::new()
-            .route("/api/v1/auth/token", post(fake_token))
-            .route("/internal/wallets/{id}", get(fake_wallet))
-            .route("/internal/transfers", post(fake_transfer))
-            .with_state(wallets.clone());
-        let fake_url = serve(fake).await;
-        let http = ServiceClient::http_client();
-        let tokens = TokenSource::new(
-            &fake_url,
-            "payment",
-            "secret".to_owned().into(),
-            http.clone(),
-        );
-        let redis = cache::connect(&cache::test_url()).await.unwrap();
-        let api = router(AppState {
-            pool: db.pool.clone(),
-            keys: Keys::new(redis),
-            wallets: Wallets::new(ServiceClient::new("wallet", &fake_url, tokens, http)),
-            settings: Arc::new(Settings {
-                aml_hold_threshold: Amount::parse("10000").unwrap(),
-                max_wait: Duration::from_secs(1),
-                duplicate_wait: Duration::from_secs(1),
-            }),
-            waiters: finflow_payment::waiters::Waiters::new(16),
-        });
-        Self {
-            base: serve(api).await,
-            wallets,
-            pool: db.pool.clone(),
-            _db: db,
-        }
-    }
-
-    /// A payment stored as C stores it, in `status`.
-    async fn payment(
-        &self,
-        payer: Uuid,
-        kind: &str,
-        from: Option<Uuid>,
-        to: Option<Uuid>,
-        amount: &str,
-        status: &str,
-    ) -> Uuid {
-        let id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, \
-               to_wallet_id, amount, currency, status) \
-             VALUES ($1, $2, $3, '\\x00', $4, $5, $6, $7::numeric, 'USD', $8)",
-        )
-        .bind(id)
-        .bind(payer)
-        .bind(id.to_string())
-        .bind(kind)
-        .bind(from)
-        .bind(to)
-        .bind(amount)
-        .bind(status)
-        .execute(&self.pool)
-        .await
-        .unwrap();
-        id
-    }
-
-    async fn status_of(&self, id: Uuid) -> String {
-        sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
-    }
-
-    /// `POST /api/v1/payments/{id}/{action}` as a staff member `who` with `roles`.
-    async fn decide(&self, who: Uuid, roles: &str, id: Uuid, action: &str) -> (u16, Value) {
-        let response = ServiceClient::http_client()
-            .post(format!("{}/api/v1/payments/{id}/{action}", self.base))
-            .header("x-user-id", who.to_string())
-            .header(
-                "x-user-email",
-                format!("staff-{}@finflow.test", who.simple()),
-            )
-            .header("x-user-roles", format!("user,{roles}"))
-            .header("x-kyc-status", "verified")
-            .header("x-account-tier", "gold")
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-}
-
-async fn serve(app: Router) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
-}
 
 fn assert_own_payment_refused((status, body): (u16, Value)) {
     assert_eq!(status, 403, "{body}");
@@ -310,26 +136,21 @@ async fn a_held_transfer_names_its_payee_so_the_payee_cannot_review_it() {
     let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
     let from = stand.wallets.wallet_of(payer);
     let to = stand.wallets.wallet_of(payee);
-    let response = ServiceClient::http_client()
-        .post(format!("{}/api/v1/payments/transfer", stand.base))
-        .header("x-user-id", payer.to_string())
-        .header("x-user-roles", "user")
-        .header("x-kyc-status", "verified")
-        .header("x-account-tier", "gold")
-        .header("idempotency-key", Uuid::new_v4().to_string())
-        .json(&json!({"from_wallet_id": from, "to_wallet_id": to,
-            "amount": "20000.00", "currency": "USD"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = stand
+        .pay(
+            payer,
+            "transfer",
+            &json!({"from_wallet_id": from, "to_wallet_id": to,
+                "amount": "20000.00", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
     assert_eq!(body["data"]["status"], "ON_HOLD", "{body}");
     let id = body["data"]["id"].as_str().unwrap();
     assert_eq!(announced_payee(&stand.pool, id).await, json!(payee));
 
     // Paid to the staff member: C refuses without asking B who owns the wallet.
     let id: Uuid = id.parse().unwrap();
-    stand.wallets.owners.lock().unwrap().clear();
+    stand.wallets.forget_all();
     assert_own_payment_refused(stand.decide(payee, "compliance", id, "release").await);
 }

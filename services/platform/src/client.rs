@@ -133,6 +133,14 @@ impl ServiceClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn put<B: Serialize + Sync, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ApiError> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
     /// Sends the request with the service token and the current trace context; on a
     /// 401 fetches a new token once and retries. Answers in the envelope are decoded:
     /// the target's `ApiError`s come back as `ApiError`s with the same code.

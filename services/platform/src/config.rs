@@ -125,6 +125,41 @@ impl Validate for DatabaseConfig {
     }
 }
 
+/// Calling other services as this one: A's address, which issues service tokens, and
+/// this service's client credentials there.
+#[derive(Debug, Clone, Args)]
+pub struct ClientConfig {
+    /// Base URL of service A (its sidecar).
+    #[arg(long, env = "AUTH_URL")]
+    pub auth_url: String,
+    /// This service's client id at A; the service's name when unset.
+    #[arg(long, env = "SERVICE_CLIENT_ID")]
+    pub service_client_id: Option<String>,
+    /// This service's client secret at A.
+    #[arg(long, env = "SERVICE_CLIENT_SECRET", hide_env_values = true)]
+    pub service_client_secret: SecretString,
+}
+
+impl ClientConfig {
+    /// The token source of service `name` (its client id unless one is configured).
+    pub fn tokens(&self, name: &str, http: reqwest::Client) -> crate::client::TokenSource {
+        crate::client::TokenSource::new(
+            &self.auth_url,
+            self.service_client_id.as_deref().unwrap_or(name),
+            self.service_client_secret.clone(),
+            http,
+        )
+    }
+}
+
+impl Validate for ClientConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if !(self.auth_url.starts_with("http://") || self.auth_url.starts_with("https://")) {
+            errors.push("AUTH_URL must be an http(s) URL".to_owned());
+        }
+    }
+}
+
 /// Redis.
 #[derive(Debug, Clone, Args)]
 pub struct RedisConfig {

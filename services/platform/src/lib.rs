@@ -6,7 +6,8 @@
 //!   telemetry), secrets as `SecretString`, every error reported at start.
 //! - [`error`] and [`extract`]: one `ApiError` into the JSON envelope of DESIGN section 3,
 //!   and `Json`/`Path`/`Query` extractors whose rejections are `400 VALIDATION_ERROR`.
-//! - [`money`]: `Currency`, `Amount` and `Money` on `rust_decimal`, never a float.
+//! - [`money`]: `Currency`, `Amount` and `Money` on `rust_decimal`, never a float;
+//!   [`fx`]: their reference values, for limits and thresholds across currencies.
 //! - [`db`]: pools, embedded migrations (`migrations/platform` plus the service's own),
 //!   a fresh database per test.
 //! - [`cache`]: the Redis connection manager.
@@ -31,6 +32,7 @@ pub mod email;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod fx;
 pub mod health;
 pub mod http;
 pub mod identity;

@@ -147,6 +147,14 @@ pub struct Amount(Decimal);
 
 impl Amount {
     pub const ZERO: Self = Self(Decimal::ZERO);
+    /// The largest amount storage holds: 9999999999999999.9999.
+    pub const MAX: Self = Self(Decimal::from_parts(
+        1_661_992_959,
+        1_808_227_885,
+        5,
+        false,
+        4,
+    ));
 
     /// Parses `-?digits(.digits)?`: no exponent, no `+`, no separators, no spaces.
     pub fn parse(s: &str) -> Result<Self, MoneyError> {
@@ -424,6 +432,11 @@ impl<'de> Deserialize<'de> for Money {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_amount_is_the_largest_storage_holds() {
+        assert_eq!(Amount::MAX, Amount::parse("9999999999999999.9999").unwrap());
+    }
 
     #[test]
     fn padding_zeros_do_not_count_against_an_amounts_digits() {

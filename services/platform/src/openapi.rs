@@ -17,9 +17,12 @@ use serde_json::{Map, Value, json};
 
 /// Paths a request may take without a token: the sidecar's default `PUBLIC_PATHS`, and
 /// the operations published without a security requirement.
-pub const PUBLIC_PATHS: &str = "/health,/ready,/metrics,/openapi.json,\
-/.well-known/jwks.json,/api/v1/auth/register,/api/v1/auth/login,/api/v1/auth/refresh,\
-/api/v1/auth/logout,/api/v1/auth/token";
+// Why public: /health and /ready, probes (the operator's via the API server's service
+// proxy); /openapi.json, what the gateway publishes (no /internal); the JWK set and auth
+// routes, how a caller gets a token. Not /metrics: the sidecar's admin port serves it.
+pub const PUBLIC_PATHS: &str = "/health,/ready,/openapi.json,\
+/.well-known/jwks.json,/api/v1/auth/register,/api/v1/auth/verify,/api/v1/auth/login,\
+/api/v1/auth/refresh,/api/v1/auth/logout,/api/v1/auth/token";
 
 /// Answered by the platform or a proxy, not by the service's routes: not published.
 const UNPUBLISHED: [&str; 3] = ["/health", "/ready", "/metrics"];
@@ -563,6 +566,14 @@ mod tests {
             wallets.get("security").is_none(),
             "the document's default applies"
         );
+    }
+
+    #[test]
+    fn metrics_is_not_public() {
+        assert!(!PUBLIC_PATHS.split(',').any(|path| path == "/metrics"));
+        for path in ["/health", "/ready", "/openapi.json"] {
+            assert!(PUBLIC_PATHS.split(',').any(|p| p == path), "{path}");
+        }
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub struct Config {
     pub jwks_ca_file: Option<std::path::PathBuf>,
 
     /// Paths that pass without a token, comma separated; an entry ending in `*` is a prefix.
-    /// `/internal/*` is never public.
+    /// `/internal/*` is never public, and `/metrics` is never forwarded (admin port only).
     #[arg(long, env = "PUBLIC_PATHS", default_value = DEFAULT_PUBLIC_PATHS)]
     pub public_paths: String,
 

@@ -13,7 +13,9 @@
 //!    (dot or empty segments, encoded unreserved characters) is refused with `400`,
 //!    since the app might read it differently from the checks below
 //!    ([`paths::is_ambiguous`]);
-//! 2. public paths (`PUBLIC_PATHS`) pass without a token; others need a valid
+//! 2. `/metrics` is never forwarded: `404`, token or not ([`paths::is_admin_only`]); the
+//!    app's metrics reach Prometheus through the admin port's `/metrics` ([`admin`]);
+//!    public paths (`PUBLIC_PATHS`) pass without a token; others need a valid
 //!    `Authorization: Bearer` JWT, else `401` with `details.reason`
 //!    (see [`jwt::Rejection`]); `/internal/*` is never public and needs a
 //!    `service:<name>` role, else `403`;
@@ -110,8 +112,9 @@ impl Drop for Tasks {
 }
 
 /// Serves the proxy on `listener` (and `/live`, `/ready`, `/metrics` on `admin`, when
-/// given) until `shutdown` resolves, then (after `SHUTDOWN_DRAIN_SECS`, with `/ready`
-/// answering 503) stops accepting and lets requests in flight finish.
+/// given; a sidecar's `/metrics` includes its app's) until `shutdown` resolves, then
+/// (after `SHUTDOWN_DRAIN_SECS`, with `/ready` answering 503) stops accepting and lets
+/// requests in flight finish.
 ///
 /// `config` is checked again here ([`Config::prepare`]), so an invalid one is an error
 /// rather than a half-working proxy. Listeners are bound by the caller, which lets
@@ -129,7 +132,7 @@ pub async fn run(
     let loops = settings.event_loops;
     let limits = settings.limits;
     let mut tasks = Tasks::default();
-    let (app, health) = build(settings, &mut tasks)?;
+    let (app, health, app_metrics) = build(settings, &mut tasks)?;
 
     let cancel = CancellationToken::new();
     {
@@ -150,7 +153,7 @@ pub async fn run(
             Some(listener) => {
                 serve(
                     listener,
-                    admin::router(health),
+                    admin::router(health, app_metrics),
                     cancel.clone().cancelled_owned(),
                 )
                 .await
@@ -190,8 +193,12 @@ pub async fn wait_live(admin: SocketAddr, within: Duration) -> Result<(), String
     }
 }
 
-/// The proxy and the health checks `/ready` reports, for the configured mode.
-fn build(settings: Settings, tasks: &mut Tasks) -> Result<(Arc<Proxy>, Health), RunError> {
+/// The proxy, the health checks `/ready` reports and, in sidecar mode, where the admin
+/// `/metrics` reads the app's metrics.
+fn build(
+    settings: Settings,
+    tasks: &mut Tasks,
+) -> Result<(Arc<Proxy>, Health, Option<admin::AppMetrics>), RunError> {
     let strip = settings.claim_headers.stripped();
     match settings.mode {
         ModeSettings::Sidecar(sidecar) => {
@@ -237,6 +244,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> Result<(Arc<Proxy>, Health), 
                     }
                 });
             }
+            let app_metrics = admin::AppMetrics::new(&sidecar.upstream, proxy::http_client());
             let gate = Gate::Sidecar(Box::new(SidecarGate {
                 upstream: sidecar.upstream,
                 verifier,
@@ -248,7 +256,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> Result<(Arc<Proxy>, Health), 
             }));
             let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
                 .trusting(settings.trusted_proxies);
-            Ok((Arc::new(proxy), health.build()))
+            Ok((Arc::new(proxy), health.build(), Some(app_metrics)))
         }
         ModeSettings::Gateway(gateway) => {
             let mut health = Health::builder("finflow-gateway", VERSION);
@@ -275,7 +283,7 @@ fn build(settings: Settings, tasks: &mut Tasks) -> Result<(Arc<Proxy>, Health), 
             let proxy = Proxy::new(gate, settings.upstream_timeout, strip, settings.spans)
                 .trusting(settings.trusted_proxies)
                 .answering(&["/health", "/openapi.json"], own);
-            Ok((Arc::new(proxy), health))
+            Ok((Arc::new(proxy), health, None))
         }
     }
 }

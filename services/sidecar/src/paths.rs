@@ -55,6 +55,16 @@ pub fn is_internal(path: &str) -> bool {
     under(path, INTERNAL_PREFIX)
 }
 
+/// The app's Prometheus metrics. Its business counters are not for clients, so the
+/// public port never forwards this path; Prometheus reads it on the admin port.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Whether `path` is `/metrics` or below it: answered `404` by the sidecar itself, with a
+/// token or without, whatever `PUBLIC_PATHS` says (a FinService may still list it).
+pub fn is_admin_only(path: &str) -> bool {
+    under(path, METRICS_PATH)
+}
+
 /// Whether `path` passes without a token. Internal paths never do, whatever the patterns say.
 pub fn is_public(path: &str, patterns: &PathPatterns) -> bool {
     !is_internal(path)
@@ -199,6 +209,18 @@ mod tests {
         assert!(!is_public("/internal/users/1", &p));
         assert!(!is_public("/internal", &p));
         assert!(is_public("/internalish", &p));
+    }
+
+    #[test]
+    fn metrics_is_neither_public_nor_forwarded() {
+        let p = defaults();
+        assert!(!is_public("/metrics", &p));
+        for path in ["/metrics", "/metrics/", "/metrics/app"] {
+            assert!(is_admin_only(path), "{path}");
+        }
+        for path in ["/metricsx", "/api/v1/metrics", "/health"] {
+            assert!(!is_admin_only(path), "{path}");
+        }
     }
 
     #[test]

@@ -92,7 +92,8 @@ impl ProxyError {
         }
     }
 
-    /// `404 NOT_FOUND`: the gateway has no route for the path (internal paths included).
+    /// `404 NOT_FOUND`: the gateway has no route for the path (internal paths included),
+    /// or the path is a sidecar's admin-only `/metrics`.
     pub fn no_route() -> Self {
         Self::new(ErrorCode::NotFound, "no_route", "no such route")
     }

@@ -12,7 +12,7 @@ use crate::headers::{ClaimHeaders, identity_headers};
 use crate::jwks::JwksCache;
 use crate::jwt::{self, Claims, Keys, Policy, Rejection};
 use crate::limit::{CallerKey, RateLimit};
-use crate::paths::{PathPatterns, is_internal, is_public};
+use crate::paths::{PathPatterns, is_admin_only, is_internal, is_public};
 use crate::proxy::ProxyError;
 
 /// Where the keys come from.
@@ -30,8 +30,8 @@ enum Refusal {
     NoKeys,
 }
 
-/// The decisions of sidecar mode, in order: token (unless public), service role for
-/// `/internal/*`, rate limit, identity headers.
+/// The decisions of sidecar mode, in order: `/metrics` never forwarded, token (unless
+/// public), service role for `/internal/*`, rate limit, identity headers.
 pub struct SidecarGate {
     pub upstream: BaseUrl,
     pub verifier: Verifier,
@@ -121,6 +121,10 @@ impl SidecarGate {
     /// identity headers are already gone.
     pub async fn admit(&self, parts: &mut Parts, client: IpAddr) -> Result<&BaseUrl, ProxyError> {
         let path = parts.uri.path();
+        // Before the token is looked at: the same 404 with a token or without.
+        if is_admin_only(path) {
+            return Err(ProxyError::no_route());
+        }
         let token = jwt::bearer(parts.headers.get(AUTHORIZATION));
         let admitted = if is_public(path, &self.public_paths) {
             // A valid token on a public path still says who is calling; an invalid

@@ -764,6 +764,78 @@ async fn the_upstream_duration_histogram_is_recorded() {
     );
 }
 
+async fn admin_metrics(sidecar: &Proxy) -> String {
+    let response = client()
+        .get(format!("{}/metrics", sidecar.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a scrape never fails");
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_is_never_forwarded_with_a_token_or_without() {
+    // Listed in PUBLIC_PATHS (a FinService may still list it), it is refused all the same.
+    let configs: [&[&str]; 2] = [&[], &["--public-paths=/health,/metrics"]];
+    for extra in configs {
+        let s = setup(extra).await;
+        let token = s.key.sign(&claims(USER, &["user"]));
+        let response = s.sidecar.get("/metrics").send().await.unwrap();
+        assert_refused(response, 404, "NOT_FOUND", "no_route").await;
+        let response = s.with_token("/metrics", &token).await;
+        assert_refused(response, 404, "NOT_FOUND", "no_route").await;
+        assert_eq!(s.app.hits(), 0, "the app never saw /metrics ({extra:?})");
+    }
+}
+
+#[tokio::test]
+async fn the_admin_metrics_are_the_sidecars_then_the_apps() {
+    let s = setup(&[]).await;
+    s.sidecar.get("/api/v1/wallets").send().await.unwrap();
+    let metrics = admin_metrics(&s.sidecar).await;
+    for line in [
+        "finflow_sidecar_requests_total{status=\"401\"}",
+        "finflow_sidecar_upstream_metrics_up 1\n",
+        "echo_app_orders_total 42\n",
+        "finflow_dependency_up{dependency=\"upstream\"}",
+        "finflow_dependency_up{dependency=\"database\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    // Both report this family: it is one group under one TYPE line.
+    assert_eq!(
+        metrics.matches("# TYPE finflow_dependency_up ").count(),
+        1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_metrics_answer_without_the_app_and_say_so() {
+    // Nothing listens on one; the other accepts connections and never answers.
+    let closed = finflow_platform::testing::ClosedPort::new().unwrap();
+    let silent = finflow_platform::testing::ClosedPort::new()
+        .unwrap()
+        .open()
+        .unwrap();
+    for upstream in [
+        format!("http://127.0.0.1:{}", closed.port),
+        format!("http://{}", silent.local_addr().unwrap()),
+    ] {
+        let sidecar = Proxy::hs256_sidecar(&upstream, &[]).await;
+        let metrics = admin_metrics(&sidecar).await;
+        assert!(
+            metrics.contains("finflow_sidecar_upstream_metrics_up 0\n"),
+            "{upstream}: {metrics}"
+        );
+        assert!(
+            metrics.contains("# TYPE finflow_sidecar_requests_total counter"),
+            "{upstream}: {metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn on_shutdown_ready_turns_503_while_draining_and_run_returns() {
     let app = Echo::start("app").await;

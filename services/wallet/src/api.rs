@@ -11,16 +11,15 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
+use finflow_platform::fx::Rates;
 use finflow_platform::identity::KycStatus;
-use finflow_platform::{
-    Amount, ApiError, ApiResult, Currency, ErrorCode, Identity, Json, Money, Path, Query,
-};
+use finflow_platform::{Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::ledger::{self, Applied, TransferRequest, TransferResult};
+use crate::ledger::{self, Applied, Spend, TransferRequest, TransferResult};
 use crate::limits::TierLimits;
 use crate::users::Users;
 
@@ -28,7 +27,9 @@ use crate::users::Users;
 pub struct AppState {
     pub pool: PgPool,
     pub users: Users,
+    /// Per tier, in the reference currency of `rates`.
     pub limits: Arc<TierLimits>,
+    pub rates: Arc<Rates>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -128,7 +129,7 @@ struct WalletEvent<'a> {
 /// (not as the token says: a user verified a minute ago needs no new login).
 #[utoipa::path(post, path = "/api/v1/wallets", tag = "wallets", request_body = CreateWallet,
     responses((status = 201, body = Wallet),
-        (status = 400, body = ErrorEnvelope, description = "not an ISO 4217 currency code with minor units"),
+        (status = 400, body = ErrorEnvelope, description = "not an ISO 4217 currency code with minor units, or a currency FinFlow has no reference rate for (reason currency_not_supported)"),
         (status = 403, body = ErrorEnvelope, description = "KYC_REQUIRED (KYC not verified), or not a user token"),
         (status = 409, body = ErrorEnvelope, description = "the caller already has a wallet in this currency")))]
 async fn create_wallet(
@@ -137,14 +138,11 @@ async fn create_wallet(
     Json(req): Json<CreateWallet>,
 ) -> ApiResult {
     let user_id = who.user_id()?;
-    let user = s.users.current(user_id).await?;
-    if user.kyc_status != KycStatus::Verified {
-        return Err(ApiError::new(
-            ErrorCode::KycRequired,
-            "KYC verification is required to open a wallet",
-        )
-        .with_details(serde_json::json!({ "kyc_status": user.kyc_status })));
-    }
+    s.rates.require(req.currency)?;
+    s.users
+        .current(user_id)
+        .await?
+        .require_verified("open a wallet")?;
     let mut tx = s.pool.begin().await?;
     let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO wallets (id, user_id, kind, currency, status) VALUES ($1, $2, 'user', $3, 'pending') \
@@ -451,18 +449,22 @@ fn decode_cursor(c: &str) -> Option<i64> {
     Some(i64::from_be_bytes(bytes))
 }
 
-/// A wallet as C sees it before accepting a payment: the wallet, and what its owner
-/// may still send today under their tier.
+/// A wallet as C sees it before accepting a payment: the wallet, its owner's KYC status,
+/// and what the owner may still send today under their tier.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InternalWallet {
     #[serde(flatten)]
     pub wallet: Wallet,
+    pub owner_kyc_status: KycStatus,
     pub limits: RemainingLimits,
 }
 
-/// The owner's tier limits as they stand now.
+/// The owner's tier limits as they stand now, across all their wallets, in the
+/// reference currency (a payment's value in it is what they are compared with).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RemainingLimits {
+    #[schema(value_type = String, example = "USD")]
+    pub currency: String,
     #[schema(value_type = String)]
     pub per_transaction: Amount,
     #[schema(value_type = String)]
@@ -488,9 +490,10 @@ async fn internal_wallet(
     let owner = row
         .user_id
         .ok_or_else(|| ApiError::internal(&"a user wallet without owner"))?;
-    let limit = s.limits.for_tier(s.users.tier(owner).await?);
+    let user = s.users.current(owner).await?;
+    let limit = s.limits.for_tier(user.account_tier);
     let mut conn = s.pool.acquire().await?;
-    let spent = ledger::spent_today(&mut conn, id).await?;
+    let spent = ledger::spent_today(&mut conn, owner).await?;
     let remaining_today = limit
         .per_day
         .checked_sub(spent)
@@ -499,7 +502,9 @@ async fn internal_wallet(
         .unwrap_or(Amount::ZERO);
     Ok(error::ok(InternalWallet {
         wallet: row.view()?,
+        owner_kyc_status: user.kyc_status,
         limits: RemainingLimits {
+            currency: s.rates.reference().code().to_owned(),
             per_transaction: limit.per_transaction,
             remaining_today,
         },
@@ -538,32 +543,49 @@ async fn transfer(
 ) -> ApiResult {
     // Only C moves money between wallets or reads them for a payment.
     who.require_service_of(PAYMENT_SERVICE)?;
-    let limit = match req.from_wallet_id {
-        Some(from)
-            if matches!(
-                req.kind,
-                ledger::TransferKind::Transfer | ledger::TransferKind::Withdrawal
-            ) =>
-        {
-            let owner: Option<Uuid> =
-                sqlx::query_scalar("SELECT user_id FROM wallets WHERE id = $1 AND kind = 'user'")
-                    .bind(from)
-                    .fetch_optional(&s.pool)
-                    .await?
-                    .flatten();
-            match owner {
-                Some(user) => Some(s.limits.for_tier(s.users.tier(user).await?)),
-                None => None,
-            }
-        }
-        _ => None,
-    };
-    let (result, applied) = ledger::apply(&s.pool, &req, limit).await?;
+    let spend = spend_of(&s, &req).await?;
+    let (result, applied) = ledger::apply(&s.pool, &req, spend).await?;
     let status = match applied {
         Applied::Now => StatusCode::CREATED,
         Applied::Before => StatusCode::OK,
     };
     Ok(error::with_status(status, result))
+}
+
+/// Whose KYC a transfer needs and what it counts against their limits: the sender's for
+/// money leaving a user (transfer, withdrawal), the owner's for a deposit. A reversal
+/// undoes a movement and needs neither. Asked of A now, not when the payment was
+/// accepted: a payment held for review may be released after a revocation.
+async fn spend_of(s: &AppState, req: &TransferRequest) -> Result<Option<Spend>, ApiError> {
+    let wallet = match req.kind {
+        ledger::TransferKind::Transfer | ledger::TransferKind::Withdrawal => req.from_wallet_id,
+        ledger::TransferKind::Deposit => req.to_wallet_id,
+        ledger::TransferKind::Reversal => None,
+    };
+    let Some(wallet) = wallet else {
+        return Ok(None);
+    };
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM wallets WHERE id = $1 AND kind = 'user'")
+            .bind(wallet)
+            .fetch_optional(&s.pool)
+            .await?
+            .flatten();
+    // No such wallet: the ledger answers that under lock.
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let user = s.users.current(owner).await?;
+    user.require_verified("move money")?;
+    if req.kind == ledger::TransferKind::Deposit {
+        return Ok(None);
+    }
+    let money = Money::positive(req.amount, req.currency)
+        .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
+    Ok(Some(Spend {
+        value: s.rates.value(money)?,
+        limit: s.limits.for_tier(user.account_tier),
+    }))
 }
 
 #[cfg(test)]

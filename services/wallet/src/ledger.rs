@@ -23,6 +23,15 @@ use uuid::Uuid;
 
 use crate::limits::Limit;
 
+/// What a transfer out of a user's wallet counts against the user's tier limits: its
+/// value in the reference currency (the limits' unit), worked out before the
+/// transaction from the configured rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spend {
+    pub value: Amount,
+    pub limit: Limit,
+}
+
 /// Event emitted for every posted journal entry (an addition to the contract's list,
 /// so that read models can follow the ledger without reading B's database).
 pub const LEDGER_ENTRY_POSTED: &str = "ledger.entry_posted";
@@ -224,12 +233,12 @@ pub enum Applied {
     Before,
 }
 
-/// Applies `req` once. `limit` is the source owner's tier limit (looked up before the
-/// transaction: no remote call is made while rows are locked).
+/// Applies `req` once. `spend` is what it counts against the sender's tier limits
+/// (looked up before the transaction: no remote call is made while rows are locked).
 pub async fn apply(
     pool: &PgPool,
     req: &TransferRequest,
-    limit: Option<Limit>,
+    spend: Option<Spend>,
 ) -> Result<(TransferResult, Applied), ApiError> {
     let money = Money::positive(req.amount, req.currency)
         .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
@@ -271,16 +280,25 @@ pub async fn apply(
     };
     let (from, to) = (find(from_id)?, find(to_id)?);
     check(from, to, money)?;
-    if req.kind.is_limited()
-        && let Some(limit) = limit
-    {
-        let spent_today = spent_today(&mut tx, from.id).await?;
-        limit.check(money.amount(), spent_today)?;
+    // Every movement out of a user's wallet is valued and counted (the database refuses
+    // one without a value): a caller that forgot the limits must fail, not pass.
+    let spend = match (req.kind.is_limited(), spend) {
+        (false, _) => None,
+        (true, Some(spend)) => Some(spend),
+        (true, None) => {
+            return Err(ApiError::internal(
+                &"a transfer out of a user's wallet without its value",
+            ));
+        }
+    };
+    if let Some(spend) = spend {
+        spend.limit.check(spend.value, Amount::ZERO)?;
     }
 
     let entry: EntryRow = sqlx::query_as(
-        "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+        "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, \
+           reference_value) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          RETURNING id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, created_at",
     )
     .bind(Uuid::now_v7())
@@ -290,6 +308,7 @@ pub async fn apply(
     .bind(money.amount())
     .bind(from.id)
     .bind(to.id)
+    .bind(spend.map(|s| s.value))
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query(
@@ -303,6 +322,16 @@ pub async fn apply(
     .bind(money.amount())
     .execute(&mut *tx)
     .await?;
+    if let (Some(spend), Some(sender)) = (spend, from.user_id) {
+        // The lines' trigger has counted this transfer into the sender's day, holding that
+        // row's lock until commit: two transfers from two wallets of one user take turns
+        // here, and a refusal rolls the count back with everything else.
+        let spent = spent_today(&mut tx, sender).await?;
+        let before = spent
+            .checked_sub(spend.value)
+            .map_err(|e| ApiError::internal(&e))?;
+        spend.limit.check(spend.value, before)?;
+    }
     let result = entry.into_result()?;
     let event = Event::new(crate::SERVICE, LEDGER_ENTRY_POSTED, &result)
         .map_err(|e| ApiError::internal(&e))?;
@@ -407,15 +436,15 @@ async fn resolve(
     }
 }
 
-/// What left `wallet` today (UTC) through limited kinds: the counter the ledger keeps
-/// (`wallet_daily_spend`), one row however busy the wallet.
-pub async fn spent_today(tx: &mut PgConnection, wallet: Uuid) -> Result<Amount, sqlx::Error> {
+/// What `user` sent today (UTC) through limited kinds, in the reference currency: the
+/// counter the ledger's trigger keeps, one row however busy the user.
+pub async fn spent_today(conn: &mut PgConnection, user: Uuid) -> Result<Amount, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce((SELECT spent FROM wallet_daily_spend \
-                           WHERE wallet_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date), 0)",
+        "SELECT coalesce((SELECT spent FROM user_daily_spend \
+                           WHERE user_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date), 0)",
     )
-    .bind(wallet)
-    .fetch_one(&mut *tx)
+    .bind(user)
+    .fetch_one(&mut *conn)
     .await
 }
 

@@ -1,15 +1,17 @@
 //! Service B, wallet: wallets, balances and the double-entry ledger.
 //!
 //! The model:
-//! - A user opens one wallet per currency once A says their KYC is verified (asked at
-//!   the moment of creation, not read from the token). Wallets start `pending`, are
+//! - A user opens one wallet per currency (one FinFlow has a reference rate for) once A
+//!   says their KYC is verified (asked at the moment, not read from the token; money
+//!   leaving or entering a user's wallet asks again, so a revoked user stops paying). Wallets start `pending`, are
 //!   activated by their owner, and can be frozen and unfrozen by the owner or `ops`.
 //!   Another user's wallet is 404, never 403.
 //! - Balances change only through the [`ledger`]: `POST /internal/transfers` (service
 //!   callers, C in practice) posts a journal entry with a debit and an equal credit in
 //!   one database transaction, at most once per transfer id. Deposits and withdrawals
 //!   move money against a per-currency system account, so the books always balance.
-//! - Transfers and withdrawals respect per-tier limits per transaction and per day.
+//! - Transfers and withdrawals respect per-tier limits per transaction and per day, per
+//!   user across their wallets, valued in the reference currency ([`finflow_platform::fx`]).
 //! - Events: `wallet.created`, `wallet.status_changed` and `ledger.entry_posted`, through
 //!   the outbox.
 
@@ -22,11 +24,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use clap::Parser;
-use finflow_platform::client::{ServiceClient, TokenSource};
-use finflow_platform::config::Validate;
+use finflow_platform::client::ServiceClient;
+use finflow_platform::config::{ClientConfig, Validate};
+use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
 use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
-use secrecy::SecretString;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -46,22 +48,19 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migration
 pub struct Config {
     #[command(flatten)]
     pub service: ServiceConfig,
-    /// Base URL of service A (its sidecar), for KYC and tier lookups and service tokens.
-    #[arg(long, env = "AUTH_URL")]
-    pub auth_url: String,
-    /// This service's client id at A.
-    #[arg(long, env = "SERVICE_CLIENT_ID", default_value = "wallet")]
-    pub service_client_id: String,
-    /// This service's client secret at A.
-    #[arg(long, env = "SERVICE_CLIENT_SECRET", hide_env_values = true)]
-    pub service_client_secret: SecretString,
-    /// Limits per tier, `tier=per_transaction/per_day`, in units of the wallet's currency.
+    /// A (for KYC and tier lookups) and this service's credentials there.
+    #[command(flatten)]
+    pub client: ClientConfig,
+    /// Limits per tier, `tier=per_transaction/per_day`, per user across all their
+    /// wallets, in the reference currency (`FX_REFERENCE_CURRENCY`).
     #[arg(
         long,
         env = "TIER_LIMITS",
         default_value = "bronze=1000/5000,silver=10000/50000,gold=100000/500000"
     )]
     pub tier_limits: String,
+    #[command(flatten)]
+    pub fx: FxConfig,
 }
 
 impl HasServiceConfig for Config {
@@ -73,9 +72,8 @@ impl HasServiceConfig for Config {
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         self.service.validate(errors);
-        if !(self.auth_url.starts_with("http://") || self.auth_url.starts_with("https://")) {
-            errors.push("AUTH_URL must be an http(s) URL".to_owned());
-        }
+        self.client.validate(errors);
+        self.fx.validate(errors);
         if let Err(e) = self.tier_limits.parse::<limits::TierLimits>() {
             errors.push(format!("TIER_LIMITS: {e}"));
         }
@@ -113,24 +111,25 @@ pub async fn run(
     let pool = base.database(&MIGRATIONS).await?;
     let limits: limits::TierLimits = config.tier_limits.parse().map_err(anyhow::Error::msg)?;
     let http = ServiceClient::http_client();
-    let tokens = TokenSource::new(
-        &config.auth_url,
-        &config.service_client_id,
-        config.service_client_secret.clone(),
-        http.clone(),
-    );
-    let users = users::Users::new(ServiceClient::new("auth", &config.auth_url, tokens, http));
+    let tokens = config.client.tokens(SERVICE, http.clone());
+    let users = users::Users::new(ServiceClient::new(
+        "auth",
+        &config.client.auth_url,
+        tokens,
+        http,
+    ));
 
     let mut background = Background::new();
     background.relay(&pool, &base.amqp.amqp_url, SERVICE);
     let health = base
         .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
-        .optional("auth", health::Upstream::new(&config.auth_url))
+        .optional("auth", health::Upstream::new(&config.client.auth_url))
         .build();
     let state = api::AppState {
         pool,
         users,
         limits: Arc::new(limits),
+        rates: Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?),
     };
     service::serve(
         base,

@@ -2,7 +2,7 @@
 
 use finflow_platform::db::TestDb;
 use finflow_platform::{Amount, Currency, ErrorCode};
-use finflow_wallet::ledger::{self, Applied, TransferKind, TransferRequest};
+use finflow_wallet::ledger::{self, Applied, Spend, TransferKind, TransferRequest};
 use finflow_wallet::limits::Limit;
 use rand::Rng;
 use sqlx::PgPool;
@@ -46,6 +46,18 @@ fn request(
         amount: amount(value),
         currency: usd(),
     }
+}
+
+/// What a USD transfer is worth in the reference currency (USD), under limits no test
+/// here reaches.
+fn unlimited(req: &TransferRequest) -> Option<Spend> {
+    Some(Spend {
+        value: req.amount,
+        limit: Limit {
+            per_transaction: amount("1000000"),
+            per_day: amount("1000000000"),
+        },
+    })
 }
 
 async fn deposit(pool: &PgPool, to: Uuid, value: &str) {
@@ -112,10 +124,12 @@ async fn assert_books_balance(pool: &PgPool, deposited: Amount) {
     );
     let miscounted: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM ( \
-           SELECT l.wallet_id, (l.created_at AT TIME ZONE 'UTC')::date AS day, sum(-l.amount) AS spent \
+           SELECT w.user_id, (l.created_at AT TIME ZONE 'UTC')::date AS day, \
+                  sum(e.reference_value) AS spent \
              FROM ledger_lines l JOIN journal_entries e ON e.id = l.entry_id \
+             JOIN wallets w ON w.id = l.wallet_id \
             WHERE l.amount < 0 AND e.kind IN ('transfer', 'withdrawal') GROUP BY 1, 2) t \
-         FULL JOIN wallet_daily_spend s USING (wallet_id, day) \
+         FULL JOIN user_daily_spend s USING (user_id, day) \
          WHERE s.spent IS DISTINCT FROM t.spent",
     )
     .fetch_one(pool)
@@ -123,7 +137,7 @@ async fn assert_books_balance(pool: &PgPool, deposited: Amount) {
     .unwrap();
     assert_eq!(
         miscounted, 0,
-        "each wallet's daily spend counter equals its day's limited debits"
+        "each user's daily spend counter equals the value of their day's limited debits"
     );
 }
 
@@ -157,7 +171,7 @@ async fn two_hundred_concurrent_random_transfers_keep_every_invariant() {
         .into_iter()
         .map(|req| {
             let pool = db.pool.clone();
-            tokio::spawn(async move { ledger::apply(&pool, &req, None).await })
+            tokio::spawn(async move { ledger::apply(&pool, &req, unlimited(&req)).await })
         })
         .collect();
     let mut applied = 0;
@@ -187,7 +201,7 @@ async fn one_transfer_id_sent_twenty_times_concurrently_is_applied_once() {
         .map(|_| {
             let pool = db.pool.clone();
             let req = req.clone();
-            tokio::spawn(async move { ledger::apply(&pool, &req, None).await.unwrap() })
+            tokio::spawn(async move { ledger::apply(&pool, &req, unlimited(&req)).await.unwrap() })
         })
         .collect();
     let mut now = 0;
@@ -213,9 +227,13 @@ async fn a_transfer_id_reused_for_a_different_transfer_is_a_conflict() {
     );
     deposit(&db.pool, a, "50.00").await;
     let mut req = request(TransferKind::Transfer, Some(a), Some(b), "20.00");
-    ledger::apply(&db.pool, &req, None).await.unwrap();
+    ledger::apply(&db.pool, &req, unlimited(&req))
+        .await
+        .unwrap();
     req.amount = amount("21.00");
-    let err = ledger::apply(&db.pool, &req, None).await.unwrap_err();
+    let err = ledger::apply(&db.pool, &req, unlimited(&req))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
     assert_eq!(balance(&db.pool, a).await, amount("30"));
 }
@@ -233,13 +251,10 @@ async fn a_frozen_wallet_can_neither_send_nor_receive() {
         .await
         .unwrap();
     for (from, to) in [(frozen, active), (active, frozen)] {
-        let err = ledger::apply(
-            &db.pool,
-            &request(TransferKind::Transfer, Some(from), Some(to), "1"),
-            None,
-        )
-        .await
-        .unwrap_err();
+        let req = request(TransferKind::Transfer, Some(from), Some(to), "1");
+        let err = ledger::apply(&db.pool, &req, unlimited(&req))
+            .await
+            .unwrap_err();
         assert_eq!(err.code, ErrorCode::WalletNotActive);
     }
     let err = ledger::apply(
@@ -258,21 +273,15 @@ async fn a_withdrawal_beyond_the_balance_is_insufficient_funds_and_moves_nothing
     let db = ledger_db().await;
     let w = wallet(&db.pool, "active").await;
     deposit(&db.pool, w, "10.00").await;
-    let err = ledger::apply(
-        &db.pool,
-        &request(TransferKind::Withdrawal, Some(w), None, "10.01"),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let over = request(TransferKind::Withdrawal, Some(w), None, "10.01");
+    let err = ledger::apply(&db.pool, &over, unlimited(&over))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::InsufficientFunds);
-    ledger::apply(
-        &db.pool,
-        &request(TransferKind::Withdrawal, Some(w), None, "10.00"),
-        None,
-    )
-    .await
-    .unwrap();
+    let all = request(TransferKind::Withdrawal, Some(w), None, "10.00");
+    ledger::apply(&db.pool, &all, unlimited(&all))
+        .await
+        .unwrap();
     assert_eq!(balance(&db.pool, w).await, amount("0"));
     assert_books_balance(&db.pool, amount("0")).await;
 }
@@ -318,21 +327,28 @@ async fn tier_limits_count_what_already_left_today() {
         per_day: amount("150"),
     };
     let send = |v: &str| request(TransferKind::Transfer, Some(a), Some(b), v);
+    // In USD, the reference currency: a transfer's value is its amount.
+    let spend = |v: &str| {
+        Some(Spend {
+            value: amount(v),
+            limit,
+        })
+    };
     assert_eq!(
-        ledger::apply(&db.pool, &send("100.01"), Some(limit))
+        ledger::apply(&db.pool, &send("100.01"), spend("100.01"))
             .await
             .unwrap_err()
             .code,
         ErrorCode::Forbidden
     );
-    ledger::apply(&db.pool, &send("100"), Some(limit))
+    ledger::apply(&db.pool, &send("100"), spend("100"))
         .await
         .unwrap();
-    ledger::apply(&db.pool, &send("50"), Some(limit))
+    ledger::apply(&db.pool, &send("50"), spend("50"))
         .await
         .unwrap();
     assert_eq!(
-        ledger::apply(&db.pool, &send("0.01"), Some(limit))
+        ledger::apply(&db.pool, &send("0.01"), spend("0.01"))
             .await
             .unwrap_err()
             .code,
@@ -359,11 +375,27 @@ async fn the_database_refuses_to_break_the_books_even_if_the_code_tried() {
         "a balance changes only through ledger lines"
     );
 
+    let unvalued = sqlx::query(
+        "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id) \
+         VALUES ($1, $2, 'transfer', 'USD', 5, $3, $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(Uuid::new_v4())
+    .bind(a)
+    .bind(b)
+    .execute(&db.pool)
+    .await;
+    assert!(
+        unvalued.is_err(),
+        "money leaving a user is valued, so it counts against their limits"
+    );
+
     let mut tx = db.pool.begin().await.unwrap();
     let entry = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id) \
-         VALUES ($1, $2, 'transfer', 'USD', 5, $3, $4)",
+        "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, \
+           reference_value) \
+         VALUES ($1, $2, 'transfer', 'USD', 5, $3, $4, 5)",
     )
     .bind(entry)
     .bind(Uuid::new_v4())
@@ -414,12 +446,16 @@ async fn a_voided_transfer_id_can_never_be_applied_and_an_applied_one_cannot_be_
             .unwrap(),
         ledger::VoidOutcome::Voided
     ));
-    let err = ledger::apply(&db.pool, &stuck, None).await.unwrap_err();
+    let err = ledger::apply(&db.pool, &stuck, unlimited(&stuck))
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
     assert_eq!(err.details.unwrap()["reason"], "voided");
 
     let done = request(TransferKind::Transfer, Some(a), Some(b), "7");
-    ledger::apply(&db.pool, &done, None).await.unwrap();
+    ledger::apply(&db.pool, &done, unlimited(&done))
+        .await
+        .unwrap();
     assert!(matches!(
         ledger::void(&db.pool, done.transfer_id, "timed out")
             .await

@@ -39,7 +39,15 @@ pub const DEAD_QUEUE_SUFFIX: &str = ".dead";
 
 /// The event types of the contract.
 pub mod types {
+    /// An account's email address is verified: the account exists for everyone else now.
     pub const USER_CREATED: &str = "user.created";
+    /// A sign-up (or a repeated sign-up of an unverified address) asks the mailbox's
+    /// owner to confirm: `{user_id, email, full_name, token, expires_at}`. The token is
+    /// a credential: only the mail to `email` may carry it.
+    pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
+    /// Someone signed up with the address of a verified account, which did not change:
+    /// `{user_id, email}`, so its owner is told.
+    pub const USER_REGISTRATION_REPEATED: &str = "user.registration_repeated";
     pub const USER_KYC_UPDATED: &str = "user.kyc_updated";
     pub const WALLET_CREATED: &str = "wallet.created";
     pub const WALLET_STATUS_CHANGED: &str = "wallet.status_changed";

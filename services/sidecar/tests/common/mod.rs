@@ -65,6 +65,15 @@ where
 // ---------------------------------------------------------------------------------
 // The echo app
 
+/// The echo app's `/metrics`: one metric of its own and one family the sidecar reports
+/// too (its health checks), with another `dependency`.
+pub const ECHO_METRICS: &str = "# HELP echo_app_orders_total Orders taken\n\
+# TYPE echo_app_orders_total counter\n\
+echo_app_orders_total 42\n\
+\n\
+# TYPE finflow_dependency_up gauge\n\
+finflow_dependency_up{dependency=\"database\"} 1\n";
+
 #[derive(Default)]
 struct EchoState {
     name: String,
@@ -77,7 +86,8 @@ struct EchoState {
 /// A tiny app that answers every request with what it received, as JSON:
 /// `{"app", "method", "path", "headers": {name: [values]}, "body"}`. Special paths:
 /// `/slow` never answers, `/status/<code>` answers that status (with a spoofed
-/// `x-finflow-proxy-error`), `/stream` sends one chunk, then a second once released.
+/// `x-finflow-proxy-error`), `/stream` sends one chunk, then a second once released,
+/// `/metrics` answers [`ECHO_METRICS`].
 pub struct Echo {
     pub url: String,
     state: Arc<EchoState>,
@@ -120,6 +130,13 @@ async fn echo(State(state): State<Arc<EchoState>>, request: Request) -> Response
     }
     if path == "/slow" {
         std::future::pending::<()>().await;
+    }
+    if path == "/metrics" {
+        return (
+            [(axum::http::header::CONTENT_TYPE, "text/plain")],
+            ECHO_METRICS,
+        )
+            .into_response();
     }
     if path == "/stream" {
         let stream = futures_util::stream::unfold(0u8, move |step| {

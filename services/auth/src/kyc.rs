@@ -1,0 +1,110 @@
+//! KYC decisions from service E, applied to the user A owns.
+//!
+//! E decides; A holds the status B checks before it opens a wallet or moves money. A
+//! decision arrives twice: E calls `PUT /internal/users/{id}/kyc` before it answers its
+//! client (so a client told "verified" finds B agreeing at once), and `user.kyc_updated`
+//! follows through the outbox (so a decision made while A was down still arrives). Each
+//! carries E's decision time, and only a newer decision replaces the stored one.
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::put;
+use chrono::{DateTime, Utc};
+use finflow_platform::error::{self, ErrorEnvelope};
+use finflow_platform::identity::KycStatus;
+use finflow_platform::{ApiError, ApiResult, Identity, Json, Path};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::api::AppState;
+
+/// The services that may set a user's KYC status: E alone.
+const KYC_SERVICE: &[&str] = &["kyc"];
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/users/{id}/kyc", put(set_kyc))
+        .with_state(state)
+}
+
+/// A KYC decision as E sends it (also the data of `user.kyc_updated`).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Decision {
+    pub kyc_status: KycStatus,
+    /// When E decided. Absent in events from before decisions were dated: those apply
+    /// only to a user no dated decision has reached.
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+/// What became of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The user now has this status.
+    Applied,
+    /// A newer decision (or this one) was applied before; nothing changed.
+    Superseded,
+}
+
+/// Applies `decision` to `user` unless a newer one is stored. `None`: no such user.
+pub async fn apply(
+    conn: &mut PgConnection,
+    user: Uuid,
+    decision: &Decision,
+) -> Result<Option<Outcome>, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE users SET kyc_status = $2, kyc_decided_at = COALESCE($3, kyc_decided_at), \
+           updated_at = now() \
+         WHERE id = $1 AND (kyc_decided_at IS NULL OR kyc_decided_at < $3)",
+    )
+    .bind(user)
+    .bind(decision.kyc_status)
+    .bind(decision.decided_at)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated > 0 {
+        return Ok(Some(Outcome::Applied));
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(user)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(exists.then_some(Outcome::Superseded))
+}
+
+#[derive(Serialize, ToSchema)]
+struct Applied {
+    user_id: Uuid,
+    outcome: Outcome,
+}
+
+/// Sets a user's KYC status as E decided it (service `kyc` only).
+#[utoipa::path(put, path = "/internal/users/{id}/kyc", tag = "internal", params(("id" = Uuid, Path)),
+    request_body = Decision,
+    responses((status = 200, body = Applied), (status = 400, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
+pub async fn set_kyc(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Json(decision): Json<Decision>,
+) -> ApiResult {
+    who.require_service_of(KYC_SERVICE)?;
+    if decision.decided_at.is_none() {
+        return Err(ApiError::invalid_field(
+            "decided_at",
+            "a decision sent directly must say when it was made",
+        ));
+    }
+    let mut conn = s.pool.acquire().await?;
+    let outcome = apply(&mut conn, id, &decision)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(error::ok(Applied {
+        user_id: id,
+        outcome,
+    }))
+}

@@ -1,0 +1,152 @@
+//! KYC decisions reaching A twice (E's direct call and the `user.kyc_updated` event), in
+//! either order, against real PostgreSQL: the newest decision stands.
+
+use chrono::{DateTime, Duration, Utc};
+use finflow_auth::consumers::{KycUpdates, kyc_queue};
+use finflow_auth::kyc::{self, Decision, Outcome};
+use finflow_platform::db::TestDb;
+use finflow_platform::events::consumer::{HandlerError, apply_once};
+use finflow_platform::events::{Event, types};
+use finflow_platform::identity::KycStatus;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn user(pool: &PgPool) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO users (id, email, password_hash, full_name, phone) \
+         VALUES ($1, $2, 'x', 'Ada Lovelace', '+14155550100')",
+    )
+    .bind(id)
+    .bind(format!("u-{}@finflow.test", id.simple()))
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+async fn status(pool: &PgPool, user: Uuid) -> String {
+    sqlx::query_scalar("SELECT kyc_status FROM users WHERE id = $1")
+        .bind(user)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn decision(status: KycStatus, at: DateTime<Utc>) -> Decision {
+    Decision {
+        kyc_status: status,
+        decided_at: Some(at),
+    }
+}
+
+fn event(user: Uuid, status: &str, at: Option<DateTime<Utc>>) -> Event {
+    let mut data = json!({"user_id": user, "kyc_status": status, "submission_id": Uuid::now_v7()});
+    if let Some(at) = at {
+        data["decided_at"] = json!(at);
+    }
+    Event::new("kyc", types::USER_KYC_UPDATED, &data).unwrap()
+}
+
+#[tokio::test]
+async fn a_late_approval_does_not_undo_a_revocation_that_came_first() {
+    let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
+    let who = user(&db.pool).await;
+    let approved = Utc::now();
+    let revoked = approved + Duration::milliseconds(5);
+    let mut conn = db.pool.acquire().await.unwrap();
+
+    // E's call about the revocation arrives before the event of the approval.
+    let told = kyc::apply(&mut conn, who, &decision(KycStatus::Rejected, revoked)).await;
+    assert_eq!(told.unwrap(), Some(Outcome::Applied));
+    let queue = kyc_queue();
+    apply_once(
+        &db.pool,
+        &queue.name,
+        &KycUpdates,
+        &event(who, "verified", Some(approved)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&db.pool, who).await, "rejected");
+
+    // The same decision again (the revocation's own event) changes nothing either.
+    let again = kyc::apply(&mut conn, who, &decision(KycStatus::Rejected, revoked)).await;
+    assert_eq!(again.unwrap(), Some(Outcome::Superseded));
+
+    // A newer verification stands.
+    let reverified = revoked + Duration::seconds(60);
+    apply_once(
+        &db.pool,
+        &queue.name,
+        &KycUpdates,
+        &event(who, "verified", Some(reverified)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&db.pool, who).await, "verified");
+}
+
+#[tokio::test]
+async fn an_undated_event_applies_only_where_no_dated_decision_has_arrived() {
+    let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
+    let queue = kyc_queue();
+    let (fresh, decided) = (user(&db.pool).await, user(&db.pool).await);
+
+    // An event from before decisions were dated still works on a user without one...
+    apply_once(
+        &db.pool,
+        &queue.name,
+        &KycUpdates,
+        &event(fresh, "verified", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&db.pool, fresh).await, "verified");
+
+    // ...but never overrides a dated decision.
+    let mut conn = db.pool.acquire().await.unwrap();
+    kyc::apply(
+        &mut conn,
+        decided,
+        &decision(KycStatus::Rejected, Utc::now()),
+    )
+    .await
+    .unwrap();
+    apply_once(
+        &db.pool,
+        &queue.name,
+        &KycUpdates,
+        &event(decided, "verified", None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&db.pool, decided).await, "rejected");
+}
+
+#[tokio::test]
+async fn a_decision_about_nobody_is_retried_not_dropped() {
+    let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    let nobody = Uuid::now_v7();
+    let direct = kyc::apply(
+        &mut conn,
+        nobody,
+        &decision(KycStatus::Verified, Utc::now()),
+    )
+    .await;
+    assert_eq!(direct.unwrap(), None, "the route answers 404");
+    let queue = kyc_queue();
+    let outcome = apply_once(
+        &db.pool,
+        &queue.name,
+        &KycUpdates,
+        &event(nobody, "verified", Some(Utc::now())),
+    )
+    .await;
+    assert!(
+        matches!(outcome, Err(HandlerError::Transient(_))),
+        "{outcome:?}"
+    );
+}

@@ -1,0 +1,113 @@
+//! What C checks before it accepts a payment: the payer's verification as A holds it
+//! now (through B), and the payment's worth in the reference currency for the AML hold
+//! and the tier limits, whatever currency it is in.
+
+mod common;
+
+use common::{FakeWallet, Stand};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn wallet(stand: &Stand, owner: Uuid, currency: &'static str) -> Uuid {
+    stand.wallets.add(FakeWallet {
+        owner,
+        currency,
+        owner_kyc_status: "verified",
+    })
+}
+
+async fn deposit(stand: &Stand, who: Uuid, to: Uuid, amount: &str, currency: &str) -> (u16, Value) {
+    stand
+        .pay(
+            who,
+            "deposit",
+            &json!({"to_wallet_id": to, "amount": amount, "currency": currency}),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_deposit_in_a_unit_of_account_is_held_by_what_it_is_worth() {
+    let stand = Stand::start().await;
+    let user = Uuid::now_v7();
+    let clf = wallet(&stand, user, "CLF");
+    // 300 CLF is about 12,300 USD: above the 10,000 threshold though 300 < 10,000.
+    let (status, body) = deposit(&stand, user, clf, "300", "CLF").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["data"]["status"], "ON_HOLD", "{body}");
+    // 200 CLF (about 8,200 USD) is not held.
+    let (status, body) = deposit(&stand, user, clf, "200", "CLF").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["data"]["status"], "PENDING", "{body}");
+
+    // 15,000 JPY is about 96 USD: far below the threshold it passes when counted raw.
+    let jpy = wallet(&stand, user, "JPY");
+    let (status, body) = deposit(&stand, user, jpy, "15000", "JPY").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["data"]["status"], "PENDING", "{body}");
+}
+
+#[tokio::test]
+async fn limits_compare_what_a_payment_is_worth() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
+    let (from, to) = (wallet(&stand, payer, "CLF"), wallet(&stand, payee, "CLF"));
+    // B says 20,000 USD per payment; 500 CLF is about 20,500 USD.
+    let (status, body) = stand
+        .pay(
+            payer,
+            "transfer",
+            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "500", "currency": "CLF"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "tier_limit", "{body}");
+    assert_eq!(
+        body["error"]["details"]["limit"], "per-transaction",
+        "{body}"
+    );
+    assert_eq!(stand.wallets.transfers(), 0);
+}
+
+#[tokio::test]
+async fn a_payer_whose_verification_was_revoked_is_refused_at_once() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
+    let from = stand.wallets.add(FakeWallet {
+        owner: payer,
+        currency: "USD",
+        owner_kyc_status: "rejected",
+    });
+    let to = wallet(&stand, payee, "USD");
+    // The token still says verified; B (asking A) says otherwise.
+    let (status, body) = stand
+        .pay(
+            payer,
+            "transfer",
+            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "5.00", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
+    let (status, body) = deposit(&stand, payer, from, "5.00", "USD").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&stand.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "no payment was recorded");
+}
+
+#[tokio::test]
+async fn a_currency_without_a_reference_rate_is_refused() {
+    let stand = Stand::start().await;
+    let user = Uuid::now_v7();
+    let afn = wallet(&stand, user, "AFN");
+    let (status, body) = deposit(&stand, user, afn, "5.00", "AFN").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"], "currency_not_supported",
+        "{body}"
+    );
+}

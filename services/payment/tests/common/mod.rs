@@ -1,0 +1,230 @@
+//! C's API on a real socket against real PostgreSQL and Redis, with a stand-in for B
+//! (and A's token endpoint) that knows each wallet's owner, currency and owner's KYC
+//! status, and records the transfers it is asked to apply. Requests carry the identity
+//! headers a sidecar would set.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use finflow_payment::api::{AppState, Settings, router};
+use finflow_payment::idempotency::Keys;
+use finflow_payment::wallets::Wallets;
+use finflow_platform::client::{ServiceClient, TokenSource};
+use finflow_platform::db::TestDb;
+use finflow_platform::fx::{DEFAULT_RATES, Rates};
+use finflow_platform::{Amount, cache};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+/// A wallet as the stand-in for B describes it.
+#[derive(Clone)]
+pub struct FakeWallet {
+    pub owner: Uuid,
+    pub currency: &'static str,
+    pub owner_kyc_status: &'static str,
+}
+
+/// What the stand-in for B knows: wallets, and the transfers it applied.
+#[derive(Clone, Default)]
+pub struct FakeWallets {
+    wallets: Arc<Mutex<HashMap<Uuid, FakeWallet>>>,
+    transfers: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeWallets {
+    /// An active USD wallet of a verified `owner`.
+    pub fn wallet_of(&self, owner: Uuid) -> Uuid {
+        self.add(FakeWallet {
+            owner,
+            currency: "USD",
+            owner_kyc_status: "verified",
+        })
+    }
+
+    pub fn add(&self, wallet: FakeWallet) -> Uuid {
+        let id = Uuid::now_v7();
+        self.wallets.lock().unwrap().insert(id, wallet);
+        id
+    }
+
+    /// B forgets every wallet (asking it then answers 404).
+    pub fn forget_all(&self) {
+        self.wallets.lock().unwrap().clear();
+    }
+
+    pub fn transfers(&self) -> usize {
+        self.transfers.lock().unwrap().len()
+    }
+}
+
+async fn fake_wallet(
+    State(f): State<FakeWallets>,
+    Path(id): Path<Uuid>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wallet = f.wallets.lock().unwrap().get(&id).cloned();
+    match wallet {
+        // Limits as B states them: in the reference currency, USD.
+        Some(w) => axum::Json(json!({ "success": true, "data": {
+            "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
+            "status": "active", "owner_kyc_status": w.owner_kyc_status,
+            "limits": { "currency": "USD", "per_transaction": "20000", "remaining_today": "50000" },
+        }}))
+        .into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(json!({ "success": false,
+                "error": { "code": "NOT_FOUND", "message": "wallet not found" } })),
+        )
+            .into_response(),
+    }
+}
+
+async fn fake_transfer(State(f): State<FakeWallets>, body: axum::Json<Value>) -> axum::Json<Value> {
+    f.transfers.lock().unwrap().push(body.0.clone());
+    axum::Json(json!({ "success": true, "data": body.0 }))
+}
+
+async fn fake_token() -> axum::Json<Value> {
+    axum::Json(json!({ "success": true, "data": {
+        "access_token": "service-token",
+        "expires_at": chrono::Utc::now() + chrono::Duration::hours(1),
+    }}))
+}
+
+/// C's API on a socket, B (and A's token endpoint) faked on another.
+pub struct Stand {
+    pub base: String,
+    pub wallets: FakeWallets,
+    _db: TestDb,
+    pub pool: PgPool,
+}
+
+impl Stand {
+    pub async fn start() -> Self {
+        let db = TestDb::new(Some(&finflow_payment::MIGRATIONS)).await;
+        let wallets = FakeWallets::default();
+        let fake = Router::new()
+            .route("/api/v1/auth/token", post(fake_token))
+            .route("/internal/wallets/{id}", get(fake_wallet))
+            .route("/internal/transfers", post(fake_transfer))
+            .with_state(wallets.clone());
+        let fake_url = serve(fake).await;
+        let http = ServiceClient::http_client();
+        let tokens = TokenSource::new(
+            &fake_url,
+            "payment",
+            "secret".to_owned().into(),
+            http.clone(),
+        );
+        let redis = cache::connect(&cache::test_url()).await.unwrap();
+        let api = router(AppState {
+            pool: db.pool.clone(),
+            keys: Keys::new(redis),
+            wallets: Wallets::new(ServiceClient::new("wallet", &fake_url, tokens, http)),
+            settings: Arc::new(Settings {
+                aml_hold_threshold: Amount::parse("10000").unwrap(),
+                rates: Rates::parse("USD", DEFAULT_RATES).unwrap(),
+                max_wait: Duration::from_secs(1),
+                duplicate_wait: Duration::from_secs(1),
+            }),
+            waiters: finflow_payment::waiters::Waiters::new(16),
+        });
+        Self {
+            base: serve(api).await,
+            wallets,
+            pool: db.pool.clone(),
+            _db: db,
+        }
+    }
+
+    /// A payment stored as C stores it, in `status`.
+    pub async fn payment(
+        &self,
+        payer: Uuid,
+        kind: &str,
+        from: Option<Uuid>,
+        to: Option<Uuid>,
+        amount: &str,
+        status: &str,
+    ) -> Uuid {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, \
+               to_wallet_id, amount, currency, status) \
+             VALUES ($1, $2, $3, '\\x00', $4, $5, $6, $7::numeric, 'USD', $8)",
+        )
+        .bind(id)
+        .bind(payer)
+        .bind(id.to_string())
+        .bind(kind)
+        .bind(from)
+        .bind(to)
+        .bind(amount)
+        .bind(status)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    pub async fn status_of(&self, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// `POST /api/v1/payments/{id}/{action}` as a staff member `who` with `roles`.
+    pub async fn decide(&self, who: Uuid, roles: &str, id: Uuid, action: &str) -> (u16, Value) {
+        let response = ServiceClient::http_client()
+            .post(format!("{}/api/v1/payments/{id}/{action}", self.base))
+            .header("x-user-id", who.to_string())
+            .header(
+                "x-user-email",
+                format!("staff-{}@finflow.test", who.simple()),
+            )
+            .header("x-user-roles", format!("user,{roles}"))
+            .header("x-kyc-status", "verified")
+            .header("x-account-tier", "gold")
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `POST /api/v1/payments/{kind}` with `body` as the user `who`, under a new key.
+    pub async fn pay(&self, who: Uuid, kind: &str, body: &Value) -> (u16, Value) {
+        let response = ServiceClient::http_client()
+            .post(format!("{}/api/v1/payments/{kind}", self.base))
+            .header("x-user-id", who.to_string())
+            .header("x-user-email", format!("u-{}@finflow.test", who.simple()))
+            .header("x-user-roles", "user")
+            // What the token says; C goes by what B answers for the wallet.
+            .header("x-kyc-status", "verified")
+            .header("x-account-tier", "bronze")
+            .header("idempotency-key", Uuid::now_v7().to_string())
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+}
+
+async fn serve(app: Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}

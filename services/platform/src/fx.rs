@@ -1,0 +1,203 @@
+//! Reference values: what a sum in any currency is worth in one reference currency, for
+//! the rules that compare sums across currencies (tier limits, AML thresholds).
+//!
+//! A limit of 10,000 means 10,000 of the reference currency whatever the wallet holds:
+//! compared raw, 10,000 CLF (about 400,000 USD) would pass a 10,000 threshold, and
+//! 10,000 JPY would meet it. Rates are configuration (`FX_RATES`), kept by whoever runs
+//! the platform; they never convert money: no ledger entry is ever a converted amount.
+//! A currency without a rate is not supported: money in it is refused rather than
+//! valued at a guess.
+
+use std::collections::HashMap;
+
+use clap::Args;
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::config::Validate;
+use crate::error::ApiError;
+use crate::money::{Amount, Currency, Money};
+
+/// Units of the reference currency (USD) one unit of each currency was worth, rounded,
+/// in December 2026. Operators replace it with `FX_RATES` (a rate source of their own
+/// writes the same form); stale rates only move limits, they never move money.
+pub const DEFAULT_RATES: &str = "USD=1,EUR=1.16,GBP=1.33,CHF=1.25,JPY=0.0064,CAD=0.71,\
+AUD=0.65,NZD=0.57,CNY=0.14,HKD=0.128,SGD=0.77,SEK=0.105,NOK=0.098,DKK=0.155,PLN=0.27,\
+CZK=0.048,HUF=0.003,INR=0.0112,BRL=0.18,MXN=0.054,ZAR=0.057,KRW=0.00068,TRY=0.024,\
+ILS=0.30,AED=0.2723,SAR=0.2667,BHD=2.6596,KWD=3.26,OMR=2.6008,JOD=1.4104,TND=0.34,\
+CLP=0.00106,CLF=41,ISK=0.0079";
+
+/// The reference currency and the rates.
+#[derive(Debug, Clone, Args)]
+pub struct FxConfig {
+    /// The currency limits and thresholds are stated in.
+    #[arg(long, env = "FX_REFERENCE_CURRENCY", default_value = "USD")]
+    pub fx_reference_currency: String,
+    /// `CODE=rate,...`: units of the reference currency one unit of CODE is worth. Money
+    /// in a currency not listed is refused.
+    #[arg(long, env = "FX_RATES", default_value = DEFAULT_RATES)]
+    pub fx_rates: String,
+}
+
+impl FxConfig {
+    pub fn rates(&self) -> Result<Rates, String> {
+        Rates::parse(&self.fx_reference_currency, &self.fx_rates)
+    }
+}
+
+impl Validate for FxConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Err(e) = self.rates() {
+            errors.push(e);
+        }
+    }
+}
+
+/// Reference values of the supported currencies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rates {
+    reference: Currency,
+    per_unit: HashMap<Currency, Decimal>,
+}
+
+impl Rates {
+    /// `reference` and a table `CODE=rate,...`; the reference must be listed at 1.
+    pub fn parse(reference: &str, table: &str) -> Result<Self, String> {
+        let reference =
+            Currency::parse(reference.trim()).map_err(|e| format!("FX_REFERENCE_CURRENCY: {e}"))?;
+        let mut per_unit = HashMap::new();
+        for entry in table.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (code, rate) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("FX_RATES: `{entry}` is not CODE=rate"))?;
+            let currency = Currency::parse(code.trim()).map_err(|e| format!("FX_RATES: {e}"))?;
+            let rate = Decimal::from_str_exact(rate.trim())
+                .ok()
+                .filter(|r| r.is_sign_positive() && !r.is_zero())
+                .ok_or_else(|| format!("FX_RATES: the rate of {code} is not a positive decimal"))?;
+            if per_unit.insert(currency, rate).is_some() {
+                return Err(format!("FX_RATES: {code} is listed twice"));
+            }
+        }
+        if per_unit.get(&reference) != Some(&Decimal::ONE) {
+            return Err(format!(
+                "FX_RATES must list the reference currency {reference} at 1"
+            ));
+        }
+        Ok(Self {
+            reference,
+            per_unit,
+        })
+    }
+
+    pub fn reference(&self) -> Currency {
+        self.reference
+    }
+
+    pub fn supports(&self, currency: Currency) -> bool {
+        self.per_unit.contains_key(&currency)
+    }
+
+    /// `400 VALIDATION_ERROR` on `currency` (reason `currency_not_supported`) for a
+    /// currency without a rate.
+    pub fn require(&self, currency: Currency) -> Result<(), ApiError> {
+        if self.supports(currency) {
+            return Ok(());
+        }
+        Err(ApiError::invalid_field(
+            "currency",
+            format!("{currency} is not supported: FinFlow has no reference rate for it"),
+        )
+        .with_details(serde_json::json!({
+            "field": "currency",
+            "reason": "currency_not_supported",
+        })))
+    }
+
+    /// What `money` is worth in the reference currency, rounded up to storage precision
+    /// (a rule never sees a sum as smaller than it is); a value past what storage holds
+    /// is the largest storable amount, which exceeds every limit.
+    pub fn value(&self, money: Money) -> Result<Amount, ApiError> {
+        self.require(money.currency())?;
+        let rate = self.per_unit[&money.currency()];
+        let value = money
+            .amount()
+            .decimal()
+            .checked_mul(rate)
+            .map(|v| v.round_dp_with_strategy(4, RoundingStrategy::AwayFromZero));
+        Ok(value
+            .and_then(|v| Amount::from_decimal(v).ok())
+            .unwrap_or(Amount::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rates() -> Rates {
+        Rates::parse("USD", DEFAULT_RATES).unwrap()
+    }
+
+    fn money(amount: &str, currency: &str) -> Money {
+        Money::parse(amount, currency).unwrap()
+    }
+
+    #[test]
+    fn the_default_table_parses_and_values_the_reference_at_par() {
+        let r = rates();
+        assert_eq!(r.reference().code(), "USD");
+        assert_eq!(
+            r.value(money("12.34", "USD")).unwrap(),
+            Amount::parse("12.34").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_unit_of_account_is_worth_far_more_than_its_count() {
+        // The sum the AML threshold missed when amounts were compared raw.
+        let value = rates().value(money("10000", "CLF")).unwrap();
+        assert_eq!(value, Amount::parse("410000").unwrap());
+        assert!(rates().value(money("10000", "JPY")).unwrap() < Amount::parse("100").unwrap());
+    }
+
+    #[test]
+    fn values_round_up_never_down() {
+        // 0.001 KRW is 0.00000068 USD: still more than nothing.
+        let r = Rates::parse("USD", "USD=1,KRW=0.00068").unwrap();
+        assert_eq!(
+            r.value(money("1", "KRW")).unwrap(),
+            Amount::parse("0.0007").unwrap()
+        );
+    }
+
+    #[test]
+    fn an_unlisted_currency_is_refused_not_guessed() {
+        let err = rates().value(money("1", "AFN")).unwrap_err();
+        assert_eq!(err.details.unwrap()["reason"], "currency_not_supported");
+    }
+
+    #[test]
+    fn bad_tables_are_refused_at_start() {
+        for (reference, table) in [
+            ("USD", "EUR=1.1"),
+            ("USD", "USD=1,EUR=0"),
+            ("USD", "USD=1,EUR=-1"),
+            ("USD", "USD=1,EUR"),
+            ("USD", "USD=1,USD=1"),
+            ("USD", "USD=2"),
+            ("XYZ", "USD=1"),
+            ("USD", "USD=1,EUR=1e3"),
+        ] {
+            assert!(Rates::parse(reference, table).is_err(), "{table}");
+        }
+    }
+
+    #[test]
+    fn a_value_past_storage_exceeds_every_limit() {
+        let r = Rates::parse("USD", "USD=1,CLF=1000000").unwrap();
+        assert_eq!(
+            r.value(money("9999999999999999", "CLF")).unwrap(),
+            Amount::MAX
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! B's API on a real socket against real PostgreSQL, with a stand-in for A.
+//!
+//! A is B's only dependency here, and what B needs of it is small: a service token and
+//! `GET /internal/users/{id}`. The stand-in refuses what A refuses (no token, an unknown
+//! user) and answers what A would for the users a test declares; the real A behind its
+//! sidecar is exercised end to end in e2e/.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use finflow_platform::client::{ServiceClient, TokenSource};
+use finflow_platform::db::TestDb;
+use finflow_platform::fx::{DEFAULT_RATES, Rates};
+use finflow_wallet::api::{AppState, router};
+use finflow_wallet::users::Users;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+const TOKEN: &str = "stand-in-service-token";
+
+/// Users as A would describe them: id to (kyc_status, account_tier).
+#[derive(Clone, Default)]
+pub struct FakeAuth {
+    users: Arc<Mutex<HashMap<Uuid, (String, String)>>>,
+}
+
+impl FakeAuth {
+    pub fn set(&self, user: Uuid, kyc_status: &str, tier: &str) {
+        self.users
+            .lock()
+            .unwrap()
+            .insert(user, (kyc_status.to_owned(), tier.to_owned()));
+    }
+
+    async fn serve(self) -> String {
+        async fn token() -> axum::Json<Value> {
+            axum::Json(json!({"success": true, "data": {
+                "access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600,
+                "expires_at": chrono::Utc::now() + chrono::Duration::hours(1)}}))
+        }
+        async fn user(
+            State(auth): State<FakeAuth>,
+            headers: HeaderMap,
+            Path(id): Path<Uuid>,
+        ) -> (StatusCode, axum::Json<Value>) {
+            let error = |status: StatusCode, code: &str| {
+                (
+                    status,
+                    axum::Json(json!({"success": false, "error": {"code": code, "message": code}})),
+                )
+            };
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                != Some(&format!("Bearer {TOKEN}"))
+            {
+                return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            }
+            match auth.users.lock().unwrap().get(&id) {
+                Some((kyc, tier)) => (
+                    StatusCode::OK,
+                    axum::Json(json!({"success": true, "data": {
+                        "id": id, "kyc_status": kyc, "account_tier": tier}})),
+                ),
+                None => error(StatusCode::NOT_FOUND, "NOT_FOUND"),
+            }
+        }
+        let app = Router::new()
+            .route("/api/v1/auth/token", post(token))
+            .route("/internal/users/{id}", get(user))
+            .with_state(self);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+}
+
+pub struct Stand {
+    pub base: String,
+    pub pool: PgPool,
+    pub auth: FakeAuth,
+    _db: TestDb,
+}
+
+impl Stand {
+    /// Bronze may send 1000 per payment and 5000 a day, in USD.
+    pub async fn start() -> Self {
+        let db = TestDb::new(Some(&finflow_wallet::MIGRATIONS)).await;
+        let auth = FakeAuth::default();
+        let auth_url = auth.clone().serve().await;
+        let http = ServiceClient::http_client();
+        let tokens = TokenSource::new(
+            &auth_url,
+            "wallet",
+            "secret".to_owned().into(),
+            http.clone(),
+        );
+        let api = router(AppState {
+            pool: db.pool.clone(),
+            users: Users::new(ServiceClient::new("auth", &auth_url, tokens, http)),
+            limits: Arc::new(
+                "bronze=1000/5000,silver=10000/50000,gold=100000/500000"
+                    .parse()
+                    .unwrap(),
+            ),
+            rates: Arc::new(Rates::parse("USD", DEFAULT_RATES).unwrap()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, api).await.unwrap() });
+        Self {
+            base,
+            pool: db.pool.clone(),
+            auth,
+            _db: db,
+        }
+    }
+
+    /// An active USD wallet of `owner`.
+    pub async fn wallet(&self, owner: Uuid) -> Uuid {
+        self.wallet_in(owner, "USD").await
+    }
+
+    /// An active wallet of `owner` in `currency`.
+    pub async fn wallet_in(&self, owner: Uuid, currency: &str) -> Uuid {
+        let id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO wallets (id, user_id, kind, currency, status) VALUES ($1, $2, 'user', $3, 'active')",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(currency)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    pub async fn status_of(&self, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT status FROM wallets WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn balance(&self, id: Uuid) -> String {
+        sqlx::query_scalar("SELECT balance::text FROM wallets WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// A request to B as the user `who` with `roles`, as their sidecar would send it.
+    pub async fn as_user(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        who: Uuid,
+        roles: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .header("x-user-id", who.to_string())
+            .header("x-user-email", format!("u-{}@finflow.test", who.simple()))
+            .header("x-user-roles", roles)
+            // What a token says; B asks A instead.
+            .header("x-kyc-status", "verified")
+            .header("x-account-tier", "bronze");
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap())
+    }
+
+    /// `PUT /api/v1/wallets/{id}/status` as `who` with `roles`.
+    pub async fn set(&self, who: Uuid, roles: &str, id: Uuid, status: &str) -> (u16, Value) {
+        self.as_user(
+            reqwest::Method::PUT,
+            &format!("/api/v1/wallets/{id}/status"),
+            who,
+            roles,
+            Some(&json!({ "status": status })),
+        )
+        .await
+    }
+
+    /// A request to B as service `service` (its sidecar's headers for a service token).
+    pub async fn as_service(
+        &self,
+        service: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.base))
+            .header("x-user-id", format!("service:{service}"))
+            .header("x-user-roles", format!("service:{service}"));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let code = response.status().as_u16();
+        (code, response.json().await.unwrap())
+    }
+
+    /// `POST /internal/transfers` with the token of `service`.
+    pub async fn internal_transfer(&self, service: &str, body: &Value) -> (u16, Value) {
+        self.as_service(
+            service,
+            reqwest::Method::POST,
+            "/internal/transfers",
+            Some(body),
+        )
+        .await
+    }
+
+    /// C's deposit of `amount` `currency` into `wallet`.
+    pub async fn deposit(&self, wallet: Uuid, amount: &str, currency: &str) -> (u16, Value) {
+        self.internal_transfer(
+            "payment",
+            &json!({"transfer_id": Uuid::now_v7(), "kind": "deposit",
+                "to_wallet_id": wallet, "amount": amount, "currency": currency}),
+        )
+        .await
+    }
+
+    /// C's transfer of `amount` `currency` from `from` to `to`.
+    pub async fn send(&self, from: Uuid, to: Uuid, amount: &str, currency: &str) -> (u16, Value) {
+        self.internal_transfer(
+            "payment",
+            &json!({"transfer_id": Uuid::now_v7(), "kind": "transfer",
+                "from_wallet_id": from, "to_wallet_id": to, "amount": amount, "currency": currency}),
+        )
+        .await
+    }
+}
+
+pub fn assert_forbidden((status, body): (u16, Value), reason: &str) {
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "FORBIDDEN", "{body}");
+    assert_eq!(body["error"]["details"]["reason"], reason, "{body}");
+}

@@ -1,0 +1,210 @@
+//! What B asks of a user before their money moves: a verification A holds now (not the
+//! one their token or wallet creation saw), and tier limits per user across currencies,
+//! valued in the reference currency.
+
+mod common;
+
+use common::{Stand, assert_forbidden};
+use reqwest::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn assert_kyc_required((status, body): (u16, Value)) {
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
+}
+
+/// Two verified bronze users with active wallets in `currency`, the first funded.
+async fn pair(stand: &Stand, currency: &str, funds: &str) -> (Uuid, Uuid, Uuid, Uuid) {
+    let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
+    stand.auth.set(payer, "verified", "bronze");
+    stand.auth.set(payee, "verified", "bronze");
+    let (from, to) = (
+        stand.wallet_in(payer, currency).await,
+        stand.wallet_in(payee, currency).await,
+    );
+    let (status, body) = stand.deposit(from, funds, currency).await;
+    assert_eq!(status, 201, "{body}");
+    (payer, payee, from, to)
+}
+
+#[tokio::test]
+async fn a_user_whose_verification_was_revoked_can_no_longer_move_money() {
+    let stand = Stand::start().await;
+    let (payer, _, from, to) = pair(&stand, "USD", "500").await;
+
+    // Compliance revoked it; A has been told (E tells A before it answers).
+    stand.auth.set(payer, "rejected", "bronze");
+    assert_kyc_required(stand.send(from, to, "10", "USD").await);
+    assert_kyc_required(stand.deposit(from, "10", "USD").await);
+    assert_kyc_required(
+        stand
+            .internal_transfer(
+                "payment",
+                &json!({"transfer_id": Uuid::now_v7(), "kind": "withdrawal",
+                    "from_wallet_id": from, "amount": "10", "currency": "USD"}),
+            )
+            .await,
+    );
+    assert_eq!(stand.balance(from).await, "500.0000", "nothing moved");
+    let (status, body) = stand
+        .as_service(
+            "payment",
+            Method::GET,
+            &format!("/internal/wallets/{from}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["owner_kyc_status"], "rejected");
+
+    // Verified again, by a new document: money moves again.
+    stand.auth.set(payer, "verified", "bronze");
+    let (status, body) = stand.send(from, to, "10", "USD").await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn a_wallet_is_opened_only_for_a_user_a_says_is_verified_now() {
+    let stand = Stand::start().await;
+    let user = Uuid::now_v7();
+    stand.auth.set(user, "pending", "bronze");
+    let open = |currency: &'static str| {
+        let stand = &stand;
+        async move {
+            stand
+                .as_user(
+                    Method::POST,
+                    "/api/v1/wallets",
+                    user,
+                    "user",
+                    Some(&json!({ "currency": currency })),
+                )
+                .await
+        }
+    };
+    // The token says verified (`x-kyc-status`); A says pending.
+    assert_kyc_required(open("USD").await);
+    stand.auth.set(user, "verified", "bronze");
+    let (status, body) = open("USD").await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn a_currency_without_a_reference_rate_is_refused_before_anything_else() {
+    let stand = Stand::start().await;
+    let user = Uuid::now_v7();
+    stand.auth.set(user, "verified", "bronze");
+    // AFN is ISO 4217 with minor units, but no rate is configured for it.
+    let (status, body) = stand
+        .as_user(
+            Method::POST,
+            "/api/v1/wallets",
+            user,
+            "user",
+            Some(&json!({ "currency": "AFN" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(body["error"]["details"]["reason"], "currency_not_supported");
+}
+
+#[tokio::test]
+async fn a_unit_of_account_is_limited_by_what_it_is_worth_not_by_its_count() {
+    let stand = Stand::start().await;
+    let (_, _, from, to) = pair(&stand, "CLF", "100").await;
+    // 30 CLF is about 1230 USD: over bronze's 1000 per payment, though 30 < 1000.
+    let (status, body) = stand.send(from, to, "30", "CLF").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "tier_limit");
+    assert_eq!(body["error"]["details"]["limit"], "per-transaction");
+    // 20 CLF (about 820 USD) is within it.
+    let (status, body) = stand.send(from, to, "20", "CLF").await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn the_daily_limit_is_one_per_user_across_all_their_currencies() {
+    let stand = Stand::start().await;
+    let (payer, payee, usd_from, usd_to) = pair(&stand, "USD", "10000").await;
+    let eur_from = stand.wallet_in(payer, "EUR").await;
+    let eur_to = stand.wallet_in(payee, "EUR").await;
+    let (status, body) = stand.deposit(eur_from, "10000", "EUR").await;
+    assert_eq!(status, 201, "{body}");
+    // The day is the database's UTC day; a run across midnight would split the sums.
+    skip_near_midnight(&stand).await;
+
+    for _ in 0..5 {
+        let (status, body) = stand.send(usd_from, usd_to, "900", "USD").await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // 4500 USD sent; 500 EUR is 580 USD, which would make 5080 of bronze's 5000.
+    let refused = stand.send(eur_from, eur_to, "500", "EUR").await;
+    assert_eq!(
+        refused.1["error"]["details"]["limit"], "daily",
+        "{}",
+        refused.1
+    );
+    assert_forbidden(refused, "tier_limit");
+    // 400 EUR (464 USD) fits, and the refusal above did not count.
+    let (status, body) = stand.send(eur_from, eur_to, "400", "EUR").await;
+    assert_eq!(status, 201, "{body}");
+
+    let (status, body) = stand
+        .as_service(
+            "payment",
+            Method::GET,
+            &format!("/internal/wallets/{eur_from}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["limits"]["currency"], "USD");
+    assert_eq!(body["data"]["limits"]["remaining_today"], "36");
+    assert_eq!(body["data"]["owner_kyc_status"], "verified");
+}
+
+#[tokio::test]
+async fn two_wallets_of_one_user_sending_at_once_cannot_both_use_the_last_of_the_day() {
+    let stand = Stand::start().await;
+    let (payer, payee, usd_from, usd_to) = pair(&stand, "USD", "10000").await;
+    let eur_from = stand.wallet_in(payer, "EUR").await;
+    let eur_to = stand.wallet_in(payee, "EUR").await;
+    stand.deposit(eur_from, "10000", "EUR").await;
+    skip_near_midnight(&stand).await;
+    for _ in 0..4 {
+        stand.send(usd_from, usd_to, "1000", "USD").await;
+    }
+    // 1000 USD of the day is left; each of these is worth more than half of it.
+    for _ in 0..5 {
+        let (a, b) = tokio::join!(
+            stand.send(usd_from, usd_to, "600", "USD"),
+            stand.send(eur_from, eur_to, "520", "EUR"),
+        );
+        let passed = [&a, &b].iter().filter(|(s, _)| *s == 201).count();
+        assert!(passed <= 1, "both passed: {a:?} {b:?}");
+        let spent: String =
+            sqlx::query_scalar("SELECT spent::text FROM user_daily_spend WHERE user_id = $1")
+                .bind(payer)
+                .fetch_one(&stand.pool)
+                .await
+                .unwrap();
+        let spent: f64 = spent.parse().unwrap();
+        assert!(spent <= 5000.0, "the day's limit was passed: {spent}");
+    }
+}
+
+/// Waits past the database's UTC midnight when it is less than a minute away.
+async fn skip_near_midnight(stand: &Stand) {
+    let left: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (date_trunc('day', now() AT TIME ZONE 'UTC') \
+         + interval '1 day' - now() AT TIME ZONE 'UTC'))::float8",
+    )
+    .fetch_one(&stand.pool)
+    .await
+    .unwrap();
+    if left < 60.0 {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(left + 1.0)).await;
+    }
+}
