@@ -229,10 +229,11 @@ impl User {
         }
     }
 
-    /// A verified user with an active wallet in `currency`.
+    /// A verified user with an active wallet in `currency`, opened right after E said
+    /// "verified" (E tells A before it answers: no waiting).
     pub async fn with_wallet(self, currency: &str) -> (Self, String) {
         self.submit_kyc().await.data(StatusCode::CREATED);
-        let wallet = self.open_wallet(currency, Duration::from_secs(30)).await;
+        let wallet = self.open_wallet(currency, Duration::ZERO).await;
         let id = wallet["id"].as_str().unwrap_or_default().to_owned();
         (self, id)
     }

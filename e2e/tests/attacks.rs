@@ -1,12 +1,13 @@
 //! Attacks through the gateway by people with a staff role, or by the owner of a wallet
 //! staff froze: staff never decide on their own money, and an owner cannot undo a
 //! staff freeze. And by anyone: a sign-up with someone else's address tells nothing and
-//! takes nothing.
+//! takes nothing; a verification compliance revoked stops the money; a sum counts by
+//! what it is worth, not by its number of units.
 
 use std::collections::BTreeSet;
 
 use finflow_e2e::client::{Answer, User};
-use finflow_e2e::journey::{key, platform};
+use finflow_e2e::journey::{eventually, key, platform};
 use finflow_e2e::mail::{self, MAIL_PATIENCE};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -354,5 +355,167 @@ async fn a_sign_up_with_someone_s_address_answers_as_a_new_one_and_only_its_owne
         "Test User",
         "unchanged"
     );
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_told_it_is_verified_opens_a_wallet_at_once() {
+    let mut platform = platform().await;
+    let client = platform.client();
+    // E used to tell the client "verified" 20 to 160 ms before A (and so B) knew.
+    for n in 0..10 {
+        let user = client.new_user("prompt").await;
+        assert_eq!(
+            user.submit_kyc().await.data(StatusCode::CREATED)["status"],
+            "verified"
+        );
+        let opened = user
+            .client
+            .post("/api/v1/wallets", json!({"currency": "USD"}))
+            .await;
+        assert_eq!(
+            opened.status,
+            StatusCode::CREATED,
+            "user {n}: E said verified, B answered {}",
+            opened.body
+        );
+    }
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_whose_verification_compliance_revoked_can_no_longer_move_money() {
+    let mut platform = platform().await;
+    let client = platform.client();
+    let officer = platform
+        .staff_user(&client, "compliance@finflow.local", "compliance")
+        .await
+        .unwrap_or_else(|e| panic!("granting compliance: {e:#}"));
+    let (alice, alices) = client.new_user("alice").await.with_wallet("USD").await;
+    let (_, bobs) = client.new_user("bob").await.with_wallet("USD").await;
+    let funded = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": alices, "amount": "100.00", "currency": "USD"}),
+            &key(),
+            Some(20),
+        )
+        .await;
+    assert_eq!(funded.data(StatusCode::OK)["status"], "COMPLETED");
+    // Held for review before the revocation, released after it.
+    let held = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": alices, "amount": "10001.00", "currency": "USD"}),
+            &key(),
+            None,
+        )
+        .await;
+    let held = held.data(StatusCode::ACCEPTED)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let revoke = |whom: &str| format!("/api/v1/kyc/users/{whom}/revoke");
+    let why = json!({"reason": "the passport was reported stolen"});
+    // Not by the user, and an officer never revokes (or shields) their own.
+    assert_eq!(
+        alice
+            .client
+            .post(&revoke(&alice.id), why.clone())
+            .await
+            .error(StatusCode::FORBIDDEN),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        officer
+            .client
+            .post(&revoke(&officer.id), why.clone())
+            .await
+            .error(StatusCode::FORBIDDEN),
+        "FORBIDDEN"
+    );
+    let revoked = officer.client.post(&revoke(&alice.id), why).await;
+    assert_eq!(revoked.data(StatusCode::OK)["status"], "revoked");
+
+    // At once: no new payment, no deposit, no new wallet.
+    let transfer = alice
+        .pay(
+            "transfer",
+            json!({"from_wallet_id": alices, "to_wallet_id": bobs, "amount": "10.00", "currency": "USD"}),
+            &key(),
+            None,
+        )
+        .await;
+    assert_eq!(transfer.error(StatusCode::FORBIDDEN), "KYC_REQUIRED");
+    let deposit = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": alices, "amount": "10.00", "currency": "USD"}),
+            &key(),
+            None,
+        )
+        .await;
+    assert_eq!(deposit.error(StatusCode::FORBIDDEN), "KYC_REQUIRED");
+    let wallet = alice
+        .client
+        .post("/api/v1/wallets", json!({"currency": "EUR"}))
+        .await;
+    assert_eq!(wallet.error(StatusCode::FORBIDDEN), "KYC_REQUIRED");
+
+    // The held deposit, released now, fails when it is applied: B asks A then too.
+    let release = officer
+        .client
+        .post(&format!("/api/v1/payments/{held}/release"), json!({}))
+        .await;
+    release.data(StatusCode::OK);
+    let failed = eventually("the released deposit to settle", async || {
+        let p = payment(&alice, &held).await;
+        (p["status"] != "PENDING").then_some(p)
+    })
+    .await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(failed["failure"]["code"], "KYC_REQUIRED", "{failed}");
+    assert_eq!(alice.balance(&alices).await, "100.00");
+
+    // A new document verifies her again, and she pays again.
+    assert_eq!(
+        alice.submit_kyc().await.data(StatusCode::CREATED)["status"],
+        "verified"
+    );
+    let again = alice
+        .pay(
+            "transfer",
+            json!({"from_wallet_id": alices, "to_wallet_id": bobs, "amount": "10.00", "currency": "USD"}),
+            &key(),
+            Some(20),
+        )
+        .await;
+    assert_eq!(again.data(StatusCode::OK)["status"], "COMPLETED");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_deposit_in_a_unit_of_account_is_held_by_what_it_is_worth() {
+    let mut platform = platform().await;
+    let client = platform.client();
+    let (user, clf) = client.new_user("clf").await.with_wallet("CLF").await;
+    // 300 CLF is about 12,300 USD: over the 10,000 hold threshold, however few units.
+    let deposit = user
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": clf, "amount": "300", "currency": "CLF"}),
+            &key(),
+            None,
+        )
+        .await;
+    assert_eq!(deposit.data(StatusCode::ACCEPTED)["status"], "ON_HOLD");
+
+    // A currency FinFlow cannot value is not one it holds money in.
+    let afn = user
+        .client
+        .post("/api/v1/wallets", json!({"currency": "AFN"}))
+        .await;
+    invalid_because(&afn, "currency_not_supported");
     platform.stop().await;
 }

@@ -307,15 +307,29 @@ async fn verification_requested(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
-    /// The token of the verification mail.
-    #[schema(example = "Q2hhbmdlIG1lOiB0aGlzIGlzIGFuIGV4YW1wbGUgdG9rZW4")]
+    /// The token of the verification mail: 32 bytes, unpadded base64url.
+    #[schema(
+        min_length = 43,
+        max_length = 43,
+        pattern = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$",
+        example = "Q2hhbmdlIG1lOiB0aGlzIGlzIGFuIGV4YW1wbGUgdG9rZW4"
+    )]
     pub token: String,
 }
 
-/// The one answer to every token that does not verify: which of unknown, used,
-/// superseded or expired it was is not said.
+/// Whether `token` has the shape of a token the mail carries (see [`VerifyRequest`]).
+fn token_shaped(token: &str) -> bool {
+    use base64::Engine;
+    token.len() == 43
+        && base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .is_ok_and(|b| b.len() == 32)
+}
+
+/// The one answer to every well-formed token that does not verify: which of unknown,
+/// used, superseded or expired it was is not said.
 fn invalid_token() -> ApiError {
-    ApiError::validation("the verification token is invalid or has expired")
+    ApiError::not_found("no such verification: the token is unknown, used or expired")
         .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
 }
 
@@ -323,9 +337,16 @@ fn invalid_token() -> ApiError {
 /// on, and `user.created` tells the other services it exists.
 #[utoipa::path(post, path = "/api/v1/auth/verify", tag = "auth", request_body = VerifyRequest,
     responses((status = 200, body = User, description = "the address is confirmed: the account can log in"),
-        (status = 400, body = ErrorEnvelope,
+        (status = 400, body = ErrorEnvelope, description = "not the shape of a verification token"),
+        (status = 404, body = ErrorEnvelope,
             description = "the token is unknown, already used, superseded by a newer sign-up or expired (details.reason = invalid_token; which one is not said)")))]
 async fn verify(State(s): State<AppState>, Json(req): Json<VerifyRequest>) -> ApiResult {
+    if !token_shaped(&req.token) {
+        return Err(ApiError::invalid_field(
+            "token",
+            "a verification token is 43 characters of unpadded base64url",
+        ));
+    }
     let mut tx = s.pool.begin().await?;
     let Some(user_id) = verification::redeem(&mut tx, &req.token).await? else {
         return Err(invalid_token());

@@ -354,14 +354,14 @@ async fn a_verification_token_verifies_once() {
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let (status, again) = app.verify(&token).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{again}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{again}");
     assert_eq!(again["success"], false);
-    assert_eq!(again["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(again["error"]["code"], "NOT_FOUND");
     assert_eq!(again["error"]["details"]["reason"], "invalid_token");
     let (status, made_up) = app
         .verify("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(
         made_up, again,
         "a used token and an unknown one get one answer"
@@ -382,8 +382,11 @@ async fn an_expired_verification_token_is_refused() {
         .await
         .unwrap();
     let (status, body) = app.verify(&token).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["details"]["reason"], "invalid_token");
+    let (status, body) = app.verify("not a token").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "token");
     let (status, _) = app.login_with(&address, PASSWORD).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "still unverified");
     assert!(app.events("user.created").await.is_empty());
@@ -418,7 +421,7 @@ async fn re_registering_an_unverified_address_replaces_the_password_and_the_earl
     );
 
     let (status, body) = app.verify(&squatter_token).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "superseded: {body}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "superseded: {body}");
     let (status, body) = app.verify(&owner_token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["full_name"], "Ada Lovelace");

@@ -197,6 +197,9 @@ pub async fn run(
         background.spawn(sweeper.run(background.stop_token()));
         background.spawn(watch_queue_depth(amqp.clone(), background.stop_token()));
     }
+    let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
+    let mut doc = ApiDoc::openapi();
+    rates.document(&mut doc);
     let health = base
         .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
         .critical("redis", health::Redis(redis.clone()))
@@ -219,7 +222,7 @@ pub async fn run(
             wallets,
             settings: Arc::new(api::Settings {
                 aml_hold_threshold,
-                rates: config.fx.rates().map_err(anyhow::Error::msg)?,
+                rates: rates.clone(),
                 max_wait: Duration::from_secs(config.max_prefer_wait_secs),
                 duplicate_wait: Duration::from_secs(5),
             }),
@@ -228,13 +231,7 @@ pub async fn run(
     };
     tracing::info!(role = ?config.role, "payment starting");
     service::serve(
-        base,
-        listener,
-        api_routes,
-        health,
-        ApiDoc::openapi(),
-        background,
-        shutdown,
+        base, listener, api_routes, health, doc, background, shutdown,
     )
     .await
 }

@@ -113,6 +113,29 @@ impl Rates {
         })))
     }
 
+    /// Narrows `doc`'s `CurrencyCode` schema to the currencies with a rate: the ones a
+    /// service that values money takes (any other is 400 `currency_not_supported`).
+    pub fn document(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::ObjectBuilder;
+        use utoipa::openapi::schema::Type;
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let Some(schema) = components.schemas.get_mut("CurrencyCode") else {
+            return;
+        };
+        let mut codes: Vec<&str> = self.per_unit.keys().map(|c| c.code()).collect();
+        codes.sort_unstable();
+        *schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An ISO 4217 currency code FinFlow holds money in (one with a reference rate), upper case",
+            ))
+            .enum_values(Some(codes))
+            .examples([self.reference.code()])
+            .into();
+    }
+
     /// What `money` is worth in the reference currency, rounded up to storage precision
     /// (a rule never sees a sum as smaller than it is); a value past what storage holds
     /// is the largest storable amount, which exceeds every limit.
@@ -174,6 +197,29 @@ mod tests {
     fn an_unlisted_currency_is_refused_not_guessed() {
         let err = rates().value(money("1", "AFN")).unwrap_err();
         assert_eq!(err.details.unwrap()["reason"], "currency_not_supported");
+    }
+
+    #[test]
+    fn a_document_offers_exactly_the_currencies_with_a_rate() {
+        use utoipa::ToSchema;
+        let mut doc = utoipa::openapi::OpenApiBuilder::new()
+            .components(Some(
+                utoipa::openapi::ComponentsBuilder::new()
+                    .schema(
+                        Currency::name(),
+                        <Currency as utoipa::PartialSchema>::schema(),
+                    )
+                    .build(),
+            ))
+            .build();
+        Rates::parse("USD", "USD=1,EUR=1.16,JPY=0.0064")
+            .unwrap()
+            .document(&mut doc);
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            json["components"]["schemas"]["CurrencyCode"]["enum"],
+            serde_json::json!(["EUR", "JPY", "USD"])
+        );
     }
 
     #[test]

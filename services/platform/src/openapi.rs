@@ -74,6 +74,23 @@ const NO_NUL: &str = r"^[^\x00]*$";
 pub fn publish(doc: &mut Value) {
     let public: Vec<&str> = PUBLIC_PATHS.split(',').collect();
     let in_requests = request_components(doc);
+    // The currencies the document offers (a service that values money offers fewer
+    // than `Currency::parse` takes: `fx::Rates::document`).
+    let currencies: Vec<String> = doc
+        .pointer("/components/schemas/CurrencyCode/enum")
+        .and_then(Value::as_array)
+        .map(|codes| {
+            codes
+                .iter()
+                .filter_map(|c| c.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_else(|| {
+            crate::Currency::codes()
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect()
+        });
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
@@ -82,7 +99,7 @@ pub fn publish(doc: &mut Value) {
             // Answers may quote a request's text back: only what requests carry is bound.
             if in_requests.contains(name) {
                 refuse_nul(schema);
-                couple_amount_and_currency(schema);
+                couple_amount_and_currency(schema, &currencies);
             }
         }
     }
@@ -261,9 +278,9 @@ fn refuse_nul(schema: &mut Value) {
 }
 
 /// An object with an `amount` string and a `currency` of the currency codes gets one
-/// branch per number of decimals a currency allows: those currencies, and amounts
-/// greater than zero with at most that many decimals.
-fn couple_amount_and_currency(schema: &mut Value) {
+/// branch per number of decimals a currency of `currencies` allows: those currencies,
+/// and amounts greater than zero with at most that many decimals.
+fn couple_amount_and_currency(schema: &mut Value, currencies: &[String]) {
     let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
         return;
     };
@@ -280,7 +297,7 @@ fn couple_amount_and_currency(schema: &mut Value) {
         return;
     }
     let mut by_decimals: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
-    for code in crate::Currency::codes() {
+    for code in currencies {
         if let Ok(currency) = crate::Currency::parse(code) {
             by_decimals
                 .entry(currency.minor_units())

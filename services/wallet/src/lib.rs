@@ -125,18 +125,21 @@ pub async fn run(
         .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
         .optional("auth", health::Upstream::new(&config.client.auth_url))
         .build();
+    let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);
+    let mut doc = ApiDoc::openapi();
+    rates.document(&mut doc);
     let state = api::AppState {
         pool,
         users,
         limits: Arc::new(limits),
-        rates: Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?),
+        rates: Arc::clone(&rates),
     };
     service::serve(
         base,
         listener,
         api::router(state),
         health,
-        ApiDoc::openapi(),
+        doc,
         background,
         shutdown,
     )
