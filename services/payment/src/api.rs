@@ -205,12 +205,14 @@ async fn accept(
         req.validate(kind)?;
         let hash = req.fingerprint(kind);
         let wait = preferred_wait(&headers, s.settings.max_wait);
-        match s
+        // Held (and renewed) until this request has answered.
+        let _lease = match s
             .keys
             .claim(user, &key, &hash, s.settings.duplicate_wait)
             .await
         {
-            Claim::Fresh | Claim::Unavailable => {}
+            Claim::Fresh(lease) => Some(lease),
+            Claim::Unavailable => None,
             Claim::Mismatch => return Err(key_reused()),
             Claim::InFlight => {
                 return Err(ApiError::conflict(
@@ -225,7 +227,7 @@ async fn accept(
                     None => stored_response(stored, true),
                 });
             }
-        }
+        };
         let result = create(&s, user, &key, &hash, kind, &req).await;
         let (row, fresh) = match result {
             Ok(r) => r,

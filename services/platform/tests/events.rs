@@ -371,7 +371,7 @@ async fn transient_failures_are_retried_and_poison_messages_are_dead_lettered() 
     let event_type = unique("retry");
     let mut spec = ConsumerSpec::new(QueueSpec::new(unique("retry-q"), &[&event_type]));
     spec.retry_base = Duration::from_millis(20);
-    spec.max_attempts = 3;
+    spec.retry_for = Duration::from_millis(300);
     events::declare_queue(&ch, &spec.queue).await.unwrap();
 
     let shutdown = CancellationToken::new();
@@ -433,6 +433,86 @@ async fn transient_failures_are_retried_and_poison_messages_are_dead_lettered() 
     assert!(
         dead.iter()
             .any(|d| serde_json::from_slice::<Event>(d).is_ok_and(|e| e.id == refused.id))
+    );
+
+    shutdown.cancel();
+    runner.await.unwrap();
+    delete_queues(&ch, &spec.queue).await;
+}
+
+/// Fails transiently every time, recording when it was tried.
+struct AlwaysDown {
+    tried: std::sync::Mutex<Vec<tokio::time::Instant>>,
+}
+
+impl Handler for AlwaysDown {
+    async fn handle(&self, _: &mut PgConnection, _: &Event) -> Result<(), HandlerError> {
+        self.tried.lock().unwrap().push(tokio::time::Instant::now());
+        Err(HandlerError::Transient("wallet service restarting".into()))
+    }
+}
+
+#[tokio::test]
+async fn a_dependency_that_stays_down_is_retried_for_the_whole_budget_before_dead_lettering() {
+    let db = counter_db().await;
+    let (conn, ch) = channel().await;
+    let event_type = unique("outage");
+    let mut spec = ConsumerSpec::new(QueueSpec::new(unique("outage-q"), &[&event_type]));
+    // As in production the budget, not an attempt count, ends the retries (scaled down).
+    spec.retry_base = Duration::from_millis(20);
+    spec.retry_cap = Duration::from_millis(200);
+    spec.retry_for = Duration::from_secs(2);
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+    let handler = Arc::new(AlwaysDown {
+        tried: std::sync::Mutex::new(Vec::new()),
+    });
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        db.pool.clone(),
+        events::test_url(),
+        spec.clone(),
+        Arc::clone(&handler),
+        shutdown.clone(),
+    ));
+    let event = Event::new("test", &event_type, &serde_json::json!({"amount": 1})).unwrap();
+    Publisher::new(&conn)
+        .await
+        .unwrap()
+        .publish(&event, FieldTable::default())
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let dead = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        let got = ch
+            .basic_get(
+                spec.queue.dead_letter_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        match got {
+            Some(m) => break m.delivery.data.clone(),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(serde_json::from_slice::<Event>(&dead).unwrap().id, event.id);
+    let tried = handler.tried.lock().unwrap().clone();
+    // Measured at the handler, a transaction's rollback earlier than the runner's clock.
+    let span = *tried.last().unwrap() - tried[0] + Duration::from_millis(50);
+    assert!(
+        span >= spec.retry_for,
+        "dead-lettered after {span:?} of retries, before the {:?} budget",
+        spec.retry_for
+    );
+    assert!(
+        tried.len() > 5,
+        "{} attempts: five used to be all",
+        tried.len()
     );
 
     shutdown.cancel();

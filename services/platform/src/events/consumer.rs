@@ -53,6 +53,10 @@ pub enum Outcome {
     Duplicate,
 }
 
+/// Default [`ConsumerSpec::retry_for`]: a pod restart (image pulled, probes passed)
+/// takes tens of seconds.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+
 /// Settings of one consumer.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -61,8 +65,10 @@ pub struct ConsumerSpec {
     pub queue: QueueSpec,
     /// Unacknowledged messages held at once.
     pub prefetch: u16,
-    /// Attempts for a transient failure before the message is dead-lettered.
-    pub max_attempts: u32,
+    /// How long a message that keeps failing transiently is retried (from its first
+    /// failure) before it is dead-lettered: long enough to span a dependency's restart,
+    /// so what reaches the dead-letter queue is poison, not bad timing.
+    pub retry_for: Duration,
     /// First retry delay; doubles each attempt, with jitter.
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -77,7 +83,7 @@ impl ConsumerSpec {
             consumer: queue.name.clone(),
             queue,
             prefetch: 16,
-            max_attempts: 5,
+            retry_for: RETRY_FOR,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(10),
             role_file: std::env::var_os(ROLE_FILE_ENV).map(std::path::PathBuf::from),
@@ -258,6 +264,7 @@ async fn process<H: Handler>(
     telemetry::set_parent_from_amqp(&span, delivery.properties.headers().as_ref());
     async {
         let mut attempt = 0_u32;
+        let mut first_failure: Option<tokio::time::Instant> = None;
         loop {
             match apply_once(pool, &spec.consumer, handler, &event).await {
                 Ok(outcome) => {
@@ -269,7 +276,10 @@ async fn process<H: Handler>(
                     count(spec, "dead_lettered");
                     return delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop);
                 }
-                Err(HandlerError::Transient(reason)) if attempt + 1 < spec.max_attempts => {
+                Err(HandlerError::Transient(reason))
+                    if first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                        < spec.retry_for =>
+                {
                     let wait = backoff(attempt, spec.retry_base, spec.retry_cap);
                     tracing::warn!(%reason, attempt, ?wait, "event failed, will retry");
                     count(spec, "retried");
@@ -281,7 +291,7 @@ async fn process<H: Handler>(
                     }
                 }
                 Err(HandlerError::Transient(reason)) => {
-                    tracing::error!(%reason, attempts = spec.max_attempts, "event failed every attempt, dead-lettered");
+                    tracing::error!(%reason, attempts = attempt + 1, retried_for = ?spec.retry_for, "event failed every attempt, dead-lettered");
                     count(spec, "dead_lettered");
                     return delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop);
                 }
