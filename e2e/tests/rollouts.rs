@@ -187,6 +187,49 @@ impl Platform {
     }
 }
 
+/// Records, in the order the API server applied them, the services whose active version
+/// becomes `version` from now on. One watch of the collection delivers changes in
+/// etcd's revision order: unlike `activeSince` (whole seconds), it orders steps of a
+/// cascade that finish within one second.
+async fn record_arrivals(
+    api: &Api<FinService>,
+    version: &'static str,
+) -> watch::Receiver<Vec<String>> {
+    use futures_util::StreamExt as _;
+    let from = api
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut changes = api
+        .watch(&kube::api::WatchParams::default(), &from)
+        .await
+        .unwrap()
+        .boxed();
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        while let Some(Ok(change)) = changes.next().await {
+            let (kube::api::WatchEvent::Added(fs) | kube::api::WatchEvent::Modified(fs)) = change
+            else {
+                continue;
+            };
+            let name = fs.name_any();
+            if status(&fs).active_version.as_deref() == Some(version) {
+                tx.send_if_modified(|seen| {
+                    let new = !seen.contains(&name);
+                    if new {
+                        seen.push(name);
+                    }
+                    new
+                });
+            }
+        }
+    });
+    rx
+}
+
 fn since(all: &BTreeMap<String, FinService>, name: &str) -> i64 {
     status(&all[name])
         .active_since
@@ -278,6 +321,7 @@ async fn rollback_cascade_of_b_rolls_back_its_later_dependents_first() {
     p.upgrade_all(NEW).await;
     p.wait("six services live at the new version", settled)
         .await;
+    let arrivals = record_arrivals(&p.api, OLD).await;
     // What `kubectl finflow rollback --cascade b` writes.
     p.api
         .patch(
@@ -307,9 +351,16 @@ async fn rollback_cascade_of_b_rolls_back_its_later_dependents_first() {
         );
     }
     assert_eq!(status(&all["a"]).active_version.as_deref(), Some(NEW));
-    assert!(since(&all, "f") < since(&all, "d").min(since(&all, "e")));
-    assert!(since(&all, "d").max(since(&all, "e")) < since(&all, "c"));
-    assert!(since(&all, "c") < since(&all, "b"));
+    let order = arrivals.borrow().clone();
+    let at = |name: &str| {
+        order
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("{name} never went back to {OLD}: {order:?}"))
+    };
+    assert!(at("f") < at("d").min(at("e")), "{order:?}");
+    assert!(at("d").max(at("e")) < at("c"), "{order:?}");
+    assert!(at("c") < at("b"), "{order:?}");
     assert!(
         request_from_annotations(all["b"].annotations()).is_none(),
         "the handled request is cleared"
