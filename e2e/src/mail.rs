@@ -54,7 +54,7 @@ pub async fn next_mail_to(
             mails
                 .iter()
                 .skip(since)
-                .find(|(to, data)| to.iter().any(|t| *t == address) && wanted(data.as_str()))
+                .find(|(to, data)| to.contains(&address) && wanted(data.as_str()))
                 .map(|(_, data)| data.clone())
         });
         if found.is_some() || tokio::time::Instant::now() >= deadline {

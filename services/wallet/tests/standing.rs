@@ -197,14 +197,15 @@ async fn two_wallets_of_one_user_sending_at_once_cannot_both_use_the_last_of_the
 
 /// Waits past the database's UTC midnight when it is less than a minute away.
 async fn skip_near_midnight(stand: &Stand) {
-    let left: f64 = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM (date_trunc('day', now() AT TIME ZONE 'UTC') \
-         + interval '1 day' - now() AT TIME ZONE 'UTC'))::float8",
+    let left_ms: i64 = sqlx::query_scalar(
+        "SELECT (EXTRACT(EPOCH FROM (date_trunc('day', now() AT TIME ZONE 'UTC') \
+         + interval '1 day' - now() AT TIME ZONE 'UTC')) * 1000)::bigint",
     )
     .fetch_one(&stand.pool)
     .await
     .unwrap();
-    if left < 60.0 {
-        tokio::time::sleep(std::time::Duration::from_secs_f64(left + 1.0)).await;
+    if left_ms < 60_000 {
+        let wait = u64::try_from(left_ms + 1_000).unwrap_or(61_000);
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     }
 }
