@@ -891,6 +891,14 @@ impl Platform {
             .with_context(|| format!("no process named {name}"))
     }
 
+    /// Every running process by name, with its process id.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.child.id()?)))
+            .collect()
+    }
+
     /// The process id of a running process (`auth`, `auth-sidecar`, `gateway`, ...).
     pub fn pid(&self, name: &str) -> Option<u32> {
         let i = self.index_of(name).ok()?;

@@ -6,6 +6,7 @@
 //! own and then drive the platform through the gateway only, as a client would, with
 //! the helpers in [`journey`]. Signing up reads the verification mail from the
 //! launcher's SMTP sink ([`mail`]).
+//! [`cost`] reads what a payment costs off the machine, for the payments benchmark.
 //! The cluster tests (`tests/operator.rs`, `tests/rollouts.rs`, helpers in [`cluster`])
 //! run the operator against a real cluster only when `KUBECONFIG` is set; on a bare API
 //! server (no nodes) [`bare`] plays the kubelet and the built-in controllers.
@@ -13,6 +14,7 @@
 pub mod bare;
 pub mod client;
 pub mod cluster;
+pub mod cost;
 pub mod journey;
 pub mod launcher;
 pub mod mail;

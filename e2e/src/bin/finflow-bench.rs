@@ -5,7 +5,10 @@
 //!   JWT, and through an nginx hop (the baseline: a proxy that validates nothing, set up
 //!   to forward the same headers), each path handing the app the same request.
 //! - `payments`: completed transfers/s and accept p50/p99 through the gateway, against
-//!   pgbench's TPC-B tps on the same PostgreSQL at the same concurrency.
+//!   pgbench's TPC-B tps on the same PostgreSQL at the same concurrency; and what one
+//!   payment costs (CPU per process on the path, commits and rollbacks per database,
+//!   broker deliveries: [`finflow_e2e::cost`]) against the CPU of one TPC-B transaction
+//!   (PostgreSQL's and pgbench's), the cost ratio.
 //!
 //! Both start an isolated platform with the launcher. wrk, nginx and pgbench come from
 //! Debian packages; they are installed with apt-get when missing.
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use finflow_e2e::client::Client;
+use finflow_e2e::cost;
 use finflow_e2e::launcher::{Options, Platform};
 use finflow_e2e::tools::{command_under, ensure_tool, which};
 use reqwest::StatusCode;
@@ -1194,6 +1198,13 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
         pairs.push((sender, from, to));
     }
 
+    let http = reqwest::Client::new();
+    let payments_db = platform
+        .backing
+        .database_url(&format!("{}_payment", platform.options.database_prefix));
+    // C's clock, which stamps the payments.
+    let started_at = psql_value(&payments_db, "SELECT now()").await?;
+    let before = cost::snapshot(platform, &http).await?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = pairs
@@ -1221,35 +1232,36 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
         })
         .collect();
     let mut latencies = Vec::new();
-    let mut pending = Vec::new();
     let mut refused = 0usize;
     for t in tasks {
-        let (sender, l, ids, r) = t.await?;
+        let (_sender, l, _ids, r) = t.await?;
         latencies.extend(l);
         refused += r;
-        pending.push((sender, ids));
     }
-    // Completed = the moment the last accepted payment is terminal.
-    let mut completed = 0usize;
-    for (sender, ids) in &pending {
-        for id in ids {
-            loop {
-                let p = sender.client.get(&format!("/api/v1/payments/{id}")).await;
-                let status = p.body["data"]["status"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if status == "COMPLETED" {
-                    completed += 1;
-                    break;
-                }
-                if status != "PENDING" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+    // Completed = the moment the last accepted payment is terminal, read from C's
+    // database: asking through the gateway would add its own load to what is measured.
+    let completed = loop {
+        let counts = psql_value(
+            &payments_db,
+            &format!(
+                "SELECT count(*) FILTER (WHERE status IN ('PENDING', 'ON_HOLD')) || '|' || \
+                 count(*) FILTER (WHERE status = 'COMPLETED') \
+                 FROM payments WHERE kind = 'transfer' AND created_at >= '{}'",
+                started_at
+            ),
+        )
+        .await?;
+        let (open, done) = counts.split_once('|').unwrap_or(("0", "0"));
+        if open == "0" {
+            break done.parse::<u64>().unwrap_or(0);
         }
-    }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut after = cost::snapshot(platform, &http).await?;
+    // Backends report their commits at most once a second: give the last ones time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after.xacts = cost::snapshot(platform, &http).await?.xacts;
+    let paid = cost::Cost::between(&before, &after, completed);
     let elapsed = started.elapsed();
     latencies.sort();
     let pct = |p: usize| {
@@ -1276,6 +1288,10 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
             String::from_utf8_lossy(&init.stderr)
         );
     }
+    let (postgres_before, children_before) = (
+        cost::backing_now().get("postgres").copied().unwrap_or(0),
+        cost::own_children_ticks(),
+    );
     let out = Command::new(&pgbench)
         .args([
             "-c",
@@ -1288,7 +1304,17 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
         ])
         .output()
         .await?;
+    // pgbench has exited and been reaped: its ticks are this process's children's.
+    let postgres_ticks = cost::backing_now()
+        .get("postgres")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(postgres_before);
+    let pgbench_ticks = cost::own_children_ticks().saturating_sub(children_before);
     let text = String::from_utf8_lossy(&out.stdout);
+    let transactions = cost::pgbench_transactions(&text)
+        .with_context(|| format!("no transaction count in pgbench output:\n{text}"))?;
+    let tpcb_ms = cost::tpcb_ms(postgres_ticks, pgbench_ticks, transactions);
     let tps = text
         .lines()
         .find(|l| l.starts_with("tps"))
@@ -1313,7 +1339,19 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
             pct(99).as_secs_f64() * 1000.0
         );
         println!("pgbench TPC-B on the same PostgreSQL, -c {concurrency}: {tps:.1} tps");
-        println!("ratio payments/s : TPC-B tps = {:.2}", rate / tps);
+        println!(
+            "throughput ratio (payments/s : TPC-B tps) = {:.3}",
+            rate / tps
+        );
+        println!("\n{paid}");
+        println!(
+            "PostgreSQL CPU per payment: {:.3} ms; per TPC-B transaction (PostgreSQL + pgbench): {tpcb_ms:.3} ms",
+            paid.part_ms("postgres")
+        );
+        println!(
+            "cost ratio (CPU per payment / CPU per TPC-B transaction) = {:.2}",
+            paid.total_ms() / tpcb_ms
+        );
     }
     Ok(())
 }
@@ -1330,6 +1368,18 @@ fn pgbench_path() -> String {
                 .find(|p| p.exists())
         })
         .map_or_else(|| "pgbench".to_owned(), |p| p.display().to_string())
+}
+
+/// The single value `sql` answers, as psql prints it unaligned.
+async fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {
+    let out = Command::new("psql")
+        .args([url, "-Atc", sql])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 async fn run_psql(url: &str, sql: &str) -> anyhow::Result<()> {

@@ -383,25 +383,12 @@ async fn review(
     Ok(error::ok(view))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Revocation {
-    /// 1 to 500 characters once trimmed (stored trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$",
-        example = "the passport was reported stolen"
-    )]
-    pub reason: String,
-}
-
 /// Revokes a user's verification: their verified submission becomes `revoked`, A is
 /// told (`user.kyc_updated` with `rejected`), and from then on B refuses the user a new
 /// wallet and any payment, deposit or withdrawal until a new document is verified.
 /// Four eyes: never the officer's own.
 #[utoipa::path(post, path = "/api/v1/kyc/users/{user_id}/revoke", tag = "kyc", params(("user_id" = Uuid, Path)),
-    request_body = Revocation,
+    request_body = Reasoned,
     responses((status = 200, body = SubmissionView, description = "the submission whose verification was revoked"),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never the officer's own verification"),
@@ -411,7 +398,7 @@ async fn revoke(
     State(s): State<AppState>,
     who: Identity,
     Path(user_id): Path<Uuid>,
-    Json(req): Json<Revocation>,
+    Json(req): Json<Reasoned>,
 ) -> ApiResult {
     let by = reviewer(&who)?;
     let why = reason(&req.reason)?;
@@ -524,9 +511,11 @@ async fn alerts(
     Ok(error::ok(rows))
 }
 
+/// A compliance decision's reason: clearing or flagging an alert, revoking a
+/// verification.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AlertDecision {
+pub struct Reasoned {
     /// 1 to 500 characters once trimmed (stored trimmed).
     #[schema(
         min_length = 1,
@@ -537,7 +526,7 @@ pub struct AlertDecision {
     pub reason: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/clear", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
+#[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/clear", tag = "aml", params(("id" = Uuid, Path)), request_body = Reasoned,
     responses((status = 200, body = Alert),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never an alert about the officer's own payment"),
@@ -546,12 +535,12 @@ async fn clear(
     s: State<AppState>,
     who: Identity,
     id: Path<Uuid>,
-    body: Json<AlertDecision>,
+    body: Json<Reasoned>,
 ) -> ApiResult {
     decide_alert(s, who, id, body, "cleared").await
 }
 
-#[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/flag", tag = "aml", params(("id" = Uuid, Path)), request_body = AlertDecision,
+#[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/flag", tag = "aml", params(("id" = Uuid, Path)), request_body = Reasoned,
     responses((status = 200, body = Alert),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never an alert about the officer's own payment"),
@@ -560,7 +549,7 @@ async fn flag(
     s: State<AppState>,
     who: Identity,
     id: Path<Uuid>,
-    body: Json<AlertDecision>,
+    body: Json<Reasoned>,
 ) -> ApiResult {
     decide_alert(s, who, id, body, "flagged").await
 }
@@ -580,7 +569,7 @@ async fn decide_alert(
     State(s): State<AppState>,
     who: Identity,
     Path(id): Path<Uuid>,
-    Json(req): Json<AlertDecision>,
+    Json(req): Json<Reasoned>,
     status: &str,
 ) -> ApiResult {
     let by = reviewer(&who)?;

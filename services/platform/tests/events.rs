@@ -519,3 +519,70 @@ async fn a_dependency_that_stays_down_is_retried_for_the_whole_budget_before_dea
     runner.await.unwrap();
     delete_queues(&ch, &spec.queue).await;
 }
+
+/// Adds like [`AddToCounter`], but refuses (transiently) an amount of 13.
+struct AllButThirteen;
+
+impl Handler for AllButThirteen {
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        // Writes before it fails: the savepoint must take them back.
+        AddToCounter.handle(tx, event).await?;
+        if event.data["amount"] == 13 {
+            return Err(HandlerError::Transient("unlucky".into()));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_batch_commits_once_skips_what_was_applied_and_gives_back_only_the_failed_event() {
+    let db = counter_db().await;
+    let event = |amount: i64| {
+        Event::new(
+            "test",
+            "batch.tested",
+            &serde_json::json!({ "amount": amount }),
+        )
+        .unwrap()
+    };
+    let (one, two, unlucky, four) = (event(1), event(2), event(13), event(4));
+    consumer::apply_once(&db.pool, "batch", &AddToCounter, &two)
+        .await
+        .unwrap();
+    // `two` was applied before, `one` comes twice (a redelivery), 13 fails.
+    let outcomes = consumer::apply_batch(
+        &db.pool,
+        "batch",
+        &AllButThirteen,
+        &[&one, &two, &unlucky, &one, &four],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some(Outcome::Applied),
+            Some(Outcome::Duplicate),
+            None,
+            Some(Outcome::Duplicate),
+            Some(Outcome::Applied),
+        ]
+    );
+    // 2 before, then 1 and 4: nothing of 13, nothing twice.
+    assert_eq!(counter(&db).await, (7, 3));
+    let recorded: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM processed_events WHERE consumer = 'batch'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded.len(), 3, "13 is not recorded: it will be retried");
+    assert!(!recorded.contains(&unlucky.id));
+    // Retried alone, it applies.
+    assert_eq!(
+        consumer::apply_once(&db.pool, "batch", &AddToCounter, &unlucky)
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(counter(&db).await, (20, 4));
+}

@@ -1,10 +1,17 @@
-//! The consumer runner: one event, one transaction, ACK after commit.
+//! The consumer runner: ACK after commit, each event applied once.
+//!
+//! Deliveries that are already waiting (up to the prefetch) are applied together, in
+//! one transaction ([`apply_batch`]): one multi-row insert of their ids into the dedupe
+//! table, each handler in a savepoint of its own, one commit, then each ACK. A commit is
+//! what PostgreSQL charges most for, and one per event was most of an event's cost. A
+//! handler that fails gives up only its savepoint; its event is then retried alone, as
+//! every event was before ([`apply_once`]).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt as _, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
@@ -89,6 +96,76 @@ impl ConsumerSpec {
             role_file: std::env::var_os(ROLE_FILE_ENV).map(std::path::PathBuf::from),
         }
     }
+}
+
+/// Applies `events` in one transaction: their ids recorded by one insert (sorted, so
+/// two consumers never wait on each other's ids in opposite orders), each new event's
+/// handler in a savepoint. Per event: `Some` outcome, or `None` when its handler failed
+/// (its writes and id rolled back to the savepoint: the caller retries it alone).
+/// An error means nothing was committed.
+pub async fn apply_batch<H: Handler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    events: &[&Event],
+) -> Result<Vec<Option<Outcome>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut ids: Vec<(uuid::Uuid, &str)> = events
+        .iter()
+        .map(|e| (e.id, e.event_type.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup_by_key(|(id, _)| *id);
+    let (id_list, types): (Vec<uuid::Uuid>, Vec<&str>) = ids.into_iter().unzip();
+    let new: std::collections::HashSet<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO processed_events (consumer, event_id, event_type) \
+         SELECT $1, id, t FROM UNNEST($2::uuid[], $3::text[]) AS u(id, t) ORDER BY id \
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(&id_list)
+    .bind(&types)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut applied = std::collections::HashSet::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        // Processed before, or earlier in this batch (a redelivered copy).
+        if !new.contains(&event.id) || applied.contains(&event.id) {
+            outcomes.push(Some(Outcome::Duplicate));
+            continue;
+        }
+        sqlx::query("SAVEPOINT finflow_event")
+            .execute(&mut *tx)
+            .await?;
+        match handler.handle(&mut tx, event).await {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT finflow_event")
+                    .execute(&mut *tx)
+                    .await?;
+                applied.insert(event.id);
+                outcomes.push(Some(Outcome::Applied));
+            }
+            Err(e) => {
+                tracing::debug!(event_id = %event.id, error = %e, "event failed in a batch; retried alone");
+                sqlx::query("ROLLBACK TO SAVEPOINT finflow_event")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM processed_events WHERE consumer = $1 AND event_id = $2")
+                    .bind(consumer)
+                    .bind(event.id)
+                    .execute(&mut *tx)
+                    .await?;
+                // Its other deliveries in this batch are retried with it.
+                applied.insert(event.id);
+                outcomes.push(None);
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(outcomes)
 }
 
 /// Runs `handler` once for `event` unless `consumer` has already processed it.
@@ -232,7 +309,87 @@ async fn consume<H: Handler>(
                 ))),
             },
         };
-        process(pool, spec, handler, delivery, shutdown).await?;
+        // What lapin already holds joins it: under load a batch, idle one event.
+        let mut batch = vec![delivery];
+        let mut broken = None;
+        while batch.len() < usize::from(spec.prefetch) {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(e))) => {
+                    broken = Some(e);
+                    break;
+                }
+                _ => break,
+            }
+        }
+        process_batch(pool, spec, handler, batch, shutdown).await?;
+        if let Some(e) = broken {
+            return Err(e);
+        }
+    }
+}
+
+/// Applies a batch of deliveries ([`apply_batch`]) and ACKs each after the commit; an
+/// event whose handler failed in it, or every event of a batch that could not commit,
+/// goes through [`process`] alone, with its retries.
+async fn process_batch<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    batch: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> lapin::Result<()> {
+    let mut parsed = Vec::with_capacity(batch.len());
+    for delivery in batch {
+        if let Some(event) = parse(spec, &delivery).await? {
+            parsed.push((delivery, event));
+        }
+    }
+    if parsed.len() <= 1 {
+        for (delivery, event) in parsed {
+            process(pool, spec, handler, delivery, event, shutdown).await?;
+        }
+        return Ok(());
+    }
+    let events: Vec<&Event> = parsed.iter().map(|(_, e)| e).collect();
+    let outcomes = match apply_batch(pool, &spec.consumer, handler, &events).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            tracing::warn!(queue = %spec.queue.name, error = %e, "a batch did not commit; applying its events one by one");
+            vec![None; parsed.len()]
+        }
+    };
+    for ((delivery, event), outcome) in parsed.into_iter().zip(outcomes) {
+        match outcome {
+            Some(outcome) => {
+                count(
+                    spec,
+                    if outcome == Outcome::Applied {
+                        "applied"
+                    } else {
+                        "duplicate"
+                    },
+                );
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            None => process(pool, spec, handler, delivery, event, shutdown).await?,
+        }
+    }
+    Ok(())
+}
+
+/// The event a delivery carries, or `None` after dead-lettering one that carries none.
+async fn parse(spec: &ConsumerSpec, delivery: &Delivery) -> lapin::Result<Option<Event>> {
+    match serde_json::from_slice(&delivery.data) {
+        Ok(event) => Ok(Some(event)),
+        Err(e) => {
+            tracing::error!(queue = %spec.queue.name, error = %e, "poison message dead-lettered");
+            count(spec, "poison");
+            delivery
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+                .map(|_| None)
+        }
     }
 }
 
@@ -241,19 +398,9 @@ async fn process<H: Handler>(
     spec: &ConsumerSpec,
     handler: &H,
     delivery: Delivery,
+    event: Event,
     shutdown: &CancellationToken,
 ) -> lapin::Result<()> {
-    let event: Event = match serde_json::from_slice(&delivery.data) {
-        Ok(event) => event,
-        Err(e) => {
-            tracing::error!(queue = %spec.queue.name, error = %e, "poison message dead-lettered");
-            count(spec, "poison");
-            return delivery
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-                .map(drop);
-        }
-    };
     let span = tracing::info_span!(
         "consume",
         queue = %spec.queue.name,

@@ -54,6 +54,10 @@ pub struct Relay {
     pub batch_size: i64,
     /// Longest wait between scans when no notification arrives.
     pub poll_interval: Duration,
+    /// How long a notification waits for the commits right behind it, so that one scan
+    /// (one transaction) publishes what many commits enqueued, and the relays of one
+    /// database (API and worker, blue and green) do not all scan for every commit.
+    pub coalesce: Duration,
     /// How long published rows are kept (for audit and replay) before they are deleted.
     pub retention: Duration,
 }
@@ -74,6 +78,7 @@ impl Relay {
             name: name.into(),
             batch_size: 200,
             poll_interval: Duration::from_secs(1),
+            coalesce: Duration::from_millis(10),
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -150,7 +155,14 @@ impl Relay {
                     connection.close(200, "shutdown".into()).await.ok();
                     return Ok(());
                 }
-                () = notified => {}
+                () = notified => {
+                    tokio::time::sleep(self.coalesce).await;
+                    // The commits of that wait are all in the next scan: their
+                    // notifications ask for nothing more.
+                    if let Some(l) = listener.as_mut() {
+                        while l.next_buffered().is_some() {}
+                    }
+                }
                 () = tokio::time::sleep(self.poll_interval) => {}
             }
         }
