@@ -1257,12 +1257,26 @@ async fn payments(platform: &Platform, seconds: u64, concurrency: usize) -> anyh
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let elapsed = started.elapsed();
+    // The payments are settled; the consumers that follow them (D, E, F) may still be
+    // working through their queues: their work is the payments' cost too. Done when no
+    // event has been consumed for a second.
     let mut after = cost::snapshot(platform, &http).await?;
+    let mut quiet = 0;
+    while quiet < 4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = cost::snapshot(platform, &http).await?;
+        quiet = if now.consumed == after.consumed {
+            quiet + 1
+        } else {
+            0
+        };
+        after = now;
+    }
     // Backends report their commits at most once a second: give the last ones time.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     after.xacts = cost::snapshot(platform, &http).await?.xacts;
     let paid = cost::Cost::between(&before, &after, completed);
-    let elapsed = started.elapsed();
     latencies.sort();
     let pct = |p: usize| {
         latencies

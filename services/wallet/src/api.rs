@@ -46,6 +46,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A wallet with what its owner sent today (`ledger::spent_today` in the same read).
+#[derive(sqlx::FromRow)]
+struct SpendingWallet {
+    #[sqlx(flatten)]
+    wallet: WalletRow,
+    spent_today: Amount,
+}
+
 #[derive(sqlx::FromRow)]
 struct WalletRow {
     id: Uuid,
@@ -480,20 +488,24 @@ async fn internal_wallet(
 ) -> ApiResult {
     // Only C moves money between wallets or reads them for a payment.
     who.require_service_of(PAYMENT_SERVICE)?;
-    let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {WALLET_COLUMNS} FROM wallets WHERE id = $1 AND kind = 'user'"
-    )))
+    // The wallet and what its owner sent today, in one read.
+    let (row, spent): (WalletRow, Amount) = sqlx::query_as::<_, SpendingWallet>(
+        "SELECT w.id, w.user_id, w.currency, w.status, w.frozen_by, w.balance, w.created_at, \
+                w.updated_at, coalesce(s.spent, 0) AS spent_today \
+         FROM wallets w LEFT JOIN user_daily_spend s \
+           ON s.user_id = w.user_id AND s.day = (now() AT TIME ZONE 'UTC')::date \
+         WHERE w.id = $1 AND w.kind = 'user'",
+    )
     .bind(id)
     .fetch_optional(&s.pool)
     .await?
+    .map(|w| (w.wallet, w.spent_today))
     .ok_or_else(|| ApiError::not_found("wallet not found"))?;
     let owner = row
         .user_id
         .ok_or_else(|| ApiError::internal(&"a user wallet without owner"))?;
     let user = s.users.current(owner).await?;
     let limit = s.limits.for_tier(user.account_tier);
-    let mut conn = s.pool.acquire().await?;
-    let spent = ledger::spent_today(&mut conn, owner).await?;
     let remaining_today = limit
         .per_day
         .checked_sub(spent)
