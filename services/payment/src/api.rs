@@ -391,8 +391,15 @@ async fn precheck(
 ) -> Result<Option<Uuid>, ApiError> {
     let owned = |w: &WalletView| w.user_id == user;
     let not_found = |id: Uuid| ApiError::not_found(format!("wallet {id} not found"));
-    let lookup = |id: Uuid| async move {
-        wallets.get(id).await.map_err(|e| {
+    // The owner's standing (B asks A) only for the wallet the money leaves, or a deposit
+    // enters; of a transfer's destination C needs whose it is, its currency and status.
+    let lookup = |id: Uuid, standing: bool| async move {
+        let found = if standing {
+            wallets.get(id).await
+        } else {
+            wallets.get_alone(id).await
+        };
+        found.map_err(|e| {
             if e.code == ErrorCode::NotFound {
                 not_found(id)
             } else {
@@ -400,15 +407,18 @@ async fn precheck(
             }
         })
     };
-    let fetch = |id: Option<Uuid>| async move {
+    let fetch = |id: Option<Uuid>, standing: bool| async move {
         match id {
-            Some(id) => lookup(id).await.map(Some),
+            Some(id) => lookup(id, standing).await.map(Some),
             None => Ok(None),
         }
     };
     // Both wallets at once: the accept path waits for B, so its latency is the
     // client's. Errors are still reported source first.
-    let (from, to) = tokio::join!(fetch(req.from_wallet_id), fetch(req.to_wallet_id));
+    let (from, to) = tokio::join!(
+        fetch(req.from_wallet_id, true),
+        fetch(req.to_wallet_id, kind == Kind::Deposit)
+    );
     let (from, to) = (from?, to?);
     // The caller must own the wallet the money leaves (or, for a deposit, enters);
     // someone else's wallet is 404, as at B.
@@ -422,7 +432,7 @@ async fn precheck(
             return Err(not_found(w.id));
         }
         // As A knows it now: a verification revoked since the token was issued counts.
-        if w.owner_kyc_status != KycStatus::Verified {
+        if w.owner_kyc_status != Some(KycStatus::Verified) {
             return Err(ApiError::new(
                 ErrorCode::KycRequired,
                 "KYC verification is required to move money",
@@ -470,11 +480,15 @@ async fn precheck(
             )
             .with_details(serde_json::json!({ "reason": "tier_limit", "limit": which }))
         };
-        if value > from.limits.per_transaction {
-            return Err(over("per-transaction", from.limits.per_transaction));
+        let limits = from
+            .limits
+            .as_ref()
+            .ok_or_else(|| ApiError::dependency("wallet", &"no limits for the source wallet"))?;
+        if value > limits.per_transaction {
+            return Err(over("per-transaction", limits.per_transaction));
         }
-        if value > from.limits.remaining_today {
-            return Err(over("daily", from.limits.remaining_today));
+        if value > limits.remaining_today {
+            return Err(over("daily", limits.remaining_today));
         }
     }
     Ok(to.map(|w| w.user_id))
@@ -560,7 +574,7 @@ async fn not_their_own(
     let payee = match (row.payee_user_id, row.kind()?, row.to_wallet_id) {
         (Some(payee), _, _) => Some(payee),
         (None, Kind::Transfer, Some(to)) if row.user_id != me => {
-            Some(wallets.get(to).await?.user_id)
+            Some(wallets.get_alone(to).await?.user_id)
         }
         _ => None,
     };

@@ -14,8 +14,9 @@ pub struct WalletView {
     pub currency: String,
     pub balance: Amount,
     pub status: String,
-    pub owner_kyc_status: KycStatus,
-    pub limits: Limits,
+    /// Absent when asked without the owner's standing ([`Wallets::get_alone`]).
+    pub owner_kyc_status: Option<KycStatus>,
+    pub limits: Option<Limits>,
 }
 
 /// The owner's limits across their wallets, in the reference currency `currency`.
@@ -55,8 +56,16 @@ impl Wallets {
         Self { client }
     }
 
+    /// The wallet with its owner's standing (KYC, remaining limits), which B asks A for.
     pub async fn get(&self, id: Uuid) -> Result<WalletView, ApiError> {
         self.client.get(&format!("/internal/wallets/{id}")).await
+    }
+
+    /// The wallet alone: whose it is, its currency and status (a payee's wallet).
+    pub async fn get_alone(&self, id: Uuid) -> Result<WalletView, ApiError> {
+        self.client
+            .get(&format!("/internal/wallets/{id}?standing=false"))
+            .await
     }
 
     pub async fn transfer(&self, transfer: &Transfer) -> Result<serde_json::Value, ApiError> {

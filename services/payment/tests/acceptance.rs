@@ -111,3 +111,21 @@ async fn a_currency_without_a_reference_rate_is_refused() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn only_the_payer_s_standing_is_asked_for_not_the_payee_s() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
+    let (from, to) = (wallet(&stand, payer, "USD"), wallet(&stand, payee, "USD"));
+    let (status, body) = stand
+        .pay(
+            payer,
+            "transfer",
+            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "5.00", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // Each standing costs B a call to A: the payee's KYC is not C's to check.
+    assert_eq!(stand.wallets.standings(), vec![from]);
+    assert_eq!(body["data"]["status"], "PENDING", "{body}");
+}

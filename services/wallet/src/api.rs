@@ -457,14 +457,26 @@ fn decode_cursor(c: &str) -> Option<i64> {
     Some(i64::from_be_bytes(bytes))
 }
 
-/// A wallet as C sees it before accepting a payment: the wallet, its owner's KYC status,
-/// and what the owner may still send today under their tier.
+/// A wallet as C sees it before accepting a payment: the wallet and, unless asked
+/// without (`?standing=false`: the payee's wallet), its owner's KYC status as A holds
+/// it now and what the owner may still send today under their tier.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InternalWallet {
     #[serde(flatten)]
     pub wallet: Wallet,
-    pub owner_kyc_status: KycStatus,
-    pub limits: RemainingLimits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_kyc_status: Option<KycStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RemainingLimits>,
+}
+
+/// `?standing=` of `GET /internal/wallets/{id}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StandingQuery {
+    /// Whether to ask A about the owner (default yes): C needs it for the wallet the
+    /// money leaves (or a deposit enters), not for the payee's.
+    standing: Option<bool>,
 }
 
 /// The owner's tier limits as they stand now, across all their wallets, in the
@@ -479,12 +491,14 @@ pub struct RemainingLimits {
     pub remaining_today: Amount,
 }
 
-#[utoipa::path(get, path = "/internal/wallets/{id}", tag = "internal", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/internal/wallets/{id}", tag = "internal",
+    params(("id" = Uuid, Path), ("standing" = Option<bool>, Query, description = "false: the wallet alone, without asking A about its owner")),
     responses((status = 200, body = InternalWallet), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 async fn internal_wallet(
     State(s): State<AppState>,
     who: Identity,
     Path(id): Path<Uuid>,
+    Query(query): Query<StandingQuery>,
 ) -> ApiResult {
     // Only C moves money between wallets or reads them for a payment.
     who.require_service_of(PAYMENT_SERVICE)?;
@@ -504,6 +518,13 @@ async fn internal_wallet(
     let owner = row
         .user_id
         .ok_or_else(|| ApiError::internal(&"a user wallet without owner"))?;
+    if query.standing == Some(false) {
+        return Ok(error::ok(InternalWallet {
+            wallet: row.view()?,
+            owner_kyc_status: None,
+            limits: None,
+        }));
+    }
     let user = s.users.current(owner).await?;
     let limit = s.limits.for_tier(user.account_tier);
     let remaining_today = limit
@@ -514,12 +535,12 @@ async fn internal_wallet(
         .unwrap_or(Amount::ZERO);
     Ok(error::ok(InternalWallet {
         wallet: row.view()?,
-        owner_kyc_status: user.kyc_status,
-        limits: RemainingLimits {
+        owner_kyc_status: Some(user.kyc_status),
+        limits: Some(RemainingLimits {
             currency: s.rates.reference().code().to_owned(),
             per_transaction: limit.per_transaction,
             remaining_today,
-        },
+        }),
     }))
 }
 

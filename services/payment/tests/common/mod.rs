@@ -36,6 +36,8 @@ pub struct FakeWallet {
 pub struct FakeWallets {
     wallets: Arc<Mutex<HashMap<Uuid, FakeWallet>>>,
     transfers: Arc<Mutex<Vec<Value>>>,
+    /// The wallets whose owner's standing C asked for (B asks A for each).
+    standings: Arc<Mutex<Vec<Uuid>>>,
 }
 
 impl FakeWallets {
@@ -59,6 +61,11 @@ impl FakeWallets {
         self.wallets.lock().unwrap().clear();
     }
 
+    /// The wallets whose owner's standing C asked for, in order.
+    pub fn standings(&self) -> Vec<Uuid> {
+        self.standings.lock().unwrap().clone()
+    }
+
     pub fn transfers(&self) -> usize {
         self.transfers.lock().unwrap().len()
     }
@@ -67,15 +74,26 @@ impl FakeWallets {
 async fn fake_wallet(
     State(f): State<FakeWallets>,
     Path(id): Path<Uuid>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let wallet = f.wallets.lock().unwrap().get(&id).cloned();
+    let standing = query.get("standing").map(String::as_str) != Some("false");
+    if standing {
+        f.standings.lock().unwrap().push(id);
+    }
     match wallet {
-        // Limits as B states them: in the reference currency, USD.
-        Some(w) => axum::Json(json!({ "success": true, "data": {
+        // Limits as B states them: in the reference currency, USD. Without standing, as
+        // B answers then: the wallet alone.
+        Some(w) if standing => axum::Json(json!({ "success": true, "data": {
             "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
             "status": "active", "owner_kyc_status": w.owner_kyc_status,
             "limits": { "currency": "USD", "per_transaction": "20000", "remaining_today": "50000" },
+        }}))
+        .into_response(),
+        Some(w) => axum::Json(json!({ "success": true, "data": {
+            "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
+            "status": "active",
         }}))
         .into_response(),
         None => (
