@@ -1397,14 +1397,7 @@ async fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {
 }
 
 async fn run_psql(url: &str, sql: &str) -> anyhow::Result<()> {
-    let out = Command::new("psql")
-        .args([url, "-qc", sql])
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    psql_value(url, sql).await.map(drop)
 }
 
 #[cfg(test)]

@@ -16,6 +16,22 @@ fn wallet(stand: &Stand, owner: Uuid, currency: &'static str) -> Uuid {
     })
 }
 
+async fn transfer(
+    stand: &Stand,
+    payer: Uuid,
+    (from, to): (Uuid, Uuid),
+    amount: &str,
+    currency: &str,
+) -> (u16, Value) {
+    stand
+        .pay(
+            payer,
+            "transfer",
+            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": amount, "currency": currency}),
+        )
+        .await
+}
+
 async fn deposit(stand: &Stand, who: Uuid, to: Uuid, amount: &str, currency: &str) -> (u16, Value) {
     stand
         .pay(
@@ -53,13 +69,7 @@ async fn limits_compare_what_a_payment_is_worth() {
     let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
     let (from, to) = (wallet(&stand, payer, "CLF"), wallet(&stand, payee, "CLF"));
     // B says 20,000 USD per payment; 500 CLF is about 20,500 USD.
-    let (status, body) = stand
-        .pay(
-            payer,
-            "transfer",
-            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "500", "currency": "CLF"}),
-        )
-        .await;
+    let (status, body) = transfer(&stand, payer, (from, to), "500", "CLF").await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["details"]["reason"], "tier_limit", "{body}");
     assert_eq!(
@@ -80,13 +90,7 @@ async fn a_payer_whose_verification_was_revoked_is_refused_at_once() {
     });
     let to = wallet(&stand, payee, "USD");
     // The token still says verified; B (asking A) says otherwise.
-    let (status, body) = stand
-        .pay(
-            payer,
-            "transfer",
-            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "5.00", "currency": "USD"}),
-        )
-        .await;
+    let (status, body) = transfer(&stand, payer, (from, to), "5.00", "USD").await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
     let (status, body) = deposit(&stand, payer, from, "5.00", "USD").await;
@@ -117,13 +121,7 @@ async fn only_the_payer_s_standing_is_asked_for_not_the_payee_s() {
     let stand = Stand::start().await;
     let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
     let (from, to) = (wallet(&stand, payer, "USD"), wallet(&stand, payee, "USD"));
-    let (status, body) = stand
-        .pay(
-            payer,
-            "transfer",
-            &json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "5.00", "currency": "USD"}),
-        )
-        .await;
+    let (status, body) = transfer(&stand, payer, (from, to), "5.00", "USD").await;
     assert_eq!(status, 202, "{body}");
     // Each standing costs B a call to A: the payee's KYC is not C's to check.
     assert_eq!(stand.wallets.standings(), vec![from]);
