@@ -663,6 +663,70 @@ async fn service_tokens_need_valid_client_credentials_and_open_internal_routes_o
 }
 
 #[tokio::test]
+async fn only_the_kyc_service_sets_a_users_kyc_status_and_an_older_decision_changes_nothing() {
+    let app = TestAuth::spawn(&[]).await;
+    let user = app.register(&email()).await;
+    let id = user["id"].as_str().unwrap();
+    let set = |who: &'static str, roles: &'static str, body: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .put(app.url(&format!("/internal/users/{id}/kyc")))
+                .header("x-user-id", who)
+                .header("x-user-roles", roles)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let now = chrono::Utc::now();
+    let verified = json!({"kyc_status": "verified", "decided_at": now});
+    // A leaked wallet or payment secret, or a compliance officer, cannot verify anyone.
+    for (who, roles) in [
+        ("service:wallet", "service:wallet"),
+        ("service:payment", "service:payment"),
+        ("4c1b8a52-0d36-4b5e-9a7e-2f1d5c3b9e01", "user,compliance"),
+    ] {
+        let (status, body) = set(who, roles, verified.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{roles}: {body}");
+    }
+    let status_now = || async {
+        app.get(
+            &format!("/internal/users/{id}"),
+            &[
+                ("x-user-id", "service:wallet"),
+                ("x-user-roles", "service:wallet"),
+            ],
+        )
+        .await
+        .1["data"]["kyc_status"]
+            .clone()
+    };
+    assert_eq!(status_now().await, "pending");
+
+    let (status, body) = set(
+        "service:kyc",
+        "service:kyc",
+        json!({"kyc_status": "verified"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "undated: {body}");
+    let (status, body) = set("service:kyc", "service:kyc", verified).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["outcome"], "applied");
+    assert_eq!(status_now().await, "verified");
+
+    let older = json!({"kyc_status": "rejected", "decided_at": now - chrono::Duration::seconds(1)});
+    let (status, body) = set("service:kyc", "service:kyc", older).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["outcome"], "superseded");
+    assert_eq!(status_now().await, "verified");
+}
+
+#[tokio::test]
 async fn registering_a_staff_looking_email_grants_no_role() {
     let app = TestAuth::spawn(&[]).await;
     for address in ["ops@finflow.local", "compliance@finflow.local"] {
