@@ -494,7 +494,7 @@ async fn start_session(
         .issuer
         .issue(user.subject(), now)
         .map_err(|e| ApiError::internal(&e))?;
-    let (refresh_token, hash) = tokens::new_refresh_token();
+    let (refresh_token, hash) = tokens::new_opaque_token();
     let refresh_expires_at =
         now + chrono::Duration::from_std(s.settings.refresh_ttl).unwrap_or(chrono::Duration::MAX);
     sqlx::query(
@@ -538,7 +538,7 @@ struct RefreshRow {
     responses((status = 200, body = Session), (status = 401, body = ErrorEnvelope)))]
 async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
     let invalid = || ApiError::unauthorized("the refresh token is invalid or expired");
-    let hash = tokens::hash_refresh_token(&req.refresh_token);
+    let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;
     // The row lock makes concurrent uses of one token take turns: only one can rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
@@ -590,7 +590,7 @@ async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<u64,
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, description = "the session is revoked"), (status = 401, body = ErrorEnvelope)))]
 async fn logout(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
-    let hash = tokens::hash_refresh_token(&req.refresh_token);
+    let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;
     let family: Option<(Uuid,)> =
         sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")

@@ -117,15 +117,17 @@ impl Issuer {
     }
 }
 
-/// A new refresh token: what the client keeps, and the hash we store.
-pub fn new_refresh_token() -> (String, Vec<u8>) {
+/// A new opaque token (a refresh token, an email verification token): what its holder
+/// keeps, 32 random bytes in unpadded base64url, and the hash we store.
+pub fn new_opaque_token() -> (String, Vec<u8>) {
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    let hash = hash_refresh_token(&token);
+    let hash = hash_opaque_token(&token);
     (token, hash)
 }
 
-/// The stored form of a refresh token.
-pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+/// The stored form of an opaque token (SHA-256: with 256 bits of entropy a slow hash
+/// buys nothing).
+pub fn hash_opaque_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
@@ -165,11 +167,18 @@ mod tests {
     }
 
     #[test]
-    fn refresh_tokens_are_random_and_stored_only_as_hashes() {
-        let (a, hash_a) = new_refresh_token();
-        let (b, _) = new_refresh_token();
+    fn opaque_tokens_are_random_url_safe_and_stored_only_as_hashes() {
+        let (a, hash_a) = new_opaque_token();
+        let (b, _) = new_opaque_token();
         assert_ne!(a, b);
-        assert_eq!(hash_refresh_token(&a), hash_a);
-        assert!(a.len() >= 43, "256 bits of entropy");
+        // 256 bits of entropy; the verify route takes exactly this shape.
+        assert_eq!(a.len(), 43, "32 bytes, base64 without padding");
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+            "{a}"
+        );
+        assert_eq!(hash_opaque_token(&a), hash_a);
+        assert_ne!(hash_a, a.as_bytes());
     }
 }

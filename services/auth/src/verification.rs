@@ -8,27 +8,14 @@
 //! verification revokes any others left. Expiry is on the database's clock, the one it
 //! is compared with.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::tokens::{hash_opaque_token, new_opaque_token};
+
 /// How long a verification token is valid.
 pub const TOKEN_TTL_HOURS: i32 = 24;
-
-/// A new token: what the mail carries, and the hash that is stored.
-pub fn new_token() -> (String, Vec<u8>) {
-    let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-    let hash = hash_token(&token);
-    (token, hash)
-}
-
-/// The stored form of a token.
-pub fn hash_token(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
 
 /// Revokes `user`'s outstanding tokens and issues a new one: the token (for the mail,
 /// never stored) and when it expires.
@@ -37,7 +24,7 @@ pub async fn issue(
     user: Uuid,
 ) -> Result<(String, DateTime<Utc>), sqlx::Error> {
     revoke_outstanding(tx, user).await?;
-    let (token, hash) = new_token();
+    let (token, hash) = new_opaque_token();
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
         "INSERT INTO email_verifications (id, user_id, token_hash, expires_at) \
          VALUES ($1, $2, $3, now() + make_interval(hours => $4)) RETURNING expires_at",
@@ -70,7 +57,7 @@ pub async fn revoke_outstanding(tx: &mut PgConnection, user: Uuid) -> Result<u64
 /// sign-up of one account wait for each other instead of deadlocking. The use itself is
 /// one conditional `UPDATE`: of two concurrent uses of a token, the second finds it used.
 pub async fn redeem(tx: &mut PgConnection, token: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    let hash = hash_token(token);
+    let hash = hash_opaque_token(token);
     let owner: Option<Uuid> =
         sqlx::query_scalar("SELECT user_id FROM email_verifications WHERE token_hash = $1")
             .bind(&hash)
@@ -93,24 +80,4 @@ pub async fn redeem(tx: &mut PgConnection, token: &str) -> Result<Option<Uuid>, 
     .bind(owner)
     .fetch_optional(&mut *tx)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_random_url_safe_and_stored_only_as_hashes() {
-        let (a, hash_a) = new_token();
-        let (b, _) = new_token();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 43, "32 bytes, base64 without padding");
-        assert!(
-            a.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
-            "{a}"
-        );
-        assert_eq!(hash_token(&a), hash_a);
-        assert_ne!(hash_a, a.as_bytes());
-    }
 }

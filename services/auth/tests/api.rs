@@ -239,7 +239,7 @@ async fn signing_up_mails_a_token_and_only_verifying_it_creates_a_pending_bronze
         .unwrap();
     assert_eq!(
         stored,
-        [finflow_auth::verification::hash_token(token)],
+        [finflow_auth::tokens::hash_opaque_token(token)],
         "only the token's hash is stored"
     );
 
