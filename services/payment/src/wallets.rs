@@ -17,6 +17,19 @@ pub struct WalletView {
     /// Absent when asked without the owner's standing ([`Wallets::get_alone`]).
     pub owner_kyc_status: Option<KycStatus>,
     pub limits: Option<Limits>,
+    /// The wallet asked for with it ([`Wallets::get_with`]): `Some(None)` when B has no
+    /// such wallet.
+    #[serde(default, deserialize_with = "present")]
+    pub counterpart: Option<Option<Box<WalletView>>>,
+}
+
+/// A field that is present, even as `null`, is `Some`: `null` says "asked, not found".
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// The owner's limits across their wallets, in the reference currency `currency`.
@@ -59,6 +72,14 @@ impl Wallets {
     /// The wallet with its owner's standing (KYC, remaining limits), which B asks A for.
     pub async fn get(&self, id: Uuid) -> Result<WalletView, ApiError> {
         self.client.get(&format!("/internal/wallets/{id}")).await
+    }
+
+    /// The wallet with its owner's standing, and `counterpart` alone (a transfer's
+    /// payee) read in the same query: one call to B to accept a transfer.
+    pub async fn get_with(&self, id: Uuid, counterpart: Uuid) -> Result<WalletView, ApiError> {
+        self.client
+            .get(&format!("/internal/wallets/{id}?counterpart={counterpart}"))
+            .await
     }
 
     /// The wallet alone: whose it is, its currency and status (a payee's wallet).

@@ -127,3 +127,43 @@ async fn only_the_payer_s_standing_is_asked_for_not_the_payee_s() {
     assert_eq!(stand.wallets.standings(), vec![from]);
     assert_eq!(body["data"]["status"], "PENDING", "{body}");
 }
+
+#[tokio::test]
+async fn a_transfer_is_accepted_after_one_call_to_b_that_reads_both_wallets() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::now_v7(), Uuid::now_v7());
+    let (from, to) = (wallet(&stand, payer, "USD"), wallet(&stand, payee, "USD"));
+    let (status, body) = transfer(&stand, payer, (from, to), "5.00", "USD").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        stand.wallets.lookups(),
+        vec![format!("{from}?counterpart={to}")]
+    );
+    let recorded: Option<Uuid> = sqlx::query_scalar("SELECT payee_user_id FROM payments")
+        .fetch_one(&stand.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        Some(payee),
+        "the payee is whom B says owns the wallet"
+    );
+}
+
+#[tokio::test]
+async fn a_transfer_to_a_wallet_b_does_not_have_is_refused_naming_that_wallet() {
+    let stand = Stand::start().await;
+    let payer = Uuid::now_v7();
+    let from = wallet(&stand, payer, "USD");
+    let nowhere = Uuid::now_v7();
+    let (status, body) = transfer(&stand, payer, (from, nowhere), "5.00", "USD").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "NOT_FOUND", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&nowhere.to_string()), "{body}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&stand.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "no payment was recorded");
+}

@@ -586,3 +586,63 @@ async fn a_batch_commits_once_skips_what_was_applied_and_gives_back_only_the_fai
     );
     assert_eq!(counter(&db).await, (20, 4));
 }
+
+#[tokio::test]
+async fn a_batch_acknowledged_with_one_ack_leaves_nothing_to_redeliver() {
+    let db = counter_db().await;
+    let (conn, ch) = channel().await;
+    let event_type = unique("acked");
+    let spec = ConsumerSpec::new(QueueSpec::new(unique("acked-q"), &[&event_type]));
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+    // Waiting before the consumer starts: it takes them in batches of its prefetch.
+    let publisher = Publisher::new(&conn).await.unwrap();
+    let batch: Vec<(Event, FieldTable)> = (0..50)
+        .map(|_| {
+            let e = Event::new("test", &event_type, &serde_json::json!({"amount": 1})).unwrap();
+            (e, FieldTable::default())
+        })
+        .collect();
+    publisher.publish_all(&batch).await.unwrap();
+
+    let run = || {
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn(consumer::run(
+            db.pool.clone(),
+            events::test_url(),
+            spec.clone(),
+            Arc::new(AddToCounter),
+            shutdown.clone(),
+        ));
+        (shutdown, runner)
+    };
+    let (shutdown, runner) = run();
+    eventually("all 50 to be applied", || async {
+        counter(&db).await.1 >= 50
+    })
+    .await;
+    // Closing the channel gives back whatever was not acknowledged.
+    shutdown.cancel();
+    runner.await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let left = ch
+        .queue_declare(
+            spec.queue.name.as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(left, 0, "every delivery was acknowledged");
+
+    // A second consumer finds nothing to do.
+    let (shutdown, runner) = run();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    runner.await.unwrap();
+    assert_eq!(counter(&db).await, (50, 50));
+    delete_queues(&ch, &spec.queue).await;
+}

@@ -82,7 +82,7 @@ pub struct Wallet {
 }
 
 impl WalletRow {
-    fn view(self) -> Result<Wallet, ApiError> {
+    fn view(&self) -> Result<Wallet, ApiError> {
         let balance =
             Money::new(self.balance, self.currency).map_err(|e| ApiError::internal(&e))?;
         Ok(Wallet {
@@ -92,7 +92,7 @@ impl WalletRow {
                 .ok_or_else(|| ApiError::internal(&"a system account was shown"))?,
             currency: self.currency.code().to_owned(),
             balance: balance.amount_string(),
-            status: self.status,
+            status: self.status.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -195,7 +195,7 @@ async fn list_wallets(State(s): State<AppState>, who: Identity) -> ApiResult {
     .fetch_all(&s.pool)
     .await?;
     let wallets = rows
-        .into_iter()
+        .iter()
         .map(WalletRow::view)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(error::ok(wallets))
@@ -468,15 +468,24 @@ pub struct InternalWallet {
     pub owner_kyc_status: Option<KycStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<RemainingLimits>,
+    /// The wallet asked for as `?counterpart=` (alone, without its owner's standing),
+    /// read with this one: absent when not asked, `null` when there is no such user
+    /// wallet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Wallet>, nullable)]
+    pub counterpart: Option<Option<Wallet>>,
 }
 
-/// `?standing=` of `GET /internal/wallets/{id}`.
+/// The query of `GET /internal/wallets/{id}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StandingQuery {
     /// Whether to ask A about the owner (default yes): C needs it for the wallet the
     /// money leaves (or a deposit enters), not for the payee's.
     standing: Option<bool>,
+    /// The other wallet of a payment, read in the same query: C's one call to accept a
+    /// transfer.
+    counterpart: Option<Uuid>,
 }
 
 /// The owner's tier limits as they stand now, across all their wallets, in the
@@ -492,7 +501,8 @@ pub struct RemainingLimits {
 }
 
 #[utoipa::path(get, path = "/internal/wallets/{id}", tag = "internal",
-    params(("id" = Uuid, Path), ("standing" = Option<bool>, Query, description = "false: the wallet alone, without asking A about its owner")),
+    params(("id" = Uuid, Path), ("standing" = Option<bool>, Query, description = "false: the wallet alone, without asking A about its owner"),
+        ("counterpart" = Option<Uuid>, Query, description = "another wallet to read alone in the same query (a transfer's payee)")),
     responses((status = 200, body = InternalWallet), (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 async fn internal_wallet(
     State(s): State<AppState>,
@@ -502,19 +512,31 @@ async fn internal_wallet(
 ) -> ApiResult {
     // Only C moves money between wallets or reads them for a payment.
     who.require_service_of(PAYMENT_SERVICE)?;
-    // The wallet and what its owner sent today, in one read.
-    let (row, spent): (WalletRow, Amount) = sqlx::query_as::<_, SpendingWallet>(
+    // The wallet, its counterpart, and what the owner sent today, in one read.
+    let ids: Vec<Uuid> = std::iter::once(id).chain(query.counterpart).collect();
+    let mut rows: Vec<SpendingWallet> = sqlx::query_as(
         "SELECT w.id, w.user_id, w.currency, w.status, w.frozen_by, w.balance, w.created_at, \
                 w.updated_at, coalesce(s.spent, 0) AS spent_today \
          FROM wallets w LEFT JOIN user_daily_spend s \
            ON s.user_id = w.user_id AND s.day = (now() AT TIME ZONE 'UTC')::date \
-         WHERE w.id = $1 AND w.kind = 'user'",
+         WHERE w.id = ANY($1) AND w.kind = 'user'",
     )
-    .bind(id)
-    .fetch_optional(&s.pool)
-    .await?
-    .map(|w| (w.wallet, w.spent_today))
-    .ok_or_else(|| ApiError::not_found("wallet not found"))?;
+    .bind(&ids)
+    .fetch_all(&s.pool)
+    .await?;
+    let mut take = |wanted: Uuid| {
+        rows.iter()
+            .position(|w| w.wallet.id == wanted)
+            .map(|i| rows.swap_remove(i))
+    };
+    let found = take(id).ok_or_else(|| ApiError::not_found("wallet not found"))?;
+    let counterpart = match query.counterpart {
+        None => None,
+        // The same wallet twice is still one wallet, and the caller's to refuse.
+        Some(other) if other == id => Some(Some(found.wallet.view()?)),
+        Some(other) => Some(take(other).map(|w| w.wallet.view()).transpose()?),
+    };
+    let (row, spent) = (found.wallet, found.spent_today);
     let owner = row
         .user_id
         .ok_or_else(|| ApiError::internal(&"a user wallet without owner"))?;
@@ -523,6 +545,7 @@ async fn internal_wallet(
             wallet: row.view()?,
             owner_kyc_status: None,
             limits: None,
+            counterpart,
         }));
     }
     let user = s.users.current(owner).await?;
@@ -541,6 +564,7 @@ async fn internal_wallet(
             per_transaction: limit.per_transaction,
             remaining_today,
         }),
+        counterpart,
     }))
 }
 

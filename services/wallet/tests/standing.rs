@@ -209,3 +209,58 @@ async fn skip_near_midnight(stand: &Stand) {
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
     }
 }
+
+#[tokio::test]
+async fn c_reads_a_payer_s_standing_and_the_payee_s_wallet_in_one_call() {
+    let stand = Stand::start().await;
+    let (payer, payee, from, to) = pair(&stand, "USD", "500").await;
+    let ask = |query: String| {
+        let stand = &stand;
+        async move {
+            stand
+                .as_service(
+                    "payment",
+                    Method::GET,
+                    &format!("/internal/wallets/{query}"),
+                    None,
+                )
+                .await
+        }
+    };
+    let (status, body) = ask(format!("{from}?counterpart={to}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["user_id"], json!(payer), "{body}");
+    assert_eq!(body["data"]["owner_kyc_status"], "verified", "{body}");
+    assert_eq!(body["data"]["counterpart"]["id"], json!(to), "{body}");
+    assert_eq!(
+        body["data"]["counterpart"]["user_id"],
+        json!(payee),
+        "{body}"
+    );
+    assert!(
+        body["data"]["counterpart"]
+            .get("owner_kyc_status")
+            .is_none()
+            && body["data"]["counterpart"].get("limits").is_none(),
+        "the payee's standing is not C's business: {body}"
+    );
+
+    // A payee B does not have is `null`; the payer's wallet is still answered.
+    let nowhere = Uuid::now_v7();
+    let (status, body) = ask(format!("{from}?counterpart={nowhere}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"]["counterpart"].is_null(), "{body}");
+    assert_eq!(body["data"]["id"], json!(from), "{body}");
+
+    // Not asked: no field at all.
+    let (status, body) = ask(from.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["data"].get("counterpart").is_none(), "{body}");
+
+    // The payer's wallet missing is 404, whatever the counterpart.
+    let (status, body) = ask(format!("{nowhere}?counterpart={to}")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = ask(format!("{from}?counterpart=not-a-uuid")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["success"], false, "{body}");
+}

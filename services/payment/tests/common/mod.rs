@@ -38,6 +38,8 @@ pub struct FakeWallets {
     transfers: Arc<Mutex<Vec<Value>>>,
     /// The wallets whose owner's standing C asked for (B asks A for each).
     standings: Arc<Mutex<Vec<Uuid>>>,
+    /// Every wallet lookup C made, as `<id>?<query>`.
+    lookups: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeWallets {
@@ -66,6 +68,11 @@ impl FakeWallets {
         self.standings.lock().unwrap().clone()
     }
 
+    /// The wallet lookups C made, in order.
+    pub fn lookups(&self) -> Vec<String> {
+        self.lookups.lock().unwrap().clone()
+    }
+
     pub fn transfers(&self) -> usize {
         self.transfers.lock().unwrap().len()
     }
@@ -77,32 +84,67 @@ async fn fake_wallet(
     axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let wallet = f.wallets.lock().unwrap().get(&id).cloned();
+    let refuse = |status: axum::http::StatusCode, code: &str, message: &str| {
+        (
+            status,
+            axum::Json(json!({ "success": false, "error": { "code": code, "message": message } })),
+        )
+            .into_response()
+    };
+    let mut asked: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    asked.sort();
+    f.lookups
+        .lock()
+        .unwrap()
+        .push(format!("{id}?{}", asked.join("&")));
+    // B's query refuses what it does not know.
+    if query.keys().any(|k| k != "standing" && k != "counterpart") {
+        return refuse(
+            axum::http::StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+            "unknown query parameter",
+        );
+    }
+    let counterpart = match query.get("counterpart").map(|c| c.parse::<Uuid>()) {
+        None => None,
+        Some(Ok(other)) => Some(other),
+        Some(Err(_)) => {
+            return refuse(
+                axum::http::StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "counterpart is not a UUID",
+            );
+        }
+    };
+    let wallets = f.wallets.lock().unwrap().clone();
+    let alone = |id: Uuid, w: &FakeWallet| {
+        json!({ "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
+            "status": "active" })
+    };
     let standing = query.get("standing").map(String::as_str) != Some("false");
     if standing {
         f.standings.lock().unwrap().push(id);
     }
-    match wallet {
-        // Limits as B states them: in the reference currency, USD. Without standing, as
-        // B answers then: the wallet alone.
-        Some(w) if standing => axum::Json(json!({ "success": true, "data": {
-            "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
-            "status": "active", "owner_kyc_status": w.owner_kyc_status,
-            "limits": { "currency": "USD", "per_transaction": "20000", "remaining_today": "50000" },
-        }}))
-        .into_response(),
-        Some(w) => axum::Json(json!({ "success": true, "data": {
-            "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
-            "status": "active",
-        }}))
-        .into_response(),
-        None => (
+    let Some(w) = wallets.get(&id) else {
+        return refuse(
             axum::http::StatusCode::NOT_FOUND,
-            axum::Json(json!({ "success": false,
-                "error": { "code": "NOT_FOUND", "message": "wallet not found" } })),
-        )
-            .into_response(),
+            "NOT_FOUND",
+            "wallet not found",
+        );
+    };
+    let mut data = alone(id, w);
+    // Limits as B states them: in the reference currency, USD. Without standing, as B
+    // answers then: the wallet alone.
+    if standing {
+        data["owner_kyc_status"] = json!(w.owner_kyc_status);
+        data["limits"] =
+            json!({ "currency": "USD", "per_transaction": "20000", "remaining_today": "50000" });
     }
+    // Read with it, alone; `null` when B has no such wallet.
+    if let Some(other) = counterpart {
+        data["counterpart"] = wallets.get(&other).map_or(Value::Null, |o| alone(other, o));
+    }
+    axum::Json(json!({ "success": true, "data": data })).into_response()
 }
 
 async fn fake_transfer(State(f): State<FakeWallets>, body: axum::Json<Value>) -> axum::Json<Value> {

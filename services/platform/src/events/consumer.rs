@@ -359,6 +359,25 @@ async fn process_batch<H: Handler>(
             vec![None; parsed.len()]
         }
     };
+    if outcomes.iter().all(Option::is_some) {
+        // One ACK for the whole batch: everything unacknowledged on this channel up to the
+        // last delivery is this batch (batches run one after another, and its poison was
+        // rejected above), and RabbitMQ settles it in one command instead of one each.
+        for outcome in outcomes.into_iter().flatten() {
+            count(
+                spec,
+                if outcome == Outcome::Applied {
+                    "applied"
+                } else {
+                    "duplicate"
+                },
+            );
+        }
+        if let Some((last, _)) = parsed.last() {
+            last.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        return Ok(());
+    }
     for ((delivery, event), outcome) in parsed.into_iter().zip(outcomes) {
         match outcome {
             Some(outcome) => {

@@ -21,20 +21,20 @@ pub async fn enqueue(tx: &mut PgConnection, event: &Event) -> Result<(), sqlx::E
     let headers = serde_json::to_value(telemetry::current_context_map())
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let payload = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    // One round trip: the row, and the notification that is delivered on commit only,
+    // like the row itself.
     sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, payload, headers) VALUES ($1, $2, $3, $4)",
+        "WITH added AS (INSERT INTO outbox (event_id, event_type, payload, headers) \
+           VALUES ($1, $2, $3, $4) RETURNING 1) \
+         SELECT pg_notify($5, '') FROM added",
     )
     .bind(event.id)
     .bind(&event.event_type)
     .bind(payload)
     .bind(headers)
+    .bind(NOTIFY_CHANNEL)
     .execute(&mut *tx)
     .await?;
-    // Delivered on commit only, like the row itself.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
     Ok(())
 }
 
