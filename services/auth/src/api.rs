@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/token", post(service_token))
         .route("/api/v1/users/me", get(me).put(update_me))
         .route("/internal/users/{id}", get(internal_user))
+        .route("/internal/users/lookup", post(internal_users))
         .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
@@ -749,6 +750,49 @@ async fn internal_user(
         .await?
         .ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(error::ok(user))
+}
+
+/// Most users one `POST /internal/users/lookup` answers.
+pub const LOOKUP_MAX: usize = 100;
+
+/// `POST /internal/users/lookup`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserLookup {
+    /// 1 to 100 ids.
+    pub user_ids: Vec<Uuid>,
+}
+
+/// The users of a lookup that exist; an unknown id is left out.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserList {
+    pub users: Vec<User>,
+}
+
+/// Several users' current state in one read: B applying a batch of transfers asks once
+/// for all their senders, not once each.
+#[utoipa::path(post, path = "/internal/users/lookup", tag = "internal", request_body = UserLookup,
+    responses((status = 200, body = UserList), (status = 400, body = ErrorEnvelope, description = "no ids, or more than 100"),
+        (status = 403, body = ErrorEnvelope)))]
+async fn internal_users(
+    State(s): State<AppState>,
+    who: Identity,
+    Json(req): Json<UserLookup>,
+) -> ApiResult {
+    who.require_service_of(&["wallet"])?;
+    if req.user_ids.is_empty() || req.user_ids.len() > LOOKUP_MAX {
+        return Err(ApiError::invalid_field(
+            "user_ids",
+            format!("between 1 and {LOOKUP_MAX} ids"),
+        ));
+    }
+    let users: Vec<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)"
+    )))
+    .bind(&req.user_ids)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(error::ok(UserList { users }))
 }
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth",

@@ -178,6 +178,7 @@ fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [
         api::me,
         api::update_me,
         api::internal_user,
+        api::internal_users,
         kyc::set_kyc,
         api::jwks
     ),

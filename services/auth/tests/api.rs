@@ -966,3 +966,56 @@ async fn the_openapi_document_lists_the_auth_routes() {
         assert!(doc["paths"].get(path).is_none(), "{path} is published");
     }
 }
+
+#[tokio::test]
+async fn b_looks_up_several_users_in_one_call_and_only_b_may() {
+    let app = TestAuth::spawn(&[]).await;
+    let (one, two) = (app.register(&email()).await, app.register(&email()).await);
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let ids = json!({"user_ids": [one["id"], two["id"], unknown]});
+    let wallet = [
+        ("x-user-id", "service:wallet"),
+        ("x-user-roles", "service:wallet"),
+    ];
+    let (status, body) = app
+        .post("/internal/users/lookup", ids.clone(), &wallet)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut found: Vec<&str> = body["data"]["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["id"].as_str().unwrap())
+        .collect();
+    found.sort_unstable();
+    let mut expected = vec![one["id"].as_str().unwrap(), two["id"].as_str().unwrap()];
+    expected.sort_unstable();
+    assert_eq!(found, expected, "the unknown id is left out");
+    assert!(body["data"]["users"][0]["kyc_status"].is_string(), "{body}");
+
+    let own = one["id"].as_str().unwrap();
+    for headers in [
+        [
+            ("x-user-id", "service:payment"),
+            ("x-user-roles", "service:payment"),
+        ],
+        [("x-user-id", own), ("x-user-roles", "user")],
+    ] {
+        let (status, body) = app
+            .post("/internal/users/lookup", ids.clone(), &headers)
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    let many: Vec<String> = (0..101).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for user_ids in [json!([]), json!(many)] {
+        let (status, body) = app
+            .post(
+                "/internal/users/lookup",
+                json!({ "user_ids": user_ids }),
+                &wallet,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["success"], false, "{body}");
+    }
+}

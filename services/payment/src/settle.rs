@@ -60,6 +60,17 @@ pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<PaymentRow>,
     .await
 }
 
+/// Locks several payment rows for status changes, in id order (two workers never wait
+/// on each other's rows in opposite orders).
+pub async fn lock_all(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PaymentRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    )))
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await
+}
+
 /// Moves a locked payment to `to` and records the event; refuses transitions the
 /// machine does not have (the database would too).
 pub async fn transition(

@@ -93,6 +93,47 @@ impl Wallets {
         self.client.post("/internal/transfers", transfer).await
     }
 
+    /// `POST /internal/transfers/batch`: several transfers in one call and one commit
+    /// at B. Per transfer, in order, what [`Wallets::transfer`] would have answered; an
+    /// error is the whole call's (nothing can be said of any transfer).
+    pub async fn transfer_all(
+        &self,
+        transfers: &[Transfer],
+    ) -> Result<Vec<Result<serde_json::Value, ApiError>>, ApiError> {
+        #[derive(Deserialize)]
+        struct Outcome {
+            status: u16,
+            #[serde(flatten)]
+            envelope: serde_json::Value,
+        }
+        #[derive(Deserialize)]
+        struct Outcomes {
+            results: Vec<Outcome>,
+        }
+        let answer: Outcomes = self
+            .client
+            .post(
+                "/internal/transfers/batch",
+                &serde_json::json!({ "transfers": transfers }),
+            )
+            .await?;
+        if answer.results.len() != transfers.len() {
+            return Err(ApiError::dependency(
+                "wallet",
+                &format!(
+                    "{} outcomes for {} transfers",
+                    answer.results.len(),
+                    transfers.len()
+                ),
+            ));
+        }
+        Ok(answer
+            .results
+            .into_iter()
+            .map(|o| self.client.outcome(o.status, o.envelope))
+            .collect())
+    }
+
     pub async fn void(&self, transfer_id: Uuid, reason: &str) -> Result<VoidOutcome, ApiError> {
         self.client
             .post(

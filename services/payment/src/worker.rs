@@ -6,6 +6,9 @@
 //! asked again. So a worker killed after B applied but before C committed simply asks
 //! again on redelivery and records the same outcome.
 
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
 use finflow_platform::{ApiError, ErrorCode};
@@ -13,7 +16,7 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::model::{Failure, Requested, Status};
+use crate::model::{Failure, PaymentRow, Requested, Status};
 use crate::settle;
 use crate::wallets::Wallets;
 
@@ -65,25 +68,115 @@ impl Handler for PaymentWorker {
             return Ok(());
         }
         let transfer = settle::transfer_for(&row).map_err(|e| internal(&e))?;
-        match self.wallets.transfer(&transfer).await {
-            Ok(_) => {
-                settle::transition(tx, &row, Status::Completed, None)
-                    .await
-                    .map_err(|e| internal(&e))?;
-            }
-            Err(e) if is_final(&e) => {
-                let failure = Failure {
-                    code: e.code.as_str().to_owned(),
-                    reason: e.message.clone(),
-                };
-                settle::transition(tx, &row, Status::Failed, Some(failure))
-                    .await
-                    .map_err(|e| internal(&e))?;
-            }
-            Err(e) => return Err(HandlerError::Transient(format!("wallet service: {e}"))),
-        }
-        Ok(())
+        settle_with(tx, &row, self.wallets.transfer(&transfer).await).await
     }
+
+    /// The payments of a batch locked together, their transfers sent to B in one call
+    /// (one commit at B, one read of the senders at A), each settled by its own answer.
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, sqlx::Error>> + Send + 'a {
+        self.apply_all(tx, events)
+    }
+}
+
+impl PaymentWorker {
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
+        let mut results: Vec<Result<(), HandlerError>> = Vec::with_capacity(events.len());
+        let mut wanted = Vec::with_capacity(events.len());
+        for event in events {
+            match event.data_as::<Requested>() {
+                Ok(Requested { payment_id }) => {
+                    results.push(Ok(()));
+                    wanted.push(Some(payment_id));
+                }
+                Err(e) => {
+                    results.push(Err(HandlerError::Permanent(format!(
+                        "malformed payment.requested: {e}"
+                    ))));
+                    wanted.push(None);
+                }
+            }
+        }
+        let mut ids: Vec<Uuid> = wanted.iter().flatten().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: HashMap<Uuid, PaymentRow> = settle::lock_all(tx, &ids)
+            .await?
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect();
+        // The first event naming a pending payment acts; a duplicate or stale request
+        // (settled already, or held) changes nothing.
+        let mut acting: Vec<(usize, &PaymentRow)> = Vec::new();
+        let mut transfers = Vec::new();
+        let mut taken = HashSet::new();
+        for (i, id) in wanted.iter().enumerate() {
+            let Some(id) = id else { continue };
+            let Some(row) = rows.get(id) else {
+                results[i] = Err(HandlerError::Permanent(format!("no payment {id}")));
+                continue;
+            };
+            match row
+                .status()
+                .and_then(|s| Ok((s, settle::transfer_for(row)?)))
+            {
+                Ok((Status::Pending, transfer)) if taken.insert(*id) => {
+                    acting.push((i, row));
+                    transfers.push(transfer);
+                }
+                Ok(_) => {}
+                Err(e) => results[i] = Err(internal(&e)),
+            }
+        }
+        if transfers.is_empty() {
+            return Ok(results);
+        }
+        match self.wallets.transfer_all(&transfers).await {
+            Ok(outcomes) => {
+                for ((i, row), outcome) in acting.into_iter().zip(outcomes) {
+                    results[i] = settle_with(tx, row, outcome).await;
+                }
+            }
+            // Nothing is known of any of them: each is retried alone.
+            Err(e) => {
+                for (i, _) in acting {
+                    results[i] = Err(HandlerError::Transient(format!("wallet service: {e}")));
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// Settles a locked pending payment by B's answer to its transfer: applied, or refused
+/// for good; anything else is retried.
+async fn settle_with(
+    tx: &mut PgConnection,
+    row: &PaymentRow,
+    answer: Result<serde_json::Value, ApiError>,
+) -> Result<(), HandlerError> {
+    let (to, failure) = match answer {
+        Ok(_) => (Status::Completed, None),
+        Err(e) if is_final(&e) => (
+            Status::Failed,
+            Some(Failure {
+                code: e.code.as_str().to_owned(),
+                reason: e.message.clone(),
+            }),
+        ),
+        Err(e) => return Err(HandlerError::Transient(format!("wallet service: {e}"))),
+    };
+    settle::transition(tx, row, to, failure)
+        .await
+        .map_err(|e| internal(&e))?;
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -185,6 +185,17 @@ async fn decode<T: DeserializeOwned>(
         .json()
         .await
         .map_err(|e| ApiError::dependency(name, &e.without_url()))?;
+    envelope(name, status, body)
+}
+
+/// `T` from an envelope that came with `status`, or the error it carries: a client
+/// error keeps the target's code (it is the caller's business), a server error becomes
+/// a dependency failure.
+fn envelope<T: DeserializeOwned>(
+    name: &str,
+    status: StatusCode,
+    body: serde_json::Value,
+) -> Result<T, ApiError> {
     if status.is_success() {
         return serde_json::from_value(body["data"].clone())
             .map_err(|e| ApiError::dependency(name, &format!("unexpected answer: {e}")));
@@ -192,8 +203,6 @@ async fn decode<T: DeserializeOwned>(
     let code = serde_json::from_value::<String>(body["error"]["code"].clone()).unwrap_or_default();
     let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
     Err(match code_from_wire(&code) {
-        // A client error from the target is the caller's business; a server error is ours
-        // to report as a dependency failure.
         Some(code) if status.is_client_error() => {
             let mut err = ApiError::new(code, message);
             err.details = body["error"].get("details").cloned();
@@ -201,6 +210,20 @@ async fn decode<T: DeserializeOwned>(
         }
         _ => ApiError::dependency(name, &format!("{status}: {message}")),
     })
+}
+
+impl ServiceClient {
+    /// One of several envelopes an answer carries (a batch's outcomes, each with its
+    /// status), decoded as a whole answer with that status would be.
+    pub fn outcome<T: DeserializeOwned>(
+        &self,
+        status: u16,
+        body: serde_json::Value,
+    ) -> Result<T, ApiError> {
+        let status = StatusCode::from_u16(status)
+            .map_err(|e| ApiError::dependency(self.name, &format!("unexpected answer: {e}")))?;
+        envelope(self.name, status, body)
+    }
 }
 
 fn code_from_wire(code: &str) -> Option<ErrorCode> {

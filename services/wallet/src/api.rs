@@ -9,7 +9,7 @@ use axum::routing::{get, post, put};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::error::{self, ErrorBody, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::fx::Rates;
 use finflow_platform::identity::KycStatus;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::ledger::{self, Applied, Spend, TransferRequest, TransferResult};
 use crate::limits::TierLimits;
-use crate::users::Users;
+use crate::users::{UserState, Users};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/wallets/{id}/transactions", get(transactions))
         .route("/internal/wallets/{id}", get(internal_wallet))
         .route("/internal/transfers", post(transfer))
+        .route("/internal/transfers/batch", post(transfer_batch))
         .route("/internal/transfers/{id}/void", post(void_transfer))
         .with_state(state)
 }
@@ -609,17 +610,156 @@ async fn transfer(
     Ok(error::with_status(status, result))
 }
 
-/// Whose KYC a transfer needs and what it counts against their limits: the sender's for
-/// money leaving a user (transfer, withdrawal), the owner's for a deposit. A reversal
-/// undoes a movement and needs neither. Asked of A now, not when the payment was
-/// accepted: a payment held for review may be released after a revocation.
-async fn spend_of(s: &AppState, req: &TransferRequest) -> Result<Option<Spend>, ApiError> {
-    let wallet = match req.kind {
+/// Most transfers one `POST /internal/transfers/batch` applies.
+pub const BATCH_MAX: usize = 100;
+
+/// `POST /internal/transfers/batch`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferBatch {
+    /// 1 to 100 transfers.
+    pub transfers: Vec<TransferRequest>,
+}
+
+/// One transfer of a batch: what `POST /internal/transfers` would have answered for it,
+/// its status beside its envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOutcome {
+    /// 201 applied now, 200 applied before, else the refusal's status.
+    pub status: u16,
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<TransferResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// The outcomes of a batch, in the order of its transfers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchOutcomes {
+    pub results: Vec<BatchOutcome>,
+}
+
+impl BatchOutcome {
+    fn of(result: Result<(TransferResult, Applied), ApiError>) -> Self {
+        match result {
+            Ok((data, applied)) => Self {
+                status: match applied {
+                    Applied::Now => StatusCode::CREATED,
+                    Applied::Before => StatusCode::OK,
+                }
+                .as_u16(),
+                success: true,
+                data: Some(data),
+                error: None,
+            },
+            Err(e) => Self {
+                status: e.status().as_u16(),
+                success: false,
+                data: None,
+                error: Some(ErrorBody {
+                    code: e.code,
+                    message: e.message,
+                    details: e.details,
+                }),
+            },
+        }
+    }
+}
+
+/// Applies several transfers (service callers only): C's worker sends what it took off
+/// its queue together. Each is applied at most once and answered as
+/// `POST /internal/transfers` would answer it; together they cost one read of the
+/// senders at A and one commit.
+#[utoipa::path(post, path = "/internal/transfers/batch", tag = "internal", request_body = TransferBatch,
+    responses((status = 200, body = BatchOutcomes), (status = 400, body = ErrorEnvelope, description = "no transfers, or more than 100"),
+        (status = 403, body = ErrorEnvelope)))]
+async fn transfer_batch(
+    State(s): State<AppState>,
+    who: Identity,
+    Json(batch): Json<TransferBatch>,
+) -> ApiResult {
+    // Only C moves money between wallets or reads them for a payment.
+    who.require_service_of(PAYMENT_SERVICE)?;
+    if batch.transfers.is_empty() || batch.transfers.len() > BATCH_MAX {
+        return Err(ApiError::invalid_field(
+            "transfers",
+            format!("between 1 and {BATCH_MAX} transfers"),
+        ));
+    }
+    let spends = spends_of(&s, &batch.transfers).await?;
+    let mut outcomes: Vec<Option<Result<(TransferResult, Applied), ApiError>>> =
+        std::iter::repeat_with(|| None)
+            .take(batch.transfers.len())
+            .collect();
+    let mut todo = Vec::with_capacity(batch.transfers.len());
+    for (i, (req, (sender, spend))) in batch.transfers.into_iter().zip(spends).enumerate() {
+        match spend {
+            Ok(spend) => todo.push((i, sender, req, spend)),
+            Err(e) => outcomes[i] = Some(Err(e)),
+        }
+    }
+    // Senders in one order: each transfer locks its sender's day of spending, and two
+    // batches that took two senders in opposite orders would deadlock.
+    todo.sort_by_key(|(_, sender, _, _)| *sender);
+    let (order, transfers): (Vec<usize>, Vec<(TransferRequest, Option<Spend>)>) = todo
+        .into_iter()
+        .map(|(i, _, req, spend)| (i, (req, spend)))
+        .unzip();
+    if !transfers.is_empty() {
+        for (i, result) in order
+            .into_iter()
+            .zip(ledger::apply_all(&s.pool, &transfers).await?)
+        {
+            outcomes[i] = Some(result);
+        }
+    }
+    let results = outcomes
+        .into_iter()
+        .map(|o| {
+            BatchOutcome::of(
+                o.unwrap_or_else(|| Err(ApiError::internal(&"a transfer without outcome"))),
+            )
+        })
+        .collect();
+    Ok(error::ok(BatchOutcomes { results }))
+}
+
+/// The wallet whose owner's KYC a transfer needs: the sender's for money leaving a user
+/// (transfer, withdrawal), the owner's for a deposit. A reversal undoes a movement and
+/// needs none.
+fn kyc_wallet(req: &TransferRequest) -> Option<Uuid> {
+    match req.kind {
         ledger::TransferKind::Transfer | ledger::TransferKind::Withdrawal => req.from_wallet_id,
         ledger::TransferKind::Deposit => req.to_wallet_id,
         ledger::TransferKind::Reversal => None,
-    };
-    let Some(wallet) = wallet else {
+    }
+}
+
+/// What a transfer counts against its user's limits, given the user as A holds them
+/// now: refused unless verified; nothing for a deposit.
+fn spend_for(
+    s: &AppState,
+    req: &TransferRequest,
+    user: &UserState,
+) -> Result<Option<Spend>, ApiError> {
+    user.require_verified("move money")?;
+    if req.kind == ledger::TransferKind::Deposit {
+        return Ok(None);
+    }
+    let money = Money::positive(req.amount, req.currency)
+        .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
+    Ok(Some(Spend {
+        value: s.rates.value(money)?,
+        limit: s.limits.for_tier(user.account_tier),
+    }))
+}
+
+/// Whose KYC a transfer needs and what it counts against their limits ([`kyc_wallet`],
+/// [`spend_for`]). Asked of A now, not when the payment was accepted: a payment held
+/// for review may be released after a revocation.
+async fn spend_of(s: &AppState, req: &TransferRequest) -> Result<Option<Spend>, ApiError> {
+    let Some(wallet) = kyc_wallet(req) else {
         return Ok(None);
     };
     let owner: Option<Uuid> =
@@ -633,16 +773,50 @@ async fn spend_of(s: &AppState, req: &TransferRequest) -> Result<Option<Spend>, 
         return Ok(None);
     };
     let user = s.users.current(owner).await?;
-    user.require_verified("move money")?;
-    if req.kind == ledger::TransferKind::Deposit {
-        return Ok(None);
-    }
-    let money = Money::positive(req.amount, req.currency)
-        .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
-    Ok(Some(Spend {
-        value: s.rates.value(money)?,
-        limit: s.limits.for_tier(user.account_tier),
-    }))
+    spend_for(s, req, &user)
+}
+
+/// [`spend_of`] for a batch: the owners in one read, the users in one call to A. Per
+/// transfer, its sender (if any) and its spend or refusal; an error is the batch's.
+async fn spends_of(
+    s: &AppState,
+    transfers: &[TransferRequest],
+) -> Result<Vec<(Option<Uuid>, Result<Option<Spend>, ApiError>)>, ApiError> {
+    let wallets: Vec<Uuid> = transfers.iter().filter_map(kyc_wallet).collect();
+    let owners: std::collections::HashMap<Uuid, Uuid> = if wallets.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        sqlx::query_as::<_, (Uuid, Uuid)>(
+            "SELECT id, user_id FROM wallets WHERE id = ANY($1) AND kind = 'user' AND user_id IS NOT NULL",
+        )
+        .bind(&wallets)
+        .fetch_all(&s.pool)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let mut users: Vec<Uuid> = owners.values().copied().collect();
+    users.sort_unstable();
+    users.dedup();
+    let states = if users.is_empty() {
+        std::collections::HashMap::new()
+    } else {
+        s.users.current_all(&users).await?
+    };
+    Ok(transfers
+        .iter()
+        .map(|req| {
+            // No such wallet: the ledger answers that under lock.
+            let Some(owner) = kyc_wallet(req).and_then(|w| owners.get(&w).copied()) else {
+                return (None, Ok(None));
+            };
+            let spend = states
+                .get(&owner)
+                .ok_or_else(|| ApiError::not_found("user not found"))
+                .and_then(|user| spend_for(s, req, user));
+            (Some(owner), spend)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -240,16 +240,70 @@ pub async fn apply(
     req: &TransferRequest,
     spend: Option<Spend>,
 ) -> Result<(TransferResult, Applied), ApiError> {
+    let mut tx = pool.begin().await?;
+    let applied = apply_in(&mut tx, req, spend).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies each of `transfers` once, in one transaction and one commit: each in a
+/// savepoint of its own, so a refused transfer (funds, limits, status) gives back only
+/// its own writes and the others still apply. Every wallet the batch touches is locked
+/// first, in id order, as [`apply`] locks its two: two batches, or a batch and a single
+/// transfer, wait for each other instead of deadlocking. Answers per transfer, in the
+/// given order, what [`apply`] would have; an error means nothing was applied.
+pub async fn apply_all(
+    pool: &PgPool,
+    transfers: &[(TransferRequest, Option<Spend>)],
+) -> Result<Vec<Result<(TransferResult, Applied), ApiError>>, ApiError> {
+    let mut tx = pool.begin().await?;
+    let mut wallets = Vec::with_capacity(transfers.len() * 2);
+    for (req, _) in transfers {
+        // A request that names impossible sides is refused below, by `apply_in`.
+        if let Ok((from, to)) = sides(req.kind, req.from_wallet_id, req.to_wallet_id) {
+            wallets.push(resolve(&mut tx, from, req.currency).await?);
+            wallets.push(resolve(&mut tx, to, req.currency).await?);
+        }
+    }
+    wallets.sort_unstable();
+    wallets.dedup();
+    sqlx::query("SELECT id FROM wallets WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&wallets)
+        .execute(&mut *tx)
+        .await?;
+    let mut results = Vec::with_capacity(transfers.len());
+    for (req, spend) in transfers {
+        sqlx::query("SAVEPOINT finflow_transfer")
+            .execute(&mut *tx)
+            .await?;
+        let result = apply_in(&mut tx, req, *spend).await;
+        let end = if result.is_ok() {
+            "RELEASE SAVEPOINT finflow_transfer"
+        } else {
+            "ROLLBACK TO SAVEPOINT finflow_transfer"
+        };
+        sqlx::query(end).execute(&mut *tx).await?;
+        results.push(result);
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// [`apply`] inside the caller's transaction.
+async fn apply_in(
+    tx: &mut PgConnection,
+    req: &TransferRequest,
+    spend: Option<Spend>,
+) -> Result<(TransferResult, Applied), ApiError> {
     let money = Money::positive(req.amount, req.currency)
         .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
     let (from_side, to_side) = sides(req.kind, req.from_wallet_id, req.to_wallet_id)?;
 
-    let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
         .bind(req.transfer_id)
         .execute(&mut *tx)
         .await?;
-    if let Some(existing) = entry_by_transfer(&mut tx, req.transfer_id).await? {
+    if let Some(existing) = entry_by_transfer(tx, req.transfer_id).await? {
         let result = existing.into_result()?;
         if !same_request(&result, req, money) {
             return Err(
@@ -259,12 +313,12 @@ pub async fn apply(
         }
         return Ok((result, Applied::Before));
     }
-    if is_voided(&mut tx, req.transfer_id).await? {
+    if is_voided(tx, req.transfer_id).await? {
         return Err(voided(req.transfer_id));
     }
 
-    let from_id = resolve(&mut tx, from_side, money.currency()).await?;
-    let to_id = resolve(&mut tx, to_side, money.currency()).await?;
+    let from_id = resolve(tx, from_side, money.currency()).await?;
+    let to_id = resolve(tx, to_side, money.currency()).await?;
     let locked: Vec<LockedWallet> = sqlx::query_as(
         "SELECT id, user_id, kind, currency, status, balance FROM wallets \
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
@@ -326,7 +380,7 @@ pub async fn apply(
         // The lines' trigger has counted this transfer into the sender's day, holding that
         // row's lock until commit: two transfers from two wallets of one user take turns
         // here, and a refusal rolls the count back with everything else.
-        let spent = spent_today(&mut tx, sender).await?;
+        let spent = spent_today(tx, sender).await?;
         let before = spent
             .checked_sub(spend.value)
             .map_err(|e| ApiError::internal(&e))?;
@@ -335,8 +389,7 @@ pub async fn apply(
     let result = entry.into_result()?;
     let event = Event::new(crate::SERVICE, LEDGER_ENTRY_POSTED, &result)
         .map_err(|e| ApiError::internal(&e))?;
-    outbox::enqueue(&mut tx, &event).await?;
-    tx.commit().await?;
+    outbox::enqueue(tx, &event).await?;
     Ok((result, Applied::Now))
 }
 

@@ -95,7 +95,8 @@ impl Validate for Config {
         api::set_status,
         api::transactions,
         api::internal_wallet,
-        api::transfer
+        api::transfer,
+        api::transfer_batch
     ),
     components(schemas(finflow_platform::Currency))
 )]

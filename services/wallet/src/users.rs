@@ -4,11 +4,16 @@
 //! what makes B agree with what E told the client, and a revoked verification stops a
 //! user's payments at the next request.
 
+use std::collections::HashMap;
+
 use finflow_platform::client::ServiceClient;
 use finflow_platform::identity::{KycStatus, Tier};
 use finflow_platform::{ApiError, ErrorCode};
 use serde::Deserialize;
 use uuid::Uuid;
+
+/// Most users A answers in one lookup.
+const LOOKUP_MAX: usize = 100;
 
 /// The part of A's user B needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,5 +51,32 @@ impl Users {
     /// The user as A knows it now.
     pub async fn current(&self, user: Uuid) -> Result<UserState, ApiError> {
         self.auth.get(&format!("/internal/users/{user}")).await
+    }
+
+    /// Several users as A knows them now, in one call; a user A does not have is
+    /// missing from the map.
+    pub async fn current_all(&self, users: &[Uuid]) -> Result<HashMap<Uuid, UserState>, ApiError> {
+        #[derive(Deserialize)]
+        struct Listed {
+            id: Uuid,
+            #[serde(flatten)]
+            state: UserState,
+        }
+        #[derive(Deserialize)]
+        struct List {
+            users: Vec<Listed>,
+        }
+        let mut found = HashMap::with_capacity(users.len());
+        for chunk in users.chunks(LOOKUP_MAX) {
+            let list: List = self
+                .auth
+                .post(
+                    "/internal/users/lookup",
+                    &serde_json::json!({ "user_ids": chunk }),
+                )
+                .await?;
+            found.extend(list.users.into_iter().map(|u| (u.id, u.state)));
+        }
+        Ok(found)
     }
 }

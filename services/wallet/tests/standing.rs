@@ -264,3 +264,138 @@ async fn c_reads_a_payer_s_standing_and_the_payee_s_wallet_in_one_call() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["success"], false, "{body}");
 }
+
+#[tokio::test]
+async fn a_batch_applies_each_transfer_once_refuses_only_what_cannot_be_paid_and_asks_a_once() {
+    let stand = Stand::start().await;
+    let (payer, payee, revoked) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for user in [payer, payee, revoked] {
+        stand.auth.set(user, "verified", "bronze");
+    }
+    let (a, b, c) = (
+        stand.wallet_in(payer, "USD").await,
+        stand.wallet_in(payee, "USD").await,
+        stand.wallet_in(revoked, "USD").await,
+    );
+    for w in [a, c] {
+        let (status, body) = stand.deposit(w, "100", "USD").await;
+        assert_eq!(status, 201, "{body}");
+    }
+    stand.auth.set(revoked, "rejected", "bronze");
+    let lookups_before = stand.auth.lookups().len();
+    let send = |id: Uuid, from: Uuid, amount: &str| {
+        json!({"transfer_id": id, "kind": "transfer", "from_wallet_id": from, "to_wallet_id": b,
+            "amount": amount, "currency": "USD"})
+    };
+    let (t1, t2, t3, t4) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    let batch = json!({"transfers": [
+        send(t1, a, "30"),
+        send(t2, a, "80"),
+        send(t1, a, "30"),
+        send(t3, c, "10"),
+        {"transfer_id": t4, "kind": "deposit", "to_wallet_id": b, "amount": "5", "currency": "USD"},
+    ]});
+    let (status, body) = stand
+        .as_service(
+            "payment",
+            Method::POST,
+            "/internal/transfers/batch",
+            Some(&batch),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["data"]["results"].as_array().expect("results").clone();
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![201, 400, 200, 403, 201], "{body}");
+    assert_eq!(results[1]["error"]["code"], "INSUFFICIENT_FUNDS", "{body}");
+    assert_eq!(results[3]["error"]["code"], "KYC_REQUIRED", "{body}");
+    assert_eq!(results[0]["data"]["transfer_id"], json!(t1), "{body}");
+    assert_eq!(
+        results[2]["data"]["entry_id"], results[0]["data"]["entry_id"],
+        "applied once"
+    );
+    assert_eq!(results[1]["success"], false, "{body}");
+
+    // Money: 30 from a to b, 5 deposited into b; the refused moved nothing.
+    assert_eq!(stand.balance(a).await, "70.0000");
+    assert_eq!(stand.balance(b).await, "35.0000");
+    assert_eq!(stand.balance(c).await, "100.0000");
+    let balanced: bool = sqlx::query_scalar("SELECT sum(balance) = 0 FROM wallets")
+        .fetch_one(&stand.pool)
+        .await
+        .unwrap();
+    assert!(
+        balanced,
+        "the books balance: user money is minus the system accounts'"
+    );
+    // One question to A for the whole batch (its senders and the deposit's owner).
+    assert_eq!(stand.auth.lookups()[lookups_before..], [3]);
+
+    // The same batch again changes nothing and answers the applied ones as before.
+    let (status, again) = stand
+        .as_service(
+            "payment",
+            Method::POST,
+            "/internal/transfers/batch",
+            Some(&batch),
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["data"]["results"][0]["status"], 200, "{again}");
+    assert_eq!(again["data"]["results"][4]["status"], 200, "{again}");
+    assert_eq!(stand.balance(a).await, "70.0000");
+    assert_eq!(stand.balance(b).await, "35.0000");
+}
+
+#[tokio::test]
+async fn only_c_sends_a_batch_and_a_batch_is_one_to_a_hundred_transfers() {
+    let stand = Stand::start().await;
+    let payer = Uuid::now_v7();
+    stand.auth.set(payer, "verified", "bronze");
+    let a = stand.wallet_in(payer, "USD").await;
+    let one = json!({"transfers": [{"transfer_id": Uuid::now_v7(), "kind": "deposit",
+        "to_wallet_id": a, "amount": "5", "currency": "USD"}]});
+    for service in ["wallet", "kyc", "auth"] {
+        let (status, body) = stand
+            .as_service(
+                service,
+                Method::POST,
+                "/internal/transfers/batch",
+                Some(&one),
+            )
+            .await;
+        assert_eq!(status, 403, "{service}: {body}");
+    }
+    let (status, body) = stand
+        .as_user(
+            Method::POST,
+            "/internal/transfers/batch",
+            payer,
+            "user",
+            Some(&one),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let deposit = one["transfers"][0].clone();
+    for transfers in [vec![], vec![deposit; 101]] {
+        let (status, body) = stand
+            .as_service(
+                "payment",
+                Method::POST,
+                "/internal/transfers/batch",
+                Some(&json!({ "transfers": transfers })),
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{body}");
+    }
+    assert_eq!(stand.balance(a).await, "0.0000", "nothing moved");
+}

@@ -40,6 +40,12 @@ pub struct FakeWallets {
     standings: Arc<Mutex<Vec<Uuid>>>,
     /// Every wallet lookup C made, as `<id>?<query>`.
     lookups: Arc<Mutex<Vec<String>>>,
+    /// The size of each batch of transfers C sent.
+    batches: Arc<Mutex<Vec<usize>>>,
+    /// Wallets whose transfers B refuses for insufficient funds.
+    poor: Arc<Mutex<Vec<Uuid>>>,
+    /// While set, B answers a batch with 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeWallets {
@@ -71,6 +77,37 @@ impl FakeWallets {
     /// The wallet lookups C made, in order.
     pub fn lookups(&self) -> Vec<String> {
         self.lookups.lock().unwrap().clone()
+    }
+
+    /// The size of each batch of transfers C sent, in order.
+    pub fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
+    }
+
+    /// B refuses every transfer out of `wallet` (insufficient funds).
+    pub fn refuse_from(&self, wallet: Uuid) {
+        self.poor.lock().unwrap().push(wallet);
+    }
+
+    /// B's batch route answers 503 while `down`.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// B's answer to one transfer: its status and envelope.
+    fn apply(&self, transfer: &Value) -> (u16, Value) {
+        self.transfers.lock().unwrap().push(transfer.clone());
+        let from = transfer["from_wallet_id"]
+            .as_str()
+            .and_then(|w| w.parse::<Uuid>().ok());
+        if from.is_some_and(|w| self.poor.lock().unwrap().contains(&w)) {
+            return (
+                400,
+                json!({ "success": false,
+                "error": { "code": "INSUFFICIENT_FUNDS", "message": "insufficient funds" } }),
+            );
+        }
+        (201, json!({ "success": true, "data": transfer }))
     }
 
     pub fn transfers(&self) -> usize {
@@ -147,9 +184,54 @@ async fn fake_wallet(
     axum::Json(json!({ "success": true, "data": data })).into_response()
 }
 
-async fn fake_transfer(State(f): State<FakeWallets>, body: axum::Json<Value>) -> axum::Json<Value> {
-    f.transfers.lock().unwrap().push(body.0.clone());
-    axum::Json(json!({ "success": true, "data": body.0 }))
+async fn fake_transfer(
+    State(f): State<FakeWallets>,
+    body: axum::Json<Value>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    let (status, envelope) = f.apply(&body.0);
+    (
+        axum::http::StatusCode::from_u16(status).unwrap(),
+        axum::Json(envelope),
+    )
+}
+
+/// `POST /internal/transfers/batch` as B answers it: 1 to 100 transfers, each with its
+/// own status and envelope.
+async fn fake_batch(
+    State(f): State<FakeWallets>,
+    body: axum::Json<Value>,
+) -> (axum::http::StatusCode, axum::Json<Value>) {
+    use axum::http::StatusCode;
+    if f.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "success": false,
+                "error": { "code": "DEPENDENCY_UNAVAILABLE", "message": "auth is down" } })),
+        );
+    }
+    let Some(transfers) = body.0["transfers"]
+        .as_array()
+        .filter(|t| (1..=100).contains(&t.len()))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "success": false,
+                "error": { "code": "VALIDATION_ERROR", "message": "1 to 100 transfers" } })),
+        );
+    };
+    f.batches.lock().unwrap().push(transfers.len());
+    let results: Vec<Value> = transfers
+        .iter()
+        .map(|t| {
+            let (status, mut envelope) = f.apply(t);
+            envelope["status"] = json!(status);
+            envelope
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        axum::Json(json!({ "success": true, "data": { "results": results } })),
+    )
 }
 
 async fn fake_token() -> axum::Json<Value> {
@@ -163,6 +245,8 @@ async fn fake_token() -> axum::Json<Value> {
 pub struct Stand {
     pub base: String,
     pub wallets: FakeWallets,
+    /// C's client of the stand-in, as the API and the worker use it.
+    pub client: Wallets,
     _db: TestDb,
     pub pool: PgPool,
 }
@@ -175,6 +259,7 @@ impl Stand {
             .route("/api/v1/auth/token", post(fake_token))
             .route("/internal/wallets/{id}", get(fake_wallet))
             .route("/internal/transfers", post(fake_transfer))
+            .route("/internal/transfers/batch", post(fake_batch))
             .with_state(wallets.clone());
         let fake_url = serve(fake).await;
         let http = ServiceClient::http_client();
@@ -185,10 +270,11 @@ impl Stand {
             http.clone(),
         );
         let redis = cache::connect(&cache::test_url()).await.unwrap();
+        let client = Wallets::new(ServiceClient::new("wallet", &fake_url, tokens, http));
         let api = router(AppState {
             pool: db.pool.clone(),
             keys: Keys::new(redis),
-            wallets: Wallets::new(ServiceClient::new("wallet", &fake_url, tokens, http)),
+            wallets: client.clone(),
             settings: Arc::new(Settings {
                 aml_hold_threshold: Amount::parse("10000").unwrap(),
                 rates: Rates::parse("USD", DEFAULT_RATES).unwrap(),
@@ -200,6 +286,7 @@ impl Stand {
         Self {
             base: serve(api).await,
             wallets,
+            client,
             pool: db.pool.clone(),
             _db: db,
         }

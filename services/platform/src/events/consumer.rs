@@ -49,6 +49,47 @@ pub trait Handler: Send + Sync + 'static {
         tx: &'a mut PgConnection,
         event: &'a Event,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a;
+
+    /// Applies several new events in the caller's transaction, answering per event. An
+    /// event answered with an error must leave no write behind: the caller gives back
+    /// its dedupe record and retries it alone, through [`Handler::handle`]. The default
+    /// runs `handle` for each in a savepoint of its own ([`each_in_savepoint`]); a
+    /// handler that can do a batch's work together (one call to a dependency for all of
+    /// them) does it here.
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, sqlx::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        each_in_savepoint(self, tx, events)
+    }
+}
+
+/// Runs `handler` for each event in a savepoint of its own: a failed event gives back
+/// only its own writes.
+pub async fn each_in_savepoint<H: Handler>(
+    handler: &H,
+    tx: &mut PgConnection,
+    events: &[&Event],
+) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
+    let mut results = Vec::with_capacity(events.len());
+    for event in events {
+        sqlx::query("SAVEPOINT finflow_event")
+            .execute(&mut *tx)
+            .await?;
+        let result = handler.handle(tx, event).await;
+        let end = if result.is_ok() {
+            "RELEASE SAVEPOINT finflow_event"
+        } else {
+            "ROLLBACK TO SAVEPOINT finflow_event"
+        };
+        sqlx::query(end).execute(&mut *tx).await?;
+        results.push(result);
+    }
+    Ok(results)
 }
 
 /// What happened to one delivery.
@@ -129,41 +170,44 @@ pub async fn apply_batch<H: Handler>(
     .await?
     .into_iter()
     .collect();
-    let mut applied = std::collections::HashSet::new();
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        // Processed before, or earlier in this batch (a redelivered copy).
-        if !new.contains(&event.id) || applied.contains(&event.id) {
-            outcomes.push(Some(Outcome::Duplicate));
-            continue;
-        }
-        sqlx::query("SAVEPOINT finflow_event")
-            .execute(&mut *tx)
-            .await?;
-        match handler.handle(&mut tx, event).await {
-            Ok(()) => {
-                sqlx::query("RELEASE SAVEPOINT finflow_event")
-                    .execute(&mut *tx)
-                    .await?;
-                applied.insert(event.id);
-                outcomes.push(Some(Outcome::Applied));
-            }
-            Err(e) => {
-                tracing::debug!(event_id = %event.id, error = %e, "event failed in a batch; retried alone");
-                sqlx::query("ROLLBACK TO SAVEPOINT finflow_event")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM processed_events WHERE consumer = $1 AND event_id = $2")
-                    .bind(consumer)
-                    .bind(event.id)
-                    .execute(&mut *tx)
-                    .await?;
-                // Its other deliveries in this batch are retried with it.
-                applied.insert(event.id);
-                outcomes.push(None);
-            }
+    // Each new event once (a redelivered copy in the same batch is a duplicate).
+    let mut seen = std::collections::HashSet::new();
+    let fresh: Vec<bool> = events
+        .iter()
+        .map(|e| new.contains(&e.id) && seen.insert(e.id))
+        .collect();
+    let to_apply: Vec<&Event> = events
+        .iter()
+        .zip(&fresh)
+        .filter(|(_, f)| **f)
+        .map(|(e, _)| *e)
+        .collect();
+    let mut results = handler.handle_batch(&mut tx, &to_apply).await?.into_iter();
+    let mut failed = std::collections::HashSet::new();
+    for event in &to_apply {
+        let result = results
+            .next()
+            .unwrap_or_else(|| Err(HandlerError::Transient("the handler gave no answer".into())));
+        if let Err(e) = &result {
+            tracing::debug!(event_id = %event.id, error = %e, "event failed in a batch; retried alone");
+            sqlx::query("DELETE FROM processed_events WHERE consumer = $1 AND event_id = $2")
+                .bind(consumer)
+                .bind(event.id)
+                .execute(&mut *tx)
+                .await?;
+            failed.insert(event.id);
         }
     }
+    let outcomes = events
+        .iter()
+        .zip(fresh)
+        .map(|(event, fresh)| match (fresh, failed.contains(&event.id)) {
+            // Its other deliveries in this batch are retried with it.
+            (_, true) => None,
+            (true, false) => Some(Outcome::Applied),
+            (false, false) => Some(Outcome::Duplicate),
+        })
+        .collect();
     tx.commit().await?;
     Ok(outcomes)
 }

@@ -1,7 +1,7 @@
 //! B's API on a real socket against real PostgreSQL, with a stand-in for A.
 //!
 //! A is B's only dependency here, and what B needs of it is small: a service token and
-//! `GET /internal/users/{id}`. The stand-in refuses what A refuses (no token, an unknown
+//! `GET /internal/users/{id}` (or `POST /internal/users/lookup` for several). The stand-in refuses what A refuses (no token, an unknown
 //! user) and answers what A would for the users a test declares; the real A behind its
 //! sidecar is exercised end to end in e2e/.
 #![allow(dead_code)]
@@ -29,6 +29,8 @@ const TOKEN: &str = "stand-in-service-token";
 #[derive(Clone, Default)]
 pub struct FakeAuth {
     users: Arc<Mutex<HashMap<Uuid, (String, String)>>>,
+    /// The size of each `POST /internal/users/lookup` B made.
+    lookups: Arc<Mutex<Vec<usize>>>,
 }
 
 impl FakeAuth {
@@ -37,6 +39,11 @@ impl FakeAuth {
             .lock()
             .unwrap()
             .insert(user, (kyc_status.to_owned(), tier.to_owned()));
+    }
+
+    /// How many users each of B's lookups asked for, in order.
+    pub fn lookups(&self) -> Vec<usize> {
+        self.lookups.lock().unwrap().clone()
     }
 
     async fn serve(self) -> String {
@@ -70,8 +77,48 @@ impl FakeAuth {
                 None => error(StatusCode::NOT_FOUND, "NOT_FOUND"),
             }
         }
+        // `POST /internal/users/lookup`: as A, 1 to 100 ids, the known ones answered.
+        async fn lookup(
+            State(auth): State<FakeAuth>,
+            headers: HeaderMap,
+            axum::Json(body): axum::Json<Value>,
+        ) -> (StatusCode, axum::Json<Value>) {
+            let error = |status: StatusCode, code: &str| {
+                (
+                    status,
+                    axum::Json(json!({"success": false, "error": {"code": code, "message": code}})),
+                )
+            };
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                != Some(&format!("Bearer {TOKEN}"))
+            {
+                return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            }
+            let Some(ids) = body["user_ids"]
+                .as_array()
+                .filter(|ids| (1..=100).contains(&ids.len()))
+            else {
+                return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+            };
+            auth.lookups.lock().unwrap().push(ids.len());
+            let users = auth.users.lock().unwrap();
+            let found: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| id.as_str().and_then(|id| id.parse::<Uuid>().ok()))
+                .filter_map(|id| {
+                    users.get(&id).map(
+                        |(kyc, tier)| json!({"id": id, "kyc_status": kyc, "account_tier": tier}),
+                    )
+                })
+                .collect();
+            (
+                StatusCode::OK,
+                axum::Json(json!({"success": true, "data": {"users": found}})),
+            )
+        }
         let app = Router::new()
             .route("/api/v1/auth/token", post(token))
+            .route("/internal/users/lookup", post(lookup))
             .route("/internal/users/{id}", get(user))
             .with_state(self);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
