@@ -2,14 +2,15 @@
 //!
 //! The consumer writes `deliveries` rows in the transaction that records the event, so a
 //! delivery exists exactly when its event was processed. Several senders per process
-//! (and every replica) share the table: each claims one due row in a short transaction
-//! (`FOR UPDATE SKIP LOCKED`), which moves its next attempt a lease ahead and stamps a
-//! claim id, then sends with no transaction open and records the outcome only if its
-//! claim still stands: delivered, or another attempt later, or failed after
-//! `max_attempts`. So a receiver that hangs holds up one sender for at most the send
-//! timeout, never the other users' mail, and holds no row lock or pooled connection
-//! meanwhile; a sender that dies mid-send leaves its delivery to be retried when the
-//! lease ends (at least once: receivers dedupe by the delivery id).
+//! (and every replica) share the table: each claims the due rows (up to a batch) in a
+//! short transaction (`FOR UPDATE SKIP LOCKED`), which moves their next attempt a lease
+//! ahead and stamps one claim id, then sends them all at once with no transaction open
+//! and records the outcomes, in one transaction, only where the claim still stands:
+//! delivered, or another attempt later, or failed after `max_attempts`. So a receiver
+//! that hangs delays its batch's record by at most the send timeout, never another
+//! send, and holds no row lock or pooled connection meanwhile; a sender that dies
+//! mid-send leaves its deliveries to be retried when the lease ends (at least once:
+//! receivers dedupe by the delivery id).
 
 use std::time::Duration;
 
@@ -92,6 +93,10 @@ pub struct Sender {
 /// record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
+/// Most deliveries one sender claims at once: sent together, their outcomes recorded
+/// in one transaction (two commits for the lot instead of two each).
+const CLAIM_BATCH: i64 = 16;
+
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
@@ -137,20 +142,23 @@ impl Sender {
         }
     }
 
-    /// Claims, sends and records the next due delivery; false when none was due.
+    /// Claims the due deliveries (up to [`CLAIM_BATCH`]), sends them at once and
+    /// records what became of them; false when none was due.
     pub async fn deliver_next(&self) -> Result<bool, sqlx::Error> {
-        let Some(d) = self.claim().await? else {
+        let claimed = self.claim().await?;
+        if claimed.is_empty() {
             return Ok(false);
-        };
-        let result = if d.attempts > self.max_attempts {
-            // Every attempt so far outlived its lease (its sender hung or died): the
-            // attempts are spent all the same.
-            Err("no attempt finished within its lease".to_owned())
-        } else {
+        }
+        let sends = claimed.iter().map(|d| async move {
+            if d.attempts > self.max_attempts {
+                // Every attempt so far outlived its lease (its sender hung or died): the
+                // attempts are spent all the same.
+                return Err("no attempt finished within its lease".to_owned());
+            }
             let send = async {
                 match d.channel.as_str() {
-                    "email" => self.send_email(&d).await,
-                    _ => self.send_webhook(&d).await,
+                    "email" => self.send_email(d).await,
+                    _ => self.send_webhook(d).await,
                 }
             };
             // lettre bounds only the SMTP connect; this bounds the whole conversation,
@@ -158,20 +166,22 @@ impl Sender {
             tokio::time::timeout(self.send_timeout, send)
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.send_timeout)))
-        };
-        self.record(&d, result).await?;
+        });
+        let results = futures_util::future::join_all(sends).await;
+        self.record(&claimed, results).await?;
         Ok(true)
     }
 
-    /// Takes the next due delivery for a lease, counting the attempt now: an attempt
-    /// whose sender dies still counts towards giving up. The lease is on the
-    /// database's clock, which is the one `next_attempt_at` is compared with.
-    async fn claim(&self) -> Result<Option<Due>, sqlx::Error> {
+    /// Takes the due deliveries, up to [`CLAIM_BATCH`], for a lease under one claim id,
+    /// counting the attempt now: an attempt whose sender dies still counts towards
+    /// giving up. The lease is on the database's clock, which is the one
+    /// `next_attempt_at` is compared with.
+    async fn claim(&self) -> Result<Vec<Due>, sqlx::Error> {
         let lease = (self.send_timeout + LEASE_MARGIN).as_secs_f64();
         sqlx::query_as(
             "WITH due AS ( \
                SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE deliveries d SET claim = $1, attempts = d.attempts + 1, \
                next_attempt_at = now() + make_interval(secs => $2) \
              FROM due WHERE d.id = due.id \
@@ -180,54 +190,81 @@ impl Sender {
         )
         .bind(Uuid::new_v4())
         .bind(lease)
-        .fetch_optional(&self.pool)
+        .bind(CLAIM_BATCH)
+        .fetch_all(&self.pool)
         .await
     }
 
-    /// Records the outcome of attempt `d.attempts`, if the claim still stands.
-    async fn record(&self, d: &Due, result: Result<(), String>) -> Result<(), sqlx::Error> {
-        let attempts = d.attempts;
-        let (recorded, outcome) = match result {
-            Ok(()) => {
-                let recorded = sqlx::query(
-                    "UPDATE deliveries SET status = 'delivered', delivered_at = now(), \
-                     last_error = NULL, claim = NULL WHERE id = $1 AND claim = $2",
-                )
-                .bind(d.id)
-                .bind(d.claim)
-                .execute(&self.pool)
-                .await?;
-                (recorded, "delivered")
-            }
-            Err(error) => {
-                let give_up = attempts >= self.max_attempts;
-                let wait = finflow_platform::events::backoff(
-                    u32::try_from(attempts - 1).unwrap_or(0),
-                    self.retry_base,
-                    self.retry_cap,
-                );
-                let recorded = sqlx::query(
-                    "UPDATE deliveries SET status = $3, last_error = $4, \
-                     next_attempt_at = now() + make_interval(secs => $5), claim = NULL \
-                     WHERE id = $1 AND claim = $2",
-                )
-                .bind(d.id)
-                .bind(d.claim)
-                .bind(if give_up { "failed" } else { "pending" })
-                .bind(&error)
-                .bind(wait.as_secs_f64())
-                .execute(&self.pool)
-                .await?;
-                tracing::info!(delivery = %d.id, channel = %d.channel, attempts, give_up, %error, "delivery failed");
-                (recorded, if give_up { "failed" } else { "retry" })
-            }
-        };
-        if recorded.rows_affected() == 0 {
-            // The lease ran out first and another sender took the delivery over: its
-            // attempt is the one on record.
-            tracing::warn!(delivery = %d.id, outcome, "a delivery outlived its lease; outcome not recorded");
+    /// Records the outcomes of a claim's attempts where the claim still stands, in one
+    /// transaction: the delivered ones in one statement.
+    async fn record(
+        &self,
+        claimed: &[Due],
+        results: Vec<Result<(), String>>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let delivered: Vec<Uuid> = claimed
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(d, _)| d.id)
+            .collect();
+        let recorded: std::collections::HashSet<Uuid> = if delivered.is_empty() {
+            std::collections::HashSet::new()
         } else {
-            metrics::counter!("finflow_notification_deliveries_total", "channel" => d.channel.clone(), "outcome" => outcome).increment(1);
+            sqlx::query_scalar(
+                "UPDATE deliveries SET status = 'delivered', delivered_at = now(), \
+                 last_error = NULL, claim = NULL WHERE id = ANY($1) AND claim = $2 RETURNING id",
+            )
+            .bind(&delivered)
+            .bind(claimed[0].claim)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
+        let mut outcomes = Vec::with_capacity(claimed.len());
+        for (d, result) in claimed.iter().zip(results) {
+            let attempts = d.attempts;
+            let (stands, outcome) = match result {
+                Ok(()) => (recorded.contains(&d.id), "delivered"),
+                Err(error) => {
+                    let give_up = attempts >= self.max_attempts;
+                    let wait = finflow_platform::events::backoff(
+                        u32::try_from(attempts - 1).unwrap_or(0),
+                        self.retry_base,
+                        self.retry_cap,
+                    );
+                    let updated = sqlx::query(
+                        "UPDATE deliveries SET status = $3, last_error = $4, \
+                         next_attempt_at = now() + make_interval(secs => $5), claim = NULL \
+                         WHERE id = $1 AND claim = $2",
+                    )
+                    .bind(d.id)
+                    .bind(d.claim)
+                    .bind(if give_up { "failed" } else { "pending" })
+                    .bind(&error)
+                    .bind(wait.as_secs_f64())
+                    .execute(&mut *tx)
+                    .await?;
+                    tracing::info!(delivery = %d.id, channel = %d.channel, attempts, give_up, %error, "delivery failed");
+                    (
+                        updated.rows_affected() > 0,
+                        if give_up { "failed" } else { "retry" },
+                    )
+                }
+            };
+            outcomes.push((d, stands, outcome));
+        }
+        tx.commit().await?;
+        for (d, stands, outcome) in outcomes {
+            if stands {
+                metrics::counter!("finflow_notification_deliveries_total", "channel" => d.channel.clone(), "outcome" => outcome).increment(1);
+            } else {
+                // The lease ran out first and another sender took the delivery over: its
+                // attempt is the one on record.
+                tracing::warn!(delivery = %d.id, outcome, "a delivery outlived its lease; outcome not recorded");
+            }
         }
         Ok(())
     }

@@ -747,3 +747,57 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
             .unwrap();
     assert_eq!(payloads_with_token, 0);
 }
+
+#[tokio::test]
+async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
+    let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
+    let (smtp_port, mailbox) = smtp_sink().await;
+    let smtp = lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(smtp_port)
+        .build();
+    let sender = delivery::Sender {
+        pool: db.pool.clone(),
+        smtp,
+        mail_from: "FinFlow <no-reply@finflow.local>".to_owned(),
+        http: reqwest::Client::new(),
+        policy: finflow_notification::targets::Policy::new(Default::default()),
+        max_attempts: 3,
+        retry_base: Duration::from_millis(50),
+        retry_cap: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(10),
+    };
+    let user = Uuid::new_v4();
+    for i in 0..20 {
+        sqlx::query(
+            "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, \
+             payload, status) \
+             VALUES ($1, $2, $3, 'payment.completed', 'email', $4, 'Payment completed', 'Done', '{}', 'pending')",
+        )
+        .bind(Uuid::new_v4())
+        .bind(user)
+        .bind(Uuid::new_v4())
+        .bind(format!("user{i}@example.com"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let delivered = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1 AND claim IS NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    // One round: a batch of 16 claimed under one claim, sent, recorded.
+    assert!(sender.deliver_next().await.unwrap());
+    assert_eq!(delivered().await, 16);
+    assert_eq!(mailbox.lock().unwrap().len(), 16);
+    assert!(sender.deliver_next().await.unwrap());
+    assert_eq!(delivered().await, 20);
+    assert!(
+        !sender.deliver_next().await.unwrap(),
+        "nothing is due any more"
+    );
+    assert_eq!(mailbox.lock().unwrap().len(), 20, "each mail sent once");
+}
