@@ -87,8 +87,11 @@ pub struct Config {
     pub aml_hold_threshold: String,
     #[command(flatten)]
     pub fx: FxConfig,
-    /// Consumers of the payment queue in this process (each with its own channel).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    /// Consumers of the payment queue in this process (each with its own channel). Each
+    /// sends what it holds (up to `AMQP_PREFETCH`) to B as one batch: a few consumers
+    /// with full batches cost less than many with a payment or two each, and payments
+    /// from the same wallets serialize at B whatever the number.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: u16,
     /// A PENDING payment unchanged this long gets a new `payment.requested`, in seconds.
     #[arg(long, env = "SWEEP_REPUBLISH_AFTER_SECS", default_value_t = 30)]

@@ -77,7 +77,7 @@ impl Handler for PaymentWorker {
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [&'a Event],
-    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, sqlx::Error>> + Send + 'a {
+    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, HandlerError>> + Send + 'a {
         self.apply_all(tx, events)
     }
 }
@@ -87,7 +87,7 @@ impl PaymentWorker {
         &self,
         tx: &mut PgConnection,
         events: &[&Event],
-    ) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
+    ) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
         let mut results: Vec<Result<(), HandlerError>> = Vec::with_capacity(events.len());
         let mut wanted = Vec::with_capacity(events.len());
         for event in events {

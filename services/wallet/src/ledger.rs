@@ -246,31 +246,35 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// Applies each of `transfers` once, in one transaction and one commit: each in a
-/// savepoint of its own, so a refused transfer (funds, limits, status) gives back only
-/// its own writes and the others still apply. Every wallet the batch touches is locked
-/// first, in id order, as [`apply`] locks its two: two batches, or a batch and a single
-/// transfer, wait for each other instead of deadlocking. Answers per transfer, in the
-/// given order, what [`apply`] would have; an error means nothing was applied.
+/// Applies each of `transfers` once, in one transaction and one commit. A refused
+/// transfer (funds, limits, status) gives back only its own writes and the others
+/// still apply: a first pass assumes none is refused, and only a batch with a refusal
+/// is done again with a savepoint per transfer (two more statements each, paid only
+/// then). Every wallet the batch touches is locked first, in id order, as [`apply`]
+/// locks its two: two batches, or a batch and a single transfer, wait for each other
+/// instead of deadlocking. Answers per transfer, in the given order, what [`apply`]
+/// would have; an error means nothing was applied.
 pub async fn apply_all(
     pool: &PgPool,
     transfers: &[(TransferRequest, Option<Spend>)],
 ) -> Result<Vec<Result<(TransferResult, Applied), ApiError>>, ApiError> {
     let mut tx = pool.begin().await?;
-    let mut wallets = Vec::with_capacity(transfers.len() * 2);
-    for (req, _) in transfers {
-        // A request that names impossible sides is refused below, by `apply_in`.
-        if let Ok((from, to)) = sides(req.kind, req.from_wallet_id, req.to_wallet_id) {
-            wallets.push(resolve(&mut tx, from, req.currency).await?);
-            wallets.push(resolve(&mut tx, to, req.currency).await?);
+    lock_all(&mut tx, transfers).await?;
+    let mut applied = Vec::with_capacity(transfers.len());
+    for (req, spend) in transfers {
+        match apply_in(&mut tx, req, *spend).await {
+            Ok(result) => applied.push(Ok(result)),
+            Err(_) => break,
         }
     }
-    wallets.sort_unstable();
-    wallets.dedup();
-    sqlx::query("SELECT id FROM wallets WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&wallets)
-        .execute(&mut *tx)
-        .await?;
+    if applied.len() == transfers.len() {
+        tx.commit().await?;
+        return Ok(applied);
+    }
+    tx.rollback().await?;
+
+    let mut tx = pool.begin().await?;
+    lock_all(&mut tx, transfers).await?;
     let mut results = Vec::with_capacity(transfers.len());
     for (req, spend) in transfers {
         sqlx::query("SAVEPOINT finflow_transfer")
@@ -287,6 +291,29 @@ pub async fn apply_all(
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// Locks every account `transfers` touch, in id order (system accounts created first
+/// if need be).
+async fn lock_all(
+    tx: &mut PgConnection,
+    transfers: &[(TransferRequest, Option<Spend>)],
+) -> Result<(), sqlx::Error> {
+    let mut wallets = Vec::with_capacity(transfers.len() * 2);
+    for (req, _) in transfers {
+        // A request that names impossible sides is refused by `apply_in`.
+        if let Ok((from, to)) = sides(req.kind, req.from_wallet_id, req.to_wallet_id) {
+            wallets.push(resolve(tx, from, req.currency).await?);
+            wallets.push(resolve(tx, to, req.currency).await?);
+        }
+    }
+    wallets.sort_unstable();
+    wallets.dedup();
+    sqlx::query("SELECT id FROM wallets WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(&wallets)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// [`apply`] inside the caller's transaction.

@@ -2,10 +2,11 @@
 //!
 //! Deliveries that are already waiting (up to the prefetch) are applied together, in
 //! one transaction ([`apply_batch`]): one multi-row insert of their ids into the dedupe
-//! table, each handler in a savepoint of its own, one commit, then each ACK. A commit is
-//! what PostgreSQL charges most for, and one per event was most of an event's cost. A
-//! handler that fails gives up only its savepoint; its event is then retried alone, as
-//! every event was before ([`apply_once`]).
+//! table, the handlers ([`Handler::handle_batch`]), one commit, then one ACK for the
+//! batch. A commit is what PostgreSQL charges most for, and one per event was most of
+//! an event's cost. When a handler fails, the batch (or, for a handler that answers per
+//! event, that event) is given back and each of its events is retried alone, as every
+//! event was before ([`apply_once`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -52,44 +53,36 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Applies several new events in the caller's transaction, answering per event. An
     /// event answered with an error must leave no write behind: the caller gives back
-    /// its dedupe record and retries it alone, through [`Handler::handle`]. The default
-    /// runs `handle` for each in a savepoint of its own ([`each_in_savepoint`]); a
-    /// handler that can do a batch's work together (one call to a dependency for all of
-    /// them) does it here.
+    /// its dedupe record and retries it alone, through [`Handler::handle`]. An `Err` is
+    /// the batch's: nothing of it is committed, and each event is retried alone.
+    ///
+    /// The default runs `handle` for each in turn and gives up the batch at the first
+    /// failure ([`each_in_turn`]): failures are rare, and a savepoint per event would
+    /// cost two more statements each for all the batches that succeed. A handler that
+    /// can do a batch's work together (one call to a dependency for all of them) does
+    /// it here.
     fn handle_batch<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         events: &'a [&'a Event],
-    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, sqlx::Error>> + Send + 'a
+    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, HandlerError>> + Send + 'a
     where
         Self: Sized,
     {
-        each_in_savepoint(self, tx, events)
+        each_in_turn(self, tx, events)
     }
 }
 
-/// Runs `handler` for each event in a savepoint of its own: a failed event gives back
-/// only its own writes.
-pub async fn each_in_savepoint<H: Handler>(
+/// Runs `handler` for each event in turn; the first failure fails the batch.
+pub async fn each_in_turn<H: Handler>(
     handler: &H,
     tx: &mut PgConnection,
     events: &[&Event],
-) -> Result<Vec<Result<(), HandlerError>>, sqlx::Error> {
-    let mut results = Vec::with_capacity(events.len());
+) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
     for event in events {
-        sqlx::query("SAVEPOINT finflow_event")
-            .execute(&mut *tx)
-            .await?;
-        let result = handler.handle(tx, event).await;
-        let end = if result.is_ok() {
-            "RELEASE SAVEPOINT finflow_event"
-        } else {
-            "ROLLBACK TO SAVEPOINT finflow_event"
-        };
-        sqlx::query(end).execute(&mut *tx).await?;
-        results.push(result);
+        handler.handle(tx, event).await?;
     }
-    Ok(results)
+    Ok(events.iter().map(|_| Ok(())).collect())
 }
 
 /// What happened to one delivery.
@@ -140,10 +133,11 @@ impl ConsumerSpec {
 }
 
 /// Applies `events` in one transaction: their ids recorded by one insert (sorted, so
-/// two consumers never wait on each other's ids in opposite orders), each new event's
-/// handler in a savepoint. Per event: `Some` outcome, or `None` when its handler failed
-/// (its writes and id rolled back to the savepoint: the caller retries it alone).
-/// An error means nothing was committed.
+/// two consumers never wait on each other's ids in opposite orders), the new ones
+/// through [`Handler::handle_batch`]. Per event: `Some` outcome, or `None` when it
+/// failed (it left no write and its id is given back: the caller retries it alone;
+/// when the batch failed, every event is `None` and nothing was committed). An error
+/// means nothing was committed.
 pub async fn apply_batch<H: Handler>(
     pool: &PgPool,
     consumer: &str,
@@ -182,7 +176,14 @@ pub async fn apply_batch<H: Handler>(
         .filter(|(_, f)| **f)
         .map(|(e, _)| *e)
         .collect();
-    let mut results = handler.handle_batch(&mut tx, &to_apply).await?.into_iter();
+    let mut results = match handler.handle_batch(&mut tx, &to_apply).await {
+        Ok(results) => results.into_iter(),
+        Err(e) => {
+            tracing::debug!(error = %e, "a batch failed; its events are applied alone");
+            tx.rollback().await?;
+            return Ok(vec![None; events.len()]);
+        }
+    };
     let mut failed = std::collections::HashSet::new();
     for event in &to_apply {
         let result = results
