@@ -55,21 +55,35 @@ struct NewUser {
 
 /// Whether `user` wants `event_type` on `channel` (email and in-app default on, and
 /// webhooks on once one is registered).
-async fn wants(
-    tx: &mut PgConnection,
-    user: Uuid,
-    event_type: &str,
-    channel: &str,
-) -> Result<bool, sqlx::Error> {
-    let explicit: Option<bool> = sqlx::query_scalar(
-        "SELECT enabled FROM preferences WHERE user_id = $1 AND event_type = $2 AND channel = $3",
-    )
-    .bind(user)
-    .bind(event_type)
-    .bind(channel)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(explicit.unwrap_or(true))
+/// How an event reaches its user: the channels they want it on (each wanted unless
+/// turned off), their address and whether they have webhooks, read in one query.
+#[derive(sqlx::FromRow)]
+struct Reach {
+    in_app: bool,
+    email: bool,
+    webhook: bool,
+    address: Option<String>,
+    has_webhooks: bool,
+}
+
+impl Reach {
+    async fn of(tx: &mut PgConnection, user: Uuid, event_type: &str) -> Result<Self, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT \
+               coalesce((SELECT enabled FROM preferences p WHERE p.user_id = $1 AND p.event_type = $2 \
+                          AND p.channel = 'in_app'), true) AS in_app, \
+               coalesce((SELECT enabled FROM preferences p WHERE p.user_id = $1 AND p.event_type = $2 \
+                          AND p.channel = 'email'), true) AS email, \
+               coalesce((SELECT enabled FROM preferences p WHERE p.user_id = $1 AND p.event_type = $2 \
+                          AND p.channel = 'webhook'), true) AS webhook, \
+               (SELECT email FROM contacts c WHERE c.user_id = $1) AS address, \
+               EXISTS (SELECT 1 FROM webhooks w WHERE w.user_id = $1) AS has_webhooks",
+        )
+        .bind(user)
+        .bind(event_type)
+        .fetch_one(&mut *tx)
+        .await
+    }
 }
 
 /// Queues `message` as an email of `event` to `to`, once per event and address.
@@ -145,7 +159,8 @@ impl Handler for Notifier {
             return Ok(());
         };
         let user = message.user_id;
-        if wants(tx, user, &event.event_type, "in_app").await? {
+        let reach = Reach::of(tx, user, &event.event_type).await?;
+        if reach.in_app {
             sqlx::query(
                 "INSERT INTO notifications (id, user_id, event_id, event_type, title, body) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -160,18 +175,13 @@ impl Handler for Notifier {
         }
         let payload =
             serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        if wants(tx, user, &event.event_type, "email").await? {
-            let email: Option<String> =
-                sqlx::query_scalar("SELECT email FROM contacts WHERE user_id = $1")
-                    .bind(user)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            match email {
-                Some(to) => queue_email(tx, user, event, &to, &message, &payload).await?,
+        if reach.email {
+            match &reach.address {
+                Some(to) => queue_email(tx, user, event, to, &message, &payload).await?,
                 None => tracing::warn!(%user, "no email known for the user; email skipped"),
             }
         }
-        if wants(tx, user, &event.event_type, "webhook").await? {
+        if reach.webhook && reach.has_webhooks {
             sqlx::query(
                 "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, subject, body, payload, status) \
                  SELECT gen_random_uuid(), $1, $2, $3, 'webhook', w.url, w.id, $4, $5, $6, 'pending' \

@@ -672,3 +672,96 @@ async fn a_batch_acknowledged_with_one_ack_leaves_nothing_to_redeliver() {
     assert_eq!(counter(&db).await, (50, 50));
     delete_queues(&ch, &spec.queue).await;
 }
+
+#[tokio::test]
+async fn one_relay_of_a_database_scans_and_another_takes_over_when_it_stops() {
+    let db = TestDb::new(None).await;
+    let (_conn, ch) = channel().await;
+    let event_type = unique("leader");
+    let spec = QueueSpec::new(unique("leader-q"), &[&event_type]);
+    events::declare_queue(&ch, &spec).await.unwrap();
+    let start = |name: &str| {
+        let mut relay = Relay::new(db.pool.clone(), events::test_url(), name);
+        relay.poll_interval = Duration::from_millis(200);
+        let stop = CancellationToken::new();
+        (stop.clone(), tokio::spawn(relay.run(stop)))
+    };
+    let leaders = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    let publish = |amount: i64| {
+        let pool = db.pool.clone();
+        let event_type = event_type.clone();
+        async move {
+            let event = Event::new(
+                "test",
+                &event_type,
+                &serde_json::json!({ "amount": amount }),
+            )
+            .unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            outbox::enqueue(&mut tx, &event).await.unwrap();
+            tx.commit().await.unwrap();
+            event
+        }
+    };
+    let (first_stop, first) = start("first");
+    eventually("the first relay to lead", || async { leaders().await == 1 }).await;
+    let (second_stop, second) = start("second");
+    let one = publish(1).await;
+    eventually("the leader to publish", || async {
+        outbox::is_published(&db.pool, one.id).await.unwrap()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(leaders().await, 1, "the second relay stands by");
+
+    // The leader goes away: the one standing by takes over.
+    first_stop.cancel();
+    first.await.unwrap();
+    let two = publish(2).await;
+    eventually("the second relay to take over and publish", || async {
+        outbox::is_published(&db.pool, two.id).await.unwrap()
+    })
+    .await;
+    assert_eq!(leaders().await, 1);
+
+    // A relay whose task is dropped mid-flight (not stopped) hands over too: its
+    // listening connection, and the lock with it, go with it.
+    let (third_stop, third) = start("third");
+    second.abort();
+    let _ = second.await;
+    let three = publish(3).await;
+    eventually("the third relay to take over and publish", || async {
+        outbox::is_published(&db.pool, three.id).await.unwrap()
+    })
+    .await;
+    let mut received = Vec::new();
+    while let Some(m) = ch
+        .basic_get(spec.name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        received.push(
+            serde_json::from_slice::<Event>(&m.delivery.data)
+                .unwrap()
+                .id,
+        );
+    }
+    assert_eq!(
+        received,
+        vec![one.id, two.id, three.id],
+        "each published once, in order"
+    );
+
+    drop(second_stop);
+    third_stop.cancel();
+    third.await.unwrap();
+    delete_queues(&ch, &spec).await;
+}

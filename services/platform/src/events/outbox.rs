@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,6 +14,9 @@ use crate::telemetry;
 
 /// The PostgreSQL channel `enqueue` notifies so the relay wakes at once.
 const NOTIFY_CHANNEL: &str = "finflow_outbox";
+
+/// The session advisory lock of the relay that scans a database's outbox.
+const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
 /// Records `event` in the outbox as part of the caller's transaction, with the current
 /// trace context. Nothing is published unless that transaction commits.
@@ -122,14 +125,78 @@ impl Relay {
         let publisher = Publisher::new(&connection)
             .await
             .map_err(PublishError::from)?;
-        // Without LISTEN the relay still works, polling; notifications only cut latency.
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => l.listen(NOTIFY_CHANNEL).await.ok().map(|()| l),
-            Err(_) => None,
-        };
+        // One relay of a database scans at a time: the one holding the session lock
+        // [`RELAY_LOCK`] on its listening connection. The others stand by, asking for the
+        // lock every poll interval, so a commit does not wake every relay (API and
+        // worker, blue and green) to scan the same rows, all but one for nothing. The
+        // lock goes with the connection, so a relay that dies or loses it hands over
+        // within a poll interval; two relays that both scan are only wasteful (rows are
+        // taken with SKIP LOCKED, and consumers dedupe). Without a listening connection
+        // a relay scans alone, polling; notifications only cut latency.
+        // The listening connection is the only one of a pool of its own, which goes
+        // away with this call however it ends (even cancelled), and takes the session
+        // and its lock with it: a pooled connection of the service must never keep the
+        // lock after its relay stopped.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*self.pool.connect_options()).clone());
+        let mut listener = PgListener::connect_with(&own).await.ok();
+        let mut leading = listener.is_none();
+        let result = self
+            .relay(
+                &connection,
+                &publisher,
+                &mut listener,
+                &mut leading,
+                shutdown,
+                failures,
+            )
+            .await;
+        // Given back at once, not when the pool's connection closes.
+        if leading && let Some(l) = listener.as_mut() {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(RELAY_LOCK)
+                .execute(&mut *l)
+                .await;
+        }
+        result
+    }
+
+    /// Scans and publishes (or stands by) until cancelled or the broker fails.
+    async fn relay(
+        &self,
+        connection: &lapin::Connection,
+        publisher: &Publisher,
+        listener: &mut Option<PgListener>,
+        leading: &mut bool,
+        shutdown: &CancellationToken,
+        failures: &mut u32,
+    ) -> Result<(), RelayError> {
         let mut last_cleanup = tokio::time::Instant::now();
         loop {
-            let published = self.publish_batch(&publisher).await?;
+            if !*leading && let Some(l) = listener.as_mut() {
+                *leading = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                    .bind(RELAY_LOCK)
+                    .fetch_one(&mut *l)
+                    .await
+                    .unwrap_or(false);
+                if *leading && l.listen(NOTIFY_CHANNEL).await.is_err() {
+                    *listener = None;
+                }
+            }
+            if !*leading {
+                // Connected and ready to take over: up, as far as anyone watching knows.
+                metrics::gauge!("finflow_outbox_relay_up").set(1);
+                *failures = 0;
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        connection.close(200, "shutdown".into()).await.ok();
+                        return Ok(());
+                    }
+                    () = tokio::time::sleep(self.poll_interval) => continue,
+                }
+            }
+            let published = self.publish_batch(publisher).await?;
             if *failures > 0 {
                 tracing::info!("outbox relay is publishing again");
                 *failures = 0;
