@@ -35,8 +35,14 @@ pub fn event_type(status: Status) -> &'static str {
 
 /// Records `row`'s event for its current status.
 pub async fn announce(tx: &mut PgConnection, row: &PaymentRow) -> Result<(), ApiError> {
+    outbox::enqueue(tx, &event_of(row)?).await?;
+    Ok(())
+}
+
+/// The event that announces `row` in its current status.
+fn event_of(row: &PaymentRow) -> Result<Event, ApiError> {
     let payment = row.view()?;
-    let event = Event::new(
+    Event::new(
         crate::SERVICE,
         event_type(payment.status),
         &PaymentEvent {
@@ -45,9 +51,7 @@ pub async fn announce(tx: &mut PgConnection, row: &PaymentRow) -> Result<(), Api
             payment: &payment,
         },
     )
-    .map_err(|e| ApiError::internal(&e))?;
-    outbox::enqueue(tx, &event).await?;
-    Ok(())
+    .map_err(|e| ApiError::internal(&e))
 }
 
 /// Locks a payment row for a status change.
@@ -79,36 +83,71 @@ pub async fn transition(
     to: Status,
     failure: Option<Failure>,
 ) -> Result<PaymentRow, ApiError> {
-    let from = row.status()?;
-    if !from.can_become(to) {
-        return Err(ApiError::conflict(format!(
-            "the payment is {}, it cannot become {}",
-            from.as_str(),
-            to.as_str()
-        )));
+    let mut moved = transition_all(tx, &[(row, to, failure)]).await?;
+    moved
+        .pop()
+        .ok_or_else(|| ApiError::internal(&"a locked payment vanished"))
+}
+
+/// [`transition`] for several locked payments at once: one update and one insert of
+/// their events, whatever their number (a worker's batch).
+pub async fn transition_all(
+    tx: &mut PgConnection,
+    changes: &[(&PaymentRow, Status, Option<Failure>)],
+) -> Result<Vec<PaymentRow>, ApiError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
     }
-    let (code, reason) = failure.map_or((None, None), |f| (Some(f.code), Some(f.reason)));
-    let updated: PaymentRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE payments SET status = $2, failure_code = $3, failure_reason = $4, updated_at = now(), \
-           completed_at = CASE WHEN $2 IN ('COMPLETED', 'FAILED') THEN now() ELSE completed_at END, \
-           reversed_at = CASE WHEN $2 = 'REVERSED' THEN now() ELSE reversed_at END \
-         WHERE id = $1 RETURNING {PAYMENT_COLUMNS}"
+    let (mut ids, mut statuses, mut codes, mut reasons) = (vec![], vec![], vec![], vec![]);
+    for (row, to, failure) in changes {
+        let from = row.status()?;
+        if !from.can_become(*to) {
+            return Err(ApiError::conflict(format!(
+                "the payment is {}, it cannot become {}",
+                from.as_str(),
+                to.as_str()
+            )));
+        }
+        ids.push(row.id);
+        statuses.push(to.as_str());
+        codes.push(failure.as_ref().map(|f| f.code.clone()));
+        reasons.push(failure.as_ref().map(|f| f.reason.clone()));
+    }
+    let columns = PAYMENT_COLUMNS
+        .split(',')
+        .map(|c| format!("p.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut updated: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE payments p SET status = c.status, failure_code = c.code, failure_reason = c.reason, \
+           updated_at = now(), \
+           completed_at = CASE WHEN c.status IN ('COMPLETED', 'FAILED') THEN now() ELSE p.completed_at END, \
+           reversed_at = CASE WHEN c.status = 'REVERSED' THEN now() ELSE p.reversed_at END \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) AS c(id, status, code, reason) \
+         WHERE p.id = c.id RETURNING {columns}"
     )))
-    .bind(row.id)
-    .bind(to.as_str())
-    .bind(code)
-    .bind(reason)
-    .fetch_one(&mut *tx)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&codes)
+    .bind(&reasons)
+    .fetch_all(&mut *tx)
     .await?;
-    announce(tx, &updated).await?;
-    if matches!(to, Status::Completed | Status::Failed) {
-        let latency = (Utc::now() - updated.created_at)
-            .to_std()
-            .unwrap_or_default();
-        metrics::histogram!("finflow_payment_accept_to_terminal_seconds", "status" => to.as_str())
-            .record(latency.as_secs_f64());
+    // In the order asked for, which is the order of their events.
+    updated.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
+    let events = updated
+        .iter()
+        .map(event_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    outbox::enqueue_all(tx, &events).await?;
+    for row in &updated {
+        let to = row.status()?;
+        if matches!(to, Status::Completed | Status::Failed) {
+            let latency = (Utc::now() - row.created_at).to_std().unwrap_or_default();
+            metrics::histogram!("finflow_payment_accept_to_terminal_seconds", "status" => to.as_str())
+                .record(latency.as_secs_f64());
+        }
+        metrics::counter!("finflow_payment_transitions_total", "to" => to.as_str()).increment(1);
     }
-    metrics::counter!("finflow_payment_transitions_total", "to" => to.as_str()).increment(1);
     Ok(updated)
 }
 

@@ -140,9 +140,17 @@ impl PaymentWorker {
         }
         match self.wallets.transfer_all(&transfers).await {
             Ok(outcomes) => {
+                // Every settled payment in one update and one insert of events.
+                let mut changes = Vec::with_capacity(acting.len());
                 for ((i, row), outcome) in acting.into_iter().zip(outcomes) {
-                    results[i] = settle_with(tx, row, outcome).await;
+                    match settlement(outcome) {
+                        Ok((to, failure)) => changes.push((row, to, failure)),
+                        Err(e) => results[i] = Err(e),
+                    }
                 }
+                settle::transition_all(tx, &changes)
+                    .await
+                    .map_err(|e| internal(&e))?;
             }
             // Nothing is known of any of them: each is retried alone.
             Err(e) => {
@@ -155,24 +163,31 @@ impl PaymentWorker {
     }
 }
 
-/// Settles a locked pending payment by B's answer to its transfer: applied, or refused
-/// for good; anything else is retried.
-async fn settle_with(
-    tx: &mut PgConnection,
-    row: &PaymentRow,
+/// What B's answer to a payment's transfer makes of it: applied, or refused for good;
+/// anything else is retried.
+fn settlement(
     answer: Result<serde_json::Value, ApiError>,
-) -> Result<(), HandlerError> {
-    let (to, failure) = match answer {
-        Ok(_) => (Status::Completed, None),
-        Err(e) if is_final(&e) => (
+) -> Result<(Status, Option<Failure>), HandlerError> {
+    match answer {
+        Ok(_) => Ok((Status::Completed, None)),
+        Err(e) if is_final(&e) => Ok((
             Status::Failed,
             Some(Failure {
                 code: e.code.as_str().to_owned(),
                 reason: e.message.clone(),
             }),
-        ),
-        Err(e) => return Err(HandlerError::Transient(format!("wallet service: {e}"))),
-    };
+        )),
+        Err(e) => Err(HandlerError::Transient(format!("wallet service: {e}"))),
+    }
+}
+
+/// Settles a locked pending payment by B's answer to its transfer ([`settlement`]).
+async fn settle_with(
+    tx: &mut PgConnection,
+    row: &PaymentRow,
+    answer: Result<serde_json::Value, ApiError>,
+) -> Result<(), HandlerError> {
+    let (to, failure) = settlement(answer)?;
     settle::transition(tx, row, to, failure)
         .await
         .map_err(|e| internal(&e))?;

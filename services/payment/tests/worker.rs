@@ -102,6 +102,26 @@ async fn a_batch_of_requests_is_one_call_to_b_and_each_payment_settles_by_its_ow
     );
     assert_eq!(announced(&stand, types::PAYMENT_COMPLETED).await, 2);
     assert_eq!(announced(&stand, types::PAYMENT_FAILED).await, 1);
+    // One event each, in the order the requests came, carrying the outcome.
+    let events: Vec<(String, Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT event_type, (payload->'data'->>'payment_id')::uuid, \
+                payload->'data'->'failure'->>'code' FROM outbox ORDER BY seq",
+    )
+    .fetch_all(&stand.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        vec![
+            (types::PAYMENT_COMPLETED.to_owned(), first, None),
+            (types::PAYMENT_COMPLETED.to_owned(), second, None),
+            (
+                types::PAYMENT_FAILED.to_owned(),
+                refused,
+                Some("INSUFFICIENT_FUNDS".to_owned())
+            ),
+        ]
+    );
 
     // Delivered again: nothing more happens.
     let outcomes = apply_batch(&stand.pool, QUEUE, &worker, &refs)

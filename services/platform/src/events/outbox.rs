@@ -41,6 +41,39 @@ pub async fn enqueue(tx: &mut PgConnection, event: &Event) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Records several events in the outbox as part of the caller's transaction, in one
+/// statement (with the one notification it needs), in the given order.
+pub async fn enqueue_all(tx: &mut PgConnection, events: &[Event]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let headers = serde_json::to_value(telemetry::current_context_map())
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let mut ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(event.id);
+        types.push(event.event_type.as_str());
+        payloads.push(serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    // `seq` follows the insert's order, which WITH ORDINALITY fixes as the given one.
+    sqlx::query(
+        "WITH added AS (INSERT INTO outbox (event_id, event_type, payload, headers) \
+           SELECT id, t, p, $4 FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) \
+             WITH ORDINALITY AS e(id, t, p, n) ORDER BY n RETURNING 1) \
+         SELECT pg_notify($5, '') FROM (SELECT 1 FROM added LIMIT 1) AS any_row",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&payloads)
+    .bind(headers)
+    .bind(NOTIFY_CHANNEL)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// Number of events not yet published (a health figure: it grows while RabbitMQ is down).
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
