@@ -94,6 +94,16 @@ pub enum Outcome {
     Duplicate,
 }
 
+impl Outcome {
+    /// Its label on `finflow_events_consumed_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// Default [`ConsumerSpec::retry_for`]: a pod restart (image pulled, probes passed)
 /// takes tens of seconds.
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -409,14 +419,7 @@ async fn process_batch<H: Handler>(
         // last delivery is this batch (batches run one after another, and its poison was
         // rejected above), and RabbitMQ settles it in one command instead of one each.
         for outcome in outcomes.into_iter().flatten() {
-            count(
-                spec,
-                if outcome == Outcome::Applied {
-                    "applied"
-                } else {
-                    "duplicate"
-                },
-            );
+            count(spec, outcome.as_str());
         }
         if let Some((last, _)) = parsed.last() {
             last.ack(BasicAckOptions { multiple: true }).await?;
@@ -426,14 +429,7 @@ async fn process_batch<H: Handler>(
     for ((delivery, event), outcome) in parsed.into_iter().zip(outcomes) {
         match outcome {
             Some(outcome) => {
-                count(
-                    spec,
-                    if outcome == Outcome::Applied {
-                        "applied"
-                    } else {
-                        "duplicate"
-                    },
-                );
+                count(spec, outcome.as_str());
                 delivery.ack(BasicAckOptions::default()).await?;
             }
             None => process(pool, spec, handler, delivery, event, shutdown).await?,
@@ -479,7 +475,7 @@ async fn process<H: Handler>(
         loop {
             match apply_once(pool, &spec.consumer, handler, &event).await {
                 Ok(outcome) => {
-                    count(spec, if outcome == Outcome::Applied { "applied" } else { "duplicate" });
+                    count(spec, outcome.as_str());
                     return delivery.ack(BasicAckOptions::default()).await.map(drop);
                 }
                 Err(HandlerError::Permanent(reason)) => {

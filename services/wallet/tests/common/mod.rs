@@ -47,6 +47,23 @@ impl FakeAuth {
     }
 
     async fn serve(self) -> String {
+        type Answer = (StatusCode, axum::Json<Value>);
+        fn error(status: StatusCode, code: &str) -> Answer {
+            (
+                status,
+                axum::Json(json!({"success": false, "error": {"code": code, "message": code}})),
+            )
+        }
+        // As A's sidecar: nothing without the service token.
+        fn authorized(headers: &HeaderMap) -> Result<(), Answer> {
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {TOKEN}"))
+            {
+                Ok(())
+            } else {
+                Err(error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED"))
+            }
+        }
         async fn token() -> axum::Json<Value> {
             axum::Json(json!({"success": true, "data": {
                 "access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600,
@@ -57,16 +74,8 @@ impl FakeAuth {
             headers: HeaderMap,
             Path(id): Path<Uuid>,
         ) -> (StatusCode, axum::Json<Value>) {
-            let error = |status: StatusCode, code: &str| {
-                (
-                    status,
-                    axum::Json(json!({"success": false, "error": {"code": code, "message": code}})),
-                )
-            };
-            if headers.get("authorization").and_then(|v| v.to_str().ok())
-                != Some(&format!("Bearer {TOKEN}"))
-            {
-                return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            if let Err(refused) = authorized(&headers) {
+                return refused;
             }
             match auth.users.lock().unwrap().get(&id) {
                 Some((kyc, tier)) => (
@@ -83,16 +92,8 @@ impl FakeAuth {
             headers: HeaderMap,
             axum::Json(body): axum::Json<Value>,
         ) -> (StatusCode, axum::Json<Value>) {
-            let error = |status: StatusCode, code: &str| {
-                (
-                    status,
-                    axum::Json(json!({"success": false, "error": {"code": code, "message": code}})),
-                )
-            };
-            if headers.get("authorization").and_then(|v| v.to_str().ok())
-                != Some(&format!("Bearer {TOKEN}"))
-            {
-                return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+            if let Err(refused) = authorized(&headers) {
+                return refused;
             }
             let Some(ids) = body["user_ids"]
                 .as_array()
