@@ -107,46 +107,52 @@ impl Keys {
         })
         .unwrap_or_default();
         let mut conn = self.redis.clone();
-        let set: redis::RedisResult<bool> = redis::cmd("SET")
-            .arg(&k)
-            .arg(&mine)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease_millis())
-            .query_async::<Option<String>>(&mut conn)
-            .await
-            .map(|r| r.is_some());
-        match set {
-            Err(e) => {
-                tracing::warn!(error = %e, "idempotency cache unavailable; the database decides");
-                return Claim::Unavailable;
-            }
-            Ok(true) => return Claim::Fresh(self.renew(k, mine)),
-            Ok(false) => {}
-        }
         let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let current: redis::RedisResult<Option<String>> = conn.get(&k).await;
-            let entry = match current {
-                Err(_) => return Claim::Unavailable,
-                // Expired between SET and GET: the database decides.
-                Ok(None) => return Claim::Unavailable,
-                Ok(Some(raw)) => match serde_json::from_str::<Entry>(&raw) {
-                    Ok(e) => e,
+        // A claim that lapses between our SET and our GET leaves the key free: claim it
+        // again (a few times at most: each round means another holder came and went).
+        for _ in 0..3 {
+            let set: redis::RedisResult<bool> = redis::cmd("SET")
+                .arg(&k)
+                .arg(&mine)
+                .arg("NX")
+                .arg("PX")
+                .arg(lease_millis())
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map(|r| r.is_some());
+            match set {
+                Err(e) => {
+                    tracing::warn!(error = %e, "idempotency cache unavailable; the database decides");
+                    return Claim::Unavailable;
+                }
+                Ok(true) => return Claim::Fresh(self.renew(k, mine)),
+                Ok(false) => {}
+            }
+            loop {
+                let current: redis::RedisResult<Option<String>> = conn.get(&k).await;
+                let entry = match current {
                     Err(_) => return Claim::Unavailable,
-                },
-            };
-            if entry.hash != hex(hash) {
-                return Claim::Mismatch;
+                    // Lapsed since the SET: free again.
+                    Ok(None) => break,
+                    Ok(Some(raw)) => match serde_json::from_str::<Entry>(&raw) {
+                        Ok(e) => e,
+                        Err(_) => return Claim::Unavailable,
+                    },
+                };
+                if entry.hash != hex(hash) {
+                    return Claim::Mismatch;
+                }
+                if let Some(response) = entry.response {
+                    return Claim::Done(response);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Claim::InFlight;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            if let Some(response) = entry.response {
-                return Claim::Done(response);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Claim::InFlight;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        // The key keeps changing hands: the database's unique key decides.
+        Claim::Unavailable
     }
 
     /// Renews the claim `k` (whose value is `mine`) until the lease is dropped.
