@@ -223,7 +223,7 @@ pub async fn run(
     };
 
     let mut background = Background::new();
-    background.relay(&pool, &base.amqp.amqp_url, SERVICE);
+    background.relay(&pool, &base.amqp, SERVICE);
     background.consume(
         &pool,
         &base.amqp.amqp_url,

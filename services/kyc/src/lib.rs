@@ -141,7 +141,7 @@ pub async fn run(
         structuring_count: config.aml_structuring_count,
     };
     let mut background = Background::new();
-    background.relay(&pool, &base.amqp.amqp_url, SERVICE);
+    background.relay(&pool, &base.amqp, SERVICE);
     background.consume(
         &pool,
         &base.amqp.amqp_url,

@@ -81,6 +81,8 @@ impl Caller {
 struct Broker {
     channel: lapin::Channel,
     publisher: Publisher,
+    /// Events of a bundle already taken from the queue and not yet asked for.
+    taken: Mutex<std::collections::VecDeque<Event>>,
     _connection: lapin::Connection,
 }
 
@@ -106,6 +108,7 @@ impl Broker {
         Self {
             channel,
             publisher,
+            taken: Mutex::default(),
             _connection: connection,
         }
     }
@@ -120,13 +123,19 @@ impl Broker {
     /// The next event E published, waiting for its outbox relay.
     async fn next_event(&self) -> Event {
         for _ in 0..400 {
+            if let Some(event) = self.taken.lock().unwrap().pop_front() {
+                return event;
+            }
             let message = self
                 .channel
                 .basic_get(OBSERVED.into(), BasicGetOptions { no_ack: true })
                 .await
                 .unwrap();
             if let Some(message) = message {
-                return serde_json::from_slice(&message.delivery.data).unwrap();
+                // E's relay sends a run of events of one type as one bundle.
+                let events = events::decode(&message.delivery.data).unwrap();
+                self.taken.lock().unwrap().extend(events);
+                continue;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1200,6 +1209,58 @@ async fn more_payments_or_more_money_than_the_velocity_limits_within_the_window_
         e.alerts_of(returning).await.is_empty(),
         "25 payments and 200 000 outside the window raise nothing"
     );
+}
+
+#[tokio::test]
+async fn a_burst_past_the_payment_count_limit_is_one_velocity_alert_until_a_reviewer_decides_it() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let user = Uuid::new_v4();
+    let pay = |payment: Uuid| payment_event(user, payment, "10.00", "PENDING");
+    // Exactly the limit (twenty) raises nothing; the payment after it does.
+    for _ in 0..20 {
+        e.observe(&monitor, &pay(Uuid::new_v4())).await;
+    }
+    assert!(e.alerts_of(user).await.is_empty());
+    let first_over = Uuid::new_v4();
+    e.observe(&monitor, &pay(first_over)).await;
+    // The burst goes on: the same pattern, still one alert.
+    for _ in 0..4 {
+        e.observe(&monitor, &pay(Uuid::new_v4())).await;
+    }
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "velocity");
+    assert_eq!(alerts[0]["payment_id"], first_over.to_string());
+    assert_eq!(alerts[0]["status"], "open");
+    assert_eq!(alerts[0]["details"]["count"], 21);
+    assert_eq!(e.risk_score(user).await, 10);
+
+    let id = alerts[0]["id"].as_str().unwrap().to_owned();
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/aml/alerts/{id}/flag"),
+            &json!({"reason": "card testing"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Once decided, the next payment past the limit is a new alert, and only that one.
+    let next = Uuid::new_v4();
+    e.observe(&monitor, &pay(next)).await;
+    e.observe(&monitor, &pay(Uuid::new_v4())).await;
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    let open: Vec<_> = alerts.iter().filter(|a| a["status"] == "open").collect();
+    assert_eq!(open.len(), 1, "{alerts:?}");
+    assert_eq!(open[0]["rule"], "velocity");
+    assert_eq!(open[0]["payment_id"], next.to_string());
+    assert_eq!(
+        open[0]["details"],
+        json!({"count": 26, "total": "260", "window_seconds": 600})
+    );
+    assert_eq!(e.risk_score(user).await, 50, "one flagged, one open");
 }
 
 #[tokio::test]

@@ -247,7 +247,12 @@ impl TestD {
 
     /// Turns email and in-app off for `payment.completed`, leaving only webhooks.
     async fn only_webhooks_for_payments(&self, user: Uuid) {
-        for channel in ["email", "in_app"] {
+        self.turn_off_for_payments(user, &["email", "in_app"]).await;
+    }
+
+    /// Turns `channels` off for `payment.completed`.
+    async fn turn_off_for_payments(&self, user: Uuid, channels: &[&str]) {
+        for channel in channels {
             let (status, _) = self
                 .as_user(
                     user,
@@ -258,6 +263,51 @@ impl TestD {
                 .await;
             assert_eq!(status, 200);
         }
+    }
+
+    /// Makes `email` the address D knows for `user`, as `user.created` would.
+    async fn know_address(&self, user: Uuid, email: &str) {
+        sqlx::query(
+            "INSERT INTO contacts (user_id, email, full_name) VALUES ($1, $2, 'Ada Lovelace')",
+        )
+        .bind(user)
+        .bind(email)
+        .execute(&self._db.pool)
+        .await
+        .unwrap();
+    }
+
+    /// Once D has handled `event`: how many in-app notifications it made, and its
+    /// deliveries as (channel, target), sorted. D records the event in the transaction
+    /// that writes them, so they are all there once it is recorded.
+    async fn rows_of(&self, event: &Event) -> (i64, Vec<(String, String)>) {
+        let pool = &self._db.pool;
+        self.wait_for_async("the event handled", || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)",
+            )
+            .bind(event.id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .then_some(())
+        })
+        .await;
+        let in_app: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE event_id = $1")
+                .bind(event.id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        let mut deliveries: Vec<(String, String)> =
+            sqlx::query_as("SELECT channel, target FROM deliveries WHERE event_id = $1")
+                .bind(event.id)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        // Sorted here, not by the database's collation, to compare with sorted Rust strings.
+        deliveries.sort();
+        (in_app, deliveries)
     }
 }
 
@@ -310,6 +360,66 @@ async fn a_new_user_gets_a_welcome_mail_over_smtp_and_an_in_app_notification() {
     assert_eq!(body["data"], json!([]));
     // The sink has the mail as soon as it is sent; D records it a moment after.
     d.delivery_log_once(user, "delivered").await;
+}
+
+#[tokio::test]
+async fn a_user_who_turned_email_off_gets_a_payment_in_app_and_on_each_webhook_but_no_mail() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    // An address is known: only the preference keeps the mail back.
+    d.know_address(user, "ada@example.com").await;
+    let (first, _) = answering(StatusCode::OK, None).await;
+    let (second, _) = answering(StatusCode::OK, None).await;
+    d.register_webhook(user, &first).await;
+    d.register_webhook(user, &second).await;
+    d.turn_off_for_payments(user, &["email"]).await;
+    let payment = payment_completed(user);
+    d.publish(&payment).await;
+
+    let (in_app, deliveries) = d.rows_of(&payment).await;
+    assert_eq!(in_app, 1);
+    let mut hooks = vec![
+        ("webhook".to_owned(), first),
+        ("webhook".to_owned(), second),
+    ];
+    hooks.sort();
+    assert_eq!(deliveries, hooks, "one per webhook, no email");
+}
+
+#[tokio::test]
+async fn a_user_with_no_known_address_gets_a_payment_in_app_and_by_webhook_but_no_mail() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    d.register_webhook(user, &hook).await;
+    let payment = payment_completed(user);
+    d.publish(&payment).await;
+
+    let (in_app, deliveries) = d.rows_of(&payment).await;
+    assert_eq!(in_app, 1);
+    assert_eq!(deliveries, [("webhook".to_owned(), hook)]);
+}
+
+#[tokio::test]
+async fn a_user_who_turned_in_app_and_webhooks_off_gets_a_payment_by_mail_only() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    d.know_address(user, "ada@example.com").await;
+    let (hook, hits) = answering(StatusCode::OK, None).await;
+    d.register_webhook(user, &hook).await;
+    d.turn_off_for_payments(user, &["in_app", "webhook"]).await;
+    let payment = payment_completed(user);
+    d.publish(&payment).await;
+
+    let (in_app, deliveries) = d.rows_of(&payment).await;
+    assert_eq!(in_app, 0);
+    assert_eq!(
+        deliveries,
+        [("email".to_owned(), "ada@example.com".to_owned())]
+    );
+    let (to, _) = d.first_mail("the payment mail").await;
+    assert_eq!(to, ["ada@example.com"]);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -8,7 +8,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chrono::{SubsecRound, Utc};
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
+use finflow_platform::events::outbox;
 use finflow_platform::fx::Rates;
 use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query};
@@ -346,13 +348,38 @@ async fn create(
     } else {
         Status::Pending
     };
-    let mut tx = s.pool.begin().await?;
-    let inserted: Result<PaymentRow, sqlx::Error> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, to_wallet_id, \
-           amount, currency, description, status, payee_user_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {PAYMENT_COLUMNS}"
-    )))
-    .bind(Uuid::now_v7())
+    // The row is known before it is written (dated by this process), so its event is
+    // too: the payment, its outbox row and the relay's wake-up are one statement and one
+    // commit.
+    let now = Utc::now().trunc_subsecs(6);
+    let row = PaymentRow {
+        id: Uuid::now_v7(),
+        user_id: user,
+        request_hash: hash.to_vec(),
+        kind: kind.as_str().to_owned(),
+        from_wallet_id: req.from_wallet_id,
+        to_wallet_id: req.to_wallet_id,
+        amount: money.amount(),
+        currency: money.currency(),
+        description: req.description.clone(),
+        status: status.as_str().to_owned(),
+        failure_code: None,
+        failure_reason: None,
+        created_at: now,
+        updated_at: now,
+        completed_at: None,
+        payee_user_id: payee,
+    };
+    let event = outbox::stage(&settle::event_of(&row)?)?;
+    let inserted = sqlx::query(
+        "WITH added AS (INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, \
+           to_wallet_id, amount, currency, description, status, payee_user_id, created_at, updated_at) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id), \
+         queued AS (INSERT INTO outbox (event_id, event_type, payload, headers) \
+           SELECT $14, $15, $16, $17 FROM added) \
+         SELECT pg_notify($18, '') FROM added",
+    )
+    .bind(row.id)
     .bind(user)
     .bind(key)
     .bind(hash)
@@ -364,22 +391,25 @@ async fn create(
     .bind(req.description.as_deref())
     .bind(status.as_str())
     .bind(payee)
-    .fetch_one(&mut *tx)
+    .bind(now)
+    .bind(event.event_id)
+    .bind(&event.event_type)
+    .bind(&event.payload)
+    .bind(&event.headers)
+    .bind(outbox::NOTIFY_CHANNEL)
+    .execute(&s.pool)
     .await;
-    let row = match inserted {
-        Ok(row) => row,
+    match inserted {
+        Ok(_) => {}
         Err(e) if unique_violation(&e) == Some("payments_user_idempotency_key") => {
             // A concurrent twin won the race (Redis was unavailable): answer with its payment.
-            drop(tx);
             let row = existing(&s.pool, user, key, hash)
                 .await?
                 .ok_or_else(|| ApiError::internal(&"the conflicting payment vanished"))?;
             return Ok((row, false));
         }
         Err(e) => return Err(e.into()),
-    };
-    settle::announce(&mut tx, &row).await?;
-    tx.commit().await?;
+    }
     metrics::counter!("finflow_payments_accepted_total", "kind" => kind.as_str()).increment(1);
     Ok((row, true))
 }

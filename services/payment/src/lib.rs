@@ -176,7 +176,7 @@ pub async fn run(
 
     let amqp = &base.amqp.amqp_url;
     let mut background = Background::new();
-    background.relay(&pool, amqp, SERVICE);
+    background.relay(&pool, &base.amqp, SERVICE);
     if config.role != Role::Api {
         for _ in 0..config.worker_concurrency {
             let worker = worker::PaymentWorker {

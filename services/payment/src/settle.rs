@@ -40,7 +40,7 @@ pub async fn announce(tx: &mut PgConnection, row: &PaymentRow) -> Result<(), Api
 }
 
 /// The event that announces `row` in its current status.
-fn event_of(row: &PaymentRow) -> Result<Event, ApiError> {
+pub fn event_of(row: &PaymentRow) -> Result<Event, ApiError> {
     let payment = row.view()?;
     Event::new(
         crate::SERVICE,

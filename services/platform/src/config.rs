@@ -183,6 +183,10 @@ pub struct AmqpConfig {
     /// Unacknowledged messages a consumer may hold at once.
     #[arg(long, env = "AMQP_PREFETCH", default_value_t = 16)]
     pub amqp_prefetch: u16,
+    /// Most events the outbox relay puts in one message (a bundle of consecutive events
+    /// of one type); 1 sends each alone, for consumers from before bundles.
+    #[arg(long, env = "EVENT_BUNDLE_MAX", default_value_t = 64)]
+    pub event_bundle_max: u16,
 }
 
 impl Validate for AmqpConfig {
@@ -190,6 +194,9 @@ impl Validate for AmqpConfig {
         check_scheme(errors, "AMQP_URL", &self.amqp_url, &["amqp", "amqps"]);
         if self.amqp_prefetch == 0 {
             errors.push("AMQP_PREFETCH must be greater than zero".to_owned());
+        }
+        if !(1..=64).contains(&self.event_bundle_max) {
+            errors.push("EVENT_BUNDLE_MAX must be between 1 and 64".to_owned());
         }
     }
 }

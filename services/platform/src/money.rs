@@ -282,6 +282,12 @@ impl sqlx::Type<sqlx::Postgres> for Amount {
     }
 }
 
+impl sqlx::postgres::PgHasArrayType for Amount {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <Decimal as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
 impl sqlx::Encode<'_, sqlx::Postgres> for Amount {
     fn encode_by_ref(
         &self,
@@ -304,6 +310,12 @@ impl sqlx::Type<sqlx::Postgres> for Currency {
     }
     fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
         <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for Currency {
+    fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
     }
 }
 

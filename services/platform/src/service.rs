@@ -125,8 +125,9 @@ impl Background {
     }
 
     /// Publishes the service's outbox.
-    pub fn relay(&mut self, pool: &PgPool, amqp_url: &SecretString, service: &str) {
-        let relay = Relay::new(pool.clone(), amqp_url.clone(), service);
+    pub fn relay(&mut self, pool: &PgPool, amqp: &crate::config::AmqpConfig, service: &str) {
+        let mut relay = Relay::new(pool.clone(), amqp.amqp_url.clone(), service);
+        relay.bundle_max = usize::from(amqp.event_bundle_max);
         self.tasks.spawn(relay.run(self.stop.clone()));
     }
 

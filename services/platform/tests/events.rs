@@ -748,10 +748,11 @@ async fn one_relay_of_a_database_scans_and_another_takes_over_when_it_stops() {
         .await
         .unwrap()
     {
-        received.push(
-            serde_json::from_slice::<Event>(&m.delivery.data)
+        received.extend(
+            events::decode(&m.delivery.data)
                 .unwrap()
-                .id,
+                .into_iter()
+                .map(|e| e.id),
         );
     }
     assert_eq!(
@@ -764,4 +765,148 @@ async fn one_relay_of_a_database_scans_and_another_takes_over_when_it_stops() {
     third_stop.cancel();
     third.await.unwrap();
     delete_queues(&ch, &spec).await;
+}
+
+#[tokio::test]
+async fn the_relay_sends_a_run_of_one_type_as_one_bundle_and_the_next_type_apart() {
+    let db = TestDb::new(None).await;
+    let (_conn, ch) = channel().await;
+    let (first_type, second_type) = (unique("bundled"), unique("apart"));
+    let spec = QueueSpec::new(unique("bundle-q"), &[&first_type, &second_type]);
+    events::declare_queue(&ch, &spec).await.unwrap();
+    let run: Vec<Event> = (1..=3)
+        .map(|amount| {
+            Event::new(
+                "test",
+                &first_type,
+                &serde_json::json!({ "amount": amount }),
+            )
+            .unwrap()
+        })
+        .collect();
+    let other = Event::new("test", &second_type, &serde_json::json!({ "amount": 4 })).unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue_all(&mut tx, &run).await.unwrap();
+    outbox::enqueue(&mut tx, &other).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let shutdown = CancellationToken::new();
+    let relay =
+        tokio::spawn(Relay::new(db.pool.clone(), events::test_url(), "test").run(shutdown.clone()));
+    eventually("the relay to publish", || async {
+        outbox::is_published(&db.pool, other.id).await.unwrap()
+    })
+    .await;
+    let mut messages = Vec::new();
+    while let Some(m) = ch
+        .basic_get(spec.name.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        messages.push(m.delivery);
+    }
+    assert_eq!(
+        messages.len(),
+        2,
+        "the run in one message, the other type in its own"
+    );
+    let bundle = events::decode(&messages[0].data).unwrap();
+    assert_eq!(bundle, run, "the run, in order");
+    let count = messages[0]
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(events::BUNDLE_HEADER).cloned());
+    assert_eq!(count, Some(lapin::types::AMQPValue::LongUInt(3)));
+    let routed: Vec<String> = messages.iter().map(|m| m.routing_key.to_string()).collect();
+    assert_eq!(routed, [first_type, second_type]);
+    let alone: Event = serde_json::from_slice(&messages[1].data).unwrap();
+    assert_eq!(
+        alone, other,
+        "a single event is an envelope, as before bundles"
+    );
+
+    shutdown.cancel();
+    relay.await.unwrap();
+    delete_queues(&ch, &spec).await;
+}
+
+#[tokio::test]
+async fn a_bundle_applies_once_and_only_its_refused_event_is_dead_lettered_alone() {
+    let db = counter_db().await;
+    let (conn, ch) = channel().await;
+    let event_type = unique("bundle");
+    let spec = ConsumerSpec::new(QueueSpec::new(unique("bundle-c"), &[&event_type]));
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+    let mut batch: Vec<(Event, FieldTable)> = [1, 2, 4, 8]
+        .into_iter()
+        .map(|amount| (amount_event_of(&event_type, amount), FieldTable::default()))
+        .collect();
+    let refused = Event::new("test", &event_type, &serde_json::json!({"no": "amount"})).unwrap();
+    batch.insert(2, (refused.clone(), FieldTable::default()));
+    let publisher = Publisher::new(&conn).await.unwrap().bundled(64);
+    publisher.publish_all(&batch).await.unwrap();
+    // Published twice: the second copy is all duplicates.
+    publisher.publish_all(&batch).await.unwrap();
+    let waiting = ch
+        .queue_declare(
+            spec.queue.name.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(waiting, 2, "five events a message");
+
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        db.pool.clone(),
+        events::test_url(),
+        spec.clone(),
+        Arc::new(AddToCounter),
+        shutdown.clone(),
+    ));
+    let dlq = spec.queue.dead_letter_queue();
+    let mut dead = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused event was never dead-lettered"
+        );
+        match ch
+            .basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            Some(m) => dead.push(m.delivery.data.clone()),
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let dead_letter: Event = serde_json::from_slice(&dead[0]).expect("one event, not a bundle");
+    assert_eq!(dead_letter.id, refused.id);
+    assert_eq!(counter(&db).await, (15, 4), "the four others, once each");
+    // Nothing else is waiting or dead: the bundles were acknowledged, the split-off
+    // event's second copy was refused as well or found processed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shutdown.cancel();
+    runner.await.unwrap();
+    let left = ch
+        .basic_get(
+            spec.queue.name.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap();
+    assert!(left.is_none(), "everything was acknowledged");
+    assert_eq!(counter(&db).await, (15, 4));
+    delete_queues(&ch, &spec.queue).await;
+}
+
+fn amount_event_of(event_type: &str, amount: i64) -> Event {
+    Event::new("test", event_type, &serde_json::json!({ "amount": amount })).unwrap()
 }

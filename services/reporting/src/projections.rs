@@ -3,7 +3,12 @@
 //! Every projection is idempotent and order-tolerant on its own (not only thanks to the
 //! consumer's dedupe): rows are upserted and a row only takes a fact newer than the one
 //! it holds (`occurred_at`), so replaying every event, twice, in any order, converges to
-//! the same tables.
+//! the same tables. A consumer batch leaves what its events leave one by one, with one
+//! statement for all its payment facts and one for all its ledger entries
+//! ([`project_batch`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use finflow_platform::Amount;
@@ -110,46 +115,9 @@ struct AmlFact {
 pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
         t if t.starts_with("payment.") => {
-            let p: PaymentFact = match event.data_as() {
-                Ok(p) => p,
-                Err(e) => {
-                    if t == types::PAYMENT_REQUESTED
-                        && let Ok(bare) = event.data_as::<BarePaymentRequest>()
-                    {
-                        tracing::debug!(payment_id = %bare.payment_id, event_id = %event.id,
-                            "a payment.requested without the payment carries no fact; skipped");
-                        return Ok(());
-                    }
-                    return Err(malformed(event, &e));
-                }
-            };
-            // A fact no newer than the one held (a duplicate, a late or re-published
-            // event) changes nothing.
-            sqlx::query(
-                "INSERT INTO payments_rm (payment_id, user_id, kind, status, amount, currency, failure_code, \
-                   created_at, completed_at, last_event_at, from_wallet_id, to_wallet_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (payment_id) DO UPDATE SET status = EXCLUDED.status, \
-                   failure_code = EXCLUDED.failure_code, completed_at = EXCLUDED.completed_at, \
-                   last_event_at = EXCLUDED.last_event_at, \
-                   from_wallet_id = coalesce(payments_rm.from_wallet_id, EXCLUDED.from_wallet_id), \
-                   to_wallet_id = coalesce(payments_rm.to_wallet_id, EXCLUDED.to_wallet_id) \
-                 WHERE payments_rm.last_event_at < EXCLUDED.last_event_at",
-            )
-            .bind(p.payment_id)
-            .bind(p.user_id)
-            .bind(&p.kind)
-            .bind(&p.status)
-            .bind(p.amount)
-            .bind(&p.currency)
-            .bind(p.failure.map(|f| f.code))
-            .bind(p.created_at)
-            .bind(p.completed_at)
-            .bind(event.occurred_at)
-            .bind(p.from_wallet_id)
-            .bind(p.to_wallet_id)
-            .execute(&mut *tx)
-            .await?;
+            if let Some(p) = payment_fact(event)? {
+                upsert_payments(tx, &[PaymentRow::of(&p, event.occurred_at)]).await?;
+            }
         }
         types::WALLET_CREATED | types::WALLET_STATUS_CHANGED => {
             let w: WalletFact = event.data_as().map_err(|e| malformed(event, &e))?;
@@ -179,20 +147,7 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
         }
         LEDGER_ENTRY_POSTED => {
             let l: LedgerFact = event.data_as().map_err(|e| malformed(event, &e))?;
-            sqlx::query(
-                "INSERT INTO ledger_rm (entry_id, transfer_id, kind, amount, currency, from_wallet_id, to_wallet_id, posted_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (entry_id) DO NOTHING",
-            )
-            .bind(l.entry_id)
-            .bind(l.transfer_id)
-            .bind(&l.kind)
-            .bind(l.amount)
-            .bind(&l.currency)
-            .bind(l.from_wallet_id)
-            .bind(l.to_wallet_id)
-            .bind(l.created_at)
-            .execute(&mut *tx)
-            .await?;
+            insert_ledger(tx, &[&l]).await?;
         }
         types::USER_CREATED => {
             let u: UserFact = event.data_as().map_err(|e| malformed(event, &e))?;
@@ -250,10 +205,279 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
     Ok(())
 }
 
+/// The payment a `payment.*` event carries, or `None` for a [`BarePaymentRequest`].
+fn payment_fact(event: &Event) -> Result<Option<PaymentFact>, HandlerError> {
+    match event.data_as() {
+        Ok(p) => Ok(Some(p)),
+        Err(e) => {
+            if event.event_type == types::PAYMENT_REQUESTED
+                && let Ok(bare) = event.data_as::<BarePaymentRequest>()
+            {
+                tracing::debug!(payment_id = %bare.payment_id, event_id = %event.id,
+                    "a payment.requested without the payment carries no fact; skipped");
+                return Ok(None);
+            }
+            Err(malformed(event, &e))
+        }
+    }
+}
+
+/// The row of `payments_rm` that one fact, or a batch's facts of one payment, propose.
+struct PaymentRow<'a> {
+    /// Whose fields no update changes (user, kind, amount, currency, created_at): the row
+    /// is inserted with them.
+    first: &'a PaymentFact,
+    /// Whose status, failure and completion the row takes, and its `occurred_at`.
+    newest: &'a PaymentFact,
+    at: DateTime<Utc>,
+    from_wallet_id: Option<Uuid>,
+    to_wallet_id: Option<Uuid>,
+}
+
+impl<'a> PaymentRow<'a> {
+    fn of(fact: &'a PaymentFact, at: DateTime<Utc>) -> Self {
+        Self {
+            first: fact,
+            newest: fact,
+            at,
+            from_wallet_id: fact.from_wallet_id,
+            to_wallet_id: fact.to_wallet_id,
+        }
+    }
+}
+
+/// Upserts `rows` (at most one per payment: PostgreSQL refuses to update a row twice in
+/// one statement) in one statement, in payment id order. A row only takes a fact newer
+/// than the one it holds (a duplicate, a late or re-published event changes nothing),
+/// and keeps a wallet once known.
+async fn upsert_payments(
+    tx: &mut PgConnection,
+    rows: &[PaymentRow<'_>],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.first.payment_id).collect();
+    let users: Vec<Uuid> = rows.iter().map(|r| r.first.user_id).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.first.kind.as_str()).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.newest.status.as_str()).collect();
+    // As decimals, the type `Amount` encodes as.
+    let amounts: Vec<_> = rows.iter().map(|r| r.first.amount.decimal()).collect();
+    let currencies: Vec<&str> = rows.iter().map(|r| r.first.currency.as_str()).collect();
+    let failures: Vec<Option<&str>> = rows
+        .iter()
+        .map(|r| r.newest.failure.as_ref().map(|f| f.code.as_str()))
+        .collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.first.created_at).collect();
+    let completed: Vec<Option<DateTime<Utc>>> =
+        rows.iter().map(|r| r.newest.completed_at).collect();
+    let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+    let from: Vec<Option<Uuid>> = rows.iter().map(|r| r.from_wallet_id).collect();
+    let to: Vec<Option<Uuid>> = rows.iter().map(|r| r.to_wallet_id).collect();
+    sqlx::query(
+        "INSERT INTO payments_rm (payment_id, user_id, kind, status, amount, currency, failure_code, \
+           created_at, completed_at, last_event_at, from_wallet_id, to_wallet_id) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], \
+           $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], \
+           $11::uuid[], $12::uuid[]) \
+           AS f(payment_id, user_id, kind, status, amount, currency, failure_code, created_at, \
+             completed_at, last_event_at, from_wallet_id, to_wallet_id) \
+         ORDER BY payment_id \
+         ON CONFLICT (payment_id) DO UPDATE SET status = EXCLUDED.status, \
+           failure_code = EXCLUDED.failure_code, completed_at = EXCLUDED.completed_at, \
+           last_event_at = EXCLUDED.last_event_at, \
+           from_wallet_id = coalesce(payments_rm.from_wallet_id, EXCLUDED.from_wallet_id), \
+           to_wallet_id = coalesce(payments_rm.to_wallet_id, EXCLUDED.to_wallet_id) \
+         WHERE payments_rm.last_event_at < EXCLUDED.last_event_at",
+    )
+    .bind(ids)
+    .bind(users)
+    .bind(kinds)
+    .bind(statuses)
+    .bind(amounts)
+    .bind(currencies)
+    .bind(failures)
+    .bind(created)
+    .bind(completed)
+    .bind(at)
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Inserts ledger entries not held yet, in one statement, in entry id order.
+async fn insert_ledger(tx: &mut PgConnection, entries: &[&LedgerFact]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = entries.iter().map(|l| l.entry_id).collect();
+    let transfers: Vec<Uuid> = entries.iter().map(|l| l.transfer_id).collect();
+    let kinds: Vec<&str> = entries.iter().map(|l| l.kind.as_str()).collect();
+    let amounts: Vec<_> = entries.iter().map(|l| l.amount.decimal()).collect();
+    let currencies: Vec<&str> = entries.iter().map(|l| l.currency.as_str()).collect();
+    let from: Vec<Uuid> = entries.iter().map(|l| l.from_wallet_id).collect();
+    let to: Vec<Uuid> = entries.iter().map(|l| l.to_wallet_id).collect();
+    let posted: Vec<DateTime<Utc>> = entries.iter().map(|l| l.created_at).collect();
+    sqlx::query(
+        "INSERT INTO ledger_rm (entry_id, transfer_id, kind, amount, currency, from_wallet_id, \
+           to_wallet_id, posted_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[], \
+           $6::uuid[], $7::uuid[], $8::timestamptz[]) \
+           AS l(entry_id, transfer_id, kind, amount, currency, from_wallet_id, to_wallet_id, posted_at) \
+         ORDER BY entry_id \
+         ON CONFLICT (entry_id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(transfers)
+    .bind(kinds)
+    .bind(amounts)
+    .bind(currencies)
+    .bind(from)
+    .bind(to)
+    .bind(posted)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The one row that applying `facts` (one payment's, in batch order) one by one leaves,
+/// whatever row was held; `None` when that depends on the row held.
+///
+/// One by one, the first fact applies (an insert, or an update if newer than the row),
+/// then each strictly newer than all before it (`<`: of equal times, the first). So an
+/// insert takes the first fact's unchanging fields, the status is the first newest
+/// fact's, and a wallet is the first one the applied facts name (`coalesce`). Over a
+/// held row only the applied facts newer than it apply, so the wallet depends on the row
+/// if they name different ones or the newest names none after an older one did. C never
+/// publishes that (a payment's events all carry its wallets, fixed at creation); such a
+/// payment is applied fact by fact.
+fn fold(facts: &[(PaymentFact, DateTime<Utc>)]) -> Option<PaymentRow<'_>> {
+    let ((first, first_at), rest) = facts.split_first()?;
+    let mut row = PaymentRow::of(first, *first_at);
+    let (mut from, mut to) = (
+        Named::new(first.from_wallet_id),
+        Named::new(first.to_wallet_id),
+    );
+    for (fact, at) in rest {
+        if row.at < *at {
+            row.newest = fact;
+            row.at = *at;
+            from.see(fact.from_wallet_id);
+            to.see(fact.to_wallet_id);
+        }
+    }
+    row.from_wallet_id = from.settled(row.newest.from_wallet_id)?;
+    row.to_wallet_id = to.settled(row.newest.to_wallet_id)?;
+    Some(row)
+}
+
+/// The first wallet a payment's applied facts name; `conflict` once another names another.
+struct Named {
+    first: Option<Uuid>,
+    conflict: bool,
+}
+
+impl Named {
+    fn new(wallet: Option<Uuid>) -> Self {
+        Self {
+            first: wallet,
+            conflict: false,
+        }
+    }
+
+    fn see(&mut self, wallet: Option<Uuid>) {
+        match (self.first, wallet) {
+            (None, wallet) => self.first = wallet,
+            (Some(a), Some(b)) if a != b => self.conflict = true,
+            _ => {}
+        }
+    }
+
+    /// The wallet, when `coalesce` over the applied facts leaves it over any row held:
+    /// every applied fact names none or the one the newest (`newest`) names.
+    fn settled(&self, newest: Option<Uuid>) -> Option<Option<Uuid>> {
+        (!self.conflict && (self.first.is_none() || self.first == newest)).then_some(self.first)
+    }
+}
+
+/// Applies a consumer batch in the caller's transaction, answering per event: every
+/// payment fact in one statement, every ledger entry in another, the other events
+/// through [`project`] in turn. Each table is written by one event type family only, so
+/// the result is what applying the events one by one in batch order leaves.
+pub async fn project_batch(
+    tx: &mut PgConnection,
+    events: &[&Event],
+) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
+    let mut results: Vec<Result<(), HandlerError>> = Vec::with_capacity(events.len());
+    // Each payment's facts in batch order; payments and entries in id order, the order
+    // the statements take their rows' locks in.
+    let mut payments: BTreeMap<Uuid, Vec<(PaymentFact, DateTime<Utc>)>> = BTreeMap::new();
+    let mut ledger: BTreeMap<Uuid, LedgerFact> = BTreeMap::new();
+    let mut others = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let t = event.event_type.as_str();
+        let parsed = if t.starts_with("payment.") {
+            payment_fact(event).map(|fact| {
+                if let Some(p) = fact {
+                    payments
+                        .entry(p.payment_id)
+                        .or_default()
+                        .push((p, event.occurred_at));
+                }
+            })
+        } else if t == LEDGER_ENTRY_POSTED {
+            event
+                .data_as::<LedgerFact>()
+                .map(|l| {
+                    // One by one, the first of an entry inserts it and the others do
+                    // nothing; one statement need not rely on DO NOTHING within itself.
+                    ledger.entry(l.entry_id).or_insert(l);
+                })
+                .map_err(|e| malformed(event, &e))
+        } else {
+            others.push((i, *event));
+            Ok(())
+        };
+        results.push(parsed);
+    }
+    let mut rows = Vec::with_capacity(payments.len());
+    let mut one_by_one = Vec::new();
+    for facts in payments.values() {
+        match fold(facts) {
+            Some(row) => rows.push(row),
+            None => one_by_one.extend(facts.iter().map(|(p, at)| PaymentRow::of(p, *at))),
+        }
+    }
+    if !rows.is_empty() {
+        upsert_payments(tx, &rows).await?;
+    }
+    for row in &one_by_one {
+        upsert_payments(tx, std::slice::from_ref(row)).await?;
+    }
+    if !ledger.is_empty() {
+        let entries: Vec<&LedgerFact> = ledger.values().collect();
+        insert_ledger(tx, &entries).await?;
+    }
+    for (i, event) in others {
+        match project(tx, event).await {
+            // A failed statement aborts the transaction: the batch is lost.
+            Err(HandlerError::Transient(e)) => return Err(HandlerError::Transient(e)),
+            // `project` refuses an event before it writes anything.
+            answer => results[i] = answer,
+        }
+    }
+    Ok(results)
+}
+
 pub struct Projector;
 
 impl Handler for Projector {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         project(tx, event).await
+    }
+
+    /// Payment facts in one statement, ledger entries in another ([`project_batch`]).
+    fn handle_batch<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        events: &'a [&'a Event],
+    ) -> impl Future<Output = Result<Vec<Result<(), HandlerError>>, HandlerError>> + Send + 'a {
+        project_batch(tx, events)
     }
 }

@@ -1,9 +1,9 @@
 //! F's read models against real PostgreSQL: replays and disorder change nothing.
 
 use finflow_platform::db::TestDb;
-use finflow_platform::events::consumer::HandlerError;
+use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, types};
-use finflow_reporting::projections::{LEDGER_ENTRY_POSTED, project};
+use finflow_reporting::projections::{LEDGER_ENTRY_POSTED, Projector, project};
 use finflow_reporting::reports::{ledger_totals, statement_lines};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -94,6 +94,58 @@ fn ledger_event(amount: &str, currency: &str, kind: &str) -> Event {
     .unwrap()
 }
 
+/// B's entry `entry` for transfer `t`.
+fn entry_event(t: Transfer, entry: Uuid, amount: &str) -> Event {
+    Event::new(
+        "wallet",
+        LEDGER_ENTRY_POSTED,
+        &json!({"transfer_id": t.id, "entry_id": entry, "kind": "transfer", "amount": amount,
+                "currency": "USD", "from_wallet_id": t.from, "to_wallet_id": t.to,
+                "created_at": "2026-11-20T10:00:01Z"}),
+    )
+    .unwrap()
+}
+
+/// `e`, occurred `offset_ms` after a fixed time (so two events may share one).
+fn at(mut e: Event, offset_ms: i64) -> Event {
+    e.occurred_at = "2026-11-20T10:00:00Z"
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap()
+        + chrono::Duration::milliseconds(offset_ms);
+    e
+}
+
+/// Every order of `items`.
+fn orders(items: &[usize]) -> Vec<Vec<usize>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut all = Vec::new();
+    for (i, first) in items.iter().enumerate() {
+        let mut rest = items.to_vec();
+        rest.remove(i);
+        for mut order in orders(&rest) {
+            order.insert(0, *first);
+            all.push(order);
+        }
+    }
+    all
+}
+
+/// Every row, all columns, of `payment`'s payment and ledger read models (all payments'
+/// with `None`).
+async fn rows_of(db: &TestDb, payment: Option<Uuid>) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT p::text FROM payments_rm p WHERE $1::uuid IS NULL OR payment_id = $1 \
+         UNION ALL SELECT l::text FROM ledger_rm l WHERE $1::uuid IS NULL OR transfer_id = $1 \
+         ORDER BY 1",
+    )
+    .bind(payment)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// Every read model as the reports see it, and the statements of `users_with_statements`.
 async fn snapshot(db: &TestDb, users_with_statements: &[Uuid]) -> Value {
     type PaymentRm = (
@@ -181,6 +233,17 @@ async fn apply(db: &TestDb, events: &[Event]) {
         project(&mut tx, e).await.unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// Applies `events` as one consumer batch ([`Handler::handle_batch`]) and commits: the
+/// answer for each event.
+async fn apply_batch(db: &TestDb, events: &[Event]) -> Vec<Result<(), HandlerError>> {
+    let refs: Vec<&Event> = events.iter().collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    let answers = Projector.handle_batch(&mut tx, &refs).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(answers.len(), events.len());
+    answers
 }
 
 #[tokio::test]
@@ -473,4 +536,198 @@ async fn events_arriving_out_of_order_converge_to_the_newest_fact() {
         (kyc_status.as_str(), tier.as_deref()),
         ("verified", Some("gold"))
     );
+}
+
+#[tokio::test]
+async fn a_batch_of_a_payments_events_leaves_the_rows_they_leave_one_by_one() {
+    let batched = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let one_by_one = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let t = Transfer {
+        id: Uuid::new_v4(),
+        payer: Uuid::new_v4(),
+        from: Uuid::new_v4(),
+        to: Uuid::new_v4(),
+    };
+    let events = [
+        transfer_event(types::PAYMENT_REQUESTED, t, "PENDING", "25.00", 0),
+        transfer_event(types::PAYMENT_COMPLETED, t, "COMPLETED", "25.00", 10),
+        entry_event(t, Uuid::new_v4(), "25.00"),
+    ];
+    let answers = apply_batch(&batched, &events).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    apply(&one_by_one, &events).await;
+    assert_eq!(
+        rows_of(&batched, None).await,
+        rows_of(&one_by_one, None).await
+    );
+
+    let payment: (String, String, Option<Uuid>, Option<Uuid>, bool) = sqlx::query_as(
+        "SELECT status, amount::text, from_wallet_id, to_wallet_id, last_event_at = $2 \
+         FROM payments_rm WHERE payment_id = $1",
+    )
+    .bind(t.id)
+    .bind(events[1].occurred_at)
+    .fetch_one(&batched.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        payment,
+        (
+            "COMPLETED".to_owned(),
+            "25.0000".to_owned(),
+            Some(t.from),
+            Some(t.to),
+            true
+        )
+    );
+    let entries: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT transfer_id, amount::text FROM ledger_rm")
+            .fetch_all(&batched.pool)
+            .await
+            .unwrap();
+    assert_eq!(entries, [(t.id, "25.0000".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_batch_in_reverse_order_converges_to_the_same_rows() {
+    let in_order = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let reversed = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let t = Transfer {
+        id: Uuid::new_v4(),
+        payer: Uuid::new_v4(),
+        from: Uuid::new_v4(),
+        to: Uuid::new_v4(),
+    };
+    let events = [
+        transfer_event(types::PAYMENT_REQUESTED, t, "PENDING", "25.00", 0),
+        transfer_event(types::PAYMENT_COMPLETED, t, "COMPLETED", "25.00", 10),
+        entry_event(t, Uuid::new_v4(), "25.00"),
+    ];
+    let backwards: Vec<Event> = events.iter().rev().cloned().collect();
+    apply_batch(&in_order, &events).await;
+    apply_batch(&reversed, &backwards).await;
+    let rows = rows_of(&in_order, None).await;
+    assert_eq!(rows_of(&reversed, None).await, rows);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().any(|r| r.contains("COMPLETED")), "{rows:?}");
+
+    // Replayed as a batch, in either order: nothing moves.
+    apply_batch(&in_order, &backwards).await;
+    apply_batch(&reversed, &events).await;
+    assert_eq!(rows_of(&in_order, None).await, rows);
+    assert_eq!(rows_of(&reversed, None).await, rows);
+}
+
+#[tokio::test]
+async fn a_batch_leaves_what_its_events_leave_one_by_one_in_every_order_over_every_row_held() {
+    let batched = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let one_by_one = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let mut cases = 0;
+    for held in 0..4 {
+        for order in orders(&[0, 1, 2, 3]) {
+            let t = Transfer {
+                id: Uuid::new_v4(),
+                payer: Uuid::new_v4(),
+                from: Uuid::new_v4(),
+                to: Uuid::new_v4(),
+            };
+            // Facts that name the wallets and facts that do not, with different amounts
+            // (the first fact's stays), and two at the same time (the first one's wins).
+            let named =
+                |kind: &str, status: &str, ms| at(transfer_event(kind, t, status, "1.00", 0), ms);
+            let unnamed = |kind: &str, status: &str, ms| {
+                at(payment_event(kind, t.id, t.payer, status, "2.00", 0), ms)
+            };
+            let facts = [
+                named(types::PAYMENT_REQUESTED, "PENDING", 0),
+                unnamed(types::PAYMENT_ON_HOLD, "ON_HOLD", 5),
+                named(types::PAYMENT_COMPLETED, "COMPLETED", 10),
+                unnamed(types::PAYMENT_FAILED, "FAILED", 10),
+            ];
+            let before: Vec<Event> = match held {
+                0 => vec![],
+                1 => vec![unnamed(types::PAYMENT_ON_HOLD, "ON_HOLD", 7)],
+                2 => vec![named(types::PAYMENT_REQUESTED, "PENDING", 3)],
+                _ => vec![named(types::PAYMENT_COMPLETED, "COMPLETED", 10)],
+            };
+            // One entry delivered twice, differently: the first delivery stays.
+            let entry = Uuid::new_v4();
+            let mut batch: Vec<Event> = order.iter().map(|i| facts[*i].clone()).collect();
+            batch.insert(1, entry_event(t, entry, "1.00"));
+            batch.push(entry_event(t, entry, "2.00"));
+
+            for db in [&batched, &one_by_one] {
+                apply(db, &before).await;
+            }
+            let answers = apply_batch(&batched, &batch).await;
+            assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+            apply(&one_by_one, &batch).await;
+            assert_eq!(
+                rows_of(&batched, Some(t.id)).await,
+                rows_of(&one_by_one, Some(t.id)).await,
+                "held {held}, order {order:?}"
+            );
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 96);
+}
+
+#[tokio::test]
+async fn a_malformed_event_in_a_batch_is_refused_alone_and_the_others_are_written() {
+    let db = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let t = Transfer {
+        id: Uuid::new_v4(),
+        payer: Uuid::new_v4(),
+        from: Uuid::new_v4(),
+        to: Uuid::new_v4(),
+    };
+    let events = [
+        transfer_event(types::PAYMENT_REQUESTED, t, "PENDING", "25.00", 0),
+        // A completion without the payment: malformed.
+        Event::new(
+            "payment",
+            types::PAYMENT_COMPLETED,
+            &json!({"payment_id": t.id}),
+        )
+        .unwrap(),
+        entry_event(t, Uuid::new_v4(), "25.00"),
+        Event::new(
+            "wallet",
+            LEDGER_ENTRY_POSTED,
+            &json!({"entry_id": Uuid::new_v4(), "amount": 1.5}),
+        )
+        .unwrap(),
+        // What the sweeper used to publish: no fact, no error.
+        Event::new(
+            "payment",
+            types::PAYMENT_REQUESTED,
+            &json!({"payment_id": t.id}),
+        )
+        .unwrap(),
+        wallet_event(t.from, t.payer, "active", None, 0),
+        Event::new("kyc", types::USER_KYC_UPDATED, &json!({"user_id": t.payer})).unwrap(),
+    ];
+    let answers: Vec<&str> = apply_batch(&db, &events)
+        .await
+        .iter()
+        .map(|a| match a {
+            Ok(()) => "ok",
+            Err(HandlerError::Permanent(_)) => "refused",
+            Err(HandlerError::Transient(_)) => "transient",
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        ["ok", "refused", "ok", "refused", "ok", "ok", "refused"]
+    );
+    let counts: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM payments_rm WHERE status = 'PENDING'), \
+           (SELECT count(*) FROM ledger_rm), (SELECT count(*) FROM wallets_rm), \
+           (SELECT count(*) FROM users_rm)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, (1, 1, 1, 0), "the others written, the refused not");
 }

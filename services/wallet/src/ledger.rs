@@ -246,30 +246,37 @@ pub async fn apply(
     Ok(applied)
 }
 
-/// Applies each of `transfers` once, in one transaction and one commit. A refused
-/// transfer (funds, limits, status) gives back only its own writes and the others
-/// still apply: a first pass assumes none is refused, and only a batch with a refusal
-/// is done again with a savepoint per transfer (two more statements each, paid only
-/// then). Every wallet the batch touches is locked first, in id order, as [`apply`]
-/// locks its two: two batches, or a batch and a single transfer, wait for each other
-/// instead of deadlocking. Answers per transfer, in the given order, what [`apply`]
-/// would have; an error means nothing was applied.
+/// Applies each of `transfers` once, in one transaction and one commit, answering per
+/// transfer, in the given order, what [`apply`] would have; an error means nothing was
+/// applied.
+///
+/// Every transfer id's advisory lock is taken first, then every wallet, each in one
+/// order ([`apply`] takes its id's lock, then its two wallets; [`void`] only the id's):
+/// no two of them wait on each other in a circle. With the wallets locked, their rows
+/// decide status, currency and funds exactly, so the batch is worked out in memory, in
+/// order, and written in a fixed number of statements whatever its size: the entries in
+/// one, their lines in one (in order, so each balance moves as it would one transfer at
+/// a time), the events in one. Only a day's spend can move under the batch (a transfer
+/// from another wallet of the same sender); it is read once the lines' trigger holds
+/// those rows, and a batch that a daily limit would have cut short is done again one
+/// transfer at a time, with a savepoint each, as [`apply`] would do it.
 pub async fn apply_all(
     pool: &PgPool,
     transfers: &[(TransferRequest, Option<Spend>)],
 ) -> Result<Vec<Result<(TransferResult, Applied), ApiError>>, ApiError> {
     let mut tx = pool.begin().await?;
-    lock_all(&mut tx, transfers).await?;
-    let mut applied = Vec::with_capacity(transfers.len());
-    for (req, spend) in transfers {
-        match apply_in(&mut tx, req, *spend).await {
-            Ok(result) => applied.push(Ok(result)),
-            Err(_) => break,
+    let accounts = lock_all(&mut tx, transfers).await?;
+    match apply_together(&mut tx, transfers, accounts).await {
+        Ok(Some(results)) => {
+            tx.commit().await?;
+            return Ok(results);
         }
-    }
-    if applied.len() == transfers.len() {
-        tx.commit().await?;
-        return Ok(applied);
+        // A daily limit, or the database refusing what the plan wrote: one at a time
+        // finds out which transfer it was.
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e.message, "a batch of transfers is done again one at a time")
+        }
     }
     tx.rollback().await?;
 
@@ -293,27 +300,341 @@ pub async fn apply_all(
     Ok(results)
 }
 
-/// Locks every account `transfers` touch, in id order (system accounts created first
-/// if need be).
+/// Takes the advisory lock of every transfer id of `transfers`, then locks every account
+/// they touch (system accounts created first if need be), each kind in one order.
+/// Answers the locked accounts.
 async fn lock_all(
     tx: &mut PgConnection,
     transfers: &[(TransferRequest, Option<Spend>)],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<LockedWallet>, sqlx::Error> {
+    let ids: Vec<Uuid> = transfers.iter().map(|(req, _)| req.transfer_id).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+           (SELECT DISTINCT hashtextextended(t::text, 7) AS k FROM UNNEST($1::uuid[]) AS t ORDER BY k) AS keys",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
+    let mut systems: Vec<(Currency, Uuid)> = Vec::new();
     let mut wallets = Vec::with_capacity(transfers.len() * 2);
     for (req, _) in transfers {
-        // A request that names impossible sides is refused by `apply_in`.
+        // A request that names impossible sides is refused when it is applied.
         if let Ok((from, to)) = sides(req.kind, req.from_wallet_id, req.to_wallet_id) {
-            wallets.push(resolve(tx, from, req.currency).await?);
-            wallets.push(resolve(tx, to, req.currency).await?);
+            for side in [from, to] {
+                wallets.push(match side {
+                    Side::Wallet(id) => id,
+                    Side::System => match systems.iter().find(|(c, _)| *c == req.currency) {
+                        Some((_, id)) => *id,
+                        None => {
+                            let id = resolve(tx, side, req.currency).await?;
+                            systems.push((req.currency, id));
+                            id
+                        }
+                    },
+                });
+            }
         }
     }
     wallets.sort_unstable();
     wallets.dedup();
-    sqlx::query("SELECT id FROM wallets WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&wallets)
-        .execute(&mut *tx)
+    sqlx::query_as(
+        "SELECT id, user_id, kind, currency, status, balance FROM wallets \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&wallets)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// A transfer of a batch that will be written, as worked out in memory.
+struct Planned {
+    index: usize,
+    entry_id: Uuid,
+    req: TransferRequest,
+    money: Money,
+    from: Uuid,
+    to: Uuid,
+    spend: Option<Spend>,
+    sender: Option<Uuid>,
+}
+
+/// What [`apply_all`] answers for each transfer, before its outcome is known.
+enum Slot {
+    Done(Result<(TransferResult, Applied), ApiError>),
+    Planned,
+}
+
+/// The batch worked out on the locked rows and written together (see [`apply_all`]).
+/// `None` when a daily limit refuses one of them: the caller rolls back and goes one by
+/// one.
+async fn apply_together(
+    tx: &mut PgConnection,
+    transfers: &[(TransferRequest, Option<Spend>)],
+    mut accounts: Vec<LockedWallet>,
+) -> Result<Option<Vec<Result<(TransferResult, Applied), ApiError>>>, ApiError> {
+    let ids: Vec<Uuid> = transfers.iter().map(|(req, _)| req.transfer_id).collect();
+    let known: Vec<EntryRow> = sqlx::query_as(
+        "SELECT id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, created_at \
+         FROM journal_entries WHERE transfer_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let voided: Vec<Uuid> =
+        sqlx::query_scalar("SELECT transfer_id FROM voided_transfers WHERE transfer_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+    let mut known: Vec<TransferResult> = known
+        .into_iter()
+        .map(EntryRow::into_result)
+        .collect::<Result<_, _>>()?;
+    let systems: Vec<(Currency, Uuid)> = accounts
+        .iter()
+        .filter(|w| !w.is_user())
+        .map(|w| (w.currency, w.id))
+        .collect();
+
+    let mut slots = Vec::with_capacity(transfers.len());
+    let mut planned: Vec<Planned> = Vec::new();
+    for (index, (req, spend)) in transfers.iter().enumerate() {
+        let outcome = plan(req, *spend, &known, &voided, &systems, &mut accounts);
+        match outcome {
+            Ok(PlanStep::Before(result)) => slots.push(Slot::Done(Ok((result, Applied::Before)))),
+            Ok(PlanStep::Write(p)) => {
+                let p = Planned { index, ..p };
+                // A later use of the same id in this batch meets it as applied before.
+                known.push(p.result(DateTime::<Utc>::MIN_UTC));
+                planned.push(p);
+                slots.push(Slot::Planned);
+            }
+            Err(e) => slots.push(Slot::Done(Err(e))),
+        }
+    }
+    if planned.is_empty() {
+        return Ok(Some(
+            slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Slot::Done(outcome) => outcome,
+                    Slot::Planned => Err(ApiError::internal(&"a planned transfer without entry")),
+                })
+                .collect(),
+        ));
+    }
+
+    let created_at: DateTime<Utc> = sqlx::query_scalar(
+        "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, \
+           reference_value) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], $6::uuid[], \
+           $7::uuid[], $8::numeric[]) \
+         RETURNING created_at",
+    )
+    .bind(planned.iter().map(|p| p.entry_id).collect::<Vec<_>>())
+    .bind(planned.iter().map(|p| p.req.transfer_id).collect::<Vec<_>>())
+    .bind(planned.iter().map(|p| p.req.kind.as_str()).collect::<Vec<_>>())
+    .bind(planned.iter().map(|p| p.money.currency()).collect::<Vec<_>>())
+    .bind(planned.iter().map(|p| p.money.amount()).collect::<Vec<_>>())
+    .bind(planned.iter().map(|p| p.from).collect::<Vec<_>>())
+    .bind(planned.iter().map(|p| p.to).collect::<Vec<_>>())
+    .bind(
+        planned
+            .iter()
+            .map(|p| p.spend.map(|s| s.value))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .next()
+    .ok_or_else(|| ApiError::internal(&"the entries were not written"))?;
+    // Two lines an entry, debit first, in the batch's order: the trigger moves each
+    // balance in the order the transfers were worked out in.
+    let mut line_entries = Vec::with_capacity(planned.len() * 2);
+    let mut line_wallets = Vec::with_capacity(planned.len() * 2);
+    let mut line_amounts = Vec::with_capacity(planned.len() * 2);
+    for p in &planned {
+        line_entries.extend([p.entry_id, p.entry_id]);
+        line_wallets.extend([p.from, p.to]);
+        line_amounts.extend([p.money.amount().negate(), p.money.amount()]);
+    }
+    sqlx::query(
+        "INSERT INTO ledger_lines (entry_id, wallet_id, amount, balance_after) \
+         SELECT e, w, a, 0 FROM UNNEST($1::uuid[], $2::uuid[], $3::numeric[]) WITH ORDINALITY AS l(e, w, a, n) \
+         ORDER BY n",
+    )
+    .bind(&line_entries)
+    .bind(&line_wallets)
+    .bind(&line_amounts)
+    .execute(&mut *tx)
+    .await?;
+
+    // The lines' trigger counted each limited transfer into its sender's day and holds
+    // that row: what was spent before the batch is the total now less the batch's part.
+    let mut senders: Vec<Uuid> = planned
+        .iter()
+        .filter(|p| p.spend.is_some())
+        .filter_map(|p| p.sender)
+        .collect();
+    senders.sort_unstable();
+    senders.dedup();
+    if !senders.is_empty() {
+        let spent: Vec<(Uuid, Amount)> = sqlx::query_as(
+            "SELECT user_id, spent FROM user_daily_spend \
+             WHERE user_id = ANY($1) AND day = (now() AT TIME ZONE 'UTC')::date",
+        )
+        .bind(&senders)
+        .fetch_all(&mut *tx)
         .await?;
-    Ok(())
+        for sender in senders {
+            let mut before = spent
+                .iter()
+                .find(|(user, _)| *user == sender)
+                .map_or(Amount::ZERO, |(_, spent)| *spent);
+            let theirs: Vec<(Amount, Limit)> = planned
+                .iter()
+                .filter(|p| p.sender == Some(sender))
+                .filter_map(|p| p.spend.map(|s| (s.value, s.limit)))
+                .collect();
+            for (value, _) in &theirs {
+                before = before
+                    .checked_sub(*value)
+                    .map_err(|e| ApiError::internal(&e))?;
+            }
+            for (value, limit) in theirs {
+                if limit.check(value, before).is_err() {
+                    return Ok(None);
+                }
+                before = before
+                    .checked_add(value)
+                    .map_err(|e| ApiError::internal(&e))?;
+            }
+        }
+    }
+
+    let results: Vec<TransferResult> = planned.iter().map(|p| p.result(created_at)).collect();
+    let events = results
+        .iter()
+        .map(|r| Event::new(crate::SERVICE, LEDGER_ENTRY_POSTED, r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue_all(tx, &events).await?;
+
+    let mut written = planned.iter().map(|p| p.index).zip(results);
+    let mut next = written.next();
+    let mut out = Vec::with_capacity(slots.len());
+    for (index, slot) in slots.into_iter().enumerate() {
+        out.push(match slot {
+            // An id repeated in this batch: its entry is dated now, like the others.
+            Slot::Done(Ok((mut result, Applied::Before)))
+                if result.created_at == DateTime::<Utc>::MIN_UTC =>
+            {
+                result.created_at = created_at;
+                Ok((result, Applied::Before))
+            }
+            Slot::Done(outcome) => outcome,
+            Slot::Planned => match next.take() {
+                Some((i, result)) if i == index => {
+                    next = written.next();
+                    Ok((result, Applied::Now))
+                }
+                _ => Err(ApiError::internal(&"a planned transfer without entry")),
+            },
+        });
+    }
+    Ok(Some(out))
+}
+
+/// What working out one transfer of a batch came to.
+enum PlanStep {
+    /// The id was applied before (in an earlier call or earlier in this batch).
+    Before(TransferResult),
+    /// To be written; `accounts` already moved.
+    Write(Planned),
+}
+
+impl Planned {
+    fn result(&self, created_at: DateTime<Utc>) -> TransferResult {
+        TransferResult {
+            transfer_id: self.req.transfer_id,
+            entry_id: self.entry_id,
+            kind: self.req.kind,
+            money: self.money,
+            from_wallet_id: self.from,
+            to_wallet_id: self.to,
+            created_at,
+        }
+    }
+}
+
+/// One transfer of a batch worked out on the locked `accounts`, with the checks of
+/// [`apply_in`] in its order; moves the balances in memory when it will be written.
+fn plan(
+    req: &TransferRequest,
+    spend: Option<Spend>,
+    known: &[TransferResult],
+    voided: &[Uuid],
+    systems: &[(Currency, Uuid)],
+    accounts: &mut [LockedWallet],
+) -> Result<PlanStep, ApiError> {
+    let money = Money::positive(req.amount, req.currency)
+        .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
+    let (from_side, to_side) = sides(req.kind, req.from_wallet_id, req.to_wallet_id)?;
+    if let Some(result) = known.iter().find(|r| r.transfer_id == req.transfer_id) {
+        if !same_request(result, req, money) {
+            return Err(
+                ApiError::conflict("this transfer id was used for a different transfer")
+                    .with_details(serde_json::json!({ "transfer_id": req.transfer_id })),
+            );
+        }
+        return Ok(PlanStep::Before(result.clone()));
+    }
+    if voided.contains(&req.transfer_id) {
+        return Err(voided_error(req.transfer_id));
+    }
+    let id_of = |side: Side| match side {
+        Side::Wallet(id) => Ok(id),
+        Side::System => systems
+            .iter()
+            .find(|(c, _)| *c == money.currency())
+            .map(|(_, id)| *id)
+            .ok_or_else(|| ApiError::internal(&"a system account that was not locked")),
+    };
+    let (from_id, to_id) = (id_of(from_side)?, id_of(to_side)?);
+    let find = |id: Uuid| {
+        accounts
+            .iter()
+            .position(|w| w.id == id)
+            .ok_or_else(|| ApiError::not_found(format!("wallet {id} not found")))
+    };
+    let (from, to) = (find(from_id)?, find(to_id)?);
+    check(&accounts[from], &accounts[to], money)?;
+    let spend = match (req.kind.is_limited(), spend) {
+        (false, _) => None,
+        (true, Some(spend)) => Some(spend),
+        (true, None) => {
+            return Err(ApiError::internal(
+                &"a transfer out of a user's wallet without its value",
+            ));
+        }
+    };
+    if let Some(spend) = spend {
+        spend.limit.check(spend.value, Amount::ZERO)?;
+    }
+    let moved =
+        |balance: Amount, by: Amount| balance.checked_add(by).map_err(|e| ApiError::internal(&e));
+    accounts[from].balance = moved(accounts[from].balance, money.amount().negate())?;
+    accounts[to].balance = moved(accounts[to].balance, money.amount())?;
+    Ok(PlanStep::Write(Planned {
+        index: 0,
+        entry_id: Uuid::now_v7(),
+        req: req.clone(),
+        money,
+        from: from_id,
+        to: to_id,
+        spend,
+        sender: accounts[from].user_id,
+    }))
 }
 
 /// [`apply`] inside the caller's transaction.
@@ -341,7 +662,7 @@ async fn apply_in(
         return Ok((result, Applied::Before));
     }
     if is_voided(tx, req.transfer_id).await? {
-        return Err(voided(req.transfer_id));
+        return Err(voided_error(req.transfer_id));
     }
 
     let from_id = resolve(tx, from_side, money.currency()).await?;
@@ -420,7 +741,7 @@ async fn apply_in(
     Ok((result, Applied::Now))
 }
 
-fn voided(transfer_id: Uuid) -> ApiError {
+fn voided_error(transfer_id: Uuid) -> ApiError {
     ApiError::conflict("this transfer id was voided and can no longer be applied")
         .with_details(serde_json::json!({ "transfer_id": transfer_id, "reason": "voided" }))
 }

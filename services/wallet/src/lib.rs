@@ -121,7 +121,7 @@ pub async fn run(
     ));
 
     let mut background = Background::new();
-    background.relay(&pool, &base.amqp.amqp_url, SERVICE);
+    background.relay(&pool, &base.amqp, SERVICE);
     let health = base
         .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
         .optional("auth", health::Upstream::new(&config.client.auth_url))

@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Event, QueueSpec, backoff, declare_queue};
+use super::{BUNDLE_HEADER, Event, Publisher, QueueSpec, backoff, declare_queue};
 use crate::telemetry;
 
 /// Why a handler could not apply an event.
@@ -340,6 +340,10 @@ async fn consume<H: Handler>(
     }
     *failures = 0;
     let mut role_check = tokio::time::interval(ROLE_POLL);
+    let mut splitter = Splitter {
+        connection: &connection,
+        publisher: None,
+    };
     loop {
         let delivery = tokio::select! {
             () = shutdown.cancelled() => {
@@ -377,47 +381,89 @@ async fn consume<H: Handler>(
                 _ => break,
             }
         }
-        process_batch(pool, spec, handler, batch, shutdown).await?;
+        process_batch(pool, spec, handler, &mut splitter, batch, shutdown).await?;
         if let Some(e) = broken {
             return Err(e);
         }
     }
 }
 
-/// Applies a batch of deliveries ([`apply_batch`]) and ACKs each after the commit; an
-/// event whose handler failed in it, or every event of a batch that could not commit,
-/// goes through [`process`] alone, with its retries.
+/// The most events applied in one transaction: a batch of deliveries that carry bundles
+/// is applied in groups of deliveries of at most this many events (a bundle holds at
+/// most [`super::BUNDLE_MAX`]), so a handler that sends a batch on (C's worker to B's
+/// `/internal/transfers/batch`) stays within what its dependency takes.
+pub const BATCH_EVENTS: usize = 100;
+
+/// Puts the failed events of a bundle back on the queue one by one: a channel of the
+/// consumer's connection, opened the first time it is needed.
+struct Splitter<'c> {
+    connection: &'c lapin::Connection,
+    publisher: Option<Publisher>,
+}
+
+/// Applies a batch of deliveries ([`apply_batch`], in groups of at most [`BATCH_EVENTS`]
+/// events) and ACKs each after the commit. A single event that failed in it, or every
+/// event of a group that could not commit, goes through [`process`] alone, with its
+/// retries; a bundle with failed events is split ([`split`]).
 async fn process_batch<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
+    splitter: &mut Splitter<'_>,
     batch: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) -> lapin::Result<()> {
-    let mut parsed = Vec::with_capacity(batch.len());
+    let mut groups: Vec<Vec<(Delivery, Vec<Event>)>> = Vec::new();
+    let mut in_group = 0;
     for delivery in batch {
-        if let Some(event) = parse(spec, &delivery).await? {
-            parsed.push((delivery, event));
+        if let Some(events) = parse(spec, &delivery).await? {
+            if groups.is_empty() || in_group + events.len() > BATCH_EVENTS {
+                groups.push(Vec::new());
+                in_group = 0;
+            }
+            in_group += events.len();
+            if let Some(group) = groups.last_mut() {
+                group.push((delivery, events));
+            }
         }
     }
-    if parsed.len() <= 1 {
-        for (delivery, event) in parsed {
-            process(pool, spec, handler, delivery, event, shutdown).await?;
+    for group in groups {
+        process_group(pool, spec, handler, splitter, group, shutdown).await?;
+    }
+    Ok(())
+}
+
+async fn process_group<H: Handler>(
+    pool: &PgPool,
+    spec: &ConsumerSpec,
+    handler: &H,
+    splitter: &mut Splitter<'_>,
+    parsed: Vec<(Delivery, Vec<Event>)>,
+    shutdown: &CancellationToken,
+) -> lapin::Result<()> {
+    let total: usize = parsed.iter().map(|(_, events)| events.len()).sum();
+    if total <= 1 {
+        for (delivery, events) in parsed {
+            if let Some(event) = events.into_iter().next() {
+                process(pool, spec, handler, delivery, event, shutdown).await?;
+            }
         }
         return Ok(());
     }
-    let events: Vec<&Event> = parsed.iter().map(|(_, e)| e).collect();
-    let outcomes = match apply_batch(pool, &spec.consumer, handler, &events).await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            tracing::warn!(queue = %spec.queue.name, error = %e, "a batch did not commit; applying its events one by one");
-            vec![None; parsed.len()]
+    let outcomes = {
+        let events: Vec<&Event> = parsed.iter().flat_map(|(_, events)| events).collect();
+        match apply_batch(pool, &spec.consumer, handler, &events).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::warn!(queue = %spec.queue.name, error = %e, "a batch did not commit; applying its events one by one");
+                vec![None; events.len()]
+            }
         }
     };
     if outcomes.iter().all(Option::is_some) {
-        // One ACK for the whole batch: everything unacknowledged on this channel up to the
-        // last delivery is this batch (batches run one after another, and its poison was
-        // rejected above), and RabbitMQ settles it in one command instead of one each.
+        // One ACK for the whole group: everything unacknowledged on this channel up to
+        // its last delivery is this group (groups and batches run one after another,
+        // and poison was rejected above), and RabbitMQ settles it in one command.
         for outcome in outcomes.into_iter().flatten() {
             count(spec, outcome.as_str());
         }
@@ -426,22 +472,84 @@ async fn process_batch<H: Handler>(
         }
         return Ok(());
     }
-    for ((delivery, event), outcome) in parsed.into_iter().zip(outcomes) {
-        match outcome {
-            Some(outcome) => {
+    let mut outcomes = outcomes.into_iter();
+    for (delivery, events) in parsed {
+        let theirs: Vec<Option<Outcome>> = outcomes.by_ref().take(events.len()).collect();
+        if theirs.iter().all(Option::is_some) {
+            for outcome in theirs.into_iter().flatten() {
                 count(spec, outcome.as_str());
-                delivery.ack(BasicAckOptions::default()).await?;
             }
-            None => process(pool, spec, handler, delivery, event, shutdown).await?,
+            delivery.ack(BasicAckOptions::default()).await?;
+        } else if events.len() == 1 {
+            if let Some(event) = events.into_iter().next() {
+                process(pool, spec, handler, delivery, event, shutdown).await?;
+            }
+        } else {
+            split(spec, splitter, delivery, &events, &theirs).await?;
         }
     }
     Ok(())
 }
 
-/// The event a delivery carries, or `None` after dead-lettering one that carries none.
-async fn parse(spec: &ConsumerSpec, delivery: &Delivery) -> lapin::Result<Option<Event>> {
-    match serde_json::from_slice(&delivery.data) {
-        Ok(event) => Ok(Some(event)),
+/// A bundle some of whose events failed: those go back on the queue as messages of their
+/// own (with the bundle's trace context), to be retried, and dead-lettered, alone like
+/// any event; the others are done. The bundle is acknowledged once the broker has
+/// confirmed them, so a consumer that dies in between leaves the whole bundle to be
+/// redelivered (the done ones are then duplicates).
+async fn split(
+    spec: &ConsumerSpec,
+    splitter: &mut Splitter<'_>,
+    delivery: Delivery,
+    events: &[Event],
+    outcomes: &[Option<Outcome>],
+) -> lapin::Result<()> {
+    let publisher = match splitter.publisher.take() {
+        Some(publisher) => publisher,
+        None => Publisher::new(splitter.connection).await?,
+    };
+    let headers: FieldTable = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| k.as_str() != BUNDLE_HEADER)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into()
+        })
+        .unwrap_or_default();
+    for (event, outcome) in events.iter().zip(outcomes) {
+        match outcome {
+            Some(outcome) => count(spec, outcome.as_str()),
+            None => {
+                if let Err(e) = publisher
+                    .requeue_alone(&spec.queue.name, event, headers.clone())
+                    .await
+                {
+                    tracing::warn!(queue = %spec.queue.name, error = %e, "could not split a bundle; it is redelivered whole");
+                    return Err(match e {
+                        super::PublishError::Amqp(e) => e,
+                        _ => lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+                            lapin::ConnectionState::Closed,
+                        )),
+                    });
+                }
+                tracing::debug!(queue = %spec.queue.name, event_id = %event.id, "event of a bundle failed; retried alone");
+                count(spec, "split");
+            }
+        }
+    }
+    splitter.publisher = Some(publisher);
+    delivery.ack(BasicAckOptions::default()).await.map(drop)
+}
+
+/// The events a delivery carries (one, or a bundle), or `None` after dead-lettering one
+/// that carries none.
+async fn parse(spec: &ConsumerSpec, delivery: &Delivery) -> lapin::Result<Option<Vec<Event>>> {
+    match super::decode(&delivery.data) {
+        Ok(events) => Ok(Some(events)),
         Err(e) => {
             tracing::error!(queue = %spec.queue.name, error = %e, "poison message dead-lettered");
             count(spec, "poison");

@@ -100,6 +100,60 @@ impl Event {
     }
 }
 
+/// The most events a relay puts in one message: a run of consecutive events of one type
+/// travels as a bundle, a JSON array of envelopes (see [`Publisher::bundled`]).
+pub const BUNDLE_MAX: usize = 64;
+
+/// The header of a message that carries a bundle: how many events are in it.
+pub const BUNDLE_HEADER: &str = "x-finflow-events";
+
+/// Why a message body carries no event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not an event envelope or a bundle of them: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("an empty bundle")]
+    Empty,
+}
+
+/// The events a message body carries: one envelope, or a bundle of them in order.
+pub fn decode(body: &[u8]) -> Result<Vec<Event>, DecodeError> {
+    let is_bundle = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[');
+    if !is_bundle {
+        return Ok(vec![serde_json::from_slice(body)?]);
+    }
+    let events: Vec<Event> = serde_json::from_slice(body)?;
+    if events.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    Ok(events)
+}
+
+/// Splits `events` into the messages [`Publisher::publish_all`] sends: runs of
+/// consecutive events of one type, at most `max` each. Consecutive only, so the
+/// messages keep the events' order.
+pub fn bundles<T>(events: &[(Event, T)], max: usize) -> Vec<&[(Event, T)]> {
+    events
+        .chunk_by(|(a, _), (b, _)| a.event_type == b.event_type)
+        .flat_map(|run| run.chunks(max.max(1)))
+        .collect()
+}
+
+/// The AMQP properties of a message carrying `event` (the first of a bundle).
+pub fn properties(event: &Event, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(event.id.to_string()))
+        .with_type(ShortString::from(event.event_type.as_str()))
+        .with_app_id(ShortString::from(event.source.as_str()))
+        .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or(0))
+        .with_headers(headers)
+}
+
 /// Opens an AMQP connection named after the process (visible in RabbitMQ's tooling).
 pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
@@ -291,63 +345,106 @@ pub enum PublishError {
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    bundle_max: usize,
 }
 
 /// How long a publish waits for the broker's confirm.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Publisher {
-    /// Opens a confirm-mode channel and declares the exchanges.
+    /// Opens a confirm-mode channel and declares the exchanges. Each event is a message
+    /// of its own unless [`Publisher::bundled`].
     pub async fn new(connection: &Connection) -> lapin::Result<Self> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         declare_exchanges(&channel).await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            bundle_max: 1,
+        })
+    }
+
+    /// Publishes runs of consecutive events of one type as bundles of up to `max`
+    /// events: one message, one routing and one delivery per queue for the run, where
+    /// each event was all of that. The first event's trace context is the message's.
+    pub fn bundled(mut self, max: usize) -> Self {
+        self.bundle_max = max.max(1);
+        self
     }
 
     /// Publishes events and waits until the broker has confirmed every one of them.
     /// `headers` carries each event's trace context.
     pub async fn publish_all(&self, events: &[(Event, FieldTable)]) -> Result<(), PublishError> {
         let mut confirms = Vec::with_capacity(events.len());
-        for (event, headers) in events {
-            let payload = serde_json::to_vec(event)?;
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type(ShortString::from("application/json"))
-                .with_message_id(ShortString::from(event.id.to_string()))
-                .with_type(ShortString::from(event.event_type.as_str()))
-                .with_app_id(ShortString::from(event.source.as_str()))
-                .with_timestamp(u64::try_from(event.occurred_at.timestamp()).unwrap_or(0))
-                .with_headers(headers.clone());
+        for bundle in bundles(events, self.bundle_max) {
+            let Some((first, headers)) = bundle.first() else {
+                continue;
+            };
+            let (payload, headers) = if bundle.len() == 1 {
+                (serde_json::to_vec(first)?, headers.clone())
+            } else {
+                let events: Vec<&Event> = bundle.iter().map(|(e, _)| e).collect();
+                let mut headers = headers.clone();
+                headers.insert(
+                    BUNDLE_HEADER.into(),
+                    AMQPValue::LongUInt(u32::try_from(bundle.len()).unwrap_or(u32::MAX)),
+                );
+                (serde_json::to_vec(&events)?, headers)
+            };
             let confirm = self
                 .channel
                 .basic_publish(
                     EVENTS_EXCHANGE.into(),
-                    event.event_type.as_str().into(),
+                    first.event_type.as_str().into(),
                     BasicPublishOptions::default(),
                     &payload,
-                    props,
+                    properties(first, headers),
                 )
                 .await?;
             confirms.push(confirm);
         }
-        for confirm in confirms {
-            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
-                .await
-                .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
-            if confirmation.is_nack() {
-                return Err(PublishError::Nacked);
-            }
-        }
-        Ok(())
+        await_confirms(confirms).await
     }
 
     /// Publishes one event and waits for its confirm.
     pub async fn publish(&self, event: &Event, headers: FieldTable) -> Result<(), PublishError> {
         self.publish_all(&[(event.clone(), headers)]).await
     }
+
+    /// Puts `event` alone back on `queue` (through the default exchange: no other queue
+    /// sees it again) and waits for the confirm.
+    pub async fn requeue_alone(
+        &self,
+        queue: &str,
+        event: &Event,
+        headers: FieldTable,
+    ) -> Result<(), PublishError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(event)?,
+                properties(event, headers),
+            )
+            .await?;
+        await_confirms(vec![confirm]).await
+    }
+}
+
+async fn await_confirms(confirms: Vec<lapin::PublisherConfirm>) -> Result<(), PublishError> {
+    for confirm in confirms {
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
+        if confirmation.is_nack() {
+            return Err(PublishError::Nacked);
+        }
+    }
+    Ok(())
 }
 
 /// Exponential backoff with full jitter, capped: `attempt` 0 waits up to `base`.
@@ -378,6 +475,44 @@ mod tests {
         }
         assert_eq!(value["type"], "payment.completed");
         assert_eq!(value["version"], 1);
+    }
+
+    fn typed(t: &str) -> (Event, ()) {
+        (Event::new("test", t, &serde_json::json!({})).unwrap(), ())
+    }
+
+    #[test]
+    fn a_run_of_one_type_is_one_bundle_and_the_order_is_kept() {
+        let events: Vec<(Event, ())> = ["a", "a", "b", "a", "a", "a"]
+            .into_iter()
+            .map(typed)
+            .collect();
+        let sizes: Vec<usize> = bundles(&events, 64).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 1, 3]);
+        let sizes: Vec<usize> = bundles(&events, 2).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, [2, 1, 2, 1], "at most the bundle size");
+        let flattened: Vec<Uuid> = bundles(&events, 2)
+            .into_iter()
+            .flatten()
+            .map(|(e, _)| e.id)
+            .collect();
+        let given: Vec<Uuid> = events.iter().map(|(e, _)| e.id).collect();
+        assert_eq!(flattened, given);
+    }
+
+    #[test]
+    fn a_body_is_one_envelope_or_a_bundle_and_nothing_else() {
+        let (one, ()) = typed("a");
+        let (two, ()) = typed("a");
+        assert_eq!(
+            decode(&serde_json::to_vec(&one).unwrap()).unwrap(),
+            std::slice::from_ref(&one)
+        );
+        let bundle = serde_json::to_vec(&[&one, &two]).unwrap();
+        assert_eq!(decode(&bundle).unwrap(), [one, two]);
+        assert!(matches!(decode(b" []"), Err(DecodeError::Empty)));
+        assert!(decode(b"[{\"id\": 1}]").is_err());
+        assert!(decode(b"not json").is_err());
     }
 
     #[test]

@@ -9,11 +9,11 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Event, PublishError, Publisher, backoff};
+use super::{BUNDLE_MAX, Event, PublishError, Publisher, backoff};
 use crate::telemetry;
 
 /// The PostgreSQL channel `enqueue` notifies so the relay wakes at once.
-const NOTIFY_CHANNEL: &str = "finflow_outbox";
+pub const NOTIFY_CHANNEL: &str = "finflow_outbox";
 
 /// The session advisory lock of the relay that scans a database's outbox.
 const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
@@ -39,6 +39,27 @@ pub async fn enqueue(tx: &mut PgConnection, event: &Event) -> Result<(), sqlx::E
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// An event as its outbox row holds it, for a caller that writes its own change and the
+/// event in one statement: it inserts `(event_id, event_type, payload, headers)` into
+/// `outbox` and calls `pg_notify(NOTIFY_CHANNEL, '')`, as [`enqueue`] does.
+pub struct Staged {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub headers: serde_json::Value,
+}
+
+/// `event` as its outbox row, with the current trace context.
+pub fn stage(event: &Event) -> Result<Staged, sqlx::Error> {
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    Ok(Staged {
+        event_id: event.id,
+        event_type: event.event_type.clone(),
+        payload: serde_json::to_value(event).map_err(encode)?,
+        headers: serde_json::to_value(telemetry::current_context_map()).map_err(encode)?,
+    })
 }
 
 /// Records several events in the outbox as part of the caller's transaction, in one
@@ -88,6 +109,10 @@ pub struct Relay {
     name: String,
     /// Rows published per transaction.
     pub batch_size: i64,
+    /// Most events per message: runs of one type are published as bundles
+    /// ([`Publisher::bundled`]); 1 publishes each event alone, as consumers from before
+    /// bundles expect.
+    pub bundle_max: usize,
     /// Longest wait between scans when no notification arrives.
     pub poll_interval: Duration,
     /// How long a notification waits for the commits right behind it, so that one scan
@@ -113,6 +138,7 @@ impl Relay {
             amqp_url,
             name: name.into(),
             batch_size: 200,
+            bundle_max: BUNDLE_MAX,
             poll_interval: Duration::from_secs(1),
             coalesce: Duration::from_millis(10),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -157,7 +183,8 @@ impl Relay {
             .map_err(PublishError::from)?;
         let publisher = Publisher::new(&connection)
             .await
-            .map_err(PublishError::from)?;
+            .map_err(PublishError::from)?
+            .bundled(self.bundle_max);
         // One relay of a database scans at a time: the one holding the session lock
         // [`RELAY_LOCK`] on its listening connection. The others stand by, asking for the
         // lock every poll interval, so a commit does not wake every relay (API and
@@ -269,13 +296,17 @@ impl Relay {
     }
 
     /// Publishes up to one batch in `seq` order and marks it published, in one
-    /// transaction. `SKIP LOCKED` lets several relays (blue and green, replicas) share
-    /// the table without publishing a row concurrently.
+    /// transaction: the rows are marked as they are taken (one statement), and the mark
+    /// is rolled back unless the broker confirmed them all. `SKIP LOCKED` lets several
+    /// relays (blue and green, replicas) share the table without publishing a row
+    /// concurrently.
     async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, serde_json::Value, serde_json::Value)> = sqlx::query_as(
-            "SELECT seq, payload, headers FROM outbox WHERE published_at IS NULL \
-             ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+        let mut rows: Vec<(i64, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE seq IN \
+               (SELECT seq FROM outbox WHERE published_at IS NULL \
+                ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING seq, payload, headers",
         )
         .bind(self.batch_size)
         .fetch_all(&mut *tx)
@@ -283,6 +314,7 @@ impl Relay {
         if rows.is_empty() {
             return Ok(0);
         }
+        rows.sort_unstable_by_key(|(seq, _, _)| *seq);
         let mut seqs = Vec::with_capacity(rows.len());
         let mut batch = Vec::with_capacity(rows.len());
         let mut poison = Vec::new();
@@ -305,16 +337,9 @@ impl Relay {
             self.record_failure(&seqs, &e.to_string()).await;
             return Err(e.into());
         }
-        sqlx::query(
-            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE seq = ANY($1)",
-        )
-        .bind(&seqs)
-        .execute(&mut *tx)
-        .await?;
         if !poison.is_empty() {
             sqlx::query(
-                "UPDATE outbox SET published_at = now(), last_error = 'not an event envelope' \
-                 WHERE seq = ANY($1)",
+                "UPDATE outbox SET last_error = 'not an event envelope' WHERE seq = ANY($1)",
             )
             .bind(&poison)
             .execute(&mut *tx)
