@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub xacts: BTreeMap<String, (u64, u64)>,
     /// Events consumed, every service together.
     pub consumed: u64,
+    /// RabbitMQ deliveries to consumers (a bundle is one, carrying several events).
+    pub messages: u64,
 }
 
 /// The sum of a counter's samples in a Prometheus exposition text, leaving out samples
@@ -136,7 +138,7 @@ pub async fn snapshot(platform: &Platform, http: &reqwest::Client) -> anyhow::Re
         let ticks = stat_of(pid).map_or(0, |s| s.2);
         cpu.insert(name, ticks);
     }
-    let mut consumed = 0;
+    let (mut consumed, mut messages) = (0, 0);
     for service in &platform.services {
         let text = http
             .get(format!("{}/metrics", service.app_url))
@@ -149,6 +151,7 @@ pub async fn snapshot(platform: &Platform, http: &reqwest::Client) -> anyhow::Re
             "finflow_events_consumed_total",
             "outcome=\"retried\"",
         );
+        messages += counter_total(&text, "finflow_messages_consumed_total", "outcome=");
     }
     let server = platform.backing.database_url("postgres");
     let out = Command::new("psql")
@@ -178,6 +181,7 @@ pub async fn snapshot(platform: &Platform, http: &reqwest::Client) -> anyhow::Re
         cpu,
         xacts,
         consumed,
+        messages,
     })
 }
 
@@ -188,7 +192,9 @@ pub struct Cost {
     pub cpu_ms: Vec<(String, f64)>,
     /// Commits and rollbacks per payment by database.
     pub xacts: Vec<(String, f64, f64)>,
-    /// Events consumed per payment (RabbitMQ deliveries).
+    /// Events consumed per payment.
+    pub events: f64,
+    /// RabbitMQ deliveries per payment (each carries one event or a bundle).
     pub deliveries: f64,
 }
 
@@ -226,7 +232,8 @@ impl Cost {
         Self {
             cpu_ms,
             xacts,
-            deliveries: per(payments, after.consumed.saturating_sub(before.consumed)),
+            events: per(payments, after.consumed.saturating_sub(before.consumed)),
+            deliveries: per(payments, after.messages.saturating_sub(before.messages)),
         }
     }
 
@@ -263,8 +270,8 @@ impl fmt::Display for Cost {
         writeln!(f, "    {:<24} {commits:>10.2} {rollbacks:>10.2}", "total")?;
         write!(
             f,
-            "  RabbitMQ deliveries per payment: {:.2}",
-            self.deliveries
+            "  RabbitMQ deliveries per payment: {:.2}, carrying {:.2} events",
+            self.deliveries, self.events
         )
     }
 }
@@ -339,11 +346,13 @@ mod tests {
             cpu: [("payment".to_owned(), 100), ("postgres".to_owned(), 1000)].into(),
             xacts: [("payment".to_owned(), (10, 1))].into(),
             consumed: 5,
+            messages: 5,
         };
         let after = Snapshot {
             cpu: [("payment".to_owned(), 300), ("postgres".to_owned(), 1800)].into(),
             xacts: [("payment".to_owned(), (210, 51))].into(),
             consumed: 305,
+            messages: 105,
         };
         let cost = Cost::between(&before, &after, 100);
         // 800 ticks of 10 ms over 100 payments: 80 ms each.
@@ -351,10 +360,10 @@ mod tests {
         assert_eq!(cost.part_ms("payment"), 20.0);
         assert_eq!(cost.total_ms(), 100.0);
         assert_eq!(cost.xacts, vec![("payment".to_owned(), 2.0, 0.5)]);
-        assert_eq!(cost.deliveries, 3.0);
+        assert_eq!((cost.deliveries, cost.events), (1.0, 3.0));
         assert!(
             cost.to_string()
-                .contains("RabbitMQ deliveries per payment: 3.00")
+                .contains("RabbitMQ deliveries per payment: 1.00, carrying 3.00 events")
         );
     }
 

@@ -415,6 +415,8 @@ async fn process_batch<H: Handler>(
 ) -> lapin::Result<()> {
     let mut groups: Vec<Vec<(Delivery, Vec<Event>)>> = Vec::new();
     let mut in_group = 0;
+    metrics::counter!("finflow_messages_consumed_total", "queue" => spec.queue.name.clone())
+        .increment(batch.len() as u64);
     for delivery in batch {
         if let Some(events) = parse(spec, &delivery).await? {
             if groups.is_empty() || in_group + events.len() > BATCH_EVENTS {
