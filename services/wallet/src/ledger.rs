@@ -260,6 +260,11 @@ pub async fn apply(
 /// from another wallet of the same sender); it is read once the lines' trigger holds
 /// those rows, and a batch that a daily limit would have cut short is done again one
 /// transfer at a time, with a savepoint each, as [`apply`] would do it.
+///
+/// The lines' trigger locks each sender's day of spending as it counts it, in the order
+/// of `transfers`: callers give them in order of sender (as `POST
+/// /internal/transfers/batch` does), so two batches never take two senders' days in
+/// opposite orders.
 pub async fn apply_all(
     pool: &PgPool,
     transfers: &[(TransferRequest, Option<Spend>)],
