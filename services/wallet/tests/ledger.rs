@@ -1250,7 +1250,7 @@ fn a_batch_answers_and_moves_money_exactly_as_its_transfers_one_by_one() {
             failure_persistence: None,
             ..Config::default()
         });
-        if let Err(e) = runner.run(&drawn(), &check) {
+        if let Err(e) = runner.run(&drawn(), check) {
             failure = Some(e.to_string());
             break;
         }
