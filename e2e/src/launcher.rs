@@ -603,6 +603,8 @@ impl Platform {
                 ("DATABASE_CREATE".to_owned(), "true".to_owned()),
                 ("REDIS_URL".to_owned(), self.backing.redis_url.clone()),
                 ("AMQP_URL".to_owned(), self.backing.amqp_url.clone()),
+                // Every service here is this version: all of them read bundles.
+                ("EVENT_BUNDLE_MAX".to_owned(), "64".to_owned()),
                 ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
             ];
             env.extend(self.service_env(spec));

@@ -348,9 +348,11 @@ async fn create(
     } else {
         Status::Pending
     };
-    // The row is known before it is written (dated by this process), so its event is
-    // too: the payment, its outbox row and the relay's wake-up are one statement and one
-    // commit.
+    // The row is known before it is written, so its event is too: the payment, its
+    // outbox row and the relay's wake-up are one statement and one commit. This process
+    // dates the payment, as every process dates the events it emits (`occurred_at`):
+    // the platform's clocks are kept in step (NTP), and the sweeper's ages, counted in
+    // minutes, do not notice a skew of milliseconds.
     let now = Utc::now().trunc_subsecs(6);
     let row = PaymentRow {
         id: Uuid::now_v7(),

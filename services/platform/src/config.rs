@@ -184,8 +184,9 @@ pub struct AmqpConfig {
     #[arg(long, env = "AMQP_PREFETCH", default_value_t = 16)]
     pub amqp_prefetch: u16,
     /// Most events the outbox relay puts in one message (a bundle of consecutive events
-    /// of one type); 1 sends each alone, for consumers from before bundles.
-    #[arg(long, env = "EVENT_BUNDLE_MAX", default_value_t = 64)]
+    /// of one type). 1 sends each alone, which consumers from before bundles need; raise
+    /// it (to 64) once every service runs a version that reads bundles.
+    #[arg(long, env = "EVENT_BUNDLE_MAX", default_value_t = 1)]
     pub event_bundle_max: u16,
 }
 

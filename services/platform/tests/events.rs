@@ -791,8 +791,9 @@ async fn the_relay_sends_a_run_of_one_type_as_one_bundle_and_the_next_type_apart
     tx.commit().await.unwrap();
 
     let shutdown = CancellationToken::new();
-    let relay =
-        tokio::spawn(Relay::new(db.pool.clone(), events::test_url(), "test").run(shutdown.clone()));
+    let mut relay = Relay::new(db.pool.clone(), events::test_url(), "test");
+    relay.bundle_max = events::BUNDLE_MAX;
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
     eventually("the relay to publish", || async {
         outbox::is_published(&db.pool, other.id).await.unwrap()
     })
@@ -890,8 +891,8 @@ async fn a_bundle_applies_once_and_only_its_refused_event_is_dead_lettered_alone
     let dead_letter: Event = serde_json::from_slice(&dead[0]).expect("one event, not a bundle");
     assert_eq!(dead_letter.id, refused.id);
     assert_eq!(counter(&db).await, (15, 4), "the four others, once each");
-    // Nothing else is waiting or dead: the bundles were acknowledged, the split-off
-    // event's second copy was refused as well or found processed.
+    // Nothing is left waiting: both bundles were acknowledged once their events were
+    // settled (the refused one dead-lettered alone each time).
     tokio::time::sleep(Duration::from_millis(500)).await;
     shutdown.cancel();
     runner.await.unwrap();
@@ -909,4 +910,85 @@ async fn a_bundle_applies_once_and_only_its_refused_event_is_dead_lettered_alone
 
 fn amount_event_of(event_type: &str, amount: i64) -> Event {
     Event::new("test", event_type, &serde_json::json!({ "amount": amount })).unwrap()
+}
+
+/// Fails transiently, for good, one event; applies the others.
+struct DownFor {
+    event: uuid::Uuid,
+    tried: std::sync::atomic::AtomicU32,
+}
+
+impl Handler for DownFor {
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        if event.id == self.event {
+            self.tried.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(HandlerError::Transient("wallet service restarting".into()));
+        }
+        AddToCounter.handle(tx, event).await
+    }
+}
+
+#[tokio::test]
+async fn an_event_left_to_the_broker_at_shutdown_is_not_acknowledged_by_a_later_batch() {
+    let db = counter_db().await;
+    let (conn, ch) = channel().await;
+    let event_type = unique("stopped");
+    let mut spec = ConsumerSpec::new(QueueSpec::new(unique("stopped-q"), &[&event_type]));
+    spec.retry_base = Duration::from_millis(20);
+    spec.retry_cap = Duration::from_millis(50);
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+    // One event that cannot be applied yet, then 99 and 10 more: two groups of one batch
+    // (at most 100 events a group), the second of which applies.
+    let stuck = amount_event_of(&event_type, 1000);
+    let publisher = Publisher::new(&conn).await.unwrap();
+    publisher
+        .publish(&stuck, FieldTable::default())
+        .await
+        .unwrap();
+    let bundled = Publisher::new(&conn).await.unwrap().bundled(99);
+    for size in [99, 10] {
+        let run: Vec<(Event, FieldTable)> = (0..size)
+            .map(|_| (amount_event_of(&event_type, 1), FieldTable::default()))
+            .collect();
+        bundled.publish_all(&run).await.unwrap();
+    }
+
+    let handler = Arc::new(DownFor {
+        event: stuck.id,
+        tried: std::sync::atomic::AtomicU32::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let runner = tokio::spawn(consumer::run(
+        db.pool.clone(),
+        events::test_url(),
+        spec.clone(),
+        Arc::clone(&handler),
+        shutdown.clone(),
+    ));
+    eventually("the stuck event to be retried", || async {
+        handler.tried.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
+    shutdown.cancel();
+    runner.await.unwrap();
+
+    // Closing the channel gave back what was not settled: the stuck event is still there.
+    let mut waiting = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            spec.queue.name.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        waiting.extend(events::decode(&m.delivery.data).unwrap());
+    }
+    assert!(
+        waiting.iter().any(|e| e.id == stuck.id),
+        "the event that was never applied was acknowledged"
+    );
+    let (total, applied) = counter(&db).await;
+    assert_eq!(i64::from(applied), total, "only amounts of 1 were applied");
+    delete_queues(&ch, &spec.queue).await;
 }

@@ -628,8 +628,10 @@ fn plan(
     }
     let moved =
         |balance: Amount, by: Amount| balance.checked_add(by).map_err(|e| ApiError::internal(&e));
-    accounts[from].balance = moved(accounts[from].balance, money.amount().negate())?;
-    accounts[to].balance = moved(accounts[to].balance, money.amount())?;
+    let debited = moved(accounts[from].balance, money.amount().negate())?;
+    let credited = moved(accounts[to].balance, money.amount())?;
+    accounts[from].balance = debited;
+    accounts[to].balance = credited;
     Ok(PlanStep::Write(Planned {
         index: 0,
         entry_id: Uuid::now_v7(),

@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{BUNDLE_HEADER, Event, Publisher, QueueSpec, backoff, declare_queue};
+use super::{Event, Publisher, QueueSpec, backoff, declare_queue};
 use crate::telemetry;
 
 /// Why a handler could not apply an event.
@@ -340,12 +340,15 @@ async fn consume<H: Handler>(
     }
     *failures = 0;
     let mut role_check = tokio::time::interval(ROLE_POLL);
-    let mut splitter = Splitter {
-        connection: &connection,
-        publisher: None,
+    let mut dead = DeadLetters {
+        url: amqp_url,
+        name: format!("{}-dead-letters", spec.consumer),
+        open: None,
     };
     loop {
         let delivery = tokio::select! {
+            // Shutdown first: no new batch is started once it is asked for.
+            biased;
             () = shutdown.cancelled() => {
                 // Unacked messages go back to the queue when the channel closes.
                 connection.close(200, "shutdown".into()).await.ok();
@@ -381,7 +384,13 @@ async fn consume<H: Handler>(
                 _ => break,
             }
         }
-        process_batch(pool, spec, handler, &mut splitter, batch, shutdown).await?;
+        let settled = process_batch(pool, spec, handler, &mut dead, batch, shutdown).await?;
+        if !settled {
+            // A delivery was left to the broker (shutdown during its retries): no ACK of
+            // this channel may follow, or a `multiple` one would settle it unapplied.
+            connection.close(200, "shutdown".into()).await.ok();
+            return Ok(());
+        }
         if let Some(e) = broken {
             return Err(e);
         }
@@ -394,29 +403,70 @@ async fn consume<H: Handler>(
 /// `/internal/transfers/batch`) stays within what its dependency takes.
 pub const BATCH_EVENTS: usize = 100;
 
-/// Puts the failed events of a bundle back on the queue one by one: a channel of the
-/// consumer's connection, opened the first time it is needed.
-struct Splitter<'c> {
-    connection: &'c lapin::Connection,
-    publisher: Option<Publisher>,
+/// Dead-letters single events of a bundle: a connection of its own, opened the first
+/// time it is needed (a publishing connection can be blocked by a broker alarm; the
+/// consumer's must keep draining).
+struct DeadLetters<'u> {
+    url: &'u SecretString,
+    name: String,
+    open: Option<(lapin::Connection, Publisher)>,
+}
+
+impl DeadLetters<'_> {
+    async fn publish(
+        &mut self,
+        spec: &ConsumerSpec,
+        event: &Event,
+        headers: FieldTable,
+    ) -> lapin::Result<()> {
+        let publisher = match &self.open {
+            Some((_, publisher)) => publisher.clone(),
+            None => {
+                let connection = super::connect(self.url, &self.name).await?;
+                let publisher = Publisher::new(&connection).await?;
+                self.open = Some((connection, publisher.clone()));
+                publisher
+            }
+        };
+        if let Err(e) = publisher
+            .dead_letter(&spec.queue.name, event, headers)
+            .await
+        {
+            tracing::warn!(queue = %spec.queue.name, event_id = %event.id, error = %e,
+                "could not dead-letter an event of a bundle; the bundle is redelivered");
+            self.open = None;
+            return Err(match e {
+                super::PublishError::Amqp(e) => e,
+                _ => closed(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn closed() -> lapin::Error {
+    lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+        lapin::ConnectionState::Closed,
+    ))
 }
 
 /// Applies a batch of deliveries ([`apply_batch`], in groups of at most [`BATCH_EVENTS`]
-/// events) and ACKs each after the commit. A single event that failed in it, or every
-/// event of a group that could not commit, goes through [`process`] alone, with its
-/// retries; a bundle with failed events is split ([`split`]).
+/// events) and ACKs each after the commit. An event that failed in it, or every event
+/// of a group that could not commit, is applied alone, in place, with its retries
+/// ([`settle`]). Answers false when shutdown left a delivery unsettled: the caller must
+/// not ACK anything after it.
 async fn process_batch<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    splitter: &mut Splitter<'_>,
+    dead: &mut DeadLetters<'_>,
     batch: Vec<Delivery>,
     shutdown: &CancellationToken,
-) -> lapin::Result<()> {
-    let mut groups: Vec<Vec<(Delivery, Vec<Event>)>> = Vec::new();
-    let mut in_group = 0;
+) -> lapin::Result<bool> {
     metrics::counter!("finflow_messages_consumed_total", "queue" => spec.queue.name.clone())
         .increment(batch.len() as u64);
+    let mut groups: Vec<Vec<(Delivery, Vec<Event>)>> = Vec::new();
+    let mut in_group = 0;
     for delivery in batch {
         if let Some(events) = parse(spec, &delivery).await? {
             if groups.is_empty() || in_group + events.len() > BATCH_EVENTS {
@@ -430,29 +480,25 @@ async fn process_batch<H: Handler>(
         }
     }
     for group in groups {
-        process_group(pool, spec, handler, splitter, group, shutdown).await?;
+        if !process_group(pool, spec, handler, dead, group, shutdown).await? {
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn process_group<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    splitter: &mut Splitter<'_>,
+    dead: &mut DeadLetters<'_>,
     parsed: Vec<(Delivery, Vec<Event>)>,
     shutdown: &CancellationToken,
-) -> lapin::Result<()> {
+) -> lapin::Result<bool> {
     let total: usize = parsed.iter().map(|(_, events)| events.len()).sum();
-    if total <= 1 {
-        for (delivery, events) in parsed {
-            if let Some(event) = events.into_iter().next() {
-                process(pool, spec, handler, delivery, event, shutdown).await?;
-            }
-        }
-        return Ok(());
-    }
-    let outcomes = {
+    let outcomes = if total <= 1 {
+        vec![None; total]
+    } else {
         let events: Vec<&Event> = parsed.iter().flat_map(|(_, events)| events).collect();
         match apply_batch(pool, &spec.consumer, handler, &events).await {
             Ok(outcomes) => outcomes,
@@ -462,89 +508,101 @@ async fn process_group<H: Handler>(
             }
         }
     };
-    if outcomes.iter().all(Option::is_some) {
+    if total > 1 && outcomes.iter().all(Option::is_some) {
         // One ACK for the whole group: everything unacknowledged on this channel up to
         // its last delivery is this group (groups and batches run one after another,
-        // and poison was rejected above), and RabbitMQ settles it in one command.
+        // poison was rejected above, and nothing is left unsettled before it), and
+        // RabbitMQ settles it in one command.
         for outcome in outcomes.into_iter().flatten() {
             count(spec, outcome.as_str());
         }
         if let Some((last, _)) = parsed.last() {
             last.ack(BasicAckOptions { multiple: true }).await?;
         }
-        return Ok(());
+        return Ok(true);
     }
     let mut outcomes = outcomes.into_iter();
     for (delivery, events) in parsed {
         let theirs: Vec<Option<Outcome>> = outcomes.by_ref().take(events.len()).collect();
-        if theirs.iter().all(Option::is_some) {
-            for outcome in theirs.into_iter().flatten() {
-                count(spec, outcome.as_str());
-            }
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else if events.len() == 1 {
-            if let Some(event) = events.into_iter().next() {
-                process(pool, spec, handler, delivery, event, shutdown).await?;
-            }
-        } else {
-            split(spec, splitter, delivery, &events, &theirs).await?;
+        if !process_delivery(
+            pool, spec, handler, dead, delivery, events, theirs, shutdown,
+        )
+        .await?
+        {
+            return Ok(false);
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-/// A bundle some of whose events failed: those go back on the queue as messages of their
-/// own (with the bundle's trace context), to be retried, and dead-lettered, alone like
-/// any event; the others are done. The bundle is acknowledged once the broker has
-/// confirmed them, so a consumer that dies in between leaves the whole bundle to be
-/// redelivered (the done ones are then duplicates).
-async fn split(
+/// Settles one delivery whose events have `outcomes` from a batch (`None`: not applied
+/// there): the others are applied alone, in place and in order, with their retries. An
+/// event refused for good is dead-lettered alone: the delivery itself when it carries
+/// only that event, else a message of its own to `<queue>.dead`, so a bundle's good
+/// events are never dead-lettered with it. The delivery is acknowledged once all its
+/// events are settled; answers false, leaving it to the broker, when shutdown came
+/// first (redelivered, its applied events are then duplicates).
+#[allow(clippy::too_many_arguments)]
+async fn process_delivery<H: Handler>(
+    pool: &PgPool,
     spec: &ConsumerSpec,
-    splitter: &mut Splitter<'_>,
+    handler: &H,
+    dead: &mut DeadLetters<'_>,
     delivery: Delivery,
-    events: &[Event],
-    outcomes: &[Option<Outcome>],
-) -> lapin::Result<()> {
-    let publisher = match splitter.publisher.take() {
-        Some(publisher) => publisher,
-        None => Publisher::new(splitter.connection).await?,
-    };
-    let headers: FieldTable = delivery
+    events: Vec<Event>,
+    outcomes: Vec<Option<Outcome>>,
+    shutdown: &CancellationToken,
+) -> lapin::Result<bool> {
+    let bundle = events.len() > 1;
+    for (event, outcome) in events.iter().zip(outcomes) {
+        if let Some(outcome) = outcome {
+            count(spec, outcome.as_str());
+            continue;
+        }
+        let span = tracing::info_span!(
+            "consume",
+            queue = %spec.queue.name,
+            event_id = %event.id,
+            event_type = %event.event_type,
+            redelivered = delivery.redelivered,
+        );
+        telemetry::set_parent_from_amqp(&span, delivery.properties.headers().as_ref());
+        match settle(pool, spec, handler, event, shutdown)
+            .instrument(span)
+            .await
+        {
+            Settled::Applied => {}
+            Settled::Stopped => return Ok(false),
+            Settled::Refused if bundle => {
+                dead.publish(spec, event, trace_headers(&delivery)).await?;
+            }
+            Settled::Refused => {
+                return delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await
+                    .map(|_| true);
+            }
+        }
+    }
+    delivery.ack(BasicAckOptions::default()).await.map(|_| true)
+}
+
+/// A delivery's own headers (its trace context), without the broker's and the bundle's
+/// (`x-` ones): what an event dead-lettered alone carries.
+fn trace_headers(delivery: &Delivery) -> FieldTable {
+    delivery
         .properties
         .headers()
         .as_ref()
         .map(|h| {
             h.inner()
                 .iter()
-                .filter(|(k, _)| k.as_str() != BUNDLE_HEADER)
+                .filter(|(k, _)| !k.as_str().starts_with("x-"))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<std::collections::BTreeMap<_, _>>()
                 .into()
         })
-        .unwrap_or_default();
-    for (event, outcome) in events.iter().zip(outcomes) {
-        match outcome {
-            Some(outcome) => count(spec, outcome.as_str()),
-            None => {
-                if let Err(e) = publisher
-                    .requeue_alone(&spec.queue.name, event, headers.clone())
-                    .await
-                {
-                    tracing::warn!(queue = %spec.queue.name, error = %e, "could not split a bundle; it is redelivered whole");
-                    return Err(match e {
-                        super::PublishError::Amqp(e) => e,
-                        _ => lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
-                            lapin::ConnectionState::Closed,
-                        )),
-                    });
-                }
-                tracing::debug!(queue = %spec.queue.name, event_id = %event.id, "event of a bundle failed; retried alone");
-                count(spec, "split");
-            }
-        }
-    }
-    splitter.publisher = Some(publisher);
-    delivery.ack(BasicAckOptions::default()).await.map(drop)
+        .unwrap_or_default()
 }
 
 /// The events a delivery carries (one, or a bundle), or `None` after dead-lettering one
@@ -563,60 +621,61 @@ async fn parse(spec: &ConsumerSpec, delivery: &Delivery) -> lapin::Result<Option
     }
 }
 
-async fn process<H: Handler>(
+/// How an event applied alone ended.
+enum Settled {
+    /// Applied now, or found applied before.
+    Applied,
+    /// Refused for good, or failing past its retry budget: to be dead-lettered.
+    Refused,
+    /// Shutdown came during its retries: left to the broker.
+    Stopped,
+}
+
+/// Applies `event` alone ([`apply_once`]), retrying transient failures with backoff for
+/// `spec.retry_for` from the first one.
+async fn settle<H: Handler>(
     pool: &PgPool,
     spec: &ConsumerSpec,
     handler: &H,
-    delivery: Delivery,
-    event: Event,
+    event: &Event,
     shutdown: &CancellationToken,
-) -> lapin::Result<()> {
-    let span = tracing::info_span!(
-        "consume",
-        queue = %spec.queue.name,
-        event_id = %event.id,
-        event_type = %event.event_type,
-        redelivered = delivery.redelivered,
-    );
-    telemetry::set_parent_from_amqp(&span, delivery.properties.headers().as_ref());
-    async {
-        let mut attempt = 0_u32;
-        let mut first_failure: Option<tokio::time::Instant> = None;
-        loop {
-            match apply_once(pool, &spec.consumer, handler, &event).await {
-                Ok(outcome) => {
-                    count(spec, outcome.as_str());
-                    return delivery.ack(BasicAckOptions::default()).await.map(drop);
+) -> Settled {
+    let mut attempt = 0_u32;
+    let mut first_failure: Option<tokio::time::Instant> = None;
+    loop {
+        match apply_once(pool, &spec.consumer, handler, event).await {
+            Ok(outcome) => {
+                count(spec, outcome.as_str());
+                return Settled::Applied;
+            }
+            Err(HandlerError::Permanent(reason)) => {
+                tracing::error!(%reason, "event refused, dead-lettered");
+                count(spec, "dead_lettered");
+                return Settled::Refused;
+            }
+            Err(HandlerError::Transient(reason))
+                if first_failure
+                    .get_or_insert_with(tokio::time::Instant::now)
+                    .elapsed()
+                    < spec.retry_for =>
+            {
+                let wait = backoff(attempt, spec.retry_base, spec.retry_cap);
+                tracing::warn!(%reason, attempt, ?wait, "event failed, will retry");
+                count(spec, "retried");
+                attempt += 1;
+                tokio::select! {
+                    // Not acked: the broker redelivers it to whoever consumes next.
+                    () = shutdown.cancelled() => return Settled::Stopped,
+                    () = tokio::time::sleep(wait) => {}
                 }
-                Err(HandlerError::Permanent(reason)) => {
-                    tracing::error!(%reason, "event refused, dead-lettered");
-                    count(spec, "dead_lettered");
-                    return delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop);
-                }
-                Err(HandlerError::Transient(reason))
-                    if first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed()
-                        < spec.retry_for =>
-                {
-                    let wait = backoff(attempt, spec.retry_base, spec.retry_cap);
-                    tracing::warn!(%reason, attempt, ?wait, "event failed, will retry");
-                    count(spec, "retried");
-                    attempt += 1;
-                    tokio::select! {
-                        // Not acked: the broker redelivers it to whoever consumes next.
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                }
-                Err(HandlerError::Transient(reason)) => {
-                    tracing::error!(%reason, attempts = attempt + 1, retried_for = ?spec.retry_for, "event failed every attempt, dead-lettered");
-                    count(spec, "dead_lettered");
-                    return delivery.reject(BasicRejectOptions { requeue: false }).await.map(drop);
-                }
+            }
+            Err(HandlerError::Transient(reason)) => {
+                tracing::error!(%reason, attempts = attempt + 1, retried_for = ?spec.retry_for, "event failed every attempt, dead-lettered");
+                count(spec, "dead_lettered");
+                return Settled::Refused;
             }
         }
     }
-    .instrument(span)
-    .await
 }
 
 fn count(spec: &ConsumerSpec, outcome: &'static str) {

@@ -339,6 +339,8 @@ pub enum PublishError {
     Serialize(#[from] serde_json::Error),
     #[error("the broker did not confirm within {0:?}")]
     Timeout(Duration),
+    #[error("no queue is bound to receive the message")]
+    Unroutable,
 }
 
 /// Publishes events with publisher confirms on one channel.
@@ -413,9 +415,11 @@ impl Publisher {
         self.publish_all(&[(event.clone(), headers)]).await
     }
 
-    /// Puts `event` alone back on `queue` (through the default exchange: no other queue
-    /// sees it again) and waits for the confirm.
-    pub async fn requeue_alone(
+    /// Dead-letters `event` alone from `queue`, as RabbitMQ would a rejected message:
+    /// to the dead-letter exchange with the queue's name as routing key, so it lands in
+    /// `<queue>.dead`. Mandatory: a dead-letter queue that is not there is an error, not
+    /// a message the broker confirms and drops.
+    pub async fn dead_letter(
         &self,
         queue: &str,
         event: &Event,
@@ -424,14 +428,26 @@ impl Publisher {
         let confirm = self
             .channel
             .basic_publish(
-                "".into(),
+                DEAD_LETTER_EXCHANGE.into(),
                 queue.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &serde_json::to_vec(event)?,
                 properties(event, headers),
             )
             .await?;
-        await_confirms(vec![confirm]).await
+        let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(CONFIRM_TIMEOUT))??;
+        if confirmation.is_nack() {
+            return Err(PublishError::Nacked);
+        }
+        if confirmation.take_message().is_some() {
+            return Err(PublishError::Unroutable);
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{BUNDLE_MAX, Event, PublishError, Publisher, backoff};
+use super::{Event, PublishError, Publisher, backoff};
 use crate::telemetry;
 
 /// The PostgreSQL channel `enqueue` notifies so the relay wakes at once.
@@ -109,9 +109,9 @@ pub struct Relay {
     name: String,
     /// Rows published per transaction.
     pub batch_size: i64,
-    /// Most events per message: runs of one type are published as bundles
-    /// ([`Publisher::bundled`]); 1 publishes each event alone, as consumers from before
-    /// bundles expect.
+    /// Most events per message (at most [`super::BUNDLE_MAX`]): runs of one type are
+    /// published as bundles ([`Publisher::bundled`]). 1, the default, publishes each
+    /// event alone, which every consumer reads, including those from before bundles.
     pub bundle_max: usize,
     /// Longest wait between scans when no notification arrives.
     pub poll_interval: Duration,
@@ -138,7 +138,7 @@ impl Relay {
             amqp_url,
             name: name.into(),
             batch_size: 200,
-            bundle_max: BUNDLE_MAX,
+            bundle_max: 1,
             poll_interval: Duration::from_secs(1),
             coalesce: Duration::from_millis(10),
             retention: Duration::from_secs(7 * 24 * 3600),
