@@ -614,18 +614,7 @@ fn plan(
     };
     let (from, to) = (find(from_id)?, find(to_id)?);
     check(&accounts[from], &accounts[to], money)?;
-    let spend = match (req.kind.is_limited(), spend) {
-        (false, _) => None,
-        (true, Some(spend)) => Some(spend),
-        (true, None) => {
-            return Err(ApiError::internal(
-                &"a transfer out of a user's wallet without its value",
-            ));
-        }
-    };
-    if let Some(spend) = spend {
-        spend.limit.check(spend.value, Amount::ZERO)?;
-    }
+    let spend = valued(req.kind, spend)?;
     let moved =
         |balance: Amount, by: Amount| balance.checked_add(by).map_err(|e| ApiError::internal(&e));
     let debited = moved(accounts[from].balance, money.amount().negate())?;
@@ -689,20 +678,7 @@ async fn apply_in(
     };
     let (from, to) = (find(from_id)?, find(to_id)?);
     check(from, to, money)?;
-    // Every movement out of a user's wallet is valued and counted (the database refuses
-    // one without a value): a caller that forgot the limits must fail, not pass.
-    let spend = match (req.kind.is_limited(), spend) {
-        (false, _) => None,
-        (true, Some(spend)) => Some(spend),
-        (true, None) => {
-            return Err(ApiError::internal(
-                &"a transfer out of a user's wallet without its value",
-            ));
-        }
-    };
-    if let Some(spend) = spend {
-        spend.limit.check(spend.value, Amount::ZERO)?;
-    }
+    let spend = valued(req.kind, spend)?;
 
     let entry: EntryRow = sqlx::query_as(
         "INSERT INTO journal_entries (id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, \
@@ -746,6 +722,23 @@ async fn apply_in(
         .map_err(|e| ApiError::internal(&e))?;
     outbox::enqueue(tx, &event).await?;
     Ok((result, Applied::Now))
+}
+
+/// What a transfer of `kind` counts against its sender's limits, checked against the
+/// per-transaction one. Every movement out of a user's wallet is valued and counted (the
+/// database refuses one without a value): a caller that forgot the limits must fail,
+/// not pass.
+fn valued(kind: TransferKind, spend: Option<Spend>) -> Result<Option<Spend>, ApiError> {
+    match (kind.is_limited(), spend) {
+        (false, _) => Ok(None),
+        (true, Some(spend)) => {
+            spend.limit.check(spend.value, Amount::ZERO)?;
+            Ok(Some(spend))
+        }
+        (true, None) => Err(ApiError::internal(
+            &"a transfer out of a user's wallet without its value",
+        )),
+    }
 }
 
 fn voided_error(transfer_id: Uuid) -> ApiError {
