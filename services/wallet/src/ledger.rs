@@ -353,7 +353,6 @@ async fn lock_all(
 
 /// A transfer of a batch that will be written, as worked out in memory.
 struct Planned {
-    index: usize,
     entry_id: Uuid,
     req: TransferRequest,
     money: Money,
@@ -363,10 +362,11 @@ struct Planned {
     sender: Option<Uuid>,
 }
 
-/// What [`apply_all`] answers for each transfer, before its outcome is known.
+/// What [`apply_all`] answers for each transfer, before the entries are written: known
+/// already, or the `k`th entry written (applied now, or repeated later in the batch).
 enum Slot {
     Done(Result<(TransferResult, Applied), ApiError>),
-    Planned,
+    Written(usize, Applied),
 }
 
 /// The batch worked out on the locked rows and written together (see [`apply_all`]).
@@ -390,7 +390,7 @@ async fn apply_together(
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
-    let mut known: Vec<TransferResult> = known
+    let known: Vec<TransferResult> = known
         .into_iter()
         .map(EntryRow::into_result)
         .collect::<Result<_, _>>()?;
@@ -402,30 +402,51 @@ async fn apply_together(
 
     let mut slots = Vec::with_capacity(transfers.len());
     let mut planned: Vec<Planned> = Vec::new();
-    for (index, (req, spend)) in transfers.iter().enumerate() {
-        let outcome = plan(req, *spend, &known, &voided, &systems, &mut accounts);
-        match outcome {
-            Ok(PlanStep::Before(result)) => slots.push(Slot::Done(Ok((result, Applied::Before)))),
+    for (req, spend) in transfers {
+        let outcome = plan(
+            req,
+            *spend,
+            &known,
+            &planned,
+            &voided,
+            &systems,
+            &mut accounts,
+        );
+        slots.push(match outcome {
+            Ok(PlanStep::Before(result)) => Slot::Done(Ok((result, Applied::Before))),
+            Ok(PlanStep::RepeatOf(k)) => Slot::Written(k, Applied::Before),
             Ok(PlanStep::Write(p)) => {
-                let p = Planned { index, ..p };
-                // A later use of the same id in this batch meets it as applied before.
-                known.push(p.result(DateTime::<Utc>::MIN_UTC));
                 planned.push(p);
-                slots.push(Slot::Planned);
+                Slot::Written(planned.len() - 1, Applied::Now)
             }
-            Err(e) => slots.push(Slot::Done(Err(e))),
-        }
+            Err(e) => Slot::Done(Err(e)),
+        });
     }
+    let Some(results) = write_planned(tx, &planned).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Done(outcome) => outcome,
+                Slot::Written(k, applied) => results
+                    .get(k)
+                    .map(|result| (result.clone(), applied))
+                    .ok_or_else(|| ApiError::internal(&"a planned transfer without entry")),
+            })
+            .collect(),
+    ))
+}
+
+/// Writes the planned transfers (entries, lines, events) and answers their results in
+/// order; `None` when a daily limit refuses one of them.
+async fn write_planned(
+    tx: &mut PgConnection,
+    planned: &[Planned],
+) -> Result<Option<Vec<TransferResult>>, ApiError> {
     if planned.is_empty() {
-        return Ok(Some(
-            slots
-                .into_iter()
-                .map(|slot| match slot {
-                    Slot::Done(outcome) => outcome,
-                    Slot::Planned => Err(ApiError::internal(&"a planned transfer without entry")),
-                })
-                .collect(),
-        ));
+        return Ok(Some(Vec::new()));
     }
 
     let created_at: DateTime<Utc> = sqlx::query_scalar(
@@ -458,7 +479,7 @@ async fn apply_together(
     let mut line_entries = Vec::with_capacity(planned.len() * 2);
     let mut line_wallets = Vec::with_capacity(planned.len() * 2);
     let mut line_amounts = Vec::with_capacity(planned.len() * 2);
-    for p in &planned {
+    for p in planned {
         line_entries.extend([p.entry_id, p.entry_id]);
         line_wallets.extend([p.from, p.to]);
         line_amounts.extend([p.money.amount().negate(), p.money.amount()]);
@@ -524,36 +545,15 @@ async fn apply_together(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::internal(&e))?;
     outbox::enqueue_all(tx, &events).await?;
-
-    let mut written = planned.iter().map(|p| p.index).zip(results);
-    let mut next = written.next();
-    let mut out = Vec::with_capacity(slots.len());
-    for (index, slot) in slots.into_iter().enumerate() {
-        out.push(match slot {
-            // An id repeated in this batch: its entry is dated now, like the others.
-            Slot::Done(Ok((mut result, Applied::Before)))
-                if result.created_at == DateTime::<Utc>::MIN_UTC =>
-            {
-                result.created_at = created_at;
-                Ok((result, Applied::Before))
-            }
-            Slot::Done(outcome) => outcome,
-            Slot::Planned => match next.take() {
-                Some((i, result)) if i == index => {
-                    next = written.next();
-                    Ok((result, Applied::Now))
-                }
-                _ => Err(ApiError::internal(&"a planned transfer without entry")),
-            },
-        });
-    }
-    Ok(Some(out))
+    Ok(Some(results))
 }
 
 /// What working out one transfer of a batch came to.
 enum PlanStep {
-    /// The id was applied before (in an earlier call or earlier in this batch).
+    /// The id was applied before this batch.
     Before(TransferResult),
+    /// The id is the `k`th transfer this batch writes.
+    RepeatOf(usize),
     /// To be written; `accounts` already moved.
     Write(Planned),
 }
@@ -578,6 +578,7 @@ fn plan(
     req: &TransferRequest,
     spend: Option<Spend>,
     known: &[TransferResult],
+    planned: &[Planned],
     voided: &[Uuid],
     systems: &[(Currency, Uuid)],
     accounts: &mut [LockedWallet],
@@ -586,13 +587,15 @@ fn plan(
         .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
     let (from_side, to_side) = sides(req.kind, req.from_wallet_id, req.to_wallet_id)?;
     if let Some(result) = known.iter().find(|r| r.transfer_id == req.transfer_id) {
-        if !same_request(result, req, money) {
-            return Err(
-                ApiError::conflict("this transfer id was used for a different transfer")
-                    .with_details(serde_json::json!({ "transfer_id": req.transfer_id })),
-            );
-        }
-        return Ok(PlanStep::Before(result.clone()));
+        return Ok(PlanStep::Before(repeated(result.clone(), req, money)?));
+    }
+    if let Some(k) = planned
+        .iter()
+        .position(|p| p.req.transfer_id == req.transfer_id)
+    {
+        // Its entry is not written yet: any date does for the comparison.
+        repeated(planned[k].result(DateTime::<Utc>::MIN_UTC), req, money)?;
+        return Ok(PlanStep::RepeatOf(k));
     }
     if voided.contains(&req.transfer_id) {
         return Err(voided_error(req.transfer_id));
@@ -622,7 +625,6 @@ fn plan(
     accounts[from].balance = debited;
     accounts[to].balance = credited;
     Ok(PlanStep::Write(Planned {
-        index: 0,
         entry_id: Uuid::now_v7(),
         req: req.clone(),
         money,
@@ -648,14 +650,10 @@ async fn apply_in(
         .execute(&mut *tx)
         .await?;
     if let Some(existing) = entry_by_transfer(tx, req.transfer_id).await? {
-        let result = existing.into_result()?;
-        if !same_request(&result, req, money) {
-            return Err(
-                ApiError::conflict("this transfer id was used for a different transfer")
-                    .with_details(serde_json::json!({ "transfer_id": req.transfer_id })),
-            );
-        }
-        return Ok((result, Applied::Before));
+        return Ok((
+            repeated(existing.into_result()?, req, money)?,
+            Applied::Before,
+        ));
     }
     if is_voided(tx, req.transfer_id).await? {
         return Err(voided_error(req.transfer_id));
@@ -788,6 +786,22 @@ pub async fn void(pool: &PgPool, transfer_id: Uuid, reason: &str) -> Result<Void
     .await?;
     tx.commit().await?;
     Ok(VoidOutcome::Voided)
+}
+
+/// The answer to `req` when its id was applied before as `result`: that result, or a
+/// conflict when the id was used for another transfer.
+fn repeated(
+    result: TransferResult,
+    req: &TransferRequest,
+    money: Money,
+) -> Result<TransferResult, ApiError> {
+    if !same_request(&result, req, money) {
+        return Err(
+            ApiError::conflict("this transfer id was used for a different transfer")
+                .with_details(serde_json::json!({ "transfer_id": req.transfer_id })),
+        );
+    }
+    Ok(result)
 }
 
 fn same_request(result: &TransferResult, req: &TransferRequest, money: Money) -> bool {
