@@ -789,6 +789,9 @@ async fn internal_users(
     let users: Vec<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)"
     )))
+    // Planned for these ids each time: a plan cached while the table was small
+    // would go on scanning all of it once it has grown.
+    .persistent(false)
     .bind(&req.user_ids)
     .fetch_all(&s.pool)
     .await?;

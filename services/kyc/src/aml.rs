@@ -120,25 +120,33 @@ async fn pattern_alert(
 /// per event): `$1`..`$5` the observation, `$6` the velocity window in milliseconds,
 /// `$7`..`$8` the structuring band, `$9` whether this payment is in it. The selects see
 /// the table as it was before the insert, so the row `observed` returns is added to them
-/// under the same conditions: the counts are the table's after the insert. The band's
-/// day of payments is only read when this payment is in it (`$9`), as before.
+/// under the same conditions: the counts are the table's after the insert.
+///
+/// A rule's window is read only when that rule could raise an alert: not while the user
+/// has an open alert of it (the rules raise none then), and the band's day only when
+/// this payment is in it (`$9`). The open alerts are read first, once (`open`), and gate
+/// the scans as one-time filters: a user paying all day under review costs an index
+/// probe per payment, not a scan of their whole window.
 const OBSERVE: &str = "\
 WITH observed AS ( \
     INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value) \
     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING \
     RETURNING reference_value, observed_at \
+), open AS MATERIALIZED ( \
+    SELECT EXISTS (SELECT 1 FROM aml_alerts \
+                   WHERE user_id = $2 AND rule = 'velocity' AND status = 'open') AS velocity, \
+           EXISTS (SELECT 1 FROM aml_alerts \
+                   WHERE user_id = $2 AND rule = 'structuring' AND status = 'open') AS structuring \
 ) \
 SELECT EXISTS (SELECT 1 FROM observed) AS inserted, \
     velocity.window_count, velocity.window_total, structuring.just_under_count, \
-    EXISTS (SELECT 1 FROM aml_alerts WHERE user_id = $2 AND rule = 'velocity' AND status = 'open') \
-        AS velocity_open, \
-    EXISTS (SELECT 1 FROM aml_alerts WHERE user_id = $2 AND rule = 'structuring' AND status = 'open') \
-        AS structuring_open \
-FROM ( \
+    open.velocity AS velocity_open, open.structuring AS structuring_open \
+FROM open, ( \
     SELECT count(*) AS window_count, coalesce(sum(reference_value), 0) AS window_total \
     FROM ( \
         SELECT reference_value FROM payment_observations \
-        WHERE user_id = $2 AND observed_at > now() - $6::bigint * interval '1 millisecond' \
+        WHERE NOT (SELECT velocity FROM open) \
+            AND user_id = $2 AND observed_at > now() - $6::bigint * interval '1 millisecond' \
         UNION ALL \
         SELECT reference_value FROM observed \
         WHERE observed_at > now() - $6::bigint * interval '1 millisecond' \
@@ -147,7 +155,8 @@ FROM ( \
     SELECT count(*) AS just_under_count \
     FROM ( \
         SELECT 1 FROM payment_observations \
-        WHERE $9::boolean AND user_id = $2 AND observed_at > now() - interval '1 day' \
+        WHERE $9::boolean AND NOT (SELECT structuring FROM open) \
+            AND user_id = $2 AND observed_at > now() - interval '1 day' \
             AND reference_value >= $7 AND reference_value <= $8 \
         UNION ALL \
         SELECT 1 FROM observed \
@@ -161,11 +170,13 @@ FROM ( \
 struct Observed {
     /// False for a payment observed before (a redelivery, a released hold).
     inserted: bool,
-    /// The user's payments within the velocity window, this one included.
+    /// The user's payments within the velocity window, this one included; this one
+    /// alone while a velocity alert is open.
     window_count: i64,
     window_total: Amount,
     /// The user's payments just under the threshold within a day, this one included;
-    /// 0 unless this one is just under.
+    /// 0 unless this one is just under, this one alone while a structuring alert is
+    /// open.
     just_under_count: i64,
     velocity_open: bool,
     structuring_open: bool,

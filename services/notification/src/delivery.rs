@@ -216,6 +216,9 @@ impl Sender {
                 "UPDATE deliveries SET status = 'delivered', delivered_at = now(), \
                  last_error = NULL, claim = NULL WHERE id = ANY($1) AND claim = $2 RETURNING id",
             )
+            // Planned for these ids each time: a plan cached while the table was small
+            // would go on scanning all of it once it has grown.
+            .persistent(false)
             .bind(&delivered)
             .bind(claimed[0].claim)
             .fetch_all(&mut *tx)

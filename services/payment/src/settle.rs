@@ -70,6 +70,9 @@ pub async fn lock_all(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Payment
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     )))
+    // Planned for these ids each time: a plan cached while the table was small
+    // would go on scanning all of it once it has grown.
+    .persistent(false)
     .bind(ids)
     .fetch_all(&mut *tx)
     .await
@@ -126,6 +129,9 @@ pub async fn transition_all(
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) AS c(id, status, code, reason) \
          WHERE p.id = c.id RETURNING {columns}"
     )))
+    // Planned for these ids each time: a plan cached while the table was small
+    // would go on scanning all of it once it has grown.
+    .persistent(false)
     .bind(&ids)
     .bind(&statuses)
     .bind(&codes)

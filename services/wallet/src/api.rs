@@ -789,6 +789,9 @@ async fn spends_of(
         sqlx::query_as::<_, (Uuid, Uuid)>(
             "SELECT id, user_id FROM wallets WHERE id = ANY($1) AND kind = 'user' AND user_id IS NOT NULL",
         )
+        // Planned for these ids each time: a plan cached while the table was small
+        // would go on scanning all of it once it has grown.
+        .persistent(false)
         .bind(&wallets)
         .fetch_all(&s.pool)
         .await?

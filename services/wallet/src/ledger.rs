@@ -346,6 +346,9 @@ async fn lock_all(
         "SELECT id, user_id, kind, currency, status, balance FROM wallets \
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
+    // Planned for these ids each time: a plan cached while the table was small
+    // would go on scanning all of it once it has grown.
+    .persistent(false)
     .bind(&wallets)
     .fetch_all(&mut *tx)
     .await
@@ -382,11 +385,17 @@ async fn apply_together(
         "SELECT id, transfer_id, kind, currency, amount, from_wallet_id, to_wallet_id, created_at \
          FROM journal_entries WHERE transfer_id = ANY($1)",
     )
+    // Planned for these ids each time: a plan cached while the table was small
+    // would go on scanning all of it once it has grown.
+    .persistent(false)
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
     let voided: Vec<Uuid> =
         sqlx::query_scalar("SELECT transfer_id FROM voided_transfers WHERE transfer_id = ANY($1)")
+            // Planned for these ids each time: a plan cached while the table was small
+            // would go on scanning all of it once it has grown.
+            .persistent(false)
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
@@ -509,6 +518,9 @@ async fn write_planned(
             "SELECT user_id, spent FROM user_daily_spend \
              WHERE user_id = ANY($1) AND day = (now() AT TIME ZONE 'UTC')::date",
         )
+        // Planned for these ids each time: a plan cached while the table was small
+        // would go on scanning all of it once it has grown.
+        .persistent(false)
         .bind(&senders)
         .fetch_all(&mut *tx)
         .await?;
@@ -665,6 +677,9 @@ async fn apply_in(
         "SELECT id, user_id, kind, currency, status, balance FROM wallets \
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
+    // Planned for these ids each time: a plan cached while the table was small
+    // would go on scanning all of it once it has grown.
+    .persistent(false)
     .bind([from_id, to_id].as_slice())
     .fetch_all(&mut *tx)
     .await?;
