@@ -11,7 +11,8 @@
 //!   when a status does; [`listmap`] merges the operator's and a user's entries of a
 //!   keyed list (`env`, `volumeMounts`, `volumes`) into one per key, the user's winning;
 //!   [`meta`] decides whether an object must be written at all;
-//!   [`graph`] gives deploy and rollback order; [`leader`] decides create, acquire,
+//!   [`graph`] gives deploy and rollback order; [`analysis`] reads the sidecars' metrics
+//!   of a version's pods and judges them against thresholds; [`leader`] decides create, acquire,
 //!   renew or follow on its own clock; [`certs`] builds the webhook's certificate, what
 //!   the caBundle trusts across a renewal, and the patch of that caBundle alone;
 //!   [`rbac`] lists every permission; [`pod_security`] holds the security contexts that
@@ -58,6 +59,7 @@
 //! A new version rolls out blue-green; other spec changes (environment, resources,
 //! sidecar settings, replicas) are applied to both colors in place.
 
+pub mod analysis;
 pub mod app;
 pub mod certs;
 pub mod conditions;

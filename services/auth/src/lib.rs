@@ -248,7 +248,7 @@ pub async fn run(
         });
     }
     let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
         .critical("redis", health::Redis(redis.clone()))
         .build();
     let state = api::AppState {

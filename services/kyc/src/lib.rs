@@ -149,7 +149,7 @@ pub async fn run(
         aml::Monitor { rules },
     );
     let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
         .optional("auth", health::Upstream::new(&config.client.auth_url))
         .build();
     let http = ServiceClient::http_client();

@@ -213,7 +213,7 @@ pub async fn run(
         background.stop_token(),
     ));
     let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
         .build();
     let api = api::router(api::AppState { pool, policy });
     service::serve(

@@ -204,7 +204,7 @@ pub async fn run(
     let mut doc = ApiDoc::openapi();
     rates.document(&mut doc);
     let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
         .critical("redis", health::Redis(redis.clone()))
         .optional("wallet", health::Upstream::new(&config.wallet_url))
         .build();

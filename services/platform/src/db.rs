@@ -15,6 +15,59 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool};
 /// The platform's own tables (outbox, processed events), present in every service database.
 pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/platform");
 
+/// The line (on its own) that marks a migration the release before it cannot run
+/// against: it drops or renames what that release still reads. Once a version carrying
+/// it has gone live, the operator refuses to roll back past it unless forced
+/// (`kubectl finflow rollback --force`).
+pub const INCOMPATIBLE_MARKER: &str = "-- finflow: incompatible-with-previous";
+
+/// The schema a build expects, as its `/health` reports it: its newest embedded
+/// migration, and the embedded ones marked [`INCOMPATIBLE_MARKER`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SchemaReport {
+    /// The newest migration's version.
+    pub version: i64,
+    /// The migrations the release before each of them cannot run against, oldest first.
+    pub incompatible: Vec<MigrationRef>,
+}
+
+/// A migration by version and description.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct MigrationRef {
+    pub version: i64,
+    pub description: String,
+}
+
+impl SchemaReport {
+    /// What `migrators` (the platform's and a service's sets) hold; `None` when empty.
+    pub fn of(migrators: &[&Migrator]) -> Option<Self> {
+        let mut migrations: Vec<_> = migrators
+            .iter()
+            .flat_map(|m| m.iter())
+            .filter(|m| !m.migration_type.is_down_migration())
+            .collect();
+        migrations.sort_by_key(|m| m.version);
+        let version = migrations.last()?.version;
+        let incompatible = migrations
+            .iter()
+            .filter(|m| {
+                m.sql
+                    .as_str()
+                    .lines()
+                    .any(|l| l.trim() == INCOMPATIBLE_MARKER)
+            })
+            .map(|m| MigrationRef {
+                version: m.version,
+                description: m.description.to_string(),
+            })
+            .collect();
+        Some(Self {
+            version,
+            incompatible,
+        })
+    }
+}
+
 /// How long a request waits for a pooled connection before the database counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -17,6 +17,8 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
+use crate::db::SchemaReport;
+
 /// How long one dependency check may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -139,6 +141,7 @@ struct Entry {
 pub struct Health {
     service: &'static str,
     version: &'static str,
+    schema: Option<Arc<SchemaReport>>,
     checks: Arc<Vec<Entry>>,
     serving: Arc<AtomicBool>,
 }
@@ -172,16 +175,28 @@ pub struct HealthReport {
     pub version: String,
     pub status: Status,
     pub dependencies: Vec<DependencyReport>,
+    /// The schema this build expects (its embedded migrations), for the operator's
+    /// rollbacks; absent in processes without a database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaReport>,
 }
 
 /// Collects checks before the service starts.
 pub struct HealthBuilder {
     service: &'static str,
     version: &'static str,
+    schema: Option<SchemaReport>,
     checks: Vec<Entry>,
 }
 
 impl HealthBuilder {
+    /// The schema the build expects, reported with every `/health`.
+    #[must_use]
+    pub fn schema(mut self, schema: Option<SchemaReport>) -> Self {
+        self.schema = schema;
+        self
+    }
+
     /// A dependency the service cannot work without (its database, its broker).
     #[must_use]
     pub fn critical(mut self, name: &str, check: impl Check) -> Self {
@@ -208,6 +223,7 @@ impl HealthBuilder {
         Health {
             service: self.service,
             version: self.version,
+            schema: self.schema.map(Arc::new),
             checks: Arc::new(self.checks),
             serving: Arc::new(AtomicBool::new(true)),
         }
@@ -219,6 +235,7 @@ impl Health {
         HealthBuilder {
             service,
             version,
+            schema: None,
             checks: Vec::new(),
         }
     }
@@ -276,6 +293,7 @@ impl Health {
             version: self.version.to_owned(),
             status,
             dependencies,
+            schema: self.schema.as_deref().cloned(),
         }
     }
 }

@@ -70,14 +70,20 @@ impl ServiceConfig {
         Ok(pool)
     }
 
-    /// Health with the dependencies every service has: its database and RabbitMQ.
+    /// Health with the dependencies every service has (its database and RabbitMQ), and
+    /// the schema its `migrations` and the platform's make.
     pub fn health(
         &self,
         service: &'static str,
         version: &'static str,
         pool: &PgPool,
+        migrations: &Migrator,
     ) -> HealthBuilder {
         Health::builder(service, version)
+            .schema(crate::db::SchemaReport::of(&[
+                &crate::db::PLATFORM_MIGRATIONS,
+                migrations,
+            ]))
             .critical("database", health::Postgres(pool.clone()))
             .critical(
                 "rabbitmq",

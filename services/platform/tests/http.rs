@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::{get, post};
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{MigrationRef, SchemaReport, TestDb};
 use finflow_platform::error::{self, ApiResult};
 use finflow_platform::health::{self, Health};
 use finflow_platform::{Identity, Json, Money, Path, cache, events};
@@ -274,6 +274,48 @@ async fn health_reports_each_real_dependency_as_up_with_its_latency() {
 
     let (status, body) = app.get("/ready", &[]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Two migrations, the second marked incompatible with the release before it.
+static FIXTURE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("tests/fixtures/schema");
+
+#[test]
+fn the_schema_is_the_newest_migration_and_names_those_marked_incompatible() {
+    let report = SchemaReport::of(&[
+        &finflow_platform::db::PLATFORM_MIGRATIONS,
+        &FIXTURE_MIGRATIONS,
+    ])
+    .unwrap();
+    assert_eq!(report.version, 20_270_101_000_002);
+    assert_eq!(
+        report.incompatible,
+        [MigrationRef {
+            version: 20_270_101_000_002,
+            description: "drop legacy name".into(),
+        }],
+        "a mark is a line of its own, not the words inside another comment"
+    );
+    assert_eq!(SchemaReport::of(&[]), None);
+}
+
+#[tokio::test]
+async fn health_reports_the_schema_the_build_expects() {
+    let app = TestApp::spawn(|_| {
+        Health::builder("test", "0")
+            .schema(SchemaReport::of(&[&FIXTURE_MIGRATIONS]))
+            .build()
+    })
+    .await;
+    let (status, body) = app.get("/health", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["schema"],
+        json!({"version": 20_270_101_000_002_i64,
+               "incompatible": [{"version": 20_270_101_000_002_i64, "description": "drop legacy name"}]})
+    );
+    let bare = TestApp::spawn(|_| Health::builder("test", "0").build()).await;
+    let (_, body) = bare.get("/health", &[]).await;
+    assert!(body.get("schema").is_none(), "{body}");
 }
 
 #[tokio::test]

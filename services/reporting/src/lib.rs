@@ -140,7 +140,7 @@ pub async fn run(
         base.consumer(projections::queue()),
         projections::Projector,
     );
-    let mut health = base.health(SERVICE, env!("CARGO_PKG_VERSION"), &pool);
+    let mut health = base.health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS);
     for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
         health = health.optional(&name, health::Upstream::new(&url));
     }

@@ -291,7 +291,8 @@ fn build(
 fn describe_metrics() {
     metrics::describe_counter!(
         "finflow_sidecar_requests_total",
-        "Requests answered by the proxy, by status"
+        "Requests answered by the proxy, by status, origin (upstream: the upstream's answer; \
+         proxy: the proxy's own) and traffic (probe: /health, /ready, /live; api: the rest)"
     );
     metrics::describe_counter!(
         "finflow_sidecar_jwt_rejections_total",
@@ -300,7 +301,7 @@ fn describe_metrics() {
     metrics::describe_histogram!(
         "finflow_sidecar_upstream_duration_seconds",
         metrics::Unit::Seconds,
-        "Time until the upstream's response head"
+        "Time until the upstream's response head, by traffic (probe or api)"
     );
     metrics::describe_counter!(
         "finflow_sidecar_jwks_fetches_total",

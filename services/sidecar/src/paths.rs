@@ -1,6 +1,16 @@
 //! Decisions on paths alone: which are public, which are internal, where the gateway
 //! sends them. All pure.
 
+/// The paths an orchestrator probes (`/health` by the operator, `/ready` and `/live` by
+/// the kubelet): counted apart from traffic, so that probes neither make up a version's
+/// request count nor dilute its share of errors.
+pub const PROBE_PATHS: [&str; 3] = ["/health", "/ready", "/live"];
+
+/// Whether `path` is one of [`PROBE_PATHS`].
+pub fn is_probe(path: &str) -> bool {
+    PROBE_PATHS.contains(&path)
+}
+
 /// One `PUBLIC_PATHS` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pattern {

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::gateway::GatewayGate;
 use crate::headers::{self, PROXY_ERROR, X_REQUEST_ID};
 use crate::jwt::Rejection;
-use crate::paths::is_ambiguous;
+use crate::paths::{self, is_ambiguous};
 use crate::sidecar::SidecarGate;
 use crate::upstream::Upstreams;
 
@@ -194,6 +194,7 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = request.into_parts();
+        let traffic = Traffic::of(parts.uri.path());
         headers::remove_hop_by_hop(&mut parts.headers);
         headers::strip(&mut parts.headers, &self.strip);
         if is_ambiguous(parts.uri.path()) {
@@ -246,7 +247,9 @@ impl Proxy {
             upstreams.send(base.authority(), Request::from_parts(parts, body)),
         )
         .await;
-        self.meters.upstream.record(started.elapsed().as_secs_f64());
+        self.meters
+            .upstream(traffic)
+            .record(started.elapsed().as_secs_f64());
         let response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
@@ -321,6 +324,7 @@ pub async fn handle(
         return answer_locally(router, request).await.map(Either::Right);
     }
     let request_id = headers::request_id(request.headers());
+    let traffic = Traffic::of(request.uri().path());
     let (span, response) = if proxy.spans {
         let span = tracing::info_span!(
             "proxy",
@@ -341,6 +345,11 @@ pub async fn handle(
         let response = proxy.forward(request, upstreams, peer, &request_id).await;
         (tracing::Span::none(), response)
     };
+    let origin = if response.is_ok() {
+        Origin::Upstream
+    } else {
+        Origin::Proxy
+    };
     let mut response = match response {
         Ok(response) => response,
         Err(error) => {
@@ -358,7 +367,7 @@ pub async fn handle(
     };
     response.headers_mut().insert(X_REQUEST_ID, request_id);
     span.record("status", response.status().as_u16());
-    proxy.meters.count(response.status());
+    proxy.meters.count(response.status(), origin, traffic);
     response
 }
 
@@ -370,15 +379,63 @@ async fn answer_locally(router: &Router, request: Request<Incoming>) -> Response
     }
 }
 
+/// Whether a request was a probe ([`paths::PROBE_PATHS`]) or traffic: label `traffic`,
+/// `probe` or `api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Traffic {
+    Api,
+    Probe,
+}
+
+impl Traffic {
+    fn of(path: &str) -> Self {
+        if paths::is_probe(path) {
+            Self::Probe
+        } else {
+            Self::Api
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Probe => "probe",
+        }
+    }
+}
+
+/// Who answered: the upstream (the app, or for the gateway a sidecar), or this proxy
+/// itself (a refused token, no route, an upstream unreachable or too slow). Label
+/// `origin`, `upstream` or `proxy`: a version's own 5xx are `upstream`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Upstream,
+    Proxy,
+}
+
+impl Origin {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+const ORIGINS: [Origin; 2] = [Origin::Upstream, Origin::Proxy];
+const TRAFFICS: [Traffic; 2] = [Traffic::Api, Traffic::Probe];
+
 /// Metric handles looked up once, not per request.
 struct Meters {
-    upstream: metrics::Histogram,
-    /// Responses by status, for the common statuses.
-    statuses: Vec<(StatusCode, metrics::Counter)>,
+    /// The upstream latency of traffic, and of probes.
+    upstream: [metrics::Histogram; 2],
+    /// Responses by status, origin and traffic, for the common statuses.
+    statuses: Vec<(StatusCode, [metrics::Counter; 4])>,
 }
 
 impl Meters {
     const REQUESTS: &'static str = "finflow_sidecar_requests_total";
+    const UPSTREAM: &'static str = "finflow_sidecar_upstream_duration_seconds";
 
     fn new() -> Self {
         let statuses = [
@@ -387,21 +444,35 @@ impl Meters {
         .into_iter()
         .filter_map(|code| StatusCode::from_u16(code).ok())
         .map(|status| {
-            let label = status.as_str().to_owned();
-            (status, metrics::counter!(Self::REQUESTS, "status" => label))
+            let counters = std::array::from_fn(|i| {
+                let (origin, traffic) = (ORIGINS[i / 2], TRAFFICS[i % 2]);
+                Self::counter(status, origin, traffic)
+            });
+            (status, counters)
         })
         .collect();
         Self {
-            upstream: metrics::histogram!("finflow_sidecar_upstream_duration_seconds"),
+            upstream: TRAFFICS
+                .map(|traffic| metrics::histogram!(Self::UPSTREAM, "traffic" => traffic.label())),
             statuses,
         }
     }
 
-    fn count(&self, status: StatusCode) {
+    fn counter(status: StatusCode, origin: Origin, traffic: Traffic) -> metrics::Counter {
+        metrics::counter!(Self::REQUESTS, "status" => status.as_str().to_owned(),
+            "origin" => origin.label(), "traffic" => traffic.label())
+    }
+
+    fn upstream(&self, traffic: Traffic) -> &metrics::Histogram {
+        &self.upstream[usize::from(traffic == Traffic::Probe)]
+    }
+
+    fn count(&self, status: StatusCode, origin: Origin, traffic: Traffic) {
+        let slot =
+            usize::from(origin == Origin::Proxy) * 2 + usize::from(traffic == Traffic::Probe);
         match self.statuses.iter().find(|(s, _)| *s == status) {
-            Some((_, counter)) => counter.increment(1),
-            None => metrics::counter!(Self::REQUESTS, "status" => status.as_str().to_owned())
-                .increment(1),
+            Some((_, counters)) => counters[slot].increment(1),
+            None => Self::counter(status, origin, traffic).increment(1),
         }
     }
 }

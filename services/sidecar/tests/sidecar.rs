@@ -738,7 +738,7 @@ async fn the_admin_port_serves_live_ready_and_metrics() {
         .await
         .unwrap();
     for name in [
-        "finflow_sidecar_requests_total{status=\"401\"}",
+        "finflow_sidecar_requests_total{status=\"401\",origin=\"proxy\",traffic=\"api\"}",
         "finflow_sidecar_jwt_rejections_total{reason=\"missing_token\"}",
         "finflow_sidecar_jwks_fetches_total",
     ] {
@@ -795,7 +795,7 @@ async fn the_admin_metrics_are_the_sidecars_then_the_apps() {
     s.sidecar.get("/api/v1/wallets").send().await.unwrap();
     let metrics = admin_metrics(&s.sidecar).await;
     for line in [
-        "finflow_sidecar_requests_total{status=\"401\"}",
+        "finflow_sidecar_requests_total{status=\"401\",origin=\"proxy\",traffic=\"api\"}",
         "finflow_sidecar_upstream_metrics_up 1\n",
         "echo_app_orders_total 42\n",
         "finflow_dependency_up{dependency=\"upstream\"}",

@@ -123,7 +123,7 @@ pub async fn run(
     let mut background = Background::new();
     background.relay(&pool, &base.amqp, SERVICE);
     let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool)
+        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
         .optional("auth", health::Upstream::new(&config.client.auth_url))
         .build();
     let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);

@@ -1,0 +1,475 @@
+//! Judging a version by its traffic: what the sidecars of its pods counted (their admin
+//! `/metrics`, read by the edge through the API server's pod proxy), summed over the
+//! pods and held against `spec.rollout.analysis`. Pure: the edge fetches the texts,
+//! this reads and judges them.
+//!
+//! Only three families of the sidecar's exposition are read; the app's own families
+//! that follow them are skipped. Probes (`traffic="probe"`: `/health`, `/ready`,
+//! `/live`) are not traffic, and a version's errors are the 5xx its app answered
+//! (`origin="upstream"`), not the sidecar's own 502/503/504 (an unreachable or slow
+//! upstream is also seen by readiness and restarts). Integers throughout: latencies in
+//! microseconds, shares compared by cross-multiplication.
+
+use std::fmt::Write as _;
+
+/// Requests answered, by `status`, `origin` and `traffic`.
+pub const REQUESTS: &str = "finflow_sidecar_requests_total";
+/// Tokens refused on protected paths, by `reason`.
+pub const JWT_REJECTIONS: &str = "finflow_sidecar_jwt_rejections_total";
+/// The time to the upstream's response head, by `traffic`, with `le` in seconds.
+pub const UPSTREAM_BUCKETS: &str = "finflow_sidecar_upstream_duration_seconds_bucket";
+
+/// The pod proxy path of a pod's sidecar metrics (its admin port is not a named port).
+pub fn pod_metrics_path(namespace: &str, pod: &str, port: i32) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy/metrics")
+}
+
+/// What the sidecars of a version's pods counted since they started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Pods whose sidecar answered.
+    pub pods: u32,
+    /// Requests answered, probes excepted.
+    pub requests: u64,
+    /// Of them, answered by the app (the rest the sidecar refused or could not forward).
+    pub forwarded: u64,
+    /// Of those, answered 5xx by the app.
+    pub app_errors: u64,
+    /// 5xx the sidecar answered itself (upstream unreachable, timed out): shown, not judged.
+    pub proxy_errors: u64,
+    /// Tokens refused.
+    pub jwt_rejections: u64,
+    /// The upstream latency of requests, probes excepted: `(le in µs, cumulative count)`
+    /// in ascending `le`, `u64::MAX` for `+Inf`.
+    pub latency: Vec<(u64, u64)>,
+}
+
+impl Sample {
+    /// The sum of two pods' (or two sets of pods') samples.
+    pub fn add(&mut self, other: &Sample) {
+        self.pods += other.pods;
+        self.requests += other.requests;
+        self.forwarded += other.forwarded;
+        self.app_errors += other.app_errors;
+        self.proxy_errors += other.proxy_errors;
+        self.jwt_rejections += other.jwt_rejections;
+        for &(le, count) in &other.latency {
+            match self.latency.binary_search_by_key(&le, |&(l, _)| l) {
+                Ok(i) => self.latency[i].1 += count,
+                Err(i) => self.latency.insert(i, (le, count)),
+            }
+        }
+    }
+
+    /// The sum of several pods' samples.
+    pub fn sum<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Sample {
+        samples.into_iter().fold(Sample::default(), |mut sum, s| {
+            sum.add(s);
+            sum
+        })
+    }
+}
+
+/// Reads one sidecar's exposition as one pod's sample. `Err` when it is not a FinFlow
+/// sidecar's, or one from before the `origin` and `traffic` labels (its counts would
+/// mix probes and the sidecar's own errors into the app's).
+pub fn parse(text: &str) -> Result<Sample, String> {
+    let mut sample = Sample {
+        pods: 1,
+        ..Sample::default()
+    };
+    let mut seen_requests = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let family = line
+            .split(|c: char| c == '{' || c.is_whitespace())
+            .next()
+            .unwrap_or_default();
+        if ![REQUESTS, JWT_REJECTIONS, UPSTREAM_BUCKETS].contains(&family) {
+            continue;
+        }
+        let (labels, value) =
+            series(&line[family.len()..]).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let label = |name: &str| {
+            labels
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let value =
+            integer(value).ok_or_else(|| format!("line {}: `{value}` is not a count", n + 1))?;
+        match family {
+            REQUESTS => {
+                seen_requests = true;
+                let (Some(status), Some(origin), Some(traffic)) =
+                    (label("status"), label("origin"), label("traffic"))
+                else {
+                    return Err(format!(
+                        "line {}: {REQUESTS} without status, origin and traffic labels (a sidecar from before traffic analysis)",
+                        n + 1
+                    ));
+                };
+                if traffic != "api" {
+                    continue;
+                }
+                sample.requests += value;
+                let server_error = status.starts_with('5');
+                match origin {
+                    "upstream" => {
+                        sample.forwarded += value;
+                        if server_error {
+                            sample.app_errors += value;
+                        }
+                    }
+                    _ if server_error => sample.proxy_errors += value,
+                    _ => {}
+                }
+            }
+            JWT_REJECTIONS => sample.jwt_rejections += value,
+            _ => {
+                if label("traffic") != Some("api") {
+                    continue;
+                }
+                let le =
+                    label("le").ok_or_else(|| format!("line {}: a bucket without le", n + 1))?;
+                let le = if le == "+Inf" {
+                    u64::MAX
+                } else {
+                    micros(le).ok_or_else(|| format!("line {}: le `{le}` is not seconds", n + 1))?
+                };
+                sample.add(&Sample {
+                    latency: vec![(le, value)],
+                    ..Sample::default()
+                });
+            }
+        }
+    }
+    if !seen_requests {
+        return Err(format!(
+            "no {REQUESTS} samples: not a FinFlow sidecar's metrics"
+        ));
+    }
+    Ok(sample)
+}
+
+/// A sample's labels, names with values, in their order.
+type Labels = Vec<(String, String)>;
+
+/// `{k="v",...} value [timestamp]` (the labels optional) as labels and value.
+fn series(rest: &str) -> Result<(Labels, &str), String> {
+    let mut labels = Vec::new();
+    let mut rest = rest;
+    if let Some(mut inner) = rest.strip_prefix('{') {
+        loop {
+            inner = inner.trim_start_matches([',', ' ']);
+            if let Some(after) = inner.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            if inner.is_empty() {
+                return Err("unclosed labels".into());
+            }
+            let eq = inner.find('=').ok_or("a label without value")?;
+            let name = inner[..eq].trim().to_owned();
+            let quoted = inner[eq + 1..]
+                .strip_prefix('"')
+                .ok_or_else(|| format!("label {name}'s value is not quoted"))?;
+            let (mut value, mut escaped, mut end) = (String::new(), false, None);
+            for (i, c) in quoted.char_indices() {
+                if escaped {
+                    value.push(if c == 'n' { '\n' } else { c });
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    end = Some(i);
+                    break;
+                } else {
+                    value.push(c);
+                }
+            }
+            let end = end.ok_or_else(|| format!("label {name}'s value is not closed"))?;
+            labels.push((name, value));
+            inner = &quoted[end + 1..];
+        }
+    }
+    let value = rest
+        .split_whitespace()
+        .next()
+        .ok_or("a sample without value")?;
+    Ok((labels, value))
+}
+
+/// A count as the exporter writes it: digits, perhaps with a fraction of zeros.
+fn integer(value: &str) -> Option<u64> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    if !fraction.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    whole.parse().ok()
+}
+
+/// Seconds written as a decimal (`0.0025`, `10`) in whole microseconds, truncated.
+fn micros(seconds: &str) -> Option<u64> {
+    let (whole, fraction) = seconds.split_once('.').unwrap_or((seconds, ""));
+    if whole.is_empty() && fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let digits: String = fraction.chars().chain("000000".chars()).take(6).collect();
+    whole
+        .checked_mul(1_000_000)?
+        .checked_add(digits.parse().ok()?)
+}
+
+/// The 99th percentile of a cumulative histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum P99 {
+    /// Interpolated within its bucket, in microseconds.
+    Micros(u64),
+    /// Beyond the last finite bucket (its bound in microseconds): slower than any
+    /// threshold can say.
+    Above(u64),
+}
+
+/// The 99th percentile of `latency` (as [`Sample::latency`]), interpolated linearly
+/// within the bucket that holds it, as Prometheus' `histogram_quantile` does; `None`
+/// without observations.
+pub fn p99(latency: &[(u64, u64)]) -> Option<P99> {
+    let total = latency.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    // The rank of the 99th percentile among `total` observations, rounded up.
+    let rank = (u128::from(total) * 99).div_ceil(100);
+    let (mut lower, mut below) = (0_u64, 0_u64);
+    for &(le, count) in latency {
+        if u128::from(count) >= rank {
+            if le == u64::MAX {
+                return Some(P99::Above(lower));
+            }
+            let within = u128::from(count.saturating_sub(below)).max(1);
+            let into = rank.saturating_sub(u128::from(below));
+            let span = u128::from(le - lower);
+            let at = u128::from(lower) + span * into / within;
+            return Some(P99::Micros(u64::try_from(at).unwrap_or(le)));
+        }
+        lower = le;
+        below = count;
+    }
+    None
+}
+
+/// The limits a version is judged by (`spec.rollout.analysis`), in integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Requests below which nothing is judged.
+    pub min_requests: u64,
+    /// Highest share of forwarded requests the app may answer 5xx, in percent.
+    pub max_app_error_percent: Option<u32>,
+    /// Highest 99th percentile of the upstream latency, in microseconds.
+    pub max_p99_micros: Option<u64>,
+    /// Highest share of requests refused for their token, in percent.
+    pub max_jwt_rejection_percent: Option<u32>,
+}
+
+/// What an analysis concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// No sidecar answered, or none of them counts as the analysis needs.
+    #[default]
+    Unavailable,
+    /// Fewer requests than the minimum: nothing judged, nothing held back.
+    Inconclusive,
+    Passed,
+    Failed,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "Unavailable",
+            Self::Inconclusive => "Inconclusive",
+            Self::Passed => "Passed",
+            Self::Failed => "Failed",
+        }
+    }
+}
+
+/// A verdict, the figures it was reached on, and why, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub sample: Sample,
+    pub p99: Option<P99>,
+    pub message: String,
+}
+
+/// `part` of `whole` is more than `percent` %.
+fn exceeds(part: u64, whole: u64, percent: u32) -> bool {
+    u128::from(part) * 100 > u128::from(whole) * u128::from(percent)
+}
+
+/// `part` of `whole` in whole percent, rounded down (for messages).
+fn percent(part: u64, whole: u64) -> u128 {
+    u128::from(part) * 100 / u128::from(whole.max(1))
+}
+
+/// Judges a version's sample against `t`. Each limit that is set is checked, and every
+/// one exceeded is named; latency only once the histogram holds `min_requests`
+/// observations.
+pub fn judge(sample: &Sample, t: &Thresholds) -> Judgement {
+    let p99 = p99(&sample.latency);
+    let verdict = |verdict, message: String| Judgement {
+        verdict,
+        sample: sample.clone(),
+        p99,
+        message,
+    };
+    if sample.pods == 0 {
+        return verdict(
+            Verdict::Unavailable,
+            "no sidecar of the version's pods answered".into(),
+        );
+    }
+    if sample.requests < t.min_requests {
+        return verdict(
+            Verdict::Inconclusive,
+            format!(
+                "{} requests, fewer than the {} needed to judge",
+                sample.requests, t.min_requests
+            ),
+        );
+    }
+    let mut failures = Vec::new();
+    if let Some(max) = t.max_app_error_percent
+        && exceeds(sample.app_errors, sample.forwarded, max)
+    {
+        failures.push(format!(
+            "{} of {} requests answered 5xx by the app ({}% > {max}%)",
+            sample.app_errors,
+            sample.forwarded,
+            percent(sample.app_errors, sample.forwarded)
+        ));
+    }
+    if let Some(max) = t.max_jwt_rejection_percent
+        && exceeds(sample.jwt_rejections, sample.requests, max)
+    {
+        failures.push(format!(
+            "{} of {} requests refused for their token ({}% > {max}%)",
+            sample.jwt_rejections,
+            sample.requests,
+            percent(sample.jwt_rejections, sample.requests)
+        ));
+    }
+    let observed = sample.latency.last().map_or(0, |&(_, count)| count);
+    if let Some(max) = t.max_p99_micros
+        && observed >= t.min_requests
+    {
+        match p99 {
+            Some(P99::Micros(at)) if at > max => {
+                failures.push(format!("p99 latency {} ms > {} ms", at / 1000, max / 1000))
+            }
+            Some(P99::Above(bound)) => failures.push(format!(
+                "p99 latency above {} ms, the histogram's last bound (limit {} ms)",
+                bound / 1000,
+                max / 1000
+            )),
+            _ => {}
+        }
+    }
+    if failures.is_empty() {
+        let latency = match p99 {
+            Some(P99::Micros(at)) => format!(", p99 {} ms", at / 1000),
+            _ => String::new(),
+        };
+        verdict(
+            Verdict::Passed,
+            format!(
+                "{} requests on {} pods, {} answered 5xx by the app{latency}",
+                sample.requests, sample.pods, sample.app_errors
+            ),
+        )
+    } else {
+        verdict(Verdict::Failed, failures.join("; "))
+    }
+}
+
+/// A sidecar's traffic in a few figures: what [`exposition`] renders (the fake API
+/// server and the e2e stand serve it as the sidecars' metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Requests the app answered 200.
+    pub ok: u64,
+    /// Requests the app answered 500.
+    pub app_errors: u64,
+    /// Requests the sidecar answered 502 (upstream unreachable).
+    pub proxy_errors: u64,
+    /// Requests the sidecar refused 401 for their token.
+    pub jwt_rejections: u64,
+    /// Probes the app answered 200 (not traffic).
+    pub probes: u64,
+    /// How long each forwarded request took, in milliseconds.
+    pub latency_millis: u64,
+}
+
+/// The histogram bounds the sidecar uses, in seconds as it writes them.
+const BOUNDS: [&str; 12] = [
+    "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "10",
+];
+
+/// What a sidecar with `t`'s traffic exposes at `/metrics`, in the sidecar's families
+/// and labels.
+pub fn exposition(t: &Traffic) -> String {
+    let mut out = format!("# TYPE {REQUESTS} counter\n");
+    for (status, origin, traffic, count) in [
+        ("200", "upstream", "api", t.ok),
+        ("500", "upstream", "api", t.app_errors),
+        ("502", "proxy", "api", t.proxy_errors),
+        ("401", "proxy", "api", t.jwt_rejections),
+        ("200", "upstream", "probe", t.probes),
+    ] {
+        if count > 0 {
+            let _ = writeln!(
+                out,
+                "{REQUESTS}{{status=\"{status}\",origin=\"{origin}\",traffic=\"{traffic}\"}} {count}"
+            );
+        }
+    }
+    let _ = writeln!(out, "# TYPE {JWT_REJECTIONS} counter");
+    if t.jwt_rejections > 0 {
+        let _ = writeln!(
+            out,
+            "{JWT_REJECTIONS}{{reason=\"bad_signature\"}} {}",
+            t.jwt_rejections
+        );
+    }
+    let family = UPSTREAM_BUCKETS.trim_end_matches("_bucket");
+    let _ = writeln!(out, "# TYPE {family} histogram");
+    let forwarded = t.ok + t.app_errors + t.proxy_errors;
+    let took = t.latency_millis * 1000;
+    for bound in BOUNDS {
+        let within = micros(bound).is_some_and(|b| took <= b);
+        let count = if within { forwarded } else { 0 };
+        let _ = writeln!(
+            out,
+            "{UPSTREAM_BUCKETS}{{traffic=\"api\",le=\"{bound}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{UPSTREAM_BUCKETS}{{traffic=\"api\",le=\"+Inf\"}} {forwarded}"
+    );
+    let _ = writeln!(out, "{family}_count{{traffic=\"api\"}} {forwarded}");
+    out
+}
+
+#[cfg(test)]
+mod tests;
