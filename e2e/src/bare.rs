@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use finflow_operator::analysis::{self, Traffic};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, PodTemplateSpec, Service};
@@ -40,6 +41,9 @@ const MANAGER: &str = "finflow-e2e-stand";
 const OWNER: &str = "finflow-e2e.dev/owner";
 /// An image tag containing this never becomes ready.
 pub const NEVER_READY: &str = "missing";
+/// Where a pod's sidecar serves its metrics (`inject::SIDECAR_ADMIN_PORT`, a port).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+const SIDECAR_ADMIN_PORT: u16 = finflow_operator::inject::SIDECAR_ADMIN_PORT as u16;
 
 /// Whether the cluster is a bare API server: no Node objects.
 pub async fn is_bare(client: &Client) -> bool {
@@ -58,6 +62,9 @@ struct Apps {
     pods: HashMap<IpAddr, (String, String)>,
     /// (instance, version) -> status code of every answer.
     health: HashMap<(String, String), u16>,
+    /// (instance, version) -> what its pods' sidecars expose at the admin port's
+    /// `/metrics`; without an entry they answer 404 there.
+    metrics: HashMap<(String, String), String>,
     /// Ports listened on inside the network namespace.
     ports: HashSet<u16>,
 }
@@ -81,6 +88,8 @@ impl Stand {
             net: net.clone(),
             apps: apps.clone(),
         };
+        // Each pod's sidecar admin port, where the operator reads their metrics.
+        world.ensure_listening(SIDECAR_ADMIN_PORT)?;
         tokio::spawn(async move {
             loop {
                 if let Err(e) = world.pass().await {
@@ -103,6 +112,15 @@ impl Stand {
             .unwrap()
             .health
             .insert((instance.to_owned(), version.to_owned()), code);
+    }
+
+    /// Makes the sidecars of `instance`'s pods at `version` report `traffic` at their
+    /// admin port's `/metrics`.
+    pub fn set_traffic(&self, instance: &str, version: &str, traffic: &Traffic) {
+        self.apps.lock().unwrap().metrics.insert(
+            (instance.to_owned(), version.to_owned()),
+            analysis::exposition(traffic),
+        );
     }
 
     /// The network namespace's name (for `ip netns exec` while debugging).
@@ -239,11 +257,20 @@ async fn serve(listener: tokio::net::TcpListener, apps: Arc<Mutex<Apps>>) {
                     Ok(n) => read += n,
                 }
             }
-            let local = conn.local_addr().map(|a| a.ip()).ok();
+            let local = conn.local_addr().ok();
+            let path = std::str::from_utf8(&buf[..read])
+                .ok()
+                .and_then(|head| head.split_whitespace().nth(1))
+                .unwrap_or("/")
+                .to_owned();
             let (code, body) = {
                 let apps = apps.lock().unwrap();
-                match local.and_then(|ip| apps.pods.get(&ip)) {
-                    Some(key) => {
+                match local.and_then(|a| apps.pods.get(&a.ip()).map(|key| (a.port(), key))) {
+                    Some((SIDECAR_ADMIN_PORT, key)) => match apps.metrics.get(key) {
+                        Some(text) if path == "/metrics" => (200, text.clone()),
+                        _ => (404, "no sidecar metrics here\n".to_owned()),
+                    },
+                    Some((_, key)) => {
                         let code = apps.health.get(key).copied().unwrap_or(200);
                         (code, format!("{} {}\n", key.0, key.1))
                     }

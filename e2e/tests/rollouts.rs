@@ -5,8 +5,10 @@
 //! `traefik/whoami` (it answers every path, so `/ready` and `/health` pass, and `POST
 //! /health` with `500` makes its `/health` fail).
 //!
-//! Six FinServices in the design's graph, one replica each, the sidecar off. The
-//! operator's controllers run in this process.
+//! Six FinServices in the design's graph, one replica each, the sidecar off, except in
+//! the traffic analysis tests: those run on a bare API server only, where the stand
+//! answers the pod proxy's reads of the sidecars' metrics. The operator's controllers
+//! run in this process.
 //! The same scenarios run on every build against the fake API server
 //! (`operator/src/controller/scenarios.rs`).
 
@@ -15,7 +17,8 @@ use std::time::Duration;
 
 use finflow_e2e::bare::{self, Stand};
 use finflow_e2e::cluster::{self, TestNamespace, eventually};
-use finflow_operator::crd::{FinService, FinServiceStatus, Phase};
+use finflow_operator::analysis::Traffic;
+use finflow_operator::crd::{AnalysisVerdict, FinService, FinServiceStatus, Phase};
 use finflow_operator::plugin::{self, Command};
 use finflow_operator::rollout::{Request, request_from_annotations};
 use k8s_openapi::api::events::v1::Event;
@@ -61,7 +64,21 @@ fn settled(all: &BTreeMap<String, FinService>) -> bool {
 impl Platform {
     /// The six services deployed at [`OLD`], or `None` without a cluster.
     async fn start() -> Option<Self> {
+        Self::start_with(false).await
+    }
+
+    /// [`Platform::start`], with the sidecar injected when `sidecar`: on a bare API
+    /// server only, where the stand plays the sidecars' metrics (a cluster with nodes
+    /// has no sidecar image to pull); `None` elsewhere, saying why.
+    async fn start_with(sidecar: bool) -> Option<Self> {
         if !cluster::available("rollout cluster tests") {
+            return None;
+        }
+        if sidecar && !bare::is_bare(&cluster::client().await).await {
+            eprintln!(
+                "traffic analysis cluster tests skipped: they need a bare API server, whose stand \
+                 plays the sidecars' metrics; this cluster has nodes and no sidecar image"
+            );
             return None;
         }
         let client = cluster::client().await;
@@ -87,7 +104,11 @@ impl Platform {
                     // Non-root, as every FinService pod runs: an unprivileged port.
                     "env": [{"name": "WHOAMI_PORT_NUMBER", "value": "8080"}],
                     "module": name.to_uppercase(), "dependsOn": deps,
-                    "sidecar": {"enabled": false},
+                    "sidecar": if sidecar {
+                        json!({"jwksUri": "http://a:8080/.well-known/jwks.json"})
+                    } else {
+                        json!({"enabled": false})
+                    },
                     "rollout": {
                         "readinessTimeoutSeconds": 120,
                         "observationWindowSeconds": 20,
@@ -365,5 +386,144 @@ async fn rollback_cascade_of_b_rolls_back_its_later_dependents_first() {
         request_from_annotations(all["b"].annotations()).is_none(),
         "the handled request is cleared"
     );
+    p.stop().await;
+}
+
+/// What each pod of `name` at `version` counts from now on (the stand's sidecars).
+fn report(p: &Platform, name: &str, version: &str, traffic: Traffic) {
+    p.stand
+        .as_ref()
+        .expect("traffic analysis runs with the stand")
+        .set_traffic(name, version, &traffic);
+}
+
+#[tokio::test]
+async fn a_preview_whose_sidecar_reports_twenty_percent_5xx_is_aborted() {
+    let Some(p) = Platform::start_with(true).await else {
+        return;
+    };
+    let failing = Traffic {
+        ok: 80,
+        app_errors: 20,
+        latency_millis: 4,
+        ..Traffic::default()
+    };
+    report(&p, "a", NEW, failing);
+    p.set_version("a", NEW).await;
+    p.wait("A's preview aborted", |all| {
+        status(&all["a"]).failed_version.as_deref() == Some(NEW)
+    })
+    .await;
+    let events = p.events("a").await;
+    assert!(
+        events.contains(&("Abort".into(), "AnalysisFailed".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("Analyze".into(), "AnalysisFailed".into())),
+        "{events:?}"
+    );
+    let analysis = status(&p.all().await["a"]).analysis.expect("the figures");
+    assert_eq!(
+        (
+            analysis.verdict,
+            analysis.requests,
+            analysis.app_server_errors,
+            analysis.pods
+        ),
+        (AnalysisVerdict::Failed, 100, 20, 1)
+    );
+    assert_eq!(
+        status(&p.all().await["a"]).active_version.as_deref(),
+        Some(OLD)
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_preview_under_the_thresholds_is_promoted() {
+    let Some(p) = Platform::start_with(true).await else {
+        return;
+    };
+    let healthy = Traffic {
+        ok: 97,
+        app_errors: 3,
+        probes: 30,
+        latency_millis: 4,
+        ..Traffic::default()
+    };
+    report(&p, "a", NEW, healthy);
+    p.set_version("a", NEW).await;
+    p.wait("A promoted", |all| {
+        status(&all["a"]).active_version.as_deref() == Some(NEW)
+    })
+    .await;
+    let events = p.events("a").await;
+    assert!(
+        events.contains(&("Analyze".into(), "AnalysisPassed".into())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("Promote".into(), "PreviewHealthy".into())),
+        "{events:?}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_observation_window_with_a_latency_regression_rolls_back_and_holds_the_dependents() {
+    let Some(p) = Platform::start_with(true).await else {
+        return;
+    };
+    p.api
+        .patch(
+            "b",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"rollout": {"analysis": {"maxP99LatencyMilliseconds": 200}}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let fast = Traffic {
+        ok: 100,
+        latency_millis: 20,
+        ..Traffic::default()
+    };
+    report(&p, "b", NEW, fast);
+    p.upgrade_all(NEW).await;
+    p.wait("B live at the new version", |all| {
+        status(&all["b"]).active_version.as_deref() == Some(NEW)
+    })
+    .await;
+    report(
+        &p,
+        "b",
+        NEW,
+        Traffic {
+            latency_millis: 400,
+            ..fast
+        },
+    );
+    p.wait("B rolled back", |all| {
+        status(&all["b"]).failed_version.as_deref() == Some(NEW)
+    })
+    .await;
+    let events = p.events("b").await;
+    assert!(
+        events.contains(&("Rollback".into(), "AnalysisFailed".into())),
+        "{events:?}"
+    );
+    let all = p.all().await;
+    assert_eq!(status(&all["b"]).active_version.as_deref(), Some(OLD));
+    assert_eq!(status(&all["a"]).active_version.as_deref(), Some(NEW));
+    for held in ["c", "d", "e", "f"] {
+        assert_eq!(
+            status(&all[held]).active_version.as_deref(),
+            Some(OLD),
+            "{held}"
+        );
+        assert_eq!(status(&all[held]).preview_version, None, "{held}");
+    }
     p.stop().await;
 }

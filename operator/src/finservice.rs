@@ -25,7 +25,9 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use serde::Serialize;
 
+use crate::analysis::{self, Judgement, P99, Verdict};
 use crate::conditions::{self, Desired, Failure, reasons, types};
+use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict};
 use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
 use crate::inject::{self, SidecarSettings};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
@@ -325,6 +327,8 @@ pub struct Fresh {
     pub preview_available: bool,
     /// The preview's `/health` through `<name>-preview`, when it was probed.
     pub preview_healthy: Option<bool>,
+    /// The traffic analysis of the preview's pods, when it was made.
+    pub preview_analysis: rollout::Verdict,
     /// The idle color runs the previous version with every replica available.
     pub previous_up: bool,
     /// The observation window's findings, when the service is in one.
@@ -346,6 +350,7 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
             restarts: o.restarts,
             unready: o.unready,
             health_failed: o.health_failed,
+            analysis_failed: o.analysis_failed,
         })
         .unwrap_or_default();
     let request = rollout::request_from_annotations(fs.annotations()).or(status
@@ -380,11 +385,104 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
             since: time_or_zero(status.preview_since.as_ref()),
             available: fresh.is_some_and(|f| f.preview_available),
             healthy: fresh.and_then(|f| f.preview_healthy),
+            analysis: fresh.map_or(rollout::Verdict::Unavailable, |f| f.preview_analysis),
         }),
         window: fresh.and_then(|f| f.window).unwrap_or(recorded_window),
         failed_version: status.failed_version.clone(),
         request,
     }
+}
+
+/// The limits of `spec.rollout.analysis`; `None` when analysis is off or no sidecar is
+/// injected (there is nothing to read).
+pub fn analysis_thresholds(fs: &FinService) -> Option<analysis::Thresholds> {
+    let a = &fs.spec.rollout.analysis;
+    let percent = |p: i32| u32::try_from(p).unwrap_or(0);
+    (fs.spec.sidecar.enabled && a.enabled).then(|| analysis::Thresholds {
+        min_requests: u64::try_from(a.min_requests).unwrap_or(1),
+        max_app_error_percent: Some(percent(a.max_app_error_percent)),
+        max_p99_micros: a
+            .max_p99_latency_milliseconds
+            .map(|ms| u64::try_from(ms).unwrap_or(1).saturating_mul(1000)),
+        max_jwt_rejection_percent: a.max_jwt_rejection_percent.map(percent),
+    })
+}
+
+/// How long an analysis record stands while its verdict does not change: every status
+/// write wakes each FinService of the namespace, so the figures are not rewritten at
+/// every reconcile.
+pub const ANALYSIS_RECORD_SECONDS: i64 = 30;
+
+/// The record of `judgement` of `version` at `stage`, made at `now`: `previous` itself
+/// while it judged the same version at the same stage to the same verdict less than
+/// [`ANALYSIS_RECORD_SECONDS`] ago.
+pub fn analysis_status(
+    previous: Option<&AnalysisStatus>,
+    version: &str,
+    stage: AnalysisStage,
+    judgement: &Judgement,
+    now: &Time,
+) -> AnalysisStatus {
+    let verdict = match judgement.verdict {
+        Verdict::Passed => AnalysisVerdict::Passed,
+        Verdict::Failed => AnalysisVerdict::Failed,
+        Verdict::Inconclusive => AnalysisVerdict::Inconclusive,
+        Verdict::Unavailable => AnalysisVerdict::Unavailable,
+    };
+    if let Some(p) = previous
+        && p.version == version
+        && p.stage == stage
+        && p.verdict == verdict
+        && seconds(now) < seconds(&p.analyzed_at).saturating_add(ANALYSIS_RECORD_SECONDS)
+    {
+        return p.clone();
+    }
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let sample = &judgement.sample;
+    AnalysisStatus {
+        version: version.to_owned(),
+        stage,
+        verdict,
+        pods: i32::try_from(sample.pods).unwrap_or(i32::MAX),
+        requests: count(sample.requests),
+        app_server_errors: count(sample.app_errors),
+        proxy_server_errors: count(sample.proxy_errors),
+        jwt_rejections: count(sample.jwt_rejections),
+        p99_latency_milliseconds: match judgement.p99 {
+            Some(P99::Micros(us)) => Some(count(us / 1000)),
+            _ => None,
+        },
+        message: judgement.message.clone(),
+        analyzed_at: now.clone(),
+    }
+}
+
+/// The Event a new analysis record makes: `(warning, reason, note)` when it judged
+/// another version or stage than `previous`, or came to another verdict.
+pub fn analysis_event(
+    previous: Option<&AnalysisStatus>,
+    next: &AnalysisStatus,
+) -> Option<(bool, &'static str, String)> {
+    if previous.is_some_and(|p| {
+        p.version == next.version && p.stage == next.stage && p.verdict == next.verdict
+    }) {
+        return None;
+    }
+    let (warning, reason) = match next.verdict {
+        AnalysisVerdict::Passed => (false, "AnalysisPassed"),
+        AnalysisVerdict::Failed => (true, rollout::reason::ANALYSIS_FAILED),
+        AnalysisVerdict::Inconclusive => (false, "AnalysisInconclusive"),
+        AnalysisVerdict::Unavailable => (false, "AnalysisUnavailable"),
+    };
+    let stage = match next.stage {
+        AnalysisStage::Preview => "preview",
+        AnalysisStage::Observation => "observation window",
+    };
+    Some((
+        warning,
+        reason,
+        format!("{} ({stage}): {}", next.version, next.message),
+    ))
 }
 
 /// The rollout state after `step` was carried out at `now`; `restarts` are the
@@ -404,6 +502,7 @@ pub fn advance(
         o.restarts = w.restarts;
         o.unready = o.unready || w.unready;
         o.health_failed = o.health_failed || w.health_failed;
+        o.analysis_failed = o.analysis_failed || w.analysis_failed;
     }
     match step {
         Step::DeployFirst => {

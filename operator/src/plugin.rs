@@ -19,7 +19,7 @@ use kube::config::Kubeconfig;
 use serde_json::{Value, json};
 
 use crate::conditions;
-use crate::crd::{FinService, Phase};
+use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict, FinService, Phase};
 use crate::rollout::{ABORT_ANNOTATION, PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION};
 
 /// Field manager of the plugin's applies: a user's request is the user's field, not the
@@ -132,6 +132,9 @@ fn line(fs: &FinService) -> String {
     if let Some(f) = &status.failed_version {
         let _ = write!(out, " [failed {f}]");
     }
+    if let Some(a) = &status.analysis {
+        let _ = write!(out, " [{}]", render_analysis(a));
+    }
     // A status older than the spec says nothing about the spec yet.
     let phase = if current(fs) {
         status.phase.map_or("Unknown", Phase::as_str)
@@ -141,6 +144,31 @@ fn line(fs: &FinService) -> String {
     let _ = write!(out, " {phase}");
     if let Some(step) = status.step.as_deref().filter(|s| *s != "Steady") {
         let _ = write!(out, " ({step})");
+    }
+    out
+}
+
+/// The last traffic analysis in a few figures: `analysis 2.0.0 preview Failed: 200 req,
+/// 20% 5xx, p99 4 ms, 0 jwt`.
+pub fn render_analysis(a: &AnalysisStatus) -> String {
+    let stage = match a.stage {
+        AnalysisStage::Preview => "preview",
+        AnalysisStage::Observation => "window",
+    };
+    let verdict = match a.verdict {
+        AnalysisVerdict::Passed => "Passed",
+        AnalysisVerdict::Failed => "Failed",
+        AnalysisVerdict::Inconclusive => "Inconclusive",
+        AnalysisVerdict::Unavailable => "Unavailable",
+    };
+    let mut out = format!("analysis {} {stage} {verdict}", a.version);
+    if a.verdict != AnalysisVerdict::Unavailable {
+        let share = a.app_server_errors.saturating_mul(100) / a.requests.max(1);
+        let _ = write!(out, ": {} req, {share}% 5xx", a.requests);
+        if let Some(p99) = a.p99_latency_milliseconds {
+            let _ = write!(out, ", p99 {p99} ms");
+        }
+        let _ = write!(out, ", {} jwt", a.jwt_rejections);
     }
     out
 }
@@ -333,6 +361,31 @@ mod tests {
              └── wallet 2.0.0 [live 2.0.0 green] Ready\n\
              \u{20}   └── payment 2.0.0 [live 1.0.0 green] Progressing\n\
              \u{20}       └── kyc (see above)\n"
+        );
+    }
+
+    #[test]
+    fn status_shows_the_last_traffic_analysis() {
+        let mut f = fs("b", &[], Some("1.0.0"), Phase::Degraded);
+        let s = f.status.as_mut().unwrap();
+        s.failed_version = Some("2.0.0".into());
+        s.analysis = Some(AnalysisStatus {
+            version: "2.0.0".into(),
+            stage: AnalysisStage::Preview,
+            verdict: AnalysisVerdict::Failed,
+            pods: 2,
+            requests: 200,
+            app_server_errors: 40,
+            proxy_server_errors: 0,
+            jwt_rejections: 0,
+            p99_latency_milliseconds: Some(4),
+            message: "40 of 200 requests answered 5xx by the app (20% > 5%)".into(),
+            analyzed_at: Time(k8s_openapi::jiff::Timestamp::from_second(0).unwrap()),
+        });
+        assert_eq!(
+            render_tree(&[f]),
+            "b 2.0.0 [live 1.0.0 green] [failed 2.0.0] \
+             [analysis 2.0.0 preview Failed: 200 req, 20% 5xx, p99 4 ms, 0 jwt] Degraded\n"
         );
     }
 

@@ -60,6 +60,9 @@ pub fn rules() -> Vec<PolicyRule> {
         // server's service proxy.
         rule("", &["pods"], &["get", "list", "watch", "patch"]),
         rule("", &["services/proxy"], &["get"]),
+        // Traffic analysis: the sidecars' metrics of a version's pods, through the pod
+        // proxy on the sidecar's admin port.
+        rule("", &["pods/proxy"], &["get"]),
         // MessageQueue cleanup deletes its volumes when asked not to retain them.
         rule("", &["persistentvolumeclaims"], &["get", "list", "delete"]),
         // kube-runtime's event recorder creates events and patches repeated ones.

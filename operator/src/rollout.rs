@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use crate::analysis::Verdict;
 use crate::conditions::{self, Desired};
 use crate::crd::Color;
 use crate::graph::DependencyGraph;
@@ -75,6 +76,7 @@ pub mod reason {
     pub const NO_PREVIOUS_VERSION: &str = "NoPreviousVersion";
     pub const VERSION_FAILED: &str = "VersionFailed";
     pub const FIRST_VERSION: &str = "FirstVersion";
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
 }
 
 /// What a service does next. [`Step::as_str`] is the Event action.
@@ -204,6 +206,8 @@ pub struct Preview {
     pub available: bool,
     /// `/health` through `<name>-preview`: `None` until probed (only probed when available).
     pub healthy: Option<bool>,
+    /// The traffic analysis of the preview's pods (only made when available).
+    pub analysis: Verdict,
 }
 
 /// What the observation window saw since the promotion.
@@ -215,11 +219,18 @@ pub struct Window {
     pub unready: bool,
     /// `/health` of `<name>` failed.
     pub health_failed: bool,
+    /// The traffic analysis of the new version's pods failed.
+    pub analysis_failed: bool,
 }
 
 impl Window {
     pub fn failed(self) -> bool {
-        self.restarts > 0 || self.unready || self.health_failed
+        self.restarts > 0 || self.unready || self.health_failed || self.analysis_failed
+    }
+
+    /// Failed by its traffic alone: restarts, readiness and `/health` were fine.
+    fn failed_by_traffic_only(self) -> bool {
+        self.analysis_failed && self.restarts == 0 && !self.unready && !self.health_failed
     }
 }
 
@@ -426,6 +437,8 @@ pub fn plan(
                 let why = if member == name {
                     if o.request.is_some() {
                         reason::ROLLBACK_REQUESTED
+                    } else if o.window.failed_by_traffic_only() {
+                        reason::ANALYSIS_FAILED
                     } else {
                         reason::OBSERVATION_FAILED
                     }
@@ -600,6 +613,16 @@ fn decide_one(
             )
         };
     }
+    if preview.analysis == Verdict::Failed {
+        return Decision::new(
+            Step::Abort,
+            reason::ANALYSIS_FAILED,
+            format!(
+                "{} failed its traffic analysis (see status.analysis)",
+                preview.version
+            ),
+        );
+    }
     match preview.healthy {
         None => Decision::new(
             Step::AwaitPreview,
@@ -718,6 +741,7 @@ pub fn apply(o: &mut Observed, step: Step, now: i64) {
                 since: now,
                 available: false,
                 healthy: None,
+                analysis: Verdict::default(),
             });
         }
         Step::Promote => {

@@ -97,6 +97,9 @@ pub struct State {
     pub crashing: BTreeSet<(String, String)>,
     /// `(service, version)` whose `/health` answers 503.
     pub unhealthy: BTreeSet<(String, String)>,
+    /// `(service, version)` -> what each of its pods' sidecars counted, served as their
+    /// metrics through the pod proxy; a pod without an entry has no sidecar to answer.
+    pub traffic: BTreeMap<(String, String), crate::analysis::Traffic>,
     /// Object path (with `/status` for the status subresource) -> how every write to it
     /// is answered, until removed.
     pub refusals: BTreeMap<String, Refusal>,
@@ -319,6 +322,24 @@ impl Fake {
                 }
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap_or_default();
+                // A sidecar's metrics through the pod proxy are text, not JSON.
+                if let Some(text) = server.state().sidecar_metrics(parts.uri.path()) {
+                    let (status, body) = match text {
+                        Some(text) => (StatusCode::OK, text),
+                        None => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "no sidecar here".to_owned(),
+                        ),
+                    };
+                    send.send_response(
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Body::from(body.into_bytes()))
+                            .unwrap(),
+                    );
+                    continue;
+                }
                 let (status, reply) = server.serve(&parts, &bytes);
                 send.send_response(
                     Response::builder()
@@ -769,6 +790,20 @@ impl State {
     }
 
     /// `/health` of a Service: 200 when it selects pods and none runs an unhealthy version.
+    /// `Some` for a GET of a pod's sidecar metrics through the pod proxy: the metrics
+    /// of its `(service, version)`'s [`State::traffic`], or `None` (no sidecar answers).
+    fn sidecar_metrics(&self, path: &str) -> Option<Option<String>> {
+        let rest = path.strip_prefix(PODS)?.strip_prefix('/')?;
+        let (pod, port) = rest.strip_suffix("/proxy/metrics")?.split_once(':')?;
+        let port_matches = port == crate::inject::SIDECAR_ADMIN_PORT.to_string();
+        let pod = self.objects.get(PODS).and_then(|c| c.get(pod));
+        Some(
+            pod.filter(|_| port_matches)
+                .and_then(|p| self.traffic.get(&key(p)))
+                .map(crate::analysis::exposition),
+        )
+    }
+
     fn health(&self, service: &str) -> (StatusCode, Value) {
         let Some(svc) = self.objects.get(SERVICES).and_then(|c| c.get(service)) else {
             return not_found();

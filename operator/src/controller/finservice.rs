@@ -23,14 +23,17 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::rollout::{
-    clear_request, label_pod_roles, pods_of, probe_health, probe_preview_health, record,
-    request_handled,
+    clear_request, label_pod_roles, pods_of, pods_of_version, probe_health, probe_preview_health,
+    record, request_handled, scrape,
 };
 use super::{
     Context, Observed, Result, apply_status, measured, namespace, owned_objects, report_failure,
     scoped_api,
 };
-use crate::crd::{Color, FinService, MessageQueue, Phase, RedisCache, RollbackState};
+use crate::analysis;
+use crate::crd::{
+    AnalysisStage, Color, FinService, MessageQueue, Phase, RedisCache, RollbackState,
+};
 use crate::finservice::{
     self, Blocker, COLOR_LABEL, Fresh, cache_blocker, queue_blocker, service_blocker,
 };
@@ -260,6 +263,27 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
+    // The traffic analysis: of the preview once it is available, of the live version in
+    // its window (below).
+    let thresholds = finservice::analysis_thresholds(&fs);
+    let mut judged: Option<(String, AnalysisStage, analysis::Judgement)> = None;
+    if let (Some(t), true, Some(version)) = (
+        &thresholds,
+        preview_available,
+        state.preview_version.as_deref(),
+    ) {
+        let sample = scrape(
+            &client,
+            &ns,
+            &pods_of_version(&pods, color.other(), version),
+        )
+        .await;
+        judged = Some((
+            version.to_owned(),
+            AnalysisStage::Preview,
+            analysis::judge(&sample, t),
+        ));
+    }
     // The window is watched once this operator recorded the promotion's baseline.
     let window = if state.observation.is_some() && finservice::observed(&fs, None).observing(now_s)
     {
@@ -268,10 +292,18 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
             .as_ref()
             .map_or(0, |o| o.restarts_at_promotion);
         let healthy = probe_health(&client, &ns, &name, &fs.spec.rollout.health_path).await;
+        let mut analysis_failed = false;
+        if let (Some(t), Some(version)) = (&thresholds, state.active_version.as_deref()) {
+            let sample = scrape(&client, &ns, &pods_of_version(&pods, color, version)).await;
+            let judgement = analysis::judge(&sample, t);
+            analysis_failed = judgement.verdict == analysis::Verdict::Failed;
+            judged = Some((version.to_owned(), AnalysisStage::Observation, judgement));
+        }
         Some(rollout::Window {
             restarts: (restarts(&pods, color) - baseline).max(0),
             unready: !active_ready,
             health_failed: !healthy,
+            analysis_failed,
         })
     } else {
         None
@@ -280,6 +312,10 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         active_ready,
         preview_available,
         preview_healthy,
+        preview_analysis: judged
+            .as_ref()
+            .filter(|(_, stage, _)| *stage == AnalysisStage::Preview)
+            .map_or(analysis::Verdict::Unavailable, |(_, _, j)| j.verdict),
         previous_up: state.previous_retained
             && state
                 .previous_version
@@ -308,6 +344,15 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         restarts(&pods, color.other()),
         window,
     );
+    if let Some((version, stage, judgement)) = &judged {
+        next.analysis = Some(finservice::analysis_status(
+            state.analysis.as_ref(),
+            version,
+            *stage,
+            judgement,
+            &now,
+        ));
+    }
     next.rollback = match step {
         Some(Step::WaitForDependents | Step::ScaleUpOld) => own_trigger
             .map(|cascade| RollbackState { cascade })
@@ -391,6 +436,18 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     let phase = status.phase.unwrap_or(Phase::Pending);
     apply_status(&services, fs.as_ref(), fs.status.as_ref(), &status).await?;
 
+    if let Some((warning, reason, note)) = status
+        .analysis
+        .as_ref()
+        .and_then(|next| finservice::analysis_event(state.analysis.as_ref(), next))
+    {
+        let kind = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.event(fs.as_ref(), kind, reason, "Analyze", note).await;
+    }
     if let Some(d) = &decision {
         record(&ctx, &fs, d, state.step.as_deref()).await;
         if let Some(request) = rollout::request_from_annotations(fs.annotations())

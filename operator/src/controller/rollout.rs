@@ -1,5 +1,6 @@
 //! The rollout engine's edge ([`crate::rollout`] decides, this module talks to the API
-//! server): probing `/health` through the service proxy, labelling pods with their
+//! server): probing `/health` through the service proxy, reading the sidecars' metrics
+//! through the pod proxy ([`crate::analysis`] judges them), labelling pods with their
 //! role, clearing a handled request annotation, and recording each step as an Event.
 //! Writes are server-side applies with field manager `finflow-operator`, except the
 //! removal of a user's request annotation (see [`clear_request`]).
@@ -13,8 +14,10 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::{Context, Result};
+use crate::analysis::{self, Sample};
 use crate::crd::{Color, FinService};
-use crate::finservice::COLOR_LABEL;
+use crate::finservice::{COLOR_LABEL, VERSION_LABEL};
+use crate::inject::SIDECAR_ADMIN_PORT;
 use crate::meta::{FIELD_MANAGER, INSTANCE_LABEL};
 use crate::rollout::{self, Decision, Request, Step};
 
@@ -79,6 +82,49 @@ pub async fn probe_preview_health(client: &Client, fs: &FinService) -> bool {
         &fs.spec.rollout.health_path,
     )
     .await
+}
+
+/// The pods of `color` running `version`, not being deleted.
+pub fn pods_of_version<'a>(pods: &'a [Pod], color: Color, version: &str) -> Vec<&'a Pod> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.labels().get(COLOR_LABEL).map(String::as_str) == Some(color.as_str()))
+        .filter(|p| p.labels().get(VERSION_LABEL).map(String::as_str) == Some(version))
+        .collect()
+}
+
+/// What the sidecars of `pods` counted, summed: each read through the API server's pod
+/// proxy on the sidecar's admin port, concurrently, each within
+/// [`HEALTH_PROBE_TIMEOUT`]. A pod whose sidecar does not answer, or answers with what
+/// is not a FinFlow sidecar's metrics, is left out (`pods` says how many were read).
+pub async fn scrape(client: &Client, namespace: &str, pods: &[&Pod]) -> Sample {
+    let reads = pods.iter().map(|pod| async move {
+        let name = pod.name_any();
+        let path = analysis::pod_metrics_path(namespace, &name, SIDECAR_ADMIN_PORT);
+        let request = http::Request::get(path).body(Vec::new()).ok()?;
+        let text = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, client.request_text(request))
+            .await
+        {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                tracing::debug!(namespace, pod = %name, %error, "sidecar metrics unreadable");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(namespace, pod = %name, "sidecar metrics timed out");
+                return None;
+            }
+        };
+        analysis::parse(&text)
+            .inspect_err(|error| tracing::info!(namespace, pod = %name, %error, "sidecar metrics not understood"))
+            .ok()
+    });
+    let samples: Vec<Sample> = futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    Sample::sum(&samples)
 }
 
 /// The pods of both colors of `name` (one LIST).

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use super::fake::{Fake, Recorded};
 use super::finservice::reconcile;
+use crate::analysis::Traffic;
 use crate::conditions;
-use crate::crd::{Color, FinService, Phase};
+use crate::crd::{AnalysisStage, AnalysisVerdict, Color, FinService, Phase};
 use crate::finservice::tests::settings;
 use crate::rollout::{self, reason};
 
@@ -457,6 +458,168 @@ async fn f_failing_its_observation_window_rolls_back_alone() {
     assert_eq!(s.phase, Some(Phase::Degraded));
     for other in ["a", "b", "c", "d", "e"] {
         assert_eq!(world.live(other), ("2.0.0".into(), Color::Green), "{other}");
+    }
+}
+
+/// What each pod of `service` at `version` counted, from now on.
+fn traffic(world: &World, service: &str, version: &str, traffic: Traffic) {
+    world
+        .fake
+        .state()
+        .traffic
+        .insert((service.into(), version.into()), traffic);
+}
+
+#[tokio::test]
+async fn a_preview_whose_sidecars_report_twenty_percent_5xx_is_aborted_with_its_figures() {
+    let world = deployed_at_one(&SIX).await;
+    let failing = Traffic {
+        ok: 80,
+        app_errors: 20,
+        latency_millis: 4,
+        ..Traffic::default()
+    };
+    traffic(&world, "a", "2.0.0", failing);
+    world.set_versions("2.0.0");
+    world
+        .run_until(60, |w| {
+            w.fs("a").status.unwrap().failed_version.as_deref() == Some("2.0.0")
+        })
+        .await;
+    world.tick().await;
+
+    let abort = &world.events("Abort")["a"][0];
+    assert_eq!(
+        (abort.type_.as_str(), abort.reason.as_str()),
+        ("Warning", reason::ANALYSIS_FAILED)
+    );
+    let analyzed = &world.events("Analyze")["a"];
+    assert_eq!(analyzed.len(), 1, "{analyzed:?}");
+    assert_eq!(
+        (analyzed[0].type_.as_str(), analyzed[0].reason.as_str()),
+        ("Warning", reason::ANALYSIS_FAILED)
+    );
+    assert_eq!(
+        analyzed[0].note,
+        "2.0.0 (preview): 40 of 200 requests answered 5xx by the app (20% > 5%)"
+    );
+    let figures = world.fs("a").status.unwrap().analysis.unwrap();
+    assert_eq!(
+        (
+            figures.stage,
+            figures.verdict,
+            figures.pods,
+            figures.requests,
+            figures.app_server_errors
+        ),
+        (AnalysisStage::Preview, AnalysisVerdict::Failed, 2, 200, 40)
+    );
+    assert_eq!(figures.p99_latency_milliseconds, Some(4));
+    assert_eq!(world.live("a"), ("1.0.0".into(), Color::Blue));
+    assert!(world.events("Promote").is_empty(), "nothing went live");
+    for held in ["b", "c", "d", "e", "f"] {
+        assert!(!world.events("DeployPreview").contains_key(held), "{held}");
+    }
+}
+
+#[tokio::test]
+async fn a_preview_under_the_thresholds_is_promoted_and_its_figures_are_in_the_status() {
+    let world = deployed_at_one(&SIX).await;
+    let healthy = Traffic {
+        ok: 97,
+        app_errors: 3,
+        probes: 40,
+        latency_millis: 4,
+        ..Traffic::default()
+    };
+    traffic(&world, "a", "2.0.0", healthy);
+    world.set_versions("2.0.0");
+    world.run_until(60, |w| w.live("a").0 == "2.0.0").await;
+
+    let promote = &world.events("Promote")["a"][0];
+    assert_eq!(promote.reason, reason::PREVIEW_HEALTHY);
+    let analyzed = &world.events("Analyze")["a"];
+    assert_eq!(analyzed[0].reason, "AnalysisPassed");
+    assert_eq!(
+        analyzed[0].note,
+        "2.0.0 (preview): 200 requests on 2 pods, 6 answered 5xx by the app, p99 4 ms"
+    );
+    let figures = world.fs("a").status.unwrap().analysis.unwrap();
+    assert_eq!(
+        (figures.verdict, figures.requests),
+        (AnalysisVerdict::Passed, 200)
+    );
+    // Its window is judged too, and passes; the rollout goes on to the end. (An Event
+    // of the same verdict is a repeat: the recorder counts it in the first one's series.)
+    world.run_until(150, World::settled).await;
+    let figures = world.fs("a").status.unwrap().analysis.unwrap();
+    assert_eq!(
+        (figures.stage, figures.verdict),
+        (AnalysisStage::Observation, AnalysisVerdict::Passed)
+    );
+    assert!(world.events("Rollback").is_empty());
+}
+
+#[tokio::test]
+async fn a_latency_regression_in_bs_window_rolls_b_back_and_holds_its_dependents() {
+    let world = deployed_at_one(&SIX).await;
+    world.fake.edit_finservice(
+        "b",
+        json!({"spec": {"rollout": {"analysis": {"maxP99LatencyMilliseconds": 200}}}}),
+    );
+    let fast = Traffic {
+        ok: 100,
+        latency_millis: 20,
+        ..Traffic::default()
+    };
+    traffic(&world, "b", "2.0.0", fast);
+    world.set_versions("2.0.0");
+    world.run_until(100, |w| w.live("b").0 == "2.0.0").await;
+    // Live, and slower: each of its requests now takes 400 ms.
+    traffic(
+        &world,
+        "b",
+        "2.0.0",
+        Traffic {
+            latency_millis: 400,
+            ..fast
+        },
+    );
+    world
+        .run_until(10, |w| w.fs("b").status.unwrap().failed_version.is_some())
+        .await;
+    world.tick().await;
+
+    let rollback = &world.events("Rollback")["b"][0];
+    assert_eq!(rollback.reason, reason::ANALYSIS_FAILED);
+    assert!(
+        rollback.at < world.first("Promote")["b"] + 30,
+        "within the window"
+    );
+    let figures = world.fs("b").status.unwrap().analysis.unwrap();
+    assert_eq!(
+        (figures.stage, figures.verdict),
+        (AnalysisStage::Observation, AnalysisVerdict::Failed)
+    );
+    assert!(
+        figures.message.contains("p99 latency 497 ms > 200 ms"),
+        "{}",
+        figures.message
+    );
+    assert_eq!(world.live("b"), ("1.0.0".into(), Color::Blue));
+    assert_eq!(
+        world.live("a"),
+        ("2.0.0".into(), Color::Green),
+        "A went live before B"
+    );
+    for held in ["c", "d", "e", "f"] {
+        assert!(!world.events("DeployPreview").contains_key(held), "{held}");
+        assert_eq!(world.live(held).0, "1.0.0");
+        assert_eq!(
+            world.fs(held).status.unwrap().phase,
+            Some(Phase::Waiting),
+            "{held}"
+        );
     }
 }
 

@@ -247,6 +247,66 @@ pub struct RolloutSpec {
     #[serde(default = "default_observation_window")]
     #[x_kube(validation = Rule::new("self >= 0").message("observationWindowSeconds cannot be negative"))]
     pub observation_window_seconds: i32,
+    /// Judging a version by its traffic: the FinFlow sidecars' counts (admin port 15020,
+    /// read through the API server's pod proxy) of that version's pods, summed, while it
+    /// is in preview and during its observation window. Probes (`/health`, `/ready`,
+    /// `/live`) are not traffic. A failed analysis aborts the preview, or rolls the
+    /// version back (and its dependents with it) in the observation window, as a failed
+    /// `/health` does. Without the sidecar there is nothing to read and nothing is
+    /// judged; with fewer requests than `minRequests` nothing is judged either, and
+    /// nothing is held back. The last analysis is in `status.analysis`.
+    #[serde(default)]
+    pub analysis: AnalysisSpec,
+}
+
+/// The limits a version's traffic is judged by (see `RolloutSpec::analysis`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Read and judge the sidecars' counts; false: only `/health`, restarts and
+    /// readiness decide.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Requests the version's pods must have answered (since they started, probes
+    /// excepted) before anything is judged.
+    #[serde(default = "default_min_requests")]
+    #[x_kube(validation = Rule::new("self >= 1").message("minRequests must be at least 1"))]
+    pub min_requests: i32,
+    /// Highest share, in percent, of the requests the app answered that may be 5xx (the
+    /// sidecar's own 502, 503 and 504 for an unreachable or slow app do not count).
+    #[serde(default = "default_max_app_error_percent")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("maxAppErrorPercent must be between 0 and 100"))]
+    pub max_app_error_percent: i32,
+    /// Highest 99th percentile, in milliseconds, of the time to the app's response head
+    /// (interpolated within the sidecar's histogram buckets, 1 ms to 10 s; slower than
+    /// 10 s exceeds any value). Unset: latency is not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxP99LatencyMilliseconds must be positive"))]
+    pub max_p99_latency_milliseconds: Option<i32>,
+    /// Highest share, in percent, of requests refused for their token. Unset: not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("maxJwtRejectionPercent must be between 0 and 100"))]
+    pub max_jwt_rejection_percent: Option<i32>,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_requests: default_min_requests(),
+            max_app_error_percent: default_max_app_error_percent(),
+            max_p99_latency_milliseconds: None,
+            max_jwt_rejection_percent: None,
+        }
+    }
+}
+
+fn default_min_requests() -> i32 {
+    100
+}
+
+fn default_max_app_error_percent() -> i32 {
+    5
 }
 
 impl Default for RolloutSpec {
@@ -257,6 +317,7 @@ impl Default for RolloutSpec {
             readiness_timeout_seconds: default_readiness_timeout(),
             scale_down_delay_seconds: default_scale_down_delay(),
             observation_window_seconds: default_observation_window(),
+            analysis: AnalysisSpec::default(),
         }
     }
 }
@@ -354,6 +415,10 @@ pub struct FinServiceStatus {
     /// Versions that went live, oldest first (at most the last 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Revision>,
+    /// The last traffic analysis (`spec.rollout.analysis`): of the preview, or of the
+    /// live version in its observation window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
     /// Ready (the spec's version is live and settled), Progressing, Degraded and
     /// DependenciesReady, following the Kubernetes API conventions, and kstatus'
     /// Reconciling (a rollout or a retry under way) and Stalled (a failed version held,
@@ -382,6 +447,56 @@ pub struct Observation {
     /// `/health` of the Service failed.
     #[serde(default)]
     pub health_failed: bool,
+    /// The traffic analysis of the new version failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub analysis_failed: bool,
+}
+
+/// What a traffic analysis judged, on which figures.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// The version judged.
+    pub version: String,
+    /// Preview (before promotion) or Observation (in the window after it).
+    pub stage: AnalysisStage,
+    /// Passed, Failed, Inconclusive (fewer requests than `minRequests`: nothing judged)
+    /// or Unavailable (no sidecar answered with the counts the analysis reads).
+    pub verdict: AnalysisVerdict,
+    /// Pods whose sidecar answered.
+    pub pods: i32,
+    /// Requests answered since the pods started, probes excepted.
+    pub requests: i64,
+    /// Of them, answered 5xx by the app.
+    pub app_server_errors: i64,
+    /// Answered 5xx by the sidecar itself (the app unreachable or too slow).
+    pub proxy_server_errors: i64,
+    /// Requests refused for their token.
+    pub jwt_rejections: i64,
+    /// The 99th percentile of the time to the app's response head, in milliseconds;
+    /// absent without requests or beyond the histogram's last bound (10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_latency_milliseconds: Option<i64>,
+    /// The verdict in words, with the limits it was held against.
+    pub message: String,
+    /// When the counts were read.
+    pub analyzed_at: Time,
+}
+
+/// When an analysis was made.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AnalysisStage {
+    Preview,
+    Observation,
+}
+
+/// What an analysis concluded.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AnalysisVerdict {
+    Passed,
+    Failed,
+    Inconclusive,
+    Unavailable,
 }
 
 /// A rollback in progress.

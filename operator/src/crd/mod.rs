@@ -14,8 +14,9 @@ pub mod messagequeue;
 pub mod rediscache;
 
 pub use finservice::{
-    Color, FinService, FinServiceSpec, FinServiceStatus, Module, Observation, Revision,
-    RollbackState, RolloutSpec, SecretMount, SidecarSpec,
+    AnalysisSpec, AnalysisStage, AnalysisStatus, AnalysisVerdict, Color, FinService,
+    FinServiceSpec, FinServiceStatus, Module, Observation, Revision, RollbackState, RolloutSpec,
+    SecretMount, SidecarSpec,
 };
 pub use messagequeue::{MessageQueue, MessageQueueSpec, MessageQueueStatus};
 pub use rediscache::{RedisCache, RedisCacheSpec, RedisCacheStatus};

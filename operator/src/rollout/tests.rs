@@ -242,6 +242,7 @@ fn manual_promotion_waits_for_the_request() {
         since: 0,
         available: true,
         healthy: Some(true),
+        analysis: Verdict::Unavailable,
     });
     let mut world = BTreeMap::from([("a".to_owned(), o)]);
     assert_eq!(plan(&graph, &world, 10)["a"].step, Step::AwaitPromotion);
@@ -263,6 +264,7 @@ fn the_gate_needs_availability_and_a_healthy_probe() {
         since: 0,
         available: true,
         healthy: None,
+        analysis: Verdict::Unavailable,
     });
     let at = |o: &Observed, now| {
         plan(&graph, &BTreeMap::from([("a".to_owned(), o.clone())]), now)["a"].clone()
@@ -281,6 +283,79 @@ fn the_gate_needs_availability_and_a_healthy_probe() {
     assert_eq!(
         (at(&o, 10).step, at(&o, 10).reason),
         (Step::Abort, reason::ABORT_REQUESTED)
+    );
+}
+
+#[test]
+fn a_preview_failing_its_traffic_analysis_is_aborted_even_when_healthy() {
+    let graph = DependencyGraph::new([("a", Vec::<String>::new())]).unwrap();
+    let mut o = svc("1.0.0");
+    o.spec_version = "2.0.0".into();
+    o.preview = Some(Preview {
+        version: "2.0.0".into(),
+        since: 0,
+        available: true,
+        healthy: Some(true),
+        analysis: Verdict::Failed,
+    });
+    let at = |o: &Observed| {
+        plan(&graph, &BTreeMap::from([("a".to_owned(), o.clone())]), 10)["a"].clone()
+    };
+    let d = at(&o);
+    assert_eq!((d.step, d.reason), (Step::Abort, reason::ANALYSIS_FAILED));
+    // Too few requests to judge, or no sidecar to read: the gate is what it was.
+    for verdict in [Verdict::Inconclusive, Verdict::Unavailable, Verdict::Passed] {
+        o.preview.as_mut().unwrap().analysis = verdict;
+        assert_eq!(at(&o).step, Step::Promote, "{verdict:?}");
+    }
+}
+
+#[test]
+fn a_window_failed_by_its_traffic_rolls_back_as_analysis_failed_with_its_later_dependents() {
+    let graph = DependencyGraph::new([("a", vec![]), ("b", vec!["a"])]).unwrap();
+    let mut world = upgraded(&graph);
+    let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
+    // a is back in an observation window (promoted again at `now`), and b went live
+    // after it: the traffic of a's new version fails.
+    let a = world.get_mut("a").unwrap();
+    a.active.as_mut().unwrap().since = now;
+    a.previous_up = true;
+    a.window.analysis_failed = true;
+    let b = world.get_mut("b").unwrap();
+    b.active.as_mut().unwrap().since = now + 1;
+    b.previous_up = true;
+    let decisions = plan(&graph, &world, now + 5);
+    assert_eq!(
+        (decisions["a"].step, decisions["a"].reason),
+        (Step::WaitForDependents, reason::DEPENDENTS_ROLLING_BACK)
+    );
+    assert_eq!(decisions["b"].reason, reason::CASCADE_ROLLBACK);
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 5, |_, _| {});
+    assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
+    // With a restart as well, the window failed for more than its traffic.
+    let mut o = svc("2.0.0");
+    o.previous = Some(Live {
+        color: Color::Green,
+        version: "1.0.0".into(),
+        since: 0,
+    });
+    o.previous_up = true;
+    o.window = Window {
+        restarts: 1,
+        analysis_failed: true,
+        ..Window::default()
+    };
+    let alone = DependencyGraph::new([("a", Vec::<String>::new())]).unwrap();
+    let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o.clone())]), 5)["a"];
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::Rollback, reason::OBSERVATION_FAILED)
+    );
+    o.window.restarts = 0;
+    let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o)]), 5)["a"];
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::Rollback, reason::ANALYSIS_FAILED)
     );
 }
 
