@@ -3,19 +3,9 @@
 
 mod common;
 
-use common::{Echo, JwksServer, Key, Proxy, claims, client};
+use common::{Echo, JwksServer, Key, Proxy, admin_metrics, claims};
 
 const USER: &str = "7f1c0a52-0000-4000-8000-000000000001";
-
-async fn admin_metrics(sidecar: &Proxy) -> String {
-    let response = client()
-        .get(format!("{}/metrics", sidecar.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
 
 /// The value of the sample `series` (name and labels as rendered) in `metrics`, 0 when
 /// absent.

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    AUDIENCE, Echo, HS256_SECRET, JwksServer, Key, Proxy, assert_refused, claims, client, hs256,
-    received, unsigned, wait_until,
+    AUDIENCE, Echo, HS256_SECRET, JwksServer, Key, Proxy, admin_metrics, assert_refused, claims,
+    client, hs256, received, unsigned, wait_until,
 };
 use serde_json::{Value, json};
 
@@ -762,16 +762,6 @@ async fn the_upstream_duration_histogram_is_recorded() {
         metrics.contains("finflow_sidecar_upstream_duration_seconds_bucket"),
         "{metrics}"
     );
-}
-
-async fn admin_metrics(sidecar: &Proxy) -> String {
-    let response = client()
-        .get(format!("{}/metrics", sidecar.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "a scrape never fails");
-    response.text().await.unwrap()
 }
 
 #[tokio::test]

@@ -487,3 +487,14 @@ pub async fn assert_refused(response: reqwest::Response, status: u16, code: &str
     assert_eq!(body["error"]["details"]["reason"], reason, "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
 }
+
+/// A sidecar's admin `/metrics`, which always answers 200.
+pub async fn admin_metrics(sidecar: &Proxy) -> String {
+    let response = client()
+        .get(format!("{}/metrics", sidecar.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a scrape never fails");
+    response.text().await.unwrap()
+}
