@@ -5,9 +5,10 @@
 //!
 //! Only three families of the sidecar's exposition are read; the app's own families
 //! that follow them are skipped. Probes (`traffic="probe"`: `/health`, `/ready`,
-//! `/live`) are not traffic, and a version's errors are the 5xx its app answered
-//! (`origin="upstream"`), not the sidecar's own 502/503/504 (an unreachable or slow
-//! upstream is also seen by readiness and restarts). Integers throughout: latencies in
+//! `/live`) are not traffic. A version's errors are the 5xx its app answered
+//! (`origin="upstream"`) and the requests it failed to answer (the sidecar's 502, app
+//! unreachable, and 504, app too slow); the sidecar's other 5xx (503: no keys to check
+//! tokens with) are its own, shown and not judged. Integers throughout: latencies in
 //! microseconds, shares compared by cross-multiplication.
 
 use std::fmt::Write as _;
@@ -18,6 +19,8 @@ pub const REQUESTS: &str = "finflow_sidecar_requests_total";
 pub const JWT_REJECTIONS: &str = "finflow_sidecar_jwt_rejections_total";
 /// The time to the upstream's response head, by `traffic`, with `le` in seconds.
 pub const UPSTREAM_BUCKETS: &str = "finflow_sidecar_upstream_duration_seconds_bucket";
+/// The sidecar's last line before the app's metrics.
+const UPSTREAM_METRICS_UP: &str = "finflow_sidecar_upstream_metrics_up";
 
 /// The pod proxy path of a pod's sidecar metrics (its admin port is not a named port).
 pub fn pod_metrics_path(namespace: &str, pod: &str, port: i32) -> String {
@@ -31,11 +34,12 @@ pub struct Sample {
     pub pods: u32,
     /// Requests answered, probes excepted.
     pub requests: u64,
-    /// Of them, answered by the app (the rest the sidecar refused or could not forward).
+    /// Of them, sent to the app: answered by it, or failed there (502, 504).
     pub forwarded: u64,
-    /// Of those, answered 5xx by the app.
+    /// Of those, answered 5xx by the app, or not answered (502 unreachable, 504 too slow).
     pub app_errors: u64,
-    /// 5xx the sidecar answered itself (upstream unreachable, timed out): shown, not judged.
+    /// Other 5xx the sidecar answered for itself (503: no keys to check tokens): shown,
+    /// not judged.
     pub proxy_errors: u64,
     /// Tokens refused.
     pub jwt_rejections: u64,
@@ -47,15 +51,15 @@ pub struct Sample {
 impl Sample {
     /// The sum of two pods' (or two sets of pods') samples.
     pub fn add(&mut self, other: &Sample) {
-        self.pods += other.pods;
-        self.requests += other.requests;
-        self.forwarded += other.forwarded;
-        self.app_errors += other.app_errors;
-        self.proxy_errors += other.proxy_errors;
-        self.jwt_rejections += other.jwt_rejections;
+        self.pods = self.pods.saturating_add(other.pods);
+        self.requests = self.requests.saturating_add(other.requests);
+        self.forwarded = self.forwarded.saturating_add(other.forwarded);
+        self.app_errors = self.app_errors.saturating_add(other.app_errors);
+        self.proxy_errors = self.proxy_errors.saturating_add(other.proxy_errors);
+        self.jwt_rejections = self.jwt_rejections.saturating_add(other.jwt_rejections);
         for &(le, count) in &other.latency {
             match self.latency.binary_search_by_key(&le, |&(l, _)| l) {
-                Ok(i) => self.latency[i].1 += count,
+                Ok(i) => self.latency[i].1 = self.latency[i].1.saturating_add(count),
                 Err(i) => self.latency.insert(i, (le, count)),
             }
         }
@@ -70,9 +74,11 @@ impl Sample {
     }
 }
 
-/// Reads one sidecar's exposition as one pod's sample. `Err` when it is not a FinFlow
-/// sidecar's, or one from before the `origin` and `traffic` labels (its counts would
-/// mix probes and the sidecar's own errors into the app's).
+/// Reads one sidecar's exposition as one pod's sample: its own families, which come
+/// before `finflow_sidecar_upstream_metrics_up` (what follows is the app's, and not
+/// read, whatever it names). `Err` when it is not a FinFlow sidecar's, or one from
+/// before the `origin` and `traffic` labels (its counts would mix probes and the
+/// sidecar's own errors into the app's).
 pub fn parse(text: &str) -> Result<Sample, String> {
     let mut sample = Sample {
         pods: 1,
@@ -83,6 +89,9 @@ pub fn parse(text: &str) -> Result<Sample, String> {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
+        }
+        if line.starts_with(UPSTREAM_METRICS_UP) {
+            break;
         }
         let family = line
             .split(|c: char| c == '{' || c.is_whitespace())
@@ -115,20 +124,23 @@ pub fn parse(text: &str) -> Result<Sample, String> {
                 if traffic != "api" {
                     continue;
                 }
-                sample.requests += value;
-                let server_error = status.starts_with('5');
-                match origin {
-                    "upstream" => {
-                        sample.forwarded += value;
-                        if server_error {
-                            sample.app_errors += value;
-                        }
+                sample.requests = sample.requests.saturating_add(value);
+                let (forwarded, app_error, proxy_error) = match (origin, status) {
+                    ("upstream", s) => (true, s.starts_with('5'), false),
+                    // The app did not answer: unreachable, or too slow.
+                    (_, "502" | "504") => (true, true, false),
+                    (_, s) => (false, false, s.starts_with('5')),
+                };
+                let add = |n: &mut u64, yes: bool| {
+                    if yes {
+                        *n = n.saturating_add(value);
                     }
-                    _ if server_error => sample.proxy_errors += value,
-                    _ => {}
-                }
+                };
+                add(&mut sample.forwarded, forwarded);
+                add(&mut sample.app_errors, app_error);
+                add(&mut sample.proxy_errors, proxy_error);
             }
-            JWT_REJECTIONS => sample.jwt_rejections += value,
+            JWT_REJECTIONS => sample.jwt_rejections = sample.jwt_rejections.saturating_add(value),
             _ => {
                 if label("traffic") != Some("api") {
                     continue;
@@ -270,9 +282,11 @@ pub fn p99(latency: &[(u64, u64)]) -> Option<P99> {
 /// The limits a version is judged by (`spec.rollout.analysis`), in integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Requests below which nothing is judged.
+    /// Requests below which nothing is judged; each share and the latency are judged
+    /// once their own count (requests sent to the app, observed latencies) reaches it.
     pub min_requests: u64,
-    /// Highest share of forwarded requests the app may answer 5xx, in percent.
+    /// Highest share of the requests sent to the app that may fail (5xx, or no answer),
+    /// in percent.
     pub max_app_error_percent: Option<u32>,
     /// Highest 99th percentile of the upstream latency, in microseconds.
     pub max_p99_micros: Option<u64>,
@@ -317,9 +331,15 @@ fn exceeds(part: u64, whole: u64, percent: u32) -> bool {
     u128::from(part) * 100 > u128::from(whole) * u128::from(percent)
 }
 
-/// `part` of `whole` in whole percent, rounded down (for messages).
-fn percent(part: u64, whole: u64) -> u128 {
-    u128::from(part) * 100 / u128::from(whole.max(1))
+/// `part` of `whole` in percent with one decimal, rounded down (for messages).
+fn percent(part: u64, whole: u64) -> String {
+    let tenths = u128::from(part) * 1000 / u128::from(whole.max(1));
+    format!("{}.{}", tenths / 10, tenths % 10)
+}
+
+/// Microseconds as milliseconds with one decimal, rounded down (for messages).
+fn millis(micros: u64) -> String {
+    format!("{}.{}", micros / 1000, micros % 1000 / 100)
 }
 
 /// Judges a version's sample against `t`. Each limit that is set is checked, and every
@@ -350,10 +370,11 @@ pub fn judge(sample: &Sample, t: &Thresholds) -> Judgement {
     }
     let mut failures = Vec::new();
     if let Some(max) = t.max_app_error_percent
+        && sample.forwarded >= t.min_requests
         && exceeds(sample.app_errors, sample.forwarded, max)
     {
         failures.push(format!(
-            "{} of {} requests answered 5xx by the app ({}% > {max}%)",
+            "{} of {} requests failed at the app ({}% > {max}%)",
             sample.app_errors,
             sample.forwarded,
             percent(sample.app_errors, sample.forwarded)
@@ -374,27 +395,29 @@ pub fn judge(sample: &Sample, t: &Thresholds) -> Judgement {
         && observed >= t.min_requests
     {
         match p99 {
-            Some(P99::Micros(at)) if at > max => {
-                failures.push(format!("p99 latency {} ms > {} ms", at / 1000, max / 1000))
-            }
+            Some(P99::Micros(at)) if at > max => failures.push(format!(
+                "p99 latency {} ms > {} ms",
+                millis(at),
+                millis(max)
+            )),
             Some(P99::Above(bound)) => failures.push(format!(
                 "p99 latency above {} ms, the histogram's last bound (limit {} ms)",
-                bound / 1000,
-                max / 1000
+                millis(bound),
+                millis(max)
             )),
             _ => {}
         }
     }
     if failures.is_empty() {
         let latency = match p99 {
-            Some(P99::Micros(at)) => format!(", p99 {} ms", at / 1000),
+            Some(P99::Micros(at)) => format!(", p99 {} ms", millis(at)),
             _ => String::new(),
         };
         verdict(
             Verdict::Passed,
             format!(
-                "{} requests on {} pods, {} answered 5xx by the app{latency}",
-                sample.requests, sample.pods, sample.app_errors
+                "{} requests on {} pods, {} of {} failed at the app{latency}",
+                sample.requests, sample.pods, sample.app_errors, sample.forwarded
             ),
         )
     } else {
@@ -410,7 +433,9 @@ pub struct Traffic {
     pub ok: u64,
     /// Requests the app answered 500.
     pub app_errors: u64,
-    /// Requests the sidecar answered 502 (upstream unreachable).
+    /// Requests the app did not answer in time (the sidecar's 504).
+    pub unanswered: u64,
+    /// Requests the sidecar answered 503 for itself (no keys to check tokens).
     pub proxy_errors: u64,
     /// Requests the sidecar refused 401 for their token.
     pub jwt_rejections: u64,
@@ -432,7 +457,8 @@ pub fn exposition(t: &Traffic) -> String {
     for (status, origin, traffic, count) in [
         ("200", "upstream", "api", t.ok),
         ("500", "upstream", "api", t.app_errors),
-        ("502", "proxy", "api", t.proxy_errors),
+        ("504", "proxy", "api", t.unanswered),
+        ("503", "proxy", "api", t.proxy_errors),
         ("401", "proxy", "api", t.jwt_rejections),
         ("200", "upstream", "probe", t.probes),
     ] {
@@ -453,7 +479,7 @@ pub fn exposition(t: &Traffic) -> String {
     }
     let family = UPSTREAM_BUCKETS.trim_end_matches("_bucket");
     let _ = writeln!(out, "# TYPE {family} histogram");
-    let forwarded = t.ok + t.app_errors + t.proxy_errors;
+    let forwarded = t.ok + t.app_errors + t.unanswered;
     let took = t.latency_millis * 1000;
     for bound in BOUNDS {
         let within = micros(bound).is_some_and(|b| took <= b);

@@ -445,6 +445,7 @@ pub fn analysis_status(
         verdict,
         pods: i32::try_from(sample.pods).unwrap_or(i32::MAX),
         requests: count(sample.requests),
+        forwarded: count(sample.forwarded),
         app_server_errors: count(sample.app_errors),
         proxy_server_errors: count(sample.proxy_errors),
         jwt_rejections: count(sample.jwt_rejections),

@@ -163,7 +163,8 @@ pub fn render_analysis(a: &AnalysisStatus) -> String {
     };
     let mut out = format!("analysis {} {stage} {verdict}", a.version);
     if a.verdict != AnalysisVerdict::Unavailable {
-        let share = a.app_server_errors.saturating_mul(100) / a.requests.max(1);
+        // The share judged: of the requests sent to the app.
+        let share = a.app_server_errors.saturating_mul(100) / a.forwarded.max(1);
         let _ = write!(out, ": {} req, {share}% 5xx", a.requests);
         if let Some(p99) = a.p99_latency_milliseconds {
             let _ = write!(out, ", p99 {p99} ms");
@@ -375,6 +376,7 @@ mod tests {
             verdict: AnalysisVerdict::Failed,
             pods: 2,
             requests: 200,
+            forwarded: 200,
             app_server_errors: 40,
             proxy_server_errors: 0,
             jwt_rejections: 0,

@@ -11,6 +11,7 @@ finflow_sidecar_requests_total{status="200",origin="upstream",traffic="probe"} 3
 finflow_sidecar_requests_total{status="500",origin="upstream",traffic="probe"} 3
 finflow_sidecar_requests_total{status="502",origin="proxy",traffic="api"} 5
 finflow_sidecar_requests_total{status="401",origin="proxy",traffic="api"} 10
+finflow_sidecar_requests_total{status="503",origin="proxy",traffic="api"} 2
 # TYPE finflow_sidecar_jwt_rejections_total counter
 finflow_sidecar_jwt_rejections_total{reason="expired"} 6
 finflow_sidecar_jwt_rejections_total{reason="missing_token"} 4
@@ -26,6 +27,7 @@ finflow_sidecar_upstream_duration_seconds_bucket{traffic="probe",le="+Inf"} 33
 finflow_sidecar_upstream_metrics_up 1
 # TYPE finflow_http_requests_total counter
 finflow_http_requests_total{method="GET",route="/api/v1/wallets/{id}",status="503"} 40
+finflow_sidecar_requests_total{status="500",origin="upstream",traffic="api"} 999
 "#;
 
 fn limits() -> Thresholds {
@@ -44,11 +46,13 @@ fn a_sidecars_exposition_reads_as_requests_app_errors_latency_and_rejections() {
         sample,
         Sample {
             pods: 1,
-            // Probes are neither requests nor latency; the app's own families are skipped.
-            requests: 215,
-            forwarded: 200,
-            app_errors: 40,
-            proxy_errors: 5,
+            // Probes are neither requests nor latency; what follows the sidecar's own
+            // families is the app's, whatever it names. The 502s never reached an app
+            // that answers: its failures; the 503s are the sidecar's own.
+            requests: 217,
+            forwarded: 205,
+            app_errors: 45,
+            proxy_errors: 2,
             jwt_rejections: 10,
             latency: vec![(5_000, 100), (10_000, 180), (100_000, 200), (u64::MAX, 205)],
         }
@@ -75,7 +79,7 @@ fn a_sidecar_without_origin_labels_or_no_sidecar_at_all_is_refused() {
 }
 
 #[test]
-fn the_sidecars_own_5xx_are_not_the_apps() {
+fn the_sidecars_own_503_is_not_the_apps_but_an_app_that_does_not_answer_fails() {
     let sample = parse(&exposition(&Traffic {
         ok: 100,
         proxy_errors: 50,
@@ -83,6 +87,32 @@ fn the_sidecars_own_5xx_are_not_the_apps() {
     }))
     .unwrap();
     assert_eq!((sample.app_errors, sample.proxy_errors), (0, 50));
+    assert_eq!(judge(&sample, &limits()).verdict, Verdict::Passed);
+    // An app that hangs on every call but its health: every request a 504.
+    let hung = parse(&exposition(&Traffic {
+        unanswered: 100,
+        latency_millis: 12_000,
+        ..Traffic::default()
+    }))
+    .unwrap();
+    let judged = judge(&hung, &limits());
+    assert_eq!(judged.verdict, Verdict::Failed);
+    assert_eq!(
+        judged.message,
+        "100 of 100 requests failed at the app (100.0% > 5%)"
+    );
+}
+
+#[test]
+fn a_share_is_judged_only_on_enough_requests_of_its_own() {
+    // Scanners without tokens make up the minimum; two requests reached the app.
+    let sample = parse(&exposition(&Traffic {
+        ok: 1,
+        app_errors: 1,
+        jwt_rejections: 98,
+        ..Traffic::default()
+    }))
+    .unwrap();
     assert_eq!(judge(&sample, &limits()).verdict, Verdict::Passed);
 }
 
@@ -144,7 +174,7 @@ fn twenty_percent_app_5xx_fails_five_percent_and_four_passes() {
     assert_eq!(judged.verdict, Verdict::Failed);
     assert_eq!(
         judged.message,
-        "20 of 100 requests answered 5xx by the app (20% > 5%)"
+        "20 of 100 requests failed at the app (20.0% > 5%)"
     );
     let passing = parse(&exposition(&Traffic {
         ok: 96,
@@ -180,7 +210,7 @@ fn a_latency_regression_fails_only_where_a_limit_is_set() {
         },
     );
     assert_eq!(judged.verdict, Verdict::Failed);
-    assert_eq!(judged.message, "p99 latency 497 ms > 200 ms");
+    assert_eq!(judged.message, "p99 latency 497.5 ms > 200.0 ms");
 }
 
 #[test]
@@ -209,21 +239,23 @@ fn the_pod_proxy_path_names_the_pod_and_the_admin_port() {
 
 fn traffic() -> impl Strategy<Value = Traffic> {
     (
-        0_u64..500,
-        0_u64..100,
-        0_u64..50,
-        0_u64..50,
-        0_u64..50,
-        0_u64..12_000,
+        (0_u64..500, 0_u64..100, 0_u64..30),
+        (0_u64..50, 0_u64..50, 0_u64..50, 0_u64..12_000),
     )
         .prop_map(
-            |(ok, app_errors, proxy_errors, jwt_rejections, probes, latency_millis)| Traffic {
-                ok,
-                app_errors,
-                proxy_errors,
-                jwt_rejections,
-                probes,
-                latency_millis,
+            |(
+                (ok, app_errors, unanswered),
+                (proxy_errors, jwt_rejections, probes, latency_millis),
+            )| {
+                Traffic {
+                    ok,
+                    app_errors,
+                    unanswered,
+                    proxy_errors,
+                    jwt_rejections,
+                    probes,
+                    latency_millis,
+                }
             },
         )
 }
@@ -232,12 +264,13 @@ proptest! {
     #[test]
     fn an_exposition_reads_back_as_its_traffic(t in traffic()) {
         let sample = parse(&exposition(&t)).unwrap();
-        prop_assert_eq!(sample.requests, t.ok + t.app_errors + t.proxy_errors + t.jwt_rejections);
-        prop_assert_eq!(sample.forwarded, t.ok + t.app_errors);
-        prop_assert_eq!(sample.app_errors, t.app_errors);
+        let sent = t.ok + t.app_errors + t.unanswered;
+        prop_assert_eq!(sample.requests, sent + t.proxy_errors + t.jwt_rejections);
+        prop_assert_eq!(sample.forwarded, sent);
+        prop_assert_eq!(sample.app_errors, t.app_errors + t.unanswered);
         prop_assert_eq!(sample.proxy_errors, t.proxy_errors);
         prop_assert_eq!(sample.jwt_rejections, t.jwt_rejections);
-        prop_assert_eq!(sample.latency.last().map(|l| l.1), Some(t.ok + t.app_errors + t.proxy_errors));
+        prop_assert_eq!(sample.latency.last().map(|l| l.1), Some(sent));
     }
 
     /// The operator sums the pods it could read: how the same requests fell on them
@@ -261,9 +294,9 @@ proptest! {
         prop_assert_eq!(together.pods, u32::try_from(pods.len()).unwrap());
         let judged = judge(&together, &t);
         // Failing on errors is exactly the share rule on the summed counts.
-        let errors: u64 = pods.iter().map(|p| p.app_errors).sum();
-        let forwarded: u64 = pods.iter().map(|p| p.ok + p.app_errors).sum();
-        if together.requests >= t.min_requests && errors * 100 > forwarded * u64::from(max_errors) {
+        let errors: u64 = pods.iter().map(|p| p.app_errors + p.unanswered).sum();
+        let forwarded: u64 = pods.iter().map(|p| p.ok + p.app_errors + p.unanswered).sum();
+        if forwarded >= t.min_requests && errors * 100 > forwarded * u64::from(max_errors) {
             prop_assert_eq!(judged.verdict, Verdict::Failed);
         }
         if together.requests < t.min_requests {

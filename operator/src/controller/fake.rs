@@ -789,7 +789,6 @@ impl State {
         object
     }
 
-    /// `/health` of a Service: 200 when it selects pods and none runs an unhealthy version.
     /// `Some` for a GET of a pod's sidecar metrics through the pod proxy: the metrics
     /// of its `(service, version)`'s [`State::traffic`], or `None` (no sidecar answers).
     fn sidecar_metrics(&self, path: &str) -> Option<Option<String>> {
@@ -804,6 +803,7 @@ impl State {
         )
     }
 
+    /// `/health` of a Service: 200 when it selects pods and none runs an unhealthy version.
     fn health(&self, service: &str) -> (StatusCode, Value) {
         let Some(svc) = self.objects.get(SERVICES).and_then(|c| c.get(service)) else {
             return not_found();

@@ -266,7 +266,10 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     // The traffic analysis: of the preview once it is available, of the live version in
     // its window (below).
     let thresholds = finservice::analysis_thresholds(&fs);
-    let mut judged: Option<(String, AnalysisStage, analysis::Judgement)> = None;
+    // Both may be judged in one reconcile (a new spec version previews while the last
+    // one is still observed): each verdict decides its own stage.
+    let mut preview_judged: Option<(String, AnalysisStage, analysis::Judgement)> = None;
+    let mut window_judged: Option<(String, AnalysisStage, analysis::Judgement)> = None;
     if let (Some(t), true, Some(version)) = (
         &thresholds,
         preview_available,
@@ -278,7 +281,7 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
             &pods_of_version(&pods, color.other(), version),
         )
         .await;
-        judged = Some((
+        preview_judged = Some((
             version.to_owned(),
             AnalysisStage::Preview,
             analysis::judge(&sample, t),
@@ -297,7 +300,7 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
             let sample = scrape(&client, &ns, &pods_of_version(&pods, color, version)).await;
             let judgement = analysis::judge(&sample, t);
             analysis_failed = judgement.verdict == analysis::Verdict::Failed;
-            judged = Some((version.to_owned(), AnalysisStage::Observation, judgement));
+            window_judged = Some((version.to_owned(), AnalysisStage::Observation, judgement));
         }
         Some(rollout::Window {
             restarts: (restarts(&pods, color) - baseline).max(0),
@@ -312,9 +315,8 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         active_ready,
         preview_available,
         preview_healthy,
-        preview_analysis: judged
+        preview_analysis: preview_judged
             .as_ref()
-            .filter(|(_, stage, _)| *stage == AnalysisStage::Preview)
             .map_or(analysis::Verdict::Unavailable, |(_, _, j)| j.verdict),
         previous_up: state.previous_retained
             && state
@@ -344,7 +346,17 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         restarts(&pods, color.other()),
         window,
     );
-    if let Some((version, stage, judgement)) = &judged {
+    // The status shows one: a failed window's (it rolls back what is live), else the
+    // preview's, else the window's.
+    let failed = |j: &&(String, AnalysisStage, analysis::Judgement)| {
+        j.2.verdict == analysis::Verdict::Failed
+    };
+    let shown = window_judged
+        .as_ref()
+        .filter(failed)
+        .or(preview_judged.as_ref())
+        .or(window_judged.as_ref());
+    if let Some((version, stage, judgement)) = shown {
         next.analysis = Some(finservice::analysis_status(
             state.analysis.as_ref(),
             version,

@@ -501,7 +501,7 @@ async fn a_preview_whose_sidecars_report_twenty_percent_5xx_is_aborted_with_its_
     );
     assert_eq!(
         analyzed[0].note,
-        "2.0.0 (preview): 40 of 200 requests answered 5xx by the app (20% > 5%)"
+        "2.0.0 (preview): 40 of 200 requests failed at the app (20.0% > 5%)"
     );
     let figures = world.fs("a").status.unwrap().analysis.unwrap();
     assert_eq!(
@@ -542,7 +542,7 @@ async fn a_preview_under_the_thresholds_is_promoted_and_its_figures_are_in_the_s
     assert_eq!(analyzed[0].reason, "AnalysisPassed");
     assert_eq!(
         analyzed[0].note,
-        "2.0.0 (preview): 200 requests on 2 pods, 6 answered 5xx by the app, p99 4 ms"
+        "2.0.0 (preview): 200 requests on 2 pods, 6 of 200 failed at the app, p99 4.9 ms"
     );
     let figures = world.fs("a").status.unwrap().analysis.unwrap();
     assert_eq!(
@@ -558,6 +558,52 @@ async fn a_preview_under_the_thresholds_is_promoted_and_its_figures_are_in_the_s
         (AnalysisStage::Observation, AnalysisVerdict::Passed)
     );
     assert!(world.events("Rollback").is_empty());
+}
+
+#[tokio::test]
+async fn a_version_previewed_during_the_last_ones_window_is_judged_on_its_own_traffic() {
+    let world = deployed_at_one(&SIX).await;
+    let good = Traffic {
+        ok: 200,
+        latency_millis: 4,
+        ..Traffic::default()
+    };
+    traffic(&world, "a", "2.0.0", good);
+    traffic(
+        &world,
+        "a",
+        "3.0.0",
+        Traffic {
+            ok: 80,
+            app_errors: 20,
+            ..good
+        },
+    );
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "2.0.0"}}));
+    world.run_until(30, |w| w.live("a").0 == "2.0.0").await;
+    // 2.0.0 is in its window, judged Passed; 3.0.0 previews meanwhile.
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "3.0.0"}}));
+    world
+        .run_until(10, |w| {
+            w.fs("a").status.unwrap().failed_version.as_deref() == Some("3.0.0")
+        })
+        .await;
+    let abort = &world.events("Abort")["a"][0];
+    assert_eq!(abort.reason, reason::ANALYSIS_FAILED);
+    assert!(
+        abort.at < world.first("Promote")["a"] + 30,
+        "within 2.0.0's window"
+    );
+    assert_eq!(world.live("a").0, "2.0.0");
+    let figures = world.fs("a").status.unwrap().analysis.unwrap();
+    assert_eq!(
+        (figures.version.as_str(), figures.stage, figures.verdict),
+        ("3.0.0", AnalysisStage::Preview, AnalysisVerdict::Failed)
+    );
 }
 
 #[tokio::test]
@@ -602,7 +648,7 @@ async fn a_latency_regression_in_bs_window_rolls_b_back_and_holds_its_dependents
         (AnalysisStage::Observation, AnalysisVerdict::Failed)
     );
     assert!(
-        figures.message.contains("p99 latency 497 ms > 200 ms"),
+        figures.message.contains("p99 latency 497.5 ms > 200.0 ms"),
         "{}",
         figures.message
     );

@@ -250,7 +250,8 @@ pub struct RolloutSpec {
     /// Judging a version by its traffic: the FinFlow sidecars' counts (admin port 15020,
     /// read through the API server's pod proxy) of that version's pods, summed, while it
     /// is in preview and during its observation window. Probes (`/health`, `/ready`,
-    /// `/live`) are not traffic. A failed analysis aborts the preview, or rolls the
+    /// `/live`) are not traffic; a custom `healthPath` is counted as traffic. A failed
+    /// analysis aborts the preview, or rolls the
     /// version back (and its dependents with it) in the observation window, as a failed
     /// `/health` does. Without the sidecar there is nothing to read and nothing is
     /// judged; with fewer requests than `minRequests` nothing is judged either, and
@@ -272,8 +273,9 @@ pub struct AnalysisSpec {
     #[serde(default = "default_min_requests")]
     #[x_kube(validation = Rule::new("self >= 1").message("minRequests must be at least 1"))]
     pub min_requests: i32,
-    /// Highest share, in percent, of the requests the app answered that may be 5xx (the
-    /// sidecar's own 502, 503 and 504 for an unreachable or slow app do not count).
+    /// Highest share, in percent, of the requests sent to the app that may fail: answered
+    /// 5xx by the app, or not answered (the sidecar's 502 and 504). Judged once at least
+    /// `minRequests` were sent to it.
     #[serde(default = "default_max_app_error_percent")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("maxAppErrorPercent must be between 0 and 100"))]
     pub max_app_error_percent: i32,
@@ -467,9 +469,13 @@ pub struct AnalysisStatus {
     pub pods: i32,
     /// Requests answered since the pods started, probes excepted.
     pub requests: i64,
-    /// Of them, answered 5xx by the app.
+    /// Of them, sent to the app (answered by it, or not answered in time).
+    #[serde(default)]
+    pub forwarded: i64,
+    /// Of those, answered 5xx by the app, or not answered (the sidecar's 502 and 504):
+    /// the share judged against `maxAppErrorPercent`.
     pub app_server_errors: i64,
-    /// Answered 5xx by the sidecar itself (the app unreachable or too slow).
+    /// Other 5xx the sidecar answered for itself (503: no keys to check tokens).
     pub proxy_server_errors: i64,
     /// Requests refused for their token.
     pub jwt_rejections: i64,

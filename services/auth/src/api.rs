@@ -790,7 +790,7 @@ async fn internal_users(
         "SELECT {USER_COLUMNS} FROM users WHERE id = ANY($1)"
     )))
     // Planned for these ids each time: a plan cached while the table was small
-    // would go on scanning all of it once it has grown.
+    // would go on scanning all of it once it has grown (until an analyze replans it).
     .persistent(false)
     .bind(&req.user_ids)
     .fetch_all(&s.pool)

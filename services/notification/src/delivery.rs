@@ -217,7 +217,7 @@ impl Sender {
                  last_error = NULL, claim = NULL WHERE id = ANY($1) AND claim = $2 RETURNING id",
             )
             // Planned for these ids each time: a plan cached while the table was small
-            // would go on scanning all of it once it has grown.
+            // would go on scanning all of it once it has grown (until an analyze replans it).
             .persistent(false)
             .bind(&delivered)
             .bind(claimed[0].claim)

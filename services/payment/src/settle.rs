@@ -71,7 +71,7 @@ pub async fn lock_all(tx: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Payment
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = ANY($1) ORDER BY id FOR UPDATE"
     )))
     // Planned for these ids each time: a plan cached while the table was small
-    // would go on scanning all of it once it has grown.
+    // would go on scanning all of it once it has grown (until an analyze replans it).
     .persistent(false)
     .bind(ids)
     .fetch_all(&mut *tx)
@@ -130,7 +130,7 @@ pub async fn transition_all(
          WHERE p.id = c.id RETURNING {columns}"
     )))
     // Planned for these ids each time: a plan cached while the table was small
-    // would go on scanning all of it once it has grown.
+    // would go on scanning all of it once it has grown (until an analyze replans it).
     .persistent(false)
     .bind(&ids)
     .bind(&statuses)

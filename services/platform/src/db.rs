@@ -17,8 +17,8 @@ pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/plat
 
 /// The line (on its own) that marks a migration the release before it cannot run
 /// against: it drops or renames what that release still reads. Once a version carrying
-/// it has gone live, the operator refuses to roll back past it unless forced
-/// (`kubectl finflow rollback --force`).
+/// it has gone live, rolling back to a release older than it runs that release against
+/// a schema it cannot read (`migrations/README.md`).
 pub const INCOMPATIBLE_MARKER: &str = "-- finflow: incompatible-with-previous";
 
 /// The schema a build expects, as its `/health` reports it: its newest embedded

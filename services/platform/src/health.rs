@@ -175,8 +175,8 @@ pub struct HealthReport {
     pub version: String,
     pub status: Status,
     pub dependencies: Vec<DependencyReport>,
-    /// The schema this build expects (its embedded migrations), for the operator's
-    /// rollbacks; absent in processes without a database.
+    /// The schema this build expects (its embedded migrations): what a rollback to it
+    /// would run against; absent in processes without a database.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<SchemaReport>,
 }

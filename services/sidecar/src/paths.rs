@@ -1,9 +1,10 @@
 //! Decisions on paths alone: which are public, which are internal, where the gateway
 //! sends them. All pure.
 
-/// The paths an orchestrator probes (`/health` by the operator, `/ready` and `/live` by
-/// the kubelet): counted apart from traffic, so that probes neither make up a version's
-/// request count nor dilute its share of errors.
+/// The paths probes use (`/health`: the operator's and, with the default `healthPath`,
+/// the kubelet's; `/ready` and `/live`: the platform's probe routes): counted apart from
+/// traffic, so that probes neither make up a version's request count nor dilute its
+/// share of errors. A custom `healthPath` is not among them.
 pub const PROBE_PATHS: [&str; 3] = ["/health", "/ready", "/live"];
 
 /// Whether `path` is one of [`PROBE_PATHS`].

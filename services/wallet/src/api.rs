@@ -790,7 +790,7 @@ async fn spends_of(
             "SELECT id, user_id FROM wallets WHERE id = ANY($1) AND kind = 'user' AND user_id IS NOT NULL",
         )
         // Planned for these ids each time: a plan cached while the table was small
-        // would go on scanning all of it once it has grown.
+        // would go on scanning all of it once it has grown (until an analyze replans it).
         .persistent(false)
         .bind(&wallets)
         .fetch_all(&s.pool)

@@ -347,7 +347,7 @@ async fn lock_all(
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     // Planned for these ids each time: a plan cached while the table was small
-    // would go on scanning all of it once it has grown.
+    // would go on scanning all of it once it has grown (until an analyze replans it).
     .persistent(false)
     .bind(&wallets)
     .fetch_all(&mut *tx)
@@ -386,7 +386,7 @@ async fn apply_together(
          FROM journal_entries WHERE transfer_id = ANY($1)",
     )
     // Planned for these ids each time: a plan cached while the table was small
-    // would go on scanning all of it once it has grown.
+    // would go on scanning all of it once it has grown (until an analyze replans it).
     .persistent(false)
     .bind(&ids)
     .fetch_all(&mut *tx)
@@ -394,7 +394,7 @@ async fn apply_together(
     let voided: Vec<Uuid> =
         sqlx::query_scalar("SELECT transfer_id FROM voided_transfers WHERE transfer_id = ANY($1)")
             // Planned for these ids each time: a plan cached while the table was small
-            // would go on scanning all of it once it has grown.
+            // would go on scanning all of it once it has grown (until an analyze replans it).
             .persistent(false)
             .bind(&ids)
             .fetch_all(&mut *tx)
@@ -519,7 +519,7 @@ async fn write_planned(
              WHERE user_id = ANY($1) AND day = (now() AT TIME ZONE 'UTC')::date",
         )
         // Planned for these ids each time: a plan cached while the table was small
-        // would go on scanning all of it once it has grown.
+        // would go on scanning all of it once it has grown (until an analyze replans it).
         .persistent(false)
         .bind(&senders)
         .fetch_all(&mut *tx)
@@ -678,7 +678,7 @@ async fn apply_in(
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     // Planned for these ids each time: a plan cached while the table was small
-    // would go on scanning all of it once it has grown.
+    // would go on scanning all of it once it has grown (until an analyze replans it).
     .persistent(false)
     .bind([from_id, to_id].as_slice())
     .fetch_all(&mut *tx)
