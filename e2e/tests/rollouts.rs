@@ -454,8 +454,13 @@ async fn a_preview_under_the_thresholds_is_promoted() {
     };
     report(&p, "a", NEW, healthy);
     p.set_version("a", NEW).await;
-    p.wait("A promoted", |all| {
-        status(&all["a"]).active_version.as_deref() == Some(NEW)
+    // Judged in preview, or, when the stand's sidecars did not answer yet as the
+    // preview became available (Unavailable holds nothing back), in its window.
+    p.wait("A promoted and its traffic judged Passed", |all| {
+        let s = status(&all["a"]);
+        s.active_version.as_deref() == Some(NEW)
+            && s.analysis
+                .is_some_and(|a| a.version == NEW && a.verdict == AnalysisVerdict::Passed)
     })
     .await;
     let events = p.events("a").await;
