@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::analysis::{self, Judgement, P99, Verdict};
 use crate::conditions::{self, Desired, Failure, reasons, types};
 use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict};
+use crate::crd::{MigrationRef, ReleaseSchema, RollbackState, SchemaBarrier};
 use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
 use crate::inject::{self, SidecarSettings};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
@@ -319,7 +320,7 @@ fn time_or_zero(time: Option<&Time>) -> i64 {
 
 /// What this reconcile saw of the FinService's own workloads; other services are seen
 /// through their status only ([`observed`] with `None`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Fresh {
     /// The active color runs the live version with every replica available.
     pub active_ready: bool,
@@ -333,6 +334,8 @@ pub struct Fresh {
     pub previous_up: bool,
     /// The observation window's findings, when the service is in one.
     pub window: Option<rollout::Window>,
+    /// Schemas releases reported in this reconcile's `/health` probes, by release.
+    pub schemas: BTreeMap<String, rollout::Schema>,
 }
 
 /// The rollout engine's view of a FinService: its spec, the rollout state in its status
@@ -356,7 +359,15 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
     let request = rollout::request_from_annotations(fs.annotations()).or(status
         .rollback
         .as_ref()
-        .map(|r| rollout::Request::Rollback { cascade: r.cascade }));
+        .filter(|r| r.from.as_ref().is_none_or(|f| *f == fs.spec.version))
+        .map(|r| rollout::Request::Rollback {
+            cascade: r.cascade,
+            force: r.force,
+        }));
+    let mut schemas = schemas_of(&status);
+    if let Some(f) = fresh {
+        schemas.extend(f.schemas.clone());
+    }
     rollout::Observed {
         spec_version: fs.spec.version.clone(),
         auto_promote: spec.auto_promote,
@@ -390,6 +401,122 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
         window: fresh.and_then(|f| f.window).unwrap_or(recorded_window),
         failed_version: status.failed_version.clone(),
         request,
+        schemas,
+        barrier: observed_barrier(status.schema_barrier.as_ref()),
+    }
+}
+
+/// The schemas `status` recorded, by release.
+fn schemas_of(status: &FinServiceStatus) -> BTreeMap<String, rollout::Schema> {
+    status
+        .schemas
+        .iter()
+        .map(|r| {
+            let schema = rollout::Schema {
+                version: r.schema_version,
+                incompatible: r
+                    .incompatible_migration
+                    .as_ref()
+                    .map(|m| rollout::Migration {
+                        version: m.version,
+                        description: m.description.clone(),
+                    }),
+            };
+            (r.release.clone(), schema)
+        })
+        .collect()
+}
+
+/// How many releases' schemas the status keeps: the history's, the preview's and a
+/// spec version's held for its schema.
+pub const SCHEMAS_LIMIT: usize = HISTORY_LIMIT + 2;
+
+/// Records what `learned` says of the releases' schemas in `s` (the state after this
+/// reconcile's step, [`advance`]) and moves the schema barrier by what is live now; a
+/// crossing is recorded as overridden when `forced_step` (a Promote or Rollback carried
+/// out for a forced request). Releases no longer live, previewed, previous or in the
+/// history are forgotten first, the oldest first.
+pub fn record_schemas(
+    s: &mut FinServiceStatus,
+    spec_version: &str,
+    learned: &BTreeMap<String, rollout::Schema>,
+    forced_step: bool,
+) {
+    let mut schemas = schemas_of(s);
+    schemas.extend(learned.clone());
+    if let Some(live) = s.active_version.as_deref() {
+        let barrier = observed_barrier(s.schema_barrier.as_ref());
+        s.schema_barrier =
+            rollout::barrier_after(barrier.as_ref(), &schemas, live, forced_step).map(|b| {
+                SchemaBarrier {
+                    migration: MigrationRef {
+                        version: b.migration.version,
+                        description: b.migration.description,
+                    },
+                    release: b.release,
+                    overridden_by: b.overridden_by,
+                }
+            });
+    }
+    let wanted: Vec<&str> = [
+        s.active_version.as_deref(),
+        s.preview_version.as_deref(),
+        s.previous_version.as_deref(),
+        Some(spec_version),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(s.history.iter().rev().map(|r| r.version.as_str()))
+    .collect();
+    let mut kept: Vec<ReleaseSchema> = Vec::new();
+    for release in wanted {
+        if kept.len() == SCHEMAS_LIMIT || kept.iter().any(|k| k.release == release) {
+            continue;
+        }
+        if let Some(schema) = schemas.get(release) {
+            kept.push(ReleaseSchema {
+                release: release.to_owned(),
+                schema_version: schema.version,
+                incompatible_migration: schema.incompatible.as_ref().map(|m| MigrationRef {
+                    version: m.version,
+                    description: m.description.clone(),
+                }),
+            });
+        }
+    }
+    kept.sort_by(|a, b| a.release.cmp(&b.release));
+    s.schemas = kept;
+}
+
+fn observed_barrier(b: Option<&SchemaBarrier>) -> Option<rollout::Barrier> {
+    b.map(|b| rollout::Barrier {
+        migration: rollout::Migration {
+            version: b.migration.version,
+            description: b.migration.description.clone(),
+        },
+        release: b.release.clone(),
+        overridden_by: b.overridden_by.clone(),
+    })
+}
+
+/// What the status keeps of the service's own rollback trigger after `step`: kept while
+/// dependents roll back first, the old color scales up, or the schema barrier holds it.
+pub fn rollback_after(
+    trigger: Option<rollout::Trigger>,
+    step: Option<rollout::Step>,
+    spec_version: &str,
+    kept: Option<RollbackState>,
+) -> Option<RollbackState> {
+    use rollout::Step;
+    match step {
+        Some(Step::WaitForDependents | Step::ScaleUpOld | Step::BlockedBySchema) => trigger
+            .map(|t| RollbackState {
+                cascade: t.cascade,
+                force: t.force,
+                from: Some(spec_version.to_owned()),
+            })
+            .or(kept),
+        _ => None,
     }
 }
 
@@ -552,7 +679,8 @@ pub fn advance(
         | Step::AwaitPreview
         | Step::AwaitPromotion
         | Step::Observe
-        | Step::WaitForDependents => {}
+        | Step::WaitForDependents
+        | Step::BlockedBySchema => {}
     }
     s
 }
@@ -1169,6 +1297,11 @@ pub fn status_after(
 
     let mut history = state.history.clone();
     let mut stable_version = state.stable_version.clone();
+    let schema_version = state
+        .schemas
+        .iter()
+        .find(|r| r.release == live)
+        .map(|r| r.schema_version);
     if ready.status == conditions::TRUE && live_version.is_some() {
         let last = history.last();
         if last.is_none_or(|r| r.version != live || r.color != color) {
@@ -1177,10 +1310,20 @@ pub fn status_after(
                 version: live.clone(),
                 color,
                 deployed_at: now.clone(),
+                schema_version,
             });
             let excess = history.len().saturating_sub(HISTORY_LIMIT);
             history.drain(..excess);
         }
+    }
+    // A first version's schema is learned once it is live and ready.
+    if let Some(last) = history
+        .last_mut()
+        .filter(|r| r.version == live && r.schema_version.is_none())
+    {
+        last.schema_version = schema_version;
+    }
+    if ready.status == conditions::TRUE && live_version.is_some() {
         stable_version = Some(live.clone());
     }
 

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::conditions;
 use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict, FinService, Phase};
-use crate::rollout::{ABORT_ANNOTATION, PROMOTE_ANNOTATION, ROLLBACK_ANNOTATION};
+use crate::rollout::Request;
 
 /// Field manager of the plugin's applies: a user's request is the user's field, not the
 /// operator's, so `managedFields` tell who asked.
@@ -93,23 +93,10 @@ pub fn target(
     })
 }
 
-/// A request the plugin writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Promote,
-    Abort,
-    Rollback { cascade: bool },
-}
-
-/// The server-side apply body for `command` on FinService `name`: only the one
-/// annotation, so the apply owns nothing else.
-pub fn request_patch(name: &str, command: Command) -> Value {
-    let (key, value) = match command {
-        Command::Promote => (PROMOTE_ANNOTATION, "true"),
-        Command::Abort => (ABORT_ANNOTATION, "true"),
-        Command::Rollback { cascade: true } => (ROLLBACK_ANNOTATION, "cascade"),
-        Command::Rollback { cascade: false } => (ROLLBACK_ANNOTATION, "single"),
-    };
+/// The server-side apply body for `request` on FinService `name`: only the one
+/// annotation ([`Request::annotation`]), so the apply owns nothing else.
+pub fn request_patch(name: &str, request: Request) -> Value {
+    let (key, value) = request.annotation();
     json!({
         "apiVersion": "finflow.dev/v1alpha1",
         "kind": "FinService",
@@ -134,6 +121,17 @@ fn line(fs: &FinService) -> String {
     }
     if let Some(a) = &status.analysis {
         let _ = write!(out, " [{}]", render_analysis(a));
+    }
+    if let Some(b) = &status.schema_barrier {
+        let _ = write!(
+            out,
+            " [schema barrier {} from {}",
+            b.migration.version, b.release
+        );
+        if let Some(o) = &b.overridden_by {
+            let _ = write!(out, ", overridden by {o}");
+        }
+        out.push(']');
     }
     // A status older than the spec says nothing about the spec yet.
     let phase = if current(fs) {
@@ -253,19 +251,21 @@ fn walk<'a>(
 
 /// `status.history`, newest first.
 pub fn render_history(fs: &FinService) -> String {
-    let mut out = String::from("REVISION  VERSION  COLOR  DEPLOYED\n");
+    let mut out = String::from("REVISION  VERSION  COLOR  SCHEMA          DEPLOYED\n");
     let history = fs
         .status
         .as_ref()
         .map(|s| s.history.clone())
         .unwrap_or_default();
     for r in history.iter().rev() {
+        let schema = r.schema_version.map_or_else(|| "-".to_owned(), |v| v.to_string());
         let _ = writeln!(
             out,
-            "{:<9} {:<8} {:<6} {}",
+            "{:<9} {:<8} {:<6} {:<15} {}",
             r.revision,
             r.version,
             r.color.as_str(),
+            schema,
             r.deployed_at.0
         );
     }
@@ -393,45 +393,55 @@ mod tests {
 
     #[test]
     fn commands_become_single_annotation_applies() {
+        let rollback = |cascade, force| Request::Rollback { cascade, force };
         assert_eq!(
-            request_patch("b", Command::Rollback { cascade: true }),
+            request_patch("b", rollback(true, false)),
             json!({
                 "apiVersion": "finflow.dev/v1alpha1",
                 "kind": "FinService",
                 "metadata": { "name": "b", "annotations": { "finflow.dev/rollback": "cascade" } },
             })
         );
+        let annotations = |request| request_patch("b", request)["metadata"]["annotations"].clone();
         assert_eq!(
-            request_patch("b", Command::Rollback { cascade: false })["metadata"]["annotations"],
+            annotations(rollback(false, false)),
             json!({ "finflow.dev/rollback": "single" })
         );
         assert_eq!(
-            request_patch("c", Command::Promote)["metadata"]["annotations"],
+            annotations(rollback(true, true)),
+            json!({ "finflow.dev/rollback": "cascade,force" })
+        );
+        assert_eq!(
+            annotations(rollback(false, true)),
+            json!({ "finflow.dev/rollback": "single,force" })
+        );
+        assert_eq!(
+            annotations(Request::Promote { force: false }),
             json!({ "finflow.dev/promote": "true" })
         );
         assert_eq!(
-            request_patch("c", Command::Abort)["metadata"]["annotations"],
+            annotations(Request::Promote { force: true }),
+            json!({ "finflow.dev/promote": "force" })
+        );
+        assert_eq!(
+            annotations(Request::Abort),
             json!({ "finflow.dev/abort": "true" })
         );
     }
 
     #[test]
     fn the_patches_are_read_back_as_the_engine_requests() {
-        use crate::rollout::{Request, request_from_annotations};
-        for (command, request) in [
-            (Command::Promote, Request::Promote),
-            (Command::Abort, Request::Abort),
-            (
-                Command::Rollback { cascade: true },
-                Request::Rollback { cascade: true },
-            ),
-            (
-                Command::Rollback { cascade: false },
-                Request::Rollback { cascade: false },
-            ),
-        ] {
+        use crate::rollout::request_from_annotations;
+        let mut every = vec![Request::Abort];
+        for force in [false, true] {
+            every.push(Request::Promote { force });
+            for cascade in [false, true] {
+                every.push(Request::Rollback { cascade, force });
+            }
+        }
+        for request in every {
             let annotations: BTreeMap<String, String> = serde_json::from_value(
-                request_patch("x", command)["metadata"]["annotations"].clone(),
+                request_patch("x", request)["metadata"]["annotations"].clone(),
             )
             .unwrap();
             assert_eq!(request_from_annotations(&annotations), Some(request));
@@ -527,12 +537,13 @@ mod tests {
                 version: (*v).to_owned(),
                 color: Color::Blue,
                 deployed_at: Time(Default::default()),
+                schema_version: (r == 2).then_some(20_270_101_000_002),
             })
             .collect();
         let text = render_history(&f);
         let rows: Vec<&str> = text.lines().collect();
-        assert!(rows[1].starts_with("2         2.0.0"));
-        assert!(rows[2].starts_with("1         1.0.0"));
+        assert!(rows[1].starts_with("2         2.0.0    blue   20270101000002"));
+        assert!(rows[2].starts_with("1         1.0.0    blue   -"));
     }
 
     fn kubeconfig() -> Kubeconfig {

@@ -18,6 +18,11 @@
 //!   member waits ([`Step::WaitForDependents`]) until its dependents in the set are done.
 //!   A rollback flips the Service back when the old color is still up, else scales it up
 //!   first ([`Step::ScaleUpOld`]).
+//! - **Schema barrier.** No release goes live again whose schema is older than an
+//!   incompatible migration a live version brought ([`Barrier`]): a rollback (by hand, by
+//!   cascade or after a failed window) that would is refused for its whole set
+//!   ([`Step::BlockedBySchema`]) unless the request is forced, and so is a spec version
+//!   known to be that old. A forced crossing is recorded on the barrier.
 //! - **Holds.** A service whose spec version failed (aborted or rolled back) stays put
 //!   ([`Step::Held`]) until its spec version changes; its dependents wait on it.
 //! - **Order.** A new version is not deployed, promoted or even probed while a dependency
@@ -77,6 +82,8 @@ pub mod reason {
     pub const VERSION_FAILED: &str = "VersionFailed";
     pub const FIRST_VERSION: &str = "FirstVersion";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    pub const INCOMPATIBLE_MIGRATION: &str = "IncompatibleMigration";
+    pub const INCOMPATIBLE_MIGRATION_FORCED: &str = "IncompatibleMigrationForced";
 }
 
 /// What a service does next. [`Step::as_str`] is the Event action.
@@ -110,6 +117,9 @@ pub enum Step {
     ScaleUpOld,
     /// Switch `<name>`'s selector back to the previous color.
     Rollback,
+    /// A rollback, or a spec version, would put live a release older than an applied
+    /// incompatible migration: held until forced, or the spec names another version.
+    BlockedBySchema,
 }
 
 impl Step {
@@ -129,6 +139,7 @@ impl Step {
             Self::WaitForDependents => "WaitForDependents",
             Self::ScaleUpOld => "ScaleUpOld",
             Self::Rollback => "Rollback",
+            Self::BlockedBySchema => "BlockedBySchema",
         }
     }
 
@@ -150,7 +161,7 @@ impl Step {
     pub const fn is_warning(self) -> bool {
         matches!(
             self,
-            Self::Abort | Self::Rollback | Self::ScaleUpOld | Self::Held
+            Self::Abort | Self::Rollback | Self::ScaleUpOld | Self::Held | Self::BlockedBySchema
         )
     }
 }
@@ -158,18 +169,71 @@ impl Step {
 /// A user's request, read from the FinService's annotations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
-    Promote,
+    /// Promote a preview waiting for it; `force` also lets through a version older than
+    /// an applied incompatible migration (`finflow.dev/promote: force`).
+    Promote { force: bool },
     Abort,
-    Rollback { cascade: bool },
+    /// Roll back, with `cascade` to the dependents promoted after this service; `force`
+    /// crosses an applied incompatible migration (`finflow.dev/rollback: cascade,force`).
+    Rollback { cascade: bool, force: bool },
+}
+
+/// What a request annotation's value adds to say it is forced.
+pub const FORCE: &str = "force";
+
+impl Request {
+    /// Forced across the schema barrier.
+    pub const fn forced(self) -> bool {
+        matches!(
+            self,
+            Self::Promote { force: true } | Self::Rollback { force: true, .. }
+        )
+    }
+
+    /// The annotation that carries this request: [`request_from_annotations`] reads it
+    /// back as this request.
+    pub fn annotation(self) -> (&'static str, String) {
+        let with_force = |mode: &str, force: bool| {
+            if force {
+                format!("{mode},{FORCE}")
+            } else {
+                mode.to_owned()
+            }
+        };
+        match self {
+            Self::Promote { force: false } => (PROMOTE_ANNOTATION, "true".to_owned()),
+            Self::Promote { force: true } => (PROMOTE_ANNOTATION, FORCE.to_owned()),
+            Self::Abort => (ABORT_ANNOTATION, "true".to_owned()),
+            Self::Rollback { cascade, force } => (
+                ROLLBACK_ANNOTATION,
+                with_force(if cascade { "cascade" } else { "single" }, force),
+            ),
+        }
+    }
 }
 
 /// Reads the request annotations; rollback wins over abort over promote, since it is the
-/// most conservative.
+/// most conservative. A value the operator does not know is no request.
 pub fn request_from_annotations(annotations: &BTreeMap<String, String>) -> Option<Request> {
-    if let Some(mode) = annotations.get(ROLLBACK_ANNOTATION) {
-        match mode.as_str() {
-            "cascade" => return Some(Request::Rollback { cascade: true }),
-            "single" | "true" => return Some(Request::Rollback { cascade: false }),
+    if let Some(value) = annotations.get(ROLLBACK_ANNOTATION) {
+        let (mode, force) = match value.split_once(',') {
+            Some((mode, FORCE)) => (mode, true),
+            Some(_) => ("", false),
+            None => (value.as_str(), false),
+        };
+        match mode {
+            "cascade" => {
+                return Some(Request::Rollback {
+                    cascade: true,
+                    force,
+                });
+            }
+            "single" | "true" => {
+                return Some(Request::Rollback {
+                    cascade: false,
+                    force,
+                });
+            }
             _ => {}
         }
     }
@@ -179,13 +243,78 @@ pub fn request_from_annotations(annotations: &BTreeMap<String, String>) -> Optio
     {
         return Some(Request::Abort);
     }
-    if annotations
-        .get(PROMOTE_ANNOTATION)
-        .is_some_and(|v| v == "true")
-    {
-        return Some(Request::Promote);
+    match annotations.get(PROMOTE_ANNOTATION).map(String::as_str) {
+        Some("true") => Some(Request::Promote { force: false }),
+        Some(FORCE) => Some(Request::Promote { force: true }),
+        _ => None,
     }
-    None
+}
+
+/// A migration, by version and description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i64,
+    pub description: String,
+}
+
+/// The schema a release expects, as its `/health` reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    /// Its newest migration.
+    pub version: i64,
+    /// Its newest migration marked incompatible with the release before it.
+    pub incompatible: Option<Migration>,
+}
+
+/// The newest incompatible migration a live version brought: what no older release may
+/// run against again without a forced request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Barrier {
+    pub migration: Migration,
+    /// The version that brought it live.
+    pub release: String,
+    /// The release a forced request put live although it is older (kept while it is).
+    pub overridden_by: Option<String>,
+}
+
+/// The barrier once `live` is live: raised to `live`'s newest incompatible migration
+/// when that is newer; marked overridden by `live` when `live` is older (or its schema
+/// unknown) and the request that put it live was `forced`; the mark goes once a
+/// release at or past the barrier is live again.
+pub fn barrier_after(
+    barrier: Option<&Barrier>,
+    schemas: &BTreeMap<String, Schema>,
+    live: &str,
+    forced: bool,
+) -> Option<Barrier> {
+    let schema = schemas.get(live);
+    let mut next = barrier.cloned();
+    if let Some(m) = schema.and_then(|s| s.incompatible.as_ref())
+        && next
+            .as_ref()
+            .is_none_or(|b| m.version > b.migration.version)
+    {
+        next = Some(Barrier {
+            migration: m.clone(),
+            release: live.to_owned(),
+            overridden_by: None,
+        });
+    }
+    if let Some(b) = &mut next {
+        if schema.is_some_and(|s| s.version >= b.migration.version) {
+            b.overridden_by = None;
+        } else if forced {
+            b.overridden_by = Some(live.to_owned());
+        }
+    }
+    next
+}
+
+/// What starts a service's own rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    pub cascade: bool,
+    pub force: bool,
 }
 
 /// A version running in a color, live since `since` (seconds).
@@ -271,6 +400,10 @@ pub struct Observed {
     /// A version that failed here (aborted or rolled back); holds while it is the spec's.
     pub failed_version: Option<String>,
     pub request: Option<Request>,
+    /// The schema each release reported, by version.
+    pub schemas: BTreeMap<String, Schema>,
+    /// The newest incompatible migration a live version brought.
+    pub barrier: Option<Barrier>,
 }
 
 impl Observed {
@@ -292,7 +425,30 @@ impl Observed {
             window: Window::default(),
             failed_version: None,
             request: None,
+            schemas: BTreeMap::new(),
+            barrier: None,
         }
+    }
+
+    /// The barrier putting `release` live would cross: its schema is older than the
+    /// barrier's migration, or unknown and `unknown_crosses`.
+    fn crosses(&self, release: &str, unknown_crosses: bool) -> Option<&Barrier> {
+        let barrier = self.barrier.as_ref()?;
+        match self.schemas.get(release) {
+            Some(s) => (s.version < barrier.migration.version).then_some(barrier),
+            None => unknown_crosses.then_some(barrier),
+        }
+    }
+
+    /// The barrier a rollback of this service would cross. The previous release's
+    /// schema unknown counts as older: refusing is the side a user can override.
+    pub fn rollback_crosses(&self) -> Option<&Barrier> {
+        let previous = self.previous.as_ref()?;
+        self.crosses(&previous.version, true)
+    }
+
+    fn promote_forced(&self) -> bool {
+        self.request == Some(Request::Promote { force: true })
     }
 
     fn held(&self) -> bool {
@@ -330,17 +486,21 @@ impl Observed {
             && self.preview.is_none()
             && !self.held()
             && !self.observing(now)
+            && !matches!(self.request, Some(Request::Rollback { .. }))
     }
 
-    /// Starts a rollback of this service (not counting cascades from others): `Some`
-    /// with whether it cascades. The edge keeps it in the status until the switch back,
-    /// so that dependents rolling back first see it.
-    pub fn rollback_trigger(&self, now: i64) -> Option<bool> {
-        if let Some(Request::Rollback { cascade }) = self.request {
+    /// Starts a rollback of this service (not counting cascades from others). The edge
+    /// keeps it in the status until the switch back (or while the schema barrier holds
+    /// it), so that dependents rolling back first see it.
+    pub fn rollback_trigger(&self, now: i64) -> Option<Trigger> {
+        if let Some(Request::Rollback { cascade, force }) = self.request {
             // A rollback asked for during a preview is an abort: nothing new is live.
-            return (!self.held() && self.preview.is_none()).then_some(cascade);
+            return (!self.held() && self.preview.is_none()).then_some(Trigger { cascade, force });
         }
-        (self.live_is_spec() && self.observing(now) && self.window.failed()).then_some(true)
+        (self.live_is_spec() && self.observing(now) && self.window.failed()).then_some(Trigger {
+            cascade: true,
+            force: false,
+        })
     }
 }
 
@@ -359,6 +519,13 @@ impl Decision {
             reason,
             message: message.into(),
         }
+    }
+
+    /// Puts live, as a user's forced request asked, a release older than the schema
+    /// barrier: the crossing is recorded on the barrier and in a Warning Event.
+    pub fn forced(&self) -> bool {
+        matches!(self.step, Step::Promote | Step::Rollback)
+            && self.reason == reason::INCOMPATIBLE_MIGRATION_FORCED
     }
 
     /// The conditions this decision reports: Progressing and Degraded (Ready and
@@ -380,7 +547,12 @@ impl Decision {
         );
         let degraded = matches!(
             self.step,
-            Step::Abort | Step::Held | Step::Rollback | Step::ScaleUpOld | Step::WaitForDependents
+            Step::Abort
+                | Step::Held
+                | Step::Rollback
+                | Step::ScaleUpOld
+                | Step::WaitForDependents
+                | Step::BlockedBySchema
         );
         vec![
             Desired::new(PROGRESSING, progressing, self.reason, self.message.clone()),
@@ -430,9 +602,39 @@ pub fn plan(
     // Rollback membership first: a service may be pulled into another's cascade.
     let mut rolling_back: BTreeMap<String, &'static str> = BTreeMap::new();
     let mut members: Vec<BTreeSet<String>> = Vec::new();
+    let done = |s: &str| observed.get(s).is_none_or(Observed::rolled_away);
+    // Members of a set that would cross a schema barrier unforced: none of the set
+    // moves (a cascade half done would be worse than none), each says why.
+    let mut blocked: BTreeMap<String, String> = BTreeMap::new();
+    let mut forced: BTreeSet<String> = BTreeSet::new();
     for (name, o) in observed {
-        if let Some(cascade) = o.rollback_trigger(now) {
-            let set = rollback_set(graph, observed, name, cascade);
+        if let Some(trigger) = o.rollback_trigger(now) {
+            let set = rollback_set(graph, observed, name, trigger.cascade);
+            let crossing: Vec<(&String, &Barrier)> = set
+                .iter()
+                .filter(|m| !done(m))
+                .filter_map(|m| Some((m, observed.get(m)?.rollback_crosses()?)))
+                .collect();
+            if trigger.force {
+                forced.extend(crossing.iter().map(|(m, _)| (*m).clone()));
+            } else if let Some((first, barrier)) = crossing.first() {
+                let why = refusal(first, &observed[*first], barrier);
+                let why = if crossing.len() > 1 {
+                    format!("{why} (and {} more)", crossing.len() - 1)
+                } else {
+                    why
+                };
+                let how = if *name == **first {
+                    String::new()
+                } else {
+                    format!(" (a rollback of {name} cascades to it)")
+                };
+                for member in set.iter().filter(|m| !done(m)) {
+                    blocked
+                        .entry(member.clone())
+                        .or_insert_with(|| format!("{why}{how}; `kubectl finflow rollback {name} --force` overrides"));
+                }
+            }
             for member in &set {
                 let why = if member == name {
                     if o.request.is_some() {
@@ -450,7 +652,6 @@ pub fn plan(
             members.push(set);
         }
     }
-    let done = |s: &str| observed.get(s).is_none_or(Observed::rolled_away);
     let wave_of: BTreeMap<String, usize> = graph
         .deploy_waves()
         .into_iter()
@@ -462,7 +663,9 @@ pub fn plan(
         .services()
         .filter_map(|name| {
             let o = observed.get(name)?;
-            let decision = if let Some(why) = rolling_back.get(name).filter(|_| !done(name)) {
+            let decision = if let Some(why) = blocked.get(name) {
+                Decision::new(Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION, why)
+            } else if let Some(why) = rolling_back.get(name).filter(|_| !done(name)) {
                 // Reverse deploy waves: every member of a later wave (which includes
                 // every dependent) rolls back first, as the deploy runbook prescribes.
                 let mine = wave_of.get(name).copied().unwrap_or(0);
@@ -482,6 +685,13 @@ pub fn plan(
                             join(waiting.iter().map(|s| s.as_str()))
                         ),
                     )
+                } else if let (true, Some(barrier)) = (forced.contains(name), o.rollback_crosses()) {
+                    let mut d = rollback_step(o, reason::INCOMPATIBLE_MIGRATION_FORCED);
+                    d.message = format!(
+                        "{}, past migration {} ({}) as forced",
+                        d.message, barrier.migration.version, barrier.migration.description
+                    );
+                    d
                 } else {
                     rollback_step(o, why)
                 }
@@ -515,6 +725,19 @@ fn rollback_step(o: &Observed, why: &'static str) -> Decision {
             "nothing to roll back to",
         ),
     }
+}
+
+/// Why rolling `name` back would cross `barrier`, in words.
+fn refusal(name: &str, o: &Observed, barrier: &Barrier) -> String {
+    let target = o.previous.as_ref().map_or("", |p| p.version.as_str());
+    let schema = o
+        .schemas
+        .get(target)
+        .map_or_else(|| "an unknown schema".to_owned(), |s| format!("schema {}", s.version));
+    format!(
+        "rolling {name} back to {target} ({schema}) would run it against migration {} ({}), brought live by {}, which it cannot read",
+        barrier.migration.version, barrier.migration.description, barrier.release
+    )
 }
 
 fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -586,6 +809,15 @@ fn decide_one(
     if let Some(wait) = unhealthy_dependencies(graph, observed, name, now) {
         return wait;
     }
+    // A spec version known to be older than an applied incompatible migration (a
+    // reverted spec, as GitOps rolls back) is not even deployed, unless forced.
+    if let (None, Some(barrier), false) = (
+        &o.preview,
+        o.crosses(&o.spec_version, false),
+        o.promote_forced(),
+    ) {
+        return schema_hold(name, o, &o.spec_version, barrier);
+    }
     let Some(preview) = &o.preview else {
         return Decision::new(
             Step::DeployPreview,
@@ -623,6 +855,23 @@ fn decide_one(
             ),
         );
     }
+    // The preview told its schema: one older than the barrier is not promoted unforced.
+    if preview.healthy == Some(true)
+        && let Some(barrier) = o.crosses(&preview.version, false)
+    {
+        return if o.promote_forced() {
+            Decision::new(
+                Step::Promote,
+                reason::INCOMPATIBLE_MIGRATION_FORCED,
+                format!(
+                    "promoting {} past migration {} ({}) as forced",
+                    preview.version, barrier.migration.version, barrier.migration.description
+                ),
+            )
+        } else {
+            schema_hold(name, o, &preview.version, barrier)
+        };
+    }
     match preview.healthy {
         None => Decision::new(
             Step::AwaitPreview,
@@ -644,7 +893,7 @@ fn decide_one(
             reason::PREVIEW_HEALTHY,
             format!("promoting {}", preview.version),
         ),
-        Some(true) if o.request == Some(Request::Promote) => Decision::new(
+        Some(true) if matches!(o.request, Some(Request::Promote { .. })) => Decision::new(
             Step::Promote,
             reason::PROMOTION_REQUESTED,
             format!("promoting {}", preview.version),
@@ -658,6 +907,19 @@ fn decide_one(
             ),
         ),
     }
+}
+
+/// Holding spec version `release`, whose schema is older than `barrier`.
+fn schema_hold(name: &str, o: &Observed, release: &str, barrier: &Barrier) -> Decision {
+    let schema = o.schemas.get(release).map_or(0, |s| s.version);
+    Decision::new(
+        Step::BlockedBySchema,
+        reason::INCOMPATIBLE_MIGRATION,
+        format!(
+            "{release} expects schema {schema}, older than migration {} ({}), brought live by {}, which it cannot read; set spec.version to a release that has it, or `kubectl finflow promote {name} --force` overrides",
+            barrier.migration.version, barrier.migration.description, barrier.release
+        ),
+    )
 }
 
 fn unhealthy_dependencies(
@@ -722,11 +984,46 @@ pub fn health_proxy_path(namespace: &str, service: &str, health_path: &str) -> S
     format!("/api/v1/namespaces/{namespace}/services/{service}:http/proxy{health_path}")
 }
 
-/// Applies a step to the observed state the way the controller's writes would, as seen
-/// on the next observation. Used by the scenario tests and documentation of each step's
-/// effect; `now` is the step's time.
-pub fn apply(o: &mut Observed, step: Step, now: i64) {
-    match step {
+/// The schema a `/health` body reports (`schema`: `version`, the newest embedded
+/// migration, and `incompatible`, the marked ones, as the platform's `SchemaReport`
+/// writes them): `None` when the body carries none (a process without a database) or
+/// is not that JSON. Of the marked migrations the newest counts: it is the barrier.
+pub fn schema_from_health(body: &str) -> Option<Schema> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        schema: Option<Report>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Report {
+        version: i64,
+        #[serde(default)]
+        incompatible: Vec<Marked>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Marked {
+        version: i64,
+        description: String,
+    }
+    let report = serde_json::from_str::<Body>(body).ok()?.schema?;
+    Some(Schema {
+        version: report.version,
+        incompatible: report
+            .incompatible
+            .into_iter()
+            .max_by_key(|m| m.version)
+            .map(|m| Migration {
+                version: m.version,
+                description: m.description,
+            }),
+    })
+}
+
+/// Applies a decision's step to the observed state the way the controller's writes
+/// would, as seen on the next observation. Used by the scenario tests and documentation
+/// of each step's effect; `now` is the step's time.
+pub fn apply(o: &mut Observed, decision: &Decision, now: i64) {
+    let forced = decision.forced();
+    match decision.step {
         Step::DeployFirst => {
             o.active = Some(Live {
                 color: Color::Blue,
@@ -734,6 +1031,7 @@ pub fn apply(o: &mut Observed, step: Step, now: i64) {
                 since: now,
             });
             o.active_ready = false;
+            o.barrier = barrier_after(o.barrier.as_ref(), &o.schemas, &o.spec_version, false);
         }
         Step::DeployPreview => {
             o.preview = Some(Preview {
@@ -746,6 +1044,7 @@ pub fn apply(o: &mut Observed, step: Step, now: i64) {
         }
         Step::Promote => {
             if let (Some(active), Some(preview)) = (o.active.take(), o.preview.take()) {
+                o.barrier = barrier_after(o.barrier.as_ref(), &o.schemas, &preview.version, forced);
                 o.active = Some(Live {
                     color: active.color.other(),
                     version: preview.version,
@@ -770,6 +1069,7 @@ pub fn apply(o: &mut Observed, step: Step, now: i64) {
         Step::ScaleUpOld => o.previous_up = true,
         Step::Rollback => {
             if let (Some(active), Some(previous)) = (o.active.take(), o.previous.take()) {
+                o.barrier = barrier_after(o.barrier.as_ref(), &o.schemas, &previous.version, forced);
                 o.failed_version = Some(active.version.clone());
                 o.active = Some(Live {
                     since: now,
@@ -779,6 +1079,16 @@ pub fn apply(o: &mut Observed, step: Step, now: i64) {
                 o.previous_up = false;
                 o.window = Window::default();
                 o.request = None;
+            }
+        }
+        // The edge keeps a held rollback in the status: once the window is over, the
+        // failure that started it still stands.
+        Step::BlockedBySchema => {
+            if o.request.is_none() && o.window.failed() {
+                o.request = Some(Request::Rollback {
+                    cascade: true,
+                    force: false,
+                });
             }
         }
         Step::Steady

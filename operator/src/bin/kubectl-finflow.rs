@@ -1,7 +1,8 @@
 //! `kubectl finflow`: the rollout from the command line.
 //!
 //! `status` prints the dependency tree with versions, colors and phases; `promote`,
-//! `abort` and `rollback [--cascade]` write the request annotation the operator acts on;
+//! `abort` and `rollback [--cascade] [--force]` write the request annotation the operator
+//! acts on (`--force` crosses an applied incompatible migration, `status.schemaBarrier`);
 //! `history` prints the revisions; `wait --for=healthy` polls until every FinService is
 //! Ready at its spec's version. Like kubectl it takes `--kubeconfig` (else `KUBECONFIG`,
 //! else `~/.kube/config`, else the pod's service account), `--context` (else the
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use finflow_operator::crd::FinService;
-use finflow_operator::plugin::{self, Command, KubeconfigSource};
+use finflow_operator::plugin::{self, KubeconfigSource};
+use finflow_operator::rollout::Request;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -43,7 +45,13 @@ enum Cmd {
     /// The dependency graph as a tree with versions, colors and phases.
     Status,
     /// Promote a preview waiting for a manual promotion.
-    Promote { name: String },
+    Promote {
+        name: String,
+        /// Also let through a spec version older than an applied incompatible migration
+        /// (the FinService's step is BlockedBySchema); recorded in an Event.
+        #[arg(long)]
+        force: bool,
+    },
     /// Abort a rollout in preview.
     Abort { name: String },
     /// Roll a service back to its previous version.
@@ -52,6 +60,10 @@ enum Cmd {
         /// Also roll back every dependent promoted after this service's version.
         #[arg(long)]
         cascade: bool,
+        /// Roll back even to a release older than an applied incompatible migration
+        /// (the FinService's step is BlockedBySchema); recorded in an Event.
+        #[arg(long)]
+        force: bool,
     },
     /// The versions that went live.
     History { name: String },
@@ -82,10 +94,14 @@ async fn main() -> anyhow::Result<()> {
             let list = api.list(&ListParams::default()).await?;
             print!("{}", plugin::render_tree(&list.items));
         }
-        Cmd::Promote { name } => request(&api, &name, Command::Promote).await?,
-        Cmd::Abort { name } => request(&api, &name, Command::Abort).await?,
-        Cmd::Rollback { name, cascade } => {
-            request(&api, &name, Command::Rollback { cascade }).await?;
+        Cmd::Promote { name, force } => request(&api, &name, Request::Promote { force }).await?,
+        Cmd::Abort { name } => request(&api, &name, Request::Abort).await?,
+        Cmd::Rollback {
+            name,
+            cascade,
+            force,
+        } => {
+            request(&api, &name, Request::Rollback { cascade, force }).await?;
         }
         Cmd::History { name } => print!("{}", plugin::render_history(&api.get(&name).await?)),
         Cmd::Wait {
@@ -160,7 +176,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
     Ok((Client::try_from(config)?, namespace))
 }
 
-async fn request(api: &Api<FinService>, name: &str, command: Command) -> anyhow::Result<()> {
+async fn request(api: &Api<FinService>, name: &str, command: Request) -> anyhow::Result<()> {
     // Fails with NotFound rather than creating a bare FinService from the apply.
     api.get(name).await?;
     let params = PatchParams::apply(plugin::FIELD_MANAGER).force();

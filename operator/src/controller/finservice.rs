@@ -32,7 +32,7 @@ use super::{
 };
 use crate::analysis;
 use crate::crd::{
-    AnalysisStage, Color, FinService, MessageQueue, Phase, RedisCache, RollbackState,
+    AnalysisStage, Color, FinService, MessageQueue, Phase, RedisCache,
 };
 use crate::finservice::{
     self, Blocker, COLOR_LABEL, Fresh, cache_blocker, queue_blocker, service_blocker,
@@ -258,11 +258,21 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         .preview_version
         .as_deref()
         .is_some_and(|v| runs(idle_now, v, replicas));
-    let preview_healthy = if preview_available {
+    // Schemas the releases report in their `/health`: the preview's with its gate
+    // probe; the live version's once, while it is the only one `<name>` can reach.
+    let mut schemas: BTreeMap<String, rollout::Schema> = BTreeMap::new();
+    let preview_probe = if preview_available {
         Some(probe_preview_health(&client, &fs).await)
     } else {
         None
     };
+    if let (Some(schema), Some(version)) = (
+        preview_probe.as_ref().and_then(|p| p.schema.clone()),
+        state.preview_version.as_ref(),
+    ) {
+        schemas.insert(version.clone(), schema);
+    }
+    let preview_healthy = preview_probe.map(|p| p.healthy);
     // The traffic analysis: of the preview once it is available, of the live version in
     // its window (below).
     let thresholds = finservice::analysis_thresholds(&fs);
@@ -294,7 +304,9 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
             .observation
             .as_ref()
             .map_or(0, |o| o.restarts_at_promotion);
-        let healthy = probe_health(&client, &ns, &name, &fs.spec.rollout.health_path).await;
+        let healthy = probe_health(&client, &ns, &name, &fs.spec.rollout.health_path)
+            .await
+            .healthy;
         let mut analysis_failed = false;
         if let (Some(t), Some(version)) = (&thresholds, state.active_version.as_deref()) {
             let sample = scrape(&client, &ns, &pods_of_version(&pods, color, version)).await;
@@ -311,6 +323,19 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
+    if let (None, true, None, Some(version)) = (
+        window,
+        active_ready,
+        state.preview_version.as_ref(),
+        state.active_version.as_ref(),
+    ) && !state.previous_retained
+        && !state.schemas.iter().any(|r| &r.release == version)
+        && let Some(schema) = probe_health(&client, &ns, &name, &fs.spec.rollout.health_path)
+            .await
+            .schema
+    {
+        schemas.insert(version.clone(), schema);
+    }
     let fresh = Fresh {
         active_ready,
         preview_available,
@@ -324,6 +349,7 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
                 .as_deref()
                 .is_some_and(|v| runs(idle_now, v, replicas)),
         window,
+        schemas,
     };
 
     // The decision.
@@ -346,6 +372,12 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         restarts(&pods, color.other()),
         window,
     );
+    finservice::record_schemas(
+        &mut next,
+        &fs.spec.version,
+        &fresh.schemas,
+        decision.as_ref().is_some_and(rollout::Decision::forced),
+    );
     // The status shows one: a failed window's (it rolls back what is live), else the
     // preview's, else the window's.
     let failed = |j: &&(String, AnalysisStage, analysis::Judgement)| {
@@ -365,12 +397,8 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
             &now,
         ));
     }
-    next.rollback = match step {
-        Some(Step::WaitForDependents | Step::ScaleUpOld) => own_trigger
-            .map(|cascade| RollbackState { cascade })
-            .or(next.rollback),
-        _ => None,
-    };
+    next.rollback =
+        finservice::rollback_after(own_trigger, step, &fs.spec.version, next.rollback.take());
 
     // What it should own in that state.
     let mut planned = fs.as_ref().clone();

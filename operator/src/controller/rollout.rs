@@ -26,6 +26,15 @@ use crate::rollout::{self, Decision, Request, Step};
 /// queued behind it) for the client's much longer read timeout.
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a `/health` probe found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Probe {
+    pub healthy: bool,
+    /// The schema the answering release expects, when its body says
+    /// ([`rollout::schema_from_health`]).
+    pub schema: Option<rollout::Schema>,
+}
+
 /// `health_path` of Service `service` through the API server's service proxy. The
 /// service's own `/health` covers its dependencies, so this one answer is the gate's
 /// input. Any error (not found, 5xx, no answer within [`HEALTH_PROBE_TIMEOUT`]) counts as
@@ -35,7 +44,7 @@ pub async fn probe_health(
     namespace: &str,
     service: &str,
     health_path: &str,
-) -> bool {
+) -> Probe {
     probe_health_within(
         HEALTH_PROBE_TIMEOUT,
         client,
@@ -52,28 +61,31 @@ async fn probe_health_within(
     namespace: &str,
     service: &str,
     health_path: &str,
-) -> bool {
+) -> Probe {
     let path = rollout::health_proxy_path(namespace, service, health_path);
     let Ok(request) = http::Request::get(path).body(Vec::new()) else {
-        return false;
+        return Probe::default();
     };
     match tokio::time::timeout(timeout, client.request_text(request)).await {
-        Ok(Ok(_)) => true,
+        Ok(Ok(body)) => Probe {
+            healthy: true,
+            schema: rollout::schema_from_health(&body),
+        },
         Ok(Err(error)) => {
             tracing::debug!(namespace, service, %error, "health probe failed");
-            false
+            Probe::default()
         }
         Err(_) => {
             tracing::info!(namespace, service, ?timeout, "health probe timed out");
-            false
+            Probe::default()
         }
     }
 }
 
 /// `/health` of `<name>-preview`.
-pub async fn probe_preview_health(client: &Client, fs: &FinService) -> bool {
+pub async fn probe_preview_health(client: &Client, fs: &FinService) -> Probe {
     let Some(ns) = fs.namespace() else {
-        return false;
+        return Probe::default();
     };
     probe_health(
         client,
@@ -185,7 +197,7 @@ pub async fn label_pod_roles(api: &Api<Pod>, pods: &[Pod], active: Color) -> Res
 /// rollback while dependents roll back first or the old color scales up.
 pub fn request_handled(request: Request, step: Step) -> bool {
     match request {
-        Request::Promote => !matches!(
+        Request::Promote { .. } => !matches!(
             step,
             Step::AwaitPreview | Step::AwaitPromotion | Step::DeployPreview
         ),
@@ -240,7 +252,9 @@ pub async fn record(
     if !(decision.step.acts() || (decision.step.is_warning() && !repeated)) {
         return;
     }
-    let type_ = if decision.step.is_warning() {
+    // A forced crossing of the schema barrier is worth a look whatever the step.
+    let warning = decision.step.is_warning() || decision.forced();
+    let type_ = if warning {
         EventType::Warning
     } else {
         EventType::Normal
@@ -300,8 +314,8 @@ mod tests {
                 Reply::NotFound,
             ),
         ]);
-        assert!(probe_preview_health(&ctx.client, &fs).await);
-        assert!(!probe_preview_health(&ctx.client, &fs).await);
+        assert!(probe_preview_health(&ctx.client, &fs).await.healthy);
+        assert!(!probe_preview_health(&ctx.client, &fs).await.healthy);
         server.await.unwrap();
     }
 
@@ -323,10 +337,10 @@ mod tests {
             )
         };
         let started = std::time::Instant::now();
-        assert!(!probe().await);
+        assert!(!probe().await.healthy);
         assert!(started.elapsed() < Duration::from_secs(5));
         // The client is not wedged: the next probe gets its answer.
-        assert!(probe().await);
+        assert!(probe().await.healthy);
         server.await.unwrap();
         assert!(HEALTH_PROBE_TIMEOUT <= Duration::from_secs(5));
     }
@@ -405,15 +419,21 @@ mod tests {
 
     #[test]
     fn requests_stay_only_while_they_are_still_being_carried_out() {
-        assert!(!request_handled(Request::Promote, Step::AwaitPromotion));
-        assert!(request_handled(Request::Promote, Step::Promote));
-        assert!(request_handled(Request::Promote, Step::Steady));
+        let promote = Request::Promote { force: false };
+        assert!(!request_handled(promote, Step::AwaitPromotion));
+        assert!(request_handled(promote, Step::Promote));
+        assert!(request_handled(promote, Step::Steady));
         assert!(request_handled(Request::Abort, Step::Abort));
-        let cascade = Request::Rollback { cascade: true };
+        let cascade = Request::Rollback {
+            cascade: true,
+            force: false,
+        };
         assert!(!request_handled(cascade, Step::WaitForDependents));
         assert!(!request_handled(cascade, Step::ScaleUpOld));
         assert!(request_handled(cascade, Step::Rollback));
         assert!(request_handled(cascade, Step::Held));
+        // A rollback the schema barrier holds is kept in the status, not the annotation.
+        assert!(request_handled(cascade, Step::BlockedBySchema));
     }
 
     #[tokio::test]

@@ -421,6 +421,19 @@ pub struct FinServiceStatus {
     /// live version in its observation window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// The schema each recent release reported in its `/health` (`schema`): its newest
+    /// embedded migration and its newest one marked incompatible with the release
+    /// before it (`-- finflow: incompatible-with-previous`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["release"]))]
+    pub schemas: Vec<ReleaseSchema>,
+    /// The newest incompatible migration a live version brought. A rollback, by hand,
+    /// by cascade or after a failed observation window, to a release whose schema is
+    /// older (or unknown), and a spec version known to be older, are refused (step
+    /// BlockedBySchema, condition Degraded with reason IncompatibleMigration) unless
+    /// forced: `kubectl finflow rollback --force` or `promote --force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_barrier: Option<SchemaBarrier>,
     /// Ready (the spec's version is live and settled), Progressing, Degraded and
     /// DependenciesReady, following the Kubernetes API conventions, and kstatus'
     /// Reconciling (a rollout or a retry under way) and Stalled (a failed version held,
@@ -505,12 +518,53 @@ pub enum AnalysisVerdict {
     Unavailable,
 }
 
-/// A rollback in progress.
+/// A rollback in progress, or held by the schema barrier.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RollbackState {
     /// Dependents promoted after this service's version roll back too, first.
     pub cascade: bool,
+    /// Crosses the schema barrier (`kubectl finflow rollback --force`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// The spec version it rolls back from; a rollback the barrier holds gives way
+    /// once `spec.version` names another release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// The schema a release expects, as its `/health` reported it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSchema {
+    /// The version (image tag).
+    pub release: String,
+    /// Its newest embedded migration.
+    pub schema_version: i64,
+    /// Its newest migration marked incompatible with the release before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incompatible_migration: Option<MigrationRef>,
+}
+
+/// A migration by version and description.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct MigrationRef {
+    pub version: i64,
+    pub description: String,
+}
+
+/// An applied migration no older release may run against.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaBarrier {
+    /// The migration.
+    pub migration: MigrationRef,
+    /// The version that brought it live.
+    pub release: String,
+    /// The older release a forced rollback or promotion put live despite it, while it
+    /// is live (an Event with reason IncompatibleMigrationForced recorded the force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden_by: Option<String>,
 }
 
 /// A version that went live.
@@ -525,4 +579,7 @@ pub struct Revision {
     pub color: Color,
     /// When it became Ready.
     pub deployed_at: Time,
+    /// The newest migration it embeds, as its `/health` reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
 }

@@ -15,8 +15,8 @@ pub mod rediscache;
 
 pub use finservice::{
     AnalysisSpec, AnalysisStage, AnalysisStatus, AnalysisVerdict, Color, FinService,
-    FinServiceSpec, FinServiceStatus, Module, Observation, Revision, RollbackState, RolloutSpec,
-    SecretMount, SidecarSpec,
+    FinServiceSpec, FinServiceStatus, MigrationRef, Module, Observation, ReleaseSchema, Revision,
+    RollbackState, RolloutSpec, SchemaBarrier, SecretMount, SidecarSpec,
 };
 pub use messagequeue::{MessageQueue, MessageQueueSpec, MessageQueueStatus};
 pub use rediscache::{RedisCache, RedisCacheSpec, RedisCacheStatus};

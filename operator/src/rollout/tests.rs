@@ -76,7 +76,7 @@ fn run(
             if d.step.acts() {
                 acted = true;
                 log.push((now, name.clone(), d.step));
-                apply(world.get_mut(name).unwrap(), d.step, now);
+                apply(world.get_mut(name).unwrap(), d, now);
             }
         }
         cluster.settle(world);
@@ -201,7 +201,7 @@ fn cascade_rollback_of_b_walks_the_reverse_waves() {
     let graph = six();
     let mut world = upgraded(&graph);
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
-    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: true });
+    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: true, force: false });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     let rolled = times_of(&log, Step::Rollback);
     assert_eq!(
@@ -226,7 +226,7 @@ fn a_single_rollback_leaves_dependents_alone() {
     let graph = six();
     let mut world = upgraded(&graph);
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
-    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: false });
+    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: false, force: false });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b"]);
 }
@@ -246,7 +246,7 @@ fn manual_promotion_waits_for_the_request() {
     });
     let mut world = BTreeMap::from([("a".to_owned(), o)]);
     assert_eq!(plan(&graph, &world, 10)["a"].step, Step::AwaitPromotion);
-    world.get_mut("a").unwrap().request = Some(Request::Promote);
+    world.get_mut("a").unwrap().request = Some(Request::Promote { force: false });
     let d = &plan(&graph, &world, 10)["a"];
     assert_eq!(
         (d.step, d.reason),
@@ -279,7 +279,7 @@ fn the_gate_needs_availability_and_a_healthy_probe() {
     o.request = Some(Request::Abort);
     assert_eq!(at(&o, 10).reason, reason::ABORT_REQUESTED);
     // A rollback asked for while nothing new is live only aborts the preview.
-    o.request = Some(Request::Rollback { cascade: true });
+    o.request = Some(Request::Rollback { cascade: true, force: false });
     assert_eq!(
         (at(&o, 10).step, at(&o, 10).reason),
         (Step::Abort, reason::ABORT_REQUESTED)
@@ -367,7 +367,7 @@ fn an_old_abort_does_not_exempt_a_service_from_a_later_cascade() {
     world.get_mut("b").unwrap().failed_version = Some("1.5.0".into());
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
     assert_eq!(world["b"].failed_version, None, "the promotion cleared it");
-    world.get_mut("a").unwrap().request = Some(Request::Rollback { cascade: true });
+    world.get_mut("a").unwrap().request = Some(Request::Rollback { cascade: true, force: false });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
 }
@@ -419,21 +419,283 @@ fn annotations_become_requests() {
     let ann = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
     assert_eq!(
         request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade")),
-        Some(Request::Rollback { cascade: true })
+        Some(Request::Rollback { cascade: true, force: false })
     );
     assert_eq!(
         request_from_annotations(&ann(ROLLBACK_ANNOTATION, "single")),
-        Some(Request::Rollback { cascade: false })
+        Some(Request::Rollback { cascade: false, force: false })
     );
     assert_eq!(
         request_from_annotations(&ann(PROMOTE_ANNOTATION, "true")),
-        Some(Request::Promote)
+        Some(Request::Promote { force: false })
     );
     assert_eq!(
         request_from_annotations(&ann(ABORT_ANNOTATION, "true")),
         Some(Request::Abort)
     );
     assert_eq!(request_from_annotations(&ann(ABORT_ANNOTATION, "no")), None);
+    assert_eq!(
+        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,force")),
+        Some(Request::Rollback { cascade: true, force: true })
+    );
+    assert_eq!(
+        request_from_annotations(&ann(PROMOTE_ANNOTATION, "force")),
+        Some(Request::Promote { force: true })
+    );
+    // A value the operator does not know asks for nothing, least of all a force.
+    assert_eq!(request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,forced")), None);
+    assert_eq!(request_from_annotations(&ann(ROLLBACK_ANNOTATION, "force")), None);
+}
+
+/// Schemas of releases `"k.0.0"`: schema `k * 10`, and marked incompatible where `k` is
+/// in `marked`.
+fn schemas(upto: i64, marked: &[i64]) -> BTreeMap<String, Schema> {
+    (1..=upto)
+        .map(|k| {
+            let schema = Schema {
+                version: k * 10,
+                incompatible: marked
+                    .iter()
+                    .filter(|m| **m <= k)
+                    .max()
+                    .map(|m| Migration {
+                        version: m * 10,
+                        description: format!("drop what {} read", m - 1),
+                    }),
+            };
+            (format!("{k}.0.0"), schema)
+        })
+        .collect()
+}
+
+/// `version` live in green since `since` after `previous`, whose blue still runs; the
+/// barrier as a promotion of `version` leaves it.
+fn promoted(version: &str, previous: &str, since: i64, schemas: &BTreeMap<String, Schema>) -> Observed {
+    let mut o = svc(version);
+    o.active = Some(Live {
+        color: Color::Green,
+        version: version.into(),
+        since,
+    });
+    o.previous = Some(Live {
+        color: Color::Blue,
+        version: previous.into(),
+        since: 0,
+    });
+    o.previous_up = true;
+    o.schemas = schemas.clone();
+    o.barrier = barrier_after(None, schemas, previous, false);
+    o.barrier = barrier_after(o.barrier.as_ref(), schemas, version, false);
+    o
+}
+
+fn one(o: Observed) -> (DependencyGraph, BTreeMap<String, Observed>) {
+    let graph = DependencyGraph::new([("a", Vec::<String>::new())]).unwrap();
+    (graph, BTreeMap::from([("a".to_owned(), o)]))
+}
+
+#[test]
+fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes_it() {
+    let (graph, mut world) = one(promoted("2.0.0", "1.0.0", 0, &schemas(2, &[2])));
+    let barrier = world["a"].barrier.clone().unwrap();
+    assert_eq!((barrier.migration.version, barrier.release.as_str()), (20, "2.0.0"));
+
+    world.get_mut("a").unwrap().request = Some(Request::Rollback {
+        cascade: false,
+        force: false,
+    });
+    let d = &plan(&graph, &world, 100)["a"];
+    assert_eq!((d.step, d.reason), (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION));
+    assert!(d.message.contains("migration 20 (drop what 1 read)"), "{}", d.message);
+    assert!(d.message.contains("kubectl finflow rollback a --force"), "{}", d.message);
+    assert!(!world["a"].healthy(100), "a rollback pending is not a healthy dependency");
+
+    world.get_mut("a").unwrap().request = Some(Request::Rollback {
+        cascade: false,
+        force: true,
+    });
+    let d = plan(&graph, &world, 100).remove("a").unwrap();
+    assert_eq!((d.step, d.reason), (Step::Rollback, reason::INCOMPATIBLE_MIGRATION_FORCED));
+    assert!(d.forced());
+    apply(world.get_mut("a").unwrap(), &d, 100);
+    let a = &world["a"];
+    assert_eq!(a.active.as_ref().unwrap().version, "1.0.0");
+    assert_eq!(a.barrier.as_ref().unwrap().overridden_by.as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn a_rollback_that_crosses_no_marked_migration_is_not_held() {
+    // 2.0.0 is marked, 3.0.0 is not: back to 2.0.0 reads the schema it wrote.
+    let (graph, mut world) = one(promoted("3.0.0", "2.0.0", 0, &schemas(3, &[2])));
+    world.get_mut("a").unwrap().request = Some(Request::Rollback {
+        cascade: false,
+        force: false,
+    });
+    let d = &plan(&graph, &world, 100)["a"];
+    assert_eq!((d.step, d.reason), (Step::Rollback, reason::ROLLBACK_REQUESTED));
+    assert!(!d.forced(), "a force is recorded only where it crossed something");
+}
+
+#[test]
+fn a_rollback_to_a_release_whose_schema_is_unknown_is_held_once_a_barrier_stands() {
+    let mut known = schemas(2, &[2]);
+    known.remove("1.0.0");
+    let (graph, mut world) = one(promoted("2.0.0", "1.0.0", 0, &known));
+    world.get_mut("a").unwrap().request = Some(Request::Rollback {
+        cascade: false,
+        force: false,
+    });
+    let d = &plan(&graph, &world, 100)["a"];
+    assert_eq!(d.step, Step::BlockedBySchema);
+    assert!(d.message.contains("an unknown schema"), "{}", d.message);
+}
+
+#[test]
+fn a_cascade_is_held_whole_when_one_member_would_cross_and_force_walks_it_in_reverse() {
+    let graph = six();
+    let plain = schemas(2, &[]);
+    let marked = schemas(2, &[2]);
+    let mut world: BTreeMap<String, Observed> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .zip(1..)
+        .map(|(s, i)| {
+            let schemas = if *s == "d" { &marked } else { &plain };
+            (s.to_string(), promoted("2.0.0", "1.0.0", i * 100, schemas))
+        })
+        .collect();
+    world.get_mut("b").unwrap().request = Some(Request::Rollback {
+        cascade: true,
+        force: false,
+    });
+    let decisions = plan(&graph, &world, 1000);
+    for s in ["b", "c", "d", "e", "f"] {
+        let d = &decisions[s];
+        assert_eq!(d.step, Step::BlockedBySchema, "{s}: {d:?}");
+        assert!(d.message.contains("rolling d back to 1.0.0"), "{s}: {}", d.message);
+    }
+    assert_eq!(decisions["a"].step, Step::ScaleDownOld, "A went live before B: not in the set");
+
+    world.get_mut("b").unwrap().request = Some(Request::Rollback {
+        cascade: true,
+        force: true,
+    });
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), 1000, |_, _| {});
+    let rolled = times_of(&log, Step::Rollback);
+    assert_eq!(rolled.keys().collect::<Vec<_>>(), ["b", "c", "d", "e", "f"]);
+    assert!(rolled["f"] < rolled["d"] && rolled["d"] < rolled["c"] && rolled["c"] < rolled["b"]);
+    assert_eq!(
+        world["d"].barrier.as_ref().unwrap().overridden_by.as_deref(),
+        Some("1.0.0"),
+        "the member that crossed records it"
+    );
+    assert!(world["c"].barrier.is_none());
+}
+
+#[test]
+fn a_failed_window_held_by_the_barrier_stays_held_after_the_window_until_forced() {
+    let (graph, mut world) = one(promoted("2.0.0", "1.0.0", 0, &schemas(2, &[2])));
+    world.get_mut("a").unwrap().window.restarts = 2;
+    let mut now = 10;
+    while now < 200 {
+        let d = plan(&graph, &world, now).remove("a").unwrap();
+        assert_eq!((d.step, d.reason), (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION), "at {now}");
+        apply(world.get_mut("a").unwrap(), &d, now);
+        now += 10;
+    }
+    assert!(now > TIMING.observation_window);
+    world.get_mut("a").unwrap().request = Some(Request::Rollback {
+        cascade: true,
+        force: true,
+    });
+    let d = plan(&graph, &world, now).remove("a").unwrap();
+    assert_eq!(d.step, Step::Rollback);
+    apply(world.get_mut("a").unwrap(), &d, now);
+    assert_eq!(world["a"].active.as_ref().unwrap().version, "1.0.0");
+    assert_eq!(plan(&graph, &world, now + 10)["a"].step, Step::Held, "2.0.0 failed");
+}
+
+#[test]
+fn a_reverted_spec_older_than_the_barrier_is_not_deployed_unless_promoted_with_force() {
+    let mut o = promoted("2.0.0", "1.0.0", 0, &schemas(2, &[2]));
+    o.spec_version = "1.0.0".into();
+    let (graph, mut world) = one(o);
+    let d = &plan(&graph, &world, 1000)["a"];
+    assert_eq!((d.step, d.reason), (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION));
+    assert!(d.message.contains("1.0.0 expects schema 10, older than migration 20"), "{}", d.message);
+    assert!(d.message.contains("kubectl finflow promote a --force"), "{}", d.message);
+
+    world.get_mut("a").unwrap().request = Some(Request::Promote { force: true });
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), 1000, |_, _| {});
+    assert_eq!(names(&log, Step::Promote), ["a"]);
+    let a = &world["a"];
+    assert_eq!(a.active.as_ref().unwrap().version, "1.0.0");
+    assert_eq!(a.barrier.as_ref().unwrap().overridden_by.as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn a_preview_that_reports_a_schema_older_than_the_barrier_is_held_not_promoted() {
+    // 0.9.0 was never seen here: it is deployed, and its health tells its schema.
+    let mut o = promoted("2.0.0", "1.0.0", 0, &schemas(2, &[2]));
+    o.spec_version = "0.9.0".into();
+    let (graph, mut world) = one(o);
+    let d = plan(&graph, &world, 1000).remove("a").unwrap();
+    assert_eq!(d.step, Step::DeployPreview);
+    apply(world.get_mut("a").unwrap(), &d, 1000);
+    let a = world.get_mut("a").unwrap();
+    let preview = a.preview.as_mut().unwrap();
+    preview.available = true;
+    preview.healthy = Some(true);
+    a.schemas.insert(
+        "0.9.0".into(),
+        Schema {
+            version: 9,
+            incompatible: None,
+        },
+    );
+    let d = &plan(&graph, &world, 1010)["a"];
+    assert_eq!(d.step, Step::BlockedBySchema, "{d:?}");
+    // A newer release instead: deployed and promoted as usual.
+    world.get_mut("a").unwrap().spec_version = "3.0.0".into();
+    assert_eq!(plan(&graph, &world, 1020)["a"].step, Step::Abort, "the held preview goes");
+}
+
+#[test]
+fn the_barrier_rises_with_each_newer_mark_and_a_forced_crossing_is_cleared_by_going_past_it() {
+    let s = schemas(4, &[2, 3]);
+    let b = barrier_after(None, &s, "1.0.0", false);
+    assert_eq!(b, None, "nothing marked yet");
+    let b = barrier_after(b.as_ref(), &s, "3.0.0", false).unwrap();
+    assert_eq!((b.migration.version, b.release.as_str()), (30, "3.0.0"));
+    // Back to 2.0.0 (schema 20 < 30): only a forced request records a crossing.
+    assert_eq!(barrier_after(Some(&b), &s, "2.0.0", false).unwrap().overridden_by, None);
+    let crossed = barrier_after(Some(&b), &s, "2.0.0", true).unwrap();
+    assert_eq!(crossed.overridden_by.as_deref(), Some("2.0.0"));
+    assert_eq!(crossed.migration.version, 30, "a crossing does not lower the barrier");
+    let past = barrier_after(Some(&crossed), &s, "4.0.0", false).unwrap();
+    assert_eq!((past.migration.version, past.overridden_by), (30, None));
+}
+
+#[test]
+fn the_schema_is_read_from_the_platforms_health_body() {
+    // As `finflow_platform::health` writes it (services/platform/tests/http.rs).
+    let body = r#"{"service":"wallet","version":"0.1.0","status":"up","dependencies":[],
+        "schema":{"version":20270101000002,"incompatible":[
+            {"version":20270101000001,"description":"older mark"},
+            {"version":20270101000002,"description":"drop legacy name"}]}}"#;
+    assert_eq!(
+        schema_from_health(body),
+        Some(Schema {
+            version: 20_270_101_000_002,
+            incompatible: Some(Migration {
+                version: 20_270_101_000_002,
+                description: "drop legacy name".into(),
+            }),
+        })
+    );
+    let unmarked = r#"{"status":"up","schema":{"version":7,"incompatible":[]}}"#;
+    assert_eq!(schema_from_health(unmarked).unwrap().incompatible, None);
+    assert_eq!(schema_from_health(r#"{"status":"up"}"#), None);
+    assert_eq!(schema_from_health("ok"), None);
 }
 
 /// Random DAGs as in `graph`'s tests: `i` depends only on smaller indices.
@@ -479,7 +741,7 @@ proptest! {
                 }
             }
             for (name, d) in &decisions {
-                apply(world.get_mut(name).unwrap(), d.step, now);
+                apply(world.get_mut(name).unwrap(), d, now);
             }
             cluster.settle(&mut world);
             now += 10;
@@ -499,6 +761,73 @@ proptest! {
                 !blocked.contains(name),
                 "{}", name
             );
+        }
+    }
+
+    /// Whatever users and failures do (new versions, some with marked migrations;
+    /// reverted specs; rollbacks with or without cascade and force; failed windows;
+    /// forced promotions), no service is ever live on a release older than an applied
+    /// incompatible migration unless a forced request put it there, and then the barrier
+    /// records which release it let through.
+    #[test]
+    fn no_release_older_than_an_applied_incompatible_migration_goes_live_unforced(
+        services in dag(),
+        marked in proptest::collection::btree_set(2_i64..7, 0..3),
+        events in proptest::collection::vec((0_usize..9, 0_u8..6, any::<bool>(), any::<bool>()), 1..30),
+    ) {
+        use crate::controller::rollout::request_handled;
+        let graph = DependencyGraph::new(services.clone()).unwrap();
+        let marked: Vec<i64> = marked.into_iter().collect();
+        let known = schemas(6, &marked);
+        let mut world: BTreeMap<String, Observed> = graph
+            .services()
+            .map(|s| {
+                let mut o = svc("1.0.0");
+                o.schemas = known.clone();
+                (s.to_owned(), o)
+            })
+            .collect();
+        let k = |v: &str| v.split('.').next().unwrap().parse::<i64>().unwrap();
+        let mut now = 0;
+        for (target, kind, cascade, force) in events {
+            let o = world.get_mut(&format!("s{}", target % services.len())).unwrap();
+            let spec = k(&o.spec_version);
+            match kind {
+                0 | 1 => o.spec_version = format!("{}.0.0", (spec + 1).min(6)),
+                2 => o.spec_version = format!("{}.0.0", (spec - 1).max(1)),
+                3 => o.request = Some(Request::Rollback { cascade, force }),
+                4 => o.window.restarts += 1,
+                _ => o.request = Some(Request::Promote { force }),
+            }
+            for _ in 0..8 {
+                let decisions = plan(&graph, &world, now);
+                for (name, d) in &decisions {
+                    let o = world.get_mut(name).unwrap();
+                    let request = o.request;
+                    apply(o, d, now);
+                    // The edge clears a handled annotation; a held rollback stays in the
+                    // status (which `apply` keeps as the request).
+                    if let Some(r) = request
+                        && o.request == Some(r)
+                        && d.step != Step::BlockedBySchema
+                        && request_handled(r, d.step)
+                    {
+                        o.request = None;
+                    }
+                }
+                Cluster::default().settle(&mut world);
+                now += 10;
+                for (name, o) in &world {
+                    let (Some(b), Some(live)) = (&o.barrier, &o.active) else { continue };
+                    if o.schemas[&live.version].version < b.migration.version {
+                        prop_assert_eq!(
+                            b.overridden_by.as_deref(),
+                            Some(live.version.as_str()),
+                            "{} runs {} against migration {} unforced", name, live.version, b.migration.version
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -525,7 +854,7 @@ proptest! {
             .filter(|d| world[d].active.as_ref().unwrap().since > root_since)
             .chain([root.clone()])
             .collect();
-        world.get_mut(&root).unwrap().request = Some(Request::Rollback { cascade: true });
+        world.get_mut(&root).unwrap().request = Some(Request::Rollback { cascade: true, force: false });
         let (log, _) = run(&graph, &mut world, &Cluster::default(), 5000, |_, _| {});
         let rolled = times_of(&log, Step::Rollback);
         prop_assert_eq!(rolled.keys().cloned().collect::<BTreeSet<_>>(), expected);
