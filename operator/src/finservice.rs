@@ -28,8 +28,8 @@ use serde::Serialize;
 use crate::analysis::{self, Judgement, P99, Verdict};
 use crate::conditions::{self, Desired, Failure, reasons, types};
 use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict};
-use crate::crd::{MigrationRef, ReleaseSchema, RollbackState, SchemaBarrier};
 use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
+use crate::crd::{MigrationRef, ReleaseSchema, RollbackState, SchemaBarrier};
 use crate::inject::{self, SidecarSettings};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
 use crate::{listmap, messagequeue, rediscache, rollout};
@@ -446,16 +446,14 @@ pub fn record_schemas(
     schemas.extend(learned.clone());
     if let Some(live) = s.active_version.as_deref() {
         let barrier = observed_barrier(s.schema_barrier.as_ref());
-        s.schema_barrier =
-            rollout::barrier_after(barrier.as_ref(), &schemas, live, forced_step).map(|b| {
-                SchemaBarrier {
-                    migration: MigrationRef {
-                        version: b.migration.version,
-                        description: b.migration.description,
-                    },
-                    release: b.release,
-                    overridden_by: b.overridden_by,
-                }
+        s.schema_barrier = rollout::barrier_after(barrier.as_ref(), &schemas, live, forced_step)
+            .map(|b| SchemaBarrier {
+                migration: MigrationRef {
+                    version: b.migration.version,
+                    description: b.migration.description,
+                },
+                release: b.release,
+                overridden_by: b.overridden_by,
             });
     }
     let wanted: Vec<&str> = [

@@ -258,7 +258,9 @@ pub fn render_history(fs: &FinService) -> String {
         .map(|s| s.history.clone())
         .unwrap_or_default();
     for r in history.iter().rev() {
-        let schema = r.schema_version.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        let schema = r
+            .schema_version
+            .map_or_else(|| "-".to_owned(), |v| v.to_string());
         let _ = writeln!(
             out,
             "{:<9} {:<8} {:<6} {:<15} {}",

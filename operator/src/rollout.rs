@@ -171,11 +171,16 @@ impl Step {
 pub enum Request {
     /// Promote a preview waiting for it; `force` also lets through a version older than
     /// an applied incompatible migration (`finflow.dev/promote: force`).
-    Promote { force: bool },
+    Promote {
+        force: bool,
+    },
     Abort,
     /// Roll back, with `cascade` to the dependents promoted after this service; `force`
     /// crosses an applied incompatible migration (`finflow.dev/rollback: cascade,force`).
-    Rollback { cascade: bool, force: bool },
+    Rollback {
+        cascade: bool,
+        force: bool,
+    },
 }
 
 /// What a request annotation's value adds to say it is forced.
@@ -630,9 +635,9 @@ pub fn plan(
                     format!(" (a rollback of {name} cascades to it)")
                 };
                 for member in set.iter().filter(|m| !done(m)) {
-                    blocked
-                        .entry(member.clone())
-                        .or_insert_with(|| format!("{why}{how}; `kubectl finflow rollback {name} --force` overrides"));
+                    blocked.entry(member.clone()).or_insert_with(|| {
+                        format!("{why}{how}; `kubectl finflow rollback {name} --force` overrides")
+                    });
                 }
             }
             for member in &set {
@@ -685,7 +690,8 @@ pub fn plan(
                             join(waiting.iter().map(|s| s.as_str()))
                         ),
                     )
-                } else if let (true, Some(barrier)) = (forced.contains(name), o.rollback_crosses()) {
+                } else if let (true, Some(barrier)) = (forced.contains(name), o.rollback_crosses())
+                {
                     let mut d = rollback_step(o, reason::INCOMPATIBLE_MIGRATION_FORCED);
                     d.message = format!(
                         "{}, past migration {} ({}) as forced",
@@ -730,10 +736,10 @@ fn rollback_step(o: &Observed, why: &'static str) -> Decision {
 /// Why rolling `name` back would cross `barrier`, in words.
 fn refusal(name: &str, o: &Observed, barrier: &Barrier) -> String {
     let target = o.previous.as_ref().map_or("", |p| p.version.as_str());
-    let schema = o
-        .schemas
-        .get(target)
-        .map_or_else(|| "an unknown schema".to_owned(), |s| format!("schema {}", s.version));
+    let schema = o.schemas.get(target).map_or_else(
+        || "an unknown schema".to_owned(),
+        |s| format!("schema {}", s.version),
+    );
     format!(
         "rolling {name} back to {target} ({schema}) would run it against migration {} ({}), brought live by {}, which it cannot read",
         barrier.migration.version, barrier.migration.description, barrier.release
@@ -1069,7 +1075,8 @@ pub fn apply(o: &mut Observed, decision: &Decision, now: i64) {
         Step::ScaleUpOld => o.previous_up = true,
         Step::Rollback => {
             if let (Some(active), Some(previous)) = (o.active.take(), o.previous.take()) {
-                o.barrier = barrier_after(o.barrier.as_ref(), &o.schemas, &previous.version, forced);
+                o.barrier =
+                    barrier_after(o.barrier.as_ref(), &o.schemas, &previous.version, forced);
                 o.failed_version = Some(active.version.clone());
                 o.active = Some(Live {
                     since: now,

@@ -100,6 +100,9 @@ pub struct State {
     /// `(service, version)` -> what each of its pods' sidecars counted, served as their
     /// metrics through the pod proxy; a pod without an entry has no sidecar to answer.
     pub traffic: BTreeMap<(String, String), crate::analysis::Traffic>,
+    /// `(service, version)` -> the `schema` its `/health` body reports (as the
+    /// platform's `SchemaReport` writes it); without an entry the body has none.
+    pub schemas: BTreeMap<(String, String), Value>,
     /// Object path (with `/status` for the status subresource) -> how every write to it
     /// is answered, until removed.
     pub refusals: BTreeMap<String, Refusal>,
@@ -827,7 +830,15 @@ impl State {
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "unhealthy", "reason": "ServiceUnavailable", "code": 503}),
             )
         } else {
-            (StatusCode::OK, json!({"status": "ok"}))
+            let mut body = json!({"status": "up"});
+            // The schema of the one release behind the Service, as its pods answer.
+            let keys: BTreeSet<(String, String)> = pods.iter().map(|p| key(p)).collect();
+            if let [only] = Vec::from_iter(keys).as_slice()
+                && let Some(schema) = self.schemas.get(only)
+            {
+                body["schema"] = schema.clone();
+            }
+            (StatusCode::OK, body)
         }
     }
 }

@@ -31,9 +31,7 @@ use super::{
     scoped_api,
 };
 use crate::analysis;
-use crate::crd::{
-    AnalysisStage, Color, FinService, MessageQueue, Phase, RedisCache,
-};
+use crate::crd::{AnalysisStage, Color, FinService, MessageQueue, Phase, RedisCache};
 use crate::finservice::{
     self, Blocker, COLOR_LABEL, Fresh, cache_blocker, queue_blocker, service_blocker,
 };

@@ -735,6 +735,207 @@ async fn rollback_cascade_of_b_rolls_back_f_then_d_and_e_then_c_then_b() {
     assert!(world.fs("b").status.unwrap().rollback.is_none());
 }
 
+/// What every service's `/health` reports for 1.0.0 and 2.0.0: schema 10, then 20;
+/// D's 2.0.0 drops what 1.0.0 reads (its migration 20 is marked).
+fn report_schemas(world: &World) {
+    let mut state = world.fake.state();
+    for (name, _) in SIX {
+        let marked = if name == "d" {
+            json!([{"version": 20, "description": "drop legacy name"}])
+        } else {
+            json!([])
+        };
+        state.schemas.insert(
+            (name.to_owned(), "1.0.0".to_owned()),
+            json!({"version": 10, "incompatible": []}),
+        );
+        state.schemas.insert(
+            (name.to_owned(), "2.0.0".to_owned()),
+            json!({"version": 20, "incompatible": marked}),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cascade_across_a_marked_migration_is_held_whole_and_force_completes_it() {
+    let world = World::new(&SIX);
+    report_schemas(&world);
+    world.run_until(80, World::settled).await;
+    world.set_versions("2.0.0");
+    world.run_until(150, World::settled).await;
+    let d = world.fs("d").status.unwrap();
+    let barrier = d
+        .schema_barrier
+        .clone()
+        .expect("D's 2.0.0 brought the mark live");
+    assert_eq!(
+        (
+            barrier.migration.version,
+            barrier.release.as_str(),
+            barrier.overridden_by
+        ),
+        (20, "2.0.0", None)
+    );
+    let schemas: Vec<_> = d
+        .history
+        .iter()
+        .map(|r| (r.version.as_str(), r.schema_version))
+        .collect();
+    assert_eq!(schemas, [("1.0.0", Some(10)), ("2.0.0", Some(20))]);
+    assert!(
+        world.fs("c").status.unwrap().schema_barrier.is_none(),
+        "C has no mark"
+    );
+
+    // `kubectl finflow rollback b --cascade`: D would run 1.0.0 against migration 20.
+    world.fake.edit_finservice(
+        "b",
+        json!({"metadata": {"annotations": {rollout::ROLLBACK_ANNOTATION: "cascade"}}}),
+    );
+    for _ in 0..6 {
+        world.tick().await;
+    }
+    assert!(world.events("Rollback").is_empty(), "nothing rolled back");
+    assert!(
+        world.events("ScaleUpOld").is_empty(),
+        "nothing even scaled up"
+    );
+    for s in ["b", "c", "d", "e", "f"] {
+        let status = world.fs(s).status.unwrap();
+        assert_eq!(status.active_version.as_deref(), Some("2.0.0"), "{s}");
+        assert_eq!(status.step.as_deref(), Some("BlockedBySchema"), "{s}");
+        let (degraded, why, message) = world.condition(s, "Degraded");
+        assert_eq!(
+            (degraded.as_str(), why.as_str()),
+            ("True", reason::INCOMPATIBLE_MIGRATION),
+            "{s}"
+        );
+        assert!(
+            message.contains("migration 20 (drop legacy name)"),
+            "{s}: {message}"
+        );
+        assert!(
+            message.contains("kubectl finflow rollback b --force"),
+            "{s}: {message}"
+        );
+        assert_eq!(world.condition(s, "Stalled").0, "True", "{s}");
+    }
+    let held = world.events("BlockedBySchema");
+    assert_eq!(
+        held["d"].len(),
+        1,
+        "one Warning, not one per reconcile: {held:?}"
+    );
+    assert_eq!(held["d"][0].type_, "Warning");
+    assert_eq!(world.live("a"), ("2.0.0".into(), Color::Green));
+    let b = world.fs("b");
+    assert!(
+        !b.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(rollout::ROLLBACK_ANNOTATION),
+        "the held request moved to the status"
+    );
+    let kept = b
+        .status
+        .unwrap()
+        .rollback
+        .expect("b's rollback is kept while held");
+    assert_eq!(
+        (kept.cascade, kept.force, kept.from.as_deref()),
+        (true, false, Some("2.0.0"))
+    );
+
+    // `kubectl finflow rollback b --cascade --force`.
+    world.fake.edit_finservice(
+        "b",
+        json!({"metadata": {"annotations": {rollout::ROLLBACK_ANNOTATION: "cascade,force"}}}),
+    );
+    world.run_until(80, |w| w.live("b").0 == "1.0.0").await;
+    world.tick().await;
+    let rolled = world.first("Rollback");
+    assert_eq!(rolled.keys().collect::<Vec<_>>(), ["b", "c", "d", "e", "f"]);
+    assert!(
+        rolled["f"] < rolled["d"] && rolled["d"] < rolled["c"] && rolled["c"] < rolled["b"],
+        "{rolled:?}"
+    );
+    let forced = &world.events("Rollback")["d"][0];
+    assert_eq!(
+        (forced.reason.as_str(), forced.type_.as_str()),
+        (reason::INCOMPATIBLE_MIGRATION_FORCED, "Warning")
+    );
+    assert!(
+        forced
+            .note
+            .contains("past migration 20 (drop legacy name) as forced"),
+        "{}",
+        forced.note
+    );
+    assert_eq!(
+        world.events("Rollback")["c"][0].reason,
+        reason::CASCADE_ROLLBACK,
+        "C crossed nothing"
+    );
+    let d = world.fs("d").status.unwrap();
+    assert_eq!(
+        d.schema_barrier.unwrap().overridden_by.as_deref(),
+        Some("1.0.0")
+    );
+    assert!(world.fs("b").status.unwrap().rollback.is_none());
+}
+
+#[tokio::test]
+async fn a_reverted_spec_older_than_the_barrier_waits_for_a_forced_promotion() {
+    let world = World::new(&[("a", &[])]);
+    {
+        let mut state = world.fake.state();
+        state.schemas.insert(
+            ("a".into(), "1.0.0".into()),
+            json!({"version": 10, "incompatible": []}),
+        );
+        state.schemas.insert(
+            ("a".into(), "2.0.0".into()),
+            json!({"version": 20, "incompatible": [{"version": 20, "description": "drop legacy name"}]}),
+        );
+    }
+    world.run_until(80, World::settled).await;
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "2.0.0"}}));
+    world.run_until(80, World::settled).await;
+    // A GitOps revert of spec.version.
+    world
+        .fake
+        .edit_finservice("a", json!({"spec": {"version": "1.0.0"}}));
+    for _ in 0..4 {
+        world.tick().await;
+    }
+    let status = world.fs("a").status.unwrap();
+    assert_eq!(
+        (status.step.as_deref(), status.preview_version),
+        (Some("BlockedBySchema"), None)
+    );
+    let (_, why, message) = world.condition("a", "Degraded");
+    assert_eq!(why, reason::INCOMPATIBLE_MIGRATION);
+    assert!(
+        message.contains("kubectl finflow promote a --force"),
+        "{message}"
+    );
+
+    world.fake.edit_finservice(
+        "a",
+        json!({"metadata": {"annotations": {rollout::PROMOTE_ANNOTATION: "force"}}}),
+    );
+    world.run_until(40, |w| w.live("a").0 == "1.0.0").await;
+    let promoted = &world.events("Promote")["a"];
+    assert_eq!(
+        promoted.last().unwrap().reason,
+        reason::INCOMPATIBLE_MIGRATION_FORCED
+    );
+    let barrier = world.fs("a").status.unwrap().schema_barrier.unwrap();
+    assert_eq!(barrier.overridden_by.as_deref(), Some("1.0.0"));
+}
+
 #[tokio::test]
 async fn manual_promotion_waits_for_the_promote_request() {
     let world = deployed_at_one(&[("a", &[])]).await;

@@ -221,7 +221,11 @@ fn default_claim_headers() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// How a new version goes live.
+/// How a new version goes live. Whatever is set here, no release goes live again whose
+/// database schema is older than an incompatible migration a live version brought (a
+/// migration marked `-- finflow: incompatible-with-previous`, reported in the app's
+/// `/health`): such a rollback or spec version is held (`status.schemaBarrier`) until
+/// `kubectl finflow rollback --force` or `promote --force`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
@@ -549,7 +553,9 @@ pub struct ReleaseSchema {
 /// A migration by version and description.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct MigrationRef {
+    /// Its version (the number its file name starts with).
     pub version: i64,
+    /// Its description (the rest of its file name).
     pub description: String,
 }
 

@@ -201,7 +201,10 @@ fn cascade_rollback_of_b_walks_the_reverse_waves() {
     let graph = six();
     let mut world = upgraded(&graph);
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
-    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: true, force: false });
+    world.get_mut("b").unwrap().request = Some(Request::Rollback {
+        cascade: true,
+        force: false,
+    });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     let rolled = times_of(&log, Step::Rollback);
     assert_eq!(
@@ -226,7 +229,10 @@ fn a_single_rollback_leaves_dependents_alone() {
     let graph = six();
     let mut world = upgraded(&graph);
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
-    world.get_mut("b").unwrap().request = Some(Request::Rollback { cascade: false, force: false });
+    world.get_mut("b").unwrap().request = Some(Request::Rollback {
+        cascade: false,
+        force: false,
+    });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b"]);
 }
@@ -279,7 +285,10 @@ fn the_gate_needs_availability_and_a_healthy_probe() {
     o.request = Some(Request::Abort);
     assert_eq!(at(&o, 10).reason, reason::ABORT_REQUESTED);
     // A rollback asked for while nothing new is live only aborts the preview.
-    o.request = Some(Request::Rollback { cascade: true, force: false });
+    o.request = Some(Request::Rollback {
+        cascade: true,
+        force: false,
+    });
     assert_eq!(
         (at(&o, 10).step, at(&o, 10).reason),
         (Step::Abort, reason::ABORT_REQUESTED)
@@ -367,7 +376,10 @@ fn an_old_abort_does_not_exempt_a_service_from_a_later_cascade() {
     world.get_mut("b").unwrap().failed_version = Some("1.5.0".into());
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
     assert_eq!(world["b"].failed_version, None, "the promotion cleared it");
-    world.get_mut("a").unwrap().request = Some(Request::Rollback { cascade: true, force: false });
+    world.get_mut("a").unwrap().request = Some(Request::Rollback {
+        cascade: true,
+        force: false,
+    });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
 }
@@ -419,11 +431,17 @@ fn annotations_become_requests() {
     let ann = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
     assert_eq!(
         request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade")),
-        Some(Request::Rollback { cascade: true, force: false })
+        Some(Request::Rollback {
+            cascade: true,
+            force: false
+        })
     );
     assert_eq!(
         request_from_annotations(&ann(ROLLBACK_ANNOTATION, "single")),
-        Some(Request::Rollback { cascade: false, force: false })
+        Some(Request::Rollback {
+            cascade: false,
+            force: false
+        })
     );
     assert_eq!(
         request_from_annotations(&ann(PROMOTE_ANNOTATION, "true")),
@@ -436,15 +454,24 @@ fn annotations_become_requests() {
     assert_eq!(request_from_annotations(&ann(ABORT_ANNOTATION, "no")), None);
     assert_eq!(
         request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,force")),
-        Some(Request::Rollback { cascade: true, force: true })
+        Some(Request::Rollback {
+            cascade: true,
+            force: true
+        })
     );
     assert_eq!(
         request_from_annotations(&ann(PROMOTE_ANNOTATION, "force")),
         Some(Request::Promote { force: true })
     );
     // A value the operator does not know asks for nothing, least of all a force.
-    assert_eq!(request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,forced")), None);
-    assert_eq!(request_from_annotations(&ann(ROLLBACK_ANNOTATION, "force")), None);
+    assert_eq!(
+        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,forced")),
+        None
+    );
+    assert_eq!(
+        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "force")),
+        None
+    );
 }
 
 /// Schemas of releases `"k.0.0"`: schema `k * 10`, and marked incompatible where `k` is
@@ -454,14 +481,10 @@ fn schemas(upto: i64, marked: &[i64]) -> BTreeMap<String, Schema> {
         .map(|k| {
             let schema = Schema {
                 version: k * 10,
-                incompatible: marked
-                    .iter()
-                    .filter(|m| **m <= k)
-                    .max()
-                    .map(|m| Migration {
-                        version: m * 10,
-                        description: format!("drop what {} read", m - 1),
-                    }),
+                incompatible: marked.iter().filter(|m| **m <= k).max().map(|m| Migration {
+                    version: m * 10,
+                    description: format!("drop what {} read", m - 1),
+                }),
             };
             (format!("{k}.0.0"), schema)
         })
@@ -470,7 +493,12 @@ fn schemas(upto: i64, marked: &[i64]) -> BTreeMap<String, Schema> {
 
 /// `version` live in green since `since` after `previous`, whose blue still runs; the
 /// barrier as a promotion of `version` leaves it.
-fn promoted(version: &str, previous: &str, since: i64, schemas: &BTreeMap<String, Schema>) -> Observed {
+fn promoted(
+    version: &str,
+    previous: &str,
+    since: i64,
+    schemas: &BTreeMap<String, Schema>,
+) -> Observed {
     let mut o = svc(version);
     o.active = Some(Live {
         color: Color::Green,
@@ -498,29 +526,52 @@ fn one(o: Observed) -> (DependencyGraph, BTreeMap<String, Observed>) {
 fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes_it() {
     let (graph, mut world) = one(promoted("2.0.0", "1.0.0", 0, &schemas(2, &[2])));
     let barrier = world["a"].barrier.clone().unwrap();
-    assert_eq!((barrier.migration.version, barrier.release.as_str()), (20, "2.0.0"));
+    assert_eq!(
+        (barrier.migration.version, barrier.release.as_str()),
+        (20, "2.0.0")
+    );
 
     world.get_mut("a").unwrap().request = Some(Request::Rollback {
         cascade: false,
         force: false,
     });
     let d = &plan(&graph, &world, 100)["a"];
-    assert_eq!((d.step, d.reason), (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION));
-    assert!(d.message.contains("migration 20 (drop what 1 read)"), "{}", d.message);
-    assert!(d.message.contains("kubectl finflow rollback a --force"), "{}", d.message);
-    assert!(!world["a"].healthy(100), "a rollback pending is not a healthy dependency");
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION)
+    );
+    assert!(
+        d.message.contains("migration 20 (drop what 1 read)"),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.message.contains("kubectl finflow rollback a --force"),
+        "{}",
+        d.message
+    );
+    assert!(
+        !world["a"].healthy(100),
+        "a rollback pending is not a healthy dependency"
+    );
 
     world.get_mut("a").unwrap().request = Some(Request::Rollback {
         cascade: false,
         force: true,
     });
     let d = plan(&graph, &world, 100).remove("a").unwrap();
-    assert_eq!((d.step, d.reason), (Step::Rollback, reason::INCOMPATIBLE_MIGRATION_FORCED));
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::Rollback, reason::INCOMPATIBLE_MIGRATION_FORCED)
+    );
     assert!(d.forced());
     apply(world.get_mut("a").unwrap(), &d, 100);
     let a = &world["a"];
     assert_eq!(a.active.as_ref().unwrap().version, "1.0.0");
-    assert_eq!(a.barrier.as_ref().unwrap().overridden_by.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        a.barrier.as_ref().unwrap().overridden_by.as_deref(),
+        Some("1.0.0")
+    );
 }
 
 #[test]
@@ -532,8 +583,14 @@ fn a_rollback_that_crosses_no_marked_migration_is_not_held() {
         force: false,
     });
     let d = &plan(&graph, &world, 100)["a"];
-    assert_eq!((d.step, d.reason), (Step::Rollback, reason::ROLLBACK_REQUESTED));
-    assert!(!d.forced(), "a force is recorded only where it crossed something");
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::Rollback, reason::ROLLBACK_REQUESTED)
+    );
+    assert!(
+        !d.forced(),
+        "a force is recorded only where it crossed something"
+    );
 }
 
 #[test]
@@ -571,9 +628,17 @@ fn a_cascade_is_held_whole_when_one_member_would_cross_and_force_walks_it_in_rev
     for s in ["b", "c", "d", "e", "f"] {
         let d = &decisions[s];
         assert_eq!(d.step, Step::BlockedBySchema, "{s}: {d:?}");
-        assert!(d.message.contains("rolling d back to 1.0.0"), "{s}: {}", d.message);
+        assert!(
+            d.message.contains("rolling d back to 1.0.0"),
+            "{s}: {}",
+            d.message
+        );
     }
-    assert_eq!(decisions["a"].step, Step::ScaleDownOld, "A went live before B: not in the set");
+    assert_eq!(
+        decisions["a"].step,
+        Step::ScaleDownOld,
+        "A went live before B: not in the set"
+    );
 
     world.get_mut("b").unwrap().request = Some(Request::Rollback {
         cascade: true,
@@ -584,7 +649,12 @@ fn a_cascade_is_held_whole_when_one_member_would_cross_and_force_walks_it_in_rev
     assert_eq!(rolled.keys().collect::<Vec<_>>(), ["b", "c", "d", "e", "f"]);
     assert!(rolled["f"] < rolled["d"] && rolled["d"] < rolled["c"] && rolled["c"] < rolled["b"]);
     assert_eq!(
-        world["d"].barrier.as_ref().unwrap().overridden_by.as_deref(),
+        world["d"]
+            .barrier
+            .as_ref()
+            .unwrap()
+            .overridden_by
+            .as_deref(),
         Some("1.0.0"),
         "the member that crossed records it"
     );
@@ -598,7 +668,11 @@ fn a_failed_window_held_by_the_barrier_stays_held_after_the_window_until_forced(
     let mut now = 10;
     while now < 200 {
         let d = plan(&graph, &world, now).remove("a").unwrap();
-        assert_eq!((d.step, d.reason), (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION), "at {now}");
+        assert_eq!(
+            (d.step, d.reason),
+            (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION),
+            "at {now}"
+        );
         apply(world.get_mut("a").unwrap(), &d, now);
         now += 10;
     }
@@ -611,7 +685,11 @@ fn a_failed_window_held_by_the_barrier_stays_held_after_the_window_until_forced(
     assert_eq!(d.step, Step::Rollback);
     apply(world.get_mut("a").unwrap(), &d, now);
     assert_eq!(world["a"].active.as_ref().unwrap().version, "1.0.0");
-    assert_eq!(plan(&graph, &world, now + 10)["a"].step, Step::Held, "2.0.0 failed");
+    assert_eq!(
+        plan(&graph, &world, now + 10)["a"].step,
+        Step::Held,
+        "2.0.0 failed"
+    );
 }
 
 #[test]
@@ -620,16 +698,31 @@ fn a_reverted_spec_older_than_the_barrier_is_not_deployed_unless_promoted_with_f
     o.spec_version = "1.0.0".into();
     let (graph, mut world) = one(o);
     let d = &plan(&graph, &world, 1000)["a"];
-    assert_eq!((d.step, d.reason), (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION));
-    assert!(d.message.contains("1.0.0 expects schema 10, older than migration 20"), "{}", d.message);
-    assert!(d.message.contains("kubectl finflow promote a --force"), "{}", d.message);
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION)
+    );
+    assert!(
+        d.message
+            .contains("1.0.0 expects schema 10, older than migration 20"),
+        "{}",
+        d.message
+    );
+    assert!(
+        d.message.contains("kubectl finflow promote a --force"),
+        "{}",
+        d.message
+    );
 
     world.get_mut("a").unwrap().request = Some(Request::Promote { force: true });
     let (log, _) = run(&graph, &mut world, &Cluster::default(), 1000, |_, _| {});
     assert_eq!(names(&log, Step::Promote), ["a"]);
     let a = &world["a"];
     assert_eq!(a.active.as_ref().unwrap().version, "1.0.0");
-    assert_eq!(a.barrier.as_ref().unwrap().overridden_by.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        a.barrier.as_ref().unwrap().overridden_by.as_deref(),
+        Some("1.0.0")
+    );
 }
 
 #[test]
@@ -656,7 +749,11 @@ fn a_preview_that_reports_a_schema_older_than_the_barrier_is_held_not_promoted()
     assert_eq!(d.step, Step::BlockedBySchema, "{d:?}");
     // A newer release instead: deployed and promoted as usual.
     world.get_mut("a").unwrap().spec_version = "3.0.0".into();
-    assert_eq!(plan(&graph, &world, 1020)["a"].step, Step::Abort, "the held preview goes");
+    assert_eq!(
+        plan(&graph, &world, 1020)["a"].step,
+        Step::Abort,
+        "the held preview goes"
+    );
 }
 
 #[test]
@@ -667,10 +764,18 @@ fn the_barrier_rises_with_each_newer_mark_and_a_forced_crossing_is_cleared_by_go
     let b = barrier_after(b.as_ref(), &s, "3.0.0", false).unwrap();
     assert_eq!((b.migration.version, b.release.as_str()), (30, "3.0.0"));
     // Back to 2.0.0 (schema 20 < 30): only a forced request records a crossing.
-    assert_eq!(barrier_after(Some(&b), &s, "2.0.0", false).unwrap().overridden_by, None);
+    assert_eq!(
+        barrier_after(Some(&b), &s, "2.0.0", false)
+            .unwrap()
+            .overridden_by,
+        None
+    );
     let crossed = barrier_after(Some(&b), &s, "2.0.0", true).unwrap();
     assert_eq!(crossed.overridden_by.as_deref(), Some("2.0.0"));
-    assert_eq!(crossed.migration.version, 30, "a crossing does not lower the barrier");
+    assert_eq!(
+        crossed.migration.version, 30,
+        "a crossing does not lower the barrier"
+    );
     let past = barrier_after(Some(&crossed), &s, "4.0.0", false).unwrap();
     assert_eq!((past.migration.version, past.overridden_by), (30, None));
 }
