@@ -12,7 +12,9 @@
 //! - the apps in those pods: an HTTP server at every pod address, inside a network
 //!   namespace the stand creates (the API server's service proxy refuses loopback
 //!   addresses and proxies only to addresses of existing Pods), answering every path
-//!   with 200, or with the code [`Stand::set_health`] gave that service and version.
+//!   with 200, or with the code [`Stand::set_health`] gave that service and version; a
+//!   200 carries the `schema` [`Stand::set_schema`] gave them, as the platform's
+//!   `/health` reports it.
 //!
 //! Needs root (network namespaces) and `ip` from iproute2.
 
@@ -62,6 +64,8 @@ struct Apps {
     pods: HashMap<IpAddr, (String, String)>,
     /// (instance, version) -> status code of every answer.
     health: HashMap<(String, String), u16>,
+    /// (instance, version) -> the `schema` of its answers' JSON body.
+    schemas: HashMap<(String, String), serde_json::Value>,
     /// (instance, version) -> what its pods' sidecars expose at the admin port's
     /// `/metrics`; without an entry they answer 404 there.
     metrics: HashMap<(String, String), String>,
@@ -112,6 +116,16 @@ impl Stand {
             .unwrap()
             .health
             .insert((instance.to_owned(), version.to_owned()), code);
+    }
+
+    /// Makes the answers of `instance`'s pods at `version` a JSON `/health` body with
+    /// `schema` (`{"version": .., "incompatible": [..]}`).
+    pub fn set_schema(&self, instance: &str, version: &str, schema: serde_json::Value) {
+        self.apps
+            .lock()
+            .unwrap()
+            .schemas
+            .insert((instance.to_owned(), version.to_owned()), schema);
     }
 
     /// Makes the sidecars of `instance`'s pods at `version` report `traffic` at their
@@ -272,7 +286,14 @@ async fn serve(listener: tokio::net::TcpListener, apps: Arc<Mutex<Apps>>) {
                     },
                     Some((_, key)) => {
                         let code = apps.health.get(key).copied().unwrap_or(200);
-                        (code, format!("{} {}\n", key.0, key.1))
+                        match apps.schemas.get(key) {
+                            Some(schema) if code == 200 => (
+                                code,
+                                json!({"service": key.0, "status": "up", "schema": schema})
+                                    .to_string(),
+                            ),
+                            _ => (code, format!("{} {}\n", key.0, key.1)),
+                        }
                     }
                     None => (404, "no pod at this address\n".to_owned()),
                 }

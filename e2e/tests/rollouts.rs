@@ -19,7 +19,7 @@ use finflow_e2e::bare::{self, Stand};
 use finflow_e2e::cluster::{self, TestNamespace, eventually};
 use finflow_operator::analysis::Traffic;
 use finflow_operator::crd::{AnalysisVerdict, FinService, FinServiceStatus, Phase};
-use finflow_operator::plugin::{self, Command};
+use finflow_operator::plugin;
 use finflow_operator::rollout::{Request, request_from_annotations};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -176,6 +176,18 @@ impl Platform {
         list.into_iter()
             .map(|e| (e.action.unwrap_or_default(), e.reason.unwrap_or_default()))
             .collect()
+    }
+
+    /// What `kubectl finflow` writes for `request` of `name`.
+    async fn request(&self, name: &str, request: Request) {
+        self.api
+            .patch(
+                name,
+                &PatchParams::apply(plugin::FIELD_MANAGER).force(),
+                &Patch::Apply(plugin::request_patch(name, request)),
+            )
+            .await
+            .unwrap();
     }
 
     async fn acted(&self, name: &str, action: &str) -> bool {
@@ -343,21 +355,14 @@ async fn rollback_cascade_of_b_rolls_back_its_later_dependents_first() {
     p.wait("six services live at the new version", settled)
         .await;
     let arrivals = record_arrivals(&p.api, OLD).await;
-    // What `kubectl finflow rollback --cascade b` writes.
-    p.api
-        .patch(
-            "b",
-            &PatchParams::apply(plugin::FIELD_MANAGER).force(),
-            &Patch::Apply(plugin::request_patch(
-                "b",
-                Command::Rollback { cascade: true },
-            )),
-        )
-        .await
-        .unwrap();
+    let cascade = Request::Rollback {
+        cascade: true,
+        force: false,
+    };
+    p.request("b", cascade).await;
     assert_eq!(
         request_from_annotations(p.api.get("b").await.unwrap().annotations()),
-        Some(Request::Rollback { cascade: true })
+        Some(cascade)
     );
     p.wait("B rolled back", |all| {
         status(&all["b"]).active_version.as_deref() == Some(OLD)
@@ -530,5 +535,119 @@ async fn an_observation_window_with_a_latency_regression_rolls_back_and_holds_th
         );
         assert_eq!(status(&all[held]).preview_version, None, "{held}");
     }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_rollback_across_a_marked_migration_is_held_and_force_completes_it() {
+    let Some(p) = Platform::start().await else {
+        return;
+    };
+    let Some(stand) = &p.stand else {
+        eprintln!(
+            "schema barrier cluster test skipped: it needs a bare API server, whose stand \
+             answers /health with a schema; whoami's has none"
+        );
+        p.stop().await;
+        return;
+    };
+    stand.set_schema("a", OLD, json!({"version": 10, "incompatible": []}));
+    stand.set_schema(
+        "a",
+        NEW,
+        json!({"version": 20, "incompatible": [{"version": 20, "description": "drop legacy name"}]}),
+    );
+    p.set_version("a", NEW).await;
+    p.wait(
+        "A live at the new version behind its schema barrier",
+        |all| {
+            let s = status(&all["a"]);
+            s.active_version.as_deref() == Some(NEW)
+                && s.phase == Some(Phase::Ready)
+                && s.schema_barrier.is_some()
+        },
+    )
+    .await;
+    let s = status(&p.api.get("a").await.unwrap());
+    let barrier = s.schema_barrier.unwrap();
+    assert_eq!(
+        (barrier.migration.version, barrier.release.as_str()),
+        (20, NEW)
+    );
+    let schemas: Vec<_> = s
+        .history
+        .iter()
+        .map(|r| (r.version.as_str(), r.schema_version))
+        .collect();
+    assert_eq!(
+        schemas.last(),
+        Some(&(NEW, Some(20))),
+        "the revision records its schema: {schemas:?}"
+    );
+    assert!(
+        s.schemas
+            .iter()
+            .any(|r| r.release == OLD && r.schema_version == 10),
+        "the old version's schema was learned while it was live: {:?}",
+        s.schemas
+    );
+
+    p.request(
+        "a",
+        Request::Rollback {
+            cascade: false,
+            force: false,
+        },
+    )
+    .await;
+    p.wait("A's rollback held by the schema barrier", |all| {
+        status(&all["a"]).step.as_deref() == Some("BlockedBySchema")
+    })
+    .await;
+    let held = status(&p.api.get("a").await.unwrap());
+    let degraded = held
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "IncompatibleMigration")
+    );
+    assert!(
+        degraded.message.contains("migration 20 (drop legacy name)"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(held.active_version.as_deref(), Some(NEW), "still live");
+    assert!(
+        p.events("a")
+            .await
+            .contains(&("BlockedBySchema".into(), "IncompatibleMigration".into()))
+    );
+
+    p.request(
+        "a",
+        Request::Rollback {
+            cascade: false,
+            force: true,
+        },
+    )
+    .await;
+    p.wait("A rolled back as forced", |all| {
+        status(&all["a"]).active_version.as_deref() == Some(OLD)
+    })
+    .await;
+    let events = p.events("a").await;
+    assert!(
+        events.contains(&("Rollback".into(), "IncompatibleMigrationForced".into())),
+        "{events:?}"
+    );
+    p.wait("the crossing recorded on the barrier", |all| {
+        status(&all["a"])
+            .schema_barrier
+            .is_some_and(|b| b.overridden_by.as_deref() == Some(OLD))
+    })
+    .await;
     p.stop().await;
 }
