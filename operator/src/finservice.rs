@@ -2045,4 +2045,88 @@ pub(crate) mod tests {
         assert!(conditions::is_true(&status.conditions, types::STALLED));
         assert!(status.stable_version.is_none());
     }
+
+    #[test]
+    fn a_held_rollback_gives_way_to_a_new_spec_version_and_to_an_abort() {
+        use crate::rollout::{Request, Step, Trigger};
+        let mut fs = finservice("wallet", &[]);
+        fs.spec.version = "2.0.0".into();
+        let trigger = Some(Trigger {
+            cascade: true,
+            force: false,
+        });
+        let kept = rollback_after(trigger, Some(Step::BlockedBySchema), "2.0.0", None);
+        assert_eq!(
+            kept,
+            Some(RollbackState {
+                cascade: true,
+                force: false,
+                from: Some("2.0.0".into()),
+            })
+        );
+        fs.status = Some(FinServiceStatus {
+            active_version: Some("2.0.0".into()),
+            rollback: kept,
+            ..FinServiceStatus::default()
+        });
+        assert_eq!(
+            observed(&fs, None).request,
+            Some(Request::Rollback {
+                cascade: true,
+                force: false
+            })
+        );
+        // Fix forward: the spec names another release.
+        fs.spec.version = "3.0.0".into();
+        assert_eq!(observed(&fs, None).request, None);
+        // An abort asked for by hand wins over the kept rollback, which then goes.
+        fs.spec.version = "2.0.0".into();
+        fs.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(rollout::ABORT_ANNOTATION.into(), "true".into());
+        let me = observed(&fs, None);
+        assert_eq!(me.request, Some(Request::Abort));
+        assert_eq!(
+            rollback_after(me.rollback_trigger(0), Some(Step::Steady), "2.0.0", None),
+            None
+        );
+    }
+
+    #[test]
+    fn schemas_learned_are_kept_for_the_releases_still_in_play_and_raise_the_barrier() {
+        let mut s = FinServiceStatus {
+            active_version: Some("3.0.0".into()),
+            previous_version: Some("2.0.0".into()),
+            ..FinServiceStatus::default()
+        };
+        let schema = |v: i64, marked: Option<i64>| rollout::Schema {
+            version: v,
+            incompatible: marked.map(|m| rollout::Migration {
+                version: m,
+                description: "drop legacy name".into(),
+            }),
+        };
+        let learned = BTreeMap::from([
+            ("1.0.0".to_owned(), schema(10, None)),
+            ("2.0.0".to_owned(), schema(20, None)),
+            ("3.0.0".to_owned(), schema(30, Some(30))),
+        ]);
+        record_schemas(&mut s, "3.0.0", &learned, false);
+        let kept: Vec<&str> = s.schemas.iter().map(|r| r.release.as_str()).collect();
+        assert_eq!(kept, ["2.0.0", "3.0.0"], "1.0.0 is in play nowhere");
+        let barrier = s.schema_barrier.clone().unwrap();
+        assert_eq!(
+            (barrier.migration.version, barrier.release.as_str()),
+            (30, "3.0.0")
+        );
+        // Forced back to 2.0.0: the barrier stays, and says who crossed it.
+        s.active_version = Some("2.0.0".into());
+        record_schemas(&mut s, "3.0.0", &BTreeMap::new(), true);
+        let barrier = s.schema_barrier.unwrap();
+        assert_eq!(
+            (barrier.migration.version, barrier.overridden_by.as_deref()),
+            (30, Some("2.0.0"))
+        );
+    }
 }

@@ -641,13 +641,15 @@ pub fn plan(
                 }
             }
             for member in &set {
+                // A failed window's rollback kept in the status while it waits comes
+                // back as a request: the window, still failed, says why.
                 let why = if member == name {
-                    if o.request.is_some() {
-                        reason::ROLLBACK_REQUESTED
-                    } else if o.window.failed_by_traffic_only() {
+                    if o.window.failed_by_traffic_only() {
                         reason::ANALYSIS_FAILED
-                    } else {
+                    } else if o.window.failed() {
                         reason::OBSERVATION_FAILED
+                    } else {
+                        reason::ROLLBACK_REQUESTED
                     }
                 } else {
                     reason::CASCADE_ROLLBACK

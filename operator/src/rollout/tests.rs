@@ -361,7 +361,18 @@ fn a_window_failed_by_its_traffic_rolls_back_as_analysis_failed_with_its_later_d
         (Step::Rollback, reason::OBSERVATION_FAILED)
     );
     o.window.restarts = 0;
-    let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o)]), 5)["a"];
+    let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o.clone())]), 5)["a"];
+    assert_eq!(
+        (d.step, d.reason),
+        (Step::Rollback, reason::ANALYSIS_FAILED)
+    );
+    // Kept in the status while it waited, the rollback comes back as a request: the
+    // window still says why.
+    o.request = Some(Request::Rollback {
+        cascade: true,
+        force: false,
+    });
+    let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o)]), 50)["a"];
     assert_eq!(
         (d.step, d.reason),
         (Step::Rollback, reason::ANALYSIS_FAILED)
