@@ -356,14 +356,21 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
             analysis_failed: o.analysis_failed,
         })
         .unwrap_or_default();
-    let request = rollout::request_from_annotations(fs.annotations()).or(status
+    // A rollback kept in the status (under way, or held) stands until it is done, the
+    // spec names another release, or a user asks for another rollback or an abort; a
+    // promotion request does not cancel it.
+    let kept = status
         .rollback
         .as_ref()
         .filter(|r| r.from.as_ref().is_none_or(|f| *f == fs.spec.version))
         .map(|r| rollout::Request::Rollback {
             cascade: r.cascade,
             force: r.force,
-        }));
+        });
+    let request = match rollout::request_from_annotations(fs.annotations()) {
+        Some(rollout::Request::Promote { .. }) if kept.is_some() => kept,
+        asked => asked.or(kept),
+    };
     let mut schemas = schemas_of(&status);
     if let Some(f) = fresh {
         schemas.extend(f.schemas.clone());
@@ -498,7 +505,9 @@ fn observed_barrier(b: Option<&SchemaBarrier>) -> Option<rollout::Barrier> {
 }
 
 /// What the status keeps of the service's own rollback trigger after `step`: kept while
-/// dependents roll back first, the old color scales up, or the schema barrier holds it.
+/// dependents roll back first, the old color scales up, or the schema barrier holds it;
+/// kept as it was when no step was decided (a missing queue or cache, a cycle), so a
+/// held rollback is not forgotten by a blip elsewhere.
 pub fn rollback_after(
     trigger: Option<rollout::Trigger>,
     step: Option<rollout::Step>,
@@ -514,7 +523,8 @@ pub fn rollback_after(
                 from: Some(spec_version.to_owned()),
             })
             .or(kept),
-        _ => None,
+        None => kept,
+        Some(_) => None,
     }
 }
 
@@ -2091,6 +2101,20 @@ pub(crate) mod tests {
             rollback_after(me.rollback_trigger(0), Some(Step::Steady), "2.0.0", None),
             None
         );
+        // A promotion request does not cancel it.
+        let annotations = fs.metadata.annotations.as_mut().unwrap();
+        annotations.clear();
+        annotations.insert(rollout::PROMOTE_ANNOTATION.into(), "force".into());
+        assert_eq!(
+            observed(&fs, None).request,
+            Some(Request::Rollback {
+                cascade: true,
+                force: false
+            })
+        );
+        // A reconcile that decided nothing (a queue not ready) keeps it as it was.
+        let held = fs.status.as_ref().unwrap().rollback.clone();
+        assert_eq!(rollback_after(None, None, "2.0.0", held.clone()), held);
     }
 
     #[test]

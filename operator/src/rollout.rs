@@ -634,9 +634,13 @@ pub fn plan(
                 } else {
                     format!(" (a rollback of {name} cascades to it)")
                 };
+                // The command that overrides it: the same rollback, forced.
+                let cascade = if trigger.cascade { " --cascade" } else { "" };
                 for member in set.iter().filter(|m| !done(m)) {
                     blocked.entry(member.clone()).or_insert_with(|| {
-                        format!("{why}{how}; `kubectl finflow rollback {name} --force` overrides")
+                        format!(
+                            "{why}{how}; `kubectl finflow rollback {name}{cascade} --force` overrides"
+                        )
                     });
                 }
             }
@@ -863,9 +867,10 @@ fn decide_one(
             ),
         );
     }
-    // The preview told its schema: one older than the barrier is not promoted unforced.
+    // The preview told its schema with its health: one older than the barrier, or none
+    // at all (a build from before schemas were reported), is not promoted unforced.
     if preview.healthy == Some(true)
-        && let Some(barrier) = o.crosses(&preview.version, false)
+        && let Some(barrier) = o.crosses(&preview.version, true)
     {
         return if o.promote_forced() {
             Decision::new(
@@ -919,12 +924,15 @@ fn decide_one(
 
 /// Holding spec version `release`, whose schema is older than `barrier`.
 fn schema_hold(name: &str, o: &Observed, release: &str, barrier: &Barrier) -> Decision {
-    let schema = o.schemas.get(release).map_or(0, |s| s.version);
+    let schema = o.schemas.get(release).map_or_else(
+        || "reports no schema, so it may not read".to_owned(),
+        |s| format!("expects schema {}, older than", s.version),
+    );
     Decision::new(
         Step::BlockedBySchema,
         reason::INCOMPATIBLE_MIGRATION,
         format!(
-            "{release} expects schema {schema}, older than migration {} ({}), brought live by {}, which it cannot read; set spec.version to a release that has it, or `kubectl finflow promote {name} --force` overrides",
+            "{release} {schema} migration {} ({}), brought live by {}, which it cannot read; set spec.version to a release that has it, or `kubectl finflow promote {name} --force` overrides",
             barrier.migration.version, barrier.migration.description, barrier.release
         ),
     )
@@ -990,6 +998,12 @@ pub fn pod_role_apply(
 /// how the operator probes a color from outside the cluster network as well as inside.
 pub fn health_proxy_path(namespace: &str, service: &str, health_path: &str) -> String {
     format!("/api/v1/namespaces/{namespace}/services/{service}:http/proxy{health_path}")
+}
+
+/// The API server's pod proxy to `health_path` of pod `pod` on `port`: one pod's
+/// answer, so what it reports is known to be its release's.
+pub fn pod_health_path(namespace: &str, pod: &str, port: i32, health_path: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{health_path}")
 }
 
 /// The schema a `/health` body reports (`schema`: `version`, the newest embedded

@@ -491,6 +491,8 @@ impl Fake {
                     json!({
                         "apiVersion": "v1", "kind": "Pod",
                         "metadata": {"name": pod_name, "namespace": NS, "uid": format!("uid-{pod_name}"), "labels": labels.clone()},
+                        // As the ReplicaSet controller makes it: the template's spec.
+                        "spec": template["spec"].clone(),
                         "status": {"containerStatuses": [{"name": "app", "restartCount": 0, "ready": ready, "image": "", "imageID": ""}]},
                     })
                 });
@@ -529,6 +531,11 @@ impl Fake {
             && let Some((service, _)) = rest.split_once(":http/proxy")
         {
             return state.health(service);
+        }
+        if let Some(rest) = path.strip_prefix(&format!("{PODS}/"))
+            && let Some((pod, _)) = rest.split_once("/proxy")
+        {
+            return state.pod_health(pod);
         }
         if parts.method == Method::POST && path.ends_with("/events") {
             state.events.push(Recorded {
@@ -806,6 +813,26 @@ impl State {
         )
     }
 
+    /// `/health` of one pod through the pod proxy (`<pod>:<port>`): as a Service of that
+    /// pod alone answers.
+    fn pod_health(&self, pod_and_port: &str) -> (StatusCode, Value) {
+        let (pod, port) = pod_and_port.split_once(':').unwrap_or((pod_and_port, ""));
+        let Some(pod) = self.objects.get(PODS).and_then(|c| c.get(pod)) else {
+            return not_found();
+        };
+        let declared = pod["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .chain(pod["spec"]["initContainers"].as_array())
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+            .any(|p| p["containerPort"].to_string() == port);
+        if !declared {
+            return failure(503, "ServiceUnavailable", "nothing listens on that port");
+        }
+        self.answer(&[pod])
+    }
+
     /// `/health` of a Service: 200 when it selects pods and none runs an unhealthy version.
     fn health(&self, service: &str) -> (StatusCode, Value) {
         let Some(svc) = self.objects.get(SERVICES).and_then(|c| c.get(service)) else {
@@ -824,6 +851,12 @@ impl State {
             })
             .filter(|p| !self.never_ready.contains(&key(p)))
             .collect();
+        self.answer(&pods)
+    }
+
+    /// What `pods` answer together: 503 when there are none or one runs an unhealthy
+    /// version, else 200 with the schema of their one release, if it reports one.
+    fn answer(&self, pods: &[&Value]) -> (StatusCode, Value) {
         if pods.is_empty() || pods.iter().any(|p| self.unhealthy.contains(&key(p))) {
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -23,8 +23,8 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::rollout::{
-    clear_request, label_pod_roles, pods_of, pods_of_version, probe_health, probe_preview_health,
-    record, request_handled, scrape,
+    clear_request, label_pod_roles, pods_of, pods_of_version, probe_health, probe_pod_health,
+    probe_preview_health, record, request_handled, scrape,
 };
 use super::{
     Context, Observed, Result, apply_status, measured, namespace, owned_objects, report_failure,
@@ -321,14 +321,13 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     } else {
         None
     };
-    if let (None, true, None, Some(version)) = (
-        window,
-        active_ready,
-        state.preview_version.as_ref(),
-        state.active_version.as_ref(),
-    ) && !state.previous_retained
+    // The live version's, until known (a first version, or one that went live before
+    // this operator read schemas): from one of its own pods.
+    if let (true, Some(version)) = (active_ready, state.active_version.as_ref())
         && !state.schemas.iter().any(|r| &r.release == version)
-        && let Some(schema) = probe_health(&client, &ns, &name, &fs.spec.rollout.health_path)
+        && !schemas.contains_key(version)
+        && let Some(pod) = pods_of_version(&pods, color, version).first()
+        && let Some(schema) = probe_pod_health(&client, &ns, pod, &fs.spec.rollout.health_path)
             .await
             .schema
     {

@@ -63,6 +63,11 @@ async fn probe_health_within(
     health_path: &str,
 ) -> Probe {
     let path = rollout::health_proxy_path(namespace, service, health_path);
+    fetch_probe(timeout, client, namespace, &path).await
+}
+
+/// GETs `path` within `timeout`: healthy on a 2xx, with the schema its body reports.
+async fn fetch_probe(timeout: Duration, client: &Client, namespace: &str, path: &str) -> Probe {
     let Ok(request) = http::Request::get(path).body(Vec::new()) else {
         return Probe::default();
     };
@@ -72,11 +77,11 @@ async fn probe_health_within(
             schema: rollout::schema_from_health(&body),
         },
         Ok(Err(error)) => {
-            tracing::debug!(namespace, service, %error, "health probe failed");
+            tracing::debug!(namespace, path, %error, "health probe failed");
             Probe::default()
         }
         Err(_) => {
-            tracing::info!(namespace, service, ?timeout, "health probe timed out");
+            tracing::info!(namespace, path, ?timeout, "health probe timed out");
             Probe::default()
         }
     }
@@ -94,6 +99,31 @@ pub async fn probe_preview_health(client: &Client, fs: &FinService) -> Probe {
         &fs.spec.rollout.health_path,
     )
     .await
+}
+
+/// `health_path` of one pod, through the pod proxy on the port its Services target
+/// (`http`, the sidecar's when injected): what a release reports of itself, with no
+/// other color's pod answering in its place (a Service may still list the old color's
+/// endpoints just after a switch). A pod without that port is not probed.
+pub async fn probe_pod_health(
+    client: &Client,
+    namespace: &str,
+    pod: &Pod,
+    health_path: &str,
+) -> Probe {
+    let port = pod.spec.as_ref().and_then(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(crate::inject::HTTP_PORT))
+            .map(|p| p.container_port)
+    });
+    let Some(port) = port else {
+        return Probe::default();
+    };
+    let path = rollout::pod_health_path(namespace, &pod.name_any(), port, health_path);
+    fetch_probe(HEALTH_PROBE_TIMEOUT, client, namespace, &path).await
 }
 
 /// The pods of `color` running `version`, not being deleted.

@@ -815,7 +815,7 @@ async fn a_cascade_across_a_marked_migration_is_held_whole_and_force_completes_i
             "{s}: {message}"
         );
         assert!(
-            message.contains("kubectl finflow rollback b --force"),
+            message.contains("kubectl finflow rollback b --cascade --force"),
             "{s}: {message}"
         );
         assert_eq!(world.condition(s, "Stalled").0, "True", "{s}");

@@ -439,50 +439,35 @@ fn the_preview_is_probed_through_the_service_proxy() {
 
 #[test]
 fn annotations_become_requests() {
-    let ann = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
-    assert_eq!(
-        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade")),
-        Some(Request::Rollback {
-            cascade: true,
-            force: false
-        })
-    );
-    assert_eq!(
-        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "single")),
-        Some(Request::Rollback {
-            cascade: false,
-            force: false
-        })
-    );
-    assert_eq!(
-        request_from_annotations(&ann(PROMOTE_ANNOTATION, "true")),
-        Some(Request::Promote { force: false })
-    );
-    assert_eq!(
-        request_from_annotations(&ann(ABORT_ANNOTATION, "true")),
-        Some(Request::Abort)
-    );
-    assert_eq!(request_from_annotations(&ann(ABORT_ANNOTATION, "no")), None);
-    assert_eq!(
-        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,force")),
-        Some(Request::Rollback {
-            cascade: true,
-            force: true
-        })
-    );
-    assert_eq!(
-        request_from_annotations(&ann(PROMOTE_ANNOTATION, "force")),
-        Some(Request::Promote { force: true })
-    );
-    // A value the operator does not know asks for nothing, least of all a force.
-    assert_eq!(
-        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "cascade,forced")),
-        None
-    );
-    assert_eq!(
-        request_from_annotations(&ann(ROLLBACK_ANNOTATION, "force")),
-        None
-    );
+    let rollback = |cascade, force| Some(Request::Rollback { cascade, force });
+    for (key, value, request) in [
+        (ROLLBACK_ANNOTATION, "cascade", rollback(true, false)),
+        (ROLLBACK_ANNOTATION, "single", rollback(false, false)),
+        (ROLLBACK_ANNOTATION, "cascade,force", rollback(true, true)),
+        (ROLLBACK_ANNOTATION, "single,force", rollback(false, true)),
+        (
+            PROMOTE_ANNOTATION,
+            "true",
+            Some(Request::Promote { force: false }),
+        ),
+        (
+            PROMOTE_ANNOTATION,
+            "force",
+            Some(Request::Promote { force: true }),
+        ),
+        (ABORT_ANNOTATION, "true", Some(Request::Abort)),
+        (ABORT_ANNOTATION, "no", None),
+        // A value the operator does not know asks for nothing, least of all a force.
+        (ROLLBACK_ANNOTATION, "cascade,forced", None),
+        (ROLLBACK_ANNOTATION, "force", None),
+    ] {
+        let annotations = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+        assert_eq!(
+            request_from_annotations(&annotations),
+            request,
+            "{key}: {value}"
+        );
+    }
 }
 
 /// Schemas of releases `"k.0.0"`: schema `k * 10`, and marked incompatible where `k` is
@@ -749,6 +734,15 @@ fn a_preview_that_reports_a_schema_older_than_the_barrier_is_held_not_promoted()
     let preview = a.preview.as_mut().unwrap();
     preview.available = true;
     preview.healthy = Some(true);
+    // Healthy, but its `/health` says nothing of its schema: it may not read it either.
+    let d = plan(&graph, &world, 1005).remove("a").unwrap();
+    assert_eq!(d.step, Step::BlockedBySchema, "{d:?}");
+    assert!(
+        d.message.contains("0.9.0 reports no schema"),
+        "{}",
+        d.message
+    );
+    let a = world.get_mut("a").unwrap();
     a.schemas.insert(
         "0.9.0".into(),
         Schema {
