@@ -826,7 +826,13 @@ impl State {
             .chain(pod["spec"]["initContainers"].as_array())
             .flatten()
             .flat_map(|c| c["ports"].as_array().into_iter().flatten())
-            .any(|p| p["containerPort"].to_string() == port);
+            .any(|p| {
+                p["containerPort"]
+                    .as_i64()
+                    .map(|n| n.to_string())
+                    .as_deref()
+                    == Some(port)
+            });
         if !declared {
             return failure(503, "ServiceUnavailable", "nothing listens on that port");
         }
