@@ -92,7 +92,12 @@ pub struct FinServiceSpec {
     /// `hs256SecretRef`), and running without one (`enabled: false`) is a choice to
     /// write down, not a default.
     pub sidecar: SidecarSpec,
-    /// How new versions are rolled out.
+    /// How new versions are rolled out: blue-green, gated on `/health` and, with the
+    /// sidecar, on traffic. Whatever is set here, no release goes live again whose
+    /// database schema is older than an incompatible migration a live version brought
+    /// (marked `-- finflow: incompatible-with-previous`, reported in the app's
+    /// `/health`): such a rollback or spec version is held (`status.schemaBarrier`)
+    /// until `kubectl finflow rollback --force` or `promote --force`.
     #[serde(default)]
     pub rollout: RolloutSpec,
     /// CPU and memory for the application container.
@@ -221,11 +226,7 @@ fn default_claim_headers() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// How a new version goes live. Whatever is set here, no release goes live again whose
-/// database schema is older than an incompatible migration a live version brought (a
-/// migration marked `-- finflow: incompatible-with-previous`, reported in the app's
-/// `/health`): such a rollback or spec version is held (`status.schemaBarrier`) until
-/// `kubectl finflow rollback --force` or `promote --force`.
+/// How a new version goes live.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {

@@ -28,7 +28,61 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD the operator serves, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![FinService::crd(), MessageQueue::crd(), RedisCache::crd()]
+    [FinService::crd(), MessageQueue::crd(), RedisCache::crd()]
+        .into_iter()
+        .map(unwrapped)
+        .collect()
+}
+
+/// `crd` with its schema's descriptions unwrapped ([`unwrap_lines`]): the doc comments
+/// they come from are wrapped at 90 columns, and `kubectl explain` wraps again, so kept
+/// line breaks would break its lines in the middle.
+fn unwrapped(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match (key.as_str(), v) {
+                        ("description", serde_json::Value::String(text)) => {
+                            *text = unwrap_lines(text);
+                        }
+                        // Values, not schemas: left as written.
+                        ("default" | "example" | "enum", _) => {}
+                        (_, v) => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Joins the lines of each paragraph of `text` with spaces; blank lines (paragraphs) and
+/// list items (`- `) keep their breaks.
+pub fn unwrap_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines().map(str::trim_end) {
+        if line.is_empty() {
+            if !out.is_empty() && !out.ends_with("\n\n") {
+                out.push_str(if out.ends_with('\n') { "\n" } else { "\n\n" });
+            }
+        } else if out.is_empty() || out.ends_with('\n') {
+            out.push_str(line);
+        } else if line.trim_start().starts_with("- ") {
+            out.push('\n');
+            out.push_str(line);
+        } else {
+            out.push(' ');
+            out.push_str(line.trim_start());
+        }
+    }
+    out.trim_end().to_owned()
 }
 
 /// A key in a Secret of the resource's namespace.
@@ -65,5 +119,32 @@ impl Phase {
             Self::Ready => "Ready",
             Self::Degraded => "Degraded",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_unwrapped_into_paragraphs_and_list_items() {
+        let text = "A rollback, by hand,\nby cascade.\n\nSecond paragraph\n  continues.\n- one item\n- another\n";
+        assert_eq!(
+            unwrap_lines(text),
+            "A rollback, by hand, by cascade.\n\nSecond paragraph continues.\n- one item\n- another"
+        );
+        assert_eq!(unwrap_lines("one line"), "one line");
+    }
+
+    #[test]
+    fn every_generated_description_is_unwrapped_and_values_are_left_alone() {
+        let crd = serde_json::to_value(&all()[0]).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let barrier = &schema["properties"]["status"]["properties"]["schemaBarrier"];
+        let description = barrier["description"].as_str().unwrap();
+        assert!(!description.contains('\n'), "{description}");
+        assert!(description.starts_with("The newest incompatible migration a live version brought. A rollback, by hand, by cascade"));
+        // A property named `description` is a schema, not a text.
+        assert!(barrier["properties"]["migration"]["properties"]["description"].is_object());
     }
 }
