@@ -394,6 +394,33 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_schema_barrier_and_the_release_forced_past_it() {
+        use crate::crd::{MigrationRef, SchemaBarrier};
+        let mut f = fs("d", &[], Some("1.0.0"), Phase::Degraded);
+        let s = f.status.as_mut().unwrap();
+        s.step = Some("BlockedBySchema".into());
+        s.schema_barrier = Some(SchemaBarrier {
+            migration: MigrationRef {
+                version: 20,
+                description: "drop legacy name".into(),
+            },
+            release: "2.0.0".into(),
+            overridden_by: None,
+        });
+        assert_eq!(
+            render_tree(std::slice::from_ref(&f)),
+            "d 2.0.0 [live 1.0.0 green] [schema barrier 20 from 2.0.0] Degraded (BlockedBySchema)\n"
+        );
+        let s = f.status.as_mut().unwrap();
+        s.step = None;
+        s.schema_barrier.as_mut().unwrap().overridden_by = Some("1.0.0".into());
+        assert_eq!(
+            render_tree(&[f]),
+            "d 2.0.0 [live 1.0.0 green] [schema barrier 20 from 2.0.0, overridden by 1.0.0] Degraded\n"
+        );
+    }
+
+    #[test]
     fn commands_become_single_annotation_applies() {
         let rollback = |cascade, force| Request::Rollback { cascade, force };
         assert_eq!(

@@ -201,10 +201,7 @@ fn cascade_rollback_of_b_walks_the_reverse_waves() {
     let graph = six();
     let mut world = upgraded(&graph);
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
-    world.get_mut("b").unwrap().request = Some(Request::Rollback {
-        cascade: true,
-        force: false,
-    });
+    world.get_mut("b").unwrap().request = rollback(true, false);
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     let rolled = times_of(&log, Step::Rollback);
     assert_eq!(
@@ -229,10 +226,7 @@ fn a_single_rollback_leaves_dependents_alone() {
     let graph = six();
     let mut world = upgraded(&graph);
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
-    world.get_mut("b").unwrap().request = Some(Request::Rollback {
-        cascade: false,
-        force: false,
-    });
+    world.get_mut("b").unwrap().request = rollback(false, false);
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b"]);
 }
@@ -285,10 +279,7 @@ fn the_gate_needs_availability_and_a_healthy_probe() {
     o.request = Some(Request::Abort);
     assert_eq!(at(&o, 10).reason, reason::ABORT_REQUESTED);
     // A rollback asked for while nothing new is live only aborts the preview.
-    o.request = Some(Request::Rollback {
-        cascade: true,
-        force: false,
-    });
+    o.request = rollback(true, false);
     assert_eq!(
         (at(&o, 10).step, at(&o, 10).reason),
         (Step::Abort, reason::ABORT_REQUESTED)
@@ -368,10 +359,7 @@ fn a_window_failed_by_its_traffic_rolls_back_as_analysis_failed_with_its_later_d
     );
     // Kept in the status while it waited, the rollback comes back as a request: the
     // window still says why.
-    o.request = Some(Request::Rollback {
-        cascade: true,
-        force: false,
-    });
+    o.request = rollback(true, false);
     let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o)]), 50)["a"];
     assert_eq!(
         (d.step, d.reason),
@@ -387,10 +375,7 @@ fn an_old_abort_does_not_exempt_a_service_from_a_later_cascade() {
     world.get_mut("b").unwrap().failed_version = Some("1.5.0".into());
     let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
     assert_eq!(world["b"].failed_version, None, "the promotion cleared it");
-    world.get_mut("a").unwrap().request = Some(Request::Rollback {
-        cascade: true,
-        force: false,
-    });
+    world.get_mut("a").unwrap().request = rollback(true, false);
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
 }
@@ -439,7 +424,6 @@ fn the_preview_is_probed_through_the_service_proxy() {
 
 #[test]
 fn annotations_become_requests() {
-    let rollback = |cascade, force| Some(Request::Rollback { cascade, force });
     for (key, value, request) in [
         (ROLLBACK_ANNOTATION, "cascade", rollback(true, false)),
         (ROLLBACK_ANNOTATION, "single", rollback(false, false)),
@@ -513,6 +497,11 @@ fn promoted(
     o
 }
 
+/// A rollback request.
+fn rollback(cascade: bool, force: bool) -> Option<Request> {
+    Some(Request::Rollback { cascade, force })
+}
+
 fn one(o: Observed) -> (DependencyGraph, BTreeMap<String, Observed>) {
     let graph = DependencyGraph::new([("a", Vec::<String>::new())]).unwrap();
     (graph, BTreeMap::from([("a".to_owned(), o)]))
@@ -527,10 +516,7 @@ fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes
         (20, "2.0.0")
     );
 
-    world.get_mut("a").unwrap().request = Some(Request::Rollback {
-        cascade: false,
-        force: false,
-    });
+    world.get_mut("a").unwrap().request = rollback(false, false);
     let d = &plan(&graph, &world, 100)["a"];
     assert_eq!(
         (d.step, d.reason),
@@ -551,10 +537,7 @@ fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes
         "a rollback pending is not a healthy dependency"
     );
 
-    world.get_mut("a").unwrap().request = Some(Request::Rollback {
-        cascade: false,
-        force: true,
-    });
+    world.get_mut("a").unwrap().request = rollback(false, true);
     let d = plan(&graph, &world, 100).remove("a").unwrap();
     assert_eq!(
         (d.step, d.reason),
@@ -574,10 +557,7 @@ fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes
 fn a_rollback_that_crosses_no_marked_migration_is_not_held() {
     // 2.0.0 is marked, 3.0.0 is not: back to 2.0.0 reads the schema it wrote.
     let (graph, mut world) = one(promoted("3.0.0", "2.0.0", 0, &schemas(3, &[2])));
-    world.get_mut("a").unwrap().request = Some(Request::Rollback {
-        cascade: false,
-        force: false,
-    });
+    world.get_mut("a").unwrap().request = rollback(false, false);
     let d = &plan(&graph, &world, 100)["a"];
     assert_eq!(
         (d.step, d.reason),
@@ -594,10 +574,7 @@ fn a_rollback_to_a_release_whose_schema_is_unknown_is_held_once_a_barrier_stands
     let mut known = schemas(2, &[2]);
     known.remove("1.0.0");
     let (graph, mut world) = one(promoted("2.0.0", "1.0.0", 0, &known));
-    world.get_mut("a").unwrap().request = Some(Request::Rollback {
-        cascade: false,
-        force: false,
-    });
+    world.get_mut("a").unwrap().request = rollback(false, false);
     let d = &plan(&graph, &world, 100)["a"];
     assert_eq!(d.step, Step::BlockedBySchema);
     assert!(d.message.contains("an unknown schema"), "{}", d.message);
@@ -616,10 +593,7 @@ fn a_cascade_is_held_whole_when_one_member_would_cross_and_force_walks_it_in_rev
             (s.to_string(), promoted("2.0.0", "1.0.0", i * 100, schemas))
         })
         .collect();
-    world.get_mut("b").unwrap().request = Some(Request::Rollback {
-        cascade: true,
-        force: false,
-    });
+    world.get_mut("b").unwrap().request = rollback(true, false);
     let decisions = plan(&graph, &world, 1000);
     for s in ["b", "c", "d", "e", "f"] {
         let d = &decisions[s];
@@ -636,10 +610,7 @@ fn a_cascade_is_held_whole_when_one_member_would_cross_and_force_walks_it_in_rev
         "A went live before B: not in the set"
     );
 
-    world.get_mut("b").unwrap().request = Some(Request::Rollback {
-        cascade: true,
-        force: true,
-    });
+    world.get_mut("b").unwrap().request = rollback(true, true);
     let (log, _) = run(&graph, &mut world, &Cluster::default(), 1000, |_, _| {});
     let rolled = times_of(&log, Step::Rollback);
     assert_eq!(rolled.keys().collect::<Vec<_>>(), ["b", "c", "d", "e", "f"]);
@@ -673,10 +644,7 @@ fn a_failed_window_held_by_the_barrier_stays_held_after_the_window_until_forced(
         now += 10;
     }
     assert!(now > TIMING.observation_window);
-    world.get_mut("a").unwrap().request = Some(Request::Rollback {
-        cascade: true,
-        force: true,
-    });
+    world.get_mut("a").unwrap().request = rollback(true, true);
     let d = plan(&graph, &world, now).remove("a").unwrap();
     assert_eq!(d.step, Step::Rollback);
     apply(world.get_mut("a").unwrap(), &d, now);
@@ -964,7 +932,7 @@ proptest! {
             .filter(|d| world[d].active.as_ref().unwrap().since > root_since)
             .chain([root.clone()])
             .collect();
-        world.get_mut(&root).unwrap().request = Some(Request::Rollback { cascade: true, force: false });
+        world.get_mut(&root).unwrap().request = rollback(true, false);
         let (log, _) = run(&graph, &mut world, &Cluster::default(), 5000, |_, _| {});
         let rolled = times_of(&log, Step::Rollback);
         prop_assert_eq!(rolled.keys().cloned().collect::<BTreeSet<_>>(), expected);
