@@ -29,7 +29,7 @@ use crate::analysis::{self, Judgement, P99, Verdict};
 use crate::conditions::{self, Desired, Failure, reasons, types};
 use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict};
 use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
-use crate::crd::{MigrationRef, ReleaseSchema, RollbackState, SchemaBarrier};
+use crate::crd::{ReleaseSchema, RollbackState};
 use crate::inject::{self, SidecarSettings};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
 use crate::{listmap, messagequeue, rediscache, rollout};
@@ -409,7 +409,7 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
         failed_version: status.failed_version.clone(),
         request,
         schemas,
-        barrier: observed_barrier(status.schema_barrier.as_ref()),
+        barrier: status.schema_barrier.clone(),
     }
 }
 
@@ -421,13 +421,7 @@ fn schemas_of(status: &FinServiceStatus) -> BTreeMap<String, rollout::Schema> {
         .map(|r| {
             let schema = rollout::Schema {
                 version: r.schema_version,
-                incompatible: r
-                    .incompatible_migration
-                    .as_ref()
-                    .map(|m| rollout::Migration {
-                        version: m.version,
-                        description: m.description.clone(),
-                    }),
+                incompatible: r.incompatible_migration.clone(),
             };
             (r.release.clone(), schema)
         })
@@ -452,16 +446,8 @@ pub fn record_schemas(
     let mut schemas = schemas_of(s);
     schemas.extend(learned.clone());
     if let Some(live) = s.active_version.as_deref() {
-        let barrier = observed_barrier(s.schema_barrier.as_ref());
-        s.schema_barrier = rollout::barrier_after(barrier.as_ref(), &schemas, live, forced_step)
-            .map(|b| SchemaBarrier {
-                migration: MigrationRef {
-                    version: b.migration.version,
-                    description: b.migration.description,
-                },
-                release: b.release,
-                overridden_by: b.overridden_by,
-            });
+        s.schema_barrier =
+            rollout::barrier_after(s.schema_barrier.as_ref(), &schemas, live, forced_step);
     }
     let wanted: Vec<&str> = [
         s.active_version.as_deref(),
@@ -482,26 +468,12 @@ pub fn record_schemas(
             kept.push(ReleaseSchema {
                 release: release.to_owned(),
                 schema_version: schema.version,
-                incompatible_migration: schema.incompatible.as_ref().map(|m| MigrationRef {
-                    version: m.version,
-                    description: m.description.clone(),
-                }),
+                incompatible_migration: schema.incompatible.clone(),
             });
         }
     }
     kept.sort_by(|a, b| a.release.cmp(&b.release));
     s.schemas = kept;
-}
-
-fn observed_barrier(b: Option<&SchemaBarrier>) -> Option<rollout::Barrier> {
-    b.map(|b| rollout::Barrier {
-        migration: rollout::Migration {
-            version: b.migration.version,
-            description: b.migration.description.clone(),
-        },
-        release: b.release.clone(),
-        overridden_by: b.overridden_by.clone(),
-    })
 }
 
 /// What the status keeps of the service's own rollback trigger after `step`: kept while
@@ -2126,7 +2098,7 @@ pub(crate) mod tests {
         };
         let schema = |v: i64, marked: Option<i64>| rollout::Schema {
             version: v,
-            incompatible: marked.map(|m| rollout::Migration {
+            incompatible: marked.map(|m| crate::crd::MigrationRef {
                 version: m,
                 description: "drop legacy name".into(),
             }),

@@ -19,8 +19,8 @@
 //!   A rollback flips the Service back when the old color is still up, else scales it up
 //!   first ([`Step::ScaleUpOld`]).
 //! - **Schema barrier.** No release goes live again whose schema is older than an
-//!   incompatible migration a live version brought ([`Barrier`]): a rollback (by hand, by
-//!   cascade or after a failed window) that would is refused for its whole set
+//!   incompatible migration a live version brought ([`SchemaBarrier`]): a rollback (by
+//!   hand, by cascade or after a failed window) that would is refused for its whole set
 //!   ([`Step::BlockedBySchema`]) unless the request is forced, and so is a spec version
 //!   known to be that old. A forced crossing is recorded on the barrier.
 //! - **Holds.** A service whose spec version failed (aborted or rolled back) stays put
@@ -39,7 +39,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::analysis::Verdict;
 use crate::conditions::{self, Desired};
-use crate::crd::Color;
+use crate::crd::{Color, MigrationRef, SchemaBarrier};
 use crate::graph::DependencyGraph;
 
 /// Annotation asking for a rollback: `cascade` or `single`. Cleared by the operator once
@@ -187,14 +187,6 @@ pub enum Request {
 pub const FORCE: &str = "force";
 
 impl Request {
-    /// Forced across the schema barrier.
-    pub const fn forced(self) -> bool {
-        matches!(
-            self,
-            Self::Promote { force: true } | Self::Rollback { force: true, .. }
-        )
-    }
-
     /// The annotation that carries this request: [`request_from_annotations`] reads it
     /// back as this request.
     pub fn annotation(self) -> (&'static str, String) {
@@ -255,31 +247,13 @@ pub fn request_from_annotations(annotations: &BTreeMap<String, String>) -> Optio
     }
 }
 
-/// A migration, by version and description.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Migration {
-    pub version: i64,
-    pub description: String,
-}
-
 /// The schema a release expects, as its `/health` reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema {
     /// Its newest migration.
     pub version: i64,
     /// Its newest migration marked incompatible with the release before it.
-    pub incompatible: Option<Migration>,
-}
-
-/// The newest incompatible migration a live version brought: what no older release may
-/// run against again without a forced request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Barrier {
-    pub migration: Migration,
-    /// The version that brought it live.
-    pub release: String,
-    /// The release a forced request put live although it is older (kept while it is).
-    pub overridden_by: Option<String>,
+    pub incompatible: Option<MigrationRef>,
 }
 
 /// The barrier once `live` is live: raised to `live`'s newest incompatible migration
@@ -287,11 +261,11 @@ pub struct Barrier {
 /// unknown) and the request that put it live was `forced`; the mark goes once a
 /// release at or past the barrier is live again.
 pub fn barrier_after(
-    barrier: Option<&Barrier>,
+    barrier: Option<&SchemaBarrier>,
     schemas: &BTreeMap<String, Schema>,
     live: &str,
     forced: bool,
-) -> Option<Barrier> {
+) -> Option<SchemaBarrier> {
     let schema = schemas.get(live);
     let mut next = barrier.cloned();
     if let Some(m) = schema.and_then(|s| s.incompatible.as_ref())
@@ -299,7 +273,7 @@ pub fn barrier_after(
             .as_ref()
             .is_none_or(|b| m.version > b.migration.version)
     {
-        next = Some(Barrier {
+        next = Some(SchemaBarrier {
             migration: m.clone(),
             release: live.to_owned(),
             overridden_by: None,
@@ -408,7 +382,7 @@ pub struct Observed {
     /// The schema each release reported, by version.
     pub schemas: BTreeMap<String, Schema>,
     /// The newest incompatible migration a live version brought.
-    pub barrier: Option<Barrier>,
+    pub barrier: Option<SchemaBarrier>,
 }
 
 impl Observed {
@@ -437,7 +411,7 @@ impl Observed {
 
     /// The barrier putting `release` live would cross: its schema is older than the
     /// barrier's migration, or unknown and `unknown_crosses`.
-    fn crosses(&self, release: &str, unknown_crosses: bool) -> Option<&Barrier> {
+    fn crosses(&self, release: &str, unknown_crosses: bool) -> Option<&SchemaBarrier> {
         let barrier = self.barrier.as_ref()?;
         match self.schemas.get(release) {
             Some(s) => (s.version < barrier.migration.version).then_some(barrier),
@@ -447,7 +421,7 @@ impl Observed {
 
     /// The barrier a rollback of this service would cross. The previous release's
     /// schema unknown counts as older: refusing is the side a user can override.
-    pub fn rollback_crosses(&self) -> Option<&Barrier> {
+    pub fn rollback_crosses(&self) -> Option<&SchemaBarrier> {
         let previous = self.previous.as_ref()?;
         self.crosses(&previous.version, true)
     }
@@ -615,7 +589,7 @@ pub fn plan(
     for (name, o) in observed {
         if let Some(trigger) = o.rollback_trigger(now) {
             let set = rollback_set(graph, observed, name, trigger.cascade);
-            let crossing: Vec<(&String, &Barrier)> = set
+            let crossing: Vec<(&String, &SchemaBarrier)> = set
                 .iter()
                 .filter(|m| !done(m))
                 .filter_map(|m| Some((m, observed.get(m)?.rollback_crosses()?)))
@@ -740,7 +714,7 @@ fn rollback_step(o: &Observed, why: &'static str) -> Decision {
 }
 
 /// Why rolling `name` back would cross `barrier`, in words.
-fn refusal(name: &str, o: &Observed, barrier: &Barrier) -> String {
+fn refusal(name: &str, o: &Observed, barrier: &SchemaBarrier) -> String {
     let target = o.previous.as_ref().map_or("", |p| p.version.as_str());
     let schema = o.schemas.get(target).map_or_else(
         || "an unknown schema".to_owned(),
@@ -923,7 +897,7 @@ fn decide_one(
 }
 
 /// Holding spec version `release`, whose schema is older than `barrier`.
-fn schema_hold(name: &str, o: &Observed, release: &str, barrier: &Barrier) -> Decision {
+fn schema_hold(name: &str, o: &Observed, release: &str, barrier: &SchemaBarrier) -> Decision {
     let schema = o.schemas.get(release).map_or_else(
         || "reports no schema, so it may not read".to_owned(),
         |s| format!("expects schema {}, older than", s.version),
@@ -1033,7 +1007,7 @@ pub fn schema_from_health(body: &str) -> Option<Schema> {
             .incompatible
             .into_iter()
             .max_by_key(|m| m.version)
-            .map(|m| Migration {
+            .map(|m| MigrationRef {
                 version: m.version,
                 description: m.description,
             }),

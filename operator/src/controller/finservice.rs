@@ -257,7 +257,7 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         .as_deref()
         .is_some_and(|v| runs(idle_now, v, replicas));
     // Schemas the releases report in their `/health`: the preview's with its gate
-    // probe; the live version's once, while it is the only one `<name>` can reach.
+    // probe; the live version's, until known, from one of its pods (below).
     let mut schemas: BTreeMap<String, rollout::Schema> = BTreeMap::new();
     let preview_probe = if preview_available {
         Some(probe_preview_health(&client, &fs).await)

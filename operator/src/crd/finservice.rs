@@ -552,7 +552,7 @@ pub struct ReleaseSchema {
 }
 
 /// A migration by version and description.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct MigrationRef {
     /// Its version (the number its file name starts with).
     pub version: i64,
@@ -561,7 +561,7 @@ pub struct MigrationRef {
 }
 
 /// An applied migration no older release may run against.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SchemaBarrier {
     /// The migration.

@@ -461,10 +461,14 @@ fn schemas(upto: i64, marked: &[i64]) -> BTreeMap<String, Schema> {
         .map(|k| {
             let schema = Schema {
                 version: k * 10,
-                incompatible: marked.iter().filter(|m| **m <= k).max().map(|m| Migration {
-                    version: m * 10,
-                    description: format!("drop what {} read", m - 1),
-                }),
+                incompatible: marked
+                    .iter()
+                    .filter(|m| **m <= k)
+                    .max()
+                    .map(|m| MigrationRef {
+                        version: m * 10,
+                        description: format!("drop what {} read", m - 1),
+                    }),
             };
             (format!("{k}.0.0"), schema)
         })
@@ -764,7 +768,7 @@ fn the_schema_is_read_from_the_platforms_health_body() {
         schema_from_health(body),
         Some(Schema {
             version: 20_270_101_000_002,
-            incompatible: Some(Migration {
+            incompatible: Some(MigrationRef {
                 version: 20_270_101_000_002,
                 description: "drop legacy name".into(),
             }),
