@@ -368,28 +368,36 @@ pub fn judge(sample: &Sample, t: &Thresholds) -> Judgement {
             ),
         );
     }
+    // `n` of `total` requests `what`, when that share is over `max` percent.
+    let share = |n: u64, total: u64, max: u32, what: &str| {
+        exceeds(n, total, max).then(|| {
+            format!(
+                "{n} of {total} requests {what} ({}% > {max}%)",
+                percent(n, total)
+            )
+        })
+    };
     let mut failures = Vec::new();
-    if let Some(max) = t.max_app_error_percent
-        && sample.forwarded >= t.min_requests
-        && exceeds(sample.app_errors, sample.forwarded, max)
-    {
-        failures.push(format!(
-            "{} of {} requests failed at the app ({}% > {max}%)",
-            sample.app_errors,
-            sample.forwarded,
-            percent(sample.app_errors, sample.forwarded)
-        ));
-    }
-    if let Some(max) = t.max_jwt_rejection_percent
-        && exceeds(sample.jwt_rejections, sample.requests, max)
-    {
-        failures.push(format!(
-            "{} of {} requests refused for their token ({}% > {max}%)",
+    failures.extend(
+        t.max_app_error_percent
+            .filter(|_| sample.forwarded >= t.min_requests)
+            .and_then(|max| {
+                share(
+                    sample.app_errors,
+                    sample.forwarded,
+                    max,
+                    "failed at the app",
+                )
+            }),
+    );
+    failures.extend(t.max_jwt_rejection_percent.and_then(|max| {
+        share(
             sample.jwt_rejections,
             sample.requests,
-            percent(sample.jwt_rejections, sample.requests)
-        ));
-    }
+            max,
+            "refused for their token",
+        )
+    }));
     let observed = sample.latency.last().map_or(0, |&(_, count)| count);
     if let Some(max) = t.max_p99_micros
         && observed >= t.min_requests
