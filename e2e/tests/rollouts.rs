@@ -34,7 +34,7 @@ const NEW: &str = "v1.10.2";
 const MISSING: &str = "v0.0.0-finflow-missing";
 const LIMIT: Duration = Duration::from_secs(900);
 
-use finflow_operator::graph::DESIGN_GRAPH as SIX;
+use finflow_operator::graph::SIX_SERVICES as SIX;
 
 struct Platform {
     client: Client,

@@ -354,8 +354,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::controller::mock::{Reply, Step, Verifier};
-    use crate::finservice::tests::settings;
+    use crate::controller::mock::{Expect, Reply, Verifier};
+    use crate::finservice::fixtures::settings;
 
     fn version(minor: &str) -> Reply {
         Reply::Json(json!({
@@ -378,9 +378,9 @@ mod tests {
     async fn a_failed_version_call_is_retried_before_native_sidecars_are_decided() {
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            Step::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE)),
-            Step::get("/version", Reply::Status(StatusCode::INTERNAL_SERVER_ERROR)),
-            Step::get("/version", version("36")),
+            Expect::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            Expect::get("/version", Reply::Status(StatusCode::INTERNAL_SERVER_ERROR)),
+            Expect::get("/version", version("36")),
         ]);
         let native = native_sidecars(&ctx.client, NativeSidecars::Auto, quick(8)).await;
         assert!(native.unwrap());
@@ -390,7 +390,8 @@ mod tests {
     #[tokio::test]
     async fn a_detection_that_never_gets_an_answer_fails_instead_of_guessing() {
         let (ctx, verifier) = Verifier::context(settings());
-        let unavailable = || Step::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE));
+        let unavailable =
+            || Expect::get("/version", Reply::Status(StatusCode::SERVICE_UNAVAILABLE));
         // Exactly the bounded number of attempts, then no further request.
         let server = verifier.run(vec![unavailable(), unavailable(), unavailable()]);
         let native = native_sidecars(&ctx.client, NativeSidecars::Auto, quick(3)).await;

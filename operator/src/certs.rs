@@ -22,7 +22,7 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 
-use crate::config::ClusterDomain;
+use crate::dns::ClusterDomain;
 use crate::meta::{self, FIELD_MANAGER};
 
 /// Secret holding `ca.crt`, `tls.crt` and `tls.key`, and for a while after a renewal
@@ -548,7 +548,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_ca_bundle_of_the_charts_configuration_is_written() {
         use crate::controller::fake::{Fake, NS};
-        let (fake, ctx) = Fake::start(crate::finservice::tests::settings());
+        let (fake, ctx) = Fake::start(crate::finservice::fixtures::settings());
         let chart = rendered_by_the_chart(NS, "Ignore");
         fake.create(CONFIGURATIONS, chart.clone());
 
@@ -698,7 +698,7 @@ mod tests {
     async fn a_rotation_trusts_the_new_ca_first_and_the_old_one_until_its_certificate_expires() {
         use crate::controller::fake::{Fake, NS};
         const SECRETS: &str = "/api/v1/namespaces/finflow/secrets";
-        let (fake, ctx) = Fake::start(crate::finservice::tests::settings());
+        let (fake, ctx) = Fake::start(crate::finservice::fixtures::settings());
         let issued = now();
         let old = generate(SERVICE, NS, &ClusterDomain::default(), issued).unwrap();
         // Trusted by the configuration and served by every replica.

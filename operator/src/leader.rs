@@ -34,7 +34,7 @@ use crate::meta::FIELD_MANAGER;
 
 /// What to do with the Lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum LeaseAction {
     /// There is none: create it.
     Create,
     /// Nobody holds it (or the holder let it expire): take it.
@@ -127,24 +127,24 @@ impl Observation {
 }
 
 /// What to do with `lease`, read at `now` and folded into `seen`.
-pub fn decide(lease: Option<&Lease>, me: &str, seen: &Observation, now: Instant) -> Decision {
+pub fn decide(lease: Option<&Lease>, me: &str, seen: &Observation, now: Instant) -> LeaseAction {
     let Some(lease) = lease else {
-        return Decision::Create;
+        return LeaseAction::Create;
     };
     let spec = lease.spec.clone().unwrap_or_default();
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder == me {
-        return Decision::Renew;
+        return LeaseAction::Renew;
     }
     if holder.is_empty() {
-        return Decision::Acquire;
+        return LeaseAction::Acquire;
     }
     let duration =
         Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0));
     if seen.unchanged_for(now) >= duration {
-        Decision::Acquire
+        LeaseAction::Acquire
     } else {
-        Decision::Follow {
+        LeaseAction::Follow {
             holder: holder.to_owned(),
         }
     }
@@ -290,9 +290,9 @@ impl Elector {
             )
         };
         match decision {
-            Decision::Follow { .. } => Ok(false),
-            Decision::Create => won(self.api.create(&Self::params(), &lease()).await),
-            Decision::Acquire | Decision::Renew => won(self
+            LeaseAction::Follow { .. } => Ok(false),
+            LeaseAction::Create => won(self.api.create(&Self::params(), &lease()).await),
+            LeaseAction::Acquire | LeaseAction::Renew => won(self
                 .api
                 .replace(&self.name, &Self::params(), &lease())
                 .await),
@@ -372,7 +372,7 @@ impl Elector {
 mod tests {
     use super::*;
     use crate::controller::fake::{Fake, NS};
-    use crate::finservice::tests::settings;
+    use crate::finservice::fixtures::settings;
 
     const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/finflow/leases";
 
@@ -402,7 +402,7 @@ mod tests {
     }
 
     /// What `me` decides on `lease` having seen it unchanged for `unchanged`.
-    fn decide_after(lease: &Lease, me: &str, unchanged: Duration) -> Decision {
+    fn decide_after(lease: &Lease, me: &str, unchanged: Duration) -> LeaseAction {
         let t0 = Instant::now();
         let seen = Observation::default().observe(Some(lease), t0);
         decide(Some(lease), me, &seen, t0 + unchanged)
@@ -412,18 +412,21 @@ mod tests {
     fn a_missing_lease_is_created_and_an_empty_one_acquired() {
         assert_eq!(
             decide(None, "a", &Observation::default(), Instant::now()),
-            Decision::Create
+            LeaseAction::Create
         );
         let mut lease = held_by("b", 100);
         lease.spec.as_mut().unwrap().holder_identity = None;
-        assert_eq!(decide_after(&lease, "a", Duration::ZERO), Decision::Acquire);
+        assert_eq!(
+            decide_after(&lease, "a", Duration::ZERO),
+            LeaseAction::Acquire
+        );
     }
 
     #[test]
     fn a_live_lease_of_another_holder_is_followed() {
         assert_eq!(
             decide_after(&held_by("b", 100), "a", secs(10)),
-            Decision::Follow { holder: "b".into() }
+            LeaseAction::Follow { holder: "b".into() }
         );
     }
 
@@ -436,10 +439,10 @@ mod tests {
             let lease = held_by("b", now + skew);
             assert_eq!(
                 decide_after(&lease, "a", secs(1)),
-                Decision::Follow { holder: "b".into() },
+                LeaseAction::Follow { holder: "b".into() },
                 "skew {skew}"
             );
-            assert_eq!(decide_after(&lease, "a", secs(15)), Decision::Acquire);
+            assert_eq!(decide_after(&lease, "a", secs(15)), LeaseAction::Acquire);
         }
     }
 
@@ -454,18 +457,18 @@ mod tests {
         let seen = seen.observe(Some(&next), t0 + secs(10));
         assert_eq!(
             decide(Some(&next), "a", &seen, t0 + secs(20)),
-            Decision::Follow { holder: "b".into() }
+            LeaseAction::Follow { holder: "b".into() }
         );
         assert_eq!(
             decide(Some(&next), "a", &seen, t0 + secs(25)),
-            Decision::Acquire
+            LeaseAction::Acquire
         );
     }
 
     #[test]
     fn an_expired_lease_is_taken_over_and_counts_a_transition() {
         let old = held_by("b", 100);
-        assert_eq!(decide_after(&old, "a", secs(15)), Decision::Acquire);
+        assert_eq!(decide_after(&old, "a", secs(15)), LeaseAction::Acquire);
         let new = desired("op", "ns", "a", 15, Some(&old), at(116));
         let spec = new.spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("a"));
@@ -478,7 +481,7 @@ mod tests {
     #[test]
     fn our_own_lease_is_renewed_keeping_its_acquire_time() {
         let mine = held_by("a", 100);
-        assert_eq!(decide_after(&mine, "a", secs(100)), Decision::Renew);
+        assert_eq!(decide_after(&mine, "a", secs(100)), LeaseAction::Renew);
         let renewed = desired("op", "ns", "a", 15, Some(&mine), at(105));
         assert_eq!(renewed.metadata.resource_version.as_deref(), Some("5"));
         let spec = renewed.spec.unwrap();
@@ -493,7 +496,7 @@ mod tests {
         assert_eq!(released.metadata.resource_version.as_deref(), Some("5"));
         assert_eq!(
             decide_after(&released, "b", Duration::ZERO),
-            Decision::Acquire
+            LeaseAction::Acquire
         );
     }
 
@@ -560,7 +563,7 @@ mod tests {
         let stale = b.read().await.unwrap();
         assert_eq!(
             decide(stale.as_ref(), "b", &b.seen, Instant::now()),
-            Decision::Acquire
+            LeaseAction::Acquire
         );
         assert!(a.round().await.unwrap());
         assert!(!b.write(stale.as_ref()).await.unwrap(), "b must lose");

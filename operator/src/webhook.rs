@@ -265,7 +265,7 @@ mod tests {
         let bundle = crate::certs::generate(
             "finflow-operator-webhook",
             "finflow-system",
-            &crate::config::ClusterDomain::default(),
+            &crate::dns::ClusterDomain::default(),
             k8s_openapi::jiff::Timestamp::now(),
         )
         .unwrap();

@@ -1031,7 +1031,9 @@ mod tests {
     use kube::api::{Api, Patch, PatchParams, PostParams};
 
     use super::*;
-    use crate::finservice::tests::settings;
+    use crate::finservice;
+    use crate::finservice::fixtures::{self, settings};
+    use k8s_openapi::api::core::v1::EnvVar;
 
     fn deployment(app: Value, volumes: Value) -> Value {
         json!({
@@ -1166,7 +1168,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_name_or_a_stale_resource_version_is_refused_with_409() {
-        let (fake, _) = Fake::start(crate::finservice::tests::settings());
+        let (fake, _) = Fake::start(crate::finservice::fixtures::settings());
         let (client, _) = fake.client();
         let leases: Api<Lease> = Api::namespaced(client, NS);
         let created = leases
@@ -1196,7 +1198,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_strategic_merge_patch_merges_named_list_elements() {
-        let (fake, _) = Fake::start(crate::finservice::tests::settings());
+        let (fake, _) = Fake::start(crate::finservice::fixtures::settings());
         const MWCS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
         fake.create(
             MWCS,
@@ -1226,5 +1228,56 @@ mod tests {
         );
         assert_eq!(stored["webhooks"][1]["failurePolicy"], "Fail");
         assert!(stored["metadata"].get("namespace").is_none());
+    }
+
+    // The fake's keyed-list check against what the pure core builds: a property of
+    // `finservice::desired` that only the API server's rule (here, the fake's) can judge.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever names and paths a user picks, the Deployments hold every key of a
+        /// keyed list once, as server-side apply requires.
+        #[test]
+        fn no_user_input_makes_a_keyed_list_repeat_a_key(
+            names in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "DATABASE_URL", "AMQP_URL", "REDIS_URL", "LISTEN_ADDR", "FINFLOW_ROLE",
+                    "FINFLOW_SERVICE", "RUST_LOG",
+                ]),
+                0..6,
+            ),
+            paths in proptest::collection::vec(
+                proptest::sample::select(vec![finservice::PODINFO_PATH, "/etc/finflow/sidecar", "/keys"]),
+                0..4,
+            ),
+            sidecar: bool,
+            native: bool,
+        ) {
+            let mut fs = fixtures::finservice("payment", &[]);
+            fs.spec.queue_ref = Some("events".into());
+            fs.spec.cache_ref = Some("cache".into());
+            fs.spec.sidecar.enabled = sidecar;
+            fs.spec.env = names
+                .iter()
+                .map(|n| EnvVar {
+                    name: (*n).to_owned(),
+                    value: Some("user".into()),
+                    ..EnvVar::default()
+                })
+                .collect();
+            fs.spec.secret_mounts = paths
+                .iter()
+                .map(|p| crate::crd::SecretMount {
+                    secret_name: "s".into(),
+                    mount_path: (*p).to_owned(),
+                })
+                .collect();
+            let settings = finservice::Settings { native_sidecars: native, ..settings() };
+            for deployment in finservice::desired(&fs, &settings, true).deployments {
+                let value = serde_json::to_value(&deployment).unwrap();
+                let duplicate = duplicate_key(&value);
+                proptest::prop_assert!(duplicate.is_none(), "{duplicate:?}");
+            }
+        }
     }
 }

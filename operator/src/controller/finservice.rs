@@ -24,10 +24,10 @@ use kube::{Api, Client, ResourceExt};
 
 use super::rollout::{
     clear_request, label_pod_roles, pods_of, pods_of_version, probe_health, probe_pod_health,
-    probe_preview_health, record, request_handled, scrape,
+    probe_preview_health, record, scrape,
 };
 use super::{
-    Context, Observed, Result, apply_status, measured, namespace, owned_objects, report_failure,
+    Context, Result, Target, apply_status, measured, namespace, owned_objects, report_failure,
     scoped_api,
 };
 use crate::analysis;
@@ -408,18 +408,18 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     let [active_service, preview_service] = owned.services;
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
     let service_account =
-        Observed::read(Api::namespaced(client.clone(), &ns), owned.service_account).await?;
-    let config_map = Observed::read(Api::namespaced(client.clone(), &ns), owned.config_map).await?;
-    let blue = Observed {
+        Target::read(Api::namespaced(client.clone(), &ns), owned.service_account).await?;
+    let config_map = Target::read(Api::namespaced(client.clone(), &ns), owned.config_map).await?;
+    let blue = Target {
         current: blue_now,
-        ..Observed::new(deployments.clone(), blue)
+        ..Target::new(deployments.clone(), blue)
     };
-    let green = Observed {
+    let green = Target {
         current: green_now,
-        ..Observed::new(deployments, green)
+        ..Target::new(deployments, green)
     };
-    let active_service = Observed::read(svcs.clone(), active_service).await?;
-    let preview_service = Observed::read(svcs, preview_service).await?;
+    let active_service = Target::read(svcs.clone(), active_service).await?;
+    let preview_service = Target::read(svcs, preview_service).await?;
     let stale: Vec<String> = [
         service_account.stale().then(|| service_account.describe()),
         config_map.stale().then(|| config_map.describe()),
@@ -488,7 +488,7 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     if let Some(d) = &decision {
         record(&ctx, &fs, d, state.step.as_deref()).await;
         if let Some(request) = rollout::request_from_annotations(fs.annotations())
-            && request_handled(request, d.step)
+            && request.handled_after(d.step)
         {
             clear_request(&services, &fs).await?;
         }

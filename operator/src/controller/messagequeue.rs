@@ -19,8 +19,8 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{
-    Context, Error, Observed, Result, apply_params, apply_status, applying, measured, namespace,
-    now, owned_objects, random_secret, report_failure, scoped_api,
+    Context, Error, Result, Target, apply_params, apply_status, applying, measured, namespace, now,
+    owned_objects, random_secret, report_failure, scoped_api,
 };
 use crate::crd::{MessageQueue, Phase};
 use crate::messagequeue::{self as mq_rules, JobState};
@@ -146,12 +146,12 @@ async fn apply(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Action>
     let [headless, client_service] = owned.services;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let observed_config = Observed::read(config_maps.clone(), owned.config_map).await?;
-    let observed_topology = Observed::read(config_maps, owned.topology).await?;
-    let observed_headless = Observed::read(services.clone(), headless).await?;
-    let observed_client = Observed::read(services, client_service).await?;
+    let observed_config = Target::read(config_maps.clone(), owned.config_map).await?;
+    let observed_topology = Target::read(config_maps, owned.topology).await?;
+    let observed_headless = Target::read(services.clone(), headless).await?;
+    let observed_client = Target::read(services, client_service).await?;
     let observed_sts =
-        Observed::read(Api::namespaced(client.clone(), ns), owned.stateful_set).await?;
+        Target::read(Api::namespaced(client.clone(), ns), owned.stateful_set).await?;
 
     let mut applied = Vec::new();
     for (described, wrote) in [
@@ -292,10 +292,10 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ClusterDomain;
-    use crate::controller::mock::{Reply, Step, Verifier};
+    use crate::controller::mock::{Expect, Reply, Verifier};
     use crate::crd::MessageQueueSpec;
-    use crate::finservice::tests::settings;
+    use crate::dns::ClusterDomain;
+    use crate::finservice::fixtures::settings;
     use serde_json::json;
 
     fn finalized_mq() -> MessageQueue {
@@ -318,21 +318,21 @@ mod tests {
         let existing = mq_rules::credentials_secret(&mq, "original", "cookie");
         let owned = mq_rules::desired(&mq, &ClusterDomain::default());
         let steps = vec![
-            Step::get(base("secrets/events-credentials"), Reply::Json(serde_json::to_value(&existing).unwrap())),
-            Step::get(base("configmaps/events-config"), Reply::Json(serde_json::to_value(&owned.config_map).unwrap())),
-            Step::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
-            Step::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
-            Step::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
-            Step::get(
+            Expect::get(base("secrets/events-credentials"), Reply::Json(serde_json::to_value(&existing).unwrap())),
+            Expect::get(base("configmaps/events-config"), Reply::Json(serde_json::to_value(&owned.config_map).unwrap())),
+            Expect::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
+            Expect::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
+            Expect::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
+            Expect::get(
                 "/apis/apps/v1/namespaces/finflow/statefulsets/events",
                 Reply::Json(serde_json::to_value(&owned.stateful_set).unwrap()),
             ),
-            Step::get(
+            Expect::get(
                 format!("/apis/batch/v1/namespaces/finflow/jobs/{}", mq_rules::topology_job_name(&mq)),
                 Reply::NotFound,
             ),
             // The broker is not ready: no Job yet, and the status says so.
-            Step::apply(
+            Expect::apply(
                 "/apis/finflow.dev/v1alpha1/namespaces/finflow/messagequeues/events/status?&force=true&fieldManager=finflow-operator",
                 json!({"status": {"phase": "Progressing", "credentialsSecret": "events-credentials"}}),
             )
@@ -346,7 +346,7 @@ mod tests {
                     .unwrap();
                 assert_eq!(topology["reason"], "WaitingForBroker");
             }),
-            Step::event("Progressing"),
+            Expect::event("Progressing"),
         ];
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(steps);
@@ -361,16 +361,16 @@ mod tests {
         let existing = mq_rules::credentials_secret(&mq, "original", "cookie");
         let owned = mq_rules::desired(&mq, &domain);
         let steps = vec![
-            Step::get(base("secrets/events-credentials"), Reply::Json(serde_json::to_value(&existing).unwrap())),
-            Step::get(base("configmaps/events-config"), Reply::NotFound),
-            Step::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
-            Step::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
-            Step::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
-            Step::get(
+            Expect::get(base("secrets/events-credentials"), Reply::Json(serde_json::to_value(&existing).unwrap())),
+            Expect::get(base("configmaps/events-config"), Reply::NotFound),
+            Expect::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
+            Expect::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
+            Expect::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
+            Expect::get(
                 "/apis/apps/v1/namespaces/finflow/statefulsets/events",
                 Reply::Json(serde_json::to_value(&owned.stateful_set).unwrap()),
             ),
-            Step::apply(
+            Expect::apply(
                 format!("{}?&force=true&fieldManager=finflow-operator", base("configmaps/events-config")),
                 json!({"metadata": {"name": "events-config"}}),
             )
@@ -378,17 +378,17 @@ mod tests {
                 let conf = body["data"]["rabbitmq.conf"].as_str().unwrap();
                 assert!(conf.contains("events-headless.finflow.svc.corp.example"), "{conf}");
             }),
-            Step::get(
+            Expect::get(
                 format!("/apis/batch/v1/namespaces/finflow/jobs/{}", mq_rules::topology_job_name(&mq)),
                 Reply::NotFound,
             ),
-            Step::apply(
+            Expect::apply(
                 "/apis/finflow.dev/v1alpha1/namespaces/finflow/messagequeues/events/status?&force=true&fieldManager=finflow-operator",
                 json!({"status": {"phase": "Progressing"}}),
             )
             .reply(Reply::Json(serde_json::to_value(&mq).unwrap())),
-            Step::event("Applied"),
-            Step::event("Progressing"),
+            Expect::event("Applied"),
+            Expect::event("Progressing"),
         ];
         let (ctx, verifier) = Verifier::context(settings());
         let ctx = Arc::new(Arc::into_inner(ctx).unwrap().with_cluster_domain(domain));
@@ -402,8 +402,8 @@ mod tests {
         let mq = finalized_mq();
         let owned = mq_rules::desired(&mq, &ClusterDomain::default());
         let steps = vec![
-            Step::get(base("secrets/events-credentials"), Reply::NotFound),
-            Step::apply(
+            Expect::get(base("secrets/events-credentials"), Reply::NotFound),
+            Expect::apply(
                 format!("{}?&force=true&fieldManager=finflow-operator", base("secrets/events-credentials")),
                 json!({"kind": "Secret", "metadata": {"name": "events-credentials"}}),
             )
@@ -413,25 +413,25 @@ mod tests {
                 }
                 assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-events");
             }),
-            Step::event("CredentialsGenerated"),
-            Step::get(base("configmaps/events-config"), Reply::Json(serde_json::to_value(&owned.config_map).unwrap())),
-            Step::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
-            Step::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
-            Step::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
-            Step::get(
+            Expect::event("CredentialsGenerated"),
+            Expect::get(base("configmaps/events-config"), Reply::Json(serde_json::to_value(&owned.config_map).unwrap())),
+            Expect::get(base("configmaps/events-topology"), Reply::Json(serde_json::to_value(&owned.topology).unwrap())),
+            Expect::get(base("services/events-headless"), Reply::Json(serde_json::to_value(&owned.services[0]).unwrap())),
+            Expect::get(base("services/events"), Reply::Json(serde_json::to_value(&owned.services[1]).unwrap())),
+            Expect::get(
                 "/apis/apps/v1/namespaces/finflow/statefulsets/events",
                 Reply::Json(serde_json::to_value(&owned.stateful_set).unwrap()),
             ),
-            Step::get(
+            Expect::get(
                 format!("/apis/batch/v1/namespaces/finflow/jobs/{}", mq_rules::topology_job_name(&mq)),
                 Reply::NotFound,
             ),
-            Step::apply(
+            Expect::apply(
                 "/apis/finflow.dev/v1alpha1/namespaces/finflow/messagequeues/events/status?&force=true&fieldManager=finflow-operator",
                 json!({"status": {"phase": "Progressing"}}),
             )
             .reply(Reply::Json(serde_json::to_value(&mq).unwrap())),
-            Step::event("Progressing"),
+            Expect::event("Progressing"),
         ];
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(steps);

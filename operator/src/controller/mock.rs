@@ -42,7 +42,7 @@ pub enum Reply {
 type Check = Box<dyn Fn(&Value) + Send>;
 
 /// One expected request and its answer.
-pub struct Step {
+pub struct Expect {
     method: Method,
     uri: String,
     /// A `Patch::Apply` must carry the apply content type.
@@ -53,7 +53,7 @@ pub struct Step {
     reply: Reply,
 }
 
-impl Step {
+impl Expect {
     pub fn get(uri: impl Into<String>, reply: Reply) -> Self {
         Self {
             method: Method::GET,
@@ -141,7 +141,7 @@ impl Verifier {
     }
 
     /// Serves `steps` in order, then fails if any further request arrives.
-    pub fn run(self, steps: Vec<Step>) -> JoinHandle<()> {
+    pub fn run(self, steps: Vec<Expect>) -> JoinHandle<()> {
         let mut handle = self.0;
         tokio::spawn(async move {
             let mut hung = Vec::new();

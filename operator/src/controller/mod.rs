@@ -35,7 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::conditions::{Failure, reasons};
-use crate::config::ClusterDomain;
+use crate::dns::ClusterDomain;
 use crate::finservice::Settings;
 use crate::meta::{self, FIELD_MANAGER};
 
@@ -262,13 +262,13 @@ pub fn namespace<K: Resource>(object: &K) -> Result<String> {
 }
 
 /// A desired object next to what the cluster holds under its name.
-pub struct Observed<K> {
+pub struct Target<K> {
     api: Api<K>,
     pub desired: K,
     pub current: Option<K>,
 }
 
-impl<K> Observed<K>
+impl<K> Target<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
 {
@@ -502,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn a_status_computed_from_an_older_resource_version_is_refused() {
         use crate::crd::{FinService, FinServiceStatus, Phase};
-        let (fake, ctx) = fake::Fake::start(crate::finservice::tests::settings());
+        let (fake, ctx) = fake::Fake::start(crate::finservice::fixtures::settings());
         let api: Api<FinService> = Api::namespaced(ctx.client.clone(), fake::NS);
         let fs: FinService = serde_json::from_value(serde_json::json!({
             "apiVersion": "finflow.dev/v1alpha1", "kind": "FinService",

@@ -13,7 +13,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 
 use super::{
-    Context, Observed, Result, apply_params, apply_status, applying, measured, namespace, now,
+    Context, Result, Target, apply_params, apply_status, applying, measured, namespace, now,
     owned_objects, random_secret, report_failure, scoped_api,
 };
 use crate::crd::{Phase, RedisCache};
@@ -69,8 +69,8 @@ async fn reconcile_inner(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Actio
     }
 
     let owned = rules::desired(&rc);
-    let deployment = Observed::read(Api::namespaced(client.clone(), &ns), owned.deployment).await?;
-    let service = Observed::read(Api::namespaced(client.clone(), &ns), owned.service).await?;
+    let deployment = Target::read(Api::namespaced(client.clone(), &ns), owned.deployment).await?;
+    let service = Target::read(Api::namespaced(client.clone(), &ns), owned.service).await?;
     let deployment_described = deployment.describe();
     let service_described = service.describe();
     let (deployment, wrote_deployment) = deployment.sync().await?;
@@ -122,9 +122,9 @@ async fn reconcile_inner(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Actio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::mock::{Reply, Step, Verifier};
+    use crate::controller::mock::{Expect, Reply, Verifier};
     use crate::crd::RedisCacheSpec;
-    use crate::finservice::tests::settings;
+    use crate::finservice::fixtures::settings;
     use serde_json::json;
 
     const REFUSED: &str = "Deployment.apps \"cache\" is invalid: spec.template.spec.containers[0].image: Required value";
@@ -139,14 +139,14 @@ mod tests {
         let message = format!("applying Deployment/cache: {REFUSED}");
         let expected = message.clone();
         let steps = vec![
-            Step::get("/apis/apps/v1/namespaces/finflow/deployments/cache", Reply::NotFound),
-            Step::get("/api/v1/namespaces/finflow/services/cache", Reply::NotFound),
-            Step::apply(
+            Expect::get("/apis/apps/v1/namespaces/finflow/deployments/cache", Reply::NotFound),
+            Expect::get("/api/v1/namespaces/finflow/services/cache", Reply::NotFound),
+            Expect::apply(
                 "/apis/apps/v1/namespaces/finflow/deployments/cache?&force=true&fieldManager=finflow-operator",
                 json!({"kind": "Deployment"}),
             )
             .reply(Reply::Refused(422, "Invalid", REFUSED)),
-            Step::apply(
+            Expect::apply(
                 "/apis/finflow.dev/v1alpha1/namespaces/finflow/rediscaches/cache/status?&force=true&fieldManager=finflow-operator",
                 json!({"status": {"phase": "Degraded", "observedGeneration": 4}}),
             )
@@ -164,7 +164,7 @@ mod tests {
                 }
                 assert_eq!(of("Reconciling")["status"], "False");
             }),
-            Step::event("ApplyFailed").check(move |body| {
+            Expect::event("ApplyFailed").check(move |body| {
                 assert_eq!(body["type"], "Warning");
                 assert_eq!(body["note"], json!(message));
             }),

@@ -19,7 +19,7 @@ use crate::crd::{Color, FinService};
 use crate::finservice::{COLOR_LABEL, VERSION_LABEL};
 use crate::inject::SIDECAR_ADMIN_PORT;
 use crate::meta::{FIELD_MANAGER, INSTANCE_LABEL};
-use crate::rollout::{self, Decision, Request, Step};
+use crate::rollout::{self, Decision};
 
 /// How long a `/health` probe may take. The reconcile waits for it, so a backend that
 /// accepts the connection and never answers must not hold it (and every FinService
@@ -222,20 +222,6 @@ pub async fn label_pod_roles(api: &Api<Pod>, pods: &[Pod], active: Color) -> Res
     Ok(relabelled)
 }
 
-/// Whether the request was handled (or can no longer apply) after `step`, so its
-/// annotation goes: a promotion stays while a preview is on its way or waiting, a
-/// rollback while dependents roll back first or the old color scales up.
-pub fn request_handled(request: Request, step: Step) -> bool {
-    match request {
-        Request::Promote { .. } => !matches!(
-            step,
-            Step::AwaitPreview | Step::AwaitPromotion | Step::DeployPreview
-        ),
-        Request::Abort => true,
-        Request::Rollback { .. } => !matches!(step, Step::WaitForDependents | Step::ScaleUpOld),
-    }
-}
-
 /// Removes the request annotations `fs` carries. A user's annotation is owned by the
 /// user's field manager (the plugin's apply, or `kubectl annotate`), and server-side
 /// apply cannot remove a field another manager owns; so this is a JSON patch, with a
@@ -302,9 +288,9 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::mock::{Reply, Step as MockStep, Verifier};
-    use crate::finservice::tests::{finservice, settings};
-    use crate::rollout::reason;
+    use crate::controller::mock::{Expect, Reply, Verifier};
+    use crate::finservice::fixtures::{finservice, settings};
+    use crate::rollout::{Step, reason};
 
     fn pod(name: &str, color: &str, role: Option<&str>) -> Pod {
         let mut labels = json!({ INSTANCE_LABEL: "payment", COLOR_LABEL: color });
@@ -319,8 +305,8 @@ mod tests {
         .unwrap()
     }
 
-    fn role_apply(name: &str, role: &str) -> MockStep {
-        MockStep::apply(
+    fn role_apply(name: &str, role: &str) -> Expect {
+        Expect::apply(
             format!(
                 "/api/v1/namespaces/finflow/pods/{name}?&force=true&fieldManager={FIELD_MANAGER}"
             ),
@@ -335,11 +321,11 @@ mod tests {
         let fs = finservice("payment", &[]);
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            MockStep::get(
+            Expect::get(
                 "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health",
                 Reply::Json(json!({ "status": "ok" })),
             ),
-            MockStep::get(
+            Expect::get(
                 "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health",
                 Reply::NotFound,
             ),
@@ -354,8 +340,8 @@ mod tests {
         let (ctx, verifier) = Verifier::context(settings());
         let path = "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health";
         let server = verifier.run(vec![
-            MockStep::get(path, Reply::Hang),
-            MockStep::get(path, Reply::Json(json!({ "status": "ok" }))),
+            Expect::get(path, Reply::Hang),
+            Expect::get(path, Reply::Json(json!({ "status": "ok" }))),
         ]);
         let probe = || {
             probe_health_within(
@@ -433,7 +419,7 @@ mod tests {
             .insert(rollout::ROLLBACK_ANNOTATION.into(), "cascade".into());
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            MockStep::patch(
+            Expect::patch(
                 "/apis/finflow.dev/v1alpha1/namespaces/finflow/finservices/payment?",
                 json!([
                     {"op": "test", "path": "/metadata/annotations/finflow.dev~1rollback", "value": "cascade"},
@@ -447,35 +433,16 @@ mod tests {
         server.await.unwrap();
     }
 
-    #[test]
-    fn requests_stay_only_while_they_are_still_being_carried_out() {
-        let promote = Request::Promote { force: false };
-        assert!(!request_handled(promote, Step::AwaitPromotion));
-        assert!(request_handled(promote, Step::Promote));
-        assert!(request_handled(promote, Step::Steady));
-        assert!(request_handled(Request::Abort, Step::Abort));
-        let cascade = Request::Rollback {
-            cascade: true,
-            force: false,
-        };
-        assert!(!request_handled(cascade, Step::WaitForDependents));
-        assert!(!request_handled(cascade, Step::ScaleUpOld));
-        assert!(request_handled(cascade, Step::Rollback));
-        assert!(request_handled(cascade, Step::Held));
-        // A rollback the schema barrier holds is kept in the status, not the annotation.
-        assert!(request_handled(cascade, Step::BlockedBySchema));
-    }
-
     #[tokio::test]
     async fn steps_that_act_or_first_warn_become_events_and_waiting_does_not() {
         let fs = finservice("payment", &[]);
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            MockStep::event(reason::PREVIEW_HEALTHY).check(|body| {
+            Expect::event(reason::PREVIEW_HEALTHY).check(|body| {
                 assert_eq!(body["action"], "Promote");
                 assert_eq!(body["type"], "Normal");
             }),
-            MockStep::event(reason::VERSION_FAILED).check(|body| {
+            Expect::event(reason::VERSION_FAILED).check(|body| {
                 assert_eq!(body["action"], "Held");
                 assert_eq!(body["type"], "Warning");
             }),

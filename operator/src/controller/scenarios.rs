@@ -1,4 +1,4 @@
-//! Issue 9's scenarios through the FinService reconciler against the stateful fake API
+//! The rollout scenarios (`docs/architecture.md`, Blue-green rollouts) through the FinService reconciler against the stateful fake API
 //! ([`super::fake`]): every FinService of the namespace is reconciled once per 10 s
 //! tick, then the simulated Deployment controller and kubelet catch up.
 
@@ -12,12 +12,12 @@ use super::finservice::reconcile;
 use crate::analysis::Traffic;
 use crate::conditions;
 use crate::crd::{AnalysisStage, AnalysisVerdict, Color, FinService, Phase};
-use crate::finservice::tests::settings;
+use crate::finservice::fixtures::settings;
 use crate::rollout::{self, reason};
 
 const TICK: i64 = 10;
 
-use crate::graph::DESIGN_GRAPH as SIX;
+use crate::graph::SIX_SERVICES as SIX;
 
 fn manifest(name: &str, depends_on: &[&str]) -> Value {
     json!({

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keys::{JwkSet, Keyring};
 
-/// The claims of an access token (DESIGN section 4).
+/// The claims of an access token (`docs/architecture.md`, Identity).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,

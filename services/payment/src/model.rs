@@ -35,7 +35,7 @@ impl Kind {
     }
 }
 
-/// The status machine (DESIGN section 6).
+/// The status machine (`docs/architecture.md`, C, payment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {

@@ -3,7 +3,7 @@
 //! A handler never builds a response body for a failure by hand: it returns an
 //! [`ApiError`], whose [`IntoResponse`] writes
 //! `{"success": false, "error": {"code", "message", "details"}}` with the status that
-//! belongs to the code (DESIGN section 3). Internal causes (SQL, I/O, broker errors) are
+//! belongs to the code (`docs/architecture.md`, Errors and the envelope). Internal causes (SQL, I/O, broker errors) are
 //! logged with the request's span and replaced by a generic message, so a response never
 //! carries a stack trace or SQL text.
 

@@ -1,7 +1,7 @@
 //! Who is calling, as told by the sidecar.
 //!
 //! An app never sees a token: its sidecar validates the JWT, strips any client-supplied
-//! identity headers and sets its own (DESIGN section 3). This module reads those headers
+//! identity headers and sets its own (`docs/architecture.md`, Identity). This module reads those headers
 //! into an [`Identity`]. Apps bind to localhost, so only the sidecar can set them.
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};

@@ -4,7 +4,7 @@
 //!
 //! - [`config`]: clap-derived configuration pieces (HTTP, database, Redis, AMQP,
 //!   telemetry), secrets as `SecretString`, every error reported at start.
-//! - [`error`] and [`extract`]: one `ApiError` into the JSON envelope of DESIGN section 3,
+//! - [`error`] and [`extract`]: one `ApiError` into the JSON envelope (`docs/architecture.md`),
 //!   and `Json`/`Path`/`Query` extractors whose rejections are `400 VALIDATION_ERROR`.
 //! - [`money`]: `Currency`, `Amount` and `Money` on `rust_decimal`, never a float;
 //!   [`fx`]: their reference values, for limits and thresholds across currencies.

@@ -163,7 +163,7 @@ fn ed25519_key(jwk: &Jwk) -> Option<(String, DecodingKey)> {
     Some((kid, DecodingKey::from_ed_der(&bytes)))
 }
 
-/// The verified claims of a token (DESIGN section 4).
+/// The verified claims of a token (`docs/architecture.md`, Identity).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claims {
     pub sub: String,

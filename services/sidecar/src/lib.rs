@@ -3,7 +3,7 @@
 //! # The model
 //!
 //! Apps never see a token and never trust a client: they bind to localhost and learn
-//! who is calling only from headers their sidecar sets (DESIGN sections 3 and 4). So
+//! who is calling only from headers their sidecar sets (`docs/architecture.md`, Identity). So
 //! the sidecar is the one place where identity is established, and everything it does
 //! to a request is in a fixed order:
 //!

@@ -159,7 +159,7 @@ impl Service {
     }
 }
 
-/// The gateway's routing table (DESIGN section 3): path prefix to service, no rewrite.
+/// The gateway's routing table (`docs/architecture.md`, Sidecar and gateway): path prefix to service, no rewrite.
 const ROUTES: [(&str, Service); 11] = [
     ("/api/v1/auth", Service::Auth),
     ("/api/v1/users", Service::Auth),

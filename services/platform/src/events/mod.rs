@@ -1,4 +1,4 @@
-//! Events over RabbitMQ (DESIGN section 5).
+//! Events over RabbitMQ (`docs/architecture.md`, Events).
 //!
 //! The model, end to end:
 //! 1. A producer calls [`outbox::enqueue`] inside the transaction that changes its state,

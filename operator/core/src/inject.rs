@@ -8,7 +8,7 @@
 //!   container with a port). Its public port `P` moves to the sidecar, which takes the
 //!   port name `http` and listens on `0.0.0.0:P`; the app gets
 //!   `LISTEN_ADDR=127.0.0.1:<app port>` and the sidecar `UPSTREAM=http://127.0.0.1:<app
-//!   port>`. So the app is reachable only through the sidecar (DESIGN section 2).
+//!   port>`. So the app is reachable only through the sidecar (`docs/architecture.md`, Sidecar and gateway).
 //! - Probes of the app that named the port `http` now use the number `P`: the name no
 //!   longer resolves inside the app container, and probing through the sidecar checks
 //!   the whole path a request takes.

@@ -5,7 +5,7 @@
 //! the rule is added here, next to the others, and nowhere else.
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
-use kube::api::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Name of the ClusterRole (and of the operator's ServiceAccount in the chart).
 pub const NAME: &str = "finflow-operator";
@@ -55,7 +55,7 @@ pub fn rules() -> Vec<PolicyRule> {
         // Credentials: generated once, read before anything is written.
         rule("", &["secrets"], &OWN),
         rule("batch", &["jobs"], &OWN),
-        // Rollouts (issue 9): pods of each color are labelled with their role (watched,
+        // Rollouts: pods of each color are labelled with their role (watched,
         // so a new pod learns it at once), and `/health` is probed through the API
         // server's service proxy.
         rule("", &["pods"], &["get", "list", "watch", "patch"]),

@@ -12,10 +12,10 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe, Secret,
     SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::ObjectMeta;
 
 use crate::conditions::{self, Desired, reasons, types};
 use crate::crd::{Phase, RedisCache, RedisCacheStatus};

@@ -22,15 +22,15 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Probe, Secret, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
     ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 
 use crate::conditions::{self, Desired, reasons, types};
-use crate::config::ClusterDomain;
 use crate::crd::{MessageQueue, MessageQueueStatus, Phase};
+use crate::dns::ClusterDomain;
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
 use crate::pod_security;
 

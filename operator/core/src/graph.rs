@@ -2,14 +2,14 @@
 //!
 //! FinServices name the services they depend on (`dependsOn`). Deploying follows the
 //! topological order in *waves*: a wave holds every service whose dependencies are all
-//! in earlier waves, so the services of one wave can roll out side by side (DESIGN: A,
+//! in earlier waves, so the services of one wave can roll out side by side (A,
 //! B, C, then D and E, then F). Rolling back walks the waves in reverse.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// DESIGN section 8's graph with the module letters as names: B on A, C on B, D and E
+/// The platform's graph with the module letters as names: B on A, C on B, D and E
 /// on A and C, F on B, C and E. The rollout scenarios use it.
-pub const DESIGN_GRAPH: [(&str, &[&str]); 6] = [
+pub const SIX_SERVICES: [(&str, &[&str]); 6] = [
     ("a", &[]),
     ("b", &["a"]),
     ("c", &["b"]),

@@ -1,4 +1,5 @@
-//! The custom resources (group `finflow.dev`, version `v1alpha1`, DESIGN section 8).
+//! The custom resources (group `finflow.dev`, version `v1alpha1`; `docs/architecture.md`,
+//! Operator and custom resources).
 //!
 //! The Rust types are the source of truth: `crdgen` renders them into `crds/`, and a
 //! test fails when the files there differ from what the types generate. Every field

@@ -1,4 +1,4 @@
-//! The blue-green rollout engine (issue 9): pure decisions, no API calls.
+//! The blue-green rollout engine: pure decisions, no API calls.
 //!
 //! Input: the [`DependencyGraph`] of the FinServices and, per service, what was observed
 //! ([`Observed`]): the spec's version, the live (active) color and version and since
@@ -187,6 +187,20 @@ pub enum Request {
 pub const FORCE: &str = "force";
 
 impl Request {
+    /// Whether the request was handled (or can no longer apply) after `step`, so its
+    /// annotation goes: a promotion stays while a preview is on its way or waiting, a
+    /// rollback while dependents roll back first or the old color scales up.
+    pub fn handled_after(self, step: Step) -> bool {
+        match self {
+            Self::Promote { .. } => !matches!(
+                step,
+                Step::AwaitPreview | Step::AwaitPromotion | Step::DeployPreview
+            ),
+            Self::Abort => true,
+            Self::Rollback { .. } => !matches!(step, Step::WaitForDependents | Step::ScaleUpOld),
+        }
+    }
+
     /// The annotation that carries this request: [`request_from_annotations`] reads it
     /// back as this request.
     pub fn annotation(self) -> (&'static str, String) {

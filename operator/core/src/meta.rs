@@ -9,14 +9,14 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Field manager of every write (DESIGN section 8).
+/// Field manager of every write.
 pub const FIELD_MANAGER: &str = "finflow-operator";
 /// Annotation holding the hash of the desired object that was last applied.
 pub const SPEC_HASH: &str = "finflow.dev/spec-hash";

@@ -172,7 +172,7 @@ mod tests {
 
     use super::*;
     use crate::crd::SecretKeyRef;
-    use crate::finservice::tests::{finservice, settings};
+    use crate::finservice::fixtures::{finservice, settings};
 
     fn restricted_pod() -> PodSpec {
         PodSpec {

@@ -1,4 +1,4 @@
-//! Tests of the rollout engine: single decisions, the multi-service scenarios of issue 9
+//! Tests of the rollout engine: single decisions, the multi-service scenarios of `docs/architecture.md` (Blue-green rollouts)
 //! driven through [`plan`] and [`apply`] with a simulated cluster, and properties over
 //! random dependency graphs.
 
@@ -18,7 +18,7 @@ fn svc(version: &str) -> Observed {
     }
 }
 
-/// The FinFlow graph of DESIGN section 8 with the letters as names: B on A, C on B, D and
+/// The FinFlow graph with the letters as names: B on A, C on B, D and
 /// E on A and C, F on B, C and E.
 fn six() -> DependencyGraph {
     DependencyGraph::new([
@@ -378,6 +378,25 @@ fn an_old_abort_does_not_exempt_a_service_from_a_later_cascade() {
     world.get_mut("a").unwrap().request = rollback(true, false);
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
+}
+
+#[test]
+fn requests_stay_only_while_they_are_still_being_carried_out() {
+    let promote = Request::Promote { force: false };
+    assert!(!promote.handled_after(Step::AwaitPromotion));
+    assert!(promote.handled_after(Step::Promote));
+    assert!(promote.handled_after(Step::Steady));
+    assert!(Request::Abort.handled_after(Step::Abort));
+    let cascade = Request::Rollback {
+        cascade: true,
+        force: false,
+    };
+    assert!(!cascade.handled_after(Step::WaitForDependents));
+    assert!(!cascade.handled_after(Step::ScaleUpOld));
+    assert!(cascade.handled_after(Step::Rollback));
+    assert!(cascade.handled_after(Step::Held));
+    // A rollback the schema barrier holds is kept in the status, not the annotation.
+    assert!(cascade.handled_after(Step::BlockedBySchema));
 }
 
 #[test]
@@ -857,7 +876,6 @@ proptest! {
         marked in proptest::collection::btree_set(2_i64..7, 0..3),
         events in proptest::collection::vec((0_usize..9, 0_u8..6, any::<bool>(), any::<bool>()), 1..30),
     ) {
-        use crate::controller::rollout::request_handled;
         let graph = DependencyGraph::new(services.clone()).unwrap();
         let marked: Vec<i64> = marked.into_iter().collect();
         let known = schemas(6, &marked);
@@ -892,7 +910,7 @@ proptest! {
                     if let Some(r) = request
                         && o.request == Some(r)
                         && d.step != Step::BlockedBySchema
-                        && request_handled(r, d.step)
+                        && r.handled_after(d.step)
                     {
                         o.request = None;
                     }

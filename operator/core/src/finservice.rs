@@ -4,7 +4,7 @@
 //! Everything here is a pure function of the resources; the controller
 //! (`controller::finservice`) reads the cluster, calls these, and writes the result.
 //!
-//! Blue-green (issue 9): the status holds the rollout state (the active color and its
+//! Blue-green: the status holds the rollout state (the active color and its
 //! version, the preview or the previous version in the idle color, a failed version),
 //! [`color_plans`] turns it into the version and replica count of each color, and
 //! [`advance`] moves it by one step of [`crate::rollout`]. `<name>` selects the active
@@ -19,10 +19,10 @@ use k8s_openapi::api::core::v1::{
     Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, Service, ServiceAccount,
     ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::api::ObjectMeta;
 use serde::Serialize;
 
 use crate::analysis::{self, Judgement, P99, Verdict};
@@ -709,7 +709,7 @@ fn deployment_for(
         value_env("FINFLOW_SERVICE", name.clone()),
         value_env("FINFLOW_VERSION", version.clone()),
         value_env("FINFLOW_COLOR", color.as_str()),
-        // Issue 9: `preview` or `active` as the pod started; the live value is the file
+        // `preview` or `active` as the pod started; the live value is the file
         // PODINFO_ROLE_FILE (the operator relabels pods on promotion, and only a
         // downward API volume follows label changes). Only `active` consumes work
         // queues: a new pod is empty until the operator, which watches pods, labels it
@@ -1343,26 +1343,29 @@ pub fn status_after_failure(fs: &FinService, failure: &Failure, now: &Time) -> F
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::crd::{FinServiceSpec, SecretKeyRef, SidecarSpec};
-    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+/// Fixtures for tests here and in the runtime crate (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
-    pub(crate) fn settings() -> Settings {
+    use super::Settings;
+    use crate::crd::{FinService, FinServiceSpec, SecretKeyRef, SidecarSpec};
+
+    pub fn settings() -> Settings {
         Settings {
             sidecar_image: "finflow/sidecar:test".into(),
             native_sidecars: true,
         }
     }
 
-    pub(crate) fn at(seconds: i64) -> Time {
+    pub fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
     }
 
     /// A FinService as the API server would hand it over (uid, generation, defaults).
-    pub(crate) fn finservice(name: &str, depends_on: &[&str]) -> FinService {
+    pub fn finservice(name: &str, depends_on: &[&str]) -> FinService {
         let spec = FinServiceSpec {
             image: format!("ghcr.io/finflow/{name}"),
             version: "1.0.0".into(),
@@ -1393,7 +1396,7 @@ pub(crate) mod tests {
     }
 
     /// `deployment` as the Deployment controller reports it once `ready` pods are up.
-    pub(crate) fn with_rollout_status(mut deployment: Deployment, ready: i32) -> Deployment {
+    pub fn with_rollout_status(mut deployment: Deployment, ready: i32) -> Deployment {
         deployment.metadata.generation = Some(1);
         let replicas = deployment
             .spec
@@ -1410,6 +1413,13 @@ pub(crate) mod tests {
         });
         deployment
     }
+}
+
+#[cfg(test)]
+mod tests {
+    pub(crate) use super::fixtures::*;
+    use super::*;
+    use k8s_openapi::api::apps::v1::DeploymentCondition;
 
     fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
         pod.containers
@@ -1423,7 +1433,7 @@ pub(crate) mod tests {
         d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
     }
 
-    /// Issue 9's contract with the services: the role from the pod's label, at start in
+    /// The contract with the services: the role from the pod's label, at start in
     /// `FINFLOW_ROLE` and live in the file `FINFLOW_ROLE_FILE` names, next to the sidecar's.
     #[test]
     fn the_app_learns_its_role_from_the_downward_api() {
@@ -1549,48 +1559,6 @@ pub(crate) mod tests {
             .map(|m| m.name.as_str())
             .collect();
         assert_eq!(at_path, [secret_volume_name(0)]);
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-
-        /// Whatever names and paths a user picks, the Deployments hold every key of a
-        /// keyed list once, as server-side apply requires.
-        #[test]
-        fn no_user_input_makes_a_keyed_list_repeat_a_key(
-            names in proptest::collection::vec(
-                proptest::sample::select(vec![
-                    "DATABASE_URL", "AMQP_URL", "REDIS_URL", "LISTEN_ADDR", "FINFLOW_ROLE",
-                    "FINFLOW_SERVICE", "RUST_LOG",
-                ]),
-                0..6,
-            ),
-            paths in proptest::collection::vec(
-                proptest::sample::select(vec![PODINFO_PATH, "/etc/finflow/sidecar", "/keys"]),
-                0..4,
-            ),
-            sidecar: bool,
-            native: bool,
-        ) {
-            let mut fs = finservice("payment", &[]);
-            fs.spec.queue_ref = Some("events".into());
-            fs.spec.cache_ref = Some("cache".into());
-            fs.spec.sidecar.enabled = sidecar;
-            fs.spec.env = names.iter().map(|n| value_env(n, "user")).collect();
-            fs.spec.secret_mounts = paths
-                .iter()
-                .map(|p| crate::crd::SecretMount {
-                    secret_name: "s".into(),
-                    mount_path: (*p).to_owned(),
-                })
-                .collect();
-            let settings = Settings { native_sidecars: native, ..settings() };
-            for deployment in desired(&fs, &settings, true).deployments {
-                let value = serde_json::to_value(&deployment).unwrap();
-                let duplicate = crate::controller::fake::duplicate_key(&value);
-                proptest::prop_assert!(duplicate.is_none(), "{duplicate:?}");
-            }
-        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn default_true() -> bool {
     true
 }
 
-/// DESIGN section 3: the identity headers an app may rely on.
+/// The identity headers an app may rely on (`docs/architecture.md`, Identity).
 fn default_claim_headers() -> BTreeMap<String, String> {
     [
         ("sub", "X-User-Id"),

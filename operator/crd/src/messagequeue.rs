@@ -1,4 +1,4 @@
-//! `MessageQueue`: a RabbitMQ broker for the FinFlow events (DESIGN section 5).
+//! `MessageQueue`: a RabbitMQ broker for the FinFlow events (`docs/architecture.md`, Events).
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -132,7 +132,7 @@ impl Default for TopologySpec {
     }
 }
 
-/// DESIGN section 5: the events exchange and its dead-letter exchange.
+/// The events exchange (`docs/architecture.md`, Events) and its dead-letter exchange.
 fn default_exchanges() -> Vec<ExchangeSpec> {
     ["finflow.events", "finflow.dlx"]
         .map(|name| ExchangeSpec {
