@@ -276,6 +276,36 @@ impl fmt::Display for Cost {
     }
 }
 
+/// The machine's CPU time so far, from the first line of `/proc/stat`: (all, stolen)
+/// ticks. On a virtual machine, time the host gave to others is "steal": while a phase
+/// runs short of CPU, each unit of work costs more CPU (caches, lock hand-offs), so a
+/// ratio whose two sides met different steal is not a like-for-like figure.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// `machine_ticks` of a `/proc/stat` text.
+pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
+    // already inside user and nice.
+    let all = fields.iter().take(8).sum();
+    Some((all, *fields.get(7)?))
+}
+
+/// The share of the machine's time stolen by the host between two [`machine_ticks`].
+#[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+pub fn steal_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((all0, steal0), (all1, steal1)) = (before?, after?);
+    let all = all1.checked_sub(all0).filter(|a| *a > 0)?;
+    Some(steal1.saturating_sub(steal0) as f64 * 100.0 / all as f64)
+}
+
 /// CPU milliseconds per TPC-B transaction: PostgreSQL's and pgbench's ticks over the
 /// transactions pgbench processed.
 #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
@@ -376,5 +406,15 @@ mod tests {
         // 600 ticks of 10 ms over 25420 transactions.
         let ms = tpcb_ms(500, 100, 25420);
         assert!((ms - 6000.0 / 25420.0).abs() < 1e-12, "{ms}");
+    }
+
+    #[test]
+    fn steal_is_the_eighth_field_of_the_cpu_line_over_all_eight() {
+        let stat = "cpu  700 0 30 200 10 0 10 50 0 0\ncpu0 1 2 3\n";
+        assert_eq!(parse_machine_ticks(stat), Some((1000, 50)));
+        assert_eq!(parse_machine_ticks("intr 1 2\n"), None);
+        let share = steal_percent(Some((1000, 50)), Some((2000, 300))).unwrap();
+        assert!((share - 25.0).abs() < 1e-9, "{share}");
+        assert_eq!(steal_percent(Some((1000, 50)), Some((1000, 50))), None);
     }
 }

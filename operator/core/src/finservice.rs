@@ -11,6 +11,7 @@
 //! color and `<name>-preview` the idle one.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -1064,31 +1065,43 @@ pub fn next_status(
 ) -> FinServiceStatus {
     status_after(
         fs,
-        fs.status.clone().unwrap_or_default(),
-        blockers,
-        held,
-        None,
-        active,
+        Reconciled {
+            state: fs.status.clone().unwrap_or_default(),
+            blockers,
+            held,
+            decision: None,
+            active,
+        },
         now,
     )
 }
 
-/// The status after this reconcile.
-///
-/// `state` carries the rollout state after this reconcile's step ([`advance`]);
-/// `decision` is the step the engine chose. `held` means the desired objects differ from
-/// the cluster but `blockers` kept them from being applied (phase `Waiting`); `active`
-/// is the active color's Deployment as last seen (after any apply). Times only move
-/// when something changed, so the same inputs give back the same status and no write.
-pub fn status_after(
-    fs: &FinService,
-    state: FinServiceStatus,
-    blockers: &[Blocker],
-    held: bool,
-    decision: Option<&rollout::Decision>,
-    active: Option<&Deployment>,
-    now: &Time,
-) -> FinServiceStatus {
+/// What one reconcile found and decided, from which [`status_after`] reports.
+#[derive(Debug, Clone)]
+pub struct Reconciled<'a> {
+    /// The rollout state after this reconcile's step ([`advance`]).
+    pub state: FinServiceStatus,
+    /// What held the desired objects back, and the dependencies that are not Ready.
+    pub blockers: &'a [Blocker],
+    /// The desired objects differ from the cluster but `blockers` kept them from being
+    /// applied (phase `Waiting`).
+    pub held: bool,
+    /// The step the engine chose, if it was asked.
+    pub decision: Option<&'a rollout::Decision>,
+    /// The active color's Deployment as last seen (after any apply).
+    pub active: Option<&'a Deployment>,
+}
+
+/// The status after this reconcile. Times only move when something changed, so the
+/// same inputs give back the same status and no write.
+pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> FinServiceStatus {
+    let Reconciled {
+        state,
+        blockers,
+        held,
+        decision,
+        active,
+    } = reconciled;
     let previous = fs.status.clone().unwrap_or_default();
     let generation = fs.metadata.generation;
     let color = state.active_color.unwrap_or(Color::Blue);
@@ -1328,6 +1341,40 @@ pub fn status_after(
     }
 }
 
+/// The condition whose message explains `phase` (the note of the phase's Event).
+pub fn phase_condition(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Waiting => types::DEPENDENCIES_READY,
+        Phase::Degraded => types::DEGRADED,
+        Phase::Progressing => types::PROGRESSING,
+        Phase::Ready | Phase::Pending => types::READY,
+    }
+}
+
+/// When to reconcile again after a reconcile that ended in `phase` with `step`.
+/// Rollout steps are timed (readiness timeout, observation window, scale-down delay):
+/// while one is under way, look again soon.
+pub fn requeue_after(
+    phase: Phase,
+    step: Option<rollout::Step>,
+    previous_retained: bool,
+) -> Duration {
+    use rollout::Step;
+    let seconds = match (phase, step) {
+        (
+            _,
+            Some(Step::Observe | Step::AwaitPreview | Step::ScaleUpOld | Step::WaitForDependents),
+        ) => 5,
+        // The old color still runs after a promotion: its scale-down is due.
+        (_, Some(Step::Steady)) if previous_retained => 15,
+        (Phase::Ready, _) => 300,
+        (Phase::Waiting, _) => 30,
+        (Phase::Degraded, _) => 60,
+        (Phase::Progressing | Phase::Pending, _) => 5,
+    };
+    Duration::from_secs(seconds)
+}
+
 /// The status after a reconcile that failed: the rollout state as it was (nothing this
 /// reconcile decided is recorded), Ready=False with Stalled or, while a transient
 /// failure is retried, Reconciling ([`conditions::after_failure`]), phase Degraded or
@@ -1559,6 +1606,27 @@ mod tests {
             .map(|m| m.name.as_str())
             .collect();
         assert_eq!(at_path, [secret_volume_name(0)]);
+    }
+
+    #[test]
+    fn a_timed_step_is_looked_at_again_in_seconds_and_a_ready_service_in_minutes() {
+        use rollout::Step;
+        let secs = |phase, step, retained| requeue_after(phase, step, retained).as_secs();
+        assert_eq!(secs(Phase::Ready, Some(Step::Observe), false), 5);
+        assert_eq!(secs(Phase::Ready, Some(Step::AwaitPreview), false), 5);
+        assert_eq!(secs(Phase::Ready, Some(Step::Steady), true), 15);
+        assert_eq!(secs(Phase::Ready, Some(Step::Steady), false), 300);
+        assert_eq!(secs(Phase::Waiting, None, false), 30);
+        assert_eq!(secs(Phase::Degraded, Some(Step::Held), false), 60);
+        assert_eq!(secs(Phase::Progressing, None, false), 5);
+    }
+
+    #[test]
+    fn each_phase_is_explained_by_its_own_condition() {
+        assert_eq!(phase_condition(Phase::Waiting), types::DEPENDENCIES_READY);
+        assert_eq!(phase_condition(Phase::Degraded), types::DEGRADED);
+        assert_eq!(phase_condition(Phase::Progressing), types::PROGRESSING);
+        assert_eq!(phase_condition(Phase::Ready), types::READY);
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
@@ -462,11 +461,13 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     blockers_shown.extend(not_ready);
     let status = finservice::status_after(
         &fs,
-        next,
-        &blockers_shown,
-        held,
-        decision.as_ref(),
-        active.as_ref(),
+        finservice::Reconciled {
+            state: next,
+            blockers: &blockers_shown,
+            held,
+            decision: decision.as_ref(),
+            active: active.as_ref(),
+        },
         &now,
     );
     let previous_phase = state.phase;
@@ -504,38 +505,20 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
         } else {
             EventType::Normal
         };
+        let shown = finservice::phase_condition(phase);
         let note = status
             .conditions
             .iter()
-            .find(|c| {
-                c.type_
-                    == match phase {
-                        Phase::Waiting => "DependenciesReady",
-                        Phase::Degraded => "Degraded",
-                        Phase::Progressing => "Progressing",
-                        _ => "Ready",
-                    }
-            })
+            .find(|c| c.type_ == shown)
             .map(|c| c.message.clone())
             .unwrap_or_default();
         ctx.event(fs.as_ref(), type_, phase.as_str(), "Reconcile", note)
             .await;
     }
 
-    // Rollout steps are timed (readiness timeout, observation window, scale-down
-    // delay): while one is under way, look again soon.
-    Ok(match (phase, step) {
-        (
-            _,
-            Some(Step::Observe | Step::AwaitPreview | Step::ScaleUpOld | Step::WaitForDependents),
-        ) => Action::requeue(Duration::from_secs(5)),
-        // The old color still runs after a promotion: its scale-down is due.
-        (_, Some(Step::Steady)) if status.previous_retained => {
-            Action::requeue(Duration::from_secs(15))
-        }
-        (Phase::Ready, _) => Action::requeue(Duration::from_secs(300)),
-        (Phase::Waiting, _) => Action::requeue(Duration::from_secs(30)),
-        (Phase::Degraded, _) => Action::requeue(Duration::from_secs(60)),
-        (Phase::Progressing | Phase::Pending, _) => Action::requeue(Duration::from_secs(5)),
-    })
+    Ok(Action::requeue(finservice::requeue_after(
+        phase,
+        step,
+        status.previous_retained,
+    )))
 }

@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+#[cfg(feature = "testing")]
+use sqlx::PgConnection;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool};
 
 /// The platform's own tables (outbox, processed events), present in every service database.
 pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/platform");
@@ -21,22 +23,7 @@ pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/plat
 /// a schema it cannot read (`migrations/README.md`).
 pub const INCOMPATIBLE_MARKER: &str = "-- finflow: incompatible-with-previous";
 
-/// The schema a build expects, as its `/health` reports it: its newest embedded
-/// migration, and the embedded ones marked [`INCOMPATIBLE_MARKER`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct SchemaReport {
-    /// The newest migration's version.
-    pub version: i64,
-    /// The migrations the release before each of them cannot run against, oldest first.
-    pub incompatible: Vec<MigrationRef>,
-}
-
-/// A migration by version and description.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct MigrationRef {
-    pub version: i64,
-    pub description: String,
-}
+pub use crate::health::{MigrationRef, SchemaReport};
 
 impl SchemaReport {
     /// What `migrators` (the platform's and a service's sets) hold; `None` when empty.
@@ -136,6 +123,7 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+#[cfg(feature = "testing")]
 /// The server tests create their databases on: `FINFLOW_POSTGRES_URL`, else the
 /// default local server. `dev/backing-services` exports the URL of whichever server it
 /// found or started. (Not `DATABASE_URL`: that names one service's database.)
@@ -144,6 +132,7 @@ pub fn test_server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+#[cfg(feature = "testing")]
 /// A freshly created and migrated database that is dropped when the value is dropped.
 ///
 /// Each test gets its own, so tests run in parallel without seeing each other's rows.
@@ -153,6 +142,7 @@ pub struct TestDb {
     server: PgConnectOptions,
 }
 
+#[cfg(feature = "testing")]
 impl TestDb {
     /// Creates `finflow_test_<uuid>` and applies the platform migrations and `service`'s.
     pub async fn new(service: Option<&Migrator>) -> Self {
@@ -196,6 +186,7 @@ impl TestDb {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Drop for TestDb {
     fn drop(&mut self) {
         // Drop runs inside the test's runtime, which cannot be awaited here; a short-lived

@@ -204,6 +204,7 @@ impl IntoResponse for ApiError {
     }
 }
 
+#[cfg(feature = "db")]
 /// The constraint a unique violation broke, if `err` is one: lets a service answer a
 /// duplicate with its own words (`an account with this email already exists`).
 pub fn unique_violation(err: &sqlx::Error) -> Option<&str> {
@@ -219,6 +220,7 @@ pub fn unique_violation(err: &sqlx::Error) -> Option<&str> {
 /// `CONFLICT` naming the constraint (a duplicate is the client's business, the SQL is
 /// not); check and foreign-key violations mean the code let bad data through and are
 /// internal; connection failures are a dependency being down.
+#[cfg(feature = "db")]
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
@@ -244,6 +246,7 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+#[cfg(feature = "cache")]
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
         Self::dependency("cache", &err)

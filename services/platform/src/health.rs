@@ -12,12 +12,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "events")]
 use secrecy::SecretString;
 use serde::Serialize;
+#[cfg(feature = "events")]
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
-use crate::db::SchemaReport;
+/// The schema a build expects, as its `/health` reports it: its newest embedded
+/// migration, and the embedded ones marked `INCOMPATIBLE_MARKER` (`db`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SchemaReport {
+    /// The newest migration's version.
+    pub version: i64,
+    /// The migrations the release before each of them cannot run against, oldest first.
+    pub incompatible: Vec<MigrationRef>,
+}
+
+/// A migration by version and description.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct MigrationRef {
+    pub version: i64,
+    pub description: String,
+}
 
 /// How long one dependency check may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,8 +49,10 @@ pub trait Check: Send + Sync + 'static {
 }
 
 /// `SELECT 1` on the pool.
+#[cfg(feature = "db")]
 pub struct Postgres(pub sqlx::PgPool);
 
+#[cfg(feature = "db")]
 impl Check for Postgres {
     fn probe(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -47,8 +66,10 @@ impl Check for Postgres {
 }
 
 /// `PING` on the shared connection.
+#[cfg(feature = "cache")]
 pub struct Redis(pub redis::aio::ConnectionManager);
 
+#[cfg(feature = "cache")]
 impl Check for Redis {
     fn probe(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -63,11 +84,13 @@ impl Check for Redis {
 }
 
 /// A kept-open connection to RabbitMQ, reopened when it drops.
+#[cfg(feature = "events")]
 pub struct RabbitMq {
     url: SecretString,
     connection: Mutex<Option<lapin::Connection>>,
 }
 
+#[cfg(feature = "events")]
 impl RabbitMq {
     pub fn new(url: SecretString) -> Self {
         Self {
@@ -77,6 +100,7 @@ impl RabbitMq {
     }
 }
 
+#[cfg(feature = "events")]
 impl Check for RabbitMq {
     fn probe(&self) -> CheckFuture<'_> {
         Box::pin(async move {

@@ -42,6 +42,7 @@ pub enum Tier {
 }
 
 /// Stores a string enum as TEXT (the column's CHECK constraint lists the values).
+#[cfg(feature = "db")]
 macro_rules! text_column {
     ($ty:ty) => {
         impl sqlx::Type<sqlx::Postgres> for $ty {
@@ -73,7 +74,9 @@ macro_rules! text_column {
     };
 }
 
+#[cfg(feature = "db")]
 text_column!(KycStatus);
+#[cfg(feature = "db")]
 text_column!(Tier);
 
 impl KycStatus {

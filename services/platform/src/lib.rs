@@ -23,13 +23,22 @@
 //! - [`telemetry`]: logs, OpenTelemetry traces (exported when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set), `traceparent` through HTTP and AMQP.
 //! - [`testing`]: an SMTP sink for tests and local runs.
+//!
+//! Features keep each binary to what it uses: `db` (sqlx), `events` (lapin; with `db`,
+//! and the [`service`] runner), `cache` (redis), `testing` (the test harness: the SMTP
+//! sink, a closed port, `db::TestDb`, `events::TestVhost`). All are on by default for
+//! this crate's own tests; the services take `db`, `events` and `cache`, the sidecar
+//! none, and every crate's tests add `testing`.
 
+#[cfg(feature = "cache")]
 pub mod cache;
 pub mod client;
 pub mod config;
+#[cfg(feature = "db")]
 pub mod db;
 pub mod email;
 pub mod error;
+#[cfg(feature = "events")]
 pub mod events;
 pub mod extract;
 pub mod fx;
@@ -38,8 +47,10 @@ pub mod http;
 pub mod identity;
 pub mod money;
 pub mod openapi;
+#[cfg(feature = "events")]
 pub mod service;
 pub mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use email::Email;

@@ -273,6 +273,7 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::Type<sqlx::Postgres> for Amount {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
         <Decimal as sqlx::Type<sqlx::Postgres>>::type_info()
@@ -282,12 +283,14 @@ impl sqlx::Type<sqlx::Postgres> for Amount {
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::postgres::PgHasArrayType for Amount {
     fn array_type_info() -> sqlx::postgres::PgTypeInfo {
         <Decimal as sqlx::postgres::PgHasArrayType>::array_type_info()
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::Encode<'_, sqlx::Postgres> for Amount {
     fn encode_by_ref(
         &self,
@@ -297,6 +300,7 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Amount {
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::Decode<'_, sqlx::Postgres> for Amount {
     fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
         let d = <Decimal as sqlx::Decode<'_, sqlx::Postgres>>::decode(value)?;
@@ -304,6 +308,7 @@ impl sqlx::Decode<'_, sqlx::Postgres> for Amount {
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::Type<sqlx::Postgres> for Currency {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
         <&str as sqlx::Type<sqlx::Postgres>>::type_info()
@@ -313,12 +318,14 @@ impl sqlx::Type<sqlx::Postgres> for Currency {
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::postgres::PgHasArrayType for Currency {
     fn array_type_info() -> sqlx::postgres::PgTypeInfo {
         <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::Encode<'_, sqlx::Postgres> for Currency {
     fn encode_by_ref(
         &self,
@@ -328,6 +335,7 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Currency {
     }
 }
 
+#[cfg(feature = "db")]
 impl sqlx::Decode<'_, sqlx::Postgres> for Currency {
     fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
         let code = <&str as sqlx::Decode<'_, sqlx::Postgres>>::decode(value)?;

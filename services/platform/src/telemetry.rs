@@ -10,8 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use http::HeaderMap;
+#[cfg(feature = "events")]
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+#[cfg(feature = "events")]
+use opentelemetry::propagation::Extractor;
+use opentelemetry::propagation::{Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, global};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -118,6 +121,7 @@ pub fn set_parent_from_http(span: &tracing::Span, headers: &HeaderMap) {
 }
 
 /// Makes `span` a child of the trace context carried by AMQP message headers.
+#[cfg(feature = "events")]
 pub fn set_parent_from_amqp(span: &tracing::Span, headers: Option<&FieldTable>) {
     let Some(headers) = headers else { return };
     let cx = propagator().extract(&AmqpExtractor(headers));
@@ -235,6 +239,7 @@ pub fn current_context_map() -> BTreeMap<String, String> {
 }
 
 /// AMQP headers holding the given trace context entries.
+#[cfg(feature = "events")]
 pub fn amqp_headers(context: &BTreeMap<String, String>) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in context {
@@ -259,8 +264,10 @@ impl Injector for MapInjector<'_> {
     }
 }
 
+#[cfg(feature = "events")]
 struct AmqpExtractor<'a>(&'a FieldTable);
 
+#[cfg(feature = "events")]
 impl Extractor for AmqpExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         match self.0.inner().get(key)? {

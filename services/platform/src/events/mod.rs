@@ -160,6 +160,7 @@ pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection
     Connection::connect(url.expose_secret(), props).await
 }
 
+#[cfg(feature = "testing")]
 /// The RabbitMQ tests use: `FINFLOW_AMQP_URL`, else the default local broker.
 pub fn test_url() -> SecretString {
     std::env::var("FINFLOW_AMQP_URL")
@@ -167,6 +168,7 @@ pub fn test_url() -> SecretString {
         .into()
 }
 
+#[cfg(feature = "testing")]
 /// A RabbitMQ vhost of its own for one test (or one test platform), deleted on drop.
 ///
 /// Queues are named `<consumer>.<purpose>` and exchanges are fixed by the contract, so
@@ -177,6 +179,7 @@ pub struct TestVhost {
     pub url: SecretString,
 }
 
+#[cfg(feature = "testing")]
 impl TestVhost {
     /// Creates `finflow_test_<uuid>` through `dev/backing-services vhost add`, on the
     /// broker of [`test_url`].
@@ -210,12 +213,14 @@ impl TestVhost {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Default for TestVhost {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(feature = "testing")]
 impl Drop for TestVhost {
     fn drop(&mut self) {
         let _ = std::process::Command::new(backing_script())
@@ -225,6 +230,7 @@ impl Drop for TestVhost {
     }
 }
 
+#[cfg(feature = "testing")]
 fn backing_script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dev/backing-services")
 }

@@ -1,0 +1,269 @@
+//! The `payments` benchmark: payments through the gateway against pgbench's TPC-B on
+//! the same PostgreSQL, and what one payment costs ([`finflow_e2e::cost`]).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use finflow_e2e::cost;
+use finflow_e2e::launcher::Platform;
+use finflow_e2e::tools::{ensure_tool, which};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::process::Command;
+
+pub(crate) async fn payments(
+    platform: &Platform,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    ensure_tool("pgbench", "postgresql-contrib")
+        .await
+        .or_else(|_| {
+            if which("pgbench") || std::path::Path::new("/usr/lib/postgresql").exists() {
+                Ok(())
+            } else {
+                bail!("pgbench missing")
+            }
+        })?;
+    let client = platform.client();
+    // Senders with enough money for the whole run; each sends to a receiver.
+    let mut pairs = Vec::new();
+    for i in 0..concurrency {
+        let (sender, from) = client
+            .new_user(&format!("bench-s{i}"))
+            .await
+            .with_wallet("USD")
+            .await;
+        for _ in 0..4 {
+            let deposit = sender
+                .pay(
+                    "deposit",
+                    json!({"to_wallet_id": from, "amount": "9000.00", "currency": "USD"}),
+                    &uuid::Uuid::new_v4().to_string(),
+                    Some(30),
+                )
+                .await;
+            if deposit.body["data"]["status"] != "COMPLETED" {
+                bail!("funding failed: {}", deposit.body);
+            }
+        }
+        let (_, to) = client
+            .new_user(&format!("bench-r{i}"))
+            .await
+            .with_wallet("USD")
+            .await;
+        pairs.push((sender, from, to));
+    }
+
+    let http = reqwest::Client::new();
+    let payments_db = platform
+        .backing
+        .database_url(&format!("{}_payment", platform.options.database_prefix));
+    // C's clock, which stamps the payments.
+    let started_at = psql_value(&payments_db, "SELECT now()").await?;
+    let before = cost::snapshot(platform, &http).await?;
+    let machine_before = cost::machine_ticks();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let tasks: Vec<_> = pairs
+        .into_iter()
+        .map(|(sender, from, to)| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut ids = Vec::new();
+                let mut refused = 0usize;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let a = sender
+                        .pay("transfer", json!({"from_wallet_id": from, "to_wallet_id": to, "amount": "1.00", "currency": "USD"}), &uuid::Uuid::new_v4().to_string(), None)
+                        .await;
+                    // Only accepted payments count: a refusal is not an accept latency.
+                    if a.status == StatusCode::ACCEPTED {
+                        latencies.push(t.elapsed());
+                        ids.push(a.body["data"]["id"].as_str().unwrap_or_default().to_owned());
+                    } else {
+                        refused += 1;
+                    }
+                }
+                (sender, latencies, ids, refused)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut refused = 0usize;
+    for t in tasks {
+        let (_sender, l, _ids, r) = t.await?;
+        latencies.extend(l);
+        refused += r;
+    }
+    // Completed = the moment the last accepted payment is terminal, read from C's
+    // database: asking through the gateway would add its own load to what is measured.
+    let completed = loop {
+        let counts = psql_value(
+            &payments_db,
+            &format!(
+                "SELECT count(*) FILTER (WHERE status IN ('PENDING', 'ON_HOLD')) || '|' || \
+                 count(*) FILTER (WHERE status = 'COMPLETED') \
+                 FROM payments WHERE kind = 'transfer' AND created_at >= '{}'",
+                started_at
+            ),
+        )
+        .await?;
+        let (open, done) = counts.split_once('|').unwrap_or(("0", "0"));
+        if open == "0" {
+            break done.parse::<u64>().unwrap_or(0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = started.elapsed();
+    // The payments are settled; the consumers that follow them (D, E, F) may still be
+    // working through their queues: their work is the payments' cost too. Done when no
+    // event has been consumed for a second.
+    let mut after = cost::snapshot(platform, &http).await?;
+    let mut quiet = 0;
+    while quiet < 4 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = cost::snapshot(platform, &http).await?;
+        quiet = if now.consumed == after.consumed {
+            quiet + 1
+        } else {
+            0
+        };
+        after = now;
+    }
+    // Backends report their commits at most once a second: give the last ones time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after.xacts = cost::snapshot(platform, &http).await?.xacts;
+    let paid = cost::Cost::between(&before, &after, completed);
+    let payments_steal = cost::steal_percent(machine_before, cost::machine_ticks());
+    latencies.sort();
+    let pct = |p: usize| {
+        latencies
+            .get(latencies.len().saturating_sub(1) * p / 100)
+            .copied()
+            .unwrap_or_default()
+    };
+
+    // Baseline: TPC-B on the same server, same concurrency.
+    let pgbench_db = format!("{}_pgbench", platform.options.database_prefix);
+    let server = platform.backing.database_url("postgres");
+    run_psql(&server, &format!("DROP DATABASE IF EXISTS {pgbench_db}")).await?;
+    run_psql(&server, &format!("CREATE DATABASE {pgbench_db}")).await?;
+    let url = platform.backing.database_url(&pgbench_db);
+    let pgbench = pgbench_path();
+    let init = Command::new(&pgbench)
+        .args(["-i", "-q", "-s", "1", &url])
+        .output()
+        .await?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let (postgres_before, children_before) = (
+        cost::backing_now().get("postgres").copied().unwrap_or(0),
+        cost::own_children_ticks(),
+    );
+    let tpcb_machine_before = cost::machine_ticks();
+    let out = Command::new(&pgbench)
+        .args([
+            "-c",
+            &concurrency.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            &url,
+        ])
+        .output()
+        .await?;
+    // pgbench has exited and been reaped: its ticks are this process's children's.
+    let postgres_ticks = cost::backing_now()
+        .get("postgres")
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(postgres_before);
+    let pgbench_ticks = cost::own_children_ticks().saturating_sub(children_before);
+    let tpcb_steal = cost::steal_percent(tpcb_machine_before, cost::machine_ticks());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let transactions = cost::pgbench_transactions(&text)
+        .with_context(|| format!("no transaction count in pgbench output:\n{text}"))?;
+    let tpcb_ms = cost::tpcb_ms(postgres_ticks, pgbench_ticks, transactions);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench output:\n{text}"))?;
+    run_psql(&server, &format!("DROP DATABASE IF EXISTS {pgbench_db}")).await?;
+
+    #[allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+    {
+        let rate = completed as f64 / elapsed.as_secs_f64();
+        println!("\n{concurrency} concurrent clients, {seconds} s of submissions");
+        println!(
+            "payments accepted: {}, refused: {refused}, completed: {completed} in {:.1} s",
+            latencies.len(),
+            elapsed.as_secs_f64()
+        );
+        println!("completed payments/s through the gateway: {rate:.1}");
+        println!(
+            "accept latency p50 {:.1} ms, p99 {:.1} ms",
+            pct(50).as_secs_f64() * 1000.0,
+            pct(99).as_secs_f64() * 1000.0
+        );
+        println!("pgbench TPC-B on the same PostgreSQL, -c {concurrency}: {tps:.1} tps");
+        println!(
+            "throughput ratio (payments/s : TPC-B tps) = {:.3}",
+            rate / tps
+        );
+        println!("\n{paid}");
+        println!(
+            "PostgreSQL CPU per payment: {:.3} ms; per TPC-B transaction (PostgreSQL + pgbench): {tpcb_ms:.3} ms",
+            paid.part_ms("postgres")
+        );
+        println!(
+            "cost ratio (CPU per payment / CPU per TPC-B transaction) = {:.2}",
+            paid.total_ms() / tpcb_ms
+        );
+        let shown = |s: Option<f64>| s.map_or_else(|| "unknown".to_owned(), |s| format!("{s:.1}%"));
+        println!(
+            "CPU stolen by the host (virtual machines): {} while paying, {} during TPC-B; \
+             the ratios compare like with like only when both are low",
+            shown(payments_steal),
+            shown(tpcb_steal)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn pgbench_path() -> String {
+    if which("pgbench") {
+        return "pgbench".to_owned();
+    }
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin/pgbench"))
+                .find(|p| p.exists())
+        })
+        .map_or_else(|| "pgbench".to_owned(), |p| p.display().to_string())
+}
+
+/// The single value `sql` answers, as psql prints it unaligned.
+pub(crate) async fn psql_value(url: &str, sql: &str) -> anyhow::Result<String> {
+    let out = Command::new("psql")
+        .args([url, "-Atc", sql])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+pub(crate) async fn run_psql(url: &str, sql: &str) -> anyhow::Result<()> {
+    psql_value(url, sql).await.map(drop)
+}
