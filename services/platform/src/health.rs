@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
 /// The schema a build expects, as its `/health` reports it: its newest embedded
-/// migration, and the embedded ones marked `INCOMPATIBLE_MARKER` (`db`).
+/// migration, and the embedded ones marked [`INCOMPATIBLE_MARKER`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SchemaReport {
     /// The newest migration's version.

@@ -85,7 +85,7 @@ async fn balance(pool: &PgPool, id: Uuid) -> Amount {
         .unwrap()
 }
 
-/// The books: every invariant of the money rules (`docs/architecture.md`) that B owns.
+/// The books: every invariant of `docs/architecture.md` (Money; B, wallet) that B owns.
 async fn assert_books_balance(pool: &PgPool, deposited: Amount) {
     let user_total: Amount =
         sqlx::query_scalar("SELECT coalesce(sum(balance), 0) FROM wallets WHERE kind = 'user'")
