@@ -24,7 +24,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use serde::Serialize;
 
 use crate::analysis::{self, Judgement, P99, Verdict};
 use crate::conditions::{self, Desired, Failure, reasons, types};
@@ -85,32 +84,17 @@ pub struct Owned {
     pub services: [Service; 2],
 }
 
-/// The sidecar's own configuration file (`sidecar.json`). Secrets stay out of it: the
-/// HS256 secret reaches the sidecar as an environment variable from its Secret.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SidecarConfig<'a> {
-    issuer: Option<&'a str>,
-    audiences: &'a [String],
-    jwks_uri: Option<&'a str>,
-    hs256: bool,
-    public_paths: &'a [String],
-    claim_headers: &'a BTreeMap<String, String>,
-    /// Left out when empty, so sidecars older than the setting still read the file.
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    trusted_proxies: &'a [String],
-}
-
+/// The sidecar's `sidecar.json` for `fs`.
 fn sidecar_config_json(fs: &FinService) -> String {
     let s = &fs.spec.sidecar;
-    let config = SidecarConfig {
-        issuer: s.jwt_issuer.as_deref(),
-        audiences: &s.audiences,
-        jwks_uri: s.jwks_uri.as_deref(),
+    let config = finflow_contracts::sidecar::SidecarFile {
+        issuer: s.jwt_issuer.clone(),
+        audiences: s.audiences.clone(),
+        jwks_uri: s.jwks_uri.clone(),
         hs256: s.hs256_secret_ref.is_some(),
-        public_paths: &s.public_paths,
-        claim_headers: &s.claim_headers,
-        trusted_proxies: &s.trusted_proxies,
+        public_paths: s.public_paths.clone(),
+        claim_headers: s.claim_headers.clone(),
+        trusted_proxies: s.trusted_proxies.clone(),
     };
     serde_json::to_string_pretty(&config).unwrap_or_default()
 }

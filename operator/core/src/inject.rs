@@ -44,7 +44,7 @@ pub const APP_PORT_ANNOTATION: &str = "finflow.dev/app-port";
 /// The public container port's name, owned by the sidecar after injection.
 pub const HTTP_PORT: &str = "http";
 /// Key of the sidecar configuration inside its ConfigMap.
-pub const CONFIG_FILE: &str = "sidecar.json";
+pub const CONFIG_FILE: &str = finflow_contracts::sidecar::FILE_NAME;
 /// Key of the sidecar ConfigMap (and file next to [`CONFIG_FILE`]) holding the token
 /// issuer's epoch: its live version and color. The sidecar refetches the JWK set when
 /// it changes, so a promotion or rollback of the auth service reaches every sidecar.

@@ -36,18 +36,19 @@ pub mod tokens;
 pub mod verification;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Args;
 use finflow_platform::cache;
 use finflow_platform::config::{RedisConfig, Validate};
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::http::ShutdownSignal;
+use finflow_platform::service::{self, Background, Service};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -57,16 +58,9 @@ pub const SERVICE: &str = "auth";
 /// Service A's migrations (`migrations/auth`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/auth");
 
-/// Configuration of service A.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-auth",
-    version,
-    about = "FinFlow service A: identity, sessions, JWT issuer"
-)]
-pub struct Config {
-    #[command(flatten)]
-    pub service: ServiceConfig,
+/// Service A's own settings, beside what every service is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
     #[command(flatten)]
     pub redis: RedisConfig,
     /// `iss` of issued tokens; sidecars must expect the same value.
@@ -108,15 +102,8 @@ pub struct Config {
     pub register_limit_per_address: u32,
 }
 
-impl HasServiceConfig for Config {
-    fn service_config(&self) -> &ServiceConfig {
-        &self.service
-    }
-}
-
-impl Validate for Config {
+impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.service.validate(errors);
         self.redis.validate(errors);
         if self.access_token_ttl_secs < 60 || self.access_token_ttl_secs > 3600 {
             errors.push("ACCESS_TOKEN_TTL_SECS must be between 60 and 3600".to_owned());
@@ -189,84 +176,97 @@ struct ApiDoc;
 /// How often the key directory is re-read for rotations.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs service A on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let base = &config.service;
-    let pool = base.database(&MIGRATIONS).await?;
-    let redis = cache::connect(&config.redis.redis_url).await?;
+/// The whole configuration of service A.
+pub type Config = service::Config<Settings>;
 
-    let rotation = config
-        .jwt_key_rotation_days
-        .map(|d| Duration::from_secs(u64::from(d) * 86_400));
-    let load_keys = {
-        let dir = config.jwt_keys_dir.clone();
-        let generate = config.jwt_keys_generate;
-        move || keys::Keyring::load_dir(&dir, generate, rotation, chrono::Utc::now())
-    };
-    let issuer = tokens::Issuer::new(
-        config.jwt_issuer.clone(),
-        config.jwt_audience.clone(),
-        Duration::from_secs(config.access_token_ttl_secs),
-        load_keys()?,
-    );
-    let settings = api::Settings {
-        refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
-        login_limit_per_account: config.login_limit_per_account,
-        login_limit_per_address: config.login_limit_per_address,
-        register_limit_per_address: config.register_limit_per_address,
-        service_clients: parse_service_clients(config.service_clients.as_ref())
-            .map_err(anyhow::Error::msg)?,
-    };
+/// Service A.
+pub struct Auth;
 
-    let mut background = Background::new();
-    background.relay(&pool, &base.amqp, SERVICE);
-    background.consume(
-        &pool,
-        &base.amqp.amqp_url,
-        base.consumer(consumers::kyc_queue()),
-        consumers::KycUpdates,
-    );
-    {
-        let issuer = issuer.clone();
-        let stop = background.stop_token();
-        background.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+impl Service for Auth {
+    const NAME: &'static str = SERVICE;
+    const ABOUT: &'static str = "FinFlow service A: identity, sessions, JWT issuer";
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
+    type Settings = Settings;
+
+    /// Runs service A on `listener` until `shutdown` resolves.
+    async fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> anyhow::Result<()> {
+        let (base, config) = (&config.service, &config.settings);
+        let pool = base.database(&MIGRATIONS).await?;
+        let redis = cache::connect(&config.redis.redis_url).await?;
+
+        let rotation = config
+            .jwt_key_rotation_days
+            .map(|d| Duration::from_secs(u64::from(d) * 86_400));
+        let load_keys = {
+            let dir = config.jwt_keys_dir.clone();
+            let generate = config.jwt_keys_generate;
+            move || keys::Keyring::load_dir(&dir, generate, rotation, chrono::Utc::now())
+        };
+        let issuer = tokens::Issuer::new(
+            config.jwt_issuer.clone(),
+            config.jwt_audience.clone(),
+            Duration::from_secs(config.access_token_ttl_secs),
+            load_keys()?,
+        );
+        let settings = api::Settings {
+            refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
+            login_limit_per_account: config.login_limit_per_account,
+            login_limit_per_address: config.login_limit_per_address,
+            register_limit_per_address: config.register_limit_per_address,
+            service_clients: parse_service_clients(config.service_clients.as_ref())
+                .map_err(anyhow::Error::msg)?,
+        };
+
+        let mut background = Background::new();
+        background.relay(&pool, &base.amqp, SERVICE);
+        background.consume(
+            &pool,
+            &base.amqp.amqp_url,
+            base.consumer(consumers::kyc_queue()),
+            consumers::KycUpdates,
+        );
+        {
+            let issuer = issuer.clone();
+            let stop = background.stop_token();
+            background.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+                    }
+                    match tokio::task::spawn_blocking(load_keys.clone()).await {
+                        Ok(Ok(ring)) => issuer.set_keyring(ring),
+                        Ok(Err(e)) => tracing::error!(error = %e, "signing keys could not be reloaded; keeping the current ones"),
+                        Err(e) => tracing::error!(error = %e, "key reload panicked"),
+                    }
                 }
-                match tokio::task::spawn_blocking(load_keys.clone()).await {
-                    Ok(Ok(ring)) => issuer.set_keyring(ring),
-                    Ok(Err(e)) => tracing::error!(error = %e, "signing keys could not be reloaded; keeping the current ones"),
-                    Err(e) => tracing::error!(error = %e, "key reload panicked"),
-                }
-            }
-        });
+            });
+        }
+        let health = base
+            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
+            .critical("redis", health::Redis(redis.clone()))
+            .build();
+        let state = api::AppState {
+            pool,
+            redis,
+            issuer,
+            settings: Arc::new(settings),
+        };
+        service::serve(
+            base,
+            listener,
+            api::router(state.clone()).merge(kyc::router(state)),
+            health,
+            ApiDoc::openapi(),
+            background,
+            shutdown,
+        )
+        .await
     }
-    let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-        .critical("redis", health::Redis(redis.clone()))
-        .build();
-    let state = api::AppState {
-        pool,
-        redis,
-        issuer,
-        settings: Arc::new(settings),
-    };
-    service::serve(
-        base,
-        listener,
-        api::router(state.clone()).merge(kyc::router(state)),
-        health,
-        ApiDoc::openapi(),
-        background,
-        shutdown,
-    )
-    .await
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `finflow-auth`: the platform's service `main` around [`finflow_auth::run`], and the
+//! `finflow-auth`: the platform's service `main` around [`finflow_auth::Auth`], and the
 //! operator command `finflow-auth grant-role EMAIL ROLE` ([`finflow_auth::admin`]).
 
 use clap::Parser;
@@ -9,18 +9,18 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("grant-role") {
-        let command = finflow_auth::admin::GrantRole::parse_from(std::env::args().skip(1));
-        let email = command.email.clone();
-        let roles = command.run().await?;
-        println!("{email}: {}", roles.join(", "));
-        return Ok(());
+        return grant_role();
     }
-    finflow_platform::service::main::<finflow_auth::Config, _, _>(
-        finflow_auth::SERVICE,
-        finflow_auth::run,
-    )
-    .await
+    finflow_platform::service::main::<finflow_auth::Auth>()
+}
+
+#[tokio::main]
+async fn grant_role() -> anyhow::Result<()> {
+    let command = finflow_auth::admin::GrantRole::parse_from(std::env::args().skip(1));
+    let email = command.email.clone();
+    let roles = command.run().await?;
+    println!("{email}: {}", roles.join(", "));
+    Ok(())
 }

@@ -6,31 +6,12 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use finflow_contracts::identity::{Audience, TokenClaims};
 use finflow_platform::identity::{KycStatus, Tier};
 use jsonwebtoken::{Algorithm, Header};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::keys::{JwkSet, Keyring};
-
-/// The claims of an access token (`docs/architecture.md`, Identity).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
-    pub roles: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kyc_status: Option<KycStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tier: Option<Tier>,
-    pub iss: String,
-    pub aud: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub jti: String,
-}
 
 /// Who a token is for.
 #[derive(Debug, Clone)]
@@ -94,16 +75,16 @@ impl Issuer {
     ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
         let expires_at =
             now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
-        let claims = Claims {
+        let claims = TokenClaims {
             sub: subject.sub,
             email: subject.email,
             roles: subject.roles,
-            kyc_status: subject.kyc_status,
-            tier: subject.tier,
+            kyc_status: subject.kyc_status.map(|k| k.as_str().to_owned()),
+            tier: subject.tier.map(|t| t.as_str().to_owned()),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: Audience::One(self.audience.clone()),
             iat: now.timestamp(),
-            nbf: now.timestamp(),
+            nbf: Some(now.timestamp()),
             exp: expires_at.timestamp(),
             jti: uuid::Uuid::new_v4().to_string(),
         };
@@ -160,7 +141,7 @@ mod tests {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["aud"]);
         validation.set_issuer(&["iss"]);
-        let data = jsonwebtoken::decode::<Claims>(&token.token, &key, &validation).unwrap();
+        let data = jsonwebtoken::decode::<TokenClaims>(&token.token, &key, &validation).unwrap();
         assert_eq!(data.claims.sub, "u1");
         assert_eq!(data.claims.exp - data.claims.iat, 60);
         std::fs::remove_dir_all(&dir).unwrap();

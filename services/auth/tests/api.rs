@@ -2,49 +2,39 @@
 //! carry the identity headers a sidecar would set; the sidecar itself is tested in its
 //! own crate and the whole chain in e2e.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use finflow_auth::{Config, run};
-use finflow_platform::db::TestDb;
+use finflow_auth::Auth;
 use finflow_platform::events::{self, Event, Publisher, types};
+use finflow_platform::testing::TestService;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery staple";
 
+/// A on a fresh database and vhost, with a key directory of its own.
 struct TestAuth {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    stop: CancellationToken,
-    db: TestDb,
+    service: TestService,
     keys_dir: std::path::PathBuf,
-    vhost: events::TestVhost,
+}
+
+impl std::ops::Deref for TestAuth {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.service
+    }
 }
 
 impl TestAuth {
     async fn spawn(extra: &[&str]) -> Self {
-        finflow_platform::telemetry::init_for_tests();
-        let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
         let keys_dir = std::env::temp_dir().join(format!("finflow-auth-test-{}", Uuid::new_v4()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let redis = finflow_platform::cache::test_url();
-        let vhost = events::TestVhost::new();
-        let amqp = vhost.url.clone();
         let mut args = vec![
-            "finflow-auth".to_owned(),
-            "--listen".into(),
-            addr.to_string(),
-            "--database-url".into(),
-            db.url(),
-            "--redis-url".into(),
+            "--redis-url".to_owned(),
             secrecy::ExposeSecret::expose_secret(&redis).to_owned(),
-            "--amqp-url".into(),
-            secrecy::ExposeSecret::expose_secret(&amqp).to_owned(),
             "--jwt-keys-dir".into(),
             keys_dir.display().to_string(),
             "--jwt-keys-generate".into(),
@@ -58,52 +48,14 @@ impl TestAuth {
             }
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config: Config = finflow_platform::config::try_load_from(args)
-            .unwrap_or_else(|e| panic!("test config: {e:?}"));
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run(config, listener, async move { until.cancelled().await }).await {
-                panic!("auth stopped: {e:#}");
-            }
-        });
-        let app = Self {
-            addr,
-            http: reqwest::Client::new(),
-            stop,
-            db,
+        Self {
+            service: TestService::spawn::<Auth>(&args).await,
             keys_dir,
-            vhost,
-        };
-        app.wait_ready().await;
-        app
-    }
-
-    async fn wait_ready(&self) {
-        let base = format!("http://{}", self.addr);
-        finflow_platform::testing::wait_ready(&self.http, &base, "auth").await;
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        }
     }
 
     async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-        let mut req = self.http.post(self.url(path)).json(&body);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await.unwrap();
-        (r.status(), r.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-        let mut req = self.http.get(self.url(path));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await.unwrap();
-        (r.status(), r.json().await.unwrap())
+        self.service.post(path, &body, headers).await
     }
 
     /// A sign-up with `password` and `full_name`: its status and body.
@@ -196,7 +148,7 @@ impl TestAuth {
 
 impl Drop for TestAuth {
     fn drop(&mut self) {
-        self.stop.cancel();
+        self.service.stop();
         let _ = std::fs::remove_dir_all(&self.keys_dir);
     }
 }

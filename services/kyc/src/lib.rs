@@ -17,17 +17,18 @@ pub mod aml;
 pub mod api;
 pub mod documents;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Args;
 use finflow_platform::Amount;
 use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health;
-use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::http::ShutdownSignal;
+use finflow_platform::service::{self, Background, Service};
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -37,16 +38,9 @@ pub const SERVICE: &str = "kyc";
 /// Service E's migrations (`migrations/kyc`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/kyc");
 
-/// Configuration of service E.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-kyc",
-    version,
-    about = "FinFlow service E: KYC and AML"
-)]
-pub struct Config {
-    #[command(flatten)]
-    pub service: ServiceConfig,
+/// Service E's own settings, beside what every service is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
     /// A, which holds each user's KYC status, and this service's credentials there.
     #[command(flatten)]
     pub client: ClientConfig,
@@ -74,15 +68,8 @@ pub struct Config {
     pub fx: FxConfig,
 }
 
-impl HasServiceConfig for Config {
-    fn service_config(&self) -> &ServiceConfig {
-        &self.service
-    }
-}
-
-impl Validate for Config {
+impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.service.validate(errors);
         self.client.validate(errors);
         self.fx.validate(errors);
         for (name, value) in [
@@ -124,56 +111,69 @@ impl Validate for Config {
 )]
 struct ApiDoc;
 
-/// Runs service E on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let base = &config.service;
-    let pool = base.database(&MIGRATIONS).await?;
-    let rules = aml::Rules {
-        rates: config.fx.rates().map_err(anyhow::Error::msg)?,
-        hold_threshold: Amount::parse(&config.aml_hold_threshold)?,
-        window: Duration::from_secs(config.aml_velocity_window_secs),
-        max_count: config.aml_velocity_max_count,
-        max_amount: Amount::parse(&config.aml_velocity_max_amount)?,
-        structuring_count: config.aml_structuring_count,
-    };
-    let mut background = Background::new();
-    background.relay(&pool, &base.amqp, SERVICE);
-    background.consume(
-        &pool,
-        &base.amqp.amqp_url,
-        base.consumer(aml::payments_queue()),
-        aml::Monitor { rules },
-    );
-    let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-        .optional("auth", health::Upstream::new(&config.client.auth_url))
-        .build();
-    let http = ServiceClient::http_client();
-    let auth = ServiceClient::new(
-        "auth",
-        &config.client.auth_url,
-        config.client.tokens(SERVICE, http.clone()),
-        http,
-    );
-    let state = api::AppState {
-        auth,
-        pool,
-        settings: Arc::new(api::Settings {
-            auto_approve: config.kyc_auto_approve,
-        }),
-    };
-    service::serve(
-        base,
-        listener,
-        api::router(state),
-        health,
-        ApiDoc::openapi(),
-        background,
-        shutdown,
-    )
-    .await
+/// The whole configuration of service E.
+pub type Config = service::Config<Settings>;
+
+/// Service E.
+pub struct Kyc;
+
+impl Service for Kyc {
+    const NAME: &'static str = SERVICE;
+    const ABOUT: &'static str = "FinFlow service E: KYC and AML";
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
+    type Settings = Settings;
+
+    /// Runs service E on `listener` until `shutdown` resolves.
+    async fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> anyhow::Result<()> {
+        let (base, config) = (&config.service, &config.settings);
+        let pool = base.database(&MIGRATIONS).await?;
+        let rules = aml::Rules {
+            rates: config.fx.rates().map_err(anyhow::Error::msg)?,
+            hold_threshold: Amount::parse(&config.aml_hold_threshold)?,
+            window: Duration::from_secs(config.aml_velocity_window_secs),
+            max_count: config.aml_velocity_max_count,
+            max_amount: Amount::parse(&config.aml_velocity_max_amount)?,
+            structuring_count: config.aml_structuring_count,
+        };
+        let mut background = Background::new();
+        background.relay(&pool, &base.amqp, SERVICE);
+        background.consume(
+            &pool,
+            &base.amqp.amqp_url,
+            base.consumer(aml::payments_queue()),
+            aml::Monitor { rules },
+        );
+        let health = base
+            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
+            .optional("auth", health::Upstream::new(&config.client.auth_url))
+            .build();
+        let http = ServiceClient::http_client();
+        let auth = ServiceClient::new(
+            "auth",
+            &config.client.auth_url,
+            config.client.tokens(SERVICE, http.clone()),
+            http,
+        );
+        let state = api::AppState {
+            auth,
+            pool,
+            settings: Arc::new(api::Settings {
+                auto_approve: config.kyc_auto_approve,
+            }),
+        };
+        service::serve(
+            base,
+            listener,
+            api::router(state),
+            health,
+            ApiDoc::openapi(),
+            background,
+            shutdown,
+        )
+        .await
+    }
 }

@@ -4,25 +4,24 @@
 //! delivery takes: deduped by event id, one transaction) when a test needs exact control
 //! over the order and number of payments.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use finflow_kyc::Kyc;
 use finflow_kyc::aml::{self, Monitor, Rules};
 use finflow_kyc::documents::MAX_DOCUMENT_BYTES;
-use finflow_kyc::{Config, run};
 use finflow_platform::Amount;
 use finflow_platform::db::TestDb;
 use finflow_platform::events::consumer::{self, Outcome};
 use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost, types};
 use finflow_platform::fx::{DEFAULT_RATES, Rates};
+use finflow_platform::testing::TestService;
 use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The test's queue on the vhost, bound to every event E publishes.
@@ -66,6 +65,10 @@ impl Caller {
             ("x-user-email", REVIEWER.to_owned()),
             ("x-user-roles", "user,compliance".to_owned()),
         ])
+    }
+
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 
     fn service(name: &str) -> Self {
@@ -207,92 +210,53 @@ impl FakeAuth {
     }
 }
 
+/// E on a fresh database and vhost, A faked, and the test's own queue on the vhost.
 struct TestE {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    stop: CancellationToken,
+    service: TestService,
     broker: Broker,
-    db: TestDb,
     auth: FakeAuth,
-    _vhost: TestVhost,
+}
+
+impl std::ops::Deref for TestE {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.service
+    }
 }
 
 impl TestE {
     async fn spawn(extra: &[&str]) -> Self {
-        finflow_platform::telemetry::init_for_tests();
         let db = TestDb::new(Some(&finflow_kyc::MIGRATIONS)).await;
         let vhost = TestVhost::new();
         // Bound before E can publish anything, so none of the test's events is lost.
         let broker = Broker::connect(&vhost).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let auth = FakeAuth::default();
         let auth_url = auth.clone().serve().await;
         let mut args = vec![
-            "finflow-kyc".to_owned(),
-            "--auth-url".into(),
+            "--auth-url".to_owned(),
             auth_url,
             "--service-client-secret".into(),
             "kyc-secret-for-tests".into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--database-url".into(),
-            db.url(),
-            "--amqp-url".into(),
-            secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let config: Config = finflow_platform::config::try_load_from(args)
-            .unwrap_or_else(|e| panic!("test config: {e:?}"));
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run(config, listener, async move { until.cancelled().await }).await {
-                panic!("kyc stopped: {e:#}");
-            }
-        });
-        let app = Self {
-            addr,
-            http: reqwest::Client::new(),
-            stop,
+        Self {
+            service: TestService::start::<Kyc>(db, vhost, &args).await,
             broker,
-            db,
             auth,
-            _vhost: vhost,
-        };
-        app.wait_ready().await;
-        app
-    }
-
-    async fn wait_ready(&self) {
-        let base = format!("http://{}", self.addr);
-        finflow_platform::testing::wait_ready(&self.http, &base, "kyc").await;
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn send(&self, mut req: reqwest::RequestBuilder, who: &Caller) -> (StatusCode, Value) {
-        for (name, value) in &who.0 {
-            req = req.header(*name, value.as_str());
         }
-        let r = req.send().await.unwrap();
-        let status = r.status();
-        let body = r
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("{status}: the body is not JSON: {e}"));
-        (status, body)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, who: &Caller) -> (StatusCode, Value) {
+        self.service.send(req, &who.headers()).await
     }
 
     async fn get(&self, path: &str, who: &Caller) -> (StatusCode, Value) {
-        self.send(self.http.get(self.url(path)), who).await
+        self.service.get(path, &who.headers()).await
     }
 
     async fn post(&self, path: &str, body: &Value, who: &Caller) -> (StatusCode, Value) {
-        self.send(self.http.post(self.url(path)).json(body), who)
-            .await
+        self.service.post(path, body, &who.headers()).await
     }
 
     /// Submits a document as `user`, expecting 201; returns the submission.
@@ -374,12 +338,6 @@ impl TestE {
             .fetch_one(&self.db.pool)
             .await
             .unwrap()
-    }
-}
-
-impl Drop for TestE {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 

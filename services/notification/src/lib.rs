@@ -24,13 +24,14 @@ pub mod delivery;
 pub mod targets;
 pub mod templates;
 
-use std::future::Future;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::Args;
 use finflow_platform::config::Validate;
-use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::http::ShutdownSignal;
+use finflow_platform::service::{self, Background, Service};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -40,16 +41,9 @@ pub const SERVICE: &str = "notification";
 /// Service D's migrations (`migrations/notification`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
 
-/// Configuration of service D.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-notification",
-    version,
-    about = "FinFlow service D: notifications"
-)]
-pub struct Config {
-    #[command(flatten)]
-    pub service: ServiceConfig,
+/// Service D's own settings, beside what every service is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
     /// SMTP server as smtp://host:port. Plain SMTP: in a cluster it is a relay next to
     /// the service (TLS to the outside world is the relay's job).
     #[arg(long, env = "SMTP_URL", default_value = "smtp://127.0.0.1:2525")]
@@ -86,15 +80,8 @@ pub struct Config {
     pub webhook_allow_nets: targets::AllowedNets,
 }
 
-impl HasServiceConfig for Config {
-    fn service_config(&self) -> &ServiceConfig {
-        &self.service
-    }
-}
-
-impl Validate for Config {
+impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.service.validate(errors);
         if smtp_host_port(&self.smtp_url).is_none() {
             errors.push("SMTP_URL must be smtp://host:port".to_owned());
         }
@@ -173,57 +160,70 @@ mod tests {
 )]
 struct ApiDoc;
 
-/// Runs service D on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let base = &config.service;
-    let pool = base.database(&MIGRATIONS).await?;
-    let (host, port) =
-        smtp_host_port(&config.smtp_url).ok_or_else(|| anyhow::anyhow!("SMTP_URL"))?;
-    let send_timeout = Duration::from_millis(config.delivery_timeout_ms);
-    let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-        .port(port)
-        .timeout(Some(send_timeout))
-        .build();
-    let policy = targets::Policy::new(config.webhook_allow_nets.clone());
-    let mut background = Background::new();
-    background.consume(
-        &pool,
-        &base.amqp.amqp_url,
-        base.consumer(consumer::queue()),
-        consumer::Notifier,
-    );
-    let sender = delivery::Sender {
-        pool: pool.clone(),
-        smtp,
-        mail_from: config.mail_from.clone(),
-        http: webhook_client(&policy, send_timeout)?,
-        policy: policy.clone(),
-        max_attempts: config.delivery_max_attempts,
-        retry_base: Duration::from_millis(config.delivery_retry_base_ms),
-        retry_cap: Duration::from_secs(300),
-        send_timeout,
-    };
-    background.spawn(sender.run(
-        config.delivery_senders,
-        Duration::from_millis(config.delivery_poll_ms),
-        background.stop_token(),
-    ));
-    let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-        .build();
-    let api = api::router(api::AppState { pool, policy });
-    service::serve(
-        base,
-        listener,
-        api,
-        health,
-        ApiDoc::openapi(),
-        background,
-        shutdown,
-    )
-    .await
+/// The whole configuration of service D.
+pub type Config = service::Config<Settings>;
+
+/// Service D.
+pub struct Notification;
+
+impl Service for Notification {
+    const NAME: &'static str = SERVICE;
+    const ABOUT: &'static str = "FinFlow service D: notifications";
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
+    type Settings = Settings;
+
+    /// Runs service D on `listener` until `shutdown` resolves.
+    async fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> anyhow::Result<()> {
+        let (base, config) = (&config.service, &config.settings);
+        let pool = base.database(&MIGRATIONS).await?;
+        let (host, port) =
+            smtp_host_port(&config.smtp_url).ok_or_else(|| anyhow::anyhow!("SMTP_URL"))?;
+        let send_timeout = Duration::from_millis(config.delivery_timeout_ms);
+        let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(send_timeout))
+            .build();
+        let policy = targets::Policy::new(config.webhook_allow_nets.clone());
+        let mut background = Background::new();
+        background.consume(
+            &pool,
+            &base.amqp.amqp_url,
+            base.consumer(consumer::queue()),
+            consumer::Notifier,
+        );
+        let sender = delivery::Sender {
+            pool: pool.clone(),
+            smtp,
+            mail_from: config.mail_from.clone(),
+            http: webhook_client(&policy, send_timeout)?,
+            policy: policy.clone(),
+            max_attempts: config.delivery_max_attempts,
+            retry_base: Duration::from_millis(config.delivery_retry_base_ms),
+            retry_cap: Duration::from_secs(300),
+            send_timeout,
+        };
+        background.spawn(sender.run(
+            config.delivery_senders,
+            Duration::from_millis(config.delivery_poll_ms),
+            background.stop_token(),
+        ));
+        let health = base
+            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
+            .build();
+        let api = api::router(api::AppState { pool, policy });
+        service::serve(
+            base,
+            listener,
+            api,
+            health,
+            ApiDoc::openapi(),
+            background,
+            shutdown,
+        )
+        .await
+    }
 }

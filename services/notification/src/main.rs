@@ -1,4 +1,4 @@
-//! `finflow-notification`: the platform's service `main` around [`finflow_notification::run`].
+//! `finflow-notification`: the platform's service `main` around [`finflow_notification::Notification`].
 
 // Every request and message allocates and frees buffers, maps and JSON values;
 // mimalloc's thread-local free lists make that cheaper than glibc's malloc, as in the
@@ -6,11 +6,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    finflow_platform::service::main::<finflow_notification::Config, _, _>(
-        finflow_notification::SERVICE,
-        finflow_notification::run,
-    )
-    .await
+fn main() -> anyhow::Result<()> {
+    finflow_platform::service::main::<finflow_notification::Notification>()
 }

@@ -2,28 +2,31 @@
 //! run by the test, and a webhook receiver run by the test.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
+use finflow_notification::Notification;
 use finflow_notification::delivery::{self, SIGNATURE_HEADER};
-use finflow_notification::{Config, run};
 use finflow_platform::db::TestDb;
-use finflow_platform::events::{self, Event, Publisher, TestVhost, types};
-use finflow_platform::testing::{Mailbox, smtp_sink};
+use finflow_platform::events::{self, Event, Publisher, types};
+use finflow_platform::testing::{Mailbox, TestService, smtp_sink};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// D on a fresh database and vhost, mailing an SMTP sink.
 struct TestD {
-    addr: SocketAddr,
-    http: reqwest::Client,
-    stop: CancellationToken,
-    vhost: TestVhost,
+    service: TestService,
     mailbox: Mailbox,
-    _db: TestDb,
+}
+
+impl std::ops::Deref for TestD {
+    type Target = TestService;
+
+    fn deref(&self) -> &TestService {
+        &self.service
+    }
 }
 
 impl TestD {
@@ -33,19 +36,8 @@ impl TestD {
 
     /// D with `settings` (flag, value) in place of the test's own for the same flag.
     async fn spawn_with(settings: &[(&str, &str)]) -> Self {
-        finflow_platform::telemetry::init_for_tests();
-        let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
-        let vhost = TestVhost::new();
         let (smtp_port, mailbox) = smtp_sink().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let mut flags: Vec<(String, String)> = [
-            ("--listen", addr.to_string()),
-            ("--database-url", db.url()),
-            (
-                "--amqp-url",
-                secrecy::ExposeSecret::expose_secret(&vhost.url).to_owned(),
-            ),
             ("--smtp-url", format!("smtp://127.0.0.1:{smtp_port}")),
             ("--delivery-retry-base-ms", "50".to_owned()),
             ("--delivery-poll-ms", "50".to_owned()),
@@ -59,42 +51,14 @@ impl TestD {
             flags.retain(|(f, _)| f != flag);
             flags.push(((*flag).to_owned(), (*value).to_owned()));
         }
-        let config: Config = finflow_platform::config::try_load_from(
-            std::iter::once("finflow-notification".to_owned())
-                .chain(flags.into_iter().flat_map(|(flag, value)| [flag, value])),
-        )
-        .unwrap_or_else(|e| panic!("{e:?}"));
-        let stop = CancellationToken::new();
-        let until = stop.clone();
-        tokio::spawn(async move {
-            run(config, listener, async move { until.cancelled().await })
-                .await
-                .unwrap();
-        });
-        let d = Self {
-            addr,
-            http: reqwest::Client::new(),
-            stop,
-            vhost,
+        let args: Vec<String> = flags
+            .into_iter()
+            .flat_map(|(flag, value)| [flag, value])
+            .collect();
+        Self {
+            service: TestService::spawn::<Notification>(&args).await,
             mailbox,
-            _db: db,
-        };
-        for _ in 0..200 {
-            if d.http
-                .get(d.url("/ready"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        d
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     async fn as_user(
@@ -102,12 +66,7 @@ impl TestD {
         user: Uuid,
         req: reqwest::RequestBuilder,
     ) -> (reqwest::StatusCode, Value) {
-        let r = req
-            .header("x-user-id", user.to_string())
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.json().await.unwrap())
+        self.send(req, &[("x-user-id", &user.to_string())]).await
     }
 
     /// Publishes `event` where D's consumer will find it. The test declares D's queue
@@ -151,12 +110,6 @@ impl TestD {
     async fn first_mail(&self, what: &str) -> (Vec<String>, String) {
         self.wait_for(what, || self.mailbox.lock().unwrap().first().cloned())
             .await
-    }
-}
-
-impl Drop for TestD {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -272,7 +225,7 @@ impl TestD {
         )
         .bind(user)
         .bind(email)
-        .execute(&self._db.pool)
+        .execute(&self.db.pool)
         .await
         .unwrap();
     }
@@ -281,7 +234,7 @@ impl TestD {
     /// deliveries as (channel, target), sorted. D records the event in the transaction
     /// that writes them, so they are all there once it is recorded.
     async fn rows_of(&self, event: &Event) -> (i64, Vec<(String, String)>) {
-        let pool = &self._db.pool;
+        let pool = &self.db.pool;
         self.wait_for_async("the event handled", || async {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)",
@@ -556,7 +509,7 @@ async fn a_delivery_whose_attempts_all_died_mid_send_is_given_up_without_another
     .bind(user)
     .bind(Uuid::new_v4())
     .bind(Uuid::new_v4())
-    .execute(&d._db.pool)
+    .execute(&d.db.pool)
     .await
     .unwrap();
     let log = d.delivery_log_once(user, "failed").await;
@@ -689,7 +642,7 @@ async fn a_webhook_already_stored_for_an_internal_address_is_refused_at_delivery
         .bind(Uuid::new_v4())
         .bind(user)
         .bind(url)
-        .execute(&d._db.pool)
+        .execute(&d.db.pool)
         .await
         .unwrap();
     }
@@ -761,7 +714,7 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
             .bind(user)
             .bind(event_type)
             .bind(channel)
-            .execute(&d._db.pool)
+            .execute(&d.db.pool)
             .await
             .unwrap();
         }
@@ -845,14 +798,14 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
     assert_eq!(inbox["data"], json!([]));
     assert!(receiver.attempts.lock().unwrap().is_empty());
     let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts")
-        .fetch_one(&d._db.pool)
+        .fetch_one(&d.db.pool)
         .await
         .unwrap();
     assert_eq!(contacts, 0, "an unverified address is no contact");
     let payloads_with_token: i64 =
         sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE strpos(payload::text, $1) > 0")
             .bind(token)
-            .fetch_one(&d._db.pool)
+            .fetch_one(&d.db.pool)
             .await
             .unwrap();
     assert_eq!(payloads_with_token, 0);

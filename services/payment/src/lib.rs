@@ -26,18 +26,19 @@ pub mod waiters;
 pub mod wallets;
 pub mod worker;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, ValueEnum};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, RedisConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::http::ShutdownSignal;
+use finflow_platform::service::{self, Background, Service};
 use finflow_platform::{Amount, cache, events};
 use secrecy::SecretString;
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -60,16 +61,9 @@ pub enum Role {
     All,
 }
 
-/// Configuration of service C.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-payment",
-    version,
-    about = "FinFlow service C: payments"
-)]
-pub struct Config {
-    #[command(flatten)]
-    pub service: ServiceConfig,
+/// Service C's own settings, beside what every service is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
     #[command(flatten)]
     pub redis: RedisConfig,
     /// What this process runs.
@@ -110,15 +104,8 @@ pub struct Config {
     pub max_prefer_waiters: usize,
 }
 
-impl HasServiceConfig for Config {
-    fn service_config(&self) -> &ServiceConfig {
-        &self.service
-    }
-}
-
-impl Validate for Config {
+impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.service.validate(errors);
         self.redis.validate(errors);
         self.client.validate(errors);
         self.fx.validate(errors);
@@ -156,87 +143,100 @@ impl Validate for Config {
 )]
 struct ApiDoc;
 
-/// Runs service C on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let base = &config.service;
-    let pool = base.database(&MIGRATIONS).await?;
-    let redis = cache::connect(&config.redis.redis_url).await?;
-    let http = ServiceClient::http_client();
-    let tokens = config.client.tokens(SERVICE, http.clone());
-    let wallets = wallets::Wallets::new(ServiceClient::new(
-        "wallet",
-        &config.wallet_url,
-        tokens,
-        http,
-    ));
+/// The whole configuration of service C.
+pub type Config = service::Config<Settings>;
 
-    let amqp = &base.amqp.amqp_url;
-    let mut background = Background::new();
-    background.relay(&pool, &base.amqp, SERVICE);
-    if config.role != Role::Api {
-        for _ in 0..config.worker_concurrency {
-            let worker = worker::PaymentWorker {
+/// Service C.
+pub struct Payment;
+
+impl Service for Payment {
+    const NAME: &'static str = SERVICE;
+    const ABOUT: &'static str = "FinFlow service C: payments";
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
+    type Settings = Settings;
+
+    /// Runs service C on `listener` until `shutdown` resolves.
+    async fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> anyhow::Result<()> {
+        let (base, config) = (&config.service, &config.settings);
+        let pool = base.database(&MIGRATIONS).await?;
+        let redis = cache::connect(&config.redis.redis_url).await?;
+        let http = ServiceClient::http_client();
+        let tokens = config.client.tokens(SERVICE, http.clone());
+        let wallets = wallets::Wallets::new(ServiceClient::new(
+            "wallet",
+            &config.wallet_url,
+            tokens,
+            http,
+        ));
+
+        let amqp = &base.amqp.amqp_url;
+        let mut background = Background::new();
+        background.relay(&pool, &base.amqp, SERVICE);
+        if config.role != Role::Api {
+            for _ in 0..config.worker_concurrency {
+                let worker = worker::PaymentWorker {
+                    wallets: wallets.clone(),
+                };
+                background.consume(&pool, amqp, base.consumer(worker::requests_queue()), worker);
+            }
+            background.consume(
+                &pool,
+                amqp,
+                base.consumer(worker::aml_queue()),
+                worker::AmlDecisions,
+            );
+            let sweeper = sweeper::Sweeper {
+                pool: pool.clone(),
                 wallets: wallets.clone(),
+                republish_after: Duration::from_secs(config.sweep_republish_after_secs),
+                fail_after: Duration::from_secs(config.sweep_fail_after_secs),
+                interval: Duration::from_secs(config.sweep_interval_secs),
             };
-            background.consume(&pool, amqp, base.consumer(worker::requests_queue()), worker);
+            background.spawn(sweeper.run(background.stop_token()));
+            background.spawn(watch_queue_depth(amqp.clone(), background.stop_token()));
         }
-        background.consume(
-            &pool,
-            amqp,
-            base.consumer(worker::aml_queue()),
-            worker::AmlDecisions,
-        );
-        let sweeper = sweeper::Sweeper {
-            pool: pool.clone(),
-            wallets: wallets.clone(),
-            republish_after: Duration::from_secs(config.sweep_republish_after_secs),
-            fail_after: Duration::from_secs(config.sweep_fail_after_secs),
-            interval: Duration::from_secs(config.sweep_interval_secs),
+        let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
+        let mut doc = ApiDoc::openapi();
+        rates.document(&mut doc);
+        let health = base
+            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
+            .critical("redis", health::Redis(redis.clone()))
+            .optional("wallet", health::Upstream::new(&config.wallet_url))
+            .build();
+        let api_routes = if config.role == Role::Worker {
+            axum::Router::new()
+        } else {
+            let waiters = waiters::Waiters::new(config.max_prefer_waiters);
+            background.spawn(
+                waiters
+                    .clone()
+                    .listen(pool.clone(), background.stop_token()),
+            );
+            let aml_hold_threshold =
+                Amount::parse(&config.aml_hold_threshold).map_err(anyhow::Error::from)?;
+            api::router(api::AppState {
+                pool,
+                keys: idempotency::Keys::new(redis),
+                wallets,
+                settings: Arc::new(api::Settings {
+                    aml_hold_threshold,
+                    rates: rates.clone(),
+                    max_wait: Duration::from_secs(config.max_prefer_wait_secs),
+                    duplicate_wait: Duration::from_secs(5),
+                }),
+                waiters,
+            })
         };
-        background.spawn(sweeper.run(background.stop_token()));
-        background.spawn(watch_queue_depth(amqp.clone(), background.stop_token()));
+        tracing::info!(role = ?config.role, "payment starting");
+        service::serve(
+            base, listener, api_routes, health, doc, background, shutdown,
+        )
+        .await
     }
-    let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
-    let mut doc = ApiDoc::openapi();
-    rates.document(&mut doc);
-    let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-        .critical("redis", health::Redis(redis.clone()))
-        .optional("wallet", health::Upstream::new(&config.wallet_url))
-        .build();
-    let api_routes = if config.role == Role::Worker {
-        axum::Router::new()
-    } else {
-        let waiters = waiters::Waiters::new(config.max_prefer_waiters);
-        background.spawn(
-            waiters
-                .clone()
-                .listen(pool.clone(), background.stop_token()),
-        );
-        let aml_hold_threshold =
-            Amount::parse(&config.aml_hold_threshold).map_err(anyhow::Error::from)?;
-        api::router(api::AppState {
-            pool,
-            keys: idempotency::Keys::new(redis),
-            wallets,
-            settings: Arc::new(api::Settings {
-                aml_hold_threshold,
-                rates: rates.clone(),
-                max_wait: Duration::from_secs(config.max_prefer_wait_secs),
-                duplicate_wait: Duration::from_secs(5),
-            }),
-            waiters,
-        })
-    };
-    tracing::info!(role = ?config.role, "payment starting");
-    service::serve(
-        base, listener, api_routes, health, doc, background, shutdown,
-    )
-    .await
 }
 
 /// Publishes the work queue's depth (PayFlow's "number that tells the truth") as

@@ -19,7 +19,26 @@ pub trait Validate {
 /// Parses the command line and environment, validates, and exits with every error
 /// listed if anything is wrong.
 pub fn load<C: Parser + Validate>() -> C {
-    match try_load_from(std::env::args_os()) {
+    exit_on_error(try_load_from(std::env::args_os()))
+}
+
+/// [`load`] for a command whose name and description are set here rather than in its
+/// derive: the shared [`crate::service::Config`] is one type for every service.
+pub fn load_as<C: Parser + Validate>(name: String, about: &'static str) -> C {
+    // clap names commands with static strings; this runs once per process.
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    let command = C::command().name(name).about(about);
+    exit_on_error(
+        command
+            .try_get_matches()
+            .and_then(|mut matches| C::from_arg_matches_mut(&mut matches))
+            .map_err(LoadError::Clap)
+            .and_then(validated),
+    )
+}
+
+fn exit_on_error<C>(loaded: Result<C, LoadError>) -> C {
+    match loaded {
         Ok(config) => config,
         Err(LoadError::Clap(e)) => e.exit(),
         Err(LoadError::Invalid(errors)) => {
@@ -48,7 +67,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let config = C::try_parse_from(args).map_err(LoadError::Clap)?;
+    validated(C::try_parse_from(args).map_err(LoadError::Clap)?)
+}
+
+fn validated<C: Validate>(config: C) -> Result<C, LoadError> {
     let mut errors = Vec::new();
     config.validate(&mut errors);
     if errors.is_empty() {

@@ -6,116 +6,14 @@
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 
-pub const USER_ID: &str = "x-user-id";
-pub const USER_EMAIL: &str = "x-user-email";
-pub const USER_ROLES: &str = "x-user-roles";
-pub const KYC_STATUS: &str = "x-kyc-status";
-pub const ACCOUNT_TIER: &str = "x-account-tier";
-/// Every header that carries identity; the sidecar strips all of them from clients.
-pub const IDENTITY_HEADERS: [&str; 5] = [USER_ID, USER_EMAIL, USER_ROLES, KYC_STATUS, ACCOUNT_TIER];
-
-/// Prefix of the roles carried by service tokens (`service:payment`).
-pub const SERVICE_ROLE_PREFIX: &str = "service:";
-
-/// A user's KYC state as of the token (services that gate on it ask A for the current one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KycStatus {
-    Pending,
-    Verified,
-    Rejected,
-}
-
-/// Account tier, which sets transaction limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Bronze,
-    Silver,
-    Gold,
-}
-
-/// Stores a string enum as TEXT (the column's CHECK constraint lists the values).
-#[cfg(feature = "db")]
-macro_rules! text_column {
-    ($ty:ty) => {
-        impl sqlx::Type<sqlx::Postgres> for $ty {
-            fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
-            }
-            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-            }
-        }
-
-        impl sqlx::Encode<'_, sqlx::Postgres> for $ty {
-            fn encode_by_ref(
-                &self,
-                buf: &mut sqlx::postgres::PgArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<'_, sqlx::Postgres>>::encode_by_ref(&self.as_str(), buf)
-            }
-        }
-
-        impl sqlx::Decode<'_, sqlx::Postgres> for $ty {
-            fn decode(
-                value: sqlx::postgres::PgValueRef<'_>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let s = <&str as sqlx::Decode<'_, sqlx::Postgres>>::decode(value)?;
-                Self::parse(s).ok_or_else(|| format!("unknown {} `{s}`", stringify!($ty)).into())
-            }
-        }
-    };
-}
-
-#[cfg(feature = "db")]
-text_column!(KycStatus);
-#[cfg(feature = "db")]
-text_column!(Tier);
-
-impl KycStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Verified => "verified",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(Self::Pending),
-            "verified" => Some(Self::Verified),
-            "rejected" => Some(Self::Rejected),
-            _ => None,
-        }
-    }
-}
-
-impl Tier {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Bronze => "bronze",
-            Self::Silver => "silver",
-            Self::Gold => "gold",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "bronze" => Some(Self::Bronze),
-            "silver" => Some(Self::Silver),
-            "gold" => Some(Self::Gold),
-            _ => None,
-        }
-    }
-}
+pub use finflow_contracts::identity::{
+    ACCOUNT_TIER, IDENTITY_HEADERS, KYC_STATUS, KycStatus, SERVICE_ROLE_PREFIX, Tier, USER_EMAIL,
+    USER_ID, USER_ROLES,
+};
 
 /// The verified caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,11 +18,12 @@
 //! - [`identity`]: the caller as told by the sidecar's headers, and role checks.
 //! - [`health`] and [`http`]: `/health`, `/ready`, `/metrics`, `/openapi.json`, request
 //!   middleware, `serve` with graceful shutdown.
-//! - [`service`]: the shape of a service binary: common config, start-up, background
-//!   tasks, serving and shutdown.
+//! - [`service`]: what a service is ([`service::Service`]) and the shape of its binary:
+//!   common config, start-up, background tasks, serving and shutdown.
 //! - [`telemetry`]: logs, OpenTelemetry traces (exported when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set), `traceparent` through HTTP and AMQP.
-//! - [`testing`]: an SMTP sink for tests and local runs.
+//! - [`testing`]: an SMTP sink for tests and local runs, and `TestService`, which starts
+//!   a service as its binary does against a fresh database and vhost.
 //!
 //! Features keep each binary to what it uses: `db` (sqlx), `events` (lapin; with `db`,
 //! and the [`service`] runner), `cache` (redis), `testing` (the test harness: the SMTP

@@ -1,10 +1,12 @@
 //! The shape every FinFlow service binary shares: configuration, start-up, background
 //! tasks, serving and an orderly shutdown.
 //!
-//! A service's `main` is [`main`]; its `run` opens its database with
-//! [`ServiceConfig::database`], starts its relay and consumers on a [`Background`], builds
-//! its router and hands everything to [`serve`], which drains on shutdown and then stops
-//! the background tasks.
+//! A service is a type that implements [`Service`]: its name, its own settings, its
+//! migrations and its `run`. Its binary's `main` is [`main`], which parses [`Config`]
+//! (the common [`ServiceConfig`] and the service's settings). Its `run` opens its
+//! database with [`ServiceConfig::database`], starts its relay and consumers on a
+//! [`Background`], builds its router and hands everything to [`serve`], which drains on
+//! shutdown and then stops the background tasks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::config::{AmqpConfig, DatabaseConfig, HttpConfig, TelemetryConfig, Val
 use crate::events::consumer::{self, ConsumerSpec, Handler};
 use crate::events::outbox::Relay;
 use crate::health::{self, Health, HealthBuilder};
+use crate::http::ShutdownSignal;
 
 /// What every service is configured with.
 #[derive(Debug, Clone, Args)]
@@ -49,9 +52,40 @@ impl Validate for ServiceConfig {
     }
 }
 
-/// A service configuration that contains the common part.
-pub trait HasServiceConfig {
-    fn service_config(&self) -> &ServiceConfig;
+/// A service's whole configuration: what every service is configured with, and the
+/// service's own settings.
+#[derive(Debug, Clone, Parser)]
+#[command(version)]
+pub struct Config<S: Args> {
+    #[command(flatten)]
+    pub service: ServiceConfig,
+    #[command(flatten)]
+    pub settings: S,
+}
+
+impl<S: Args + Validate> Validate for Config<S> {
+    fn validate(&self, errors: &mut Vec<String>) {
+        self.service.validate(errors);
+        self.settings.validate(errors);
+    }
+}
+
+/// One FinFlow service, as [`main`] and the test harness start it.
+pub trait Service: 'static {
+    /// Its name in events, logs and traces; its binary is `finflow-<NAME>`.
+    const NAME: &'static str;
+    /// What `--help` says it is.
+    const ABOUT: &'static str;
+    /// Its migrations, applied after the platform's.
+    const MIGRATIONS: &'static Migrator;
+    /// Its settings beyond [`ServiceConfig`].
+    type Settings: Args + Validate + Clone + std::fmt::Debug + Send + Sync + 'static;
+    /// Runs it on `listener` until `shutdown` resolves.
+    fn run(
+        config: Config<Self::Settings>,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 impl ServiceConfig {
@@ -185,16 +219,18 @@ pub async fn serve(
 
 /// A service's `main`: parse and validate configuration (every error at once), set up
 /// telemetry, bind, and run until SIGTERM or Ctrl-C.
-pub async fn main<C, F, Fut>(service: &'static str, run: F) -> anyhow::Result<()>
-where
-    C: Parser + Validate + HasServiceConfig,
-    F: FnOnce(C, TcpListener, crate::http::ShutdownSignal) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let config: C = crate::config::load();
-    let base = config.service_config();
-    let _telemetry =
-        crate::telemetry::init(service, &base.telemetry).map_err(anyhow::Error::from_boxed)?;
-    let listener = TcpListener::bind(base.http.listen).await?;
-    run(config, listener, Box::pin(crate::http::shutdown_signal())).await
+pub fn main<S: Service>() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(start::<S>())
+}
+
+async fn start<S: Service>() -> anyhow::Result<()> {
+    let config: Config<S::Settings> =
+        crate::config::load_as(format!("finflow-{}", S::NAME), S::ABOUT);
+    let _telemetry = crate::telemetry::init(S::NAME, &config.service.telemetry)
+        .map_err(anyhow::Error::from_boxed)?;
+    let listener = TcpListener::bind(config.service.http.listen).await?;
+    S::run(config, listener, Box::pin(crate::http::shutdown_signal())).await
 }

@@ -102,3 +102,121 @@ impl ClosedPort {
         self.socket.listen(128)
     }
 }
+
+/// A service started as its binary starts it (its [`Service::run`] on a real socket),
+/// against a fresh database and vhost; stopped when dropped.
+#[cfg(feature = "events")]
+pub struct TestService {
+    pub addr: std::net::SocketAddr,
+    pub http: reqwest::Client,
+    pub db: crate::db::TestDb,
+    pub vhost: crate::events::TestVhost,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+#[cfg(feature = "events")]
+impl TestService {
+    /// Starts `S` on a fresh database and vhost, with `args` after the harness's own
+    /// `--listen`, `--database-url` and `--amqp-url`; returns once it is ready.
+    pub async fn spawn<S: crate::service::Service>(args: &[String]) -> Self {
+        let db = crate::db::TestDb::new(Some(S::MIGRATIONS)).await;
+        Self::start::<S>(db, crate::events::TestVhost::new(), args).await
+    }
+
+    /// [`TestService::spawn`] on a database and vhost the test prepared first (a queue
+    /// bound before the service can publish anything).
+    pub async fn start<S: crate::service::Service>(
+        db: crate::db::TestDb,
+        vhost: crate::events::TestVhost,
+        args: &[String],
+    ) -> Self {
+        use secrecy::ExposeSecret;
+        crate::telemetry::init_for_tests();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let argv = [
+            format!("finflow-{}", S::NAME),
+            "--listen".to_owned(),
+            addr.to_string(),
+            "--database-url".to_owned(),
+            db.url(),
+            "--amqp-url".to_owned(),
+            vhost.url.expose_secret().to_owned(),
+        ]
+        .into_iter()
+        .chain(args.iter().cloned());
+        let config: crate::service::Config<S::Settings> = crate::config::try_load_from(argv)
+            .unwrap_or_else(|e| panic!("{}'s test configuration: {e:?}", S::NAME));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let shutdown = Box::pin(async move { until.cancelled().await });
+            if let Err(e) = S::run(config, listener, shutdown).await {
+                panic!("{} stopped: {e:#}", S::NAME);
+            }
+        });
+        let service = Self {
+            addr,
+            http: reqwest::Client::new(),
+            db,
+            vhost,
+            stop,
+        };
+        wait_ready(&service.http, &service.url(""), S::NAME).await;
+        service
+    }
+
+    /// Stops the service (as SIGTERM would); dropping the harness does too.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// The URL of `path` on the service.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `req` with `headers`: the status and the JSON body (a body that is not
+    /// JSON fails the test, naming the status).
+    pub async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let body = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{status}: the body is not JSON: {e}"));
+        (status, body)
+    }
+
+    pub async fn get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(self.http.get(self.url(path)), headers).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(self.http.post(self.url(path)).json(body), headers)
+            .await
+    }
+}
+
+#[cfg(feature = "events")]
+impl Drop for TestService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -20,12 +20,12 @@
 pub mod projections;
 pub mod reports;
 
-use std::future::Future;
-
-use clap::Parser;
+use clap::Args;
 use finflow_platform::config::Validate;
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::http::ShutdownSignal;
+use finflow_platform::service::{self, Background, Service};
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -35,16 +35,9 @@ pub const SERVICE: &str = "reporting";
 /// Service F's migrations (`migrations/reporting`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/reporting");
 
-/// Configuration of service F.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-reporting",
-    version,
-    about = "FinFlow service F: reporting"
-)]
-pub struct Config {
-    #[command(flatten)]
-    pub service: ServiceConfig,
+/// Service F's own settings, beside what every service is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
     /// Base URLs of the services F reports on, shown in `/health` (`name=url`, comma
     /// separated), e.g. `auth=http://127.0.0.1:8001,wallet=http://127.0.0.1:8002`.
     #[arg(long, env = "UPSTREAMS", default_value = "")]
@@ -93,15 +86,8 @@ pub fn upstreams(raw: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-impl HasServiceConfig for Config {
-    fn service_config(&self) -> &ServiceConfig {
-        &self.service
-    }
-}
-
-impl Validate for Config {
+impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.service.validate(errors);
         if let Err(e) = upstreams(&self.upstreams) {
             errors.push(format!("UPSTREAMS: {e}"));
         }
@@ -125,48 +111,61 @@ impl Validate for Config {
 )]
 struct ApiDoc;
 
-/// Runs service F on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let base = &config.service;
-    let pool = base.database(&MIGRATIONS).await?;
-    let mut background = Background::new();
-    background.consume(
-        &pool,
-        &base.amqp.amqp_url,
-        base.consumer(projections::queue()),
-        projections::Projector,
-    );
-    let mut health = base.health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS);
-    for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
-        health = health.optional(&name, health::Upstream::new(&url));
+/// The whole configuration of service F.
+pub type Config = service::Config<Settings>;
+
+/// Service F.
+pub struct Reporting;
+
+impl Service for Reporting {
+    const NAME: &'static str = SERVICE;
+    const ABOUT: &'static str = "FinFlow service F: reporting";
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
+    type Settings = Settings;
+
+    /// Runs service F on `listener` until `shutdown` resolves.
+    async fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> anyhow::Result<()> {
+        let (base, config) = (&config.service, &config.settings);
+        let pool = base.database(&MIGRATIONS).await?;
+        let mut background = Background::new();
+        background.consume(
+            &pool,
+            &base.amqp.amqp_url,
+            base.consumer(projections::queue()),
+            projections::Projector,
+        );
+        let mut health = base.health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS);
+        for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
+            health = health.optional(&name, health::Upstream::new(&url));
+        }
+        let queues = reports::QueueHealth::default();
+        {
+            let queues = queues.clone();
+            background.spawn(finflow_platform::events::depth::watch(
+                base.amqp.amqp_url.clone(),
+                "reporting-queue-health".to_owned(),
+                watched_queues(&config.watched_queues),
+                QUEUE_SAMPLE_EVERY,
+                background.stop_token(),
+                move |round| queues.record(round),
+            ));
+        }
+        let api = reports::router(reports::AppState { pool, queues });
+        service::serve(
+            base,
+            listener,
+            api,
+            health.build(),
+            ApiDoc::openapi(),
+            background,
+            shutdown,
+        )
+        .await
     }
-    let queues = reports::QueueHealth::default();
-    {
-        let queues = queues.clone();
-        background.spawn(finflow_platform::events::depth::watch(
-            base.amqp.amqp_url.clone(),
-            "reporting-queue-health".to_owned(),
-            watched_queues(&config.watched_queues),
-            QUEUE_SAMPLE_EVERY,
-            background.stop_token(),
-            move |round| queues.record(round),
-        ));
-    }
-    let api = reports::router(reports::AppState { pool, queues });
-    service::serve(
-        base,
-        listener,
-        api,
-        health.build(),
-        ApiDoc::openapi(),
-        background,
-        shutdown,
-    )
-    .await
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `finflow-reporting`: the platform's service `main` around [`finflow_reporting::run`].
+//! `finflow-reporting`: the platform's service `main` around [`finflow_reporting::Reporting`].
 
 // Every request and message allocates and frees buffers, maps and JSON values;
 // mimalloc's thread-local free lists make that cheaper than glibc's malloc, as in the
@@ -6,11 +6,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    finflow_platform::service::main::<finflow_reporting::Config, _, _>(
-        finflow_reporting::SERVICE,
-        finflow_reporting::run,
-    )
-    .await
+fn main() -> anyhow::Result<()> {
+    finflow_platform::service::main::<finflow_reporting::Reporting>()
 }

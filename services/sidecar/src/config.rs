@@ -10,6 +10,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use finflow_contracts::sidecar::SidecarFile;
 use finflow_platform::config::{TelemetryConfig, Validate};
 use http::Uri;
 use http::uri::{Authority, Scheme};
@@ -328,26 +329,6 @@ pub struct Settings {
     pub limits: crate::connections::Limits,
 }
 
-/// The operator's `sidecar.json`.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct FileConfig {
-    issuer: Option<String>,
-    #[serde(default)]
-    audiences: Vec<String>,
-    jwks_uri: Option<String>,
-    /// Whether the secret comes in `JWT_HS256_SECRET` (the file never holds it).
-    #[serde(default)]
-    #[allow(dead_code)]
-    hs256: bool,
-    #[serde(default)]
-    public_paths: Vec<String>,
-    #[serde(default)]
-    claim_headers: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
-}
-
 impl Config {
     /// This configuration with `SIDECAR_CONFIG`'s settings merged in.
     fn with_config_file(&self) -> Result<Self, Vec<String>> {
@@ -357,7 +338,7 @@ impl Config {
         let problem =
             |e: &dyn std::fmt::Display| vec![format!("SIDECAR_CONFIG {}: {e}", path.display())];
         let text = std::fs::read_to_string(path).map_err(|e| problem(&e))?;
-        let file: FileConfig = serde_json::from_str(&text).map_err(|e| problem(&e))?;
+        let file: SidecarFile = serde_json::from_str(&text).map_err(|e| problem(&e))?;
         let mut merged = self.clone();
         merged.jwt_issuer = merged.jwt_issuer.or(file.issuer);
         if merged.jwt_audiences.is_none() && !file.audiences.is_empty() {

@@ -294,17 +294,19 @@ mod tests {
 
     fn claims(raw: Value) -> Claims {
         Claims {
-            sub: "u1".into(),
-            email: None,
-            roles: vec![],
-            kyc_status: None,
-            tier: None,
-            iss: "i".into(),
-            aud: vec!["a".into()],
-            iat: 0,
-            nbf: None,
-            exp: 0,
-            jti: "j".into(),
+            token: finflow_contracts::identity::TokenClaims {
+                sub: "u1".into(),
+                email: None,
+                roles: vec![],
+                kyc_status: None,
+                tier: None,
+                iss: "i".into(),
+                aud: finflow_contracts::identity::Audience::One("a".into()),
+                iat: 0,
+                nbf: None,
+                exp: 0,
+                jti: "j".into(),
+            },
             raw: raw.as_object().unwrap().clone(),
         }
     }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use finflow_contracts::identity::TokenClaims;
 use http::HeaderValue;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -166,57 +167,9 @@ fn ed25519_key(jwk: &Jwk) -> Option<(String, DecodingKey)> {
 /// The verified claims of a token (`docs/architecture.md`, Identity).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claims {
-    pub sub: String,
-    pub email: Option<String>,
-    pub roles: Vec<String>,
-    pub kyc_status: Option<String>,
-    pub tier: Option<String>,
-    pub iss: String,
-    /// `aud` as a list, whether the token sent a string or an array.
-    pub aud: Vec<String>,
-    pub iat: i64,
-    pub nbf: Option<i64>,
-    pub exp: i64,
-    pub jti: String,
+    pub token: TokenClaims,
     /// Every claim as sent, for the claim-to-header map.
     pub raw: Map<String, Value>,
-}
-
-impl Claims {
-    /// A `service:<name>` role: the token of a service, which opens `/internal/*`.
-    pub fn is_service(&self) -> bool {
-        self.roles.iter().any(|r| {
-            r.strip_prefix(finflow_platform::identity::SERVICE_ROLE_PREFIX)
-                .is_some_and(|name| !name.is_empty())
-        })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct WireClaims {
-    sub: String,
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
-    roles: Vec<String>,
-    #[serde(default)]
-    kyc_status: Option<String>,
-    #[serde(default)]
-    tier: Option<String>,
-    iss: String,
-    aud: Audience,
-    iat: i64,
-    #[serde(default)]
-    nbf: Option<i64>,
-    exp: i64,
-    jti: String,
 }
 
 #[derive(Deserialize)]
@@ -290,42 +243,33 @@ pub fn validate(token: &str, keys: &Keys, policy: &Policy, now: i64) -> Result<C
     }
 
     let raw: Map<String, Value> = segment(payload)?;
-    let wire: WireClaims =
+    let token: TokenClaims =
         serde_json::from_value(Value::Object(raw.clone())).map_err(|_| Rejection::Malformed)?;
-    if wire.sub.is_empty() {
+    if token.sub.is_empty() {
         return Err(Rejection::Malformed);
     }
     let leeway = i64::try_from(policy.leeway_secs).unwrap_or(i64::MAX);
-    if wire.exp < now.saturating_sub(leeway) {
+    if token.exp < now.saturating_sub(leeway) {
         return Err(Rejection::Expired);
     }
-    if wire.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+    if token
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+    {
         return Err(Rejection::NotYetValid);
     }
-    if wire.iss != policy.issuer {
+    if token.iss != policy.issuer {
         return Err(Rejection::WrongIssuer);
     }
-    let aud = match wire.aud {
-        Audience::One(a) => vec![a],
-        Audience::Many(a) => a,
-    };
-    if !aud.iter().any(|a| policy.audiences.contains(a)) {
+    if !token
+        .aud
+        .as_slice()
+        .iter()
+        .any(|a| policy.audiences.contains(a))
+    {
         return Err(Rejection::WrongAudience);
     }
-    Ok(Claims {
-        sub: wire.sub,
-        email: wire.email,
-        roles: wire.roles,
-        kyc_status: wire.kyc_status,
-        tier: wire.tier,
-        iss: wire.iss,
-        aud,
-        iat: wire.iat,
-        nbf: wire.nbf,
-        exp: wire.exp,
-        jti: wire.jti,
-        raw,
-    })
+    Ok(Claims { token, raw })
 }
 
 /// The current time in Unix seconds.
@@ -420,11 +364,11 @@ mod tests {
     fn a_well_signed_token_yields_its_claims() {
         let signer = Signer::new(1, "k1");
         let claims = validate(&signer.sign(&claims()), &signer.keys(), &policy(), NOW).unwrap();
-        assert_eq!(claims.sub, "7f1c0a52-0000-4000-8000-000000000001");
-        assert_eq!(claims.roles, ["user"]);
-        assert_eq!(claims.aud, ["finflow"]);
-        assert_eq!(claims.tier.as_deref(), Some("gold"));
-        assert!(!claims.is_service());
+        assert_eq!(claims.token.sub, "7f1c0a52-0000-4000-8000-000000000001");
+        assert_eq!(claims.token.roles, ["user"]);
+        assert_eq!(claims.token.aud.as_slice(), ["finflow"]);
+        assert_eq!(claims.token.tier.as_deref(), Some("gold"));
+        assert!(!claims.token.is_service());
     }
 
     #[test]
@@ -596,7 +540,7 @@ mod tests {
         let mut c = claims();
         c["roles"] = json!(["service:payment"]);
         let claims = validate(&signer.sign(&c), &signer.keys(), &policy(), NOW).unwrap();
-        assert!(claims.is_service());
+        assert!(claims.token.is_service());
     }
 
     #[test]

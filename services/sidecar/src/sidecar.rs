@@ -54,7 +54,7 @@ impl Admitted {
     pub fn new(claims: Claims, map: &ClaimHeaders) -> Self {
         Self {
             headers: identity_headers(&claims, map),
-            caller: CallerKey::user(&claims.sub),
+            caller: CallerKey::user(&claims.token.sub),
             claims,
         }
     }
@@ -101,7 +101,7 @@ impl VerifiedTokens {
     }
 
     fn put(&self, token: &str, admitted: &Arc<Admitted>, now: i64) {
-        let until = admitted.claims.exp.min(now + Self::MAX_AGE_SECS);
+        let until = admitted.claims.token.exp.min(now + Self::MAX_AGE_SECS);
         let mut entries = self
             .entries
             .lock()
@@ -157,7 +157,11 @@ impl SidecarGate {
                 }
             }
         };
-        if is_internal(path) && !admitted.as_deref().is_some_and(|a| a.claims.is_service()) {
+        if is_internal(path)
+            && !admitted
+                .as_deref()
+                .is_some_and(|a| a.claims.token.is_service())
+        {
             return Err(ProxyError::new(
                 ErrorCode::Forbidden,
                 "service_token_required",
@@ -168,7 +172,7 @@ impl SidecarGate {
             // A service calls on behalf of many users, each already held to their own
             // limit at the sidecar they came in through; one bucket for all of them
             // would refuse the platform's own traffic (payment to wallet) under load.
-            Some(admitted) if admitted.claims.is_service() => Ok(()),
+            Some(admitted) if admitted.claims.token.is_service() => Ok(()),
             Some(admitted) => self.limit.check(&admitted.caller),
             None => self.limit.check(&CallerKey::anonymous(client)),
         }
@@ -218,17 +222,19 @@ mod tests {
 
     fn claims(exp: i64) -> Claims {
         Claims {
-            sub: "u".into(),
-            email: None,
-            roles: vec![],
-            kyc_status: None,
-            tier: None,
-            iss: "i".into(),
-            aud: vec!["a".into()],
-            iat: 0,
-            nbf: None,
-            exp,
-            jti: "j".into(),
+            token: finflow_contracts::identity::TokenClaims {
+                sub: "u".into(),
+                email: None,
+                roles: vec![],
+                kyc_status: None,
+                tier: None,
+                iss: "i".into(),
+                aud: finflow_contracts::identity::Audience::One("a".into()),
+                iat: 0,
+                nbf: None,
+                exp,
+                jti: "j".into(),
+            },
             raw: serde_json::Map::new(),
         }
     }

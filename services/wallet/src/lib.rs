@@ -20,15 +20,16 @@ pub mod ledger;
 pub mod limits;
 pub mod users;
 
-use std::future::Future;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::Args;
 use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Background, HasServiceConfig, ServiceConfig};
+use finflow_platform::http::ShutdownSignal;
+use finflow_platform::service::{self, Background, Service};
+use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
@@ -38,16 +39,9 @@ pub const SERVICE: &str = "wallet";
 /// Service B's migrations (`migrations/wallet`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/wallet");
 
-/// Configuration of service B.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-wallet",
-    version,
-    about = "FinFlow service B: wallets and the ledger"
-)]
-pub struct Config {
-    #[command(flatten)]
-    pub service: ServiceConfig,
+/// Service B's own settings, beside what every service is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
     /// A (for KYC and tier lookups) and this service's credentials there.
     #[command(flatten)]
     pub client: ClientConfig,
@@ -63,15 +57,8 @@ pub struct Config {
     pub fx: FxConfig,
 }
 
-impl HasServiceConfig for Config {
-    fn service_config(&self) -> &ServiceConfig {
-        &self.service
-    }
-}
-
-impl Validate for Config {
+impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.service.validate(errors);
         self.client.validate(errors);
         self.fx.validate(errors);
         if let Err(e) = self.tier_limits.parse::<limits::TierLimits>() {
@@ -102,47 +89,60 @@ impl Validate for Config {
 )]
 struct ApiDoc;
 
-/// Runs service B on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let base = &config.service;
-    let pool = base.database(&MIGRATIONS).await?;
-    let limits: limits::TierLimits = config.tier_limits.parse().map_err(anyhow::Error::msg)?;
-    let http = ServiceClient::http_client();
-    let tokens = config.client.tokens(SERVICE, http.clone());
-    let users = users::Users::new(ServiceClient::new(
-        "auth",
-        &config.client.auth_url,
-        tokens,
-        http,
-    ));
+/// The whole configuration of service B.
+pub type Config = service::Config<Settings>;
 
-    let mut background = Background::new();
-    background.relay(&pool, &base.amqp, SERVICE);
-    let health = base
-        .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-        .optional("auth", health::Upstream::new(&config.client.auth_url))
-        .build();
-    let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);
-    let mut doc = ApiDoc::openapi();
-    rates.document(&mut doc);
-    let state = api::AppState {
-        pool,
-        users,
-        limits: Arc::new(limits),
-        rates: Arc::clone(&rates),
-    };
-    service::serve(
-        base,
-        listener,
-        api::router(state),
-        health,
-        doc,
-        background,
-        shutdown,
-    )
-    .await
+/// Service B.
+pub struct Wallet;
+
+impl Service for Wallet {
+    const NAME: &'static str = SERVICE;
+    const ABOUT: &'static str = "FinFlow service B: wallets and the ledger";
+    const MIGRATIONS: &'static Migrator = &MIGRATIONS;
+    type Settings = Settings;
+
+    /// Runs service B on `listener` until `shutdown` resolves.
+    async fn run(
+        config: Config,
+        listener: TcpListener,
+        shutdown: ShutdownSignal,
+    ) -> anyhow::Result<()> {
+        let (base, config) = (&config.service, &config.settings);
+        let pool = base.database(&MIGRATIONS).await?;
+        let limits: limits::TierLimits = config.tier_limits.parse().map_err(anyhow::Error::msg)?;
+        let http = ServiceClient::http_client();
+        let tokens = config.client.tokens(SERVICE, http.clone());
+        let users = users::Users::new(ServiceClient::new(
+            "auth",
+            &config.client.auth_url,
+            tokens,
+            http,
+        ));
+
+        let mut background = Background::new();
+        background.relay(&pool, &base.amqp, SERVICE);
+        let health = base
+            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
+            .optional("auth", health::Upstream::new(&config.client.auth_url))
+            .build();
+        let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);
+        let mut doc = ApiDoc::openapi();
+        rates.document(&mut doc);
+        let state = api::AppState {
+            pool,
+            users,
+            limits: Arc::new(limits),
+            rates: Arc::clone(&rates),
+        };
+        service::serve(
+            base,
+            listener,
+            api::router(state),
+            health,
+            doc,
+            background,
+            shutdown,
+        )
+        .await
+    }
 }

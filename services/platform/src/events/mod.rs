@@ -38,32 +38,7 @@ pub const DEAD_LETTER_EXCHANGE: &str = "finflow.dlx";
 pub const DEAD_QUEUE_SUFFIX: &str = ".dead";
 
 /// The event types of the contract.
-pub mod types {
-    /// An account's email address is verified: the account exists for everyone else now.
-    pub const USER_CREATED: &str = "user.created";
-    /// A sign-up (or a repeated sign-up of an unverified address) asks the mailbox's
-    /// owner to confirm: `{user_id, email, full_name, token, expires_at}`. The token is
-    /// a credential: only the mail to `email` may carry it.
-    pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
-    /// Someone signed up with the address of a verified account, which did not change:
-    /// `{user_id, email}`, so its owner is told.
-    pub const USER_REGISTRATION_REPEATED: &str = "user.registration_repeated";
-    pub const USER_KYC_UPDATED: &str = "user.kyc_updated";
-    pub const WALLET_CREATED: &str = "wallet.created";
-    pub const WALLET_STATUS_CHANGED: &str = "wallet.status_changed";
-    pub const PAYMENT_REQUESTED: &str = "payment.requested";
-    pub const PAYMENT_COMPLETED: &str = "payment.completed";
-    pub const PAYMENT_FAILED: &str = "payment.failed";
-    pub const PAYMENT_ON_HOLD: &str = "payment.on_hold";
-    pub const PAYMENT_REVERSED: &str = "payment.reversed";
-    pub const AML_FLAGGED: &str = "aml.flagged";
-    pub const AML_CLEARED: &str = "aml.cleared";
-
-    /// The `rule` of the AML alert that holds a payment (`ON_HOLD`): only a decision on
-    /// this alert releases or fails the payment. Decisions on pattern alerts (velocity,
-    /// structuring) are about the user and leave a held payment as it is.
-    pub const AML_HOLD_RULE: &str = "amount_threshold";
-}
+pub use finflow_contracts::events as types;
 
 /// The event envelope: `{"id", "type", "version", "occurred_at", "source", "data"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
