@@ -35,6 +35,17 @@ impl Kind {
     }
 }
 
+/// The transfer at B that applies a payment of this kind.
+impl From<Kind> for finflow_contracts::wallet::TransferKind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::Transfer => Self::Transfer,
+            Kind::Deposit => Self::Deposit,
+            Kind::Withdrawal => Self::Withdrawal,
+        }
+    }
+}
+
 /// The status machine (`docs/architecture.md`, C, payment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::model::{Failure, Kind, PAYMENT_COLUMNS, Payment, PaymentRow, Status};
-use crate::wallets::Transfer;
+use finflow_contracts::wallet::{TransferKind, TransferRequest};
 
 /// The data of every `payment.*` event: the payment, plus its id as `payment_id`.
 #[derive(Serialize)]
@@ -159,26 +159,26 @@ pub async fn transition_all(
 
 /// The transfer at B that applies a payment: the payment id is the transfer id, so B
 /// applies it at most once however often the worker asks.
-pub fn transfer_for(row: &PaymentRow) -> Result<Transfer, ApiError> {
-    Ok(Transfer {
+pub fn transfer_for(row: &PaymentRow) -> Result<TransferRequest, ApiError> {
+    Ok(TransferRequest {
         transfer_id: row.id,
-        kind: row.kind()?.as_str(),
+        kind: row.kind()?.into(),
         from_wallet_id: row.from_wallet_id,
         to_wallet_id: row.to_wallet_id,
         amount: row.amount,
-        currency: row.currency.code().to_owned(),
+        currency: row.currency,
     })
 }
 
 /// The compensating transfer of a completed payment: the sides swapped, a derived id.
-pub fn reversal_for(row: &PaymentRow) -> Result<Transfer, ApiError> {
+pub fn reversal_for(row: &PaymentRow) -> Result<TransferRequest, ApiError> {
     let _kind: Kind = row.kind()?;
-    Ok(Transfer {
+    Ok(TransferRequest {
         transfer_id: crate::model::reversal_transfer_id(row.id),
-        kind: "reversal",
+        kind: TransferKind::Reversal,
         from_wallet_id: row.to_wallet_id,
         to_wallet_id: row.from_wallet_id,
         amount: row.amount,
-        currency: row.currency.code().to_owned(),
+        currency: row.currency,
     })
 }

@@ -1,9 +1,11 @@
 //! What C asks B: wallets before accepting, transfers when working, voids when sweeping.
 
+use finflow_contracts::wallet::{TransferBatch, VoidRequest};
+pub use finflow_contracts::wallet::{TransferRequest, VoidOutcome};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use uuid::Uuid;
 
 /// B's internal view of a wallet.
@@ -40,25 +42,6 @@ pub struct Limits {
     pub remaining_today: Amount,
 }
 
-/// `POST /internal/transfers` at B.
-#[derive(Debug, Clone, Serialize)]
-pub struct Transfer {
-    pub transfer_id: Uuid,
-    pub kind: &'static str,
-    pub from_wallet_id: Option<Uuid>,
-    pub to_wallet_id: Option<Uuid>,
-    pub amount: Amount,
-    pub currency: String,
-}
-
-/// B's answer to a void.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum VoidOutcome {
-    Applied { transfer: serde_json::Value },
-    Voided,
-}
-
 #[derive(Clone)]
 pub struct Wallets {
     client: ServiceClient,
@@ -89,7 +72,10 @@ impl Wallets {
             .await
     }
 
-    pub async fn transfer(&self, transfer: &Transfer) -> Result<serde_json::Value, ApiError> {
+    pub async fn transfer(
+        &self,
+        transfer: &TransferRequest,
+    ) -> Result<serde_json::Value, ApiError> {
         self.client.post("/internal/transfers", transfer).await
     }
 
@@ -98,7 +84,7 @@ impl Wallets {
     /// error is the whole call's (nothing can be said of any transfer).
     pub async fn transfer_all(
         &self,
-        transfers: &[Transfer],
+        transfers: &[TransferRequest],
     ) -> Result<Vec<Result<serde_json::Value, ApiError>>, ApiError> {
         #[derive(Deserialize)]
         struct Outcome {
@@ -114,7 +100,9 @@ impl Wallets {
             .client
             .post(
                 "/internal/transfers/batch",
-                &serde_json::json!({ "transfers": transfers }),
+                &TransferBatch {
+                    transfers: transfers.to_vec(),
+                },
             )
             .await?;
         if answer.results.len() != transfers.len() {
@@ -138,7 +126,9 @@ impl Wallets {
         self.client
             .post(
                 &format!("/internal/transfers/{transfer_id}/void"),
-                &serde_json::json!({ "reason": reason }),
+                &VoidRequest {
+                    reason: reason.to_owned(),
+                },
             )
             .await
     }

@@ -46,7 +46,7 @@ pub mod fx;
 pub mod health;
 pub mod http;
 pub mod identity;
-pub mod money;
+pub use finflow_contracts::money;
 pub mod openapi;
 #[cfg(feature = "events")]
 pub mod service;

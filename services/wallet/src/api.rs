@@ -19,6 +19,8 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use finflow_contracts::wallet::{BATCH_MAX, TransferBatch, VoidRequest};
+
 use crate::ledger::{self, Applied, Spend, TransferRequest, TransferResult};
 use crate::limits::TierLimits;
 use crate::users::{UserState, Users};
@@ -569,12 +571,6 @@ async fn internal_wallet(
     }))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VoidRequest {
-    pub reason: String,
-}
-
 /// Makes a transfer id unusable unless it was applied already (service callers only).
 #[utoipa::path(post, path = "/internal/transfers/{id}/void", tag = "internal", params(("id" = Uuid, Path)),
     request_body = VoidRequest, responses((status = 200, body = ledger::VoidOutcome), (status = 403, body = ErrorEnvelope)))]
@@ -608,17 +604,6 @@ async fn transfer(
         Applied::Before => StatusCode::OK,
     };
     Ok(error::with_status(status, result))
-}
-
-/// Most transfers one `POST /internal/transfers/batch` applies.
-pub const BATCH_MAX: usize = 100;
-
-/// `POST /internal/transfers/batch`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TransferBatch {
-    /// 1 to 100 transfers.
-    pub transfers: Vec<TransferRequest>,
 }
 
 /// One transfer of a batch: what `POST /internal/transfers` would have answered for it,

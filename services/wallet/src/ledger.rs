@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use finflow_platform::error::ErrorCode;
 use finflow_platform::events::{Event, outbox};
 use finflow_platform::{Amount, ApiError, Currency, Money};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -36,63 +36,11 @@ pub struct Spend {
 /// so that read models can follow the ledger without reading B's database).
 pub const LEDGER_ENTRY_POSTED: &str = "ledger.entry_posted";
 
-/// What a transfer is for; decides which sides are user wallets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TransferKind {
-    /// User wallet to user wallet.
-    Transfer,
-    /// System account to a user wallet (money coming in).
-    Deposit,
-    /// User wallet to the system account (money going out).
-    Withdrawal,
-    /// Compensates an earlier transfer; either side may be the system account.
-    Reversal,
-}
+pub use finflow_contracts::wallet::{TransferKind, TransferRequest, VoidOutcome};
 
-impl TransferKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Transfer => "transfer",
-            Self::Deposit => "deposit",
-            Self::Withdrawal => "withdrawal",
-            Self::Reversal => "reversal",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "transfer" => Some(Self::Transfer),
-            "deposit" => Some(Self::Deposit),
-            "withdrawal" => Some(Self::Withdrawal),
-            "reversal" => Some(Self::Reversal),
-            _ => None,
-        }
-    }
-
-    /// Whether tier limits apply: money leaving a user's control.
-    fn is_limited(self) -> bool {
-        matches!(self, Self::Transfer | Self::Withdrawal)
-    }
-}
-
-/// `POST /internal/transfers`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TransferRequest {
-    /// The caller's id for this movement (C uses the payment id): applied at most once.
-    pub transfer_id: Uuid,
-    pub kind: TransferKind,
-    /// Absent for a deposit (the system account pays).
-    pub from_wallet_id: Option<Uuid>,
-    /// Absent for a withdrawal (the system account receives).
-    pub to_wallet_id: Option<Uuid>,
-    /// Greater than zero, within the currency's minor units (at most 4 decimals).
-    #[schema(value_type = String, example = "1500.00",
-        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
-    pub amount: Amount,
-    #[schema(value_type = finflow_platform::Currency, example = "USD")]
-    pub currency: Currency,
+/// Whether tier limits apply to a transfer of `kind`: money leaving a user's control.
+fn is_limited(kind: TransferKind) -> bool {
+    matches!(kind, TransferKind::Transfer | TransferKind::Withdrawal)
 }
 
 /// One side of a transfer before resolution.
@@ -742,7 +690,7 @@ async fn apply_in(
 /// database refuses one without a value): a caller that forgot the limits must fail,
 /// not pass.
 fn valued(kind: TransferKind, spend: Option<Spend>) -> Result<Option<Spend>, ApiError> {
-    match (kind.is_limited(), spend) {
+    match (is_limited(kind), spend) {
         (false, _) => Ok(None),
         (true, Some(spend)) => {
             spend.limit.check(spend.value, Amount::ZERO)?;
@@ -765,19 +713,6 @@ async fn is_voided(tx: &mut PgConnection, transfer_id: Uuid) -> Result<bool, sql
         .fetch_one(&mut *tx)
         .await
 }
-
-/// What became of a transfer id that was voided.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum VoidOutcome {
-    /// It had been applied before the void: here is the result; nothing was voided.
-    Applied { transfer: TransferResultWire },
-    /// It was not applied and now never will be.
-    Voided,
-}
-
-/// [`TransferResult`] as it travels inside [`VoidOutcome`].
-pub type TransferResultWire = serde_json::Value;
 
 /// Makes sure `transfer_id` is never applied from now on, unless it already was.
 /// Serialized with [`apply`] by the same advisory lock, so the answer is final.

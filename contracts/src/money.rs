@@ -95,6 +95,7 @@ impl Currency {
 
 /// In OpenAPI documents a currency is a string, one of the codes it accepts, so a
 /// document states exactly what [`Currency::parse`] takes.
+#[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Currency {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
@@ -108,6 +109,7 @@ impl utoipa::PartialSchema for Currency {
     }
 }
 
+#[cfg(feature = "openapi")]
 impl utoipa::ToSchema for Currency {
     fn name() -> std::borrow::Cow<'static, str> {
         "CurrencyCode".into()
@@ -273,7 +275,7 @@ impl<'de> Deserialize<'de> for Amount {
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::Type<sqlx::Postgres> for Amount {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
         <Decimal as sqlx::Type<sqlx::Postgres>>::type_info()
@@ -283,14 +285,14 @@ impl sqlx::Type<sqlx::Postgres> for Amount {
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::postgres::PgHasArrayType for Amount {
     fn array_type_info() -> sqlx::postgres::PgTypeInfo {
         <Decimal as sqlx::postgres::PgHasArrayType>::array_type_info()
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::Encode<'_, sqlx::Postgres> for Amount {
     fn encode_by_ref(
         &self,
@@ -300,7 +302,7 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Amount {
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::Decode<'_, sqlx::Postgres> for Amount {
     fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
         let d = <Decimal as sqlx::Decode<'_, sqlx::Postgres>>::decode(value)?;
@@ -308,7 +310,7 @@ impl sqlx::Decode<'_, sqlx::Postgres> for Amount {
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::Type<sqlx::Postgres> for Currency {
     fn type_info() -> sqlx::postgres::PgTypeInfo {
         <&str as sqlx::Type<sqlx::Postgres>>::type_info()
@@ -318,14 +320,14 @@ impl sqlx::Type<sqlx::Postgres> for Currency {
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::postgres::PgHasArrayType for Currency {
     fn array_type_info() -> sqlx::postgres::PgTypeInfo {
         <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::Encode<'_, sqlx::Postgres> for Currency {
     fn encode_by_ref(
         &self,
@@ -335,7 +337,7 @@ impl sqlx::Encode<'_, sqlx::Postgres> for Currency {
     }
 }
 
-#[cfg(feature = "db")]
+#[cfg(feature = "sqlx")]
 impl sqlx::Decode<'_, sqlx::Postgres> for Currency {
     fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
         let code = <&str as sqlx::Decode<'_, sqlx::Postgres>>::decode(value)?;
