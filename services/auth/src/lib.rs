@@ -46,7 +46,6 @@ use finflow_platform::config::{RedisConfig, Validate};
 use finflow_platform::health::{self};
 use finflow_platform::http::ShutdownSignal;
 use finflow_platform::service::{self, Background, Service};
-use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -86,8 +85,13 @@ pub struct Settings {
     #[arg(long, env = "JWT_KEY_ROTATION_DAYS")]
     pub jwt_key_rotation_days: Option<u32>,
     /// Service clients for client credentials, `name=secret` pairs separated by commas.
-    #[arg(long, env = "SERVICE_CLIENTS", hide_env_values = true)]
-    pub service_clients: Option<SecretString>,
+    #[arg(
+        long,
+        env = "SERVICE_CLIENTS",
+        hide_env_values = true,
+        value_parser = ServiceClientsParser
+    )]
+    pub service_clients: Option<ServiceClients>,
     /// Login attempts allowed per account from one client address per minute; a
     /// successful login there starts the count again.
     #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 10)]
@@ -113,23 +117,53 @@ impl Validate for Settings {
                 "REFRESH_TOKEN_TTL_SECS must not be shorter than ACCESS_TOKEN_TTL_SECS".to_owned(),
             );
         }
-        if let Err(e) = parse_service_clients(self.service_clients.as_ref()) {
-            errors.push(e);
-        }
         if self.jwt_key_rotation_days.is_some() && !self.jwt_keys_generate {
             errors.push("JWT_KEY_ROTATION_DAYS needs JWT_KEYS_GENERATE=true".to_owned());
         }
     }
 }
 
-fn parse_service_clients(raw: Option<&SecretString>) -> Result<HashMap<String, [u8; 32]>, String> {
+/// `SERVICE_CLIENTS`: each service client's name and the SHA-256 of its secret.
+#[derive(Clone, Default)]
+pub struct ServiceClients(pub HashMap<String, [u8; 32]>);
+
+impl std::fmt::Debug for ServiceClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_tuple("ServiceClients").field(&names).finish()
+    }
+}
+
+/// Parses [`ServiceClients`] once, at start. Its errors never repeat the value, which
+/// holds secrets (clap's own "invalid value" message would print it).
+#[derive(Clone)]
+struct ServiceClientsParser;
+
+impl clap::builder::TypedValueParser for ServiceClientsParser {
+    type Value = ServiceClients;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<ServiceClients, clap::Error> {
+        let refused = |e: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, e + "\n").with_cmd(cmd)
+        };
+        let value = value
+            .to_str()
+            .ok_or_else(|| refused("SERVICE_CLIENTS is not UTF-8".to_owned()))?;
+        parse_service_clients(value)
+            .map(ServiceClients)
+            .map_err(refused)
+    }
+}
+
+fn parse_service_clients(raw: &str) -> Result<HashMap<String, [u8; 32]>, String> {
     let mut clients = HashMap::new();
-    let Some(raw) = raw else { return Ok(clients) };
-    for pair in raw
-        .expose_secret()
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-    {
+    for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
         let (name, secret) = pair
             .split_once('=')
             .ok_or("SERVICE_CLIENTS entries must be name=secret")?;
@@ -217,8 +251,7 @@ impl Service for Auth {
             login_limit_per_account: config.login_limit_per_account,
             login_limit_per_address: config.login_limit_per_address,
             register_limit_per_address: config.register_limit_per_address,
-            service_clients: parse_service_clients(config.service_clients.as_ref())
-                .map_err(anyhow::Error::msg)?,
+            service_clients: config.service_clients.clone().unwrap_or_default().0,
         };
 
         let mut background = Background::new();
@@ -273,14 +306,46 @@ impl Service for Auth {
 mod tests {
     use super::*;
 
+    fn load(service_clients: &str) -> Result<Config, finflow_platform::config::LoadError> {
+        finflow_platform::config::try_load_from([
+            "finflow-auth",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://localhost/auth",
+            "--amqp-url",
+            "amqp://localhost",
+            "--redis-url",
+            "redis://localhost",
+            "--jwt-keys-dir",
+            "/tmp/keys",
+            "--service-clients",
+            service_clients,
+        ])
+    }
+
     #[test]
-    fn service_clients_parse_into_hashed_secrets() {
-        let raw = SecretString::from("payment=0123456789abcdef,wallet=fedcba9876543210".to_owned());
-        let clients = parse_service_clients(Some(&raw)).unwrap();
+    fn service_clients_are_parsed_once_into_hashed_secrets() {
+        let config = load("payment=0123456789abcdef,wallet=fedcba9876543210").unwrap();
+        let clients = config.settings.service_clients.unwrap().0;
         assert_eq!(clients.len(), 2);
         let expected: [u8; 32] = Sha256::digest(b"0123456789abcdef").into();
         assert_eq!(clients["payment"], expected);
-        let short = SecretString::from("payment=short".to_owned());
-        assert!(parse_service_clients(Some(&short)).is_err());
+    }
+
+    #[test]
+    fn a_refused_service_client_is_named_and_its_secret_never_printed() {
+        for (value, secret) in [
+            ("payment=short-secret", "short-secret"),
+            ("Payment=0123456789abcdef", "0123456789abcdef"),
+            ("payment:0123456789abcdef", "0123456789abcdef"),
+        ] {
+            let Err(finflow_platform::config::LoadError::Clap(e)) = load(value) else {
+                panic!("{value} was accepted");
+            };
+            let message = e.to_string();
+            assert!(message.contains("SERVICE_CLIENTS"), "{message}");
+            assert!(!message.contains(secret), "the secret leaked: {message}");
+        }
     }
 }

@@ -50,7 +50,7 @@ pub struct Settings {
     /// C's hold threshold, in the reference currency: structuring looks for payments
     /// worth just under it.
     #[arg(long, env = "AML_HOLD_THRESHOLD", default_value = "10000")]
-    pub aml_hold_threshold: String,
+    pub aml_hold_threshold: Amount,
     /// Velocity window, in seconds.
     #[arg(long, env = "AML_VELOCITY_WINDOW_SECS", default_value_t = 600)]
     pub aml_velocity_window_secs: u64,
@@ -60,7 +60,7 @@ pub struct Settings {
     /// More than this sum (in the reference currency) in the window raises a velocity
     /// alert.
     #[arg(long, env = "AML_VELOCITY_MAX_AMOUNT", default_value = "50000")]
-    pub aml_velocity_max_amount: String,
+    pub aml_velocity_max_amount: Amount,
     /// This many payments just under the threshold within a day raise a structuring alert.
     #[arg(long, env = "AML_STRUCTURING_COUNT", default_value_t = 3)]
     pub aml_structuring_count: i64,
@@ -76,7 +76,7 @@ impl Validate for Settings {
             ("AML_HOLD_THRESHOLD", &self.aml_hold_threshold),
             ("AML_VELOCITY_MAX_AMOUNT", &self.aml_velocity_max_amount),
         ] {
-            if !Amount::parse(value).is_ok_and(Amount::is_positive) {
+            if !value.is_positive() {
                 errors.push(format!("{name} must be a positive amount"));
             }
         }
@@ -133,10 +133,10 @@ impl Service for Kyc {
         let pool = base.database(&MIGRATIONS).await?;
         let rules = aml::Rules {
             rates: config.fx.rates().map_err(anyhow::Error::msg)?,
-            hold_threshold: Amount::parse(&config.aml_hold_threshold)?,
+            hold_threshold: config.aml_hold_threshold,
             window: Duration::from_secs(config.aml_velocity_window_secs),
             max_count: config.aml_velocity_max_count,
-            max_amount: Amount::parse(&config.aml_velocity_max_amount)?,
+            max_amount: config.aml_velocity_max_amount,
             structuring_count: config.aml_structuring_count,
         };
         let mut background = Background::new();
@@ -175,5 +175,41 @@ impl Service for Kyc {
             shutdown,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use finflow_platform::config::{LoadError, try_load_from};
+
+    fn load(extra: &[&str]) -> Result<super::Config, LoadError> {
+        let base = [
+            "finflow-kyc",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://localhost/kyc",
+            "--amqp-url",
+            "amqp://localhost",
+            "--auth-url",
+            "http://127.0.0.1:9",
+            "--service-client-secret",
+            "kyc-secret-for-tests",
+        ];
+        try_load_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn aml_amounts_are_parsed_once_and_must_be_positive() {
+        let config = load(&["--aml-hold-threshold", "2500.50"]).unwrap();
+        assert_eq!(config.settings.aml_hold_threshold.to_string(), "2500.5");
+        let Err(LoadError::Clap(e)) = load(&["--aml-velocity-max-amount", "lots"]) else {
+            panic!("a malformed amount was accepted");
+        };
+        assert!(e.to_string().contains("--aml-velocity-max-amount"), "{e}");
+        let Err(LoadError::Invalid(errors)) = load(&["--aml-hold-threshold", "0"]) else {
+            panic!("a zero threshold was accepted");
+        };
+        assert_eq!(errors, ["AML_HOLD_THRESHOLD must be a positive amount"]);
     }
 }

@@ -75,7 +75,7 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64, tolerance: i64)
 pub struct Sender {
     pub pool: PgPool,
     pub smtp: AsyncSmtpTransport<Tokio1Executor>,
-    pub mail_from: String,
+    pub mail_from: lettre::message::Mailbox,
     /// Built by `webhook_client`: resolves through `policy`, follows no redirect.
     pub http: reqwest::Client,
     /// What webhooks may reach, checked again at every send: the URL was vetted at
@@ -274,11 +274,7 @@ impl Sender {
 
     async fn send_email(&self, d: &Due) -> Result<(), String> {
         let message = Message::builder()
-            .from(
-                self.mail_from
-                    .parse()
-                    .map_err(|e| format!("MAIL_FROM: {e}"))?,
-            )
+            .from(self.mail_from.clone())
             .to(d.target.parse().map_err(|e| format!("recipient: {e}"))?)
             .subject(&d.subject)
             .header(ContentType::TEXT_PLAIN)

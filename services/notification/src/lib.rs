@@ -47,14 +47,14 @@ pub struct Settings {
     /// SMTP server as smtp://host:port. Plain SMTP: in a cluster it is a relay next to
     /// the service (TLS to the outside world is the relay's job).
     #[arg(long, env = "SMTP_URL", default_value = "smtp://127.0.0.1:2525")]
-    pub smtp_url: String,
+    pub smtp_url: SmtpUrl,
     /// Sender of emails.
     #[arg(
         long,
         env = "MAIL_FROM",
         default_value = "FinFlow <no-reply@finflow.local>"
     )]
-    pub mail_from: String,
+    pub mail_from: lettre::message::Mailbox,
     /// Attempts per delivery before it is given up.
     #[arg(long, env = "DELIVERY_MAX_ATTEMPTS", default_value_t = 8)]
     pub delivery_max_attempts: i32,
@@ -82,14 +82,6 @@ pub struct Settings {
 
 impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        if smtp_host_port(&self.smtp_url).is_none() {
-            errors.push("SMTP_URL must be smtp://host:port".to_owned());
-        }
-        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
-            errors.push(
-                "MAIL_FROM must be a mailbox like `FinFlow <no-reply@example.com>`".to_owned(),
-            );
-        }
         if self.delivery_max_attempts < 1 {
             errors.push("DELIVERY_MAX_ATTEMPTS must be at least 1".to_owned());
         }
@@ -115,28 +107,73 @@ fn webhook_client(policy: &targets::Policy, timeout: Duration) -> anyhow::Result
         .build()?)
 }
 
-/// `smtp://host:port` into its parts.
-pub fn smtp_host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.strip_prefix("smtp://")?.trim_end_matches('/');
-    let (host, port) = rest.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    (!host.is_empty() && !host.contains('@')).then(|| (host.to_owned(), port))
+/// `SMTP_URL`: `smtp://host:port` (no user name or password: the relay is local).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for SmtpUrl {
+    type Err = &'static str;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let parts = || {
+            let rest = url.strip_prefix("smtp://")?.trim_end_matches('/');
+            let (host, port) = rest.rsplit_once(':')?;
+            let port: u16 = port.parse().ok()?;
+            (!host.is_empty() && !host.contains('@')).then(|| Self {
+                host: host.to_owned(),
+                port,
+            })
+        };
+        parts().ok_or("must be smtp://host:port")
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::SmtpUrl;
+
     #[test]
     fn smtp_urls_name_a_host_and_port() {
+        let url = |host: &str, port| SmtpUrl {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!("smtp://127.0.0.1:2525".parse(), Ok(url("127.0.0.1", 2525)));
+        assert_eq!("smtp://mail:25/".parse(), Ok(url("mail", 25)));
+        assert!("smtps://mail:465".parse::<SmtpUrl>().is_err());
+        assert!("smtp://mail".parse::<SmtpUrl>().is_err());
+        assert!("smtp://user@mail:25".parse::<SmtpUrl>().is_err());
+    }
+
+    #[test]
+    fn the_sender_and_the_relay_are_parsed_once_at_start() {
+        let load = |flag: &str, value: &str| {
+            finflow_platform::config::try_load_from::<super::Config, _, _>([
+                "finflow-notification",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                "postgres://localhost/notification",
+                "--amqp-url",
+                "amqp://localhost",
+                flag,
+                value,
+            ])
+        };
+        let config = load("--mail-from", "Ops <ops@example.com>").unwrap();
         assert_eq!(
-            super::smtp_host_port("smtp://127.0.0.1:2525"),
-            Some(("127.0.0.1".into(), 2525))
+            config.settings.mail_from.email.to_string(),
+            "ops@example.com"
         );
-        assert_eq!(
-            super::smtp_host_port("smtp://mail:25/"),
-            Some(("mail".into(), 25))
-        );
-        assert!(super::smtp_host_port("smtps://mail:465").is_none());
-        assert!(super::smtp_host_port("smtp://mail").is_none());
+        for (flag, value) in [("--mail-from", "not a mailbox"), ("--smtp-url", "mail:25")] {
+            let Err(finflow_platform::config::LoadError::Clap(e)) = load(flag, value) else {
+                panic!("{flag} {value} was accepted");
+            };
+            assert!(e.to_string().contains(flag), "{e}");
+        }
     }
 }
 
@@ -180,11 +217,9 @@ impl Service for Notification {
     ) -> anyhow::Result<()> {
         let (base, config) = (&config.service, &config.settings);
         let pool = base.database(&MIGRATIONS).await?;
-        let (host, port) =
-            smtp_host_port(&config.smtp_url).ok_or_else(|| anyhow::anyhow!("SMTP_URL"))?;
         let send_timeout = Duration::from_millis(config.delivery_timeout_ms);
-        let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
+        let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp_url.host)
+            .port(config.smtp_url.port)
             .timeout(Some(send_timeout))
             .build();
         let policy = targets::Policy::new(config.webhook_allow_nets.clone());

@@ -821,7 +821,7 @@ async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
     let sender = delivery::Sender {
         pool: db.pool.clone(),
         smtp,
-        mail_from: "FinFlow <no-reply@finflow.local>".to_owned(),
+        mail_from: "FinFlow <no-reply@finflow.local>".parse().unwrap(),
         http: reqwest::Client::new(),
         policy: finflow_notification::targets::Policy::new(Default::default()),
         max_attempts: 3,

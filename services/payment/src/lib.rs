@@ -78,7 +78,7 @@ pub struct Settings {
     /// Payments worth more than this in the reference currency go ON_HOLD for an AML
     /// decision.
     #[arg(long, env = "AML_HOLD_THRESHOLD", default_value = "10000")]
-    pub aml_hold_threshold: String,
+    pub aml_hold_threshold: Amount,
     #[command(flatten)]
     pub fx: FxConfig,
     /// Consumers of the payment queue in this process (each with its own channel). Each
@@ -112,7 +112,7 @@ impl Validate for Settings {
         if !(self.wallet_url.starts_with("http://") || self.wallet_url.starts_with("https://")) {
             errors.push("WALLET_URL must be an http(s) URL".to_owned());
         }
-        if !Amount::parse(&self.aml_hold_threshold).is_ok_and(Amount::is_positive) {
+        if !self.aml_hold_threshold.is_positive() {
             errors.push("AML_HOLD_THRESHOLD must be a positive amount".to_owned());
         }
         if self.sweep_fail_after_secs <= self.sweep_republish_after_secs {
@@ -216,14 +216,12 @@ impl Service for Payment {
                     .clone()
                     .listen(pool.clone(), background.stop_token()),
             );
-            let aml_hold_threshold =
-                Amount::parse(&config.aml_hold_threshold).map_err(anyhow::Error::from)?;
             api::router(api::AppState {
                 pool,
                 keys: idempotency::Keys::new(redis),
                 wallets,
                 settings: Arc::new(api::Settings {
-                    aml_hold_threshold,
+                    aml_hold_threshold: config.aml_hold_threshold,
                     rates: rates.clone(),
                     max_wait: Duration::from_secs(config.max_prefer_wait_secs),
                     duplicate_wait: Duration::from_secs(5),

@@ -52,7 +52,7 @@ pub struct Settings {
         env = "TIER_LIMITS",
         default_value = "bronze=1000/5000,silver=10000/50000,gold=100000/500000"
     )]
-    pub tier_limits: String,
+    pub tier_limits: limits::TierLimits,
     #[command(flatten)]
     pub fx: FxConfig,
 }
@@ -61,9 +61,6 @@ impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
         self.client.validate(errors);
         self.fx.validate(errors);
-        if let Err(e) = self.tier_limits.parse::<limits::TierLimits>() {
-            errors.push(format!("TIER_LIMITS: {e}"));
-        }
     }
 }
 
@@ -109,7 +106,7 @@ impl Service for Wallet {
     ) -> anyhow::Result<()> {
         let (base, config) = (&config.service, &config.settings);
         let pool = base.database(&MIGRATIONS).await?;
-        let limits: limits::TierLimits = config.tier_limits.parse().map_err(anyhow::Error::msg)?;
+        let limits = config.tier_limits.clone();
         let http = ServiceClient::http_client();
         let tokens = config.client.tokens(SERVICE, http.clone());
         let users = users::Users::new(ServiceClient::new(
@@ -144,5 +141,43 @@ impl Service for Wallet {
             shutdown,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use finflow_platform::config::{LoadError, try_load_from};
+
+    fn load(tier_limits: &str) -> Result<super::Config, LoadError> {
+        try_load_from([
+            "finflow-wallet",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://localhost/wallet",
+            "--amqp-url",
+            "amqp://localhost",
+            "--auth-url",
+            "http://127.0.0.1:9",
+            "--service-client-secret",
+            "wallet-secret-for-tests",
+            "--tier-limits",
+            tier_limits,
+        ])
+    }
+
+    #[test]
+    fn tier_limits_are_parsed_once_at_start() {
+        let config = load("bronze=10/50,silver=100/500,gold=1000/5000").unwrap();
+        assert_eq!(
+            config.settings.tier_limits,
+            "bronze=10/50,silver=100/500,gold=1000/5000"
+                .parse()
+                .unwrap()
+        );
+        let Err(LoadError::Clap(e)) = load("bronze=10/50") else {
+            panic!("limits without silver and gold were accepted");
+        };
+        assert!(e.to_string().contains("bronze, silver and gold"), "{e}");
     }
 }
