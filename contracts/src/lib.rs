@@ -1,12 +1,14 @@
 //! What FinFlow's parts say to each other, defined once and read by both sides: the
 //! identity a sidecar forwards and the token claims it verifies ([`identity`]), money
 //! as it travels and is stored ([`money`]), the names of the events services publish
-//! ([`events`]), the transfers C asks B for ([`wallet`]), and the sidecar's configuration
+//! ([`events`]) and the payments they carry ([`payment`]), the transfers C asks B
+//! for ([`wallet`]), and the sidecar's configuration
 //! file that the operator writes ([`sidecar`]). No IO: the operator's pure core links
 //! this crate too.
 
 pub mod events;
 pub mod identity;
 pub mod money;
+pub mod payment;
 pub mod sidecar;
 pub mod wallet;

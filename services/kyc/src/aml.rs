@@ -15,12 +15,13 @@
 
 use std::time::Duration;
 
+use finflow_contracts::money::MoneyError;
+use finflow_contracts::payment::{PaymentEvent, Status};
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
 use finflow_platform::fx::Rates;
 use finflow_platform::{Amount, ApiError, Currency, Money};
 use rust_decimal::Decimal;
-use serde::Deserialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -42,16 +43,27 @@ pub fn payments_queue() -> QueueSpec {
     )
 }
 
-#[derive(Deserialize)]
+/// What E reads of a `payment.*` event ([`PaymentEvent`]).
 struct PaymentSeen {
     payment_id: Uuid,
     user_id: Uuid,
-    /// Whom the payment pays, when C says (events from before it did have none).
-    #[serde(default)]
     payee_user_id: Option<Uuid>,
     amount: Amount,
     currency: String,
-    status: String,
+    held: bool,
+}
+
+impl PaymentSeen {
+    fn of(event: PaymentEvent) -> Result<Self, MoneyError> {
+        Ok(Self {
+            payment_id: event.payment_id,
+            user_id: event.payment.user_id,
+            payee_user_id: event.payee_user_id,
+            amount: Amount::parse(&event.payment.amount)?,
+            held: event.payment.status == Status::OnHold,
+            currency: event.payment.currency,
+        })
+    }
 }
 
 pub struct Monitor {
@@ -204,9 +216,11 @@ impl Handler for Monitor {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         // payment.requested for a released hold carries status PENDING too: observation
         // is keyed by payment id, so it is counted once.
-        let seen: PaymentSeen = event
-            .data_as()
-            .map_err(|e| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type)))?;
+        let malformed = |e: &dyn std::fmt::Display| {
+            HandlerError::Permanent(format!("malformed {}: {e}", event.event_type))
+        };
+        let seen = PaymentSeen::of(event.data_as().map_err(|e| malformed(&e))?)
+            .map_err(|e| malformed(&e))?;
         let value = self.value_of(&seen);
         let window_ms = i64::try_from(self.rules.window.as_millis()).unwrap_or(i64::MAX);
         let floor = percent_of(self.rules.hold_threshold, 90);
@@ -223,7 +237,7 @@ impl Handler for Monitor {
             .bind(just_under)
             .fetch_one(&mut *tx)
             .await?;
-        if seen.status == "ON_HOLD" {
+        if seen.held {
             alert(
                 tx,
                 seen.user_id,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use finflow_contracts::payment::{Kind, Payment, PaymentEvent, Status};
 use finflow_kyc::Kyc;
 use finflow_kyc::aml::{self, Monitor, Rules};
 use finflow_kyc::documents::MAX_DOCUMENT_BYTES;
@@ -422,22 +423,25 @@ fn payment_event_in(
     Event::new(
         "payment",
         event_type,
-        &json!({
-            "payment_id": payment,
-            "id": payment,
-            "user_id": user,
-            "kind": "transfer",
-            "status": status,
-            "from_wallet_id": Uuid::new_v4(),
-            "to_wallet_id": Uuid::new_v4(),
-            "amount": amount,
-            "currency": currency,
-            "description": null,
-            "failure": null,
-            "created_at": now,
-            "updated_at": now,
-            "completed_at": null,
-        }),
+        &PaymentEvent {
+            payment_id: payment,
+            payee_user_id: None,
+            payment: Payment {
+                id: payment,
+                user_id: user,
+                kind: Kind::Transfer,
+                status: Status::parse(status).unwrap(),
+                from_wallet_id: Some(Uuid::new_v4()),
+                to_wallet_id: Some(Uuid::new_v4()),
+                amount: amount.to_owned(),
+                currency: currency.to_owned(),
+                description: None,
+                failure: None,
+                created_at: now,
+                updated_at: now,
+                completed_at: None,
+            },
+        },
     )
     .unwrap()
 }

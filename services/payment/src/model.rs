@@ -1,101 +1,12 @@
 //! Payments, their status machine and their events.
 
 use chrono::{DateTime, Utc};
+pub use finflow_contracts::payment::{Failure, Kind, Payment, Status};
 use finflow_platform::{Amount, ApiError, Currency, Money};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-/// What a payment does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Transfer,
-    Deposit,
-    Withdrawal,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Transfer => "transfer",
-            Self::Deposit => "deposit",
-            Self::Withdrawal => "withdrawal",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "transfer" => Some(Self::Transfer),
-            "deposit" => Some(Self::Deposit),
-            "withdrawal" => Some(Self::Withdrawal),
-            _ => None,
-        }
-    }
-}
-
-/// The transfer at B that applies a payment of this kind.
-impl From<Kind> for finflow_contracts::wallet::TransferKind {
-    fn from(kind: Kind) -> Self {
-        match kind {
-            Kind::Transfer => Self::Transfer,
-            Kind::Deposit => Self::Deposit,
-            Kind::Withdrawal => Self::Withdrawal,
-        }
-    }
-}
-
-/// The status machine (`docs/architecture.md`, C, payment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    Pending,
-    OnHold,
-    Completed,
-    Failed,
-    Reversed,
-}
-
-impl Status {
-    pub const ALL: [Self; 5] = [
-        Self::Pending,
-        Self::OnHold,
-        Self::Completed,
-        Self::Failed,
-        Self::Reversed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::OnHold => "ON_HOLD",
-            Self::Completed => "COMPLETED",
-            Self::Failed => "FAILED",
-            Self::Reversed => "REVERSED",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Whether `self -> to` is allowed (the database enforces the same table).
-    pub fn can_become(self, to: Self) -> bool {
-        use Status::*;
-        matches!(
-            (self, to),
-            (Pending, Completed | Failed | OnHold)
-                | (OnHold, Pending | Failed)
-                | (Completed, Reversed)
-        )
-    }
-
-    /// No worker will touch it again (reversal is an explicit ops action).
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Reversed)
-    }
-}
 
 /// The body of `POST /api/v1/payments/{transfer,deposit,withdrawal}`. The document
 /// shows one shape per operation ([`DepositRequest`], [`TransferRequest`],
@@ -264,33 +175,6 @@ pub struct PaymentRow {
 pub const PAYMENT_COLUMNS: &str = "id, user_id, request_hash, kind, from_wallet_id, to_wallet_id, amount, currency, \
      description, status, failure_code, failure_reason, created_at, updated_at, completed_at, payee_user_id";
 
-/// Why a payment failed.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-pub struct Failure {
-    /// An error code of the contract (`INSUFFICIENT_FUNDS`, `WALLET_NOT_ACTIVE`, ...).
-    pub code: String,
-    pub reason: String,
-}
-
-/// A payment as the API and the events show it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
-pub struct Payment {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub kind: Kind,
-    pub status: Status,
-    pub from_wallet_id: Option<Uuid>,
-    pub to_wallet_id: Option<Uuid>,
-    #[schema(example = "1500.00")]
-    pub amount: String,
-    pub currency: String,
-    pub description: Option<String>,
-    pub failure: Option<Failure>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
 impl PaymentRow {
     pub fn status(&self) -> Result<Status, ApiError> {
         Status::parse(&self.status)
@@ -328,10 +212,11 @@ impl PaymentRow {
     }
 }
 
-/// What the worker reads of `payment.requested`: only which payment to apply. The event
-/// carries the whole payment ([`crate::settle::PaymentEvent`], from
-/// [`crate::settle::announce`]) whoever publishes it, API or sweeper, because other
-/// services (E, F) read the rest.
+/// What the worker reads of `payment.requested`: only which payment to apply, the
+/// `payment_id` of [`finflow_contracts::payment::PaymentEvent`]. The event carries the
+/// whole payment (from [`crate::settle::announce`]) whoever publishes it, API or
+/// sweeper, because other services (E, F) read the rest; the worker, which reads the
+/// payment row itself, decodes no more of it than it uses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Requested {
     pub payment_id: Uuid,

@@ -5,22 +5,13 @@
 use chrono::Utc;
 use finflow_platform::ApiError;
 use finflow_platform::events::{Event, outbox, types};
-use serde::Serialize;
+
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::model::{Failure, Kind, PAYMENT_COLUMNS, Payment, PaymentRow, Status};
+use crate::model::{Failure, Kind, PAYMENT_COLUMNS, PaymentRow, Status};
+use finflow_contracts::payment::PaymentEvent;
 use finflow_contracts::wallet::{TransferKind, TransferRequest};
-
-/// The data of every `payment.*` event: the payment, plus its id as `payment_id`.
-#[derive(Serialize)]
-pub struct PaymentEvent<'a> {
-    pub payment_id: Uuid,
-    /// Whom it pays, when known: E's four eyes keeps a payee from reviewing it.
-    pub payee_user_id: Option<Uuid>,
-    #[serde(flatten)]
-    pub payment: &'a Payment,
-}
 
 /// The event that announces a payment entering `status`.
 pub fn event_type(status: Status) -> &'static str {
@@ -48,7 +39,7 @@ pub fn event_of(row: &PaymentRow) -> Result<Event, ApiError> {
         &PaymentEvent {
             payment_id: row.id,
             payee_user_id: row.payee_user_id,
-            payment: &payment,
+            payment,
         },
     )
     .map_err(|e| ApiError::internal(&e))

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use finflow_contracts::money::MoneyError;
+use finflow_contracts::payment::{self, PaymentEvent};
 use finflow_platform::Amount;
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
@@ -46,20 +48,39 @@ fn malformed(event: &Event, e: &dyn std::fmt::Display) -> HandlerError {
     HandlerError::Permanent(format!("malformed {}: {e}", event.event_type))
 }
 
-#[derive(Deserialize)]
+/// What F keeps of a `payment.*` event ([`PaymentEvent`]).
 struct PaymentFact {
     payment_id: Uuid,
     user_id: Uuid,
-    kind: String,
-    status: String,
+    kind: payment::Kind,
+    status: payment::Status,
     amount: Amount,
     currency: String,
     created_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
-    failure: Option<Failure>,
+    failure: Option<payment::Failure>,
     /// Absent for a deposit's source and a withdrawal's destination (B's system account).
     from_wallet_id: Option<Uuid>,
     to_wallet_id: Option<Uuid>,
+}
+
+impl PaymentFact {
+    fn of(event: PaymentEvent) -> Result<Self, MoneyError> {
+        let p = event.payment;
+        Ok(Self {
+            payment_id: event.payment_id,
+            user_id: p.user_id,
+            kind: p.kind,
+            status: p.status,
+            amount: Amount::parse(&p.amount)?,
+            currency: p.currency,
+            created_at: p.created_at,
+            completed_at: p.completed_at,
+            failure: p.failure,
+            from_wallet_id: p.from_wallet_id,
+            to_wallet_id: p.to_wallet_id,
+        })
+    }
 }
 
 /// A `payment.requested` that names only the payment: what C's sweeper published before
@@ -78,11 +99,6 @@ struct WalletFact {
     user_id: Uuid,
     currency: String,
     status: String,
-}
-
-#[derive(Deserialize)]
-struct Failure {
-    code: String,
 }
 
 #[derive(Deserialize)]
@@ -207,8 +223,10 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
 
 /// The payment a `payment.*` event carries, or `None` for a [`BarePaymentRequest`].
 fn payment_fact(event: &Event) -> Result<Option<PaymentFact>, HandlerError> {
-    match event.data_as() {
-        Ok(p) => Ok(Some(p)),
+    match event.data_as::<PaymentEvent>() {
+        Ok(p) => PaymentFact::of(p)
+            .map(Some)
+            .map_err(|e| malformed(event, &e)),
         Err(e) => {
             if event.event_type == types::PAYMENT_REQUESTED
                 && let Ok(bare) = event.data_as::<BarePaymentRequest>()

@@ -1,5 +1,6 @@
 //! F's read models against real PostgreSQL: replays and disorder change nothing.
 
+use finflow_contracts::payment::{Kind, Payment, PaymentEvent, Status};
 use finflow_platform::db::TestDb;
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, types};
@@ -7,6 +8,50 @@ use finflow_reporting::projections::{LEDGER_ENTRY_POSTED, Projector, project};
 use finflow_reporting::reports::{ledger_totals, statement_lines};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+/// A `payment.*` event of a payment between `from` and `to` (none: the system
+/// account), as C publishes every payment event (the original `payment.requested` and
+/// the sweeper's re-publication alike): the contract's [`PaymentEvent`].
+#[allow(clippy::too_many_arguments)]
+fn event_of(
+    kind: &str,
+    id: Uuid,
+    user: Uuid,
+    (from, to): (Option<Uuid>, Option<Uuid>),
+    status: &str,
+    amount: &str,
+    offset_ms: i64,
+) -> Event {
+    let created_at = "2026-11-20T10:00:00Z".parse().unwrap();
+    let status = Status::parse(status).unwrap();
+    let mut e = Event::new(
+        "payment",
+        kind,
+        &PaymentEvent {
+            payment_id: id,
+            payee_user_id: None,
+            payment: Payment {
+                id,
+                user_id: user,
+                kind: Kind::Transfer,
+                status,
+                from_wallet_id: from,
+                to_wallet_id: to,
+                amount: amount.to_owned(),
+                currency: "USD".to_owned(),
+                description: None,
+                failure: None,
+                created_at,
+                updated_at: created_at,
+                completed_at: (status == Status::Completed)
+                    .then(|| "2026-11-20T10:00:01Z".parse().unwrap()),
+            },
+        },
+    )
+    .unwrap();
+    e.occurred_at += chrono::Duration::milliseconds(offset_ms);
+    e
+}
 
 fn payment_event(
     kind: &str,
@@ -16,16 +61,7 @@ fn payment_event(
     amount: &str,
     offset_ms: i64,
 ) -> Event {
-    let mut e = Event::new(
-        "payment",
-        kind,
-        &json!({"payment_id": id, "id": id, "user_id": user, "kind": "transfer", "status": status,
-                "amount": amount, "currency": "USD", "created_at": "2026-11-20T10:00:00Z",
-                "completed_at": if status == "COMPLETED" { json!("2026-11-20T10:00:01Z") } else { Value::Null }}),
-    )
-    .unwrap();
-    e.occurred_at += chrono::Duration::milliseconds(offset_ms);
-    e
+    event_of(kind, id, user, (None, None), status, amount, offset_ms)
 }
 
 /// A transfer between two users' wallets.
@@ -37,26 +73,10 @@ struct Transfer {
     to: Uuid,
 }
 
-/// A `payment.*` event of `t` with the data C publishes for every payment event, the
-/// original `payment.requested` and the sweeper's re-publication alike: the payment id
-/// and the whole payment (`settle::PaymentEvent`).
+/// A `payment.*` event of `t`.
 fn transfer_event(kind: &str, t: Transfer, status: &str, amount: &str, offset_ms: i64) -> Event {
-    let completed_at = if status == "COMPLETED" {
-        json!("2026-11-20T10:00:01Z")
-    } else {
-        Value::Null
-    };
-    let mut e = Event::new(
-        "payment",
-        kind,
-        &json!({"payment_id": t.id, "id": t.id, "user_id": t.payer, "kind": "transfer", "status": status,
-                "from_wallet_id": t.from, "to_wallet_id": t.to, "amount": amount, "currency": "USD",
-                "description": null, "failure": null, "created_at": "2026-11-20T10:00:00Z",
-                "updated_at": "2026-11-20T10:00:00Z", "completed_at": completed_at}),
-    )
-    .unwrap();
-    e.occurred_at += chrono::Duration::milliseconds(offset_ms);
-    e
+    let sides = (Some(t.from), Some(t.to));
+    event_of(kind, t.id, t.payer, sides, status, amount, offset_ms)
 }
 
 /// `wallet.created` (no `previous`) or `wallet.status_changed`, as B publishes them.
