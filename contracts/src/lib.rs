@@ -1,6 +1,6 @@
 //! What FinFlow's parts say to each other, defined once and read by both sides: the
 //! identity a sidecar forwards and the token claims it verifies ([`identity`]), money
-//! as it travels and is stored ([`money`]), the names of the events services publish
+//! as it travels and is stored ([`money`]), E's KYC and AML decisions ([`kyc`]), the names of the events services publish
 //! ([`events`]) and the payments they carry ([`payment`]), the transfers C asks B
 //! for ([`wallet`]), and the sidecar's configuration
 //! file that the operator writes ([`sidecar`]). No IO: the operator's pure core links
@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod identity;
+pub mod kyc;
 pub mod money;
 pub mod payment;
 pub mod sidecar;

@@ -2,22 +2,15 @@
 
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
-use serde::Deserialize;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::kyc::{self, Decision};
+use finflow_contracts::kyc::KycUpdated;
+
+use crate::kyc;
 
 /// The queue of KYC decisions.
 pub fn kyc_queue() -> QueueSpec {
     QueueSpec::new("auth.kyc-updates", &[types::USER_KYC_UPDATED])
-}
-
-#[derive(Deserialize)]
-struct KycUpdated {
-    user_id: Uuid,
-    #[serde(flatten)]
-    decision: Decision,
 }
 
 /// Applies `user.kyc_updated` to the user (unless a newer decision is there: see

@@ -9,11 +9,9 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::put;
-use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
-use finflow_platform::identity::KycStatus;
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -29,14 +27,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A KYC decision as E sends it (also the data of `user.kyc_updated`).
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
-pub struct Decision {
-    pub kyc_status: KycStatus,
-    /// When E decided. Absent in events from before decisions were dated: those apply
-    /// only to a user no dated decision has reached.
-    pub decided_at: Option<DateTime<Utc>>,
-}
+/// A KYC decision as E sends it (also the decision in `user.kyc_updated`).
+pub use finflow_contracts::kyc::KycDecision as Decision;
 
 /// What became of a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

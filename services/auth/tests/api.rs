@@ -535,7 +535,7 @@ async fn a_kyc_decision_event_updates_the_user_without_a_new_login() {
     let event = Event::new(
         "kyc",
         types::USER_KYC_UPDATED,
-        &json!({"user_id": id, "kyc_status": "verified"}),
+        &json!({"user_id": id, "kyc_status": "verified", "submission_id": Uuid::now_v7()}),
     )
     .unwrap();
     // A's queue, declared and bound as A declares it, so no copy is unroutable; the

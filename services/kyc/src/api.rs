@@ -8,6 +8,8 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use finflow_contracts::identity;
+use finflow_contracts::kyc::{AmlDecision, KycDecision, KycUpdated};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
@@ -75,22 +77,11 @@ pub struct SubmissionView {
 const SUBMISSION_COLUMNS: &str = "id, user_id, document_type, document_number, status, decided_by, reason, created_at, decided_at, \
      revoked_by, revoked_reason, revoked_at";
 
-/// Data of `user.kyc_updated`; A applies a decision only if it is newer than the one
-/// it has (`decided_at`).
-#[derive(Serialize)]
-struct KycUpdated<'a> {
-    user_id: Uuid,
-    kyc_status: &'a str,
-    submission_id: Uuid,
-    decided_at: DateTime<Utc>,
-}
-
 /// A decision for A, as the event carries it and [`tell_auth`] sends it.
 #[derive(Debug, Clone)]
 struct Told {
     user_id: Uuid,
-    kyc_status: &'static str,
-    decided_at: DateTime<Utc>,
+    decision: KycDecision,
 }
 
 /// Queues `user.kyc_updated` for `told` in the caller's transaction.
@@ -104,9 +95,8 @@ async fn enqueue_decision(
         types::USER_KYC_UPDATED,
         &KycUpdated {
             user_id: told.user_id,
-            kyc_status: told.kyc_status,
             submission_id,
-            decided_at: told.decided_at,
+            decision: told.decision.clone(),
         },
     )
     .map_err(|e| ApiError::internal(&e))?;
@@ -125,8 +115,7 @@ async fn tell_auth(auth: &ServiceClient, told: &Told) {
     #[derive(Deserialize)]
     struct Applied {}
     let path = format!("/internal/users/{}/kyc", told.user_id);
-    let body = serde_json::json!({ "kyc_status": told.kyc_status, "decided_at": told.decided_at });
-    let call = auth.put::<_, Applied>(&path, &body);
+    let call = auth.put::<_, Applied>(&path, &told.decision);
     match tokio::time::timeout(TELL_AUTH_TIMEOUT, call).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
@@ -163,10 +152,14 @@ async fn decide(
     .ok_or_else(|| ApiError::conflict("this submission was already decided"))?;
     let told = Told {
         user_id: view.user_id,
-        kyc_status: status,
-        decided_at: view
-            .decided_at
-            .ok_or_else(|| ApiError::internal(&"a decision without a time"))?,
+        decision: KycDecision {
+            kyc_status: identity::KycStatus::parse(status)
+                .ok_or_else(|| ApiError::internal(&"a decision that is not a KYC status"))?,
+            decided_at: Some(
+                view.decided_at
+                    .ok_or_else(|| ApiError::internal(&"a decision without a time"))?,
+            ),
+        },
     };
     enqueue_decision(tx, &told, id).await?;
     Ok((view, told))
@@ -437,10 +430,13 @@ async fn revoke(
     };
     let told = Told {
         user_id,
-        kyc_status: "rejected",
-        decided_at: view
-            .revoked_at
-            .ok_or_else(|| ApiError::internal(&"a revocation without a time"))?,
+        decision: KycDecision {
+            kyc_status: identity::KycStatus::Rejected,
+            decided_at: Some(
+                view.revoked_at
+                    .ok_or_else(|| ApiError::internal(&"a revocation without a time"))?,
+            ),
+        },
     };
     enqueue_decision(&mut tx, &told, view.id).await?;
     tx.commit().await?;
@@ -554,16 +550,6 @@ async fn flag(
     decide_alert(s, who, id, body, "flagged").await
 }
 
-/// Data of `aml.cleared` / `aml.flagged`.
-#[derive(Serialize)]
-struct AmlDecisionEvent<'a> {
-    alert_id: Uuid,
-    payment_id: Option<Uuid>,
-    user_id: Uuid,
-    rule: &'a str,
-    reason: &'a str,
-}
-
 /// A compliance decision on an open alert; its event releases or fails the payment.
 async fn decide_alert(
     State(s): State<AppState>,
@@ -595,12 +581,12 @@ async fn decide_alert(
     let event = Event::new(
         crate::SERVICE,
         event_type,
-        &AmlDecisionEvent {
+        &AmlDecision {
             alert_id: alert.id,
             payment_id: alert.payment_id,
             user_id: alert.user_id,
-            rule: &alert.rule,
-            reason: why,
+            rule: alert.rule.clone(),
+            reason: why.to_owned(),
         },
     )
     .map_err(|e| ApiError::internal(&e))?;

@@ -9,10 +9,10 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
+use finflow_contracts::kyc::AmlDecision;
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
 use finflow_platform::{ApiError, ErrorCode};
-use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -194,16 +194,6 @@ async fn settle_with(
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct AmlDecision {
-    payment_id: Uuid,
-    /// The alert's rule; absent means the holding rule.
-    #[serde(default)]
-    rule: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
 /// `aml.cleared` releases a held payment to the worker; `aml.flagged` fails it. Only a
 /// decision on the alert that holds the payment ([`types::AML_HOLD_RULE`]) does: a
 /// velocity or structuring alert on the same payment is about the user's pattern, and
@@ -215,17 +205,12 @@ impl Handler for AmlDecisions {
         let decision: AmlDecision = event
             .data_as()
             .map_err(|e| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type)))?;
-        if decision
-            .rule
-            .as_deref()
-            .is_some_and(|rule| rule != types::AML_HOLD_RULE)
-        {
+        let Some(payment_id) = decision.held_payment() else {
             return Ok(());
-        }
-        let Some(row) = settle::lock(tx, decision.payment_id).await? else {
+        };
+        let Some(row) = settle::lock(tx, payment_id).await? else {
             return Err(HandlerError::Transient(format!(
-                "no payment {} yet",
-                decision.payment_id
+                "no payment {payment_id} yet"
             )));
         };
         if row.status().map_err(|e| internal(&e))? != Status::OnHold {
@@ -234,14 +219,11 @@ impl Handler for AmlDecisions {
         let (to, failure) = if event.event_type == types::AML_CLEARED {
             (Status::Pending, None)
         } else {
-            let reason = decision
-                .reason
-                .unwrap_or_else(|| "flagged by AML monitoring".to_owned());
             (
                 Status::Failed,
                 Some(Failure {
                     code: "AML_FLAGGED".to_owned(),
-                    reason,
+                    reason: decision.reason,
                 }),
             )
         };

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
+use finflow_contracts::kyc::AmlDecision;
 use finflow_contracts::money::MoneyError;
 use finflow_contracts::payment::{self, PaymentEvent};
 use finflow_platform::Amount;
@@ -120,13 +121,6 @@ struct UserFact {
     account_tier: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct AmlFact {
-    payment_id: Option<Uuid>,
-    user_id: Option<Uuid>,
-    rule: Option<String>,
-}
-
 /// Folds one event into the read models (in the caller's transaction).
 pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
@@ -197,7 +191,7 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
             .await?;
         }
         types::AML_FLAGGED | types::AML_CLEARED => {
-            let a: AmlFact = event.data_as().map_err(|e| malformed(event, &e))?;
+            let a: AmlDecision = event.data_as().map_err(|e| malformed(event, &e))?;
             let decision = if event.event_type == types::AML_FLAGGED {
                 "flagged"
             } else {
