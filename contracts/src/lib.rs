@@ -1,4 +1,5 @@
 //! What FinFlow's parts say to each other, defined once and read by both sides: the
+//! six services, their ports, dependencies and gateway routes ([`catalog`]), the
 //! identity a sidecar forwards and the token claims it verifies ([`identity`]), money
 //! as it travels and is stored ([`money`]), E's KYC and AML decisions ([`kyc`]), the names of the events services publish
 //! ([`events`]) and the payments they carry ([`payment`]), the transfers C asks B
@@ -6,6 +7,7 @@
 //! file that the operator writes ([`sidecar`]). No IO: the operator's pure core links
 //! this crate too.
 
+pub mod catalog;
 pub mod events;
 pub mod identity;
 pub mod kyc;

@@ -59,82 +59,40 @@ pub struct ServiceSpec {
     /// The design's letter (A-F).
     pub id: char,
     /// Package and binary of the app.
-    pub package: &'static str,
-    pub binary: &'static str,
+    pub package: String,
+    pub binary: String,
     /// The design's fixed ports.
     pub sidecar_port: u16,
     pub app_port: u16,
     /// Services that must be healthy first.
-    pub depends_on: &'static [&'static str],
+    pub depends_on: Vec<&'static str>,
     /// Also run a second process of the binary with `ROLE=worker` (its queue consumers),
     /// named `<name>-worker`, so it can be killed and restarted on its own.
     pub worker: bool,
 }
 
-/// Every service that exists so far, in deploy order. Later issues add theirs here.
+/// The six services of the catalog, in its order (each after its dependencies).
 pub fn services() -> Vec<ServiceSpec> {
-    vec![
-        ServiceSpec {
-            name: "auth",
-            id: 'A',
-            package: "finflow-auth",
-            binary: "finflow-auth",
-            sidecar_port: 8001,
-            app_port: 9001,
-            depends_on: &[],
-            worker: false,
-        },
-        ServiceSpec {
-            name: "wallet",
-            id: 'B',
-            package: "finflow-wallet",
-            binary: "finflow-wallet",
-            sidecar_port: 8002,
-            app_port: 9002,
-            depends_on: &["auth"],
-            worker: false,
-        },
-        ServiceSpec {
-            name: "payment",
-            id: 'C',
-            package: "finflow-payment",
-            binary: "finflow-payment",
-            sidecar_port: 8003,
-            app_port: 9003,
-            depends_on: &["wallet"],
-            worker: true,
-        },
-        ServiceSpec {
-            name: "kyc",
-            id: 'E',
-            package: "finflow-kyc",
-            binary: "finflow-kyc",
-            sidecar_port: 8005,
-            app_port: 9005,
-            depends_on: &["auth", "payment"],
-            worker: false,
-        },
-        ServiceSpec {
-            name: "notification",
-            id: 'D',
-            package: "finflow-notification",
-            binary: "finflow-notification",
-            sidecar_port: 8004,
-            app_port: 9004,
-            depends_on: &["auth", "payment"],
-            worker: false,
-        },
-        ServiceSpec {
-            name: "reporting",
-            id: 'F',
-            package: "finflow-reporting",
-            binary: "finflow-reporting",
-            sidecar_port: 8006,
-            app_port: 9006,
-            depends_on: &["wallet", "payment", "kyc"],
-            worker: false,
-        },
-    ]
+    finflow_contracts::catalog::SERVICES
+        .iter()
+        .map(|s| ServiceSpec {
+            name: s.name,
+            id: s.module.to_ascii_uppercase().chars().next().unwrap_or('?'),
+            package: format!("finflow-{}", s.name),
+            binary: format!("finflow-{}", s.name),
+            sidecar_port: s.sidecar_port,
+            app_port: s.app_port,
+            depends_on: s
+                .depends_on
+                .iter()
+                .filter_map(|m| finflow_contracts::catalog::of_module(m))
+                .map(|d| d.name)
+                .collect(),
+            // C's queue consumers run in a process of their own (`ROLE=worker`), as its
+            // chart deploys them.
+            worker: s.name == "payment",
+        })
+        .collect()
 }
 
 /// How ports are chosen.
@@ -431,7 +389,7 @@ impl Platform {
         let backing = Backing::ensure().await?;
         let specs = services();
         if options.build {
-            let mut packages: Vec<&str> = specs.iter().map(|s| s.package).collect();
+            let mut packages: Vec<&str> = specs.iter().map(|s| s.package.as_str()).collect();
             packages.push(PROXY_PACKAGE);
             build(&packages, options.release).await?;
         }
@@ -614,7 +572,7 @@ impl Platform {
             }
             self.spawn(
                 spec.name,
-                &binary_path(spec.binary, self.options.release),
+                &binary_path(&spec.binary, self.options.release),
                 &app_env,
             )?;
             let mut sidecar_env = vec![
@@ -672,7 +630,7 @@ impl Platform {
                 worker_env.push(("ROLE".to_owned(), "worker".to_owned()));
                 self.spawn(
                     &format!("{}-worker", spec.name),
-                    &binary_path(spec.binary, self.options.release),
+                    &binary_path(&spec.binary, self.options.release),
                     &worker_env,
                 )?;
                 let worker = self.processes.len() - 1;
@@ -699,12 +657,12 @@ impl Platform {
             ("JWT_AUDIENCES".to_owned(), JWT_AUDIENCE.to_owned()),
             ("LOG_FORMAT".to_owned(), "pretty".to_owned()),
         ];
-        for s in &self.services {
-            env.push((
-                format!("ROUTE_{}", s.name.to_uppercase()),
-                s.sidecar_url.clone(),
-            ));
-        }
+        let routes: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.sidecar_url))
+            .collect();
+        env.push(("ROUTES".to_owned(), routes.join(",")));
         self.spawn("gateway", &self.proxy_binary(), &env)?;
         self.gateway_url = format!("http://127.0.0.1:{gateway_port}");
         self.gateway_admin_url = format!("http://127.0.0.1:{gateway_admin}");
@@ -1136,7 +1094,7 @@ mod tests {
     fn services_are_listed_after_their_dependencies() {
         let specs = services();
         for (i, s) in specs.iter().enumerate() {
-            for d in s.depends_on {
+            for d in &s.depends_on {
                 assert!(
                     specs[..i].iter().any(|e| e.name == *d),
                     "{} before {d}",

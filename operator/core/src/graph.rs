@@ -7,16 +7,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The platform's graph with the module letters as names: B on A, C on B, D and E
-/// on A and C, F on B, C and E. The rollout scenarios use it.
-pub const SIX_SERVICES: [(&str, &[&str]); 6] = [
-    ("a", &[]),
-    ("b", &["a"]),
-    ("c", &["b"]),
-    ("d", &["a", "c"]),
-    ("e", &["a", "c"]),
-    ("f", &["b", "c", "e"]),
-];
+/// The platform's graph with the module letters as names, as the catalog
+/// (`finflow_contracts::catalog`) has it: B on A, C on B, D and E on A and C, F on B,
+/// C and E. The rollout scenarios use it.
+pub const SIX_SERVICES: [(&str, &[&str]); 6] = {
+    let s = &finflow_contracts::catalog::SERVICES;
+    [
+        (s[0].module, s[0].depends_on),
+        (s[1].module, s[1].depends_on),
+        (s[2].module, s[2].depends_on),
+        (s[3].module, s[3].depends_on),
+        (s[4].module, s[4].depends_on),
+        (s[5].module, s[5].depends_on),
+    ]
+};
 
 /// Why a set of dependencies is not a deployable graph.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -159,29 +159,13 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
 
-    /// Gateway mode: base URL of the auth service's sidecar (/api/v1/auth, /api/v1/users, /.well-known).
-    #[arg(long, env = "ROUTE_AUTH")]
-    pub route_auth: Option<String>,
-
-    /// Gateway mode: base URL of the wallet service's sidecar (/api/v1/wallets).
-    #[arg(long, env = "ROUTE_WALLET")]
-    pub route_wallet: Option<String>,
-
-    /// Gateway mode: base URL of the payment service's sidecar (/api/v1/payments).
-    #[arg(long, env = "ROUTE_PAYMENT")]
-    pub route_payment: Option<String>,
-
-    /// Gateway mode: base URL of the notification service's sidecar (/api/v1/notifications, /api/v1/webhooks).
-    #[arg(long, env = "ROUTE_NOTIFICATION")]
-    pub route_notification: Option<String>,
-
-    /// Gateway mode: base URL of the KYC service's sidecar (/api/v1/kyc, /api/v1/aml).
-    #[arg(long, env = "ROUTE_KYC")]
-    pub route_kyc: Option<String>,
-
-    /// Gateway mode: base URL of the reporting service's sidecar (/api/v1/reports, /dashboard).
-    #[arg(long, env = "ROUTE_REPORTING")]
-    pub route_reporting: Option<String>,
+    /// Gateway mode: where each service's sidecar is, as `name=base-url` (for example
+    /// `wallet=http://127.0.0.1:8002`); repeat the flag, or separate entries with commas
+    /// in the variable. The path prefixes each service answers are the catalog's
+    /// (`docs/architecture.md`, Parts and ports); a service without an entry answers
+    /// 503 `no_upstream`.
+    #[arg(long = "route", env = "ROUTES", value_delimiter = ',')]
+    pub routes: Vec<String>,
 
     /// After a shutdown signal, how long to keep serving while `/ready` answers 503, so
     /// Kubernetes takes the pod out of its Service before connections close, in seconds.
@@ -540,19 +524,34 @@ impl Config {
 
     fn gateway(&self, errors: &mut Vec<String>) -> Option<GatewaySettings> {
         let before = errors.len();
-        let mut routes = Vec::new();
-        for (service, value) in [
-            (Service::Auth, &self.route_auth),
-            (Service::Wallet, &self.route_wallet),
-            (Service::Payment, &self.route_payment),
-            (Service::Notification, &self.route_notification),
-            (Service::Kyc, &self.route_kyc),
-            (Service::Reporting, &self.route_reporting),
-        ] {
-            let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) else {
+        let mut routes: Vec<(Service, BaseUrl)> = Vec::new();
+        for entry in self
+            .routes
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+        {
+            let Some((name, url)) = entry.split_once('=') else {
+                errors.push(format!("ROUTES: `{entry}` is not name=base-url"));
                 continue;
             };
-            match BaseUrl::parse(service.env_var(), value) {
+            let name = name.trim();
+            let Some(service) = finflow_contracts::catalog::named(name) else {
+                let known: Vec<&str> = finflow_contracts::catalog::SERVICES
+                    .iter()
+                    .map(|s| s.name)
+                    .collect();
+                errors.push(format!(
+                    "ROUTES: `{name}` is not a service ({})",
+                    known.join(", ")
+                ));
+                continue;
+            };
+            if routes.iter().any(|(s, _)| *s == service) {
+                errors.push(format!("ROUTES: {name} is routed twice"));
+                continue;
+            }
+            match BaseUrl::parse(&format!("ROUTES: {name}"), url.trim()) {
                 Ok(base) => routes.push((service, base)),
                 Err(e) => errors.push(e),
             }
@@ -734,17 +733,18 @@ mod tests {
             "finflow-sidecar",
             "--mode=gateway",
             "--listen=127.0.0.1:0",
-            "--route-auth=http://127.0.0.1:8001",
-            "--route-wallet=http://127.0.0.1:8002/",
+            "--route=auth=http://127.0.0.1:8001",
+            "--route=wallet=http://127.0.0.1:8002/",
         ])
         .unwrap();
         let ModeSettings::Gateway(gateway) = config.prepare().unwrap().mode else {
             panic!("gateway mode expected")
         };
         assert_eq!(gateway.routes.len(), 2);
-        assert!(gateway.base(Service::Payment).is_none());
+        let service = |name| finflow_contracts::catalog::named(name).unwrap();
+        assert!(gateway.base(service("payment")).is_none());
         assert_eq!(
-            gateway.base(Service::Wallet).unwrap().as_base(),
+            gateway.base(service("wallet")).unwrap().as_base(),
             "http://127.0.0.1:8002"
         );
 
@@ -752,10 +752,20 @@ mod tests {
             "finflow-sidecar",
             "--mode=gateway",
             "--listen=127.0.0.1:0",
-            "--route-kyc=kyc:8005",
+            "--route=kyc=kyc:8005",
+            "--route=ledger=http://127.0.0.1:8009",
+            "--route=auth=http://127.0.0.1:8001",
+            "--route=auth=http://127.0.0.1:8011",
+            "--route=wallet",
         ]);
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("ROUTE_KYC"), "{found:?}");
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(found[0].starts_with("ROUTES: kyc"), "{found:?}");
+        assert!(
+            found[1].starts_with("ROUTES: `ledger` is not a service (auth, wallet"),
+            "{found:?}"
+        );
+        assert_eq!(found[2], "ROUTES: auth is routed twice");
+        assert_eq!(found[3], "ROUTES: `wallet` is not name=base-url");
     }
 
     #[test]

@@ -34,7 +34,7 @@ impl GatewayGate {
             ProxyError::new(
                 ErrorCode::DependencyUnavailable,
                 "no_upstream",
-                format!("the {} service is not configured", service.name()),
+                format!("the {} service is not configured", service.name),
             )
         })
     }

@@ -261,11 +261,11 @@ fn build(
         ModeSettings::Gateway(gateway) => {
             let mut health = Health::builder("finflow-gateway", VERSION);
             for (service, base) in &gateway.routes {
-                health = health.optional(service.name(), Upstream::new(&base.as_base()));
+                health = health.optional(service.name, Upstream::new(&base.as_base()));
             }
             let health = health.build();
             if gateway.routes.is_empty() {
-                tracing::warn!("gateway mode without any ROUTE_* set: every route answers 503");
+                tracing::warn!("gateway mode without any ROUTES: every route answers 503");
             }
             let documents =
                 openapi::Documents::new(gateway.routes.clone(), proxy::http_client(), VERSION);

@@ -82,8 +82,8 @@ impl Documents {
             match self.fetch(base).await {
                 Ok(doc) => documents.push((*service, doc)),
                 Err(e) => {
-                    tracing::warn!(service = service.name(), error = %e, "no OpenAPI document");
-                    missing.push(service.name());
+                    tracing::warn!(service = service.name, error = %e, "no OpenAPI document");
+                    missing.push(service.name);
                 }
             }
         }
@@ -128,12 +128,7 @@ pub fn merge(documents: &[(Service, Value)], version: &str) -> Value {
         let renames: Vec<(String, String)> = own
             .iter()
             .filter(|(name, schema)| schemas.get(*name).is_some_and(|kept| kept != *schema))
-            .map(|(name, _)| {
-                (
-                    name.clone(),
-                    format!("{}{name}", capitalized(service.name())),
-                )
-            })
+            .map(|(name, _)| (name.clone(), format!("{}{name}", capitalized(service.name))))
             .collect();
         for (from, to) in &renames {
             rewrite_refs(
@@ -236,6 +231,7 @@ fn rewrite_refs(value: &mut Value, from: &str, to: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use finflow_contracts::catalog;
 
     fn doc(paths: Value, schemas: Value) -> Value {
         json!({"openapi": "3.1.0", "info": {"title": "x", "version": "1"}, "paths": paths,
@@ -258,7 +254,10 @@ mod tests {
             json!({"Status": {"type": "string", "enum": ["PENDING", "COMPLETED"]}, "ErrorEnvelope": error}),
         );
         merge(
-            &[(Service::Wallet, wallet), (Service::Payment, payment)],
+            &[
+                (catalog::named("wallet").unwrap(), wallet),
+                (catalog::named("payment").unwrap(), payment),
+            ],
             "0.1.0",
         )
     }

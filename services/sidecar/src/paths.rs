@@ -1,6 +1,8 @@
 //! Decisions on paths alone: which are public, which are internal, where the gateway
 //! sends them. All pure.
 
+use finflow_contracts::catalog::{SERVICES, ServiceInfo};
+
 /// The paths probes use (`/health`: the operator's and, with the default `healthPath`,
 /// the kubelet's; `/ready` and `/live`: the platform's probe routes): counted apart from
 /// traffic, so that probes neither make up a version's request count nor dilute its
@@ -114,75 +116,17 @@ fn hex_pair(pair: &[u8]) -> Option<u8> {
     u8::try_from(digit(high)? * 16 + digit(low)?).ok()
 }
 
-/// The six services behind the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
-    Auth,
-    Wallet,
-    Payment,
-    Notification,
-    Kyc,
-    Reporting,
-}
-
-impl Service {
-    pub const ALL: [Self; 6] = [
-        Self::Auth,
-        Self::Wallet,
-        Self::Payment,
-        Self::Notification,
-        Self::Kyc,
-        Self::Reporting,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Auth => "auth",
-            Self::Wallet => "wallet",
-            Self::Payment => "payment",
-            Self::Notification => "notification",
-            Self::Kyc => "kyc",
-            Self::Reporting => "reporting",
-        }
-    }
-
-    /// The variable holding this service's base URL in gateway mode.
-    pub const fn env_var(self) -> &'static str {
-        match self {
-            Self::Auth => "ROUTE_AUTH",
-            Self::Wallet => "ROUTE_WALLET",
-            Self::Payment => "ROUTE_PAYMENT",
-            Self::Notification => "ROUTE_NOTIFICATION",
-            Self::Kyc => "ROUTE_KYC",
-            Self::Reporting => "ROUTE_REPORTING",
-        }
-    }
-}
-
-/// The gateway's routing table (`docs/architecture.md`, Sidecar and gateway): path prefix to service, no rewrite.
-const ROUTES: [(&str, Service); 11] = [
-    ("/api/v1/auth", Service::Auth),
-    ("/api/v1/users", Service::Auth),
-    ("/.well-known", Service::Auth),
-    ("/api/v1/wallets", Service::Wallet),
-    ("/api/v1/payments", Service::Payment),
-    ("/api/v1/notifications", Service::Notification),
-    ("/api/v1/webhooks", Service::Notification),
-    ("/api/v1/kyc", Service::Kyc),
-    ("/api/v1/aml", Service::Kyc),
-    ("/api/v1/reports", Service::Reporting),
-    ("/dashboard", Service::Reporting),
-];
+/// A service behind the gateway, as the catalog lists it.
+pub type Service = &'static ServiceInfo;
 
 /// The service the gateway sends `path` to; `None` for unknown and internal paths.
 pub fn route(path: &str) -> Option<Service> {
     if is_internal(path) {
         return None;
     }
-    ROUTES
+    SERVICES
         .iter()
-        .find(|(prefix, _)| under(path, prefix))
-        .map(|(_, service)| *service)
+        .find(|s| s.routes.iter().any(|prefix| under(path, prefix)))
 }
 
 #[cfg(test)]
@@ -296,22 +240,22 @@ mod tests {
     #[test]
     fn the_gateway_routes_each_prefix_to_its_service() {
         let cases = [
-            ("/api/v1/auth/login", Some(Service::Auth)),
-            ("/api/v1/users/me", Some(Service::Auth)),
-            ("/.well-known/jwks.json", Some(Service::Auth)),
-            ("/api/v1/wallets", Some(Service::Wallet)),
-            ("/api/v1/wallets/1/balance", Some(Service::Wallet)),
-            ("/api/v1/payments/x", Some(Service::Payment)),
-            ("/api/v1/notifications", Some(Service::Notification)),
-            ("/api/v1/webhooks/1", Some(Service::Notification)),
-            ("/api/v1/kyc/documents", Some(Service::Kyc)),
-            ("/api/v1/aml/alerts", Some(Service::Kyc)),
-            ("/api/v1/reports/daily", Some(Service::Reporting)),
-            ("/dashboard", Some(Service::Reporting)),
-            ("/dashboard/x", Some(Service::Reporting)),
+            ("/api/v1/auth/login", "auth"),
+            ("/api/v1/users/me", "auth"),
+            ("/.well-known/jwks.json", "auth"),
+            ("/api/v1/wallets", "wallet"),
+            ("/api/v1/wallets/1/balance", "wallet"),
+            ("/api/v1/payments/x", "payment"),
+            ("/api/v1/notifications", "notification"),
+            ("/api/v1/webhooks/1", "notification"),
+            ("/api/v1/kyc/documents", "kyc"),
+            ("/api/v1/aml/alerts", "kyc"),
+            ("/api/v1/reports/daily", "reporting"),
+            ("/dashboard", "reporting"),
+            ("/dashboard/x", "reporting"),
         ];
         for (path, expected) in cases {
-            assert_eq!(route(path), expected, "{path}");
+            assert_eq!(route(path).map(|s| s.name), Some(expected), "{path}");
         }
     }
 

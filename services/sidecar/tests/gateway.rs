@@ -16,8 +16,8 @@ async fn setup() -> Setup {
     let wallet = Echo::start("wallet").await;
     let gateway = Proxy::start(&[
         "--mode=gateway".to_owned(),
-        format!("--route-auth={}", auth.url),
-        format!("--route-wallet={}/", wallet.url),
+        format!("--route=auth={}", auth.url),
+        format!("--route=wallet={}/", wallet.url),
     ])
     .await;
     Setup {
@@ -117,9 +117,9 @@ async fn the_gateway_health_reports_each_configured_service() {
     let kyc = format!("http://127.0.0.1:{}", closed.port);
     let gateway = Proxy::start(&[
         "--mode=gateway".to_owned(),
-        format!("--route-auth={}", auth.url),
-        format!("--route-wallet={}", wallet.url),
-        format!("--route-kyc={kyc}"),
+        format!("--route=auth={}", auth.url),
+        format!("--route=wallet={}", wallet.url),
+        format!("--route=kyc={kyc}"),
     ])
     .await;
 

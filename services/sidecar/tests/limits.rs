@@ -15,7 +15,7 @@ async fn gateway(extra: &[&str]) -> (Echo, Proxy) {
     let auth = Echo::start("auth").await;
     let mut args = vec![
         "--mode=gateway".to_owned(),
-        format!("--route-auth={}", auth.url),
+        format!("--route=auth={}", auth.url),
     ];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let gateway = Proxy::start(&args).await;
