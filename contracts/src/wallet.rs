@@ -1,10 +1,12 @@
-//! What C asks of B's internal API to move money: a transfer applied at most once per
-//! id, a batch of them, and the void that makes an unapplied id unusable.
+//! What C asks of B's internal API to move money (a transfer applied at most once per
+//! id, a batch of them, the void that makes an unapplied id unusable), and what B tells
+//! everyone (`ledger.entry_posted`, `wallet.*`).
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::money::{Amount, Currency};
+use crate::money::{Amount, Currency, Money};
 
 /// What a transfer is for; decides which sides are user wallets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +62,34 @@ pub struct TransferRequest {
     pub amount: Amount,
     #[cfg_attr(feature = "openapi", schema(value_type = Currency, example = "USD"))]
     pub currency: Currency,
+}
+
+/// The recorded result of a transfer: B's answer to `POST /internal/transfers`
+/// (again for a repeated transfer id), and the data of `ledger.entry_posted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransferResult {
+    pub transfer_id: Uuid,
+    pub entry_id: Uuid,
+    pub kind: TransferKind,
+    #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub money: Money,
+    pub from_wallet_id: Uuid,
+    pub to_wallet_id: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The data of `wallet.created` (no `previous_status`) and `wallet.status_changed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletEvent {
+    pub wallet_id: Uuid,
+    pub user_id: Uuid,
+    pub currency: String,
+    /// `pending`, `active`, `frozen` or `closed`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<String>,
 }
 
 /// Most transfers one `POST /internal/transfers/batch` applies.
@@ -119,6 +149,30 @@ mod tests {
         let mut extra = json;
         extra["memo"] = "x".into();
         assert!(serde_json::from_value::<TransferRequest>(extra).is_err());
+    }
+
+    #[test]
+    fn a_posted_entry_carries_its_money_flat_with_the_currencys_decimals() {
+        let result = TransferResult {
+            transfer_id: Uuid::nil(),
+            entry_id: Uuid::nil(),
+            kind: TransferKind::Transfer,
+            money: Money::new(
+                Amount::parse("12.5").unwrap(),
+                Currency::parse("USD").unwrap(),
+            )
+            .unwrap(),
+            from_wallet_id: Uuid::nil(),
+            to_wallet_id: Uuid::nil(),
+            created_at: DateTime::UNIX_EPOCH,
+        };
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["amount"], "12.50");
+        assert_eq!(json["currency"], "USD");
+        assert_eq!(
+            serde_json::from_value::<TransferResult>(json).unwrap(),
+            result
+        );
     }
 
     #[test]

@@ -562,10 +562,10 @@ pub fn analysis_event(
         return None;
     }
     let (warning, reason) = match next.verdict {
-        AnalysisVerdict::Passed => (false, "AnalysisPassed"),
+        AnalysisVerdict::Passed => (false, rollout::reason::ANALYSIS_PASSED),
         AnalysisVerdict::Failed => (true, rollout::reason::ANALYSIS_FAILED),
-        AnalysisVerdict::Inconclusive => (false, "AnalysisInconclusive"),
-        AnalysisVerdict::Unavailable => (false, "AnalysisUnavailable"),
+        AnalysisVerdict::Inconclusive => (false, rollout::reason::ANALYSIS_INCONCLUSIVE),
+        AnalysisVerdict::Unavailable => (false, rollout::reason::ANALYSIS_UNAVAILABLE),
     };
     let stage = match next.stage {
         AnalysisStage::Preview => "preview",

@@ -82,6 +82,9 @@ pub mod reason {
     pub const VERSION_FAILED: &str = "VersionFailed";
     pub const FIRST_VERSION: &str = "FirstVersion";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
+    pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
+    pub const ANALYSIS_UNAVAILABLE: &str = "AnalysisUnavailable";
     pub const INCOMPATIBLE_MIGRATION: &str = "IncompatibleMigration";
     pub const INCOMPATIBLE_MIGRATION_FORCED: &str = "IncompatibleMigrationForced";
 }

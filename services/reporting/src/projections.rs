@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use finflow_contracts::kyc::AmlDecision;
 use finflow_contracts::money::MoneyError;
 use finflow_contracts::payment::{self, PaymentEvent};
+use finflow_contracts::wallet::{TransferResult, WalletEvent};
 use finflow_platform::Amount;
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
@@ -93,27 +94,6 @@ struct BarePaymentRequest {
     payment_id: Uuid,
 }
 
-/// `wallet.created` and `wallet.status_changed` (B): the wallet and its status now.
-#[derive(Deserialize)]
-struct WalletFact {
-    wallet_id: Uuid,
-    user_id: Uuid,
-    currency: String,
-    status: String,
-}
-
-#[derive(Deserialize)]
-struct LedgerFact {
-    transfer_id: Uuid,
-    entry_id: Uuid,
-    kind: String,
-    amount: Amount,
-    currency: String,
-    from_wallet_id: Uuid,
-    to_wallet_id: Uuid,
-    created_at: DateTime<Utc>,
-}
-
 #[derive(Deserialize)]
 struct UserFact {
     user_id: Uuid,
@@ -130,7 +110,7 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
             }
         }
         types::WALLET_CREATED | types::WALLET_STATUS_CHANGED => {
-            let w: WalletFact = event.data_as().map_err(|e| malformed(event, &e))?;
+            let w: WalletEvent = event.data_as().map_err(|e| malformed(event, &e))?;
             // Only creation knows when the wallet was created; a status change may have
             // arrived first. The status is the newest fact's (updated_at is its time).
             let created_at =
@@ -156,7 +136,7 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
             .await?;
         }
         LEDGER_ENTRY_POSTED => {
-            let l: LedgerFact = event.data_as().map_err(|e| malformed(event, &e))?;
+            let l: TransferResult = event.data_as().map_err(|e| malformed(event, &e))?;
             insert_ledger(tx, &[&l]).await?;
         }
         types::USER_CREATED => {
@@ -317,12 +297,15 @@ async fn upsert_payments(
 }
 
 /// Inserts ledger entries not held yet, in one statement, in entry id order.
-async fn insert_ledger(tx: &mut PgConnection, entries: &[&LedgerFact]) -> Result<(), sqlx::Error> {
+async fn insert_ledger(
+    tx: &mut PgConnection,
+    entries: &[&TransferResult],
+) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = entries.iter().map(|l| l.entry_id).collect();
     let transfers: Vec<Uuid> = entries.iter().map(|l| l.transfer_id).collect();
     let kinds: Vec<&str> = entries.iter().map(|l| l.kind.as_str()).collect();
-    let amounts: Vec<_> = entries.iter().map(|l| l.amount.decimal()).collect();
-    let currencies: Vec<&str> = entries.iter().map(|l| l.currency.as_str()).collect();
+    let amounts: Vec<_> = entries.iter().map(|l| l.money.amount().decimal()).collect();
+    let currencies: Vec<&str> = entries.iter().map(|l| l.money.currency().code()).collect();
     let from: Vec<Uuid> = entries.iter().map(|l| l.from_wallet_id).collect();
     let to: Vec<Uuid> = entries.iter().map(|l| l.to_wallet_id).collect();
     let posted: Vec<DateTime<Utc>> = entries.iter().map(|l| l.created_at).collect();
@@ -420,7 +403,7 @@ pub async fn project_batch(
     // Each payment's facts in batch order; payments and entries in id order, the order
     // the statements take their rows' locks in.
     let mut payments: BTreeMap<Uuid, Vec<(PaymentFact, DateTime<Utc>)>> = BTreeMap::new();
-    let mut ledger: BTreeMap<Uuid, LedgerFact> = BTreeMap::new();
+    let mut ledger: BTreeMap<Uuid, TransferResult> = BTreeMap::new();
     let mut others = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let t = event.event_type.as_str();
@@ -435,7 +418,7 @@ pub async fn project_batch(
             })
         } else if t == LEDGER_ENTRY_POSTED {
             event
-                .data_as::<LedgerFact>()
+                .data_as::<TransferResult>()
                 .map(|l| {
                     // One by one, the first of an entry inserts it and the others do
                     // nothing; one statement need not rely on DO NOTHING within itself.
@@ -463,7 +446,7 @@ pub async fn project_batch(
         upsert_payments(tx, std::slice::from_ref(row)).await?;
     }
     if !ledger.is_empty() {
-        let entries: Vec<&LedgerFact> = ledger.values().collect();
+        let entries: Vec<&TransferResult> = ledger.values().collect();
         insert_ledger(tx, &entries).await?;
     }
     for (i, event) in others {

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use finflow_contracts::wallet::{BATCH_MAX, TransferBatch, VoidRequest};
+use finflow_contracts::wallet::{BATCH_MAX, TransferBatch, VoidRequest, WalletEvent};
 
 use crate::ledger::{self, Applied, Spend, TransferRequest, TransferResult};
 use crate::limits::TierLimits;
@@ -126,16 +126,6 @@ pub struct CreateWallet {
     pub currency: Currency,
 }
 
-#[derive(Serialize)]
-struct WalletEvent<'a> {
-    wallet_id: Uuid,
-    user_id: Uuid,
-    currency: &'a str,
-    status: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    previous_status: Option<&'a str>,
-}
-
 /// Creates a wallet in `pending`, once the user's KYC is verified *as A knows it now*
 /// (not as the token says: a user verified a minute ago needs no new login).
 #[utoipa::path(post, path = "/api/v1/wallets", tag = "wallets", request_body = CreateWallet,
@@ -176,8 +166,8 @@ async fn create_wallet(
         &WalletEvent {
             wallet_id: row.id,
             user_id,
-            currency: req.currency.code(),
-            status: "pending",
+            currency: req.currency.code().to_owned(),
+            status: "pending".to_owned(),
             previous_status: None,
         },
     )
@@ -357,9 +347,9 @@ async fn change_status(
         &WalletEvent {
             wallet_id: row.id,
             user_id: row.user_id.unwrap_or_default(),
-            currency: row.currency.code(),
-            status: to,
-            previous_status: Some(from),
+            currency: row.currency.code().to_owned(),
+            status: to.to_owned(),
+            previous_status: Some(from.to_owned()),
         },
     )
     .map_err(|e| ApiError::internal(&e))?;

@@ -16,9 +16,7 @@ use chrono::{DateTime, Utc};
 use finflow_platform::error::ErrorCode;
 use finflow_platform::events::{Event, outbox};
 use finflow_platform::{Amount, ApiError, Currency, Money};
-use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::limits::Limit;
@@ -36,7 +34,7 @@ pub struct Spend {
 /// so that read models can follow the ledger without reading B's database).
 pub const LEDGER_ENTRY_POSTED: &str = "ledger.entry_posted";
 
-pub use finflow_contracts::wallet::{TransferKind, TransferRequest, VoidOutcome};
+pub use finflow_contracts::wallet::{TransferKind, TransferRequest, TransferResult, VoidOutcome};
 
 /// Whether tier limits apply to a transfer of `kind`: money leaving a user's control.
 fn is_limited(kind: TransferKind) -> bool {
@@ -131,20 +129,6 @@ pub fn check(from: &LockedWallet, to: &LockedWallet, money: Money) -> Result<(),
         );
     }
     Ok(())
-}
-
-/// The recorded result of a transfer, returned again for a repeated transfer id.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct TransferResult {
-    pub transfer_id: Uuid,
-    pub entry_id: Uuid,
-    pub kind: TransferKind,
-    #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub money: Money,
-    pub from_wallet_id: Uuid,
-    pub to_wallet_id: Uuid,
-    pub created_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
