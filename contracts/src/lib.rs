@@ -1,7 +1,7 @@
 //! What FinFlow's parts say to each other, defined once and read by both sides: the
 //! six services, their ports, dependencies and gateway routes ([`catalog`]), the
 //! identity a sidecar forwards and the token claims it verifies ([`identity`]), money
-//! as it travels and is stored ([`money`]), E's KYC and AML decisions ([`kyc`]), the names of the events services publish
+//! as it travels and is stored ([`money`]), E's KYC and AML decisions ([`kyc`]), A's account events ([`user`]), the names of the events services publish
 //! ([`events`]) and the payments they carry ([`payment`]), the transfers C asks B
 //! for ([`wallet`]), and the sidecar's configuration
 //! file that the operator writes ([`sidecar`]). No IO: the operator's pure core links
@@ -14,4 +14,5 @@ pub mod kyc;
 pub mod money;
 pub mod payment;
 pub mod sidecar;
+pub mod user;
 pub mod wallet;

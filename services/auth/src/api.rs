@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::{ClientIp, KycStatus, Tier};
@@ -125,34 +126,6 @@ pub struct RegisterRequest {
     pub phone: String,
 }
 
-/// Data of `user.created`, emitted when the address is verified.
-#[derive(Serialize)]
-struct UserCreated<'a> {
-    user_id: Uuid,
-    email: &'a str,
-    full_name: &'a str,
-    kyc_status: KycStatus,
-    account_tier: Tier,
-}
-
-/// Data of `user.verification_requested`: D mails the token to `email`, and only there.
-#[derive(Serialize)]
-struct VerificationRequested<'a> {
-    user_id: Uuid,
-    email: &'a str,
-    full_name: &'a str,
-    token: &'a str,
-    expires_at: DateTime<Utc>,
-}
-
-/// Data of `user.registration_repeated`: D tells the owner of `email` that someone
-/// tried to sign up with it.
-#[derive(Serialize)]
-struct RegistrationRepeated<'a> {
-    user_id: Uuid,
-    email: &'a str,
-}
-
 /// What a sign-up answers. The same for an address with no account, one with an
 /// unverified account and one with an account: only the mailbox learns which it was.
 #[derive(Debug, Serialize, ToSchema)]
@@ -247,7 +220,7 @@ async fn register(
                 types::USER_REGISTRATION_REPEATED,
                 &RegistrationRepeated {
                     user_id,
-                    email: email.as_str(),
+                    email: email.as_str().to_owned(),
                 },
             )
             .map_err(|e| ApiError::internal(&e))?;
@@ -296,9 +269,9 @@ async fn verification_requested(
         types::USER_VERIFICATION_REQUESTED,
         &VerificationRequested {
             user_id,
-            email: email.as_str(),
-            full_name: full_name.as_str(),
-            token: &token,
+            email: email.as_str().to_owned(),
+            full_name: full_name.as_str().to_owned(),
+            token,
             expires_at,
         },
     )
@@ -370,8 +343,8 @@ async fn verify(State(s): State<AppState>, Json(req): Json<VerifyRequest>) -> Ap
         types::USER_CREATED,
         &UserCreated {
             user_id: user.id,
-            email: &user.email,
-            full_name: &user.full_name,
+            email: user.email.clone(),
+            full_name: user.full_name.clone(),
             kyc_status: user.kyc_status,
             account_tier: user.account_tier,
         },

@@ -4,9 +4,9 @@
 //! mails ([`TRANSACTIONAL`]) are different: they go by email only, to the address the
 //! event names (which no contact may have yet), whatever the preferences.
 
+use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
-use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -39,18 +39,15 @@ pub const TRANSACTIONAL: [&str; 2] = [
     types::USER_REGISTRATION_REPEATED,
 ];
 
-/// Where a transactional mail goes.
-#[derive(Deserialize)]
-struct Addressed {
-    user_id: Uuid,
-    email: String,
-}
-
-#[derive(Deserialize)]
-struct NewUser {
-    user_id: Uuid,
-    email: String,
-    full_name: String,
+/// Where a transactional mail goes: the user and the address the event names.
+fn addressee(event: &Event) -> Result<(Uuid, String), serde_json::Error> {
+    if event.event_type == types::USER_VERIFICATION_REQUESTED {
+        let requested: VerificationRequested = event.data_as()?;
+        Ok((requested.user_id, requested.email))
+    } else {
+        let repeated: RegistrationRepeated = event.data_as()?;
+        Ok((repeated.user_id, repeated.email))
+    }
 }
 
 /// An event to its user in one statement, since each round trip costs PostgreSQL CPU.
@@ -118,7 +115,7 @@ fn malformed(event: &Event, why: impl std::fmt::Display) -> HandlerError {
 /// A sign-up mail ([`TRANSACTIONAL`]): one email to the event's address, nothing else.
 /// A malformed one is dead-lettered, not dropped: someone waits for it.
 async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
-    let to: Addressed = event.data_as().map_err(|e| malformed(event, e))?;
+    let (user_id, email) = addressee(event).map_err(|e| malformed(event, e))?;
     let message = templates::render(event).ok_or_else(|| malformed(event, "no message to send"))?;
     // The token is a credential: the mail carries it, the stored payload does not.
     let mut payload =
@@ -129,7 +126,7 @@ async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), Handl
     {
         data.remove("token");
     }
-    queue_email(tx, to.user_id, event, &to.email, &message, &payload).await?;
+    queue_email(tx, user_id, event, &email, &message, &payload).await?;
     Ok(())
 }
 
@@ -141,7 +138,7 @@ impl Handler for Notifier {
             return transactional(tx, event).await;
         }
         if event.event_type == types::USER_CREATED {
-            let user: NewUser = event
+            let user: UserCreated = event
                 .data_as()
                 .map_err(|e| HandlerError::Permanent(format!("malformed user.created: {e}")))?;
             sqlx::query(

@@ -277,7 +277,8 @@ fn user_created(user: Uuid, email: &str) -> Event {
     Event::new(
         "auth",
         types::USER_CREATED,
-        &json!({"user_id": user, "email": email, "full_name": "Ada Lovelace"}),
+        &json!({"user_id": user, "email": email, "full_name": "Ada Lovelace",
+                "kyc_status": "pending", "account_tier": "bronze"}),
     )
     .unwrap()
 }

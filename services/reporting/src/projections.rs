@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use finflow_contracts::kyc::AmlDecision;
+use finflow_contracts::kyc::{AmlDecision, KycUpdated};
 use finflow_contracts::money::MoneyError;
 use finflow_contracts::payment::{self, PaymentEvent};
+use finflow_contracts::user::UserCreated;
 use finflow_contracts::wallet::{TransferResult, WalletEvent};
 use finflow_platform::Amount;
 use finflow_platform::events::consumer::{Handler, HandlerError};
@@ -94,13 +95,6 @@ struct BarePaymentRequest {
     payment_id: Uuid,
 }
 
-#[derive(Deserialize)]
-struct UserFact {
-    user_id: Uuid,
-    kyc_status: Option<String>,
-    account_tier: Option<String>,
-}
-
 /// Folds one event into the read models (in the caller's transaction).
 pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
     match event.event_type.as_str() {
@@ -140,7 +134,7 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
             insert_ledger(tx, &[&l]).await?;
         }
         types::USER_CREATED => {
-            let u: UserFact = event.data_as().map_err(|e| malformed(event, &e))?;
+            let u: UserCreated = event.data_as().map_err(|e| malformed(event, &e))?;
             // A KYC decision may have arrived first: keep it, fill in what creation knows.
             sqlx::query(
                 "INSERT INTO users_rm (user_id, created_at, account_tier) VALUES ($1, $2, $3) \
@@ -149,15 +143,13 @@ pub async fn project(tx: &mut PgConnection, event: &Event) -> Result<(), Handler
             )
             .bind(u.user_id)
             .bind(event.occurred_at)
-            .bind(u.account_tier)
+            .bind(u.account_tier.as_str())
             .execute(&mut *tx)
             .await?;
         }
         types::USER_KYC_UPDATED => {
-            let u: UserFact = event.data_as().map_err(|e| malformed(event, &e))?;
-            let status = u
-                .kyc_status
-                .ok_or_else(|| malformed(event, &"no kyc_status"))?;
+            let u: KycUpdated = event.data_as().map_err(|e| malformed(event, &e))?;
+            let status = u.decision.kyc_status.as_str();
             sqlx::query(
                 "INSERT INTO users_rm (user_id, kyc_status, kyc_updated_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (user_id) DO UPDATE SET kyc_status = EXCLUDED.kyc_status, \

@@ -281,13 +281,14 @@ async fn replaying_every_event_twice_leaves_every_report_unchanged() {
         Event::new(
             "auth",
             types::USER_CREATED,
-            &json!({"user_id": user, "account_tier": "bronze"}),
+            &json!({"user_id": user, "email": "ada@example.com", "full_name": "Ada",
+                    "kyc_status": "pending", "account_tier": "bronze"}),
         )
         .unwrap(),
         Event::new(
             "kyc",
             types::USER_KYC_UPDATED,
-            &json!({"user_id": user, "kyc_status": "verified"}),
+            &json!({"user_id": user, "kyc_status": "verified", "submission_id": Uuid::now_v7()}),
         )
         .unwrap(),
         payment_event(
@@ -526,13 +527,14 @@ async fn events_arriving_out_of_order_converge_to_the_newest_fact() {
     let kyc = Event::new(
         "kyc",
         types::USER_KYC_UPDATED,
-        &json!({"user_id": user, "kyc_status": "verified"}),
+        &json!({"user_id": user, "kyc_status": "verified", "submission_id": Uuid::now_v7()}),
     )
     .unwrap();
     let created = Event::new(
         "auth",
         types::USER_CREATED,
-        &json!({"user_id": user, "account_tier": "gold"}),
+        &json!({"user_id": user, "email": "ada@example.com", "full_name": "Ada",
+                "kyc_status": "pending", "account_tier": "gold"}),
     )
     .unwrap();
     apply(&db, &[completed, requested, kyc, created]).await;
