@@ -135,7 +135,7 @@ async fn tell_auth(auth: &ServiceClient, told: &Told) {
 async fn decide(
     tx: &mut PgConnection,
     id: Uuid,
-    status: &'static str,
+    status: identity::KycStatus,
     by: &str,
     reason: Option<&str>,
 ) -> Result<(SubmissionView, Told), ApiError> {
@@ -144,7 +144,7 @@ async fn decide(
          WHERE id = $1 AND status = 'pending' RETURNING {SUBMISSION_COLUMNS}"
     )))
     .bind(id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(by)
     .bind(reason)
     .fetch_optional(&mut *tx)
@@ -153,8 +153,7 @@ async fn decide(
     let told = Told {
         user_id: view.user_id,
         decision: KycDecision {
-            kyc_status: identity::KycStatus::parse(status)
-                .ok_or_else(|| ApiError::internal(&"a decision that is not a KYC status"))?,
+            kyc_status: status,
             decided_at: Some(
                 view.decided_at
                     .ok_or_else(|| ApiError::internal(&"a decision without a time"))?,
@@ -217,7 +216,7 @@ async fn submit(
         let (view, told) = decide(
             &mut tx,
             id,
-            "verified",
+            identity::KycStatus::Verified,
             "auto",
             Some("well-formed document"),
         )
@@ -365,8 +364,8 @@ async fn review(
     let by = reviewer(&who)?;
     let why = reason(&req.reason)?;
     let status = match req.decision {
-        Decision::Approve => "verified",
-        Decision::Reject => "rejected",
+        Decision::Approve => identity::KycStatus::Verified,
+        Decision::Reject => identity::KycStatus::Rejected,
     };
     let mut tx = s.pool.begin().await?;
     case_for_another(&mut tx, &who, CaseTable::Submissions, id).await?;
