@@ -293,22 +293,7 @@ mod tests {
     use super::*;
 
     fn claims(raw: Value) -> Claims {
-        Claims {
-            token: finflow_contracts::identity::TokenClaims {
-                sub: "u1".into(),
-                email: None,
-                roles: vec![],
-                kyc_status: None,
-                tier: None,
-                iss: "i".into(),
-                aud: finflow_contracts::identity::Audience::One("a".into()),
-                iat: 0,
-                nbf: None,
-                exp: 0,
-                jti: "j".into(),
-            },
-            raw: raw.as_object().unwrap().clone(),
-        }
+        crate::jwt::claims_for_tests("u1", 0, raw.as_object().unwrap().clone())
     }
 
     #[test]

@@ -172,6 +172,28 @@ pub struct Claims {
     pub raw: Map<String, Value>,
 }
 
+/// Verified claims of user `sub` (issuer `i`, audience `a`), for unit tests that need
+/// a verified token without signing one.
+#[cfg(test)]
+pub(crate) fn claims_for_tests(sub: &str, exp: i64, raw: Map<String, Value>) -> Claims {
+    Claims {
+        token: TokenClaims {
+            sub: sub.to_owned(),
+            email: None,
+            roles: vec![],
+            kyc_status: None,
+            tier: None,
+            iss: "i".into(),
+            aud: finflow_contracts::identity::Audience::One("a".into()),
+            iat: 0,
+            nbf: None,
+            exp,
+            jti: "j".into(),
+        },
+        raw,
+    }
+}
+
 #[derive(Deserialize)]
 struct JoseHeader {
     alg: String,

@@ -221,22 +221,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: i64) -> Claims {
-        Claims {
-            token: finflow_contracts::identity::TokenClaims {
-                sub: "u".into(),
-                email: None,
-                roles: vec![],
-                kyc_status: None,
-                tier: None,
-                iss: "i".into(),
-                aud: finflow_contracts::identity::Audience::One("a".into()),
-                iat: 0,
-                nbf: None,
-                exp,
-                jti: "j".into(),
-            },
-            raw: serde_json::Map::new(),
-        }
+        crate::jwt::claims_for_tests("u", exp, serde_json::Map::new())
     }
 
     #[test]
