@@ -44,11 +44,9 @@ use clap::Args;
 use finflow_platform::cache;
 use finflow_platform::config::{RedisConfig, Validate};
 use finflow_platform::health::{self};
-use finflow_platform::http::ShutdownSignal;
-use finflow_platform::service::{self, Background, Service};
+use finflow_platform::service::{self, Api, Service, Start};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
 /// The service's name in events, logs and traces.
@@ -222,16 +220,10 @@ impl Service for Auth {
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
-    /// Runs service A on `listener` until `shutdown` resolves.
-    async fn run(
-        config: Config,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<()> {
-        let (base, config) = (&config.service, &config.settings);
-        let pool = base.database(&MIGRATIONS).await?;
+    /// Starts service A: its relay, the KYC consumer, the signing keys' reload and the
+    /// accounts' API.
+    async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let redis = cache::connect(&config.redis.redis_url).await?;
-
         let rotation = config
             .jwt_key_rotation_days
             .map(|d| Duration::from_secs(u64::from(d) * 86_400));
@@ -254,18 +246,12 @@ impl Service for Auth {
             service_clients: config.service_clients.clone().unwrap_or_default().0,
         };
 
-        let mut background = Background::new();
-        background.relay(&pool, &base.amqp, SERVICE);
-        background.consume(
-            &pool,
-            &base.amqp.amqp_url,
-            base.consumer(consumers::kyc_queue()),
-            consumers::KycUpdates,
-        );
+        start.relay();
+        start.consume(consumers::kyc_queue(), consumers::KycUpdates);
         {
             let issuer = issuer.clone();
-            let stop = background.stop_token();
-            background.spawn(async move {
+            let stop = start.stop_token();
+            start.spawn(async move {
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
@@ -279,26 +265,15 @@ impl Service for Auth {
                 }
             });
         }
-        let health = base
-            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-            .critical("redis", health::Redis(redis.clone()))
-            .build();
+        start.critical("redis", health::Redis(redis.clone()));
         let state = api::AppState {
-            pool,
+            pool: start.pool.clone(),
             redis,
             issuer,
             settings: Arc::new(settings),
         };
-        service::serve(
-            base,
-            listener,
-            api::router(state.clone()).merge(kyc::router(state)),
-            health,
-            ApiDoc::openapi(),
-            background,
-            shutdown,
-        )
-        .await
+        let router = api::router(state.clone()).merge(kyc::router(state));
+        Ok(Api::new(router, ApiDoc::openapi()))
     }
 }
 

@@ -26,10 +26,8 @@ use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health;
-use finflow_platform::http::ShutdownSignal;
-use finflow_platform::service::{self, Background, Service};
+use finflow_platform::service::{self, Api, Service, Start};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
 /// The service's name in events, logs and traces.
@@ -123,14 +121,8 @@ impl Service for Kyc {
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
-    /// Runs service E on `listener` until `shutdown` resolves.
-    async fn run(
-        config: Config,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<()> {
-        let (base, config) = (&config.service, &config.settings);
-        let pool = base.database(&MIGRATIONS).await?;
+    /// Starts service E: the AML monitor on payments, and the KYC API.
+    async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let rules = aml::Rules {
             rates: config.fx.rates().map_err(anyhow::Error::msg)?,
             hold_threshold: config.aml_hold_threshold,
@@ -139,18 +131,9 @@ impl Service for Kyc {
             max_amount: config.aml_velocity_max_amount,
             structuring_count: config.aml_structuring_count,
         };
-        let mut background = Background::new();
-        background.relay(&pool, &base.amqp, SERVICE);
-        background.consume(
-            &pool,
-            &base.amqp.amqp_url,
-            base.consumer(aml::payments_queue()),
-            aml::Monitor { rules },
-        );
-        let health = base
-            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-            .optional("auth", health::Upstream::new(&config.client.auth_url))
-            .build();
+        start.relay();
+        start.consume(aml::payments_queue(), aml::Monitor { rules });
+        start.optional("auth", health::Upstream::new(&config.client.auth_url));
         let http = ServiceClient::http_client();
         let auth = ServiceClient::new(
             "auth",
@@ -160,21 +143,12 @@ impl Service for Kyc {
         );
         let state = api::AppState {
             auth,
-            pool,
+            pool: start.pool.clone(),
             settings: Arc::new(api::Settings {
                 auto_approve: config.kyc_auto_approve,
             }),
         };
-        service::serve(
-            base,
-            listener,
-            api::router(state),
-            health,
-            ApiDoc::openapi(),
-            background,
-            shutdown,
-        )
-        .await
+        Ok(Api::new(api::router(state), ApiDoc::openapi()))
     }
 }
 

@@ -28,11 +28,9 @@ use std::time::Duration;
 
 use clap::Args;
 use finflow_platform::config::Validate;
-use finflow_platform::http::ShutdownSignal;
-use finflow_platform::service::{self, Background, Service};
+use finflow_platform::service::{self, Api, Service, Start};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
 /// The service's name in events, logs and traces.
@@ -209,29 +207,17 @@ impl Service for Notification {
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
-    /// Runs service D on `listener` until `shutdown` resolves.
-    async fn run(
-        config: Config,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<()> {
-        let (base, config) = (&config.service, &config.settings);
-        let pool = base.database(&MIGRATIONS).await?;
+    /// Starts service D: its consumer, its senders and the notifications' API.
+    async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let send_timeout = Duration::from_millis(config.delivery_timeout_ms);
         let smtp = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp_url.host)
             .port(config.smtp_url.port)
             .timeout(Some(send_timeout))
             .build();
         let policy = targets::Policy::new(config.webhook_allow_nets.clone());
-        let mut background = Background::new();
-        background.consume(
-            &pool,
-            &base.amqp.amqp_url,
-            base.consumer(consumer::queue()),
-            consumer::Notifier,
-        );
+        start.consume(consumer::queue(), consumer::Notifier);
         let sender = delivery::Sender {
-            pool: pool.clone(),
+            pool: start.pool.clone(),
             smtp,
             mail_from: config.mail_from.clone(),
             http: webhook_client(&policy, send_timeout)?,
@@ -241,24 +227,15 @@ impl Service for Notification {
             retry_cap: Duration::from_secs(300),
             send_timeout,
         };
-        background.spawn(sender.run(
+        start.spawn(sender.run(
             config.delivery_senders,
             Duration::from_millis(config.delivery_poll_ms),
-            background.stop_token(),
+            start.stop_token(),
         ));
-        let health = base
-            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-            .build();
-        let api = api::router(api::AppState { pool, policy });
-        service::serve(
-            base,
-            listener,
-            api,
-            health,
-            ApiDoc::openapi(),
-            background,
-            shutdown,
-        )
-        .await
+        let state = api::AppState {
+            pool: start.pool.clone(),
+            policy,
+        };
+        Ok(Api::new(api::router(state), ApiDoc::openapi()))
     }
 }

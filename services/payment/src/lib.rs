@@ -34,12 +34,10 @@ use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, RedisConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
-use finflow_platform::http::ShutdownSignal;
-use finflow_platform::service::{self, Background, Service};
+use finflow_platform::service::{self, Api, Service, Start};
 use finflow_platform::{Amount, cache, events};
 use secrecy::SecretString;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
@@ -155,14 +153,9 @@ impl Service for Payment {
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
-    /// Runs service C on `listener` until `shutdown` resolves.
-    async fn run(
-        config: Config,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<()> {
-        let (base, config) = (&config.service, &config.settings);
-        let pool = base.database(&MIGRATIONS).await?;
+    /// Starts service C in its role: the worker's consumers, sweeper and queue depth
+    /// gauge, and the payments' API.
+    async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let redis = cache::connect(&config.redis.redis_url).await?;
         let http = ServiceClient::http_client();
         let tokens = config.client.tokens(SERVICE, http.clone());
@@ -173,51 +166,42 @@ impl Service for Payment {
             http,
         ));
 
-        let amqp = &base.amqp.amqp_url;
-        let mut background = Background::new();
-        background.relay(&pool, &base.amqp, SERVICE);
+        start.relay();
         if config.role != Role::Api {
             for _ in 0..config.worker_concurrency {
                 let worker = worker::PaymentWorker {
                     wallets: wallets.clone(),
                 };
-                background.consume(&pool, amqp, base.consumer(worker::requests_queue()), worker);
+                start.consume(worker::requests_queue(), worker);
             }
-            background.consume(
-                &pool,
-                amqp,
-                base.consumer(worker::aml_queue()),
-                worker::AmlDecisions,
-            );
+            start.consume(worker::aml_queue(), worker::AmlDecisions);
             let sweeper = sweeper::Sweeper {
-                pool: pool.clone(),
+                pool: start.pool.clone(),
                 wallets: wallets.clone(),
                 republish_after: Duration::from_secs(config.sweep_republish_after_secs),
                 fail_after: Duration::from_secs(config.sweep_fail_after_secs),
                 interval: Duration::from_secs(config.sweep_interval_secs),
             };
-            background.spawn(sweeper.run(background.stop_token()));
-            background.spawn(watch_queue_depth(amqp.clone(), background.stop_token()));
+            start.spawn(sweeper.run(start.stop_token()));
+            let amqp = start.service.amqp.amqp_url.clone();
+            start.spawn(watch_queue_depth(amqp, start.stop_token()));
         }
         let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
         let mut doc = ApiDoc::openapi();
         rates.document(&mut doc);
-        let health = base
-            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-            .critical("redis", health::Redis(redis.clone()))
-            .optional("wallet", health::Upstream::new(&config.wallet_url))
-            .build();
+        start.critical("redis", health::Redis(redis.clone()));
+        start.optional("wallet", health::Upstream::new(&config.wallet_url));
         let api_routes = if config.role == Role::Worker {
             axum::Router::new()
         } else {
             let waiters = waiters::Waiters::new(config.max_prefer_waiters);
-            background.spawn(
+            start.spawn(
                 waiters
                     .clone()
-                    .listen(pool.clone(), background.stop_token()),
+                    .listen(start.pool.clone(), start.stop_token()),
             );
             api::router(api::AppState {
-                pool,
+                pool: start.pool.clone(),
                 keys: idempotency::Keys::new(redis),
                 wallets,
                 settings: Arc::new(api::Settings {
@@ -230,10 +214,7 @@ impl Service for Payment {
             })
         };
         tracing::info!(role = ?config.role, "payment starting");
-        service::serve(
-            base, listener, api_routes, health, doc, background, shutdown,
-        )
-        .await
+        Ok(Api::new(api_routes, doc))
     }
 }
 

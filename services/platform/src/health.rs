@@ -224,23 +224,23 @@ impl HealthBuilder {
     /// A dependency the service cannot work without (its database, its broker).
     #[must_use]
     pub fn critical(mut self, name: &str, check: impl Check) -> Self {
-        self.checks.push(Entry {
-            name: name.to_owned(),
-            critical: true,
-            check: Box::new(check),
-        });
+        self.add(name, true, check);
         self
     }
 
     /// A dependency whose loss degrades the service without stopping it.
     #[must_use]
     pub fn optional(mut self, name: &str, check: impl Check) -> Self {
+        self.add(name, false, check);
+        self
+    }
+
+    pub(crate) fn add(&mut self, name: &str, critical: bool, check: impl Check) {
         self.checks.push(Entry {
             name: name.to_owned(),
-            critical: false,
+            critical,
             check: Box::new(check),
         });
-        self
     }
 
     pub fn build(self) -> Health {

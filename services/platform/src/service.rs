@@ -2,11 +2,11 @@
 //! tasks, serving and an orderly shutdown.
 //!
 //! A service is a type that implements [`Service`]: its name, its own settings, its
-//! migrations and its `run`. Its binary's `main` is [`main`], which parses [`Config`]
-//! (the common [`ServiceConfig`] and the service's settings). Its `run` opens its
-//! database with [`ServiceConfig::database`], starts its relay and consumers on a
-//! [`Background`], builds its router and hands everything to [`serve`], which drains on
-//! shutdown and then stops the background tasks.
+//! migrations and its `start`. Its binary's `main` is [`main`], which parses [`Config`]
+//! (the common [`ServiceConfig`] and the service's settings) and calls [`run`]: that
+//! opens and migrates the database, hands the service a [`Start`] on which it starts its
+//! relay, consumers and other tasks and names its dependencies' health checks, serves
+//! the [`Api`] it answers with, drains on shutdown and then stops the background tasks.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use axum::Router;
 use clap::{Args, Parser};
-use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
@@ -70,7 +69,7 @@ impl<S: Args + Validate> Validate for Config<S> {
     }
 }
 
-/// One FinFlow service, as [`main`] and the test harness start it.
+/// One FinFlow service, as [`main`] and the test harness start it ([`run`]).
 pub trait Service: 'static {
     /// Its name in events, logs and traces; its binary is `finflow-<NAME>`.
     const NAME: &'static str;
@@ -80,18 +79,124 @@ pub trait Service: 'static {
     const MIGRATIONS: &'static Migrator;
     /// Its settings beyond [`ServiceConfig`].
     type Settings: Args + Validate + Clone + std::fmt::Debug + Send + Sync + 'static;
-    /// Runs it on `listener` until `shutdown` resolves.
-    fn run(
-        config: Config<Self::Settings>,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Starts its background tasks and health checks on `start` (its database is
+    /// migrated by then) and answers the API it serves.
+    fn start(
+        settings: &Self::Settings,
+        start: &mut Start,
+    ) -> impl Future<Output = anyhow::Result<Api>> + Send;
+}
+
+/// What a service serves: its routes and their OpenAPI document.
+pub struct Api {
+    pub router: Router,
+    pub openapi: utoipa::openapi::OpenApi,
+}
+
+impl Api {
+    pub fn new(router: Router, openapi: utoipa::openapi::OpenApi) -> Self {
+        Self { router, openapi }
+    }
+}
+
+/// What a service starts from: the common configuration and its migrated database; it
+/// adds its background tasks and the health checks of its own dependencies.
+pub struct Start {
+    name: &'static str,
+    /// The configuration every service has.
+    pub service: ServiceConfig,
+    /// The service's database, migrated.
+    pub pool: PgPool,
+    background: Background,
+    health: HealthBuilder,
+}
+
+impl Start {
+    /// Publishes the service's outbox.
+    pub fn relay(&mut self) {
+        let amqp = &self.service.amqp;
+        let mut relay = Relay::new(self.pool.clone(), amqp.amqp_url.clone(), self.name);
+        relay.bundle_max = usize::from(amqp.event_bundle_max);
+        self.background
+            .spawn(relay.run(self.background.stop_token()));
+    }
+
+    /// Consumes `queue` with `handler`, at the service's prefetch.
+    pub fn consume<H: Handler>(&mut self, queue: crate::events::QueueSpec, handler: H) {
+        let spec = self.service.consumer(queue);
+        self.background.spawn(consumer::run(
+            self.pool.clone(),
+            self.service.amqp.amqp_url.clone(),
+            spec,
+            Arc::new(handler),
+            self.background.stop_token(),
+        ));
+    }
+
+    /// Runs a task until shutdown; it must return once [`Start::stop_token`] is
+    /// cancelled, which happens after the server has drained.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.background.spawn(task);
+    }
+
+    /// The token background tasks watch to stop.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.background.stop_token()
+    }
+
+    /// A dependency the service cannot work without, beside its database and broker.
+    pub fn critical(&mut self, name: &str, check: impl health::Check) {
+        self.health.add(name, true, check);
+    }
+
+    /// A dependency whose loss degrades the service without stopping it.
+    pub fn optional(&mut self, name: &str, check: impl health::Check) {
+        self.health.add(name, false, check);
+    }
+}
+
+/// Runs `S` on `listener` until `shutdown` resolves: its database migrated, its
+/// [`Service::start`], its API served with the platform routes, drained, and its
+/// background tasks stopped.
+pub async fn run<S: Service>(
+    config: Config<S::Settings>,
+    listener: TcpListener,
+    shutdown: ShutdownSignal,
+) -> anyhow::Result<()> {
+    let Config { service, settings } = config;
+    let pool = service.database(S::MIGRATIONS).await?;
+    // Every crate of the workspace has its version, so the kit's is the service's.
+    let health = service.health(S::NAME, env!("CARGO_PKG_VERSION"), &pool, S::MIGRATIONS);
+    let mut start = Start {
+        name: S::NAME,
+        service,
+        pool,
+        background: Background::new(),
+        health,
+    };
+    let api = S::start(&settings, &mut start).await?;
+    let Start {
+        service,
+        background,
+        health,
+        ..
+    } = start;
+    serve(
+        &service,
+        listener,
+        api.router,
+        health.build(),
+        api.openapi,
+        background,
+        shutdown,
+    )
+    .await
 }
 
 impl ServiceConfig {
     /// Creates the database if asked, connects, and applies the platform's and the
     /// service's migrations.
-    pub async fn database(&self, migrations: &Migrator) -> anyhow::Result<PgPool> {
+    async fn database(&self, migrations: &Migrator) -> anyhow::Result<PgPool> {
         if self.database.database_create {
             crate::db::ensure_database(&self.database.database_url).await?;
         }
@@ -106,7 +211,7 @@ impl ServiceConfig {
 
     /// Health with the dependencies every service has (its database and RabbitMQ), and
     /// the schema its `migrations` and the platform's make.
-    pub fn health(
+    fn health(
         &self,
         service: &'static str,
         version: &'static str,
@@ -126,7 +231,7 @@ impl ServiceConfig {
     }
 
     /// A consumer spec with this service's prefetch.
-    pub fn consumer(&self, queue: crate::events::QueueSpec) -> ConsumerSpec {
+    fn consumer(&self, queue: crate::events::QueueSpec) -> ConsumerSpec {
         let mut spec = ConsumerSpec::new(queue);
         spec.prefetch = self.amqp.amqp_prefetch;
         spec
@@ -135,57 +240,25 @@ impl ServiceConfig {
 
 /// The service's background tasks (outbox relay, consumers, sweepers), stopped together
 /// after the server has drained.
-pub struct Background {
+struct Background {
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
 
-impl Default for Background {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Background {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self {
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
         }
     }
 
-    /// The token tasks watch to stop.
-    pub fn stop_token(&self) -> CancellationToken {
+    fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
     }
 
-    /// Runs a task until shutdown; it must return once the stop token is cancelled.
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
-    }
-
-    /// Publishes the service's outbox.
-    pub fn relay(&mut self, pool: &PgPool, amqp: &crate::config::AmqpConfig, service: &str) {
-        let mut relay = Relay::new(pool.clone(), amqp.amqp_url.clone(), service);
-        relay.bundle_max = usize::from(amqp.event_bundle_max);
-        self.tasks.spawn(relay.run(self.stop.clone()));
-    }
-
-    /// Consumes a queue with `handler`.
-    pub fn consume<H: Handler>(
-        &mut self,
-        pool: &PgPool,
-        amqp_url: &SecretString,
-        spec: ConsumerSpec,
-        handler: H,
-    ) {
-        self.tasks.spawn(consumer::run(
-            pool.clone(),
-            amqp_url.clone(),
-            spec,
-            Arc::new(handler),
-            self.stop.clone(),
-        ));
     }
 
     async fn shutdown(mut self) {
@@ -195,7 +268,7 @@ impl Background {
 }
 
 /// Serves `api` with the platform routes until `shutdown`, drains, then stops `background`.
-pub async fn serve(
+async fn serve(
     config: &ServiceConfig,
     listener: TcpListener,
     api: Router,
@@ -232,5 +305,5 @@ async fn start<S: Service>() -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init(S::NAME, &config.service.telemetry)
         .map_err(anyhow::Error::from_boxed)?;
     let listener = TcpListener::bind(config.service.http.listen).await?;
-    S::run(config, listener, Box::pin(crate::http::shutdown_signal())).await
+    run::<S>(config, listener, Box::pin(crate::http::shutdown_signal())).await
 }

@@ -103,7 +103,7 @@ impl ClosedPort {
     }
 }
 
-/// A service started as its binary starts it (its [`Service::run`] on a real socket),
+/// A service started as its binary starts it ([`crate::service::run`] on a real socket),
 /// against a fresh database and vhost; stopped when dropped.
 #[cfg(feature = "events")]
 pub struct TestService {
@@ -151,7 +151,7 @@ impl TestService {
         let until = stop.clone();
         tokio::spawn(async move {
             let shutdown = Box::pin(async move { until.cancelled().await });
-            if let Err(e) = S::run(config, listener, shutdown).await {
+            if let Err(e) = crate::service::run::<S>(config, listener, shutdown).await {
                 panic!("{} stopped: {e:#}", S::NAME);
             }
         });

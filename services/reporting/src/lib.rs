@@ -23,10 +23,8 @@ pub mod reports;
 use clap::Args;
 use finflow_platform::config::Validate;
 use finflow_platform::health::{self};
-use finflow_platform::http::ShutdownSignal;
-use finflow_platform::service::{self, Background, Service};
+use finflow_platform::service::{self, Api, Service, Start};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
 /// The service's name in events, logs and traces.
@@ -123,48 +121,30 @@ impl Service for Reporting {
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
-    /// Runs service F on `listener` until `shutdown` resolves.
-    async fn run(
-        config: Config,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<()> {
-        let (base, config) = (&config.service, &config.settings);
-        let pool = base.database(&MIGRATIONS).await?;
-        let mut background = Background::new();
-        background.consume(
-            &pool,
-            &base.amqp.amqp_url,
-            base.consumer(projections::queue()),
-            projections::Projector,
-        );
-        let mut health = base.health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS);
+    /// Starts service F: its projections, the queue health it watches and the reports'
+    /// API.
+    async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
+        start.consume(projections::queue(), projections::Projector);
         for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
-            health = health.optional(&name, health::Upstream::new(&url));
+            start.optional(&name, health::Upstream::new(&url));
         }
         let queues = reports::QueueHealth::default();
         {
             let queues = queues.clone();
-            background.spawn(finflow_platform::events::depth::watch(
-                base.amqp.amqp_url.clone(),
+            start.spawn(finflow_platform::events::depth::watch(
+                start.service.amqp.amqp_url.clone(),
                 "reporting-queue-health".to_owned(),
                 watched_queues(&config.watched_queues),
                 QUEUE_SAMPLE_EVERY,
-                background.stop_token(),
+                start.stop_token(),
                 move |round| queues.record(round),
             ));
         }
-        let api = reports::router(reports::AppState { pool, queues });
-        service::serve(
-            base,
-            listener,
-            api,
-            health.build(),
-            ApiDoc::openapi(),
-            background,
-            shutdown,
-        )
-        .await
+        let state = reports::AppState {
+            pool: start.pool.clone(),
+            queues,
+        };
+        Ok(Api::new(reports::router(state), ApiDoc::openapi()))
     }
 }
 

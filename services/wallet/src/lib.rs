@@ -27,10 +27,8 @@ use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
-use finflow_platform::http::ShutdownSignal;
-use finflow_platform::service::{self, Background, Service};
+use finflow_platform::service::{self, Api, Service, Start};
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use utoipa::OpenApi;
 
 /// The service's name in events, logs and traces.
@@ -98,15 +96,8 @@ impl Service for Wallet {
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
-    /// Runs service B on `listener` until `shutdown` resolves.
-    async fn run(
-        config: Config,
-        listener: TcpListener,
-        shutdown: ShutdownSignal,
-    ) -> anyhow::Result<()> {
-        let (base, config) = (&config.service, &config.settings);
-        let pool = base.database(&MIGRATIONS).await?;
-        let limits = config.tier_limits.clone();
+    /// Starts service B: its relay and the wallets' API.
+    async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let http = ServiceClient::http_client();
         let tokens = config.client.tokens(SERVICE, http.clone());
         let users = users::Users::new(ServiceClient::new(
@@ -115,32 +106,18 @@ impl Service for Wallet {
             tokens,
             http,
         ));
-
-        let mut background = Background::new();
-        background.relay(&pool, &base.amqp, SERVICE);
-        let health = base
-            .health(SERVICE, env!("CARGO_PKG_VERSION"), &pool, &MIGRATIONS)
-            .optional("auth", health::Upstream::new(&config.client.auth_url))
-            .build();
+        start.relay();
+        start.optional("auth", health::Upstream::new(&config.client.auth_url));
         let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);
         let mut doc = ApiDoc::openapi();
         rates.document(&mut doc);
         let state = api::AppState {
-            pool,
+            pool: start.pool.clone(),
             users,
-            limits: Arc::new(limits),
+            limits: Arc::new(config.tier_limits.clone()),
             rates: Arc::clone(&rates),
         };
-        service::serve(
-            base,
-            listener,
-            api::router(state),
-            health,
-            doc,
-            background,
-            shutdown,
-        )
-        .await
+        Ok(Api::new(api::router(state), doc))
     }
 }
 
