@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use finflow_e2e::journey::platform;
+use finflow_platform::testing::body_of;
 
 /// Examples per operation and phase: enough for every status an operation has, and the
 /// whole suite in a few minutes.
@@ -62,14 +63,7 @@ async fn every_service_answers_fuzzed_requests_as_its_published_document_says() 
             .is_none_or(|o| o.split(',').any(|s| s == name))
     };
     for service in platform.services.iter().filter(|s| selected(s.name)) {
-        let document = http
-            .get(format!("{}/openapi.json", service.sidecar_url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let document = body_of(http.get(format!("{}/openapi.json", service.sidecar_url))).await;
         let published: serde_json::Value = serde_json::from_str(&document).unwrap();
         for path in published["paths"].as_object().expect("paths").keys() {
             assert!(

@@ -8,6 +8,7 @@ use finflow_e2e::client::User;
 use finflow_e2e::journey::key;
 use finflow_e2e::launcher::{Options, Platform, repo_root};
 use finflow_e2e::tools::ensure_tool;
+use finflow_platform::testing::body_of;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -174,13 +175,8 @@ async fn the_transaction_report_agrees_with_the_ledger_and_the_dashboard_draws_i
         .client
         .http
         .get(ops.client.url("/api/v1/reports/transactions?format=csv"))
-        .bearer_auth(ops.session["access_token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .bearer_auth(ops.session["access_token"].as_str().unwrap());
+    let csv = body_of(csv).await;
     assert!(
         csv.starts_with("payment_id,user_id,kind,status,amount"),
         "{csv}"

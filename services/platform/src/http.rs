@@ -187,7 +187,7 @@ async fn method_not_allowed() -> ApiError {
 /// Liveness plus the health of every dependency.
 #[utoipa::path(get, path = "/health", tag = "platform",
     responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
-async fn health_report(State(health): State<Health>) -> Response {
+pub async fn health_report(State(health): State<Health>) -> Response {
     let report = health.report(false).await;
     let status = if report.status == Status::Down {
         StatusCode::SERVICE_UNAVAILABLE
@@ -200,7 +200,7 @@ async fn health_report(State(health): State<Health>) -> Response {
 /// Ready to take traffic: serving and every critical dependency answers.
 #[utoipa::path(get, path = "/ready", tag = "platform",
     responses((status = 200, body = HealthReport), (status = 503, body = HealthReport)))]
-async fn ready(State(health): State<Health>) -> Response {
+pub async fn ready(State(health): State<Health>) -> Response {
     let mut report = health.report(true).await;
     if !health.is_serving() {
         report.status = Status::Down;

@@ -81,6 +81,18 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str, service: &str) {
     panic!("{service} did not become ready");
 }
 
+/// The body of the successful answer to `request`; panics on any other.
+pub async fn body_of(request: reqwest::RequestBuilder) -> String {
+    let response = request
+        .send()
+        .await
+        .expect("the request reaches the server");
+    let status = response.status();
+    let body = response.text().await.expect("the body arrives whole");
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
 /// A loopback port that refuses connections for as long as this lives: bound, never
 /// listening. A port bound and released instead could be taken (by another test's
 /// server, or as the local end of any outgoing connection) before it is used.

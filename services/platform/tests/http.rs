@@ -8,6 +8,7 @@ use axum::routing::{get, post};
 use finflow_platform::db::{MigrationRef, SchemaReport, TestDb};
 use finflow_platform::error::{self, ApiResult};
 use finflow_platform::health::{self, Health};
+use finflow_platform::testing::body_of;
 use finflow_platform::{Identity, Json, Money, Path, cache, events};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -362,15 +363,7 @@ async fn health_is_503_when_a_critical_dependency_is_down_and_degraded_for_an_op
 async fn metrics_count_requests_by_route_and_openapi_leaves_the_platform_routes_out() {
     let app = TestApp::spawn(|_| Health::builder("test", "0").build()).await;
     app.get("/api/v1/nothing", &[]).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = body_of(app.client.get(app.url("/metrics"))).await;
     assert!(text.contains("finflow_http_requests_total"), "{text}");
     assert!(text.contains("status=\"404\""), "{text}");
 

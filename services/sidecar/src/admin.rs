@@ -1,4 +1,5 @@
-//! The admin port (`/live`, `/ready`, `/metrics`) and the gateway's own `/health`.
+//! The admin port (`/live`, `/ready`, `/metrics`); `/ready` is the kit's handler, as is the
+//! gateway's own `/health`.
 //!
 //! A sidecar's `/metrics` is its own metrics followed by its app's, fetched from the
 //! app's `/metrics` over loopback at each scrape: the public port never forwards
@@ -12,12 +13,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use finflow_platform::error::{ApiError, ErrorCode};
-use finflow_platform::health::{Health, Status};
-use finflow_platform::http::metrics_handle;
+use finflow_platform::health::Health;
+use finflow_platform::http::{metrics_handle, ready};
 use http_body_util::{BodyExt as _, Limited};
 
 use crate::config::BaseUrl;
@@ -91,30 +91,6 @@ pub fn router(health: Health, app: Option<AppMetrics>) -> Router {
 
 async fn live() -> Response {
     axum::Json(serde_json::json!({ "status": "up" })).into_response()
-}
-
-async fn ready(State(health): State<Health>) -> Response {
-    let mut report = health.report(true).await;
-    if !health.is_serving() {
-        report.status = Status::Down;
-    }
-    let status = if report.status == Status::Up {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(report)).into_response()
-}
-
-/// The gateway's `/health`: each configured service's `/health`, as the kit reports it.
-pub async fn health_report(State(health): State<Health>) -> Response {
-    let report = health.report(false).await;
-    let status = if report.status == Status::Down {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    (status, axum::Json(report)).into_response()
 }
 
 async fn metrics_text(State(app): State<Option<AppMetrics>>) -> Response {

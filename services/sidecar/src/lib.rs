@@ -273,7 +273,7 @@ fn build(
             let own = Router::new()
                 .route(
                     "/health",
-                    get(admin::health_report).with_state(health.clone()),
+                    get(finflow_platform::http::health_report).with_state(health.clone()),
                 )
                 .route(
                     "/openapi.json",

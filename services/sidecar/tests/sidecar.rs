@@ -729,14 +729,7 @@ async fn the_admin_port_serves_live_ready_and_metrics() {
         .collect();
     assert_eq!(names, ["upstream", "jwks"]);
 
-    let metrics = client()
-        .get(format!("{}/metrics", s.sidecar.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&s.sidecar).await;
     for name in [
         "finflow_sidecar_requests_total{status=\"401\",origin=\"proxy\",traffic=\"api\"}",
         "finflow_sidecar_jwt_rejections_total{reason=\"missing_token\"}",
@@ -750,14 +743,7 @@ async fn the_admin_port_serves_live_ready_and_metrics() {
 async fn the_upstream_duration_histogram_is_recorded() {
     let s = setup(&[]).await;
     received(s.sidecar.get("/health").send().await.unwrap()).await;
-    let metrics = client()
-        .get(format!("{}/metrics", s.sidecar.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&s.sidecar).await;
     assert!(
         metrics.contains("finflow_sidecar_upstream_duration_seconds_bucket"),
         "{metrics}"
