@@ -11,7 +11,7 @@
 pub use finflow_crd as crd;
 pub use finflow_operator_core::{
     analysis, conditions, dns, finservice, graph, inject, listmap, messagequeue, meta,
-    pod_security, rbac, rediscache, rollout,
+    pod_security, rbac, reconcile, rediscache, rollout,
 };
 
 pub mod app;

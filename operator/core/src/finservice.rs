@@ -879,7 +879,7 @@ pub struct Blocker {
 }
 
 impl Blocker {
-    fn missing(kind: &'static str, name: &str) -> Self {
+    pub(crate) fn missing(kind: &'static str, name: &str) -> Self {
         Self {
             kind,
             name: name.to_owned(),

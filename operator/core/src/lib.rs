@@ -6,7 +6,8 @@
 //!
 //! - [`rollout`]: the blue-green engine (order, gates, promotion, observation window,
 //!   rollback and cascade, the schema barrier); [`graph`]: deploy and rollback order;
-//!   [`analysis`]: judging the sidecars' traffic figures.
+//!   [`analysis`]: judging the sidecars' traffic figures; [`reconcile`]: one FinService
+//!   reconcile as values (what was read, what to probe, the plan, the Events).
 //! - [`finservice`], [`messagequeue`], [`rediscache`]: the objects each resource should
 //!   own and the status it should report; [`conditions`]: conditions whose transition
 //!   times move only when a status does.
@@ -28,5 +29,6 @@ pub mod messagequeue;
 pub mod meta;
 pub mod pod_security;
 pub mod rbac;
+pub mod reconcile;
 pub mod rediscache;
 pub mod rollout;

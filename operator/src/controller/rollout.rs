@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{Context, Result};
 use crate::analysis::{self, Sample};
 use crate::crd::{Color, FinService};
-use crate::finservice::{COLOR_LABEL, VERSION_LABEL};
+use crate::finservice::COLOR_LABEL;
 use crate::inject::SIDECAR_ADMIN_PORT;
 use crate::meta::{FIELD_MANAGER, INSTANCE_LABEL};
 use crate::rollout::{self, Decision};
@@ -124,15 +124,6 @@ pub async fn probe_pod_health(
     };
     let path = rollout::pod_health_path(namespace, &pod.name_any(), port, health_path);
     fetch_probe(HEALTH_PROBE_TIMEOUT, client, namespace, &path).await
-}
-
-/// The pods of `color` running `version`, not being deleted.
-pub fn pods_of_version<'a>(pods: &'a [Pod], color: Color, version: &str) -> Vec<&'a Pod> {
-    pods.iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.labels().get(COLOR_LABEL).map(String::as_str) == Some(color.as_str()))
-        .filter(|p| p.labels().get(VERSION_LABEL).map(String::as_str) == Some(version))
-        .collect()
 }
 
 /// What the sidecars of `pods` counted, summed: each read through the API server's pod
