@@ -283,7 +283,7 @@ pub fn current(fs: &FinService) -> bool {
     let reached =
         |observed: Option<i64>| generation.is_none_or(|g| observed.is_some_and(|o| o >= g));
     reached(s.observed_generation)
-        && conditions::find(&s.conditions, conditions::types::READY)
+        && conditions::find(&s.conditions, conditions::Type::Ready)
             .is_none_or(|c| c.observed_generation.is_none() || reached(c.observed_generation))
 }
 
@@ -291,7 +291,7 @@ pub fn current(fs: &FinService) -> bool {
 /// current status ([`current`]), phase Ready at the spec's version with nothing in
 /// preview, the Ready condition true and neither Reconciling nor Stalled.
 pub fn unhealthy(services: &[FinService]) -> Vec<String> {
-    use conditions::types::{READY, RECONCILING, STALLED};
+    use conditions::Type::{Ready, Reconciling, Stalled};
     services
         .iter()
         .filter(|fs| {
@@ -300,9 +300,9 @@ pub fn unhealthy(services: &[FinService]) -> Vec<String> {
                 && s.phase == Some(Phase::Ready)
                 && s.active_version.as_deref() == Some(fs.spec.version.as_str())
                 && s.preview_version.is_none()
-                && conditions::is_true(&s.conditions, READY)
-                && !conditions::is_true(&s.conditions, RECONCILING)
-                && !conditions::is_true(&s.conditions, STALLED))
+                && conditions::is_true(&s.conditions, Ready)
+                && !conditions::is_true(&s.conditions, Reconciling)
+                && !conditions::is_true(&s.conditions, Stalled))
         })
         .map(ResourceExt::name_any)
         .collect()

@@ -13,48 +13,105 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Condition types.
-pub mod types {
+/// A condition's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Type {
     /// The workload runs the desired version with every replica ready.
-    pub const READY: &str = "Ready";
+    Ready,
     /// The workload is moving towards the desired state.
-    pub const PROGRESSING: &str = "Progressing";
+    Progressing,
     /// The workload failed to reach the desired state in time.
-    pub const DEGRADED: &str = "Degraded";
+    Degraded,
     /// Everything the FinService depends on exists and is Ready.
-    pub const DEPENDENCIES_READY: &str = "DependenciesReady";
+    DependenciesReady,
     /// The MessageQueue's exchanges, queues and bindings are declared.
-    pub const TOPOLOGY_DECLARED: &str = "TopologyDeclared";
+    TopologyDeclared,
     /// kstatus: the controller is moving the resource towards its spec.
-    pub const RECONCILING: &str = "Reconciling";
+    Reconciling,
     /// kstatus: the resource cannot reach its spec until someone changes something.
-    pub const STALLED: &str = "Stalled";
+    Stalled,
 }
 
-/// Condition reasons (CamelCase, as the conventions ask).
-pub mod reasons {
-    pub const DEPENDENCIES_READY: &str = "DependenciesReady";
-    pub const DEPENDENCY_MISSING: &str = "DependencyMissing";
-    pub const DEPENDENCY_NOT_READY: &str = "DependencyNotReady";
-    pub const WAITING_FOR_DEPENDENCIES: &str = "WaitingForDependencies";
-    pub const ROLLING_OUT: &str = "RollingOut";
-    pub const ROLLED_OUT: &str = "RolledOut";
-    pub const REPLICAS_READY: &str = "ReplicasReady";
-    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
-    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-    pub const AS_EXPECTED: &str = "AsExpected";
-    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
-    pub const WAITING_FOR_BROKER: &str = "WaitingForBroker";
-    pub const DECLARING: &str = "Declaring";
-    pub const DECLARED: &str = "Declared";
-    pub const DECLARATION_FAILED: &str = "DeclarationFailed";
-    pub const CREDENTIALS_INCOMPLETE: &str = "CredentialsIncomplete";
+impl Type {
+    /// As the status spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Progressing => "Progressing",
+            Self::Degraded => "Degraded",
+            Self::DependenciesReady => "DependenciesReady",
+            Self::TopologyDeclared => "TopologyDeclared",
+            Self::Reconciling => "Reconciling",
+            Self::Stalled => "Stalled",
+        }
+    }
+}
+
+/// Why a condition or an Event says what it says (CamelCase, as the conventions ask).
+/// A closed set: only this crate names reasons, each beside the decisions that give
+/// them (the rollout engine's in [`crate::rollout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Reason(pub(crate) &'static str);
+
+impl Reason {
+    /// As conditions and Events spell it.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    pub const DEPENDENCIES_READY: Self = Self("DependenciesReady");
+    pub const DEPENDENCY_MISSING: Self = Self("DependencyMissing");
+    pub const DEPENDENCY_NOT_READY: Self = Self("DependencyNotReady");
+    pub const WAITING_FOR_DEPENDENCIES: Self = Self("WaitingForDependencies");
+    pub const ROLLING_OUT: Self = Self("RollingOut");
+    pub const ROLLED_OUT: Self = Self("RolledOut");
+    pub const REPLICAS_READY: Self = Self("ReplicasReady");
+    pub const REPLICAS_NOT_READY: Self = Self("ReplicasNotReady");
+    pub const PROGRESS_DEADLINE_EXCEEDED: Self = Self("ProgressDeadlineExceeded");
+    pub const AS_EXPECTED: Self = Self("AsExpected");
+    pub const SCALED_TO_ZERO: Self = Self("ScaledToZero");
+    pub const WAITING_FOR_BROKER: Self = Self("WaitingForBroker");
+    pub const DECLARING: Self = Self("Declaring");
+    pub const DECLARED: Self = Self("Declared");
+    pub const DECLARATION_FAILED: Self = Self("DeclarationFailed");
+    pub const CREDENTIALS_INCOMPLETE: Self = Self("CredentialsIncomplete");
     /// Reconciling=False: nothing left to do.
-    pub const RECONCILED: &str = "Reconciled";
+    pub const RECONCILED: Self = Self("Reconciled");
     /// The API server refused to apply an object.
-    pub const APPLY_FAILED: &str = "ApplyFailed";
+    pub const APPLY_FAILED: Self = Self("ApplyFailed");
     /// A reconcile failed otherwise (a read, a status write, no answer).
-    pub const RECONCILE_FAILED: &str = "ReconcileFailed";
+    pub const RECONCILE_FAILED: Self = Self("ReconcileFailed");
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Display for Type {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// A status holds them as strings (`Condition`, Events): compared as they are spelled.
+impl PartialEq<Type> for String {
+    fn eq(&self, other: &Type) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Reason> for String {
+    fn eq(&self, other: &Reason) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Reason> for &str {
+    fn eq(&self, other: &Reason) -> bool {
+        *self == other.as_str()
+    }
 }
 
 /// `status` values.
@@ -65,19 +122,14 @@ pub const UNKNOWN: &str = "Unknown";
 /// A condition as a reconciler decides it, before times and generations are filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
-    pub type_: &'static str,
+    pub type_: Type,
     pub status: &'static str,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Desired {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(type_: Type, status: bool, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             type_,
             status: if status { TRUE } else { FALSE },
@@ -86,7 +138,7 @@ impl Desired {
         }
     }
 
-    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn unknown(type_: Type, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             type_,
             status: UNKNOWN,
@@ -107,15 +159,15 @@ pub fn merge(
     desired
         .into_iter()
         .map(|d| {
-            let previous = current.iter().find(|c| c.type_ == d.type_);
+            let previous = current.iter().find(|c| c.type_ == d.type_.as_str());
             let last_transition_time = match previous {
                 Some(p) if p.status == d.status => p.last_transition_time.clone(),
                 _ => now.clone(),
             };
             Condition {
-                type_: d.type_.to_owned(),
+                type_: d.type_.as_str().to_owned(),
                 status: d.status.to_owned(),
-                reason: d.reason.to_owned(),
+                reason: d.reason.as_str().to_owned(),
                 message: d.message,
                 last_transition_time,
                 observed_generation: generation,
@@ -143,12 +195,12 @@ pub fn kstatus(
     };
     [
         match reconciling {
-            Some(d) => Desired::new(types::RECONCILING, true, d.reason, &d.message),
-            None => Desired::new(types::RECONCILING, false, reasons::RECONCILED, ""),
+            Some(d) => Desired::new(Type::Reconciling, true, d.reason, &d.message),
+            None => Desired::new(Type::Reconciling, false, Reason::RECONCILED, ""),
         },
         match degraded {
-            Some(d) => Desired::new(types::STALLED, true, d.reason, &d.message),
-            None => Desired::new(types::STALLED, false, reasons::AS_EXPECTED, ""),
+            Some(d) => Desired::new(Type::Stalled, true, d.reason, &d.message),
+            None => Desired::new(Type::Stalled, false, Reason::AS_EXPECTED, ""),
         },
     ]
 }
@@ -159,8 +211,8 @@ pub struct Failure {
     /// Whether retrying can succeed with nothing changed (a timeout, an overloaded
     /// server); otherwise the resource is stalled until someone changes something.
     pub transient: bool,
-    /// [`reasons::APPLY_FAILED`] or [`reasons::RECONCILE_FAILED`].
-    pub reason: &'static str,
+    /// [`Reason::APPLY_FAILED`] or [`Reason::RECONCILE_FAILED`].
+    pub reason: Reason,
     /// What failed, with the API server's own message.
     pub message: String,
 }
@@ -188,17 +240,17 @@ pub fn after_failure(
 ) -> Vec<Condition> {
     let (reason, message) = (failure.reason, failure.message.as_str());
     let decided = [
-        Desired::new(types::READY, false, reason, message),
+        Desired::new(Type::Ready, false, reason, message),
         if failure.transient {
-            Desired::new(types::RECONCILING, true, reason, message)
+            Desired::new(Type::Reconciling, true, reason, message)
         } else {
-            Desired::new(types::RECONCILING, false, reasons::RECONCILED, "")
+            Desired::new(Type::Reconciling, false, Reason::RECONCILED, "")
         },
-        Desired::new(types::STALLED, !failure.transient, reason, message),
+        Desired::new(Type::Stalled, !failure.transient, reason, message),
     ];
     let mut others: Vec<Condition> = current
         .iter()
-        .filter(|c| decided.iter().all(|d| d.type_ != c.type_))
+        .filter(|c| decided.iter().all(|d| d.type_.as_str() != c.type_))
         .cloned()
         .collect();
     // Ready first and the kstatus pair last, as every reconciler orders them.
@@ -210,12 +262,12 @@ pub fn after_failure(
 }
 
 /// The condition of `type_`, if present.
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
+pub fn find(conditions: &[Condition], type_: Type) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
 }
 
 /// Whether the condition of `type_` is present with status `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub fn is_true(conditions: &[Condition], type_: Type) -> bool {
     find(conditions, type_).is_some_and(|c| c.status == TRUE)
 }
 
@@ -229,7 +281,7 @@ mod tests {
     }
 
     fn ready(status: bool, message: &str) -> Desired {
-        Desired::new(types::READY, status, reasons::REPLICAS_READY, message)
+        Desired::new(Type::Ready, status, Reason::REPLICAS_READY, message)
     }
 
     #[test]
@@ -266,25 +318,30 @@ mod tests {
         conditions.iter().map(|c| c.type_.as_str()).collect()
     }
 
-    fn status_of(conditions: &[Desired; 2]) -> [(&'static str, &'static str); 2] {
+    fn status_of(conditions: &[Desired; 2]) -> [(Type, &'static str); 2] {
         conditions.each_ref().map(|d| (d.type_, d.status))
     }
 
     #[test]
     fn a_ready_resource_is_neither_reconciling_nor_stalled() {
         let ready = ready(true, "2/2");
-        let progressing = Desired::new(types::PROGRESSING, false, reasons::ROLLED_OUT, "");
-        let degraded = Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, "");
+        let progressing = Desired::new(Type::Progressing, false, Reason::ROLLED_OUT, "");
+        let degraded = Desired::new(Type::Degraded, false, Reason::AS_EXPECTED, "");
         let pair = kstatus(&ready, Some(&progressing), Some(&degraded));
         assert_eq!(
             status_of(&pair),
-            [(types::RECONCILING, FALSE), (types::STALLED, FALSE)]
+            [(Type::Reconciling, FALSE), (Type::Stalled, FALSE)]
         );
     }
 
     #[test]
     fn a_rollout_in_progress_is_reconciling_with_its_message() {
-        let progressing = Desired::new(types::PROGRESSING, true, "PreviewHealthy", "promoting 2");
+        let progressing = Desired::new(
+            Type::Progressing,
+            true,
+            Reason::PREVIEW_HEALTHY,
+            "promoting 2",
+        );
         let [reconciling, stalled] = kstatus(&ready(false, "1/2"), Some(&progressing), None);
         assert_eq!(
             (
@@ -292,7 +349,7 @@ mod tests {
                 reconciling.reason,
                 reconciling.message.as_str()
             ),
-            (TRUE, "PreviewHealthy", "promoting 2")
+            (TRUE, Reason::PREVIEW_HEALTHY, "promoting 2")
         );
         assert_eq!(stalled.status, FALSE);
     }
@@ -300,28 +357,28 @@ mod tests {
     #[test]
     fn a_resource_waiting_without_progress_is_still_reconciling() {
         let waiting = Desired::new(
-            types::READY,
+            Type::Ready,
             false,
-            reasons::WAITING_FOR_DEPENDENCIES,
+            Reason::WAITING_FOR_DEPENDENCIES,
             "held until a is ready",
         );
         let [reconciling, _] = kstatus(&waiting, None, None);
         assert_eq!(
             (reconciling.status, reconciling.reason),
-            (TRUE, reasons::WAITING_FOR_DEPENDENCIES)
+            (TRUE, Reason::WAITING_FOR_DEPENDENCIES)
         );
     }
 
     #[test]
     fn a_degraded_resource_is_stalled_and_reconciling_only_while_progressing() {
-        let degraded = Desired::new(types::DEGRADED, true, "VersionFailed", "2.0.0 failed");
+        let degraded = Desired::new(Type::Degraded, true, Reason::VERSION_FAILED, "2.0.0 failed");
         let [reconciling, stalled] = kstatus(&ready(false, ""), None, Some(&degraded));
         assert_eq!(reconciling.status, FALSE, "held: nothing moves");
         assert_eq!(
             (stalled.status, stalled.reason, stalled.message.as_str()),
-            (TRUE, "VersionFailed", "2.0.0 failed")
+            (TRUE, Reason::VERSION_FAILED, "2.0.0 failed")
         );
-        let rolling_back = Desired::new(types::PROGRESSING, true, "CascadeRollback", "back");
+        let rolling_back = Desired::new(Type::Progressing, true, Reason::CASCADE_ROLLBACK, "back");
         let [reconciling, stalled] =
             kstatus(&ready(false, ""), Some(&rolling_back), Some(&degraded));
         assert_eq!((reconciling.status, stalled.status), (TRUE, TRUE));
@@ -330,7 +387,7 @@ mod tests {
     fn refused() -> Failure {
         Failure {
             transient: false,
-            reason: reasons::APPLY_FAILED,
+            reason: Reason::APPLY_FAILED,
             message: "applying Deployment/a-blue: refused".into(),
         }
     }
@@ -338,10 +395,10 @@ mod tests {
     fn settled_conditions() -> Vec<Condition> {
         let decided = vec![
             ready(true, "2/2"),
-            Desired::new(types::PROGRESSING, false, reasons::ROLLED_OUT, ""),
-            Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
-            Desired::new(types::RECONCILING, false, reasons::RECONCILED, ""),
-            Desired::new(types::STALLED, false, reasons::AS_EXPECTED, ""),
+            Desired::new(Type::Progressing, false, Reason::ROLLED_OUT, ""),
+            Desired::new(Type::Degraded, false, Reason::AS_EXPECTED, ""),
+            Desired::new(Type::Reconciling, false, Reason::RECONCILED, ""),
+            Desired::new(Type::Stalled, false, Reason::AS_EXPECTED, ""),
         ];
         merge(&[], decided, Some(1), &at(100))
     }
@@ -349,7 +406,7 @@ mod tests {
     #[test]
     fn a_refused_apply_makes_the_resource_stalled_and_not_ready_at_its_generation() {
         let after = after_failure(&settled_conditions(), &refused(), Some(2), &at(200));
-        let ready = find(&after, types::READY).unwrap();
+        let ready = find(&after, Type::Ready).unwrap();
         assert_eq!(
             (
                 ready.status.as_str(),
@@ -358,25 +415,25 @@ mod tests {
             ),
             (
                 FALSE,
-                reasons::APPLY_FAILED,
+                Reason::APPLY_FAILED.as_str(),
                 "applying Deployment/a-blue: refused"
             )
         );
         assert_eq!(ready.observed_generation, Some(2));
         assert_eq!(ready.last_transition_time, at(200));
-        let stalled = find(&after, types::STALLED).unwrap();
+        let stalled = find(&after, Type::Stalled).unwrap();
         assert_eq!(
             (stalled.status.as_str(), stalled.message.as_str()),
             (TRUE, ready.message.as_str())
         );
-        assert!(!is_true(&after, types::RECONCILING));
+        assert!(!is_true(&after, Type::Reconciling));
         assert_eq!(
             types_of(&after),
             ["Ready", "Progressing", "Degraded", "Reconciling", "Stalled"],
             "the other conditions stay, in their place"
         );
         assert_eq!(
-            find(&after, types::DEGRADED).unwrap().observed_generation,
+            find(&after, Type::Degraded).unwrap().observed_generation,
             Some(1)
         );
     }
@@ -385,13 +442,13 @@ mod tests {
     fn a_transient_failure_is_reconciling_not_stalled() {
         let failure = Failure {
             transient: true,
-            reason: reasons::RECONCILE_FAILED,
+            reason: Reason::RECONCILE_FAILED,
             message: "etcdserver: request timed out".into(),
         };
         let after = after_failure(&settled_conditions(), &failure, Some(1), &at(200));
-        assert!(is_true(&after, types::RECONCILING));
-        assert!(!is_true(&after, types::STALLED));
-        assert!(!is_true(&after, types::READY));
+        assert!(is_true(&after, Type::Reconciling));
+        assert!(!is_true(&after, Type::Stalled));
+        assert!(!is_true(&after, Type::Ready));
     }
 
     #[test]
@@ -407,24 +464,19 @@ mod tests {
             &[],
             vec![
                 ready(true, "2/2"),
-                Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""),
+                Desired::new(Type::Degraded, false, Reason::AS_EXPECTED, ""),
             ],
             None,
             &at(1),
         );
         let second = merge(
             &first,
-            vec![Desired::new(
-                types::DEGRADED,
-                false,
-                reasons::AS_EXPECTED,
-                "",
-            )],
+            vec![Desired::new(Type::Degraded, false, Reason::AS_EXPECTED, "")],
             None,
             &at(2),
         );
         assert_eq!(second.len(), 1);
-        assert_eq!(second[0].type_, types::DEGRADED);
+        assert_eq!(second[0].type_, Type::Degraded);
         assert_eq!(second[0].last_transition_time, at(1));
     }
 }

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::analysis::{self, Judgement, P99, Verdict};
-use crate::conditions::{self, Desired, Failure, reasons, types};
+use crate::conditions::{self, Desired, Failure, Reason, Type};
 use crate::crd::{AnalysisStage, AnalysisStatus, AnalysisVerdict};
 use crate::crd::{Color, FinService, FinServiceStatus, MessageQueue, Phase, RedisCache, Revision};
 use crate::crd::{ReleaseSchema, RollbackState};
@@ -375,7 +375,7 @@ pub fn observed(fs: &FinService, fresh: Option<&Fresh>) -> rollout::Observed {
         }),
         active_ready: match fresh {
             Some(f) => f.active_ready,
-            None => conditions::is_true(&status.conditions, types::READY),
+            None => conditions::is_true(&status.conditions, Type::Ready),
         },
         previous: status.previous_version.as_ref().map(|v| rollout::Live {
             color: color.other(),
@@ -555,17 +555,17 @@ pub fn analysis_status(
 pub fn analysis_event(
     previous: Option<&AnalysisStatus>,
     next: &AnalysisStatus,
-) -> Option<(bool, &'static str, String)> {
+) -> Option<(bool, Reason, String)> {
     if previous.is_some_and(|p| {
         p.version == next.version && p.stage == next.stage && p.verdict == next.verdict
     }) {
         return None;
     }
     let (warning, reason) = match next.verdict {
-        AnalysisVerdict::Passed => (false, rollout::reason::ANALYSIS_PASSED),
-        AnalysisVerdict::Failed => (true, rollout::reason::ANALYSIS_FAILED),
-        AnalysisVerdict::Inconclusive => (false, rollout::reason::ANALYSIS_INCONCLUSIVE),
-        AnalysisVerdict::Unavailable => (false, rollout::reason::ANALYSIS_UNAVAILABLE),
+        AnalysisVerdict::Passed => (false, Reason::ANALYSIS_PASSED),
+        AnalysisVerdict::Failed => (true, Reason::ANALYSIS_FAILED),
+        AnalysisVerdict::Inconclusive => (false, Reason::ANALYSIS_INCONCLUSIVE),
+        AnalysisVerdict::Unavailable => (false, Reason::ANALYSIS_UNAVAILABLE),
     };
     let stage = match next.stage {
         AnalysisStage::Preview => "preview",
@@ -909,11 +909,11 @@ pub fn service_blocker(name: &str, dep: Option<&FinService>) -> Option<Blocker> 
     let c = &status.conditions;
     let why = if !generation_observed(dep.metadata.generation, status.observed_generation) {
         Some("its status does not reflect its latest spec yet".to_owned())
-    } else if conditions::is_true(c, types::DEGRADED) {
+    } else if conditions::is_true(c, Type::Degraded) {
         Some("degraded".to_owned())
-    } else if conditions::is_true(c, types::PROGRESSING) {
+    } else if conditions::is_true(c, Type::Progressing) {
         Some("progressing".to_owned())
-    } else if !conditions::is_true(c, types::READY) {
+    } else if !conditions::is_true(c, Type::Ready) {
         Some(format!(
             "phase {}",
             status.phase.map_or("Pending", Phase::as_str)
@@ -936,7 +936,7 @@ pub fn queue_blocker(name: &str, queue: Option<&MessageQueue>) -> Option<Blocker
     let ready = queue
         .status
         .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
+        .is_some_and(|s| conditions::is_true(&s.conditions, Type::Ready));
     (!ready).then(|| Blocker {
         kind: "MessageQueue",
         name: name.to_owned(),
@@ -952,7 +952,7 @@ pub fn cache_blocker(name: &str, cache: Option<&RedisCache>) -> Option<Blocker> 
     let ready = cache
         .status
         .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, types::READY));
+        .is_some_and(|s| conditions::is_true(&s.conditions, Type::Ready));
     (!ready).then(|| Blocker {
         kind: "RedisCache",
         name: name.to_owned(),
@@ -963,23 +963,23 @@ pub fn cache_blocker(name: &str, cache: Option<&RedisCache>) -> Option<Blocker> 
 fn dependencies_condition(blockers: &[Blocker]) -> Desired {
     if blockers.is_empty() {
         return Desired::new(
-            types::DEPENDENCIES_READY,
+            Type::DependenciesReady,
             true,
-            reasons::DEPENDENCIES_READY,
+            Reason::DEPENDENCIES_READY,
             "every dependency exists and is Ready",
         );
     }
     let reason = if blockers.iter().any(|b| b.not_ready.is_none()) {
-        reasons::DEPENDENCY_MISSING
+        Reason::DEPENDENCY_MISSING
     } else {
-        reasons::DEPENDENCY_NOT_READY
+        Reason::DEPENDENCY_NOT_READY
     };
     let message = blockers
         .iter()
         .map(Blocker::describe)
         .collect::<Vec<_>>()
         .join("; ");
-    Desired::new(types::DEPENDENCIES_READY, false, reason, message)
+    Desired::new(Type::DependenciesReady, false, reason, message)
 }
 
 /// What the active Deployment says about the rollout.
@@ -1106,9 +1106,9 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
     let mut deps = dependencies_condition(blockers);
     if let (true, Some(d)) = (blockers.is_empty(), waiting_for_services) {
         deps = Desired::new(
-            types::DEPENDENCIES_READY,
+            Type::DependenciesReady,
             false,
-            reasons::DEPENDENCY_NOT_READY,
+            Reason::DEPENDENCY_NOT_READY,
             d.message.clone(),
         );
     }
@@ -1119,23 +1119,19 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
             Some(RolloutState::Complete) => {
                 let (reason, message) = if replicas == 0 {
                     (
-                        reasons::SCALED_TO_ZERO,
+                        Reason::SCALED_TO_ZERO,
                         format!("version {live} scaled to zero"),
                     )
                 } else {
                     (
-                        reasons::REPLICAS_READY,
+                        Reason::REPLICAS_READY,
                         format!(
                             "version {live} ready on {} ({ready_replicas}/{replicas})",
                             color.as_str()
                         ),
                     )
                 };
-                (
-                    Desired::new(types::READY, true, reason, message),
-                    None,
-                    None,
-                )
+                (Desired::new(Type::Ready, true, reason, message), None, None)
             }
             Some(RolloutState::DeadlineExceeded(why)) => {
                 let message = format!(
@@ -1144,16 +1140,16 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
                 );
                 (
                     Desired::new(
-                        types::READY,
+                        Type::Ready,
                         false,
-                        reasons::PROGRESS_DEADLINE_EXCEEDED,
+                        Reason::PROGRESS_DEADLINE_EXCEEDED,
                         &message,
                     ),
                     None,
                     Some(Desired::new(
-                        types::DEGRADED,
+                        Type::Degraded,
                         true,
-                        reasons::PROGRESS_DEADLINE_EXCEEDED,
+                        Reason::PROGRESS_DEADLINE_EXCEEDED,
                         &message,
                     )),
                 )
@@ -1161,11 +1157,11 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
             Some(RolloutState::InProgress(how)) => {
                 let message = format!("rolling out version {live} on {}: {how}", color.as_str());
                 (
-                    Desired::new(types::READY, false, reasons::REPLICAS_NOT_READY, &message),
+                    Desired::new(Type::Ready, false, Reason::REPLICAS_NOT_READY, &message),
                     Some(Desired::new(
-                        types::PROGRESSING,
+                        Type::Progressing,
                         true,
-                        reasons::ROLLING_OUT,
+                        Reason::ROLLING_OUT,
                         &message,
                     )),
                     None,
@@ -1174,11 +1170,11 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
             None => {
                 let message = format!("rolling out version {live} on {}", color.as_str());
                 (
-                    Desired::new(types::READY, false, reasons::REPLICAS_NOT_READY, &message),
+                    Desired::new(Type::Ready, false, Reason::REPLICAS_NOT_READY, &message),
                     Some(Desired::new(
-                        types::PROGRESSING,
+                        Type::Progressing,
                         true,
-                        reasons::ROLLING_OUT,
+                        Reason::ROLLING_OUT,
                         &message,
                     )),
                     None,
@@ -1200,9 +1196,9 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
             deps.message.clone()
         };
         let waiting = Desired::new(
-            types::PROGRESSING,
+            Type::Progressing,
             false,
-            reasons::WAITING_FOR_DEPENDENCIES,
+            Reason::WAITING_FOR_DEPENDENCIES,
             &message,
         );
         // The spec's version is not live (held, or a new version waits for its
@@ -1214,15 +1210,10 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
         };
         (
             Phase::Waiting,
-            Desired::new(
-                types::READY,
-                false,
-                reasons::WAITING_FOR_DEPENDENCIES,
-                ready,
-            ),
+            Desired::new(Type::Ready, false, Reason::WAITING_FOR_DEPENDENCIES, ready),
             waiting,
             deployment_degraded
-                .unwrap_or_else(|| Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, "")),
+                .unwrap_or_else(|| Desired::new(Type::Degraded, false, Reason::AS_EXPECTED, "")),
         )
     } else {
         let degraded = if is_true(&engine_degraded) {
@@ -1230,7 +1221,7 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
         } else {
             deployment_degraded.clone()
         }
-        .unwrap_or_else(|| Desired::new(types::DEGRADED, false, reasons::AS_EXPECTED, ""));
+        .unwrap_or_else(|| Desired::new(Type::Degraded, false, Reason::AS_EXPECTED, ""));
         let progressing = if is_true(&engine_progressing) {
             engine_progressing.clone()
         } else {
@@ -1242,7 +1233,7 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
             } else {
                 String::new()
             };
-            Desired::new(types::PROGRESSING, false, reasons::ROLLED_OUT, message)
+            Desired::new(Type::Progressing, false, Reason::ROLLED_OUT, message)
         });
         let phase = if degraded.status == conditions::TRUE {
             Phase::Degraded
@@ -1261,7 +1252,7 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
             .find(|d| d.status == conditions::TRUE);
         let ready = match unsettled {
             Some(cause) if ready.status == conditions::TRUE => Desired::new(
-                types::READY,
+                Type::Ready,
                 false,
                 cause.reason,
                 format!("{}; {}", cause.message, ready.message),
@@ -1326,12 +1317,12 @@ pub fn status_after(fs: &FinService, reconciled: Reconciled<'_>, now: &Time) -> 
 }
 
 /// The condition whose message explains `phase` (the note of the phase's Event).
-pub fn phase_condition(phase: Phase) -> &'static str {
+pub fn phase_condition(phase: Phase) -> Type {
     match phase {
-        Phase::Waiting => types::DEPENDENCIES_READY,
-        Phase::Degraded => types::DEGRADED,
-        Phase::Progressing => types::PROGRESSING,
-        Phase::Ready | Phase::Pending => types::READY,
+        Phase::Waiting => Type::DependenciesReady,
+        Phase::Degraded => Type::Degraded,
+        Phase::Progressing => Type::Progressing,
+        Phase::Ready | Phase::Pending => Type::Ready,
     }
 }
 
@@ -1607,10 +1598,10 @@ mod tests {
 
     #[test]
     fn each_phase_is_explained_by_its_own_condition() {
-        assert_eq!(phase_condition(Phase::Waiting), types::DEPENDENCIES_READY);
-        assert_eq!(phase_condition(Phase::Degraded), types::DEGRADED);
-        assert_eq!(phase_condition(Phase::Progressing), types::PROGRESSING);
-        assert_eq!(phase_condition(Phase::Ready), types::READY);
+        assert_eq!(phase_condition(Phase::Waiting), Type::DependenciesReady);
+        assert_eq!(phase_condition(Phase::Degraded), Type::Degraded);
+        assert_eq!(phase_condition(Phase::Progressing), Type::Progressing);
+        assert_eq!(phase_condition(Phase::Ready), Type::Ready);
     }
 
     #[test]
@@ -1880,12 +1871,12 @@ mod tests {
         let blockers = [Blocker::missing("FinService", "auth")];
         let status = next_status(&fs, &blockers, true, None, &at(100));
         assert_eq!(status.phase, Some(Phase::Waiting));
-        let deps = conditions::find(&status.conditions, types::DEPENDENCIES_READY).unwrap();
+        let deps = conditions::find(&status.conditions, Type::DependenciesReady).unwrap();
         assert_eq!(deps.status, conditions::FALSE);
-        assert_eq!(deps.reason, reasons::DEPENDENCY_MISSING);
+        assert_eq!(deps.reason, Reason::DEPENDENCY_MISSING);
         assert!(deps.message.contains("FinService auth does not exist"));
-        assert!(!conditions::is_true(&status.conditions, types::READY));
-        assert!(!conditions::is_true(&status.conditions, types::PROGRESSING));
+        assert!(!conditions::is_true(&status.conditions, Type::Ready));
+        assert!(!conditions::is_true(&status.conditions, Type::Progressing));
         assert_eq!(status.observed_generation, Some(1));
         assert!(status.history.is_empty());
     }
@@ -1896,9 +1887,9 @@ mod tests {
         let blue = desired(&fs, &settings(), false).deployments[0].clone();
         let status = next_status(&fs, &[], false, Some(&blue), &at(100));
         assert_eq!(status.phase, Some(Phase::Progressing));
-        assert!(conditions::is_true(&status.conditions, types::PROGRESSING));
-        assert!(conditions::is_true(&status.conditions, types::RECONCILING));
-        assert!(!conditions::is_true(&status.conditions, types::STALLED));
+        assert!(conditions::is_true(&status.conditions, Type::Progressing));
+        assert!(conditions::is_true(&status.conditions, Type::Reconciling));
+        assert!(!conditions::is_true(&status.conditions, Type::Stalled));
         assert_eq!(status.ready.as_deref(), Some("0/2"));
         assert_eq!(status.active_color, Some(Color::Blue));
     }
@@ -1909,12 +1900,12 @@ mod tests {
         let blue = with_rollout_status(desired(&fs, &settings(), false).deployments[0].clone(), 2);
         let status = next_status(&fs, &[], false, Some(&blue), &at(100));
         assert_eq!(status.phase, Some(Phase::Ready));
-        assert!(conditions::is_true(&status.conditions, types::READY));
+        assert!(conditions::is_true(&status.conditions, Type::Ready));
         assert!(conditions::is_true(
             &status.conditions,
-            types::DEPENDENCIES_READY
+            Type::DependenciesReady
         ));
-        for kstatus in [types::RECONCILING, types::STALLED] {
+        for kstatus in [Type::Reconciling, Type::Stalled] {
             let c = conditions::find(&status.conditions, kstatus).unwrap();
             assert_eq!(c.status, conditions::FALSE, "{kstatus}");
         }
@@ -1967,20 +1958,20 @@ mod tests {
         fs.metadata.generation = Some(2);
         let blockers = [Blocker::missing("FinService", "auth")];
         let status = next_status(&fs, &blockers, true, Some(&blue), &at(200));
-        let ready = conditions::find(&status.conditions, types::READY).unwrap();
+        let ready = conditions::find(&status.conditions, Type::Ready).unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
-            (conditions::FALSE, reasons::WAITING_FOR_DEPENDENCIES)
+            (conditions::FALSE, Reason::WAITING_FOR_DEPENDENCIES.as_str())
         );
         assert!(
             ready.message.ends_with("version 1.0.0 ready on blue (2/2)"),
             "{}",
             ready.message
         );
-        let reconciling = conditions::find(&status.conditions, types::RECONCILING).unwrap();
+        let reconciling = conditions::find(&status.conditions, Type::Reconciling).unwrap();
         assert_eq!(
             (reconciling.status.as_str(), reconciling.reason.as_str()),
-            (conditions::TRUE, reasons::WAITING_FOR_DEPENDENCIES)
+            (conditions::TRUE, Reason::WAITING_FOR_DEPENDENCIES.as_str())
         );
     }
 
@@ -1992,7 +1983,7 @@ mod tests {
         fs.metadata.generation = Some(2);
         let failure = Failure {
             transient: false,
-            reason: reasons::APPLY_FAILED,
+            reason: Reason::APPLY_FAILED,
             message: "applying Deployment/wallet-blue: refused".into(),
         };
         let before = fs.status.clone().unwrap();
@@ -2003,7 +1994,7 @@ mod tests {
             (&status.active_version, &status.history, &status.step),
             (&before.active_version, &before.history, &before.step)
         );
-        let ready = conditions::find(&status.conditions, types::READY).unwrap();
+        let ready = conditions::find(&status.conditions, Type::Ready).unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.message.as_str()),
             (
@@ -2011,7 +2002,7 @@ mod tests {
                 "applying Deployment/wallet-blue: refused"
             )
         );
-        assert!(conditions::is_true(&status.conditions, types::STALLED));
+        assert!(conditions::is_true(&status.conditions, Type::Stalled));
         let retrying = status_after_failure(
             &fs,
             &Failure {
@@ -2021,10 +2012,7 @@ mod tests {
             &at(200),
         );
         assert_eq!(retrying.phase, Some(Phase::Progressing));
-        assert!(conditions::is_true(
-            &retrying.conditions,
-            types::RECONCILING
-        ));
+        assert!(conditions::is_true(&retrying.conditions, Type::Reconciling));
     }
 
     #[test]
@@ -2043,8 +2031,8 @@ mod tests {
         }
         let status = next_status(&fs, &[], false, Some(&blue), &at(100));
         assert_eq!(status.phase, Some(Phase::Degraded));
-        assert!(conditions::is_true(&status.conditions, types::DEGRADED));
-        assert!(conditions::is_true(&status.conditions, types::STALLED));
+        assert!(conditions::is_true(&status.conditions, Type::Degraded));
+        assert!(conditions::is_true(&status.conditions, Type::Stalled));
         assert!(status.stable_version.is_none());
     }
 

@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::conditions::{self, Desired, reasons, types};
+use crate::conditions::{self, Desired, Reason, Type};
 use crate::crd::{MessageQueue, MessageQueueStatus, Phase};
 use crate::dns::ClusterDomain;
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
@@ -585,27 +585,27 @@ pub fn next_status(
     let broker = broker_ready(sts, replicas);
     let topology = match (broker, job) {
         (_, JobState::Succeeded) => Desired::new(
-            types::TOPOLOGY_DECLARED,
+            Type::TopologyDeclared,
             true,
-            reasons::DECLARED,
+            Reason::DECLARED,
             "definitions imported",
         ),
         (_, JobState::Failed) => Desired::new(
-            types::TOPOLOGY_DECLARED,
+            Type::TopologyDeclared,
             false,
-            reasons::DECLARATION_FAILED,
+            Reason::DECLARATION_FAILED,
             format!("Job {} failed; see its logs", topology_job_name(mq)),
         ),
         (true, _) => Desired::new(
-            types::TOPOLOGY_DECLARED,
+            Type::TopologyDeclared,
             false,
-            reasons::DECLARING,
+            Reason::DECLARING,
             format!("Job {} is importing the definitions", topology_job_name(mq)),
         ),
         (false, _) => Desired::new(
-            types::TOPOLOGY_DECLARED,
+            Type::TopologyDeclared,
             false,
-            reasons::WAITING_FOR_BROKER,
+            Reason::WAITING_FOR_BROKER,
             "declared once the broker is ready",
         ),
     };
@@ -614,9 +614,9 @@ pub fn next_status(
         (
             Phase::Degraded,
             Desired::new(
-                types::READY,
+                Type::Ready,
                 false,
-                reasons::CREDENTIALS_INCOMPLETE,
+                Reason::CREDENTIALS_INCOMPLETE,
                 format!(
                     "Secret {} lacks a key; it is never regenerated automatically, restore it or delete it to start over",
                     credentials_secret_name(&name)
@@ -627,9 +627,9 @@ pub fn next_status(
         (
             Phase::Degraded,
             Desired::new(
-                types::READY,
+                Type::Ready,
                 false,
-                reasons::DECLARATION_FAILED,
+                Reason::DECLARATION_FAILED,
                 topology.message.clone(),
             ),
         )
@@ -637,9 +637,9 @@ pub fn next_status(
         (
             Phase::Ready,
             Desired::new(
-                types::READY,
+                Type::Ready,
                 true,
-                reasons::REPLICAS_READY,
+                Reason::REPLICAS_READY,
                 format!("{ready_nodes}/{replicas} nodes ready, topology declared"),
             ),
         )
@@ -647,16 +647,16 @@ pub fn next_status(
         (
             Phase::Progressing,
             Desired::new(
-                types::READY,
+                Type::Ready,
                 false,
-                reasons::REPLICAS_NOT_READY,
+                Reason::REPLICAS_NOT_READY,
                 format!("{ready_nodes}/{replicas} nodes ready"),
             ),
         )
     };
     // Incomplete credentials and a failed declaration stay until someone acts.
     let stuck = Desired::new(
-        types::DEGRADED,
+        Type::Degraded,
         phase == Phase::Degraded,
         ready.reason,
         &ready.message,
@@ -889,10 +889,10 @@ mod tests {
         let mq = mq();
         let waiting = next_status(&mq, None, JobState::Missing, true, &now());
         assert_eq!(waiting.phase, Some(Phase::Progressing));
-        let topo = conditions::find(&waiting.conditions, types::TOPOLOGY_DECLARED).unwrap();
+        let topo = conditions::find(&waiting.conditions, Type::TopologyDeclared).unwrap();
         assert_eq!(
             (topo.status.as_str(), topo.reason.as_str()),
-            ("False", reasons::WAITING_FOR_BROKER)
+            ("False", Reason::WAITING_FOR_BROKER.as_str())
         );
 
         let sts = ready_sts(&mq);
@@ -900,16 +900,16 @@ mod tests {
         assert_eq!(running.phase, Some(Phase::Progressing));
         assert!(!conditions::is_true(
             &running.conditions,
-            types::TOPOLOGY_DECLARED
+            Type::TopologyDeclared
         ));
 
         let done = next_status(&mq, Some(&sts), JobState::Succeeded, true, &now());
         assert_eq!(done.phase, Some(Phase::Ready));
         assert!(conditions::is_true(
             &done.conditions,
-            types::TOPOLOGY_DECLARED
+            Type::TopologyDeclared
         ));
-        assert!(conditions::is_true(&done.conditions, types::READY));
+        assert!(conditions::is_true(&done.conditions, Type::Ready));
 
         let failed = next_status(&mq, Some(&sts), JobState::Failed, true, &now());
         assert_eq!(failed.phase, Some(Phase::Degraded));
@@ -920,7 +920,7 @@ mod tests {
         let mq = mq();
         let sts = ready_sts(&mq);
         let kstatus = |status: &MessageQueueStatus| {
-            [types::RECONCILING, types::STALLED].map(|t| conditions::is_true(&status.conditions, t))
+            [Type::Reconciling, Type::Stalled].map(|t| conditions::is_true(&status.conditions, t))
         };
         let running = next_status(&mq, Some(&sts), JobState::Running, true, &now());
         assert_eq!(kstatus(&running), [true, false]);
@@ -928,8 +928,8 @@ mod tests {
         assert_eq!(kstatus(&done), [false, false]);
         let failed = next_status(&mq, Some(&sts), JobState::Failed, true, &now());
         assert_eq!(kstatus(&failed), [false, true]);
-        let stalled = conditions::find(&failed.conditions, types::STALLED).unwrap();
-        assert_eq!(stalled.reason, reasons::DECLARATION_FAILED);
+        let stalled = conditions::find(&failed.conditions, Type::Stalled).unwrap();
+        assert_eq!(stalled.reason, Reason::DECLARATION_FAILED);
     }
 
     #[test]
@@ -943,7 +943,7 @@ mod tests {
             &now(),
         );
         assert_eq!(status.phase, Some(Phase::Degraded));
-        assert!(!conditions::is_true(&status.conditions, types::READY));
+        assert!(!conditions::is_true(&status.conditions, Type::Ready));
     }
 
     #[test]

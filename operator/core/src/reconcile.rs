@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use crate::analysis::{self, Judgement, Sample, Verdict};
+use crate::conditions::Reason;
 use crate::crd::RedisCache;
 use crate::crd::{AnalysisStage, Color, FinService, FinServiceStatus, MessageQueue, Phase};
 use crate::finservice::{
@@ -348,11 +349,21 @@ pub fn plan(read: &Read<'_>, standing: &Standing, probed: Probed, settings: &Set
     }
 }
 
+impl Reason {
+    /// The reconcile applied objects that differed from the plan.
+    pub const APPLIED: Self = Self("Applied");
+
+    /// The Event of a new phase is named after the phase.
+    fn of_phase(phase: Phase) -> Self {
+        Self(phase.as_str())
+    }
+}
+
 /// An Event to record on the FinService.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     pub warning: bool,
-    pub reason: String,
+    pub reason: Reason,
     pub action: &'static str,
     pub note: String,
 }
@@ -383,13 +394,13 @@ impl Notes {
             .and_then(|next| finservice::analysis_event(before.analysis.as_ref(), next))
             .map(|(warning, reason, note)| Note {
                 warning,
-                reason: reason.to_owned(),
+                reason,
                 action: "Analyze",
                 note,
             });
         let applied = (!held && !stale.is_empty()).then(|| Note {
             warning: false,
-            reason: "Applied".to_owned(),
+            reason: Reason::APPLIED,
             action: "Apply",
             note: format!("applied {}", stale.join(", ")),
         });
@@ -398,7 +409,7 @@ impl Notes {
             let shown = finservice::phase_condition(phase);
             Note {
                 warning: phase == Phase::Degraded,
-                reason: phase.as_str().to_owned(),
+                reason: Reason::of_phase(phase),
                 action: "Reconcile",
                 note: after
                     .conditions
@@ -719,7 +730,7 @@ mod tests {
         let notes = Notes::after(&before, &degraded, false, &["Deployment/a".into()]);
         let phase = notes.phase.expect("a new phase");
         assert!(phase.warning);
-        assert_eq!(phase.reason, "Degraded");
+        assert_eq!(phase.reason.as_str(), "Degraded");
         assert_eq!(
             notes.applied.map(|n| n.note).as_deref(),
             Some("applied Deployment/a")

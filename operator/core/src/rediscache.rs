@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use crate::conditions::{self, Desired, reasons, types};
+use crate::conditions::{self, Desired, Reason, Type};
 use crate::crd::{Phase, RedisCache, RedisCacheStatus};
 use crate::meta::{self, labels, owned_meta, with_spec_hash};
 use crate::pod_security;
@@ -204,9 +204,9 @@ pub fn next_status(
         (
             Phase::Ready,
             Desired::new(
-                types::READY,
+                Type::Ready,
                 true,
-                reasons::REPLICAS_READY,
+                Reason::REPLICAS_READY,
                 "Redis is answering",
             ),
         )
@@ -214,9 +214,9 @@ pub fn next_status(
         (
             Phase::Progressing,
             Desired::new(
-                types::READY,
+                Type::Ready,
                 false,
-                reasons::REPLICAS_NOT_READY,
+                Reason::REPLICAS_NOT_READY,
                 "waiting for the Redis pod",
             ),
         )
@@ -353,7 +353,7 @@ mod tests {
         let now = Time(Timestamp::UNIX_EPOCH);
         let waiting = next_status(&rc, Some(&deployment), &now);
         assert_eq!(waiting.phase, Some(Phase::Progressing));
-        assert!(conditions::is_true(&waiting.conditions, types::RECONCILING));
+        assert!(conditions::is_true(&waiting.conditions, Type::Reconciling));
         deployment.metadata.generation = Some(1);
         deployment.status = Some(DeploymentStatus {
             observed_generation: Some(1),
@@ -363,9 +363,9 @@ mod tests {
         });
         let status = next_status(&rc, Some(&deployment), &now);
         assert_eq!(status.phase, Some(Phase::Ready));
-        assert!(conditions::is_true(&status.conditions, types::READY));
-        assert!(!conditions::is_true(&status.conditions, types::RECONCILING));
-        assert!(!conditions::is_true(&status.conditions, types::STALLED));
+        assert!(conditions::is_true(&status.conditions, Type::Ready));
+        assert!(!conditions::is_true(&status.conditions, Type::Reconciling));
+        assert!(!conditions::is_true(&status.conditions, Type::Stalled));
         assert_eq!(status.password_secret.as_deref(), Some("cache-auth"));
     }
 }

@@ -38,7 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::analysis::Verdict;
-use crate::conditions::{self, Desired};
+use crate::conditions::{Desired, Reason, Type};
 use crate::crd::{Color, MigrationRef, SchemaBarrier};
 use crate::graph::DependencyGraph;
 
@@ -56,37 +56,37 @@ pub const ROLE_PREVIEW: &str = "preview";
 /// Value of [`ROLE_LABEL`] on the color behind `<name>`.
 pub const ROLE_ACTIVE: &str = "active";
 
-/// Reasons of Events and conditions; constants so tests and users can match on them.
-pub mod reason {
-    pub const UP_TO_DATE: &str = "UpToDate";
-    pub const DEPENDENCY_NOT_HEALTHY: &str = "DependencyNotHealthy";
-    pub const NEW_VERSION: &str = "NewVersion";
-    pub const PREVIEW_NOT_AVAILABLE: &str = "PreviewNotAvailable";
-    pub const PREVIEW_HEALTH_PENDING: &str = "PreviewHealthPending";
-    pub const PREVIEW_UNHEALTHY: &str = "PreviewUnhealthy";
-    pub const READINESS_TIMEOUT: &str = "ReadinessTimeout";
-    pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
-    pub const ABORT_REQUESTED: &str = "AbortRequested";
-    pub const SPEC_REVERTED: &str = "SpecReverted";
-    pub const MANUAL_PROMOTION: &str = "ManualPromotion";
-    pub const PREVIEW_HEALTHY: &str = "PreviewHealthy";
-    pub const PROMOTION_REQUESTED: &str = "PromotionRequested";
-    pub const OBSERVING: &str = "Observing";
-    pub const OBSERVATION_FAILED: &str = "ObservationFailed";
-    pub const SCALE_DOWN_DELAY_PASSED: &str = "ScaleDownDelayPassed";
-    pub const ROLLBACK_REQUESTED: &str = "RollbackRequested";
-    pub const CASCADE_ROLLBACK: &str = "CascadeRollback";
-    pub const DEPENDENTS_ROLLING_BACK: &str = "DependentsRollingBack";
-    pub const OLD_COLOR_DOWN: &str = "OldColorDown";
-    pub const NO_PREVIOUS_VERSION: &str = "NoPreviousVersion";
-    pub const VERSION_FAILED: &str = "VersionFailed";
-    pub const FIRST_VERSION: &str = "FirstVersion";
-    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
-    pub const ANALYSIS_PASSED: &str = "AnalysisPassed";
-    pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
-    pub const ANALYSIS_UNAVAILABLE: &str = "AnalysisUnavailable";
-    pub const INCOMPATIBLE_MIGRATION: &str = "IncompatibleMigration";
-    pub const INCOMPATIBLE_MIGRATION_FORCED: &str = "IncompatibleMigrationForced";
+/// The engine's reasons, of its Events and of the conditions its decisions set.
+impl Reason {
+    pub const UP_TO_DATE: Self = Self("UpToDate");
+    pub const DEPENDENCY_NOT_HEALTHY: Self = Self("DependencyNotHealthy");
+    pub const NEW_VERSION: Self = Self("NewVersion");
+    pub const PREVIEW_NOT_AVAILABLE: Self = Self("PreviewNotAvailable");
+    pub const PREVIEW_HEALTH_PENDING: Self = Self("PreviewHealthPending");
+    pub const PREVIEW_UNHEALTHY: Self = Self("PreviewUnhealthy");
+    pub const READINESS_TIMEOUT: Self = Self("ReadinessTimeout");
+    pub const HEALTH_CHECK_FAILED: Self = Self("HealthCheckFailed");
+    pub const ABORT_REQUESTED: Self = Self("AbortRequested");
+    pub const SPEC_REVERTED: Self = Self("SpecReverted");
+    pub const MANUAL_PROMOTION: Self = Self("ManualPromotion");
+    pub const PREVIEW_HEALTHY: Self = Self("PreviewHealthy");
+    pub const PROMOTION_REQUESTED: Self = Self("PromotionRequested");
+    pub const OBSERVING: Self = Self("Observing");
+    pub const OBSERVATION_FAILED: Self = Self("ObservationFailed");
+    pub const SCALE_DOWN_DELAY_PASSED: Self = Self("ScaleDownDelayPassed");
+    pub const ROLLBACK_REQUESTED: Self = Self("RollbackRequested");
+    pub const CASCADE_ROLLBACK: Self = Self("CascadeRollback");
+    pub const DEPENDENTS_ROLLING_BACK: Self = Self("DependentsRollingBack");
+    pub const OLD_COLOR_DOWN: Self = Self("OldColorDown");
+    pub const NO_PREVIOUS_VERSION: Self = Self("NoPreviousVersion");
+    pub const VERSION_FAILED: Self = Self("VersionFailed");
+    pub const FIRST_VERSION: Self = Self("FirstVersion");
+    pub const ANALYSIS_FAILED: Self = Self("AnalysisFailed");
+    pub const ANALYSIS_PASSED: Self = Self("AnalysisPassed");
+    pub const ANALYSIS_INCONCLUSIVE: Self = Self("AnalysisInconclusive");
+    pub const ANALYSIS_UNAVAILABLE: Self = Self("AnalysisUnavailable");
+    pub const INCOMPATIBLE_MIGRATION: Self = Self("IncompatibleMigration");
+    pub const INCOMPATIBLE_MIGRATION_FORCED: Self = Self("IncompatibleMigrationForced");
 }
 
 /// What a service does next. [`Step::as_str`] is the Event action.
@@ -504,12 +504,12 @@ impl Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub step: Step,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Decision {
-    fn new(step: Step, reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(step: Step, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             step,
             reason,
@@ -521,13 +521,12 @@ impl Decision {
     /// barrier: the crossing is recorded on the barrier and in a Warning Event.
     pub fn forced(&self) -> bool {
         matches!(self.step, Step::Promote | Step::Rollback)
-            && self.reason == reason::INCOMPATIBLE_MIGRATION_FORCED
+            && self.reason == Reason::INCOMPATIBLE_MIGRATION_FORCED
     }
 
     /// The conditions this decision reports: Progressing and Degraded (Ready and
     /// DependenciesReady stay with the workload's reconciler).
     pub fn conditions(&self) -> Vec<Desired> {
-        use conditions::types::{DEGRADED, PROGRESSING};
         let progressing = matches!(
             self.step,
             Step::DeployFirst
@@ -551,8 +550,13 @@ impl Decision {
                 | Step::BlockedBySchema
         );
         vec![
-            Desired::new(PROGRESSING, progressing, self.reason, self.message.clone()),
-            Desired::new(DEGRADED, degraded, self.reason, self.message.clone()),
+            Desired::new(
+                Type::Progressing,
+                progressing,
+                self.reason,
+                self.message.clone(),
+            ),
+            Desired::new(Type::Degraded, degraded, self.reason, self.message.clone()),
         ]
     }
 }
@@ -596,7 +600,7 @@ pub fn plan(
     now: i64,
 ) -> BTreeMap<String, Decision> {
     // Rollback membership first: a service may be pulled into another's cascade.
-    let mut rolling_back: BTreeMap<String, &'static str> = BTreeMap::new();
+    let mut rolling_back: BTreeMap<String, Reason> = BTreeMap::new();
     let mut members: Vec<BTreeSet<String>> = Vec::new();
     let done = |s: &str| observed.get(s).is_none_or(Observed::rolled_away);
     // Members of a set that would cross a schema barrier unforced: none of the set
@@ -640,14 +644,14 @@ pub fn plan(
                 // back as a request: the window, still failed, says why.
                 let why = if member == name {
                     if o.window.failed_by_traffic_only() {
-                        reason::ANALYSIS_FAILED
+                        Reason::ANALYSIS_FAILED
                     } else if o.window.failed() {
-                        reason::OBSERVATION_FAILED
+                        Reason::OBSERVATION_FAILED
                     } else {
-                        reason::ROLLBACK_REQUESTED
+                        Reason::ROLLBACK_REQUESTED
                     }
                 } else {
-                    reason::CASCADE_ROLLBACK
+                    Reason::CASCADE_ROLLBACK
                 };
                 rolling_back.entry(member.clone()).or_insert(why);
             }
@@ -666,7 +670,7 @@ pub fn plan(
         .filter_map(|name| {
             let o = observed.get(name)?;
             let decision = if let Some(why) = blocked.get(name) {
-                Decision::new(Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION, why)
+                Decision::new(Step::BlockedBySchema, Reason::INCOMPATIBLE_MIGRATION, why)
             } else if let Some(why) = rolling_back.get(name).filter(|_| !done(name)) {
                 // Reverse deploy waves: every member of a later wave (which includes
                 // every dependent) rolls back first, as the deploy runbook prescribes.
@@ -681,7 +685,7 @@ pub fn plan(
                 if !waiting.is_empty() {
                     Decision::new(
                         Step::WaitForDependents,
-                        reason::DEPENDENTS_ROLLING_BACK,
+                        Reason::DEPENDENTS_ROLLING_BACK,
                         format!(
                             "waiting for {} to roll back first",
                             join(waiting.iter().map(|s| s.as_str()))
@@ -689,14 +693,14 @@ pub fn plan(
                     )
                 } else if let (true, Some(barrier)) = (forced.contains(name), o.rollback_crosses())
                 {
-                    let mut d = rollback_step(o, reason::INCOMPATIBLE_MIGRATION_FORCED);
+                    let mut d = rollback_step(o, Reason::INCOMPATIBLE_MIGRATION_FORCED);
                     d.message = format!(
                         "{}, past migration {} ({}) as forced",
                         d.message, barrier.migration.version, barrier.migration.description
                     );
                     d
                 } else {
-                    rollback_step(o, why)
+                    rollback_step(o, *why)
                 }
             } else {
                 decide_one(graph, observed, name, o, now)
@@ -706,7 +710,7 @@ pub fn plan(
         .collect()
 }
 
-fn rollback_step(o: &Observed, why: &'static str) -> Decision {
+fn rollback_step(o: &Observed, why: Reason) -> Decision {
     match (&o.previous, o.previous_up) {
         (Some(p), true) => Decision::new(
             Step::Rollback,
@@ -715,7 +719,7 @@ fn rollback_step(o: &Observed, why: &'static str) -> Decision {
         ),
         (Some(p), false) => Decision::new(
             Step::ScaleUpOld,
-            reason::OLD_COLOR_DOWN,
+            Reason::OLD_COLOR_DOWN,
             format!(
                 "scaling {} ({}) back up before switching to it",
                 p.version,
@@ -724,7 +728,7 @@ fn rollback_step(o: &Observed, why: &'static str) -> Decision {
         ),
         (None, _) => Decision::new(
             Step::Held,
-            reason::NO_PREVIOUS_VERSION,
+            Reason::NO_PREVIOUS_VERSION,
             "nothing to roll back to",
         ),
     }
@@ -757,7 +761,7 @@ fn decide_one(
     if o.held() {
         return Decision::new(
             Step::Held,
-            reason::VERSION_FAILED,
+            Reason::VERSION_FAILED,
             format!(
                 "version {} failed; change spec.version to continue",
                 o.spec_version
@@ -770,9 +774,9 @@ fn decide_one(
             || p.version != o.spec_version)
     {
         let why = if matches!(o.request, Some(Request::Abort | Request::Rollback { .. })) {
-            reason::ABORT_REQUESTED
+            Reason::ABORT_REQUESTED
         } else {
-            reason::SPEC_REVERTED
+            Reason::SPEC_REVERTED
         };
         return Decision::new(Step::Abort, why, format!("aborting preview {}", p.version));
     }
@@ -781,7 +785,7 @@ fn decide_one(
             Some(d) => d,
             None => Decision::new(
                 Step::DeployFirst,
-                reason::FIRST_VERSION,
+                Reason::FIRST_VERSION,
                 format!("deploying {}", o.spec_version),
             ),
         };
@@ -790,7 +794,7 @@ fn decide_one(
         if o.observing(now) {
             return Decision::new(
                 Step::Observe,
-                reason::OBSERVING,
+                Reason::OBSERVING,
                 format!("watching {} after its promotion", active.version),
             );
         }
@@ -798,13 +802,13 @@ fn decide_one(
         if o.previous_up && now >= active.since.saturating_add(delay) {
             return Decision::new(
                 Step::ScaleDownOld,
-                reason::SCALE_DOWN_DELAY_PASSED,
+                Reason::SCALE_DOWN_DELAY_PASSED,
                 format!("scaling {} down", active.color.other().as_str()),
             );
         }
         return Decision::new(
             Step::Steady,
-            reason::UP_TO_DATE,
+            Reason::UP_TO_DATE,
             format!("{} is live", active.version),
         );
     }
@@ -824,7 +828,7 @@ fn decide_one(
     let Some(preview) = &o.preview else {
         return Decision::new(
             Step::DeployPreview,
-            reason::NEW_VERSION,
+            Reason::NEW_VERSION,
             format!(
                 "deploying {} to {}",
                 o.spec_version,
@@ -837,13 +841,13 @@ fn decide_one(
         return if timed_out {
             Decision::new(
                 Step::Abort,
-                reason::READINESS_TIMEOUT,
+                Reason::READINESS_TIMEOUT,
                 format!("{} did not become available in time", preview.version),
             )
         } else {
             Decision::new(
                 Step::AwaitPreview,
-                reason::PREVIEW_NOT_AVAILABLE,
+                Reason::PREVIEW_NOT_AVAILABLE,
                 format!("waiting for {} to become available", preview.version),
             )
         };
@@ -851,7 +855,7 @@ fn decide_one(
     if preview.analysis == Verdict::Failed {
         return Decision::new(
             Step::Abort,
-            reason::ANALYSIS_FAILED,
+            Reason::ANALYSIS_FAILED,
             format!(
                 "{} failed its traffic analysis (see status.analysis)",
                 preview.version
@@ -866,7 +870,7 @@ fn decide_one(
         return if o.promote_forced() {
             Decision::new(
                 Step::Promote,
-                reason::INCOMPATIBLE_MIGRATION_FORCED,
+                Reason::INCOMPATIBLE_MIGRATION_FORCED,
                 format!(
                     "promoting {} past migration {} ({}) as forced",
                     preview.version, barrier.migration.version, barrier.migration.description
@@ -879,32 +883,32 @@ fn decide_one(
     match preview.healthy {
         None => Decision::new(
             Step::AwaitPreview,
-            reason::PREVIEW_HEALTH_PENDING,
+            Reason::PREVIEW_HEALTH_PENDING,
             format!("probing {}'s health", preview.version),
         ),
         Some(false) if timed_out => Decision::new(
             Step::Abort,
-            reason::HEALTH_CHECK_FAILED,
+            Reason::HEALTH_CHECK_FAILED,
             format!("{} did not become healthy in time", preview.version),
         ),
         Some(false) => Decision::new(
             Step::AwaitPreview,
-            reason::PREVIEW_UNHEALTHY,
+            Reason::PREVIEW_UNHEALTHY,
             format!("{} is not healthy yet", preview.version),
         ),
         Some(true) if o.auto_promote => Decision::new(
             Step::Promote,
-            reason::PREVIEW_HEALTHY,
+            Reason::PREVIEW_HEALTHY,
             format!("promoting {}", preview.version),
         ),
         Some(true) if matches!(o.request, Some(Request::Promote { .. })) => Decision::new(
             Step::Promote,
-            reason::PROMOTION_REQUESTED,
+            Reason::PROMOTION_REQUESTED,
             format!("promoting {}", preview.version),
         ),
         Some(true) => Decision::new(
             Step::AwaitPromotion,
-            reason::MANUAL_PROMOTION,
+            Reason::MANUAL_PROMOTION,
             format!(
                 "{} is healthy; promote with `kubectl finflow promote {name}`",
                 preview.version
@@ -921,7 +925,7 @@ fn schema_hold(name: &str, o: &Observed, release: &str, barrier: &SchemaBarrier)
     );
     Decision::new(
         Step::BlockedBySchema,
-        reason::INCOMPATIBLE_MIGRATION,
+        Reason::INCOMPATIBLE_MIGRATION,
         format!(
             "{release} {schema} migration {} ({}), brought live by {}, which it cannot read; set spec.version to a release that has it, or `kubectl finflow promote {name} --force` overrides",
             barrier.migration.version, barrier.migration.description, barrier.release
@@ -942,7 +946,7 @@ fn unhealthy_dependencies(
     (!blocked.is_empty()).then(|| {
         Decision::new(
             Step::WaitForDependencies,
-            reason::DEPENDENCY_NOT_HEALTHY,
+            Reason::DEPENDENCY_NOT_HEALTHY,
             format!("waiting for {}", join(blocked.into_iter())),
         )
     })

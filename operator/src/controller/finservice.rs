@@ -321,6 +321,6 @@ async fn note_event(ctx: &Context, fs: &FinService, note: Note) {
     } else {
         EventType::Normal
     };
-    ctx.event(fs, kind, &note.reason, note.action, note.note)
+    ctx.event(fs, kind, note.reason.as_str(), note.action, note.note)
         .await;
 }

@@ -34,7 +34,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::conditions::{Failure, reasons};
+use crate::conditions::{Failure, Reason};
 use crate::dns::ClusterDomain;
 use crate::finservice::Settings;
 use crate::meta::{self, FIELD_MANAGER};
@@ -103,19 +103,17 @@ impl Error {
     /// message, and whether a retry can get past it with nothing else changed.
     pub fn failure(&self) -> Failure {
         let (reason, what, source) = match self {
-            Self::Apply { object, source } => (
-                reasons::APPLY_FAILED,
-                format!("applying {object}: "),
-                source,
-            ),
-            Self::Kube(source) => (reasons::RECONCILE_FAILED, String::new(), source),
+            Self::Apply { object, source } => {
+                (Reason::APPLY_FAILED, format!("applying {object}: "), source)
+            }
+            Self::Kube(source) => (Reason::RECONCILE_FAILED, String::new(), source),
             Self::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
                     return e.failure();
                 }
                 finalizer::Error::AddFinalizer(source)
                 | finalizer::Error::RemoveFinalizer(source) => (
-                    reasons::RECONCILE_FAILED,
+                    Reason::RECONCILE_FAILED,
                     "writing the finalizer: ".to_owned(),
                     source,
                 ),
@@ -125,7 +123,7 @@ impl Error {
             Self::StaleStatus(_) => {
                 return Failure {
                     transient: true,
-                    reason: reasons::RECONCILE_FAILED,
+                    reason: Reason::RECONCILE_FAILED,
                     message: self.to_string(),
                 };
             }
@@ -157,7 +155,7 @@ impl Error {
 fn permanent(message: String) -> Failure {
     Failure {
         transient: false,
-        reason: reasons::RECONCILE_FAILED,
+        reason: Reason::RECONCILE_FAILED,
         message,
     }
 }
@@ -390,7 +388,7 @@ pub async fn report_failure<K, S>(
     if let Err(e) = apply_status(&api, object, current, &status).await {
         tracing::warn!(error = %e, name = %object.name_any(), "could not report a failed reconcile in the status");
     }
-    let action = if failure.reason == reasons::APPLY_FAILED {
+    let action = if failure.reason == Reason::APPLY_FAILED {
         "Apply"
     } else {
         "Reconcile"
@@ -398,7 +396,7 @@ pub async fn report_failure<K, S>(
     ctx.event(
         object,
         EventType::Warning,
-        failure.reason,
+        failure.reason.as_str(),
         action,
         failure.message,
     )
@@ -569,7 +567,7 @@ mod tests {
             error.failure(),
             Failure {
                 transient: false,
-                reason: reasons::APPLY_FAILED,
+                reason: Reason::APPLY_FAILED,
                 message: "applying Deployment/a-blue: Deployment.apps \"a-blue\" is invalid: \
                           spec.replicas: Invalid value: -1"
                     .into(),
@@ -610,7 +608,7 @@ mod tests {
         .failure();
         assert_eq!(
             (forbidden.transient, forbidden.reason),
-            (false, reasons::RECONCILE_FAILED)
+            (false, Reason::RECONCILE_FAILED)
         );
         assert_eq!(forbidden.message, "finservices.finflow.dev is forbidden");
         let unreachable = Error::Kube(kube::Error::Service("connection refused".into())).failure();
@@ -623,7 +621,7 @@ mod tests {
         let inner = applying("StatefulSet/events")(answer(422, "Invalid", "bad"));
         let wrapped = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(inner)));
         let failure = wrapped.failure();
-        assert_eq!(failure.reason, reasons::APPLY_FAILED);
+        assert_eq!(failure.reason, Reason::APPLY_FAILED);
         assert_eq!(failure.message, "applying StatefulSet/events: bad");
     }
 }

@@ -269,7 +269,7 @@ pub async fn record(
     ctx.event(
         fs,
         type_,
-        decision.reason,
+        decision.reason.as_str(),
         decision.step.as_str(),
         decision.message.clone(),
     )
@@ -279,9 +279,10 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::Reason;
     use crate::controller::mock::{Expect, Reply, Verifier};
     use crate::finservice::fixtures::{finservice, settings};
-    use crate::rollout::{Step, reason};
+    use crate::rollout::Step;
 
     fn pod(name: &str, color: &str, role: Option<&str>) -> Pod {
         let mut labels = json!({ INSTANCE_LABEL: "payment", COLOR_LABEL: color });
@@ -429,16 +430,16 @@ mod tests {
         let fs = finservice("payment", &[]);
         let (ctx, verifier) = Verifier::context(settings());
         let server = verifier.run(vec![
-            Expect::event(reason::PREVIEW_HEALTHY).check(|body| {
+            Expect::event(Reason::PREVIEW_HEALTHY.as_str()).check(|body| {
                 assert_eq!(body["action"], "Promote");
                 assert_eq!(body["type"], "Normal");
             }),
-            Expect::event(reason::VERSION_FAILED).check(|body| {
+            Expect::event(Reason::VERSION_FAILED.as_str()).check(|body| {
                 assert_eq!(body["action"], "Held");
                 assert_eq!(body["type"], "Warning");
             }),
         ]);
-        let decision = |step, reason: &'static str| Decision {
+        let decision = |step, reason: Reason| Decision {
             step,
             reason,
             message: "m".into(),
@@ -446,21 +447,21 @@ mod tests {
         record(
             &ctx,
             &fs,
-            &decision(Step::Promote, reason::PREVIEW_HEALTHY),
+            &decision(Step::Promote, Reason::PREVIEW_HEALTHY),
             None,
         )
         .await;
         record(
             &ctx,
             &fs,
-            &decision(Step::WaitForDependencies, reason::DEPENDENCY_NOT_HEALTHY),
+            &decision(Step::WaitForDependencies, Reason::DEPENDENCY_NOT_HEALTHY),
             None,
         )
         .await;
         record(
             &ctx,
             &fs,
-            &decision(Step::Held, reason::VERSION_FAILED),
+            &decision(Step::Held, Reason::VERSION_FAILED),
             Some("Observe"),
         )
         .await;
@@ -468,7 +469,7 @@ mod tests {
         record(
             &ctx,
             &fs,
-            &decision(Step::Held, reason::VERSION_FAILED),
+            &decision(Step::Held, Reason::VERSION_FAILED),
             Some("Held"),
         )
         .await;

@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 use super::fake::{Fake, Recorded};
 use super::finservice::reconcile;
 use crate::analysis::Traffic;
-use crate::conditions;
+use crate::conditions::Reason;
 use crate::crd::{AnalysisStage, AnalysisVerdict, Color, FinService, Phase};
 use crate::finservice::fixtures::settings;
-use crate::rollout::{self, reason};
+use crate::rollout;
 
 const TICK: i64 = 10;
 
@@ -153,7 +153,12 @@ impl World {
 
     fn condition(&self, name: &str, type_: &str) -> (String, String, String) {
         let s = self.fs(name).status.unwrap_or_default();
-        let c = conditions::find(&s.conditions, type_).expect("the condition is reported");
+        // As a user reads it: by the type's name in the status.
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("the condition is reported");
         (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 }
@@ -276,7 +281,7 @@ async fn the_preview_pods_are_labelled_preview_until_promotion() {
     assert_eq!(s.step.as_deref(), Some("AwaitPreview"));
     assert_eq!(
         world.condition("a", "Progressing").1,
-        reason::PREVIEW_UNHEALTHY
+        Reason::PREVIEW_UNHEALTHY
     );
     assert_eq!(
         world.selector_color("a"),
@@ -363,7 +368,7 @@ async fn c_never_ready_aborts_d_e_f_are_held_and_a_b_are_untouched() {
     let abort = &aborts["c"][0];
     assert_eq!(
         (abort.type_.as_str(), abort.reason.as_str()),
-        ("Warning", reason::READINESS_TIMEOUT)
+        ("Warning", Reason::READINESS_TIMEOUT.as_str())
     );
     assert!(abort.at >= world.first("DeployPreview")["c"] + 60);
     assert_eq!(world.live("c"), ("1.0.0".into(), Color::Blue));
@@ -376,7 +381,7 @@ async fn c_never_ready_aborts_d_e_f_are_held_and_a_b_are_untouched() {
     let (degraded, why, _) = world.condition("c", "Degraded");
     assert_eq!(
         (degraded.as_str(), why.as_str()),
-        ("True", reason::VERSION_FAILED)
+        ("True", Reason::VERSION_FAILED.as_str())
     );
     assert_eq!(world.fs("c").status.unwrap().phase, Some(Phase::Degraded));
     assert_eq!(
@@ -442,7 +447,7 @@ async fn f_failing_its_observation_window_rolls_back_alone() {
 
     let rollbacks = world.events("Rollback");
     assert_eq!(rollbacks.keys().collect::<Vec<_>>(), ["f"]);
-    assert_eq!(rollbacks["f"][0].reason, reason::OBSERVATION_FAILED);
+    assert_eq!(rollbacks["f"][0].reason, Reason::OBSERVATION_FAILED);
     assert!(
         rollbacks["f"][0].at < world.first("Promote")["f"] + 30,
         "within the window"
@@ -491,13 +496,13 @@ async fn a_preview_whose_sidecars_report_twenty_percent_5xx_is_aborted_with_its_
     let abort = &world.events("Abort")["a"][0];
     assert_eq!(
         (abort.type_.as_str(), abort.reason.as_str()),
-        ("Warning", reason::ANALYSIS_FAILED)
+        ("Warning", Reason::ANALYSIS_FAILED.as_str())
     );
     let analyzed = &world.events("Analyze")["a"];
     assert_eq!(analyzed.len(), 1, "{analyzed:?}");
     assert_eq!(
         (analyzed[0].type_.as_str(), analyzed[0].reason.as_str()),
-        ("Warning", reason::ANALYSIS_FAILED)
+        ("Warning", Reason::ANALYSIS_FAILED.as_str())
     );
     assert_eq!(
         analyzed[0].note,
@@ -537,7 +542,7 @@ async fn a_preview_under_the_thresholds_is_promoted_and_its_figures_are_in_the_s
     world.run_until(60, |w| w.live("a").0 == "2.0.0").await;
 
     let promote = &world.events("Promote")["a"][0];
-    assert_eq!(promote.reason, reason::PREVIEW_HEALTHY);
+    assert_eq!(promote.reason, Reason::PREVIEW_HEALTHY);
     let analyzed = &world.events("Analyze")["a"];
     assert_eq!(analyzed[0].reason, "AnalysisPassed");
     assert_eq!(
@@ -593,7 +598,7 @@ async fn a_version_previewed_during_the_last_ones_window_is_judged_on_its_own_tr
         })
         .await;
     let abort = &world.events("Abort")["a"][0];
-    assert_eq!(abort.reason, reason::ANALYSIS_FAILED);
+    assert_eq!(abort.reason, Reason::ANALYSIS_FAILED);
     assert!(
         abort.at < world.first("Promote")["a"] + 30,
         "within 2.0.0's window"
@@ -637,7 +642,7 @@ async fn a_latency_regression_in_bs_window_rolls_b_back_and_holds_its_dependents
     world.tick().await;
 
     let rollback = &world.events("Rollback")["b"][0];
-    assert_eq!(rollback.reason, reason::ANALYSIS_FAILED);
+    assert_eq!(rollback.reason, Reason::ANALYSIS_FAILED);
     assert!(
         rollback.at < world.first("Promote")["b"] + 30,
         "within the window"
@@ -708,7 +713,7 @@ async fn rollback_cascade_of_b_rolls_back_f_then_d_and_e_then_c_then_b() {
         let (ready, why, message) = world.condition(s, "Ready");
         assert_eq!(
             (ready.as_str(), why.as_str()),
-            ("False", reason::VERSION_FAILED)
+            ("False", Reason::VERSION_FAILED.as_str())
         );
         assert!(message.contains("version 1.0.0 ready on blue"), "{message}");
         assert_eq!(world.condition(s, "Stalled").0, "True", "{s}");
@@ -716,11 +721,11 @@ async fn rollback_cascade_of_b_rolls_back_f_then_d_and_e_then_c_then_b() {
     }
     assert_eq!(
         world.events("Rollback")["b"][0].reason,
-        reason::ROLLBACK_REQUESTED
+        Reason::ROLLBACK_REQUESTED
     );
     assert_eq!(
         world.events("Rollback")["c"][0].reason,
-        reason::CASCADE_ROLLBACK
+        Reason::CASCADE_ROLLBACK
     );
     assert_eq!(world.live("a"), ("2.0.0".into(), Color::Green));
     assert!(
@@ -807,7 +812,7 @@ async fn a_cascade_across_a_marked_migration_is_held_whole_and_force_completes_i
         let (degraded, why, message) = world.condition(s, "Degraded");
         assert_eq!(
             (degraded.as_str(), why.as_str()),
-            ("True", reason::INCOMPATIBLE_MIGRATION),
+            ("True", Reason::INCOMPATIBLE_MIGRATION.as_str()),
             "{s}"
         );
         assert!(
@@ -862,7 +867,7 @@ async fn a_cascade_across_a_marked_migration_is_held_whole_and_force_completes_i
     let forced = &world.events("Rollback")["d"][0];
     assert_eq!(
         (forced.reason.as_str(), forced.type_.as_str()),
-        (reason::INCOMPATIBLE_MIGRATION_FORCED, "Warning")
+        (Reason::INCOMPATIBLE_MIGRATION_FORCED.as_str(), "Warning")
     );
     assert!(
         forced
@@ -873,7 +878,7 @@ async fn a_cascade_across_a_marked_migration_is_held_whole_and_force_completes_i
     );
     assert_eq!(
         world.events("Rollback")["c"][0].reason,
-        reason::CASCADE_ROLLBACK,
+        Reason::CASCADE_ROLLBACK,
         "C crossed nothing"
     );
     let d = world.fs("d").status.unwrap();
@@ -916,7 +921,7 @@ async fn a_reverted_spec_older_than_the_barrier_waits_for_a_forced_promotion() {
         (Some("BlockedBySchema"), None)
     );
     let (_, why, message) = world.condition("a", "Degraded");
-    assert_eq!(why, reason::INCOMPATIBLE_MIGRATION);
+    assert_eq!(why, Reason::INCOMPATIBLE_MIGRATION);
     assert!(
         message.contains("kubectl finflow promote a --force"),
         "{message}"
@@ -930,7 +935,7 @@ async fn a_reverted_spec_older_than_the_barrier_waits_for_a_forced_promotion() {
     let promoted = &world.events("Promote")["a"];
     assert_eq!(
         promoted.last().unwrap().reason,
-        reason::INCOMPATIBLE_MIGRATION_FORCED
+        Reason::INCOMPATIBLE_MIGRATION_FORCED
     );
     let barrier = world.fs("a").status.unwrap().schema_barrier.unwrap();
     assert_eq!(barrier.overridden_by.as_deref(), Some("1.0.0"));
@@ -959,7 +964,7 @@ async fn manual_promotion_waits_for_the_promote_request() {
     assert_eq!(world.live("a"), ("2.0.0".into(), Color::Green));
     assert_eq!(
         world.events("Promote")["a"][0].reason,
-        reason::PROMOTION_REQUESTED
+        Reason::PROMOTION_REQUESTED
     );
     assert!(
         world
@@ -1216,7 +1221,7 @@ async fn a_refused_apply_shows_in_the_status_and_an_event_within_one_reconcile()
     assert_eq!(s.phase, Some(Phase::Degraded));
     let expected = format!("applying Deployment/a-blue: {refusal}");
     for type_ in ["Ready", "Stalled"] {
-        let c = conditions::find(&s.conditions, type_).unwrap();
+        let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
         let want = if type_ == "Ready" { "False" } else { "True" };
         assert_eq!(
             (c.status.as_str(), c.reason.as_str(), c.message.as_str()),

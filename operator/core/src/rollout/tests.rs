@@ -152,7 +152,7 @@ fn c_never_ready_aborts_and_holds_its_dependents_only() {
     assert!(names(&log, Step::Rollback).is_empty());
     let decisions = plan(&graph, &world, now);
     assert_eq!(decisions["c"].step, Step::Held);
-    assert_eq!(decisions["c"].reason, reason::VERSION_FAILED);
+    assert_eq!(decisions["c"].reason, Reason::VERSION_FAILED);
     for held in ["d", "e", "f"] {
         assert_eq!(decisions[held].step, Step::WaitForDependencies, "{held}");
         assert!(world[held].preview.is_none(), "{held} never deployed");
@@ -163,7 +163,7 @@ fn c_never_ready_aborts_and_holds_its_dependents_only() {
     }
     // Abort is visible in the conditions: Degraded with the reason.
     let degraded = &plan(&graph, &world, now)["c"].conditions()[1];
-    assert_eq!(degraded.status, conditions::TRUE);
+    assert_eq!(degraded.status, crate::conditions::TRUE);
 
     // A new spec version releases the hold.
     world.get_mut("c").unwrap().spec_version = "2.0.1".into();
@@ -250,7 +250,7 @@ fn manual_promotion_waits_for_the_request() {
     let d = &plan(&graph, &world, 10)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::Promote, reason::PROMOTION_REQUESTED)
+        (Step::Promote, Reason::PROMOTION_REQUESTED)
     );
 }
 
@@ -269,20 +269,20 @@ fn the_gate_needs_availability_and_a_healthy_probe() {
     let at = |o: &Observed, now| {
         plan(&graph, &BTreeMap::from([("a".to_owned(), o.clone())]), now)["a"].clone()
     };
-    assert_eq!(at(&o, 10).reason, reason::PREVIEW_HEALTH_PENDING);
+    assert_eq!(at(&o, 10).reason, Reason::PREVIEW_HEALTH_PENDING);
     o.preview.as_mut().unwrap().healthy = Some(false);
     assert_eq!(at(&o, 10).step, Step::AwaitPreview);
     assert_eq!(
         (at(&o, 61).step, at(&o, 61).reason),
-        (Step::Abort, reason::HEALTH_CHECK_FAILED)
+        (Step::Abort, Reason::HEALTH_CHECK_FAILED)
     );
     o.request = Some(Request::Abort);
-    assert_eq!(at(&o, 10).reason, reason::ABORT_REQUESTED);
+    assert_eq!(at(&o, 10).reason, Reason::ABORT_REQUESTED);
     // A rollback asked for while nothing new is live only aborts the preview.
     o.request = rollback(true, false);
     assert_eq!(
         (at(&o, 10).step, at(&o, 10).reason),
-        (Step::Abort, reason::ABORT_REQUESTED)
+        (Step::Abort, Reason::ABORT_REQUESTED)
     );
 }
 
@@ -302,7 +302,7 @@ fn a_preview_failing_its_traffic_analysis_is_aborted_even_when_healthy() {
         plan(&graph, &BTreeMap::from([("a".to_owned(), o.clone())]), 10)["a"].clone()
     };
     let d = at(&o);
-    assert_eq!((d.step, d.reason), (Step::Abort, reason::ANALYSIS_FAILED));
+    assert_eq!((d.step, d.reason), (Step::Abort, Reason::ANALYSIS_FAILED));
     // Too few requests to judge, or no sidecar to read: the gate is what it was.
     for verdict in [Verdict::Inconclusive, Verdict::Unavailable, Verdict::Passed] {
         o.preview.as_mut().unwrap().analysis = verdict;
@@ -327,9 +327,9 @@ fn a_window_failed_by_its_traffic_rolls_back_as_analysis_failed_with_its_later_d
     let decisions = plan(&graph, &world, now + 5);
     assert_eq!(
         (decisions["a"].step, decisions["a"].reason),
-        (Step::WaitForDependents, reason::DEPENDENTS_ROLLING_BACK)
+        (Step::WaitForDependents, Reason::DEPENDENTS_ROLLING_BACK)
     );
-    assert_eq!(decisions["b"].reason, reason::CASCADE_ROLLBACK);
+    assert_eq!(decisions["b"].reason, Reason::CASCADE_ROLLBACK);
     let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 5, |_, _| {});
     assert_eq!(names(&log, Step::Rollback), ["b", "a"]);
     // With a restart as well, the window failed for more than its traffic.
@@ -349,13 +349,13 @@ fn a_window_failed_by_its_traffic_rolls_back_as_analysis_failed_with_its_later_d
     let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o.clone())]), 5)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::Rollback, reason::OBSERVATION_FAILED)
+        (Step::Rollback, Reason::OBSERVATION_FAILED)
     );
     o.window.restarts = 0;
     let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o.clone())]), 5)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::Rollback, reason::ANALYSIS_FAILED)
+        (Step::Rollback, Reason::ANALYSIS_FAILED)
     );
     // Kept in the status while it waited, the rollback comes back as a request: the
     // window still says why.
@@ -363,7 +363,7 @@ fn a_window_failed_by_its_traffic_rolls_back_as_analysis_failed_with_its_later_d
     let d = &plan(&alone, &BTreeMap::from([("a".to_owned(), o)]), 50)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::Rollback, reason::ANALYSIS_FAILED)
+        (Step::Rollback, Reason::ANALYSIS_FAILED)
     );
 }
 
@@ -543,7 +543,7 @@ fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes
     let d = &plan(&graph, &world, 100)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION)
+        (Step::BlockedBySchema, Reason::INCOMPATIBLE_MIGRATION)
     );
     assert!(
         d.message.contains("migration 20 (drop what 1 read)"),
@@ -564,7 +564,7 @@ fn a_rollback_past_an_applied_incompatible_migration_is_held_and_force_completes
     let d = plan(&graph, &world, 100).remove("a").unwrap();
     assert_eq!(
         (d.step, d.reason),
-        (Step::Rollback, reason::INCOMPATIBLE_MIGRATION_FORCED)
+        (Step::Rollback, Reason::INCOMPATIBLE_MIGRATION_FORCED)
     );
     assert!(d.forced());
     apply(world.get_mut("a").unwrap(), &d, 100);
@@ -584,7 +584,7 @@ fn a_rollback_that_crosses_no_marked_migration_is_not_held() {
     let d = &plan(&graph, &world, 100)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::Rollback, reason::ROLLBACK_REQUESTED)
+        (Step::Rollback, Reason::ROLLBACK_REQUESTED)
     );
     assert!(
         !d.forced(),
@@ -660,7 +660,7 @@ fn a_failed_window_held_by_the_barrier_stays_held_after_the_window_until_forced(
         let d = plan(&graph, &world, now).remove("a").unwrap();
         assert_eq!(
             (d.step, d.reason),
-            (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION),
+            (Step::BlockedBySchema, Reason::INCOMPATIBLE_MIGRATION),
             "at {now}"
         );
         apply(world.get_mut("a").unwrap(), &d, now);
@@ -687,7 +687,7 @@ fn a_reverted_spec_older_than_the_barrier_is_not_deployed_unless_promoted_with_f
     let d = &plan(&graph, &world, 1000)["a"];
     assert_eq!(
         (d.step, d.reason),
-        (Step::BlockedBySchema, reason::INCOMPATIBLE_MIGRATION)
+        (Step::BlockedBySchema, Reason::INCOMPATIBLE_MIGRATION)
     );
     assert!(
         d.message
