@@ -98,8 +98,8 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
 
     /// Sidecar mode: accepted audiences, comma separated; a token's `aud` must name one.
-    #[arg(long, env = "JWT_AUDIENCES")]
-    pub jwt_audiences: Option<String>,
+    #[arg(long, env = "JWT_AUDIENCES", value_delimiter = ',')]
+    pub jwt_audiences: Vec<String>,
 
     /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
     #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 30)]
@@ -127,14 +127,14 @@ pub struct Config {
 
     /// Paths that pass without a token, comma separated; an entry ending in `*` is a prefix.
     /// `/internal/*` is never public, and `/metrics` is never forwarded (admin port only).
-    #[arg(long, env = "PUBLIC_PATHS", default_value = DEFAULT_PUBLIC_PATHS)]
-    pub public_paths: String,
+    #[arg(long, env = "PUBLIC_PATHS", value_delimiter = ',', default_value = DEFAULT_PUBLIC_PATHS)]
+    pub public_paths: Vec<String>,
 
     /// Which verified claim is forwarded in which header, as `claim:header` pairs, comma
     /// separated; array claims are joined with ",". Client copies of these headers are
     /// always removed.
-    #[arg(long, env = "CLAIM_HEADERS", default_value = DEFAULT_CLAIM_HEADERS)]
-    pub claim_headers: String,
+    #[arg(long, env = "CLAIM_HEADERS", value_delimiter = ',', default_value = DEFAULT_CLAIM_HEADERS)]
+    pub claim_headers: Vec<String>,
 
     /// Event loops serving connections, each a thread of its own with a single-threaded
     /// runtime (as nginx's workers): a connection stays on the loop that accepted it, so
@@ -147,8 +147,8 @@ pub struct Config {
     /// rightmost forwarded address that is not a trusted proxy: that is the client
     /// `X-Real-IP` names and anonymous callers are limited by. From anyone else the
     /// connection's address is the client and its `X-Forwarded-For` is dropped.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: String,
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 
     /// Sidecar mode: sustained requests per second allowed per user (anonymous: per client
     /// IP; service tokens are not limited).
@@ -314,54 +314,46 @@ pub struct Settings {
 }
 
 impl Config {
-    /// This configuration with `SIDECAR_CONFIG`'s settings merged in.
-    fn with_config_file(&self) -> Result<Self, Vec<String>> {
+    /// `SIDECAR_CONFIG`'s settings, when a file is named. Where the file and a flag
+    /// both set something, the flag wins, except for the public paths and the claim
+    /// headers: the FinService's own lists, which the operator writes there.
+    fn config_file(&self) -> Result<Option<SidecarFile>, Vec<String>> {
         let Some(path) = &self.config_file else {
-            return Ok(self.clone());
+            return Ok(None);
         };
         let problem =
             |e: &dyn std::fmt::Display| vec![format!("SIDECAR_CONFIG {}: {e}", path.display())];
         let text = std::fs::read_to_string(path).map_err(|e| problem(&e))?;
-        let file: SidecarFile = serde_json::from_str(&text).map_err(|e| problem(&e))?;
-        let mut merged = self.clone();
-        merged.jwt_issuer = merged.jwt_issuer.or(file.issuer);
-        if merged.jwt_audiences.is_none() && !file.audiences.is_empty() {
-            merged.jwt_audiences = Some(file.audiences.join(","));
-        }
-        merged.jwks_uri = merged.jwks_uri.or(file.jwks_uri);
-        if !file.public_paths.is_empty() {
-            merged.public_paths = file.public_paths.join(",");
-        }
-        if merged.trusted_proxies.trim().is_empty() && !file.trusted_proxies.is_empty() {
-            merged.trusted_proxies = file.trusted_proxies.join(",");
-        }
-        if !file.claim_headers.is_empty() {
-            merged.claim_headers = file
-                .claim_headers
-                .iter()
-                .map(|(claim, header)| format!("{claim}:{header}"))
-                .collect::<Vec<_>>()
-                .join(",");
-        }
-        Ok(merged)
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| problem(&e))
     }
 
-    /// Parses every setting the mode uses (after merging `SIDECAR_CONFIG`), reporting
-    /// every problem found.
+    /// Parses every setting the mode uses (with `SIDECAR_CONFIG`'s), reporting every
+    /// problem found.
     pub fn prepare(&self) -> Result<Settings, Vec<String>> {
-        self.with_config_file()?.prepare_merged()
-    }
-
-    fn prepare_merged(&self) -> Result<Settings, Vec<String>> {
+        let file = self.config_file()?;
+        let file = file.as_ref();
         let mut errors = Vec::new();
         self.telemetry.validate(&mut errors);
-        let claim_headers = ClaimHeaders::parse(&self.claim_headers)
+        let claim_headers = match file.filter(|f| !f.claim_headers.is_empty()) {
+            Some(f) => ClaimHeaders::from_pairs(
+                f.claim_headers
+                    .iter()
+                    .map(|(claim, header)| (claim.as_str(), header.as_str())),
+            ),
+            None => ClaimHeaders::parse(&self.claim_headers),
+        };
+        let claim_headers = claim_headers
             .map_err(|e| errors.extend(e.into_iter().map(|e| format!("CLAIM_HEADERS: {e}"))))
             .ok();
-        let trusted_proxies: Vec<ipnet::IpNet> = self
-            .trusted_proxies
-            .split(',')
-            .map(str::trim)
+        let proxies = match file.filter(|_| blank(&self.trusted_proxies)) {
+            Some(f) => &f.trusted_proxies,
+            None => &self.trusted_proxies,
+        };
+        let trusted_proxies: Vec<ipnet::IpNet> = proxies
+            .iter()
+            .map(|entry| entry.trim())
             .filter(|entry| !entry.is_empty())
             .filter_map(|entry| {
                 // A bare address is a network of one.
@@ -391,7 +383,7 @@ impl Config {
         }
         let mode = match self.mode {
             Mode::Sidecar => self
-                .sidecar(&mut errors)
+                .sidecar(file, &mut errors)
                 .map(|s| ModeSettings::Sidecar(Box::new(s))),
             Mode::Gateway => self.gateway(&mut errors).map(ModeSettings::Gateway),
         };
@@ -417,7 +409,11 @@ impl Config {
         }
     }
 
-    fn sidecar(&self, errors: &mut Vec<String>) -> Option<SidecarSettings> {
+    fn sidecar(
+        &self,
+        file: Option<&SidecarFile>,
+        errors: &mut Vec<String>,
+    ) -> Option<SidecarSettings> {
         let before = errors.len();
         if self.admin.is_none() {
             errors.push("ADMIN_ADDR is required in sidecar mode".to_owned());
@@ -431,7 +427,11 @@ impl Config {
                 .map_err(|e| errors.push(e))
                 .ok(),
         };
-        let keys = match (&self.jwks_uri, &self.jwt_hs256_secret) {
+        let jwks_uri = self
+            .jwks_uri
+            .as_ref()
+            .or(file.and_then(|f| f.jwks_uri.as_ref()));
+        let keys = match (jwks_uri, &self.jwt_hs256_secret) {
             (Some(_), Some(_)) => {
                 errors.push("set only one of JWKS_URI and JWT_HS256_SECRET".to_owned());
                 None
@@ -453,26 +453,35 @@ impl Config {
                 }
             }
         };
-        let issuer = match self.jwt_issuer.as_deref().map(str::trim) {
+        let issuer = self
+            .jwt_issuer
+            .as_deref()
+            .or(file.and_then(|f| f.issuer.as_deref()));
+        let issuer = match issuer.map(str::trim) {
             Some(i) if !i.is_empty() => Some(i.to_owned()),
             _ => {
                 errors.push("JWT_ISSUER is required in sidecar mode".to_owned());
                 None
             }
         };
-        let audiences: Vec<String> = self
-            .jwt_audiences
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
+        let audiences = match file.filter(|_| blank(&self.jwt_audiences)) {
+            Some(f) => &f.audiences,
+            None => &self.jwt_audiences,
+        };
+        let audiences: Vec<String> = audiences
+            .iter()
+            .map(|a| a.trim())
             .filter(|a| !a.is_empty())
             .map(str::to_owned)
             .collect();
         if audiences.is_empty() {
             errors.push("JWT_AUDIENCES is required in sidecar mode (comma separated)".to_owned());
         }
-        let public_paths = PathPatterns::parse(&self.public_paths)
+        let public_paths = match file.filter(|f| !f.public_paths.is_empty()) {
+            Some(f) => &f.public_paths,
+            None => &self.public_paths,
+        };
+        let public_paths = PathPatterns::parse(public_paths)
             .map_err(|e| errors.extend(e.into_iter().map(|e| format!("PUBLIC_PATHS: {e}"))))
             .ok();
         let rate_per_second = NonZeroU32::new(self.rate_limit_per_second);
@@ -560,6 +569,11 @@ impl Config {
     }
 }
 
+/// No entry, or only empty ones (a variable set to "").
+fn blank(entries: &[String]) -> bool {
+    entries.iter().all(|e| e.trim().is_empty())
+}
+
 impl Validate for Config {
     fn validate(&self, errors: &mut Vec<String>) {
         if let Err(found) = self.prepare() {
@@ -596,14 +610,46 @@ mod tests {
             path.to_str().unwrap(),
         ])
         .unwrap_or_else(|e| panic!("{e:?}"));
-        let merged = config.with_config_file().unwrap();
-        assert_eq!(merged.jwt_issuer.as_deref(), Some("finflow-auth"));
-        assert_eq!(merged.jwt_audiences.as_deref(), Some("finflow"));
-        assert_eq!(merged.public_paths, "/health,/api/v1/auth/*");
-        assert_eq!(merged.claim_headers, "sub:x-user-id");
-        assert_eq!(merged.trusted_proxies, "10.42.0.0/16,10.0.0.7");
         let settings = config.prepare().unwrap_or_else(|e| panic!("{e:?}"));
+        let ModeSettings::Sidecar(sidecar) = &settings.mode else {
+            panic!("sidecar mode expected")
+        };
+        assert_eq!(sidecar.policy.issuer, "finflow-auth");
+        assert_eq!(sidecar.policy.audiences, ["finflow"]);
+        assert!(matches!(&sidecar.keys, KeySource::Jwks { uri, .. } if uri.host() == Some("auth")));
+        assert_eq!(
+            sidecar.public_paths,
+            PathPatterns::parse(["/health", "/api/v1/auth/*"]).unwrap()
+        );
+        assert_eq!(settings.claim_headers.pairs().len(), 1);
+        assert_eq!(settings.claim_headers.pairs()[0].0, "sub");
+        assert_eq!(settings.claim_headers.pairs()[0].1.as_str(), "x-user-id");
         assert_eq!(settings.trusted_proxies.len(), 2);
+        assert_eq!(settings.trusted_proxies[1].to_string(), "10.0.0.7/32");
+
+        // A flag wins over the file, except for the FinService's own lists.
+        let flagged: Config = try_load_from([
+            "finflow-sidecar",
+            "--listen=0.0.0.0:8001",
+            "--admin=0.0.0.0:15020",
+            "--upstream=http://127.0.0.1:9001",
+            "--jwt-audiences=flagged",
+            "--public-paths=/flagged",
+            "--trusted-proxies=192.168.0.0/16",
+            "--config-file",
+            path.to_str().unwrap(),
+        ])
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let settings = flagged.prepare().unwrap_or_else(|e| panic!("{e:?}"));
+        let ModeSettings::Sidecar(sidecar) = &settings.mode else {
+            panic!("sidecar mode expected")
+        };
+        assert_eq!(sidecar.policy.audiences, ["flagged"]);
+        assert_eq!(
+            sidecar.public_paths,
+            PathPatterns::parse(["/health", "/api/v1/auth/*"]).unwrap()
+        );
+        assert_eq!(settings.trusted_proxies.len(), 1);
         std::fs::write(&path, "{not json").unwrap();
         assert!(config.prepare().is_err(), "a broken file is reported");
         std::fs::remove_file(&path).unwrap();

@@ -56,16 +56,37 @@ const RESERVED: [&str; 14] = [
 pub struct ClaimHeaders(Vec<(String, HeaderName)>);
 
 impl ClaimHeaders {
-    /// Parses `claim:header` pairs, comma separated; every bad entry is reported.
-    pub fn parse(list: &str) -> Result<Self, Vec<String>> {
-        let mut pairs: Vec<(String, HeaderName)> = Vec::new();
+    /// Parses `claim:header` entries; every bad entry is reported.
+    pub fn parse<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Result<Self, Vec<String>> {
+        let mut pairs = Vec::new();
         let mut errors = Vec::new();
-        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let Some((claim, name)) = entry.split_once(':') else {
-                errors.push(format!("`{entry}` is not claim:header"));
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            if entry.is_empty() {
                 continue;
-            };
+            }
+            match entry.split_once(':') {
+                Some((claim, header)) => pairs.push((claim.to_owned(), header.to_owned())),
+                None => errors.push(format!("`{entry}` is not claim:header")),
+            }
+        }
+        let mapped = Self::from_pairs(pairs.iter().map(|(c, h)| (c.as_str(), h.as_str())));
+        match (mapped, errors.is_empty()) {
+            (Ok(map), true) => Ok(map),
+            (Ok(_), false) => Err(errors),
+            (Err(more), _) => Err(errors.into_iter().chain(more).collect()),
+        }
+    }
+
+    /// Maps each `(claim, header)`; every bad pair is reported.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Vec<String>> {
+        let mut mapped: Vec<(String, HeaderName)> = Vec::new();
+        let mut errors = Vec::new();
+        for (claim, name) in pairs {
             let (claim, name) = (claim.trim(), name.trim());
+            let entry = format!("{claim}:{name}");
             let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
                 errors.push(format!("`{entry}` does not name a valid header"));
                 continue;
@@ -77,14 +98,14 @@ impl ClaimHeaders {
                 || name.as_str().starts_with("proxy-")
             {
                 errors.push(format!("`{entry}`: {name} cannot carry a claim"));
-            } else if pairs.iter().any(|(_, n)| *n == name) {
+            } else if mapped.iter().any(|(_, n)| *n == name) {
                 errors.push(format!("`{entry}`: {name} is mapped twice"));
             } else {
-                pairs.push((claim.to_owned(), name));
+                mapped.push((claim.to_owned(), name));
             }
         }
         if errors.is_empty() {
-            Ok(Self(pairs))
+            Ok(Self(mapped))
         } else {
             Err(errors)
         }
@@ -298,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_default_map_turns_claims_into_the_platform_headers() {
-        let map = ClaimHeaders::parse(crate::config::DEFAULT_CLAIM_HEADERS).unwrap();
+        let map = ClaimHeaders::parse(crate::config::DEFAULT_CLAIM_HEADERS.split(',')).unwrap();
         let headers = identity_headers(
             &claims(json!({
                 "sub": "u1",
@@ -327,7 +348,8 @@ mod tests {
     #[test]
     fn any_claim_can_be_mapped_and_unsendable_values_are_left_out() {
         let map =
-            ClaimHeaders::parse("jti:x-token-id,n:x-n,flag:X-Flag,obj:x-obj,bad:x-bad").unwrap();
+            ClaimHeaders::parse("jti:x-token-id,n:x-n,flag:X-Flag,obj:x-obj,bad:x-bad".split(','))
+                .unwrap();
         let headers = identity_headers(
             &claims(json!({"jti": "j1", "n": 3, "flag": true, "obj": {"a": 1}, "bad": "a\nb"})),
             &map,
@@ -339,7 +361,8 @@ mod tests {
     #[test]
     fn a_claim_cannot_be_mapped_to_a_transport_header() {
         let errors = ClaimHeaders::parse(
-            "sub:authorization,sub:x-forwarded-for,sub:proxy-x,sub:connection,a:x-a,b:x-a",
+            "sub:authorization,sub:x-forwarded-for,sub:proxy-x,sub:connection,a:x-a,b:x-a"
+                .split(','),
         )
         .unwrap_err();
         assert_eq!(errors.len(), 5, "{errors:?}");
@@ -347,7 +370,7 @@ mod tests {
 
     #[test]
     fn the_strip_list_covers_platform_and_mapped_headers() {
-        let map = ClaimHeaders::parse("sub:x-user-id,jti:x-token-id").unwrap();
+        let map = ClaimHeaders::parse("sub:x-user-id,jti:x-token-id".split(',')).unwrap();
         let names = map.stripped();
         for n in IDENTITY_HEADERS.iter().chain(&["x-token-id"]) {
             assert!(names.iter().any(|h| h == n), "{n}");

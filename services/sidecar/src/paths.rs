@@ -27,11 +27,15 @@ enum Pattern {
 pub struct PathPatterns(Vec<Pattern>);
 
 impl PathPatterns {
-    /// Parses a comma-separated list; each entry starts with `/`, and a `*` may only end it.
-    pub fn parse(list: &str) -> Result<Self, Vec<String>> {
+    /// Parses the entries; each starts with `/`, and a `*` may only end it.
+    pub fn parse<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Result<Self, Vec<String>> {
         let mut patterns = Vec::new();
         let mut errors = Vec::new();
-        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        for entry in entries {
+            let entry = entry.as_ref().trim();
+            if entry.is_empty() {
+                continue;
+            }
             let (body, prefix) = match entry.strip_suffix('*') {
                 Some(body) => (body, true),
                 None => (entry, false),
@@ -134,7 +138,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> PathPatterns {
-        PathPatterns::parse(crate::config::DEFAULT_PUBLIC_PATHS).unwrap()
+        PathPatterns::parse(crate::config::DEFAULT_PUBLIC_PATHS.split(',')).unwrap()
     }
 
     #[test]
@@ -150,7 +154,7 @@ mod tests {
 
     #[test]
     fn an_entry_ending_in_a_star_is_a_prefix() {
-        let p = PathPatterns::parse(" /docs/* , /status*,").unwrap();
+        let p = PathPatterns::parse(" /docs/* , /status*,".split(',')).unwrap();
         assert!(is_public("/docs/", &p));
         assert!(is_public("/docs/a/b", &p));
         assert!(!is_public("/docs", &p));
@@ -160,7 +164,7 @@ mod tests {
 
     #[test]
     fn internal_paths_are_never_public_even_when_listed() {
-        let p = PathPatterns::parse("/internal/*,/*").unwrap();
+        let p = PathPatterns::parse("/internal/*,/*".split(',')).unwrap();
         assert!(!is_public("/internal/users/1", &p));
         assert!(!is_public("/internal", &p));
         assert!(is_public("/internalish", &p));
@@ -180,7 +184,7 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_all_reported() {
-        let errors = PathPatterns::parse("health,/a*b,/ok").unwrap_err();
+        let errors = PathPatterns::parse("health,/a*b,/ok".split(',')).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
     }
 

@@ -230,7 +230,7 @@ mod tests {
         let admitted = |exp| {
             Arc::new(Admitted::new(
                 claims(exp),
-                &ClaimHeaders::parse("").unwrap(),
+                &ClaimHeaders::parse::<&str>([]).unwrap(),
             ))
         };
         cache.put("t1", &admitted(1_000), 900);
