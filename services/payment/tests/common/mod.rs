@@ -6,18 +6,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
-use finflow_payment::api::{AppState, Settings, router};
-use finflow_payment::idempotency::Keys;
+use finflow_payment::Payment;
 use finflow_payment::wallets::Wallets;
+use finflow_platform::cache;
 use finflow_platform::client::{ServiceClient, TokenSource};
-use finflow_platform::db::TestDb;
-use finflow_platform::fx::{DEFAULT_RATES, Rates};
-use finflow_platform::{Amount, cache};
+use finflow_platform::testing::TestService;
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -241,19 +239,19 @@ async fn fake_token() -> axum::Json<Value> {
     }}))
 }
 
-/// C's API on a socket, B (and A's token endpoint) faked on another.
+/// Service C's API as its binary runs it (`--role api`), B (and A's token endpoint)
+/// faked on another socket.
 pub struct Stand {
     pub base: String,
     pub wallets: FakeWallets,
     /// C's client of the stand-in, as the API and the worker use it.
     pub client: Wallets,
-    _db: TestDb,
+    _service: TestService,
     pub pool: PgPool,
 }
 
 impl Stand {
     pub async fn start() -> Self {
-        let db = TestDb::new(Some(&finflow_payment::MIGRATIONS)).await;
         let wallets = FakeWallets::default();
         let fake = Router::new()
             .route("/api/v1/auth/token", post(fake_token))
@@ -269,26 +267,24 @@ impl Stand {
             "secret".to_owned().into(),
             http.clone(),
         );
-        let redis = cache::connect(&cache::test_url()).await.unwrap();
         let client = Wallets::new(ServiceClient::new("wallet", &fake_url, tokens, http));
-        let api = router(AppState {
-            pool: db.pool.clone(),
-            keys: Keys::new(redis),
-            wallets: client.clone(),
-            settings: Arc::new(Settings {
-                aml_hold_threshold: Amount::parse("10000").unwrap(),
-                rates: Rates::parse("USD", DEFAULT_RATES).unwrap(),
-                max_wait: Duration::from_secs(1),
-                duplicate_wait: Duration::from_secs(1),
-            }),
-            waiters: finflow_payment::waiters::Waiters::new(16),
-        });
+        let service = TestService::spawn::<Payment>(&[
+            "--role=api".to_owned(),
+            format!("--wallet-url={fake_url}"),
+            format!("--auth-url={fake_url}"),
+            "--service-client-secret=secret".to_owned(),
+            format!("--redis-url={}", cache::test_url().expose_secret()),
+            "--aml-hold-threshold=10000".to_owned(),
+            "--max-prefer-wait-secs=1".to_owned(),
+            "--max-prefer-waiters=16".to_owned(),
+        ])
+        .await;
         Self {
-            base: serve(api).await,
+            base: service.url(""),
             wallets,
             client,
-            pool: db.pool.clone(),
-            _db: db,
+            pool: service.db.pool.clone(),
+            _service: service,
         }
     }
 

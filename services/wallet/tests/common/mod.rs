@@ -13,11 +13,8 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use finflow_platform::client::{ServiceClient, TokenSource};
-use finflow_platform::db::TestDb;
-use finflow_platform::fx::{DEFAULT_RATES, Rates};
-use finflow_wallet::api::{AppState, router};
-use finflow_wallet::users::Users;
+use finflow_platform::testing::TestService;
+use finflow_wallet::Wallet;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -129,44 +126,30 @@ impl FakeAuth {
     }
 }
 
+/// Service B as its binary runs, A faked on another socket.
 pub struct Stand {
     pub base: String,
     pub pool: PgPool,
     pub auth: FakeAuth,
-    _db: TestDb,
+    _service: TestService,
 }
 
 impl Stand {
     /// Bronze may send 1000 per payment and 5000 a day, in USD.
     pub async fn start() -> Self {
-        let db = TestDb::new(Some(&finflow_wallet::MIGRATIONS)).await;
         let auth = FakeAuth::default();
         let auth_url = auth.clone().serve().await;
-        let http = ServiceClient::http_client();
-        let tokens = TokenSource::new(
-            &auth_url,
-            "wallet",
-            "secret".to_owned().into(),
-            http.clone(),
-        );
-        let api = router(AppState {
-            pool: db.pool.clone(),
-            users: Users::new(ServiceClient::new("auth", &auth_url, tokens, http)),
-            limits: Arc::new(
-                "bronze=1000/5000,silver=10000/50000,gold=100000/500000"
-                    .parse()
-                    .unwrap(),
-            ),
-            rates: Arc::new(Rates::parse("USD", DEFAULT_RATES).unwrap()),
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, api).await.unwrap() });
+        let service = TestService::spawn::<Wallet>(&[
+            format!("--auth-url={auth_url}"),
+            "--service-client-secret=secret".to_owned(),
+            "--tier-limits=bronze=1000/5000,silver=10000/50000,gold=100000/500000".to_owned(),
+        ])
+        .await;
         Self {
-            base,
-            pool: db.pool.clone(),
+            base: service.url(""),
+            pool: service.db.pool.clone(),
             auth,
-            _db: db,
+            _service: service,
         }
     }
 
