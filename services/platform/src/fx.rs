@@ -26,21 +26,45 @@ CZK=0.048,HUF=0.003,INR=0.0112,BRL=0.18,MXN=0.054,ZAR=0.057,KRW=0.00068,TRY=0.02
 ILS=0.30,AED=0.2723,SAR=0.2667,BHD=2.6596,KWD=3.26,OMR=2.6008,JOD=1.4104,TND=0.34,\
 CLP=0.00106,CLF=41,ISK=0.0079";
 
-/// The reference currency and the rates.
+/// The reference currency and the rates, each entry parsed once, at start-up.
 #[derive(Debug, Clone, Args)]
 pub struct FxConfig {
     /// The currency limits and thresholds are stated in.
     #[arg(long, env = "FX_REFERENCE_CURRENCY", default_value = "USD")]
-    pub fx_reference_currency: String,
+    pub fx_reference_currency: Currency,
     /// `CODE=rate,...`: units of the reference currency one unit of CODE is worth. Money
     /// in a currency not listed is refused.
-    #[arg(long, env = "FX_RATES", default_value = DEFAULT_RATES)]
-    pub fx_rates: String,
+    #[arg(long, env = "FX_RATES", value_delimiter = ',', default_value = DEFAULT_RATES,
+          value_parser = Rate::parse)]
+    pub fx_rates: Vec<Rate>,
 }
 
 impl FxConfig {
     pub fn rates(&self) -> Result<Rates, String> {
-        Rates::parse(&self.fx_reference_currency, &self.fx_rates)
+        Rates::new(self.fx_reference_currency, &self.fx_rates)
+    }
+}
+
+/// One `CODE=rate` entry of `FX_RATES`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub currency: Currency,
+    /// Units of the reference currency one unit of `currency` is worth; positive.
+    pub per_unit: Decimal,
+}
+
+impl Rate {
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let (code, rate) = entry
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| format!("`{}` is not CODE=rate", entry.trim()))?;
+        let currency = Currency::parse(code.trim()).map_err(|e| e.to_string())?;
+        let per_unit = Decimal::from_str_exact(rate.trim())
+            .ok()
+            .filter(|r| r.is_sign_positive() && !r.is_zero())
+            .ok_or_else(|| format!("the rate of {code} is not a positive decimal"))?;
+        Ok(Self { currency, per_unit })
     }
 }
 
@@ -60,22 +84,24 @@ pub struct Rates {
 }
 
 impl Rates {
-    /// `reference` and a table `CODE=rate,...`; the reference must be listed at 1.
+    /// `reference` and a table `CODE=rate,...` ([`Rates::new`]).
     pub fn parse(reference: &str, table: &str) -> Result<Self, String> {
         let reference =
             Currency::parse(reference.trim()).map_err(|e| format!("FX_REFERENCE_CURRENCY: {e}"))?;
+        let rates = table
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| Rate::parse(e).map_err(|e| format!("FX_RATES: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(reference, &rates)
+    }
+
+    /// `reference` and one rate per currency; the reference must be listed at 1.
+    pub fn new(reference: Currency, rates: &[Rate]) -> Result<Self, String> {
         let mut per_unit = HashMap::new();
-        for entry in table.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (code, rate) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("FX_RATES: `{entry}` is not CODE=rate"))?;
-            let currency = Currency::parse(code.trim()).map_err(|e| format!("FX_RATES: {e}"))?;
-            let rate = Decimal::from_str_exact(rate.trim())
-                .ok()
-                .filter(|r| r.is_sign_positive() && !r.is_zero())
-                .ok_or_else(|| format!("FX_RATES: the rate of {code} is not a positive decimal"))?;
-            if per_unit.insert(currency, rate).is_some() {
-                return Err(format!("FX_RATES: {code} is listed twice"));
+        for rate in rates {
+            if per_unit.insert(rate.currency, rate.per_unit).is_some() {
+                return Err(format!("FX_RATES: {} is listed twice", rate.currency));
             }
         }
         if per_unit.get(&reference) != Some(&Decimal::ONE) {
@@ -220,6 +246,33 @@ mod tests {
             json["components"]["schemas"]["CurrencyCode"]["enum"],
             serde_json::json!(["EUR", "JPY", "USD"])
         );
+    }
+
+    #[test]
+    fn the_settings_are_parsed_entry_by_entry_and_checked_as_a_table() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Fx {
+            #[command(flatten)]
+            fx: FxConfig,
+        }
+        let load = |rates: &str| Fx::try_parse_from(["fx", "--fx-rates", rates]);
+        let fx = load("USD=1, EUR=1.16").unwrap().fx;
+        assert_eq!(fx.fx_reference_currency.to_string(), "USD");
+        assert_eq!(fx.fx_rates.len(), 2);
+        assert_eq!(
+            fx.rates().unwrap(),
+            Rates::parse("USD", "USD=1,EUR=1.16").unwrap()
+        );
+        assert_eq!(
+            Fx::try_parse_from(["fx"]).unwrap().fx.rates().unwrap(),
+            rates()
+        );
+        let refused = load("USD=1,EUR=abc").err().expect("a bad rate is refused");
+        assert!(refused.to_string().contains("FX_RATES"), "{refused}");
+        assert!(refused.to_string().contains("EUR"), "{refused}");
+        let twice = load("USD=1,USD=1").unwrap().fx;
+        assert_eq!(twice.rates().unwrap_err(), "FX_RATES: USD is listed twice");
     }
 
     #[test]

@@ -38,12 +38,36 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migration
 pub struct Settings {
     /// Base URLs of the services F reports on, shown in `/health` (`name=url`, comma
     /// separated), e.g. `auth=http://127.0.0.1:8001,wallet=http://127.0.0.1:8002`.
-    #[arg(long, env = "UPSTREAMS", default_value = "")]
-    pub upstreams: String,
+    #[arg(long, env = "UPSTREAMS", value_delimiter = ',', value_parser = Upstream::parse)]
+    pub upstreams: Vec<Upstream>,
     /// The event queues whose depth and consumers the dashboard shows, comma separated;
     /// each one's dead-letter queue is shown beside it.
-    #[arg(long, env = "WATCHED_QUEUES", default_value = DEFAULT_WATCHED_QUEUES)]
-    pub watched_queues: String,
+    #[arg(long, env = "WATCHED_QUEUES", value_delimiter = ',', default_value = DEFAULT_WATCHED_QUEUES)]
+    pub watched_queues: Vec<String>,
+}
+
+/// One `name=url` entry of `UPSTREAMS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub name: String,
+    pub url: String,
+}
+
+impl Upstream {
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let (name, url) = entry
+            .trim()
+            .split_once('=')
+            .ok_or_else(|| format!("`{}` is not name=url", entry.trim()))?;
+        let url = url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("`{url}` is not an http(s) URL"));
+        }
+        Ok(Self {
+            name: name.trim().to_owned(),
+            url: url.to_owned(),
+        })
+    }
 }
 
 /// Every consumer queue of the platform (each service's `QueueSpec`).
@@ -54,9 +78,10 @@ payment.aml-decisions,kyc.payment-monitoring,notification.events,reporting.event
 const QUEUE_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `WATCHED_QUEUES` with each queue's dead-letter queue after it.
-pub fn watched_queues(raw: &str) -> Vec<String> {
-    raw.split(',')
-        .map(str::trim)
+pub fn watched_queues(queues: &[String]) -> Vec<String> {
+    queues
+        .iter()
+        .map(|q| q.trim())
         .filter(|q| !q.is_empty())
         .flat_map(|q| {
             [
@@ -67,29 +92,9 @@ pub fn watched_queues(raw: &str) -> Vec<String> {
         .collect()
 }
 
-/// `UPSTREAMS` into (name, url) pairs.
-pub fn upstreams(raw: &str) -> Result<Vec<(String, String)>, String> {
-    raw.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (name, url) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("`{pair}` is not name=url"))?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("`{url}` is not an http(s) URL"));
-            }
-            Ok((name.trim().to_owned(), url.trim().to_owned()))
-        })
-        .collect()
-}
-
 impl Validate for Settings {
-    fn validate(&self, errors: &mut Vec<String>) {
-        if let Err(e) = upstreams(&self.upstreams) {
-            errors.push(format!("UPSTREAMS: {e}"));
-        }
-    }
+    // Each entry is checked as it is parsed; nothing relates one setting to another.
+    fn validate(&self, _errors: &mut Vec<String>) {}
 }
 
 #[derive(OpenApi)]
@@ -125,8 +130,8 @@ impl Service for Reporting {
     /// API.
     async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         start.consume(projections::queue(), projections::Projector);
-        for (name, url) in upstreams(&config.upstreams).map_err(anyhow::Error::msg)? {
-            start.optional(&name, health::Upstream::new(&url));
+        for upstream in &config.upstreams {
+            start.optional(&upstream.name, health::Upstream::new(&upstream.url));
         }
         let queues = reports::QueueHealth::default();
         {
@@ -150,17 +155,51 @@ impl Service for Reporting {
 
 #[cfg(test)]
 mod tests {
+    use finflow_platform::config::{LoadError, try_load_from};
+
+    use super::Upstream;
+
+    fn load(extra: &[&str]) -> Result<super::Config, LoadError> {
+        let base = [
+            "finflow-reporting",
+            "--listen=127.0.0.1:0",
+            "--database-url=postgres://u:p@localhost/r",
+            "--amqp-url=amqp://u:p@localhost/%2f",
+        ];
+        try_load_from(base.iter().chain(extra).copied())
+    }
+
     #[test]
-    fn upstreams_parse_and_bad_urls_are_named() {
+    fn upstreams_are_parsed_once_and_bad_urls_are_named() {
+        let config = load(&["--upstreams=auth=http://a:1, wallet=http://b:2"]).unwrap();
         assert_eq!(
-            super::upstreams("auth=http://a:1, wallet=http://b:2").unwrap(),
+            config.settings.upstreams,
             [
-                ("auth".to_owned(), "http://a:1".to_owned()),
-                ("wallet".to_owned(), "http://b:2".to_owned())
+                Upstream {
+                    name: "auth".into(),
+                    url: "http://a:1".into()
+                },
+                Upstream {
+                    name: "wallet".into(),
+                    url: "http://b:2".into()
+                }
             ]
         );
-        assert!(super::upstreams("auth").is_err());
-        assert!(super::upstreams("auth=ftp://x").is_err());
-        assert!(super::upstreams("").unwrap().is_empty());
+        assert!(load(&[]).unwrap().settings.upstreams.is_empty());
+        for bad in ["--upstreams=auth", "--upstreams=auth=ftp://x"] {
+            let Err(LoadError::Clap(e)) = load(&[bad]) else {
+                panic!("{bad} was accepted")
+            };
+            assert!(e.to_string().contains("UPSTREAMS"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_watched_queue_is_shown_with_its_dead_letters() {
+        let config = load(&[]).unwrap();
+        let shown = super::watched_queues(&config.settings.watched_queues);
+        assert_eq!(shown.len(), 12);
+        assert_eq!(shown[0], "auth.kyc-updates");
+        assert!(shown[1].starts_with("auth.kyc-updates") && shown[1] != shown[0]);
     }
 }
