@@ -30,13 +30,15 @@ CLP=0.00106,CLF=41,ISK=0.0079";
 #[derive(Debug, Clone, Args)]
 pub struct FxConfig {
     /// The currency limits and thresholds are stated in.
-    #[arg(long, env = "FX_REFERENCE_CURRENCY", default_value = "USD")]
+    #[arg(long, env = "FX_REFERENCE_CURRENCY", default_value = "USD",
+          value_parser = |code: &str| Currency::parse(code.trim()))]
     pub fx_reference_currency: Currency,
     /// `CODE=rate,...`: units of the reference currency one unit of CODE is worth. Money
     /// in a currency not listed is refused.
-    #[arg(long, env = "FX_RATES", value_delimiter = ',', default_value = DEFAULT_RATES,
-          value_parser = Rate::parse)]
-    pub fx_rates: Vec<Rate>,
+    // The whole table is one value (a qualified `Vec` is not clap's repeated argument),
+    // so that empty entries, a trailing comma, are skipped rather than refused.
+    #[arg(long, env = "FX_RATES", default_value = DEFAULT_RATES, value_parser = Rate::list)]
+    pub fx_rates: ::std::vec::Vec<Rate>,
 }
 
 impl FxConfig {
@@ -54,6 +56,15 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// A comma-separated table, empty entries skipped.
+    pub fn list(table: &str) -> Result<Vec<Self>, String> {
+        table
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
     pub fn parse(entry: &str) -> Result<Self, String> {
         let (code, rate) = entry
             .trim()
@@ -88,11 +99,7 @@ impl Rates {
     pub fn parse(reference: &str, table: &str) -> Result<Self, String> {
         let reference =
             Currency::parse(reference.trim()).map_err(|e| format!("FX_REFERENCE_CURRENCY: {e}"))?;
-        let rates = table
-            .split(',')
-            .filter(|e| !e.trim().is_empty())
-            .map(|e| Rate::parse(e).map_err(|e| format!("FX_RATES: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let rates = Rate::list(table).map_err(|e| format!("FX_RATES: {e}"))?;
         Self::new(reference, &rates)
     }
 
@@ -257,7 +264,7 @@ mod tests {
             fx: FxConfig,
         }
         let load = |rates: &str| Fx::try_parse_from(["fx", "--fx-rates", rates]);
-        let fx = load("USD=1, EUR=1.16").unwrap().fx;
+        let fx = load("USD=1, EUR=1.16,").unwrap().fx;
         assert_eq!(fx.fx_reference_currency.to_string(), "USD");
         assert_eq!(fx.fx_rates.len(), 2);
         assert_eq!(
@@ -268,7 +275,9 @@ mod tests {
             Fx::try_parse_from(["fx"]).unwrap().fx.rates().unwrap(),
             rates()
         );
-        let refused = load("USD=1,EUR=abc").err().expect("a bad rate is refused");
+        let Err(refused) = load("USD=1,EUR=abc") else {
+            panic!("a bad rate was accepted")
+        };
         assert!(refused.to_string().contains("FX_RATES"), "{refused}");
         assert!(refused.to_string().contains("EUR"), "{refused}");
         let twice = load("USD=1,USD=1").unwrap().fx;

@@ -38,8 +38,10 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migration
 pub struct Settings {
     /// Base URLs of the services F reports on, shown in `/health` (`name=url`, comma
     /// separated), e.g. `auth=http://127.0.0.1:8001,wallet=http://127.0.0.1:8002`.
-    #[arg(long, env = "UPSTREAMS", value_delimiter = ',', value_parser = Upstream::parse)]
-    pub upstreams: Vec<Upstream>,
+    // One value (a qualified `Vec` is not clap's repeated argument): empty entries and
+    // an empty variable are skipped rather than refused.
+    #[arg(long, env = "UPSTREAMS", default_value = "", value_parser = Upstream::list)]
+    pub upstreams: ::std::vec::Vec<Upstream>,
     /// The event queues whose depth and consumers the dashboard shows, comma separated;
     /// each one's dead-letter queue is shown beside it.
     #[arg(long, env = "WATCHED_QUEUES", value_delimiter = ',', default_value = DEFAULT_WATCHED_QUEUES)]
@@ -54,6 +56,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// A comma-separated list, empty entries skipped.
+    pub fn list(entries: &str) -> Result<Vec<Self>, String> {
+        entries
+            .split(',')
+            .filter(|e| !e.trim().is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
     pub fn parse(entry: &str) -> Result<Self, String> {
         let (name, url) = entry
             .trim()
@@ -171,7 +182,7 @@ mod tests {
 
     #[test]
     fn upstreams_are_parsed_once_and_bad_urls_are_named() {
-        let config = load(&["--upstreams=auth=http://a:1, wallet=http://b:2"]).unwrap();
+        let config = load(&["--upstreams=auth=http://a:1, wallet=http://b:2,"]).unwrap();
         assert_eq!(
             config.settings.upstreams,
             [
@@ -186,6 +197,13 @@ mod tests {
             ]
         );
         assert!(load(&[]).unwrap().settings.upstreams.is_empty());
+        assert!(
+            load(&["--upstreams="])
+                .unwrap()
+                .settings
+                .upstreams
+                .is_empty()
+        );
         for bad in ["--upstreams=auth", "--upstreams=auth=ftp://x"] {
             let Err(LoadError::Clap(e)) = load(&[bad]) else {
                 panic!("{bad} was accepted")

@@ -464,7 +464,8 @@ impl Config {
                 None
             }
         };
-        let audiences = match file.filter(|_| blank(&self.jwt_audiences)) {
+        // Set at all (even to ""), the setting shadows the file, as JWT_ISSUER does.
+        let audiences = match file.filter(|_| self.jwt_audiences.is_empty()) {
             Some(f) => &f.audiences,
             None => &self.jwt_audiences,
         };
@@ -650,6 +651,23 @@ mod tests {
             PathPatterns::parse(["/health", "/api/v1/auth/*"]).unwrap()
         );
         assert_eq!(settings.trusted_proxies.len(), 1);
+        // Set, even to nothing, the audiences shadow the file's, as the issuer does.
+        let emptied = try_load_from::<Config, _, _>([
+            "finflow-sidecar",
+            "--listen=0.0.0.0:8001",
+            "--admin=0.0.0.0:15020",
+            "--upstream=http://127.0.0.1:9001",
+            "--jwt-audiences=",
+            "--config-file",
+            path.to_str().unwrap(),
+        ]);
+        let Err(LoadError::Invalid(refused)) = emptied else {
+            panic!("an emptied JWT_AUDIENCES was accepted")
+        };
+        assert_eq!(
+            refused,
+            ["JWT_AUDIENCES is required in sidecar mode (comma separated)"]
+        );
         std::fs::write(&path, "{not json").unwrap();
         assert!(config.prepare().is_err(), "a broken file is reported");
         std::fs::remove_file(&path).unwrap();
