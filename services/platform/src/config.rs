@@ -18,6 +18,18 @@ pub trait Validate {
 
 /// Parses the command line and environment, validates, and exits with every error
 /// listed if anything is wrong.
+/// A comma-separated setting's entries, each through `parse`; empty entries (a trailing
+/// comma, a variable set to "") are skipped.
+pub fn comma_list<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    text.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(parse)
+        .collect()
+}
+
 pub fn load<C: Parser + Validate>() -> C {
     exit_on_error(try_load_from(std::env::args_os()))
 }

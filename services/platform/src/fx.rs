@@ -58,11 +58,7 @@ pub struct Rate {
 impl Rate {
     /// A comma-separated table, empty entries skipped.
     pub fn list(table: &str) -> Result<Vec<Self>, String> {
-        table
-            .split(',')
-            .filter(|e| !e.trim().is_empty())
-            .map(Self::parse)
-            .collect()
+        crate::config::comma_list(table, Self::parse)
     }
 
     pub fn parse(entry: &str) -> Result<Self, String> {

@@ -58,11 +58,7 @@ pub struct Upstream {
 impl Upstream {
     /// A comma-separated list, empty entries skipped.
     pub fn list(entries: &str) -> Result<Vec<Self>, String> {
-        entries
-            .split(',')
-            .filter(|e| !e.trim().is_empty())
-            .map(Self::parse)
-            .collect()
+        finflow_platform::config::comma_list(entries, Self::parse)
     }
 
     pub fn parse(entry: &str) -> Result<Self, String> {
