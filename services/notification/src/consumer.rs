@@ -50,37 +50,112 @@ fn addressee(event: &Event) -> Result<(Uuid, String), serde_json::Error> {
     }
 }
 
-/// An event to its user in one statement, since each round trip costs PostgreSQL CPU.
-/// `reach` is what the user wants (each channel on unless turned off), their address
-/// and, by the join, their webhooks. PostgreSQL runs every data-modifying CTE, used or
-/// not, so each insert is gated by `reach` in its WHERE. `deliveries_once_key` keeps a
-/// delivery once per event, channel and target. Returns whether email was wanted but
-/// no address is known.
+/// Events to their users in one statement, since each round trip costs PostgreSQL CPU.
+/// Per event (`$1`..`$8` are arrays, one entry an event, in order): `reach` is what its
+/// user wants (each channel on unless turned off), their address and, by the join,
+/// their webhooks. PostgreSQL runs every data-modifying CTE, used or not, so each insert
+/// is gated by `reach` in its WHERE. `deliveries_once_key` keeps a delivery once per
+/// event, channel and target. Returns the users whose email was wanted but whose
+/// address is not known.
 const NOTIFY: &str = "\
-    WITH reach AS ( \
-      SELECT \
-        coalesce((SELECT enabled FROM preferences p WHERE p.user_id = $1 AND p.event_type = $2 \
-                   AND p.channel = 'in_app'), true) AS in_app, \
-        coalesce((SELECT enabled FROM preferences p WHERE p.user_id = $1 AND p.event_type = $2 \
-                   AND p.channel = 'email'), true) AS email, \
-        coalesce((SELECT enabled FROM preferences p WHERE p.user_id = $1 AND p.event_type = $2 \
-                   AND p.channel = 'webhook'), true) AS webhook, \
-        (SELECT email FROM contacts c WHERE c.user_id = $1) AS address \
-    ), in_app_row AS ( \
+    WITH told AS ( \
+      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
+                           $6::jsonb[], $7::uuid[], $8::uuid[]) \
+        WITH ORDINALITY AS t(user_id, event_type, event_id, title, body, payload, \
+                             notification_id, delivery_id, n) \
+    ), reach AS ( \
+      SELECT told.*, \
+        coalesce((SELECT enabled FROM preferences p WHERE p.user_id = told.user_id \
+                   AND p.event_type = told.event_type AND p.channel = 'in_app'), true) AS in_app, \
+        coalesce((SELECT enabled FROM preferences p WHERE p.user_id = told.user_id \
+                   AND p.event_type = told.event_type AND p.channel = 'email'), true) AS email, \
+        coalesce((SELECT enabled FROM preferences p WHERE p.user_id = told.user_id \
+                   AND p.event_type = told.event_type AND p.channel = 'webhook'), true) AS webhook, \
+        (SELECT email FROM contacts c WHERE c.user_id = told.user_id) AS address \
+      FROM told \
+    ), in_app_rows AS ( \
       INSERT INTO notifications (id, user_id, event_id, event_type, title, body) \
-      SELECT $7, $1, $3, $2, $4, $5 FROM reach WHERE reach.in_app \
-    ), email_row AS ( \
+      SELECT notification_id, user_id, event_id, event_type, title, body FROM reach \
+      WHERE reach.in_app ORDER BY n \
+    ), email_rows AS ( \
       INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, payload, status) \
-      SELECT $8, $1, $3, $2, 'email', reach.address, $4, $5, $6, 'pending' FROM reach \
-      WHERE reach.email AND reach.address IS NOT NULL \
+      SELECT delivery_id, user_id, event_id, event_type, 'email', address, title, body, payload, 'pending' \
+      FROM reach WHERE reach.email AND reach.address IS NOT NULL ORDER BY n \
       ON CONFLICT DO NOTHING \
     ), webhook_rows AS ( \
       INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, subject, body, payload, status) \
-      SELECT gen_random_uuid(), $1, $3, $2, 'webhook', w.url, w.id, $4, $5, $6, 'pending' \
-      FROM reach JOIN webhooks w ON w.user_id = $1 WHERE reach.webhook \
+      SELECT gen_random_uuid(), r.user_id, r.event_id, r.event_type, 'webhook', w.url, w.id, r.title, r.body, r.payload, 'pending' \
+      FROM reach r JOIN webhooks w ON w.user_id = r.user_id WHERE r.webhook ORDER BY r.n \
       ON CONFLICT DO NOTHING \
     ) \
-    SELECT reach.email AND reach.address IS NULL AS email_skipped FROM reach";
+    SELECT user_id FROM reach WHERE reach.email AND reach.address IS NULL ORDER BY n";
+
+/// What an event tells its user ([`templates::render`]), as [`tell`] takes it.
+struct Told {
+    event_id: Uuid,
+    event_type: String,
+    message: templates::Message,
+    payload: serde_json::Value,
+}
+
+impl Told {
+    /// What `event` tells its user, if anything.
+    fn of(event: &Event) -> Result<Option<Self>, HandlerError> {
+        let Some(message) = templates::render(event) else {
+            return Ok(None);
+        };
+        let payload =
+            serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        Ok(Some(Self {
+            event_id: event.id,
+            event_type: event.event_type.clone(),
+            message,
+            payload,
+        }))
+    }
+}
+
+/// Tells each its user on the channels they want, in one statement ([`NOTIFY`]).
+async fn tell(tx: &mut PgConnection, told: Vec<Told>) -> Result<(), sqlx::Error> {
+    if told.is_empty() {
+        return Ok(());
+    }
+    let n = told.len();
+    let (mut users, mut kinds, mut ids) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut titles, mut bodies, mut payloads) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for t in told {
+        users.push(t.message.user_id);
+        kinds.push(t.event_type);
+        ids.push(t.event_id);
+        titles.push(t.message.title);
+        bodies.push(t.message.body);
+        payloads.push(t.payload);
+    }
+    let fresh = || (0..n).map(|_| Uuid::now_v7()).collect::<Vec<_>>();
+    let skipped: Vec<Uuid> = sqlx::query_scalar(NOTIFY)
+        .bind(users)
+        .bind(kinds)
+        .bind(ids)
+        .bind(titles)
+        .bind(bodies)
+        .bind(payloads)
+        .bind(fresh()) // the notifications
+        .bind(fresh()) // the email deliveries
+        .fetch_all(&mut *tx)
+        .await?;
+    for user in skipped {
+        tracing::warn!(%user, "no email known for the user; email skipped");
+    }
+    Ok(())
+}
 
 /// Queues `message` as an email of `event` to `to`, once per event and address.
 async fn queue_email(
@@ -151,26 +226,35 @@ impl Handler for Notifier {
             .execute(&mut *tx)
             .await?;
         }
-        let Some(message) = templates::render(event) else {
-            return Ok(());
-        };
-        let user = message.user_id;
-        let payload =
-            serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        let email_skipped: bool = sqlx::query_scalar(NOTIFY)
-            .bind(user)
-            .bind(&event.event_type)
-            .bind(event.id)
-            .bind(&message.title)
-            .bind(&message.body)
-            .bind(&payload)
-            .bind(Uuid::now_v7()) // the notification
-            .bind(Uuid::now_v7()) // the email delivery
-            .fetch_one(&mut *tx)
-            .await?;
-        if email_skipped {
-            tracing::warn!(%user, "no email known for the user; email skipped");
+        if let Some(told) = Told::of(event)? {
+            tell(tx, vec![told]).await?;
         }
         Ok(())
+    }
+
+    /// The events that only tell their users, told in one statement per run of them.
+    /// A sign-up mail or a `user.created` (which records the address the next events
+    /// mail to) is applied alone, in its place, so every event sees what the ones
+    /// before it wrote. A failure fails the batch, as [`each_in_turn`] does.
+    ///
+    /// [`each_in_turn`]: finflow_platform::events::consumer::each_in_turn
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
+        let mut run = Vec::new();
+        for event in events {
+            if TRANSACTIONAL.contains(&event.event_type.as_str())
+                || event.event_type == types::USER_CREATED
+            {
+                tell(tx, std::mem::take(&mut run)).await?;
+                self.handle(tx, event).await?;
+            } else if let Some(told) = Told::of(event)? {
+                run.push(told);
+            }
+        }
+        tell(tx, run).await?;
+        Ok(events.iter().map(|_| Ok(())).collect())
     }
 }

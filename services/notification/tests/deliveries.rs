@@ -8,9 +8,10 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use finflow_notification::Notification;
+use finflow_notification::consumer::{Notifier, queue};
 use finflow_notification::delivery::{self, SIGNATURE_HEADER};
 use finflow_platform::db::TestDb;
-use finflow_platform::events::{self, Event, Publisher, types};
+use finflow_platform::events::{self, Event, Publisher, consumer, types};
 use finflow_platform::testing::{Mailbox, TestService, smtp_sink};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -314,6 +315,62 @@ async fn a_new_user_gets_a_welcome_mail_over_smtp_and_an_in_app_notification() {
     assert_eq!(body["data"], json!([]));
     // The sink has the mail as soon as it is sent; D records it a moment after.
     d.delivery_log_once(user, "delivered").await;
+}
+
+#[tokio::test]
+async fn events_applied_together_tell_each_user_as_they_would_be_told_one_by_one() {
+    let d = TestD::spawn().await;
+    let (known, newcomer, quiet, unknown) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    d.know_address(known, "ada@example.com").await;
+    d.know_address(quiet, "quiet@example.com").await;
+    d.turn_off_for_payments(quiet, &["email"]).await;
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    d.register_webhook(unknown, &hook).await;
+    let together = [
+        payment_completed(known),
+        user_created(newcomer, "lin@example.com"),
+        // Its address is the one the event before it in the same transaction recorded.
+        payment_completed(newcomer),
+        payment_completed(quiet),
+        payment_completed(unknown),
+    ];
+    // Applied as D's consumer applies the events of a batch of deliveries: in one
+    // transaction, through the handler's batch.
+    let refs: Vec<&Event> = together.iter().collect();
+    let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &Notifier, &refs)
+        .await
+        .unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| *o == Some(consumer::Outcome::Applied)),
+        "{outcomes:?}"
+    );
+
+    let mail = |to: &str| vec![("email".to_owned(), to.to_owned())];
+    assert_eq!(d.rows_of(&together[0]).await, (1, mail("ada@example.com")));
+    assert_eq!(d.rows_of(&together[1]).await, (1, mail("lin@example.com")));
+    assert_eq!(d.rows_of(&together[2]).await, (1, mail("lin@example.com")));
+    assert_eq!(
+        d.rows_of(&together[3]).await,
+        (1, vec![]),
+        "email turned off"
+    );
+    assert_eq!(
+        d.rows_of(&together[4]).await,
+        (1, vec![("webhook".to_owned(), hook)]),
+        "no address known: the webhook only"
+    );
+    let told: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
+        .fetch_one(&d.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(told, 5, "one in-app notification an event, no more");
 }
 
 #[tokio::test]

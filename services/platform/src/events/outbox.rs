@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use secrecy::SecretString;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
@@ -284,10 +285,14 @@ impl Relay {
                 }
                 () = notified => {
                     tokio::time::sleep(self.coalesce).await;
-                    // The commits of that wait are all in the next scan: their
-                    // notifications ask for nothing more.
+                    // The commits of that wait are all in the next scan (a commit is
+                    // visible before its notification is sent): their notifications ask
+                    // for nothing more. They are read off the socket, not only out of
+                    // sqlx's buffer, which holds just those that arrived during a query
+                    // on this connection; left there, each would wake a scan of its own,
+                    // most of them finding nothing.
                     if let Some(l) = listener.as_mut() {
-                        while l.next_buffered().is_some() {}
+                        while let Some(Ok(Some(_))) = l.try_recv().now_or_never() {}
                     }
                 }
                 () = tokio::time::sleep(self.poll_interval) => {}
