@@ -172,7 +172,8 @@ impl Service for Payment {
                 let worker = worker::PaymentWorker {
                     wallets: wallets.clone(),
                 };
-                start.consume(worker::requests_queue(), worker);
+                // A client waiting for its payment (`Prefer: wait`) waits on this.
+                start.consume_at_once(worker::requests_queue(), worker);
             }
             start.consume(worker::aml_queue(), worker::AmlDecisions);
             let sweeper = sweeper::Sweeper {

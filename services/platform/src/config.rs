@@ -222,6 +222,12 @@ pub struct AmqpConfig {
     /// it (to 64) once every service runs a version that reads bundles.
     #[arg(long, env = "EVENT_BUNDLE_MAX", default_value_t = 1)]
     pub event_bundle_max: u16,
+    /// Milliseconds a consumer's batch waits after its first delivery for more (up to
+    /// the prefetch), so that one transaction applies what several relay scans
+    /// published: fewer commits for that much latency. 0 takes only what is already
+    /// there. A queue a client may be waiting on is consumed at once whatever this says.
+    #[arg(long, env = "AMQP_BATCH_LINGER_MS", default_value_t = 20)]
+    pub amqp_batch_linger_ms: u64,
 }
 
 impl Validate for AmqpConfig {
@@ -232,6 +238,9 @@ impl Validate for AmqpConfig {
         }
         if !(1..=64).contains(&self.event_bundle_max) {
             errors.push("EVENT_BUNDLE_MAX must be between 1 and 64".to_owned());
+        }
+        if self.amqp_batch_linger_ms > 1000 {
+            errors.push("AMQP_BATCH_LINGER_MS must be at most 1000".to_owned());
         }
     }
 }

@@ -121,9 +121,21 @@ impl Start {
             .spawn(relay.run(self.background.stop_token()));
     }
 
-    /// Consumes `queue` with `handler`, at the service's prefetch.
+    /// Consumes `queue` with `handler`, at the service's prefetch and batch linger.
     pub fn consume<H: Handler>(&mut self, queue: crate::events::QueueSpec, handler: H) {
         let spec = self.service.consumer(queue);
+        self.consume_with(spec, handler);
+    }
+
+    /// Consumes `queue` with `handler` without lingering for a batch: for a queue a
+    /// client may be waiting on.
+    pub fn consume_at_once<H: Handler>(&mut self, queue: crate::events::QueueSpec, handler: H) {
+        let mut spec = self.service.consumer(queue);
+        spec.linger = Duration::ZERO;
+        self.consume_with(spec, handler);
+    }
+
+    fn consume_with<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
         self.background.spawn(consumer::run(
             self.pool.clone(),
             self.service.amqp.amqp_url.clone(),
@@ -234,6 +246,7 @@ impl ServiceConfig {
     fn consumer(&self, queue: crate::events::QueueSpec) -> ConsumerSpec {
         let mut spec = ConsumerSpec::new(queue);
         spec.prefetch = self.amqp.amqp_prefetch;
+        spec.linger = Duration::from_millis(self.amqp.amqp_batch_linger_ms);
         spec
     }
 }

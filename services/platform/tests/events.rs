@@ -613,6 +613,92 @@ async fn a_batch_with_a_failing_event_commits_nothing_and_each_event_then_applie
     assert_eq!(counter(&db).await, (18, 3));
 }
 
+/// Records the transaction each event was applied in.
+struct RecordTransaction;
+
+impl Handler for RecordTransaction {
+    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO applied_in (event_id, tx) VALUES ($1, txid_current())")
+            .bind(event.id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The transactions `count` events were applied in, once they all are.
+async fn transactions_of(db: &TestDb, count: i64) -> i64 {
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM applied_in")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    eventually("the events applied", || async { applied().await >= count }).await;
+    assert_eq!(applied().await, count, "each once");
+    sqlx::query_scalar("SELECT count(DISTINCT tx) FROM applied_in")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn deliveries_that_arrive_while_a_batch_lingers_are_applied_in_its_transaction() {
+    let db = TestDb::new(None).await;
+    sqlx::query("CREATE TABLE applied_in (event_id UUID PRIMARY KEY, tx BIGINT NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (conn, ch) = channel().await;
+    let event_type = unique("linger");
+    let publisher = Publisher::new(&conn).await.unwrap();
+    let publish = || async {
+        let e = Event::new("test", &event_type, &serde_json::json!({})).unwrap();
+        publisher.publish(&e, FieldTable::default()).await.unwrap();
+    };
+    let run = |linger: Duration| {
+        let mut spec = ConsumerSpec::new(QueueSpec::new(unique("linger-q"), &[&event_type]));
+        // The batch is full, and applied, at two deliveries: no test waits out a linger.
+        spec.prefetch = 2;
+        spec.linger = linger;
+        let shutdown = CancellationToken::new();
+        let runner = tokio::spawn(consumer::run(
+            db.pool.clone(),
+            events::test_url(),
+            spec.clone(),
+            Arc::new(RecordTransaction),
+            shutdown.clone(),
+        ));
+        (spec, shutdown, runner)
+    };
+
+    // Lingering: the second delivery, published 100 ms after the first, joins its batch.
+    let (spec, shutdown, runner) = run(Duration::from_secs(10));
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+    publish().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish().await;
+    assert_eq!(transactions_of(&db, 2).await, 1, "one transaction for both");
+    shutdown.cancel();
+    runner.await.unwrap();
+    delete_queues(&ch, &spec.queue).await;
+
+    // Without lingering, a delivery that was not there yet is a batch of its own.
+    sqlx::query("TRUNCATE applied_in")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (spec, shutdown, runner) = run(Duration::ZERO);
+    events::declare_queue(&ch, &spec.queue).await.unwrap();
+    publish().await;
+    assert_eq!(transactions_of(&db, 1).await, 1);
+    publish().await;
+    assert_eq!(transactions_of(&db, 2).await, 2, "one transaction each");
+    shutdown.cancel();
+    runner.await.unwrap();
+    delete_queues(&ch, &spec.queue).await;
+}
+
 #[tokio::test]
 async fn a_batch_acknowledged_with_one_ack_leaves_nothing_to_redeliver() {
     let db = counter_db().await;

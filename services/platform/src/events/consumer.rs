@@ -116,6 +116,10 @@ pub struct ConsumerSpec {
     pub queue: QueueSpec,
     /// Unacknowledged messages held at once.
     pub prefetch: u16,
+    /// How long a batch waits after its first delivery for more, up to `prefetch`: one
+    /// transaction then applies what several relay scans published. Zero takes only
+    /// what has already arrived.
+    pub linger: Duration,
     /// How long a message that keeps failing transiently is retried (from its first
     /// failure) before it is dead-lettered: long enough to span a dependency's restart,
     /// so what reaches the dead-letter queue is poison, not bad timing.
@@ -134,6 +138,7 @@ impl ConsumerSpec {
             consumer: queue.name.clone(),
             queue,
             prefetch: 16,
+            linger: Duration::ZERO,
             retry_for: RETRY_FOR,
             retry_base: Duration::from_millis(200),
             retry_cap: Duration::from_secs(10),
@@ -371,17 +376,31 @@ async fn consume<H: Handler>(
                 ))),
             },
         };
-        // What lapin already holds joins it: under load a batch, idle one event.
+        // What lapin already holds joins it, and what arrives while the batch lingers:
+        // under load a batch, idle one event.
         let mut batch = vec![delivery];
         let mut broken = None;
+        let until = tokio::time::Instant::now() + spec.linger;
         while batch.len() < usize::from(spec.prefetch) {
-            match deliveries.next().now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                Some(Some(Err(e))) => {
+            let next = match deliveries.next().now_or_never() {
+                Some(next) => next,
+                None if spec.linger.is_zero() => break,
+                None => tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    next = tokio::time::timeout_at(until, deliveries.next()) => match next {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                },
+            };
+            match next {
+                Some(Ok(delivery)) => batch.push(delivery),
+                Some(Err(e)) => {
                     broken = Some(e);
                     break;
                 }
-                _ => break,
+                None => break,
             }
         }
         let settled = process_batch(pool, spec, handler, &mut dead, batch, shutdown).await?;
