@@ -1,5 +1,6 @@
 //! Payment journeys through the gateway: the Nivo seed's flows 3-5, the FinFlow seed's
-//! Test 2, a double click, and a worker that keeps getting killed.
+//! Test 2, a double click, a worker that keeps getting killed, and a payment API killed
+//! holding a key.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -498,5 +499,95 @@ async fn a_payment_stuck_while_the_wallet_service_is_down_is_settled_by_the_swee
         "COMPLETED" => assert_eq!((a.as_str(), b.as_str()), ("90.00", "10.00")),
         other => panic!("unexpected {other}"),
     }
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_api_killed_after_claiming_a_key_lets_the_retry_pay_once_within_ten_seconds() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let mut platform = Platform::start(Options::isolated())
+        .await
+        .unwrap_or_else(|e| panic!("the platform did not start: {e:#}"));
+    let client = platform.client();
+    let (alice, a_wallet) = funded(&client, "alice", "100.00").await;
+    let (bob, b_wallet) = client.new_user("bob").await.with_wallet("USD").await;
+    let body = json!({"from_wallet_id": a_wallet, "to_wallet_id": b_wallet, "amount": "10.00", "currency": "USD"});
+    let k = key();
+
+    // B stopped (not dead: its sidecar still takes connections), so C's check at B
+    // hangs after C has claimed the key.
+    let wallet = Pid::from_raw(i32::try_from(platform.pid("wallet").unwrap()).unwrap());
+    kill(wallet, Signal::SIGSTOP).unwrap();
+    let first = {
+        let (alice, body, k) = (alice.clone(), body.clone(), k.clone());
+        tokio::spawn(async move { alice.pay("transfer", body, &k, None).await })
+    };
+    // The key is claimed: the same key again, a second later, is a duplicate in flight
+    // (answered once C has waited its while for the first to finish).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let duplicate = alice.pay("transfer", body.clone(), &k, None).await;
+    assert_eq!(duplicate.status, StatusCode::CONFLICT, "{}", duplicate.body);
+
+    // The API dies holding the claim; it comes back, and so does B.
+    platform.kill("payment").await.unwrap();
+    let first = first.await.unwrap();
+    assert!(
+        !first.status.is_success(),
+        "the killed request answered {}",
+        first.status
+    );
+    platform.restart("payment").await.unwrap();
+    kill(wallet, Signal::SIGCONT).unwrap();
+
+    // The client retries with the same key until it is answered: the dead request's
+    // claim lapses within seconds, and the payment is made and completes.
+    let retried = tokio::time::Instant::now();
+    let paid = loop {
+        let answer = alice.pay("transfer", body.clone(), &k, Some(10)).await;
+        if answer.status.is_success() {
+            break answer;
+        }
+        assert!(
+            [
+                StatusCode::CONFLICT,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE
+            ]
+            .contains(&answer.status),
+            "{}: {}",
+            answer.status,
+            answer.body
+        );
+        assert!(
+            retried.elapsed() < Duration::from_secs(10),
+            "still {} after {:?}",
+            answer.status,
+            retried.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let id = paid.body["data"]["id"].as_str().unwrap().to_owned();
+    loop {
+        let p = alice.client.get(&format!("/api/v1/payments/{id}")).await;
+        if p.data(StatusCode::OK)["status"] == "COMPLETED" {
+            break;
+        }
+        assert!(
+            retried.elapsed() < Duration::from_secs(10),
+            "payment {id} not completed {:?} after the retry",
+            retried.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("completed {:?} after the first retry", retried.elapsed());
+
+    // Once: the key answers with the same payment, and the money moved once.
+    let again = alice.pay("transfer", body.clone(), &k, None).await;
+    assert!(again.status.is_success(), "{}", again.body);
+    assert_eq!(again.body["data"]["id"], id.as_str());
+    assert_eq!(alice.balance(&a_wallet).await, "90.00");
+    assert_eq!(bob.balance(&b_wallet).await, "10.00");
     platform.stop().await;
 }
