@@ -16,8 +16,6 @@ pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);
 }
 
-/// Parses the command line and environment, validates, and exits with every error
-/// listed if anything is wrong.
 /// A comma-separated setting's entries, each through `parse`; empty entries (a trailing
 /// comma, a variable set to "") are skipped.
 pub fn comma_list<T>(
@@ -30,6 +28,8 @@ pub fn comma_list<T>(
         .collect()
 }
 
+/// Parses the command line and environment, validates, and exits with every error
+/// listed if anything is wrong.
 pub fn load<C: Parser + Validate>() -> C {
     exit_on_error(try_load_from(std::env::args_os()))
 }
