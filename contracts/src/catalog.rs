@@ -8,6 +8,8 @@ pub struct ServiceInfo {
     pub module: &'static str,
     /// Its name: events' `source`, logs, its database, its binary `finflow-<name>`.
     pub name: &'static str,
+    /// What it does, as its `--help` and its OpenAPI document say.
+    pub about: &'static str,
     /// Its sidecar's port (the service's public port) and its app's (loopback only).
     pub sidecar_port: u16,
     pub app_port: u16,
@@ -20,58 +22,92 @@ pub struct ServiceInfo {
 /// The gateway's port, the platform's single local entry point.
 pub const GATEWAY_PORT: u16 = 8000;
 
+/// The services one by one ([`SERVICES`] lists them).
+pub const AUTH: ServiceInfo = ServiceInfo {
+    module: "a",
+    name: "auth",
+    about: "Identity, sessions and the JWT issuer",
+    sidecar_port: 8001,
+    app_port: 9001,
+    depends_on: &[],
+    routes: &["/api/v1/auth", "/api/v1/users", "/.well-known"],
+};
+
+pub const WALLET: ServiceInfo = ServiceInfo {
+    module: "b",
+    name: "wallet",
+    about: "Wallets, balances and the double-entry ledger",
+    sidecar_port: 8002,
+    app_port: 9002,
+    depends_on: &["a"],
+    routes: &["/api/v1/wallets"],
+};
+
+pub const PAYMENT: ServiceInfo = ServiceInfo {
+    module: "c",
+    name: "payment",
+    about: "Idempotent payments, each applied exactly once",
+    sidecar_port: 8003,
+    app_port: 9003,
+    depends_on: &["b"],
+    routes: &["/api/v1/payments"],
+};
+
+pub const NOTIFICATION: ServiceInfo = ServiceInfo {
+    module: "d",
+    name: "notification",
+    about: "Email, webhooks and in-app notifications",
+    sidecar_port: 8004,
+    app_port: 9004,
+    depends_on: &["a", "c"],
+    routes: &["/api/v1/notifications", "/api/v1/webhooks"],
+};
+
+pub const KYC: ServiceInfo = ServiceInfo {
+    module: "e",
+    name: "kyc",
+    about: "KYC documents and AML monitoring",
+    sidecar_port: 8005,
+    app_port: 9005,
+    depends_on: &["a", "c"],
+    routes: &["/api/v1/kyc", "/api/v1/aml"],
+};
+
+pub const REPORTING: ServiceInfo = ServiceInfo {
+    module: "f",
+    name: "reporting",
+    about: "Reports from read models, and the dashboard",
+    sidecar_port: 8006,
+    app_port: 9006,
+    depends_on: &["b", "c", "e"],
+    routes: &["/api/v1/reports", "/dashboard"],
+};
+
 /// The six services, in letter order (which is also an order that deploys every
 /// service after its dependencies).
-pub const SERVICES: [ServiceInfo; 6] = [
-    ServiceInfo {
-        module: "a",
-        name: "auth",
-        sidecar_port: 8001,
-        app_port: 9001,
-        depends_on: &[],
-        routes: &["/api/v1/auth", "/api/v1/users", "/.well-known"],
-    },
-    ServiceInfo {
-        module: "b",
-        name: "wallet",
-        sidecar_port: 8002,
-        app_port: 9002,
-        depends_on: &["a"],
-        routes: &["/api/v1/wallets"],
-    },
-    ServiceInfo {
-        module: "c",
-        name: "payment",
-        sidecar_port: 8003,
-        app_port: 9003,
-        depends_on: &["b"],
-        routes: &["/api/v1/payments"],
-    },
-    ServiceInfo {
-        module: "d",
-        name: "notification",
-        sidecar_port: 8004,
-        app_port: 9004,
-        depends_on: &["a", "c"],
-        routes: &["/api/v1/notifications", "/api/v1/webhooks"],
-    },
-    ServiceInfo {
-        module: "e",
-        name: "kyc",
-        sidecar_port: 8005,
-        app_port: 9005,
-        depends_on: &["a", "c"],
-        routes: &["/api/v1/kyc", "/api/v1/aml"],
-    },
-    ServiceInfo {
-        module: "f",
-        name: "reporting",
-        sidecar_port: 8006,
-        app_port: 9006,
-        depends_on: &["b", "c", "e"],
-        routes: &["/api/v1/reports", "/dashboard"],
-    },
-];
+pub const SERVICES: [ServiceInfo; 6] = [AUTH, WALLET, PAYMENT, NOTIFICATION, KYC, REPORTING];
+
+impl ServiceInfo {
+    /// Its letter, as the design names it (`A`..`F`).
+    pub fn letter(&self) -> String {
+        self.module.to_ascii_uppercase()
+    }
+
+    /// What its `--help` says it is.
+    pub fn help(&self) -> String {
+        format!(
+            "FinFlow service {} ({}): {}",
+            self.letter(),
+            self.name,
+            self.about
+        )
+    }
+
+    /// Its OpenAPI document's title.
+    pub fn title(&self) -> String {
+        format!("FinFlow {} ({})", self.name, self.letter())
+    }
+}
 
 /// The service called `name`.
 pub fn named(name: &str) -> Option<&'static ServiceInfo> {

@@ -12,6 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use finflow_contracts::catalog;
 use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
@@ -27,9 +28,6 @@ use uuid::Uuid;
 use crate::domain::{FullName, Password, Phone};
 use crate::tokens::{self, Issuer, Subject};
 use crate::verification;
-
-/// The `source` of events this service emits.
-pub const SOURCE: &str = "auth";
 
 /// Settings the handlers need besides connections.
 pub struct Settings {
@@ -48,6 +46,28 @@ pub struct AppState {
     pub issuer: Issuer,
     pub settings: Arc<Settings>,
 }
+
+/// The OpenAPI document of these routes; its title and description come from the
+/// service catalog ([`finflow_platform::service::run`] sets them).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        register,
+        verify,
+        login,
+        refresh,
+        logout,
+        service_token,
+        me,
+        update_me,
+        internal_user,
+        internal_users,
+        crate::kyc::set_kyc,
+        jwks
+    ),
+    components(schemas(GrantType, RegistrationStatus))
+)]
+pub(crate) struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -216,7 +236,7 @@ async fn register(
         if verified {
             // The account stays as it is; its owner hears that someone tried.
             let event = Event::new(
-                SOURCE,
+                catalog::AUTH.name,
                 types::USER_REGISTRATION_REPEATED,
                 &RegistrationRepeated {
                     user_id,
@@ -265,7 +285,7 @@ async fn verification_requested(
 ) -> Result<Event, ApiError> {
     let (token, expires_at) = verification::issue(tx, user_id).await?;
     Event::new(
-        SOURCE,
+        catalog::AUTH.name,
         types::USER_VERIFICATION_REQUESTED,
         &VerificationRequested {
             user_id,
@@ -339,7 +359,7 @@ async fn verify(State(s): State<AppState>, Json(req): Json<VerifyRequest>) -> Ap
     };
     verification::revoke_outstanding(&mut tx, user.id).await?;
     let event = Event::new(
-        SOURCE,
+        catalog::AUTH.name,
         types::USER_CREATED,
         &UserCreated {
             user_id: user.id,

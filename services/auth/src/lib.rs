@@ -41,19 +41,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::cache;
 use finflow_platform::config::{RedisConfig, Validate};
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Api, Service, Start};
+use finflow_platform::service::{Api, Service, Start};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
-/// The service's name in events, logs and traces.
-pub const SERVICE: &str = "auth";
-
 /// Service A's migrations (`migrations/auth`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/auth");
+
+/// Service A: what `finflow-auth` runs ([`Service`], below).
+pub struct Auth;
 
 /// Service A's own settings, beside what every service is configured with.
 #[derive(Debug, Clone, Args)]
@@ -181,42 +182,11 @@ fn parse_service_clients(raw: &str) -> Result<HashMap<String, [u8; 32]>, String>
     Ok(clients)
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "FinFlow auth (A)",
-        description = "Identity, sessions and the JWT issuer."
-    ),
-    paths(
-        api::register,
-        api::verify,
-        api::login,
-        api::refresh,
-        api::logout,
-        api::service_token,
-        api::me,
-        api::update_me,
-        api::internal_user,
-        api::internal_users,
-        kyc::set_kyc,
-        api::jwks
-    ),
-    components(schemas(api::GrantType, api::RegistrationStatus))
-)]
-struct ApiDoc;
-
 /// How often the key directory is re-read for rotations.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The whole configuration of service A.
-pub type Config = service::Config<Settings>;
-
-/// Service A.
-pub struct Auth;
-
 impl Service for Auth {
-    const NAME: &'static str = SERVICE;
-    const ABOUT: &'static str = "FinFlow service A: identity, sessions, JWT issuer";
+    const INFO: &'static ServiceInfo = &catalog::AUTH;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
@@ -273,7 +243,7 @@ impl Service for Auth {
             settings: Arc::new(settings),
         };
         let router = api::router(state.clone()).merge(kyc::router(state));
-        Ok(Api::new(router, ApiDoc::openapi()))
+        Ok(Api::new(router, api::ApiDoc::openapi()))
     }
 }
 
@@ -281,19 +251,13 @@ impl Service for Auth {
 mod tests {
     use super::*;
 
-    fn load(service_clients: &str) -> Result<Config, finflow_platform::config::LoadError> {
-        finflow_platform::config::try_load_from([
-            "finflow-auth",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "postgres://localhost/auth",
-            "--amqp-url",
-            "amqp://localhost",
-            "--redis-url",
-            "redis://localhost",
-            "--jwt-keys-dir",
-            "/tmp/keys",
+    fn load(
+        service_clients: &str,
+    ) -> Result<finflow_platform::service::Config<Settings>, finflow_platform::config::LoadError>
+    {
+        finflow_platform::testing::load::<Auth>(&[
+            "--redis-url=redis://localhost",
+            "--jwt-keys-dir=/tmp/keys",
             "--service-clients",
             service_clients,
         ])

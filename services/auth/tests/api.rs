@@ -885,6 +885,12 @@ async fn the_openapi_document_lists_the_auth_routes() {
     let app = TestAuth::spawn(&[]).await;
     let (status, doc) = app.get("/openapi.json", &[]).await;
     assert_eq!(status, StatusCode::OK);
+    // Named as the service catalog names it, as is its `--help`.
+    assert_eq!(doc["info"]["title"], "FinFlow auth (A)");
+    assert_eq!(
+        doc["info"]["description"],
+        "Identity, sessions and the JWT issuer."
+    );
     for path in [
         "/api/v1/auth/register",
         "/api/v1/auth/verify",

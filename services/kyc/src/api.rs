@@ -1,5 +1,6 @@
 //! HTTP handlers of service E.
 
+use finflow_contracts::catalog;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,21 @@ pub struct AppState {
 ///
 /// [`MAX_DOCUMENT_BYTES`]: crate::documents::MAX_DOCUMENT_BYTES
 pub const SUBMIT_BODY_BYTES: usize = crate::documents::MAX_DOCUMENT_BYTES / 3 * 4 + 64 * 1024;
+
+/// The OpenAPI document of these routes; its title and description come from the
+/// service catalog ([`finflow_platform::service::run`] sets them).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(submit, status, review, revoke, alerts, clear, flag),
+    components(schemas(
+        AlertStatus,
+        crate::documents::Upload,
+        crate::documents::PassportType,
+        crate::documents::NationalIdType,
+        crate::documents::DrivingLicenseType
+    ))
+)]
+pub(crate) struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -91,7 +107,7 @@ async fn enqueue_decision(
     submission_id: Uuid,
 ) -> Result<(), ApiError> {
     let event = Event::new(
-        crate::SERVICE,
+        catalog::KYC.name,
         types::USER_KYC_UPDATED,
         &KycUpdated {
             user_id: told.user_id,
@@ -578,7 +594,7 @@ async fn decide_alert(
         types::AML_FLAGGED
     };
     let event = Event::new(
-        crate::SERVICE,
+        catalog::KYC.name,
         event_type,
         &AmlDecision {
             alert_id: alert.id,

@@ -21,20 +21,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::Amount;
 use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health;
-use finflow_platform::service::{self, Api, Service, Start};
+use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
-/// The service's name in events, logs and traces.
-pub const SERVICE: &str = "kyc";
-
 /// Service E's migrations (`migrations/kyc`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/kyc");
+
+/// Service E: what `finflow-kyc` runs ([`Service`], below).
+pub struct Kyc;
 
 /// Service E's own settings, beside what every service is configured with.
 #[derive(Debug, Clone, Args)]
@@ -84,40 +85,8 @@ impl Validate for Settings {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "FinFlow KYC/AML (E)",
-        description = "KYC documents and AML monitoring."
-    ),
-    paths(
-        api::submit,
-        api::status,
-        api::review,
-        api::revoke,
-        api::alerts,
-        api::clear,
-        api::flag
-    ),
-    components(schemas(
-        api::AlertStatus,
-        documents::Upload,
-        documents::PassportType,
-        documents::NationalIdType,
-        documents::DrivingLicenseType
-    ))
-)]
-struct ApiDoc;
-
-/// The whole configuration of service E.
-pub type Config = service::Config<Settings>;
-
-/// Service E.
-pub struct Kyc;
-
 impl Service for Kyc {
-    const NAME: &'static str = SERVICE;
-    const ABOUT: &'static str = "FinFlow service E: KYC and AML";
+    const INFO: &'static ServiceInfo = &catalog::KYC;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
@@ -138,7 +107,7 @@ impl Service for Kyc {
         let auth = ServiceClient::new(
             "auth",
             &config.client.auth_url,
-            config.client.tokens(SERVICE, http.clone()),
+            config.client.tokens(Self::INFO.name, http.clone()),
             http,
         );
         let state = api::AppState {
@@ -148,29 +117,22 @@ impl Service for Kyc {
                 auto_approve: config.kyc_auto_approve,
             }),
         };
-        Ok(Api::new(api::router(state), ApiDoc::openapi()))
+        Ok(Api::new(api::router(state), api::ApiDoc::openapi()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use finflow_platform::config::{LoadError, try_load_from};
+    use finflow_platform::config::LoadError;
 
-    fn load(extra: &[&str]) -> Result<super::Config, LoadError> {
-        let base = [
-            "finflow-kyc",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "postgres://localhost/kyc",
-            "--amqp-url",
-            "amqp://localhost",
-            "--auth-url",
-            "http://127.0.0.1:9",
-            "--service-client-secret",
-            "kyc-secret-for-tests",
+    fn load(
+        extra: &[&str],
+    ) -> Result<finflow_platform::service::Config<super::Settings>, LoadError> {
+        let client = [
+            "--auth-url=http://127.0.0.1:9",
+            "--service-client-secret=kyc-secret-for-tests",
         ];
-        try_load_from(base.iter().chain(extra))
+        finflow_platform::testing::load::<super::Kyc>(&[&client[..], extra].concat())
     }
 
     #[test]

@@ -19,6 +19,24 @@ pub struct AppState {
     pub policy: crate::targets::Policy,
 }
 
+/// The OpenAPI document of these routes; its title and description come from the
+/// service catalog ([`finflow_platform::service::run`] sets them).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        list,
+        mark_read,
+        preferences,
+        set_preference,
+        deliveries,
+        create_webhook,
+        list_webhooks,
+        delete_webhook
+    ),
+    components(schemas(EventType))
+)]
+pub(crate) struct ApiDoc;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/notifications", get(list))

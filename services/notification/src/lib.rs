@@ -27,17 +27,18 @@ pub mod templates;
 use std::time::Duration;
 
 use clap::Args;
+use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::config::Validate;
-use finflow_platform::service::{self, Api, Service, Start};
+use finflow_platform::service::{Api, Service, Start};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
-/// The service's name in events, logs and traces.
-pub const SERVICE: &str = "notification";
-
 /// Service D's migrations (`migrations/notification`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
+
+/// Service D: what `finflow-notification` runs ([`Service`], below).
+pub struct Notification;
 
 /// Service D's own settings, beside what every service is configured with.
 #[derive(Debug, Clone, Args)]
@@ -149,17 +150,7 @@ mod tests {
     #[test]
     fn the_sender_and_the_relay_are_parsed_once_at_start() {
         let load = |flag: &str, value: &str| {
-            finflow_platform::config::try_load_from::<super::Config, _, _>([
-                "finflow-notification",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                "postgres://localhost/notification",
-                "--amqp-url",
-                "amqp://localhost",
-                flag,
-                value,
-            ])
+            finflow_platform::testing::load::<super::Notification>(&[flag, value])
         };
         let config = load("--mail-from", "Ops <ops@example.com>").unwrap();
         assert_eq!(
@@ -175,35 +166,8 @@ mod tests {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "FinFlow notification (D)",
-        description = "Email, webhooks and in-app notifications."
-    ),
-    paths(
-        api::list,
-        api::mark_read,
-        api::preferences,
-        api::set_preference,
-        api::deliveries,
-        api::create_webhook,
-        api::list_webhooks,
-        api::delete_webhook
-    ),
-    components(schemas(api::EventType))
-)]
-struct ApiDoc;
-
-/// The whole configuration of service D.
-pub type Config = service::Config<Settings>;
-
-/// Service D.
-pub struct Notification;
-
 impl Service for Notification {
-    const NAME: &'static str = SERVICE;
-    const ABOUT: &'static str = "FinFlow service D: notifications";
+    const INFO: &'static ServiceInfo = &catalog::NOTIFICATION;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
@@ -236,6 +200,6 @@ impl Service for Notification {
             pool: start.pool.clone(),
             policy,
         };
-        Ok(Api::new(api::router(state), ApiDoc::openapi()))
+        Ok(Api::new(api::router(state), api::ApiDoc::openapi()))
     }
 }

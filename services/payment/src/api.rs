@@ -50,6 +50,15 @@ pub struct AppState {
     pub waiters: Waiters,
 }
 
+/// The OpenAPI document of these routes; its title and description come from the
+/// service catalog ([`finflow_platform::service::run`] sets them).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(transfer, deposit, withdrawal, list, get_one, reverse, release),
+    components(schemas(finflow_platform::Currency))
+)]
+pub(crate) struct ApiDoc;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/payments/transfer", post(transfer))

@@ -30,22 +30,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, RedisConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Api, Service, Start};
+use finflow_platform::service::{Api, Service, Start};
 use finflow_platform::{Amount, cache, events};
 use secrecy::SecretString;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 
-/// The service's name in events, logs and traces.
-pub const SERVICE: &str = "payment";
-
 /// Service C's migrations (`migrations/payment`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/payment");
+
+/// Service C: what `finflow-payment` runs ([`Service`], below).
+pub struct Payment;
 
 /// What this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,34 +123,8 @@ impl Validate for Settings {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "FinFlow payment (C)",
-        description = "Idempotent payments applied exactly once."
-    ),
-    paths(
-        api::transfer,
-        api::deposit,
-        api::withdrawal,
-        api::list,
-        api::get_one,
-        api::reverse,
-        api::release
-    ),
-    components(schemas(finflow_platform::Currency))
-)]
-struct ApiDoc;
-
-/// The whole configuration of service C.
-pub type Config = service::Config<Settings>;
-
-/// Service C.
-pub struct Payment;
-
 impl Service for Payment {
-    const NAME: &'static str = SERVICE;
-    const ABOUT: &'static str = "FinFlow service C: payments";
+    const INFO: &'static ServiceInfo = &catalog::PAYMENT;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
@@ -158,7 +133,7 @@ impl Service for Payment {
     async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let redis = cache::connect(&config.redis.redis_url).await?;
         let http = ServiceClient::http_client();
-        let tokens = config.client.tokens(SERVICE, http.clone());
+        let tokens = config.client.tokens(Self::INFO.name, http.clone());
         let wallets = wallets::Wallets::new(ServiceClient::new(
             "wallet",
             &config.wallet_url,
@@ -188,7 +163,7 @@ impl Service for Payment {
             start.spawn(watch_queue_depth(amqp, start.stop_token()));
         }
         let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
-        let mut doc = ApiDoc::openapi();
+        let mut doc = api::ApiDoc::openapi();
         rates.document(&mut doc);
         start.critical("redis", health::Redis(redis.clone()));
         start.optional("wallet", health::Upstream::new(&config.wallet_url));

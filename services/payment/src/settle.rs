@@ -3,6 +3,7 @@
 //! same machine and never forgets the event.
 
 use chrono::Utc;
+use finflow_contracts::catalog;
 use finflow_platform::ApiError;
 use finflow_platform::events::{Event, outbox, types};
 
@@ -34,7 +35,7 @@ pub async fn announce(tx: &mut PgConnection, row: &PaymentRow) -> Result<(), Api
 pub fn event_of(row: &PaymentRow) -> Result<Event, ApiError> {
     let payment = row.view()?;
     Event::new(
-        crate::SERVICE,
+        catalog::PAYMENT.name,
         event_type(payment.status),
         &PaymentEvent {
             payment_id: row.id,

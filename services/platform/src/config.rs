@@ -36,7 +36,7 @@ pub fn load<C: Parser + Validate>() -> C {
 
 /// [`load`] for a command whose name and description are set here rather than in its
 /// derive: the shared [`crate::service::Config`] is one type for every service.
-pub fn load_as<C: Parser + Validate>(name: String, about: &'static str) -> C {
+pub fn load_as<C: Parser + Validate>(name: String, about: String) -> C {
     // clap names commands with static strings; this runs once per process.
     let name: &'static str = Box::leak(name.into_boxed_str());
     let command = C::command().name(name).about(about);

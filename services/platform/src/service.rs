@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use finflow_contracts::catalog::ServiceInfo;
+
 use crate::config::{AmqpConfig, DatabaseConfig, HttpConfig, TelemetryConfig, Validate};
 use crate::events::consumer::{self, ConsumerSpec, Handler};
 use crate::events::outbox::Relay;
@@ -71,10 +73,9 @@ impl<S: Args + Validate> Validate for Config<S> {
 
 /// One FinFlow service, as [`main`] and the test harness start it ([`run`]).
 pub trait Service: 'static {
-    /// Its name in events, logs and traces; its binary is `finflow-<NAME>`.
-    const NAME: &'static str;
-    /// What `--help` says it is.
-    const ABOUT: &'static str;
+    /// Which of the catalog's services it is: its name in events, logs and traces (its
+    /// binary is `finflow-<name>`), and what its `--help` and OpenAPI document say.
+    const INFO: &'static ServiceInfo;
     /// Its migrations, applied after the platform's.
     const MIGRATIONS: &'static Migrator;
     /// Its settings beyond [`ServiceConfig`].
@@ -178,15 +179,22 @@ pub async fn run<S: Service>(
     let Config { service, settings } = config;
     let pool = service.database(S::MIGRATIONS).await?;
     // Every crate of the workspace has its version, so the kit's is the service's.
-    let health = service.health(S::NAME, env!("CARGO_PKG_VERSION"), &pool, S::MIGRATIONS);
+    let health = service.health(
+        S::INFO.name,
+        env!("CARGO_PKG_VERSION"),
+        &pool,
+        S::MIGRATIONS,
+    );
     let mut start = Start {
-        name: S::NAME,
+        name: S::INFO.name,
         service,
         pool,
         background: Background::new(),
         health,
     };
-    let api = S::start(&settings, &mut start).await?;
+    let mut api = S::start(&settings, &mut start).await?;
+    api.openapi.info.title = S::INFO.title();
+    api.openapi.info.description = Some(format!("{}.", S::INFO.about));
     let Start {
         service,
         background,
@@ -314,8 +322,8 @@ pub fn main<S: Service>() -> anyhow::Result<()> {
 
 async fn start<S: Service>() -> anyhow::Result<()> {
     let config: Config<S::Settings> =
-        crate::config::load_as(format!("finflow-{}", S::NAME), S::ABOUT);
-    let _telemetry = crate::telemetry::init(S::NAME, &config.service.telemetry)
+        crate::config::load_as(format!("finflow-{}", S::INFO.name), S::INFO.help());
+    let _telemetry = crate::telemetry::init(S::INFO.name, &config.service.telemetry)
         .map_err(anyhow::Error::from_boxed)?;
     let listener = TcpListener::bind(config.service.http.listen).await?;
     run::<S>(config, listener, Box::pin(crate::http::shutdown_signal())).await

@@ -115,6 +115,22 @@ impl ClosedPort {
     }
 }
 
+/// `S`'s whole configuration as its `main` would parse it from `args`, after the
+/// settings every service needs (a listen address, database and broker URLs): for
+/// tests of a service's own settings.
+#[cfg(feature = "events")]
+pub fn load<S: crate::service::Service>(
+    args: &[&str],
+) -> Result<crate::service::Config<S::Settings>, crate::config::LoadError> {
+    let argv = [
+        format!("finflow-{}", S::INFO.name),
+        "--listen=127.0.0.1:0".to_owned(),
+        format!("--database-url=postgres://localhost/{}", S::INFO.name),
+        "--amqp-url=amqp://localhost".to_owned(),
+    ];
+    crate::config::try_load_from(argv.into_iter().chain(args.iter().map(|a| (*a).to_owned())))
+}
+
 /// A service started as its binary starts it ([`crate::service::run`] on a real socket),
 /// against a fresh database and vhost; stopped when dropped.
 #[cfg(feature = "events")]
@@ -147,7 +163,7 @@ impl TestService {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let argv = [
-            format!("finflow-{}", S::NAME),
+            format!("finflow-{}", S::INFO.name),
             "--listen".to_owned(),
             addr.to_string(),
             "--database-url".to_owned(),
@@ -158,13 +174,13 @@ impl TestService {
         .into_iter()
         .chain(args.iter().cloned());
         let config: crate::service::Config<S::Settings> = crate::config::try_load_from(argv)
-            .unwrap_or_else(|e| panic!("{}'s test configuration: {e:?}", S::NAME));
+            .unwrap_or_else(|e| panic!("{}'s test configuration: {e:?}", S::INFO.name));
         let stop = tokio_util::sync::CancellationToken::new();
         let until = stop.clone();
         tokio::spawn(async move {
             let shutdown = Box::pin(async move { until.cancelled().await });
             if let Err(e) = crate::service::run::<S>(config, listener, shutdown).await {
-                panic!("{} stopped: {e:#}", S::NAME);
+                panic!("{} stopped: {e:#}", S::INFO.name);
             }
         });
         let service = Self {
@@ -174,7 +190,7 @@ impl TestService {
             vhost,
             stop,
         };
-        wait_ready(&service.http, &service.url(""), S::NAME).await;
+        wait_ready(&service.http, &service.url(""), S::INFO.name).await;
         service
     }
 

@@ -21,17 +21,18 @@ pub mod projections;
 pub mod reports;
 
 use clap::Args;
+use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::config::Validate;
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Api, Service, Start};
+use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
-/// The service's name in events, logs and traces.
-pub const SERVICE: &str = "reporting";
-
 /// Service F's migrations (`migrations/reporting`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/reporting");
+
+/// Service F: what `finflow-reporting` runs ([`Service`], below).
+pub struct Reporting;
 
 /// Service F's own settings, beside what every service is configured with.
 #[derive(Debug, Clone, Args)]
@@ -104,32 +105,8 @@ impl Validate for Settings {
     fn validate(&self, _errors: &mut Vec<String>) {}
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "FinFlow reporting (F)",
-        description = "Reports from read models, and the dashboard."
-    ),
-    paths(
-        reports::transactions,
-        reports::users,
-        reports::compliance,
-        reports::summary,
-        reports::statement
-    ),
-    components(schemas(reports::ReportFormat))
-)]
-struct ApiDoc;
-
-/// The whole configuration of service F.
-pub type Config = service::Config<Settings>;
-
-/// Service F.
-pub struct Reporting;
-
 impl Service for Reporting {
-    const NAME: &'static str = SERVICE;
-    const ABOUT: &'static str = "FinFlow service F: reporting";
+    const INFO: &'static ServiceInfo = &catalog::REPORTING;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
@@ -156,24 +133,20 @@ impl Service for Reporting {
             pool: start.pool.clone(),
             queues,
         };
-        Ok(Api::new(reports::router(state), ApiDoc::openapi()))
+        Ok(Api::new(reports::router(state), reports::ApiDoc::openapi()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use finflow_platform::config::{LoadError, try_load_from};
+    use finflow_platform::config::LoadError;
 
     use super::Upstream;
 
-    fn load(extra: &[&str]) -> Result<super::Config, LoadError> {
-        let base = [
-            "finflow-reporting",
-            "--listen=127.0.0.1:0",
-            "--database-url=postgres://u:p@localhost/r",
-            "--amqp-url=amqp://u:p@localhost/%2f",
-        ];
-        try_load_from(base.iter().chain(extra).copied())
+    fn load(
+        extra: &[&str],
+    ) -> Result<finflow_platform::service::Config<super::Settings>, LoadError> {
+        finflow_platform::testing::load::<super::Reporting>(extra)
     }
 
     #[test]

@@ -51,6 +51,15 @@ impl QueueHealth {
     }
 }
 
+/// The OpenAPI document of these routes; its title and description come from the
+/// service catalog ([`finflow_platform::service::run`] sets them).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(transactions, users, compliance, summary, statement),
+    components(schemas(ReportFormat))
+)]
+pub(crate) struct ApiDoc;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/reports/transactions", get(transactions))

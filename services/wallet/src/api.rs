@@ -1,5 +1,6 @@
 //! HTTP handlers of service B.
 
+use finflow_contracts::catalog;
 use std::sync::Arc;
 
 use axum::Router;
@@ -33,6 +34,26 @@ pub struct AppState {
     pub limits: Arc<TierLimits>,
     pub rates: Arc<Rates>,
 }
+
+/// The OpenAPI document of these routes; its title and description come from the
+/// service catalog ([`finflow_platform::service::run`] sets them).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        create_wallet,
+        list_wallets,
+        get_wallet,
+        balance,
+        activate,
+        set_status,
+        transactions,
+        internal_wallet,
+        transfer,
+        transfer_batch
+    ),
+    components(schemas(finflow_platform::Currency))
+)]
+pub(crate) struct ApiDoc;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -161,7 +182,7 @@ async fn create_wallet(
         _ => e.into(),
     })?;
     let event = Event::new(
-        crate::SERVICE,
+        catalog::WALLET.name,
         types::WALLET_CREATED,
         &WalletEvent {
             wallet_id: row.id,
@@ -342,7 +363,7 @@ async fn change_status(
     .await?;
     let row = row.ok_or_else(|| ApiError::conflict("the wallet changed meanwhile; retry"))?;
     let event = Event::new(
-        crate::SERVICE,
+        catalog::WALLET.name,
         types::WALLET_STATUS_CHANGED,
         &WalletEvent {
             wallet_id: row.id,

@@ -13,6 +13,7 @@
 //! migration), so a bug here fails a transfer instead of breaking the books.
 
 use chrono::{DateTime, Utc};
+use finflow_contracts::catalog;
 use finflow_platform::error::ErrorCode;
 use finflow_platform::events::{Event, outbox};
 use finflow_platform::{Amount, ApiError, Currency, Money};
@@ -485,7 +486,7 @@ async fn write_planned(
     let results: Vec<TransferResult> = planned.iter().map(|p| p.result(created_at)).collect();
     let events = results
         .iter()
-        .map(|r| Event::new(crate::SERVICE, LEDGER_ENTRY_POSTED, r))
+        .map(|r| Event::new(catalog::WALLET.name, LEDGER_ENTRY_POSTED, r))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::internal(&e))?;
     outbox::enqueue_all(tx, &events).await?;
@@ -663,7 +664,7 @@ async fn apply_in(
         spend.limit.check(spend.value, before)?;
     }
     let result = entry.into_result()?;
-    let event = Event::new(crate::SERVICE, LEDGER_ENTRY_POSTED, &result)
+    let event = Event::new(catalog::WALLET.name, LEDGER_ENTRY_POSTED, &result)
         .map_err(|e| ApiError::internal(&e))?;
     outbox::enqueue(tx, &event).await?;
     Ok((result, Applied::Now))

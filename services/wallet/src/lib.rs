@@ -23,19 +23,20 @@ pub mod users;
 use std::sync::Arc;
 
 use clap::Args;
+use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::config::{ClientConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
-use finflow_platform::service::{self, Api, Service, Start};
+use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
 use utoipa::OpenApi;
 
-/// The service's name in events, logs and traces.
-pub const SERVICE: &str = "wallet";
-
 /// Service B's migrations (`migrations/wallet`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/wallet");
+
+/// Service B: what `finflow-wallet` runs ([`Service`], below).
+pub struct Wallet;
 
 /// Service B's own settings, beside what every service is configured with.
 #[derive(Debug, Clone, Args)]
@@ -62,44 +63,15 @@ impl Validate for Settings {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "FinFlow wallet (B)",
-        description = "Wallets, balances and the double-entry ledger."
-    ),
-    paths(
-        api::create_wallet,
-        api::list_wallets,
-        api::get_wallet,
-        api::balance,
-        api::activate,
-        api::set_status,
-        api::transactions,
-        api::internal_wallet,
-        api::transfer,
-        api::transfer_batch
-    ),
-    components(schemas(finflow_platform::Currency))
-)]
-struct ApiDoc;
-
-/// The whole configuration of service B.
-pub type Config = service::Config<Settings>;
-
-/// Service B.
-pub struct Wallet;
-
 impl Service for Wallet {
-    const NAME: &'static str = SERVICE;
-    const ABOUT: &'static str = "FinFlow service B: wallets and the ledger";
+    const INFO: &'static ServiceInfo = &catalog::WALLET;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
     type Settings = Settings;
 
     /// Starts service B: its relay and the wallets' API.
     async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
         let http = ServiceClient::http_client();
-        let tokens = config.client.tokens(SERVICE, http.clone());
+        let tokens = config.client.tokens(Self::INFO.name, http.clone());
         let users = users::Users::new(ServiceClient::new(
             "auth",
             &config.client.auth_url,
@@ -109,7 +81,7 @@ impl Service for Wallet {
         start.relay();
         start.optional("auth", health::Upstream::new(&config.client.auth_url));
         let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);
-        let mut doc = ApiDoc::openapi();
+        let mut doc = api::ApiDoc::openapi();
         rates.document(&mut doc);
         let state = api::AppState {
             pool: start.pool.clone(),
@@ -123,21 +95,14 @@ impl Service for Wallet {
 
 #[cfg(test)]
 mod tests {
-    use finflow_platform::config::{LoadError, try_load_from};
+    use finflow_platform::config::LoadError;
 
-    fn load(tier_limits: &str) -> Result<super::Config, LoadError> {
-        try_load_from([
-            "finflow-wallet",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "postgres://localhost/wallet",
-            "--amqp-url",
-            "amqp://localhost",
-            "--auth-url",
-            "http://127.0.0.1:9",
-            "--service-client-secret",
-            "wallet-secret-for-tests",
+    fn load(
+        tier_limits: &str,
+    ) -> Result<finflow_platform::service::Config<super::Settings>, LoadError> {
+        finflow_platform::testing::load::<super::Wallet>(&[
+            "--auth-url=http://127.0.0.1:9",
+            "--service-client-secret=wallet-secret-for-tests",
             "--tier-limits",
             tier_limits,
         ])
