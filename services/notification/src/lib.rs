@@ -130,42 +130,6 @@ impl std::str::FromStr for SmtpUrl {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::SmtpUrl;
-
-    #[test]
-    fn smtp_urls_name_a_host_and_port() {
-        let url = |host: &str, port| SmtpUrl {
-            host: host.to_owned(),
-            port,
-        };
-        assert_eq!("smtp://127.0.0.1:2525".parse(), Ok(url("127.0.0.1", 2525)));
-        assert_eq!("smtp://mail:25/".parse(), Ok(url("mail", 25)));
-        assert!("smtps://mail:465".parse::<SmtpUrl>().is_err());
-        assert!("smtp://mail".parse::<SmtpUrl>().is_err());
-        assert!("smtp://user@mail:25".parse::<SmtpUrl>().is_err());
-    }
-
-    #[test]
-    fn the_sender_and_the_relay_are_parsed_once_at_start() {
-        let load = |flag: &str, value: &str| {
-            finflow_platform::testing::load::<super::Notification>(&[flag, value])
-        };
-        let config = load("--mail-from", "Ops <ops@example.com>").unwrap();
-        assert_eq!(
-            config.settings.mail_from.email.to_string(),
-            "ops@example.com"
-        );
-        for (flag, value) in [("--mail-from", "not a mailbox"), ("--smtp-url", "mail:25")] {
-            let Err(finflow_platform::config::LoadError::Clap(e)) = load(flag, value) else {
-                panic!("{flag} {value} was accepted");
-            };
-            assert!(e.to_string().contains(flag), "{e}");
-        }
-    }
-}
-
 impl Service for Notification {
     const INFO: &'static ServiceInfo = &catalog::NOTIFICATION;
     const MIGRATIONS: &'static Migrator = &MIGRATIONS;
@@ -201,5 +165,41 @@ impl Service for Notification {
             policy,
         };
         Ok(Api::new(api::router(state), api::ApiDoc::openapi()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SmtpUrl;
+
+    #[test]
+    fn smtp_urls_name_a_host_and_port() {
+        let url = |host: &str, port| SmtpUrl {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!("smtp://127.0.0.1:2525".parse(), Ok(url("127.0.0.1", 2525)));
+        assert_eq!("smtp://mail:25/".parse(), Ok(url("mail", 25)));
+        assert!("smtps://mail:465".parse::<SmtpUrl>().is_err());
+        assert!("smtp://mail".parse::<SmtpUrl>().is_err());
+        assert!("smtp://user@mail:25".parse::<SmtpUrl>().is_err());
+    }
+
+    #[test]
+    fn the_sender_and_the_relay_are_parsed_once_at_start() {
+        let load = |flag: &str, value: &str| {
+            finflow_platform::testing::load::<super::Notification>(&[flag, value])
+        };
+        let config = load("--mail-from", "Ops <ops@example.com>").unwrap();
+        assert_eq!(
+            config.settings.mail_from.email.to_string(),
+            "ops@example.com"
+        );
+        for (flag, value) in [("--mail-from", "not a mailbox"), ("--smtp-url", "mail:25")] {
+            let Err(finflow_platform::config::LoadError::Clap(e)) = load(flag, value) else {
+                panic!("{flag} {value} was accepted");
+            };
+            assert!(e.to_string().contains(flag), "{e}");
+        }
     }
 }
