@@ -16,15 +16,24 @@ pub trait Validate {
     fn validate(&self, errors: &mut Vec<String>);
 }
 
-/// A comma-separated setting's entries, each through `parse`; empty entries (a trailing
-/// comma, a variable set to "") are skipped.
-pub fn comma_list<T>(
+/// A comma-separated setting of `key=value` entries, each key and value trimmed and
+/// given to `parse`; `form` names an entry's form in errors (`CODE=rate`). Empty entries
+/// (a trailing comma, a variable set to "") are skipped. The errors quote the entry: not
+/// for settings that hold secrets.
+pub fn pairs<T>(
     text: &str,
-    parse: impl Fn(&str) -> Result<T, String>,
+    form: &str,
+    parse: impl Fn(&str, &str) -> Result<T, String>,
 ) -> Result<Vec<T>, String> {
     text.split(',')
-        .filter(|e| !e.trim().is_empty())
-        .map(parse)
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|entry| {
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("`{entry}` is not {form}"))?;
+            parse(key.trim(), value.trim())
+        })
         .collect()
 }
 

@@ -58,16 +58,12 @@ pub struct Rate {
 impl Rate {
     /// A comma-separated table, empty entries skipped.
     pub fn list(table: &str) -> Result<Vec<Self>, String> {
-        crate::config::comma_list(table, Self::parse)
+        crate::config::pairs(table, "CODE=rate", Self::of)
     }
 
-    pub fn parse(entry: &str) -> Result<Self, String> {
-        let (code, rate) = entry
-            .trim()
-            .split_once('=')
-            .ok_or_else(|| format!("`{}` is not CODE=rate", entry.trim()))?;
-        let currency = Currency::parse(code.trim()).map_err(|e| e.to_string())?;
-        let per_unit = Decimal::from_str_exact(rate.trim())
+    fn of(code: &str, rate: &str) -> Result<Self, String> {
+        let currency = Currency::parse(code).map_err(|e| e.to_string())?;
+        let per_unit = Decimal::from_str_exact(rate)
             .ok()
             .filter(|r| r.is_sign_positive() && !r.is_zero())
             .ok_or_else(|| format!("the rate of {code} is not a positive decimal"))?;

@@ -59,21 +59,14 @@ pub struct Upstream {
 impl Upstream {
     /// A comma-separated list, empty entries skipped.
     pub fn list(entries: &str) -> Result<Vec<Self>, String> {
-        finflow_platform::config::comma_list(entries, Self::parse)
-    }
-
-    pub fn parse(entry: &str) -> Result<Self, String> {
-        let (name, url) = entry
-            .trim()
-            .split_once('=')
-            .ok_or_else(|| format!("`{}` is not name=url", entry.trim()))?;
-        let url = url.trim();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("`{url}` is not an http(s) URL"));
-        }
-        Ok(Self {
-            name: name.trim().to_owned(),
-            url: url.to_owned(),
+        finflow_platform::config::pairs(entries, "name=url", |name, url| {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("`{url}` is not an http(s) URL"));
+            }
+            Ok(Self {
+                name: name.to_owned(),
+                url: url.to_owned(),
+            })
         })
     }
 }

@@ -61,31 +61,10 @@ impl FromStr for TierLimits {
 
     /// `bronze=1000/5000,silver=10000/50000,gold=100000/500000`: per transaction / per day.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let entries =
+            finflow_platform::config::pairs(s, "tier=per_transaction/per_day", tier_limit)?;
         let mut found = [None, None, None];
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (tier, limits) = part
-                .split_once('=')
-                .ok_or_else(|| format!("`{part}` is not tier=per_transaction/per_day"))?;
-            let tier = Tier::parse(tier.trim()).ok_or_else(|| format!("unknown tier `{tier}`"))?;
-            let (tx, day) = limits
-                .split_once('/')
-                .ok_or_else(|| format!("`{limits}` is not per_transaction/per_day"))?;
-            let amount = |v: &str| {
-                Amount::parse(v.trim())
-                    .ok()
-                    .filter(|a| a.is_positive())
-                    .ok_or_else(|| format!("`{v}` is not a positive amount"))
-            };
-            let limit = Limit {
-                per_transaction: amount(tx)?,
-                per_day: amount(day)?,
-            };
-            if limit.per_transaction > limit.per_day {
-                return Err(format!(
-                    "{} per transaction exceeds its daily limit",
-                    tier.as_str()
-                ));
-            }
+        for (tier, limit) in entries {
             found[tier as usize] = Some(limit);
         }
         match found {
@@ -97,6 +76,31 @@ impl FromStr for TierLimits {
             _ => Err("TIER_LIMITS must set bronze, silver and gold".to_owned()),
         }
     }
+}
+
+/// One `tier=per_transaction/per_day` entry of `TIER_LIMITS`.
+fn tier_limit(tier: &str, limits: &str) -> Result<(Tier, Limit), String> {
+    let tier = Tier::parse(tier).ok_or_else(|| format!("unknown tier `{tier}`"))?;
+    let (tx, day) = limits
+        .split_once('/')
+        .ok_or_else(|| format!("`{limits}` is not per_transaction/per_day"))?;
+    let amount = |v: &str| {
+        Amount::parse(v.trim())
+            .ok()
+            .filter(|a| a.is_positive())
+            .ok_or_else(|| format!("`{v}` is not a positive amount"))
+    };
+    let limit = Limit {
+        per_transaction: amount(tx)?,
+        per_day: amount(day)?,
+    };
+    if limit.per_transaction > limit.per_day {
+        return Err(format!(
+            "{} per transaction exceeds its daily limit",
+            tier.as_str()
+        ));
+    }
+    Ok((tier, limit))
 }
 
 #[cfg(test)]
