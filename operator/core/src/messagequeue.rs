@@ -694,23 +694,30 @@ pub fn status_after_failure(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::MessageQueueSpec;
-    use crate::crd::messagequeue::{BindingSpec, QueueSpec};
-    use k8s_openapi::api::apps::v1::StatefulSetStatus;
-    use k8s_openapi::api::batch::v1::JobStatus;
-    use k8s_openapi::jiff::Timestamp;
+/// Fixtures for tests here and in the runtime crate (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod fixtures {
+    use crate::crd::{MessageQueue, MessageQueueSpec};
 
-    fn mq() -> MessageQueue {
-        let spec: MessageQueueSpec = serde_json::from_value(json!({})).unwrap();
+    /// `finflow/events`, generation 1, with every default.
+    pub fn message_queue() -> MessageQueue {
+        let spec: MessageQueueSpec = serde_json::from_value(serde_json::json!({})).unwrap();
         let mut mq = MessageQueue::new("events", spec);
         mq.metadata.namespace = Some("finflow".into());
         mq.metadata.uid = Some("uid-events".into());
         mq.metadata.generation = Some(1);
         mq
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::message_queue as mq;
+    use super::*;
+    use crate::crd::messagequeue::{BindingSpec, QueueSpec};
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use k8s_openapi::api::batch::v1::JobStatus;
+    use k8s_openapi::jiff::Timestamp;
 
     fn now() -> Time {
         Time(Timestamp::from_second(1000).unwrap())

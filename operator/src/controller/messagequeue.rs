@@ -293,17 +293,12 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
 mod tests {
     use super::*;
     use crate::controller::mock::{Expect, Reply, Verifier};
-    use crate::crd::MessageQueueSpec;
     use crate::dns::ClusterDomain;
     use crate::finservice::fixtures::settings;
     use serde_json::json;
 
     fn finalized_mq() -> MessageQueue {
-        let spec: MessageQueueSpec = serde_json::from_value(json!({})).unwrap();
-        let mut mq = MessageQueue::new("events", spec);
-        mq.metadata.namespace = Some("finflow".into());
-        mq.metadata.uid = Some("uid-events".into());
-        mq.metadata.generation = Some(1);
+        let mut mq = crate::messagequeue::fixtures::message_queue();
         mq.metadata.finalizers = Some(vec![FINALIZER.into()]);
         mq
     }
