@@ -1,12 +1,83 @@
-//! What C asks of B's internal API to move money (a transfer applied at most once per
-//! id, a batch of them, the void that makes an unapplied id unusable), and what B tells
+//! What B shows of a wallet (to its owner, and to C with its owner's standing), what C
+//! asks of B's internal API to move money (a transfer applied at most once per id, a
+//! batch of them, the void that makes an unapplied id unusable), and what B tells
 //! everyone (`ledger.entry_posted`, `wallet.*`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::identity::KycStatus;
 use crate::money::{Amount, Currency, Money};
+
+/// A wallet as B shows it; the balance has the currency's decimals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Wallet {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub currency: String,
+    #[cfg_attr(feature = "openapi", schema(example = "1500.00"))]
+    pub balance: String,
+    /// `pending`, `active` or `frozen`.
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Wallet {
+    /// The balance as an amount.
+    pub fn balance(&self) -> Result<Amount, crate::money::MoneyError> {
+        Amount::parse(&self.balance)
+    }
+}
+
+/// `GET /internal/wallets/{id}`: a wallet as C sees it before accepting a payment. The
+/// wallet and, unless asked without (`?standing=false`: the payee's wallet), its owner's
+/// KYC status as A holds it now and what the owner may still send today under their
+/// tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InternalWallet {
+    #[serde(flatten)]
+    pub wallet: Wallet,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_kyc_status: Option<KycStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RemainingLimits>,
+    /// The wallet asked for as `?counterpart=` (alone, without its owner's standing),
+    /// read with this one: absent when not asked, `null` when there is no such user
+    /// wallet.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Wallet>, nullable))]
+    pub counterpart: Option<Option<Wallet>>,
+}
+
+/// A field that is present, even as `null`, is `Some`: `null` says "asked, not found".
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The owner's tier limits as they stand now, across all their wallets, in the
+/// reference currency (a payment's value in it is what they are compared with).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RemainingLimits {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "USD"))]
+    pub currency: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub per_transaction: Amount,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub remaining_today: Amount,
+}
 
 /// What a transfer is for; decides which sides are user wallets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

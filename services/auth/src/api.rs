@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
-use crate::tokens::{self, Issuer, Subject};
+use crate::tokens::{self, Issuer};
 use crate::verification;
 
 /// Settings the handlers need besides connections.
@@ -102,9 +102,10 @@ const USER_COLUMNS: &str =
     "id, email, full_name, phone, kyc_status, account_tier, roles, created_at, updated_at";
 
 impl User {
-    fn subject(&self) -> Subject {
-        Subject {
-            sub: self.id.to_string(),
+    /// The identity its tokens carry.
+    fn identity(&self) -> Identity {
+        Identity {
+            subject: self.id.to_string(),
             email: Some(self.email.clone()),
             roles: self.roles.clone(),
             kyc_status: Some(self.kyc_status),
@@ -486,7 +487,7 @@ async fn start_session(
     let now = Utc::now();
     let access = s
         .issuer
-        .issue(user.subject(), now)
+        .issue(user.identity(), now)
         .map_err(|e| ApiError::internal(&e))?;
     let (refresh_token, hash) = tokens::new_opaque_token();
     let refresh_expires_at =
@@ -653,8 +654,8 @@ async fn service_token(State(s): State<AppState>, Json(req): Json<TokenRequest>)
     let access = s
         .issuer
         .issue(
-            Subject {
-                sub: role.clone(),
+            Identity {
+                subject: role.clone(),
                 email: None,
                 roles: vec![role],
                 kyc_status: None,

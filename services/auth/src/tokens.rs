@@ -7,21 +7,11 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use finflow_contracts::identity::{Audience, TokenClaims};
-use finflow_platform::identity::{KycStatus, Tier};
+use finflow_platform::Identity;
 use jsonwebtoken::{Algorithm, Header};
 use sha2::{Digest, Sha256};
 
 use crate::keys::{JwkSet, Keyring};
-
-/// Who a token is for.
-#[derive(Debug, Clone)]
-pub struct Subject {
-    pub sub: String,
-    pub email: Option<String>,
-    pub roles: Vec<String>,
-    pub kyc_status: Option<KycStatus>,
-    pub tier: Option<Tier>,
-}
 
 /// A signed access token and when it expires.
 #[derive(Debug, Clone)]
@@ -68,15 +58,16 @@ impl Issuer {
         self.with_keyring(|k| k.jwks(now, self.ttl))
     }
 
+    /// A token for `subject`: the identity a sidecar will forward for its bearer.
     pub fn issue(
         &self,
-        subject: Subject,
+        subject: Identity,
         now: DateTime<Utc>,
     ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
         let expires_at =
             now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
         let claims = TokenClaims {
-            sub: subject.sub,
+            sub: subject.subject,
             email: subject.email,
             roles: subject.roles,
             kyc_status: subject.kyc_status.map(|k| k.as_str().to_owned()),
@@ -115,6 +106,7 @@ pub fn hash_opaque_token(token: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use finflow_platform::identity::{KycStatus, Tier};
     use jsonwebtoken::{DecodingKey, Validation};
 
     #[test]
@@ -124,8 +116,8 @@ mod tests {
         let issuer = Issuer::new("iss".into(), "aud".into(), Duration::from_secs(60), ring);
         let token = issuer
             .issue(
-                Subject {
-                    sub: "u1".into(),
+                Identity {
+                    subject: "u1".into(),
                     email: Some("a@b.co".into()),
                     roles: vec!["user".into()],
                     kyc_status: Some(KycStatus::Pending),

@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::settle;
 use crate::waiters::Waiters;
-use crate::wallets::{WalletView, Wallets};
+use crate::wallets::{InternalWallet, Wallets};
 
 /// Settings the handlers need.
 pub struct Settings {
@@ -438,7 +438,7 @@ async fn precheck(
     money: finflow_platform::Money,
     value: Amount,
 ) -> Result<Option<Uuid>, ApiError> {
-    let owned = |w: &WalletView| w.user_id == user;
+    let owned = |w: &InternalWallet| w.wallet.user_id == user;
     let not_found = |id: Uuid| ApiError::not_found(format!("wallet {id} not found"));
     // The owner's standing (B asks A) only for the wallet the money leaves, or a deposit
     // enters; of a transfer's destination C needs whose it is, its currency and status,
@@ -465,7 +465,13 @@ async fn precheck(
                 .take()
                 .ok_or_else(|| ApiError::dependency("wallet", &"no counterpart in the answer"))?
                 .ok_or_else(|| not_found(to))?;
-            (Some(view), Some(*payee))
+            let payee = InternalWallet {
+                wallet: payee,
+                owner_kyc_status: None,
+                limits: None,
+                counterpart: None,
+            };
+            (Some(view), Some(payee))
         }
         (_, Some(from), None) => (
             Some(wallets.get(from).await.map_err(|e| found(from, e))?),
@@ -487,7 +493,7 @@ async fn precheck(
     };
     if let Some(w) = own {
         if !owned(w) {
-            return Err(not_found(w.id));
+            return Err(not_found(w.wallet.id));
         }
         // As A knows it now: a verification revoked since the token was issued counts.
         if w.owner_kyc_status != Some(KycStatus::Verified) {
@@ -504,7 +510,7 @@ async fn precheck(
             "a transfer needs two different wallets",
         ));
     }
-    for w in from.iter().chain(to.iter()) {
+    for w in from.iter().chain(to.iter()).map(|w| &w.wallet) {
         if w.currency != money.currency().code() {
             return Err(ApiError::invalid_field(
                 "currency",
@@ -525,10 +531,14 @@ async fn precheck(
         }
     }
     if let Some(from) = &from {
-        if from.balance < money.amount() {
+        let balance = from
+            .wallet
+            .balance()
+            .map_err(|e| ApiError::dependency("wallet", &e))?;
+        if balance < money.amount() {
             return Err(
                 ApiError::new(ErrorCode::InsufficientFunds, "insufficient funds")
-                    .with_details(serde_json::json!({ "wallet_id": from.id })),
+                    .with_details(serde_json::json!({ "wallet_id": from.wallet.id })),
             );
         }
         let over = |which: &str, limit: Amount| {
@@ -549,7 +559,7 @@ async fn precheck(
             return Err(over("daily", limits.remaining_today));
         }
     }
-    Ok(to.map(|w| w.user_id))
+    Ok(to.map(|w| w.wallet.user_id))
 }
 
 /// A payment the caller may see: theirs, or any for `ops`. Anything else is 404.
@@ -632,7 +642,7 @@ async fn not_their_own(
     let payee = match (row.payee_user_id, row.kind()?, row.to_wallet_id) {
         (Some(payee), _, _) => Some(payee),
         (None, Kind::Transfer, Some(to)) if row.user_id != me => {
-            Some(wallets.get_alone(to).await?.user_id)
+            Some(wallets.get_alone(to).await?.wallet.user_id)
         }
         _ => None,
     };

@@ -1,46 +1,11 @@
 //! What C asks B: wallets before accepting, transfers when working, voids when sweeping.
 
+pub use finflow_contracts::wallet::{InternalWallet, TransferRequest, VoidOutcome};
 use finflow_contracts::wallet::{TransferBatch, VoidRequest};
-pub use finflow_contracts::wallet::{TransferRequest, VoidOutcome};
+use finflow_platform::ApiError;
 use finflow_platform::client::ServiceClient;
-use finflow_platform::identity::KycStatus;
-use finflow_platform::{Amount, ApiError};
 use serde::Deserialize;
 use uuid::Uuid;
-
-/// B's internal view of a wallet.
-#[derive(Debug, Clone, Deserialize)]
-pub struct WalletView {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub currency: String,
-    pub balance: Amount,
-    pub status: String,
-    /// Absent when asked without the owner's standing ([`Wallets::get_alone`]).
-    pub owner_kyc_status: Option<KycStatus>,
-    pub limits: Option<Limits>,
-    /// The wallet asked for with it ([`Wallets::get_with`]): `Some(None)` when B has no
-    /// such wallet.
-    #[serde(default, deserialize_with = "present")]
-    pub counterpart: Option<Option<Box<WalletView>>>,
-}
-
-/// A field that is present, even as `null`, is `Some`: `null` says "asked, not found".
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
-/// The owner's limits across their wallets, in the reference currency `currency`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Limits {
-    pub currency: String,
-    pub per_transaction: Amount,
-    pub remaining_today: Amount,
-}
 
 #[derive(Clone)]
 pub struct Wallets {
@@ -53,20 +18,20 @@ impl Wallets {
     }
 
     /// The wallet with its owner's standing (KYC, remaining limits), which B asks A for.
-    pub async fn get(&self, id: Uuid) -> Result<WalletView, ApiError> {
+    pub async fn get(&self, id: Uuid) -> Result<InternalWallet, ApiError> {
         self.client.get(&format!("/internal/wallets/{id}")).await
     }
 
     /// The wallet with its owner's standing, and `counterpart` alone (a transfer's
     /// payee) read in the same query: one call to B to accept a transfer.
-    pub async fn get_with(&self, id: Uuid, counterpart: Uuid) -> Result<WalletView, ApiError> {
+    pub async fn get_with(&self, id: Uuid, counterpart: Uuid) -> Result<InternalWallet, ApiError> {
         self.client
             .get(&format!("/internal/wallets/{id}?counterpart={counterpart}"))
             .await
     }
 
     /// The wallet alone: whose it is, its currency and status (a payee's wallet).
-    pub async fn get_alone(&self, id: Uuid) -> Result<WalletView, ApiError> {
+    pub async fn get_alone(&self, id: Uuid) -> Result<InternalWallet, ApiError> {
         self.client
             .get(&format!("/internal/wallets/{id}?standing=false"))
             .await

@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorBody, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::fx::Rates;
-use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -21,6 +20,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use finflow_contracts::wallet::{BATCH_MAX, TransferBatch, VoidRequest, WalletEvent};
+pub use finflow_contracts::wallet::{InternalWallet, RemainingLimits, Wallet};
 
 use crate::ledger::{self, Applied, Spend, TransferRequest, TransferResult};
 use crate::limits::TierLimits;
@@ -89,20 +89,6 @@ struct WalletRow {
     balance: Amount,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
-}
-
-/// A wallet as the API shows it; the balance has the currency's decimals.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Wallet {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub currency: String,
-    #[schema(example = "1500.00")]
-    pub balance: String,
-    /// `pending`, `active` or `frozen`.
-    pub status: String,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
 }
 
 impl WalletRow {
@@ -471,25 +457,6 @@ fn decode_cursor(c: &str) -> Option<i64> {
     Some(i64::from_be_bytes(bytes))
 }
 
-/// A wallet as C sees it before accepting a payment: the wallet and, unless asked
-/// without (`?standing=false`: the payee's wallet), its owner's KYC status as A holds
-/// it now and what the owner may still send today under their tier.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct InternalWallet {
-    #[serde(flatten)]
-    pub wallet: Wallet,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner_kyc_status: Option<KycStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<RemainingLimits>,
-    /// The wallet asked for as `?counterpart=` (alone, without its owner's standing),
-    /// read with this one: absent when not asked, `null` when there is no such user
-    /// wallet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Wallet>, nullable)]
-    pub counterpart: Option<Option<Wallet>>,
-}
-
 /// The query of `GET /internal/wallets/{id}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -500,18 +467,6 @@ struct StandingQuery {
     /// The other wallet of a payment, read in the same query: C's one call to accept a
     /// transfer.
     counterpart: Option<Uuid>,
-}
-
-/// The owner's tier limits as they stand now, across all their wallets, in the
-/// reference currency (a payment's value in it is what they are compared with).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RemainingLimits {
-    #[schema(value_type = String, example = "USD")]
-    pub currency: String,
-    #[schema(value_type = String)]
-    pub per_transaction: Amount,
-    #[schema(value_type = String)]
-    pub remaining_today: Amount,
 }
 
 #[utoipa::path(get, path = "/internal/wallets/{id}", tag = "internal",

@@ -5,6 +5,8 @@
 mod common;
 
 use common::{Stand, assert_forbidden};
+use finflow_contracts::identity::KycStatus;
+use finflow_contracts::wallet::InternalWallet;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -244,6 +246,16 @@ async fn c_reads_a_payer_s_standing_and_the_payee_s_wallet_in_one_call() {
             && body["data"]["counterpart"].get("limits").is_none(),
         "the payee's standing is not C's business: {body}"
     );
+    // C reads this answer as the contract's type: the same wallets, standing and limits.
+    let read = |body: &serde_json::Value| -> InternalWallet {
+        serde_json::from_value(body["data"].clone()).expect("B's answer is the contract's")
+    };
+    let answer = read(&body);
+    assert_eq!(answer.wallet.id, from);
+    assert_eq!(answer.owner_kyc_status, Some(KycStatus::Verified));
+    assert!(answer.limits.is_some(), "{body}");
+    let counterpart = answer.counterpart.expect("asked").expect("found");
+    assert_eq!((counterpart.id, counterpart.user_id), (to, payee));
 
     // A payee B does not have is `null`; the payer's wallet is still answered.
     let nowhere = Uuid::now_v7();
@@ -251,11 +263,17 @@ async fn c_reads_a_payer_s_standing_and_the_payee_s_wallet_in_one_call() {
     assert_eq!(status, 200, "{body}");
     assert!(body["data"]["counterpart"].is_null(), "{body}");
     assert_eq!(body["data"]["id"], json!(from), "{body}");
+    assert_eq!(
+        read(&body).counterpart,
+        Some(None),
+        "asked, not found: {body}"
+    );
 
     // Not asked: no field at all.
     let (status, body) = ask(from.to_string()).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["data"].get("counterpart").is_none(), "{body}");
+    assert_eq!(read(&body).counterpart, None, "not asked: {body}");
 
     // The payer's wallet missing is 404, whatever the counterpart.
     let (status, body) = ask(format!("{nowhere}?counterpart={to}")).await;

@@ -12,8 +12,10 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use finflow_payment::Payment;
 use finflow_payment::wallets::Wallets;
+use finflow_platform::Amount;
 use finflow_platform::cache;
 use finflow_platform::client::{ServiceClient, TokenSource};
+use finflow_platform::identity::KycStatus;
 use finflow_platform::testing::TestService;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -152,9 +154,15 @@ async fn fake_wallet(
         }
     };
     let wallets = f.wallets.lock().unwrap().clone();
-    let alone = |id: Uuid, w: &FakeWallet| {
-        json!({ "id": id, "user_id": w.owner, "currency": w.currency, "balance": "100000",
-            "status": "active" })
+    // Answers are the contract's types, so this B cannot say what the real one cannot.
+    let alone = |id: Uuid, w: &FakeWallet| finflow_contracts::wallet::Wallet {
+        id,
+        user_id: w.owner,
+        currency: w.currency.to_owned(),
+        balance: "100000".to_owned(),
+        status: "active".to_owned(),
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
     };
     let standing = query.get("standing").map(String::as_str) != Some("false");
     if standing {
@@ -167,18 +175,19 @@ async fn fake_wallet(
             "wallet not found",
         );
     };
-    let mut data = alone(id, w);
     // Limits as B states them: in the reference currency, USD. Without standing, as B
     // answers then: the wallet alone.
-    if standing {
-        data["owner_kyc_status"] = json!(w.owner_kyc_status);
-        data["limits"] =
-            json!({ "currency": "USD", "per_transaction": "20000", "remaining_today": "50000" });
-    }
-    // Read with it, alone; `null` when B has no such wallet.
-    if let Some(other) = counterpart {
-        data["counterpart"] = wallets.get(&other).map_or(Value::Null, |o| alone(other, o));
-    }
+    let data = finflow_contracts::wallet::InternalWallet {
+        wallet: alone(id, w),
+        owner_kyc_status: standing.then(|| KycStatus::parse(w.owner_kyc_status).unwrap()),
+        limits: standing.then(|| finflow_contracts::wallet::RemainingLimits {
+            currency: "USD".to_owned(),
+            per_transaction: Amount::parse("20000").unwrap(),
+            remaining_today: Amount::parse("50000").unwrap(),
+        }),
+        // Read with it, alone; `null` when B has no such wallet.
+        counterpart: counterpart.map(|other| wallets.get(&other).map(|o| alone(other, o))),
+    };
     axum::Json(json!({ "success": true, "data": data })).into_response()
 }
 
