@@ -8,6 +8,8 @@ pub struct ServiceInfo {
     pub module: &'static str,
     /// Its name: events' `source`, logs, its database, its binary `finflow-<name>`.
     pub name: &'static str,
+    /// Its OpenAPI document's title.
+    pub title: &'static str,
     /// What it does, as its `--help` and its OpenAPI document say.
     pub about: &'static str,
     /// Its sidecar's port (the service's public port) and its app's (loopback only).
@@ -26,6 +28,7 @@ pub const GATEWAY_PORT: u16 = 8000;
 pub const AUTH: ServiceInfo = ServiceInfo {
     module: "a",
     name: "auth",
+    title: "FinFlow auth (A)",
     about: "Identity, sessions and the JWT issuer",
     sidecar_port: 8001,
     app_port: 9001,
@@ -36,6 +39,7 @@ pub const AUTH: ServiceInfo = ServiceInfo {
 pub const WALLET: ServiceInfo = ServiceInfo {
     module: "b",
     name: "wallet",
+    title: "FinFlow wallet (B)",
     about: "Wallets, balances and the double-entry ledger",
     sidecar_port: 8002,
     app_port: 9002,
@@ -46,7 +50,8 @@ pub const WALLET: ServiceInfo = ServiceInfo {
 pub const PAYMENT: ServiceInfo = ServiceInfo {
     module: "c",
     name: "payment",
-    about: "Idempotent payments, each applied exactly once",
+    title: "FinFlow payment (C)",
+    about: "Idempotent payments applied exactly once",
     sidecar_port: 8003,
     app_port: 9003,
     depends_on: &["b"],
@@ -56,6 +61,7 @@ pub const PAYMENT: ServiceInfo = ServiceInfo {
 pub const NOTIFICATION: ServiceInfo = ServiceInfo {
     module: "d",
     name: "notification",
+    title: "FinFlow notification (D)",
     about: "Email, webhooks and in-app notifications",
     sidecar_port: 8004,
     app_port: 9004,
@@ -66,6 +72,7 @@ pub const NOTIFICATION: ServiceInfo = ServiceInfo {
 pub const KYC: ServiceInfo = ServiceInfo {
     module: "e",
     name: "kyc",
+    title: "FinFlow KYC/AML (E)",
     about: "KYC documents and AML monitoring",
     sidecar_port: 8005,
     app_port: 9005,
@@ -76,6 +83,7 @@ pub const KYC: ServiceInfo = ServiceInfo {
 pub const REPORTING: ServiceInfo = ServiceInfo {
     module: "f",
     name: "reporting",
+    title: "FinFlow reporting (F)",
     about: "Reports from read models, and the dashboard",
     sidecar_port: 8006,
     app_port: 9006,
@@ -88,24 +96,15 @@ pub const REPORTING: ServiceInfo = ServiceInfo {
 pub const SERVICES: [ServiceInfo; 6] = [AUTH, WALLET, PAYMENT, NOTIFICATION, KYC, REPORTING];
 
 impl ServiceInfo {
-    /// Its letter, as the design names it (`A`..`F`).
-    pub fn letter(&self) -> String {
-        self.module.to_ascii_uppercase()
-    }
-
-    /// What its `--help` says it is.
+    /// What its `--help` says it is: "FinFlow service A (auth). Identity, sessions and
+    /// the JWT issuer."
     pub fn help(&self) -> String {
         format!(
-            "FinFlow service {} ({}): {}",
-            self.letter(),
+            "FinFlow service {} ({}). {}.",
+            self.module.to_ascii_uppercase(),
             self.name,
             self.about
         )
-    }
-
-    /// Its OpenAPI document's title.
-    pub fn title(&self) -> String {
-        format!("FinFlow {} ({})", self.name, self.letter())
     }
 }
 
@@ -134,6 +133,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_service_s_title_and_help_name_it_by_its_letter() {
+        for s in &SERVICES {
+            let letter = s.module.to_ascii_uppercase();
+            assert!(s.title.ends_with(&format!(" ({letter})")), "{}", s.title);
+            assert!(
+                s.help()
+                    .starts_with(&format!("FinFlow service {letter} ({}). ", s.name)),
+                "{}",
+                s.help()
+            );
+        }
+        assert_eq!(
+            WALLET.help(),
+            "FinFlow service B (wallet). Wallets, balances and the double-entry ledger."
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! six services, their ports, dependencies and gateway routes ([`catalog`]), the
 //! identity a sidecar forwards and the token claims it verifies ([`identity`]), money
 //! as it travels and is stored ([`money`]), E's KYC and AML decisions ([`kyc`]), A's account events ([`user`]), the names of the events services publish
-//! ([`events`]) and the payments they carry ([`payment`]), the transfers C asks B
-//! for ([`wallet`]), and the sidecar's configuration
+//! ([`events`]) and the payments they carry ([`payment`]), a wallet as B shows it and
+//! the transfers C asks B for ([`wallet`]), and the sidecar's configuration
 //! file that the operator writes ([`sidecar`]). No IO: the operator's pure core links
 //! this crate too.
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::identity::KycStatus;
 use crate::money::{Amount, Currency, Money};
 
-/// A wallet as B shows it; the balance has the currency's decimals.
+/// A wallet as the API shows it; the balance has the currency's decimals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Wallet {
@@ -32,10 +32,9 @@ impl Wallet {
     }
 }
 
-/// `GET /internal/wallets/{id}`: a wallet as C sees it before accepting a payment. The
-/// wallet and, unless asked without (`?standing=false`: the payee's wallet), its owner's
-/// KYC status as A holds it now and what the owner may still send today under their
-/// tier.
+/// A wallet as C sees it before accepting a payment: the wallet and, unless asked
+/// without (`?standing=false`: the payee's wallet), its owner's KYC status as A holds it
+/// now and what the owner may still send today under their tier.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InternalWallet {

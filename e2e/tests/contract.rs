@@ -65,6 +65,15 @@ async fn every_service_answers_fuzzed_requests_as_its_published_document_says() 
     for service in platform.services.iter().filter(|s| selected(s.name)) {
         let document = body_of(http.get(format!("{}/openapi.json", service.sidecar_url))).await;
         let published: serde_json::Value = serde_json::from_str(&document).unwrap();
+        // Named and described as the catalog says, like its `--help`.
+        let entry = finflow_contracts::catalog::named(service.name).expect("a catalog service");
+        assert_eq!(published["info"]["title"], entry.title, "{}", service.name);
+        assert_eq!(
+            published["info"]["description"],
+            format!("{}.", entry.about),
+            "{}",
+            service.name
+        );
         for path in published["paths"].as_object().expect("paths").keys() {
             assert!(
                 merged_paths.contains_key(path),

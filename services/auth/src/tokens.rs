@@ -58,20 +58,20 @@ impl Issuer {
         self.with_keyring(|k| k.jwks(now, self.ttl))
     }
 
-    /// A token for `subject`: the identity a sidecar will forward for its bearer.
+    /// A token for `identity`: what a sidecar will forward as its bearer's identity.
     pub fn issue(
         &self,
-        subject: Identity,
+        identity: Identity,
         now: DateTime<Utc>,
     ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
         let expires_at =
             now + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
         let claims = TokenClaims {
-            sub: subject.subject,
-            email: subject.email,
-            roles: subject.roles,
-            kyc_status: subject.kyc_status.map(|k| k.as_str().to_owned()),
-            tier: subject.tier.map(|t| t.as_str().to_owned()),
+            sub: identity.subject,
+            email: identity.email,
+            roles: identity.roles,
+            kyc_status: identity.kyc_status.map(|k| k.as_str().to_owned()),
+            tier: identity.tier.map(|t| t.as_str().to_owned()),
             iss: self.issuer.clone(),
             aud: Audience::One(self.audience.clone()),
             iat: now.timestamp(),

@@ -1,6 +1,5 @@
 //! HTTP handlers of service E.
 
-use finflow_contracts::catalog;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +8,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use finflow_contracts::catalog;
 use finflow_contracts::identity;
 use finflow_contracts::kyc::{AmlDecision, KycDecision, KycUpdated};
 use finflow_platform::client::ServiceClient;

@@ -22,8 +22,9 @@
 //!   common config, start-up, background tasks, serving and shutdown.
 //! - [`telemetry`]: logs, OpenTelemetry traces (exported when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set), `traceparent` through HTTP and AMQP.
-//! - [`testing`]: an SMTP sink for tests and local runs, and `TestService`, which starts
-//!   a service as its binary does against a fresh database and vhost.
+//! - [`testing`]: an SMTP sink for tests and local runs, `TestService`, which starts a
+//!   service as its binary does against a fresh database and vhost, and `load`, which
+//!   parses a service's configuration as its `main` does.
 //!
 //! Features keep each binary to what it uses: `db` (sqlx), `events` (lapin; with `db`,
 //! and the [`service`] runner), `cache` (redis), `testing` (the test harness: the SMTP

@@ -193,7 +193,7 @@ pub async fn run<S: Service>(
         health,
     };
     let mut api = S::start(&settings, &mut start).await?;
-    api.openapi.info.title = S::INFO.title();
+    api.openapi.info.title = S::INFO.title.to_owned();
     api.openapi.info.description = Some(format!("{}.", S::INFO.about));
     let Start {
         service,

@@ -1,6 +1,5 @@
 //! HTTP handlers of service B.
 
-use finflow_contracts::catalog;
 use std::sync::Arc;
 
 use axum::Router;
@@ -10,6 +9,7 @@ use axum::routing::{get, post, put};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use finflow_contracts::catalog;
 use finflow_platform::error::{self, ErrorBody, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::fx::Rates;
