@@ -760,7 +760,7 @@ impl Platform {
             ],
             "wallet" => {
                 let mut env = self.client_env(spec.name);
-                // Room for the seed journeys (a 1500 transfer) on a new bronze account.
+                // Room for the e2e journeys (a 1500 transfer) on a new bronze account.
                 env.push((
                     "TIER_LIMITS".to_owned(),
                     "bronze=5000/50000,silver=20000/200000,gold=100000/1000000".to_owned(),

@@ -1,6 +1,7 @@
-//! Payment journeys through the gateway: the Nivo seed's flows 3-5, the FinFlow seed's
-//! Test 2, a double click, a worker that keeps getting killed, and a payment API killed
-//! holding a key.
+//! Payment journeys through the gateway: deposit, transfer and withdrawal with an
+//! overdraft refused, a frozen wallet, a double click (one key sent twenty times), a
+//! worker that keeps getting killed, the broker and B out of reach, and a payment API
+//! killed holding a key.
 
 use std::collections::HashMap;
 use std::time::Duration;

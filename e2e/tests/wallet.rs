@@ -1,5 +1,6 @@
-//! Wallet journeys through the gateway: the FinFlow seed's Test 1 (KYC cascade), the
-//! ledger history with its cursor, and freezing by `ops`.
+//! Wallet journeys through the gateway: the KYC cascade (a verification opens wallet
+//! creation for the same token), the ledger history with its cursor, and freezing by
+//! `ops`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -393,7 +394,8 @@ async fn ops_can_freeze_and_reactivate_anyone_s_wallet_but_another_user_cannot()
         .await;
     assert_eq!(missing.error(StatusCode::NOT_FOUND), "NOT_FOUND");
 
-    // Ops reactivates it (the bare-string body the seed's scripts send); money moves again.
+    // Ops reactivates it with a bare JSON string as the body (`"active"`, which the
+    // status endpoint accepts beside `{"status": ...}`); money moves again.
     let active = ops.client.put(&status, json!("active")).await;
     assert_eq!(active.data(StatusCode::OK)["status"], "active");
     assert_eq!(

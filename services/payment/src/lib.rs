@@ -1,6 +1,6 @@
 //! Service C, payment: idempotent payments applied exactly once through RabbitMQ.
 //!
-//! The model (the PayFlow seed's story):
+//! The model:
 //! - `POST /api/v1/payments/{transfer,deposit,withdrawal}` needs an `Idempotency-Key`.
 //!   Redis answers duplicates at the door ([`idempotency`]); the payments table's unique
 //!   key is the ground truth. The request is checked against B at once (ownership,
@@ -194,8 +194,8 @@ impl Service for Payment {
     }
 }
 
-/// Publishes the work queue's depth (PayFlow's "number that tells the truth") as
-/// `finflow_payment_queue_depth`.
+/// Publishes the work queue's depth as `finflow_payment_queue_depth`: how many payments
+/// wait for the worker, the figure that shows whether it keeps up.
 async fn watch_queue_depth(amqp_url: SecretString, stop: CancellationToken) {
     events::depth::watch(
         amqp_url,

@@ -15,7 +15,7 @@
 //!   offline. It draws volume by day, payments by status, the KYC funnel and the event
 //!   pipeline's state as SVG.
 //! - `/health` shows every dependency: database, RabbitMQ, and the services whose events
-//!   F depends on (the FinFlow seed: "Reporting shows ALL dependencies").
+//!   F depends on, so the dashboard shows every dependency's state, not only its own.
 
 pub mod projections;
 pub mod reports;

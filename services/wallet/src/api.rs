@@ -255,8 +255,8 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
 /// The services `/internal/*` opens to: payments are C's alone.
 const PAYMENT_SERVICE: &[&str] = &["payment"];
 
-/// The body of `PUT .../status`: `{"status": "frozen"}`, or the bare string `"frozen"`
-/// (the FinFlow seed's scripts send that).
+/// The body of `PUT .../status`: `{"status": "frozen"}`, or the bare string `"frozen"`;
+/// both are accepted.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum StatusChange {
