@@ -6,11 +6,9 @@ use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
 use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
@@ -22,7 +20,10 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
+use utoipa::OpenApi as _;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
@@ -50,38 +51,24 @@ pub struct AppState {
 /// The OpenAPI document of these routes; its title and description come from the
 /// service catalog ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(
-        register,
-        verify,
-        login,
-        refresh,
-        logout,
-        service_token,
-        me,
-        update_me,
-        internal_user,
-        internal_users,
-        crate::kyc::set_kyc,
-        jwks
-    ),
-    components(schemas(GrantType, RegistrationStatus))
-)]
+#[openapi(components(schemas(GrantType, RegistrationStatus)))]
 pub(crate) struct ApiDoc;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/verify", post(verify))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/refresh", post(refresh))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/auth/token", post(service_token))
-        .route("/api/v1/users/me", get(me).put(update_me))
-        .route("/internal/users/{id}", get(internal_user))
-        .route("/internal/users/lookup", post(internal_users))
-        .route("/.well-known/jwks.json", get(jwks))
-        .with_state(state)
+/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
+/// written, once, so the routes and the OpenAPI document cannot differ.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(register))
+        .routes(routes!(verify))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(service_token))
+        .routes(routes!(me, update_me))
+        .routes(routes!(internal_user))
+        .routes(routes!(internal_users))
+        .routes(routes!(crate::kyc::set_kyc))
+        .routes(routes!(jwks))
 }
 
 /// A user as the API shows it.

@@ -6,9 +6,7 @@
 //! follows through the outbox (so a decision made while A was down still arrives). Each
 //! carries E's decision time, and only a newer decision replaces the stored one.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::put;
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path};
 use serde::Serialize;
@@ -20,12 +18,6 @@ use crate::api::AppState;
 
 /// The services that may set a user's KYC status: E alone.
 const KYC_SERVICE: &[&str] = &["kyc"];
-
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/internal/users/{id}/kyc", put(set_kyc))
-        .with_state(state)
-}
 
 /// A KYC decision as E sends it (also the decision in `user.kyc_updated`).
 pub use finflow_contracts::kyc::KycDecision as Decision;

@@ -48,7 +48,6 @@ use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
-use utoipa::OpenApi;
 
 /// Service A's migrations (`migrations/auth`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/auth");
@@ -242,8 +241,7 @@ impl Service for Auth {
             issuer,
             settings: Arc::new(settings),
         };
-        let router = api::router(state.clone()).merge(kyc::router(state));
-        Ok(Api::new(router, api::ApiDoc::openapi()))
+        Ok(Api::of(api::routes(), state))
     }
 }
 

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
 use finflow_contracts::identity;
@@ -17,7 +15,11 @@ use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
+use utoipa::OpenApi as _;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::router::UtoipaMethodRouterExt;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::documents::{Checked, Submission, SubmissionShape};
@@ -44,33 +46,28 @@ pub const SUBMIT_BODY_BYTES: usize = crate::documents::MAX_DOCUMENT_BYTES / 3 * 
 /// The OpenAPI document of these routes; its title and description come from the
 /// service catalog ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(submit, status, review, revoke, alerts, clear, flag),
-    components(schemas(
-        AlertStatus,
-        crate::documents::Upload,
-        crate::documents::PassportType,
-        crate::documents::NationalIdType,
-        crate::documents::DrivingLicenseType
-    ))
-)]
+#[openapi(components(schemas(
+    AlertStatus,
+    crate::documents::Upload,
+    crate::documents::PassportType,
+    crate::documents::NationalIdType,
+    crate::documents::DrivingLicenseType
+)))]
 pub(crate) struct ApiDoc;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
+/// written, once, so the routes and the OpenAPI document cannot differ.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         // A document travels base64 in JSON: 4/3 of its bytes plus the other fields,
         // more than the platform's default body limit allows.
-        .route(
-            "/api/v1/kyc/submit",
-            post(submit).layer(DefaultBodyLimit::max(SUBMIT_BODY_BYTES)),
-        )
-        .route("/api/v1/kyc/status", get(status))
-        .route("/api/v1/kyc/{id}/review", post(review))
-        .route("/api/v1/kyc/users/{user_id}/revoke", post(revoke))
-        .route("/api/v1/aml/alerts", get(alerts))
-        .route("/api/v1/aml/alerts/{id}/clear", post(clear))
-        .route("/api/v1/aml/alerts/{id}/flag", post(flag))
-        .with_state(state)
+        .routes(routes!(submit).layer(DefaultBodyLimit::max(SUBMIT_BODY_BYTES)))
+        .routes(routes!(status))
+        .routes(routes!(review))
+        .routes(routes!(revoke))
+        .routes(routes!(alerts))
+        .routes(routes!(clear))
+        .routes(routes!(flag))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]

@@ -29,7 +29,6 @@ use finflow_platform::fx::FxConfig;
 use finflow_platform::health;
 use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
-use utoipa::OpenApi;
 
 /// Service E's migrations (`migrations/kyc`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/kyc");
@@ -117,7 +116,7 @@ impl Service for Kyc {
                 auto_approve: config.kyc_auto_approve,
             }),
         };
-        Ok(Api::new(api::router(state), api::ApiDoc::openapi()))
+        Ok(Api::of(api::routes(), state))
     }
 }
 

@@ -1,15 +1,16 @@
 //! HTTP handlers of service D.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::OpenApi as _;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -22,33 +23,19 @@ pub struct AppState {
 /// The OpenAPI document of these routes; its title and description come from the
 /// service catalog ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(
-        list,
-        mark_read,
-        preferences,
-        set_preference,
-        deliveries,
-        create_webhook,
-        list_webhooks,
-        delete_webhook
-    ),
-    components(schemas(EventType))
-)]
+#[openapi(components(schemas(EventType)))]
 pub(crate) struct ApiDoc;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/notifications", get(list))
-        .route("/api/v1/notifications/{id}/read", post(mark_read))
-        .route(
-            "/api/v1/notifications/preferences",
-            get(preferences).put(set_preference),
-        )
-        .route("/api/v1/notifications/deliveries", get(deliveries))
-        .route("/api/v1/webhooks", post(create_webhook).get(list_webhooks))
-        .route("/api/v1/webhooks/{id}", delete(delete_webhook))
-        .with_state(state)
+/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
+/// written, once, so the routes and the OpenAPI document cannot differ.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list))
+        .routes(routes!(mark_read))
+        .routes(routes!(preferences, set_preference))
+        .routes(routes!(deliveries))
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(delete_webhook))
 }
 
 #[derive(Serialize, ToSchema, sqlx::FromRow)]

@@ -32,7 +32,6 @@ use finflow_platform::config::Validate;
 use finflow_platform::service::{Api, Service, Start};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use sqlx::migrate::Migrator;
-use utoipa::OpenApi;
 
 /// Service D's migrations (`migrations/notification`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/notification");
@@ -164,7 +163,7 @@ impl Service for Notification {
             pool: start.pool.clone(),
             policy,
         };
-        Ok(Api::new(api::router(state), api::ApiDoc::openapi()))
+        Ok(Api::of(api::routes(), state))
     }
 }
 

@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{SubsecRound, Utc};
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::outbox;
@@ -16,7 +14,10 @@ use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::OpenApi as _;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::idempotency::{Claim, Keys, Stored};
@@ -53,22 +54,20 @@ pub struct AppState {
 /// The OpenAPI document of these routes; its title and description come from the
 /// service catalog ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(transfer, deposit, withdrawal, list, get_one, reverse, release),
-    components(schemas(finflow_platform::Currency))
-)]
+#[openapi(components(schemas(finflow_platform::Currency)))]
 pub(crate) struct ApiDoc;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/payments/transfer", post(transfer))
-        .route("/api/v1/payments/deposit", post(deposit))
-        .route("/api/v1/payments/withdrawal", post(withdrawal))
-        .route("/api/v1/payments", get(list))
-        .route("/api/v1/payments/{id}", get(get_one))
-        .route("/api/v1/payments/{id}/reverse", post(reverse))
-        .route("/api/v1/payments/{id}/release", post(release))
-        .with_state(state)
+/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
+/// written, once, so the routes and the OpenAPI document cannot differ.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(transfer))
+        .routes(routes!(deposit))
+        .routes(routes!(withdrawal))
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(reverse))
+        .routes(routes!(release))
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

@@ -163,12 +163,11 @@ impl Service for Payment {
             start.spawn(watch_queue_depth(amqp, start.stop_token()));
         }
         let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
-        let mut doc = api::ApiDoc::openapi();
-        rates.document(&mut doc);
         start.critical("redis", health::Redis(redis.clone()));
         start.optional("wallet", health::Upstream::new(&config.wallet_url));
-        let api_routes = if config.role == Role::Worker {
-            axum::Router::new()
+        // A worker serves no API, so its document lists no operation.
+        let mut served = if config.role == Role::Worker {
+            Api::new(axum::Router::new(), api::ApiDoc::openapi())
         } else {
             let waiters = waiters::Waiters::new(config.max_prefer_waiters);
             start.spawn(
@@ -176,7 +175,7 @@ impl Service for Payment {
                     .clone()
                     .listen(start.pool.clone(), start.stop_token()),
             );
-            api::router(api::AppState {
+            let state = api::AppState {
                 pool: start.pool.clone(),
                 keys: idempotency::Keys::new(redis),
                 wallets,
@@ -187,10 +186,12 @@ impl Service for Payment {
                     duplicate_wait: Duration::from_secs(5),
                 }),
                 waiters,
-            })
+            };
+            Api::of(api::routes(), state)
         };
+        rates.document(&mut served.openapi);
         tracing::info!(role = ?config.role, "payment starting");
-        Ok(Api::new(api_routes, doc))
+        Ok(served)
     }
 }
 

@@ -19,6 +19,7 @@ use sqlx::migrate::Migrator;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
 
 use finflow_contracts::catalog::ServiceInfo;
 
@@ -96,6 +97,15 @@ pub struct Api {
 
 impl Api {
     pub fn new(router: Router, openapi: utoipa::openapi::OpenApi) -> Self {
+        Self { router, openapi }
+    }
+}
+
+impl Api {
+    /// A service's route table given its state: the routes, and the document their
+    /// handlers' `#[utoipa::path]`s make (where each path is written, once).
+    pub fn of<S: Clone + Send + Sync + 'static>(routes: OpenApiRouter<S>, state: S) -> Self {
+        let (router, openapi) = routes.with_state(state).split_for_parts();
         Self { router, openapi }
     }
 }

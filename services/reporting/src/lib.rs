@@ -26,7 +26,6 @@ use finflow_platform::config::Validate;
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
-use utoipa::OpenApi;
 
 /// Service F's migrations (`migrations/reporting`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/reporting");
@@ -126,7 +125,7 @@ impl Service for Reporting {
             pool: start.pool.clone(),
             queues,
         };
-        Ok(Api::new(reports::router(state), reports::ApiDoc::openapi()))
+        Ok(Api::of(reports::routes(), state))
     }
 }
 

@@ -2,7 +2,6 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
@@ -13,7 +12,10 @@ use finflow_platform::events::depth::QueueDepth;
 use finflow_platform::{Amount, ApiError, ApiResult, Identity, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::OpenApi as _;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -54,22 +56,21 @@ impl QueueHealth {
 /// The OpenAPI document of these routes; its title and description come from the
 /// service catalog ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(transactions, users, compliance, summary, statement),
-    components(schemas(ReportFormat))
-)]
+#[openapi(components(schemas(ReportFormat)))]
 pub(crate) struct ApiDoc;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/reports/transactions", get(transactions))
-        .route("/api/v1/reports/users", get(users))
-        .route("/api/v1/reports/compliance", get(compliance))
-        .route("/api/v1/reports/summary", get(summary))
-        .route("/api/v1/reports/me/statement", get(statement))
+/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
+/// written, once, so the routes and the OpenAPI document cannot differ.
+/// The dashboard's page and script are not API.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(transactions))
+        .routes(routes!(users))
+        .routes(routes!(compliance))
+        .routes(routes!(summary))
+        .routes(routes!(statement))
         .route("/dashboard", get(dashboard))
         .route("/dashboard/app.js", get(dashboard_js))
-        .with_state(state)
 }
 
 /// The reporting period: `from` inclusive, `to` exclusive; defaults to the last 30 days.

@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -16,7 +14,9 @@ use finflow_platform::fx::Rates;
 use finflow_platform::{Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::ToSchema;
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use finflow_contracts::wallet::{BATCH_MAX, TransferBatch, VoidRequest, WalletEvent};
@@ -38,36 +38,23 @@ pub struct AppState {
 /// The OpenAPI document of these routes; its title and description come from the
 /// service catalog ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(
-    paths(
-        create_wallet,
-        list_wallets,
-        get_wallet,
-        balance,
-        activate,
-        set_status,
-        transactions,
-        internal_wallet,
-        transfer,
-        transfer_batch
-    ),
-    components(schemas(finflow_platform::Currency))
-)]
+#[openapi(components(schemas(finflow_platform::Currency)))]
 pub(crate) struct ApiDoc;
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/api/v1/wallets", post(create_wallet).get(list_wallets))
-        .route("/api/v1/wallets/{id}", get(get_wallet))
-        .route("/api/v1/wallets/{id}/balance", get(balance))
-        .route("/api/v1/wallets/{id}/activate", post(activate))
-        .route("/api/v1/wallets/{id}/status", put(set_status))
-        .route("/api/v1/wallets/{id}/transactions", get(transactions))
-        .route("/internal/wallets/{id}", get(internal_wallet))
-        .route("/internal/transfers", post(transfer))
-        .route("/internal/transfers/batch", post(transfer_batch))
-        .route("/internal/transfers/{id}/void", post(void_transfer))
-        .with_state(state)
+/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
+/// written, once, so the routes and the OpenAPI document cannot differ.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_wallet, list_wallets))
+        .routes(routes!(get_wallet))
+        .routes(routes!(balance))
+        .routes(routes!(activate))
+        .routes(routes!(set_status))
+        .routes(routes!(transactions))
+        .routes(routes!(internal_wallet))
+        .routes(routes!(transfer))
+        .routes(routes!(transfer_batch))
+        .routes(routes!(void_transfer))
 }
 
 /// A wallet with what its owner sent today (`ledger::spent_today` in the same read).
@@ -539,7 +526,8 @@ async fn internal_wallet(
 
 /// Makes a transfer id unusable unless it was applied already (service callers only).
 #[utoipa::path(post, path = "/internal/transfers/{id}/void", tag = "internal", params(("id" = Uuid, Path)),
-    request_body = VoidRequest, responses((status = 200, body = ledger::VoidOutcome), (status = 403, body = ErrorEnvelope)))]
+    request_body = VoidRequest, responses((status = 200, body = ledger::VoidOutcome), (status = 400, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope)))]
 async fn void_transfer(
     State(s): State<AppState>,
     who: Identity,

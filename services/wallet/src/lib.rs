@@ -30,7 +30,6 @@ use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
-use utoipa::OpenApi;
 
 /// Service B's migrations (`migrations/wallet`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/wallet");
@@ -81,15 +80,15 @@ impl Service for Wallet {
         start.relay();
         start.optional("auth", health::Upstream::new(&config.client.auth_url));
         let rates = Arc::new(config.fx.rates().map_err(anyhow::Error::msg)?);
-        let mut doc = api::ApiDoc::openapi();
-        rates.document(&mut doc);
         let state = api::AppState {
             pool: start.pool.clone(),
             users,
             limits: Arc::new(config.tier_limits.clone()),
             rates: Arc::clone(&rates),
         };
-        Ok(Api::new(api::router(state), doc))
+        let mut served = Api::of(api::routes(), state);
+        rates.document(&mut served.openapi);
+        Ok(served)
     }
 }
 
