@@ -48,8 +48,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
 }
 
-/// The OpenAPI document of these routes; its title and description come from the
-/// service catalog ([`finflow_platform::service::run`] sets them).
+/// What the document has beside what the routes' attributes bring: schemas no route
+/// names; its title and description come from the service catalog
+/// ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(GrantType, RegistrationStatus)))]
 pub(crate) struct ApiDoc;

@@ -43,8 +43,9 @@ pub struct AppState {
 /// [`MAX_DOCUMENT_BYTES`]: crate::documents::MAX_DOCUMENT_BYTES
 pub const SUBMIT_BODY_BYTES: usize = crate::documents::MAX_DOCUMENT_BYTES / 3 * 4 + 64 * 1024;
 
-/// The OpenAPI document of these routes; its title and description come from the
-/// service catalog ([`finflow_platform::service::run`] sets them).
+/// What the document has beside what the routes' attributes bring: schemas no route
+/// names; its title and description come from the service catalog
+/// ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(
     AlertStatus,

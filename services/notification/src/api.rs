@@ -20,8 +20,9 @@ pub struct AppState {
     pub policy: crate::targets::Policy,
 }
 
-/// The OpenAPI document of these routes; its title and description come from the
-/// service catalog ([`finflow_platform::service::run`] sets them).
+/// What the document has beside what the routes' attributes bring: schemas no route
+/// names; its title and description come from the service catalog
+/// ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(EventType)))]
 pub(crate) struct ApiDoc;

@@ -53,8 +53,9 @@ impl QueueHealth {
     }
 }
 
-/// The OpenAPI document of these routes; its title and description come from the
-/// service catalog ([`finflow_platform::service::run`] sets them).
+/// What the document has beside what the routes' attributes bring: schemas no route
+/// names; its title and description come from the service catalog
+/// ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
 #[openapi(components(schemas(ReportFormat)))]
 pub(crate) struct ApiDoc;
