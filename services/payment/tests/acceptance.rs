@@ -167,3 +167,37 @@ async fn a_transfer_to_a_wallet_b_does_not_have_is_refused_naming_that_wallet() 
         .unwrap();
     assert_eq!(stored, 0, "no payment was recorded");
 }
+
+#[tokio::test]
+async fn money_moves_only_from_or_into_the_caller_s_own_wallet_else_404() {
+    let stand = Stand::start().await;
+    let (owner, thief) = (Uuid::now_v7(), Uuid::now_v7());
+    let victims = wallet(&stand, owner, "USD");
+    let thiefs = wallet(&stand, thief, "USD");
+    // Taking from it, as a transfer or a withdrawal, or paying into it as a deposit (a
+    // deposit names the wallet it credits as the caller's own).
+    let attempts = [
+        (
+            "transfer",
+            json!({"from_wallet_id": victims, "to_wallet_id": thiefs, "amount": "5.00", "currency": "USD"}),
+        ),
+        (
+            "withdrawal",
+            json!({"from_wallet_id": victims, "amount": "5.00", "currency": "USD"}),
+        ),
+        (
+            "deposit",
+            json!({"to_wallet_id": victims, "amount": "5.00", "currency": "USD"}),
+        ),
+    ];
+    for (kind, body) in attempts {
+        let (status, answer) = stand.pay(thief, kind, &body).await;
+        assert_eq!(status, 404, "{kind}: {answer}");
+        assert_eq!(answer["error"]["code"], "NOT_FOUND", "{kind}: {answer}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&stand.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "no payment was recorded");
+}
