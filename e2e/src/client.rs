@@ -59,7 +59,7 @@ impl Client {
     pub fn new(gateway_url: &str) -> Self {
         Self {
             base: gateway_url.to_owned(),
-            http: reqwest::Client::builder()
+            http: finflow_platform::client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap_or_default(),

@@ -474,7 +474,7 @@ impl Platform {
     /// keeps its password.
     pub async fn create_staff(&self) -> anyhow::Result<String> {
         let password = random_secret();
-        let http = reqwest::Client::new();
+        let http = finflow_platform::client::default_client();
         for (email, role) in STAFF {
             let since = crate::mail::mark(&self.mailbox);
             let answer = http
@@ -923,7 +923,7 @@ impl Platform {
 
     /// Polls `url` until it answers 2xx, failing early if one of `watch` exits.
     async fn wait_healthy(&mut self, url: &str, watch: &[usize]) -> anyhow::Result<()> {
-        let client = reqwest::Client::builder()
+        let client = finflow_platform::client::builder()
             .timeout(Duration::from_secs(3))
             .build()?;
         let started = Instant::now();

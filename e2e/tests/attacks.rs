@@ -264,7 +264,7 @@ async fn a_client_that_stalls_its_headers_is_cut_off_and_an_oversized_head_gets_
     );
 
     // A 1 MiB header: 431, in the envelope like every other answer.
-    let big = reqwest::Client::new()
+    let big = finflow_platform::client::default_client()
         .get(format!("{}/api/v1/wallets", platform.gateway_url))
         .header("x-padding", "a".repeat(1 << 20))
         .send()

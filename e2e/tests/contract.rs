@@ -39,7 +39,9 @@ async fn every_service_answers_fuzzed_requests_as_its_published_document_says() 
     }
 
     // The gateway's one document holds every service's published paths, nothing else.
-    let merged: serde_json::Value = reqwest::get(format!("{}/openapi.json", platform.gateway_url))
+    let merged: serde_json::Value = finflow_platform::client::default_client()
+        .get(format!("{}/openapi.json", platform.gateway_url))
+        .send()
         .await
         .unwrap()
         .json()
@@ -54,7 +56,7 @@ async fn every_service_answers_fuzzed_requests_as_its_published_document_says() 
 
     let out = finflow_e2e::launcher::repo_root().join("target/contract");
     std::fs::create_dir_all(&out).unwrap();
-    let http = reqwest::Client::new();
+    let http = finflow_platform::client::default_client();
     let mut failed = Vec::new();
     // `CONTRACT_SERVICES=auth,payment` narrows a run while fixing what it found.
     let only = std::env::var("CONTRACT_SERVICES").ok();

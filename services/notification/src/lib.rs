@@ -76,6 +76,10 @@ pub struct Settings {
     /// receivers run on 127.0.0.1, name any.
     #[arg(long, env = "WEBHOOK_ALLOW_NETS", default_value = "")]
     pub webhook_allow_nets: targets::AllowedNets,
+    /// PEM file of CA certificates trusted for https webhooks beside the system's roots,
+    /// for receivers under a private CA. Unset: the system's roots alone.
+    #[arg(long, env = "WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Validate for Settings {
@@ -95,9 +99,22 @@ impl Validate for Settings {
 /// The client webhooks are sent with: it connects only to addresses `policy` permits
 /// (its resolver drops the others), follows no redirect (a receiver could otherwise
 /// send the signed body to an address of its choosing) and ignores proxy settings in
-/// the environment.
-fn webhook_client(policy: &targets::Policy, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// the environment. An https receiver must present a certificate the system's roots or
+/// `ca_file` vouch for.
+fn webhook_client(
+    policy: &targets::Policy,
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut client = finflow_platform::client::builder();
+    if let Some(path) = ca_file {
+        for cert in finflow_platform::client::pem_certificates("WEBHOOK_CA_FILE", path)
+            .map_err(anyhow::Error::msg)?
+        {
+            client = client.add_root_certificate(reqwest::Certificate::from_der(&cert)?);
+        }
+    }
+    Ok(client
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
@@ -147,7 +164,7 @@ impl Service for Notification {
             pool: start.pool.clone(),
             smtp,
             mail_from: config.mail_from.clone(),
-            http: webhook_client(&policy, send_timeout)?,
+            http: webhook_client(&policy, send_timeout, config.webhook_ca_file.as_deref())?,
             policy: policy.clone(),
             max_attempts: config.delivery_max_attempts,
             retry_base: Duration::from_millis(config.delivery_retry_base_ms),

@@ -12,7 +12,7 @@ use finflow_notification::consumer::{Notifier, queue};
 use finflow_notification::delivery::{self, SIGNATURE_HEADER};
 use finflow_platform::db::TestDb;
 use finflow_platform::events::{self, Event, Publisher, consumer, types};
-use finflow_platform::testing::{Mailbox, TestService, smtp_sink};
+use finflow_platform::testing::{HttpsServer, Mailbox, TestService, smtp_sink};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -120,10 +120,30 @@ struct Receiver {
     url: String,
     attempts: Arc<Mutex<Vec<(bool, String)>>>,
     secret: Arc<Mutex<String>>,
+    /// The https server, when the receiver is one: under a CA of its own.
+    https: Option<HttpsServer>,
 }
 
 impl Receiver {
+    /// A receiver over http.
     async fn start(failures: usize) -> Self {
+        let (mut receiver, app) = Self::new(failures);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        receiver.url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        receiver
+    }
+
+    /// A receiver over https for `localhost`, under a CA of its own.
+    async fn start_https(failures: usize) -> Self {
+        let (mut receiver, app) = Self::new(failures);
+        let server = HttpsServer::start(app).await;
+        receiver.url = format!("{}/hook", server.base);
+        receiver.https = Some(server);
+        receiver
+    }
+
+    fn new(failures: usize) -> (Self, axum::Router) {
         let attempts: Arc<Mutex<Vec<(bool, String)>>> = Arc::default();
         let secret: Arc<Mutex<String>> = Arc::default();
         let (seen, key) = (attempts.clone(), secret.clone());
@@ -159,14 +179,13 @@ impl Receiver {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            url,
+        let receiver = Self {
+            url: String::new(),
             attempts,
             secret,
-        }
+            https: None,
+        };
+        (receiver, app)
     }
 }
 
@@ -183,6 +202,14 @@ impl TestD {
             .await;
         assert_eq!(status, 201, "{body}");
         body["data"]["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers `receiver` as `user`'s webhook (telling it the signing secret), the only
+    /// channel `user` is told about payments on.
+    async fn webhook_only(&self, user: Uuid, receiver: &Receiver) {
+        let secret = self.register_webhook(user, &receiver.url).await;
+        *receiver.secret.lock().unwrap() = secret;
+        self.only_webhooks_for_payments(user).await;
     }
 
     /// `user`'s delivery log, once its newest delivery has `status`.
@@ -439,9 +466,7 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
     let user = Uuid::new_v4();
     // The receiver: checks every signature, refuses the first three attempts.
     let receiver = Receiver::start(3).await;
-    let secret = d.register_webhook(user, &receiver.url).await;
-    *receiver.secret.lock().unwrap() = secret;
-    d.only_webhooks_for_payments(user).await;
+    d.webhook_only(user, &receiver).await;
     let payment = payment_completed(user);
     d.publish(&payment).await;
     d.publish(&payment).await; // delivered twice by the broker: still one delivery
@@ -474,13 +499,47 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
 }
 
 #[tokio::test]
+async fn a_webhook_over_https_under_a_ca_d_is_told_to_trust_gets_the_event_signed() {
+    let receiver = Receiver::start_https(0).await;
+    let ca_file = receiver.https.as_ref().unwrap().ca_file();
+    let d = TestD::spawn_with(&[("--webhook-ca-file", &ca_file.display().to_string())]).await;
+    let user = Uuid::new_v4();
+    d.webhook_only(user, &receiver).await;
+    d.publish(&payment_completed(user)).await;
+
+    let log = d.delivery_log_once(user, "delivered").await;
+    assert_eq!(log["data"][0]["attempts"], 1, "{log}");
+    let attempts = receiver.attempts.lock().unwrap().clone();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(attempts[0].0, "the body arrived signed");
+}
+
+#[tokio::test]
+async fn a_webhook_over_https_whose_certificate_nothing_vouches_for_gets_nothing() {
+    // The same receiver as a man in the middle would be: a valid certificate, from a
+    // CA that D does not trust.
+    let receiver = Receiver::start_https(0).await;
+    let d = TestD::spawn_with(&[("--delivery-max-attempts", "2")]).await;
+    let user = Uuid::new_v4();
+    d.webhook_only(user, &receiver).await;
+    d.publish(&payment_completed(user)).await;
+
+    let log = d.delivery_log_once(user, "failed").await;
+    assert_eq!(log["data"][0]["attempts"], 2, "{log}");
+    let error = log["data"][0]["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("certificate"), "the log says why: {log}");
+    assert!(
+        receiver.attempts.lock().unwrap().is_empty(),
+        "no request reached the receiver"
+    );
+}
+
+#[tokio::test]
 async fn a_webhook_that_keeps_failing_is_given_up_after_the_configured_attempts() {
     let d = TestD::spawn_with(&[("--delivery-max-attempts", "3")]).await;
     let user = Uuid::new_v4();
     let receiver = Receiver::start(usize::MAX).await;
-    let secret = d.register_webhook(user, &receiver.url).await;
-    *receiver.secret.lock().unwrap() = secret;
-    d.only_webhooks_for_payments(user).await;
+    d.webhook_only(user, &receiver).await;
     d.publish(&payment_completed(user)).await;
 
     let log = d.delivery_log_once(user, "failed").await;
@@ -880,7 +939,7 @@ async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
         pool: db.pool.clone(),
         smtp,
         mail_from: "FinFlow <no-reply@finflow.local>".parse().unwrap(),
-        http: reqwest::Client::new(),
+        http: finflow_platform::client::default_client(),
         policy: finflow_notification::targets::Policy::new(Default::default()),
         max_attempts: 3,
         retry_base: Duration::from_millis(50),

@@ -18,6 +18,48 @@ use tokio::sync::Mutex;
 use crate::error::{ApiError, ErrorCode};
 use crate::telemetry;
 
+/// Makes ring the process's rustls provider, once. reqwest is built here without a
+/// provider of its own (no aws-lc-rs): until one is installed it builds no client, and
+/// neither the OTLP exporter nor axum-server's TLS can start.
+pub fn use_ring() {
+    // An error means a provider is installed already, which is all this wants.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// reqwest's client builder after [`use_ring`]: every HTTP client starts here, so that
+/// it speaks https as well as http.
+pub fn builder() -> reqwest::ClientBuilder {
+    use_ring();
+    reqwest::Client::builder()
+}
+
+/// The certificates of the PEM file `path`, which the setting `setting` names: CAs
+/// trusted beside the system's roots. A file that holds none is an error too.
+pub fn pem_certificates(
+    setting: &str,
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let fail = |e: &dyn std::fmt::Display| format!("{setting} {}: {e}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| fail(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&e))?;
+    if certs.is_empty() {
+        return Err(fail(&"holds no certificate"));
+    }
+    Ok(certs)
+}
+
+/// A client with reqwest's defaults, after [`use_ring`].
+pub fn default_client() -> reqwest::Client {
+    builder()
+        .build()
+        .expect("with a provider installed, reqwest's defaults build a client")
+}
+
 /// Refresh a cached token this long before it expires.
 const EARLY_REFRESH: chrono::Duration = chrono::Duration::seconds(30);
 
@@ -114,7 +156,7 @@ impl ServiceClient {
 
     /// An HTTP client with the timeouts service calls use.
     pub fn http_client() -> reqwest::Client {
-        reqwest::Client::builder()
+        builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .build()

@@ -131,7 +131,7 @@ impl Upstream {
     pub fn new(base: &str) -> Self {
         Self {
             url: format!("{}/health", base.trim_end_matches('/')),
-            client: reqwest::Client::new(),
+            client: crate::client::default_client(),
         }
     }
 }

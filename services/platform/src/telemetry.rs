@@ -78,6 +78,8 @@ fn tracer_provider(
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
     }
     if export {
+        // The exporter's reqwest client needs a rustls provider even for http.
+        crate::client::use_ring();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()?;

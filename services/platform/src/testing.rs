@@ -115,6 +115,71 @@ impl ClosedPort {
     }
 }
 
+/// A router served over https for `localhost`, under a certificate of a CA of its own:
+/// what a server on a private CA looks like to a client. Stopped when dropped.
+pub struct HttpsServer {
+    /// `https://localhost:<port>`.
+    pub base: String,
+    /// The CA's certificate (PEM), which a client must be told to trust.
+    pub ca_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpsServer {
+    pub async fn start(router: axum::Router) -> Self {
+        crate::client::use_ring();
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "finflow test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("a self-signed CA");
+        let server_key = rcgen::KeyPair::generate().expect("a server key");
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("server certificate parameters")
+            .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
+            .expect("a server certificate");
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            server.pem().into_bytes(),
+            server_key.serialize_pem().into_bytes(),
+        )
+        .await
+        .expect("a TLS configuration");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let port = listener.local_addr().expect("its address").port();
+        let server = axum_server::from_tcp_rustls(listener, tls).expect("a TLS server");
+        let task = tokio::spawn(async move {
+            server
+                .serve(router.into_make_service())
+                .await
+                .expect("the https server runs");
+        });
+        Self {
+            base: format!("https://localhost:{port}"),
+            ca_pem: ca.pem(),
+            task,
+        }
+    }
+
+    /// Writes the CA's certificate to a file of its own: what a `*_CA_FILE` setting names.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("finflow-test-ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, &self.ca_pem).expect("the CA file is written");
+        path
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// `S`'s whole configuration as its `main` would parse it from `args`, after the
 /// settings every service needs (a listen address, database and broker URLs): for
 /// tests of a service's own settings.
@@ -185,7 +250,7 @@ impl TestService {
         });
         let service = Self {
             addr,
-            http: reqwest::Client::new(),
+            http: crate::client::default_client(),
             db,
             vhost,
             stop,

@@ -78,7 +78,7 @@ impl TestApp {
         }));
         Self {
             addr,
-            client: reqwest::Client::new(),
+            client: finflow_platform::client::default_client(),
             shutdown,
             _db: db,
         }

@@ -37,9 +37,6 @@ pub type JwksClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// A [`JwksClient`] trusting the system's roots and the PEM certificates in `ca_file`.
 pub fn client(ca_file: Option<&std::path::Path>) -> Result<JwksClient, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -47,17 +44,7 @@ pub fn client(ca_file: Option<&std::path::Path>) -> Result<JwksClient, String> {
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("JWKS_CA_FILE {}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("JWKS_CA_FILE {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "JWKS_CA_FILE {} holds no certificate",
-                path.display()
-            ));
-        }
-        for cert in certs {
+        for cert in finflow_platform::client::pem_certificates("JWKS_CA_FILE", path)? {
             roots
                 .add(cert)
                 .map_err(|e| format!("JWKS_CA_FILE {}: {e}", path.display()))?;

@@ -8,50 +8,18 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use common::{AUDIENCE, Echo, ISSUER, Key, Proxy, claims};
+use finflow_platform::testing::HttpsServer;
 use serde_json::json;
 
-/// A JWK set of `key` served over TLS for `localhost` by a certificate of a CA of its
-/// own; the set's URI and the CA's PEM.
-async fn https_jwks(key: &Key) -> (String, String, tokio::task::JoinHandle<()>) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "finflow test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let server_key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
-        .unwrap();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-        server.pem().into_bytes(),
-        server_key.serialize_pem().into_bytes(),
-    )
-    .await
-    .unwrap();
+/// A JWK set of `key` served over https under a CA of its own.
+async fn https_jwks(key: &Key) -> (String, HttpsServer) {
     let jwk = key.jwk();
     let router = Router::new().route(
         "/.well-known/jwks.json",
         get(move || std::future::ready(axum::Json(json!({ "keys": [jwk.clone()] })))),
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        axum_server::from_tcp_rustls(listener, tls)
-            .unwrap()
-            .serve(router.into_make_service())
-            .await
-            .unwrap();
-    });
-    (
-        format!("https://localhost:{port}/.well-known/jwks.json"),
-        ca.pem(),
-        task,
-    )
+    let server = HttpsServer::start(router).await;
+    (format!("{}/.well-known/jwks.json", server.base), server)
 }
 
 async fn sidecar(app: &Echo, jwks_uri: &str, extra: &[String]) -> Proxy {
@@ -68,11 +36,8 @@ async fn sidecar(app: &Echo, jwks_uri: &str, extra: &[String]) -> Proxy {
 #[tokio::test]
 async fn a_jwk_set_over_https_from_a_trusted_ca_verifies_tokens() {
     let key = Key::generate("k1");
-    let (uri, ca, _server) = https_jwks(&key).await;
-    let dir = std::env::temp_dir().join(format!("finflow-jwks-ca-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca).unwrap();
+    let (uri, server) = https_jwks(&key).await;
+    let ca_file = server.ca_file();
     let app = Echo::start("wallet").await;
     let proxy = sidecar(
         &app,
@@ -95,7 +60,7 @@ async fn a_jwk_set_over_https_from_a_trusted_ca_verifies_tokens() {
 #[tokio::test]
 async fn a_jwk_set_over_https_from_an_untrusted_certificate_is_never_loaded() {
     let key = Key::generate("k1");
-    let (uri, _ca, _server) = https_jwks(&key).await;
+    let (uri, _server) = https_jwks(&key).await;
     let app = Echo::start("wallet").await;
     let proxy = sidecar(&app, &uri, &[]).await;
     // Not ready without keys; give its fetches time to fail.

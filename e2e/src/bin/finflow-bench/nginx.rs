@@ -70,7 +70,7 @@ impl Nginx {
             .context("starting nginx")?;
         let url = format!("http://127.0.0.1:{port}{EDGE_PATH}");
         // Up when it answers (under valgrind that takes seconds).
-        let client = reqwest::Client::new();
+        let client = finflow_platform::client::default_client();
         let deadline = Instant::now() + Duration::from_secs(60);
         while client.get(&url).send().await.is_err() {
             if Instant::now() > deadline {

@@ -56,7 +56,7 @@ pub(crate) async fn payments(
         pairs.push((sender, from, to));
     }
 
-    let http = reqwest::Client::new();
+    let http = finflow_platform::client::default_client();
     let payments_db = platform
         .backing
         .database_url(&format!("{}_payment", platform.options.database_prefix));

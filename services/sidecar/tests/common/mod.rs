@@ -30,7 +30,7 @@ pub const HS256_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
 
 /// An HTTP client that never goes through a proxy and never hangs a test.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    finflow_platform::client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
         .build()

@@ -198,7 +198,7 @@ impl Stand {
         roles: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut request = reqwest::Client::new()
+        let mut request = finflow_platform::client::default_client()
             .request(method, format!("{}{path}", self.base))
             .header("x-user-id", who.to_string())
             .header("x-user-email", format!("u-{}@finflow.test", who.simple()))
@@ -234,7 +234,7 @@ impl Stand {
         path: &str,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut request = reqwest::Client::new()
+        let mut request = finflow_platform::client::default_client()
             .request(method, format!("{}{path}", self.base))
             .header("x-user-id", format!("service:{service}"))
             .header("x-user-roles", format!("service:{service}"));
