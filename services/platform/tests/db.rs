@@ -3,6 +3,8 @@
 use finflow_platform::db::{self, TestDb};
 use finflow_platform::{Amount, ApiError, Currency, ErrorCode, Money};
 use secrecy::SecretString;
+use sqlx::ConnectOptions as _;
+use sqlx::postgres::PgSslMode;
 
 #[tokio::test]
 async fn each_test_database_is_fresh_migrated_and_dropped_afterwards() {
@@ -30,6 +32,69 @@ async fn each_test_database_is_fresh_migrated_and_dropped_afterwards() {
             .await
             .unwrap();
     assert!(!exists, "{name} was not dropped");
+}
+
+/// The test database's URL with `sslmode` (and more query parameters) set.
+fn url_with(db: &TestDb, mode: PgSslMode, more: &str) -> SecretString {
+    let url = db.options().ssl_mode(mode).to_url_lossy().to_string();
+    SecretString::from(format!("{url}{more}"))
+}
+
+async fn encrypted(pool: &sqlx::PgPool) -> bool {
+    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_database_url_with_sslmode_require_is_served_over_tls() {
+    let db = TestDb::new(None).await;
+    let pool = db::connect(&url_with(&db, PgSslMode::Require, ""), 1)
+        .await
+        .expect("the server offers TLS (dev/backing-services' own server turns it on)");
+    assert!(encrypted(&pool).await, "the session is encrypted");
+}
+
+#[tokio::test]
+async fn a_database_url_with_verify_full_trusts_its_root_only_for_the_name_it_certifies() {
+    let db = TestDb::new(None).await;
+    // The test server's certificate is its own root and names `localhost` only
+    // (Debian's snakeoil certificate, or the one dev/backing-services makes).
+    let cert: String = sqlx::query_scalar(
+        "SELECT CASE WHEN left(setting, 1) = '/' THEN setting \
+         ELSE current_setting('data_directory') || '/' || setting END \
+         FROM pg_settings WHERE name = 'ssl_cert_file'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let root = format!("&sslrootcert={cert}");
+    let by_name = db
+        .options()
+        .host("localhost")
+        .ssl_mode(PgSslMode::VerifyFull);
+    let url = format!("{}{root}", by_name.to_url_lossy());
+    let pool = db::connect(&SecretString::from(url), 1)
+        .await
+        .expect("the server is verified under the name its certificate gives");
+    assert!(encrypted(&pool).await, "the session is encrypted");
+    // At 127.0.0.1 the same certificate proves nothing: whoever answers there could be
+    // a man in the middle holding any certificate for `localhost`.
+    let by_address = db::connect(&url_with(&db, PgSslMode::VerifyFull, &root), 1).await;
+    let error = by_address.expect_err("a certificate for another name is refused");
+    assert!(error.to_string().contains("certificate"), "{error}");
+    // A root that cannot be read is an error, not a silent fallback.
+    let missing = db::connect(
+        &url_with(
+            &db,
+            PgSslMode::VerifyCa,
+            "&sslrootcert=/nonexistent/root.pem",
+        ),
+        1,
+    )
+    .await;
+    assert!(missing.is_err(), "a missing root file is refused");
 }
 
 #[tokio::test]
