@@ -683,7 +683,7 @@ impl Platform {
         let missing = std::sync::Arc::new(std::sync::Mutex::new(queues.clone()));
         let (done, seen) = (stop.clone(), std::sync::Arc::clone(&missing));
         let watching = finflow_platform::events::depth::watch(
-            self.backing.amqp_url.clone().into(),
+            finflow_platform::events::Broker::new(self.backing.amqp_url.clone().into()),
             "finflow-launcher".to_owned(),
             queues,
             Duration::from_millis(100),

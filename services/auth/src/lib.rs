@@ -42,7 +42,6 @@ use std::time::Duration;
 
 use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
-use finflow_platform::cache;
 use finflow_platform::config::{RedisConfig, Validate};
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
@@ -192,7 +191,7 @@ impl Service for Auth {
     /// Starts service A: its relay, the KYC consumer, the signing keys' reload and the
     /// accounts' API.
     async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
-        let redis = cache::connect(&config.redis.redis_url).await?;
+        let redis = config.redis.connect().await?;
         let rotation = config
             .jwt_key_rotation_days
             .map(|d| Duration::from_secs(u64::from(d) * 86_400));

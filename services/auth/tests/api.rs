@@ -530,7 +530,7 @@ async fn a_kyc_decision_event_updates_the_user_without_a_new_login() {
     let app = TestAuth::spawn(&[]).await;
     let user = app.register(&email()).await;
     let id = user["id"].as_str().unwrap();
-    let conn = events::connect(&app.vhost.url, "auth-test").await.unwrap();
+    let conn = app.vhost.broker().connect("auth-test").await.unwrap();
     let publisher = Publisher::new(&conn).await.unwrap();
     let event = Event::new(
         "kyc",

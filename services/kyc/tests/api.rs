@@ -92,7 +92,7 @@ struct Broker {
 
 impl Broker {
     async fn connect(vhost: &TestVhost) -> Self {
-        let connection = events::connect(&vhost.url, "kyc-test").await.unwrap();
+        let connection = vhost.broker().connect("kyc-test").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let observed = QueueSpec::new(
             OBSERVED,

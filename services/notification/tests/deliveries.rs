@@ -75,7 +75,7 @@ impl TestD {
     /// it, so waiting for the queue to exist could still publish into no binding and
     /// lose the event.
     async fn publish(&self, event: &Event) {
-        let conn = events::connect(&self.vhost.url, "d-test").await.unwrap();
+        let conn = self.vhost.broker().connect("d-test").await.unwrap();
         let ch = conn.create_channel().await.unwrap();
         events::declare_queue(&ch, &finflow_notification::consumer::queue())
             .await
@@ -501,7 +501,7 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
 #[tokio::test]
 async fn a_webhook_over_https_under_a_ca_d_is_told_to_trust_gets_the_event_signed() {
     let receiver = Receiver::start_https(0).await;
-    let ca_file = receiver.https.as_ref().unwrap().ca_file();
+    let ca_file = receiver.https.as_ref().unwrap().certificate.ca_file();
     let d = TestD::spawn_with(&[("--webhook-ca-file", &ca_file.display().to_string())]).await;
     let user = Uuid::new_v4();
     d.webhook_only(user, &receiver).await;

@@ -36,8 +36,7 @@ use finflow_platform::config::{ClientConfig, RedisConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
-use finflow_platform::{Amount, cache, events};
-use secrecy::SecretString;
+use finflow_platform::{Amount, events};
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
@@ -131,7 +130,7 @@ impl Service for Payment {
     /// Starts service C in its role: the worker's consumers, sweeper and queue depth
     /// gauge, and the payments' API.
     async fn start(config: &Settings, start: &mut Start) -> anyhow::Result<Api> {
-        let redis = cache::connect(&config.redis.redis_url).await?;
+        let redis = config.redis.connect().await?;
         let http = ServiceClient::http_client();
         let tokens = config.client.tokens(Self::INFO.name, http.clone());
         let wallets = wallets::Wallets::new(ServiceClient::new(
@@ -159,8 +158,7 @@ impl Service for Payment {
                 interval: Duration::from_secs(config.sweep_interval_secs),
             };
             start.spawn(sweeper.run(start.stop_token()));
-            let amqp = start.service.amqp.amqp_url.clone();
-            start.spawn(watch_queue_depth(amqp, start.stop_token()));
+            start.spawn(watch_queue_depth(start.broker(), start.stop_token()));
         }
         let rates = config.fx.rates().map_err(anyhow::Error::msg)?;
         start.critical("redis", health::Redis(redis.clone()));
@@ -197,9 +195,9 @@ impl Service for Payment {
 
 /// Publishes the work queue's depth as `finflow_payment_queue_depth`: how many payments
 /// wait for the worker, the figure that shows whether it keeps up.
-async fn watch_queue_depth(amqp_url: SecretString, stop: CancellationToken) {
+async fn watch_queue_depth(broker: events::Broker, stop: CancellationToken) {
     events::depth::watch(
-        amqp_url,
+        broker,
         "payment-queue-depth".to_owned(),
         vec![worker::requests_queue().name],
         Duration::from_secs(5),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 const HASH: &[u8] = b"the request's fingerprint";
 
 async fn keys() -> Keys {
-    Keys::new(cache::connect(&cache::test_url()).await.unwrap())
+    Keys::new(cache::connect(&cache::test_url(), None).await.unwrap())
 }
 
 #[tokio::test]

@@ -33,22 +33,34 @@ pub fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
-/// The certificates of the PEM file `path`, which the setting `setting` names: CAs
-/// trusted beside the system's roots. A file that holds none is an error too.
+/// The text of the PEM file `path`, which the setting `setting` names: CAs trusted for
+/// a server's certificate. A file that cannot be read or holds no certificate is an
+/// error that names the setting.
+pub fn pem_file(setting: &str, path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    certificates_in(&text).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
+    Ok(text)
+}
+
+/// The certificates of the PEM file `path` ([`pem_file`]).
 pub fn pem_certificates(
     setting: &str,
     path: &std::path::Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    certificates_in(&pem_file(setting, path)?)
+        .map_err(|e| format!("{setting} {}: {e}", path.display()))
+}
+
+fn certificates_in(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
 
-    let fail = |e: &dyn std::fmt::Display| format!("{setting} {}: {e}", path.display());
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(&e))?
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(&e))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(fail(&"holds no certificate"));
+        return Err("holds no certificate".to_owned());
     }
     Ok(certs)
 }

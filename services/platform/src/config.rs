@@ -209,6 +209,10 @@ pub struct RedisConfig {
     /// Redis URL, e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS).
     #[arg(long = "redis-url", env = "REDIS_URL", value_parser = secret, hide_env_values = true)]
     pub redis_url: SecretString,
+    /// PEM file of the CA certificates trusted for a `rediss://` server, in place of the
+    /// system's roots (a server under a private CA).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Validate for RedisConfig {
@@ -237,6 +241,10 @@ pub struct AmqpConfig {
     /// there. A queue a client may be waiting on is consumed at once whatever this says.
     #[arg(long, env = "AMQP_BATCH_LINGER_MS", default_value_t = 20)]
     pub amqp_batch_linger_ms: u64,
+    /// PEM file of CA certificates trusted for an `amqps://` broker beside the system's
+    /// roots (a broker under a private CA).
+    #[arg(long, env = "AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Validate for AmqpConfig {

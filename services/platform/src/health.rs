@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-#[cfg(feature = "events")]
-use secrecy::SecretString;
 use serde::Serialize;
 #[cfg(feature = "events")]
 use tokio::sync::Mutex;
@@ -86,15 +84,15 @@ impl Check for Redis {
 /// A kept-open connection to RabbitMQ, reopened when it drops.
 #[cfg(feature = "events")]
 pub struct RabbitMq {
-    url: SecretString,
+    broker: crate::events::Broker,
     connection: Mutex<Option<lapin::Connection>>,
 }
 
 #[cfg(feature = "events")]
 impl RabbitMq {
-    pub fn new(url: SecretString) -> Self {
+    pub fn new(broker: impl Into<crate::events::Broker>) -> Self {
         Self {
-            url,
+            broker: broker.into(),
             connection: Mutex::new(None),
         }
     }
@@ -111,7 +109,9 @@ impl Check for RabbitMq {
                 return Ok(());
             }
             *slot = None;
-            let conn = crate::events::connect(&self.url, "health")
+            let conn = self
+                .broker
+                .connect("health")
                 .await
                 .map_err(|e| e.to_string())?;
             *slot = Some(conn);

@@ -118,15 +118,21 @@ pub struct Start {
     pub service: ServiceConfig,
     /// The service's database, migrated.
     pub pool: PgPool,
+    broker: crate::events::Broker,
     background: Background,
     health: HealthBuilder,
 }
 
 impl Start {
+    /// The service's broker (`AMQP_URL`, `AMQP_CA_FILE`).
+    pub fn broker(&self) -> crate::events::Broker {
+        self.broker.clone()
+    }
+
     /// Publishes the service's outbox.
     pub fn relay(&mut self) {
         let amqp = &self.service.amqp;
-        let mut relay = Relay::new(self.pool.clone(), amqp.amqp_url.clone(), self.name);
+        let mut relay = Relay::new(self.pool.clone(), self.broker(), self.name);
         relay.bundle_max = usize::from(amqp.event_bundle_max);
         self.background
             .spawn(relay.run(self.background.stop_token()));
@@ -149,7 +155,7 @@ impl Start {
     fn consume_with<H: Handler>(&mut self, spec: ConsumerSpec, handler: H) {
         self.background.spawn(consumer::run(
             self.pool.clone(),
-            self.service.amqp.amqp_url.clone(),
+            self.broker(),
             spec,
             Arc::new(handler),
             self.background.stop_token(),
@@ -188,17 +194,20 @@ pub async fn run<S: Service>(
 ) -> anyhow::Result<()> {
     let Config { service, settings } = config;
     let pool = service.database(S::MIGRATIONS).await?;
+    let broker = service.amqp.broker().map_err(anyhow::Error::msg)?;
     // Every crate of the workspace has its version, so the kit's is the service's.
     let health = service.health(
         S::INFO.name,
         env!("CARGO_PKG_VERSION"),
         &pool,
+        &broker,
         S::MIGRATIONS,
     );
     let mut start = Start {
         name: S::INFO.name,
         service,
         pool,
+        broker,
         background: Background::new(),
         health,
     };
@@ -246,6 +255,7 @@ impl ServiceConfig {
         service: &'static str,
         version: &'static str,
         pool: &PgPool,
+        broker: &crate::events::Broker,
         migrations: &Migrator,
     ) -> HealthBuilder {
         Health::builder(service, version)
@@ -254,10 +264,7 @@ impl ServiceConfig {
                 migrations,
             ]))
             .critical("database", health::Postgres(pool.clone()))
-            .critical(
-                "rabbitmq",
-                health::RabbitMq::new(self.amqp.amqp_url.clone()),
-            )
+            .critical("rabbitmq", health::RabbitMq::new(broker.clone()))
     }
 
     /// A consumer spec with this service's prefetch.

@@ -115,19 +115,18 @@ impl ClosedPort {
     }
 }
 
-/// A router served over https for `localhost`, under a certificate of a CA of its own:
-/// what a server on a private CA looks like to a client. Stopped when dropped.
-pub struct HttpsServer {
-    /// `https://localhost:<port>`.
-    pub base: String,
+/// A certificate for `localhost` from a CA made for it alone: what a server under a
+/// private CA presents.
+pub struct LocalhostCertificate {
+    /// The server's certificate and key (PEM).
+    pub cert_pem: String,
+    pub key_pem: String,
     /// The CA's certificate (PEM), which a client must be told to trust.
     pub ca_pem: String,
-    task: tokio::task::JoinHandle<()>,
 }
 
-impl HttpsServer {
-    pub async fn start(router: axum::Router) -> Self {
-        crate::client::use_ring();
+impl LocalhostCertificate {
+    pub fn new() -> Self {
         let ca_key = rcgen::KeyPair::generate().expect("a CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -140,9 +139,44 @@ impl HttpsServer {
             .expect("server certificate parameters")
             .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
             .expect("a server certificate");
+        Self {
+            cert_pem: server.pem(),
+            key_pem: server_key.serialize_pem(),
+            ca_pem: ca.pem(),
+        }
+    }
+
+    /// Writes the CA's certificate to a file of its own: what a `*_CA_FILE` setting names.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("finflow-test-ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, &self.ca_pem).expect("the CA file is written");
+        path
+    }
+}
+
+impl Default for LocalhostCertificate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A router served over https for `localhost` under a [`LocalhostCertificate`]. Stopped
+/// when dropped.
+pub struct HttpsServer {
+    /// `https://localhost:<port>`.
+    pub base: String,
+    pub certificate: LocalhostCertificate,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpsServer {
+    pub async fn start(router: axum::Router) -> Self {
+        crate::client::use_ring();
+        let certificate = LocalhostCertificate::new();
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-            server.pem().into_bytes(),
-            server_key.serialize_pem().into_bytes(),
+            certificate.cert_pem.clone().into_bytes(),
+            certificate.key_pem.clone().into_bytes(),
         )
         .await
         .expect("a TLS configuration");
@@ -160,21 +194,76 @@ impl HttpsServer {
         });
         Self {
             base: format!("https://localhost:{port}"),
-            ca_pem: ca.pem(),
+            certificate,
             task,
         }
-    }
-
-    /// Writes the CA's certificate to a file of its own: what a `*_CA_FILE` setting names.
-    pub fn ca_file(&self) -> std::path::PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("finflow-test-ca-{}.pem", uuid::Uuid::new_v4()));
-        std::fs::write(&path, &self.ca_pem).expect("the CA file is written");
-        path
     }
 }
 
 impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// TLS in front of a plain TCP server (a real Redis or RabbitMQ), as a managed service
+/// or a TLS-terminating proxy offers it: `localhost:<port>` under a
+/// [`LocalhostCertificate`]. Stopped when dropped.
+pub struct TlsProxy {
+    pub port: u16,
+    pub certificate: LocalhostCertificate,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    /// Terminates TLS on a loopback port and forwards each connection to `upstream`
+    /// (`host:port`).
+    pub async fn start(upstream: String) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certificate = LocalhostCertificate::new();
+        let chain = CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the server certificate");
+        let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes()).expect("its key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("a TLS server configuration");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let port = listener.local_addr().expect("its address").port();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    // A client that refuses the certificate ends its handshake here.
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        Self {
+            port,
+            certificate,
+            task,
+        }
+    }
+}
+
+impl Drop for TlsProxy {
     fn drop(&mut self) {
         self.task.abort();
     }

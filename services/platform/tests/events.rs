@@ -77,7 +77,8 @@ fn unique(prefix: &str) -> String {
 }
 
 async fn channel() -> (lapin::Connection, lapin::Channel) {
-    let conn = events::connect(&events::test_url(), "platform-test")
+    let conn = events::Broker::new(events::test_url())
+        .connect("platform-test")
         .await
         .expect("RabbitMQ answers");
     let ch = conn.create_channel().await.unwrap();

@@ -129,7 +129,7 @@ async fn all_dependencies(db: &TestDb) -> Health {
         .critical(
             "redis",
             health::Redis(
-                cache::connect(&cache::test_url())
+                cache::connect(&cache::test_url(), None)
                     .await
                     .expect("Redis answers"),
             ),
@@ -343,7 +343,9 @@ async fn health_is_503_when_a_critical_dependency_is_down_and_degraded_for_an_op
         Health::builder("test", "0")
             .critical(
                 "rabbitmq",
-                health::RabbitMq::new(format!("amqp://guest:guest@127.0.0.1:{closed}/%2f").into()),
+                health::RabbitMq::new(secrecy::SecretString::from(format!(
+                    "amqp://guest:guest@127.0.0.1:{closed}/%2f"
+                ))),
             )
             .build()
     })

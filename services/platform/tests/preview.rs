@@ -36,7 +36,7 @@ async fn a_preview_pod_leaves_the_queue_alone_until_it_is_promoted() {
     std::fs::write(&role, "").unwrap();
     let mut spec = ConsumerSpec::new(QueueSpec::new("preview.test", &["test.preview"]));
     spec.role_file = Some(role.clone());
-    let conn = events::connect(&vhost.url, "preview-test").await.unwrap();
+    let conn = vhost.broker().connect("preview-test").await.unwrap();
     let ch = conn.create_channel().await.unwrap();
     events::declare_queue(&ch, &spec.queue).await.unwrap();
     let stop = CancellationToken::new();

@@ -113,7 +113,7 @@ impl Service for Reporting {
         {
             let queues = queues.clone();
             start.spawn(finflow_platform::events::depth::watch(
-                start.service.amqp.amqp_url.clone(),
+                start.broker(),
                 "reporting-queue-health".to_owned(),
                 watched_queues(&config.watched_queues),
                 QUEUE_SAMPLE_EVERY,

@@ -37,7 +37,7 @@ async fn sidecar(app: &Echo, jwks_uri: &str, extra: &[String]) -> Proxy {
 async fn a_jwk_set_over_https_from_a_trusted_ca_verifies_tokens() {
     let key = Key::generate("k1");
     let (uri, server) = https_jwks(&key).await;
-    let ca_file = server.ca_file();
+    let ca_file = server.certificate.ca_file();
     let app = Echo::start("wallet").await;
     let proxy = sidecar(
         &app,

@@ -16,7 +16,6 @@ use futures_util::{FutureExt as _, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -283,11 +282,12 @@ const ROLE_POLL: Duration = Duration::from_secs(2);
 /// live work before promotion.
 pub async fn run<H: Handler>(
     pool: PgPool,
-    amqp_url: SecretString,
+    broker: impl Into<super::Broker>,
     spec: ConsumerSpec,
     handler: Arc<H>,
     shutdown: CancellationToken,
 ) {
+    let broker = broker.into();
     let mut failures = 0_u32;
     while !shutdown.is_cancelled() {
         if is_preview(spec.role_file.as_deref()) {
@@ -296,7 +296,7 @@ pub async fn run<H: Handler>(
                 () = tokio::time::sleep(ROLE_POLL) => continue,
             }
         }
-        match consume(&pool, &amqp_url, &spec, &*handler, &shutdown, &mut failures).await {
+        match consume(&pool, &broker, &spec, &*handler, &shutdown, &mut failures).await {
             Ok(()) => return,
             Err(_) if is_preview(spec.role_file.as_deref()) => {}
             Err(e) => {
@@ -320,13 +320,13 @@ pub async fn run<H: Handler>(
 
 async fn consume<H: Handler>(
     pool: &PgPool,
-    amqp_url: &SecretString,
+    broker: &super::Broker,
     spec: &ConsumerSpec,
     handler: &H,
     shutdown: &CancellationToken,
     failures: &mut u32,
 ) -> lapin::Result<()> {
-    let connection = super::connect(amqp_url, &spec.consumer).await?;
+    let connection = broker.connect(&spec.consumer).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(spec.prefetch, BasicQosOptions::default())
@@ -346,7 +346,7 @@ async fn consume<H: Handler>(
     *failures = 0;
     let mut role_check = tokio::time::interval(ROLE_POLL);
     let mut dead = DeadLetters {
-        url: amqp_url,
+        broker,
         name: format!("{}-dead-letters", spec.consumer),
         open: None,
     };
@@ -426,7 +426,7 @@ pub const BATCH_EVENTS: usize = 100;
 /// time it is needed (a publishing connection can be blocked by a broker alarm; the
 /// consumer's must keep draining).
 struct DeadLetters<'u> {
-    url: &'u SecretString,
+    broker: &'u super::Broker,
     name: String,
     open: Option<(lapin::Connection, Publisher)>,
 }
@@ -441,7 +441,7 @@ impl DeadLetters<'_> {
         let publisher = match &self.open {
             Some((_, publisher)) => publisher.clone(),
             None => {
-                let connection = super::connect(self.url, &self.name).await?;
+                let connection = self.broker.connect(&self.name).await?;
                 let publisher = Publisher::new(&connection).await?;
                 self.open = Some((connection, publisher.clone()));
                 publisher

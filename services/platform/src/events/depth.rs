@@ -8,7 +8,6 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use secrecy::SecretString;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +24,7 @@ pub struct QueueDepth {
 /// that does not exist (yet) is left out of its round; the broker being unreachable
 /// makes an empty round.
 pub async fn watch(
-    amqp_url: SecretString,
+    broker: super::Broker,
     connection_name: String,
     queues: Vec<String>,
     every: Duration,
@@ -39,7 +38,7 @@ pub async fn watch(
         for queue in &queues {
             if connection.as_ref().is_none_or(|c| !c.status().connected()) {
                 channel = None;
-                connection = super::connect(&amqp_url, &connection_name).await.ok();
+                connection = broker.connect(&connection_name).await.ok();
             }
             let Some(live) = connection.as_ref() else {
                 break;

@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod depth;
 pub mod outbox;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -129,10 +130,60 @@ pub fn properties(event: &Event, headers: FieldTable) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// Opens an AMQP connection named after the process (visible in RabbitMQ's tooling).
-pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url.expose_secret(), props).await
+impl crate::config::AmqpConfig {
+    /// The broker of `AMQP_URL`, trusting the CAs of `AMQP_CA_FILE` (read here, once).
+    pub fn broker(&self) -> Result<Broker, String> {
+        let broker = Broker::new(self.amqp_url.clone());
+        match &self.amqp_ca_file {
+            None => Ok(broker),
+            Some(path) => Ok(broker.trusting(&crate::client::pem_file("AMQP_CA_FILE", path)?)),
+        }
+    }
+}
+
+/// The broker and how to trust it: `AMQP_URL`, and for `amqps://` the system's roots
+/// and the CAs of `AMQP_CA_FILE`. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    url: SecretString,
+    ca_pem: Option<Arc<str>>,
+}
+
+impl From<SecretString> for Broker {
+    fn from(url: SecretString) -> Self {
+        Self::new(url)
+    }
+}
+
+impl Broker {
+    /// The broker at `url`, trusted (over `amqps://`) by the system's roots.
+    pub fn new(url: SecretString) -> Self {
+        Self { url, ca_pem: None }
+    }
+
+    /// Trusts the CAs of `ca_pem` (PEM certificates) beside the system's roots.
+    pub fn trusting(self, ca_pem: &str) -> Self {
+        Self {
+            ca_pem: Some(ca_pem.into()),
+            ..self
+        }
+    }
+
+    /// Opens a connection named `name` (visible in RabbitMQ's tooling).
+    pub async fn connect(&self, name: &str) -> lapin::Result<Connection> {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_pem.as_deref().map(str::to_owned),
+        };
+        Connection::connect_with_config(
+            self.url.expose_secret(),
+            props,
+            tls,
+            lapin::runtime::default_runtime()?,
+        )
+        .await
+    }
 }
 
 #[cfg(feature = "testing")]
@@ -161,6 +212,11 @@ impl TestVhost {
     pub fn new() -> Self {
         let name = format!("finflow_test_{}", Uuid::new_v4().simple());
         Self::named(&name)
+    }
+
+    /// The broker at this vhost.
+    pub fn broker(&self) -> Broker {
+        Broker::new(self.url.clone())
     }
 
     /// Creates the vhost `name` (idempotent).

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use secrecy::SecretString;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -106,7 +105,7 @@ pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
 /// Publishes the outbox to RabbitMQ until cancelled.
 pub struct Relay {
     pool: PgPool,
-    amqp_url: SecretString,
+    broker: super::Broker,
     name: String,
     /// Rows published per transaction.
     pub batch_size: i64,
@@ -133,10 +132,10 @@ enum RelayError {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, amqp_url: SecretString, name: impl Into<String>) -> Self {
+    pub fn new(pool: PgPool, broker: impl Into<super::Broker>, name: impl Into<String>) -> Self {
         Self {
             pool,
-            amqp_url,
+            broker: broker.into(),
             name: name.into(),
             batch_size: 200,
             bundle_max: 1,
@@ -179,7 +178,9 @@ impl Relay {
         shutdown: &CancellationToken,
         failures: &mut u32,
     ) -> Result<(), RelayError> {
-        let connection = super::connect(&self.amqp_url, &format!("{}-relay", self.name))
+        let connection = self
+            .broker
+            .connect(&format!("{}-relay", self.name))
             .await
             .map_err(PublishError::from)?;
         let publisher = Publisher::new(&connection)
