@@ -3,8 +3,8 @@
 //! Every process installs one subscriber: an `EnvFilter` (`RUST_LOG`), a JSON or pretty
 //! log layer, and an OpenTelemetry layer. The OpenTelemetry layer is always present so
 //! spans have real trace ids and `traceparent` flows through HTTP and AMQP even when
-//! nothing is exported; the OTLP/HTTP exporter is added only when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter reads the standard variables).
+//! nothing is exported; the OTLP/HTTP exporter is added only when an endpoint is set
+//! (`OTEL_EXPORTER_OTLP_ENDPOINT` or its flag), and sends to `<endpoint>/v1/traces`.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -45,7 +45,7 @@ pub fn init(
     service: &'static str,
     config: &TelemetryConfig,
 ) -> Result<TelemetryGuard, Box<dyn std::error::Error + Send + Sync>> {
-    let provider = tracer_provider(service, config.otlp_endpoint.is_some())?;
+    let provider = tracer_provider(service, config.otlp_endpoint.as_deref())?;
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -66,24 +66,29 @@ pub fn init(
 
 fn tracer_provider(
     service: &'static str,
-    export: bool,
+    endpoint: Option<&str>,
 ) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::WithExportConfig as _;
+
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(service)
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if !export {
+    match endpoint {
         // Nothing is exported: new traces are not recorded (spans still get ids, so
         // `traceparent` still propagates), and a caller's sampled trace still is.
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
-    }
-    if export {
-        // The exporter's reqwest client needs a rustls provider even for http.
-        crate::client::use_ring();
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()?;
-        builder = builder.with_batch_exporter(exporter);
+        None => builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff))),
+        Some(endpoint) => {
+            // The exporter's reqwest client needs a rustls provider even for http.
+            crate::client::use_ring();
+            // The base URL, from the flag or the standard variable, gets the traces'
+            // path as the variable would (the exporter takes an explicit endpoint as is).
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build()?;
+            builder = builder.with_batch_exporter(exporter);
+        }
     }
     Ok(builder.build())
 }
@@ -93,7 +98,7 @@ fn tracer_provider(
 pub fn init_for_tests() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
-        let provider = tracer_provider("test", false).expect("a provider without exporter");
+        let provider = tracer_provider("test", None).expect("a provider without exporter");
         // Per-layer filters: test output stays quiet while spans still carry context.
         let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
         let _ = tracing_subscriber::registry()

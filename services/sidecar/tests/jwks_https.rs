@@ -33,6 +33,17 @@ async fn sidecar(app: &Echo, jwks_uri: &str, extra: &[String]) -> Proxy {
     Proxy::start(&args).await
 }
 
+/// `GET /api/v1/wallets` through `proxy` with a user token signed by `key`.
+async fn wallets_as_a_user(proxy: &Proxy, key: &Key) -> reqwest::Response {
+    let token = key.sign(&claims("u-1", &["user"]));
+    proxy
+        .get("/api/v1/wallets")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_jwk_set_over_https_from_a_trusted_ca_verifies_tokens() {
     let key = Key::generate("k1");
@@ -46,13 +57,7 @@ async fn a_jwk_set_over_https_from_a_trusted_ca_verifies_tokens() {
     )
     .await;
     proxy.wait_ready().await;
-    let token = key.sign(&claims("u-1", &["user"]));
-    let answer = proxy
-        .get("/api/v1/wallets")
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let answer = wallets_as_a_user(&proxy, &key).await;
     assert_eq!(answer.status(), 200);
     assert_eq!(app.hits(), 1);
 }
@@ -66,13 +71,7 @@ async fn a_jwk_set_over_https_from_an_untrusted_certificate_is_never_loaded() {
     // Not ready without keys; give its fetches time to fail.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(proxy.ready_status().await, 503);
-    let token = key.sign(&claims("u-1", &["user"]));
-    let answer = proxy
-        .get("/api/v1/wallets")
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let answer = wallets_as_a_user(&proxy, &key).await;
     assert_ne!(answer.status(), 200);
     assert_eq!(
         app.hits(),
