@@ -68,7 +68,6 @@ pub struct Settings {
 
 impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.client.validate(errors);
         self.fx.validate(errors);
         for (name, value) in [
             ("AML_HOLD_THRESHOLD", &self.aml_hold_threshold),

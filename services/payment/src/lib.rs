@@ -32,7 +32,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::client::ServiceClient;
-use finflow_platform::config::{ClientConfig, RedisConfig, Validate};
+use finflow_platform::config::{ClientConfig, HttpUrl, RedisConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
@@ -68,8 +68,8 @@ pub struct Settings {
     #[arg(long, env = "ROLE", value_enum, default_value_t = Role::All)]
     pub role: Role,
     /// Base URL of service B (its sidecar).
-    #[arg(long, env = "WALLET_URL")]
-    pub wallet_url: String,
+    #[arg(long, env = "WALLET_URL", value_parser = HttpUrl::parse)]
+    pub wallet_url: HttpUrl,
     /// A (for service tokens) and this service's credentials there.
     #[command(flatten)]
     pub client: ClientConfig,
@@ -105,11 +105,7 @@ pub struct Settings {
 impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
         self.redis.validate(errors);
-        self.client.validate(errors);
         self.fx.validate(errors);
-        if !(self.wallet_url.starts_with("http://") || self.wallet_url.starts_with("https://")) {
-            errors.push("WALLET_URL must be an http(s) URL".to_owned());
-        }
         if !self.aml_hold_threshold.is_positive() {
             errors.push("AML_HOLD_THRESHOLD must be a positive amount".to_owned());
         }

@@ -121,6 +121,42 @@ fn check_scheme(errors: &mut Vec<String>, name: &str, url: &SecretString, scheme
     }
 }
 
+/// An http(s) base URL with a host and no user name or password: where another service,
+/// its sidecar or a collector is reached. Parsed once, by clap; it reads as the URL
+/// without a trailing slash, so that a path appends to it as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(String);
+
+impl HttpUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = reqwest::Url::parse(text.trim()).map_err(|e| format!("not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must be an http(s) URL".to_owned());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not hold a user name or password".to_owned());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("must be a base URL, without query or fragment".to_owned());
+        }
+        Ok(Self(url.as_str().trim_end_matches('/').to_owned()))
+    }
+}
+
+impl std::ops::Deref for HttpUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Where the app listens and how much it accepts.
 #[derive(Debug, Clone, Args)]
 pub struct HttpConfig {
@@ -173,8 +209,8 @@ impl Validate for DatabaseConfig {
 #[derive(Debug, Clone, Args)]
 pub struct ClientConfig {
     /// Base URL of service A (its sidecar).
-    #[arg(long, env = "AUTH_URL")]
-    pub auth_url: String,
+    #[arg(long, env = "AUTH_URL", value_parser = HttpUrl::parse)]
+    pub auth_url: HttpUrl,
     /// This service's client id at A; the service's name when unset.
     #[arg(long, env = "SERVICE_CLIENT_ID")]
     pub service_client_id: Option<String>,
@@ -192,14 +228,6 @@ impl ClientConfig {
             self.service_client_secret.clone(),
             http,
         )
-    }
-}
-
-impl Validate for ClientConfig {
-    fn validate(&self, errors: &mut Vec<String>) {
-        if !(self.auth_url.starts_with("http://") || self.auth_url.starts_with("https://")) {
-            errors.push("AUTH_URL must be an http(s) URL".to_owned());
-        }
     }
 }
 
@@ -279,18 +307,8 @@ pub struct TelemetryConfig {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
     /// OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318; unset: no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-}
-
-impl Validate for TelemetryConfig {
-    fn validate(&self, errors: &mut Vec<String>) {
-        if let Some(e) = &self.otlp_endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            errors.push("OTEL_EXPORTER_OTLP_ENDPOINT must be an http(s) URL".to_owned());
-        }
-    }
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = HttpUrl::parse)]
+    pub otlp_endpoint: Option<HttpUrl>,
 }
 
 #[cfg(test)]
@@ -315,6 +333,29 @@ mod tests {
             self.db.validate(errors);
             self.redis.validate(errors);
             self.amqp.validate(errors);
+        }
+    }
+
+    #[test]
+    fn a_base_url_is_http_or_https_with_a_host_and_reads_without_its_trailing_slash() {
+        assert_eq!(
+            &*HttpUrl::parse(" http://wallet:8002/ ").unwrap(),
+            "http://wallet:8002"
+        );
+        assert_eq!(
+            &*HttpUrl::parse("https://gw.example/base/").unwrap(),
+            "https://gw.example/base"
+        );
+        for (bad, why) in [
+            ("wallet:8002", "http(s)"),
+            ("/wallet", "not a URL"),
+            ("http://", "not a URL"),
+            ("ftp://wallet", "http(s)"),
+            ("http://user:pw@wallet", "user name or password"),
+            ("http://wallet/?a=1", "without query"),
+        ] {
+            let error = HttpUrl::parse(bad).expect_err(bad);
+            assert!(error.contains(why), "{bad}: {error}");
         }
     }
 

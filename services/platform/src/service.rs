@@ -50,7 +50,6 @@ impl Validate for ServiceConfig {
         self.http.validate(errors);
         self.database.validate(errors);
         self.amqp.validate(errors);
-        self.telemetry.validate(errors);
     }
 }
 

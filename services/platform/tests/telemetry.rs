@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use finflow_platform::config::{LogFormat, TelemetryConfig};
+use finflow_platform::config::{HttpUrl, LogFormat, TelemetryConfig};
 use finflow_platform::telemetry;
 
 /// What a collector answers, and what it checks first: OTLP/HTTP in protobuf is a POST
@@ -40,7 +40,7 @@ async fn with_an_otlp_endpoint_the_spans_reach_it_under_the_service_s_name() {
     let (endpoint, received) = collector().await;
     let config = TelemetryConfig {
         log_format: LogFormat::Json,
-        otlp_endpoint: Some(endpoint),
+        otlp_endpoint: Some(HttpUrl::parse(&endpoint).unwrap()),
     };
     let guard = telemetry::init("finflow-telemetry-test", &config).expect("telemetry starts");
     tracing::info_span!("exported-span").in_scope(|| tracing::info!("inside"));

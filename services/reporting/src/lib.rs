@@ -22,7 +22,7 @@ pub mod reports;
 
 use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
-use finflow_platform::config::Validate;
+use finflow_platform::config::{HttpUrl, Validate};
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
@@ -52,19 +52,16 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub name: String,
-    pub url: String,
+    pub url: HttpUrl,
 }
 
 impl Upstream {
     /// A comma-separated list, empty entries skipped.
     pub fn list(entries: &str) -> Result<Vec<Self>, String> {
         finflow_platform::config::pairs(entries, "name=url", |name, url| {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("`{url}` is not an http(s) URL"));
-            }
             Ok(Self {
                 name: name.to_owned(),
-                url: url.to_owned(),
+                url: HttpUrl::parse(url).map_err(|e| format!("`{url}` {e}"))?,
             })
         })
     }
@@ -133,6 +130,8 @@ impl Service for Reporting {
 mod tests {
     use finflow_platform::config::LoadError;
 
+    use finflow_platform::config::HttpUrl;
+
     use super::Upstream;
 
     fn load(
@@ -149,11 +148,11 @@ mod tests {
             [
                 Upstream {
                     name: "auth".into(),
-                    url: "http://a:1".into()
+                    url: HttpUrl::parse("http://a:1").unwrap()
                 },
                 Upstream {
                     name: "wallet".into(),
-                    url: "http://b:2".into()
+                    url: HttpUrl::parse("http://b:2").unwrap()
                 }
             ]
         );
@@ -165,7 +164,12 @@ mod tests {
                 .upstreams
                 .is_empty()
         );
-        for bad in ["--upstreams=auth", "--upstreams=auth=ftp://x"] {
+        for bad in [
+            "--upstreams=auth",
+            "--upstreams=auth=ftp://x",
+            "--upstreams=auth=http://",
+            "--upstreams=auth=http://user:pw@a:1",
+        ] {
             let Err(LoadError::Clap(e)) = load(&[bad]) else {
                 panic!("{bad} was accepted")
             };

@@ -57,7 +57,6 @@ pub struct Settings {
 
 impl Validate for Settings {
     fn validate(&self, errors: &mut Vec<String>) {
-        self.client.validate(errors);
         self.fx.validate(errors);
     }
 }
