@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
-use finflow_platform::config::{RedisConfig, Validate};
+use finflow_platform::config::{Quiet, RedisConfig, Validate};
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
 use sha2::{Digest, Sha256};
@@ -86,7 +86,7 @@ pub struct Settings {
         long,
         env = "SERVICE_CLIENTS",
         hide_env_values = true,
-        value_parser = ServiceClientsParser
+        value_parser = Quiet(parse_service_clients)
     )]
     pub service_clients: Option<ServiceClients>,
     /// Login attempts allowed per account from one client address per minute; a
@@ -132,52 +132,23 @@ impl std::fmt::Debug for ServiceClients {
     }
 }
 
-/// Parses [`ServiceClients`] once, at start. Its errors never repeat the value, which
-/// holds secrets (clap's own "invalid value" message would print it).
-#[derive(Clone)]
-struct ServiceClientsParser;
-
-impl clap::builder::TypedValueParser for ServiceClientsParser {
-    type Value = ServiceClients;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<ServiceClients, clap::Error> {
-        let refused = |e: String| {
-            clap::Error::raw(clap::error::ErrorKind::ValueValidation, e + "\n").with_cmd(cmd)
-        };
-        let value = value
-            .to_str()
-            .ok_or_else(|| refused("SERVICE_CLIENTS is not UTF-8".to_owned()))?;
-        parse_service_clients(value)
-            .map(ServiceClients)
-            .map_err(refused)
-    }
-}
-
-fn parse_service_clients(raw: &str) -> Result<HashMap<String, [u8; 32]>, String> {
+/// `SERVICE_CLIENTS`; its errors never repeat a secret.
+fn parse_service_clients(raw: &str) -> Result<ServiceClients, String> {
     let mut clients = HashMap::new();
     for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
-        let (name, secret) = pair
-            .split_once('=')
-            .ok_or("SERVICE_CLIENTS entries must be name=secret")?;
+        let (name, secret) = pair.split_once('=').ok_or("entries must be name=secret")?;
         let name = name.trim();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
-            return Err(format!(
-                "SERVICE_CLIENTS: `{name}` is not a service name (a-z and -)"
-            ));
+            return Err(format!("`{name}` is not a service name (a-z and -)"));
         }
         if secret.len() < 16 {
             return Err(format!(
-                "SERVICE_CLIENTS: the secret of `{name}` must be at least 16 characters"
+                "the secret of `{name}` must be at least 16 characters"
             ));
         }
         clients.insert(name.to_owned(), Sha256::digest(secret.as_bytes()).into());
     }
-    Ok(clients)
+    Ok(ServiceClients(clients))
 }
 
 /// How often the key directory is re-read for rotations.

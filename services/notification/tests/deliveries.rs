@@ -134,7 +134,7 @@ impl Receiver {
         receiver
     }
 
-    /// A receiver over https for `localhost`, under a CA of its own.
+    /// A receiver over https, under a CA of its own.
     async fn start_https(failures: usize) -> Self {
         let (mut receiver, app) = Self::new(failures);
         let server = HttpsServer::start(app).await;
@@ -502,7 +502,7 @@ async fn a_webhook_that_fails_three_times_then_succeeds_gets_the_event_once_sign
 async fn a_webhook_over_https_under_a_ca_d_is_told_to_trust_gets_the_event_signed() {
     let receiver = Receiver::start_https(0).await;
     let ca_file = receiver.https.as_ref().unwrap().certificate.ca_file();
-    let d = TestD::spawn_with(&[("--webhook-ca-file", &ca_file.display().to_string())]).await;
+    let d = TestD::spawn_with(&[("--webhook-ca-file", &ca_file.arg())]).await;
     let user = Uuid::new_v4();
     d.webhook_only(user, &receiver).await;
     d.publish(&payment_completed(user)).await;

@@ -32,7 +32,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::client::ServiceClient;
-use finflow_platform::config::{ClientConfig, HttpUrl, RedisConfig, Validate};
+use finflow_platform::config::{ClientConfig, HttpUrl, Quiet, RedisConfig, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
@@ -68,7 +68,7 @@ pub struct Settings {
     #[arg(long, env = "ROLE", value_enum, default_value_t = Role::All)]
     pub role: Role,
     /// Base URL of service B (its sidecar).
-    #[arg(long, env = "WALLET_URL", value_parser = HttpUrl::parse)]
+    #[arg(long, env = "WALLET_URL", value_parser = Quiet(HttpUrl::parse))]
     pub wallet_url: HttpUrl,
     /// A (for service tokens) and this service's credentials there.
     #[command(flatten)]

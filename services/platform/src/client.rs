@@ -65,11 +65,14 @@ fn certificates_in(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'s
     Ok(certs)
 }
 
+/// Why a client could not be built once ring is installed: rustls reads the system's
+/// roots as the client is built.
+const NO_CLIENT: &str =
+    "no HTTP client: are the system's CA certificates installed (ca-certificates)?";
+
 /// A client with reqwest's defaults, after [`use_ring`].
 pub fn default_client() -> reqwest::Client {
-    builder()
-        .build()
-        .expect("with a provider installed, reqwest's defaults build a client")
+    builder().build().expect(NO_CLIENT)
 }
 
 /// Refresh a cached token this long before it expires.
@@ -172,7 +175,7 @@ impl ServiceClient {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .build()
-            .unwrap_or_default()
+            .expect(NO_CLIENT)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiError> {

@@ -121,9 +121,43 @@ fn check_scheme(errors: &mut Vec<String>, name: &str, url: &SecretString, scheme
     }
 }
 
+/// A clap value parser from `parse` whose error names the setting and the reason but
+/// never repeats the value, which may hold a secret (clap's own "invalid value" message
+/// quotes it). `parse`'s errors must not quote it either.
+#[derive(Clone, Copy)]
+pub struct Quiet<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for Quiet<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let setting = arg
+            .and_then(|a| a.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "a setting".to_owned());
+        let refused = |reason: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{setting}: {reason}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refused("not UTF-8".to_owned()))?;
+        (self.0)(text).map_err(refused)
+    }
+}
+
 /// An http(s) base URL with a host and no user name or password: where another service,
 /// its sidecar or a collector is reached. Parsed once, by clap; it reads as the URL
-/// without a trailing slash, so that a path appends to it as is.
+/// without a trailing slash, so that a path appends to it as is. Its errors never quote
+/// the URL (it may hold a password): give it to clap as `Quiet(HttpUrl::parse)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl(String);
 
@@ -209,7 +243,7 @@ impl Validate for DatabaseConfig {
 #[derive(Debug, Clone, Args)]
 pub struct ClientConfig {
     /// Base URL of service A (its sidecar).
-    #[arg(long, env = "AUTH_URL", value_parser = HttpUrl::parse)]
+    #[arg(long, env = "AUTH_URL", value_parser = Quiet(HttpUrl::parse))]
     pub auth_url: HttpUrl,
     /// This service's client id at A; the service's name when unset.
     #[arg(long, env = "SERVICE_CLIENT_ID")]
@@ -307,7 +341,7 @@ pub struct TelemetryConfig {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
     /// OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318; unset: no export.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = HttpUrl::parse)]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = Quiet(HttpUrl::parse))]
     pub otlp_endpoint: Option<HttpUrl>,
 }
 
@@ -357,6 +391,29 @@ mod tests {
             let error = HttpUrl::parse(bad).expect_err(bad);
             assert!(error.contains(why), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn a_refused_base_url_is_named_by_its_setting_and_never_repeated() {
+        #[derive(Debug, Parser)]
+        struct Client {
+            #[command(flatten)]
+            client: ClientConfig,
+        }
+        let error = Client::try_parse_from([
+            "svc",
+            "--auth-url",
+            "http://svc:hunter2@auth",
+            "--service-client-secret",
+            "s",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("AUTH_URL: must not hold a user name or password"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "the password leaked: {error}");
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
+/// The standard variable naming the traces' endpoint alone (a full URL).
+const TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+
 fn tracer_provider(
     service: &'static str,
     endpoint: Option<&str>,
@@ -81,12 +84,16 @@ fn tracer_provider(
         Some(endpoint) => {
             // The exporter's reqwest client needs a rustls provider even for http.
             crate::client::use_ring();
-            // The base URL, from the flag or the standard variable, gets the traces'
-            // path as the variable would (the exporter takes an explicit endpoint as is).
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
-                .build()?;
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+            // The standard traces-only variable wins, as it does when the exporter reads
+            // the variables itself; otherwise the base URL, from the flag or the standard
+            // variable, gets the traces' path as the variable would (an endpoint given in
+            // code is taken as is, and over the traces-only variable).
+            if std::env::var_os(TRACES_ENDPOINT).is_none_or(|v| v.is_empty()) {
+                exporter =
+                    exporter.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
+            }
+            let exporter = exporter.build()?;
             builder = builder.with_batch_exporter(exporter);
         }
     }

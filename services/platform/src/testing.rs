@@ -115,9 +115,10 @@ impl ClosedPort {
     }
 }
 
-/// A certificate for `localhost` from a CA made for it alone: what a server under a
-/// private CA presents.
-pub struct LocalhostCertificate {
+/// A certificate for `localhost` and `127.0.0.1` from a CA made for it alone: what a
+/// server under a private CA presents. Servers that use it are reached at 127.0.0.1,
+/// which `localhost` may not resolve to first (nor only: `::1`).
+pub struct LoopbackCertificate {
     /// The server's certificate and key (PEM).
     pub cert_pem: String,
     pub key_pem: String,
@@ -125,7 +126,7 @@ pub struct LocalhostCertificate {
     pub ca_pem: String,
 }
 
-impl LocalhostCertificate {
+impl LoopbackCertificate {
     pub fn new() -> Self {
         let ca_key = rcgen::KeyPair::generate().expect("a CA key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
@@ -135,10 +136,11 @@ impl LocalhostCertificate {
             .push(rcgen::DnType::CommonName, "finflow test CA");
         let ca = ca_params.self_signed(&ca_key).expect("a self-signed CA");
         let server_key = rcgen::KeyPair::generate().expect("a server key");
-        let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("server certificate parameters")
-            .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
-            .expect("a server certificate");
+        let server =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server certificate parameters")
+                .signed_by(&server_key, &rcgen::Issuer::new(ca_params, ca_key))
+                .expect("a server certificate");
         Self {
             cert_pem: server.pem(),
             key_pem: server_key.serialize_pem(),
@@ -146,34 +148,60 @@ impl LocalhostCertificate {
         }
     }
 
-    /// Writes the CA's certificate to a file of its own: what a `*_CA_FILE` setting names.
-    pub fn ca_file(&self) -> std::path::PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("finflow-test-ca-{}.pem", uuid::Uuid::new_v4()));
-        std::fs::write(&path, &self.ca_pem).expect("the CA file is written");
-        path
+    /// The CA's certificate in a file of its own: what a `*_CA_FILE` setting names.
+    pub fn ca_file(&self) -> TempFile {
+        TempFile::with(&self.ca_pem)
     }
 }
 
-impl Default for LocalhostCertificate {
+/// A file of the test's own, removed when dropped.
+pub struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    pub fn with(contents: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("finflow-test-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, contents).expect("the test's file is written");
+        Self(path)
+    }
+
+    /// Its path as a setting's value.
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Default for LoopbackCertificate {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// A router served over https for `localhost` under a [`LocalhostCertificate`]. Stopped
-/// when dropped.
+/// A router served over https under a [`LoopbackCertificate`]. Stopped when dropped.
 pub struct HttpsServer {
-    /// `https://localhost:<port>`.
+    /// `https://127.0.0.1:<port>`.
     pub base: String,
-    pub certificate: LocalhostCertificate,
+    pub certificate: LoopbackCertificate,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpsServer {
     pub async fn start(router: axum::Router) -> Self {
         crate::client::use_ring();
-        let certificate = LocalhostCertificate::new();
+        let certificate = LoopbackCertificate::new();
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
             certificate.cert_pem.clone().into_bytes(),
             certificate.key_pem.clone().into_bytes(),
@@ -193,7 +221,7 @@ impl HttpsServer {
                 .expect("the https server runs");
         });
         Self {
-            base: format!("https://localhost:{port}"),
+            base: format!("https://127.0.0.1:{port}"),
             certificate,
             task,
         }
@@ -207,11 +235,11 @@ impl Drop for HttpsServer {
 }
 
 /// TLS in front of a plain TCP server (a real Redis or RabbitMQ), as a managed service
-/// or a TLS-terminating proxy offers it: `localhost:<port>` under a
-/// [`LocalhostCertificate`]. Stopped when dropped.
+/// or a TLS-terminating proxy offers it: `127.0.0.1:<port>` under a
+/// [`LoopbackCertificate`]. Stopped when dropped.
 pub struct TlsProxy {
     pub port: u16,
-    pub certificate: LocalhostCertificate,
+    pub certificate: LoopbackCertificate,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -222,7 +250,7 @@ impl TlsProxy {
         use rustls::pki_types::pem::PemObject as _;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-        let certificate = LocalhostCertificate::new();
+        let certificate = LoopbackCertificate::new();
         let chain = CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .expect("the server certificate");

@@ -57,10 +57,10 @@ async fn a_database_url_with_sslmode_require_is_served_over_tls() {
 }
 
 #[tokio::test]
-async fn a_database_url_with_verify_full_trusts_its_root_only_for_the_name_it_certifies() {
+async fn verify_ca_trusts_the_root_it_names_and_verify_full_also_the_name_it_certifies() {
     let db = TestDb::new(None).await;
-    // The test server's certificate is its own root and names `localhost` only
-    // (Debian's snakeoil certificate, or the one dev/backing-services makes).
+    // The test server's certificate is self-signed, its own root (Debian's snakeoil
+    // certificate, or the one dev/backing-services makes), and neither names an address.
     let cert: String = sqlx::query_scalar(
         "SELECT CASE WHEN left(setting, 1) = '/' THEN setting \
          ELSE current_setting('data_directory') || '/' || setting END \
@@ -70,17 +70,12 @@ async fn a_database_url_with_verify_full_trusts_its_root_only_for_the_name_it_ce
     .await
     .unwrap();
     let root = format!("&sslrootcert={cert}");
-    let by_name = db
-        .options()
-        .host("localhost")
-        .ssl_mode(PgSslMode::VerifyFull);
-    let url = format!("{}{root}", by_name.to_url_lossy());
-    let pool = db::connect(&SecretString::from(url), 1)
+    let pool = db::connect(&url_with(&db, PgSslMode::VerifyCa, &root), 1)
         .await
-        .expect("the server is verified under the name its certificate gives");
+        .expect("the server's certificate is verified against the root named");
     assert!(encrypted(&pool).await, "the session is encrypted");
-    // At 127.0.0.1 the same certificate proves nothing: whoever answers there could be
-    // a man in the middle holding any certificate for `localhost`.
+    // At 127.0.0.1 a certificate that does not name the address proves nothing: whoever
+    // answers there could be a man in the middle holding it.
     let by_address = db::connect(&url_with(&db, PgSslMode::VerifyFull, &root), 1).await;
     let error = by_address.expect_err("a certificate for another name is refused");
     assert!(error.to_string().contains("certificate"), "{error}");

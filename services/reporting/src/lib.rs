@@ -22,7 +22,7 @@ pub mod reports;
 
 use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
-use finflow_platform::config::{HttpUrl, Validate};
+use finflow_platform::config::{HttpUrl, Quiet, Validate};
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
 use sqlx::migrate::Migrator;
@@ -40,7 +40,7 @@ pub struct Settings {
     /// separated), e.g. `auth=http://127.0.0.1:8001,wallet=http://127.0.0.1:8002`.
     // One value (a qualified `Vec` is not clap's repeated argument): empty entries and
     // an empty variable are skipped rather than refused.
-    #[arg(long, env = "UPSTREAMS", default_value = "", value_parser = Upstream::list)]
+    #[arg(long, env = "UPSTREAMS", default_value = "", value_parser = Quiet(Upstream::list))]
     pub upstreams: ::std::vec::Vec<Upstream>,
     /// The event queues whose depth and consumers the dashboard shows, comma separated;
     /// each one's dead-letter queue is shown beside it.
@@ -61,7 +61,7 @@ impl Upstream {
         finflow_platform::config::pairs(entries, "name=url", |name, url| {
             Ok(Self {
                 name: name.to_owned(),
-                url: HttpUrl::parse(url).map_err(|e| format!("`{url}` {e}"))?,
+                url: HttpUrl::parse(url).map_err(|e| format!("the URL of {name} {e}"))?,
             })
         })
     }
@@ -174,6 +174,10 @@ mod tests {
                 panic!("{bad} was accepted")
             };
             assert!(e.to_string().contains("UPSTREAMS"), "{e}");
+            assert!(
+                !e.to_string().contains("pw"),
+                "a password is never repeated: {e}"
+            );
         }
     }
 

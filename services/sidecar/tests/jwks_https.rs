@@ -50,12 +50,7 @@ async fn a_jwk_set_over_https_from_a_trusted_ca_verifies_tokens() {
     let (uri, server) = https_jwks(&key).await;
     let ca_file = server.certificate.ca_file();
     let app = Echo::start("wallet").await;
-    let proxy = sidecar(
-        &app,
-        &uri,
-        &[format!("--jwks-ca-file={}", ca_file.display())],
-    )
-    .await;
+    let proxy = sidecar(&app, &uri, &[format!("--jwks-ca-file={}", ca_file.arg())]).await;
     proxy.wait_ready().await;
     let answer = wallets_as_a_user(&proxy, &key).await;
     assert_eq!(answer.status(), 200);
