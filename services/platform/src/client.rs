@@ -37,10 +37,7 @@ pub fn builder() -> reqwest::ClientBuilder {
 /// a server's certificate. A file that cannot be read or holds no certificate is an
 /// error that names the setting.
 pub fn pem_file(setting: &str, path: &std::path::Path) -> Result<String, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
-    certificates_in(&text).map_err(|e| format!("{setting} {}: {e}", path.display()))?;
-    Ok(text)
+    read_pem(setting, path).map(|(text, _)| text)
 }
 
 /// The certificates of the PEM file `path` ([`pem_file`]).
@@ -48,21 +45,27 @@ pub fn pem_certificates(
     setting: &str,
     path: &std::path::Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    certificates_in(&pem_file(setting, path)?)
-        .map_err(|e| format!("{setting} {}: {e}", path.display()))
+    read_pem(setting, path).map(|(_, certs)| certs)
 }
 
-fn certificates_in(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+/// The text of a PEM file and its certificates, read and parsed once; an error names
+/// `setting` and the file.
+fn read_pem(
+    setting: &str,
+    path: &std::path::Path,
+) -> Result<(String, Vec<rustls::pki_types::CertificateDer<'static>>), String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
 
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+    let fail = |e: &dyn std::fmt::Display| format!("{setting} {}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| fail(&e))?;
     if certs.is_empty() {
-        return Err("holds no certificate".to_owned());
+        return Err(fail(&"holds no certificate"));
     }
-    Ok(certs)
+    Ok((text, certs))
 }
 
 /// Why a client could not be built once ring is installed: rustls reads the system's

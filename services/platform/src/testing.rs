@@ -148,6 +148,17 @@ impl LoopbackCertificate {
         }
     }
 
+    /// A TLS server configuration presenting this certificate (ring as the provider).
+    pub async fn server_config(&self) -> axum_server::tls_rustls::RustlsConfig {
+        crate::client::use_ring();
+        axum_server::tls_rustls::RustlsConfig::from_pem(
+            self.cert_pem.clone().into_bytes(),
+            self.key_pem.clone().into_bytes(),
+        )
+        .await
+        .expect("a TLS configuration")
+    }
+
     /// The CA's certificate in a file of its own: what a `*_CA_FILE` setting names.
     pub fn ca_file(&self) -> TempFile {
         TempFile::with(&self.ca_pem)
@@ -200,14 +211,8 @@ pub struct HttpsServer {
 
 impl HttpsServer {
     pub async fn start(router: axum::Router) -> Self {
-        crate::client::use_ring();
         let certificate = LoopbackCertificate::new();
-        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-            certificate.cert_pem.clone().into_bytes(),
-            certificate.key_pem.clone().into_bytes(),
-        )
-        .await
-        .expect("a TLS configuration");
+        let tls = certificate.server_config().await;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
         listener
             .set_nonblocking(true)
@@ -247,23 +252,9 @@ impl TlsProxy {
     /// Terminates TLS on a loopback port and forwards each connection to `upstream`
     /// (`host:port`).
     pub async fn start(upstream: String) -> Self {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
         let certificate = LoopbackCertificate::new();
-        let chain = CertificateDer::pem_slice_iter(certificate.cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("the server certificate");
-        let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes()).expect("its key");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("a TLS server configuration");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(certificate.server_config().await.get_inner());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
