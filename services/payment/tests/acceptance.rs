@@ -96,11 +96,11 @@ async fn a_payer_whose_verification_was_revoked_is_refused_at_once() {
     let (status, body) = deposit(&stand, payer, from, "5.00", "USD").await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0, "no payment was recorded");
+    assert_eq!(
+        stand.payments_recorded().await,
+        0,
+        "no payment was recorded"
+    );
 }
 
 #[tokio::test]
@@ -161,11 +161,11 @@ async fn a_transfer_to_a_wallet_b_does_not_have_is_refused_naming_that_wallet() 
     assert_eq!(body["error"]["code"], "NOT_FOUND", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&nowhere.to_string()), "{body}");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0, "no payment was recorded");
+    assert_eq!(
+        stand.payments_recorded().await,
+        0,
+        "no payment was recorded"
+    );
 }
 
 #[tokio::test]
@@ -195,9 +195,9 @@ async fn money_moves_only_from_or_into_the_caller_s_own_wallet_else_404() {
         assert_eq!(status, 404, "{kind}: {answer}");
         assert_eq!(answer["error"]["code"], "NOT_FOUND", "{kind}: {answer}");
     }
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 0, "no payment was recorded");
+    assert_eq!(
+        stand.payments_recorded().await,
+        0,
+        "no payment was recorded"
+    );
 }

@@ -327,6 +327,14 @@ impl Stand {
         id
     }
 
+    /// How many payments C has recorded, whatever their state.
+    pub async fn payments_recorded(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM payments")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn status_of(&self, id: Uuid) -> String {
         sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
             .bind(id)
