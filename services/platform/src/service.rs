@@ -98,9 +98,7 @@ impl Api {
     pub fn new(router: Router, openapi: utoipa::openapi::OpenApi) -> Self {
         Self { router, openapi }
     }
-}
 
-impl Api {
     /// A service's route table given its state: the routes, and the document their
     /// handlers' `#[utoipa::path]`s make (where each path is written, once).
     pub fn of<S: Clone + Send + Sync + 'static>(routes: OpenApiRouter<S>, state: S) -> Self {
@@ -192,8 +190,9 @@ pub async fn run<S: Service>(
     shutdown: ShutdownSignal,
 ) -> anyhow::Result<()> {
     let Config { service, settings } = config;
-    let pool = service.database(S::MIGRATIONS).await?;
+    // The CA file is read before the database is touched: a bad one stops start-up first.
     let broker = service.amqp.broker().map_err(anyhow::Error::msg)?;
+    let pool = service.database(S::MIGRATIONS).await?;
     // Every crate of the workspace has its version, so the kit's is the service's.
     let health = service.health(
         S::INFO.name,
