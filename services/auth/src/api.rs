@@ -20,10 +20,8 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
-use utoipa::OpenApi as _;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
@@ -55,21 +53,11 @@ pub struct AppState {
 #[openapi(components(schemas(GrantType, RegistrationStatus)))]
 pub(crate) struct ApiDoc;
 
-/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
-/// written, once, so the routes and the OpenAPI document cannot differ.
+/// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(register))
-        .routes(routes!(verify))
-        .routes(routes!(login))
-        .routes(routes!(refresh))
-        .routes(routes!(logout))
-        .routes(routes!(service_token))
-        .routes(routes!(me, update_me))
-        .routes(routes!(internal_user))
-        .routes(routes!(internal_users))
-        .routes(routes!(crate::kyc::set_kyc))
-        .routes(routes!(jwks))
+    finflow_platform::route_table!(ApiDoc:
+        register; verify; login; refresh; logout; service_token; me, update_me;
+        internal_user; internal_users; crate::kyc::set_kyc; jwks)
 }
 
 /// A user as the API shows it.

@@ -219,11 +219,10 @@ impl Service for Auth {
 mod tests {
     use super::*;
 
-    fn load(
-        service_clients: &str,
-    ) -> Result<finflow_platform::service::Config<Settings>, finflow_platform::config::LoadError>
-    {
-        finflow_platform::testing::load::<Auth>(&[
+    use finflow_platform::testing::{self, Loaded};
+
+    fn load(service_clients: &str) -> Loaded<Auth> {
+        testing::load::<Auth>(&[
             "--redis-url=redis://localhost",
             "--jwt-keys-dir=/tmp/keys",
             "--service-clients",

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use finflow_auth::Auth;
+use finflow_platform::db;
 use finflow_platform::events::{self, Event, Publisher, types};
 use finflow_platform::testing::TestService;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -15,17 +16,11 @@ use uuid::Uuid;
 const PASSWORD: &str = "correct horse battery staple";
 
 /// A on a fresh database and vhost, with a key directory of its own.
+#[derive(derive_more::Deref)]
 struct TestAuth {
+    #[deref]
     service: TestService,
     keys_dir: std::path::PathBuf,
-}
-
-impl std::ops::Deref for TestAuth {
-    type Target = TestService;
-
-    fn deref(&self) -> &TestService {
-        &self.service
-    }
 }
 
 impl TestAuth {
@@ -115,11 +110,12 @@ impl TestAuth {
 
     /// The outbox's events of `event_type`, oldest first (their data).
     async fn events(&self, event_type: &str) -> Vec<Value> {
-        sqlx::query_scalar("SELECT payload->'data' FROM outbox WHERE event_type = $1 ORDER BY seq")
-            .bind(event_type)
-            .fetch_all(&self.db.pool)
-            .await
-            .unwrap()
+        db::column_of(
+            &self.db.pool,
+            "SELECT payload->'data' FROM outbox WHERE event_type = $1 ORDER BY seq",
+            event_type,
+        )
+        .await
     }
 
     async fn refresh(&self, token: &Value) -> (StatusCode, Value) {
@@ -211,12 +207,11 @@ async fn signing_up_mails_a_token_and_only_verifying_it_creates_a_pending_bronze
     assert_eq!(created[0]["user_id"], user["id"]);
     assert_eq!(created[0]["email"], address);
     assert_eq!(created[0]["full_name"], "Ada Lovelace");
-    let source: String = sqlx::query_scalar(
+    let source: String = db::scalar(
+        &app.db.pool,
         "SELECT payload->>'source' FROM outbox WHERE event_type = 'user.created'",
     )
-    .fetch_one(&app.db.pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(source, "auth");
     app.login(&address).await;
 }
@@ -567,10 +562,7 @@ async fn a_kyc_decision_event_updates_the_user_without_a_new_login() {
         )
         .await;
     assert_eq!(body["data"]["kyc_status"], "verified");
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
+    let applied: i64 = db::scalar(&app.db.pool, "SELECT count(*) FROM processed_events").await;
     assert_eq!(
         applied, 1,
         "the same event published repeatedly is applied once"

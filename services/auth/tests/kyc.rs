@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use finflow_auth::consumers::{KycUpdates, kyc_queue};
 use finflow_auth::kyc::{self, Decision, Outcome};
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{HandlerError, apply_once};
 use finflow_platform::events::{Event, types};
 use finflow_platform::identity::KycStatus;
@@ -27,11 +27,7 @@ async fn user(pool: &PgPool) -> Uuid {
 }
 
 async fn status(pool: &PgPool, user: Uuid) -> String {
-    sqlx::query_scalar("SELECT kyc_status FROM users WHERE id = $1")
-        .bind(user)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    db::scalar_of(pool, "SELECT kyc_status FROM users WHERE id = $1", user).await
 }
 
 fn decision(status: KycStatus, at: DateTime<Utc>) -> Decision {

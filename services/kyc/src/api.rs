@@ -15,7 +15,6 @@ use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
-use utoipa::OpenApi as _;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::router::UtoipaMethodRouterExt;
@@ -56,19 +55,12 @@ pub const SUBMIT_BODY_BYTES: usize = crate::documents::MAX_DOCUMENT_BYTES / 3 * 
 )))]
 pub(crate) struct ApiDoc;
 
-/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
-/// written, once, so the routes and the OpenAPI document cannot differ.
+/// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    finflow_platform::route_table!(ApiDoc: status; review; revoke; alerts; clear; flag)
         // A document travels base64 in JSON: 4/3 of its bytes plus the other fields,
         // more than the platform's default body limit allows.
         .routes(routes!(submit).layer(DefaultBodyLimit::max(SUBMIT_BODY_BYTES)))
-        .routes(routes!(status))
-        .routes(routes!(review))
-        .routes(routes!(revoke))
-        .routes(routes!(alerts))
-        .routes(routes!(clear))
-        .routes(routes!(flag))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]

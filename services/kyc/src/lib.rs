@@ -122,15 +122,16 @@ impl Service for Kyc {
 #[cfg(test)]
 mod tests {
     use finflow_platform::config::LoadError;
+    use finflow_platform::testing::{self, Loaded};
 
-    fn load(
-        extra: &[&str],
-    ) -> Result<finflow_platform::service::Config<super::Settings>, LoadError> {
+    use super::Kyc;
+
+    fn load(extra: &[&str]) -> Loaded<Kyc> {
         let client = [
             "--auth-url=http://127.0.0.1:9",
             "--service-client-secret=kyc-secret-for-tests",
         ];
-        finflow_platform::testing::load::<super::Kyc>(&[&client[..], extra].concat())
+        testing::load::<Kyc>(&[&client[..], extra].concat())
     }
 
     #[test]

@@ -14,7 +14,7 @@ use finflow_kyc::Kyc;
 use finflow_kyc::aml::{self, Monitor, Rules};
 use finflow_kyc::documents::MAX_DOCUMENT_BYTES;
 use finflow_platform::Amount;
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{self, Outcome};
 use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost, types};
 use finflow_platform::fx::{DEFAULT_RATES, Rates};
@@ -212,18 +212,12 @@ impl FakeAuth {
 }
 
 /// E on a fresh database and vhost, A faked, and the test's own queue on the vhost.
+#[derive(derive_more::Deref)]
 struct TestE {
+    #[deref]
     service: TestService,
     broker: Broker,
     auth: FakeAuth,
-}
-
-impl std::ops::Deref for TestE {
-    type Target = TestService;
-
-    fn deref(&self) -> &TestService {
-        &self.service
-    }
 }
 
 impl TestE {
@@ -327,11 +321,12 @@ impl TestE {
 
     /// The payloads of E's outbox rows of `event_type`, oldest first.
     async fn outbox(&self, event_type: &str) -> Vec<Value> {
-        sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq")
-            .bind(event_type)
-            .fetch_all(&self.db.pool)
-            .await
-            .unwrap()
+        db::column_of(
+            &self.db.pool,
+            "SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq",
+            event_type,
+        )
+        .await
     }
 
     async fn count(&self, sql: &'static str) -> i64 {
@@ -1246,12 +1241,12 @@ async fn a_held_payment_seen_again_or_released_later_is_counted_and_alerted_once
             Outcome::Applied
         );
     }
-    let observed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM payment_observations WHERE user_id = $1")
-            .bind(user)
-            .fetch_one(&e.db.pool)
-            .await
-            .unwrap();
+    let observed: i64 = db::scalar_of(
+        &e.db.pool,
+        "SELECT count(*) FROM payment_observations WHERE user_id = $1",
+        user,
+    )
+    .await;
     assert_eq!(observed, 1, "one payment, observed once");
     let alerts = e.alerts_of(user).await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");

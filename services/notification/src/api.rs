@@ -7,10 +7,8 @@ use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::OpenApi as _;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -27,16 +25,11 @@ pub struct AppState {
 #[openapi(components(schemas(EventType)))]
 pub(crate) struct ApiDoc;
 
-/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
-/// written, once, so the routes and the OpenAPI document cannot differ.
+/// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list))
-        .routes(routes!(mark_read))
-        .routes(routes!(preferences, set_preference))
-        .routes(routes!(deliveries))
-        .routes(routes!(create_webhook, list_webhooks))
-        .routes(routes!(delete_webhook))
+    finflow_platform::route_table!(ApiDoc:
+        list; mark_read; preferences, set_preference; deliveries;
+        create_webhook, list_webhooks; delete_webhook)
 }
 
 #[derive(Serialize, ToSchema, sqlx::FromRow)]

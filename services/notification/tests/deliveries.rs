@@ -10,24 +10,18 @@ use axum::http::{HeaderMap, StatusCode};
 use finflow_notification::Notification;
 use finflow_notification::consumer::{Notifier, queue};
 use finflow_notification::delivery::{self, SIGNATURE_HEADER};
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::{self, Event, Publisher, consumer, types};
 use finflow_platform::testing::{HttpsServer, Mailbox, TestService, smtp_sink};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// D on a fresh database and vhost, mailing an SMTP sink.
+#[derive(derive_more::Deref)]
 struct TestD {
+    #[deref]
     service: TestService,
     mailbox: Mailbox,
-}
-
-impl std::ops::Deref for TestD {
-    type Target = TestService;
-
-    fn deref(&self) -> &TestService {
-        &self.service
-    }
 }
 
 impl TestD {
@@ -264,22 +258,21 @@ impl TestD {
     async fn rows_of(&self, event: &Event) -> (i64, Vec<(String, String)>) {
         let pool = &self.db.pool;
         self.wait_for_async("the event handled", || async {
-            sqlx::query_scalar::<_, bool>(
+            db::scalar_of::<bool, _>(
+                pool,
                 "SELECT EXISTS (SELECT 1 FROM processed_events WHERE event_id = $1)",
+                event.id,
             )
-            .bind(event.id)
-            .fetch_one(pool)
             .await
-            .unwrap()
             .then_some(())
         })
         .await;
-        let in_app: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE event_id = $1")
-                .bind(event.id)
-                .fetch_one(pool)
-                .await
-                .unwrap();
+        let in_app: i64 = db::scalar_of(
+            pool,
+            "SELECT count(*) FROM notifications WHERE event_id = $1",
+            event.id,
+        )
+        .await;
         let mut deliveries: Vec<(String, String)> =
             sqlx::query_as("SELECT channel, target FROM deliveries WHERE event_id = $1")
                 .bind(event.id)
@@ -393,10 +386,7 @@ async fn events_applied_together_tell_each_user_as_they_would_be_told_one_by_one
         (1, vec![("webhook".to_owned(), hook)]),
         "no address known: the webhook only"
     );
-    let told: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications")
-        .fetch_one(&d.db.pool)
-        .await
-        .unwrap();
+    let told: i64 = db::scalar(&d.db.pool, "SELECT count(*) FROM notifications").await;
     assert_eq!(told, 5, "one in-app notification an event, no more");
 }
 
@@ -914,17 +904,14 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
         .await;
     assert_eq!(inbox["data"], json!([]));
     assert!(receiver.attempts.lock().unwrap().is_empty());
-    let contacts: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts")
-        .fetch_one(&d.db.pool)
-        .await
-        .unwrap();
+    let contacts: i64 = db::scalar(&d.db.pool, "SELECT count(*) FROM contacts").await;
     assert_eq!(contacts, 0, "an unverified address is no contact");
-    let payloads_with_token: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE strpos(payload::text, $1) > 0")
-            .bind(token)
-            .fetch_one(&d.db.pool)
-            .await
-            .unwrap();
+    let payloads_with_token: i64 = db::scalar_of(
+        &d.db.pool,
+        "SELECT count(*) FROM deliveries WHERE strpos(payload::text, $1) > 0",
+        token,
+    )
+    .await;
     assert_eq!(payloads_with_token, 0);
 }
 
@@ -962,12 +949,7 @@ async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
         .unwrap();
     }
     let delivered = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1 AND claim IS NULL",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+        db::scalar::<i64>(&db.pool, "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1 AND claim IS NULL").await
     };
     // One round: a batch of 16 claimed under one claim, sent, recorded.
     assert!(sender.deliver_next().await.unwrap());

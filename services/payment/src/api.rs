@@ -14,10 +14,8 @@ use finflow_platform::identity::KycStatus;
 use finflow_platform::{Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::OpenApi as _;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::idempotency::{Claim, Keys, Stored};
@@ -58,17 +56,10 @@ pub struct AppState {
 #[openapi(components(schemas(finflow_platform::Currency)))]
 pub(crate) struct ApiDoc;
 
-/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
-/// written, once, so the routes and the OpenAPI document cannot differ.
+/// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(transfer))
-        .routes(routes!(deposit))
-        .routes(routes!(withdrawal))
-        .routes(routes!(list))
-        .routes(routes!(get_one))
-        .routes(routes!(reverse))
-        .routes(routes!(release))
+    finflow_platform::route_table!(ApiDoc:
+        transfer; deposit; withdrawal; list; get_one; reverse; release)
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

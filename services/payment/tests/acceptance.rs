@@ -5,6 +5,7 @@
 mod common;
 
 use common::{FakeWallet, Stand};
+use finflow_platform::db;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -139,10 +140,8 @@ async fn a_transfer_is_accepted_after_one_call_to_b_that_reads_both_wallets() {
         stand.wallets.lookups(),
         vec![format!("{from}?counterpart={to}")]
     );
-    let recorded: Option<Uuid> = sqlx::query_scalar("SELECT payee_user_id FROM payments")
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap();
+    let recorded: Option<Uuid> =
+        db::scalar(&stand.pool, "SELECT payee_user_id FROM payments").await;
     assert_eq!(
         recorded,
         Some(payee),

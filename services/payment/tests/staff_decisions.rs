@@ -6,6 +6,7 @@
 mod common;
 
 use common::Stand;
+use finflow_platform::db;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -119,14 +120,13 @@ async fn another_staff_member_may_release_and_reverse_the_same_payments() {
 
 /// The payee C names in a payment's events, for E's four eyes.
 async fn announced_payee(pool: &PgPool, payment: &str) -> Value {
-    sqlx::query_scalar::<_, Option<Value>>(
+    db::scalar_of::<Option<Value>, _>(
+        pool,
         "SELECT payload->'data'->'payee_user_id' FROM outbox \
          WHERE payload->'data'->>'payment_id' = $1",
+        payment,
     )
-    .bind(payment)
-    .fetch_one(pool)
     .await
-    .unwrap()
     .unwrap_or(Value::Null)
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use common::Stand;
 use finflow_payment::worker::PaymentWorker;
+use finflow_platform::db;
 use finflow_platform::events::consumer::{Outcome, apply_batch, apply_once};
 use finflow_platform::events::{Event, types};
 use serde_json::json;
@@ -22,19 +23,21 @@ fn requested(payment: Uuid) -> Event {
 }
 
 async fn failure_code(stand: &Stand, id: Uuid) -> Option<String> {
-    sqlx::query_scalar("SELECT failure_code FROM payments WHERE id = $1")
-        .bind(id)
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap()
+    db::scalar_of(
+        &stand.pool,
+        "SELECT failure_code FROM payments WHERE id = $1",
+        id,
+    )
+    .await
 }
 
 async fn announced(stand: &Stand, event_type: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = $1")
-        .bind(event_type)
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap()
+    db::scalar_of(
+        &stand.pool,
+        "SELECT count(*) FROM outbox WHERE event_type = $1",
+        event_type,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -156,10 +159,7 @@ async fn a_batch_b_could_not_answer_leaves_each_payment_to_be_retried_alone() {
         .unwrap();
     assert_eq!(outcomes, vec![None, None], "both given back");
     assert_eq!(stand.status_of(one).await, "PENDING");
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap();
+    let recorded: i64 = db::scalar(&stand.pool, "SELECT count(*) FROM processed_events").await;
     assert_eq!(recorded, 0, "no dedupe record keeps a retry out");
     assert_eq!(announced(&stand, types::PAYMENT_COMPLETED).await, 0);
 

@@ -218,3 +218,47 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// The value `sql` selects (one row, one column), for a test's assertions; panics,
+/// naming the query, when it fails.
+#[cfg(feature = "testing")]
+pub async fn scalar<'e, T>(db: impl sqlx::PgExecutor<'e>, sql: &'static str) -> T
+where
+    T: Send + Unpin + 'static,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    sqlx::query_scalar(sql)
+        .fetch_one(db)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// [`scalar`] with `arg` as `$1`.
+#[cfg(feature = "testing")]
+pub async fn scalar_of<'e, T, A>(db: impl sqlx::PgExecutor<'e>, sql: &'static str, arg: A) -> T
+where
+    T: Send + Unpin + 'static,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    A: sqlx::Encode<'e, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'e,
+{
+    sqlx::query_scalar(sql)
+        .bind(arg)
+        .fetch_one(db)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// The column `sql` selects with `arg` as `$1`, row by row, for a test's assertions.
+#[cfg(feature = "testing")]
+pub async fn column_of<'e, T, A>(db: impl sqlx::PgExecutor<'e>, sql: &'static str, arg: A) -> Vec<T>
+where
+    T: Send + Unpin + 'static,
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    A: sqlx::Encode<'e, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'e,
+{
+    sqlx::query_scalar(sql)
+        .bind(arg)
+        .fetch_all(db)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}

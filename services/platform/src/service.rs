@@ -88,6 +88,20 @@ pub trait Service: 'static {
     ) -> impl Future<Output = anyhow::Result<Api>> + Send;
 }
 
+/// A service's route table, `route_table!(ApiDoc: a; b, c; d)`: the
+/// `utoipa_axum::router::OpenApiRouter` of its `ApiDoc` with one route a path, each
+/// from its handlers' `#[utoipa::path]`s (handlers of one path separated by commas,
+/// paths by semicolons), where the path is written, once, so the routes and the
+/// OpenAPI document cannot differ. The calling crate depends on `utoipa`,
+/// `utoipa-axum` and `axum`, as `utoipa_axum::routes!` needs.
+#[macro_export]
+macro_rules! route_table {
+    ($doc:ty: $($($handler:path),+);+ $(;)?) => {
+        ::utoipa_axum::router::OpenApiRouter::with_openapi(<$doc as ::utoipa::OpenApi>::openapi())
+            $(.routes(::utoipa_axum::routes!($($handler),+)))+
+    };
+}
+
 /// What a service serves: its routes and their OpenAPI document.
 pub struct Api {
     pub router: Router,

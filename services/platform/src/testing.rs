@@ -288,13 +288,18 @@ impl Drop for TlsProxy {
     }
 }
 
+/// What [`load`] gives: `S`'s configuration, or why it was refused.
+#[cfg(feature = "events")]
+pub type Loaded<S> = Result<
+    crate::service::Config<<S as crate::service::Service>::Settings>,
+    crate::config::LoadError,
+>;
+
 /// `S`'s whole configuration as its `main` would parse it from `args`, after the
 /// settings every service needs (a listen address, database and broker URLs): for
 /// tests of a service's own settings.
 #[cfg(feature = "events")]
-pub fn load<S: crate::service::Service>(
-    args: &[&str],
-) -> Result<crate::service::Config<S::Settings>, crate::config::LoadError> {
+pub fn load<S: crate::service::Service>(args: &[&str]) -> Loaded<S> {
     let argv = [
         format!("finflow-{}", S::INFO.name),
         "--listen=127.0.0.1:0".to_owned(),

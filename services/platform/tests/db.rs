@@ -9,15 +9,9 @@ use sqlx::postgres::PgSslMode;
 #[tokio::test]
 async fn each_test_database_is_fresh_migrated_and_dropped_afterwards() {
     let db = TestDb::new(None).await;
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let name: String = db::scalar(&db.pool, "SELECT current_database()").await;
     assert!(name.starts_with("finflow_test_"));
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let pending: i64 = db::scalar(&db.pool, "SELECT count(*) FROM outbox").await;
     assert_eq!(pending, 0, "the platform tables exist and are empty");
     let server = db.options();
     drop(db);
@@ -25,12 +19,12 @@ async fn each_test_database_is_fresh_migrated_and_dropped_afterwards() {
         <sqlx::PgConnection as sqlx::Connection>::connect_with(&server.database("postgres"))
             .await
             .unwrap();
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
+    let exists: bool = db::scalar_of(
+        &mut admin,
+        "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+        &name,
+    )
+    .await;
     assert!(!exists, "{name} was not dropped");
 }
 
@@ -41,10 +35,11 @@ fn url_with(db: &TestDb, mode: PgSslMode, more: &str) -> SecretString {
 }
 
 async fn encrypted(pool: &sqlx::PgPool) -> bool {
-    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    db::scalar(
+        pool,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .await
 }
 
 #[tokio::test]
@@ -61,14 +56,13 @@ async fn verify_ca_trusts_the_root_it_names_and_verify_full_also_the_name_it_cer
     let db = TestDb::new(None).await;
     // The test server's certificate is self-signed, its own root (Debian's snakeoil
     // certificate, or the one dev/backing-services makes), and neither names an address.
-    let cert: String = sqlx::query_scalar(
+    let cert: String = db::scalar(
+        &db.pool,
         "SELECT CASE WHEN left(setting, 1) = '/' THEN setting \
          ELSE current_setting('data_directory') || '/' || setting END \
          FROM pg_settings WHERE name = 'ssl_cert_file'",
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     let root = format!("&sslrootcert={cert}");
     let pool = db::connect(&url_with(&db, PgSslMode::VerifyCa, &root), 1)
         .await
@@ -111,10 +105,7 @@ async fn money_round_trips_through_numeric_20_4_without_loss() {
         .await
         .unwrap();
     assert_eq!(Money::new(amount, currency).unwrap(), money);
-    let sum: Amount = sqlx::query_scalar("SELECT sum(amount) - 0.01 FROM m")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let sum: Amount = db::scalar(&db.pool, "SELECT sum(amount) - 0.01 FROM m").await;
     assert_eq!(sum, Amount::parse("9999999999999999.98").unwrap());
 }
 

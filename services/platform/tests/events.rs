@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{self, ConsumerSpec, Handler, HandlerError, Outcome};
 use finflow_platform::events::outbox::{self, Relay};
 use finflow_platform::events::{self, Event, Publisher, QueueSpec};
@@ -314,10 +314,7 @@ async fn a_message_delivered_twice_changes_state_once() {
     // Give a wrongly applied duplicate time to show up before asserting it did not.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(counter(&db).await, (105, 2));
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let processed: i64 = db::scalar(&db.pool, "SELECT count(*) FROM processed_events").await;
     assert_eq!(processed, 2);
 
     shutdown.cancel();
@@ -583,11 +580,11 @@ async fn a_batch_with_a_failing_event_commits_nothing_and_each_event_then_applie
         (0, 0),
         "not even the writes before the failure"
     );
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE consumer = 'batch'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let recorded: i64 = db::scalar(
+        &db.pool,
+        "SELECT count(*) FROM processed_events WHERE consumer = 'batch'",
+    )
+    .await;
     assert_eq!(recorded, 0, "no id recorded: every event will be retried");
     // Retried alone (the consumer's path for what a batch gave back): the good ones
     // apply, the failing one fails alone, then applies once it can.
@@ -629,18 +626,10 @@ impl Handler for RecordTransaction {
 
 /// The transactions `count` events were applied in, once they all are.
 async fn transactions_of(db: &TestDb, count: i64) -> i64 {
-    let applied = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM applied_in")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-    };
+    let applied = || async { db::scalar::<i64>(&db.pool, "SELECT count(*) FROM applied_in").await };
     eventually("the events applied", || async { applied().await >= count }).await;
     assert_eq!(applied().await, count, "each once");
-    sqlx::query_scalar("SELECT count(DISTINCT tx) FROM applied_in")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+    db::scalar(&db.pool, "SELECT count(DISTINCT tx) FROM applied_in").await
 }
 
 #[tokio::test]
@@ -774,13 +763,12 @@ async fn one_relay_of_a_database_scans_and_another_takes_over_when_it_stops() {
         (stop.clone(), tokio::spawn(relay.run(stop)))
     };
     let leaders = || async {
-        sqlx::query_scalar::<_, i64>(
+        db::scalar::<i64>(
+            &db.pool,
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
-        .fetch_one(&db.pool)
         .await
-        .unwrap()
     };
     let publish = |amount: i64| {
         let pool = db.pool.clone();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{self, ConsumerSpec, Handler, HandlerError};
 use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost};
 use sqlx::PgConnection;
@@ -56,12 +56,8 @@ async fn a_preview_pod_leaves_the_queue_alone_until_it_is_promoted() {
         .unwrap();
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let seen = |pool: sqlx::PgPool| async move {
-        sqlx::query_scalar::<_, i32>("SELECT n FROM seen")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    };
+    let seen =
+        |pool: sqlx::PgPool| async move { db::scalar::<i32>(&pool, "SELECT n FROM seen").await };
     assert_eq!(
         seen(db.pool.clone()).await,
         0,

@@ -128,16 +128,13 @@ impl Service for Reporting {
 
 #[cfg(test)]
 mod tests {
-    use finflow_platform::config::LoadError;
+    use finflow_platform::config::{HttpUrl, LoadError};
+    use finflow_platform::testing::{self, Loaded};
 
-    use finflow_platform::config::HttpUrl;
+    use super::{Reporting, Upstream};
 
-    use super::Upstream;
-
-    fn load(
-        extra: &[&str],
-    ) -> Result<finflow_platform::service::Config<super::Settings>, LoadError> {
-        finflow_platform::testing::load::<super::Reporting>(extra)
+    fn load(extra: &[&str]) -> Loaded<Reporting> {
+        testing::load::<Reporting>(extra)
     }
 
     #[test]

@@ -12,10 +12,8 @@ use finflow_platform::events::depth::QueueDepth;
 use finflow_platform::{Amount, ApiError, ApiResult, Identity, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::OpenApi as _;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 #[derive(Clone)]
@@ -60,16 +58,9 @@ impl QueueHealth {
 #[openapi(components(schemas(ReportFormat)))]
 pub(crate) struct ApiDoc;
 
-/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
-/// written, once, so the routes and the OpenAPI document cannot differ.
-/// The dashboard's page and script are not API.
+/// The route table; the dashboard's page and script are not API.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(transactions))
-        .routes(routes!(users))
-        .routes(routes!(compliance))
-        .routes(routes!(summary))
-        .routes(routes!(statement))
+    finflow_platform::route_table!(ApiDoc: transactions; users; compliance; summary; statement)
         .route("/dashboard", get(dashboard))
         .route("/dashboard/app.js", get(dashboard_js))
 }

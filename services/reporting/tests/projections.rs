@@ -1,7 +1,7 @@
 //! F's read models against real PostgreSQL: replays and disorder change nothing.
 
 use finflow_contracts::payment::{Kind, Payment, PaymentEvent, Status};
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, types};
 use finflow_reporting::projections::{LEDGER_ENTRY_POSTED, Projector, project};
@@ -155,15 +155,14 @@ fn orders(items: &[usize]) -> Vec<Vec<usize>> {
 /// Every row, all columns, of `payment`'s payment and ledger read models (all payments'
 /// with `None`).
 async fn rows_of(db: &TestDb, payment: Option<Uuid>) -> Vec<String> {
-    sqlx::query_scalar(
+    db::column_of(
+        &db.pool,
         "SELECT p::text FROM payments_rm p WHERE $1::uuid IS NULL OR payment_id = $1 \
          UNION ALL SELECT l::text FROM ledger_rm l WHERE $1::uuid IS NULL OR transfer_id = $1 \
          ORDER BY 1",
+        payment,
     )
-    .bind(payment)
-    .fetch_all(&db.pool)
     .await
-    .unwrap()
 }
 
 /// Every read model as the reports see it, and the statements of `users_with_statements`.
@@ -375,10 +374,7 @@ async fn wallet_events_converge_to_the_newest_status_in_any_order() {
     apply(&db, &all).await;
     apply(&db, &all).await;
     assert_eq!(wallet_state(&db, wallet, &created, &frozen).await, expected);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM wallets_rm")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let count: i64 = db::scalar(&db.pool, "SELECT count(*) FROM wallets_rm").await;
     assert_eq!(count, 1);
 
     // In order, a second wallet reaches the same kind of state.

@@ -14,9 +14,8 @@ use finflow_platform::fx::Rates;
 use finflow_platform::{Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::{OpenApi as _, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use uuid::Uuid;
 
 use finflow_contracts::wallet::{BATCH_MAX, TransferBatch, VoidRequest, WalletEvent};
@@ -42,20 +41,11 @@ pub struct AppState {
 #[openapi(components(schemas(finflow_platform::Currency)))]
 pub(crate) struct ApiDoc;
 
-/// The route table: each route from its handler's `#[utoipa::path]`, where its path is
-/// written, once, so the routes and the OpenAPI document cannot differ.
+/// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(create_wallet, list_wallets))
-        .routes(routes!(get_wallet))
-        .routes(routes!(balance))
-        .routes(routes!(activate))
-        .routes(routes!(set_status))
-        .routes(routes!(transactions))
-        .routes(routes!(internal_wallet))
-        .routes(routes!(transfer))
-        .routes(routes!(transfer_batch))
-        .routes(routes!(void_transfer))
+    finflow_platform::route_table!(ApiDoc:
+        create_wallet, list_wallets; get_wallet; balance; activate; set_status; transactions;
+        internal_wallet; transfer; transfer_batch; void_transfer)
 }
 
 /// A wallet with what its owner sent today (`ledger::spent_today` in the same read).

@@ -94,11 +94,12 @@ impl Service for Wallet {
 #[cfg(test)]
 mod tests {
     use finflow_platform::config::LoadError;
+    use finflow_platform::testing::{self, Loaded};
 
-    fn load(
-        tier_limits: &str,
-    ) -> Result<finflow_platform::service::Config<super::Settings>, LoadError> {
-        finflow_platform::testing::load::<super::Wallet>(&[
+    use super::Wallet;
+
+    fn load(tier_limits: &str) -> Loaded<Wallet> {
+        testing::load::<Wallet>(&[
             "--auth-url=http://127.0.0.1:9",
             "--service-client-secret=wallet-secret-for-tests",
             "--tier-limits",

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::{Amount, ApiError, Currency, ErrorCode, Money};
 use finflow_wallet::ledger::{self, Applied, Spend, TransferKind, TransferRequest, TransferResult};
 use finflow_wallet::limits::Limit;
@@ -78,58 +78,50 @@ async fn deposit(pool: &PgPool, to: Uuid, value: &str) {
 }
 
 async fn balance(pool: &PgPool, id: Uuid) -> Amount {
-    sqlx::query_scalar("SELECT balance FROM wallets WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    db::scalar_of(pool, "SELECT balance FROM wallets WHERE id = $1", id).await
 }
 
 /// The books: every invariant of `docs/architecture.md` (Money; B, wallet) that B owns.
 async fn assert_books_balance(pool: &PgPool, deposited: Amount) {
-    let user_total: Amount =
-        sqlx::query_scalar("SELECT coalesce(sum(balance), 0) FROM wallets WHERE kind = 'user'")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let user_total: Amount = db::scalar(
+        pool,
+        "SELECT coalesce(sum(balance), 0) FROM wallets WHERE kind = 'user'",
+    )
+    .await;
     assert_eq!(user_total, deposited, "money is conserved");
-    let all_total: Amount = sqlx::query_scalar("SELECT coalesce(sum(balance), 0) FROM wallets")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let all_total: Amount = db::scalar(pool, "SELECT coalesce(sum(balance), 0) FROM wallets").await;
     assert!(
         all_total.is_zero(),
         "user money is mirrored by the system account: {all_total}"
     );
-    let negative: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM wallets WHERE kind = 'user' AND balance < 0")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let negative: i64 = db::scalar(
+        pool,
+        "SELECT count(*) FROM wallets WHERE kind = 'user' AND balance < 0",
+    )
+    .await;
     assert_eq!(negative, 0, "no user balance is negative");
-    let drifted: i64 = sqlx::query_scalar(
+    let drifted: i64 = db::scalar(
+        pool,
         "SELECT count(*) FROM wallets w WHERE w.balance <> \
          (SELECT coalesce(sum(amount), 0) FROM ledger_lines l WHERE l.wallet_id = w.id)",
     )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         drifted, 0,
         "every balance equals the sum of its ledger lines"
     );
-    let unbalanced: i64 = sqlx::query_scalar(
+    let unbalanced: i64 = db::scalar(
+        pool,
         "SELECT count(*) FROM (SELECT entry_id FROM ledger_lines GROUP BY entry_id \
          HAVING sum(amount) <> 0 OR count(*) <> 2) e",
     )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         unbalanced, 0,
         "every journal entry's debits equal its credits"
     );
-    let miscounted: i64 = sqlx::query_scalar(
+    let miscounted: i64 = db::scalar(
+        pool,
         "SELECT count(*) FROM ( \
            SELECT w.user_id, (l.created_at AT TIME ZONE 'UTC')::date AS day, \
                   sum(e.reference_value) AS spent \
@@ -139,9 +131,7 @@ async fn assert_books_balance(pool: &PgPool, deposited: Amount) {
          FULL JOIN user_daily_spend s USING (user_id, day) \
          WHERE s.spent IS DISTINCT FROM t.spent",
     )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    .await;
     assert_eq!(
         miscounted, 0,
         "each user's daily spend counter equals the value of their day's limited debits"
@@ -319,13 +309,12 @@ async fn tier_limits_count_what_already_left_today() {
     deposit(&db.pool, a, "1000").await;
     // The day is the database's UTC day: start well clear of its end, or the transfers
     // below could fall on two days and the last one be allowed.
-    let left_today: f64 = sqlx::query_scalar(
+    let left_today: f64 = db::scalar(
+        &db.pool,
         "SELECT EXTRACT(EPOCH FROM (date_trunc('day', now() AT TIME ZONE 'UTC') \
          + interval '1 day' - now() AT TIME ZONE 'UTC'))::float8",
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    .await;
     if left_today < 30.0 {
         tokio::time::sleep(std::time::Duration::from_secs_f64(left_today + 1.0)).await;
     }
@@ -1075,27 +1064,25 @@ async fn answers_name_their_entries(
 /// What came in from outside less what went out, as the journal has it: what the user
 /// wallets hold between them.
 async fn net_deposits(pool: &PgPool) -> Amount {
-    sqlx::query_scalar(
+    db::scalar(
+        pool,
         "SELECT coalesce(sum(CASE WHEN f.kind = 'system' THEN e.amount \
                                   WHEN t.kind = 'system' THEN -e.amount ELSE 0 END), 0) \
          FROM journal_entries e JOIN wallets f ON f.id = e.from_wallet_id \
          JOIN wallets t ON t.id = e.to_wallet_id",
     )
-    .fetch_one(pool)
     .await
-    .unwrap()
 }
 
 /// Waits out the end of the database's UTC day if it is near: a case's two runs must
 /// count against the same day.
 async fn clear_of_midnight(pool: &PgPool) {
-    let left: i64 = sqlx::query_scalar(
+    let left: i64 = db::scalar(
+        pool,
         "SELECT EXTRACT(EPOCH FROM (date_trunc('day', now() AT TIME ZONE 'UTC') \
          + interval '1 day' - now() AT TIME ZONE 'UTC'))::int8",
     )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+    .await;
     if left < 30 {
         tokio::time::sleep(Duration::from_secs(left.unsigned_abs() + 1)).await;
     }

@@ -7,6 +7,7 @@ mod common;
 use common::{Stand, assert_forbidden};
 use finflow_contracts::identity::KycStatus;
 use finflow_contracts::wallet::InternalWallet;
+use finflow_platform::db;
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -186,12 +187,12 @@ async fn two_wallets_of_one_user_sending_at_once_cannot_both_use_the_last_of_the
         );
         let passed = [&a, &b].iter().filter(|(s, _)| *s == 201).count();
         assert!(passed <= 1, "both passed: {a:?} {b:?}");
-        let spent: String =
-            sqlx::query_scalar("SELECT spent::text FROM user_daily_spend WHERE user_id = $1")
-                .bind(payer)
-                .fetch_one(&stand.pool)
-                .await
-                .unwrap();
+        let spent: String = db::scalar_of(
+            &stand.pool,
+            "SELECT spent::text FROM user_daily_spend WHERE user_id = $1",
+            payer,
+        )
+        .await;
         let spent: f64 = spent.parse().unwrap();
         assert!(spent <= 5000.0, "the day's limit was passed: {spent}");
     }
@@ -199,13 +200,12 @@ async fn two_wallets_of_one_user_sending_at_once_cannot_both_use_the_last_of_the
 
 /// Waits past the database's UTC midnight when it is less than a minute away.
 async fn skip_near_midnight(stand: &Stand) {
-    let left_ms: i64 = sqlx::query_scalar(
+    let left_ms: i64 = db::scalar(
+        &stand.pool,
         "SELECT (EXTRACT(EPOCH FROM (date_trunc('day', now() AT TIME ZONE 'UTC') \
          + interval '1 day' - now() AT TIME ZONE 'UTC')) * 1000)::bigint",
     )
-    .fetch_one(&stand.pool)
-    .await
-    .unwrap();
+    .await;
     if left_ms < 60_000 {
         let wait = u64::try_from(left_ms + 1_000).unwrap_or(61_000);
         tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
@@ -346,10 +346,7 @@ async fn a_batch_applies_each_transfer_once_refuses_only_what_cannot_be_paid_and
     assert_eq!(stand.balance(a).await, "70.0000");
     assert_eq!(stand.balance(b).await, "35.0000");
     assert_eq!(stand.balance(c).await, "100.0000");
-    let balanced: bool = sqlx::query_scalar("SELECT sum(balance) = 0 FROM wallets")
-        .fetch_one(&stand.pool)
-        .await
-        .unwrap();
+    let balanced: bool = db::scalar(&stand.pool, "SELECT sum(balance) = 0 FROM wallets").await;
     assert!(
         balanced,
         "the books balance: user money is minus the system accounts'"

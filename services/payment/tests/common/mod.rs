@@ -15,6 +15,7 @@ use finflow_payment::wallets::Wallets;
 use finflow_platform::Amount;
 use finflow_platform::cache;
 use finflow_platform::client::{ServiceClient, TokenSource};
+use finflow_platform::db;
 use finflow_platform::identity::KycStatus;
 use finflow_platform::testing::TestService;
 use secrecy::ExposeSecret;
@@ -329,18 +330,11 @@ impl Stand {
 
     /// How many payments C has recorded, whatever their state.
     pub async fn payments_recorded(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM payments")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        db::scalar(&self.pool, "SELECT count(*) FROM payments").await
     }
 
     pub async fn status_of(&self, id: Uuid) -> String {
-        sqlx::query_scalar("SELECT status FROM payments WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        db::scalar_of(&self.pool, "SELECT status FROM payments WHERE id = $1", id).await
     }
 
     /// `POST /api/v1/payments/{id}/{action}` as a staff member `who` with `roles`.

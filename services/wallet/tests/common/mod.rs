@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use finflow_platform::db;
 use finflow_platform::testing::TestService;
 use finflow_wallet::Wallet;
 use serde_json::{Value, json};
@@ -174,19 +175,16 @@ impl Stand {
     }
 
     pub async fn status_of(&self, id: Uuid) -> String {
-        sqlx::query_scalar("SELECT status FROM wallets WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        db::scalar_of(&self.pool, "SELECT status FROM wallets WHERE id = $1", id).await
     }
 
     pub async fn balance(&self, id: Uuid) -> String {
-        sqlx::query_scalar("SELECT balance::text FROM wallets WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        db::scalar_of(
+            &self.pool,
+            "SELECT balance::text FROM wallets WHERE id = $1",
+            id,
+        )
+        .await
     }
 
     /// A request to B as the user `who` with `roles`, as their sidecar would send it.
