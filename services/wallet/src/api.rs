@@ -230,6 +230,9 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
     }
 }
 
+/// The staff roles: none of them changes the status of the staff member's own wallet.
+const STAFF_ROLES: [&str; 2] = ["ops", "compliance"];
+
 /// The services `/internal/*` opens to: payments are C's alone.
 const PAYMENT_SERVICE: &[&str] = &["payment"];
 
@@ -255,12 +258,15 @@ pub enum WalletStatus {
 /// and unfreezes other people's wallets. A freeze records who put it on, because an
 /// owner who could lift a staff freeze would make freezing pointless. A staff member
 /// does not change the status of their own wallet at all, or one person would be both
-/// the one frozen and the one deciding. Refusals are `403 FORBIDDEN` with
-/// `details.reason` `staff_freeze` or `own_wallet`.
+/// the one frozen and the one deciding (staff: `ops` or `compliance`). Refusals are
+/// `403 FORBIDDEN` with `details.reason` `staff_freeze` or `own_wallet`. A pending
+/// wallet is not activated here: that is its owner's step (`POST .../activate`), `409
+/// CONFLICT` with `details.reason` `pending`.
 #[utoipa::path(put, path = "/api/v1/wallets/{id}/status", tag = "wallets", params(("id" = Uuid, Path)),
     request_body = StatusChange,
     responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope, description = "the wallet is pending (its owner activates it), or changed meanwhile")))]
 async fn set_status(
     State(s): State<AppState>,
     who: Identity,
@@ -272,7 +278,7 @@ async fn set_status(
     };
     let wallet = visible_wallet(&s.pool, &who, id).await?;
     let own = wallet.user_id.is_some() && wallet.user_id == who.user_id().ok();
-    if own && who.has_role("ops") {
+    if own && STAFF_ROLES.iter().any(|role| who.has_role(role)) {
         return Err(ApiError::forbidden(
             "staff cannot change the status of their own wallet; another staff member must",
         )
@@ -288,6 +294,11 @@ async fn set_status(
         )
         .with_details(serde_json::json!({ "reason": "staff_freeze" }))),
         WalletStatus::Active if wallet.status == "active" => Ok(error::ok(wallet.view()?)),
+        // Activation is the owner's step (`activate`): staff unfreeze, they do not activate.
+        WalletStatus::Active if wallet.status == "pending" => Err(ApiError::conflict(
+            "the wallet is pending: its owner activates it (POST /api/v1/wallets/{id}/activate)",
+        )
+        .with_details(serde_json::json!({ "reason": "pending" }))),
         WalletStatus::Active => Ok(error::ok(
             change_status(&s.pool, &wallet, "active", None).await?,
         )),

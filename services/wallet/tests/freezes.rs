@@ -83,25 +83,27 @@ async fn a_staff_freeze_over_an_owner_freeze_is_a_staff_freeze() {
 #[tokio::test]
 async fn staff_cannot_change_the_status_of_their_own_wallet() {
     let stand = Stand::start().await;
-    let (ops, colleague) = (Uuid::new_v4(), Uuid::new_v4());
-    let wallet = stand.wallet(ops).await;
+    for roles in ["user,ops", "user,compliance"] {
+        let (staff, colleague) = (Uuid::new_v4(), Uuid::new_v4());
+        let wallet = stand.wallet(staff).await;
 
-    // A colleague freezes it; the staff member cannot lift it, nor touch it at all.
-    let (status, _) = stand.set(colleague, "user,ops", wallet, "frozen").await;
-    assert_eq!(status, 200);
-    assert_forbidden(
-        stand.set(ops, "user,ops", wallet, "active").await,
-        "own_wallet",
-    );
-    assert_eq!(stand.status_of(wallet).await, "frozen");
+        // A colleague freezes it; the staff member cannot lift it, nor touch it at all.
+        let (status, _) = stand.set(colleague, "user,ops", wallet, "frozen").await;
+        assert_eq!(status, 200);
+        assert_forbidden(
+            stand.set(staff, roles, wallet, "active").await,
+            "own_wallet",
+        );
+        assert_eq!(stand.status_of(wallet).await, "frozen", "{roles}");
 
-    let (status, _) = stand.set(colleague, "user,ops", wallet, "active").await;
-    assert_eq!(status, 200);
-    assert_forbidden(
-        stand.set(ops, "user,ops", wallet, "frozen").await,
-        "own_wallet",
-    );
-    assert_eq!(stand.status_of(wallet).await, "active");
+        let (status, _) = stand.set(colleague, "user,ops", wallet, "active").await;
+        assert_eq!(status, 200);
+        assert_forbidden(
+            stand.set(staff, roles, wallet, "frozen").await,
+            "own_wallet",
+        );
+        assert_eq!(stand.status_of(wallet).await, "active", "{roles}");
+    }
 }
 
 #[tokio::test]
@@ -121,4 +123,35 @@ async fn a_wallet_frozen_before_freezes_were_attributed_stays_frozen_for_its_own
         "staff_freeze",
     );
     assert_eq!(stand.status_of(wallet).await, "frozen");
+}
+
+#[tokio::test]
+async fn a_pending_wallet_is_activated_by_its_owner_alone_not_through_its_status() {
+    let stand = Stand::start().await;
+    let (owner, ops) = (Uuid::new_v4(), Uuid::new_v4());
+    let wallet = stand.wallet(owner).await;
+    sqlx::query("UPDATE wallets SET status = 'pending' WHERE id = $1")
+        .bind(wallet)
+        .execute(&stand.pool)
+        .await
+        .unwrap();
+
+    for (who, roles) in [(ops, "user,ops"), (owner, "user")] {
+        let (status, body) = stand.set(who, roles, wallet, "active").await;
+        assert_eq!(status, 409, "{roles}: {body}");
+        assert_eq!(body["error"]["code"], "CONFLICT", "{body}");
+        assert_eq!(body["error"]["details"]["reason"], "pending", "{body}");
+        assert_eq!(stand.status_of(wallet).await, "pending");
+    }
+    let (status, body) = stand
+        .as_user(
+            reqwest::Method::POST,
+            &format!("/api/v1/wallets/{wallet}/activate"),
+            owner,
+            "user",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stand.status_of(wallet).await, "active");
 }
