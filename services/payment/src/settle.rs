@@ -116,6 +116,7 @@ pub async fn transition_all(
     let mut updated: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE payments p SET status = c.status, failure_code = c.code, failure_reason = c.reason, \
            updated_at = now(), \
+           pending_since = CASE WHEN c.status = 'PENDING' THEN now() ELSE p.pending_since END, \
            completed_at = CASE WHEN c.status IN ('COMPLETED', 'FAILED') THEN now() ELSE p.completed_at END, \
            reversed_at = CASE WHEN c.status = 'REVERSED' THEN now() ELSE p.reversed_at END \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[]) AS c(id, status, code, reason) \

@@ -4,7 +4,8 @@
 //! (its message may have been dead-lettered or lost with a queue), with the same data
 //! as the original: the whole payment, from [`settle::announce`] like every payment
 //! event, because the worker is not its only consumer (E and F read the payment).
-//! After `fail_after` it is settled for good: B is asked to void the transfer id, which
+//! After `fail_after` (counted from acceptance, or from the release of a hold: a long
+//! review is not the worker's delay) it is settled for good: B is asked to void the transfer id, which
 //! B serializes with any apply of the same id. If B had applied it, the payment is
 //! COMPLETED; if not, it can never be applied any more and is FAILED with `TIMED_OUT`.
 //! Either way exactly one outcome, and money moved at most once.
@@ -60,7 +61,7 @@ impl Sweeper {
             "UPDATE payments SET updated_at = now() WHERE id IN ( \
                SELECT id FROM payments WHERE status = 'PENDING' \
                  AND updated_at < now() - $1::bigint * interval '1 millisecond' \
-                 AND created_at >= now() - $2::bigint * interval '1 millisecond' \
+                 AND COALESCE(pending_since, created_at) >= now() - $2::bigint * interval '1 millisecond' \
                ORDER BY updated_at LIMIT 200 FOR UPDATE SKIP LOCKED) RETURNING {PAYMENT_COLUMNS}"
         )))
         .bind(millis(self.republish_after))
@@ -85,8 +86,8 @@ impl Sweeper {
         let mut tx = self.pool.begin().await?;
         let row: Option<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = 'PENDING' \
-               AND created_at < now() - $1::bigint * interval '1 millisecond' \
-             ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED"
+               AND COALESCE(pending_since, created_at) < now() - $1::bigint * interval '1 millisecond' \
+             ORDER BY COALESCE(pending_since, created_at) LIMIT 1 FOR UPDATE SKIP LOCKED"
         )))
         .bind(millis(self.fail_after))
         .fetch_optional(&mut *tx)

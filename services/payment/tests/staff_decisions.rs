@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::Stand;
+use finflow_payment::sweeper::Sweeper;
 use finflow_platform::db;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -153,4 +156,45 @@ async fn a_held_transfer_names_its_payee_so_the_payee_cannot_review_it() {
     let id: Uuid = id.parse().unwrap();
     stand.wallets.forget_all();
     assert_own_payment_refused(stand.decide(payee, "compliance", id, "release").await);
+}
+
+#[tokio::test]
+async fn a_hold_reviewed_for_longer_than_the_sweepers_deadline_is_not_failed_once_released() {
+    let stand = Stand::start().await;
+    let (payer, payee, officer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let held = stand
+        .payment(
+            payer,
+            "transfer",
+            Some(stand.wallets.wallet_of(payer)),
+            Some(stand.wallets.wallet_of(payee)),
+            "20000.00",
+            "ON_HOLD",
+        )
+        .await;
+    // Accepted an hour ago; the review took that long.
+    sqlx::query("UPDATE payments SET created_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(held)
+        .execute(&stand.pool)
+        .await
+        .unwrap();
+    let (status, body) = stand.decide(officer, "compliance", held, "release").await;
+    assert_eq!(status, 200, "{body}");
+
+    let sweeper = Sweeper {
+        pool: stand.pool.clone(),
+        wallets: stand.client.clone(),
+        republish_after: Duration::from_secs(60),
+        fail_after: Duration::from_secs(15 * 60),
+        interval: Duration::from_secs(1),
+    };
+    // Its deadline runs from the release: nothing to republish or settle yet (the
+    // stand-in has no void route, so settling it would be an error here).
+    assert_eq!(sweeper.sweep().await.unwrap(), (0, 0));
+    assert_eq!(stand.status_of(held).await, "PENDING");
+    assert_eq!(
+        stand.wallets.transfers(),
+        0,
+        "the worker pays it, not the sweeper"
+    );
 }
