@@ -12,6 +12,22 @@ pub const ACCOUNT_TIER: &str = "x-account-tier";
 /// Every header that carries identity; the sidecar strips all of them from clients.
 pub const IDENTITY_HEADERS: [&str; 5] = [USER_ID, USER_EMAIL, USER_ROLES, KYC_STATUS, ACCOUNT_TIER];
 
+/// What a client address counts as in per-address limits: an IPv4 address (also written
+/// IPv4-mapped) is itself, an IPv6 address its /64, the block one subscriber is given:
+/// counted per address, a client holding a /64 would use a new address per request.
+pub fn client_network(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// Prefix of the roles carried by service tokens (`service:payment`).
 pub const SERVICE_ROLE_PREFIX: &str = "service:";
 
@@ -169,6 +185,20 @@ impl Audience {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_slash_64_and_an_ipv4_one_as_itself() {
+        let network = |s: &str| client_network(s.parse().unwrap());
+        assert_eq!(network("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            network("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            "2001:db8:1:2::/64"
+        );
+        assert_ne!(network("2001:db8:1:3::1"), network("2001:db8:1:2::1"));
+        assert_eq!(network("203.0.113.7"), "203.0.113.7");
+        assert_eq!(network("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_ne!(network("203.0.113.8"), network("203.0.113.7"));
+    }
 
     #[test]
     fn a_token_of_a_signs_its_audience_as_a_string_and_leaves_out_absent_claims() {

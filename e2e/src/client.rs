@@ -162,10 +162,14 @@ impl Client {
             .to_owned()
     }
 
-    /// `POST /api/v1/auth/verify` with `token`.
+    /// `POST /api/v1/auth/verify` with `token` and the password every sign-up here
+    /// chooses.
     pub async fn verify(&self, token: &str) -> Answer {
-        self.post("/api/v1/auth/verify", json!({"token": token}))
-            .await
+        self.post(
+            "/api/v1/auth/verify",
+            json!({"token": token, "password": PASSWORD}),
+        )
+        .await
     }
 
     /// Logs in the registered user `email` (id `id`).

@@ -508,7 +508,7 @@ impl Platform {
             if let Some(token) = crate::mail::verification_token(&mail) {
                 let verified = http
                     .post(format!("{}/api/v1/auth/verify", self.gateway_url))
-                    .json(&serde_json::json!({ "token": token }))
+                    .json(&serde_json::json!({ "token": token, "password": password }))
                     .send()
                     .await
                     .with_context(|| format!("verifying {email}"))?;

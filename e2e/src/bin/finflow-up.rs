@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
          curl -s {gateway}/api/v1/auth/register -H 'content-type: application/json' \\\n    \
          -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\",\"full_name\":\"Ada Lovelace\",\"phone\":\"+14155550123\"}}'\n\
          then confirm the address with the token from that mail, and log in:\n  \
-         curl -s {gateway}/api/v1/auth/verify -H 'content-type: application/json' -d '{{\"token\":\"<token>\"}}'\n  \
+         curl -s {gateway}/api/v1/auth/verify -H 'content-type: application/json' \\\n    \
+         -d '{{\"token\":\"<token>\",\"password\":\"correct horse battery\"}}'\n  \
          curl -s {gateway}/api/v1/auth/login -H 'content-type: application/json' \\\n    \
          -d '{{\"email\":\"ada@example.com\",\"password\":\"correct horse battery\"}}'\n"
     );
@@ -91,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
                         println!("  {}", line.trim());
                     }
                     println!(
-                        "  curl -s {verify_url} -H 'content-type: application/json' -d '{{\"token\":\"{token}\"}}'"
+                        "  curl -s {verify_url} -H 'content-type: application/json' -d '{{\"token\":\"{token}\",\"password\":\"<your password>\"}}'"
                     );
                 }
             }

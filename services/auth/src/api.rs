@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
+use finflow_contracts::identity::client_network;
 use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
@@ -26,7 +27,7 @@ use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
 use crate::tokens::{self, Issuer};
-use crate::verification;
+use crate::verification::{self, SignUp};
 
 /// Settings the handlers need besides connections.
 pub struct Settings {
@@ -148,10 +149,10 @@ fn parse_email(raw: &str) -> Result<Email, ApiError> {
 
 /// Signs up, or repeats a sign-up. Always 202 with the same body: whether the address
 /// has an account is told only to its mailbox. A new address gets an unverified account
-/// and a mail with a verification token; an address with an unverified account is taken
-/// by the newest sign-up (its password, name and phone; earlier tokens stop working)
-/// with a new token mailed; an address with a verified account changes nothing and its
-/// owner is mailed that someone tried.
+/// and a mail with a verification token; a sign-up of an address with an unverified
+/// account gets a token of its own mailed, and leaves the account and earlier tokens as
+/// they are (the token redeemed, with its sign-up's password, decides); an address with
+/// a verified account changes nothing and its owner is mailed that someone tried.
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 202, body = Registration,
             description = "a mail is on its way to the address: a token to confirm it (POST /api/v1/auth/verify), or, if the address has an account, a notice to its owner; the answer is the same either way"),
@@ -167,7 +168,7 @@ async fn register(
     crate::limits::hit(
         &mut redis,
         "register-address",
-        &ip.to_string(),
+        &client_network(ip),
         s.settings.register_limit_per_address,
         "too many sign-ups from this address, try again later",
     )
@@ -198,8 +199,13 @@ async fn register(
     .bind(&roles)
     .fetch_optional(&mut *tx)
     .await?;
+    let sign_up = SignUp {
+        password_hash: &hash,
+        full_name: full_name.as_str(),
+        phone: phone.as_str(),
+    };
     let (user_id, event) = if let Some(user_id) = created {
-        let event = verification_requested(&mut tx, user_id, &email, &full_name).await?;
+        let event = verification_requested(&mut tx, user_id, &email, &sign_up).await?;
         (user_id, event)
     } else {
         let existing: Option<(Uuid, bool)> = sqlx::query_as(
@@ -223,20 +229,11 @@ async fn register(
             .map_err(|e| ApiError::internal(&e))?;
             (user_id, event)
         } else {
-            // Nobody has proven this mailbox yet: the newest sign-up takes the account,
-            // and only whoever reads the mail can finish it. The earlier sign-up's
-            // password stops working with its token.
-            sqlx::query(
-                "UPDATE users SET password_hash = $2, full_name = $3, phone = $4, updated_at = now() \
-                 WHERE id = $1",
-            )
-            .bind(user_id)
-            .bind(&hash)
-            .bind(full_name.as_str())
-            .bind(phone.as_str())
-            .execute(&mut *tx)
-            .await?;
-            let event = verification_requested(&mut tx, user_id, &email, &full_name).await?;
+            // Nobody has proven this mailbox yet: this sign-up gets a token of its own,
+            // and the account is left as it is. Whichever sign-up's token is redeemed,
+            // with that sign-up's password, gives the account its password, name and
+            // phone (`verification`).
+            let event = verification_requested(&mut tx, user_id, &email, &sign_up).await?;
             (user_id, event)
         }
     };
@@ -252,22 +249,22 @@ async fn register(
     ))
 }
 
-/// Issues `user`'s verification token (revoking earlier ones) and the event that has
-/// it mailed to `email`.
+/// Issues a verification token for `sign_up` of `user` and the event that has it
+/// mailed to `email`.
 async fn verification_requested(
     tx: &mut PgConnection,
     user_id: Uuid,
     email: &Email,
-    full_name: &FullName,
+    sign_up: &SignUp<'_>,
 ) -> Result<Event, ApiError> {
-    let (token, expires_at) = verification::issue(tx, user_id).await?;
+    let (token, expires_at) = verification::issue(tx, user_id, sign_up).await?;
     Event::new(
         catalog::AUTH.name,
         types::USER_VERIFICATION_REQUESTED,
         &VerificationRequested {
             user_id,
             email: email.as_str().to_owned(),
-            full_name: full_name.as_str().to_owned(),
+            full_name: sign_up.full_name.to_owned(),
             token,
             expires_at,
         },
@@ -286,6 +283,9 @@ pub struct VerifyRequest {
         example = "Q2hhbmdlIG1lOiB0aGlzIGlzIGFuIGV4YW1wbGUgdG9rZW4"
     )]
     pub token: String,
+    /// The password the sign-up that was mailed this token chose (a wrong one is 401).
+    #[schema(example = "correct horse battery")]
+    pub password: String,
 }
 
 /// Whether `token` has the shape of a token the mail carries (see [`VerifyRequest`]).
@@ -298,35 +298,71 @@ fn token_shaped(token: &str) -> bool {
 }
 
 /// The one answer to every well-formed token that does not verify: which of unknown,
-/// used, superseded or expired it was is not said.
+/// used, revoked or expired it was is not said.
 fn invalid_token() -> ApiError {
     ApiError::not_found("no such verification: the token is unknown, used or expired")
         .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
 }
 
-/// Confirms an address with the token mailed to it: the account can log in from now
-/// on, and `user.created` tells the other services it exists.
+/// Confirms an address with the token mailed to it and the password of the sign-up it
+/// was mailed for: the account takes that sign-up's password, name and phone and can
+/// log in from now on, and `user.created` tells the other services it exists.
 #[utoipa::path(post, path = "/api/v1/auth/verify", tag = "auth", request_body = VerifyRequest,
     responses((status = 200, body = User, description = "the address is confirmed: the account can log in"),
-        (status = 400, body = ErrorEnvelope, description = "not the shape of a verification token"),
+        (status = 400, body = ErrorEnvelope, description = "not the shape of a verification token, or no password"),
+        (status = 401, body = ErrorEnvelope, description = "not the password of the sign-up this token was mailed for (the token stays usable)"),
         (status = 404, body = ErrorEnvelope,
-            description = "the token is unknown, already used, superseded by a newer sign-up or expired (details.reason = invalid_token; which one is not said)")))]
-async fn verify(State(s): State<AppState>, Json(req): Json<VerifyRequest>) -> ApiResult {
+            description = "the token is unknown, already used or expired, or the address is verified already (details.reason = invalid_token; which one is not said)"),
+        (status = 429, body = ErrorEnvelope, description = "too many attempts from this client address; see Retry-After")))]
+async fn verify(
+    State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(req): Json<VerifyRequest>,
+) -> ApiResult {
     if !token_shaped(&req.token) {
         return Err(ApiError::invalid_field(
             "token",
             "a verification token is 43 characters of unpadded base64url",
         ));
     }
-    let mut tx = s.pool.begin().await?;
-    let Some(user_id) = verification::redeem(&mut tx, &req.token).await? else {
+    // Each attempt with a valid token costs an Argon2 check: limited where they come
+    // from, as logins are.
+    let mut redis = s.redis.clone();
+    crate::limits::hit(
+        &mut redis,
+        "verify-address",
+        &client_network(ip),
+        s.settings.login_limit_per_address,
+        "too many verification attempts from this address, try again later",
+    )
+    .await?;
+    let Some(peeked) = verification::peek(&s.pool, &req.token).await? else {
         return Err(invalid_token());
     };
+    // The mailbox holds the tokens of every sign-up of the address; its owner knows the
+    // password of theirs alone. Checked before any lock is taken: Argon2 is slow.
+    if !verify_password(req.password, peeked.password_hash.clone()).await? {
+        return Err(ApiError::unauthorized(
+            "not the password of the sign-up this token was mailed for",
+        ));
+    }
+    let mut tx = s.pool.begin().await?;
+    // Still outstanding, and still what was checked (a concurrent use, or an older
+    // release rewriting the account a legacy token stands for, makes it not).
+    let token = match verification::find(&mut tx, &req.token).await? {
+        Some(token) if token == peeked => token,
+        _ => return Err(invalid_token()),
+    };
+    verification::use_up(&mut tx, &token).await?;
     let user: Option<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE users SET email_verified_at = now(), updated_at = now() \
+        "UPDATE users SET email_verified_at = now(), updated_at = now(), password_hash = $2, \
+           full_name = COALESCE($3, full_name), phone = COALESCE($4, phone) \
          WHERE id = $1 AND email_verified_at IS NULL RETURNING {USER_COLUMNS}"
     )))
-    .bind(user_id)
+    .bind(token.user_id)
+    .bind(&token.password_hash)
+    .bind(token.full_name.as_deref())
+    .bind(token.phone.as_deref())
     .fetch_optional(&mut *tx)
     .await?;
     // Verified already (or gone): the token is refused like any other, and dropping the
@@ -392,7 +428,7 @@ async fn login(
     // client address, and each attempt against (account, address) until a success
     // clears it. Nothing is counted per account alone, so failures from one address
     // never lock the owner out from another.
-    let address = ip.to_string();
+    let address = client_network(ip);
     crate::limits::hit(
         &mut redis,
         "address",

@@ -5,10 +5,11 @@
 //!   `kyc_status` (changed only by E's decisions, newest wins: [`kyc`]) and an
 //!   `account_tier`. A sign-up answers 202 with the same body whatever the address
 //!   ([`api`]'s `register`): a new address gets an unverified account and a mailed
-//!   token (`user.verification_requested`), an unverified one is taken over by the
-//!   newest sign-up with a new token, a verified one is left alone and its owner told
-//!   (`user.registration_repeated`). The token (`POST /api/v1/auth/verify`,
-//!   [`verification`]) verifies the address and emits `user.created`; until then the
+//!   token (`user.verification_requested`), each further sign-up of an unverified one
+//!   a token of its own, a verified one is left alone and its owner told
+//!   (`user.registration_repeated`). A token with its sign-up's password (`POST
+//!   /api/v1/auth/verify`, [`verification`]) verifies the address, gives the account
+//!   that sign-up's password, name and phone, and emits `user.created`; until then the
 //!   account cannot log in, and login answers it as it answers a wrong password.
 //! - Login returns a short-lived EdDSA access token and an opaque refresh token. Each
 //!   refresh rotates the refresh token within its *family*; presenting a rotated token

@@ -79,9 +79,19 @@ impl TestAuth {
         token.unwrap_or_else(|| panic!("no user.verification_requested for {email} in the outbox"))
     }
 
+    /// Verifies with `token` and [`PASSWORD`], the password of every sign-up here but
+    /// the squatters'.
     async fn verify(&self, token: &str) -> (StatusCode, Value) {
-        self.post("/api/v1/auth/verify", json!({"token": token}), &[])
-            .await
+        self.verify_with(token, PASSWORD).await
+    }
+
+    async fn verify_with(&self, token: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/api/v1/auth/verify",
+            json!({"token": token, "password": password}),
+            &[],
+        )
+        .await
     }
 
     /// Signs `email` up with [`PASSWORD`] and verifies it with the mailed token: the user.
@@ -346,7 +356,7 @@ async fn an_expired_verification_token_is_refused() {
 }
 
 #[tokio::test]
-async fn re_registering_an_unverified_address_replaces_the_password_and_the_earlier_token() {
+async fn a_squatter_who_signed_up_first_cannot_keep_the_address_from_its_owner() {
     let app = TestAuth::spawn(&[]).await;
     let address = email();
     // Someone signs up with an address that is not theirs ...
@@ -364,18 +374,88 @@ async fn re_registering_an_unverified_address_replaces_the_password_and_the_earl
     assert_eq!(requested.len(), 2);
     assert_eq!(
         requested[0]["user_id"], requested[1]["user_id"],
-        "one account, taken over"
+        "one account"
     );
 
+    // Both mails reach the owner; theirs completes with their password, the squatter's
+    // does not (and the squatter never sees it).
     let (status, body) = app.verify(&squatter_token).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "superseded: {body}");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     let (status, body) = app.verify(&owner_token).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["full_name"], "Ada Lovelace");
+    let (status, body) = app.verify_with(&squatter_token, squatter_password).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "revoked by the verification: {body}"
+    );
 
     let (status, _) = app.login_with(&address, squatter_password).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old password is gone");
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the squatter's password never worked"
+    );
     app.login(&address).await;
+}
+
+#[tokio::test]
+async fn a_sign_up_after_the_owners_cannot_take_the_account_when_the_owner_verifies() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let (status, _) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let owner_token = app.verification_token(&address).await;
+    // Before the owner reads their mail, an attacker signs the address up again with a
+    // password of their own: the owner's mailbox now holds a newer mail too.
+    let attacker_password = "the attacker's password";
+    let (status, _) = app.sign_up(&address, attacker_password, "Mallory").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let newest_token = app.verification_token(&address).await;
+    assert_ne!(newest_token, owner_token);
+
+    // The owner follows the newest mail, with the password they know: refused, and the
+    // account is not verified with the attacker's password.
+    let (status, body) = app.verify(&newest_token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
+    let (status, _) = app.login_with(&address, attacker_password).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Their own mail still works, with their details.
+    let (status, body) = app.verify(&owner_token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["full_name"], "Ada Lovelace");
+    let (status, _) = app.login_with(&address, attacker_password).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the attacker's password never works"
+    );
+    let (status, body) = app.verify_with(&newest_token, attacker_password).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "revoked by the verification: {body}"
+    );
+    app.login(&address).await;
+}
+
+#[tokio::test]
+async fn verifying_without_a_password_is_a_400_naming_it() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let (status, _) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let token = app.verification_token(&address).await;
+    let (status, body) = app
+        .post("/api/v1/auth/verify", json!({ "token": token }), &[])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{body}");
+    assert!(body.to_string().contains("password"), "{body}");
+    let (status, body) = app.verify(&token).await;
+    assert_eq!(status, StatusCode::OK, "the token is still usable: {body}");
 }
 
 #[tokio::test]
@@ -780,6 +860,44 @@ async fn sign_ups_from_one_address_are_throttled_there_with_retry_after() {
 }
 
 #[tokio::test]
+async fn sign_ups_from_new_addresses_of_one_ipv6_network_are_throttled_as_one_address() {
+    let app = TestAuth::spawn(&["--register-limit-per-address", "2"]).await;
+    let sign_up = |ip: String| {
+        let app = &app;
+        async move {
+            app.http
+                .post(app.url("/api/v1/auth/register"))
+                .header("x-real-ip", ip)
+                .json(
+                    &json!({"email": email(), "password": "correct horse battery",
+                              "full_name": "Test User", "phone": "+14155550123"}),
+                )
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // One subscriber's /64 holds 2^64 addresses: a new one for every attempt.
+    let network = random_ipv6_network();
+    for host in 1..=2 {
+        assert_eq!(
+            sign_up(format!("{network}::{host:x}")).await,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(
+        sign_up(format!("{network}:dead:beef:1:2")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        sign_up(format!("{}::1", random_ipv6_network())).await,
+        StatusCode::ACCEPTED,
+        "another network is not held back"
+    );
+}
+
+#[tokio::test]
 async fn wrong_passwords_from_one_address_are_throttled_there_with_retry_after() {
     let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
     let address = email();
@@ -866,6 +984,16 @@ async fn every_attempt_from_one_address_counts_towards_its_limit_whatever_the_ac
         "{statuses:?}"
     );
     assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A random /64 of the documentation prefix, as its first four groups.
+fn random_ipv6_network() -> String {
+    let b = Uuid::new_v4().into_bytes();
+    format!(
+        "2001:db8:{:x}:{:x}",
+        u16::from_be_bytes([b[0], b[1]]),
+        u16::from_be_bytes([b[2], b[3]])
+    )
 }
 
 fn rand_octet() -> u8 {

@@ -46,6 +46,9 @@ pub fn render(event: &Event) -> Option<Message> {
                     "Someone, we hope you, signed up for FinFlow with this email address.\n\n\
                      Confirm your address: POST /api/v1/auth/verify with the body\n\n\
                      {}\n\n\
+                     plus \"password\": the password you chose when you signed up.\n\
+                     If that password is refused, this mail answers somebody else's\n\
+                     sign-up of your address: use the mail of yours, or sign up again.\n\
                      The token works once, until {}.\n\
                      Once the address is confirmed you can log in.\n\n\
                      If you did not sign up, ignore this mail: without this token\n\
@@ -171,6 +174,13 @@ mod tests {
             verification.body
         );
         assert!(verification.body.contains("2026-12-06T10:00:00Z"));
+        assert!(
+            verification
+                .body
+                .contains("plus \"password\": the password you chose when you signed up."),
+            "{}",
+            verification.body
+        );
         assert!(
             !verification.body.contains("evil"),
             "nothing the sign-up typed is mailed"

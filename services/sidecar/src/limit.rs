@@ -18,8 +18,12 @@ impl CallerKey {
         Self(format!("sub:{sub}"))
     }
 
+    /// An anonymous caller, by its network (`client_network`: an IPv6 caller's /64).
     pub fn anonymous(address: IpAddr) -> Self {
-        Self(format!("ip:{address}"))
+        Self(format!(
+            "ip:{}",
+            finflow_contracts::identity::client_network(address)
+        ))
     }
 }
 
