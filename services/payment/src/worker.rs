@@ -194,6 +194,9 @@ async fn settle_with(
     Ok(())
 }
 
+/// What the payer is told of a payment an AML review failed.
+pub const AML_DECLINED: &str = "declined after a compliance review";
+
 /// `aml.cleared` releases a held payment to the worker; `aml.flagged` fails it. Only a
 /// decision on the alert that holds the payment ([`types::AML_HOLD_RULE`]) does: a
 /// velocity or structuring alert on the same payment is about the user's pattern, and
@@ -223,7 +226,10 @@ impl Handler for AmlDecisions {
                 Status::Failed,
                 Some(Failure {
                     code: "AML_FLAGGED".to_owned(),
-                    reason: decision.reason,
+                    // The officer's reason stays in E's case: the payer reads this (C's
+                    // API, D's mail and webhooks), and telling them why a review found
+                    // against them would tip them off.
+                    reason: AML_DECLINED.to_owned(),
                 }),
             )
         };

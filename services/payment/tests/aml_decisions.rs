@@ -1,7 +1,7 @@
 //! E's AML decisions as C's worker applies them, on a real PostgreSQL database.
 
 use finflow_payment::worker::AmlDecisions;
-use finflow_platform::db::TestDb;
+use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::Handler;
 use finflow_platform::events::{Event, types};
 use serde_json::json;
@@ -44,7 +44,8 @@ async fn decide(pool: &PgPool, event_type: &str, payment: Uuid, rule: &str) {
             "payment_id": payment,
             "user_id": Uuid::now_v7(),
             "rule": rule,
-            "reason": "reviewed",
+            // An officer's note for E's case file, not for the payer.
+            "reason": "SAR filed, ref 2026-117",
         }),
     )
     .unwrap();
@@ -78,6 +79,21 @@ async fn only_the_decision_on_the_holding_alert_releases_or_fails_a_held_payment
         status_of(&db.pool, flagged).await,
         ("FAILED".to_owned(), Some("AML_FLAGGED".to_owned()))
     );
+    // The payer reads the failure (C's API, D's mail and webhooks): never the officer's
+    // note, which would tip them off about the review.
+    let told: String = db::scalar_of(
+        &db.pool,
+        "SELECT failure_reason FROM payments WHERE id = $1",
+        flagged,
+    )
+    .await;
+    assert_eq!(told, "declined after a compliance review");
+    let announced: i64 = db::scalar(
+        &db.pool,
+        "SELECT count(*) FROM outbox WHERE payload::text LIKE '%SAR filed%'",
+    )
+    .await;
+    assert_eq!(announced, 0, "no event carries the officer's note");
     // A later decision on a payment no longer held changes nothing.
     decide(&db.pool, types::AML_CLEARED, flagged, types::AML_HOLD_RULE).await;
     assert_eq!(status_of(&db.pool, flagged).await.0, "FAILED");
