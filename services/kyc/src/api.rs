@@ -223,7 +223,7 @@ async fn submit(
             &mut tx,
             id,
             identity::KycStatus::Verified,
-            "auto",
+            AUTO,
             Some("well-formed document"),
         )
         .await?;
@@ -249,6 +249,8 @@ struct KycStatus {
     user_id: Uuid,
     /// `none` before the first submission, then the latest submission's status.
     kyc_status: String,
+    /// The latest submission; who decided or revoked it is `compliance` (an officer) or
+    /// `auto`, never the officer's own name.
     latest: Option<SubmissionView>,
     /// 0 (no concern) to 100, from the user's AML alerts.
     risk_score: i64,
@@ -264,6 +266,13 @@ async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
     .bind(user)
     .fetch_optional(&s.pool)
     .await?;
+    // The customer learns that an officer decided, not which one: a name is a lead for
+    // whoever wants to pressure or impersonate them.
+    let latest = latest.map(|l| SubmissionView {
+        decided_by: l.decided_by.map(as_the_customer_sees_it),
+        revoked_by: l.revoked_by.map(as_the_customer_sees_it),
+        ..l
+    });
     Ok(error::ok(KycStatus {
         user_id: user,
         kyc_status: latest
@@ -272,6 +281,18 @@ async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
         latest,
         risk_score: crate::aml::risk_score(&s.pool, user).await?,
     }))
+}
+
+/// `decided_by` of a submission `KYC_AUTO_APPROVE` approved.
+const AUTO: &str = "auto";
+
+/// Who decided, as the customer is told: `auto`, or `compliance` for any officer.
+fn as_the_customer_sees_it(decided_by: String) -> String {
+    if decided_by == AUTO {
+        decided_by
+    } else {
+        "compliance".to_owned()
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
