@@ -234,11 +234,15 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
+/// Webhooks one user may have at once.
+pub const MAX_WEBHOOKS_PER_USER: i64 = 10;
+
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = Webhook),
         (status = 400, body = ErrorEnvelope,
             description = "not an http(s) URL, too long, with credentials, or its host is or resolves to an address that is not public"),
-        (status = 403, body = ErrorEnvelope, description = "not a user token")))]
+        (status = 403, body = ErrorEnvelope, description = "not a user token"),
+        (status = 409, body = ErrorEnvelope, description = "the user has MAX_WEBHOOKS_PER_USER (10) already (details.reason = webhook_limit)")))]
 async fn create_webhook(
     State(s): State<AppState>,
     who: Identity,
@@ -257,16 +261,36 @@ async fn create_webhook(
         .vet(url)
         .await
         .map_err(|reason| ApiError::invalid_field("url", reason))?;
+    let user = who.user_id()?;
+    let mut tx = s.pool.begin().await?;
+    // One user's registrations one at a time, so that two at once cannot both pass the
+    // cap: every event is sent to each of a user's webhooks, and without a cap one user
+    // could have D send thousands of signed requests to any public host per event.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE user_id = $1")
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+    if registered >= MAX_WEBHOOKS_PER_USER {
+        return Err(ApiError::conflict(format!(
+            "at most {MAX_WEBHOOKS_PER_USER} webhooks per user: delete one first"
+        ))
+        .with_details(serde_json::json!({ "reason": "webhook_limit" })));
+    }
     let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
     let hook: Webhook = sqlx::query_as(
         "INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, $4) RETURNING id, url, secret, created_at",
     )
     .bind(Uuid::now_v7())
-    .bind(who.user_id()?)
+    .bind(user)
     .bind(url)
     .bind(&secret)
-    .fetch_one(&s.pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(error::with_status(StatusCode::CREATED, hook))
 }
 

@@ -188,7 +188,13 @@ impl Policy {
                         .await;
                 if let Ok(Ok(addrs)) = resolved {
                     for addr in addrs {
-                        self.check(addr.ip())?;
+                        // The name, never the address: the answer must not map the
+                        // platform's internal names to their addresses for a caller.
+                        if !self.permits(addr.ip()) {
+                            return Err(format!(
+                                "`{name}` resolves to an address that is not public"
+                            ));
+                        }
                     }
                 }
             }

@@ -725,8 +725,65 @@ async fn a_webhook_url_that_reaches_inside_the_platform_is_refused_with_400() {
         assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{url}: {body}");
         assert_eq!(body["error"]["details"]["field"], "url", "{url}: {body}");
     }
+    // A name is refused by its name: the answer never tells a caller the address an
+    // internal name resolves to.
+    let (status, body) = d
+        .as_user(
+            user,
+            d.http
+                .post(d.url("/api/v1/webhooks"))
+                .json(&json!({ "url": "http://localhost:9002/" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let said = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("`localhost`"), "{body}");
+    for address in ["127.0.0.1", "::1"] {
+        assert!(
+            !body.to_string().contains(address),
+            "{address} told: {body}"
+        );
+    }
     let (_, hooks) = d.as_user(user, d.http.get(d.url("/api/v1/webhooks"))).await;
     assert_eq!(hooks["data"], json!([]), "nothing was registered");
+}
+
+#[tokio::test]
+async fn a_user_has_at_most_ten_webhooks_so_one_event_cannot_be_fanned_out_at_will() {
+    let d = TestD::spawn().await;
+    let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let url = "http://127.0.0.1:9/hook";
+    for _ in 0..finflow_notification::api::MAX_WEBHOOKS_PER_USER {
+        d.register_webhook(user, url).await;
+    }
+    let create = || {
+        d.http
+            .post(d.url("/api/v1/webhooks"))
+            .json(&json!({ "url": url }))
+    };
+    let (status, body) = d.as_user(user, create()).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "CONFLICT", "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"], "webhook_limit",
+        "{body}"
+    );
+    let (_, hooks) = d.as_user(user, d.http.get(d.url("/api/v1/webhooks"))).await;
+    let hooks = hooks["data"].as_array().unwrap().clone();
+    assert_eq!(hooks.len(), 10);
+
+    // Another user's count is their own; deleting one makes room again.
+    d.register_webhook(other, url).await;
+    let first = hooks[0]["id"].as_str().unwrap();
+    let (status, body) = d
+        .as_user(
+            user,
+            d.http.delete(d.url(&format!("/api/v1/webhooks/{first}"))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = d.as_user(user, create()).await;
+    assert_eq!(status, 201, "{body}");
 }
 
 #[tokio::test]
