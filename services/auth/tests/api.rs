@@ -63,6 +63,23 @@ impl TestAuth {
         .await
     }
 
+    /// A sign-up of a new address from the client address `ip` (as a sidecar names it):
+    /// its status and `Retry-After`.
+    async fn sign_up_from(&self, ip: &str) -> (StatusCode, Option<reqwest::header::HeaderValue>) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/auth/register"))
+            .header("x-real-ip", ip)
+            .json(
+                &json!({"email": email(), "password": "correct horse battery",
+                          "full_name": "Test User", "phone": "+14155550123"}),
+            )
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.headers().get("retry-after").cloned())
+    }
+
     /// The token of the newest `user.verification_requested` for `email`, read from A's
     /// outbox (no D runs here to mail it).
     async fn verification_token(&self, email: &str) -> String {
@@ -356,89 +373,54 @@ async fn an_expired_verification_token_is_refused() {
 }
 
 #[tokio::test]
-async fn a_squatter_who_signed_up_first_cannot_keep_the_address_from_its_owner() {
+async fn another_sign_up_of_an_unverified_address_before_or_after_the_owners_cannot_take_it() {
     let app = TestAuth::spawn(&[]).await;
-    let address = email();
-    // Someone signs up with an address that is not theirs ...
-    let squatter_password = "the squatter's password";
-    let (status, _) = app.sign_up(&address, squatter_password, "Mallory").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let squatter_token = app.verification_token(&address).await;
-    // ... and the owner of the mailbox signs up after them.
-    let (status, body) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(body, accepted(&address));
-    let owner_token = app.verification_token(&address).await;
-    assert_ne!(owner_token, squatter_token);
-    let requested = app.events("user.verification_requested").await;
-    assert_eq!(requested.len(), 2);
-    assert_eq!(
-        requested[0]["user_id"], requested[1]["user_id"],
-        "one account"
-    );
+    let owner = (PASSWORD, "Ada Lovelace");
+    let other = ("the other sign-up's password", "Mallory");
+    for owner_first in [false, true] {
+        let address = email();
+        let mut tokens = Vec::new();
+        for (password, name) in if owner_first {
+            [owner, other]
+        } else {
+            [other, owner]
+        } {
+            let (status, body) = app.sign_up(&address, password, name).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            assert_eq!(body, accepted(&address), "the same answer either way");
+            tokens.push(app.verification_token(&address).await);
+        }
+        let (owner_token, other_token) = if owner_first {
+            (&tokens[0], &tokens[1])
+        } else {
+            (&tokens[1], &tokens[0])
+        };
 
-    // Both mails reach the owner; theirs completes with their password, the squatter's
-    // does not (and the squatter never sees it).
-    let (status, body) = app.verify(&squatter_token).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let (status, body) = app.verify(&owner_token).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"]["full_name"], "Ada Lovelace");
-    let (status, body) = app.verify_with(&squatter_token, squatter_password).await;
-    assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
-        "revoked by the verification: {body}"
-    );
-
-    let (status, _) = app.login_with(&address, squatter_password).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the squatter's password never worked"
-    );
-    app.login(&address).await;
-}
-
-#[tokio::test]
-async fn a_sign_up_after_the_owners_cannot_take_the_account_when_the_owner_verifies() {
-    let app = TestAuth::spawn(&[]).await;
-    let address = email();
-    let (status, _) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let owner_token = app.verification_token(&address).await;
-    // Before the owner reads their mail, an attacker signs the address up again with a
-    // password of their own: the owner's mailbox now holds a newer mail too.
-    let attacker_password = "the attacker's password";
-    let (status, _) = app.sign_up(&address, attacker_password, "Mallory").await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let newest_token = app.verification_token(&address).await;
-    assert_ne!(newest_token, owner_token);
-
-    // The owner follows the newest mail, with the password they know: refused, and the
-    // account is not verified with the attacker's password.
-    let (status, body) = app.verify(&newest_token).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
-    let (status, _) = app.login_with(&address, attacker_password).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    // Their own mail still works, with their details.
-    let (status, body) = app.verify(&owner_token).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"]["full_name"], "Ada Lovelace");
-    let (status, _) = app.login_with(&address, attacker_password).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the attacker's password never works"
-    );
-    let (status, body) = app.verify_with(&newest_token, attacker_password).await;
-    assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
-        "revoked by the verification: {body}"
-    );
-    app.login(&address).await;
+        // Both mails reach the owner (the other sign-up never sees a token). The other
+        // one's, followed with the owner's password, is refused and verifies nothing.
+        let (status, body) = app.verify(other_token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
+        let (status, _) = app.login_with(&address, other.0).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "owner first: {owner_first}"
+        );
+        // The owner's own still works, with their details.
+        let (status, body) = app.verify(owner_token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["full_name"], owner.1);
+        let (status, body) = app.verify_with(other_token, other.0).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "revoked: {body}");
+        let (status, _) = app.login_with(&address, other.0).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "owner first: {owner_first}"
+        );
+        app.login(&address).await;
+    }
 }
 
 #[tokio::test]
@@ -828,32 +810,15 @@ fn random_ip() -> String {
 #[tokio::test]
 async fn sign_ups_from_one_address_are_throttled_there_with_retry_after() {
     let app = TestAuth::spawn(&["--register-limit-per-address", "2"]).await;
-    let sign_up = |ip: String| {
-        let app = &app;
-        async move {
-            let r = app
-                .http
-                .post(app.url("/api/v1/auth/register"))
-                .header("x-real-ip", ip)
-                .json(
-                    &json!({"email": email(), "password": "correct horse battery",
-                              "full_name": "Test User", "phone": "+14155550123"}),
-                )
-                .send()
-                .await
-                .unwrap();
-            (r.status(), r.headers().get("retry-after").cloned())
-        }
-    };
     let attacker = random_ip();
     for _ in 0..2 {
-        assert_eq!(sign_up(attacker.clone()).await.0, StatusCode::ACCEPTED);
+        assert_eq!(app.sign_up_from(&attacker).await.0, StatusCode::ACCEPTED);
     }
-    let (status, retry_after) = sign_up(attacker).await;
+    let (status, retry_after) = app.sign_up_from(&attacker).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(retry_after.is_some(), "says when to retry");
     assert_eq!(
-        sign_up(random_ip()).await.0,
+        app.sign_up_from(&random_ip()).await.0,
         StatusCode::ACCEPTED,
         "another address is not held back"
     );
@@ -862,36 +827,24 @@ async fn sign_ups_from_one_address_are_throttled_there_with_retry_after() {
 #[tokio::test]
 async fn sign_ups_from_new_addresses_of_one_ipv6_network_are_throttled_as_one_address() {
     let app = TestAuth::spawn(&["--register-limit-per-address", "2"]).await;
-    let sign_up = |ip: String| {
-        let app = &app;
-        async move {
-            app.http
-                .post(app.url("/api/v1/auth/register"))
-                .header("x-real-ip", ip)
-                .json(
-                    &json!({"email": email(), "password": "correct horse battery",
-                              "full_name": "Test User", "phone": "+14155550123"}),
-                )
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    };
     // One subscriber's /64 holds 2^64 addresses: a new one for every attempt.
     let network = random_ipv6_network();
     for host in 1..=2 {
         assert_eq!(
-            sign_up(format!("{network}::{host:x}")).await,
+            app.sign_up_from(&format!("{network}::{host:x}")).await.0,
             StatusCode::ACCEPTED
         );
     }
     assert_eq!(
-        sign_up(format!("{network}:dead:beef:1:2")).await,
+        app.sign_up_from(&format!("{network}:dead:beef:1:2"))
+            .await
+            .0,
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(
-        sign_up(format!("{}::1", random_ipv6_network())).await,
+        app.sign_up_from(&format!("{}::1", random_ipv6_network()))
+            .await
+            .0,
         StatusCode::ACCEPTED,
         "another network is not held back"
     );
