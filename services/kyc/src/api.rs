@@ -57,7 +57,7 @@ pub(crate) struct ApiDoc;
 
 /// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
-    finflow_platform::route_table!(ApiDoc: status; review; revoke; alerts; clear; flag)
+    finflow_platform::route_table!(ApiDoc: status; review; revoke; alerts; clear; flag; risk)
         // A document travels base64 in JSON: 4/3 of its bytes plus the other fields,
         // more than the platform's default body limit allows.
         .routes(routes!(submit).layer(DefaultBodyLimit::max(SUBMIT_BODY_BYTES)))
@@ -252,7 +252,14 @@ struct KycStatus {
     /// The latest submission; who decided or revoked it is `compliance` (an officer) or
     /// `auto`, never the officer's own name.
     latest: Option<SubmissionView>,
-    /// 0 (no concern) to 100, from the user's AML alerts.
+}
+
+/// A user's AML risk, for compliance only: a customer who could watch it rise would
+/// learn which of their payments raised an alert.
+#[derive(Serialize, ToSchema)]
+struct Risk {
+    user_id: Uuid,
+    /// 0 (no concern) to 100: ten points per open alert, forty per flagged one.
     risk_score: i64,
 }
 
@@ -279,6 +286,21 @@ async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
             .as_ref()
             .map_or_else(|| "none".to_owned(), |l| l.status.clone()),
         latest,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/aml/users/{id}/risk", tag = "aml", params(("id" = Uuid, Path)),
+    responses((status = 200, body = Risk), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role compliance, and not about the officer themselves")))]
+async fn risk(State(s): State<AppState>, who: Identity, Path(user): Path<Uuid>) -> ApiResult {
+    who.require_role("compliance")?;
+    if who.user_id().ok() == Some(user) {
+        return Err(ApiError::forbidden(
+            "an officer does not read their own AML risk; another compliance officer may",
+        ));
+    }
+    Ok(error::ok(Risk {
+        user_id: user,
         risk_score: crate::aml::risk_score(&s.pool, user).await?,
     }))
 }
@@ -523,11 +545,15 @@ async fn alerts(
             "status is open, cleared or flagged",
         ));
     }
+    // Never the alerts about the officer (as payer or payee): they would learn that,
+    // and why, their own payments are watched.
     let rows: Vec<Alert> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ALERT_COLUMNS} FROM aml_alerts WHERE ($1::text IS NULL OR status = $1) \
+           AND ($2::uuid IS NULL OR (user_id <> $2 AND payee_user_id IS DISTINCT FROM $2)) \
          ORDER BY created_at DESC LIMIT 500"
     )))
     .bind(q.status)
+    .bind(who.user_id().ok())
     .fetch_all(&s.pool)
     .await?;
     Ok(error::ok(rows))

@@ -277,11 +277,19 @@ impl TestE {
         body["data"].clone()
     }
 
+    /// `user`'s AML risk score, as another compliance officer reads it.
     async fn risk_score(&self, user: Uuid) -> i64 {
-        let status = self.status_of(user).await;
-        status["risk_score"]
+        let (status, body) = self
+            .get(
+                &format!("/api/v1/aml/users/{user}/risk"),
+                &Caller::compliance(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["user_id"], user.to_string(), "{body}");
+        body["data"]["risk_score"]
             .as_i64()
-            .unwrap_or_else(|| panic!("no risk score in {status}"))
+            .unwrap_or_else(|| panic!("no risk score in {body}"))
     }
 
     /// `user`'s alerts, as `compliance` lists them.
@@ -460,7 +468,10 @@ async fn a_document_waits_for_a_compliance_reviewer_whose_approval_is_published_
     assert_eq!(before["user_id"], user.to_string());
     assert_eq!(before["kyc_status"], "none");
     assert_eq!(before["latest"], Value::Null);
-    assert_eq!(before["risk_score"], 0);
+    assert!(
+        before.get("risk_score").is_none(),
+        "a customer never sees their AML risk: {before}"
+    );
 
     let submitted = e.submit(user, &passport(" ab 123 456 ")).await;
     let id = submitted["id"].as_str().unwrap().to_owned();
@@ -572,7 +583,7 @@ async fn a_document_waits_for_a_compliance_reviewer_whose_approval_is_published_
         "the customer is not told which officer decided"
     );
     assert!(!after.to_string().contains(REVIEWER), "{after}");
-    assert_eq!(after["risk_score"], 0);
+    assert_eq!(e.risk_score(user).await, 0);
 }
 
 #[tokio::test]
@@ -1267,7 +1278,7 @@ async fn the_risk_score_counts_ten_per_open_alert_forty_per_flagged_none_per_cle
     let user = Uuid::new_v4();
     let status = e.status_of(user).await;
     assert_eq!(status["kyc_status"], "none");
-    assert_eq!(status["risk_score"], 0);
+    assert_eq!(e.risk_score(user).await, 0);
 
     // Four held payments just over the threshold: four amount alerts, 40 000.04 in
     // the window, under the velocity limit.
@@ -1389,6 +1400,49 @@ async fn a_compliance_officer_cannot_verify_their_own_documents_or_clear_their_o
     let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(e.outbox(types::AML_CLEARED).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_aml_risk_is_read_by_compliance_alone_and_never_by_whom_it_is_about() {
+    let e = TestE::spawn(&[]).await;
+    let (customer, officer) = (Uuid::new_v4(), Uuid::new_v4());
+    for user in [customer, officer] {
+        e.broker
+            .publish(&payment_event(user, Uuid::new_v4(), "15000.00", "ON_HOLD"))
+            .await;
+        e.wait_for_alerts(user, 1).await;
+    }
+    // The customer: not in their status, and not at the staff route.
+    let status = e.status_of(customer).await;
+    assert!(status.get("risk_score").is_none(), "{status}");
+    let risk = |user: Uuid| format!("/api/v1/aml/users/{user}/risk");
+    let (status, body) = e.get(&risk(customer), &Caller::user(customer)).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    // An officer reads another's, but neither their own risk nor the alerts about them.
+    assert_eq!(e.risk_score(officer).await, 10);
+    let (status, body) = e.get(&risk(officer), &Caller::compliance_as(officer)).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = e
+        .get(&risk(customer), &Caller::compliance_as(officer))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["risk_score"], 10);
+    let (status, body) = e
+        .get("/api/v1/aml/alerts", &Caller::compliance_as(officer))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let about: Vec<&Value> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["user_id"] == customer.to_string() || a["user_id"] == officer.to_string())
+        .collect();
+    assert_eq!(about.len(), 1, "{about:?}");
+    assert_eq!(about[0]["user_id"], customer.to_string());
+    let (status, body) = e
+        .get("/api/v1/aml/users/not-a-uuid/risk", &Caller::compliance())
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 }
 
 #[tokio::test]
