@@ -28,6 +28,10 @@ pub fn client_network(address: std::net::IpAddr) -> String {
     }
 }
 
+/// The staff roles: granted by an operator, never by signing up, and never used on the
+/// staff member's own money.
+pub const STAFF_ROLES: &[&str] = &["ops", "compliance"];
+
 /// Prefix of the roles carried by service tokens (`service:payment`).
 pub const SERVICE_ROLE_PREFIX: &str = "service:";
 

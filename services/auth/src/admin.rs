@@ -12,7 +12,7 @@ use finflow_platform::config::DatabaseConfig;
 use sqlx::PgPool;
 
 /// The roles an operator may grant: the staff roles the services check for.
-pub const STAFF_ROLES: &[&str] = &["ops", "compliance"];
+pub use finflow_contracts::identity::STAFF_ROLES;
 
 /// A role an operator may grant (one of [`STAFF_ROLES`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

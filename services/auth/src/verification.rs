@@ -93,13 +93,10 @@ pub struct Outstanding {
 /// `token` if it is known, unused, not revoked and unexpired, unlocked: to check the
 /// password against (slow, so outside any lock) before [`find`] takes the locks.
 pub async fn peek(pool: &sqlx::PgPool, token: &str) -> Result<Option<Outstanding>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "{OUTSTANDING} WHERE v.token_hash = $1 \
-           AND v.used_at IS NULL AND v.revoked_at IS NULL AND v.expires_at > now()"
-    )))
-    .bind(hash_opaque_token(token))
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(OUTSTANDING)
+        .bind(hash_opaque_token(token))
+        .fetch_optional(pool)
+        .await
 }
 
 /// `token` if it is known, unused, not revoked and unexpired, locked until the
@@ -123,9 +120,7 @@ pub async fn find(tx: &mut PgConnection, token: &str) -> Result<Option<Outstandi
         .execute(&mut *tx)
         .await?;
     sqlx::query_as(AssertSqlSafe(format!(
-        "{OUTSTANDING} WHERE v.token_hash = $1 AND v.user_id = $2 \
-           AND v.used_at IS NULL AND v.revoked_at IS NULL AND v.expires_at > now() \
-         FOR UPDATE OF v"
+        "{OUTSTANDING} AND v.user_id = $2 FOR UPDATE OF v"
     )))
     .bind(&hash)
     .bind(owner)
@@ -133,11 +128,13 @@ pub async fn find(tx: &mut PgConnection, token: &str) -> Result<Option<Outstandi
     .await
 }
 
-/// A token with what its sign-up chose, or the account's own for a token issued before
-/// sign-ups kept theirs.
+/// The token whose hash is `$1` if it is unused, not revoked and unexpired, with what
+/// its sign-up chose (the account's own for a token issued before sign-ups kept theirs).
 const OUTSTANDING: &str = "SELECT v.id, v.user_id, \
        COALESCE(v.password_hash, u.password_hash) AS password_hash, v.full_name, v.phone \
-     FROM email_verifications v JOIN users u ON u.id = v.user_id";
+     FROM email_verifications v JOIN users u ON u.id = v.user_id \
+     WHERE v.token_hash = $1 \
+       AND v.used_at IS NULL AND v.revoked_at IS NULL AND v.expires_at > now()";
 
 /// Marks `token` used; what its sign-up chose is no longer kept.
 pub async fn use_up(tx: &mut PgConnection, token: &Outstanding) -> Result<(), sqlx::Error> {

@@ -5,10 +5,10 @@
 //! as the original: the whole payment, from [`settle::announce`] like every payment
 //! event, because the worker is not its only consumer (E and F read the payment).
 //! After `fail_after` (counted from acceptance, or from the release of a hold: a long
-//! review is not the worker's delay) it is settled for good: B is asked to void the transfer id, which
-//! B serializes with any apply of the same id. If B had applied it, the payment is
-//! COMPLETED; if not, it can never be applied any more and is FAILED with `TIMED_OUT`.
-//! Either way exactly one outcome, and money moved at most once.
+//! review is not the worker's delay) it is settled for good: B is asked to void the
+//! transfer id, which B serializes with any apply of the same id. If B had applied it,
+//! the payment is COMPLETED; if not, it can never be applied any more and is FAILED
+//! with `TIMED_OUT`. Either way exactly one outcome, and money moved at most once.
 
 use std::time::Duration;
 

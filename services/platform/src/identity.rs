@@ -11,8 +11,8 @@ use uuid::Uuid;
 use crate::error::ApiError;
 
 pub use finflow_contracts::identity::{
-    ACCOUNT_TIER, IDENTITY_HEADERS, KYC_STATUS, KycStatus, SERVICE_ROLE_PREFIX, Tier, USER_EMAIL,
-    USER_ID, USER_ROLES,
+    ACCOUNT_TIER, IDENTITY_HEADERS, KYC_STATUS, KycStatus, SERVICE_ROLE_PREFIX, STAFF_ROLES, Tier,
+    USER_EMAIL, USER_ID, USER_ROLES,
 };
 
 /// The verified caller of a request.
@@ -29,6 +29,11 @@ pub struct Identity {
 impl Identity {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether the caller has a staff role ([`STAFF_ROLES`]).
+    pub fn is_staff(&self) -> bool {
+        STAFF_ROLES.iter().any(|role| self.has_role(role))
     }
 
     /// `403 FORBIDDEN` unless the caller has `role`.

@@ -230,9 +230,6 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
     }
 }
 
-/// The staff roles: none of them changes the status of the staff member's own wallet.
-const STAFF_ROLES: [&str; 2] = ["ops", "compliance"];
-
 /// The services `/internal/*` opens to: payments are C's alone.
 const PAYMENT_SERVICE: &[&str] = &["payment"];
 
@@ -278,7 +275,7 @@ async fn set_status(
     };
     let wallet = visible_wallet(&s.pool, &who, id).await?;
     let own = wallet.user_id.is_some() && wallet.user_id == who.user_id().ok();
-    if own && STAFF_ROLES.iter().any(|role| who.has_role(role)) {
+    if own && who.is_staff() {
         return Err(ApiError::forbidden(
             "staff cannot change the status of their own wallet; another staff member must",
         )
