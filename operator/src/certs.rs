@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 use crate::dns::ClusterDomain;
 use crate::meta::{self, FIELD_MANAGER};
 
+/// The Service in front of the webhook (the chart's `services.yaml`), named in its
+/// certificate.
+pub const WEBHOOK_SERVICE: &str = "finflow-operator-webhook";
 /// Secret holding `ca.crt`, `tls.crt` and `tls.key`, and for a while after a renewal
 /// [`RETIRED_CA_KEY`].
 pub const SECRET_NAME: &str = "finflow-operator-webhook-tls";
@@ -411,7 +414,7 @@ mod tests {
     #[test]
     fn a_generated_bundle_round_trips_through_its_secret() {
         let bundle = generate(
-            "finflow-operator-webhook",
+            WEBHOOK_SERVICE,
             "finflow-system",
             &ClusterDomain::default(),
             now(),
@@ -461,7 +464,6 @@ mod tests {
 
     const CONFIGURATIONS: &str =
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
-    const SERVICE: &str = "finflow-operator-webhook";
 
     /// The chart's MutatingWebhookConfiguration as Helm renders it into `namespace`: the
     /// template's expressions replaced by these values, its directives and comments
@@ -494,9 +496,9 @@ mod tests {
         let chart: MutatingWebhookConfiguration =
             serde_json::from_value(rendered_by_the_chart("finflow-system", "Fail")).unwrap();
         assert_eq!(chart.metadata.name.as_deref(), Some(CONFIGURATION_NAME));
-        assert!(calls(&chart, "finflow-system", SERVICE));
+        assert!(calls(&chart, "finflow-system", WEBHOOK_SERVICE));
         let default = crate::config::Config::try_parse_from(["finflow-operator"]).unwrap();
-        assert_eq!(default.webhook_service, SERVICE);
+        assert_eq!(default.webhook_service, WEBHOOK_SERVICE);
         let hook = &chart.webhooks.as_ref().unwrap()[0];
         assert_eq!(hook.name, WEBHOOK_NAME);
         let service = hook.client_config.service.as_ref().unwrap();
@@ -525,7 +527,7 @@ mod tests {
         assert!(excluded.contains(&"finflow-system".to_owned()));
         // The Service of that name, in front of the operator's webhook port.
         let services = include_str!("../../charts/finflow-operator/templates/services.yaml");
-        assert!(services.contains(&format!("  name: {SERVICE}\n")));
+        assert!(services.contains(&format!("  name: {WEBHOOK_SERVICE}\n")));
         assert!(services.contains("port: 443\n      targetPort: webhook"));
     }
 
@@ -534,11 +536,11 @@ mod tests {
         let mut chart: MutatingWebhookConfiguration =
             serde_json::from_value(rendered_by_the_chart("ns", "Fail")).unwrap();
         chart.metadata.resource_version = Some("7".into());
-        let patch = ca_bundle_patch(&chart, "ns", SERVICE, "CA").unwrap();
+        let patch = ca_bundle_patch(&chart, "ns", WEBHOOK_SERVICE, "CA").unwrap();
         assert_eq!(patch["metadata"]["resourceVersion"], "7");
         chart.webhooks.as_mut().unwrap()[0].client_config.ca_bundle =
             Some(ByteString(b"CA".to_vec()));
-        assert_eq!(ca_bundle_patch(&chart, "ns", SERVICE, "CA"), None);
+        assert_eq!(ca_bundle_patch(&chart, "ns", WEBHOOK_SERVICE, "CA"), None);
         assert_eq!(
             ca_bundle_patch(&chart, "ns", "another-service", "NEW"),
             None
@@ -555,7 +557,7 @@ mod tests {
         let bundle = ensure(
             &ctx.client,
             NS,
-            SERVICE,
+            WEBHOOK_SERVICE,
             &ClusterDomain::default(),
             Timestamp::now(),
         )
@@ -624,7 +626,7 @@ mod tests {
             return false;
         };
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
-        let name = ServerName::try_from(format!("{SERVICE}.finflow.svc")).unwrap();
+        let name = ServerName::try_from(format!("{WEBHOOK_SERVICE}.finflow.svc")).unwrap();
         let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
             u64::try_from(at.as_second()).unwrap(),
         ));
@@ -645,14 +647,20 @@ mod tests {
 
     #[test]
     fn a_renewal_keeps_the_old_ca_trusted_until_the_certificate_it_signed_expires() {
-        let old = generate(SERVICE, "finflow", &ClusterDomain::default(), now()).unwrap();
+        let old = generate(WEBHOOK_SERVICE, "finflow", &ClusterDomain::default(), now()).unwrap();
         let renewal = old.not_after - SignedDuration::from_hours(24 * 29);
         assert!(needs_renewal(Some(&old), renewal));
         let stored = Stored {
             bundle: old.clone(),
             retired: None,
         };
-        let new = generate(SERVICE, "finflow", &ClusterDomain::default(), renewal).unwrap();
+        let new = generate(
+            WEBHOOK_SERVICE,
+            "finflow",
+            &ClusterDomain::default(),
+            renewal,
+        )
+        .unwrap();
         let rotated = renewed(Some(&stored), new.clone(), renewal);
         assert_eq!(rotated.bundle, new);
         let trusted = rotated.ca_bundle();
@@ -684,8 +692,8 @@ mod tests {
 
     #[test]
     fn a_first_certificate_or_one_replacing_an_expired_one_retires_nothing() {
-        let old = generate(SERVICE, "finflow", &ClusterDomain::default(), now()).unwrap();
-        let fresh = generate(SERVICE, "finflow", &ClusterDomain::default(), now()).unwrap();
+        let old = generate(WEBHOOK_SERVICE, "finflow", &ClusterDomain::default(), now()).unwrap();
+        let fresh = generate(WEBHOOK_SERVICE, "finflow", &ClusterDomain::default(), now()).unwrap();
         assert_eq!(renewed(None, fresh.clone(), now()).retired, None);
         let stored = Stored {
             bundle: old.clone(),
@@ -700,7 +708,7 @@ mod tests {
         const SECRETS: &str = "/api/v1/namespaces/finflow/secrets";
         let (fake, ctx) = Fake::start(crate::finservice::fixtures::settings());
         let issued = now();
-        let old = generate(SERVICE, NS, &ClusterDomain::default(), issued).unwrap();
+        let old = generate(WEBHOOK_SERVICE, NS, &ClusterDomain::default(), issued).unwrap();
         // Trusted by the configuration and served by every replica.
         let mut chart = rendered_by_the_chart(NS, "Fail");
         chart["webhooks"][0]["clientConfig"]["caBundle"] =
@@ -718,9 +726,15 @@ mod tests {
 
         // A month before it expires.
         let renewal = old.not_after - SignedDuration::from_hours(24 * 29);
-        let new = ensure(&ctx.client, NS, SERVICE, &ClusterDomain::default(), renewal)
-            .await
-            .unwrap();
+        let new = ensure(
+            &ctx.client,
+            NS,
+            WEBHOOK_SERVICE,
+            &ClusterDomain::default(),
+            renewal,
+        )
+        .await
+        .unwrap();
         assert_ne!(new, old, "renewed");
         assert_eq!(in_secret().bundle, new);
         // Replicas that have not reloaded the Secret yet serve the old certificate, the
@@ -746,9 +760,15 @@ mod tests {
         fake.state().sent.clear();
         let later = old.not_after - SignedDuration::from_secs(60);
         assert_eq!(
-            ensure(&ctx.client, NS, SERVICE, &ClusterDomain::default(), later)
-                .await
-                .unwrap(),
+            ensure(
+                &ctx.client,
+                NS,
+                WEBHOOK_SERVICE,
+                &ClusterDomain::default(),
+                later
+            )
+            .await
+            .unwrap(),
             new
         );
         assert!(paths(&fake).is_empty());
@@ -757,7 +777,7 @@ mod tests {
         ensure(
             &ctx.client,
             NS,
-            SERVICE,
+            WEBHOOK_SERVICE,
             &ClusterDomain::default(),
             old.not_after,
         )
@@ -772,7 +792,7 @@ mod tests {
         ensure(
             &ctx.client,
             NS,
-            SERVICE,
+            WEBHOOK_SERVICE,
             &ClusterDomain::default(),
             old.not_after,
         )

@@ -6,18 +6,16 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::certs::WEBHOOK_SERVICE;
 use crate::dns::ClusterDomain;
 
 /// Sidecar image used when a FinService names none (and by the webhook).
 pub const DEFAULT_SIDECAR_IMAGE: &str =
     concat!("ghcr.io/finflow/sidecar:", env!("CARGO_PKG_VERSION"));
 
+/// Reconciles FinService, MessageQueue and RedisCache; injects the FinFlow sidecar.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-operator",
-    version,
-    about = "Reconciles FinService, MessageQueue and RedisCache; injects the FinFlow sidecar."
-)]
+#[command(version)]
 pub struct Config {
     /// Namespace the operator runs in: its Lease and webhook certificate live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "finflow-system")]
@@ -35,11 +33,7 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
     pub webhook_addr: SocketAddr,
     /// Service in front of the webhook, named in its certificate and configuration.
-    #[arg(
-        long,
-        env = "WEBHOOK_SERVICE",
-        default_value = "finflow-operator-webhook"
-    )]
+    #[arg(long, env = "WEBHOOK_SERVICE", default_value = WEBHOOK_SERVICE)]
     pub webhook_service: String,
     /// Serve the injection webhook (and manage its certificate).
     #[arg(long, env = "WEBHOOK_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]

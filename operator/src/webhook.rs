@@ -263,7 +263,7 @@ mod tests {
         use std::io::{Read, Write};
         let _ = rustls::crypto::ring::default_provider().install_default();
         let bundle = crate::certs::generate(
-            "finflow-operator-webhook",
+            crate::certs::WEBHOOK_SERVICE,
             "finflow-system",
             &crate::dns::ClusterDomain::default(),
             k8s_openapi::jiff::Timestamp::now(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use finflow_auth::Auth;
 use finflow_platform::db;
-use finflow_platform::events::{self, Event, Publisher, types};
+use finflow_platform::events::{self, Event, Publisher, outbox, types};
 use finflow_platform::testing::TestService;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::StatusCode;
@@ -137,12 +137,8 @@ impl TestAuth {
 
     /// The outbox's events of `event_type`, oldest first (their data).
     async fn events(&self, event_type: &str) -> Vec<Value> {
-        db::column_of(
-            &self.db.pool,
-            "SELECT payload->'data' FROM outbox WHERE event_type = $1 ORDER BY seq",
-            event_type,
-        )
-        .await
+        let written = outbox::written(&self.db.pool, event_type).await;
+        written.into_iter().map(|e| e["data"].clone()).collect()
     }
 
     async fn refresh(&self, token: &Value) -> (StatusCode, Value) {

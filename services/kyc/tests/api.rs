@@ -16,7 +16,7 @@ use finflow_kyc::documents::MAX_DOCUMENT_BYTES;
 use finflow_platform::Amount;
 use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{self, Outcome};
-use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost, types};
+use finflow_platform::events::{self, Event, Publisher, QueueSpec, TestVhost, outbox, types};
 use finflow_platform::fx::{DEFAULT_RATES, Rates};
 use finflow_platform::testing::TestService;
 use lapin::options::BasicGetOptions;
@@ -329,12 +329,7 @@ impl TestE {
 
     /// The payloads of E's outbox rows of `event_type`, oldest first.
     async fn outbox(&self, event_type: &str) -> Vec<Value> {
-        db::column_of(
-            &self.db.pool,
-            "SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq",
-            event_type,
-        )
-        .await
+        outbox::written(&self.db.pool, event_type).await
     }
 
     async fn count(&self, sql: &'static str) -> i64 {

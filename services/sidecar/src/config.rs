@@ -39,13 +39,9 @@ pub enum Mode {
     Gateway,
 }
 
-/// Everything the sidecar and the gateway can be told.
+/// FinFlow sidecar (JWT validation and identity headers in front of one app) or gateway.
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "finflow-sidecar",
-    version,
-    about = "FinFlow sidecar (JWT validation and identity headers in front of one app) or gateway"
-)]
+#[command(version)]
 pub struct Config {
     /// Do not serve: wait until the sidecar beside this process answers on its admin
     /// port's `/live`, then exit 0 (exit 1 after a minute). Without native sidecars the

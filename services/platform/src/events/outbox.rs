@@ -18,6 +18,17 @@ pub const NOTIFY_CHANNEL: &str = "finflow_outbox";
 /// The session advisory lock of the relay that scans a database's outbox.
 const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 
+/// The envelopes of `event_type` in the outbox, oldest first: what a test asserts a
+/// change announced.
+#[cfg(feature = "testing")]
+pub async fn written(pool: &PgPool, event_type: &str) -> Vec<serde_json::Value> {
+    sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq")
+        .bind(event_type)
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("the outbox's {event_type} events: {e}"))
+}
+
 /// Records `event` in the outbox as part of the caller's transaction, with the current
 /// trace context. Nothing is published unless that transaction commits.
 pub async fn enqueue(tx: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
