@@ -16,7 +16,7 @@ use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationReq
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::{ClientIp, KycStatus, Tier};
-use finflow_platform::{ApiError, ApiResult, Email, Identity, Json, Path};
+use finflow_platform::{ApiError, ApiResult, Email, Identity, Json, Path, UserId};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -688,8 +688,8 @@ async fn service_token(State(s): State<AppState>, Json(req): Json<TokenRequest>)
     responses((status = 200, body = User), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope, description = "not a user token"),
         (status = 404, body = ErrorEnvelope, description = "the user no longer exists")))]
-async fn me(State(s): State<AppState>, who: Identity) -> ApiResult {
-    let user = user_by_id(&s.pool, who.user_id()?)
+async fn me(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
+    let user = user_by_id(&s.pool, me)
         .await?
         .ok_or_else(|| ApiError::not_found("user not found"))?;
     Ok(error::ok(user))
@@ -723,7 +723,7 @@ pub struct UpdateMe {
         (status = 404, body = ErrorEnvelope, description = "the user no longer exists")))]
 async fn update_me(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(me): UserId,
     Json(req): Json<UpdateMe>,
 ) -> ApiResult {
     let full_name = req.full_name.as_deref().map(FullName::parse).transpose()?;
@@ -732,7 +732,7 @@ async fn update_me(
         "UPDATE users SET full_name = COALESCE($2, full_name), phone = COALESCE($3, phone), \
          updated_at = now() WHERE id = $1 RETURNING {USER_COLUMNS}"
     )))
-    .bind(who.user_id()?)
+    .bind(me)
     .bind(full_name.as_ref().map(FullName::as_str))
     .bind(phone.as_ref().map(Phone::as_str))
     .fetch_optional(&s.pool)

@@ -12,7 +12,7 @@ use finflow_contracts::kyc::{AmlDecision, KycDecision, KycUpdated};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
-use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
+use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query, UserId};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
@@ -179,10 +179,9 @@ async fn decide(
         (status = 409, body = ErrorEnvelope, description = "a submission is already waiting for review")))]
 async fn submit(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(user): UserId,
     Json(req): Json<Submission>,
 ) -> ApiResult {
-    let user = who.user_id()?;
     let Checked {
         document_type,
         document_number,
@@ -265,8 +264,7 @@ struct Risk {
 
 #[utoipa::path(get, path = "/api/v1/kyc/status", tag = "kyc",
     responses((status = 200, body = KycStatus), (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn status(State(s): State<AppState>, who: Identity) -> ApiResult {
-    let user = who.user_id()?;
+async fn status(State(s): State<AppState>, UserId(user): UserId) -> ApiResult {
     let latest: Option<SubmissionView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {SUBMISSION_COLUMNS} FROM kyc_submissions WHERE user_id = $1 ORDER BY created_at DESC LIMIT 1"
     )))

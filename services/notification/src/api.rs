@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
-use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query};
+use finflow_platform::{ApiError, ApiResult, Json, Path, Query, UserId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -52,12 +52,16 @@ struct ListQuery {
     responses((status = 200, body = Vec<Notification>),
         (status = 400, body = ErrorEnvelope, description = "unread is not true or false, or an unknown query parameter"),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list(
+    State(s): State<AppState>,
+    UserId(me): UserId,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
     let rows: Vec<Notification> = sqlx::query_as(
         "SELECT id, event_type, title, body, read_at, created_at FROM notifications \
          WHERE user_id = $1 AND (NOT $2 OR read_at IS NULL) ORDER BY created_at DESC LIMIT 200",
     )
-    .bind(who.user_id()?)
+    .bind(me)
     .bind(q.unread.unwrap_or(false))
     .fetch_all(&s.pool)
     .await?;
@@ -67,13 +71,17 @@ async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuer
 #[utoipa::path(post, path = "/api/v1/notifications/{id}/read", tag = "notifications", params(("id" = Uuid, Path)),
     responses((status = 200, body = Notification), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
         (status = 403, body = ErrorEnvelope, description = "not a user token"), (status = 404, body = ErrorEnvelope)))]
-async fn mark_read(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
+async fn mark_read(
+    State(s): State<AppState>,
+    UserId(me): UserId,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
     let row: Notification = sqlx::query_as(
         "UPDATE notifications SET read_at = coalesce(read_at, now()) WHERE id = $1 AND user_id = $2 \
          RETURNING id, event_type, title, body, read_at, created_at",
     )
     .bind(id)
-    .bind(who.user_id()?)
+    .bind(me)
     .fetch_optional(&s.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("notification not found"))?;
@@ -141,11 +149,11 @@ pub struct SetPreference {
 #[utoipa::path(get, path = "/api/v1/notifications/preferences", tag = "notifications",
     responses((status = 200, body = Vec<Preference>, description = "explicit choices; anything absent is on"),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn preferences(State(s): State<AppState>, who: Identity) -> ApiResult {
+async fn preferences(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
     let rows: Vec<Preference> = sqlx::query_as(
         "SELECT event_type, channel, enabled FROM preferences WHERE user_id = $1 ORDER BY event_type, channel",
     )
-    .bind(who.user_id()?)
+    .bind(me)
     .fetch_all(&s.pool)
     .await?;
     Ok(error::ok(rows))
@@ -157,7 +165,7 @@ async fn preferences(State(s): State<AppState>, who: Identity) -> ApiResult {
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn set_preference(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(me): UserId,
     Json(req): Json<SetPreference>,
 ) -> ApiResult {
     if !crate::consumer::queue().bindings.contains(&req.event_type)
@@ -173,7 +181,7 @@ async fn set_preference(
          ON CONFLICT (user_id, event_type, channel) DO UPDATE SET enabled = EXCLUDED.enabled \
          RETURNING event_type, channel, enabled",
     )
-    .bind(who.user_id()?)
+    .bind(me)
     .bind(&req.event_type)
     .bind(req.channel.as_str())
     .bind(req.enabled)
@@ -198,12 +206,12 @@ pub struct Delivery {
 /// The caller's delivery log.
 #[utoipa::path(get, path = "/api/v1/notifications/deliveries", tag = "notifications",
     responses((status = 200, body = Vec<Delivery>), (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn deliveries(State(s): State<AppState>, who: Identity) -> ApiResult {
+async fn deliveries(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
     let rows: Vec<Delivery> = sqlx::query_as(
         "SELECT id, event_type, channel, target, status, attempts, last_error, delivered_at, created_at \
          FROM deliveries WHERE user_id = $1 ORDER BY created_at DESC LIMIT 200",
     )
-    .bind(who.user_id()?)
+    .bind(me)
     .fetch_all(&s.pool)
     .await?;
     Ok(error::ok(rows))
@@ -245,7 +253,7 @@ pub const MAX_WEBHOOKS_PER_USER: i64 = 10;
         (status = 409, body = ErrorEnvelope, description = "the user has MAX_WEBHOOKS_PER_USER (10) already (details.reason = webhook_limit)")))]
 async fn create_webhook(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(user): UserId,
     Json(req): Json<CreateWebhook>,
 ) -> ApiResult {
     let url = req.url.trim();
@@ -261,7 +269,6 @@ async fn create_webhook(
         .vet(url)
         .await
         .map_err(|reason| ApiError::invalid_field("url", reason))?;
-    let user = who.user_id()?;
     let mut tx = s.pool.begin().await?;
     // One user's registrations one at a time, so that two at once cannot both pass the
     // cap: every event is sent to each of a user's webhooks, and without a cap one user
@@ -296,11 +303,11 @@ async fn create_webhook(
 
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
     responses((status = 200, body = Vec<Webhook>), (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn list_webhooks(State(s): State<AppState>, who: Identity) -> ApiResult {
+async fn list_webhooks(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
     let rows: Vec<Webhook> = sqlx::query_as(
         "SELECT id, url, NULL::text AS secret, created_at FROM webhooks WHERE user_id = $1 ORDER BY created_at",
     )
-    .bind(who.user_id()?)
+    .bind(me)
     .fetch_all(&s.pool)
     .await?;
     Ok(error::ok(rows))
@@ -311,12 +318,12 @@ async fn list_webhooks(State(s): State<AppState>, who: Identity) -> ApiResult {
         (status = 403, body = ErrorEnvelope, description = "not a user token"), (status = 404, body = ErrorEnvelope)))]
 async fn delete_webhook(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(me): UserId,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
     let deleted = sqlx::query("DELETE FROM webhooks WHERE id = $1 AND user_id = $2")
         .bind(id)
-        .bind(who.user_id()?)
+        .bind(me)
         .execute(&s.pool)
         .await?
         .rows_affected();

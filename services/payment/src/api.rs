@@ -11,7 +11,9 @@ use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::outbox;
 use finflow_platform::fx::Rates;
 use finflow_platform::identity::KycStatus;
-use finflow_platform::{Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query};
+use finflow_platform::{
+    Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query, UserId,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -137,11 +139,11 @@ struct PaymentHeaders {
         (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
 async fn transfer(
     s: State<AppState>,
-    who: Identity,
+    user: UserId,
     headers: HeaderMap,
     body: Json<PaymentRequest>,
 ) -> Response {
-    accept(s, who, headers, Kind::Transfer, body).await
+    accept(s, user, headers, Kind::Transfer, body).await
 }
 
 #[utoipa::path(post, path = "/api/v1/payments/deposit", tag = "payments", request_body = DepositRequest,
@@ -155,11 +157,11 @@ async fn transfer(
         (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
 async fn deposit(
     s: State<AppState>,
-    who: Identity,
+    user: UserId,
     headers: HeaderMap,
     body: Json<PaymentRequest>,
 ) -> Response {
-    accept(s, who, headers, Kind::Deposit, body).await
+    accept(s, user, headers, Kind::Deposit, body).await
 }
 
 #[utoipa::path(post, path = "/api/v1/payments/withdrawal", tag = "payments", request_body = WithdrawalRequest,
@@ -173,11 +175,11 @@ async fn deposit(
         (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
 async fn withdrawal(
     s: State<AppState>,
-    who: Identity,
+    user: UserId,
     headers: HeaderMap,
     body: Json<PaymentRequest>,
 ) -> Response {
-    accept(s, who, headers, Kind::Withdrawal, body).await
+    accept(s, user, headers, Kind::Withdrawal, body).await
 }
 
 fn stored_response(stored: Stored, replayed: bool) -> Response {
@@ -196,13 +198,12 @@ fn stored_response(stored: Stored, replayed: bool) -> Response {
 /// client asked to wait and it got there.
 async fn accept(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(user): UserId,
     headers: HeaderMap,
     kind: Kind,
     Json(req): Json<PaymentRequest>,
 ) -> Response {
     let outcome = async {
-        let user = who.user_id()?;
         let key = idempotency_key(&headers)?;
         req.validate(kind)?;
         let hash = req.fingerprint(kind);
@@ -592,14 +593,18 @@ struct PaymentPage {
     responses((status = 200, body = PaymentPage),
         (status = 400, body = ErrorEnvelope, description = "a bad or unknown query parameter"),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn list(State(s): State<AppState>, who: Identity, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list(
+    State(s): State<AppState>,
+    UserId(me): UserId,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
     let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 200));
     let mut rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE user_id = $1 \
            AND ($2::uuid IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3) \
          ORDER BY id DESC LIMIT $4"
     )))
-    .bind(who.user_id()?)
+    .bind(me)
     .bind(q.cursor)
     .bind(q.status.map(Status::as_str))
     .bind(limit + 1)

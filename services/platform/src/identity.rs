@@ -151,6 +151,22 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Identity {
     }
 }
 
+/// The caller as a user, for the routes only a user token opens: `401 UNAUTHORIZED`
+/// without a caller, `403 FORBIDDEN` for a service token ([`Identity::user_id`]). Taken
+/// before the body is read, so a caller who may not use the route learns nothing of
+/// what it validates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let who = <Identity as FromRequestParts<S>>::from_request_parts(parts, state).await?;
+        who.user_id().map(Self)
+    }
+}
+
 /// The client's address: `X-Real-IP` as set by the sidecar (apps are reached only
 /// through it), else the peer address of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +269,30 @@ mod tests {
         .unwrap();
         assert_eq!(who.require_service().unwrap(), "payment");
         assert!(who.user_id().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_user_only_route_refuses_a_service_token_with_403_and_no_caller_with_401() {
+        async fn user(headers: &[(&str, &str)]) -> Result<UserId, ApiError> {
+            <UserId as FromRequestParts<()>>::from_request_parts(&mut parts(headers), &()).await
+        }
+        let id = Uuid::now_v7().to_string();
+        assert_eq!(
+            user(&[(USER_ID, &id), (USER_ROLES, "user")])
+                .await
+                .unwrap()
+                .0
+                .to_string(),
+            id
+        );
+        let service = user(&[
+            (USER_ID, "service:payment"),
+            (USER_ROLES, "service:payment"),
+        ]);
+        let refused = service.await.unwrap_err();
+        assert_eq!(refused.status(), axum::http::StatusCode::FORBIDDEN);
+        let anonymous = user(&[]).await.unwrap_err();
+        assert_eq!(anonymous.status(), axum::http::StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

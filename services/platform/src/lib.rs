@@ -58,5 +58,5 @@ pub mod testing;
 pub use email::Email;
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use extract::{Json, Path, Query};
-pub use identity::Identity;
+pub use identity::{Identity, UserId};
 pub use money::{Amount, Currency, Money};

@@ -9,7 +9,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::depth::QueueDepth;
-use finflow_platform::{Amount, ApiError, ApiResult, Identity, Query};
+use finflow_platform::{Amount, ApiError, ApiResult, Identity, Query, UserId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -454,8 +454,8 @@ pub async fn statement_lines(pool: &PgPool, user: Uuid) -> Result<Vec<StatementL
 #[utoipa::path(get, path = "/api/v1/reports/me/statement", tag = "reports",
     responses((status = 200, body = Vec<StatementLine>), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn statement(State(s): State<AppState>, who: Identity) -> ApiResult {
-    Ok(error::ok(statement_lines(&s.pool, who.user_id()?).await?))
+async fn statement(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
+    Ok(error::ok(statement_lines(&s.pool, me).await?))
 }
 
 const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");

@@ -11,7 +11,9 @@ use finflow_contracts::catalog;
 use finflow_platform::error::{self, ErrorBody, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::fx::Rates;
-use finflow_platform::{Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query};
+use finflow_platform::{
+    Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query, UserId,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -120,10 +122,9 @@ pub struct CreateWallet {
         (status = 409, body = ErrorEnvelope, description = "the caller already has a wallet in this currency")))]
 async fn create_wallet(
     State(s): State<AppState>,
-    who: Identity,
+    UserId(user_id): UserId,
     Json(req): Json<CreateWallet>,
 ) -> ApiResult {
-    let user_id = who.user_id()?;
     s.rates.require(req.currency)?;
     s.users
         .current(user_id)
@@ -165,11 +166,11 @@ async fn create_wallet(
 #[utoipa::path(get, path = "/api/v1/wallets", tag = "wallets",
     responses((status = 200, body = Vec<Wallet>),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
-async fn list_wallets(State(s): State<AppState>, who: Identity) -> ApiResult {
+async fn list_wallets(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
     let rows: Vec<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {WALLET_COLUMNS} FROM wallets WHERE user_id = $1 AND kind = 'user' ORDER BY created_at"
     )))
-    .bind(who.user_id()?)
+    .bind(me)
     .fetch_all(&s.pool)
     .await?;
     let wallets = rows
