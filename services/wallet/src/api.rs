@@ -66,6 +66,9 @@ struct WalletRow {
     status: String,
     /// Who froze a frozen wallet (`owner` or `staff`); see [`set_status`].
     frozen_by: Option<String>,
+    /// Set once its owner activated it (a trigger keeps it); a lifted freeze returns
+    /// the wallet to `pending` while this is unset.
+    activated_at: Option<DateTime<Utc>>,
     balance: Amount,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -90,7 +93,7 @@ impl WalletRow {
 }
 
 const WALLET_COLUMNS: &str =
-    "id, user_id, currency, status, frozen_by, balance, created_at, updated_at";
+    "id, user_id, currency, status, frozen_by, activated_at, balance, created_at, updated_at";
 
 /// A user wallet the caller may see: their own, or any for `ops`. Anything else is
 /// 404, so wallet ids cannot be probed.
@@ -259,7 +262,8 @@ pub enum WalletStatus {
 /// the one frozen and the one deciding (staff: `ops` or `compliance`). Refusals are
 /// `403 FORBIDDEN` with `details.reason` `staff_freeze` or `own_wallet`. A pending
 /// wallet is not activated here: that is its owner's step (`POST .../activate`), `409
-/// CONFLICT` with `details.reason` `pending`.
+/// CONFLICT` with `details.reason` `pending`; staff may freeze it, and lifting that
+/// freeze returns it to `pending`.
 #[utoipa::path(put, path = "/api/v1/wallets/{id}/status", tag = "wallets", params(("id" = Uuid, Path)),
     request_body = StatusChange,
     responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope),
@@ -297,9 +301,15 @@ async fn set_status(
             "the wallet is pending: its owner activates it (POST /api/v1/wallets/{id}/activate)",
         )
         .with_details(serde_json::json!({ "reason": "pending" }))),
-        WalletStatus::Active => Ok(error::ok(
-            change_status(&s.pool, &wallet, "active", None).await?,
-        )),
+        // A freeze lifted leaves the wallet where its owner had it.
+        WalletStatus::Active => {
+            let to = if wallet.activated_at.is_some() {
+                "active"
+            } else {
+                "pending"
+            };
+            Ok(error::ok(change_status(&s.pool, &wallet, to, None).await?))
+        }
         // Staff freezing an owner-frozen wallet makes it theirs to lift; any other
         // freeze of a frozen wallet changes nothing.
         WalletStatus::Frozen if wallet.status == "frozen" && (staff_freeze || own) => {
@@ -471,8 +481,9 @@ async fn internal_wallet(
     // The wallet, its counterpart, and what the owner sent today, in one read.
     let ids: Vec<Uuid> = std::iter::once(id).chain(query.counterpart).collect();
     let mut rows: Vec<SpendingWallet> = sqlx::query_as(
-        "SELECT w.id, w.user_id, w.currency, w.status, w.frozen_by, w.balance, w.created_at, \
-                w.updated_at, coalesce(s.spent, 0) AS spent_today \
+        // WALLET_COLUMNS, each qualified (user_daily_spend has a user_id too).
+        "SELECT w.id, w.user_id, w.currency, w.status, w.frozen_by, w.activated_at, w.balance, \
+                w.created_at, w.updated_at, coalesce(s.spent, 0) AS spent_today \
          FROM wallets w LEFT JOIN user_daily_spend s \
            ON s.user_id = w.user_id AND s.day = (now() AT TIME ZONE 'UTC')::date \
          WHERE w.id = ANY($1) AND w.kind = 'user'",

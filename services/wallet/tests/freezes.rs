@@ -125,6 +125,48 @@ async fn a_wallet_frozen_before_freezes_were_attributed_stays_frozen_for_its_own
     assert_eq!(stand.status_of(wallet).await, "frozen");
 }
 
+/// Staff may freeze a pending wallet (to stop its owner activating it), but lifting
+/// that freeze is not an activation: the wallet is pending again, and active only once
+/// its owner activates it. After that, a freeze lifts back to active.
+#[tokio::test]
+async fn a_pending_wallet_frozen_and_unfrozen_by_staff_stays_pending_until_its_owner_activates_it()
+{
+    let stand = Stand::start().await;
+    let (owner, ops) = (Uuid::new_v4(), Uuid::new_v4());
+    stand.auth.set(owner, "verified", "bronze");
+    let (status, body) = stand
+        .as_user(
+            reqwest::Method::POST,
+            "/api/v1/wallets",
+            owner,
+            "user",
+            Some(&json!({"currency": "USD"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let wallet: Uuid = body["data"]["id"].as_str().unwrap().parse().unwrap();
+
+    for (to, expected) in [("frozen", "frozen"), ("active", "pending")] {
+        let (status, body) = stand.set(ops, "user,ops", wallet, to).await;
+        assert_eq!(status, 200, "{to}: {body}");
+        assert_eq!(body["data"]["status"], expected, "{body}");
+        assert_eq!(stand.status_of(wallet).await, expected);
+    }
+    let activate = format!("/api/v1/wallets/{wallet}/activate");
+    let (status, body) = stand
+        .as_user(reqwest::Method::POST, &activate, owner, "user", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for to in ["frozen", "active"] {
+        let (status, body) = stand.set(ops, "user,ops", wallet, to).await;
+        assert_eq!(
+            (status, stand.status_of(wallet).await.as_str()),
+            (200, to),
+            "{body}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_pending_wallet_is_activated_by_its_owner_alone_not_through_its_status() {
     let stand = Stand::start().await;
