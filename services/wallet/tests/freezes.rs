@@ -134,15 +134,7 @@ async fn a_pending_wallet_frozen_and_unfrozen_by_staff_stays_pending_until_its_o
     let stand = Stand::start().await;
     let (owner, ops) = (Uuid::new_v4(), Uuid::new_v4());
     stand.auth.set(owner, "verified", "bronze");
-    let (status, body) = stand
-        .as_user(
-            reqwest::Method::POST,
-            "/api/v1/wallets",
-            owner,
-            "user",
-            Some(&json!({"currency": "USD"})),
-        )
-        .await;
+    let (status, body) = stand.open(owner, "USD").await;
     assert_eq!(status, 201, "{body}");
     let wallet: Uuid = body["data"]["id"].as_str().unwrap().parse().unwrap();
 

@@ -72,20 +72,7 @@ async fn a_wallet_is_opened_only_for_a_user_a_says_is_verified_now() {
     let stand = Stand::start().await;
     let user = Uuid::now_v7();
     stand.auth.set(user, "pending", "bronze");
-    let open = |currency: &'static str| {
-        let stand = &stand;
-        async move {
-            stand
-                .as_user(
-                    Method::POST,
-                    "/api/v1/wallets",
-                    user,
-                    "user",
-                    Some(&json!({ "currency": currency })),
-                )
-                .await
-        }
-    };
+    let open = |currency: &'static str| stand.open(user, currency);
     // The token says verified (`x-kyc-status`); A says pending.
     assert_kyc_required(open("USD").await);
     stand.auth.set(user, "verified", "bronze");
@@ -99,15 +86,7 @@ async fn a_currency_without_a_reference_rate_is_refused_before_anything_else() {
     let user = Uuid::now_v7();
     stand.auth.set(user, "verified", "bronze");
     // AFN is ISO 4217 with minor units, but no rate is configured for it.
-    let (status, body) = stand
-        .as_user(
-            Method::POST,
-            "/api/v1/wallets",
-            user,
-            "user",
-            Some(&json!({ "currency": "AFN" })),
-        )
-        .await;
+    let (status, body) = stand.open(user, "AFN").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
     assert_eq!(body["error"]["details"]["reason"], "currency_not_supported");

@@ -212,6 +212,19 @@ impl Stand {
         (code, response.json().await.unwrap())
     }
 
+    /// `POST /api/v1/wallets` as `owner`: a wallet in `currency`, pending until its
+    /// owner activates it.
+    pub async fn open(&self, owner: Uuid, currency: &str) -> (u16, Value) {
+        self.as_user(
+            reqwest::Method::POST,
+            "/api/v1/wallets",
+            owner,
+            "user",
+            Some(&json!({ "currency": currency })),
+        )
+        .await
+    }
+
     /// `PUT /api/v1/wallets/{id}/status` as `who` with `roles`.
     pub async fn set(&self, who: Uuid, roles: &str, id: Uuid, status: &str) -> (u16, Value) {
         self.as_user(
