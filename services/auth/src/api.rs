@@ -480,12 +480,15 @@ async fn user_by_email(pool: &PgPool, email: &Email) -> Result<User, ApiError> {
     .ok_or_else(|| ApiError::unauthorized("invalid email or password"))
 }
 
-async fn user_by_id(pool: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+async fn user_by_id<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
     )))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -539,6 +542,8 @@ struct RefreshRow {
     expires_at: DateTime<Utc>,
     used_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    /// The family was revoked ([`revoke_family`]), whenever this token was written.
+    family_revoked: bool,
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
@@ -549,8 +554,10 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     let mut tx = s.pool.begin().await?;
     // The row lock makes concurrent uses of one token take turns: only one can rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
-        "SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens \
-         WHERE token_hash = $1 FOR UPDATE",
+        "SELECT family_id, user_id, expires_at, used_at, revoked_at, \
+           EXISTS (SELECT 1 FROM revoked_refresh_families f WHERE f.family_id = t.family_id) \
+             AS family_revoked \
+         FROM refresh_tokens t WHERE token_hash = $1 FOR UPDATE OF t",
     )
     .bind(&hash)
     .fetch_optional(&mut *tx)
@@ -558,7 +565,7 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     let Some(row) = row else {
         return Err(invalid());
     };
-    if row.revoked_at.is_some() || row.expires_at <= Utc::now() {
+    if row.revoked_at.is_some() || row.expires_at <= Utc::now() || row.family_revoked {
         return Err(invalid());
     }
     if row.used_at.is_some() {
@@ -574,7 +581,10 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
         .bind(&hash)
         .execute(&mut *tx)
         .await?;
-    let user = user_by_id(&s.pool, row.user_id)
+    // Through the transaction's connection: one from the pool while this one is held
+    // would let as many refreshes at once as the pool has connections take them all and
+    // wait for one more, which nothing returns.
+    let user = user_by_id(&mut *tx, row.user_id)
         .await?
         .ok_or_else(invalid)?;
     let session = start_session(&s, &mut tx, user, row.family_id).await?;
@@ -582,14 +592,24 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     Ok(error::ok(session))
 }
 
-async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<u64, sqlx::Error> {
+/// Ends a session: the family is recorded as revoked, which refuses every token of it
+/// at [`refresh`], and its tokens are marked. The record is what holds: the UPDATE sees
+/// only the tokens committed when it began, so the token a rotation was writing at that
+/// moment would otherwise stay live.
+async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO revoked_refresh_families (family_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(family)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
     )
     .bind(family)
     .execute(&mut *tx)
-    .await
-    .map(|r| r.rows_affected())
+    .await?;
+    Ok(())
 }
 
 /// Ends the session the refresh token belongs to. Holding the refresh token is the

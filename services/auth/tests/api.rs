@@ -146,6 +146,11 @@ impl TestAuth {
             .await
     }
 
+    async fn logout(&self, token: &Value) -> (StatusCode, Value) {
+        self.post("/api/v1/auth/logout", json!({"refresh_token": token}), &[])
+            .await
+    }
+
     async fn decode(&self, token: &str) -> Value {
         let (_, jwks) = self.get("/.well-known/jwks.json", &[]).await;
         let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
@@ -534,19 +539,86 @@ async fn refresh_rotates_and_a_reused_token_revokes_its_whole_family() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A refresh held its transaction's connection while it took another from the pool to
+/// read the user: as many refreshes at once as the pool has connections took them all
+/// and waited for one more, so A stopped answering anything until they timed out.
+#[tokio::test]
+async fn more_refreshes_at_once_than_the_pool_has_connections_all_succeed() {
+    let app = TestAuth::spawn(&["--database-max-connections", "2"]).await;
+    let address = email();
+    app.register(&address).await;
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(app.login(&address).await);
+    }
+    let answers = futures_util::future::join_all(
+        sessions
+            .iter()
+            .map(|session| app.refresh(&session["refresh_token"])),
+    )
+    .await;
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+/// A logout while a thief's rotation of the same session is writing its next token:
+/// the logout's UPDATE cannot see that uncommitted token, and used to leave it live.
+/// Here the test's transaction is the rotation caught in the act: it holds the token
+/// it rotates and has written the next one when the owner logs out.
+#[tokio::test]
+async fn a_logout_during_a_rotation_also_ends_the_token_the_rotation_writes() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let session = app.login(&address).await;
+    let current = session["refresh_token"].as_str().unwrap();
+    let next = format!("{current}-next");
+
+    let mut rotation = app.db.pool.begin().await.unwrap();
+    let (family, user): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(finflow_auth::tokens::hash_opaque_token(current))
+    .fetch_one(&mut *rotation)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+         VALUES ($1, $2, $3, $4, now() + interval '1 day')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(family)
+    .bind(user)
+    .bind(finflow_auth::tokens::hash_opaque_token(&next))
+    .execute(&mut *rotation)
+    .await
+    .unwrap();
+
+    let logout = app.logout(&session["refresh_token"]);
+    let commit = async {
+        // The logout waits on the token the rotation holds.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        rotation.commit().await.unwrap();
+    };
+    let ((status, body), ()) = tokio::join!(logout, commit);
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = app.refresh(&json!(next)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the rotation's token outlived the logout: {body}"
+    );
+}
+
 #[tokio::test]
 async fn logout_revokes_the_session() {
     let app = TestAuth::spawn(&[]).await;
     let address = email();
     app.register(&address).await;
     let session = app.login(&address).await;
-    let (status, body) = app
-        .post(
-            "/api/v1/auth/logout",
-            json!({"refresh_token": session["refresh_token"]}),
-            &[],
-        )
-        .await;
+    let (status, body) = app.logout(&session["refresh_token"]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = app.refresh(&session["refresh_token"]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
