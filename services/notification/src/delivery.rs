@@ -23,6 +23,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::consumer::TRANSACTIONAL;
+
 /// The header carrying a webhook's signature: `t=<unix seconds>,v1=<hex HMAC-SHA256>`
 /// over `"<t>.<body>"` with the webhook's secret (Stripe's scheme: the timestamp in the
 /// signed text stops replays of old deliveries).
@@ -88,6 +90,11 @@ pub struct Sender {
     /// counts as a failed attempt.
     pub send_timeout: Duration,
 }
+
+/// What a sign-up mail's stored text becomes once it is sent or given up: its text holds
+/// the verification token, which with the sign-up's password verifies the address, so it
+/// is kept nowhere once the mail is out of D's hands.
+const SENT_CREDENTIAL: &str = "(a sign-up mail: its text held a token and is not kept)";
 
 /// How long past its send timeout a claimed delivery stays its sender's: the time to
 /// record the outcome.
@@ -214,13 +221,17 @@ impl Sender {
         } else {
             sqlx::query_scalar(
                 "UPDATE deliveries SET status = 'delivered', delivered_at = now(), \
-                 last_error = NULL, claim = NULL WHERE id = ANY($1) AND claim = $2 RETURNING id",
+                 last_error = NULL, claim = NULL, body = CASE WHEN event_type = ANY($3) \
+                   THEN $4 ELSE body END \
+                 WHERE id = ANY($1) AND claim = $2 RETURNING id",
             )
             // Planned for these ids each time: a plan cached while the table was small
             // would go on scanning all of it once it has grown (until an analyze replans it).
             .persistent(false)
             .bind(&delivered)
             .bind(claimed[0].claim)
+            .bind(&TRANSACTIONAL[..])
+            .bind(SENT_CREDENTIAL)
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
@@ -240,7 +251,9 @@ impl Sender {
                     );
                     let updated = sqlx::query(
                         "UPDATE deliveries SET status = $3, last_error = $4, \
-                         next_attempt_at = now() + make_interval(secs => $5), claim = NULL \
+                         next_attempt_at = now() + make_interval(secs => $5), claim = NULL, \
+                         body = CASE WHEN $3 = 'failed' AND event_type = ANY($6) \
+                           THEN $7 ELSE body END \
                          WHERE id = $1 AND claim = $2",
                     )
                     .bind(d.id)
@@ -248,6 +261,8 @@ impl Sender {
                     .bind(if give_up { "failed" } else { "pending" })
                     .bind(&error)
                     .bind(wait.as_secs_f64())
+                    .bind(&TRANSACTIONAL[..])
+                    .bind(SENT_CREDENTIAL)
                     .execute(&mut *tx)
                     .await?;
                     tracing::info!(delivery = %d.id, channel = %d.channel, attempts, give_up, %error, "delivery failed");
