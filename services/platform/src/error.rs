@@ -34,6 +34,9 @@ pub enum ErrorCode {
     /// The request's head is larger than the proxy reads.
     HeadersTooLarge,
     UriTooLong,
+    /// The request's body did not arrive in time (the proxy's answer to a client that
+    /// sends its body too slowly, or never finishes it).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::DependencyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -75,6 +79,7 @@ impl ErrorCode {
             Self::DependencyUnavailable => "DEPENDENCY_UNAVAILABLE",
             Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::UriTooLong => "URI_TOO_LONG",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
         }
     }
 }
@@ -303,6 +308,7 @@ mod tests {
             ErrorCode::DependencyUnavailable,
             ErrorCode::HeadersTooLarge,
             ErrorCode::UriTooLong,
+            ErrorCode::RequestTimeout,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

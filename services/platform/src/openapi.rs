@@ -35,7 +35,7 @@ const METHODS: [&str; 8] = [
 ];
 
 /// Refusals any operation can answer, and who answers them.
-const REFUSALS: [(&str, &str); 8] = [
+const REFUSALS: [(&str, &str); 9] = [
     (
         "400",
         "VALIDATION_ERROR: the request is malformed (body, path, query or headers)",
@@ -44,6 +44,10 @@ const REFUSALS: [(&str, &str); 8] = [
     (
         "403",
         "FORBIDDEN: the caller may not do this (a role, an owner, a staff rule)",
+    ),
+    (
+        "408",
+        "REQUEST_TIMEOUT: the request body did not arrive in time (sidecar)",
     ),
     (
         "429",

@@ -74,8 +74,9 @@ pub struct Config {
     #[arg(long, env = "UPSTREAM")]
     pub upstream: Option<String>,
 
-    /// How long an upstream may take to answer with its response head, in milliseconds;
-    /// after that the proxy answers 504.
+    /// How long an upstream may take to answer with its response head once it has the
+    /// whole request, in milliseconds; after that the proxy answers 504. A client has as
+    /// long to send its whole body; after that the proxy answers 408.
     #[arg(long, env = "UPSTREAM_TIMEOUT_MS", default_value_t = 30_000)]
     pub upstream_timeout_ms: u64,
 

@@ -28,8 +28,9 @@
 //!    the client's connection and is driven by its task ([`upstream`]), and the
 //!    response streamed back.
 //!
-//! Answers the proxy gives itself (400, 401, 403, 404, 429, 502, 503, 504) are in the JSON
-//! envelope and carry `x-finflow-proxy-error: <reason>`; an app's answers never do.
+//! Answers the proxy gives itself (400, 401, 403, 404, 408, 429, 502, 503, 504) are in
+//! the JSON envelope and carry `x-finflow-proxy-error: <reason>`; an app's answers never
+//! do.
 //!
 //! Gateway mode runs the same forwarding code ([`proxy`]) with another gate: the path
 //! prefix picks a service's sidecar ([`paths::route`]), `/internal/*` is never routed,

@@ -7,6 +7,7 @@
 //! connection's own keep-alive connection ([`crate::upstream`]). The response is
 //! streamed back.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::gateway::GatewayGate;
@@ -31,7 +34,7 @@ use crate::headers::{self, PROXY_ERROR, X_REQUEST_ID};
 use crate::jwt::Rejection;
 use crate::paths::{self, is_ambiguous};
 use crate::sidecar::SidecarGate;
-use crate::upstream::Upstreams;
+use crate::upstream::{BodySent, ClientBody, UpstreamError, Upstreams};
 
 /// The pooled HTTP/1 client that fetches the JWK set.
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -242,17 +245,22 @@ impl Proxy {
 
         // One clock read for both the deadline and the upstream latency.
         let started = tokio::time::Instant::now();
-        let sent = tokio::time::timeout_at(
-            started + self.timeout,
+        let (body, progress) = ClientBody::new(body);
+        let (exchanged, upstream_from) = exchange(
             upstreams.send(base.authority(), Request::from_parts(parts, body)),
+            progress,
+            started,
+            self.timeout,
         )
         .await;
-        self.meters
-            .upstream(traffic)
-            .record(started.elapsed().as_secs_f64());
-        let response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
+        if !matches!(exchanged, Exchange::ClientBody(_)) {
+            self.meters
+                .upstream(traffic)
+                .record(upstream_from.elapsed().as_secs_f64());
+        }
+        let response = match exchanged {
+            Exchange::Answered(Ok(response)) => response,
+            Exchange::Answered(Err(e)) => {
                 tracing::warn!(error = %e, upstream = %base.as_base(), "upstream request failed");
                 let (reason, message) = if e.is_connect() {
                     (
@@ -267,7 +275,7 @@ impl Proxy {
                         .with_status(StatusCode::BAD_GATEWAY),
                 );
             }
-            Err(_) => {
+            Exchange::TimedOut => {
                 tracing::warn!(timeout = ?self.timeout, upstream = %base.as_base(), "upstream timed out");
                 return Err(ProxyError::new(
                     ErrorCode::DependencyUnavailable,
@@ -275,6 +283,20 @@ impl Proxy {
                     "the upstream service did not answer in time",
                 )
                 .with_status(StatusCode::GATEWAY_TIMEOUT));
+            }
+            Exchange::ClientBody(BodySent::Broken) => {
+                return Err(ProxyError::new(
+                    ErrorCode::ValidationError,
+                    "request_body_incomplete",
+                    "the request body ended before it was complete",
+                ));
+            }
+            Exchange::ClientBody(_) => {
+                return Err(ProxyError::new(
+                    ErrorCode::RequestTimeout,
+                    "request_body_timeout",
+                    "the request body did not arrive in time",
+                ));
             }
         };
         let (mut parts, body) = response.into_parts();
@@ -287,6 +309,63 @@ impl Proxy {
             parts.headers.remove(PROXY_ERROR);
         }
         Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+/// What came of sending a request upstream.
+enum Exchange {
+    /// The upstream answered, or its connection failed.
+    Answered(Result<Response<Incoming>, UpstreamError>),
+    /// The upstream did not answer within the timeout of having the whole request.
+    TimedOut,
+    /// The client's body was not all there in time, or its connection broke while it
+    /// was sent: the client's doing, which must not count as the upstream's.
+    ClientBody(BodySent),
+}
+
+/// Waits for `send`'s answer. The client has `timeout` from `started` to send its whole
+/// body; the upstream has `timeout` from when it had the whole request, which it also
+/// returns, as the start of the upstream's latency.
+async fn exchange(
+    send: impl Future<Output = Result<Response<Incoming>, UpstreamError>>,
+    progress: Option<watch::Receiver<BodySent>>,
+    started: Instant,
+    timeout: Duration,
+) -> (Exchange, Instant) {
+    let Some(mut progress) = progress else {
+        let answered = tokio::time::timeout_at(started + timeout, send).await;
+        return (
+            answered.map_or(Exchange::TimedOut, Exchange::Answered),
+            started,
+        );
+    };
+    tokio::pin!(send);
+    let (mut deadline, mut upstream_from) = (started + timeout, started);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            answered = &mut send => {
+                let broken = *progress.borrow() == BodySent::Broken;
+                return match answered {
+                    Err(_) if broken => (Exchange::ClientBody(BodySent::Broken), upstream_from),
+                    answered => (Exchange::Answered(answered), upstream_from),
+                };
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return match *progress.borrow() {
+                    BodySent::All(_) => (Exchange::TimedOut, upstream_from),
+                    owed => (Exchange::ClientBody(owed), upstream_from),
+                };
+            }
+            changed = progress.changed(), if watching => {
+                let now = *progress.borrow_and_update();
+                if let BodySent::All(at) = now {
+                    (deadline, upstream_from) = (at + timeout, at);
+                }
+                // Settled, or its sender gone with the body: nothing more to hear.
+                watching = changed.is_ok() && now == BodySent::Partly;
+            }
+        }
     }
 }
 

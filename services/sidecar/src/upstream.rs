@@ -13,16 +13,18 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// How long connecting to an upstream (or the JWK set server) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,10 +49,88 @@ impl UpstreamError {
     }
 }
 
+/// How much of a client's request body has gone upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySent {
+    /// Some of it, or none yet.
+    Partly,
+    /// All of it, at that instant.
+    All(Instant),
+    /// The client's connection failed before it was all there.
+    Broken,
+}
+
+/// A client's request body as it is sent upstream, telling the proxy when it is all
+/// there. The upstream's time to answer starts then: a client that sends its body
+/// slowly, or never finishes it, must not pass for an app too slow to answer (the
+/// traffic analysis counts the app's timeouts against a rollout).
+pub struct ClientBody {
+    inner: Incoming,
+    sent: Option<watch::Sender<BodySent>>,
+}
+
+impl ClientBody {
+    /// `inner`, and a receiver of its progress if it has any to make: a body known to
+    /// be empty (most requests) is all there at once and costs nothing to follow.
+    pub fn new(inner: Incoming) -> (Self, Option<watch::Receiver<BodySent>>) {
+        if inner.is_end_stream() {
+            return (Self { inner, sent: None }, None);
+        }
+        let (sent, progress) = watch::channel(BodySent::Partly);
+        let body = Self {
+            inner,
+            sent: Some(sent),
+        };
+        (body, Some(progress))
+    }
+
+    fn mark(&self, now: BodySent) {
+        if let Some(sent) = &self.sent {
+            sent.send_if_modified(|was| {
+                let first = *was == BodySent::Partly;
+                if first {
+                    *was = now;
+                }
+                first
+            });
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.mark(BodySent::All(Instant::now())),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                this.mark(BodySent::All(Instant::now()));
+            }
+            Poll::Ready(Some(Err(_))) => this.mark(BodySent::Broken),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The upstream connections of one client connection.
 pub struct Upstreams {
     /// One slot per upstream: its idle connection, or none while a request uses it.
-    idle: Mutex<Vec<(Authority, Option<SendRequest<Incoming>>)>>,
+    idle: Mutex<Vec<(Authority, Option<SendRequest<ClientBody>>)>>,
     drivers: mpsc::UnboundedSender<Driver>,
 }
 
@@ -77,7 +157,7 @@ impl Upstreams {
     pub async fn send(
         &self,
         authority: &Authority,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         if !request.headers().contains_key(HOST)
             && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -113,7 +193,7 @@ impl Upstreams {
         }
     }
 
-    fn take(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+    fn take(&self, authority: &Authority) -> Option<SendRequest<ClientBody>> {
         let mut idle = self
             .idle
             .lock()
@@ -124,7 +204,7 @@ impl Upstreams {
 
     /// Keeps `sender` for the next request to `authority`. The authority is stored
     /// once, when its first connection is made, not per request.
-    fn put(&self, authority: &Authority, sender: SendRequest<Incoming>) {
+    fn put(&self, authority: &Authority, sender: SendRequest<ClientBody>) {
         let mut idle = self
             .idle
             .lock()
@@ -135,7 +215,10 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<SendRequest<ClientBody>, UpstreamError> {
         let failed = |cause: String| UpstreamError::Connect {
             authority: authority.to_string(),
             cause,

@@ -9,6 +9,8 @@ use common::{
     client, hs256, received, unsigned, wait_until,
 };
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const USER: &str = "7f1c0a52-0000-4000-8000-000000000001";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -512,6 +514,62 @@ async fn a_slow_upstream_answers_504_marked_as_a_proxy_error() {
         .await
         .unwrap();
     assert_refused(response, 504, "DEPENDENCY_UNAVAILABLE", "upstream_timeout").await;
+}
+
+/// Sends `head` (with `Content-Length: 7` and a token) and the first byte of a 7-byte
+/// body to `sidecar`; the rest of the body goes after `pause`, or never. Answers the
+/// head of the response.
+async fn post_slowly(sidecar: &Proxy, path: &str, pause: Option<Duration>) -> String {
+    let token = hs256(&claims(USER, &["user"]), HS256_SECRET.as_bytes());
+    let mut tcp = TcpStream::connect(sidecar.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{{"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    if let Some(pause) = pause {
+        tokio::time::sleep(pause).await;
+        tcp.write_all(br#""a":1}"#).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buffer))
+            .await
+            .expect("an answer within 10 s")
+            .unwrap();
+        assert!(read > 0, "closed without an answer: {answer:?}");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that never finishes its body is not an app too slow to answer: `408
+/// REQUEST_TIMEOUT`, not the `504` that the traffic analysis counts against the app's
+/// rollout (so anyone able to send a request could fail one).
+#[tokio::test]
+async fn a_request_body_that_never_arrives_is_the_client_s_408_not_the_app_s_504() {
+    let app = Echo::start("app").await;
+    let sidecar = Proxy::hs256_sidecar(&app.url, &["--upstream-timeout-ms=300"]).await;
+    let head = post_slowly(&sidecar, "/api/v1/things", None).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        head.contains("x-finflow-proxy-error: request_body_timeout"),
+        "{head}"
+    );
+}
+
+/// The app's time starts when it has the whole request: a body that took most of the
+/// timeout to arrive leaves the app all of it.
+#[tokio::test]
+async fn the_app_has_the_whole_timeout_from_when_the_body_has_arrived() {
+    let app = Echo::start("app").await;
+    let sidecar = Proxy::hs256_sidecar(&app.url, &["--upstream-timeout-ms=1000"]).await;
+    let pause = Some(Duration::from_millis(700));
+    let head = post_slowly(&sidecar, "/wait/500", pause).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 #[tokio::test]

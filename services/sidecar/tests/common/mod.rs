@@ -85,7 +85,8 @@ struct EchoState {
 
 /// A tiny app that answers every request with what it received, as JSON:
 /// `{"app", "method", "path", "headers": {name: [values]}, "body"}`. Special paths:
-/// `/slow` never answers, `/status/<code>` answers that status (with a spoofed
+/// `/slow` never answers, `/wait/<ms>` answers that long after it has the whole request,
+/// `/status/<code>` answers that status (with a spoofed
 /// `x-finflow-proxy-error`), `/stream` sends one chunk, then a second once released,
 /// `/metrics` answers [`ECHO_METRICS`].
 pub struct Echo {
@@ -164,6 +165,9 @@ async fn echo(State(state): State<Arc<EchoState>>, request: Request) -> Response
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    if let Some(millis) = path.strip_prefix("/wait/") {
+        tokio::time::sleep(Duration::from_millis(millis.parse().unwrap())).await;
+    }
     let echoed = axum::Json(json!({
         "app": state.name,
         "method": parts.method.as_str(),
