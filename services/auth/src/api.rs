@@ -542,7 +542,8 @@ struct RefreshRow {
     expires_at: DateTime<Utc>,
     used_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
-    /// The family was revoked ([`revoke_family`]), whenever this token was written.
+    /// A token of the family was revoked, so the family was ([`revoke_family`]),
+    /// whenever this token was written.
     family_revoked: bool,
 }
 
@@ -554,9 +555,10 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     let mut tx = s.pool.begin().await?;
     // The row lock makes concurrent uses of one token take turns: only one can rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
-        "SELECT family_id, user_id, expires_at, used_at, revoked_at, \
-           EXISTS (SELECT 1 FROM revoked_refresh_families f WHERE f.family_id = t.family_id) \
-             AS family_revoked \
+        "SELECT family_id, user_id, expires_at, used_at, revoked_at, EXISTS ( \
+             SELECT 1 FROM refresh_tokens r \
+             WHERE r.family_id = t.family_id AND r.revoked_at IS NOT NULL \
+           ) AS family_revoked \
          FROM refresh_tokens t WHERE token_hash = $1 FOR UPDATE OF t",
     )
     .bind(&hash)
@@ -592,17 +594,11 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     Ok(error::ok(session))
 }
 
-/// Ends a session: the family is recorded as revoked, which refuses every token of it
-/// at [`refresh`], and its tokens are marked. The record is what holds: the UPDATE sees
-/// only the tokens committed when it began, so the token a rotation was writing at that
-/// moment would otherwise stay live.
+/// Ends a session: marks the family's tokens revoked, and [`refresh`] refuses every
+/// token of a family with a revoked one. The UPDATE sees only the tokens committed when
+/// it began, so the token a rotation was writing at that moment is not marked; it is
+/// refused because the token it rotated is (the UPDATE waits for that one's row lock).
 async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO revoked_refresh_families (family_id) VALUES ($1) ON CONFLICT DO NOTHING",
-    )
-    .bind(family)
-    .execute(&mut *tx)
-    .await?;
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
     )
