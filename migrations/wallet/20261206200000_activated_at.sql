@@ -5,12 +5,10 @@
 --
 -- Expand only: the column is nullable and a trigger sets it on every write that makes
 -- a wallet active, so the release before this one, which does not know the column,
--- keeps it true. Wallets active or frozen before it count as activated (a frozen one
--- may have been frozen while pending, which nothing recorded; its freeze lifts to
--- active, as it did before).
+-- keeps it true. The wallets from before are filled in by the next migration, apart
+-- from this one: an UPDATE of every wallet here would hold this ALTER TABLE's lock, and
+-- every read and transfer of the release before, for as long as it took.
 ALTER TABLE wallets ADD COLUMN activated_at TIMESTAMPTZ;
-
-UPDATE wallets SET activated_at = updated_at WHERE status IN ('active', 'frozen');
 
 CREATE FUNCTION wallets_mark_activated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
