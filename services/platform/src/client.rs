@@ -263,7 +263,9 @@ fn envelope<T: DeserializeOwned>(
     let code = serde_json::from_value::<String>(body["error"]["code"].clone()).unwrap_or_default();
     let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
     Err(match code_from_wire(&code) {
-        Some(code) if status.is_client_error() => {
+        // The target's proxy did not get this service's whole body in time: the
+        // exchange failed, not the caller's request.
+        Some(code) if status.is_client_error() && code != ErrorCode::RequestTimeout => {
             let mut err = ApiError::new(code, message);
             err.details = body["error"].get("details").cloned();
             err
@@ -288,4 +290,20 @@ impl ServiceClient {
 
 fn code_from_wire(code: &str) -> Option<ErrorCode> {
     serde_json::from_value(serde_json::Value::String(code.to_owned())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_s_refusal_is_the_caller_s_but_its_proxy_s_timeout_is_a_failed_dependency() {
+        let answer = |code: &str| serde_json::json!({"success": false, "error": {"code": code, "message": "m"}});
+        let refused =
+            envelope::<serde_json::Value>("wallet", StatusCode::CONFLICT, answer("CONFLICT"));
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Conflict);
+        let late = answer("REQUEST_TIMEOUT");
+        let failed = envelope::<serde_json::Value>("wallet", StatusCode::REQUEST_TIMEOUT, late);
+        assert_eq!(failed.unwrap_err().code, ErrorCode::DependencyUnavailable);
+    }
 }

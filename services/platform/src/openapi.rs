@@ -5,7 +5,7 @@
 //! every operation, what the platform and the proxies do around them: success bodies
 //! in the `{"success": true, "data": ...}` envelope, the bearer token (except on the
 //! public paths) and the refusals any request can meet (`400` malformed input, `401`,
-//! `403`, `429`, `500`, `502`, `503`, `504`, in the error envelope). Routes the gateway
+//! `403`, `408`, `429`, `500`, `502`, `503`, `504`, in the error envelope). Routes the gateway
 //! never routes (`/internal/*`, `/health`, `/ready`, `/metrics`) are left out.
 //!
 //! Two rules of every request are stated here once, so no handler has to: text never

@@ -243,7 +243,7 @@ impl Proxy {
             .into();
         parts.version = Version::HTTP_11;
 
-        // One clock read for both the deadline and the upstream latency.
+        // The client's deadline, and the upstream's too for a body known to be empty.
         let started = tokio::time::Instant::now();
         let (body, progress) = ClientBody::new(body);
         let (exchanged, upstream_from) = exchange(
@@ -316,7 +316,8 @@ impl Proxy {
 enum Exchange {
     /// The upstream answered, or its connection failed.
     Answered(Result<Response<Incoming>, UpstreamError>),
-    /// The upstream did not answer within the timeout of having the whole request.
+    /// The upstream did not answer within the timeout of having the whole request, or
+    /// stopped taking the body.
     TimedOut,
     /// The client's body was not all there in time, or its connection broke while it
     /// was sent: the client's doing, which must not count as the upstream's.
@@ -340,31 +341,40 @@ async fn exchange(
         );
     };
     tokio::pin!(send);
-    let (mut deadline, mut upstream_from) = (started + timeout, started);
+    let mut deadline = started + timeout;
     let mut watching = true;
     loop {
+        // The body's news first: a body all there just as the first deadline passes
+        // moves the deadline rather than losing the race to it.
         tokio::select! {
-            answered = &mut send => {
-                let broken = *progress.borrow() == BodySent::Broken;
-                return match answered {
-                    Err(_) if broken => (Exchange::ClientBody(BodySent::Broken), upstream_from),
-                    answered => (Exchange::Answered(answered), upstream_from),
-                };
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                return match *progress.borrow() {
-                    BodySent::All(_) => (Exchange::TimedOut, upstream_from),
-                    owed => (Exchange::ClientBody(owed), upstream_from),
-                };
-            }
+            biased;
             changed = progress.changed(), if watching => {
                 let now = *progress.borrow_and_update();
                 if let BodySent::All(at) = now {
-                    (deadline, upstream_from) = (at + timeout, at);
+                    deadline = at + timeout;
                 }
                 // Settled, or its sender gone with the body: nothing more to hear.
-                watching = changed.is_ok() && now == BodySent::Partly;
+                watching = changed.is_ok() && now.is_partial();
             }
+            answered = &mut send => {
+                let sent = *progress.borrow();
+                let upstream_from = match sent {
+                    BodySent::All(at) => at,
+                    _ => started,
+                };
+                return match answered {
+                    Err(_) if sent == BodySent::Broken => {
+                        (Exchange::ClientBody(sent), upstream_from)
+                    }
+                    answered => (Exchange::Answered(answered), upstream_from),
+                };
+            }
+            () = tokio::time::sleep_until(deadline) => match *progress.borrow() {
+                BodySent::All(at) if at + timeout > deadline => deadline = at + timeout,
+                BodySent::All(at) => return (Exchange::TimedOut, at),
+                BodySent::Partly => return (Exchange::TimedOut, started),
+                owed => return (Exchange::ClientBody(owed), started),
+            },
         }
     }
 }

@@ -52,18 +52,31 @@ impl UpstreamError {
 /// How much of a client's request body has gone upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodySent {
-    /// Some of it, or none yet.
+    /// Not all of it, and the upstream has not asked for more since the last part: it
+    /// reads slowly, or not at all.
     Partly,
+    /// Not all of it, and the upstream is waiting for the client to send more.
+    AwaitingClient,
     /// All of it, at that instant.
     All(Instant),
     /// The client's connection failed before it was all there.
     Broken,
 }
 
+impl BodySent {
+    /// Whether more is to come.
+    pub fn is_partial(self) -> bool {
+        matches!(self, Self::Partly | Self::AwaitingClient)
+    }
+}
+
 /// A client's request body as it is sent upstream, telling the proxy when it is all
-/// there. The upstream's time to answer starts then: a client that sends its body
-/// slowly, or never finishes it, must not pass for an app too slow to answer (the
-/// traffic analysis counts the app's timeouts against a rollout).
+/// there, and meanwhile who holds it up: the client, when the upstream asked for more
+/// and there is none yet, else the upstream, which takes a body only as fast as it
+/// reads. The upstream's time to answer starts once the body is all there: a client
+/// that sends its body slowly, or never finishes it, must not pass for an app too slow
+/// to answer (the traffic analysis counts the app's timeouts against a rollout), nor an
+/// app that stops reading for a slow client.
 pub struct ClientBody {
     inner: Incoming,
     sent: Option<watch::Sender<BodySent>>,
@@ -87,11 +100,11 @@ impl ClientBody {
     fn mark(&self, now: BodySent) {
         if let Some(sent) = &self.sent {
             sent.send_if_modified(|was| {
-                let first = *was == BodySent::Partly;
-                if first {
+                let changes = was.is_partial() && *was != now;
+                if changes {
                     *was = now;
                 }
-                first
+                changes
             });
         }
     }
@@ -112,8 +125,9 @@ impl Body for ClientBody {
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
                 this.mark(BodySent::All(Instant::now()));
             }
+            Poll::Ready(Some(Ok(_))) => this.mark(BodySent::Partly),
             Poll::Ready(Some(Err(_))) => this.mark(BodySent::Broken),
-            _ => {}
+            Poll::Pending => this.mark(BodySent::AwaitingClient),
         }
         polled
     }

@@ -9,7 +9,7 @@ use common::{
     client, hs256, received, unsigned, wait_until,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const USER: &str = "7f1c0a52-0000-4000-8000-000000000001";
@@ -533,10 +533,15 @@ async fn post_slowly(sidecar: &Proxy, path: &str, pause: Option<Duration>) -> St
         tokio::time::sleep(pause).await;
         tcp.write_all(br#""a":1}"#).await.unwrap();
     }
+    head_of_answer(&mut tcp).await
+}
+
+/// The head of the answer `from` reads, within 10 s.
+async fn head_of_answer(from: &mut (impl AsyncRead + Unpin)) -> String {
     let mut answer = Vec::new();
     let mut buffer = [0; 4096];
     while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buffer))
+        let read = tokio::time::timeout(Duration::from_secs(10), from.read(&mut buffer))
             .await
             .expect("an answer within 10 s")
             .unwrap();
@@ -570,6 +575,35 @@ async fn the_app_has_the_whole_timeout_from_when_the_body_has_arrived() {
     let pause = Some(Duration::from_millis(700));
     let head = post_slowly(&sidecar, "/wait/500", pause).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+/// The other way round: an app that stops reading a body the client sent at once holds
+/// the body up itself, and its timeout is its own `504`, not the client's `408`.
+#[tokio::test]
+async fn an_app_that_stops_reading_the_body_times_out_as_the_app_s_504() {
+    let app = Echo::start("app").await;
+    let sidecar = Proxy::hs256_sidecar(&app.url, &["--upstream-timeout-ms=500"]).await;
+    let token = hs256(&claims(USER, &["user"]), HS256_SECRET.as_bytes());
+    let tcp = TcpStream::connect(sidecar.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    // More than the sockets between client, sidecar and app buffer: the app's `/slow`
+    // never reads it, so the rest waits on the app.
+    let body = vec![b'x'; 16 << 20];
+    let head = format!(
+        "POST /slow HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(head.as_bytes()).await;
+        let _ = write.write_all(&body).await;
+        write
+    });
+    let head = head_of_answer(&mut read).await;
+    writer.abort();
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
 }
 
 #[tokio::test]
@@ -726,8 +760,6 @@ async fn shared_secret_mode_accepts_hs256_and_refuses_eddsa() {
 
 #[tokio::test]
 async fn paths_not_in_normal_form_cannot_smuggle_a_request_past_the_checks() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let s = setup(&[]).await;
     // HTTP clients resolve dot segments before sending; a raw request does not.
     for path in [
