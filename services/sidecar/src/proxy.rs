@@ -253,10 +253,10 @@ impl Proxy {
             self.timeout,
         )
         .await;
-        if !matches!(exchanged, Exchange::ClientBody(_)) {
+        if let Some(from) = upstream_from {
             self.meters
                 .upstream(traffic)
-                .record(upstream_from.elapsed().as_secs_f64());
+                .record(from.elapsed().as_secs_f64());
         }
         let response = match exchanged {
             Exchange::Answered(Ok(response)) => response,
@@ -325,20 +325,19 @@ enum Exchange {
 }
 
 /// Waits for `send`'s answer. The client has `timeout` from `started` to send its whole
-/// body; the upstream has `timeout` from when it had the whole request, which it also
-/// returns, as the start of the upstream's latency.
+/// body; the upstream has `timeout` from when it had the whole request. Also returns
+/// when the upstream's latency starts: none when the client's body was still owed (an
+/// early answer, or the client's timeout), which a slow client would otherwise inflate.
 async fn exchange(
     send: impl Future<Output = Result<Response<Incoming>, UpstreamError>>,
     progress: Option<watch::Receiver<BodySent>>,
     started: Instant,
     timeout: Duration,
-) -> (Exchange, Instant) {
+) -> (Exchange, Option<Instant>) {
     let Some(mut progress) = progress else {
         let answered = tokio::time::timeout_at(started + timeout, send).await;
-        return (
-            answered.map_or(Exchange::TimedOut, Exchange::Answered),
-            started,
-        );
+        let exchanged = answered.map_or(Exchange::TimedOut, Exchange::Answered);
+        return (exchanged, Some(started));
     };
     tokio::pin!(send);
     let mut deadline = started + timeout;
@@ -359,21 +358,20 @@ async fn exchange(
             answered = &mut send => {
                 let sent = *progress.borrow();
                 let upstream_from = match sent {
-                    BodySent::All(at) => at,
-                    _ => started,
+                    BodySent::All(at) => Some(at),
+                    _ => None,
                 };
                 return match answered {
-                    Err(_) if sent == BodySent::Broken => {
-                        (Exchange::ClientBody(sent), upstream_from)
-                    }
+                    Err(_) if sent == BodySent::Broken => (Exchange::ClientBody(sent), None),
                     answered => (Exchange::Answered(answered), upstream_from),
                 };
             }
             () = tokio::time::sleep_until(deadline) => match *progress.borrow() {
                 BodySent::All(at) if at + timeout > deadline => deadline = at + timeout,
-                BodySent::All(at) => return (Exchange::TimedOut, at),
-                BodySent::Partly => return (Exchange::TimedOut, started),
-                owed => return (Exchange::ClientBody(owed), started),
+                BodySent::All(at) => return (Exchange::TimedOut, Some(at)),
+                // The upstream stopped taking the body: its time is all of it.
+                BodySent::Partly => return (Exchange::TimedOut, Some(started)),
+                owed => return (Exchange::ClientBody(owed), None),
             },
         }
     }

@@ -122,7 +122,9 @@ impl Body for ClientBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.mark(BodySent::All(Instant::now())),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+            // Trailers end an HTTP/1 body, and hyper's client takes nothing after them;
+            // a chunked body's end is otherwise known only from the poll that finds none.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.inner.is_end_stream() => {
                 this.mark(BodySent::All(Instant::now()));
             }
             Poll::Ready(Some(Ok(_))) => this.mark(BodySent::Partly),

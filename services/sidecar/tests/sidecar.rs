@@ -516,22 +516,43 @@ async fn a_slow_upstream_answers_504_marked_as_a_proxy_error() {
     assert_refused(response, 504, "DEPENDENCY_UNAVAILABLE", "upstream_timeout").await;
 }
 
-/// Sends `head` (with `Content-Length: 7` and a token) and the first byte of a 7-byte
-/// body to `sidecar`; the rest of the body goes after `pause`, or never. Answers the
-/// head of the response.
-async fn post_slowly(sidecar: &Proxy, path: &str, pause: Option<Duration>) -> String {
+/// How a test sends the JSON body `{"a":1}`.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// `Content-Length: 7`.
+    Length,
+    /// Two chunks, and a trailer after the last.
+    ChunkedWithTrailer,
+}
+
+/// Sends a request with a token and the first byte of the body `{"a":1}` to `sidecar`;
+/// the rest goes after `pause`, or never. Answers the head of the response.
+async fn post_slowly(
+    sidecar: &Proxy,
+    path: &str,
+    framing: Framing,
+    pause: Option<Duration>,
+) -> String {
     let token = hs256(&claims(USER, &["user"]), HS256_SECRET.as_bytes());
     let mut tcp = TcpStream::connect(sidecar.url.trim_start_matches("http://"))
         .await
         .unwrap();
+    let (length, first, rest) = match framing {
+        Framing::Length => ("Content-Length: 7", "{", r#""a":1}"#),
+        Framing::ChunkedWithTrailer => (
+            "Transfer-Encoding: chunked",
+            "1\r\n{\r\n",
+            "6\r\n\"a\":1}\r\n0\r\nX-Checksum: 1\r\n\r\n",
+        ),
+    };
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{{"
+         Content-Type: application/json\r\n{length}\r\n\r\n{first}"
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     if let Some(pause) = pause {
         tokio::time::sleep(pause).await;
-        tcp.write_all(br#""a":1}"#).await.unwrap();
+        tcp.write_all(rest.as_bytes()).await.unwrap();
     }
     head_of_answer(&mut tcp).await
 }
@@ -558,7 +579,7 @@ async fn head_of_answer(from: &mut (impl AsyncRead + Unpin)) -> String {
 async fn a_request_body_that_never_arrives_is_the_client_s_408_not_the_app_s_504() {
     let app = Echo::start("app").await;
     let sidecar = Proxy::hs256_sidecar(&app.url, &["--upstream-timeout-ms=300"]).await;
-    let head = post_slowly(&sidecar, "/api/v1/things", None).await;
+    let head = post_slowly(&sidecar, "/api/v1/things", Framing::Length, None).await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(
         head.contains("x-finflow-proxy-error: request_body_timeout"),
@@ -567,14 +588,17 @@ async fn a_request_body_that_never_arrives_is_the_client_s_408_not_the_app_s_504
 }
 
 /// The app's time starts when it has the whole request: a body that took most of the
-/// timeout to arrive leaves the app all of it.
+/// timeout to arrive leaves the app all of it, however the body is framed (a chunked
+/// one may end with trailers, after which nothing more is read of it).
 #[tokio::test]
 async fn the_app_has_the_whole_timeout_from_when_the_body_has_arrived() {
     let app = Echo::start("app").await;
     let sidecar = Proxy::hs256_sidecar(&app.url, &["--upstream-timeout-ms=1000"]).await;
     let pause = Some(Duration::from_millis(700));
-    let head = post_slowly(&sidecar, "/wait/500", pause).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for framing in [Framing::Length, Framing::ChunkedWithTrailer] {
+        let head = post_slowly(&sidecar, "/wait/500", framing, pause).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
 }
 
 /// The other way round: an app that stops reading a body the client sent at once holds
