@@ -104,8 +104,17 @@ impl Told {
         let Some(message) = templates::render(event) else {
             return Ok(None);
         };
-        let payload =
+        let mut payload =
             serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        // Whom a payment pays is there for E's four eyes: C's API does not show it to
+        // the payer, and a webhook or the stored copy must not either (two wallets paid,
+        // one owner, would be linked).
+        if let Some(data) = payload
+            .get_mut("data")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            data.remove("payee_user_id");
+        }
         Ok(Some(Self {
             event_id: event.id,
             event_type: event.event_type.clone(),

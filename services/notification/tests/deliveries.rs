@@ -414,6 +414,34 @@ async fn a_user_who_turned_email_off_gets_a_payment_in_app_and_on_each_webhook_b
     assert_eq!(deliveries, hooks, "one per webhook, no email");
 }
 
+/// A payment's event names its payee for E; the payer's webhook and D's stored copies
+/// do not, as C's API does not tell the payer who owns the wallet they paid.
+#[tokio::test]
+async fn a_payer_is_not_told_whom_their_payment_paid() {
+    let d = TestD::spawn().await;
+    let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    d.register_webhook(payer, &hook).await;
+    let payment = Event::new(
+        "payment",
+        types::PAYMENT_COMPLETED,
+        &json!({"payment_id": Uuid::new_v4(), "payee_user_id": payee, "user_id": payer,
+                "kind": "transfer", "amount": "12.00", "currency": "USD"}),
+    )
+    .unwrap();
+    d.publish(&payment).await;
+    let (in_app, deliveries) = d.rows_of(&payment).await;
+    assert_eq!((in_app, deliveries.len()), (1, 1));
+    let told: i64 = db::scalar_of(
+        &d.db.pool,
+        "SELECT (SELECT count(*) FROM deliveries WHERE strpos(payload::text, $1) > 0) \
+              + (SELECT count(*) FROM notifications WHERE strpos(body || title, $1) > 0)",
+        payee.to_string(),
+    )
+    .await;
+    assert_eq!(told, 0);
+}
+
 #[tokio::test]
 async fn a_user_with_no_known_address_gets_a_payment_in_app_and_by_webhook_but_no_mail() {
     let d = TestD::spawn().await;
