@@ -22,11 +22,8 @@ const RELAY_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
 /// change announced.
 #[cfg(feature = "testing")]
 pub async fn written(pool: &PgPool, event_type: &str) -> Vec<serde_json::Value> {
-    sqlx::query_scalar("SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq")
-        .bind(event_type)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_else(|e| panic!("the outbox's {event_type} events: {e}"))
+    let sql = "SELECT payload FROM outbox WHERE event_type = $1 ORDER BY seq";
+    crate::db::column_of(pool, sql, event_type).await
 }
 
 /// Records `event` in the outbox as part of the caller's transaction, with the current
