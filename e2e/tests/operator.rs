@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use finflow_e2e::cluster::{self, TestNamespace, eventually};
 use finflow_operator::crd::{self, FinService, RedisCache};
+use finflow_operator_core::finservice::fixtures::{container, env_named, pod};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -180,22 +181,8 @@ async fn a_users_database_url_replaces_the_operators_in_the_deployment() {
     })
     .await;
     let blue = deployments.get("ledger-blue").await.unwrap();
-    let app = blue
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers
-        .into_iter()
-        .find(|c| c.name == "app")
-        .unwrap();
-    let urls: Vec<_> = app
-        .env
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.name == "DATABASE_URL")
-        .collect();
+    let app = container(pod(&blue), "app");
+    let urls = env_named(app, "DATABASE_URL");
     assert_eq!(urls.len(), 1, "one DATABASE_URL: {urls:?}");
     assert_eq!(
         urls[0].value.as_deref(),

@@ -407,13 +407,7 @@ async fn a_preview_whose_sidecar_reports_twenty_percent_5xx_is_aborted() {
     let Some(p) = Platform::start_with(true).await else {
         return;
     };
-    let failing = Traffic {
-        ok: 80,
-        app_errors: 20,
-        latency_millis: 4,
-        ..Traffic::default()
-    };
-    report(&p, "a", NEW, failing);
+    report(&p, "a", NEW, Traffic::FAILING);
     p.set_version("a", NEW).await;
     p.wait("A's preview aborted", |all| {
         status(&all["a"]).failed_version.as_deref() == Some(NEW)
@@ -450,14 +444,7 @@ async fn a_preview_under_the_thresholds_is_promoted() {
     let Some(p) = Platform::start_with(true).await else {
         return;
     };
-    let healthy = Traffic {
-        ok: 97,
-        app_errors: 3,
-        probes: 30,
-        latency_millis: 4,
-        ..Traffic::default()
-    };
-    report(&p, "a", NEW, healthy);
+    report(&p, "a", NEW, Traffic::HEALTHY);
     p.set_version("a", NEW).await;
     // Judged in preview, or, when the stand's sidecars did not answer yet as the
     // preview became available (Unavailable holds nothing back), in its window.
@@ -495,12 +482,7 @@ async fn an_observation_window_with_a_latency_regression_rolls_back_and_holds_th
         )
         .await
         .unwrap();
-    let fast = Traffic {
-        ok: 100,
-        latency_millis: 20,
-        ..Traffic::default()
-    };
-    report(&p, "b", NEW, fast);
+    report(&p, "b", NEW, Traffic::FAST);
     p.upgrade_all(NEW).await;
     p.wait("B live at the new version", |all| {
         status(&all["b"]).active_version.as_deref() == Some(NEW)
@@ -512,7 +494,7 @@ async fn an_observation_window_with_a_latency_regression_rolls_back_and_holds_th
         NEW,
         Traffic {
             latency_millis: 400,
-            ..fast
+            ..Traffic::FAST
         },
     );
     p.wait("B rolled back", |all| {

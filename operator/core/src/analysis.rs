@@ -453,6 +453,42 @@ pub struct Traffic {
     pub latency_millis: u64,
 }
 
+/// The samples both rungs of the rollout tests serve (the fake API server's scenarios
+/// and the e2e stand's sidecars), so each judges the same traffic.
+impl Traffic {
+    const NONE: Self = Self {
+        ok: 0,
+        app_errors: 0,
+        unanswered: 0,
+        proxy_errors: 0,
+        jwt_rejections: 0,
+        probes: 0,
+        latency_millis: 0,
+    };
+    /// 3 of 100 requests failed at the app, under the default 5 %, in 4 ms each; the
+    /// probes beside them are not traffic.
+    pub const HEALTHY: Self = Self {
+        ok: 97,
+        app_errors: 3,
+        probes: 40,
+        latency_millis: 4,
+        ..Self::NONE
+    };
+    /// 20 of 100 requests failed at the app, over the default 5 %.
+    pub const FAILING: Self = Self {
+        ok: 80,
+        app_errors: 20,
+        latency_millis: 4,
+        ..Self::NONE
+    };
+    /// 100 requests and no errors, in 20 ms each.
+    pub const FAST: Self = Self {
+        ok: 100,
+        latency_millis: 20,
+        ..Self::NONE
+    };
+}
+
 /// The histogram bounds the sidecar uses, in seconds as it writes them.
 const BOUNDS: [&str; 12] = [
     "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "10",

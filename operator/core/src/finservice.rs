@@ -1369,6 +1369,7 @@ pub fn status_after_failure(fs: &FinService, failure: &Failure, now: &Time) -> F
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures {
     use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+    use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::Timestamp;
 
@@ -1417,6 +1418,37 @@ pub mod fixtures {
         fs
     }
 
+    /// The pod template of `deployment`.
+    pub fn pod(deployment: &Deployment) -> &PodSpec {
+        deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+    }
+
+    /// The container (or init container, where a native sidecar runs) called `name`.
+    pub fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+        pod.containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// `container`'s variables called `name`, in order: one set twice shows twice.
+    pub fn env_named<'a>(container: &'a Container, name: &str) -> Vec<&'a EnvVar> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == name)
+            .collect()
+    }
+
     /// `deployment` as the Deployment controller reports it once `ready` pods are up.
     pub fn with_rollout_status(mut deployment: Deployment, ready: i32) -> Deployment {
         deployment.metadata.generation = Some(1);
@@ -1443,18 +1475,6 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::DeploymentCondition;
 
-    fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
-        pod.containers
-            .iter()
-            .chain(pod.init_containers.iter().flatten())
-            .find(|c| c.name == name)
-            .unwrap()
-    }
-
-    fn pod(d: &Deployment) -> &PodSpec {
-        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
-    }
-
     /// The contract with the services: the role from the pod's label, at start in
     /// `FINFLOW_ROLE` and live in the file `FINFLOW_ROLE_FILE` names, next to the sidecar's.
     #[test]
@@ -1462,7 +1482,7 @@ mod tests {
         let owned = desired(&finservice("wallet", &[]), &settings(), false);
         let pod = pod(&owned.deployments[1]);
         let app = container(pod, "app");
-        let env = |name: &str| app.env.iter().flatten().find(|e| e.name == name).unwrap();
+        let env = |name: &str| env_named(app, name)[0];
         assert_eq!(
             env("FINFLOW_ROLE")
                 .value_from
@@ -1545,13 +1565,10 @@ mod tests {
             value_env("RUST_LOG", "debug"),
         ];
         let owned = desired(&fs, &settings(), false);
-        let env = container(pod(&owned.deployments[0]), "app")
-            .env
-            .clone()
-            .unwrap();
-        let named = |name: &str| env.iter().filter(|e| e.name == name).collect::<Vec<_>>();
-        assert_eq!(named("DATABASE_URL"), [&fs.spec.env[0]]);
-        assert_eq!(named("LISTEN_ADDR"), [&fs.spec.env[1]]);
+        let app = container(pod(&owned.deployments[0]), "app");
+        let env = app.env.clone().unwrap();
+        assert_eq!(env_named(app, "DATABASE_URL"), [&fs.spec.env[0]]);
+        assert_eq!(env_named(app, "LISTEN_ADDR"), [&fs.spec.env[1]]);
         let tail: Vec<&str> = env[env.len() - 3..]
             .iter()
             .map(|e| e.name.as_str())
@@ -1715,12 +1732,7 @@ mod tests {
         assert_eq!(sidecar.image.as_deref(), Some("finflow/sidecar:test"));
         assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
         let app = container(pod, "app");
-        let listen: Vec<_> = app
-            .env
-            .iter()
-            .flatten()
-            .filter(|e| e.name == "LISTEN_ADDR")
-            .collect();
+        let listen = env_named(app, "LISTEN_ADDR");
         assert_eq!(listen.len(), 1);
         assert_eq!(listen[0].value.as_deref(), Some("127.0.0.1:9002"));
         let config = &owned.config_map.data.as_ref().unwrap()[inject::CONFIG_FILE];
@@ -1765,13 +1777,7 @@ mod tests {
         fs.spec.queue_ref = Some("events".into());
         fs.spec.cache_ref = Some("cache".into());
         let env_of = |owned: &Owned, name: &str| {
-            container(pod(&owned.deployments[0]), "app")
-                .env
-                .iter()
-                .flatten()
-                .find(|e| e.name == name)
-                .cloned()
-                .unwrap()
+            env_named(container(pod(&owned.deployments[0]), "app"), name)[0].clone()
         };
         let secret_of = |e: &EnvVar| {
             let s = e

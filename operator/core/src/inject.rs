@@ -322,6 +322,7 @@ pub fn restricted() -> SecurityContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::finservice::fixtures::{container, env_named};
     use k8s_openapi::api::core::v1::HTTPGetAction;
 
     fn app_pod() -> PodSpec {
@@ -360,16 +361,14 @@ mod tests {
     }
 
     fn env_of<'a>(c: &'a Container, name: &str) -> Vec<&'a str> {
-        c.env
-            .iter()
-            .flatten()
-            .filter(|e| e.name == name)
+        env_named(c, name)
+            .into_iter()
             .filter_map(|e| e.value.as_deref())
             .collect()
     }
 
     fn app(pod: &PodSpec) -> &Container {
-        pod.containers.iter().find(|c| c.name == "app").unwrap()
+        container(pod, "app")
     }
 
     #[test]
@@ -493,12 +492,7 @@ mod tests {
         });
         let pod = inject(&app_pod(), &s);
         assert_eq!(env_of(app(&pod), "LISTEN_ADDR"), ["127.0.0.1:7000"]);
-        let secret_env = pod.containers[0]
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "JWT_HS256_SECRET")
-            .unwrap();
+        let secret_env = env_named(&pod.containers[0], "JWT_HS256_SECRET")[0];
         let selector = secret_env
             .value_from
             .as_ref()

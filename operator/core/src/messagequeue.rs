@@ -715,6 +715,7 @@ mod tests {
     use super::fixtures::message_queue as mq;
     use super::*;
     use crate::crd::messagequeue::{BindingSpec, QueueSpec};
+    use crate::finservice::fixtures::env_named;
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
     use k8s_openapi::api::batch::v1::JobStatus;
     use k8s_openapi::jiff::Timestamp;
@@ -779,14 +780,8 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
-        let env = spec.template.spec.as_ref().unwrap().containers[0]
-            .env
-            .clone()
-            .unwrap();
-        let pass = env
-            .iter()
-            .find(|e| e.name == "RABBITMQ_DEFAULT_PASS")
-            .unwrap();
+        let broker = &spec.template.spec.as_ref().unwrap().containers[0];
+        let pass = env_named(broker, "RABBITMQ_DEFAULT_PASS")[0];
         let from = pass
             .value_from
             .as_ref()
@@ -811,18 +806,8 @@ mod tests {
             "classic_config.nodes.2 = rabbit@events-1.events-headless.finflow.svc.corp.example\n"
         ));
         assert!(!conf.contains("cluster.local"));
-        let env = owned
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0]
-            .env
-            .clone()
-            .unwrap();
-        let node = env.iter().find(|e| e.name == "RABBITMQ_NODENAME").unwrap();
+        let pod = owned.stateful_set.spec.unwrap().template.spec.unwrap();
+        let node = env_named(&pod.containers[0], "RABBITMQ_NODENAME")[0];
         assert_eq!(
             node.value.as_deref(),
             Some("rabbit@$(POD_NAME).events-headless.$(POD_NAMESPACE).svc.corp.example")

@@ -478,13 +478,7 @@ fn traffic(world: &World, service: &str, version: &str, traffic: Traffic) {
 #[tokio::test]
 async fn a_preview_whose_sidecars_report_twenty_percent_5xx_is_aborted_with_its_figures() {
     let world = deployed_at_one(&SIX).await;
-    let failing = Traffic {
-        ok: 80,
-        app_errors: 20,
-        latency_millis: 4,
-        ..Traffic::default()
-    };
-    traffic(&world, "a", "2.0.0", failing);
+    traffic(&world, "a", "2.0.0", Traffic::FAILING);
     world.set_versions("2.0.0");
     world
         .run_until(60, |w| {
@@ -530,14 +524,7 @@ async fn a_preview_whose_sidecars_report_twenty_percent_5xx_is_aborted_with_its_
 #[tokio::test]
 async fn a_preview_under_the_thresholds_is_promoted_and_its_figures_are_in_the_status() {
     let world = deployed_at_one(&SIX).await;
-    let healthy = Traffic {
-        ok: 97,
-        app_errors: 3,
-        probes: 40,
-        latency_millis: 4,
-        ..Traffic::default()
-    };
-    traffic(&world, "a", "2.0.0", healthy);
+    traffic(&world, "a", "2.0.0", Traffic::HEALTHY);
     world.set_versions("2.0.0");
     world.run_until(60, |w| w.live("a").0 == "2.0.0").await;
 
@@ -618,12 +605,7 @@ async fn a_latency_regression_in_bs_window_rolls_b_back_and_holds_its_dependents
         "b",
         json!({"spec": {"rollout": {"analysis": {"maxP99LatencyMilliseconds": 200}}}}),
     );
-    let fast = Traffic {
-        ok: 100,
-        latency_millis: 20,
-        ..Traffic::default()
-    };
-    traffic(&world, "b", "2.0.0", fast);
+    traffic(&world, "b", "2.0.0", Traffic::FAST);
     world.set_versions("2.0.0");
     world.run_until(100, |w| w.live("b").0 == "2.0.0").await;
     // Live, and slower: each of its requests now takes 400 ms.
@@ -633,7 +615,7 @@ async fn a_latency_regression_in_bs_window_rolls_b_back_and_holds_its_dependents
         "2.0.0",
         Traffic {
             latency_millis: 400,
-            ..fast
+            ..Traffic::FAST
         },
     );
     world
