@@ -16,6 +16,7 @@ use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationReq
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::{ClientIp, KycStatus, Tier};
+use finflow_platform::text;
 use finflow_platform::{ApiError, ApiResult, Email, Identity, Json, Path, UserId};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -106,21 +107,9 @@ pub struct RegisterRequest {
         example = "correct horse battery"
     )]
     pub password: String,
-    /// At most 100 characters, not all whitespace, no control characters (the name is
-    /// stored trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[^\x00-\x1F\x7F-\x9F]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "Ada Lovelace"
-    )]
+    #[schema(schema_with = text::schema::<FullName>)]
     pub full_name: String,
-    /// E.164: `+`, then 8 to 15 digits not starting with 0; spaces, `-`, `(` and `)`
-    /// anywhere are accepted and removed.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[ ()-]*\+[ ()-]*[1-9]([ ()-]*[0-9]){7,14}[ ()-]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "+14155550123"
-    )]
+    #[schema(schema_with = text::schema::<Phone>)]
     pub phone: String,
 }
 
@@ -714,21 +703,9 @@ async fn me(State(s): State<AppState>, UserId(me): UserId) -> ApiResult {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMe {
-    /// At most 100 characters, not all whitespace, no control characters (the name is
-    /// stored trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 100,
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[^\x00-\x1F\x7F-\x9F]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "Ada Lovelace"
-    )]
+    #[schema(schema_with = text::schema_or_null::<FullName>)]
     pub full_name: Option<String>,
-    /// E.164: `+`, then 8 to 15 digits not starting with 0; spaces, `-`, `(` and `)`
-    /// anywhere are accepted and removed.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*[ ()-]*\+[ ()-]*[1-9]([ ()-]*[0-9]){7,14}[ ()-]*[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "+14155550123"
-    )]
+    #[schema(schema_with = text::schema_or_null::<Phone>)]
     pub phone: Option<String>,
 }
 

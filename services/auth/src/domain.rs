@@ -1,7 +1,9 @@
 //! Validated user input: each type can only hold an acceptable value.
 
 use finflow_platform::ApiError;
+use finflow_platform::text::{self, Documented, WHITE_SPACE};
 use secrecy::{ExposeSecret, SecretString};
+use utoipa::openapi::schema::ObjectBuilder;
 
 /// Shortest password accepted (NIST SP 800-63B asks for at least 8; we ask for 10).
 pub const MIN_PASSWORD_CHARS: usize = 10;
@@ -34,20 +36,19 @@ impl Password {
     }
 }
 
+/// Longest full name accepted, in characters, padding included.
+const MAX_FULL_NAME_CHARS: usize = 100;
+
+/// The control characters (`char::is_control`, Unicode Cc), as the inside of a regex class.
+const CONTROL: &str = r"\x00-\x1F\x7F-\x9F";
+
 /// A person's name as they write it: 1 to 100 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FullName(String);
 
 impl FullName {
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let name = raw.trim();
-        // The limit holds before trimming too: a name padded past it is refused, not cut.
-        if name.is_empty() || raw.chars().count() > 100 {
-            return Err(ApiError::invalid_field(
-                "full_name",
-                "full_name must be 1 to 100 characters",
-            ));
-        }
+        let name = text::trimmed("full_name", raw, MAX_FULL_NAME_CHARS)?;
         if name.chars().any(char::is_control) {
             return Err(ApiError::invalid_field(
                 "full_name",
@@ -59,6 +60,19 @@ impl FullName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Documented for FullName {
+    fn documented() -> ObjectBuilder {
+        text::described(
+            "At most 100 characters, not all whitespace, no control characters (the name is\n\
+             stored trimmed).",
+            format!(r"^[{WHITE_SPACE}]*[^{CONTROL}]*[^{WHITE_SPACE}{CONTROL}][^{CONTROL}]*[{WHITE_SPACE}]*$"),
+            "Ada Lovelace",
+        )
+        .min_length(Some(1))
+        .max_length(Some(MAX_FULL_NAME_CHARS))
     }
 }
 
@@ -92,6 +106,19 @@ impl Phone {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Documented for Phone {
+    fn documented() -> ObjectBuilder {
+        text::described(
+            "E.164: `+`, then 8 to 15 digits not starting with 0; spaces, `-`, `(` and `)`\n\
+             anywhere are accepted and removed.",
+            format!(
+                r"^[{WHITE_SPACE}]*[ ()-]*\+[ ()-]*[1-9]([ ()-]*[0-9]){{7,14}}[ ()-]*[{WHITE_SPACE}]*$"
+            ),
+            "+14155550123",
+        )
     }
 }
 
@@ -137,7 +164,39 @@ mod tests {
         assert!(FullName::parse(&"é".repeat(100)).is_ok());
     }
 
+    fn documented<T: Documented>() -> impl Fn(&str) -> bool {
+        text::matcher(&text::schema::<T>())
+    }
+
+    /// Text made of what the rules tell apart: letters and digits, the phone's `+` and
+    /// separators, white space that is and is not a control character, other control
+    /// characters; mostly the first, so that many are valid.
+    fn tricky_text(max: usize) -> impl Strategy<Value = String> {
+        let chars = prop_oneof![
+            12 => prop::sample::select(vec!['a', 'é', '0', '1', '9']),
+            4 => prop::sample::select(vec!['+', ' ', '-', '(', ')', '\t', '\u{a0}', '\u{3000}']),
+            1 => prop::sample::select(vec!['\n', '\u{85}', '\u{1680}', '\u{2028}', '\u{0}', '\u{1}', '\u{7f}', '\u{9f}', '\u{200b}']),
+        ];
+        prop::collection::vec(chars, 0..=max).prop_map(String::from_iter)
+    }
+
     proptest! {
+        #[test]
+        fn the_documented_full_name_takes_what_parse_takes(s in tricky_text(104)) {
+            prop_assert_eq!(documented::<FullName>()(&s), FullName::parse(&s).is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn the_documented_phone_takes_what_parse_takes(s in tricky_text(24)) {
+            prop_assert_eq!(documented::<Phone>()(&s), Phone::parse(&s).is_ok(), "{:?}", s);
+        }
+
+        #[test]
+        fn the_documented_phone_takes_every_e164_number(first in 1_u8..10, rest in "[0-9]{7,14}") {
+            let number = format!("+{first}{rest}");
+            prop_assert!(documented::<Phone>()(&number), "{}", number);
+        }
+
         #[test]
         fn every_e164_number_parses_to_itself(first in 1_u8..10, rest in "[0-9]{7,14}") {
             let number = format!("+{first}{rest}");

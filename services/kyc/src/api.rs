@@ -12,6 +12,7 @@ use finflow_contracts::kyc::{AmlDecision, KycDecision, KycUpdated};
 use finflow_platform::client::ServiceClient;
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
+use finflow_platform::text;
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query, UserId};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -22,6 +23,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::documents::{Checked, Submission, SubmissionShape};
+use crate::reason::Reason;
 
 pub struct Settings {
     /// Approve well-formed documents without a reviewer (development default).
@@ -46,13 +48,7 @@ pub const SUBMIT_BODY_BYTES: usize = crate::documents::MAX_DOCUMENT_BYTES / 3 * 
 /// names; its title and description come from the service catalog
 /// ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(components(schemas(
-    AlertStatus,
-    crate::documents::Upload,
-    crate::documents::PassportType,
-    crate::documents::NationalIdType,
-    crate::documents::DrivingLicenseType
-)))]
+#[openapi(components(schemas(AlertStatus, crate::documents::Upload)))]
 pub(crate) struct ApiDoc;
 
 /// The route table.
@@ -319,13 +315,7 @@ fn as_the_customer_sees_it(decided_by: String) -> String {
 #[serde(deny_unknown_fields)]
 pub struct Review {
     pub decision: Decision,
-    /// 1 to 500 characters once trimmed (stored trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$",
-        example = "documents match the applicant"
-    )]
+    #[schema(schema_with = text::schema::<Reason>)]
     pub reason: String,
 }
 
@@ -386,17 +376,6 @@ enum CaseTable {
     Alerts,
 }
 
-fn reason(text: &str) -> Result<&str, ApiError> {
-    let t = text.trim();
-    if t.is_empty() || t.chars().count() > 500 {
-        return Err(ApiError::invalid_field(
-            "reason",
-            "a reason of 1 to 500 characters is required",
-        ));
-    }
-    Ok(t)
-}
-
 #[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
     responses((status = 200, body = SubmissionView),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
@@ -409,14 +388,14 @@ async fn review(
     Json(req): Json<Review>,
 ) -> ApiResult {
     let by = reviewer(&who)?;
-    let why = reason(&req.reason)?;
+    let why = Reason::parse(&req.reason)?;
     let status = match req.decision {
         Decision::Approve => identity::KycStatus::Verified,
         Decision::Reject => identity::KycStatus::Rejected,
     };
     let mut tx = s.pool.begin().await?;
     case_for_another(&mut tx, &who, CaseTable::Submissions, id).await?;
-    let (view, told) = decide(&mut tx, id, status, &by, Some(why)).await?;
+    let (view, told) = decide(&mut tx, id, status, &by, Some(why.as_str())).await?;
     tx.commit().await?;
     tell_auth(&s.auth, &told).await;
     Ok(error::ok(view))
@@ -440,7 +419,7 @@ async fn revoke(
     Json(req): Json<Reasoned>,
 ) -> ApiResult {
     let by = reviewer(&who)?;
-    let why = reason(&req.reason)?;
+    let why = Reason::parse(&req.reason)?;
     if who.user_id().ok() == Some(user_id) {
         return Err(ApiError::forbidden(
             "an officer cannot revoke their own verification; another compliance officer must",
@@ -459,7 +438,7 @@ async fn revoke(
     )))
     .bind(user_id)
     .bind(&by)
-    .bind(why)
+    .bind(why.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(view) = revoked else {
@@ -562,13 +541,7 @@ async fn alerts(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reasoned {
-    /// 1 to 500 characters once trimmed (stored trimmed).
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\x00]*$",
-        example = "payer confirmed the source of funds"
-    )]
+    #[schema(schema_with = text::schema::<Reason>)]
     pub reason: String,
 }
 
@@ -609,7 +582,7 @@ async fn decide_alert(
     status: &str,
 ) -> ApiResult {
     let by = reviewer(&who)?;
-    let why = reason(&req.reason)?;
+    let why = Reason::parse(&req.reason)?;
     let mut tx = s.pool.begin().await?;
     case_for_another(&mut tx, &who, CaseTable::Alerts, id).await?;
     let alert: Alert = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -619,7 +592,7 @@ async fn decide_alert(
     .bind(id)
     .bind(status)
     .bind(&by)
-    .bind(why)
+    .bind(why.as_str())
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::conflict("this alert was already decided"))?;
@@ -636,7 +609,7 @@ async fn decide_alert(
             payment_id: alert.payment_id,
             user_id: alert.user_id,
             rule: alert.rule.clone(),
-            reason: why.to_owned(),
+            reason: why.as_str().to_owned(),
         },
     )
     .map_err(|e| ApiError::internal(&e))?;

@@ -3,9 +3,13 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use finflow_platform::ApiError;
+use finflow_platform::text::{self, WHITE_SPACE};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
 
 /// Largest uploaded document, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 2 * 1024 * 1024;
@@ -19,6 +23,8 @@ pub enum DocumentType {
 }
 
 impl DocumentType {
+    pub const ALL: [Self; 3] = [Self::Passport, Self::NationalId, Self::DrivingLicense];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Passport => "passport",
@@ -26,7 +32,36 @@ impl DocumentType {
             Self::DrivingLicense => "driving_license",
         }
     }
+
+    /// Its number's form: from how many to how many characters, letters and digits, and
+    /// whether `-` is one of them.
+    fn number_rule(self) -> (usize, usize, bool) {
+        match self {
+            Self::Passport => (6, 9, false),
+            Self::NationalId => (5, 20, false),
+            Self::DrivingLicense => (5, 20, true),
+        }
+    }
+
+    /// [`DocumentType::number_rule`] as the API documents it: the number as given, white
+    /// space anywhere.
+    fn number_pattern(self) -> String {
+        let (min, max, dash) = self.number_rule();
+        let dash = if dash { "-" } else { "" };
+        format!(r"^[{WHITE_SPACE}]*([A-Za-z0-9{dash}][{WHITE_SPACE}]*){{{min},{max}}}$")
+    }
+
+    fn number_example(self) -> &'static str {
+        match self {
+            Self::Passport => "AB1234567",
+            Self::NationalId => "X12345678",
+            Self::DrivingLicense => "D-1234-5678",
+        }
+    }
 }
+
+/// Longest document URL, in bytes (all of them ASCII).
+const MAX_URL_BYTES: usize = 2048;
 
 /// An uploaded file, base64 in JSON.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,8 +97,7 @@ const SIGNATURES: [(&str, &str, &str); 3] = [
 /// One shape per content type, so a document states that the data must begin with the
 /// signature its `content_type` names (which the handler checks).
 impl utoipa::PartialSchema for Upload {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+    fn schema() -> RefOr<Schema> {
         let mut one_of = OneOfBuilder::new();
         for (content_type, signature, example) in SIGNATURES {
             one_of = one_of.item(
@@ -113,158 +147,90 @@ pub struct Submission {
     pub document_file: Option<Upload>,
 }
 
-/// The body of `POST /api/v1/kyc/submit` as documented (documentation only: the handler
-/// reads a [`Submission`] and [`Submission::check`] enforces these shapes): the number's
-/// form depends on the document type, and exactly one of `document_url` and
-/// `document_file` is given.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum SubmissionShape {
-    PassportByUrl(PassportByUrl),
-    PassportByFile(PassportByFile),
-    NationalIdByUrl(NationalIdByUrl),
-    NationalIdByFile(NationalIdByFile),
-    DrivingLicenseByUrl(DrivingLicenseByUrl),
-    DrivingLicenseByFile(DrivingLicenseByFile),
+/// The body of `POST /api/v1/kyc/submit` as documented (the handler reads a
+/// [`Submission`] and [`Submission::check`] enforces this): one branch per document
+/// type, whose number has its own form, and way of giving the document, a URL or a file.
+pub struct SubmissionShape;
+
+impl utoipa::PartialSchema for SubmissionShape {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of = OneOfBuilder::new();
+        for kind in DocumentType::ALL {
+            let (min, max, dash) = kind.number_rule();
+            let number = text::described(
+                &format!(
+                    "{min} to {max} letters{}; whitespace anywhere is removed and letters are \
+                     upper-cased.",
+                    if dash {
+                        ", digits and `-`"
+                    } else {
+                        " and digits"
+                    }
+                ),
+                kind.number_pattern(),
+                kind.number_example(),
+            )
+            .build();
+            let url = text::described(
+                "Where the document is: `https://`, then printable ASCII without spaces, at \
+                 most 2048 characters.",
+                r"^https://[!-~]*$".to_owned(),
+                "https://docs.example.com/id.pdf",
+            )
+            .max_length(Some(MAX_URL_BYTES));
+            let file: RefOr<Schema> = Ref::from_schema_name("Upload").into();
+            let example_file =
+                json!({"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"});
+            for (field, document, example) in [
+                (
+                    "document_url",
+                    url.build().into(),
+                    json!("https://docs.example.com/id.pdf"),
+                ),
+                ("document_file", file, example_file),
+            ] {
+                one_of = one_of.item(
+                    ObjectBuilder::new()
+                        .property(
+                            "document_type",
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .enum_values(Some([kind.as_str()])),
+                        )
+                        .required("document_type")
+                        .property("document_number", number.clone())
+                        .required("document_number")
+                        .property(field, document)
+                        .required(field)
+                        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                        .examples([json!({
+                            "document_type": kind.as_str(),
+                            "document_number": kind.number_example(),
+                            field: example,
+                        })]),
+                );
+            }
+        }
+        one_of
+            .description(Some(
+                "A document number, whose form depends on the document type, and exactly one \
+                 of `document_url` and `document_file`",
+            ))
+            .into()
+    }
 }
 
-/// `document_type` `passport` (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PassportType {
-    Passport,
-}
+impl utoipa::ToSchema for SubmissionShape {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "SubmissionShape".into()
+    }
 
-/// A passport submission with a document URL (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"document_type": "passport", "document_number": "AB1234567", "document_url": "https://docs.example.com/id.pdf"}))]
-pub struct PassportByUrl {
-    pub document_type: PassportType,
-    /// 6 to 9 letters and digits; whitespace anywhere is removed and letters are upper-cased.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){6,9}$",
-        example = "AB1234567"
-    )]
-    pub document_number: String,
-    /// Where the document is: `https://`, no whitespace, at most 2048 bytes.
-    #[schema(
-        max_length = 2048,
-        pattern = r"^https://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "https://docs.example.com/id.pdf"
-    )]
-    pub document_url: String,
-}
-
-/// A passport submission with a document file (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"document_type": "passport", "document_number": "AB1234567", "document_file": {"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"}}))]
-pub struct PassportByFile {
-    pub document_type: PassportType,
-    /// 6 to 9 letters and digits; whitespace anywhere is removed and letters are upper-cased.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){6,9}$",
-        example = "AB1234567"
-    )]
-    pub document_number: String,
-    pub document_file: Upload,
-}
-
-/// `document_type` `national_id` (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum NationalIdType {
-    NationalId,
-}
-
-/// A national id submission with a document URL (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"document_type": "national_id", "document_number": "X12345678", "document_url": "https://docs.example.com/id.pdf"}))]
-pub struct NationalIdByUrl {
-    pub document_type: NationalIdType,
-    /// 5 to 20 letters and digits; whitespace anywhere is removed and letters are upper-cased.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
-        example = "X12345678"
-    )]
-    pub document_number: String,
-    /// Where the document is: `https://`, no whitespace, at most 2048 bytes.
-    #[schema(
-        max_length = 2048,
-        pattern = r"^https://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "https://docs.example.com/id.pdf"
-    )]
-    pub document_url: String,
-}
-
-/// A national id submission with a document file (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"document_type": "national_id", "document_number": "X12345678", "document_file": {"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"}}))]
-pub struct NationalIdByFile {
-    pub document_type: NationalIdType,
-    /// 5 to 20 letters and digits; whitespace anywhere is removed and letters are upper-cased.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
-        example = "X12345678"
-    )]
-    pub document_number: String,
-    pub document_file: Upload,
-}
-
-/// `document_type` `driving_license` (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DrivingLicenseType {
-    DrivingLicense,
-}
-
-/// A driving license submission with a document URL (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"document_type": "driving_license", "document_number": "D-1234-5678", "document_url": "https://docs.example.com/id.pdf"}))]
-pub struct DrivingLicenseByUrl {
-    pub document_type: DrivingLicenseType,
-    /// 5 to 20 letters, digits and `-`; whitespace anywhere is removed and letters are upper-cased.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9-][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
-        example = "D-1234-5678"
-    )]
-    pub document_number: String,
-    /// Where the document is: `https://`, no whitespace, at most 2048 bytes.
-    #[schema(
-        max_length = 2048,
-        pattern = r"^https://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$",
-        example = "https://docs.example.com/id.pdf"
-    )]
-    pub document_url: String,
-}
-
-/// A driving license submission with a document file (documentation only).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"document_type": "driving_license", "document_number": "D-1234-5678", "document_file": {"content_type": "application/pdf", "data_base64": "JVBERi0xLjcK"}}))]
-pub struct DrivingLicenseByFile {
-    pub document_type: DrivingLicenseType,
-    /// 5 to 20 letters, digits and `-`; whitespace anywhere is removed and letters are upper-cased.
-    #[schema(
-        pattern = r"^[\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*([A-Za-z0-9-][\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*){5,20}$",
-        example = "D-1234-5678"
-    )]
-    pub document_number: String,
-    pub document_file: Upload,
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            "Upload".to_owned(),
+            <Upload as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 /// A checked submission, ready to store.
@@ -300,20 +266,16 @@ fn sniff(bytes: &[u8]) -> Option<&'static str> {
 impl Submission {
     /// Checks format, sizes and types; the number is normalized to upper case without spaces.
     pub fn check(self) -> Result<Checked, ApiError> {
+        let (min, max, dash) = self.document_type.number_rule();
         let number: String = self
             .document_number
             .chars()
             .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_uppercase();
-        let allowed = |c: char| {
-            c.is_ascii_alphanumeric()
-                || (self.document_type == DocumentType::DrivingLicense && c == '-')
-        };
-        let (min, max) = match self.document_type {
-            DocumentType::Passport => (6, 9),
-            DocumentType::NationalId | DocumentType::DrivingLicense => (5, 20),
-        };
+            .collect();
+        // Upper-cased as ASCII only: `to_uppercase` makes ASCII letters of some others
+        // (`ﬀ` is `FF`, `ſ` is `S`), which no document number has.
+        let number = number.to_ascii_uppercase();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || (dash && c == '-');
         if !(min..=max).contains(&number.len()) || !number.chars().all(allowed) {
             return Err(ApiError::invalid_field(
                 "document_number",
@@ -340,8 +302,8 @@ impl Submission {
         }
         if let Some(url) = &self.document_url
             && (!url.starts_with("https://")
-                || url.len() > 2048
-                || url.chars().any(char::is_whitespace))
+                || url.len() > MAX_URL_BYTES
+                || !url.bytes().all(|b| b.is_ascii_graphic()))
         {
             return Err(ApiError::invalid_field(
                 "document_url",
@@ -400,6 +362,85 @@ impl Submission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// `field` of `kind`'s submission by URL, as documented: pattern and length.
+    fn documented(kind: DocumentType, field: &str) -> impl Fn(&str) -> bool + use<> {
+        let RefOr::T(Schema::OneOf(one_of)) = <SubmissionShape as utoipa::PartialSchema>::schema()
+        else {
+            panic!("a oneOf");
+        };
+        let branch = one_of
+            .items
+            .into_iter()
+            .find_map(|item| match item {
+                RefOr::T(Schema::Object(o))
+                    if o.properties.contains_key("document_url")
+                        && serde_json::to_value(&o.properties["document_type"]).unwrap()["enum"]
+                            == json!([kind.as_str()]) =>
+                {
+                    Some(o)
+                }
+                _ => None,
+            })
+            .unwrap();
+        let RefOr::T(Schema::Object(schema)) = &branch.properties[field] else {
+            panic!("{field} inline");
+        };
+        text::matcher(schema)
+    }
+
+    fn by_url(kind: DocumentType, number: &str, url: &str) -> Submission {
+        Submission {
+            document_type: kind,
+            document_number: number.to_owned(),
+            document_url: Some(url.to_owned()),
+            document_file: None,
+        }
+    }
+
+    /// Text made of what the rules tell apart: letters and digits, `-`, white space,
+    /// letters that upper-case to ASCII and others that are not ASCII, a control
+    /// character, a URL's punctuation; mostly what a number is made of, so that many
+    /// are valid.
+    fn tricky_text(max: usize) -> impl Strategy<Value = String> {
+        let chars = prop_oneof![
+            12 => prop::sample::select(vec!['a', 'Z', '0', '9']),
+            2 => prop::sample::select(vec!['-', ' ', '\t', '\u{a0}', '\u{3000}']),
+            1 => prop::sample::select(vec!['é', 'ﬀ', 'ſ', '\u{1}', '/', ':', '%']),
+        ];
+        prop::collection::vec(chars, 0..=max).prop_map(String::from_iter)
+    }
+
+    #[test]
+    fn a_number_is_read_as_the_letters_written_not_what_they_upper_case_to() {
+        let ligature = by_url(DocumentType::Passport, "ab12ﬀ34", "https://x.example/d");
+        assert!(ligature.check().is_err(), "ﬀ is not FF");
+        let spaced = by_url(
+            DocumentType::Passport,
+            " ab 12\u{3000}34 ",
+            "https://x.example/d",
+        );
+        assert_eq!(spaced.check().unwrap().document_number, "AB1234");
+    }
+
+    proptest! {
+        #[test]
+        fn each_documented_number_takes_what_check_takes(kind_index in 0_usize..3, number in tricky_text(24)) {
+            let kind = DocumentType::ALL[kind_index];
+            let checked = by_url(kind, &number, "https://docs.example.com/id.pdf").check();
+            prop_assert_eq!(documented(kind, "document_number")(&number), checked.is_ok(), "{:?}", number);
+        }
+
+        #[test]
+        fn the_documented_url_takes_what_check_takes(rest in tricky_text(12), pad in 0_usize..2) {
+            // Around the limit too: 2048 characters, and one more.
+            let filler = "a".repeat(if pad == 1 { MAX_URL_BYTES - 8 - rest.chars().count().min(MAX_URL_BYTES - 8) } else { 0 });
+            let url = format!("https://{filler}{rest}");
+            let checked = by_url(DocumentType::Passport, "AB1234567", &url).check();
+            prop_assert_eq!(documented(DocumentType::Passport, "document_url")(&url), checked.is_ok(), "{:?}", url);
+        }
+    }
 
     #[test]
     fn each_documented_signature_pattern_takes_the_files_sniff_takes_for_its_type() {

@@ -16,6 +16,7 @@
 pub mod aml;
 pub mod api;
 pub mod documents;
+pub mod reason;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,8 @@
 //! - [`client`]: calls to other services with a cached service token.
 //! - [`events`]: RabbitMQ topology, publisher confirms, the transactional outbox and its
 //!   relay, the consumer runner with dedupe, retries and dead-lettering.
-//! - [`email`]: `Email`, validated and normalized.
+//! - [`email`]: `Email`, validated and normalized; [`text`]: trimmed text within a
+//!   length, and the documented schema of a text newtype, stated beside its `parse`.
 //! - [`identity`]: the caller as told by the sidecar's headers, and role checks.
 //! - [`health`] and [`http`]: `/health`, `/ready`, `/metrics`, `/openapi.json`, request
 //!   middleware, `serve` with graceful shutdown.
@@ -54,6 +55,7 @@ pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod text;
 
 pub use email::Email;
 pub use error::{ApiError, ApiResult, ErrorCode};
