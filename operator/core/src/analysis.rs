@@ -455,6 +455,7 @@ pub struct Traffic {
 
 /// The samples both rungs of the rollout tests serve (the fake API server's scenarios
 /// and the e2e stand's sidecars), so each judges the same traffic.
+#[cfg(any(test, feature = "testing"))]
 impl Traffic {
     const NONE: Self = Self {
         ok: 0,

@@ -378,7 +378,7 @@ enum CaseTable {
 
 #[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
     responses((status = 200, body = SubmissionView),
-        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters or is all white space"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never the reviewer's own submission"),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
 async fn review(
@@ -408,7 +408,7 @@ async fn review(
 #[utoipa::path(post, path = "/api/v1/kyc/users/{user_id}/revoke", tag = "kyc", params(("user_id" = Uuid, Path)),
     request_body = Reasoned,
     responses((status = 200, body = SubmissionView, description = "the submission whose verification was revoked"),
-        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters or is all white space"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never the officer's own verification"),
         (status = 404, body = ErrorEnvelope, description = "the user never submitted a document"),
         (status = 409, body = ErrorEnvelope, description = "the user is not verified")))]
@@ -547,7 +547,7 @@ pub struct Reasoned {
 
 #[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/clear", tag = "aml", params(("id" = Uuid, Path)), request_body = Reasoned,
     responses((status = 200, body = Alert),
-        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters or is all white space"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never an alert about the officer's own payment"),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
 async fn clear(
@@ -561,7 +561,7 @@ async fn clear(
 
 #[utoipa::path(post, path = "/api/v1/aml/alerts/{id}/flag", tag = "aml", params(("id" = Uuid, Path)), request_body = Reasoned,
     responses((status = 200, body = Alert),
-        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters"),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters or is all white space"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never an alert about the officer's own payment"),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
 async fn flag(

@@ -4,10 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
+use finflow_platform::text::{self, Documented, WHITE_SPACE};
 use finflow_platform::{ApiError, ApiResult, Json, Path, Query, UserId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::ObjectBuilder;
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
@@ -220,16 +222,53 @@ async fn deliveries(State(s): State<AppState>, UserId(me): UserId) -> ApiResult 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
-    /// Where events are POSTed: an http or https URL (surrounding whitespace is trimmed,
-    /// none inside), at most 2048 bytes, without user name or password, whose host is or
-    /// resolves to a public address.
-    #[schema(
-        format = "uri",
-        max_length = 2048,
-        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\x00\t-\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+$",
-        example = "https://hooks.example.com/finflow"
-    )]
+    #[schema(schema_with = text::schema::<WebhookUrl>)]
     pub url: String,
+}
+
+/// Longest webhook URL, in characters, padding included.
+const MAX_URL_CHARS: usize = 2048;
+
+/// A webhook's URL as it is stored: trimmed, `http://` or `https://` in any case, then
+/// printable ASCII. What a URL parser would drop or read its own way (control
+/// characters, a scheme without `//`) and what a screen or a log shows other than it
+/// is (bidi controls, look-alike letters) are refused, not stored; the host is vetted
+/// after ([`crate::targets::Policy::vet`]).
+pub struct WebhookUrl;
+
+impl WebhookUrl {
+    pub fn parse(raw: &str) -> Result<&str, ApiError> {
+        let url = text::trimmed("url", raw, MAX_URL_CHARS)?;
+        let scheme = ["http://", "https://"].into_iter().find(|s| {
+            url.get(..s.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(s))
+        });
+        match scheme {
+            Some(scheme)
+                if url.len() > scheme.len() && url.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Ok(url)
+            }
+            _ => Err(ApiError::invalid_field(
+                "url",
+                "url must be an http(s) URL of printable ASCII characters",
+            )),
+        }
+    }
+}
+
+impl Documented for WebhookUrl {
+    fn documented() -> ObjectBuilder {
+        text::described(
+            "Where events are POSTed: an http or https URL of printable ASCII (percent-encode \
+             anything else; an international domain name in its `xn--` form), surrounding \
+             white space trimmed, at most 2048 characters, without user name or password, \
+             whose host is or resolves to a public address.",
+            format!(r"^[{WHITE_SPACE}]*[Hh][Tt][Tt][Pp][Ss]?://[!-~]+[{WHITE_SPACE}]*$"),
+            "https://hooks.example.com/finflow",
+        )
+        .max_length(Some(MAX_URL_CHARS))
+    }
 }
 
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
@@ -248,7 +287,7 @@ pub const MAX_WEBHOOKS_PER_USER: i64 = 10;
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = Webhook),
         (status = 400, body = ErrorEnvelope,
-            description = "not an http(s) URL, too long, with credentials, or its host is or resolves to an address that is not public"),
+            description = "not an http(s) URL of printable ASCII, too long, with credentials, or its host is or resolves to an address that is not public"),
         (status = 403, body = ErrorEnvelope, description = "not a user token"),
         (status = 409, body = ErrorEnvelope, description = "the user has MAX_WEBHOOKS_PER_USER (10) already (details.reason = webhook_limit)")))]
 async fn create_webhook(
@@ -256,10 +295,7 @@ async fn create_webhook(
     UserId(user): UserId,
     Json(req): Json<CreateWebhook>,
 ) -> ApiResult {
-    let url = req.url.trim();
-    if url.len() > 2048 || url.contains(char::is_whitespace) {
-        return Err(ApiError::invalid_field("url", "url must be an http(s) URL"));
-    }
+    let url = WebhookUrl::parse(&req.url)?;
     // D sends from inside the platform: a URL that reaches inside it is refused here,
     // and checked again at every delivery (`targets`).
     // Stored as given: the parser's spelling can be longer than the limit the client
@@ -331,4 +367,59 @@ async fn delete_webhook(
         return Err(ApiError::not_found("webhook not found"));
     }
     Ok(error::ok(serde_json::json!({ "deleted": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// URLs made of what the rule tells apart: schemes right and wrong, in any case,
+    /// printable ASCII, white space, control, bidi and other non-ASCII characters.
+    fn written_url() -> impl Strategy<Value = String> {
+        let scheme = prop::sample::select(vec![
+            "https://", "http://", "HTTPS://", "hTtP://", "https:", "https:/", "ftp://", "",
+        ]);
+        let part = prop_oneof![
+            20 => prop::sample::select(vec!["hooks.example.com", "/", "a", ":8443", "?q=1", "%20", "#f"]),
+            1 => prop::sample::select(vec![" ", "\t", "\u{1}", "\u{1f}", "\u{7f}", "\u{202e}", "\u{200b}", "é", "\u{3000}"]),
+        ];
+        let pad = prop::sample::select(vec!["", "", " ", "\t\n", "\u{3000}", "\u{1}"]);
+        (pad.clone(), scheme, prop::collection::vec(part, 0..6), pad).prop_map(
+            |(before, scheme, parts, after)| format!("{before}{scheme}{}{after}", parts.concat()),
+        )
+    }
+
+    #[test]
+    fn a_webhook_url_is_stored_as_printable_ascii_and_trimmed() {
+        assert_eq!(
+            WebhookUrl::parse(" HTTPS://hooks.example.com/x?a=1\t").unwrap(),
+            "HTTPS://hooks.example.com/x?a=1"
+        );
+        for refused in [
+            "\u{1}https://hooks.example.com/x",
+            "https://hooks.example.com/x\u{1f}",
+            "https://hooks.example.com/\u{202e}gnp.exe",
+            "https://hooks.exämple.com/",
+            "https:hooks.example.com",
+            "https://",
+            "https://hooks.example.com/a b",
+        ] {
+            assert!(WebhookUrl::parse(refused).is_err(), "{refused:?}");
+        }
+        let longest = format!("https://{}", "a".repeat(MAX_URL_CHARS - 8));
+        assert!(WebhookUrl::parse(&longest).is_ok());
+        assert!(
+            WebhookUrl::parse(&format!("{longest} ")).is_err(),
+            "padding counts"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_documented_webhook_url_takes_what_parse_takes(url in written_url()) {
+            let documented = text::matcher(&text::schema::<WebhookUrl>());
+            prop_assert_eq!(documented(&url), WebhookUrl::parse(&url).is_ok(), "{:?}", url);
+        }
+    }
 }

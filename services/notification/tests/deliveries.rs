@@ -184,18 +184,32 @@ impl Receiver {
 }
 
 impl TestD {
+    /// `user` asks D to register `url` as a webhook: D's answer.
+    async fn post_webhook(
+        &self,
+        user: Uuid,
+        url: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let create = self.http.post(self.url("/api/v1/webhooks"));
+        self.as_user(user, create.json(&json!({ "url": url })))
+            .await
+    }
+
     /// Registers `url` as `user`'s webhook; returns its signing secret.
     async fn register_webhook(&self, user: Uuid, url: &str) -> String {
-        let (status, body) = self
-            .as_user(
-                user,
-                self.http
-                    .post(self.url("/api/v1/webhooks"))
-                    .json(&json!({"url": url})),
-            )
-            .await;
+        let (status, body) = self.post_webhook(user, url).await;
         assert_eq!(status, 201, "{body}");
         body["data"]["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers `url` as `user`'s webhook, which D refuses for its URL: the refusal.
+    async fn refused_webhook(&self, user: Uuid, url: &str) -> serde_json::Value {
+        let (status, body) = self.post_webhook(user, url).await;
+        assert_eq!(status, 400, "{url:?}: {body}");
+        assert_eq!(body["success"], false, "{url:?}: {body}");
+        assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{url:?}: {body}");
+        assert_eq!(body["error"]["details"]["field"], "url", "{url:?}: {body}");
+        body
     }
 
     /// Registers `receiver` as `user`'s webhook (telling it the signing secret), the only
@@ -740,30 +754,11 @@ async fn a_webhook_url_that_reaches_inside_the_platform_is_refused_with_400() {
         "ftp://example.com/hook",
         "gopher://example.com/hook",
     ] {
-        let (status, body) = d
-            .as_user(
-                user,
-                d.http
-                    .post(d.url("/api/v1/webhooks"))
-                    .json(&json!({ "url": url })),
-            )
-            .await;
-        assert_eq!(status, 400, "{url}: {body}");
-        assert_eq!(body["success"], false, "{url}: {body}");
-        assert_eq!(body["error"]["code"], "VALIDATION_ERROR", "{url}: {body}");
-        assert_eq!(body["error"]["details"]["field"], "url", "{url}: {body}");
+        d.refused_webhook(user, url).await;
     }
     // A name is refused by its name: the answer never tells a caller the address an
     // internal name resolves to.
-    let (status, body) = d
-        .as_user(
-            user,
-            d.http
-                .post(d.url("/api/v1/webhooks"))
-                .json(&json!({ "url": "http://localhost:9002/" })),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
+    let body = d.refused_webhook(user, "http://localhost:9002/").await;
     let said = body["error"]["message"].as_str().unwrap_or_default();
     assert!(said.contains("`localhost`"), "{body}");
     for address in ["127.0.0.1", "::1"] {
@@ -777,6 +772,31 @@ async fn a_webhook_url_that_reaches_inside_the_platform_is_refused_with_400() {
 }
 
 #[tokio::test]
+async fn a_webhook_url_a_parser_or_a_screen_would_read_otherwise_is_refused_not_stored() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    for url in [
+        // A WHATWG parser drops the control characters and sends to the host; the
+        // stored text and the delivery log would show them.
+        "\u{1}http://127.0.0.1:9/hook\u{1f}",
+        // Shown right to left after the mark: `.../exe.png` reads as a picture.
+        "http://127.0.0.1:9/\u{202e}gnp.exe",
+        // A parser reads a host here that the text does not show as one.
+        "http:127.0.0.1:9/hook",
+    ] {
+        d.refused_webhook(user, url).await;
+    }
+    let (_, hooks) = d.as_user(user, d.http.get(d.url("/api/v1/webhooks"))).await;
+    assert_eq!(hooks["data"], json!([]), "nothing was registered");
+    d.register_webhook(user, " http://127.0.0.1:9/hook\t").await;
+    let (_, hooks) = d.as_user(user, d.http.get(d.url("/api/v1/webhooks"))).await;
+    assert_eq!(
+        hooks["data"][0]["url"], "http://127.0.0.1:9/hook",
+        "stored trimmed"
+    );
+}
+
+#[tokio::test]
 async fn a_user_has_at_most_ten_webhooks_so_one_event_cannot_be_fanned_out_at_will() {
     let d = TestD::spawn().await;
     let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
@@ -784,12 +804,7 @@ async fn a_user_has_at_most_ten_webhooks_so_one_event_cannot_be_fanned_out_at_wi
     for _ in 0..finflow_notification::api::MAX_WEBHOOKS_PER_USER {
         d.register_webhook(user, url).await;
     }
-    let create = || {
-        d.http
-            .post(d.url("/api/v1/webhooks"))
-            .json(&json!({ "url": url }))
-    };
-    let (status, body) = d.as_user(user, create()).await;
+    let (status, body) = d.post_webhook(user, url).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "CONFLICT", "{body}");
     assert_eq!(
@@ -810,7 +825,7 @@ async fn a_user_has_at_most_ten_webhooks_so_one_event_cannot_be_fanned_out_at_wi
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = d.as_user(user, create()).await;
+    let (status, body) = d.post_webhook(user, url).await;
     assert_eq!(status, 201, "{body}");
 }
 
