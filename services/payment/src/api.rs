@@ -128,15 +128,37 @@ struct PaymentHeaders {
     prefer: Option<String>,
 }
 
+/// What `POST /api/v1/payments/{transfer,deposit,withdrawal}` answer (documentation:
+/// [`accept`] answers them).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum PaymentAnswers {
+    /// accepted: PENDING or ON_HOLD (or a replay)
+    #[response(status = 202)]
+    Accepted(Payment),
+    /// terminal within `Prefer: wait`
+    #[response(status = 200)]
+    Settled(Payment),
+    /// VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE
+    #[response(status = 400)]
+    Refused(ErrorEnvelope),
+    /// not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)
+    #[response(status = 403)]
+    Forbidden(ErrorEnvelope),
+    /// a wallet is not found or not the caller's
+    #[response(status = 404)]
+    NotFound(ErrorEnvelope),
+    /// a request with this Idempotency-Key is still in progress
+    #[response(status = 409)]
+    InProgress(ErrorEnvelope),
+    /// IDEMPOTENCY_KEY_REUSED: the key was used with a different request
+    #[response(status = 422)]
+    KeyReused(ErrorEnvelope),
+}
+
 #[utoipa::path(post, path = "/api/v1/payments/transfer", tag = "payments", request_body = TransferRequest,
     params(PaymentHeaders),
-    responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
-        (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
-        (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
-        (status = 403, body = ErrorEnvelope, description = "not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)"),
-        (status = 404, body = ErrorEnvelope, description = "a wallet is not found or not the caller's"),
-        (status = 409, body = ErrorEnvelope, description = "a request with this Idempotency-Key is still in progress"),
-        (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
+    responses(PaymentAnswers))]
 async fn transfer(
     s: State<AppState>,
     user: UserId,
@@ -148,13 +170,7 @@ async fn transfer(
 
 #[utoipa::path(post, path = "/api/v1/payments/deposit", tag = "payments", request_body = DepositRequest,
     params(PaymentHeaders),
-    responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
-        (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
-        (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
-        (status = 403, body = ErrorEnvelope, description = "not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)"),
-        (status = 404, body = ErrorEnvelope, description = "a wallet is not found or not the caller's"),
-        (status = 409, body = ErrorEnvelope, description = "a request with this Idempotency-Key is still in progress"),
-        (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
+    responses(PaymentAnswers))]
 async fn deposit(
     s: State<AppState>,
     user: UserId,
@@ -166,13 +182,7 @@ async fn deposit(
 
 #[utoipa::path(post, path = "/api/v1/payments/withdrawal", tag = "payments", request_body = WithdrawalRequest,
     params(PaymentHeaders),
-    responses((status = 202, body = Payment, description = "accepted: PENDING or ON_HOLD (or a replay)"),
-        (status = 200, body = Payment, description = "terminal within `Prefer: wait`"),
-        (status = 400, body = ErrorEnvelope, description = "VALIDATION_ERROR (header, fields, amount, currency not the wallets'), INSUFFICIENT_FUNDS or WALLET_NOT_ACTIVE"),
-        (status = 403, body = ErrorEnvelope, description = "not a user token, or the amount exceeds a tier limit (`details.reason` `tier_limit`)"),
-        (status = 404, body = ErrorEnvelope, description = "a wallet is not found or not the caller's"),
-        (status = 409, body = ErrorEnvelope, description = "a request with this Idempotency-Key is still in progress"),
-        (status = 422, body = ErrorEnvelope, description = "IDEMPOTENCY_KEY_REUSED: the key was used with a different request")))]
+    responses(PaymentAnswers))]
 async fn withdrawal(
     s: State<AppState>,
     user: UserId,
