@@ -2,15 +2,22 @@
 
 use chrono::{DateTime, Utc};
 pub use finflow_contracts::payment::{Failure, Kind, Payment, Status};
-use finflow_platform::{Amount, ApiError, Currency, Money};
+use finflow_platform::{Amount, ApiError, Currency, Money, openapi};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::RefBuilder;
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
+};
+use utoipa::openapi::{Object, RefOr};
 use uuid::Uuid;
 
 /// The body of `POST /api/v1/payments/{transfer,deposit,withdrawal}`. The document
 /// shows one shape per operation ([`DepositRequest`], [`TransferRequest`],
-/// [`WithdrawalRequest`]); [`PaymentRequest::validate`] enforces which fields each takes.
+/// [`WithdrawalRequest`]); [`PaymentRequest::validate`] enforces which wallets each
+/// takes ([`wallets_named`]).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentRequest {
@@ -23,70 +30,138 @@ pub struct PaymentRequest {
     pub description: Option<String>,
 }
 
-/// The body of `POST /api/v1/payments/deposit` (documentation only: the handler reads a
-/// [`PaymentRequest`]). Money enters `to_wallet_id`, a wallet of the caller's; a deposit
-/// takes no `from_wallet_id` (`null` is accepted as absent).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"to_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "amount": "1500.00", "currency": "USD"}))]
-pub struct DepositRequest {
-    pub to_wallet_id: Uuid,
-    /// Greater than zero, with at most the currency's minor units of decimals
-    /// (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.
-    #[schema(value_type = String, example = "1500.00",
-        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
-    pub amount: String,
-    /// The wallet's currency.
-    #[schema(value_type = finflow_platform::Currency, example = "USD")]
-    pub currency: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
+/// Which wallets a kind of payment names, `from_wallet_id` then `to_wallet_id`, and
+/// whether it needs or refuses each: [`PaymentRequest::validate`] enforces it, and the
+/// document's request bodies ([`DepositRequest`], [`TransferRequest`],
+/// [`WithdrawalRequest`]) state it.
+pub fn wallets_named(kind: Kind) -> [(&'static str, bool); 2] {
+    let (from, to) = match kind {
+        Kind::Transfer => (true, true),
+        Kind::Deposit => (false, true),
+        Kind::Withdrawal => (true, false),
+    };
+    [("from_wallet_id", from), ("to_wallet_id", to)]
 }
 
-/// The body of `POST /api/v1/payments/transfer` (documentation only: the handler reads
-/// a [`PaymentRequest`]). Money leaves `from_wallet_id`, a wallet of the caller's, for
-/// `to_wallet_id`, which must be a different wallet.
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"from_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "to_wallet_id": "0190f0c2-9d31-7f02-8c55-61b7a9e0d4f3", "amount": "25.00", "currency": "USD", "description": "rent share"}))]
-pub struct TransferRequest {
-    pub from_wallet_id: Uuid,
-    /// Must differ from `from_wallet_id`.
-    pub to_wallet_id: Uuid,
-    /// Greater than zero, with at most the currency's minor units of decimals
-    /// (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.
-    #[schema(value_type = String, example = "25.00",
-        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
-    pub amount: String,
-    /// The currency of both wallets.
-    #[schema(value_type = finflow_platform::Currency, example = "USD")]
-    pub currency: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
+/// The body of `POST /api/v1/payments/<kind>` as documented (the handler reads a
+/// [`PaymentRequest`]): the wallets [`wallets_named`] says, a wallet it refuses only as
+/// `null` (read as absent), the amount and currency [`Money::positive`] takes.
+fn request_schema(kind: Kind) -> Object {
+    let (about, amount, example) = match kind {
+        Kind::Deposit => (
+            "Money enters `to_wallet_id`, a wallet of the caller's.",
+            "1500.00",
+            json!({"to_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "amount": "1500.00", "currency": "USD"}),
+        ),
+        Kind::Transfer => (
+            "Money leaves `from_wallet_id`, a wallet of the caller's, for `to_wallet_id`, \
+             which must be a different wallet.",
+            "25.00",
+            json!({"from_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "to_wallet_id": "0190f0c2-9d31-7f02-8c55-61b7a9e0d4f3", "amount": "25.00", "currency": "USD", "description": "rent share"}),
+        ),
+        Kind::Withdrawal => (
+            "Money leaves `from_wallet_id`, a wallet of the caller's.",
+            "100.00",
+            json!({"from_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "amount": "100.00", "currency": "USD"}),
+        ),
+    };
+    let mut body = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(format!(
+            "The body of `POST /api/v1/payments/{}`. {about}",
+            kind.as_str()
+        )))
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    for (field, needed) in wallets_named(kind) {
+        body = if needed {
+            let other = (kind == Kind::Transfer && field == "to_wallet_id")
+                .then_some("Must differ from `from_wallet_id`.");
+            body.property(
+                field,
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+                    .description(other),
+            )
+            .required(field)
+        } else {
+            body.property(
+                field,
+                ObjectBuilder::new()
+                    .schema_type(Type::Null)
+                    .description(Some(format!(
+                        "A {} takes none: null is read as absent.",
+                        kind.as_str()
+                    ))),
+            )
+        };
+    }
+    body.property(
+        "amount",
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "Greater than zero, with at most the currency's minor units of decimals\n\
+                 (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.",
+            ))
+            .pattern(Some(openapi::amount_pattern(4)))
+            .examples([amount]),
+    )
+    .required("amount")
+    .property(
+        "currency",
+        RefBuilder::new()
+            .ref_location_from_schema_name(<Currency as ToSchema>::name())
+            .description(Some(if kind == Kind::Transfer {
+                "The currency of both wallets."
+            } else {
+                "The wallet's currency."
+            })),
+    )
+    .required("currency")
+    .property(
+        "description",
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .max_length(Some(MAX_DESCRIPTION_CHARS)),
+    )
+    .examples([example])
+    .build()
 }
 
-/// The body of `POST /api/v1/payments/withdrawal` (documentation only: the handler
-/// reads a [`PaymentRequest`]). Money leaves `from_wallet_id`, a wallet of the caller's;
-/// a withdrawal takes no `to_wallet_id` (`null` is accepted as absent).
-#[allow(dead_code)]
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"from_wallet_id": "0190f0c2-7a4e-7d3c-9b1a-2f6d8e4c5a10", "amount": "100.00", "currency": "USD"}))]
-pub struct WithdrawalRequest {
-    pub from_wallet_id: Uuid,
-    /// Greater than zero, with at most the currency's minor units of decimals
-    /// (2 for USD, 0 for JPY, 3 for BHD) and never more than 4.
-    #[schema(value_type = String, example = "100.00",
-        pattern = r"^(0*[1-9][0-9]{0,15}(\.[0-9]{1,4}0*)?|0+\.[0-9]{0,3}[1-9]0*)$")]
-    pub amount: String,
-    /// The wallet's currency.
-    #[schema(value_type = finflow_platform::Currency, example = "USD")]
-    pub currency: String,
-    #[schema(max_length = 500)]
-    pub description: Option<String>,
+/// A request body of the document, named as the document names it.
+macro_rules! documented_request {
+    ($name:ident, $kind:expr, $path:literal) => {
+        #[doc = concat!("The body of `POST /api/v1/payments/", $path, "` as documented.")]
+        pub struct $name;
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                request_schema($kind).into()
+            }
+        }
+
+        impl ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                schemas.push((
+                    <Currency as ToSchema>::name().into_owned(),
+                    <Currency as utoipa::PartialSchema>::schema(),
+                ));
+            }
+        }
+    };
 }
+
+documented_request!(DepositRequest, Kind::Deposit, "deposit");
+documented_request!(TransferRequest, Kind::Transfer, "transfer");
+documented_request!(WithdrawalRequest, Kind::Withdrawal, "withdrawal");
+
+/// The longest payment description, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 500;
 
 impl PaymentRequest {
     /// The request's fingerprint for idempotency: the kind and the parsed body, so
@@ -108,44 +183,35 @@ impl PaymentRequest {
     pub fn validate(&self, kind: Kind) -> Result<Money, ApiError> {
         let money = Money::positive(self.amount, self.currency)
             .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
-        let (from, to) = (self.from_wallet_id, self.to_wallet_id);
-        match kind {
-            Kind::Transfer if from.is_none() => Err(ApiError::invalid_field(
-                "from_wallet_id",
-                "a transfer needs from_wallet_id",
-            )),
-            Kind::Transfer if to.is_none() => Err(ApiError::invalid_field(
-                "to_wallet_id",
-                "a transfer needs to_wallet_id",
-            )),
-            Kind::Deposit if to.is_none() => Err(ApiError::invalid_field(
-                "to_wallet_id",
-                "a deposit needs to_wallet_id",
-            )),
-            Kind::Deposit if from.is_some() => Err(ApiError::invalid_field(
-                "from_wallet_id",
-                "a deposit takes no from_wallet_id",
-            )),
-            Kind::Withdrawal if from.is_none() => Err(ApiError::invalid_field(
-                "from_wallet_id",
-                "a withdrawal needs from_wallet_id",
-            )),
-            Kind::Withdrawal if to.is_some() => Err(ApiError::invalid_field(
-                "to_wallet_id",
-                "a withdrawal takes no to_wallet_id",
-            )),
-            _ if self
-                .description
-                .as_ref()
-                .is_some_and(|d| d.chars().count() > 500) =>
-            {
-                Err(ApiError::invalid_field(
-                    "description",
-                    "description is limited to 500 characters",
-                ))
+        let given = [self.from_wallet_id.is_some(), self.to_wallet_id.is_some()];
+        let named = wallets_named(kind).into_iter().zip(given);
+        for ((field, needed), given) in named.clone() {
+            if needed && !given {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("a {} needs {field}", kind.as_str()),
+                ));
             }
-            _ => Ok(money),
         }
+        for ((field, needed), given) in named {
+            if given && !needed {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("a {} takes no {field}", kind.as_str()),
+                ));
+            }
+        }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_CHARS)
+        {
+            return Err(ApiError::invalid_field(
+                "description",
+                "description is limited to 500 characters",
+            ));
+        }
+        Ok(money)
     }
 }
 
@@ -232,6 +298,38 @@ pub fn reversal_transfer_id(payment: Uuid) -> Uuid {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn each_documented_body_takes_the_wallets_validate_takes() {
+        for kind in [Kind::Transfer, Kind::Deposit, Kind::Withdrawal] {
+            let doc = request_schema(kind);
+            for (from, to) in [(false, false), (true, false), (false, true), (true, true)] {
+                let request = PaymentRequest {
+                    from_wallet_id: from.then(|| Uuid::from_u128(1)),
+                    to_wallet_id: to.then(|| Uuid::from_u128(2)),
+                    ..req("10.00")
+                };
+                let documented = [("from_wallet_id", from), ("to_wallet_id", to)]
+                    .into_iter()
+                    .all(|(field, given)| {
+                        let RefOr::T(Schema::Object(wallet)) = &doc.properties[field] else {
+                            panic!("{field} inline");
+                        };
+                        let takes_id = wallet.schema_type == SchemaType::new(Type::String);
+                        let required = doc.required.iter().any(|r| r == field);
+                        if given { takes_id } else { !required }
+                    });
+                let taken = request.validate(kind).is_ok();
+                assert_eq!(taken, documented, "{kind:?} from {from} to {to}");
+                let only = match kind {
+                    Kind::Transfer => (true, true),
+                    Kind::Deposit => (false, true),
+                    Kind::Withdrawal => (true, false),
+                };
+                assert_eq!(taken, (from, to) == only, "{kind:?} from {from} to {to}");
+            }
+        }
+    }
 
     fn req(amount: &str) -> PaymentRequest {
         PaymentRequest {
