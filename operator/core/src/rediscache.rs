@@ -258,6 +258,7 @@ pub fn status_after_failure(
 mod tests {
     use super::*;
     use crate::crd::RedisCacheSpec;
+    use crate::finservice::fixtures::pod;
     use k8s_openapi::api::apps::v1::DeploymentStatus;
     use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
@@ -273,19 +274,7 @@ mod tests {
     }
 
     fn args(owned: &Owned) -> Vec<String> {
-        owned
-            .deployment
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .args
-            .clone()
-            .unwrap()
+        pod(&owned.deployment).containers[0].args.clone().unwrap()
     }
 
     #[test]
@@ -334,15 +323,11 @@ mod tests {
     #[test]
     fn the_redis_pod_passes_the_restricted_profile() {
         for password in [true, false] {
-            let pod = desired(&rc(password))
-                .deployment
-                .spec
-                .unwrap()
-                .template
-                .spec
-                .unwrap();
-            assert_eq!(pod_security::violations(&pod), Vec::<String>::new());
-            assert_eq!(pod.security_context.unwrap().run_as_user, Some(999));
+            let owned = desired(&rc(password));
+            let pod = pod(&owned.deployment);
+            assert_eq!(pod_security::violations(pod), Vec::<String>::new());
+            let security = pod.security_context.as_ref().unwrap();
+            assert_eq!(security.run_as_user, Some(999));
         }
     }
 
