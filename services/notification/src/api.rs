@@ -4,12 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
-use finflow_platform::text::{self, Documented, WHITE_SPACE};
+use finflow_platform::text::{self, Documented};
 use finflow_platform::{ApiError, ApiResult, Json, Path, Query, UserId};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
-use utoipa::openapi::schema::ObjectBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
@@ -264,9 +264,12 @@ impl Documented for WebhookUrl {
              anything else; an international domain name in its `xn--` form), surrounding \
              white space trimmed, at most 2048 characters, without user name or password, \
              whose host is or resolves to a public address.",
-            format!(r"^[{WHITE_SPACE}]*[Hh][Tt][Tt][Pp][Ss]?://[!-~]+[{WHITE_SPACE}]*$"),
+            // Without the padding `parse` trims: a fuzzer reads `format` as a rule and
+            // would send padded text as a URL the server must refuse.
+            r"^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$".to_owned(),
             "https://hooks.example.com/finflow",
         )
+        .format(Some(SchemaFormat::Custom("uri".to_owned())))
         .max_length(Some(MAX_URL_CHARS))
     }
 }
@@ -417,9 +420,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn the_documented_webhook_url_takes_what_parse_takes(url in written_url()) {
+        fn the_documented_webhook_url_takes_what_parse_takes_once_trimmed(url in written_url()) {
             let documented = text::matcher(&text::schema::<WebhookUrl>());
-            prop_assert_eq!(documented(&url), WebhookUrl::parse(&url).is_ok(), "{:?}", url);
+            prop_assert_eq!(documented(url.trim()), WebhookUrl::parse(&url).is_ok(), "{:?}", url);
         }
     }
 }

@@ -78,11 +78,14 @@ const BLOCKED_V4: &[(Ipv4Addr, u8)] = &[
 ];
 
 /// The IPv6 networks no webhook may reach, besides forms carrying an IPv4 address
-/// (handled by [`embedded_v4`]): unspecified, loopback, discard, documentation,
-/// unique local, link-local, site-local and multicast.
+/// (handled by [`embedded_v4`]): unspecified, loopback, local-use IPv4/IPv6
+/// translation (`64:ff9b:1::/48`, which a site's NAT64 maps onto its own IPv4
+/// addresses at a prefix length of its choosing), discard, documentation, unique
+/// local, link-local, site-local and multicast.
 const BLOCKED_V6: &[(Ipv6Addr, u8)] = &[
     (Ipv6Addr::UNSPECIFIED, 128),
     (Ipv6Addr::LOCALHOST, 128),
+    (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
     (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),
     (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
     (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
@@ -92,7 +95,8 @@ const BLOCKED_V6: &[(Ipv6Addr, u8)] = &[
 ];
 
 /// The IPv4 address an IPv6 address stands for, where it stands for one: IPv4-mapped
-/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`), 6to4
+/// (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`), NAT64 (`64:ff9b::/96`), 6to4
 /// (`2002::/16`) and Teredo's obfuscated client (`2001::/32`). A connection to any of
 /// these can end at the IPv4 address, so that address must pass the IPv4 rule.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
@@ -100,6 +104,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
         [0, 0, 0, 0, 0, 0xffff, _, _] => Some(low),
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(low),
         [0, 0, 0, 0, 0, 0, _, _] => Some(low),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
         [0x2002, a, b, ..] => Some(Ipv4Addr::new(
@@ -286,6 +291,10 @@ mod tests {
             "::ffff:169.254.169.254",
             "::127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:a00:1::",
+            "::ffff:0:a00:1",
+            "::ffff:0:7f00:1",
             "2002:7f00:1::",
         ] {
             assert!(!is_public(ip(s)), "{s}");
