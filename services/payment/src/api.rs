@@ -687,14 +687,16 @@ async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     Ok(error::ok(reversed.view()?))
 }
 
-/// Releases a held payment to the worker (role `ops`, or `compliance`), never one of
-/// the caller's own ([`not_their_own`]); E's `aml.cleared` does the same.
+/// Releases a held payment to the worker (role `compliance`), never one of the
+/// caller's own ([`not_their_own`]); E's `aml.cleared` does the same. Not `ops`: a
+/// payment is held for an AML review, and an operator's release would settle it
+/// before compliance decided, whatever they decide after.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
-        (status = 403, body = ErrorEnvelope, description = "not `ops` or `compliance`, or the caller's own payment (`details.reason` `own_payment`)"),
+        (status = 403, body = ErrorEnvelope, description = "not `compliance`, or the caller's own payment (`details.reason` `own_payment`)"),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "the payment's status does not allow it")))]
 async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
-    who.require_any_role(&["ops", "compliance"])?;
+    who.require_role("compliance")?;
     let mut tx = s.pool.begin().await?;
     let row = settle::lock(&mut tx, id)
         .await?
