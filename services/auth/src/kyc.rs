@@ -30,7 +30,13 @@ pub enum Outcome {
     Applied,
     /// A newer decision (or this one) was applied before; nothing changed.
     Superseded,
+    /// Dated further ahead of A's clock than [`CLOCK_SKEW`]; nothing changed. Applied,
+    /// it would outrank every real decision until its date, a revocation included.
+    DatedAhead,
 }
+
+/// How far ahead of A's clock E's clock may be.
+pub const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// Applies `decision` to `user` unless a newer one is stored. `None`: no such user.
 pub async fn apply(
@@ -38,6 +44,12 @@ pub async fn apply(
     user: Uuid,
     decision: &Decision,
 ) -> Result<Option<Outcome>, sqlx::Error> {
+    if decision
+        .decided_at
+        .is_some_and(|at| at > chrono::Utc::now() + CLOCK_SKEW)
+    {
+        return Ok(Some(Outcome::DatedAhead));
+    }
     let updated = sqlx::query(
         "UPDATE users SET kyc_status = $2, kyc_decided_at = COALESCE($3, kyc_decided_at), \
            updated_at = now() \
@@ -68,7 +80,8 @@ struct Applied {
 /// Sets a user's KYC status as E decided it (service `kyc` only).
 #[utoipa::path(put, path = "/internal/users/{id}/kyc", tag = "internal", params(("id" = Uuid, Path)),
     request_body = Decision,
-    responses((status = 200, body = Applied), (status = 400, body = ErrorEnvelope),
+    responses((status = 200, body = Applied),
+        (status = 400, body = ErrorEnvelope, description = "no decided_at, or one more than CLOCK_SKEW (5 minutes) ahead of A's clock"),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)))]
 pub async fn set_kyc(
     State(s): State<AppState>,
@@ -87,6 +100,12 @@ pub async fn set_kyc(
     let outcome = apply(&mut conn, id, &decision)
         .await?
         .ok_or_else(|| ApiError::not_found("user not found"))?;
+    if outcome == Outcome::DatedAhead {
+        return Err(ApiError::invalid_field(
+            "decided_at",
+            "a decision cannot be dated in the future",
+        ));
+    }
     Ok(error::ok(Applied {
         user_id: id,
         outcome,
