@@ -15,12 +15,68 @@ use uuid::Uuid;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-/// A on a fresh database and vhost, with a key directory of its own.
+/// A on a fresh database and vhost, with a key directory of its own, and the mail D
+/// would be sent.
 #[derive(derive_more::Deref)]
 struct TestAuth {
     #[deref]
     service: TestService,
     keys_dir: std::path::PathBuf,
+    mail: Mail,
+}
+
+/// The queue D's mail consumer would read, bound before A can publish: the only place
+/// a verification token is left once A's relay has published it.
+struct Mail {
+    channel: lapin::Channel,
+    /// The data of every `user.verification_requested` taken so far, in order.
+    requested: tokio::sync::Mutex<Vec<Value>>,
+    _connection: lapin::Connection,
+}
+
+impl Mail {
+    const QUEUE: &str = "auth-test.mail";
+
+    async fn bind(vhost: &events::TestVhost) -> Self {
+        let connection = vhost.broker().connect("auth-test").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let spec = events::QueueSpec::new(Self::QUEUE, &[types::USER_VERIFICATION_REQUESTED]);
+        events::declare_queue(&channel, &spec).await.unwrap();
+        Self {
+            channel,
+            requested: Default::default(),
+            _connection: connection,
+        }
+    }
+
+    /// Every verification request A has made so far: waits until A's outbox has none
+    /// left to publish, then takes what the queue holds.
+    async fn requested(&self, pool: &sqlx::PgPool) -> Vec<Value> {
+        let mut requested = self.requested.lock().await;
+        for _ in 0..400 {
+            let unpublished: i64 = db::scalar_of(
+                pool,
+                "SELECT count(*) FROM outbox WHERE event_type = $1 AND published_at IS NULL",
+                types::USER_VERIFICATION_REQUESTED,
+            )
+            .await;
+            if unpublished == 0 {
+                let get = lapin::options::BasicGetOptions { no_ack: true };
+                while let Some(message) = self
+                    .channel
+                    .basic_get(Self::QUEUE.into(), get)
+                    .await
+                    .unwrap()
+                {
+                    let bundle = events::decode(&message.delivery.data).unwrap();
+                    requested.extend(bundle.into_iter().map(|e| e.data));
+                }
+                return requested.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("A's outbox still holds unpublished verification requests");
+    }
 }
 
 impl TestAuth {
@@ -43,9 +99,13 @@ impl TestAuth {
             }
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let db = db::TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
+        let vhost = events::TestVhost::new();
+        let mail = Mail::bind(&vhost).await;
         Self {
-            service: TestService::spawn::<Auth>(&args).await,
+            service: TestService::start::<Auth>(db, vhost, &args).await,
             keys_dir,
+            mail,
         }
     }
 
@@ -80,20 +140,19 @@ impl TestAuth {
         (r.status(), r.headers().get("retry-after").cloned())
     }
 
-    /// The token of the newest `user.verification_requested` for `email`, read from A's
-    /// outbox (no D runs here to mail it).
+    /// The token of the newest `user.verification_requested` for `email`, as D would
+    /// be sent it (no D runs here to mail it).
     async fn verification_token(&self, email: &str) -> String {
-        let token = sqlx::query_scalar::<_, Option<String>>(
-            "SELECT payload->'data'->>'token' FROM outbox \
-             WHERE event_type = 'user.verification_requested' AND payload->'data'->>'email' = $1 \
-             ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(email.trim().to_lowercase())
-        .fetch_optional(&self.db.pool)
-        .await
-        .unwrap()
-        .flatten();
-        token.unwrap_or_else(|| panic!("no user.verification_requested for {email} in the outbox"))
+        let email = email.trim().to_lowercase();
+        let requested = self.mail.requested(&self.db.pool).await;
+        let newest = requested
+            .iter()
+            .rev()
+            .find(|r| r["email"] == email.as_str());
+        let token = newest.and_then(|r| r["token"].as_str());
+        token
+            .unwrap_or_else(|| panic!("no user.verification_requested for {email}"))
+            .to_owned()
     }
 
     /// Verifies with `token` and [`PASSWORD`], the password of every sign-up here but
@@ -201,7 +260,7 @@ async fn signing_up_mails_a_token_and_only_verifying_it_creates_a_pending_bronze
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body, accepted(&address), "emails are compared lower-cased");
     assert!(app.events("user.created").await.is_empty(), "no user yet");
-    let requested = app.events("user.verification_requested").await;
+    let requested = app.mail.requested(&app.db.pool).await;
     assert_eq!(requested.len(), 1, "{requested:?}");
     let request = &requested[0];
     assert_eq!(request["email"], address);
@@ -209,6 +268,15 @@ async fn signing_up_mails_a_token_and_only_verifying_it_creates_a_pending_bronze
     assert!(request["expires_at"].is_string(), "{request}");
     let token = request["token"].as_str().unwrap();
     assert_eq!(token.len(), 43, "32 bytes, URL-safe base64: {token}");
+    // A's outbox kept the token only until the broker had it: a reader of A's database,
+    // or of a backup, cannot verify this sign-up in the mailbox owner's place.
+    let kept = app.events("user.verification_requested").await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["email"], address);
+    assert!(
+        kept[0].get("token").is_none(),
+        "the token is still in the outbox: {kept:?}"
+    );
     let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM email_verifications")
         .fetch_all(&app.db.pool)
         .await
@@ -267,7 +335,7 @@ async fn registering_a_verified_email_answers_as_a_new_one_does_and_emits_regist
         [json!({"user_id": owner["id"], "email": taken})],
         "the owner is told, and the event carries no token"
     );
-    let requested = app.events("user.verification_requested").await;
+    let requested = app.mail.requested(&app.db.pool).await;
     assert_eq!(
         requested
             .iter()

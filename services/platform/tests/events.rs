@@ -212,6 +212,53 @@ async fn an_event_committed_while_rabbitmq_is_down_is_published_once_it_is_back(
 }
 
 #[tokio::test]
+async fn a_credential_an_event_carries_leaves_the_outbox_once_the_broker_has_it() {
+    let db = TestDb::new(None).await;
+    let vhost = events::TestVhost::new();
+    let connection = vhost.broker().connect("outbox-secret-test").await.unwrap();
+    let ch = connection.create_channel().await.unwrap();
+    let spec = QueueSpec::new(
+        "outbox-test.mail",
+        &[events::types::USER_VERIFICATION_REQUESTED],
+    );
+    events::declare_queue(&ch, &spec).await.unwrap();
+    let event = Event::new(
+        "auth",
+        events::types::USER_VERIFICATION_REQUESTED,
+        &serde_json::json!({"email": "ada@example.com", "token": "s3cret-token"}),
+    )
+    .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &event).await.unwrap();
+    tx.commit().await.unwrap();
+    let kept = || outbox::written(&db.pool, events::types::USER_VERIFICATION_REQUESTED);
+    assert_eq!(
+        kept().await[0]["data"]["token"],
+        "s3cret-token",
+        "kept until published"
+    );
+
+    let shutdown = CancellationToken::new();
+    let relay =
+        tokio::spawn(Relay::new(db.pool.clone(), vhost.url.clone(), "test").run(shutdown.clone()));
+    eventually("the relay to publish", || async {
+        outbox::is_published(&db.pool, event.id).await.unwrap()
+    })
+    .await;
+    let get = BasicGetOptions { no_ack: true };
+    let message = ch.basic_get(spec.name.as_str().into(), get).await.unwrap();
+    let sent =
+        events::decode(&message.expect("the event reached the queue").delivery.data).unwrap();
+    assert_eq!(sent[0].data["token"], "s3cret-token", "the consumer has it");
+    let stored = kept().await;
+    assert_eq!(stored[0]["data"]["email"], "ada@example.com");
+    assert!(stored[0]["data"].get("token").is_none(), "{stored:?}");
+
+    shutdown.cancel();
+    relay.await.unwrap();
+}
+
+#[tokio::test]
 async fn an_event_rolled_back_with_its_transaction_is_never_published() {
     let db = TestDb::new(None).await;
     let event = Event::new("test", "test.rollback", &serde_json::json!({})).unwrap();

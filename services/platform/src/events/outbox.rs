@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Event, PublishError, Publisher, backoff};
+use super::{Event, PublishError, Publisher, backoff, types};
 use crate::telemetry;
 
 /// The PostgreSQL channel `enqueue` notifies so the relay wakes at once.
@@ -359,6 +359,7 @@ impl Relay {
             .execute(&mut *tx)
             .await?;
         }
+        scrub_secrets(&mut tx, Some(&seqs)).await?;
         tx.commit().await?;
         metrics::counter!("finflow_outbox_published_total").increment(seqs.len() as u64);
         Ok(seqs.len() + poison.len())
@@ -378,6 +379,9 @@ impl Relay {
     }
 
     async fn delete_old(&self) -> Result<(), sqlx::Error> {
+        // Rows another relay published (a release before this one, during a rollout)
+        // still hold their secrets.
+        scrub_secrets(&mut *self.pool.acquire().await?, None).await?;
         let secs = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
         sqlx::query(
             "DELETE FROM outbox WHERE published_at < now() - $1::bigint * interval '1 second'",
@@ -387,6 +391,25 @@ impl Relay {
         .await?;
         Ok(())
     }
+}
+
+/// Removes from published rows (those of `seqs`, or all) the `data` fields
+/// [`types::SECRET_DATA`] names: a credential meant for the event's consumer stays in
+/// the outbox only until the broker has it.
+async fn scrub_secrets(conn: &mut PgConnection, seqs: Option<&[i64]>) -> Result<(), sqlx::Error> {
+    let (types, fields): (Vec<&str>, Vec<&str>) = types::SECRET_DATA.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE outbox o SET payload = o.payload #- ARRAY['data', s.field] \
+         FROM UNNEST($2::text[], $3::text[]) AS s(event_type, field) \
+         WHERE o.event_type = s.event_type AND o.published_at IS NOT NULL \
+           AND ($1::bigint[] IS NULL OR o.seq = ANY($1)) AND o.payload->'data' ? s.field",
+    )
+    .bind(seqs)
+    .bind(&types)
+    .bind(&fields)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Whether an event with this id is in the outbox and published (for tests and tooling).
