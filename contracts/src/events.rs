@@ -7,9 +7,9 @@ pub const USER_CREATED: &str = "user.created";
 /// a credential: only the mail to `email` may carry it.
 pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
 /// The fields of an event's `data` that are a credential for its consumer alone (the
-/// verification token D mails), by event type: the producer's outbox keeps them only
-/// until the broker has the event, so a reader of its database or a backup of it finds
-/// none.
+/// verification token D mails), by event type: the producer's outbox table keeps them
+/// only until the broker has the event, so a reader of the live table or a dump of it
+/// finds none (the write-ahead log and dead row versions until vacuum still hold them).
 pub const SECRET_DATA: &[(&str, &str)] = &[(USER_VERIFICATION_REQUESTED, "token")];
 /// Someone signed up with the address of a verified account, which did not change:
 /// `{user_id, email}`, so its owner is told.

@@ -242,7 +242,9 @@ impl Relay {
         shutdown: &CancellationToken,
         failures: &mut u32,
     ) -> Result<(), RelayError> {
-        let mut last_cleanup = tokio::time::Instant::now();
+        // Swept when this relay first leads, so rows another release's relay published
+        // lose their secrets at once, not an hour after a rollout.
+        let mut last_cleanup: Option<tokio::time::Instant> = None;
         loop {
             if !*leading && let Some(l) = listener.as_mut() {
                 *leading = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
@@ -272,9 +274,9 @@ impl Relay {
                 *failures = 0;
             }
             metrics::gauge!("finflow_outbox_relay_up").set(1);
-            if last_cleanup.elapsed() > Duration::from_secs(3600) {
+            if last_cleanup.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
                 self.delete_old().await?;
-                last_cleanup = tokio::time::Instant::now();
+                last_cleanup = Some(tokio::time::Instant::now());
             }
             if published as i64 >= self.batch_size {
                 continue;
@@ -398,11 +400,15 @@ impl Relay {
 /// the outbox only until the broker has it.
 async fn scrub_secrets(conn: &mut PgConnection, seqs: Option<&[i64]>) -> Result<(), sqlx::Error> {
     let (types, fields): (Vec<&str>, Vec<&str>) = types::SECRET_DATA.iter().copied().unzip();
+    // One joined row per event type (an UPDATE applies one of several that match), and
+    // only a `data` that is an object: `-` on any other would fail the relay's batch.
     sqlx::query(
-        "UPDATE outbox o SET payload = o.payload #- ARRAY['data', s.field] \
-         FROM UNNEST($2::text[], $3::text[]) AS s(event_type, field) \
+        "UPDATE outbox o SET payload = jsonb_set(o.payload, '{data}', (o.payload->'data') - s.fields) \
+         FROM (SELECT event_type, array_agg(field) AS fields \
+               FROM UNNEST($2::text[], $3::text[]) AS u(event_type, field) GROUP BY event_type) s \
          WHERE o.event_type = s.event_type AND o.published_at IS NOT NULL \
-           AND ($1::bigint[] IS NULL OR o.seq = ANY($1)) AND o.payload->'data' ? s.field",
+           AND ($1::bigint[] IS NULL OR o.seq = ANY($1)) \
+           AND jsonb_typeof(o.payload->'data') = 'object' AND (o.payload->'data') ?| s.fields",
     )
     .bind(seqs)
     .bind(&types)
