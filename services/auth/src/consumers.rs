@@ -22,17 +22,16 @@ impl Handler for KycUpdates {
         let update: KycUpdated = event
             .data_as()
             .map_err(|e| HandlerError::Permanent(format!("malformed user.kyc_updated: {e}")))?;
-        match kyc::apply(tx, update.user_id, &update.decision).await? {
+        if kyc::apply(tx, update.user_id, &update.decision)
+            .await?
+            .is_none()
+        {
             // The user may not be committed yet on a replica race; retries, then dead-letters.
-            None => Err(HandlerError::Transient(format!(
+            return Err(HandlerError::Transient(format!(
                 "no user {}",
                 update.user_id
-            ))),
-            Some(kyc::Outcome::DatedAhead) => Err(HandlerError::Permanent(format!(
-                "a decision about {} dated ahead of this clock: {:?}",
-                update.user_id, update.decision.decided_at
-            ))),
-            Some(_) => Ok(()),
+            )));
         }
+        Ok(())
     }
 }
