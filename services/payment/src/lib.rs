@@ -8,7 +8,7 @@
 //!   `payment.requested` event in one transaction, and the client gets 202 (or, with
 //!   `Prefer: wait=N`, the terminal state if it comes in time).
 //! - Payments above the AML threshold are stored `ON_HOLD` (`payment.on_hold`) until
-//!   `aml.cleared` / `aml.flagged` (or an `ops` release).
+//!   `aml.cleared` / `aml.flagged` (or a `compliance` release).
 //! - The [`worker`] consumes `payment.requested` and asks B to apply the payment id as a
 //!   transfer id, which B does at most once; the outcome and its event commit together
 //!   and the message is ACKed after. See [`worker`] for why this is exactly once.

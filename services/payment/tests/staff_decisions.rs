@@ -38,18 +38,7 @@ async fn staff_cannot_release_a_held_deposit_into_their_own_wallet() {
 async fn an_operator_cannot_release_a_payment_held_for_compliance_to_review() {
     let stand = Stand::start().await;
     let (payer, payee, ops) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let from = stand.wallets.wallet_of(payer);
-    let to = stand.wallets.wallet_of(payee);
-    let held = stand
-        .payment(
-            payer,
-            "transfer",
-            Some(from),
-            Some(to),
-            "20000.00",
-            "ON_HOLD",
-        )
-        .await;
+    let held = stand.transfer(payer, payee, "20000.00", "ON_HOLD").await;
 
     let (status, body) = stand.decide(ops, "ops", held, "release").await;
     assert_eq!(status, 403, "{body}");
@@ -66,11 +55,7 @@ async fn an_operator_cannot_release_a_payment_held_for_compliance_to_review() {
 async fn staff_cannot_reverse_a_transfer_they_made() {
     let stand = Stand::start().await;
     let (ops, friend) = (Uuid::new_v4(), Uuid::new_v4());
-    let from = stand.wallets.wallet_of(ops);
-    let to = stand.wallets.wallet_of(friend);
-    let paid = stand
-        .payment(ops, "transfer", Some(from), Some(to), "50.00", "COMPLETED")
-        .await;
+    let paid = stand.transfer(ops, friend, "50.00", "COMPLETED").await;
 
     assert_own_payment_refused(stand.decide(ops, "ops", paid, "reverse").await);
     assert_eq!(stand.status_of(paid).await, "COMPLETED");
@@ -81,28 +66,8 @@ async fn staff_cannot_reverse_a_transfer_they_made() {
 async fn staff_cannot_release_or_reverse_a_transfer_paid_to_them() {
     let stand = Stand::start().await;
     let (payer, staff) = (Uuid::new_v4(), Uuid::new_v4());
-    let from = stand.wallets.wallet_of(payer);
-    let theirs = stand.wallets.wallet_of(staff);
-    let held = stand
-        .payment(
-            payer,
-            "transfer",
-            Some(from),
-            Some(theirs),
-            "20000.00",
-            "ON_HOLD",
-        )
-        .await;
-    let paid = stand
-        .payment(
-            payer,
-            "transfer",
-            Some(from),
-            Some(theirs),
-            "50.00",
-            "COMPLETED",
-        )
-        .await;
+    let held = stand.transfer(payer, staff, "20000.00", "ON_HOLD").await;
+    let paid = stand.transfer(payer, staff, "50.00", "COMPLETED").await;
 
     assert_own_payment_refused(stand.decide(staff, "compliance", held, "release").await);
     assert_own_payment_refused(stand.decide(staff, "ops", paid, "reverse").await);
@@ -115,28 +80,8 @@ async fn staff_cannot_release_or_reverse_a_transfer_paid_to_them() {
 async fn another_staff_member_may_release_and_reverse_the_same_payments() {
     let stand = Stand::start().await;
     let (payer, payee, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let from = stand.wallets.wallet_of(payer);
-    let to = stand.wallets.wallet_of(payee);
-    let held = stand
-        .payment(
-            payer,
-            "transfer",
-            Some(from),
-            Some(to),
-            "20000.00",
-            "ON_HOLD",
-        )
-        .await;
-    let paid = stand
-        .payment(
-            payer,
-            "transfer",
-            Some(from),
-            Some(to),
-            "50.00",
-            "COMPLETED",
-        )
-        .await;
+    let held = stand.transfer(payer, payee, "20000.00", "ON_HOLD").await;
+    let paid = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
 
     let (status, body) = stand.decide(other, "compliance", held, "release").await;
     assert_eq!(status, 200, "{body}");
@@ -188,16 +133,7 @@ async fn a_held_transfer_names_its_payee_so_the_payee_cannot_review_it() {
 async fn a_hold_reviewed_for_longer_than_the_sweepers_deadline_is_not_failed_once_released() {
     let stand = Stand::start().await;
     let (payer, payee, officer) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    let held = stand
-        .payment(
-            payer,
-            "transfer",
-            Some(stand.wallets.wallet_of(payer)),
-            Some(stand.wallets.wallet_of(payee)),
-            "20000.00",
-            "ON_HOLD",
-        )
-        .await;
+    let held = stand.transfer(payer, payee, "20000.00", "ON_HOLD").await;
     // Accepted an hour ago; the review took that long.
     sqlx::query("UPDATE payments SET created_at = now() - interval '1 hour' WHERE id = $1")
         .bind(held)

@@ -298,6 +298,14 @@ impl Stand {
         }
     }
 
+    /// A transfer of `amount` from `payer`'s wallet to `payee`'s, stored as C stores it,
+    /// in `status`.
+    pub async fn transfer(&self, payer: Uuid, payee: Uuid, amount: &str, status: &str) -> Uuid {
+        let (from, to) = (self.wallets.wallet_of(payer), self.wallets.wallet_of(payee));
+        self.payment(payer, "transfer", Some(from), Some(to), amount, status)
+            .await
+    }
+
     /// A payment stored as C stores it, in `status`.
     pub async fn payment(
         &self,
