@@ -264,8 +264,9 @@ impl Documented for WebhookUrl {
              anything else; an international domain name in its `xn--` form), surrounding \
              white space trimmed, at most 2048 characters, without user name or password, \
              whose host is or resolves to a public address.",
-            // Without the padding `parse` trims: a fuzzer reads `format` as a rule and
-            // would send padded text as a URL the server must refuse.
+            // Stricter than `parse`, which also trims padding: with padding in the
+            // pattern and no `format`, a fuzzer made up "URLs" from the pattern alone
+            // (`\u{85}HTTPS://0...`, a URL to 0.0.0.0) that D rightly refuses.
             r"^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$".to_owned(),
             "https://hooks.example.com/finflow",
         )
