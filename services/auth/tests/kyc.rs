@@ -37,6 +37,14 @@ fn decision(status: KycStatus, at: DateTime<Utc>) -> Decision {
     }
 }
 
+/// `event` delivered to A's KYC consumer once, as its queue would deliver it.
+async fn deliver(
+    pool: &PgPool,
+    event: &Event,
+) -> Result<finflow_platform::events::consumer::Outcome, HandlerError> {
+    apply_once(pool, &kyc_queue().name, &KycUpdates, event).await
+}
+
 fn event(user: Uuid, status: &str, at: Option<DateTime<Utc>>) -> Event {
     let mut data = json!({"user_id": user, "kyc_status": status, "submission_id": Uuid::now_v7()});
     if let Some(at) = at {
@@ -56,15 +64,9 @@ async fn a_late_approval_does_not_undo_a_revocation_that_came_first() {
     // E's call about the revocation arrives before the event of the approval.
     let told = kyc::apply(&mut conn, who, &decision(KycStatus::Rejected, revoked)).await;
     assert_eq!(told.unwrap(), Some(Outcome::Applied));
-    let queue = kyc_queue();
-    apply_once(
-        &db.pool,
-        &queue.name,
-        &KycUpdates,
-        &event(who, "verified", Some(approved)),
-    )
-    .await
-    .unwrap();
+    deliver(&db.pool, &event(who, "verified", Some(approved)))
+        .await
+        .unwrap();
     assert_eq!(status(&db.pool, who).await, "rejected");
 
     // The same decision again (the revocation's own event) changes nothing either.
@@ -73,32 +75,21 @@ async fn a_late_approval_does_not_undo_a_revocation_that_came_first() {
 
     // A newer verification stands.
     let reverified = revoked + Duration::seconds(60);
-    apply_once(
-        &db.pool,
-        &queue.name,
-        &KycUpdates,
-        &event(who, "verified", Some(reverified)),
-    )
-    .await
-    .unwrap();
+    deliver(&db.pool, &event(who, "verified", Some(reverified)))
+        .await
+        .unwrap();
     assert_eq!(status(&db.pool, who).await, "verified");
 }
 
 #[tokio::test]
 async fn an_undated_event_applies_only_where_no_dated_decision_has_arrived() {
     let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
-    let queue = kyc_queue();
     let (fresh, decided) = (user(&db.pool).await, user(&db.pool).await);
 
     // An event from before decisions were dated still works on a user without one...
-    apply_once(
-        &db.pool,
-        &queue.name,
-        &KycUpdates,
-        &event(fresh, "verified", None),
-    )
-    .await
-    .unwrap();
+    deliver(&db.pool, &event(fresh, "verified", None))
+        .await
+        .unwrap();
     assert_eq!(status(&db.pool, fresh).await, "verified");
 
     // ...but never overrides a dated decision.
@@ -110,14 +101,9 @@ async fn an_undated_event_applies_only_where_no_dated_decision_has_arrived() {
     )
     .await
     .unwrap();
-    apply_once(
-        &db.pool,
-        &queue.name,
-        &KycUpdates,
-        &event(decided, "verified", None),
-    )
-    .await
-    .unwrap();
+    deliver(&db.pool, &event(decided, "verified", None))
+        .await
+        .unwrap();
     assert_eq!(status(&db.pool, decided).await, "rejected");
 }
 
@@ -133,14 +119,7 @@ async fn a_decision_about_nobody_is_retried_not_dropped() {
     )
     .await;
     assert_eq!(direct.unwrap(), None, "the route answers 404");
-    let queue = kyc_queue();
-    let outcome = apply_once(
-        &db.pool,
-        &queue.name,
-        &KycUpdates,
-        &event(nobody, "verified", Some(Utc::now())),
-    )
-    .await;
+    let outcome = deliver(&db.pool, &event(nobody, "verified", Some(Utc::now()))).await;
     assert!(
         matches!(outcome, Err(HandlerError::Transient(_))),
         "{outcome:?}"
@@ -155,15 +134,9 @@ async fn a_decision_dated_in_the_future_counts_as_dated_at_most_the_clock_skew_a
     // A forged or mis-clocked "verified" dated years ahead: taken at its word, it would
     // make every real decision until then, a compliance revocation included, superseded.
     let far = Utc::now() + Duration::days(3650);
-    let queue = kyc_queue();
-    apply_once(
-        &db.pool,
-        &queue.name,
-        &KycUpdates,
-        &event(who, "verified", Some(far)),
-    )
-    .await
-    .unwrap();
+    deliver(&db.pool, &event(who, "verified", Some(far)))
+        .await
+        .unwrap();
     assert_eq!(status(&db.pool, who).await, "verified");
 
     // A revocation made once the skew has passed stands.

@@ -94,6 +94,13 @@ const SIGNATURES: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// A string that can only be `value`: the branch of a `oneOf` it names.
+fn only(value: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([value]))
+}
+
 /// One shape per content type, so a document states that the data must begin with the
 /// signature its `content_type` names (which the handler checks).
 impl utoipa::PartialSchema for Upload {
@@ -102,12 +109,7 @@ impl utoipa::PartialSchema for Upload {
         for (content_type, signature, example) in SIGNATURES {
             one_of = one_of.item(
                 ObjectBuilder::new()
-                    .property(
-                        "content_type",
-                        ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .enum_values(Some([content_type])),
-                    )
+                    .property("content_type", only(content_type))
                     .required("content_type")
                     .property(
                         "data_base64",
@@ -191,12 +193,7 @@ impl utoipa::PartialSchema for SubmissionShape {
             ] {
                 one_of = one_of.item(
                     ObjectBuilder::new()
-                        .property(
-                            "document_type",
-                            ObjectBuilder::new()
-                                .schema_type(Type::String)
-                                .enum_values(Some([kind.as_str()])),
-                        )
+                        .property("document_type", only(kind.as_str()))
                         .required("document_type")
                         .property("document_number", number.clone())
                         .required("document_number")
