@@ -14,6 +14,9 @@ pub const SECRET_DATA: &[(&str, &str)] = &[(USER_VERIFICATION_REQUESTED, "token"
 /// Someone signed up with the address of a verified account, which did not change:
 /// `{user_id, email}`, so its owner is told.
 pub const USER_REGISTRATION_REPEATED: &str = "user.registration_repeated";
+/// The account's password was changed and every session of it ended: `{user_id,
+/// email, changed_at}`, so its owner is told at the account's address, whoever changed it.
+pub const USER_PASSWORD_CHANGED: &str = "user.password_changed";
 pub const USER_KYC_UPDATED: &str = "user.kyc_updated";
 pub const WALLET_CREATED: &str = "wallet.created";
 pub const WALLET_STATUS_CHANGED: &str = "wallet.status_changed";

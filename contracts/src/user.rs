@@ -1,5 +1,6 @@
-//! What A tells the others about accounts: `user.created`, and the two mails D sends
-//! for a sign-up (`user.verification_requested`, `user.registration_repeated`).
+//! What A tells the others about accounts: `user.created`, the two mails D sends for a
+//! sign-up (`user.verification_requested`, `user.registration_repeated`), and the one
+//! it sends when a password changes (`user.password_changed`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,15 @@ impl std::fmt::Debug for VerificationRequested {
 pub struct RegistrationRepeated {
     pub user_id: Uuid,
     pub email: String,
+}
+
+/// The data of `user.password_changed`: D tells the owner of `email`, the account's
+/// address, that its password changed and its sessions ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordChanged {
+    pub user_id: Uuid,
+    pub email: String,
+    pub changed_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Identity journeys through the gateway: the whole chain (gateway, sidecar with JWT
 //! validation, service A, PostgreSQL, Redis, RabbitMQ), started by the launcher.
 
-use finflow_e2e::client::Client;
+use finflow_e2e::client::{Client, PASSWORD};
 use finflow_e2e::journey::platform;
+use finflow_e2e::mail::{self, MAIL_PATIENCE};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -123,5 +124,65 @@ async fn spoofed_identity_headers_and_internal_routes_are_refused_at_the_edge() 
         .get(&path)
         .await;
     assert_eq!(direct.error(StatusCode::FORBIDDEN), "FORBIDDEN");
+    platform.stop().await;
+}
+
+/// A password that leaked: the thief logged in on their own device. The owner changes
+/// the password through the gateway; the thief's session can no longer refresh, the
+/// old password no longer logs in, and D mails the owner the notice. Signing out
+/// everywhere then ends the owner's new session too.
+#[tokio::test]
+async fn a_changed_password_ends_a_thief_s_session_and_the_owner_is_mailed() {
+    let mut platform = platform().await;
+    let anonymous = platform.client();
+    let owner = anonymous.new_user("owner").await;
+    let thief = anonymous.sign_in(&owner.email, &owner.id).await;
+    let since = mail::mark(&platform.mailbox);
+
+    let new_password = "another long passphrase";
+    let changed = owner
+        .client
+        .post(
+            "/api/v1/auth/password",
+            json!({"current_password": PASSWORD, "new_password": new_password}),
+        )
+        .await;
+    let session = changed.data(StatusCode::OK).clone();
+
+    let refresh = |token: &serde_json::Value| {
+        anonymous.post("/api/v1/auth/refresh", json!({"refresh_token": token}))
+    };
+    assert_eq!(
+        refresh(&thief.session["refresh_token"]).await.status,
+        StatusCode::UNAUTHORIZED,
+        "the thief's session outlived the change"
+    );
+    let old = anonymous
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": owner.email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(old.error(StatusCode::UNAUTHORIZED), "UNAUTHORIZED");
+
+    let notice = mail::next_mail_to(&platform.mailbox, &owner.email, since, MAIL_PATIENCE, |m| {
+        mail::subject(m) == Some("Your FinFlow password was changed")
+    })
+    .await;
+    assert!(notice.is_some(), "no notice mailed to {}", owner.email);
+
+    let fresh = anonymous.with_token(session["access_token"].as_str().unwrap());
+    let ended = fresh.post("/api/v1/auth/logout-all", json!({})).await;
+    assert_eq!(
+        ended.data(StatusCode::OK)["sessions_ended"],
+        1,
+        "{}",
+        ended.body
+    );
+    assert_eq!(
+        refresh(&session["refresh_token"]).await.status,
+        StatusCode::UNAUTHORIZED,
+        "signing out everywhere left the session the change started"
+    );
     platform.stop().await;
 }

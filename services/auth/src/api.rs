@@ -58,7 +58,8 @@ pub(crate) struct ApiDoc;
 /// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
     finflow_platform::route_table!(ApiDoc:
-        register; verify; login; refresh; logout; service_token; me, update_me;
+        register; verify; login; refresh; logout; crate::account::logout_all;
+        crate::account::change_password; service_token; me, update_me;
         internal_user; internal_users; crate::kyc::set_kyc; jwks)
 }
 
@@ -76,7 +77,7 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, email, full_name, phone, kyc_status, account_tier, roles, created_at, updated_at";
 
 impl User {
@@ -99,13 +100,7 @@ pub struct RegisterRequest {
     /// it; at most 254 characters once trimmed (compared trimmed and lower-cased).
     #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
-    /// 10 to 128 characters, not all the same character.
-    #[schema(
-        min_length = 10,
-        max_length = 128,
-        pattern = r"^(?!([\s\S])\1*$)[^\x00]*$",
-        example = "correct horse battery"
-    )]
+    #[schema(schema_with = text::schema::<Password>)]
     pub password: String,
     #[schema(schema_with = text::schema::<FullName>)]
     pub full_name: String,
@@ -446,30 +441,42 @@ async fn login(
     // whose address is not verified yet is checked like any other and refused with the
     // same answer: no oracle of which addresses have accounts, or verified ones.
     let (hash, usable) = row.unwrap_or_else(|| (DUMMY_HASH.clone(), false));
-    let matches = verify_password(req.password, hash).await?;
+    let matches = verify_password(req.password, hash.clone()).await?;
     if !(usable && matches) {
         return Err(ApiError::unauthorized("invalid email or password"));
     }
     // The attempts from here were the owner's: their count starts again.
     crate::limits::clear(&mut redis, "account-address", &pair).await;
-    let user = user_by_email(&s.pool, &email).await?;
     let mut tx = s.pool.begin().await?;
+    let user = user_if_password_is(&mut tx, &email, &hash)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?;
     let session = start_session(&s, &mut tx, user, Uuid::now_v7()).await?;
     tx.commit().await?;
     Ok(error::ok(session))
 }
 
-async fn user_by_email(pool: &PgPool, email: &Email) -> Result<User, ApiError> {
+/// The verified account of `email` if `password_hash` is still its password, its row
+/// share-locked until `tx` ends. A login checks the password before it starts its
+/// transaction (Argon2 is slow); a password change in that gap ends every session, and
+/// this one would outlive it. With the lock, a change that came first leaves the login
+/// without an account, and one that comes later waits for the session and ends it.
+pub async fn user_if_password_is(
+    tx: &mut PgConnection,
+    email: &Email,
+    password_hash: &str,
+) -> Result<Option<User>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {USER_COLUMNS} FROM users WHERE email = $1 AND email_verified_at IS NOT NULL"
+        "SELECT {USER_COLUMNS} FROM users \
+         WHERE email = $1 AND email_verified_at IS NOT NULL AND password_hash = $2 FOR SHARE"
     )))
     .bind(email.as_str())
-    .fetch_optional(pool)
-    .await?
-    .ok_or_else(|| ApiError::unauthorized("invalid email or password"))
+    .bind(password_hash)
+    .fetch_optional(&mut *tx)
+    .await
 }
 
-async fn user_by_id<'e>(
+pub(crate) async fn user_by_id<'e>(
     db: impl sqlx::PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<User>, sqlx::Error> {
@@ -482,7 +489,7 @@ async fn user_by_id<'e>(
 }
 
 /// Issues an access token and a refresh token in `family`.
-async fn start_session(
+pub(crate) async fn start_session(
     s: &AppState,
     tx: &mut sqlx::PgConnection,
     user: User,
@@ -812,7 +819,7 @@ fn argon2() -> Argon2<'static> {
     Argon2::default()
 }
 
-async fn hash_password(password: Password) -> Result<String, ApiError> {
+pub(crate) async fn hash_password(password: Password) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         argon2()
@@ -824,7 +831,7 @@ async fn hash_password(password: Password) -> Result<String, ApiError> {
     .map_err(|e| ApiError::internal(&e))
 }
 
-async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
+pub(crate) async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::internal(&e))?;
         Ok(argon2()

@@ -14,18 +14,24 @@ pub const MAX_PASSWORD_CHARS: usize = 128;
 pub struct Password(SecretString);
 
 impl Password {
+    /// A sign-up's `password`.
     pub fn parse(raw: &str) -> Result<Self, ApiError> {
+        Self::parse_field("password", raw)
+    }
+
+    /// The password given as `field`, which errors name.
+    pub fn parse_field(field: &str, raw: &str) -> Result<Self, ApiError> {
         let chars = raw.chars().count();
         if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&chars) {
             return Err(ApiError::invalid_field(
-                "password",
-                format!("password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
+                field,
+                format!("{field} must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"),
             ));
         }
         if raw.chars().all(|c| raw.starts_with(c)) {
             return Err(ApiError::invalid_field(
-                "password",
-                "password must not repeat one character",
+                field,
+                format!("{field} must not repeat one character"),
             ));
         }
         Ok(Self(SecretString::from(raw.to_owned())))
@@ -33,6 +39,18 @@ impl Password {
 
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
+    }
+}
+
+impl Documented for Password {
+    fn documented() -> ObjectBuilder {
+        text::described(
+            "10 to 128 characters, not all the same character.",
+            r"^(?!([\s\S])\1*$)[^\x00]*$".to_owned(),
+            "correct horse battery",
+        )
+        .min_length(Some(MIN_PASSWORD_CHARS))
+        .max_length(Some(MAX_PASSWORD_CHARS))
     }
 }
 

@@ -14,7 +14,9 @@
 //! - Login returns a short-lived EdDSA access token and an opaque refresh token. Each
 //!   refresh rotates the refresh token within its *family*; presenting a rotated token
 //!   again revokes the family (a stolen token is useless once either party refreshes).
-//!   Logout revokes the family.
+//!   Logout revokes the family. A user ends all their sessions by signing out
+//!   everywhere, or by changing their password, which needs the current one
+//!   ([`account`]).
 //! - Signing keys are Ed25519, kept in a directory ([`keys`]); the JWKS at
 //!   `/.well-known/jwks.json` publishes the active key and any retired key whose tokens
 //!   may still be live. The directory is re-read every minute to pick up rotations.
@@ -26,6 +28,7 @@
 //! - Login attempts are limited per client address, and failures per account and
 //!   client address, in Redis ([`limits`]).
 
+pub mod account;
 pub mod admin;
 pub mod api;
 pub mod consumers;

@@ -1,5 +1,6 @@
-//! Login and sign-up attempt limits, counted in Redis so every replica (blue and green)
-//! shares them. Sign-ups are counted per client address.
+//! Login, sign-up and password-change attempt limits, counted in Redis so every replica
+//! (blue and green) shares them. Sign-ups are counted per client address; password
+//! changes as logins are ([`crate::account`]).
 //!
 //! Two login counters, both per client address: every attempt from an address, and the
 //! attempts at one account from one address since its last success there. There is no

@@ -1106,6 +1106,8 @@ async fn the_openapi_document_lists_the_auth_routes() {
         "/api/v1/auth/login",
         "/api/v1/auth/refresh",
         "/api/v1/auth/logout",
+        "/api/v1/auth/logout-all",
+        "/api/v1/auth/password",
         "/api/v1/auth/token",
         "/api/v1/users/me",
         "/.well-known/jwks.json",
@@ -1116,9 +1118,13 @@ async fn the_openapi_document_lists_the_auth_routes() {
             doc["paths"]
         );
     }
-    // Signing up and verifying need no token (platform's PUBLIC_PATHS).
+    // Signing up and verifying need no token (platform's PUBLIC_PATHS); what a user does
+    // to their own credentials needs theirs.
     for path in ["/api/v1/auth/register", "/api/v1/auth/verify"] {
         assert_eq!(doc["paths"][path]["post"]["security"], json!([]), "{path}");
+    }
+    for path in ["/api/v1/auth/password", "/api/v1/auth/logout-all"] {
+        assert_ne!(doc["paths"][path]["post"]["security"], json!([]), "{path}");
     }
     let sign_up = &doc["paths"]["/api/v1/auth/register"]["post"]["responses"];
     assert!(sign_up.get("202").is_some(), "{sign_up}");
@@ -1185,4 +1191,309 @@ async fn b_looks_up_several_users_in_one_call_and_only_b_may() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["success"], false, "{body}");
     }
+}
+
+/// What `POST /api/v1/auth/password` answers `user` (by the identity headers a sidecar
+/// sets from their token).
+async fn change_password(
+    app: &TestAuth,
+    user: &Value,
+    current: &str,
+    new: &str,
+) -> (StatusCode, Value) {
+    change_password_from(app, "127.0.0.1", user, current, new).await
+}
+
+/// [`change_password`] from the client address `ip`.
+async fn change_password_from(
+    app: &TestAuth,
+    ip: &str,
+    user: &Value,
+    current: &str,
+    new: &str,
+) -> (StatusCode, Value) {
+    let id = user["id"].as_str().unwrap();
+    app.post(
+        "/api/v1/auth/password",
+        json!({"current_password": current, "new_password": new}),
+        &[
+            ("x-user-id", id),
+            ("x-user-roles", "user"),
+            ("x-real-ip", ip),
+        ],
+    )
+    .await
+}
+
+const NEW_PASSWORD: &str = "a new and longer passphrase";
+
+/// A password that leaked (a phished login, a reused password) used to stay the
+/// attacker's for as long as they refreshed: nothing but a logout with the attacker's
+/// own refresh token ended their session, and the owner had no way to change it.
+#[tokio::test]
+async fn changing_the_password_ends_every_session_a_thief_holds_and_the_old_password() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let thief = app.login(&address).await;
+    let owner = app.login(&address).await;
+
+    let (status, body) = change_password(&app, &user, PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fresh = &body["data"];
+    assert_eq!(fresh["user"]["id"], user["id"]);
+
+    for (who, session) in [("the thief's", &thief), ("the owner's older", &owner)] {
+        let (status, body) = app.refresh(&session["refresh_token"]).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{who} session lived on: {body}"
+        );
+    }
+    let (status, body) = app.refresh(&fresh["refresh_token"]).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the session the change answers with: {body}"
+    );
+
+    let (status, _) = app.login_with(&address, PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the old password still logs in"
+    );
+    let (status, body) = app.login_with(&address, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The owner is told at the account's address, whoever changed it.
+    let told = app.events(types::USER_PASSWORD_CHANGED).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["user_id"], user["id"]);
+    assert_eq!(told[0]["email"], address.as_str());
+}
+
+/// Holding an access token is not knowing the password: a stolen token must not turn
+/// into the account for good.
+#[tokio::test]
+async fn a_password_is_changed_only_with_the_current_one_and_a_wrong_one_changes_nothing() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let session = app.login(&address).await;
+
+    let (status, body) = change_password(&app, &user, "a guessed password", NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "FORBIDDEN");
+    assert_eq!(body["error"]["details"]["field"], "current_password");
+
+    let (status, _) = app.login_with(&address, PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the password was changed by a wrong guess"
+    );
+    let (status, _) = app.refresh(&session["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "a refused change ended a session");
+    assert!(app.events(types::USER_PASSWORD_CHANGED).await.is_empty());
+}
+
+#[tokio::test]
+async fn guessing_the_current_password_with_a_stolen_access_token_is_throttled() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
+    let user = app.register(&email()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let guess = change_password(&app, &user, "a guessed password", NEW_PASSWORD);
+        statuses.push(guess.await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
+            StatusCode::FORBIDDEN,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let (status, body) = change_password(&app, &user, PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password right after the guesses: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_password_breaking_the_policy_is_a_400_and_the_current_one_again_a_409() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    for (new, expected) in [
+        ("short", StatusCode::BAD_REQUEST),
+        ("aaaaaaaaaaaaaaaa", StatusCode::BAD_REQUEST),
+        (PASSWORD, StatusCode::CONFLICT),
+    ] {
+        let (status, body) = change_password(&app, &user, PASSWORD, new).await;
+        assert_eq!(status, expected, "{new}: {body}");
+        assert_eq!(body["error"]["details"]["field"], "new_password", "{body}");
+    }
+    // The same string twice is no oracle: with a wrong current password it is refused
+    // as any wrong password is.
+    let guess = "a guessed password";
+    let (status, body) = change_password(&app, &user, guess, guess).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = app.login_with(&address, PASSWORD).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn only_a_user_token_changes_a_password_or_signs_out_everywhere() {
+    let app = TestAuth::spawn(&[]).await;
+    let user = app.register(&email()).await;
+    let body = json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD});
+    for (path, body) in [
+        ("/api/v1/auth/password", body),
+        ("/api/v1/auth/logout-all", json!({})),
+    ] {
+        let (status, answer) = app.post(path, body.clone(), &[]).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{path} without a token: {answer}"
+        );
+        let (status, answer) = app
+            .post(
+                path,
+                body,
+                &[
+                    ("x-user-id", "service:payment"),
+                    ("x-user-roles", "service:payment"),
+                ],
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{path} with a service token: {answer}"
+        );
+    }
+    let (status, _) = app
+        .login_with(user["email"].as_str().unwrap(), PASSWORD)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn signing_out_everywhere_ends_every_session_of_the_caller_and_no_one_elses() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let sessions = [app.login(&address).await, app.login(&address).await];
+    let other = email();
+    app.register(&other).await;
+    let bystander = app.login(&other).await;
+
+    let id = user["id"].as_str().unwrap();
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/logout-all",
+            json!({}),
+            &[("x-user-id", id), ("x-user-roles", "user")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["sessions_ended"], 2, "{body}");
+    for session in &sessions {
+        let (status, _) = app.refresh(&session["refresh_token"]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, _) = app.refresh(&bystander["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "another user's session ended");
+    // The password is unchanged: the owner logs in again.
+    app.login(&address).await;
+}
+
+/// A login that checked the old password while the change was being made must not
+/// start a session after the change has ended the others: the login's transaction is
+/// caught here between its check and its session.
+#[tokio::test]
+async fn a_login_with_the_old_password_that_finishes_after_the_change_gets_no_session() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let old_hash: String = db::scalar_of(
+        &app.db.pool,
+        "SELECT password_hash FROM users WHERE email = $1",
+        address.as_str(),
+    )
+    .await;
+
+    let (status, body) = change_password(&app, &user, PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let email = finflow_platform::Email::parse(&address).unwrap();
+    let mut tx = app.db.pool.begin().await.unwrap();
+    let late = finflow_auth::api::user_if_password_is(&mut tx, &email, &old_hash)
+        .await
+        .unwrap();
+    assert!(
+        late.is_none(),
+        "a login checked against the old password found the user"
+    );
+    let new_hash: String = db::scalar_of(
+        &app.db.pool,
+        "SELECT password_hash FROM users WHERE email = $1",
+        address.as_str(),
+    )
+    .await;
+    let current = finflow_auth::api::user_if_password_is(&mut tx, &email, &new_hash)
+        .await
+        .unwrap();
+    assert_eq!(
+        current.map(|u| u.id.to_string()),
+        user["id"].as_str().map(str::to_owned)
+    );
+}
+
+/// A thief who took the account (a leaked password, a session of their own) must not be
+/// able to keep its owner from changing the password by spending the account's
+/// attempts: they are counted per account and address, as logins are.
+#[tokio::test]
+async fn a_thief_s_wrong_guesses_do_not_keep_the_owner_from_changing_the_password() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
+    let user = app.register(&email()).await;
+    let thief = random_ip();
+    for _ in 0..4 {
+        change_password_from(&app, &thief, &user, "a wrong password", NEW_PASSWORD).await;
+    }
+    let (status, _) =
+        change_password_from(&app, &thief, &user, "a wrong password", NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, body) =
+        change_password_from(&app, &random_ip(), &user, PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "the owner was locked out: {body}");
+}
+
+/// Changing a password back and forth costs Argon2 twice a time: successes count too,
+/// or an account's holder could keep A's CPU busy without a limit.
+#[tokio::test]
+async fn changing_the_password_back_and_forth_is_throttled_too() {
+    let app = TestAuth::spawn(&["--login-limit-per-account", "3"]).await;
+    let user = app.register(&email()).await;
+    let passwords = [PASSWORD, NEW_PASSWORD];
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let (current, new) = (passwords[i % 2], passwords[(i + 1) % 2]);
+        statuses.push(change_password(&app, &user, current, new).await.0);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
 }

@@ -117,7 +117,7 @@ pub struct Preference {
 }
 
 /// The event types D notifies about: the bindings of [`crate::consumer::queue`] but the
-/// sign-up mails ([`crate::consumer::TRANSACTIONAL`]), which no preference turns off
+/// mails about access ([`crate::consumer::TRANSACTIONAL`]), which no preference turns off
 /// (documentation only: the handler checks the string against those lists).
 #[allow(dead_code)]
 #[derive(Deserialize, ToSchema)]
@@ -163,7 +163,7 @@ async fn preferences(State(s): State<AppState>, UserId(me): UserId) -> ApiResult
 
 #[utoipa::path(put, path = "/api/v1/notifications/preferences", tag = "notifications", request_body = SetPreference,
     responses((status = 200, body = Preference),
-        (status = 400, body = ErrorEnvelope, description = "not an event type D notifies about (sign-up mails are not optional), or not a channel"),
+        (status = 400, body = ErrorEnvelope, description = "not an event type D notifies about (mails about signing up and password changes are not optional), or not a channel"),
         (status = 403, body = ErrorEnvelope, description = "not a user token")))]
 async fn set_preference(
     State(s): State<AppState>,

@@ -1,10 +1,13 @@
 //! The events D consumes: one queue, one transaction per event.
 //!
-//! Most events tell a user what happened, on the channels they chose (`wants`). Sign-up
-//! mails ([`TRANSACTIONAL`]) are different: they go by email only, to the address the
-//! event names (which no contact may have yet), whatever the preferences.
+//! Most events tell a user what happened, on the channels they chose (`wants`). Mails
+//! about access to the account ([`TRANSACTIONAL`]) are different: they go by email
+//! only, to the address the event names (which no contact may have yet), whatever the
+//! preferences.
 
-use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
+use finflow_contracts::user::{
+    PasswordChanged, RegistrationRepeated, UserCreated, VerificationRequested,
+};
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
 use sqlx::PgConnection;
@@ -19,6 +22,7 @@ pub fn queue() -> QueueSpec {
             types::USER_CREATED,
             types::USER_VERIFICATION_REQUESTED,
             types::USER_REGISTRATION_REPEATED,
+            types::USER_PASSWORD_CHANGED,
             types::USER_KYC_UPDATED,
             types::WALLET_STATUS_CHANGED,
             types::PAYMENT_COMPLETED,
@@ -29,24 +33,34 @@ pub fn queue() -> QueueSpec {
     )
 }
 
-/// Event types whose mail is part of signing up: sent by email only (no in-app
-/// notification, no webhook), to the address in the event, whatever the preferences,
-/// which cannot name them (`api::set_preference`). The address may not be verified (a
-/// verification request) or may not be the caller's (someone else's sign-up), so D
-/// learns no contact from them and mails only text of its own besides A's token.
-pub const TRANSACTIONAL: [&str; 2] = [
+/// Event types whose mail is about access to the account (signing up, a changed
+/// password): sent by email only (no in-app notification, no webhook), to the address
+/// in the event, whatever the preferences, which cannot name them
+/// (`api::set_preference`): whoever took an account must not be able to silence them.
+/// The address may not be verified (a verification request) or may not be the caller's
+/// (someone else's sign-up), so D learns no contact from them and mails only text of
+/// its own besides A's token.
+pub const TRANSACTIONAL: [&str; 3] = [
     types::USER_VERIFICATION_REQUESTED,
     types::USER_REGISTRATION_REPEATED,
+    types::USER_PASSWORD_CHANGED,
 ];
 
 /// Where a transactional mail goes: the user and the address the event names.
 fn addressee(event: &Event) -> Result<(Uuid, String), serde_json::Error> {
-    if event.event_type == types::USER_VERIFICATION_REQUESTED {
-        let requested: VerificationRequested = event.data_as()?;
-        Ok((requested.user_id, requested.email))
-    } else {
-        let repeated: RegistrationRepeated = event.data_as()?;
-        Ok((repeated.user_id, repeated.email))
+    match event.event_type.as_str() {
+        types::USER_VERIFICATION_REQUESTED => {
+            let requested: VerificationRequested = event.data_as()?;
+            Ok((requested.user_id, requested.email))
+        }
+        types::USER_PASSWORD_CHANGED => {
+            let changed: PasswordChanged = event.data_as()?;
+            Ok((changed.user_id, changed.email))
+        }
+        _ => {
+            let repeated: RegistrationRepeated = event.data_as()?;
+            Ok((repeated.user_id, repeated.email))
+        }
     }
 }
 
@@ -196,7 +210,7 @@ fn malformed(event: &Event, why: impl std::fmt::Display) -> HandlerError {
     HandlerError::Permanent(format!("malformed {}: {why}", event.event_type))
 }
 
-/// A sign-up mail ([`TRANSACTIONAL`]): one email to the event's address, nothing else.
+/// A mail about access ([`TRANSACTIONAL`]): one email to the event's address, nothing else.
 /// A malformed one is dead-lettered, not dropped: someone waits for it.
 async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
     let (user_id, email) = addressee(event).map_err(|e| malformed(event, e))?;

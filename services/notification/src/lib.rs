@@ -7,10 +7,11 @@
 //!   notification and queue email and webhook deliveries, per the user's preferences
 //!   (everything on unless turned off). Contacts are learned from `user.created` only,
 //!   which A emits once the address is verified.
-//! - Sign-up mails (`user.verification_requested` with A's token,
-//!   `user.registration_repeated` for an address that has an account) are
-//!   transactional ([`consumer::TRANSACTIONAL`]): one email to the address in the event,
-//!   no in-app notification or webhook, whatever the preferences.
+//! - Mails about access to the account (`user.verification_requested` with A's token,
+//!   `user.registration_repeated` for an address that has an account,
+//!   `user.password_changed`) are transactional ([`consumer::TRANSACTIONAL`]): one email
+//!   to the address in the event, no in-app notification or webhook, whatever the
+//!   preferences.
 //! - The [`delivery`] worker sends queued deliveries: email over SMTP (lettre), webhooks
 //!   as JSON POSTs signed with HMAC-SHA256 over timestamp and body; failures retry with
 //!   backoff and are given up after `DELIVERY_MAX_ATTEMPTS`. Each delivery is recorded

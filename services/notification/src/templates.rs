@@ -67,6 +67,20 @@ pub fn render(event: &Event) -> Option<Message> {
              If it was not you, there is nothing to do."
                 .to_owned(),
         ),
+        // Whoever changed it knew the password: if it was not the owner, the owner
+        // learns it here, at the account's address, and what to do.
+        types::USER_PASSWORD_CHANGED => (
+            "Your FinFlow password was changed".to_owned(),
+            format!(
+                "The password of the FinFlow account with this email address was\n\
+                 changed, and every session of the account was signed out, at\n\
+                 {}.\n\n\
+                 If it was you, there is nothing to do.\n\
+                 If it was not you, someone knew your password: contact FinFlow\n\
+                 support at once to lock the account.",
+                text(d, "changed_at")
+            ),
+        ),
         types::USER_KYC_UPDATED => match d["kyc_status"].as_str()? {
             "verified" => (
                 "Your identity is verified".to_owned(),
@@ -210,6 +224,27 @@ mod tests {
             repeated.title
         );
         assert!(repeated.body.contains("log in"));
+        let changed = render(&event(
+            types::USER_PASSWORD_CHANGED,
+            json!({"user_id": user, "email": "ada@example.com", "changed_at": "2026-12-07T03:00:00Z"}),
+        ))
+        .unwrap();
+        assert_eq!(changed.user_id, user);
+        assert!(
+            changed.title.contains("password was changed"),
+            "{}",
+            changed.title
+        );
+        assert!(
+            changed.body.contains("2026-12-07T03:00:00Z"),
+            "{}",
+            changed.body
+        );
+        assert!(
+            changed.body.lines().all(|l| l.len() <= 76),
+            "no line long enough to be folded: {}",
+            changed.body
+        );
         let kyc = render(&event(
             types::USER_KYC_UPDATED,
             json!({"user_id": user, "kyc_status": "verified"}),

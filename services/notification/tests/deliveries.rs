@@ -106,6 +106,17 @@ impl TestD {
         self.wait_for(what, || self.mailbox.lock().unwrap().first().cloned())
             .await
     }
+
+    /// Publishes A's event `event_type` with `data`, then waits for the `nth` mail the
+    /// sink receives (1 the first): its recipients and text.
+    async fn mail_for(&self, event_type: &str, data: Value, nth: usize) -> (Vec<String>, String) {
+        self.publish(&Event::new("auth", event_type, &data).unwrap())
+            .await;
+        self.wait_for(event_type, || {
+            self.mailbox.lock().unwrap().get(nth - 1).cloned()
+        })
+        .await
+    }
 }
 
 /// A webhook receiver run by the test: records each attempt (whether its signature
@@ -902,7 +913,7 @@ async fn a_webhook_answering_a_redirect_is_not_followed_and_the_delivery_fails()
 }
 
 #[tokio::test]
-async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_preferences() {
+async fn mails_about_access_go_by_email_only_to_the_event_s_address_whatever_the_preferences() {
     let d = TestD::spawn().await;
     let user = Uuid::new_v4();
     // A webhook that would hear of anything else, and every channel turned off (as a
@@ -913,6 +924,7 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
     for event_type in [
         types::USER_VERIFICATION_REQUESTED,
         types::USER_REGISTRATION_REPEATED,
+        types::USER_PASSWORD_CHANGED,
     ] {
         for channel in ["email", "in_app", "webhook"] {
             sqlx::query(
@@ -933,21 +945,18 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
                     .json(&json!({"event_type": event_type, "channel": "email", "enabled": false})),
             )
             .await;
-        assert_eq!(status, 400, "a sign-up mail is not optional: {body}");
+        assert_eq!(status, 400, "{event_type} is not optional: {body}");
     }
 
     let token = "dG9rZW4tb2YtdGhlLXRlc3QtMDEyMzQ1Njc4OWFiY2Q";
-    d.publish(
-        &Event::new(
-            "auth",
+    let (to, data) = d
+        .mail_for(
             types::USER_VERIFICATION_REQUESTED,
-            &json!({"user_id": user, "email": "ada@example.com", "full_name": "Ada Lovelace",
-                    "token": token, "expires_at": "2026-12-06T10:00:00Z"}),
+            json!({"user_id": user, "email": "ada@example.com", "full_name": "Ada Lovelace",
+                   "token": token, "expires_at": "2026-12-06T10:00:00Z"}),
+            1,
         )
-        .unwrap(),
-    )
-    .await;
-    let (to, data) = d.first_mail("the verification mail").await;
+        .await;
     assert_eq!(to, ["ada@example.com"]);
     assert!(
         data.contains("Subject: Confirm your email address"),
@@ -961,37 +970,41 @@ async fn sign_up_mails_go_by_email_only_to_the_event_s_address_whatever_the_pref
         "{data}"
     );
 
-    d.publish(
-        &Event::new(
-            "auth",
+    let (to, data) = d
+        .mail_for(
             types::USER_REGISTRATION_REPEATED,
-            &json!({"user_id": user, "email": "ada@example.com"}),
+            json!({"user_id": user, "email": "ada@example.com"}),
+            2,
         )
-        .unwrap(),
-    )
-    .await;
-    let mails = d
-        .wait_for("the notice of a repeated sign-up", || {
-            let mails = d.mailbox.lock().unwrap();
-            (mails.len() >= 2).then(|| mails.clone())
-        })
         .await;
-    assert_eq!(mails[1].0, ["ada@example.com"]);
+    assert_eq!(to, ["ada@example.com"]);
     assert!(
-        mails[1]
-            .1
-            .contains("Subject: Someone tried to sign up with your address"),
-        "{}",
-        mails[1].1
+        data.contains("Subject: Someone tried to sign up with your address"),
+        "{data}"
+    );
+
+    // A changed password is told at the account's address even when its owner turned
+    // every channel off: whoever changed it could have done that first.
+    let (to, data) = d
+        .mail_for(
+            types::USER_PASSWORD_CHANGED,
+            json!({"user_id": user, "email": "ada@example.com", "changed_at": "2026-12-07T03:00:00Z"}),
+            3,
+        )
+        .await;
+    assert_eq!(to, ["ada@example.com"]);
+    assert!(
+        data.contains("Subject: Your FinFlow password was changed"),
+        "{data}"
     );
 
     let log = d
-        .wait_for_async("both deliveries recorded", || async {
+        .wait_for_async("every delivery recorded", || async {
             let (_, log) = d
                 .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
                 .await;
             let entries = log["data"].as_array().cloned().unwrap_or_default();
-            (entries.len() == 2 && entries.iter().all(|e| e["status"] == "delivered"))
+            (entries.len() == 3 && entries.iter().all(|e| e["status"] == "delivered"))
                 .then_some(entries)
         })
         .await;
