@@ -10,10 +10,17 @@ pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
 /// verification token D mails), by event type: the producer's outbox table keeps them
 /// only until the broker has the event, so a reader of the live table or a dump of it
 /// finds none (the write-ahead log and dead row versions until vacuum still hold them).
-pub const SECRET_DATA: &[(&str, &str)] = &[(USER_VERIFICATION_REQUESTED, "token")];
+pub const SECRET_DATA: &[(&str, &str)] = &[
+    (USER_VERIFICATION_REQUESTED, "token"),
+    (USER_PASSWORD_RESET_REQUESTED, "token"),
+];
 /// Someone signed up with the address of a verified account, which did not change:
 /// `{user_id, email}`, so its owner is told.
 pub const USER_REGISTRATION_REPEATED: &str = "user.registration_repeated";
+/// The owner of a verified account asked to reset a forgotten password: `{user_id,
+/// email, token, expires_at}`. The token is a credential: only the mail to `email` may
+/// carry it.
+pub const USER_PASSWORD_RESET_REQUESTED: &str = "user.password_reset_requested";
 /// The account's password was changed and every session of it ended: `{user_id,
 /// email, changed_at}`, so its owner is told at the account's address, whoever changed it.
 pub const USER_PASSWORD_CHANGED: &str = "user.password_changed";

@@ -1,6 +1,6 @@
 //! What A tells the others about accounts: `user.created`, the two mails D sends for a
-//! sign-up (`user.verification_requested`, `user.registration_repeated`), and the one
-//! it sends when a password changes (`user.password_changed`).
+//! sign-up (`user.verification_requested`, `user.registration_repeated`), and the two
+//! about the password (`user.password_reset_requested`, `user.password_changed`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,27 @@ pub struct VerificationRequested {
 impl std::fmt::Debug for VerificationRequested {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerificationRequested")
+            .field("user_id", &self.user_id)
+            .field("email", &self.email)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The data of `user.password_reset_requested`: D mails the token to `email`, the
+/// account's address, and only there. The token is a credential, so `Debug` leaves it
+/// out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordResetRequested {
+    pub user_id: Uuid,
+    pub email: String,
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for PasswordResetRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordResetRequested")
             .field("user_id", &self.user_id)
             .field("email", &self.email)
             .field("expires_at", &self.expires_at)
@@ -75,6 +96,17 @@ mod tests {
             serde_json::from_value::<VerificationRequested>(json).unwrap(),
             requested
         );
+        assert!(!format!("{requested:?}").contains("s3cret-token"));
+    }
+
+    #[test]
+    fn a_reset_requests_token_is_never_debug_printed() {
+        let requested = PasswordResetRequested {
+            user_id: Uuid::nil(),
+            email: "ada@example.com".into(),
+            token: "s3cret-token".into(),
+            expires_at: DateTime::UNIX_EPOCH,
+        };
         assert!(!format!("{requested:?}").contains("s3cret-token"));
     }
 }

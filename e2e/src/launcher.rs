@@ -505,7 +505,7 @@ impl Platform {
                     crate::mail::MAIL_PATIENCE
                 )
             })?;
-            if let Some(token) = crate::mail::verification_token(&mail) {
+            if let Some(token) = crate::mail::mailed_token(&mail) {
                 let verified = http
                     .post(format!("{}/api/v1/auth/verify", self.gateway_url))
                     .json(&serde_json::json!({ "token": token, "password": password }))

@@ -12,9 +12,9 @@ use finflow_platform::testing::Mailbox;
 /// and its sender: normally well under a second).
 pub const MAIL_PATIENCE: Duration = Duration::from_secs(10);
 
-/// The verification token in a mail's text (D's template: a line `{"token":"<token>"}`
-/// after `POST /api/v1/auth/verify with the body`), if the mail has one.
-pub fn verification_token(mail: &str) -> Option<String> {
+/// The token in a mail's text (D's verification and reset templates: a line
+/// `{"token":"<token>"}` after the request to send it with), if the mail has one.
+pub fn mailed_token(mail: &str) -> Option<String> {
     let marker = r#"{"token":""#;
     let start = mail.find(marker)? + marker.len();
     let rest = &mail[start..];
@@ -68,7 +68,7 @@ pub async fn next_mail_to(
 /// token; panics after [`MAIL_PATIENCE`] saying what is missing.
 pub async fn verification_token_for(mailbox: &Mailbox, address: &str, since: usize) -> String {
     let mail = next_mail_to(mailbox, address, since, MAIL_PATIENCE, |m| {
-        verification_token(m).is_some()
+        mailed_token(m).is_some()
     })
     .await
     .unwrap_or_else(|| {
@@ -78,7 +78,7 @@ pub async fn verification_token_for(mailbox: &Mailbox, address: &str, since: usi
              (see the auth and notification logs)"
         )
     });
-    verification_token(&mail).unwrap_or_default()
+    mailed_token(&mail).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -89,12 +89,9 @@ mod tests {
     fn the_token_is_read_from_the_verification_line() {
         let mail = "Subject: Confirm your email address\n\n\
                     Confirm your address: POST /api/v1/auth/verify with the body\r\n\r\n{\"token\":\"aB3-_x\"}\r\n";
-        assert_eq!(verification_token(mail).as_deref(), Some("aB3-_x"));
+        assert_eq!(mailed_token(mail).as_deref(), Some("aB3-_x"));
         assert_eq!(subject(mail), Some("Confirm your email address"));
-        assert_eq!(
-            verification_token("Subject: Welcome to FinFlow\n\nHello"),
-            None
-        );
-        assert_eq!(verification_token(r#"{"token":"a b"}"#), None);
+        assert_eq!(mailed_token("Subject: Welcome to FinFlow\n\nHello"), None);
+        assert_eq!(mailed_token(r#"{"token":"a b"}"#), None);
     }
 }

@@ -329,9 +329,9 @@ async fn a_sign_up_with_someone_s_address_answers_as_a_new_one_and_only_its_owne
     )
     .await
     .expect("the owner is told that someone tried to sign up with their address");
-    assert_eq!(mail::verification_token(&notice), None, "{notice}");
+    assert_eq!(mail::mailed_token(&notice), None, "{notice}");
     mail::next_mail_to(&platform.mailbox, &fresh, since, MAIL_PATIENCE, |m| {
-        mail::verification_token(m).is_some()
+        mail::mailed_token(m).is_some()
     })
     .await
     .expect("the new address gets its verification mail");
@@ -341,7 +341,7 @@ async fn a_sign_up_with_someone_s_address_answers_as_a_new_one_and_only_its_owne
         .unwrap()
         .iter()
         .skip(since)
-        .filter(|(to, data)| to.contains(&victim.email) && mail::verification_token(data).is_some())
+        .filter(|(to, data)| to.contains(&victim.email) && mail::mailed_token(data).is_some())
         .count();
     assert_eq!(to_victim, 0, "no new token for the victim's account");
 

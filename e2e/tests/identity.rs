@@ -186,3 +186,63 @@ async fn a_changed_password_ends_a_thief_s_session_and_the_owner_is_mailed() {
     );
     platform.stop().await;
 }
+
+/// A forgotten password, through the gateway: the reset form answers, D mails the token
+/// to the account's address, the token sets a new password, and the old one is gone.
+#[tokio::test]
+async fn a_forgotten_password_is_reset_with_the_token_d_mails() {
+    let mut platform = platform().await;
+    let anonymous = platform.client();
+    let owner = anonymous.new_user("forgetful").await;
+    let since = mail::mark(&platform.mailbox);
+
+    let asked = anonymous
+        .post("/api/v1/auth/password-reset", json!({"email": owner.email}))
+        .await;
+    assert_eq!(
+        asked.data(StatusCode::ACCEPTED)["status"],
+        "reset_requested"
+    );
+    let reset_mail =
+        mail::next_mail_to(&platform.mailbox, &owner.email, since, MAIL_PATIENCE, |m| {
+            mail::subject(m) == Some("Reset your FinFlow password")
+        })
+        .await
+        .expect("the reset mail reaches the account's address");
+    let token = mail::mailed_token(&reset_mail).expect("the mail carries the token");
+
+    let new_password = "a remembered passphrase";
+    let done = anonymous
+        .post(
+            "/api/v1/auth/password-reset/confirm",
+            json!({"token": token, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(done.data(StatusCode::OK)["id"], owner.id.as_str());
+    let refreshed = anonymous
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": owner.session["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(
+        refreshed.status,
+        StatusCode::UNAUTHORIZED,
+        "a session outlived the reset"
+    );
+    let old = anonymous
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": owner.email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(old.error(StatusCode::UNAUTHORIZED), "UNAUTHORIZED");
+    let new = anonymous
+        .post(
+            "/api/v1/auth/login",
+            json!({"email": owner.email, "password": new_password}),
+        )
+        .await;
+    new.data(StatusCode::OK);
+    platform.stop().await;
+}

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
                     to.join(", "),
                     mail::subject(&data).unwrap_or("(no subject)")
                 );
-                if let Some(token) = mail::verification_token(&data) {
+                if let Some(token) = mail::mailed_token(&data) {
                     if let Some(line) = data.lines().find(|l| l.contains("/api/v1/auth/verify")) {
                         println!("  {}", line.trim());
                     }

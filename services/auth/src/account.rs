@@ -124,6 +124,8 @@ pub(crate) async fn change_password(
     .await?;
     let user = user.ok_or_else(wrong_password)?;
     let ended = end_sessions(&mut tx, me).await?;
+    // A reset mailed before now would undo the change for whoever reads the mailbox.
+    crate::reset::revoke_outstanding(&mut tx, me).await?;
     let changed = PasswordChanged {
         user_id: user.id,
         email: user.email.clone(),
@@ -154,7 +156,7 @@ pub(crate) async fn logout_all(State(s): State<AppState>, UserId(me): UserId) ->
 /// Revokes every refresh token of `user`; returns how many sessions could still refresh.
 /// As with one session's logout, a token a rotation is writing at this moment is not
 /// marked, and is refused because its family holds a revoked token.
-async fn end_sessions(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
+pub(crate) async fn end_sessions(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
     // The SELECT reads the table as it was before the UPDATE: a family with a revoked
     // token then was ended already.
     sqlx::query_scalar(

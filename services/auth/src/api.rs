@@ -27,7 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
-use crate::tokens::{self, Issuer};
+use crate::tokens::{self, Issuer, MailedToken};
 use crate::verification::{self, SignUp};
 
 /// Settings the handlers need besides connections.
@@ -52,14 +52,15 @@ pub struct AppState {
 /// names; its title and description come from the service catalog
 /// ([`finflow_platform::service::run`] sets them).
 #[derive(utoipa::OpenApi)]
-#[openapi(components(schemas(GrantType, RegistrationStatus)))]
+#[openapi(components(schemas(GrantType, RegistrationStatus, crate::reset::ResetStatus)))]
 pub(crate) struct ApiDoc;
 
 /// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
     finflow_platform::route_table!(ApiDoc:
         register; verify; login; refresh; logout; crate::account::logout_all;
-        crate::account::change_password; service_token; me, update_me;
+        crate::account::change_password; crate::reset::request_reset;
+        crate::reset::confirm_reset; service_token; me, update_me;
         internal_user; internal_users; crate::kyc::set_kyc; jwks)
 }
 
@@ -127,7 +128,7 @@ pub enum RegistrationStatus {
 
 const LOGIN_LIMITED: &str = "too many login attempts, try again later";
 
-fn parse_email(raw: &str) -> Result<Email, ApiError> {
+pub(crate) fn parse_email(raw: &str) -> Result<Email, ApiError> {
     Email::parse(raw).map_err(|e| ApiError::invalid_field("email", e.to_string()))
 }
 
@@ -259,31 +260,16 @@ async fn verification_requested(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
-    /// The token of the verification mail: 32 bytes, unpadded base64url.
-    #[schema(
-        min_length = 43,
-        max_length = 43,
-        pattern = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$",
-        example = "Q2hhbmdlIG1lOiB0aGlzIGlzIGFuIGV4YW1wbGUgdG9rZW4"
-    )]
+    #[schema(schema_with = text::schema::<MailedToken>)]
     pub token: String,
     /// The password the sign-up that was mailed this token chose (a wrong one is 401).
     #[schema(example = "correct horse battery")]
     pub password: String,
 }
 
-/// Whether `token` has the shape of a token the mail carries (see [`VerifyRequest`]).
-fn token_shaped(token: &str) -> bool {
-    use base64::Engine;
-    token.len() == 43
-        && base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .is_ok_and(|b| b.len() == 32)
-}
-
 /// The one answer to every well-formed token that does not verify: which of unknown,
 /// used, revoked or expired it was is not said.
-fn invalid_token() -> ApiError {
+pub(crate) fn invalid_token() -> ApiError {
     ApiError::not_found("no such verification: the token is unknown, used or expired")
         .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
 }
@@ -303,7 +289,7 @@ async fn verify(
     ClientIp(ip): ClientIp,
     Json(req): Json<VerifyRequest>,
 ) -> ApiResult {
-    if !token_shaped(&req.token) {
+    if !MailedToken::shaped(&req.token) {
         return Err(ApiError::invalid_field(
             "token",
             "a verification token is 43 characters of unpadded base64url",

@@ -16,7 +16,8 @@
 //!   again revokes the family (a stolen token is useless once either party refreshes).
 //!   Logout revokes the family. A user ends all their sessions by signing out
 //!   everywhere, or by changing their password, which needs the current one
-//!   ([`account`]).
+//!   ([`account`]), or by resetting a forgotten one with a token mailed to the
+//!   account's address ([`reset`]).
 //! - Signing keys are Ed25519, kept in a directory ([`keys`]); the JWKS at
 //!   `/.well-known/jwks.json` publishes the active key and any retired key whose tokens
 //!   may still be live. The directory is re-read every minute to pick up rotations.
@@ -36,6 +37,7 @@ pub mod domain;
 pub mod keys;
 pub mod kyc;
 pub mod limits;
+pub mod reset;
 pub mod tokens;
 pub mod verification;
 

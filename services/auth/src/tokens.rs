@@ -8,8 +8,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use finflow_contracts::identity::{Audience, TokenClaims};
 use finflow_platform::Identity;
+use finflow_platform::text::{self, Documented};
 use jsonwebtoken::{Algorithm, Header};
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::ObjectBuilder;
 
 use crate::keys::{JwkSet, Keyring};
 
@@ -103,11 +105,64 @@ pub fn hash_opaque_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The shape of a token a mail carries (a verification, a password reset): 32 bytes,
+/// unpadded base64url, 43 characters.
+pub struct MailedToken;
+
+impl MailedToken {
+    /// Whether `token` has the shape; a token without it is a 400, not an unknown one.
+    pub fn shaped(token: &str) -> bool {
+        token.len() == 43 && URL_SAFE_NO_PAD.decode(token).is_ok_and(|b| b.len() == 32)
+    }
+}
+
+impl Documented for MailedToken {
+    fn documented() -> ObjectBuilder {
+        text::described(
+            "The token of the mail: 32 bytes, unpadded base64url.",
+            // The last character carries 2 bits of the 32nd byte and 4 zero bits.
+            "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$".to_owned(),
+            "RmluRmxvdzogYW4gZXhhbXBsZSB0b2tlbiBvZiAzMmI",
+        )
+        .min_length(Some(43))
+        .max_length(Some(43))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use finflow_platform::identity::{KycStatus, Tier};
     use jsonwebtoken::{DecodingKey, Validation};
+
+    /// The published example was 47 characters, which the published lengths refuse.
+    #[test]
+    fn the_documented_mailed_token_takes_what_shaped_takes_and_so_does_its_example() {
+        let schema = text::schema::<MailedToken>();
+        let documented = text::matcher(&schema);
+        let example = schema.examples[0].as_str().unwrap();
+        assert!(
+            MailedToken::shaped(example) && documented(example),
+            "{example}"
+        );
+        for _ in 0..200 {
+            let (token, _) = new_opaque_token();
+            assert!(MailedToken::shaped(&token) && documented(&token), "{token}");
+        }
+        let long = URL_SAFE_NO_PAD.encode([7_u8; 33]);
+        // 43 characters whose last carries bits past the 32nd byte.
+        let stray = format!("{}B", &example[..42]);
+        for bad in [
+            "",
+            "short",
+            long.as_str(),
+            stray.as_str(),
+            &format!("{}=", &example[..42]),
+        ] {
+            assert!(!MailedToken::shaped(bad), "{bad}");
+            assert!(!documented(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn an_issued_token_verifies_with_the_published_key_and_names_its_kid() {

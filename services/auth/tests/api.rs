@@ -26,38 +26,44 @@ struct TestAuth {
 }
 
 /// The queue D's mail consumer would read, bound before A can publish: the only place
-/// a verification token is left once A's relay has published it.
+/// a mailed token is left once A's relay has published it.
 struct Mail {
     channel: lapin::Channel,
-    /// The data of every `user.verification_requested` taken so far, in order.
-    requested: tokio::sync::Mutex<Vec<Value>>,
+    /// The type and data of every event carrying a token taken so far, in order.
+    taken: tokio::sync::Mutex<Vec<(String, Value)>>,
     _connection: lapin::Connection,
 }
 
 impl Mail {
     const QUEUE: &str = "auth-test.mail";
+    /// The events whose mail carries a token.
+    const TYPES: [&str; 2] = [
+        types::USER_VERIFICATION_REQUESTED,
+        types::USER_PASSWORD_RESET_REQUESTED,
+    ];
 
     async fn bind(vhost: &events::TestVhost) -> Self {
         let connection = vhost.broker().connect("auth-test").await.unwrap();
         let channel = connection.create_channel().await.unwrap();
-        let spec = events::QueueSpec::new(Self::QUEUE, &[types::USER_VERIFICATION_REQUESTED]);
+        let spec = events::QueueSpec::new(Self::QUEUE, &Self::TYPES);
         events::declare_queue(&channel, &spec).await.unwrap();
         Self {
             channel,
-            requested: Default::default(),
+            taken: Default::default(),
             _connection: connection,
         }
     }
 
-    /// Every verification request A has made so far: waits until A's outbox has none
-    /// left to publish, then takes what the queue holds.
-    async fn requested(&self, pool: &sqlx::PgPool) -> Vec<Value> {
-        let mut requested = self.requested.lock().await;
+    /// The data of every `event_type` event A has published so far: waits until A's
+    /// outbox has no token-carrying event left to publish, then takes what the queue
+    /// holds.
+    async fn sent(&self, pool: &sqlx::PgPool, event_type: &str) -> Vec<Value> {
+        let mut taken = self.taken.lock().await;
         for _ in 0..400 {
             let unpublished: i64 = db::scalar_of(
                 pool,
-                "SELECT count(*) FROM outbox WHERE event_type = $1 AND published_at IS NULL",
-                types::USER_VERIFICATION_REQUESTED,
+                "SELECT count(*) FROM outbox WHERE event_type = ANY($1) AND published_at IS NULL",
+                &Self::TYPES[..],
             )
             .await;
             if unpublished == 0 {
@@ -69,13 +75,17 @@ impl Mail {
                     .unwrap()
                 {
                     let bundle = events::decode(&message.delivery.data).unwrap();
-                    requested.extend(bundle.into_iter().map(|e| e.data));
+                    taken.extend(bundle.into_iter().map(|e| (e.event_type, e.data)));
                 }
-                return requested.clone();
+                return taken
+                    .iter()
+                    .filter(|(t, _)| t == event_type)
+                    .map(|(_, data)| data.clone())
+                    .collect();
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("A's outbox still holds unpublished verification requests");
+        panic!("A's outbox still holds unpublished events that carry a token");
     }
 }
 
@@ -144,7 +154,10 @@ impl TestAuth {
     /// be sent it (no D runs here to mail it).
     async fn verification_token(&self, email: &str) -> String {
         let email = email.trim().to_lowercase();
-        let requested = self.mail.requested(&self.db.pool).await;
+        let requested = self
+            .mail
+            .sent(&self.db.pool, types::USER_VERIFICATION_REQUESTED)
+            .await;
         let newest = requested
             .iter()
             .rev()
@@ -260,7 +273,10 @@ async fn signing_up_mails_a_token_and_only_verifying_it_creates_a_pending_bronze
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body, accepted(&address), "emails are compared lower-cased");
     assert!(app.events("user.created").await.is_empty(), "no user yet");
-    let requested = app.mail.requested(&app.db.pool).await;
+    let requested = app
+        .mail
+        .sent(&app.db.pool, types::USER_VERIFICATION_REQUESTED)
+        .await;
     assert_eq!(requested.len(), 1, "{requested:?}");
     let request = &requested[0];
     assert_eq!(request["email"], address);
@@ -335,7 +351,10 @@ async fn registering_a_verified_email_answers_as_a_new_one_does_and_emits_regist
         [json!({"user_id": owner["id"], "email": taken})],
         "the owner is told, and the event carries no token"
     );
-    let requested = app.mail.requested(&app.db.pool).await;
+    let requested = app
+        .mail
+        .sent(&app.db.pool, types::USER_VERIFICATION_REQUESTED)
+        .await;
     assert_eq!(
         requested
             .iter()
@@ -1120,7 +1139,12 @@ async fn the_openapi_document_lists_the_auth_routes() {
     }
     // Signing up and verifying need no token (platform's PUBLIC_PATHS); what a user does
     // to their own credentials needs theirs.
-    for path in ["/api/v1/auth/register", "/api/v1/auth/verify"] {
+    for path in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/verify",
+        "/api/v1/auth/password-reset",
+        "/api/v1/auth/password-reset/confirm",
+    ] {
         assert_eq!(doc["paths"][path]["post"]["security"], json!([]), "{path}");
     }
     for path in ["/api/v1/auth/password", "/api/v1/auth/logout-all"] {
@@ -1496,4 +1520,186 @@ async fn changing_the_password_back_and_forth_is_throttled_too() {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+}
+
+/// The tokens of the reset mails sent to `address` so far, oldest first.
+async fn reset_tokens(app: &TestAuth, address: &str) -> Vec<String> {
+    let sent = app
+        .mail
+        .sent(&app.db.pool, types::USER_PASSWORD_RESET_REQUESTED)
+        .await;
+    sent.iter()
+        .filter(|r| r["email"] == address)
+        .filter_map(|r| r["token"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn request_reset(app: &TestAuth, address: &str) -> (StatusCode, Value) {
+    app.post(
+        "/api/v1/auth/password-reset",
+        json!({"email": address}),
+        &[],
+    )
+    .await
+}
+
+async fn confirm_reset(app: &TestAuth, token: &str, new: &str) -> (StatusCode, Value) {
+    app.post(
+        "/api/v1/auth/password-reset/confirm",
+        json!({"token": token, "new_password": new}),
+        &[],
+    )
+    .await
+}
+
+/// Without a reset, an owner who forgot the password had no way back into the account,
+/// and one whose password leaked could not take it back without knowing it.
+#[tokio::test]
+async fn a_forgotten_password_is_reset_with_the_mailed_token_and_every_session_ends() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let thief = app.login(&address).await;
+
+    let (status, body) = request_reset(&app, &address).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let tokens = reset_tokens(&app, &address).await;
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let (status, body) = confirm_reset(&app, &tokens[0], NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["id"], user["id"]);
+
+    let (status, _) = app.refresh(&thief["refresh_token"]).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a session outlived the reset"
+    );
+    let (status, _) = app.login_with(&address, PASSWORD).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the old password still logs in"
+    );
+    let (status, body) = app.login_with(&address, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let told = app.events(types::USER_PASSWORD_CHANGED).await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["email"], address.as_str());
+
+    let (status, body) = confirm_reset(&app, &tokens[0], "yet another passphrase").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a token works once: {body}");
+    assert_eq!(body["error"]["details"]["reason"], "invalid_token");
+    // The outbox keeps the token only until the broker has it.
+    let kept: i64 = db::scalar_of(
+        &app.db.pool,
+        "SELECT count(*) FROM outbox WHERE strpos(payload::text, $1) > 0",
+        tokens[0].as_str(),
+    )
+    .await;
+    assert_eq!(kept, 0);
+}
+
+/// A reset form is an oracle of which addresses have accounts unless it answers every
+/// address alike; only the mailbox of a verified account learns anything.
+#[tokio::test]
+async fn a_reset_request_answers_every_address_alike_and_mails_only_a_verified_account() {
+    let app = TestAuth::spawn(&[]).await;
+    let verified = email();
+    app.register(&verified).await;
+    let unverified = email();
+    let (status, _) = app.sign_up(&unverified, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let unknown = email();
+
+    for address in [&verified, &unverified, &unknown] {
+        let (status, body) = request_reset(&app, address).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(
+            body,
+            json!({"success": true, "data": {"email": address, "status": "reset_requested"}})
+        );
+    }
+    assert_eq!(reset_tokens(&app, &verified).await.len(), 1);
+    assert!(reset_tokens(&app, &unverified).await.is_empty());
+    assert!(reset_tokens(&app, &unknown).await.is_empty());
+    let (status, body) = request_reset(&app, "not an address").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// Anyone can type someone else's address into the form: it must not become a way to
+/// flood their mailbox.
+#[tokio::test]
+async fn an_account_is_mailed_at_most_three_resets_an_hour() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    for _ in 0..5 {
+        let (status, _) = request_reset(&app, &address).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    assert_eq!(reset_tokens(&app, &address).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_reset_token_is_refused_once_expired_used_up_by_another_or_after_a_change() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    for _ in 0..3 {
+        request_reset(&app, &address).await;
+    }
+    let tokens = reset_tokens(&app, &address).await;
+    let [expired, older, newer] = tokens.as_slice() else {
+        panic!("three reset mails: {tokens:?}");
+    };
+    sqlx::query("UPDATE password_resets SET expires_at = now() WHERE token_hash = $1")
+        .bind(finflow_auth::tokens::hash_opaque_token(expired))
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (status, body) = confirm_reset(&app, expired, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an expired token: {body}");
+
+    let (status, body) = confirm_reset(&app, newer, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = confirm_reset(&app, older, "yet another passphrase").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a reset leaves the others usable"
+    );
+
+    // A change revokes what was mailed before it.
+    let next = email();
+    let other = app.register(&next).await;
+    request_reset(&app, &next).await;
+    let mailed = reset_tokens(&app, &next).await;
+    let (status, body) = change_password(&app, &other, PASSWORD, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = confirm_reset(&app, &mailed[0], "yet another passphrase").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a change leaves a mailed reset usable"
+    );
+    let (status, _) = app.login_with(&address, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{user}");
+}
+
+#[tokio::test]
+async fn a_malformed_token_or_a_weak_password_is_a_400_and_an_unknown_token_a_404() {
+    let app = TestAuth::spawn(&[]).await;
+    let unknown = "RmluRmxvdzogYW4gZXhhbXBsZSB0b2tlbiBvZiAzMmI";
+    for (token, new, field) in [
+        ("short", NEW_PASSWORD, "token"),
+        (unknown, "short", "new_password"),
+    ] {
+        let (status, body) = confirm_reset(&app, token, new).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"]["details"]["field"], field, "{body}");
+    }
+    let (status, body) = confirm_reset(&app, unknown, NEW_PASSWORD).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "invalid_token");
 }

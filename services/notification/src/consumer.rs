@@ -6,7 +6,8 @@
 //! preferences.
 
 use finflow_contracts::user::{
-    PasswordChanged, RegistrationRepeated, UserCreated, VerificationRequested,
+    PasswordChanged, PasswordResetRequested, RegistrationRepeated, UserCreated,
+    VerificationRequested,
 };
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
@@ -22,6 +23,7 @@ pub fn queue() -> QueueSpec {
             types::USER_CREATED,
             types::USER_VERIFICATION_REQUESTED,
             types::USER_REGISTRATION_REPEATED,
+            types::USER_PASSWORD_RESET_REQUESTED,
             types::USER_PASSWORD_CHANGED,
             types::USER_KYC_UPDATED,
             types::WALLET_STATUS_CHANGED,
@@ -33,16 +35,17 @@ pub fn queue() -> QueueSpec {
     )
 }
 
-/// Event types whose mail is about access to the account (signing up, a changed
-/// password): sent by email only (no in-app notification, no webhook), to the address
+/// Event types whose mail is about access to the account (signing up, resetting or
+/// changing the password): sent by email only (no in-app notification, no webhook), to the address
 /// in the event, whatever the preferences, which cannot name them
 /// (`api::set_preference`): whoever took an account must not be able to silence them.
 /// The address may not be verified (a verification request) or may not be the caller's
 /// (someone else's sign-up), so D learns no contact from them and mails only text of
 /// its own besides A's token.
-pub const TRANSACTIONAL: [&str; 3] = [
+pub const TRANSACTIONAL: [&str; 4] = [
     types::USER_VERIFICATION_REQUESTED,
     types::USER_REGISTRATION_REPEATED,
+    types::USER_PASSWORD_RESET_REQUESTED,
     types::USER_PASSWORD_CHANGED,
 ];
 
@@ -51,6 +54,10 @@ fn addressee(event: &Event) -> Result<(Uuid, String), serde_json::Error> {
     match event.event_type.as_str() {
         types::USER_VERIFICATION_REQUESTED => {
             let requested: VerificationRequested = event.data_as()?;
+            Ok((requested.user_id, requested.email))
+        }
+        types::USER_PASSWORD_RESET_REQUESTED => {
+            let requested: PasswordResetRequested = event.data_as()?;
             Ok((requested.user_id, requested.email))
         }
         types::USER_PASSWORD_CHANGED => {

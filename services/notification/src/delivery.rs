@@ -91,10 +91,12 @@ pub struct Sender {
     pub send_timeout: Duration,
 }
 
-/// What a sign-up mail's stored text becomes once it is sent or given up: its text holds
-/// the verification token, which with the sign-up's password verifies the address, so it
-/// is kept nowhere once the mail is out of D's hands.
-const SENT_CREDENTIAL: &str = "(a sign-up mail: its text held a token and is not kept)";
+/// What the stored text of a mail about access ([`TRANSACTIONAL`]) becomes once it is
+/// sent or given up: a verification mail's text holds the token that, with the
+/// sign-up's password, verifies the address, and a reset mail's the token that sets a
+/// new password, so neither is kept once the mail is out of D's hands.
+const SENT_CREDENTIAL: &str =
+    "(a mail about access: its text may have held a token and is not kept)";
 
 /// How long past its send timeout a claimed delivery stays its sender's: the time to
 /// record the outcome.

@@ -67,6 +67,28 @@ pub fn render(event: &Event) -> Option<Message> {
              If it was not you, there is nothing to do."
                 .to_owned(),
         ),
+        // Asked for by whoever typed the address: D's own words and A's token only.
+        types::USER_PASSWORD_RESET_REQUESTED => {
+            let token = d["token"].as_str().filter(|t| !t.is_empty())?;
+            (
+                "Reset your FinFlow password".to_owned(),
+                // Lines of at most 76 characters, as the verification mail's.
+                format!(
+                    "Someone, we hope you, asked to reset the password of the FinFlow\n\
+                     account with this email address.\n\n\
+                     Choose a new password: POST /api/v1/auth/password-reset/confirm\n\
+                     with the body\n\n\
+                     {}\n\n\
+                     plus \"new_password\": the password you want from now on.\n\
+                     The token works once, until {}.\n\
+                     Every session of the account is signed out when it is used.\n\n\
+                     If you did not ask, ignore this mail: your password stays as it\n\
+                     is, and without this token nobody can change it this way.",
+                    serde_json::json!({ "token": token }),
+                    text(d, "expires_at")
+                ),
+            )
+        }
         // Whoever changed it knew the password: if it was not the owner, the owner
         // learns it here, at the account's address, and what to do.
         types::USER_PASSWORD_CHANGED => (
@@ -224,6 +246,31 @@ mod tests {
             repeated.title
         );
         assert!(repeated.body.contains("log in"));
+        let reset = render(&event(
+            types::USER_PASSWORD_RESET_REQUESTED,
+            json!({"user_id": user, "email": "ada@example.com", "token": "t0ken",
+                   "expires_at": "2026-12-07T04:00:00.123456Z"}),
+        ))
+        .unwrap();
+        assert!(reset.title.contains("Reset"), "{}", reset.title);
+        assert!(
+            reset.body.contains(r#"{"token":"t0ken"}"#),
+            "{}",
+            reset.body
+        );
+        assert!(
+            reset.body.lines().all(|l| l.len() <= 76),
+            "no line long enough to be folded: {}",
+            reset.body
+        );
+        assert!(
+            render(&event(
+                types::USER_PASSWORD_RESET_REQUESTED,
+                json!({"user_id": user, "email": "ada@example.com"})
+            ))
+            .is_none(),
+            "no token, no mail"
+        );
         let changed = render(&event(
             types::USER_PASSWORD_CHANGED,
             json!({"user_id": user, "email": "ada@example.com", "changed_at": "2026-12-07T03:00:00Z"}),

@@ -924,6 +924,7 @@ async fn mails_about_access_go_by_email_only_to_the_event_s_address_whatever_the
     for event_type in [
         types::USER_VERIFICATION_REQUESTED,
         types::USER_REGISTRATION_REPEATED,
+        types::USER_PASSWORD_RESET_REQUESTED,
         types::USER_PASSWORD_CHANGED,
     ] {
         for channel in ["email", "in_app", "webhook"] {
@@ -998,13 +999,29 @@ async fn mails_about_access_go_by_email_only_to_the_event_s_address_whatever_the
         "{data}"
     );
 
+    let reset_token = "cmVzZXQtdG9rZW4tb2YtdGhlLXRlc3QtMDEyMzQ1Njc4OWE";
+    let (to, data) = d
+        .mail_for(
+            types::USER_PASSWORD_RESET_REQUESTED,
+            json!({"user_id": user, "email": "ada@example.com", "token": reset_token,
+                   "expires_at": "2026-12-07T04:00:00Z"}),
+            4,
+        )
+        .await;
+    assert_eq!(to, ["ada@example.com"]);
+    assert!(
+        data.contains("Subject: Reset your FinFlow password")
+            && data.contains(&format!("{{\"token\":\"{reset_token}\"}}")),
+        "{data}"
+    );
+
     let log = d
         .wait_for_async("every delivery recorded", || async {
             let (_, log) = d
                 .as_user(user, d.http.get(d.url("/api/v1/notifications/deliveries")))
                 .await;
             let entries = log["data"].as_array().cloned().unwrap_or_default();
-            (entries.len() == 3 && entries.iter().all(|e| e["status"] == "delivered"))
+            (entries.len() == 4 && entries.iter().all(|e| e["status"] == "delivered"))
                 .then_some(entries)
         })
         .await;
@@ -1019,13 +1036,15 @@ async fn mails_about_access_go_by_email_only_to_the_event_s_address_whatever_the
     assert!(receiver.attempts.lock().unwrap().is_empty());
     let contacts: i64 = db::scalar(&d.db.pool, "SELECT count(*) FROM contacts").await;
     assert_eq!(contacts, 0, "an unverified address is no contact");
-    let rows_with_token: i64 = db::scalar_of(
-        &d.db.pool,
-        "SELECT count(*) FROM deliveries WHERE strpos(payload::text || body, $1) > 0",
-        token,
-    )
-    .await;
-    assert_eq!(rows_with_token, 0);
+    for token in [token, reset_token] {
+        let rows_with_token: i64 = db::scalar_of(
+            &d.db.pool,
+            "SELECT count(*) FROM deliveries WHERE strpos(payload::text || body, $1) > 0",
+            token,
+        )
+        .await;
+        assert_eq!(rows_with_token, 0, "{token} is kept");
+    }
 }
 
 #[tokio::test]
