@@ -18,46 +18,37 @@ pub struct UserCreated {
     pub account_tier: Tier,
 }
 
-/// The data of `user.verification_requested`: D mails the token to `email`, and only
-/// there. The token is a credential, so `Debug` leaves it out.
+/// A token that is a credential for the mailbox it is mailed to: it travels as the
+/// string it is, and `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MailedCredential(pub String);
+
+impl std::fmt::Debug for MailedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MailedCredential(..)")
+    }
+}
+
+/// The data of `user.verification_requested`: D mails the token to `email`, and only
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerificationRequested {
     pub user_id: Uuid,
     pub email: String,
     pub full_name: String,
-    pub token: String,
+    pub token: MailedCredential,
     pub expires_at: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for VerificationRequested {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerificationRequested")
-            .field("user_id", &self.user_id)
-            .field("email", &self.email)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The data of `user.password_reset_requested`: D mails the token to `email`, the
-/// account's address, and only there. The token is a credential, so `Debug` leaves it
-/// out.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// account's address, and only there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasswordResetRequested {
     pub user_id: Uuid,
     pub email: String,
-    pub token: String,
+    pub token: MailedCredential,
     pub expires_at: DateTime<Utc>,
-}
-
-impl std::fmt::Debug for PasswordResetRequested {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PasswordResetRequested")
-            .field("user_id", &self.user_id)
-            .field("email", &self.email)
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The data of `user.registration_repeated`: D tells the owner of `email` that someone
@@ -75,6 +66,21 @@ pub struct PasswordChanged {
     pub user_id: Uuid,
     pub email: String,
     pub changed_at: DateTime<Utc>,
+    /// What the one who replaced it had: the password, or a reset mail.
+    #[serde(default)]
+    pub via: PasswordReplacedVia,
+}
+
+/// How a password was replaced, which tells its owner what was exposed if it was not
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordReplacedVia {
+    /// With the current password (`POST /api/v1/auth/password`).
+    #[default]
+    Change,
+    /// With the token of a reset mail (`POST /api/v1/auth/password-reset/confirm`).
+    Reset,
 }
 
 #[cfg(test)]
@@ -87,7 +93,7 @@ mod tests {
             user_id: Uuid::nil(),
             email: "ada@example.com".into(),
             full_name: "Ada".into(),
-            token: "s3cret-token".into(),
+            token: MailedCredential("s3cret-token".into()),
             expires_at: DateTime::UNIX_EPOCH,
         };
         let json = serde_json::to_value(&requested).unwrap();
@@ -96,17 +102,6 @@ mod tests {
             serde_json::from_value::<VerificationRequested>(json).unwrap(),
             requested
         );
-        assert!(!format!("{requested:?}").contains("s3cret-token"));
-    }
-
-    #[test]
-    fn a_reset_requests_token_is_never_debug_printed() {
-        let requested = PasswordResetRequested {
-            user_id: Uuid::nil(),
-            email: "ada@example.com".into(),
-            token: "s3cret-token".into(),
-            expires_at: DateTime::UNIX_EPOCH,
-        };
         assert!(!format!("{requested:?}").contains("s3cret-token"));
     }
 }

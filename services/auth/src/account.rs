@@ -9,7 +9,7 @@ use axum::extract::State;
 use chrono::Utc;
 use finflow_contracts::catalog;
 use finflow_contracts::identity::client_network;
-use finflow_contracts::user::PasswordChanged;
+use finflow_contracts::user::{PasswordChanged, PasswordReplacedVia as Via};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::ClientIp;
@@ -113,31 +113,52 @@ pub(crate) async fn change_password(
     let mut tx = s.pool.begin().await?;
     // Only over the password just checked: of two changes at once, the later finds its
     // current password gone, as a wrong one.
-    let user: Option<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE users SET password_hash = $2, updated_at = now() \
-         WHERE id = $1 AND password_hash = $3 RETURNING {USER_COLUMNS}"
-    )))
-    .bind(me)
-    .bind(&new_hash)
-    .bind(&current)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let user = user.ok_or_else(wrong_password)?;
-    let ended = end_sessions(&mut tx, me).await?;
-    // A reset mailed before now would undo the change for whoever reads the mailbox.
-    crate::reset::revoke_outstanding(&mut tx, me).await?;
-    let changed = PasswordChanged {
-        user_id: user.id,
-        email: user.email.clone(),
-        changed_at: Utc::now(),
-    };
-    let event = Event::new(catalog::AUTH.name, types::USER_PASSWORD_CHANGED, &changed)
-        .map_err(|e| ApiError::internal(&e))?;
-    outbox::enqueue(&mut tx, &event).await?;
+    let (user, ended) = replace_password(&mut tx, me, &new_hash, Some(&current), Via::Change)
+        .await?
+        .ok_or_else(wrong_password)?;
     let session = api::start_session(&s, &mut tx, user, Uuid::now_v7()).await?;
     tx.commit().await?;
     tracing::info!(user_id = %me, sessions_ended = ended, "password changed");
     Ok(error::ok(session))
+}
+
+/// Gives `user` the password hashed as `new_hash`, if its hash is still `current`
+/// (any, when `None`), and what follows from it in the same transaction, `via` a change
+/// or a reset: every session
+/// ends, reset tokens mailed before are revoked (they would undo the change for whoever
+/// reads the mailbox), and `user.password_changed` has its owner told. The account and
+/// how many sessions ended; `None` if the account is gone or its hash is not `current`.
+pub(crate) async fn replace_password(
+    tx: &mut PgConnection,
+    user: Uuid,
+    new_hash: &str,
+    current: Option<&str>,
+    via: Via,
+) -> Result<Option<(User, i64)>, ApiError> {
+    let updated: Option<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE users SET password_hash = $2, updated_at = now() \
+         WHERE id = $1 AND ($3::text IS NULL OR password_hash = $3) RETURNING {USER_COLUMNS}"
+    )))
+    .bind(user)
+    .bind(new_hash)
+    .bind(current)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(account) = updated else {
+        return Ok(None);
+    };
+    let ended = end_sessions(&mut *tx, user).await?;
+    crate::reset::revoke_outstanding(&mut *tx, user).await?;
+    let changed = PasswordChanged {
+        user_id: account.id,
+        email: account.email.clone(),
+        changed_at: Utc::now(),
+        via,
+    };
+    let event = Event::new(catalog::AUTH.name, types::USER_PASSWORD_CHANGED, &changed)
+        .map_err(|e| ApiError::internal(&e))?;
+    outbox::enqueue(&mut *tx, &event).await?;
+    Ok(Some((account, ended)))
 }
 
 /// Ends every session of the caller, on every device (the one asking included): a

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
 use finflow_contracts::identity::client_network;
-use finflow_contracts::user::{RegistrationRepeated, UserCreated, VerificationRequested};
+use finflow_contracts::user::{
+    MailedCredential, RegistrationRepeated, UserCreated, VerificationRequested,
+};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::{ClientIp, KycStatus, Tier};
@@ -250,7 +252,7 @@ async fn verification_requested(
             user_id,
             email: email.as_str().to_owned(),
             full_name: sign_up.full_name.to_owned(),
-            token,
+            token: MailedCredential(token),
             expires_at,
         },
     )

@@ -16,7 +16,9 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
 use finflow_contracts::identity::client_network;
-use finflow_contracts::user::{PasswordChanged, PasswordResetRequested};
+use finflow_contracts::user::{
+    MailedCredential, PasswordReplacedVia as Via, PasswordResetRequested,
+};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::identity::ClientIp;
@@ -26,8 +28,8 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::account::end_sessions;
-use crate::api::{self, AppState, USER_COLUMNS, User};
+use crate::account::replace_password;
+use crate::api::{self, AppState, User};
 use crate::domain::Password;
 use crate::tokens::{self, MailedToken};
 
@@ -99,9 +101,12 @@ pub(crate) async fn request_reset(
     .await?;
     let email = api::parse_email(&req.email)?;
     let mut tx = s.pool.begin().await?;
-    // The account's row lock makes concurrent requests count each other's mails.
+    // The account's row lock makes concurrent requests count each other's mails. Not
+    // FOR UPDATE: a refresh inserting a token checks its user row FOR KEY SHARE, which
+    // that would block, and a refresh can hold what a reset then waits for.
     let account: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NOT NULL FOR UPDATE",
+        "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NOT NULL \
+         FOR NO KEY UPDATE",
     )
     .bind(email.as_str())
     .fetch_optional(&mut *tx)
@@ -111,7 +116,7 @@ pub(crate) async fn request_reset(
             let requested = PasswordResetRequested {
                 user_id,
                 email: email.as_str().to_owned(),
-                token,
+                token: MailedCredential(token),
                 expires_at,
             };
             let event = Event::new(
@@ -199,9 +204,9 @@ fn invalid_token() -> ApiError {
 const LIVE: &str = "SELECT user_id FROM password_resets \
      WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()";
 
-/// Sets a new password with the token of a reset mail: every session of the account
-/// ends, its other reset tokens are revoked, and its owner is mailed that the password
-/// changed. The account's address is not touched: a reset proves the mailbox, which
+/// Sets a new password with the token of a reset mail, as a change does
+/// ([`replace_password`]): every session of the account ends, its other reset tokens
+/// are revoked, and its owner is mailed that the password changed. The account's address is not touched: a reset proves the mailbox, which
 /// the account already has.
 #[utoipa::path(post, path = "/api/v1/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm,
     responses((status = 200, body = User, description = "the password is set; every session ended: log in with it"),
@@ -246,8 +251,11 @@ pub(crate) async fn confirm_reset(
 
     let mut tx = s.pool.begin().await?;
     // The account's row, then the token's: the order a password change and a reset
-    // request take them in. Of two uses of one token, the second finds it used.
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+    // request take them in. Of two uses of one token, the second finds it used. NO KEY
+    // UPDATE, as a change's UPDATE takes: a refresh writing its next token (a foreign
+    // key check, FOR KEY SHARE, on this row) must not wait for a reset that waits for
+    // the refresh's token.
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
         .bind(owner)
         .execute(&mut *tx)
         .await?;
@@ -264,25 +272,9 @@ pub(crate) async fn confirm_reset(
     if used.is_none() {
         return Err(invalid_token());
     }
-    revoke_outstanding(&mut tx, owner).await?;
-    let user: User = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1 \
-         RETURNING {USER_COLUMNS}"
-    )))
-    .bind(owner)
-    .bind(&new_hash)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(invalid_token)?;
-    let ended = end_sessions(&mut tx, owner).await?;
-    let changed = PasswordChanged {
-        user_id: user.id,
-        email: user.email.clone(),
-        changed_at: Utc::now(),
-    };
-    let event = Event::new(catalog::AUTH.name, types::USER_PASSWORD_CHANGED, &changed)
-        .map_err(|e| ApiError::internal(&e))?;
-    outbox::enqueue(&mut tx, &event).await?;
+    let (user, ended) = replace_password(&mut tx, owner, &new_hash, None, Via::Reset)
+        .await?
+        .ok_or_else(invalid_token)?;
     tx.commit().await?;
     tracing::info!(user_id = %owner, sessions_ended = ended, "password reset");
     Ok(error::ok(user))

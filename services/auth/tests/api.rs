@@ -1267,35 +1267,33 @@ async fn changing_the_password_ends_every_session_a_thief_holds_and_the_old_pass
     let fresh = &body["data"];
     assert_eq!(fresh["user"]["id"], user["id"]);
 
-    for (who, session) in [("the thief's", &thief), ("the owner's older", &owner)] {
+    assert_replaced(&app, &user, &[&thief, &owner], "change").await;
+    let (status, body) = app.refresh(&fresh["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "the change's own session: {body}");
+}
+
+/// What replacing `user`'s password by [`NEW_PASSWORD`] must leave: none of `sessions`
+/// refreshes, the old password is refused and the new one logs in, and the owner is
+/// told once at the account's address, whoever replaced it, `via` what.
+async fn assert_replaced(app: &TestAuth, user: &Value, sessions: &[&Value], via: &str) {
+    for session in sessions {
         let (status, body) = app.refresh(&session["refresh_token"]).await;
         assert_eq!(
             status,
             StatusCode::UNAUTHORIZED,
-            "{who} session lived on: {body}"
+            "a session lived on: {body}"
         );
     }
-    let (status, body) = app.refresh(&fresh["refresh_token"]).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "the session the change answers with: {body}"
-    );
-
-    let (status, _) = app.login_with(&address, PASSWORD).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the old password still logs in"
-    );
-    let (status, body) = app.login_with(&address, NEW_PASSWORD).await;
+    let address = user["email"].as_str().unwrap();
+    let (status, _) = app.login_with(address, PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the old password logs in");
+    let (status, body) = app.login_with(address, NEW_PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-
-    // The owner is told at the account's address, whoever changed it.
     let told = app.events(types::USER_PASSWORD_CHANGED).await;
     assert_eq!(told.len(), 1, "{told:?}");
     assert_eq!(told[0]["user_id"], user["id"]);
-    assert_eq!(told[0]["email"], address.as_str());
+    assert_eq!(told[0]["email"], address);
+    assert_eq!(told[0]["via"], via);
 }
 
 /// Holding an access token is not knowing the password: a stolen token must not turn
@@ -1568,24 +1566,7 @@ async fn a_forgotten_password_is_reset_with_the_mailed_token_and_every_session_e
     let (status, body) = confirm_reset(&app, &tokens[0], NEW_PASSWORD).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["id"], user["id"]);
-
-    let (status, _) = app.refresh(&thief["refresh_token"]).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "a session outlived the reset"
-    );
-    let (status, _) = app.login_with(&address, PASSWORD).await;
-    assert_eq!(
-        status,
-        StatusCode::UNAUTHORIZED,
-        "the old password still logs in"
-    );
-    let (status, body) = app.login_with(&address, NEW_PASSWORD).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let told = app.events(types::USER_PASSWORD_CHANGED).await;
-    assert_eq!(told.len(), 1, "{told:?}");
-    assert_eq!(told[0]["email"], address.as_str());
+    assert_replaced(&app, &user, &[&thief], "reset").await;
 
     let (status, body) = confirm_reset(&app, &tokens[0], "yet another passphrase").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "a token works once: {body}");

@@ -98,6 +98,9 @@ pub struct Sender {
 const SENT_CREDENTIAL: &str =
     "(a mail about access: its text may have held a token and is not kept)";
 
+/// How often [`Sender::forget_sent_credentials`] runs, beside once at start.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
+
 /// How long past its send timeout a claimed delivery stays its sender's: the time to
 /// record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -130,7 +133,41 @@ impl Sender {
             let stop = stop.clone();
             running.spawn(async move { sender.work(poll, stop).await });
         }
+        let forgetter = self.clone();
+        running.spawn(async move {
+            while !stop.is_cancelled() {
+                match forgetter.forget_sent_credentials().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deliveries = n, "texts of sent mails about access forgotten")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "forgetting sent mails' texts failed"),
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(FORGET_EVERY) => {}
+                }
+            }
+        });
         while running.join_next().await.is_some() {}
+    }
+
+    /// Replaces the stored text of the mails about access ([`TRANSACTIONAL`]) sent or
+    /// given up in the last two days that still have theirs. A sender forgets the text
+    /// as it records the outcome; this catches the mails a sender of a release that did
+    /// not count their type as one sent (blue and green both send, and a rollback runs
+    /// the older release again). Older tokens have expired. Returns how many it changed.
+    pub async fn forget_sent_credentials(&self) -> Result<u64, sqlx::Error> {
+        sqlx::query(
+            "UPDATE deliveries SET body = $2 \
+             WHERE event_type = ANY($1) AND status IN ('delivered', 'failed') \
+               AND created_at > now() - interval '2 days' AND body <> $2",
+        )
+        .bind(&TRANSACTIONAL[..])
+        .bind(SENT_CREDENTIAL)
+        .execute(&self.pool)
+        .await
+        .map(|done| done.rows_affected())
     }
 
     async fn work(&self, poll: Duration, stop: CancellationToken) {

@@ -89,18 +89,30 @@ pub fn render(event: &Event) -> Option<Message> {
                 ),
             )
         }
-        // Whoever changed it knew the password: if it was not the owner, the owner
-        // learns it here, at the account's address, and what to do.
+        // The owner learns it here, at the account's address, whoever replaced it, and
+        // what was exposed if it was not them: the password, or their mailbox.
         types::USER_PASSWORD_CHANGED => (
             "Your FinFlow password was changed".to_owned(),
             format!(
                 "The password of the FinFlow account with this email address was\n\
-                 changed, and every session of the account was signed out, at\n\
+                 {},\n\
+                 and every session of the account was signed out, at\n\
                  {}.\n\n\
                  If it was you, there is nothing to do.\n\
-                 If it was not you, someone knew your password: contact FinFlow\n\
-                 support at once to lock the account.",
-                text(d, "changed_at")
+                 {}",
+                if d["via"] == "reset" {
+                    "reset with a token we mailed here"
+                } else {
+                    "changed by someone who knew the password before"
+                },
+                text(d, "changed_at"),
+                if d["via"] == "reset" {
+                    "If it was not you, someone can read this mailbox: secure it, then\n\
+                     reset your password again (POST /api/v1/auth/password-reset)."
+                } else {
+                    "If it was not you, someone knew your password: reset it now\n\
+                     (POST /api/v1/auth/password-reset) and tell FinFlow support."
+                }
             ),
         ),
         types::USER_KYC_UPDATED => match d["kyc_status"].as_str()? {
@@ -172,6 +184,21 @@ mod tests {
         Event::new("test", kind, &data).unwrap()
     }
 
+    /// `kind`'s message for `data`, which travels as 7bit with no line folded (a token
+    /// line intact): ASCII, no line over 76 characters.
+    fn unfolded(kind: &str, data: Value) -> Message {
+        let message = render(&event(kind, data)).unwrap();
+        let fits = message.body.is_ascii() && message.body.lines().all(|l| l.len() <= 76);
+        assert!(fits, "{kind} would be folded: {}", message.body);
+        message
+    }
+
+    /// Fails unless `text` is in the message's title or body.
+    fn says(message: &Message, text: &str) {
+        let said = message.title.contains(text) || message.body.contains(text);
+        assert!(said, "{text:?} is not in {message:?}");
+    }
+
     #[test]
     fn every_notified_event_type_has_a_template() {
         let user = Uuid::new_v4();
@@ -195,103 +222,67 @@ mod tests {
         ))
         .unwrap();
         assert!(welcome.body.contains("Ada"));
-        let verification = render(&event(
+        let verification = unfolded(
             types::USER_VERIFICATION_REQUESTED,
             json!({"user_id": user, "email": "ada@example.com", "full_name": "Click evil.example",
                    "token": "abc-_123", "expires_at": "2026-12-06T10:00:00Z"}),
-        ))
-        .unwrap();
-        assert_eq!(verification.user_id, user);
-        assert!(
-            verification
-                .body
-                .contains("POST /api/v1/auth/verify with the body\n\n{\"token\":\"abc-_123\"}\n"),
-            "{}",
-            verification.body
         );
-        assert!(verification.body.contains("2026-12-06T10:00:00Z"));
-        assert!(
-            verification
-                .body
-                .contains("plus \"password\": the password you chose when you signed up."),
-            "{}",
-            verification.body
+        assert_eq!(verification.user_id, user);
+        says(
+            &verification,
+            "POST /api/v1/auth/verify with the body\n\n{\"token\":\"abc-_123\"}\n",
+        );
+        says(&verification, "2026-12-06T10:00:00Z");
+        says(
+            &verification,
+            "plus \"password\": the password you chose when you signed up.",
         );
         assert!(
             !verification.body.contains("evil"),
             "nothing the sign-up typed is mailed"
         );
-        assert!(verification.body.is_ascii(), "sent as 7bit, token intact");
-        assert!(
-            verification.body.lines().all(|l| l.len() <= 76),
-            "no line long enough to be folded: {}",
-            verification.body
-        );
-        assert!(
-            render(&event(
-                types::USER_VERIFICATION_REQUESTED,
-                json!({"user_id": user, "email": "ada@example.com"})
-            ))
-            .is_none(),
-            "no token, no mail"
-        );
-        let repeated = render(&event(
+        let repeated = unfolded(
             types::USER_REGISTRATION_REPEATED,
             json!({"user_id": user, "email": "ada@example.com"}),
-        ))
-        .unwrap();
-        assert!(
-            repeated.title.contains("Someone tried"),
-            "{}",
-            repeated.title
         );
-        assert!(repeated.body.contains("log in"));
-        let reset = render(&event(
+        says(&repeated, "Someone tried");
+        says(&repeated, "log in");
+        let reset = unfolded(
             types::USER_PASSWORD_RESET_REQUESTED,
             json!({"user_id": user, "email": "ada@example.com", "token": "t0ken",
                    "expires_at": "2026-12-07T04:00:00.123456Z"}),
-        ))
-        .unwrap();
-        assert!(reset.title.contains("Reset"), "{}", reset.title);
-        assert!(
-            reset.body.contains(r#"{"token":"t0ken"}"#),
-            "{}",
-            reset.body
         );
-        assert!(
-            reset.body.lines().all(|l| l.len() <= 76),
-            "no line long enough to be folded: {}",
-            reset.body
+        says(&reset, "Reset your FinFlow password");
+        says(
+            &reset,
+            "POST /api/v1/auth/password-reset/confirm\nwith the body\n\n{\"token\":\"t0ken\"}\n",
         );
-        assert!(
-            render(&event(
-                types::USER_PASSWORD_RESET_REQUESTED,
-                json!({"user_id": user, "email": "ada@example.com"})
-            ))
-            .is_none(),
-            "no token, no mail"
-        );
-        let changed = render(&event(
+        let changed = unfolded(
             types::USER_PASSWORD_CHANGED,
             json!({"user_id": user, "email": "ada@example.com", "changed_at": "2026-12-07T03:00:00Z"}),
-        ))
-        .unwrap();
+        );
         assert_eq!(changed.user_id, user);
-        assert!(
-            changed.title.contains("password was changed"),
-            "{}",
-            changed.title
+        says(&changed, "password was changed");
+        says(&changed, "2026-12-07T03:00:00Z");
+        says(&changed, "someone knew your password");
+        let reset_done = unfolded(
+            types::USER_PASSWORD_CHANGED,
+            json!({"user_id": user, "email": "ada@example.com", "changed_at": "2026-12-07T03:00:00Z",
+                   "via": "reset"}),
         );
-        assert!(
-            changed.body.contains("2026-12-07T03:00:00Z"),
-            "{}",
-            changed.body
-        );
-        assert!(
-            changed.body.lines().all(|l| l.len() <= 76),
-            "no line long enough to be folded: {}",
-            changed.body
-        );
+        says(&reset_done, "reset with a token we mailed here");
+        says(&reset_done, "someone can read this mailbox");
+        for kind in [
+            types::USER_VERIFICATION_REQUESTED,
+            types::USER_PASSWORD_RESET_REQUESTED,
+        ] {
+            let tokenless = json!({"user_id": user, "email": "ada@example.com"});
+            assert_eq!(
+                render(&event(kind, tokenless)),
+                None,
+                "{kind}: no token, no mail"
+            );
+        }
         let kyc = render(&event(
             types::USER_KYC_UPDATED,
             json!({"user_id": user, "kyc_status": "verified"}),
