@@ -7,7 +7,7 @@ pub const USER_CREATED: &str = "user.created";
 /// a credential: only the mail to `email` may carry it.
 pub const USER_VERIFICATION_REQUESTED: &str = "user.verification_requested";
 /// The fields of an event's `data` that are a credential for its consumer alone (the
-/// verification token D mails), by event type: the producer's outbox table keeps them
+/// tokens D mails: a verification, a password reset), by event type: the producer's outbox table keeps them
 /// only until the broker has the event, so a reader of the live table or a dump of it
 /// finds none (the write-ahead log and dead row versions until vacuum still hold them).
 pub const SECRET_DATA: &[(&str, &str)] = &[
@@ -21,8 +21,9 @@ pub const USER_REGISTRATION_REPEATED: &str = "user.registration_repeated";
 /// email, token, expires_at}`. The token is a credential: only the mail to `email` may
 /// carry it.
 pub const USER_PASSWORD_RESET_REQUESTED: &str = "user.password_reset_requested";
-/// The account's password was changed and every session of it ended: `{user_id,
-/// email, changed_at}`, so its owner is told at the account's address, whoever changed it.
+/// The account's password was replaced and every session of it ended: `{user_id,
+/// email, changed_at, via}` (`via`: `change` or `reset`), so its owner is told at the
+/// account's address, whoever replaced it.
 pub const USER_PASSWORD_CHANGED: &str = "user.password_changed";
 pub const USER_KYC_UPDATED: &str = "user.kyc_updated";
 pub const WALLET_CREATED: &str = "wallet.created";

@@ -104,4 +104,18 @@ mod tests {
         );
         assert!(!format!("{requested:?}").contains("s3cret-token"));
     }
+
+    /// An event from before `via` existed reads as a change, the only way there was.
+    #[test]
+    fn a_password_changed_without_via_was_a_change() {
+        let older = serde_json::json!({"user_id": Uuid::nil(), "email": "ada@example.com",
+                                       "changed_at": "2026-12-07T03:00:00Z"});
+        let changed: PasswordChanged = serde_json::from_value(older).unwrap();
+        assert_eq!(changed.via, PasswordReplacedVia::Change);
+        let reset = PasswordChanged {
+            via: PasswordReplacedVia::Reset,
+            ..changed
+        };
+        assert_eq!(serde_json::to_value(&reset).unwrap()["via"], "reset");
+    }
 }

@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     // The staff accounts' mails came before the instructions: kept, not shown.
     let shown_from = mail::mark(&mailbox);
     let verify_url = format!("{gateway}/api/v1/auth/verify");
+    let reset_url = format!("{gateway}/api/v1/auth/password-reset/confirm");
     tokio::spawn(async move {
         let mut written = 0;
         loop {
@@ -88,11 +89,14 @@ async fn main() -> anyhow::Result<()> {
                     mail::subject(&data).unwrap_or("(no subject)")
                 );
                 if let Some(token) = mail::mailed_token(&data) {
-                    if let Some(line) = data.lines().find(|l| l.contains("/api/v1/auth/verify")) {
-                        println!("  {}", line.trim());
-                    }
+                    // A verification mail or a reset mail: each says where its token goes.
+                    let (url, field, what) = if data.contains("/api/v1/auth/password-reset") {
+                        (&reset_url, "new_password", "<a new password>")
+                    } else {
+                        (&verify_url, "password", "<your password>")
+                    };
                     println!(
-                        "  curl -s {verify_url} -H 'content-type: application/json' -d '{{\"token\":\"{token}\",\"password\":\"<your password>\"}}'"
+                        "  curl -s {url} -H 'content-type: application/json' -d '{{\"token\":\"{token}\",\"{field}\":\"{what}\"}}'"
                     );
                 }
             }

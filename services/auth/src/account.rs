@@ -27,7 +27,8 @@ use crate::domain::Password;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
-    /// The account's password now. A wrong one is 403; every attempt counts towards
+    /// The account's password now. A wrong one is 403; every attempt past the checks of
+    /// `new_password` counts towards
     /// `LOGIN_LIMIT_PER_ACCOUNT` a minute for the account from the client's address,
     /// and `LOGIN_LIMIT_PER_ADDRESS` for the address.
     #[schema(example = "correct horse battery")]
@@ -44,7 +45,7 @@ pub struct SessionsEnded {
     pub sessions_ended: i64,
 }
 
-const GUESSING: &str = "too many password attempts, try again later";
+const PASSWORD_ATTEMPTS_LIMITED: &str = "too many password attempts, try again later";
 
 fn wrong_password() -> ApiError {
     ApiError::forbidden("the current password is wrong")
@@ -83,7 +84,7 @@ pub(crate) async fn change_password(
         "password-address",
         &address,
         s.settings.login_limit_per_address,
-        GUESSING,
+        PASSWORD_ATTEMPTS_LIMITED,
     )
     .await?;
     crate::limits::hit(
@@ -91,7 +92,7 @@ pub(crate) async fn change_password(
         "password-account-address",
         &format!("{me}/{address}"),
         s.settings.login_limit_per_account,
-        GUESSING,
+        PASSWORD_ATTEMPTS_LIMITED,
     )
     .await?;
     let current: Option<String> =
@@ -122,12 +123,12 @@ pub(crate) async fn change_password(
     Ok(error::ok(session))
 }
 
-/// Gives `user` the password hashed as `new_hash`, if its hash is still `current`
-/// (any, when `None`), and what follows from it in the same transaction, `via` a change
-/// or a reset: every session
-/// ends, reset tokens mailed before are revoked (they would undo the change for whoever
-/// reads the mailbox), and `user.password_changed` has its owner told. The account and
-/// how many sessions ended; `None` if the account is gone or its hash is not `current`.
+/// Gives `user` the password hashed as `new_hash`, if its hash is still `current` (any,
+/// when `None`), with what follows from it in the same transaction: every session ends,
+/// reset tokens mailed before are revoked (they would undo the change for whoever reads
+/// the mailbox), and `user.password_changed` tells its owner it was replaced `via` a
+/// change or a reset. The account and how many sessions ended; `None` if the account is
+/// gone or its hash is not `current`.
 pub(crate) async fn replace_password(
     tx: &mut PgConnection,
     user: Uuid,
@@ -148,7 +149,7 @@ pub(crate) async fn replace_password(
         return Ok(None);
     };
     let ended = end_sessions(&mut *tx, user).await?;
-    crate::reset::revoke_outstanding(&mut *tx, user).await?;
+    crate::reset::revoke_outstanding_resets(&mut *tx, user).await?;
     let changed = PasswordChanged {
         user_id: account.id,
         email: account.email.clone(),
@@ -177,7 +178,7 @@ pub(crate) async fn logout_all(State(s): State<AppState>, UserId(me): UserId) ->
 /// Revokes every refresh token of `user`; returns how many sessions could still refresh.
 /// As with one session's logout, a token a rotation is writing at this moment is not
 /// marked, and is refused because its family holds a revoked token.
-pub(crate) async fn end_sessions(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
+async fn end_sessions(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
     // The SELECT reads the table as it was before the UPDATE: a family with a revoked
     // token then was ended already.
     sqlx::query_scalar(

@@ -271,7 +271,7 @@ pub struct VerifyRequest {
 
 /// The one answer to every well-formed token that does not verify: which of unknown,
 /// used, revoked or expired it was is not said.
-pub(crate) fn invalid_token() -> ApiError {
+fn invalid_token() -> ApiError {
     ApiError::not_found("no such verification: the token is unknown, used or expired")
         .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
 }
@@ -449,6 +449,7 @@ async fn login(
 /// transaction (Argon2 is slow); a password change in that gap ends every session, and
 /// this one would outlive it. With the lock, a change that came first leaves the login
 /// without an account, and one that comes later waits for the session and ends it.
+/// Public for the tests that hold a login in that gap.
 pub async fn user_if_password_is(
     tx: &mut PgConnection,
     email: &Email,
@@ -464,7 +465,7 @@ pub async fn user_if_password_is(
     .await
 }
 
-pub(crate) async fn user_by_id<'e>(
+async fn user_by_id<'e>(
     db: impl sqlx::PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<User>, sqlx::Error> {

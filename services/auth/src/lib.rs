@@ -95,16 +95,19 @@ pub struct Settings {
         value_parser = Quiet(parse_service_clients)
     )]
     pub service_clients: Option<ServiceClients>,
-    /// Login attempts allowed per account from one client address per minute; a
-    /// successful login there starts the count again.
+    /// Login attempts allowed per account from one client address per minute (a
+    /// successful login there starts the count again), and password changes likewise
+    /// (successes counted too: each costs two Argon2 runs).
     #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value_t = 10)]
     pub login_limit_per_account: u32,
-    /// Login attempts allowed per client address per minute.
+    /// Login attempts allowed per client address per minute; password changes and reset
+    /// confirmations each have a count of their own at this limit.
     #[arg(long, env = "LOGIN_LIMIT_PER_ADDRESS", default_value_t = 50)]
     pub login_limit_per_address: u32,
     /// Sign-ups allowed per client address per minute. Each costs an Argon2 hash and
     /// sends a mail: unthrottled, a sign-up is both a CPU sink and a way to flood
-    /// anyone's mailbox.
+    /// anyone's mailbox. Password reset requests, which may send a mail too, have a
+    /// count of their own at this limit.
     #[arg(long, env = "REGISTER_LIMIT_PER_ADDRESS", default_value_t = 10)]
     pub register_limit_per_address: u32,
 }

@@ -1,6 +1,7 @@
-//! Login, sign-up and password-change attempt limits, counted in Redis so every replica
-//! (blue and green) shares them. Sign-ups are counted per client address; password
-//! changes as logins are ([`crate::account`]).
+//! Login, sign-up and password attempt limits, counted in Redis so every replica (blue
+//! and green) shares them. Sign-ups, reset requests and reset confirmations are counted
+//! per client address; password changes per address and per account and address, as
+//! logins are, but a success does not clear the count ([`crate::account`]).
 //!
 //! Two login counters, both per client address: every attempt from an address, and the
 //! attempts at one account from one address since its last success there. There is no

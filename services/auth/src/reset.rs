@@ -1,7 +1,6 @@
 //! Resetting a forgotten password with a token mailed to the account's address.
 //!
-//! `POST /api/v1/auth/password-reset` answers 202 with the same body whatever the
-//! address; only a verified account's address is mailed a token
+//! `POST /api/v1/auth/password-reset` answers every valid address the same 202; only a verified account's address is mailed a token
 //! (`user.password_reset_requested`), at most [`MAILS_PER_HOUR`] an hour, so the form
 //! cannot flood a mailbox. `POST /api/v1/auth/password-reset/confirm` with the token and
 //! a new password sets the password, ends every session of the account and tells its
@@ -77,7 +76,7 @@ pub struct ResetConfirm {
     pub new_password: String,
 }
 
-/// Asks for a reset mail. Always 202 with the same body: whether the address has an
+/// Asks for a reset mail. Every valid address gets the same 202: whether it has an
 /// account is told only to its mailbox.
 #[utoipa::path(post, path = "/api/v1/auth/password-reset", tag = "auth", request_body = ResetRequest,
     responses((status = 202, body = ResetAccepted,
@@ -102,8 +101,8 @@ pub(crate) async fn request_reset(
     let email = api::parse_email(&req.email)?;
     let mut tx = s.pool.begin().await?;
     // The account's row lock makes concurrent requests count each other's mails. Not
-    // FOR UPDATE: a refresh inserting a token checks its user row FOR KEY SHARE, which
-    // that would block, and a refresh can hold what a reset then waits for.
+    // FOR UPDATE, which would hold up the account's refreshes meanwhile (each checks
+    // this row FOR KEY SHARE as it writes its token).
     let account: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NOT NULL \
          FOR NO KEY UPDATE",
@@ -179,7 +178,7 @@ async fn issue(
 }
 
 /// Revokes every reset token of `user` not used or revoked yet.
-pub(crate) async fn revoke_outstanding(
+pub(crate) async fn revoke_outstanding_resets(
     tx: &mut PgConnection,
     user: Uuid,
 ) -> Result<(), sqlx::Error> {
@@ -201,8 +200,9 @@ fn invalid_token() -> ApiError {
 }
 
 /// The account of `token` if the token is unused, not revoked and unexpired.
-const LIVE: &str = "SELECT user_id FROM password_resets \
-     WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()";
+const LIVE_RESET_OWNER: &str = "SELECT user_id FROM password_resets \
+     WHERE token_hash = $1 \
+       AND used_at IS NULL AND revoked_at IS NULL AND expires_at > now()";
 
 /// Sets a new password with the token of a reset mail, as a change does
 /// ([`replace_password`]): every session of the account ends, its other reset tokens
@@ -240,7 +240,7 @@ pub(crate) async fn confirm_reset(
     let hash = tokens::hash_opaque_token(&req.token);
     // Looked up before hashing, which is slow and taken outside any lock: an unknown
     // token costs no Argon2.
-    let peeked: Option<Uuid> = sqlx::query_scalar(LIVE)
+    let peeked: Option<Uuid> = sqlx::query_scalar(LIVE_RESET_OWNER)
         .bind(&hash)
         .fetch_optional(&s.pool)
         .await?;

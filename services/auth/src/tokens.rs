@@ -135,7 +135,8 @@ mod tests {
     use finflow_platform::identity::{KycStatus, Tier};
     use jsonwebtoken::{DecodingKey, Validation};
 
-    /// The published example was 47 characters, which the published lengths refuse.
+    /// The published example must meet the published length and pattern (it was 47
+    /// characters once).
     #[test]
     fn the_documented_mailed_token_takes_what_shaped_takes_and_so_does_its_example() {
         let schema = text::schema::<MailedToken>();

@@ -1437,45 +1437,78 @@ async fn signing_out_everywhere_ends_every_session_of_the_caller_and_no_one_else
     app.login(&address).await;
 }
 
-/// A login that checked the old password while the change was being made must not
-/// start a session after the change has ended the others: the login's transaction is
-/// caught here between its check and its session.
+/// A login checks the password before its transaction (Argon2 is slow), and a password
+/// change in that gap used to leave the session the login then started alive. The
+/// test's transaction is that login, caught between its check and its session: a change
+/// that comes while it holds the account waits for it, then ends its session; a login
+/// that checked the old password after a change finds no account.
 #[tokio::test]
-async fn a_login_with_the_old_password_that_finishes_after_the_change_gets_no_session() {
+async fn a_login_caught_between_its_check_and_its_session_does_not_outlive_a_password_change() {
     let app = TestAuth::spawn(&[]).await;
     let address = email();
     let user = app.register(&address).await;
-    let old_hash: String = db::scalar_of(
-        &app.db.pool,
-        "SELECT password_hash FROM users WHERE email = $1",
-        address.as_str(),
-    )
-    .await;
-
-    let (status, body) = change_password(&app, &user, PASSWORD, NEW_PASSWORD).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
     let email = finflow_platform::Email::parse(&address).unwrap();
-    let mut tx = app.db.pool.begin().await.unwrap();
-    let late = finflow_auth::api::user_if_password_is(&mut tx, &email, &old_hash)
-        .await
-        .unwrap();
+    const HASH: &str = "SELECT password_hash FROM users WHERE email = $1";
+    let checked: String = db::scalar_of(&app.db.pool, HASH, address.as_str()).await;
+    let mut login = app.db.pool.begin().await.unwrap();
+    let held = finflow_auth::api::user_if_password_is(&mut login, &email, &checked).await;
     assert!(
-        late.is_none(),
-        "a login checked against the old password found the user"
+        held.unwrap().is_some(),
+        "the password it checked is the account's"
     );
-    let new_hash: String = db::scalar_of(
-        &app.db.pool,
-        "SELECT password_hash FROM users WHERE email = $1",
-        address.as_str(),
-    )
-    .await;
-    let current = finflow_auth::api::user_if_password_is(&mut tx, &email, &new_hash)
+
+    let token = format!("late-login-{}", Uuid::new_v4());
+    let session = async {
+        // Only once the change is waiting for the account does the login write its
+        // session: without the lock the change would not wait, and this never ends.
+        for _ in 0.. {
+            let waiting: i64 = db::scalar(
+                &app.db.pool,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple')",
+            )
+            .await;
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + interval '1 day')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(Uuid::now_v7())
+        .bind(Uuid::parse_str(user["id"].as_str().unwrap()).unwrap())
+        .bind(finflow_auth::tokens::hash_opaque_token(&token))
+        .execute(&mut *login)
         .await
         .unwrap();
+        login.commit().await.unwrap();
+    };
+    let change = change_password(&app, &user, PASSWORD, NEW_PASSWORD);
+    let ((status, body), ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(change, session)
+    })
+    .await
+    .expect("the change never waited for the login holding the account");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.refresh(&json!(token)).await;
     assert_eq!(
-        current.map(|u| u.id.to_string()),
-        user["id"].as_str().map(str::to_owned)
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the login's session outlived the change: {body}"
     );
+
+    let mut late = app.db.pool.begin().await.unwrap();
+    let stale = finflow_auth::api::user_if_password_is(&mut late, &email, &checked).await;
+    assert!(
+        stale.unwrap().is_none(),
+        "a login that checked the old password found the account"
+    );
+    let now: String = db::scalar_of(&app.db.pool, HASH, address.as_str()).await;
+    let current = finflow_auth::api::user_if_password_is(&mut late, &email, &now).await;
+    assert!(current.unwrap().is_some());
 }
 
 /// A thief who took the account (a leaked password, a session of their own) must not be
@@ -1634,11 +1667,13 @@ async fn a_reset_token_is_refused_once_expired_used_up_by_another_or_after_a_cha
     let [expired, older, newer] = tokens.as_slice() else {
         panic!("three reset mails: {tokens:?}");
     };
-    sqlx::query("UPDATE password_resets SET expires_at = now() WHERE token_hash = $1")
-        .bind(finflow_auth::tokens::hash_opaque_token(expired))
-        .execute(&app.db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE token_hash = $1",
+    )
+    .bind(finflow_auth::tokens::hash_opaque_token(expired))
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
     let (status, body) = confirm_reset(&app, expired, NEW_PASSWORD).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "an expired token: {body}");
 

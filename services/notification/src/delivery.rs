@@ -98,6 +98,10 @@ pub struct Sender {
 const SENT_CREDENTIAL: &str =
     "(a mail about access: its text may have held a token and is not kept)";
 
+/// What [`SENT_CREDENTIAL`] said before mails about access other than a sign-up's:
+/// such a text holds no token either.
+const SENT_SIGN_UP_MAIL: &str = "(a sign-up mail: its text held a token and is not kept)";
+
 /// How often [`Sender::forget_sent_credentials`] runs, beside once at start.
 const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
@@ -161,10 +165,11 @@ impl Sender {
         sqlx::query(
             "UPDATE deliveries SET body = $2 \
              WHERE event_type = ANY($1) AND status IN ('delivered', 'failed') \
-               AND created_at > now() - interval '2 days' AND body <> $2",
+               AND created_at > now() - interval '2 days' AND body NOT IN ($2, $3)",
         )
         .bind(&TRANSACTIONAL[..])
         .bind(SENT_CREDENTIAL)
+        .bind(SENT_SIGN_UP_MAIL)
         .execute(&self.pool)
         .await
         .map(|done| done.rows_affected())

@@ -9,7 +9,8 @@
 //!   which A emits once the address is verified.
 //! - Mails about access to the account (`user.verification_requested` with A's token,
 //!   `user.registration_repeated` for an address that has an account,
-//!   `user.password_changed`) are transactional ([`consumer::TRANSACTIONAL`]): one email
+//!   `user.password_reset_requested` with A's token, `user.password_changed`) are
+//!   transactional ([`consumer::TRANSACTIONAL`]): one email
 //!   to the address in the event, no in-app notification or webhook, whatever the
 //!   preferences.
 //! - The [`delivery`] worker sends queued deliveries: email over SMTP (lettre), webhooks

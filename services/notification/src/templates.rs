@@ -184,8 +184,9 @@ mod tests {
         Event::new("test", kind, &data).unwrap()
     }
 
-    /// `kind`'s message for `data`, which travels as 7bit with no line folded (a token
-    /// line intact): ASCII, no line over 76 characters.
+    /// `kind`'s message for `data`, which must travel as 7bit and never be folded by
+    /// quoted-printable, so that a token line reaches the reader whole: ASCII, no line
+    /// over 76 characters.
     fn unfolded(kind: &str, data: Value) -> Message {
         let message = render(&event(kind, data)).unwrap();
         let fits = message.body.is_ascii() && message.body.lines().all(|l| l.len() <= 76);

@@ -1109,14 +1109,19 @@ async fn the_text_of_a_mail_about_access_an_older_release_sent_is_forgotten() {
     let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
     let (sender, _) = sender_to_a_sink(&db).await;
     let token = "cmVzZXQtdG9rZW4tb2YtdGhlLXRlc3QtMDEyMzQ1Njc4OWE";
-    for (event_type, status) in [
-        (types::USER_PASSWORD_RESET_REQUESTED, "delivered"),
-        (types::USER_PASSWORD_RESET_REQUESTED, "pending"),
-        (types::PAYMENT_COMPLETED, "delivered"),
+    // Of type, status and age (days), only the first two are sent mails about access
+    // recent enough for their token to be live.
+    for (event_type, status, days) in [
+        (types::USER_PASSWORD_RESET_REQUESTED, "delivered", 0),
+        (types::USER_VERIFICATION_REQUESTED, "failed", 1),
+        (types::USER_PASSWORD_RESET_REQUESTED, "pending", 0),
+        (types::PAYMENT_COMPLETED, "delivered", 0),
+        (types::USER_VERIFICATION_REQUESTED, "delivered", 3),
     ] {
         sqlx::query(
             "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, \
-             payload, status) VALUES ($1, $2, $3, $4, 'email', 'ada@example.com', 'Subject', $5, '{}', $6)",
+             payload, status, created_at) VALUES ($1, $2, $3, $4, 'email', 'ada@example.com', 'Subject', \
+             $5, '{}', $6, now() - make_interval(days => $7))",
         )
         .bind(Uuid::new_v4())
         .bind(Uuid::new_v4())
@@ -1124,13 +1129,15 @@ async fn the_text_of_a_mail_about_access_an_older_release_sent_is_forgotten() {
         .bind(event_type)
         .bind(format!("the text: {token}"))
         .bind(status)
+        .bind(days)
         .execute(&db.pool)
         .await
         .unwrap();
     }
-    assert_eq!(sender.forget_sent_credentials().await.unwrap(), 1);
+    assert_eq!(sender.forget_sent_credentials().await.unwrap(), 2);
     let kept: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, status FROM deliveries WHERE strpos(body, $1) > 0 ORDER BY event_type",
+        "SELECT event_type, status FROM deliveries WHERE strpos(body, $1) > 0 \
+         ORDER BY event_type, status",
     )
     .bind(token)
     .fetch_all(&db.pool)
@@ -1144,8 +1151,13 @@ async fn the_text_of_a_mail_about_access_an_older_release_sent_is_forgotten() {
                 "user.password_reset_requested".to_owned(),
                 "pending".to_owned()
             ),
+            (
+                "user.verification_requested".to_owned(),
+                "delivered".to_owned()
+            ),
         ],
-        "a mail not sent yet keeps its text; other mails are not about access"
+        "a mail not sent yet keeps its text, other mails are not about access, and an \
+         older one's token has expired"
     );
     assert_eq!(
         sender.forget_sent_credentials().await.unwrap(),

@@ -19,7 +19,8 @@ use serde_json::{Map, Value, json};
 /// the operations published without a security requirement.
 // Why public: /health and /ready, probes (the operator's via the API server's service
 // proxy); /openapi.json, what the gateway publishes (no /internal); the JWK set and auth
-// routes, how a caller gets a token (or replaces a forgotten password). Not /metrics: the sidecar's admin port serves it.
+// routes, how a caller gets a token (or replaces a forgotten password). Not /metrics:
+// the sidecar's admin port serves it.
 pub const PUBLIC_PATHS: &str = "/health,/ready,/openapi.json,\
 /.well-known/jwks.json,/api/v1/auth/register,/api/v1/auth/verify,/api/v1/auth/login,\
 /api/v1/auth/refresh,/api/v1/auth/logout,/api/v1/auth/token,/api/v1/auth/password-reset,\
