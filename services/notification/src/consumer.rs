@@ -263,8 +263,8 @@ impl Handler for Notifier {
     }
 
     /// The events that only tell their users, told in one statement per run of them.
-    /// A sign-up mail or a `user.created` (which records the address the next events
-    /// mail to) is applied alone, in its place, so every event sees what the ones
+    /// A mail about access ([`TRANSACTIONAL`]) or a `user.created` (which records the
+    /// address the next events mail to) is applied alone, in its place, so every event sees what the ones
     /// before it wrote. A failure fails the batch, as [`each_in_turn`] does.
     ///
     /// [`each_in_turn`]: finflow_platform::events::consumer::each_in_turn
