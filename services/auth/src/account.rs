@@ -175,10 +175,24 @@ pub(crate) async fn logout_all(State(s): State<AppState>, UserId(me): UserId) ->
     Ok(error::ok(SessionsEnded { sessions_ended }))
 }
 
-/// Revokes every refresh token of `user`; returns how many sessions could still refresh.
-/// As with one session's logout, a token a rotation is writing at this moment is not
-/// marked, and is refused because its family holds a revoked token.
-async fn end_sessions(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
+/// Takes `user`'s sessions until `tx` ends. Whatever changes a user's refresh tokens (a
+/// refresh, a logout, signing out everywhere, a password replaced) takes this first and
+/// the tokens after: two of them then never each hold a token the other waits for, a
+/// deadlock PostgreSQL breaks by failing one (a 500, or a sign-out that did not happen).
+/// NO KEY UPDATE, the lock a password's UPDATE takes: a session's foreign key check on
+/// the row (KEY SHARE) does not wait for it; a login's share lock does.
+pub async fn hold_sessions(tx: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Revokes every refresh token of `user`, holding its sessions first; returns how many
+/// sessions could still refresh. Public for the test that catches it midway.
+pub async fn end_sessions(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
+    hold_sessions(&mut *tx, user).await?;
     // The SELECT reads the table as it was before the UPDATE: a family with a revoked
     // token then was ended already.
     sqlx::query_scalar(

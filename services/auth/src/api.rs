@@ -538,6 +538,17 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     let invalid = || ApiError::unauthorized("the refresh token is invalid or expired");
     let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;
+    // Whose token it is, read before any lock (a token never changes owner): the
+    // account's sessions come first (`account::hold_sessions`).
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(owner) = owner else {
+        return Err(invalid());
+    };
+    crate::account::hold_sessions(&mut tx, owner).await?;
     // The row lock makes concurrent uses of one token take turns: only one can rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
         "SELECT family_id, user_id, expires_at, used_at, revoked_at, EXISTS ( \
@@ -580,9 +591,10 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
 }
 
 /// Ends a session: marks the family's tokens revoked, and [`refresh`] refuses every
-/// token of a family with a revoked one. The UPDATE sees only the tokens committed when
-/// it began, so the token a rotation was writing at that moment is not marked; it is
-/// refused because the token it rotated is (the UPDATE waits for that one's row lock).
+/// token of a family with a revoked one. Callers hold the account's sessions
+/// ([`crate::account::hold_sessions`]), so no rotation of the family is midway; were one
+/// writing a token this UPDATE does not see, that token would be refused all the same,
+/// its family holding a revoked one.
 async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
@@ -600,14 +612,15 @@ async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<(), 
 async fn logout(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
     let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;
-    let family: Option<(Uuid,)> =
-        sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+    let family: Option<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
             .bind(&hash)
             .fetch_optional(&mut *tx)
             .await?;
-    let Some((family,)) = family else {
+    let Some((family, owner)) = family else {
         return Err(ApiError::unauthorized("the refresh token is invalid"));
     };
+    crate::account::hold_sessions(&mut tx, owner).await?;
     revoke_family(&mut tx, family).await?;
     tx.commit().await?;
     Ok(error::ok(serde_json::json!({ "revoked": true })))

@@ -251,14 +251,8 @@ pub(crate) async fn confirm_reset(
 
     let mut tx = s.pool.begin().await?;
     // The account's row, then the token's: the order a password change and a reset
-    // request take them in. Of two uses of one token, the second finds it used. NO KEY
-    // UPDATE, as a change's UPDATE takes: a refresh writing its next token (a foreign
-    // key check, FOR KEY SHARE, on this row) must not wait for a reset that waits for
-    // the refresh's token.
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+    // request take them in. Of two uses of one token, the second finds it used.
+    crate::account::hold_sessions(&mut tx, owner).await?;
     let used: Option<Uuid> = sqlx::query_scalar(
         "UPDATE password_resets SET used_at = now() \
          WHERE token_hash = $1 AND user_id = $2 \

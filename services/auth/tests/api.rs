@@ -663,6 +663,10 @@ async fn a_logout_during_a_rotation_also_ends_the_token_the_rotation_writes() {
     let next = format!("{current}-next");
 
     let mut rotation = app.db.pool.begin().await.unwrap();
+    let owner = Uuid::parse_str(session["user"]["id"].as_str().unwrap()).unwrap();
+    finflow_auth::account::hold_sessions(&mut rotation, owner)
+        .await
+        .unwrap();
     let (family, user): (Uuid, Uuid) = sqlx::query_as(
         "SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
     )
@@ -684,8 +688,7 @@ async fn a_logout_during_a_rotation_also_ends_the_token_the_rotation_writes() {
 
     let logout = app.logout(&session["refresh_token"]);
     let commit = async {
-        // The logout waits on the token the rotation holds.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        until_a_transaction_waits_for_a_lock(&app.db.pool).await;
         rotation.commit().await.unwrap();
     };
     let ((status, body), ()) = tokio::join!(logout, commit);
@@ -697,6 +700,68 @@ async fn a_logout_during_a_rotation_also_ends_the_token_the_rotation_writes() {
         StatusCode::UNAUTHORIZED,
         "the rotation's token outlived the logout: {body}"
     );
+}
+
+/// A replayed refresh token revokes its family while signing out everywhere revokes all
+/// of the user's tokens. Each used to lock a token and then wait for one the other held,
+/// and PostgreSQL broke the cycle by failing one of them: the replay answered 500, or
+/// the sign-out did not happen. The test's transaction is a sign-out everywhere caught
+/// after it took the account's sessions and the newest token; the replay comes then.
+#[tokio::test]
+async fn a_replayed_refresh_token_and_signing_out_everywhere_at_once_both_finish() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let user = Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+    let first = app.login(&address).await;
+    let (status, second) = app.refresh(&first["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let newest = second["data"]["refresh_token"].as_str().unwrap();
+
+    let mut sign_out = app.db.pool.begin().await.unwrap();
+    finflow_auth::account::hold_sessions(&mut sign_out, user)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE")
+        .bind(finflow_auth::tokens::hash_opaque_token(newest))
+        .execute(&mut *sign_out)
+        .await
+        .unwrap();
+
+    let replay = app.refresh(&first["refresh_token"]);
+    let finish = async {
+        until_a_transaction_waits_for_a_lock(&app.db.pool).await;
+        let ended = finflow_auth::account::end_sessions(&mut sign_out, user)
+            .await
+            .expect("the sign-out failed");
+        sign_out.commit().await.unwrap();
+        ended
+    };
+    let ((status, body), ended) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(replay, finish)
+    })
+    .await
+    .expect("the replay or the sign-out never finished");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(ended, 1, "the one session that could refresh");
+    let (status, _) = app.refresh(&json!(newest)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Until some transaction of the test's database waits for a row another holds.
+async fn until_a_transaction_waits_for_a_lock(pool: &sqlx::PgPool) {
+    loop {
+        let waiting: i64 = db::scalar(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple')",
+        )
+        .await;
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -1461,18 +1526,7 @@ async fn a_login_caught_between_its_check_and_its_session_does_not_outlive_a_pas
     let session = async {
         // Only once the change is waiting for the account does the login write its
         // session: without the lock the change would not wait, and this never ends.
-        for _ in 0.. {
-            let waiting: i64 = db::scalar(
-                &app.db.pool,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple')",
-            )
-            .await;
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_a_transaction_waits_for_a_lock(&app.db.pool).await;
         sqlx::query(
             "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
              VALUES ($1, $2, $3, $4, now() + interval '1 day')",
