@@ -48,6 +48,8 @@ pub const SIDECAR_PUBLIC_PATHS: &str = finflow_platform::openapi::PUBLIC_PATHS;
 /// `grant-role` command: no email carries a role by itself).
 pub const STAFF: &[(&str, &str)] = &[
     ("ops@finflow.local", "ops"),
+    // A reversal takes two operators: one asks, the other makes it.
+    ("ops-second@finflow.local", "ops"),
     ("compliance@finflow.local", "compliance"),
 ];
 

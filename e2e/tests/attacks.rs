@@ -1,6 +1,6 @@
 //! Attacks through the gateway by people with a staff role, or by the owner of a wallet
-//! staff froze: staff never decide on their own money, and an owner cannot undo a
-//! staff freeze. And by anyone: a sign-up with someone else's address tells nothing and
+//! staff froze: staff never decide on their own money, one operator alone reverses
+//! nothing, and an owner cannot undo a staff freeze. And by anyone: a sign-up with someone else's address tells nothing and
 //! takes nothing; a verification compliance revoked stops the money; a sum counts by
 //! what it is worth, not by its number of units.
 
@@ -108,6 +108,75 @@ async fn staff_can_neither_release_nor_reverse_their_own_payments() {
         "50.00",
         "the recipient keeps the money"
     );
+    platform.stop().await;
+}
+
+/// A reversal is asked for by one operator and made by another; until then no money
+/// moves, and once made it moves back through B's ledger.
+#[tokio::test]
+async fn a_reversal_one_operator_asks_for_moves_the_money_back_once_another_approves() {
+    let mut platform = platform().await;
+    let client = platform.client();
+    let mut operators = Vec::new();
+    for email in ["ops-asks@finflow.local", "ops-approves@finflow.local"] {
+        let operator = platform
+            .staff_user(&client, email, "ops")
+            .await
+            .unwrap_or_else(|e| panic!("granting ops: {e:#}"));
+        operators.push(operator);
+    }
+    let (alice, alices) = client.new_user("alice").await.with_wallet("USD").await;
+    let (bob, bobs) = client.new_user("bob").await.with_wallet("USD").await;
+    let funded = alice
+        .pay(
+            "deposit",
+            json!({"to_wallet_id": alices, "amount": "100.00", "currency": "USD"}),
+            &key(),
+            Some(20),
+        )
+        .await;
+    assert_eq!(funded.data(StatusCode::OK)["status"], "COMPLETED");
+    let paid = alice
+        .pay(
+            "transfer",
+            json!({"from_wallet_id": alices, "to_wallet_id": bobs, "amount": "30.00", "currency": "USD"}),
+            &key(),
+            Some(20),
+        )
+        .await;
+    let id = paid.data(StatusCode::OK)["id"].as_str().unwrap().to_owned();
+    let reverse = format!("/api/v1/payments/{id}/reverse");
+
+    let asked = operators[0].client.post(&reverse, json!({})).await;
+    assert_eq!(
+        asked.data(StatusCode::ACCEPTED)["payment"]["status"],
+        "COMPLETED"
+    );
+    let again = operators[0].client.post(&reverse, json!({})).await;
+    assert_eq!(
+        again.data(StatusCode::ACCEPTED),
+        asked.data(StatusCode::ACCEPTED)
+    );
+    assert_eq!(
+        bob.balance(&bobs).await,
+        "30.00",
+        "one operator moved nothing"
+    );
+    let waiting = operators[1].client.get("/api/v1/payments/reversals").await;
+    assert_eq!(
+        waiting.data(StatusCode::OK)[0]["payment"]["id"],
+        id.as_str(),
+        "{}",
+        waiting.body
+    );
+
+    let made = operators[1].client.post(&reverse, json!({})).await;
+    assert_eq!(made.data(StatusCode::OK)["status"], "REVERSED");
+    assert_eq!(alice.balance(&alices).await, "100.00");
+    assert_eq!(bob.balance(&bobs).await, "0.00");
+    let twice = operators[0].client.post(&reverse, json!({})).await;
+    assert_eq!(twice.error(StatusCode::CONFLICT), "CONFLICT");
+    assert_eq!(alice.balance(&alices).await, "100.00", "reversed once");
     platform.stop().await;
 }
 

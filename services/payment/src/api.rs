@@ -61,7 +61,8 @@ pub(crate) struct ApiDoc;
 /// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
     finflow_platform::route_table!(ApiDoc:
-        transfer; deposit; withdrawal; list; get_one; reverse; release)
+        transfer; deposit; withdrawal; list; get_one; release;
+        crate::reversal::reverse; crate::reversal::reversals)
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -639,7 +640,7 @@ async fn list(
 /// Both ends are on the row; for a payment accepted before C recorded the payee, the
 /// payee of a transfer is whoever owns the destination wallet at B (a deposit pays
 /// the payer, a withdrawal pays nobody here).
-async fn not_their_own(
+pub(crate) async fn not_their_own(
     wallets: &Wallets,
     who: &Identity,
     row: &PaymentRow,
@@ -659,32 +660,6 @@ async fn not_their_own(
         .with_details(serde_json::json!({ "reason": "own_payment" })));
     }
     Ok(())
-}
-
-/// Reverses a completed payment with a compensating transfer (role `ops`), never one of
-/// the caller's own ([`not_their_own`]).
-#[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
-    responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
-        (status = 403, body = ErrorEnvelope, description = "not `ops`, or the caller's own payment (`details.reason` `own_payment`)"),
-        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "the payment's status does not allow it")))]
-async fn reverse(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
-    who.require_role("ops")?;
-    let mut tx = s.pool.begin().await?;
-    let row = settle::lock(&mut tx, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment not found"))?;
-    not_their_own(&s.wallets, &who, &row).await?;
-    if row.status()? != Status::Completed {
-        return Err(ApiError::conflict(format!(
-            "only a COMPLETED payment can be reversed; this one is {}",
-            row.status
-        )));
-    }
-    // The reversal's transfer id derives from the payment: a retry cannot reverse twice.
-    s.wallets.transfer(&settle::reversal_for(&row)?).await?;
-    let reversed = settle::transition(&mut tx, &row, Status::Reversed, None).await?;
-    tx.commit().await?;
-    Ok(error::ok(reversed.view()?))
 }
 
 /// Releases a held payment to the worker (role `compliance`), never one of the

@@ -12,6 +12,8 @@
 //! - The [`worker`] consumes `payment.requested` and asks B to apply the payment id as a
 //!   transfer id, which B does at most once; the outcome and its event commit together
 //!   and the message is ACKed after. See [`worker`] for why this is exactly once.
+//! - A completed payment is reversed by two operators: one asks, another makes it
+//!   ([`reversal`]).
 //! - The [`sweeper`] republishes payments stuck in `PENDING` and settles expired ones
 //!   through B's void, so every payment ends terminal and none is applied twice.
 //!
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod idempotency;
 pub mod model;
+pub mod reversal;
 pub mod settle;
 pub mod sweeper;
 pub mod waiters;

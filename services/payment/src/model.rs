@@ -241,6 +241,15 @@ pub struct PaymentRow {
 pub const PAYMENT_COLUMNS: &str = "id, user_id, request_hash, kind, from_wallet_id, to_wallet_id, amount, currency, \
      description, status, failure_code, failure_reason, created_at, updated_at, completed_at, payee_user_id";
 
+/// [`PAYMENT_COLUMNS`] of the table named `alias` in a query that reads several.
+pub fn payment_columns_of(alias: &str) -> String {
+    PAYMENT_COLUMNS
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl PaymentRow {
     pub fn status(&self) -> Result<Status, ApiError> {
         Status::parse(&self.status)

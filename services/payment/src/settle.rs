@@ -10,7 +10,7 @@ use finflow_platform::events::{Event, outbox, types};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::model::{Failure, Kind, PAYMENT_COLUMNS, PaymentRow, Status};
+use crate::model::{Failure, Kind, PAYMENT_COLUMNS, PaymentRow, Status, payment_columns_of};
 use finflow_contracts::payment::PaymentEvent;
 use finflow_contracts::wallet::{TransferKind, TransferRequest};
 
@@ -108,11 +108,7 @@ pub async fn transition_all(
         codes.push(failure.as_ref().map(|f| f.code.clone()));
         reasons.push(failure.as_ref().map(|f| f.reason.clone()));
     }
-    let columns = PAYMENT_COLUMNS
-        .split(',')
-        .map(|c| format!("p.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let columns = payment_columns_of("p");
     let mut updated: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE payments p SET status = c.status, failure_code = c.code, failure_reason = c.reason, \
            updated_at = now(), \

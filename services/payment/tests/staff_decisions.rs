@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use axum::http::Method;
 use common::Stand;
 use finflow_payment::sweeper::Sweeper;
 use finflow_platform::db;
@@ -87,9 +88,106 @@ async fn another_staff_member_may_release_and_reverse_the_same_payments() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(stand.status_of(held).await, "PENDING");
     let (status, body) = stand.decide(other, "ops", paid, "reverse").await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = stand.decide(Uuid::new_v4(), "ops", paid, "reverse").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(stand.status_of(paid).await, "REVERSED");
     assert_eq!(stand.wallets.transfers(), 1);
+}
+
+/// Who asked for a payment's reversal and who made it.
+async fn reversal_deciders(pool: &PgPool, payment: Uuid) -> (Uuid, Option<Uuid>) {
+    sqlx::query_as("SELECT requested_by, approved_by FROM reversal_requests WHERE payment_id = $1")
+        .bind(payment)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// One operator alone used to reverse a completed payment, and reversing a withdrawal
+/// credits the wallet with money that has already left: one insider and one customer
+/// could have it paid out twice. One operator asks, another makes it.
+#[tokio::test]
+async fn a_reversal_one_operator_asks_for_is_made_only_once_another_approves_it() {
+    let stand = Stand::start().await;
+    let (payer, first, second) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let wallet = stand.wallets.wallet_of(payer);
+    let paid_out = stand
+        .payment(
+            payer,
+            "withdrawal",
+            Some(wallet),
+            None,
+            "500.00",
+            "COMPLETED",
+        )
+        .await;
+
+    let (status, asked) = stand.decide(first, "ops", paid_out, "reverse").await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["data"]["requested_by"], json!(first), "{asked}");
+    assert_eq!(asked["data"]["payment"]["id"], json!(paid_out));
+    assert_eq!(asked["data"]["payment"]["status"], "COMPLETED");
+    // The same operator again: the same request, not a second pair of eyes.
+    let (status, again) = stand.decide(first, "ops", paid_out, "reverse").await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["data"], asked["data"]);
+    assert_eq!(stand.status_of(paid_out).await, "COMPLETED");
+    assert_eq!(stand.wallets.transfers(), 0, "nothing moved on one word");
+
+    let reversals = "/api/v1/payments/reversals";
+    let (status, listed) = stand.as_staff(second, "ops", Method::GET, reversals).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["data"],
+        json!([asked["data"]]),
+        "what waits for approval"
+    );
+
+    let (status, made) = stand.decide(second, "ops", paid_out, "reverse").await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["data"]["status"], "REVERSED");
+    assert_eq!(stand.wallets.transfers(), 1, "one compensating transfer");
+    assert_eq!(
+        reversal_deciders(&stand.pool, paid_out).await,
+        (first, Some(second))
+    );
+    let (_, listed) = stand.as_staff(first, "ops", Method::GET, reversals).await;
+    assert_eq!(listed["data"], json!([]), "{listed}");
+    let (status, body) = stand
+        .decide(Uuid::new_v4(), "ops", paid_out, "reverse")
+        .await;
+    assert_eq!(status, 409, "reversed once: {body}");
+    assert_eq!(stand.wallets.transfers(), 1);
+}
+
+#[tokio::test]
+async fn a_party_to_the_payment_can_neither_ask_for_nor_approve_its_reversal() {
+    let stand = Stand::start().await;
+    let (payer, payee, ops) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let paid = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
+    assert_own_payment_refused(stand.decide(payee, "ops", paid, "reverse").await);
+
+    let (status, body) = stand.decide(ops, "ops", paid, "reverse").await;
+    assert_eq!(status, 202, "{body}");
+    assert_own_payment_refused(stand.decide(payer, "ops", paid, "reverse").await);
+    assert_own_payment_refused(stand.decide(payee, "ops", paid, "reverse").await);
+    assert_eq!(stand.status_of(paid).await, "COMPLETED");
+    assert_eq!(stand.wallets.transfers(), 0);
+    assert_eq!(reversal_deciders(&stand.pool, paid).await, (ops, None));
+}
+
+#[tokio::test]
+async fn only_operators_see_the_reversals_waiting_for_approval() {
+    let stand = Stand::start().await;
+    let reversals = "/api/v1/payments/reversals";
+    for roles in ["compliance", "user"] {
+        let (status, body) = stand
+            .as_staff(Uuid::new_v4(), roles, Method::GET, reversals)
+            .await;
+        assert_eq!(status, 403, "{roles}: {body}");
+        assert_eq!(body["error"]["code"], "FORBIDDEN");
+    }
 }
 
 /// The payee C names in a payment's events, for E's four eyes.

@@ -347,8 +347,21 @@ impl Stand {
 
     /// `POST /api/v1/payments/{id}/{action}` as a staff member `who` with `roles`.
     pub async fn decide(&self, who: Uuid, roles: &str, id: Uuid, action: &str) -> (u16, Value) {
+        let path = format!("/api/v1/payments/{id}/{action}");
+        self.as_staff(who, roles, axum::http::Method::POST, &path)
+            .await
+    }
+
+    /// A request to C as the staff member `who` with `roles`, as their sidecar forwards it.
+    pub async fn as_staff(
+        &self,
+        who: Uuid,
+        roles: &str,
+        method: axum::http::Method,
+        path: &str,
+    ) -> (u16, Value) {
         let response = ServiceClient::http_client()
-            .post(format!("{}/api/v1/payments/{id}/{action}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("x-user-id", who.to_string())
             .header(
                 "x-user-email",
