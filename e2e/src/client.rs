@@ -256,6 +256,15 @@ impl User {
         self.client.send(req).await
     }
 
+    /// Posts a payment under a new key that must complete within 20 seconds; its data.
+    pub async fn completed(&self, kind: &str, body: Value) -> Value {
+        let key = uuid::Uuid::new_v4().to_string();
+        let answer = self.pay(kind, body, &key, Some(20)).await;
+        let payment = answer.data(StatusCode::OK).clone();
+        assert_eq!(payment["status"], "COMPLETED", "{payment}");
+        payment
+    }
+
     pub async fn balance(&self, wallet: &str) -> String {
         let a = self
             .client

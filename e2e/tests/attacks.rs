@@ -77,25 +77,11 @@ async fn staff_can_neither_release_nor_reverse_their_own_payments() {
     }
 
     // A transfer the ops user made is not theirs to reverse.
-    let funded = ops
-        .pay(
-            "deposit",
-            json!({"to_wallet_id": own, "amount": "100.00", "currency": "USD"}),
-            &key(),
-            Some(20),
-        )
-        .await;
-    assert_eq!(funded.data(StatusCode::OK)["status"], "COMPLETED");
-    let paid = ops
-        .pay(
-            "transfer",
-            json!({"from_wallet_id": own, "to_wallet_id": bobs, "amount": "50.00", "currency": "USD"}),
-            &key(),
-            Some(20),
-        )
-        .await;
-    let paid = paid.data(StatusCode::OK).clone();
-    assert_eq!(paid["status"], "COMPLETED");
+    let deposit = json!({"to_wallet_id": own, "amount": "100.00", "currency": "USD"});
+    ops.completed("deposit", deposit).await;
+    let transfer = json!({"from_wallet_id": own, "to_wallet_id": bobs,
+        "amount": "50.00", "currency": "USD"});
+    let paid = ops.completed("transfer", transfer).await;
     let id = paid["id"].as_str().unwrap();
     let reverse = ops
         .client
@@ -127,24 +113,12 @@ async fn a_reversal_one_operator_asks_for_moves_the_money_back_once_another_appr
     }
     let (alice, alices) = client.new_user("alice").await.with_wallet("USD").await;
     let (bob, bobs) = client.new_user("bob").await.with_wallet("USD").await;
-    let funded = alice
-        .pay(
-            "deposit",
-            json!({"to_wallet_id": alices, "amount": "100.00", "currency": "USD"}),
-            &key(),
-            Some(20),
-        )
-        .await;
-    assert_eq!(funded.data(StatusCode::OK)["status"], "COMPLETED");
-    let paid = alice
-        .pay(
-            "transfer",
-            json!({"from_wallet_id": alices, "to_wallet_id": bobs, "amount": "30.00", "currency": "USD"}),
-            &key(),
-            Some(20),
-        )
-        .await;
-    let id = paid.data(StatusCode::OK)["id"].as_str().unwrap().to_owned();
+    let deposit = json!({"to_wallet_id": alices, "amount": "100.00", "currency": "USD"});
+    alice.completed("deposit", deposit).await;
+    let transfer = json!({"from_wallet_id": alices, "to_wallet_id": bobs,
+        "amount": "30.00", "currency": "USD"});
+    let paid = alice.completed("transfer", transfer).await;
+    let id = paid["id"].as_str().unwrap().to_owned();
     let reverse = format!("/api/v1/payments/{id}/reverse");
 
     let asked = operators[0].client.post(&reverse, json!({})).await;

@@ -87,46 +87,40 @@ pub(crate) async fn reverse(
     }
     // Under the payment's row lock: of two operators asking at once, the second finds
     // the first's request and makes the reversal.
-    match asked(&mut tx, id).await? {
-        None => {
-            let asked: Asked = sqlx::query_as(
-                "INSERT INTO reversal_requests (payment_id, requested_by) VALUES ($1, $2) \
-                 RETURNING requested_by, requested_at",
-            )
-            .bind(id)
-            .bind(me)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            tracing::info!(payment_id = %id, requested_by = %me, "reversal asked for");
-            return Ok(error::with_status(StatusCode::ACCEPTED, asked.of(&row)?));
-        }
-        Some(asked) if asked.requested_by == me => {
-            return Ok(error::with_status(StatusCode::ACCEPTED, asked.of(&row)?));
-        }
-        Some(_) => {}
-    }
-    s.wallets.transfer(&settle::reversal_for(&row)?).await?;
-    let reversed = settle::transition(&mut tx, &row, Status::Reversed, None).await?;
-    sqlx::query(
-        "UPDATE reversal_requests SET approved_by = $2, approved_at = now() WHERE payment_id = $1",
+    let approved: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE reversal_requests SET approved_by = $2, approved_at = now() \
+         WHERE payment_id = $1 AND approved_at IS NULL AND requested_by <> $2 \
+         RETURNING requested_by",
     )
     .bind(id)
     .bind(me)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    let Some(requested_by) = approved else {
+        let asked = ask(&mut tx, id, me).await?;
+        tx.commit().await?;
+        tracing::info!(payment_id = %id, requested_by = %me, "reversal asked for");
+        return Ok(error::with_status(StatusCode::ACCEPTED, asked.of(&row)?));
+    };
+    s.wallets.transfer(&settle::reversal_for(&row)?).await?;
+    let reversed = settle::transition(&mut tx, &row, Status::Reversed, None).await?;
     tx.commit().await?;
-    tracing::info!(payment_id = %id, approved_by = %me, "payment reversed");
+    tracing::info!(payment_id = %id, %requested_by, approved_by = %me, "payment reversed");
     Ok(error::ok(reversed.view()?))
 }
 
-async fn asked(tx: &mut PgConnection, payment: Uuid) -> Result<Option<Asked>, sqlx::Error> {
+/// The caller's request to reverse `payment`, recorded now or as they made it before
+/// (no one else's is waiting: [`reverse`] would have approved it).
+async fn ask(tx: &mut PgConnection, payment: Uuid, me: Uuid) -> Result<Asked, sqlx::Error> {
+    // The update on conflict changes nothing; it makes the row come back either way.
     sqlx::query_as(
-        "SELECT requested_by, requested_at FROM reversal_requests \
-         WHERE payment_id = $1 AND approved_at IS NULL",
+        "INSERT INTO reversal_requests (payment_id, requested_by) VALUES ($1, $2) \
+         ON CONFLICT (payment_id) DO UPDATE SET requested_by = reversal_requests.requested_by \
+         RETURNING requested_by, requested_at",
     )
     .bind(payment)
-    .fetch_optional(&mut *tx)
+    .bind(me)
+    .fetch_one(&mut *tx)
     .await
 }
 
