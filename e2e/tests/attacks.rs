@@ -138,7 +138,7 @@ async fn a_reversal_one_operator_asks_for_moves_the_money_back_once_another_appr
     );
     let waiting = operators[1].client.get("/api/v1/payments/reversals").await;
     assert_eq!(
-        waiting.data(StatusCode::OK)[0]["payment"]["id"],
+        waiting.data(StatusCode::OK)["items"][0]["payment"]["id"],
         id.as_str(),
         "{}",
         waiting.body

@@ -1,16 +1,24 @@
--- A reversal takes two operators: one asks (a row here), another makes it (approved_by).
--- The payment's row lock orders them: of two operators asking at once, the second
--- approves. The CHECK keeps one operator from being both, whatever the code says.
+-- A reversal takes two operators: one asks (a request here), another approves it. A
+-- request is closed once: approved (the payment is REVERSED in the same transaction),
+-- withdrawn (by the operator who asked, or by one who declines it) or expired (a day
+-- without a second operator; the next operator to ask asks anew). Ids are UUIDv7, so
+-- they order requests by age. The CHECKs keep one operator from approving their own
+-- request, whatever the code says.
 CREATE TABLE reversal_requests (
-    payment_id UUID PRIMARY KEY REFERENCES payments (id),
+    id UUID PRIMARY KEY,
+    payment_id UUID NOT NULL REFERENCES payments (id),
     requested_by UUID NOT NULL,
     requested_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    approved_by UUID,
-    approved_at TIMESTAMPTZ,
-    CHECK (approved_by IS DISTINCT FROM requested_by),
-    CHECK ((approved_by IS NULL) = (approved_at IS NULL))
+    outcome TEXT CHECK (outcome IN ('approved', 'withdrawn', 'expired')),
+    closed_by UUID,
+    closed_at TIMESTAMPTZ,
+    CHECK ((outcome IS NULL) = (closed_at IS NULL)),
+    CHECK (outcome IS NOT NULL OR closed_by IS NULL),
+    CHECK (outcome IS DISTINCT FROM 'approved' OR (closed_by IS NOT NULL AND closed_by <> requested_by)),
+    CHECK (outcome IS DISTINCT FROM 'withdrawn' OR closed_by IS NOT NULL)
 );
 
--- What waits for a second operator, oldest first.
-CREATE INDEX reversal_requests_waiting ON reversal_requests (requested_at, payment_id)
-    WHERE approved_at IS NULL;
+-- At most one request waits per payment; what waits is listed oldest first.
+CREATE UNIQUE INDEX reversal_requests_one_waiting ON reversal_requests (payment_id)
+    WHERE outcome IS NULL;
+CREATE INDEX reversal_requests_waiting ON reversal_requests (id) WHERE outcome IS NULL;

@@ -100,9 +100,9 @@ pub(crate) async fn request_reset(
     .await?;
     let email = api::parse_email(&req.email)?;
     let mut tx = s.pool.begin().await?;
-    // The account's row lock makes concurrent requests count each other's mails. Not
-    // FOR UPDATE, which would hold up the account's refreshes meanwhile (each checks
-    // this row FOR KEY SHARE as it writes its token).
+    // The account's row lock makes concurrent requests count each other's mails. NO KEY
+    // UPDATE, the lock a session change takes (`account::hold_sessions`): the two take
+    // turns, and a session's foreign key check (KEY SHARE) does not wait for either.
     let account: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM users WHERE email = $1 AND email_verified_at IS NOT NULL \
          FOR NO KEY UPDATE",

@@ -650,9 +650,9 @@ async fn more_refreshes_at_once_than_the_pool_has_connections_all_succeed() {
 }
 
 /// A logout while a thief's rotation of the same session is writing its next token:
-/// the logout's UPDATE cannot see that uncommitted token, and used to leave it live.
-/// Here the test's transaction is the rotation caught in the act: it holds the token
-/// it rotates and has written the next one when the owner logs out.
+/// the logout's UPDATE could not see that uncommitted token, and used to leave it live.
+/// Here the test's transaction is the rotation caught in the act, holding the account's
+/// sessions as a rotation does: the logout waits for it, then ends the token it wrote.
 #[tokio::test]
 async fn a_logout_during_a_rotation_also_ends_the_token_the_rotation_writes() {
     let app = TestAuth::spawn(&[]).await;

@@ -62,7 +62,7 @@ pub(crate) struct ApiDoc;
 pub fn routes() -> OpenApiRouter<AppState> {
     finflow_platform::route_table!(ApiDoc:
         transfer; deposit; withdrawal; list; get_one; release;
-        crate::reversal::reverse; crate::reversal::reversals)
+        crate::reversal::reverse, crate::reversal::withdraw; crate::reversal::reversals)
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

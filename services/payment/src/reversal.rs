@@ -3,14 +3,18 @@
 //! A reversal moves the money back with a compensating transfer, and reversing a
 //! withdrawal credits the wallet with money that has already left FinFlow: on one
 //! operator's word, an insider and a customer could have the same money paid out twice.
-//! Neither operator may be a party to the payment ([`api::not_their_own`]).
+//! Neither operator may be a party to the payment ([`api::not_their_own`]). A request
+//! waits a day ([`REQUEST_TTL`]) for the second operator; any operator may withdraw it
+//! meanwhile (the one who asked, or one who declines it).
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
-use finflow_platform::{ApiError, ApiResult, Identity, Path};
-use serde::Serialize;
+use finflow_platform::{ApiError, ApiResult, Identity, Path, Query};
+use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -19,50 +23,120 @@ use crate::api::{self, AppState};
 use crate::model::{Payment, PaymentRow, Status, payment_columns_of};
 use crate::settle;
 
-/// A reversal one operator asked for, waiting for another's approval.
+/// How long a request waits for a second operator. After it, the request no longer
+/// reverses anything: an approval a day late would act on what the first operator saw
+/// a day before. The next operator to ask asks anew.
+pub const REQUEST_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How a request was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// By a second operator: the payment is `REVERSED`.
+    Approved,
+    /// By an operator: the one who asked, or one who declined it.
+    Withdrawn,
+    /// Nobody approved it within a day.
+    Expired,
+}
+
+/// A request to reverse a completed payment.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReversalRequest {
-    /// The payment as it is: still `COMPLETED`.
+    pub id: Uuid,
+    /// The payment as it is (`COMPLETED` while the request waits).
     pub payment: Payment,
     /// The operator who asked; any other operator who is not a party to the payment
-    /// approves it with the same `POST .../reverse`.
+    /// makes the reversal with the same `POST .../reverse`.
     pub requested_by: Uuid,
+    /// When it was asked for; it waits a day.
     pub requested_at: DateTime<Utc>,
+    /// How it was closed; absent while it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Who closed it (none for an expired one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<DateTime<Utc>>,
 }
 
+/// A request's columns: `request_id` is its id, apart from the payment's in a join.
+const REQUEST_COLUMNS: &str =
+    "id AS request_id, requested_by, requested_at, outcome, closed_by, closed_at";
+
 #[derive(sqlx::FromRow)]
-struct Asked {
+struct RequestRow {
+    #[sqlx(rename = "request_id")]
+    id: Uuid,
     requested_by: Uuid,
     requested_at: DateTime<Utc>,
+    outcome: Option<String>,
+    closed_by: Option<Uuid>,
+    closed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct Waiting {
-    #[sqlx(flatten)]
-    payment: PaymentRow,
-    #[sqlx(flatten)]
-    asked: Asked,
-}
-
-impl Asked {
+impl RequestRow {
     fn of(self, payment: &PaymentRow) -> Result<ReversalRequest, ApiError> {
+        let outcome = match self.outcome.as_deref() {
+            None => None,
+            Some("approved") => Some(Outcome::Approved),
+            Some("withdrawn") => Some(Outcome::Withdrawn),
+            Some("expired") => Some(Outcome::Expired),
+            Some(other) => {
+                return Err(ApiError::internal(&format!(
+                    "unknown reversal outcome {other}"
+                )));
+            }
+        };
         Ok(ReversalRequest {
+            id: self.id,
             payment: payment.view()?,
             requested_by: self.requested_by,
             requested_at: self.requested_at,
+            outcome,
+            closed_by: self.closed_by,
+            closed_at: self.closed_at,
         })
     }
 }
 
+/// [`REQUEST_TTL`] in seconds, for SQL (`$n * interval '1 second'`).
+fn ttl_secs() -> f64 {
+    REQUEST_TTL.as_secs_f64()
+}
+
+/// The completed payment `id`, locked, that `who` (an operator) may decide on.
+async fn decidable(
+    s: &AppState,
+    tx: &mut PgConnection,
+    who: &Identity,
+    id: Uuid,
+) -> Result<PaymentRow, ApiError> {
+    who.require_role("ops")?;
+    // The payment's row lock orders everything done to its requests.
+    let row = settle::lock(tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    api::not_their_own(&s.wallets, who, &row).await?;
+    if row.status()? != Status::Completed {
+        return Err(ApiError::conflict(format!(
+            "only a COMPLETED payment can be reversed; this one is {}",
+            row.status
+        )));
+    }
+    Ok(row)
+}
+
 /// Asks for the reversal of a completed payment, or makes the one another operator asked
-/// for (role `ops`; never a payment of the caller's, [`api::not_their_own`]). Made, it
-/// is a compensating transfer whose id derives from the payment: a retry cannot reverse
-/// twice.
+/// for within the day (role `ops`; never a payment of the caller's,
+/// [`api::not_their_own`]). Made, it is a compensating transfer whose id derives from
+/// the payment: a retry cannot reverse twice.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
     responses(
         (status = 200, body = Payment, description = "another operator had asked for it: reversed"),
         (status = 202, body = ReversalRequest,
-            description = "asked for (again, if the caller had already): another operator must make it"),
+            description = "asked for (the same request, if the caller's is waiting already): another operator must make it"),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
         (status = 403, body = ErrorEnvelope, description = "not `ops`, or a party to the payment (`details.reason` `own_payment`)"),
         (status = 404, body = ErrorEnvelope),
@@ -72,28 +146,18 @@ pub(crate) async fn reverse(
     who: Identity,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
-    who.require_role("ops")?;
     let me = who.user_id()?;
     let mut tx = s.pool.begin().await?;
-    let row = settle::lock(&mut tx, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment not found"))?;
-    api::not_their_own(&s.wallets, &who, &row).await?;
-    if row.status()? != Status::Completed {
-        return Err(ApiError::conflict(format!(
-            "only a COMPLETED payment can be reversed; this one is {}",
-            row.status
-        )));
-    }
-    // Under the payment's row lock: of two operators asking at once, the second finds
-    // the first's request and makes the reversal.
+    let row = decidable(&s, &mut tx, &who, id).await?;
     let approved: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE reversal_requests SET approved_by = $2, approved_at = now() \
-         WHERE payment_id = $1 AND approved_at IS NULL AND requested_by <> $2 \
+        "UPDATE reversal_requests SET outcome = 'approved', closed_by = $2, closed_at = now() \
+         WHERE payment_id = $1 AND outcome IS NULL AND requested_by <> $2 \
+           AND requested_at > now() - $3 * interval '1 second' \
          RETURNING requested_by",
     )
     .bind(id)
     .bind(me)
+    .bind(ttl_secs())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(requested_by) = approved else {
@@ -102,6 +166,7 @@ pub(crate) async fn reverse(
         tracing::info!(payment_id = %id, requested_by = %me, "reversal asked for");
         return Ok(error::with_status(StatusCode::ACCEPTED, asked.of(&row)?));
     };
+    // Should B refuse (the payee spent the money), the approval rolls back with the rest.
     s.wallets.transfer(&settle::reversal_for(&row)?).await?;
     let reversed = settle::transition(&mut tx, &row, Status::Reversed, None).await?;
     tx.commit().await?;
@@ -109,43 +174,135 @@ pub(crate) async fn reverse(
     Ok(error::ok(reversed.view()?))
 }
 
-/// The caller's request to reverse `payment`, recorded now or as they made it before
-/// (no one else's is waiting: [`reverse`] would have approved it).
-async fn ask(tx: &mut PgConnection, payment: Uuid, me: Uuid) -> Result<Asked, sqlx::Error> {
-    // The update on conflict changes nothing; it makes the row come back either way.
-    sqlx::query_as(
-        "INSERT INTO reversal_requests (payment_id, requested_by) VALUES ($1, $2) \
-         ON CONFLICT (payment_id) DO UPDATE SET requested_by = reversal_requests.requested_by \
-         RETURNING requested_by, requested_at",
+/// The caller's waiting request to reverse `payment`: the one they made within the day,
+/// or a new one. A request no one approved within the day expires here. Another
+/// operator's fresh request cannot be waiting: [`reverse`] would have approved it.
+async fn ask(tx: &mut PgConnection, payment: Uuid, me: Uuid) -> Result<RequestRow, ApiError> {
+    sqlx::query(
+        "UPDATE reversal_requests SET outcome = 'expired', closed_at = now() \
+         WHERE payment_id = $1 AND outcome IS NULL \
+           AND requested_at <= now() - $2 * interval '1 second'",
     )
     .bind(payment)
-    .bind(me)
-    .fetch_one(&mut *tx)
-    .await
+    .bind(ttl_secs())
+    .execute(&mut *tx)
+    .await?;
+    let waiting: Option<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {REQUEST_COLUMNS} FROM reversal_requests WHERE payment_id = $1 AND outcome IS NULL"
+    )))
+    .bind(payment)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match waiting {
+        Some(mine) if mine.requested_by == me => Ok(mine),
+        Some(_) => Err(ApiError::internal(
+            &"another operator's waiting reversal request was not approved",
+        )),
+        None => Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO reversal_requests (id, payment_id, requested_by) VALUES ($1, $2, $3) \
+             RETURNING {REQUEST_COLUMNS}"
+        )))
+        .bind(Uuid::now_v7())
+        .bind(payment)
+        .bind(me)
+        .fetch_one(&mut *tx)
+        .await?),
+    }
 }
 
-/// The most reversals listed at once; the oldest come first.
-const WAITING_LIMIT: i64 = 200;
-
-/// The reversals waiting for a second operator, oldest first, at most 200 (role `ops`).
-#[utoipa::path(get, path = "/api/v1/payments/reversals", tag = "payments",
-    responses((status = 200, body = Vec<ReversalRequest>),
-        (status = 403, body = ErrorEnvelope, description = "requires the role ops")))]
-pub(crate) async fn reversals(State(s): State<AppState>, who: Identity) -> ApiResult {
-    who.require_role("ops")?;
-    let columns = payment_columns_of("p");
-    let waiting: Vec<Waiting> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {columns}, r.requested_by, r.requested_at \
-         FROM reversal_requests r JOIN payments p ON p.id = r.payment_id \
-         WHERE r.approved_at IS NULL AND p.status = 'COMPLETED' \
-         ORDER BY r.requested_at, r.payment_id LIMIT $1"
+/// Withdraws the reversal waiting for a payment (role `ops`, not a party to it): the
+/// operator who asked changed their mind, or another declines it. The payment stays
+/// `COMPLETED`; any operator may ask again.
+#[utoipa::path(delete, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, body = ReversalRequest, description = "withdrawn"),
+        (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
+        (status = 403, body = ErrorEnvelope, description = "not `ops`, or a party to the payment (`details.reason` `own_payment`)"),
+        (status = 404, body = ErrorEnvelope, description = "no such payment, or no reversal of it is waiting"),
+        (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED")))]
+pub(crate) async fn withdraw(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    let me = who.user_id()?;
+    let mut tx = s.pool.begin().await?;
+    let row = decidable(&s, &mut tx, &who, id).await?;
+    let withdrawn: Option<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE reversal_requests SET outcome = 'withdrawn', closed_by = $2, closed_at = now() \
+         WHERE payment_id = $1 AND outcome IS NULL RETURNING {REQUEST_COLUMNS}"
     )))
-    .bind(WAITING_LIMIT)
+    .bind(id)
+    .bind(me)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let withdrawn =
+        withdrawn.ok_or_else(|| ApiError::not_found("no reversal of this payment is waiting"))?;
+    tx.commit().await?;
+    tracing::info!(payment_id = %id, requested_by = %withdrawn.requested_by, withdrawn_by = %me, "reversal withdrawn");
+    Ok(error::ok(withdrawn.of(&row)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitingQuery {
+    cursor: Option<Uuid>,
+    limit: Option<u16>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ReversalPage {
+    items: Vec<ReversalRequest>,
+    /// Pass as `cursor` for the next (newer) page; absent on the last page.
+    next_cursor: Option<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Waiting {
+    #[sqlx(flatten)]
+    payment: PaymentRow,
+    #[sqlx(flatten)]
+    request: RequestRow,
+}
+
+/// The reversals waiting for a second operator, oldest first (role `ops`).
+#[utoipa::path(get, path = "/api/v1/payments/reversals", tag = "payments",
+    params(("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u16>, Query, minimum = 0, maximum = 65535,
+            description = "page size, default 50; any value is clamped to 1..=200")),
+    responses((status = 200, body = ReversalPage),
+        (status = 400, body = ErrorEnvelope, description = "a bad or unknown query parameter"),
+        (status = 403, body = ErrorEnvelope, description = "requires the role ops")))]
+pub(crate) async fn reversals(
+    State(s): State<AppState>,
+    who: Identity,
+    Query(q): Query<WaitingQuery>,
+) -> ApiResult {
+    who.require_role("ops")?;
+    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 200));
+    let mut waiting: Vec<Waiting> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {}, r.id AS request_id, r.requested_by, r.requested_at, r.outcome, r.closed_by, \
+           r.closed_at \
+         FROM reversal_requests r JOIN payments p ON p.id = r.payment_id \
+         WHERE r.outcome IS NULL AND r.requested_at > now() - $1 * interval '1 second' \
+           AND p.status = 'COMPLETED' AND ($2::uuid IS NULL OR r.id > $2) \
+         ORDER BY r.id LIMIT $3",
+        payment_columns_of("p")
+    )))
+    .bind(ttl_secs())
+    .bind(q.cursor)
+    .bind(limit + 1)
     .fetch_all(&s.pool)
     .await?;
-    let requests = waiting
+    let next_cursor = if waiting.len() as i64 > limit {
+        waiting.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        waiting.last().map(|w| w.request.id)
+    } else {
+        None
+    };
+    let items = waiting
         .into_iter()
-        .map(|w| w.asked.of(&w.payment))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(error::ok(requests))
+        .map(|w| w.request.of(&w.payment))
+        .collect::<Result<_, _>>()?;
+    Ok(error::ok(ReversalPage { items, next_cursor }))
 }

@@ -95,14 +95,22 @@ async fn another_staff_member_may_release_and_reverse_the_same_payments() {
     assert_eq!(stand.wallets.transfers(), 1);
 }
 
-/// Who asked for a payment's reversal and who made it.
-async fn reversal_deciders(pool: &PgPool, payment: Uuid) -> (Uuid, Option<Uuid>) {
-    sqlx::query_as("SELECT requested_by, approved_by FROM reversal_requests WHERE payment_id = $1")
-        .bind(payment)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+/// A payment's reversal requests, oldest first: who asked, how it was closed, by whom.
+async fn reversal_requests(
+    pool: &PgPool,
+    payment: Uuid,
+) -> Vec<(Uuid, Option<String>, Option<Uuid>)> {
+    sqlx::query_as(
+        "SELECT requested_by, outcome, closed_by FROM reversal_requests \
+         WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(payment)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
+
+const REVERSALS: &str = "/api/v1/payments/reversals";
 
 /// One operator alone used to reverse a completed payment, and reversing a withdrawal
 /// credits the wallet with money that has already left: one insider and one customer
@@ -128,6 +136,7 @@ async fn a_reversal_one_operator_asks_for_is_made_only_once_another_approves_it(
     assert_eq!(asked["data"]["requested_by"], json!(first), "{asked}");
     assert_eq!(asked["data"]["payment"]["id"], json!(paid_out));
     assert_eq!(asked["data"]["payment"]["status"], "COMPLETED");
+    assert!(asked["data"].get("outcome").is_none(), "waiting: {asked}");
     // The same operator again: the same request, not a second pair of eyes.
     let (status, again) = stand.decide(first, "ops", paid_out, "reverse").await;
     assert_eq!(status, 202, "{again}");
@@ -135,13 +144,12 @@ async fn a_reversal_one_operator_asks_for_is_made_only_once_another_approves_it(
     assert_eq!(stand.status_of(paid_out).await, "COMPLETED");
     assert_eq!(stand.wallets.transfers(), 0, "nothing moved on one word");
 
-    let reversals = "/api/v1/payments/reversals";
-    let (status, listed) = stand.as_staff(second, "ops", Method::GET, reversals).await;
+    let (status, listed) = stand.as_staff(second, "ops", Method::GET, REVERSALS).await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(
-        listed["data"],
+        listed["data"]["items"],
         json!([asked["data"]]),
-        "what waits for approval"
+        "what waits"
     );
 
     let (status, made) = stand.decide(second, "ops", paid_out, "reverse").await;
@@ -149,11 +157,11 @@ async fn a_reversal_one_operator_asks_for_is_made_only_once_another_approves_it(
     assert_eq!(made["data"]["status"], "REVERSED");
     assert_eq!(stand.wallets.transfers(), 1, "one compensating transfer");
     assert_eq!(
-        reversal_deciders(&stand.pool, paid_out).await,
-        (first, Some(second))
+        reversal_requests(&stand.pool, paid_out).await,
+        [(first, Some("approved".to_owned()), Some(second))]
     );
-    let (_, listed) = stand.as_staff(first, "ops", Method::GET, reversals).await;
-    assert_eq!(listed["data"], json!([]), "{listed}");
+    let (_, listed) = stand.as_staff(first, "ops", Method::GET, REVERSALS).await;
+    assert_eq!(listed["data"]["items"], json!([]), "{listed}");
     let (status, body) = stand
         .decide(Uuid::new_v4(), "ops", paid_out, "reverse")
         .await;
@@ -162,32 +170,199 @@ async fn a_reversal_one_operator_asks_for_is_made_only_once_another_approves_it(
 }
 
 #[tokio::test]
-async fn a_party_to_the_payment_can_neither_ask_for_nor_approve_its_reversal() {
+async fn a_party_to_the_payment_can_neither_ask_for_nor_approve_nor_withdraw_its_reversal() {
     let stand = Stand::start().await;
     let (payer, payee, ops) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let paid = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
-    assert_own_payment_refused(stand.decide(payee, "ops", paid, "reverse").await);
+    for party in [payer, payee] {
+        assert_own_payment_refused(stand.decide(party, "ops", paid, "reverse").await);
+    }
 
     let (status, body) = stand.decide(ops, "ops", paid, "reverse").await;
     assert_eq!(status, 202, "{body}");
-    assert_own_payment_refused(stand.decide(payer, "ops", paid, "reverse").await);
-    assert_own_payment_refused(stand.decide(payee, "ops", paid, "reverse").await);
+    let path = format!("/api/v1/payments/{paid}/reverse");
+    for party in [payer, payee] {
+        assert_own_payment_refused(stand.decide(party, "ops", paid, "reverse").await);
+        assert_own_payment_refused(stand.as_staff(party, "ops", Method::DELETE, &path).await);
+    }
     assert_eq!(stand.status_of(paid).await, "COMPLETED");
     assert_eq!(stand.wallets.transfers(), 0);
-    assert_eq!(reversal_deciders(&stand.pool, paid).await, (ops, None));
+    assert_eq!(
+        reversal_requests(&stand.pool, paid).await,
+        [(ops, None, None)]
+    );
+}
+
+#[tokio::test]
+async fn a_withdrawn_request_reverses_nothing_and_anyone_may_ask_again() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let paid = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
+    let path = format!("/api/v1/payments/{paid}/reverse");
+    let (status, body) = stand.as_staff(second, "ops", Method::DELETE, &path).await;
+    assert_eq!(status, 404, "nothing waits: {body}");
+
+    let (status, _) = stand.decide(first, "ops", paid, "reverse").await;
+    assert_eq!(status, 202);
+    // The second operator declines it.
+    let (status, declined) = stand.as_staff(second, "ops", Method::DELETE, &path).await;
+    assert_eq!(status, 200, "{declined}");
+    assert_eq!(declined["data"]["outcome"], "withdrawn");
+    assert_eq!(declined["data"]["closed_by"], json!(second));
+    assert_eq!(declined["data"]["payment"]["status"], "COMPLETED");
+    let (_, listed) = stand.as_staff(first, "ops", Method::GET, REVERSALS).await;
+    assert_eq!(listed["data"]["items"], json!([]), "{listed}");
+
+    // The second operator's request now waits for another, the first.
+    let (status, asked) = stand.decide(second, "ops", paid, "reverse").await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["data"]["requested_by"], json!(second));
+    assert_eq!(stand.wallets.transfers(), 0);
+    let (status, made) = stand.decide(first, "ops", paid, "reverse").await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(stand.wallets.transfers(), 1);
+    assert_eq!(
+        reversal_requests(&stand.pool, paid).await,
+        [
+            (first, Some("withdrawn".to_owned()), Some(second)),
+            (second, Some("approved".to_owned()), Some(first)),
+        ]
+    );
+}
+
+/// An approval a day late would act on what the first operator saw a day before.
+#[tokio::test]
+async fn a_request_nobody_approved_within_a_day_expires_and_the_next_operator_asks_anew() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let paid = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
+    let (status, _) = stand.decide(first, "ops", paid, "reverse").await;
+    assert_eq!(status, 202);
+    sqlx::query("UPDATE reversal_requests SET requested_at = now() - interval '25 hours'")
+        .execute(&stand.pool)
+        .await
+        .unwrap();
+    let (_, listed) = stand.as_staff(second, "ops", Method::GET, REVERSALS).await;
+    assert_eq!(listed["data"]["items"], json!([]), "{listed}");
+
+    let (status, asked) = stand.decide(second, "ops", paid, "reverse").await;
+    assert_eq!(status, 202, "not approved: {asked}");
+    assert_eq!(asked["data"]["requested_by"], json!(second));
+    assert_eq!(stand.status_of(paid).await, "COMPLETED");
+    assert_eq!(stand.wallets.transfers(), 0);
+    assert_eq!(
+        reversal_requests(&stand.pool, paid).await,
+        [
+            (first, Some("expired".to_owned()), None),
+            (second, None, None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_approval_b_refuses_moves_nothing_and_the_request_still_waits() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let (from, to) = (
+        stand.wallets.wallet_of(payer),
+        stand.wallets.wallet_of(payee),
+    );
+    let paid = stand
+        .payment(
+            payer,
+            "transfer",
+            Some(from),
+            Some(to),
+            "50.00",
+            "COMPLETED",
+        )
+        .await;
+    let (status, _) = stand.decide(first, "ops", paid, "reverse").await;
+    assert_eq!(status, 202);
+    // The payee has spent the money.
+    stand.wallets.refuse_from(to);
+    let (status, body) = stand.decide(second, "ops", paid, "reverse").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "INSUFFICIENT_FUNDS", "{body}");
+    assert_eq!(stand.status_of(paid).await, "COMPLETED");
+    assert_eq!(
+        reversal_requests(&stand.pool, paid).await,
+        [(first, None, None)],
+        "the approval rolled back with the transfer"
+    );
+}
+
+#[tokio::test]
+async fn two_operators_approving_at_once_reverse_the_payment_once() {
+    let stand = Stand::start().await;
+    let (payer, payee, first) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let paid = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
+    let (status, _) = stand.decide(first, "ops", paid, "reverse").await;
+    assert_eq!(status, 202);
+
+    let (a, b) = tokio::join!(
+        stand.decide(Uuid::new_v4(), "ops", paid, "reverse"),
+        stand.decide(Uuid::new_v4(), "ops", paid, "reverse"),
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} {}", a.1, b.1);
+    assert_eq!(stand.wallets.transfers(), 1);
+    assert_eq!(stand.status_of(paid).await, "REVERSED");
 }
 
 #[tokio::test]
 async fn only_operators_see_the_reversals_waiting_for_approval() {
     let stand = Stand::start().await;
-    let reversals = "/api/v1/payments/reversals";
     for roles in ["compliance", "user"] {
         let (status, body) = stand
-            .as_staff(Uuid::new_v4(), roles, Method::GET, reversals)
+            .as_staff(Uuid::new_v4(), roles, Method::GET, REVERSALS)
             .await;
         assert_eq!(status, 403, "{roles}: {body}");
         assert_eq!(body["error"]["code"], "FORBIDDEN");
     }
+}
+
+#[tokio::test]
+async fn the_waiting_reversals_come_in_pages_oldest_first() {
+    let stand = Stand::start().await;
+    let ops = Uuid::new_v4();
+    let mut asked = Vec::new();
+    for _ in 0..3 {
+        let paid = stand
+            .transfer(Uuid::new_v4(), Uuid::new_v4(), "5.00", "COMPLETED")
+            .await;
+        let (status, _) = stand.decide(ops, "ops", paid, "reverse").await;
+        assert_eq!(status, 202);
+        asked.push(json!(paid));
+    }
+    let (status, first) = stand
+        .as_staff(ops, "ops", Method::GET, &format!("{REVERSALS}?limit=2"))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let cursor = first["data"]["next_cursor"].as_str().unwrap();
+    let (_, rest) = stand
+        .as_staff(
+            ops,
+            "ops",
+            Method::GET,
+            &format!("{REVERSALS}?limit=2&cursor={cursor}"),
+        )
+        .await;
+    assert!(rest["data"]["next_cursor"].is_null(), "{rest}");
+    let listed: Vec<Value> = [&first, &rest]
+        .iter()
+        .flat_map(|page| page["data"]["items"].as_array().unwrap().clone())
+        .map(|request| request["payment"]["id"].clone())
+        .collect();
+    assert_eq!(listed, asked);
+    let (status, body) = stand
+        .as_staff(ops, "ops", Method::GET, &format!("{REVERSALS}?page=2"))
+        .await;
+    assert_eq!(status, 400, "an unknown parameter: {body}");
 }
 
 /// The payee C names in a payment's events, for E's four eyes.
