@@ -151,11 +151,10 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult {
     // Counted before any work: a refused sign-up still costs the attacker an attempt.
-    let mut redis = s.redis.clone();
-    crate::limits::hit(
-        &mut redis,
+    crate::limits::per_address(
+        &s.redis,
         "register-address",
-        &client_network(ip),
+        ip,
         s.settings.register_limit_per_address,
         "too many sign-ups from this address, try again later",
     )
@@ -269,13 +268,6 @@ pub struct VerifyRequest {
     pub password: String,
 }
 
-/// The one answer to every well-formed token that does not verify: which of unknown,
-/// used, revoked or expired it was is not said.
-fn invalid_token() -> ApiError {
-    ApiError::not_found("no such verification: the token is unknown, used or expired")
-        .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
-}
-
 /// Confirms an address with the token mailed to it and the password of the sign-up it
 /// was mailed for: the account takes that sign-up's password, name and phone and can
 /// log in from now on, and `user.created` tells the other services it exists.
@@ -299,17 +291,16 @@ async fn verify(
     }
     // Each attempt with a valid token costs an Argon2 check: limited where they come
     // from, as logins are.
-    let mut redis = s.redis.clone();
-    crate::limits::hit(
-        &mut redis,
+    crate::limits::per_address(
+        &s.redis,
         "verify-address",
-        &client_network(ip),
+        ip,
         s.settings.login_limit_per_address,
         "too many verification attempts from this address, try again later",
     )
     .await?;
     let Some(peeked) = verification::peek(&s.pool, &req.token).await? else {
-        return Err(invalid_token());
+        return Err(tokens::invalid_mailed_token("verification"));
     };
     // The mailbox holds the tokens of every sign-up of the address; its owner knows the
     // password of theirs alone. Checked before any lock is taken: Argon2 is slow.
@@ -323,7 +314,7 @@ async fn verify(
     // release rewriting the account a legacy token stands for, makes it not).
     let token = match verification::find(&mut tx, &req.token).await? {
         Some(token) if token == peeked => token,
-        _ => return Err(invalid_token()),
+        _ => return Err(tokens::invalid_mailed_token("verification")),
     };
     verification::use_up(&mut tx, &token).await?;
     let user: Option<User> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -340,7 +331,7 @@ async fn verify(
     // Verified already (or gone): the token is refused like any other, and dropping the
     // transaction leaves it as it was.
     let Some(user) = user else {
-        return Err(invalid_token());
+        return Err(tokens::invalid_mailed_token("verification"));
     };
     verification::revoke_outstanding(&mut tx, user.id).await?;
     let event = Event::new(

@@ -9,6 +9,9 @@
 //! let an attacker anywhere lock the owner out. Guessing one account's password from
 //! many addresses is bounded by each address's limit and by Argon2's cost per attempt.
 
+use std::net::IpAddr;
+
+use finflow_contracts::identity::client_network;
 use finflow_platform::{ApiError, Email};
 use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
@@ -30,6 +33,25 @@ pub async fn clear(redis: &mut ConnectionManager, scope: &str, key: &str) {
     if let Err(e) = redis::cmd("DEL").arg(&k).query_async::<()>(redis).await {
         tracing::warn!(error = %e, "login limiter unavailable; count not cleared");
     }
+}
+
+/// [`hit`] keyed by the client's network (an IPv6 client's /64 is one address,
+/// [`client_network`]), on a clone of `redis`.
+pub async fn per_address(
+    redis: &ConnectionManager,
+    scope: &str,
+    ip: IpAddr,
+    limit: u32,
+    message: &'static str,
+) -> Result<(), ApiError> {
+    hit(
+        &mut redis.clone(),
+        scope,
+        &client_network(ip),
+        limit,
+        message,
+    )
+    .await
 }
 
 /// The window attempts are counted in.

@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
-use finflow_contracts::identity::client_network;
 use finflow_contracts::user::{
     MailedCredential, PasswordReplacedVia as Via, PasswordResetRequested,
 };
@@ -89,11 +88,10 @@ pub(crate) async fn request_reset(
     Json(req): Json<ResetRequest>,
 ) -> ApiResult {
     // Each request may send a mail, as a sign-up does: limited where they come from.
-    let mut redis = s.redis.clone();
-    crate::limits::hit(
-        &mut redis,
+    crate::limits::per_address(
+        &s.redis,
         "reset-address",
-        &client_network(ip),
+        ip,
         s.settings.register_limit_per_address,
         "too many password reset requests from this address, try again later",
     )
@@ -192,13 +190,6 @@ pub(crate) async fn revoke_outstanding_resets(
     .map(drop)
 }
 
-/// The one answer to every well-formed token that does not reset: which of unknown,
-/// used, revoked or expired it was is not said.
-fn invalid_token() -> ApiError {
-    ApiError::not_found("no such reset: the token is unknown, used or expired")
-        .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
-}
-
 /// The account of `token` if the token is unused, not revoked and unexpired.
 const LIVE_RESET_OWNER: &str = "SELECT user_id FROM password_resets \
      WHERE token_hash = $1 \
@@ -228,11 +219,10 @@ pub(crate) async fn confirm_reset(
     let new = Password::parse_field("new_password", &req.new_password)?;
     // A live token costs an Argon2 hash: limited where the attempts come from, as
     // verifications are.
-    let mut redis = s.redis.clone();
-    crate::limits::hit(
-        &mut redis,
+    crate::limits::per_address(
+        &s.redis,
         "reset-confirm-address",
-        &client_network(ip),
+        ip,
         s.settings.login_limit_per_address,
         "too many reset attempts from this address, try again later",
     )
@@ -245,7 +235,7 @@ pub(crate) async fn confirm_reset(
         .fetch_optional(&s.pool)
         .await?;
     let Some(owner) = peeked else {
-        return Err(invalid_token());
+        return Err(tokens::invalid_mailed_token("reset"));
     };
     let new_hash = api::hash_password(new).await?;
 
@@ -264,11 +254,11 @@ pub(crate) async fn confirm_reset(
     .fetch_optional(&mut *tx)
     .await?;
     if used.is_none() {
-        return Err(invalid_token());
+        return Err(tokens::invalid_mailed_token("reset"));
     }
     let (user, ended) = replace_password(&mut tx, owner, &new_hash, None, Via::Reset)
         .await?
-        .ok_or_else(invalid_token)?;
+        .ok_or_else(|| tokens::invalid_mailed_token("reset"))?;
     tx.commit().await?;
     tracing::info!(user_id = %owner, sessions_ended = ended, "password reset");
     Ok(error::ok(user))

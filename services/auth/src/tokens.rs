@@ -105,6 +105,16 @@ pub fn hash_opaque_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// The one answer to every well-formed mailed token that does nothing: which of unknown,
+/// used, revoked or expired it was is not said. `what` it was for: a verification, a
+/// reset.
+pub fn invalid_mailed_token(what: &str) -> finflow_platform::ApiError {
+    finflow_platform::ApiError::not_found(format!(
+        "no such {what}: the token is unknown, used or expired"
+    ))
+    .with_details(serde_json::json!({ "field": "token", "reason": "invalid_token" }))
+}
+
 /// The shape of a token a mail carries (a verification, a password reset): 32 bytes,
 /// unpadded base64url, 43 characters.
 pub struct MailedToken;
