@@ -15,13 +15,15 @@ use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::{ApiError, ApiResult, Identity, Path, Query};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::api::{self, AppState};
 use crate::model::{Payment, PaymentRow, Status, payment_columns_of};
 use crate::settle;
+use crate::wallets::Wallets;
+use crate::worker;
 
 /// How long a request waits for a second operator. After it, the request no longer
 /// reverses anything: an approval a day late would act on what the first operator saw
@@ -140,7 +142,9 @@ async fn decidable(
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
         (status = 403, body = ErrorEnvelope, description = "not `ops`, or a party to the payment (`details.reason` `own_payment`)"),
         (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED")))]
+        (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED"),
+        (status = 503, body = ErrorEnvelope,
+            description = "approved, and B did not answer: the approval stands, and the next POST or C's sweeper applies it")))]
 pub(crate) async fn reverse(
     State(s): State<AppState>,
     who: Identity,
@@ -149,6 +153,11 @@ pub(crate) async fn reverse(
     let me = who.user_id()?;
     let mut tx = s.pool.begin().await?;
     let row = decidable(&s, &mut tx, &who, id).await?;
+    if in_flight(&mut tx, id).await? {
+        // Approved before, and B's answer never came: drive it again.
+        tx.commit().await?;
+        return Ok(error::ok(drive(&s.pool, &s.wallets, &row).await?.view()?));
+    }
     let approved: Option<Uuid> = sqlx::query_scalar(
         "UPDATE reversal_requests SET outcome = 'approved', closed_by = $2, closed_at = now() \
          WHERE payment_id = $1 AND outcome IS NULL AND requested_by <> $2 \
@@ -166,12 +175,87 @@ pub(crate) async fn reverse(
         tracing::info!(payment_id = %id, requested_by = %me, "reversal asked for");
         return Ok(error::with_status(StatusCode::ACCEPTED, asked.of(&row)?));
     };
-    // Should B refuse (the payee spent the money), the approval rolls back with the rest.
-    s.wallets.transfer(&settle::reversal_for(&row)?).await?;
-    let reversed = settle::transition(&mut tx, &row, Status::Reversed, None).await?;
+    // The approval commits before B is asked: should B apply the transfer and its answer
+    // be lost, the approval stands and the reversal is driven again until B answers.
     tx.commit().await?;
+    let reversed = drive(&s.pool, &s.wallets, &row).await?;
     tracing::info!(payment_id = %id, %requested_by, approved_by = %me, "payment reversed");
     Ok(error::ok(reversed.view()?))
+}
+
+/// Whether `payment` has an approved reversal B has not answered yet.
+async fn in_flight(tx: &mut PgConnection, payment: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM reversal_requests \
+         WHERE payment_id = $1 AND outcome = 'approved')",
+    )
+    .bind(payment)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// Asks B to apply the approved reversal of `payment` and records B's answer: applied
+/// (now or before: the transfer id derives from the payment, so asking again moves
+/// nothing) makes the payment `REVERSED`; a refusal (the payee spent the money) reopens
+/// the request, which waits for an approval again; any other error leaves it approved,
+/// for the next `POST .../reverse` or the sweeper ([`resume`]) to drive again.
+async fn drive(
+    pool: &PgPool,
+    wallets: &Wallets,
+    payment: &PaymentRow,
+) -> Result<PaymentRow, ApiError> {
+    match wallets.transfer(&settle::reversal_for(payment)?).await {
+        Ok(_) => {
+            let mut tx = pool.begin().await?;
+            let row = settle::lock(&mut tx, payment.id)
+                .await?
+                .ok_or_else(|| ApiError::internal(&"a reversed payment vanished"))?;
+            // Another driver may have recorded it first.
+            let reversed = if row.status()? == Status::Reversed {
+                row
+            } else {
+                settle::transition(&mut tx, &row, Status::Reversed, None).await?
+            };
+            tx.commit().await?;
+            Ok(reversed)
+        }
+        Err(refused) if worker::is_final(&refused) => {
+            sqlx::query(
+                "UPDATE reversal_requests SET outcome = NULL, closed_by = NULL, closed_at = NULL \
+                 WHERE payment_id = $1 AND outcome = 'approved'",
+            )
+            .bind(payment.id)
+            .execute(pool)
+            .await?;
+            Err(refused)
+        }
+        Err(unanswered) => Err(unanswered),
+    }
+}
+
+/// Drives again the approved reversals B has not answered for `after` (the sweeper's
+/// round); how many it recorded reversed.
+pub async fn resume(pool: &PgPool, wallets: &Wallets, after: Duration) -> Result<usize, ApiError> {
+    let stuck: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM reversal_requests r JOIN payments p ON p.id = r.payment_id \
+         WHERE r.outcome = 'approved' AND p.status = 'COMPLETED' \
+           AND r.closed_at < now() - $1 * interval '1 second' \
+         ORDER BY r.closed_at LIMIT 50",
+        payment_columns_of("p")
+    )))
+    .bind(after.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut reversed = 0;
+    for payment in &stuck {
+        match drive(pool, wallets, payment).await {
+            Ok(_) => reversed += 1,
+            Err(e) => {
+                tracing::warn!(payment_id = %payment.id, error = %e, "reversal still unanswered")
+            }
+        }
+    }
+    Ok(reversed)
 }
 
 /// The caller's waiting request to reverse `payment`: the one they made within the day,
@@ -219,7 +303,7 @@ async fn ask(tx: &mut PgConnection, payment: Uuid, me: Uuid) -> Result<RequestRo
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
         (status = 403, body = ErrorEnvelope, description = "not `ops`, or a party to the payment (`details.reason` `own_payment`)"),
         (status = 404, body = ErrorEnvelope, description = "no such payment, or no reversal of it is waiting"),
-        (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED")))]
+        (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED, or its reversal was approved and is being applied")))]
 pub(crate) async fn withdraw(
     State(s): State<AppState>,
     who: Identity,
@@ -228,6 +312,11 @@ pub(crate) async fn withdraw(
     let me = who.user_id()?;
     let mut tx = s.pool.begin().await?;
     let row = decidable(&s, &mut tx, &who, id).await?;
+    if in_flight(&mut tx, id).await? {
+        return Err(ApiError::conflict(
+            "the reversal was approved and is being applied; it cannot be withdrawn",
+        ));
+    }
     let withdrawn: Option<RequestRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE reversal_requests SET outcome = 'withdrawn', closed_by = $2, closed_at = now() \
          WHERE payment_id = $1 AND outcome IS NULL RETURNING {REQUEST_COLUMNS}"

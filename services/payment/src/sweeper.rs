@@ -9,6 +9,8 @@
 //! transfer id, which B serializes with any apply of the same id. If B had applied it,
 //! the payment is COMPLETED; if not, it can never be applied any more and is FAILED
 //! with `TIMED_OUT`. Either way exactly one outcome, and money moved at most once.
+//! An approved reversal B has not answered is asked for again the same way: its
+//! transfer id derives from the payment, so B applies it at most once.
 
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ impl Sweeper {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "sweep failed; next round retries");
             }
+            if let Err(e) = self.resume_reversals().await {
+                tracing::warn!(error = %e, "resuming reversals failed; next round retries");
+            }
             self.record_status_counts().await;
         }
     }
@@ -53,6 +58,12 @@ impl Sweeper {
             settled += 1;
         }
         Ok((republished, settled))
+    }
+
+    /// Approved reversals B has not answered for `republish_after`, driven again
+    /// ([`crate::reversal::resume`]); how many were recorded reversed.
+    pub async fn resume_reversals(&self) -> Result<usize, ApiError> {
+        crate::reversal::resume(&self.pool, &self.wallets, self.republish_after).await
     }
 
     async fn republish(&self) -> Result<usize, ApiError> {

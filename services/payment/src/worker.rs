@@ -34,7 +34,7 @@ pub fn aml_queue() -> QueueSpec {
 }
 
 /// Whether B's refusal is final for this payment (a business answer) or worth retrying.
-fn is_final(err: &ApiError) -> bool {
+pub(crate) fn is_final(err: &ApiError) -> bool {
     matches!(
         err.code,
         ErrorCode::ValidationError

@@ -47,6 +47,8 @@ pub struct FakeWallets {
     poor: Arc<Mutex<Vec<Uuid>>>,
     /// While set, B answers a batch with 503.
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// B applies transfers but answers 503.
+    late: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeWallets {
@@ -90,6 +92,21 @@ impl FakeWallets {
         self.poor.lock().unwrap().push(wallet);
     }
 
+    /// B applies transfers but answers 503 while `late`, as when its answer came after
+    /// C gave up waiting.
+    pub fn answer_late(&self, late: bool) {
+        self.late.store(late, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The transfer ids B was asked to apply, in order.
+    pub fn transfer_ids(&self) -> Vec<String> {
+        let transfers = self.transfers.lock().unwrap();
+        transfers
+            .iter()
+            .map(|t| t["transfer_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// B's batch route answers 503 while `down`.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
@@ -106,6 +123,13 @@ impl FakeWallets {
                 400,
                 json!({ "success": false,
                 "error": { "code": "INSUFFICIENT_FUNDS", "message": "insufficient funds" } }),
+            );
+        }
+        if self.late.load(std::sync::atomic::Ordering::SeqCst) {
+            return (
+                503,
+                json!({ "success": false,
+                "error": { "code": "DEPENDENCY_UNAVAILABLE", "message": "no answer in time" } }),
             );
         }
         (201, json!({ "success": true, "data": transfer }))
