@@ -10,7 +10,9 @@
 //! that hangs delays its batch's record by at most the send timeout, never another
 //! send, and holds no row lock or pooled connection meanwhile; a sender that dies
 //! mid-send leaves its deliveries to be retried when the lease ends (at least once:
-//! receivers dedupe by the delivery id).
+//! receivers dedupe by the delivery id). Mails and webhooks have senders of their own
+//! ([`Lane`]), and a webhook has one attempt in flight at a time: a user whose webhooks
+//! hang delays neither anyone's mail nor another user's webhooks.
 
 use std::time::Duration;
 
@@ -113,6 +115,45 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// in one transaction (two commits for the lot instead of two each).
 const CLAIM_BATCH: i64 = 16;
 
+/// What a sender works off. Mails and webhooks have senders of their own: receivers
+/// that hang (a user's own webhooks, fed by events the user causes at will) hold up only
+/// webhook senders, never a sign-up or password reset mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Email,
+    Webhook,
+}
+
+impl Lane {
+    /// The deliveries of the lane that are due, oldest first, at most `$1`, locked for
+    /// the claim. A webhook has one attempt in flight at a time, so a sender's batch
+    /// holds at most one delivery of each and a webhook that hangs holds one place, not
+    /// a whole batch; a receiver is sent one call at a time.
+    fn due(self) -> &'static str {
+        match self {
+            Self::Email => {
+                "SELECT id FROM deliveries \
+                 WHERE status = 'pending' AND channel = 'email' AND next_attempt_at <= now() \
+                 ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
+            }
+            Self::Webhook => {
+                "SELECT id FROM deliveries WHERE id IN ( \
+                   SELECT id FROM ( \
+                     SELECT d.id, d.next_attempt_at, row_number() OVER ( \
+                       PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS turn \
+                     FROM deliveries d \
+                     WHERE d.status = 'pending' AND d.channel = 'webhook' \
+                       AND d.next_attempt_at <= now() \
+                       AND NOT EXISTS (SELECT 1 FROM deliveries f \
+                         WHERE f.webhook_id = d.webhook_id AND f.status = 'pending' \
+                           AND f.claim IS NOT NULL AND f.next_attempt_at > now())) ranked \
+                   WHERE turn = 1 ORDER BY next_attempt_at LIMIT $1) \
+                 AND status = 'pending' AND next_attempt_at <= now() FOR UPDATE SKIP LOCKED"
+            }
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Due {
     id: Uuid,
@@ -128,14 +169,17 @@ struct Due {
 }
 
 impl Sender {
-    /// Runs `senders` concurrent senders until cancelled; each works off due deliveries
-    /// one at a time and, when none is due, waits `poll`.
+    /// Runs `senders` concurrent senders of each [`Lane`] until cancelled; each works
+    /// off its lane's due deliveries a batch at a time and, when none is due, waits
+    /// `poll`.
     pub async fn run(self, senders: usize, poll: Duration, stop: CancellationToken) {
         let mut running = tokio::task::JoinSet::new();
-        for _ in 0..senders.max(1) {
-            let sender = self.clone();
-            let stop = stop.clone();
-            running.spawn(async move { sender.work(poll, stop).await });
+        for lane in [Lane::Email, Lane::Webhook] {
+            for _ in 0..senders.max(1) {
+                let sender = self.clone();
+                let stop = stop.clone();
+                running.spawn(async move { sender.work(lane, poll, stop).await });
+            }
         }
         let forgetter = self.clone();
         running.spawn(async move {
@@ -175,9 +219,9 @@ impl Sender {
         .map(|done| done.rows_affected())
     }
 
-    async fn work(&self, poll: Duration, stop: CancellationToken) {
+    async fn work(&self, lane: Lane, poll: Duration, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            let idle = match self.deliver_next().await {
+            let idle = match self.deliver_next(lane).await {
                 Ok(sent) => !sent,
                 Err(e) => {
                     tracing::warn!(error = %e, "delivery round failed");
@@ -193,10 +237,10 @@ impl Sender {
         }
     }
 
-    /// Claims the due deliveries (up to [`CLAIM_BATCH`]), sends them at once and
-    /// records what became of them; false when none was due.
-    pub async fn deliver_next(&self) -> Result<bool, sqlx::Error> {
-        let claimed = self.claim().await?;
+    /// Claims the due deliveries of `lane` (up to [`CLAIM_BATCH`]), sends them at once
+    /// and records what became of them; false when none was due.
+    pub async fn deliver_next(&self, lane: Lane) -> Result<bool, sqlx::Error> {
+        let claimed = self.claim(lane).await?;
         if claimed.is_empty() {
             return Ok(false);
         }
@@ -227,21 +271,20 @@ impl Sender {
     /// counting the attempt now: an attempt whose sender dies still counts towards
     /// giving up. The lease is on the database's clock, which is the one
     /// `next_attempt_at` is compared with.
-    async fn claim(&self) -> Result<Vec<Due>, sqlx::Error> {
+    async fn claim(&self, lane: Lane) -> Result<Vec<Due>, sqlx::Error> {
         let lease = (self.send_timeout + LEASE_MARGIN).as_secs_f64();
-        sqlx::query_as(
-            "WITH due AS ( \
-               SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET claim = $1, attempts = d.attempts + 1, \
-               next_attempt_at = now() + make_interval(secs => $2) \
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "WITH due AS ({}) \
+             UPDATE deliveries d SET claim = $2, attempts = d.attempts + 1, \
+               next_attempt_at = now() + make_interval(secs => $3) \
              FROM due WHERE d.id = due.id \
              RETURNING d.id, d.claim, d.channel, d.target, d.event_type, d.subject, d.body, d.payload, d.attempts, \
                (SELECT w.secret FROM webhooks w WHERE w.id = d.webhook_id) AS secret",
-        )
+            lane.due()
+        )))
+        .bind(CLAIM_BATCH)
         .bind(Uuid::new_v4())
         .bind(lease)
-        .bind(CLAIM_BATCH)
         .fetch_all(&self.pool)
         .await
     }

@@ -64,8 +64,9 @@ pub struct Settings {
     /// Milliseconds a sender waits, when nothing is due, before it looks again.
     #[arg(long, env = "DELIVERY_POLL_MS", default_value_t = 500)]
     pub delivery_poll_ms: u64,
-    /// Senders working at once (each claims up to 16 due deliveries and sends them
-    /// together): a receiver that hangs holds up one sender's batch, not the others.
+    /// Senders working at once, for mails and as many again for webhooks (each claims
+    /// up to 16 due deliveries and sends them together): a receiver that hangs holds up
+    /// one place in one sender's batch, never a mail.
     #[arg(long, env = "DELIVERY_SENDERS", default_value_t = 8)]
     pub delivery_senders: usize,
     /// Milliseconds a whole SMTP conversation or webhook call may take before it

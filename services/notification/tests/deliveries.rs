@@ -1069,16 +1069,136 @@ async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
         db::scalar::<i64>(&db.pool, "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND attempts = 1 AND claim IS NULL").await
     };
     // One round: a batch of 16 claimed under one claim, sent, recorded.
-    assert!(sender.deliver_next().await.unwrap());
+    assert!(sender.deliver_next(delivery::Lane::Email).await.unwrap());
     assert_eq!(delivered().await, 16);
     assert_eq!(mailbox.lock().unwrap().len(), 16);
-    assert!(sender.deliver_next().await.unwrap());
+    assert!(sender.deliver_next(delivery::Lane::Email).await.unwrap());
     assert_eq!(delivered().await, 20);
     assert!(
-        !sender.deliver_next().await.unwrap(),
+        !sender.deliver_next(delivery::Lane::Email).await.unwrap(),
         "nothing is due any more"
     );
     assert_eq!(mailbox.lock().unwrap().len(), 20, "each mail sent once");
+}
+
+/// A webhook of `user` at `url`, and `count` deliveries of events to it, due since
+/// `due_since` (older ones are claimed first).
+async fn webhook_deliveries(db: &TestDb, user: Uuid, url: &str, count: usize, due_since: &str) {
+    let webhook = Uuid::new_v4();
+    sqlx::query("INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, 'whsec')")
+        .bind(webhook)
+        .bind(user)
+        .bind(url)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    for _ in 0..count {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, \
+             subject, body, payload, status, next_attempt_at) \
+             VALUES ($1, $2, $3, 'wallet.status_changed', 'webhook', $4, $5, 'Wallet', 'Changed', \
+             '{{}}', 'pending', now() - interval '{due_since}')"
+        )))
+        .bind(Uuid::new_v4())
+        .bind(user)
+        .bind(Uuid::new_v4())
+        .bind(url)
+        .bind(webhook)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// A receiver that takes connections and never answers; its URL.
+async fn hanging_receiver() -> String {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    url
+}
+
+/// A user's webhooks to a host that never answers, fed by events they can cause at
+/// will (a wallet frozen and unfrozen, fifty times a second): every sender's batch used
+/// to be theirs, and a password reset mail waited behind them for as long as they kept
+/// it up.
+#[tokio::test]
+async fn mails_go_out_while_one_user_s_hanging_webhooks_hold_every_webhook_sender() {
+    let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
+    let (mut sender, mailbox) = sender_to_a_sink(&db).await;
+    sender.send_timeout = Duration::from_secs(120);
+    let hook = hanging_receiver().await;
+    webhook_deliveries(&db, Uuid::new_v4(), &hook, 64, "1 minute").await;
+    sqlx::query(
+        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, body, \
+         payload, status) \
+         VALUES ($1, $2, $3, 'user.password_reset_requested', 'email', 'ada@example.com', \
+         'Reset your password', 'token', '{}', 'pending')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sender.run(2, Duration::from_millis(20), stop.clone()));
+    // Far shorter than the send timeout the webhook calls hang for.
+    let mailed = tokio::time::timeout(Duration::from_secs(30), async {
+        while mailbox.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    stop.cancel();
+    running.abort();
+    assert!(mailed.is_ok(), "the reset mail waited behind the webhooks");
+}
+
+/// Nor do they take another user's webhook's turn: a webhook has one attempt in flight
+/// at a time, so a sender's batch holds at most one of theirs.
+#[tokio::test]
+async fn one_user_s_hanging_webhook_takes_one_place_in_a_batch_not_another_user_s_turn() {
+    let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
+    let (mut sender, _) = sender_to_a_sink(&db).await;
+    sender.send_timeout = Duration::from_millis(500);
+    let (healthy, received) = answering(StatusCode::OK, None).await;
+    webhook_deliveries(
+        &db,
+        Uuid::new_v4(),
+        &hanging_receiver().await,
+        40,
+        "1 minute",
+    )
+    .await;
+    let other = Uuid::new_v4();
+    webhook_deliveries(&db, other, &healthy, 1, "1 second").await;
+
+    assert!(sender.deliver_next(delivery::Lane::Webhook).await.unwrap());
+    let delivered: i64 = db::scalar_of(
+        &db.pool,
+        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND status = 'delivered'",
+        other,
+    )
+    .await;
+    assert_eq!(
+        delivered, 1,
+        "the other user's webhook got its event in the first round"
+    );
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let attempts: i64 = db::scalar_of(
+        &db.pool,
+        "SELECT COALESCE(sum(attempts), 0)::bigint FROM deliveries WHERE user_id <> $1",
+        other,
+    )
+    .await;
+    assert_eq!(attempts, 1, "one call to the hanging webhook, not sixteen");
 }
 
 /// A sender on `db` that mails to an SMTP sink of its own, and what the sink received.
@@ -1092,7 +1212,10 @@ async fn sender_to_a_sink(db: &TestDb) -> (delivery::Sender, Mailbox) {
         smtp,
         mail_from: "FinFlow <no-reply@finflow.local>".parse().unwrap(),
         http: finflow_platform::client::default_client(),
-        policy: finflow_notification::targets::Policy::new(Default::default()),
+        // The test's receivers run on loopback, which only an allow-list opens.
+        policy: finflow_notification::targets::Policy::new(
+            finflow_notification::targets::AllowedNets::parse("127.0.0.1").unwrap(),
+        ),
         max_attempts: 3,
         retry_base: Duration::from_millis(50),
         retry_cap: Duration::from_secs(1),
