@@ -289,7 +289,8 @@ pub struct Webhook {
 pub const MAX_WEBHOOKS_PER_USER: i64 = 10;
 
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
-    responses((status = 201, body = Webhook),
+    responses((status = 201, body = Webhook,
+            description = "added; the owner is mailed that it was (its host only), and a password replaced removes it"),
         (status = 400, body = ErrorEnvelope,
             description = "not an http(s) URL of printable ASCII, too long, with credentials, or its host is or resolves to an address that is not public"),
         (status = 403, body = ErrorEnvelope, description = "not a user token"),
@@ -337,8 +338,48 @@ async fn create_webhook(
     .bind(&secret)
     .fetch_one(&mut *tx)
     .await?;
+    tell_webhook_added(&mut tx, user, &hook).await?;
     tx.commit().await?;
     Ok(error::with_status(StatusCode::CREATED, hook))
+}
+
+/// Mails the owner that `hook` was added, whatever the preferences (which cannot name
+/// it): a stolen access token is enough to add a webhook, and it feeds the account's
+/// activity to whoever added it until the password is replaced. Only the host is told:
+/// the rest of a URL may hold a receiver's own secret. Nothing when D knows no address.
+async fn tell_webhook_added(
+    tx: &mut sqlx::PgConnection,
+    user: Uuid,
+    hook: &Webhook,
+) -> Result<(), sqlx::Error> {
+    let host = reqwest::Url::parse(&hook.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let body = format!(
+        "A webhook was added to your FinFlow account at {}: every payment, wallet and\n\
+         verification event of the account is now also sent to\n\
+         {host}.\n\n\
+         If it was you, there is nothing to do.\n\
+         If it was not you, someone holds a session of your account: reset your password\n\
+         (POST /api/v1/auth/password-reset), which signs out every session and removes\n\
+         every webhook.",
+        hook.created_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    sqlx::query(
+        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, subject, \
+           body, payload, status) \
+         SELECT $1, $2, $3, 'webhook.added', 'email', c.email, \
+           'A webhook was added to your FinFlow account', $4, '{}', 'pending' \
+         FROM contacts c WHERE c.user_id = $2",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(hook.id)
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",

@@ -221,7 +221,23 @@ fn malformed(event: &Event, why: impl std::fmt::Display) -> HandlerError {
 /// A malformed one is dead-lettered, not dropped: someone waits for it.
 async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
     let (user_id, email) = addressee(event).map_err(|e| malformed(event, e))?;
-    let message = templates::render(event).ok_or_else(|| malformed(event, "no message to send"))?;
+    let mut message =
+        templates::render(event).ok_or_else(|| malformed(event, "no message to send"))?;
+    if event.event_type == types::USER_PASSWORD_CHANGED {
+        let removed = remove_webhooks(tx, user_id).await?;
+        if removed > 0 {
+            let (count, verb, it) = if removed == 1 {
+                ("1 webhook", "was", "it")
+            } else {
+                (&*format!("{removed} webhooks"), "were", "them")
+            };
+            message.body.push_str(&format!(
+                "\n\nThe account's {count} {verb} removed too: a webhook is a standing feed\n\
+                 of the account's activity, and whoever replaced the password may not be\n\
+                 you. Add {it} again if you need {it}."
+            ));
+        }
+    }
     // The token is a credential: the mail carries it, the stored payload does not.
     let mut payload =
         serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
@@ -233,6 +249,24 @@ async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), Handl
     }
     queue_email(tx, user_id, event, &email, &message, &payload).await?;
     Ok(())
+}
+
+/// Removes `user`'s webhooks, failing what was still to be sent to them; how many. A
+/// password replaced (changed, or reset through the mailbox) ends them as A ends the
+/// sessions: each is a standing feed of the account's activity, and a stolen access
+/// token was enough to add one.
+async fn remove_webhooks(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH gone AS (DELETE FROM webhooks WHERE user_id = $1 RETURNING id), \
+         stopped AS ( \
+           UPDATE deliveries SET status = 'failed', claim = NULL, \
+             last_error = 'the webhook was removed when the password was replaced' \
+           WHERE status = 'pending' AND webhook_id IN (SELECT id FROM gone)) \
+         SELECT count(*) FROM gone",
+    )
+    .bind(user)
+    .fetch_one(&mut *tx)
+    .await
 }
 
 pub struct Notifier;

@@ -1046,6 +1046,99 @@ async fn mails_about_access_go_by_email_only_to_the_event_s_address_whatever_the
     assert_eq!(rows_with_a_token, 0);
 }
 
+/// A stolen access token is enough to add a webhook; its owner used to hear nothing of it.
+#[tokio::test]
+async fn adding_a_webhook_is_mailed_to_the_owner_whatever_the_preferences() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    d.publish(&user_created(user, "ada@example.com")).await;
+    let (to, _) = d.first_mail("the welcome mail").await;
+    assert_eq!(to, ["ada@example.com"]);
+    let preferences = d.url("/api/v1/notifications/preferences");
+    for event_type in ["webhook.added", "webhook.created"] {
+        let body = json!({"event_type": event_type, "channel": "email", "enabled": false});
+        let (status, body) = d.as_user(user, d.http.put(&preferences).json(&body)).await;
+        assert_eq!(status, 400, "cannot be turned off: {body}");
+    }
+
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    d.register_webhook(user, &format!("{hook}?token=receivers-own-secret"))
+        .await;
+    let (to, data) = d
+        .wait_for("the webhook mail", || {
+            d.mailbox.lock().unwrap().get(1).cloned()
+        })
+        .await;
+    assert_eq!(to, ["ada@example.com"]);
+    let data = data.replace("=\r\n", "");
+    assert!(
+        data.contains("Subject: A webhook was added to your FinFlow account"),
+        "{data}"
+    );
+    assert!(data.contains("127.0.0.1"), "the host: {data}");
+    assert!(
+        !data.contains("receivers-own-secret"),
+        "not the rest of the URL: {data}"
+    );
+}
+
+/// A webhook is a standing feed of the account's activity, and a stolen access token was
+/// enough to add one: it outlived the password reset and the sign-out everywhere that
+/// locked the thief out of the account itself.
+#[tokio::test]
+async fn a_password_replaced_removes_the_account_s_webhooks_and_the_mail_says_so() {
+    let d = TestD::spawn().await;
+    let (user, bystander) = (Uuid::new_v4(), Uuid::new_v4());
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    d.register_webhook(user, &hook).await;
+    d.register_webhook(bystander, &hook).await;
+    sqlx::query(
+        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, \
+         subject, body, payload, status, next_attempt_at) \
+         SELECT $1, user_id, $2, 'payment.completed', 'webhook', url, id, 'Paid', 'Paid', '{}', \
+           'pending', now() + interval '1 hour' FROM webhooks WHERE user_id = $3",
+    )
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .bind(user)
+    .execute(&d.db.pool)
+    .await
+    .unwrap();
+
+    let (to, data) = d
+        .mail_for(
+            types::USER_PASSWORD_CHANGED,
+            json!({"user_id": user, "email": "ada@example.com",
+                   "changed_at": "2026-12-07T03:00:00Z", "via": "reset"}),
+            1,
+        )
+        .await;
+    assert_eq!(to, ["ada@example.com"]);
+    let data = data.replace("=\r\n", "");
+    assert!(
+        data.contains("account's 1 webhook was removed too"),
+        "{data}"
+    );
+    let (_, hooks) = d.as_user(user, d.http.get(d.url("/api/v1/webhooks"))).await;
+    assert_eq!(hooks["data"], json!([]), "{hooks}");
+    let (_, hooks) = d
+        .as_user(bystander, d.http.get(d.url("/api/v1/webhooks")))
+        .await;
+    assert_eq!(
+        hooks["data"].as_array().unwrap().len(),
+        1,
+        "not another user's"
+    );
+    let pending: i64 = db::scalar_of(
+        &d.db.pool,
+        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND channel = 'webhook' \
+         AND status = 'pending'",
+        user,
+    )
+    .await;
+    assert_eq!(pending, 0, "nothing more goes to the removed webhook");
+}
+
 #[tokio::test]
 async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
     let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
