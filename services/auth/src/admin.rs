@@ -37,8 +37,10 @@ impl StaffRole {
     }
 }
 
-/// Adds `role` to the account registered as `email`; returns its roles. Granting a
-/// role the account has is no change.
+/// Adds `role` to the account registered as `email`, once its address is verified;
+/// returns its roles. Granting a role the account has is no change. Not before: until
+/// then the account is a placeholder whose password whoever verifies the address
+/// decides.
 pub async fn grant_role(
     pool: &PgPool,
     email: &Email,
@@ -46,13 +48,26 @@ pub async fn grant_role(
 ) -> anyhow::Result<Vec<String>> {
     let roles: Option<(Vec<String>,)> = sqlx::query_as(
         "UPDATE users SET roles = CASE WHEN $2 = ANY (roles) THEN roles ELSE array_append(roles, $2) END, \
-         updated_at = now() WHERE email = $1 RETURNING roles",
+         updated_at = now() WHERE email = $1 AND email_verified_at IS NOT NULL RETURNING roles",
     )
     .bind(email.as_str())
     .bind(role.as_str())
     .fetch_optional(pool)
     .await?;
-    let (roles,) = roles.ok_or_else(|| anyhow::anyhow!("no account is registered as {email}"))?;
+    let Some((roles,)) = roles else {
+        let registered: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email = $1)")
+                .bind(email.as_str())
+                .fetch_one(pool)
+                .await?;
+        anyhow::bail!(if registered {
+            format!(
+                "the account of {email} has not verified its address: grant the role once it has"
+            )
+        } else {
+            format!("no account is registered as {email}")
+        });
+    };
     tracing::info!(%email, role = role.as_str(), "role granted");
     Ok(roles)
 }

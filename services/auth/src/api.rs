@@ -190,49 +190,82 @@ async fn register(
         full_name: full_name.as_str(),
         phone: phone.as_str(),
     };
-    let (user_id, event) = if let Some(user_id) = created {
-        let event = verification_requested(&mut tx, user_id, &email, &sign_up).await?;
-        (user_id, event)
-    } else {
-        let existing: Option<(Uuid, bool)> = sqlx::query_as(
+    let (user_id, verified) = match created {
+        Some(user_id) => (user_id, false),
+        None => sqlx::query_as(
             "SELECT id, email_verified_at IS NOT NULL FROM users WHERE email = $1 FOR UPDATE",
         )
         .bind(email.as_str())
         .fetch_optional(&mut *tx)
-        .await?;
-        let (user_id, verified) =
-            existing.ok_or_else(|| ApiError::internal(&"the account vanished during sign-up"))?;
-        if verified {
-            // The account stays as it is; its owner hears that someone tried.
-            let event = Event::new(
-                catalog::AUTH.name,
-                types::USER_REGISTRATION_REPEATED,
-                &RegistrationRepeated {
-                    user_id,
-                    email: email.as_str().to_owned(),
-                },
-            )
-            .map_err(|e| ApiError::internal(&e))?;
-            (user_id, event)
-        } else {
-            // Nobody has proven this mailbox yet: this sign-up gets a token of its own,
-            // and the account is left as it is. Whichever sign-up's token is redeemed,
-            // with that sign-up's password, gives the account its password, name and
-            // phone (`verification`).
-            let event = verification_requested(&mut tx, user_id, &email, &sign_up).await?;
-            (user_id, event)
-        }
+        .await?
+        .ok_or_else(|| ApiError::internal(&"the account vanished during sign-up"))?,
+    };
+    if !sign_up_mail_allowed(&mut tx, user_id).await? {
+        // Answered as any sign-up, with nothing done: a token no mail carries is of no
+        // use, and the account is left as it is.
+        tx.commit().await?;
+        tracing::info!(%user_id, "sign-up accepted; this hour's mails to its address were sent");
+        return Ok(accepted(&email));
+    }
+    let event = if verified {
+        // The account stays as it is; its owner hears that someone tried.
+        Event::new(
+            catalog::AUTH.name,
+            types::USER_REGISTRATION_REPEATED,
+            &RegistrationRepeated {
+                user_id,
+                email: email.as_str().to_owned(),
+            },
+        )
+        .map_err(|e| ApiError::internal(&e))?
+    } else {
+        // A new account, or one nobody has proven the mailbox of yet: this sign-up gets a
+        // token of its own, and the account is left as it is. Whichever sign-up's token
+        // is redeemed, with that sign-up's password, gives the account its password,
+        // name and phone (`verification`).
+        verification_requested(&mut tx, user_id, &email, &sign_up).await?
     };
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
     tracing::info!(%user_id, outcome = %event.event_type, "sign-up accepted");
-    Ok(error::with_status(
+    Ok(accepted(&email))
+}
+
+/// Sign-up mails (a verification token, or a notice that someone tried) one address is
+/// sent an hour, whoever signs up with it from wherever: past them a sign-up is
+/// answered as any other and mails nothing, or anyone could have FinFlow mail any
+/// address as often as they can sign up.
+pub const SIGN_UP_MAILS_PER_HOUR: i64 = 3;
+
+/// Whether the account `user` (locked, or new in `tx`) may be sent one more sign-up mail
+/// this hour ([`SIGN_UP_MAILS_PER_HOUR`]), counting it; forgets the older ones.
+async fn sign_up_mail_allowed(tx: &mut PgConnection, user: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH recent AS ( \
+           SELECT count(*) AS sent FROM sign_up_mails \
+           WHERE user_id = $1 AND sent_at > now() - interval '1 hour'), \
+         counted AS ( \
+           INSERT INTO sign_up_mails (user_id) SELECT $1 FROM recent WHERE sent < $2 \
+           RETURNING 1), \
+         forgotten AS ( \
+           DELETE FROM sign_up_mails WHERE user_id = $1 AND sent_at <= now() - interval '1 hour') \
+         SELECT EXISTS (SELECT 1 FROM counted)",
+    )
+    .bind(user)
+    .bind(SIGN_UP_MAILS_PER_HOUR)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// The one answer to every sign-up that passes its checks, whatever became of it.
+fn accepted(email: &Email) -> axum::response::Response {
+    error::with_status(
         StatusCode::ACCEPTED,
         Registration {
             email: email.as_str().to_owned(),
             status: RegistrationStatus::VerificationSent,
         },
-    ))
+    )
 }
 
 /// Issues a verification token for `sign_up` of `user` and the event that has it

@@ -375,6 +375,46 @@ async fn registering_a_verified_email_answers_as_a_new_one_does_and_emits_regist
     );
 }
 
+/// Anyone could have FinFlow mail any address as often as they could sign up: ten
+/// times a minute from each client address, more from many.
+#[tokio::test]
+async fn an_address_is_mailed_at_most_three_sign_up_mails_an_hour_from_any_number_of_clients() {
+    let app = TestAuth::spawn(&[]).await;
+    let (verified, unverified) = (email(), email());
+    let owner = app.register(&verified).await;
+    for address in [&verified, &unverified] {
+        for _ in 0..5 {
+            let sign_up = json!({"email": address, "password": "a squatter's password",
+                "full_name": "Mallory", "phone": "+14155550123"});
+            let ip = random_ip();
+            let (status, body) = app
+                .post("/api/v1/auth/register", sign_up, &[("x-real-ip", &ip)])
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            assert_eq!(body, accepted(address), "the same answer, mailed or not");
+        }
+    }
+    let mailed =
+        |events: Vec<Value>, address: &str| events.iter().filter(|e| e["email"] == address).count();
+    let repeated = app.events(types::USER_REGISTRATION_REPEATED).await;
+    let requested = app.events(types::USER_VERIFICATION_REQUESTED).await;
+    assert_eq!(
+        mailed(requested.clone(), &verified) + mailed(repeated, &verified),
+        3,
+        "its own verification, then two notices"
+    );
+    assert_eq!(mailed(requested, &unverified), 3);
+    let tokens: i64 = db::scalar_of(
+        &app.db.pool,
+        "SELECT count(*) FROM email_verifications v JOIN users u ON u.id = v.user_id \
+         WHERE u.email = $1",
+        unverified.as_str(),
+    )
+    .await;
+    assert_eq!(tokens, 3, "no token issued that no mail carries");
+    assert_eq!(app.login(&verified).await["user"]["id"], owner["id"]);
+}
+
 #[tokio::test]
 async fn an_unverified_account_cannot_log_in_and_gets_the_same_401_as_a_wrong_password() {
     let app = TestAuth::spawn(&[]).await;
@@ -1003,6 +1043,22 @@ async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its
         .output()
         .unwrap();
     assert!(!nobody.status.success(), "no such account: {nobody:?}");
+
+    // An address nobody has proven yet: whoever verifies it decides the account's
+    // password, so a role waits for that.
+    let unproven = email();
+    let (status, _) = app.sign_up(&unproven, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+        .args(["grant-role", &unproven, "ops"])
+        .env("DATABASE_URL", app.db.url())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("has not verified its address"),
+        "{refused:?}"
+    );
 }
 
 /// A login from `ip`: its status and `Retry-After`.
