@@ -129,8 +129,9 @@ async fn pattern_alert(
 }
 
 /// Observes a payment and reads what the rules need, in one statement (one round trip
-/// per event): `$1`..`$5` the observation, `$6` the velocity window in milliseconds,
-/// `$7`..`$8` the structuring band, `$9` whether this payment is in it. The selects see
+/// per event): `$1`..`$5` and `$10` (the payee) the observation, `$6` the velocity
+/// window in milliseconds, `$7`..`$8` the structuring band, `$9` whether this payment is
+/// in it. The selects see
 /// the table as it was before the insert, so the row `observed` returns is added to them
 /// under the same conditions: the counts are the table's after the insert.
 ///
@@ -141,8 +142,9 @@ async fn pattern_alert(
 /// probe per payment, not a scan of their whole window.
 const OBSERVE: &str = "\
 WITH observed AS ( \
-    INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value) \
-    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING \
+    INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value, \
+                                      payee_user_id) \
+    VALUES ($1, $2, $3, $4, $5, $10) ON CONFLICT DO NOTHING \
     RETURNING reference_value, observed_at \
 ), open AS MATERIALIZED ( \
     SELECT EXISTS (SELECT 1 FROM aml_alerts \
@@ -235,6 +237,7 @@ impl Handler for Monitor {
             .bind(floor)
             .bind(self.rules.hold_threshold)
             .bind(just_under)
+            .bind(seen.payee_user_id)
             .fetch_one(&mut *tx)
             .await?;
         if seen.held {

@@ -333,8 +333,9 @@ fn reviewer(who: &Identity) -> Result<String, ApiError> {
 
 /// Whom the case `id` in `table` (a submission or an alert) is about: `404` when there
 /// is no such case, `403` when it is the reviewer. Four eyes: a reviewer never decides
-/// their own submission or an alert about a payment they made or are paid by, or one
-/// compliance officer could verify or clear themselves.
+/// their own submission or an alert about a payment they made or are paid by (for a
+/// pattern, any payment around it: [`paid_around_pattern`]), or one compliance officer
+/// could verify or clear themselves.
 async fn case_for_another(
     tx: &mut sqlx::PgConnection,
     who: &Identity,
@@ -355,7 +356,7 @@ async fn case_for_another(
     };
     let (subject_of_case, payee): (Uuid, Option<Uuid>) = sqlx::query_as(query)
         .bind(id)
-        .fetch_optional(tx)
+        .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| ApiError::not_found(missing))?;
     // As ids, not text: the same id spelled otherwise (upper case, no hyphens) is the
@@ -366,7 +367,36 @@ async fn case_for_another(
             "a reviewer cannot decide a case about themselves; another compliance officer must",
         ));
     }
+    if let (CaseTable::Alerts, Some(me)) = (table, me)
+        && paid_around_pattern(tx, id, me).await?
+    {
+        return Err(ApiError::forbidden(
+            "the user this alert is about paid the reviewer around it; another compliance officer must decide",
+        ));
+    }
     Ok(())
+}
+
+/// Whether the user of the pattern alert `alert` (velocity, structuring) paid `officer`
+/// from a day before it was raised until now. A pattern stands for the user's payments
+/// around it, and while it is open their payments raise no other alert: an officer paid
+/// by one of them is as interested in clearing it as one paid by the payment that
+/// raised it. False for an alert about one payment (its payee is on the alert).
+async fn paid_around_pattern(
+    tx: &mut sqlx::PgConnection,
+    alert: Uuid,
+    officer: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM aml_alerts a JOIN payment_observations o \
+           ON o.user_id = a.user_id \
+         WHERE a.id = $1 AND a.rule IN ('velocity', 'structuring') \
+           AND o.payee_user_id = $2 AND o.observed_at >= a.created_at - interval '1 day')",
+    )
+    .bind(alert)
+    .bind(officer)
+    .fetch_one(&mut *tx)
+    .await
 }
 
 /// The tables whose rows are cases a compliance officer decides.

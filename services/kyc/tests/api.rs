@@ -1473,6 +1473,46 @@ async fn a_compliance_officer_cannot_clear_or_flag_a_held_transfer_paid_to_them(
     assert_eq!(e.outbox(types::AML_CLEARED).await.len(), 1);
 }
 
+/// A pattern alert stands for the user's payments around it, not only the one that
+/// raised it, and while it is open their payments raise no other: an officer the user
+/// paid meanwhile used to be free to clear it.
+#[tokio::test]
+async fn an_officer_the_user_paid_around_a_pattern_alert_cannot_decide_it() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let (user, officer) = (Uuid::new_v4(), Uuid::new_v4());
+    for amount in ["9500.00", "9999.99", "9000.00"] {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), amount, "PENDING"),
+        )
+        .await;
+    }
+    let mut to_officer = payment_event(user, Uuid::new_v4(), "50.00", "PENDING");
+    to_officer.data["payee_user_id"] = json!(officer);
+    e.observe(&monitor, &to_officer).await;
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["rule"], "structuring");
+    let alert = alerts[0]["id"].as_str().unwrap().to_owned();
+
+    let reason = json!({"reason": "a regular customer"});
+    for action in ["clear", "flag"] {
+        let (status, body) = e
+            .post(
+                &format!("/api/v1/aml/alerts/{alert}/{action}"),
+                &reason,
+                &Caller::compliance_as(officer),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    assert_eq!(e.alerts_of(user).await[0]["status"], "open");
+    let clear = format!("/api/v1/aml/alerts/{alert}/clear");
+    let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "another officer may: {body}");
+}
+
 #[tokio::test]
 async fn compliance_revokes_a_verification_and_a_hears_of_it_before_the_officer_does() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
