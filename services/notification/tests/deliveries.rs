@@ -1177,30 +1177,23 @@ async fn a_sender_claims_the_due_mails_together_and_records_them_in_one_go() {
 /// A webhook of `user` at `url`, and `count` deliveries of events to it, due since
 /// `due_since` (older ones are claimed first).
 async fn webhook_deliveries(db: &TestDb, user: Uuid, url: &str, count: usize, due_since: &str) {
-    let webhook = Uuid::new_v4();
-    sqlx::query("INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, 'whsec')")
-        .bind(webhook)
-        .bind(user)
-        .bind(url)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    for _ in 0..count {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, \
-             subject, body, payload, status, next_attempt_at) \
-             VALUES ($1, $2, $3, 'wallet.status_changed', 'webhook', $4, $5, 'Wallet', 'Changed', \
-             '{{}}', 'pending', now() - interval '{due_since}')"
-        )))
-        .bind(Uuid::new_v4())
-        .bind(user)
-        .bind(Uuid::new_v4())
-        .bind(url)
-        .bind(webhook)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    }
+    // One statement: the webhook, and its deliveries from a series.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "WITH hook AS ( \
+           INSERT INTO webhooks (id, user_id, url, secret) \
+           VALUES (gen_random_uuid(), $1, $2, 'whsec') RETURNING id) \
+         INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, \
+           subject, body, payload, status, next_attempt_at) \
+         SELECT gen_random_uuid(), $1, gen_random_uuid(), 'wallet.status_changed', 'webhook', \
+           $2, hook.id, 'Wallet', 'Changed', '{{}}', 'pending', \
+           now() - interval '{due_since}' + n * interval '1 millisecond' \
+         FROM hook, generate_series(1, {count}) AS n"
+    )))
+    .bind(user)
+    .bind(url)
+    .execute(&db.pool)
+    .await
+    .unwrap();
 }
 
 /// A receiver that takes connections and never answers; its URL.

@@ -108,26 +108,41 @@ fn ttl_secs() -> f64 {
     REQUEST_TTL.as_secs_f64()
 }
 
-/// The completed payment `id`, locked, that `who` (an operator) may decide on.
-async fn decidable(
-    s: &AppState,
-    tx: &mut PgConnection,
-    who: &Identity,
-    id: Uuid,
-) -> Result<PaymentRow, ApiError> {
-    who.require_role("ops")?;
-    // The payment's row lock orders everything done to its requests.
-    let row = settle::lock(tx, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment not found"))?;
-    api::not_their_own(&s.wallets, who, &row).await?;
-    if row.status()? != Status::Completed {
-        return Err(ApiError::conflict(format!(
-            "only a COMPLETED payment can be reversed; this one is {}",
-            row.status
-        )));
+/// A decision on the reversal of a payment: who decides, in the transaction that
+/// holds the payment's row (which orders everything done to its requests).
+struct Deciding {
+    me: Uuid,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The payment, `COMPLETED`.
+    row: PaymentRow,
+    /// Its reversal was approved and B has not answered yet.
+    in_flight: bool,
+}
+
+impl Deciding {
+    /// The completed payment `id`, locked, that `who` (an operator) may decide on.
+    async fn begin(s: &AppState, who: &Identity, id: Uuid) -> Result<Self, ApiError> {
+        who.require_role("ops")?;
+        let me = who.user_id()?;
+        let mut tx = s.pool.begin().await?;
+        let row = settle::lock(&mut tx, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("payment not found"))?;
+        api::not_their_own(&s.wallets, who, &row).await?;
+        if row.status()? != Status::Completed {
+            return Err(ApiError::conflict(format!(
+                "only a COMPLETED payment can be reversed; this one is {}",
+                row.status
+            )));
+        }
+        let in_flight = in_flight(&mut tx, id).await?;
+        Ok(Self {
+            me,
+            tx,
+            row,
+            in_flight,
+        })
     }
-    Ok(row)
 }
 
 /// Asks for the reversal of a completed payment, or makes the one another operator asked
@@ -150,10 +165,13 @@ pub(crate) async fn reverse(
     who: Identity,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
-    let me = who.user_id()?;
-    let mut tx = s.pool.begin().await?;
-    let row = decidable(&s, &mut tx, &who, id).await?;
-    if in_flight(&mut tx, id).await? {
+    let Deciding {
+        me,
+        mut tx,
+        row,
+        in_flight,
+    } = Deciding::begin(&s, &who, id).await?;
+    if in_flight {
         // Approved before, and B's answer never came: drive it again.
         tx.commit().await?;
         return Ok(error::ok(drive(&s.pool, &s.wallets, &row).await?.view()?));
@@ -309,10 +327,13 @@ pub(crate) async fn withdraw(
     who: Identity,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
-    let me = who.user_id()?;
-    let mut tx = s.pool.begin().await?;
-    let row = decidable(&s, &mut tx, &who, id).await?;
-    if in_flight(&mut tx, id).await? {
+    let Deciding {
+        me,
+        mut tx,
+        row,
+        in_flight,
+    } = Deciding::begin(&s, &who, id).await?;
+    if in_flight {
         return Err(ApiError::conflict(
             "the reversal was approved and is being applied; it cannot be withdrawn",
         ));
