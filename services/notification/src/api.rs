@@ -288,13 +288,47 @@ pub struct Webhook {
 /// Webhooks one user may have at once.
 pub const MAX_WEBHOOKS_PER_USER: i64 = 10;
 
+/// Webhooks one user may add (and so be mailed about) an hour: each addition mails the
+/// owner, and deleting and adding one again at will would flood the mail senders.
+pub const MAX_WEBHOOKS_ADDED_PER_HOUR: i64 = 10;
+
+/// One user's webhook registrations and removals one at a time, so that two at once
+/// cannot both pass the cap, and a registration cannot slip past a password change's
+/// removal: every event is sent to each of a user's webhooks, and without a cap one
+/// user could have D send thousands of signed requests to any public host per event.
+async fn lock_webhooks(tx: &mut sqlx::PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Holds `user`'s webhook registrations for an hour (a password was replaced), after
+/// any under way.
+pub(crate) async fn hold_webhooks(
+    tx: &mut sqlx::PgConnection,
+    user: Uuid,
+) -> Result<(), sqlx::Error> {
+    lock_webhooks(tx, user).await?;
+    sqlx::query(
+        "INSERT INTO webhook_holds (user_id, until) VALUES ($1, now() + interval '1 hour') \
+         ON CONFLICT (user_id) DO UPDATE SET until = EXCLUDED.until",
+    )
+    .bind(user)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = Webhook,
             description = "added; the owner is mailed that it was (its host only), and a password replaced removes it"),
         (status = 400, body = ErrorEnvelope,
             description = "not an http(s) URL of printable ASCII, too long, with credentials, or its host is or resolves to an address that is not public"),
         (status = 403, body = ErrorEnvelope, description = "not a user token"),
-        (status = 409, body = ErrorEnvelope, description = "the user has MAX_WEBHOOKS_PER_USER (10) already (details.reason = webhook_limit)")))]
+        (status = 409, body = ErrorEnvelope, description = "the user has MAX_WEBHOOKS_PER_USER (10) already (details.reason = webhook_limit), or the account's password was replaced within the hour (details.reason = password_replaced)"),
+        (status = 429, body = ErrorEnvelope, description = "MAX_WEBHOOKS_ADDED_PER_HOUR (10) added within the hour; see Retry-After")))]
 async fn create_webhook(
     State(s): State<AppState>,
     UserId(user): UserId,
@@ -311,22 +345,33 @@ async fn create_webhook(
         .await
         .map_err(|reason| ApiError::invalid_field("url", reason))?;
     let mut tx = s.pool.begin().await?;
-    // One user's registrations one at a time, so that two at once cannot both pass the
-    // cap: every event is sent to each of a user's webhooks, and without a cap one user
-    // could have D send thousands of signed requests to any public host per event.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-    let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE user_id = $1")
-        .bind(user)
-        .fetch_one(&mut *tx)
-        .await?;
+    lock_webhooks(&mut tx, user).await?;
+    let (registered, added, held): (i64, i64, bool) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhooks WHERE user_id = $1), \
+           (SELECT count(*) FROM deliveries WHERE user_id = $1 AND event_type = 'webhook.added' \
+              AND created_at > now() - interval '1 hour'), \
+           EXISTS (SELECT 1 FROM webhook_holds WHERE user_id = $1 AND until > now())",
+    )
+    .bind(user)
+    .fetch_one(&mut *tx)
+    .await?;
+    if held {
+        return Err(ApiError::conflict(
+            "the account's password was replaced within the hour: webhooks can be added again an hour after it",
+        )
+        .with_details(serde_json::json!({ "reason": "password_replaced" })));
+    }
     if registered >= MAX_WEBHOOKS_PER_USER {
         return Err(ApiError::conflict(format!(
             "at most {MAX_WEBHOOKS_PER_USER} webhooks per user: delete one first"
         ))
         .with_details(serde_json::json!({ "reason": "webhook_limit" })));
+    }
+    if added >= MAX_WEBHOOKS_ADDED_PER_HOUR {
+        return Err(ApiError::rate_limited(
+            "too many webhooks added within the hour, try again later",
+            3600,
+        ));
     }
     let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
     let hook: Webhook = sqlx::query_as(

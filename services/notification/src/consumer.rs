@@ -234,7 +234,8 @@ async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), Handl
             message.body.push_str(&format!(
                 "\n\nThe account's {count} {verb} removed too: a webhook is a standing feed\n\
                  of the account's activity, and whoever replaced the password may not be\n\
-                 you. Add {it} again if you need {it}."
+                 you. Add {it} again in an hour if you need {it} (until then no webhook\n\
+                 can be added, so that a session from before the change cannot add one)."
             ));
         }
     }
@@ -256,6 +257,10 @@ async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), Handl
 /// sessions: each is a standing feed of the account's activity, and a stolen access
 /// token was enough to add one.
 async fn remove_webhooks(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx::Error> {
+    // After a registration under way, and before any for an hour: an access token
+    // issued before the change lives at most that long (A's ACCESS_TOKEN_TTL_SECS is
+    // at most 3600), and whoever held it must not add the webhook back.
+    crate::api::hold_webhooks(tx, user).await?;
     sqlx::query_scalar(
         "WITH gone AS (DELETE FROM webhooks WHERE user_id = $1 RETURNING id), \
          stopped AS ( \

@@ -128,7 +128,9 @@ impl Lane {
     /// The deliveries of the lane that are due, oldest first, at most `$1`, locked for
     /// the claim. A webhook has one attempt in flight at a time, so a sender's batch
     /// holds at most one delivery of each and a webhook that hangs holds one place, not
-    /// a whole batch; a receiver is sent one call at a time.
+    /// a whole batch; a receiver is sent one call at a time. The webhooks' candidates
+    /// are four batches' worth, so that senders claiming at once, which see the same
+    /// candidates and skip each other's, still fill their batches.
     fn due(self) -> &'static str {
         match self {
             Self::Email => {
@@ -147,8 +149,9 @@ impl Lane {
                        AND NOT EXISTS (SELECT 1 FROM deliveries f \
                          WHERE f.webhook_id = d.webhook_id AND f.status = 'pending' \
                            AND f.claim IS NOT NULL AND f.next_attempt_at > now())) ranked \
-                   WHERE turn = 1 ORDER BY next_attempt_at LIMIT $1) \
-                 AND status = 'pending' AND next_attempt_at <= now() FOR UPDATE SKIP LOCKED"
+                   WHERE turn = 1 ORDER BY next_attempt_at LIMIT 4 * $1) \
+                 AND status = 'pending' AND next_attempt_at <= now() \
+                 ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
             }
         }
     }

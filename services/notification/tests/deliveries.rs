@@ -1137,6 +1137,39 @@ async fn a_password_replaced_removes_the_account_s_webhooks_and_the_mail_says_so
     )
     .await;
     assert_eq!(pending, 0, "nothing more goes to the removed webhook");
+
+    // A session from before the change (an access token lives up to an hour) cannot
+    // add one back.
+    let (status, body) = d.post_webhook(user, &hook).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"]["details"]["reason"], "password_replaced",
+        "{body}"
+    );
+    let (status, body) = d.post_webhook(bystander, &hook).await;
+    assert_eq!(status, 201, "another user may: {body}");
+}
+
+/// Each webhook added mails its owner: deleting and adding one again at will would
+/// have flooded the mail senders that sign-up and reset mails go through.
+#[tokio::test]
+async fn a_user_adds_at_most_ten_webhooks_an_hour() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    d.publish(&user_created(user, "ada@example.com")).await;
+    d.first_mail("the welcome mail").await;
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    for _ in 0..10 {
+        let (status, body) = d.post_webhook(user, &hook).await;
+        assert_eq!(status, 201, "{body}");
+        let id = body["data"]["id"].as_str().unwrap();
+        let delete = d.http.delete(d.url(&format!("/api/v1/webhooks/{id}")));
+        let (status, body) = d.as_user(user, delete).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = d.post_webhook(user, &hook).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "RATE_LIMITED", "{body}");
 }
 
 #[tokio::test]

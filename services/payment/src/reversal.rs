@@ -34,8 +34,10 @@ pub const REQUEST_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
-    /// By a second operator: the payment is `REVERSED`.
+    /// By a second operator: the payment is `REVERSED` once B applied the transfer.
     Approved,
+    /// B refused the transfer (the payee spent the money): asking again starts over.
+    Refused,
     /// By an operator: the one who asked, or one who declined it.
     Withdrawn,
     /// Nobody approved it within a day.
@@ -83,6 +85,7 @@ impl RequestRow {
         let outcome = match self.outcome.as_deref() {
             None => None,
             Some("approved") => Some(Outcome::Approved),
+            Some("refused") => Some(Outcome::Refused),
             Some("withdrawn") => Some(Outcome::Withdrawn),
             Some("expired") => Some(Outcome::Expired),
             Some(other) => {
@@ -115,8 +118,8 @@ struct Deciding {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     /// The payment, `COMPLETED`.
     row: PaymentRow,
-    /// Its reversal was approved and B has not answered yet.
-    in_flight: bool,
+    /// The request whose reversal was approved and B has not answered yet.
+    in_flight: Option<Uuid>,
 }
 
 impl Deciding {
@@ -171,23 +174,24 @@ pub(crate) async fn reverse(
         row,
         in_flight,
     } = Deciding::begin(&s, &who, id).await?;
-    if in_flight {
+    if let Some(request) = in_flight {
         // Approved before, and B's answer never came: drive it again.
         tx.commit().await?;
-        return Ok(error::ok(drive(&s.pool, &s.wallets, &row).await?.view()?));
+        let reversed = drive(&s.pool, &s.wallets, &row, request).await?;
+        return Ok(error::ok(reversed.view()?));
     }
-    let approved: Option<Uuid> = sqlx::query_scalar(
+    let approved: Option<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE reversal_requests SET outcome = 'approved', closed_by = $2, closed_at = now() \
          WHERE payment_id = $1 AND outcome IS NULL AND requested_by <> $2 \
            AND requested_at > now() - $3 * interval '1 second' \
-         RETURNING requested_by",
+         RETURNING id, requested_by",
     )
     .bind(id)
     .bind(me)
     .bind(ttl_secs())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(requested_by) = approved else {
+    let Some((request, requested_by)) = approved else {
         let asked = ask(&mut tx, id, me).await?;
         tx.commit().await?;
         tracing::info!(payment_id = %id, requested_by = %me, "reversal asked for");
@@ -196,66 +200,77 @@ pub(crate) async fn reverse(
     // The approval commits before B is asked: should B apply the transfer and its answer
     // be lost, the approval stands and the reversal is driven again until B answers.
     tx.commit().await?;
-    let reversed = drive(&s.pool, &s.wallets, &row).await?;
+    let reversed = drive(&s.pool, &s.wallets, &row, request).await?;
     tracing::info!(payment_id = %id, %requested_by, approved_by = %me, "payment reversed");
     Ok(error::ok(reversed.view()?))
 }
 
-/// Whether `payment` has an approved reversal B has not answered yet.
-async fn in_flight(tx: &mut PgConnection, payment: Uuid) -> Result<bool, sqlx::Error> {
+/// The request of `payment` whose reversal was approved and B has not answered yet.
+async fn in_flight(tx: &mut PgConnection, payment: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM reversal_requests \
-         WHERE payment_id = $1 AND outcome = 'approved')",
+        "SELECT id FROM reversal_requests WHERE payment_id = $1 AND outcome = 'approved'",
     )
     .bind(payment)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await
 }
 
-/// Asks B to apply the approved reversal of `payment` and records B's answer: applied
-/// (now or before: the transfer id derives from the payment, so asking again moves
-/// nothing) makes the payment `REVERSED`; a refusal (the payee spent the money) reopens
-/// the request, which waits for an approval again; any other error leaves it approved,
-/// for the next `POST .../reverse` or the sweeper ([`resume`]) to drive again.
+/// Asks B to apply the approved reversal of `payment` (`request`) and records B's
+/// answer, under the payment's row lock: applied (now or before: the transfer id derives
+/// from the payment, so asking again moves nothing) makes the payment `REVERSED`; a
+/// refusal (the payee spent the money) closes the request `refused`, and asking again
+/// starts over; any other error leaves it approved, for the next `POST .../reverse` or
+/// the sweeper ([`resume`]) to drive again.
 async fn drive(
     pool: &PgPool,
     wallets: &Wallets,
     payment: &PaymentRow,
+    request: Uuid,
 ) -> Result<PaymentRow, ApiError> {
-    match wallets.transfer(&settle::reversal_for(payment)?).await {
-        Ok(_) => {
-            let mut tx = pool.begin().await?;
-            let row = settle::lock(&mut tx, payment.id)
-                .await?
-                .ok_or_else(|| ApiError::internal(&"a reversed payment vanished"))?;
-            // Another driver may have recorded it first.
-            let reversed = if row.status()? == Status::Reversed {
-                row
-            } else {
-                settle::transition(&mut tx, &row, Status::Reversed, None).await?
-            };
-            tx.commit().await?;
-            Ok(reversed)
-        }
-        Err(refused) if worker::is_final(&refused) => {
-            sqlx::query(
-                "UPDATE reversal_requests SET outcome = NULL, closed_by = NULL, closed_at = NULL \
-                 WHERE payment_id = $1 AND outcome = 'approved'",
-            )
-            .bind(payment.id)
-            .execute(pool)
-            .await?;
-            Err(refused)
-        }
-        Err(unanswered) => Err(unanswered),
-    }
+    let answer = match wallets.transfer(&settle::reversal_for(payment)?).await {
+        Err(unanswered) if !worker::is_final(&unanswered) => return Err(unanswered),
+        answer => answer,
+    };
+    let mut tx = pool.begin().await?;
+    let row = settle::lock(&mut tx, payment.id)
+        .await?
+        .ok_or_else(|| ApiError::internal(&"a payment being reversed vanished"))?;
+    // Of two drivers, whichever records first decides the payment; the request says
+    // what became of it (a late refusal does not undo a reversal another recorded).
+    let (outcome, result) = match answer {
+        Ok(_) if row.status()? == Status::Reversed => ("approved", Ok(row)),
+        Ok(_) => (
+            "approved",
+            Ok(settle::transition(&mut tx, &row, Status::Reversed, None).await?),
+        ),
+        Err(_) if row.status()? == Status::Reversed => ("approved", Ok(row)),
+        Err(refused) => ("refused", Err(refused)),
+    };
+    sqlx::query(
+        "UPDATE reversal_requests SET outcome = $2 \
+         WHERE id = $1 AND outcome IN ('approved', 'refused')",
+    )
+    .bind(request)
+    .bind(outcome)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    result
+}
+
+#[derive(sqlx::FromRow)]
+struct Stuck {
+    #[sqlx(flatten)]
+    payment: PaymentRow,
+    request_id: Uuid,
 }
 
 /// Drives again the approved reversals B has not answered for `after` (the sweeper's
-/// round); how many it recorded reversed.
+/// round), oldest first, until B does not answer one; how many it recorded reversed.
 pub async fn resume(pool: &PgPool, wallets: &Wallets, after: Duration) -> Result<usize, ApiError> {
-    let stuck: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {} FROM reversal_requests r JOIN payments p ON p.id = r.payment_id \
+    let stuck: Vec<Stuck> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {}, r.id AS request_id FROM reversal_requests r \
+         JOIN payments p ON p.id = r.payment_id \
          WHERE r.outcome = 'approved' AND p.status = 'COMPLETED' \
            AND r.closed_at < now() - $1 * interval '1 second' \
          ORDER BY r.closed_at LIMIT 50",
@@ -265,11 +280,20 @@ pub async fn resume(pool: &PgPool, wallets: &Wallets, after: Duration) -> Result
     .fetch_all(pool)
     .await?;
     let mut reversed = 0;
-    for payment in &stuck {
-        match drive(pool, wallets, payment).await {
+    for Stuck {
+        payment,
+        request_id,
+    } in &stuck
+    {
+        match drive(pool, wallets, payment, *request_id).await {
             Ok(_) => reversed += 1,
-            Err(e) => {
-                tracing::warn!(payment_id = %payment.id, error = %e, "reversal still unanswered")
+            Err(refused) if worker::is_final(&refused) => {
+                tracing::info!(payment_id = %payment.id, error = %refused, "reversal refused by B");
+            }
+            Err(unanswered) => {
+                // B is not answering: the next round tries again, from the oldest.
+                tracing::warn!(payment_id = %payment.id, error = %unanswered, "reversal still unanswered");
+                break;
             }
         }
     }
@@ -333,7 +357,7 @@ pub(crate) async fn withdraw(
         row,
         in_flight,
     } = Deciding::begin(&s, &who, id).await?;
-    if in_flight {
+    if in_flight.is_some() {
         return Err(ApiError::conflict(
             "the reversal was approved and is being applied; it cannot be withdrawn",
         ));

@@ -262,7 +262,7 @@ async fn a_request_nobody_approved_within_a_day_expires_and_the_next_operator_as
 }
 
 #[tokio::test]
-async fn an_approval_b_refuses_moves_nothing_and_the_request_still_waits() {
+async fn an_approval_b_refuses_moves_nothing_and_asking_again_starts_over() {
     let stand = Stand::start().await;
     let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
@@ -290,9 +290,14 @@ async fn an_approval_b_refuses_moves_nothing_and_the_request_still_waits() {
     assert_eq!(stand.status_of(paid).await, "COMPLETED");
     assert_eq!(
         reversal_requests(&stand.pool, paid).await,
-        [(first, None, None)],
-        "the approval rolled back with the transfer"
+        [(first, Some("refused".to_owned()), Some(second))]
     );
+    let (status, asked) = stand.decide(second, "ops", paid, "reverse").await;
+    assert_eq!(
+        status, 202,
+        "a new request, not the refused approval: {asked}"
+    );
+    assert_eq!(asked["data"]["requested_by"], json!(second));
 }
 
 /// B applied a reversal but its answer never reached C (a timeout, a lost connection).
