@@ -76,8 +76,9 @@ fn addressee(event: &Event) -> Result<(Uuid, String), serde_json::Error> {
 /// user wants (each channel on unless turned off), their address and, by the join,
 /// their webhooks. PostgreSQL runs every data-modifying CTE, used or not, so each insert
 /// is gated by `reach` in its WHERE. `deliveries_once_key` keeps a delivery once per
-/// event, channel and target. Returns the users whose email was wanted but whose
-/// address is not known.
+/// event, channel and target. A webhook with `$9` ([`MAX_PENDING_PER_WEBHOOK`])
+/// deliveries pending is sent no more until they drain. Returns the users whose email
+/// was wanted but whose address is not known.
 const NOTIFY: &str = "\
     WITH told AS ( \
       SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], \
@@ -106,10 +107,19 @@ const NOTIFY: &str = "\
     ), webhook_rows AS ( \
       INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, subject, body, payload, status) \
       SELECT gen_random_uuid(), r.user_id, r.event_id, r.event_type, 'webhook', w.url, w.id, r.title, r.body, r.payload, 'pending' \
-      FROM reach r JOIN webhooks w ON w.user_id = r.user_id WHERE r.webhook ORDER BY r.n \
+      FROM reach r JOIN webhooks w ON w.user_id = r.user_id \
+      WHERE r.webhook AND (SELECT count(*) FROM deliveries p \
+                           WHERE p.webhook_id = w.id AND p.status = 'pending') < $9 \
+      ORDER BY r.n \
       ON CONFLICT DO NOTHING \
     ) \
     SELECT user_id FROM reach WHERE reach.email AND reach.address IS NULL ORDER BY n";
+
+/// Deliveries one webhook may have pending: past them its events are not queued for it.
+/// A receiver that never answers keeps its deliveries pending through all their
+/// attempts, and a user can cause events at will (freezing and unfreezing a wallet):
+/// without a bound the table would grow by every event for as long as they kept it up.
+pub const MAX_PENDING_PER_WEBHOOK: i64 = 1000;
 
 /// What an event tells its user ([`templates::render`]), as [`tell`] takes it.
 struct Told {
@@ -179,6 +189,7 @@ async fn tell(tx: &mut PgConnection, told: Vec<Told>) -> Result<(), sqlx::Error>
         .bind(payloads)
         .bind(fresh()) // the notifications
         .bind(fresh()) // the email deliveries
+        .bind(MAX_PENDING_PER_WEBHOOK)
         .fetch_all(&mut *tx)
         .await?;
     for user in skipped {

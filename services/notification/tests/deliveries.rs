@@ -1150,6 +1150,49 @@ async fn a_password_replaced_removes_the_account_s_webhooks_and_the_mail_says_so
     assert_eq!(status, 201, "another user may: {body}");
 }
 
+/// A receiver that never answers keeps every delivery pending through its attempts, and
+/// a user can cause events at will: the deliveries table grew by each of them.
+#[tokio::test]
+async fn a_webhook_with_a_thousand_deliveries_pending_is_queued_no_more() {
+    let d = TestD::spawn().await;
+    let (flooded, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (hook, _) = answering(StatusCode::OK, None).await;
+    for user in [flooded, other] {
+        d.register_webhook(user, &hook).await;
+        d.only_webhooks_for_payments(user).await;
+    }
+    // Pending, and not due for an hour: the senders leave them be.
+    sqlx::query(
+        "INSERT INTO deliveries (id, user_id, event_id, event_type, channel, target, webhook_id, \
+           subject, body, payload, status, next_attempt_at) \
+         SELECT gen_random_uuid(), w.user_id, gen_random_uuid(), 'payment.completed', 'webhook', \
+           w.url, w.id, 'Paid', 'Paid', '{}', 'pending', now() + interval '1 hour' \
+         FROM webhooks w, generate_series(1, $2) WHERE w.user_id = $1",
+    )
+    .bind(flooded)
+    .bind(i32::try_from(finflow_notification::consumer::MAX_PENDING_PER_WEBHOOK).unwrap())
+    .execute(&d.db.pool)
+    .await
+    .unwrap();
+
+    d.publish(&payment_completed(flooded)).await;
+    d.publish(&payment_completed(other)).await;
+    d.delivery_log_once(other, "delivered").await;
+    let pending = |user: Uuid| {
+        db::scalar_of::<i64, _>(
+            &d.db.pool,
+            "SELECT count(*) FROM deliveries WHERE user_id = $1 AND channel = 'webhook'",
+            user,
+        )
+    };
+    assert_eq!(
+        pending(flooded).await,
+        finflow_notification::consumer::MAX_PENDING_PER_WEBHOOK,
+        "no more for the flooded webhook"
+    );
+    assert_eq!(pending(other).await, 1, "another user's webhook as before");
+}
+
 /// Each webhook added mails its owner: deleting and adding one again at will would
 /// have flooded the mail senders that sign-up and reset mails go through.
 #[tokio::test]
