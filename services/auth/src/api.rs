@@ -562,17 +562,9 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     let invalid = || ApiError::unauthorized("the refresh token is invalid or expired");
     let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;
-    // Whose token it is, read before any lock (a token never changes owner): the
-    // account's sessions come first (`account::hold_sessions`).
-    let owner: Option<Uuid> =
-        sqlx::query_scalar("SELECT user_id FROM refresh_tokens WHERE token_hash = $1")
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some(owner) = owner else {
+    if hold_sessions_of_token(&mut tx, &hash).await?.is_none() {
         return Err(invalid());
-    };
-    crate::account::hold_sessions(&mut tx, owner).await?;
+    }
     // The row lock makes concurrent uses of one token take turns: only one can rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
         "SELECT family_id, user_id, expires_at, used_at, revoked_at, EXISTS ( \
@@ -614,6 +606,26 @@ async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> 
     Ok(error::ok(session))
 }
 
+/// Holds the sessions of the account a refresh token (by its hash) belongs to, and
+/// returns the token's family; `None` for a token that does not exist. The owner is
+/// read before any lock (a token never changes owner): the account's sessions come
+/// first, then its tokens (`account::hold_sessions`).
+async fn hold_sessions_of_token(
+    tx: &mut sqlx::PgConnection,
+    hash: &[u8],
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let token: Option<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
+            .bind(hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((family, owner)) = token else {
+        return Ok(None);
+    };
+    crate::account::hold_sessions(&mut *tx, owner).await?;
+    Ok(Some(family))
+}
+
 /// Ends a session: marks the family's tokens revoked, and [`refresh`] refuses every
 /// token of a family with a revoked one. Callers hold the account's sessions
 /// ([`crate::account::hold_sessions`]), so no rotation of the family is midway; were one
@@ -636,15 +648,9 @@ async fn revoke_family(tx: &mut sqlx::PgConnection, family: Uuid) -> Result<(), 
 async fn logout(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
     let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;
-    let family: Option<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1")
-            .bind(&hash)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((family, owner)) = family else {
+    let Some(family) = hold_sessions_of_token(&mut tx, &hash).await? else {
         return Err(ApiError::unauthorized("the refresh token is invalid"));
     };
-    crate::account::hold_sessions(&mut tx, owner).await?;
     revoke_family(&mut tx, family).await?;
     tx.commit().await?;
     Ok(error::ok(serde_json::json!({ "revoked": true })))
