@@ -36,6 +36,9 @@ pub struct Rules {
     pub structuring_count: i64,
 }
 
+/// How long payments just under the hold threshold count toward structuring: a day.
+pub const STRUCTURING_WINDOW_SECS: u64 = 24 * 3600;
+
 pub fn payments_queue() -> QueueSpec {
     QueueSpec::new(
         "kyc.payment-monitoring",
@@ -131,8 +134,8 @@ async fn pattern_alert(
 /// Observes a payment and reads what the rules need, in one statement (one round trip
 /// per event): `$1`..`$5` and `$10` (the payee) the observation, `$6` the velocity
 /// window in milliseconds, `$7`..`$8` the structuring band, `$9` whether this payment is
-/// in it. The selects see
-/// the table as it was before the insert, so the row `observed` returns is added to them
+/// in it, `$11` the structuring window in seconds. The selects see the table as it was
+/// before the insert, so the row `observed` returns is added to them
 /// under the same conditions: the counts are the table's after the insert.
 ///
 /// A rule's window is read only when that rule could raise an alert: not while the user
@@ -170,11 +173,11 @@ FROM open, ( \
     FROM ( \
         SELECT 1 FROM payment_observations \
         WHERE $9::boolean AND NOT (SELECT structuring FROM open) \
-            AND user_id = $2 AND observed_at > now() - interval '1 day' \
+            AND user_id = $2 AND observed_at > now() - $11::bigint * interval '1 second' \
             AND reference_value >= $7 AND reference_value <= $8 \
         UNION ALL \
         SELECT 1 FROM observed \
-        WHERE $9::boolean AND observed_at > now() - interval '1 day' \
+        WHERE $9::boolean AND observed_at > now() - $11::bigint * interval '1 second' \
             AND reference_value >= $7 AND reference_value <= $8 \
     ) AS in_band \
 ) AS structuring";
@@ -238,6 +241,7 @@ impl Handler for Monitor {
             .bind(self.rules.hold_threshold)
             .bind(just_under)
             .bind(seen.payee_user_id)
+            .bind(STRUCTURING_WINDOW_SECS as i64)
             .fetch_one(&mut *tx)
             .await?;
         if seen.held {

@@ -28,6 +28,10 @@ use crate::reason::Reason;
 pub struct Settings {
     /// Approve well-formed documents without a reviewer (development default).
     pub auto_approve: bool,
+    /// How far before a pattern alert a payment to an officer bars them from deciding
+    /// it ([`paid_around_pattern`]): the longer of the patterns' windows, structuring's
+    /// day and velocity's `AML_VELOCITY_WINDOW_SECS`.
+    pub pattern_look_back: Duration,
 }
 
 #[derive(Clone)]
@@ -349,7 +353,7 @@ async fn case_for_another(
             "SELECT user_id, NULL::uuid FROM kyc_submissions WHERE id = $1",
             "submission not found",
         ),
-        CaseTable::Alerts => (
+        CaseTable::Alerts { .. } => (
             "SELECT user_id, payee_user_id FROM aml_alerts WHERE id = $1",
             "alert not found",
         ),
@@ -367,8 +371,8 @@ async fn case_for_another(
             "a reviewer cannot decide a case about themselves; another compliance officer must",
         ));
     }
-    if let (CaseTable::Alerts, Some(me)) = (table, me)
-        && paid_around_pattern(tx, id, me).await?
+    if let (CaseTable::Alerts { look_back }, Some(me)) = (table, me)
+        && paid_around_pattern(tx, id, me, look_back).await?
     {
         return Err(ApiError::forbidden(
             "the user this alert is about paid the reviewer around it; another compliance officer must decide",
@@ -378,23 +382,26 @@ async fn case_for_another(
 }
 
 /// Whether the user of the pattern alert `alert` (velocity, structuring) paid `officer`
-/// from a day before it was raised until now. A pattern stands for the user's payments
-/// around it, and while it is open their payments raise no other alert: an officer paid
-/// by one of them is as interested in clearing it as one paid by the payment that
-/// raised it. False for an alert about one payment (its payee is on the alert).
+/// from `look_back` before it was raised until now. A pattern stands for the user's
+/// payments around it, and while it is open their payments raise no other alert: an
+/// officer paid by one of them is as interested in clearing it as one paid by the
+/// payment that raised it. False for an alert about one payment (its payee is on the
+/// alert).
 async fn paid_around_pattern(
     tx: &mut sqlx::PgConnection,
     alert: Uuid,
     officer: Uuid,
+    look_back: Duration,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM aml_alerts a JOIN payment_observations o \
            ON o.user_id = a.user_id \
-         WHERE a.id = $1 AND a.rule IN ('velocity', 'structuring') \
-           AND o.payee_user_id = $2 AND o.observed_at >= a.created_at - interval '1 day')",
+         WHERE a.id = $1 AND a.rule IN ('velocity', 'structuring') AND o.payee_user_id = $2 \
+           AND o.observed_at >= a.created_at - $3::bigint * interval '1 second')",
     )
     .bind(alert)
     .bind(officer)
+    .bind(i64::try_from(look_back.as_secs()).unwrap_or(i64::MAX))
     .fetch_one(&mut *tx)
     .await
 }
@@ -403,7 +410,11 @@ async fn paid_around_pattern(
 #[derive(Clone, Copy)]
 enum CaseTable {
     Submissions,
-    Alerts,
+    /// `look_back`: how far before a pattern alert a payment to the officer counts
+    /// ([`Settings::pattern_look_back`]).
+    Alerts {
+        look_back: Duration,
+    },
 }
 
 #[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
@@ -614,7 +625,10 @@ async fn decide_alert(
     let by = reviewer(&who)?;
     let why = Reason::parse(&req.reason)?;
     let mut tx = s.pool.begin().await?;
-    case_for_another(&mut tx, &who, CaseTable::Alerts, id).await?;
+    let alerts = CaseTable::Alerts {
+        look_back: s.settings.pattern_look_back,
+    };
+    case_for_another(&mut tx, &who, alerts, id).await?;
     let alert: Alert = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE aml_alerts SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
          WHERE id = $1 AND status = 'open' RETURNING {ALERT_COLUMNS}"

@@ -1514,6 +1514,58 @@ async fn an_officer_the_user_paid_around_a_pattern_alert_cannot_decide_it() {
 }
 
 #[tokio::test]
+async fn an_officer_the_user_paid_within_a_velocity_window_longer_than_a_day_cannot_decide_its_alert()
+ {
+    let two_days = 2 * 24 * 3600;
+    let e = TestE::spawn(&["--aml-velocity-window-secs", &two_days.to_string()]).await;
+    let monitor = Monitor {
+        rules: Rules {
+            window: Duration::from_secs(two_days),
+            max_count: 3,
+            ..rules()
+        },
+    };
+    let (user, officer) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut to_officer = payment_event(user, Uuid::new_v4(), "50.00", "PENDING");
+    to_officer.data["payee_user_id"] = json!(officer);
+    e.observe(&monitor, &to_officer).await;
+    // A day and a half ago: within the velocity window, outside a day.
+    sqlx::query(
+        "UPDATE payment_observations SET observed_at = now() - interval '36 hours' \
+         WHERE payee_user_id = $1",
+    )
+    .bind(officer)
+    .execute(&e.db.pool)
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), "20.00", "PENDING"),
+        )
+        .await;
+    }
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0]["rule"], "velocity",
+        "the payment to the officer counted"
+    );
+    let clear = format!(
+        "/api/v1/aml/alerts/{}/clear",
+        alerts[0]["id"].as_str().unwrap()
+    );
+    let reason = json!({"reason": "a regular customer"});
+
+    let (status, body) = e
+        .post(&clear, &reason, &Caller::compliance_as(officer))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "another officer may: {body}");
+}
+
+#[tokio::test]
 async fn compliance_revokes_a_verification_and_a_hears_of_it_before_the_officer_does() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
     let user = Uuid::new_v4();
