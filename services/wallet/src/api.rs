@@ -707,11 +707,18 @@ fn spend_for(
 
 /// Whose KYC a transfer needs and what it counts against their limits ([`kyc_wallet`],
 /// [`spend_for`]). Asked of A now, not when the payment was accepted: a payment held
-/// for review may be released after a revocation.
+/// for review may be released after a revocation. Nothing for a transfer applied
+/// before ([`ledger::applied`]).
 async fn spend_of(s: &AppState, req: &TransferRequest) -> Result<Option<Spend>, ApiError> {
     let Some(wallet) = kyc_wallet(req) else {
         return Ok(None);
     };
+    if !ledger::applied(&s.pool, &[req.transfer_id])
+        .await?
+        .is_empty()
+    {
+        return Ok(None);
+    }
     let owner: Option<Uuid> =
         sqlx::query_scalar("SELECT user_id FROM wallets WHERE id = $1 AND kind = 'user'")
             .bind(wallet)
@@ -726,13 +733,23 @@ async fn spend_of(s: &AppState, req: &TransferRequest) -> Result<Option<Spend>, 
     spend_for(s, req, &user)
 }
 
-/// [`spend_of`] for a batch: the owners in one read, the users in one call to A. Per
-/// transfer, its sender (if any) and its spend or refusal; an error is the batch's.
+/// [`spend_of`] for a batch: what was applied in one read, the owners in one, the users
+/// in one call to A. Per transfer, its sender (if any) and its spend or refusal; an
+/// error is the batch's.
 async fn spends_of(
     s: &AppState,
     transfers: &[TransferRequest],
 ) -> Result<Vec<(Option<Uuid>, Result<Option<Spend>, ApiError>)>, ApiError> {
-    let wallets: Vec<Uuid> = transfers.iter().filter_map(kyc_wallet).collect();
+    let needing: Vec<Uuid> = transfers
+        .iter()
+        .filter(|req| kyc_wallet(req).is_some())
+        .map(|req| req.transfer_id)
+        .collect();
+    let applied = ledger::applied(&s.pool, &needing).await?;
+    // What an applied transfer is answered does not depend on its sender now.
+    let sender_wallet =
+        |req: &TransferRequest| kyc_wallet(req).filter(|_| !applied.contains(&req.transfer_id));
+    let wallets: Vec<Uuid> = transfers.iter().filter_map(sender_wallet).collect();
     let owners: std::collections::HashMap<Uuid, Uuid> = if wallets.is_empty() {
         std::collections::HashMap::new()
     } else {
@@ -760,7 +777,7 @@ async fn spends_of(
         .iter()
         .map(|req| {
             // No such wallet: the ledger answers that under lock.
-            let Some(owner) = kyc_wallet(req).and_then(|w| owners.get(&w).copied()) else {
+            let Some(owner) = sender_wallet(req).and_then(|w| owners.get(&w).copied()) else {
                 return (None, Ok(None));
             };
             let spend = states

@@ -166,6 +166,28 @@ pub enum Applied {
     Before,
 }
 
+/// Which of `transfer_ids` have been applied. Read without a lock: an entry, once
+/// written, stays. What [`apply`] answers for these does not depend on the sender's
+/// standing now, so callers ask A nothing about them: a transfer applied before its
+/// payer was revoked, sent again because its answer was lost, is answered as applied,
+/// not refused (C would record failed a payment whose money moved).
+pub async fn applied(
+    pool: &PgPool,
+    transfer_ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    if transfer_ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT transfer_id FROM journal_entries WHERE transfer_id = ANY($1)")
+            // Planned for these ids each time, as the batch's other reads.
+            .persistent(false)
+            .bind(transfer_ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(ids.into_iter().collect())
+}
+
 /// Applies `req` once. `spend` is what it counts against the sender's tier limits
 /// (looked up before the transaction: no remote call is made while rows are locked).
 pub async fn apply(

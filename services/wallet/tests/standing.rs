@@ -68,6 +68,47 @@ async fn a_user_whose_verification_was_revoked_can_no_longer_move_money() {
 }
 
 #[tokio::test]
+async fn a_transfer_applied_before_its_payer_was_revoked_is_answered_as_applied_when_sent_again() {
+    let stand = Stand::start().await;
+    let (payer, _, from, to) = pair(&stand, "USD", "500").await;
+    let transfer = |id: Uuid| {
+        json!({"transfer_id": id, "kind": "transfer", "from_wallet_id": from,
+            "to_wallet_id": to, "amount": "10", "currency": "USD"})
+    };
+    let applied = transfer(Uuid::now_v7());
+    let (status, first) = stand.internal_transfer("payment", &applied).await;
+    assert_eq!(status, 201, "{first}");
+
+    // C lost B's answer (a timeout, a restart), and compliance revoked the payer before
+    // C sent the transfer again: refused now, C would record FAILED a payment whose
+    // money has moved, and nobody could reverse it.
+    stand.auth.set(payer, "rejected", "bronze");
+    let (status, again) = stand.internal_transfer("payment", &applied).await;
+    assert_eq!(status, 200, "applied before, not refused: {again}");
+    assert_eq!(again["data"], first["data"]);
+    let (status, batch) = stand
+        .as_service(
+            "payment",
+            Method::POST,
+            "/internal/transfers/batch",
+            Some(&json!({"transfers": [applied, transfer(Uuid::now_v7())]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{batch}");
+    let results = &batch["data"]["results"];
+    assert_eq!(results[0]["status"], 200, "{batch}");
+    assert_eq!(results[0]["data"], first["data"], "{batch}");
+    assert_eq!(results[1]["status"], 403, "a new one is refused: {batch}");
+    assert_eq!(results[1]["error"]["code"], "KYC_REQUIRED", "{batch}");
+    assert_kyc_required(
+        stand
+            .internal_transfer("payment", &transfer(Uuid::now_v7()))
+            .await,
+    );
+    assert_eq!(stand.balance(from).await, "490.0000", "moved once");
+}
+
+#[tokio::test]
 async fn a_wallet_is_opened_only_for_a_user_a_says_is_verified_now() {
     let stand = Stand::start().await;
     let user = Uuid::now_v7();
