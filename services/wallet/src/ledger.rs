@@ -102,7 +102,20 @@ impl LockedWallet {
 }
 
 /// The checks on locked rows: currency, status, funds. Pure, so it is tested directly.
-pub fn check(from: &LockedWallet, to: &LockedWallet, money: Money) -> Result<(), ApiError> {
+///
+/// A user wallet must be active, but for a reversal (which two operators approved at
+/// C) a frozen one will do: a freeze stops the owner, and clawing money back is what a
+/// staff freeze holds it for. Refused, the wallet would have to be unfrozen first, and
+/// its owner could move the money before the reversal was asked again.
+pub fn check(
+    from: &LockedWallet,
+    to: &LockedWallet,
+    money: Money,
+    kind: TransferKind,
+) -> Result<(), ApiError> {
+    let open = |w: &LockedWallet| {
+        w.status == "active" || (kind == TransferKind::Reversal && w.status == "frozen")
+    };
     for w in [from, to] {
         if w.currency != money.currency() {
             return Err(ApiError::validation(format!(
@@ -115,7 +128,7 @@ pub fn check(from: &LockedWallet, to: &LockedWallet, money: Money) -> Result<(),
                 serde_json::json!({ "wallet_id": w.id, "reason": "currency_mismatch" }),
             ));
         }
-        if w.is_user() && w.status != "active" {
+        if w.is_user() && !open(w) {
             return Err(ApiError::new(
                 ErrorCode::WalletNotActive,
                 format!("wallet {} is {}", w.id, w.status),
@@ -583,7 +596,7 @@ fn plan(
             .ok_or_else(|| ApiError::not_found(format!("wallet {id} not found")))
     };
     let (from, to) = (find(from_id)?, find(to_id)?);
-    check(&accounts[from], &accounts[to], money)?;
+    check(&accounts[from], &accounts[to], money, req.kind)?;
     let spend = valued(req.kind, spend)?;
     let moved =
         |balance: Amount, by: Amount| balance.checked_add(by).map_err(|e| ApiError::internal(&e));
@@ -645,7 +658,7 @@ async fn apply_in(
             .ok_or_else(|| ApiError::not_found(format!("wallet {id} not found")))
     };
     let (from, to) = (find(from_id)?, find(to_id)?);
-    check(from, to, money)?;
+    check(from, to, money, req.kind)?;
     let spend = valued(req.kind, spend)?;
 
     let entry: EntryRow = sqlx::query_as(
@@ -857,12 +870,28 @@ mod tests {
     }
 
     #[test]
-    fn a_frozen_wallet_can_neither_send_nor_receive() {
+    fn a_frozen_wallet_can_neither_send_nor_receive_but_by_reversal() {
         let active = wallet("user", "USD", "active", "100");
         let frozen = wallet("user", "USD", "frozen", "100");
+        let pending = wallet("user", "USD", "pending", "100");
         for (from, to) in [(&frozen, &active), (&active, &frozen)] {
-            let err = check(from, to, usd("1")).unwrap_err();
-            assert_eq!(err.code, ErrorCode::WalletNotActive);
+            for kind in [
+                TransferKind::Transfer,
+                TransferKind::Withdrawal,
+                TransferKind::Deposit,
+            ] {
+                let err = check(from, to, usd("1"), kind).unwrap_err();
+                assert_eq!(err.code, ErrorCode::WalletNotActive);
+            }
+            assert!(check(from, to, usd("1"), TransferKind::Reversal).is_ok());
+        }
+        for (from, to) in [(&pending, &active), (&active, &pending)] {
+            let err = check(from, to, usd("1"), TransferKind::Reversal).unwrap_err();
+            assert_eq!(
+                err.code,
+                ErrorCode::WalletNotActive,
+                "pending is not frozen"
+            );
         }
     }
 
@@ -871,12 +900,14 @@ mod tests {
         let poor = wallet("user", "USD", "active", "10.00");
         let other = wallet("user", "USD", "active", "0");
         assert_eq!(
-            check(&poor, &other, usd("10.01")).unwrap_err().code,
+            check(&poor, &other, usd("10.01"), TransferKind::Transfer)
+                .unwrap_err()
+                .code,
             ErrorCode::InsufficientFunds
         );
-        assert!(check(&poor, &other, usd("10.00")).is_ok());
+        assert!(check(&poor, &other, usd("10.00"), TransferKind::Transfer).is_ok());
         let system = wallet("system", "USD", "active", "-500");
-        assert!(check(&system, &other, usd("1000")).is_ok());
+        assert!(check(&system, &other, usd("1000"), TransferKind::Reversal).is_ok());
     }
 
     #[test]
@@ -884,7 +915,9 @@ mod tests {
         let eur = wallet("user", "EUR", "active", "100");
         let usd_wallet = wallet("user", "USD", "active", "100");
         assert_eq!(
-            check(&eur, &usd_wallet, usd("1")).unwrap_err().code,
+            check(&eur, &usd_wallet, usd("1"), TransferKind::Transfer)
+                .unwrap_err()
+                .code,
             ErrorCode::ValidationError
         );
     }
@@ -894,7 +927,9 @@ mod tests {
         let pending = wallet("user", "USD", "pending", "100");
         let active = wallet("user", "USD", "active", "100");
         assert_eq!(
-            check(&active, &pending, usd("1")).unwrap_err().code,
+            check(&active, &pending, usd("1"), TransferKind::Transfer)
+                .unwrap_err()
+                .code,
             ErrorCode::WalletNotActive
         );
     }

@@ -189,3 +189,37 @@ async fn a_pending_wallet_is_activated_by_its_owner_alone_not_through_its_status
     assert_eq!(status, 200, "{body}");
     assert_eq!(stand.status_of(wallet).await, "active");
 }
+
+#[tokio::test]
+async fn a_reversal_claws_money_back_out_of_a_frozen_wallet_and_into_a_frozen_one() {
+    let stand = Stand::start().await;
+    let (payer, payee, ops) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    stand.auth.set(payer, "verified", "bronze");
+    stand.auth.set(payee, "verified", "bronze");
+    let (from, to) = (stand.wallet(payer).await, stand.wallet(payee).await);
+    let (status, body) = stand.deposit(from, "500", "USD").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = stand.send(from, to, "500", "USD").await;
+    assert_eq!(status, 201, "{body}");
+
+    // The money was stolen: staff freeze the thief's wallet so it stays, and the
+    // victim's wallet is frozen too (by its owner, after the takeover).
+    let (status, body) = stand.set(ops, "user,ops", to, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.set(payer, "user", from, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.send(to, from, "500", "USD").await;
+    assert_eq!(status, 400, "the thief moves nothing: {body}");
+    assert_eq!(body["error"]["code"], "WALLET_NOT_ACTIVE", "{body}");
+
+    // Two operators approved the reversal at C: neither freeze stands in its way (had
+    // it, the wallet would have to be unfrozen first, and its owner could race it).
+    let reversal = json!({"transfer_id": Uuid::now_v7(), "kind": "reversal",
+        "from_wallet_id": to, "to_wallet_id": from, "amount": "500", "currency": "USD"});
+    let (status, body) = stand.internal_transfer("payment", &reversal).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(stand.balance(to).await, "0.0000");
+    assert_eq!(stand.balance(from).await, "500.0000");
+    assert_eq!(stand.status_of(to).await, "frozen", "and both stay frozen");
+    assert_eq!(stand.status_of(from).await, "frozen");
+}
