@@ -94,6 +94,86 @@ async fn client_as(ns: &str, name: &str) -> Client {
     Client::try_from(config).unwrap()
 }
 
+/// The leader's duties under the chart's ClusterRole, against the chart's objects: a
+/// leader election round and the webhook certificate's caBundle go through; the same
+/// verbs on another Lease (the control plane's, in kube-system) or another webhook
+/// configuration are refused, and so is deleting what the operator owns.
+async fn reaches_its_own_lease_and_webhook_configuration_and_no_other(
+    operator: &Client,
+    admin: &Client,
+) {
+    use finflow_operator::leader::{Elector, Timing};
+    use finflow_operator::{certs, rbac};
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::DeleteParams;
+
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let elector = Elector::new(
+        operator.clone(),
+        OPERATOR_NS,
+        rbac::LEASE_NAME,
+        "install-test",
+        Timing::new(Duration::from_secs(15)),
+    );
+    let campaign = tokio::spawn(elector.run(leading_tx, stop));
+    tokio::time::timeout(Duration::from_secs(30), leading.wait_for(|l| *l))
+        .await
+        .expect("leads within 30 s under the chart's role")
+        .unwrap();
+    stop_tx.send(true).unwrap();
+    campaign.await.unwrap();
+
+    certs::ensure(
+        operator,
+        OPERATOR_NS,
+        certs::WEBHOOK_SERVICE,
+        &Default::default(),
+        k8s_openapi::jiff::Timestamp::now(),
+    )
+    .await
+    .expect("the webhook certificate and caBundle under the chart's role");
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    let written = configurations.get(certs::CONFIGURATION_NAME).await.unwrap();
+    assert!(
+        written.webhooks.unwrap_or_default().iter().all(|w| w
+            .client_config
+            .ca_bundle
+            .as_ref()
+            .is_some_and(|b| !b.0.is_empty())),
+        "the caBundle is written"
+    );
+
+    let forbidden = |what: &str, result: kube::Result<()>| match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what}: not refused by RBAC: {other:?}"),
+    };
+    let leases: Api<Lease> = Api::namespaced(operator.clone(), "kube-system");
+    forbidden(
+        "another Lease",
+        leases.get("kube-controller-manager").await.map(drop),
+    );
+    let others: Api<MutatingWebhookConfiguration> = Api::all(operator.clone());
+    forbidden(
+        "another webhook configuration",
+        others.get("another-webhook").await.map(drop),
+    );
+    forbidden(
+        "listing webhook configurations",
+        others.list(&Default::default()).await.map(drop),
+    );
+    let secrets: Api<Secret> = Api::namespaced(operator.clone(), OPERATOR_NS);
+    forbidden(
+        "deleting a Secret",
+        secrets
+            .delete(certs::SECRET_NAME, &DeleteParams::default())
+            .await
+            .map(drop),
+    );
+}
+
 #[tokio::test]
 async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order() {
     if !cluster::available("install cluster test") {
@@ -174,6 +254,7 @@ async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order
         None
     };
     let operator = client_as(OPERATOR_NS, "finflow-operator").await;
+    reaches_its_own_lease_and_webhook_configuration_and_no_other(&operator, &admin).await;
     let stop = cluster::start_controllers(&operator, &ns);
     for mut object in documents(&root().join("examples")) {
         if object["kind"] == "Namespace" {

@@ -46,6 +46,51 @@ async fn the_crds_install_and_are_established() {
 }
 
 #[tokio::test]
+async fn the_api_server_refuses_a_message_queue_of_more_nodes_than_the_operator_runs() {
+    if !cluster::available("operator cluster tests") {
+        return;
+    }
+    let client = cluster::client().await;
+    cluster::install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "finflow-mq-bound-test").await;
+    let queues: Api<crd::MessageQueue> = Api::namespaced(client.clone(), &ns.name);
+    let queue = |name: &str, replicas: i64| -> crd::MessageQueue {
+        serde_json::from_value(json!({
+            "apiVersion": "finflow.dev/v1alpha1",
+            "kind": "MessageQueue",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas}
+        }))
+        .unwrap()
+    };
+    // Each node is named in every node's configuration: 2^31 of them would have had
+    // the operator build gigabytes of it, and be killed, for every namespace.
+    for replicas in [
+        i64::from(i32::MAX),
+        i64::from(crd::messagequeue::MAX_REPLICAS) + 1,
+    ] {
+        let refused = queues
+            .create(&PostParams::default(), &queue("huge", replicas))
+            .await
+            .expect_err("more nodes than the operator runs");
+        let kube::Error::Api(status) = refused else {
+            panic!("not the API server's refusal: {refused}");
+        };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(
+            status.message.contains("replicas must be between 0 and 9"),
+            "{status:?}"
+        );
+    }
+    let most = i64::from(crd::messagequeue::MAX_REPLICAS);
+    queues
+        .create(&PostParams::default(), &queue("largest", most))
+        .await
+        .expect("the largest MessageQueue the operator runs");
+    ns.delete().await;
+}
+
+#[tokio::test]
 async fn a_platform_gets_its_deployments_and_services() {
     if !cluster::available("operator cluster tests") {
         return;

@@ -281,7 +281,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let elector = Elector::new(
         client.clone(),
         &config.namespace,
-        &config.lease_name,
+        // The one Lease the operator's ClusterRole lets it read and replace.
+        crate::rbac::LEASE_NAME,
         &identity,
         Timing::new(Duration::from_secs(config.lease_duration_seconds)),
     );

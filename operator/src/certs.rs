@@ -31,8 +31,9 @@ pub const WEBHOOK_SERVICE: &str = "finflow-operator-webhook";
 /// Secret holding `ca.crt`, `tls.crt` and `tls.key`, and for a while after a renewal
 /// [`RETIRED_CA_KEY`].
 pub const SECRET_NAME: &str = "finflow-operator-webhook-tls";
-/// Name of the MutatingWebhookConfiguration the chart renders.
-pub const CONFIGURATION_NAME: &str = "finflow-operator";
+/// Name of the MutatingWebhookConfiguration the chart renders (the one the operator's
+/// ClusterRole names).
+pub const CONFIGURATION_NAME: &str = crate::rbac::WEBHOOK_CONFIGURATION_NAME;
 /// Name of its one webhook in the chart.
 pub const WEBHOOK_NAME: &str = "inject.finflow.dev";
 /// Annotation on the Secret: when the serving certificate expires (RFC 3339).

@@ -45,9 +45,6 @@ pub struct Config {
     /// (on when the API server is 1.29 or later).
     #[arg(long, env = "NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
     pub native_sidecars: NativeSidecars,
-    /// Name of the leader-election Lease.
-    #[arg(long, env = "LEASE_NAME", default_value = "finflow-operator")]
-    pub lease_name: String,
     /// Seconds others wait on a Lease nobody renews; the leader renews every sixth of
     /// it and stops leading after two thirds of it without a renewal.
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]

@@ -74,6 +74,13 @@ impl Sample {
     }
 }
 
+/// Whether `text`, the start of an exposition, holds the whole of the sidecar's own part
+/// (what [`parse`] reads): it reaches the line that ends it.
+pub fn sidecar_part_ends(text: &str) -> bool {
+    text.lines()
+        .any(|line| line.trim().starts_with(UPSTREAM_METRICS_UP))
+}
+
 /// Reads one sidecar's exposition as one pod's sample: its own families, which come
 /// before `finflow_sidecar_upstream_metrics_up` (what follows is the app's, and not
 /// read, whatever it names). `Err` when it is not a FinFlow sidecar's, or one from

@@ -181,7 +181,13 @@ fn rabbitmq_conf(mq: &MessageQueue, domain: &ClusterDomain) -> String {
         "cluster_formation.peer_discovery_backend = classic_config".to_owned(),
         "queue_leader_locator = balanced".to_owned(),
     ];
-    for i in 0..mq.spec.replicas.max(1) {
+    // Clamped as the schema bounds it: an object stored before that bound, or under an
+    // older CRD, must not make the operator build gigabytes of configuration.
+    for i in 0..mq
+        .spec
+        .replicas
+        .clamp(1, crate::crd::messagequeue::MAX_REPLICAS)
+    {
         conf.push(format!(
             "cluster_formation.classic_config.nodes.{} = rabbit@{name}-{i}.{headless}.{namespace}.svc.{domain}",
             i + 1
@@ -812,6 +818,16 @@ mod tests {
             node.value.as_deref(),
             Some("rabbit@$(POD_NAME).events-headless.$(POD_NAMESPACE).svc.corp.example")
         );
+    }
+
+    #[test]
+    fn a_node_count_beyond_the_schema_s_bound_names_at_most_its_nodes() {
+        let mut mq = mq();
+        mq.spec.replicas = i32::MAX;
+        let owned = desired(&mq, &ClusterDomain::default());
+        let conf = &owned.config_map.data.as_ref().unwrap()["rabbitmq.conf"];
+        let nodes = conf.matches("classic_config.nodes.").count();
+        assert_eq!(nodes, crate::crd::messagequeue::MAX_REPLICAS as usize);
     }
 
     #[test]

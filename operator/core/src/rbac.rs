@@ -9,6 +9,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// Name of the ClusterRole (and of the operator's ServiceAccount in the chart).
 pub const NAME: &str = "finflow-operator";
+/// The leader-election Lease, in the operator's namespace: the only one it may read or
+/// replace.
+pub const LEASE_NAME: &str = "finflow-operator";
+/// The MutatingWebhookConfiguration the chart renders: the only one the operator may
+/// read or patch (its caBundle).
+pub const WEBHOOK_CONFIGURATION_NAME: &str = "finflow-operator";
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {
@@ -19,10 +25,23 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What the operator reads and writes. Server-side apply needs `create` as well as
-/// `patch` because an apply may create the object.
+/// `rule` for the objects named `names` only. Kubernetes cannot limit `create` by
+/// name (the object has none until it exists), so such a rule never carries it.
+fn named(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        resource_names: Some(names.iter().map(|n| (*n).to_owned()).collect()),
+        ..rule(group, resources, verbs)
+    }
+}
+
+/// What the operator reads and writes, and nothing more: the token is powerful (it
+/// creates Deployments in any namespace), so a stolen one must not also take over the
+/// control plane's leader Leases or rewire another webhook. Server-side apply needs
+/// `create` as well as `patch` because an apply may create the object. Nothing owned
+/// is deleted by the operator (garbage collection removes it with its owner), so no
+/// `delete` but on the volumes a MessageQueue cleanup removes.
 pub fn rules() -> Vec<PolicyRule> {
-    const OWN: [&str; 6] = ["get", "list", "watch", "create", "patch", "delete"];
+    const OWN: [&str; 5] = ["get", "list", "watch", "create", "patch"];
     vec![
         // The custom resources: watched, finalized (metadata patch) and given a status.
         rule(
@@ -68,17 +87,20 @@ pub fn rules() -> Vec<PolicyRule> {
         // kube-runtime's event recorder creates events and patches repeated ones.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
         // Leader election: the Lease is created, then replaced with a resourceVersion
-        // precondition, never patched.
-        rule(
+        // precondition, never patched; only the operator's own is read or replaced.
+        rule("coordination.k8s.io", &["leases"], &["create"]),
+        named(
             "coordination.k8s.io",
             &["leases"],
-            &["get", "create", "update"],
+            &[LEASE_NAME],
+            &["get", "update"],
         ),
         // The injection webhook's configuration: the chart creates it, the operator
         // patches its caBundle.
-        rule(
+        named(
             "admissionregistration.k8s.io",
             &["mutatingwebhookconfigurations"],
+            &[WEBHOOK_CONFIGURATION_NAME],
             &["get", "patch"],
         ),
     ]
@@ -106,12 +128,20 @@ mod tests {
     use super::*;
 
     fn allows(group: &str, resource: &str, verb: &str) -> bool {
+        allows_on(group, resource, None, verb)
+    }
+
+    /// Whether a rule allows `verb` on `resource`, on the object `name` (`None`: any
+    /// object, as a `create` or `list` asks).
+    fn allows_on(group: &str, resource: &str, name: Option<&str>, verb: &str) -> bool {
         rules().iter().any(|r| {
-            r.api_groups
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .any(|g| g == group)
+            let names = r.resource_names.as_deref().unwrap_or_default();
+            (names.is_empty() || name.is_some_and(|n| names.iter().any(|x| x == n)))
+                && r.api_groups
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|g| g == group)
                 && r.resources
                     .as_deref()
                     .unwrap_or_default()
@@ -139,21 +169,50 @@ mod tests {
     }
 
     #[test]
-    fn the_leader_lease_can_be_created_and_replaced_but_not_patched() {
-        for verb in ["get", "create", "update"] {
-            assert!(allows("coordination.k8s.io", "leases", verb), "{verb}");
+    fn only_the_operator_s_own_lease_can_be_read_or_replaced_and_none_patched() {
+        let lease = ("coordination.k8s.io", "leases");
+        assert!(allows_on(lease.0, lease.1, None, "create"));
+        for verb in ["get", "update"] {
+            assert!(
+                allows_on(lease.0, lease.1, Some(LEASE_NAME), verb),
+                "{verb}"
+            );
+            // The control plane's leader Leases, say, in kube-system.
+            assert!(!allows_on(
+                lease.0,
+                lease.1,
+                Some("kube-controller-manager"),
+                verb
+            ));
+            assert!(!allows_on(lease.0, lease.1, None, verb), "{verb} on any");
         }
-        assert!(!allows("coordination.k8s.io", "leases", "patch"));
+        assert!(!allows_on(lease.0, lease.1, Some(LEASE_NAME), "patch"));
     }
 
     #[test]
-    fn the_webhook_configuration_can_be_patched_but_not_created() {
+    fn only_the_chart_s_webhook_configuration_can_be_patched_and_none_created() {
         let mwc = (
             "admissionregistration.k8s.io",
             "mutatingwebhookconfigurations",
         );
-        assert!(allows(mwc.0, mwc.1, "get") && allows(mwc.0, mwc.1, "patch"));
-        assert!(!allows(mwc.0, mwc.1, "create"));
+        let own = Some(WEBHOOK_CONFIGURATION_NAME);
+        assert!(allows_on(mwc.0, mwc.1, own, "get") && allows_on(mwc.0, mwc.1, own, "patch"));
+        assert!(!allows_on(mwc.0, mwc.1, Some("another-webhook"), "patch"));
+        assert!(!allows_on(mwc.0, mwc.1, None, "list"));
+        assert!(!allows_on(mwc.0, mwc.1, None, "create"));
+    }
+
+    #[test]
+    fn nothing_is_deleted_but_a_message_queue_s_volumes() {
+        for r in rules() {
+            if r.verbs.iter().any(|v| v == "delete") {
+                assert_eq!(
+                    r.resources.as_deref(),
+                    Some(&["persistentvolumeclaims".to_owned()][..])
+                );
+            }
+        }
+        assert!(allows("", "persistentvolumeclaims", "delete"));
     }
 
     #[test]

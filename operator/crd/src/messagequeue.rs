@@ -36,9 +36,10 @@ pub struct MessageQueueSpec {
     #[serde(default = "default_image")]
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
     pub image: String,
-    /// Number of RabbitMQ nodes (an odd number keeps quorum queues available).
+    /// Number of RabbitMQ nodes (an odd number keeps quorum queues available), at most
+    /// 9: each node is named in every node's configuration.
     #[serde(default = "default_replicas")]
-    #[x_kube(validation = Rule::new("self >= 0").message("replicas cannot be negative"))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 9").message("replicas must be between 0 and 9"))]
     pub replicas: i32,
     /// Persistent storage of each node.
     #[serde(default)]
@@ -58,6 +59,11 @@ fn default_image() -> String {
 fn default_replicas() -> i32 {
     1
 }
+
+/// The most RabbitMQ nodes a MessageQueue runs (the schema refuses more): every node's
+/// configuration names each node, so the operator's work grows with the square of it,
+/// and a count nobody bounded (2^31) would have it build gigabytes of configuration.
+pub const MAX_REPLICAS: i32 = 9;
 
 /// Persistent storage of each RabbitMQ node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]

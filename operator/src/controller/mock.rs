@@ -28,6 +28,8 @@ pub enum Reply {
     Conflict,
     /// 403 with a `Status` body: a request RBAC does not allow.
     Forbidden,
+    /// 200 with this text (what a pod answers through the proxy).
+    Text(String),
     /// 200 with the request's own body (what an apply of a new object returns, near enough).
     Echo,
     /// A refusal: a `Status` with this code, reason and message.
@@ -193,6 +195,9 @@ impl Verifier {
                     Reply::Json(v) => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(serde_json::to_vec(&v).unwrap())),
+                    Reply::Text(text) => Response::builder()
+                        .status(StatusCode::OK)
+                        .body(Body::from(text.into_bytes())),
                     Reply::Echo => Response::builder()
                         .status(StatusCode::OK)
                         .body(Body::from(bytes.to_vec())),

@@ -66,16 +66,61 @@ async fn probe_health_within(
     fetch_probe(timeout, client, namespace, &path).await
 }
 
-/// GETs `path` within `timeout`: healthy on a 2xx, with the schema its body reports.
+/// The most of a body the operator reads from a pod through the API server's proxy. A
+/// health report is a few hundred bytes, and a sidecar's own metrics come first in its
+/// exposition (the app's follow, and are not read). Read whole, a body without end (a
+/// tenant's app, a broken one) would grow the operator until it is killed, and with it
+/// every namespace's reconciles and the admission webhook.
+pub const MAX_POD_READ: usize = 256 * 1024;
+
+/// What [`read_from_pod`] read: at most [`MAX_POD_READ`] bytes, and whether that was
+/// the whole body.
+struct Read {
+    text: String,
+    whole: bool,
+}
+
+/// GETs `path` through the API server, reading at most [`MAX_POD_READ`] bytes of the
+/// body.
+async fn read_from_pod(client: &Client, path: &str) -> std::result::Result<Read, String> {
+    use futures_util::AsyncReadExt;
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let body = client
+        .request_stream(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    std::pin::pin!(body.take(MAX_POD_READ as u64 + 1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    let whole = bytes.len() <= MAX_POD_READ;
+    bytes.truncate(MAX_POD_READ);
+    Ok(Read {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        whole,
+    })
+}
+
+/// GETs `path` within `timeout`: healthy on a 2xx whose body is at most
+/// [`MAX_POD_READ`], with the schema the body reports.
 async fn fetch_probe(timeout: Duration, client: &Client, namespace: &str, path: &str) -> Probe {
-    let Ok(request) = http::Request::get(path).body(Vec::new()) else {
-        return Probe::default();
-    };
-    match tokio::time::timeout(timeout, client.request_text(request)).await {
-        Ok(Ok(body)) => Probe {
+    match tokio::time::timeout(timeout, read_from_pod(client, path)).await {
+        Ok(Ok(Read { text, whole: true })) => Probe {
             healthy: true,
-            schema: rollout::schema_from_health(&body),
+            schema: rollout::schema_from_health(&text),
         },
+        Ok(Ok(Read { whole: false, .. })) => {
+            tracing::info!(
+                namespace,
+                path,
+                limit = MAX_POD_READ,
+                "health answer too long; unhealthy"
+            );
+            Probe::default()
+        }
         Ok(Err(error)) => {
             tracing::debug!(namespace, path, %error, "health probe failed");
             Probe::default()
@@ -134,11 +179,16 @@ pub async fn scrape(client: &Client, namespace: &str, pods: &[&Pod]) -> Sample {
     let reads = pods.iter().map(|pod| async move {
         let name = pod.name_any();
         let path = analysis::pod_metrics_path(namespace, &name, SIDECAR_ADMIN_PORT);
-        let request = http::Request::get(path).body(Vec::new()).ok()?;
-        let text = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, client.request_text(request))
+        let text = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, read_from_pod(client, &path))
             .await
         {
-            Ok(Ok(text)) => text,
+            Ok(Ok(Read { text, whole: true })) => text,
+            // The sidecar's own families, all of them ahead of the app's, are in it.
+            Ok(Ok(Read { text, whole: false })) if analysis::sidecar_part_ends(&text) => text,
+            Ok(Ok(Read { whole: false, .. })) => {
+                tracing::info!(namespace, pod = %name, limit = MAX_POD_READ, "sidecar metrics too long");
+                return None;
+            }
             Ok(Err(error)) => {
                 tracing::debug!(namespace, pod = %name, %error, "sidecar metrics unreadable");
                 return None;
@@ -351,6 +401,68 @@ mod tests {
         assert!(probe().await.healthy);
         server.await.unwrap();
         assert!(HEALTH_PROBE_TIMEOUT <= Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_health_answer_longer_than_the_operator_reads_is_unhealthy() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let path = "/api/v1/namespaces/finflow/services/payment-preview:http/proxy/health";
+        let report = r#"{"status":"ok","schema":{"version":3}}"#;
+        let padded = format!("{report}{}", " ".repeat(MAX_POD_READ - report.len()));
+        let server = verifier.run(vec![
+            Expect::get(path, Reply::Text(format!("{padded} "))),
+            Expect::get(path, Reply::Text(padded)),
+        ]);
+        let probe = || {
+            probe_health_within(
+                HEALTH_PROBE_TIMEOUT,
+                &ctx.client,
+                "finflow",
+                "payment-preview",
+                "/health",
+            )
+        };
+        assert_eq!(probe().await, Probe::default(), "one byte over");
+        let at_the_limit = probe().await;
+        assert!(at_the_limit.healthy);
+        assert_eq!(at_the_limit.schema.map(|s| s.version), Some(3));
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sidecar_s_metrics_are_read_from_the_start_of_an_exposition_too_long_to_read_whole() {
+        let (ctx, verifier) = Verifier::context(settings());
+        let own = "finflow_sidecar_requests_total{origin=\"upstream\",traffic=\"api\",status=\"200\"} 7\n\
+                   finflow_sidecar_upstream_metrics_up 1\n";
+        let app = "app_metric 1\n".repeat(MAX_POD_READ / 10);
+        let cut_short =
+            "finflow_sidecar_requests_total{origin=\"client\",traffic=\"app\",status=\"200\"} 7\n"
+                .repeat(MAX_POD_READ / 50);
+        let server = verifier.run(vec![
+            Expect::get(
+                "/api/v1/namespaces/finflow/pods/p1:15020/proxy/metrics",
+                Reply::Text(format!("{own}{app}")),
+            ),
+            Expect::get(
+                "/api/v1/namespaces/finflow/pods/p2:15020/proxy/metrics",
+                Reply::Text(format!(
+                    "{cut_short}finflow_sidecar_upstream_metrics_up 1\n"
+                )),
+            ),
+        ]);
+        let (p1, p2) = (pod("p1", "green", None), pod("p2", "green", None));
+        let first = scrape(&ctx.client, "finflow", &[&p1]).await;
+        assert_eq!(
+            (first.pods, first.requests),
+            (1, 7),
+            "its own part was read: {first:?}"
+        );
+        let second = scrape(&ctx.client, "finflow", &[&p2]).await;
+        assert_eq!(
+            second.pods, 0,
+            "its own part did not end within the limit: {second:?}"
+        );
+        server.await.unwrap();
     }
 
     #[tokio::test]
