@@ -1,10 +1,13 @@
-//! Operator commands of the auth binary: `finflow-auth grant-role EMAIL ROLE`.
+//! Operator commands of the auth binary: `finflow-auth grant-role EMAIL ROLE` and
+//! `finflow-auth revoke-role EMAIL ROLE`.
 //!
 //! Staff roles open other users' wallets, payments and cases, so no request to the API
 //! can confer one, and nothing about an account (its email least of all: anyone may
 //! register any address that is still free) implies one. An operator with access to
 //! A's database grants a role to an account that already exists; it applies from the
-//! account's next login or refresh.
+//! account's next login or refresh. A revocation ends the account's sessions as well:
+//! what still carries the role is an access token already issued, for at most
+//! `ACCESS_TOKEN_TTL_SECS`.
 
 use clap::Parser;
 use finflow_platform::Email;
@@ -72,25 +75,63 @@ pub async fn grant_role(
     Ok(roles)
 }
 
-/// `finflow-auth grant-role EMAIL ROLE`: grants a staff role to a registered account.
+/// Removes `role` from the account registered as `email` and ends every session of it
+/// (a refresh would no longer carry the role, but an ex-operator keeps no session the
+/// role was granted to); returns its roles. Revoking a role the account lacks ends its
+/// sessions all the same.
+pub async fn revoke_role(
+    pool: &PgPool,
+    email: &Email,
+    role: &StaffRole,
+) -> anyhow::Result<Vec<String>> {
+    let mut tx = pool.begin().await?;
+    // The account's row first, as every change of its sessions takes it
+    // (`account::hold_sessions`).
+    let revoked: Option<(uuid::Uuid, Vec<String>)> = sqlx::query_as(
+        "UPDATE users SET roles = array_remove(roles, $2), updated_at = now()          WHERE email = $1 RETURNING id, roles",
+    )
+    .bind(email.as_str())
+    .bind(role.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((user, roles)) = revoked else {
+        anyhow::bail!("no account is registered as {email}");
+    };
+    let sessions = crate::account::end_sessions(&mut tx, user).await?;
+    tx.commit().await?;
+    tracing::info!(%email, role = role.as_str(), sessions, "role revoked, sessions ended");
+    Ok(roles)
+}
+
+/// Which way [`RoleCommand`] changes the account's roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Grant,
+    Revoke,
+}
+
+/// `finflow-auth grant-role|revoke-role EMAIL ROLE`: grants a staff role to a registered
+/// account, or revokes it.
 #[derive(Debug, Parser)]
-#[command(name = "finflow-auth grant-role")]
-pub struct GrantRole {
+pub struct RoleCommand {
     /// The account's email, as registered.
     #[arg(value_parser = |s: &str| Email::parse(s).map_err(|e| e.to_string()))]
     pub email: Email,
-    /// The role to grant: ops or compliance.
+    /// The role: ops or compliance.
     #[arg(value_parser = StaffRole::parse)]
     pub role: StaffRole,
     #[command(flatten)]
     pub db: DatabaseConfig,
 }
 
-impl GrantRole {
+impl RoleCommand {
     /// Runs the command; the roles the account has now.
-    pub async fn run(self) -> anyhow::Result<Vec<String>> {
+    pub async fn run(self, change: Change) -> anyhow::Result<Vec<String>> {
         let pool = finflow_platform::db::connect(&self.db.database_url, 1).await?;
-        let roles = grant_role(&pool, &self.email, &self.role).await;
+        let roles = match change {
+            Change::Grant => grant_role(&pool, &self.email, &self.role).await,
+            Change::Revoke => revoke_role(&pool, &self.email, &self.role).await,
+        };
         pool.close().await;
         roles
     }

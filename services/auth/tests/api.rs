@@ -1061,6 +1061,54 @@ async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its
     );
 }
 
+#[tokio::test]
+async fn the_revoke_role_command_takes_a_staff_role_away_and_ends_the_account_s_sessions() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    app.register(&address).await;
+    let command = |change: &str, role: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+            .args([change, &address, role])
+            .env("DATABASE_URL", app.db.url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    assert!(command("grant-role", "ops").status.success());
+    assert!(command("grant-role", "compliance").status.success());
+    let session = app.login(&address).await;
+    assert_eq!(
+        session["user"]["roles"],
+        json!(["user", "ops", "compliance"])
+    );
+
+    let revoked = command("revoke-role", "ops");
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert!(
+        String::from_utf8_lossy(&revoked.stdout).contains("user, compliance"),
+        "{revoked:?}"
+    );
+    // The session the role was granted to is over: its refresh token is refused, so
+    // no new access token comes of it, with or without the role.
+    let (status, body) = app.refresh(&session["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let session = app.login(&address).await;
+    assert_eq!(session["user"]["roles"], json!(["user", "compliance"]));
+    let claims = app.decode(session["access_token"].as_str().unwrap()).await;
+    assert_eq!(claims["roles"], json!(["user", "compliance"]));
+
+    assert!(
+        !command("revoke-role", "user").status.success(),
+        "not a staff role"
+    );
+    let nobody = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+        .args(["revoke-role", "nobody@example.com", "ops"])
+        .env("DATABASE_URL", app.db.url())
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success(), "no such account: {nobody:?}");
+}
+
 /// A login from `ip`: its status and `Retry-After`.
 async fn login_from(
     app: &TestAuth,
