@@ -1004,19 +1004,23 @@ async fn registering_a_staff_looking_email_grants_no_role() {
     }
 }
 
+/// `finflow-auth <change> <email> <role>` (`grant-role`, `revoke-role`) against `app`'s
+/// database.
+fn role_command(app: &TestAuth, change: &str, email: &str, role: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
+        .args([change, email, role])
+        .env("DATABASE_URL", app.db.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its_next_login() {
     let app = TestAuth::spawn(&[]).await;
     let address = email();
     app.register(&address).await;
-    let grant = |role: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
-            .args(["grant-role", &address, role])
-            .env("DATABASE_URL", app.db.url())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    };
+    let grant = |role: &str| role_command(&app, "grant-role", &address, role);
     let granted = grant("ops");
     assert!(granted.status.success(), "{granted:?}");
     let session = app.login(&address).await;
@@ -1037,11 +1041,7 @@ async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its
         !grant("service:payment").status.success(),
         "not a staff role"
     );
-    let nobody = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
-        .args(["grant-role", "nobody@example.com", "ops"])
-        .env("DATABASE_URL", app.db.url())
-        .output()
-        .unwrap();
+    let nobody = role_command(&app, "grant-role", "nobody@example.com", "ops");
     assert!(!nobody.status.success(), "no such account: {nobody:?}");
 
     // An address nobody has proven yet: whoever verifies it decides the account's
@@ -1049,11 +1049,7 @@ async fn the_grant_role_command_gives_a_registered_account_a_staff_role_from_its
     let unproven = email();
     let (status, _) = app.sign_up(&unproven, PASSWORD, "Ada Lovelace").await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
-        .args(["grant-role", &unproven, "ops"])
-        .env("DATABASE_URL", app.db.url())
-        .output()
-        .unwrap();
+    let refused = role_command(&app, "grant-role", &unproven, "ops");
     assert!(!refused.status.success(), "{refused:?}");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("has not verified its address"),
@@ -1066,14 +1062,7 @@ async fn the_revoke_role_command_takes_a_staff_role_away_and_ends_the_account_s_
     let app = TestAuth::spawn(&[]).await;
     let address = email();
     app.register(&address).await;
-    let command = |change: &str, role: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
-            .args([change, &address, role])
-            .env("DATABASE_URL", app.db.url())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    };
+    let command = |change: &str, role: &str| role_command(&app, change, &address, role);
     assert!(command("grant-role", "ops").status.success());
     assert!(command("grant-role", "compliance").status.success());
     let session = app.login(&address).await;
@@ -1101,11 +1090,7 @@ async fn the_revoke_role_command_takes_a_staff_role_away_and_ends_the_account_s_
         !command("revoke-role", "user").status.success(),
         "not a staff role"
     );
-    let nobody = std::process::Command::new(env!("CARGO_BIN_EXE_finflow-auth"))
-        .args(["revoke-role", "nobody@example.com", "ops"])
-        .env("DATABASE_URL", app.db.url())
-        .output()
-        .unwrap();
+    let nobody = role_command(&app, "revoke-role", "nobody@example.com", "ops");
     assert!(!nobody.status.success(), "no such account: {nobody:?}");
 }
 
