@@ -1,37 +1,26 @@
-//! Events service A consumes: KYC decisions from service E.
+//! Events service A consumes: none it takes a decision from.
 
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
 use sqlx::PgConnection;
 
-use finflow_contracts::kyc::KycUpdated;
-
-use crate::kyc;
-
-/// The queue of KYC decisions.
+/// The queue of KYC decisions, drained: releases of E from before the notices still
+/// publish to it, and an undrained queue grows without end.
 pub fn kyc_queue() -> QueueSpec {
     QueueSpec::new("auth.kyc-updates", &[types::USER_KYC_UPDATED])
 }
 
-/// Applies `user.kyc_updated` to the user (unless a newer decision is there: see
-/// [`kyc`]), so the next token and B's checks carry it without a new login.
+/// Takes `user.kyc_updated` off its queue and applies nothing. The bus cannot say who
+/// published an event (every service connects to it as one broker user), so a decision
+/// taken from it could be any service's: one holding D's or F's credentials could
+/// declare itself verified and move money. A takes KYC decisions from E's authenticated
+/// call alone (`PUT /internal/users/{id}/kyc`, service `kyc` only), which E repeats
+/// until A answers (`finflow_kyc::notices`).
 pub struct KycUpdates;
 
 impl Handler for KycUpdates {
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
-        let update: KycUpdated = event
-            .data_as()
-            .map_err(|e| HandlerError::Permanent(format!("malformed user.kyc_updated: {e}")))?;
-        if kyc::apply(tx, update.user_id, &update.decision)
-            .await?
-            .is_none()
-        {
-            // The user may not be committed yet on a replica race; retries, then dead-letters.
-            return Err(HandlerError::Transient(format!(
-                "no user {}",
-                update.user_id
-            )));
-        }
+    async fn handle(&self, _tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        tracing::debug!(event_id = %event.id, "user.kyc_updated ignored: decisions come from E's call");
         Ok(())
     }
 }

@@ -1,10 +1,12 @@
 //! KYC decisions from service E, applied to the user A owns.
 //!
 //! E decides; A holds the status B checks before it opens a wallet or moves money. A
-//! decision arrives twice: E calls `PUT /internal/users/{id}/kyc` before it answers its
-//! client (so a client told "verified" finds B agreeing at once), and `user.kyc_updated`
-//! follows through the outbox (so a decision made while A was down still arrives). Each
-//! carries E's decision time, and only a newer decision replaces the stored one.
+//! decision arrives by E's call alone, `PUT /internal/users/{id}/kyc` (service `kyc`
+//! only): before E answers its client (so a client told "verified" finds B agreeing at
+//! once), and again from E's notifier until A has answered (so a decision made while A
+//! was down still arrives). `user.kyc_updated` on the bus is not taken: anyone holding
+//! the broker's credentials could publish one ([`crate::consumers`]). Each call carries
+//! E's decision time, and only a newer decision replaces the stored one.
 
 use axum::extract::State;
 use finflow_platform::error::{self, ErrorEnvelope};

@@ -1,11 +1,12 @@
-//! KYC decisions reaching A twice (E's direct call and the `user.kyc_updated` event), in
-//! either order, against real PostgreSQL: the newest decision stands.
+//! KYC decisions reaching A, against real PostgreSQL: from E's authenticated call only
+//! (never from the bus, where any service could publish one), possibly more than once
+//! and out of order (the request's call and E's notifier): the newest decision stands.
 
 use chrono::{DateTime, Duration, Utc};
 use finflow_auth::consumers::{KycUpdates, kyc_queue};
 use finflow_auth::kyc::{self, Decision, Outcome};
 use finflow_platform::db::{self, TestDb};
-use finflow_platform::events::consumer::{HandlerError, apply_once};
+use finflow_platform::events::consumer::{Outcome as Consumed, apply_once};
 use finflow_platform::events::{Event, types};
 use finflow_platform::identity::KycStatus;
 use serde_json::json;
@@ -38,11 +39,10 @@ fn decision(status: KycStatus, at: DateTime<Utc>) -> Decision {
 }
 
 /// `event` delivered to A's KYC consumer once, as its queue would deliver it.
-async fn deliver(
-    pool: &PgPool,
-    event: &Event,
-) -> Result<finflow_platform::events::consumer::Outcome, HandlerError> {
-    apply_once(pool, &kyc_queue().name, &KycUpdates, event).await
+async fn deliver(pool: &PgPool, event: &Event) -> Consumed {
+    apply_once(pool, &kyc_queue().name, &KycUpdates, event)
+        .await
+        .unwrap()
 }
 
 fn event(user: Uuid, status: &str, at: Option<DateTime<Utc>>) -> Event {
@@ -54,6 +54,30 @@ fn event(user: Uuid, status: &str, at: Option<DateTime<Utc>>) -> Event {
 }
 
 #[tokio::test]
+async fn a_kyc_decision_from_the_bus_changes_no_one_s_standing() {
+    let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
+    let (forger, victim) = (user(&db.pool).await, user(&db.pool).await);
+    let mut conn = db.pool.acquire().await.unwrap();
+    kyc::apply(
+        &mut conn,
+        victim,
+        &decision(KycStatus::Verified, Utc::now()),
+    )
+    .await
+    .unwrap();
+
+    // Published by whoever holds the broker's credentials (D's, F's): a user declared
+    // verified would move money, one declared rejected could not.
+    for (who, forged) in [(forger, "verified"), (victim, "rejected")] {
+        let later = Utc::now() + Duration::seconds(1);
+        let consumed = deliver(&db.pool, &event(who, forged, Some(later))).await;
+        assert!(matches!(consumed, Consumed::Applied), "{consumed:?}");
+    }
+    assert_eq!(status(&db.pool, forger).await, "pending");
+    assert_eq!(status(&db.pool, victim).await, "verified");
+}
+
+#[tokio::test]
 async fn a_late_approval_does_not_undo_a_revocation_that_came_first() {
     let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
     let who = user(&db.pool).await;
@@ -61,54 +85,26 @@ async fn a_late_approval_does_not_undo_a_revocation_that_came_first() {
     let revoked = approved + Duration::milliseconds(5);
     let mut conn = db.pool.acquire().await.unwrap();
 
-    // E's call about the revocation arrives before the event of the approval.
+    // The revocation's call arrives before the approval's (told again by E's notifier).
     let told = kyc::apply(&mut conn, who, &decision(KycStatus::Rejected, revoked)).await;
     assert_eq!(told.unwrap(), Some(Outcome::Applied));
-    deliver(&db.pool, &event(who, "verified", Some(approved)))
-        .await
-        .unwrap();
+    let late = kyc::apply(&mut conn, who, &decision(KycStatus::Verified, approved)).await;
+    assert_eq!(late.unwrap(), Some(Outcome::Superseded));
     assert_eq!(status(&db.pool, who).await, "rejected");
 
-    // The same decision again (the revocation's own event) changes nothing either.
+    // The same decision again changes nothing either.
     let again = kyc::apply(&mut conn, who, &decision(KycStatus::Rejected, revoked)).await;
     assert_eq!(again.unwrap(), Some(Outcome::Superseded));
 
     // A newer verification stands.
     let reverified = revoked + Duration::seconds(60);
-    deliver(&db.pool, &event(who, "verified", Some(reverified)))
-        .await
-        .unwrap();
+    let newer = kyc::apply(&mut conn, who, &decision(KycStatus::Verified, reverified)).await;
+    assert_eq!(newer.unwrap(), Some(Outcome::Applied));
     assert_eq!(status(&db.pool, who).await, "verified");
 }
 
 #[tokio::test]
-async fn an_undated_event_applies_only_where_no_dated_decision_has_arrived() {
-    let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
-    let (fresh, decided) = (user(&db.pool).await, user(&db.pool).await);
-
-    // An event from before decisions were dated still works on a user without one...
-    deliver(&db.pool, &event(fresh, "verified", None))
-        .await
-        .unwrap();
-    assert_eq!(status(&db.pool, fresh).await, "verified");
-
-    // ...but never overrides a dated decision.
-    let mut conn = db.pool.acquire().await.unwrap();
-    kyc::apply(
-        &mut conn,
-        decided,
-        &decision(KycStatus::Rejected, Utc::now()),
-    )
-    .await
-    .unwrap();
-    deliver(&db.pool, &event(decided, "verified", None))
-        .await
-        .unwrap();
-    assert_eq!(status(&db.pool, decided).await, "rejected");
-}
-
-#[tokio::test]
-async fn a_decision_about_nobody_is_retried_not_dropped() {
+async fn a_decision_about_nobody_is_not_found() {
     let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
     let mut conn = db.pool.acquire().await.unwrap();
     let nobody = Uuid::now_v7();
@@ -118,11 +114,10 @@ async fn a_decision_about_nobody_is_retried_not_dropped() {
         &decision(KycStatus::Verified, Utc::now()),
     )
     .await;
-    assert_eq!(direct.unwrap(), None, "the route answers 404");
-    let outcome = deliver(&db.pool, &event(nobody, "verified", Some(Utc::now()))).await;
-    assert!(
-        matches!(outcome, Err(HandlerError::Transient(_))),
-        "{outcome:?}"
+    assert_eq!(
+        direct.unwrap(),
+        None,
+        "the route answers 404; E tells it again"
     );
 }
 
@@ -131,12 +126,11 @@ async fn a_decision_dated_in_the_future_counts_as_dated_at_most_the_clock_skew_a
     let db = TestDb::new(Some(&finflow_auth::MIGRATIONS)).await;
     let who = user(&db.pool).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    // A forged or mis-clocked "verified" dated years ahead: taken at its word, it would
-    // make every real decision until then, a compliance revocation included, superseded.
+    // A mis-clocked "verified" dated years ahead: taken at its word, it would make every
+    // real decision until then, a compliance revocation included, superseded.
     let far = Utc::now() + Duration::days(3650);
-    deliver(&db.pool, &event(who, "verified", Some(far)))
-        .await
-        .unwrap();
+    let ahead = kyc::apply(&mut conn, who, &decision(KycStatus::Verified, far)).await;
+    assert_eq!(ahead.unwrap(), Some(Outcome::Applied));
     assert_eq!(status(&db.pool, who).await, "verified");
 
     // A revocation made once the skew has passed stands.

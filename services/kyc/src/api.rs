@@ -23,6 +23,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::documents::{Checked, Submission, SubmissionShape};
+use crate::notices;
 use crate::reason::Reason;
 
 pub struct Settings {
@@ -90,12 +91,15 @@ struct Told {
     decision: KycDecision,
 }
 
-/// Queues `user.kyc_updated` for `told` in the caller's transaction.
+/// Records `told` as its user's notice for A ([`crate::notices`]) and queues
+/// `user.kyc_updated` (for D and F; A does not take decisions from the bus), in the
+/// caller's transaction.
 async fn enqueue_decision(
     tx: &mut PgConnection,
     told: &Told,
     submission_id: Uuid,
 ) -> Result<(), ApiError> {
+    notices::record(tx, told.user_id, &told.decision).await?;
     let event = Event::new(
         catalog::KYC.name,
         types::USER_KYC_UPDATED,
@@ -110,25 +114,28 @@ async fn enqueue_decision(
     Ok(())
 }
 
-/// How long a client's answer waits for A before the event alone carries the decision.
+/// How long a client's answer waits for A before the notifier alone tells it.
 const TELL_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Tells A a committed decision before the client hears it, so the client that is told
 /// "verified" (or whose verification was revoked) finds B, which asks A, agreeing at
-/// once. The outbox event carries the same decision whatever happens here: when A
-/// cannot be reached the decision still arrives, later.
-async fn tell_auth(auth: &ServiceClient, told: &Told) {
-    #[derive(Deserialize)]
-    struct Applied {}
-    let path = format!("/internal/users/{}/kyc", told.user_id);
-    let call = auth.put::<_, Applied>(&path, &told.decision);
+/// once. The decision's notice tells A again whatever happens here
+/// ([`notices::Notifier`]): when A cannot be reached the decision still arrives, later.
+async fn tell_auth(s: &AppState, told: &Told) {
+    let call = notices::tell(&s.auth, told.user_id, &told.decision);
     match tokio::time::timeout(TELL_AUTH_TIMEOUT, call).await {
-        Ok(Ok(_)) => {}
+        Ok(Ok(())) => {
+            if let Some(at) = told.decision.decided_at
+                && let Err(e) = notices::heard(&s.pool, told.user_id, at).await
+            {
+                tracing::warn!(user_id = %told.user_id, error = %e, "A heard a KYC decision; its notice stays and tells A again");
+            }
+        }
         Ok(Err(e)) => {
-            tracing::warn!(user_id = %told.user_id, error = %e.message, "A was not told of a KYC decision; the event will carry it");
+            tracing::warn!(user_id = %told.user_id, error = %e.message, "A was not told of a KYC decision; the notifier tells it again");
         }
         Err(_) => {
-            tracing::warn!(user_id = %told.user_id, "A did not answer in time about a KYC decision; the event will carry it");
+            tracing::warn!(user_id = %told.user_id, "A did not answer in time about a KYC decision; the notifier tells it again");
         }
     }
 }
@@ -238,7 +245,7 @@ async fn submit(
     };
     tx.commit().await?;
     if let Some(told) = told {
-        tell_auth(&s.auth, &told).await;
+        tell_auth(&s, &told).await;
     }
     Ok(error::with_status(StatusCode::CREATED, view))
 }
@@ -438,7 +445,7 @@ async fn review(
     case_for_another(&mut tx, &who, CaseTable::Submissions, id).await?;
     let (view, told) = decide(&mut tx, id, status, &by, Some(why.as_str())).await?;
     tx.commit().await?;
-    tell_auth(&s.auth, &told).await;
+    tell_auth(&s, &told).await;
     Ok(error::ok(view))
 }
 
@@ -506,7 +513,7 @@ async fn revoke(
     };
     enqueue_decision(&mut tx, &told, view.id).await?;
     tx.commit().await?;
-    tell_auth(&s.auth, &told).await;
+    tell_auth(&s, &told).await;
     Ok(error::ok(view))
 }
 

@@ -6,9 +6,10 @@
 //!   content). With `KYC_AUTO_APPROVE` (development default) a well-formed document is
 //!   verified at once; otherwise a `compliance` reviewer approves or rejects it.
 //! - Every decision (and a compliance officer's revocation of a verification) is sent
-//!   to A before the client is answered, and emitted as `user.kyc_updated` for when A
-//!   could not be reached; B asks A before it opens a wallet or moves a user's money,
-//!   so the user needs no new login and a revoked user stops paying at once.
+//!   to A before the client is answered, and again by the [`notices`] notifier until A
+//!   has answered (A takes none from the bus); B asks A before it opens a wallet or
+//!   moves a user's money, so the user needs no new login and a revoked user stops
+//!   paying at once. `user.kyc_updated` tells D and F.
 //! - [`aml`] watches C's payment events, raises alerts (amount threshold, velocity,
 //!   structuring) and keeps a risk score per user; `compliance` clears or flags alerts,
 //!   which emits `aml.cleared` / `aml.flagged` and releases or fails held payments.
@@ -16,6 +17,7 @@
 pub mod aml;
 pub mod api;
 pub mod documents;
+pub mod notices;
 pub mod reason;
 
 use std::sync::Arc;
@@ -108,6 +110,15 @@ impl Service for Kyc {
             &config.client.auth_url,
             config.client.tokens(Self::INFO.name, http.clone()),
             http,
+        );
+        start.spawn(
+            notices::Notifier {
+                pool: start.pool.clone(),
+                auth: auth.clone(),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(5),
+            }
+            .run(start.stop_token()),
         );
         let state = api::AppState {
             auth,

@@ -153,6 +153,8 @@ impl Broker {
 #[derive(Clone, Default)]
 struct FakeAuth {
     told: Arc<Mutex<Vec<(Uuid, Value)>>>,
+    /// Calls still to be answered 503, as an A that is down.
+    down_for: Arc<Mutex<usize>>,
 }
 
 impl FakeAuth {
@@ -181,6 +183,18 @@ impl FakeAuth {
                     ),
                 );
             }
+            {
+                let mut down_for = fake.down_for.lock().unwrap();
+                if *down_for > 0 {
+                    *down_for -= 1;
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(
+                            json!({"success": false, "error": {"code": "SERVICE_UNAVAILABLE", "message": "down"}}),
+                        ),
+                    );
+                }
+            }
             fake.told.lock().unwrap().push((user, body));
             (
                 axum::http::StatusCode::OK,
@@ -197,6 +211,11 @@ impl FakeAuth {
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         base
+    }
+
+    /// Answers the next `calls` calls 503.
+    fn down_for(&self, calls: usize) {
+        *self.down_for.lock().unwrap() = calls;
     }
 
     /// The decisions A was told about `user`, oldest first.
@@ -1563,6 +1582,44 @@ async fn an_officer_the_user_paid_within_a_velocity_window_longer_than_a_day_can
     assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
     let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
     assert_eq!(status, StatusCode::OK, "another officer may: {body}");
+}
+
+#[tokio::test]
+async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let heard_at_once = Uuid::new_v4();
+    e.submit(heard_at_once, &passport("AB123456")).await;
+    assert_eq!(e.auth.told(heard_at_once).len(), 1);
+    assert_eq!(
+        e.count("SELECT count(*) FROM auth_notices").await,
+        0,
+        "nothing left to tell"
+    );
+
+    // A is down for the request's call and the notifier's first: the decision reaches
+    // A anyway (A takes none from the bus).
+    e.auth.down_for(2);
+    let user = Uuid::new_v4();
+    let verified = e.submit(user, &passport("CD123456")).await;
+    assert_eq!(verified["status"], "verified");
+    assert!(e.auth.told(user).is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while e.auth.told(user).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "A never told");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let told = e.auth.told(user);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["kyc_status"], "verified");
+    let decided = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    assert_eq!(
+        decided(&told[0]["decided_at"]),
+        decided(&verified["decided_at"])
+    );
+    while e.count("SELECT count(*) FROM auth_notices").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the notice stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
