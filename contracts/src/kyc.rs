@@ -1,6 +1,7 @@
-//! What E decides and tells the others: a user's KYC status (to A, by call and by
-//! `user.kyc_updated`) and a compliance decision on an AML alert (`aml.cleared`,
-//! `aml.flagged`, which C applies to a held payment and F records).
+//! What E decides and tells the others: a user's KYC status (to A by its call; D and F
+//! read `user.kyc_updated`) and a compliance decision on an AML alert (to C by its call
+//! when the alert holds a payment; F reads `aml.cleared`, `aml.flagged`). A and C take
+//! decisions from E's calls alone: anyone on the bus could publish an event.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,27 @@ pub struct AmlDecision {
     /// The alert's rule: `amount_threshold` (the hold), `velocity`, `structuring`.
     pub rule: String,
     pub reason: String,
+}
+
+/// The body of C's `PUT /internal/payments/{id}/aml` (service `kyc` only): E's decision
+/// on the alert that holds the payment. `cleared` releases it to the worker, `flagged`
+/// fails it; a payment no longer on hold is left as it is (E may tell it again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct HoldDecision {
+    pub alert_id: Uuid,
+    pub outcome: HoldOutcome,
+    pub decided_at: DateTime<Utc>,
+}
+
+/// What compliance decided about a held payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum HoldOutcome {
+    Cleared,
+    Flagged,
 }
 
 impl AmlDecision {

@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_contracts::catalog;
 use finflow_contracts::identity;
-use finflow_contracts::kyc::{AmlDecision, KycDecision, KycUpdated};
-use finflow_platform::client::ServiceClient;
+use finflow_contracts::kyc::{AmlDecision, HoldDecision, HoldOutcome, KycDecision, KycUpdated};
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
 use finflow_platform::text;
@@ -23,7 +22,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::documents::{Checked, Submission, SubmissionShape};
-use crate::notices;
+use crate::notices::{self, Target};
 use crate::reason::Reason;
 
 pub struct Settings {
@@ -39,8 +38,9 @@ pub struct Settings {
 pub struct AppState {
     pub pool: PgPool,
     pub settings: Arc<Settings>,
-    /// A, told of each decision before the client is answered ([`tell_auth`]).
-    pub auth: ServiceClient,
+    /// A and C, told of each decision before the client is answered ([`tell_auth`],
+    /// [`decide_alert`]), and again by the notifier until they take it.
+    pub recipients: notices::Recipients,
 }
 
 /// The largest submission body: a [`MAX_DOCUMENT_BYTES`] file in base64 with room for
@@ -91,6 +91,14 @@ struct Told {
     decision: KycDecision,
 }
 
+impl Told {
+    /// When it was decided (E dates every decision it makes; an undated one counts as
+    /// made now).
+    fn decided_at(&self) -> DateTime<Utc> {
+        self.decision.decided_at.unwrap_or_else(Utc::now)
+    }
+}
+
 /// Records `told` as its user's notice for A ([`crate::notices`]) and queues
 /// `user.kyc_updated` (for D and F; A does not take decisions from the bus), in the
 /// caller's transaction.
@@ -99,7 +107,14 @@ async fn enqueue_decision(
     told: &Told,
     submission_id: Uuid,
 ) -> Result<(), ApiError> {
-    notices::record(tx, told.user_id, &told.decision).await?;
+    notices::record(
+        tx,
+        Target::Auth,
+        told.user_id,
+        &told.decision,
+        told.decided_at(),
+    )
+    .await?;
     let event = Event::new(
         catalog::KYC.name,
         types::USER_KYC_UPDATED,
@@ -114,30 +129,24 @@ async fn enqueue_decision(
     Ok(())
 }
 
-/// How long a client's answer waits for A before the notifier alone tells it.
-const TELL_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client's answer waits for A or C before the notifier alone tells them.
+const TELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Tells A a committed decision before the client hears it, so the client that is told
 /// "verified" (or whose verification was revoked) finds B, which asks A, agreeing at
 /// once. The decision's notice tells A again whatever happens here
 /// ([`notices::Notifier`]): when A cannot be reached the decision still arrives, later.
 async fn tell_auth(s: &AppState, told: &Told) {
-    let call = notices::tell(&s.auth, told.user_id, &told.decision);
-    match tokio::time::timeout(TELL_AUTH_TIMEOUT, call).await {
-        Ok(Ok(())) => {
-            if let Some(at) = told.decision.decided_at
-                && let Err(e) = notices::heard(&s.pool, told.user_id, at).await
-            {
-                tracing::warn!(user_id = %told.user_id, error = %e, "A heard a KYC decision; its notice stays and tells A again");
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(user_id = %told.user_id, error = %e.message, "A was not told of a KYC decision; the notifier tells it again");
-        }
-        Err(_) => {
-            tracing::warn!(user_id = %told.user_id, "A did not answer in time about a KYC decision; the notifier tells it again");
-        }
-    }
+    notices::tell_now(
+        &s.pool,
+        &s.recipients,
+        Target::Auth,
+        told.user_id,
+        &told.decision,
+        told.decided_at(),
+        TELL_TIMEOUT,
+    )
+    .await;
 }
 
 /// Records a decision and queues `user.kyc_updated`, in the caller's transaction.
@@ -647,24 +656,46 @@ async fn decide_alert(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::conflict("this alert was already decided"))?;
-    let event_type = if status == "cleared" {
-        types::AML_CLEARED
+    let (event_type, outcome) = if status == "cleared" {
+        (types::AML_CLEARED, HoldOutcome::Cleared)
     } else {
-        types::AML_FLAGGED
+        (types::AML_FLAGGED, HoldOutcome::Flagged)
     };
-    let event = Event::new(
-        catalog::KYC.name,
-        event_type,
-        &AmlDecision {
+    let decision = AmlDecision {
+        alert_id: alert.id,
+        payment_id: alert.payment_id,
+        user_id: alert.user_id,
+        rule: alert.rule.clone(),
+        reason: why.as_str().to_owned(),
+    };
+    // C releases or fails the payment this alert holds on E's call alone (the event is
+    // for F): a notice tells it until it has.
+    let held = decision.held_payment().map(|payment| {
+        let hold = HoldDecision {
             alert_id: alert.id,
-            payment_id: alert.payment_id,
-            user_id: alert.user_id,
-            rule: alert.rule.clone(),
-            reason: why.as_str().to_owned(),
-        },
-    )
-    .map_err(|e| ApiError::internal(&e))?;
+            outcome,
+            decided_at: alert.decided_at.unwrap_or_else(Utc::now),
+        };
+        (payment, hold)
+    });
+    if let Some((payment, hold)) = &held {
+        notices::record(&mut tx, Target::Payment, *payment, hold, hold.decided_at).await?;
+    }
+    let event =
+        Event::new(catalog::KYC.name, event_type, &decision).map_err(|e| ApiError::internal(&e))?;
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
+    if let Some((payment, hold)) = &held {
+        notices::tell_now(
+            &s.pool,
+            &s.recipients,
+            Target::Payment,
+            *payment,
+            hold,
+            hold.decided_at,
+            TELL_TIMEOUT,
+        )
+        .await;
+    }
     Ok(error::ok(alert))
 }

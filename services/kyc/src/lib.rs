@@ -27,7 +27,7 @@ use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
 use finflow_platform::Amount;
 use finflow_platform::client::ServiceClient;
-use finflow_platform::config::{ClientConfig, Validate};
+use finflow_platform::config::{ClientConfig, HttpUrl, Quiet, Validate};
 use finflow_platform::fx::FxConfig;
 use finflow_platform::health;
 use finflow_platform::service::{Api, Service, Start};
@@ -45,6 +45,10 @@ pub struct Settings {
     /// A, which holds each user's KYC status, and this service's credentials there.
     #[command(flatten)]
     pub client: ClientConfig,
+    /// Base URL of service C (its sidecar), told the decisions on the alerts that hold
+    /// its payments.
+    #[arg(long, env = "PAYMENT_URL", value_parser = Quiet(HttpUrl::parse))]
+    pub payment_url: HttpUrl,
     /// Verify well-formed documents without a reviewer.
     #[arg(long, env = "KYC_AUTO_APPROVE", default_value_t = false)]
     pub kyc_auto_approve: bool,
@@ -104,24 +108,29 @@ impl Service for Kyc {
         start.relay();
         start.consume(aml::payments_queue(), aml::Monitor { rules });
         start.optional("auth", health::Upstream::new(&config.client.auth_url));
+        start.optional("payment", health::Upstream::new(&config.payment_url));
         let http = ServiceClient::http_client();
-        let auth = ServiceClient::new(
-            "auth",
-            &config.client.auth_url,
-            config.client.tokens(Self::INFO.name, http.clone()),
-            http,
-        );
+        let tokens = config.client.tokens(Self::INFO.name, http.clone());
+        let recipients = notices::Recipients {
+            auth: ServiceClient::new(
+                "auth",
+                &config.client.auth_url,
+                tokens.clone(),
+                http.clone(),
+            ),
+            payment: ServiceClient::new("payment", &config.payment_url, tokens, http),
+        };
         start.spawn(
             notices::Notifier {
                 pool: start.pool.clone(),
-                auth: auth.clone(),
+                recipients: recipients.clone(),
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(5),
             }
             .run(start.stop_token()),
         );
         let state = api::AppState {
-            auth,
+            recipients,
             pool: start.pool.clone(),
             settings: Arc::new(api::Settings {
                 auto_approve: config.kyc_auto_approve,
@@ -146,6 +155,7 @@ mod tests {
     fn load(extra: &[&str]) -> Loaded<Kyc> {
         let client = [
             "--auth-url=http://127.0.0.1:9",
+            "--payment-url=http://127.0.0.1:9",
             "--service-client-secret=kyc-secret-for-tests",
         ];
         testing::load::<Kyc>(&[&client[..], extra].concat())

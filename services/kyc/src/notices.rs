@@ -1,102 +1,161 @@
-//! Telling A each KYC decision until A has heard it.
+//! Telling A and C each decision until they have heard it.
 //!
-//! A holds the standing B checks before money moves, and takes it from E's
-//! authenticated call alone (`PUT /internal/users/{id}/kyc`, service `kyc` only): the
-//! bus cannot say who published an event (every service connects to it as one broker
-//! user), so a `user.kyc_updated` could be any service's. Each decision is written as
-//! its user's notice in the transaction that makes it; the request tells A at once
-//! (`api::tell_auth`), and whatever A did not hear (A down or slow, an answer lost) the
-//! [`Notifier`] tells again, backing off, until A answers. One notice per user, the
-//! newest decision: A keeps only the newest.
+//! A holds the KYC standing B checks before money moves; C holds the payments an AML
+//! alert keeps on hold. Both take E's decisions from its authenticated calls alone (A's
+//! `PUT /internal/users/{id}/kyc`, C's `PUT /internal/payments/{id}/aml`, service `kyc`
+//! only): the bus cannot say who published an event (every service connects to it as
+//! one broker user), so a `user.kyc_updated` or an `aml.cleared` could be any service's.
+//! Each decision is written as a notice in the transaction that makes it; the request
+//! tells its service at once, and whatever was not heard (the service down or slow, an
+//! answer lost) the [`Notifier`] tells again, backing off, until it is answered. One
+//! notice per subject (a user at A, a payment at C), the newest decision: A keeps only
+//! the newest, and a held payment is decided once.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use finflow_contracts::identity::KycStatus;
-use finflow_contracts::kyc::KycDecision;
 use finflow_platform::ApiError;
 use finflow_platform::client::ServiceClient;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How long after a decision the notifier first looks at it: the request that made it
-/// tells A itself, at once.
+/// tells the service itself, at once.
 const FIRST_RETRY_SECS: i64 = 5;
-/// The longest wait between two attempts for one user.
+/// The longest wait between two attempts for one notice.
 const MAX_BACKOFF_SECS: i64 = 300;
 /// Notices told per round.
 const BATCH: i64 = 50;
 
-/// Records `decision` as `user`'s notice in the caller's transaction, unless a newer
-/// one waits already.
+/// Whom a notice is for, and what about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A: a user's KYC decision (`KycDecision`).
+    Auth,
+    /// C: the decision on the alert that holds a payment (`HoldDecision`).
+    Payment,
+}
+
+impl Target {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Auth => "auth",
+            Self::Payment => "payment",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auth" => Some(Self::Auth),
+            "payment" => Some(Self::Payment),
+            _ => None,
+        }
+    }
+
+    /// The call that tells it about `subject`.
+    fn path(self, subject: Uuid) -> String {
+        match self {
+            Self::Auth => format!("/internal/users/{subject}/kyc"),
+            Self::Payment => format!("/internal/payments/{subject}/aml"),
+        }
+    }
+}
+
+/// E's clients of the services it tells.
+#[derive(Clone)]
+pub struct Recipients {
+    pub auth: ServiceClient,
+    pub payment: ServiceClient,
+}
+
+impl Recipients {
+    fn client(&self, target: Target) -> &ServiceClient {
+        match target {
+            Target::Auth => &self.auth,
+            Target::Payment => &self.payment,
+        }
+    }
+
+    /// Tells `target` `body` about `subject`; `Ok` once it has taken it (or holds a
+    /// newer decision).
+    pub async fn tell(
+        &self,
+        target: Target,
+        subject: Uuid,
+        body: &(impl Serialize + Sync),
+    ) -> Result<(), ApiError> {
+        #[derive(Deserialize)]
+        struct Taken {}
+        self.client(target)
+            .put::<_, Taken>(&target.path(subject), body)
+            .await
+            .map(drop)
+    }
+}
+
+/// Records `body`, decided at `decided_at`, as the notice to `target` about `subject`,
+/// in the caller's transaction, unless a newer one waits already.
 pub async fn record(
     tx: &mut PgConnection,
-    user: Uuid,
-    decision: &KycDecision,
+    target: Target,
+    subject: Uuid,
+    body: &impl Serialize,
+    decided_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO auth_notices (user_id, kyc_status, decided_at, next_attempt_at) \
-         VALUES ($1, $2, $3, now() + $4::bigint * interval '1 second') \
-         ON CONFLICT (user_id) DO UPDATE SET kyc_status = EXCLUDED.kyc_status, \
+        "INSERT INTO notices (target, subject, body, decided_at, next_attempt_at) \
+         VALUES ($1, $2, $3, $4, now() + $5::bigint * interval '1 second') \
+         ON CONFLICT (target, subject) DO UPDATE SET body = EXCLUDED.body, \
            decided_at = EXCLUDED.decided_at, attempts = 0, \
            next_attempt_at = EXCLUDED.next_attempt_at \
-         WHERE auth_notices.decided_at < EXCLUDED.decided_at",
+         WHERE notices.decided_at < EXCLUDED.decided_at",
     )
-    .bind(user)
-    .bind(decision.kyc_status.as_str())
-    // E dates every decision it makes; an undated one is told as of now.
-    .bind(decision.decided_at.unwrap_or_else(Utc::now))
+    .bind(target.as_str())
+    .bind(subject)
+    .bind(sqlx::types::Json(body))
+    .bind(decided_at)
     .bind(FIRST_RETRY_SECS)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Ends `user`'s notice: A answered for the decision of `decided_at` (a newer notice
-/// stays).
+/// Ends the notice to `target` about `subject`: it took the decision of `decided_at` (a
+/// newer notice stays).
 pub async fn heard(
     pool: &PgPool,
-    user: Uuid,
+    target: Target,
+    subject: Uuid,
     decided_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM auth_notices WHERE user_id = $1 AND decided_at = $2")
-        .bind(user)
+    sqlx::query("DELETE FROM notices WHERE target = $1 AND subject = $2 AND decided_at = $3")
+        .bind(target.as_str())
+        .bind(subject)
         .bind(decided_at)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// Tells A `decision` about `user`; `Ok` once A has applied it or holds a newer one.
-pub async fn tell(
-    auth: &ServiceClient,
-    user: Uuid,
-    decision: &KycDecision,
-) -> Result<(), ApiError> {
-    #[derive(Deserialize)]
-    struct Applied {}
-    auth.put::<_, Applied>(&format!("/internal/users/{user}/kyc"), decision)
-        .await
-        .map(drop)
-}
-
 /// A notice as [`Notifier::round`] claims it.
 #[derive(sqlx::FromRow)]
 struct Due {
-    user_id: Uuid,
-    kyc_status: String,
+    target: String,
+    subject: Uuid,
+    body: Value,
     decided_at: DateTime<Utc>,
 }
 
-/// Tells A, again and again with backoff, the decisions it has not answered for.
+/// Tells A and C, again and again with backoff, the decisions they have not taken.
 pub struct Notifier {
     pub pool: PgPool,
-    pub auth: ServiceClient,
+    pub recipients: Recipients,
     /// Between rounds.
     pub interval: Duration,
-    /// How long one call to A may take.
+    /// How long one call may take.
     pub timeout: Duration,
 }
 
@@ -108,51 +167,72 @@ impl Notifier {
                 () = tokio::time::sleep(self.interval) => {}
             }
             if let Err(e) = self.round().await {
-                tracing::warn!(error = %e, "telling A its KYC decisions failed; next round retries");
+                tracing::warn!(error = %e, "telling E's decisions failed; next round retries");
             }
         }
     }
 
     /// One round: claims the due notices (each claim also schedules its next attempt,
     /// so a notifier that dies midway leaves nothing claimed for long, and two never
-    /// tell one notice at once), tells A each; how many A heard.
+    /// tell one notice at once) and tells each; how many were taken.
     pub async fn round(&self) -> Result<usize, sqlx::Error> {
         let due: Vec<Due> = sqlx::query_as(
-            "UPDATE auth_notices SET attempts = attempts + 1, \
+            "UPDATE notices SET attempts = attempts + 1, \
                next_attempt_at = now() + least(power(2, attempts + 1)::bigint, $2) * interval '1 second' \
-             WHERE user_id IN ( \
-               SELECT user_id FROM auth_notices WHERE next_attempt_at <= now() \
+             WHERE (target, subject) IN ( \
+               SELECT target, subject FROM notices WHERE next_attempt_at <= now() \
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING user_id, kyc_status, decided_at",
+             RETURNING target, subject, body, decided_at",
         )
         .bind(BATCH)
         .bind(MAX_BACKOFF_SECS)
         .fetch_all(&self.pool)
         .await?;
-        let mut told = 0;
+        let mut taken = 0;
         for notice in due {
-            let Some(kyc_status) = KycStatus::parse(&notice.kyc_status) else {
+            let Some(target) = Target::parse(&notice.target) else {
                 continue;
             };
-            let decision = KycDecision {
-                kyc_status,
-                decided_at: Some(notice.decided_at),
-            };
-            match tokio::time::timeout(self.timeout, tell(&self.auth, notice.user_id, &decision))
-                .await
-            {
+            let call = self.recipients.tell(target, notice.subject, &notice.body);
+            match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(())) => {
-                    heard(&self.pool, notice.user_id, notice.decided_at).await?;
-                    told += 1;
+                    heard(&self.pool, target, notice.subject, notice.decided_at).await?;
+                    taken += 1;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(user_id = %notice.user_id, error = %e.message, "A did not take a KYC decision; told again later");
+                    tracing::warn!(target = target.as_str(), subject = %notice.subject, error = %e.message, "a decision was not taken; told again later");
                 }
                 Err(_) => {
-                    tracing::warn!(user_id = %notice.user_id, "A did not answer about a KYC decision in time; told again later");
+                    tracing::warn!(target = target.as_str(), subject = %notice.subject, "no answer about a decision in time; told again later");
                 }
             }
         }
-        Ok(told)
+        Ok(taken)
+    }
+}
+
+/// Tells `target` a committed decision before the client hears it, within `timeout`,
+/// and ends its notice when it is taken; otherwise the [`Notifier`] tells it again.
+pub async fn tell_now(
+    pool: &PgPool,
+    recipients: &Recipients,
+    target: Target,
+    subject: Uuid,
+    body: &(impl Serialize + Sync),
+    decided_at: DateTime<Utc>,
+    timeout: Duration,
+) {
+    match tokio::time::timeout(timeout, recipients.tell(target, subject, body)).await {
+        Ok(Ok(())) => {
+            if let Err(e) = heard(pool, target, subject, decided_at).await {
+                tracing::warn!(target = target.as_str(), %subject, error = %e, "a decision was taken; its notice stays and tells it again");
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target = target.as_str(), %subject, error = %e.message, "a decision was not taken; the notifier tells it again");
+        }
+        Err(_) => {
+            tracing::warn!(target = target.as_str(), %subject, "no answer about a decision in time; the notifier tells it again");
+        }
     }
 }

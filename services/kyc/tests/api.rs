@@ -147,12 +147,16 @@ impl Broker {
     }
 }
 
-/// A stand-in for A: issues E's service token and records each decision E sends to
-/// `PUT /internal/users/{id}/kyc` (refusing a call without the token, as A's sidecar
-/// would).
+/// A stand-in for A and C: issues E's service token and records each decision E sends
+/// to A's `PUT /internal/users/{id}/kyc` and C's `PUT /internal/payments/{id}/aml`
+/// (refusing a call without the token, as their sidecars would).
 #[derive(Clone, Default)]
 struct FakeAuth {
     told: Arc<Mutex<Vec<(Uuid, Value)>>>,
+    /// What C was told, by payment.
+    held: Arc<Mutex<Vec<(Uuid, Value)>>>,
+    /// Calls to C still to be answered 503.
+    payment_down_for: Arc<Mutex<usize>>,
     /// Calls still to be answered 503, as an A that is down.
     down_for: Arc<Mutex<usize>>,
 }
@@ -203,9 +207,44 @@ impl FakeAuth {
                 ),
             )
         }
+        async fn aml(
+            State(fake): State<FakeAuth>,
+            headers: HeaderMap,
+            Path(payment): Path<Uuid>,
+            axum::Json(body): axum::Json<Value>,
+        ) -> (axum::http::StatusCode, axum::Json<Value>) {
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                != Some("Bearer kyc-token")
+            {
+                return (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    axum::Json(
+                        json!({"success": false, "error": {"code": "UNAUTHORIZED", "message": "no token"}}),
+                    ),
+                );
+            }
+            {
+                let mut down_for = fake.payment_down_for.lock().unwrap();
+                if *down_for > 0 {
+                    *down_for -= 1;
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(
+                            json!({"success": false, "error": {"code": "SERVICE_UNAVAILABLE", "message": "down"}}),
+                        ),
+                    );
+                }
+            }
+            fake.held.lock().unwrap().push((payment, body));
+            (
+                axum::http::StatusCode::OK,
+                axum::Json(json!({"success": true, "data": {"id": payment}})),
+            )
+        }
         let app = axum::Router::new()
             .route("/api/v1/auth/token", axum::routing::post(token))
             .route("/internal/users/{id}/kyc", axum::routing::put(kyc))
+            .route("/internal/payments/{id}/aml", axum::routing::put(aml))
             .with_state(self);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -213,7 +252,18 @@ impl FakeAuth {
         base
     }
 
-    /// Answers the next `calls` calls 503.
+    /// What C was told about `payment`, oldest first.
+    fn held(&self, payment: Uuid) -> Vec<Value> {
+        self.held
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == payment)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// Answers the next `calls` calls to A 503.
     fn down_for(&self, calls: usize) {
         *self.down_for.lock().unwrap() = calls;
     }
@@ -248,6 +298,8 @@ impl TestE {
         let auth = FakeAuth::default();
         let auth_url = auth.clone().serve().await;
         let mut args = vec![
+            "--payment-url".to_owned(),
+            auth_url.clone(),
             "--auth-url".to_owned(),
             auth_url,
             "--service-client-secret".into(),
@@ -1097,6 +1149,10 @@ async fn three_payments_just_under_the_threshold_in_a_day_raise_a_structuring_al
     assert_eq!(cleared[0]["data"]["alert_id"], id.as_str());
     assert_eq!(cleared[0]["data"]["rule"], "structuring");
     assert_eq!(cleared[0]["data"]["payment_id"], third.to_string());
+    assert!(
+        e.auth.held(third).is_empty(),
+        "C acts on holding alerts only"
+    );
     assert_eq!(
         e.risk_score(user).await,
         0,
@@ -1591,7 +1647,7 @@ async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
     e.submit(heard_at_once, &passport("AB123456")).await;
     assert_eq!(e.auth.told(heard_at_once).len(), 1);
     assert_eq!(
-        e.count("SELECT count(*) FROM auth_notices").await,
+        e.count("SELECT count(*) FROM notices").await,
         0,
         "nothing left to tell"
     );
@@ -1616,7 +1672,69 @@ async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
         decided(&told[0]["decided_at"]),
         decided(&verified["decided_at"])
     );
-    while e.count("SELECT count(*) FROM auth_notices").await > 0 {
+    while e.count("SELECT count(*) FROM notices").await > 0 {
+        assert!(std::time::Instant::now() < deadline, "the notice stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_decision_on_a_held_payment_reaches_c_by_call_and_again_after_c_was_down() {
+    let e = TestE::spawn(&[]).await;
+    let (user, first, second) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for payment in [first, second] {
+        e.broker
+            .publish(&payment_event(user, payment, "15000.00", "ON_HOLD"))
+            .await;
+    }
+    let alerts = e.wait_for_alerts(user, 2).await;
+    let alert_of = |payment: Uuid| {
+        alerts
+            .iter()
+            .find(|a| a["payment_id"] == payment.to_string())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let reason = json!({"reason": "known customer"});
+
+    let cleared = alert_of(first);
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/aml/alerts/{cleared}/clear"),
+            &reason,
+            &Caller::compliance(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let told = e.auth.held(first);
+    assert_eq!(told.len(), 1, "before the officer is answered: {told:?}");
+    assert_eq!(told[0]["alert_id"], cleared.as_str());
+    assert_eq!(told[0]["outcome"], "cleared");
+
+    // C is down for the officer's call and the notifier's first.
+    *e.auth.payment_down_for.lock().unwrap() = 2;
+    let flagged = alert_of(second);
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/aml/alerts/{flagged}/flag"),
+            &reason,
+            &Caller::compliance(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(e.auth.held(second).is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while e.auth.held(second).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "C never told");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let told = e.auth.held(second);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["alert_id"], flagged.as_str());
+    assert_eq!(told[0]["outcome"], "flagged");
+    while e.count("SELECT count(*) FROM notices").await > 0 {
         assert!(std::time::Instant::now() < deadline, "the notice stays");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

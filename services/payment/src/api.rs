@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{SubsecRound, Utc};
+use finflow_contracts::kyc::HoldDecision;
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::outbox;
 use finflow_platform::fx::Rates;
@@ -61,7 +62,7 @@ pub(crate) struct ApiDoc;
 /// The route table.
 pub fn routes() -> OpenApiRouter<AppState> {
     finflow_platform::route_table!(ApiDoc:
-        transfer; deposit; withdrawal; list; get_one; release;
+        transfer; deposit; withdrawal; list; get_one; release; aml_decision;
         crate::reversal::reverse, crate::reversal::withdraw; crate::reversal::reversals)
 }
 
@@ -680,6 +681,31 @@ async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let released = settle::transition(&mut tx, &row, Status::Pending, None).await?;
     tx.commit().await?;
     Ok(error::ok(released.view()?))
+}
+
+/// E's decision on the alert that holds payment `id` (service `kyc` only): `cleared`
+/// releases it to the worker, `flagged` fails it; a payment no longer on hold is
+/// answered as it is. The one way an AML review settles a hold: E's `aml.*` events on
+/// the bus are not taken ([`crate::worker::AmlDecisions`]).
+#[utoipa::path(put, path = "/internal/payments/{id}/aml", tag = "internal", params(("id" = Uuid, Path)),
+    request_body = HoldDecision,
+    responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope, description = "not service `kyc`"),
+        (status = 404, body = ErrorEnvelope, description = "no such payment (yet): E tells it again")))]
+async fn aml_decision(
+    State(s): State<AppState>,
+    who: Identity,
+    Path(id): Path<Uuid>,
+    Json(decision): Json<HoldDecision>,
+) -> ApiResult {
+    who.require_service_of(&[finflow_contracts::catalog::KYC.name])?;
+    let mut tx = s.pool.begin().await?;
+    let row = settle::lock(&mut tx, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment not found"))?;
+    let now = crate::worker::decide_hold(&mut tx, &row, decision.outcome).await?;
+    tx.commit().await?;
+    Ok(error::ok(now.view()?))
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub struct Payment;
 pub enum Role {
     /// The HTTP API and the outbox relay.
     Api,
-    /// The consumers (payment requests, AML decisions), the sweeper and the relay; it
+    /// The consumers (payment requests; AML decisions drained), the sweeper and the relay; it
     /// still serves `/health`, `/ready` and `/metrics`.
     Worker,
     /// Everything in one process.

@@ -1,4 +1,5 @@
-//! The worker: applies `payment.requested` at B exactly once, and applies AML decisions.
+//! The worker: applies `payment.requested` at B exactly once; and how E's decision on a
+//! held payment settles it ([`decide_hold`], taken from E's call, never from the bus).
 //!
 //! Exactly once, end to end: the consumer runner dedupes event ids and ACKs after
 //! commit; the handler locks the payment and acts only while it is `PENDING`; B applies
@@ -9,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use finflow_contracts::kyc::AmlDecision;
+use finflow_contracts::kyc::HoldOutcome;
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, QueueSpec, types};
 use finflow_platform::{ApiError, ErrorCode};
@@ -25,7 +26,7 @@ pub fn requests_queue() -> QueueSpec {
     QueueSpec::new("payment.requests", &[types::PAYMENT_REQUESTED])
 }
 
-/// AML decisions from E.
+/// AML decisions from E, drained ([`AmlDecisions`]).
 pub fn aml_queue() -> QueueSpec {
     QueueSpec::new(
         "payment.aml-decisions",
@@ -197,45 +198,45 @@ async fn settle_with(
 /// What the payer is told of a payment an AML review failed.
 pub const AML_DECLINED: &str = "declined after a compliance review";
 
-/// `aml.cleared` releases a held payment to the worker; `aml.flagged` fails it. Only a
-/// decision on the alert that holds the payment ([`types::AML_HOLD_RULE`]) does: a
-/// velocity or structuring alert on the same payment is about the user's pattern, and
-/// clearing it must not release a payment whose hold is still undecided.
+/// Takes `aml.cleared` and `aml.flagged` off their queue and applies nothing. The bus
+/// cannot say who published an event (every service connects to it as one broker user):
+/// taken at its word, an `aml.cleared` from whoever holds D's or F's credentials would
+/// release a held payment before compliance decided. C takes E's decision on a hold
+/// from E's authenticated call alone ([`decide_hold`], `PUT /internal/payments/{id}/aml`),
+/// which E repeats until C answers; the queue is drained, as releases of E from before
+/// still publish to it.
 pub struct AmlDecisions;
 
 impl Handler for AmlDecisions {
-    async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
-        let decision: AmlDecision = event
-            .data_as()
-            .map_err(|e| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type)))?;
-        let Some(payment_id) = decision.held_payment() else {
-            return Ok(());
-        };
-        let Some(row) = settle::lock(tx, payment_id).await? else {
-            return Err(HandlerError::Transient(format!(
-                "no payment {payment_id} yet"
-            )));
-        };
-        if row.status().map_err(|e| internal(&e))? != Status::OnHold {
-            return Ok(());
-        }
-        let (to, failure) = if event.event_type == types::AML_CLEARED {
-            (Status::Pending, None)
-        } else {
-            (
-                Status::Failed,
-                Some(Failure {
-                    code: "AML_FLAGGED".to_owned(),
-                    // The officer's reason stays in E's case: the payer reads this (C's
-                    // API, D's mail and webhooks), and telling them why a review found
-                    // against them would tip them off.
-                    reason: AML_DECLINED.to_owned(),
-                }),
-            )
-        };
-        settle::transition(tx, &row, to, failure)
-            .await
-            .map_err(|e| internal(&e))?;
+    async fn handle(&self, _tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+        tracing::debug!(event_id = %event.id, event_type = %event.event_type, "ignored: hold decisions come from E's call");
         Ok(())
     }
+}
+
+/// E's decision on the alert that holds `row`: `cleared` releases it to the worker,
+/// `flagged` fails it. A payment no longer on hold is left as it is (E may tell the
+/// same decision again); the payment as it is now.
+pub async fn decide_hold(
+    tx: &mut PgConnection,
+    row: &PaymentRow,
+    outcome: HoldOutcome,
+) -> Result<PaymentRow, ApiError> {
+    if row.status()? != Status::OnHold {
+        return Ok(row.clone());
+    }
+    let (to, failure) = match outcome {
+        HoldOutcome::Cleared => (Status::Pending, None),
+        HoldOutcome::Flagged => (
+            Status::Failed,
+            Some(Failure {
+                code: "AML_FLAGGED".to_owned(),
+                // The officer's reason stays in E's case: the payer reads this (C's
+                // API, D's mail and webhooks), and telling them why a review found
+                // against them would tip them off.
+                reason: AML_DECLINED.to_owned(),
+            }),
+        ),
+    };
+    settle::transition(tx, row, to, failure).await
 }
