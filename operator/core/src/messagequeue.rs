@@ -181,13 +181,9 @@ fn rabbitmq_conf(mq: &MessageQueue, domain: &ClusterDomain) -> String {
         "cluster_formation.peer_discovery_backend = classic_config".to_owned(),
         "queue_leader_locator = balanced".to_owned(),
     ];
-    // Clamped as the schema bounds it: an object stored before that bound, or under an
-    // older CRD, must not make the operator build gigabytes of configuration.
-    for i in 0..mq
-        .spec
-        .replicas
-        .clamp(1, crate::crd::messagequeue::MAX_REPLICAS)
-    {
+    // At least one node is named (a queue scaled to zero keeps its configuration), and
+    // at most what the schema allows (`nodes`).
+    for i in 0..mq.spec.nodes().max(1) {
         conf.push(format!(
             "cluster_formation.classic_config.nodes.{} = rabbit@{name}-{i}.{headless}.{namespace}.svc.{domain}",
             i + 1
@@ -398,7 +394,7 @@ fn stateful_set(mq: &MessageQueue, domain: &ClusterDomain) -> StatefulSet {
     StatefulSet {
         metadata: owned_meta(mq, &name, labels(&name, COMPONENT)),
         spec: Some(StatefulSetSpec {
-            replicas: Some(mq.spec.replicas),
+            replicas: Some(mq.spec.nodes()),
             service_name: Some(headless),
             // With classic peer discovery every node may start at once and join the others.
             pod_management_policy: Some("Parallel".to_owned()),
@@ -583,7 +579,7 @@ pub fn next_status(
 ) -> MessageQueueStatus {
     let current = mq.status.clone().unwrap_or_default();
     let name = mq.name_any();
-    let replicas = mq.spec.replicas;
+    let replicas = mq.spec.nodes();
     let ready_nodes = sts
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.ready_replicas)
@@ -821,13 +817,16 @@ mod tests {
     }
 
     #[test]
-    fn a_node_count_beyond_the_schema_s_bound_names_at_most_its_nodes() {
+    fn a_node_count_beyond_the_schema_s_bound_runs_and_names_at_most_its_nodes() {
         let mut mq = mq();
         mq.spec.replicas = i32::MAX;
         let owned = desired(&mq, &ClusterDomain::default());
         let conf = &owned.config_map.data.as_ref().unwrap()["rabbitmq.conf"];
         let nodes = conf.matches("classic_config.nodes.").count();
-        assert_eq!(nodes, crate::crd::messagequeue::MAX_REPLICAS as usize);
+        let most = crate::crd::messagequeue::MAX_REPLICAS;
+        assert_eq!(nodes, most as usize);
+        let spec = owned.stateful_set.spec.unwrap();
+        assert_eq!(spec.replicas, Some(most), "as many pods as named nodes");
     }
 
     #[test]

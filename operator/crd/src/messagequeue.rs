@@ -60,6 +60,15 @@ fn default_replicas() -> i32 {
     1
 }
 
+impl MessageQueueSpec {
+    /// The nodes the operator runs: `replicas`, within what the schema allows (an
+    /// object stored before that bound, or under an older CRD, gets at most
+    /// [`MAX_REPLICAS`]).
+    pub fn nodes(&self) -> i32 {
+        self.replicas.clamp(0, MAX_REPLICAS)
+    }
+}
+
 /// The most RabbitMQ nodes a MessageQueue runs (the schema refuses more): every node's
 /// configuration names each node, so the operator's work grows with the square of it,
 /// and a count nobody bounded (2^31) would have it build gigabytes of configuration.

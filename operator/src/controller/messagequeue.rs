@@ -180,7 +180,7 @@ async fn apply(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Action>
     let jobs: Api<Job> = Api::namespaced(client, ns);
     let job_name = mq_rules::topology_job_name(&mq);
     let mut job = jobs.get_opt(&job_name).await?;
-    if job.is_none() && credentials_ok && mq_rules::broker_ready(sts.as_ref(), mq.spec.replicas) {
+    if job.is_none() && credentials_ok && mq_rules::broker_ready(sts.as_ref(), mq.spec.nodes()) {
         let created = jobs
             .patch(
                 &job_name,

@@ -81,21 +81,27 @@ struct Read {
 }
 
 /// GETs `path` through the API server, reading at most [`MAX_POD_READ`] bytes of the
-/// body.
+/// body, and none of an answer other than a 2xx (kube's own reading of an error answer
+/// takes the whole body, however long).
 async fn read_from_pod(client: &Client, path: &str) -> std::result::Result<Read, String> {
-    use futures_util::AsyncReadExt;
+    use http_body_util::BodyExt;
     let request = http::Request::get(path)
-        .body(Vec::new())
+        .body(kube::client::Body::empty())
         .map_err(|e| e.to_string())?;
-    let body = client
-        .request_stream(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let response = client.send(request).await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    let mut body = response.into_body();
     let mut bytes = Vec::new();
-    std::pin::pin!(body.take(MAX_POD_READ as u64 + 1))
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| e.to_string())?;
+    while bytes.len() <= MAX_POD_READ {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        if let Ok(data) = frame.map_err(|e| e.to_string())?.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
     let whole = bytes.len() <= MAX_POD_READ;
     bytes.truncate(MAX_POD_READ);
     Ok(Read {

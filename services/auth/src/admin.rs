@@ -88,7 +88,8 @@ pub async fn revoke_role(
     // The account's row first, as every change of its sessions takes it
     // (`account::hold_sessions`).
     let revoked: Option<(uuid::Uuid, Vec<String>)> = sqlx::query_as(
-        "UPDATE users SET roles = array_remove(roles, $2), updated_at = now()          WHERE email = $1 RETURNING id, roles",
+        "UPDATE users SET roles = array_remove(roles, $2), updated_at = now() \
+         WHERE email = $1 RETURNING id, roles",
     )
     .bind(email.as_str())
     .bind(role.as_str())

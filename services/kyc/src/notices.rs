@@ -27,8 +27,11 @@ use uuid::Uuid;
 const FIRST_RETRY_SECS: i64 = 5;
 /// The longest wait between two attempts for one notice.
 const MAX_BACKOFF_SECS: i64 = 300;
-/// Notices told per round.
+/// Notices claimed per round.
 const BATCH: i64 = 50;
+/// Calls a round makes at once: one slow service holds up that many, not every notice
+/// behind it (a revocation for A behind a hanging C).
+const AT_ONCE: usize = 8;
 
 /// Whom a notice is for, and what about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,12 +176,15 @@ impl Notifier {
     }
 
     /// One round: claims the due notices (each claim also schedules its next attempt,
-    /// so a notifier that dies midway leaves nothing claimed for long, and two never
-    /// tell one notice at once) and tells each; how many were taken.
+    /// no sooner than a call can take, so a notifier that dies midway leaves nothing
+    /// claimed for long, and two never tell one notice at once) and tells them,
+    /// [`AT_ONCE`] at a time; how many were taken.
     pub async fn round(&self) -> Result<usize, sqlx::Error> {
+        use futures_util::StreamExt;
         let due: Vec<Due> = sqlx::query_as(
             "UPDATE notices SET attempts = attempts + 1, \
-               next_attempt_at = now() + least(power(2, attempts + 1)::bigint, $2) * interval '1 second' \
+               next_attempt_at = now() + greatest($3, least(power(2, attempts + 1)::bigint, $2)) \
+                 * interval '1 second' \
              WHERE (target, subject) IN ( \
                SELECT target, subject FROM notices WHERE next_attempt_at <= now() \
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
@@ -186,28 +192,40 @@ impl Notifier {
         )
         .bind(BATCH)
         .bind(MAX_BACKOFF_SECS)
+        .bind(i64::try_from(self.timeout.as_secs()).unwrap_or(MAX_BACKOFF_SECS) + 1)
         .fetch_all(&self.pool)
         .await?;
+        let outcomes: Vec<Result<bool, sqlx::Error>> = futures_util::stream::iter(due)
+            .map(|notice| self.tell_one(notice))
+            .buffer_unordered(AT_ONCE)
+            .collect()
+            .await;
         let mut taken = 0;
-        for notice in due {
-            let Some(target) = Target::parse(&notice.target) else {
-                continue;
-            };
-            let call = self.recipients.tell(target, notice.subject, &notice.body);
-            match tokio::time::timeout(self.timeout, call).await {
-                Ok(Ok(())) => {
-                    heard(&self.pool, target, notice.subject, notice.decided_at).await?;
-                    taken += 1;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(target = target.as_str(), subject = %notice.subject, error = %e.message, "a decision was not taken; told again later");
-                }
-                Err(_) => {
-                    tracing::warn!(target = target.as_str(), subject = %notice.subject, "no answer about a decision in time; told again later");
-                }
-            }
+        for outcome in outcomes {
+            taken += usize::from(outcome?);
         }
         Ok(taken)
+    }
+
+    /// Tells one claimed notice; whether it was taken.
+    async fn tell_one(&self, notice: Due) -> Result<bool, sqlx::Error> {
+        let Some(target) = Target::parse(&notice.target) else {
+            return Ok(false);
+        };
+        let call = self.recipients.tell(target, notice.subject, &notice.body);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => {
+                heard(&self.pool, target, notice.subject, notice.decided_at).await?;
+                return Ok(true);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(target = target.as_str(), subject = %notice.subject, error = %e.message, "a decision was not taken; told again later");
+            }
+            Err(_) => {
+                tracing::warn!(target = target.as_str(), subject = %notice.subject, "no answer about a decision in time; told again later");
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -664,7 +664,8 @@ pub(crate) async fn not_their_own(
 }
 
 /// Releases a held payment to the worker (role `compliance`), never one of the
-/// caller's own ([`not_their_own`]); E's `aml.cleared` does the same. Not `ops`: a
+/// caller's own ([`not_their_own`]); E's call clearing its alert does the same
+/// ([`aml_decision`]). Not `ops`: a
 /// payment is held for an AML review, and an operator's release would settle it
 /// before compliance decided, whatever they decide after.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),

@@ -222,7 +222,13 @@ pub async fn decide_hold(
     row: &PaymentRow,
     outcome: HoldOutcome,
 ) -> Result<PaymentRow, ApiError> {
-    if row.status()? != Status::OnHold {
+    let status = row.status()?;
+    if status != Status::OnHold {
+        if outcome == HoldOutcome::Flagged && status != Status::Failed {
+            // Compliance released it at C (`POST .../release`) before E's review found
+            // against it: the money may have moved, and someone must look.
+            tracing::warn!(payment_id = %row.id, status = status.as_str(), "E flagged a payment already released from its hold");
+        }
         return Ok(row.clone());
     }
     let (to, failure) = match outcome {
