@@ -12,8 +12,7 @@
 //!    of the claim map) are removed, on public paths too; a path not in normal form
 //!    (dot or empty segments, encoded unreserved characters) is refused with `400`,
 //!    since the app might read it differently from the checks below
-//!    ([`paths::is_ambiguous`]), and `TRACE` with `405` (it echoes credentials back,
-//!    and no app serves it);
+//!    ([`paths::is_ambiguous`]);
 //! 2. `/metrics` is never forwarded: `404`, token or not ([`paths::is_admin_only`]); the
 //!    app's metrics reach Prometheus through the admin port's `/metrics` ([`admin`]);
 //!    public paths (`PUBLIC_PATHS`) pass without a token; others need a valid

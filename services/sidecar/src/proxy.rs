@@ -18,7 +18,7 @@ use finflow_platform::error::{ApiError, ErrorCode};
 use finflow_platform::telemetry;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, StatusCode, Version};
+use http::{Request, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -205,16 +205,6 @@ impl Proxy {
                 ErrorCode::ValidationError,
                 "invalid_path",
                 "the path is not in normal form (dot or empty segments, encoded unreserved characters)",
-            ));
-        }
-        // TRACE echoes the request (a cookie, a token) back to whoever can read the
-        // answer, and no app serves it: refused here, where one with a body would
-        // otherwise fail upstream as a 502.
-        if parts.method == Method::TRACE {
-            return Err(ProxyError::new(
-                ErrorCode::MethodNotAllowed,
-                "method_not_allowed",
-                "TRACE is not served",
             ));
         }
         let trusted = self.trusted.iter().any(|net| net.contains(&client.address));

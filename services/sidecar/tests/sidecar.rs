@@ -815,27 +815,6 @@ async fn paths_not_in_normal_form_cannot_smuggle_a_request_past_the_checks() {
 }
 
 #[tokio::test]
-async fn trace_is_answered_405_at_the_edge_never_forwarded() {
-    let s = setup(&[]).await;
-    // TRACE echoes what it was sent (a cookie, a token) back to the caller; one with a
-    // body is a request the upstream connection will not carry, which came back 502.
-    for body in ["", r#"{"url": "https://hooks.example.com/finflow"}"#] {
-        let response = client()
-            .request(
-                reqwest::Method::TRACE,
-                format!("{}/api/v1/webhooks", s.sidecar.url),
-            )
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_refused(response, 405, "METHOD_NOT_ALLOWED", "method_not_allowed").await;
-    }
-    assert_eq!(s.app.hits(), 0);
-}
-
-#[tokio::test]
 async fn the_admin_port_serves_live_ready_and_metrics() {
     let s = setup(&[]).await;
     s.sidecar.get("/api/v1/wallets").send().await.unwrap();
