@@ -56,6 +56,8 @@ pub struct ProxyError {
     status: StatusCode,
     error: ApiError,
     reason: &'static str,
+    /// The answer ends the connection ([`ProxyError::closing`]).
+    close: bool,
 }
 
 impl ProxyError {
@@ -65,7 +67,18 @@ impl ProxyError {
             status: code.status(),
             error: ApiError::new(code, message).with_details(json!({ "reason": reason })),
             reason,
+            close: false,
         }
+    }
+
+    /// The same answer, saying `Connection: close`: given while the client's body is
+    /// unread, it is followed by the connection's end, and a client that reused the
+    /// connection (the gateway above all) would send its next request into it and
+    /// fail (a 502 for a request it cannot send twice).
+    #[must_use]
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// The same envelope with another status (502 and 504 carry `DEPENDENCY_UNAVAILABLE`).
@@ -92,6 +105,7 @@ impl ProxyError {
             error: ApiError::rate_limited("too many requests, slow down", retry_after_secs)
                 .with_details(json!({ "reason": reason })),
             reason,
+            close: false,
         }
     }
 
@@ -117,6 +131,9 @@ impl IntoResponse for ProxyError {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(PROXY_ERROR, HeaderValue::from_static(self.reason));
+        if self.close {
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if unauthorized {
             headers.insert(
                 http::header::WWW_AUTHENTICATE,
@@ -189,7 +206,22 @@ impl Proxy {
         self
     }
 
+    /// [`Self::forward_request`]; an answer of its own to a request with a body closes
+    /// the connection ([`ProxyError::closing`]): that body is not all read.
     async fn forward(
+        &self,
+        request: Request<Incoming>,
+        upstreams: &Upstreams,
+        client: &Peer,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let has_body = !hyper::body::Body::is_end_stream(request.body());
+        self.forward_request(request, upstreams, client, request_id)
+            .await
+            .map_err(|e| if has_body { e.closing() } else { e })
+    }
+
+    async fn forward_request(
         &self,
         request: Request<Incoming>,
         upstreams: &Upstreams,

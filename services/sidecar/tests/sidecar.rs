@@ -815,6 +815,42 @@ async fn paths_not_in_normal_form_cannot_smuggle_a_request_past_the_checks() {
 }
 
 #[tokio::test]
+async fn an_answer_of_the_sidecar_s_own_to_a_request_with_a_body_says_the_connection_closes() {
+    let s = setup(&[]).await;
+    // Refused before its body is read (no token): the connection ends after the answer,
+    // and a client that reused it (the gateway) would send its next request into a
+    // closed connection and answer 502.
+    let mut stream = tokio::net::TcpStream::connect(s.sidecar.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let body = r#"{"currency":"USD"}"#;
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/wallets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(s.app.hits(), 0);
+
+    // Without a body, the connection stays for the next request.
+    let refused = s.sidecar.get("/api/v1/wallets").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("connection").is_none());
+}
+
+#[tokio::test]
 async fn the_admin_port_serves_live_ready_and_metrics() {
     let s = setup(&[]).await;
     s.sidecar.get("/api/v1/wallets").send().await.unwrap();
