@@ -200,11 +200,7 @@ impl Service for Auth {
             let issuer = issuer.clone();
             let stop = start.stop_token();
             start.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
-                    }
+                while finflow_platform::service::tick(&stop, KEY_RELOAD_INTERVAL).await {
                     match tokio::task::spawn_blocking(load_keys.clone()).await {
                         Ok(Ok(ring)) => issuer.set_keyring(ring),
                         Ok(Err(e)) => tracing::error!(error = %e, "signing keys could not be reloaded; keeping the current ones"),

@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use finflow_platform::ApiError;
 use finflow_platform::client::ServiceClient;
+use finflow_platform::service::tick;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -164,11 +165,7 @@ pub struct Notifier {
 
 impl Notifier {
     pub async fn run(self, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-            }
+        while tick(&stop, self.interval).await {
             if let Err(e) = self.round().await {
                 tracing::warn!(error = %e, "telling E's decisions failed; next round retries");
             }

@@ -147,18 +147,68 @@ impl Broker {
     }
 }
 
-/// A stand-in for A and C: issues E's service token and records each decision E sends
-/// to A's `PUT /internal/users/{id}/kyc` and C's `PUT /internal/payments/{id}/aml`
-/// (refusing a call without the token, as their sidecars would).
+/// What one of E's recipients (A's `PUT /internal/users/{id}/kyc`, C's
+/// `PUT /internal/payments/{id}/aml`) was told, by subject; it refuses a call without
+/// E's token, as its sidecar would, and answers 503 while down.
+#[derive(Clone, Default)]
+struct Inbox {
+    told: Arc<Mutex<Vec<(Uuid, Value)>>>,
+    /// Calls still to be answered 503, as a service that is down.
+    down_for: Arc<Mutex<usize>>,
+}
+
+impl Inbox {
+    fn take(
+        &self,
+        headers: &axum::http::HeaderMap,
+        subject: Uuid,
+        body: Value,
+    ) -> (axum::http::StatusCode, axum::Json<Value>) {
+        let refused = |status, code: &str| {
+            let error = json!({"success": false, "error": {"code": code, "message": "refused"}});
+            (status, axum::Json(error))
+        };
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer kyc-token") {
+            return refused(axum::http::StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+        }
+        {
+            let mut down_for = self.down_for.lock().unwrap();
+            if *down_for > 0 {
+                *down_for -= 1;
+                return refused(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                );
+            }
+        }
+        self.told.lock().unwrap().push((subject, body));
+        let taken = json!({"success": true, "data": {"id": subject}});
+        (axum::http::StatusCode::OK, axum::Json(taken))
+    }
+
+    /// What it was told about `subject`, oldest first.
+    fn about(&self, subject: Uuid) -> Vec<Value> {
+        self.told
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s == subject)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    /// Answers the next `calls` calls 503.
+    fn down_for(&self, calls: usize) {
+        *self.down_for.lock().unwrap() = calls;
+    }
+}
+
+/// A stand-in for A and C: issues E's service token and takes the decisions E sends
+/// them.
 #[derive(Clone, Default)]
 struct FakeAuth {
-    told: Arc<Mutex<Vec<(Uuid, Value)>>>,
-    /// What C was told, by payment.
-    held: Arc<Mutex<Vec<(Uuid, Value)>>>,
-    /// Calls to C still to be answered 503.
-    payment_down_for: Arc<Mutex<usize>>,
-    /// Calls still to be answered 503, as an A that is down.
-    down_for: Arc<Mutex<usize>>,
+    auth: Inbox,
+    payment: Inbox,
 }
 
 impl FakeAuth {
@@ -177,35 +227,7 @@ impl FakeAuth {
             Path(user): Path<Uuid>,
             axum::Json(body): axum::Json<Value>,
         ) -> (axum::http::StatusCode, axum::Json<Value>) {
-            if headers.get("authorization").and_then(|v| v.to_str().ok())
-                != Some("Bearer kyc-token")
-            {
-                return (
-                    axum::http::StatusCode::UNAUTHORIZED,
-                    axum::Json(
-                        json!({"success": false, "error": {"code": "UNAUTHORIZED", "message": "no token"}}),
-                    ),
-                );
-            }
-            {
-                let mut down_for = fake.down_for.lock().unwrap();
-                if *down_for > 0 {
-                    *down_for -= 1;
-                    return (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(
-                            json!({"success": false, "error": {"code": "SERVICE_UNAVAILABLE", "message": "down"}}),
-                        ),
-                    );
-                }
-            }
-            fake.told.lock().unwrap().push((user, body));
-            (
-                axum::http::StatusCode::OK,
-                axum::Json(
-                    json!({"success": true, "data": {"user_id": user, "outcome": "applied"}}),
-                ),
-            )
+            fake.auth.take(&headers, user, body)
         }
         async fn aml(
             State(fake): State<FakeAuth>,
@@ -213,33 +235,7 @@ impl FakeAuth {
             Path(payment): Path<Uuid>,
             axum::Json(body): axum::Json<Value>,
         ) -> (axum::http::StatusCode, axum::Json<Value>) {
-            if headers.get("authorization").and_then(|v| v.to_str().ok())
-                != Some("Bearer kyc-token")
-            {
-                return (
-                    axum::http::StatusCode::UNAUTHORIZED,
-                    axum::Json(
-                        json!({"success": false, "error": {"code": "UNAUTHORIZED", "message": "no token"}}),
-                    ),
-                );
-            }
-            {
-                let mut down_for = fake.payment_down_for.lock().unwrap();
-                if *down_for > 0 {
-                    *down_for -= 1;
-                    return (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(
-                            json!({"success": false, "error": {"code": "SERVICE_UNAVAILABLE", "message": "down"}}),
-                        ),
-                    );
-                }
-            }
-            fake.held.lock().unwrap().push((payment, body));
-            (
-                axum::http::StatusCode::OK,
-                axum::Json(json!({"success": true, "data": {"id": payment}})),
-            )
+            fake.payment.take(&headers, payment, body)
         }
         let app = axum::Router::new()
             .route("/api/v1/auth/token", axum::routing::post(token))
@@ -252,31 +248,14 @@ impl FakeAuth {
         base
     }
 
-    /// What C was told about `payment`, oldest first.
-    fn held(&self, payment: Uuid) -> Vec<Value> {
-        self.held
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| *p == payment)
-            .map(|(_, body)| body.clone())
-            .collect()
-    }
-
-    /// Answers the next `calls` calls to A 503.
-    fn down_for(&self, calls: usize) {
-        *self.down_for.lock().unwrap() = calls;
-    }
-
     /// The decisions A was told about `user`, oldest first.
     fn told(&self, user: Uuid) -> Vec<Value> {
-        self.told
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(u, _)| *u == user)
-            .map(|(_, body)| body.clone())
-            .collect()
+        self.auth.about(user)
+    }
+
+    /// What C was told about `payment`, oldest first.
+    fn held(&self, payment: Uuid) -> Vec<Value> {
+        self.payment.about(payment)
     }
 }
 
@@ -1654,7 +1633,7 @@ async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
 
     // A is down for the request's call and the notifier's first: the decision reaches
     // A anyway (A takes none from the bus).
-    e.auth.down_for(2);
+    e.auth.auth.down_for(2);
     let user = Uuid::new_v4();
     let verified = e.submit(user, &passport("CD123456")).await;
     assert_eq!(verified["status"], "verified");
@@ -1714,7 +1693,7 @@ async fn the_decision_on_a_held_payment_reaches_c_by_call_and_again_after_c_was_
     assert_eq!(told[0]["outcome"], "cleared");
 
     // C is down for the officer's call and the notifier's first.
-    *e.auth.payment_down_for.lock().unwrap() = 2;
+    e.auth.payment.down_for(2);
     let flagged = alert_of(second);
     let (status, body) = e
         .post(

@@ -34,11 +34,7 @@ pub struct Sweeper {
 
 impl Sweeper {
     pub async fn run(self, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(self.interval) => {}
-            }
+        while finflow_platform::service::tick(&stop, self.interval).await {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = %e, "sweep failed; next round retries");
             }

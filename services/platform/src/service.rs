@@ -357,3 +357,12 @@ async fn start<S: Service>() -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.service.http.listen).await?;
     run::<S>(config, listener, Box::pin(crate::http::shutdown_signal())).await
 }
+
+/// A background loop's wait between rounds: `interval`, or until `stop`; whether to go
+/// on (`while tick(&stop, every).await { ... }`).
+pub async fn tick(stop: &CancellationToken, interval: Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(interval) => true,
+    }
+}

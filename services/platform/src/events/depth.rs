@@ -68,9 +68,8 @@ pub async fn watch(
             }
         }
         sink(round);
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+        if !crate::service::tick(&stop, every).await {
+            return;
         }
     }
 }
