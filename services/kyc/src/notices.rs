@@ -209,25 +209,48 @@ impl Notifier {
         let Some(target) = Target::parse(&notice.target) else {
             return Ok(false);
         };
-        let call = self.recipients.tell(target, notice.subject, &notice.body);
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => {
-                heard(&self.pool, target, notice.subject, notice.decided_at).await?;
-                return Ok(true);
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(target = target.as_str(), subject = %notice.subject, error = %e.message, "a decision was not taken; told again later");
-            }
-            Err(_) => {
-                tracing::warn!(target = target.as_str(), subject = %notice.subject, "no answer about a decision in time; told again later");
-            }
-        }
-        Ok(false)
+        tell_once(
+            &self.pool,
+            &self.recipients,
+            target,
+            notice.subject,
+            &notice.body,
+            notice.decided_at,
+            self.timeout,
+        )
+        .await
     }
 }
 
-/// Tells `target` a committed decision before the client hears it, within `timeout`,
-/// and ends its notice when it is taken; otherwise the [`Notifier`] tells it again.
+/// Tells `target` `body` about `subject` within `timeout`, and ends its notice when it
+/// is taken; whether it was. A refusal or no answer leaves the notice for the
+/// [`Notifier`]'s next attempt.
+async fn tell_once(
+    pool: &PgPool,
+    recipients: &Recipients,
+    target: Target,
+    subject: Uuid,
+    body: &(impl Serialize + Sync),
+    decided_at: DateTime<Utc>,
+    timeout: Duration,
+) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(timeout, recipients.tell(target, subject, body)).await {
+        Ok(Ok(())) => {
+            heard(pool, target, subject, decided_at).await?;
+            return Ok(true);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target = target.as_str(), %subject, error = %e.message, "a decision was not taken; told again later");
+        }
+        Err(_) => {
+            tracing::warn!(target = target.as_str(), %subject, "no answer about a decision in time; told again later");
+        }
+    }
+    Ok(false)
+}
+
+/// Tells `target` a committed decision before the client hears it ([`tell_once`]);
+/// whatever comes of it, the [`Notifier`] tells it again until it is taken.
 pub async fn tell_now(
     pool: &PgPool,
     recipients: &Recipients,
@@ -237,17 +260,8 @@ pub async fn tell_now(
     decided_at: DateTime<Utc>,
     timeout: Duration,
 ) {
-    match tokio::time::timeout(timeout, recipients.tell(target, subject, body)).await {
-        Ok(Ok(())) => {
-            if let Err(e) = heard(pool, target, subject, decided_at).await {
-                tracing::warn!(target = target.as_str(), %subject, error = %e, "a decision was taken; its notice stays and tells it again");
-            }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(target = target.as_str(), %subject, error = %e.message, "a decision was not taken; the notifier tells it again");
-        }
-        Err(_) => {
-            tracing::warn!(target = target.as_str(), %subject, "no answer about a decision in time; the notifier tells it again");
-        }
+    let told = tell_once(pool, recipients, target, subject, body, decided_at, timeout).await;
+    if let Err(e) = told {
+        tracing::warn!(target = target.as_str(), %subject, error = %e, "a decision was taken; its notice stays and tells it again");
     }
 }
