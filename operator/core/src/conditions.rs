@@ -79,6 +79,8 @@ impl Reason {
     pub const RECONCILED: Self = Self("Reconciled");
     /// The API server refused to apply an object.
     pub const APPLY_FAILED: Self = Self("ApplyFailed");
+    /// An object the operator would write exists and is not the resource's own.
+    pub const NOT_OWNED: Self = Self("ObjectNotOwned");
     /// A reconcile failed otherwise (a read, a status write, no answer).
     pub const RECONCILE_FAILED: Self = Self("ReconcileFailed");
 }

@@ -527,6 +527,30 @@ pub fn topology_job(mq: &MessageQueue) -> Job {
     })
 }
 
+/// Of the volume claims that carry the broker's labels ([`selector`]), the names of those
+/// its StatefulSet made (`data-<name>-<ordinal>`) and nothing else controls: what a
+/// MessageQueue that keeps nothing deletes. A RabbitMQ installed another way under the
+/// same instance name (a Helm chart's `data-<name>-rabbitmq-0`) carries the same labels,
+/// and its volumes are not the MessageQueue's to delete.
+pub fn own_claims(name: &str, claims: &[PersistentVolumeClaim]) -> Vec<String> {
+    let prefix = format!("data-{name}-");
+    claims
+        .iter()
+        .filter(|c| {
+            let claim = c.name_any();
+            let ordinal = claim.strip_prefix(&prefix).unwrap_or_default();
+            let controller = c
+                .owner_references()
+                .iter()
+                .find(|r| r.controller == Some(true));
+            !ordinal.is_empty()
+                && ordinal.bytes().all(|b| b.is_ascii_digit())
+                && controller.is_none_or(|r| r.kind == "StatefulSet" && r.name == name)
+        })
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
 /// Whether the broker runs every desired node, up to date and ready.
 pub fn broker_ready(sts: Option<&StatefulSet>, replicas: i32) -> bool {
     let Some(sts) = sts else { return false };
@@ -721,6 +745,51 @@ mod tests {
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
     use k8s_openapi::api::batch::v1::JobStatus;
     use k8s_openapi::jiff::Timestamp;
+
+    fn claim(name: &str, controller: Option<(&str, &str)>) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(selector("events")),
+                owner_references: controller.map(|(kind, owner)| {
+                    vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            api_version: "apps/v1".into(),
+                            kind: kind.into(),
+                            name: owner.into(),
+                            uid: format!("uid-{owner}"),
+                            controller: Some(true),
+                            block_owner_deletion: None,
+                        },
+                    ]
+                }),
+                ..ObjectMeta::default()
+            },
+            ..PersistentVolumeClaim::default()
+        }
+    }
+
+    #[test]
+    fn only_the_claims_the_broker_s_stateful_set_made_are_its_to_delete() {
+        let claims = [
+            claim("data-events-0", None),
+            claim("data-events-2", Some(("StatefulSet", "events"))),
+            // A Helm release of RabbitMQ named `events` labels its volumes the same.
+            claim(
+                "data-events-rabbitmq-0",
+                Some(("StatefulSet", "events-rabbitmq")),
+            ),
+            claim("data-events-rabbitmq-1", None),
+            claim("data-events-", None),
+            claim("data-events-1x", None),
+            claim("data-events-3", Some(("StatefulSet", "other"))),
+            claim("events-data-0", None),
+        ];
+        assert_eq!(
+            own_claims("events", &claims),
+            ["data-events-0", "data-events-2"]
+        );
+    }
 
     fn now() -> Time {
         Time(Timestamp::from_second(1000).unwrap())

@@ -6,6 +6,9 @@
 //! ([`SPEC_HASH`]); the reconciler reads the current object and applies only when it is
 //! missing, its hash differs (the desired state changed, including a field removed), or a
 //! field the operator sets has been changed by someone else ([`contains`]).
+//!
+//! It writes only what it controls: an object of the same name that something else
+//! made ([`held_by_another`]) is left as it is and reported, never taken over.
 
 use std::collections::BTreeMap;
 
@@ -58,6 +61,32 @@ pub fn owned_meta<K: Resource<DynamicType = ()>>(
         owner_references: owner_reference(owner).map(|r| vec![r]),
         ..ObjectMeta::default()
     }
+}
+
+/// Who else holds `current`, the object of the desired object's name, when it is not
+/// the owner `desired` names as its controller: `None` when it does not exist yet or is
+/// ours to write. A forced apply would take over every field the operator sets, so a
+/// FinService named like a Service someone made by hand would send that Service's
+/// traffic to its own pods, and one named like another release's Deployment would run
+/// its image there.
+pub fn held_by_another<K: Resource>(desired: &K, current: Option<&K>) -> Option<String> {
+    let current = current?;
+    let controller = |meta: &ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .cloned()
+    };
+    let ours = controller(desired.meta());
+    let theirs = controller(current.meta());
+    if ours.as_ref().map(|r| &r.uid) == theirs.as_ref().map(|r| &r.uid) {
+        return None;
+    }
+    Some(match theirs {
+        Some(r) => format!("controlled by {}/{}", r.kind, r.name),
+        None => "controlled by no one (made outside the operator)".to_owned(),
+    })
 }
 
 /// Short, stable hash of anything serializable (hex of the first 8 bytes of SHA-256).
@@ -151,6 +180,48 @@ mod tests {
             ),
             ..ConfigMap::default()
         })
+    }
+
+    fn owned_by(uid: &str, kind: &str, name: &str) -> ConfigMap {
+        let mut c = config_map(&[("a", "1")]);
+        c.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "finflow.dev/v1alpha1".into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        c
+    }
+
+    #[test]
+    fn a_missing_object_or_one_the_same_owner_controls_is_ours_to_write() {
+        let desired = owned_by("uid-ledger", "FinService", "ledger");
+        assert_eq!(held_by_another(&desired, None), None);
+        let mut current = owned_by("uid-ledger", "FinService", "ledger");
+        current.data = Some([("a".to_owned(), "changed".to_owned())].into());
+        assert_eq!(held_by_another(&desired, Some(&current)), None);
+    }
+
+    #[test]
+    fn an_object_made_by_hand_or_controlled_by_another_is_not_taken_over() {
+        let desired = owned_by("uid-ledger", "FinService", "ledger");
+        let by_hand = config_map(&[("a", "1")]);
+        assert_eq!(
+            held_by_another(&desired, Some(&by_hand)).as_deref(),
+            Some("controlled by no one (made outside the operator)")
+        );
+        // Same name, same kind of owner, but another object: a FinService deleted and
+        // made again while its old objects wait for the garbage collector.
+        let earlier = owned_by("uid-old-ledger", "FinService", "ledger");
+        assert_eq!(
+            held_by_another(&desired, Some(&earlier)).as_deref(),
+            Some("controlled by FinService/ledger")
+        );
+        let mut helm = owned_by("uid-x", "HelmRelease", "db");
+        helm.metadata.owner_references.as_mut().unwrap()[0].controller = None;
+        assert!(held_by_another(&desired, Some(&helm)).is_some());
     }
 
     #[test]

@@ -393,6 +393,13 @@ impl Fake {
             .insert(name, stored);
     }
 
+    /// Removes `name` as if a user deleted it.
+    pub fn delete(&self, collection: &str, name: &str) {
+        if let Some(c) = self.state().objects.get_mut(collection) {
+            c.remove(name);
+        }
+    }
+
     pub fn get(&self, collection: &str, name: &str) -> Option<Value> {
         self.state()
             .objects

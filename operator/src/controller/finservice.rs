@@ -244,6 +244,17 @@ async fn reconcile_inner(fs: Arc<FinService>, ctx: Arc<Context>) -> Result<Actio
     };
     let active_service = Target::read(svcs.clone(), active_service).await?;
     let preview_service = Target::read(svcs, preview_service).await?;
+    // Nothing is written while any of them is someone else's.
+    [
+        service_account.ours(),
+        config_map.ours(),
+        blue.ours(),
+        green.ours(),
+        active_service.ours(),
+        preview_service.ours(),
+    ]
+    .into_iter()
+    .collect::<Result<()>>()?;
     let stale: Vec<String> = [
         service_account.stale().then(|| service_account.describe()),
         config_map.stale().then(|| config_map.describe()),

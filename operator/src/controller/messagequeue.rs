@@ -152,6 +152,16 @@ async fn apply(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Action>
     let observed_client = Target::read(services, client_service).await?;
     let observed_sts =
         Target::read(Api::namespaced(client.clone(), ns), owned.stateful_set).await?;
+    // Nothing is written while any of them is someone else's.
+    [
+        observed_config.ours(),
+        observed_topology.ours(),
+        observed_headless.ours(),
+        observed_client.ours(),
+        observed_sts.ours(),
+    ]
+    .into_iter()
+    .collect::<Result<()>>()?;
 
     let mut applied = Vec::new();
     for (described, wrote) in [
@@ -180,13 +190,17 @@ async fn apply(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Action>
     let jobs: Api<Job> = Api::namespaced(client, ns);
     let job_name = mq_rules::topology_job_name(&mq);
     let mut job = jobs.get_opt(&job_name).await?;
+    let desired_job = mq_rules::topology_job(&mq);
+    // A Job of that name someone else made would report a topology it never declared.
+    if let Some(holder) = meta::held_by_another(&desired_job, job.as_ref()) {
+        return Err(Error::NotOwned {
+            object: format!("Job/{job_name}"),
+            holder,
+        });
+    }
     if job.is_none() && credentials_ok && mq_rules::broker_ready(sts.as_ref(), mq.spec.nodes()) {
         let created = jobs
-            .patch(
-                &job_name,
-                &apply_params(),
-                &Patch::Apply(&mq_rules::topology_job(&mq)),
-            )
+            .patch(&job_name, &apply_params(), &Patch::Apply(&desired_job))
             .await
             .map_err(applying(format!("Job/{job_name}")))?;
         applied.push(format!("Job/{job_name}"));
@@ -272,17 +286,16 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
         let found = claims
             .list(&ListParams::default().labels(&selector))
             .await?;
-        for claim in &found.items {
-            claims
-                .delete(&claim.name_any(), &DeleteParams::default())
-                .await?;
+        let own = mq_rules::own_claims(&name, &found.items);
+        for claim in &own {
+            claims.delete(claim, &DeleteParams::default()).await?;
         }
         ctx.event(
             mq.as_ref(),
             EventType::Normal,
             "DeletedVolumes",
             "Cleanup",
-            format!("deleted {} volume claims", found.items.len()),
+            format!("deleted {} volume claims", own.len()),
         )
         .await;
     }

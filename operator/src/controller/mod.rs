@@ -8,7 +8,8 @@
 //! already matches the spec makes no write at all.
 //!
 //! Writes are server-side applies with field manager `finflow-operator` and `force`,
-//! so the operator owns the fields it sets. Two writes are not applies, by the nature of
+//! so the operator owns the fields it sets, of objects it controls: one of the same
+//! name that it did not make is left alone and reported ([`Error::NotOwned`]). Two writes are not applies, by the nature of
 //! the libraries that make them: kube-runtime's finalizer helper adds and removes its
 //! finalizer with a JSON patch (with a `test` precondition), and its event recorder
 //! creates Events.
@@ -63,6 +64,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// `object` (`Kind/name`) exists and is not the resource's own: `holder` says whose.
+    #[error(
+        "{object} exists and is not this resource's ({holder}): the operator does not take \
+         over an object it did not make; delete or rename it"
+    )]
+    NotOwned { object: String, holder: String },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
     #[error("{0} has no namespace")]
@@ -120,6 +127,14 @@ impl Error {
                 other => return permanent(other.to_string()),
             },
             Self::MissingNamespace(_) | Self::Patch(_) => return permanent(self.to_string()),
+            // Stalled until someone removes the object; the retries then get past it.
+            Self::NotOwned { .. } => {
+                return Failure {
+                    transient: false,
+                    reason: Reason::NOT_OWNED,
+                    message: self.to_string(),
+                };
+            }
             Self::StaleStatus(_) => {
                 return Failure {
                     transient: true,
@@ -299,9 +314,22 @@ where
         format!("{}/{}", K::kind(&()), self.desired.name_any())
     }
 
-    /// Applies the desired object if it is stale; returns the object as the cluster now
-    /// has it, and whether a write happened.
+    /// Refuses to go on when an object of this name exists that is not the owner's
+    /// ([`meta::held_by_another`]).
+    pub fn ours(&self) -> Result<()> {
+        match meta::held_by_another(&self.desired, self.current.as_ref()) {
+            None => Ok(()),
+            Some(holder) => Err(Error::NotOwned {
+                object: self.describe(),
+                holder,
+            }),
+        }
+    }
+
+    /// Applies the desired object if it is stale and [`Self::ours`]; returns the object as
+    /// the cluster now has it, and whether a write happened.
     pub async fn sync(self) -> Result<(Option<K>, bool)> {
+        self.ours()?;
         if !self.stale() {
             return Ok((self.current, false));
         }
@@ -388,7 +416,7 @@ pub async fn report_failure<K, S>(
     if let Err(e) = apply_status(&api, object, current, &status).await {
         tracing::warn!(error = %e, name = %object.name_any(), "could not report a failed reconcile in the status");
     }
-    let action = if failure.reason == Reason::APPLY_FAILED {
+    let action = if [Reason::APPLY_FAILED, Reason::NOT_OWNED].contains(&failure.reason) {
         "Apply"
     } else {
         "Reconcile"
@@ -614,6 +642,26 @@ mod tests {
         let unreachable = Error::Kube(kube::Error::Service("connection refused".into())).failure();
         assert!(unreachable.transient);
         assert!(unreachable.message.contains("connection refused"));
+    }
+
+    #[test]
+    fn an_object_someone_else_holds_stalls_the_resource_with_its_name_and_holder() {
+        let failure = Error::NotOwned {
+            object: "Service/ledger".into(),
+            holder: "controlled by no one (made outside the operator)".into(),
+        }
+        .failure();
+        assert_eq!(
+            (failure.transient, failure.reason),
+            (false, Reason::NOT_OWNED)
+        );
+        assert!(
+            failure.message.starts_with(
+                "Service/ledger exists and is not this resource's (controlled by no one"
+            ),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

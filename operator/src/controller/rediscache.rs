@@ -71,6 +71,8 @@ async fn reconcile_inner(rc: Arc<RedisCache>, ctx: Arc<Context>) -> Result<Actio
     let owned = rules::desired(&rc);
     let deployment = Target::read(Api::namespaced(client.clone(), &ns), owned.deployment).await?;
     let service = Target::read(Api::namespaced(client.clone(), &ns), owned.service).await?;
+    deployment.ours()?;
+    service.ours()?;
     let deployment_described = deployment.describe();
     let service_described = service.describe();
     let (deployment, wrote_deployment) = deployment.sync().await?;

@@ -1246,6 +1246,59 @@ async fn a_refused_apply_shows_in_the_status_and_an_event_within_one_reconcile()
 }
 
 #[tokio::test]
+async fn a_finservice_named_like_a_service_someone_made_leaves_it_alone_and_says_so() {
+    const SERVICES: &str = "/api/v1/namespaces/finflow/services";
+    let world = World::new(&[]);
+    // A Service made by hand in the tenant's namespace: the database's address.
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "a", "namespace": "finflow"},
+        "spec": {"selector": {"app": "postgres"}, "ports": [{"port": 5432}]},
+    });
+    world.fake.create(SERVICES, theirs.clone());
+    world
+        .fake
+        .create(super::fake::finservices(), manifest("a", &[]));
+
+    for _ in 0..2 {
+        assert!(reconcile_once(&world, "a").await.is_err());
+    }
+    let service = world.fake.service("a").unwrap();
+    assert_eq!(
+        service["spec"], theirs["spec"],
+        "its traffic goes where it went"
+    );
+    assert!(service["metadata"]["ownerReferences"].is_null());
+    let writes = world.fake.state().writes.clone();
+    assert!(
+        writes.iter().all(|w| w.ends_with("/finservices/a/status")),
+        "nothing of the FinService's is written while one of them is someone else's: {writes:?}"
+    );
+    let (stalled, reason, message) = world.condition("a", "Stalled");
+    assert_eq!(
+        (stalled.as_str(), reason.as_str()),
+        ("True", "ObjectNotOwned")
+    );
+    assert!(
+        message.starts_with("Service/a exists and is not this resource's (controlled by no one"),
+        "{message}"
+    );
+    assert_eq!(world.condition("a", "Ready").0, "False");
+    let warned = world.events("Apply")["a"]
+        .iter()
+        .filter(|e| e.reason == "ObjectNotOwned" && e.type_ == "Warning")
+        .count();
+    assert_eq!(warned, 1, "one Warning, not one per retry");
+
+    // Once its maker removes it, the FinService gets a Service of its own.
+    world.fake.delete(SERVICES, "a");
+    world.run_until(10, World::settled).await;
+    let ours = world.fake.service("a").unwrap();
+    assert_eq!(ours["metadata"]["ownerReferences"][0]["kind"], "FinService");
+    assert_eq!(world.condition("a", "Stalled").0, "False");
+}
+
+#[tokio::test]
 async fn a_server_that_does_not_answer_makes_the_service_reconciling_not_stalled() {
     let world = World::new(&[("a", &[])]);
     world.fake.refuse(
