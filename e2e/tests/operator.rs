@@ -11,7 +11,7 @@ use finflow_e2e::cluster::{self, TestNamespace, eventually};
 use finflow_operator::crd::{self, FinService, RedisCache};
 use finflow_operator_core::finservice::fixtures::{container, env_named, pod};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::PostParams;
@@ -289,6 +289,140 @@ async fn a_deployment_the_server_refuses_shows_in_status_and_an_event() {
             .iter()
             .any(|e| e.note.as_deref().is_some_and(|n| n.contains("cpu limit"))),
         "a Warning Event names the refusal: {warnings:?}"
+    );
+    let _ = stop.send(true);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_finservice_named_like_a_service_someone_made_leaves_it_alone_and_says_so() {
+    let Some((client, ns, stop)) = platform("finflow-squat-test").await else {
+        return;
+    };
+    // A Service made by hand: the address the namespace's apps reach their database at.
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let theirs: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ledger"},
+        "spec": {"selector": {"app": "postgres"}, "ports": [{"port": 5432}]}
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let finservices: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+    finservices
+        .create(&PostParams::default(), &finservice("ledger", &[]))
+        .await
+        .unwrap();
+    eventually("ledger Stalled, naming the Service", LIMIT, || {
+        let finservices = finservices.clone();
+        async move {
+            finservices.get("ledger").await.ok().is_some_and(|f| {
+                f.status.is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Stalled"
+                            && c.status == "True"
+                            && c.reason == "ObjectNotOwned"
+                            && c.message.starts_with("Service/ledger exists")
+                    })
+                })
+            })
+        }
+    })
+    .await;
+    let service = services.get("ledger").await.unwrap();
+    let selector = service.spec.and_then(|s| s.selector).unwrap_or_default();
+    assert_eq!(
+        selector,
+        [("app".to_owned(), "postgres".to_owned())].into(),
+        "its traffic still goes where it went"
+    );
+    assert!(service.metadata.owner_references.is_none());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.get_opt("ledger-blue").await.unwrap().is_none(),
+        "nothing of the FinService's is written while one of its objects is someone else's"
+    );
+
+    // Once its maker removes it, the FinService gets its own.
+    services
+        .delete("ledger", &Default::default())
+        .await
+        .unwrap();
+    eventually("a Service of ledger's own", LIMIT, || {
+        let services = services.clone();
+        async move {
+            services
+                .get_opt("ledger")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| {
+                    s.metadata
+                        .owner_references
+                        .is_some_and(|o| o.iter().any(|r| r.kind == "FinService"))
+                })
+        }
+    })
+    .await;
+    let _ = stop.send(true);
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_message_queue_that_keeps_nothing_deletes_its_own_volumes_and_no_other_release_s() {
+    let Some((client, ns, stop)) = platform("finflow-claims-test").await else {
+        return;
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    // What the broker's StatefulSet made, and a Helm release of RabbitMQ named `events`
+    // beside it, labelled the same way.
+    for name in ["data-events-0", "data-events-rabbitmq-0"] {
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "labels": {
+                "app.kubernetes.io/name": "rabbitmq", "app.kubernetes.io/instance": "events"
+            }},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+        }))
+        .unwrap();
+        claims.create(&PostParams::default(), &claim).await.unwrap();
+    }
+    let queues: Api<crd::MessageQueue> = Api::namespaced(client.clone(), &ns.name);
+    let queue: crd::MessageQueue = serde_json::from_value(json!({
+        "apiVersion": "finflow.dev/v1alpha1", "kind": "MessageQueue",
+        "metadata": {"name": "events"},
+        "spec": {"storage": {"retainOnDelete": false}}
+    }))
+    .unwrap();
+    queues.create(&PostParams::default(), &queue).await.unwrap();
+    eventually("the MessageQueue's finalizer", LIMIT, || {
+        let queues = queues.clone();
+        async move {
+            queues
+                .get("events")
+                .await
+                .is_ok_and(|q| q.metadata.finalizers.is_some_and(|f| !f.is_empty()))
+        }
+    })
+    .await;
+    queues.delete("events", &Default::default()).await.unwrap();
+    eventually("the MessageQueue gone", LIMIT, || {
+        let queues = queues.clone();
+        async move { queues.get_opt("events").await.is_ok_and(|q| q.is_none()) }
+    })
+    .await;
+    // Without a controller manager a deleted claim keeps its protection finalizer: it
+    // stays, marked for deletion.
+    let deleted = |c: Option<PersistentVolumeClaim>| {
+        c.is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+    };
+    assert!(deleted(claims.get_opt("data-events-0").await.unwrap()));
+    assert!(
+        !deleted(claims.get_opt("data-events-rabbitmq-0").await.unwrap()),
+        "another release's volume is not the MessageQueue's to delete"
     );
     let _ = stop.send(true);
     ns.delete().await;
