@@ -179,9 +179,11 @@ impl Notifier {
     pub async fn round(&self) -> Result<usize, sqlx::Error> {
         use futures_util::StreamExt;
         let due: Vec<Due> = sqlx::query_as(
+            // The exponent is bounded before the power is cast: 2^63 is out of bigint's
+            // range, and one notice tried that often would fail every round's claim.
             "UPDATE notices SET attempts = attempts + 1, \
-               next_attempt_at = now() + greatest($3, least(power(2, attempts + 1)::bigint, $2)) \
-                 * interval '1 second' \
+               next_attempt_at = now() + greatest($3, \
+                 least(power(2, least(attempts + 1, 30))::bigint, $2)) * interval '1 second' \
              WHERE (target, subject) IN ( \
                SELECT target, subject FROM notices WHERE next_attempt_at <= now() \
                ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \

@@ -1658,6 +1658,32 @@ async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
 }
 
 #[tokio::test]
+async fn a_notice_tried_for_hours_is_still_told_and_holds_up_no_other() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    e.auth.auth.down_for(1_000);
+    let (revoked_long_ago, verified_now) = (Uuid::new_v4(), Uuid::new_v4());
+    e.submit(revoked_long_ago, &passport("AB123456")).await;
+    // As after almost five hours of A unreachable: 62 attempts, the next one due now.
+    sqlx::query("UPDATE notices SET attempts = 62, next_attempt_at = now()")
+        .execute(&e.db.pool)
+        .await
+        .unwrap();
+    e.auth.auth.down_for(0);
+    e.submit(verified_now, &passport("CD123456")).await;
+    assert_eq!(e.auth.told(verified_now).len(), 1);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while e.auth.told(revoked_long_ago).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notifier stopped at the notice tried longest"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(e.count("SELECT count(*) FROM notices").await, 0);
+}
+
+#[tokio::test]
 async fn the_decision_on_a_held_payment_reaches_c_by_call_and_again_after_c_was_down() {
     let e = TestE::spawn(&[]).await;
     let (user, first, second) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
