@@ -388,22 +388,21 @@ async fn case_for_another(
         ));
     }
     if let (CaseTable::Alerts { look_back }, Some(me)) = (table, me)
-        && paid_around_pattern(tx, id, me, look_back).await?
+        && paid_the_officer(tx, id, me, look_back).await?
     {
         return Err(ApiError::forbidden(
-            "the user this alert is about paid the reviewer around it; another compliance officer must decide",
+            "the user this alert is about paid the reviewer; another compliance officer must decide",
         ));
     }
     Ok(())
 }
 
-/// Whether the user of the pattern alert `alert` (velocity, structuring) paid `officer`
-/// from `look_back` before it was raised until now. A pattern stands for the user's
-/// payments around it, and while it is open their payments raise no other alert: an
-/// officer paid by one of them is as interested in clearing it as one paid by the
-/// payment that raised it. False for an alert about one payment (its payee is on the
-/// alert).
-async fn paid_around_pattern(
+/// Whether the user of `alert` paid `officer` from `look_back` before it was raised
+/// until now. A pattern (velocity, structuring) stands for the user's payments around
+/// it, and while it is open their payments raise no other alert; a hold is released by
+/// the officer who clears it. Either way an officer the user paid, a dollar to be
+/// noticed or a reward after the fact, has an interest in the decision.
+async fn paid_the_officer(
     tx: &mut sqlx::PgConnection,
     alert: Uuid,
     officer: Uuid,
@@ -412,7 +411,7 @@ async fn paid_around_pattern(
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM aml_alerts a JOIN payment_observations o \
            ON o.user_id = a.user_id \
-         WHERE a.id = $1 AND a.rule IN ('velocity', 'structuring') AND o.payee_user_id = $2 \
+         WHERE a.id = $1 AND o.payee_user_id = $2 \
            AND o.observed_at >= a.created_at - $3::bigint * interval '1 second')",
     )
     .bind(alert)

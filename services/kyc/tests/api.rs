@@ -1620,6 +1620,35 @@ async fn an_officer_the_user_paid_within_a_velocity_window_longer_than_a_day_can
 }
 
 #[tokio::test]
+async fn an_officer_the_user_paid_cannot_release_the_user_s_held_payment_to_someone_else() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let (user, officer, held) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // One dollar to the officer, then a large payment to a third party, held.
+    let mut to_officer = payment_event(user, Uuid::new_v4(), "1.00", "PENDING");
+    to_officer.data["payee_user_id"] = json!(officer);
+    e.observe(&monitor, &to_officer).await;
+    e.broker
+        .publish(&payment_event(user, held, "50000.00", "ON_HOLD"))
+        .await;
+    let alerts = e.wait_for_alerts(user, 1).await;
+    assert_eq!(alerts[0]["rule"], "amount_threshold");
+    let clear = format!(
+        "/api/v1/aml/alerts/{}/clear",
+        alerts[0]["id"].as_str().unwrap()
+    );
+    let reason = json!({"reason": "a regular customer"});
+
+    let (status, body) = e
+        .post(&clear, &reason, &Caller::compliance_as(officer))
+        .await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert!(e.auth.held(held).is_empty(), "C was told nothing");
+    let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "another officer may: {body}");
+}
+
+#[tokio::test]
 async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
     let heard_at_once = Uuid::new_v4();
