@@ -288,10 +288,13 @@ async fn status(State(s): State<AppState>, UserId(user): UserId) -> ApiResult {
     .fetch_optional(&s.pool)
     .await?;
     // The customer learns that an officer decided, not which one: a name is a lead for
-    // whoever wants to pressure or impersonate them.
+    // whoever wants to pressure or impersonate them. Nor why a verification was revoked:
+    // "sanctions match" would tip them off. A rejection's reason stays, since it says
+    // what to send instead.
     let latest = latest.map(|l| SubmissionView {
         decided_by: l.decided_by.map(as_the_customer_sees_it),
         revoked_by: l.revoked_by.map(as_the_customer_sees_it),
+        revoked_reason: None,
         ..l
     });
     Ok(error::ok(KycStatus {

@@ -1833,7 +1833,12 @@ async fn compliance_revokes_a_verification_and_a_hears_of_it_before_the_officer_
         json!({"user_id": user, "kyc_status": "rejected", "submission_id": verified["id"],
             "decided_at": revoked["revoked_at"]})
     );
-    assert_eq!(e.status_of(user).await["kyc_status"], "revoked");
+    let seen = e.status_of(user).await;
+    assert_eq!(seen["kyc_status"], "revoked");
+    // Why compliance revoked it stays with compliance: telling a customer "sanctions
+    // match" or "linked to a structuring alert" tips them off.
+    assert_eq!(seen["latest"]["revoked_by"], "compliance");
+    assert!(seen["latest"]["revoked_reason"].is_null(), "{seen}");
 
     // Revoked already; a user who never submitted is unknown.
     let (status, body) = revoke(Caller::compliance(), "again").await;
