@@ -186,6 +186,34 @@ async fn decide(
     Ok((view, told))
 }
 
+/// Whether the document of submission `id` may not verify its user: another account
+/// holds it (pending or verified, or its verification was revoked), or a verification
+/// on it was revoked, the user's own included. One passport would otherwise verify any
+/// number of accounts, each with its own tier limits and its own velocity count, and a
+/// revoked one would verify its holder again on a new account. Takes the document's
+/// lock until the transaction ends, so two decisions on one document come one after
+/// the other.
+async fn document_spoken_for(tx: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended( \
+           'kyc-document:' || document_type || ':' || document_number, 0)) \
+         FROM kyc_submissions WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM kyc_submissions mine JOIN kyc_submissions other \
+           ON other.document_type = mine.document_type \
+          AND other.document_number = mine.document_number AND other.id <> mine.id \
+         WHERE mine.id = $1 AND (other.status = 'revoked' \
+           OR (other.user_id <> mine.user_id AND other.status IN ('pending', 'verified'))))",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+}
+
 /// Submits a document. With automatic approval on, a well-formed document is verified
 /// at once; otherwise it waits for a `compliance` reviewer.
 #[utoipa::path(post, path = "/api/v1/kyc/submit", tag = "kyc", request_body = SubmissionShape,
@@ -233,7 +261,10 @@ async fn submit(
             _ => e.into(),
         });
     }
-    let (view, told) = if s.settings.auto_approve {
+    // A document another account holds, or one revoked, waits for a reviewer (who is
+    // then refused its approval): the customer is not told why, since that would tell
+    // whoever holds someone's passport number whether its owner is a customer.
+    let (view, told) = if s.settings.auto_approve && !document_spoken_for(&mut tx, id).await? {
         let (view, told) = decide(
             &mut tx,
             id,
@@ -439,7 +470,7 @@ enum CaseTable {
     responses((status = 200, body = SubmissionView),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID, or the reason is not 1 to 500 characters or is all white space"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance; never the reviewer's own submission"),
-        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided")))]
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "already decided, or an approval of a document another account holds (pending or verified) or one whose verification was revoked (`details.reason` `document_spoken_for`)")))]
 async fn review(
     State(s): State<AppState>,
     who: Identity,
@@ -454,6 +485,13 @@ async fn review(
     };
     let mut tx = s.pool.begin().await?;
     case_for_another(&mut tx, &who, CaseTable::Submissions, id).await?;
+    if status == identity::KycStatus::Verified && document_spoken_for(&mut tx, id).await? {
+        return Err(ApiError::conflict(
+            "this document is pending or verified for another account, or a verification on it \
+             was revoked: reject this submission",
+        )
+        .with_details(serde_json::json!({"reason": "document_spoken_for"})));
+    }
     let (view, told) = decide(&mut tx, id, status, &by, Some(why.as_str())).await?;
     tx.commit().await?;
     tell_auth(&s, &told).await;

@@ -1859,6 +1859,69 @@ async fn compliance_revokes_a_verification_and_a_hears_of_it_before_the_officer_
 }
 
 #[tokio::test]
+async fn one_passport_verifies_one_account_and_a_revoked_one_verifies_none() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let (holder, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let approve = json!({"decision": "approve", "reason": "documents match"});
+    assert_eq!(
+        e.submit(holder, &passport("AB123456")).await["status"],
+        "verified"
+    );
+
+    // The same passport on another account: not verified at once, and no officer may
+    // verify it while the first account holds it.
+    let copy = e.submit(second, &passport("AB123456")).await;
+    assert_eq!(copy["status"], "pending");
+    assert!(e.auth.told(second).is_empty());
+    let (status, body) = e
+        .review(
+            copy["id"].as_str().unwrap(),
+            &approve,
+            &Caller::compliance(),
+        )
+        .await;
+    let error = assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    assert_eq!(error["details"]["reason"], "document_spoken_for");
+    let (status, body) = e
+        .review(
+            copy["id"].as_str().unwrap(),
+            &json!({"decision": "reject", "reason": "another account holds this passport"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Once compliance revoked it, the passport verifies no one: not its holder again,
+    // not a new account.
+    let (status, body) = e
+        .post(
+            &format!("/api/v1/kyc/users/{holder}/revoke"),
+            &json!({"reason": "the passport was reported stolen"}),
+            &Caller::compliance(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for user in [holder, third] {
+        let again = e.submit(user, &passport("AB123456")).await;
+        assert_eq!(again["status"], "pending", "{user}");
+        let (status, body) = e
+            .review(
+                again["id"].as_str().unwrap(),
+                &approve,
+                &Caller::compliance(),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+    }
+    assert_eq!(e.status_of(third).await["kyc_status"], "pending");
+    assert_eq!(
+        e.auth.told(holder).last().unwrap()["kyc_status"],
+        "rejected",
+        "the revocation is the holder's last word"
+    );
+}
+
+#[tokio::test]
 async fn aml_rules_weigh_what_payments_are_worth_not_how_many_units_they_count() {
     let e = TestE::spawn(&[]).await;
     let monitor = Monitor { rules: rules() };
