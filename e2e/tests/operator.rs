@@ -91,6 +91,50 @@ async fn the_api_server_refuses_a_message_queue_of_more_nodes_than_the_operator_
 }
 
 #[tokio::test]
+async fn the_api_server_refuses_a_finservice_whose_lists_have_no_end() {
+    if !cluster::available("operator cluster tests") {
+        return;
+    }
+    let client = cluster::client().await;
+    cluster::install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "finflow-fs-bound-test").await;
+    let services: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+    let with_env = |name: &str, entries: usize| {
+        let mut fs = finservice(name, &[]);
+        fs.spec.env = (0..entries)
+            .map(|i| {
+                serde_json::from_value(json!({"name": format!("E{i}"), "value": "x"})).unwrap()
+            })
+            .collect();
+        fs
+    };
+    // The operator holds every FinService of the cluster and reads a namespace's at
+    // each reconcile: a list without end is memory without end.
+    let refused = services
+        .create(&PostParams::default(), &with_env("long", 257))
+        .await
+        .expect_err("more env entries than the schema allows");
+    let kube::Error::Api(status) = refused else {
+        panic!("not the API server's refusal: {refused}");
+    };
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(status.message.contains("spec.env"), "{status:?}");
+    let mut proxies = finservice("proxied", &[]);
+    proxies.spec.sidecar.trusted_proxies = (0..65).map(|i| format!("10.0.0.{i}")).collect();
+    assert!(
+        services
+            .create(&PostParams::default(), &proxies)
+            .await
+            .is_err()
+    );
+    services
+        .create(&PostParams::default(), &with_env("longest", 256))
+        .await
+        .expect("the longest env the schema allows");
+    ns.delete().await;
+}
+
+#[tokio::test]
 async fn a_platform_gets_its_deployments_and_services() {
     if !cluster::available("operator cluster tests") {
         return;

@@ -105,6 +105,14 @@ pub fn review(
     }
 }
 
+/// The largest AdmissionReview read. A pod asking for injection is a few KiB; one
+/// read into its types takes some thirty times its JSON (every `env` entry, however
+/// short, is a full `EnvVar`), and the port is open to every pod of the cluster.
+pub const MAX_REVIEW_BYTES: usize = 1024 * 1024;
+/// Reviews read at once; the others wait, unread, for their turn. Bounds the memory a
+/// burst of large reviews takes in the process that also runs the controllers.
+pub const REVIEWS_AT_ONCE: usize = 2;
+
 /// `POST /mutate` and `GET /healthz`.
 pub fn router(defaults: Arc<WebhookSettings>) -> Router {
     Router::new()
@@ -113,7 +121,11 @@ pub fn router(defaults: Arc<WebhookSettings>) -> Router {
             post(move |Json(body): Json<AdmissionReview<Pod>>| {
                 let defaults = defaults.clone();
                 async move { Json(review(body, &defaults)) }
-            }),
+            })
+            .layer::<_, std::convert::Infallible>(tower::limit::ConcurrencyLimitLayer::new(
+                REVIEWS_AT_ONCE,
+            ))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_REVIEW_BYTES)),
         )
         .route("/healthz", get(|| async { "ok" }))
 }
@@ -253,6 +265,28 @@ mod tests {
                 .unwrap()
                 .contains("no container declares a port")
         );
+    }
+
+    #[tokio::test]
+    async fn a_review_larger_than_any_pod_asking_for_injection_is_refused_unread() {
+        use tower::ServiceExt;
+        let mut review =
+            serde_json::to_value(review_of(pod(json!({"finflow.dev/inject": "true"})))).unwrap();
+        // Valid JSON, a pod of many empty `env` entries: cheap to send, dear to read.
+        review["request"]["object"]["spec"]["containers"][0]["env"] =
+            json!(vec![json!({"name": ""}); MAX_REVIEW_BYTES / 12]);
+        let body = serde_json::to_vec(&review).unwrap();
+        assert!(body.len() > MAX_REVIEW_BYTES);
+        let answer = router(Arc::new(defaults()))
+            .oneshot(
+                http::Request::post(MUTATE_PATH)
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     /// The whole path the API server takes: TLS with the operator's generated

@@ -41,6 +41,7 @@ pub struct FinServiceSpec {
     /// Container image repository of the application, without a tag (for example
     /// `ghcr.io/finflow/wallet`). The tag is `version`. An image that already names a
     /// tag or digest (as Tilt substitutes its builds) is used as it is.
+    #[schemars(length(max = 512))]
     #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
     pub image: String,
     /// Version to run: the image tag, for example `1.4.2`. Changing it rolls out a new
@@ -73,8 +74,11 @@ pub struct FinServiceSpec {
     #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub depends_on: Vec<String>,
-    /// Extra environment variables for the application container.
+    /// Extra environment variables for the application container (at most 256).
+    // Every list the operator reads is bounded: the operator holds every FinService of
+    // the cluster, and reads a namespace's at each reconcile.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub env: Vec<EnvVar>,
     /// Secret key holding the PostgreSQL URL; given to the app as `DATABASE_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +170,7 @@ pub struct SidecarSpec {
     pub jwt_issuer: Option<String>,
     /// Accepted `aud` values; a token must name at least one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 253)))]
     pub audiences: Vec<String>,
     /// URL of the issuer's JWKS (EdDSA keys), for example
     /// `http://auth.finflow.svc/.well-known/jwks.json`.
@@ -178,16 +183,19 @@ pub struct SidecarSpec {
     /// own default, the platform's public paths (probes, the OpenAPI document, the JWK
     /// set and the sign-up and login routes), kept in one place with the sidecar.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 256)))]
     pub public_paths: Vec<String>,
     /// Verified claim name to the request header it is forwarded in. Client-supplied
     /// copies of these headers are always removed.
     #[serde(default = "default_claim_headers")]
+    #[schemars(extend("maxProperties" = 32))]
     pub claim_headers: BTreeMap<String, String>,
     /// Addresses or CIDRs of the proxies in front of this service (the ingress, the
     /// gateway) whose `X-Forwarded-For` is believed: the client (`X-Real-IP`, per-address
     /// rate limits) is then the rightmost forwarded address that is not one of them.
     /// Empty: the connection's peer is the client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
     pub trusted_proxies: Vec<String>,
 }
 

@@ -128,12 +128,15 @@ fn default_true() -> bool {
 pub struct TopologySpec {
     /// Exchanges to declare.
     #[serde(default = "default_exchanges")]
+    #[schemars(length(max = 256))]
     pub exchanges: Vec<ExchangeSpec>,
     /// Queues to declare (consumers also declare their own at start).
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub queues: Vec<QueueSpec>,
     /// Bindings from exchanges to queues.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub bindings: Vec<BindingSpec>,
 }
 

@@ -468,21 +468,31 @@ pub async fn measured<K: Resource<DynamicType = ()>, F: Future<Output = Result<A
     result
 }
 
+/// Reconciles one controller runs at once. Without a bound, one change that wakes every
+/// FinService of a namespace (each reading the namespace's FinServices) starts them all
+/// together, and a tenant with many large FinServices could take the operator's memory
+/// for every namespace.
+pub const RECONCILES_AT_ONCE: u16 = 8;
+
 /// Runs the three controllers until `shutdown` resolves. `namespace` limits what they
 /// watch; `None` watches every namespace.
 pub async fn run<F>(ctx: Arc<Context>, namespace: Option<String>, shutdown: F)
 where
     F: Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
 {
+    let bounded = || kube::runtime::controller::Config::default().concurrency(RECONCILES_AT_ONCE);
     let finservices = finservice::controller(ctx.client.clone(), namespace.as_deref())
+        .with_config(bounded())
         .graceful_shutdown_on(shutdown())
         .run(finservice::reconcile, error_policy, ctx.clone())
         .for_each(|r| log_outcome("finservice", r));
     let queues = messagequeue::controller(ctx.client.clone(), namespace.as_deref())
+        .with_config(bounded())
         .graceful_shutdown_on(shutdown())
         .run(messagequeue::reconcile, error_policy, ctx.clone())
         .for_each(|r| log_outcome("messagequeue", r));
     let caches = rediscache::controller(ctx.client.clone(), namespace.as_deref())
+        .with_config(bounded())
         .graceful_shutdown_on(shutdown())
         .run(rediscache::reconcile, error_policy, ctx.clone())
         .for_each(|r| log_outcome("rediscache", r));
