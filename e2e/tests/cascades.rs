@@ -88,12 +88,17 @@ async fn payment_status(user: &User, id: &str) -> Value {
 
 async fn open_alert_for(officer: &User, payment: &str) -> String {
     eventually("the AML alert", async || {
-        let alerts = officer.client.get("/api/v1/aml/alerts?status=open").await;
-        alerts.data(StatusCode::OK).as_array().and_then(|a| {
-            a.iter()
-                .find(|x| x["payment_id"] == payment && x["rule"] == "amount_threshold")
-                .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
-        })
+        let alerts = officer
+            .client
+            .get("/api/v1/aml/alerts?status=open&limit=500")
+            .await;
+        alerts.data(StatusCode::OK)["items"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|x| x["payment_id"] == payment && x["rule"] == "amount_threshold")
+                    .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
+            })
     })
     .await
 }

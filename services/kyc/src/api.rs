@@ -599,11 +599,30 @@ pub enum AlertStatus {
 #[serde(deny_unknown_fields)]
 struct AlertQuery {
     status: Option<String>,
+    user_id: Option<Uuid>,
+    cursor: Option<Uuid>,
+    limit: Option<u16>,
 }
 
-#[utoipa::path(get, path = "/api/v1/aml/alerts", tag = "aml", params(("status" = Option<AlertStatus>, Query)),
-    responses((status = 200, body = Vec<Alert>),
-        (status = 400, body = ErrorEnvelope, description = "status is not open, cleared or flagged, or an unknown query parameter"),
+/// A page of alerts, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct AlertPage {
+    pub items: Vec<Alert>,
+    /// Pass as `cursor` for the next (newer) page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// The alerts, oldest first, in pages: every alert is reachable however many come
+/// after it (a newest-first list of fixed length let a flood of held deposits push the
+/// alerts an officer should see off its end).
+#[utoipa::path(get, path = "/api/v1/aml/alerts", tag = "aml",
+    params(("status" = Option<AlertStatus>, Query),
+        ("user_id" = Option<Uuid>, Query, description = "only the alerts about this user"),
+        ("cursor" = Option<Uuid>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u16>, Query, minimum = 0, maximum = 65535,
+            description = "page size, default 100; any value is clamped to 1..=500")),
+    responses((status = 200, body = AlertPage),
+        (status = 400, body = ErrorEnvelope, description = "status is not open, cleared or flagged, or a bad or unknown query parameter"),
         (status = 403, body = ErrorEnvelope, description = "requires the role compliance")))]
 async fn alerts(
     State(s): State<AppState>,
@@ -619,18 +638,35 @@ async fn alerts(
             "status is open, cleared or flagged",
         ));
     }
+    let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 500));
     // Never the alerts about the officer (as payer or payee): they would learn that,
-    // and why, their own payments are watched.
-    let rows: Vec<Alert> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    // and why, their own payments are watched. A cursor that names no alert starts
+    // nowhere: an empty page, not the first one again.
+    let mut rows: Vec<Alert> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ALERT_COLUMNS} FROM aml_alerts WHERE ($1::text IS NULL OR status = $1) \
            AND ($2::uuid IS NULL OR (user_id <> $2 AND payee_user_id IS DISTINCT FROM $2)) \
-         ORDER BY created_at DESC LIMIT 500"
+           AND ($3::uuid IS NULL OR user_id = $3) \
+           AND ($4::uuid IS NULL OR (created_at, id) > \
+             (SELECT created_at, id FROM aml_alerts WHERE id = $4)) \
+         ORDER BY created_at, id LIMIT $5"
     )))
     .bind(q.status)
     .bind(who.user_id().ok())
+    .bind(q.user_id)
+    .bind(q.cursor)
+    .bind(limit + 1)
     .fetch_all(&s.pool)
     .await?;
-    Ok(error::ok(rows))
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|a| a.id)
+    } else {
+        None
+    };
+    Ok(error::ok(AlertPage {
+        items: rows,
+        next_cursor,
+    }))
 }
 
 /// A compliance decision's reason: clearing or flagging an alert, revoking a

@@ -344,16 +344,16 @@ impl TestE {
 
     /// `user`'s alerts, as `compliance` lists them.
     async fn alerts_of(&self, user: Uuid) -> Vec<Value> {
-        let (status, body) = self.get("/api/v1/aml/alerts", &Caller::compliance()).await;
+        let (status, body) = self
+            .get(
+                &format!("/api/v1/aml/alerts?user_id={user}&limit=500"),
+                &Caller::compliance(),
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["success"], true, "{body}");
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["user_id"] == user.to_string())
-            .cloned()
-            .collect()
+        assert!(body["data"]["next_cursor"].is_null(), "{body}");
+        body["data"]["items"].as_array().unwrap().clone()
     }
 
     /// Waits until `user` has at least `n` alerts (the consumer works asynchronously).
@@ -1049,14 +1049,76 @@ async fn a_held_payment_raises_an_alert_only_compliance_sees_and_flagging_it_pub
     let reviewer = Caller::compliance();
     let (status, body) = e.get("/api/v1/aml/alerts?status=flagged", &reviewer).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["data"]["items"].as_array().unwrap().len(), 1, "{body}");
     let (status, body) = e.get("/api/v1/aml/alerts?status=open", &reviewer).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["data"], json!([]));
+    assert_eq!(body["data"]["items"], json!([]));
     let (status, body) = e.get("/api/v1/aml/alerts?status=closed", &reviewer).await;
     let error = assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     assert_eq!(error["details"]["field"], "status");
     let (status, body) = e.get("/api/v1/aml/alerts?user=me", &reviewer).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn a_flood_of_new_alerts_pushes_no_older_one_out_of_the_officers_reach() {
+    let e = TestE::spawn(&[]).await;
+    let (watched, flooder) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = Uuid::new_v4();
+    e.broker
+        .publish(&payment_event(watched, first, "15000.00", "ON_HOLD"))
+        .await;
+    e.wait_for_alerts(watched, 1).await;
+    for _ in 0..4 {
+        e.broker
+            .publish(&payment_event(
+                flooder,
+                Uuid::new_v4(),
+                "10000.01",
+                "ON_HOLD",
+            ))
+            .await;
+    }
+    e.wait_for_alerts(flooder, 4).await;
+
+    // Oldest first, two at a time: the watched user's alert leads, and every page
+    // after it is reached by its cursor.
+    let reviewer = Caller::compliance();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = match &cursor {
+            Some(c) => format!("/api/v1/aml/alerts?status=open&limit=2&cursor={c}"),
+            None => "/api/v1/aml/alerts?status=open&limit=2".to_owned(),
+        };
+        let (status, body) = e.get(&page, &reviewer).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let items = body["data"]["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{body}");
+        seen.extend(items.iter().map(|a| a["payment_id"].clone()));
+        match body["data"]["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(seen[0], first.to_string());
+
+    // One user's alerts alone; a cursor naming no alert is an empty page.
+    let (status, body) = e
+        .get(&format!("/api/v1/aml/alerts?user_id={watched}"), &reviewer)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"].as_array().unwrap().len(), 1, "{body}");
+    let (status, body) = e
+        .get(
+            &format!("/api/v1/aml/alerts?cursor={}", Uuid::new_v4()),
+            &reviewer,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["items"], json!([]));
+    let (status, body) = e.get("/api/v1/aml/alerts?user_id=me", &reviewer).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 }
 
@@ -1480,7 +1542,7 @@ async fn an_aml_risk_is_read_by_compliance_alone_and_never_by_whom_it_is_about()
         .get("/api/v1/aml/alerts", &Caller::compliance_as(officer))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let about: Vec<&Value> = body["data"]
+    let about: Vec<&Value> = body["data"]["items"]
         .as_array()
         .unwrap()
         .iter()
