@@ -205,6 +205,11 @@ fn stored_response(stored: Stored, replayed: bool) -> Response {
     response
 }
 
+/// Payments of one user that may wait for a compliance review at once; more above the
+/// review threshold are refused (409, `details.reason` `too_many_held`) until one is
+/// decided.
+pub const MAX_HELD_PER_USER: usize = 10;
+
 /// Accepts a payment: idempotency, checks, the row and its event in one transaction,
 /// then 202 with the payment `PENDING` (or `ON_HOLD`), or its terminal state if the
 /// client asked to wait and it got there.
@@ -361,6 +366,29 @@ async fn create(
     } else {
         Status::Pending
     };
+    // A held payment waits for compliance, and costs its payer nothing meanwhile (a
+    // deposit is not even funded): the count of them is bounded per user, under the
+    // user's lock until this one is written, so parallel requests cannot pass it.
+    let mut tx = s.pool.begin().await?;
+    if status == Status::OnHold {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('held:' || $1::text, 0))")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM payments WHERE user_id = $1 AND status = 'ON_HOLD'",
+        )
+        .bind(user)
+        .fetch_one(&mut *tx)
+        .await?;
+        if held >= i64::try_from(MAX_HELD_PER_USER).unwrap_or(i64::MAX) {
+            return Err(ApiError::conflict(format!(
+                "{MAX_HELD_PER_USER} of your payments wait for a compliance review already; \
+                 another one above the review threshold can be made once one is decided"
+            ))
+            .with_details(serde_json::json!({"reason": "too_many_held"})));
+        }
+    }
     // The row is known before it is written, so its event is too: the payment, its
     // outbox row and the relay's wake-up are one statement and one commit. This process
     // dates the payment, as every process dates the events it emits (`occurred_at`):
@@ -412,8 +440,12 @@ async fn create(
     .bind(&event.payload)
     .bind(&event.headers)
     .bind(outbox::NOTIFY_CHANNEL)
-    .execute(&s.pool)
+    .execute(&mut *tx)
     .await;
+    let inserted = match inserted {
+        Ok(done) => tx.commit().await.map(|()| done),
+        Err(e) => Err(e),
+    };
     match inserted {
         Ok(_) => {}
         Err(e) if unique_violation(&e) == Some("payments_user_idempotency_key") => {

@@ -200,3 +200,38 @@ async fn money_moves_only_from_or_into_the_caller_s_own_wallet_else_404() {
         "no payment was recorded"
     );
 }
+
+#[tokio::test]
+async fn one_user_cannot_bury_compliance_under_held_payments() {
+    let stand = Stand::start().await;
+    let (user, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let to = wallet(&stand, user, "USD");
+    // Deposits above the threshold are held and cost nothing until compliance decides
+    // them: without a bound one account raises an alert per request.
+    let held = finflow_payment::api::MAX_HELD_PER_USER;
+    let attempts = (0..held + 3).map(|_| deposit(&stand, user, to, "10000.01", "USD"));
+    let answers = futures_util::future::join_all(attempts).await;
+    let accepted = answers.iter().filter(|(status, _)| *status == 202).count();
+    assert_eq!(accepted, held, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 202) {
+        assert_eq!(*status, 409, "{body}");
+        assert_eq!(
+            body["error"]["details"]["reason"], "too_many_held",
+            "{body}"
+        );
+    }
+    // Payments under the threshold, and another user's held ones, go on.
+    let (status, body) = deposit(&stand, user, to, "100.00", "USD").await;
+    assert_eq!(
+        (status, body["data"]["status"].clone()),
+        (202, json!("PENDING")),
+        "{body}"
+    );
+    let theirs = wallet(&stand, other, "USD");
+    let (status, body) = deposit(&stand, other, theirs, "10000.01", "USD").await;
+    assert_eq!(
+        (status, body["data"]["status"].clone()),
+        (202, json!("ON_HOLD")),
+        "{body}"
+    );
+}
