@@ -198,14 +198,23 @@ impl User {
     /// Submits a well-formed passport of the user's own (approved automatically in a
     /// local platform; E leaves a passport another account holds to a reviewer).
     pub async fn submit_kyc(&self) -> Answer {
-        // The id's last digits: its random part (a v7 id begins with the time).
+        self.submit_passport(&self.passport_number()).await
+    }
+
+    /// The number of the user's own passport: `X` and the last eight hex digits of
+    /// the id (its random part; a v7 id begins with the time).
+    pub fn passport_number(&self) -> String {
         let digits: Vec<char> = self.id.chars().filter(char::is_ascii_hexdigit).collect();
-        let number: String = digits[digits.len().saturating_sub(8)..].iter().collect();
+        let tail: String = digits[digits.len().saturating_sub(8)..].iter().collect();
+        format!("X{}", tail.to_ascii_uppercase())
+    }
+
+    /// Submits a well-formed passport numbered `number`.
+    pub async fn submit_passport(&self, number: &str) -> Answer {
         self.client
             .post(
                 "/api/v1/kyc/submit",
-                json!({"document_type": "passport",
-                       "document_number": format!("X{}", number.to_ascii_uppercase()),
+                json!({"document_type": "passport", "document_number": number,
                        "document_url": "https://documents.example.com/passport.pdf"}),
             )
             .await

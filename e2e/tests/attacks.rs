@@ -526,9 +526,13 @@ async fn a_user_whose_verification_compliance_revoked_can_no_longer_move_money()
     assert_eq!(failed["failure"]["code"], "KYC_REQUIRED", "{failed}");
     assert_eq!(alice.balance(&alices).await, "100.00");
 
-    // A new document verifies her again, and she pays again.
+    // A new document verifies her again (the revoked one would not), and she pays again.
+    let renewed = format!("Z{}", &alice.passport_number()[1..]);
     assert_eq!(
-        alice.submit_kyc().await.data(StatusCode::CREATED)["status"],
+        alice
+            .submit_passport(&renewed)
+            .await
+            .data(StatusCode::CREATED)["status"],
         "verified"
     );
     let again = alice

@@ -9,15 +9,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
+use http::StatusCode;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use tokio::sync::Semaphore;
 
 use crate::inject::{self, SidecarSettings};
 
@@ -109,25 +114,47 @@ pub fn review(
 /// read into its types takes some thirty times its JSON (every `env` entry, however
 /// short, is a full `EnvVar`), and the port is open to every pod of the cluster.
 pub const MAX_REVIEW_BYTES: usize = 1024 * 1024;
-/// Reviews read at once; the others wait, unread, for their turn. Bounds the memory a
-/// burst of large reviews takes in the process that also runs the controllers.
+/// Reviews parsed at once: bounds the memory a burst of large reviews takes in the
+/// process that also runs the controllers.
 pub const REVIEWS_AT_ONCE: usize = 2;
+/// How long a review's body may take to arrive. The API server sends it at once; a
+/// client that trickles it is refused, and holds nothing another review waits for (the
+/// body is read before a parsing slot is taken).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a read review waits for a parsing slot before 503: well inside the API
+/// server's webhook timeout, so a burst is answered, not left to time out.
+pub const SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// `POST /mutate` and `GET /healthz`.
 pub fn router(defaults: Arc<WebhookSettings>) -> Router {
+    let slots = Arc::new(Semaphore::new(REVIEWS_AT_ONCE));
     Router::new()
         .route(
             MUTATE_PATH,
-            post(move |Json(body): Json<AdmissionReview<Pod>>| {
-                let defaults = defaults.clone();
-                async move { Json(review(body, &defaults)) }
-            })
-            .layer::<_, std::convert::Infallible>(tower::limit::ConcurrencyLimitLayer::new(
-                REVIEWS_AT_ONCE,
-            ))
-            .layer(axum::extract::DefaultBodyLimit::max(MAX_REVIEW_BYTES)),
+            post(move |body: Body| {
+                let (defaults, slots) = (defaults.clone(), slots.clone());
+                async move { answer(body, &defaults, &slots).await }
+            }),
         )
         .route("/healthz", get(|| async { "ok" }))
+}
+
+/// Reads the body (at most [`MAX_REVIEW_BYTES`], within [`BODY_TIMEOUT`]), then parses
+/// and answers it in one of [`REVIEWS_AT_ONCE`] slots.
+async fn answer(body: Body, defaults: &WebhookSettings, slots: &Semaphore) -> Response {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_REVIEW_BYTES));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+        Err(_) => return StatusCode::REQUEST_TIMEOUT.into_response(),
+    };
+    let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, slots.acquire()).await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match serde_json::from_slice::<AdmissionReview<Pod>>(&bytes) {
+        Ok(request) => Json(review(request, defaults)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
 }
 
 /// Serves `router` over TLS until `handle` is told to shut down. The certificate can be
@@ -286,7 +313,47 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(answer.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_review_trickled_in_is_refused_and_holds_up_no_other() {
+        use tower::ServiceExt;
+        let router = router(Arc::new(defaults()));
+        // More clients than slots, each sending a byte and then nothing.
+        let mut stalled = Vec::new();
+        for _ in 0..REVIEWS_AT_ONCE + 1 {
+            use futures_util::StreamExt;
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                axum::body::Bytes::from_static(b"{"),
+            )]);
+            let body = Body::from_stream(first.chain(futures_util::stream::pending()));
+            let request = http::Request::post(MUTATE_PATH)
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap();
+            stalled.push(tokio::spawn(router.clone().oneshot(request)));
+        }
+        tokio::task::yield_now().await;
+        // The API server's review is answered meanwhile.
+        let review =
+            serde_json::to_vec(&review_of(pod(json!({"finflow.dev/inject": "true"})))).unwrap();
+        let answer = router
+            .clone()
+            .oneshot(
+                http::Request::post(MUTATE_PATH)
+                    .header("content-type", "application/json")
+                    .body(Body::from(review))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        tokio::time::advance(BODY_TIMEOUT + Duration::from_secs(1)).await;
+        for waiting in stalled {
+            let answer = waiting.await.unwrap().unwrap();
+            assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+        }
     }
 
     /// The whole path the API server takes: TLS with the operator's generated

@@ -115,6 +115,22 @@ pub fn credentials_complete(secret: &Secret) -> bool {
         .all(|k| data.get(*k).is_some_and(|v| !v.0.is_empty()))
 }
 
+/// Whether an existing credentials Secret the MessageQueue does not own is one an
+/// earlier MessageQueue of this name released (its cleanup removes the owner and keeps
+/// the labels the Secret was made with), which it takes back as it is. Any other Secret
+/// of that name (made by hand, another controller's) is not its to take: adopted, it
+/// would be garbage-collected with the MessageQueue.
+pub fn released_credentials(mq: &MessageQueue, secret: &Secret) -> bool {
+    let made_with = labels(&mq.name_any(), COMPONENT);
+    secret
+        .owner_references()
+        .iter()
+        .all(|r| r.controller != Some(true))
+        && made_with
+            .iter()
+            .all(|(k, v)| secret.labels().get(k) == Some(v))
+}
+
 /// RabbitMQ definitions (the format `rabbitmqadmin import` reads) for the topology.
 pub fn definitions(mq: &MessageQueue) -> Value {
     let t = &mq.spec.topology;
@@ -767,6 +783,29 @@ mod tests {
             },
             ..PersistentVolumeClaim::default()
         }
+    }
+
+    #[test]
+    fn only_credentials_an_earlier_queue_of_the_name_released_are_taken_back() {
+        let queue = mq();
+        let mut released = credentials_secret(&queue, "s3cret", "cookie");
+        released.metadata.owner_references = None;
+        assert!(released_credentials(&queue, &released));
+        let mut by_hand = released.clone();
+        by_hand.metadata.labels = None;
+        assert!(!released_credentials(&queue, &by_hand));
+        let mut synced = released.clone();
+        synced.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "external-secrets.io/v1".into(),
+                kind: "ExternalSecret".into(),
+                name: "events-credentials".into(),
+                uid: "uid-es".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            },
+        ]);
+        assert!(!released_credentials(&queue, &synced));
     }
 
     #[test]

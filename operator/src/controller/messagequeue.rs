@@ -105,6 +105,12 @@ async fn credentials(mq: &MessageQueue, ctx: &Context, ns: &str) -> Result<bool>
                 .owner_references()
                 .iter()
                 .any(|o| Some(&o.uid) == mq.meta().uid.as_ref());
+            if !owned && !mq_rules::released_credentials(mq, &existing) {
+                return Err(Error::NotOwned {
+                    object: format!("Secret/{name}"),
+                    holder: "not released by an earlier MessageQueue of this name".to_owned(),
+                });
+            }
             if !owned {
                 // The data goes back exactly as found: an apply that left it out would
                 // remove the keys this field manager wrote when it created them.

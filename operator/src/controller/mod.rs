@@ -471,8 +471,9 @@ pub async fn measured<K: Resource<DynamicType = ()>, F: Future<Output = Result<A
 /// Reconciles one controller runs at once. Without a bound, one change that wakes every
 /// FinService of a namespace (each reading the namespace's FinServices) starts them all
 /// together, and a tenant with many large FinServices could take the operator's memory
-/// for every namespace.
-pub const RECONCILES_AT_ONCE: u16 = 8;
+/// for every namespace. Not fewer: a reconcile waits on its pods' probes (5 s each at
+/// most), and a tenant whose apps hang them holds its slots meanwhile.
+pub const RECONCILES_AT_ONCE: u16 = 16;
 
 /// Runs the three controllers until `shutdown` resolves. `namespace` limits what they
 /// watch; `None` watches every namespace.

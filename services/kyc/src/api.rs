@@ -191,13 +191,21 @@ async fn decide(
 /// on it was revoked, the user's own included. One passport would otherwise verify any
 /// number of accounts, each with its own tier limits and its own velocity count, and a
 /// revoked one would verify its holder again on a new account. Takes the document's
-/// lock until the transaction ends, so two decisions on one document come one after
-/// the other.
+/// lock, then the user's submissions, until the transaction ends: two decisions on one
+/// document come one after the other, and so do a decision and a revocation of the
+/// user (which locks the same rows).
 async fn document_spoken_for(tx: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended( \
            'kyc-document:' || document_type || ':' || document_number, 0)) \
          FROM kyc_submissions WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "SELECT id FROM kyc_submissions \
+         WHERE user_id = (SELECT user_id FROM kyc_submissions WHERE id = $1) FOR UPDATE",
     )
     .bind(id)
     .execute(&mut *tx)

@@ -368,27 +368,37 @@ async fn create(
     };
     // A held payment waits for compliance, and costs its payer nothing meanwhile (a
     // deposit is not even funded): the count of them is bounded per user, under the
-    // user's lock until this one is written, so parallel requests cannot pass it.
-    let mut tx = s.pool.begin().await?;
-    if status == Status::OnHold {
+    // user's lock until this one is written, so parallel requests cannot pass it. Only
+    // a held payment pays for the transaction.
+    let held = if status == Status::OnHold {
+        let mut tx = s.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('held:' || $1::text, 0))")
             .bind(user)
             .execute(&mut *tx)
             .await?;
-        let held: i64 = sqlx::query_scalar(
+        let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM payments WHERE user_id = $1 AND status = 'ON_HOLD'",
         )
         .bind(user)
         .fetch_one(&mut *tx)
         .await?;
-        if held >= i64::try_from(MAX_HELD_PER_USER).unwrap_or(i64::MAX) {
+        if waiting >= i64::try_from(MAX_HELD_PER_USER).unwrap_or(i64::MAX) {
+            drop(tx);
+            // A retry of a payment already made (Redis forgot its key) is answered with
+            // it, as the unique key below would answer it: it is one of those held.
+            if let Some(row) = existing(&s.pool, user, key, hash).await? {
+                return Ok((row, false));
+            }
             return Err(ApiError::conflict(format!(
                 "{MAX_HELD_PER_USER} of your payments wait for a compliance review already; \
                  another one above the review threshold can be made once one is decided"
             ))
             .with_details(serde_json::json!({"reason": "too_many_held"})));
         }
-    }
+        Some(tx)
+    } else {
+        None
+    };
     // The row is known before it is written, so its event is too: the payment, its
     // outbox row and the relay's wake-up are one statement and one commit. This process
     // dates the payment, as every process dates the events it emits (`occurred_at`):
@@ -414,7 +424,7 @@ async fn create(
         payee_user_id: payee,
     };
     let event = outbox::stage(&settle::event_of(&row)?)?;
-    let inserted = sqlx::query(
+    let insert = sqlx::query(
         "WITH added AS (INSERT INTO payments (id, user_id, idempotency_key, request_hash, kind, from_wallet_id, \
            to_wallet_id, amount, currency, description, status, payee_user_id, created_at, updated_at) \
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) RETURNING id), \
@@ -439,12 +449,15 @@ async fn create(
     .bind(&event.event_type)
     .bind(&event.payload)
     .bind(&event.headers)
-    .bind(outbox::NOTIFY_CHANNEL)
-    .execute(&mut *tx)
-    .await;
-    let inserted = match inserted {
-        Ok(done) => tx.commit().await.map(|()| done),
-        Err(e) => Err(e),
+    .bind(outbox::NOTIFY_CHANNEL);
+    // The held payment's transaction ends here either way: a unique violation below
+    // reads the twin's row on another connection, with this one given back.
+    let inserted = match held {
+        Some(mut tx) => match insert.execute(&mut *tx).await {
+            Ok(done) => tx.commit().await.map(|()| done),
+            Err(e) => Err(e),
+        },
+        None => insert.execute(&s.pool).await,
     };
     match inserted {
         Ok(_) => {}

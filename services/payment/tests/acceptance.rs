@@ -220,6 +220,29 @@ async fn one_user_cannot_bury_compliance_under_held_payments() {
             "{body}"
         );
     }
+    // A payment already made and sent again after Redis forgot its key is answered
+    // with the payment, not refused as one too many.
+    let key = "held-retried";
+    let user_two = Uuid::now_v7();
+    let theirs_to = wallet(&stand, user_two, "USD");
+    let body_two = json!({"to_wallet_id": theirs_to, "amount": "10000.01", "currency": "USD"});
+    for _ in 0..held - 1 {
+        let (status, answer) = stand.pay(user_two, "deposit", &body_two).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let (status, first) = stand.pay_keyed(user_two, "deposit", &body_two, key).await;
+    assert_eq!(status, 202, "{first}");
+    finflow_payment::idempotency::Keys::new(
+        finflow_platform::cache::connect(&finflow_platform::cache::test_url(), None)
+            .await
+            .unwrap(),
+    )
+    .release(user_two, key)
+    .await;
+    let (status, again) = stand.pay_keyed(user_two, "deposit", &body_two, key).await;
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["data"]["id"], first["data"]["id"]);
+
     // Payments under the threshold, and another user's held ones, go on.
     let (status, body) = deposit(&stand, user, to, "100.00", "USD").await;
     assert_eq!(

@@ -261,13 +261,24 @@ pub fn forwarded_client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr
     }
     let mut last = None;
     for entry in entries.iter().rev().map(|e| e.trim()) {
-        let address: IpAddr = entry.parse().ok()?;
+        let address = forwarded_address(entry)?;
         if !trusted.iter().any(|net| net.contains(&address)) {
             return Some(address);
         }
         last = Some(address);
     }
     last
+}
+
+/// An `X-Forwarded-For` entry's address: bare, or with the port some load balancers
+/// add (`203.0.113.7:41234`, `[2001:db8::7]:41234`). Read as garbage, such an entry
+/// would make every client behind that balancer one client, with one rate limit.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 /// Sets `X-Forwarded-For` (the peer appended to the list a trusted peer sent, else the
@@ -485,5 +496,10 @@ mod tests {
         assert_eq!(xff(&[]), None);
         assert_eq!(xff(&["203.0.113.9, garbage, 10.1.2.3"]), None);
         assert_eq!(xff(&["garbage, 203.0.113.9"]), ip("203.0.113.9"));
+        // With the port a load balancer wrote, the address is still the client's.
+        assert_eq!(xff(&["203.0.113.9:41234, 10.1.2.3"]), ip("203.0.113.9"));
+        assert_eq!(xff(&["[2001:db8::5]:41234"]), ip("2001:db8::5"));
+        assert_eq!(xff(&["[2001:db8::5]"]), ip("2001:db8::5"));
+        assert_eq!(xff(&["203.0.113.9:port"]), None);
     }
 }

@@ -403,6 +403,12 @@ impl Stand {
 
     /// `POST /api/v1/payments/{kind}` with `body` as the user `who`, under a new key.
     pub async fn pay(&self, who: Uuid, kind: &str, body: &Value) -> (u16, Value) {
+        self.pay_keyed(who, kind, body, &Uuid::now_v7().to_string())
+            .await
+    }
+
+    /// [`Stand::pay`] under the Idempotency-Key `key`.
+    pub async fn pay_keyed(&self, who: Uuid, kind: &str, body: &Value, key: &str) -> (u16, Value) {
         let response = ServiceClient::http_client()
             .post(format!("{}/api/v1/payments/{kind}", self.base))
             .header("x-user-id", who.to_string())
@@ -411,7 +417,7 @@ impl Stand {
             // What the token says; C goes by what B answers for the wallet.
             .header("x-kyc-status", "verified")
             .header("x-account-tier", "bronze")
-            .header("idempotency-key", Uuid::now_v7().to_string())
+            .header("idempotency-key", key)
             .json(body)
             .send()
             .await
