@@ -471,3 +471,56 @@ async fn a_message_queue_that_keeps_nothing_deletes_its_own_volumes_and_no_other
     let _ = stop.send(true);
     ns.delete().await;
 }
+
+#[tokio::test]
+async fn a_message_queue_leaves_a_credentials_secret_it_did_not_make_alone() {
+    let Some((client, ns, stop)) = platform("finflow-mq-secret-test").await else {
+        return;
+    };
+    // A Secret of the name the MessageQueue would use, made by hand: adopted, it would
+    // be deleted with the MessageQueue, and its password replaced the broker's.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let theirs: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "events-credentials"},
+        "stringData": {"password": "someone else's"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let queues: Api<crd::MessageQueue> = Api::namespaced(client.clone(), &ns.name);
+    let queue: crd::MessageQueue = serde_json::from_value(json!({
+        "apiVersion": "finflow.dev/v1alpha1", "kind": "MessageQueue",
+        "metadata": {"name": "events"}, "spec": {}
+    }))
+    .unwrap();
+    queues.create(&PostParams::default(), &queue).await.unwrap();
+    eventually("events Stalled, naming the Secret", LIMIT, || {
+        let queues = queues.clone();
+        async move {
+            queues.get("events").await.ok().is_some_and(|q| {
+                q.status.is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Stalled"
+                            && c.status == "True"
+                            && c.reason == "ObjectNotOwned"
+                            && c.message.starts_with("Secret/events-credentials exists")
+                    })
+                })
+            })
+        }
+    })
+    .await;
+    let secret = secrets.get("events-credentials").await.unwrap();
+    assert!(secret.metadata.owner_references.is_none());
+    let data = secret.data.unwrap_or_default();
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["password"],
+        "not rewritten"
+    );
+    let _ = stop.send(true);
+    ns.delete().await;
+}
