@@ -338,6 +338,32 @@ async fn a_deployment_the_server_refuses_shows_in_status_and_an_event() {
     ns.delete().await;
 }
 
+/// Waits until `name` is Stalled, `ObjectNotOwned`, naming `object` (`Kind/name`).
+async fn stalled_on_another_s<K>(
+    api: &Api<K>,
+    name: &str,
+    object: &str,
+    conditions: fn(K) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    eventually(
+        &format!("{name} Stalled, naming {object}"),
+        LIMIT,
+        || async {
+            api.get(name).await.ok().is_some_and(|k| {
+                conditions(k).iter().any(|c| {
+                    c.type_ == "Stalled"
+                        && c.status == "True"
+                        && c.reason == "ObjectNotOwned"
+                        && c.message.starts_with(&format!("{object} exists"))
+                })
+            })
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_finservice_named_like_a_service_someone_made_leaves_it_alone_and_says_so() {
     let Some((client, ns, stop)) = platform("finflow-squat-test").await else {
@@ -360,20 +386,8 @@ async fn a_finservice_named_like_a_service_someone_made_leaves_it_alone_and_says
         .create(&PostParams::default(), &finservice("ledger", &[]))
         .await
         .unwrap();
-    eventually("ledger Stalled, naming the Service", LIMIT, || {
-        let finservices = finservices.clone();
-        async move {
-            finservices.get("ledger").await.ok().is_some_and(|f| {
-                f.status.is_some_and(|s| {
-                    s.conditions.iter().any(|c| {
-                        c.type_ == "Stalled"
-                            && c.status == "True"
-                            && c.reason == "ObjectNotOwned"
-                            && c.message.starts_with("Service/ledger exists")
-                    })
-                })
-            })
-        }
+    stalled_on_another_s(&finservices, "ledger", "Service/ledger", |f| {
+        f.status.map(|s| s.conditions).unwrap_or_default()
     })
     .await;
     let service = services.get("ledger").await.unwrap();
@@ -497,20 +511,8 @@ async fn a_message_queue_leaves_a_credentials_secret_it_did_not_make_alone() {
     }))
     .unwrap();
     queues.create(&PostParams::default(), &queue).await.unwrap();
-    eventually("events Stalled, naming the Secret", LIMIT, || {
-        let queues = queues.clone();
-        async move {
-            queues.get("events").await.ok().is_some_and(|q| {
-                q.status.is_some_and(|s| {
-                    s.conditions.iter().any(|c| {
-                        c.type_ == "Stalled"
-                            && c.status == "True"
-                            && c.reason == "ObjectNotOwned"
-                            && c.message.starts_with("Secret/events-credentials exists")
-                    })
-                })
-            })
-        }
+    stalled_on_another_s(&queues, "events", "Secret/events-credentials", |q| {
+        q.status.map(|s| s.conditions).unwrap_or_default()
     })
     .await;
     let secret = secrets.get("events-credentials").await.unwrap();
