@@ -11,8 +11,8 @@ use finflow_contracts::identity;
 use finflow_contracts::kyc::{AmlDecision, HoldDecision, HoldOutcome, KycDecision, KycUpdated};
 use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::{Event, outbox, types};
-use finflow_platform::text;
 use finflow_platform::{ApiError, ApiResult, Identity, Json, Path, Query, UserId};
+use finflow_platform::{page, text};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
@@ -646,11 +646,11 @@ async fn alerts(
             "status is open, cleared or flagged",
         ));
     }
-    let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 500));
+    let size = page::size(q.limit, 100, 500);
     // Never the alerts about the officer (as payer or payee): they would learn that,
     // and why, their own payments are watched. A cursor that names no alert starts
     // nowhere: an empty page, not the first one again.
-    let mut rows: Vec<Alert> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<Alert> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ALERT_COLUMNS} FROM aml_alerts WHERE ($1::text IS NULL OR status = $1) \
            AND ($2::uuid IS NULL OR (user_id <> $2 AND payee_user_id IS DISTINCT FROM $2)) \
            AND ($3::uuid IS NULL OR user_id = $3) \
@@ -662,19 +662,11 @@ async fn alerts(
     .bind(who.user_id().ok())
     .bind(q.user_id)
     .bind(q.cursor)
-    .bind(limit + 1)
+    .bind(page::fetch(size))
     .fetch_all(&s.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        rows.last().map(|a| a.id)
-    } else {
-        None
-    };
-    Ok(error::ok(AlertPage {
-        items: rows,
-        next_cursor,
-    }))
+    let (items, next_cursor) = page::split(rows, size, |a| a.id);
+    Ok(error::ok(AlertPage { items, next_cursor }))
 }
 
 /// A compliance decision's reason: clearing or flagging an alert, revoking a

@@ -12,6 +12,7 @@ use finflow_platform::error::{self, ErrorEnvelope, unique_violation};
 use finflow_platform::events::outbox;
 use finflow_platform::fx::Rates;
 use finflow_platform::identity::KycStatus;
+use finflow_platform::page;
 use finflow_platform::{
     Amount, ApiError, ApiResult, ErrorCode, Identity, Json, Path, Query, UserId,
 };
@@ -655,8 +656,8 @@ async fn list(
     UserId(me): UserId,
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
-    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 200));
-    let mut rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let size = page::size(q.limit, 50, 200);
+    let rows: Vec<PaymentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE user_id = $1 \
            AND ($2::uuid IS NULL OR id < $2) AND ($3::text IS NULL OR status = $3) \
          ORDER BY id DESC LIMIT $4"
@@ -664,15 +665,10 @@ async fn list(
     .bind(me)
     .bind(q.cursor)
     .bind(q.status.map(Status::as_str))
-    .bind(limit + 1)
+    .bind(page::fetch(size))
     .fetch_all(&s.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let (rows, next_cursor) = page::split(rows, size, |r| r.id);
     let items = rows
         .iter()
         .map(PaymentRow::view)

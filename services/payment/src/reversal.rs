@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
+use finflow_platform::page;
 use finflow_platform::{ApiError, ApiResult, Identity, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
@@ -413,8 +414,8 @@ pub(crate) async fn reversals(
     Query(q): Query<WaitingQuery>,
 ) -> ApiResult {
     who.require_role("ops")?;
-    let limit = i64::from(q.limit.unwrap_or(50).clamp(1, 200));
-    let mut waiting: Vec<Waiting> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let size = page::size(q.limit, 50, 200);
+    let waiting: Vec<Waiting> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {}, r.id AS request_id, r.requested_by, r.requested_at, r.outcome, r.closed_by, \
            r.closed_at \
          FROM reversal_requests r JOIN payments p ON p.id = r.payment_id \
@@ -425,15 +426,10 @@ pub(crate) async fn reversals(
     )))
     .bind(ttl_secs())
     .bind(q.cursor)
-    .bind(limit + 1)
+    .bind(page::fetch(size))
     .fetch_all(&s.pool)
     .await?;
-    let next_cursor = if waiting.len() as i64 > limit {
-        waiting.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        waiting.last().map(|w| w.request.id)
-    } else {
-        None
-    };
+    let (waiting, next_cursor) = page::split(waiting, size, |w| w.request.id);
     let items = waiting
         .into_iter()
         .map(|w| w.request.of(&w.payment))

@@ -50,6 +50,7 @@ pub mod http;
 pub mod identity;
 pub use finflow_contracts::money;
 pub mod openapi;
+pub mod page;
 #[cfg(feature = "events")]
 pub mod service;
 pub mod telemetry;

@@ -414,14 +414,14 @@ async fn transactions(
     Query(page): Query<Page>,
 ) -> ApiResult {
     visible_wallet(&s.pool, &who, id).await?;
-    let limit = i64::from(page.limit.unwrap_or(50).clamp(1, 200));
+    let size = finflow_platform::page::size(page.limit, 50, 200);
     let before = match page.cursor.as_deref() {
         None => i64::MAX,
         Some(c) => {
             decode_cursor(c).ok_or_else(|| ApiError::invalid_field("cursor", "invalid cursor"))?
         }
     };
-    let mut rows: Vec<Line> = sqlx::query_as(
+    let rows: Vec<Line> = sqlx::query_as(
         "SELECT l.id, l.entry_id, e.transfer_id, e.kind, l.amount, l.balance_after, \
                 CASE WHEN e.from_wallet_id = l.wallet_id THEN e.to_wallet_id ELSE e.from_wallet_id END \
                   AS counterparty_wallet_id, l.created_at \
@@ -430,19 +430,11 @@ async fn transactions(
     )
     .bind(id)
     .bind(before)
-    .bind(limit + 1)
+    .bind(finflow_platform::page::fetch(size))
     .fetch_all(&s.pool)
     .await?;
-    let next_cursor = if rows.len() as i64 > limit {
-        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        rows.last().map(|l| encode_cursor(l.id))
-    } else {
-        None
-    };
-    Ok(error::ok(LinePage {
-        items: rows,
-        next_cursor,
-    }))
+    let (items, next_cursor) = finflow_platform::page::split(rows, size, |l| encode_cursor(l.id));
+    Ok(error::ok(LinePage { items, next_cursor }))
 }
 
 fn encode_cursor(id: i64) -> String {
