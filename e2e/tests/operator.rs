@@ -526,3 +526,147 @@ async fn a_message_queue_leaves_a_credentials_secret_it_did_not_make_alone() {
     let _ = stop.send(true);
     ns.delete().await;
 }
+
+/// Dry-runs a pod of `spec` in `namespace`: the API server's pod security admission
+/// answers as it would for the pod itself.
+async fn pod_admitted(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: k8s_openapi::api::core::v1::PodSpec,
+) -> Result<(), String> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = k8s_openapi::api::core::v1::Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    pods.create(&dry_run, &pod)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn every_pod_the_operator_makes_or_injects_is_admitted_where_restricted_is_enforced() {
+    let Some((client, ns, stop)) = platform("finflow-restricted-test").await else {
+        return;
+    };
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &ns.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {
+                "pod-security.kubernetes.io/enforce": "restricted"
+            }}})),
+        )
+        .await
+        .unwrap();
+    let pp = PostParams::default();
+    // What a cluster's controller manager gives every namespace (a bare API server has
+    // none): pods that name no account run as `default`.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), &ns.name);
+    let default = serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
+    if let Err(e) = accounts.create(&pp, &default).await {
+        assert!(e.to_string().contains("AlreadyExists"), "{e}");
+    }
+    let services: Api<FinService> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .create(&pp, &finservice("auth", &[]))
+        .await
+        .unwrap();
+    let caches: Api<RedisCache> = Api::namespaced(client.clone(), &ns.name);
+    let cache: RedisCache = serde_json::from_value(json!({
+        "apiVersion": "finflow.dev/v1alpha1", "kind": "RedisCache",
+        "metadata": {"name": "cache"}, "spec": {"password": true}
+    }))
+    .unwrap();
+    caches.create(&pp, &cache).await.unwrap();
+    let queues: Api<crd::MessageQueue> = Api::namespaced(client.clone(), &ns.name);
+    let queue: crd::MessageQueue = serde_json::from_value(json!({
+        "apiVersion": "finflow.dev/v1alpha1", "kind": "MessageQueue",
+        "metadata": {"name": "events"}, "spec": {}
+    }))
+    .unwrap();
+    queues.create(&pp, &queue).await.unwrap();
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(client.clone(), &ns.name);
+    let mut made = Vec::new();
+    for name in ["auth-blue", "cache"] {
+        eventually(&format!("Deployment {name}"), LIMIT, || {
+            let deployments = deployments.clone();
+            async move { deployments.get_opt(name).await.ok().flatten().is_some() }
+        })
+        .await;
+        made.push((name, pod(&deployments.get(name).await.unwrap()).clone()));
+    }
+    eventually("the broker's StatefulSet", LIMIT, || {
+        let sets = sets.clone();
+        async move { sets.get_opt("events").await.ok().flatten().is_some() }
+    })
+    .await;
+    let broker = sets.get("events").await.unwrap().spec.unwrap();
+    let mut node = broker.template.spec.unwrap();
+    // What the StatefulSet controller adds: each claim template's claim, as a volume.
+    for claim in broker.volume_claim_templates.iter().flatten() {
+        let name = claim.metadata.name.clone().unwrap();
+        node.volumes.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(json!({
+                "name": name, "persistentVolumeClaim": {"claimName": format!("{name}-events-0")}
+            }))
+            .unwrap(),
+        );
+    }
+    made.push(("events", node));
+    for (name, spec) in made {
+        pod_admitted(&client, &ns.name, name, spec)
+            .await
+            .unwrap_or_else(|e| panic!("a pod of {name} was refused: {e}"));
+    }
+
+    // What the webhook does to a pod that states its seccomp profile per container, as
+    // the restricted standard allows: the injected pod must still be admitted.
+    let app: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+        "securityContext": {"runAsNonRoot": true, "runAsUser": 65532},
+        "containers": [{
+            "name": "app", "image": "example/app:1",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}
+            }
+        }]
+    }))
+    .unwrap();
+    pod_admitted(&client, &ns.name, "app", app.clone())
+        .await
+        .expect("the app alone is restricted");
+    for native in [true, false] {
+        let settings = finflow_operator_core::inject::SidecarSettings {
+            image: "ghcr.io/finflow/sidecar:0.1.0".to_owned(),
+            app_port: None,
+            config_map: None,
+            hs256_secret: None,
+            native,
+        };
+        let injected = finflow_operator_core::inject::inject(&app, &settings);
+        pod_admitted(&client, &ns.name, "injected", injected)
+            .await
+            .unwrap_or_else(|e| panic!("the injected pod (native {native}) was refused: {e}"));
+    }
+
+    let _ = stop.send(true);
+    ns.delete().await;
+}

@@ -25,7 +25,7 @@
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    ExecAction, Lifecycle, LifecycleHandler, PodSpec, Probe, ResourceRequirements,
+    ExecAction, Lifecycle, LifecycleHandler, PodSpec, Probe, ResourceRequirements, SeccompProfile,
     SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -144,7 +144,21 @@ pub fn inject(pod: &PodSpec, settings: &SidecarSettings) -> PodSpec {
         retarget_probe(probe, public);
     }
 
-    let sidecar = sidecar_container(settings, public, app_port);
+    let mut sidecar = sidecar_container(settings, public, app_port);
+    // A pod may set its seccomp profile per container, which the restricted standard
+    // allows; the sidecar must then carry its own, or the API server refuses the pod.
+    // A pod-level profile already covers it (and FinService pods keep their template).
+    if pod
+        .security_context
+        .as_ref()
+        .is_none_or(|s| s.seccomp_profile.is_none())
+        && let Some(context) = sidecar.security_context.as_mut()
+    {
+        context.seccomp_profile = Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        });
+    }
     if settings.native {
         pod.init_containers
             .get_or_insert_with(Vec::new)
@@ -400,6 +414,32 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(get.port, IntOrString::Int(8002));
+    }
+
+    #[test]
+    fn the_sidecar_brings_its_own_seccomp_profile_unless_the_pod_sets_one() {
+        let profile = |pod: &PodSpec| {
+            pod.init_containers.as_ref().unwrap()[0]
+                .security_context
+                .as_ref()
+                .unwrap()
+                .seccomp_profile
+                .as_ref()
+                .map(|p| p.type_.clone())
+        };
+        // The restricted standard asks every container for a profile, which a pod may
+        // give per container: the sidecar must then say its own.
+        let per_container = inject(&app_pod(), &settings(true));
+        assert_eq!(profile(&per_container).as_deref(), Some("RuntimeDefault"));
+        let mut pod_level = app_pod();
+        pod_level.security_context = Some(k8s_openapi::api::core::v1::PodSecurityContext {
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(profile(&inject(&pod_level, &settings(true))), None);
     }
 
     /// The command of a container's `postStart` exec hook, if it has one.

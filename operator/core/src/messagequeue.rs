@@ -85,6 +85,19 @@ pub fn selector(name: &str) -> std::collections::BTreeMap<String, String> {
     .into()
 }
 
+/// What the Services select: the pods' labels and that this operator made them. Pods of
+/// another release of the same instance name (a Helm chart's `app.kubernetes.io/name`
+/// and `instance` are these very labels) would otherwise share the Service's traffic.
+/// The workload's own selector stays as it was: it cannot change once written.
+fn service_selector(name: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = selector(name);
+    labels.insert(
+        meta::MANAGED_BY_LABEL.to_owned(),
+        meta::FIELD_MANAGER.to_owned(),
+    );
+    labels
+}
+
 /// The credentials Secret, for the first and only time it is written. `password` and
 /// `cookie` come from the caller's random source.
 pub fn credentials_secret(mq: &MessageQueue, password: &str, cookie: &str) -> Secret {
@@ -252,7 +265,7 @@ pub fn desired(mq: &MessageQueue, domain: &ClusterDomain) -> Owned {
             cluster_ip: Some("None".to_owned()),
             // Nodes must find each other before any of them is ready.
             publish_not_ready_addresses: Some(true),
-            selector: Some(selector(&name)),
+            selector: Some(service_selector(&name)),
             ports: Some(vec![port("epmd", 4369), port("cluster", 25672)]),
             ..ServiceSpec::default()
         }),
@@ -261,7 +274,7 @@ pub fn desired(mq: &MessageQueue, domain: &ClusterDomain) -> Owned {
     let client = with_spec_hash(Service {
         metadata: owned_meta(mq, &name, labels(&name, COMPONENT)),
         spec: Some(ServiceSpec {
-            selector: Some(selector(&name)),
+            selector: Some(service_selector(&name)),
             ports: Some(vec![
                 port("amqp", AMQP_PORT),
                 port("management", MANAGEMENT_PORT),
@@ -957,11 +970,25 @@ mod tests {
             .map(|p| p.port)
             .collect();
         assert!(ports.contains(&5672));
+        let pod_labels = owned
+            .stateful_set
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref();
+        let own = pod_labels.unwrap().labels.clone().unwrap();
+        // A Helm release of RabbitMQ named like the queue labels its pods just so.
+        let mut helm = selector("events");
+        helm.insert(meta::MANAGED_BY_LABEL.to_owned(), "Helm".to_owned());
         for s in [headless, client] {
-            assert_eq!(
-                s.spec.as_ref().unwrap().selector.as_ref(),
-                Some(&selector("events"))
-            );
+            let selects = |labels: &std::collections::BTreeMap<String, String>| {
+                let selector = s.spec.as_ref().unwrap().selector.as_ref().unwrap();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            };
+            assert!(selects(&own), "the broker's own pods");
+            assert!(!selects(&helm), "another release's pods");
         }
     }
 

@@ -50,6 +50,19 @@ fn selector(name: &str) -> std::collections::BTreeMap<String, String> {
     .into()
 }
 
+/// What the Services select: the pods' labels and that this operator made them. Pods of
+/// another release of the same instance name (a Helm chart's `app.kubernetes.io/name`
+/// and `instance` are these very labels) would otherwise share the Service's traffic.
+/// The workload's own selector stays as it was: it cannot change once written.
+fn service_selector(name: &str) -> std::collections::BTreeMap<String, String> {
+    let mut labels = selector(name);
+    labels.insert(
+        meta::MANAGED_BY_LABEL.to_owned(),
+        meta::FIELD_MANAGER.to_owned(),
+    );
+    labels
+}
+
 /// The password Secret, for the first and only time it is written.
 pub fn password_secret(rc: &RedisCache, password: &str) -> Secret {
     let name = rc.name_any();
@@ -166,7 +179,7 @@ pub fn desired(rc: &RedisCache) -> Owned {
     let service = with_spec_hash(Service {
         metadata: owned_meta(rc, &name, labels(&name, COMPONENT)),
         spec: Some(ServiceSpec {
-            selector: Some(selector(&name)),
+            selector: Some(service_selector(&name)),
             ports: Some(vec![ServicePort {
                 name: Some("redis".to_owned()),
                 port: PORT,
@@ -310,10 +323,20 @@ mod tests {
         );
         let service = owned.service.spec.as_ref().unwrap();
         assert_eq!(service.ports.as_ref().unwrap()[0].port, 6379);
-        assert_eq!(
-            service.selector.as_ref(),
-            spec.selector.match_labels.as_ref()
-        );
+        let selects = |labels: &std::collections::BTreeMap<String, String>| {
+            service
+                .selector
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        };
+        let own = spec.template.metadata.as_ref().unwrap().labels.as_ref();
+        assert!(selects(own.unwrap()), "the cache's own pod");
+        // A Helm release of Redis named like the cache labels its pods just so.
+        let mut helm = selector("cache");
+        helm.insert(meta::MANAGED_BY_LABEL.to_owned(), "Helm".to_owned());
+        assert!(!selects(&helm), "another release's pod");
         assert_eq!(
             args(&owned)[..4],
             ["--maxmemory", "256mb", "--maxmemory-policy", "volatile-lru"]
