@@ -101,7 +101,11 @@ pub(crate) async fn change_password(
             .fetch_optional(&s.pool)
             .await?;
     let current = current.ok_or_else(|| ApiError::not_found("user not found"))?;
-    if !api::verify_password(req.current_password.clone(), current.clone()).await? {
+    if !s
+        .passwords
+        .verify(req.current_password.clone(), current.clone())
+        .await?
+    {
         return Err(wrong_password());
     }
     // Told only to whoever gave the current password, so it tells a guess nothing.
@@ -109,7 +113,7 @@ pub(crate) async fn change_password(
         return Err(ApiError::conflict("new_password is the current password")
             .with_details(serde_json::json!({ "field": "new_password" })));
     }
-    let new_hash = api::hash_password(new).await?;
+    let new_hash = s.passwords.hash(new).await?;
 
     let mut tx = s.pool.begin().await?;
     // Only over the password just checked: of two changes at once, the later finds its

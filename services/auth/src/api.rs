@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::domain::{FullName, Password, Phone};
+use crate::passwords::{DUMMY_HASH, Passwords};
 use crate::tokens::{self, Issuer, MailedToken};
 use crate::verification::{self, SignUp};
 
@@ -48,6 +47,7 @@ pub struct AppState {
     pub redis: ConnectionManager,
     pub issuer: Issuer,
     pub settings: Arc<Settings>,
+    pub passwords: Passwords,
 }
 
 /// What the document has beside what the routes' attributes bring: schemas no route
@@ -165,7 +165,7 @@ async fn register(
     let phone = Phone::parse(&req.phone)?;
     // Hashed on every path, before anything tells them apart: a sign-up takes as long
     // for an address with an account as for a new one.
-    let hash = hash_password(password).await?;
+    let hash = s.passwords.hash(password).await?;
     // Every account starts as a user whatever its email: staff roles are granted by
     // an operator (`admin`), never by choosing an address.
     let roles = vec!["user".to_owned()];
@@ -337,7 +337,11 @@ async fn verify(
     };
     // The mailbox holds the tokens of every sign-up of the address; its owner knows the
     // password of theirs alone. Checked before any lock is taken: Argon2 is slow.
-    if !verify_password(req.password, peeked.password_hash.clone()).await? {
+    if !s
+        .passwords
+        .verify(req.password, peeked.password_hash.clone())
+        .await?
+    {
         return Err(ApiError::unauthorized(
             "not the password of the sign-up this token was mailed for",
         ));
@@ -453,7 +457,7 @@ async fn login(
     // whose address is not verified yet is checked like any other and refused with the
     // same answer: no oracle of which addresses have accounts, or verified ones.
     let (hash, usable) = row.unwrap_or_else(|| (DUMMY_HASH.clone(), false));
-    let matches = verify_password(req.password, hash.clone()).await?;
+    let matches = s.passwords.verify(req.password, hash.clone()).await?;
     if !(usable && matches) {
         return Err(ApiError::unauthorized("invalid email or password"));
     }
@@ -845,40 +849,3 @@ async fn jwks(State(s): State<AppState>) -> Response {
     )
         .into_response()
 }
-
-fn argon2() -> Argon2<'static> {
-    // Argon2id v19 with the library's defaults (m = 19 MiB, t = 2, p = 1), OWASP's baseline.
-    Argon2::default()
-}
-
-pub(crate) async fn hash_password(password: Password) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        argon2()
-            .hash_password(password.expose().as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
-    .map_err(|e| ApiError::internal(&e))
-}
-
-pub(crate) async fn verify_password(password: String, hash: String) -> Result<bool, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(|e| ApiError::internal(&e))?;
-        Ok(argon2()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
-}
-
-/// A real Argon2id hash of a random password, checked when the email is unknown.
-static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    argon2()
-        .hash_password(uuid::Uuid::new_v4().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .unwrap_or_default()
-});

@@ -237,7 +237,7 @@ pub(crate) async fn confirm_reset(
     let Some(owner) = peeked else {
         return Err(tokens::invalid_mailed_token("reset"));
     };
-    let new_hash = api::hash_password(new).await?;
+    let new_hash = s.passwords.hash(new).await?;
 
     let mut tx = s.pool.begin().await?;
     // The account's row, then the token's: the order a password change and a reset
