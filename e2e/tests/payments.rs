@@ -143,6 +143,18 @@ async fn a_frozen_wallet_makes_the_payment_fail() {
         )
         .await;
     assert_eq!(refused.error(StatusCode::BAD_REQUEST), "WALLET_NOT_ACTIVE");
+    // Whether bob's wallet is frozen (by bob, or by an investigation) is not alice's
+    // to know: only that it cannot receive.
+    let error = &refused.body["error"];
+    assert_eq!(
+        error["details"]["reason"], "payee_cannot_receive",
+        "{error}"
+    );
+    assert!(error["details"].get("status").is_none(), "{error}");
+    assert!(
+        !error["message"].as_str().unwrap().contains("frozen"),
+        "{error}"
+    );
 
     let own_frozen = alice
         .client
@@ -161,6 +173,10 @@ async fn a_frozen_wallet_makes_the_payment_fail() {
         )
         .await;
     assert_eq!(refused.error(StatusCode::BAD_REQUEST), "WALLET_NOT_ACTIVE");
+    assert_eq!(
+        refused.body["error"]["details"]["status"], "frozen",
+        "of her own wallet, all"
+    );
     assert_eq!(alice.balance(&a_wallet).await, "100.00", "no money moved");
     assert_eq!(bob.balance(&b_wallet).await, "0.00");
     platform.stop().await;

@@ -560,6 +560,12 @@ async fn precheck(
             "a transfer needs two different wallets",
         ));
     }
+    // Someone else's wallet a transfer pays: whether it is frozen (an investigation
+    // under way) or not yet activated is its owner's business, not the payer's.
+    let payee = to
+        .as_ref()
+        .filter(|w| kind == Kind::Transfer && !owned(w))
+        .map(|w| w.wallet.id);
     for w in from.iter().chain(to.iter()).map(|w| &w.wallet) {
         if w.currency != money.currency().code() {
             return Err(ApiError::invalid_field(
@@ -571,6 +577,9 @@ async fn precheck(
                     money.currency()
                 ),
             ));
+        }
+        if w.status != "active" && payee == Some(w.id) {
+            return Err(cannot_receive(w.id));
         }
         if w.status != "active" {
             return Err(ApiError::new(
@@ -748,6 +757,16 @@ async fn aml_decision(
     let now = crate::worker::decide_hold(&mut tx, &row, decision.outcome).await?;
     tx.commit().await?;
     Ok(error::ok(now.view()?))
+}
+
+/// The refusal of a transfer to someone else's wallet that cannot receive it now, the
+/// same whether it is frozen or pending.
+pub(crate) fn cannot_receive(wallet: Uuid) -> ApiError {
+    ApiError::new(
+        ErrorCode::WalletNotActive,
+        format!("wallet {wallet} cannot receive payments now"),
+    )
+    .with_details(serde_json::json!({ "wallet_id": wallet, "reason": "payee_cannot_receive" }))
 }
 
 #[cfg(test)]

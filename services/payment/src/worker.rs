@@ -17,7 +17,7 @@ use finflow_platform::{ApiError, ErrorCode};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::model::{Failure, PaymentRow, Requested, Status};
+use crate::model::{Failure, Kind, PaymentRow, Requested, Status};
 use crate::settle;
 use crate::wallets::Wallets;
 
@@ -144,7 +144,7 @@ impl PaymentWorker {
                 // Every settled payment in one update and one insert of events.
                 let mut changes = Vec::with_capacity(acting.len());
                 for ((i, row), outcome) in acting.into_iter().zip(outcomes) {
-                    match settlement(outcome) {
+                    match settlement(row, outcome) {
                         Ok((to, failure)) => changes.push((row, to, failure)),
                         Err(e) => results[i] = Err(e),
                     }
@@ -167,17 +167,35 @@ impl PaymentWorker {
 /// What B's answer to a payment's transfer makes of it: applied, or refused for good;
 /// anything else is retried.
 fn settlement(
+    row: &PaymentRow,
     answer: Result<serde_json::Value, ApiError>,
 ) -> Result<(Status, Option<Failure>), HandlerError> {
     match answer {
         Ok(_) => Ok((Status::Completed, None)),
-        Err(e) if is_final(&e) => Ok((
-            Status::Failed,
-            Some(Failure {
-                code: e.code.as_str().to_owned(),
-                reason: e.message.clone(),
-            }),
-        )),
+        Err(e) if is_final(&e) => {
+            // The payer reads the reason: of the wallet a transfer pays, only that it
+            // could not receive (B says whether it is frozen).
+            let payee = row
+                .to_wallet_id
+                .filter(|_| row.kind().ok() == Some(Kind::Transfer));
+            let about_payee = e.code == ErrorCode::WalletNotActive
+                && payee.is_some_and(|p| {
+                    e.details
+                        .as_ref()
+                        .is_some_and(|d| d["wallet_id"] == p.to_string())
+                });
+            let e = match payee {
+                Some(p) if about_payee => crate::api::cannot_receive(p),
+                _ => e,
+            };
+            Ok((
+                Status::Failed,
+                Some(Failure {
+                    code: e.code.as_str().to_owned(),
+                    reason: e.message.clone(),
+                }),
+            ))
+        }
         Err(e) => Err(HandlerError::Transient(format!("wallet service: {e}"))),
     }
 }
@@ -188,7 +206,7 @@ async fn settle_with(
     row: &PaymentRow,
     answer: Result<serde_json::Value, ApiError>,
 ) -> Result<(), HandlerError> {
-    let (to, failure) = settlement(answer)?;
+    let (to, failure) = settlement(row, answer)?;
     settle::transition(tx, row, to, failure)
         .await
         .map_err(|e| internal(&e))?;
@@ -245,4 +263,59 @@ pub async fn decide_hold(
         ),
     };
     settle::transition(tx, row, to, failure).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(from: Uuid, to: Uuid) -> PaymentRow {
+        let now = chrono::Utc::now();
+        PaymentRow {
+            id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            request_hash: Vec::new(),
+            kind: Kind::Transfer.as_str().to_owned(),
+            from_wallet_id: Some(from),
+            to_wallet_id: Some(to),
+            amount: "10".parse().unwrap(),
+            currency: "USD".parse().unwrap(),
+            description: None,
+            status: Status::Pending.as_str().to_owned(),
+            failure_code: None,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            payee_user_id: None,
+        }
+    }
+
+    fn not_active(wallet: Uuid, status: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::WalletNotActive,
+            format!("wallet {wallet} is {status}"),
+        )
+        .with_details(serde_json::json!({ "wallet_id": wallet, "status": status }))
+    }
+
+    #[test]
+    fn the_payer_reads_that_the_payee_could_not_receive_not_that_it_was_frozen() {
+        let (from, to) = (Uuid::now_v7(), Uuid::now_v7());
+        let row = transfer(from, to);
+        for status in ["frozen", "pending"] {
+            let (settled, failure) = settlement(&row, Err(not_active(to, status))).unwrap();
+            assert_eq!(settled, Status::Failed);
+            let failure = failure.unwrap();
+            assert_eq!(failure.code, "WALLET_NOT_ACTIVE");
+            assert!(!failure.reason.contains(status), "{}", failure.reason);
+            assert_eq!(
+                failure.reason,
+                format!("wallet {to} cannot receive payments now")
+            );
+        }
+        // Of their own wallet the payer is told all.
+        let (_, failure) = settlement(&row, Err(not_active(from, "frozen"))).unwrap();
+        assert_eq!(failure.unwrap().reason, format!("wallet {from} is frozen"));
+    }
 }

@@ -121,7 +121,7 @@ pub struct CreateWallet {
 #[utoipa::path(post, path = "/api/v1/wallets", tag = "wallets", request_body = CreateWallet,
     responses((status = 201, body = Wallet),
         (status = 400, body = ErrorEnvelope, description = "not an ISO 4217 currency code with minor units, or a currency FinFlow has no reference rate for (reason currency_not_supported)"),
-        (status = 403, body = ErrorEnvelope, description = "KYC_REQUIRED (KYC not verified), or not a user token"),
+        (status = 403, body = ErrorEnvelope, description = "KYC_REQUIRED (KYC not verified), not a user token, or a wallet of the caller is frozen by staff (details.reason staff_freeze)"),
         (status = 409, body = ErrorEnvelope, description = "the caller already has a wallet in this currency")))]
 async fn create_wallet(
     State(s): State<AppState>,
@@ -134,6 +134,7 @@ async fn create_wallet(
         .await?
         .require_verified("open a wallet")?;
     let mut tx = s.pool.begin().await?;
+    refuse_while_staff_froze(&mut *tx, user_id).await?;
     let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO wallets (id, user_id, kind, currency, status) VALUES ($1, $2, 'user', $3, 'pending') \
          RETURNING {WALLET_COLUMNS}"
@@ -215,7 +216,7 @@ async fn balance(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
 /// frozen wallet is unfrozen through `PUT .../status`, not here.
 #[utoipa::path(post, path = "/api/v1/wallets/{id}/activate", tag = "wallets", params(("id" = Uuid, Path)),
     responses((status = 200, body = Wallet), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
-        (status = 403, body = ErrorEnvelope, description = "only the owner activates a wallet"),
+        (status = 403, body = ErrorEnvelope, description = "only the owner activates a wallet, and not while another wallet of theirs is frozen by staff (details.reason staff_freeze)"),
         (status = 404, body = ErrorEnvelope),
         (status = 409, body = ErrorEnvelope, description = "the wallet is frozen, or changed meanwhile")))]
 async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
@@ -228,10 +229,39 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
         "frozen" => Err(ApiError::conflict(
             "the wallet is frozen; it is unfrozen through its status",
         )),
-        _ => Ok(error::ok(
-            change_status(&s.pool, &wallet, "active", None).await?,
-        )),
+        _ => {
+            if let Some(owner) = wallet.user_id {
+                refuse_while_staff_froze(&s.pool, owner).await?;
+            }
+            Ok(error::ok(
+                change_status(&s.pool, &wallet, "active", None).await?,
+            ))
+        }
     }
+}
+
+/// A staff freeze stops its wallet's owner, not one wallet: while any wallet of `user`
+/// is frozen by staff, no other is opened or activated (else a user under
+/// investigation goes on in another currency). 403 `staff_freeze`. A freeze of the
+/// owner's own stops nothing else.
+async fn refuse_while_staff_froze(
+    db: impl sqlx::PgExecutor<'_>,
+    user: Uuid,
+) -> Result<(), ApiError> {
+    let frozen: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM wallets WHERE user_id = $1 AND kind = 'user' \
+         AND status = 'frozen' AND frozen_by IS DISTINCT FROM 'owner')",
+    )
+    .bind(user)
+    .fetch_one(db)
+    .await?;
+    if frozen {
+        return Err(ApiError::forbidden(
+            "a wallet of yours was frozen by staff: no other is opened or activated until it is lifted",
+        )
+        .with_details(serde_json::json!({ "reason": "staff_freeze" })));
+    }
+    Ok(())
 }
 
 /// The services `/internal/*` opens to: payments are C's alone.

@@ -223,3 +223,38 @@ async fn a_reversal_claws_money_back_out_of_a_frozen_wallet_and_into_a_frozen_on
     assert_eq!(stand.status_of(to).await, "frozen", "and both stay frozen");
     assert_eq!(stand.status_of(from).await, "frozen");
 }
+
+#[tokio::test]
+async fn a_user_whose_wallet_staff_froze_can_neither_open_nor_activate_another() {
+    let stand = Stand::start().await;
+    let (owner, ops) = (Uuid::new_v4(), Uuid::new_v4());
+    stand.auth.set(owner, "verified", "bronze");
+    let usd = stand.wallet(owner).await;
+    // Opened before the freeze, activated after it.
+    let (status, body) = stand.open(owner, "GBP").await;
+    assert_eq!(status, 201, "{body}");
+    let gbp: Uuid = body["data"]["id"].as_str().unwrap().parse().unwrap();
+    let (status, body) = stand.set(ops, "user,ops", usd, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_forbidden(stand.open(owner, "EUR").await, "staff_freeze");
+    let activate = stand
+        .as_user(
+            reqwest::Method::POST,
+            &format!("/api/v1/wallets/{gbp}/activate"),
+            owner,
+            "user",
+            None,
+        )
+        .await;
+    assert_forbidden(activate, "staff_freeze");
+    assert_eq!(stand.status_of(gbp).await, "pending");
+
+    // A freeze of their own stops nothing else.
+    let (status, body) = stand.set(ops, "user,ops", usd, "active").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.set(owner, "user", usd, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.open(owner, "EUR").await;
+    assert_eq!(status, 201, "{body}");
+}
