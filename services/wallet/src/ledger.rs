@@ -142,7 +142,21 @@ pub fn check(
                 .with_details(serde_json::json!({ "wallet_id": from.id })),
         );
     }
+    // A system account pays every deposit: its balance may not reach past storage either.
+    for (w, by) in [(from, money.amount().negate()), (to, money.amount())] {
+        if w.balance.checked_add(by).is_err() {
+            return Err(out_of_range());
+        }
+    }
     Ok(())
+}
+
+/// A balance past `NUMERIC(20,4)` is the transfer's fault, not the ledger's: refused for
+/// good (a 4xx C does not retry), where the database's overflow would have been a 500,
+/// retried until the payment was voided.
+fn out_of_range() -> ApiError {
+    ApiError::validation("the transfer would take a balance past what the ledger holds")
+        .with_details(serde_json::json!({ "reason": "balance_out_of_range" }))
 }
 
 #[derive(sqlx::FromRow)]
@@ -598,8 +612,7 @@ fn plan(
     let (from, to) = (find(from_id)?, find(to_id)?);
     check(&accounts[from], &accounts[to], money, req.kind)?;
     let spend = valued(req.kind, spend)?;
-    let moved =
-        |balance: Amount, by: Amount| balance.checked_add(by).map_err(|e| ApiError::internal(&e));
+    let moved = |balance: Amount, by: Amount| balance.checked_add(by).map_err(|_| out_of_range());
     let debited = moved(accounts[from].balance, money.amount().negate())?;
     let credited = moved(accounts[to].balance, money.amount())?;
     accounts[from].balance = debited;

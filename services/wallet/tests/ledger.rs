@@ -284,6 +284,32 @@ async fn a_withdrawal_beyond_the_balance_is_insufficient_funds_and_moves_nothing
 }
 
 #[tokio::test]
+async fn a_deposit_that_would_take_a_balance_past_what_the_ledger_holds_is_refused_for_good() {
+    let db = ledger_db().await;
+    let (a, b) = (
+        wallet(&db.pool, "active").await,
+        wallet(&db.pool, "active").await,
+    );
+    let most = "9999999999999999.99";
+    deposit(&db.pool, a, most).await;
+    // The wallet's balance, then the system account's, would pass NUMERIC(20,4).
+    for (to, value) in [(a, "1.00"), (b, most)] {
+        let more = request(TransferKind::Deposit, None, Some(to), value);
+        let err = ledger::apply(&db.pool, &more, None).await.unwrap_err();
+        // A 4xx is final for C, so the payment fails once instead of retrying as a 500
+        // would, for as long as the sweeper lets it.
+        assert_eq!(err.code, ErrorCode::ValidationError, "{err}");
+        assert_eq!(
+            err.details.as_ref().unwrap()["reason"],
+            "balance_out_of_range"
+        );
+    }
+    assert_eq!(balance(&db.pool, a).await, amount(most));
+    assert_eq!(balance(&db.pool, b).await, amount("0"));
+    assert_books_balance(&db.pool, amount(most)).await;
+}
+
+#[tokio::test]
 async fn amounts_with_more_decimals_than_the_currency_or_zero_are_refused() {
     let db = ledger_db().await;
     let w = wallet(&db.pool, "active").await;
