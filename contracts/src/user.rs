@@ -18,8 +18,9 @@ pub struct UserCreated {
     pub account_tier: Tier,
 }
 
-/// A token that is a credential for the mailbox it is mailed to: it travels as the
-/// string it is, and `Debug` never prints it.
+/// A token that is a credential for the mailbox it is mailed to, sealed by A for D
+/// alone (`finflow_contracts::sealed`, feature `sealing`): on the bus it is `v1.` and
+/// ciphertext, and `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MailedCredential(pub String);
@@ -30,8 +31,8 @@ impl std::fmt::Debug for MailedCredential {
     }
 }
 
-/// The data of `user.verification_requested`: D mails the token to `email`, and only
-/// there.
+/// The data of `user.verification_requested`: D opens the token and mails it to
+/// `email`, and only there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerificationRequested {
     pub user_id: Uuid,
@@ -41,8 +42,8 @@ pub struct VerificationRequested {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The data of `user.password_reset_requested`: D mails the token to `email`, the
-/// account's address, and only there.
+/// The data of `user.password_reset_requested`: D opens the token and mails it to
+/// `email`, the account's address, and only there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PasswordResetRequested {
     pub user_id: Uuid,

@@ -278,6 +278,8 @@ pub struct Platform {
     pub options: Options,
     /// Client secrets of the services, by name (for service tokens in tests).
     pub service_secrets: BTreeMap<String, String>,
+    /// The secret A and D share to seal the tokens A publishes for D (`MAIL_SEAL_KEY`).
+    pub mail_seal_key: String,
     broker: Option<tokio::sync::watch::Sender<bool>>,
     /// Every mail service D sent: the platform's SMTP server is a sink, never the world.
     /// Sign-ups read their verification token here ([`crate::mail`], [`Platform::client`]).
@@ -430,6 +432,7 @@ impl Platform {
             backing,
             options,
             service_secrets,
+            mail_seal_key: format!("{}{}", random_secret(), random_secret()),
         };
         if let Err(e) = platform.start_all(&specs).await {
             platform.stop().await;
@@ -736,6 +739,7 @@ impl Platform {
                         .collect::<Vec<_>>()
                         .join(","),
                 ),
+                ("MAIL_SEAL_KEY".to_owned(), self.mail_seal_key.clone()),
                 // Locally every client is 127.0.0.1: a per-address limit would be per machine.
                 ("LOGIN_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
                 ("REGISTER_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
@@ -760,6 +764,7 @@ impl Platform {
                     format!("smtp://127.0.0.1:{}", self.smtp_port),
                 ),
                 ("DELIVERY_RETRY_BASE_MS".to_owned(), "200".to_owned()),
+                ("MAIL_SEAL_KEY".to_owned(), self.mail_seal_key.clone()),
                 // Receivers of a local platform and its tests run on this machine,
                 // which webhooks may reach only when it is named.
                 ("WEBHOOK_ALLOW_NETS".to_owned(), "127.0.0.1".to_owned()),

@@ -30,6 +30,7 @@ use crate::domain::{FullName, Password, Phone};
 use crate::passwords::{DUMMY_HASH, Passwords};
 use crate::tokens::{self, Issuer, MailedToken};
 use crate::verification::{self, SignUp};
+use finflow_contracts::sealed::{Addressee, SealKey};
 
 /// Settings the handlers need besides connections.
 pub struct Settings {
@@ -39,6 +40,8 @@ pub struct Settings {
     pub register_limit_per_address: u32,
     /// Service name -> SHA-256 of its client secret.
     pub service_clients: HashMap<String, [u8; 32]>,
+    /// Seals the tokens mailed through D ([`finflow_contracts::sealed`]).
+    pub mail_seal: SealKey,
 }
 
 #[derive(Clone)]
@@ -223,7 +226,7 @@ async fn register(
         // token of its own, and the account is left as it is. Whichever sign-up's token
         // is redeemed, with that sign-up's password, gives the account its password,
         // name and phone (`verification`).
-        verification_requested(&mut tx, user_id, &email, &sign_up).await?
+        verification_requested(&mut tx, &s.settings.mail_seal, user_id, &email, &sign_up).await?
     };
     outbox::enqueue(&mut tx, &event).await?;
     tx.commit().await?;
@@ -272,11 +275,17 @@ fn accepted(email: &Email) -> axum::response::Response {
 /// mailed to `email`.
 async fn verification_requested(
     tx: &mut PgConnection,
+    seal: &SealKey,
     user_id: Uuid,
     email: &Email,
     sign_up: &SignUp<'_>,
 ) -> Result<Event, ApiError> {
     let (token, expires_at) = verification::issue(tx, user_id, sign_up).await?;
+    let to = Addressee {
+        event_type: types::USER_VERIFICATION_REQUESTED,
+        user_id,
+        email: email.as_str(),
+    };
     Event::new(
         catalog::AUTH.name,
         types::USER_VERIFICATION_REQUESTED,
@@ -284,7 +293,7 @@ async fn verification_requested(
             user_id,
             email: email.as_str().to_owned(),
             full_name: sign_up.full_name.to_owned(),
-            token: MailedCredential(token),
+            token: MailedCredential(seal.seal(&token, &to)),
             expires_at,
         },
     )

@@ -49,6 +49,7 @@ use std::time::Duration;
 
 use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
+use finflow_contracts::sealed::SealKey;
 use finflow_platform::config::{Quiet, RedisConfig, Validate};
 use finflow_platform::health::{self};
 use finflow_platform::service::{Api, Service, Start};
@@ -96,6 +97,11 @@ pub struct Settings {
         value_parser = Quiet(parse_service_clients)
     )]
     pub service_clients: Option<ServiceClients>,
+    /// The secret (32 characters or more) A and D alone share: the verification and
+    /// reset tokens A publishes for D to mail are sealed with it, so no other service
+    /// reading the bus learns them.
+    #[arg(long, env = "MAIL_SEAL_KEY", hide_env_values = true, value_parser = Quiet(SealKey::from_setting))]
+    pub mail_seal_key: SealKey,
     /// Login attempts allowed per account from one client address per minute (a
     /// successful login there starts the count again), and password changes likewise
     /// (successes counted too: each costs two Argon2 runs).
@@ -198,6 +204,7 @@ impl Service for Auth {
             login_limit_per_address: config.login_limit_per_address,
             register_limit_per_address: config.register_limit_per_address,
             service_clients: config.service_clients.clone().unwrap_or_default().0,
+            mail_seal: config.mail_seal_key.clone(),
         };
 
         start.relay();
@@ -237,6 +244,7 @@ mod tests {
         testing::load::<Auth>(&[
             "--redis-url=redis://localhost",
             "--jwt-keys-dir=/tmp/keys",
+            "--mail-seal-key=a-secret-only-a-and-d-are-given-0123",
             "--service-clients",
             service_clients,
         ])
@@ -258,12 +266,31 @@ mod tests {
         let zero = testing::load::<Auth>(&[
             "--redis-url=redis://localhost",
             "--jwt-keys-dir=/tmp/keys",
+            "--mail-seal-key=a-secret-only-a-and-d-are-given-0123",
             "--password-hashes-at-once=0",
         ]);
         let Err(finflow_platform::config::LoadError::Clap(e)) = zero else {
             panic!("no password check could ever run");
         };
         assert!(e.to_string().contains("PASSWORD_HASHES_AT_ONCE"), "{e}");
+    }
+
+    #[test]
+    fn a_short_mail_seal_key_is_refused_and_never_printed() {
+        let short = testing::load::<Auth>(&[
+            "--redis-url=redis://localhost",
+            "--jwt-keys-dir=/tmp/keys",
+            "--mail-seal-key=short-secret-of-31-characters!",
+        ]);
+        let Err(finflow_platform::config::LoadError::Clap(e)) = short else {
+            panic!("a short secret was taken");
+        };
+        let message = e.to_string();
+        assert!(message.contains("MAIL_SEAL_KEY"), "{message}");
+        assert!(
+            !message.contains("short-secret"),
+            "the secret leaked: {message}"
+        );
     }
 
     #[test]

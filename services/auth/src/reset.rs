@@ -110,10 +110,15 @@ pub(crate) async fn request_reset(
     .await?;
     if let Some(user_id) = account {
         if let Some((token, expires_at)) = issue(&mut tx, user_id).await? {
+            let to = finflow_contracts::sealed::Addressee {
+                event_type: types::USER_PASSWORD_RESET_REQUESTED,
+                user_id,
+                email: email.as_str(),
+            };
             let requested = PasswordResetRequested {
                 user_id,
                 email: email.as_str().to_owned(),
-                token: MailedCredential(token),
+                token: MailedCredential(s.settings.mail_seal.seal(&token, &to)),
                 expires_at,
             };
             let event = Event::new(

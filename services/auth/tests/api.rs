@@ -29,8 +29,9 @@ struct TestAuth {
 /// a mailed token is left once A's relay has published it.
 struct Mail {
     channel: lapin::Channel,
-    /// The type and data of every event carrying a token taken so far, in order.
-    taken: tokio::sync::Mutex<Vec<(String, Value)>>,
+    /// The type and data of every event carrying a token taken so far, in order, its
+    /// token opened as D opens it; and the token as it crossed the bus.
+    taken: tokio::sync::Mutex<Vec<(String, Value, String)>>,
     _connection: lapin::Connection,
 }
 
@@ -75,17 +76,55 @@ impl Mail {
                     .unwrap()
                 {
                     let bundle = events::decode(&message.delivery.data).unwrap();
-                    taken.extend(bundle.into_iter().map(|e| (e.event_type, e.data)));
+                    // Opened as D opens them: on the bus they are sealed.
+                    taken.extend(bundle.into_iter().map(|e| {
+                        let seen = e.data["token"].as_str().unwrap_or_default().to_owned();
+                        let data = opened(&e.event_type, e.data);
+                        (e.event_type, data, seen)
+                    }));
                 }
                 return taken
                     .iter()
-                    .filter(|(t, _)| t == event_type)
-                    .map(|(_, data)| data.clone())
+                    .filter(|(t, ..)| t == event_type)
+                    .map(|(_, data, _)| data.clone())
                     .collect();
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("A's outbox still holds unpublished events that carry a token");
+    }
+}
+
+/// The secret A and D share in these tests.
+const MAIL_SEAL_KEY: &str = "a-secret-only-a-and-d-are-given-0123";
+
+/// `data` of a token-carrying event with its token opened, as D opens it; panics if it
+/// is not sealed for the event's addressee.
+fn opened(event_type: &str, mut data: Value) -> Value {
+    let key = finflow_contracts::sealed::SealKey::parse(MAIL_SEAL_KEY).unwrap();
+    let to = finflow_contracts::sealed::Addressee {
+        event_type,
+        user_id: data["user_id"].as_str().unwrap().parse().unwrap(),
+        email: data["email"].as_str().unwrap(),
+    };
+    let sealed = data["token"].as_str().unwrap();
+    let token = key
+        .open(sealed, &to)
+        .unwrap_or_else(|e| panic!("{event_type}'s token: {e}"));
+    data["token"] = Value::String(token);
+    data
+}
+
+impl Mail {
+    /// The tokens of every `event_type` event as they crossed the bus, oldest first.
+    async fn seen(&self, pool: &sqlx::PgPool, event_type: &str) -> Vec<String> {
+        let _ = self.sent(pool, event_type).await;
+        let taken = self.taken.lock().await;
+        taken
+            .iter()
+            .filter(|(t, ..)| t == event_type)
+            .map(|(.., seen)| seen.clone())
+            .collect()
     }
 }
 
@@ -101,6 +140,8 @@ impl TestAuth {
             "--jwt-keys-generate".into(),
             "--service-clients".into(),
             "payment=payment-secret-0123456789".into(),
+            "--mail-seal-key".into(),
+            MAIL_SEAL_KEY.into(),
         ];
         // Every test client is 127.0.0.1: no per-address limit unless the test sets one.
         for limit in ["--login-limit-per-address", "--register-limit-per-address"] {
@@ -1858,4 +1899,39 @@ async fn a_malformed_token_or_a_weak_password_is_a_400_and_an_unknown_token_a_40
     let (status, body) = confirm_reset(&app, unknown, NEW_PASSWORD).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["details"]["reason"], "invalid_token");
+}
+
+/// Every service connects to the broker as one user: what A publishes for D, anyone
+/// holding E's or F's broker credentials can bind a queue to and read. Before the
+/// tokens were sealed, that was every account (staff's too) by its reset mail.
+#[tokio::test]
+async fn a_service_reading_the_bus_learns_no_token_it_could_redeem() {
+    let app = TestAuth::spawn(&[]).await;
+    let address = email();
+    let (status, body) = app.sign_up(&address, PASSWORD, "Ada Lovelace").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // What crosses the bus, as any binder of `user.*` reads it.
+    let seen = app
+        .mail
+        .seen(&app.db.pool, types::USER_VERIFICATION_REQUESTED)
+        .await
+        .remove(0);
+    assert!(seen.starts_with("v1."), "{seen}");
+    let (status, body) = app.verify(&seen).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let (status, body) = app.verify(&app.verification_token(&address).await).await;
+    assert_eq!(status, StatusCode::OK, "D's opened token verifies: {body}");
+
+    let (status, body) = request_reset(&app, &address).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let seen = app
+        .mail
+        .seen(&app.db.pool, types::USER_PASSWORD_RESET_REQUESTED)
+        .await
+        .remove(0);
+    let (status, body) = confirm_reset(&app, &seen, "a thief's new password").await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let token = reset_tokens(&app, &address).await.pop().unwrap();
+    let (status, body) = confirm_reset(&app, &token, "the owner's new password").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -5,6 +5,7 @@
 //! only, to the address the event names (which no contact may have yet), whatever the
 //! preferences.
 
+use finflow_contracts::sealed::{Addressee, SealKey};
 use finflow_contracts::user::{
     PasswordChanged, PasswordResetRequested, RegistrationRepeated, UserCreated,
     VerificationRequested,
@@ -230,10 +231,15 @@ fn malformed(event: &Event, why: impl std::fmt::Display) -> HandlerError {
 
 /// A mail about access ([`TRANSACTIONAL`]): one email to the event's address, nothing else.
 /// A malformed one is dead-lettered, not dropped: someone waits for it.
-async fn transactional(tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
+async fn transactional(
+    tx: &mut PgConnection,
+    seal: &SealKey,
+    event: &Event,
+) -> Result<(), HandlerError> {
     let (user_id, email) = addressee(event).map_err(|e| malformed(event, e))?;
-    let mut message =
-        templates::render(event).ok_or_else(|| malformed(event, "no message to send"))?;
+    let opened = open_token(seal, event, user_id, &email)?;
+    let mut message = templates::render(opened.as_ref().unwrap_or(event))
+        .ok_or_else(|| malformed(event, "no message to send"))?;
     if event.event_type == types::USER_PASSWORD_CHANGED {
         let removed = remove_webhooks(tx, user_id).await?;
         if removed > 0 {
@@ -285,12 +291,38 @@ async fn remove_webhooks(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx:
     .await
 }
 
-pub struct Notifier;
+/// `event` with its sealed token opened (A seals it for D alone:
+/// [`finflow_contracts::sealed`]), for the mail; `None` for an event without one. A
+/// token that does not open for this addressee (another key, or copied from an event
+/// to someone else) is never mailed: dead-lettered.
+fn open_token(
+    seal: &SealKey,
+    event: &Event,
+    user_id: Uuid,
+    email: &str,
+) -> Result<Option<Event>, HandlerError> {
+    let Some(sealed) = event.data.get("token").and_then(serde_json::Value::as_str) else {
+        return Ok(None);
+    };
+    let to = Addressee {
+        event_type: &event.event_type,
+        user_id,
+        email,
+    };
+    let token = seal.open(sealed, &to).map_err(|e| malformed(event, e))?;
+    let mut opened = event.clone();
+    opened.data["token"] = serde_json::Value::String(token);
+    Ok(Some(opened))
+}
+
+pub struct Notifier {
+    pub seal: SealKey,
+}
 
 impl Handler for Notifier {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         if TRANSACTIONAL.contains(&event.event_type.as_str()) {
-            return transactional(tx, event).await;
+            return transactional(tx, &self.seal, event).await;
         }
         if event.event_type == types::USER_CREATED {
             let user: UserCreated = event

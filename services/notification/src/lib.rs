@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use clap::Args;
 use finflow_contracts::catalog::{self, ServiceInfo};
-use finflow_platform::config::Validate;
+use finflow_contracts::sealed::SealKey;
+use finflow_platform::config::{Quiet, Validate};
 use finflow_platform::service::{Api, Service, Start};
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use sqlx::migrate::Migrator;
@@ -83,6 +84,10 @@ pub struct Settings {
     /// for receivers under a private CA. Unset: the system's roots alone.
     #[arg(long, env = "WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<std::path::PathBuf>,
+    /// The secret A and D alone share (A's `MAIL_SEAL_KEY`): the verification and reset
+    /// tokens A publishes are sealed with it, and D opens them to mail them.
+    #[arg(long, env = "MAIL_SEAL_KEY", hide_env_values = true, value_parser = Quiet(SealKey::from_setting))]
+    pub mail_seal_key: SealKey,
 }
 
 impl Validate for Settings {
@@ -162,7 +167,12 @@ impl Service for Notification {
             .timeout(Some(send_timeout))
             .build();
         let policy = targets::Policy::new(config.webhook_allow_nets.clone());
-        start.consume(consumer::queue(), consumer::Notifier);
+        start.consume(
+            consumer::queue(),
+            consumer::Notifier {
+                seal: config.mail_seal_key.clone(),
+            },
+        );
         let sender = delivery::Sender {
             pool: start.pool.clone(),
             smtp,
@@ -207,7 +217,11 @@ mod tests {
     #[test]
     fn the_sender_and_the_relay_are_parsed_once_at_start() {
         let load = |flag: &str, value: &str| {
-            finflow_platform::testing::load::<super::Notification>(&[flag, value])
+            finflow_platform::testing::load::<super::Notification>(&[
+                flag,
+                value,
+                "--mail-seal-key=a-secret-only-a-and-d-are-given-0123",
+            ])
         };
         let config = load("--mail-from", "Ops <ops@example.com>").unwrap();
         assert_eq!(

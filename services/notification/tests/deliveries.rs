@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
+use finflow_contracts::sealed::{Addressee, SealKey};
 use finflow_notification::Notification;
 use finflow_notification::consumer::{Notifier, queue};
 use finflow_notification::delivery::{self, SIGNATURE_HEADER};
@@ -15,6 +16,32 @@ use finflow_platform::events::{self, Event, Publisher, consumer, types};
 use finflow_platform::testing::{HttpsServer, Mailbox, TestService, smtp_sink};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+/// The secret A and D share in these tests.
+const MAIL_SEAL_KEY: &str = "a-secret-only-a-and-d-are-given-0123";
+
+fn seal_key() -> SealKey {
+    SealKey::parse(MAIL_SEAL_KEY).unwrap()
+}
+
+fn notifier() -> Notifier {
+    Notifier { seal: seal_key() }
+}
+
+/// `data` of an `event_type` with its token sealed as A seals it, for the addressee
+/// the data names.
+fn sealed_as_a_would(event_type: &str, mut data: Value) -> Value {
+    if let Some(token) = data["token"].as_str().map(str::to_owned) {
+        let email = data["email"].as_str().unwrap().to_owned();
+        let to = Addressee {
+            event_type,
+            user_id: data["user_id"].as_str().unwrap().parse().unwrap(),
+            email: &email,
+        };
+        data["token"] = Value::String(seal_key().seal(&token, &to));
+    }
+    data
+}
 
 /// D on a fresh database and vhost, mailing an SMTP sink.
 #[derive(derive_more::Deref)]
@@ -38,6 +65,7 @@ impl TestD {
             ("--delivery-poll-ms", "50".to_owned()),
             // The test's receivers run on loopback, which only an allow-list opens.
             ("--webhook-allow-nets", "127.0.0.1".to_owned()),
+            ("--mail-seal-key", MAIL_SEAL_KEY.to_owned()),
         ]
         .into_iter()
         .map(|(flag, value)| (flag.to_owned(), value))
@@ -110,6 +138,7 @@ impl TestD {
     /// Publishes A's event `event_type` with `data`, then waits for the `nth` mail the
     /// sink receives (1 the first): its recipients and text.
     async fn mail_for(&self, event_type: &str, data: Value, nth: usize) -> (Vec<String>, String) {
+        let data = sealed_as_a_would(event_type, data);
         self.publish(&Event::new("auth", event_type, &data).unwrap())
             .await;
         self.wait_for(event_type, || {
@@ -387,7 +416,7 @@ async fn events_applied_together_tell_each_user_as_they_would_be_told_one_by_one
     // Applied as D's consumer applies the events of a batch of deliveries: in one
     // transaction, through the handler's batch.
     let refs: Vec<&Event> = together.iter().collect();
-    let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &Notifier, &refs)
+    let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier(), &refs)
         .await
         .unwrap();
     assert!(
@@ -1449,4 +1478,56 @@ async fn the_text_of_a_mail_about_access_an_older_release_sent_is_forgotten() {
         0,
         "once is enough"
     );
+}
+
+/// A sealed token opens only for the addressee A sealed it for: one copied from the
+/// victim's reset event into an event addressed to the thief (anyone can publish on the
+/// bus) is never mailed, nor one sealed under another key.
+#[tokio::test]
+async fn a_sealed_token_is_mailed_only_to_the_address_it_was_sealed_for() {
+    let d = TestD::spawn().await;
+    let victim = Uuid::new_v4();
+    let reset = |email: &str, token: &str| {
+        json!({"user_id": victim, "email": email, "token": token,
+               "expires_at": "2026-12-07T04:00:00Z"})
+    };
+    let sealed = sealed_as_a_would(
+        types::USER_PASSWORD_RESET_REQUESTED,
+        reset(
+            "ada@example.com",
+            "cmVzZXQtdG9rZW4tb2YtdGhlLXZpY3RpbS0wMTIzNDU2Nzg5YQ",
+        ),
+    );
+    let other_key = SealKey::parse("not-the-secret-a-and-d-share-0123456").unwrap();
+    let foreign = other_key.seal(
+        "cmVzZXQtdG9rZW4tb2YtdGhlLXZpY3RpbS0wMTIzNDU2Nzg5YQ",
+        &Addressee {
+            event_type: types::USER_PASSWORD_RESET_REQUESTED,
+            user_id: victim,
+            email: "ada@example.com",
+        },
+    );
+    let forged = [
+        reset("thief@example.com", sealed["token"].as_str().unwrap()),
+        reset("ada@example.com", &foreign),
+        reset(
+            "ada@example.com",
+            "cmVzZXQtdG9rZW4tb2YtdGhlLXZpY3RpbS0wMTIzNDU2Nzg5YQ",
+        ),
+    ];
+    for data in forged {
+        let event = Event::new("auth", types::USER_PASSWORD_RESET_REQUESTED, &data).unwrap();
+        let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier(), &[&event])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [None], "refused: {data}");
+    }
+    let mails: i64 = db::scalar(&d.db.pool, "SELECT count(*) FROM deliveries").await;
+    assert_eq!(mails, 0, "nothing queued to mail");
+    // The event as A sealed it is mailed.
+    let event = Event::new("auth", types::USER_PASSWORD_RESET_REQUESTED, &sealed).unwrap();
+    let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier(), &[&event])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Some(consumer::Outcome::Applied)]);
 }
