@@ -302,3 +302,131 @@ async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order
         stand.stop();
     }
 }
+
+/// With `watchNamespace`, the operator chart binds its rules in that namespace and its
+/// own, and cluster-wide only to its webhook configuration: its token reads no other
+/// namespace's Secrets. (Before, one ClusterRoleBinding gave every namespace's Secrets,
+/// kube-system's too, whatever it watched.) The chart's RBAC objects are applied as
+/// rendered, the cluster-scoped ones renamed for this test so that it shares the server
+/// with the install test.
+#[tokio::test]
+async fn an_operator_watching_one_namespace_reads_no_other_namespace_s_secrets() {
+    if !cluster::available("install cluster test") {
+        return;
+    }
+    let Some(helm) = helm() else {
+        eprintln!(
+            "scoped RBAC cluster test skipped: no helm (set HELM, or run dev/check-delivery)"
+        );
+        return;
+    };
+    let admin = cluster::client().await;
+    let release = cluster::TestNamespace::create(&admin, "finflow-scoped-op").await;
+    let watched = cluster::TestNamespace::create(&admin, "finflow-scoped").await;
+    let rendered = run_helm(
+        &helm,
+        &[
+            "template",
+            "finflow-operator",
+            "charts/finflow-operator",
+            "-n",
+            &release.name,
+            "--set",
+            &format!("watchNamespace={}", watched.name),
+        ],
+    );
+    let suffix = format!("-{}", &release.name[release.name.len() - 8..]);
+    // `helm template` prints a note before the documents on stderr, which run_helm joins.
+    let documents = rendered.find("---").map_or("", |at| &rendered[at..]);
+    for mut doc in finflow_crdcheck::read_yaml_documents(documents)
+        .unwrap()
+        .into_iter()
+        .filter(Value::is_object)
+    {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        if ![
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "RoleBinding",
+        ]
+        .contains(&kind.as_str())
+        {
+            continue;
+        }
+        if kind.starts_with("Cluster") {
+            let name = format!("{}{suffix}", doc["metadata"]["name"].as_str().unwrap());
+            doc["metadata"]["name"] = Value::String(name);
+        }
+        if let Some(role) = doc.get_mut("roleRef") {
+            let name = format!("{}{suffix}", role["name"].as_str().unwrap());
+            role["name"] = Value::String(name);
+        }
+        apply(&admin, &doc).await;
+    }
+
+    let operator = client_as(&release.name, "finflow-operator").await;
+    let refused = |what: &str, r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(e)) if e.code == 403 => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    let allowed = |what: &str, r: Result<(), kube::Error>| {
+        r.unwrap_or_else(|e| panic!("{what}: {e}"));
+    };
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets = |ns: &str| Api::<Secret>::namespaced(operator.clone(), ns);
+    let lp = ListParams::default();
+    refused(
+        "kube-system's Secrets",
+        secrets("kube-system").list(&lp).await.map(drop),
+    );
+    refused(
+        "default's Secrets",
+        secrets("default").list(&lp).await.map(drop),
+    );
+    allowed(
+        "the watched namespace's Secrets",
+        secrets(&watched.name).list(&lp).await.map(drop),
+    );
+    allowed(
+        "its webhook's serving certificate",
+        secrets(&release.name)
+            .get_opt("finflow-operator-webhook-tls")
+            .await
+            .map(drop),
+    );
+    let deployments = |ns: &str| Api::<Deployment>::namespaced(operator.clone(), ns);
+    refused(
+        "kube-system's Deployments",
+        deployments("kube-system").list(&lp).await.map(drop),
+    );
+    allowed(
+        "the watched Deployments",
+        deployments(&watched.name).list(&lp).await.map(drop),
+    );
+    let leases = |ns: &str| Api::<Lease>::namespaced(operator.clone(), ns);
+    refused(
+        "a Lease in kube-system",
+        leases("kube-system")
+            .get_opt("finflow-operator")
+            .await
+            .map(drop),
+    );
+    allowed(
+        "its own Lease",
+        leases(&release.name)
+            .get_opt("finflow-operator")
+            .await
+            .map(drop),
+    );
+    let webhooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(operator.clone());
+    allowed(
+        "its webhook configuration",
+        webhooks.get_opt("finflow-operator").await.map(drop),
+    );
+    release.delete().await;
+    watched.delete().await;
+}
