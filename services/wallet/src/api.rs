@@ -240,6 +240,22 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
     }
 }
 
+/// Whether a wallet of `staff` and a wallet of `owner` ever took part in one journal
+/// entry: a payment either way, or its reversal.
+async fn exchanged_money(pool: &PgPool, staff: Uuid, owner: Uuid) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM wallets mine \
+           JOIN ledger_lines ml ON ml.wallet_id = mine.id \
+           JOIN ledger_lines tl ON tl.entry_id = ml.entry_id \
+           JOIN wallets theirs ON theirs.id = tl.wallet_id \
+         WHERE mine.user_id = $1 AND theirs.user_id = $2)",
+    )
+    .bind(staff)
+    .bind(owner)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// A staff freeze stops its wallet's owner, not one wallet: while any wallet of `user`
 /// is frozen by staff, no other is opened or activated (else a user under
 /// investigation goes on in another currency). 403 `staff_freeze`. A freeze of the
@@ -289,8 +305,9 @@ pub enum WalletStatus {
 /// and unfreezes other people's wallets. A freeze records who put it on, because an
 /// owner who could lift a staff freeze would make freezing pointless. A staff member
 /// does not change the status of their own wallet at all, or one person would be both
-/// the one frozen and the one deciding (staff: `ops` or `compliance`). Refusals are
-/// `403 FORBIDDEN` with `details.reason` `staff_freeze` or `own_wallet`. A pending
+/// the one frozen and the one deciding (staff: `ops` or `compliance`), nor of a wallet
+/// whose owner they exchanged money with (a party to a dispute deciding it). Refusals are
+/// `403 FORBIDDEN` with `details.reason` `staff_freeze`, `own_wallet` or `party`. A pending
 /// wallet is not activated here: that is its owner's step (`POST .../activate`), `409
 /// CONFLICT` with `details.reason` `pending`; staff may freeze it, and lifting that
 /// freeze returns it to `pending`.
@@ -315,6 +332,15 @@ async fn set_status(
             "staff cannot change the status of their own wallet; another staff member must",
         )
         .with_details(serde_json::json!({ "reason": "own_wallet" })));
+    }
+    if !own
+        && let (Some(owner), Ok(me)) = (wallet.user_id, who.user_id())
+        && exchanged_money(&s.pool, me, owner).await?
+    {
+        return Err(ApiError::forbidden(
+            "staff who exchanged money with this wallet's owner cannot change its status; another staff member must",
+        )
+        .with_details(serde_json::json!({ "reason": "party" })));
     }
     // Not the owner: `visible_wallet` let the caller through as `ops`.
     let by = if own { "owner" } else { "staff" };

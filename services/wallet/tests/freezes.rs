@@ -258,3 +258,30 @@ async fn a_user_whose_wallet_staff_froze_can_neither_open_nor_activate_another()
     let (status, body) = stand.open(owner, "EUR").await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// An operator who paid a user, or was paid by them, is a party: their freeze or
+/// unfreeze of that user's wallet would be a dispute settled by one side (or an
+/// accomplice's freeze lifted). Another operator decides.
+#[tokio::test]
+async fn an_operator_who_exchanged_money_with_a_user_cannot_freeze_or_unfreeze_their_wallet() {
+    let stand = Stand::start().await;
+    let (customer, ops, other_ops) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for user in [customer, ops] {
+        stand.auth.set(user, "verified", "bronze");
+    }
+    let theirs = stand.wallet(customer).await;
+    let mine = stand.wallet(ops).await;
+    let (status, body) = stand.deposit(mine, "50.00", "USD").await;
+    assert!(status < 300, "{status} {body}");
+    let (status, body) = stand.send(mine, theirs, "20.00", "USD").await;
+    assert!(status < 300, "{status} {body}");
+
+    assert_forbidden(stand.set(ops, "user,ops", theirs, "frozen").await, "party");
+    assert_eq!(stand.status_of(theirs).await, "active");
+    let (status, body) = stand.set(other_ops, "user,ops", theirs, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+    assert_forbidden(stand.set(ops, "user,ops", theirs, "active").await, "party");
+    assert_eq!(stand.status_of(theirs).await, "frozen");
+    let (status, body) = stand.set(other_ops, "user,ops", theirs, "active").await;
+    assert_eq!(status, 200, "{body}");
+}
