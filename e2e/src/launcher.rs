@@ -743,6 +743,7 @@ impl Platform {
                 // Locally every client is 127.0.0.1: a per-address limit would be per machine.
                 ("LOGIN_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
                 ("REGISTER_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
+                ("REFRESH_LIMIT_PER_ADDRESS".to_owned(), "10000".to_owned()),
             ],
             // A local platform verifies well-formed documents itself (a reviewer is optional).
             "kyc" => {

@@ -38,6 +38,7 @@ pub struct Settings {
     pub login_limit_per_account: u32,
     pub login_limit_per_address: u32,
     pub register_limit_per_address: u32,
+    pub refresh_limit_per_address: u32,
     /// Service name -> SHA-256 of its client secret.
     pub service_clients: HashMap<String, [u8; 32]>,
     /// Seals the tokens mailed through D ([`finflow_contracts::sealed`]).
@@ -570,8 +571,24 @@ struct RefreshRow {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = Session), (status = 401, body = ErrorEnvelope)))]
-async fn refresh(State(s): State<AppState>, Json(req): Json<RefreshRequest>) -> ApiResult {
+    responses((status = 200, body = Session), (status = 401, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope, description = "too many refreshes from this address (REFRESH_LIMIT_PER_ADDRESS a minute); see Retry-After")))]
+async fn refresh(
+    State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(req): Json<RefreshRequest>,
+) -> ApiResult {
+    // Each rotation keeps a row for the token's 30 days (a used one is how a replay is
+    // caught): counted where they come from, or one address in a loop writes millions
+    // a day.
+    crate::limits::per_address(
+        &s.redis,
+        "refresh-address",
+        ip,
+        s.settings.refresh_limit_per_address,
+        "too many refreshes from this address, try again later",
+    )
+    .await?;
     let invalid = || ApiError::unauthorized("the refresh token is invalid or expired");
     let hash = tokens::hash_opaque_token(&req.refresh_token);
     let mut tx = s.pool.begin().await?;

@@ -117,6 +117,11 @@ pub struct Settings {
     /// count of their own at this limit.
     #[arg(long, env = "REGISTER_LIMIT_PER_ADDRESS", default_value_t = 10)]
     pub register_limit_per_address: u32,
+    /// Refreshes allowed per client address per minute. Each keeps a row for the
+    /// token's lifetime (a used one is how a replay is caught); a client refreshes once
+    /// per access token, every few minutes at most.
+    #[arg(long, env = "REFRESH_LIMIT_PER_ADDRESS", default_value_t = 60)]
+    pub refresh_limit_per_address: u32,
     /// Argon2 runs (logins, sign-ups, password changes) at once, each holding about
     /// 19 MiB: 4 keep them under 80 MiB. More wait their turn up to 5 seconds, then are
     /// answered 503.
@@ -203,6 +208,7 @@ impl Service for Auth {
             login_limit_per_account: config.login_limit_per_account,
             login_limit_per_address: config.login_limit_per_address,
             register_limit_per_address: config.register_limit_per_address,
+            refresh_limit_per_address: config.refresh_limit_per_address,
             service_clients: config.service_clients.clone().unwrap_or_default().0,
             mail_seal: config.mail_seal_key.clone(),
         };
