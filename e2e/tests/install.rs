@@ -44,6 +44,20 @@ fn helm() -> Option<PathBuf> {
         .map(|_| PathBuf::from("helm"))
 }
 
+/// Helm and an admin client, or `None` (and why, on stderr) when `test` must skip.
+async fn cluster_and_helm(test: &str) -> Option<(PathBuf, Client)> {
+    if !cluster::available(test) {
+        return None;
+    }
+    let Some(helm) = helm() else {
+        eprintln!(
+            "{test} skipped: no helm (set HELM, or run dev/check-delivery, which installs it)"
+        );
+        return None;
+    };
+    Some((helm, cluster::client().await))
+}
+
 fn run_helm(helm: &Path, args: &[&str]) -> String {
     let out = Command::new(helm)
         .args(args)
@@ -176,16 +190,9 @@ async fn reaches_its_own_lease_and_webhook_configuration_and_no_other(
 
 #[tokio::test]
 async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order() {
-    if !cluster::available("install cluster test") {
-        return;
-    }
-    let Some(helm) = helm() else {
-        eprintln!(
-            "install cluster test skipped: no helm (set HELM, or run dev/check-delivery, which installs it)"
-        );
+    let Some((helm, admin)) = cluster_and_helm("install cluster test").await else {
         return;
     };
-    let admin = cluster::client().await;
 
     // kubectl apply --server-side -f crds/
     for crd in documents(&root().join("crds")) {
@@ -311,16 +318,9 @@ async fn crds_charts_and_examples_install_and_six_services_become_ready_in_order
 /// with the install test.
 #[tokio::test]
 async fn an_operator_watching_one_namespace_reads_no_other_namespace_s_secrets() {
-    if !cluster::available("install cluster test") {
-        return;
-    }
-    let Some(helm) = helm() else {
-        eprintln!(
-            "scoped RBAC cluster test skipped: no helm (set HELM, or run dev/check-delivery)"
-        );
+    let Some((helm, admin)) = cluster_and_helm("scoped RBAC cluster test").await else {
         return;
     };
-    let admin = cluster::client().await;
     let release = cluster::TestNamespace::create(&admin, "finflow-scoped-op").await;
     let watched = cluster::TestNamespace::create(&admin, "finflow-scoped").await;
     let rendered = run_helm(

@@ -85,19 +85,6 @@ pub fn selector(name: &str) -> std::collections::BTreeMap<String, String> {
     .into()
 }
 
-/// What the Services select: the pods' labels and that this operator made them. Pods of
-/// another release of the same instance name (a Helm chart's `app.kubernetes.io/name`
-/// and `instance` are these very labels) would otherwise share the Service's traffic.
-/// The workload's own selector stays as it was: it cannot change once written.
-fn service_selector(name: &str) -> std::collections::BTreeMap<String, String> {
-    let mut labels = selector(name);
-    labels.insert(
-        meta::MANAGED_BY_LABEL.to_owned(),
-        meta::FIELD_MANAGER.to_owned(),
-    );
-    labels
-}
-
 /// The credentials Secret, for the first and only time it is written. `password` and
 /// `cookie` come from the caller's random source.
 pub fn credentials_secret(mq: &MessageQueue, password: &str, cookie: &str) -> Secret {
@@ -265,7 +252,7 @@ pub fn desired(mq: &MessageQueue, domain: &ClusterDomain) -> Owned {
             cluster_ip: Some("None".to_owned()),
             // Nodes must find each other before any of them is ready.
             publish_not_ready_addresses: Some(true),
-            selector: Some(service_selector(&name)),
+            selector: Some(meta::selecting_ours(selector(&name))),
             ports: Some(vec![port("epmd", 4369), port("cluster", 25672)]),
             ..ServiceSpec::default()
         }),
@@ -274,7 +261,7 @@ pub fn desired(mq: &MessageQueue, domain: &ClusterDomain) -> Owned {
     let client = with_spec_hash(Service {
         metadata: owned_meta(mq, &name, labels(&name, COMPONENT)),
         spec: Some(ServiceSpec {
-            selector: Some(service_selector(&name)),
+            selector: Some(meta::selecting_ours(selector(&name))),
             ports: Some(vec![
                 port("amqp", AMQP_PORT),
                 port("management", MANAGEMENT_PORT),

@@ -43,6 +43,15 @@ pub fn labels(instance: &str, component: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// `selector` narrowed to the pods this operator made, for a Service: another release of
+/// the same instance name (a Helm chart's `app.kubernetes.io/name` and `instance` are
+/// the same labels) would otherwise share its traffic. A workload's own selector stays as
+/// it was written: it cannot change.
+pub fn selecting_ours(mut selector: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    selector.insert(MANAGED_BY_LABEL.to_owned(), FIELD_MANAGER.to_owned());
+    selector
+}
+
 /// The controller owner reference to `owner`, so that deleting it deletes what it owns.
 pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Option<OwnerReference> {
     owner.controller_owner_ref(&())

@@ -50,19 +50,6 @@ fn selector(name: &str) -> std::collections::BTreeMap<String, String> {
     .into()
 }
 
-/// What the Services select: the pods' labels and that this operator made them. Pods of
-/// another release of the same instance name (a Helm chart's `app.kubernetes.io/name`
-/// and `instance` are these very labels) would otherwise share the Service's traffic.
-/// The workload's own selector stays as it was: it cannot change once written.
-fn service_selector(name: &str) -> std::collections::BTreeMap<String, String> {
-    let mut labels = selector(name);
-    labels.insert(
-        meta::MANAGED_BY_LABEL.to_owned(),
-        meta::FIELD_MANAGER.to_owned(),
-    );
-    labels
-}
-
 /// The password Secret, for the first and only time it is written.
 pub fn password_secret(rc: &RedisCache, password: &str) -> Secret {
     let name = rc.name_any();
@@ -179,7 +166,7 @@ pub fn desired(rc: &RedisCache) -> Owned {
     let service = with_spec_hash(Service {
         metadata: owned_meta(rc, &name, labels(&name, COMPONENT)),
         spec: Some(ServiceSpec {
-            selector: Some(service_selector(&name)),
+            selector: Some(meta::selecting_ours(selector(&name))),
             ports: Some(vec![ServicePort {
                 name: Some("redis".to_owned()),
                 port: PORT,
