@@ -233,11 +233,11 @@ fn malformed(event: &Event, why: impl std::fmt::Display) -> HandlerError {
 /// A malformed one is dead-lettered, not dropped: someone waits for it.
 async fn transactional(
     tx: &mut PgConnection,
-    seal: &SealKey,
+    keys: &Notifier,
     event: &Event,
 ) -> Result<(), HandlerError> {
     let (user_id, email) = addressee(event).map_err(|e| malformed(event, e))?;
-    let opened = open_token(seal, event, user_id, &email)?;
+    let opened = open_token(keys, event, user_id, &email)?;
     let mut message = templates::render(opened.as_ref().unwrap_or(event))
         .ok_or_else(|| malformed(event, "no message to send"))?;
     if event.event_type == types::USER_PASSWORD_CHANGED {
@@ -293,10 +293,13 @@ async fn remove_webhooks(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx:
 
 /// `event` with its sealed token opened (A seals it for D alone:
 /// [`finflow_contracts::sealed`]), for the mail; `None` for an event without one. A
-/// token that does not open for this addressee (another key, or copied from an event
-/// to someone else) is never mailed: dead-lettered.
+/// token that does not open for this addressee under the key or the previous one
+/// (copied from an event to someone else, or sealed under another key) is never mailed:
+/// dead-lettered. A token in the clear, as releases of A before sealing published it,
+/// is mailed as it is if it has the form of A's tokens (43 characters of base64url),
+/// so that what they left on the bus during a rollout still reaches its owner.
 fn open_token(
-    seal: &SealKey,
+    keys: &Notifier,
     event: &Event,
     user_id: Uuid,
     email: &str,
@@ -309,20 +312,37 @@ fn open_token(
         user_id,
         email,
     };
-    let token = seal.open(sealed, &to).map_err(|e| malformed(event, e))?;
+    let token = if sealed.starts_with("v1.") {
+        let with = |key: &SealKey| key.open(sealed, &to);
+        with(&keys.seal)
+            .or_else(|refused| keys.previous_seal.as_ref().map_or(Err(refused), with))
+            .map_err(|e| malformed(event, e))?
+    } else if sealed.len() == 43
+        && sealed
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        tracing::warn!(event_id = %event.id, "a token in the clear, from a release of A before sealing");
+        sealed.to_owned()
+    } else {
+        return Err(malformed(event, "the token is neither sealed nor A's"));
+    };
     let mut opened = event.clone();
     opened.data["token"] = serde_json::Value::String(token);
     Ok(Some(opened))
 }
 
+/// D's consumer: the keys A's tokens are sealed under, the previous one while a new
+/// one is rolled out (`MAIL_SEAL_KEY_PREVIOUS`).
 pub struct Notifier {
     pub seal: SealKey,
+    pub previous_seal: Option<SealKey>,
 }
 
 impl Handler for Notifier {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         if TRANSACTIONAL.contains(&event.event_type.as_str()) {
-            return transactional(tx, &self.seal, event).await;
+            return transactional(tx, self, event).await;
         }
         if event.event_type == types::USER_CREATED {
             let user: UserCreated = event

@@ -88,6 +88,11 @@ pub struct Settings {
     /// tokens A publishes are sealed with it, and D opens them to mail them.
     #[arg(long, env = "MAIL_SEAL_KEY", hide_env_values = true, value_parser = Quiet(SealKey::from_setting))]
     pub mail_seal_key: SealKey,
+    /// The key before `MAIL_SEAL_KEY`, while a new one is rolled out: D takes the new
+    /// one (and keeps this), then A seals with it, then this is dropped once the queue
+    /// holds nothing older.
+    #[arg(long, env = "MAIL_SEAL_KEY_PREVIOUS", hide_env_values = true, value_parser = Quiet(SealKey::from_setting))]
+    pub mail_seal_key_previous: Option<SealKey>,
 }
 
 impl Validate for Settings {
@@ -171,6 +176,7 @@ impl Service for Notification {
             consumer::queue(),
             consumer::Notifier {
                 seal: config.mail_seal_key.clone(),
+                previous_seal: config.mail_seal_key_previous.clone(),
             },
         );
         let sender = delivery::Sender {

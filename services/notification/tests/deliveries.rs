@@ -25,7 +25,10 @@ fn seal_key() -> SealKey {
 }
 
 fn notifier() -> Notifier {
-    Notifier { seal: seal_key() }
+    Notifier {
+        seal: seal_key(),
+        previous_seal: None,
+    }
 }
 
 /// `data` of an `event_type` with its token sealed as A seals it, for the addressee
@@ -1510,9 +1513,10 @@ async fn a_sealed_token_is_mailed_only_to_the_address_it_was_sealed_for() {
     let forged = [
         reset("thief@example.com", sealed["token"].as_str().unwrap()),
         reset("ada@example.com", &foreign),
+        // In the clear but not of A's form: a forger's text.
         reset(
             "ada@example.com",
-            "cmVzZXQtdG9rZW4tb2YtdGhlLXZpY3RpbS0wMTIzNDU2Nzg5YQ",
+            "call +1 555 0100 to confirm your account",
         ),
     ];
     for data in forged {
@@ -1530,4 +1534,52 @@ async fn a_sealed_token_is_mailed_only_to_the_address_it_was_sealed_for() {
         .await
         .unwrap();
     assert_eq!(outcomes, [Some(consumer::Outcome::Applied)]);
+}
+
+/// During the rollout that brings sealing, the queue still holds events of the A before
+/// it, and while a new key is rolled out, events sealed under the old one: both still
+/// reach their owner.
+#[tokio::test]
+async fn a_token_from_before_sealing_or_under_the_previous_key_is_still_mailed() {
+    let d = TestD::spawn().await;
+    let user = Uuid::new_v4();
+    let to = Addressee {
+        event_type: types::USER_PASSWORD_RESET_REQUESTED,
+        user_id: user,
+        email: "ada@example.com",
+    };
+    let older = SealKey::parse("the-key-before-the-current-one-0123").unwrap();
+    let rotating = Notifier {
+        seal: seal_key(),
+        previous_seal: Some(older.clone()),
+    };
+    let plain = "cmVzZXQtdG9rZW4tb2YtdGhlLXRlc3QtMDEyMzQ1Njc";
+    assert_eq!(plain.len(), 43);
+    for (token, notifier) in [
+        (plain.to_owned(), notifier()),
+        (older.seal(plain, &to), rotating),
+    ] {
+        let data = json!({"user_id": user, "email": "ada@example.com", "token": token,
+                          "expires_at": "2026-12-07T04:00:00Z"});
+        let event = Event::new("auth", types::USER_PASSWORD_RESET_REQUESTED, &data).unwrap();
+        let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier, &[&event])
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [Some(consumer::Outcome::Applied)], "{token}");
+        let body: String = db::scalar_of(
+            &d.db.pool,
+            "SELECT body FROM deliveries WHERE event_id = $1",
+            event.id,
+        )
+        .await;
+        assert!(body.contains(plain), "{body}");
+    }
+    // Without the previous key, the older seal does not open.
+    let data = json!({"user_id": user, "email": "ada@example.com",
+                      "token": older.seal(plain, &to), "expires_at": "2026-12-07T04:00:00Z"});
+    let event = Event::new("auth", types::USER_PASSWORD_RESET_REQUESTED, &data).unwrap();
+    let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier(), &[&event])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [None]);
 }

@@ -175,9 +175,9 @@ fn settlement(
         Err(e) if is_final(&e) => {
             // The payer reads the reason: of the wallet a transfer pays, only that it
             // could not receive (B says whether it is frozen).
-            let payee = row
-                .to_wallet_id
-                .filter(|_| row.kind().ok() == Some(Kind::Transfer));
+            let payee = row.to_wallet_id.filter(|_| {
+                row.kind().ok() == Some(Kind::Transfer) && row.payee_user_id != Some(row.user_id)
+            });
             let about_payee = e.code == ErrorCode::WalletNotActive
                 && payee.is_some_and(|p| {
                     e.details
@@ -314,8 +314,14 @@ mod tests {
                 format!("wallet {to} cannot receive payments now")
             );
         }
-        // Of their own wallet the payer is told all.
+        // Of their own wallets the payer is told all.
         let (_, failure) = settlement(&row, Err(not_active(from, "frozen"))).unwrap();
         assert_eq!(failure.unwrap().reason, format!("wallet {from} is frozen"));
+        let own = PaymentRow {
+            payee_user_id: Some(row.user_id),
+            ..row.clone()
+        };
+        let (_, failure) = settlement(&own, Err(not_active(to, "frozen"))).unwrap();
+        assert_eq!(failure.unwrap().reason, format!("wallet {to} is frozen"));
     }
 }

@@ -15,7 +15,7 @@ use finflow_platform::{
     Amount, ApiError, ApiResult, Currency, Identity, Json, Money, Path, Query, UserId,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
@@ -134,6 +134,7 @@ async fn create_wallet(
         .await?
         .require_verified("open a wallet")?;
     let mut tx = s.pool.begin().await?;
+    hold_wallets_of(&mut tx, user_id).await?;
     refuse_while_staff_froze(&mut *tx, user_id).await?;
     let row: WalletRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO wallets (id, user_id, kind, currency, status) VALUES ($1, $2, 'user', $3, 'pending') \
@@ -229,14 +230,9 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
         "frozen" => Err(ApiError::conflict(
             "the wallet is frozen; it is unfrozen through its status",
         )),
-        _ => {
-            if let Some(owner) = wallet.user_id {
-                refuse_while_staff_froze(&s.pool, owner).await?;
-            }
-            Ok(error::ok(
-                change_status(&s.pool, &wallet, "active", None).await?,
-            ))
-        }
+        _ => Ok(error::ok(
+            change_status(&s.pool, &wallet, "active", None).await?,
+        )),
     }
 }
 
@@ -256,10 +252,21 @@ async fn exchanged_money(pool: &PgPool, staff: Uuid, owner: Uuid) -> Result<bool
     .await?)
 }
 
-/// A staff freeze stops its wallet's owner, not one wallet: while any wallet of `user`
-/// is frozen by staff, no other is opened or activated (else a user under
-/// investigation goes on in another currency). 403 `staff_freeze`. A freeze of the
-/// owner's own stops nothing else.
+/// Takes `user`'s lock over the statuses of their wallets until the transaction ends:
+/// opening, activating, freezing and unfreezing any of them take turns, so a freeze and
+/// an activation elsewhere cannot each miss the other.
+async fn hold_wallets_of(tx: &mut PgConnection, user: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('wallets-of:' || $1::text, 13))")
+        .bind(user)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A staff freeze is not escaped through a new wallet: while any wallet of `user` is
+/// frozen by staff, no other is opened or activated (wallets already active stay so:
+/// staff freeze each one they mean to stop). 403 `staff_freeze`. A freeze of the
+/// owner's own stops nothing else. Call under [`hold_wallets_of`].
 async fn refuse_while_staff_froze(
     db: impl sqlx::PgExecutor<'_>,
     user: Uuid,
@@ -388,6 +395,14 @@ async fn change_status(
 ) -> Result<Wallet, ApiError> {
     let from = wallet.status.as_str();
     let mut tx = pool.begin().await?;
+    if let Some(owner) = wallet.user_id {
+        hold_wallets_of(&mut tx, owner).await?;
+        // An activation: refused while staff hold another wallet of the owner, checked
+        // under the owner's lock, which a freeze of that wallet takes too.
+        if from == "pending" && to == "active" {
+            refuse_while_staff_froze(&mut *tx, owner).await?;
+        }
+    }
     let row: Option<WalletRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE wallets SET status = $3, frozen_by = $4, updated_at = now() \
          WHERE id = $1 AND status = $2 AND frozen_by IS NOT DISTINCT FROM $5 \
