@@ -20,6 +20,17 @@ const SALT: &[u8] = b"finflow mailed credential v1";
 /// The shortest secret taken: 32 characters (`openssl rand -base64 32` gives 44).
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Whether `text` is a sealed credential, the form [`SealKey::seal`] writes.
+pub fn is_sealed(text: &str) -> bool {
+    text.starts_with(PREFIX)
+}
+
+/// Whether `text` has the form of a token A mails, in the clear: 32 bytes, unpadded
+/// base64url, 43 characters.
+pub fn is_plain_token(text: &str) -> bool {
+    text.len() == 43 && URL_SAFE_NO_PAD.decode(text).is_ok_and(|b| b.len() == 32)
+}
+
 /// The key, derived once from the configured secret.
 #[derive(Clone)]
 pub struct SealKey([u8; 32]);

@@ -122,7 +122,7 @@ pub struct MailedToken;
 impl MailedToken {
     /// Whether `token` has the shape; a token without it is a 400, not an unknown one.
     pub fn shaped(token: &str) -> bool {
-        token.len() == 43 && URL_SAFE_NO_PAD.decode(token).is_ok_and(|b| b.len() == 32)
+        finflow_contracts::sealed::is_plain_token(token)
     }
 }
 

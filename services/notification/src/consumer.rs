@@ -5,7 +5,7 @@
 //! only, to the address the event names (which no contact may have yet), whatever the
 //! preferences.
 
-use finflow_contracts::sealed::{Addressee, SealKey};
+use finflow_contracts::sealed::{self, Addressee, SealKey};
 use finflow_contracts::user::{
     PasswordChanged, PasswordResetRequested, RegistrationRepeated, UserCreated,
     VerificationRequested,
@@ -296,7 +296,7 @@ async fn remove_webhooks(tx: &mut PgConnection, user: Uuid) -> Result<i64, sqlx:
 /// token that does not open for this addressee under the key or the previous one
 /// (copied from an event to someone else, or sealed under another key) is never mailed:
 /// dead-lettered. A token in the clear, as releases of A before sealing published it,
-/// is mailed as it is if it has the form of A's tokens (43 characters of base64url),
+/// is mailed as it is if it has the form of A's tokens ([`sealed::is_plain_token`]),
 /// so that what they left on the bus during a rollout still reaches its owner.
 fn open_token(
     keys: &Notifier,
@@ -312,16 +312,12 @@ fn open_token(
         user_id,
         email,
     };
-    let token = if sealed.starts_with("v1.") {
+    let token = if sealed::is_sealed(sealed) {
         let with = |key: &SealKey| key.open(sealed, &to);
         with(&keys.seal)
             .or_else(|refused| keys.previous_seal.as_ref().map_or(Err(refused), with))
             .map_err(|e| malformed(event, e))?
-    } else if sealed.len() == 43
-        && sealed
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    } else if sealed::is_plain_token(sealed) {
         tracing::warn!(event_id = %event.id, "a token in the clear, from a release of A before sealing");
         sealed.to_owned()
     } else {
