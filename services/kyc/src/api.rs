@@ -28,10 +28,6 @@ use crate::reason::Reason;
 pub struct Settings {
     /// Approve well-formed documents without a reviewer (development default).
     pub auto_approve: bool,
-    /// How far before a pattern alert a payment to an officer bars them from deciding
-    /// it ([`paid_around_pattern`]): the longer of the patterns' windows, structuring's
-    /// day and velocity's `AML_VELOCITY_WINDOW_SECS`.
-    pub pattern_look_back: Duration,
 }
 
 #[derive(Clone)]
@@ -394,10 +390,11 @@ fn reviewer(who: &Identity) -> Result<String, ApiError> {
 }
 
 /// Whom the case `id` in `table` (a submission or an alert) is about: `404` when there
-/// is no such case, `403` when it is the reviewer. Four eyes: a reviewer never decides
-/// their own submission or an alert about a payment they made or are paid by (for a
-/// pattern, any payment around it: [`paid_around_pattern`]), or one compliance officer
-/// could verify or clear themselves.
+/// is no such case, `403` when it is the reviewer or someone they exchanged money with.
+/// Four eyes: a reviewer never decides their own submission or an alert about a
+/// payment they made or are paid by, or one compliance officer could verify or clear
+/// themselves; nor an alert about someone they paid or were paid by
+/// ([`exchanged_money_with`]).
 async fn case_for_another(
     tx: &mut sqlx::PgConnection,
     who: &Identity,
@@ -411,7 +408,7 @@ async fn case_for_another(
             "SELECT user_id, NULL::uuid FROM kyc_submissions WHERE id = $1",
             "submission not found",
         ),
-        CaseTable::Alerts { .. } => (
+        CaseTable::Alerts => (
             "SELECT user_id, payee_user_id FROM aml_alerts WHERE id = $1",
             "alert not found",
         ),
@@ -429,36 +426,36 @@ async fn case_for_another(
             "a reviewer cannot decide a case about themselves; another compliance officer must",
         ));
     }
-    if let (CaseTable::Alerts { look_back }, Some(me)) = (table, me)
-        && paid_the_officer(tx, id, me, look_back).await?
+    let parties: Vec<Uuid> = std::iter::once(subject_of_case).chain(payee).collect();
+    if let (CaseTable::Alerts, Some(me)) = (table, me)
+        && exchanged_money_with(tx, me, &parties).await?
     {
         return Err(ApiError::forbidden(
-            "the user this alert is about paid the reviewer; another compliance officer must decide",
-        ));
+            "the reviewer exchanged money with a party to this alert; another compliance officer must decide",
+        )
+        .with_details(serde_json::json!({ "reason": "party" })));
     }
     Ok(())
 }
 
-/// Whether the user of `alert` paid `officer` from `look_back` before it was raised
-/// until now. A pattern (velocity, structuring) stands for the user's payments around
-/// it, and while it is open their payments raise no other alert; a hold is released by
-/// the officer who clears it. Either way an officer the user paid, a dollar to be
-/// noticed or a reward after the fact, has an interest in the decision.
-async fn paid_the_officer(
+/// Whether any payment E observed went between `officer` and one of `parties`, either
+/// way, at any time. A user who paid the officer (a dollar to be noticed, a reward after
+/// the fact), or whom the officer paid, has an interest the officer shares, whichever
+/// end of the held transfer they are; a pattern (velocity, structuring) stands for the
+/// user's payments, any of which may be to the officer. C's release of a held payment
+/// refuses the same officers (services/payment's `not_their_counterparty`).
+async fn exchanged_money_with(
     tx: &mut sqlx::PgConnection,
-    alert: Uuid,
     officer: Uuid,
-    look_back: Duration,
+    parties: &[Uuid],
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM aml_alerts a JOIN payment_observations o \
-           ON o.user_id = a.user_id \
-         WHERE a.id = $1 AND o.payee_user_id = $2 \
-           AND o.observed_at >= a.created_at - $3::bigint * interval '1 second')",
+        "SELECT EXISTS (SELECT 1 FROM payment_observations \
+           WHERE (user_id = ANY($2) AND payee_user_id = $1) \
+              OR (user_id = $1 AND payee_user_id = ANY($2)))",
     )
-    .bind(alert)
     .bind(officer)
-    .bind(i64::try_from(look_back.as_secs()).unwrap_or(i64::MAX))
+    .bind(parties)
     .fetch_one(&mut *tx)
     .await
 }
@@ -467,11 +464,7 @@ async fn paid_the_officer(
 #[derive(Clone, Copy)]
 enum CaseTable {
     Submissions,
-    /// `look_back`: how far before a pattern alert a payment to the officer counts
-    /// ([`Settings::pattern_look_back`]).
-    Alerts {
-        look_back: Duration,
-    },
+    Alerts,
 }
 
 #[utoipa::path(post, path = "/api/v1/kyc/{id}/review", tag = "kyc", params(("id" = Uuid, Path)), request_body = Review,
@@ -717,10 +710,7 @@ async fn decide_alert(
     let by = reviewer(&who)?;
     let why = Reason::parse(&req.reason)?;
     let mut tx = s.pool.begin().await?;
-    let alerts = CaseTable::Alerts {
-        look_back: s.settings.pattern_look_back,
-    };
-    case_for_another(&mut tx, &who, alerts, id).await?;
+    case_for_another(&mut tx, &who, CaseTable::Alerts, id).await?;
     let alert: Alert = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE aml_alerts SET status = $2, decided_by = $3, reason = $4, decided_at = now() \
          WHERE id = $1 AND status = 'open' RETURNING {ALERT_COLUMNS}"

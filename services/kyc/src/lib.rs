@@ -134,11 +134,6 @@ impl Service for Kyc {
             pool: start.pool.clone(),
             settings: Arc::new(api::Settings {
                 auto_approve: config.kyc_auto_approve,
-                pattern_look_back: Duration::from_secs(
-                    config
-                        .aml_velocity_window_secs
-                        .max(aml::STRUCTURING_WINDOW_SECS),
-                ),
             }),
         };
         Ok(Api::of(api::routes(), state))

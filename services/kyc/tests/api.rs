@@ -1706,6 +1706,44 @@ async fn an_officer_the_user_paid_cannot_release_the_user_s_held_payment_to_some
 }
 
 #[tokio::test]
+async fn an_officer_who_exchanged_money_with_either_party_cannot_decide_the_held_transfer() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let (payer, payee, held) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let [paid_by_payee, paid_the_payer, paid_the_payee] = std::array::from_fn(|_| Uuid::new_v4());
+    for (from, to) in [
+        (payee, paid_by_payee),
+        (paid_the_payer, payer),
+        (paid_the_payee, payee),
+    ] {
+        let mut small = payment_event(from, Uuid::new_v4(), "1.00", "PENDING");
+        small.data["payee_user_id"] = json!(to);
+        e.observe(&monitor, &small).await;
+    }
+    let mut large = payment_event(payer, held, "50000.00", "ON_HOLD");
+    large.data["payee_user_id"] = json!(payee);
+    e.broker.publish(&large).await;
+    let alerts = e.wait_for_alerts(payer, 1).await;
+    let clear = format!(
+        "/api/v1/aml/alerts/{}/clear",
+        alerts[0]["id"].as_str().unwrap()
+    );
+    let reason = json!({"reason": "a regular customer"});
+
+    for officer in [paid_by_payee, paid_the_payer, paid_the_payee] {
+        let (status, body) = e
+            .post(&clear, &reason, &Caller::compliance_as(officer))
+            .await;
+        assert_error(status, &body, StatusCode::FORBIDDEN, "FORBIDDEN");
+        assert_eq!(body["error"]["details"]["reason"], "party", "{body}");
+    }
+    assert!(e.auth.held(held).is_empty(), "C was told nothing yet");
+    let (status, body) = e.post(&clear, &reason, &Caller::compliance()).await;
+    assert_eq!(status, StatusCode::OK, "an uninvolved officer may: {body}");
+    assert_eq!(e.auth.held(held).len(), 1);
+}
+
+#[tokio::test]
 async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
     let heard_at_once = Uuid::new_v4();

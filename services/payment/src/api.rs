@@ -690,12 +690,12 @@ async fn list(
 /// with nobody else looking. `403 FORBIDDEN` with `details.reason = "own_payment"`.
 /// Both ends are on the row; for a payment accepted before C recorded the payee, the
 /// payee of a transfer is whoever owns the destination wallet at B (a deposit pays
-/// the payer, a withdrawal pays nobody here).
+/// the payer, a withdrawal pays nobody here). The parties, payer first.
 pub(crate) async fn not_their_own(
     wallets: &Wallets,
     who: &Identity,
     row: &PaymentRow,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Uuid>, ApiError> {
     let me = who.user_id()?;
     let payee = match (row.payee_user_id, row.kind()?, row.to_wallet_id) {
         (Some(payee), _, _) => Some(payee),
@@ -710,17 +710,48 @@ pub(crate) async fn not_their_own(
         )
         .with_details(serde_json::json!({ "reason": "own_payment" })));
     }
+    Ok(std::iter::once(row.user_id).chain(payee).collect())
+}
+
+/// Nor on the payment of someone they exchanged money with: a user who paid the
+/// officer (a dollar to be noticed, a reward after the fact), or whom the officer paid,
+/// has an interest the officer shares. Any payment C recorded between them, either
+/// way, whatever became of it (E's clear refuses the same officers: services/kyc's
+/// `case_for_another`). `403 FORBIDDEN` with `details.reason = "party"`. Payments
+/// accepted before C recorded payees are not seen.
+pub(crate) async fn not_their_counterparty(
+    db: impl sqlx::PgExecutor<'_>,
+    who: &Identity,
+    parties: &[Uuid],
+) -> Result<(), ApiError> {
+    let me = who.user_id()?;
+    let exchanged: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM payments \
+           WHERE (user_id = $1 AND payee_user_id = ANY($2)) \
+              OR (user_id = ANY($2) AND payee_user_id = $1))",
+    )
+    .bind(me)
+    .bind(parties)
+    .fetch_one(db)
+    .await?;
+    if exchanged {
+        return Err(ApiError::forbidden(
+            "staff who exchanged money with a party to this payment cannot decide on it; another staff member must",
+        )
+        .with_details(serde_json::json!({ "reason": "party" })));
+    }
     Ok(())
 }
 
 /// Releases a held payment to the worker (role `compliance`), never one of the
-/// caller's own ([`not_their_own`]); E's call clearing its alert does the same
+/// caller's own ([`not_their_own`]) nor one of a party they exchanged money with
+/// ([`not_their_counterparty`]); E's call clearing its alert does the same
 /// ([`aml_decision`]). Not `ops`: a
 /// payment is held for an AML review, and an operator's release would settle it
 /// before compliance decided, whatever they decide after.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
     responses((status = 200, body = Payment), (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
-        (status = 403, body = ErrorEnvelope, description = "not `compliance`, or the caller's own payment (`details.reason` `own_payment`)"),
+        (status = 403, body = ErrorEnvelope, description = "not `compliance`, the caller's own payment (`details.reason` `own_payment`), or the caller and a party to it exchanged money (`details.reason` `party`)"),
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope, description = "the payment's status does not allow it")))]
 async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>) -> ApiResult {
     who.require_role("compliance")?;
@@ -728,7 +759,8 @@ async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let row = settle::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment not found"))?;
-    not_their_own(&s.wallets, &who, &row).await?;
+    let parties = not_their_own(&s.wallets, &who, &row).await?;
+    not_their_counterparty(&mut *tx, &who, &parties).await?;
     let released = settle::transition(&mut tx, &row, Status::Pending, None).await?;
     tx.commit().await?;
     Ok(error::ok(released.view()?))

@@ -3,7 +3,8 @@
 //! A reversal moves the money back with a compensating transfer, and reversing a
 //! withdrawal credits the wallet with money that has already left FinFlow: on one
 //! operator's word, an insider and a customer could have the same money paid out twice.
-//! Neither operator may be a party to the payment ([`api::not_their_own`]). A request
+//! Neither operator may be a party to the payment ([`api::not_their_own`]) or have
+//! exchanged money with one ([`api::not_their_counterparty`]). A request
 //! waits a day ([`REQUEST_TTL`]) for the second operator; any operator may withdraw it
 //! meanwhile (the one who asked, or one who declines it).
 
@@ -132,7 +133,8 @@ impl Deciding {
         let row = settle::lock(&mut tx, id)
             .await?
             .ok_or_else(|| ApiError::not_found("payment not found"))?;
-        api::not_their_own(&s.wallets, who, &row).await?;
+        let parties = api::not_their_own(&s.wallets, who, &row).await?;
+        api::not_their_counterparty(&mut *tx, who, &parties).await?;
         if row.status()? != Status::Completed {
             return Err(ApiError::conflict(format!(
                 "only a COMPLETED payment can be reversed; this one is {}",
@@ -159,7 +161,7 @@ impl Deciding {
         (status = 202, body = ReversalRequest,
             description = "asked for (the same request, if the caller's is waiting already): another operator must make it"),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
-        (status = 403, body = ErrorEnvelope, description = "not `ops`, or a party to the payment (`details.reason` `own_payment`)"),
+        (status = 403, body = ErrorEnvelope, description = "not `ops`, a party to the payment (`details.reason` `own_payment`), or one who exchanged money with a party (`party`)"),
         (status = 404, body = ErrorEnvelope),
         (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED"),
         (status = 503, body = ErrorEnvelope,
@@ -344,7 +346,7 @@ async fn ask(tx: &mut PgConnection, payment: Uuid, me: Uuid) -> Result<RequestRo
     responses(
         (status = 200, body = ReversalRequest, description = "withdrawn"),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
-        (status = 403, body = ErrorEnvelope, description = "not `ops`, or a party to the payment (`details.reason` `own_payment`)"),
+        (status = 403, body = ErrorEnvelope, description = "not `ops`, a party to the payment (`details.reason` `own_payment`), or one who exchanged money with a party (`party`)"),
         (status = 404, body = ErrorEnvelope, description = "no such payment, or no reversal of it is waiting"),
         (status = 409, body = ErrorEnvelope, description = "the payment is not COMPLETED, or its reversal was approved and is being applied")))]
 pub(crate) async fn withdraw(

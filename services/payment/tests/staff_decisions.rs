@@ -95,6 +95,66 @@ async fn another_staff_member_may_release_and_reverse_the_same_payments() {
     assert_eq!(stand.wallets.transfers(), 1);
 }
 
+/// A transfer through C's API, recorded with its payee as C records one today.
+async fn paid(stand: &Stand, payer: Uuid, payee: Uuid, amount: &str) -> Uuid {
+    let body = json!({"from_wallet_id": stand.wallets.wallet_of(payer),
+        "to_wallet_id": stand.wallets.wallet_of(payee), "amount": amount, "currency": "USD"});
+    let (status, body) = stand.pay(payer, "transfer", &body).await;
+    assert!(status == 202 || status == 200, "{status} {body}");
+    body["data"]["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn assert_refused_as_party((status, body): (u16, Value)) {
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(body["error"]["code"], "FORBIDDEN", "{body}");
+    assert_eq!(body["error"]["details"]["reason"], "party", "{body}");
+}
+
+#[tokio::test]
+async fn an_officer_who_exchanged_money_with_either_party_cannot_release_the_held_payment() {
+    let stand = Stand::start().await;
+    let (payer, payee) = (Uuid::new_v4(), Uuid::new_v4());
+    let [paid_by_payer, paid_by_payee, paid_the_payee, uninvolved] =
+        std::array::from_fn(|_| Uuid::new_v4());
+    // A dollar to be noticed, from either end, or the officer's own to the payee.
+    paid(&stand, payer, paid_by_payer, "1.00").await;
+    paid(&stand, payee, paid_by_payee, "1.00").await;
+    paid(&stand, paid_the_payee, payee, "1.00").await;
+    let held = paid(&stand, payer, payee, "20000.00").await;
+    assert_eq!(stand.status_of(held).await, "ON_HOLD");
+
+    for officer in [paid_by_payer, paid_by_payee, paid_the_payee] {
+        assert_refused_as_party(stand.decide(officer, "compliance", held, "release").await);
+        assert_eq!(stand.status_of(held).await, "ON_HOLD");
+    }
+    let (status, body) = stand
+        .decide(uninvolved, "compliance", held, "release")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stand.status_of(held).await, "PENDING");
+}
+
+#[tokio::test]
+async fn an_operator_who_exchanged_money_with_a_party_can_neither_ask_for_nor_make_its_reversal() {
+    let stand = Stand::start().await;
+    let (payer, payee, accomplice) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    paid(&stand, payer, accomplice, "1.00").await;
+    let completed = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
+
+    assert_refused_as_party(stand.decide(accomplice, "ops", completed, "reverse").await);
+    let (status, body) = stand
+        .decide(Uuid::new_v4(), "ops", completed, "reverse")
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_refused_as_party(stand.decide(accomplice, "ops", completed, "reverse").await);
+    assert_eq!(
+        stand.status_of(completed).await,
+        "COMPLETED",
+        "not reversed"
+    );
+}
+
 /// A payment's reversal requests, oldest first: who asked, how it was closed, by whom.
 async fn reversal_requests(
     pool: &PgPool,
