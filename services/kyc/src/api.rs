@@ -186,14 +186,16 @@ async fn decide(
 /// holds it (pending or verified, or its verification was revoked), or a verification
 /// on it was revoked, the user's own included. One passport would otherwise verify any
 /// number of accounts, each with its own tier limits and its own velocity count, and a
-/// revoked one would verify its holder again on a new account. Takes the document's
+/// revoked one would verify its holder again on a new account. A number is the same
+/// document however its dashes fall (`D-1234-5678`, `D12345678`: only a driving
+/// licence's may have them). Takes the document's
 /// lock, then the user's submissions, until the transaction ends: two decisions on one
 /// document come one after the other, and so do a decision and a revocation of the
 /// user (which locks the same rows).
 async fn document_spoken_for(tx: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended( \
-           'kyc-document:' || document_type || ':' || document_number, 0)) \
+           'kyc-document:' || document_type || ':' || replace(document_number, '-', ''), 0)) \
          FROM kyc_submissions WHERE id = $1",
     )
     .bind(id)
@@ -209,7 +211,8 @@ async fn document_spoken_for(tx: &mut PgConnection, id: Uuid) -> Result<bool, sq
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM kyc_submissions mine JOIN kyc_submissions other \
            ON other.document_type = mine.document_type \
-          AND other.document_number = mine.document_number AND other.id <> mine.id \
+          AND replace(other.document_number, '-', '') = replace(mine.document_number, '-', '') \
+          AND other.id <> mine.id \
          WHERE mine.id = $1 AND (other.status = 'revoked' \
            OR (other.user_id <> mine.user_id AND other.status IN ('pending', 'verified'))))",
     )

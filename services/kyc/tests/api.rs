@@ -1954,6 +1954,49 @@ async fn compliance_revokes_a_verification_and_a_hears_of_it_before_the_officer_
 }
 
 #[tokio::test]
+async fn a_driving_licence_written_with_other_dashes_is_the_same_licence() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let (holder, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let licence = |number: &str| {
+        json!({
+            "document_type": "driving_license",
+            "document_number": number,
+            "document_url": "https://docs.example.com/licence.png",
+        })
+    };
+    assert_eq!(
+        e.submit(holder, &licence("D-1234-5678")).await["status"],
+        "verified"
+    );
+    for spelling in ["D12345678", "d1234-5678", "D-12-34-56-78"] {
+        let copy = e.submit(second, &licence(spelling)).await;
+        assert_eq!(copy["status"], "pending", "{spelling}: {copy}");
+        let (status, body) = e
+            .review(
+                copy["id"].as_str().unwrap(),
+                &json!({"decision": "approve", "reason": "documents match"}),
+                &Caller::compliance(),
+            )
+            .await;
+        let error = assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+        assert_eq!(error["details"]["reason"], "document_spoken_for");
+        let (status, body) = e
+            .review(
+                copy["id"].as_str().unwrap(),
+                &json!({"decision": "reject", "reason": "held by another account"}),
+                &Caller::compliance(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let told = e.auth.told(second);
+    assert!(
+        told.iter().all(|t| t["kyc_status"] != "verified"),
+        "never verified: {told:?}"
+    );
+}
+
+#[tokio::test]
 async fn one_passport_verifies_one_account_and_a_revoked_one_verifies_none() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
     let (holder, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
