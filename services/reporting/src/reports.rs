@@ -119,14 +119,27 @@ impl Period {
     }
 }
 
+/// A sum of amounts, as PostgreSQL's text of it (`sum(amount)::text`). Not an
+/// [`Amount`]: a few payments together pass what one may be (under 10^16), and such a
+/// total read as one failed the whole report.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::Type, PartialEq, Eq)]
+#[sqlx(transparent)]
+#[schema(value_type = String, example = "18000000000000000.0000")]
+pub struct Total(String);
+
+impl Total {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Money moved per currency and kind, from B's ledger as posted.
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow, PartialEq, Eq)]
 pub struct LedgerTotal {
     pub currency: String,
     pub kind: String,
     pub entries: i64,
-    #[schema(value_type = String)]
-    pub amount: Amount,
+    pub amount: Total,
 }
 
 #[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
@@ -161,8 +174,19 @@ struct TransactionReport {
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     ledger_totals: Vec<LedgerTotal>,
+    /// The period's payments, oldest first, at most [`MAX_REPORT_LINES`].
     payments: Vec<PaymentLine>,
+    /// More payments fell in the period than `payments` lists: narrow the period (the
+    /// totals count them all).
+    truncated: bool,
 }
+
+/// The most payments one transactions report lists.
+pub const MAX_REPORT_LINES: usize = 10_000;
+
+/// The header a CSV transactions report carries, `true`, when it lists only the first
+/// [`MAX_REPORT_LINES`] of the period's payments.
+pub const TRUNCATED_HEADER: &str = "finflow-report-truncated";
 
 fn staff(who: &Identity) -> Result<(), ApiError> {
     who.require_any_role(&["ops", "compliance"])
@@ -175,7 +199,7 @@ pub async fn ledger_totals(
     currency: Option<&str>,
 ) -> Result<Vec<LedgerTotal>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT currency, kind, count(*) AS entries, sum(amount) AS amount FROM ledger_rm \
+        "SELECT currency, kind, count(*) AS entries, sum(amount)::text AS amount FROM ledger_rm \
          WHERE posted_at >= $1 AND posted_at < $2 AND ($3::text IS NULL OR currency = $3) \
          GROUP BY currency, kind ORDER BY currency, kind",
     )
@@ -213,7 +237,8 @@ fn csv_field(s: &str) -> String {
             description = "only this currency code (matched exactly); any other value is accepted and matches nothing"),
         ("format" = Option<ReportFormat>, Query, description = "json (default) or csv (the payments only, as text/csv)")),
     responses(
-        (status = 200, description = "the report; with `format=csv`, the payments as CSV",
+        (status = 200, description = "the report; with `format=csv`, the payments as CSV. At most 10,000 payments, \
+            oldest first: `truncated` (CSV: the header `finflow-report-truncated: true`) when the period holds more",
             content((TransactionReport = "application/json"), (String = "text/csv"))),
         (status = 400, body = ErrorEnvelope,
             description = "a bad or unknown query parameter, a bound outside PostgreSQL's range, or another format"),
@@ -225,10 +250,17 @@ async fn transactions(
 ) -> ApiResult {
     staff(&who)?;
     let (from, to) = q.bounds()?;
-    let payments: Vec<PaymentLine> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    // Before any work: a report in a format nobody reads costs nothing.
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::invalid_field("format", "format is json or csv")),
+    };
+    let mut payments: Vec<PaymentLine> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PAYMENT_LINE} FROM payments_rm WHERE created_at >= $1 AND created_at < $2 \
            AND ($3::text IS NULL OR status = $3) AND ($4::text IS NULL OR currency = $4) \
-         ORDER BY created_at LIMIT 10000"
+         ORDER BY created_at, payment_id LIMIT {}",
+        MAX_REPORT_LINES + 1
     )))
     .bind(from)
     .bind(to)
@@ -236,45 +268,53 @@ async fn transactions(
     .bind(q.currency.as_deref())
     .fetch_all(&s.pool)
     .await?;
-    match q.format.as_deref() {
-        None | Some("json") => {
-            let ledger_totals = ledger_totals(&s.pool, from, to, q.currency.as_deref()).await?;
-            Ok(error::ok(TransactionReport {
-                from,
-                to,
-                ledger_totals,
-                payments,
-            }))
-        }
-        Some("csv") => {
-            let mut out = String::from(
-                "payment_id,user_id,kind,status,amount,currency,failure_code,created_at,completed_at\n",
-            );
-            for p in &payments {
-                let fields = [
-                    p.payment_id.to_string(),
-                    p.user_id.map(|u| u.to_string()).unwrap_or_default(),
-                    p.kind.clone(),
-                    p.status.clone(),
-                    p.amount.to_string(),
-                    p.currency.clone(),
-                    p.failure_code.clone().unwrap_or_default(),
-                    p.created_at.to_rfc3339(),
-                    p.completed_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                ];
-                out.push_str(
-                    &fields
-                        .iter()
-                        .map(|f| csv_field(f))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-                out.push('\n');
-            }
-            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
-        }
-        Some(_) => Err(ApiError::invalid_field("format", "format is json or csv")),
+    let truncated = payments.len() > MAX_REPORT_LINES;
+    payments.truncate(MAX_REPORT_LINES);
+    if !csv {
+        let ledger_totals = ledger_totals(&s.pool, from, to, q.currency.as_deref()).await?;
+        return Ok(error::ok(TransactionReport {
+            from,
+            to,
+            ledger_totals,
+            payments,
+            truncated,
+        }));
     }
+    let mut out = String::from(
+        "payment_id,user_id,kind,status,amount,currency,failure_code,created_at,completed_at\n",
+    );
+    for p in &payments {
+        let fields = [
+            p.payment_id.to_string(),
+            p.user_id.map(|u| u.to_string()).unwrap_or_default(),
+            p.kind.clone(),
+            p.status.clone(),
+            p.amount.to_string(),
+            p.currency.clone(),
+            p.failure_code.clone().unwrap_or_default(),
+            p.created_at.to_rfc3339(),
+            p.completed_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        ];
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::HeaderName::from_static(TRUNCATED_HEADER),
+                if truncated { "true" } else { "false" },
+            ),
+        ],
+        out,
+    )
+        .into_response())
 }
 
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
@@ -326,17 +366,16 @@ async fn users(State(s): State<AppState>, who: Identity) -> ApiResult {
 struct HoldVolume {
     currency: String,
     payments: i64,
-    #[schema(value_type = String)]
-    amount: Amount,
+    amount: Total,
 }
 
 #[derive(Serialize, ToSchema)]
-struct ComplianceReport {
+pub struct ComplianceReport {
     decisions: Vec<Count>,
     on_hold: Vec<HoldVolume>,
 }
 
-async fn compliance_report(pool: &PgPool) -> Result<ComplianceReport, sqlx::Error> {
+pub async fn compliance_report(pool: &PgPool) -> Result<ComplianceReport, sqlx::Error> {
     Ok(ComplianceReport {
         decisions: counts(
             pool,
@@ -344,7 +383,7 @@ async fn compliance_report(pool: &PgPool) -> Result<ComplianceReport, sqlx::Erro
         )
         .await?,
         on_hold: sqlx::query_as(
-            "SELECT currency, count(*) AS payments, sum(amount) AS amount FROM payments_rm \
+            "SELECT currency, count(*) AS payments, sum(amount)::text AS amount FROM payments_rm \
              WHERE status = 'ON_HOLD' GROUP BY currency ORDER BY currency",
         )
         .fetch_all(pool)
@@ -361,12 +400,24 @@ async fn compliance(State(s): State<AppState>, who: Identity) -> ApiResult {
 }
 
 #[derive(Serialize, ToSchema, sqlx::FromRow)]
-struct DayVolume {
+pub struct DayVolume {
     day: String,
     currency: String,
     payments: i64,
-    #[schema(value_type = String)]
-    amount: Amount,
+    amount: Total,
+}
+
+/// Settled payments (completed, or reversed after) per day and currency, the last 30
+/// days.
+pub async fn volume_by_day(pool: &PgPool) -> Result<Vec<DayVolume>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT to_char(date_trunc('day', created_at), 'YYYY-MM-DD') AS day, currency, count(*) AS payments, \
+                sum(amount)::text AS amount \
+         FROM payments_rm WHERE status IN ('COMPLETED', 'REVERSED') AND created_at > now() - interval '30 days' \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -387,14 +438,7 @@ struct Summary {
     responses((status = 200, body = Summary), (status = 403, body = ErrorEnvelope)))]
 async fn summary(State(s): State<AppState>, who: Identity) -> ApiResult {
     staff(&who)?;
-    let volume_by_day = sqlx::query_as(
-        "SELECT to_char(date_trunc('day', created_at), 'YYYY-MM-DD') AS day, currency, count(*) AS payments, \
-                sum(amount) AS amount \
-         FROM payments_rm WHERE status IN ('COMPLETED', 'REVERSED') AND created_at > now() - interval '30 days' \
-         GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .fetch_all(&s.pool)
-    .await?;
+    let volume_by_day = volume_by_day(&s.pool).await?;
     let (events_processed, last_event_at): (i64, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT count(*), max(processed_at) FROM processed_events")
             .fetch_one(&s.pool)

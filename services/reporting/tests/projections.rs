@@ -5,7 +5,9 @@ use finflow_platform::db::{self, TestDb};
 use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, types};
 use finflow_reporting::projections::{LEDGER_ENTRY_POSTED, Projector, project};
-use finflow_reporting::reports::{ledger_totals, statement_lines};
+use finflow_reporting::reports::{
+    compliance_report, ledger_totals, statement_lines, volume_by_day,
+};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -748,4 +750,53 @@ async fn a_malformed_event_in_a_batch_is_refused_alone_and_the_others_are_writte
     .await
     .unwrap();
     assert_eq!(counts, (1, 1, 1, 0), "the others written, the refused not");
+}
+
+#[tokio::test]
+async fn totals_past_what_one_payment_may_be_are_reported_not_refused() {
+    let db = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    // Each the largest a payment may be, near enough: two of them held, two settled,
+    // two posted; together past 10^16, which no single amount reaches.
+    let large = "9000000000000000";
+    let mut events = Vec::new();
+    for status in ["ON_HOLD", "ON_HOLD", "COMPLETED", "COMPLETED"] {
+        let user = Uuid::new_v4();
+        events.push(payment_event(
+            types::PAYMENT_REQUESTED,
+            Uuid::new_v4(),
+            user,
+            status,
+            large,
+            0,
+        ));
+    }
+    events.push(ledger_event(large, "USD", "deposit"));
+    events.push(ledger_event(large, "USD", "deposit"));
+    apply(&db, &events).await;
+    // Settled today, so within the dashboard's 30 days.
+    sqlx::query("UPDATE payments_rm SET created_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let sum = "18000000000000000.0000";
+    let held = serde_json::to_value(compliance_report(&db.pool).await.unwrap()).unwrap();
+    assert_eq!(
+        held["on_hold"],
+        json!([{"currency": "USD", "payments": 2, "amount": sum}])
+    );
+    let days = serde_json::to_value(volume_by_day(&db.pool).await.unwrap()).unwrap();
+    assert_eq!(days[0]["payments"], 2, "{days}");
+    assert_eq!(days[0]["amount"], sum, "{days}");
+    let now = chrono::Utc::now();
+    let posted = ledger_totals(
+        &db.pool,
+        now - chrono::Duration::days(1),
+        now + chrono::Duration::days(1),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert_eq!((posted[0].entries, posted[0].amount.as_str()), (2, sum));
 }
