@@ -57,12 +57,18 @@ struct PaymentSeen {
 }
 
 impl PaymentSeen {
+    /// Refuses an amount that is not positive: C accepts none, and one forged on the
+    /// bus would take the user's totals down and let large sums pass the rules.
     fn of(event: PaymentEvent) -> Result<Self, MoneyError> {
+        let amount = Amount::parse(&event.payment.amount)?;
+        if !amount.is_positive() {
+            return Err(MoneyError::NotPositive);
+        }
         Ok(Self {
             payment_id: event.payment_id,
             user_id: event.payment.user_id,
             payee_user_id: event.payee_user_id,
-            amount: Amount::parse(&event.payment.amount)?,
+            amount,
             held: event.payment.status == Status::OnHold,
             currency: event.payment.currency,
         })

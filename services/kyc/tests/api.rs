@@ -1744,6 +1744,28 @@ async fn an_officer_who_exchanged_money_with_either_party_cannot_decide_the_held
 }
 
 #[tokio::test]
+async fn a_payment_event_whose_amount_is_not_positive_is_refused_not_observed() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let user = Uuid::new_v4();
+    // C accepts no such payment: forged on the bus, a negative one would take the
+    // user's velocity total down and let large sums pass the rule.
+    for amount in ["-99999999", "0", "0.00"] {
+        let forged = payment_event(user, Uuid::new_v4(), amount, "PENDING");
+        let queue = aml::payments_queue();
+        let answer = consumer::apply_once(&e.db.pool, &queue.name, &monitor, &forged).await;
+        assert!(
+            matches!(answer, Err(consumer::HandlerError::Permanent(_))),
+            "{amount}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        e.count("SELECT count(*) FROM payment_observations").await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn a_decision_a_did_not_take_is_told_again_until_it_does() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
     let heard_at_once = Uuid::new_v4();
