@@ -1351,11 +1351,48 @@ async fn a_burst_past_the_payment_count_limit_is_one_velocity_alert_until_a_revi
     assert_eq!(open.len(), 1, "{alerts:?}");
     assert_eq!(open[0]["rule"], "velocity");
     assert_eq!(open[0]["payment_id"], next.to_string());
+    // The payment after it is added to it, not a third alert.
     assert_eq!(
         open[0]["details"],
-        json!({"count": 26, "total": "260", "window_seconds": 600})
+        json!({"count": 26, "total": "260", "window_seconds": 600,
+               "since_raised": {"count": 1, "total": "10"}})
     );
     assert_eq!(e.risk_score(user).await, 50, "one flagged, one open");
+}
+
+#[tokio::test]
+async fn payments_made_while_a_velocity_alert_is_open_reach_its_reviewer() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let user = Uuid::new_v4();
+    // A decoy: twenty-one payments of a cent open a velocity alert worth 0.21.
+    for _ in 0..21 {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), "0.01", "PENDING"),
+        )
+        .await;
+    }
+    // Then sums just under the hold threshold, past the window's amount limit.
+    for _ in 0..6 {
+        e.observe(
+            &monitor,
+            &payment_event(user, Uuid::new_v4(), "8999.00", "PENDING"),
+        )
+        .await;
+    }
+    let alerts = e.alerts_of(user).await;
+    let velocity: Vec<_> = alerts.iter().filter(|a| a["rule"] == "velocity").collect();
+    assert_eq!(velocity.len(), 1, "still one pattern: {alerts:?}");
+    let details = &velocity[0]["details"];
+    assert_eq!(details["count"], 21, "{details}");
+    let total: Amount = details["since_raised"]["total"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no since_raised in {details}"))
+        .parse()
+        .unwrap();
+    assert_eq!(details["since_raised"]["count"], 6, "{details}");
+    assert_eq!(total, Amount::parse("53994").unwrap(), "{details}");
 }
 
 #[tokio::test]
