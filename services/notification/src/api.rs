@@ -335,6 +335,10 @@ async fn create_webhook(
     Json(req): Json<CreateWebhook>,
 ) -> ApiResult {
     let url = WebhookUrl::parse(&req.url)?;
+    // An account that may add none is refused before its URL costs a name lookup (a
+    // flood of names that never answer would hold the resolver's threads); asked
+    // again under the lock, which the lookup must not be held under.
+    refuse_unless_room(&s.pool, user).await?;
     // D sends from inside the platform: a URL that reaches inside it is refused here,
     // and checked again at every delivery (`targets`).
     // Stored as given: the parser's spelling can be longer than the limit the client
@@ -346,6 +350,26 @@ async fn create_webhook(
         .map_err(|reason| ApiError::invalid_field("url", reason))?;
     let mut tx = s.pool.begin().await?;
     lock_webhooks(&mut tx, user).await?;
+    refuse_unless_room(&mut *tx, user).await?;
+    let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let hook: Webhook = sqlx::query_as(
+        "INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, $4) RETURNING id, url, secret, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user)
+    .bind(url)
+    .bind(&secret)
+    .fetch_one(&mut *tx)
+    .await?;
+    tell_webhook_added(&mut tx, user, &hook).await?;
+    tx.commit().await?;
+    Ok(error::with_status(StatusCode::CREATED, hook))
+}
+
+/// Refuses a webhook to `user` while their password was replaced within the hour
+/// (409 `password_replaced`), when they have [`MAX_WEBHOOKS_PER_USER`] (409
+/// `webhook_limit`), or added [`MAX_WEBHOOKS_ADDED_PER_HOUR`] within the hour (429).
+async fn refuse_unless_room(db: impl sqlx::PgExecutor<'_>, user: Uuid) -> Result<(), ApiError> {
     let (registered, added, held): (i64, i64, bool) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM webhooks WHERE user_id = $1), \
            (SELECT count(*) FROM deliveries WHERE user_id = $1 AND event_type = 'webhook.added' \
@@ -353,7 +377,7 @@ async fn create_webhook(
            EXISTS (SELECT 1 FROM webhook_holds WHERE user_id = $1 AND until > now())",
     )
     .bind(user)
-    .fetch_one(&mut *tx)
+    .fetch_one(db)
     .await?;
     if held {
         return Err(ApiError::conflict(
@@ -373,19 +397,7 @@ async fn create_webhook(
             3600,
         ));
     }
-    let secret = format!("whsec_{}", hex::encode(rand::random::<[u8; 24]>()));
-    let hook: Webhook = sqlx::query_as(
-        "INSERT INTO webhooks (id, user_id, url, secret) VALUES ($1, $2, $3, $4) RETURNING id, url, secret, created_at",
-    )
-    .bind(Uuid::now_v7())
-    .bind(user)
-    .bind(url)
-    .bind(&secret)
-    .fetch_one(&mut *tx)
-    .await?;
-    tell_webhook_added(&mut tx, user, &hook).await?;
-    tx.commit().await?;
-    Ok(error::with_status(StatusCode::CREATED, hook))
+    Ok(())
 }
 
 /// Mails the owner that `hook` was added, whatever the preferences (which cannot name
