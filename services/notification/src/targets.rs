@@ -143,15 +143,31 @@ pub fn is_public(ip: IpAddr) -> bool {
 /// How long registration waits for a webhook's host to resolve.
 const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Registration's name lookups at once, per process. Each holds a blocking thread until
+/// the system's resolver gives up, which [`LOOKUP_TIMEOUT`] does not shorten: names
+/// that never answer, sent in a flood, would otherwise take every blocking thread (the
+/// deliveries' lookups and SMTP's among them).
+pub const LOOKUPS_AT_ONCE: usize = 16;
+
 /// What a webhook may reach: public addresses, and the allowed networks.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     allowed: AllowedNets,
+    lookups: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new(AllowedNets::default())
+    }
 }
 
 impl Policy {
     pub fn new(allowed: AllowedNets) -> Self {
-        Self { allowed }
+        Self {
+            allowed,
+            lookups: Arc::new(tokio::sync::Semaphore::new(LOOKUPS_AT_ONCE)),
+        }
     }
 
     /// Whether a webhook may connect to `ip`.
@@ -182,29 +198,37 @@ impl Policy {
             None => return Err("the URL must name a host".to_owned()),
             Some(url::Host::Ipv4(ip)) => self.check(IpAddr::V4(ip))?,
             Some(url::Host::Ipv6(ip)) => self.check(IpAddr::V6(ip))?,
-            Some(url::Host::Domain(name)) => {
-                // A slow resolver must not hold the request open (or its handler) for
-                // as long as the system's resolver retries. A name that does not
-                // resolve now is taken: what it names can change, so every delivery
-                // checks the addresses it connects to (`Policy::resolver`), and this
-                // check only refuses early a name that names a refused address now.
-                let resolved =
-                    tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port)))
-                        .await;
-                if let Ok(Ok(addrs)) = resolved {
-                    for addr in addrs {
-                        // The name, never the address: the answer must not map the
-                        // platform's internal names to their addresses for a caller.
-                        if !self.permits(addr.ip()) {
-                            return Err(format!(
-                                "`{name}` resolves to an address that is not public"
-                            ));
-                        }
-                    }
-                }
-            }
+            Some(url::Host::Domain(name)) => self.vet_name(name.to_owned(), port).await?,
         }
         Ok(url)
+    }
+
+    /// Refuses a name that resolves now to an address this policy does not permit. A
+    /// slow resolver must not hold the request open for as long as the system's
+    /// resolver retries, and a name that does not resolve now is taken: what it names
+    /// can change, so every delivery checks the addresses it connects to
+    /// ([`Policy::resolver`]), and this check only refuses early a name that names a
+    /// refused address now. So is one that finds [`LOOKUPS_AT_ONCE`] under way.
+    async fn vet_name(&self, name: String, port: u16) -> Result<(), String> {
+        let Ok(turn) = Arc::clone(&self.lookups).try_acquire_owned() else {
+            return Ok(());
+        };
+        let target = (name.clone(), port);
+        // The turn is held by the thread, not the request: it ends when the lookup does.
+        let lookup = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            std::net::ToSocketAddrs::to_socket_addrs(&target).map(Iterator::collect::<Vec<_>>)
+        });
+        if let Ok(Ok(Ok(addrs))) = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+            // The name, never the address: the answer must not map the platform's
+            // internal names to their addresses for a caller.
+            if addrs.iter().any(|addr| !self.permits(addr.ip())) {
+                return Err(format!(
+                    "`{name}` resolves to an address that is not public"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the address of a URL whose host is an IP literal (the client's resolver
@@ -263,6 +287,22 @@ impl Resolve for VettingResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn past_the_lookups_at_once_a_name_is_left_to_the_deliveries_check() {
+        let policy = Policy::default();
+        // localhost is loopback: refused when looked up.
+        assert!(policy.vet("http://localhost:9/hook").await.is_err());
+        let busy = Arc::clone(&policy.lookups)
+            .acquire_many_owned(LOOKUPS_AT_ONCE as u32)
+            .await
+            .unwrap();
+        assert!(policy.vet("http://localhost:9/hook").await.is_ok());
+        // A literal needs no lookup: still refused.
+        assert!(policy.vet("http://127.0.0.1:9/hook").await.is_err());
+        drop(busy);
+        assert!(policy.vet("http://localhost:9/hook").await.is_err());
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
