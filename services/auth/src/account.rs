@@ -79,7 +79,7 @@ pub(crate) async fn change_password(
     // changing a password back and forth would be Argon2 without a limit.
     let mut redis = s.redis.clone();
     let address = client_network(ip);
-    crate::limits::hit(
+    let by_address = crate::limits::hit(
         &mut redis,
         "password-address",
         &address,
@@ -87,7 +87,7 @@ pub(crate) async fn change_password(
         PASSWORD_ATTEMPTS_LIMITED,
     )
     .await?;
-    crate::limits::hit(
+    let by_pair = crate::limits::hit(
         &mut redis,
         "password-account-address",
         &format!("{me}/{address}"),
@@ -101,11 +101,11 @@ pub(crate) async fn change_password(
             .fetch_optional(&s.pool)
             .await?;
     let current = current.ok_or_else(|| ApiError::not_found("user not found"))?;
-    if !s
+    let checked = s
         .passwords
         .verify(req.current_password.clone(), current.clone())
-        .await?
-    {
+        .await;
+    if !crate::limits::unless_busy(&redis, [by_address, by_pair], checked).await? {
         return Err(wrong_password());
     }
     // Told only to whoever gave the current password, so it tells a guess nothing.

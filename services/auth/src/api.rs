@@ -155,7 +155,7 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult {
     // Counted before any work: a refused sign-up still costs the attacker an attempt.
-    crate::limits::per_address(
+    let counted = crate::limits::per_address(
         &s.redis,
         "register-address",
         ip,
@@ -169,7 +169,8 @@ async fn register(
     let phone = Phone::parse(&req.phone)?;
     // Hashed on every path, before anything tells them apart: a sign-up takes as long
     // for an address with an account as for a new one.
-    let hash = s.passwords.hash(password).await?;
+    let hashed = s.passwords.hash(password).await;
+    let hash = crate::limits::unless_busy(&s.redis, [counted], hashed).await?;
     // Every account starts as a user whatever its email: staff roles are granted by
     // an operator (`admin`), never by choosing an address.
     let roles = vec!["user".to_owned()];
@@ -334,7 +335,7 @@ async fn verify(
     }
     // Each attempt with a valid token costs an Argon2 check: limited where they come
     // from, as logins are.
-    crate::limits::per_address(
+    let counted = crate::limits::per_address(
         &s.redis,
         "verify-address",
         ip,
@@ -347,11 +348,11 @@ async fn verify(
     };
     // The mailbox holds the tokens of every sign-up of the address; its owner knows the
     // password of theirs alone. Checked before any lock is taken: Argon2 is slow.
-    if !s
+    let checked = s
         .passwords
         .verify(req.password, peeked.password_hash.clone())
-        .await?
-    {
+        .await;
+    if !crate::limits::unless_busy(&s.redis, [counted], checked).await? {
         return Err(ApiError::unauthorized(
             "not the password of the sign-up this token was mailed for",
         ));
@@ -439,7 +440,7 @@ async fn login(
     // clears it. Nothing is counted per account alone, so failures from one address
     // never lock the owner out from another.
     let address = client_network(ip);
-    crate::limits::hit(
+    let by_address = crate::limits::hit(
         &mut redis,
         "address",
         &address,
@@ -448,7 +449,7 @@ async fn login(
     )
     .await?;
     let pair = crate::limits::account_address(&email, &address);
-    crate::limits::hit(
+    let by_pair = crate::limits::hit(
         &mut redis,
         "account-address",
         &pair,
@@ -467,7 +468,8 @@ async fn login(
     // whose address is not verified yet is checked like any other and refused with the
     // same answer: no oracle of which addresses have accounts, or verified ones.
     let (hash, usable) = row.unwrap_or_else(|| (DUMMY_HASH.clone(), false));
-    let matches = s.passwords.verify(req.password, hash.clone()).await?;
+    let checked = s.passwords.verify(req.password, hash.clone()).await;
+    let matches = crate::limits::unless_busy(&redis, [by_address, by_pair], checked).await?;
     if !(usable && matches) {
         return Err(ApiError::unauthorized("invalid email or password"));
     }

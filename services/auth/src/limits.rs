@@ -43,7 +43,7 @@ pub async fn per_address(
     ip: IpAddr,
     limit: u32,
     message: &'static str,
-) -> Result<(), ApiError> {
+) -> Result<Counted, ApiError> {
     hit(
         &mut redis.clone(),
         scope,
@@ -67,7 +67,7 @@ pub async fn hit(
     key: &str,
     limit: u32,
     message: &'static str,
-) -> Result<(), ApiError> {
+) -> Result<Counted, ApiError> {
     let k = format!("auth:login:{scope}:{key}");
     let result: redis::RedisResult<(u64, i64)> = redis::pipe()
         .atomic()
@@ -89,10 +89,82 @@ pub async fn hit(
                 u64::try_from(ttl).unwrap_or(1),
             ))
         }
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(Counted(Some(k))),
         Err(e) => {
             tracing::warn!(error = %e, "login limiter unavailable; attempt allowed");
-            Ok(())
+            Ok(Counted(None))
         }
+    }
+}
+
+/// An attempt [`hit`] counted (none when Redis was unreachable).
+#[derive(Debug)]
+pub struct Counted(Option<String>);
+
+/// Takes one off a count, only while it stands: a count that expired meanwhile is not
+/// brought back as -1 without an expiry.
+const GIVE_BACK: &str =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0";
+
+/// `result`, having given back the attempts in `counted` when it is the password
+/// queue's 503 ([`crate::passwords::is_busy`]): no password was checked, so nothing was
+/// guessed, and an honest client retrying through a flood of others' logins is not
+/// brought to 429 by it. Best effort, like the counting.
+pub async fn unless_busy<T>(
+    redis: &ConnectionManager,
+    counted: impl IntoIterator<Item = Counted>,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if let Err(e) = &result
+        && crate::passwords::is_busy(e)
+    {
+        let mut redis = redis.clone();
+        for Counted(key) in counted {
+            let Some(key) = key else { continue };
+            let given: redis::RedisResult<i64> = redis::cmd("EVAL")
+                .arg(GIVE_BACK)
+                .arg(1)
+                .arg(&key)
+                .query_async(&mut redis)
+                .await;
+            if let Err(e) = given {
+                tracing::warn!(error = %e, "login limiter unavailable; attempt not given back");
+            }
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn attempt(redis: &ConnectionManager, key: &str) -> Result<Counted, ApiError> {
+        hit(&mut redis.clone(), "test", key, 2, "limited").await
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_found_no_password_turn_is_given_back_and_no_other() {
+        let redis = finflow_platform::cache::connect(&finflow_platform::cache::test_url(), None)
+            .await
+            .expect("the test Redis");
+        let key = uuid::Uuid::new_v4().to_string();
+        // The queue was full: nothing was checked, the attempt does not count.
+        let counted = attempt(&redis, &key).await.unwrap();
+        let busy = Err::<(), _>(crate::passwords::busy());
+        let busy = unless_busy(&redis, [counted], busy).await.unwrap_err();
+        assert_eq!(busy.code.status().as_u16(), 503);
+        // A password checked (right or wrong), or any other failure, still counts.
+        let checked = attempt(&redis, &key).await.unwrap();
+        let wrong = Err::<(), _>(ApiError::unauthorized("wrong"));
+        let wrong = unless_busy(&redis, [checked], wrong).await.unwrap_err();
+        assert_eq!(wrong.code.status().as_u16(), 401);
+        attempt(&redis, &key).await.unwrap();
+        let over = attempt(&redis, &key).await.unwrap_err();
+        assert_eq!(
+            over.code.status().as_u16(),
+            429,
+            "two counted, the third over"
+        );
     }
 }

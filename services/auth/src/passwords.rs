@@ -15,6 +15,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::Password;
 
+const BUSY: &str = "too many password checks at once, try again shortly";
+
+/// The refusal of a request that found no turn within the wait: 503, `Retry-After: 1`.
+pub(crate) fn busy() -> ApiError {
+    let mut busy = ApiError::new(ErrorCode::DependencyUnavailable, BUSY);
+    busy.retry_after = Some(1);
+    busy
+}
+
+/// Whether `e` is the refusal of a request that found no turn: no password was checked.
+pub fn is_busy(e: &ApiError) -> bool {
+    e.code == ErrorCode::DependencyUnavailable && e.message == BUSY
+}
+
 /// How long a request waits for a turn before it is answered 503.
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -37,14 +51,7 @@ impl Passwords {
         match tokio::time::timeout(self.wait, Arc::clone(&self.turns).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // Timed out (the semaphore is never closed).
-            _ => {
-                let mut busy = ApiError::new(
-                    ErrorCode::DependencyUnavailable,
-                    "too many password checks at once, try again shortly",
-                );
-                busy.retry_after = Some(1);
-                Err(busy)
-            }
+            _ => Err(busy()),
         }
     }
 
