@@ -137,31 +137,6 @@ async fn pattern_alert(
     Ok(())
 }
 
-/// Counts a payment worth `value` (in the reference currency) into the user's open
-/// alert of a pattern `rule`: `details.since_raised`, `{count, total}`. None open (a
-/// reviewer decided it meanwhile): nothing, and the payment is in the rule's next
-/// window as any other.
-async fn add_since_raised(
-    tx: &mut PgConnection,
-    user: Uuid,
-    rule: &str,
-    value: Amount,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE aml_alerts SET details = details || jsonb_build_object('since_raised', \
-           jsonb_build_object( \
-             'count', coalesce((details #>> '{since_raised,count}')::bigint, 0) + 1, \
-             'total', (coalesce((details #>> '{since_raised,total}')::numeric, 0) + $3)::text)) \
-         WHERE user_id = $1 AND rule = $2 AND status = 'open'",
-    )
-    .bind(user)
-    .bind(rule)
-    .bind(value)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 /// Observes a payment and reads what the rules need, in one statement (one round trip
 /// per event): `$1`..`$5` and `$10` (the payee) the observation, `$6` the velocity
 /// window in milliseconds, `$7`..`$8` the structuring band, `$9` whether this payment is
@@ -174,12 +149,25 @@ async fn add_since_raised(
 /// this payment is in it (`$9`). The open alerts are read first, once (`open`), and gate
 /// the scans as one-time filters: a user paying all day under review costs an index
 /// probe per payment, not a scan of their whole window.
+///
+/// While a pattern alert is open its rule raises no other, so a payment observed for
+/// the first time is added to it (`since_raised`, `{count, total}` in the reference
+/// currency; for structuring, one in the band): the reviewer decides on them all, not
+/// only on the burst that opened it (a decoy of cents, then sums just under the limits).
 const OBSERVE: &str = "\
 WITH observed AS ( \
     INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value, \
                                       payee_user_id) \
     VALUES ($1, $2, $3, $4, $5, $10) ON CONFLICT DO NOTHING \
     RETURNING reference_value, observed_at \
+), since_raised AS ( \
+    UPDATE aml_alerts SET details = details || jsonb_build_object('since_raised', \
+        jsonb_build_object( \
+            'count', coalesce((details #>> '{since_raised,count}')::bigint, 0) + 1, \
+            'total', (coalesce((details #>> '{since_raised,total}')::numeric, 0) + $5)::text)) \
+    WHERE user_id = $2 AND status = 'open' AND EXISTS (SELECT 1 FROM observed) \
+        AND (rule = 'velocity' OR (rule = 'structuring' AND $9::boolean)) \
+    RETURNING 1 \
 ), open AS MATERIALIZED ( \
     SELECT EXISTS (SELECT 1 FROM aml_alerts \
                    WHERE user_id = $2 AND rule = 'velocity' AND status = 'open') AS velocity, \
@@ -288,15 +276,6 @@ impl Handler for Monitor {
         }
         if !observed.inserted {
             return Ok(());
-        }
-        // While a pattern alert is open its rule raises no other, so the payments made
-        // meanwhile are added to it: the reviewer decides on them all, not only on the
-        // burst that opened it (a decoy of cents, then sums just under the limits).
-        if observed.velocity_open {
-            add_since_raised(tx, seen.user_id, "velocity", value).await?;
-        }
-        if just_under && observed.structuring_open {
-            add_since_raised(tx, seen.user_id, "structuring", value).await?;
         }
         // An open alert seen here, without the lock, is what `pattern_alert`'s locked
         // check would see too, unless a reviewer decides it meanwhile: a race that check

@@ -433,10 +433,7 @@ async fn case_for_another(
     if let (CaseTable::Alerts, Some(me)) = (table, me)
         && exchanged_money_with(tx, me, &parties).await?
     {
-        return Err(ApiError::forbidden(
-            "the reviewer exchanged money with a party to this alert; another compliance officer must decide",
-        )
-        .with_details(serde_json::json!({ "reason": "party" })));
+        return Err(ApiError::counterparty("a party to this alert"));
     }
     Ok(())
 }

@@ -342,6 +342,19 @@ impl TestE {
             .unwrap_or_else(|| panic!("no risk score in {body}"))
     }
 
+    /// An officer's approval of `submission` is refused (409 `document_spoken_for`: another
+    /// account holds its document), and their rejection taken.
+    async fn approval_refused_as_spoken_for(&self, submission: &Value) {
+        let id = submission["id"].as_str().unwrap();
+        let approve = json!({"decision": "approve", "reason": "documents match"});
+        let (status, body) = self.review(id, &approve, &Caller::compliance()).await;
+        let error = assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
+        assert_eq!(error["details"]["reason"], "document_spoken_for");
+        let reject = json!({"decision": "reject", "reason": "another account holds this document"});
+        let (status, body) = self.review(id, &reject, &Caller::compliance()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
     /// Clearing `alert` is refused to `officer` and granted to another officer.
     async fn only_another_officer_clears(&self, alert: &Value, officer: Uuid) {
         let clear = format!("/api/v1/aml/alerts/{}/clear", alert["id"].as_str().unwrap());
@@ -2030,23 +2043,7 @@ async fn a_driving_licence_written_with_other_dashes_is_the_same_licence() {
     for spelling in ["D12345678", "d1234-5678", "D-12-34-56-78"] {
         let copy = e.submit(second, &licence(spelling)).await;
         assert_eq!(copy["status"], "pending", "{spelling}: {copy}");
-        let (status, body) = e
-            .review(
-                copy["id"].as_str().unwrap(),
-                &json!({"decision": "approve", "reason": "documents match"}),
-                &Caller::compliance(),
-            )
-            .await;
-        let error = assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
-        assert_eq!(error["details"]["reason"], "document_spoken_for");
-        let (status, body) = e
-            .review(
-                copy["id"].as_str().unwrap(),
-                &json!({"decision": "reject", "reason": "held by another account"}),
-                &Caller::compliance(),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        e.approval_refused_as_spoken_for(&copy).await;
     }
     let told = e.auth.told(second);
     assert!(
@@ -2070,23 +2067,7 @@ async fn one_passport_verifies_one_account_and_a_revoked_one_verifies_none() {
     let copy = e.submit(second, &passport("AB123456")).await;
     assert_eq!(copy["status"], "pending");
     assert!(e.auth.told(second).is_empty());
-    let (status, body) = e
-        .review(
-            copy["id"].as_str().unwrap(),
-            &approve,
-            &Caller::compliance(),
-        )
-        .await;
-    let error = assert_error(status, &body, StatusCode::CONFLICT, "CONFLICT");
-    assert_eq!(error["details"]["reason"], "document_spoken_for");
-    let (status, body) = e
-        .review(
-            copy["id"].as_str().unwrap(),
-            &json!({"decision": "reject", "reason": "another account holds this passport"}),
-            &Caller::compliance(),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    e.approval_refused_as_spoken_for(&copy).await;
 
     // Once compliance revoked it, the passport verifies no one: not its holder again,
     // not a new account.

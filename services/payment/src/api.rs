@@ -735,10 +735,7 @@ pub(crate) async fn not_their_counterparty(
     .fetch_one(db)
     .await?;
     if exchanged {
-        return Err(ApiError::forbidden(
-            "staff who exchanged money with a party to this payment cannot decide on it; another staff member must",
-        )
-        .with_details(serde_json::json!({ "reason": "party" })));
+        return Err(ApiError::counterparty("a party to this payment"));
     }
     Ok(())
 }

@@ -15,11 +15,19 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-fn assert_own_payment_refused((status, body): (u16, Value)) {
+fn assert_own_payment_refused(answer: (u16, Value)) {
+    assert_forbidden_because("own_payment", answer);
+}
+
+fn assert_refused_as_party(answer: (u16, Value)) {
+    assert_forbidden_because("party", answer);
+}
+
+fn assert_forbidden_because(reason: &str, (status, body): (u16, Value)) {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["success"], false);
     assert_eq!(body["error"]["code"], "FORBIDDEN", "{body}");
-    assert_eq!(body["error"]["details"]["reason"], "own_payment", "{body}");
+    assert_eq!(body["error"]["details"]["reason"], reason, "{body}");
 }
 
 #[tokio::test]
@@ -104,13 +112,6 @@ async fn paid(stand: &Stand, payer: Uuid, payee: Uuid, amount: &str) -> Uuid {
     body["data"]["id"].as_str().unwrap().parse().unwrap()
 }
 
-fn assert_refused_as_party((status, body): (u16, Value)) {
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["success"], false);
-    assert_eq!(body["error"]["code"], "FORBIDDEN", "{body}");
-    assert_eq!(body["error"]["details"]["reason"], "party", "{body}");
-}
-
 #[tokio::test]
 async fn an_officer_who_exchanged_money_with_either_party_cannot_release_the_held_payment() {
     let stand = Stand::start().await;
@@ -138,7 +139,7 @@ async fn an_officer_who_exchanged_money_with_either_party_cannot_release_the_hel
 #[tokio::test]
 async fn an_operator_who_exchanged_money_with_a_party_can_neither_ask_for_nor_make_its_reversal() {
     let stand = Stand::start().await;
-    let (payer, payee, accomplice) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let [payer, payee, accomplice] = std::array::from_fn(|_| Uuid::new_v4());
     paid(&stand, payer, accomplice, "1.00").await;
     let completed = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
 

@@ -152,6 +152,16 @@ impl ApiError {
         Self::new(ErrorCode::Forbidden, message)
     }
 
+    /// `403 FORBIDDEN`, `details.reason = "party"`: staff who exchanged money with
+    /// `whom` (a party to a payment or an alert, a wallet's owner) do not decide about
+    /// them; another staff member must. One refusal for every service's staff rule.
+    pub fn counterparty(whom: &str) -> Self {
+        Self::forbidden(format!(
+            "you exchanged money with {whom}; another staff member must decide"
+        ))
+        .with_details(serde_json::json!({ "reason": "party" }))
+    }
+
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(ErrorCode::NotFound, what)
     }

@@ -6,7 +6,7 @@ use finflow_platform::events::consumer::{Handler, HandlerError};
 use finflow_platform::events::{Event, types};
 use finflow_reporting::projections::{LEDGER_ENTRY_POSTED, Projector, project};
 use finflow_reporting::reports::{
-    compliance_report, ledger_totals, statement_lines, volume_by_day,
+    LedgerTotal, compliance_report, ledger_totals, statement_lines, volume_by_day,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -201,17 +201,18 @@ async fn snapshot(db: &TestDb, users_with_statements: &[Uuid]) -> Value {
             .fetch_all(&db.pool)
             .await
             .unwrap();
-    let now = chrono::Utc::now();
-    let totals = ledger_totals(
-        &db.pool,
-        now - chrono::Duration::days(1),
-        now + chrono::Duration::days(1),
-        None,
-    )
-    .await
-    .unwrap();
+    let totals = totals_of_the_day(db).await;
     json!({"payments": format!("{payments:?}"), "users": format!("{users:?}"), "totals": format!("{totals:?}"),
            "wallets": format!("{wallets:?}"), "statements": statements})
+}
+
+/// The ledger's totals over the day either side of now.
+async fn totals_of_the_day(db: &TestDb) -> Vec<LedgerTotal> {
+    let now = chrono::Utc::now();
+    let day = chrono::Duration::days(1);
+    ledger_totals(&db.pool, now - day, now + day, None)
+        .await
+        .unwrap()
 }
 
 /// (direction, kind, status) of each line of `user`'s statement.
@@ -788,15 +789,7 @@ async fn totals_past_what_one_payment_may_be_are_reported_not_refused() {
     let days = serde_json::to_value(volume_by_day(&db.pool).await.unwrap()).unwrap();
     assert_eq!(days[0]["payments"], 2, "{days}");
     assert_eq!(days[0]["amount"], sum, "{days}");
-    let now = chrono::Utc::now();
-    let posted = ledger_totals(
-        &db.pool,
-        now - chrono::Duration::days(1),
-        now + chrono::Duration::days(1),
-        None,
-    )
-    .await
-    .unwrap();
+    let posted = totals_of_the_day(&db).await;
     assert_eq!(posted.len(), 1, "{posted:?}");
     assert_eq!((posted[0].entries, posted[0].amount.as_str()), (2, sum));
 }

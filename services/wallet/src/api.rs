@@ -344,10 +344,7 @@ async fn set_status(
         && let (Some(owner), Ok(me)) = (wallet.user_id, who.user_id())
         && exchanged_money(&s.pool, me, owner).await?
     {
-        return Err(ApiError::forbidden(
-            "staff who exchanged money with this wallet's owner cannot change its status; another staff member must",
-        )
-        .with_details(serde_json::json!({ "reason": "party" })));
+        return Err(ApiError::counterparty("this wallet's owner"));
     }
     // Not the owner: `visible_wallet` let the caller through as `ops`.
     let by = if own { "owner" } else { "staff" };
