@@ -79,7 +79,7 @@ pub(crate) async fn change_password(
     // changing a password back and forth would be Argon2 without a limit.
     let mut redis = s.redis.clone();
     let address = client_network(ip);
-    let by_address = crate::limits::hit(
+    crate::limits::hit(
         &mut redis,
         "password-address",
         &address,
@@ -105,7 +105,7 @@ pub(crate) async fn change_password(
         .passwords
         .verify(req.current_password.clone(), current.clone())
         .await;
-    if !crate::limits::unless_busy(&redis, [by_address, by_pair], checked).await? {
+    if !crate::limits::unless_busy(&redis, by_pair, checked).await? {
         return Err(wrong_password());
     }
     // Told only to whoever gave the current password, so it tells a guess nothing.

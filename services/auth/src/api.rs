@@ -155,7 +155,7 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> ApiResult {
     // Counted before any work: a refused sign-up still costs the attacker an attempt.
-    let counted = crate::limits::per_address(
+    crate::limits::per_address(
         &s.redis,
         "register-address",
         ip,
@@ -169,8 +169,7 @@ async fn register(
     let phone = Phone::parse(&req.phone)?;
     // Hashed on every path, before anything tells them apart: a sign-up takes as long
     // for an address with an account as for a new one.
-    let hashed = s.passwords.hash(password).await;
-    let hash = crate::limits::unless_busy(&s.redis, [counted], hashed).await?;
+    let hash = s.passwords.hash(password).await?;
     // Every account starts as a user whatever its email: staff roles are granted by
     // an operator (`admin`), never by choosing an address.
     let roles = vec!["user".to_owned()];
@@ -335,7 +334,7 @@ async fn verify(
     }
     // Each attempt with a valid token costs an Argon2 check: limited where they come
     // from, as logins are.
-    let counted = crate::limits::per_address(
+    crate::limits::per_address(
         &s.redis,
         "verify-address",
         ip,
@@ -348,11 +347,11 @@ async fn verify(
     };
     // The mailbox holds the tokens of every sign-up of the address; its owner knows the
     // password of theirs alone. Checked before any lock is taken: Argon2 is slow.
-    let checked = s
+    if !s
         .passwords
         .verify(req.password, peeked.password_hash.clone())
-        .await;
-    if !crate::limits::unless_busy(&s.redis, [counted], checked).await? {
+        .await?
+    {
         return Err(ApiError::unauthorized(
             "not the password of the sign-up this token was mailed for",
         ));
@@ -440,7 +439,7 @@ async fn login(
     // clears it. Nothing is counted per account alone, so failures from one address
     // never lock the owner out from another.
     let address = client_network(ip);
-    let by_address = crate::limits::hit(
+    crate::limits::hit(
         &mut redis,
         "address",
         &address,
@@ -469,7 +468,7 @@ async fn login(
     // same answer: no oracle of which addresses have accounts, or verified ones.
     let (hash, usable) = row.unwrap_or_else(|| (DUMMY_HASH.clone(), false));
     let checked = s.passwords.verify(req.password, hash.clone()).await;
-    let matches = crate::limits::unless_busy(&redis, [by_address, by_pair], checked).await?;
+    let matches = crate::limits::unless_busy(&redis, by_pair, checked).await?;
     if !(usable && matches) {
         return Err(ApiError::unauthorized("invalid email or password"));
     }

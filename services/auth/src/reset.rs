@@ -224,7 +224,7 @@ pub(crate) async fn confirm_reset(
     let new = Password::parse_field("new_password", &req.new_password)?;
     // A live token costs an Argon2 hash: limited where the attempts come from, as
     // verifications are.
-    let counted = crate::limits::per_address(
+    crate::limits::per_address(
         &s.redis,
         "reset-confirm-address",
         ip,
@@ -242,8 +242,7 @@ pub(crate) async fn confirm_reset(
     let Some(owner) = peeked else {
         return Err(tokens::invalid_mailed_token("reset"));
     };
-    let hashed = s.passwords.hash(new).await;
-    let new_hash = crate::limits::unless_busy(&s.redis, [counted], hashed).await?;
+    let new_hash = s.passwords.hash(new).await?;
 
     let mut tx = s.pool.begin().await?;
     // The account's row, then the token's: the order a password change and a reset

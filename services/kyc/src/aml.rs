@@ -131,7 +131,22 @@ async fn pattern_alert(
     .bind(rule)
     .fetch_one(&mut *tx)
     .await?;
-    if !open {
+    if open {
+        // Opened by a payment observed beside this one, which saw none open when it
+        // was observed: added to it, as [`OBSERVE`] adds those after.
+        sqlx::query(
+            "INSERT INTO aml_alert_payments (alert_id, payment_id, reference_value) \
+             SELECT a.id, o.payment_id, o.reference_value \
+             FROM aml_alerts a, payment_observations o \
+             WHERE a.user_id = $1 AND a.rule = $2 AND a.status = 'open' AND o.payment_id = $3 \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user)
+        .bind(rule)
+        .bind(payment)
+        .execute(&mut *tx)
+        .await?;
+    } else {
         alert(tx, user, payee, payment, rule, details).await?;
     }
     Ok(())
@@ -151,9 +166,10 @@ async fn pattern_alert(
 /// probe per payment, not a scan of their whole window.
 ///
 /// While a pattern alert is open its rule raises no other, so a payment observed for
-/// the first time is added to it (`since_raised`, `{count, total}` in the reference
-/// currency; for structuring, one in the band): the reviewer decides on them all, not
-/// only on the burst that opened it (a decoy of cents, then sums just under the limits).
+/// the first time is added to it (`aml_alert_payments`, shown as `since_raised`; for
+/// structuring, one in the band): the reviewer decides on them all, not only on the
+/// burst that opened it (a decoy of cents, then sums just under the limits). Added as
+/// rows, so observing takes no lock on the alert.
 const OBSERVE: &str = "\
 WITH observed AS ( \
     INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value, \
@@ -161,13 +177,11 @@ WITH observed AS ( \
     VALUES ($1, $2, $3, $4, $5, $10) ON CONFLICT DO NOTHING \
     RETURNING reference_value, observed_at \
 ), since_raised AS ( \
-    UPDATE aml_alerts SET details = details || jsonb_build_object('since_raised', \
-        jsonb_build_object( \
-            'count', coalesce((details #>> '{since_raised,count}')::bigint, 0) + 1, \
-            'total', (coalesce((details #>> '{since_raised,total}')::numeric, 0) + $5)::text)) \
+    INSERT INTO aml_alert_payments (alert_id, payment_id, reference_value) \
+    SELECT id, $1, $5 FROM aml_alerts \
     WHERE user_id = $2 AND status = 'open' AND EXISTS (SELECT 1 FROM observed) \
         AND (rule = 'velocity' OR (rule = 'structuring' AND $9::boolean)) \
-    RETURNING 1 \
+    ON CONFLICT DO NOTHING \
 ), open AS MATERIALIZED ( \
     SELECT EXISTS (SELECT 1 FROM aml_alerts \
                    WHERE user_id = $2 AND rule = 'velocity' AND status = 'open') AS velocity, \

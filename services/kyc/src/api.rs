@@ -193,9 +193,13 @@ async fn decide(
 /// document come one after the other, and so do a decision and a revocation of the
 /// user (which locks the same rows).
 async fn document_spoken_for(tx: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    // The number without dashes, then as written: the key the release before takes,
+    // so a decision here and one there on the same spelling still take turns.
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtextextended( \
-           'kyc-document:' || document_type || ':' || replace(document_number, '-', ''), 0)) \
+           'kyc-document:' || document_type || ':' || replace(document_number, '-', ''), 0)), \
+         pg_advisory_xact_lock(hashtextextended( \
+           'kyc-document:' || document_type || ':' || document_number, 0)) \
          FROM kyc_submissions WHERE id = $1",
     )
     .bind(id)
@@ -582,8 +586,14 @@ pub struct Alert {
     pub decided_at: Option<DateTime<Utc>>,
 }
 
-pub const ALERT_COLUMNS: &str =
-    "id, user_id, payment_id, rule, details, status, decided_by, reason, created_at, decided_at";
+/// An alert's columns, its `details` with `since_raised` (`{count, total}`) when
+/// payments were added to it while it was open ([`crate::aml`]'s `OBSERVE`).
+pub const ALERT_COLUMNS: &str = "id, user_id, payment_id, rule, \
+    details || coalesce((SELECT jsonb_build_object('since_raised', jsonb_build_object( \
+        'count', count(*), 'total', trim_scale(sum(p.reference_value))::text)) \
+      FROM aml_alert_payments p WHERE p.alert_id = aml_alerts.id HAVING count(*) > 0), \
+      '{}'::jsonb) AS details, \
+    status, decided_by, reason, created_at, decided_at";
 
 /// `?status=` of `GET /api/v1/aml/alerts` (documentation only: the handler checks the
 /// string).

@@ -47,8 +47,15 @@ impl DocumentType {
     /// space anywhere.
     fn number_pattern(self) -> String {
         let (min, max, dash) = self.number_rule();
-        let dash = if dash { "-" } else { "" };
-        format!(r"^[{WHITE_SPACE}]*([A-Za-z0-9{dash}][{WHITE_SPACE}]*){{{min},{max}}}$")
+        let w = format!("[{WHITE_SPACE}]*");
+        if dash {
+            // A `-` only between two letters or digits, one at a time: a number of
+            // dashes alone, or dashes at its ends, is no number.
+            let (more_min, more_max) = (min - 1, max - 1);
+            format!(r"^{w}[A-Za-z0-9]({w}-?{w}[A-Za-z0-9]){{{more_min},{more_max}}}{w}$")
+        } else {
+            format!(r"^{w}([A-Za-z0-9]{w}){{{min},{max}}}$")
+        }
     }
 
     fn number_example(self) -> &'static str {
@@ -161,12 +168,13 @@ impl utoipa::PartialSchema for SubmissionShape {
             let (min, max, dash) = kind.number_rule();
             let number = text::described(
                 &format!(
-                    "{min} to {max} letters{}; whitespace anywhere is removed and letters are \
-                     upper-cased.",
+                    "{min} to {max} letters and digits{}; whitespace anywhere is removed and \
+                     letters are upper-cased.",
                     if dash {
-                        ", digits and `-`"
+                        ", a single `-` allowed between two of them (the same number however \
+                         its dashes fall)"
                     } else {
-                        " and digits"
+                        ""
                     }
                 ),
                 kind.number_pattern(),
@@ -273,12 +281,23 @@ impl Submission {
         // (`ﬀ` is `FF`, `ſ` is `S`), which no document number has.
         let number = number.to_ascii_uppercase();
         let allowed = |c: char| c.is_ascii_alphanumeric() || (dash && c == '-');
-        if !(min..=max).contains(&number.len()) || !number.chars().all(allowed) {
+        let letters_and_digits = number.chars().filter(char::is_ascii_alphanumeric).count();
+        let dashes_between =
+            !(number.starts_with('-') || number.ends_with('-') || number.contains("--"));
+        if !(min..=max).contains(&letters_and_digits)
+            || !number.chars().all(allowed)
+            || !dashes_between
+        {
             return Err(ApiError::invalid_field(
                 "document_number",
                 format!(
-                    "a {} number has {min} to {max} letters and digits",
-                    self.document_type.as_str()
+                    "a {} number has {min} to {max} letters and digits{}",
+                    self.document_type.as_str(),
+                    if dash {
+                        ", a single `-` allowed between two of them"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -417,6 +436,18 @@ mod tests {
             let checked = by_url(DocumentType::Passport, "AB1234567", &url).check();
             assert_eq!(checked.is_ok(), ok, "{} characters", url.len());
             assert_eq!(documented(DocumentType::Passport, "document_url")(&url), ok);
+        }
+    }
+
+    #[test]
+    fn a_licence_number_has_its_letters_and_digits_and_dashes_only_between_them() {
+        let licence = |n: &str| by_url(DocumentType::DrivingLicense, n, "https://x.example/d");
+        for junk in ["-----", "-D1234", "D1234-", "D--1234", "D-1-2-3"] {
+            assert!(licence(junk).check().is_err(), "{junk}");
+            assert!(!documented(DocumentType::DrivingLicense, "document_number")(junk));
+        }
+        for number in ["D-1234-5678", "D1234", "d 12-34 5"] {
+            assert!(licence(number).check().is_ok(), "{number}");
         }
     }
 

@@ -111,6 +111,9 @@ const FORGET_EVERY: Duration = Duration::from_secs(3600);
 /// record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
+/// Most webhook calls of one user in flight, as a claim sees them ([`Lane::due`]).
+pub const WEBHOOK_CALLS_PER_USER: i64 = 2;
+
 /// Most deliveries one sender claims at once: sent together, their outcomes recorded
 /// in one transaction (two commits for the lot instead of two each).
 const CLAIM_BATCH: i64 = 16;
@@ -128,31 +131,47 @@ impl Lane {
     /// The deliveries of the lane that are due, oldest first, at most `$1`, locked for
     /// the claim. A webhook has one attempt in flight at a time, so a sender's batch
     /// holds at most one delivery of each and a webhook that hangs holds one place, not
-    /// a whole batch; a receiver is sent one call at a time. The webhooks' candidates
-    /// are four batches' worth, so that senders claiming at once, which see the same
-    /// candidates and skip each other's, still fill their batches.
-    fn due(self) -> &'static str {
+    /// a whole batch; a receiver is sent one call at a time. A user has at most
+    /// [`WEBHOOK_CALLS_PER_USER`] webhook calls in flight (as a claim sees them: senders
+    /// claiming at once may each take a user's two), so users whose webhooks hang,
+    /// fed by events they cause at will, hold two places each, not every sender's
+    /// batch. The webhooks' candidates are four batches' worth, so that senders claiming
+    /// at once, which see the same candidates and skip each other's, still fill their
+    /// batches.
+    fn due(self) -> String {
         match self {
-            Self::Email => {
-                "SELECT id FROM deliveries \
+            Self::Email => "SELECT id FROM deliveries \
                  WHERE status = 'pending' AND channel = 'email' AND next_attempt_at <= now() \
                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
-            }
-            Self::Webhook => {
-                "SELECT id FROM deliveries WHERE id IN ( \
+                .to_owned(),
+            Self::Webhook => format!(
+                "WITH in_flight AS ( \
+                   SELECT user_id, count(*) AS calls FROM deliveries \
+                   WHERE status = 'pending' AND claim IS NOT NULL AND channel = 'webhook' \
+                     AND next_attempt_at > now() \
+                   GROUP BY user_id) \
+                 SELECT id FROM deliveries WHERE id IN ( \
                    SELECT id FROM ( \
-                     SELECT d.id, d.next_attempt_at, row_number() OVER ( \
-                       PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS turn \
-                     FROM deliveries d \
-                     WHERE d.status = 'pending' AND d.channel = 'webhook' \
-                       AND d.next_attempt_at <= now() \
-                       AND NOT EXISTS (SELECT 1 FROM deliveries f \
-                         WHERE f.webhook_id = d.webhook_id AND f.status = 'pending' \
-                           AND f.claim IS NOT NULL AND f.next_attempt_at > now())) ranked \
-                   WHERE turn = 1 ORDER BY next_attempt_at LIMIT 4 * $1) \
+                     SELECT heads.id, heads.next_attempt_at, \
+                       coalesce(in_flight.calls, 0) + row_number() OVER ( \
+                         PARTITION BY heads.user_id ORDER BY heads.next_attempt_at, heads.id) \
+                         AS user_calls \
+                     FROM ( \
+                       SELECT d.id, d.user_id, d.next_attempt_at, row_number() OVER ( \
+                         PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS turn \
+                       FROM deliveries d \
+                       WHERE d.status = 'pending' AND d.channel = 'webhook' \
+                         AND d.next_attempt_at <= now() \
+                         AND NOT EXISTS (SELECT 1 FROM deliveries f \
+                           WHERE f.webhook_id = d.webhook_id AND f.status = 'pending' \
+                             AND f.claim IS NOT NULL AND f.next_attempt_at > now())) heads \
+                     LEFT JOIN in_flight ON in_flight.user_id = heads.user_id \
+                     WHERE heads.turn = 1) ranked \
+                   WHERE user_calls <= {WEBHOOK_CALLS_PER_USER} \
+                   ORDER BY next_attempt_at LIMIT 4 * $1) \
                  AND status = 'pending' AND next_attempt_at <= now() \
                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED"
-            }
+            ),
         }
     }
 }

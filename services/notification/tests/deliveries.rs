@@ -1399,6 +1399,47 @@ async fn one_user_s_hanging_webhook_takes_one_place_in_a_batch_not_another_user_
     assert_eq!(attempts, 1, "one call to the hanging webhook, not sixteen");
 }
 
+/// Nor do several users' together: each has two calls in flight at most, so twenty
+/// hanging webhooks of two users (more than a sender's batch) leave room in the first
+/// round for a third user's webhook, however much older their events are.
+#[tokio::test]
+async fn users_whose_webhooks_hang_hold_two_places_each_and_leave_room_for_others() {
+    let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
+    let (mut sender, _) = sender_to_a_sink(&db).await;
+    sender.send_timeout = Duration::from_millis(500);
+    let (healthy, received) = answering(StatusCode::OK, None).await;
+    let hanging = hanging_receiver().await;
+    let (first, second, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    for user in [first, second] {
+        for _ in 0..10 {
+            webhook_deliveries(&db, user, &hanging, 3, "1 minute").await;
+        }
+    }
+    webhook_deliveries(&db, other, &healthy, 1, "1 second").await;
+
+    assert!(sender.deliver_next(delivery::Lane::Webhook).await.unwrap());
+    let delivered: i64 = db::scalar_of(
+        &db.pool,
+        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND status = 'delivered'",
+        other,
+    )
+    .await;
+    assert_eq!(
+        delivered, 1,
+        "the third user's webhook got its event in the first round"
+    );
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
+    for user in [first, second] {
+        let calls: i64 = db::scalar_of(
+            &db.pool,
+            "SELECT COALESCE(sum(attempts), 0)::bigint FROM deliveries WHERE user_id = $1",
+            user,
+        )
+        .await;
+        assert_eq!(calls, delivery::WEBHOOK_CALLS_PER_USER, "{user}");
+    }
+}
+
 /// A sender on `db` that mails to an SMTP sink of its own, and what the sink received.
 async fn sender_to_a_sink(db: &TestDb) -> (delivery::Sender, Mailbox) {
     let (smtp_port, mailbox) = smtp_sink().await;
@@ -1545,7 +1586,9 @@ async fn a_sealed_token_is_mailed_only_to_the_address_it_was_sealed_for() {
 /// reach their owner.
 #[tokio::test]
 async fn a_token_from_before_sealing_or_under_the_previous_key_is_still_mailed() {
-    let d = TestD::spawn().await;
+    // The database alone, no senders: a sent mail's text is forgotten at once, and the
+    // test reads the text queued.
+    let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
     let user = Uuid::new_v4();
     let to = Addressee {
         event_type: types::USER_PASSWORD_RESET_REQUESTED,
@@ -1566,12 +1609,12 @@ async fn a_token_from_before_sealing_or_under_the_previous_key_is_still_mailed()
         let data = json!({"user_id": user, "email": "ada@example.com", "token": token,
                           "expires_at": "2026-12-07T04:00:00Z"});
         let event = Event::new("auth", types::USER_PASSWORD_RESET_REQUESTED, &data).unwrap();
-        let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier, &[&event])
+        let outcomes = consumer::apply_batch(&db.pool, &queue().name, &notifier, &[&event])
             .await
             .unwrap();
         assert_eq!(outcomes, [Some(consumer::Outcome::Applied)], "{token}");
         let body: String = db::scalar_of(
-            &d.db.pool,
+            &db.pool,
             "SELECT body FROM deliveries WHERE event_id = $1",
             event.id,
         )
@@ -1582,7 +1625,7 @@ async fn a_token_from_before_sealing_or_under_the_previous_key_is_still_mailed()
     let data = json!({"user_id": user, "email": "ada@example.com",
                       "token": older.seal(plain, &to), "expires_at": "2026-12-07T04:00:00Z"});
     let event = Event::new("auth", types::USER_PASSWORD_RESET_REQUESTED, &data).unwrap();
-    let outcomes = consumer::apply_batch(&d.db.pool, &queue().name, &notifier(), &[&event])
+    let outcomes = consumer::apply_batch(&db.pool, &queue().name, &notifier(), &[&event])
         .await
         .unwrap();
     assert_eq!(outcomes, [None]);

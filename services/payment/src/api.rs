@@ -716,8 +716,9 @@ pub(crate) async fn not_their_own(
 /// Nor on the payment of someone they exchanged money with: a user who paid the
 /// officer (a dollar to be noticed, a reward after the fact), or whom the officer paid,
 /// has an interest the officer shares. Any payment C recorded between them, either
-/// way, whatever became of it (E's clear refuses the same officers: services/kyc's
-/// `case_for_another`). `403 FORBIDDEN` with `details.reason = "party"`. Payments
+/// way, whatever became of it. E's clear of the alert holding the payment applies the
+/// same rule to the payments E observed (services/kyc's `case_for_another`) before E
+/// calls [`aml_decision`]. `403 FORBIDDEN` with `details.reason = "party"`. Payments
 /// accepted before C recorded payees are not seen.
 pub(crate) async fn not_their_counterparty(
     db: impl sqlx::PgExecutor<'_>,
@@ -742,8 +743,8 @@ pub(crate) async fn not_their_counterparty(
 
 /// Releases a held payment to the worker (role `compliance`), never one of the
 /// caller's own ([`not_their_own`]) nor one of a party they exchanged money with
-/// ([`not_their_counterparty`]); E's call clearing its alert does the same
-/// ([`aml_decision`]). Not `ops`: a
+/// ([`not_their_counterparty`]); E applies the same rule to a clear before it calls
+/// [`aml_decision`]. Not `ops`: a
 /// payment is held for an AML review, and an operator's release would settle it
 /// before compliance decided, whatever they decide after.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),

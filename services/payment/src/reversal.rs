@@ -5,8 +5,8 @@
 //! operator's word, an insider and a customer could have the same money paid out twice.
 //! Neither operator may be a party to the payment ([`api::not_their_own`]) or have
 //! exchanged money with one ([`api::not_their_counterparty`]). A request
-//! waits a day ([`REQUEST_TTL`]) for the second operator; any operator may withdraw it
-//! meanwhile (the one who asked, or one who declines it).
+//! waits a day ([`REQUEST_TTL`]) for the second operator; any operator who may decide
+//! on it may withdraw it meanwhile (the one who asked, or one who declines it).
 
 use std::time::Duration;
 

@@ -43,7 +43,7 @@ async fn report(f: &TestService, query: &str) -> (u16, Option<String>, String) {
 }
 
 #[tokio::test]
-async fn a_transactions_report_over_its_limit_says_it_lists_only_the_oldest() {
+async fn a_transactions_report_over_its_limit_lists_the_oldest_and_says_it_is_cut() {
     let f = TestService::spawn::<Reporting>(&[]).await;
     payments(&f, MAX_REPORT_LINES as i64).await;
     let (status, _, body) = report(&f, "").await;
@@ -55,13 +55,26 @@ async fn a_transactions_report_over_its_limit_says_it_lists_only_the_oldest() {
         MAX_REPORT_LINES
     );
 
-    payments(&f, 1).await;
+    // One more, the newest: listed no longer, and the report says so.
+    let newest = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO payments_rm (payment_id, user_id, kind, status, amount, currency, created_at, last_event_at) \
+         VALUES ($1, gen_random_uuid(), 'deposit', 'COMPLETED', 1, 'USD', now() - interval '1 second', now())",
+    )
+    .bind(newest)
+    .execute(&f.db.pool)
+    .await
+    .unwrap();
     let (status, _, body) = report(&f, "").await;
     assert_eq!(status, 200);
     let cut: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(cut["data"]["truncated"], true);
     let lines = cut["data"]["payments"].as_array().unwrap();
     assert_eq!(lines.len(), MAX_REPORT_LINES);
+    assert!(
+        lines.iter().all(|l| l["payment_id"] != newest.to_string()),
+        "the oldest are listed"
+    );
     let (status, truncated, csv) = report(&f, "?format=csv").await;
     assert_eq!(status, 200);
     assert_eq!(truncated.as_deref(), Some("true"));
