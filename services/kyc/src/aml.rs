@@ -139,6 +139,7 @@ async fn pattern_alert(
              SELECT a.id, o.payment_id, o.reference_value \
              FROM aml_alerts a, payment_observations o \
              WHERE a.user_id = $1 AND a.rule = $2 AND a.status = 'open' AND o.payment_id = $3 \
+             FOR SHARE OF a \
              ON CONFLICT DO NOTHING",
         )
         .bind(user)
@@ -169,7 +170,9 @@ async fn pattern_alert(
 /// the first time is added to it (`aml_alert_payments`, shown as `since_raised`; for
 /// structuring, one in the band): the reviewer decides on them all, not only on the
 /// burst that opened it (a decoy of cents, then sums just under the limits). Added as
-/// rows, so observing takes no lock on the alert.
+/// rows under a share lock on the alert: observers do not wait for each other, and a
+/// decision committing meanwhile is waited for and its alert, no longer open, left
+/// alone.
 const OBSERVE: &str = "\
 WITH observed AS ( \
     INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value, \
@@ -181,6 +184,7 @@ WITH observed AS ( \
     SELECT id, $1, $5 FROM aml_alerts \
     WHERE user_id = $2 AND status = 'open' AND EXISTS (SELECT 1 FROM observed) \
         AND (rule = 'velocity' OR (rule = 'structuring' AND $9::boolean)) \
+    FOR SHARE \
     ON CONFLICT DO NOTHING \
 ), open AS MATERIALIZED ( \
     SELECT EXISTS (SELECT 1 FROM aml_alerts \

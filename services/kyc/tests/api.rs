@@ -2052,6 +2052,24 @@ async fn a_driving_licence_written_with_other_dashes_is_the_same_licence() {
 }
 
 #[tokio::test]
+async fn a_licence_of_twenty_letters_and_digits_is_taken_with_its_dashes() {
+    let e = TestE::spawn(&["--kyc-auto-approve"]).await;
+    let number = "D-1234-5678-9012-3456-78";
+    let taken = e
+        .submit(
+            Uuid::new_v4(),
+            &json!({
+                "document_type": "driving_license",
+                "document_number": number,
+                "document_url": "https://docs.example.com/licence.png",
+            }),
+        )
+        .await;
+    assert_eq!(taken["status"], "verified", "{taken}");
+    assert_eq!(taken["document_number"], number);
+}
+
+#[tokio::test]
 async fn one_passport_verifies_one_account_and_a_revoked_one_verifies_none() {
     let e = TestE::spawn(&["--kyc-auto-approve"]).await;
     let (holder, second, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());

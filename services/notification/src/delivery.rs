@@ -114,6 +114,10 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Most webhook calls of one user in flight, as a claim sees them ([`Lane::due`]).
 pub const WEBHOOK_CALLS_PER_USER: i64 = 2;
 
+/// How long a sender waits for its batch's sends before it records those that ended
+/// together; each later one is recorded as it ends.
+const RECORD_TOGETHER: Duration = Duration::from_millis(250);
+
 /// Most deliveries one sender claims at once: sent together, their outcomes recorded
 /// in one transaction (two commits for the lot instead of two each).
 const CLAIM_BATCH: i64 = 16;
@@ -132,10 +136,10 @@ impl Lane {
     /// the claim. A webhook has one attempt in flight at a time, so a sender's batch
     /// holds at most one delivery of each and a webhook that hangs holds one place, not
     /// a whole batch; a receiver is sent one call at a time. A user has at most
-    /// [`WEBHOOK_CALLS_PER_USER`] webhook calls in flight (as a claim sees them: senders
-    /// claiming at once may each take a user's two), so users whose webhooks hang,
-    /// fed by events they cause at will, hold two places each, not every sender's
-    /// batch. The webhooks' candidates are four batches' worth, so that senders claiming
+    /// [`WEBHOOK_CALLS_PER_USER`] webhook calls in flight (claimed and not yet
+    /// recorded; senders claiming at once rank the same heads, so they skip each
+    /// other's rather than take more), so users whose webhooks hang, fed by events they
+    /// cause at will, hold two places each, not every sender's batch. The webhooks' candidates are four batches' worth, so that senders claiming
     /// at once, which see the same candidates and skip each other's, still fill their
     /// batches.
     fn due(self) -> String {
@@ -260,32 +264,47 @@ impl Sender {
     }
 
     /// Claims the due deliveries of `lane` (up to [`CLAIM_BATCH`]), sends them at once
-    /// and records what became of them; false when none was due.
+    /// and records what became of them; false when none was due. What ends within
+    /// [`RECORD_TOGETHER`] is recorded together (one transaction for the lot); what
+    /// takes longer (a receiver that hangs) is recorded as each ends, so the batch's
+    /// other calls are not held as in flight until its slowest one gives up.
     pub async fn deliver_next(&self, lane: Lane) -> Result<bool, sqlx::Error> {
+        use futures_util::StreamExt;
         let claimed = self.claim(lane).await?;
         if claimed.is_empty() {
             return Ok(false);
         }
-        let sends = claimed.iter().map(|d| async move {
-            if d.attempts > self.max_attempts {
-                // Every attempt so far outlived its lease (its sender hung or died): the
-                // attempts are spent all the same.
-                return Err("no attempt finished within its lease".to_owned());
-            }
-            let send = async {
-                match d.channel.as_str() {
-                    "email" => self.send_email(d).await,
-                    _ => self.send_webhook(d).await,
+        let mut sends: futures_util::stream::FuturesUnordered<_> = claimed
+            .iter()
+            .map(|d| async move {
+                if d.attempts > self.max_attempts {
+                    // Every attempt so far outlived its lease (its sender hung or died):
+                    // the attempts are spent all the same.
+                    return (d, Err("no attempt finished within its lease".to_owned()));
                 }
-            };
-            // lettre bounds only the SMTP connect; this bounds the whole conversation,
-            // so a send never outlives its lease.
-            tokio::time::timeout(self.send_timeout, send)
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.send_timeout)))
-        });
-        let results = futures_util::future::join_all(sends).await;
-        self.record(&claimed, results).await?;
+                let send = async {
+                    match d.channel.as_str() {
+                        "email" => self.send_email(d).await,
+                        _ => self.send_webhook(d).await,
+                    }
+                };
+                // lettre bounds only the SMTP connect; this bounds the whole
+                // conversation, so a send never outlives its lease.
+                let result = tokio::time::timeout(self.send_timeout, send)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.send_timeout)));
+                (d, result)
+            })
+            .collect();
+        let together = tokio::time::Instant::now() + RECORD_TOGETHER;
+        let mut ended = Vec::with_capacity(claimed.len());
+        while let Ok(Some(outcome)) = tokio::time::timeout_at(together, sends.next()).await {
+            ended.push(outcome);
+        }
+        self.record(ended).await?;
+        while let Some(outcome) = sends.next().await {
+            self.record(vec![outcome]).await?;
+        }
         Ok(true)
     }
 
@@ -313,15 +332,14 @@ impl Sender {
 
     /// Records the outcomes of a claim's attempts where the claim still stands, in one
     /// transaction: the delivered ones in one statement.
-    async fn record(
-        &self,
-        claimed: &[Due],
-        results: Vec<Result<(), String>>,
-    ) -> Result<(), sqlx::Error> {
+    async fn record(&self, ended: Vec<(&Due, Result<(), String>)>) -> Result<(), sqlx::Error> {
+        let Some((first, _)) = ended.first() else {
+            return Ok(());
+        };
+        let claim = first.claim;
         let mut tx = self.pool.begin().await?;
-        let delivered: Vec<Uuid> = claimed
+        let delivered: Vec<Uuid> = ended
             .iter()
-            .zip(&results)
             .filter(|(_, r)| r.is_ok())
             .map(|(d, _)| d.id)
             .collect();
@@ -338,7 +356,7 @@ impl Sender {
             // would go on scanning all of it once it has grown (until an analyze replans it).
             .persistent(false)
             .bind(&delivered)
-            .bind(claimed[0].claim)
+            .bind(claim)
             .bind(&TRANSACTIONAL[..])
             .bind(SENT_CREDENTIAL)
             .fetch_all(&mut *tx)
@@ -346,8 +364,8 @@ impl Sender {
             .into_iter()
             .collect()
         };
-        let mut outcomes = Vec::with_capacity(claimed.len());
-        for (d, result) in claimed.iter().zip(results) {
+        let mut outcomes = Vec::with_capacity(ended.len());
+        for (d, result) in ended {
             let attempts = d.attempts;
             let (stands, outcome) = match result {
                 Ok(()) => (recorded.contains(&d.id), "delivered"),

@@ -1379,12 +1379,7 @@ async fn one_user_s_hanging_webhook_takes_one_place_in_a_batch_not_another_user_
     webhook_deliveries(&db, other, &healthy, 1, "1 second").await;
 
     assert!(sender.deliver_next(delivery::Lane::Webhook).await.unwrap());
-    let delivered: i64 = db::scalar_of(
-        &db.pool,
-        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND status = 'delivered'",
-        other,
-    )
-    .await;
+    let delivered: i64 = delivered_to(&db, other).await;
     assert_eq!(
         delivered, 1,
         "the other user's webhook got its event in the first round"
@@ -1418,27 +1413,70 @@ async fn users_whose_webhooks_hang_hold_two_places_each_and_leave_room_for_other
     webhook_deliveries(&db, other, &healthy, 1, "1 second").await;
 
     assert!(sender.deliver_next(delivery::Lane::Webhook).await.unwrap());
-    let delivered: i64 = db::scalar_of(
-        &db.pool,
-        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND status = 'delivered'",
-        other,
-    )
-    .await;
+    let delivered: i64 = delivered_to(&db, other).await;
     assert_eq!(
         delivered, 1,
         "the third user's webhook got its event in the first round"
     );
     assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 1);
     for user in [first, second] {
-        let calls: i64 = db::scalar_of(
-            &db.pool,
-            "SELECT COALESCE(sum(attempts), 0)::bigint FROM deliveries WHERE user_id = $1",
-            user,
-        )
-        .await;
+        let calls: i64 = db::scalar_of(&db.pool, CALLS_OF, user).await;
         assert_eq!(calls, delivery::WEBHOOK_CALLS_PER_USER, "{user}");
     }
 }
+
+/// A call that ended is recorded while another of its batch still hangs: it no longer
+/// counts as in flight, so its user's next call is not held behind a stranger's
+/// receiver.
+#[tokio::test]
+async fn a_call_that_ended_is_recorded_while_its_batch_waits_for_a_hanging_one() {
+    let db = TestDb::new(Some(&finflow_notification::MIGRATIONS)).await;
+    let (mut sender, _) = sender_to_a_sink(&db).await;
+    sender.send_timeout = Duration::from_secs(30);
+    let (healthy, _) = answering(StatusCode::OK, None).await;
+    webhook_deliveries(
+        &db,
+        Uuid::new_v4(),
+        &hanging_receiver().await,
+        1,
+        "1 minute",
+    )
+    .await;
+    let other = Uuid::new_v4();
+    webhook_deliveries(&db, other, &healthy, 1, "1 second").await;
+
+    let round = tokio::spawn(async move { sender.deliver_next(delivery::Lane::Webhook).await });
+    let recorded = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let delivered: i64 = delivered_to(&db, other).await;
+            if delivered == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        recorded.is_ok(),
+        "recorded only once the hanging call gave up"
+    );
+    assert!(!round.is_finished(), "the hanging call is still waited for");
+    round.abort();
+}
+
+/// How many of `user`'s deliveries were delivered.
+async fn delivered_to(db: &TestDb, user: Uuid) -> i64 {
+    db::scalar_of(
+        &db.pool,
+        "SELECT count(*) FROM deliveries WHERE user_id = $1 AND status = 'delivered'",
+        user,
+    )
+    .await
+}
+
+/// The attempts made at a user's deliveries (`$1`).
+const CALLS_OF: &str =
+    "SELECT COALESCE(sum(attempts), 0)::bigint FROM deliveries WHERE user_id = $1";
 
 /// A sender on `db` that mails to an SMTP sink of its own, and what the sink received.
 async fn sender_to_a_sink(db: &TestDb) -> (delivery::Sender, Mailbox) {
