@@ -172,7 +172,8 @@ async fn pattern_alert(
 /// burst that opened it (a decoy of cents, then sums just under the limits). Added as
 /// rows under a share lock on the alert: observers do not wait for each other, and a
 /// decision committing meanwhile is waited for and its alert, no longer open, left
-/// alone.
+/// alone. Such a payment is then in no alert, and `open` (read as the statement began)
+/// spared it the window's rules; the user's next payment counts it in its window.
 const OBSERVE: &str = "\
 WITH observed AS ( \
     INSERT INTO payment_observations (payment_id, user_id, amount, currency, reference_value, \

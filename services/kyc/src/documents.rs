@@ -442,7 +442,7 @@ mod tests {
     #[test]
     fn a_licence_number_has_its_letters_and_digits_and_dashes_only_between_them() {
         let licence = |n: &str| by_url(DocumentType::DrivingLicense, n, "https://x.example/d");
-        for junk in ["-----", "-D1234", "D1234-", "D--1234", "D-1234--5"] {
+        for junk in ["-----", "-D1234", "D1234-", "D--1234", "D-1-2-3"] {
             assert!(licence(junk).check().is_err(), "{junk}");
             assert!(!documented(DocumentType::DrivingLicense, "document_number")(junk));
         }

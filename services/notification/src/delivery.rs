@@ -111,15 +111,16 @@ const FORGET_EVERY: Duration = Duration::from_secs(3600);
 /// record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
-/// Most webhook calls of one user in flight, as a claim sees them ([`Lane::due`]).
+/// Most webhook calls of one user in flight: claimed and not yet recorded ([`Lane::due`]).
 pub const WEBHOOK_CALLS_PER_USER: i64 = 2;
 
 /// How long a sender waits for its batch's sends before it records those that ended
 /// together; each later one is recorded as it ends.
 const RECORD_TOGETHER: Duration = Duration::from_millis(250);
 
-/// Most deliveries one sender claims at once: sent together, their outcomes recorded
-/// in one transaction (two commits for the lot instead of two each).
+/// Most deliveries one sender claims at once: sent together, the outcomes of those that
+/// end within [`RECORD_TOGETHER`] recorded in one transaction (two commits for the lot
+/// instead of two each).
 const CLAIM_BATCH: i64 = 16;
 
 /// What a sender works off. Mails and webhooks have senders of their own: receivers
@@ -139,9 +140,9 @@ impl Lane {
     /// [`WEBHOOK_CALLS_PER_USER`] webhook calls in flight (claimed and not yet
     /// recorded; senders claiming at once rank the same heads, so they skip each
     /// other's rather than take more), so users whose webhooks hang, fed by events they
-    /// cause at will, hold two places each, not every sender's batch. The webhooks' candidates are four batches' worth, so that senders claiming
-    /// at once, which see the same candidates and skip each other's, still fill their
-    /// batches.
+    /// cause at will, hold two places each, not every sender's batch. The webhooks'
+    /// candidates are four batches' worth, so that senders claiming at once, which see
+    /// the same candidates and skip each other's, still fill their batches.
     fn due(self) -> String {
         match self {
             Self::Email => "SELECT id FROM deliveries \
@@ -301,11 +302,26 @@ impl Sender {
         while let Ok(Some(outcome)) = tokio::time::timeout_at(together, sends.next()).await {
             ended.push(outcome);
         }
-        self.record(ended).await?;
-        while let Some(outcome) = sends.next().await {
-            self.record(vec![outcome]).await?;
+        // A record that fails leaves its deliveries claimed until the lease ends (then
+        // they are retried); the sends still under way go on and are recorded, not
+        // dropped mid-call to be made again.
+        let mut failed = None;
+        if let Err(e) = self.record(ended).await {
+            tracing::warn!(error = %e, "recording deliveries failed");
+            failed.get_or_insert(e);
         }
-        Ok(true)
+        while let Some(outcome) = sends.next().await {
+            let mut ended = vec![outcome];
+            // With those that ended meanwhile (timeouts of one moment come together).
+            while let Some(Some(more)) = futures_util::FutureExt::now_or_never(sends.next()) {
+                ended.push(more);
+            }
+            if let Err(e) = self.record(ended).await {
+                tracing::warn!(error = %e, "recording deliveries failed");
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(true), Err)
     }
 
     /// Takes the due deliveries, up to [`CLAIM_BATCH`], for a lease under one claim id,
