@@ -447,7 +447,7 @@ async fn case_for_another(
 /// the fact), or whom the officer paid, has an interest the officer shares, whichever
 /// end of the held transfer they are; a pattern (velocity, structuring) stands for the
 /// user's payments, any of which may be to the officer. C's release of a held payment
-/// refuses the same officers (services/payment's `not_their_counterparty`).
+/// refuses the same officers (services/payment's `for_another`).
 async fn exchanged_money_with(
     tx: &mut sqlx::PgConnection,
     officer: Uuid,

@@ -690,12 +690,21 @@ async fn list(
 /// with nobody else looking. `403 FORBIDDEN` with `details.reason = "own_payment"`.
 /// Both ends are on the row; for a payment accepted before C recorded the payee, the
 /// payee of a transfer is whoever owns the destination wallet at B (a deposit pays
-/// the payer, a withdrawal pays nobody here). The parties, payer first.
-pub(crate) async fn not_their_own(
+/// the payer, a withdrawal pays nobody here).
+///
+/// Nor on the payment of someone they exchanged money with: a user who paid the
+/// officer (a dollar to be noticed, a reward after the fact), or whom the officer paid,
+/// has an interest the officer shares. Any payment C recorded between them, either
+/// way, whatever became of it. E's clear of the alert holding the payment applies the
+/// same rule to the payments E observed (services/kyc's `case_for_another`) before E
+/// calls [`aml_decision`]. `403 FORBIDDEN` with `details.reason = "party"`. Payments
+/// accepted before C recorded payees are not seen.
+pub(crate) async fn for_another(
     wallets: &Wallets,
+    db: impl sqlx::PgExecutor<'_>,
     who: &Identity,
     row: &PaymentRow,
-) -> Result<Vec<Uuid>, ApiError> {
+) -> Result<(), ApiError> {
     let me = who.user_id()?;
     let payee = match (row.payee_user_id, row.kind()?, row.to_wallet_id) {
         (Some(payee), _, _) => Some(payee),
@@ -710,29 +719,14 @@ pub(crate) async fn not_their_own(
         )
         .with_details(serde_json::json!({ "reason": "own_payment" })));
     }
-    Ok(std::iter::once(row.user_id).chain(payee).collect())
-}
-
-/// Nor on the payment of someone they exchanged money with: a user who paid the
-/// officer (a dollar to be noticed, a reward after the fact), or whom the officer paid,
-/// has an interest the officer shares. Any payment C recorded between them, either
-/// way, whatever became of it. E's clear of the alert holding the payment applies the
-/// same rule to the payments E observed (services/kyc's `case_for_another`) before E
-/// calls [`aml_decision`]. `403 FORBIDDEN` with `details.reason = "party"`. Payments
-/// accepted before C recorded payees are not seen.
-pub(crate) async fn not_their_counterparty(
-    db: impl sqlx::PgExecutor<'_>,
-    who: &Identity,
-    parties: &[Uuid],
-) -> Result<(), ApiError> {
-    let me = who.user_id()?;
+    let parties: Vec<Uuid> = std::iter::once(row.user_id).chain(payee).collect();
     let exchanged: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM payments \
            WHERE (user_id = $1 AND payee_user_id = ANY($2)) \
               OR (user_id = ANY($2) AND payee_user_id = $1))",
     )
     .bind(me)
-    .bind(parties)
+    .bind(&parties)
     .fetch_one(db)
     .await?;
     if exchanged {
@@ -742,9 +736,8 @@ pub(crate) async fn not_their_counterparty(
 }
 
 /// Releases a held payment to the worker (role `compliance`), never one of the
-/// caller's own ([`not_their_own`]) nor one of a party they exchanged money with
-/// ([`not_their_counterparty`]); E applies the same rule to a clear before it calls
-/// [`aml_decision`]. Not `ops`: a
+/// caller's own nor one of a party they exchanged money with ([`for_another`]); E
+/// applies the same rule to a clear before it calls [`aml_decision`]. Not `ops`: a
 /// payment is held for an AML review, and an operator's release would settle it
 /// before compliance decided, whatever they decide after.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/release", tag = "payments", params(("id" = Uuid, Path)),
@@ -757,8 +750,7 @@ async fn release(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>)
     let row = settle::lock(&mut tx, id)
         .await?
         .ok_or_else(|| ApiError::not_found("payment not found"))?;
-    let parties = not_their_own(&s.wallets, &who, &row).await?;
-    not_their_counterparty(&mut *tx, &who, &parties).await?;
+    for_another(&s.wallets, &mut *tx, &who, &row).await?;
     let released = settle::transition(&mut tx, &row, Status::Pending, None).await?;
     tx.commit().await?;
     Ok(error::ok(released.view()?))

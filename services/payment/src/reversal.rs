@@ -3,8 +3,8 @@
 //! A reversal moves the money back with a compensating transfer, and reversing a
 //! withdrawal credits the wallet with money that has already left FinFlow: on one
 //! operator's word, an insider and a customer could have the same money paid out twice.
-//! Neither operator may be a party to the payment ([`api::not_their_own`]) or have
-//! exchanged money with one ([`api::not_their_counterparty`]). A request
+//! Neither operator may be a party to the payment or have exchanged money with one
+//! ([`api::for_another`]). A request
 //! waits a day ([`REQUEST_TTL`]) for the second operator; any operator who may decide
 //! on it may withdraw it meanwhile (the one who asked, or one who declines it).
 
@@ -133,8 +133,7 @@ impl Deciding {
         let row = settle::lock(&mut tx, id)
             .await?
             .ok_or_else(|| ApiError::not_found("payment not found"))?;
-        let parties = api::not_their_own(&s.wallets, who, &row).await?;
-        api::not_their_counterparty(&mut *tx, who, &parties).await?;
+        api::for_another(&s.wallets, &mut *tx, who, &row).await?;
         if row.status()? != Status::Completed {
             return Err(ApiError::conflict(format!(
                 "only a COMPLETED payment can be reversed; this one is {}",
@@ -153,7 +152,7 @@ impl Deciding {
 
 /// Asks for the reversal of a completed payment, or makes the one another operator asked
 /// for within the day (role `ops`; never a payment of the caller's,
-/// [`api::not_their_own`]). Made, it is a compensating transfer whose id derives from
+/// [`api::for_another`]). Made, it is a compensating transfer whose id derives from
 /// the payment: a retry cannot reverse twice.
 #[utoipa::path(post, path = "/api/v1/payments/{id}/reverse", tag = "payments", params(("id" = Uuid, Path)),
     responses(
