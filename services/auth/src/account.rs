@@ -121,7 +121,8 @@ pub(crate) async fn change_password(
     let (user, ended) = replace_password(&mut tx, me, &new_hash, Some(&current), Via::Change)
         .await?
         .ok_or_else(wrong_password)?;
-    let session = api::start_session(&s, &mut tx, user, Uuid::now_v7()).await?;
+    let family = api::Family::begin(&mut tx).await?;
+    let session = api::start_session(&s, &mut tx, user, family).await?;
     tx.commit().await?;
     tracing::info!(user_id = %me, sessions_ended = ended, "password changed");
     Ok(error::ok(session))

@@ -35,10 +35,13 @@ use finflow_contracts::sealed::{Addressee, SealKey};
 /// Settings the handlers need besides connections.
 pub struct Settings {
     pub refresh_ttl: Duration,
+    /// How long a session lasts from its first token, however often refreshed.
+    pub session_max_age: Duration,
     pub login_limit_per_account: u32,
     pub login_limit_per_address: u32,
     pub register_limit_per_address: u32,
     pub refresh_limit_per_address: u32,
+    pub service_token_failures_per_address: u32,
     /// Service name -> SHA-256 of its client secret.
     pub service_clients: HashMap<String, [u8; 32]>,
     /// Seals the tokens mailed through D ([`finflow_contracts::sealed`]).
@@ -478,7 +481,8 @@ async fn login(
     let user = user_if_password_is(&mut tx, &email, &hash)
         .await?
         .ok_or_else(|| ApiError::unauthorized("invalid email or password"))?;
-    let session = start_session(&s, &mut tx, user, Uuid::now_v7()).await?;
+    let family = Family::begin(&mut tx).await?;
+    let session = start_session(&s, &mut tx, user, family).await?;
     tx.commit().await?;
     Ok(error::ok(session))
 }
@@ -516,12 +520,44 @@ async fn user_by_id<'e>(
     .await
 }
 
+/// A session: the family its refresh tokens share, and when it began (its login).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Family {
+    pub id: Uuid,
+    pub started_at: DateTime<Utc>,
+}
+
+impl Family {
+    /// The family of a session beginning now, by the database's clock: the time its
+    /// first token's row records (`created_at`, the transaction's), which is what a
+    /// refresh reads back as the session's start.
+    pub async fn begin(tx: &mut sqlx::PgConnection) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: Uuid::now_v7(),
+            started_at: sqlx::query_scalar("SELECT now()").fetch_one(tx).await?,
+        })
+    }
+
+    /// When the session ends, however often it is refreshed.
+    pub fn ends_at(&self, max_age: Duration) -> DateTime<Utc> {
+        after(self.started_at, max_age)
+    }
+}
+
+/// `from` plus `d`, or the end of time where that is past it.
+fn after(from: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| from.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// Issues an access token and a refresh token in `family`.
 pub(crate) async fn start_session(
     s: &AppState,
     tx: &mut sqlx::PgConnection,
     user: User,
-    family: Uuid,
+    family: Family,
 ) -> Result<Session, ApiError> {
     let now = Utc::now();
     let access = s
@@ -529,14 +565,16 @@ pub(crate) async fn start_session(
         .issue(user.identity(), now)
         .map_err(|e| ApiError::internal(&e))?;
     let (refresh_token, hash) = tokens::new_opaque_token();
+    // Never past the session's end: a refresh there is refused all the same, and the
+    // client is told when it must log in again.
     let refresh_expires_at =
-        now + chrono::Duration::from_std(s.settings.refresh_ttl).unwrap_or(chrono::Duration::MAX);
+        after(now, s.settings.refresh_ttl).min(family.ends_at(s.settings.session_max_age));
     sqlx::query(
         "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
          VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(Uuid::now_v7())
-    .bind(family)
+    .bind(family.id)
     .bind(user.id)
     .bind(hash)
     .bind(refresh_expires_at)
@@ -569,6 +607,8 @@ struct RefreshRow {
     /// A token of the family was revoked, so the family was ([`revoke_family`]),
     /// whenever this token was written.
     family_revoked: bool,
+    /// When the family's first token was written: the session's login.
+    started_at: DateTime<Utc>,
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
@@ -598,11 +638,14 @@ async fn refresh(
     }
     // The row lock makes concurrent uses of one token take turns: only one can rotate it.
     let row: Option<RefreshRow> = sqlx::query_as(
-        "SELECT family_id, user_id, expires_at, used_at, revoked_at, EXISTS ( \
-             SELECT 1 FROM refresh_tokens r \
-             WHERE r.family_id = t.family_id AND r.revoked_at IS NOT NULL \
-           ) AS family_revoked \
-         FROM refresh_tokens t WHERE token_hash = $1 FOR UPDATE OF t",
+        "SELECT family_id, user_id, expires_at, used_at, revoked_at, \
+                f.family_revoked, f.started_at \
+         FROM refresh_tokens t, LATERAL ( \
+             SELECT bool_or(r.revoked_at IS NOT NULL) AS family_revoked, \
+                    min(r.created_at) AS started_at \
+             FROM refresh_tokens r WHERE r.family_id = t.family_id \
+           ) f \
+         WHERE token_hash = $1 FOR UPDATE OF t",
     )
     .bind(&hash)
     .fetch_optional(&mut *tx)
@@ -612,6 +655,17 @@ async fn refresh(
     };
     if row.revoked_at.is_some() || row.expires_at <= Utc::now() || row.family_revoked {
         return Err(invalid());
+    }
+    let family = Family {
+        id: row.family_id,
+        started_at: row.started_at,
+    };
+    // Checked apart from the token's own expiry: a token issued under a longer
+    // SESSION_MAX_AGE_SECS (or by a release before it) may outlive the session.
+    if family.ends_at(s.settings.session_max_age) <= Utc::now() {
+        return Err(ApiError::unauthorized(
+            "the session has reached its maximum age (SESSION_MAX_AGE_SECS): log in again",
+        ));
     }
     if row.used_at.is_some() {
         // A rotated token came back: it was stolen or replayed. End the whole session.
@@ -632,7 +686,7 @@ async fn refresh(
     let user = user_by_id(&mut *tx, row.user_id)
         .await?
         .ok_or_else(invalid)?;
-    let session = start_session(&s, &mut tx, user, row.family_id).await?;
+    let session = start_session(&s, &mut tx, user, family).await?;
     tx.commit().await?;
     Ok(error::ok(session))
 }
@@ -718,20 +772,37 @@ pub struct ServiceToken {
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = TokenRequest,
     responses((status = 200, body = ServiceToken),
         (status = 400, body = ErrorEnvelope, description = "grant_type is not client_credentials"),
-        (status = 401, body = ErrorEnvelope)))]
-async fn service_token(State(s): State<AppState>, Json(req): Json<TokenRequest>) -> ApiResult {
+        (status = 401, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope, description = "too many wrong credentials from this address (SERVICE_TOKEN_FAILURES_PER_ADDRESS a minute); see Retry-After")))]
+async fn service_token(
+    State(s): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(req): Json<TokenRequest>,
+) -> ApiResult {
     if req.grant_type != "client_credentials" {
         return Err(ApiError::invalid_field(
             "grant_type",
             "grant_type must be client_credentials",
         ));
     }
+    // Counted before the secret is compared, so requests at once cannot all slip under
+    // the limit; a right secret gives its attempt back, so only failures add up.
+    let counted = crate::limits::per_address(
+        &s.redis,
+        "service-token-address",
+        ip,
+        s.settings.service_token_failures_per_address,
+        "too many wrong client credentials from this address, try again later",
+    )
+    .await?;
     let presented: [u8; 32] = Sha256::digest(req.client_secret.as_bytes()).into();
     // Comparing digests: the time taken reveals nothing about the secret itself.
     let known = s.settings.service_clients.get(&req.client_id);
     if known != Some(&presented) {
+        tracing::warn!(client_id = %req.client_id.escape_debug(), client = %ip, "wrong client credentials");
         return Err(ApiError::unauthorized("invalid client credentials"));
     }
+    crate::limits::give_back(&s.redis, counted).await;
     let now = Utc::now();
     let role = format!(
         "{}{}",

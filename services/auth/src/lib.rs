@@ -76,9 +76,16 @@ pub struct Settings {
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "ACCESS_TOKEN_TTL_SECS", default_value_t = 900)]
     pub access_token_ttl_secs: u64,
-    /// Lifetime of a refresh token, in seconds (each rotation starts a new one).
+    /// Lifetime of a refresh token, in seconds (each rotation starts a new one, up to
+    /// the session's end: `SESSION_MAX_AGE_SECS`).
     #[arg(long, env = "REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub refresh_token_ttl_secs: u64,
+    /// How long a session lasts from its login (or password change), however often it
+    /// is refreshed, in seconds: then its owner logs in again. Without an end, a refresh
+    /// token taken from a device its owner no longer uses, refreshed once a month, kept
+    /// the account for good.
+    #[arg(long, env = "SESSION_MAX_AGE_SECS", default_value_t = 30 * 24 * 3600)]
+    pub session_max_age_secs: u64,
     /// Directory of Ed25519 signing keys, one `<unix-seconds>-<suffix>.pem` (PKCS#8) each.
     #[arg(long, env = "JWT_KEYS_DIR")]
     pub jwt_keys_dir: PathBuf,
@@ -122,6 +129,12 @@ pub struct Settings {
     /// per access token, every few minutes at most.
     #[arg(long, env = "REFRESH_LIMIT_PER_ADDRESS", default_value_t = 60)]
     pub refresh_limit_per_address: u32,
+    /// Wrong client credentials (`POST /api/v1/auth/token`) allowed per client address
+    /// per minute. The route is public, and a service token opens `/internal`: without
+    /// a count, a secret was guessed as fast as the sidecar let requests through.
+    /// Services asking with their right secret are not held back by it.
+    #[arg(long, env = "SERVICE_TOKEN_FAILURES_PER_ADDRESS", default_value_t = 10)]
+    pub service_token_failures_per_address: u32,
     /// Argon2 runs (logins, sign-ups, password changes) at once, each holding about
     /// 19 MiB: 4 keep them under 80 MiB. More wait their turn up to 5 seconds, then are
     /// answered 503.
@@ -138,6 +151,11 @@ impl Validate for Settings {
         if self.refresh_token_ttl_secs < self.access_token_ttl_secs {
             errors.push(
                 "REFRESH_TOKEN_TTL_SECS must not be shorter than ACCESS_TOKEN_TTL_SECS".to_owned(),
+            );
+        }
+        if self.session_max_age_secs < self.access_token_ttl_secs {
+            errors.push(
+                "SESSION_MAX_AGE_SECS must not be shorter than ACCESS_TOKEN_TTL_SECS".to_owned(),
             );
         }
         if self.jwt_key_rotation_days.is_some() && !self.jwt_keys_generate {
@@ -205,10 +223,12 @@ impl Service for Auth {
         );
         let settings = api::Settings {
             refresh_ttl: Duration::from_secs(config.refresh_token_ttl_secs),
+            session_max_age: Duration::from_secs(config.session_max_age_secs),
             login_limit_per_account: config.login_limit_per_account,
             login_limit_per_address: config.login_limit_per_address,
             register_limit_per_address: config.register_limit_per_address,
             refresh_limit_per_address: config.refresh_limit_per_address,
+            service_token_failures_per_address: config.service_token_failures_per_address,
             service_clients: config.service_clients.clone().unwrap_or_default().0,
             mail_seal: config.mail_seal_key.clone(),
         };

@@ -117,20 +117,29 @@ pub async fn unless_busy<T>(
     counted: Counted,
     result: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    if let (Err(e), Counted(Some(key))) = (&result, &counted)
+    if let Err(e) = &result
         && crate::passwords::is_busy(e)
     {
-        let given: redis::RedisResult<i64> = redis::cmd("EVAL")
-            .arg(GIVE_BACK)
-            .arg(1)
-            .arg(key)
-            .query_async(&mut redis.clone())
-            .await;
-        if let Err(e) = given {
-            tracing::warn!(error = %e, "login limiter unavailable; attempt not given back");
-        }
+        give_back(redis, counted).await;
     }
     result
+}
+
+/// Takes the attempt `counted` off its count again (one that turned out not to be a
+/// guess). Best effort, like the counting.
+pub async fn give_back(redis: &ConnectionManager, counted: Counted) {
+    let Counted(Some(key)) = counted else {
+        return;
+    };
+    let given: redis::RedisResult<i64> = redis::cmd("EVAL")
+        .arg(GIVE_BACK)
+        .arg(1)
+        .arg(key)
+        .query_async(&mut redis.clone())
+        .await;
+    if let Err(e) = given {
+        tracing::warn!(error = %e, "login limiter unavailable; attempt not given back");
+    }
 }
 
 #[cfg(test)]

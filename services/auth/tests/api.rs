@@ -148,6 +148,7 @@ impl TestAuth {
             "--login-limit-per-address",
             "--register-limit-per-address",
             "--refresh-limit-per-address",
+            "--service-token-failures-per-address",
         ] {
             if !extra.contains(&limit) {
                 args.extend([limit.into(), "100000".into()]);
@@ -711,6 +712,55 @@ async fn refresh_rotates_and_a_reused_token_revokes_its_whole_family() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// A refresh token taken from a device its owner no longer uses, refreshed before each
+/// expiry, kept the account for good: each rotation gave the next token a fresh 30 days.
+#[tokio::test]
+async fn a_session_refreshed_again_and_again_ends_its_maximum_age_after_its_login() {
+    let app = TestAuth::spawn(&["--session-max-age-secs", "3600"]).await;
+    let address = email();
+    let user = app.register(&address).await;
+    let before = chrono::Utc::now();
+    let login = app.login(&address).await;
+    let ends: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(login["refresh_expires_at"].clone()).unwrap();
+    assert!(
+        ends <= before + chrono::Duration::seconds(3601),
+        "the token outlives the session: {login}"
+    );
+
+    let (status, rotated) = app.refresh(&login["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_eq!(
+        rotated["data"]["refresh_expires_at"], login["refresh_expires_at"],
+        "a rotation does not move the session's end"
+    );
+
+    // The hour has passed (the session's tokens written an hour earlier).
+    sqlx::query(
+        "UPDATE refresh_tokens SET created_at = created_at - interval '3601 seconds' \
+         WHERE user_id = $1",
+    )
+    .bind(user["id"].as_str().unwrap().parse::<Uuid>().unwrap())
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let (status, body) = app.refresh(&rotated["data"]["refresh_token"]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("log in again"),
+        "{body}"
+    );
+
+    // Logging in again is a new session of its own hour.
+    let again = app.login(&address).await;
+    let (status, body) = app.refresh(&again["refresh_token"]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// A refresh held its transaction's connection while it took another from the pool to
 /// read the user: as many refreshes at once as the pool has connections took them all
 /// and waited for one more, so A stopped answering anything until they timed out.
@@ -968,6 +1018,51 @@ async fn service_tokens_need_valid_client_credentials_and_open_internal_routes_o
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// The token route is public and a service token opens `/internal` (a `kyc` one marks
+/// anyone verified): wrong secrets were answered as fast as they came.
+#[tokio::test]
+async fn guessing_a_service_secret_from_one_address_is_throttled_and_services_asking_rightly_are_not()
+ {
+    let app = TestAuth::spawn(&["--service-token-failures-per-address", "3"]).await;
+    let ask = |ip: String, secret: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(app.url("/api/v1/auth/token"))
+                .header("x-real-ip", ip)
+                .json(&json!({"grant_type": "client_credentials", "client_id": "payment",
+                              "client_secret": secret}))
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().get("retry-after").cloned();
+            (r.status(), retry_after, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (attacker, service) = (random_ip(), random_ip());
+    for _ in 0..3 {
+        let (status, _, body) = ask(attacker.clone(), "guess-guess-guess-guess").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    let (status, retry_after, body) = ask(attacker.clone(), "guess-guess-guess-guess").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "RATE_LIMITED", "{body}");
+    assert!(retry_after.is_some(), "says when to retry");
+    // Refused before the secret is compared: past the limit, the right guess is no
+    // different from a wrong one.
+    let (status, _, body) = ask(attacker, "payment-secret-0123456789").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+
+    // A service asking with its secret, more often than the limit, is answered each time.
+    for _ in 0..5 {
+        let (status, _, body) = ask(service.clone(), "payment-secret-0123456789").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _, body) = ask(service, "guess-guess-guess-guess").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "its successes were not counted: {body}");
 }
 
 #[tokio::test]
