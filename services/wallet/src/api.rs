@@ -263,10 +263,11 @@ async fn hold_wallets_of(tx: &mut PgConnection, user: Uuid) -> Result<(), sqlx::
     Ok(())
 }
 
-/// A staff freeze is not escaped through a new wallet: while any wallet of `user` is
-/// frozen by staff, no other is opened or activated (wallets already active stay so:
-/// staff freeze each one they mean to stop). 403 `staff_freeze`. A freeze of the
-/// owner's own stops nothing else. Call under [`hold_wallets_of`].
+/// A staff freeze is not escaped through another wallet: while any wallet of `user` is
+/// frozen by staff, no other is opened, activated or freed from a freeze of its owner's
+/// (wallets already active stay so: staff freeze each one they mean to stop). 403
+/// `staff_freeze`. A freeze of the owner's own stops nothing else. Call under
+/// [`hold_wallets_of`].
 async fn refuse_while_staff_froze(
     db: impl sqlx::PgExecutor<'_>,
     user: Uuid,
@@ -280,7 +281,7 @@ async fn refuse_while_staff_froze(
     .await?;
     if frozen {
         return Err(ApiError::forbidden(
-            "a wallet of yours was frozen by staff: no other is opened or activated until it is lifted",
+            "a wallet of this owner was frozen by staff: no other is opened, activated or unfrozen until it is lifted",
         )
         .with_details(serde_json::json!({ "reason": "staff_freeze" })));
     }
@@ -394,9 +395,12 @@ async fn change_status(
     let mut tx = pool.begin().await?;
     if let Some(owner) = wallet.user_id {
         hold_wallets_of(&mut tx, owner).await?;
-        // An activation: refused while staff hold another wallet of the owner, checked
-        // under the owner's lock, which a freeze of that wallet takes too.
-        if from == "pending" && to == "active" {
+        // A wallet made live by its owner's step (an activation, or lifting a freeze of
+        // their own, which staff cannot tell from theirs by the status): refused while
+        // staff hold another wallet of the owner, checked under the owner's lock, which
+        // a freeze of that wallet takes too.
+        let owners_step = from == "pending" || wallet.frozen_by.as_deref() == Some("owner");
+        if to == "active" && owners_step {
             refuse_while_staff_froze(&mut *tx, owner).await?;
         }
     }
@@ -622,7 +626,8 @@ async fn transfer(
 ) -> ApiResult {
     // Only C moves money between wallets or reads them for a payment.
     who.require_service_of(PAYMENT_SERVICE)?;
-    let spend = spend_of(&s, &req).await?;
+    // A refusal is the ledger's to answer, under the transfer's lock ([`ledger::Allowance`]).
+    let spend = ledger::Allowance(spend_of(&s, &req).await);
     let (result, applied) = ledger::apply(&s.pool, &req, spend).await?;
     let status = match applied {
         Applied::Now => StatusCode::CREATED,
@@ -702,17 +707,19 @@ async fn transfer_batch(
         std::iter::repeat_with(|| None)
             .take(batch.transfers.len())
             .collect();
-    let mut todo = Vec::with_capacity(batch.transfers.len());
-    for (i, (req, (sender, spend))) in batch.transfers.into_iter().zip(spends).enumerate() {
-        match spend {
-            Ok(spend) => todo.push((i, sender, req, spend)),
-            Err(e) => outcomes[i] = Some(Err(e)),
-        }
-    }
+    // Refused ones too: a refusal is the ledger's to answer, under the transfer's lock
+    // ([`ledger::Allowance`]).
+    let mut todo: Vec<(usize, Option<Uuid>, TransferRequest, ledger::Allowance)> = batch
+        .transfers
+        .into_iter()
+        .zip(spends)
+        .enumerate()
+        .map(|(i, (req, (sender, spend)))| (i, sender, req, ledger::Allowance(spend)))
+        .collect();
     // Senders in one order: each transfer locks its sender's day of spending, and two
     // batches that took two senders in opposite orders would deadlock.
     todo.sort_by_key(|(_, sender, _, _)| *sender);
-    let (order, transfers): (Vec<usize>, Vec<(TransferRequest, Option<Spend>)>) = todo
+    let (order, transfers): (Vec<usize>, Vec<(TransferRequest, ledger::Allowance)>) = todo
         .into_iter()
         .map(|(i, _, req, spend)| (i, (req, spend)))
         .unzip();

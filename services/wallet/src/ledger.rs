@@ -35,6 +35,21 @@ pub struct Spend {
 /// so that read models can follow the ledger without reading B's database).
 pub const LEDGER_ENTRY_POSTED: &str = "ledger.entry_posted";
 
+/// What a transfer counts against its sender's limits (`None` for a deposit or a
+/// reversal), or why its sender may not move money now. Found before the transfer's
+/// lock (no remote call is made while rows are locked), so a refusal is answered only
+/// when the transfer was not applied meanwhile: a transfer sent again while its first
+/// attempt waited on a wallet, and refused because A's answer changed in between, was
+/// recorded failed by C once the first committed and its money had moved.
+#[derive(Debug, Clone)]
+pub struct Allowance(pub Result<Option<Spend>, ApiError>);
+
+impl From<Option<Spend>> for Allowance {
+    fn from(spend: Option<Spend>) -> Self {
+        Self(Ok(spend))
+    }
+}
+
 pub use finflow_contracts::wallet::{TransferKind, TransferRequest, TransferResult, VoidOutcome};
 
 /// Whether tier limits apply to a transfer of `kind`: money leaving a user's control.
@@ -215,15 +230,15 @@ pub async fn applied(
     Ok(ids.into_iter().collect())
 }
 
-/// Applies `req` once. `spend` is what it counts against the sender's tier limits
-/// (looked up before the transaction: no remote call is made while rows are locked).
+/// Applies `req` once. `spend` is what it counts against the sender's tier limits, or
+/// the sender's refusal, answered unless the transfer was applied ([`Allowance`]).
 pub async fn apply(
     pool: &PgPool,
     req: &TransferRequest,
-    spend: Option<Spend>,
+    spend: impl Into<Allowance>,
 ) -> Result<(TransferResult, Applied), ApiError> {
     let mut tx = pool.begin().await?;
-    let applied = apply_in(&mut tx, req, spend).await?;
+    let applied = apply_in(&mut tx, req, spend.into()).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -247,9 +262,9 @@ pub async fn apply(
 /// of `transfers`: callers give them in order of sender (as `POST
 /// /internal/transfers/batch` does), so two batches never take two senders' days in
 /// opposite orders.
-pub async fn apply_all(
+pub async fn apply_all<A: Clone + Into<Allowance>>(
     pool: &PgPool,
-    transfers: &[(TransferRequest, Option<Spend>)],
+    transfers: &[(TransferRequest, A)],
 ) -> Result<Vec<Result<(TransferResult, Applied), ApiError>>, ApiError> {
     let mut tx = pool.begin().await?;
     let accounts = lock_all(&mut tx, transfers).await?;
@@ -274,7 +289,7 @@ pub async fn apply_all(
         sqlx::query("SAVEPOINT finflow_transfer")
             .execute(&mut *tx)
             .await?;
-        let result = apply_in(&mut tx, req, *spend).await;
+        let result = apply_in(&mut tx, req, spend.clone().into()).await;
         let end = if result.is_ok() {
             "RELEASE SAVEPOINT finflow_transfer"
         } else {
@@ -290,9 +305,9 @@ pub async fn apply_all(
 /// Takes the advisory lock of every transfer id of `transfers`, then locks every account
 /// they touch (system accounts created first if need be), each kind in one order.
 /// Answers the locked accounts.
-async fn lock_all(
+async fn lock_all<A>(
     tx: &mut PgConnection,
-    transfers: &[(TransferRequest, Option<Spend>)],
+    transfers: &[(TransferRequest, A)],
 ) -> Result<Vec<LockedWallet>, sqlx::Error> {
     let ids: Vec<Uuid> = transfers.iter().map(|(req, _)| req.transfer_id).collect();
     sqlx::query(
@@ -357,9 +372,9 @@ enum Slot {
 /// The batch worked out on the locked rows and written together (see [`apply_all`]).
 /// `None` when a daily limit refuses one of them: the caller rolls back and goes one by
 /// one.
-async fn apply_together(
+async fn apply_together<A: Clone + Into<Allowance>>(
     tx: &mut PgConnection,
-    transfers: &[(TransferRequest, Option<Spend>)],
+    transfers: &[(TransferRequest, A)],
     mut accounts: Vec<LockedWallet>,
 ) -> Result<Option<Vec<Result<(TransferResult, Applied), ApiError>>>, ApiError> {
     let ids: Vec<Uuid> = transfers.iter().map(|(req, _)| req.transfer_id).collect();
@@ -396,7 +411,7 @@ async fn apply_together(
     for (req, spend) in transfers {
         let outcome = plan(
             req,
-            *spend,
+            spend.clone().into(),
             &known,
             &planned,
             &voided,
@@ -570,7 +585,7 @@ impl Planned {
 /// [`apply_in`] in its order; moves the balances in memory when it will be written.
 fn plan(
     req: &TransferRequest,
-    spend: Option<Spend>,
+    spend: Allowance,
     known: &[TransferResult],
     planned: &[Planned],
     voided: &[Uuid],
@@ -594,6 +609,7 @@ fn plan(
     if voided.contains(&req.transfer_id) {
         return Err(voided_error(req.transfer_id));
     }
+    let spend = spend.0?;
     let id_of = |side: Side| match side {
         Side::Wallet(id) => Ok(id),
         Side::System => systems
@@ -632,7 +648,7 @@ fn plan(
 async fn apply_in(
     tx: &mut PgConnection,
     req: &TransferRequest,
-    spend: Option<Spend>,
+    spend: Allowance,
 ) -> Result<(TransferResult, Applied), ApiError> {
     let money = Money::positive(req.amount, req.currency)
         .map_err(|e| ApiError::invalid_field("amount", e.to_string()))?;
@@ -651,6 +667,7 @@ async fn apply_in(
     if is_voided(tx, req.transfer_id).await? {
         return Err(voided_error(req.transfer_id));
     }
+    let spend = spend.0?;
 
     let from_id = resolve(tx, from_side, money.currency()).await?;
     let to_id = resolve(tx, to_side, money.currency()).await?;

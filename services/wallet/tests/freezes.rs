@@ -259,6 +259,44 @@ async fn a_user_whose_wallet_staff_froze_can_neither_open_nor_activate_another()
     assert_eq!(status, 201, "{body}");
 }
 
+/// A wallet its owner froze, then a staff freeze of another: lifting their own freeze
+/// made a wallet live again, and the money left through it while staff believed the
+/// user stopped (both read "frozen").
+#[tokio::test]
+async fn a_user_whose_wallet_staff_froze_cannot_lift_their_own_freeze_of_another() {
+    let stand = Stand::start().await;
+    let (owner, ops) = (Uuid::new_v4(), Uuid::new_v4());
+    stand.auth.set(owner, "verified", "bronze");
+    let usd = stand.wallet(owner).await;
+    let (status, body) = stand.open(owner, "EUR").await;
+    assert_eq!(status, 201, "{body}");
+    let eur: Uuid = body["data"]["id"].as_str().unwrap().parse().unwrap();
+    let activate = stand
+        .as_user(
+            reqwest::Method::POST,
+            &format!("/api/v1/wallets/{eur}/activate"),
+            owner,
+            "user",
+            None,
+        )
+        .await;
+    assert_eq!(activate.0, 200, "{}", activate.1);
+    let (status, body) = stand.set(owner, "user", eur, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.set(ops, "user,ops", usd, "frozen").await;
+    assert_eq!(status, 200, "{body}");
+
+    assert_forbidden(stand.set(owner, "user", eur, "active").await, "staff_freeze");
+    assert_eq!(stand.status_of(eur).await, "frozen");
+
+    // Once staff lift theirs, the owner's own freeze is theirs to lift again.
+    let (status, body) = stand.set(ops, "user,ops", usd, "active").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.set(owner, "user", eur, "active").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stand.status_of(eur).await, "active");
+}
+
 /// An operator who paid a user, or was paid by them, is a party: their freeze or
 /// unfreeze of that user's wallet would be a dispute settled by one side (or an
 /// accomplice's freeze lifted). Another operator decides.

@@ -108,6 +108,78 @@ async fn a_transfer_applied_before_its_payer_was_revoked_is_answered_as_applied_
     assert_eq!(stand.balance(from).await, "490.0000", "moved once");
 }
 
+/// Transactions of this test's database waiting for a lock.
+async fn waiting_for_locks(pool: &sqlx::PgPool) -> i64 {
+    db::scalar(
+        pool,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .await
+}
+
+async fn until_waiting_for_locks(pool: &sqlx::PgPool, n: i64) {
+    while waiting_for_locks(pool).await < n {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// C gave up on B's answer while the transfer waited on a wallet another batch held, and
+/// sent it again after compliance revoked the payer: the retry was refused at once, C
+/// recorded the payment failed, then the first attempt committed and the money moved.
+#[tokio::test]
+async fn a_transfer_sent_again_while_its_first_attempt_waits_is_answered_as_that_attempt_ends() {
+    let stand = Stand::start().await;
+    let (payer, _, from, to) = pair(&stand, "USD", "500").await;
+    let transfer = json!({"transfer_id": Uuid::now_v7(), "kind": "transfer",
+        "from_wallet_id": from, "to_wallet_id": to, "amount": "10", "currency": "USD"});
+    let batch = json!({"transfers": [transfer]});
+    let mut holder = stand.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE")
+        .bind(to)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let first = stand.internal_transfer("payment", &transfer);
+    let retries = async {
+        until_waiting_for_locks(&stand.pool, 1).await;
+        stand.auth.set(payer, "rejected", "bronze");
+        let again = stand.internal_transfer("payment", &transfer);
+        let in_batch = stand.as_service(
+            "payment",
+            Method::POST,
+            "/internal/transfers/batch",
+            Some(&batch),
+        );
+        let both = async { tokio::join!(again, in_batch) };
+        tokio::pin!(both);
+        // Each retry waits for the first attempt to end, or is answered at once.
+        let early = tokio::select! {
+            answered = &mut both => Some(answered),
+            () = until_waiting_for_locks(&stand.pool, 3) => None,
+        };
+        holder.commit().await.unwrap();
+        match early {
+            Some(answered) => answered,
+            None => both.await,
+        }
+    };
+    let ((status, first), ((again_status, again), (batch_status, batch))) =
+        tokio::join!(first, retries);
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(again_status, 200, "applied by the first attempt, not refused: {again}");
+    assert_eq!(again["data"], first["data"]);
+    assert_eq!(batch_status, 200, "{batch}");
+    assert_eq!(batch["data"]["results"][0]["status"], 200, "{batch}");
+    assert_eq!(batch["data"]["results"][0]["data"], first["data"], "{batch}");
+    assert_eq!(stand.balance(from).await, "490.0000", "moved once");
+    // A new transfer of the revoked payer is refused, as ever.
+    let (status, body) = stand.send(from, to, "10", "USD").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
+}
+
 #[tokio::test]
 async fn a_wallet_is_opened_only_for_a_user_a_says_is_verified_now() {
     let stand = Stand::start().await;
