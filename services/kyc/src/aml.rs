@@ -228,7 +228,8 @@ struct Observed {
     /// The user's payments within the velocity window, this one included; this one
     /// alone while a velocity alert is open.
     window_count: i64,
-    window_total: Amount,
+    /// A sum, not an amount: two payments near the largest amount are past it.
+    window_total: Decimal,
     /// The user's payments just under the threshold within a day, this one included;
     /// 0 unless this one is just under, this one alone while a structuring alert is
     /// open.
@@ -255,15 +256,40 @@ impl Monitor {
     }
 }
 
+/// Takes, until the transaction ends, the lock over observing the payments of `users`,
+/// each once, in one order (so two batches never wait on each other in a circle). A
+/// statement reads the rows committed as it begins: without the lock, a user's burst
+/// split between two of E's replicas was observed by two transactions at once, each
+/// counting only its own payments, and neither reached a rule's limit. With it, a
+/// payment is observed after its user's payments that others were observing.
+async fn hold_observations_of(tx: &mut PgConnection, users: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM ( \
+           SELECT DISTINCT hashtextextended('aml-observe:' || u::text, 0) AS k \
+           FROM UNNEST($1::uuid[]) AS u ORDER BY k \
+         ) AS keys",
+    )
+    .bind(users)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// What a payment event tells E, or why it is refused for good.
+fn seen_in(event: &Event) -> Result<PaymentSeen, HandlerError> {
+    let malformed =
+        |e: &dyn std::fmt::Display| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type));
+    PaymentSeen::of(event.data_as().map_err(|e| malformed(&e))?).map_err(|e| malformed(&e))
+}
+
 impl Handler for Monitor {
     async fn handle(&self, tx: &mut PgConnection, event: &Event) -> Result<(), HandlerError> {
         // payment.requested for a released hold carries status PENDING too: observation
         // is keyed by payment id, so it is counted once.
-        let malformed = |e: &dyn std::fmt::Display| {
-            HandlerError::Permanent(format!("malformed {}: {e}", event.event_type))
-        };
-        let seen = PaymentSeen::of(event.data_as().map_err(|e| malformed(&e))?)
-            .map_err(|e| malformed(&e))?;
+        let seen = seen_in(event)?;
+        // Held already when this event is one of a batch ([`Handler::handle_batch`]):
+        // a transaction takes a lock it holds again at once.
+        hold_observations_of(tx, &[seen.user_id]).await?;
         let value = self.value_of(&seen);
         let window_ms = i64::try_from(self.rules.window.as_millis()).unwrap_or(i64::MAX);
         let floor = percent_of(self.rules.hold_threshold, 90);
@@ -301,7 +327,7 @@ impl Handler for Monitor {
         // has as well (a decision committing just after it). So it only spares the lock;
         // when none is open, `pattern_alert` checks again under it and has the last word.
         let (count, total) = (observed.window_count, observed.window_total);
-        if (count > self.rules.max_count || total > self.rules.max_amount)
+        if (count > self.rules.max_count || total > self.rules.max_amount.decimal())
             && !observed.velocity_open
         {
             pattern_alert(
@@ -310,7 +336,7 @@ impl Handler for Monitor {
                 seen.payee_user_id,
                 seen.payment_id,
                 "velocity",
-                serde_json::json!({ "count": count, "total": total, "window_seconds": self.rules.window.as_secs() }),
+                serde_json::json!({ "count": count, "total": total.normalize().to_string(), "window_seconds": self.rules.window.as_secs() }),
             )
             .await?;
         }
@@ -327,6 +353,26 @@ impl Handler for Monitor {
             .await?;
         }
         Ok(())
+    }
+
+    /// Each in turn, as [`each_in_turn`] does, once the batch holds the observation
+    /// locks of all its users, taken together in one order: each event taking its
+    /// user's in turn, two batches with two users in opposite orders would deadlock.
+    ///
+    /// [`each_in_turn`]: finflow_platform::events::consumer::each_in_turn
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&Event],
+    ) -> Result<Vec<Result<(), HandlerError>>, HandlerError> {
+        // A malformed event is refused by `handle`, in its turn.
+        let users: Vec<Uuid> = events
+            .iter()
+            .filter_map(|e| seen_in(e).ok())
+            .map(|seen| seen.user_id)
+            .collect();
+        hold_observations_of(tx, &users).await?;
+        finflow_platform::events::consumer::each_in_turn(self, tx, events).await
     }
 }
 

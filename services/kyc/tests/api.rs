@@ -1147,6 +1147,97 @@ async fn a_flood_of_new_alerts_pushes_no_older_one_out_of_the_officers_reach() {
     assert_error(status, &body, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 }
 
+/// The velocity sum was read back as one amount: a payment near the largest amount after
+/// any other in the window made every payment event of its user fail until it was
+/// dead-lettered, a held one's alert with it (the payment then waited ON_HOLD, unseen
+/// by compliance).
+#[tokio::test]
+async fn payments_whose_sum_is_past_the_largest_amount_are_observed_and_alerted_on() {
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let user = Uuid::new_v4();
+    let (small, largest) = (Uuid::new_v4(), Uuid::new_v4());
+    let events = [
+        payment_event(user, small, "10.00", "PENDING"),
+        payment_event(user, largest, "9999999999999999.9999", "ON_HOLD"),
+    ];
+    for event in &events {
+        assert_eq!(e.observe(&monitor, event).await, Outcome::Applied);
+    }
+    let alerts = e.alerts_of(user).await;
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["payment_id"] == largest.to_string() && a["rule"] == "amount_threshold"),
+        "the held payment's alert: {alerts:?}"
+    );
+    let velocity = alerts
+        .iter()
+        .find(|a| a["rule"] == "velocity")
+        .unwrap_or_else(|| panic!("a velocity alert: {alerts:?}"));
+    assert_eq!(velocity["payment_id"], largest.to_string());
+    assert_eq!(velocity["details"]["total"], "10000000000000009.9999");
+}
+
+/// Waits until a transaction of this test's database waits for a lock.
+async fn until_a_transaction_waits_for_a_lock(pool: &sqlx::PgPool) {
+    loop {
+        let waiting: i64 = db::scalar(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await;
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A burst split between E's two replicas: each transaction counted only the payments
+/// it observed itself (a statement reads what was committed as it began), neither
+/// reached the rule, and no later payment came to count them all.
+#[tokio::test]
+async fn payments_of_one_user_observed_by_two_replicas_at_once_are_counted_together() {
+    use finflow_platform::events::consumer::Handler;
+
+    let e = TestE::spawn(&[]).await;
+    let monitor = Monitor { rules: rules() };
+    let user = Uuid::new_v4();
+    let mut replica = e.db.pool.begin().await.unwrap();
+    let burst = [
+        payment_event(user, Uuid::new_v4(), "9500.00", "PENDING"),
+        payment_event(user, Uuid::new_v4(), "9600.00", "PENDING"),
+    ];
+    let burst: Vec<&Event> = burst.iter().collect();
+    let outcomes = monitor.handle_batch(&mut replica, &burst).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok));
+
+    let third = Uuid::new_v4();
+    let other_replica = async {
+        let mut tx = e.db.pool.begin().await.unwrap();
+        let event = payment_event(user, third, "9700.00", "PENDING");
+        monitor.handle(&mut tx, &event).await.unwrap();
+        tx.commit().await.unwrap();
+    };
+    tokio::pin!(other_replica);
+    // It waits for the first replica's transaction, or is done without it.
+    let done_alone = tokio::select! {
+        () = &mut other_replica => true,
+        () = until_a_transaction_waits_for_a_lock(&e.db.pool) => false,
+    };
+    replica.commit().await.unwrap();
+    if !done_alone {
+        other_replica.await;
+    }
+
+    let alerts = e.alerts_of(user).await;
+    assert_eq!(alerts.len(), 1, "three just under the threshold: {alerts:?}");
+    assert_eq!(alerts[0]["rule"], "structuring");
+    assert_eq!(alerts[0]["payment_id"], third.to_string());
+}
+
 #[tokio::test]
 async fn three_payments_just_under_the_threshold_in_a_day_raise_a_structuring_alert() {
     let e = TestE::spawn(&[]).await;
