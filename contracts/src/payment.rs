@@ -85,6 +85,18 @@ impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Reversed)
     }
+
+    /// How far along its life a payment is: waiting (`PENDING`, `ON_HOLD`), settled
+    /// (`COMPLETED`, `FAILED`), reversed. No transition goes back a stage
+    /// ([`Status::can_become`]), so of two facts about one payment, one of a later stage
+    /// is the newer, whatever the clocks of the replicas that stamped them say.
+    pub fn stage(self) -> u8 {
+        match self {
+            Self::Pending | Self::OnHold => 0,
+            Self::Completed | Self::Failed => 1,
+            Self::Reversed => 2,
+        }
+    }
 }
 
 /// Why a payment failed.
@@ -151,6 +163,19 @@ impl PaymentEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_transition_goes_back_a_stage_and_only_waiting_ones_stay_in_theirs() {
+        for from in Status::ALL {
+            for to in Status::ALL.into_iter().filter(|to| from.can_become(*to)) {
+                assert!(from.stage() <= to.stage(), "{from:?} -> {to:?}");
+                assert!(
+                    from.stage() < to.stage() || from.stage() == 0,
+                    "{from:?} -> {to:?} stays in a stage past waiting"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_payment_event_carries_the_payment_flat_beside_its_id_and_payee() {

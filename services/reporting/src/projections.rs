@@ -230,10 +230,29 @@ impl<'a> PaymentRow<'a> {
     }
 }
 
+/// Whether the fact `(status, at)` is newer than `held`: of a later stage
+/// ([`payment::Status::stage`]), or of the same stage and a later `occurred_at`. By
+/// stage first, because each replica of C stamps its events by its own clock: a
+/// sweeper's re-publication of a PENDING payment, on a replica whose clock ran ahead,
+/// was stamped after the completion another replica published just after it, and the
+/// payment stayed PENDING here for good. [`upsert_payments`] compares the same way.
+fn newer(held: (payment::Status, DateTime<Utc>), fact: (payment::Status, DateTime<Utc>)) -> bool {
+    (held.0.stage(), held.1) < (fact.0.stage(), fact.1)
+}
+
+/// [`payment::Status::stage`] of the status in `column`, in SQL.
+fn stage_in_sql(column: &str) -> String {
+    let cases: String = payment::Status::ALL
+        .iter()
+        .map(|s| format!("WHEN '{}' THEN {} ", s.as_str(), s.stage()))
+        .collect();
+    format!("(CASE {column} {cases}END)")
+}
+
 /// Upserts `rows` (at most one per payment: PostgreSQL refuses to update a row twice in
 /// one statement) in one statement, in payment id order. A row only takes a fact newer
-/// than the one it holds (a duplicate, a late or re-published event changes nothing),
-/// and keeps a wallet once known.
+/// than the one it holds ([`newer`]: a duplicate, a late or re-published event changes
+/// nothing), and keeps a wallet once known.
 async fn upsert_payments(
     tx: &mut PgConnection,
     rows: &[PaymentRow<'_>],
@@ -255,7 +274,7 @@ async fn upsert_payments(
     let at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
     let from: Vec<Option<Uuid>> = rows.iter().map(|r| r.from_wallet_id).collect();
     let to: Vec<Option<Uuid>> = rows.iter().map(|r| r.to_wallet_id).collect();
-    sqlx::query(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO payments_rm (payment_id, user_id, kind, status, amount, currency, failure_code, \
            created_at, completed_at, last_event_at, from_wallet_id, to_wallet_id) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[], \
@@ -269,8 +288,10 @@ async fn upsert_payments(
            last_event_at = EXCLUDED.last_event_at, \
            from_wallet_id = coalesce(payments_rm.from_wallet_id, EXCLUDED.from_wallet_id), \
            to_wallet_id = coalesce(payments_rm.to_wallet_id, EXCLUDED.to_wallet_id) \
-         WHERE payments_rm.last_event_at < EXCLUDED.last_event_at",
-    )
+         WHERE ({held}, payments_rm.last_event_at) < ({fact}, EXCLUDED.last_event_at)",
+        held = stage_in_sql("payments_rm.status"),
+        fact = stage_in_sql("EXCLUDED.status"),
+    )))
     .bind(ids)
     .bind(users)
     .bind(kinds)
@@ -326,8 +347,9 @@ async fn insert_ledger(
 /// The one row that applying `facts` (one payment's, in batch order) one by one leaves,
 /// whatever row was held; `None` when that depends on the row held.
 ///
-/// One by one, the first fact applies (an insert, or an update if newer than the row),
-/// then each strictly newer than all before it (`<`: of equal times, the first). So an
+/// One by one, the first fact applies (an insert, or an update if newer than the row,
+/// [`newer`]), then each strictly newer than all before it (of equal stages and times,
+/// the first). So an
 /// insert takes the first fact's unchanging fields, the status is the first newest
 /// fact's, and a wallet is the first one the applied facts name (`coalesce`). Over a
 /// held row only the applied facts newer than it apply, so the wallet depends on the row
@@ -342,7 +364,7 @@ fn fold(facts: &[(PaymentFact, DateTime<Utc>)]) -> Option<PaymentRow<'_>> {
         Named::new(first.to_wallet_id),
     );
     for (fact, at) in rest {
-        if row.at < *at {
+        if newer((row.newest.status, row.at), (fact.status, *at)) {
             row.newest = fact;
             row.at = *at;
             from.see(fact.from_wallet_id);

@@ -559,6 +559,53 @@ async fn events_arriving_out_of_order_converge_to_the_newest_fact() {
     );
 }
 
+/// Each of C's replicas stamps its events by its own clock: a sweeper's re-publication of
+/// a PENDING payment, on a replica whose clock ran ahead, was stamped after the
+/// completion another replica published just after it, and F kept PENDING for good (out
+/// of the day's volume and the payee's statement).
+#[tokio::test]
+async fn a_payment_never_goes_back_to_an_earlier_status_whatever_the_times_of_its_events() {
+    let db = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
+    let user = Uuid::new_v4();
+    let status_of = |payment: Uuid| {
+        let pool = db.pool.clone();
+        async move {
+            db::scalar_of::<String, _>(
+                &pool,
+                "SELECT status FROM payments_rm WHERE payment_id = $1",
+                payment,
+            )
+            .await
+        }
+    };
+    // (earlier stage, stamped later) then (later stage, stamped earlier).
+    let cases = [
+        (("PENDING", types::PAYMENT_REQUESTED), ("COMPLETED", types::PAYMENT_COMPLETED)),
+        (("PENDING", types::PAYMENT_REQUESTED), ("FAILED", types::PAYMENT_FAILED)),
+        (("COMPLETED", types::PAYMENT_COMPLETED), ("REVERSED", types::PAYMENT_REVERSED)),
+    ];
+    for ((early, early_kind), (late, late_kind)) in cases {
+        let events = |payment: Uuid| {
+            (
+                payment_event(early_kind, payment, user, early, "25.00", 50),
+                payment_event(late_kind, payment, user, late, "25.00", 0),
+            )
+        };
+        // One by one, in both orders, and as one batch in both orders.
+        let ids: [Uuid; 4] = std::array::from_fn(|_| Uuid::new_v4());
+        let [one, other, batch, reversed_batch] = ids.map(events);
+        apply(&db, &[one.0, one.1]).await;
+        apply(&db, &[other.1, other.0]).await;
+        let outcomes = apply_batch(&db, &[batch.0, batch.1]).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        let outcomes = apply_batch(&db, &[reversed_batch.1, reversed_batch.0]).await;
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        for payment in ids {
+            assert_eq!(status_of(payment).await, late, "{early} after {late}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_batch_of_a_payments_events_leaves_the_rows_they_leave_one_by_one() {
     let batched = TestDb::new(Some(&finflow_reporting::MIGRATIONS)).await;
