@@ -94,9 +94,10 @@ pub struct Settings {
     /// A payment PENDING this long is settled (voided at B and FAILED), in seconds.
     #[arg(long, env = "SWEEP_FAIL_AFTER_SECS", default_value_t = 900)]
     pub sweep_fail_after_secs: u64,
-    /// Seconds between sweeps.
-    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value_t = 5)]
-    pub sweep_interval_secs: u64,
+    /// Seconds between sweeps; at least 1 (at 0 every replica swept without a pause,
+    /// counting the whole table each time).
+    #[arg(long, env = "SWEEP_INTERVAL_SECS", default_value = "5")]
+    pub sweep_interval_secs: std::num::NonZeroU64,
     /// Longest `Prefer: wait=N` honoured, in seconds.
     #[arg(long, env = "MAX_PREFER_WAIT_SECS", default_value_t = 30)]
     pub max_prefer_wait_secs: u64,
@@ -154,7 +155,7 @@ impl Service for Payment {
                 wallets: wallets.clone(),
                 republish_after: Duration::from_secs(config.sweep_republish_after_secs),
                 fail_after: Duration::from_secs(config.sweep_fail_after_secs),
-                interval: Duration::from_secs(config.sweep_interval_secs),
+                interval: Duration::from_secs(config.sweep_interval_secs.get()),
             };
             start.spawn(sweeper.run(start.stop_token()));
             start.spawn(watch_queue_depth(start.broker(), start.stop_token()));
@@ -208,4 +209,33 @@ async fn watch_queue_depth(broker: events::Broker, stop: CancellationToken) {
         },
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use finflow_platform::config::LoadError;
+    use finflow_platform::testing::{self, Loaded};
+
+    use super::Payment;
+
+    fn load(sweep_interval: &str) -> Loaded<Payment> {
+        testing::load::<Payment>(&[
+            "--wallet-url=http://127.0.0.1:9",
+            "--auth-url=http://127.0.0.1:9",
+            "--service-client-secret=payment-secret-for-tests",
+            "--redis-url=redis://127.0.0.1:9",
+            "--sweep-interval-secs",
+            sweep_interval,
+        ])
+    }
+
+    #[test]
+    fn a_sweep_interval_of_zero_is_refused_at_start() {
+        let config = load("5").unwrap();
+        assert_eq!(config.settings.sweep_interval_secs.get(), 5);
+        let Err(LoadError::Clap(e)) = load("0") else {
+            panic!("SWEEP_INTERVAL_SECS=0 was accepted: every replica would sweep without a pause");
+        };
+        assert!(e.to_string().contains("sweep-interval-secs"), "{e}");
+    }
 }
