@@ -705,7 +705,17 @@ pub(crate) async fn for_another(
     who: &Identity,
     row: &PaymentRow,
 ) -> Result<(), ApiError> {
-    let me = who.user_id()?;
+    staff_for_another(wallets, db, who.user_id()?, row).await
+}
+
+/// [`for_another`] of the staff member `me`, who need not be the caller (the operator
+/// who asked for a reversal, when another makes it).
+pub(crate) async fn staff_for_another(
+    wallets: &Wallets,
+    db: impl sqlx::PgExecutor<'_>,
+    me: Uuid,
+    row: &PaymentRow,
+) -> Result<(), ApiError> {
     let payee = match (row.payee_user_id, row.kind()?, row.to_wallet_id) {
         (Some(payee), _, _) => Some(payee),
         (None, Kind::Transfer, Some(to)) if row.user_id != me => {

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use finflow_platform::error::{self, ErrorEnvelope};
 use finflow_platform::page;
-use finflow_platform::{ApiError, ApiResult, Identity, Path, Query};
+use finflow_platform::{ApiError, ApiResult, ErrorCode, Identity, Path, Query};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
@@ -182,6 +182,7 @@ pub(crate) async fn reverse(
         let reversed = drive(&s.pool, &s.wallets, &row, request).await?;
         return Ok(error::ok(reversed.view()?));
     }
+    withdraw_if_asker_has_an_interest(&s, &mut tx, &row, me).await?;
     let approved: Option<(Uuid, Uuid)> = sqlx::query_as(
         "UPDATE reversal_requests SET outcome = 'approved', closed_by = $2, closed_at = now() \
          WHERE payment_id = $1 AND outcome IS NULL AND requested_by <> $2 \
@@ -205,6 +206,47 @@ pub(crate) async fn reverse(
     let reversed = drive(&s.pool, &s.wallets, &row, request).await?;
     tracing::info!(payment_id = %id, %requested_by, approved_by = %me, "payment reversed");
     Ok(error::ok(reversed.view()?))
+}
+
+/// Withdraws, in `me`'s name, the request another operator made for `row` if its asker
+/// would now be refused it ([`api::staff_for_another`]): one who has exchanged money with
+/// a party since asking. The two who make a reversal are two with no interest in it
+/// when it is made; `me` then asks anew, and a third operator makes it.
+async fn withdraw_if_asker_has_an_interest(
+    s: &AppState,
+    tx: &mut PgConnection,
+    row: &PaymentRow,
+    me: Uuid,
+) -> Result<(), ApiError> {
+    let asker: Option<Uuid> = sqlx::query_scalar(
+        "SELECT requested_by FROM reversal_requests \
+         WHERE payment_id = $1 AND outcome IS NULL AND requested_by <> $2 \
+           AND requested_at > now() - $3 * interval '1 second'",
+    )
+    .bind(row.id)
+    .bind(me)
+    .bind(ttl_secs())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(asker) = asker else {
+        return Ok(());
+    };
+    match api::staff_for_another(&s.wallets, &mut *tx, asker, row).await {
+        Err(e) if e.code == ErrorCode::Forbidden => {
+            sqlx::query(
+                "UPDATE reversal_requests SET outcome = 'withdrawn', closed_by = $2, closed_at = now() \
+                 WHERE payment_id = $1 AND outcome IS NULL",
+            )
+            .bind(row.id)
+            .bind(me)
+            .execute(&mut *tx)
+            .await?;
+            tracing::warn!(payment_id = %row.id, requested_by = %asker, withdrawn_by = %me,
+                "a reversal's asker has an interest in the payment now; withdrawn, asked anew");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// The request of `payment` whose reversal was approved and B has not answered yet.

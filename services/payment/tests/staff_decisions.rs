@@ -292,6 +292,36 @@ async fn a_withdrawn_request_reverses_nothing_and_anyone_may_ask_again() {
     );
 }
 
+/// The operator who asked was checked only as they asked: one the payer paid afterwards
+/// (for the money back) was still one of the two who made the reversal.
+#[tokio::test]
+async fn a_reversal_whose_asker_has_since_exchanged_money_with_a_party_is_asked_for_anew() {
+    let stand = Stand::start().await;
+    let [payer, payee, first, second, third] = std::array::from_fn(|_| Uuid::new_v4());
+    let completed = stand.transfer(payer, payee, "50.00", "COMPLETED").await;
+    let (status, body) = stand.decide(first, "ops", completed, "reverse").await;
+    assert_eq!(status, 202, "{body}");
+    paid(&stand, payer, first, "1.00").await;
+
+    let (status, asked) = stand.decide(second, "ops", completed, "reverse").await;
+    assert_eq!(status, 202, "asked anew, not made: {asked}");
+    assert_eq!(asked["data"]["requested_by"], json!(second));
+    assert_eq!(stand.status_of(completed).await, "COMPLETED");
+    assert_eq!(stand.wallets.transfers(), 0, "nothing moved");
+    assert_eq!(
+        reversal_requests(&stand.pool, completed).await,
+        [
+            (first, Some("withdrawn".to_owned()), Some(second)),
+            (second, None, None),
+        ]
+    );
+    // Nor does the first make the second's.
+    assert_refused_as_party(stand.decide(first, "ops", completed, "reverse").await);
+    let (status, made) = stand.decide(third, "ops", completed, "reverse").await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["data"]["status"], "REVERSED");
+}
+
 /// An approval a day late would act on what the first operator saw a day before.
 #[tokio::test]
 async fn a_request_nobody_approved_within_a_day_expires_and_the_next_operator_asks_anew() {
