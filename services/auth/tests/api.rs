@@ -1033,8 +1033,10 @@ async fn guessing_a_service_secret_from_one_address_is_throttled_and_services_as
                 .http
                 .post(app.url("/api/v1/auth/token"))
                 .header("x-real-ip", ip)
-                .json(&json!({"grant_type": "client_credentials", "client_id": "payment",
-                              "client_secret": secret}))
+                .json(
+                    &json!({"grant_type": "client_credentials", "client_id": "payment",
+                              "client_secret": secret}),
+                )
                 .send()
                 .await
                 .unwrap();
@@ -1062,7 +1064,11 @@ async fn guessing_a_service_secret_from_one_address_is_throttled_and_services_as
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     let (status, _, body) = ask(service, "guess-guess-guess-guess").await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "its successes were not counted: {body}");
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "its successes were not counted: {body}"
+    );
 }
 
 #[tokio::test]

@@ -277,8 +277,9 @@ async fn hold_observations_of(tx: &mut PgConnection, users: &[Uuid]) -> Result<(
 
 /// What a payment event tells E, or why it is refused for good.
 fn seen_in(event: &Event) -> Result<PaymentSeen, HandlerError> {
-    let malformed =
-        |e: &dyn std::fmt::Display| HandlerError::Permanent(format!("malformed {}: {e}", event.event_type));
+    let malformed = |e: &dyn std::fmt::Display| {
+        HandlerError::Permanent(format!("malformed {}: {e}", event.event_type))
+    };
     PaymentSeen::of(event.data_as().map_err(|e| malformed(&e))?).map_err(|e| malformed(&e))
 }
 

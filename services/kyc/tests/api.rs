@@ -1233,7 +1233,11 @@ async fn payments_of_one_user_observed_by_two_replicas_at_once_are_counted_toget
     }
 
     let alerts = e.alerts_of(user).await;
-    assert_eq!(alerts.len(), 1, "three just under the threshold: {alerts:?}");
+    assert_eq!(
+        alerts.len(),
+        1,
+        "three just under the threshold: {alerts:?}"
+    );
     assert_eq!(alerts[0]["rule"], "structuring");
     assert_eq!(alerts[0]["payment_id"], third.to_string());
 }

@@ -158,7 +158,7 @@ impl Deciding {
     responses(
         (status = 200, body = Payment, description = "another operator had asked for it: reversed"),
         (status = 202, body = ReversalRequest,
-            description = "asked for (the same request, if the caller's is waiting already): another operator must make it"),
+            description = "asked for (the same request, if the caller's is waiting already; a new one, if the one waiting was asked for by an operator who has since exchanged money with a party): another operator must make it"),
         (status = 400, body = ErrorEnvelope, description = "the id is not a UUID"),
         (status = 403, body = ErrorEnvelope, description = "not `ops`, a party to the payment (`details.reason` `own_payment`), or one who exchanged money with a party (`party`)"),
         (status = 404, body = ErrorEnvelope),

@@ -580,9 +580,18 @@ async fn a_payment_never_goes_back_to_an_earlier_status_whatever_the_times_of_it
     };
     // (earlier stage, stamped later) then (later stage, stamped earlier).
     let cases = [
-        (("PENDING", types::PAYMENT_REQUESTED), ("COMPLETED", types::PAYMENT_COMPLETED)),
-        (("PENDING", types::PAYMENT_REQUESTED), ("FAILED", types::PAYMENT_FAILED)),
-        (("COMPLETED", types::PAYMENT_COMPLETED), ("REVERSED", types::PAYMENT_REVERSED)),
+        (
+            ("PENDING", types::PAYMENT_REQUESTED),
+            ("COMPLETED", types::PAYMENT_COMPLETED),
+        ),
+        (
+            ("PENDING", types::PAYMENT_REQUESTED),
+            ("FAILED", types::PAYMENT_FAILED),
+        ),
+        (
+            ("COMPLETED", types::PAYMENT_COMPLETED),
+            ("REVERSED", types::PAYMENT_REVERSED),
+        ),
     ];
     for ((early, early_kind), (late, late_kind)) in cases {
         let events = |payment: Uuid| {

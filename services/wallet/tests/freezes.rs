@@ -286,7 +286,10 @@ async fn a_user_whose_wallet_staff_froze_cannot_lift_their_own_freeze_of_another
     let (status, body) = stand.set(ops, "user,ops", usd, "frozen").await;
     assert_eq!(status, 200, "{body}");
 
-    assert_forbidden(stand.set(owner, "user", eur, "active").await, "staff_freeze");
+    assert_forbidden(
+        stand.set(owner, "user", eur, "active").await,
+        "staff_freeze",
+    );
     assert_eq!(stand.status_of(eur).await, "frozen");
 
     // Once staff lift theirs, the owner's own freeze is theirs to lift again.

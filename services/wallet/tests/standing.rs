@@ -168,11 +168,17 @@ async fn a_transfer_sent_again_while_its_first_attempt_waits_is_answered_as_that
     let ((status, first), ((again_status, again), (batch_status, batch))) =
         tokio::join!(first, retries);
     assert_eq!(status, 201, "{first}");
-    assert_eq!(again_status, 200, "applied by the first attempt, not refused: {again}");
+    assert_eq!(
+        again_status, 200,
+        "applied by the first attempt, not refused: {again}"
+    );
     assert_eq!(again["data"], first["data"]);
     assert_eq!(batch_status, 200, "{batch}");
     assert_eq!(batch["data"]["results"][0]["status"], 200, "{batch}");
-    assert_eq!(batch["data"]["results"][0]["data"], first["data"], "{batch}");
+    assert_eq!(
+        batch["data"]["results"][0]["data"], first["data"],
+        "{batch}"
+    );
     assert_eq!(stand.balance(from).await, "490.0000", "moved once");
     // A new transfer of the revoked payer is refused, as ever.
     let (status, body) = stand.send(from, to, "10", "USD").await;
