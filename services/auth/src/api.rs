@@ -653,19 +653,23 @@ async fn refresh(
     let Some(row) = row else {
         return Err(invalid());
     };
-    if row.revoked_at.is_some() || row.expires_at <= Utc::now() || row.family_revoked {
+    if row.revoked_at.is_some() || row.family_revoked {
         return Err(invalid());
     }
     let family = Family {
         id: row.family_id,
         started_at: row.started_at,
     };
-    // Checked apart from the token's own expiry: a token issued under a longer
-    // SESSION_MAX_AGE_SECS (or by a release before it) may outlive the session.
+    // Before the token's own expiry, which is no later (so the client is told why), and
+    // apart from it: a token issued under a longer SESSION_MAX_AGE_SECS, or by a release
+    // before it, may outlive the session.
     if family.ends_at(s.settings.session_max_age) <= Utc::now() {
         return Err(ApiError::unauthorized(
             "the session has reached its maximum age (SESSION_MAX_AGE_SECS): log in again",
         ));
+    }
+    if row.expires_at <= Utc::now() {
+        return Err(invalid());
     }
     if row.used_at.is_some() {
         // A rotated token came back: it was stolen or replayed. End the whole session.

@@ -132,7 +132,9 @@ pub struct Settings {
     /// Wrong client credentials (`POST /api/v1/auth/token`) allowed per client address
     /// per minute. The route is public, and a service token opens `/internal`: without
     /// a count, a secret was guessed as fast as the sidecar let requests through.
-    /// Services asking with their right secret are not held back by it.
+    /// Right secrets give their attempt back, so they do not add up; but past the limit
+    /// the right secret waits too (it is not compared), as does an eleventh request at
+    /// once from one address.
     #[arg(long, env = "SERVICE_TOKEN_FAILURES_PER_ADDRESS", default_value_t = 10)]
     pub service_token_failures_per_address: u32,
     /// Argon2 runs (logins, sign-ups, password changes) at once, each holding about

@@ -735,9 +735,10 @@ async fn a_session_refreshed_again_and_again_ends_its_maximum_age_after_its_logi
         "a rotation does not move the session's end"
     );
 
-    // The hour has passed (the session's tokens written an hour earlier).
+    // The hour has passed (the session's tokens written, and expiring, an hour earlier).
     sqlx::query(
-        "UPDATE refresh_tokens SET created_at = created_at - interval '3601 seconds' \
+        "UPDATE refresh_tokens SET created_at = created_at - interval '3601 seconds', \
+           expires_at = expires_at - interval '3601 seconds' \
          WHERE user_id = $1",
     )
     .bind(user["id"].as_str().unwrap().parse::<Uuid>().unwrap())

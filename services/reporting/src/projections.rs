@@ -235,7 +235,9 @@ impl<'a> PaymentRow<'a> {
 /// stage first, because each replica of C stamps its events by its own clock: a
 /// sweeper's re-publication of a PENDING payment, on a replica whose clock ran ahead,
 /// was stamped after the completion another replica published just after it, and the
-/// payment stayed PENDING here for good. [`upsert_payments`] compares the same way.
+/// payment stayed PENDING here for good. [`upsert_payments`] compares the same way, and
+/// keeps the latest time it applied (a later stage stamped earlier does not take it
+/// back, or a release comparing times alone would take a later-stamped PENDING again).
 fn newer(held: (payment::Status, DateTime<Utc>), fact: (payment::Status, DateTime<Utc>)) -> bool {
     (held.0.stage(), held.1) < (fact.0.stage(), fact.1)
 }
@@ -246,7 +248,7 @@ fn stage_in_sql(column: &str) -> String {
         .iter()
         .map(|s| format!("WHEN '{}' THEN {} ", s.as_str(), s.stage()))
         .collect();
-    format!("(CASE {column} {cases}END)")
+    format!("(CASE {column} {cases}ELSE -1 END)")
 }
 
 /// Upserts `rows` (at most one per payment: PostgreSQL refuses to update a row twice in
@@ -285,7 +287,7 @@ async fn upsert_payments(
          ORDER BY payment_id \
          ON CONFLICT (payment_id) DO UPDATE SET status = EXCLUDED.status, \
            failure_code = EXCLUDED.failure_code, completed_at = EXCLUDED.completed_at, \
-           last_event_at = EXCLUDED.last_event_at, \
+           last_event_at = greatest(payments_rm.last_event_at, EXCLUDED.last_event_at), \
            from_wallet_id = coalesce(payments_rm.from_wallet_id, EXCLUDED.from_wallet_id), \
            to_wallet_id = coalesce(payments_rm.to_wallet_id, EXCLUDED.to_wallet_id) \
          WHERE ({held}, payments_rm.last_event_at) < ({fact}, EXCLUDED.last_event_at)",
@@ -366,7 +368,8 @@ fn fold(facts: &[(PaymentFact, DateTime<Utc>)]) -> Option<PaymentRow<'_>> {
     for (fact, at) in rest {
         if newer((row.newest.status, row.at), (fact.status, *at)) {
             row.newest = fact;
-            row.at = *at;
+            // As the upsert keeps it: the latest time applied, never earlier.
+            row.at = row.at.max(*at);
             from.see(fact.from_wallet_id);
             to.see(fact.to_wallet_id);
         }

@@ -231,7 +231,7 @@ async fn activate(State(s): State<AppState>, who: Identity, Path(id): Path<Uuid>
             "the wallet is frozen; it is unfrozen through its status",
         )),
         _ => Ok(error::ok(
-            change_status(&s.pool, &wallet, "active", None).await?,
+            change_status(&s.pool, &wallet, "active", None, true).await?,
         )),
     }
 }
@@ -281,7 +281,7 @@ async fn refuse_while_staff_froze(
     .await?;
     if frozen {
         return Err(ApiError::forbidden(
-            "a wallet of this owner was frozen by staff: no other is opened, activated or unfrozen until it is lifted",
+            "a wallet of yours was frozen by staff: no other is opened, activated or unfrozen until it is lifted",
         )
         .with_details(serde_json::json!({ "reason": "staff_freeze" })));
     }
@@ -369,7 +369,9 @@ async fn set_status(
             } else {
                 "pending"
             };
-            Ok(error::ok(change_status(&s.pool, &wallet, to, None).await?))
+            Ok(error::ok(
+                change_status(&s.pool, &wallet, to, None, own).await?,
+            ))
         }
         // Staff freezing an owner-frozen wallet makes it theirs to lift; any other
         // freeze of a frozen wallet changes nothing.
@@ -377,30 +379,31 @@ async fn set_status(
             Ok(error::ok(wallet.view()?))
         }
         WalletStatus::Frozen => Ok(error::ok(
-            change_status(&s.pool, &wallet, "frozen", Some(by)).await?,
+            change_status(&s.pool, &wallet, "frozen", Some(by), own).await?,
         )),
     }
 }
 
 /// Moves `wallet` to `to`, frozen by `frozen_by`, if nobody changed its status or its
 /// freeze since it was read (an owner lifting their freeze must not lift a staff freeze
-/// made meanwhile), and emits the event in the same transaction.
+/// made meanwhile), and emits the event in the same transaction. `by_owner`: the
+/// wallet's owner asks (an activation, or lifting a freeze of their own), not staff.
 async fn change_status(
     pool: &PgPool,
     wallet: &WalletRow,
     to: &str,
     frozen_by: Option<&str>,
+    by_owner: bool,
 ) -> Result<Wallet, ApiError> {
     let from = wallet.status.as_str();
     let mut tx = pool.begin().await?;
     if let Some(owner) = wallet.user_id {
         hold_wallets_of(&mut tx, owner).await?;
-        // A wallet made live by its owner's step (an activation, or lifting a freeze of
-        // their own, which staff cannot tell from theirs by the status): refused while
-        // staff hold another wallet of the owner, checked under the owner's lock, which
-        // a freeze of that wallet takes too.
-        let owners_step = from == "pending" || wallet.frozen_by.as_deref() == Some("owner");
-        if to == "active" && owners_step {
+        // The owner making a wallet live (an activation, or lifting a freeze of their
+        // own, which staff cannot tell from theirs by the status): refused while staff
+        // hold another wallet of theirs, checked under the owner's lock, which a freeze
+        // of that wallet takes too. Staff lifting a freeze decide that themselves.
+        if to == "active" && by_owner {
             refuse_while_staff_froze(&mut *tx, owner).await?;
         }
     }

@@ -303,9 +303,10 @@ pub async fn apply_all<A: Clone + Into<Allowance>>(
 }
 
 /// Takes the advisory lock of every transfer id of `transfers`, then locks every account
-/// they touch (system accounts created first if need be), each kind in one order.
+/// those not refused touch (system accounts created first if need be), each kind in one
+/// order.
 /// Answers the locked accounts.
-async fn lock_all<A>(
+async fn lock_all<A: Clone + Into<Allowance>>(
     tx: &mut PgConnection,
     transfers: &[(TransferRequest, A)],
 ) -> Result<Vec<LockedWallet>, sqlx::Error> {
@@ -319,7 +320,12 @@ async fn lock_all<A>(
     .await?;
     let mut systems: Vec<(Currency, Uuid)> = Vec::new();
     let mut wallets = Vec::with_capacity(transfers.len() * 2);
-    for (req, _) in transfers {
+    for (req, spend) in transfers {
+        // A refused transfer is answered before its wallets are looked at (applied
+        // before, or refused): only its id's lock is needed.
+        if spend.clone().into().0.is_err() {
+            continue;
+        }
         // A request that names impossible sides is refused when it is applied.
         if let Ok((from, to)) = sides(req.kind, req.from_wallet_id, req.to_wallet_id) {
             for side in [from, to] {

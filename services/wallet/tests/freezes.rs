@@ -291,6 +291,11 @@ async fn a_user_whose_wallet_staff_froze_cannot_lift_their_own_freeze_of_another
         "staff_freeze",
     );
     assert_eq!(stand.status_of(eur).await, "frozen");
+    // Staff lifting it decide that themselves.
+    let (status, body) = stand.set(ops, "user,ops", eur, "active").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = stand.set(owner, "user", eur, "frozen").await;
+    assert_eq!(status, 200, "{body}");
 
     // Once staff lift theirs, the owner's own freeze is theirs to lift again.
     let (status, body) = stand.set(ops, "user,ops", usd, "active").await;

@@ -186,6 +186,41 @@ async fn a_transfer_sent_again_while_its_first_attempt_waits_is_answered_as_that
     assert_eq!(body["error"]["code"], "KYC_REQUIRED", "{body}");
 }
 
+/// A refused transfer is answered under its id's lock alone: in a batch, it waited for
+/// (and held up) the wallets it would never move.
+#[tokio::test]
+async fn a_refused_transfer_in_a_batch_does_not_wait_for_its_wallets() {
+    let stand = Stand::start().await;
+    let (payer, _, from, to) = pair(&stand, "USD", "500").await;
+    stand.auth.set(payer, "rejected", "bronze");
+    let mut holder = stand.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE")
+        .bind(from)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let transfer = json!({"transfer_id": Uuid::now_v7(), "kind": "transfer",
+        "from_wallet_id": from, "to_wallet_id": to, "amount": "10", "currency": "USD"});
+    let transfers = json!({"transfers": [transfer]});
+    let batch = stand.as_service(
+        "payment",
+        Method::POST,
+        "/internal/transfers/batch",
+        Some(&transfers),
+    );
+    let (status, body) = tokio::select! {
+        answered = batch => answered,
+        () = until_waiting_for_locks(&stand.pool, 1) => panic!("a refused transfer waited for its wallet"),
+    };
+    holder.commit().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["results"][0]["status"], 403, "{body}");
+    assert_eq!(
+        body["data"]["results"][0]["error"]["code"], "KYC_REQUIRED",
+        "{body}"
+    );
+}
+
 #[tokio::test]
 async fn a_wallet_is_opened_only_for_a_user_a_says_is_verified_now() {
     let stand = Stand::start().await;
