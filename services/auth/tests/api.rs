@@ -824,7 +824,7 @@ async fn a_logout_during_a_rotation_also_ends_the_token_the_rotation_writes() {
 
     let logout = app.logout(&session["refresh_token"]);
     let commit = async {
-        until_a_transaction_waits_for_a_lock(&app.db.pool).await;
+        db::until_waiting_for_locks(&app.db.pool, 1).await;
         rotation.commit().await.unwrap();
     };
     let ((status, body), ()) = tokio::join!(logout, commit);
@@ -866,7 +866,7 @@ async fn a_replayed_refresh_token_and_signing_out_everywhere_at_once_both_finish
 
     let replay = app.refresh(&first["refresh_token"]);
     let finish = async {
-        until_a_transaction_waits_for_a_lock(&app.db.pool).await;
+        db::until_waiting_for_locks(&app.db.pool, 1).await;
         let ended = finflow_auth::account::end_sessions(&mut sign_out, user)
             .await
             .expect("the sign-out failed");
@@ -882,22 +882,6 @@ async fn a_replayed_refresh_token_and_signing_out_everywhere_at_once_both_finish
     assert_eq!(ended, 1, "the one session that could refresh");
     let (status, _) = app.refresh(&json!(newest)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-}
-
-/// Until some transaction of the test's database waits for a row another holds.
-async fn until_a_transaction_waits_for_a_lock(pool: &sqlx::PgPool) {
-    loop {
-        let waiting: i64 = db::scalar(
-            pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND wait_event_type = 'Lock' AND wait_event IN ('transactionid', 'tuple')",
-        )
-        .await;
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -1759,7 +1743,7 @@ async fn a_login_caught_between_its_check_and_its_session_does_not_outlive_a_pas
     let session = async {
         // Only once the change is waiting for the account does the login write its
         // session: without the lock the change would not wait, and this never ends.
-        until_a_transaction_waits_for_a_lock(&app.db.pool).await;
+        db::until_waiting_for_locks(&app.db.pool, 1).await;
         sqlx::query(
             "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at) \
              VALUES ($1, $2, $3, $4, now() + interval '1 day')",

@@ -1179,22 +1179,6 @@ async fn payments_whose_sum_is_past_the_largest_amount_are_observed_and_alerted_
     assert_eq!(velocity["details"]["total"], "10000000000000009.9999");
 }
 
-/// Waits until a transaction of this test's database waits for a lock.
-async fn until_a_transaction_waits_for_a_lock(pool: &sqlx::PgPool) {
-    loop {
-        let waiting: i64 = db::scalar(
-            pool,
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .await;
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A burst split between E's two replicas: each transaction counted only the payments
 /// it observed itself (a statement reads what was committed as it began), neither
 /// reached the rule, and no later payment came to count them all.
@@ -1225,7 +1209,7 @@ async fn payments_of_one_user_observed_by_two_replicas_at_once_are_counted_toget
     // It waits for the first replica's transaction, or is done without it.
     let done_alone = tokio::select! {
         () = &mut other_replica => true,
-        () = until_a_transaction_waits_for_a_lock(&e.db.pool) => false,
+        () = db::until_waiting_for_locks(&e.db.pool, 1) => false,
     };
     replica.commit().await.unwrap();
     if !done_alone {

@@ -233,6 +233,25 @@ where
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// Waits until `n` transactions or more of the test's database wait for a lock (a row's
+/// or an advisory one): how a test knows the requests it started reached the lock it
+/// holds before it lets them go.
+#[cfg(feature = "testing")]
+pub async fn until_waiting_for_locks(pool: &sqlx::PgPool, n: i64) {
+    loop {
+        let waiting: i64 = scalar(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await;
+        if waiting >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// [`scalar`] with `arg` as `$1`.
 #[cfg(feature = "testing")]
 pub async fn scalar_of<'e, T, A>(db: impl sqlx::PgExecutor<'e>, sql: &'static str, arg: A) -> T

@@ -108,22 +108,6 @@ async fn a_transfer_applied_before_its_payer_was_revoked_is_answered_as_applied_
     assert_eq!(stand.balance(from).await, "490.0000", "moved once");
 }
 
-/// Transactions of this test's database waiting for a lock.
-async fn waiting_for_locks(pool: &sqlx::PgPool) -> i64 {
-    db::scalar(
-        pool,
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
-    .await
-}
-
-async fn until_waiting_for_locks(pool: &sqlx::PgPool, n: i64) {
-    while waiting_for_locks(pool).await < n {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 /// C gave up on B's answer while the transfer waited on a wallet another batch held, and
 /// sent it again after compliance revoked the payer: the retry was refused at once, C
 /// recorded the payment failed, then the first attempt committed and the money moved.
@@ -134,16 +118,11 @@ async fn a_transfer_sent_again_while_its_first_attempt_waits_is_answered_as_that
     let transfer = json!({"transfer_id": Uuid::now_v7(), "kind": "transfer",
         "from_wallet_id": from, "to_wallet_id": to, "amount": "10", "currency": "USD"});
     let batch = json!({"transfers": [transfer]});
-    let mut holder = stand.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE")
-        .bind(to)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = stand.hold_wallet(to).await;
 
     let first = stand.internal_transfer("payment", &transfer);
     let retries = async {
-        until_waiting_for_locks(&stand.pool, 1).await;
+        db::until_waiting_for_locks(&stand.pool, 1).await;
         stand.auth.set(payer, "rejected", "bronze");
         let again = stand.internal_transfer("payment", &transfer);
         let in_batch = stand.as_service(
@@ -157,7 +136,7 @@ async fn a_transfer_sent_again_while_its_first_attempt_waits_is_answered_as_that
         // Each retry waits for the first attempt to end, or is answered at once.
         let early = tokio::select! {
             answered = &mut both => Some(answered),
-            () = until_waiting_for_locks(&stand.pool, 3) => None,
+            () = db::until_waiting_for_locks(&stand.pool, 3) => None,
         };
         holder.commit().await.unwrap();
         match early {
@@ -193,12 +172,7 @@ async fn a_refused_transfer_in_a_batch_does_not_wait_for_its_wallets() {
     let stand = Stand::start().await;
     let (payer, _, from, to) = pair(&stand, "USD", "500").await;
     stand.auth.set(payer, "rejected", "bronze");
-    let mut holder = stand.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE")
-        .bind(from)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let holder = stand.hold_wallet(from).await;
     let transfer = json!({"transfer_id": Uuid::now_v7(), "kind": "transfer",
         "from_wallet_id": from, "to_wallet_id": to, "amount": "10", "currency": "USD"});
     let transfers = json!({"transfers": [transfer]});
@@ -210,7 +184,7 @@ async fn a_refused_transfer_in_a_batch_does_not_wait_for_its_wallets() {
     );
     let (status, body) = tokio::select! {
         answered = batch => answered,
-        () = until_waiting_for_locks(&stand.pool, 1) => panic!("a refused transfer waited for its wallet"),
+        () = db::until_waiting_for_locks(&stand.pool, 1) => panic!("a refused transfer waited for its wallet"),
     };
     holder.commit().await.unwrap();
     assert_eq!(status, 200, "{body}");

@@ -174,6 +174,18 @@ impl Stand {
         id
     }
 
+    /// `wallet`'s row locked, as another transfer applying holds it, until the
+    /// transaction is committed or dropped.
+    pub async fn hold_wallet(&self, wallet: Uuid) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut holder = self.pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE")
+            .bind(wallet)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        holder
+    }
+
     pub async fn status_of(&self, id: Uuid) -> String {
         db::scalar_of(&self.pool, "SELECT status FROM wallets WHERE id = $1", id).await
     }
