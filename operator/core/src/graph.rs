@@ -70,6 +70,43 @@ impl DependencyGraph {
         Ok(graph)
     }
 
+    /// The graph of every service that neither is nor depends on a broken part (a cycle,
+    /// a service depending on itself or on one that does not exist), and why each of the
+    /// others is left out. One tenant's cycle must not stop the rest of the namespace:
+    /// their rollouts, and the rollbacks their failed windows ask for, go on.
+    pub fn sound_part<S, D>(services: &[(S, D)]) -> (Self, BTreeMap<String, GraphError>)
+    where
+        S: AsRef<str>,
+        D: AsRef<[String]>,
+    {
+        let mut left_out: BTreeMap<String, GraphError> = BTreeMap::new();
+        loop {
+            let kept = services
+                .iter()
+                .filter(|(s, _)| !left_out.contains_key(s.as_ref()))
+                .map(|(s, d)| (s.as_ref().to_owned(), d.as_ref().to_vec()));
+            let error = match Self::new(kept) {
+                Ok(graph) => return (graph, left_out),
+                Err(e) => e,
+            };
+            // Each round leaves one out at least, so it ends.
+            let broken = match &error {
+                GraphError::SelfDependency(s) => vec![s.clone()],
+                GraphError::UnknownDependency { service, .. } => vec![service.clone()],
+                GraphError::Cycle(stuck) => stuck.clone(),
+            };
+            for service in broken {
+                // One depending on a service left out before is left out for its reason.
+                let inherited = services
+                    .iter()
+                    .find(|(s, _)| s.as_ref() == service)
+                    .and_then(|(_, deps)| deps.as_ref().iter().find_map(|d| left_out.get(d)))
+                    .cloned();
+                left_out.insert(service, inherited.unwrap_or_else(|| error.clone()));
+            }
+        }
+    }
+
     /// Kahn's algorithm, one layer at a time; names sort within a wave for stable output.
     fn waves(&self) -> Result<Vec<Vec<String>>, GraphError> {
         let mut placed: BTreeSet<&str> = BTreeSet::new();
@@ -141,6 +178,36 @@ impl DependencyGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sound_part_leaves_out_cycles_self_dependencies_and_what_depends_on_them() {
+        let services: Vec<(&str, Vec<String>)> = [
+            ("a", vec![]),
+            ("b", vec!["a"]),
+            ("x", vec!["y"]),
+            ("y", vec!["x"]),
+            ("z", vec!["y", "a"]),
+            ("s", vec!["s"]),
+            ("t", vec!["s"]),
+            ("w", vec!["z"]),
+        ]
+        .into_iter()
+        .map(|(s, d)| (s, d.into_iter().map(str::to_owned).collect()))
+        .collect();
+        let (graph, left_out) = DependencyGraph::sound_part(&services);
+        assert_eq!(graph.deploy_waves(), [vec!["a"], vec!["b"]]);
+        assert_eq!(
+            left_out.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["s", "t", "w", "x", "y", "z"]
+        );
+        assert_eq!(left_out["s"], GraphError::SelfDependency("s".into()));
+        assert_eq!(
+            left_out["t"], left_out["s"],
+            "left out for its dependency's reason"
+        );
+        assert!(matches!(left_out["x"], GraphError::Cycle(_)));
+        assert_eq!(left_out["w"], left_out["x"]);
+    }
     use proptest::prelude::*;
 
     fn finflow() -> DependencyGraph {

@@ -544,24 +544,40 @@ pub fn topology_job(mq: &MessageQueue) -> Job {
 }
 
 /// Of the volume claims that carry the broker's labels ([`selector`]), the names of those
-/// its StatefulSet made (`data-<name>-<ordinal>`) and nothing else controls: what a
-/// MessageQueue that keeps nothing deletes. A RabbitMQ installed another way under the
-/// same instance name (a Helm chart's `data-<name>-rabbitmq-0`) carries the same labels,
-/// and its volumes are not the MessageQueue's to delete.
-pub fn own_claims(name: &str, claims: &[PersistentVolumeClaim]) -> Vec<String> {
+/// the MessageQueue's own StatefulSet made (`data-<name>-<ordinal>`): what a
+/// MessageQueue that keeps nothing deletes. `broker` is the StatefulSet `<name>` as found
+/// at cleanup: none of it, or not controlled by `mq`, and nothing is deleted, whatever
+/// the claims are called (a Bitnami release named `<name>` has a StatefulSet `<name>`
+/// and volumes `data-<name>-0`, labelled alike, owned by nothing: a MessageQueue of the
+/// same name, stalled on that StatefulSet and deleted, deleted that release's data). A
+/// claim another StatefulSet or controller owns is never its to delete either. A
+/// RabbitMQ installed under another name (`data-<name>-rabbitmq-0`) does not match.
+pub fn own_claims(
+    mq: &MessageQueue,
+    broker: Option<&StatefulSet>,
+    claims: &[PersistentVolumeClaim],
+) -> Vec<String> {
+    let name = mq.name_any();
+    let Some(broker_uid) = broker
+        .filter(|sts| meta::controlled_by(*sts, mq))
+        .and_then(|sts| sts.metadata.uid.clone())
+    else {
+        return Vec::new();
+    };
     let prefix = format!("data-{name}-");
     claims
         .iter()
         .filter(|c| {
             let claim = c.name_any();
             let ordinal = claim.strip_prefix(&prefix).unwrap_or_default();
-            let controller = c
-                .owner_references()
-                .iter()
-                .find(|r| r.controller == Some(true));
-            !ordinal.is_empty()
-                && ordinal.bytes().all(|b| b.is_ascii_digit())
-                && controller.is_none_or(|r| r.kind == "StatefulSet" && r.name == name)
+            let owners_ours = c.owner_references().iter().all(|r| {
+                if r.kind == "StatefulSet" {
+                    r.uid == broker_uid
+                } else {
+                    r.controller != Some(true)
+                }
+            });
+            !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()) && owners_ours
         })
         .map(ResourceExt::name_any)
         .collect()
@@ -808,8 +824,17 @@ mod tests {
         assert!(!released_credentials(&queue, &synced));
     }
 
+    /// The MessageQueue's StatefulSet as the API server has it, with its uid.
+    fn broker(queue: &MessageQueue) -> StatefulSet {
+        let mut sts = desired(queue, &ClusterDomain::default()).stateful_set;
+        sts.metadata.uid = Some("uid-events".into());
+        sts
+    }
+
     #[test]
     fn only_the_claims_the_broker_s_stateful_set_made_are_its_to_delete() {
+        let queue = mq();
+        let ours = broker(&queue);
         let claims = [
             claim("data-events-0", None),
             claim("data-events-2", Some(("StatefulSet", "events"))),
@@ -822,12 +847,36 @@ mod tests {
             claim("data-events-", None),
             claim("data-events-1x", None),
             claim("data-events-3", Some(("StatefulSet", "other"))),
+            claim("data-events-4", Some(("Deployment", "events"))),
             claim("events-data-0", None),
         ];
         assert_eq!(
-            own_claims("events", &claims),
+            own_claims(&queue, Some(&ours), &claims),
             ["data-events-0", "data-events-2"]
         );
+    }
+
+    /// A Bitnami release named `events` has a StatefulSet `events` whose volumes are
+    /// `data-events-<n>`, owned by nothing: a MessageQueue `events`, stalled on that
+    /// StatefulSet and deleted, deleted that release's data.
+    #[test]
+    fn without_a_stateful_set_of_its_own_a_message_queue_deletes_no_claim() {
+        let queue = mq();
+        let claims = [claim("data-events-0", None), claim("data-events-1", None)];
+        let mut theirs = broker(&queue);
+        theirs.metadata.owner_references = None;
+        theirs.metadata.uid = Some("uid-bitnami".into());
+        assert!(own_claims(&queue, Some(&theirs), &claims).is_empty());
+        assert!(own_claims(&queue, None, &claims).is_empty());
+        // Another MessageQueue of the name, deleted and made again: its broker is not
+        // this one's.
+        let mut before = broker(&queue);
+        before.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-earlier".into();
+        assert!(own_claims(&queue, Some(&before), &claims).is_empty());
+        // And a claim its StatefulSet would own, but a StatefulSet of another uid does.
+        let mut stale = claim("data-events-0", Some(("StatefulSet", "events")));
+        stale.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-gone".into();
+        assert!(own_claims(&queue, Some(&broker(&queue)), &[stale]).is_empty());
     }
 
     fn now() -> Time {

@@ -98,6 +98,19 @@ pub fn held_by_another<K: Resource>(desired: &K, current: Option<&K>) -> Option<
     })
 }
 
+/// Whether `owner` (by its uid) is `object`'s controller.
+pub fn controlled_by<K: Resource, O: Resource>(object: &K, owner: &O) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return false;
+    };
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
 /// Short, stable hash of anything serializable (hex of the first 8 bytes of SHA-256).
 pub fn hash<T: Serialize>(value: &T) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();

@@ -105,19 +105,24 @@ impl Standing {
             blockers.extend(cache_blocker(cache, read.cache));
         }
         let names: BTreeSet<&String> = by_name.keys().collect();
-        let graph = DependencyGraph::new(all.iter().map(|f| {
-            let deps: Vec<String> = f
-                .spec
-                .depends_on
-                .iter()
-                .filter(|d| names.contains(d))
-                .cloned()
-                .collect();
-            (f.name_any(), deps)
-        }));
-        let graph = match graph {
-            Ok(graph) => Some(graph),
-            Err(e) => {
+        let services: Vec<(String, Vec<String>)> = all
+            .iter()
+            .map(|f| {
+                let deps: Vec<String> = f
+                    .spec
+                    .depends_on
+                    .iter()
+                    .filter(|d| names.contains(d))
+                    .cloned()
+                    .collect();
+                (f.name_any(), deps)
+            })
+            .collect();
+        // A cycle elsewhere in the namespace holds only the services in it or downstream.
+        let (graph, left_out) = DependencyGraph::sound_part(&services);
+        let graph = match left_out.get(&name) {
+            None => Some(graph),
+            Some(e) => {
                 blockers.push(Blocker {
                     kind: "FinService",
                     name,
@@ -557,6 +562,38 @@ mod tests {
             plan.held(true),
             "a first version waits for its dependencies before anything is created"
         );
+    }
+
+    /// A cycle two tenants' services made (GitOps, a shared namespace) held every
+    /// FinService of the namespace: no rollout, and no rollback for a failed window.
+    #[test]
+    fn a_dependency_cycle_holds_its_members_and_their_dependents_and_no_other() {
+        let fs = finservice("pay", &[]);
+        let others = [
+            finservice("ledger", &[]),
+            finservice("x", &["y"]),
+            finservice("y", &["x"]),
+            finservice("z", &["y", "ledger"]),
+        ];
+        let now = at(1_000);
+        let standing = Standing::of(&read(&fs, &others, &now));
+        assert!(standing.blockers.is_empty(), "{:?}", standing.blockers);
+        let graph = standing.graph.expect("the graph of the rest");
+        assert_eq!(graph.deploy_waves(), [vec!["ledger", "pay"]]);
+        for held in ["x", "z"] {
+            let fs = others.iter().find(|f| f.name_any() == held).unwrap();
+            let rest: Vec<_> = others
+                .iter()
+                .filter(|f| f.name_any() != held)
+                .cloned()
+                .chain([finservice("pay", &[])])
+                .collect();
+            let standing = Standing::of(&read(fs, &rest, &now));
+            assert!(standing.graph.is_none(), "{held}");
+            assert_eq!(standing.blockers.len(), 1, "{held}");
+            let why = standing.blockers[0].not_ready.as_deref().unwrap();
+            assert!(why.contains("cycle"), "{held}: {why}");
+        }
     }
 
     #[test]

@@ -562,7 +562,10 @@ impl Decision {
 }
 
 /// The services that roll back because of `root`: `root` itself and, with `cascade`,
-/// every transitive dependent whose live version went live after `root`'s did.
+/// every transitive dependent whose live version went live after `root`'s did and has
+/// one to roll back to. A dependent first deployed after `root` went live has none: it
+/// stays as it is, or `root` would wait for it forever ("nothing to roll back to" never
+/// ends) with the release the cascade was asked to take away still live.
 pub fn rollback_set(
     graph: &DependencyGraph,
     observed: &BTreeMap<String, Observed>,
@@ -579,10 +582,9 @@ pub fn rollback_set(
     };
     if cascade {
         for dependent in graph.transitive_dependents(root) {
-            let after = observed
-                .get(&dependent)
-                .and_then(|o| o.active.as_ref())
-                .is_some_and(|a| a.since > root_since);
+            let after = observed.get(&dependent).is_some_and(|o| {
+                o.previous.is_some() && o.active.as_ref().is_some_and(|a| a.since > root_since)
+            });
             // A dependent already rolled back by this cascade stays in the set (its live
             // since moved to the rollback) and is then recognised as done.
             if after {

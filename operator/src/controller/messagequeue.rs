@@ -255,7 +255,12 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
     if mq.spec.storage.retain_on_delete {
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let secret_name = mq_rules::credentials_secret_name(&name);
-        if let Some(existing) = secrets.get_opt(&secret_name).await? {
+        // Only its own: a Secret of that name someone else made stays as it is.
+        if let Some(existing) = secrets
+            .get_opt(&secret_name)
+            .await?
+            .filter(|secret| meta::controlled_by(secret, mq.as_ref()))
+        {
             // Applying it without owner references releases it from the garbage collector.
             let release = Secret {
                 metadata: ObjectMeta {
@@ -292,7 +297,9 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
         let found = claims
             .list(&ListParams::default().labels(&selector))
             .await?;
-        let own = mq_rules::own_claims(&name, &found.items);
+        let brokers: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+        let broker = brokers.get_opt(&name).await?;
+        let own = mq_rules::own_claims(&mq, broker.as_ref(), &found.items);
         for claim in &own {
             claims.delete(claim, &DeleteParams::default()).await?;
         }

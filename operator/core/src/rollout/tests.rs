@@ -221,6 +221,32 @@ fn cascade_rollback_of_b_walks_the_reverse_waves() {
     }
 }
 
+/// F, first deployed after C's release went live, has no version to roll back to: the
+/// cascade of C waited for it forever, C's release live all the while.
+#[test]
+fn a_cascade_leaves_a_dependent_deployed_first_after_its_root_as_it_is() {
+    let graph = six();
+    let mut world = upgraded(&graph);
+    let (_, now) = run(&graph, &mut world, &Cluster::default(), 0, |_, _| {});
+    let f = world.get_mut("f").unwrap();
+    f.previous = None;
+    f.active.as_mut().unwrap().since = now;
+    world.get_mut("c").unwrap().request = rollback(true, false);
+    let (log, _) = run(&graph, &mut world, &Cluster::default(), now + 10, |_, _| {});
+    assert_eq!(
+        times_of(&log, Step::Rollback).keys().collect::<Vec<_>>(),
+        ["c", "d", "e"],
+        "{log:?}"
+    );
+    assert_eq!(world["c"].active.as_ref().unwrap().version, "1.0.0");
+    assert_eq!(world["f"].active.as_ref().unwrap().version, "2.0.0");
+    assert!(
+        world["c"].request.is_none(),
+        "the request is done: {:?}",
+        world["c"].request
+    );
+}
+
 #[test]
 fn a_single_rollback_leaves_dependents_alone() {
     let graph = six();
@@ -938,6 +964,7 @@ proptest! {
         services in dag(),
         root in 0_usize..9,
         promoted_at in proptest::collection::vec(1_i64..1000, 9),
+        first_deployed in proptest::collection::vec(any::<bool>(), 9),
     ) {
         let graph = DependencyGraph::new(services.clone()).unwrap();
         let root = format!("s{}", root % services.len());
@@ -945,13 +972,16 @@ proptest! {
             let mut o = svc("2.0.0");
             let since = promoted_at[i];
             o.active = Some(Live { color: Color::Green, version: "2.0.0".into(), since });
-            o.previous = Some(Live { color: Color::Blue, version: "1.0.0".into(), since: 0 });
+            // Some were deployed for the first time: nothing to roll back to.
+            o.previous = (*s == root || !first_deployed[i])
+                .then(|| Live { color: Color::Blue, version: "1.0.0".into(), since: 0 });
             o.previous_up = i % 2 == 0;
             (s.clone(), o)
         }).collect();
         let root_since = world[&root].active.as_ref().unwrap().since;
         let expected: BTreeSet<String> = graph.transitive_dependents(&root).into_iter()
             .filter(|d| world[d].active.as_ref().unwrap().since > root_since)
+            .filter(|d| world[d].previous.is_some())
             .chain([root.clone()])
             .collect();
         world.get_mut(&root).unwrap().request = rollback(true, false);
