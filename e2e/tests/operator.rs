@@ -10,7 +10,7 @@ use std::time::Duration;
 use finflow_e2e::cluster::{self, TestNamespace, eventually};
 use finflow_operator::crd::{self, FinService, RedisCache};
 use finflow_operator_core::finservice::fixtures::{container, env_named, pod};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -456,14 +456,11 @@ async fn a_message_queue_that_keeps_nothing_deletes_its_own_volumes_and_no_other
     }))
     .unwrap();
     queues.create(&PostParams::default(), &queue).await.unwrap();
-    eventually("the MessageQueue's finalizer", LIMIT, || {
-        let queues = queues.clone();
-        async move {
-            queues
-                .get("events")
-                .await
-                .is_ok_and(|q| q.metadata.finalizers.is_some_and(|f| !f.is_empty()))
-        }
+    // Its StatefulSet made: only then are the claims of its name known to be its own.
+    let brokers: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the MessageQueue's StatefulSet", LIMIT, || {
+        let brokers = brokers.clone();
+        async move { brokers.get_opt("events").await.is_ok_and(|s| s.is_some()) }
     })
     .await;
     queues.delete("events", &Default::default()).await.unwrap();

@@ -91,19 +91,53 @@ impl DependencyGraph {
             };
             // Each round leaves one out at least, so it ends.
             let broken = match &error {
-                GraphError::SelfDependency(s) => vec![s.clone()],
-                GraphError::UnknownDependency { service, .. } => vec![service.clone()],
-                GraphError::Cycle(stuck) => stuck.clone(),
+                GraphError::SelfDependency(s) => vec![(s.clone(), error.clone())],
+                // Only from here: `Standing::of` gives no dependency that does not exist.
+                GraphError::UnknownDependency { service, missing } => {
+                    let why = left_out
+                        .get(missing)
+                        .cloned()
+                        .unwrap_or_else(|| error.clone());
+                    vec![(service.clone(), why)]
+                }
+                // The members of each cycle, named with their own cycle; the services
+                // depending on one are left out in later rounds, for its reason.
+                GraphError::Cycle(stuck) => {
+                    let deps_of = |service: &str| -> Vec<&String> {
+                        services
+                            .iter()
+                            .find(|(s, _)| s.as_ref() == service)
+                            .map(|(_, d)| d.as_ref().iter().filter(|d| stuck.contains(d)).collect())
+                            .unwrap_or_default()
+                    };
+                    let reach: BTreeMap<&String, BTreeSet<&String>> = stuck
+                        .iter()
+                        .map(|from| {
+                            let mut seen = BTreeSet::new();
+                            let mut next = deps_of(from);
+                            while let Some(s) = next.pop() {
+                                if seen.insert(s) {
+                                    next.extend(deps_of(s));
+                                }
+                            }
+                            (from, seen)
+                        })
+                        .collect();
+                    stuck
+                        .iter()
+                        .filter(|s| reach[s].contains(s))
+                        .map(|s| {
+                            let cycle = stuck
+                                .iter()
+                                .filter(|t| reach[s].contains(t) && reach[t].contains(s))
+                                .cloned()
+                                .collect();
+                            (s.clone(), GraphError::Cycle(cycle))
+                        })
+                        .collect()
+                }
             };
-            for service in broken {
-                // One depending on a service left out before is left out for its reason.
-                let inherited = services
-                    .iter()
-                    .find(|(s, _)| s.as_ref() == service)
-                    .and_then(|(_, deps)| deps.as_ref().iter().find_map(|d| left_out.get(d)))
-                    .cloned();
-                left_out.insert(service, inherited.unwrap_or_else(|| error.clone()));
-            }
+            left_out.extend(broken);
         }
     }
 
@@ -178,6 +212,7 @@ impl DependencyGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn the_sound_part_leaves_out_cycles_self_dependencies_and_what_depends_on_them() {
@@ -205,10 +240,11 @@ mod tests {
             left_out["t"], left_out["s"],
             "left out for its dependency's reason"
         );
-        assert!(matches!(left_out["x"], GraphError::Cycle(_)));
-        assert_eq!(left_out["w"], left_out["x"]);
+        let cycle = GraphError::Cycle(vec!["x".into(), "y".into()]);
+        for s in ["x", "y", "z", "w"] {
+            assert_eq!(left_out[s], cycle, "{s}: the cycle it is in or depends on");
+        }
     }
-    use proptest::prelude::*;
 
     fn finflow() -> DependencyGraph {
         DependencyGraph::new([

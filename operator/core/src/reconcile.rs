@@ -61,7 +61,9 @@ pub struct Standing {
     /// Whether the cache asks for a password. Without the cache object, the default (a
     /// password), so that nothing is built on a guess that would later have to change.
     pub cache_password: bool,
-    /// The namespace's dependency graph; `None` when it has a cycle (a blocker says so).
+    /// The namespace's dependency graph without what a cycle holds
+    /// ([`DependencyGraph::sound_part`]); `None` when this service is held (a blocker
+    /// says so).
     pub graph: Option<DependencyGraph>,
     /// The color serving `<name>`.
     pub color: Color,

@@ -563,9 +563,12 @@ impl Decision {
 
 /// The services that roll back because of `root`: `root` itself and, with `cascade`,
 /// every transitive dependent whose live version went live after `root`'s did and has
-/// one to roll back to. A dependent first deployed after `root` went live has none: it
-/// stays as it is, or `root` would wait for it forever ("nothing to roll back to" never
-/// ends) with the release the cascade was asked to take away still live.
+/// a previous one to roll back to. One with none (deployed once only, after `root` went
+/// live; or rolled back already by this cascade, which took its previous) is not waited
+/// for: "nothing to roll back to" never ends, and `root` waited for it forever, the
+/// release the cascade was asked to take away still live. A dependent a dependency
+/// cycle holds is not in `graph` ([`DependencyGraph::sound_part`]) and stays as it is
+/// too.
 pub fn rollback_set(
     graph: &DependencyGraph,
     observed: &BTreeMap<String, Observed>,
@@ -585,8 +588,6 @@ pub fn rollback_set(
             let after = observed.get(&dependent).is_some_and(|o| {
                 o.previous.is_some() && o.active.as_ref().is_some_and(|a| a.since > root_since)
             });
-            // A dependent already rolled back by this cascade stays in the set (its live
-            // since moved to the rollback) and is then recognised as done.
             if after {
                 set.insert(dependent);
             }

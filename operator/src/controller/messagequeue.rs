@@ -256,11 +256,12 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
         let secret_name = mq_rules::credentials_secret_name(&name);
         // Only its own: a Secret of that name someone else made stays as it is.
-        if let Some(existing) = secrets
+        let own_secret = secrets
             .get_opt(&secret_name)
             .await?
-            .filter(|secret| meta::controlled_by(secret, mq.as_ref()))
-        {
+            .filter(|secret| meta::controlled_by(secret, mq.as_ref()));
+        let released = own_secret.is_some();
+        if let Some(existing) = own_secret {
             // Applying it without owner references releases it from the garbage collector.
             let release = Secret {
                 metadata: ObjectMeta {
@@ -282,9 +283,13 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
             EventType::Normal,
             "Retained",
             "Cleanup",
-            format!(
-                "kept the volumes and Secret {secret_name} for a MessageQueue of the same name"
-            ),
+            if released {
+                format!(
+                    "kept the volumes and Secret {secret_name} for a MessageQueue of the same name"
+                )
+            } else {
+                "kept the volumes for a MessageQueue of the same name".to_owned()
+            },
         )
         .await;
     } else {
@@ -303,14 +308,28 @@ async fn cleanup(mq: Arc<MessageQueue>, ctx: &Context, ns: &str) -> Result<Actio
         for claim in &own {
             claims.delete(claim, &DeleteParams::default()).await?;
         }
-        ctx.event(
-            mq.as_ref(),
-            EventType::Normal,
-            "DeletedVolumes",
-            "Cleanup",
-            format!("deleted {} volume claims", own.len()),
-        )
-        .await;
+        if broker.is_some_and(|sts| meta::controlled_by(&sts, mq.as_ref())) {
+            ctx.event(
+                mq.as_ref(),
+                EventType::Normal,
+                "DeletedVolumes",
+                "Cleanup",
+                format!("deleted {} volume claims", own.len()),
+            )
+            .await;
+        } else {
+            // Whose the claims of the name are cannot be told: someone must look.
+            ctx.event(
+                mq.as_ref(),
+                EventType::Warning,
+                "KeptVolumes",
+                "Cleanup",
+                format!(
+                    "deleted no volume claim: StatefulSet {name} is gone or not this MessageQueue's, so claims data-{name}-<n> may be another release's"
+                ),
+            )
+            .await;
+        }
     }
     Ok(Action::await_change())
 }

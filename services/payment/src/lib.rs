@@ -214,26 +214,22 @@ async fn watch_queue_depth(broker: events::Broker, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use finflow_platform::config::LoadError;
-    use finflow_platform::testing::{self, Loaded};
-
-    use super::Payment;
-
-    fn load(sweep_interval: &str) -> Loaded<Payment> {
-        testing::load::<Payment>(&[
-            "--wallet-url=http://127.0.0.1:9",
-            "--auth-url=http://127.0.0.1:9",
-            "--service-client-secret=payment-secret-for-tests",
-            "--redis-url=redis://127.0.0.1:9",
-            "--sweep-interval-secs",
-            sweep_interval,
-        ])
-    }
+    use finflow_platform::testing;
 
     #[test]
     fn a_sweep_interval_of_zero_is_refused_at_start() {
-        let config = load("5").unwrap();
-        assert_eq!(config.settings.sweep_interval_secs.get(), 5);
-        let Err(LoadError::Clap(e)) = load("0") else {
+        let with_interval = |secs: &str| {
+            testing::load::<super::Payment>(&[
+                "--wallet-url=http://127.0.0.1:9",
+                "--auth-url=http://127.0.0.1:9",
+                "--service-client-secret=payment-secret-for-tests",
+                "--redis-url=redis://127.0.0.1:9",
+                &format!("--sweep-interval-secs={secs}"),
+            ])
+        };
+        let config = with_interval("1").unwrap();
+        assert_eq!(config.settings.sweep_interval_secs.get(), 1);
+        let Err(LoadError::Clap(e)) = with_interval("0") else {
             panic!("SWEEP_INTERVAL_SECS=0 was accepted: every replica would sweep without a pause");
         };
         assert!(e.to_string().contains("sweep-interval-secs"), "{e}");
